@@ -1,0 +1,62 @@
+// The replica-selection rule shared by every backend (CPU, CUDA, AscendC and the Python reference).
+//
+// A routed pair (token n, choice k) of a batch of N tokens at device step s picks one replica of its
+// logical expert from a 16-bit position code
+//
+//     u = ((s * N + n) * 40503 + k * 25033) mod 2^16          (unsigned 32-bit arithmetic)
+//
+// 40503 is odd, so for a fixed k the code runs over all 2^16 values exactly once in every 2^16
+// consecutive global token positions s * N + n (one "rule period"), and the multiplicative stride
+// (close to 2^16 / golden ratio) spreads any contiguous run of tokens evenly over [0, 2^16).
+// The k term decorrelates the replicas that the K experts of one token pick.
+//
+//   * uniform (no shares):  replica = (u * cnt) >> 16, so in every period each of the cnt replicas
+//     gets floor or ceil of 2^16 / cnt tokens;
+//   * with shares w_0..w_{cnt-1} (float32): c_r = w_0 + ... + w_r summed in float32 in this order;
+//     replica = first r with float(u) < c_r * 65536.0f, else cnt - 1 (absorbs rounding). In every
+//     period replica r gets ceil(c_r 2^16) - ceil(c_{r-1} 2^16) tokens, its share within +-1 token.
+//
+// Every operation is exact in IEEE float32 (u < 2^24, multiplying by a power of two), so all
+// backends choose the same replica. No RNG state: the kernel stays deterministic and graph-safe.
+#pragma once
+
+#include <stdint.h>
+
+#if defined(__CUDACC__)
+#define EPLB_RT_HD __host__ __device__ __forceinline__
+#else
+#define EPLB_RT_HD inline
+#endif
+
+namespace eplb_rt {
+
+constexpr uint32_t kRuleTokenStride = 40503u;
+constexpr uint32_t kRuleChoiceStride = 25033u;
+constexpr uint32_t kRulePeriodBits = 16u;
+constexpr float kRulePeriod = 65536.0f;
+
+// 16-bit position code of pair (n, k) in a batch of num_tokens tokens at device step `step`.
+EPLB_RT_HD uint32_t position_code(int64_t step, int64_t num_tokens, int64_t n, int64_t k) {
+  const uint32_t global = static_cast<uint32_t>(step) * static_cast<uint32_t>(num_tokens) +
+                          static_cast<uint32_t>(n);
+  return (global * kRuleTokenStride + static_cast<uint32_t>(k) * kRuleChoiceStride) &
+         ((1u << kRulePeriodBits) - 1u);
+}
+
+// Replica index in [0, cnt) for uniform splitting; cnt >= 1.
+EPLB_RT_HD int32_t uniform_replica(uint32_t code, int32_t cnt) {
+  return static_cast<int32_t>((code * static_cast<uint32_t>(cnt)) >> kRulePeriodBits);
+}
+
+// Replica index in [0, cnt) following `share[0..cnt)` (one expert's row of replica_share).
+EPLB_RT_HD int32_t weighted_replica(uint32_t code, const float* share, int32_t cnt) {
+  const float u = static_cast<float>(code);
+  float cum = 0.0f;
+  for (int32_t r = 0; r + 1 < cnt; ++r) {
+    cum += share[r];
+    if (u < cum * kRulePeriod) return r;
+  }
+  return cnt - 1;
+}
+
+}  // namespace eplb_rt

@@ -1,0 +1,8 @@
+"""Balancing policies, metrics and bounds: numpy/numba only, never torch.
+
+Importing this package registers every policy; see :mod:`eplb_rt.algorithms.registry`.
+"""
+
+from eplb_rt.algorithms.registry import get_policy, plan, policy_names, register, warm_up
+
+__all__ = ["get_policy", "plan", "policy_names", "register", "warm_up"]

@@ -1,0 +1,34 @@
+"""Validation of the load arrays that policies and metrics read."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def check_load(load: np.ndarray, num_layers: int | None = None, num_experts: int | None = None,
+               name: str = "load") -> np.ndarray:
+    """Return ``load`` as a C-contiguous ``[T, L, E] float64`` array, or raise ``ValueError``.
+
+    Accepts ``[L, E]`` (one step or an aggregate, returned as ``T = 1``) or ``[T, L, E]``.
+    Rejects NaN/inf, negative values, empty axes and shapes that disagree with ``num_layers`` /
+    ``num_experts`` when those are given.
+    """
+    arr = np.asarray(load)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise ValueError(f"{name} must be [L, E] or [T, L, E], got shape {arr.shape}")
+    if 0 in arr.shape:
+        raise ValueError(f"{name} has an empty axis: shape {arr.shape}")
+    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if (arr < 0).any():
+        raise ValueError(f"{name} contains negative values (min {arr.min():g})")
+    if num_layers is not None and arr.shape[1] != num_layers:
+        raise ValueError(f"{name} has {arr.shape[1]} layers, expected {num_layers}")
+    if num_experts is not None and arr.shape[2] != num_experts:
+        raise ValueError(f"{name} has {arr.shape[2]} experts, expected {num_experts}")
+    return arr

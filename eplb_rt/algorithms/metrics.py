@@ -1,0 +1,75 @@
+"""Balance and migration metrics of a placement on a load.
+
+PAR (peak-to-average ratio) of a layer = max rank load / mean rank load, where each expert's load
+is split over its replicas by the placement's shares. 1.0 is perfect balance. Layers with no load
+have no PAR (NaN) and are left out of means.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from eplb_rt.algorithms.load import check_load
+from eplb_rt.placement import Placement
+
+
+def slot_load(placement: Placement, load: np.ndarray) -> np.ndarray:
+    """Tokens each slot receives. ``load``: ``[L, E]`` or ``[T, L, E]``; returns ``[..., L, P]``."""
+    arr = np.asarray(load, dtype=np.float64)
+    if arr.shape[-2:] != (placement.num_layers, placement.num_experts):
+        raise ValueError(
+            f"load has shape {arr.shape}, expected [..., {placement.num_layers}, "
+            f"{placement.num_experts}] for {placement.describe()}"
+        )
+    taken = np.take_along_axis(
+        arr, np.broadcast_to(placement.phy2log.astype(np.int64), arr.shape[:-1] + (placement.num_slots,)),
+        axis=-1,
+    )
+    return taken * placement.slot_share
+
+
+def rank_load(placement: Placement, load: np.ndarray) -> np.ndarray:
+    """Tokens each rank receives. ``load``: ``[L, E]`` or ``[T, L, E]``; returns ``[..., L, D]``."""
+    slots = slot_load(placement, load)
+    return slots.reshape(slots.shape[:-1] + (placement.num_ranks, placement.num_slots_per_rank)).sum(-1)
+
+
+def par(placement: Placement, load: np.ndarray) -> np.ndarray:
+    """Peak-to-average ratio per layer. ``load``: ``[L, E]`` or ``[T, L, E]`` -> ``[..., L]``.
+
+    NaN for a layer (or step) whose total load is zero.
+    """
+    ranks = rank_load(placement, load)
+    mean = ranks.mean(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(mean > 0, ranks.max(axis=-1) / np.where(mean > 0, mean, 1.0), np.nan)
+
+
+def max_rank_load(placement: Placement, load: np.ndarray) -> np.ndarray:
+    """Largest rank load per layer, ``[..., L]``."""
+    return rank_load(placement, load).max(axis=-1)
+
+
+def score(placement: Placement, load: np.ndarray, previous: Placement | None = None) -> dict:
+    """The summary ``eplb-rt score`` prints: PAR mean/max over loaded layers, per-layer values.
+
+    ``load`` is ``[L, E]`` or ``[T, L, E]`` (summed over ``T``). With ``previous``, adds the moves.
+    """
+    agg = check_load(load, placement.num_layers, placement.num_experts).sum(axis=0)
+    per_layer = par(placement, agg)
+    loaded = ~np.isnan(per_layer)
+    out: dict = {
+        "layers": int(placement.num_layers),
+        "loaded_layers": int(loaded.sum()),
+        "zero_load_layers": np.flatnonzero(~loaded).tolist(),
+        "par_mean": float(per_layer[loaded].mean()) if loaded.any() else float("nan"),
+        "par_max": float(per_layer[loaded].max()) if loaded.any() else float("nan"),
+        "par_per_layer": [None if np.isnan(x) else float(x) for x in per_layer],
+        "max_rank_load_per_layer": max_rank_load(placement, agg).tolist(),
+    }
+    if previous is not None:
+        moves = placement.moves(previous)
+        out["moves"] = int(moves.sum())
+        out["moves_per_layer"] = moves.tolist()
+        out["moved_fraction"] = placement.moved_fraction(previous)
+    return out

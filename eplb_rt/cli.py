@@ -1,0 +1,40 @@
+"""The ``eplb-rt`` command. Each subcommand lives in ``eplb_rt.commands.<name>`` and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` to a ``(args) -> int`` handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Subcommand modules, in the order ``eplb-rt --help`` lists them.
+COMMANDS = ("plan", "score")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eplb-rt", description="Expert-parallel load balancing for MoE inference."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"eplb_rt.commands.{name}").register(sub)
+    return parser
+
+
+class CliError(Exception):
+    """An error the user can fix (bad file, bad shape): printed without a traceback, exit 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (CliError, ValueError, OSError) as err:
+        print(f"eplb-rt {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
