@@ -12,6 +12,8 @@ __all__ = ["Placement", "Topology", "__version__", "build_info"]
 
 def build_info() -> dict:
     """What the compiled extension ``eplb_rt._C`` contains: backends, torch version, flags."""
-    from eplb_rt import _C  # noqa: PLC0415  (loading the extension loads torch)
+    import torch  # noqa: F401  (the extension links against torch's libraries)
+
+    from eplb_rt import _C
 
     return dict(_C.build_info())

@@ -1,0 +1,198 @@
+// Argument checks of the four ops that need no tensor values: dtypes, shapes, strides, devices.
+// Every backend (CPU, Meta, CUDA, NPU) calls these first, so all of them reject the same inputs
+// with the same message. Sizes are compared as SymInts, so the Meta kernels also work under
+// torch.compile with dynamic shapes. Value checks (ids in range, ...) are backend specific.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+
+namespace eplb_rt {
+
+inline void check_dtype(const at::Tensor& t, const char* op, const char* name, at::ScalarType want) {
+  TORCH_CHECK(t.scalar_type() == want, op, ": ", name, " must be ", want, ", got ",
+              t.scalar_type());
+}
+
+inline void check_index_dtype(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kInt || t.scalar_type() == at::kLong, op, ": ", name,
+              " must be int32 or int64, got ", t.scalar_type());
+}
+
+inline void check_dim(const at::Tensor& t, const char* op, const char* name, int64_t dim) {
+  TORCH_CHECK(t.dim() == dim, op, ": ", name, " must have ", dim, " dimensions, got shape ",
+              t.sym_sizes());
+}
+
+inline void check_contiguous(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous, got strides ",
+              t.sym_strides(), " for shape ", t.sym_sizes());
+}
+
+inline void check_same_device(const at::Tensor& t, const char* op, const char* name,
+                              const at::Tensor& ref, const char* ref_name) {
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " must be on the device of ", ref_name,
+              " (", ref.device(), "), got ", t.device());
+}
+
+inline void check_same_shape(const at::Tensor& t, const char* op, const char* name,
+                             const at::Tensor& ref, const char* ref_name) {
+  TORCH_CHECK(t.sym_sizes() == ref.sym_sizes(), op, ": ", name, " must have the shape of ",
+              ref_name, " ", ref.sym_sizes(), ", got ", t.sym_sizes());
+}
+
+// The device step counter: one int64 element.
+inline void check_step(const at::Tensor& step, const char* op, const at::Tensor& heat) {
+  check_dtype(step, op, "step", at::kLong);
+  TORCH_CHECK(step.sym_numel() == 1, op, ": step must have one element, got shape ",
+              step.sym_sizes());
+  check_same_device(step, op, "step", heat, "heat");
+}
+
+// heat [H, P] int32, unit stride in the last dimension (a row of the [H, L, P] ring per layer).
+inline void check_heat(const at::Tensor& heat, const char* op) {
+  check_dtype(heat, op, "heat", at::kInt);
+  check_dim(heat, op, "heat", 2);
+  TORCH_CHECK(heat.sym_size(0) >= 1, op, ": heat must have at least one row (H >= 1), got shape ",
+              heat.sym_sizes());
+  TORCH_CHECK(heat.sym_stride(1) == 1 || heat.sym_size(1) <= 1, op,
+              ": heat must have unit stride in its last dimension, got strides ",
+              heat.sym_strides());
+}
+
+inline void check_route_and_count_args(const at::Tensor& topk_ids, const at::Tensor& log2phy,
+                                       const at::Tensor& logcnt,
+                                       const std::optional<at::Tensor>& replica_share,
+                                       const at::Tensor& heat, const at::Tensor& step,
+                                       const at::Tensor& phy_ids) {
+  constexpr const char* op = "route_and_count";
+  check_index_dtype(topk_ids, op, "topk_ids");
+  check_dim(topk_ids, op, "topk_ids", 2);
+  check_contiguous(topk_ids, op, "topk_ids");
+  check_dtype(log2phy, op, "log2phy", at::kInt);
+  check_dim(log2phy, op, "log2phy", 2);
+  check_contiguous(log2phy, op, "log2phy");
+  TORCH_CHECK(log2phy.sym_size(1) >= 1, op, ": log2phy [E, R] needs R >= 1, got shape ",
+              log2phy.sym_sizes());
+  check_same_device(log2phy, op, "log2phy", topk_ids, "topk_ids");
+  check_dtype(logcnt, op, "logcnt", at::kInt);
+  check_dim(logcnt, op, "logcnt", 1);
+  check_contiguous(logcnt, op, "logcnt");
+  TORCH_CHECK(logcnt.sym_size(0) == log2phy.sym_size(0), op, ": logcnt must have shape [E] = [",
+              log2phy.sym_size(0), "] like log2phy [E, R], got ", logcnt.sym_sizes());
+  check_same_device(logcnt, op, "logcnt", topk_ids, "topk_ids");
+  if (replica_share.has_value()) {
+    check_dtype(*replica_share, op, "replica_share", at::kFloat);
+    check_same_shape(*replica_share, op, "replica_share", log2phy, "log2phy");
+    check_contiguous(*replica_share, op, "replica_share");
+    check_same_device(*replica_share, op, "replica_share", topk_ids, "topk_ids");
+  }
+  check_heat(heat, op);
+  check_same_device(heat, op, "heat", topk_ids, "topk_ids");
+  check_step(step, op, heat);
+  TORCH_CHECK(phy_ids.scalar_type() == topk_ids.scalar_type(), op,
+              ": phy_ids must have the dtype of topk_ids (", topk_ids.scalar_type(), "), got ",
+              phy_ids.scalar_type());
+  check_same_shape(phy_ids, op, "phy_ids", topk_ids, "topk_ids");
+  check_contiguous(phy_ids, op, "phy_ids");
+  check_same_device(phy_ids, op, "phy_ids", topk_ids, "topk_ids");
+}
+
+inline void check_count_from_group_list_args(const at::Tensor& group_list, const at::Tensor& heat,
+                                             const at::Tensor& step, int64_t slot_offset) {
+  constexpr const char* op = "count_from_group_list";
+  check_index_dtype(group_list, op, "group_list");
+  check_dim(group_list, op, "group_list", 1);
+  check_contiguous(group_list, op, "group_list");
+  check_heat(heat, op);
+  check_same_device(group_list, op, "group_list", heat, "heat");
+  check_step(step, op, heat);
+  TORCH_CHECK(slot_offset >= 0, op, ": slot_offset must be >= 0, got ", slot_offset);
+  TORCH_CHECK(group_list.sym_size(0) + slot_offset <= heat.sym_size(1), op,
+              ": slot_offset + S_local must be <= P = ", heat.sym_size(1), ", got ", slot_offset,
+              " + ", group_list.sym_size(0));
+}
+
+inline void check_update_expert_weights_args(at::TensorList weights, at::TensorList staged,
+                                             const at::Tensor& slots) {
+  constexpr const char* op = "update_expert_weights_";
+  TORCH_CHECK(weights.size() == staged.size(), op, ": weights and staged must hold as many tensors,",
+              " got ", weights.size(), " and ", staged.size());
+  check_index_dtype(slots, op, "slots");
+  check_dim(slots, op, "slots", 1);
+  check_contiguous(slots, op, "slots");
+  for (size_t t = 0; t < weights.size(); ++t) {
+    const at::Tensor& w = weights[t];
+    const at::Tensor& s = staged[t];
+    TORCH_CHECK(w.dim() >= 1, op, ": weights[", t, "] must have a slot dimension, got a scalar");
+    TORCH_CHECK(w.is_contiguous(), op, ": weights[", t, "] must be contiguous, got strides ",
+                w.sym_strides(), " for shape ", w.sym_sizes());
+    TORCH_CHECK(w.sym_size(0) == weights[0].sym_size(0), op, ": weights[", t,
+                "] must have S = ", weights[0].sym_size(0), " slots like weights[0], got shape ",
+                w.sym_sizes());
+    TORCH_CHECK(s.scalar_type() == w.scalar_type(), op, ": staged[", t, "] must have the dtype of weights[",
+                t, "] (", w.scalar_type(), "), got ", s.scalar_type());
+    TORCH_CHECK(s.dim() == w.dim() && s.sym_size(0) == slots.sym_size(0) &&
+                    s.sym_sizes().slice(1) == w.sym_sizes().slice(1),
+                op, ": staged[", t, "] must have shape [M, ...] = [", slots.sym_size(0), ", ",
+                w.sym_sizes().slice(1), "] (M = len(slots), ... of weights[", t, "]), got ",
+                s.sym_sizes());
+    TORCH_CHECK(s.is_contiguous(), op, ": staged[", t, "] must be contiguous, got strides ",
+                s.sym_strides(), " for shape ", s.sym_sizes());
+    TORCH_CHECK(w.device() == slots.device() && s.device() == slots.device(), op, ": weights[", t,
+                "] (", w.device(), ") and staged[", t, "] (", s.device(),
+                ") must be on the device of slots (", slots.device(), ")");
+  }
+}
+
+inline void check_update_expert_map_args(const at::Tensor& log2phy, const at::Tensor& logcnt,
+                                         const std::optional<at::Tensor>& replica_share,
+                                         const std::optional<at::Tensor>& expert_map,
+                                         const at::Tensor& new_log2phy,
+                                         const at::Tensor& new_logcnt,
+                                         const std::optional<at::Tensor>& new_replica_share,
+                                         const std::optional<at::Tensor>& new_expert_map) {
+  constexpr const char* op = "update_expert_map_";
+  TORCH_CHECK(replica_share.has_value() == new_replica_share.has_value(), op,
+              ": replica_share and new_replica_share must both be given or both be None, got ",
+              replica_share.has_value() ? "a tensor" : "None", " and ",
+              new_replica_share.has_value() ? "a tensor" : "None");
+  TORCH_CHECK(expert_map.has_value() == new_expert_map.has_value(), op,
+              ": expert_map and new_expert_map must both be given or both be None, got ",
+              expert_map.has_value() ? "a tensor" : "None", " and ",
+              new_expert_map.has_value() ? "a tensor" : "None");
+  check_dtype(log2phy, op, "log2phy", at::kInt);
+  check_dim(log2phy, op, "log2phy", 2);
+  TORCH_CHECK(log2phy.sym_size(1) >= 1, op, ": log2phy [E, R] needs R >= 1, got shape ",
+              log2phy.sym_sizes());
+  check_dtype(logcnt, op, "logcnt", at::kInt);
+  TORCH_CHECK(logcnt.dim() == 1 && logcnt.sym_size(0) == log2phy.sym_size(0), op,
+              ": logcnt must have shape [E] = [", log2phy.sym_size(0), "], got ", logcnt.sym_sizes());
+  // (target, source, its name) pairs share every metadata check.
+  auto pair = [&](const at::Tensor& dst, const at::Tensor& src, const char* name,
+                  const char* new_name) {
+    check_contiguous(dst, op, name);
+    check_contiguous(src, op, new_name);
+    TORCH_CHECK(src.scalar_type() == dst.scalar_type(), op, ": ", new_name, " must have the dtype of ",
+                name, " (", dst.scalar_type(), "), got ", src.scalar_type());
+    check_same_shape(src, op, new_name, dst, name);
+    check_same_device(dst, op, name, log2phy, "log2phy");
+    check_same_device(src, op, new_name, log2phy, "log2phy");
+  };
+  pair(log2phy, new_log2phy, "log2phy", "new_log2phy");
+  pair(logcnt, new_logcnt, "logcnt", "new_logcnt");
+  if (replica_share.has_value()) {
+    check_dtype(*replica_share, op, "replica_share", at::kFloat);
+    check_same_shape(*replica_share, op, "replica_share", log2phy, "log2phy");
+    pair(*replica_share, *new_replica_share, "replica_share", "new_replica_share");
+  }
+  if (expert_map.has_value()) {
+    check_dtype(*expert_map, op, "expert_map", at::kInt);
+    check_same_shape(*expert_map, op, "expert_map", logcnt, "logcnt");
+    pair(*expert_map, *new_expert_map, "expert_map", "new_expert_map");
+  }
+}
+
+}  // namespace eplb_rt

@@ -1,0 +1,235 @@
+// CPU kernel of route_and_count.
+//
+// Three passes, nothing written before the second one succeeds:
+//   1. per-expert tables (E x R, small): usable experts, their slots and, with shares, the integer
+//      bounds that replace the float comparisons of weighted_replica;
+//   2. validation: every id is -1 or a usable expert (one table lookup per pair, no branch);
+//   3. routing: replica by csrc/common/replica_rule.h, physical id written, count added to a private
+//      histogram of the chunk. The histograms are summed into heat[row] once at the end.
+// The tables have a row for the padding id -1 (slot -1), so the hot loop has no padding branch:
+// padding lands in histogram bin 0, which is dropped.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "common/checks.h"
+#include "common/replica_rule.h"
+#include "cpu/cpu_common.h"
+
+namespace eplb_rt {
+namespace {
+
+// Pairs below which one thread does all the work: forking costs more than it saves.
+constexpr int64_t kPairsPerChunk = 16384;
+constexpr int32_t kNoBound = 1 << kRulePeriodBits;  // a code never reaches it
+
+// Per-call tables, indexed by e + 1 (row 0 is the padding id -1); reused across calls.
+struct RouteTables {
+  std::vector<int32_t> count;   // [E + 1] replicas (1 for padding and unusable experts)
+  std::vector<int32_t> slot;    // [(E + 1) * R] log2phy rows, row 0 = -1
+  std::vector<int32_t> bound;   // [(E + 1) * (R - 1)] shares only: replica = #{j : code >= bound}
+  std::vector<uint8_t> usable;  // [E + 2] 1 for padding and valid experts; [E + 1] = 0 (bad ids)
+  std::vector<int32_t> hist;    // [chunks * (P + 1)] per-chunk counts, bin 0 = padding
+};
+
+RouteTables& scratch() {
+  thread_local RouteTables tables;
+  return tables;
+}
+
+// weighted_replica picks the first r < cnt - 1 with float(u) < c_r * 2^16 (c_r: float32 cumulative
+// share). For an integer u that is u < B_r with B_r = ceil(c_r * 2^16) clamped to [0, 2^16] (0 for
+// NaN). With M_r = max(B_0..B_r) the first such r equals #{r : u >= M_r}: a branch-free count.
+void build_bounds(RouteTables& t, const float* share, int64_t E, int64_t R) {
+  const int64_t width = R - 1;
+  t.bound.assign((E + 1) * width, kNoBound);
+  for (int64_t e = 0; e < E; ++e) {
+    const int32_t cnt = t.count[e + 1];
+    float cum = 0.0f;
+    int32_t running_max = 0;
+    for (int64_t r = 0; r + 1 < cnt; ++r) {
+      cum += share[e * R + r];
+      const float x = cum * kRulePeriod;
+      int32_t b = kNoBound;
+      if (!(x > 0.0f)) {
+        b = 0;
+      } else if (x < kRulePeriod) {
+        b = static_cast<int32_t>(std::ceil(x));
+      }
+      running_max = std::max(running_max, b);
+      t.bound[(e + 1) * width + r] = running_max;
+    }
+  }
+}
+
+void build_tables(RouteTables& t, const int32_t* log2phy, const int32_t* logcnt, int64_t E,
+                  int64_t R, int64_t P) {
+  t.count.resize(E + 1);
+  t.slot.resize((E + 1) * R);
+  t.usable.resize(E + 2);
+  t.count[0] = 1;
+  std::fill_n(t.slot.begin(), R, -1);
+  t.usable[0] = 1;
+  t.usable[E + 1] = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    const int32_t cnt = logcnt[e];
+    const int32_t* row = log2phy + e * R;
+    bool ok = cnt >= 1 && cnt <= R;
+    for (int32_t r = 0; ok && r < cnt; ++r) ok = row[r] >= 0 && row[r] < P;
+    t.usable[e + 1] = ok;
+    t.count[e + 1] = ok ? cnt : 1;
+    std::copy_n(row, R, t.slot.begin() + (e + 1) * R);
+  }
+}
+
+template <typename id_t>
+bool ids_usable(const id_t* ids, int64_t begin, int64_t end, const uint8_t* usable, int64_t E) {
+  const uint64_t out_of_range = static_cast<uint64_t>(E) + 1;
+  uint8_t ok = 1;
+  for (int64_t i = begin; i < end; ++i) {
+    // -1 -> 0 (padding); below -1 wraps to a huge value, so both ends clamp to the sentinel.
+    const uint64_t e1 = static_cast<uint64_t>(static_cast<int64_t>(ids[i])) + 1u;
+    ok &= usable[std::min(e1, out_of_range)];
+  }
+  return ok;
+}
+
+// Names the first offending pair; only called once validation failed.
+template <typename id_t>
+[[noreturn]] void report_bad_pair(const id_t* ids, int64_t K, const int32_t* log2phy,
+                                  const int32_t* logcnt, int64_t E, int64_t R, int64_t P,
+                                  const uint8_t* usable) {
+  for (int64_t i = 0;; ++i) {
+    const int64_t e = static_cast<int64_t>(ids[i]);
+    const int64_t n = i / K;
+    const int64_t k = i % K;
+    TORCH_CHECK(e >= -1 && e < E, "route_and_count: topk_ids[", n, ", ", k, "] = ", e,
+                " must be a logical expert id in [0, ", E, ") or -1 (padding)");
+    if (e == -1 || usable[e + 1]) continue;
+    const int32_t cnt = logcnt[e];
+    TORCH_CHECK(cnt >= 1 && cnt <= R, "route_and_count: logcnt[", e, "] = ", cnt,
+                " must be in [1, R = ", R, "] (expert ", e, " is used by topk_ids[", n, ", ", k,
+                "])");
+    for (int32_t r = 0; r < cnt; ++r) {
+      const int32_t p = log2phy[e * R + r];
+      TORCH_CHECK(p >= 0 && p < P, "route_and_count: log2phy[", e, ", ", r, "] = ", p,
+                  " must be a slot in [0, P = ", P, ") (expert ", e, " has logcnt ", cnt,
+                  " and is used by topk_ids[", n, ", ", k, "])");
+    }
+  }
+}
+
+// Routes tokens [n0, n1); hist[p + 1] counts slot p, hist[0] the padding.
+template <typename id_t, bool kWeighted>
+void route_tokens(const id_t* ids, id_t* phy, int64_t n0, int64_t n1, int64_t N, int64_t K,
+                  int64_t R, int64_t step, const RouteTables& t, int32_t* hist) {
+  const int32_t* count = t.count.data();
+  const int32_t* slot = t.slot.data();
+  const int32_t* bound = t.bound.data();
+  for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t i = n * K + k;
+      const int64_t e1 = static_cast<int64_t>(ids[i]) + 1;
+      const uint32_t code = position_code(step, N, n, k);
+      int32_t r = 0;
+      if constexpr (kWeighted) {
+        const int32_t* b = bound + e1 * (R - 1);
+        for (int64_t j = 0; j + 1 < R; ++j) r += code >= static_cast<uint32_t>(b[j]);
+      } else {
+        r = uniform_replica(code, count[e1]);
+      }
+      const int32_t p = slot[e1 * R + r];
+      phy[i] = static_cast<id_t>(p);
+      ++hist[p + 1];
+    }
+  }
+}
+
+template <typename id_t>
+void route_and_count_typed(const at::Tensor& topk_ids, const at::Tensor& log2phy,
+                           const at::Tensor& logcnt, const std::optional<at::Tensor>& replica_share,
+                           const at::Tensor& heat, const at::Tensor& step,
+                           const at::Tensor& phy_ids) {
+  const int64_t N = topk_ids.size(0);
+  const int64_t K = topk_ids.size(1);
+  const int64_t E = log2phy.size(0);
+  const int64_t R = log2phy.size(1);
+  const int64_t P = heat.size(1);
+  const int64_t row = ring_row(step, heat.size(0));
+  const int64_t step_value = *step.const_data_ptr<int64_t>();
+  const id_t* ids = topk_ids.const_data_ptr<id_t>();
+  const int32_t* l2p = log2phy.const_data_ptr<int32_t>();
+  const int32_t* cnt = logcnt.const_data_ptr<int32_t>();
+
+  RouteTables& t = scratch();
+  build_tables(t, l2p, cnt, E, R, P);
+
+  const int64_t pairs = N * K;
+  const int64_t chunks = std::clamp<int64_t>((pairs + kPairsPerChunk - 1) / kPairsPerChunk, 1,
+                                             at::get_num_threads());
+  const int64_t tokens_per_chunk = (N + chunks - 1) / chunks;
+  auto chunk_begin = [&](int64_t c) { return std::min(N, c * tokens_per_chunk); };
+
+  bool ok = true;
+  if (chunks == 1) {
+    ok = ids_usable(ids, 0, pairs, t.usable.data(), E);
+  } else {
+    std::vector<uint8_t> chunk_ok(chunks, 1);
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        chunk_ok[c] = ids_usable(ids, chunk_begin(c) * K, chunk_begin(c + 1) * K,
+                                 t.usable.data(), E);
+      }
+    });
+    ok = std::all_of(chunk_ok.begin(), chunk_ok.end(), [](uint8_t v) { return v != 0; });
+  }
+  if (!ok) report_bad_pair(ids, K, l2p, cnt, E, R, P, t.usable.data());
+
+  const bool weighted = replica_share.has_value() && R > 1;
+  if (weighted) build_bounds(t, replica_share->const_data_ptr<float>(), E, R);
+  t.hist.assign(chunks * (P + 1), 0);
+  id_t* phy = phy_ids.data_ptr<id_t>();
+  auto run_chunk = [&](int64_t c) {
+    int32_t* hist = t.hist.data() + c * (P + 1);
+    if (weighted) {
+      route_tokens<id_t, true>(ids, phy, chunk_begin(c), chunk_begin(c + 1), N, K, R, step_value, t,
+                               hist);
+    } else {
+      route_tokens<id_t, false>(ids, phy, chunk_begin(c), chunk_begin(c + 1), N, K, R, step_value,
+                                t, hist);
+    }
+  };
+  if (chunks == 1) {
+    run_chunk(0);
+  } else {
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) run_chunk(c);
+    });
+  }
+
+  int32_t* out = heat.data_ptr<int32_t>() + row * heat.stride(0);
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int32_t* hist = t.hist.data() + c * (P + 1) + 1;
+    for (int64_t p = 0; p < P; ++p) out[p] = wrapping_add(out[p], hist[p]);
+  }
+}
+
+void route_and_count_cpu(const at::Tensor& topk_ids, const at::Tensor& log2phy,
+                         const at::Tensor& logcnt, const std::optional<at::Tensor>& replica_share,
+                         const at::Tensor& heat, const at::Tensor& step, const at::Tensor& phy_ids) {
+  check_route_and_count_args(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids);
+  if (topk_ids.scalar_type() == at::kInt) {
+    route_and_count_typed<int32_t>(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids);
+  } else {
+    route_and_count_typed<int64_t>(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids);
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(eplb_rt, CPU, m) { m.impl("route_and_count", &route_and_count_cpu); }
+
+}  // namespace eplb_rt

@@ -1,0 +1,69 @@
+// CPU kernel of update_expert_weights_: weights[t][slots[i]] = staged[t][i], a memcpy per (t, i).
+// The slots are validated (in range, unique) before the first byte is copied.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstring>
+#include <vector>
+
+#include "common/checks.h"
+
+namespace eplb_rt {
+namespace {
+
+// Bytes below which the copies run on the calling thread.
+constexpr int64_t kSerialBytes = 1 << 20;
+
+template <typename index_t>
+std::vector<int64_t> checked_slots(const at::Tensor& slots, int64_t S) {
+  const index_t* s = slots.const_data_ptr<index_t>();
+  const int64_t M = slots.size(0);
+  std::vector<int64_t> out(M);
+  std::vector<uint8_t> seen(S, 0);
+  for (int64_t i = 0; i < M; ++i) {
+    const int64_t slot = static_cast<int64_t>(s[i]);
+    TORCH_CHECK(slot >= 0 && slot < S, "update_expert_weights_: slots[", i, "] = ", slot,
+                " must be a local slot in [0, S = ", S, ")");
+    TORCH_CHECK(!seen[slot], "update_expert_weights_: slots[", i, "] = ", slot,
+                " appears twice; slots must be unique");
+    seen[slot] = 1;
+    out[i] = slot;
+  }
+  return out;
+}
+
+void update_expert_weights_cpu(at::TensorList weights, at::TensorList staged,
+                               const at::Tensor& slots) {
+  check_update_expert_weights_args(weights, staged, slots);
+  if (weights.empty()) return;
+  const int64_t S = weights[0].size(0);
+  const std::vector<int64_t> dst_slot = slots.scalar_type() == at::kInt
+                                            ? checked_slots<int32_t>(slots, S)
+                                            : checked_slots<int64_t>(slots, S);
+  const int64_t M = static_cast<int64_t>(dst_slot.size());
+  const int64_t T = static_cast<int64_t>(weights.size());
+  int64_t total_bytes = 0;
+  for (const at::Tensor& s : staged) total_bytes += s.nbytes();
+  auto copy_range = [&](int64_t begin, int64_t end) {
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t t = job / M;
+      const int64_t i = job % M;
+      const int64_t row_bytes = S == 0 ? 0 : static_cast<int64_t>(weights[t].nbytes()) / S;
+      std::memcpy(static_cast<char*>(weights[t].data_ptr()) + dst_slot[i] * row_bytes,
+                  static_cast<const char*>(staged[t].const_data_ptr()) + i * row_bytes, row_bytes);
+    }
+  };
+  if (total_bytes < kSerialBytes) {
+    copy_range(0, T * M);
+  } else {
+    at::parallel_for(0, T * M, 1, copy_range);
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(eplb_rt, CPU, m) {
+  m.impl("update_expert_weights_", &update_expert_weights_cpu);
+}
+
+}  // namespace eplb_rt
