@@ -1,0 +1,161 @@
+"""Typed wrappers over the kernels ``torch.ops.eplb_rt.*`` (CPU always; CUDA/NPU when built).
+
+The wrappers are thin on purpose (a decode-size call costs about 10 µs): the kernels check every
+argument themselves, before writing anything, and raise ``RuntimeError`` naming the argument,
+what was expected and what they got. Importing this module loads ``eplb_rt._C``, which registers
+the ops with the dispatcher.
+
+The replica rule of :func:`route_and_count` (``csrc/common/replica_rule.h``, identical on every
+backend and in ``tests/reference.py``): the pair (token ``n``, choice ``k``) of a batch of ``N``
+tokens at device step ``s`` gets the 16-bit position code
+
+    u = ((s * N + n) * 40503 + k * 25033) mod 2^16        (unsigned 32-bit arithmetic)
+
+and picks, among the ``c = logcnt[e]`` replicas of its expert ``e``,
+
+* without shares: replica ``(u * c) >> 16``;
+* with ``replica_share`` row ``w``: the first ``r < c - 1`` with ``u < (w_0 + ... + w_r) * 2^16``
+  (cumulative sums in float32, in this order), else ``c - 1``.
+
+Because 40503 is odd, ``u`` runs over all 2^16 values once in every 2^16 consecutive global token
+positions ``s * N + n`` (one rule period), so over a period each replica gets its share of the
+expert's pairs within ±1 token (uniform: floor or ceil of 2^16 / c). No RNG state: the result is
+deterministic and the kernel is safe to capture in a graph.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import eplb_rt._C  # noqa: F401  (registers torch.ops.eplb_rt)
+
+__all__ = [
+    "count_from_group_list",
+    "route_and_count",
+    "update_expert_map_",
+    "update_expert_weights_",
+]
+
+_route_and_count = torch.ops.eplb_rt.route_and_count.default
+_count_from_group_list = torch.ops.eplb_rt.count_from_group_list.default
+_update_expert_weights = torch.ops.eplb_rt.update_expert_weights_.default
+_update_expert_map = torch.ops.eplb_rt.update_expert_map_.default
+
+
+def route_and_count(
+    topk_ids: torch.Tensor,
+    log2phy: torch.Tensor,
+    logcnt: torch.Tensor,
+    heat: torch.Tensor,
+    step: torch.Tensor,
+    replica_share: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Route one layer's top-k choices to expert replicas and count them into ``heat``.
+
+    Args:
+        topk_ids: ``[N, K]`` int32 or int64, contiguous: logical expert ids, ``-1`` = padding.
+        log2phy: ``[E, R]`` int32, contiguous: slots of each expert, ``-1`` padded.
+        logcnt: ``[E]`` int32: replicas per expert, in ``[1, R]`` for every expert used.
+        heat: ``[H, P]`` int32 with unit stride in the last dimension (typically
+            ``heat_ring[:, layer, :]`` of the ``[H, L, P]`` ring); row ``step mod H`` gets
+            ``+1`` per routed pair at its slot. Padding is never counted.
+        step: one-element int64 tensor on the device: the step counter (not advanced here).
+        replica_share: ``[E, R]`` float32 or None (uniform split): each replica's share.
+        out: ``[N, K]`` buffer of ``topk_ids``' dtype for the result, or None to allocate one.
+
+    Returns:
+        ``phy_ids`` ``[N, K]``, the dtype of ``topk_ids``: the physical id (slot) of each pair,
+        ``-1`` where ``topk_ids`` is ``-1``. The replica follows the rule in the module docstring.
+
+    Raises:
+        RuntimeError: an id below ``-1`` or ``>= E``; a used expert whose ``logcnt`` is not in
+            ``[1, R]`` or whose first ``logcnt`` slots are not in ``[0, P)``; a dtype, shape or
+            device mismatch. Nothing is written then.
+    """
+    if out is None:
+        out = torch.empty_like(topk_ids)
+    _route_and_count(topk_ids, log2phy, logcnt, replica_share, heat, step, out)
+    return out
+
+
+def count_from_group_list(
+    group_list: torch.Tensor,
+    heat: torch.Tensor,
+    step: torch.Tensor,
+    slot_offset: int,
+    cumulative: bool = False,
+) -> None:
+    """Add a dispatch kernel's per-local-slot token counts into ``heat[step mod H]``.
+
+    Args:
+        group_list: ``[S_local]`` int32 or int64: tokens received by each local slot, or with
+            ``cumulative=True`` their inclusive prefix sums (``count_i = gl[i] - gl[i - 1]``).
+        heat: ``[H, P]`` int32, unit stride in the last dimension; ``heat[row, slot_offset + i]
+            += count_i``.
+        step: one-element int64 tensor: the step counter.
+        slot_offset: first physical slot of this rank (``rank * S``); ``slot_offset + S_local
+            <= P``.
+        cumulative: whether ``group_list`` holds prefix sums.
+
+    Raises:
+        RuntimeError: out-of-range ``slot_offset``, dtype/shape/device mismatch, and on the CPU a
+            negative count (device backends check metadata only: they never synchronise).
+    """
+    _count_from_group_list(group_list, heat, step, slot_offset, cumulative)
+
+
+def update_expert_weights_(
+    weights: list[torch.Tensor], staged: list[torch.Tensor], slots: torch.Tensor
+) -> None:
+    """Copy staged experts into slots of one layer's weight tensors, in place.
+
+    ``weights[t][slots[i]] = staged[t][i]`` for every tensor ``t`` (w13, w2, scales, biases...).
+
+    Args:
+        weights: tensors ``[S, ...]``, contiguous, any dtype (int8 and float scales included),
+            all with the same ``S`` (local slots).
+        staged: as many tensors ``[M, ...]``, contiguous, with the trailing shape, dtype and
+            device of the matching weight.
+        slots: ``[M]`` int64 (int32 accepted): unique local slots in ``[0, S)``; ``M`` may be 0.
+
+    Raises:
+        RuntimeError: mismatched lists, shapes, dtypes or devices, a slot out of range or twice.
+    """
+    _update_expert_weights(weights, staged, slots)
+
+
+def update_expert_map_(
+    log2phy: torch.Tensor,
+    logcnt: torch.Tensor,
+    new_log2phy: torch.Tensor,
+    new_logcnt: torch.Tensor,
+    replica_share: torch.Tensor | None = None,
+    new_replica_share: torch.Tensor | None = None,
+    expert_map: torch.Tensor | None = None,
+    new_expert_map: torch.Tensor | None = None,
+) -> None:
+    """Overwrite one layer's routing tables in place (same storage: captured graphs stay valid).
+
+    Args:
+        log2phy, new_log2phy: ``[E, R]`` int32; each new row holds ``new_logcnt[e]`` slots
+            ``>= 0`` then ``-1``.
+        logcnt, new_logcnt: ``[E]`` int32, new values in ``[1, R]``.
+        replica_share, new_replica_share: ``[E, R]`` float32 (finite, ``>= 0``), both or neither.
+        expert_map, new_expert_map: ``[E]`` int32, this rank's local slot of each expert or
+            ``-1``; both or neither.
+
+    Raises:
+        RuntimeError: a bad value (checked on the CPU), a dtype/shape/device mismatch or an
+            unmatched pair; nothing is written then.
+    """
+    _update_expert_map(
+        log2phy,
+        logcnt,
+        replica_share,
+        expert_map,
+        new_log2phy,
+        new_logcnt,
+        new_replica_share,
+        new_expert_map,
+    )
