@@ -20,6 +20,10 @@ def test_build_info_reports_backends_and_versions():
 def test_ops_are_registered():
     import eplb_rt.ops  # noqa: F401  (loads the library)
 
-    for name in ("route_and_count", "count_from_group_list", "update_expert_weights_",
-                 "update_expert_map_"):
+    for name in (
+        "route_and_count",
+        "count_from_group_list",
+        "update_expert_weights_",
+        "update_expert_map_",
+    ):
         assert hasattr(torch.ops.eplb_rt, name)

@@ -1,0 +1,238 @@
+"""route_and_count: exact agreement with tests/reference.py, errors, the share guarantee."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from eplb_rt import ops
+from tests import reference
+from tests.ops.helpers import Tables, heat_ring_view, random_ids, random_tables, realistic_tables
+
+ID_DTYPES = [torch.int32, torch.int64]
+
+# (N, K, E, P, R): empty batch, one expert, K=1, primes, decode size, a size that runs in parallel.
+SIZES = [
+    (0, 8, 5, 7, 2),
+    (1, 1, 1, 1, 1),
+    (7, 1, 13, 17, 3),
+    (31, 3, 1, 4, 4),
+    (64, 8, 256, 288, 3),
+    (2503, 8, 61, 89, 3),
+]
+
+
+def run_both(ids, tables, heat, step, shares):
+    """Runs the kernel and the reference on copies; returns (phy, heat) of each."""
+    heat_ref = heat.clone()
+    phy_ref = reference.route_and_count(
+        ids, tables.log2phy, tables.logcnt, heat_ref, step, replica_share=shares
+    )
+    phy = ops.route_and_count(ids, tables.log2phy, tables.logcnt, heat, step, replica_share=shares)
+    return phy, phy_ref, heat_ref
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: "N{}-K{}-E{}-P{}-R{}".format(*s))
+@pytest.mark.parametrize("dtype", ID_DTYPES, ids=str)
+@pytest.mark.parametrize("with_shares", [False, True], ids=["uniform", "shares"])
+def test_matches_reference(size, dtype, with_shares):
+    n, k, e, p, r = size
+    tables = random_tables(e, p, r, seed=n + e)
+    ids = random_ids(n, k, e, dtype, seed=p)
+    ring, heat = heat_ring_view(5, 3, p, layer=1, seed=k)
+    before = ring.clone()
+    step = torch.tensor([17], dtype=torch.int64)  # beyond H = 5: row 2
+    shares = tables.replica_share if with_shares else None
+    phy, phy_ref, heat_ref = run_both(ids, tables, heat, step, shares)
+    assert phy.dtype == dtype
+    assert torch.equal(phy, phy_ref)
+    assert torch.equal(heat, heat_ref)
+    # Only row 2 of this layer changed, by exactly the number of routed pairs.
+    changed = ring != before
+    assert not changed[:, [0, 2], :].any()
+    assert not changed[[0, 1, 3, 4]].any()
+    assert int((ring - before).sum()) == int((ids >= 0).sum())
+
+
+@pytest.mark.parametrize("dtype", ID_DTYPES, ids=str)
+def test_all_padding_counts_nothing(dtype):
+    tables = random_tables(6, 11, 2, seed=0)
+    ids = torch.full((9, 4), -1, dtype=dtype)
+    heat = torch.zeros((3, 11), dtype=torch.int32)
+    phy = ops.route_and_count(ids, tables.log2phy, tables.logcnt, heat, torch.tensor([4]))
+    assert torch.equal(phy, ids)
+    assert not heat.any()
+
+
+@pytest.mark.parametrize("step", [0, 1, 2**16 + 3, 2**32 + 7, 2**40 - 1, -3])
+def test_any_step_matches_reference(step):
+    tables = realistic_tables(23, 31, seed=1)
+    ids = random_ids(97, 5, 23, torch.int64, seed=2)
+    heat = torch.zeros((7, 31), dtype=torch.int32)
+    step_t = torch.tensor([step], dtype=torch.int64)
+    for shares in (None, tables.replica_share):
+        phy, phy_ref, heat_ref = run_both(ids, tables, heat, step_t, shares)
+        assert torch.equal(phy, phy_ref)
+        assert torch.equal(heat, heat_ref)
+
+
+def test_out_buffer_is_written_and_returned():
+    tables = random_tables(5, 9, 2, seed=3)
+    ids = random_ids(8, 2, 5, torch.int32, seed=4)
+    out = torch.full_like(ids, 12345)
+    heat = torch.zeros((2, 9), dtype=torch.int32)
+    got = ops.route_and_count(ids, tables.log2phy, tables.logcnt, heat, torch.tensor([0]), out=out)
+    assert got is out
+    expected = reference.route_and_count(
+        ids, tables.log2phy, tables.logcnt, torch.zeros_like(heat), torch.tensor([0])
+    )
+    assert torch.equal(out, expected)
+
+
+# Shares that stress the integer bounds of the CPU kernel against the float rule: zeros, tiny and
+# huge values, negative, NaN and inf, sums below and above 1.
+ODD_SHARES = [
+    [0.0, 0.5, 0.5],
+    [1e-9, 1e-9, 1.0],
+    [0.3, 0.3, 0.4],
+    [1.0 / 3, 1.0 / 3, 1.0 / 3],
+    [-0.1, 0.6, 0.5],
+    [float("nan"), 0.5, 0.5],
+    [0.2, float("inf"), 0.1],
+    [0.1, 0.1, 0.1],
+    [5.0, 0.0, 0.0],
+    [0.7, -0.5, 0.9],
+]
+
+
+@pytest.mark.parametrize("share_row", ODD_SHARES, ids=str)
+def test_every_code_matches_float_rule(share_row):
+    # One expert, 3 replicas, 2^16 tokens with K=1 at step 0: every code 0..65535 occurs once.
+    log2phy = torch.tensor([[4, 0, 2]], dtype=torch.int32)
+    logcnt = torch.tensor([3], dtype=torch.int32)
+    share = torch.tensor([share_row], dtype=torch.float32)
+    ids = torch.zeros((reference.PERIOD, 1), dtype=torch.int32)
+    heat = torch.zeros((1, 5), dtype=torch.int32)
+    phy, phy_ref, heat_ref = run_both(
+        ids, Tables(log2phy, logcnt, share), heat, torch.tensor([0]), share
+    )
+    assert torch.equal(phy, phy_ref)
+    assert torch.equal(heat, heat_ref)
+
+
+@pytest.mark.parametrize("shares", [[0.5, 0.25, 0.25], [0.1, 0.7, 0.2], [0.9, 0.1], None], ids=str)
+@pytest.mark.parametrize("step", [0, 3], ids=lambda s: f"step{s}")
+def test_share_guarantee_over_one_period(shares, step):
+    """Over 2^16 consecutive tokens each replica gets its share of an expert's pairs within ±1."""
+    cnt = 3 if shares is None else len(shares)
+    log2phy = torch.arange(cnt, dtype=torch.int32).reshape(1, cnt)
+    logcnt = torch.tensor([cnt], dtype=torch.int32)
+    share = None if shares is None else torch.tensor([shares], dtype=torch.float32)
+    ids = torch.zeros((reference.PERIOD, 2), dtype=torch.int64)  # K = 2: each k is its own period
+    heat = torch.zeros((1, cnt), dtype=torch.int32)
+    ops.route_and_count(ids, log2phy, logcnt, heat, torch.tensor([step]), replica_share=share)
+    target = [1.0 / cnt] * cnt if shares is None else shares
+    expected = torch.tensor(target, dtype=torch.float64) * 2 * reference.PERIOD
+    assert int(heat.sum()) == 2 * reference.PERIOD
+    assert (heat[0].to(torch.float64) - expected).abs().max() <= 2.0  # ±1 per k
+
+
+def test_unused_expert_with_bad_table_is_ignored():
+    log2phy = torch.tensor([[0, -1], [-1, -1]], dtype=torch.int32)
+    logcnt = torch.tensor([1, 0], dtype=torch.int32)  # expert 1 is broken but nobody routes to it
+    ids = torch.tensor([[0, -1]], dtype=torch.int32)
+    heat = torch.zeros((1, 2), dtype=torch.int32)
+    phy = ops.route_and_count(ids, log2phy, logcnt, heat, torch.tensor([0]))
+    assert phy.tolist() == [[0, -1]]
+    assert heat.tolist() == [[1, 0]]
+
+
+def _valid_args():
+    tables = random_tables(5, 8, 2, seed=7)
+    tables.logcnt[:] = 2
+    tables.log2phy[:, 0] = torch.arange(5, dtype=torch.int32)
+    tables.log2phy[:, 1] = torch.tensor([5, 6, 7, 5, 6], dtype=torch.int32)
+    return {
+        "topk_ids": torch.tensor([[0, 1], [2, 3], [4, -1]], dtype=torch.int64),
+        "log2phy": tables.log2phy,
+        "logcnt": tables.logcnt,
+        "replica_share": None,
+        "heat": torch.zeros((3, 8), dtype=torch.int32),
+        "step": torch.tensor([1], dtype=torch.int64),
+        "phy_ids": torch.full((3, 2), 99, dtype=torch.int64),
+    }
+
+
+def _set(name, value):
+    def edit(args):
+        args[name] = value
+
+    return edit
+
+
+def _poke(name, index, value):
+    def edit(args):
+        args[name] = args[name].clone()
+        args[name][index] = value
+
+    return edit
+
+
+BAD_INPUTS = {
+    "id too large": (_poke("topk_ids", (1, 0), 5), "topk_ids"),
+    "id below -1": (_poke("topk_ids", (0, 1), -2), "topk_ids"),
+    "used logcnt 0": (_poke("logcnt", 3, 0), "logcnt"),
+    "used logcnt > R": (_poke("logcnt", 0, 3), "logcnt"),
+    "used slot >= P": (_poke("log2phy", (4, 1), 8), "log2phy"),
+    "used slot -1": (_poke("log2phy", (2, 0), -1), "log2phy"),
+    "float ids": (_set("topk_ids", torch.zeros((3, 2))), "topk_ids"),
+    "1-d ids": (_set("topk_ids", torch.zeros(6, dtype=torch.int64)), "topk_ids"),
+    "strided ids": (_set("topk_ids", torch.zeros((2, 3), dtype=torch.int64).t()), "topk_ids"),
+    "int64 log2phy": (_set("log2phy", torch.zeros((5, 2), dtype=torch.int64)), "log2phy"),
+    "short logcnt": (_set("logcnt", torch.ones(4, dtype=torch.int32)), "logcnt"),
+    "share shape": (_set("replica_share", torch.ones((5, 3))), "replica_share"),
+    "share dtype": (
+        _set("replica_share", torch.ones((5, 2), dtype=torch.float64)),
+        "replica_share",
+    ),
+    "int64 heat": (_set("heat", torch.zeros((3, 8), dtype=torch.int64)), "heat"),
+    "heat no rows": (_set("heat", torch.zeros((0, 8), dtype=torch.int32)), "heat"),
+    "heat strided": (_set("heat", torch.zeros((8, 3), dtype=torch.int32).t()), "heat"),
+    "int32 step": (_set("step", torch.tensor([1], dtype=torch.int32)), "step"),
+    "two steps": (_set("step", torch.tensor([1, 2])), "step"),
+    "phy dtype": (_set("phy_ids", torch.zeros((3, 2), dtype=torch.int32)), "phy_ids"),
+    "phy shape": (_set("phy_ids", torch.zeros((2, 3), dtype=torch.int64)), "phy_ids"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_bad_input_raises_and_writes_nothing(case):
+    edit, name = case
+    args = _valid_args()
+    edit(args)
+    heat_before = args["heat"].clone()
+    phy_before = args["phy_ids"].clone()
+    with pytest.raises(RuntimeError, match=name):
+        torch.ops.eplb_rt.route_and_count(**args)
+    assert torch.equal(args["heat"], heat_before)
+    assert torch.equal(args["phy_ids"], phy_before)
+
+
+def test_valid_args_are_valid():
+    torch.ops.eplb_rt.route_and_count(**_valid_args())
+
+
+@pytest.mark.parametrize("with_shares", [False, True], ids=["uniform", "shares"])
+def test_opcheck(with_shares):
+    tables = realistic_tables(11, 17, seed=5)
+    ids = random_ids(13, 3, 11, torch.int64, seed=6)
+    args = (
+        ids,
+        tables.log2phy,
+        tables.logcnt,
+        tables.replica_share if with_shares else None,
+        torch.zeros((4, 17), dtype=torch.int32),
+        torch.tensor([6], dtype=torch.int64),
+        torch.empty_like(ids),
+    )
+    torch.library.opcheck(torch.ops.eplb_rt.route_and_count.default, args)
