@@ -48,6 +48,7 @@ def route_and_count(
     logcnt: torch.Tensor,
     heat: torch.Tensor,
     step: torch.Tensor,
+    *,
     replica_share: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -130,6 +131,7 @@ def update_expert_map_(
     logcnt: torch.Tensor,
     new_log2phy: torch.Tensor,
     new_logcnt: torch.Tensor,
+    *,
     replica_share: torch.Tensor | None = None,
     new_replica_share: torch.Tensor | None = None,
     expert_map: torch.Tensor | None = None,

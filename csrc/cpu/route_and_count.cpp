@@ -3,7 +3,8 @@
 // Three passes, nothing written before the second one succeeds:
 //   1. per-expert tables (E x R, small): usable experts, their slots and, with shares, the integer
 //      bounds that replace the float comparisons of weighted_replica;
-//   2. validation: every id is -1 or a usable expert (one table lookup per pair, no branch);
+//   2. validation: every id is -1 or a usable expert (a min/max pass when all experts are usable,
+//      else one table lookup per pair, no branch);
 //   3. routing: replica by csrc/common/replica_rule.h, physical id written, count added to a private
 //      histogram of the chunk. The histograms are summed into heat[row] once at the end.
 // The tables have a row for the padding id -1 (slot -1), so the hot loop has no padding branch:
@@ -65,7 +66,8 @@ void build_bounds(RouteTables& t, const float* share, int64_t E, int64_t R) {
   }
 }
 
-void build_tables(RouteTables& t, const int32_t* log2phy, const int32_t* logcnt, int64_t E,
+// Returns whether every expert is usable (the common case: validation is then a range check).
+bool build_tables(RouteTables& t, const int32_t* log2phy, const int32_t* logcnt, int64_t E,
                   int64_t R, int64_t P) {
   t.count.resize(E + 1);
   t.slot.resize((E + 1) * R);
@@ -74,15 +76,30 @@ void build_tables(RouteTables& t, const int32_t* log2phy, const int32_t* logcnt,
   std::fill_n(t.slot.begin(), R, -1);
   t.usable[0] = 1;
   t.usable[E + 1] = 0;
+  bool all_usable = true;
   for (int64_t e = 0; e < E; ++e) {
     const int32_t cnt = logcnt[e];
     const int32_t* row = log2phy + e * R;
     bool ok = cnt >= 1 && cnt <= R;
     for (int32_t r = 0; ok && r < cnt; ++r) ok = row[r] >= 0 && row[r] < P;
     t.usable[e + 1] = ok;
+    all_usable &= ok;
     t.count[e + 1] = ok ? cnt : 1;
     std::copy_n(row, R, t.slot.begin() + (e + 1) * R);
   }
+  return all_usable;
+}
+
+// Whether every id is in [-1, E): min/max reductions the compiler vectorises.
+template <typename id_t>
+bool ids_in_range(const id_t* ids, int64_t begin, int64_t end, int64_t E) {
+  id_t lo = 0;
+  id_t hi = -1;
+  for (int64_t i = begin; i < end; ++i) {
+    lo = std::min(lo, ids[i]);
+    hi = std::max(hi, ids[i]);
+  }
+  return lo >= -1 && static_cast<int64_t>(hi) < E;
 }
 
 template <typename id_t>
@@ -123,9 +140,12 @@ template <typename id_t>
 }
 
 // Routes tokens [n0, n1); hist[p + 1] counts slot p, hist[0] the padding.
-template <typename id_t, bool kWeighted>
+// kFixedR > 0: R known at compile time (the bound loop unrolls); 0: R at run time.
+// kWeighted: replica shares (bounds); else the uniform rule.
+template <typename id_t, bool kWeighted, int kFixedR>
 void route_tokens(const id_t* ids, id_t* phy, int64_t n0, int64_t n1, int64_t N, int64_t K,
-                  int64_t R, int64_t step, const RouteTables& t, int32_t* hist) {
+                  int64_t runtime_R, int64_t step, const RouteTables& t, int32_t* hist) {
+  const int64_t R = kFixedR > 0 ? kFixedR : runtime_R;
   const int32_t* count = t.count.data();
   const int32_t* slot = t.slot.data();
   const int32_t* bound = t.bound.data();
@@ -165,7 +185,7 @@ void route_and_count_typed(const at::Tensor& topk_ids, const at::Tensor& log2phy
   const int32_t* cnt = logcnt.const_data_ptr<int32_t>();
 
   RouteTables& t = scratch();
-  build_tables(t, l2p, cnt, E, R, P);
+  const bool all_usable = build_tables(t, l2p, cnt, E, R, P);
 
   const int64_t pairs = N * K;
   const int64_t chunks = std::clamp<int64_t>((pairs + kPairsPerChunk - 1) / kPairsPerChunk, 1,
@@ -173,16 +193,20 @@ void route_and_count_typed(const at::Tensor& topk_ids, const at::Tensor& log2phy
   const int64_t tokens_per_chunk = (N + chunks - 1) / chunks;
   auto chunk_begin = [&](int64_t c) { return std::min(N, c * tokens_per_chunk); };
 
+  // With every expert usable only the id range matters; else each id's expert is looked up.
+  auto chunk_valid = [&](int64_t c) {
+    const int64_t begin = chunk_begin(c) * K;
+    const int64_t end = chunk_begin(c + 1) * K;
+    return all_usable ? ids_in_range(ids, begin, end, E)
+                      : ids_usable(ids, begin, end, t.usable.data(), E);
+  };
   bool ok = true;
   if (chunks == 1) {
-    ok = ids_usable(ids, 0, pairs, t.usable.data(), E);
+    ok = chunk_valid(0);
   } else {
     std::vector<uint8_t> chunk_ok(chunks, 1);
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        chunk_ok[c] = ids_usable(ids, chunk_begin(c) * K, chunk_begin(c + 1) * K,
-                                 t.usable.data(), E);
-      }
+      for (int64_t c = c0; c < c1; ++c) chunk_ok[c] = chunk_valid(c);
     });
     ok = std::all_of(chunk_ok.begin(), chunk_ok.end(), [](uint8_t v) { return v != 0; });
   }
@@ -194,12 +218,18 @@ void route_and_count_typed(const at::Tensor& topk_ids, const at::Tensor& log2phy
   id_t* phy = phy_ids.data_ptr<id_t>();
   auto run_chunk = [&](int64_t c) {
     int32_t* hist = t.hist.data() + c * (P + 1);
-    if (weighted) {
-      route_tokens<id_t, true>(ids, phy, chunk_begin(c), chunk_begin(c + 1), N, K, R, step_value, t,
-                               hist);
+    const int64_t n0 = chunk_begin(c);
+    const int64_t n1 = chunk_begin(c + 1);
+    if (!weighted) {
+      route_tokens<id_t, false, 0>(ids, phy, n0, n1, N, K, R, step_value, t, hist);
+    } else if (R == 2) {
+      route_tokens<id_t, true, 2>(ids, phy, n0, n1, N, K, R, step_value, t, hist);
+    } else if (R == 3) {
+      route_tokens<id_t, true, 3>(ids, phy, n0, n1, N, K, R, step_value, t, hist);
+    } else if (R == 4) {
+      route_tokens<id_t, true, 4>(ids, phy, n0, n1, N, K, R, step_value, t, hist);
     } else {
-      route_tokens<id_t, false>(ids, phy, chunk_begin(c), chunk_begin(c + 1), N, K, R, step_value,
-                                t, hist);
+      route_tokens<id_t, true, 0>(ids, phy, n0, n1, N, K, R, step_value, t, hist);
     }
   };
   if (chunks == 1) {

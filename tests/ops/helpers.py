@@ -59,6 +59,7 @@ def random_ids(
     top_k: int,
     num_experts: int,
     dtype: torch.dtype,
+    *,
     seed: int,
     padding: float = 0.2,
 ) -> torch.Tensor:
