@@ -1,0 +1,75 @@
+"""count_from_group_list: exact agreement with the reference, errors, opcheck."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from eplb_rt import ops
+from tests import reference
+from tests.ops.helpers import heat_ring_view
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64], ids=str)
+@pytest.mark.parametrize("cumulative", [False, True], ids=["plain", "cumulative"])
+@pytest.mark.parametrize(("s_local", "offset", "num_slots"), [(0, 0, 5), (1, 0, 1), (7, 14, 21)])
+def test_matches_reference(dtype, cumulative, s_local, offset, num_slots):
+    gen = torch.Generator().manual_seed(s_local + offset)
+    counts = torch.randint(0, 50, (s_local,), generator=gen)
+    group_list = (counts.cumsum(0) if cumulative else counts).to(dtype)
+    ring, heat = heat_ring_view(3, 2, num_slots, layer=1, seed=4)
+    before = ring.clone()
+    heat_ref = heat.clone()
+    step = torch.tensor([7], dtype=torch.int64)  # beyond H = 3: row 1
+    reference.count_from_group_list(group_list, heat_ref, step, offset, cumulative)
+    ops.count_from_group_list(group_list, heat, step, offset, cumulative)
+    assert torch.equal(heat, heat_ref)
+    diff = ring - before
+    assert torch.equal(diff[1, 1, offset : offset + s_local], counts.to(torch.int32))
+    assert int(diff.abs().sum()) == int(counts.sum())
+
+
+def _valid_args():
+    return {
+        "group_list": torch.tensor([3, 0, 5], dtype=torch.int64),
+        "heat": torch.zeros((2, 6), dtype=torch.int32),
+        "step": torch.tensor([3], dtype=torch.int64),
+        "slot_offset": 3,
+        "cumulative": False,
+    }
+
+
+BAD_INPUTS = {
+    "negative count": ({"group_list": torch.tensor([3, -1, 5])}, "group_list"),
+    "decreasing prefix sums": (
+        {"group_list": torch.tensor([3, 2, 5]), "cumulative": True},
+        "group_list",
+    ),
+    "past the last slot": ({"slot_offset": 4}, "slot_offset"),
+    "negative offset": ({"slot_offset": -1}, "slot_offset"),
+    "float group_list": ({"group_list": torch.ones(3)}, "group_list"),
+    "2-d group_list": ({"group_list": torch.ones((3, 1), dtype=torch.int64)}, "group_list"),
+    "int64 heat": ({"heat": torch.zeros((2, 6), dtype=torch.int64)}, "heat"),
+    "int32 step": ({"step": torch.tensor([3], dtype=torch.int32)}, "step"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_bad_input_raises_and_writes_nothing(case):
+    edits, name = case
+    args = {**_valid_args(), **edits}
+    heat_before = args["heat"].clone()
+    with pytest.raises(RuntimeError, match=name):
+        torch.ops.eplb_rt.count_from_group_list(**args)
+    assert torch.equal(args["heat"], heat_before)
+
+
+@pytest.mark.parametrize("cumulative", [False, True], ids=["plain", "cumulative"])
+def test_opcheck(cumulative):
+    args = _valid_args()
+    if cumulative:
+        args["group_list"] = args["group_list"].cumsum(0)
+    torch.library.opcheck(
+        torch.ops.eplb_rt.count_from_group_list.default,
+        (args["group_list"], args["heat"], args["step"], args["slot_offset"], cumulative),
+    )

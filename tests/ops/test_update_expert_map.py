@@ -1,0 +1,144 @@
+"""update_expert_map_: in-place copy (same storage), value checks, errors, opcheck."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from eplb_rt import ops
+from tests import reference
+from tests.ops.helpers import random_tables
+
+
+def _tables(seed: int, num_experts: int = 7, max_replicas: int = 3):
+    t = random_tables(num_experts, 11, max_replicas, seed=seed)
+    expert_map = torch.randint(-1, 4, (num_experts,), generator=torch.Generator().manual_seed(seed))
+    return [t.log2phy, t.logcnt, t.replica_share, expert_map.to(torch.int32)]
+
+
+@pytest.mark.parametrize("optional", [False, True], ids=["required-only", "all-tables"])
+@pytest.mark.parametrize(("num_experts", "max_replicas"), [(1, 1), (7, 3), (13, 2)])
+def test_copies_in_place(optional, num_experts, max_replicas):
+    old = _tables(1, num_experts, max_replicas)
+    new = _tables(2, num_experts, max_replicas)
+    pointers = [t.data_ptr() for t in old]
+    expected = [t.clone() for t in old]
+    extra = {}
+    extra_ref = {}
+    if optional:
+        extra = {
+            "replica_share": old[2],
+            "new_replica_share": new[2],
+            "expert_map": old[3],
+            "new_expert_map": new[3],
+        }
+        extra_ref = {**extra, "replica_share": expected[2], "expert_map": expected[3]}
+    reference.update_expert_map_(expected[0], expected[1], new[0], new[1], **extra_ref)
+    ops.update_expert_map_(old[0], old[1], new[0], new[1], **extra)
+    for got, want in zip(old, expected, strict=True):
+        assert torch.equal(got, want)
+    assert [t.data_ptr() for t in old] == pointers
+
+
+def test_layer_slice_of_a_stacked_table_is_updated():
+    stacked = torch.full((3, 4, 2), -1, dtype=torch.int32)
+    counts = torch.ones((3, 4), dtype=torch.int32)
+    new_l2p = torch.tensor([[0, 5], [1, -1], [2, -1], [3, 4]], dtype=torch.int32)
+    new_cnt = torch.tensor([2, 1, 1, 2], dtype=torch.int32)
+    ops.update_expert_map_(stacked[1], counts[1], new_l2p, new_cnt)
+    assert torch.equal(stacked[1], new_l2p)
+    assert torch.equal(counts[1], new_cnt)
+    assert (stacked[[0, 2]] == -1).all()
+
+
+def _valid_args():
+    old = _tables(3, 5, 2)
+    new = _tables(4, 5, 2)
+    return {
+        "log2phy": old[0],
+        "logcnt": old[1],
+        "replica_share": old[2],
+        "expert_map": old[3],
+        "new_log2phy": new[0],
+        "new_logcnt": new[1],
+        "new_replica_share": new[2],
+        "new_expert_map": new[3],
+    }
+
+
+def _poke(name, index, value):
+    def edit(args):
+        args[name] = args[name].clone()
+        args[name][index] = value
+
+    return edit
+
+
+def _set(name, value):
+    def edit(args):
+        args[name] = value
+
+    return edit
+
+
+def _padding_slot(args):
+    """Writes a slot where the row must be -1 (after the expert's replicas)."""
+    args["new_logcnt"] = args["new_logcnt"].clone()
+    args["new_logcnt"][0] = 1
+    args["new_log2phy"] = args["new_log2phy"].clone()
+    args["new_log2phy"][0, 1] = 3
+
+
+BAD_INPUTS = {
+    "logcnt 0": (_poke("new_logcnt", 2, 0), "new_logcnt"),
+    "logcnt > R": (_poke("new_logcnt", 1, 3), "new_logcnt"),
+    "missing slot": (_poke("new_log2phy", (0, 0), -1), "new_log2phy"),
+    "slot in padding": (_padding_slot, "new_log2phy"),
+    "negative share": (_poke("new_replica_share", (1, 0), -0.5), "new_replica_share"),
+    "nan share": (_poke("new_replica_share", (2, 1), float("nan")), "new_replica_share"),
+    "expert_map below -1": (_poke("new_expert_map", 4, -2), "new_expert_map"),
+    "share without new share": (_set("new_replica_share", None), "replica_share"),
+    "new map without map": (_set("expert_map", None), "expert_map"),
+    "int64 log2phy": (_set("new_log2phy", torch.zeros((5, 2), dtype=torch.int64)), "new_log2phy"),
+    "log2phy shape": (_set("new_log2phy", torch.zeros((5, 3), dtype=torch.int32)), "new_log2phy"),
+    "logcnt shape": (_set("new_logcnt", torch.ones(4, dtype=torch.int32)), "new_logcnt"),
+    "float64 share": (
+        _set("replica_share", torch.ones((5, 2), dtype=torch.float64)),
+        "replica_share",
+    ),
+    "strided target": (_set("log2phy", torch.zeros((2, 5), dtype=torch.int32).t()), "log2phy"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_bad_input_raises_and_writes_nothing(case):
+    edit, name = case
+    args = _valid_args()
+    edit(args)
+    targets = ["log2phy", "logcnt", "replica_share", "expert_map"]
+    before = {k: args[k].clone() for k in targets if args[k] is not None}
+    with pytest.raises(RuntimeError, match=name):
+        torch.ops.eplb_rt.update_expert_map_(**args)
+    for k, want in before.items():
+        assert torch.equal(args[k], want)
+
+
+@pytest.mark.parametrize("optional", [False, True], ids=["required-only", "all-tables"])
+def test_opcheck(optional):
+    a = _valid_args()
+    if not optional:
+        for k in ("replica_share", "expert_map", "new_replica_share", "new_expert_map"):
+            a[k] = None
+    torch.library.opcheck(
+        torch.ops.eplb_rt.update_expert_map_.default,
+        (
+            a["log2phy"],
+            a["logcnt"],
+            a["replica_share"],
+            a["expert_map"],
+            a["new_log2phy"],
+            a["new_logcnt"],
+            a["new_replica_share"],
+            a["new_expert_map"],
+        ),
+    )

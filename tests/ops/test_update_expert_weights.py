@@ -1,0 +1,111 @@
+"""update_expert_weights_: exact agreement with the reference, errors, opcheck."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from eplb_rt import ops
+from tests import reference
+
+# One layer's weights on a rank: w13, w2 (bf16), int8 quantised weights and float scales.
+TRAILING = [
+    ((6, 4), torch.bfloat16),
+    ((4, 3), torch.bfloat16),
+    ((5,), torch.int8),
+    ((), torch.float32),
+]
+
+
+def _layer(num_slots: int, seed: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn((num_slots, *shape), generator=gen) * 50).to(dtype)
+        for shape, dtype in TRAILING
+    ]
+
+
+@pytest.mark.parametrize("slot_dtype", [torch.int64, torch.int32], ids=str)
+@pytest.mark.parametrize(
+    ("num_slots", "slots"), [(1, [0]), (5, []), (7, [6, 0, 3]), (3, [2, 1, 0])]
+)
+def test_matches_reference(slot_dtype, num_slots, slots):
+    weights = _layer(num_slots, seed=1)
+    staged = [w[: len(slots)].clone() + 1 for w in _layer(len(slots), seed=2)]
+    slots_t = torch.tensor(slots, dtype=slot_dtype)
+    expected = [w.clone() for w in weights]
+    reference.update_expert_weights_(expected, staged, slots_t)
+    ops.update_expert_weights_(weights, staged, slots_t)
+    for got, want in zip(weights, expected, strict=True):
+        assert torch.equal(got, want)
+
+
+def test_large_copy_runs_in_parallel_and_matches():
+    weights = [torch.randn((16, 256, 128)), torch.randint(-128, 127, (16, 512), dtype=torch.int8)]
+    staged = [torch.randn((9, 256, 128)), torch.randint(-128, 127, (9, 512), dtype=torch.int8)]
+    slots = torch.tensor([15, 0, 7, 3, 8, 1, 12, 5, 2])
+    expected = [w.clone() for w in weights]
+    reference.update_expert_weights_(expected, staged, slots)
+    ops.update_expert_weights_(weights, staged, slots)
+    for got, want in zip(weights, expected, strict=True):
+        assert torch.equal(got, want)
+
+
+def test_empty_lists_do_nothing():
+    ops.update_expert_weights_([], [], torch.zeros(0, dtype=torch.int64))
+
+
+def _valid_args():
+    return {
+        "weights": [torch.zeros((4, 3)), torch.zeros((4, 2), dtype=torch.int8)],
+        "staged": [torch.ones((2, 3)), torch.ones((2, 2), dtype=torch.int8)],
+        "slots": torch.tensor([1, 3]),
+    }
+
+
+BAD_INPUTS = {
+    "slot out of range": ({"slots": torch.tensor([1, 4])}, "slots"),
+    "negative slot": ({"slots": torch.tensor([-1, 2])}, "slots"),
+    "repeated slot": ({"slots": torch.tensor([2, 2])}, "slots"),
+    "float slots": ({"slots": torch.tensor([1.0, 3.0])}, "slots"),
+    "fewer staged tensors": ({"staged": [torch.ones((2, 3))]}, "staged"),
+    "staged dtype": (
+        {"staged": [torch.ones((2, 3)), torch.ones((2, 2), dtype=torch.int16)]},
+        "staged",
+    ),
+    "staged trailing shape": (
+        {"staged": [torch.ones((2, 4)), torch.ones((2, 2), dtype=torch.int8)]},
+        "staged",
+    ),
+    "staged rows != len(slots)": (
+        {"staged": [torch.ones((3, 3)), torch.ones((3, 2), dtype=torch.int8)]},
+        "staged",
+    ),
+    "strided weight": (
+        {"weights": [torch.zeros((3, 4)).t(), torch.zeros((4, 2), dtype=torch.int8)]},
+        "weights",
+    ),
+    "different slot counts": (
+        {"weights": [torch.zeros((4, 3)), torch.zeros((5, 2), dtype=torch.int8)]},
+        "weights",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_bad_input_raises_and_writes_nothing(case):
+    edits, name = case
+    args = {**_valid_args(), **edits}
+    before = [w.clone() for w in args["weights"]]
+    with pytest.raises(RuntimeError, match=name):
+        torch.ops.eplb_rt.update_expert_weights_(**args)
+    for got, want in zip(args["weights"], before, strict=True):
+        assert torch.equal(got, want)
+
+
+def test_opcheck():
+    args = _valid_args()
+    torch.library.opcheck(
+        torch.ops.eplb_rt.update_expert_weights_.default,
+        (args["weights"], args["staged"], args["slots"]),
+    )
