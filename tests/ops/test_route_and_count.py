@@ -236,3 +236,24 @@ def test_opcheck(with_shares):
         torch.empty_like(ids),
     )
     torch.library.opcheck(torch.ops.eplb_rt.route_and_count.default, args)
+
+
+@pytest.mark.parametrize("bad", ["id", "table"])
+def test_bad_input_in_a_parallel_sized_batch_writes_nothing(bad):
+    """The checks also hold when the batch is split over threads: the bad pair is the last one."""
+    tables = random_tables(41, 53, 3, seed=8)
+    ids = random_ids(4099, 8, 41, torch.int32, seed=9)
+    if bad == "id":
+        ids[-1, -1] = 41
+    else:
+        ids[-1, -1] = 40
+        tables.logcnt[40] = 0
+        tables.logcnt[:40] = torch.clamp(tables.logcnt[:40], min=1)
+        ids[:-1][ids[:-1] == 40] = 39
+    heat = torch.zeros((2, 53), dtype=torch.int32)
+    out = torch.full_like(ids, 7)
+    message = r"topk_ids\[4098, 7\] = 41" if bad == "id" else r"logcnt\[40\] = 0"
+    with pytest.raises(RuntimeError, match=message):
+        ops.route_and_count(ids, tables.log2phy, tables.logcnt, heat, torch.tensor([0]), out=out)
+    assert not heat.any()
+    assert (out == 7).all()
