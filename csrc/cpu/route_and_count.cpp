@@ -14,6 +14,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "common/checks.h"
@@ -90,16 +92,19 @@ bool build_tables(RouteTables& t, const int32_t* log2phy, const int32_t* logcnt,
   return all_usable;
 }
 
-// Whether every id is in [-1, E): min/max reductions the compiler vectorises.
+// Whether every id is in [-1, E). With x = id + 1 (unsigned), an id is in range iff neither x nor
+// E - x has its top bit set: an OR-reduction of adds and subtracts that vectorises with plain SSE2
+// (a min/max reduction of int64 does not).
 template <typename id_t>
 bool ids_in_range(const id_t* ids, int64_t begin, int64_t end, int64_t E) {
-  id_t lo = 0;
-  id_t hi = -1;
+  using uid_t = std::make_unsigned_t<id_t>;
+  const uid_t limit = static_cast<uid_t>(std::min<int64_t>(E, std::numeric_limits<id_t>::max()));
+  uid_t bits = 0;
   for (int64_t i = begin; i < end; ++i) {
-    lo = std::min(lo, ids[i]);
-    hi = std::max(hi, ids[i]);
+    const uid_t x = static_cast<uid_t>(ids[i]) + 1u;
+    bits |= x | static_cast<uid_t>(limit - x);
   }
-  return lo >= -1 && static_cast<int64_t>(hi) < E;
+  return (bits >> (8 * sizeof(uid_t) - 1)) == 0;
 }
 
 template <typename id_t>

@@ -257,3 +257,17 @@ def test_bad_input_in_a_parallel_sized_batch_writes_nothing(bad):
         ops.route_and_count(ids, tables.log2phy, tables.logcnt, heat, torch.tensor([0]), out=out)
     assert not heat.any()
     assert (out == 7).all()
+
+
+@pytest.mark.parametrize("dtype", ID_DTYPES, ids=str)
+@pytest.mark.parametrize("where", ["min", "max", "E", "-2"])
+def test_extreme_ids_are_rejected(dtype, where):
+    info = torch.iinfo(dtype)
+    value = {"min": info.min, "max": info.max, "E": 5, "-2": -2}[where]
+    args = _valid_args()
+    args["topk_ids"] = args["topk_ids"].to(dtype)
+    args["phy_ids"] = args["phy_ids"].to(dtype)
+    args["topk_ids"][2, 0] = value
+    with pytest.raises(RuntimeError, match=rf"topk_ids\[2, 0\] = {value} must be"):
+        torch.ops.eplb_rt.route_and_count(**args)
+    assert not args["heat"].any()
