@@ -11,7 +11,8 @@
 
 namespace eplb_rt {
 
-inline void check_dtype(const at::Tensor& t, const char* op, const char* name, at::ScalarType want) {
+inline void check_dtype(const at::Tensor& t, const char* op, const char* name,
+                        at::ScalarType want) {
   TORCH_CHECK(t.scalar_type() == want, op, ": ", name, " must be ", want, ", got ",
               t.scalar_type());
 }
@@ -118,8 +119,9 @@ inline void check_count_from_group_list_args(const at::Tensor& group_list, const
 inline void check_update_expert_weights_args(at::TensorList weights, at::TensorList staged,
                                              const at::Tensor& slots) {
   constexpr const char* op = "update_expert_weights_";
-  TORCH_CHECK(weights.size() == staged.size(), op, ": weights and staged must hold as many tensors,",
-              " got ", weights.size(), " and ", staged.size());
+  TORCH_CHECK(weights.size() == staged.size(), op,
+              ": weights and staged must hold as many tensors,", " got ", weights.size(), " and ",
+              staged.size());
   check_index_dtype(slots, op, "slots");
   check_dim(slots, op, "slots", 1);
   check_contiguous(slots, op, "slots");
@@ -132,8 +134,9 @@ inline void check_update_expert_weights_args(at::TensorList weights, at::TensorL
     TORCH_CHECK(w.sym_size(0) == weights[0].sym_size(0), op, ": weights[", t,
                 "] must have S = ", weights[0].sym_size(0), " slots like weights[0], got shape ",
                 w.sym_sizes());
-    TORCH_CHECK(s.scalar_type() == w.scalar_type(), op, ": staged[", t, "] must have the dtype of weights[",
-                t, "] (", w.scalar_type(), "), got ", s.scalar_type());
+    TORCH_CHECK(s.scalar_type() == w.scalar_type(), op, ": staged[", t,
+                "] must have the dtype of weights[", t, "] (", w.scalar_type(), "), got ",
+                s.scalar_type());
     TORCH_CHECK(s.dim() == w.dim() && s.sym_size(0) == slots.sym_size(0) &&
                     s.sym_sizes().slice(1) == w.sym_sizes().slice(1),
                 op, ": staged[", t, "] must have shape [M, ...] = [", slots.sym_size(0), ", ",
@@ -169,14 +172,16 @@ inline void check_update_expert_map_args(const at::Tensor& log2phy, const at::Te
               log2phy.sym_sizes());
   check_dtype(logcnt, op, "logcnt", at::kInt);
   TORCH_CHECK(logcnt.dim() == 1 && logcnt.sym_size(0) == log2phy.sym_size(0), op,
-              ": logcnt must have shape [E] = [", log2phy.sym_size(0), "], got ", logcnt.sym_sizes());
+              ": logcnt must have shape [E] = [", log2phy.sym_size(0), "], got ",
+              logcnt.sym_sizes());
   // (target, source, its name) pairs share every metadata check.
   auto pair = [&](const at::Tensor& dst, const at::Tensor& src, const char* name,
                   const char* new_name) {
     check_contiguous(dst, op, name);
     check_contiguous(src, op, new_name);
-    TORCH_CHECK(src.scalar_type() == dst.scalar_type(), op, ": ", new_name, " must have the dtype of ",
-                name, " (", dst.scalar_type(), "), got ", src.scalar_type());
+    TORCH_CHECK(src.scalar_type() == dst.scalar_type(), op, ": ", new_name,
+                " must have the dtype of ", name, " (", dst.scalar_type(), "), got ",
+                src.scalar_type());
     check_same_shape(src, op, new_name, dst, name);
     check_same_device(dst, op, name, log2phy, "log2phy");
     check_same_device(src, op, new_name, log2phy, "log2phy");

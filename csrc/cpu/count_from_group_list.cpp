@@ -44,8 +44,6 @@ void count_from_group_list_cpu(const at::Tensor& group_list, const at::Tensor& h
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(eplb_rt, CPU, m) {
-  m.impl("count_from_group_list", &count_from_group_list_cpu);
-}
+TORCH_LIBRARY_IMPL(eplb_rt, CPU, m) { m.impl("count_from_group_list", &count_from_group_list_cpu); }
 
 }  // namespace eplb_rt

@@ -5,7 +5,8 @@
 //      bounds that replace the float comparisons of weighted_replica;
 //   2. validation: every id is -1 or a usable expert (a min/max pass when all experts are usable,
 //      else one table lookup per pair, no branch);
-//   3. routing: replica by csrc/common/replica_rule.h, physical id written, count added to a private
+//   3. routing: replica by csrc/common/replica_rule.h, physical id written, count added to a
+//   private
 //      histogram of the chunk. The histograms are summed into heat[row] once at the end.
 // The tables have a row for the padding id -1 (slot -1), so the hot loop has no padding branch:
 // padding lands in histogram bin 0, which is dropped.
@@ -193,8 +194,8 @@ void route_and_count_typed(const at::Tensor& topk_ids, const at::Tensor& log2phy
   const bool all_usable = build_tables(t, l2p, cnt, E, R, P);
 
   const int64_t pairs = N * K;
-  const int64_t chunks = std::clamp<int64_t>((pairs + kPairsPerChunk - 1) / kPairsPerChunk, 1,
-                                             at::get_num_threads());
+  const int64_t chunks =
+      std::clamp<int64_t>((pairs + kPairsPerChunk - 1) / kPairsPerChunk, 1, at::get_num_threads());
   const int64_t tokens_per_chunk = (N + chunks - 1) / chunks;
   auto chunk_begin = [&](int64_t c) { return std::min(N, c * tokens_per_chunk); };
 
@@ -254,7 +255,8 @@ void route_and_count_typed(const at::Tensor& topk_ids, const at::Tensor& log2phy
 
 void route_and_count_cpu(const at::Tensor& topk_ids, const at::Tensor& log2phy,
                          const at::Tensor& logcnt, const std::optional<at::Tensor>& replica_share,
-                         const at::Tensor& heat, const at::Tensor& step, const at::Tensor& phy_ids) {
+                         const at::Tensor& heat, const at::Tensor& step,
+                         const at::Tensor& phy_ids) {
   check_route_and_count_args(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids);
   if (topk_ids.scalar_type() == at::kInt) {
     route_and_count_typed<int32_t>(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids);

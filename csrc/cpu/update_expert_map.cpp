@@ -34,9 +34,9 @@ void check_new_tables(const at::Tensor& new_log2phy, const at::Tensor& new_logcn
   if (new_replica_share.has_value()) {
     const float* share = new_replica_share->const_data_ptr<float>();
     for (int64_t i = 0; i < E * R; ++i) {
-      TORCH_CHECK(std::isfinite(share[i]) && share[i] >= 0.0f, "update_expert_map_: ",
-                  "new_replica_share[", i / R, ", ", i % R, "] = ", share[i],
-                  " must be finite and >= 0");
+      TORCH_CHECK(std::isfinite(share[i]) && share[i] >= 0.0f,
+                  "update_expert_map_: ", "new_replica_share[", i / R, ", ", i % R,
+                  "] = ", share[i], " must be finite and >= 0");
     }
   }
   if (new_expert_map.has_value()) {

@@ -8,7 +8,8 @@ namespace {
 
 void route_and_count_meta(const at::Tensor& topk_ids, const at::Tensor& log2phy,
                           const at::Tensor& logcnt, const std::optional<at::Tensor>& replica_share,
-                          const at::Tensor& heat, const at::Tensor& step, const at::Tensor& phy_ids) {
+                          const at::Tensor& heat, const at::Tensor& step,
+                          const at::Tensor& phy_ids) {
   check_route_and_count_args(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids);
 }
 
