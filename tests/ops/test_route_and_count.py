@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eplb_rt import ops
 from tests import reference
@@ -271,3 +273,33 @@ def test_extreme_ids_are_rejected(dtype, where):
     with pytest.raises(RuntimeError, match=rf"topk_ids\[2, 0\] = {value} must be"):
         torch.ops.eplb_rt.route_and_count(**args)
     assert not args["heat"].any()
+
+
+RANDOM_CASES = st.fixed_dictionaries(
+    {
+        "num_tokens": st.integers(0, 40),
+        "top_k": st.integers(0, 9),
+        "num_experts": st.integers(1, 20),
+        "num_slots": st.integers(1, 30),
+        "max_replicas": st.integers(1, 4),
+        "step": st.integers(-(2**40), 2**40),
+        "dtype": st.sampled_from(ID_DTYPES),
+        "with_shares": st.booleans(),
+        "seed": st.integers(0, 2**16),
+    }
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(case=RANDOM_CASES)
+def test_random_sizes_match_reference(case):
+    c = case
+    tables = random_tables(c["num_experts"], c["num_slots"], c["max_replicas"], seed=c["seed"])
+    if c["with_shares"]:  # some zero shares: replicas that must never be picked
+        tables.replica_share[tables.replica_share < 0.2] = 0.0
+    ids = random_ids(c["num_tokens"], c["top_k"], c["num_experts"], c["dtype"], seed=c["seed"])
+    heat = torch.zeros((3, c["num_slots"]), dtype=torch.int32)
+    shares = tables.replica_share if c["with_shares"] else None
+    phy, phy_ref, heat_ref = run_both(ids, tables, heat, torch.tensor([c["step"]]), shares)
+    assert torch.equal(phy, phy_ref)
+    assert torch.equal(heat, heat_ref)
