@@ -114,6 +114,8 @@ class Placement:
             raise TypeError(f"phy2log must hold integers, got dtype {phy2log.dtype}")
         self.num_experts = int(num_experts)
         self.num_ranks = int(num_ranks)
+        if self.num_experts < 1:
+            raise ValueError(f"num_experts must be >= 1, got {num_experts}")
         if self.num_ranks < 1 or phy2log.shape[1] % self.num_ranks:
             raise ValueError(
                 f"phy2log has {phy2log.shape[1]} slots per layer, not a multiple of "
