@@ -17,24 +17,16 @@ import time
 import numpy as np
 
 from eplb_rt.algorithms import metrics, plan, policy_names
+from eplb_rt.commands._args import add_command, add_load_argument
 from eplb_rt.placement import Placement, Topology
 from eplb_rt.sim.traces import load_files
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "plan",
-        help="plan a placement of expert replicas from load files",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = add_command(
+        subparsers, "plan", "plan a placement of expert replicas from load files", __doc__
     )
-    parser.add_argument(
-        "--load",
-        nargs="+",
-        required=True,
-        metavar="FILE",
-        help="load file(s): .npy [L, E] or [T, L, E], .npz (key counts or load), SGLang .json",
-    )
+    add_load_argument(parser)
     parser.add_argument("--ranks", type=int, required=True, metavar="D", help="ranks (devices)")
     parser.add_argument(
         "--slots-per-rank", type=int, required=True, metavar="S", help="expert slots per rank"

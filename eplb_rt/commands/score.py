@@ -16,27 +16,19 @@ import json
 import math
 
 from eplb_rt.algorithms import metrics
+from eplb_rt.commands._args import add_command, add_load_argument
 from eplb_rt.placement import Placement
 from eplb_rt.sim.traces import load_files
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "score",
-        help="score a placement on load files (PAR per layer, moves)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = add_command(
+        subparsers, "score", "score a placement on load files (PAR per layer, moves)", __doc__
     )
     parser.add_argument(
         "--placement", required=True, metavar="PLACEMENT.json", help="placement to score"
     )
-    parser.add_argument(
-        "--load",
-        nargs="+",
-        required=True,
-        metavar="FILE",
-        help="load file(s): .npy [L, E] or [T, L, E], .npz (key counts or load), SGLang .json",
-    )
+    add_load_argument(parser)
     parser.add_argument(
         "--previous", metavar="PLACEMENT.json", help="count the slots that differ from this one"
     )
