@@ -303,3 +303,25 @@ def test_random_sizes_match_reference(case):
     phy, phy_ref, heat_ref = run_both(ids, tables, heat, torch.tensor([c["step"]]), shares)
     assert torch.equal(phy, phy_ref)
     assert torch.equal(heat, heat_ref)
+
+
+def test_compiles_with_mutations_kept():
+    """Under torch.compile (functionalised graph) heat and phy_ids are still written in place."""
+    tables = realistic_tables(17, 23, seed=11)
+    ids = random_ids(29, 4, 17, torch.int64, seed=12)
+    step = torch.tensor([3])
+
+    def route(heat, out):
+        ops.route_and_count(ids, tables.log2phy, tables.logcnt, heat, step, out=out)
+        return out
+
+    compiled = torch.compile(route, backend="aot_eager", fullgraph=True)
+    heat, heat_eager = (
+        torch.zeros((2, 23), dtype=torch.int32),
+        torch.zeros((2, 23), dtype=torch.int32),
+    )
+    out, out_eager = torch.empty_like(ids), torch.empty_like(ids)
+    compiled(heat, out)
+    route(heat_eager, out_eager)
+    assert torch.equal(out, out_eager)
+    assert torch.equal(heat, heat_eager)
