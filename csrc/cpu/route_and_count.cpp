@@ -28,6 +28,8 @@ namespace {
 
 // Pairs below which one thread does all the work: forking costs more than it saves.
 constexpr int64_t kPairsPerChunk = 16384;
+// Batches of at most this many pairs per expert skip the tables (route_small_batch).
+constexpr int64_t kSmallBatchPairsPerExpert = 4;
 constexpr int32_t kNoBound = 1 << kRulePeriodBits;  // a code never reaches it
 
 // Per-call tables, indexed by e + 1 (row 0 is the padding id -1); reused across calls.
@@ -120,18 +122,18 @@ bool ids_usable(const id_t* ids, int64_t begin, int64_t end, const uint8_t* usab
   return ok;
 }
 
-// Names the first offending pair; only called once validation failed.
+// Checks every pair of [0, pairs) on its own and throws naming the first bad one: the validation
+// of small batches, and the error report of large ones once the table-based check failed.
 template <typename id_t>
-[[noreturn]] void report_bad_pair(const id_t* ids, int64_t K, const int32_t* log2phy,
-                                  const int32_t* logcnt, int64_t E, int64_t R, int64_t P,
-                                  const uint8_t* usable) {
-  for (int64_t i = 0;; ++i) {
+void check_pairs(const id_t* ids, int64_t pairs, int64_t K, const int32_t* log2phy,
+                 const int32_t* logcnt, int64_t E, int64_t R, int64_t P) {
+  for (int64_t i = 0; i < pairs; ++i) {
     const int64_t e = static_cast<int64_t>(ids[i]);
+    if (e == -1) continue;
     const int64_t n = i / K;
     const int64_t k = i % K;
-    TORCH_CHECK(e >= -1 && e < E, "route_and_count: topk_ids[", n, ", ", k, "] = ", e,
+    TORCH_CHECK(e >= 0 && e < E, "route_and_count: topk_ids[", n, ", ", k, "] = ", e,
                 " must be a logical expert id in [0, ", E, ") or -1 (padding)");
-    if (e == -1 || usable[e + 1]) continue;
     const int32_t cnt = logcnt[e];
     TORCH_CHECK(cnt >= 1 && cnt <= R, "route_and_count: logcnt[", e, "] = ", cnt,
                 " must be in [1, R = ", R, "] (expert ", e, " is used by topk_ids[", n, ", ", k,
@@ -141,6 +143,32 @@ template <typename id_t>
       TORCH_CHECK(p >= 0 && p < P, "route_and_count: log2phy[", e, ", ", r, "] = ", p,
                   " must be a slot in [0, P = ", P, ") (expert ", e, " has logcnt ", cnt,
                   " and is used by topk_ids[", n, ", ", k, "])");
+    }
+  }
+}
+
+// Small batches (decode): per-pair checks and the rule of replica_rule.h applied literally cost
+// less than building the per-expert tables of all E experts. Counts go straight into heat_row.
+template <typename id_t>
+void route_small_batch(const id_t* ids, id_t* phy, int64_t N, int64_t K, const int32_t* log2phy,
+                       const int32_t* logcnt, const float* share, int64_t E, int64_t R, int64_t P,
+                       int64_t step, int32_t* heat_row) {
+  check_pairs(ids, N * K, K, log2phy, logcnt, E, R, P);
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t i = n * K + k;
+      const int64_t e = static_cast<int64_t>(ids[i]);
+      if (e < 0) {
+        phy[i] = -1;
+        continue;
+      }
+      const uint32_t code = position_code(step, N, n, k);
+      const int32_t cnt = logcnt[e];
+      const int32_t r = share != nullptr ? weighted_replica(code, share + e * R, cnt)
+                                         : uniform_replica(code, cnt);
+      const int32_t p = log2phy[e * R + r];
+      phy[i] = static_cast<id_t>(p);
+      heat_row[p] = wrapping_add(heat_row[p], 1);
     }
   }
 }
@@ -190,10 +218,19 @@ void route_and_count_typed(const at::Tensor& topk_ids, const at::Tensor& log2phy
   const int32_t* l2p = log2phy.const_data_ptr<int32_t>();
   const int32_t* cnt = logcnt.const_data_ptr<int32_t>();
 
+  const int64_t pairs = N * K;
+  int32_t* heat_row = heat.data_ptr<int32_t>() + row * heat.stride(0);
+  if (pairs <= kSmallBatchPairsPerExpert * E) {
+    const float* share =
+        replica_share.has_value() ? replica_share->const_data_ptr<float>() : nullptr;
+    route_small_batch(ids, phy_ids.data_ptr<id_t>(), N, K, l2p, cnt, share, E, R, P, step_value,
+                      heat_row);
+    return;
+  }
+
   RouteTables& t = scratch();
   const bool all_usable = build_tables(t, l2p, cnt, E, R, P);
 
-  const int64_t pairs = N * K;
   const int64_t chunks =
       std::clamp<int64_t>((pairs + kPairsPerChunk - 1) / kPairsPerChunk, 1, at::get_num_threads());
   const int64_t tokens_per_chunk = (N + chunks - 1) / chunks;
@@ -216,7 +253,7 @@ void route_and_count_typed(const at::Tensor& topk_ids, const at::Tensor& log2phy
     });
     ok = std::all_of(chunk_ok.begin(), chunk_ok.end(), [](uint8_t v) { return v != 0; });
   }
-  if (!ok) report_bad_pair(ids, K, l2p, cnt, E, R, P, t.usable.data());
+  if (!ok) check_pairs(ids, pairs, K, l2p, cnt, E, R, P);  // throws
 
   const bool weighted = replica_share.has_value() && R > 1;
   if (weighted) build_bounds(t, replica_share->const_data_ptr<float>(), E, R);
@@ -246,10 +283,9 @@ void route_and_count_typed(const at::Tensor& topk_ids, const at::Tensor& log2phy
     });
   }
 
-  int32_t* out = heat.data_ptr<int32_t>() + row * heat.stride(0);
   for (int64_t c = 0; c < chunks; ++c) {
     const int32_t* hist = t.hist.data() + c * (P + 1) + 1;
-    for (int64_t p = 0; p < P; ++p) out[p] = wrapping_add(out[p], hist[p]);
+    for (int64_t p = 0; p < P; ++p) heat_row[p] = wrapping_add(heat_row[p], hist[p]);
   }
 }
 

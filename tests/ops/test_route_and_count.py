@@ -149,19 +149,21 @@ def test_unused_expert_with_bad_table_is_ignored():
     assert heat.tolist() == [[1, 0]]
 
 
-def _valid_args():
+def _valid_args(padded_rows: int = 0):
+    """Six pairs on 5 experts; ``padded_rows`` rows of -1 appended make the batch large enough
+    (more than 4 pairs per expert) for the CPU kernel's table-based path."""
     tables = random_tables(5, 8, 2, seed=7)
     tables.logcnt[:] = 2
     tables.log2phy[:, 0] = torch.arange(5, dtype=torch.int32)
     tables.log2phy[:, 1] = torch.tensor([5, 6, 7, 5, 6], dtype=torch.int32)
     return {
-        "topk_ids": torch.tensor([[0, 1], [2, 3], [4, -1]], dtype=torch.int64),
+        "topk_ids": torch.tensor([[0, 1], [2, 3], [4, -1]] + [[-1, -1]] * padded_rows),
         "log2phy": tables.log2phy,
         "logcnt": tables.logcnt,
         "replica_share": None,
         "heat": torch.zeros((3, 8), dtype=torch.int32),
         "step": torch.tensor([1], dtype=torch.int64),
-        "phy_ids": torch.full((3, 2), 99, dtype=torch.int64),
+        "phy_ids": torch.full((3 + padded_rows, 2), 99, dtype=torch.int64),
     }
 
 
@@ -207,10 +209,11 @@ BAD_INPUTS = {
 }
 
 
+@pytest.mark.parametrize("padded_rows", [0, 10], ids=["small", "large"])
 @pytest.mark.parametrize("case", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
-def test_bad_input_raises_and_writes_nothing(case):
+def test_bad_input_raises_and_writes_nothing(case, padded_rows):
     edit, name = case
-    args = _valid_args()
+    args = _valid_args(padded_rows)
     edit(args)
     heat_before = args["heat"].clone()
     phy_before = args["phy_ids"].clone()
@@ -220,8 +223,9 @@ def test_bad_input_raises_and_writes_nothing(case):
     assert torch.equal(args["phy_ids"], phy_before)
 
 
-def test_valid_args_are_valid():
-    torch.ops.eplb_rt.route_and_count(**_valid_args())
+@pytest.mark.parametrize("padded_rows", [0, 10], ids=["small", "large"])
+def test_valid_args_are_valid(padded_rows):
+    torch.ops.eplb_rt.route_and_count(**_valid_args(padded_rows))
 
 
 @pytest.mark.parametrize("with_shares", [False, True], ids=["uniform", "shares"])
@@ -261,12 +265,13 @@ def test_bad_input_in_a_parallel_sized_batch_writes_nothing(bad):
     assert (out == 7).all()
 
 
+@pytest.mark.parametrize("padded_rows", [0, 10], ids=["small", "large"])
 @pytest.mark.parametrize("dtype", ID_DTYPES, ids=str)
 @pytest.mark.parametrize("where", ["min", "max", "E", "-2"])
-def test_extreme_ids_are_rejected(dtype, where):
+def test_extreme_ids_are_rejected(dtype, where, padded_rows):
     info = torch.iinfo(dtype)
     value = {"min": info.min, "max": info.max, "E": 5, "-2": -2}[where]
-    args = _valid_args()
+    args = _valid_args(padded_rows)
     args["topk_ids"] = args["topk_ids"].to(dtype)
     args["phy_ids"] = args["phy_ids"].to(dtype)
     args["topk_ids"][2, 0] = value
