@@ -1,13 +1,14 @@
 // CPU kernel of route_and_count.
 //
-// Three passes, nothing written before the second one succeeds:
+// Small batches (decode: at most 4 pairs per expert) check each pair, then route it by
+// csrc/common/replica_rule.h and count it straight into heat[row].
+// Larger batches make three passes, nothing written before the second one succeeds:
 //   1. per-expert tables (E x R, small): usable experts, their slots and, with shares, the integer
 //      bounds that replace the float comparisons of weighted_replica;
-//   2. validation: every id is -1 or a usable expert (a min/max pass when all experts are usable,
-//      else one table lookup per pair, no branch);
-//   3. routing: replica by csrc/common/replica_rule.h, physical id written, count added to a
-//   private
-//      histogram of the chunk. The histograms are summed into heat[row] once at the end.
+//   2. validation: every id is -1 or a usable expert (a vectorised range check when all experts
+//      are usable, else one table lookup per pair, no branch);
+//   3. routing, a chunk of tokens per thread: replica by the rule, physical id written, count
+//      added to the chunk's private histogram; the histograms are summed into heat[row] at the end.
 // The tables have a row for the padding id -1 (slot -1), so the hot loop has no padding branch:
 // padding lands in histogram bin 0, which is dropped.
 #include <ATen/Parallel.h>
