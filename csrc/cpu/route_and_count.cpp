@@ -126,24 +126,24 @@ bool ids_usable(const id_t* ids, int64_t begin, int64_t end, const uint8_t* usab
 // Checks every pair of [0, pairs) on its own and throws naming the first bad one: the validation
 // of small batches, and the error report of large ones once the table-based check failed.
 template <typename id_t>
-void check_pairs(const id_t* ids, int64_t pairs, int64_t K, const int32_t* log2phy,
+void check_pairs(const id_t* ids, int64_t N, int64_t K, const int32_t* log2phy,
                  const int32_t* logcnt, int64_t E, int64_t R, int64_t P) {
-  for (int64_t i = 0; i < pairs; ++i) {
-    const int64_t e = static_cast<int64_t>(ids[i]);
-    if (e == -1) continue;
-    const int64_t n = i / K;
-    const int64_t k = i % K;
-    TORCH_CHECK(e >= 0 && e < E, "route_and_count: topk_ids[", n, ", ", k, "] = ", e,
-                " must be a logical expert id in [0, ", E, ") or -1 (padding)");
-    const int32_t cnt = logcnt[e];
-    TORCH_CHECK(cnt >= 1 && cnt <= R, "route_and_count: logcnt[", e, "] = ", cnt,
-                " must be in [1, R = ", R, "] (expert ", e, " is used by topk_ids[", n, ", ", k,
-                "])");
-    for (int32_t r = 0; r < cnt; ++r) {
-      const int32_t p = log2phy[e * R + r];
-      TORCH_CHECK(p >= 0 && p < P, "route_and_count: log2phy[", e, ", ", r, "] = ", p,
-                  " must be a slot in [0, P = ", P, ") (expert ", e, " has logcnt ", cnt,
-                  " and is used by topk_ids[", n, ", ", k, "])");
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t e = static_cast<int64_t>(ids[n * K + k]);
+      if (e == -1) continue;
+      TORCH_CHECK(e >= 0 && e < E, "route_and_count: topk_ids[", n, ", ", k, "] = ", e,
+                  " must be a logical expert id in [0, ", E, ") or -1 (padding)");
+      const int32_t cnt = logcnt[e];
+      TORCH_CHECK(cnt >= 1 && cnt <= R, "route_and_count: logcnt[", e, "] = ", cnt,
+                  " must be in [1, R = ", R, "] (expert ", e, " is used by topk_ids[", n, ", ", k,
+                  "])");
+      for (int32_t r = 0; r < cnt; ++r) {
+        const int32_t p = log2phy[e * R + r];
+        TORCH_CHECK(p >= 0 && p < P, "route_and_count: log2phy[", e, ", ", r, "] = ", p,
+                    " must be a slot in [0, P = ", P, ") (expert ", e, " has logcnt ", cnt,
+                    " and is used by topk_ids[", n, ", ", k, "])");
+      }
     }
   }
 }
@@ -154,7 +154,7 @@ template <typename id_t>
 void route_small_batch(const id_t* ids, id_t* phy, int64_t N, int64_t K, const int32_t* log2phy,
                        const int32_t* logcnt, const float* share, int64_t E, int64_t R, int64_t P,
                        int64_t step, int32_t* heat_row) {
-  check_pairs(ids, N * K, K, log2phy, logcnt, E, R, P);
+  check_pairs(ids, N, K, log2phy, logcnt, E, R, P);
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t k = 0; k < K; ++k) {
       const int64_t i = n * K + k;
@@ -254,7 +254,10 @@ void route_and_count_typed(const at::Tensor& topk_ids, const at::Tensor& log2phy
     });
     ok = std::all_of(chunk_ok.begin(), chunk_ok.end(), [](uint8_t v) { return v != 0; });
   }
-  if (!ok) check_pairs(ids, pairs, K, l2p, cnt, E, R, P);  // throws
+  if (!ok) {
+    check_pairs(ids, N, K, l2p, cnt, E, R, P);  // throws, naming the first bad pair
+    TORCH_INTERNAL_ASSERT(false, "route_and_count: validation failed without a bad pair");
+  }
 
   const bool weighted = replica_share.has_value() && R > 1;
   if (weighted) build_bounds(t, replica_share->const_data_ptr<float>(), E, R);
