@@ -6,6 +6,6 @@ Importing this package registers every policy; see :mod:`eplb_rt.algorithms.regi
 from eplb_rt.algorithms.registry import get_policy, plan, policy_names, register, warm_up
 
 # One import per policy module: importing registers the policy.
-from eplb_rt.algorithms import equilibrium  # noqa: E402, F401  isort: skip
+from eplb_rt.algorithms import equilibrium, flashlb  # noqa: F401  isort: skip
 
 __all__ = ["get_policy", "plan", "policy_names", "register", "warm_up"]

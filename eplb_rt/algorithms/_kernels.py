@@ -235,8 +235,8 @@ def swap_search(row, W, counts, num_ranks, num_slots_per_rank, max_rounds, tie_w
     """Pairwise swaps of replicas between a bottleneck rank and any other rank (in place).
 
     Objective: sum over episodes of the max rank load (``W`` rows are episodes, each normalised),
-    plus ``tie_weight`` times the larger of the two swapped ranks' loads so that swaps that only
-    lower one of several equal peaks still count as progress. Best improving swap per bottleneck
+    plus ``tie_weight * D`` times the sum of squared rank loads, so that swaps that only lower
+    one of several equal peaks still count as progress. Best improving swap per bottleneck
     rank; stops when no swap gains more than ``min_gain`` (objective units) or after
     ``max_rounds`` accepted swaps.
     Returns the number of swaps made.
@@ -248,23 +248,28 @@ def swap_search(row, W, counts, num_ranks, num_slots_per_rank, max_rounds, tie_w
     D = num_ranks
     S = num_slots_per_rank
     E = W.shape[1]
-    loads = rank_loads(row, W, counts, D, S)
+    # Episode-minor layouts keep the innermost loop (over episodes) contiguous.
+    loads0 = rank_loads(row, W, counts, D, S)
+    loads = np.ascontiguousarray(loads0.T)  # [D, K]
     holds = holds_from_row(row, D, S, E)
-    per = np.empty((K, E))
+    per = np.empty((E, K))
     for k in range(K):
         for e in range(E):
-            per[k, e] = W[k, e] / counts[e]
-    tops = np.empty((K, 3), dtype=np.int64)
+            per[e, k] = W[k, e] / counts[e]
     bottlenecks = np.empty(K, dtype=np.int64)
-    delta = np.empty(K)
+    rest1 = np.empty(K)  # per episode: max load over ranks other than a
+    idx1 = np.empty(K, dtype=np.int64)
+    rest2 = np.empty(K)  # ... other than a and idx1
+    col = np.empty(D)
+    scale = tie_weight * D * 2.0
     swaps = 0
     while swaps < max_rounds:
         for k in range(K):
-            a, b, c = _top3(loads[k])
-            tops[k, 0] = a
-            tops[k, 1] = b
-            tops[k, 2] = c
-            bottlenecks[k] = a
+            m = 0
+            for r in range(1, D):
+                if loads[r, k] > loads[m, k]:
+                    m = r
+            bottlenecks[k] = m
         best_gain = min_gain if min_gain > 1e-12 else 1e-12
         best_p = -1
         best_q = -1
@@ -276,6 +281,17 @@ def swap_search(row, W, counts, num_ranks, num_slots_per_rank, max_rounds, tie_w
                     seen = True
             if seen:
                 continue
+            for k in range(K):
+                for r in range(D):
+                    col[r] = loads[r, k]
+                t1, t2, t3 = _top3(col)
+                if t1 == a:
+                    t1, t2 = t2, t3
+                elif t2 == a:
+                    t2 = t3
+                idx1[k] = t1
+                rest1[k] = col[t1] if t1 >= 0 else -np.inf
+                rest2[k] = col[t2] if t2 >= 0 else -np.inf
             for sa in range(S):
                 p = a * S + sa
                 x = row[p]
@@ -289,18 +305,19 @@ def swap_search(row, W, counts, num_ranks, num_slots_per_rank, max_rounds, tie_w
                             continue
                         gain = 0.0
                         for k in range(K):
-                            d = per[k, x] - per[k, y]
-                            delta[k] = d
-                            la = loads[k, a]
-                            lb = loads[k, b]
+                            d = per[x, k] - per[y, k]
+                            la = loads[a, k]
+                            lb = loads[b, k]
                             old = la if la > lb else lb
                             na = la - d
                             nb = lb + d
                             new = na if na > nb else nb
-                            rest = _max_excluding(loads[k], tops[k], a, b)
+                            rest = rest1[k] if idx1[k] != b else rest2[k]
                             old_peak = old if old > rest else rest
                             new_peak = new if new > rest else rest
-                            gain += old_peak - new_peak + tie_weight * (old - new)
+                            # Secondary term: the drop of the sum of squared loads (a global
+                            # potential, so accepted swaps can never cycle), scaled to peaks.
+                            gain += old_peak - new_peak + scale * d * (la - lb - d)
                         if gain > best_gain:
                             best_gain = gain
                             best_p = p
@@ -318,9 +335,9 @@ def swap_search(row, W, counts, num_ranks, num_slots_per_rank, max_rounds, tie_w
         holds[b, y] = False
         holds[b, x] = True
         for k in range(K):
-            d = per[k, x] - per[k, y]
-            loads[k, a] -= d
-            loads[k, b] += d
+            d = per[x, k] - per[y, k]
+            loads[a, k] -= d
+            loads[b, k] += d
         swaps += 1
     return swaps
 

@@ -51,7 +51,7 @@ class EquilibriumOptions:
     """
 
     num_episodes: int = 4
-    shares: bool = True
+    shares: bool = False
     count_rounds: int = 4
     count_width: int = 2
     count_tol: float = 0.002
@@ -86,13 +86,17 @@ def _layer_par(row: np.ndarray, W: np.ndarray, w: np.ndarray, topo: Topology,
     return float((loads.max(axis=1)[ok] / mean[ok]).mean()) if ok.any() else 1.0
 
 
-def _fresh_row(W: np.ndarray, w: np.ndarray, topo: Topology, opts: EquilibriumOptions) -> np.ndarray:
+def _fresh_row(W: np.ndarray, w: np.ndarray, topo: Topology,
+               opts: EquilibriumOptions) -> np.ndarray:
     D, S = topo.num_ranks, topo.num_slots_per_rank
     counts = K.allot_min_max(w, topo.num_slots, D)
-    # Episodes are normalised: each contributes a mean rank load of 1 / D to the peak sum.
-    good_enough = W.shape[0] / D * (1.0 + opts.count_tol)
-    row, _, _ = K.search_counts(W, counts, D, S, opts.count_rounds, opts.count_width,
+    # Counts and a first placement on the mean load (one episode: the fast swap kernel), then
+    # swaps scored on every episode's peak, which is what makes the plan hold out of sample.
+    good_enough = (1.0 + opts.count_tol) / D
+    row, _, _ = K.search_counts(w[None, :], counts, D, S, opts.count_rounds, opts.count_width,
                                 4 * topo.num_slots, good_enough)
+    if W.shape[0] > 1:
+        K.swap_search(row, W, counts, D, S, 4 * topo.num_slots, 1e-3)
     if opts.shares and opts.share_rewrites:
         total = w.sum()
         # Rewrites cost a flow per candidate: only worth it when shares leave a real gap.
