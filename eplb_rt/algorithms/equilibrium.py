@@ -52,8 +52,8 @@ class EquilibriumOptions:
 
     num_episodes: int = 4
     shares: bool = False
-    count_rounds: int = 4
-    count_width: int = 2
+    count_rounds: int = 6
+    count_width: int = 3
     count_tol: float = 0.002
     share_rewrites: int = 8
     move_cost: float = 0.001

@@ -48,6 +48,8 @@ class FlashLBOptions:
         branch: replica-count choices tried per group and state (odd; centred on the
             proportional share).
         neighbour_rounds: rounds of the neighbour search over replica counts.
+        neighbour_width: donor and recipient experts tried per round (one- and two-replica
+            moves among them).
         threshold: with ``previous``: a layer is re-deployed only if its PAR exceeds this.
         margin: ... and the new placement removes at least this fraction of the layer's
             excess ``PAR - 1`` (hysteresis).
@@ -60,14 +62,15 @@ class FlashLBOptions:
     width: int = 4
     branch: int = 3
     neighbour_rounds: int = 4
+    neighbour_width: int = 3
     threshold: float = 1.0
     margin: float = 0.01
     incremental: bool = False
     hot_fraction: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.num_episodes < 1 or self.width < 1 or self.branch < 1:
-            raise ValueError("num_episodes, width and branch must be >= 1")
+        if min(self.num_episodes, self.width, self.branch, self.neighbour_width) < 1:
+            raise ValueError("num_episodes, width, branch and neighbour_width must be >= 1")
         if self.neighbour_rounds < 0 or self.margin < 0 or self.z < 0:
             raise ValueError("neighbour_rounds, margin and z must be >= 0")
         if not 0.0 <= self.hot_fraction <= 1.0:
@@ -280,7 +283,7 @@ def episode_par(row, W, D, S):
 
 
 @njit(cache=True, nogil=True)
-def neighbour_search(row, counts, W, mu, cov, z, D, S, rounds):
+def neighbour_search(row, counts, W, mu, cov, z, D, S, rounds, width):
     """Move one replica between experts (hottest recipients, cheapest donors), re-place, keep
     improvements by the episode score. Returns the best row (counts updated in place)."""
     E = mu.shape[0]
@@ -293,25 +296,38 @@ def neighbour_search(row, counts, W, mu, cov, z, D, S, rounds):
         for e in range(E):
             rec_key[e] = -mu[e] / counts[e] if counts[e] < D else np.inf
             don_key[e] = mu[e] / (counts[e] - 1) if counts[e] > 1 else np.inf
-        recipients = np.argsort(rec_key, kind="mergesort")[:2]
-        donors = np.argsort(don_key, kind="mergesort")[:2]
+        recipients = np.argsort(rec_key, kind="mergesort")[:width]
+        donors = np.argsort(don_key, kind="mergesort")[:width]
         improved = False
         cand_row = best_row
         cand_counts = counts.copy()
-        for y in recipients:
-            for x in donors:
-                if x == y or counts[x] < 2 or counts[y] >= D:
-                    continue
-                trial[:] = counts
-                trial[x] -= 1
-                trial[y] += 1
-                r = place_counts(mu, cov, z, trial, D, S)
-                v = episode_par(r, W, D, S)
-                if v < best_val - 1e-12:
-                    best_val = v
-                    cand_row = r
-                    cand_counts[:] = trial
-                    improved = True
+        # One-replica moves, and two-replica moves (two recipients, two donors): when too many
+        # large replicas share ranks no single move helps.
+        for i1 in range(recipients.shape[0]):
+            for i2 in range(-1, recipients.shape[0]):
+                for j1 in range(donors.shape[0]):
+                    for j2 in range(-1, donors.shape[0]):
+                        if (i2 < 0) != (j2 < 0) or (i2 >= 0 and (i2 < i1 or j2 < j1)):
+                            continue
+                        trial[:] = counts
+                        trial[recipients[i1]] += 1
+                        trial[donors[j1]] -= 1
+                        if i2 >= 0:
+                            trial[recipients[i2]] += 1
+                            trial[donors[j2]] -= 1
+                        ok = True
+                        for e in range(E):
+                            if trial[e] < 1 or trial[e] > D:
+                                ok = False
+                        if not ok:
+                            continue
+                        r = place_counts(mu, cov, z, trial, D, S)
+                        v = episode_par(r, W, D, S)
+                        if v < best_val - 1e-12:
+                            best_val = v
+                            cand_row = r
+                            cand_counts[:] = trial
+                            improved = True
         if not improved:
             break
         best_row = cand_row
@@ -325,7 +341,8 @@ def _layer_plan(W: np.ndarray, topo: Topology, opts: FlashLBOptions) -> np.ndarr
     centred = W - mu
     cov = np.ascontiguousarray(centred.T @ centred / W.shape[0])
     row, counts = tree_search(mu, cov, opts.z, D, S, opts.width, opts.branch)
-    return neighbour_search(row, counts, W, mu, cov, opts.z, D, S, opts.neighbour_rounds)
+    return neighbour_search(row, counts, W, mu, cov, opts.z, D, S, opts.neighbour_rounds,
+                            opts.neighbour_width)
 
 
 def _incremental(prev_row: np.ndarray, new_row: np.ndarray, W: np.ndarray, topo: Topology,
