@@ -356,10 +356,10 @@ def peak_sum(loads):
 
 
 @njit(cache=True, nogil=True)
-def reallot_step(row, W, counts, num_ranks, num_slots_per_rank):
+def reallot_step(row, W, counts, num_ranks, num_slots_per_rank, min_gain=0.0):
     """One re-allotment move (in place): give a replica to an expert on a bottleneck rank, taken
     from an expert with spare replicas, by rewriting one slot. Best move by the episode
-    objective; returns True when a move improved it."""
+    objective; returns True when a move improved it by more than ``min_gain``."""
     K = W.shape[0]
     E = W.shape[1]
     D = num_ranks
@@ -368,7 +368,7 @@ def reallot_step(row, W, counts, num_ranks, num_slots_per_rank):
     holds = holds_from_row(row, D, S, E)
     base = peak_sum(loads)
     trial = np.empty_like(loads)
-    best_val = base - 1e-12 * (1.0 + base)
+    best_val = base - max(min_gain, 1e-12 * (1.0 + base))
     best_slot = -1
     best_y = -1
     for k0 in range(K):

@@ -45,18 +45,20 @@ class EquilibriumOptions:
         count_rounds: rounds of the neighbour search over replica counts.
         count_width: candidate donor/recipient experts per round of that search.
         count_tol: the count search is skipped once the mean episode PAR is within this of 1.
+        allot_z: replicas are allotted for ``mean + allot_z * std`` of each expert's episode load.
         share_rewrites: slots that may be rewritten to open a bottleneck for the shares.
         move_cost: with ``previous``: PAR a moved slot must buy (0 = only balance counts).
         max_moved_fraction: with ``previous``: at most this fraction of a layer's slots move.
     """
 
-    num_episodes: int = 4
+    num_episodes: int = 16
     shares: bool = False
     count_rounds: int = 6
     count_width: int = 3
     count_tol: float = 0.002
+    allot_z: float = 1.5
     share_rewrites: int = 8
-    move_cost: float = 0.001
+    move_cost: float = 0.002
     max_moved_fraction: float = 1.0
 
     def __post_init__(self) -> None:
@@ -89,7 +91,9 @@ def _layer_par(row: np.ndarray, W: np.ndarray, w: np.ndarray, topo: Topology,
 def _fresh_row(W: np.ndarray, w: np.ndarray, topo: Topology,
                opts: EquilibriumOptions) -> np.ndarray:
     D, S = topo.num_ranks, topo.num_slots_per_rank
-    counts = K.allot_min_max(w, topo.num_slots, D)
+    # Replicas for the load an expert may reach, not only its mean: mean + z * std over episodes.
+    robust = w + opts.allot_z * W.std(axis=0) if W.shape[0] > 1 else w
+    counts = K.allot_min_max(robust, topo.num_slots, D)
     # Counts and a first placement on the mean load (one episode: the fast swap kernel), then
     # swaps scored on every episode's peak, which is what makes the plan hold out of sample.
     good_enough = (1.0 + opts.count_tol) / D
@@ -118,9 +122,19 @@ def _repaired_row(prev_row: np.ndarray, W: np.ndarray, w: np.ndarray, topo: Topo
         open_bottleneck(row, w, D, S, budget, opts.move_cost * total / D, 4)
     else:
         counts = K.counts_from_row(row, W.shape[1])
-        # Objective units: sum over K episodes of normalised peaks (mean rank load 1 / D each).
-        min_gain = 2.0 * opts.move_cost * W.shape[0] / D
-        K.swap_search(row, W, counts, D, S, budget // 2, 1e-3, min_gain)
+        # Objective units: a normalised episode has mean rank load 1 / D, so a PAR gain of
+        # move_cost is a peak gain of move_cost / D per episode.
+        rewrite_gain = opts.move_cost / D
+        swap_gain = 2.0 * opts.move_cost * W.shape[0] / D
+        single = w[None, :]
+        moves = 0
+        while moves < budget:
+            if K.reallot_step(row, single, counts, D, S, rewrite_gain):
+                moves += 1
+            elif moves + 2 <= budget and K.swap_search(row, W, counts, D, S, 1, 1e-3, swap_gain):
+                moves += 2
+            else:
+                break
     return row
 
 
