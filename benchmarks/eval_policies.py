@@ -46,14 +46,16 @@ def in_sample(names):
     for n in names:
         ds32 = np.mean([_par(plan(n, c[1], c[2]), c[1][0]) for c in cases])
         ds64 = np.mean([_par(plan(n, c[1], c[3]), c[1][0]) for c in cases])
-        esft = np.mean([
-            _par(plan(n, traces.esft(t).sum(0), Topology(8, 9)), traces.esft(t).sum(0))
-            for t in traces.ESFT_TASKS
-        ])
+        esft = np.mean(
+            [
+                _par(plan(n, traces.esft(t).sum(0), Topology(8, 9)), traces.esft(t).sum(0))
+                for t in traces.ESFT_TASKS
+            ]
+        )
         subsets = traces.gptoss_subsets()
-        gpt = np.mean([
-            _par(plan(n, traces.gptoss(s), Topology(8, 5)), traces.gptoss(s)[0]) for s in subsets
-        ])
+        gpt = np.mean(
+            [_par(plan(n, traces.gptoss(s), Topology(8, 5)), traces.gptoss(s)[0]) for s in subsets]
+        )
         rows[n] = [ds32, ds64, esft, gpt]
     print("\n### In sample (mean PAR)\n")
     print("| policy | DeepSeek-V3 32x9 | DeepSeek-V3 64x5 | ESFT 8x9 | gpt-oss 8x5 |")
@@ -65,8 +67,10 @@ def in_sample(names):
 def out_of_sample(names):
     loads = [deepseek(w) for w in DS]
     print("\n### Out of sample, static (mean PAR)\n")
-    print("| policy | DeepSeek-V3 32x9 leave-one-out | DeepSeek-V3 64x5 leave-one-out "
-          "| ESFT 8x9 first half -> second half, per request |")
+    print(
+        "| policy | DeepSeek-V3 32x9 leave-one-out | DeepSeek-V3 64x5 leave-one-out "
+        "| ESFT 8x9 first half -> second half, per request |"
+    )
     print("|---|---|---|---|")
     for n in names:
         res = []
@@ -89,8 +93,10 @@ def out_of_sample(names):
 def adapting(names, knob_values=(0.0, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01)):
     loads = [deepseek(w) for w in DS]
     topo = Topology(32, 9)
-    print("\n### Adapting with --previous (DeepSeek-V3 32x9; previous fit on the other three "
-          "workloads; PAR on the new one)\n")
+    print(
+        "\n### Adapting with --previous (DeepSeek-V3 32x9; previous fit on the other three "
+        "workloads; PAR on the new one)\n"
+    )
     print("| policy | PAR | moved fraction |")
     print("|---|---|---|")
     prevs = {}
@@ -119,8 +125,10 @@ def adapting(names, knob_values=(0.0, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.00
 
 
 def cycles(names, window=8):
-    print(f"\n### Re-plan cycles (ESFT 8x9, windows of {window} requests, plan on t with the "
-          "placement of t-1, score on t+1)\n")
+    print(
+        f"\n### Re-plan cycles (ESFT 8x9, windows of {window} requests, plan on t with the "
+        "placement of t-1, score on t+1)\n"
+    )
     print("| policy | mean PAR (next window) | mean moved fraction per cycle |")
     print("|---|---|---|")
     topo = Topology(8, 9)
@@ -141,10 +149,13 @@ def cycles(names, window=8):
 
 
 def timing(names, repeats=5):
-    print("\n### Time (all 58 DeepSeek-V3 layers at 64x5, one process; median of "
-          f"{repeats} after warm-up)\n")
-    print("| policy | warm-up (s) | plan, aggregate load (ms) | plan, 4 workloads as episodes "
-          "(ms) |")
+    print(
+        "\n### Time (all 58 DeepSeek-V3 layers at 64x5, one process; median of "
+        f"{repeats} after warm-up)\n"
+    )
+    print(
+        "| policy | warm-up (s) | plan, aggregate load (ms) | plan, 4 workloads as episodes (ms) |"
+    )
     print("|---|---|---|---|")
     one = deepseek("prefill_in1024")
     four = np.concatenate([deepseek(w) for w in DS])

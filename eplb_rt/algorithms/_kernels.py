@@ -1,3 +1,4 @@
+# ruff: noqa: PLR0917  (numba kernels take plain positional arrays)
 """Numba kernels shared by the policies: replica allotment, constructive placement, local search.
 
 Everything here works on ONE layer and plain arrays:
@@ -155,17 +156,9 @@ def _top3(values):
 
 
 @njit(cache=True, nogil=True)
-def _max_excluding(values, top, x, y):
-    """Largest entry of ``values`` whose index is neither x nor y, given its top-3 indices."""
-    for i in top:
-        if i >= 0 and i != x and i != y:
-            return values[i]
-    return -np.inf
-
-
-@njit(cache=True, nogil=True)
-def _swap_search_single(row, w, counts, num_ranks, num_slots_per_rank, max_rounds, tie_weight,
-                        min_gain):
+def _swap_search_single(
+    row, w, counts, num_ranks, num_slots_per_rank, max_rounds, tie_weight, min_gain
+):
     """:func:`swap_search` for one episode (``w [E]``), with the rank loop pruned: a swap can only
     help when the other rank is lighter than the bottleneck by more than the load it receives."""
     D = num_ranks
@@ -230,8 +223,9 @@ def _swap_search_single(row, w, counts, num_ranks, num_slots_per_rank, max_round
 
 
 @njit(cache=True, nogil=True)
-def swap_search(row, W, counts, num_ranks, num_slots_per_rank, max_rounds, tie_weight,
-                min_gain=0.0):
+def swap_search(
+    row, W, counts, num_ranks, num_slots_per_rank, max_rounds, tie_weight, min_gain=0.0
+):
     """Pairwise swaps of replicas between a bottleneck rank and any other rank (in place).
 
     Objective: sum over episodes of the max rank load (``W`` rows are episodes, each normalised),
@@ -243,8 +237,9 @@ def swap_search(row, W, counts, num_ranks, num_slots_per_rank, max_rounds, tie_w
     """
     K = W.shape[0]
     if K == 1:
-        return _swap_search_single(row, W[0], counts, num_ranks, num_slots_per_rank, max_rounds,
-                                   tie_weight, min_gain)
+        return _swap_search_single(
+            row, W[0], counts, num_ranks, num_slots_per_rank, max_rounds, tie_weight, min_gain
+        )
     D = num_ranks
     S = num_slots_per_rank
     E = W.shape[1]
@@ -349,8 +344,7 @@ def peak_sum(loads):
     for k in range(loads.shape[0]):
         m = loads[k, 0]
         for r in range(1, loads.shape[1]):
-            if loads[k, r] > m:
-                m = loads[k, r]
+            m = max(m, loads[k, r])
         total += m
     return total
 
@@ -447,8 +441,9 @@ def _better(val, sq, best_val, best_sq):
 
 
 @njit(cache=True, nogil=True)
-def search_counts(W, counts, num_ranks, num_slots_per_rank, rounds, width, max_swaps,
-                  good_enough=0.0):
+def search_counts(
+    W, counts, num_ranks, num_slots_per_rank, rounds, width, max_swaps, good_enough=0.0
+):
     """Neighbour search over replica counts: move one or two replicas from donor experts (of the
     ``width`` whose per-replica load rises least) to recipients (of the ``width`` with the largest
     per-replica load), re-construct, keep the best neighbour if it improves. Two-replica moves
@@ -492,8 +487,11 @@ def search_counts(W, counts, num_ranks, num_slots_per_rank, rounds, width, max_s
                             trial[donors[j2]] -= 1
                         ok = True
                         for e in range(E):
-                            if trial[e] < 1 or trial[e] > D or (trial[e] != counts[e]
-                                                                and w[e] == 0.0 and trial[e] > 1):
+                            if (
+                                trial[e] < 1
+                                or trial[e] > D
+                                or (trial[e] != counts[e] and w[e] == 0.0 and trial[e] > 1)
+                            ):
                                 ok = False
                                 break
                         if not ok:

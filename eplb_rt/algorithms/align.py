@@ -14,8 +14,13 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 
-def align_row(new_row: np.ndarray, prev_row: np.ndarray, num_ranks: int, num_experts: int,
-              new_share: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def align_row(
+    new_row: np.ndarray,
+    prev_row: np.ndarray,
+    num_ranks: int,
+    num_experts: int,
+    new_share: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Relabel the ranks of one layer ``new_row [P]`` to overlap ``prev_row [P]`` most.
 
     ``new_share [P]`` (optional) is permuted along. Returns ``(row [P] int64, share [P] | None)``.
@@ -34,7 +39,7 @@ def align_row(new_row: np.ndarray, prev_row: np.ndarray, num_ranks: int, num_exp
     out = np.empty((num_ranks, S), dtype=np.int64)
     share_grid = None if new_share is None else new_share.reshape(num_ranks, S)
     out_share = None if new_share is None else np.empty((num_ranks, S))
-    for n, o in zip(new_idx, old_idx):
+    for n, o in zip(new_idx, old_idx, strict=True):
         experts = new_grid[n]
         prev = prev_grid[o]
         slot_of = {int(e): i for i, e in enumerate(prev)}

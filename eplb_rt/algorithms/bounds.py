@@ -67,8 +67,9 @@ def gap(placement: Placement, load: np.ndarray) -> np.ndarray:
         return np.where(bound > 0, peak / np.where(bound > 0, bound, 1.0) - 1.0, np.nan)
 
 
-def exact_min_max(w: np.ndarray, topo: Topology, uniform: bool = True,
-                  time_limit: float = 30.0) -> tuple[float, np.ndarray]:
+def exact_min_max(
+    w: np.ndarray, topo: Topology, uniform: bool = True, time_limit: float = 30.0
+) -> tuple[float, np.ndarray]:
     """Exact best max rank load of one small layer ``w [E]`` (MILP, HiGHS).
 
     ``uniform=True``: replica counts and placement with uniform shares. ``uniform=False``: any
@@ -83,9 +84,14 @@ def exact_min_max(w: np.ndarray, topo: Topology, uniform: bool = True,
     return _exact_shares(w, D, S, time_limit)
 
 
-def _solve(c, constraints, integrality, lb, ub, time_limit):
-    res = milp(c, constraints=constraints, integrality=integrality, bounds=Bounds(lb, ub),
-               options={"time_limit": time_limit, "mip_rel_gap": 1e-9})
+def _solve(c, constraints, integrality, lb, ub, *, time_limit):
+    res = milp(
+        c,
+        constraints=constraints,
+        integrality=integrality,
+        bounds=Bounds(lb, ub),
+        options={"time_limit": time_limit, "mip_rel_gap": 1e-9},
+    )
     if res.x is None or res.status not in (0,):
         raise RuntimeError(f"exact solver did not finish: {res.message}")
     return res.x
@@ -117,16 +123,25 @@ def _exact_uniform(w, D, S, time_limit):
             add([(yi(e, r, k), 1.0) for k in range(D)], 0, 1)
     for r in range(D):
         add([(yi(e, r, k), 1.0) for e in range(E) for k in range(D)], S, S)
-        add([(yi(e, r, k), w[e] / (k + 1)) for e in range(E) for k in range(D)] + [(n - 1, -1.0)],
-            -np.inf, 0)
+        add(
+            [(yi(e, r, k), w[e] / (k + 1)) for e in range(E) for k in range(D)] + [(n - 1, -1.0)],
+            -np.inf,
+            0,
+        )
     c = np.zeros(n)
     c[-1] = 1.0
     integrality = np.ones(n)
     integrality[-1] = 0
     ub = np.ones(n)
     ub[-1] = np.inf
-    x = _solve(c, LinearConstraint(np.array(rows), lo, hi), integrality, np.zeros(n), ub,
-               time_limit)
+    x = _solve(
+        c,
+        LinearConstraint(np.array(rows), lo, hi),
+        integrality,
+        np.zeros(n),
+        ub,
+        time_limit=time_limit,
+    )
     row = [e for r in range(D) for e in range(E) for k in range(D) if x[yi(e, r, k)] > 0.5]
     return float(x[-1]), np.array(row, dtype=np.int64)
 
@@ -159,7 +174,13 @@ def _exact_shares(w, D, S, time_limit):
     integrality = np.zeros(n)
     integrality[:nx] = 1
     ub = np.concatenate([np.ones(nx), np.repeat(w, D), [np.inf]])
-    x = _solve(c, LinearConstraint(np.array(rows), lo, hi), integrality, np.zeros(n), ub,
-               time_limit)
+    x = _solve(
+        c,
+        LinearConstraint(np.array(rows), lo, hi),
+        integrality,
+        np.zeros(n),
+        ub,
+        time_limit=time_limit,
+    )
     row = [e for r in range(D) for e in range(E) if x[e * D + r] > 0.5]
     return float(x[-1]), np.array(row, dtype=np.int64)

@@ -59,8 +59,12 @@ class EpisodeStats:
     """
 
     def __init__(self, num_layers: int, num_experts: int, history: int, episode_steps: int = 1):
-        for name, value in (("num_layers", num_layers), ("num_experts", num_experts),
-                            ("history", history), ("episode_steps", episode_steps)):
+        for name, value in (
+            ("num_layers", num_layers),
+            ("num_experts", num_experts),
+            ("history", history),
+            ("episode_steps", episode_steps),
+        ):
             if int(value) < 1:
                 raise ValueError(f"EpisodeStats.{name} must be >= 1, got {value}")
         self.num_layers = int(num_layers)

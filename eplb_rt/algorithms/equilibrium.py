@@ -72,8 +72,9 @@ class EquilibriumOptions:
             raise ValueError(f"max_moved_fraction must be in [0, 1], got {self.max_moved_fraction}")
 
 
-def _layer_par(row: np.ndarray, W: np.ndarray, w: np.ndarray, topo: Topology,
-               shares: bool) -> float:
+def _layer_par(
+    row: np.ndarray, W: np.ndarray, w: np.ndarray, topo: Topology, shares: bool
+) -> float:
     """Score of one layer's slots: PAR with optimal shares on ``w``, or mean episode PAR."""
     D, S = topo.num_ranks, topo.num_slots_per_rank
     if shares:
@@ -88,8 +89,9 @@ def _layer_par(row: np.ndarray, W: np.ndarray, w: np.ndarray, topo: Topology,
     return float((loads.max(axis=1)[ok] / mean[ok]).mean()) if ok.any() else 1.0
 
 
-def _fresh_row(W: np.ndarray, w: np.ndarray, topo: Topology,
-               opts: EquilibriumOptions) -> np.ndarray:
+def _fresh_row(
+    W: np.ndarray, w: np.ndarray, topo: Topology, opts: EquilibriumOptions
+) -> np.ndarray:
     D, S = topo.num_ranks, topo.num_slots_per_rank
     # Replicas for the load an expert may reach, not only its mean: mean + z * std over episodes.
     robust = w + opts.allot_z * W.std(axis=0) if W.shape[0] > 1 else w
@@ -97,8 +99,16 @@ def _fresh_row(W: np.ndarray, w: np.ndarray, topo: Topology,
     # Counts and a first placement on the mean load (one episode: the fast swap kernel), then
     # swaps scored on every episode's peak, which is what makes the plan hold out of sample.
     good_enough = (1.0 + opts.count_tol) / D
-    row, _, _ = K.search_counts(w[None, :], counts, D, S, opts.count_rounds, opts.count_width,
-                                4 * topo.num_slots, good_enough)
+    row, _, _ = K.search_counts(
+        w[None, :],
+        counts,
+        D,
+        S,
+        opts.count_rounds,
+        opts.count_width,
+        4 * topo.num_slots,
+        good_enough,
+    )
     if W.shape[0] > 1:
         K.swap_search(row, W, counts, D, S, 4 * topo.num_slots, 1e-3)
     if opts.shares and opts.share_rewrites:
@@ -109,8 +119,15 @@ def _fresh_row(W: np.ndarray, w: np.ndarray, topo: Topology,
     return row
 
 
-def _repaired_row(prev_row: np.ndarray, W: np.ndarray, w: np.ndarray, topo: Topology,
-                  opts: EquilibriumOptions, budget: int) -> np.ndarray:
+def _repaired_row(
+    prev_row: np.ndarray,
+    W: np.ndarray,
+    w: np.ndarray,
+    topo: Topology,
+    opts: EquilibriumOptions,
+    *,
+    budget: int,
+) -> np.ndarray:
     """The previous slots improved move by move, each move worth more than ``move_cost``."""
     D, S = topo.num_ranks, topo.num_slots_per_rank
     row = prev_row.copy()
@@ -138,16 +155,20 @@ def _repaired_row(prev_row: np.ndarray, W: np.ndarray, w: np.ndarray, topo: Topo
     return row
 
 
-def plan_layer(W: np.ndarray, prev_row: np.ndarray | None, topo: Topology,
-               opts: EquilibriumOptions) -> tuple[np.ndarray, np.ndarray | None]:
-    """One layer. ``W [K, E]`` normalised episodes; returns ``(row [P] int64, share [P] | None)``."""
+def plan_layer(
+    W: np.ndarray, prev_row: np.ndarray | None, topo: Topology, opts: EquilibriumOptions
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One layer. ``W [K, E]``: normalised episodes.
+
+    Returns ``(row [P] int64, share [P] float64 or None)``.
+    """
     D, S = topo.num_ranks, topo.num_slots_per_rank
     w = np.ascontiguousarray(W.mean(axis=0))
     fresh = _fresh_row(W, w, topo, opts)
     if prev_row is not None:
         budget = int(opts.max_moved_fraction * topo.num_slots)
         fresh, _ = align_row(fresh, prev_row, D, W.shape[1])
-        candidates = [prev_row, _repaired_row(prev_row, W, w, topo, opts, budget), fresh]
+        candidates = [prev_row, _repaired_row(prev_row, W, w, topo, opts, budget=budget), fresh]
         best_cost = np.inf
         for cand in candidates:
             moves = int((cand != prev_row).sum())
@@ -168,14 +189,24 @@ def plan_layer(W: np.ndarray, prev_row: np.ndarray | None, topo: Topology,
     return row, balanced_slot_shares(row, w, D, S, target * (1 + 1e-12))
 
 
+def _warm_up() -> None:
+    topo = Topology(4, 3)
+    load = np.arange(1.0, 1 + 2 * 2 * 9).reshape(2, 2, 9)
+    for shares in (True, False):
+        opts = EquilibriumOptions(shares=shares)
+        first = equilibrium(load, None, topo, opts)
+        equilibrium(load[::-1].copy(), first, topo, opts)
+
+
 @register(
     "equilibrium",
     EquilibriumOptions,
     "local search to near the bound with chosen replica shares; move-cost knob vs previous",
-    warm_up=lambda: _warm_up(),
+    warm_up=_warm_up,
 )
-def equilibrium(load: np.ndarray, previous: Placement | None, topo: Topology,
-                opts: EquilibriumOptions) -> Placement:
+def equilibrium(
+    load: np.ndarray, previous: Placement | None, topo: Topology, opts: EquilibriumOptions
+) -> Placement:
     """load: ``[T, L, E]`` float64. Returns the placement of all ``L`` layers (shares if asked)."""
     episodes = normalise_episodes(cut_episodes(load, opts.num_episodes))  # [K, L, E]
     _, L, E = episodes.shape
@@ -193,12 +224,3 @@ def equilibrium(load: np.ndarray, previous: Placement | None, topo: Topology,
             shares[layer] = share
             any_share = True
     return Placement(rows, E, topo.num_ranks, shares if any_share else None)
-
-
-def _warm_up() -> None:
-    topo = Topology(4, 3)
-    load = np.arange(1.0, 1 + 2 * 2 * 9).reshape(2, 2, 9)
-    for shares in (True, False):
-        opts = EquilibriumOptions(shares=shares)
-        first = equilibrium(load, None, topo, opts)
-        equilibrium(load[::-1].copy(), first, topo, opts)

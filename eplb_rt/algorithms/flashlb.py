@@ -1,3 +1,4 @@
+# ruff: noqa: PLR0917  (numba kernels take plain positional arrays)
 """``flashlb``: FlashLB-style joint allotment and placement with episode statistics.
 
 Our own implementation of the idea behind vllm-ascend's FlashLB:
@@ -192,7 +193,7 @@ def tree_search(mu, cov, z, D, S, width, branch):
         n = 0
         for b in range(alive):
             share = group_load / remaining_load if remaining_load > 0 else 0.0
-            centre = int(round(spare[b] * share))
+            centre = int(np.floor(spare[b] * share + 0.5))
             for t in range(branch):
                 extra = centre + t - branch // 2
                 if last:
@@ -209,8 +210,19 @@ def tree_search(mu, cov, z, D, S, width, branch):
                 c_counts[n] = countss[b]
                 left = _allot_within(experts, mu, extra, c_counts[n], D)
                 c_spare[n] = spare[b] - extra + left
-                _place_group(experts, c_counts[n], mu, cov, z, c_means[n], c_vars[n], c_rows[n],
-                             c_fills[n], c_holds[n], S)
+                _place_group(
+                    experts,
+                    c_counts[n],
+                    mu,
+                    cov,
+                    z,
+                    c_means[n],
+                    c_vars[n],
+                    c_rows[n],
+                    c_fills[n],
+                    c_holds[n],
+                    S,
+                )
                 worst = 0.0
                 for r in range(D):
                     sc = c_means[n, r] + z * np.sqrt(max(c_vars[n, r], 0.0))
@@ -246,7 +258,6 @@ def tree_search(mu, cov, z, D, S, width, branch):
     fill = fills[best].copy()
     holds = holdss[best].copy()
     mean = means[best].copy()
-    var = varss[best].copy()
     extra = spare[best]
     if extra > 0:
         before = counts.copy()
@@ -341,12 +352,14 @@ def _layer_plan(W: np.ndarray, topo: Topology, opts: FlashLBOptions) -> np.ndarr
     centred = W - mu
     cov = np.ascontiguousarray(centred.T @ centred / W.shape[0])
     row, counts = tree_search(mu, cov, opts.z, D, S, opts.width, opts.branch)
-    return neighbour_search(row, counts, W, mu, cov, opts.z, D, S, opts.neighbour_rounds,
-                            opts.neighbour_width)
+    return neighbour_search(
+        row, counts, W, mu, cov, opts.z, D, S, opts.neighbour_rounds, opts.neighbour_width
+    )
 
 
-def _incremental(prev_row: np.ndarray, new_row: np.ndarray, W: np.ndarray, topo: Topology,
-                 opts: FlashLBOptions) -> np.ndarray:
+def _incremental(
+    prev_row: np.ndarray, new_row: np.ndarray, W: np.ndarray, topo: Topology, opts: FlashLBOptions
+) -> np.ndarray:
     """Previous slots, with only the hottest experts and those whose count changed re-placed."""
     D, S, E = topo.num_ranks, topo.num_slots_per_rank, W.shape[1]
     mu = W.mean(axis=0)
@@ -377,14 +390,22 @@ def _incremental(prev_row: np.ndarray, new_row: np.ndarray, W: np.ndarray, topo:
     return grid.reshape(-1)
 
 
+def _warm_up() -> None:
+    topo = Topology(4, 3)
+    load = np.arange(1.0, 1 + 2 * 2 * 9).reshape(2, 2, 9)
+    first = flashlb(load, None, topo, FlashLBOptions())
+    flashlb(load[::-1].copy(), first, topo, FlashLBOptions(incremental=True))
+
+
 @register(
     "flashlb",
     FlashLBOptions,
     "FlashLB: tree search over expert groups by mean+z*std score, aligned and cherry-picked",
-    warm_up=lambda: _warm_up(),
+    warm_up=_warm_up,
 )
-def flashlb(load: np.ndarray, previous: Placement | None, topo: Topology,
-            opts: FlashLBOptions) -> Placement:
+def flashlb(
+    load: np.ndarray, previous: Placement | None, topo: Topology, opts: FlashLBOptions
+) -> Placement:
     """load: ``[T, L, E]`` float64. Returns the placement of all ``L`` layers (uniform shares)."""
     episodes = normalise_episodes(cut_episodes(load, opts.num_episodes))
     _, L, E = episodes.shape
@@ -405,10 +426,3 @@ def flashlb(load: np.ndarray, previous: Placement | None, topo: Topology,
         redeploy = old_par > opts.threshold and new_par < old_par - opts.margin * (old_par - 1.0)
         rows[layer] = new_row if redeploy else prev_row
     return Placement(rows, E, topo.num_ranks)
-
-
-def _warm_up() -> None:
-    topo = Topology(4, 3)
-    load = np.arange(1.0, 1 + 2 * 2 * 9).reshape(2, 2, 9)
-    first = flashlb(load, None, topo, FlashLBOptions())
-    flashlb(load[::-1].copy(), first, topo, FlashLBOptions(incremental=True))

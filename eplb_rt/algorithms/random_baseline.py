@@ -49,8 +49,9 @@ def _random_row(w: np.ndarray, topo: Topology, rng: np.random.Generator) -> np.n
 
 
 @register("random", RandomOptions, "random replica counts and ranks (seeded baseline)")
-def random_policy(load: np.ndarray, previous: Placement | None, topo: Topology,
-                  opts: RandomOptions) -> Placement:
+def random_policy(
+    load: np.ndarray, previous: Placement | None, topo: Topology, opts: RandomOptions
+) -> Placement:
     """load: ``[T, L, E]`` float64. Returns a random valid placement of all ``L`` layers."""
     agg = load.sum(axis=0)
     rng = np.random.default_rng(opts.seed)

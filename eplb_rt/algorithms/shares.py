@@ -1,3 +1,4 @@
+# ruff: noqa: PLR0917  (numba kernels take plain positional arrays)
 """Optimal replica shares: split each expert's tokens over its replicas so rank loads equalise.
 
 Given which ranks hold which experts (a placement's ``phy2log`` row), choosing shares is a
@@ -73,8 +74,7 @@ def _dfs_push(head, nxt, to, cap, level, it, s, t, tol, stack_node, stack_edge):
             f = _INF
             for i in range(depth):
                 c = cap[stack_edge[i]]
-                if c < f:
-                    f = c
+                f = min(f, c)
             for i in range(depth):
                 e = stack_edge[i]
                 cap[e] -= f
@@ -233,8 +233,7 @@ def balanced_slot_shares(row, w, num_ranks, num_slots_per_rank, target):
     for p in range(P):
         # Flow on an edge = capacity of its reverse edge.
         v = x[p] - cap[out_edge[p] + 1] + cap[in_edge[p] + 1]
-        if v < 0.0:
-            v = 0.0
+        v = max(v, 0.0)
         x[p] = v
         sums[row[p]] += v
     for p in range(P):
@@ -243,8 +242,9 @@ def balanced_slot_shares(row, w, num_ranks, num_slots_per_rank, target):
     return share
 
 
-def optimal_slot_shares(row: np.ndarray, w: np.ndarray, num_ranks: int,
-                        num_slots_per_rank: int) -> tuple[np.ndarray, float]:
+def optimal_slot_shares(
+    row: np.ndarray, w: np.ndarray, num_ranks: int, num_slots_per_rank: int
+) -> tuple[np.ndarray, float]:
     """Shares minimising the max rank load of one layer.
 
     Args:

@@ -96,14 +96,21 @@ def refill(prev_row, w, counts, num_ranks, num_slots_per_rank):
     return row
 
 
+def _warm_up() -> None:
+    topo = Topology(4, 3)
+    load = np.arange(1.0, 1 + 2 * 9).reshape(1, 2, 9)
+    swift(load, None, topo, SwiftOptions())
+
+
 @register(
     "swift",
     SwiftOptions,
     "SwiftBalancer: keep primaries, re-fill redundant slots, a few capped swaps (few moves)",
-    warm_up=lambda: _warm_up(),
+    warm_up=_warm_up,
 )
-def swift(load: np.ndarray, previous: Placement | None, topo: Topology,
-          opts: SwiftOptions) -> Placement:
+def swift(
+    load: np.ndarray, previous: Placement | None, topo: Topology, opts: SwiftOptions
+) -> Placement:
     """load: ``[T, L, E]`` float64. Returns the placement of all ``L`` layers (uniform shares)."""
     agg = load.sum(axis=0)
     L, E = agg.shape
@@ -117,13 +124,8 @@ def swift(load: np.ndarray, previous: Placement | None, topo: Topology,
         counts = K.counts_from_row(row, E)
         total = w.sum()
         if total > 0 and opts.max_swaps:
-            K.swap_search(row, (w / total)[None, :], counts, D, S, opts.max_swaps, 0.0,
-                          opts.min_gain / D)
+            K.swap_search(
+                row, (w / total)[None, :], counts, D, S, opts.max_swaps, 0.0, opts.min_gain / D
+            )
         rows[layer] = row
     return Placement(rows, E, topo.num_ranks)
-
-
-def _warm_up() -> None:
-    topo = Topology(4, 3)
-    load = np.arange(1.0, 1 + 2 * 9).reshape(1, 2, 9)
-    swift(load, None, topo, SwiftOptions())

@@ -40,7 +40,7 @@ def test_exact_solver_respects_bounds_and_policies_respect_exact(seed, D, S):
     E = int(rng.integers(S, D * S + 1))
     w = rng.integers(1, 50, size=E).astype(float)
     topo = Topology(D, S)
-    exact, row = bounds.exact_min_max(w, topo, uniform=True)
+    exact, _ = bounds.exact_min_max(w, topo, uniform=True)
     assert exact >= bounds.lower_bound(w[None], topo)[0] - 1e-6
     shares_exact, _ = bounds.exact_min_max(w, topo, uniform=False)
     assert shares_exact <= exact + 1e-6
@@ -65,8 +65,7 @@ def test_optimal_shares_reach_the_flow_optimum():
     assert max(loads) == pytest.approx(11.0)
     assert share[1] + share[2] == pytest.approx(1.0)
     # A closed set: rank 0's experts have no replica elsewhere.
-    share, best = optimal_slot_shares(np.array([0, 1, 2, 3]), np.array([5.0, 5.0, 1.0, 1.0]),
-                                      2, 2)
+    share, best = optimal_slot_shares(np.array([0, 1, 2, 3]), np.array([5.0, 5.0, 1.0, 1.0]), 2, 2)
     assert best == pytest.approx(10.0)
     assert np.allclose(share, 1.0)
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eplb_rt.algorithms import metrics, plan, policy_names, warm_up
+from eplb_rt.algorithms import metrics, plan, warm_up
 from eplb_rt.placement import Placement, Topology
 from eplb_rt.sim import traces
 
@@ -99,10 +99,12 @@ def test_never_worse_than_random_on_average(name):
     load = rng.pareto(1.3, size=(1, 12, 40)) * 100
     topo = Topology(8, 6)
     ours = np.nanmean(metrics.par(plan(name, load, topo), load[0]))
-    rand = np.mean([
-        np.nanmean(metrics.par(plan("random", load, topo, options={"seed": s}), load[0]))
-        for s in range(3)
-    ])
+    rand = np.mean(
+        [
+            np.nanmean(metrics.par(plan("random", load, topo, options={"seed": s}), load[0]))
+            for s in range(3)
+        ]
+    )
     assert ours < rand
 
 
@@ -137,8 +139,13 @@ def test_equilibrium_move_cost_trades_balance_for_moves():
         moved.append(p.moved_fraction(prev))
     assert moved[0] >= moved[1] >= moved[2]
     assert moved[2] == 0.0
-    capped = plan("equilibrium", new, topo, previous=prev,
-                  options={"move_cost": 0.0, "max_moved_fraction": 0.1})
+    capped = plan(
+        "equilibrium",
+        new,
+        topo,
+        previous=prev,
+        options={"move_cost": 0.0, "max_moved_fraction": 0.1},
+    )
     assert (capped.moves(prev) <= int(0.1 * topo.num_slots)).all()
 
 
