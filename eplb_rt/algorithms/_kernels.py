@@ -223,9 +223,7 @@ def _swap_search_single(
 
 
 @njit(cache=True, nogil=True)
-def swap_search(
-    row, W, counts, num_ranks, num_slots_per_rank, max_rounds, tie_weight, min_gain=0.0
-):
+def swap_search(row, W, counts, num_ranks, num_slots_per_rank, max_rounds, tie_weight, min_gain):
     """Pairwise swaps of replicas between a bottleneck rank and any other rank (in place).
 
     Objective: sum over episodes of the max rank load (``W`` rows are episodes, each normalised),
@@ -350,7 +348,7 @@ def peak_sum(loads):
 
 
 @njit(cache=True, nogil=True)
-def reallot_step(row, W, counts, num_ranks, num_slots_per_rank, min_gain=0.0):
+def reallot_step(row, W, counts, num_ranks, num_slots_per_rank, min_gain):
     """One re-allotment move (in place): give a replica to an expert on a bottleneck rank, taken
     from an expert with spare replicas, by rewriting one slot. Best move by the episode
     objective; returns True when a move improved it by more than ``min_gain``."""
@@ -427,7 +425,7 @@ def construct(W, counts, num_ranks, num_slots_per_rank, max_swaps):
     lexicographically (the second breaks ties between equal peaks).
     """
     row = lpt_place(episode_mean(W), counts, num_ranks, num_slots_per_rank)
-    swap_search(row, W, counts, num_ranks, num_slots_per_rank, max_swaps, 1e-3)
+    swap_search(row, W, counts, num_ranks, num_slots_per_rank, max_swaps, 1e-3, 0.0)
     loads = rank_loads(row, W, counts, num_ranks, num_slots_per_rank)
     return row, peak_sum(loads), np.sum(loads * loads)
 

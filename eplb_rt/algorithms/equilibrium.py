@@ -110,7 +110,7 @@ def _fresh_row(
         good_enough,
     )
     if W.shape[0] > 1:
-        K.swap_search(row, W, counts, D, S, 4 * topo.num_slots, 1e-3)
+        K.swap_search(row, W, counts, D, S, 4 * topo.num_slots, 1e-3, 0.0)
     if opts.shares and opts.share_rewrites:
         total = w.sum()
         # Rewrites cost a flow per candidate: only worth it when shares leave a real gap.
