@@ -5,7 +5,7 @@
 Prints markdown tables:
 
 1. in sample: plan and score on the same load (DeepSeek-V3 at 32x9 and 64x5, ESFT at 8x9,
-   gpt-oss-20b at 8x5); mean PAR over layers and workloads;
+   gpt-oss-20b at 8x5, OLMoE (layers 0, 7, 15) at 8x9); mean PAR over layers and workloads;
 2. out of sample, static: DeepSeek-V3, plan on three prefill workloads (as episodes), score on
    the fourth (leave-one-out, mean over the four); ESFT, plan on the first half of each task's
    requests (as episodes), score request by request on the second half (mean over requests);
@@ -29,6 +29,7 @@ from eplb_rt.placement import Topology
 from eplb_rt.sim import traces
 
 DS = traces.DEEPSEEK_V3_WORKLOADS
+OLMOE_DOMAINS = ("arxiv", "book", "c4", "github", "tulu", "wikipedia")
 
 
 def _par(p, load) -> float:
@@ -56,10 +57,16 @@ def in_sample(names):
         gpt = np.mean(
             [_par(plan(n, traces.gptoss(s), Topology(8, 5)), traces.gptoss(s)[0]) for s in subsets]
         )
-        rows[n] = [ds32, ds64, esft, gpt]
+        olmoe = np.mean(
+            [
+                _par(plan(n, traces.olmoe(domain=d), Topology(8, 9)), traces.olmoe(domain=d)[0])
+                for d in OLMOE_DOMAINS
+            ]
+        )
+        rows[n] = [ds32, ds64, esft, gpt, olmoe]
     print("\n### In sample (mean PAR)\n")
-    print("| policy | DeepSeek-V3 32x9 | DeepSeek-V3 64x5 | ESFT 8x9 | gpt-oss 8x5 |")
-    print("|---|---|---|---|---|")
+    print("| policy | DeepSeek-V3 32x9 | DeepSeek-V3 64x5 | ESFT 8x9 | gpt-oss 8x5 | OLMoE 8x9 |")
+    print("|---|---|---|---|---|---|")
     for n, r in rows.items():
         print(f"| {n} | " + " | ".join(f"{x:.4f}" for x in r) + " |")
 

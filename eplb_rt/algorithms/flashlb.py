@@ -86,7 +86,7 @@ def _place_group(experts, counts, mu, cov, z, mean, var, row, fill, holds, S):
     per = np.empty(n)
     for t in range(n):
         per[t] = mu[experts[t]] / counts[experts[t]]
-    order = np.argsort(-per, kind="mergesort")
+    order = K.stable_order(-per)
     for t in order:
         i = experts[t]
         share = 1.0 / counts[i]
@@ -161,7 +161,7 @@ def tree_search(mu, cov, z, D, S, width, branch):
     """Beam search over expert groups; returns ``(row [P], counts [E])`` of the best state."""
     E = mu.shape[0]
     P = D * S
-    order = np.argsort(-mu, kind="mergesort")
+    order = K.stable_order(-mu)
     G = (E + D - 1) // D
     total = mu.sum()
     B = width
@@ -239,7 +239,7 @@ def tree_search(mu, cov, z, D, S, width, branch):
                 n += 1
         if n == 0:
             break
-        keep = np.argsort(c_est[:n], kind="mergesort")[:B]
+        keep = K.stable_order(c_est[:n])[:B]
         alive = keep.shape[0]
         for b in range(alive):
             c = keep[b]
@@ -307,8 +307,8 @@ def neighbour_search(row, counts, W, mu, cov, z, D, S, rounds, width):
         for e in range(E):
             rec_key[e] = -mu[e] / counts[e] if counts[e] < D else np.inf
             don_key[e] = mu[e] / (counts[e] - 1) if counts[e] > 1 else np.inf
-        recipients = np.argsort(rec_key, kind="mergesort")[:width]
-        donors = np.argsort(don_key, kind="mergesort")[:width]
+        recipients = K.stable_order(rec_key)[:width]
+        donors = K.stable_order(don_key)[:width]
         improved = False
         cand_row = best_row
         cand_counts = counts.copy()

@@ -24,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from eplb_rt.algorithms._kernels import stable_order
+
 _INF = 1e300
 
 
@@ -296,11 +298,11 @@ def open_bottleneck(row, w, num_ranks, num_slots_per_rank, max_rewrites, min_gai
                 confined[row[p]] = False
         for e in range(E):
             key[e] = -w[e] / counts[e] if confined[e] and counts[e] < D else np.inf
-        heavy = np.argsort(key, kind="mergesort")[:width]
+        heavy = stable_order(key)[:width]
         for p in range(P):
             x = row[p]
             slot_key[p] = w[x] / (counts[x] - 1) if counts[x] > 1 and not Y[p // S] else np.inf
-        slots = np.argsort(slot_key, kind="mergesort")
+        slots = stable_order(slot_key)
         best_T = T - min_gain
         best_p = -1
         best_y = -1

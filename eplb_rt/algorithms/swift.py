@@ -69,7 +69,7 @@ def refill(prev_row, w, counts, num_ranks, num_slots_per_rank):
             need[e] -= 1
             holds[p // S, e] = True
             loads[p // S] += w[e] / counts[e]
-    order = np.argsort(-(w / counts), kind="mergesort")
+    order = K.stable_order(-(w / counts))
     for e in order:
         while need[e] > 0:
             best = -1
