@@ -1,9 +1,10 @@
 """Evaluation harness of the balancing policies on the traces the repository ships.
 
-    PYTHONPATH=. python benchmarks/eval_policies.py [--policies a,b,...] [--quick]
+    PYTHONPATH=. python benchmarks/eval_policies.py [--policies a,b,...] [--sections ...]
 
 Prints markdown tables:
 
+0. the toy case of the issue, with the exact optima (MILP);
 1. in sample: plan and score on the same load (DeepSeek-V3 at 32x9 and 64x5, ESFT at 8x9,
    gpt-oss-20b at 8x5, OLMoE (layers 0, 7, 15) at 8x9); mean PAR over layers and workloads;
 2. out of sample, static: DeepSeek-V3, plan on three prefill workloads (as episodes), score on
@@ -24,7 +25,7 @@ import time
 
 import numpy as np
 
-from eplb_rt.algorithms import get_policy, metrics, plan, policy_names
+from eplb_rt.algorithms import bounds, get_policy, metrics, plan, policy_names
 from eplb_rt.placement import Topology
 from eplb_rt.sim import traces
 
@@ -39,6 +40,23 @@ def _par(p, load) -> float:
 
 def deepseek(workload: str) -> np.ndarray:
     return traces.deepseek_v3(workload, moe_only=True)
+
+
+def toy(names):
+    load = np.array([[600.0, 560, 120, 120, 20, 10, 10, 10]])
+    topo = Topology(8, 2)
+    print("\n### Toy case [600, 560, 120, 120, 20, 10, 10, 10], 8 ranks x 2 slots\n")
+    print("| placement | max rank load |")
+    print("|---|---|")
+    for n in names:
+        print(f"| {n} | {metrics.max_rank_load(plan(n, load, topo), load)[0]:.2f} |")
+    if "equilibrium" in names:
+        p = plan("equilibrium", load, topo, options={"shares": True})
+        print(f"| equilibrium, shares=true | {metrics.max_rank_load(p, load)[0]:.2f} |")
+    exact, _ = bounds.exact_min_max(load[0], topo, uniform=True)
+    exact_shares, _ = bounds.exact_min_max(load[0], topo, uniform=False)
+    print(f"| exact optimum, uniform shares (MILP) | {exact:.2f} |")
+    print(f"| exact optimum, free shares (MILP) | {exact_shares:.2f} |")
 
 
 def in_sample(names):
@@ -187,12 +205,14 @@ def timing(names, repeats=5):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policies", default=",".join(policy_names()))
-    parser.add_argument("--sections", default="time,in,out,adapt,cycles")
+    parser.add_argument("--sections", default="time,toy,in,out,adapt,cycles")
     args = parser.parse_args()
     names = args.policies.split(",")
     sections = args.sections.split(",")
     if "time" in sections:
         timing(names)  # first, so that warm-up is measured before other sections compile
+    if "toy" in sections:
+        toy(names)
     if "in" in sections:
         in_sample(names)
     if "out" in sections:
