@@ -1,22 +1,26 @@
-"""``equilibrium``: near-optimal placements with chosen replica shares, and few moves.
+"""``equilibrium``: placements near the lower bound that hold out of sample, with few moves.
 
-Per layer (all numba, no GIL):
+Per layer (the search kernels are numba, no GIL):
 
 1. **Robust load.** The history is cut into episodes, each normalised to sum 1 so every episode
-   (or workload) weighs the same; the plan is scored by the sum over episodes of the peak rank
-   load, i.e. the mean PAR over episodes, not by the PAR of the summed load.
+   (or workload) weighs the same. Replicas are allotted for ``mean + allot_z * std`` of each
+   expert's episode load, and the placement is scored by the sum over episodes of the peak rank
+   load (the mean PAR over episodes), not by the PAR of the summed load.
 2. **Construct + local search.** Min-max-replica allotment, longest-processing-time placement,
-   then best-improvement pairwise swaps of replicas between a bottleneck rank and any other rank;
-   a neighbour search over replica counts (one- and two-replica moves, each re-constructed) fixes
-   allotments whose large replicas cannot all get a rank of their own.
-3. **Shares.** Each expert's tokens are split over its replicas by the transportation optimum
-   (see :mod:`eplb_rt.algorithms.shares`); where a rank set still confines too much load, a few
-   slots are rewritten to open it. PAR 1.0 is then reached wherever the placement allows it.
-4. **Migration knob** (with ``previous``): three candidates per layer -- keep the slots and only
-   re-split shares (0 moves); repair the previous placement move by move, each move accepted only
-   when it lowers the layer's PAR by more than ``move_cost``; the fresh plan relabelled to the
-   previous ranks (Hungarian). The layer takes the candidate with the least
-   ``PAR + move_cost * moves`` within the per-layer budget ``max_moved_fraction * P``.
+   best-improvement pairwise swaps of replicas between a bottleneck rank and any other rank, and
+   a neighbour search over replica counts (one- and two-replica moves, each re-constructed) for
+   allotments whose large replicas cannot all get a rank of their own -- all on the mean load;
+   then swaps scored on every episode's peak.
+3. **Shares** (``shares=True``; off by default because shares fitted to past load lose out of
+   sample, see notes). Each expert's tokens are split over its replicas by the transportation
+   optimum (:mod:`eplb_rt.algorithms.shares`); where a rank set still confines too much load, a
+   few slots are rewritten to open it, so PAR 1.0 is reached wherever the slots allow it.
+4. **Migration knob** (with ``previous``): three candidates per layer -- keep the slots (0
+   moves); repair the previous placement move by move (a slot rewritten to re-allot a replica,
+   or a swap), each move accepted only when it lowers the layer's PAR by more than
+   ``move_cost``; the fresh plan with its ranks relabelled to the previous ones (Hungarian). The
+   layer takes the candidate with the least ``PAR + move_cost * moves`` within the per-layer
+   budget ``max_moved_fraction * P``.
 """
 
 from __future__ import annotations
@@ -201,7 +205,7 @@ def _warm_up() -> None:
 @register(
     "equilibrium",
     EquilibriumOptions,
-    "local search to near the bound with chosen replica shares; move-cost knob vs previous",
+    "ours: episode-robust local search near the bound, optional shares, move-cost knob",
     warm_up=_warm_up,
 )
 def equilibrium(
