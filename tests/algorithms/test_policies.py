@@ -65,6 +65,36 @@ def test_valid_on_any_admissible_shape(name, case):
     check_valid(again, load, topo)
 
 
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("equilibrium", {"shares": True}),
+        ("equilibrium", {"move_cost": 0.0, "max_moved_fraction": 0.2}),
+        ("equilibrium", {"num_episodes": 1, "allot_z": 0.0}),
+        ("flashlb", {"incremental": True, "margin": 0.0}),
+        ("swift", {"max_swaps": 0}),
+    ],
+)
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=cases())
+def test_valid_with_options(name, options, case):
+    load, topo = case
+    first = plan(name, load, topo, options=options)
+    check_valid(first, load, topo)
+    again = plan(name, load[::-1].copy(), topo, previous=first, options=options)
+    check_valid(again, load, topo)
+    budget = options.get("max_moved_fraction")
+    if budget is not None:
+        assert (again.moves(first) <= int(budget * topo.num_slots)).all()
+    if options.get("shares") and load.shape[0] == 1 and load.sum() > 0:
+        # Shares fitted to this very load never make its peak worse than uniform shares.
+        agg = load.sum(axis=0)
+        assert (
+            metrics.max_rank_load(first, agg)
+            <= metrics.max_rank_load(first.with_shares(None), agg) * (1 + 1e-9) + 1e-9
+        ).all()
+
+
 @pytest.mark.parametrize("name", OURS)
 def test_deterministic(name):
     load = np.random.default_rng(1).pareto(1.2, size=(4, 3, 23)) * 50
