@@ -293,6 +293,7 @@ def swap_search(row, W, counts, num_ranks, num_slots_per_rank, max_rounds, tie_w
     idx1 = np.empty(K, dtype=np.int64)
     rest2 = np.empty(K)  # ... other than a and idx1
     col = np.empty(D)
+    upper = np.empty(D)
     scale = tie_weight * D * 2.0
     swaps = 0
     while swaps < max_rounds:
@@ -324,11 +325,26 @@ def swap_search(row, W, counts, num_ranks, num_slots_per_rank, max_rounds, tie_w
                 idx1[k] = t1
                 rest1[k] = col[t1] if t1 >= 0 else -np.inf
                 rest2[k] = col[t2] if t2 >= 0 else -np.inf
+            # Upper bound of any swap's gain with rank b: a pair's new max is at least the mean
+            # of the two loads, and d * (la - lb - d) <= (la - lb)^2 / 4. Ranks whose bound
+            # cannot beat the best swap so far are skipped without looking at their slots.
+            for b in range(D):
+                bound = 0.0
+                for k in range(K):
+                    la = loads[a, k]
+                    lb = loads[b, k]
+                    rest = rest1[k] if idx1[k] != b else rest2[k]
+                    old = la if la > lb else lb
+                    old_peak = old if old > rest else rest
+                    floor = 0.5 * (la + lb)
+                    bound += old_peak - (floor if floor > rest else rest)
+                    bound += 0.25 * scale * (la - lb) * (la - lb)
+                upper[b] = bound
             for sa in range(S):
                 p = a * S + sa
                 x = row[p]
                 for b in range(D):
-                    if b == a or holds[b, x]:
+                    if b == a or holds[b, x] or upper[b] <= best_gain:
                         continue
                     for sb in range(S):
                         q = b * S + sb
