@@ -40,11 +40,10 @@ def _random_row(w: np.ndarray, topo: Topology, rng: np.random.Generator) -> np.n
     row = np.full(topo.num_slots, -1, dtype=np.int64)
     fill = np.zeros(D, dtype=np.int64)
     holds = np.zeros((D, E), dtype=np.bool_)
-    zeros = np.zeros(D)
     for e in replicas:
-        # Random tie-break among ranks: equal loads, so _place_one takes the first free rank of
-        # a shuffled view; shuffle by permuting the load vector's tie order via tiny noise.
-        K._place_one(e, 0.0, zeros + rng.random(D) * 1e-9, fill, holds, row, S)
+        # _place_one takes the least-loaded rank that can hold e; random "loads" make that a
+        # random admissible rank (and it repairs the rare dead end where none is left).
+        K._place_one(e, 0.0, rng.random(D), fill, holds, row, S)
     return row
 
 
