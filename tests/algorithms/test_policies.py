@@ -220,3 +220,11 @@ def test_random_depends_on_seed_only():
 def test_unknown_option_is_rejected():
     with pytest.raises(ValueError, match="no option"):
         plan("equilibrium", TOY, Topology(8, 2), options={"bogus": 1})
+
+
+@pytest.mark.parametrize("name", ["equilibrium", "flashlb"])
+def test_replanning_the_same_load_moves_nothing(name):
+    load = traces.deepseek_v3("prefill_in512", moe_only=True)[:, :6]
+    topo = Topology(32, 9)
+    first = plan(name, load, topo)
+    assert plan(name, load, topo, previous=first) == first
