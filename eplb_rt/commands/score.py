@@ -6,7 +6,9 @@
 The loads are summed over all files and steps. PAR of a layer = max rank load / mean rank load
 (1.0 is perfect). Layers whose total load is zero are listed and left out of the PAR mean.
 ``--json`` prints one JSON object (``par_mean``, ``par_max``, ``layers``, per-layer values and,
-with ``--previous``, ``moves`` and ``moved_fraction``).
+with ``--previous``, ``moves`` and ``moved_fraction``; ``gap_per_layer``, ``gap_mean`` and
+``gap_max``: how far each layer's max rank load is above the lower bound of
+``eplb_rt.algorithms.bounds`` for the placement's kind of shares, 0 = provably optimal).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import argparse
 import json
 import math
 
-from eplb_rt.algorithms import metrics
+import numpy as np
+
+from eplb_rt.algorithms import bounds, metrics
 from eplb_rt.commands._args import add_command, add_load_argument
 from eplb_rt.placement import Placement
 from eplb_rt.sim.traces import load_files
@@ -48,7 +52,12 @@ def run(args: argparse.Namespace) -> int:
     if args.previous:
         previous = Placement.load(args.previous, num_experts=placement.num_experts)
     summary = metrics.score(placement, load, previous)
+    gaps = bounds.gap(placement, load)
+    loaded = ~np.isnan(gaps)
     summary.update(
+        gap_per_layer=[None if np.isnan(g) else float(g) for g in gaps],
+        gap_mean=float(gaps[loaded].mean()) if loaded.any() else float("nan"),
+        gap_max=float(gaps[loaded].max()) if loaded.any() else float("nan"),
         num_experts=placement.num_experts,
         num_ranks=placement.num_ranks,
         num_slots_per_rank=placement.num_slots_per_rank,
@@ -74,7 +83,9 @@ def _finite(value):
 def format_table(summary: dict) -> str:
     """A readable per-layer table of :func:`metrics.score`'s summary."""
     has_moves = "moves_per_layer" in summary
+    has_gap = "gap_per_layer" in summary
     header = f"{'layer':>5}  {'PAR':>8}  {'max rank load':>14}" + ("  moves" if has_moves else "")
+    header += "  gap to bound" if has_gap else ""
     lines = [
         f"{summary['layers']} layers x {summary['num_experts']} experts on "
         f"{summary['num_ranks']} ranks x {summary['num_slots_per_rank']} slots",
@@ -85,11 +96,18 @@ def format_table(summary: dict) -> str:
         row = f"{layer:>5}  {par:>8}  {summary['max_rank_load_per_layer'][layer]:>14.6g}"
         if has_moves:
             row += f"  {summary['moves_per_layer'][layer]:>5}"
+        if has_gap:
+            gap = summary["gap_per_layer"][layer]
+            row += f"  {'-' if gap is None else f'{gap:.2%}':>12}"
         lines.append(row)
     lines.append(
         f"PAR mean {summary['par_mean']:.4f}, max {summary['par_max']:.4f} over "
         f"{summary['loaded_layers']} loaded layers"
     )
+    if has_gap and summary["gap_mean"] == summary["gap_mean"]:
+        lines.append(
+            f"gap to the lower bound: mean {summary['gap_mean']:.2%}, max {summary['gap_max']:.2%}"
+        )
     if summary["zero_load_layers"]:
         lines.append(f"zero-load layers (not in the mean): {summary['zero_load_layers']}")
     if has_moves:

@@ -1,0 +1,227 @@
+"""Evaluation harness of the balancing policies on the traces the repository ships.
+
+    PYTHONPATH=. python benchmarks/eval_policies.py [--policies a,b,...] [--sections ...]
+
+Prints markdown tables:
+
+0. the toy case of the issue, with the exact optima (MILP);
+1. in sample: plan and score on the same load (DeepSeek-V3 at 32x9 and 64x5, ESFT at 8x9,
+   gpt-oss-20b at 8x5, OLMoE (layers 0, 7, 15) at 8x9); mean PAR over layers and workloads;
+2. out of sample, static: DeepSeek-V3, plan on three prefill workloads (as episodes), score on
+   the fourth (leave-one-out, mean over the four); ESFT, plan on the first half of each task's
+   requests (as episodes), score request by request on the second half (mean over requests);
+3. adapting: DeepSeek-V3 32x9, previous = plan on the other three workloads, re-plan on the
+   fourth with ``previous``; PAR on it and moved fraction (mean over the four);
+4. the PAR-versus-moves curve of equilibrium's ``move_cost`` knob in that setting;
+5. re-plan cycles: ESFT requests in windows of 8; plan on window t with the placement of t-1,
+   score on window t+1; mean PAR and mean moved fraction per cycle;
+6. wall time of all 58 DeepSeek-V3 layers at 64x5 on one core after warm-up, and warm-up time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from eplb_rt.algorithms import bounds, get_policy, metrics, plan, policy_names
+from eplb_rt.placement import Topology
+from eplb_rt.sim import traces
+
+DS = traces.DEEPSEEK_V3_WORKLOADS
+OLMOE_DOMAINS = ("arxiv", "book", "c4", "github", "tulu", "wikipedia")
+
+
+def _par(p, load) -> float:
+    """Mean over layers (and steps, if ``load`` is [T, L, E]) of PAR, zero-load left out."""
+    return float(np.nanmean(metrics.par(p, load)))
+
+
+def deepseek(workload: str) -> np.ndarray:
+    return traces.deepseek_v3(workload, moe_only=True)
+
+
+def toy(names):
+    load = np.array([[600.0, 560, 120, 120, 20, 10, 10, 10]])
+    topo = Topology(8, 2)
+    print("\n### Toy case [600, 560, 120, 120, 20, 10, 10, 10], 8 ranks x 2 slots\n")
+    print("| placement | max rank load |")
+    print("|---|---|")
+    for n in names:
+        print(f"| {n} | {metrics.max_rank_load(plan(n, load, topo), load)[0]:.2f} |")
+    if "equilibrium" in names:
+        p = plan("equilibrium", load, topo, options={"shares": True})
+        print(f"| equilibrium, shares=true | {metrics.max_rank_load(p, load)[0]:.2f} |")
+    exact, _ = bounds.exact_min_max(load[0], topo, uniform=True)
+    exact_shares, _ = bounds.exact_min_max(load[0], topo, uniform=False)
+    print(f"| exact optimum, uniform shares (MILP) | {exact:.2f} |")
+    print(f"| exact optimum, free shares (MILP) | {exact_shares:.2f} |")
+
+
+def in_sample(names):
+    cases = [(f"DeepSeek-V3 {w}", deepseek(w), Topology(32, 9), Topology(64, 5)) for w in DS]
+    rows = {n: [] for n in names}
+    for n in names:
+        ds32 = np.mean([_par(plan(n, c[1], c[2]), c[1][0]) for c in cases])
+        ds64 = np.mean([_par(plan(n, c[1], c[3]), c[1][0]) for c in cases])
+        esft = np.mean(
+            [
+                _par(plan(n, traces.esft(t).sum(0), Topology(8, 9)), traces.esft(t).sum(0))
+                for t in traces.ESFT_TASKS
+            ]
+        )
+        subsets = traces.gptoss_subsets()
+        gpt = np.mean(
+            [_par(plan(n, traces.gptoss(s), Topology(8, 5)), traces.gptoss(s)[0]) for s in subsets]
+        )
+        olmoe = np.mean(
+            [
+                _par(plan(n, traces.olmoe(domain=d), Topology(8, 9)), traces.olmoe(domain=d)[0])
+                for d in OLMOE_DOMAINS
+            ]
+        )
+        rows[n] = [ds32, ds64, esft, gpt, olmoe]
+    print("\n### In sample (mean PAR)\n")
+    print("| policy | DeepSeek-V3 32x9 | DeepSeek-V3 64x5 | ESFT 8x9 | gpt-oss 8x5 | OLMoE 8x9 |")
+    print("|---|---|---|---|---|---|")
+    for n, r in rows.items():
+        print(f"| {n} | " + " | ".join(f"{x:.4f}" for x in r) + " |")
+
+
+def out_of_sample(names):
+    loads = [deepseek(w) for w in DS]
+    print("\n### Out of sample, static (mean PAR)\n")
+    print(
+        "| policy | DeepSeek-V3 32x9 leave-one-out | DeepSeek-V3 64x5 leave-one-out "
+        "| ESFT 8x9 first half -> second half, per request |"
+    )
+    print("|---|---|---|---|")
+    for n in names:
+        res = []
+        for topo in (Topology(32, 9), Topology(64, 5)):
+            vals = []
+            for i in range(len(loads)):
+                train = np.concatenate([x for j, x in enumerate(loads) if j != i])
+                vals.append(_par(plan(n, train, topo), loads[i][0]))
+            res.append(np.mean(vals))
+        esft_vals = []
+        for t in traces.ESFT_TASKS:
+            reqs = traces.esft(t)
+            half = reqs.shape[0] // 2
+            p = plan(n, reqs[:half], Topology(8, 9))
+            esft_vals.append(_par(p, reqs[half:]))
+        res.append(np.mean(esft_vals))
+        print(f"| {n} | " + " | ".join(f"{x:.4f}" for x in res) + " |")
+
+
+def adapting(names, knob_values=(0.0, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01)):
+    loads = [deepseek(w) for w in DS]
+    topo = Topology(32, 9)
+    print(
+        "\n### Adapting with --previous (DeepSeek-V3 32x9; previous fit on the other three "
+        "workloads; PAR on the new one)\n"
+    )
+    print("| policy | PAR | moved fraction |")
+    print("|---|---|---|")
+    prevs = {}
+    for n in names:
+        pars, moved = [], []
+        for i in range(len(loads)):
+            train = np.concatenate([x for j, x in enumerate(loads) if j != i])
+            prev = prevs.setdefault((n, i), plan(n, train, topo))
+            p = plan(n, loads[i], topo, previous=prev)
+            pars.append(_par(p, loads[i][0]))
+            moved.append(p.moved_fraction(prev))
+        print(f"| {n} | {np.mean(pars):.4f} | {np.mean(moved):.1%} |")
+    if "equilibrium" not in names:
+        return
+    print("\n### equilibrium: PAR versus moves (move_cost knob, same setting)\n")
+    print("| move_cost | PAR | moved fraction |")
+    print("|---|---|---|")
+    for cost in knob_values:
+        pars, moved = [], []
+        for i in range(len(loads)):
+            prev = prevs[("equilibrium", i)]
+            p = plan("equilibrium", loads[i], topo, previous=prev, options={"move_cost": cost})
+            pars.append(_par(p, loads[i][0]))
+            moved.append(p.moved_fraction(prev))
+        print(f"| {cost:g} | {np.mean(pars):.4f} | {np.mean(moved):.1%} |")
+
+
+def cycles(names, window=8):
+    print(
+        f"\n### Re-plan cycles (ESFT 8x9, windows of {window} requests, plan on t with the "
+        "placement of t-1, score on t+1)\n"
+    )
+    print("| policy | mean PAR (next window) | mean moved fraction per cycle |")
+    print("|---|---|---|")
+    topo = Topology(8, 9)
+    for n in names:
+        pars, moved = [], []
+        for t in traces.ESFT_TASKS:
+            reqs = traces.esft(t)
+            prev = None
+            for start in range(0, reqs.shape[0] - 2 * window + 1, window):
+                cur = reqs[start : start + window]
+                nxt = reqs[start + window : start + 2 * window]
+                p = plan(n, cur, topo, previous=prev)
+                pars.append(_par(p, nxt.sum(0)))
+                if prev is not None:
+                    moved.append(p.moved_fraction(prev))
+                prev = p
+        print(f"| {n} | {np.mean(pars):.4f} | {np.mean(moved):.1%} |")
+
+
+def timing(names, repeats=5):
+    print(
+        "\n### Time (all 58 DeepSeek-V3 layers at 64x5, one process; median of "
+        f"{repeats} after warm-up)\n"
+    )
+    print(
+        "| policy | warm-up (s) | plan, aggregate load (ms) | plan, 4 workloads as episodes (ms) |"
+    )
+    print("|---|---|---|---|")
+    one = deepseek("prefill_in1024")
+    four = np.concatenate([deepseek(w) for w in DS])
+    topo = Topology(64, 5)
+    for n in names:
+        spec = get_policy(n)
+        t0 = time.perf_counter()
+        if spec.warm_up is not None:
+            spec.warm_up()
+        warm = time.perf_counter() - t0
+        out = []
+        for load in (one, four):
+            ts = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                plan(n, load, topo)
+                ts.append(time.perf_counter() - t0)
+            out.append(1e3 * float(np.median(ts)))
+        print(f"| {n} | {warm:.2f} | {out[0]:.1f} | {out[1]:.1f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--policies", default=",".join(policy_names()))
+    parser.add_argument("--sections", default="time,toy,in,out,adapt,cycles")
+    args = parser.parse_args()
+    names = args.policies.split(",")
+    sections = args.sections.split(",")
+    if "time" in sections:
+        timing(names)  # first, so that warm-up is measured before other sections compile
+    if "toy" in sections:
+        toy(names)
+    if "in" in sections:
+        in_sample(names)
+    if "out" in sections:
+        out_of_sample(names)
+    if "adapt" in sections:
+        adapting(names)
+    if "cycles" in sections:
+        cycles(names)
+
+
+if __name__ == "__main__":
+    main()

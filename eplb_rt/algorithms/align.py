@@ -1,0 +1,61 @@
+"""Align a new placement to the previous one so that experts that stay keep their slots.
+
+Ranks are interchangeable for balance (every rank sees the same kind of load), so a new layer's
+ranks may be relabelled freely. The relabelling that keeps the most (rank, expert) pairs of the
+previous placement is an assignment problem on the ``[D, D]`` overlap matrix, solved exactly by
+``scipy.optimize.linear_sum_assignment`` (Hungarian). Inside a rank, experts already there keep
+their slot and the rest fill the freed slots in order. The result has the same rank loads as the
+new placement and the fewest moved slots among all rank relabellings.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+
+def align_row(
+    new_row: np.ndarray,
+    prev_row: np.ndarray,
+    num_ranks: int,
+    num_experts: int,
+    new_share: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Relabel the ranks of one layer ``new_row [P]`` to overlap ``prev_row [P]`` most.
+
+    ``new_share [P]`` (optional) is permuted along. Returns ``(row [P] int64, share [P] | None)``.
+    """
+    P = new_row.shape[0]
+    S = P // num_ranks
+    new_grid = new_row.reshape(num_ranks, S)
+    prev_grid = prev_row.reshape(num_ranks, S)
+    new_hot = np.zeros((num_ranks, num_experts), dtype=np.int32)
+    prev_hot = np.zeros((num_ranks, num_experts), dtype=np.int32)
+    ranks = np.repeat(np.arange(num_ranks), S)
+    new_hot[ranks, new_row] = 1
+    prev_hot[ranks, prev_row] = 1
+    overlap = new_hot @ prev_hot.T  # [new rank, old rank]
+    new_idx, old_idx = linear_sum_assignment(overlap, maximize=True)
+    out = np.empty((num_ranks, S), dtype=np.int64)
+    share_grid = None if new_share is None else new_share.reshape(num_ranks, S)
+    out_share = None if new_share is None else np.empty((num_ranks, S))
+    for n, o in zip(new_idx, old_idx, strict=True):
+        experts = new_grid[n]
+        prev = prev_grid[o]
+        slot_of = {int(e): i for i, e in enumerate(prev)}
+        placed = np.full(S, -1, dtype=np.int64)
+        taken = np.zeros(S, dtype=bool)
+        rest = []
+        for i, e in enumerate(experts):
+            s = slot_of.get(int(e))
+            if s is not None:
+                placed[s] = i
+                taken[s] = True
+            else:
+                rest.append(i)
+        free = np.flatnonzero(~taken)
+        placed[free] = rest
+        out[o] = experts[placed]
+        if out_share is not None:
+            out_share[o] = share_grid[n][placed]
+    return out.reshape(P), None if out_share is None else out_share.reshape(P)

@@ -1,0 +1,338 @@
+# ruff: noqa: PLR0917  (numba kernels take plain positional arrays)
+"""Optimal replica shares: split each expert's tokens over its replicas so rank loads equalise.
+
+Given which ranks hold which experts (a placement's ``phy2log`` row), choosing shares is a
+transportation problem: expert ``e`` sends ``w_e`` tokens over the edges to the ranks holding it,
+and the largest rank total should be as small as possible. Its optimum is
+
+    T* = max over rank sets Y of  (load of the experts whose replicas all lie in Y) / |Y|,
+
+at least the mean rank load, and reached by a flow. We find it by Dinkelbach's iteration on a
+max-flow network (source -> expert with capacity ``w_e``, expert -> rank unbounded,
+rank -> sink with capacity ``T``): when the flow falls short, the residual cut names a set whose
+ratio is the next, larger ``T``; a few rounds reach ``T*`` exactly (up to float rounding).
+
+Shares then move as little as possible from uniform: a second flow pushes only the excess of
+ranks above ``T*`` to ranks below it, through experts they share. Ranks that were not the
+bottleneck keep their uniform split, which keeps the plan robust when the load shifts.
+
+Numba kernels, one layer per call; :func:`optimal_slot_shares` is the numpy entry point.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from eplb_rt.algorithms._kernels import stable_order
+
+_INF = 1e300
+
+
+@njit(cache=True, nogil=True)
+def _add_edge(head, nxt, to, cap, count, u, v, c):
+    to[count] = v
+    cap[count] = c
+    nxt[count] = head[u]
+    head[u] = count
+    to[count + 1] = u
+    cap[count + 1] = 0.0
+    nxt[count + 1] = head[v]
+    head[v] = count + 1
+    return count + 2
+
+
+@njit(cache=True, nogil=True)
+def _bfs(head, nxt, to, cap, level, queue, s, t, tol):
+    level[:] = -1
+    level[s] = 0
+    qh = 0
+    qt = 0
+    queue[qt] = s
+    qt += 1
+    while qh < qt:
+        u = queue[qh]
+        qh += 1
+        e = head[u]
+        while e >= 0:
+            v = to[e]
+            if cap[e] > tol and level[v] < 0:
+                level[v] = level[u] + 1
+                queue[qt] = v
+                qt += 1
+            e = nxt[e]
+    return level[t] >= 0
+
+
+@njit(cache=True, nogil=True)
+def _dfs_push(head, nxt, to, cap, level, it, s, t, tol, stack_node, stack_edge):
+    """One augmenting path in the level graph (iterative DFS); returns the pushed amount."""
+    depth = 0
+    stack_node[0] = s
+    while True:
+        u = stack_node[depth]
+        if u == t:
+            # Bottleneck along the path, then push.
+            f = _INF
+            for i in range(depth):
+                c = cap[stack_edge[i]]
+                f = min(f, c)
+            for i in range(depth):
+                e = stack_edge[i]
+                cap[e] -= f
+                cap[e ^ 1] += f
+            return f
+        advanced = False
+        while it[u] >= 0:
+            e = it[u]
+            v = to[e]
+            if cap[e] > tol and level[v] == level[u] + 1:
+                stack_edge[depth] = e
+                depth += 1
+                stack_node[depth] = v
+                advanced = True
+                break
+            it[u] = nxt[e]
+        if not advanced:
+            if depth == 0:
+                return 0.0
+            level[u] = -1  # dead end
+            depth -= 1
+            pu = stack_node[depth]
+            it[pu] = nxt[it[pu]]
+
+
+@njit(cache=True, nogil=True)
+def _max_flow(head, nxt, to, cap, n, s, t, tol):
+    level = np.empty(n, dtype=np.int64)
+    queue = np.empty(n, dtype=np.int64)
+    it = np.empty(n, dtype=np.int64)
+    stack_node = np.empty(n + 1, dtype=np.int64)
+    stack_edge = np.empty(n + 1, dtype=np.int64)
+    total = 0.0
+    while _bfs(head, nxt, to, cap, level, queue, s, t, tol):
+        it[:] = head
+        while True:
+            f = _dfs_push(head, nxt, to, cap, level, it, s, t, tol, stack_node, stack_edge)
+            if f <= 0.0:
+                break
+            total += f
+    return total
+
+
+@njit(cache=True, nogil=True)
+def min_max_rank_load(row, w, num_ranks, num_slots_per_rank):
+    """``T*``: the smallest possible max rank load of this placement over all shares.
+
+    Returns ``(T*, bottleneck [D] bool)``: the rank set whose confined experts force ``T*``
+    (all ranks when ``T*`` is the mean rank load).
+    """
+    E = w.shape[0]
+    D = num_ranks
+    S = num_slots_per_rank
+    P = row.shape[0]
+    W = 0.0
+    for e in range(E):
+        W += w[e]
+    bottleneck = np.ones(D, dtype=np.bool_)
+    if W <= 0.0:
+        return 0.0, bottleneck
+    # Nodes: 0 source, 1 sink, 2..2+E experts, 2+E..2+E+D ranks.
+    n = 2 + E + D
+    m = 2 * (E + P + D)
+    head = np.full(n, -1, dtype=np.int64)
+    nxt = np.empty(m, dtype=np.int64)
+    to = np.empty(m, dtype=np.int64)
+    cap = np.empty(m)
+    cnt = 0
+    for e in range(E):
+        cnt = _add_edge(head, nxt, to, cap, cnt, 0, 2 + e, w[e])
+    for p in range(P):
+        cnt = _add_edge(head, nxt, to, cap, cnt, 2 + row[p], 2 + E + p // S, _INF)
+    sink_edge = cnt
+    T = W / D
+    for r in range(D):
+        cnt = _add_edge(head, nxt, to, cap, cnt, 2 + E + r, 1, T)
+    tol = 1e-12 * W
+    flow = 0.0
+    level = np.empty(n, dtype=np.int64)
+    queue = np.empty(n, dtype=np.int64)
+    for _ in range(4 * D + 8):
+        flow += _max_flow(head, nxt, to, cap, n, 0, 1, tol)
+        if flow >= W * (1.0 - 1e-12):
+            return T, bottleneck
+        # Residual reachability from the source names the bottleneck set.
+        _bfs(head, nxt, to, cap, level, queue, 0, 1, tol)
+        wx = 0.0
+        for e in range(E):
+            if level[2 + e] >= 0:
+                wx += w[e]
+        ny = 0
+        for r in range(D):
+            if level[2 + E + r] >= 0:
+                ny += 1
+        if ny == 0:
+            return T, bottleneck  # float rounding: flow is as good as it gets
+        new_T = wx / ny
+        if new_T <= T * (1.0 + 1e-15):
+            return T, bottleneck
+        for r in range(D):
+            bottleneck[r] = level[2 + E + r] >= 0
+        for r in range(D):
+            cap[sink_edge + 2 * r] += new_T - T
+        T = new_T
+    return T, bottleneck
+
+
+@njit(cache=True, nogil=True)
+def balanced_slot_shares(row, w, num_ranks, num_slots_per_rank, target):
+    """``[P]`` slot shares reaching max rank load ``target`` (>= ``T*``), moving as little load as
+    possible away from uniform shares: only the excess of ranks above ``target`` flows, through
+    shared experts, to ranks below it."""
+    E = w.shape[0]
+    D = num_ranks
+    S = num_slots_per_rank
+    P = row.shape[0]
+    counts = np.zeros(E, dtype=np.int64)
+    for p in range(P):
+        counts[row[p]] += 1
+    x = np.empty(P)  # tokens each slot takes
+    loads = np.zeros(D)
+    for p in range(P):
+        x[p] = w[row[p]] / counts[row[p]]
+        loads[p // S] += x[p]
+    # Nodes: 0 source, 1 sink, 2..2+D ranks, 2+D..2+D+E experts.
+    n = 2 + D + E
+    m = 2 * (2 * P + 2 * D)
+    head = np.full(n, -1, dtype=np.int64)
+    nxt = np.empty(m, dtype=np.int64)
+    to = np.empty(m, dtype=np.int64)
+    cap = np.empty(m)
+    cnt = 0
+    out_edge = np.empty(P, dtype=np.int64)  # rank -> expert: tokens withdrawn from slot p
+    in_edge = np.empty(P, dtype=np.int64)  # expert -> rank: tokens added to slot p
+    need = 0.0
+    for r in range(D):
+        if loads[r] > target:
+            cnt = _add_edge(head, nxt, to, cap, cnt, 0, 2 + r, loads[r] - target)
+            need += loads[r] - target
+        elif loads[r] < target:
+            cnt = _add_edge(head, nxt, to, cap, cnt, 2 + r, 1, target - loads[r])
+    for p in range(P):
+        r = p // S
+        e = row[p]
+        out_edge[p] = cnt
+        cnt = _add_edge(head, nxt, to, cap, cnt, 2 + r, 2 + D + e, x[p])
+        in_edge[p] = cnt
+        cnt = _add_edge(head, nxt, to, cap, cnt, 2 + D + e, 2 + r, _INF)
+    total = 0.0
+    for e in range(E):
+        total += w[e]
+    if need > 0.0:
+        _max_flow(head, nxt, to, cap, n, 0, 1, 1e-13 * total)
+    share = np.empty(P)
+    sums = np.zeros(E)
+    for p in range(P):
+        # Flow on an edge = capacity of its reverse edge.
+        v = x[p] - cap[out_edge[p] + 1] + cap[in_edge[p] + 1]
+        v = max(v, 0.0)
+        x[p] = v
+        sums[row[p]] += v
+    for p in range(P):
+        e = row[p]
+        share[p] = x[p] / sums[e] if sums[e] > 0.0 else 1.0 / counts[e]
+    return share
+
+
+def optimal_slot_shares(
+    row: np.ndarray, w: np.ndarray, num_ranks: int, num_slots_per_rank: int
+) -> tuple[np.ndarray, float]:
+    """Shares minimising the max rank load of one layer.
+
+    Args:
+        row: ``[P]`` integer, expert of each slot.
+        w: ``[E]`` float64 expert load.
+    Returns:
+        ``(share [P] float64, T*)``: each expert's slot shares sum to 1; ``T*`` is the max rank load
+        they reach (equal to the mean rank load whenever the placement allows it).
+    """
+    row = np.ascontiguousarray(row, dtype=np.int64)
+    w = np.ascontiguousarray(w, dtype=np.float64)
+    target, _ = min_max_rank_load(row, w, num_ranks, num_slots_per_rank)
+    share = balanced_slot_shares(row, w, num_ranks, num_slots_per_rank, target * (1 + 1e-12))
+    return share, target
+
+
+@njit(cache=True, nogil=True)
+def open_bottleneck(row, w, num_ranks, num_slots_per_rank, max_rewrites, min_gain, width):
+    """Rewrite slots (in place) so that shares can lower the max rank load further.
+
+    While ``T*`` is above the mean, the bottleneck rank set ``Y`` holds experts confined to it.
+    Candidates give one of the ``width`` heaviest confined experts a replica outside ``Y``, in the
+    slot of an expert that keeps another replica and whose per-replica load rises least (among
+    ``width`` such slots). Every candidate is scored by its exact ``T*``; the best one is taken
+    when it lowers ``T*`` by more than ``min_gain`` (absolute load). Returns ``(T*, rewrites)``.
+    """
+    E = w.shape[0]
+    D = num_ranks
+    S = num_slots_per_rank
+    P = row.shape[0]
+    total = 0.0
+    for e in range(E):
+        total += w[e]
+    mean = total / D
+    T, Y = min_max_rank_load(row, w, D, S)
+    counts = np.zeros(E, dtype=np.int64)
+    holds = np.zeros((D, E), dtype=np.bool_)
+    for p in range(P):
+        counts[row[p]] += 1
+        holds[p // S, row[p]] = True
+    done = 0
+    confined = np.empty(E, dtype=np.bool_)
+    key = np.empty(E)
+    slot_key = np.empty(P)
+    while done < max_rewrites and T > mean * (1.0 + 1e-9):
+        confined[:] = True
+        for p in range(P):
+            if not Y[p // S]:
+                confined[row[p]] = False
+        for e in range(E):
+            key[e] = -w[e] / counts[e] if confined[e] and counts[e] < D else np.inf
+        heavy = stable_order(key)[:width]
+        for p in range(P):
+            x = row[p]
+            slot_key[p] = w[x] / (counts[x] - 1) if counts[x] > 1 and not Y[p // S] else np.inf
+        slots = stable_order(slot_key)
+        best_T = T - min_gain
+        best_p = -1
+        best_y = -1
+        for y in heavy:
+            if key[y] == np.inf:
+                continue
+            tried = 0
+            for p in slots:
+                if slot_key[p] == np.inf or tried >= width:
+                    break
+                if holds[p // S, y]:
+                    continue
+                tried += 1
+                x = row[p]
+                row[p] = y
+                t, _ = min_max_rank_load(row, w, D, S)
+                row[p] = x
+                if t < best_T:
+                    best_T = t
+                    best_p = p
+                    best_y = y
+        if best_p < 0:
+            break
+        x = row[best_p]
+        r = best_p // S
+        row[best_p] = best_y
+        counts[x] -= 1
+        counts[best_y] += 1
+        holds[r, x] = False
+        holds[r, best_y] = True
+        T, Y = min_max_rank_load(row, w, D, S)
+        done += 1
+    return T, done

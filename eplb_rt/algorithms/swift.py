@@ -1,0 +1,131 @@
+"""``swift``: SwiftBalancer -- keep the primaries, re-fill the redundant slots, a few swaps.
+
+Few experts move per cycle:
+
+1. **Primaries stay.** Each expert's first slot (lowest physical id) in the previous placement
+   (or the initial layout) keeps it.
+2. **Redundant slots re-filled.** Replica counts by min-max-replica on the current load; the
+   redundant replicas go, hottest per replica first, to the least-loaded rank that has a free
+   redundant slot and does not hold the expert. A redundant slot that already holds an expert
+   that still needs a replica keeps it (no move).
+3. **Capped swaps.** At most ``max_swaps`` pairwise swaps between the bottleneck rank and another,
+   each taken only when it lowers the peak by more than ``min_gain`` (fraction of the mean rank
+   load).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from numba import njit
+
+from eplb_rt.algorithms import _kernels as K
+from eplb_rt.algorithms.registry import register
+from eplb_rt.placement import Placement, Topology
+
+
+@dataclasses.dataclass(frozen=True)
+class SwiftOptions:
+    """Options of the ``swift`` policy.
+
+    Attributes:
+        max_swaps: pairwise swaps per layer and cycle (each moves two slots).
+        min_gain: a swap must lower the layer's PAR by at least this much.
+    """
+
+    max_swaps: int = 4
+    min_gain: float = 0.002
+
+    def __post_init__(self) -> None:
+        if self.max_swaps < 0 or self.min_gain < 0:
+            raise ValueError("max_swaps and min_gain must be >= 0")
+
+
+@njit(cache=True, nogil=True)
+def refill(prev_row, w, counts, num_ranks, num_slots_per_rank):
+    """Keep each expert's first slot, re-fill the others for ``counts``; returns the new row."""
+    E = w.shape[0]
+    D = num_ranks
+    S = num_slots_per_rank
+    P = prev_row.shape[0]
+    row = np.full(P, -1, dtype=np.int64)
+    seen = np.zeros(E, dtype=np.bool_)
+    holds = np.zeros((D, E), dtype=np.bool_)
+    need = counts - 1
+    loads = np.zeros(D)
+    for p in range(P):
+        e = prev_row[p]
+        if not seen[e]:
+            seen[e] = True
+            row[p] = e
+            holds[p // S, e] = True
+            loads[p // S] += w[e] / counts[e]
+    # Redundant slots whose expert still needs a replica keep it.
+    for p in range(P):
+        e = prev_row[p]
+        if row[p] < 0 and need[e] > 0 and not holds[p // S, e]:
+            row[p] = e
+            need[e] -= 1
+            holds[p // S, e] = True
+            loads[p // S] += w[e] / counts[e]
+    order = K.stable_order(-(w / counts))
+    for e in order:
+        while need[e] > 0:
+            best = -1
+            for p in range(P):
+                r = p // S
+                if row[p] < 0 and not holds[r, e] and (best < 0 or loads[r] < loads[best // S]):
+                    best = p
+            if best < 0:
+                break
+            row[best] = e
+            holds[best // S, e] = True
+            loads[best // S] += w[e] / counts[e]
+            need[e] -= 1
+    # Slots left empty (the no-duplicate rule blocked a replica): the hottest expert per replica
+    # the rank does not hold yet takes them.
+    for p in range(P):
+        if row[p] < 0:
+            r = p // S
+            for e in order:
+                if not holds[r, e] and counts[e] < D:
+                    row[p] = e
+                    holds[r, e] = True
+                    break
+    return row
+
+
+def _warm_up() -> None:
+    topo = Topology(4, 3)
+    load = np.arange(1.0, 1 + 2 * 9).reshape(1, 2, 9)
+    swift(load, None, topo, SwiftOptions())
+
+
+@register(
+    "swift",
+    SwiftOptions,
+    "SwiftBalancer: keep primaries, re-fill redundant slots, a few capped swaps (few moves)",
+    warm_up=_warm_up,
+)
+def swift(
+    load: np.ndarray, previous: Placement | None, topo: Topology, opts: SwiftOptions
+) -> Placement:
+    """load: ``[T, L, E]`` float64. Returns the placement of all ``L`` layers (uniform shares)."""
+    agg = load.sum(axis=0)
+    L, E = agg.shape
+    D, S = topo.num_ranks, topo.num_slots_per_rank
+    base = previous if previous is not None else Placement.initial(L, E, topo)
+    rows = np.empty((L, topo.num_slots), dtype=np.int64)
+    for layer in range(L):
+        w = np.ascontiguousarray(agg[layer])
+        counts = K.allot_min_max(w, topo.num_slots, D)
+        row = refill(base.phy2log[layer].astype(np.int64), w, counts, D, S)
+        counts = K.counts_from_row(row, E)
+        total = w.sum()
+        if total > 0 and opts.max_swaps:
+            K.swap_search(
+                row, (w / total)[None, :], counts, D, S, opts.max_swaps, 0.0, opts.min_gain / D
+            )
+        rows[layer] = row
+    return Placement(rows, E, topo.num_ranks)

@@ -1,0 +1,230 @@
+"""Every registered policy: invariants on any admissible shape, bad input, determinism, and
+never worse than ``random``; golden cases for flashlb, equilibrium, swift and random."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from eplb_rt.algorithms import metrics, plan, warm_up
+from eplb_rt.placement import Placement, Topology
+from eplb_rt.sim import traces
+
+TOY = np.array([[600.0, 560, 120, 120, 20, 10, 10, 10]])
+OURS = ("equilibrium", "flashlb", "swift", "random")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compiled():
+    warm_up()
+
+
+def check_valid(p: Placement, load: np.ndarray, topo: Topology) -> None:
+    p.validate()
+    L, E = load.shape[-2:]
+    assert (p.num_layers, p.num_experts) == (L, E)
+    assert (p.num_ranks, p.num_slots_per_rank) == (topo.num_ranks, topo.num_slots_per_rank)
+    assert p.logcnt.min() >= 1
+    assert p.logcnt.max() <= topo.num_ranks
+    assert (p.logcnt.sum(axis=1) == topo.num_slots).all()
+    assert (p.slot_share >= 0).all()
+
+
+@st.composite
+def cases(draw):
+    """(load [T, L, E], topology): any shape the config admits, with awkward loads."""
+    D = draw(st.integers(1, 6))
+    S = draw(st.integers(1, 4))
+    E = draw(st.integers(S, D * S))  # S <= E <= P, E need not divide by D
+    T = draw(st.integers(1, 3))
+    L = draw(st.integers(1, 3))
+    kind = draw(st.sampled_from(["random", "zero", "one_hot", "integers"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    if kind == "zero":
+        load = np.zeros((T, L, E))
+    elif kind == "one_hot":
+        load = np.zeros((T, L, E))
+        load[:, :, draw(st.integers(0, E - 1))] = 1000.0
+    elif kind == "integers":
+        load = rng.integers(0, 5, size=(T, L, E)).astype(float)
+    else:
+        load = rng.pareto(1.5, size=(T, L, E)) * 100
+    return load, Topology(D, S)
+
+
+@pytest.mark.parametrize("name", OURS)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=cases())
+def test_valid_on_any_admissible_shape(name, case):
+    load, topo = case
+    p = plan(name, load, topo)
+    check_valid(p, load, topo)
+    again = plan(name, load, topo, previous=p)
+    check_valid(again, load, topo)
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("equilibrium", {"shares": True}),
+        ("equilibrium", {"move_cost": 0.0, "max_moved_fraction": 0.2}),
+        ("equilibrium", {"num_episodes": 1, "allot_z": 0.0}),
+        ("flashlb", {"incremental": True, "margin": 0.0}),
+        ("swift", {"max_swaps": 0}),
+    ],
+)
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=cases())
+def test_valid_with_options(name, options, case):
+    load, topo = case
+    first = plan(name, load, topo, options=options)
+    check_valid(first, load, topo)
+    again = plan(name, load[::-1].copy(), topo, previous=first, options=options)
+    check_valid(again, load, topo)
+    budget = options.get("max_moved_fraction")
+    if budget is not None:
+        assert (again.moves(first) <= int(budget * topo.num_slots)).all()
+    if options.get("shares") and load.shape[0] == 1 and load.sum() > 0:
+        # Shares fitted to this very load never make its peak worse than uniform shares.
+        agg = load.sum(axis=0)
+        assert (
+            metrics.max_rank_load(first, agg)
+            <= metrics.max_rank_load(first.with_shares(None), agg) * (1 + 1e-9) + 1e-9
+        ).all()
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_deterministic(name):
+    load = np.random.default_rng(1).pareto(1.2, size=(4, 3, 23)) * 50
+    topo = Topology(5, 6)
+    assert plan(name, load, topo) == plan(name, load, topo)
+
+
+@pytest.mark.parametrize("name", OURS)
+@pytest.mark.parametrize(
+    ("load", "match"),
+    [
+        (np.full((2, 8), np.nan), "NaN"),
+        (-np.ones((2, 8)), "negative"),
+        (np.ones(8), "shape"),
+        (np.ones((1, 1, 2, 8)), "shape"),
+    ],
+)
+def test_bad_load_is_a_clear_error(name, load, match):
+    with pytest.raises(ValueError, match=match):
+        plan(name, load, Topology(4, 3))
+
+
+def test_previous_of_wrong_shape_is_an_error():
+    prev = Placement.initial(2, 8, Topology(4, 3))
+    with pytest.raises(ValueError, match="previous placement"):
+        plan("equilibrium", np.ones((3, 8)), Topology(4, 3), previous=prev)
+
+
+@pytest.mark.parametrize("name", ["equilibrium", "flashlb", "default"])
+def test_never_worse_than_random_on_average(name):
+    rng = np.random.default_rng(7)
+    load = rng.pareto(1.3, size=(1, 12, 40)) * 100
+    topo = Topology(8, 6)
+    ours = np.nanmean(metrics.par(plan(name, load, topo), load[0]))
+    rand = np.mean(
+        [
+            np.nanmean(metrics.par(plan("random", load, topo, options={"seed": s}), load[0]))
+            for s in range(3)
+        ]
+    )
+    assert ours < rand
+
+
+def test_toy_golden_values():
+    topo = Topology(8, 2)
+
+    def peak(name, **options):
+        return float(metrics.max_rank_load(plan(name, TOY, topo, options=options), TOY)[0])
+
+    assert peak("default") == pytest.approx(232.0)
+    assert peak("flashlb") <= 205.0
+    assert peak("equilibrium", shares=False) == pytest.approx(590 / 3)  # the exact optimum
+    assert peak("equilibrium", shares=True) == pytest.approx(1450 / 8)  # the mean: perfect
+
+
+def test_equilibrium_deepseek_in_sample_goals():
+    load = traces.deepseek_v3("prefill_in1024", moe_only=True)
+    par32 = np.mean(metrics.par(plan("equilibrium", load, Topology(32, 9)), load[0]))
+    par64 = np.mean(metrics.par(plan("equilibrium", load, Topology(64, 5)), load[0]))
+    assert par32 <= 1.002
+    assert par64 <= 1.005
+
+
+def test_equilibrium_move_cost_trades_balance_for_moves():
+    workloads = ["prefill_in512", "prefill_in2048"]
+    old, new = (traces.deepseek_v3(w, moe_only=True)[:, :8] for w in workloads)
+    topo = Topology(32, 9)
+    prev = plan("equilibrium", old, topo)
+    moved = []
+    for cost in (0.0, 0.001, 0.1):
+        p = plan("equilibrium", new, topo, previous=prev, options={"move_cost": cost})
+        moved.append(p.moved_fraction(prev))
+    assert moved[0] >= moved[1] >= moved[2]
+    assert moved[2] == 0.0
+    capped = plan(
+        "equilibrium",
+        new,
+        topo,
+        previous=prev,
+        options={"move_cost": 0.0, "max_moved_fraction": 0.1},
+    )
+    assert (capped.moves(prev) <= int(0.1 * topo.num_slots)).all()
+
+
+def test_flashlb_cherry_picks_layers():
+    load = np.random.default_rng(3).pareto(1.2, size=(1, 4, 16)) * 100
+    topo = Topology(4, 5)
+    first = plan("flashlb", load, topo)
+    # Same load again: nothing to gain, no layer re-deployed.
+    assert plan("flashlb", load, topo, previous=first) == first
+    # A threshold above every PAR keeps all layers.
+    shifted = load[:, :, ::-1].copy()
+    assert plan("flashlb", shifted, topo, previous=first, options={"threshold": 100.0}) == first
+    incremental = plan("flashlb", shifted, topo, previous=first, options={"incremental": True})
+    check_valid(incremental, shifted, topo)
+
+
+def test_swift_keeps_primaries_and_moves_few():
+    rng = np.random.default_rng(5)
+    topo = Topology(8, 5)
+    a = rng.pareto(1.2, size=(1, 6, 32)) * 100
+    b = a * rng.uniform(0.5, 1.5, size=a.shape)
+    prev = plan("default", a, topo)
+    p = plan("swift", b, topo, previous=prev)
+    first = {}
+    for slot, e in enumerate(prev.phy2log[0]):
+        first.setdefault(int(e), slot)
+    kept = sum(p.phy2log[0][s] == e for e, s in first.items())
+    swaps = p.moves(prev)
+    redundant = topo.num_slots - 32
+    assert (swaps <= redundant + 2 * 4).all()
+    assert kept >= 32 - 2 * 4
+
+
+def test_random_depends_on_seed_only():
+    load = np.ones((1, 2, 10))
+    topo = Topology(4, 3)
+    a = plan("random", load, topo, options={"seed": 1})
+    assert a == plan("random", load, topo, options={"seed": 1})
+    assert a != plan("random", load, topo, options={"seed": 2})
+
+
+def test_unknown_option_is_rejected():
+    with pytest.raises(ValueError, match="no option"):
+        plan("equilibrium", TOY, Topology(8, 2), options={"bogus": 1})
+
+
+@pytest.mark.parametrize("name", ["equilibrium", "flashlb"])
+def test_replanning_the_same_load_moves_nothing(name):
+    load = traces.deepseek_v3("prefill_in512", moe_only=True)[:, :6]
+    topo = Topology(32, 9)
+    first = plan(name, load, topo)
+    assert plan(name, load, topo, previous=first) == first
