@@ -40,12 +40,10 @@ cudaError_t launch_count_from_group_list(const G* group_list, int32_t* heat, con
   return cudaGetLastError();
 }
 
-template cudaError_t launch_count_from_group_list<int32_t>(const int32_t*, int32_t*,
-                                                           const int64_t*,
+template cudaError_t launch_count_from_group_list<int32_t>(const int32_t*, int32_t*, const int64_t*,
                                                            const CountFromGroupListParams&,
                                                            cudaStream_t);
-template cudaError_t launch_count_from_group_list<int64_t>(const int64_t*, int32_t*,
-                                                           const int64_t*,
+template cudaError_t launch_count_from_group_list<int64_t>(const int64_t*, int32_t*, const int64_t*,
                                                            const CountFromGroupListParams&,
                                                            cudaStream_t);
 

@@ -38,8 +38,8 @@ struct RouteAndCountParams {
 // Id is int32_t or int64_t (the dtype of topk_ids and phy_ids).
 template <typename Id>
 cudaError_t launch_route_and_count(const Id* topk_ids, const int32_t* log2phy,
-                                   const int32_t* logcnt, const float* replica_share,
-                                   int32_t* heat, const int64_t* step, Id* phy_ids,
+                                   const int32_t* logcnt, const float* replica_share, int32_t* heat,
+                                   const int64_t* step, Id* phy_ids,
                                    const RouteAndCountParams& params, cudaStream_t stream);
 
 // count_from_group_list: heat[row, slot_offset + i] += count_i for i in [0, num_local).
@@ -72,8 +72,7 @@ constexpr int kMaxWeightTensors = 32;
 
 template <typename Slot>
 cudaError_t launch_update_expert_weights(const WeightCopyDesc* tensors, int32_t num_tensors,
-                                         const Slot* slots, int64_t num_moves,
-                                         cudaStream_t stream);
+                                         const Slot* slots, int64_t num_moves, cudaStream_t stream);
 
 // update_expert_map: one launch copies the four tables of a layer (32-bit words each; float
 // shares are copied bitwise). A table with count 0 (absent) is left alone.
@@ -85,7 +84,6 @@ struct TableCopy {
 
 constexpr int kNumMapTables = 4;  // log2phy, logcnt, replica_share, expert_map
 
-cudaError_t launch_update_expert_map(const TableCopy (&tables)[kNumMapTables],
-                                     cudaStream_t stream);
+cudaError_t launch_update_expert_map(const TableCopy (&tables)[kNumMapTables], cudaStream_t stream);
 
 }  // namespace eplb_rt::cuda

@@ -17,11 +17,11 @@
 namespace eplb_rt::cuda {
 namespace {
 
-constexpr int kThreads = 256;              // prefill block size
-constexpr int kMaxThreads = 1024;          // decode block size limit
-constexpr uint32_t kDecodeMaxPairs = 1024;  // at most this many pairs: one block
-constexpr uint32_t kMinPairsPerBlock = 2048;  // amortises a block's histogram merge
-constexpr int kBlocksPerSm = 8;              // 8 x 256 threads fill an SM (latency hiding)
+constexpr int kThreads = 256;                       // prefill block size
+constexpr int kMaxThreads = 1024;                   // decode block size limit
+constexpr uint32_t kDecodeMaxPairs = 1024;          // at most this many pairs: one block
+constexpr uint32_t kMinPairsPerBlock = 2048;        // amortises a block's histogram merge
+constexpr int kBlocksPerSm = 8;                     // 8 x 256 threads fill an SM (latency hiding)
 constexpr int64_t kMaxSharedHistBytes = 48 * 1024;  // no opt-in needed below 48 KiB
 
 struct RouteTables {
@@ -149,8 +149,8 @@ void launch_kernel(const Id* topk_ids, const RouteTables& tables, int32_t* heat,
             topk_ids, tables, heat, step, phy_ids, p, num_pairs, vectorized);
   } else {
     route_and_count_kernel<Id, kWeighted, false>
-        <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-            topk_ids, tables, heat, step, phy_ids, p, num_pairs, vectorized);
+        <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(topk_ids, tables, heat, step,
+                                                                 phy_ids, p, num_pairs, vectorized);
   }
 }
 
@@ -158,8 +158,8 @@ void launch_kernel(const Id* topk_ids, const RouteTables& tables, int32_t* heat,
 
 template <typename Id>
 cudaError_t launch_route_and_count(const Id* topk_ids, const int32_t* log2phy,
-                                   const int32_t* logcnt, const float* replica_share,
-                                   int32_t* heat, const int64_t* step, Id* phy_ids,
+                                   const int32_t* logcnt, const float* replica_share, int32_t* heat,
+                                   const int64_t* step, Id* phy_ids,
                                    const RouteAndCountParams& params, cudaStream_t stream) {
   const int64_t num_pairs = params.num_tokens * params.top_k;
   if (num_pairs == 0) return cudaSuccess;
@@ -177,13 +177,13 @@ cudaError_t launch_route_and_count(const Id* topk_ids, const int32_t* log2phy,
   return cudaGetLastError();
 }
 
-template cudaError_t launch_route_and_count<int32_t>(const int32_t*, const int32_t*,
-                                                     const int32_t*, const float*, int32_t*,
-                                                     const int64_t*, int32_t*,
-                                                     const RouteAndCountParams&, cudaStream_t);
-template cudaError_t launch_route_and_count<int64_t>(const int64_t*, const int32_t*,
-                                                     const int32_t*, const float*, int32_t*,
-                                                     const int64_t*, int64_t*,
-                                                     const RouteAndCountParams&, cudaStream_t);
+template cudaError_t launch_route_and_count<int32_t>(const int32_t*, const int32_t*, const int32_t*,
+                                                     const float*, int32_t*, const int64_t*,
+                                                     int32_t*, const RouteAndCountParams&,
+                                                     cudaStream_t);
+template cudaError_t launch_route_and_count<int64_t>(const int64_t*, const int32_t*, const int32_t*,
+                                                     const float*, int32_t*, const int64_t*,
+                                                     int64_t*, const RouteAndCountParams&,
+                                                     cudaStream_t);
 
 }  // namespace eplb_rt::cuda

@@ -45,7 +45,8 @@ __global__ void __launch_bounds__(kThreads)
   const char* src = static_cast<const char*>(desc.src) + move * desc.bytes_per_slot;
   const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  const uintptr_t misalignment = reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src);
+  const uintptr_t misalignment =
+      reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src);
   if (misalignment % 16 == 0) {
     copy_bytes<uint4>(dst, src, desc.bytes_per_slot, first, stride);
   } else if (misalignment % 4 == 0) {
@@ -76,7 +77,8 @@ cudaError_t launch_update_expert_weights(const WeightCopyDesc* tensors, int32_t 
     }
     if (max_bytes == 0) continue;
     for (int64_t m0 = 0; m0 < num_moves; m0 += kMaxMovesPerLaunch) {
-      const int64_t moves = num_moves - m0 < kMaxMovesPerLaunch ? num_moves - m0 : kMaxMovesPerLaunch;
+      const int64_t moves =
+          num_moves - m0 < kMaxMovesPerLaunch ? num_moves - m0 : kMaxMovesPerLaunch;
       // Enough blocks in all to fill the device, none with less than one 16-byte word per thread.
       int64_t blocks_per_copy = ceil_div(target_blocks, moves * batch_tensors);
       const int64_t useful = ceil_div(max_bytes, kThreads * 16);
@@ -92,10 +94,8 @@ cudaError_t launch_update_expert_weights(const WeightCopyDesc* tensors, int32_t 
 }
 
 template cudaError_t launch_update_expert_weights<int32_t>(const WeightCopyDesc*, int32_t,
-                                                           const int32_t*, int64_t,
-                                                           cudaStream_t);
+                                                           const int32_t*, int64_t, cudaStream_t);
 template cudaError_t launch_update_expert_weights<int64_t>(const WeightCopyDesc*, int32_t,
-                                                           const int64_t*, int64_t,
-                                                           cudaStream_t);
+                                                           const int64_t*, int64_t, cudaStream_t);
 
 }  // namespace eplb_rt::cuda
