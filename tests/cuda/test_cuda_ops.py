@@ -220,7 +220,8 @@ def test_route_and_count_replays_in_a_cuda_graph():
 
 def test_route_and_count_rejects_bad_metadata_and_writes_nothing():
     gen = torch.Generator().manual_seed(1)
-    log2phy, logcnt, _ = (t.cuda() for t in random_layer(7, 11, 3, False, gen))
+    log2phy, logcnt, _ = random_layer(7, 11, 3, False, gen)
+    log2phy, logcnt = log2phy.cuda(), logcnt.cuda()
     ids = random_topk(5, 2, 7, pad_fraction=0.0, dtype=torch.int32, gen=gen).cuda()
     ring = torch.zeros(2, 1, 11, dtype=torch.int32, device="cuda")
     step = torch.zeros(1, dtype=torch.int64, device="cuda")
