@@ -4,6 +4,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include <atomic>
+
 namespace eplb_rt::cuda {
 
 // Ring row of the current step: step mod H, non-negative like Python's `%` (the reference).
@@ -19,18 +21,18 @@ constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // host-side lookup, it does not synchronise).
 inline int current_sm_count() {
   constexpr int kMaxDevices = 64;
-  static int cache[kMaxDevices] = {};
+  static std::atomic<int> cache[kMaxDevices] = {};
   int device = 0;
   if (cudaGetDevice(&device) != cudaSuccess) return 1;
   if (device < 0 || device >= kMaxDevices) return 1;
-  if (cache[device] == 0) {
-    int count = 0;
+  int count = cache[device].load(std::memory_order_relaxed);
+  if (count == 0) {
     if (cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
         count <= 0)
       return 1;
-    cache[device] = count;
+    cache[device].store(count, std::memory_order_relaxed);
   }
-  return cache[device];
+  return count;
 }
 
 }  // namespace eplb_rt::cuda

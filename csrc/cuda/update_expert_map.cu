@@ -14,7 +14,8 @@ struct MapTables {
   TableCopy table[kNumMapTables];
 };
 
-__global__ void __launch_bounds__(kThreads) update_expert_map_kernel(MapTables tables) {
+__global__ void __launch_bounds__(kThreads)
+    update_expert_map_kernel(const __grid_constant__ MapTables tables) {
   const TableCopy& t = tables.table[blockIdx.y];
   uint32_t* dst = static_cast<uint32_t*>(t.dst);
   const uint32_t* src = static_cast<const uint32_t*>(t.src);

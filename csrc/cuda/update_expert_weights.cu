@@ -34,8 +34,8 @@ __device__ __forceinline__ void copy_bytes(char* dst, const char* src, int64_t b
 
 template <typename Slot>
 __global__ void __launch_bounds__(kThreads)
-    update_expert_weights_kernel(WeightCopyBatch batch, const Slot* __restrict__ slots,
-                                 int64_t first_move) {
+    update_expert_weights_kernel(const __grid_constant__ WeightCopyBatch batch,
+                                 const Slot* __restrict__ slots, int64_t first_move) {
   const WeightCopyDesc& desc = batch.tensor[blockIdx.z];
   const int64_t move = first_move + blockIdx.y;
   const int64_t slot = slots[move];
