@@ -6,6 +6,7 @@ against the device's measured copy bandwidth:
 * ``eager``: back-to-back calls from Python, timed with CUDA events (includes dispatch);
 * ``graph``: the same calls captured in a CUDA graph and replayed (device time per kernel,
   what a captured decode step pays);
+* ``reference``: tests/reference.py run on the GPU tensors (plain torch ops, one ``.item()``);
 * bandwidth = bytes that must move (topk_ids read, phy_ids written, the tables and the heat row)
   / graph time, against a device-to-device copy of a 1 GiB buffer (read + write).
 
@@ -120,8 +121,16 @@ def moved_bytes(args) -> int:
 def measure(size: Size, dtype: torch.dtype, weighted: bool, copy_gbs: float) -> dict:
     args = make_inputs(size, dtype, weighted)
     reference = importlib.import_module("tests.reference")
-    kernel = lambda: torch.ops.eplb_rt.route_and_count(*args)  # noqa: E731
-    plain = lambda: reference.route_and_count(*args)  # noqa: E731
+    ids, log2phy, logcnt, share, heat, step, _ = args
+
+    def kernel():
+        torch.ops.eplb_rt.route_and_count(*args)
+
+    def plain():
+        # The reference makes its index tensors on the default device: put them on the GPU.
+        with torch.device("cuda"):
+            reference.route_and_count(ids, log2phy, logcnt, heat, step, replica_share=share)
+
     iters = 200 if size.num_tokens <= 4096 else 20
     kernel_graph = graph_us(kernel)
     row = {
