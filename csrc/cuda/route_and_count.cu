@@ -36,11 +36,12 @@ struct RouteTables {
 #define EPLB_RT_DEVICE_CHECK(cond, what) ((void)0)
 #endif
 
-// Slot of pair `flat` (= n * K + k) with logical id `id`, or -1 for padding and for values the
+// Slot of pair (token n, choice k) with logical id `id`, or -1 for padding and for values the
 // host could not check (see launchers.h).
 template <typename Id, bool kWeighted>
-__device__ __forceinline__ int32_t route_pair(Id id, uint32_t flat, const RouteTables& tables,
-                                              int64_t step, const RouteAndCountParams& p) {
+__device__ __forceinline__ int32_t route_pair(Id id, uint32_t n, uint32_t k,
+                                              const RouteTables& tables, int64_t step,
+                                              const RouteAndCountParams& p) {
   if (id < 0 || id >= p.num_experts) {
     EPLB_RT_DEVICE_CHECK(id == -1, "route_and_count: topk id out of [-1, E)");
     return -1;
@@ -51,8 +52,6 @@ __device__ __forceinline__ int32_t route_pair(Id id, uint32_t flat, const RouteT
     EPLB_RT_DEVICE_CHECK(false, "route_and_count: logcnt out of [1, R]");
     return -1;
   }
-  const uint32_t n = flat / static_cast<uint32_t>(p.top_k);
-  const uint32_t k = flat - n * static_cast<uint32_t>(p.top_k);
   const uint32_t code = position_code(step, p.num_tokens, n, k);
   const int64_t row = static_cast<int64_t>(expert) * p.max_replicas;
   int32_t r;
@@ -88,6 +87,7 @@ __global__ void __launch_bounds__(kMaxThreads)
 
   const uint32_t first = blockIdx.x * blockDim.x + threadIdx.x;
   const uint32_t stride = gridDim.x * blockDim.x;
+  const auto top_k = static_cast<uint32_t>(p.top_k);
   uint32_t scalar_begin = 0;
   if (vectorized) {
     constexpr int kVec = 16 / sizeof(Id);
@@ -102,18 +102,26 @@ __global__ void __launch_bounds__(kMaxThreads)
       IdVec ids;
       ids.raw = __ldg(in + v);
       IdVec slots;
+      // One division per vector; (n, k) then advance pair by pair.
+      uint32_t n = v * kVec / top_k;
+      uint32_t k = v * kVec - n * top_k;
 #pragma unroll
       for (int j = 0; j < kVec; ++j) {
-        const int32_t slot = route_pair<Id, kWeighted>(ids.id[j], v * kVec + j, tables, step, p);
+        const int32_t slot = route_pair<Id, kWeighted>(ids.id[j], n, k, tables, step, p);
         slots.id[j] = static_cast<Id>(slot);
         if (slot >= 0) atomicAdd(counts + slot, 1);
+        if (++k == top_k) {
+          k = 0;
+          ++n;
+        }
       }
       out[v] = slots.raw;
     }
     scalar_begin = num_vecs * kVec;
   }
   for (uint32_t i = scalar_begin + first; i < num_pairs; i += stride) {
-    const int32_t slot = route_pair<Id, kWeighted>(topk_ids[i], i, tables, step, p);
+    const uint32_t n = i / top_k;
+    const int32_t slot = route_pair<Id, kWeighted>(topk_ids[i], n, i - n * top_k, tables, step, p);
     phy_ids[i] = static_cast<Id>(slot);
     if (slot >= 0) atomicAdd(counts + slot, 1);
   }
