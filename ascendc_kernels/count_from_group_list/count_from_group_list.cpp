@@ -14,10 +14,9 @@
 //
 // UB: 2 * tileGroups * (elemBytes + 4) bytes (<= 48 KiB). Expected time (estimate, no NPU here):
 // one launch (~5 us) plus ~20 cycles per entry on the scalar unit: S_local = 64 is launch-bound.
-#include "kernel_operator.h"
-
 #include "eplb_kernels.h"
 #include "eplb_launch.h"
+#include "kernel_operator.h"
 
 using namespace AscendC;
 
@@ -31,8 +30,9 @@ class KernelCountFromGroupList {
   __aicore__ inline KernelCountFromGroupList() {}
 
   __aicore__ inline void Init(GM_ADDR groupList, GM_ADDR heat, GM_ADDR step, int64_t numGroups,
-                              int64_t groupsPerCore, int64_t slotOffset, int64_t numSlots, int64_t heatRows,
-                              int64_t heatRowStride, uint32_t tileGroups, uint32_t cumulative, TPipe* pipe) {
+                              int64_t groupsPerCore, int64_t slotOffset, int64_t numSlots,
+                              int64_t heatRows, int64_t heatRowStride, uint32_t tileGroups,
+                              uint32_t cumulative, TPipe* pipe) {
     tileGroups_ = tileGroups;
     cumulative_ = cumulative != 0;
     begin_ = groupsPerCore * GetBlockIdx();
@@ -46,13 +46,15 @@ class KernelCountFromGroupList {
     const int64_t stepValue = stepGm.GetValue(0);
     const int64_t row = ((stepValue % heatRows) + heatRows) % heatRows;
     heatBase_ = row * heatRowStride + slotOffset;
-    previous_ = (cumulative_ && begin_ > 0) ? static_cast<int64_t>(groupListGm.GetValue(begin_ - 1)) : 0;
+    previous_ =
+        (cumulative_ && begin_ > 0) ? static_cast<int64_t>(groupListGm.GetValue(begin_ - 1)) : 0;
   }
 
   __aicore__ inline void Process() {
     if (begin_ >= end_) return;
     for (int64_t start = begin_; start < end_; start += tileGroups_) {
-      const uint32_t len = static_cast<uint32_t>(end_ - start < tileGroups_ ? end_ - start : tileGroups_);
+      const uint32_t len =
+          static_cast<uint32_t>(end_ - start < tileGroups_ ? end_ - start : tileGroups_);
       CopyIn(start, len);
       Compute(len);
       CopyOut(start, len);
@@ -62,8 +64,8 @@ class KernelCountFromGroupList {
  private:
   __aicore__ inline void CopyIn(int64_t start, uint32_t len) {
     LocalTensor<T> groupsLocal = inQueueGroups.AllocTensor<T>();
-    DataCopyPad(groupsLocal, groupListGm[start], {1, static_cast<uint32_t>(len * sizeof(T)), 0, 0, 0},
-                {false, 0, 0, 0});
+    DataCopyPad(groupsLocal, groupListGm[start],
+                {1, static_cast<uint32_t>(len * sizeof(T)), 0, 0, 0}, {false, 0, 0, 0});
     inQueueGroups.EnQue(groupsLocal);
   }
 
@@ -101,44 +103,48 @@ class KernelCountFromGroupList {
 };
 
 template <class T>
-__aicore__ inline void RunCountFromGroupList(GM_ADDR groupList, GM_ADDR heat, GM_ADDR step, int64_t numGroups,
-                                             int64_t groupsPerCore, int64_t slotOffset, int64_t numSlots,
-                                             int64_t heatRows, int64_t heatRowStride, uint32_t tileGroups,
+__aicore__ inline void RunCountFromGroupList(GM_ADDR groupList, GM_ADDR heat, GM_ADDR step,
+                                             int64_t numGroups, int64_t groupsPerCore,
+                                             int64_t slotOffset, int64_t numSlots, int64_t heatRows,
+                                             int64_t heatRowStride, uint32_t tileGroups,
                                              uint32_t cumulative) {
   TPipe pipe;
   KernelCountFromGroupList<T> op;
-  op.Init(groupList, heat, step, numGroups, groupsPerCore, slotOffset, numSlots, heatRows, heatRowStride,
-          tileGroups, cumulative, &pipe);
+  op.Init(groupList, heat, step, numGroups, groupsPerCore, slotOffset, numSlots, heatRows,
+          heatRowStride, tileGroups, cumulative, &pipe);
   op.Process();
 }
 
 }  // namespace
 
 extern "C" __global__ __aicore__ void count_from_group_list_i32(
-    GM_ADDR groupList, GM_ADDR heat, GM_ADDR step, int64_t numGroups, int64_t groupsPerCore, int64_t slotOffset,
-    int64_t numSlots, int64_t heatRows, int64_t heatRowStride, uint32_t tileGroups, uint32_t cumulative) {
-  RunCountFromGroupList<int32_t>(groupList, heat, step, numGroups, groupsPerCore, slotOffset, numSlots, heatRows,
-                                 heatRowStride, tileGroups, cumulative);
+    GM_ADDR groupList, GM_ADDR heat, GM_ADDR step, int64_t numGroups, int64_t groupsPerCore,
+    int64_t slotOffset, int64_t numSlots, int64_t heatRows, int64_t heatRowStride,
+    uint32_t tileGroups, uint32_t cumulative) {
+  RunCountFromGroupList<int32_t>(groupList, heat, step, numGroups, groupsPerCore, slotOffset,
+                                 numSlots, heatRows, heatRowStride, tileGroups, cumulative);
 }
 
 extern "C" __global__ __aicore__ void count_from_group_list_i64(
-    GM_ADDR groupList, GM_ADDR heat, GM_ADDR step, int64_t numGroups, int64_t groupsPerCore, int64_t slotOffset,
-    int64_t numSlots, int64_t heatRows, int64_t heatRowStride, uint32_t tileGroups, uint32_t cumulative) {
-  RunCountFromGroupList<int64_t>(groupList, heat, step, numGroups, groupsPerCore, slotOffset, numSlots, heatRows,
-                                 heatRowStride, tileGroups, cumulative);
+    GM_ADDR groupList, GM_ADDR heat, GM_ADDR step, int64_t numGroups, int64_t groupsPerCore,
+    int64_t slotOffset, int64_t numSlots, int64_t heatRows, int64_t heatRowStride,
+    uint32_t tileGroups, uint32_t cumulative) {
+  RunCountFromGroupList<int64_t>(groupList, heat, step, numGroups, groupsPerCore, slotOffset,
+                                 numSlots, heatRows, heatRowStride, tileGroups, cumulative);
 }
 
 extern "C" void eplb_count_from_group_list(uint8_t* groupList, uint8_t* heat, uint8_t* step,
-                                           const eplb_ascendc::CountFromGroupListTiling* tiling, void* stream) {
+                                           const eplb_ascendc::CountFromGroupListTiling* tiling,
+                                           void* stream) {
   const eplb_ascendc::CountFromGroupListTiling t = *tiling;
   if (t.blockDim == 0) return;
   if (t.elemBytes == 8) {
-    EPLB_LAUNCH_KERNEL(count_from_group_list_i64, t.blockDim, stream, groupList, heat, step, t.numGroups,
-                       t.groupsPerCore, t.slotOffset, t.numSlots, t.heatRows, t.heatRowStride, t.tileGroups,
-                       t.cumulative);
+    EPLB_LAUNCH_KERNEL(count_from_group_list_i64, t.blockDim, stream, groupList, heat, step,
+                       t.numGroups, t.groupsPerCore, t.slotOffset, t.numSlots, t.heatRows,
+                       t.heatRowStride, t.tileGroups, t.cumulative);
   } else {
-    EPLB_LAUNCH_KERNEL(count_from_group_list_i32, t.blockDim, stream, groupList, heat, step, t.numGroups,
-                       t.groupsPerCore, t.slotOffset, t.numSlots, t.heatRows, t.heatRowStride, t.tileGroups,
-                       t.cumulative);
+    EPLB_LAUNCH_KERNEL(count_from_group_list_i32, t.blockDim, stream, groupList, heat, step,
+                       t.numGroups, t.groupsPerCore, t.slotOffset, t.numSlots, t.heatRows,
+                       t.heatRowStride, t.tileGroups, t.cumulative);
   }
 }

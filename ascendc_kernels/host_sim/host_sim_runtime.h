@@ -41,11 +41,11 @@ struct LaunchState {
   uint32_t blockNum = 0;
   std::mutex mutex;
   std::condition_variable cv;
-  uint32_t arrived = 0;     // cores waiting in the current SyncAll round
-  uint64_t round = 0;       // completed SyncAll rounds
-  uint32_t exited = 0;      // cores that returned from the kernel
-  bool aborted = false;     // a core failed: the others stop at their next SyncAll
-  std::string firstError;   // the first failure, reported to the caller
+  uint32_t arrived = 0;    // cores waiting in the current SyncAll round
+  uint64_t round = 0;      // completed SyncAll rounds
+  uint32_t exited = 0;     // cores that returned from the kernel
+  bool aborted = false;    // a core failed: the others stop at their next SyncAll
+  std::string firstError;  // the first failure, reported to the caller
 };
 
 class SlotRegistry;  // per-core list of UB buffers, for PipeBarrier (kernel_operator.h)
@@ -90,7 +90,8 @@ inline void syncAllCores() {
   CoreContext& core = currentCore();
   LaunchState& st = *core.launch;
   std::unique_lock<std::mutex> lock(st.mutex);
-  if (st.aborted) throw Error("core " + std::to_string(core.blockIdx) + ": aborted (another core failed)");
+  if (st.aborted)
+    throw Error("core " + std::to_string(core.blockIdx) + ": aborted (another core failed)");
   const uint64_t myRound = st.round;
   if (++st.arrived == st.blockNum) {
     st.arrived = 0;
@@ -101,19 +102,22 @@ inline void syncAllCores() {
   const auto deadline =
       std::chrono::steady_clock::now() + std::chrono::milliseconds(config().syncAllTimeoutMs);
   while (st.round == myRound) {
-    if (st.aborted) throw Error("core " + std::to_string(core.blockIdx) + ": aborted (another core failed)");
+    if (st.aborted)
+      throw Error("core " + std::to_string(core.blockIdx) + ": aborted (another core failed)");
     if (st.exited > 0) {
       const uint32_t arrived = st.arrived;
       --st.arrived;
-      fail("SyncAll: " + std::to_string(st.exited) + " core(s) finished the kernel without reaching this "
-           "SyncAll (" + std::to_string(arrived) + " of " + std::to_string(st.blockNum) +
+      fail("SyncAll: " + std::to_string(st.exited) +
+           " core(s) finished the kernel without reaching this "
+           "SyncAll (" +
+           std::to_string(arrived) + " of " + std::to_string(st.blockNum) +
            " cores arrived); the hardware would hang");
     }
     if (st.cv.wait_until(lock, deadline) == std::cv_status::timeout && st.round == myRound) {
       const uint32_t arrived = st.arrived;
       --st.arrived;
-      fail("SyncAll timed out after " + std::to_string(config().syncAllTimeoutMs) + " ms: " +
-           std::to_string(arrived) + " of " + std::to_string(st.blockNum) +
+      fail("SyncAll timed out after " + std::to_string(config().syncAllTimeoutMs) +
+           " ms: " + std::to_string(arrived) + " of " + std::to_string(st.blockNum) +
            " cores arrived; the hardware would hang");
     }
   }

@@ -9,8 +9,8 @@
 //     address that is not 32-byte aligned, is rejected (DataCopyPad is the tool for tails);
 //   * TPipe::InitBuffer past the Unified Buffer capacity (Config::ubBytes) is rejected;
 //   * queue discipline: a LocalTensor is usable after AllocTensor (producer) or DeQue (consumer),
-//     not while it sits enqueued and not after FreeTensor; EnQue beyond the queue depth, DeQue of an
-//     empty queue, AllocTensor with every buffer taken are errors (on hardware: a hang);
+//     not while it sits enqueued and not after FreeTensor; EnQue beyond the queue depth, DeQue of
+//     an empty queue, AllocTensor with every buffer taken are errors (on hardware: a hang);
 //   * pipe hazards: data written by one pipe (MTE2 copy-in, V vector, S scalar) and touched by
 //     another with no EnQue/DeQue or PipeBarrier<PIPE_ALL> in between is a race on hardware;
 //   * SetAtomicAdd on a type the hardware cannot add atomically (int64) is rejected, and the
@@ -54,11 +54,16 @@ namespace detail {
 
 inline const char* pipeName(pipe_t p) {
   switch (p) {
-    case PIPE_S: return "scalar (S)";
-    case PIPE_V: return "vector (V)";
-    case PIPE_MTE2: return "copy-in (MTE2)";
-    case PIPE_MTE3: return "copy-out (MTE3)";
-    default: return "all";
+    case PIPE_S:
+      return "scalar (S)";
+    case PIPE_V:
+      return "vector (V)";
+    case PIPE_MTE2:
+      return "copy-in (MTE2)";
+    case PIPE_MTE3:
+      return "copy-out (MTE3)";
+    default:
+      return "all";
   }
 }
 
@@ -123,8 +128,8 @@ class LocalTensor {
   LocalTensor operator[](uint32_t offset) const {
     check("operator[]");
     if (offset > size_) {
-      host_sim::fail("LocalTensor[" + std::to_string(offset) + "] past its " + std::to_string(size_) +
-                     " elements");
+      host_sim::fail("LocalTensor[" + std::to_string(offset) + "] past its " +
+                     std::to_string(size_) + " elements");
     }
     return LocalTensor(slot_, generation_, offset_ + offset, size_ - offset);
   }
@@ -132,7 +137,8 @@ class LocalTensor {
   template <class U>
   LocalTensor<U> ReinterpretCast() const {
     check("ReinterpretCast");
-    return LocalTensor<U>(slot_, generation_, static_cast<uint32_t>(offset_ * sizeof(T) / sizeof(U)),
+    return LocalTensor<U>(slot_, generation_,
+                          static_cast<uint32_t>(offset_ * sizeof(T) / sizeof(U)),
                           static_cast<uint32_t>(size_ * sizeof(T) / sizeof(U)));
   }
 
@@ -152,18 +158,23 @@ class LocalTensor {
 
   // ---- used by the emulated instructions, not part of the AscendC API ----
   T* ptr() const { return reinterpret_cast<T*>(slot_->data) + offset_; }
-  uint32_t ubAddress() const { return slot_->ubOffset + offset_ * static_cast<uint32_t>(sizeof(T)); }
+  uint32_t ubAddress() const {
+    return slot_->ubOffset + offset_ * static_cast<uint32_t>(sizeof(T));
+  }
   detail::BufferSlot* slot() const { return slot_; }
   uint64_t generation() const { return generation_; }
 
   void check(const char* op) const {
     using S = detail::BufferSlot::State;
-    if (slot_ == nullptr) host_sim::fail(std::string(op) + " on a LocalTensor that was never allocated");
+    if (slot_ == nullptr)
+      host_sim::fail(std::string(op) + " on a LocalTensor that was never allocated");
     if (slot_->state == S::Free || slot_->generation != generation_) {
-      host_sim::fail(std::string(op) + " on a LocalTensor used after FreeTensor (its buffer was released)");
+      host_sim::fail(std::string(op) +
+                     " on a LocalTensor used after FreeTensor (its buffer was released)");
     }
     if (slot_->state == S::Enqueued) {
-      host_sim::fail(std::string(op) + " on a LocalTensor that is enqueued: it is used without DeQue");
+      host_sim::fail(std::string(op) +
+                     " on a LocalTensor that is enqueued: it is used without DeQue");
     }
   }
 
@@ -176,10 +187,11 @@ class LocalTensor {
                      "> of " + std::to_string(size_) + " elements (UB out of bounds)");
     }
     if (slot_->pending && slot_->writer != pipe) {
-      host_sim::fail(std::string(op) + " on the " + detail::pipeName(pipe) +
-                     " pipe reads/writes a LocalTensor last written by the " +
-                     detail::pipeName(slot_->writer) +
-                     " pipe with no EnQue/DeQue or PipeBarrier<PIPE_ALL> in between (a race on hardware)");
+      host_sim::fail(
+          std::string(op) + " on the " + detail::pipeName(pipe) +
+          " pipe reads/writes a LocalTensor last written by the " +
+          detail::pipeName(slot_->writer) +
+          " pipe with no EnQue/DeQue or PipeBarrier<PIPE_ALL> in between (a race on hardware)");
     }
     if (write) {
       slot_->pending = true;
@@ -231,15 +243,17 @@ class GlobalTensor {
   // ---- emulation helpers ----
   void checkRange(const char* op, uint64_t index, uint64_t count) const {
     if (!sized_) {
-      host_sim::fail(std::string(op) + ": GlobalTensor set without a size; pass bufferSize to "
+      host_sim::fail(std::string(op) +
+                     ": GlobalTensor set without a size; pass bufferSize to "
                      "SetGlobalBuffer so that accesses can be checked");
     }
     if (base_ == nullptr && count > 0) host_sim::fail(std::string(op) + " on a null GlobalTensor");
     const uint64_t first = offset_ + index;
     if (first + count > size_) {
-      host_sim::fail(std::string(op) + ": global memory out of bounds: elements [" + std::to_string(first) +
-                     ", " + std::to_string(first + count) + ") of a GlobalTensor<" + detail::typeName<T>() +
-                     "> of " + std::to_string(size_) + " elements");
+      host_sim::fail(std::string(op) + ": global memory out of bounds: elements [" +
+                     std::to_string(first) + ", " + std::to_string(first + count) +
+                     ") of a GlobalTensor<" + detail::typeName<T>() + "> of " +
+                     std::to_string(size_) + " elements");
     }
   }
   T* at(uint64_t index) const { return base_ + offset_ + index; }
@@ -274,8 +288,9 @@ class TQueBind {
         return LocalTensor<T>(&slot, slot.generation, 0, slot.bytes / sizeof(T));
       }
     }
-    host_sim::fail("AllocTensor: all " + std::to_string(slots_.size()) +
-                   " buffers of the queue are in use (FreeTensor missing?); the hardware would hang");
+    host_sim::fail(
+        "AllocTensor: all " + std::to_string(slots_.size()) +
+        " buffers of the queue are in use (FreeTensor missing?); the hardware would hang");
   }
 
   template <class T>
@@ -313,7 +328,8 @@ class TQueBind {
   }
 
   // ---- emulation helpers ----
-  void init(uint8_t* ub, uint32_t ubOffset, uint8_t num, uint32_t len, host_sim::SlotRegistry* reg) {
+  void init(uint8_t* ub, uint32_t ubOffset, uint8_t num, uint32_t len,
+            host_sim::SlotRegistry* reg) {
     if (!slots_.empty()) host_sim::fail("InitBuffer twice on one queue");
     slots_.resize(num);
     for (uint8_t i = 0; i < num; ++i) {
@@ -381,9 +397,7 @@ class TBuf {
 // Owns the core's Unified Buffer and carves it into queue / TBuf buffers.
 class TPipe {
  public:
-  TPipe() : ub_(host_sim::config().ubBytes) {
-    host_sim::currentCore().slots = &registry_;
-  }
+  TPipe() : ub_(host_sim::config().ubBytes) { host_sim::currentCore().slots = &registry_; }
   TPipe(const TPipe&) = delete;
   TPipe& operator=(const TPipe&) = delete;
 
@@ -410,8 +424,8 @@ class TPipe {
     if (used_ + bytes > ub_.size()) {
       host_sim::fail("Unified Buffer overflow: InitBuffer of a " + std::string(what) + " (" +
                      std::to_string(bytes) + " bytes) brings this core's UB use to " +
-                     std::to_string(used_ + bytes) + " bytes > capacity " + std::to_string(ub_.size()) +
-                     " bytes");
+                     std::to_string(used_ + bytes) + " bytes > capacity " +
+                     std::to_string(ub_.size()) + " bytes");
     }
     const uint32_t offset = used_;
     used_ += static_cast<uint32_t>(bytes);
@@ -503,8 +517,8 @@ template <class T>
 void checkWholeBlocks(uint64_t count, const char* op) {
   const uint64_t bytes = count * sizeof(T);
   if (bytes % kBlockBytes != 0) {
-    host_sim::fail(std::string(op) + " of " + std::to_string(count) + " x " + typeName<T>() + " = " +
-                   std::to_string(bytes) +
+    host_sim::fail(std::string(op) + " of " + std::to_string(count) + " x " + typeName<T>() +
+                   " = " + std::to_string(bytes) +
                    " bytes: not a multiple of 32 bytes (the hardware moves whole 32-byte blocks); "
                    "use DataCopyPad for the tail");
   }
@@ -518,7 +532,11 @@ struct DataCopyExtParams {
   DataCopyExtParams() = default;
   DataCopyExtParams(uint16_t count, uint32_t len, uint32_t srcStrideIn, uint32_t dstStrideIn,
                     uint32_t rsvIn)
-      : blockCount(count), blockLen(len), srcStride(srcStrideIn), dstStride(dstStrideIn), rsv(rsvIn) {}
+      : blockCount(count),
+        blockLen(len),
+        srcStride(srcStrideIn),
+        dstStride(dstStrideIn),
+        rsv(rsvIn) {}
   uint16_t blockCount = 0;
   uint32_t blockLen = 0;   // bytes
   uint32_t srcStride = 0;  // gap between blocks: bytes on GM, 32-byte blocks on UB
@@ -560,8 +578,8 @@ void DataCopy(const GlobalTensor<T>& dst, const LocalTensor<T>& src, uint32_t co
 // GM -> UB, any byte length: each of blockCount blocks of blockLen bytes lands at a 32-byte
 // aligned UB position; the bytes up to the next 32-byte boundary get paddingValue if isPad.
 template <class T>
-void DataCopyPad(const LocalTensor<T>& dst, const GlobalTensor<T>& src, const DataCopyExtParams& params,
-                 const DataCopyPadExtParams<T>& pad) {
+void DataCopyPad(const LocalTensor<T>& dst, const GlobalTensor<T>& src,
+                 const DataCopyExtParams& params, const DataCopyPadExtParams<T>& pad) {
   const char* op = "DataCopyPad GM->UB";
   if (params.blockLen % sizeof(T) != 0) {
     host_sim::fail(std::string(op) + ": blockLen " + std::to_string(params.blockLen) +
@@ -569,10 +587,12 @@ void DataCopyPad(const LocalTensor<T>& dst, const GlobalTensor<T>& src, const Da
   }
   detail::checkUbAligned(dst, op);
   const uint64_t elems = params.blockLen / sizeof(T);
-  const uint64_t ubPitch = (detail::roundUp32(params.blockLen) + params.dstStride * kBlockBytes) / sizeof(T);
+  const uint64_t ubPitch =
+      (detail::roundUp32(params.blockLen) + params.dstStride * kBlockBytes) / sizeof(T);
   const uint64_t gmPitch = elems + params.srcStride / sizeof(T);
   if (params.blockCount == 0) return;
-  const uint64_t ubExtent = (params.blockCount - 1) * ubPitch + detail::roundUp32(params.blockLen) / sizeof(T);
+  const uint64_t ubExtent =
+      (params.blockCount - 1) * ubPitch + detail::roundUp32(params.blockLen) / sizeof(T);
   src.checkRange(op, 0, (params.blockCount - 1) * gmPitch + elems);
   dst.access(op, PIPE_MTE2, true, 0, ubExtent);
   for (uint32_t b = 0; b < params.blockCount; ++b) {
@@ -591,7 +611,8 @@ void DataCopyPad(const LocalTensor<T>& dst, const GlobalTensor<T>& src, const Da
 
 // UB -> GM, any byte length; only blockLen bytes of each block reach GM.
 template <class T>
-void DataCopyPad(const GlobalTensor<T>& dst, const LocalTensor<T>& src, const DataCopyExtParams& params) {
+void DataCopyPad(const GlobalTensor<T>& dst, const LocalTensor<T>& src,
+                 const DataCopyExtParams& params) {
   const char* op = "DataCopyPad UB->GM";
   if (params.blockLen % sizeof(T) != 0) {
     host_sim::fail(std::string(op) + ": blockLen " + std::to_string(params.blockLen) +
@@ -599,7 +620,8 @@ void DataCopyPad(const GlobalTensor<T>& dst, const LocalTensor<T>& src, const Da
   }
   detail::checkUbAligned(src, op);
   const uint64_t elems = params.blockLen / sizeof(T);
-  const uint64_t ubPitch = (detail::roundUp32(params.blockLen) + params.srcStride * kBlockBytes) / sizeof(T);
+  const uint64_t ubPitch =
+      (detail::roundUp32(params.blockLen) + params.srcStride * kBlockBytes) / sizeof(T);
   const uint64_t gmPitch = elems + params.dstStride / sizeof(T);
   if (params.blockCount == 0) return;
   dst.checkRange(op, 0, (params.blockCount - 1) * gmPitch + elems);
@@ -619,7 +641,8 @@ void Duplicate(const LocalTensor<T>& dst, const T& scalar, int32_t count) {
 }
 
 template <class T>
-void Add(const LocalTensor<T>& dst, const LocalTensor<T>& src0, const LocalTensor<T>& src1, int32_t count) {
+void Add(const LocalTensor<T>& dst, const LocalTensor<T>& src0, const LocalTensor<T>& src1,
+         int32_t count) {
   detail::checkUbAligned(dst, "Add");
   detail::checkUbAligned(src0, "Add");
   detail::checkUbAligned(src1, "Add");

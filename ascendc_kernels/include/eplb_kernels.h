@@ -1,15 +1,15 @@
 // Launchers of eplb_rt's AscendC kernels: the one header shared by the kernels and csrc/npu.
 //
 // Every launcher takes global-memory addresses (GM_ADDR on the device side, plain uint8_t* here),
-// the tiling computed by eplb_tiling.h, and the stream (aclrtStream) to launch on. Launchers do
-// not check tensors (csrc/npu does), never allocate and never synchronise; with
-// tiling.blockDim == 0 they launch nothing. Under ASCENDC_HOST_SIM the same launchers run the
-// kernels on the CPU emulation and raise host_sim::Error on a fault.
+// the tiling computed by eplb_tiling.h (structs in eplb_tiling_types.h), and the stream
+// (aclrtStream) to launch on. Launchers do not check tensors (csrc/npu does), never allocate and
+// never synchronise; with tiling.blockDim == 0 they launch nothing. Under ASCENDC_HOST_SIM the same
+// launchers run the kernels on the CPU emulation and raise host_sim::Error on a fault.
 #pragma once
 
 #include <stdint.h>
 
-#include "eplb_tiling.h"
+#include "eplb_tiling_types.h"
 
 extern "C" {
 

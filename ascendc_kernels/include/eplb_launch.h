@@ -3,9 +3,9 @@
 #pragma once
 
 #if defined(ASCENDC_HOST_SIM)
-#define EPLB_LAUNCH_KERNEL(kernel, blockDim, stream, ...)            \
-  do {                                                               \
-    (void)(stream); /* the emulation runs synchronously */          \
+#define EPLB_LAUNCH_KERNEL(kernel, blockDim, stream, ...)                  \
+  do {                                                                     \
+    (void)(stream); /* the emulation runs synchronously */                 \
     ::host_sim::Launch(#kernel, (blockDim), [=] { kernel(__VA_ARGS__); }); \
   } while (0)
 #else

@@ -9,54 +9,20 @@
 
 #include <string>
 
-namespace eplb_ascendc {
+#include "eplb_tiling_types.h"
 
-constexpr uint32_t kBlockBytes = 32;         // DataCopy granule, UB alignment
-constexpr uint32_t kDefaultUbBytes = 192 * 1024;  // Atlas A2/A3 Unified Buffer per AI core
-constexpr uint32_t kBufferNum = 2;           // double buffering of the streamed tiles
-constexpr uint32_t kMaxIdTile = 2048;        // ids per route_and_count tile
-constexpr uint32_t kMaxGroupTile = 2048;     // group_list entries per tile
-constexpr uint32_t kMaxCopyTileBytes = 64 * 1024;  // weight-copy tile (2 in flight = 128 KiB)
-constexpr uint32_t kMinGroupsPerCore = 1024; // below this one core does the whole group_list
-constexpr uint32_t kMaxMapTables = 4;        // log2phy, logcnt, replica_share, expert_map
+namespace eplb_ascendc {
 
 inline uint64_t RoundUp(uint64_t x, uint64_t m) { return (x + m - 1) / m * m; }
 inline uint64_t CeilDiv(uint64_t x, uint64_t m) { return (x + m - 1) / m; }
 
 // ------------------------------------------------------------------ route_and_count
 
-struct RouteAndCountShape {
-  int64_t numTokens;     // N
-  int32_t topK;          // K
-  int32_t numExperts;    // E
-  int32_t maxReplicas;   // R
-  int32_t numSlots;      // P
-  int64_t heatRows;      // H
-  int64_t heatRowStride; // elements between heat rows (L*P for a view of the [H, L, P] ring)
-  uint32_t idBytes;      // 4: int32 topk_ids / phy_ids, 8: int64
-  bool hasShare;         // replica_share given (else uniform)
-};
-
-struct RouteAndCountTiling {
-  uint32_t blockDim;      // AI cores to launch (0: nothing to do)
-  uint32_t idBytes;
-  uint32_t hasShare;
-  uint32_t tilePairs;     // ids per UB tile, a multiple of 8
-  int64_t numTokens;
-  int64_t numPairs;       // N * K
-  int64_t pairsPerCore;   // contiguous ids per core, a multiple of 8
-  int32_t topK;
-  int32_t numExperts;
-  int32_t maxReplicas;
-  int32_t numSlots;
-  int64_t heatRows;
-  int64_t heatRowStride;
-};
-
 // UB bytes of the resident tables: log2phy, logcnt, (replica_share), the histogram.
 inline uint64_t RouteAndCountTableBytes(const RouteAndCountShape& s) {
   const uint64_t er = static_cast<uint64_t>(s.numExperts) * static_cast<uint64_t>(s.maxReplicas);
-  uint64_t bytes = RoundUp(er * 4, kBlockBytes) + RoundUp(static_cast<uint64_t>(s.numExperts) * 4, kBlockBytes) +
+  uint64_t bytes = RoundUp(er * 4, kBlockBytes) +
+                   RoundUp(static_cast<uint64_t>(s.numExperts) * 4, kBlockBytes) +
                    RoundUp(static_cast<uint64_t>(s.numSlots) * 4, kBlockBytes);
   if (s.hasShare) bytes += RoundUp(er * 4, kBlockBytes);
   return bytes;
@@ -70,19 +36,22 @@ inline std::string ComputeRouteAndCountTiling(const RouteAndCountShape& s, uint3
   }
   if (s.numTokens < 0 || s.topK < 1 || s.numExperts < 1 || s.maxReplicas < 1 || s.numSlots < 1 ||
       s.heatRows < 1 || s.heatRowStride < s.numSlots) {
-    return "route_and_count tiling: expected N >= 0, K, E, R, P, H >= 1 and heat row stride >= P; got N=" +
-           std::to_string(s.numTokens) + " K=" + std::to_string(s.topK) + " E=" + std::to_string(s.numExperts) +
-           " R=" + std::to_string(s.maxReplicas) + " P=" + std::to_string(s.numSlots) + " H=" +
-           std::to_string(s.heatRows) + " stride=" + std::to_string(s.heatRowStride);
+    return "route_and_count tiling: expected N >= 0, K, E, R, P, H >= 1 and heat row stride >= P; "
+           "got N=" +
+           std::to_string(s.numTokens) + " K=" + std::to_string(s.topK) +
+           " E=" + std::to_string(s.numExperts) + " R=" + std::to_string(s.maxReplicas) +
+           " P=" + std::to_string(s.numSlots) + " H=" + std::to_string(s.heatRows) +
+           " stride=" + std::to_string(s.heatRowStride);
   }
   const uint64_t tables = RouteAndCountTableBytes(s);
   // Each tile has kBufferNum input and kBufferNum output buffers of tilePairs ids.
   const uint64_t perPair = 2ull * kBufferNum * s.idBytes;
   const uint64_t minTile = 8;
   if (tables + minTile * perPair > ubBytes) {
-    return "route_and_count: the tables of E=" + std::to_string(s.numExperts) + " experts x R=" +
-           std::to_string(s.maxReplicas) + " replicas and P=" + std::to_string(s.numSlots) +
-           " slots need " + std::to_string(tables + minTile * perPair) +
+    return "route_and_count: the tables of E=" + std::to_string(s.numExperts) +
+           " experts x R=" + std::to_string(s.maxReplicas) +
+           " replicas and P=" + std::to_string(s.numSlots) + " slots need " +
+           std::to_string(tables + minTile * perPair) +
            " bytes of Unified Buffer, expected at most " + std::to_string(ubBytes);
   }
   *t = RouteAndCountTiling{};
@@ -102,7 +71,8 @@ inline std::string ComputeRouteAndCountTiling(const RouteAndCountShape& s, uint3
     t->tilePairs = 8;
     return "";
   }
-  t->pairsPerCore = static_cast<int64_t>(RoundUp(CeilDiv(static_cast<uint64_t>(t->numPairs), coreNum), 8));
+  t->pairsPerCore =
+      static_cast<int64_t>(RoundUp(CeilDiv(static_cast<uint64_t>(t->numPairs), coreNum), 8));
   t->blockDim = static_cast<uint32_t>(CeilDiv(static_cast<uint64_t>(t->numPairs), t->pairsPerCore));
   uint64_t tile = (ubBytes - tables) / perPair / 8 * 8;
   if (tile > kMaxIdTile) tile = kMaxIdTile;
@@ -113,26 +83,15 @@ inline std::string ComputeRouteAndCountTiling(const RouteAndCountShape& s, uint3
 
 // ------------------------------------------------------------------ count_from_group_list
 
-struct CountFromGroupListTiling {
-  uint32_t blockDim;
-  uint32_t elemBytes;     // 4: int32 group_list, 8: int64
-  uint32_t cumulative;    // 1: inclusive prefix sums
-  uint32_t tileGroups;    // entries per UB tile, a multiple of 8
-  int64_t numGroups;      // S_local
-  int64_t groupsPerCore;
-  int64_t slotOffset;
-  int64_t numSlots;       // P, the heat row length
-  int64_t heatRows;
-  int64_t heatRowStride;
-};
-
-inline std::string ComputeCountFromGroupListTiling(int64_t numGroups, uint32_t elemBytes, bool cumulative,
-                                                   int64_t slotOffset, int64_t numSlots, int64_t heatRows,
+inline std::string ComputeCountFromGroupListTiling(int64_t numGroups, uint32_t elemBytes,
+                                                   bool cumulative, int64_t slotOffset,
+                                                   int64_t numSlots, int64_t heatRows,
                                                    int64_t heatRowStride, uint32_t coreNum,
                                                    CountFromGroupListTiling* t) {
   if (coreNum == 0) return "count_from_group_list tiling: coreNum must be >= 1, got 0";
   if (elemBytes != 4 && elemBytes != 8) {
-    return "count_from_group_list tiling: elemBytes must be 4 or 8, got " + std::to_string(elemBytes);
+    return "count_from_group_list tiling: elemBytes must be 4 or 8, got " +
+           std::to_string(elemBytes);
   }
   if (numGroups < 0 || slotOffset < 0 || slotOffset + numGroups > numSlots) {
     return "count_from_group_list: expected 0 <= slot_offset and slot_offset + S_local <= P=" +
@@ -169,28 +128,18 @@ inline std::string ComputeCountFromGroupListTiling(int64_t numGroups, uint32_t e
 
 // ------------------------------------------------------------------ update_expert_weights
 
-struct CopyRowsTiling {
-  uint32_t blockDim;
-  uint32_t slotBytes;     // 4: int32 slots, 8: int64
-  uint32_t tileBytes;     // a multiple of 32
-  uint32_t alignedRows;   // 1: rows start 32-byte aligned in GM (plain DataCopy for whole tiles)
-  int64_t rowBytes;       // bytes of one expert slice weights[t][s]
-  int64_t numRows;        // M, staged rows
-  int64_t numSlots;       // S, rows of the weight tensor
-  int64_t tilesPerRow;
-  int64_t unitsPerCore;   // (row, tile) pairs per core
-};
-
-inline std::string ComputeCopyRowsTiling(int64_t rowBytes, int64_t numRows, int64_t numSlots, uint32_t slotBytes,
-                                         bool gmAligned, uint32_t coreNum, uint32_t ubBytes,
-                                         CopyRowsTiling* t) {
+inline std::string ComputeCopyRowsTiling(int64_t rowBytes, int64_t numRows, int64_t numSlots,
+                                         uint32_t slotBytes, bool gmAligned, uint32_t coreNum,
+                                         uint32_t ubBytes, CopyRowsTiling* t) {
   if (coreNum == 0) return "update_expert_weights tiling: coreNum must be >= 1, got 0";
   if (slotBytes != 4 && slotBytes != 8) {
-    return "update_expert_weights tiling: slotBytes must be 4 or 8, got " + std::to_string(slotBytes);
+    return "update_expert_weights tiling: slotBytes must be 4 or 8, got " +
+           std::to_string(slotBytes);
   }
   if (rowBytes < 0 || numRows < 0 || numSlots < 0) {
-    return "update_expert_weights tiling: expected non-negative sizes, got rowBytes=" + std::to_string(rowBytes) +
-           " M=" + std::to_string(numRows) + " S=" + std::to_string(numSlots);
+    return "update_expert_weights tiling: expected non-negative sizes, got rowBytes=" +
+           std::to_string(rowBytes) + " M=" + std::to_string(numRows) +
+           " S=" + std::to_string(numSlots);
   }
   *t = CopyRowsTiling{};
   t->slotBytes = slotBytes;
@@ -218,16 +167,8 @@ inline std::string ComputeCopyRowsTiling(int64_t rowBytes, int64_t numRows, int6
 
 // ------------------------------------------------------------------ update_expert_map
 
-struct CopyTablesTiling {
-  uint32_t blockDim;      // one core per table
-  uint32_t tileBytes;
-  uint32_t numTables;     // tables present (2 or 4), packed first
-  uint32_t pad;
-  int64_t tableBytes[kMaxMapTables];
-};
-
-inline std::string ComputeCopyTablesTiling(const int64_t* tableBytes, uint32_t numTables, uint32_t ubBytes,
-                                           CopyTablesTiling* t) {
+inline std::string ComputeCopyTablesTiling(const int64_t* tableBytes, uint32_t numTables,
+                                           uint32_t ubBytes, CopyTablesTiling* t) {
   if (numTables > kMaxMapTables) {
     return "update_expert_map tiling: at most 4 tables, got " + std::to_string(numTables);
   }

@@ -27,7 +27,8 @@ __aicore__ inline int32_t UniformReplica(uint32_t code, int32_t cnt) {
 }
 
 // shareRow[base + r], r < cnt: one expert's replica_share row in UB.
-__aicore__ inline int32_t WeightedReplica(uint32_t code, const AscendC::LocalTensor<float>& shareRow,
+__aicore__ inline int32_t WeightedReplica(uint32_t code,
+                                          const AscendC::LocalTensor<float>& shareRow,
                                           uint32_t base, int32_t cnt) {
   const float u = static_cast<float>(code);
   float cum = 0.0f;

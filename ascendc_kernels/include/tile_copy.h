@@ -24,23 +24,27 @@ class TileCopy {
 
   // dst[0, bytes) = src[0, bytes); `aligned`: both start 32-byte aligned in GM.
   __aicore__ inline void CopyBytes(const AscendC::GlobalTensor<uint8_t>& dstGm,
-                                   const AscendC::GlobalTensor<uint8_t>& srcGm, uint64_t bytes, bool aligned) {
+                                   const AscendC::GlobalTensor<uint8_t>& srcGm, uint64_t bytes,
+                                   bool aligned) {
     for (uint64_t off = 0; off < bytes; off += tileBytes_) {
-      const uint32_t len = static_cast<uint32_t>(bytes - off < tileBytes_ ? bytes - off : tileBytes_);
+      const uint32_t len =
+          static_cast<uint32_t>(bytes - off < tileBytes_ ? bytes - off : tileBytes_);
       CopyTile(dstGm[off], srcGm[off], len, aligned);
     }
   }
 
   // One tile of len <= tileBytes bytes.
   __aicore__ inline void CopyTile(const AscendC::GlobalTensor<uint8_t>& dstGm,
-                                  const AscendC::GlobalTensor<uint8_t>& srcGm, uint32_t len, bool aligned) {
+                                  const AscendC::GlobalTensor<uint8_t>& srcGm, uint32_t len,
+                                  bool aligned) {
     const bool whole = aligned && len % 32 == 0;
     CopyIn(srcGm, len, whole);
     CopyOut(dstGm, len, whole);
   }
 
  private:
-  __aicore__ inline void CopyIn(const AscendC::GlobalTensor<uint8_t>& srcGm, uint32_t len, bool whole) {
+  __aicore__ inline void CopyIn(const AscendC::GlobalTensor<uint8_t>& srcGm, uint32_t len,
+                                bool whole) {
     AscendC::LocalTensor<uint8_t> tileLocal = copyQueue.AllocTensor<uint8_t>();
     if (whole) {
       AscendC::DataCopy(tileLocal, srcGm, len);
@@ -50,7 +54,8 @@ class TileCopy {
     copyQueue.EnQue(tileLocal);
   }
 
-  __aicore__ inline void CopyOut(const AscendC::GlobalTensor<uint8_t>& dstGm, uint32_t len, bool whole) {
+  __aicore__ inline void CopyOut(const AscendC::GlobalTensor<uint8_t>& dstGm, uint32_t len,
+                                 bool whole) {
     AscendC::LocalTensor<uint8_t> tileLocal = copyQueue.DeQue<uint8_t>();
     if (whole) {
       AscendC::DataCopy(dstGm, tileLocal, len);

@@ -23,10 +23,9 @@
 // 30-60 cycles, so 8192 tokens x top-8 on 40 vector cores (1639 pairs each) is ~30-60 us at
 // 1.8 GHz plus ~5 us launch; memory traffic (ids in and out, 2*N*K*idBytes = 1 MiB) is < 1 us of
 // HBM time. The scalar map dominates; a vectorised uniform path is the next step if it matters.
-#include "kernel_operator.h"
-
 #include "eplb_kernels.h"
 #include "eplb_launch.h"
+#include "kernel_operator.h"
 #include "replica_rule_aicore.h"
 
 using namespace AscendC;
@@ -40,11 +39,12 @@ class KernelRouteAndCount {
  public:
   __aicore__ inline KernelRouteAndCount() {}
 
-  __aicore__ inline void Init(GM_ADDR topkIds, GM_ADDR log2phy, GM_ADDR logcnt, GM_ADDR share, GM_ADDR heat,
-                              GM_ADDR step, GM_ADDR phyIds, int64_t numTokens, int32_t topK,
-                              int32_t numExperts, int32_t maxReplicas, int32_t numSlots, int64_t heatRows,
-                              int64_t heatRowStride, int64_t pairsPerCore, uint32_t tilePairs,
-                              uint32_t hasShare, TPipe* pipe) {
+  __aicore__ inline void Init(GM_ADDR topkIds, GM_ADDR log2phy, GM_ADDR logcnt, GM_ADDR share,
+                              GM_ADDR heat, GM_ADDR step, GM_ADDR phyIds, int64_t numTokens,
+                              int32_t topK, int32_t numExperts, int32_t maxReplicas,
+                              int32_t numSlots, int64_t heatRows, int64_t heatRowStride,
+                              int64_t pairsPerCore, uint32_t tilePairs, uint32_t hasShare,
+                              TPipe* pipe) {
     numTokens_ = numTokens;
     topK_ = topK;
     numExperts_ = numExperts;
@@ -75,15 +75,17 @@ class KernelRouteAndCount {
     log2phyLocal = log2phyBuf.Get<int32_t>();
     logcntLocal = logcntBuf.Get<int32_t>();
     histLocal = histBuf.Get<int32_t>();
-    DataCopyPad(log2phyLocal, log2phyGm, {1, static_cast<uint32_t>(tableLen * sizeof(int32_t)), 0, 0, 0},
-                {false, 0, 0, 0});
-    DataCopyPad(logcntLocal, logcntGm, {1, static_cast<uint32_t>(numExperts * sizeof(int32_t)), 0, 0, 0},
+    DataCopyPad(log2phyLocal, log2phyGm,
+                {1, static_cast<uint32_t>(tableLen * sizeof(int32_t)), 0, 0, 0}, {false, 0, 0, 0});
+    DataCopyPad(logcntLocal, logcntGm,
+                {1, static_cast<uint32_t>(numExperts * sizeof(int32_t)), 0, 0, 0},
                 {false, 0, 0, 0});
     if (hasShare_) {
       shareGm.SetGlobalBuffer((__gm__ float*)share, tableLen);
       pipe->InitBuffer(shareBuf, tableLen * sizeof(float));
       shareLocal = shareBuf.Get<float>();
-      DataCopyPad(shareLocal, shareGm, {1, static_cast<uint32_t>(tableLen * sizeof(float)), 0, 0, 0},
+      DataCopyPad(shareLocal, shareGm,
+                  {1, static_cast<uint32_t>(tableLen * sizeof(float)), 0, 0, 0},
                   {false, 0, 0, 0.0f});
     }
     Duplicate(histLocal, 0, numSlots);
@@ -101,7 +103,8 @@ class KernelRouteAndCount {
     const int64_t tiles = (count + tilePairs_ - 1) / tilePairs_;
     for (int64_t t = 0; t < tiles; ++t) {
       const int64_t start = begin_ + t * tilePairs_;
-      const uint32_t len = static_cast<uint32_t>(end_ - start < tilePairs_ ? end_ - start : tilePairs_);
+      const uint32_t len =
+          static_cast<uint32_t>(end_ - start < tilePairs_ ? end_ - start : tilePairs_);
       CopyIn(start, len);
       Compute(start, len);
       CopyOut(start, len);
@@ -123,7 +126,8 @@ class KernelRouteAndCount {
     PipeBarrier<PIPE_ALL>();  // scalar reads of a tile written by MTE2
     for (uint32_t i = 0; i < len; ++i) {
       const int64_t pair = start + i;
-      phyLocal.SetValue(i, static_cast<IdT>(MapPair(static_cast<int64_t>(idsLocal.GetValue(i)), pair)));
+      phyLocal.SetValue(
+          i, static_cast<IdT>(MapPair(static_cast<int64_t>(idsLocal.GetValue(i)), pair)));
     }
     outQueuePhy.EnQue(phyLocal);
     inQueueIds.FreeTensor(idsLocal);
@@ -171,7 +175,8 @@ class KernelRouteAndCount {
   GlobalTensor<int64_t> stepGm;
   LocalTensor<int32_t> log2phyLocal, logcntLocal, histLocal;
   LocalTensor<float> shareLocal;
-  int64_t numTokens_ = 0, begin_ = 0, end_ = 0, heatRows_ = 1, heatRowStride_ = 0, heatRowOffset_ = 0;
+  int64_t numTokens_ = 0, begin_ = 0, end_ = 0, heatRows_ = 1, heatRowStride_ = 0,
+          heatRowOffset_ = 0;
   int64_t step_ = 0;
   int32_t topK_ = 1, numExperts_ = 0, maxReplicas_ = 1, numSlots_ = 0;
   uint32_t tilePairs_ = 8;
@@ -179,15 +184,16 @@ class KernelRouteAndCount {
 };
 
 template <class IdT>
-__aicore__ inline void RunRouteAndCount(GM_ADDR topkIds, GM_ADDR log2phy, GM_ADDR logcnt, GM_ADDR share,
-                                        GM_ADDR heat, GM_ADDR step, GM_ADDR phyIds, int64_t numTokens,
-                                        int32_t topK, int32_t numExperts, int32_t maxReplicas, int32_t numSlots,
-                                        int64_t heatRows, int64_t heatRowStride, int64_t pairsPerCore,
+__aicore__ inline void RunRouteAndCount(GM_ADDR topkIds, GM_ADDR log2phy, GM_ADDR logcnt,
+                                        GM_ADDR share, GM_ADDR heat, GM_ADDR step, GM_ADDR phyIds,
+                                        int64_t numTokens, int32_t topK, int32_t numExperts,
+                                        int32_t maxReplicas, int32_t numSlots, int64_t heatRows,
+                                        int64_t heatRowStride, int64_t pairsPerCore,
                                         uint32_t tilePairs, uint32_t hasShare) {
   TPipe pipe;
   KernelRouteAndCount<IdT> op;
-  op.Init(topkIds, log2phy, logcnt, share, heat, step, phyIds, numTokens, topK, numExperts, maxReplicas,
-          numSlots, heatRows, heatRowStride, pairsPerCore, tilePairs, hasShare, &pipe);
+  op.Init(topkIds, log2phy, logcnt, share, heat, step, phyIds, numTokens, topK, numExperts,
+          maxReplicas, numSlots, heatRows, heatRowStride, pairsPerCore, tilePairs, hasShare, &pipe);
   op.Process();
 }
 
@@ -196,33 +202,38 @@ __aicore__ inline void RunRouteAndCount(GM_ADDR topkIds, GM_ADDR log2phy, GM_ADD
 extern "C" __global__ __aicore__ void route_and_count_i32(
     GM_ADDR topkIds, GM_ADDR log2phy, GM_ADDR logcnt, GM_ADDR share, GM_ADDR heat, GM_ADDR step,
     GM_ADDR phyIds, int64_t numTokens, int32_t topK, int32_t numExperts, int32_t maxReplicas,
-    int32_t numSlots, int64_t heatRows, int64_t heatRowStride, int64_t pairsPerCore, uint32_t tilePairs,
-    uint32_t hasShare) {
-  RunRouteAndCount<int32_t>(topkIds, log2phy, logcnt, share, heat, step, phyIds, numTokens, topK, numExperts,
-                            maxReplicas, numSlots, heatRows, heatRowStride, pairsPerCore, tilePairs, hasShare);
+    int32_t numSlots, int64_t heatRows, int64_t heatRowStride, int64_t pairsPerCore,
+    uint32_t tilePairs, uint32_t hasShare) {
+  RunRouteAndCount<int32_t>(topkIds, log2phy, logcnt, share, heat, step, phyIds, numTokens, topK,
+                            numExperts, maxReplicas, numSlots, heatRows, heatRowStride,
+                            pairsPerCore, tilePairs, hasShare);
 }
 
 extern "C" __global__ __aicore__ void route_and_count_i64(
     GM_ADDR topkIds, GM_ADDR log2phy, GM_ADDR logcnt, GM_ADDR share, GM_ADDR heat, GM_ADDR step,
     GM_ADDR phyIds, int64_t numTokens, int32_t topK, int32_t numExperts, int32_t maxReplicas,
-    int32_t numSlots, int64_t heatRows, int64_t heatRowStride, int64_t pairsPerCore, uint32_t tilePairs,
-    uint32_t hasShare) {
-  RunRouteAndCount<int64_t>(topkIds, log2phy, logcnt, share, heat, step, phyIds, numTokens, topK, numExperts,
-                            maxReplicas, numSlots, heatRows, heatRowStride, pairsPerCore, tilePairs, hasShare);
+    int32_t numSlots, int64_t heatRows, int64_t heatRowStride, int64_t pairsPerCore,
+    uint32_t tilePairs, uint32_t hasShare) {
+  RunRouteAndCount<int64_t>(topkIds, log2phy, logcnt, share, heat, step, phyIds, numTokens, topK,
+                            numExperts, maxReplicas, numSlots, heatRows, heatRowStride,
+                            pairsPerCore, tilePairs, hasShare);
 }
 
-extern "C" void eplb_route_and_count(uint8_t* topkIds, uint8_t* log2phy, uint8_t* logcnt, uint8_t* share,
-                                     uint8_t* heat, uint8_t* step, uint8_t* phyIds,
-                                     const eplb_ascendc::RouteAndCountTiling* tiling, void* stream) {
+extern "C" void eplb_route_and_count(uint8_t* topkIds, uint8_t* log2phy, uint8_t* logcnt,
+                                     uint8_t* share, uint8_t* heat, uint8_t* step, uint8_t* phyIds,
+                                     const eplb_ascendc::RouteAndCountTiling* tiling,
+                                     void* stream) {
   const eplb_ascendc::RouteAndCountTiling t = *tiling;
   if (t.blockDim == 0) return;
   if (t.idBytes == 8) {
-    EPLB_LAUNCH_KERNEL(route_and_count_i64, t.blockDim, stream, topkIds, log2phy, logcnt, share, heat, step,
-                       phyIds, t.numTokens, t.topK, t.numExperts, t.maxReplicas, t.numSlots, t.heatRows,
-                       t.heatRowStride, t.pairsPerCore, t.tilePairs, t.hasShare);
+    EPLB_LAUNCH_KERNEL(route_and_count_i64, t.blockDim, stream, topkIds, log2phy, logcnt, share,
+                       heat, step, phyIds, t.numTokens, t.topK, t.numExperts, t.maxReplicas,
+                       t.numSlots, t.heatRows, t.heatRowStride, t.pairsPerCore, t.tilePairs,
+                       t.hasShare);
   } else {
-    EPLB_LAUNCH_KERNEL(route_and_count_i32, t.blockDim, stream, topkIds, log2phy, logcnt, share, heat, step,
-                       phyIds, t.numTokens, t.topK, t.numExperts, t.maxReplicas, t.numSlots, t.heatRows,
-                       t.heatRowStride, t.pairsPerCore, t.tilePairs, t.hasShare);
+    EPLB_LAUNCH_KERNEL(route_and_count_i32, t.blockDim, stream, topkIds, log2phy, logcnt, share,
+                       heat, step, phyIds, t.numTokens, t.topK, t.numExperts, t.maxReplicas,
+                       t.numSlots, t.heatRows, t.heatRowStride, t.pairsPerCore, t.tilePairs,
+                       t.hasShare);
   }
 }

@@ -7,10 +7,9 @@
 // TQueBind of tile_copy.h, DataCopyPad for sizes that are not a multiple of 32 bytes (E*4 bytes
 // usually is not). The tables are small (E=256, R=8: 8 KiB), so the launch (~5 us, estimate, no
 // NPU here) is the whole cost; the data moves in well under a microsecond.
-#include "kernel_operator.h"
-
 #include "eplb_kernels.h"
 #include "eplb_launch.h"
+#include "kernel_operator.h"
 #include "tile_copy.h"
 
 using namespace AscendC;
@@ -22,7 +21,8 @@ class KernelUpdateExpertMap {
   __aicore__ inline KernelUpdateExpertMap() {}
 
   // This core's table: dst <- src, `bytes` long.
-  __aicore__ inline void Init(GM_ADDR dst, GM_ADDR src, int64_t bytes, uint32_t tileBytes, TPipe* pipe) {
+  __aicore__ inline void Init(GM_ADDR dst, GM_ADDR src, int64_t bytes, uint32_t tileBytes,
+                              TPipe* pipe) {
     bytes_ = bytes;
     if (bytes_ <= 0) return;
     // Plain DataCopy only when both tables start on a 32-byte boundary (a view may not).
@@ -46,9 +46,10 @@ class KernelUpdateExpertMap {
 
 }  // namespace
 
-extern "C" __global__ __aicore__ void update_expert_map(GM_ADDR dst0, GM_ADDR src0, int64_t bytes0, GM_ADDR dst1,
-                                                        GM_ADDR src1, int64_t bytes1, GM_ADDR dst2, GM_ADDR src2,
-                                                        int64_t bytes2, GM_ADDR dst3, GM_ADDR src3, int64_t bytes3,
+extern "C" __global__ __aicore__ void update_expert_map(GM_ADDR dst0, GM_ADDR src0, int64_t bytes0,
+                                                        GM_ADDR dst1, GM_ADDR src1, int64_t bytes1,
+                                                        GM_ADDR dst2, GM_ADDR src2, int64_t bytes2,
+                                                        GM_ADDR dst3, GM_ADDR src3, int64_t bytes3,
                                                         uint32_t tileBytes) {
   const int64_t idx = GetBlockIdx();
   GM_ADDR dst = idx == 0 ? dst0 : idx == 1 ? dst1 : idx == 2 ? dst2 : dst3;
@@ -72,6 +73,6 @@ extern "C" void eplb_update_expert_map(uint8_t* const* dst, uint8_t* const* src,
     s[i] = src[i];
     n[i] = t.tableBytes[i];
   }
-  EPLB_LAUNCH_KERNEL(update_expert_map, t.blockDim, stream, d[0], s[0], n[0], d[1], s[1], n[1], d[2], s[2], n[2],
-                     d[3], s[3], n[3], t.tileBytes);
+  EPLB_LAUNCH_KERNEL(update_expert_map, t.blockDim, stream, d[0], s[0], n[0], d[1], s[1], n[1],
+                     d[2], s[2], n[2], d[3], s[3], n[3], t.tileBytes);
 }

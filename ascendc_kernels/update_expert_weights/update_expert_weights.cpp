@@ -15,10 +15,9 @@
 // writes each byte once, so it is bound by HBM at about half the ~1.6 TB/s of an Atlas A2 per
 // direction pair, i.e. ~0.7-0.8 TB/s of payload with >= 20 cores busy: a 44 MiB DeepSeek-V3
 // int8 expert (w13 + w2 + scales) in ~60 us; below ~1 MiB per launch the ~5 us launch dominates.
-#include "kernel_operator.h"
-
 #include "eplb_kernels.h"
 #include "eplb_launch.h"
+#include "kernel_operator.h"
 #include "tile_copy.h"
 
 using namespace AscendC;
@@ -30,9 +29,10 @@ class KernelUpdateExpertWeights {
  public:
   __aicore__ inline KernelUpdateExpertWeights() {}
 
-  __aicore__ inline void Init(GM_ADDR weight, GM_ADDR staged, GM_ADDR slots, int64_t rowBytes, int64_t numRows,
-                              int64_t numSlots, int64_t tilesPerRow, int64_t unitsPerCore, uint32_t tileBytes,
-                              uint32_t alignedRows, TPipe* pipe) {
+  __aicore__ inline void Init(GM_ADDR weight, GM_ADDR staged, GM_ADDR slots, int64_t rowBytes,
+                              int64_t numRows, int64_t numSlots, int64_t tilesPerRow,
+                              int64_t unitsPerCore, uint32_t tileBytes, uint32_t alignedRows,
+                              TPipe* pipe) {
     rowBytes_ = rowBytes;
     numSlots_ = numSlots;
     tilesPerRow_ = tilesPerRow;
@@ -59,8 +59,10 @@ class KernelUpdateExpertWeights {
       }
       if (slot < 0 || slot >= numSlots_) continue;
       const int64_t off = (unit - row * tilesPerRow_) * tileBytes_;
-      const uint32_t len = static_cast<uint32_t>(rowBytes_ - off < tileBytes_ ? rowBytes_ - off : tileBytes_);
-      tileCopy.CopyTile(weightGm[slot * rowBytes_ + off], stagedGm[row * rowBytes_ + off], len, aligned_);
+      const uint32_t len =
+          static_cast<uint32_t>(rowBytes_ - off < tileBytes_ ? rowBytes_ - off : tileBytes_);
+      tileCopy.CopyTile(weightGm[slot * rowBytes_ + off], stagedGm[row * rowBytes_ + off], len,
+                        aligned_);
     }
   }
 
@@ -74,43 +76,47 @@ class KernelUpdateExpertWeights {
 };
 
 template <class SlotT>
-__aicore__ inline void RunUpdateExpertWeights(GM_ADDR weight, GM_ADDR staged, GM_ADDR slots, int64_t rowBytes,
-                                              int64_t numRows, int64_t numSlots, int64_t tilesPerRow,
-                                              int64_t unitsPerCore, uint32_t tileBytes, uint32_t alignedRows) {
+__aicore__ inline void RunUpdateExpertWeights(GM_ADDR weight, GM_ADDR staged, GM_ADDR slots,
+                                              int64_t rowBytes, int64_t numRows, int64_t numSlots,
+                                              int64_t tilesPerRow, int64_t unitsPerCore,
+                                              uint32_t tileBytes, uint32_t alignedRows) {
   TPipe pipe;
   KernelUpdateExpertWeights<SlotT> op;
-  op.Init(weight, staged, slots, rowBytes, numRows, numSlots, tilesPerRow, unitsPerCore, tileBytes, alignedRows,
-          &pipe);
+  op.Init(weight, staged, slots, rowBytes, numRows, numSlots, tilesPerRow, unitsPerCore, tileBytes,
+          alignedRows, &pipe);
   op.Process();
 }
 
 }  // namespace
 
-extern "C" __global__ __aicore__ void update_expert_weights_i32(GM_ADDR weight, GM_ADDR staged, GM_ADDR slots,
-                                                                int64_t rowBytes, int64_t numRows, int64_t numSlots,
-                                                                int64_t tilesPerRow, int64_t unitsPerCore,
-                                                                uint32_t tileBytes, uint32_t alignedRows) {
-  RunUpdateExpertWeights<int32_t>(weight, staged, slots, rowBytes, numRows, numSlots, tilesPerRow, unitsPerCore,
-                                  tileBytes, alignedRows);
+extern "C" __global__ __aicore__ void update_expert_weights_i32(
+    GM_ADDR weight, GM_ADDR staged, GM_ADDR slots, int64_t rowBytes, int64_t numRows,
+    int64_t numSlots, int64_t tilesPerRow, int64_t unitsPerCore, uint32_t tileBytes,
+    uint32_t alignedRows) {
+  RunUpdateExpertWeights<int32_t>(weight, staged, slots, rowBytes, numRows, numSlots, tilesPerRow,
+                                  unitsPerCore, tileBytes, alignedRows);
 }
 
-extern "C" __global__ __aicore__ void update_expert_weights_i64(GM_ADDR weight, GM_ADDR staged, GM_ADDR slots,
-                                                                int64_t rowBytes, int64_t numRows, int64_t numSlots,
-                                                                int64_t tilesPerRow, int64_t unitsPerCore,
-                                                                uint32_t tileBytes, uint32_t alignedRows) {
-  RunUpdateExpertWeights<int64_t>(weight, staged, slots, rowBytes, numRows, numSlots, tilesPerRow, unitsPerCore,
-                                  tileBytes, alignedRows);
+extern "C" __global__ __aicore__ void update_expert_weights_i64(
+    GM_ADDR weight, GM_ADDR staged, GM_ADDR slots, int64_t rowBytes, int64_t numRows,
+    int64_t numSlots, int64_t tilesPerRow, int64_t unitsPerCore, uint32_t tileBytes,
+    uint32_t alignedRows) {
+  RunUpdateExpertWeights<int64_t>(weight, staged, slots, rowBytes, numRows, numSlots, tilesPerRow,
+                                  unitsPerCore, tileBytes, alignedRows);
 }
 
 extern "C" void eplb_update_expert_weights(uint8_t* weight, uint8_t* staged, uint8_t* slots,
-                                           const eplb_ascendc::CopyRowsTiling* tiling, void* stream) {
+                                           const eplb_ascendc::CopyRowsTiling* tiling,
+                                           void* stream) {
   const eplb_ascendc::CopyRowsTiling t = *tiling;
   if (t.blockDim == 0) return;
   if (t.slotBytes == 8) {
-    EPLB_LAUNCH_KERNEL(update_expert_weights_i64, t.blockDim, stream, weight, staged, slots, t.rowBytes,
-                       t.numRows, t.numSlots, t.tilesPerRow, t.unitsPerCore, t.tileBytes, t.alignedRows);
+    EPLB_LAUNCH_KERNEL(update_expert_weights_i64, t.blockDim, stream, weight, staged, slots,
+                       t.rowBytes, t.numRows, t.numSlots, t.tilesPerRow, t.unitsPerCore,
+                       t.tileBytes, t.alignedRows);
   } else {
-    EPLB_LAUNCH_KERNEL(update_expert_weights_i32, t.blockDim, stream, weight, staged, slots, t.rowBytes,
-                       t.numRows, t.numSlots, t.tilesPerRow, t.unitsPerCore, t.tileBytes, t.alignedRows);
+    EPLB_LAUNCH_KERNEL(update_expert_weights_i32, t.blockDim, stream, weight, staged, slots,
+                       t.rowBytes, t.numRows, t.numSlots, t.tilesPerRow, t.unitsPerCore,
+                       t.tileBytes, t.alignedRows);
   }
 }

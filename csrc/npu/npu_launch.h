@@ -18,6 +18,7 @@
 
 #include "acl/acl.h"
 #include "eplb_kernels.h"
+#include "eplb_tiling.h"
 #include "torch_npu/csrc/core/npu/NPUStream.h"
 #include "torch_npu/csrc/framework/OpCommand.h"
 
@@ -28,7 +29,8 @@ inline void CheckOnDevice(const at::Tensor& t, const char* name, const at::Devic
 }
 
 inline void CheckDtype(const at::Tensor& t, const char* name, at::ScalarType dtype) {
-  TORCH_CHECK(t.scalar_type() == dtype, name, ": expected dtype ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK(t.scalar_type() == dtype, name, ": expected dtype ", dtype, ", got ",
+              t.scalar_type());
 }
 
 inline void CheckContiguous(const at::Tensor& t, const char* name) {
@@ -49,10 +51,11 @@ inline void CheckHeat(const at::Tensor& heat, const at::Device& device) {
   CheckOnDevice(heat, "heat", device);
   CheckDtype(heat, "heat", at::kInt);
   CheckDim(heat, "heat", 2);
-  TORCH_CHECK(heat.size(0) >= 1 && heat.size(1) >= 1, "heat: expected H >= 1 and P >= 1, got shape ",
-              heat.sizes());
-  TORCH_CHECK(heat.stride(1) == 1 && heat.stride(0) >= heat.size(1), "heat: expected unit stride in the last ",
-              "dim and row stride >= P, got strides ", heat.strides());
+  TORCH_CHECK(heat.size(0) >= 1 && heat.size(1) >= 1,
+              "heat: expected H >= 1 and P >= 1, got shape ", heat.sizes());
+  TORCH_CHECK(heat.stride(1) == 1 && heat.stride(0) >= heat.size(1),
+              "heat: expected unit stride in the last ", "dim and row stride >= P, got strides ",
+              heat.strides());
 }
 
 inline void CheckStep(const at::Tensor& step, const at::Device& device) {
@@ -73,8 +76,10 @@ inline uint32_t VectorCoreNum(const at::Device& device) {
   TORCH_CHECK(index < 64, "eplb_rt npu: device index ", index, " out of range");
   if (cached[index] == 0) {
     int64_t cores = 0;
-    const aclError err = aclGetDeviceCapability(static_cast<uint32_t>(index), ACL_DEVICE_INFO_VECTOR_CORE_NUM, &cores);
-    TORCH_CHECK(err == ACL_SUCCESS && cores > 0, "eplb_rt npu: aclGetDeviceCapability(VECTOR_CORE_NUM) failed with ",
+    const aclError err = aclGetDeviceCapability(static_cast<uint32_t>(index),
+                                                ACL_DEVICE_INFO_VECTOR_CORE_NUM, &cores);
+    TORCH_CHECK(err == ACL_SUCCESS && cores > 0,
+                "eplb_rt npu: aclGetDeviceCapability(VECTOR_CORE_NUM) failed with ",
                 static_cast<int>(err));
     cached[index] = cores;
   }

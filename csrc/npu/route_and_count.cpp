@@ -10,18 +10,18 @@
 namespace eplb_rt::npu {
 namespace {
 
-void route_and_count(const at::Tensor& topk_ids, const at::Tensor& log2phy, const at::Tensor& logcnt,
-                     const std::optional<at::Tensor>& replica_share, const at::Tensor& heat, const at::Tensor& step,
-                     const at::Tensor& phy_ids) {
+void route_and_count(const at::Tensor& topk_ids, const at::Tensor& log2phy,
+                     const at::Tensor& logcnt, const std::optional<at::Tensor>& replica_share,
+                     const at::Tensor& heat, const at::Tensor& step, const at::Tensor& phy_ids) {
   const at::Device device = topk_ids.device();
   CheckIndexDtype(topk_ids, "topk_ids");
   CheckDim(topk_ids, "topk_ids", 2);
   CheckContiguous(topk_ids, "topk_ids");
   CheckOnDevice(phy_ids, "phy_ids", device);
-  TORCH_CHECK(phy_ids.scalar_type() == topk_ids.scalar_type(), "phy_ids: expected dtype ", topk_ids.scalar_type(),
-              " (that of topk_ids), got ", phy_ids.scalar_type());
-  TORCH_CHECK(phy_ids.sizes() == topk_ids.sizes(), "phy_ids: expected shape ", topk_ids.sizes(), ", got ",
-              phy_ids.sizes());
+  TORCH_CHECK(phy_ids.scalar_type() == topk_ids.scalar_type(), "phy_ids: expected dtype ",
+              topk_ids.scalar_type(), " (that of topk_ids), got ", phy_ids.scalar_type());
+  TORCH_CHECK(phy_ids.sizes() == topk_ids.sizes(), "phy_ids: expected shape ", topk_ids.sizes(),
+              ", got ", phy_ids.sizes());
   CheckContiguous(phy_ids, "phy_ids");
   CheckOnDevice(log2phy, "log2phy", device);
   CheckDtype(log2phy, "log2phy", at::kInt);
@@ -29,19 +29,19 @@ void route_and_count(const at::Tensor& topk_ids, const at::Tensor& log2phy, cons
   CheckContiguous(log2phy, "log2phy");
   const int64_t num_experts = log2phy.size(0);
   const int64_t max_replicas = log2phy.size(1);
-  TORCH_CHECK(num_experts >= 1 && max_replicas >= 1, "log2phy: expected [E, R] with E, R >= 1, got shape ",
-              log2phy.sizes());
+  TORCH_CHECK(num_experts >= 1 && max_replicas >= 1,
+              "log2phy: expected [E, R] with E, R >= 1, got shape ", log2phy.sizes());
   CheckOnDevice(logcnt, "logcnt", device);
   CheckDtype(logcnt, "logcnt", at::kInt);
-  TORCH_CHECK(logcnt.dim() == 1 && logcnt.size(0) == num_experts, "logcnt: expected shape [", num_experts,
-              "], got ", logcnt.sizes());
+  TORCH_CHECK(logcnt.dim() == 1 && logcnt.size(0) == num_experts, "logcnt: expected shape [",
+              num_experts, "], got ", logcnt.sizes());
   CheckContiguous(logcnt, "logcnt");
   if (replica_share.has_value()) {
     const at::Tensor& share = *replica_share;
     CheckOnDevice(share, "replica_share", device);
     CheckDtype(share, "replica_share", at::kFloat);
-    TORCH_CHECK(share.sizes() == log2phy.sizes(), "replica_share: expected shape ", log2phy.sizes(), ", got ",
-                share.sizes());
+    TORCH_CHECK(share.sizes() == log2phy.sizes(), "replica_share: expected shape ", log2phy.sizes(),
+                ", got ", share.sizes());
     CheckContiguous(share, "replica_share");
   }
   CheckHeat(heat, device);
@@ -59,21 +59,22 @@ void route_and_count(const at::Tensor& topk_ids, const at::Tensor& log2phy, cons
   shape.hasShare = replica_share.has_value();
   TORCH_CHECK(shape.topK >= 1, "topk_ids: expected K >= 1, got shape ", topk_ids.sizes());
   eplb_ascendc::RouteAndCountTiling tiling{};
-  const std::string err =
-      eplb_ascendc::ComputeRouteAndCountTiling(shape, VectorCoreNum(device), eplb_ascendc::kDefaultUbBytes, &tiling);
+  const std::string err = eplb_ascendc::ComputeRouteAndCountTiling(
+      shape, VectorCoreNum(device), eplb_ascendc::kDefaultUbBytes, &tiling);
   TORCH_CHECK(err.empty(), err);
   if (tiling.blockDim == 0) return;  // empty batch
 
   const c10::OptionalDeviceGuard guard(device);
   const at::Tensor share = replica_share.has_value() ? *replica_share : at::Tensor();
   RunOnTaskQueue("eplb_route_and_count", [=](void* stream) {
-    eplb_route_and_count(GmAddr(topk_ids), GmAddr(log2phy), GmAddr(logcnt), share.defined() ? GmAddr(share) : nullptr,
-                         GmAddr(heat), GmAddr(step), GmAddr(phy_ids), &tiling, stream);
+    eplb_route_and_count(GmAddr(topk_ids), GmAddr(log2phy), GmAddr(logcnt),
+                         share.defined() ? GmAddr(share) : nullptr, GmAddr(heat), GmAddr(step),
+                         GmAddr(phy_ids), &tiling, stream);
   });
 }
 
-void count_from_group_list(const at::Tensor& group_list, const at::Tensor& heat, const at::Tensor& step,
-                           int64_t slot_offset, bool cumulative) {
+void count_from_group_list(const at::Tensor& group_list, const at::Tensor& heat,
+                           const at::Tensor& step, int64_t slot_offset, bool cumulative) {
   const at::Device device = group_list.device();
   CheckIndexDtype(group_list, "group_list");
   CheckDim(group_list, "group_list", 1);
@@ -82,8 +83,8 @@ void count_from_group_list(const at::Tensor& group_list, const at::Tensor& heat,
   CheckStep(step, device);
   eplb_ascendc::CountFromGroupListTiling tiling{};
   const std::string err = eplb_ascendc::ComputeCountFromGroupListTiling(
-      group_list.size(0), static_cast<uint32_t>(group_list.element_size()), cumulative, slot_offset, heat.size(1),
-      heat.size(0), heat.stride(0), VectorCoreNum(device), &tiling);
+      group_list.size(0), static_cast<uint32_t>(group_list.element_size()), cumulative, slot_offset,
+      heat.size(1), heat.size(0), heat.stride(0), VectorCoreNum(device), &tiling);
   TORCH_CHECK(err.empty(), err);
   if (tiling.blockDim == 0) return;
 

@@ -183,8 +183,12 @@ std::map<std::string, std::function<void(uint32_t)>> FaultTable() {
   t["datacopy_unaligned_length_ok"] = withBuffers([](uint32_t b, uint8_t* x, uint8_t* y) {
     EPLB_LAUNCH_KERNEL(copy_count_kernel, b, nullptr, x, y, 8u);  // 32 bytes
   });
-  t["ub_overflow"] = [](uint32_t b) { EPLB_LAUNCH_KERNEL(ub_overflow_kernel, b, nullptr, 50u * 1024u); };
-  t["ub_overflow_ok"] = [](uint32_t b) { EPLB_LAUNCH_KERNEL(ub_overflow_kernel, b, nullptr, 48u * 1024u); };
+  t["ub_overflow"] = [](uint32_t b) {
+    EPLB_LAUNCH_KERNEL(ub_overflow_kernel, b, nullptr, 50u * 1024u);
+  };
+  t["ub_overflow_ok"] = [](uint32_t b) {
+    EPLB_LAUNCH_KERNEL(ub_overflow_kernel, b, nullptr, 48u * 1024u);
+  };
   t["use_without_deque"] = withBuffers([](uint32_t b, uint8_t* x, uint8_t*) {
     EPLB_LAUNCH_KERNEL(use_without_deque_kernel, b, nullptr, x, 0u);
   });
@@ -197,8 +201,12 @@ std::map<std::string, std::function<void(uint32_t)>> FaultTable() {
   t["use_after_free_ok"] = withBuffers([](uint32_t b, uint8_t* x, uint8_t*) {
     EPLB_LAUNCH_KERNEL(use_after_free_kernel, b, nullptr, x, 0u);
   });
-  t["queue_depth_exceeded"] = [](uint32_t b) { EPLB_LAUNCH_KERNEL(queue_depth_kernel<1>, b, nullptr); };
-  t["queue_depth_exceeded_ok"] = [](uint32_t b) { EPLB_LAUNCH_KERNEL(queue_depth_kernel<2>, b, nullptr); };
+  t["queue_depth_exceeded"] = [](uint32_t b) {
+    EPLB_LAUNCH_KERNEL(queue_depth_kernel<1>, b, nullptr);
+  };
+  t["queue_depth_exceeded_ok"] = [](uint32_t b) {
+    EPLB_LAUNCH_KERNEL(queue_depth_kernel<2>, b, nullptr);
+  };
   t["atomic_add_int64"] = withBuffers([](uint32_t b, uint8_t*, uint8_t* y) {
     EPLB_LAUNCH_KERNEL(atomic_add_kernel<int64_t>, b, nullptr, y);
   });

@@ -27,7 +27,8 @@ __global__ __aicore__ void weighted_rule_kernel(GM_ADDR shares, int64_t rows, in
   shareGm.SetGlobalBuffer((__gm__ float*)shares, len);
   pipe.InitBuffer(shareBuf, len * sizeof(float));
   LocalTensor<float> shareLocal = shareBuf.Get<float>();
-  DataCopyPad(shareLocal, shareGm, {1, static_cast<uint32_t>(len * sizeof(float)), 0, 0, 0}, {false, 0, 0, 0.0f});
+  DataCopyPad(shareLocal, shareGm, {1, static_cast<uint32_t>(len * sizeof(float)), 0, 0, 0},
+              {false, 0, 0, 0.0f});
   PipeBarrier<PIPE_ALL>();
   const float* host = reinterpret_cast<const float*>(shares);
   for (int64_t row = 0; row < rows; ++row) {
@@ -45,14 +46,15 @@ __global__ __aicore__ void weighted_rule_kernel(GM_ADDR shares, int64_t rows, in
 
 }  // namespace
 
-int64_t CountRuleMismatches(py::array_t<float, py::array::c_style> shares, py::array_t<int64_t> steps,
-                            py::array_t<int64_t> numTokens) {
+int64_t CountRuleMismatches(py::array_t<float, py::array::c_style> shares,
+                            py::array_t<int64_t> steps, py::array_t<int64_t> numTokens) {
   int64_t mismatches = 0;
   const int64_t rows = shares.shape(0);
   const int32_t maxReplicas = static_cast<int32_t>(shares.shape(1));
   for (int32_t cnt = 1; cnt <= maxReplicas; ++cnt) {
     for (uint32_t code = 0; code < 65536u; ++code) {
-      if (eplb_ascendc::UniformReplica(code, cnt) != eplb_rt::uniform_replica(code, cnt)) ++mismatches;
+      if (eplb_ascendc::UniformReplica(code, cnt) != eplb_rt::uniform_replica(code, cnt))
+        ++mismatches;
     }
   }
   auto s = steps.unchecked<1>();
@@ -60,7 +62,8 @@ int64_t CountRuleMismatches(py::array_t<float, py::array::c_style> shares, py::a
   for (py::ssize_t i = 0; i < s.shape(0); ++i) {
     for (int64_t tok : {int64_t{0}, int64_t{1}, n(i) / 2, n(i) - 1}) {
       for (int64_t k = 0; k < 9; ++k) {
-        if (eplb_ascendc::PositionCode(s(i), n(i), tok, k) != eplb_rt::position_code(s(i), n(i), tok, k)) {
+        if (eplb_ascendc::PositionCode(s(i), n(i), tok, k) !=
+            eplb_rt::position_code(s(i), n(i), tok, k)) {
           ++mismatches;
         }
       }

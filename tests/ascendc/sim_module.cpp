@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "eplb_kernels.h"
+#include "eplb_tiling.h"
 #include "host_sim_runtime.h"
 
 namespace py = pybind11;
@@ -19,8 +20,8 @@ namespace py = pybind11;
 // tests/ascendc/fault_kernels.cpp and rule_check.cpp
 void RunFaultKernel(const std::string& name, uint32_t blockDim);
 std::vector<std::string> FaultKernelNames();
-int64_t CountRuleMismatches(py::array_t<float, py::array::c_style> shares, py::array_t<int64_t> steps,
-                            py::array_t<int64_t> numTokens);
+int64_t CountRuleMismatches(py::array_t<float, py::array::c_style> shares,
+                            py::array_t<int64_t> steps, py::array_t<int64_t> numTokens);
 
 namespace {
 
@@ -41,15 +42,17 @@ void RequireContiguous(const py::array& a, const char* name) {
   Require((a.flags() & py::array::c_style) != 0, std::string(name) + " must be C-contiguous");
 }
 
-uint32_t RouteAndCount(py::array topkIds, py::array log2phy, py::array logcnt, py::object share, py::array heat,
-                       py::array step, py::array phyIds, uint32_t coreNum, uint32_t ubBytes, uint32_t blockDim) {
+uint32_t RouteAndCount(py::array topkIds, py::array log2phy, py::array logcnt, py::object share,
+                       py::array heat, py::array step, py::array phyIds, uint32_t coreNum,
+                       uint32_t ubBytes, uint32_t blockDim) {
   SimScope scope(ubBytes, 2000);
   RequireContiguous(topkIds, "topk_ids");
   RequireContiguous(phyIds, "phy_ids");
   RequireContiguous(log2phy, "log2phy");
   RequireContiguous(logcnt, "logcnt");
   Require(topkIds.ndim() == 2 && heat.ndim() == 2 && log2phy.ndim() == 2, "bad ranks");
-  Require(heat.strides(1) == 4 && heat.itemsize() == 4, "heat must be int32 with unit stride in the last dim");
+  Require(heat.strides(1) == 4 && heat.itemsize() == 4,
+          "heat must be int32 with unit stride in the last dim");
   eplb_ascendc::RouteAndCountShape s{};
   s.numTokens = topkIds.shape(0);
   s.topK = static_cast<int32_t>(topkIds.shape(1));
@@ -80,19 +83,21 @@ uint32_t CountFromGroupList(py::array groupList, py::array heat, py::array step,
                             bool cumulative, uint32_t coreNum, uint32_t ubBytes) {
   SimScope scope(ubBytes, 2000);
   RequireContiguous(groupList, "group_list");
-  Require(heat.ndim() == 2 && heat.strides(1) == 4 && heat.itemsize() == 4, "heat must be [H, P] int32");
+  Require(heat.ndim() == 2 && heat.strides(1) == 4 && heat.itemsize() == 4,
+          "heat must be [H, P] int32");
   eplb_ascendc::CountFromGroupListTiling t{};
   const std::string err = eplb_ascendc::ComputeCountFromGroupListTiling(
-      groupList.shape(0), static_cast<uint32_t>(groupList.itemsize()), cumulative, slotOffset, heat.shape(1),
-      heat.shape(0), heat.strides(0) / 4, coreNum, &t);
+      groupList.shape(0), static_cast<uint32_t>(groupList.itemsize()), cumulative, slotOffset,
+      heat.shape(1), heat.shape(0), heat.strides(0) / 4, coreNum, &t);
   Require(err.empty(), err);
   eplb_count_from_group_list(Data(groupList), Data(heat), Data(step), &t, nullptr);
   return t.blockDim;
 }
 
 // weights[t] [S, rowBytes_t] uint8 views, staged[t] [M, rowBytes_t]; returns blockDim per tensor.
-std::vector<uint32_t> UpdateExpertWeights(std::vector<py::array> weights, std::vector<py::array> staged,
-                                          py::array slots, uint32_t coreNum, uint32_t ubBytes) {
+std::vector<uint32_t> UpdateExpertWeights(std::vector<py::array> weights,
+                                          std::vector<py::array> staged, py::array slots,
+                                          uint32_t coreNum, uint32_t ubBytes) {
   SimScope scope(ubBytes, 2000);
   Require(weights.size() == staged.size(), "weights and staged differ in length");
   RequireContiguous(slots, "slots");
@@ -100,15 +105,16 @@ std::vector<uint32_t> UpdateExpertWeights(std::vector<py::array> weights, std::v
   for (size_t i = 0; i < weights.size(); ++i) {
     RequireContiguous(weights[i], "weights[t]");
     RequireContiguous(staged[i], "staged[t]");
-    Require(weights[i].ndim() == 2 && staged[i].ndim() == 2 && weights[i].shape(1) == staged[i].shape(1),
+    Require(weights[i].ndim() == 2 && staged[i].ndim() == 2 &&
+                weights[i].shape(1) == staged[i].shape(1),
             "weights[t] / staged[t] must be [S, B] / [M, B] byte views");
     const int64_t rowBytes = weights[i].shape(1);
     const bool aligned = (reinterpret_cast<uintptr_t>(weights[i].data()) % 32 == 0) &&
                          (reinterpret_cast<uintptr_t>(staged[i].data()) % 32 == 0);
     eplb_ascendc::CopyRowsTiling t{};
-    const std::string err = eplb_ascendc::ComputeCopyRowsTiling(rowBytes, staged[i].shape(0), weights[i].shape(0),
-                                                                static_cast<uint32_t>(slots.itemsize()), aligned,
-                                                                coreNum, ubBytes, &t);
+    const std::string err = eplb_ascendc::ComputeCopyRowsTiling(
+        rowBytes, staged[i].shape(0), weights[i].shape(0), static_cast<uint32_t>(slots.itemsize()),
+        aligned, coreNum, ubBytes, &t);
     Require(err.empty(), err);
     eplb_update_expert_weights(Data(weights[i]), Data(staged[i]), Data(slots), &t, nullptr);
     dims.push_back(t.blockDim);
@@ -130,8 +136,8 @@ uint32_t UpdateExpertMap(std::vector<py::array> dst, std::vector<py::array> src,
     bytes.push_back(static_cast<int64_t>(dst[i].nbytes()));
   }
   eplb_ascendc::CopyTablesTiling t{};
-  const std::string err =
-      eplb_ascendc::ComputeCopyTablesTiling(bytes.data(), static_cast<uint32_t>(bytes.size()), ubBytes, &t);
+  const std::string err = eplb_ascendc::ComputeCopyTablesTiling(
+      bytes.data(), static_cast<uint32_t>(bytes.size()), ubBytes, &t);
   Require(err.empty(), err);
   eplb_update_expert_map(d.data(), s.data(), &t, nullptr);
   return t.blockDim;
@@ -143,14 +149,17 @@ PYBIND11_MODULE(eplb_ascendc_sim, m) {
   m.doc() = "eplb_rt AscendC kernels on the host emulation (tests only)";
   py::register_exception<host_sim::Error>(m, "SimError", PyExc_RuntimeError);
   constexpr uint32_t kUb = eplb_ascendc::kDefaultUbBytes;
-  m.def("route_and_count", &RouteAndCount, py::arg("topk_ids"), py::arg("log2phy"), py::arg("logcnt"),
-        py::arg("replica_share"), py::arg("heat"), py::arg("step"), py::arg("phy_ids"), py::arg("core_num") = 8,
-        py::arg("ub_bytes") = kUb, py::arg("block_dim") = 0);
-  m.def("count_from_group_list", &CountFromGroupList, py::arg("group_list"), py::arg("heat"), py::arg("step"),
-        py::arg("slot_offset"), py::arg("cumulative"), py::arg("core_num") = 8, py::arg("ub_bytes") = kUb);
-  m.def("update_expert_weights", &UpdateExpertWeights, py::arg("weights"), py::arg("staged"), py::arg("slots"),
-        py::arg("core_num") = 8, py::arg("ub_bytes") = kUb);
-  m.def("update_expert_map", &UpdateExpertMap, py::arg("dst"), py::arg("src"), py::arg("ub_bytes") = kUb);
+  m.def("route_and_count", &RouteAndCount, py::arg("topk_ids"), py::arg("log2phy"),
+        py::arg("logcnt"), py::arg("replica_share"), py::arg("heat"), py::arg("step"),
+        py::arg("phy_ids"), py::arg("core_num") = 8, py::arg("ub_bytes") = kUb,
+        py::arg("block_dim") = 0);
+  m.def("count_from_group_list", &CountFromGroupList, py::arg("group_list"), py::arg("heat"),
+        py::arg("step"), py::arg("slot_offset"), py::arg("cumulative"), py::arg("core_num") = 8,
+        py::arg("ub_bytes") = kUb);
+  m.def("update_expert_weights", &UpdateExpertWeights, py::arg("weights"), py::arg("staged"),
+        py::arg("slots"), py::arg("core_num") = 8, py::arg("ub_bytes") = kUb);
+  m.def("update_expert_map", &UpdateExpertMap, py::arg("dst"), py::arg("src"),
+        py::arg("ub_bytes") = kUb);
   m.def(
       "run_fault",
       [](const std::string& name, uint32_t blockDim, int timeoutMs) {
@@ -159,5 +168,6 @@ PYBIND11_MODULE(eplb_ascendc_sim, m) {
       },
       py::arg("name"), py::arg("block_dim") = 4, py::arg("timeout_ms") = 2000);
   m.def("fault_kernel_names", &FaultKernelNames);
-  m.def("count_rule_mismatches", &CountRuleMismatches, py::arg("shares"), py::arg("steps"), py::arg("num_tokens"));
+  m.def("count_rule_mismatches", &CountRuleMismatches, py::arg("shares"), py::arg("steps"),
+        py::arg("num_tokens"));
 }
