@@ -79,6 +79,7 @@ class KernelCountFromGroupList {
       previous_ = value;
       countsLocal.SetValue(i, count > 0 ? static_cast<int32_t>(count) : 0);
     }
+    PipeBarrier<PIPE_ALL>();  // MTE3 reads what the scalar unit wrote
     outQueueCounts.EnQue(countsLocal);
     inQueueGroups.FreeTensor(groupsLocal);
   }

@@ -12,7 +12,9 @@
 //     not while it sits enqueued and not after FreeTensor; EnQue beyond the queue depth, DeQue of
 //     an empty queue, AllocTensor with every buffer taken are errors (on hardware: a hang);
 //   * pipe hazards: data written by one pipe (MTE2 copy-in, V vector, S scalar) and touched by
-//     another with no EnQue/DeQue or PipeBarrier<PIPE_ALL> in between is a race on hardware;
+//     another is a race on hardware unless a PipeBarrier<PIPE_ALL> or a queue hand-over between
+//     exactly those two pipes comes in between (EnQue/DeQue of VECIN orders MTE2 -> V, of VECOUT
+//     V -> MTE3, of TQueBind<VECIN, VECOUT> MTE2 -> MTE3; none of them orders the scalar unit);
 //   * SetAtomicAdd on a type the hardware cannot add atomically (int64) is rejected, and the
 //     element type of an atomic copy must match the one set;
 //   * every GlobalTensor knows its size (SetGlobalBuffer) and every access is bounds-checked;
@@ -67,6 +69,12 @@ inline const char* pipeName(pipe_t p) {
   }
 }
 
+inline uint32_t pipeBit(pipe_t p) { return 1u << static_cast<uint32_t>(p); }
+
+// The pipe that fills a buffer of a queue position, and the one that drains it.
+inline pipe_t producerPipe(TPosition pos) { return pos == TPosition::VECIN ? PIPE_MTE2 : PIPE_V; }
+inline pipe_t consumerPipe(TPosition pos) { return pos == TPosition::VECOUT ? PIPE_MTE3 : PIPE_V; }
+
 template <class T>
 const char* typeName() {
   if (std::is_same<T, int64_t>::value) return "int64";
@@ -95,6 +103,7 @@ struct BufferSlot {
   uint64_t generation = 0;  // bumped by AllocTensor/FreeTensor: stale handles are detected
   bool pending = false;     // written by `writer` and not yet synchronised
   pipe_t writer = PIPE_S;
+  uint32_t syncedFor = 0;  // pipes (bit masks) that an EnQue/DeQue synchronised with `writer`
   const void* owner = nullptr;
 };
 
@@ -186,16 +195,18 @@ class LocalTensor {
                      std::to_string(index + count) + ") of a LocalTensor<" + detail::typeName<T>() +
                      "> of " + std::to_string(size_) + " elements (UB out of bounds)");
     }
-    if (slot_->pending && slot_->writer != pipe) {
-      host_sim::fail(
-          std::string(op) + " on the " + detail::pipeName(pipe) +
-          " pipe reads/writes a LocalTensor last written by the " +
-          detail::pipeName(slot_->writer) +
-          " pipe with no EnQue/DeQue or PipeBarrier<PIPE_ALL> in between (a race on hardware)");
+    if (slot_->pending && slot_->writer != pipe &&
+        (slot_->syncedFor & detail::pipeBit(pipe)) == 0) {
+      host_sim::fail(std::string(op) + " on the " + detail::pipeName(pipe) +
+                     " pipe reads/writes a LocalTensor last written by the " +
+                     detail::pipeName(slot_->writer) +
+                     " pipe with no queue hand-over between these two pipes or "
+                     "PipeBarrier<PIPE_ALL> in between (a race on hardware)");
     }
     if (write) {
       slot_->pending = true;
       slot_->writer = pipe;
+      slot_->syncedFor = 0;
     }
   }
 
@@ -303,7 +314,11 @@ class TQueBind {
                      " exceeded (DeQue the previous tensor first)");
     }
     tensor.slot()->state = S::Enqueued;
-    tensor.slot()->pending = false;  // the queue synchronises producer and consumer pipes
+    // The hand-over orders the queue's producer pipe before its consumer pipe, nothing else:
+    // data a scalar loop wrote into a VECOUT buffer still needs a barrier before MTE3 reads it.
+    if (tensor.slot()->pending && tensor.slot()->writer == detail::producerPipe(SRC)) {
+      tensor.slot()->syncedFor |= detail::pipeBit(detail::consumerPipe(DST));
+    }
     fifo_.push_back(tensor.slot());
   }
 

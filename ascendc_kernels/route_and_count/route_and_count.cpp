@@ -129,6 +129,7 @@ class KernelRouteAndCount {
       phyLocal.SetValue(
           i, static_cast<IdT>(MapPair(static_cast<int64_t>(idsLocal.GetValue(i)), pair)));
     }
+    PipeBarrier<PIPE_ALL>();  // MTE3 reads what the scalar unit wrote
     outQueuePhy.EnQue(phyLocal);
     inQueueIds.FreeTensor(idsLocal);
   }

@@ -18,7 +18,7 @@ namespace {
 
 constexpr uint32_t kLen = 64;  // int32 elements of the test buffers (256 bytes)
 
-// Copies `count` int32 from xGm to yGm through one queue; `count` is the planted length.
+// Copies `count` int32 from xGm to yGm through a copy-through queue; `count` is the planted length.
 class KernelCopyCount {
  public:
   __aicore__ inline void Init(GM_ADDR x, GM_ADDR y, uint32_t count, TPipe* pipe) {
@@ -37,7 +37,7 @@ class KernelCopyCount {
   }
 
  private:
-  TQue<TPosition::VECIN, 1> inQueueX;
+  TQueBind<TPosition::VECIN, TPosition::VECOUT, 1> inQueueX;
   GlobalTensor<int32_t> xGm, yGm;
   uint32_t count_ = 0;
 };
@@ -149,6 +149,22 @@ __global__ __aicore__ void pipe_race_kernel(GM_ADDR x, uint32_t barrier) {
   (void)v;
 }
 
+// Scalar loop fills a VECOUT tile that MTE3 then copies out; only a barrier orders S -> MTE3.
+__global__ __aicore__ void scalar_copy_out_kernel(GM_ADDR y, uint32_t barrier) {
+  TPipe pipe;
+  TQue<TPosition::VECOUT, 1> outQueueY;
+  GlobalTensor<int32_t> yGm;
+  yGm.SetGlobalBuffer((__gm__ int32_t*)y, kLen);
+  pipe.InitBuffer(outQueueY, 1, kLen * sizeof(int32_t));
+  LocalTensor<int32_t> yLocal = outQueueY.AllocTensor<int32_t>();
+  for (uint32_t i = 0; i < kLen; ++i) yLocal.SetValue(i, static_cast<int32_t>(i));
+  if (barrier != 0) PipeBarrier<PIPE_ALL>();
+  outQueueY.EnQue(yLocal);
+  yLocal = outQueueY.DeQue<int32_t>();
+  DataCopy(yGm, yLocal, kLen);
+  outQueueY.FreeTensor(yLocal);
+}
+
 // Every core writes its index to y[core * 8], SyncAll, then checks its neighbour's entry.
 // mode 0: all cores sync (correct); 1: core 0 returns first; 2: core 0 arrives too late.
 __global__ __aicore__ void sync_all_kernel(GM_ADDR y, uint32_t mode, uint32_t lateMs) {
@@ -224,6 +240,12 @@ std::map<std::string, std::function<void(uint32_t)>> FaultTable() {
   });
   t["pipe_race_ok"] = withBuffers([](uint32_t b, uint8_t* x, uint8_t*) {
     EPLB_LAUNCH_KERNEL(pipe_race_kernel, b, nullptr, x, 1u);
+  });
+  t["scalar_copy_out_race"] = withBuffers([](uint32_t b, uint8_t*, uint8_t* y) {
+    EPLB_LAUNCH_KERNEL(scalar_copy_out_kernel, b, nullptr, y, 0u);
+  });
+  t["scalar_copy_out_race_ok"] = withBuffers([](uint32_t b, uint8_t*, uint8_t* y) {
+    EPLB_LAUNCH_KERNEL(scalar_copy_out_kernel, b, nullptr, y, 1u);
   });
   t["syncall_missing_core"] = withBuffers([](uint32_t b, uint8_t*, uint8_t* y) {
     EPLB_LAUNCH_KERNEL(sync_all_kernel, b, nullptr, y, 1u, 0u);

@@ -19,7 +19,8 @@ FAULTS = {
     "queue_depth_exceeded": r"EnQue: queue depth 1 exceeded",
     "atomic_add_int64": r"SetAtomicAdd<int64>: atomic add on 64-bit types is not supported",
     "gm_out_of_bounds": r"out of bounds: elements \[8, 72\) of a GlobalTensor<int32> of 64",
-    "pipe_race": r"GetValue on the scalar \(S\) pipe .* last written by the copy-in \(MTE2\) pipe",
+    "pipe_race": r"GetValue on the scalar \(S\) pipe .* last written by the copy-in \(MTE2\)",
+    "scalar_copy_out_race": r"DataCopy UB->GM on the copy-out \(MTE3\) pipe .* by the scalar \(S\)",
     "syncall_missing_core": r"SyncAll: 1 core\(s\) finished the kernel without reaching",
 }
 
