@@ -7,6 +7,7 @@
 //
 //   * DataCopy moves whole 32-byte blocks: a length that is not a multiple of 32 bytes, or a UB
 //     address that is not 32-byte aligned, is rejected (DataCopyPad is the tool for tails);
+//     DataCopyPad blocks must hold 1..65535 bytes;
 //   * TPipe::InitBuffer past the Unified Buffer capacity (Config::ubBytes) is rejected;
 //   * queue discipline: a LocalTensor is usable after AllocTensor (producer) or DeQue (consumer),
 //     not while it sits enqueued and not after FreeTensor; EnQue beyond the queue depth, DeQue of
@@ -559,6 +560,17 @@ struct DataCopyExtParams {
   uint32_t rsv = 0;
 };
 
+namespace detail {
+// DataCopyPad's documented ranges: blockCount >= 1, blockLen in [1, 65535] bytes.
+inline void checkPadParams(const DataCopyExtParams& params, const char* op) {
+  if (params.blockCount == 0 || params.blockLen == 0 || params.blockLen > 65535) {
+    host_sim::fail(std::string(op) + ": blockCount " + std::to_string(params.blockCount) +
+                   " and blockLen " + std::to_string(params.blockLen) +
+                   " bytes outside the supported ranges (blockCount >= 1, 1 <= blockLen <= 65535)");
+  }
+}
+}  // namespace detail
+
 template <class T>
 struct DataCopyPadExtParams {
   DataCopyPadExtParams() = default;
@@ -596,6 +608,7 @@ template <class T>
 void DataCopyPad(const LocalTensor<T>& dst, const GlobalTensor<T>& src,
                  const DataCopyExtParams& params, const DataCopyPadExtParams<T>& pad) {
   const char* op = "DataCopyPad GM->UB";
+  detail::checkPadParams(params, op);
   if (params.blockLen % sizeof(T) != 0) {
     host_sim::fail(std::string(op) + ": blockLen " + std::to_string(params.blockLen) +
                    " bytes is not a whole number of " + detail::typeName<T>() + " elements");
@@ -605,7 +618,6 @@ void DataCopyPad(const LocalTensor<T>& dst, const GlobalTensor<T>& src,
   const uint64_t ubPitch =
       (detail::roundUp32(params.blockLen) + params.dstStride * kBlockBytes) / sizeof(T);
   const uint64_t gmPitch = elems + params.srcStride / sizeof(T);
-  if (params.blockCount == 0) return;
   const uint64_t ubExtent =
       (params.blockCount - 1) * ubPitch + detail::roundUp32(params.blockLen) / sizeof(T);
   src.checkRange(op, 0, (params.blockCount - 1) * gmPitch + elems);
@@ -629,6 +641,7 @@ template <class T>
 void DataCopyPad(const GlobalTensor<T>& dst, const LocalTensor<T>& src,
                  const DataCopyExtParams& params) {
   const char* op = "DataCopyPad UB->GM";
+  detail::checkPadParams(params, op);
   if (params.blockLen % sizeof(T) != 0) {
     host_sim::fail(std::string(op) + ": blockLen " + std::to_string(params.blockLen) +
                    " bytes is not a whole number of " + detail::typeName<T>() + " elements");
@@ -638,7 +651,6 @@ void DataCopyPad(const GlobalTensor<T>& dst, const LocalTensor<T>& src,
   const uint64_t ubPitch =
       (detail::roundUp32(params.blockLen) + params.srcStride * kBlockBytes) / sizeof(T);
   const uint64_t gmPitch = elems + params.dstStride / sizeof(T);
-  if (params.blockCount == 0) return;
   dst.checkRange(op, 0, (params.blockCount - 1) * gmPitch + elems);
   src.access(op, PIPE_MTE3, false, 0, (params.blockCount - 1) * ubPitch + elems);
   for (uint32_t b = 0; b < params.blockCount; ++b) {

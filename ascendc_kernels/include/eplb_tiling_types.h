@@ -13,7 +13,7 @@ constexpr uint32_t kDefaultUbBytes = 192 * 1024;   // Atlas A2/A3 Unified Buffer
 constexpr uint32_t kBufferNum = 2;                 // double buffering of the streamed tiles
 constexpr uint32_t kMaxIdTile = 2048;              // ids per route_and_count tile
 constexpr uint32_t kMaxGroupTile = 2048;           // group_list entries per tile
-constexpr uint32_t kMaxCopyTileBytes = 64 * 1024;  // weight-copy tile (2 in flight = 128 KiB)
+constexpr uint32_t kMaxCopyTileBytes = 32 * 1024;  // copy tile: one DataCopyPad block (< 64 KiB)
 constexpr uint32_t kMinGroupsPerCore = 1024;       // below this one core does the whole group_list
 constexpr uint32_t kMaxMapTables = 4;              // log2phy, logcnt, replica_share, expert_map
 

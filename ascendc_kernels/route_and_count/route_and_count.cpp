@@ -4,15 +4,15 @@
 // Tiling (eplb_tiling.h, ComputeRouteAndCountTiling): the N*K (token, choice) pairs are cut into
 // blockDim contiguous ranges of pairsPerCore (a multiple of 8) ids, one per AI core. Each core
 //   Init:    loads this layer's log2phy [E, R], logcnt [E] and replica_share [E, R] into UB once
-//            (DataCopyPad: E*R*4 bytes need not be a multiple of 32) and zeroes a [P] int32
-//            histogram in UB;
+//            (DataCopyPad in <= 32 KiB chunks: E*R*4 bytes need not be a multiple of 32) and zeroes
+//            a [P] int32 histogram in UB;
 //   Process: streams its ids in tiles of tilePairs through a double-buffered VECIN queue,
 //            maps each id on the scalar unit with the replica rule (replica_rule_aicore.h, the
 //            same arithmetic as csrc/common/replica_rule.h), counts it in the UB histogram, and
 //            streams physical ids out through a double-buffered VECOUT queue;
 //   finally  adds its histogram into heat[step mod H, :] with SetAtomicAdd<int32_t> and one
-//            DataCopyPad of P*4 bytes (int32: the hardware has no 64-bit atomic add), so the
-//            partial counts of all cores combine in GM without a second pass or a SyncAll.
+//            chunked DataCopyPad of P*4 bytes (int32: the hardware has no 64-bit atomic add), so
+//            the partial counts of all cores combine in GM without a second pass or a SyncAll.
 // Padding (-1) and, since device backends do not synchronise to check values, ids outside
 // [0, E), replica counts outside [1, R] and slots outside [0, P) are skipped: phy id -1, not
 // counted. The step counter is read from GM, so the kernel is graph-capture safe.
@@ -26,6 +26,7 @@
 #include "eplb_kernels.h"
 #include "eplb_launch.h"
 #include "kernel_operator.h"
+#include "pad_copy.h"
 #include "replica_rule_aicore.h"
 
 using namespace AscendC;
@@ -75,18 +76,13 @@ class KernelRouteAndCount {
     log2phyLocal = log2phyBuf.Get<int32_t>();
     logcntLocal = logcntBuf.Get<int32_t>();
     histLocal = histBuf.Get<int32_t>();
-    DataCopyPad(log2phyLocal, log2phyGm,
-                {1, static_cast<uint32_t>(tableLen * sizeof(int32_t)), 0, 0, 0}, {false, 0, 0, 0});
-    DataCopyPad(logcntLocal, logcntGm,
-                {1, static_cast<uint32_t>(numExperts * sizeof(int32_t)), 0, 0, 0},
-                {false, 0, 0, 0});
+    eplb_ascendc::PadCopyIn(log2phyLocal, log2phyGm, tableLen);
+    eplb_ascendc::PadCopyIn(logcntLocal, logcntGm, static_cast<uint64_t>(numExperts));
     if (hasShare_) {
       shareGm.SetGlobalBuffer((__gm__ float*)share, tableLen);
       pipe->InitBuffer(shareBuf, tableLen * sizeof(float));
       shareLocal = shareBuf.Get<float>();
-      DataCopyPad(shareLocal, shareGm,
-                  {1, static_cast<uint32_t>(tableLen * sizeof(float)), 0, 0, 0},
-                  {false, 0, 0, 0.0f});
+      eplb_ascendc::PadCopyIn(shareLocal, shareGm, tableLen);
     }
     Duplicate(histLocal, 0, numSlots);
     // The scalar unit reads the tables and the histogram below: wait for MTE2 and V.
@@ -160,8 +156,7 @@ class KernelRouteAndCount {
   __aicore__ inline void FlushHistogram() {
     PipeBarrier<PIPE_ALL>();  // MTE3 reads what the scalar unit wrote
     SetAtomicAdd<int32_t>();
-    DataCopyPad(heatGm[heatRowOffset_], histLocal,
-                {1, static_cast<uint32_t>(numSlots_ * sizeof(int32_t)), 0, 0, 0});
+    eplb_ascendc::PadCopyOut(heatGm[heatRowOffset_], histLocal, static_cast<uint64_t>(numSlots_));
     SetAtomicNone();
   }
 

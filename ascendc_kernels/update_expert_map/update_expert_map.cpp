@@ -3,7 +3,7 @@
 // storage, so captured graphs that read them stay valid.
 //
 // Tiling (eplb_tiling.h, ComputeCopyTablesTiling): one AI core per table (2 or 4 cores); each
-// copies its table GM -> UB -> GM in tiles of up to 64 KiB through the double-buffered
+// copies its table GM -> UB -> GM in tiles of up to 32 KiB through the double-buffered
 // TQueBind of tile_copy.h, DataCopyPad for sizes that are not a multiple of 32 bytes (E*4 bytes
 // usually is not). The tables are small (E=256, R=8: 8 KiB), so the launch (~5 us, estimate, no
 // NPU here) is the whole cost; the data moves in well under a microsecond.

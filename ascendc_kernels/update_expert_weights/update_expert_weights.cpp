@@ -2,7 +2,7 @@
 // weight[slots[i]] = staged[i] for i < M, rows of rowBytes bytes (any dtype: copied as bytes).
 //
 // Tiling (eplb_tiling.h, ComputeCopyRowsTiling): each row is cut into tilesPerRow tiles of
-// tileBytes (<= 64 KiB, a multiple of 32); the M * tilesPerRow (row, tile) units are split into
+// tileBytes (<= 32 KiB, a multiple of 32); the M * tilesPerRow (row, tile) units are split into
 // blockDim contiguous ranges of unitsPerCore, so one big expert slice is spread over all cores and
 // many small rows (scales) are too. Each core looks up the destination slot of a row once
 // (scalar GM read of slots[i]) and moves its tiles GM -> UB -> GM through a double-buffered
@@ -11,7 +11,7 @@
 // seven float32 scales) use DataCopyPad. A slot outside [0, S) (a bad plan: the device backend
 // cannot check values without synchronising) is skipped, leaving that row unchanged.
 //
-// UB: 2 * tileBytes (128 KiB). Expected bandwidth (estimate, no NPU here): the copy reads and
+// UB: 2 * tileBytes (64 KiB). Expected bandwidth (estimate, no NPU here): the copy reads and
 // writes each byte once, so it is bound by HBM at about half the ~1.6 TB/s of an Atlas A2 per
 // direction pair, i.e. ~0.7-0.8 TB/s of payload with >= 20 cores busy: a 44 MiB DeepSeek-V3
 // int8 expert (w13 + w2 + scales) in ~60 us; below ~1 MiB per launch the ~5 us launch dominates.

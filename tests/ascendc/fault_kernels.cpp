@@ -149,6 +149,22 @@ __global__ __aicore__ void pipe_race_kernel(GM_ADDR x, uint32_t barrier) {
   (void)v;
 }
 
+// One DataCopyPad block of `bytes` bytes GM -> UB -> GM (65536 is past blockLen's range).
+__global__ __aicore__ void pad_block_kernel(GM_ADDR x, GM_ADDR y, uint32_t bytes) {
+  TPipe pipe;
+  TQueBind<TPosition::VECIN, TPosition::VECOUT, 1> queBind;
+  GlobalTensor<uint8_t> xGm, yGm;
+  xGm.SetGlobalBuffer((__gm__ uint8_t*)x, 65536);
+  yGm.SetGlobalBuffer((__gm__ uint8_t*)y, 65536);
+  pipe.InitBuffer(queBind, 1, 65536);
+  LocalTensor<uint8_t> xLocal = queBind.AllocTensor<uint8_t>();
+  DataCopyPad(xLocal, xGm, {1, bytes, 0, 0, 0}, {false, 0, 0, 0});
+  queBind.EnQue(xLocal);
+  xLocal = queBind.DeQue<uint8_t>();
+  DataCopyPad(yGm, xLocal, {1, bytes, 0, 0, 0});
+  queBind.FreeTensor(xLocal);
+}
+
 // Scalar loop fills a VECOUT tile that MTE3 then copies out; only a barrier orders S -> MTE3.
 __global__ __aicore__ void scalar_copy_out_kernel(GM_ADDR y, uint32_t barrier) {
   TPipe pipe;
@@ -241,6 +257,17 @@ std::map<std::string, std::function<void(uint32_t)>> FaultTable() {
   t["pipe_race_ok"] = withBuffers([](uint32_t b, uint8_t* x, uint8_t*) {
     EPLB_LAUNCH_KERNEL(pipe_race_kernel, b, nullptr, x, 1u);
   });
+  auto padBlock = [](uint32_t bytes) {
+    return [bytes](uint32_t b) {
+      std::vector<uint8_t> x(65536, 3), y(65536, 0);
+      uint8_t* xData = x.data();
+      uint8_t* yData = y.data();
+      EPLB_LAUNCH_KERNEL(pad_block_kernel, b, nullptr, xData, yData, bytes);
+      if (y[bytes - 1] != 3) host_sim::fail("DataCopyPad lost data");
+    };
+  };
+  t["datacopypad_block_too_long"] = padBlock(65536);
+  t["datacopypad_block_too_long_ok"] = padBlock(65535);
   t["scalar_copy_out_race"] = withBuffers([](uint32_t b, uint8_t*, uint8_t* y) {
     EPLB_LAUNCH_KERNEL(scalar_copy_out_kernel, b, nullptr, y, 0u);
   });

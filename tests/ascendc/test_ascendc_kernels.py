@@ -52,6 +52,10 @@ ROUTE_CASES = [
         501, 5, 31, 40, 2, np.int64, False, 5, 5, 1, 0.3, 8 * KIB, id="small-ub-many-tiles"
     ),
     pytest.param(64, 4, 7, 7, 1, np.int32, False, 4, 2, 1, 1.0, 192 * KIB, id="all-padding"),
+    # tables and histogram longer than one 32 KiB DataCopyPad chunk
+    pytest.param(
+        300, 4, 1100, 9000, 9, np.int32, True, 3, 2, 1, 0.1, 192 * KIB, id="tables-over-32KiB"
+    ),
     pytest.param(0, 8, 9, 12, 2, np.int32, False, 4, 2, 1, 0.0, 192 * KIB, id="empty-batch"),
 ]
 
