@@ -1,4 +1,4 @@
-"""Plain numpy expectations of the four ops, for the AscendC emulation tests.
+"""Plain numpy expectations of the four ops, and random routing tables, for the AscendC tests.
 
 Stand-in for ``tests/reference.py`` (written by the ops backend) until it lands on main; the
 replica rule is the one of ``csrc/common/replica_rule.h``. Inputs are numpy arrays; heat is
@@ -68,3 +68,19 @@ def count_from_group_list(group_list, heat, step: int, slot_offset: int, cumulat
 def update_expert_weights_(weights, staged, slots) -> None:
     for w, s in zip(weights, staged, strict=True):
         w[slots] = s
+
+
+def random_tables(rng, num_experts: int, num_slots: int, max_replicas: int):
+    """log2phy [E, R] int32 (-1 padded), logcnt [E] int32 with every slot used exactly once."""
+    assert num_experts <= num_slots <= num_experts * max_replicas
+    logcnt = np.ones(num_experts, dtype=np.int32)
+    for _ in range(num_slots - num_experts):
+        choices = np.flatnonzero(logcnt < max_replicas)
+        logcnt[rng.choice(choices)] += 1
+    slots = rng.permutation(num_slots).astype(np.int32)
+    log2phy = np.full((num_experts, max_replicas), -1, dtype=np.int32)
+    pos = 0
+    for e in range(num_experts):
+        log2phy[e, : logcnt[e]] = slots[pos : pos + logcnt[e]]
+        pos += logcnt[e]
+    return log2phy, logcnt

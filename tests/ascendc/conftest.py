@@ -62,6 +62,14 @@ def _command(out: Path) -> list[str]:
     ]
 
 
+def _remove_stale_builds(root: Path, keep: str) -> None:
+    """Drops modules built from older sources so the cache does not grow without bound."""
+    if root.is_dir():
+        for old in root.iterdir():
+            if old.is_dir() and old.name != keep:
+                shutil.rmtree(old, ignore_errors=True)
+
+
 def build_sim_module():
     """Compiles (or reuses) the harness; returns the imported module."""
     if shutil.which(os.environ.get("CXX", "g++")) is None:
@@ -75,6 +83,7 @@ def build_sim_module():
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
     target = build_dir / f"{MODULE}{suffix}"
     if not target.exists():
+        _remove_stale_builds(build_dir.parent, keep=build_dir.name)
         build_dir.mkdir(parents=True, exist_ok=True)
         tmp = build_dir / f"{MODULE}.tmp{os.getpid()}{suffix}"
         proc = subprocess.run(_command(tmp), capture_output=True, text=True, check=False)

@@ -15,22 +15,6 @@ import torch
 KIB = 1024
 
 
-def random_tables(rng, num_experts: int, num_slots: int, max_replicas: int):
-    """log2phy [E, R] int32 (-1 padded), logcnt [E] int32 with every slot used exactly once."""
-    assert num_experts <= num_slots <= num_experts * max_replicas
-    logcnt = np.ones(num_experts, dtype=np.int32)
-    for _ in range(num_slots - num_experts):
-        choices = np.flatnonzero(logcnt < max_replicas)
-        logcnt[rng.choice(choices)] += 1
-    slots = rng.permutation(num_slots).astype(np.int32)
-    log2phy = np.full((num_experts, max_replicas), -1, dtype=np.int32)
-    pos = 0
-    for e in range(num_experts):
-        log2phy[e, : logcnt[e]] = slots[pos : pos + logcnt[e]]
-        pos += logcnt[e]
-    return log2phy, logcnt
-
-
 def random_shares(rng, log2phy, logcnt):
     share = np.zeros(log2phy.shape, dtype=np.float32)
     for e, cnt in enumerate(logcnt):
@@ -68,7 +52,7 @@ def test_route_and_count_matches_reference(
     sim, *, n, k, e, p, r, id_dtype, shares, cores, h, layers, pad, ub
 ):
     rng = np.random.default_rng(n * 1000 + p)
-    log2phy, logcnt = random_tables(rng, e, p, r)
+    log2phy, logcnt = expected.random_tables(rng, e, p, r)
     share = random_shares(rng, log2phy, logcnt) if shares else None
     topk = rng.integers(0, e, size=(n, k)).astype(id_dtype)
     topk[rng.random((n, k)) < pad] = -1
@@ -95,7 +79,7 @@ def test_route_and_count_matches_reference(
 def test_route_and_count_idle_cores_touch_nothing(sim):
     """Launching more cores than the tiling uses: the extra cores must not count or write."""
     rng = np.random.default_rng(3)
-    log2phy, logcnt = random_tables(rng, 4, 6, 2)
+    log2phy, logcnt = expected.random_tables(rng, 4, 6, 2)
     topk = rng.integers(-1, 4, size=(5, 2)).astype(np.int32)
     heat = np.zeros((2, 6), dtype=np.int32)
     phy = np.zeros((5, 2), dtype=np.int32)
@@ -112,7 +96,7 @@ def test_route_and_count_idle_cores_touch_nothing(sim):
 
 def test_route_and_count_accumulates_over_steps(sim):
     rng = np.random.default_rng(11)
-    log2phy, logcnt = random_tables(rng, 6, 10, 3)
+    log2phy, logcnt = expected.random_tables(rng, 6, 10, 3)
     heat = np.zeros((3, 10), dtype=np.int32)
     want = heat.copy()
     for s in range(7):
