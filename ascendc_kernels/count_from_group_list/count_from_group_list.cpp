@@ -16,6 +16,7 @@
 // one launch (~5 us) plus ~20 cycles per entry on the scalar unit: S_local = 64 is launch-bound.
 #include "eplb_kernels.h"
 #include "eplb_launch.h"
+#include "heat_row.h"
 #include "kernel_operator.h"
 
 using namespace AscendC;
@@ -43,9 +44,8 @@ class KernelCountFromGroupList {
     stepGm.SetGlobalBuffer((__gm__ int64_t*)step, 1);
     pipe->InitBuffer(inQueueGroups, kBufferNum, tileGroups * sizeof(T));
     pipe->InitBuffer(outQueueCounts, kBufferNum, tileGroups * sizeof(int32_t));
-    const int64_t stepValue = stepGm.GetValue(0);
-    const int64_t row = ((stepValue % heatRows) + heatRows) % heatRows;
-    heatBase_ = row * heatRowStride + slotOffset;
+    heatBase_ =
+        eplb_ascendc::HeatRowOffset(stepGm.GetValue(0), heatRows, heatRowStride) + slotOffset;
     previous_ =
         (cumulative_ && begin_ > 0) ? static_cast<int64_t>(groupListGm.GetValue(begin_ - 1)) : 0;
   }
@@ -118,20 +118,18 @@ __aicore__ inline void RunCountFromGroupList(GM_ADDR groupList, GM_ADDR heat, GM
 
 }  // namespace
 
-extern "C" __global__ __aicore__ void count_from_group_list_i32(
+// One entry for both group_list widths: elemBytes picks the instantiation on the core.
+extern "C" __global__ __aicore__ void eplb_count_from_group_list_kernel(
     GM_ADDR groupList, GM_ADDR heat, GM_ADDR step, int64_t numGroups, int64_t groupsPerCore,
     int64_t slotOffset, int64_t numSlots, int64_t heatRows, int64_t heatRowStride,
-    uint32_t tileGroups, uint32_t cumulative) {
-  RunCountFromGroupList<int32_t>(groupList, heat, step, numGroups, groupsPerCore, slotOffset,
-                                 numSlots, heatRows, heatRowStride, tileGroups, cumulative);
-}
-
-extern "C" __global__ __aicore__ void count_from_group_list_i64(
-    GM_ADDR groupList, GM_ADDR heat, GM_ADDR step, int64_t numGroups, int64_t groupsPerCore,
-    int64_t slotOffset, int64_t numSlots, int64_t heatRows, int64_t heatRowStride,
-    uint32_t tileGroups, uint32_t cumulative) {
-  RunCountFromGroupList<int64_t>(groupList, heat, step, numGroups, groupsPerCore, slotOffset,
-                                 numSlots, heatRows, heatRowStride, tileGroups, cumulative);
+    uint32_t tileGroups, uint32_t cumulative, uint32_t elemBytes) {
+  if (elemBytes == 8) {
+    RunCountFromGroupList<int64_t>(groupList, heat, step, numGroups, groupsPerCore, slotOffset,
+                                   numSlots, heatRows, heatRowStride, tileGroups, cumulative);
+  } else {
+    RunCountFromGroupList<int32_t>(groupList, heat, step, numGroups, groupsPerCore, slotOffset,
+                                   numSlots, heatRows, heatRowStride, tileGroups, cumulative);
+  }
 }
 
 extern "C" void eplb_count_from_group_list(uint8_t* groupList, uint8_t* heat, uint8_t* step,
@@ -139,13 +137,7 @@ extern "C" void eplb_count_from_group_list(uint8_t* groupList, uint8_t* heat, ui
                                            void* stream) {
   const eplb_ascendc::CountFromGroupListTiling t = *tiling;
   if (t.blockDim == 0) return;
-  if (t.elemBytes == 8) {
-    EPLB_LAUNCH_KERNEL(count_from_group_list_i64, t.blockDim, stream, groupList, heat, step,
-                       t.numGroups, t.groupsPerCore, t.slotOffset, t.numSlots, t.heatRows,
-                       t.heatRowStride, t.tileGroups, t.cumulative);
-  } else {
-    EPLB_LAUNCH_KERNEL(count_from_group_list_i32, t.blockDim, stream, groupList, heat, step,
-                       t.numGroups, t.groupsPerCore, t.slotOffset, t.numSlots, t.heatRows,
-                       t.heatRowStride, t.tileGroups, t.cumulative);
-  }
+  EPLB_LAUNCH_KERNEL(eplb_count_from_group_list_kernel, t.blockDim, stream, groupList, heat, step,
+                     t.numGroups, t.groupsPerCore, t.slotOffset, t.numSlots, t.heatRows,
+                     t.heatRowStride, t.tileGroups, t.cumulative, t.elemBytes);
 }

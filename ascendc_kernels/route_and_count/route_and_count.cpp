@@ -25,6 +25,7 @@
 // HBM time. The scalar map dominates; a vectorised uniform path is the next step if it matters.
 #include "eplb_kernels.h"
 #include "eplb_launch.h"
+#include "heat_row.h"
 #include "kernel_operator.h"
 #include "pad_copy.h"
 #include "replica_rule_aicore.h"
@@ -87,10 +88,8 @@ class KernelRouteAndCount {
     Duplicate(histLocal, 0, numSlots);
     // The scalar unit reads the tables and the histogram below: wait for MTE2 and V.
     PipeBarrier<PIPE_ALL>();
-    const int64_t stepValue = stepGm.GetValue(0);
-    const int64_t row = ((stepValue % heatRows) + heatRows) % heatRows;
-    heatRowOffset_ = row * heatRowStride;
-    step_ = stepValue;
+    step_ = stepGm.GetValue(0);
+    heatRowOffset_ = eplb_ascendc::HeatRowOffset(step_, heatRows, heatRowStride);
   }
 
   __aicore__ inline void Process() {
@@ -195,24 +194,21 @@ __aicore__ inline void RunRouteAndCount(GM_ADDR topkIds, GM_ADDR log2phy, GM_ADD
 
 }  // namespace
 
-extern "C" __global__ __aicore__ void route_and_count_i32(
+// One entry for both id widths: idBytes picks the instantiation on the core.
+extern "C" __global__ __aicore__ void eplb_route_and_count_kernel(
     GM_ADDR topkIds, GM_ADDR log2phy, GM_ADDR logcnt, GM_ADDR share, GM_ADDR heat, GM_ADDR step,
     GM_ADDR phyIds, int64_t numTokens, int32_t topK, int32_t numExperts, int32_t maxReplicas,
     int32_t numSlots, int64_t heatRows, int64_t heatRowStride, int64_t pairsPerCore,
-    uint32_t tilePairs, uint32_t hasShare) {
-  RunRouteAndCount<int32_t>(topkIds, log2phy, logcnt, share, heat, step, phyIds, numTokens, topK,
-                            numExperts, maxReplicas, numSlots, heatRows, heatRowStride,
-                            pairsPerCore, tilePairs, hasShare);
-}
-
-extern "C" __global__ __aicore__ void route_and_count_i64(
-    GM_ADDR topkIds, GM_ADDR log2phy, GM_ADDR logcnt, GM_ADDR share, GM_ADDR heat, GM_ADDR step,
-    GM_ADDR phyIds, int64_t numTokens, int32_t topK, int32_t numExperts, int32_t maxReplicas,
-    int32_t numSlots, int64_t heatRows, int64_t heatRowStride, int64_t pairsPerCore,
-    uint32_t tilePairs, uint32_t hasShare) {
-  RunRouteAndCount<int64_t>(topkIds, log2phy, logcnt, share, heat, step, phyIds, numTokens, topK,
-                            numExperts, maxReplicas, numSlots, heatRows, heatRowStride,
-                            pairsPerCore, tilePairs, hasShare);
+    uint32_t tilePairs, uint32_t hasShare, uint32_t idBytes) {
+  if (idBytes == 8) {
+    RunRouteAndCount<int64_t>(topkIds, log2phy, logcnt, share, heat, step, phyIds, numTokens, topK,
+                              numExperts, maxReplicas, numSlots, heatRows, heatRowStride,
+                              pairsPerCore, tilePairs, hasShare);
+  } else {
+    RunRouteAndCount<int32_t>(topkIds, log2phy, logcnt, share, heat, step, phyIds, numTokens, topK,
+                              numExperts, maxReplicas, numSlots, heatRows, heatRowStride,
+                              pairsPerCore, tilePairs, hasShare);
+  }
 }
 
 extern "C" void eplb_route_and_count(uint8_t* topkIds, uint8_t* log2phy, uint8_t* logcnt,
@@ -221,15 +217,8 @@ extern "C" void eplb_route_and_count(uint8_t* topkIds, uint8_t* log2phy, uint8_t
                                      void* stream) {
   const eplb_ascendc::RouteAndCountTiling t = *tiling;
   if (t.blockDim == 0) return;
-  if (t.idBytes == 8) {
-    EPLB_LAUNCH_KERNEL(route_and_count_i64, t.blockDim, stream, topkIds, log2phy, logcnt, share,
-                       heat, step, phyIds, t.numTokens, t.topK, t.numExperts, t.maxReplicas,
-                       t.numSlots, t.heatRows, t.heatRowStride, t.pairsPerCore, t.tilePairs,
-                       t.hasShare);
-  } else {
-    EPLB_LAUNCH_KERNEL(route_and_count_i32, t.blockDim, stream, topkIds, log2phy, logcnt, share,
-                       heat, step, phyIds, t.numTokens, t.topK, t.numExperts, t.maxReplicas,
-                       t.numSlots, t.heatRows, t.heatRowStride, t.pairsPerCore, t.tilePairs,
-                       t.hasShare);
-  }
+  EPLB_LAUNCH_KERNEL(eplb_route_and_count_kernel, t.blockDim, stream, topkIds, log2phy, logcnt,
+                     share, heat, step, phyIds, t.numTokens, t.topK, t.numExperts, t.maxReplicas,
+                     t.numSlots, t.heatRows, t.heatRowStride, t.pairsPerCore, t.tilePairs,
+                     t.hasShare, t.idBytes);
 }

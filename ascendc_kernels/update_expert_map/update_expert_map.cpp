@@ -46,11 +46,10 @@ class KernelUpdateExpertMap {
 
 }  // namespace
 
-extern "C" __global__ __aicore__ void update_expert_map(GM_ADDR dst0, GM_ADDR src0, int64_t bytes0,
-                                                        GM_ADDR dst1, GM_ADDR src1, int64_t bytes1,
-                                                        GM_ADDR dst2, GM_ADDR src2, int64_t bytes2,
-                                                        GM_ADDR dst3, GM_ADDR src3, int64_t bytes3,
-                                                        uint32_t tileBytes) {
+extern "C" __global__ __aicore__ void eplb_update_expert_map_kernel(
+    GM_ADDR dst0, GM_ADDR src0, int64_t bytes0, GM_ADDR dst1, GM_ADDR src1, int64_t bytes1,
+    GM_ADDR dst2, GM_ADDR src2, int64_t bytes2, GM_ADDR dst3, GM_ADDR src3, int64_t bytes3,
+    uint32_t tileBytes) {
   const int64_t idx = GetBlockIdx();
   GM_ADDR dst = idx == 0 ? dst0 : idx == 1 ? dst1 : idx == 2 ? dst2 : dst3;
   GM_ADDR src = idx == 0 ? src0 : idx == 1 ? src1 : idx == 2 ? src2 : src3;
@@ -73,6 +72,6 @@ extern "C" void eplb_update_expert_map(uint8_t* const* dst, uint8_t* const* src,
     s[i] = src[i];
     n[i] = t.tableBytes[i];
   }
-  EPLB_LAUNCH_KERNEL(update_expert_map, t.blockDim, stream, d[0], s[0], n[0], d[1], s[1], n[1],
-                     d[2], s[2], n[2], d[3], s[3], n[3], t.tileBytes);
+  EPLB_LAUNCH_KERNEL(eplb_update_expert_map_kernel, t.blockDim, stream, d[0], s[0], n[0], d[1],
+                     s[1], n[1], d[2], s[2], n[2], d[3], s[3], n[3], t.tileBytes);
 }

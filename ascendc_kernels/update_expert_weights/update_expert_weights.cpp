@@ -89,20 +89,18 @@ __aicore__ inline void RunUpdateExpertWeights(GM_ADDR weight, GM_ADDR staged, GM
 
 }  // namespace
 
-extern "C" __global__ __aicore__ void update_expert_weights_i32(
+// One entry for both slot widths: slotBytes picks the instantiation on the core.
+extern "C" __global__ __aicore__ void eplb_update_expert_weights_kernel(
     GM_ADDR weight, GM_ADDR staged, GM_ADDR slots, int64_t rowBytes, int64_t numRows,
     int64_t numSlots, int64_t tilesPerRow, int64_t unitsPerCore, uint32_t tileBytes,
-    uint32_t alignedRows) {
-  RunUpdateExpertWeights<int32_t>(weight, staged, slots, rowBytes, numRows, numSlots, tilesPerRow,
-                                  unitsPerCore, tileBytes, alignedRows);
-}
-
-extern "C" __global__ __aicore__ void update_expert_weights_i64(
-    GM_ADDR weight, GM_ADDR staged, GM_ADDR slots, int64_t rowBytes, int64_t numRows,
-    int64_t numSlots, int64_t tilesPerRow, int64_t unitsPerCore, uint32_t tileBytes,
-    uint32_t alignedRows) {
-  RunUpdateExpertWeights<int64_t>(weight, staged, slots, rowBytes, numRows, numSlots, tilesPerRow,
-                                  unitsPerCore, tileBytes, alignedRows);
+    uint32_t alignedRows, uint32_t slotBytes) {
+  if (slotBytes == 8) {
+    RunUpdateExpertWeights<int64_t>(weight, staged, slots, rowBytes, numRows, numSlots, tilesPerRow,
+                                    unitsPerCore, tileBytes, alignedRows);
+  } else {
+    RunUpdateExpertWeights<int32_t>(weight, staged, slots, rowBytes, numRows, numSlots, tilesPerRow,
+                                    unitsPerCore, tileBytes, alignedRows);
+  }
 }
 
 extern "C" void eplb_update_expert_weights(uint8_t* weight, uint8_t* staged, uint8_t* slots,
@@ -110,13 +108,7 @@ extern "C" void eplb_update_expert_weights(uint8_t* weight, uint8_t* staged, uin
                                            void* stream) {
   const eplb_ascendc::CopyRowsTiling t = *tiling;
   if (t.blockDim == 0) return;
-  if (t.slotBytes == 8) {
-    EPLB_LAUNCH_KERNEL(update_expert_weights_i64, t.blockDim, stream, weight, staged, slots,
-                       t.rowBytes, t.numRows, t.numSlots, t.tilesPerRow, t.unitsPerCore,
-                       t.tileBytes, t.alignedRows);
-  } else {
-    EPLB_LAUNCH_KERNEL(update_expert_weights_i32, t.blockDim, stream, weight, staged, slots,
-                       t.rowBytes, t.numRows, t.numSlots, t.tilesPerRow, t.unitsPerCore,
-                       t.tileBytes, t.alignedRows);
-  }
+  EPLB_LAUNCH_KERNEL(eplb_update_expert_weights_kernel, t.blockDim, stream, weight, staged, slots,
+                     t.rowBytes, t.numRows, t.numSlots, t.tilesPerRow, t.unitsPerCore, t.tileBytes,
+                     t.alignedRows, t.slotBytes);
 }

@@ -57,30 +57,34 @@ __global__ __aicore__ void ub_overflow_kernel(uint32_t bytesPerBuffer) {
   pipe.InitBuffer(outQueueY, 2, bytesPerBuffer);
 }
 
+// kLen int32 from x copied into a fresh buffer of `que` and enqueued; returns the (now enqueued)
+// handle, which a correct kernel must not use again before DeQue.
+__aicore__ inline LocalTensor<int32_t> CopyInEnqueued(TPipe& pipe, TQue<TPosition::VECIN, 1>& que,
+                                                      GM_ADDR x) {
+  GlobalTensor<int32_t> xGm;
+  xGm.SetGlobalBuffer((__gm__ int32_t*)x, kLen);
+  pipe.InitBuffer(que, 1, kLen * sizeof(int32_t));
+  LocalTensor<int32_t> xLocal = que.AllocTensor<int32_t>();
+  DataCopy(xLocal, xGm, kLen);
+  que.EnQue(xLocal);
+  return xLocal;
+}
+
 // Vector work on a tensor that is still enqueued (or, with `dequeue`, correctly dequeued).
 __global__ __aicore__ void use_without_deque_kernel(GM_ADDR x, uint32_t dequeue) {
   TPipe pipe;
   TQue<TPosition::VECIN, 1> inQueueX;
-  GlobalTensor<int32_t> xGm;
-  xGm.SetGlobalBuffer((__gm__ int32_t*)x, kLen);
-  pipe.InitBuffer(inQueueX, 1, kLen * sizeof(int32_t));
-  LocalTensor<int32_t> xLocal = inQueueX.AllocTensor<int32_t>();
-  DataCopy(xLocal, xGm, kLen);
-  inQueueX.EnQue(xLocal);
+  LocalTensor<int32_t> xLocal = CopyInEnqueued(pipe, inQueueX, x);  // still enqueued
   if (dequeue != 0) xLocal = inQueueX.DeQue<int32_t>();
   Adds(xLocal, xLocal, 1, kLen);
 }
 
+// Scalar read of a dequeued tensor after (or, without `freeFirst`, before) its FreeTensor.
 __global__ __aicore__ void use_after_free_kernel(GM_ADDR x, uint32_t freeFirst) {
   TPipe pipe;
   TQue<TPosition::VECIN, 1> inQueueX;
-  GlobalTensor<int32_t> xGm;
-  xGm.SetGlobalBuffer((__gm__ int32_t*)x, kLen);
-  pipe.InitBuffer(inQueueX, 2, kLen * sizeof(int32_t));
-  LocalTensor<int32_t> xLocal = inQueueX.AllocTensor<int32_t>();
-  DataCopy(xLocal, xGm, kLen);
-  inQueueX.EnQue(xLocal);
-  xLocal = inQueueX.DeQue<int32_t>();
+  CopyInEnqueued(pipe, inQueueX, x);
+  LocalTensor<int32_t> xLocal = inQueueX.DeQue<int32_t>();
   if (freeFirst != 0) inQueueX.FreeTensor(xLocal);
   PipeBarrier<PIPE_ALL>();
   const int32_t v = xLocal.GetValue(0);
