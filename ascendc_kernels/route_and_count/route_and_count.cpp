@@ -119,10 +119,16 @@ class KernelRouteAndCount {
     LocalTensor<IdT> idsLocal = inQueueIds.DeQue<IdT>();
     LocalTensor<IdT> phyLocal = outQueuePhy.AllocTensor<IdT>();
     PipeBarrier<PIPE_ALL>();  // scalar reads of a tile written by MTE2
+    // (token n, choice k) of the tile's first pair; stepped without a 64-bit division per pair.
+    int64_t n = start / topK_;
+    int32_t k = static_cast<int32_t>(start - n * topK_);
     for (uint32_t i = 0; i < len; ++i) {
-      const int64_t pair = start + i;
       phyLocal.SetValue(
-          i, static_cast<IdT>(MapPair(static_cast<int64_t>(idsLocal.GetValue(i)), pair)));
+          i, static_cast<IdT>(MapPair(static_cast<int64_t>(idsLocal.GetValue(i)), n, k)));
+      if (++k == topK_) {
+        k = 0;
+        ++n;
+      }
     }
     PipeBarrier<PIPE_ALL>();  // MTE3 reads what the scalar unit wrote
     outQueuePhy.EnQue(phyLocal);
@@ -135,13 +141,12 @@ class KernelRouteAndCount {
     outQueuePhy.FreeTensor(phyLocal);
   }
 
-  // Physical slot of logical id `e` at pair index `pair`, counted in the histogram; -1 if skipped.
-  __aicore__ inline int32_t MapPair(int64_t e, int64_t pair) {
+  // Physical slot of logical id `e` chosen by token n, choice k, counted in the histogram; -1 if
+  // skipped.
+  __aicore__ inline int32_t MapPair(int64_t e, int64_t n, int32_t k) {
     if (e < 0 || e >= numExperts_) return -1;
     const int32_t cnt = logcntLocal.GetValue(static_cast<uint32_t>(e));
     if (cnt < 1 || cnt > maxReplicas_) return -1;
-    const int64_t n = pair / topK_;
-    const int64_t k = pair - n * topK_;
     const uint32_t code = eplb_ascendc::PositionCode(step_, numTokens_, n, k);
     const uint32_t rowBase = static_cast<uint32_t>(e * maxReplicas_);
     const int32_t r = hasShare_ ? eplb_ascendc::WeightedReplica(code, shareLocal, rowBase, cnt)

@@ -94,6 +94,22 @@ def test_route_and_count_idle_cores_touch_nothing(sim):
     np.testing.assert_array_equal(heat, want_heat)
 
 
+def test_route_and_count_large_batch_uses_every_core(sim):
+    """8192 tokens x top-8 on 40 cores: 40 ranges of 1640 ids (tails in the last one)."""
+    rng = np.random.default_rng(8)
+    log2phy, logcnt = expected.random_tables(rng, 256, 320, 4)
+    topk = rng.integers(-1, 256, size=(8192, 8)).astype(np.int32)
+    heat = np.zeros((2, 320), dtype=np.int32)
+    phy = np.zeros_like(topk)
+    step = np.array([3], dtype=np.int64)
+    want_heat = heat.copy()
+    want_phy = expected.route_and_count(topk, log2phy, logcnt, None, want_heat, step=3)
+    assert sim.route_and_count(topk, log2phy, logcnt, None, heat, step, phy, core_num=40) == 40
+    np.testing.assert_array_equal(phy, want_phy)
+    np.testing.assert_array_equal(heat, want_heat)
+    assert heat.sum() == np.count_nonzero(topk >= 0)
+
+
 def test_route_and_count_accumulates_over_steps(sim):
     rng = np.random.default_rng(11)
     log2phy, logcnt = expected.random_tables(rng, 6, 10, 3)
