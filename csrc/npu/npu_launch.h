@@ -12,6 +12,7 @@
 #include <c10/core/DeviceGuard.h>
 #include <c10/util/Exception.h>
 
+#include <atomic>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -69,21 +70,22 @@ inline uint8_t* GmAddr(const at::Tensor& t) {
   return static_cast<uint8_t*>(const_cast<void*>(t.data_ptr()));
 }
 
-// Vector (AIV) cores of the device, asked once per device.
+// Vector (AIV) cores of the device, asked once per device (racing first calls ask twice,
+// harmlessly).
 inline uint32_t VectorCoreNum(const at::Device& device) {
-  static int64_t cached[64] = {0};
+  static std::atomic<int64_t> cached[64];  // zero-initialised (static storage)
   const int index = device.index() < 0 ? 0 : device.index();
   TORCH_CHECK(index < 64, "eplb_rt npu: device index ", index, " out of range");
-  if (cached[index] == 0) {
-    int64_t cores = 0;
+  int64_t cores = cached[index].load(std::memory_order_relaxed);
+  if (cores == 0) {
     const aclError err = aclGetDeviceCapability(static_cast<uint32_t>(index),
                                                 ACL_DEVICE_INFO_VECTOR_CORE_NUM, &cores);
     TORCH_CHECK(err == ACL_SUCCESS && cores > 0,
                 "eplb_rt npu: aclGetDeviceCapability(VECTOR_CORE_NUM) failed with ",
                 static_cast<int>(err));
-    cached[index] = cores;
+    cached[index].store(cores, std::memory_order_relaxed);
   }
-  return static_cast<uint32_t>(cached[index]);
+  return static_cast<uint32_t>(cores);
 }
 
 // Enqueues `launch(stream)` on torch_npu's task queue for the current stream. The closure holds
