@@ -11,7 +11,8 @@
 //   * TPipe::InitBuffer past the Unified Buffer capacity (Config::ubBytes) is rejected;
 //   * queue discipline: a LocalTensor is usable after AllocTensor (producer) or DeQue (consumer),
 //     not while it sits enqueued and not after FreeTensor; EnQue beyond the queue depth, DeQue of
-//     an empty queue, AllocTensor with every buffer taken are errors (on hardware: a hang);
+//     an empty queue, AllocTensor with every buffer taken are errors (on hardware: a dropped
+//     tensor or a hang);
 //   * pipe hazards: data written by one pipe (MTE2 copy-in, V vector, S scalar) and touched by
 //     another is a race on hardware unless a PipeBarrier<PIPE_ALL> or a queue hand-over between
 //     exactly those two pipes comes in between (EnQue/DeQue of VECIN orders MTE2 -> V, of VECOUT
@@ -305,8 +306,10 @@ class TQueBind {
         " buffers of the queue are in use (FreeTensor missing?); the hardware would hang");
   }
 
+  // CANN returns false when the queue is full and drops the tensor, which silently breaks the
+  // kernel later; the emulation reports it at the EnQue instead.
   template <class T>
-  void EnQue(const LocalTensor<T>& tensor) {
+  bool EnQue(const LocalTensor<T>& tensor) {
     using S = detail::BufferSlot::State;
     ownSlot(tensor, "EnQue");
     tensor.check("EnQue");
@@ -321,6 +324,7 @@ class TQueBind {
       tensor.slot()->syncedFor |= detail::pipeBit(detail::consumerPipe(DST));
     }
     fifo_.push_back(tensor.slot());
+    return true;
   }
 
   template <class T>
