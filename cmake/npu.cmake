@@ -28,12 +28,13 @@ endfunction()
 list(APPEND CMAKE_MODULE_PATH "${CMAKE_CURRENT_LIST_DIR}")
 find_package(CANN QUIET)
 
-# torch_npu: its headers and libtorch_npu.so, from the Python that builds the extension.
+# torch_npu: its headers and libtorch_npu.so, from the Python that builds the extension
+# (EPLB_RT_TORCH_NPU_DIR when the top-level CMakeLists already asked it).
 if(NOT Python_EXECUTABLE)
   find_package(Python COMPONENTS Interpreter QUIET)
 endif()
-set(_eplb_torch_npu_dir "")
-if(Python_EXECUTABLE)
+set(_eplb_torch_npu_dir "${EPLB_RT_TORCH_NPU_DIR}")  # found by the top level, if it looked
+if(_eplb_torch_npu_dir STREQUAL "" AND Python_EXECUTABLE)
   execute_process(
     COMMAND "${Python_EXECUTABLE}" -c "import os, torch_npu; print(os.path.dirname(torch_npu.__file__))"
     OUTPUT_VARIABLE _eplb_torch_npu_dir
