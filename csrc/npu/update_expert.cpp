@@ -79,12 +79,13 @@ void update_expert_map(const at::Tensor& log2phy, const at::Tensor& logcnt,
   TORCH_CHECK(logcnt.dim() == 1 && logcnt.size(0) == log2phy.size(0), "logcnt: expected shape [",
               log2phy.size(0), "], got ", logcnt.sizes());
   CheckTablePair(logcnt, new_logcnt, "logcnt", at::kInt, device);
-  TORCH_CHECK(replica_share.has_value() == new_replica_share.has_value() &&
-                  expert_map.has_value() == new_expert_map.has_value() &&
-                  replica_share.has_value() == expert_map.has_value(),
-              "update_expert_map_: replica_share/expert_map and their new values must be given "
-              "together or all "
+  TORCH_CHECK(replica_share.has_value() == new_replica_share.has_value(),
+              "update_expert_map_: replica_share and new_replica_share must both be given or both "
               "be None");
+  TORCH_CHECK(expert_map.has_value() == new_expert_map.has_value(),
+              "update_expert_map_: expert_map and new_expert_map must both be given or both be "
+              "None");
+  // The tables present, packed: one AI core copies each.
   std::array<at::Tensor, eplb_ascendc::kMaxMapTables> dst{log2phy, logcnt};
   std::array<at::Tensor, eplb_ascendc::kMaxMapTables> src{new_log2phy, new_logcnt};
   uint32_t count = 2;
@@ -92,14 +93,17 @@ void update_expert_map(const at::Tensor& log2phy, const at::Tensor& logcnt,
     TORCH_CHECK(replica_share->sizes() == log2phy.sizes(), "replica_share: expected shape ",
                 log2phy.sizes(), ", got ", replica_share->sizes());
     CheckTablePair(*replica_share, *new_replica_share, "replica_share", at::kFloat, device);
+    dst[count] = *replica_share;
+    src[count] = *new_replica_share;
+    ++count;
+  }
+  if (expert_map.has_value()) {
     TORCH_CHECK(expert_map->sizes() == logcnt.sizes(), "expert_map: expected shape ",
                 logcnt.sizes(), ", got ", expert_map->sizes());
     CheckTablePair(*expert_map, *new_expert_map, "expert_map", at::kInt, device);
-    dst[2] = *replica_share;
-    src[2] = *new_replica_share;
-    dst[3] = *expert_map;
-    src[3] = *new_expert_map;
-    count = 4;
+    dst[count] = *expert_map;
+    src[count] = *new_expert_map;
+    ++count;
   }
   std::array<int64_t, eplb_ascendc::kMaxMapTables> bytes{};
   for (uint32_t i = 0; i < count; ++i) bytes[i] = static_cast<int64_t>(dst[i].nbytes());

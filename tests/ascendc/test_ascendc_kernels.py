@@ -247,21 +247,23 @@ def test_update_expert_weights_skips_out_of_range_slot(sim):
 
 
 @pytest.mark.parametrize(
-    ("num_experts", "r", "with_optional"), [(1, 1, False), (7, 3, True), (257, 9, True)]
+    ("num_experts", "r", "optional"),
+    [(1, 1, ()), (7, 3, ("share", "map")), (5, 2, ("map",)), (257, 9, ("share", "map"))],
 )
-def test_update_expert_map_overwrites_in_place(sim, num_experts, r, with_optional):
+def test_update_expert_map_overwrites_in_place(sim, num_experts, r, optional):
+    """log2phy and logcnt always; replica_share and expert_map each when given (2-4 tables)."""
     rng = np.random.default_rng(num_experts)
     dst = [np.zeros((num_experts, r), np.int32), np.zeros(num_experts, np.int32)]
     src = [
         rng.integers(-1, 99, (num_experts, r)).astype(np.int32),
         rng.integers(1, r + 1, num_experts).astype(np.int32),
     ]
-    if with_optional:
-        dst += [np.zeros((num_experts, r), np.float32), np.zeros(num_experts, np.int32)]
-        src += [
-            rng.random((num_experts, r)).astype(np.float32),
-            rng.integers(-1, 5, num_experts).astype(np.int32),
-        ]
+    if "share" in optional:
+        dst.append(np.zeros((num_experts, r), np.float32))
+        src.append(rng.random((num_experts, r)).astype(np.float32))
+    if "map" in optional:
+        dst.append(np.zeros(num_experts, np.int32))
+        src.append(rng.integers(-1, 5, num_experts).astype(np.int32))
     ids = [id(d) for d in dst]
     assert sim.update_expert_map(dst, src) == len(dst)
     for d, s in zip(dst, src, strict=True):
