@@ -1,0 +1,307 @@
+// Planted-fault kernels: each breaks one rule the hardware enforces, and the emulation must reject
+// it with a message naming the rule. Each fault has a correct twin ("*_ok") that must pass, so a
+// check that rejects everything is caught too.
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "eplb_launch.h"
+#include "kernel_operator.h"
+
+using namespace AscendC;
+
+namespace {
+
+constexpr uint32_t kLen = 64;  // int32 elements of the test buffers (256 bytes)
+
+// Copies `count` int32 from xGm to yGm through a copy-through queue; `count` is the planted length.
+class KernelCopyCount {
+ public:
+  __aicore__ inline void Init(GM_ADDR x, GM_ADDR y, uint32_t count, TPipe* pipe) {
+    count_ = count;
+    xGm.SetGlobalBuffer((__gm__ int32_t*)x, kLen);
+    yGm.SetGlobalBuffer((__gm__ int32_t*)y, kLen);
+    pipe->InitBuffer(inQueueX, 1, 2 * kLen * sizeof(int32_t));
+  }
+  __aicore__ inline void Process() {
+    LocalTensor<int32_t> xLocal = inQueueX.AllocTensor<int32_t>();
+    DataCopy(xLocal, xGm, count_);
+    inQueueX.EnQue(xLocal);
+    xLocal = inQueueX.DeQue<int32_t>();
+    DataCopy(yGm, xLocal, count_);
+    inQueueX.FreeTensor(xLocal);
+  }
+
+ private:
+  TQueBind<TPosition::VECIN, TPosition::VECOUT, 1> inQueueX;
+  GlobalTensor<int32_t> xGm, yGm;
+  uint32_t count_ = 0;
+};
+
+__global__ __aicore__ void copy_count_kernel(GM_ADDR x, GM_ADDR y, uint32_t count) {
+  TPipe pipe;
+  KernelCopyCount op;
+  op.Init(x, y, count, &pipe);
+  op.Process();
+}
+
+__global__ __aicore__ void ub_overflow_kernel(uint32_t bytesPerBuffer) {
+  TPipe pipe;
+  TQue<TPosition::VECIN, 1> inQueueX;
+  TQue<TPosition::VECOUT, 1> outQueueY;
+  pipe.InitBuffer(inQueueX, 2, bytesPerBuffer);
+  pipe.InitBuffer(outQueueY, 2, bytesPerBuffer);
+}
+
+// kLen int32 from x copied into a fresh buffer of `que` and enqueued; returns the (now enqueued)
+// handle, which a correct kernel must not use again before DeQue.
+__aicore__ inline LocalTensor<int32_t> CopyInEnqueued(TPipe& pipe, TQue<TPosition::VECIN, 1>& que,
+                                                      GM_ADDR x) {
+  GlobalTensor<int32_t> xGm;
+  xGm.SetGlobalBuffer((__gm__ int32_t*)x, kLen);
+  pipe.InitBuffer(que, 1, kLen * sizeof(int32_t));
+  LocalTensor<int32_t> xLocal = que.AllocTensor<int32_t>();
+  DataCopy(xLocal, xGm, kLen);
+  que.EnQue(xLocal);
+  return xLocal;
+}
+
+// Vector work on a tensor that is still enqueued (or, with `dequeue`, correctly dequeued).
+__global__ __aicore__ void use_without_deque_kernel(GM_ADDR x, uint32_t dequeue) {
+  TPipe pipe;
+  TQue<TPosition::VECIN, 1> inQueueX;
+  LocalTensor<int32_t> xLocal = CopyInEnqueued(pipe, inQueueX, x);  // still enqueued
+  if (dequeue != 0) xLocal = inQueueX.DeQue<int32_t>();
+  Adds(xLocal, xLocal, 1, kLen);
+}
+
+// Scalar read of a dequeued tensor after (or, without `freeFirst`, before) its FreeTensor.
+__global__ __aicore__ void use_after_free_kernel(GM_ADDR x, uint32_t freeFirst) {
+  TPipe pipe;
+  TQue<TPosition::VECIN, 1> inQueueX;
+  CopyInEnqueued(pipe, inQueueX, x);
+  LocalTensor<int32_t> xLocal = inQueueX.DeQue<int32_t>();
+  if (freeFirst != 0) inQueueX.FreeTensor(xLocal);
+  PipeBarrier<PIPE_ALL>();
+  const int32_t v = xLocal.GetValue(0);
+  (void)v;
+  if (freeFirst == 0) inQueueX.FreeTensor(xLocal);
+}
+
+// Two tensors enqueued into a depth-`depth` queue before the first DeQue.
+template <int32_t DEPTH>
+__global__ __aicore__ void queue_depth_kernel() {
+  TPipe pipe;
+  TQue<TPosition::VECIN, DEPTH> inQueueX;
+  pipe.InitBuffer(inQueueX, 2, kLen * sizeof(int32_t));
+  LocalTensor<int32_t> aLocal = inQueueX.template AllocTensor<int32_t>();
+  LocalTensor<int32_t> bLocal = inQueueX.template AllocTensor<int32_t>();
+  inQueueX.EnQue(aLocal);
+  inQueueX.EnQue(bLocal);
+  inQueueX.FreeTensor(inQueueX.template DeQue<int32_t>());
+  inQueueX.FreeTensor(inQueueX.template DeQue<int32_t>());
+}
+
+// Atomic add of a UB buffer into GM with element type T (int64 is the planted fault).
+template <class T>
+__global__ __aicore__ void atomic_add_kernel(GM_ADDR y) {
+  TPipe pipe;
+  TBuf<TPosition::VECOUT> bufY;
+  GlobalTensor<T> yGm;
+  yGm.SetGlobalBuffer((__gm__ T*)y, kLen * sizeof(int32_t) / sizeof(T));
+  pipe.InitBuffer(bufY, kLen * sizeof(int32_t));
+  LocalTensor<T> yLocal = bufY.Get<T>();
+  const uint32_t n = kLen * sizeof(int32_t) / sizeof(T);
+  Duplicate(yLocal, static_cast<T>(1), n);
+  PipeBarrier<PIPE_ALL>();
+  SetAtomicAdd<T>();
+  DataCopy(yGm, yLocal, n);
+  SetAtomicNone();
+}
+
+// Copies kLen int32 from x into y at element `offset`: past the end when offset > 0.
+__global__ __aicore__ void gm_bounds_kernel(GM_ADDR x, GM_ADDR y, uint32_t offset) {
+  TPipe pipe;
+  TQueBind<TPosition::VECIN, TPosition::VECOUT, 1> queBind;
+  GlobalTensor<int32_t> xGm, yGm;
+  xGm.SetGlobalBuffer((__gm__ int32_t*)x, kLen);
+  yGm.SetGlobalBuffer((__gm__ int32_t*)y, kLen);
+  pipe.InitBuffer(queBind, 1, kLen * sizeof(int32_t));
+  LocalTensor<int32_t> xLocal = queBind.AllocTensor<int32_t>();
+  DataCopy(xLocal, xGm, kLen);
+  queBind.EnQue(xLocal);
+  xLocal = queBind.DeQue<int32_t>();
+  DataCopy(yGm[offset], xLocal, kLen);
+  queBind.FreeTensor(xLocal);
+}
+
+// Scalar read of a tile right after its DataCopy, with or without a barrier.
+__global__ __aicore__ void pipe_race_kernel(GM_ADDR x, uint32_t barrier) {
+  TPipe pipe;
+  TBuf<TPosition::VECIN> bufX;
+  GlobalTensor<int32_t> xGm;
+  xGm.SetGlobalBuffer((__gm__ int32_t*)x, kLen);
+  pipe.InitBuffer(bufX, kLen * sizeof(int32_t));
+  LocalTensor<int32_t> xLocal = bufX.Get<int32_t>();
+  DataCopy(xLocal, xGm, kLen);
+  if (barrier != 0) PipeBarrier<PIPE_ALL>();
+  const int32_t v = xLocal.GetValue(3);
+  (void)v;
+}
+
+// One DataCopyPad block of `bytes` bytes GM -> UB -> GM (65536 is past blockLen's range).
+__global__ __aicore__ void pad_block_kernel(GM_ADDR x, GM_ADDR y, uint32_t bytes) {
+  TPipe pipe;
+  TQueBind<TPosition::VECIN, TPosition::VECOUT, 1> queBind;
+  GlobalTensor<uint8_t> xGm, yGm;
+  xGm.SetGlobalBuffer((__gm__ uint8_t*)x, 65536);
+  yGm.SetGlobalBuffer((__gm__ uint8_t*)y, 65536);
+  pipe.InitBuffer(queBind, 1, 65536);
+  LocalTensor<uint8_t> xLocal = queBind.AllocTensor<uint8_t>();
+  DataCopyPad(xLocal, xGm, {1, bytes, 0, 0, 0}, {false, 0, 0, 0});
+  queBind.EnQue(xLocal);
+  xLocal = queBind.DeQue<uint8_t>();
+  DataCopyPad(yGm, xLocal, {1, bytes, 0, 0, 0});
+  queBind.FreeTensor(xLocal);
+}
+
+// Scalar loop fills a VECOUT tile that MTE3 then copies out; only a barrier orders S -> MTE3.
+__global__ __aicore__ void scalar_copy_out_kernel(GM_ADDR y, uint32_t barrier) {
+  TPipe pipe;
+  TQue<TPosition::VECOUT, 1> outQueueY;
+  GlobalTensor<int32_t> yGm;
+  yGm.SetGlobalBuffer((__gm__ int32_t*)y, kLen);
+  pipe.InitBuffer(outQueueY, 1, kLen * sizeof(int32_t));
+  LocalTensor<int32_t> yLocal = outQueueY.AllocTensor<int32_t>();
+  for (uint32_t i = 0; i < kLen; ++i) yLocal.SetValue(i, static_cast<int32_t>(i));
+  if (barrier != 0) PipeBarrier<PIPE_ALL>();
+  outQueueY.EnQue(yLocal);
+  yLocal = outQueueY.DeQue<int32_t>();
+  DataCopy(yGm, yLocal, kLen);
+  outQueueY.FreeTensor(yLocal);
+}
+
+// Every core writes its index to y[core * 8], SyncAll, then checks its neighbour's entry.
+// mode 0: all cores sync (correct); 1: core 0 returns first; 2: core 0 arrives too late.
+__global__ __aicore__ void sync_all_kernel(GM_ADDR y, uint32_t mode, uint32_t lateMs) {
+  GlobalTensor<int32_t> yGm;
+  const int64_t idx = GetBlockIdx();
+  const int64_t num = GetBlockNum();
+  yGm.SetGlobalBuffer((__gm__ int32_t*)y, num * 8);
+  yGm.SetValue(idx * 8, static_cast<int32_t>(idx + 100));
+  if (mode == 1 && idx == 0) return;
+  if (mode == 2 && idx == 0) std::this_thread::sleep_for(std::chrono::milliseconds(lateMs));
+  SyncAll();
+  const int64_t next = (idx + 1) % num;
+  if (yGm.GetValue(next * 8) != next + 100) host_sim::fail("SyncAll did not order the GM writes");
+}
+
+}  // namespace
+
+namespace {
+
+std::map<std::string, std::function<void(uint32_t)>> FaultTable() {
+  using Bytes = std::vector<int32_t>;
+  auto withBuffers = [](auto body) {
+    return [body](uint32_t blockDim) {
+      Bytes x(kLen * 8, 7), y(kLen * 8, 0);
+      body(blockDim, reinterpret_cast<uint8_t*>(x.data()), reinterpret_cast<uint8_t*>(y.data()));
+    };
+  };
+  std::map<std::string, std::function<void(uint32_t)>> t;
+  t["datacopy_unaligned_length"] = withBuffers([](uint32_t b, uint8_t* x, uint8_t* y) {
+    EPLB_LAUNCH_KERNEL(copy_count_kernel, b, nullptr, x, y, 7u);  // 28 bytes
+  });
+  t["datacopy_unaligned_length_ok"] = withBuffers([](uint32_t b, uint8_t* x, uint8_t* y) {
+    EPLB_LAUNCH_KERNEL(copy_count_kernel, b, nullptr, x, y, 8u);  // 32 bytes
+  });
+  t["ub_overflow"] = [](uint32_t b) {
+    EPLB_LAUNCH_KERNEL(ub_overflow_kernel, b, nullptr, 50u * 1024u);
+  };
+  t["ub_overflow_ok"] = [](uint32_t b) {
+    EPLB_LAUNCH_KERNEL(ub_overflow_kernel, b, nullptr, 48u * 1024u);
+  };
+  t["use_without_deque"] = withBuffers([](uint32_t b, uint8_t* x, uint8_t*) {
+    EPLB_LAUNCH_KERNEL(use_without_deque_kernel, b, nullptr, x, 0u);
+  });
+  t["use_without_deque_ok"] = withBuffers([](uint32_t b, uint8_t* x, uint8_t*) {
+    EPLB_LAUNCH_KERNEL(use_without_deque_kernel, b, nullptr, x, 1u);
+  });
+  t["use_after_free"] = withBuffers([](uint32_t b, uint8_t* x, uint8_t*) {
+    EPLB_LAUNCH_KERNEL(use_after_free_kernel, b, nullptr, x, 1u);
+  });
+  t["use_after_free_ok"] = withBuffers([](uint32_t b, uint8_t* x, uint8_t*) {
+    EPLB_LAUNCH_KERNEL(use_after_free_kernel, b, nullptr, x, 0u);
+  });
+  t["queue_depth_exceeded"] = [](uint32_t b) {
+    EPLB_LAUNCH_KERNEL(queue_depth_kernel<1>, b, nullptr);
+  };
+  t["queue_depth_exceeded_ok"] = [](uint32_t b) {
+    EPLB_LAUNCH_KERNEL(queue_depth_kernel<2>, b, nullptr);
+  };
+  t["atomic_add_int64"] = withBuffers([](uint32_t b, uint8_t*, uint8_t* y) {
+    EPLB_LAUNCH_KERNEL(atomic_add_kernel<int64_t>, b, nullptr, y);
+  });
+  t["atomic_add_int64_ok"] = withBuffers([](uint32_t b, uint8_t*, uint8_t* y) {
+    EPLB_LAUNCH_KERNEL(atomic_add_kernel<int32_t>, b, nullptr, y);
+  });
+  t["gm_out_of_bounds"] = withBuffers([](uint32_t b, uint8_t* x, uint8_t* y) {
+    EPLB_LAUNCH_KERNEL(gm_bounds_kernel, b, nullptr, x, y, 8u);
+  });
+  t["gm_out_of_bounds_ok"] = withBuffers([](uint32_t b, uint8_t* x, uint8_t* y) {
+    EPLB_LAUNCH_KERNEL(gm_bounds_kernel, b, nullptr, x, y, 0u);
+  });
+  t["pipe_race"] = withBuffers([](uint32_t b, uint8_t* x, uint8_t*) {
+    EPLB_LAUNCH_KERNEL(pipe_race_kernel, b, nullptr, x, 0u);
+  });
+  t["pipe_race_ok"] = withBuffers([](uint32_t b, uint8_t* x, uint8_t*) {
+    EPLB_LAUNCH_KERNEL(pipe_race_kernel, b, nullptr, x, 1u);
+  });
+  auto padBlock = [](uint32_t bytes) {
+    return [bytes](uint32_t b) {
+      std::vector<uint8_t> x(65536, 3), y(65536, 0);
+      uint8_t* xData = x.data();
+      uint8_t* yData = y.data();
+      EPLB_LAUNCH_KERNEL(pad_block_kernel, b, nullptr, xData, yData, bytes);
+      if (y[bytes - 1] != 3) host_sim::fail("DataCopyPad lost data");
+    };
+  };
+  t["datacopypad_block_too_long"] = padBlock(65536);
+  t["datacopypad_block_too_long_ok"] = padBlock(65535);
+  t["scalar_copy_out_race"] = withBuffers([](uint32_t b, uint8_t*, uint8_t* y) {
+    EPLB_LAUNCH_KERNEL(scalar_copy_out_kernel, b, nullptr, y, 0u);
+  });
+  t["scalar_copy_out_race_ok"] = withBuffers([](uint32_t b, uint8_t*, uint8_t* y) {
+    EPLB_LAUNCH_KERNEL(scalar_copy_out_kernel, b, nullptr, y, 1u);
+  });
+  t["syncall_missing_core"] = withBuffers([](uint32_t b, uint8_t*, uint8_t* y) {
+    EPLB_LAUNCH_KERNEL(sync_all_kernel, b, nullptr, y, 1u, 0u);
+  });
+  t["syncall_timeout"] = withBuffers([](uint32_t b, uint8_t*, uint8_t* y) {
+    const uint32_t late = static_cast<uint32_t>(host_sim::config().syncAllTimeoutMs) * 3;
+    EPLB_LAUNCH_KERNEL(sync_all_kernel, b, nullptr, y, 2u, late);
+  });
+  t["syncall_ok"] = withBuffers([](uint32_t b, uint8_t*, uint8_t* y) {
+    EPLB_LAUNCH_KERNEL(sync_all_kernel, b, nullptr, y, 0u, 0u);
+  });
+  return t;
+}
+
+}  // namespace
+
+std::vector<std::string> FaultKernelNames() {
+  std::vector<std::string> names;
+  for (const auto& kv : FaultTable()) names.push_back(kv.first);
+  return names;
+}
+
+void RunFaultKernel(const std::string& name, uint32_t blockDim) {
+  const auto table = FaultTable();
+  const auto it = table.find(name);
+  if (it == table.end()) throw std::invalid_argument("unknown fault kernel " + name);
+  it->second(blockDim);
+}

@@ -1,0 +1,271 @@
+"""The AscendC kernels, run unchanged on the host emulation, against the op semantics.
+
+Sizes are chosen to hit what breaks kernels: one core, more cores than work, tails that are not
+a multiple of 32 bytes, several tiles per core, all padding, empty inputs, int8 weights with
+float32 scales. Integers are compared exactly.
+"""
+
+from __future__ import annotations
+
+import ascendc_expected as expected
+import numpy as np
+import pytest
+import torch
+
+KIB = 1024
+
+
+def random_shares(rng, log2phy, logcnt):
+    share = np.zeros(log2phy.shape, dtype=np.float32)
+    for e, cnt in enumerate(logcnt):
+        w = rng.random(cnt).astype(np.float32) + np.float32(0.05)
+        share[e, :cnt] = w / w.sum(dtype=np.float32)
+    return share
+
+
+ROUTE_CASES = [
+    # N, K, E, P, R, id dtype, shares, cores, H, L, padding fraction, ub bytes
+    pytest.param(1, 1, 1, 1, 1, np.int32, False, 1, 1, 1, 0.0, 192 * KIB, id="one-of-everything"),
+    pytest.param(
+        3, 2, 5, 7, 3, np.int32, False, 8, 2, 1, 0.2, 192 * KIB, id="more-cores-than-tokens"
+    ),
+    pytest.param(37, 3, 13, 17, 4, np.int32, True, 4, 3, 2, 0.1, 192 * KIB, id="odd-tails-shares"),
+    pytest.param(37, 3, 13, 17, 4, np.int64, False, 3, 3, 2, 0.1, 192 * KIB, id="odd-tails-int64"),
+    pytest.param(1000, 8, 61, 67, 3, np.int32, True, 2, 4, 3, 0.05, 192 * KIB, id="tiles-per-core"),
+    pytest.param(
+        501, 5, 31, 40, 2, np.int64, False, 5, 5, 1, 0.3, 8 * KIB, id="small-ub-many-tiles"
+    ),
+    pytest.param(64, 4, 7, 7, 1, np.int32, False, 4, 2, 1, 1.0, 192 * KIB, id="all-padding"),
+    # tables and histogram longer than one 32 KiB DataCopyPad chunk
+    pytest.param(
+        300, 4, 1100, 9000, 9, np.int32, True, 3, 2, 1, 0.1, 192 * KIB, id="tables-over-32KiB"
+    ),
+    pytest.param(0, 8, 9, 12, 2, np.int32, False, 4, 2, 1, 0.0, 192 * KIB, id="empty-batch"),
+]
+
+
+@pytest.mark.parametrize(
+    ("n", "k", "e", "p", "r", "id_dtype", "shares", "cores", "h", "layers", "pad", "ub"),
+    ROUTE_CASES,
+)
+def test_route_and_count_matches_reference(
+    sim, *, n, k, e, p, r, id_dtype, shares, cores, h, layers, pad, ub
+):
+    rng = np.random.default_rng(n * 1000 + p)
+    log2phy, logcnt = expected.random_tables(rng, e, p, r)
+    share = random_shares(rng, log2phy, logcnt) if shares else None
+    topk = rng.integers(0, e, size=(n, k)).astype(id_dtype)
+    topk[rng.random((n, k)) < pad] = -1
+    ring = rng.integers(0, 50, size=(h, layers, p)).astype(np.int32)
+    layer = layers - 1
+    step_value = 2**33 + 12345  # wraps in the rule's uint32 arithmetic
+    step = np.array([step_value], dtype=np.int64)
+    phy = np.full((n, k), -7, dtype=id_dtype)
+
+    want_ring = ring.copy()
+    want_phy = expected.route_and_count(
+        topk, log2phy, logcnt, share, want_ring[:, layer, :], step=step_value
+    )
+    sim.route_and_count(
+        topk, log2phy, logcnt, share, ring[:, layer, :], step, phy, core_num=cores, ub_bytes=ub
+    )
+
+    if n > 0:
+        np.testing.assert_array_equal(phy, want_phy)
+    np.testing.assert_array_equal(ring, want_ring)  # other rows and layers untouched
+    assert ring[step_value % h, layer].sum() - want_ring[step_value % h, layer].sum() == 0
+
+
+def test_route_and_count_idle_cores_touch_nothing(sim):
+    """Launching more cores than the tiling uses: the extra cores must not count or write."""
+    rng = np.random.default_rng(3)
+    log2phy, logcnt = expected.random_tables(rng, 4, 6, 2)
+    topk = rng.integers(-1, 4, size=(5, 2)).astype(np.int32)
+    heat = np.zeros((2, 6), dtype=np.int32)
+    phy = np.zeros((5, 2), dtype=np.int32)
+    step = np.array([1], dtype=np.int64)
+    want_heat = heat.copy()
+    want_phy = expected.route_and_count(topk, log2phy, logcnt, None, want_heat, step=1)
+    used = sim.route_and_count(
+        topk, log2phy, logcnt, None, heat, step, phy, core_num=8, block_dim=6
+    )
+    assert used == 6
+    np.testing.assert_array_equal(phy, want_phy)
+    np.testing.assert_array_equal(heat, want_heat)
+
+
+def test_route_and_count_large_batch_uses_every_core(sim):
+    """8192 tokens x top-8 on 40 cores: 40 ranges of 1640 ids (tails in the last one)."""
+    rng = np.random.default_rng(8)
+    log2phy, logcnt = expected.random_tables(rng, 256, 320, 4)
+    topk = rng.integers(-1, 256, size=(8192, 8)).astype(np.int32)
+    heat = np.zeros((2, 320), dtype=np.int32)
+    phy = np.zeros_like(topk)
+    step = np.array([3], dtype=np.int64)
+    want_heat = heat.copy()
+    want_phy = expected.route_and_count(topk, log2phy, logcnt, None, want_heat, step=3)
+    assert sim.route_and_count(topk, log2phy, logcnt, None, heat, step, phy, core_num=40) == 40
+    np.testing.assert_array_equal(phy, want_phy)
+    np.testing.assert_array_equal(heat, want_heat)
+    assert heat.sum() == np.count_nonzero(topk >= 0)
+
+
+def test_route_and_count_accumulates_over_steps(sim):
+    rng = np.random.default_rng(11)
+    log2phy, logcnt = expected.random_tables(rng, 6, 10, 3)
+    heat = np.zeros((3, 10), dtype=np.int32)
+    want = heat.copy()
+    for s in range(7):
+        topk = rng.integers(-1, 6, size=(19, 2)).astype(np.int64)
+        phy = np.zeros_like(topk)
+        want_phy = expected.route_and_count(topk, log2phy, logcnt, None, want, step=s)
+        sim.route_and_count(
+            topk, log2phy, logcnt, None, heat, np.array([s], dtype=np.int64), phy, core_num=3
+        )
+        np.testing.assert_array_equal(phy, want_phy)
+    np.testing.assert_array_equal(heat, want)
+    assert heat.sum() == want.sum()
+
+
+def test_route_and_count_rejects_tables_larger_than_ub(sim):
+    log2phy = np.zeros((4096, 16), dtype=np.int32)
+    logcnt = np.ones(4096, dtype=np.int32)
+    with pytest.raises(
+        ValueError, match=r"need .* bytes of Unified Buffer, expected at most 196608"
+    ):
+        sim.route_and_count(
+            np.zeros((4, 2), np.int32),
+            log2phy,
+            logcnt,
+            log2phy.astype(np.float32),
+            np.zeros((1, 8192), np.int32),
+            np.zeros(1, np.int64),
+            np.zeros((4, 2), np.int32),
+        )
+
+
+def test_replica_rule_copy_matches_common_header(sim):
+    rng = np.random.default_rng(5)
+    rows, r = 6, 5
+    shares = rng.random((rows, r)).astype(np.float32)
+    shares /= shares.sum(axis=1, keepdims=True, dtype=np.float32)
+    shares[0] = [1.0, 0.0, 0.0, 0.0, 0.0]
+    shares[1] = [0.0, 0.0, 0.5, 0.5, 0.0]
+    shares[2] = np.float32(0.2)  # sums to 1 only up to rounding
+    steps = np.array([0, 1, 7, 2**31 - 1, 2**32 + 3, 2**40 + 17], dtype=np.int64)
+    tokens = np.array([1, 3, 4096, 7, 65537, 513], dtype=np.int64)
+    assert sim.count_rule_mismatches(np.ascontiguousarray(shares), steps, tokens) == 0
+
+
+GROUP_CASES = [
+    # S_local, dtype, cumulative, slot offset, P, cores
+    pytest.param(1, np.int32, False, 0, 1, 1, id="one-slot"),
+    pytest.param(5, np.int64, True, 3, 11, 8, id="cumulative-offset"),
+    pytest.param(13, np.int32, True, 0, 13, 2, id="whole-row"),
+    pytest.param(3000, np.int32, False, 17, 3100, 8, id="three-cores"),
+    pytest.param(5000, np.int64, True, 0, 5003, 1, id="tiles-per-core"),
+    pytest.param(2500, np.int64, True, 1, 2600, 3, id="cumulative-across-cores"),
+]
+
+
+@pytest.mark.parametrize(("s", "dtype", "cumulative", "offset", "p", "cores"), GROUP_CASES)
+def test_count_from_group_list_matches_reference(sim, *, s, dtype, cumulative, offset, p, cores):
+    rng = np.random.default_rng(s + p)
+    counts = rng.integers(0, 40, size=s)
+    group_list = (np.cumsum(counts) if cumulative else counts).astype(dtype)
+    ring = rng.integers(0, 9, size=(3, 2, p)).astype(np.int32)
+    step = 4
+    want = ring.copy()
+    expected.count_from_group_list(group_list, want[:, 1, :], step, offset, cumulative)
+    sim.count_from_group_list(
+        group_list, ring[:, 1, :], np.array([step], np.int64), offset, cumulative, core_num=cores
+    )
+    np.testing.assert_array_equal(ring, want)
+
+
+def test_count_from_group_list_empty_and_bad_offset(sim):
+    heat = np.zeros((2, 4), dtype=np.int32)
+    assert (
+        sim.count_from_group_list(np.zeros(0, np.int32), heat, np.zeros(1, np.int64), 4, False) == 0
+    )
+    assert not heat.any()
+    with pytest.raises(
+        ValueError, match=r"slot_offset \+ S_local <= P=4, got slot_offset=2 S_local=3"
+    ):
+        sim.count_from_group_list(np.ones(3, np.int32), heat, np.zeros(1, np.int64), 2, False)
+
+
+def test_count_from_group_list_negative_count_adds_nothing(sim):
+    """Device backends cannot check values; a decreasing cumulative list must not corrupt heat."""
+    heat = np.zeros((1, 3), dtype=np.int32)
+    sim.count_from_group_list(np.array([5, 3, 9], np.int32), heat, np.zeros(1, np.int64), 0, True)
+    np.testing.assert_array_equal(heat, [[5, 0, 6]])
+
+
+def _bytes2d(t: torch.Tensor) -> np.ndarray:
+    """[rows, bytes] uint8 numpy view sharing t's storage (any dtype, incl. bf16)."""
+    row_bytes = int(np.prod(t.shape[1:])) * t.element_size()
+    return t.view(torch.uint8).reshape(t.shape[0], row_bytes).numpy()
+
+
+@pytest.mark.parametrize("slot_dtype", [np.int64, np.int32])
+@pytest.mark.parametrize(
+    ("num_slots", "moved", "cores"), [(6, 3, 4), (1, 1, 1), (5, 5, 8), (4, 0, 2)]
+)
+def test_update_expert_weights_matches_reference(sim, slot_dtype, num_slots, moved, cores):
+    gen = torch.Generator().manual_seed(num_slots * 10 + moved)
+    shapes = {
+        "w13_int8": ((num_slots, 7, 129), torch.int8),  # 903-byte rows: unaligned tails and starts
+        "w13_scale": ((num_slots, 7), torch.float32),  # 28-byte rows
+        "w2_bf16": ((num_slots, 64), torch.bfloat16),  # 128-byte rows: whole aligned tiles
+        "w_big": ((num_slots, 70001), torch.uint8),  # > 64 KiB: two tiles, odd tail
+    }
+    weights, staged = [], []
+    for shape, dtype in shapes.values():
+        w = torch.randint(-100, 100, shape, generator=gen).to(dtype)
+        s = torch.randint(-100, 100, (moved, *shape[1:]), generator=gen).to(dtype)
+        weights.append(w)
+        staged.append(s)
+    slots = torch.randperm(num_slots, generator=gen)[:moved].numpy().astype(slot_dtype)
+    want = [w.clone() for w in weights]
+    for w, s in zip(want, staged, strict=True):
+        w[torch.from_numpy(slots.astype(np.int64))] = s
+    sim.update_expert_weights(
+        [_bytes2d(w) for w in weights], [_bytes2d(s) for s in staged], slots, core_num=cores
+    )
+    for got, exp in zip(weights, want, strict=True):
+        assert torch.equal(got.view(torch.uint8), exp.view(torch.uint8))
+
+
+def test_update_expert_weights_skips_out_of_range_slot(sim):
+    w = np.arange(4 * 40, dtype=np.uint8).reshape(4, 40)
+    s = np.full((2, 40), 255, dtype=np.uint8)
+    before = w.copy()
+    sim.update_expert_weights([w], [s], np.array([9, 1], dtype=np.int64))
+    before[1] = 255
+    np.testing.assert_array_equal(w, before)
+
+
+@pytest.mark.parametrize(
+    ("num_experts", "r", "optional"),
+    [(1, 1, ()), (7, 3, ("share", "map")), (5, 2, ("map",)), (257, 9, ("share", "map"))],
+)
+def test_update_expert_map_overwrites_in_place(sim, num_experts, r, optional):
+    """log2phy and logcnt always; replica_share and expert_map each when given (2-4 tables)."""
+    rng = np.random.default_rng(num_experts)
+    dst = [np.zeros((num_experts, r), np.int32), np.zeros(num_experts, np.int32)]
+    src = [
+        rng.integers(-1, 99, (num_experts, r)).astype(np.int32),
+        rng.integers(1, r + 1, num_experts).astype(np.int32),
+    ]
+    if "share" in optional:
+        dst.append(np.zeros((num_experts, r), np.float32))
+        src.append(rng.random((num_experts, r)).astype(np.float32))
+    if "map" in optional:
+        dst.append(np.zeros(num_experts, np.int32))
+        src.append(rng.integers(-1, 5, num_experts).astype(np.int32))
+    ids = [id(d) for d in dst]
+    assert sim.update_expert_map(dst, src) == len(dst)
+    for d, s in zip(dst, src, strict=True):
+        np.testing.assert_array_equal(d, s)
+    assert [id(d) for d in dst] == ids

@@ -1,0 +1,107 @@
+"""The four ops on an Ascend NPU (PrivateUse1 kernels) against the host expectations.
+
+Runs only where torch_npu, CANN and a device are present and eplb_rt was built with the NPU
+backend; everywhere else it is skipped (marker ``npu``). Sizes mirror the emulation tests.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import ascendc_expected as expected
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.npu
+
+
+@pytest.fixture(scope="module")
+def npu():
+    if importlib.util.find_spec("torch_npu") is None:
+        pytest.skip("torch_npu is not installed")
+    import torch_npu  # noqa: F401  (registers the npu device)
+
+    if not torch.npu.is_available():
+        pytest.skip("no Ascend device")
+    import eplb_rt.ops  # noqa: F401  (loads eplb_rt._C and its schemas)
+
+    return torch.device("npu")
+
+
+@pytest.mark.parametrize("id_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize(
+    ("n", "k", "e", "p", "r"), [(1, 1, 1, 1, 1), (37, 3, 13, 17, 4), (4096, 8, 61, 67, 3)]
+)
+def test_route_and_count_on_npu(npu, *, id_dtype, n, k, e, p, r):
+    rng = np.random.default_rng(n + p)
+    log2phy, logcnt = expected.random_tables(rng, e, p, r)
+    topk = rng.integers(-1, e, size=(n, k))
+    ring = np.zeros((4, 2, p), dtype=np.int32)
+    step = 6
+    want = ring.copy()
+    topk_np = topk.astype(np.int32 if id_dtype == torch.int32 else np.int64)
+    want_phy = expected.route_and_count(topk_np, log2phy, logcnt, None, want[:, 1, :], step=step)
+
+    heat = torch.from_numpy(ring).to(npu)
+    phy = torch.full((n, k), -1, dtype=id_dtype, device=npu)
+    torch.ops.eplb_rt.route_and_count(
+        torch.from_numpy(topk_np).to(npu),
+        torch.from_numpy(log2phy).to(npu),
+        torch.from_numpy(logcnt).to(npu),
+        None,
+        heat[:, 1, :],
+        torch.tensor([step], dtype=torch.int64, device=npu),
+        phy,
+    )
+    np.testing.assert_array_equal(phy.cpu().numpy(), want_phy)
+    np.testing.assert_array_equal(heat.cpu().numpy(), want)
+
+
+@pytest.mark.parametrize("cumulative", [False, True])
+def test_count_from_group_list_on_npu(npu, cumulative):
+    rng = np.random.default_rng(1)
+    counts = rng.integers(0, 50, size=16)
+    group_list = (np.cumsum(counts) if cumulative else counts).astype(np.int64)
+    ring = np.zeros((3, 40), dtype=np.int32)
+    want = ring.copy()
+    expected.count_from_group_list(group_list, want, 2, 5, cumulative)
+    heat = torch.from_numpy(ring).to(npu)
+    torch.ops.eplb_rt.count_from_group_list(
+        torch.from_numpy(group_list).to(npu),
+        heat,
+        torch.tensor([2], dtype=torch.int64, device=npu),
+        5,
+        cumulative,
+    )
+    np.testing.assert_array_equal(heat.cpu().numpy(), want)
+
+
+def test_update_expert_weights_and_map_on_npu(npu):
+    gen = torch.Generator().manual_seed(0)
+    w13 = torch.randint(-100, 100, (6, 7, 129), generator=gen, dtype=torch.int8)
+    scale = torch.rand((6, 7), generator=gen)
+    staged = [
+        torch.randint(-100, 100, (2, 7, 129), generator=gen, dtype=torch.int8),
+        torch.rand((2, 7)),
+    ]
+    slots = torch.tensor([4, 1])
+    want = [w13.clone(), scale.clone()]
+    for w, s in zip(want, staged, strict=True):
+        w[slots] = s
+    weights = [w13.to(npu), scale.to(npu)]
+    ptrs = [w.data_ptr() for w in weights]
+    torch.ops.eplb_rt.update_expert_weights_(weights, [s.to(npu) for s in staged], slots.to(npu))
+    assert [w.data_ptr() for w in weights] == ptrs
+    for got, exp in zip(weights, want, strict=True):
+        assert torch.equal(got.cpu(), exp)
+
+    log2phy = torch.zeros((5, 2), dtype=torch.int32, device=npu)
+    logcnt = torch.zeros(5, dtype=torch.int32, device=npu)
+    new_log2phy = torch.tensor([[0, -1], [1, 2], [3, -1], [4, -1], [5, -1]], dtype=torch.int32)
+    new_logcnt = torch.tensor([1, 2, 1, 1, 1], dtype=torch.int32)
+    torch.ops.eplb_rt.update_expert_map_(
+        log2phy, logcnt, None, None, new_log2phy.to(npu), new_logcnt.to(npu), None, None
+    )
+    assert torch.equal(log2phy.cpu(), new_log2phy)
+    assert torch.equal(logcnt.cpu(), new_logcnt)
