@@ -36,9 +36,10 @@ class EplbConfig:
         deadline: steps after the gather by which the plan must be ready on every rank; a late
             plan is skipped (logged), never waited for. ``1 <= deadline < interval``.
         threshold: a layer is re-deployed only when its PAR on the gathered heat is above this
-            (``>= 1``; 1.0 re-deploys every layer that improves).
+            (``>= 1``; 1.0 lets every layer through).
         hysteresis: ... and only when the new placement lowers that PAR by at least this
-            fraction (``[0, 1)``), so small gains do not cost a migration.
+            fraction (``[0, 1)``), so small gains do not cost a migration; 0 takes the policy's
+            plan for every layer that passes the threshold.
         heat_source: ``"topk"`` (sender side, counted by ``route``; all-reduced) or
             ``"group_list"`` (receiver side, counted by ``record``; all-gathered).
         count_steps: which steps feed the heat: ``"all"``, ``"prefill"`` or ``"decode"``

@@ -133,6 +133,8 @@ class ExpertParallelMoE:
         self.use_group_list = runtime is not None and runtime.config.heat_source == "group_list"
         self.rank_tokens = torch.zeros((cfg.num_layers, self.num_ranks), dtype=torch.int64)
         """``[L, D]`` pairs this rank sent to each rank in the last forward (for PAR reports)."""
+        self.expert_tokens = torch.zeros((cfg.num_layers, cfg.num_experts), dtype=torch.int64)
+        """``[L, E]`` pairs this rank routed to each logical expert in the last forward."""
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -143,6 +145,9 @@ class ExpertParallelMoE:
                 logits = logits + bias[layer]
             top_logits, topk_ids = torch.topk(logits, self.cfg.top_k, dim=-1)
             gate = torch.softmax(top_logits, dim=-1)
+            self.expert_tokens[layer] = torch.bincount(
+                topk_ids.reshape(-1), minlength=self.cfg.num_experts
+            ).cpu()
             phy = self._physical(layer, topk_ids)
             x = x + self._experts(layer, x, phy, gate)
         return x
@@ -211,10 +216,9 @@ class ExpertParallelMoE:
 
 
 def _mlp(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, exact: bool) -> torch.Tensor:
-    """``silu(x @ w1) @ w2`` for ``x [n, hidden]``. ``exact`` reduces each row on its own (a
-    broadcast multiply and a sum over the inner axis) instead of a GEMM, whose blocking, and so
-    its rounding, depends on ``n``."""
+    """``silu(x @ w1) @ w2`` for ``x [n, hidden]``. ``exact`` runs one row at a time (always the
+    same kernel call on the same shape), since a GEMM's blocking, and so its rounding, may depend
+    on ``n``."""
     if not exact:
         return F.silu(x @ w1) @ w2
-    h = F.silu((x.unsqueeze(2) * w1).sum(dim=1))
-    return (h.unsqueeze(2) * w2).sum(dim=1)
+    return torch.cat([F.silu(row @ w1) @ w2 for row in x.split(1)])

@@ -146,9 +146,11 @@ class Balancer:
         with self._lock:
             return self._results.get(epoch)
 
-    def discard(self, epoch: int) -> None:
+    def discard_through(self, epoch: int) -> None:
+        """Forget the results of ``epoch`` and every earlier one (late plans included)."""
         with self._lock:
-            self._results.pop(epoch, None)
+            for old in [e for e in self._results if e <= epoch]:
+                del self._results[old]
 
     def idle(self) -> bool:
         return self._jobs.unfinished_tasks == 0
@@ -173,7 +175,7 @@ class Balancer:
                 result = self._run(job)
                 self.busy_s += time.perf_counter() - started
                 with self._lock:
-                    self._results[result.epoch] = result
+                    self._results[job.epoch] = result
             except Exception:
                 log.exception("balancer job failed")
             finally:
@@ -254,17 +256,19 @@ class Balancer:
     def _layers_worth_moving(
         self, previous: Placement, new: Placement, load: np.ndarray
     ) -> list[int]:
-        """Layers above the threshold whose PAR the new placement lowers by the hysteresis."""
+        """Changed layers whose PAR is above the threshold and that the new placement improves
+        by the hysteresis (``threshold=1`` and ``hysteresis=0`` take every changed layer)."""
+        threshold, hysteresis = self.config.threshold, self.config.hysteresis
+        changed = new.changed_layers(previous).tolist()
+        if threshold <= 1.0 and hysteresis <= 0.0:
+            return changed
         before = metrics.par(previous, load)
         after = metrics.par(new, load)
-        changed = set(new.changed_layers(previous).tolist())
         keep = []
-        for layer in range(previous.num_layers):
-            if layer not in changed or np.isnan(before[layer]):
+        for layer in changed:
+            if np.isnan(before[layer]) or before[layer] <= threshold:
                 continue
-            if before[layer] <= self.config.threshold:
-                continue
-            if after[layer] > before[layer] * (1.0 - self.config.hysteresis):
+            if hysteresis > 0.0 and after[layer] > before[layer] * (1.0 - hysteresis):
                 continue
             keep.append(layer)
         return keep

@@ -334,7 +334,7 @@ class EplbRuntime:
         """At the deadline: go ahead only if every rank holds the same finished plan."""
         self._pending = None
         result: PlanResult | None = self.balancer.result(job.epoch)
-        self.balancer.discard(job.epoch)
+        self.balancer.discard_through(job.epoch)
         mine = [result.epoch, result.status, result.digest] if result else [-1, -1, -1]
         low, high = self._agree(mine)
         if low[0] == -1:

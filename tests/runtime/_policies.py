@@ -1,0 +1,43 @@
+"""Policies for the runtime tests, registered under ``rt_test_*`` names.
+
+``rt_test_shift`` moves every layer's slots one position along the physical ids (trying further
+shifts until the placement is valid), so every plan migrates experts within and across ranks;
+``rt_test_raise`` always raises. Both are deterministic, as the registry requires.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from eplb_rt.algorithms import policy_names, register
+from eplb_rt.placement import Placement
+
+
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+    pass
+
+
+def _shift(load, previous, topo, opts):
+    base = (
+        previous.phy2log
+        if previous is not None
+        else np.tile(np.arange(topo.num_slots) % load.shape[2], (load.shape[1], 1))
+    )
+    for shift in range(1, topo.num_slots):
+        try:
+            return Placement(np.roll(base, shift, axis=1), load.shape[2], topo.num_ranks)
+        except ValueError:
+            continue
+    raise ValueError("no valid shift")
+
+
+def _raise(load, previous, topo, opts):
+    raise RuntimeError("rt_test_raise always fails")
+
+
+if "rt_test_shift" not in policy_names():
+    register("rt_test_shift", NoOptions, "test: roll slots by one")(_shift)
+    register("rt_test_raise", NoOptions, "test: always raises")(_raise)
