@@ -53,6 +53,10 @@ class EplbConfig:
         num_nodes: nodes the ranks are spread over (ranks are node-major); migration prefers a
             source on the receiver's node.
         warm_up: compile the policy's numba kernels in the background thread at start.
+        plan_in_subprocess: run the policy in a child process (spawned once, at start) instead of
+            the balancer thread, so the policy's Python parts never hold the serving thread's
+            GIL; costs one process and pickling the load and the placement per plan. The policy
+            must be registered by importing ``eplb_rt.algorithms``.
     """
 
     policy: str = "default"
@@ -73,6 +77,7 @@ class EplbConfig:
     transfer_timeout_s: float = 60.0
     num_nodes: int = 1
     warm_up: bool = True
+    plan_in_subprocess: bool = False
 
     def __post_init__(self) -> None:
         from eplb_rt.algorithms import policy_names
@@ -128,8 +133,9 @@ class EplbConfig:
             raise TypeError(f"EplbConfig.export_dir must be a path, got {self.export_dir!r}")
         _check_float("transfer_timeout_s", self.transfer_timeout_s, 0.0, math.inf, open_low=True)
         _check_int("num_nodes", self.num_nodes, 1)
-        if not isinstance(self.warm_up, bool):
-            raise TypeError(f"EplbConfig.warm_up must be a bool, got {self.warm_up!r}")
+        for name in ("warm_up", "plan_in_subprocess"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"EplbConfig.{name} must be a bool, got {getattr(self, name)!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, env: bool = False) -> EplbConfig:

@@ -18,8 +18,10 @@ and the ranks agree (``EplbRuntime``) whether everyone holds the same plan.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
+import multiprocessing
 import queue
 import threading
 import time
@@ -105,7 +107,7 @@ class Balancer:
     Args:
         config: the runtime's config.
         topology: ranks, slots, nodes.
-        num_experts: ``E``.
+        num_layers: ``L``; num_experts: ``E``.
         rank: this rank's index in the group (rank 0 plans).
         group: the balancer's gloo group (``None``: single process).
         current_step: callable giving the serving thread's host step (to detect late plans).
@@ -115,6 +117,7 @@ class Balancer:
         self,
         config: EplbConfig,
         topology: Topology,
+        num_layers: int,
         num_experts: int,
         *,
         rank: int,
@@ -123,6 +126,7 @@ class Balancer:
     ) -> None:
         self.config = config
         self.topology = topology
+        self._num_layers = num_layers
         self.num_experts = num_experts
         self.rank = rank
         self.group = group
@@ -133,6 +137,8 @@ class Balancer:
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._results: dict[int, PlanResult] = {}
         self._lock = threading.Lock()
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self.ready = threading.Event()  # set once the warm-up is done
         self.busy_s = 0.0
         self._thread = threading.Thread(target=self._loop, name="eplb-balancer", daemon=True)
         self._thread.start()
@@ -158,14 +164,32 @@ class Balancer:
     def shutdown(self, timeout: float = 30.0) -> None:
         self._jobs.put(None)
         self._thread.join(timeout)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ thread side
     def _loop(self) -> None:
-        if self.config.warm_up and self._spec.warm_up is not None:
+        # Only rank 0 plans, so only it needs the child process and the compiled kernels.
+        if self.rank == 0 and self.config.plan_in_subprocess:
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn")
+            )
+        if self.rank == 0 and self.config.warm_up:
             try:
-                self._spec.warm_up()
+                # Compile, then plan once on a flat load of the real shape: the first call also
+                # pays imports and caches that the numba warm-up does not touch.
+                flat = np.ones((1, self._num_layers, self.num_experts))
+                start = Placement.initial(self._num_layers, self.num_experts, self.topology)
+                args = (self.config.policy, flat, self.topology, start, self._options)
+                if self._pool is not None:
+                    self._pool.submit(registry.warm_up, [self.config.policy]).result()
+                    self._pool.submit(registry.plan, *args).result()
+                else:
+                    self._spec.warm_up()
+                    registry.plan(*args)
             except Exception:
                 log.exception("policy %s warm-up failed", self.config.policy)
+        self.ready.set()
         while True:
             job = self._jobs.get()
             try:
@@ -236,7 +260,11 @@ class Balancer:
             if heat.shape[0] == 0 or not heat.any():
                 return PLAN_UNCHANGED, None, 0.0, "no heat recorded", ()
             load = heat_to_load(heat, job.row_phy2log, self.num_experts)
-            new = registry.plan(self.config.policy, load, self.topology, previous, self._options)
+            args = (self.config.policy, load, self.topology, previous, self._options)
+            if self._pool is not None:
+                new = self._pool.submit(registry.plan, *args).result()
+            else:
+                new = registry.plan(*args)
             layers = self._layers_worth_moving(previous, new, load.sum(axis=0))
         except Exception as err:
             log.warning(

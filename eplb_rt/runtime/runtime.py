@@ -148,6 +148,7 @@ class EplbRuntime:
         self.balancer = Balancer(
             config,
             self.topology,
+            num_layers,
             num_experts,
             rank=self.rank,
             group=self._balancer_group,
@@ -470,15 +471,18 @@ class EplbRuntime:
         return self._pending is not None or self._current is not None
 
     def stats(self) -> dict:
-        """Counters for reports: steps, rebalances, skipped plans, errors, moves."""
+        """Counters for reports: steps, rebalances (finished, and the one under way), skipped
+        plans, errors, and the moves committed so far."""
+        committed = self.rebalances + ([self._current] if self._current is not None else [])
         return {
             "steps": self.recorder.host_step,
             "epochs": self._epoch,
             "rebalances": [dict(dataclasses.asdict(r), steps=r.steps) for r in self.rebalances],
+            "in_progress": None if self._current is None else dataclasses.asdict(self._current),
             "skipped": list(self.skipped),
             "errors": list(self.errors),
-            "moved_experts": sum(r.moved_experts for r in self.rebalances),
-            "bytes_moved": sum(r.bytes_moved for r in self.rebalances),
+            "moved_experts": sum(r.moved_experts for r in committed),
+            "bytes_moved": sum(r.bytes_moved for r in committed),
             "plan_time_s": [r.plan_time_s for r in self.rebalances],
             "balancer_busy_s": self.balancer.busy_s,
         }
