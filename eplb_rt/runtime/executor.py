@@ -190,6 +190,8 @@ class MigrationExecutor:
         if transfer.error is not None:
             return transfer.error
         try:
+            # On a device backend (NCCL/HCCL) wait() makes the current (serving) stream wait for
+            # the transfer, sends included, so the commit cannot overwrite a slot still sending.
             for work in transfer.works:
                 if not work.wait(self.timeout):
                     return f"layer {transfer.migration.layer}: transfer timed out"

@@ -41,6 +41,7 @@ class HeatRecorder:
         self._row_phy2log = np.zeros((history, num_layers, num_slots), dtype=np.int32)
         self._row_counts = np.zeros(history, dtype=bool)
         self._snapshot_stream = device.new_stream()
+        self._snapshot_done: Event | None = None
 
     def layer_heat(self, layer: int) -> torch.Tensor:
         """``[H, P]`` view of one layer (row stride ``L * P``), what the kernels write."""
@@ -89,6 +90,8 @@ class HeatRecorder:
         self._row_phy2log[row] = phy2log
         self._row_counts[row] = counts
         self.host_step += 1
+        # A snapshot still copying on its side stream must not see the row zeroed under it.
+        self.device.wait_event(self._snapshot_done)
         self.step_counter.add_(1)
         torch.remainder(self.step_counter, self.history, out=self._next_row)
         self.heat.index_fill_(0, self._next_row, 0)
@@ -107,6 +110,7 @@ class HeatRecorder:
         with self.device.on_stream(self._snapshot_stream):
             host.copy_(self.heat, non_blocking=self.device.has_streams)
             done = self.device.record_event(self._snapshot_stream)
+        self._snapshot_done = done
         order = (np.arange(self.history) + self.host_step + 1) % self.history
         rows = order[self._row_counts[order]]
         return host, done, self._row_phy2log[rows].copy(), rows
