@@ -154,20 +154,20 @@ def measure_background_inflation(
     return out
 
 
-def _layer_setup():
+def _layer_setup(tokens: int = LAYER_TOKENS):
     config = EplbConfig(interval=0, history=64, episode=8, warm_up=False)
     runtime = EplbRuntime(config, 1, LAYER.num_experts)
     baseline = ExpertParallelMoE(LAYER)
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn((LAYER_TOKENS, LAYER.hidden), generator=gen)
+    x = torch.randn((tokens, LAYER.hidden), generator=gen)
     topk_ids = torch.topk(x @ baseline.router[0], LAYER.top_k, dim=-1).indices
     return runtime, baseline, x, topk_ids
 
 
-def measure_recording_cost(repeats: int = 30) -> dict:
+def measure_recording_cost(tokens: int = LAYER_TOKENS, repeats: int = 30) -> dict:
     """Median ``route`` time against the median forward of one MoE layer (no EPLB)."""
     torch.set_num_threads(1)
-    runtime, baseline, x, topk_ids = _layer_setup()
+    runtime, baseline, x, topk_ids = _layer_setup(tokens)
     out = torch.empty_like(topk_ids)
     route = _timed(lambda: runtime.route(0, topk_ids, out=out), repeats * 20)
     layer = _timed(lambda: baseline(x), repeats)
@@ -237,9 +237,10 @@ if __name__ == "__main__":
                 f"{bg['idle_mean_ms']:.2f} -> {bg['busy_mean_ms']:.2f} ms "
                 f"({bg['inflation_mean'] * 100:+.2f}%), {bg['plans']} plans"
             )
-    rec = measure_recording_cost()
-    print(
-        f"recording: route {rec['route_us']:.1f} us for {rec['pairs']} pairs vs MoE layer "
-        f"{rec['layer_us']:.0f} us ({LAYER_TOKENS} tokens, E={LAYER.num_experts}, "
-        f"top-{LAYER.top_k}, hidden {LAYER.hidden}) -> {rec['ratio'] * 100:.3f}%"
-    )
+    for tokens in (LAYER_TOKENS, 32):
+        rec = measure_recording_cost(tokens)
+        print(
+            f"recording: route {rec['route_us']:.1f} us for {rec['pairs']} pairs vs MoE layer "
+            f"{rec['layer_us']:.0f} us ({tokens} tokens, E={LAYER.num_experts}, "
+            f"top-{LAYER.top_k}, hidden {LAYER.hidden}) -> {rec['ratio'] * 100:.3f}%"
+        )
