@@ -158,13 +158,8 @@ class ExpertParallelMoE:
         """Physical slot of every (token, choice)."""
         if self.runtime is None:
             return topk_ids  # static layout: expert e sits in slot e
-        if not self.use_group_list:
-            return self.runtime.route(layer, topk_ids)
-        # Receiver-side heat: choose replicas here (round-robin by token) and count at dispatch.
-        log2phy, logcnt = self.runtime.log2phy(layer), self.runtime.logcnt(layer)
-        tokens = torch.arange(topk_ids.shape[0], device=topk_ids.device)[:, None]
-        replica = tokens % logcnt[topk_ids].long()
-        return log2phy[topk_ids, replica].long()
+        # With receiver-side heat, route() only routes; record() counts at dispatch.
+        return self.runtime.route(layer, topk_ids)
 
     def _experts(
         self, layer: int, x: torch.Tensor, phy: torch.Tensor, gate: torch.Tensor

@@ -26,9 +26,20 @@ class HeatRecorder:
         num_layers: ``L``.
         num_slots: ``P``.
         device: where the ring and the counter live.
+        route_counts: whether :meth:`route` counts into the ring (sender-side heat). With
+            receiver-side heat it still routes, but counts into a scratch ring nobody reads,
+            so a model may use ``route`` and ``record`` together without counting twice.
     """
 
-    def __init__(self, history: int, num_layers: int, num_slots: int, device: Device) -> None:
+    def __init__(
+        self,
+        history: int,
+        num_layers: int,
+        num_slots: int,
+        device: Device,
+        *,
+        route_counts: bool = True,
+    ) -> None:
         self.device = device
         self.history = history
         self.heat = torch.zeros(
@@ -36,6 +47,11 @@ class HeatRecorder:
         )
         self.step_counter = torch.zeros(1, dtype=torch.int64, device=device.device)
         self._next_row = torch.zeros(1, dtype=torch.int64, device=device.device)
+        self._scratch = (
+            None
+            if route_counts
+            else torch.zeros((history, num_slots), dtype=torch.int32, device=device.device)
+        )
         self.host_step = 0
         # Per ring row: the phy2log it was counted under and whether it feeds the policy.
         self._row_phy2log = np.zeros((history, num_layers, num_slots), dtype=np.int32)
@@ -62,7 +78,7 @@ class HeatRecorder:
             topk_ids,
             log2phy,
             logcnt,
-            self.layer_heat(layer),
+            self.layer_heat(layer) if self._scratch is None else self._scratch,
             self.step_counter,
             replica_share=replica_share,
             out=out,
@@ -95,6 +111,8 @@ class HeatRecorder:
         self.step_counter.add_(1)
         torch.remainder(self.step_counter, self.history, out=self._next_row)
         self.heat.index_fill_(0, self._next_row, 0)
+        if self._scratch is not None:  # keeps the scratch counts far from int32 overflow
+            self._scratch.index_fill_(0, self._next_row, 0)
         self._row_counts[self.host_step % self.history] = False
 
     def snapshot(self) -> tuple[torch.Tensor, Event, np.ndarray, np.ndarray]:

@@ -123,7 +123,13 @@ class EplbRuntime:
         self._uniform = [True] * num_layers
         self._set_uniform(p)
 
-        self.recorder = HeatRecorder(config.history, num_layers, self.topology.num_slots, self.dev)
+        self.recorder = HeatRecorder(
+            config.history,
+            num_layers,
+            self.topology.num_slots,
+            self.dev,
+            route_counts=config.heat_source == "topk",
+        )
         if distributed and self.num_ranks > 1:
             self._balancer_group = dist.new_group(
                 ranks, backend="gloo", use_local_synchronization=True
@@ -242,7 +248,8 @@ class EplbRuntime:
         self, layer: int, topk_ids: torch.Tensor, out: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Physical ids ``[N, K]`` for logical ``topk_ids [N, K]`` (int32/int64, -1 padding),
-        counting each routed token into this step's heat (sender side)."""
+        counting each routed token into this step's heat when ``heat_source="topk"`` (with
+        ``"group_list"`` the heat comes from :meth:`record` only)."""
         layer = self._check_layer(layer)
         if not isinstance(topk_ids, torch.Tensor):
             raise TypeError(f"topk_ids must be a tensor, got {type(topk_ids).__name__}")

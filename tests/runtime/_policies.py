@@ -1,8 +1,10 @@
 """Policies for the runtime tests, registered under ``rt_test_*`` names.
 
 ``rt_test_shift`` moves every layer's slots one position along the physical ids (trying further
-shifts until the placement is valid), so every plan migrates experts within and across ranks;
-``rt_test_raise`` always raises. Both are deterministic, as the registry requires.
+shifts until the placement is valid), so every plan migrates experts within and across ranks,
+and alternates uniform and weighted replica shares (replica ``i`` of ``c`` gets
+``(i + 1) / (1 + ... + c)``), so the share tables are migrated too; ``rt_test_raise`` always
+raises. Both are deterministic, as the registry requires.
 """
 
 from __future__ import annotations
@@ -28,10 +30,23 @@ def _shift(load, previous, topo, opts):
     )
     for shift in range(1, topo.num_slots):
         try:
-            return Placement(np.roll(base, shift, axis=1), load.shape[2], topo.num_ranks)
+            placement = Placement(np.roll(base, shift, axis=1), load.shape[2], topo.num_ranks)
         except ValueError:
             continue
+        if previous is None or not previous.is_uniform:
+            return placement
+        return placement.with_shares(_weighted_shares(placement.phy2log))
     raise ValueError("no valid shift")
+
+
+def _weighted_shares(phy2log: np.ndarray) -> np.ndarray:
+    share = np.zeros(phy2log.shape)
+    for layer, row in enumerate(phy2log):
+        for expert in np.unique(row):
+            slots = np.flatnonzero(row == expert)
+            weights = np.arange(1, slots.size + 1, dtype=np.float64)
+            share[layer, slots] = weights / weights.sum()
+    return share
 
 
 def _raise(load, previous, topo, opts):

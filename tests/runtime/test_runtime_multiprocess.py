@@ -50,6 +50,7 @@ def _check_tables(runtime: EplbRuntime) -> None:
     p, R = runtime.placement, runtime.max_replicas
     for layer in range(MODEL.num_layers):
         assert np.array_equal(runtime.log2phy(layer).numpy(), p.log2phy(R)[layer])
+        assert np.array_equal(runtime.replica_share(layer).numpy(), p.replica_share(R)[layer])
         assert np.array_equal(runtime.logcnt(layer).numpy(), p.logcnt[layer])
         assert np.array_equal(runtime.expert_map(layer).numpy(), p.expert_map(runtime.rank)[layer])
 
@@ -121,6 +122,7 @@ def _rebalancing(rank: int, world: int, heat_source: str, policy: str, subproces
     assert stats["rebalances"], stats
     if policy == "rt_test_shift":
         assert len(stats["rebalances"]) >= 5, stats
+        assert {p.is_uniform for p in history} == {True, False}  # weighted shares were served
         assert all(r["layers_committed"] for r in stats["rebalances"])
     # Moves reported = slots whose expert changed between consecutive committed placements.
     changed = sum(int(b.moves(a).sum()) for a, b in itertools.pairwise(history))
