@@ -15,6 +15,16 @@ step. Everything else happens at step boundaries inside :meth:`step`:
 
 Building the runtime creates three gloo/device groups over the expert-parallel ranks (balancer,
 control, migration); with ``torch.distributed`` not initialised it runs as a single rank.
+
+Use in a MoE model (see ``eplb_rt.models.moe`` for a complete one)::
+
+    runtime = EplbRuntime(EplbConfig(num_redundant=16), num_layers, num_experts, device=dev)
+    for layer in range(num_layers):                     # each [S, ...], this rank's slots
+        runtime.register_weights(layer, {"w13": w13[layer], "w2": w2[layer]})
+    ...
+    phy_ids = runtime.route(layer, topk_ids)            # in the MoE layer, before dispatch
+    ...
+    runtime.step()                                       # after every forward step
 """
 
 from __future__ import annotations
