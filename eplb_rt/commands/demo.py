@@ -89,6 +89,11 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(
             f"64 experts + --redundant {args.redundant} must split over {args.ranks} ranks"
         )
+    if (64 + args.redundant) // args.ranks > 64:
+        raise CliError(
+            f"{64 + args.redundant} slots on {args.ranks} rank(s) would put two "
+            "replicas of an expert on one rank; lower --redundant or add ranks"
+        )
     policy = args.policy or default_policy()
     if policy not in policy_names():
         raise CliError(f"unknown policy {policy!r}; choose one of {policy_names()}")

@@ -45,5 +45,7 @@ def test_demo_rejects_bad_arguments(capsys):
     assert "--ranks must divide" in capsys.readouterr().err
     assert main(["demo", "--redundant", "1"]) == 2
     assert "must split over 4 ranks" in capsys.readouterr().err
+    assert main(["demo", "--ranks", "1"]) == 2
+    assert "two replicas of an expert on one rank" in capsys.readouterr().err
     assert main(["demo", "--policy", "nope"]) == 2
     assert "unknown policy" in capsys.readouterr().err
