@@ -86,6 +86,8 @@ class MigrationExecutor:
         self._staging: dict[tuple, list[list[torch.Tensor]]] = {}
         self._transfers = 0
         self.fail_layers: set[int] = set()  # fault injection: report these layers as failed
+        self.counters = {"slots_sent": 0, "slots_received": 0, "slots_copied": 0, "bytes_sent": 0}
+        """Slots this rank sent, received from other ranks and copied locally, since start."""
 
     # ------------------------------------------------------------------ registration
     def register(
@@ -178,6 +180,11 @@ class MigrationExecutor:
                         )
                 if p2p:
                     works = dist.batch_isend_irecv(p2p) or []
+                remote = int(sum(int(migration.src[i]) // S != self.rank for i in recv))
+                self.counters["slots_received"] += remote
+                self.counters["slots_copied"] += int(recv.size) - remote
+                self.counters["slots_sent"] += int(send.size)
+                self.counters["bytes_sent"] += int(send.size) * self.slot_bytes(layer)
             except Exception as err:
                 error = f"layer {layer}: posting the transfer failed: {err!r}"
             for tensor in staged:

@@ -502,6 +502,7 @@ class EplbRuntime:
             "bytes_moved": sum(r.bytes_moved for r in committed),
             "plan_time_s": [r.plan_time_s for r in self.rebalances],
             "balancer_busy_s": self.balancer.busy_s,
+            "transfers": dict(self.executor.counters),
         }
 
     def shutdown(self) -> None:

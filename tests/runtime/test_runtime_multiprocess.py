@@ -116,6 +116,10 @@ def _rebalancing(rank: int, world: int, heat_source: str, policy: str, subproces
         time.sleep(0.01)  # two shared cores: give the balancer thread a turn before the deadline
 
     _drive(runtime, model, baseline, 60, rank, on_step=on_step)
+    step = 60
+    while runtime.busy and step < 100:  # finish the plan under way (same decision on all ranks)
+        _drive(runtime, model, baseline, 1, rank, start=step, on_step=on_step)
+        step += 1
     stats = runtime.stats()
     runtime.shutdown()
     assert stats["errors"] == [], stats["errors"]
@@ -127,6 +131,19 @@ def _rebalancing(rank: int, world: int, heat_source: str, policy: str, subproces
     # Moves reported = slots whose expert changed between consecutive committed placements.
     changed = sum(int(b.moves(a).sum()) for a, b in itertools.pairwise(history))
     assert stats["moved_experts"] == changed, (stats["moved_experts"], changed, stats["rebalances"])
+    # What crossed the network is exactly the planned remote moves: every byte sent was
+    # received, and their sum is the bytes of the committed moves.
+    sent = torch.tensor(
+        [
+            stats["transfers"]["bytes_sent"],
+            stats["transfers"]["slots_sent"],
+            stats["transfers"]["slots_received"],
+        ]
+    )
+    torch.distributed.all_reduce(sent)
+    slot_bytes = runtime.executor.slot_bytes(0)
+    assert int(sent[0]) == stats["bytes_moved"] == int(sent[2]) * slot_bytes
+    assert int(sent[1]) == int(sent[2])
     # The tables and weights keep their storage (captured graphs stay valid).
     assert tables == [runtime.log2phy(layer).data_ptr() for layer in range(MODEL.num_layers)]
     assert weights == [model.weights[layer]["w1"].data_ptr() for layer in range(MODEL.num_layers)]
