@@ -196,7 +196,7 @@ def test_initial_placement_from_json_and_export(tmp_path):
     doc = placement.to_vllm_ascend()
     doc["layer_list"][0]["device_list"][0]["device_expert"] = [3, 3, 1, 0]  # expert 2 lost
     invalid.write_text(json.dumps(doc))
-    with pytest.raises(ValueError, match="two replicas of expert 3|expert 2 has no slot"):
+    with pytest.raises(ValueError, match=r"two replicas of expert 3|expert 2 has no slot"):
         EplbRuntime(dataclass_replace(config, initial_placement=str(invalid)), 2, 4)
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
