@@ -79,24 +79,25 @@ def run(args: argparse.Namespace) -> int:
 
     from eplb_rt import envs
     from eplb_rt.algorithms import policy_names
-    from eplb_rt.cli import CliError
 
     if args.ranks < 1 or 64 % args.ranks:
-        raise CliError(f"--ranks must divide the workload's 64 experts, got {args.ranks}")
+        raise ValueError(f"--ranks must divide the workload's 64 experts, got {args.ranks}")
     if args.steps < 1 or args.tokens < 1 or args.check_every < 1:
-        raise CliError("--steps, --tokens and --check-every must be >= 1")
+        raise ValueError("--steps, --tokens and --check-every must be >= 1")
     if (64 + args.redundant) % args.ranks:
-        raise CliError(
+        raise ValueError(
             f"64 experts + --redundant {args.redundant} must split over {args.ranks} ranks"
         )
+    if args.interval < 0 or args.interval == 1:
+        raise ValueError(f"--interval must be 0 (never rebalance) or >= 2, got {args.interval}")
     if (64 + args.redundant) // args.ranks > 64:
-        raise CliError(
+        raise ValueError(
             f"{64 + args.redundant} slots on {args.ranks} rank(s) would put two "
             "replicas of an expert on one rank; lower --redundant or add ranks"
         )
     policy = args.policy or default_policy()
     if policy not in policy_names():
-        raise CliError(f"unknown policy {policy!r}; choose one of {policy_names()}")
+        raise ValueError(f"unknown policy {policy!r}; choose one of {policy_names()}")
     port = envs.get("EPLB_RT_DEMO_PORT") or _free_port()
     opts = dict(vars(args), policy=policy, port=port)
     opts.pop("func", None)
@@ -145,7 +146,7 @@ def _worker(rank: int, opts: dict, out_path: str) -> None:
         ecfg = EplbConfig(
             policy=opts["policy"],
             interval=interval,
-            history=interval,
+            history=max(2, interval),
             episode=max(1, interval // 5),
             num_redundant=opts["redundant"],
             deadline=max(1, interval // 5),
