@@ -1,0 +1,246 @@
+"""Runtime overheads on the serving thread.
+
+1. Step time of a serving loop (the reference MoE model with ``EplbRuntime.route`` + ``step``)
+   while the ``default`` policy plans DeepSeek-V3 (58 layers x 256 experts on 32 ranks x 9
+   slots) over and over in a background thread, against the same loop with the thread idle.
+   Goal: <= 3% inflation.
+2. Recording cost: ``EplbRuntime.route`` (one ``route_and_count`` op) against one MoE layer's own
+   forward (router, top-k, expert MLPs, combine) at the same batch. Goal: <= 1%.
+3. The demo's PAR before vs after rebalancing: ``eplb-rt demo --json FILE`` (see notes).
+
+Run as pytest-benchmark suites: ``PYTHONPATH=. python -m pytest benchmarks/bench_runtime.py``,
+or ``PYTHONPATH=. python benchmarks/bench_runtime.py`` for the side-by-side summary.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import statistics
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from eplb_rt.algorithms import plan, warm_up
+from eplb_rt.config import EplbConfig
+from eplb_rt.models import ExpertParallelMoE, MoEConfig
+from eplb_rt.placement import Topology
+from eplb_rt.runtime import EplbRuntime
+
+SERVING = MoEConfig(num_layers=4, num_experts=64, top_k=6, hidden=256, ffn=256, seed=1)
+SERVING_TOKENS = 256
+LAYER = MoEConfig(num_layers=1, num_experts=256, top_k=8, hidden=1024, ffn=256, seed=2)
+LAYER_TOKENS = 512
+
+
+def _deepseek_v3_load() -> np.ndarray:
+    """``[1, 58, 256]`` load: the shipped SGLang DeepSeek-V3 trace, else a skewed stand-in."""
+    try:
+        from eplb_rt.sim import traces
+
+        return traces.deepseek_v3("prefill_in4096", moe_only=True)
+    except (ImportError, OSError, ValueError):
+        rng = np.random.default_rng(0)
+        return rng.zipf(1.6, size=(1, 58, 256)).astype(np.float64)
+
+
+class BackgroundPolicy:
+    """Runs the ``default`` policy on DeepSeek-V3 in a loop until stopped, as the balancer does:
+    in its thread (``mode="thread"``, the default) or in a child process the thread waits on
+    (``mode="process"``, ``EplbConfig.plan_in_subprocess``)."""
+
+    def __init__(self, mode: str = "thread", paced: bool = False) -> None:
+        warm_up(["default"])
+        self.paced = paced  # plan only when trigger() is called (the balancer's rhythm)
+        self._go = threading.Event()
+        self.load = _deepseek_v3_load()
+        self.topology = Topology(32, 9)
+        self.plans = 0
+        self._pool = None
+        if mode == "process":
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn")
+            )
+            self._pool.submit(warm_up, ["default"]).result()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _loop(self) -> None:
+        args = ("default", self.load, self.topology)
+        while not self._stop.is_set():
+            if self.paced and not self._go.wait(0.01):
+                continue
+            self._go.clear()
+            if self._pool is not None:
+                self._pool.submit(plan, *args).result()
+            else:
+                plan(*args)
+            self.plans += 1
+
+    def __enter__(self) -> BackgroundPolicy:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def trigger(self) -> None:
+        """Start one plan (paced mode), as a gather does every interval."""
+        self._go.set()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+
+
+def _serving_loop():
+    """A single-rank serving loop: returns ``step() -> None`` running one forward + step."""
+    config = EplbConfig(interval=0, history=64, episode=8, num_redundant=0, warm_up=False)
+    runtime = EplbRuntime(config, SERVING.num_layers, SERVING.num_experts)
+    model = ExpertParallelMoE(SERVING, runtime=runtime)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn((SERVING_TOKENS, SERVING.hidden), generator=gen)
+
+    def step() -> None:
+        model(x)
+        runtime.step()
+
+    return runtime, step
+
+
+def _timed(step, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        start = time.perf_counter()
+        step()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def measure_background_inflation(
+    mode: str, every: int | None = None, rounds: int = 5, steps: int = 40
+) -> dict:
+    """Step time idle vs with the policy running, in alternating rounds.
+
+    ``every=None``: plans back to back (worst case); ``every=k``: one plan every ``k`` steps,
+    the runtime's rhythm (``interval=k``). Returns medians and means in ms.
+    """
+    torch.set_num_threads(1)
+    runtime, step = _serving_loop()
+    background = BackgroundPolicy(mode, paced=every is not None)
+    _timed(step, 10)  # warm caches
+    idle, busy = [], []
+    for _ in range(rounds):
+        idle += _timed(step, steps)
+        with background:
+            for i in range(steps):
+                if every is not None and i % every == 0:
+                    background.trigger()
+                busy += _timed(step, 1)
+    background.close()
+    runtime.shutdown()
+    out = {"plans": background.plans}
+    for name, values in (("idle", idle), ("busy", busy)):
+        out[f"{name}_median_ms"] = statistics.median(values) * 1e3
+        out[f"{name}_mean_ms"] = statistics.fmean(values) * 1e3
+    out["inflation_median"] = out["busy_median_ms"] / out["idle_median_ms"] - 1
+    out["inflation_mean"] = out["busy_mean_ms"] / out["idle_mean_ms"] - 1
+    return out
+
+
+def _layer_setup(tokens: int = LAYER_TOKENS):
+    config = EplbConfig(interval=0, history=64, episode=8, warm_up=False)
+    runtime = EplbRuntime(config, 1, LAYER.num_experts)
+    baseline = ExpertParallelMoE(LAYER)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn((tokens, LAYER.hidden), generator=gen)
+    topk_ids = torch.topk(x @ baseline.router[0], LAYER.top_k, dim=-1).indices
+    return runtime, baseline, x, topk_ids
+
+
+def measure_recording_cost(tokens: int = LAYER_TOKENS, repeats: int = 30) -> dict:
+    """Median ``route`` time against the median forward of one MoE layer (no EPLB)."""
+    torch.set_num_threads(1)
+    runtime, baseline, x, topk_ids = _layer_setup(tokens)
+    out = torch.empty_like(topk_ids)
+    route = _timed(lambda: runtime.route(0, topk_ids, out=out), repeats * 20)
+    layer = _timed(lambda: baseline(x), repeats)
+    runtime.shutdown()
+    route_us, layer_us = statistics.median(route) * 1e6, statistics.median(layer) * 1e6
+    return {
+        "route_us": route_us,
+        "layer_us": layer_us,
+        "ratio": route_us / layer_us,
+        "pairs": int(topk_ids.numel()),
+    }
+
+
+# ---------------------------------------------------------------------- pytest-benchmark
+@pytest.fixture(scope="module")
+def serving():
+    torch.set_num_threads(1)
+    runtime, step = _serving_loop()
+    yield step
+    runtime.shutdown()
+
+
+def test_serving_step_idle(benchmark, serving):
+    benchmark(serving)
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_serving_step_with_policy_in_background(benchmark, serving, mode):
+    background = BackgroundPolicy(mode)
+    with background:
+        benchmark(serving)
+    background.close()
+    benchmark.extra_info["plans_during_run"] = background.plans
+
+
+@pytest.fixture(scope="module")
+def layer():
+    torch.set_num_threads(1)
+    runtime, baseline, x, topk_ids = _layer_setup()
+    yield runtime, baseline, x, topk_ids
+    runtime.shutdown()
+
+
+def test_route_and_count(benchmark, layer):
+    runtime, _, _, topk_ids = layer
+    out = torch.empty_like(topk_ids)
+    benchmark(runtime.route, 0, topk_ids, out=out)
+
+
+def test_moe_layer_forward(benchmark, layer):
+    _, baseline, x, _ = layer
+    benchmark(baseline, x)
+
+
+if __name__ == "__main__":
+    print(
+        f"serving loop: 4 MoE layers x 64 experts, {SERVING_TOKENS} tokens, 1 torch thread; "
+        "policy: default on DeepSeek-V3 (58 x 256, 32 ranks x 9 slots)"
+    )
+    for every in (20, None):
+        for mode in ("thread", "process"):
+            bg = measure_background_inflation(mode, every)
+            rhythm = f"one plan per {every} steps" if every else "plans back to back"
+            print(
+                f"  {rhythm:>21} in a {mode:>7}: step median {bg['idle_median_ms']:.2f} -> "
+                f"{bg['busy_median_ms']:.2f} ms ({bg['inflation_median'] * 100:+.2f}%), mean "
+                f"{bg['idle_mean_ms']:.2f} -> {bg['busy_mean_ms']:.2f} ms "
+                f"({bg['inflation_mean'] * 100:+.2f}%), {bg['plans']} plans"
+            )
+    for tokens in (LAYER_TOKENS, 32):
+        rec = measure_recording_cost(tokens)
+        print(
+            f"recording: route {rec['route_us']:.1f} us for {rec['pairs']} pairs vs MoE layer "
+            f"{rec['layer_us']:.0f} us ({tokens} tokens, E={LAYER.num_experts}, "
+            f"top-{LAYER.top_k}, hidden {LAYER.hidden}) -> {rec['ratio'] * 100:.3f}%"
+        )

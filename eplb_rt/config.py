@@ -1,0 +1,202 @@
+"""``EplbConfig``: every setting of the runtime, validated once, frozen.
+
+Build it directly, or with :meth:`EplbConfig.from_dict` from a parsed JSON/YAML mapping (unknown
+keys are an error). Settings that depend on the model's shapes (slots fit the experts, the initial
+placement matches the layers) are checked when :class:`eplb_rt.runtime.EplbRuntime` is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any
+
+from eplb_rt import envs
+
+HEAT_SOURCES = ("topk", "group_list")
+COUNT_STEPS = ("all", "prefill", "decode")
+
+
+@dataclasses.dataclass(frozen=True)
+class EplbConfig:
+    """Settings of the expert-parallel load balancer runtime.
+
+    Attributes:
+        policy: registered policy that plans placements (``eplb-rt policies`` lists them).
+        policy_options: overrides of the policy's options dataclass (unknown keys are an error).
+        interval: steps between two heat gathers (plans); 0 never rebalances (static placement).
+        history: ``H``, steps of per-step heat kept in the ring buffer and handed to the policy.
+        episode: steps per episode for policies that use per-episode statistics; ``<= history``.
+        num_redundant: redundant slots ``P - E`` in all; ``E + num_redundant`` must be a multiple
+            of the number of ranks. Exclusive with ``slots_per_rank``.
+        slots_per_rank: ``S``, expert slots on each rank; ``None`` derives it from
+            ``num_redundant``.
+        layers_per_step: layers migrated (transferred, then committed) per step.
+        deadline: steps after the gather by which the plan must be ready on every rank; a late
+            plan is skipped (logged), never waited for. ``1 <= deadline < interval``.
+        threshold: a layer is re-deployed only when its PAR on the gathered heat is above this
+            (``>= 1``; 1.0 lets every layer through).
+        hysteresis: ... and only when the new placement lowers that PAR by at least this
+            fraction (``[0, 1)``), so small gains do not cost a migration; 0 takes the policy's
+            plan for every layer that passes the threshold.
+        heat_source: ``"topk"`` (sender side, counted by ``route``; all-reduced) or
+            ``"group_list"`` (receiver side, counted by ``record``; all-gathered).
+        count_steps: which steps feed the heat: ``"all"``, ``"prefill"`` or ``"decode"``
+            (``step(is_prefill=...)`` says which one just ran).
+        initial_placement: JSON file (vllm-ascend expert_map format) with the placement to start
+            from; with ``interval=0`` this is static EPLB.
+        export_dir: directory that receives every committed placement as
+            ``placement_<epoch>.json``; ``None`` exports nothing.
+        transfer_timeout_s: seconds a layer's weight transfer may take before its commit is
+            cancelled on every rank.
+        num_nodes: nodes the ranks are spread over (ranks are node-major); migration prefers a
+            source on the receiver's node.
+        warm_up: compile the policy's numba kernels in the background thread at start.
+        plan_in_subprocess: run the policy in a child process (spawned once, at start) instead of
+            the balancer thread, so the policy's Python parts never hold the serving thread's
+            GIL; costs one process and pickling the load and the placement per plan. The policy
+            must be registered by importing ``eplb_rt.algorithms``.
+    """
+
+    policy: str = "default"
+    policy_options: dict = dataclasses.field(default_factory=dict)
+    interval: int = 100
+    history: int = 256
+    episode: int = 16
+    num_redundant: int = 0
+    slots_per_rank: int | None = None
+    layers_per_step: int = 1
+    deadline: int = 20
+    threshold: float = 1.05
+    hysteresis: float = 0.02
+    heat_source: str = "topk"
+    count_steps: str = "all"
+    initial_placement: str | None = None
+    export_dir: str | None = None
+    transfer_timeout_s: float = 60.0
+    num_nodes: int = 1
+    warm_up: bool = True
+    plan_in_subprocess: bool = False
+
+    def __post_init__(self) -> None:
+        from eplb_rt.algorithms import policy_names
+
+        names = policy_names()
+        if self.policy not in names:
+            raise ValueError(
+                f"EplbConfig.policy: unknown policy {self.policy!r}; choose one of {names}"
+            )
+        if not isinstance(self.policy_options, dict):
+            raise TypeError(
+                f"EplbConfig.policy_options must be a dict, got "
+                f"{type(self.policy_options).__name__}"
+            )
+        from eplb_rt.algorithms import get_policy
+
+        get_policy(self.policy).make_options(self.policy_options)  # unknown option keys raise
+        _check_int("interval", self.interval, 0)
+        _check_int("history", self.history, 2)
+        _check_int("episode", self.episode, 1)
+        if self.episode > self.history:
+            raise ValueError(
+                f"EplbConfig.episode ({self.episode}) must be <= history "
+                f"({self.history}); lower episode or raise history"
+            )
+        _check_int("num_redundant", self.num_redundant, 0)
+        if self.slots_per_rank is not None:
+            _check_int("slots_per_rank", self.slots_per_rank, 1)
+            if self.num_redundant:
+                raise ValueError("EplbConfig: give slots_per_rank or num_redundant, not both")
+        _check_int("layers_per_step", self.layers_per_step, 1)
+        _check_int("deadline", self.deadline, 1)
+        if self.interval and self.deadline >= self.interval:
+            raise ValueError(
+                f"EplbConfig.deadline ({self.deadline}) must be below interval "
+                f"({self.interval}) so one plan is decided before the next gather"
+            )
+        _check_float("threshold", self.threshold, 1.0, math.inf)
+        _check_float("hysteresis", self.hysteresis, 0.0, 1.0, open_high=True)
+        if self.heat_source not in HEAT_SOURCES:
+            raise ValueError(
+                f"EplbConfig.heat_source must be one of {HEAT_SOURCES}, got {self.heat_source!r}"
+            )
+        if self.count_steps not in COUNT_STEPS:
+            raise ValueError(
+                f"EplbConfig.count_steps must be one of {COUNT_STEPS}, got {self.count_steps!r}"
+            )
+        if self.initial_placement is not None and not os.path.isfile(self.initial_placement):
+            raise ValueError(
+                f"EplbConfig.initial_placement: no such file {self.initial_placement!r}"
+            )
+        if self.export_dir is not None and not isinstance(self.export_dir, (str, os.PathLike)):
+            raise TypeError(f"EplbConfig.export_dir must be a path, got {self.export_dir!r}")
+        _check_float("transfer_timeout_s", self.transfer_timeout_s, 0.0, math.inf, open_low=True)
+        _check_int("num_nodes", self.num_nodes, 1)
+        for name in ("warm_up", "plan_in_subprocess"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"EplbConfig.{name} must be a bool, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, env: bool = False) -> EplbConfig:
+        """A config from a mapping of field names; unknown keys raise ``ValueError``.
+
+        With ``env=True``, the ``EPLB_RT_*`` variables of :mod:`eplb_rt.envs` that mirror a field
+        (policy, export_dir, transfer_timeout_s) override the mapping.
+        """
+        if not isinstance(values, dict):
+            raise TypeError(f"EplbConfig.from_dict needs a dict, got {type(values).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"EplbConfig has no field(s) {unknown}; known: {sorted(known)}")
+        merged = dict(values)
+        if env:
+            for field, var in (
+                ("policy", "EPLB_RT_POLICY"),
+                ("export_dir", "EPLB_RT_EXPORT_DIR"),
+                ("transfer_timeout_s", "EPLB_RT_TRANSFER_TIMEOUT_S"),
+            ):
+                value = envs.get(var)
+                if value is not None:
+                    merged[field] = value
+        return cls(**merged)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def num_slots_per_rank(self, num_experts: int, num_ranks: int) -> int:
+        """``S`` for a model of ``num_experts`` experts on ``num_ranks`` ranks, or raise."""
+        if self.slots_per_rank is not None:
+            return self.slots_per_rank
+        total = num_experts + self.num_redundant
+        if total % num_ranks:
+            raise ValueError(
+                f"{num_experts} experts + {self.num_redundant} redundant = {total} slots do not "
+                f"split evenly over {num_ranks} ranks; set num_redundant so that the sum is a "
+                f"multiple of {num_ranks}"
+            )
+        return total // num_ranks
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"EplbConfig.{name} must be an integer >= {low}, got {value!r}")
+
+
+def _check_float(
+    name: str,
+    value: Any,
+    low: float,
+    high: float,
+    *,
+    open_low: bool = False,
+    open_high: bool = False,
+) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ValueError(f"EplbConfig.{name} must be a number, got {value!r}")
+    too_low = value <= low if open_low else value < low
+    too_high = value >= high if open_high else value > high
+    if too_low or too_high:
+        lo, hi = ("(" if open_low else "["), (")" if open_high else "]")
+        raise ValueError(f"EplbConfig.{name} must be in {lo}{low}, {high}{hi}, got {value!r}")

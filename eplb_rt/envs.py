@@ -1,0 +1,94 @@
+"""The one table of ``EPLB_RT_*`` environment variables; the only reader of ``os.environ``.
+
+Each variable has a type, a default and one line of documentation (mirrored in the README).
+Read them with :func:`get`; an unparsable value is an error naming the variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from typing import Any
+
+
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected 0/1/true/false, got {text!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvVar:
+    """One environment variable: its parser, default and documentation."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    doc: str
+
+
+VARIABLES: dict[str, EnvVar] = {
+    var.name: var
+    for var in (
+        EnvVar(
+            "EPLB_RT_LOG_LEVEL",
+            str.upper,
+            "WARNING",
+            "Log level of the eplb_rt logger (DEBUG, INFO, WARNING, ERROR).",
+        ),
+        EnvVar(
+            "EPLB_RT_DISABLE_REBALANCE",
+            _flag,
+            False,
+            "1: record heat but never plan or migrate (static placement).",
+        ),
+        EnvVar(
+            "EPLB_RT_POLICY",
+            str,
+            None,
+            "Overrides EplbConfig.policy when a config is built with from_dict(..., env=True).",
+        ),
+        EnvVar(
+            "EPLB_RT_EXPORT_DIR",
+            str,
+            None,
+            "Default directory for EplbConfig.export_dir (every committed placement as JSON).",
+        ),
+        EnvVar(
+            "EPLB_RT_TRANSFER_TIMEOUT_S",
+            float,
+            None,
+            "Overrides EplbConfig.transfer_timeout_s (seconds a layer's transfer may take).",
+        ),
+        EnvVar(
+            "EPLB_RT_DEMO_PORT",
+            int,
+            29517,
+            "TCP port of the rendezvous of `eplb-rt demo` (MASTER_PORT).",
+        ),
+    )
+}
+
+
+def get(name: str) -> Any:
+    """The parsed value of ``name`` (its default when unset)."""
+    try:
+        var = VARIABLES[name]
+    except KeyError:
+        raise KeyError(f"unknown eplb_rt variable {name!r}; known: {sorted(VARIABLES)}") from None
+    text = os.environ.get(name)
+    if text is None:
+        return var.default
+    try:
+        return var.parse(text)
+    except ValueError as err:
+        raise ValueError(f"environment variable {name}={text!r}: {err}") from None
+
+
+def table() -> list[tuple[str, str, str]]:
+    """``(name, default, doc)`` rows, for the README and ``--help`` texts."""
+    return [(v.name, repr(v.default), v.doc) for v in VARIABLES.values()]

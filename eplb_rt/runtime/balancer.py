@@ -1,0 +1,327 @@
+"""The balancer: a background thread that turns gathered heat into an agreed plan.
+
+Every job (one per interval) runs the same collectives on every rank, in submission order, on
+the balancer's own small gloo group, so the ranks' threads never cross:
+
+1. wait for the heat snapshot's copy event, then reduce the heat over the group: all-reduce of
+   sender-side counts (``heat_source="topk"``) or all-gather of each rank's own slots
+   (``"group_list"``);
+2. rank 0 turns heat into logical load ``[T, L, E]``, runs the policy (numba, GIL released),
+   keeps only layers above the re-deploy threshold that improve by the hysteresis, and
+   broadcasts the plan with its epoch (a plan that raises or comes too late is broadcast as
+   a failure, so every rank's thread finishes the job);
+3. every rank stores the :class:`PlanResult`.
+
+The serving thread never waits for a job: at the deadline step it asks :meth:`Balancer.result`
+and the ranks agree (``EplbRuntime``) whether everyone holds the same plan.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import multiprocessing
+import queue
+import threading
+import time
+import zlib
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from eplb_rt.algorithms import metrics, registry
+from eplb_rt.config import EplbConfig
+from eplb_rt.placement import Placement, Topology
+from eplb_rt.runtime.device import Event
+from eplb_rt.runtime.recorder import heat_to_load
+
+log = logging.getLogger("eplb_rt.runtime")
+
+# Status codes broadcast in a plan header.
+PLAN_OK, PLAN_UNCHANGED, PLAN_FAILED, PLAN_LATE = 0, 1, 2, 3
+STATUS_NAMES = {
+    PLAN_OK: "ok",
+    PLAN_UNCHANGED: "unchanged",
+    PLAN_FAILED: "failed",
+    PLAN_LATE: "late",
+}
+
+
+@dataclasses.dataclass
+class Job:
+    """One gather: the heat snapshot and what it was counted under.
+
+    Attributes:
+        epoch: plan number (counts gathers from 1, identical on every rank).
+        gather_step: host step of the gather; ``deadline_step`` the step by which it must be ready.
+        heat: host ``[H, L, P]`` int32 copy of the ring (valid once ``event`` completes).
+        rows: ring rows that count, oldest first; ``row_phy2log [T, L, P]`` their placements.
+        previous: the committed placement at the gather (the policy's ``previous``).
+    """
+
+    epoch: int
+    gather_step: int
+    deadline_step: int
+    heat: torch.Tensor
+    event: Event
+    rows: np.ndarray
+    row_phy2log: np.ndarray
+    previous: Placement
+
+
+@dataclasses.dataclass
+class PlanResult:
+    """A job's outcome, identical on every rank (apart from injected faults)."""
+
+    epoch: int
+    status: int
+    placement: Placement | None
+    plan_time_s: float
+    digest: int
+    error: str = ""
+    layers: tuple[int, ...] = ()
+
+
+@dataclasses.dataclass
+class BalancerFaults:
+    """Fault injection for tests: a policy that raises, a slow policy, a wrong epoch."""
+
+    policy_raises: bool = False
+    policy_delay_s: float = 0.0
+    epoch_offset: int = 0
+
+
+def placement_digest(placement: Placement | None) -> int:
+    """A 31-bit checksum of a plan, compared across ranks before anything moves."""
+    if placement is None:
+        return 0
+    data = placement.phy2log.tobytes() + placement.slot_share.astype(np.float32).tobytes()
+    return zlib.crc32(data) & 0x7FFFFFFF
+
+
+class Balancer:
+    """Background planning for one ``EplbRuntime``.
+
+    Args:
+        config: the runtime's config.
+        topology: ranks, slots, nodes.
+        num_layers: ``L``; num_experts: ``E``.
+        rank: this rank's index in the group (rank 0 plans).
+        group: the balancer's gloo group (``None``: single process).
+        current_step: callable giving the serving thread's host step (to detect late plans).
+    """
+
+    def __init__(
+        self,
+        config: EplbConfig,
+        topology: Topology,
+        num_layers: int,
+        num_experts: int,
+        *,
+        rank: int,
+        group,
+        current_step,
+    ) -> None:
+        self.config = config
+        self.topology = topology
+        self._num_layers = num_layers
+        self.num_experts = num_experts
+        self.rank = rank
+        self.group = group
+        self.current_step = current_step
+        self.faults = BalancerFaults()
+        self._spec = registry.get_policy(config.policy)
+        self._options = self._spec.make_options(config.policy_options)
+        self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._results: dict[int, PlanResult] = {}
+        self._lock = threading.Lock()
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self.ready = threading.Event()  # set once the warm-up is done
+        self.busy_s = 0.0
+        self._thread = threading.Thread(target=self._loop, name="eplb-balancer", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ serving-thread side
+    def submit(self, job: Job) -> None:
+        self._jobs.put(job)
+
+    def result(self, epoch: int) -> PlanResult | None:
+        """The result of ``epoch`` if the thread has finished it (never blocks)."""
+        with self._lock:
+            return self._results.get(epoch)
+
+    def discard_through(self, epoch: int) -> None:
+        """Forget the results of ``epoch`` and every earlier one (late plans included)."""
+        with self._lock:
+            for old in [e for e in self._results if e <= epoch]:
+                del self._results[old]
+
+    def idle(self) -> bool:
+        return self._jobs.unfinished_tasks == 0
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ thread side
+    def _loop(self) -> None:
+        # Only rank 0 plans, so only it needs the child process and the compiled kernels.
+        if self.rank == 0 and self.config.plan_in_subprocess:
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn")
+            )
+        if self.rank == 0 and self.config.warm_up:
+            try:
+                # Compile, then plan once on a flat load of the real shape: the first call also
+                # pays imports and caches that the numba warm-up does not touch.
+                flat = np.ones((1, self._num_layers, self.num_experts))
+                start = Placement.initial(self._num_layers, self.num_experts, self.topology)
+                args = (self.config.policy, flat, self.topology, start, self._options)
+                if self._pool is not None:
+                    self._pool.submit(registry.warm_up, [self.config.policy]).result()
+                    self._pool.submit(registry.plan, *args).result()
+                else:
+                    self._spec.warm_up()
+                    registry.plan(*args)
+            except Exception:
+                log.exception("policy %s warm-up failed", self.config.policy)
+        self.ready.set()
+        while True:
+            job = self._jobs.get()
+            try:
+                if job is None:
+                    return
+                started = time.perf_counter()
+                result = self._run(job)
+                self.busy_s += time.perf_counter() - started
+                with self._lock:
+                    self._results[job.epoch] = result
+            except Exception:
+                log.exception("balancer job failed")
+            finally:
+                self._jobs.task_done()
+
+    def _run(self, job: Job) -> PlanResult:
+        job.event.synchronize()
+        heat = self._reduce(job.heat[torch.as_tensor(job.rows, dtype=torch.int64)])
+        status, placement, plan_time, error, layers = PLAN_FAILED, None, 0.0, "", ()
+        if self.rank == 0:
+            status, placement, plan_time, error, layers = self._plan(job, heat)
+        status, placement, plan_time, layers = self._broadcast(
+            job, status, placement, plan_time, layers
+        )
+        if status == PLAN_FAILED and self.rank != 0:
+            error = "the planning rank reported a failed plan"
+        result = PlanResult(
+            job.epoch + self.faults.epoch_offset,
+            status,
+            placement,
+            plan_time,
+            placement_digest(placement),
+            error,
+            layers,
+        )
+        log.info(
+            "plan %d: %s in %.3f s (%d layers)%s",
+            job.epoch,
+            STATUS_NAMES[status],
+            plan_time,
+            len(layers),
+            f": {error}" if error else "",
+        )
+        return result
+
+    def _reduce(self, heat: torch.Tensor) -> np.ndarray:
+        """Global ``[T, L, P]`` heat from this rank's rows."""
+        if self.group is None:
+            return heat.numpy()
+        if self.config.heat_source == "topk":
+            dist.all_reduce(heat, group=self.group)
+            return heat.numpy()
+        S = self.topology.num_slots_per_rank
+        own = heat[:, :, self.rank * S : (self.rank + 1) * S].contiguous()
+        parts = [torch.empty_like(own) for _ in range(self.topology.num_ranks)]
+        dist.all_gather(parts, own, group=self.group)
+        return torch.cat(parts, dim=2).numpy()
+
+    def _plan(self, job: Job, heat: np.ndarray):
+        """Rank 0: run the policy; ``(status, placement, seconds, error, layers)``."""
+        started = time.perf_counter()
+        previous = job.previous
+        try:
+            if self.faults.policy_delay_s:
+                time.sleep(self.faults.policy_delay_s)
+            if self.faults.policy_raises:
+                raise RuntimeError("injected policy failure")
+            if heat.shape[0] == 0 or not heat.any():
+                return PLAN_UNCHANGED, None, 0.0, "no heat recorded", ()
+            load = heat_to_load(heat, job.row_phy2log, self.num_experts)
+            args = (self.config.policy, load, self.topology, previous, self._options)
+            if self._pool is not None:
+                new = self._pool.submit(registry.plan, *args).result()
+            else:
+                new = registry.plan(*args)
+            layers = self._layers_worth_moving(previous, new, load.sum(axis=0))
+        except Exception as err:
+            log.warning(
+                "plan %d: policy %s raised %r; keeping the current placement",
+                job.epoch,
+                self.config.policy,
+                err,
+            )
+            return PLAN_FAILED, None, time.perf_counter() - started, repr(err), ()
+        seconds = time.perf_counter() - started
+        if self.current_step() > job.deadline_step:
+            return PLAN_LATE, None, seconds, "plan finished after its deadline", ()
+        if not layers:
+            return PLAN_UNCHANGED, None, seconds, "", ()
+        return PLAN_OK, previous.replace_layers(layers, new), seconds, "", tuple(layers)
+
+    def _layers_worth_moving(
+        self, previous: Placement, new: Placement, load: np.ndarray
+    ) -> list[int]:
+        """Changed layers whose PAR is above the threshold and that the new placement improves
+        by the hysteresis (``threshold=1`` and ``hysteresis=0`` take every changed layer)."""
+        threshold, hysteresis = self.config.threshold, self.config.hysteresis
+        changed = new.changed_layers(previous).tolist()
+        if threshold <= 1.0 and hysteresis <= 0.0:
+            return changed
+        before = metrics.par(previous, load)
+        after = metrics.par(new, load)
+        keep = []
+        for layer in changed:
+            if np.isnan(before[layer]) or before[layer] <= threshold:
+                continue
+            if hysteresis > 0.0 and after[layer] > before[layer] * (1.0 - hysteresis):
+                continue
+            keep.append(layer)
+        return keep
+
+    def _broadcast(self, job: Job, status, placement, plan_time, layers):
+        """Send rank 0's plan to every rank (fixed-size tensors: header, phy2log, shares)."""
+        if self.group is None:
+            return status, placement, plan_time, layers
+        L, P = job.previous.num_layers, job.previous.num_slots
+        header = torch.zeros(4, dtype=torch.float64)
+        p2l = torch.zeros((L, P), dtype=torch.int32)
+        share = torch.zeros((L, P), dtype=torch.float64)
+        mask = torch.zeros(L, dtype=torch.int32)
+        if self.rank == 0:
+            uniform = placement is None or placement.is_uniform
+            header[:] = torch.tensor([job.epoch, status, plan_time, float(uniform)])
+            if placement is not None:
+                p2l[:] = torch.tensor(placement.phy2log)
+                share[:] = torch.tensor(placement.slot_share)
+                mask[list(layers)] = 1
+        for tensor in (header, p2l, share, mask):
+            dist.broadcast(tensor, group_src=0, group=self.group)
+        status = int(header[1])
+        if status != PLAN_OK:
+            return status, None, float(header[2]), ()
+        shares = None if header[3] else share.numpy()
+        placement = Placement(p2l.numpy(), self.num_experts, self.topology.num_ranks, shares)
+        return status, placement, float(header[2]), tuple(np.flatnonzero(mask.numpy()).tolist())

@@ -1,0 +1,217 @@
+"""The migration executor: transfers a layer's moved expert weights into staging buffers on a
+dedicated stream, then commits them in place at a step boundary.
+
+Shape of every asynchronous step (DeepEP's): :meth:`MigrationExecutor.start` takes the
+``previous_event`` it must follow and returns a :class:`Transfer` holding the communication works
+and the event that marks the end of its copies. At the step boundary the serving thread calls
+:meth:`MigrationExecutor.finish` (bounded wait, local success flag), the ranks agree (see
+``EplbRuntime``), and :meth:`MigrationExecutor.commit` makes the serving stream wait on the
+event, then runs ``update_expert_weights_`` on the layer's registered tensors.
+
+Staging buffers are allocated once per lane (``layers_per_step`` lanes) and weight signature;
+every transfer of the life of the runtime reuses them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import time
+
+import torch
+import torch.distributed as dist
+
+from eplb_rt import ops
+from eplb_rt.runtime.device import Device, Event
+from eplb_rt.runtime.migration import LayerMigration
+
+# Tags of one transfer: entry i of tensor t gets tag base + i * T + t; bases advance per transfer
+# so that a late message of a failed transfer never matches a later one.
+_TAG_SPAN = 1 << 20
+
+
+@dataclasses.dataclass
+class Transfer:
+    """One layer's transfer in flight on this rank.
+
+    Attributes:
+        migration: the layer's moves (identical on every rank).
+        slots: ``[M] int64`` local slots this rank receives into, on the device.
+        staged: per registered tensor, ``[M, ...]`` views of the staging buffers.
+        works: communication handles to wait on.
+        event: end of the local copies on the migration stream.
+        started: ``time.perf_counter()`` at start.
+        error: a failure found at start (the layer is cancelled at the boundary).
+    """
+
+    migration: LayerMigration
+    slots: torch.Tensor
+    staged: list[torch.Tensor]
+    works: list
+    event: Event
+    started: float
+    error: str | None = None
+
+
+class MigrationExecutor:
+    """Moves expert weights of registered layers between the ranks of ``group``.
+
+    Args:
+        device: the model's device.
+        rank: this rank's index in the expert-parallel group (``0`` without distribution).
+        ranks: global ranks of the group, index = expert-parallel rank.
+        group: process group for the point-to-point transfers (``None``: single process).
+        lanes: layers in flight at once (``EplbConfig.layers_per_step``).
+        timeout_s: longest wait for a transfer at the boundary.
+    """
+
+    def __init__(
+        self,
+        device: Device,
+        *,
+        rank: int,
+        ranks: list[int],
+        group,
+        lanes: int,
+        timeout_s: float,
+    ) -> None:
+        self.device = device
+        self.rank = rank
+        self.ranks = ranks
+        self.group = group
+        self.lanes = lanes
+        self.timeout = datetime.timedelta(seconds=timeout_s)
+        self.stream = device.new_stream()
+        self.weights: dict[int, dict[str, torch.Tensor]] = {}
+        self._staging: dict[tuple, list[list[torch.Tensor]]] = {}
+        self._transfers = 0
+        self.fail_layers: set[int] = set()  # fault injection: report these layers as failed
+        self.counters = {"slots_sent": 0, "slots_received": 0, "slots_copied": 0, "bytes_sent": 0}
+        """Slots this rank sent, received from other ranks and copied locally, since start."""
+
+    # ------------------------------------------------------------------ registration
+    def register(
+        self, layer: int, tensors: dict[str, torch.Tensor], num_slots_per_rank: int
+    ) -> None:
+        """Take ``tensors`` (each ``[S, ...]`` contiguous, on the device) as layer's weights."""
+        if not isinstance(tensors, dict) or not tensors:
+            raise ValueError("register_weights needs a non-empty dict {name: [S, ...] tensor}")
+        for name, tensor in tensors.items():
+            if not isinstance(tensor, torch.Tensor):
+                raise TypeError(f"weight {name!r} must be a tensor, got {type(tensor).__name__}")
+            if tensor.device != self.device.device:
+                raise ValueError(
+                    f"weight {name!r} is on {tensor.device}, expected {self.device.device}"
+                )
+            if tensor.dim() < 1 or tensor.shape[0] != num_slots_per_rank:
+                raise ValueError(
+                    f"weight {name!r} has shape {tuple(tensor.shape)}, expected "
+                    f"[{num_slots_per_rank}, ...] (one row per local slot)"
+                )
+            if not tensor.is_contiguous():
+                raise ValueError(f"weight {name!r} must be contiguous")
+        self.weights[layer] = dict(tensors)
+
+    def slot_bytes(self, layer: int) -> int:
+        """Bytes of one slot of ``layer`` over all its registered tensors."""
+        return sum(t[0].numel() * t.element_size() for t in self.weights.get(layer, {}).values())
+
+    def _staging_for(self, lane: int, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        key = tuple((tuple(t.shape), t.dtype) for t in tensors)
+        if key not in self._staging:
+            self._staging[key] = [[torch.empty_like(t) for t in tensors] for _ in range(self.lanes)]
+        return self._staging[key][lane]
+
+    # ------------------------------------------------------------------ transfer
+    def start(
+        self, migration: LayerMigration, lane: int, previous_event: Event | None = None
+    ) -> Transfer:
+        """Post this rank's sends and receives of ``migration`` on the migration stream.
+
+        Receives go into the staging buffers of ``lane``; sources on this rank are copied
+        locally. Returns at once; the transfer completes in the background.
+        """
+        layer = migration.layer
+        S = migration.slots_per_rank
+        tensors = list(self.weights.get(layer, {}).values())
+        recv = migration.received_by(self.rank)
+        send = migration.sent_by(self.rank)
+        self._transfers += 1
+        tag_base = (self._transfers % 1000) * _TAG_SPAN
+        staging = self._staging_for(lane, tensors) if tensors else []
+        staged = [buf[: recv.size] for buf in staging]
+        slots = torch.as_tensor(migration.dst[recv] % S, dtype=torch.int64).to(self.device.device)
+        started = time.perf_counter()
+        serving_done = self.device.record_event()
+        works: list = []
+        error = None
+        with self.device.on_stream(self.stream):
+            self.device.wait_event(previous_event, self.stream)
+            self.device.wait_event(serving_done, self.stream)
+            p2p = []
+            try:
+                for row, i in enumerate(recv):
+                    src_rank, src_slot = divmod(int(migration.src[i]), S)
+                    for t, tensor in enumerate(tensors):
+                        if src_rank == self.rank:
+                            staged[t][row].copy_(tensor[src_slot], non_blocking=True)
+                        else:
+                            p2p.append(
+                                dist.P2POp(
+                                    dist.irecv,
+                                    staged[t][row],
+                                    self.ranks[src_rank],
+                                    group=self.group,
+                                    tag=tag_base + int(i) * len(tensors) + t,
+                                )
+                            )
+                for i in send:
+                    dst_rank = int(migration.dst[i]) // S
+                    src_slot = int(migration.src[i]) % S
+                    for t, tensor in enumerate(tensors):
+                        p2p.append(
+                            dist.P2POp(
+                                dist.isend,
+                                tensor[src_slot],
+                                self.ranks[dst_rank],
+                                group=self.group,
+                                tag=tag_base + int(i) * len(tensors) + t,
+                            )
+                        )
+                if p2p:
+                    works = dist.batch_isend_irecv(p2p) or []
+                remote = int(sum(int(migration.src[i]) // S != self.rank for i in recv))
+                self.counters["slots_received"] += remote
+                self.counters["slots_copied"] += int(recv.size) - remote
+                self.counters["slots_sent"] += int(send.size)
+                self.counters["bytes_sent"] += int(send.size) * self.slot_bytes(layer)
+            except Exception as err:
+                error = f"layer {layer}: posting the transfer failed: {err!r}"
+            for tensor in staged:
+                self.device.record_stream(tensor, self.stream)
+            event = self.device.record_event(self.stream)
+        return Transfer(migration, slots, staged, works, event, started, error)
+
+    def finish(self, transfer: Transfer) -> str | None:
+        """Wait (at most ``timeout_s``) for ``transfer``; ``None`` on success, else the error."""
+        if transfer.error is not None:
+            return transfer.error
+        try:
+            # On a device backend (NCCL/HCCL) wait() makes the current (serving) stream wait for
+            # the transfer, sends included, so the commit cannot overwrite a slot still sending.
+            for work in transfer.works:
+                if not work.wait(self.timeout):
+                    return f"layer {transfer.migration.layer}: transfer timed out"
+        except Exception as err:
+            return f"layer {transfer.migration.layer}: transfer failed: {err!r}"
+        if transfer.migration.layer in self.fail_layers:
+            return f"layer {transfer.migration.layer}: injected transfer failure"
+        return None
+
+    def commit(self, transfer: Transfer) -> None:
+        """Copy the staged weights into the layer's slots on the serving stream (in place)."""
+        tensors = list(self.weights.get(transfer.migration.layer, {}).values())
+        if not tensors or transfer.slots.numel() == 0:
+            return
+        self.device.wait_event(transfer.event)
+        ops.update_expert_weights_(tensors, transfer.staged, transfer.slots)

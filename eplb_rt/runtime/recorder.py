@@ -1,0 +1,144 @@
+"""The heat recorder: the ``[H, L, P]`` int32 ring of per-step token counts and the device step
+counter that picks the ring row.
+
+The kernels (``route_and_count``, ``count_from_group_list``) add into row ``step mod H``; the
+counter is a one-element int64 tensor on the device, so the kernels stay graph-capture safe.
+:meth:`HeatRecorder.advance` moves to the next step with device ops only (no host sync): it bumps
+the counter and zeroes the row the next step writes into. The host keeps its own copy of the
+step number and, per ring row, the placement the row was counted under and whether the row
+counts, so that a snapshot turns into logical load ``[T, L, E]`` exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from eplb_rt import ops
+from eplb_rt.runtime.device import Device, Event
+
+
+class HeatRecorder:
+    """Ring buffer of heat for ``num_layers`` layers and ``num_slots`` slots.
+
+    Args:
+        history: ``H`` rows (steps) kept.
+        num_layers: ``L``.
+        num_slots: ``P``.
+        device: where the ring and the counter live.
+        route_counts: whether :meth:`route` counts into the ring (sender-side heat). With
+            receiver-side heat it still routes, but counts into a scratch ring nobody reads,
+            so a model may use ``route`` and ``record`` together without counting twice.
+    """
+
+    def __init__(
+        self,
+        history: int,
+        num_layers: int,
+        num_slots: int,
+        device: Device,
+        *,
+        route_counts: bool = True,
+    ) -> None:
+        self.device = device
+        self.history = history
+        self.heat = torch.zeros(
+            (history, num_layers, num_slots), dtype=torch.int32, device=device.device
+        )
+        self.step_counter = torch.zeros(1, dtype=torch.int64, device=device.device)
+        self._next_row = torch.zeros(1, dtype=torch.int64, device=device.device)
+        self._scratch = (
+            None
+            if route_counts
+            else torch.zeros((history, num_slots), dtype=torch.int32, device=device.device)
+        )
+        self.host_step = 0
+        # Per ring row: the phy2log it was counted under and whether it feeds the policy.
+        self._row_phy2log = np.zeros((history, num_layers, num_slots), dtype=np.int32)
+        self._row_counts = np.zeros(history, dtype=bool)
+        self._snapshot_stream = device.new_stream()
+        self._snapshot_done: Event | None = None
+
+    def layer_heat(self, layer: int) -> torch.Tensor:
+        """``[H, P]`` view of one layer (row stride ``L * P``), what the kernels write."""
+        return self.heat[:, layer, :]
+
+    def route(
+        self,
+        layer: int,
+        topk_ids: torch.Tensor,
+        log2phy: torch.Tensor,
+        logcnt: torch.Tensor,
+        *,
+        replica_share: torch.Tensor | None,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Physical ids for ``topk_ids`` and their counts added to this step's row (one op)."""
+        return ops.route_and_count(
+            topk_ids,
+            log2phy,
+            logcnt,
+            self.layer_heat(layer) if self._scratch is None else self._scratch,
+            self.step_counter,
+            replica_share=replica_share,
+            out=out,
+        )
+
+    def record(
+        self, layer: int, group_list: torch.Tensor, slot_offset: int, cumulative: bool
+    ) -> None:
+        """Add a dispatch kernel's per-local-slot counts to this step's row."""
+        ops.count_from_group_list(
+            group_list,
+            self.layer_heat(layer),
+            self.step_counter,
+            slot_offset,
+            cumulative=cumulative,
+        )
+
+    def advance(self, phy2log: np.ndarray, counts: bool) -> None:
+        """Close the current step and open the next one, without a host synchronisation.
+
+        ``phy2log`` ``[L, P]`` is the placement the closed step was routed under; ``counts``
+        says whether the closed step feeds the policy (see ``EplbConfig.count_steps``).
+        """
+        row = self.host_step % self.history
+        self._row_phy2log[row] = phy2log
+        self._row_counts[row] = counts
+        self.host_step += 1
+        # A snapshot still copying on its side stream must not see the row zeroed under it.
+        self.device.wait_event(self._snapshot_done)
+        self.step_counter.add_(1)
+        torch.remainder(self.step_counter, self.history, out=self._next_row)
+        self.heat.index_fill_(0, self._next_row, 0)
+        if self._scratch is not None:  # keeps the scratch counts far from int32 overflow
+            self._scratch.index_fill_(0, self._next_row, 0)
+        self._row_counts[self.host_step % self.history] = False
+
+    def snapshot(self) -> tuple[torch.Tensor, Event, np.ndarray, np.ndarray]:
+        """Copy the ring to the host without stalling the serving stream.
+
+        Returns ``(host [H, L, P] int32, event, row_phy2log [T, L, P], rows [T])``: ``rows`` are
+        the ring rows that count, oldest first; the copy is valid once ``event`` completes (the
+        background thread synchronises on it).
+        """
+        host = self.device.pinned_empty(self.heat.shape, torch.int32)
+        serving_done = self.device.record_event()
+        self.device.wait_event(serving_done, self._snapshot_stream)
+        with self.device.on_stream(self._snapshot_stream):
+            host.copy_(self.heat, non_blocking=self.device.has_streams)
+            done = self.device.record_event(self._snapshot_stream)
+        self._snapshot_done = done
+        order = (np.arange(self.history) + self.host_step + 1) % self.history
+        rows = order[self._row_counts[order]]
+        return host, done, self._row_phy2log[rows].copy(), rows
+
+
+def heat_to_load(heat: np.ndarray, row_phy2log: np.ndarray, num_experts: int) -> np.ndarray:
+    """Logical load ``[T, L, E] float64`` from slot heat ``[T, L, P]`` and the ``[T, L, P]``
+    placement each row was counted under (an expert's load is the sum of its slots)."""
+    T, L, P = heat.shape
+    base = (np.arange(T * L, dtype=np.int64) * num_experts)[:, None]
+    index = (base + row_phy2log.reshape(T * L, P)).reshape(-1)
+    load = np.bincount(index, weights=heat.reshape(-1), minlength=T * L * num_experts)
+    return load.reshape(T, L, num_experts)

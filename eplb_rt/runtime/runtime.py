@@ -1,0 +1,522 @@
+"""``EplbRuntime``: the object a MoE model holds.
+
+Per MoE layer the model calls :meth:`EplbRuntime.route` (logical top-k ids -> physical ids, heat
+recorded in the same op) or :meth:`EplbRuntime.record` (receiver-side counts), reads
+:meth:`log2phy` / :meth:`logcnt` / :meth:`replica_share` / :meth:`expert_map` (the same storage for
+the life of the runtime, so captured graphs stay valid), and calls :meth:`step` once per forward
+step. Everything else happens at step boundaries inside :meth:`step`:
+
+* every ``interval`` steps the heat ring is snapshotted and handed to the balancer thread;
+* ``deadline`` steps later the ranks agree (one small all-reduce on a control group) that they
+  all hold the same plan (epoch and checksum); otherwise the plan is skipped and logged;
+* an agreed plan is migrated ``layers_per_step`` layers per step: transfers start at one
+  boundary and are committed at the next one, after a second agreement that every rank's
+  transfer of that layer succeeded; a failed layer keeps its old placement on every rank.
+
+Building the runtime creates three gloo/device groups over the expert-parallel ranks (balancer,
+control, migration); with ``torch.distributed`` not initialised it runs as a single rank.
+
+Use in a MoE model (see ``eplb_rt.models.moe`` for a complete one)::
+
+    runtime = EplbRuntime(EplbConfig(num_redundant=16), num_layers, num_experts, device=dev)
+    for layer in range(num_layers):                     # each [S, ...], this rank's slots
+        runtime.register_weights(layer, {"w13": w13[layer], "w2": w2[layer]})
+    ...
+    phy_ids = runtime.route(layer, topk_ids)            # in the MoE layer, before dispatch
+    ...
+    runtime.step()                                       # after every forward step
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from eplb_rt import envs, ops
+from eplb_rt.config import EplbConfig
+from eplb_rt.placement import Placement, Topology
+from eplb_rt.runtime.balancer import (
+    PLAN_OK,
+    PLAN_UNCHANGED,
+    STATUS_NAMES,
+    Balancer,
+    Job,
+    PlanResult,
+)
+from eplb_rt.runtime.device import Device
+from eplb_rt.runtime.executor import MigrationExecutor, Transfer
+from eplb_rt.runtime.migration import LayerMigration, align_to_previous, plan_migration
+from eplb_rt.runtime.recorder import HeatRecorder
+
+log = logging.getLogger("eplb_rt.runtime")
+
+
+@dataclasses.dataclass
+class Rebalance:
+    """What one agreed plan did (``stats()["rebalances"]``)."""
+
+    epoch: int
+    gather_step: int
+    plan_time_s: float
+    layers_planned: int
+    layers_committed: list[int] = dataclasses.field(default_factory=list)
+    layers_failed: list[int] = dataclasses.field(default_factory=list)
+    moved_experts: int = 0
+    bytes_moved: int = 0
+    done_step: int | None = None
+
+    @property
+    def steps(self) -> int | None:
+        """Steps from the gather to the last commit."""
+        return None if self.done_step is None else self.done_step - self.gather_step
+
+
+class EplbRuntime:
+    """Expert-parallel load balancing for one MoE model on this rank.
+
+    Args:
+        config: the settings.
+        num_layers: ``L`` balanced MoE layers.
+        num_experts: ``E`` logical experts per layer.
+        group: expert-parallel process group (``None``: the default group when
+            ``torch.distributed`` is initialised, else a single process).
+        device: the model's device (tables, heat and weights live there).
+    """
+
+    def __init__(
+        self,
+        config: EplbConfig,
+        num_layers: int,
+        num_experts: int,
+        *,
+        group=None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if not isinstance(config, EplbConfig):
+            raise TypeError(f"config must be an EplbConfig, got {type(config).__name__}")
+        for name, value in (("num_layers", num_layers), ("num_experts", num_experts)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        logging.getLogger("eplb_rt").setLevel(envs.get("EPLB_RT_LOG_LEVEL"))
+        self.config = config
+        self.num_layers = num_layers
+        self.num_experts = num_experts
+        self.dev = Device(device)
+        self.device = self.dev.device
+        distributed = dist.is_available() and dist.is_initialized()
+        if group is not None and not distributed:
+            raise ValueError("a process group was given but torch.distributed is not initialised")
+        if distributed:
+            ranks = dist.get_process_group_ranks(group or dist.group.WORLD)
+            self.rank = ranks.index(dist.get_rank())
+        else:
+            ranks, self.rank = [0], 0
+        self.ranks = ranks
+        self.num_ranks = len(ranks)
+        S = config.num_slots_per_rank(num_experts, self.num_ranks)
+        self.topology = Topology(self.num_ranks, S, config.num_nodes)
+        self.topology.check_experts(num_experts)
+        self.max_replicas = min(self.num_ranks, self.topology.num_slots - num_experts + 1)
+        self._placement = self._initial_placement()
+
+        # Tables the model reads: allocated once, rewritten in place by update_expert_map_.
+        p = self._placement
+        self._log2phy = torch.from_numpy(p.log2phy(self.max_replicas)).to(self.device)
+        self._logcnt = torch.from_numpy(p.logcnt).to(self.device)
+        self._replica_share = torch.from_numpy(p.replica_share(self.max_replicas)).to(self.device)
+        self._expert_map = torch.from_numpy(p.expert_map(self.rank)).to(self.device)
+        self._uniform = [True] * num_layers
+        self._set_uniform(p)
+
+        self.recorder = HeatRecorder(
+            config.history,
+            num_layers,
+            self.topology.num_slots,
+            self.dev,
+            route_counts=config.heat_source == "topk",
+        )
+        if distributed and self.num_ranks > 1:
+            self._balancer_group = dist.new_group(
+                ranks, backend="gloo", use_local_synchronization=True
+            )
+            self._control_group = dist.new_group(
+                ranks, backend="gloo", use_local_synchronization=True
+            )
+            backend = "gloo" if self.dev.kind == "cpu" else None
+            self._migration_group = dist.new_group(
+                ranks, backend=backend, use_local_synchronization=True
+            )
+        else:
+            self._balancer_group = self._control_group = self._migration_group = None
+        self.executor = MigrationExecutor(
+            self.dev,
+            rank=self.rank,
+            ranks=ranks,
+            group=self._migration_group,
+            lanes=config.layers_per_step,
+            timeout_s=config.transfer_timeout_s,
+        )
+        self.balancer = Balancer(
+            config,
+            self.topology,
+            num_layers,
+            num_experts,
+            rank=self.rank,
+            group=self._balancer_group,
+            current_step=lambda: self.recorder.host_step,
+        )
+        self._rebalance_enabled = config.interval > 0 and not envs.get("EPLB_RT_DISABLE_REBALANCE")
+        self._epoch = 0
+        self._pending: Job | None = None  # gathered, waiting for its deadline
+        self._queue: list[LayerMigration] = []  # agreed, not yet started
+        self._target: Placement | None = None
+        self._in_flight: list[Transfer] = []
+        self._current: Rebalance | None = None
+        self.rebalances: list[Rebalance] = []
+        self.skipped: list[dict] = []
+        self.errors: list[str] = []
+        self._closed = False
+        if config.export_dir is not None:
+            os.makedirs(config.export_dir, exist_ok=True)
+            self._export(self._placement, 0)
+
+    def _initial_placement(self) -> Placement:
+        path = self.config.initial_placement
+        if path is None:
+            return Placement.initial(self.num_layers, self.num_experts, self.topology)
+        placement = Placement.load(path, self.num_experts)
+        want = (self.num_layers, self.num_experts, self.num_ranks, self.topology.num_slots_per_rank)
+        got = (
+            placement.num_layers,
+            placement.num_experts,
+            placement.num_ranks,
+            placement.num_slots_per_rank,
+        )
+        if got != want:
+            raise ValueError(
+                f"initial placement {path!r} is {placement.describe()}, expected "
+                f"{want[0]} layers x {want[1]} experts on {want[2]} ranks x "
+                f"{want[3]} slots"
+            )
+        return placement
+
+    def _set_uniform(self, placement: Placement, layers=None) -> None:
+        uniform_all = placement.is_uniform
+        for layer in range(self.num_layers) if layers is None else layers:
+            self._uniform[layer] = uniform_all or placement.select_layers([layer]).is_uniform
+
+    # ------------------------------------------------------------------ what the model reads
+    def _check_layer(self, layer: int) -> int:
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+            raise TypeError(f"layer must be an int, got {type(layer).__name__}")
+        if not 0 <= layer < self.num_layers:
+            raise ValueError(f"layer must be in [0, {self.num_layers}), got {layer}")
+        return int(layer)
+
+    def log2phy(self, layer: int) -> torch.Tensor:
+        """``[E, R] int32`` slots of each expert (padded with -1)."""
+        return self._log2phy[self._check_layer(layer)]
+
+    def logcnt(self, layer: int) -> torch.Tensor:
+        """``[E] int32`` replicas per expert."""
+        return self._logcnt[self._check_layer(layer)]
+
+    def replica_share(self, layer: int) -> torch.Tensor:
+        """``[E, R] float32`` share of each replica."""
+        return self._replica_share[self._check_layer(layer)]
+
+    def expert_map(self, layer: int) -> torch.Tensor:
+        """``[E] int32`` local slot of each expert on this rank, -1 where absent."""
+        return self._expert_map[self._check_layer(layer)]
+
+    @property
+    def placement(self) -> Placement:
+        """The committed placement (what the tables hold now)."""
+        return self._placement
+
+    @property
+    def num_slots_per_rank(self) -> int:
+        return self.topology.num_slots_per_rank
+
+    @property
+    def heat(self) -> torch.Tensor:
+        """The ``[H, L, P]`` int32 heat ring."""
+        return self.recorder.heat
+
+    @property
+    def step_counter(self) -> torch.Tensor:
+        """The one-element int64 device step counter."""
+        return self.recorder.step_counter
+
+    # ------------------------------------------------------------------ hot path
+    def route(
+        self, layer: int, topk_ids: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Physical ids ``[N, K]`` for logical ``topk_ids [N, K]`` (int32/int64, -1 padding),
+        counting each routed token into this step's heat when ``heat_source="topk"`` (with
+        ``"group_list"`` the heat comes from :meth:`record` only)."""
+        layer = self._check_layer(layer)
+        if not isinstance(topk_ids, torch.Tensor):
+            raise TypeError(f"topk_ids must be a tensor, got {type(topk_ids).__name__}")
+        if topk_ids.device != self.device:
+            raise ValueError(f"topk_ids is on {topk_ids.device}, expected {self.device}")
+        share = None if self._uniform[layer] else self._replica_share[layer]
+        return self.recorder.route(
+            layer,
+            topk_ids,
+            self._log2phy[layer],
+            self._logcnt[layer],
+            replica_share=share,
+            out=out,
+        )
+
+    def record(self, layer: int, group_list: torch.Tensor, cumulative: bool = False) -> None:
+        """Count a dispatch kernel's per-local-slot tokens ``group_list [S]`` (receiver side)."""
+        layer = self._check_layer(layer)
+        if not isinstance(group_list, torch.Tensor):
+            raise TypeError(f"group_list must be a tensor, got {type(group_list).__name__}")
+        if group_list.device != self.device:
+            raise ValueError(f"group_list is on {group_list.device}, expected {self.device}")
+        S = self.topology.num_slots_per_rank
+        if group_list.shape != (S,):
+            raise ValueError(
+                f"group_list must be [{S}] (one count per local slot), got "
+                f"{tuple(group_list.shape)}"
+            )
+        self.recorder.record(layer, group_list, self.rank * S, bool(cumulative))
+
+    def register_weights(self, layer: int, tensors: dict[str, torch.Tensor]) -> None:
+        """Hand over ``layer``'s expert tensors (each ``[S, ...]``, this rank's slots) that
+        migration rewrites in place."""
+        layer = self._check_layer(layer)
+        self.executor.register(layer, tensors, self.topology.num_slots_per_rank)
+
+    # ------------------------------------------------------------------ step boundary
+    def step(self, is_prefill: bool | None = None) -> None:
+        """Close the forward step that just ran (call once per step, on every rank)."""
+        if self._closed:
+            raise RuntimeError("EplbRuntime.step() after shutdown()")
+        mode = self.config.count_steps
+        if mode != "all" and is_prefill is None:
+            raise ValueError(f"count_steps={mode!r} needs step(is_prefill=True/False)")
+        counts = mode == "all" or (is_prefill if mode == "prefill" else not is_prefill)
+        self.recorder.advance(self._placement.phy2log, counts)
+        step = self.recorder.host_step
+        if self._in_flight:
+            self._commit_in_flight(step)
+        if self._pending is not None and step >= self._pending.deadline_step:
+            self._decide(self._pending, step)
+        if self._queue:
+            self._start_next()
+        elif self._current is not None and not self._in_flight:
+            self._finish_rebalance(step)
+        if (
+            self._rebalance_enabled
+            and step % self.config.interval == 0
+            and self._pending is None
+            and self._current is None
+        ):
+            self._gather(step)
+
+    def _gather(self, step: int) -> None:
+        self._epoch += 1
+        host, event, row_p2l, rows = self.recorder.snapshot()
+        job = Job(
+            self._epoch,
+            step,
+            step + self.config.deadline,
+            host,
+            event,
+            rows,
+            row_p2l,
+            self._placement,
+        )
+        self._pending = job
+        self.balancer.submit(job)
+
+    def _agree(self, values: list[int]) -> tuple[list[int], list[int]]:
+        """Element-wise (min, max) of ``values`` over the ranks (one small all-reduce)."""
+        if self._control_group is None:
+            return list(values), list(values)
+        both = torch.tensor([*values, *(-v for v in values)], dtype=torch.int64)
+        dist.all_reduce(both, op=dist.ReduceOp.MAX, group=self._control_group)
+        n = len(values)
+        return [-int(v) for v in both[n:]], [int(v) for v in both[:n]]
+
+    def _decide(self, job: Job, step: int) -> None:
+        """At the deadline: go ahead only if every rank holds the same finished plan."""
+        self._pending = None
+        result: PlanResult | None = self.balancer.result(job.epoch)
+        self.balancer.discard_through(job.epoch)
+        mine = [result.epoch, result.status, result.digest] if result else [-1, -1, -1]
+        low, high = self._agree(mine)
+        if low[0] == -1:
+            self._skip(
+                job,
+                step,
+                f"plan not ready by its deadline step {job.deadline_step} on at least one rank",
+                error=True,
+            )
+            return
+        if low != high:
+            self._skip(
+                job,
+                step,
+                f"ranks disagree on the plan (epoch {low[0]}..{high[0]}, "
+                f"status {low[1]}..{high[1]}, checksum differs: {low[2] != high[2]})",
+                error=True,
+            )
+            return
+        if low[0] != job.epoch:
+            self._skip(
+                job,
+                step,
+                f"plan epoch {low[0]} does not match the gather's epoch {job.epoch}",
+                error=True,
+            )
+            return
+        if result.status != PLAN_OK:
+            self._skip(
+                job,
+                step,
+                f"plan {STATUS_NAMES[result.status]}"
+                + (f": {result.error}" if result.error else ""),
+                error=result.status != PLAN_UNCHANGED,
+            )
+            return
+        target = align_to_previous(self._placement, result.placement)
+        self._queue = plan_migration(self._placement, target, self.config.num_nodes)
+        # Layers whose shares changed but whose slots did not still need their tables rewritten.
+        moved = {m.layer for m in self._queue}
+        for layer in target.changed_layers(self._placement):
+            if int(layer) not in moved:
+                self._queue.append(
+                    LayerMigration(
+                        int(layer), *(np.zeros(0, np.int64),) * 3, self.topology.num_slots_per_rank
+                    )
+                )
+        self._queue.sort(key=lambda m: m.layer)
+        self._target = target
+        self._current = Rebalance(job.epoch, job.gather_step, result.plan_time_s, len(self._queue))
+        log.info(
+            "plan %d agreed at step %d: %d layers to migrate", job.epoch, step, len(self._queue)
+        )
+
+    def _skip(self, job: Job, step: int, reason: str, error: bool = False) -> None:
+        self.skipped.append({"epoch": job.epoch, "step": step, "reason": reason})
+        if error:
+            self.errors.append(f"plan {job.epoch}: {reason}")
+            log.warning("plan %d skipped at step %d: %s", job.epoch, step, reason)
+        else:
+            log.info("plan %d skipped at step %d: %s", job.epoch, step, reason)
+
+    def _start_next(self) -> None:
+        previous = None
+        for lane in range(min(self.config.layers_per_step, len(self._queue))):
+            migration = self._queue.pop(0)
+            transfer = self.executor.start(migration, lane, previous)
+            previous = transfer.event
+            self._in_flight.append(transfer)
+
+    def _commit_in_flight(self, step: int) -> None:
+        transfers, self._in_flight = self._in_flight, []
+        errors = [self.executor.finish(t) for t in transfers]
+        low, _ = self._agree([int(e is None) for e in errors])
+        rebalance = self._current
+        for transfer, ok, error in zip(transfers, low, errors, strict=True):
+            layer = transfer.migration.layer
+            if not ok:
+                reason = error or "a transfer failed on another rank"
+                self.errors.append(
+                    f"plan {rebalance.epoch}: {reason}; layer {layer} keeps its old placement"
+                )
+                log.warning("plan %d: layer %d not committed: %s", rebalance.epoch, layer, reason)
+                rebalance.layers_failed.append(layer)
+                continue
+            self._commit_layer(transfer)
+            rebalance.layers_committed.append(layer)
+            rebalance.moved_experts += transfer.migration.num_moves
+            rebalance.bytes_moved += transfer.migration.num_remote * self.executor.slot_bytes(layer)
+
+    def _commit_layer(self, transfer: Transfer) -> None:
+        """Weights first, then the tables: the same layer at the same step on every rank."""
+        layer = transfer.migration.layer
+        self.executor.commit(transfer)
+        new = self._target.select_layers([layer])
+        R = self.max_replicas
+        ops.update_expert_map_(
+            self._log2phy[layer],
+            self._logcnt[layer],
+            torch.from_numpy(new.log2phy(R)[0]).to(self.device),
+            torch.from_numpy(new.logcnt[0]).to(self.device),
+            replica_share=self._replica_share[layer],
+            new_replica_share=torch.from_numpy(new.replica_share(R)[0]).to(self.device),
+            expert_map=self._expert_map[layer],
+            new_expert_map=torch.from_numpy(new.expert_map(self.rank)[0]).to(self.device),
+        )
+        self._placement = self._placement.replace_layers([layer], self._target)
+        self._uniform[layer] = new.is_uniform
+
+    def _finish_rebalance(self, step: int) -> None:
+        rebalance, self._current, self._target = self._current, None, None
+        rebalance.done_step = step
+        self.rebalances.append(rebalance)
+        if self.config.export_dir is not None and rebalance.layers_committed:
+            self._export(self._placement, rebalance.epoch)
+        log.info(
+            "plan %d done at step %d: %d layers committed, %d failed, %d experts moved",
+            rebalance.epoch,
+            step,
+            len(rebalance.layers_committed),
+            len(rebalance.layers_failed),
+            rebalance.moved_experts,
+        )
+
+    def _export(self, placement: Placement, epoch: int) -> None:
+        if self.rank == 0:
+            placement.save(os.path.join(self.config.export_dir, f"placement_{epoch:05d}.json"))
+
+    # ------------------------------------------------------------------ reporting, shutdown
+    @property
+    def busy(self) -> bool:
+        """True while a plan is pending or a migration is under way."""
+        return self._pending is not None or self._current is not None
+
+    def stats(self) -> dict:
+        """Counters for reports: steps, rebalances (finished, and the one under way), skipped
+        plans, errors, and the moves committed so far."""
+        committed = self.rebalances + ([self._current] if self._current is not None else [])
+        return {
+            "steps": self.recorder.host_step,
+            "epochs": self._epoch,
+            "rebalances": [dict(dataclasses.asdict(r), steps=r.steps) for r in self.rebalances],
+            "in_progress": None if self._current is None else dataclasses.asdict(self._current),
+            "skipped": list(self.skipped),
+            "errors": list(self.errors),
+            "moved_experts": sum(r.moved_experts for r in committed),
+            "bytes_moved": sum(r.bytes_moved for r in committed),
+            "plan_time_s": [r.plan_time_s for r in self.rebalances],
+            "balancer_busy_s": self.balancer.busy_s,
+            "transfers": dict(self.executor.counters),
+        }
+
+    def shutdown(self) -> None:
+        """Stop the balancer thread and wait for transfers in flight; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for transfer in self._in_flight:
+            self.executor.finish(transfer)
+        self._in_flight = []
+        self.balancer.shutdown()
+
+    def __enter__(self) -> EplbRuntime:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()

@@ -1,0 +1,106 @@
+"""EplbConfig validation and the EPLB_RT_* table."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from eplb_rt import envs
+from eplb_rt.config import EplbConfig
+
+
+def test_defaults_are_valid_and_frozen():
+    config = EplbConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.interval = 3  # type: ignore[misc]
+    assert EplbConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("policy", "no_such_policy", "unknown policy"),
+        ("policy_options", {"bogus": 1}, "has no option"),
+        ("policy_options", [1], "must be a dict"),
+        ("interval", -1, "interval must be an integer >= 0"),
+        ("interval", 2.5, "interval must be an integer"),
+        ("interval", True, "interval must be an integer"),
+        ("history", 1, "history must be an integer >= 2"),
+        ("episode", 0, "episode must be an integer >= 1"),
+        ("episode", 500, "episode .* must be <= history"),
+        ("num_redundant", -2, "num_redundant"),
+        ("slots_per_rank", 0, "slots_per_rank"),
+        ("layers_per_step", 0, "layers_per_step"),
+        ("deadline", 0, "deadline must be an integer >= 1"),
+        ("deadline", 100, "deadline .* must be below interval"),
+        ("threshold", 0.5, r"threshold must be in \[1.0, inf\]"),
+        ("threshold", float("nan"), "threshold must be a number"),
+        ("hysteresis", 1.0, r"hysteresis must be in \[0.0, 1.0\)"),
+        ("heat_source", "sender", "heat_source must be one of"),
+        ("count_steps", "some", "count_steps must be one of"),
+        ("initial_placement", "/nonexistent/placement.json", "no such file"),
+        ("transfer_timeout_s", 0, "transfer_timeout_s"),
+        ("num_nodes", 0, "num_nodes"),
+        ("warm_up", "yes", "warm_up must be a bool"),
+    ],
+)
+def test_invalid_field_names_the_field(field, value, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        EplbConfig(**{field: value})
+
+
+def test_slots_per_rank_and_num_redundant_are_exclusive():
+    with pytest.raises(ValueError, match="not both"):
+        EplbConfig(slots_per_rank=4, num_redundant=2)
+
+
+def test_num_slots_per_rank():
+    assert EplbConfig(num_redundant=4).num_slots_per_rank(12, 4) == 4
+    assert EplbConfig(slots_per_rank=5).num_slots_per_rank(12, 4) == 5
+    with pytest.raises(ValueError, match="do not split evenly over 5 ranks"):
+        EplbConfig(num_redundant=1).num_slots_per_rank(12, 5)
+
+
+def test_interval_zero_allows_any_deadline():
+    assert EplbConfig(interval=0, deadline=500).interval == 0
+
+
+def test_from_dict_rejects_unknown_keys_and_non_dicts():
+    with pytest.raises(ValueError, match=r"no field\(s\) \['intervall'\]"):
+        EplbConfig.from_dict({"intervall": 5})
+    with pytest.raises(TypeError, match="needs a dict"):
+        EplbConfig.from_dict([("interval", 5)])  # type: ignore[arg-type]
+
+
+def test_from_dict_round_trips_through_json(tmp_path):
+    config = EplbConfig(interval=7, deadline=3, heat_source="group_list", export_dir=str(tmp_path))
+    assert EplbConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_env_overrides(monkeypatch):
+    monkeypatch.setenv("EPLB_RT_TRANSFER_TIMEOUT_S", "2.5")
+    monkeypatch.setenv("EPLB_RT_EXPORT_DIR", "placements")
+    config = EplbConfig.from_dict({}, env=True)
+    assert config.transfer_timeout_s == 2.5 and config.export_dir == "placements"
+    assert EplbConfig.from_dict({}).transfer_timeout_s == EplbConfig().transfer_timeout_s
+    monkeypatch.setenv("EPLB_RT_POLICY", "no_such_policy")
+    with pytest.raises(ValueError, match="unknown policy"):
+        EplbConfig.from_dict({}, env=True)
+
+
+def test_envs_table(monkeypatch):
+    assert all(name.startswith("EPLB_RT_") for name, _, _ in envs.table())
+    monkeypatch.delenv("EPLB_RT_DISABLE_REBALANCE", raising=False)
+    assert envs.get("EPLB_RT_DISABLE_REBALANCE") is False
+    monkeypatch.setenv("EPLB_RT_DISABLE_REBALANCE", "yes")
+    assert envs.get("EPLB_RT_DISABLE_REBALANCE") is True
+    monkeypatch.setenv("EPLB_RT_DISABLE_REBALANCE", "maybe")
+    with pytest.raises(ValueError, match="EPLB_RT_DISABLE_REBALANCE='maybe'"):
+        envs.get("EPLB_RT_DISABLE_REBALANCE")
+    monkeypatch.setenv("EPLB_RT_DEMO_PORT", "x")
+    with pytest.raises(ValueError, match="EPLB_RT_DEMO_PORT"):
+        envs.get("EPLB_RT_DEMO_PORT")
+    with pytest.raises(KeyError, match="unknown eplb_rt variable"):
+        envs.get("EPLB_RT_NOPE")

@@ -1,0 +1,218 @@
+"""The runtime on several gloo ranks: migration, output equality, fault injection.
+
+Every scenario runs the reference MoE model with EPLB next to the same model without EPLB on
+the same inputs, and checks after every step that the outputs are bitwise equal (``exact``
+mode: each token's expert MLP is reduced on its own, so the result cannot depend on which
+other tokens share an expert's batch) and that every rank's slot weights equal those of a model
+freshly built for the committed placement.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+import pytest
+import torch
+from _dist import spawn
+
+from eplb_rt.algorithms import warm_up
+from eplb_rt.config import EplbConfig
+from eplb_rt.models import ExpertParallelMoE, MoEConfig, expert_weights
+from eplb_rt.runtime import EplbRuntime
+
+pytestmark = pytest.mark.multiprocess
+
+MODEL = MoEConfig(num_layers=3, num_experts=9, top_k=2, hidden=8, ffn=12, seed=3, exact=True)
+
+
+def _skewed_bias(step: int, layers: int, experts: int) -> torch.Tensor:
+    """Router bias with a hot expert that drifts every 10 steps (a skewed, drifting workload)."""
+    bias = torch.zeros((layers, experts))
+    for layer in range(layers):
+        hot = (step // 10 + 2 * layer) % experts
+        bias[layer, hot] = 3.0
+        bias[layer, (hot + 4) % experts] = 1.5
+    return bias
+
+
+def _check_weights(runtime: EplbRuntime, model: ExpertParallelMoE) -> None:
+    """Each slot holds exactly the weights of the expert the committed placement puts there."""
+    grid = runtime.placement.by_rank()
+    for layer in range(MODEL.num_layers):
+        fresh = expert_weights(MODEL, layer, grid[layer, runtime.rank])
+        for name, tensor in fresh.items():
+            assert torch.equal(model.weights[layer][name], tensor), (layer, name)
+
+
+def _check_tables(runtime: EplbRuntime) -> None:
+    p, R = runtime.placement, runtime.max_replicas
+    for layer in range(MODEL.num_layers):
+        assert np.array_equal(runtime.log2phy(layer).numpy(), p.log2phy(R)[layer])
+        assert np.array_equal(runtime.replica_share(layer).numpy(), p.replica_share(R)[layer])
+        assert np.array_equal(runtime.logcnt(layer).numpy(), p.logcnt[layer])
+        assert np.array_equal(runtime.expert_map(layer).numpy(), p.expert_map(runtime.rank)[layer])
+
+
+def _drive(runtime, model, baseline, steps, rank, *, start=0, on_step=None):
+    """Run ``steps`` steps, checking outputs, weights and tables after each one."""
+    for step in range(start, start + steps):
+        gen = torch.Generator().manual_seed(step * 131 + rank)
+        x = torch.randn((7 + rank, MODEL.hidden), generator=gen)  # ranks differ in batch size
+        bias = _skewed_bias(step, MODEL.num_layers, MODEL.num_experts)
+        y = model(x, bias)
+        assert torch.equal(y, baseline(x, bias)), f"outputs differ at step {step}"
+        runtime.step()
+        _check_weights(runtime, model)
+        _check_tables(runtime)
+        if on_step is not None:
+            on_step(step)
+
+
+def _build(config: EplbConfig):
+    runtime = EplbRuntime(config, MODEL.num_layers, MODEL.num_experts)
+    return runtime, ExpertParallelMoE(MODEL, runtime=runtime), ExpertParallelMoE(MODEL)
+
+
+def _config(**overrides) -> EplbConfig:
+    values = dict(
+        policy="rt_test_shift",
+        interval=6,
+        history=6,
+        episode=2,
+        num_redundant=3,
+        deadline=2,
+        layers_per_step=2,
+        threshold=1.0,
+        hysteresis=0.0,
+        warm_up=False,
+        transfer_timeout_s=20.0,
+    )
+    values.update(overrides)
+    return EplbConfig(**values)
+
+
+# ---------------------------------------------------------------------- migration + equality
+def _rebalancing(rank: int, world: int, heat_source: str, policy: str, subprocess: bool) -> None:
+    warm_up([policy])  # compile numba kernels now, not against the 2-step deadline
+    # A plan made in a child process also pays the pickling round trip: give it 5 steps.
+    config = _config(
+        heat_source=heat_source,
+        policy=policy,
+        plan_in_subprocess=subprocess,
+        deadline=5 if subprocess else 2,
+        warm_up=subprocess,  # the child compiles its own kernels before ready is set
+    )
+    runtime, model, baseline = _build(config)
+    assert runtime.balancer.ready.wait(120)  # the planning child has started and warmed up
+    tables = [runtime.log2phy(layer).data_ptr() for layer in range(MODEL.num_layers)]
+    weights = [model.weights[layer]["w1"].data_ptr() for layer in range(MODEL.num_layers)]
+    history = [runtime.placement]
+
+    def on_step(step):
+        if runtime.placement != history[-1]:
+            history.append(runtime.placement)
+        time.sleep(0.01)  # two shared cores: give the balancer thread a turn before the deadline
+
+    _drive(runtime, model, baseline, 60, rank, on_step=on_step)
+    step = 60
+    while runtime.busy and step < 100:  # finish the plan under way (same decision on all ranks)
+        _drive(runtime, model, baseline, 1, rank, start=step, on_step=on_step)
+        step += 1
+    stats = runtime.stats()
+    runtime.shutdown()
+    assert stats["errors"] == [], stats["errors"]
+    assert stats["rebalances"], stats
+    if policy == "rt_test_shift":
+        assert len(stats["rebalances"]) >= 5, stats
+        assert {p.is_uniform for p in history} == {True, False}  # weighted shares were served
+        assert all(r["layers_committed"] for r in stats["rebalances"])
+    # Moves reported = slots whose expert changed between consecutive committed placements.
+    changed = sum(int(b.moves(a).sum()) for a, b in itertools.pairwise(history))
+    assert stats["moved_experts"] == changed, (stats["moved_experts"], changed, stats["rebalances"])
+    # What crossed the network is exactly the planned remote moves: every byte sent was
+    # received, and their sum is the bytes of the committed moves.
+    sent = torch.tensor(
+        [
+            stats["transfers"]["bytes_sent"],
+            stats["transfers"]["slots_sent"],
+            stats["transfers"]["slots_received"],
+        ]
+    )
+    torch.distributed.all_reduce(sent)
+    slot_bytes = runtime.executor.slot_bytes(0)
+    assert int(sent[0]) == stats["bytes_moved"] == int(sent[2]) * slot_bytes
+    assert int(sent[1]) == int(sent[2])
+    # The tables and weights keep their storage (captured graphs stay valid).
+    assert tables == [runtime.log2phy(layer).data_ptr() for layer in range(MODEL.num_layers)]
+    assert weights == [model.weights[layer]["w1"].data_ptr() for layer in range(MODEL.num_layers)]
+    # Every rank ends with the same placement.
+    gathered = [None] * world
+    torch.distributed.all_gather_object(gathered, runtime.placement.phy2log.tolist())
+    assert all(g == gathered[0] for g in gathered)
+
+
+def test_rebalancing_moves_exactly_the_plan_and_outputs_stay_bitwise_equal():
+    spawn(_rebalancing, 3, "topk", "rt_test_shift", False)
+
+
+def test_receiver_side_heat_with_the_default_policy_planned_in_a_child_process():
+    spawn(_rebalancing, 3, "group_list", "default", True)
+
+
+# ---------------------------------------------------------------------- faults
+def _faults(rank: int, world: int) -> None:
+    # 1. The policy raises: no migration, the error is reported, serving goes on.
+    runtime, model, baseline = _build(_config(policy="rt_test_raise"))
+    initial = runtime.placement
+    _drive(runtime, model, baseline, 20, rank)
+    stats = runtime.stats()
+    runtime.shutdown()
+    assert runtime.placement == initial and stats["rebalances"] == []
+    assert any("rt_test_raise always fails" in e or "planning rank" in e for e in stats["errors"])
+
+    # 2. The plan misses its deadline (rank 0's policy is slow): skipped, then a later one lands.
+    runtime, model, baseline = _build(_config(interval=8, deadline=2))
+    if rank == 0:
+        runtime.balancer.faults.policy_delay_s = 1.5
+
+    def release(step):
+        if rank == 0:
+            runtime.balancer.faults.policy_delay_s = 0.0
+        time.sleep(0.03)  # let the balancer thread work off the queued plans
+
+    _drive(runtime, model, baseline, 12, rank)
+    assert runtime.placement == initial
+    assert any("not ready by its deadline" in e for e in runtime.stats()["errors"])
+    _drive(runtime, model, baseline, 60, rank, start=12, on_step=release)
+    stats = runtime.stats()
+    runtime.shutdown()
+    assert stats["rebalances"], "a plan after the slow one should have landed"
+
+    # 3. One rank's transfer of layer 1 fails: layer 1 keeps its placement on every rank.
+    runtime, model, baseline = _build(_config(interval=6, layers_per_step=1))
+    if rank == 1:
+        runtime.executor.fail_layers = {1}
+    _drive(runtime, model, baseline, 14, rank)
+    stats = runtime.stats()
+    runtime.shutdown()
+    first = stats["rebalances"][0]
+    assert first["layers_failed"] == [1] and first["layers_committed"] == [0, 2]
+    assert np.array_equal(runtime.placement.phy2log[1], initial.phy2log[1])
+    assert not np.array_equal(runtime.placement.phy2log[0], initial.phy2log[0])
+    assert any("layer 1" in e for e in stats["errors"])
+
+    # 4. The ranks disagree on the plan epoch: the plan is skipped everywhere.
+    runtime, model, baseline = _build(_config())
+    if rank == world - 1:
+        runtime.balancer.faults.epoch_offset = 1
+    _drive(runtime, model, baseline, 20, rank)
+    stats = runtime.stats()
+    runtime.shutdown()
+    assert runtime.placement == initial and stats["rebalances"] == []
+    assert any("disagree" in e for e in stats["errors"])
+
+
+def test_faults_leave_the_old_placement_serving():
+    spawn(_faults, 3)

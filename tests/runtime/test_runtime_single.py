@@ -1,0 +1,218 @@
+"""EplbRuntime on one process: heat ring and step counter, tables, bad input at every entry."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from eplb_rt.config import EplbConfig
+from eplb_rt.placement import Placement, Topology
+from eplb_rt.runtime import EplbRuntime
+from eplb_rt.runtime.recorder import heat_to_load
+
+# Errors the ops raise for bad tensors (torch's TORCH_CHECK gives RuntimeError or ValueError).
+OP_ERRORS = (ValueError, TypeError, RuntimeError, IndexError)
+
+
+@pytest.fixture
+def runtime():
+    config = EplbConfig(policy="rt_test_shift", interval=0, history=4, episode=2, warm_up=False)
+    rt = EplbRuntime(config, 2, 5)
+    yield rt
+    rt.shutdown()
+
+
+def _state(rt: EplbRuntime) -> list[torch.Tensor]:
+    return [
+        t.clone()
+        for t in (
+            rt.heat,
+            rt.step_counter,
+            rt._log2phy,
+            rt._logcnt,
+            rt._replica_share,
+            rt._expert_map,
+        )
+    ]
+
+
+def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_route_counts_into_the_current_row_and_step_advances_on_device(runtime):
+    ids = torch.tensor([[0, 4], [4, -1], [-1, -1]], dtype=torch.int64)
+    phy = runtime.route(0, ids)
+    assert phy.dtype == ids.dtype and phy.shape == ids.shape
+    p2l = torch.from_numpy(runtime.placement.phy2log[0].astype(np.int64))
+    assert torch.equal(torch.where(ids >= 0, p2l[phy.clamp(min=0)], -1), ids)
+    assert runtime.heat[0, 0].tolist() == [1, 0, 0, 0, 2] and runtime.heat.sum() == 3
+    runtime.route(1, torch.tensor([[2]], dtype=torch.int32))  # K = 1, int32
+    runtime.route(1, torch.empty((0, 3), dtype=torch.int64))  # empty batch
+    for expected in range(1, 6):
+        runtime.step()
+        assert int(runtime.step_counter) == expected
+        assert int(runtime.heat[expected % 4].abs().sum()) == 0  # the next row starts empty
+    runtime.route(0, torch.tensor([[3]]))
+    assert int(runtime.heat[5 % 4, 0, 3]) == 1 and int(runtime.heat.sum()) == 1
+
+
+def test_record_adds_receiver_side_counts(runtime):
+    runtime.record(1, torch.tensor([1, 0, 2, 0, 3], dtype=torch.int32))
+    runtime.record(1, torch.tensor([1, 1, 3, 3, 4]), cumulative=True)
+    assert runtime.heat[0, 1].tolist() == [2, 0, 4, 0, 4]
+
+
+def test_route_does_not_count_when_heat_comes_from_group_lists():
+    config = EplbConfig(
+        policy="rt_test_shift",
+        interval=0,
+        history=3,
+        episode=1,
+        heat_source="group_list",
+        warm_up=False,
+    )
+    with EplbRuntime(config, 1, 4) as rt:
+        phy = rt.route(0, torch.tensor([[0, 3], [2, -1]]))
+        assert phy.tolist() == [[0, 3], [2, -1]]
+        assert int(rt.heat.sum()) == 0
+        rt.record(0, torch.tensor([1, 0, 1, 1]))
+        assert rt.heat[0, 0].tolist() == [1, 0, 1, 1]
+
+
+def test_snapshot_keeps_counted_rows_oldest_first_and_converts_to_load():
+    config = EplbConfig(
+        policy="rt_test_shift",
+        interval=0,
+        history=4,
+        episode=1,
+        count_steps="decode",
+        warm_up=False,
+    )
+    with EplbRuntime(config, 1, 3) as rt:
+        for step, prefill in enumerate([True, False, False, True, False]):
+            rt.route(0, torch.full((step + 1, 1), step % 3))
+            rt.step(is_prefill=prefill)
+        host, event, row_p2l, rows = rt.recorder.snapshot()
+        event.synchronize()
+        # Ring rows of steps 1..4 survive (H = 4, the row of step 5 is open); decode: 2 and 4.
+        assert rows.tolist() == [2, 0]
+        load = heat_to_load(host.numpy()[rows], row_p2l, 3)
+        assert load[:, 0].tolist() == [[0, 0, 3], [0, 5, 0]]
+        with pytest.raises(ValueError, match="needs step\\(is_prefill"):
+            rt.step()
+
+
+def test_heat_to_load_uses_each_rows_placement():
+    heat = np.array([[[1, 2, 3, 4]], [[5, 6, 7, 8]]], dtype=np.int32)  # [T=2, L=1, P=4]
+    row_p2l = np.array([[[0, 1, 2, 0]], [[2, 2, 1, 0]]], dtype=np.int32)
+    assert heat_to_load(heat, row_p2l, 3).tolist() == [[[5, 2, 3]], [[8, 7, 11]]]
+
+
+def test_tables_match_the_placement_and_keep_their_storage(runtime):
+    p = runtime.placement
+    assert runtime.log2phy(1).shape == (5, 1) and runtime.logcnt(0).tolist() == [1] * 5
+    assert runtime.expert_map(0).tolist() == p.expert_map(0)[0].tolist()
+    assert runtime.replica_share(0).tolist() == [[1.0]] * 5
+    assert runtime.log2phy(1).data_ptr() == runtime._log2phy[1].data_ptr()
+
+
+def _bad_calls(rt: EplbRuntime):
+    E = rt.num_experts
+    yield lambda: rt.route(2, torch.zeros((1, 1), dtype=torch.int64)), "layer must be in"
+    yield lambda: rt.route(-1, torch.zeros((1, 1), dtype=torch.int64)), "layer must be in"
+    yield lambda: rt.route(True, torch.zeros((1, 1), dtype=torch.int64)), "layer must be an int"
+    yield lambda: rt.route(0, [[0]]), "topk_ids must be a tensor"
+    yield lambda: rt.route(0, torch.zeros((1, 1), dtype=torch.int64, device="meta")), "expected cpu"
+    yield lambda: rt.route(0, torch.tensor([[E]])), None
+    yield lambda: rt.route(0, torch.tensor([[0, -2]])), None
+    yield lambda: rt.route(0, torch.tensor([[0.0]])), None
+    yield lambda: rt.route(0, torch.tensor([0, 1])), None
+    yield lambda: rt.record(0, torch.ones(3, dtype=torch.int32)), "group_list must be \\[5\\]"
+    yield lambda: rt.record(0, torch.tensor([1, -1, 0, 0, 0])), None
+    yield lambda: rt.record(0, [1, 0, 0, 0, 0]), "group_list must be a tensor"
+    yield lambda: rt.log2phy(7), "layer must be in"
+    yield lambda: rt.expert_map("0"), "layer must be an int"
+    yield lambda: rt.register_weights(0, {}), "non-empty dict"
+    yield lambda: rt.register_weights(0, {"w": torch.zeros(4, 2)}), "expected \\[5, ...\\]"
+    yield lambda: rt.register_weights(0, {"w": torch.zeros(2, 5).t()}), "contiguous"
+    yield lambda: rt.register_weights(0, {"w": [0] * 5}), "must be a tensor"
+    yield lambda: rt.register_weights(0, {"w": torch.zeros(5, device="meta")}), "expected cpu"
+
+
+def test_bad_input_at_every_entry_raises_and_changes_nothing(runtime):
+    runtime.route(0, torch.tensor([[1, 2]]))
+    before = _state(runtime)
+    for call, message in _bad_calls(runtime):
+        if message is None:
+            with pytest.raises(OP_ERRORS):
+                call()
+        else:
+            with pytest.raises((ValueError, TypeError), match=message):
+                call()
+        assert _same(before, _state(runtime))
+    assert runtime.executor.weights == {}
+
+
+def test_bad_constructor_arguments():
+    config = EplbConfig(policy="rt_test_shift", interval=0, warm_up=False)
+    with pytest.raises(TypeError, match="must be an EplbConfig"):
+        EplbRuntime({"interval": 0}, 2, 4)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="num_layers must be a positive integer"):
+        EplbRuntime(config, 0, 4)
+    with pytest.raises(ValueError, match="num_experts must be a positive integer"):
+        EplbRuntime(config, 1, 2.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"torch\.distributed is not initialised"):
+        EplbRuntime(config, 1, 4, group=object())
+    with pytest.raises(ValueError, match="exceeds num_experts"):
+        EplbRuntime(EplbConfig(policy="rt_test_shift", slots_per_rank=5, warm_up=False), 1, 4)
+    with pytest.raises(ValueError, match="stream API"):
+        EplbRuntime(config, 1, 4, device="meta")
+
+
+def test_initial_placement_from_json_and_export(tmp_path):
+    topo = Topology(1, 4)
+    placement = Placement(np.array([[3, 2, 1, 0], [0, 1, 2, 3]]), 4, 1)
+    path = tmp_path / "start.json"
+    placement.save(path)
+    config = EplbConfig(
+        policy="rt_test_shift",
+        interval=0,
+        initial_placement=str(path),
+        export_dir=str(tmp_path / "out"),
+        warm_up=False,
+    )
+    with EplbRuntime(config, 2, 4) as rt:
+        assert rt.placement == placement
+        assert rt.expert_map(0).tolist() == [3, 2, 1, 0]
+    exported = json.loads((tmp_path / "out" / "placement_00000.json").read_text())
+    assert Placement.from_vllm_ascend(exported) == placement
+    with pytest.raises(ValueError, match="expected 3 layers"):
+        EplbRuntime(config, 3, 4)
+    invalid = tmp_path / "invalid.json"
+    doc = placement.to_vllm_ascend()
+    doc["layer_list"][0]["device_list"][0]["device_expert"] = [3, 3, 1, 0]  # expert 2 lost
+    invalid.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"two replicas of expert 3|expert 2 has no slot"):
+        EplbRuntime(dataclass_replace(config, initial_placement=str(invalid)), 2, 4)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        EplbRuntime(dataclass_replace(config, initial_placement=str(bad)), 2, 4)
+    del topo
+
+
+def test_step_after_shutdown_is_an_error(runtime):
+    runtime.shutdown()
+    runtime.shutdown()  # idempotent
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        runtime.step()
+
+
+def dataclass_replace(config, **changes):
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)
