@@ -1,0 +1,341 @@
+"""``eplb-rt simulate`` and ``eplb-rt convert`` on small files: outputs parsed and checked."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from eplb_rt import cli, interop
+from eplb_rt.placement import Placement, Topology
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _skewed(num_steps: int, num_layers: int, num_experts: int, seed: int = 0) -> np.ndarray:
+    """Per-step integer loads with a hot expert that drifts (a recognisable, valid series)."""
+    rng = np.random.default_rng(seed)
+    load = rng.integers(0, 20, size=(num_steps, num_layers, num_experts)).astype(np.float64)
+    for t in range(num_steps):
+        load[t, :, (t // 3) % num_experts] += 200
+    return load
+
+
+def _table(out: str) -> dict[str, list[str]]:
+    """Rows of the markdown table on stdout, by policy name (first word of the first cell)."""
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and not line.startswith("| policy") and len(cells) == 9:
+            rows[cells[0].split()[0]] = cells
+    return rows
+
+
+@pytest.fixture
+def series(tmp_path):
+    path = tmp_path / "series.npy"
+    np.save(path, _skewed(13, 3, 7))
+    return path
+
+
+def test_simulate_prints_table_and_writes_json_and_png(tmp_path, capsys, series):
+    out_json, out_png = tmp_path / "sim.json", tmp_path / "sim.png"
+    code, out, _ = _run(
+        capsys,
+        "simulate",
+        "--load",
+        series,
+        "--ranks",
+        3,
+        "--slots-per-rank",
+        3,
+        "--policies",
+        "default",
+        "--interval",
+        3,
+        "--episodes",
+        2,
+        "--expert-bytes",
+        1000,
+        "--json",
+        out_json,
+        "--plot",
+        out_png,
+    )
+    assert code == 0
+    rows = _table(out)
+    assert set(rows) == {"none", "default"}
+    doc = json.loads(out_json.read_text())
+    assert doc["setup"]["steps"] == 13 and doc["setup"]["window"] == 6
+    assert doc["setup"]["workloads"] == [{"label": "series", "steps": 13}]
+    for name, cells in rows.items():
+        s = doc["policies"][name]["summary"]
+        assert s["cycles"] == 4  # scored windows start at steps 3, 6, 9, 12
+        assert float(cells[1]) == pytest.approx(s["par_mean"], abs=5e-4)
+        assert float(cells[6]) == pytest.approx(s["moves_per_cycle"], abs=0.05)
+        assert s["bytes_total"] == 1000 * s["moves_total"]
+        assert 1.0 <= s["bound_par_mean"] <= s["par_mean"]
+        assert [c["start"] for c in doc["policies"][name]["cycles"]] == [3, 6, 9, 12]
+    assert doc["policies"]["none"]["summary"]["moves_total"] == 0
+    # The balancer beats the placement that never moves on this skewed series.
+    assert (
+        doc["policies"]["default"]["summary"]["par_mean"]
+        < doc["policies"]["none"]["summary"]["par_mean"]
+    )
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_aggregate_workloads_played_in_sequence(tmp_path, capsys):
+    paths = []
+    for i, name in enumerate(("in512", "in1024", "in4096")):
+        path = tmp_path / f"{name}.json"
+        interop.write_load(_skewed(1, 2, 8, seed=i)[0], path, "sglang-count")
+        paths.append(path)
+    out_json = tmp_path / "sim.json"
+    code, out, _ = _run(
+        capsys,
+        "simulate",
+        "--load",
+        *paths,
+        "--ranks",
+        2,
+        "--slots-per-rank",
+        5,
+        "--policies",
+        "default",
+        "--json",
+        out_json,
+    )
+    assert code == 0, out
+    doc = json.loads(out_json.read_text())
+    # Aggregates: interval 1, plan on one workload, score on the next.
+    assert doc["setup"]["interval"] == 1
+    cycles = doc["policies"]["default"]["cycles"]
+    assert [c["label"] for c in cycles] == ["in1024", "in4096"]
+
+
+def test_save_placements_can_be_rescored(tmp_path, capsys, series):
+    out_json, folder = tmp_path / "sim.json", tmp_path / "placements"
+    code, _, _ = _run(
+        capsys,
+        "simulate",
+        "--load",
+        series,
+        "--ranks",
+        3,
+        "--slots-per-rank",
+        3,
+        "--policies",
+        "default",
+        "--interval",
+        4,
+        "--json",
+        out_json,
+        "--save-placements",
+        folder,
+    )
+    assert code == 0
+    doc = json.loads(out_json.read_text())
+    for name in ("none", "default"):
+        for cycle in doc["policies"][name]["cycles"]:
+            saved = Placement.load(doc["saved"]["placements"][name][str(cycle["start"])])
+            window = np.load(doc["saved"]["windows"][str(cycle["start"])])
+            assert window.shape[0] == cycle["stop"] - cycle["start"]
+            assert saved.topology() == Topology(3, 3)
+            assert cycle["par_per_layer"] == pytest.approx(_par_per_layer(saved, window), rel=1e-12)
+
+
+def _par_per_layer(placement: Placement, window: np.ndarray) -> list[float]:
+    from eplb_rt.algorithms import metrics
+
+    return metrics.par(placement, window.sum(axis=0)).tolist()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--policies", "no-such"], "unknown policy 'no-such'"),
+        (["--interval", "13"], "need at least interval + 1 steps"),
+        (["--interval", "0"], "interval must be >= 1"),
+        (["--ranks", "1"], "do not fit in 1 ranks x 3 slots"),
+        (["--option", "default=3"], "expected POLICY.KEY=VALUE"),
+        (["--option", "none.x=3"], "options given for policies not compared"),
+    ],
+)
+def test_simulate_bad_arguments(capsys, series, extra, message):
+    argv = ["simulate", "--load", series, "--ranks", 3, "--slots-per-rank", 3, *extra]
+    if "--ranks" in extra:
+        argv = ["simulate", "--load", series, "--slots-per-rank", 3, *extra]
+    code, _, err = _run(capsys, *argv)
+    assert code == 2
+    assert message in err
+
+
+def test_simulate_refuses_mismatched_workloads(tmp_path, capsys, series):
+    other = tmp_path / "other.npy"
+    np.save(other, _skewed(4, 3, 8))
+    code, _, err = _run(
+        capsys, "simulate", "--load", series, other, "--ranks", 3, "--slots-per-rank", 3
+    )
+    assert code == 2
+    assert "other has 3 layers x 8 experts but series has 3 x 7" in err
+
+
+@pytest.mark.parametrize("content", [b"", b"not a load", b"\x93NUMPY\x01\x00garbage"])
+def test_simulate_bad_files(tmp_path, capsys, content):
+    bad = tmp_path / "bad.npy"
+    bad.write_bytes(content)
+    code, _, err = _run(capsys, "simulate", "--load", bad, "--ranks", 2, "--slots-per-rank", 4)
+    assert code == 2
+    assert "bad.npy" in err
+
+
+def test_simulate_missing_file(tmp_path, capsys):
+    code, _, err = _run(
+        capsys, "simulate", "--load", tmp_path / "absent.npy", "--ranks", 2, "--slots-per-rank", 4
+    )
+    assert code == 2
+    assert "absent.npy" in err
+
+
+# ----------------------------------------------------------------------------- convert
+def _valid_placement() -> Placement:
+    return Placement(np.array([[0, 1, 4, 2, 3, 0], [4, 3, 2, 1, 0, 4]]), 5, 3)
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"),
+    [
+        ("vllm-ascend", "sglang"),
+        ("sglang", "npy"),
+        ("npy", "vllm-ascend"),
+        ("vllm-ascend", "npy"),
+        ("sglang", "vllm-ascend"),
+    ],
+)
+def test_convert_placements(tmp_path, capsys, src, dst):
+    placement = _valid_placement()
+    ext = {"npy": ".npy"}
+    source = tmp_path / f"in{ext.get(src, '.json')}"
+    target = tmp_path / f"out{ext.get(dst, '.json')}"
+    interop.write_placement(placement, source, src)
+    code, out, err = _run(
+        capsys, "convert", "--from", src, "--to", dst, source, target, "--ranks", 3
+    )
+    assert code == 0, err
+    assert "2 layers x 5 experts on 3 ranks x 2 slots" in out
+    assert interop.read_placement(target, dst, num_ranks=3) == placement
+
+
+def test_convert_loads(tmp_path, capsys):
+    load = _skewed(4, 2, 6)
+    source, middle, back = tmp_path / "a.npy", tmp_path / "count.json", tmp_path / "b.npy"
+    np.save(source, load)
+    assert _run(capsys, "convert", "--from", "load", "--to", "sglang-count", source, middle)[0] == 0
+    doc = json.loads(middle.read_text())
+    assert np.array(doc["logical_count"]).shape == (4, 2, 6)
+    code, out, _ = _run(
+        capsys, "convert", "--from", "sglang-count", "--to", "load", middle, back, "--experts", 6
+    )
+    assert code == 0
+    assert "4 steps x 2 layers x 6 experts" in out
+    np.testing.assert_array_equal(np.load(back), load)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (
+            "sglang",
+            "npy",
+            {"physical_to_logical_map": [[0, 1, 2]]},
+            ["--ranks", "2"],
+            "3 slots per layer, not a multiple of 2 ranks",
+        ),
+        (
+            "sglang",
+            "npy",
+            {"physical_to_logical_map": [[0, 1]]},
+            [],
+            "does not record the rank count; pass --ranks D",
+        ),
+        (
+            "sglang",
+            "npy",
+            {"physical_to_logical_map": [[0, 1], [1]]},
+            ["--ranks", "1"],
+            "not rectangular",
+        ),
+        (
+            "sglang",
+            "npy",
+            {"logical_count": [[1, 2]]},
+            ["--ranks", "1"],
+            "expected a JSON object with key 'physical_to_logical_map'",
+        ),
+        (
+            "sglang",
+            "npy",
+            {"physical_to_logical_map": [[0, 1, 2, 3]]},
+            ["--ranks", "2", "--experts", "3"],
+            "expert id 3 not in [0, 3)",
+        ),
+        (
+            "sglang-count",
+            "load",
+            {"logical_count": [[1, 2, 3]]},
+            ["--experts", "4"],
+            "load has 3 experts, --experts says 4",
+        ),
+        ("sglang-count", "load", {"logical_count": [[1, float("nan")]]}, [], "NaN"),
+        (
+            "sglang",
+            "sglang-count",
+            {"physical_to_logical_map": [[0]]},
+            [],
+            "cannot convert a placement (sglang) into a load (sglang-count)",
+        ),
+    ],
+)
+def test_convert_errors(tmp_path, capsys, case):
+    src, dst, content, extra, message = case
+    source, target = tmp_path / "in.json", tmp_path / "out.bin"
+    source.write_text(json.dumps(content))
+    code, _, err = _run(capsys, "convert", "--from", src, "--to", dst, source, target, *extra)
+    assert code == 2
+    assert message in err
+    assert not target.exists()
+
+
+def test_convert_not_json(tmp_path, capsys):
+    source = tmp_path / "in.json"
+    source.write_text("{ nope")
+    code, _, err = _run(
+        capsys, "convert", "--from", "vllm-ascend", "--to", "npy", source, tmp_path / "out.npy"
+    )
+    assert code == 2
+    assert "in.json: not valid JSON" in err
+
+
+def test_convert_vllm_ascend_rank_mismatch(tmp_path, capsys):
+    source = tmp_path / "in.json"
+    interop.write_placement(_valid_placement(), source, "vllm-ascend")
+    code, _, err = _run(
+        capsys,
+        "convert",
+        "--from",
+        "vllm-ascend",
+        "--to",
+        "sglang",
+        source,
+        tmp_path / "out.json",
+        "--ranks",
+        2,
+    )
+    assert code == 2
+    assert "3 ranks, --ranks says 2" in err
