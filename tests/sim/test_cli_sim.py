@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from eplb_rt import cli, interop
-from eplb_rt.placement import Placement, Topology
+from eplb_rt.placement import Placement
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -119,7 +119,8 @@ def test_aggregate_workloads_played_in_sequence(tmp_path, capsys):
     assert [c["label"] for c in cycles] == ["in1024", "in4096"]
 
 
-def test_save_placements_can_be_rescored(tmp_path, capsys, series):
+def test_simulate_agrees_with_score(tmp_path, capsys, series):
+    """Every cycle's numbers equal what ``eplb-rt score`` says of the saved placement and window."""
     out_json, folder = tmp_path / "sim.json", tmp_path / "placements"
     code, _, _ = _run(
         capsys,
@@ -141,19 +142,27 @@ def test_save_placements_can_be_rescored(tmp_path, capsys, series):
     )
     assert code == 0
     doc = json.loads(out_json.read_text())
+    checked = 0
     for name in ("none", "default"):
+        previous = None
         for cycle in doc["policies"][name]["cycles"]:
-            saved = Placement.load(doc["saved"]["placements"][name][str(cycle["start"])])
-            window = np.load(doc["saved"]["windows"][str(cycle["start"])])
-            assert window.shape[0] == cycle["stop"] - cycle["start"]
-            assert saved.topology() == Topology(3, 3)
-            assert cycle["par_per_layer"] == pytest.approx(_par_per_layer(saved, window), rel=1e-12)
-
-
-def _par_per_layer(placement: Placement, window: np.ndarray) -> list[float]:
-    from eplb_rt.algorithms import metrics
-
-    return metrics.par(placement, window.sum(axis=0)).tolist()
+            placement = doc["saved"]["placements"][name][str(cycle["start"])]
+            window = doc["saved"]["windows"][str(cycle["start"])]
+            assert np.load(window).shape[0] == cycle["stop"] - cycle["start"]
+            argv = ["score", "--placement", placement, "--load", window, "--json"]
+            if previous is not None:
+                argv += ["--previous", previous]
+            code, out, err = _run(capsys, *argv)
+            assert code == 0, err
+            scored = json.loads(out)
+            assert scored["par_mean"] == pytest.approx(cycle["par_mean"], rel=1e-12)
+            assert scored["par_max"] == pytest.approx(cycle["par_max"], rel=1e-12)
+            assert scored["par_per_layer"] == pytest.approx(cycle["par_per_layer"], rel=1e-12)
+            if previous is not None:
+                assert scored["moves"] == cycle["moves"]
+            previous = placement
+            checked += 1
+    assert checked == 6  # 2 policies x scored windows at steps 4, 8, 12
 
 
 @pytest.mark.parametrize(
