@@ -52,11 +52,11 @@ def markdown(doc: dict) -> str:
         f"{setup['interval']} (out of sample), {first['cycles']} cycles. PAR = max / mean rank "
         f"load per layer (1.0 is perfect); lower bound on PAR, mean: "
         f"{_num(first.get('bound_par_mean'), 3)}. Move cost {setup['expert_bytes']:,} bytes per "
-        "expert.",
+        "expert. PAR in sample: the plan on the steps it was planned from.",
         "",
         "| policy | PAR mean | PAR p50 | PAR p99 | worst layer: PAR | gap to bound | "
-        "moves / cycle | GiB / cycle | plan ms mean / max |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "moves / cycle | GiB / cycle | plan ms mean / max | PAR in sample |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, entry in doc["policies"].items():
         s = entry["summary"]
@@ -66,7 +66,8 @@ def markdown(doc: dict) -> str:
         lines.append(
             f"| {label} | {_num(s.get('par_mean'), 3)} | {_num(s.get('par_p50'), 3)} | "
             f"{_num(s.get('par_p99'), 3)} | {worst} | {gap} | {s['moves_per_cycle']:.1f} | "
-            f"{s['bytes_per_cycle'] / GIB:.2f} | {s['plan_ms_mean']:.1f} / {s['plan_ms_max']:.1f} |"
+            f"{s['bytes_per_cycle'] / GIB:.2f} | {s['plan_ms_mean']:.1f} / "
+            f"{s['plan_ms_max']:.1f} | {_num(s.get('par_in_sample_mean'), 3)} |"
         )
     return "\n".join(lines)
 

@@ -146,6 +146,8 @@ class Cycle:
         label: the workload(s) of the scored window.
         par: ``[L] float64`` PAR per layer on the window (NaN where the layer has no load).
         par_bound: ``[L] float64`` lower bound on PAR per layer on the window.
+        par_in_sample: ``[L] float64`` PAR per layer on the steps the plan saw (against ``par``,
+            how much of the imbalance comes from the load changing rather than the policy).
         moves: slots whose expert changed against the previous placement, all layers.
         plan_seconds: wall time of the policy call.
         placement: the placement scored.
@@ -156,6 +158,7 @@ class Cycle:
     label: str
     par: np.ndarray
     par_bound: np.ndarray
+    par_in_sample: np.ndarray
     moves: int
     plan_seconds: float
     placement: Placement
@@ -225,6 +228,7 @@ def simulate(
                 label=workload.window_label(start, stop),
                 par=metrics.par(placement, agg),
                 par_bound=bound,
+                par_in_sample=metrics.par(placement, history.sum(axis=0)),
                 moves=int(placement.moves(previous).sum()),
                 plan_seconds=elapsed,
                 placement=placement,
@@ -260,6 +264,7 @@ def summarize(cycles: Sequence[Cycle], expert_bytes: int) -> dict:
             worst_layer=worst,
             worst_layer_par=float(per_layer[worst]),
             bound_par_mean=float(bound[loaded].mean()),
+            par_in_sample_mean=_nanmean(np.stack([c.par_in_sample for c in cycles])),
             bound_gap=float((par[loaded] / bound[loaded] - 1.0).mean()),
         )
     out.update(
@@ -284,8 +289,15 @@ def cycle_record(cycle: Cycle, expert_bytes: int) -> dict:
         "par_mean": float(cycle.par[loaded].mean()) if loaded.any() else None,
         "par_max": float(cycle.par[loaded].max()) if loaded.any() else None,
         "bound_par_mean": float(cycle.par_bound[loaded].mean()) if loaded.any() else None,
+        "par_in_sample_mean": _nanmean(cycle.par_in_sample),
         "par_per_layer": [None if np.isnan(x) else float(x) for x in cycle.par],
         "moves": cycle.moves,
         "bytes": cycle.moves * expert_bytes,
         "plan_ms": cycle.plan_seconds * 1e3,
     }
+
+
+def _nanmean(values: np.ndarray) -> float | None:
+    """Mean over the non-NaN entries (loaded layers), ``None`` when there are none."""
+    finite = values[~np.isnan(values)]
+    return float(finite.mean()) if finite.size else None

@@ -30,7 +30,7 @@ def _table(out: str) -> dict[str, list[str]]:
     rows = {}
     for line in out.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("| ") and not line.startswith("| policy") and len(cells) == 9:
+        if line.startswith("| ") and not line.startswith("| policy") and len(cells) == 10:
             rows[cells[0].split()[0]] = cells
     return rows
 
@@ -77,6 +77,7 @@ def test_simulate_prints_table_and_writes_json_and_png(tmp_path, capsys, series)
         assert s["cycles"] == 4  # scored windows start at steps 3, 6, 9, 12
         assert float(cells[1]) == pytest.approx(s["par_mean"], abs=5e-4)
         assert float(cells[6]) == pytest.approx(s["moves_per_cycle"], abs=0.051)
+        assert float(cells[9]) == pytest.approx(s["par_in_sample_mean"], abs=5e-4)
         assert s["bytes_total"] == 1000 * s["moves_total"]
         assert 1.0 <= s["bound_par_mean"] <= s["par_mean"]
         assert [c["start"] for c in doc["policies"][name]["cycles"]] == [3, 6, 9, 12]

@@ -74,6 +74,8 @@ def test_scores_are_out_of_sample_and_exact(spy):
         window = load[cycle.start : cycle.stop].sum(axis=0)
         np.testing.assert_array_equal(cycle.par, metrics.par(cycle.placement, window))
         np.testing.assert_array_equal(cycle.par_bound, sim.par_lower_bound(window, topo))
+        seen = load[max(0, cycle.start - 2) : cycle.start].sum(axis=0)
+        np.testing.assert_array_equal(cycle.par_in_sample, metrics.par(cycle.placement, seen))
     # Shifting every slot by one rank moves each slot whose neighbour holds another expert.
     first = result.cycles["spy"][0]
     initial = Placement.initial(2, 5, topo)
@@ -178,8 +180,28 @@ def test_bad_specs(kwargs, message):
 def test_summary_statistics_golden():
     placement = Placement.initial(2, 2, Topology(2, 1))
     cycles = [
-        sim.Cycle(1, 2, "w", np.array([1.0, 3.0]), np.array([1.0, 1.5]), 4, 0.001, placement),
-        sim.Cycle(2, 3, "w", np.array([2.0, np.nan]), np.array([1.0, np.nan]), 0, 0.003, placement),
+        sim.Cycle(
+            1,
+            2,
+            "w",
+            np.array([1.0, 3.0]),
+            np.array([1.0, 1.5]),
+            np.array([1.0, 1.0]),
+            4,
+            0.001,
+            placement,
+        ),
+        sim.Cycle(
+            2,
+            3,
+            "w",
+            np.array([2.0, np.nan]),
+            np.array([1.0, np.nan]),
+            np.array([1.5, np.nan]),
+            0,
+            0.003,
+            placement,
+        ),
     ]
     s = sim.summarize(cycles, expert_bytes=100)
     assert s["par_mean"] == pytest.approx(2.0)
@@ -187,6 +209,7 @@ def test_summary_statistics_golden():
     assert s["par_max"] == 3.0
     assert (s["worst_layer"], s["worst_layer_par"]) == (1, 3.0)
     assert s["bound_gap"] == pytest.approx((0.0 + 1.0 + 1.0) / 3)
+    assert s["par_in_sample_mean"] == pytest.approx(3.5 / 3)
     assert (s["moves_per_cycle"], s["moves_max"], s["moves_total"]) == (2.0, 4, 4)
     assert (s["bytes_per_cycle"], s["bytes_total"]) == (200.0, 400)
     assert s["plan_ms_mean"] == pytest.approx(2.0)
