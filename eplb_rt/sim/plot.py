@@ -24,7 +24,7 @@ def plot(doc: dict, path: str | os.PathLike) -> None:
 
     setup, policies = doc["setup"], doc["policies"]
     fig, (top, bottom) = plt.subplots(
-        2, 1, figsize=(10, 8), gridspec_kw={"height_ratios": [3, 2]}, constrained_layout=True
+        2, 1, figsize=(11, 8), gridspec_kw={"height_ratios": [3, 2]}, constrained_layout=True
     )
     for name, entry in policies.items():
         steps = [c["start"] for c in entry["cycles"]]
@@ -47,12 +47,13 @@ def plot(doc: dict, path: str | os.PathLike) -> None:
         top.axvline(edge, color="grey", linewidth=0.8, linestyle=":")
     if len(setup["workloads"]) > 1:
         edge = 0
-        for workload in setup["workloads"]:
+        for i, workload in enumerate(setup["workloads"]):
+            # Alternate heights so the names of short workloads do not overprint each other.
             top.annotate(
                 workload["label"],
                 (edge, 1.0),
                 xycoords=("data", "axes fraction"),
-                xytext=(3, -12),
+                xytext=(3, -12 - 11 * (i % 2)),
                 textcoords="offset points",
                 fontsize=8,
                 color="grey",
@@ -66,7 +67,7 @@ def plot(doc: dict, path: str | os.PathLike) -> None:
         "scored out of sample"
     )
     top.grid(True, alpha=0.3)
-    top.legend(loc="best", fontsize=8)
+    top.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
 
     names = list(policies)
     means = [policies[n]["summary"]["moves_per_cycle"] for n in names]
