@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
 
-from eplb_rt import cli, interop
+from eplb_rt import algorithms, cli, interop
 from eplb_rt.placement import Placement
 
 
@@ -348,3 +349,40 @@ def test_convert_vllm_ascend_rank_mismatch(tmp_path, capsys):
     )
     assert code == 2
     assert "3 ranks, --ranks says 2" in err
+
+
+# ----------------------------------------------------------------------------- real trace
+ESFT = pathlib.Path(__file__).resolve().parents[2] / "data" / "traces" / "esft_vanilla_lite"
+
+
+def test_simulate_esft_per_request_trace_every_policy(tmp_path, capsys):
+    """Every registered policy on the shipped ESFT per-request trace (127 requests, 26 x 64)."""
+    out_json, out_png = tmp_path / "esft.json", tmp_path / "esft.png"
+    code, out, err = _run(
+        capsys,
+        "simulate",
+        "--load",
+        ESFT / "counts_intent.npz",
+        "--ranks",
+        8,
+        "--slots-per-rank",
+        10,
+        "--interval",
+        32,
+        "--json",
+        out_json,
+        "--plot",
+        out_png,
+    )
+    assert code == 0, err
+    doc = json.loads(out_json.read_text())
+    assert (doc["setup"]["steps"], doc["setup"]["layers"], doc["setup"]["experts"]) == (127, 26, 64)
+    assert set(doc["policies"]) == {"none", *algorithms.policy_names()}
+    assert set(_table(out)) == set(doc["policies"])
+    for name, entry in doc["policies"].items():
+        s = entry["summary"]
+        assert s["cycles"] == 3, name  # scored windows start at steps 32, 64, 96
+        assert s["bound_par_mean"] <= s["par_mean"] <= s["par_max"], name
+    none = doc["policies"]["none"]["summary"]["par_mean"]
+    assert doc["policies"]["default"]["summary"]["par_mean"] < none
+    assert out_png.stat().st_size > 10_000
