@@ -26,6 +26,7 @@ import math
 import os
 import socket
 import tempfile
+import time
 
 import numpy as np
 import torch
@@ -49,6 +50,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hidden", type=int, default=16)
     p.add_argument("--intermediate", type=int, default=24)
     p.add_argument("--interval", type=int, default=12, help="steps between plans")
+    p.add_argument(
+        "--step-ms",
+        type=float,
+        default=10.0,
+        help="pause per step standing in for the rest of the model (attention, "
+        "sampling), so the background plan has time as in real serving",
+    )
     p.add_argument("--json", help="write the summary here")
     return p.parse_args(argv)
 
@@ -154,7 +162,7 @@ def worker(rank: int, args: argparse.Namespace, port: int, out_path: str) -> Non
             "history": 2 * args.interval,
             "episode": max(1, args.interval // 2),
             "num_redundant": args.redundant,
-            "deadline": max(1, args.interval // 3),
+            "deadline": args.interval - 1,
             "threshold": 1.0,
             "hysteresis": 0.0,
             "layers_per_step": 1,
@@ -186,7 +194,7 @@ def worker(rank: int, args: argparse.Namespace, port: int, out_path: str) -> Non
         max_err, par_steps = 0.0, []
         for step in range(args.steps):
             x = torch.randn(args.tokens, H)
-            bias = router_bias(step, E, period=4 * args.interval)
+            bias = router_bias(step, E, period=2 * args.steps)  # slow drift: a plan stays good
             pars = []
             for i, layer in enumerate(layers):
                 expected = x + reference_moe(x, layer, bias, w13[i], w2[i])
@@ -195,6 +203,7 @@ def worker(rank: int, args: argparse.Namespace, port: int, out_path: str) -> Non
                 x = expected  # keep the reference stream exact so errors cannot compound
                 pars.append(rank_par(layer.last_phy_ids, args.ranks, layer.num_slots_per_rank))
             par_steps.append(float(np.mean(pars)))
+            time.sleep(args.step_ms / 1e3)
             runtime.step()
         same_storage = storage == [
             [t.data_ptr() for t in (*tab, m.w13, m.w2) if t is not None]
@@ -216,6 +225,7 @@ def worker(rank: int, args: argparse.Namespace, port: int, out_path: str) -> Non
         "placement_changed": bool((final.phy2log != initial.phy2log).any()),
         "par_first_quarter": float(np.mean(par_steps[:quarter])),
         "par_last_quarter": float(np.mean(par_steps[-quarter:])),
+        "rebalances": len(stats.get("rebalances", [])),
         "stats": json.loads(json.dumps(stats, default=str)),
     }
     checks = torch.tensor([summary["outputs_match"], same_storage, weights_ok], dtype=torch.int32)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
+import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
 import eplb_rt.runtime
 
-EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "examples" / "fused_moe_eplb.py"
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "fused_moe_eplb.py"
 
 pytestmark = [
     pytest.mark.multiprocess,
@@ -20,17 +24,17 @@ pytestmark = [
 ]
 
 
-def _load_example():
-    spec = importlib.util.spec_from_file_location("fused_moe_eplb", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_example_rebalances_without_changing_outputs(tmp_path):
-    example = _load_example()
-    summary = example.main(
+    # Run as a user would (a script, fresh processes): spawned ranks re-import it by path.
+    out = tmp_path / "summary.json"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    proc = subprocess.run(
         [
+            sys.executable,
+            str(EXAMPLE),
             "--ranks",
             "2",
             "--steps",
@@ -38,12 +42,18 @@ def test_example_rebalances_without_changing_outputs(tmp_path):
             "--interval",
             "10",
             "--json",
-            str(tmp_path / "summary.json"),
-        ]
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=540,
+        check=False,
     )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(out.read_text())
     assert summary["all_ranks_ok"], summary
     assert summary["outputs_match"], summary["max_abs_err"]
     assert summary["same_storage"], "routing tables or weights were reallocated"
     assert summary["weights_match_placement"]
-    assert summary["placement_changed"], "the skewed workload never triggered a rebalance"
-    assert (tmp_path / "summary.json").is_file()
+    assert summary["rebalances"] >= 1 and summary["placement_changed"], summary
