@@ -34,7 +34,8 @@ class Topology:
     Attributes:
         num_ranks: expert-parallel ranks (devices), ``D``.
         num_slots_per_rank: expert weight slots on each rank, ``S``.
-        num_nodes: nodes the ranks are spread over (rank ``r`` is on node ``r // (D // num_nodes)``);
+        num_nodes: nodes the ranks are spread over (rank ``r`` is on node
+            ``r // (D // num_nodes)``);
             used by hierarchical policies and to prefer same-node migration sources.
         num_groups: expert groups for hierarchical placement (DeepSeek-V3 has 8 groups of 32
             experts); 1 means no grouping.
@@ -76,7 +77,8 @@ class Topology:
             )
         if self.num_slots_per_rank > num_experts:
             raise ValueError(
-                f"num_slots_per_rank ({self.num_slots_per_rank}) exceeds num_experts ({num_experts}): "
+                f"num_slots_per_rank ({self.num_slots_per_rank}) exceeds num_experts "
+                f"({num_experts}): "
                 "a rank would have to hold two replicas of one expert"
             )
 
@@ -96,7 +98,7 @@ class Placement:
     Placements are immutable: the arrays are read-only and every transformation returns a new one.
     """
 
-    __slots__ = ("_phy2log", "_slot_share", "num_experts", "num_ranks", "_uniform")
+    __slots__ = ("_phy2log", "_slot_share", "_uniform", "num_experts", "num_ranks")
 
     def __init__(
         self,
@@ -114,6 +116,8 @@ class Placement:
             raise TypeError(f"phy2log must hold integers, got dtype {phy2log.dtype}")
         self.num_experts = int(num_experts)
         self.num_ranks = int(num_ranks)
+        if self.num_experts < 1:
+            raise ValueError(f"num_experts must be >= 1, got {num_experts}")
         if self.num_ranks < 1 or phy2log.shape[1] % self.num_ranks:
             raise ValueError(
                 f"phy2log has {phy2log.shape[1]} slots per layer, not a multiple of "
@@ -355,7 +359,9 @@ class Placement:
         """A placement of only the given layers, in the given order."""
         idx = np.asarray(layers, dtype=np.int64)
         share = None if self._uniform else self._slot_share[idx]
-        return Placement(self._phy2log[idx], self.num_experts, self.num_ranks, share, validate=False)
+        return Placement(
+            self._phy2log[idx], self.num_experts, self.num_ranks, share, validate=False
+        )
 
     def replace_layers(self, layers: Sequence[int] | np.ndarray, other: Placement) -> Placement:
         """This placement with ``layers`` taken from ``other`` (same shape)."""
@@ -481,7 +487,7 @@ class Placement:
 
 
 def _logcnt(phy2log: np.ndarray, num_experts: int) -> np.ndarray:
-    """``[L, E] int32`` replica counts; ids outside ``[0, E)`` are ignored here (validate reports)."""
+    """``[L, E] int32`` replica counts; ids outside ``[0, E)`` are left to :meth:`validate`."""
     L = phy2log.shape[0]
     ok = (phy2log >= 0) & (phy2log < num_experts)
     flat = (phy2log + (np.arange(L) * num_experts)[:, None])[ok]

@@ -3,6 +3,8 @@
 Importing this package registers every policy; see :mod:`eplb_rt.algorithms.registry`.
 """
 
+# One import per policy module: importing it registers the policy.
+from eplb_rt.algorithms import default  # noqa: F401
 from eplb_rt.algorithms.registry import get_policy, plan, policy_names, register, warm_up
 
 __all__ = ["get_policy", "plan", "policy_names", "register", "warm_up"]

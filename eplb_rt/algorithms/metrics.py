@@ -21,17 +21,16 @@ def slot_load(placement: Placement, load: np.ndarray) -> np.ndarray:
             f"load has shape {arr.shape}, expected [..., {placement.num_layers}, "
             f"{placement.num_experts}] for {placement.describe()}"
         )
-    taken = np.take_along_axis(
-        arr, np.broadcast_to(placement.phy2log.astype(np.int64), arr.shape[:-1] + (placement.num_slots,)),
-        axis=-1,
-    )
+    ids = placement.phy2log.astype(np.int64)
+    taken = np.take_along_axis(arr, np.broadcast_to(ids, (*arr.shape[:-1], ids.shape[1])), axis=-1)
     return taken * placement.slot_share
 
 
 def rank_load(placement: Placement, load: np.ndarray) -> np.ndarray:
     """Tokens each rank receives. ``load``: ``[L, E]`` or ``[T, L, E]``; returns ``[..., L, D]``."""
     slots = slot_load(placement, load)
-    return slots.reshape(slots.shape[:-1] + (placement.num_ranks, placement.num_slots_per_rank)).sum(-1)
+    grid = (*slots.shape[:-1], placement.num_ranks, placement.num_slots_per_rank)
+    return slots.reshape(grid).sum(-1)
 
 
 def par(placement: Placement, load: np.ndarray) -> np.ndarray:

@@ -1,0 +1,97 @@
+"""``eplb-rt score``: balance (PAR) of a placement on load files, and moves against another.
+
+    eplb-rt score --placement PLACEMENT.json --load FILE [FILE ...]
+                  [--previous PLACEMENT.json] [--json]
+
+The loads are summed over all files and steps. PAR of a layer = max rank load / mean rank load
+(1.0 is perfect). Layers whose total load is zero are listed and left out of the PAR mean.
+``--json`` prints one JSON object (``par_mean``, ``par_max``, ``layers``, per-layer values and,
+with ``--previous``, ``moves`` and ``moved_fraction``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+from eplb_rt.algorithms import metrics
+from eplb_rt.commands._args import add_command, add_load_argument
+from eplb_rt.placement import Placement
+from eplb_rt.sim.traces import load_files
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = add_command(
+        subparsers, "score", "score a placement on load files (PAR per layer, moves)", __doc__
+    )
+    parser.add_argument(
+        "--placement", required=True, metavar="PLACEMENT.json", help="placement to score"
+    )
+    add_load_argument(parser)
+    parser.add_argument(
+        "--previous", metavar="PLACEMENT.json", help="count the slots that differ from this one"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    placement = Placement.load(args.placement)
+    load = load_files(args.load)
+    if load.shape[1:] != (placement.num_layers, placement.num_experts):
+        raise ValueError(
+            f"load has [L, E] = {list(load.shape[1:])} but the placement is for "
+            f"{placement.describe()}"
+        )
+    previous = None
+    if args.previous:
+        previous = Placement.load(args.previous, num_experts=placement.num_experts)
+    summary = metrics.score(placement, load, previous)
+    summary.update(
+        num_experts=placement.num_experts,
+        num_ranks=placement.num_ranks,
+        num_slots_per_rank=placement.num_slots_per_rank,
+    )
+    if args.json:
+        print(json.dumps(_finite(summary)))
+    else:
+        print(format_table(summary))
+    return 0
+
+
+def _finite(value):
+    """``value`` with NaN/inf floats replaced by None, so the output is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def format_table(summary: dict) -> str:
+    """A readable per-layer table of :func:`metrics.score`'s summary."""
+    has_moves = "moves_per_layer" in summary
+    header = f"{'layer':>5}  {'PAR':>8}  {'max rank load':>14}" + ("  moves" if has_moves else "")
+    lines = [
+        f"{summary['layers']} layers x {summary['num_experts']} experts on "
+        f"{summary['num_ranks']} ranks x {summary['num_slots_per_rank']} slots",
+        header,
+    ]
+    for layer, value in enumerate(summary["par_per_layer"]):
+        par = "zero" if value is None else f"{value:.4f}"
+        row = f"{layer:>5}  {par:>8}  {summary['max_rank_load_per_layer'][layer]:>14.6g}"
+        if has_moves:
+            row += f"  {summary['moves_per_layer'][layer]:>5}"
+        lines.append(row)
+    lines.append(
+        f"PAR mean {summary['par_mean']:.4f}, max {summary['par_max']:.4f} over "
+        f"{summary['loaded_layers']} loaded layers"
+    )
+    if summary["zero_load_layers"]:
+        lines.append(f"zero-load layers (not in the mean): {summary['zero_load_layers']}")
+    if has_moves:
+        lines.append(f"moves {summary['moves']} slots ({summary['moved_fraction']:.1%})")
+    return "\n".join(lines)

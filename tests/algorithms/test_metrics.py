@@ -1,0 +1,80 @@
+"""Metrics: slot/rank load, PAR, max rank load and the ``score`` summary, exact on small cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from eplb_rt.algorithms import metrics
+from eplb_rt.placement import Placement
+
+# 3 experts on 2 ranks x 2 slots: rank 0 = [0, 1], rank 1 = [0, 2]; expert 0 has two replicas.
+P2L = np.array([[0, 1, 0, 2]])
+LOAD = np.array([[8.0, 3.0, 1.0]])
+
+
+def test_slot_and_rank_load_uniform():
+    p = Placement(P2L, 3, 2)
+    np.testing.assert_array_equal(metrics.slot_load(p, LOAD), [[4, 3, 4, 1]])
+    np.testing.assert_array_equal(metrics.rank_load(p, LOAD), [[7, 5]])
+    np.testing.assert_array_equal(metrics.max_rank_load(p, LOAD), [7])
+    np.testing.assert_allclose(metrics.par(p, LOAD), [7 / 6])
+
+
+def test_shares_move_load_between_replicas():
+    p = Placement(P2L, 3, 2, np.array([[0.25, 1.0, 0.75, 1.0]]))
+    np.testing.assert_array_equal(metrics.slot_load(p, LOAD), [[2, 3, 6, 1]])
+    np.testing.assert_array_equal(metrics.rank_load(p, LOAD), [[5, 7]])
+    p = p.with_shares(np.array([[0.375, 1.0, 0.625, 1.0]]))
+    np.testing.assert_allclose(metrics.par(p, LOAD), [1.0])
+
+
+def test_time_axis_is_kept():
+    p = Placement(P2L, 3, 2)
+    steps = np.array([[[8.0, 3, 1]], [[0, 0, 0]], [[2, 0, 2]]])
+    ranks = metrics.rank_load(p, steps)
+    assert ranks.shape == (3, 1, 2)
+    np.testing.assert_array_equal(ranks[:, 0], [[7, 5], [0, 0], [1, 3]])
+    par = metrics.par(p, steps)
+    assert par.shape == (3, 1)
+    assert np.isnan(par[1, 0])
+    np.testing.assert_allclose(par[2, 0], 1.5)
+
+
+def test_wrong_shapes_are_rejected():
+    p = Placement(P2L, 3, 2)
+    with pytest.raises(ValueError, match=r"expected \[..., 1, 3\]"):
+        metrics.slot_load(p, np.ones((1, 4)))
+    with pytest.raises(ValueError, match="has 2 layers, expected 1"):
+        metrics.score(p, np.ones((2, 3)))
+    with pytest.raises(ValueError, match="negative"):
+        metrics.score(p, -LOAD)
+
+
+def test_score_summary_with_zero_layers_and_moves():
+    p = Placement(np.array([[0, 1, 0, 2], [0, 1, 2, 0], [2, 0, 1, 0]]), 3, 2)
+    load = np.array([[8.0, 3, 1], [0, 0, 0], [1, 1, 2]])
+    previous = Placement(np.array([[0, 1, 0, 2], [0, 1, 2, 0], [0, 1, 2, 0]]), 3, 2)
+    summary = metrics.score(p, np.stack([load / 2, load / 2]), previous)
+    assert summary["layers"] == 3
+    assert summary["loaded_layers"] == 2
+    assert summary["zero_load_layers"] == [1]
+    assert summary["par_per_layer"][1] is None
+    np.testing.assert_allclose(summary["par_per_layer"][0], 7 / 6)
+    # layer 2: rank 0 = [2, 0] -> 2 + 0.5, rank 1 = [1, 0] -> 1 + 0.5: PAR 2.5 / 2.
+    np.testing.assert_allclose(summary["par_per_layer"][2], 1.25)
+    np.testing.assert_allclose(summary["par_mean"], (7 / 6 + 1.25) / 2)
+    np.testing.assert_allclose(summary["par_max"], 1.25)
+    assert summary["max_rank_load_per_layer"] == [7.0, 0.0, 2.5]
+    assert summary["moves"] == 3
+    assert summary["moves_per_layer"] == [0, 0, 3]
+    assert summary["moved_fraction"] == 3 / 12
+
+
+def test_score_all_zero_is_nan_not_error():
+    p = Placement(P2L, 3, 2)
+    summary = metrics.score(p, np.zeros((1, 3)))
+    assert summary["loaded_layers"] == 0
+    assert np.isnan(summary["par_mean"])
+    assert np.isnan(summary["par_max"])
+    assert "moves" not in summary

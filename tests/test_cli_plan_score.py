@@ -1,0 +1,314 @@
+"""``eplb-rt plan`` and ``eplb-rt score`` through ``eplb_rt.cli.main``: outputs and exit codes."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eplb_rt.cli import main
+from eplb_rt.placement import Placement, Topology
+from eplb_rt.sim import traces
+
+TOY = [[600.0, 560, 120, 120, 20, 10, 10, 10]]
+DEEPSEEK = traces.TRACES_DIR / "sglang_deepseek_v3"
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def score_json(capsys, *argv) -> dict:
+    code, out, err = run(capsys, "score", "--json", *argv)
+    assert code == 0, err
+    return json.loads(out)
+
+
+@pytest.fixture
+def toy_json(tmp_path: Path) -> Path:
+    path = tmp_path / "toy.json"
+    path.write_text(json.dumps({"logical_count": TOY}))
+    return path
+
+
+def test_plan_and_score_toy_gives_232(capsys, tmp_path, toy_json):
+    out = tmp_path / "p.json"
+    code, stdout, _ = run(
+        capsys, "plan", "--load", toy_json, "--ranks", 8, "--slots-per-rank", 2, "--out", out
+    )
+    assert code == 0
+    assert "wrote" in stdout
+    placement = Placement.load(out)
+    assert (placement.num_ranks, placement.num_slots_per_rank) == (8, 2)
+    summary = score_json(capsys, "--placement", out, "--load", toy_json)
+    assert summary["layers"] == 1
+    assert summary["max_rank_load_per_layer"] == [232.0]
+    assert summary["par_mean"] == pytest.approx(232 / (1450 / 8))
+    assert summary["par_max"] == summary["par_mean"]
+
+
+def test_all_load_formats_agree(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    steps = rng.integers(0, 100, size=(4, 3, 10))
+    np.save(tmp_path / "steps.npy", steps)
+    np.save(tmp_path / "agg.npy", steps.sum(0))
+    np.savez(tmp_path / "counts.npz", counts=steps)
+    np.savez(tmp_path / "load.npz", load=steps.sum(0).astype(float))
+    (tmp_path / "agg.json").write_text(json.dumps({"logical_count": steps.sum(0).tolist()}))
+    placements = []
+    for name in ("steps.npy", "agg.npy", "counts.npz", "load.npz", "agg.json"):
+        out = tmp_path / f"{name}.placement.json"
+        code, _, err = run(
+            capsys,
+            "plan",
+            "--load",
+            tmp_path / name,
+            "--ranks",
+            4,
+            "--slots-per-rank",
+            3,
+            "--out",
+            out,
+        )
+        assert code == 0, err
+        placements.append(Placement.load(out))
+    assert all(p == placements[0] for p in placements)
+
+
+def test_several_loads_are_stacked(capsys, tmp_path):
+    a, b = np.zeros((2, 6)), np.zeros((2, 6))
+    a[:, 0], b[:, 5] = 10, 30
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    np.save(tmp_path / "ab.npy", a + b)
+    for name, files in (("two", ["a.npy", "b.npy"]), ("sum", ["ab.npy"])):
+        code, _, err = run(
+            capsys,
+            "plan",
+            "--load",
+            *[tmp_path / f for f in files],
+            "--ranks",
+            3,
+            "--slots-per-rank",
+            3,
+            "--out",
+            tmp_path / f"{name}.json",
+        )
+        assert code == 0, err
+    assert Placement.load(tmp_path / "two.json") == Placement.load(tmp_path / "sum.json")
+    two = score_json(
+        capsys,
+        "--placement",
+        tmp_path / "two.json",
+        "--load",
+        tmp_path / "a.npy",
+        tmp_path / "b.npy",
+    )
+    one = score_json(capsys, "--placement", tmp_path / "two.json", "--load", tmp_path / "ab.npy")
+    assert two["par_per_layer"] == one["par_per_layer"]
+
+
+def test_deepseek_v3_plan_score_previous_and_table(capsys, tmp_path):
+    out, prev = tmp_path / "p.json", tmp_path / "prev.json"
+    load = DEEPSEEK / "prefill_in4096.json"
+    code, stdout, _ = run(
+        capsys, "plan", "--load", load, "--ranks", 32, "--slots-per-rank", 9, "--out", out
+    )
+    assert code == 0
+    assert "[0, 1, 2]" in stdout  # zero-load dense layers are reported
+    summary = score_json(capsys, "--placement", out, "--load", load)
+    assert summary["layers"] == 61
+    assert summary["zero_load_layers"] == [0, 1, 2]
+    assert summary["par_per_layer"][:3] == [None, None, None]
+    assert 1.004 < summary["par_mean"] < 1.0075
+    assert Placement.load(out).logcnt[:3].min() >= 1
+
+    code, _, _ = run(
+        capsys,
+        "plan",
+        "--load",
+        DEEPSEEK / "prefill_in512.json",
+        "--ranks",
+        32,
+        "--slots-per-rank",
+        9,
+        "--previous",
+        out,
+        "--option",
+        "hierarchical=false",
+        "--out",
+        prev,
+    )
+    assert code == 0
+    moved = score_json(capsys, "--placement", out, "--load", load, "--previous", prev)
+    assert moved["moves"] == sum(moved["moves_per_layer"]) > 0
+    assert moved["moved_fraction"] == pytest.approx(moved["moves"] / (61 * 288))
+
+    code, table, _ = run(capsys, "score", "--placement", out, "--load", load, "--previous", prev)
+    assert code == 0
+    assert "61 layers x 256 experts on 32 ranks x 9 slots" in table
+    assert "zero-load layers (not in the mean): [0, 1, 2]" in table
+    assert f"PAR mean {summary['par_mean']:.4f}" in table
+    assert "moves" in table
+
+
+def test_hierarchical_options_from_cli(capsys, tmp_path, toy_json):
+    flat, hier = tmp_path / "flat.json", tmp_path / "hier.json"
+    base = [
+        "plan",
+        "--load",
+        toy_json,
+        "--ranks",
+        4,
+        "--slots-per-rank",
+        3,
+        "--nodes",
+        2,
+        "--groups",
+        4,
+    ]
+    assert run(capsys, *base, "--out", hier)[0] == 0
+    assert run(capsys, *base, "--option", "hierarchical=False", "--out", flat)[0] == 0
+    grid = Placement.load(hier).by_rank()[0]
+    # Groups {0,1}, {2,3}, ... of 2 experts: each node holds whole groups only.
+    for node in (grid[:2], grid[2:]):
+        groups = {int(e) // 2 for e in node.ravel()}
+        assert len(groups) == 2
+    assert Placement.load(flat) != Placement.load(hier)
+
+
+def write(tmp_path: Path, name: str, content) -> Path:
+    path = tmp_path / name
+    if isinstance(content, str):
+        path.write_text(content)
+    elif name.endswith(".npz"):
+        np.savez(path, **content)
+    else:
+        np.save(path, content)
+    return path
+
+
+BAD_FILES = [
+    ("missing_key.npz", {"other": np.ones((2, 4))}, "no key counts or load"),
+    ("rank1.npy", np.ones(4), r"\[L, E\] or \[T, L, E\]"),
+    ("rank4.npy", np.ones((1, 1, 2, 4)), r"\[L, E\] or \[T, L, E\]"),
+    ("nan.npy", np.array([[1.0, np.nan, 1, 1]] * 2), "NaN"),
+    ("negative.npy", -np.ones((2, 4)), "negative"),
+    ("strings.npy", np.array([["a"] * 4] * 2), "numeric"),
+    ("empty.npy", np.ones((2, 0)), "empty axis"),
+    ("no_key.json", json.dumps({"counts": [[1, 2]]}), "key 'logical_count'"),
+    ("list.json", json.dumps([[1, 2]]), "key 'logical_count'"),
+    ("ragged.json", json.dumps({"logical_count": [[1, 2], [3]]}), "rectangular"),
+    ("text.json", json.dumps({"logical_count": [["x", 2]]}), "rectangular"),
+    ("broken.json", "{", "not valid JSON"),
+    ("load.csv", "1,2\n", "unknown load file type"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "match"), BAD_FILES, ids=[b[0] for b in BAD_FILES])
+def test_bad_load_file_exits_2_with_one_line(capsys, tmp_path, name, content, match):
+    path = write(tmp_path, name, content)
+    Placement.initial(2, 4, Topology(2, 2)).save(tmp_path / "any.json")
+    for argv in (
+        ["plan", "--load", path, "--ranks", 2, "--slots-per-rank", 2, "--out", tmp_path / "o.json"],
+        ["score", "--placement", tmp_path / "any.json", "--load", path],
+    ):
+        code, out, err = run(capsys, *argv)
+        assert code == 2
+        assert out == ""
+        assert len(err.strip().splitlines()) == 1
+        assert re.search(match, err), err
+        assert str(path) in err or "load.csv" in err
+    assert not (tmp_path / "o.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--policy", "nope"], "unknown policy 'nope'"),
+        (["--option", "depth=3"], "has no option"),
+        (["--option", "hierarchical"], "KEY=VALUE"),
+        (["--option", "hierarchical=3"], "true or false"),
+        (["--ranks", 0], "positive integer"),
+        (["--ranks", 1], "do not fit"),
+        (["--nodes", 3], "multiple of num_nodes"),
+    ],
+)
+def test_plan_errors_exit_2(capsys, tmp_path, toy_json, argv, match):
+    base = {"--ranks": 4, "--slots-per-rank": 2}
+    extra = list(argv)
+    if extra[0] in base:
+        base[extra[0]] = extra[1]
+        extra = []
+    flat = [str(x) for kv in base.items() for x in kv]
+    code, _, err = run(
+        capsys, "plan", "--load", toy_json, *flat, *extra, "--out", tmp_path / "o.json"
+    )
+    assert code == 2
+    assert match in err
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_mismatched_shapes_exit_2(capsys, tmp_path, toy_json):
+    out = tmp_path / "p.json"
+    assert (
+        run(capsys, "plan", "--load", toy_json, "--ranks", 4, "--slots-per-rank", 2, "--out", out)[
+            0
+        ]
+        == 0
+    )
+    other = write(tmp_path, "other.npy", np.ones((2, 8)))
+    code, _, err = run(
+        capsys,
+        "plan",
+        "--load",
+        toy_json,
+        other,
+        "--ranks",
+        4,
+        "--slots-per-rank",
+        2,
+        "--out",
+        tmp_path / "x.json",
+    )
+    assert code == 2
+    assert "[L, E] = [2, 8]" in err
+    code, _, err = run(capsys, "score", "--placement", out, "--load", other)
+    assert code == 2
+    assert "placement is for 1 layers x 8 experts" in err
+    code, _, err = run(
+        capsys,
+        "plan",
+        "--load",
+        toy_json,
+        "--ranks",
+        8,
+        "--slots-per-rank",
+        2,
+        "--previous",
+        out,
+        "--out",
+        tmp_path / "x.json",
+    )
+    assert code == 2
+    assert "previous placement" in err
+    wide = tmp_path / "wide.json"
+    assert (
+        run(capsys, "plan", "--load", toy_json, "--ranks", 8, "--slots-per-rank", 2, "--out", wide)[
+            0
+        ]
+        == 0
+    )
+    code, _, err = run(capsys, "score", "--placement", out, "--load", toy_json, "--previous", wide)
+    assert code == 2
+    assert "placements differ in shape" in err
+    code, _, err = run(
+        capsys, "score", "--placement", tmp_path / "missing.json", "--load", toy_json
+    )
+    assert code == 2
+    assert "missing.json" in err

@@ -1,0 +1,271 @@
+"""Placement and Topology: invariants, every validation error, derived views, files, moves."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from eplb_rt.placement import Placement, Topology
+
+
+def make(rows, num_experts, num_ranks, share=None) -> Placement:
+    return Placement(np.array(rows), num_experts, num_ranks, share)
+
+
+# ------------------------------------------------------------------------------- Topology
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"num_ranks": 0, "num_slots_per_rank": 1},
+        {"num_ranks": 2, "num_slots_per_rank": 0},
+        {"num_ranks": True, "num_slots_per_rank": 1},
+        {"num_ranks": 2.0, "num_slots_per_rank": 1},
+        {"num_ranks": 2, "num_slots_per_rank": 1, "num_groups": 0},
+    ],
+)
+def test_topology_rejects_non_positive_integers(kwargs):
+    with pytest.raises(ValueError, match="positive integer"):
+        Topology(**kwargs)
+
+
+def test_topology_ranks_must_divide_into_nodes():
+    with pytest.raises(ValueError, match="multiple of num_nodes"):
+        Topology(6, 2, num_nodes=4)
+    topo = Topology(6, 2, num_nodes=3, num_groups=2)
+    assert (topo.num_slots, topo.ranks_per_node) == (12, 2)
+
+
+def test_check_experts_bounds():
+    topo = Topology(3, 2)
+    topo.check_experts(6)
+    topo.check_experts(2)
+    with pytest.raises(ValueError, match="do not fit"):
+        topo.check_experts(7)
+    with pytest.raises(ValueError, match="exceeds num_experts"):
+        topo.check_experts(1)
+    with pytest.raises(ValueError, match=">= 1"):
+        topo.check_experts(0)
+
+
+# ------------------------------------------------------------------------------- validation
+def test_valid_placement_and_read_only_arrays():
+    p = make([[0, 1, 2, 0], [2, 1, 1, 0]], 3, 2)
+    assert (p.num_layers, p.num_slots, p.num_slots_per_rank, p.num_redundant) == (2, 4, 2, 1)
+    with pytest.raises(ValueError):
+        p.phy2log[0, 0] = 1
+    with pytest.raises(ValueError):
+        p.slot_share[0, 0] = 1.0
+
+
+@pytest.mark.parametrize(
+    ("rows", "num_experts", "num_ranks", "error", "match"),
+    [
+        ([0, 1], 2, 1, ValueError, r"must be \[L, P\]"),
+        ([[0.0, 1.0]], 2, 1, TypeError, "integers"),
+        ([[0, 1, 2]], 3, 2, ValueError, "not a multiple of num_ranks"),
+        ([[0, 1, 2]], 3, 0, ValueError, "not a multiple of num_ranks"),
+        ([[0, 3]], 3, 2, ValueError, r"expert id 3 not in \[0, 3\)"),
+        ([[0, -1]], 2, 2, ValueError, r"expert id -1"),
+        ([[0, 1, 0, 1]], 3, 2, ValueError, "expert 2 has no slot"),
+        ([[0, 0, 1, 2]], 3, 2, ValueError, "rank 0 holds two replicas of expert 0"),
+        (
+            [[0, 1, 1, 0], [0, 0, 1, 1]],
+            2,
+            2,
+            ValueError,
+            "layer 1: rank 0 holds two replicas of expert 0",
+        ),
+        ([[0]], 0, 1, ValueError, "num_experts must be >= 1"),
+    ],
+)
+def test_validation_errors(rows, num_experts, num_ranks, error, match):
+    with pytest.raises(error, match=match):
+        make(rows, num_experts, num_ranks)
+
+
+@pytest.mark.parametrize(
+    ("share", "match"),
+    [
+        ([[0.5, 0.5]], "shape of phy2log"),
+        ([[1.0, 0.5, 0.5, np.nan]], "finite"),
+        ([[1.0, 1.5, -0.5, 1.0]], ">= 0"),
+        ([[1.0, 0.7, 0.7, 1.0]], "shares of expert 1 sum to 1.4"),
+    ],
+)
+def test_share_validation_errors(share, match):
+    with pytest.raises(ValueError, match=match):
+        make([[0, 1, 1, 2]], 3, 2, np.array(share))
+
+
+# ------------------------------------------------------------------------------- derived views
+def test_derived_views_on_odd_shape():
+    # 1 layer, 5 experts, 3 ranks x 3 slots: expert 0 has 3 replicas, 2 has 2.
+    p = make([[0, 1, 2, 0, 3, 2, 4, 0, 1]], 5, 3)
+    np.testing.assert_array_equal(p.logcnt, [[3, 2, 2, 1, 1]])
+    assert p.max_replicas == 3
+    np.testing.assert_array_equal(
+        p.log2phy(),
+        [[[0, 3, 7], [1, 8, -1], [2, 5, -1], [4, -1, -1], [6, -1, -1]]],
+    )
+    np.testing.assert_array_equal(p.log2phy(4)[0, 0], [0, 3, 7, -1])
+    share = p.replica_share()
+    assert share.dtype == np.float32
+    np.testing.assert_allclose(share[0, 0], [1 / 3] * 3)
+    np.testing.assert_allclose(share[0, 3], [1, 0, 0])
+    np.testing.assert_array_equal(p.expert_map(0), [[0, 1, 2, -1, -1]])
+    np.testing.assert_array_equal(p.expert_map(1), [[0, -1, 2, 1, -1]])
+    np.testing.assert_array_equal(p.expert_map(2), [[1, 2, -1, -1, 0]])
+    np.testing.assert_array_equal(p.by_rank()[0, 2], [4, 0, 1])
+    assert p.is_uniform
+    with pytest.raises(ValueError, match="below the largest replica count"):
+        p.log2phy(2)
+    with pytest.raises(ValueError, match=r"rank must be in \[0, 3\)"):
+        p.expert_map(3)
+
+
+def test_one_expert_everywhere():
+    p = make([[0, 0, 0]], 1, 3)
+    np.testing.assert_array_equal(p.log2phy(), [[[0, 1, 2]]])
+    for rank in range(3):
+        np.testing.assert_array_equal(p.expert_map(rank), [[0]])
+
+
+def test_non_uniform_replica_share_follows_log2phy_order():
+    share = np.array([[0.25, 1.0, 0.75, 1.0]])
+    p = make([[0, 1, 0, 2]], 3, 2, share)
+    assert not p.is_uniform
+    np.testing.assert_array_equal(p.log2phy()[0, 0], [0, 2])
+    np.testing.assert_allclose(p.replica_share()[0], [[0.25, 0.75], [1, 0], [1, 0]])
+    assert p.with_shares(None).is_uniform
+    assert make([[0, 1, 0, 2]], 3, 2, np.array([[0.5, 1, 0.5, 1]])).is_uniform
+
+
+# ------------------------------------------------------------------------------- files
+def test_vllm_ascend_round_trip_uniform(tmp_path):
+    p = make([[0, 1, 2, 0, 3, 1], [3, 2, 1, 0, 2, 3]], 4, 3)
+    doc = p.to_vllm_ascend()
+    assert doc["moe_layer_count"] == 2
+    assert doc["layer_list"][1]["device_list"][2] == {"device_id": 2, "device_expert": [2, 3]}
+    assert "slot_share" not in doc["eplb_rt"]
+    assert Placement.from_vllm_ascend(json.loads(json.dumps(doc))) == p
+    p.save(tmp_path / "p.json")
+    assert Placement.load(tmp_path / "p.json") == p
+    p.save(tmp_path / "p.npy")
+    assert Placement.load(tmp_path / "p.npy", num_experts=4, num_ranks=3) == p
+
+
+def test_vllm_ascend_round_trip_non_uniform(tmp_path):
+    share = np.array([[0.3, 0.6, 1.0, 0.7, 1.0, 0.4]])
+    p = make([[0, 1, 2, 0, 3, 1]], 4, 3, share)
+    p.save(tmp_path / "w.json")
+    back = Placement.load(tmp_path / "w.json")
+    assert back == p
+    assert not back.is_uniform
+    np.testing.assert_allclose(back.slot_share, share)
+    with pytest.raises(ValueError, match="keeps only phy2log"):
+        p.save(tmp_path / "w.npy")
+
+
+def test_from_vllm_ascend_without_extra_field_uses_largest_id():
+    doc = make([[0, 1, 2, 1]], 3, 2).to_vllm_ascend()
+    del doc["eplb_rt"]
+    assert Placement.from_vllm_ascend(doc).num_experts == 3
+    assert Placement.from_vllm_ascend(doc, num_experts=3).num_experts == 3
+
+
+@pytest.mark.parametrize(
+    ("doc", "match"),
+    [
+        ({}, "not a vllm-ascend expert_map"),
+        ([], "not a vllm-ascend expert_map"),
+        ({"layer_list": [{"layer_id": 0}]}, "not a vllm-ascend expert_map"),
+        ({"moe_layer_count": 0, "layer_list": []}, "no layers"),
+        (
+            {
+                "moe_layer_count": 2,
+                "layer_list": [
+                    {"layer_id": 0, "device_list": [{"device_id": 0, "device_expert": [0]}]}
+                ],
+            },
+            "moe_layer_count is 2",
+        ),
+        (
+            {
+                "layer_list": [
+                    {
+                        "layer_id": 0,
+                        "device_list": [
+                            {"device_id": 0, "device_expert": [0, 1]},
+                            {"device_id": 1, "device_expert": [1]},
+                        ],
+                    }
+                ]
+            },
+            "same number",
+        ),
+    ],
+)
+def test_from_vllm_ascend_errors(doc, match):
+    with pytest.raises(ValueError, match=match):
+        Placement.from_vllm_ascend(doc)
+
+
+def test_load_errors(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        Placement.load(bad)
+    np.save(tmp_path / "p.npy", np.zeros((1, 2), dtype=np.int32))
+    with pytest.raises(ValueError, match="needs num_ranks"):
+        Placement.load(tmp_path / "p.npy")
+    with pytest.raises(OSError):
+        Placement.load(tmp_path / "missing.json")
+
+
+# ------------------------------------------------------------------------------- comparisons
+def test_moves_and_changed_layers():
+    a = make([[0, 1, 2, 0], [0, 1, 2, 1]], 3, 2)
+    b = make([[0, 1, 2, 0], [2, 1, 0, 1]], 3, 2)
+    np.testing.assert_array_equal(b.moves(a), [0, 2])
+    assert b.moved_fraction(a) == 2 / 8
+    np.testing.assert_array_equal(b.changed_layers(a), [1])
+    assert a.moves(a).sum() == 0
+    shares = a.with_shares(np.array([[0.25, 1, 1, 0.75], [1, 0.5, 1, 0.5]]))
+    np.testing.assert_array_equal(shares.moves(a), [0, 0])
+    np.testing.assert_array_equal(shares.changed_layers(a), [0])
+    other = make([[0, 1, 2, 0, 1, 2]], 3, 3)
+    with pytest.raises(ValueError, match="placements differ in shape"):
+        other.moves(a.select_layers([0]))
+
+
+def test_initial_select_replace_stack():
+    topo = Topology(3, 3)
+    init = Placement.initial(2, 7, topo)
+    np.testing.assert_array_equal(init.phy2log[1], [0, 1, 2, 3, 4, 5, 6, 0, 1])
+    with pytest.raises(ValueError, match="do not fit"):
+        Placement.initial(1, 10, topo)
+    other = make([[6, 5, 4, 3, 2, 1, 0, 1, 2]] * 2, 7, 3)
+    mixed = init.replace_layers([1], other)
+    np.testing.assert_array_equal(mixed.phy2log, [init.phy2log[0], other.phy2log[1]])
+    assert mixed.select_layers([1, 0]) == Placement.stack(
+        [other.select_layers([1]), init.select_layers([0])]
+    )
+    with pytest.raises(ValueError, match="at least one"):
+        Placement.stack([])
+    with pytest.raises(ValueError, match="cannot stack"):
+        Placement.stack([init, make([[0, 1]], 2, 1)])
+    weighted = make([[0, 1, 0, 2]], 3, 2, np.array([[0.2, 1, 0.8, 1]]))
+    stacked = Placement.stack([weighted, weighted.with_shares(None)])
+    np.testing.assert_allclose(stacked.slot_share[:, 0], [0.2, 0.5])
+
+
+def test_equality_and_repr():
+    a = make([[0, 1]], 2, 1)
+    assert a == make([[0, 1]], 2, 1)
+    assert a != make([[1, 0]], 2, 1)
+    assert a != make([[0, 1]], 2, 2)
+    assert (a == "x") is False
+    assert "uniform" in repr(a)
+    assert "1 layers x 2 experts on 1 ranks x 2 slots" in a.describe()
