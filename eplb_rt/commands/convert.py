@@ -10,14 +10,15 @@ from __future__ import annotations
 import argparse
 
 from eplb_rt import interop
+from eplb_rt.commands._args import add_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "convert",
-        help="convert placements or loads between vllm-ascend, SGLang and .npy formats",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "convert placements or loads between vllm-ascend, SGLang and .npy formats",
+        __doc__,
     )
     p.add_argument(
         "--from", dest="src_format", required=True, choices=interop.FORMATS, help="format of IN"

@@ -14,23 +14,25 @@ import os
 import sys
 
 from eplb_rt import algorithms
+from eplb_rt.commands._args import LOAD_HELP, add_command
+from eplb_rt.commands.plan import parse_options
 from eplb_rt.placement import Topology
 from eplb_rt.sim import simulate as sim
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "simulate",
-        help="replay a load series and compare policies over time (PAR, moves, plan time)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "replay a load series and compare policies over time (PAR, moves, plan time)",
+        __doc__,
     )
     p.add_argument(
         "--load",
         nargs="+",
         required=True,
         metavar="FILE",
-        help="load files, played in the order given",
+        help=f"{LOAD_HELP}; played one after another in the order given, labelled by file name",
     )
     p.add_argument("--ranks", type=int, required=True, metavar="D", help="expert-parallel ranks")
     p.add_argument(
@@ -146,17 +148,13 @@ def _labels(paths: list[str]) -> list[str]:
 
 
 def _parse_options(items: list[str]) -> dict:
+    """``["POLICY.KEY=VALUE", ...]`` -> ``{policy: {key: value}}``, values read as ``plan`` does."""
     options: dict = {}
     for item in items:
-        key, sep, raw = item.partition("=")
-        policy, dot, name = key.partition(".")
-        if not (sep and dot and policy and name):
+        policy, dot, rest = item.partition(".")
+        if not (dot and policy and "=" in rest and "=" not in policy):
             raise ValueError(f"--option {item!r}: expected POLICY.KEY=VALUE")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        options.setdefault(policy, {})[name] = value
+        options.setdefault(policy, {}).update(parse_options([rest]))
     return options
 
 
