@@ -119,6 +119,10 @@ class SimulationSpec:
         unknown = sorted(set(self.options) - set(self.policies))
         if unknown:
             raise ValueError(f"options given for policies not compared: {unknown}")
+        for name, overrides in self.options.items():
+            if name == NO_REBALANCE:
+                raise ValueError(f"{NO_REBALANCE!r} is not a policy and takes no options")
+            algorithms.get_policy(name).make_options(overrides)  # unknown keys raise here
 
     @property
     def window(self) -> int:
@@ -217,7 +221,10 @@ def simulate(
                         name, history, topo, previous, spec.options.get(name)
                     )
                 except Exception as err:
-                    raise RuntimeError(
+                    # A ValueError is the policy refusing this input (the user can act on it);
+                    # anything else is a fault in the policy.
+                    kind = ValueError if isinstance(err, ValueError) else RuntimeError
+                    raise kind(
                         f"policy {name!r} failed planning from steps [{start - len(history)}, "
                         f"{start}): {err}"
                     ) from err

@@ -166,6 +166,33 @@ def test_simulate_agrees_with_score(tmp_path, capsys, series):
     assert checked == 6  # 2 policies x scored windows at steps 4, 8, 12
 
 
+def test_simulate_passes_policy_options(tmp_path, capsys, series):
+    out_json = tmp_path / "sim.json"
+    code, _, err = _run(
+        capsys,
+        "simulate",
+        "--load",
+        series,
+        "--ranks",
+        4,
+        "--slots-per-rank",
+        5,
+        "--policies",
+        "default",
+        "--interval",
+        6,
+        "--no-baseline",
+        "--option",
+        "default.hierarchical=false",
+        "--json",
+        out_json,
+    )
+    assert code == 0, err
+    doc = json.loads(out_json.read_text())
+    assert doc["setup"]["options"] == {"default": {"hierarchical": False}}
+    assert list(doc["policies"]) == ["default"]
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -175,6 +202,8 @@ def test_simulate_agrees_with_score(tmp_path, capsys, series):
         (["--ranks", "1"], "do not fit in 1 ranks x 5 slots"),
         (["--option", "default=3"], "expected POLICY.KEY=VALUE"),
         (["--option", "swift.x=3"], "options given for policies not compared"),
+        (["--option", "default.nope=1"], "policy 'default' has no option(s) ['nope']"),
+        (["--option", "none.x=1"], "'none' is not a policy and takes no options"),
     ],
 )
 def test_simulate_bad_arguments(capsys, series, extra, message):
