@@ -384,6 +384,7 @@ def test_convert_vllm_ascend_rank_mismatch(tmp_path, capsys):
 ESFT = pathlib.Path(__file__).resolve().parents[2] / "data" / "traces" / "esft_vanilla_lite"
 
 
+@pytest.mark.slow
 def test_simulate_esft_per_request_trace_every_policy(tmp_path, capsys):
     """Every registered policy on the shipped ESFT per-request trace (127 requests, 26 x 64)."""
     out_json, out_png = tmp_path / "esft.json", tmp_path / "esft.png"
