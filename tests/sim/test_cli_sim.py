@@ -18,6 +18,11 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def _simulate(capsys, loads: list, options: str, *paths) -> tuple[int, str, str]:
+    """``eplb-rt simulate --load LOADS OPTIONS PATHS`` (OPTIONS: a plain string of flags)."""
+    return _run(capsys, "simulate", "--load", *loads, *options.split(), *paths)
+
+
 def _skewed(num_steps: int, num_layers: int, num_experts: int, seed: int = 0) -> np.ndarray:
     """Poisson token counts around a Zipf skew that stays put (a skew a policy can learn)."""
     rng = np.random.default_rng(seed)
@@ -45,23 +50,11 @@ def series(tmp_path):
 
 def test_simulate_prints_table_and_writes_json_and_png(tmp_path, capsys, series):
     out_json, out_png = tmp_path / "sim.json", tmp_path / "sim.png"
-    code, out, _ = _run(
+    code, out, _ = _simulate(
         capsys,
-        "simulate",
-        "--load",
-        series,
-        "--ranks",
-        4,
-        "--slots-per-rank",
-        5,
-        "--policies",
-        "default",
-        "--interval",
-        3,
-        "--episodes",
-        2,
-        "--expert-bytes",
-        1000,
+        [series],
+        "--ranks 4 --slots-per-rank 5 --policies default --interval 3 --episodes 2 "
+        "--expert-bytes 1000",
         "--json",
         out_json,
         "--plot",
@@ -98,19 +91,8 @@ def test_aggregate_workloads_played_in_sequence(tmp_path, capsys):
         interop.write_load(_skewed(1, 2, 8, seed=i)[0], path, "sglang-count")
         paths.append(path)
     out_json = tmp_path / "sim.json"
-    code, out, _ = _run(
-        capsys,
-        "simulate",
-        "--load",
-        *paths,
-        "--ranks",
-        2,
-        "--slots-per-rank",
-        5,
-        "--policies",
-        "default",
-        "--json",
-        out_json,
+    code, out, _ = _simulate(
+        capsys, paths, "--ranks 2 --slots-per-rank 5 --policies default", "--json", out_json
     )
     assert code == 0, out
     doc = json.loads(out_json.read_text())
@@ -123,19 +105,10 @@ def test_aggregate_workloads_played_in_sequence(tmp_path, capsys):
 def test_simulate_agrees_with_score(tmp_path, capsys, series):
     """Every cycle's numbers equal what ``eplb-rt score`` says of the saved placement and window."""
     out_json, folder = tmp_path / "sim.json", tmp_path / "placements"
-    code, _, _ = _run(
+    code, _, _ = _simulate(
         capsys,
-        "simulate",
-        "--load",
-        series,
-        "--ranks",
-        4,
-        "--slots-per-rank",
-        5,
-        "--policies",
-        "default",
-        "--interval",
-        4,
+        [series],
+        "--ranks 4 --slots-per-rank 5 --policies default --interval 4",
         "--json",
         out_json,
         "--save-placements",
@@ -168,22 +141,11 @@ def test_simulate_agrees_with_score(tmp_path, capsys, series):
 
 def test_simulate_passes_policy_options(tmp_path, capsys, series):
     out_json = tmp_path / "sim.json"
-    code, _, err = _run(
+    code, _, err = _simulate(
         capsys,
-        "simulate",
-        "--load",
-        series,
-        "--ranks",
-        4,
-        "--slots-per-rank",
-        5,
-        "--policies",
-        "default",
-        "--interval",
-        6,
-        "--no-baseline",
-        "--option",
-        "default.hierarchical=false",
+        [series],
+        "--ranks 4 --slots-per-rank 5 --policies default --interval 6 --no-baseline "
+        "--option default.hierarchical=false",
         "--json",
         out_json,
     )
@@ -207,10 +169,8 @@ def test_simulate_passes_policy_options(tmp_path, capsys, series):
     ],
 )
 def test_simulate_bad_arguments(capsys, series, extra, message):
-    argv = ["simulate", "--load", series, "--ranks", 4, "--slots-per-rank", 5, *extra]
-    if "--ranks" in extra:
-        argv = ["simulate", "--load", series, "--slots-per-rank", 5, *extra]
-    code, _, err = _run(capsys, *argv)
+    ranks = "" if "--ranks" in extra else "--ranks 4"
+    code, _, err = _simulate(capsys, [series], f"{ranks} --slots-per-rank 5", *extra)
     assert code == 2
     assert message in err
 
@@ -218,9 +178,7 @@ def test_simulate_bad_arguments(capsys, series, extra, message):
 def test_simulate_refuses_mismatched_workloads(tmp_path, capsys, series):
     other = tmp_path / "other.npy"
     np.save(other, _skewed(4, 3, 8))
-    code, _, err = _run(
-        capsys, "simulate", "--load", series, other, "--ranks", 4, "--slots-per-rank", 5
-    )
+    code, _, err = _simulate(capsys, [series, other], "--ranks 4 --slots-per-rank 5")
     assert code == 2
     assert "other has 3 layers x 8 experts but series has 3 x 16" in err
 
@@ -229,15 +187,13 @@ def test_simulate_refuses_mismatched_workloads(tmp_path, capsys, series):
 def test_simulate_bad_files(tmp_path, capsys, content):
     bad = tmp_path / "bad.npy"
     bad.write_bytes(content)
-    code, _, err = _run(capsys, "simulate", "--load", bad, "--ranks", 2, "--slots-per-rank", 4)
+    code, _, err = _simulate(capsys, [bad], "--ranks 2 --slots-per-rank 4")
     assert code == 2
     assert "bad.npy" in err
 
 
 def test_simulate_missing_file(tmp_path, capsys):
-    code, _, err = _run(
-        capsys, "simulate", "--load", tmp_path / "absent.npy", "--ranks", 2, "--slots-per-rank", 4
-    )
+    code, _, err = _simulate(capsys, [tmp_path / "absent.npy"], "--ranks 2 --slots-per-rank 4")
     assert code == 2
     assert "absent.npy" in err
 
@@ -388,17 +344,10 @@ ESFT = pathlib.Path(__file__).resolve().parents[2] / "data" / "traces" / "esft_v
 def test_simulate_esft_per_request_trace_every_policy(tmp_path, capsys):
     """Every registered policy on the shipped ESFT per-request trace (127 requests, 26 x 64)."""
     out_json, out_png = tmp_path / "esft.json", tmp_path / "esft.png"
-    code, out, err = _run(
+    code, out, err = _simulate(
         capsys,
-        "simulate",
-        "--load",
-        ESFT / "counts_intent.npz",
-        "--ranks",
-        8,
-        "--slots-per-rank",
-        10,
-        "--interval",
-        32,
+        [ESFT / "counts_intent.npz"],
+        "--ranks 8 --slots-per-rank 10 --interval 32",
         "--json",
         out_json,
         "--plot",
