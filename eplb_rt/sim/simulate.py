@@ -25,6 +25,7 @@ from eplb_rt import algorithms
 from eplb_rt.algorithms import metrics
 from eplb_rt.algorithms.load import check_load
 from eplb_rt.placement import Placement, Topology
+from eplb_rt.sim.bound import par_lower_bound
 
 NO_REBALANCE = "none"
 """Pseudo-policy name: the initial placement, never re-planned (serving without EPLB)."""
@@ -173,21 +174,6 @@ class SimulationResult:
     spec: SimulationSpec
     workload: Workload
     cycles: dict[str, list[Cycle]]
-
-
-def par_lower_bound(load: np.ndarray, topology: Topology) -> np.ndarray:
-    """``[L]`` lower bound on PAR of any placement on ``load`` (``[L, E]``), NaN where unloaded.
-
-    Two facts bound the largest rank load: it is at least the mean rank load, and an expert
-    can be split over at most ``min(D, P - E + 1)`` replicas on distinct ranks, so some rank
-    carries at least ``load_e / min(D, P - E + 1)`` of it.
-    """
-    load = np.asarray(load, dtype=np.float64)
-    D, P, E = topology.num_ranks, topology.num_slots, load.shape[-1]
-    mean = load.sum(axis=-1) / D
-    split = load.max(axis=-1) / min(D, P - E + 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(mean > 0, np.maximum(mean, split) / np.where(mean > 0, mean, 1.0), np.nan)
 
 
 def simulate(

@@ -10,6 +10,7 @@ import pytest
 from eplb_rt.algorithms import metrics, registry
 from eplb_rt.placement import Placement, Topology
 from eplb_rt.sim import simulate as sim
+from eplb_rt.sim.bound import par_lower_bound
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +74,7 @@ def test_scores_are_out_of_sample_and_exact(spy):
     for cycle in result.cycles["spy"]:
         window = load[cycle.start : cycle.stop].sum(axis=0)
         np.testing.assert_array_equal(cycle.par, metrics.par(cycle.placement, window))
-        np.testing.assert_array_equal(cycle.par_bound, sim.par_lower_bound(window, topo))
+        np.testing.assert_array_equal(cycle.par_bound, par_lower_bound(window, topo))
         seen = load[max(0, cycle.start - 2) : cycle.start].sum(axis=0)
         np.testing.assert_array_equal(cycle.par_in_sample, metrics.par(cycle.placement, seen))
     # Shifting every slot by one rank moves each slot whose neighbour holds another expert.
@@ -107,36 +108,6 @@ def test_policy_failure_names_the_policy(monkeypatch):
     spec = sim.SimulationSpec(Topology(2, 3), ("broken",), interval=2)
     with pytest.raises(RuntimeError, match=r"policy 'broken' failed planning from steps \[0, 2\)"):
         sim.simulate(sim.Workload.concat([("w", _steps(4))]), spec)
-
-
-@pytest.mark.parametrize(
-    ("load", "ranks", "slots", "expected"),
-    [
-        ([[1.0, 1.0, 1.0, 1.0]], 2, 2, 1.0),  # even load: the mean bounds
-        ([[10.0, 1.0, 1.0, 0.0]], 4, 1, 10 / 3),  # no redundancy: the hot expert stays whole
-        ([[10.0, 1.0, 1.0, 0.0]], 2, 3, 1.0),  # 3 replicas possible, 2 ranks: 10 / 2 = 5 <= 6
-        ([[9.0, 0.0, 0.0]], 4, 1, 2.0),  # P - E + 1 = 2 replicas: 4.5 / (9 / 4) = 2
-        ([[0.0, 0.0, 0.0]], 3, 1, np.nan),  # no load, no PAR
-    ],
-)
-def test_par_lower_bound_golden(load, ranks, slots, expected):
-    got = sim.par_lower_bound(np.array(load), Topology(ranks, slots))
-    np.testing.assert_allclose(got, [expected])
-
-
-def test_lower_bound_holds_for_every_placement():
-    rng = np.random.default_rng(3)
-    topo = Topology(4, 3)
-    for _ in range(50):
-        load = rng.pareto(1.2, size=(3, 7))
-        initial = Placement.initial(3, 7, topo)
-        perm = np.stack([rng.permutation(initial.phy2log[0]) for _ in range(3)])
-        try:
-            placement = Placement(perm, 7, 4)
-        except ValueError:
-            continue  # a permutation that puts two replicas on one rank
-        for p in (initial, placement):
-            assert (metrics.par(p, load) >= sim.par_lower_bound(load, topo) - 1e-12).all()
 
 
 def test_workloads_in_sequence_are_labelled():
