@@ -2,10 +2,12 @@
 
 Every rank holds ``S`` expert slots per MoE layer (``w13 [S, 2I, H]``, ``w2 [S, H, I]``). The
 router's logical top-k ids go through ``EplbRuntime.route`` (physical ids out, heat recorded in
-the same op); each rank computes the (token, k) pairs whose physical slot it holds and the partial
-outputs are summed with an all-reduce. ``runtime.step()`` closes every forward step. The router
-is skewed towards a few experts and the skew drifts, so the runtime re-plans, migrates weights
-between the ranks and commits new routing tables while the model runs.
+the same op), or, with ``--heat-source group_list``, are mapped through the runtime's tables and
+counted per local slot with ``EplbRuntime.record``. Each rank computes the (token, k) pairs whose
+physical slot it holds and the partial outputs are summed with an all-reduce.
+``runtime.step()`` closes every forward step. The router is skewed towards a few experts and the
+skew drifts, so the runtime re-plans, migrates weights between the ranks and commits new routing
+tables while the model runs.
 
 Checks made on every step and at the end, on every rank:
 
@@ -57,6 +59,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="pause per step standing in for the rest of the model (attention, "
         "sampling), so the background plan has time as in real serving",
     )
+    p.add_argument(
+        "--heat-source",
+        choices=("topk", "group_list"),
+        default="topk",
+        help="count tokens where ids are mapped (route) or where they arrive (record)",
+    )
     p.add_argument("--json", help="write the summary here")
     return p.parse_args(argv)
 
@@ -100,18 +108,33 @@ class FusedMoE(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         topk_weights, topk_ids = self.route(x, bias)
-        # The one EPLB call on the hot path: logical -> physical ids, heat counted on the device.
-        phy_ids = self.runtime.route(self.layer, topk_ids)
+        if self.runtime.config.heat_source == "topk":
+            # The one EPLB call on the hot path: logical -> physical ids, heat counted as it maps.
+            phy_ids = self.runtime.route(self.layer, topk_ids)
+        else:
+            phy_ids = self.physical_from_tables(topk_ids)
         self.last_phy_ids = phy_ids  # kept for the example's per-rank balance report only
         S = self.num_slots_per_rank
         local = phy_ids - self.rank * S
         here = (local >= 0) & (local < S)
         slots = torch.where(here, local, torch.zeros_like(local))
+        if self.runtime.config.heat_source == "group_list":
+            # Receiver side: the tokens each local slot got, as a dispatch kernel reports them.
+            self.runtime.record(self.layer, torch.bincount(local[here], minlength=S))
         # Static shapes only (gather by slot, mask), so the same code can be graph-captured.
         out = expert_mlp(x, self.w13[slots], self.w2[slots])  # [N, K, H]
         out = (out * (topk_weights * here)[..., None]).sum(dim=1)
         dist.all_reduce(out)  # combine: every (token, k) was computed on exactly one rank
         return out
+
+    def physical_from_tables(self, topk_ids: torch.Tensor) -> torch.Tensor:
+        """Replica choice from the runtime's tables, for engines whose dispatch counts tokens
+        (``heat_source: group_list``): ``route`` would count them a second time. Round-robin by
+        token; any rule works as long as every rank applies the same one."""
+        log2phy = self.runtime.log2phy(self.layer)  # [E, R], -1 padded
+        logcnt = self.runtime.logcnt(self.layer)  # [E]
+        token = torch.arange(topk_ids.shape[0])[:, None]
+        return log2phy[topk_ids, token % logcnt[topk_ids]]
 
 
 def expert_mlp(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
@@ -166,6 +189,7 @@ def worker(rank: int, args: argparse.Namespace, port: int, out_path: str) -> Non
             "threshold": 1.0,
             "hysteresis": 0.0,
             "layers_per_step": 1,
+            "heat_source": args.heat_source,
         }
     )
     runtime = EplbRuntime(config, L, E, group=dist.group.WORLD, device=torch.device("cpu"))
@@ -217,6 +241,7 @@ def worker(rank: int, args: argparse.Namespace, port: int, out_path: str) -> Non
     quarter = max(1, args.steps // 4)
     summary = {
         "ranks": args.ranks,
+        "heat_source": args.heat_source,
         "steps": args.steps,
         "max_abs_err": max_err,
         "outputs_match": max_err <= 1e-5,

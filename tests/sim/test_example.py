@@ -24,7 +24,8 @@ pytestmark = [
 ]
 
 
-def test_example_rebalances_without_changing_outputs(tmp_path):
+@pytest.mark.parametrize("heat_source", ["topk", "group_list"])
+def test_example_rebalances_without_changing_outputs(tmp_path, heat_source):
     # Run as a user would (a script, fresh processes): spawned ranks re-import it by path.
     out = tmp_path / "summary.json"
     env = {
@@ -35,12 +36,9 @@ def test_example_rebalances_without_changing_outputs(tmp_path):
         [
             sys.executable,
             str(EXAMPLE),
-            "--ranks",
-            "2",
-            "--steps",
-            "60",
-            "--interval",
-            "10",
+            *"--ranks 2 --steps 60 --interval 10".split(),
+            "--heat-source",
+            heat_source,
             "--json",
             str(out),
         ],
@@ -53,6 +51,7 @@ def test_example_rebalances_without_changing_outputs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads(out.read_text())
     assert summary["all_ranks_ok"], summary
+    assert summary["heat_source"] == heat_source
     assert summary["outputs_match"], summary["max_abs_err"]
     assert summary["same_storage"], "routing tables or weights were reallocated"
     assert summary["weights_match_placement"]
