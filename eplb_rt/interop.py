@@ -96,6 +96,46 @@ def from_logical_count(doc: object) -> np.ndarray:
     return check_load(_rectangular(value, SGLANG_COUNT_KEY, depth), name=SGLANG_COUNT_KEY)
 
 
+# --------------------------------------------------------------------------------- dense layers
+def add_dense_layers(item: Placement | np.ndarray, count: int) -> Placement | np.ndarray:
+    """Prepend ``count`` dense layers, as SGLang indexes layers (all of the model's layers).
+
+    A placement gets trivial rows (slot ``p`` holds expert ``p mod E``, what SGLang builds for a
+    layer it does not balance); a load ``[T, L, E]`` gets rows of zeros.
+    """
+    if count < 0:
+        raise ValueError(f"dense layer count must be >= 0, got {count}")
+    if isinstance(item, Placement):
+        trivial = Placement.initial(count, item.num_experts, item.topology()) if count else None
+        return item if trivial is None else Placement.stack([trivial, item])
+    load = check_load(item)
+    zeros = np.zeros((load.shape[0], count, load.shape[2]))
+    return np.concatenate([zeros, load], axis=1)
+
+
+def drop_dense_layers(item: Placement | np.ndarray, count: int) -> Placement | np.ndarray:
+    """Remove the first ``count`` layers (see :func:`add_dense_layers`).
+
+    A load's dropped rows must be all zero: a row with tokens is a MoE layer, and dropping it
+    would shift every layer after it.
+    """
+    if count < 0:
+        raise ValueError(f"dense layer count must be >= 0, got {count}")
+    if count == 0:
+        return item
+    layers = item.num_layers if isinstance(item, Placement) else check_load(item).shape[1]
+    if count >= layers:
+        raise ValueError(f"cannot drop {count} dense layers from {layers} layers")
+    if isinstance(item, Placement):
+        return item.select_layers(np.arange(count, layers))
+    loaded = np.flatnonzero(item[:, :count].sum(axis=(0, 2)))
+    if loaded.size:
+        raise ValueError(
+            f"layer {loaded[0]} has load, so it is not dense; check --dense-layers ({count})"
+        )
+    return item[:, count:]
+
+
 # --------------------------------------------------------------------------------- files
 def read_placement(
     path: str | os.PathLike, fmt: str, num_ranks: int | None = None, num_experts: int | None = None

@@ -43,7 +43,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="E",
         help="logical experts per layer (default: largest id + 1; for loads, checked)",
     )
+    p.add_argument(
+        "--dense-layers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the model's first N layers are dense: SGLang counts them, eplb-rt does not; "
+        "added when writing sglang / sglang-count, dropped when reading them",
+    )
     p.set_defaults(func=run)
+
+
+SGLANG_FORMATS = ("sglang", "sglang-count")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,8 +65,16 @@ def run(args: argparse.Namespace) -> int:
             f"cannot convert a {src} ({args.src_format}) into a {dst} ({args.dst_format}); "
             "use `eplb-rt plan` to turn a load into a placement"
         )
+    drop = args.dense_layers if args.src_format in SGLANG_FORMATS else 0
+    add = args.dense_layers if args.dst_format in SGLANG_FORMATS else 0
+    if args.dense_layers and drop == add:
+        raise ValueError(
+            "--dense-layers applies when exactly one side is an SGLang format "
+            f"({', '.join(SGLANG_FORMATS)}); got {args.src_format} -> {args.dst_format}"
+        )
     if src == "placement":
         placement = interop.read_placement(args.input, args.src_format, args.ranks, args.experts)
+        placement = interop.add_dense_layers(interop.drop_dense_layers(placement, drop), add)
         interop.write_placement(placement, args.output, args.dst_format)
         print(f"wrote {args.output}: {placement.describe()} ({args.dst_format})")
         return 0
@@ -64,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{args.input}: load has {load.shape[2]} experts, --experts says {args.experts}"
         )
+    load = interop.add_dense_layers(interop.drop_dense_layers(load, drop), add)
     interop.write_load(load, args.output, args.dst_format)
     T, L, E = load.shape
     print(f"wrote {args.output}: load of {T} steps x {L} layers x {E} experts ({args.dst_format})")

@@ -365,3 +365,79 @@ def test_simulate_esft_per_request_trace_every_policy(tmp_path, capsys):
     none = doc["policies"]["none"]["summary"]["par_mean"]
     assert doc["policies"]["default"]["summary"]["par_mean"] < none
     assert out_png.stat().st_size > 10_000
+
+
+def test_convert_adds_and_drops_dense_layers_for_sglang(tmp_path, capsys):
+    placement = _valid_placement()
+    source, mapped, back = tmp_path / "p.json", tmp_path / "sglang.json", tmp_path / "back.json"
+    interop.write_placement(placement, source, "vllm-ascend")
+    argv = ["--dense-layers", 3]
+    assert (
+        _run(capsys, "convert", "--from", "vllm-ascend", "--to", "sglang", source, mapped, *argv)[0]
+        == 0
+    )
+    rows = json.loads(mapped.read_text())["physical_to_logical_map"]
+    assert rows[:3] == [[0, 1, 2, 3, 4, 0]] * 3  # dense layers: the trivial mapping
+    assert rows[3:] == placement.phy2log.tolist()
+    assert (
+        _run(
+            capsys,
+            "convert",
+            "--from",
+            "sglang",
+            "--to",
+            "vllm-ascend",
+            mapped,
+            back,
+            "--ranks",
+            3,
+            *argv,
+        )[0]
+        == 0
+    )
+    assert interop.read_placement(back, "vllm-ascend") == placement
+
+
+def test_convert_dense_layers_of_the_deepseek_trace(tmp_path, capsys):
+    trace = ESFT.parent / "sglang_deepseek_v3" / "prefill_in512.json"
+    out = tmp_path / "moe.npy"
+    code, text, err = _run(
+        capsys, "convert", "--from", "sglang-count", "--to", "load", trace, out, "--dense-layers", 3
+    )
+    assert code == 0, err
+    assert "1 steps x 58 layers x 256 experts" in text
+    full = interop.read_load(trace, "sglang-count")
+    np.testing.assert_array_equal(np.load(out), full[:, 3:])
+    code, _, err = _run(
+        capsys,
+        "convert",
+        "--from",
+        "sglang-count",
+        "--to",
+        "load",
+        trace,
+        tmp_path / "x.npy",
+        "--dense-layers",
+        4,
+    )
+    assert code == 2
+    assert "layer 3 has load, so it is not dense" in err
+
+
+def test_convert_dense_layers_needs_one_sglang_side(tmp_path, capsys):
+    source = tmp_path / "p.json"
+    interop.write_placement(_valid_placement(), source, "vllm-ascend")
+    code, _, err = _run(
+        capsys,
+        "convert",
+        "--from",
+        "vllm-ascend",
+        "--to",
+        "npy",
+        source,
+        tmp_path / "p.npy",
+        "--dense-layers",
+        1,
+    )
+    assert code == 2
+    assert "--dense-layers applies when exactly one side is an SGLang format" in err
