@@ -49,7 +49,7 @@ def plot(doc: dict, path: str | os.PathLike) -> None:
         edge = 0
         for i, workload in enumerate(setup["workloads"]):
             # Alternate heights so the names of short workloads do not overprint each other.
-            top.annotate(
+            name = top.annotate(
                 workload["label"],
                 (edge, 1.0),
                 xycoords=("data", "axes fraction"),
@@ -58,7 +58,9 @@ def plot(doc: dict, path: str | os.PathLike) -> None:
                 fontsize=8,
                 color="grey",
             )
+            name.set_in_layout(False)  # inside the axes: the layout need not make room for it
             edge += workload["steps"]
+    top.set_xlim(0, setup["steps"])  # the whole trace, even where no window has a PAR
     top.set_xlabel(f"step (first step of each scored window of {setup['interval']} steps)")
     top.set_ylabel("PAR, mean over layers (max / mean rank load)")
     top.set_title(
