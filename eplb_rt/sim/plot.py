@@ -96,6 +96,7 @@ def plot(doc: dict, path: str | os.PathLike) -> None:
             fontsize=8,
         )
     bottom.set_xticks(x, [f"{n} (no EPLB)" if n == NO_REBALANCE else n for n in names])
+    bottom.set_ylim(0, 1.15 * max(*peaks, 1))  # room for the labels above the whiskers
     bottom.set_ylabel("experts moved per cycle (slots)")
     bottom.set_title(
         f"moves per re-plan, all layers: bar = mean, whisker = max; GiB at "

@@ -163,7 +163,10 @@ def test_simulate_passes_policy_options(tmp_path, capsys, series):
         (["--interval", "0"], "interval must be >= 1"),
         (["--ranks", "1"], "do not fit in 1 ranks x 5 slots"),
         (["--option", "default=3"], "expected POLICY.KEY=VALUE"),
-        (["--option", "swift.x=3"], "options given for policies not compared"),
+        (
+            ["--policies", "default", "--option", "swift.x=3"],
+            "options given for policies not compared",
+        ),
         (["--option", "default.nope=1"], "policy 'default' has no option(s) ['nope']"),
         (["--option", "none.x=1"], "'none' is not a policy and takes no options"),
     ],
