@@ -1,0 +1,90 @@
+"""``eplb-rt convert``: translate placements and loads between engine formats.
+
+Placements: ``vllm-ascend`` (expert_map JSON), ``sglang`` (physical_to_logical_map JSON), ``npy``
+(``[L, P]`` phy2log). Loads: ``sglang-count`` (logical_count JSON), ``load`` (``.npy``; any
+trace file when reading). A placement cannot become a load or the reverse (use ``plan``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from eplb_rt import interop
+from eplb_rt.commands._args import add_command
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = add_command(
+        subparsers,
+        "convert",
+        "convert placements or loads between vllm-ascend, SGLang and .npy formats",
+        __doc__,
+    )
+    p.add_argument(
+        "--from", dest="src_format", required=True, choices=interop.FORMATS, help="format of IN"
+    )
+    p.add_argument(
+        "--to", dest="dst_format", required=True, choices=interop.FORMATS, help="format of OUT"
+    )
+    p.add_argument("input", metavar="IN", help="file to read")
+    p.add_argument("output", metavar="OUT", help="file to write (replaced if present)")
+    p.add_argument(
+        "--ranks",
+        type=int,
+        default=None,
+        metavar="D",
+        help="expert-parallel ranks; required to read sglang / npy placements, "
+        "checked against vllm-ascend files",
+    )
+    p.add_argument(
+        "--experts",
+        type=int,
+        default=None,
+        metavar="E",
+        help="logical experts per layer (default: largest id + 1; for loads, checked)",
+    )
+    p.add_argument(
+        "--dense-layers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the model's first N layers are dense: SGLang counts them, eplb-rt does not; "
+        "added when writing sglang / sglang-count, dropped when reading them",
+    )
+    p.set_defaults(func=run)
+
+
+SGLANG_FORMATS = ("sglang", "sglang-count")
+
+
+def run(args: argparse.Namespace) -> int:
+    src = interop.format_kind(args.src_format)
+    dst = interop.format_kind(args.dst_format)
+    if src != dst:
+        raise ValueError(
+            f"cannot convert a {src} ({args.src_format}) into a {dst} ({args.dst_format}); "
+            "use `eplb-rt plan` to turn a load into a placement"
+        )
+    drop = args.dense_layers if args.src_format in SGLANG_FORMATS else 0
+    add = args.dense_layers if args.dst_format in SGLANG_FORMATS else 0
+    if args.dense_layers and drop == add:
+        raise ValueError(
+            "--dense-layers applies when exactly one side is an SGLang format "
+            f"({', '.join(SGLANG_FORMATS)}); got {args.src_format} -> {args.dst_format}"
+        )
+    if src == "placement":
+        placement = interop.read_placement(args.input, args.src_format, args.ranks, args.experts)
+        placement = interop.add_dense_layers(interop.drop_dense_layers(placement, drop), add)
+        interop.write_placement(placement, args.output, args.dst_format)
+        print(f"wrote {args.output}: {placement.describe()} ({args.dst_format})")
+        return 0
+    load = interop.read_load(args.input, args.src_format)
+    if args.experts is not None and load.shape[2] != args.experts:
+        raise ValueError(
+            f"{args.input}: load has {load.shape[2]} experts, --experts says {args.experts}"
+        )
+    load = interop.add_dense_layers(interop.drop_dense_layers(load, drop), add)
+    interop.write_load(load, args.output, args.dst_format)
+    T, L, E = load.shape
+    print(f"wrote {args.output}: load of {T} steps x {L} layers x {E} experts ({args.dst_format})")
+    return 0

@@ -1,0 +1,197 @@
+"""``eplb-rt simulate``: replay load over time and compare policies out of sample.
+
+Each LOAD file is a ``[T, L, E]`` series (per step or per request) or an aggregate ``[L, E]``;
+several files are played one after another, labelled by file name. Every INTERVAL steps each
+policy re-plans from the last EPISODES x INTERVAL steps (its previous placement carried) and is
+scored on the next INTERVAL steps. The row "none (no EPLB)" keeps the initial placement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from eplb_rt import algorithms
+from eplb_rt.commands._args import LOAD_HELP, add_command
+from eplb_rt.commands.plan import parse_options
+from eplb_rt.placement import Topology
+from eplb_rt.sim import simulate as sim
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = add_command(
+        subparsers,
+        "simulate",
+        "replay a load series and compare policies over time (PAR, moves, plan time)",
+        __doc__,
+    )
+    p.add_argument(
+        "--load",
+        nargs="+",
+        required=True,
+        metavar="FILE",
+        help=f"{LOAD_HELP}; played one after another in the order given, labelled by file name",
+    )
+    p.add_argument("--ranks", type=int, required=True, metavar="D", help="expert-parallel ranks")
+    p.add_argument(
+        "--slots-per-rank",
+        type=int,
+        required=True,
+        metavar="S",
+        help="expert slots on each rank (D x S >= experts)",
+    )
+    p.add_argument("--nodes", type=int, default=1, help="nodes the ranks span (default 1)")
+    p.add_argument("--groups", type=int, default=1, help="expert groups (default 1)")
+    p.add_argument(
+        "--policies",
+        default=None,
+        metavar="A,B,C",
+        help="policies to compare (default: every registered policy)",
+    )
+    p.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help=f"leave out the {sim.NO_REBALANCE!r} row (initial placement kept)",
+    )
+    p.add_argument(
+        "--interval",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="steps between re-plans and per scored window (default: 1 when every "
+        "file is an aggregate, else T // 16)",
+    )
+    p.add_argument(
+        "--episodes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="plans see the last N intervals of steps (default 1)",
+    )
+    p.add_argument(
+        "--expert-bytes",
+        type=int,
+        default=sim.DEEPSEEK_V3_EXPERT_BYTES,
+        metavar="BYTES",
+        help="bytes moved per expert (default: a DeepSeek-V3 FP8 expert, "
+        f"{sim.DEEPSEEK_V3_EXPERT_BYTES:,})",
+    )
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="POLICY.KEY=VALUE",
+        help="a policy option (VALUE parsed as JSON when it can be); repeatable",
+    )
+    p.add_argument("--plot", metavar="OUT.png", help="write PAR over time and moves as a PNG")
+    p.add_argument("--json", metavar="OUT.json", help="write every number as JSON")
+    p.add_argument(
+        "--save-placements",
+        metavar="DIR",
+        help="write each cycle's placement (DIR/POLICY/step_N.json, vllm-ascend) and "
+        "scored load window (DIR/windows/step_N.npy) for `eplb-rt score`",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from eplb_rt.sim.traces import load_file  # the one reader of every trace format
+
+    workload = sim.Workload.concat(
+        [
+            (label, load_file(path))
+            for label, path in zip(_labels(args.load), args.load, strict=True)
+        ]
+    )
+    if args.policies is None:
+        names = algorithms.policy_names()
+    else:
+        names = [n.strip() for n in args.policies.split(",") if n.strip()]
+    if not args.no_baseline and sim.NO_REBALANCE not in names:
+        names = [sim.NO_REBALANCE, *names]
+    interval = args.interval
+    if interval is None:
+        per_file = [sum(1 for x in workload.labels if x == label) for label in _labels(args.load)]
+        interval = 1 if max(per_file) == 1 else max(1, workload.num_steps // 16)
+    spec = sim.SimulationSpec(
+        topology=Topology(args.ranks, args.slots_per_rank, args.nodes, args.groups),
+        policies=tuple(names),
+        interval=interval,
+        episodes=args.episodes,
+        expert_bytes=args.expert_bytes,
+        options=_parse_options(args.option),
+    )
+    result = _run_with_progress(workload, spec)
+
+    from eplb_rt.sim import report
+
+    doc = report.to_document(result)
+    if args.save_placements:
+        doc["saved"] = _save_placements(result, args.save_placements)
+    print(report.markdown(doc))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=1)
+    if args.plot:
+        from eplb_rt.sim.plot import plot
+
+        plot(doc, args.plot)
+    return 0
+
+
+def _labels(paths: list[str]) -> list[str]:
+    """File names without extension; the whole path where two names collide."""
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    return [s if stems.count(s) == 1 else p for s, p in zip(stems, paths, strict=True)]
+
+
+def _parse_options(items: list[str]) -> dict:
+    """``["POLICY.KEY=VALUE", ...]`` -> ``{policy: {key: value}}``, values read as ``plan`` does."""
+    options: dict = {}
+    for item in items:
+        policy, dot, rest = item.partition(".")
+        if not (dot and policy and "=" in rest and "=" not in policy):
+            raise ValueError(f"--option {item!r}: expected POLICY.KEY=VALUE")
+        options.setdefault(policy, {}).update(parse_options([rest]))
+    return options
+
+
+def _run_with_progress(workload: sim.Workload, spec: sim.SimulationSpec) -> sim.SimulationResult:
+    from tqdm import tqdm
+
+    total = len(spec.policies) * len(spec.cycle_starts(workload.num_steps))
+    # disable=None: a bar on a terminal only, so logs and pipes stay clean.
+    with tqdm(
+        total=total, desc="simulate", unit="plan", file=sys.stderr, disable=None, leave=False
+    ) as bar:
+
+        def advance(name: str, _cycle: sim.Cycle) -> None:
+            bar.set_postfix_str(name, refresh=False)
+            bar.update()
+
+        return sim.simulate(workload, spec, on_cycle=advance)
+
+
+def _save_placements(result: sim.SimulationResult, root: str) -> dict:
+    """Write each cycle's placement and scored window; returns the paths written."""
+    import numpy as np
+
+    windows = os.path.join(root, "windows")
+    os.makedirs(windows, exist_ok=True)
+    saved: dict = {"windows": {}, "placements": {}}
+    first = next(iter(result.cycles.values()))
+    for cycle in first:
+        path = os.path.join(windows, f"step_{cycle.start}.npy")
+        np.save(path, result.workload.load[cycle.start : cycle.stop])
+        saved["windows"][str(cycle.start)] = path
+    for name, cycles in result.cycles.items():
+        folder = os.path.join(root, name)
+        os.makedirs(folder, exist_ok=True)
+        saved["placements"][name] = {}
+        for cycle in cycles:
+            path = os.path.join(folder, f"step_{cycle.start}.json")
+            cycle.placement.save(path)
+            saved["placements"][name][str(cycle.start)] = path
+    return saved

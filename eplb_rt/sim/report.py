@@ -1,0 +1,76 @@
+"""Reports of a simulation: the JSON document and the markdown table ``eplb-rt simulate`` prints."""
+
+from __future__ import annotations
+
+import math
+
+from eplb_rt.sim.simulate import NO_REBALANCE, SimulationResult, cycle_record, summarize
+
+GIB = 1024**3
+
+
+def to_document(result: SimulationResult) -> dict:
+    """Everything the run measured as plain JSON values: setup, per-policy summary, per cycle."""
+    spec, workload = result.spec, result.workload
+    T, L, E = workload.load.shape
+    segments: dict[str, int] = {}
+    for label in workload.labels:
+        segments[label] = segments.get(label, 0) + 1
+    return {
+        "setup": {
+            "steps": T,
+            "layers": L,
+            "experts": E,
+            "workloads": [{"label": k, "steps": v} for k, v in segments.items()],
+            "ranks": spec.topology.num_ranks,
+            "slots_per_rank": spec.topology.num_slots_per_rank,
+            "interval": spec.interval,
+            "episodes": spec.episodes,
+            "window": spec.window,
+            "expert_bytes": spec.expert_bytes,
+            "options": spec.options,
+        },
+        "policies": {
+            name: {
+                "summary": summarize(cycles, spec.expert_bytes),
+                "cycles": [cycle_record(c, spec.expert_bytes) for c in cycles],
+            }
+            for name, cycles in result.cycles.items()
+        },
+    }
+
+
+def markdown(doc: dict) -> str:
+    """The setup in one sentence and one table row per policy (from :func:`to_document`)."""
+    setup = doc["setup"]
+    parts = ", ".join(f"{w['label']} ({w['steps']} steps)" for w in setup["workloads"])
+    first = next(iter(doc["policies"].values()))["summary"]
+    lines = [
+        f"Replayed {setup['steps']} steps of {setup['layers']} layers x {setup['experts']} experts "
+        f"[{parts}] on {setup['ranks']} ranks x {setup['slots_per_rank']} slots; re-planned every "
+        f"{setup['interval']} steps from the last {setup['window']} steps, scored on the next "
+        f"{setup['interval']} (out of sample), {first['cycles']} cycles. PAR = max / mean rank "
+        f"load per layer (1.0 is perfect); lower bound on PAR, mean: "
+        f"{_num(first.get('bound_par_mean'), 3)}. Move cost {setup['expert_bytes']:,} bytes per "
+        "expert. PAR in sample: the plan on the steps it was planned from.",
+        "",
+        "| policy | PAR mean | PAR p50 | PAR p99 | worst layer: PAR | gap to bound | "
+        "moves / cycle | GiB / cycle | plan ms mean / max | PAR in sample |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, entry in doc["policies"].items():
+        s = entry["summary"]
+        label = f"{name} (no EPLB)" if name == NO_REBALANCE else name
+        worst = "-" if "worst_layer" not in s else f"{s['worst_layer']}: {s['worst_layer_par']:.3f}"
+        gap = "-" if "bound_gap" not in s else f"{100 * s['bound_gap']:.1f} %"
+        lines.append(
+            f"| {label} | {_num(s.get('par_mean'), 3)} | {_num(s.get('par_p50'), 3)} | "
+            f"{_num(s.get('par_p99'), 3)} | {worst} | {gap} | {s['moves_per_cycle']:.1f} | "
+            f"{s['bytes_per_cycle'] / GIB:.2f} | {s['plan_ms_mean']:.1f} / "
+            f"{s['plan_ms_max']:.1f} | {_num(s.get('par_in_sample_mean'), 3)} |"
+        )
+    return "\n".join(lines)
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"

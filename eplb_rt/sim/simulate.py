@@ -1,0 +1,296 @@
+"""Replay a load series and compare balancing policies over time, out of sample.
+
+The replay: a workload is a ``[T, L, E]`` load series (steps in order, each step labelled with the
+workload it came from). Every ``interval`` steps each policy re-plans from the last
+``episodes * interval`` steps, starting from its own previous placement, and the new placement is
+scored on the *next* ``interval`` steps, which the policy has not seen. Every policy starts from
+:meth:`Placement.initial`; the pseudo-policy :data:`NO_REBALANCE` keeps that placement throughout,
+the reference without EPLB.
+
+Each scored window gives, per layer, PAR (max rank load / mean rank load of the window's summed
+load, exactly what ``eplb-rt score`` reports for the same placement and window), a lower bound on
+PAR that no placement can beat on that window, the slots that changed against the previous
+placement (moves) and the policy's wall time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from eplb_rt import algorithms
+from eplb_rt.algorithms import metrics
+from eplb_rt.algorithms.load import check_load
+from eplb_rt.placement import Placement, Topology
+from eplb_rt.sim.bound import par_lower_bound
+
+NO_REBALANCE = "none"
+"""Pseudo-policy name: the initial placement, never re-planned (serving without EPLB)."""
+
+DEEPSEEK_V3_EXPERT_BYTES = 3 * 7168 * 2048
+"""Bytes of one DeepSeek-V3 routed expert in FP8 (gate, up and down projections, 7168 x 2048
+each), the default cost of one move; block scales (about 0.02 %) are left out."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """A load series to replay.
+
+    Attributes:
+        load: ``[T, L, E] float64`` tokens per expert per step.
+        labels: ``T`` strings, the workload each step belongs to (a file name when several
+            aggregate workloads are played one after another).
+    """
+
+    load: np.ndarray
+    labels: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.labels) != self.load.shape[0]:
+            raise ValueError(f"{len(self.labels)} labels for {self.load.shape[0]} steps")
+
+    @classmethod
+    def concat(cls, parts: Sequence[tuple[str, np.ndarray]]) -> Workload:
+        """Play ``(label, load [T_i, L, E] or [L, E])`` parts one after another."""
+        if not parts:
+            raise ValueError("no workload to replay")
+        loads = [check_load(load, name=label) for label, load in parts]
+        first_label, first = parts[0][0], loads[0]
+        for (label, _), load in zip(parts[1:], loads[1:], strict=True):
+            if load.shape[1:] != first.shape[1:]:
+                raise ValueError(
+                    f"{label} has {load.shape[1]} layers x {load.shape[2]} experts but "
+                    f"{first_label} has {first.shape[1]} x {first.shape[2]}; workloads played in "
+                    "sequence must come from one model"
+                )
+        labels = tuple(
+            label
+            for (label, _), load in zip(parts, loads, strict=True)
+            for _ in range(load.shape[0])
+        )
+        return cls(np.concatenate(loads), labels)
+
+    @property
+    def num_steps(self) -> int:
+        return self.load.shape[0]
+
+    def window_label(self, start: int, stop: int) -> str:
+        """The workloads that steps ``[start, stop)`` belong to, joined by ``+``."""
+        names = dict.fromkeys(self.labels[start:stop])
+        return "+".join(names)
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulationSpec:
+    """How to replay.
+
+    Attributes:
+        topology: ranks and slots per rank.
+        policies: registered policy names (or :data:`NO_REBALANCE`), compared side by side.
+        interval: steps between re-plans, and the length of each scored window.
+        episodes: the policy sees the last ``episodes * interval`` steps (per step, so policies
+            with per-episode statistics can cut them into episodes).
+        expert_bytes: bytes of one expert's weights, the cost of one move.
+        options: per policy name, option overrides passed to the policy.
+    """
+
+    topology: Topology
+    policies: tuple[str, ...]
+    interval: int = 1
+    episodes: int = 1
+    expert_bytes: int = DEEPSEEK_V3_EXPERT_BYTES
+    options: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.policies:
+            raise ValueError("give at least one policy")
+        if len(set(self.policies)) != len(self.policies):
+            raise ValueError(f"policy listed twice: {list(self.policies)}")
+        for name in self.policies:
+            if name != NO_REBALANCE:
+                algorithms.get_policy(name)  # raises with the known names
+        for field in ("interval", "episodes"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
+        if self.expert_bytes < 0:
+            raise ValueError(f"expert_bytes must be >= 0, got {self.expert_bytes}")
+        unknown = sorted(set(self.options) - set(self.policies))
+        if unknown:
+            raise ValueError(f"options given for policies not compared: {unknown}")
+        for name, overrides in self.options.items():
+            if name == NO_REBALANCE:
+                raise ValueError(f"{NO_REBALANCE!r} is not a policy and takes no options")
+            algorithms.get_policy(name).make_options(overrides)  # unknown keys raise here
+
+    @property
+    def window(self) -> int:
+        """Steps of history each plan sees."""
+        return self.episodes * self.interval
+
+    def cycle_starts(self, num_steps: int) -> list[int]:
+        """First step of every scored window: ``interval, 2 * interval, ...`` below ``T``."""
+        starts = list(range(self.interval, num_steps, self.interval))
+        if not starts:
+            raise ValueError(
+                f"{num_steps} step(s) leave nothing to score out of sample with interval "
+                f"{self.interval}: need at least interval + 1 steps (play several aggregate "
+                "workloads one after another, or lower --interval)"
+            )
+        return starts
+
+
+@dataclasses.dataclass
+class Cycle:
+    """One re-plan of one policy and its score on the following window.
+
+    Attributes:
+        start, stop: the scored window is steps ``[start, stop)``; the plan saw the steps before.
+        label: the workload(s) of the scored window.
+        par: ``[L] float64`` PAR per layer on the window (NaN where the layer has no load).
+        par_bound: ``[L] float64`` lower bound on PAR per layer on the window.
+        par_in_sample: ``[L] float64`` PAR per layer on the steps the plan saw (against ``par``,
+            how much of the imbalance comes from the load changing rather than the policy).
+        moves: slots whose expert changed against the previous placement, all layers.
+        plan_seconds: wall time of the policy call.
+        placement: the placement scored.
+    """
+
+    start: int
+    stop: int
+    label: str
+    par: np.ndarray
+    par_bound: np.ndarray
+    par_in_sample: np.ndarray
+    moves: int
+    plan_seconds: float
+    placement: Placement
+
+
+@dataclasses.dataclass
+class SimulationResult:
+    spec: SimulationSpec
+    workload: Workload
+    cycles: dict[str, list[Cycle]]
+
+
+def simulate(
+    workload: Workload,
+    spec: SimulationSpec,
+    on_cycle: Callable[[str, Cycle], None] | None = None,
+) -> SimulationResult:
+    """Replay ``workload`` with every policy of ``spec``; see the module docstring.
+
+    ``on_cycle(policy, cycle)`` is called after each plan (a progress bar, a writer).
+    """
+    topo = spec.topology
+    _, L, E = workload.load.shape
+    topo.check_experts(E)
+    starts = spec.cycle_starts(workload.num_steps)
+    algorithms.warm_up([name for name in spec.policies if name != NO_REBALANCE])
+    windows = [(s, min(s + spec.interval, workload.num_steps)) for s in starts]
+    scored = [workload.load[a:b].sum(axis=0) for a, b in windows]
+    bounds = [par_lower_bound(agg, topo) for agg in scored]
+    result = SimulationResult(spec, workload, {})
+    for name in spec.policies:
+        placement = Placement.initial(L, E, topo)
+        cycles = result.cycles[name] = []
+        for (start, stop), agg, bound in zip(windows, scored, bounds, strict=True):
+            history = workload.load[max(0, start - spec.window) : start]
+            previous = placement
+            began = time.perf_counter()
+            if name != NO_REBALANCE:
+                try:
+                    placement = algorithms.plan(
+                        name, history, topo, previous, spec.options.get(name)
+                    )
+                except Exception as err:
+                    # A ValueError is the policy refusing this input (the user can act on it);
+                    # anything else is a fault in the policy.
+                    kind = ValueError if isinstance(err, ValueError) else RuntimeError
+                    raise kind(
+                        f"policy {name!r} failed planning from steps [{start - len(history)}, "
+                        f"{start}): {err}"
+                    ) from err
+            elapsed = time.perf_counter() - began
+            cycle = Cycle(
+                start=start,
+                stop=stop,
+                label=workload.window_label(start, stop),
+                par=metrics.par(placement, agg),
+                par_bound=bound,
+                par_in_sample=metrics.par(placement, history.sum(axis=0)),
+                moves=int(placement.moves(previous).sum()),
+                plan_seconds=elapsed,
+                placement=placement,
+            )
+            cycles.append(cycle)
+            if on_cycle is not None:
+                on_cycle(name, cycle)
+    return result
+
+
+def summarize(cycles: Sequence[Cycle], expert_bytes: int) -> dict:
+    """One policy's numbers over all cycles (plain floats/ints, JSON-ready).
+
+    PAR statistics run over every (cycle, loaded layer) pair; ``worst_layer`` is the layer with
+    the highest PAR averaged over cycles; ``bound_gap`` is the mean of ``par / par_bound - 1``.
+    """
+    par = np.stack([c.par for c in cycles])  # [C, L]
+    bound = np.stack([c.par_bound for c in cycles])
+    loaded = ~np.isnan(par)
+    values = par[loaded]
+    moves = np.array([c.moves for c in cycles], dtype=np.int64)
+    plan_ms = np.array([c.plan_seconds for c in cycles]) * 1e3
+    out: dict = {"cycles": len(cycles)}
+    if values.size:
+        counts = loaded.sum(axis=0)
+        per_layer = np.where(loaded, par, 0.0).sum(axis=0) / np.maximum(counts, 1)
+        worst = int(np.argmax(np.where(counts > 0, per_layer, -np.inf)))
+        out.update(
+            par_mean=float(values.mean()),
+            par_p50=float(np.percentile(values, 50)),
+            par_p99=float(np.percentile(values, 99)),
+            par_max=float(values.max()),
+            worst_layer=worst,
+            worst_layer_par=float(per_layer[worst]),
+            bound_par_mean=float(bound[loaded].mean()),
+            par_in_sample_mean=_nanmean(np.stack([c.par_in_sample for c in cycles])),
+            bound_gap=float((par[loaded] / bound[loaded] - 1.0).mean()),
+        )
+    out.update(
+        moves_per_cycle=float(moves.mean()),
+        moves_max=int(moves.max()),
+        moves_total=int(moves.sum()),
+        bytes_per_cycle=float(moves.mean()) * expert_bytes,
+        bytes_total=int(moves.sum()) * expert_bytes,
+        plan_ms_mean=float(plan_ms.mean()),
+        plan_ms_max=float(plan_ms.max()),
+    )
+    return out
+
+
+def cycle_record(cycle: Cycle, expert_bytes: int) -> dict:
+    """One cycle as plain numbers (the per-cycle rows of ``--json``)."""
+    loaded = ~np.isnan(cycle.par)
+    return {
+        "start": cycle.start,
+        "stop": cycle.stop,
+        "label": cycle.label,
+        "par_mean": float(cycle.par[loaded].mean()) if loaded.any() else None,
+        "par_max": float(cycle.par[loaded].max()) if loaded.any() else None,
+        "bound_par_mean": float(cycle.par_bound[loaded].mean()) if loaded.any() else None,
+        "par_in_sample_mean": _nanmean(cycle.par_in_sample),
+        "par_per_layer": [None if np.isnan(x) else float(x) for x in cycle.par],
+        "moves": cycle.moves,
+        "bytes": cycle.moves * expert_bytes,
+        "plan_ms": cycle.plan_seconds * 1e3,
+    }
+
+
+def _nanmean(values: np.ndarray) -> float | None:
+    """Mean over the non-NaN entries (loaded layers), ``None`` when there are none."""
+    finite = values[~np.isnan(values)]
+    return float(finite.mean()) if finite.size else None

@@ -1,0 +1,446 @@
+"""``eplb-rt simulate`` and ``eplb-rt convert`` on small files: outputs parsed and checked."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from eplb_rt import algorithms, cli, interop
+from eplb_rt.placement import Placement
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _simulate(capsys, loads: list, options: str, *paths) -> tuple[int, str, str]:
+    """``eplb-rt simulate --load LOADS OPTIONS PATHS`` (OPTIONS: a plain string of flags)."""
+    return _run(capsys, "simulate", "--load", *loads, *options.split(), *paths)
+
+
+def _skewed(num_steps: int, num_layers: int, num_experts: int, seed: int = 0) -> np.ndarray:
+    """Poisson token counts around a Zipf skew that stays put (a skew a policy can learn)."""
+    rng = np.random.default_rng(seed)
+    zipf = 400.0 / np.arange(1, num_experts + 1) ** 1.2
+    mean = np.stack([zipf[rng.permutation(num_experts)] for _ in range(num_layers)])
+    return rng.poisson(np.broadcast_to(mean, (num_steps, *mean.shape))).astype(np.float64)
+
+
+def _table(out: str) -> dict[str, list[str]]:
+    """Rows of the markdown table on stdout, by policy name (first word of the first cell)."""
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and not line.startswith("| policy") and len(cells) == 10:
+            rows[cells[0].split()[0]] = cells
+    return rows
+
+
+@pytest.fixture
+def series(tmp_path):
+    path = tmp_path / "series.npy"
+    np.save(path, _skewed(13, 3, 16))
+    return path
+
+
+def test_simulate_prints_table_and_writes_json_and_png(tmp_path, capsys, series):
+    out_json, out_png = tmp_path / "sim.json", tmp_path / "sim.png"
+    code, out, _ = _simulate(
+        capsys,
+        [series],
+        "--ranks 4 --slots-per-rank 5 --policies default --interval 3 --episodes 2 "
+        "--expert-bytes 1000",
+        "--json",
+        out_json,
+        "--plot",
+        out_png,
+    )
+    assert code == 0
+    rows = _table(out)
+    assert set(rows) == {"none", "default"}
+    doc = json.loads(out_json.read_text())
+    assert doc["setup"]["steps"] == 13 and doc["setup"]["window"] == 6
+    assert doc["setup"]["workloads"] == [{"label": "series", "steps": 13}]
+    for name, cells in rows.items():
+        s = doc["policies"][name]["summary"]
+        assert s["cycles"] == 4  # scored windows start at steps 3, 6, 9, 12
+        assert float(cells[1]) == pytest.approx(s["par_mean"], abs=5e-4)
+        assert float(cells[6]) == pytest.approx(s["moves_per_cycle"], abs=0.051)
+        assert float(cells[9]) == pytest.approx(s["par_in_sample_mean"], abs=5e-4)
+        assert s["bytes_total"] == 1000 * s["moves_total"]
+        assert 1.0 <= s["bound_par_mean"] <= s["par_mean"]
+        assert [c["start"] for c in doc["policies"][name]["cycles"]] == [3, 6, 9, 12]
+    assert doc["policies"]["none"]["summary"]["moves_total"] == 0
+    # The balancer beats the placement that never moves on this skewed series.
+    assert (
+        doc["policies"]["default"]["summary"]["par_mean"]
+        < doc["policies"]["none"]["summary"]["par_mean"]
+    )
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_aggregate_workloads_played_in_sequence(tmp_path, capsys):
+    paths = []
+    for i, name in enumerate(("in512", "in1024", "in4096")):
+        path = tmp_path / f"{name}.json"
+        interop.write_load(_skewed(1, 2, 8, seed=i)[0], path, "sglang-count")
+        paths.append(path)
+    out_json = tmp_path / "sim.json"
+    code, out, _ = _simulate(
+        capsys, paths, "--ranks 2 --slots-per-rank 5 --policies default", "--json", out_json
+    )
+    assert code == 0, out
+    doc = json.loads(out_json.read_text())
+    # Aggregates: interval 1, plan on one workload, score on the next.
+    assert doc["setup"]["interval"] == 1
+    cycles = doc["policies"]["default"]["cycles"]
+    assert [c["label"] for c in cycles] == ["in1024", "in4096"]
+
+
+def test_simulate_agrees_with_score(tmp_path, capsys, series):
+    """Every cycle's numbers equal what ``eplb-rt score`` says of the saved placement and window."""
+    out_json, folder = tmp_path / "sim.json", tmp_path / "placements"
+    code, _, _ = _simulate(
+        capsys,
+        [series],
+        "--ranks 4 --slots-per-rank 5 --policies default --interval 4",
+        "--json",
+        out_json,
+        "--save-placements",
+        folder,
+    )
+    assert code == 0
+    doc = json.loads(out_json.read_text())
+    checked = 0
+    for name in ("none", "default"):
+        previous = None
+        for cycle in doc["policies"][name]["cycles"]:
+            placement = doc["saved"]["placements"][name][str(cycle["start"])]
+            window = doc["saved"]["windows"][str(cycle["start"])]
+            assert np.load(window).shape[0] == cycle["stop"] - cycle["start"]
+            argv = ["score", "--placement", placement, "--load", window, "--json"]
+            if previous is not None:
+                argv += ["--previous", previous]
+            code, out, err = _run(capsys, *argv)
+            assert code == 0, err
+            scored = json.loads(out)
+            assert scored["par_mean"] == pytest.approx(cycle["par_mean"], rel=1e-12)
+            assert scored["par_max"] == pytest.approx(cycle["par_max"], rel=1e-12)
+            assert scored["par_per_layer"] == pytest.approx(cycle["par_per_layer"], rel=1e-12)
+            if previous is not None:
+                assert scored["moves"] == cycle["moves"]
+            previous = placement
+            checked += 1
+    assert checked == 6  # 2 policies x scored windows at steps 4, 8, 12
+
+
+def test_simulate_passes_policy_options(tmp_path, capsys, series):
+    out_json = tmp_path / "sim.json"
+    code, _, err = _simulate(
+        capsys,
+        [series],
+        "--ranks 4 --slots-per-rank 5 --policies default --interval 6 --no-baseline "
+        "--option default.hierarchical=false",
+        "--json",
+        out_json,
+    )
+    assert code == 0, err
+    doc = json.loads(out_json.read_text())
+    assert doc["setup"]["options"] == {"default": {"hierarchical": False}}
+    assert list(doc["policies"]) == ["default"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--policies", "no-such"], "unknown policy 'no-such'"),
+        (["--interval", "13"], "need at least interval + 1 steps"),
+        (["--interval", "0"], "interval must be >= 1"),
+        (["--ranks", "1"], "do not fit in 1 ranks x 5 slots"),
+        (["--option", "default=3"], "expected POLICY.KEY=VALUE"),
+        (
+            ["--policies", "default", "--option", "swift.x=3"],
+            "options given for policies not compared",
+        ),
+        (["--option", "default.nope=1"], "policy 'default' has no option(s) ['nope']"),
+        (["--option", "none.x=1"], "'none' is not a policy and takes no options"),
+    ],
+)
+def test_simulate_bad_arguments(capsys, series, extra, message):
+    ranks = "" if "--ranks" in extra else "--ranks 4"
+    code, _, err = _simulate(capsys, [series], f"{ranks} --slots-per-rank 5", *extra)
+    assert code == 2
+    assert message in err
+
+
+def test_simulate_refuses_mismatched_workloads(tmp_path, capsys, series):
+    other = tmp_path / "other.npy"
+    np.save(other, _skewed(4, 3, 8))
+    code, _, err = _simulate(capsys, [series, other], "--ranks 4 --slots-per-rank 5")
+    assert code == 2
+    assert "other has 3 layers x 8 experts but series has 3 x 16" in err
+
+
+@pytest.mark.parametrize("content", [b"not a load", b"\x93NUMPY\x01\x00garbage"])
+def test_simulate_bad_files(tmp_path, capsys, content):
+    bad = tmp_path / "bad.npy"
+    bad.write_bytes(content)
+    code, _, err = _simulate(capsys, [bad], "--ranks 2 --slots-per-rank 4")
+    assert code == 2
+    assert "bad.npy" in err
+
+
+def test_simulate_missing_file(tmp_path, capsys):
+    code, _, err = _simulate(capsys, [tmp_path / "absent.npy"], "--ranks 2 --slots-per-rank 4")
+    assert code == 2
+    assert "absent.npy" in err
+
+
+# ----------------------------------------------------------------------------- convert
+def _valid_placement() -> Placement:
+    return Placement(np.array([[0, 1, 4, 2, 3, 0], [4, 3, 2, 1, 0, 4]]), 5, 3)
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"),
+    [
+        ("vllm-ascend", "sglang"),
+        ("sglang", "npy"),
+        ("npy", "vllm-ascend"),
+        ("vllm-ascend", "npy"),
+        ("sglang", "vllm-ascend"),
+    ],
+)
+def test_convert_placements(tmp_path, capsys, src, dst):
+    placement = _valid_placement()
+    ext = {"npy": ".npy"}
+    source = tmp_path / f"in{ext.get(src, '.json')}"
+    target = tmp_path / f"out{ext.get(dst, '.json')}"
+    interop.write_placement(placement, source, src)
+    code, out, err = _run(
+        capsys, "convert", "--from", src, "--to", dst, source, target, "--ranks", 3
+    )
+    assert code == 0, err
+    assert "2 layers x 5 experts on 3 ranks x 2 slots" in out
+    assert interop.read_placement(target, dst, num_ranks=3) == placement
+
+
+def test_convert_loads(tmp_path, capsys):
+    load = _skewed(4, 2, 6)
+    source, middle, back = tmp_path / "a.npy", tmp_path / "count.json", tmp_path / "b.npy"
+    np.save(source, load)
+    assert _run(capsys, "convert", "--from", "load", "--to", "sglang-count", source, middle)[0] == 0
+    doc = json.loads(middle.read_text())
+    assert np.array(doc["logical_count"]).shape == (4, 2, 6)
+    code, out, _ = _run(
+        capsys, "convert", "--from", "sglang-count", "--to", "load", middle, back, "--experts", 6
+    )
+    assert code == 0
+    assert "4 steps x 2 layers x 6 experts" in out
+    np.testing.assert_array_equal(np.load(back), load)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (
+            "sglang",
+            "npy",
+            {"physical_to_logical_map": [[0, 1, 2]]},
+            ["--ranks", "2"],
+            "3 slots per layer, not a multiple of 2 ranks",
+        ),
+        (
+            "sglang",
+            "npy",
+            {"physical_to_logical_map": [[0, 1]]},
+            [],
+            "does not record the rank count; pass --ranks D",
+        ),
+        (
+            "sglang",
+            "npy",
+            {"physical_to_logical_map": [[0, 1], [1]]},
+            ["--ranks", "1"],
+            "not rectangular",
+        ),
+        (
+            "sglang",
+            "npy",
+            {"logical_count": [[1, 2]]},
+            ["--ranks", "1"],
+            "expected a JSON object with key 'physical_to_logical_map'",
+        ),
+        (
+            "sglang",
+            "npy",
+            {"physical_to_logical_map": [[0, 1, 2, 3]]},
+            ["--ranks", "2", "--experts", "3"],
+            "expert id 3 not in [0, 3)",
+        ),
+        (
+            "sglang-count",
+            "load",
+            {"logical_count": [[1, 2, 3]]},
+            ["--experts", "4"],
+            "load has 3 experts, --experts says 4",
+        ),
+        ("sglang-count", "load", {"logical_count": [[1, float("nan")]]}, [], "NaN"),
+        (
+            "sglang",
+            "sglang-count",
+            {"physical_to_logical_map": [[0]]},
+            [],
+            "cannot convert a placement (sglang) into a load (sglang-count)",
+        ),
+    ],
+)
+def test_convert_errors(tmp_path, capsys, case):
+    src, dst, content, extra, message = case
+    source, target = tmp_path / "in.json", tmp_path / "out.bin"
+    source.write_text(json.dumps(content))
+    code, _, err = _run(capsys, "convert", "--from", src, "--to", dst, source, target, *extra)
+    assert code == 2
+    assert message in err
+    assert not target.exists()
+
+
+def test_convert_not_json(tmp_path, capsys):
+    source = tmp_path / "in.json"
+    source.write_text("{ nope")
+    code, _, err = _run(
+        capsys, "convert", "--from", "vllm-ascend", "--to", "npy", source, tmp_path / "out.npy"
+    )
+    assert code == 2
+    assert "in.json: not valid JSON" in err
+
+
+def test_convert_vllm_ascend_rank_mismatch(tmp_path, capsys):
+    source = tmp_path / "in.json"
+    interop.write_placement(_valid_placement(), source, "vllm-ascend")
+    code, _, err = _run(
+        capsys,
+        "convert",
+        "--from",
+        "vllm-ascend",
+        "--to",
+        "sglang",
+        source,
+        tmp_path / "out.json",
+        "--ranks",
+        2,
+    )
+    assert code == 2
+    assert "3 ranks, --ranks says 2" in err
+
+
+# ----------------------------------------------------------------------------- real trace
+ESFT = pathlib.Path(__file__).resolve().parents[2] / "data" / "traces" / "esft_vanilla_lite"
+
+
+@pytest.mark.slow
+def test_simulate_esft_per_request_trace_every_policy(tmp_path, capsys):
+    """Every registered policy on the shipped ESFT per-request trace (127 requests, 26 x 64)."""
+    out_json, out_png = tmp_path / "esft.json", tmp_path / "esft.png"
+    code, out, err = _simulate(
+        capsys,
+        [ESFT / "counts_intent.npz"],
+        "--ranks 8 --slots-per-rank 10 --interval 32",
+        "--json",
+        out_json,
+        "--plot",
+        out_png,
+    )
+    assert code == 0, err
+    doc = json.loads(out_json.read_text())
+    assert (doc["setup"]["steps"], doc["setup"]["layers"], doc["setup"]["experts"]) == (127, 26, 64)
+    assert set(doc["policies"]) == {"none", *algorithms.policy_names()}
+    assert set(_table(out)) == set(doc["policies"])
+    for name, entry in doc["policies"].items():
+        s = entry["summary"]
+        assert s["cycles"] == 3, name  # scored windows start at steps 32, 64, 96
+        assert s["bound_par_mean"] <= s["par_mean"] <= s["par_max"], name
+    none = doc["policies"]["none"]["summary"]["par_mean"]
+    assert doc["policies"]["default"]["summary"]["par_mean"] < none
+    assert out_png.stat().st_size > 10_000
+
+
+def test_convert_adds_and_drops_dense_layers_for_sglang(tmp_path, capsys):
+    placement = _valid_placement()
+    source, mapped, back = tmp_path / "p.json", tmp_path / "sglang.json", tmp_path / "back.json"
+    interop.write_placement(placement, source, "vllm-ascend")
+    argv = ["--dense-layers", 3]
+    assert (
+        _run(capsys, "convert", "--from", "vllm-ascend", "--to", "sglang", source, mapped, *argv)[0]
+        == 0
+    )
+    rows = json.loads(mapped.read_text())["physical_to_logical_map"]
+    assert rows[:3] == [[0, 1, 2, 3, 4, 0]] * 3  # dense layers: the trivial mapping
+    assert rows[3:] == placement.phy2log.tolist()
+    assert (
+        _run(
+            capsys,
+            "convert",
+            "--from",
+            "sglang",
+            "--to",
+            "vllm-ascend",
+            mapped,
+            back,
+            "--ranks",
+            3,
+            *argv,
+        )[0]
+        == 0
+    )
+    assert interop.read_placement(back, "vllm-ascend") == placement
+
+
+def test_convert_dense_layers_of_the_deepseek_trace(tmp_path, capsys):
+    trace = ESFT.parent / "sglang_deepseek_v3" / "prefill_in512.json"
+    out = tmp_path / "moe.npy"
+    code, text, err = _run(
+        capsys, "convert", "--from", "sglang-count", "--to", "load", trace, out, "--dense-layers", 3
+    )
+    assert code == 0, err
+    assert "1 steps x 58 layers x 256 experts" in text
+    full = interop.read_load(trace, "sglang-count")
+    np.testing.assert_array_equal(np.load(out), full[:, 3:])
+    code, _, err = _run(
+        capsys,
+        "convert",
+        "--from",
+        "sglang-count",
+        "--to",
+        "load",
+        trace,
+        tmp_path / "x.npy",
+        "--dense-layers",
+        4,
+    )
+    assert code == 2
+    assert "layer 3 has load, so it is not dense" in err
+
+
+def test_convert_dense_layers_needs_one_sglang_side(tmp_path, capsys):
+    source = tmp_path / "p.json"
+    interop.write_placement(_valid_placement(), source, "vllm-ascend")
+    code, _, err = _run(
+        capsys,
+        "convert",
+        "--from",
+        "vllm-ascend",
+        "--to",
+        "npy",
+        source,
+        tmp_path / "p.npy",
+        "--dense-layers",
+        1,
+    )
+    assert code == 2
+    assert "--dense-layers applies when exactly one side is an SGLang format" in err

@@ -1,0 +1,154 @@
+"""Import/export of placements and loads (eplb_rt.interop)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from eplb_rt import interop
+from eplb_rt.placement import Placement, Topology
+
+
+def _placement(num_layers: int, num_experts: int, ranks: int, slots: int, seed: int = 0):
+    """A valid placement with a different random arrangement of slots in each layer."""
+    rng = np.random.default_rng(seed)
+    topo = Topology(ranks, slots)
+    rows = []
+    for _ in range(num_layers):
+        while True:
+            extra = rng.choice(num_experts, topo.num_slots - num_experts)
+            row = rng.permutation(np.concatenate([np.arange(num_experts), extra]))
+            if all(len(set(r)) == slots for r in row.reshape(ranks, slots)):
+                rows.append(row)
+                break
+    return Placement(np.array(rows), num_experts, ranks)
+
+
+SHAPES = [(1, 1, 1, 1), (3, 5, 3, 2), (2, 7, 4, 2), (4, 13, 5, 3)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("fmt", interop.PLACEMENT_FORMATS)
+def test_placement_round_trip(tmp_path, fmt, shape):
+    layers, experts, ranks, slots = shape
+    placement = _placement(layers, experts, ranks, slots)
+    path = tmp_path / f"p.{'npy' if fmt == 'npy' else 'json'}"
+    interop.write_placement(placement, path, fmt)
+    back = interop.read_placement(path, fmt, num_ranks=ranks, num_experts=experts)
+    assert back == placement
+    np.testing.assert_array_equal(back.phy2log, placement.phy2log)
+
+
+def test_sglang_document_has_only_the_mapping_key(tmp_path):
+    # SGLang passes the document's keys as keyword arguments: anything else breaks it.
+    placement = _placement(2, 5, 3, 2)
+    path = tmp_path / "map.json"
+    interop.write_placement(placement, path, "sglang")
+    doc = json.loads(path.read_text())
+    assert list(doc) == ["physical_to_logical_map"]
+    assert doc["physical_to_logical_map"] == placement.phy2log.tolist()
+
+
+def test_sglang_refuses_non_uniform_shares():
+    placement = Placement(np.array([[0, 1, 0, 2]]), 3, 2)
+    share = placement.slot_share.copy()
+    share[0, 0], share[0, 2] = 0.25, 0.75
+    with pytest.raises(ValueError, match="no replica shares"):
+        interop.to_sglang(placement.with_shares(share))
+
+
+def test_npy_placement_needs_ranks(tmp_path):
+    path = tmp_path / "p.npy"
+    np.save(path, np.array([[0, 1, 2, 0]], dtype=np.int32))
+    with pytest.raises(ValueError, match="pass --ranks"):
+        interop.read_placement(path, "npy")
+
+
+@pytest.mark.parametrize(
+    ("array", "ranks", "message"),
+    [
+        (np.zeros((2, 3, 4), dtype=np.int32), 2, r"must be \[L, P\], got shape \(2, 3, 4\)"),
+        (np.array([[0, 1, 2]]), 2, "3 slots per layer, not a multiple of 2 ranks"),
+        (np.array([[0.5, 1.0]]), 1, "integer expert ids"),
+        (np.array([[0, 1, 1, 3]]), 2, "expert 2 has no slot"),
+        (np.array([[0, 0, 1, 2]]), 2, "rank 0 holds two replicas of expert 0"),
+    ],
+)
+def test_bad_npy_placements(tmp_path, array, ranks, message):
+    path = tmp_path / "p.npy"
+    np.save(path, array)
+    with pytest.raises(ValueError, match=message):
+        interop.read_placement(path, "npy", num_ranks=ranks)
+
+
+def test_experts_option_is_checked(tmp_path):
+    path = tmp_path / "p.npy"
+    np.save(path, np.array([[0, 1, 2, 3]]))
+    with pytest.raises(ValueError, match=r"expert id 3 not in \[0, 3\)"):
+        interop.read_placement(path, "npy", num_ranks=2, num_experts=3)
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"logical_count": [[1, 2]]}, "key 'physical_to_logical_map', got \\['logical_count'\\]"),
+        ([[0, 1]], "JSON object with key 'physical_to_logical_map', got list"),
+        ({"physical_to_logical_map": [[0, 1], [0]]}, "not rectangular"),
+        ({"physical_to_logical_map": [["a", "b"]]}, "must hold numbers"),
+    ],
+)
+def test_bad_sglang_documents(tmp_path, doc, message):
+    path = tmp_path / "map.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=message):
+        interop.read_placement(path, "sglang", num_ranks=1)
+
+
+def test_vllm_ascend_rank_count_is_checked(tmp_path):
+    path = tmp_path / "map.json"
+    interop.write_placement(_placement(2, 5, 3, 2), path, "vllm-ascend")
+    with pytest.raises(ValueError, match="3 ranks, --ranks says 2"):
+        interop.read_placement(path, "vllm-ascend", num_ranks=2)
+
+
+def test_not_json(tmp_path):
+    path = tmp_path / "map.json"
+    path.write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(ValueError, match=r"map\.json: not"):
+        interop.read_placement(path, "sglang", num_ranks=1)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (4, 2, 5)])
+def test_logical_count_round_trip(tmp_path, shape):
+    load = np.arange(np.prod(shape), dtype=np.float64).reshape(shape)
+    path = tmp_path / "count.json"
+    interop.write_load(load, path, "sglang-count")
+    doc = json.loads(path.read_text())
+    assert list(doc) == ["logical_count"]
+    assert np.array(doc["logical_count"]).shape == shape
+    back = interop.read_load(path, "sglang-count")
+    np.testing.assert_array_equal(back, load.reshape((-1, *shape[-2:])))
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ([1, 2, 3], "got 1 nesting levels"),
+        ([[1, -2]], "negative"),
+        ([[1, 2], [3]], "not rectangular"),
+    ],
+)
+def test_bad_logical_count(tmp_path, value, message):
+    path = tmp_path / "count.json"
+    path.write_text(json.dumps({"logical_count": value}))
+    with pytest.raises(ValueError, match=message):
+        interop.read_load(path, "sglang-count")
+
+
+def test_kind_mismatch_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="'sglang-count' is a load format"):
+        interop.read_placement(tmp_path / "x.json", "sglang-count")
+    with pytest.raises(ValueError, match="unknown format 'pt'"):
+        interop.format_kind("pt")

@@ -1,0 +1,47 @@
+"""The report, JSON document and plot of a simulation, including windows with no load at all."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from eplb_rt.placement import Topology
+from eplb_rt.sim import report
+from eplb_rt.sim import simulate as sim
+from eplb_rt.sim.plot import plot
+
+
+def _result(load: np.ndarray, interval: int):
+    spec = sim.SimulationSpec(
+        Topology(2, 2), (sim.NO_REBALANCE,), interval=interval, expert_bytes=7
+    )
+    return sim.simulate(sim.Workload.concat([("a", load[:2]), ("b", load[2:])]), spec)
+
+
+def test_idle_windows_have_no_par_but_the_report_still_renders(tmp_path):
+    load = np.ones((6, 2, 3))
+    load[2:4] = 0.0  # two idle steps: the window starting at step 2 has no PAR
+    load[:, 1] = 0.0  # layer 1 never has load
+    doc = report.to_document(_result(load, interval=2))
+    cycles = doc["policies"]["none"]["cycles"]
+    assert [c["start"] for c in cycles] == [2, 4]
+    assert cycles[0]["par_mean"] is None and cycles[0]["par_per_layer"] == [None, None]
+    assert cycles[1]["par_mean"] is not None and cycles[1]["par_per_layer"][1] is None
+    assert [c["label"] for c in cycles] == ["b", "b"]
+    json.dumps(doc, allow_nan=False)  # strict JSON: no NaN anywhere
+    text = report.markdown(doc)
+    assert "| none (no EPLB) |" in text and "[a (2 steps), b (4 steps)]" in text
+    path = tmp_path / "idle.png"
+    plot(doc, path)
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_all_idle_gives_dashes_not_numbers(tmp_path):
+    doc = report.to_document(_result(np.zeros((4, 1, 3)), interval=1))
+    summary = doc["policies"]["none"]["summary"]
+    assert "par_mean" not in summary and summary["moves_total"] == 0
+    row = next(line for line in report.markdown(doc).splitlines() if line.startswith("| none"))
+    assert row.split("|")[2].strip() == "-"
+    json.dumps(doc, allow_nan=False)
+    plot(doc, tmp_path / "idle.png")
