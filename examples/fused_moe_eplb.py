@@ -35,8 +35,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from eplb_rt.config import EplbConfig
 
+from eplb_rt.config import EplbConfig
 from eplb_rt.runtime import EplbRuntime
 
 
