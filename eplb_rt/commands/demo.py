@@ -53,7 +53,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--policy",
         default=None,
-        help="placement policy (default: flashlb if available, else default)",
+        help="placement policy (default: EplbConfig's, flashlb)",
     )
     parser.add_argument(
         "--check-every",
@@ -68,17 +68,12 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def default_policy() -> str:
-    from eplb_rt.algorithms import policy_names
-
-    return "flashlb" if "flashlb" in policy_names() else "default"
-
-
 def run(args: argparse.Namespace) -> int:
     import torch.multiprocessing as mp
 
     from eplb_rt import envs
     from eplb_rt.algorithms import policy_names
+    from eplb_rt.config import EplbConfig
 
     if args.ranks < 1 or 64 % args.ranks:
         raise ValueError(f"--ranks must divide the workload's 64 experts, got {args.ranks}")
@@ -95,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             f"{64 + args.redundant} slots on {args.ranks} rank(s) would put two "
             "replicas of an expert on one rank; lower --redundant or add ranks"
         )
-    policy = args.policy or default_policy()
+    policy = args.policy or EplbConfig.policy
     if policy not in policy_names():
         raise ValueError(f"unknown policy {policy!r}; choose one of {policy_names()}")
     port = envs.get("EPLB_RT_DEMO_PORT") or _free_port()
