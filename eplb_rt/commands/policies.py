@@ -1,22 +1,32 @@
 """``eplb-rt policies``: the registered balancing policies, one line each.
 
-    eplb-rt policies [--options]
+    eplb-rt policies [--options] [--warm-up]
 
 ``--options`` adds each policy's options with their defaults (pass them to ``eplb-rt plan``).
+``--warm-up`` compiles every policy's numba kernels and prints the time each took. The kernels are
+cached on disk (``cache=True``), so running it once where the package is installed (when a serving
+image is built, say) turns the first plan's multi-second compile into a cache load of well under a
+second for every later process.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import time
 
-from eplb_rt.algorithms import get_policy, policy_names
+from eplb_rt.algorithms import get_policy, policy_names, warm_up
 from eplb_rt.commands._args import add_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(subparsers, "policies", "list the balancing policies", __doc__)
     parser.add_argument("--options", action="store_true", help="also list each policy's options")
+    parser.add_argument(
+        "--warm-up",
+        action="store_true",
+        help="compile (or load from numba's cache) every policy's kernels; print the seconds",
+    )
     parser.set_defaults(func=run)
 
 
@@ -29,4 +39,10 @@ def run(args: argparse.Namespace) -> int:
         if args.options:
             for field in dataclasses.fields(spec.options):
                 print(f"{'':<{width}}    {field.name} = {field.default!r}")
+    if args.warm_up:
+        print("warm-up (numba compile or cache load):")
+        for name in names:
+            start = time.perf_counter()
+            warm_up([name])
+            print(f"  {name:<{width}}  {time.perf_counter() - start:6.2f} s")
     return 0

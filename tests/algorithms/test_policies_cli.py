@@ -65,3 +65,11 @@ def test_score_reports_gap_to_the_bound(capsys, tmp_path, shares):
     assert len(summary["gap_per_layer"]) == 1
     code, text = run(capsys, "score", "--placement", out, "--load", toy)
     assert "gap to the lower bound" in text
+
+
+def test_policies_warm_up_reports_every_policy(capsys):
+    code, out = run(capsys, "policies", "--warm-up")
+    assert code == 0
+    timed = out.split("warm-up (numba compile or cache load):\n", 1)[1].splitlines()
+    assert [line.split()[0] for line in timed] == policy_names()
+    assert all(line.endswith(" s") and float(line.split()[1]) >= 0 for line in timed)
