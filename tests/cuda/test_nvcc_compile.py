@@ -162,5 +162,7 @@ def test_torch_launcher_compiles_as_host_cpp(tmp_path: Path):
         (stub / "c10" / "cuda" / "impl").mkdir(parents=True)
         (stub / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h").write_text("#pragma once\n")
     includes = [f"-isystem{p}" for p in (stub, *torch_includes, include)]
+    # csrc/ as CMake gives it to _C: the launcher includes the shared checks, "common/checks.h".
+    includes.append(f"-I{REPO / 'csrc'}")
     flags = ["-std=c++20", "-fsyntax-only", "-Wall", "-Wextra", "-Werror"]
     assert_ok(run([GXX, *flags, *includes, str(CUDA_DIR / "ops_cuda.cpp")]))
