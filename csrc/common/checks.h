@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <cstdint>
 #include <optional>
 
 namespace eplb_rt {
@@ -99,6 +100,23 @@ inline void check_route_and_count_args(const at::Tensor& topk_ids, const at::Ten
   check_same_shape(phy_ids, op, "phy_ids", topk_ids, "topk_ids");
   check_contiguous(phy_ids, op, "phy_ids");
   check_same_device(phy_ids, op, "phy_ids", topk_ids, "topk_ids");
+}
+
+// For backends whose kernels take sizes as int32 (CUDA, NPU; the CPU and Meta kernels do not).
+// Such sizes only come with tensors of many GiB, but must be rejected before a cast wraps them.
+inline void check_int32_size(const at::Tensor& t, int64_t dim, const char* op, const char* name) {
+  TORCH_CHECK(t.size(dim) <= INT32_MAX, op, ": ", name, " must have at most ", INT32_MAX,
+              " entries in dimension ", dim, " on ", t.device().type(), ", got shape ", t.sizes());
+}
+
+// K, E, R and P of route_and_count, for the kernels that take them as int32.
+inline void check_route_and_count_int32_sizes(const at::Tensor& topk_ids, const at::Tensor& log2phy,
+                                              const at::Tensor& heat) {
+  constexpr const char* op = "route_and_count";
+  check_int32_size(topk_ids, 1, op, "topk_ids");
+  check_int32_size(log2phy, 0, op, "log2phy");
+  check_int32_size(log2phy, 1, op, "log2phy");
+  check_int32_size(heat, 1, op, "heat");
 }
 
 inline void check_count_from_group_list_args(const at::Tensor& group_list, const at::Tensor& heat,

@@ -29,22 +29,13 @@ void check_cuda(const at::Tensor& t, const char* op, const char* name) {
   TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got ", t.device());
 }
 
-// The kernels take K, E, R, P and the local slot counts as int32 (launchers.h).
-void check_int32_size(const at::Tensor& t, int64_t dim, const char* op, const char* name) {
-  TORCH_CHECK(t.size(dim) <= INT32_MAX, op, ": ", name, " must have at most ", INT32_MAX,
-              " entries in dimension ", dim, " for the CUDA kernels, got shape ", t.sizes());
-}
-
 void route_and_count(const at::Tensor& topk_ids, const at::Tensor& log2phy,
                      const at::Tensor& logcnt, const std::optional<at::Tensor>& replica_share,
                      const at::Tensor& heat, const at::Tensor& step, const at::Tensor& phy_ids) {
   constexpr const char* op = "route_and_count";
   check_route_and_count_args(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids);
   check_cuda(topk_ids, op, "topk_ids");
-  check_int32_size(topk_ids, 1, op, "topk_ids");
-  check_int32_size(log2phy, 0, op, "log2phy");
-  check_int32_size(log2phy, 1, op, "log2phy");
-  check_int32_size(heat, 1, op, "heat");
+  check_route_and_count_int32_sizes(topk_ids, log2phy, heat);  // launchers.h takes int32
   if (topk_ids.numel() == 0) return;
 
   const c10::cuda::CUDAGuard guard(topk_ids.device());
@@ -77,7 +68,8 @@ void count_from_group_list(const at::Tensor& group_list, const at::Tensor& heat,
   constexpr const char* op = "count_from_group_list";
   check_count_from_group_list_args(group_list, heat, step, slot_offset);
   check_cuda(group_list, op, "group_list");
-  check_int32_size(heat, 1, op, "heat");  // so are S_local and slot_offset (their sum is <= P)
+  // P as int32 (launchers.h), and so S_local and slot_offset: their sum is <= P.
+  check_int32_size(heat, 1, op, "heat");
   const int64_t num_local = group_list.size(0);
   if (num_local == 0) return;
 
