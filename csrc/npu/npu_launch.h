@@ -1,11 +1,13 @@
-// Shared plumbing of the csrc/npu launchers: input checks, GM addresses, core count, the stream,
-// and the launch through torch_npu's task queue.
+// Shared plumbing of the csrc/npu launchers: GM addresses, core count, the stream, and the launch
+// through torch_npu's task queue.
 //
 // The NPU backend never synchronises and never reads tensor values on the host: it checks
-// metadata (device, dtype, shape, layout), computes the tiling on the host from shapes, and hands
-// the launch to torch_npu's asynchronous task queue (OpCommand), which runs it on the stream that
-// is current when the op is called. Values that only the device could check (ids >= E, slots out
-// of range) are skipped by the kernels, as documented in each kernel.
+// metadata with the checks every backend shares (csrc/common/checks.h, so NPU rejects bad input
+// with the same message as CPU, Meta and CUDA), computes the tiling on the host from shapes (which
+// reports the limits of the NPU kernels), and hands the launch to torch_npu's asynchronous task
+// queue (OpCommand), which runs it on the stream that is current when the op is called. Values
+// that only the device could check (ids >= E, slots out of range) are skipped by the kernels, as
+// documented in each kernel.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -18,52 +20,13 @@
 #include <utility>
 
 #include "acl/acl.h"
+#include "common/checks.h"
 #include "eplb_kernels.h"
 #include "eplb_tiling.h"
 #include "torch_npu/csrc/core/npu/NPUStream.h"
 #include "torch_npu/csrc/framework/OpCommand.h"
 
 namespace eplb_rt::npu {
-
-inline void CheckOnDevice(const at::Tensor& t, const char* name, const at::Device& device) {
-  TORCH_CHECK(t.device() == device, name, ": expected a tensor on ", device, ", got ", t.device());
-}
-
-inline void CheckDtype(const at::Tensor& t, const char* name, at::ScalarType dtype) {
-  TORCH_CHECK(t.scalar_type() == dtype, name, ": expected dtype ", dtype, ", got ",
-              t.scalar_type());
-}
-
-inline void CheckContiguous(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.is_contiguous(), name, ": expected a contiguous tensor, got strides ", t.strides());
-}
-
-inline void CheckDim(const at::Tensor& t, const char* name, int64_t dim) {
-  TORCH_CHECK(t.dim() == dim, name, ": expected ", dim, " dimensions, got shape ", t.sizes());
-}
-
-inline void CheckIndexDtype(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.scalar_type() == at::kInt || t.scalar_type() == at::kLong, name,
-              ": expected dtype int32 or int64, got ", t.scalar_type());
-}
-
-// heat: the [H, P] int32 view of a layer in the [H, L, P] ring; unit stride in the last dim.
-inline void CheckHeat(const at::Tensor& heat, const at::Device& device) {
-  CheckOnDevice(heat, "heat", device);
-  CheckDtype(heat, "heat", at::kInt);
-  CheckDim(heat, "heat", 2);
-  TORCH_CHECK(heat.size(0) >= 1 && heat.size(1) >= 1,
-              "heat: expected H >= 1 and P >= 1, got shape ", heat.sizes());
-  TORCH_CHECK(heat.stride(1) == 1 && heat.stride(0) >= heat.size(1),
-              "heat: expected unit stride in the last ", "dim and row stride >= P, got strides ",
-              heat.strides());
-}
-
-inline void CheckStep(const at::Tensor& step, const at::Device& device) {
-  CheckOnDevice(step, "step", device);
-  CheckDtype(step, "step", at::kLong);
-  TORCH_CHECK(step.numel() == 1, "step: expected one element, got shape ", step.sizes());
-}
 
 // Global-memory address of a tensor's first element (GM_ADDR on the device side).
 inline uint8_t* GmAddr(const at::Tensor& t) {

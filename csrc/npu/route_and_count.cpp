@@ -13,51 +13,22 @@ namespace {
 void route_and_count(const at::Tensor& topk_ids, const at::Tensor& log2phy,
                      const at::Tensor& logcnt, const std::optional<at::Tensor>& replica_share,
                      const at::Tensor& heat, const at::Tensor& step, const at::Tensor& phy_ids) {
+  check_route_and_count_args(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids);
+  check_route_and_count_int32_sizes(topk_ids, log2phy, heat);  // the tiling takes int32
   const at::Device device = topk_ids.device();
-  CheckIndexDtype(topk_ids, "topk_ids");
-  CheckDim(topk_ids, "topk_ids", 2);
-  CheckContiguous(topk_ids, "topk_ids");
-  CheckOnDevice(phy_ids, "phy_ids", device);
-  TORCH_CHECK(phy_ids.scalar_type() == topk_ids.scalar_type(), "phy_ids: expected dtype ",
-              topk_ids.scalar_type(), " (that of topk_ids), got ", phy_ids.scalar_type());
-  TORCH_CHECK(phy_ids.sizes() == topk_ids.sizes(), "phy_ids: expected shape ", topk_ids.sizes(),
-              ", got ", phy_ids.sizes());
-  CheckContiguous(phy_ids, "phy_ids");
-  CheckOnDevice(log2phy, "log2phy", device);
-  CheckDtype(log2phy, "log2phy", at::kInt);
-  CheckDim(log2phy, "log2phy", 2);
-  CheckContiguous(log2phy, "log2phy");
-  const int64_t num_experts = log2phy.size(0);
-  const int64_t max_replicas = log2phy.size(1);
-  TORCH_CHECK(num_experts >= 1 && max_replicas >= 1,
-              "log2phy: expected [E, R] with E, R >= 1, got shape ", log2phy.sizes());
-  CheckOnDevice(logcnt, "logcnt", device);
-  CheckDtype(logcnt, "logcnt", at::kInt);
-  TORCH_CHECK(logcnt.dim() == 1 && logcnt.size(0) == num_experts, "logcnt: expected shape [",
-              num_experts, "], got ", logcnt.sizes());
-  CheckContiguous(logcnt, "logcnt");
-  if (replica_share.has_value()) {
-    const at::Tensor& share = *replica_share;
-    CheckOnDevice(share, "replica_share", device);
-    CheckDtype(share, "replica_share", at::kFloat);
-    TORCH_CHECK(share.sizes() == log2phy.sizes(), "replica_share: expected shape ", log2phy.sizes(),
-                ", got ", share.sizes());
-    CheckContiguous(share, "replica_share");
-  }
-  CheckHeat(heat, device);
-  CheckStep(step, device);
 
+  // The tiling rejects what the kernel cannot take: K, E, P < 1, heat rows closer than P, tables
+  // larger than the Unified Buffer.
   eplb_ascendc::RouteAndCountShape shape{};
   shape.numTokens = topk_ids.size(0);
   shape.topK = static_cast<int32_t>(topk_ids.size(1));
-  shape.numExperts = static_cast<int32_t>(num_experts);
-  shape.maxReplicas = static_cast<int32_t>(max_replicas);
+  shape.numExperts = static_cast<int32_t>(log2phy.size(0));
+  shape.maxReplicas = static_cast<int32_t>(log2phy.size(1));
   shape.numSlots = static_cast<int32_t>(heat.size(1));
   shape.heatRows = heat.size(0);
   shape.heatRowStride = heat.stride(0);
   shape.idBytes = static_cast<uint32_t>(topk_ids.element_size());
   shape.hasShare = replica_share.has_value();
-  TORCH_CHECK(shape.topK >= 1, "topk_ids: expected K >= 1, got shape ", topk_ids.sizes());
   eplb_ascendc::RouteAndCountTiling tiling{};
   const std::string err = eplb_ascendc::ComputeRouteAndCountTiling(
       shape, VectorCoreNum(device), eplb_ascendc::kDefaultUbBytes, &tiling);
@@ -75,12 +46,9 @@ void route_and_count(const at::Tensor& topk_ids, const at::Tensor& log2phy,
 
 void count_from_group_list(const at::Tensor& group_list, const at::Tensor& heat,
                            const at::Tensor& step, int64_t slot_offset, bool cumulative) {
+  check_count_from_group_list_args(group_list, heat, step, slot_offset);
   const at::Device device = group_list.device();
-  CheckIndexDtype(group_list, "group_list");
-  CheckDim(group_list, "group_list", 1);
-  CheckContiguous(group_list, "group_list");
-  CheckHeat(heat, device);
-  CheckStep(step, device);
+  // The tiling rejects what the kernel cannot take: heat rows closer than P.
   eplb_ascendc::CountFromGroupListTiling tiling{};
   const std::string err = eplb_ascendc::ComputeCountFromGroupListTiling(
       group_list.size(0), static_cast<uint32_t>(group_list.element_size()), cumulative, slot_offset,
