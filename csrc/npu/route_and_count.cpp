@@ -15,6 +15,9 @@ void route_and_count(const at::Tensor& topk_ids, const at::Tensor& log2phy,
                      const at::Tensor& heat, const at::Tensor& step, const at::Tensor& phy_ids) {
   check_route_and_count_args(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids);
   check_route_and_count_int32_sizes(topk_ids, log2phy, heat);  // the tiling takes int32
+  // Nothing to route or count (N = 0 or K = 0): return as the CPU and CUDA kernels do, before the
+  // tiling, which needs K >= 1.
+  if (topk_ids.numel() == 0) return;
   const at::Device device = topk_ids.device();
 
   // The tiling rejects what the kernel cannot take: K, E, P < 1, heat rows closer than P, tables
