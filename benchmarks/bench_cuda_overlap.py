@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from bench_cuda import cuda_ready, elapsed_us
+
+from benchmarks.bench_cuda import cuda_ready, elapsed_us
 
 pytestmark = [
     pytest.mark.cuda,

@@ -67,8 +67,8 @@ VARIABLES: dict[str, EnvVar] = {
         EnvVar(
             "EPLB_RT_DEMO_PORT",
             int,
-            29517,
-            "TCP port of the rendezvous of `eplb-rt demo` (MASTER_PORT).",
+            None,
+            "TCP port of the rendezvous of `eplb-rt demo` (MASTER_PORT); unset: a free port.",
         ),
     )
 }
