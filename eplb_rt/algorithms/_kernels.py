@@ -60,25 +60,6 @@ def stable_order(values):
 
 
 @njit(cache=True, nogil=True)
-def allot_min_max(w, num_slots, num_ranks):
-    """Min-max-replica allotment: each extra replica goes to the expert with the largest load per
-    replica (``w / counts``), never beyond ``num_ranks`` replicas. Returns ``counts [E] int64``."""
-    E = w.shape[0]
-    counts = np.ones(E, dtype=np.int64)
-    for _ in range(num_slots - E):
-        best = -1
-        best_val = -1.0
-        for e in range(E):
-            if counts[e] < num_ranks:
-                v = w[e] / counts[e]
-                if v > best_val:
-                    best_val = v
-                    best = e
-        counts[best] += 1
-    return counts
-
-
-@njit(cache=True, nogil=True)
 def holds_from_row(row, num_ranks, num_slots_per_rank, num_experts):
     """``[D, E] bool``: rank r holds expert e somewhere in ``row``."""
     holds = np.zeros((num_ranks, num_experts), dtype=np.bool_)

@@ -30,6 +30,7 @@ import dataclasses
 import numpy as np
 
 from eplb_rt.algorithms import _kernels as K
+from eplb_rt.algorithms._packing import allot_replicas
 from eplb_rt.algorithms.align import align_row
 from eplb_rt.algorithms.episodes import cut_episodes, normalise_episodes
 from eplb_rt.algorithms.registry import register
@@ -99,7 +100,7 @@ def _fresh_row(
     D, S = topo.num_ranks, topo.num_slots_per_rank
     # Replicas for the load an expert may reach, not only its mean: mean + z * std over episodes.
     robust = w + opts.allot_z * W.std(axis=0) if W.shape[0] > 1 else w
-    counts = K.allot_min_max(robust, topo.num_slots, D)
+    counts = allot_replicas(robust, topo.num_slots, D)
     # Counts and a first placement on the mean load (one episode: the fast swap kernel), then
     # swaps scored on every episode's peak, which is what makes the plan hold out of sample.
     good_enough = (1.0 + opts.count_tol) / D

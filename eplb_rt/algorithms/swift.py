@@ -21,6 +21,7 @@ import numpy as np
 from numba import njit
 
 from eplb_rt.algorithms import _kernels as K
+from eplb_rt.algorithms._packing import allot_replicas
 from eplb_rt.algorithms.registry import register
 from eplb_rt.placement import Placement, Topology
 
@@ -119,7 +120,7 @@ def swift(
     rows = np.empty((L, topo.num_slots), dtype=np.int64)
     for layer in range(L):
         w = np.ascontiguousarray(agg[layer])
-        counts = K.allot_min_max(w, topo.num_slots, D)
+        counts = allot_replicas(w, topo.num_slots, D)
         row = refill(base.phy2log[layer].astype(np.int64), w, counts, D, S)
         counts = K.counts_from_row(row, E)
         total = w.sum()
