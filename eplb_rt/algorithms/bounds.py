@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from eplb_rt.algorithms import _kernels as K
+from eplb_rt.algorithms._packing import allot_replicas
 from eplb_rt.algorithms.load import check_load
 from eplb_rt.algorithms.metrics import max_rank_load
 from eplb_rt.placement import Placement, Topology
@@ -34,7 +34,7 @@ def layer_bounds(w: np.ndarray, topo: Topology) -> dict[str, float]:
     """The bounds of one layer ``w [E]`` by name (see the module docstring)."""
     w = np.asarray(w, dtype=np.float64)
     D = topo.num_ranks
-    counts = K.allot_min_max(w, topo.num_slots, D)
+    counts = allot_replicas(w, topo.num_slots, D)
     per = np.sort(np.repeat(w / counts, counts))[::-1]
     pigeon = per[D - 1] + per[D] if per.shape[0] > D else 0.0
     return {
@@ -97,6 +97,27 @@ def _solve(c, constraints, integrality, lb, ub, *, time_limit):
     return res.x
 
 
+class _Rows:
+    """Constraint rows ``low <= sum(v * x[i] for i, v in coefs) <= high`` over ``n`` variables."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.rows: list[np.ndarray] = []
+        self.lo: list[float] = []
+        self.hi: list[float] = []
+
+    def add(self, coefs, low, high) -> None:
+        row = np.zeros(self.n)
+        for i, v in coefs:
+            row[i] += v
+        self.rows.append(row)
+        self.lo.append(low)
+        self.hi.append(high)
+
+    def constraint(self) -> LinearConstraint:
+        return LinearConstraint(np.array(self.rows), self.lo, self.hi)
+
+
 def _exact_uniform(w, D, S, time_limit):
     E = w.shape[0]
     # Variables: z[e, k] (expert e has k+1 replicas), y[e, r, k] (e on rank r with k+1 replicas), T.
@@ -105,15 +126,8 @@ def _exact_uniform(w, D, S, time_limit):
     n = nz + ny + 1
     zi = lambda e, k: e * D + k  # noqa: E731
     yi = lambda e, r, k: nz + (e * D + r) * D + k  # noqa: E731
-    rows, lo, hi = [], [], []
-
-    def add(coefs, low, high):
-        row = np.zeros(n)
-        for i, v in coefs:
-            row[i] += v
-        rows.append(row)
-        lo.append(low)
-        hi.append(high)
+    rows = _Rows(n)
+    add = rows.add
 
     for e in range(E):
         add([(zi(e, k), 1.0) for k in range(D)], 1, 1)
@@ -136,7 +150,7 @@ def _exact_uniform(w, D, S, time_limit):
     ub[-1] = np.inf
     x = _solve(
         c,
-        LinearConstraint(np.array(rows), lo, hi),
+        rows.constraint(),
         integrality,
         np.zeros(n),
         ub,
@@ -151,15 +165,8 @@ def _exact_shares(w, D, S, time_limit):
     # Variables: x[e, r] binary (e on r), f[e, r] tokens of e on r, T.
     nx = E * D
     n = 2 * nx + 1
-    rows, lo, hi = [], [], []
-
-    def add(coefs, low, high):
-        row = np.zeros(n)
-        for i, v in coefs:
-            row[i] += v
-        rows.append(row)
-        lo.append(low)
-        hi.append(high)
+    rows = _Rows(n)
+    add = rows.add
 
     for e in range(E):
         add([(e * D + r, 1.0) for r in range(D)], 1, D)
@@ -176,7 +183,7 @@ def _exact_shares(w, D, S, time_limit):
     ub = np.concatenate([np.ones(nx), np.repeat(w, D), [np.inf]])
     x = _solve(
         c,
-        LinearConstraint(np.array(rows), lo, hi),
+        rows.constraint(),
         integrality,
         np.zeros(n),
         ub,
