@@ -1,29 +1,26 @@
-// count_from_group_list on the AI cores: receiver-side token counts per local slot (a dispatch
+// count_from_group_list on the vector cores: receiver-side token counts per local slot (a dispatch
 // kernel's group_list, plain or inclusive prefix sums) added into heat[step mod H, offset + i].
 //
 // Tiling (eplb_tiling.h, ComputeCountFromGroupListTiling): S_local entries in contiguous ranges of
 // groupsPerCore (at least 1024, so the usual S_local <= 64 runs on one core: a second core costs
-// more launch time than it saves). Each core streams its range in tiles of tileGroups through a
-// double-buffered VECIN queue (DataCopyPad: S_local * 4 or 8 bytes need not be a multiple of
-// 32), turns values into int32 counts on the scalar unit (cumulative: count_i = gl[i] - gl[i-1],
-// the entry before the core's range read once from GM), and adds the counts into the heat row
-// with SetAtomicAdd<int32_t> + DataCopyPad from a double-buffered VECOUT queue: the ranges of the
-// cores are disjoint, the atomic add is what makes `+=` into heat safe without reading it.
+// more launch time than it saves). Each core streams its range in tiles of tileGroups through
+// double-buffered tiles ordered by event pairs (scalar_tiles.h; DataCopyPad: S_local * 4 or 8
+// bytes need not be a multiple of 32), turns values into int32 counts on the scalar unit
+// (cumulative: count_i = gl[i] - gl[i-1], the entry before the core's range read once from GM),
+// and adds the counts into the heat row with SetAtomicAdd<int32_t> + DataCopyPad: the ranges of
+// the cores are disjoint, the atomic add is what makes `+=` into heat safe without reading it.
 // Device backends never synchronise to check values: a negative count (a malformed group_list)
 // is added as 0 instead of corrupting heat; the CPU backend rejects it.
 //
 // UB: 2 * tileGroups * (elemBytes + 4) bytes (<= 48 KiB). Expected time (estimate, no NPU here):
 // one launch (~5 us) plus ~20 cycles per entry on the scalar unit: S_local = 64 is launch-bound.
-#include "eplb_kernels.h"
-#include "eplb_launch.h"
 #include "heat_row.h"
 #include "kernel_operator.h"
+#include "scalar_tiles.h"
 
 using namespace AscendC;
 
 namespace {
-
-constexpr int32_t kBufferNum = 2;
 
 template <class T>
 class KernelCountFromGroupList {
@@ -42,8 +39,8 @@ class KernelCountFromGroupList {
     groupListGm.SetGlobalBuffer((__gm__ T*)groupList, numGroups);
     heatGm.SetGlobalBuffer((__gm__ int32_t*)heat, (heatRows - 1) * heatRowStride + numSlots);
     stepGm.SetGlobalBuffer((__gm__ int64_t*)step, 1);
-    pipe->InitBuffer(inQueueGroups, kBufferNum, tileGroups * sizeof(T));
-    pipe->InitBuffer(outQueueCounts, kBufferNum, tileGroups * sizeof(int32_t));
+    pipe_ = pipe;
+    tiles.Init(pipe, tileGroups);
     heatBase_ =
         eplb_ascendc::HeatRowOffset(stepGm.GetValue(0), heatRows, heatRowStride) + slotOffset;
     previous_ =
@@ -52,49 +49,40 @@ class KernelCountFromGroupList {
 
   __aicore__ inline void Process() {
     if (begin_ >= end_) return;
-    for (int64_t start = begin_; start < end_; start += tileGroups_) {
-      const uint32_t len =
-          static_cast<uint32_t>(end_ - start < tileGroups_ ? end_ - start : tileGroups_);
-      CopyIn(start, len);
-      Compute(len);
-      CopyOut(start, len);
+    const uint32_t numTiles = static_cast<uint32_t>((end_ - begin_ + tileGroups_ - 1) / tileGroups_);
+    tiles.Load(groupListGm[begin_], 0, TileLen(0));
+    for (uint32_t t = 0; t < numTiles; ++t) {
+      if (t + 1 < numTiles) tiles.Load(groupListGm[TileStart(t + 1)], t + 1, TileLen(t + 1));
+      tiles.Acquire(t);
+      Compute(t);
+      tiles.Store(heatGm[heatBase_ + TileStart(t)], t, TileLen(t), true);
     }
+    tiles.Finish(pipe_);
   }
 
  private:
-  __aicore__ inline void CopyIn(int64_t start, uint32_t len) {
-    LocalTensor<T> groupsLocal = inQueueGroups.AllocTensor<T>();
-    DataCopyPad(groupsLocal, groupListGm[start],
-                {1, static_cast<uint32_t>(len * sizeof(T)), 0, 0, 0}, {false, 0, 0, 0});
-    inQueueGroups.EnQue(groupsLocal);
+  __aicore__ inline int64_t TileStart(uint32_t t) const {
+    return begin_ + static_cast<int64_t>(t) * tileGroups_;
+  }
+  __aicore__ inline uint32_t TileLen(uint32_t t) const {
+    const int64_t left = end_ - TileStart(t);
+    return static_cast<uint32_t>(left < tileGroups_ ? left : tileGroups_);
   }
 
-  __aicore__ inline void Compute(uint32_t len) {
-    LocalTensor<T> groupsLocal = inQueueGroups.DeQue<T>();
-    LocalTensor<int32_t> countsLocal = outQueueCounts.AllocTensor<int32_t>();
-    PipeBarrier<PIPE_ALL>();  // scalar reads of a tile written by MTE2
+  __aicore__ inline void Compute(uint32_t t) {
+    const LocalTensor<T> groupsLocal = tiles.In(t);
+    const LocalTensor<int32_t> countsLocal = tiles.Out(t);
+    const uint32_t len = TileLen(t);
     for (uint32_t i = 0; i < len; ++i) {
       const int64_t value = static_cast<int64_t>(groupsLocal.GetValue(i));
       const int64_t count = cumulative_ ? value - previous_ : value;
       previous_ = value;
       countsLocal.SetValue(i, count > 0 ? static_cast<int32_t>(count) : 0);
     }
-    PipeBarrier<PIPE_ALL>();  // MTE3 reads what the scalar unit wrote
-    outQueueCounts.EnQue(countsLocal);
-    inQueueGroups.FreeTensor(groupsLocal);
   }
 
-  __aicore__ inline void CopyOut(int64_t start, uint32_t len) {
-    LocalTensor<int32_t> countsLocal = outQueueCounts.DeQue<int32_t>();
-    SetAtomicAdd<int32_t>();
-    DataCopyPad(heatGm[heatBase_ + start], countsLocal,
-                {1, static_cast<uint32_t>(len * sizeof(int32_t)), 0, 0, 0});
-    SetAtomicNone();
-    outQueueCounts.FreeTensor(countsLocal);
-  }
-
-  TQue<TPosition::VECIN, 1> inQueueGroups;
-  TQue<TPosition::VECOUT, 1> outQueueCounts;
+  TPipe* pipe_ = nullptr;
+  eplb_ascendc::ScalarTiles<T, int32_t> tiles;
   GlobalTensor<T> groupListGm;
   GlobalTensor<int32_t> heatGm;
   GlobalTensor<int64_t> stepGm;
@@ -123,6 +111,7 @@ extern "C" __global__ __aicore__ void eplb_count_from_group_list_kernel(
     GM_ADDR groupList, GM_ADDR heat, GM_ADDR step, int64_t numGroups, int64_t groupsPerCore,
     int64_t slotOffset, int64_t numSlots, int64_t heatRows, int64_t heatRowStride,
     uint32_t tileGroups, uint32_t cumulative, uint32_t elemBytes) {
+  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);  // blockDim counts vector cores
   if (elemBytes == 8) {
     RunCountFromGroupList<int64_t>(groupList, heat, step, numGroups, groupsPerCore, slotOffset,
                                    numSlots, heatRows, heatRowStride, tileGroups, cumulative);
@@ -130,14 +119,4 @@ extern "C" __global__ __aicore__ void eplb_count_from_group_list_kernel(
     RunCountFromGroupList<int32_t>(groupList, heat, step, numGroups, groupsPerCore, slotOffset,
                                    numSlots, heatRows, heatRowStride, tileGroups, cumulative);
   }
-}
-
-extern "C" void eplb_count_from_group_list(uint8_t* groupList, uint8_t* heat, uint8_t* step,
-                                           const eplb_ascendc::CountFromGroupListTiling* tiling,
-                                           void* stream) {
-  const eplb_ascendc::CountFromGroupListTiling t = *tiling;
-  if (t.blockDim == 0) return;
-  EPLB_LAUNCH_KERNEL(eplb_count_from_group_list_kernel, t.blockDim, stream, groupList, heat, step,
-                     t.numGroups, t.groupsPerCore, t.slotOffset, t.numSlots, t.heatRows,
-                     t.heatRowStride, t.tileGroups, t.cumulative, t.elemBytes);
 }

@@ -1,8 +1,9 @@
 // Host emulation runtime: AI cores as threads, per-core state, the error type, the launch.
 //
-// This file holds what is not AscendC API: configuration (Unified Buffer size, SyncAll timeout),
-// the launch of a kernel body on `blockDim` threads (one per emulated AI core), the cross-core
-// barrier behind SyncAll, and the error every check raises. The API subset itself lives in
+// This file holds what is not AscendC API: configuration (the SoC, hence the Unified Buffer size,
+// from eplb_platform.h; the SyncAll timeout), the launch of a kernel body on `blockDim` threads
+// (one per vector core: the kernels pin KERNEL_TYPE_AIV_ONLY), the cross-core barrier behind
+// SyncAll, and the error every check raises. The API subset itself lives in
 // kernel_operator.h, which kernels include exactly as they include CANN's header.
 #pragma once
 
@@ -18,6 +19,12 @@
 #include <utility>
 #include <vector>
 
+#include "eplb_platform.h"
+
+// Kernel types of KERNEL_TASK_TYPE_DEFAULT; only vector-only kernels are emulated.
+enum KernelType { KERNEL_TYPE_AIV_ONLY, KERNEL_TYPE_AIC_ONLY, KERNEL_TYPE_MIX_AIC_1_2 };
+#define KERNEL_TASK_TYPE_DEFAULT(type) ::host_sim::SetKernelType(type, #type)
+
 namespace host_sim {
 
 // Raised by every check of the emulation: the message says what the hardware would do.
@@ -27,8 +34,9 @@ class Error : public std::runtime_error {
 };
 
 struct Config {
-  uint32_t ubBytes = 192 * 1024;  // Unified Buffer per AI core (Atlas A2: 192 KiB)
-  int syncAllTimeoutMs = 2000;    // a SyncAll that waits longer is reported, not hung
+  // Unified Buffer per vector core of the default SoC (Atlas A2: 192 KiB less the reserve).
+  uint32_t ubBytes = eplb_ascendc::FindSoc(eplb_ascendc::kDefaultSoc)->ubBytes;
+  int syncAllTimeoutMs = 2000;  // a SyncAll that waits longer is reported, not hung
 };
 
 inline Config& config() {
@@ -57,6 +65,8 @@ struct CoreContext {
   bool atomicAdd = false;         // SetAtomicAdd in force for UB -> GM copies
   const char* atomicType = "";    // element type of the atomic add
   size_t atomicSize = 0;
+  bool aivOnly = false;           // KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY) ran
+  std::string pendingError;       // found when the core's TPipe went away (reported at exit)
 };
 
 inline CoreContext*& currentCorePtr() {
@@ -84,14 +94,30 @@ inline std::mutex& atomicMutex() {
   return m;
 }
 
+inline void SetKernelType(KernelType type, const char* name) {
+  if (type != KERNEL_TYPE_AIV_ONLY) {
+    fail(std::string("KERNEL_TASK_TYPE_DEFAULT(") + name +
+         "): eplb_rt's kernels are vector-only; pin KERNEL_TYPE_AIV_ONLY");
+  }
+  currentCore().aivOnly = true;
+}
+
 // The hardware all-core barrier. Fails instead of hanging when a core exited without arriving,
-// another core failed, or the wait passed Config::syncAllTimeoutMs.
+// another core failed, or the wait passed Config::syncAllTimeoutMs. The first core to give up
+// records the launch's error under the lock, so the cores that give up with it (their timeouts
+// fall together) cannot replace it with a message counted after its departure.
 inline void syncAllCores() {
   CoreContext& core = currentCore();
   LaunchState& st = *core.launch;
   std::unique_lock<std::mutex> lock(st.mutex);
-  if (st.aborted)
-    throw Error("core " + std::to_string(core.blockIdx) + ": aborted (another core failed)");
+  const auto giveUp = [&](const std::string& why) {
+    const std::string message = "core " + std::to_string(core.blockIdx) + ": " + why;
+    if (!st.aborted) st.firstError = message;
+    st.aborted = true;
+    st.cv.notify_all();
+    throw Error(message);
+  };
+  if (st.aborted) giveUp("aborted (another core failed)");
   const uint64_t myRound = st.round;
   if (++st.arrived == st.blockNum) {
     st.arrived = 0;
@@ -102,31 +128,28 @@ inline void syncAllCores() {
   const auto deadline =
       std::chrono::steady_clock::now() + std::chrono::milliseconds(config().syncAllTimeoutMs);
   while (st.round == myRound) {
-    if (st.aborted)
-      throw Error("core " + std::to_string(core.blockIdx) + ": aborted (another core failed)");
+    if (st.aborted) giveUp("aborted (another core failed)");
     if (st.exited > 0) {
-      const uint32_t arrived = st.arrived;
-      --st.arrived;
-      fail("SyncAll: " + std::to_string(st.exited) +
-           " core(s) finished the kernel without reaching this "
-           "SyncAll (" +
-           std::to_string(arrived) + " of " + std::to_string(st.blockNum) +
-           " cores arrived); the hardware would hang");
+      giveUp("SyncAll: " + std::to_string(st.exited) +
+             " core(s) finished the kernel without reaching this SyncAll (" +
+             std::to_string(st.arrived) + " of " + std::to_string(st.blockNum) +
+             " cores arrived); the hardware would hang");
     }
-    if (st.cv.wait_until(lock, deadline) == std::cv_status::timeout && st.round == myRound) {
-      const uint32_t arrived = st.arrived;
-      --st.arrived;
-      fail("SyncAll timed out after " + std::to_string(config().syncAllTimeoutMs) +
-           " ms: " + std::to_string(arrived) + " of " + std::to_string(st.blockNum) +
-           " cores arrived; the hardware would hang");
+    if (st.cv.wait_until(lock, deadline) == std::cv_status::timeout && st.round == myRound &&
+        !st.aborted) {
+      giveUp("SyncAll timed out after " + std::to_string(config().syncAllTimeoutMs) +
+             " ms: " + std::to_string(st.arrived) + " of " + std::to_string(st.blockNum) +
+             " cores arrived; the hardware would hang");
     }
   }
 }
 
-// Runs `body` once per emulated AI core, each on its own thread (SyncAll needs them concurrent).
-// The first failure is re-raised on the calling thread with the kernel name.
+// Runs `body` once per emulated vector core, each on its own thread (SyncAll needs them
+// concurrent), synchronously (the stream is not used). The first failure is re-raised on the
+// calling thread with the kernel name; returns 0, the launch status of an accepted launch.
 template <class Body>
-void Launch(const char* kernelName, uint32_t blockDim, Body body) {
+uint32_t Launch(const char* kernelName, uint32_t blockDim, Body body, const void* stream) {
+  (void)stream;
   if (blockDim == 0) throw Error(std::string(kernelName) + ": launch with blockDim 0");
   LaunchState st;
   st.blockNum = blockDim;
@@ -137,6 +160,12 @@ void Launch(const char* kernelName, uint32_t blockDim, Body body) {
     currentCorePtr() = &core;
     try {
       body();
+      if (!core.pendingError.empty()) fail(core.pendingError);
+      if (!core.aivOnly) {
+        fail(std::string(kernelName) +
+             " does not pin its type with KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY): "
+             "blockDim would count AI cores of a mixed kernel, not vector cores");
+      }
     } catch (const std::exception& e) {
       std::lock_guard<std::mutex> lock(st.mutex);
       if (!st.aborted) st.firstError = e.what();
@@ -152,6 +181,7 @@ void Launch(const char* kernelName, uint32_t blockDim, Body body) {
   for (uint32_t i = 0; i < blockDim; ++i) threads.emplace_back(runCore, i);
   for (auto& t : threads) t.join();
   if (st.aborted) throw Error(std::string(kernelName) + ": " + st.firstError);
+  return 0;
 }
 
 }  // namespace host_sim

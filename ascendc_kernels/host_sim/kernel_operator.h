@@ -2,21 +2,30 @@
 //
 // Kernels include "kernel_operator.h"; with -I ascendc_kernels/host_sim and -DASCENDC_HOST_SIM
 // they get this file instead of CANN's, compile with g++ and run on the CPU (host_sim::Launch runs
-// one thread per AI core). Semantics follow the public AscendC documentation; every rule the
+// one thread per vector core). Semantics follow the public AscendC documentation; every rule the
 // hardware enforces by faulting, hanging or corrupting data is checked and raises host_sim::Error:
 //
 //   * DataCopy moves whole 32-byte blocks: a length that is not a multiple of 32 bytes, or a UB
 //     address that is not 32-byte aligned, is rejected (DataCopyPad is the tool for tails);
 //     DataCopyPad blocks must hold 1..65535 bytes;
-//   * TPipe::InitBuffer past the Unified Buffer capacity (Config::ubBytes) is rejected;
+//   * TPipe::InitBuffer past the Unified Buffer capacity of the SoC (eplb_platform.h, the table
+//     the tiling uses) is rejected; TBuf is VECCALC only;
+//   * the kernel pins its type to vector cores (KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY)),
+//     so blockDim counts AIV cores and GetBlockIdx runs over [0, blockDim);
 //   * queue discipline: a LocalTensor is usable after AllocTensor (producer) or DeQue (consumer),
 //     not while it sits enqueued and not after FreeTensor; EnQue beyond the queue depth, DeQue of
 //     an empty queue, AllocTensor with every buffer taken are errors (on hardware: a dropped
 //     tensor or a hang);
-//   * pipe hazards: data written by one pipe (MTE2 copy-in, V vector, S scalar) and touched by
-//     another is a race on hardware unless a PipeBarrier<PIPE_ALL> or a queue hand-over between
-//     exactly those two pipes comes in between (EnQue/DeQue of VECIN orders MTE2 -> V, of VECOUT
-//     V -> MTE3, of TQueBind<VECIN, VECOUT> MTE2 -> MTE3; none of them orders the scalar unit);
+//   * asynchronous pipes: MTE2 (copy-in), MTE3 (copy-out) and V (vector) run on their own; the
+//     scalar unit (S) waits for its own reads only. A buffer written by one pipe and touched by
+//     another (read-after-write), or overwritten by one pipe while another may still read it
+//     (write-after-read, e.g. the scalar unit refilling a tile that MTE3 is copying out), is a
+//     race unless an event pair (SetFlag/WaitFlag<HardEvent::A_B>), a queue hand-over or
+//     PipeBarrier<PIPE_ALL> orders exactly those two pipes. EnQue orders the queue's producer
+//     before its consumer (VECIN: MTE2 -> V, VECOUT: V -> MTE3, TQueBind: MTE2 -> MTE3);
+//     AllocTensor after FreeTensor orders the consumer's reads before the producer's writes;
+//     none of them orders the scalar unit. A WaitFlag without its SetFlag, a SetFlag set twice
+//     and a kernel ending with flags still set are reported too;
 //   * SetAtomicAdd on a type the hardware cannot add atomically (int64) is rejected, and the
 //     element type of an atomic copy must match the one set;
 //   * every GlobalTensor knows its size (SetGlobalBuffer) and every access is bounds-checked;
@@ -29,8 +38,10 @@
 #include <cstdint>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <type_traits>
 #include <typeinfo>
 #include <vector>
@@ -43,6 +54,11 @@
 #ifndef GM_ADDR
 #define GM_ADDR uint8_t*
 #endif
+
+// Event ids (a compiler built-in type in CANN, hence outside the namespace).
+enum event_t : int32_t {
+  EVENT_ID0, EVENT_ID1, EVENT_ID2, EVENT_ID3, EVENT_ID4, EVENT_ID5, EVENT_ID6, EVENT_ID7
+};
 
 namespace AscendC {
 
@@ -105,7 +121,14 @@ struct BufferSlot {
   uint64_t generation = 0;  // bumped by AllocTensor/FreeTensor: stale handles are detected
   bool pending = false;     // written by `writer` and not yet synchronised
   pipe_t writer = PIPE_S;
-  uint32_t syncedFor = 0;  // pipes (bit masks) that an EnQue/DeQue synchronised with `writer`
+  uint32_t syncedFor = 0;  // pipes (bit masks) that were synchronised with `writer`
+  uint64_t writeSeq = 0;   // the core's operation number of that write
+  // Asynchronous reads (V, MTE2, MTE3; scalar reads complete before S goes on) that a later write
+  // by another pipe must be ordered after: the pipes reading, and per reader its operation number
+  // and the pipes synchronised with it since.
+  uint32_t readers = 0;
+  uint64_t readSeq[PIPE_ALL] = {};
+  uint32_t readSyncedFor[PIPE_ALL] = {};
   const void* owner = nullptr;
 };
 
@@ -113,16 +136,57 @@ struct BufferSlot {
 }  // namespace AscendC
 
 namespace host_sim {
-// Per-core list of UB buffers so that PipeBarrier<PIPE_ALL> can settle every pending write.
+// Per-core UB buffers and pipe ordering: the operation counter, the event flags set and not yet
+// waited for, and what a barrier, an event or a queue hand-over settles.
 class SlotRegistry {
  public:
-  void add(AscendC::detail::BufferSlot* slot) { slots_.push_back(slot); }
+  using Slot = AscendC::detail::BufferSlot;
+  void add(Slot* slot) { slots_.push_back(slot); }
+  uint64_t next() { return ++seq_; }
+
   void settleAll() {
-    for (auto* s : slots_) s->pending = false;
+    for (Slot* s : slots_) {
+      s->pending = false;
+      s->readers = 0;
+    }
   }
 
+  // What `from` did up to operation `upTo` is complete and visible to `to`.
+  void settle(AscendC::pipe_t from, AscendC::pipe_t to, uint64_t upTo) {
+    const uint32_t toBit = AscendC::detail::pipeBit(to);
+    for (Slot* s : slots_) {
+      if (s->pending && s->writer == from && s->writeSeq <= upTo) s->syncedFor |= toBit;
+      if ((s->readers & AscendC::detail::pipeBit(from)) != 0 && s->readSeq[from] <= upTo) {
+        s->readSyncedFor[from] |= toBit;
+      }
+    }
+  }
+
+  void setFlag(int event, int32_t id, const char* name) {
+    if (!flags_.emplace(std::make_pair(event, id), seq_).second) {
+      fail(std::string("SetFlag<") + name + ">(" + std::to_string(id) +
+           ") while the flag is still set (no WaitFlag since): the hardware would lose an event");
+    }
+  }
+
+  // The operation number at the matching SetFlag.
+  uint64_t waitFlag(int event, int32_t id, const char* name) {
+    const auto it = flags_.find(std::make_pair(event, id));
+    if (it == flags_.end()) {
+      fail(std::string("WaitFlag<") + name + ">(" + std::to_string(id) +
+           ") without a SetFlag before it: the hardware would wait forever");
+    }
+    const uint64_t upTo = it->second;
+    flags_.erase(it);
+    return upTo;
+  }
+
+  size_t flagsSet() const { return flags_.size(); }
+
  private:
-  std::vector<AscendC::detail::BufferSlot*> slots_;
+  std::vector<Slot*> slots_;
+  std::map<std::pair<int, int32_t>, uint64_t> flags_;
+  uint64_t seq_ = 0;
 };
 }  // namespace host_sim
 
@@ -189,7 +253,7 @@ class LocalTensor {
     }
   }
 
-  // Checks state, bounds [index, index + count) and the pipe hazard; records the write.
+  // Checks state, bounds [index, index + count) and the pipe hazards; records the access.
   void access(const char* op, pipe_t pipe, bool write, uint64_t index, uint64_t count) const {
     check(op);
     if (index + count > size_) {
@@ -197,18 +261,36 @@ class LocalTensor {
                      std::to_string(index + count) + ") of a LocalTensor<" + detail::typeName<T>() +
                      "> of " + std::to_string(size_) + " elements (UB out of bounds)");
     }
-    if (slot_->pending && slot_->writer != pipe &&
-        (slot_->syncedFor & detail::pipeBit(pipe)) == 0) {
+    detail::BufferSlot& s = *slot_;
+    if (s.pending && s.writer != pipe && (s.syncedFor & detail::pipeBit(pipe)) == 0) {
       host_sim::fail(std::string(op) + " on the " + detail::pipeName(pipe) +
                      " pipe reads/writes a LocalTensor last written by the " +
-                     detail::pipeName(slot_->writer) +
-                     " pipe with no queue hand-over between these two pipes or "
-                     "PipeBarrier<PIPE_ALL> in between (a race on hardware)");
+                     detail::pipeName(s.writer) +
+                     " pipe with no event, queue hand-over or PipeBarrier<PIPE_ALL> between "
+                     "these two pipes (read-after-write: a race on hardware)");
     }
+    host_sim::SlotRegistry& reg = *host_sim::currentCore().slots;
     if (write) {
-      slot_->pending = true;
-      slot_->writer = pipe;
-      slot_->syncedFor = 0;
+      for (uint32_t r = 0; r < PIPE_ALL; ++r) {
+        if (r == static_cast<uint32_t>(pipe) || (s.readers & (1u << r)) == 0) continue;
+        if ((s.readSyncedFor[r] & detail::pipeBit(pipe)) == 0) {
+          host_sim::fail(std::string(op) + " on the " + detail::pipeName(pipe) +
+                         " pipe overwrites a LocalTensor that the " +
+                         detail::pipeName(static_cast<pipe_t>(r)) +
+                         " pipe may still be reading, with no event, queue hand-over or "
+                         "PipeBarrier<PIPE_ALL> between these two pipes (write-after-read: a "
+                         "race on hardware)");
+        }
+      }
+      s.readers = 0;
+      s.pending = true;
+      s.writer = pipe;
+      s.syncedFor = 0;
+      s.writeSeq = reg.next();
+    } else if (pipe != PIPE_S) {
+      s.readers |= detail::pipeBit(pipe);
+      s.readSeq[pipe] = reg.next();
+      s.readSyncedFor[pipe] = 0;
     }
   }
 
@@ -297,6 +379,9 @@ class TQueBind {
         slot.state = S::Allocated;
         ++slot.generation;
         slot.pending = false;
+        // The hardware waits for the consumer of the previous use before handing the buffer
+        // to the producer again; other pipes are not ordered.
+        slot.readSyncedFor[detail::consumerPipe(DST)] |= detail::pipeBit(detail::producerPipe(SRC));
         std::memset(slot.data, kPoisonByte, slot.bytes);
         return LocalTensor<T>(&slot, slot.generation, 0, slot.bytes / sizeof(T));
       }
@@ -343,7 +428,6 @@ class TQueBind {
     ownSlot(tensor, "FreeTensor");
     tensor.check("FreeTensor");
     tensor.slot()->state = S::Free;
-    tensor.slot()->pending = false;
     ++tensor.slot()->generation;
   }
 
@@ -399,6 +483,11 @@ class TBuf {
   }
 
   void init(uint8_t* ub, uint32_t ubOffset, uint32_t len, host_sim::SlotRegistry* reg) {
+    if (POS != TPosition::VECCALC) {
+      host_sim::fail(
+          "TBuf at a queue position (VECIN/VECOUT): the documentation allows TBuf only at "
+          "TPosition::VECCALC on vector cores; use TBuf<TPosition::VECCALC>");
+    }
     if (slot_) host_sim::fail("InitBuffer twice on one TBuf");
     slot_ = std::make_unique<detail::BufferSlot>();
     slot_->data = ub;
@@ -414,10 +503,57 @@ class TBuf {
   std::unique_ptr<detail::BufferSlot> slot_;
 };
 
-// Owns the core's Unified Buffer and carves it into queue / TBuf buffers.
+enum class HardEvent : uint8_t {
+  MTE2_S, S_MTE2, MTE3_S, S_MTE3, MTE2_V, V_MTE2, MTE3_V, V_MTE3, S_V, V_S, MTE2_MTE3, MTE3_MTE2
+};
+using TEventID = int8_t;
+
+namespace detail {
+constexpr int32_t kEventIdsPerType = 8;
+
+struct EventInfo {
+  pipe_t from, to;
+  const char* name;
+};
+
+inline EventInfo eventInfo(HardEvent e) {
+  switch (e) {
+    case HardEvent::MTE2_S: return {PIPE_MTE2, PIPE_S, "MTE2_S"};
+    case HardEvent::S_MTE2: return {PIPE_S, PIPE_MTE2, "S_MTE2"};
+    case HardEvent::MTE3_S: return {PIPE_MTE3, PIPE_S, "MTE3_S"};
+    case HardEvent::S_MTE3: return {PIPE_S, PIPE_MTE3, "S_MTE3"};
+    case HardEvent::MTE2_V: return {PIPE_MTE2, PIPE_V, "MTE2_V"};
+    case HardEvent::V_MTE2: return {PIPE_V, PIPE_MTE2, "V_MTE2"};
+    case HardEvent::MTE3_V: return {PIPE_MTE3, PIPE_V, "MTE3_V"};
+    case HardEvent::V_MTE3: return {PIPE_V, PIPE_MTE3, "V_MTE3"};
+    case HardEvent::S_V: return {PIPE_S, PIPE_V, "S_V"};
+    case HardEvent::V_S: return {PIPE_V, PIPE_S, "V_S"};
+    case HardEvent::MTE2_MTE3: return {PIPE_MTE2, PIPE_MTE3, "MTE2_MTE3"};
+    default: return {PIPE_MTE3, PIPE_MTE2, "MTE3_MTE2"};
+  }
+}
+}  // namespace detail
+
+inline TPipe*& currentPipe() {
+  thread_local TPipe* pipe = nullptr;
+  return pipe;
+}
+
+// Owns the core's Unified Buffer and carves it into queue / TBuf buffers; hands out event ids.
 class TPipe {
  public:
-  TPipe() : ub_(host_sim::config().ubBytes) { host_sim::currentCore().slots = &registry_; }
+  TPipe() : ub_(host_sim::config().ubBytes) {
+    host_sim::currentCore().slots = &registry_;
+    currentPipe() = this;
+  }
+  ~TPipe() {
+    if (currentPipe() == this) currentPipe() = nullptr;
+    if (registry_.flagsSet() != 0 && std::uncaught_exceptions() == 0) {
+      host_sim::currentCore().pendingError =
+          "the kernel ended with " + std::to_string(registry_.flagsSet()) +
+          " event flag(s) set and never waited for (SetFlag without WaitFlag)";
+    }
+  }
   TPipe(const TPipe&) = delete;
   TPipe& operator=(const TPipe&) = delete;
 
@@ -437,7 +573,22 @@ class TPipe {
     buf.init(ub_.data() + offset, offset, bytes, &registry_);
   }
 
+  template <HardEvent E>
+  TEventID AllocEventID() {
+    int32_t& used = eventIdsUsed_[static_cast<int>(E)];
+    if (used >= detail::kEventIdsPerType) {
+      host_sim::fail(std::string("AllocEventID<") + detail::eventInfo(E).name + ">: all " +
+                     std::to_string(detail::kEventIdsPerType) + " event ids are taken");
+    }
+    return static_cast<TEventID>(used++);
+  }
+  template <HardEvent E>
+  void ReleaseEventID(TEventID) {
+    --eventIdsUsed_[static_cast<int>(E)];
+  }
+
   uint32_t usedBytes() const { return used_; }
+  host_sim::SlotRegistry& registry() { return registry_; }
 
  private:
   uint32_t reserve(uint64_t bytes, const char* what) {
@@ -453,8 +604,14 @@ class TPipe {
   }
   std::vector<uint8_t> ub_;
   uint32_t used_ = 0;
+  std::map<int, int32_t> eventIdsUsed_;
   host_sim::SlotRegistry registry_;
 };
+
+inline TPipe* GetTPipePtr() {
+  if (currentPipe() == nullptr) host_sim::fail("GetTPipePtr without a TPipe on this core");
+  return currentPipe();
+}
 
 // ---------------------------------------------------------------- core queries and barriers
 
@@ -468,6 +625,20 @@ inline void PipeBarrier() {
     host_sim::CoreContext& core = host_sim::currentCore();
     if (core.slots != nullptr) core.slots->settleAll();
   }
+}
+
+// The source pipe raises the flag once everything it was given before is done; the destination
+// pipe's WaitFlag blocks until then. Set and wait come in pairs with the same id.
+template <HardEvent E>
+inline void SetFlag(int32_t id) {
+  GetTPipePtr()->registry().setFlag(static_cast<int>(E), id, detail::eventInfo(E).name);
+}
+
+template <HardEvent E>
+inline void WaitFlag(int32_t id) {
+  host_sim::SlotRegistry& reg = GetTPipePtr()->registry();
+  const detail::EventInfo info = detail::eventInfo(E);
+  reg.settle(info.from, info.to, reg.waitFlag(static_cast<int>(E), id, info.name));
 }
 
 template <bool isAIVOnly = true>

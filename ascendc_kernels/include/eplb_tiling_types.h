@@ -9,7 +9,6 @@
 namespace eplb_ascendc {
 
 constexpr uint32_t kBlockBytes = 32;               // DataCopy granule, UB alignment
-constexpr uint32_t kDefaultUbBytes = 192 * 1024;   // Atlas A2/A3 Unified Buffer per AI core
 constexpr uint32_t kBufferNum = 2;                 // double buffering of the streamed tiles
 constexpr uint32_t kMaxIdTile = 2048;              // ids per route_and_count tile
 constexpr uint32_t kMaxGroupTile = 2048;           // group_list entries per tile
@@ -30,7 +29,7 @@ struct RouteAndCountShape {
 };
 
 struct RouteAndCountTiling {
-  uint32_t blockDim;  // AI cores to launch (0: nothing to do)
+  uint32_t blockDim;  // vector (AIV) cores to launch (0: nothing to do)
   uint32_t idBytes;
   uint32_t hasShare;
   uint32_t tilePairs;  // ids per UB tile, a multiple of 8

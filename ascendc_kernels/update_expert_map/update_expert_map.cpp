@@ -1,14 +1,12 @@
-// update_expert_map_ on the AI cores: overwrite a layer's routing tables in place
+// update_expert_map_ on the vector cores: overwrite a layer's routing tables in place
 // (log2phy [E, R], logcnt [E], and replica_share [E, R] / expert_map [E] when given), same
 // storage, so captured graphs that read them stay valid.
 //
-// Tiling (eplb_tiling.h, ComputeCopyTablesTiling): one AI core per table (2 or 4 cores); each
+// Tiling (eplb_tiling.h, ComputeCopyTablesTiling): one vector core per table (2 or 4 cores); each
 // copies its table GM -> UB -> GM in tiles of up to 32 KiB through the double-buffered
 // TQueBind of tile_copy.h, DataCopyPad for sizes that are not a multiple of 32 bytes (E*4 bytes
 // usually is not). The tables are small (E=256, R=8: 8 KiB), so the launch (~5 us, estimate, no
 // NPU here) is the whole cost; the data moves in well under a microsecond.
-#include "eplb_kernels.h"
-#include "eplb_launch.h"
 #include "kernel_operator.h"
 #include "tile_copy.h"
 
@@ -50,6 +48,7 @@ extern "C" __global__ __aicore__ void eplb_update_expert_map_kernel(
     GM_ADDR dst0, GM_ADDR src0, int64_t bytes0, GM_ADDR dst1, GM_ADDR src1, int64_t bytes1,
     GM_ADDR dst2, GM_ADDR src2, int64_t bytes2, GM_ADDR dst3, GM_ADDR src3, int64_t bytes3,
     uint32_t tileBytes) {
+  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);  // blockDim counts vector cores
   const int64_t idx = GetBlockIdx();
   GM_ADDR dst = idx == 0 ? dst0 : idx == 1 ? dst1 : idx == 2 ? dst2 : dst3;
   GM_ADDR src = idx == 0 ? src0 : idx == 1 ? src1 : idx == 2 ? src2 : src3;
@@ -58,20 +57,4 @@ extern "C" __global__ __aicore__ void eplb_update_expert_map_kernel(
   KernelUpdateExpertMap op;
   op.Init(dst, src, bytes, tileBytes, &pipe);
   op.Process();
-}
-
-extern "C" void eplb_update_expert_map(uint8_t* const* dst, uint8_t* const* src,
-                                       const eplb_ascendc::CopyTablesTiling* tiling, void* stream) {
-  const eplb_ascendc::CopyTablesTiling t = *tiling;
-  if (t.blockDim == 0) return;
-  uint8_t* d[eplb_ascendc::kMaxMapTables] = {nullptr, nullptr, nullptr, nullptr};
-  uint8_t* s[eplb_ascendc::kMaxMapTables] = {nullptr, nullptr, nullptr, nullptr};
-  int64_t n[eplb_ascendc::kMaxMapTables] = {0, 0, 0, 0};
-  for (uint32_t i = 0; i < t.numTables && i < eplb_ascendc::kMaxMapTables; ++i) {
-    d[i] = dst[i];
-    s[i] = src[i];
-    n[i] = t.tableBytes[i];
-  }
-  EPLB_LAUNCH_KERNEL(eplb_update_expert_map_kernel, t.blockDim, stream, d[0], s[0], n[0], d[1],
-                     s[1], n[1], d[2], s[2], n[2], d[3], s[3], n[3], t.tileBytes);
 }

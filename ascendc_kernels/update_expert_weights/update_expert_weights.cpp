@@ -1,4 +1,4 @@
-// update_expert_weights_ on the AI cores, one weight tensor of a layer per launch:
+// update_expert_weights_ on the vector cores, one weight tensor of a layer per launch:
 // weight[slots[i]] = staged[i] for i < M, rows of rowBytes bytes (any dtype: copied as bytes).
 //
 // Tiling (eplb_tiling.h, ComputeCopyRowsTiling): each row is cut into tilesPerRow tiles of
@@ -15,8 +15,6 @@
 // writes each byte once, so it is bound by HBM at about half the ~1.6 TB/s of an Atlas A2 per
 // direction pair, i.e. ~0.7-0.8 TB/s of payload with >= 20 cores busy: a 44 MiB DeepSeek-V3
 // int8 expert (w13 + w2 + scales) in ~60 us; below ~1 MiB per launch the ~5 us launch dominates.
-#include "eplb_kernels.h"
-#include "eplb_launch.h"
 #include "kernel_operator.h"
 #include "tile_copy.h"
 
@@ -94,6 +92,7 @@ extern "C" __global__ __aicore__ void eplb_update_expert_weights_kernel(
     GM_ADDR weight, GM_ADDR staged, GM_ADDR slots, int64_t rowBytes, int64_t numRows,
     int64_t numSlots, int64_t tilesPerRow, int64_t unitsPerCore, uint32_t tileBytes,
     uint32_t alignedRows, uint32_t slotBytes) {
+  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);  // blockDim counts vector cores
   if (slotBytes == 8) {
     RunUpdateExpertWeights<int64_t>(weight, staged, slots, rowBytes, numRows, numSlots, tilesPerRow,
                                     unitsPerCore, tileBytes, alignedRows);
@@ -101,14 +100,4 @@ extern "C" __global__ __aicore__ void eplb_update_expert_weights_kernel(
     RunUpdateExpertWeights<int32_t>(weight, staged, slots, rowBytes, numRows, numSlots, tilesPerRow,
                                     unitsPerCore, tileBytes, alignedRows);
   }
-}
-
-extern "C" void eplb_update_expert_weights(uint8_t* weight, uint8_t* staged, uint8_t* slots,
-                                           const eplb_ascendc::CopyRowsTiling* tiling,
-                                           void* stream) {
-  const eplb_ascendc::CopyRowsTiling t = *tiling;
-  if (t.blockDim == 0) return;
-  EPLB_LAUNCH_KERNEL(eplb_update_expert_weights_kernel, t.blockDim, stream, weight, staged, slots,
-                     t.rowBytes, t.numRows, t.numSlots, t.tilesPerRow, t.unitsPerCore, t.tileBytes,
-                     t.alignedRows, t.slotBytes);
 }

@@ -18,12 +18,18 @@
 //
 // Every operation is exact in IEEE float32 (u < 2^24, multiplying by a power of two), so all
 // backends choose the same replica. No RNG state: the kernel stays deterministic and graph-safe.
+//
+// This is the only C++ copy: the CPU and CUDA sources include it as is; AscendC kernels define
+// EPLB_RT_AICORE before including it (after kernel_operator.h), which makes every function
+// `__aicore__`, and read a share row in Unified Buffer through weighted_replica_at.
 #pragma once
 
 #include <stdint.h>
 
 #if defined(__CUDACC__)
 #define EPLB_RT_HD __host__ __device__ __forceinline__
+#elif defined(EPLB_RT_AICORE)
+#define EPLB_RT_HD __aicore__ inline
 #else
 #define EPLB_RT_HD inline
 #endif
@@ -48,15 +54,27 @@ EPLB_RT_HD int32_t uniform_replica(uint32_t code, int32_t cnt) {
   return static_cast<int32_t>((code * static_cast<uint32_t>(cnt)) >> kRulePeriodBits);
 }
 
-// Replica index in [0, cnt) following `share[0..cnt)` (one expert's row of replica_share).
-EPLB_RT_HD int32_t weighted_replica(uint32_t code, const float* share, int32_t cnt) {
+// Replica index in [0, cnt) following one expert's share row, read as share_at(r) (float32):
+// a pointer on the CPU and CUDA, a Unified Buffer tensor on an AI core.
+template <class ShareAt>
+EPLB_RT_HD int32_t weighted_replica_at(uint32_t code, const ShareAt& share_at, int32_t cnt) {
   const float u = static_cast<float>(code);
   float cum = 0.0f;
   for (int32_t r = 0; r + 1 < cnt; ++r) {
-    cum += share[r];
+    cum += share_at(r);
     if (u < cum * kRulePeriod) return r;
   }
   return cnt - 1;
+}
+
+struct ShareRowPtr {
+  const float* row;
+  EPLB_RT_HD float operator()(int32_t r) const { return row[r]; }
+};
+
+// Replica index in [0, cnt) following `share[0..cnt)` (one expert's row of replica_share).
+EPLB_RT_HD int32_t weighted_replica(uint32_t code, const float* share, int32_t cnt) {
+  return weighted_replica_at(code, ShareRowPtr{share}, cnt);
 }
 
 }  // namespace eplb_rt

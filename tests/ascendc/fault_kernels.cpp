@@ -43,6 +43,7 @@ class KernelCopyCount {
 };
 
 __global__ __aicore__ void copy_count_kernel(GM_ADDR x, GM_ADDR y, uint32_t count) {
+  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
   TPipe pipe;
   KernelCopyCount op;
   op.Init(x, y, count, &pipe);
@@ -50,6 +51,7 @@ __global__ __aicore__ void copy_count_kernel(GM_ADDR x, GM_ADDR y, uint32_t coun
 }
 
 __global__ __aicore__ void ub_overflow_kernel(uint32_t bytesPerBuffer) {
+  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
   TPipe pipe;
   TQue<TPosition::VECIN, 1> inQueueX;
   TQue<TPosition::VECOUT, 1> outQueueY;
@@ -72,6 +74,7 @@ __aicore__ inline LocalTensor<int32_t> CopyInEnqueued(TPipe& pipe, TQue<TPositio
 
 // Vector work on a tensor that is still enqueued (or, with `dequeue`, correctly dequeued).
 __global__ __aicore__ void use_without_deque_kernel(GM_ADDR x, uint32_t dequeue) {
+  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
   TPipe pipe;
   TQue<TPosition::VECIN, 1> inQueueX;
   LocalTensor<int32_t> xLocal = CopyInEnqueued(pipe, inQueueX, x);  // still enqueued
@@ -81,6 +84,7 @@ __global__ __aicore__ void use_without_deque_kernel(GM_ADDR x, uint32_t dequeue)
 
 // Scalar read of a dequeued tensor after (or, without `freeFirst`, before) its FreeTensor.
 __global__ __aicore__ void use_after_free_kernel(GM_ADDR x, uint32_t freeFirst) {
+  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
   TPipe pipe;
   TQue<TPosition::VECIN, 1> inQueueX;
   CopyInEnqueued(pipe, inQueueX, x);
@@ -95,6 +99,7 @@ __global__ __aicore__ void use_after_free_kernel(GM_ADDR x, uint32_t freeFirst) 
 // Two tensors enqueued into a depth-`depth` queue before the first DeQue.
 template <int32_t DEPTH>
 __global__ __aicore__ void queue_depth_kernel() {
+  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
   TPipe pipe;
   TQue<TPosition::VECIN, DEPTH> inQueueX;
   pipe.InitBuffer(inQueueX, 2, kLen * sizeof(int32_t));
@@ -109,8 +114,9 @@ __global__ __aicore__ void queue_depth_kernel() {
 // Atomic add of a UB buffer into GM with element type T (int64 is the planted fault).
 template <class T>
 __global__ __aicore__ void atomic_add_kernel(GM_ADDR y) {
+  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
   TPipe pipe;
-  TBuf<TPosition::VECOUT> bufY;
+  TBuf<TPosition::VECCALC> bufY;
   GlobalTensor<T> yGm;
   yGm.SetGlobalBuffer((__gm__ T*)y, kLen * sizeof(int32_t) / sizeof(T));
   pipe.InitBuffer(bufY, kLen * sizeof(int32_t));
@@ -125,6 +131,7 @@ __global__ __aicore__ void atomic_add_kernel(GM_ADDR y) {
 
 // Copies kLen int32 from x into y at element `offset`: past the end when offset > 0.
 __global__ __aicore__ void gm_bounds_kernel(GM_ADDR x, GM_ADDR y, uint32_t offset) {
+  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
   TPipe pipe;
   TQueBind<TPosition::VECIN, TPosition::VECOUT, 1> queBind;
   GlobalTensor<int32_t> xGm, yGm;
@@ -141,8 +148,9 @@ __global__ __aicore__ void gm_bounds_kernel(GM_ADDR x, GM_ADDR y, uint32_t offse
 
 // Scalar read of a tile right after its DataCopy, with or without a barrier.
 __global__ __aicore__ void pipe_race_kernel(GM_ADDR x, uint32_t barrier) {
+  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
   TPipe pipe;
-  TBuf<TPosition::VECIN> bufX;
+  TBuf<TPosition::VECCALC> bufX;
   GlobalTensor<int32_t> xGm;
   xGm.SetGlobalBuffer((__gm__ int32_t*)x, kLen);
   pipe.InitBuffer(bufX, kLen * sizeof(int32_t));
@@ -155,6 +163,7 @@ __global__ __aicore__ void pipe_race_kernel(GM_ADDR x, uint32_t barrier) {
 
 // One DataCopyPad block of `bytes` bytes GM -> UB -> GM (65536 is past blockLen's range).
 __global__ __aicore__ void pad_block_kernel(GM_ADDR x, GM_ADDR y, uint32_t bytes) {
+  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
   TPipe pipe;
   TQueBind<TPosition::VECIN, TPosition::VECOUT, 1> queBind;
   GlobalTensor<uint8_t> xGm, yGm;
@@ -171,6 +180,7 @@ __global__ __aicore__ void pad_block_kernel(GM_ADDR x, GM_ADDR y, uint32_t bytes
 
 // Scalar loop fills a VECOUT tile that MTE3 then copies out; only a barrier orders S -> MTE3.
 __global__ __aicore__ void scalar_copy_out_kernel(GM_ADDR y, uint32_t barrier) {
+  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
   TPipe pipe;
   TQue<TPosition::VECOUT, 1> outQueueY;
   GlobalTensor<int32_t> yGm;
@@ -188,6 +198,7 @@ __global__ __aicore__ void scalar_copy_out_kernel(GM_ADDR y, uint32_t barrier) {
 // Every core writes its index to y[core * 8], SyncAll, then checks its neighbour's entry.
 // mode 0: all cores sync (correct); 1: core 0 returns first; 2: core 0 arrives too late.
 __global__ __aicore__ void sync_all_kernel(GM_ADDR y, uint32_t mode, uint32_t lateMs) {
+  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
   GlobalTensor<int32_t> yGm;
   const int64_t idx = GetBlockIdx();
   const int64_t num = GetBlockNum();
@@ -198,6 +209,71 @@ __global__ __aicore__ void sync_all_kernel(GM_ADDR y, uint32_t mode, uint32_t la
   SyncAll();
   const int64_t next = (idx + 1) % num;
   if (yGm.GetValue(next * 8) != next + 100) host_sim::fail("SyncAll did not order the GM writes");
+}
+
+// Two rounds of a scalar loop filling one buffer that MTE3 copies out; round 1 refills it while
+// the copy-out of round 0 may still read it unless the MTE3_S event is waited for first.
+__global__ __aicore__ void write_after_read_kernel(GM_ADDR y, uint32_t waitCopyOut) {
+  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
+  TPipe pipe;
+  TBuf<TPosition::VECCALC> bufY;
+  GlobalTensor<int32_t> yGm;
+  yGm.SetGlobalBuffer((__gm__ int32_t*)y, 2 * kLen);
+  pipe.InitBuffer(bufY, kLen * sizeof(int32_t));
+  LocalTensor<int32_t> yLocal = bufY.Get<int32_t>();
+  const event_t sToMte3 = static_cast<event_t>(pipe.AllocEventID<HardEvent::S_MTE3>());
+  const event_t mte3ToS = static_cast<event_t>(pipe.AllocEventID<HardEvent::MTE3_S>());
+  for (uint32_t round = 0; round < 2; ++round) {
+    if (round > 0 && waitCopyOut != 0) WaitFlag<HardEvent::MTE3_S>(mte3ToS);
+    for (uint32_t i = 0; i < kLen; ++i) yLocal.SetValue(i, static_cast<int32_t>(round * 100 + i));
+    SetFlag<HardEvent::S_MTE3>(sToMte3);
+    WaitFlag<HardEvent::S_MTE3>(sToMte3);
+    DataCopy(yGm[round * kLen], yLocal, kLen);
+    if (round == 0 && waitCopyOut != 0) SetFlag<HardEvent::MTE3_S>(mte3ToS);
+  }
+}
+
+// Scalar read of a copied-in buffer after an event pair: MTE2_S orders it, MTE2_V does not.
+__global__ __aicore__ void event_pipes_kernel(GM_ADDR x, uint32_t rightPipes) {
+  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
+  TPipe pipe;
+  TBuf<TPosition::VECCALC> bufX;
+  GlobalTensor<int32_t> xGm;
+  xGm.SetGlobalBuffer((__gm__ int32_t*)x, kLen);
+  pipe.InitBuffer(bufX, kLen * sizeof(int32_t));
+  LocalTensor<int32_t> xLocal = bufX.Get<int32_t>();
+  DataCopy(xLocal, xGm, kLen);
+  if (rightPipes != 0) {
+    SetFlag<HardEvent::MTE2_S>(EVENT_ID0);
+    WaitFlag<HardEvent::MTE2_S>(EVENT_ID0);
+  } else {
+    SetFlag<HardEvent::MTE2_V>(EVENT_ID0);
+    WaitFlag<HardEvent::MTE2_V>(EVENT_ID0);
+  }
+  const int32_t v = xLocal.GetValue(5);
+  (void)v;
+}
+
+// mode 0: WaitFlag with no SetFlag; 1: SetFlag never waited for; 2: a matched pair.
+__global__ __aicore__ void event_balance_kernel(uint32_t mode) {
+  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
+  TPipe pipe;
+  if (mode != 0) SetFlag<HardEvent::MTE3_S>(EVENT_ID1);
+  if (mode != 1) WaitFlag<HardEvent::MTE3_S>(EVENT_ID1);
+}
+
+// Scratch memory declared at a queue position (VECIN) or, correctly, at VECCALC.
+template <TPosition POS>
+__global__ __aicore__ void tbuf_position_kernel() {
+  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
+  TPipe pipe;
+  TBuf<POS> buf;
+  pipe.InitBuffer(buf, kLen * sizeof(int32_t));
+}
+
+// A kernel that does not pin its type (blockDim would count mixed AI cores on hardware).
+__global__ __aicore__ void kernel_type_kernel(uint32_t pinned) {
+  if (pinned != 0) KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
 }
 
 }  // namespace
@@ -223,7 +299,7 @@ std::map<std::string, std::function<void(uint32_t)>> FaultTable() {
     EPLB_LAUNCH_KERNEL(ub_overflow_kernel, b, nullptr, 50u * 1024u);
   };
   t["ub_overflow_ok"] = [](uint32_t b) {
-    EPLB_LAUNCH_KERNEL(ub_overflow_kernel, b, nullptr, 48u * 1024u);
+    EPLB_LAUNCH_KERNEL(ub_overflow_kernel, b, nullptr, 47u * 1024u);
   };
   t["use_without_deque"] = withBuffers([](uint32_t b, uint8_t* x, uint8_t*) {
     EPLB_LAUNCH_KERNEL(use_without_deque_kernel, b, nullptr, x, 0u);
@@ -285,6 +361,39 @@ std::map<std::string, std::function<void(uint32_t)>> FaultTable() {
     const uint32_t late = static_cast<uint32_t>(host_sim::config().syncAllTimeoutMs) * 3;
     EPLB_LAUNCH_KERNEL(sync_all_kernel, b, nullptr, y, 2u, late);
   });
+  t["write_after_read"] = withBuffers([](uint32_t b, uint8_t*, uint8_t* y) {
+    EPLB_LAUNCH_KERNEL(write_after_read_kernel, b, nullptr, y, 0u);
+  });
+  t["write_after_read_ok"] = withBuffers([](uint32_t b, uint8_t*, uint8_t* y) {
+    EPLB_LAUNCH_KERNEL(write_after_read_kernel, b, nullptr, y, 1u);
+  });
+  t["event_wrong_pipes"] = withBuffers([](uint32_t b, uint8_t* x, uint8_t*) {
+    EPLB_LAUNCH_KERNEL(event_pipes_kernel, b, nullptr, x, 0u);
+  });
+  t["event_wrong_pipes_ok"] = withBuffers([](uint32_t b, uint8_t* x, uint8_t*) {
+    EPLB_LAUNCH_KERNEL(event_pipes_kernel, b, nullptr, x, 1u);
+  });
+  t["event_wait_without_set"] = [](uint32_t b) {
+    EPLB_LAUNCH_KERNEL(event_balance_kernel, b, nullptr, 0u);
+  };
+  t["event_set_never_waited"] = [](uint32_t b) {
+    EPLB_LAUNCH_KERNEL(event_balance_kernel, b, nullptr, 1u);
+  };
+  t["event_balance_ok"] = [](uint32_t b) {
+    EPLB_LAUNCH_KERNEL(event_balance_kernel, b, nullptr, 2u);
+  };
+  t["tbuf_position"] = [](uint32_t b) {
+    EPLB_LAUNCH_KERNEL(tbuf_position_kernel<TPosition::VECIN>, b, nullptr);
+  };
+  t["tbuf_position_ok"] = [](uint32_t b) {
+    EPLB_LAUNCH_KERNEL(tbuf_position_kernel<TPosition::VECCALC>, b, nullptr);
+  };
+  t["kernel_type_not_pinned"] = [](uint32_t b) {
+    EPLB_LAUNCH_KERNEL(kernel_type_kernel, b, nullptr, 0u);
+  };
+  t["kernel_type_not_pinned_ok"] = [](uint32_t b) {
+    EPLB_LAUNCH_KERNEL(kernel_type_kernel, b, nullptr, 1u);
+  };
   t["syncall_ok"] = withBuffers([](uint32_t b, uint8_t*, uint8_t* y) {
     EPLB_LAUNCH_KERNEL(sync_all_kernel, b, nullptr, y, 0u, 0u);
   });

@@ -12,16 +12,15 @@
 #include <vector>
 
 #include "eplb_kernels.h"
+#include "eplb_platform.h"
 #include "eplb_tiling.h"
 #include "host_sim_runtime.h"
 
 namespace py = pybind11;
 
-// tests/ascendc/fault_kernels.cpp and rule_check.cpp
+// tests/ascendc/fault_kernels.cpp
 void RunFaultKernel(const std::string& name, uint32_t blockDim);
 std::vector<std::string> FaultKernelNames();
-int64_t CountRuleMismatches(py::array_t<float, py::array::c_style> shares,
-                            py::array_t<int64_t> steps, py::array_t<int64_t> numTokens);
 
 namespace {
 
@@ -74,8 +73,9 @@ uint32_t RouteAndCount(py::array topkIds, py::array log2phy, py::array logcnt, p
     RequireContiguous(shareArr, "replica_share");
     sharePtr = Data(shareArr);
   }
-  eplb_route_and_count(Data(topkIds), Data(log2phy), Data(logcnt), sharePtr, Data(heat), Data(step),
-                       Data(phyIds), &t, nullptr);
+  Require(eplb_route_and_count(Data(topkIds), Data(log2phy), Data(logcnt), sharePtr, Data(heat),
+                               Data(step), Data(phyIds), &t, nullptr) == 0,
+          "launch status");
   return t.blockDim;
 }
 
@@ -90,7 +90,8 @@ uint32_t CountFromGroupList(py::array groupList, py::array heat, py::array step,
       groupList.shape(0), static_cast<uint32_t>(groupList.itemsize()), cumulative, slotOffset,
       heat.shape(1), heat.shape(0), heat.strides(0) / 4, coreNum, &t);
   Require(err.empty(), err);
-  eplb_count_from_group_list(Data(groupList), Data(heat), Data(step), &t, nullptr);
+  Require(eplb_count_from_group_list(Data(groupList), Data(heat), Data(step), &t, nullptr) == 0,
+          "launch status");
   return t.blockDim;
 }
 
@@ -116,7 +117,9 @@ std::vector<uint32_t> UpdateExpertWeights(std::vector<py::array> weights,
         rowBytes, staged[i].shape(0), weights[i].shape(0), static_cast<uint32_t>(slots.itemsize()),
         aligned, coreNum, ubBytes, &t);
     Require(err.empty(), err);
-    eplb_update_expert_weights(Data(weights[i]), Data(staged[i]), Data(slots), &t, nullptr);
+    Require(eplb_update_expert_weights(Data(weights[i]), Data(staged[i]), Data(slots), &t,
+                                       nullptr) == 0,
+            "launch status");
     dims.push_back(t.blockDim);
   }
   return dims;
@@ -139,7 +142,7 @@ uint32_t UpdateExpertMap(std::vector<py::array> dst, std::vector<py::array> src,
   const std::string err = eplb_ascendc::ComputeCopyTablesTiling(
       bytes.data(), static_cast<uint32_t>(bytes.size()), ubBytes, &t);
   Require(err.empty(), err);
-  eplb_update_expert_map(d.data(), s.data(), &t, nullptr);
+  Require(eplb_update_expert_map(d.data(), s.data(), &t, nullptr) == 0, "launch status");
   return t.blockDim;
 }
 
@@ -148,7 +151,8 @@ uint32_t UpdateExpertMap(std::vector<py::array> dst, std::vector<py::array> src,
 PYBIND11_MODULE(eplb_ascendc_sim, m) {
   m.doc() = "eplb_rt AscendC kernels on the host emulation (tests only)";
   py::register_exception<host_sim::Error>(m, "SimError", PyExc_RuntimeError);
-  constexpr uint32_t kUb = eplb_ascendc::kDefaultUbBytes;
+  // The UB of the SoC CMake compiles for by default: the emulation enforces the device's limit.
+  const uint32_t kUb = eplb_ascendc::FindSoc(eplb_ascendc::kDefaultSoc)->ubBytes;
   m.def("route_and_count", &RouteAndCount, py::arg("topk_ids"), py::arg("log2phy"),
         py::arg("logcnt"), py::arg("replica_share"), py::arg("heat"), py::arg("step"),
         py::arg("phy_ids"), py::arg("core_num") = 8, py::arg("ub_bytes") = kUb,
@@ -162,12 +166,19 @@ PYBIND11_MODULE(eplb_ascendc_sim, m) {
         py::arg("ub_bytes") = kUb);
   m.def(
       "run_fault",
-      [](const std::string& name, uint32_t blockDim, int timeoutMs) {
+      [kUb](const std::string& name, uint32_t blockDim, int timeoutMs) {
         SimScope scope(kUb, timeoutMs);
         RunFaultKernel(name, blockDim);
       },
       py::arg("name"), py::arg("block_dim") = 4, py::arg("timeout_ms") = 2000);
   m.def("fault_kernel_names", &FaultKernelNames);
-  m.def("count_rule_mismatches", &CountRuleMismatches, py::arg("shares"), py::arg("steps"),
-        py::arg("num_tokens"));
+  m.def(
+      "soc_info",
+      [](const std::string& name) -> py::object {
+        const eplb_ascendc::SocInfo* soc = eplb_ascendc::FindSoc(name.c_str());
+        if (soc == nullptr) return py::none();
+        return py::make_tuple(soc->family, soc->ubBytes, soc->vectorCores);
+      },
+      py::arg("soc"));
+  m.attr("DEFAULT_SOC") = eplb_ascendc::kDefaultSoc;
 }

@@ -127,11 +127,37 @@ def test_route_and_count_accumulates_over_steps(sim):
     assert heat.sum() == want.sum()
 
 
+def test_route_and_count_tiling_stays_inside_the_socs_unified_buffer(sim):
+    """Tables of 160 KiB leave 32 KiB for int64 id tiles: sized against the whole 192 KiB, the
+    tiles overran the A2's usable UB (196,352 bytes after the runtime's 256) by 256 bytes."""
+    family, ub_bytes, _ = sim.soc_info(sim.DEFAULT_SOC)
+    assert (family, ub_bytes) == ("Atlas A2 (Ascend910B)", 196608 - 256)
+    rng = np.random.default_rng(21)
+    log2phy = np.full((4096, 8), -1, dtype=np.int32)  # 128 KiB + logcnt 16 KiB + heat 16 KiB
+    log2phy[:, 0] = rng.permutation(4096)
+    logcnt = np.ones(4096, dtype=np.int32)
+    topk = rng.integers(-1, 4096, size=(3000, 4)).astype(np.int64)
+    heat = np.zeros((2, 4096), dtype=np.int32)
+    want_heat = heat.copy()
+    want_phy = expected.route_and_count(topk, log2phy, logcnt, None, want_heat, step=1)
+    phy = np.empty_like(topk)
+    sim.route_and_count(topk, log2phy, logcnt, None, heat, np.array([1]), phy, core_num=2)
+    np.testing.assert_array_equal(phy, want_phy)
+    np.testing.assert_array_equal(heat, want_heat)
+
+
+def test_soc_table_knows_the_families_and_rejects_others(sim):
+    assert sim.soc_info("Ascend910_9391")[0] == "Atlas A3 (Ascend910_93xx)"
+    assert sim.soc_info("Ascend910B4")[0] == "Atlas A2 (Ascend910B)"
+    assert sim.soc_info("Ascend310P3")[1] == 262144 - 256
+    assert sim.soc_info("Ascend310B1") is None
+
+
 def test_route_and_count_rejects_tables_larger_than_ub(sim):
     log2phy = np.zeros((4096, 16), dtype=np.int32)
     logcnt = np.ones(4096, dtype=np.int32)
     with pytest.raises(
-        ValueError, match=r"need .* bytes of Unified Buffer, expected at most 196608"
+        ValueError, match=r"need .* bytes of Unified Buffer, expected at most 196352"
     ):
         sim.route_and_count(
             np.zeros((4, 2), np.int32),
@@ -144,17 +170,36 @@ def test_route_and_count_rejects_tables_larger_than_ub(sim):
         )
 
 
-def test_replica_rule_copy_matches_common_header(sim):
-    rng = np.random.default_rng(5)
-    rows, r = 6, 5
-    shares = rng.random((rows, r)).astype(np.float32)
-    shares /= shares.sum(axis=1, keepdims=True, dtype=np.float32)
-    shares[0] = [1.0, 0.0, 0.0, 0.0, 0.0]
-    shares[1] = [0.0, 0.0, 0.5, 0.5, 0.0]
-    shares[2] = np.float32(0.2)  # sums to 1 only up to rounding
-    steps = np.array([0, 1, 7, 2**31 - 1, 2**32 + 3, 2**40 + 17], dtype=np.int64)
-    tokens = np.array([1, 3, 4096, 7, 65537, 513], dtype=np.int64)
-    assert sim.count_rule_mismatches(np.ascontiguousarray(shares), steps, tokens) == 0
+def test_weighted_rule_on_every_code_matches_reference(sim):
+    """Choice k of token n routes to expert k, so over 2^16 tokens every expert sees every 16-bit
+    position code once: the kernel's rule (csrc/common/replica_rule.h) must pick what the
+    reference picks for share rows at the edges of the float32 comparisons."""
+    shares = np.array(
+        [
+            [1.0, 0.0, 0.0, 0.0, 0.0],  # everything on replica 0
+            [0.0, 0.0, 0.5, 0.5, 0.0],  # empty replicas before and after
+            [0.2, 0.2, 0.2, 0.2, 0.2],  # sums to 1 only up to rounding
+            [0.1, 0.2, 0.3, 0.15, 0.25],
+            [0.0, 0.0, 0.0, 0.0, 1.0],
+            [0.5, 0.25, 0.125, 0.0625, 0.0625],
+        ],
+        dtype=np.float32,
+    )
+    e, r = shares.shape
+    log2phy = np.arange(e * r, dtype=np.int32).reshape(e, r)
+    logcnt = np.full(e, r, dtype=np.int32)
+    logcnt[4] = 4  # cnt - 1 absorbs the rest: replica 3 of a row whose first 4 shares sum to 0
+    log2phy[4, 4] = -1
+    n = 1 << 16
+    topk = np.tile(np.arange(e, dtype=np.int32), (n, 1))
+    heat = np.zeros((1, e * r), dtype=np.int32)
+    want_heat = heat.copy()
+    want = expected.route_and_count(topk, log2phy, logcnt, shares, want_heat, step=3)
+    phy = np.empty_like(topk)
+    sim.route_and_count(topk, log2phy, logcnt, shares, heat, np.array([3]), phy, core_num=4)
+    np.testing.assert_array_equal(phy, want)
+    np.testing.assert_array_equal(heat, want_heat)
+    assert heat[0, :r].tolist() == [n, 0, 0, 0, 0]
 
 
 GROUP_CASES = [

@@ -1,0 +1,51 @@
+// Per-SoC facts of the Ascend parts eplb_rt builds for: one table for the host tiling (csrc/npu),
+// the build summary and the host emulation, so the tests run the kernels under the limits the
+// device enforces. Plain C++17, host only (the kernels get every size through their tiling).
+//
+// A SOC_VERSION (CANN's name, e.g. Ascend910B1, Ascend910_9391, Ascend310P3) belongs to the
+// family whose prefix it starts with. A kernel binary runs on the SoCs of its own family only:
+// an A2 binary launched on an A3 or a 310P fails to launch (the launchers report it).
+#pragma once
+
+#include <stdint.h>
+#include <string.h>
+
+namespace eplb_ascendc {
+
+// The AscendC runtime keeps the last 256 bytes of every core's Unified Buffer for itself.
+constexpr uint32_t kUbReservedBytes = 256;
+
+struct SocInfo {
+  const char* prefix;    // SOC_VERSION names of the family start with this
+  const char* family;    // for messages
+  uint32_t ubBytes;      // Unified Buffer a kernel may use per vector core (reserve removed)
+  uint32_t vectorCores;  // AIV cores of the family's largest part: the emulation's default
+                         // core count; on a device the launchers ask ACL instead
+};
+
+// Longest prefixes first: "Ascend910_93" must win over a shorter "Ascend910".
+constexpr SocInfo kSocTable[] = {
+    {"Ascend910_93", "Atlas A3 (Ascend910_93xx)", 196608 - kUbReservedBytes, 48},
+    {"Ascend910B", "Atlas A2 (Ascend910B)", 196608 - kUbReservedBytes, 48},
+    {"Ascend310P", "Atlas inference (Ascend310P)", 262144 - kUbReservedBytes, 8},
+};
+
+// The SoC CMake compiles for when neither SOC_VERSION nor npu-smi says otherwise.
+constexpr const char* kDefaultSoc = "Ascend910B1";
+
+// The family entry of a SOC_VERSION name, or nullptr for a SoC eplb_rt does not know.
+inline const SocInfo* FindSoc(const char* name) {
+  if (name == nullptr) return nullptr;
+  for (const SocInfo& soc : kSocTable) {
+    if (strncmp(name, soc.prefix, strlen(soc.prefix)) == 0) return &soc;
+  }
+  return nullptr;
+}
+
+// Whether a binary built for `built` can run on `device` (same family).
+inline bool SameSocFamily(const char* built, const char* device) {
+  const SocInfo* a = FindSoc(built);
+  return a != nullptr && a == FindSoc(device);
+}
+
+}  // namespace eplb_ascendc
