@@ -28,6 +28,7 @@ py::dict build_info() {
   info["compiler"] = EPLB_RT_COMPILER;
   info["build_type"] = EPLB_RT_BUILD_TYPE;
   info["cxx_flags"] = EPLB_RT_CXX_FLAGS;
+  info["npu_soc"] = EPLB_RT_NPU_SOC[0] != '\0' ? py::object(py::str(EPLB_RT_NPU_SOC)) : py::none();
   return info;
 }
 
@@ -37,5 +38,5 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "eplb_rt kernels; the ops are torch.ops.eplb_rt.*, see eplb_rt.ops";
   m.def("build_info", &build_info,
         "Dict: version, torch_version (built against), backends {cpu, cuda, npu}, compiler, "
-        "build_type, cxx_flags.");
+        "build_type, cxx_flags, npu_soc (SOC_VERSION of the NPU kernels, None if not built).");
 }

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Compile-checks csrc/npu/*.cpp against torch's headers and the headers of the torch_npu wheel
-# that matches the installed torch, without installing torch_npu (it breaks `import torch` on a
-# machine without CANN). The wheel is downloaded with `pip download --no-deps` into a temporary
-# directory, its headers unpacked there, and removed on exit.
+# Compile-checks csrc/npu/*.cpp and the host launchers (ascendc_kernels/launch/launchers.cpp)
+# against torch's headers and the headers of the torch_npu wheel that matches the installed torch,
+# without installing torch_npu (it breaks `import torch` on a machine without CANN). The wheel is
+# downloaded with `pip download --no-deps` into a temporary directory, its headers unpacked there,
+# and removed on exit. The aclrtlaunch_<kernel>.h headers that CANN's ascendc_library() would
+# generate are written from the kernels' __global__ entries (GM_ADDR -> void*, after blockDim and
+# the stream), so the launchers are checked against the kernels' real signatures.
 #
 #   scripts/check_npu_compile.sh            # torch_npu version = installed torch version
 #   TORCH_NPU_VERSION=2.13.0 scripts/check_npu_compile.sh
@@ -65,17 +68,42 @@ extern "C" aclError aclGetDeviceCapability(uint32_t deviceId, aclDeviceInfo devi
 H
 fi
 
+# aclrtlaunch_<kernel>.h as ascendc_library() generates it: extern "C" uint32_t
+# aclrtlaunch_<kernel>(uint32_t blockDim, aclrtStream stream, <entry args, GM_ADDR as void*>).
+GEN_INC="$WORK/aclrtlaunch"
+"$PYTHON" - "$GEN_INC" ascendc_kernels/*/*.cpp <<'PY'
+import pathlib, re, sys
+out = pathlib.Path(sys.argv[1])
+out.mkdir(parents=True)
+entry = re.compile(r'extern "C" __global__ __aicore__ void (\w+)\(([^)]*)\)', re.S)
+count = 0
+for src in sys.argv[2:]:
+    for name, params in entry.findall(pathlib.Path(src).read_text()):
+        args = ", ".join(" ".join(p.split()).replace("GM_ADDR", "void*") for p in params.split(","))
+        (out / f"aclrtlaunch_{name}.h").write_text(
+            '#pragma once\n#include "acl/acl_base.h"\n'
+            "#ifndef ACLRT_LAUNCH_KERNEL\n"
+            "#define ACLRT_LAUNCH_KERNEL(kernel_func) aclrtlaunch_##kernel_func\n#endif\n"
+            f'extern "C" uint32_t aclrtlaunch_{name}(uint32_t blockDim, aclrtStream stream, {args});\n'
+        )
+        count += 1
+print(f"generated {count} aclrtlaunch headers from the kernels' entries")
+PY
+
 mapfile -t TORCH_INCS < <("$PYTHON" -c "
 from torch.utils.cpp_extension import include_paths
 print('\n'.join(include_paths()))")
 ABI=$("$PYTHON" -c "import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))")
-FLAGS=(-std=c++17 -fsyntax-only -D_GLIBCXX_USE_CXX11_ABI="$ABI" -DEPLB_RT_WITH_NPU
-       -I ascendc_kernels/include -I csrc -I csrc/common -I "$STUB_INC" -I "$NPU_INC"
-       -I "$NPU_INC/third_party/acl/inc" -I "$NPU_INC/third_party/op-plugin")
-for inc in "${TORCH_INCS[@]}"; do FLAGS+=(-I "$inc"); done
+FLAGS=(-std=c++17 -fsyntax-only -Wall -Wextra -Werror -Wno-unused-parameter
+       -D_GLIBCXX_USE_CXX11_ABI="$ABI" -DEPLB_RT_WITH_NPU -DEPLB_RT_SOC_VERSION='"Ascend910B1"'
+       -I ascendc_kernels/include -I csrc -I csrc/common -I "$GEN_INC"
+       -isystem "$STUB_INC" -isystem "$NPU_INC" -isystem "$NPU_INC/third_party/acl/inc"
+       -isystem "$NPU_INC/third_party/op-plugin")
+# Warnings are errors in our files only: torch's and torch_npu's headers come in as system headers.
+for inc in "${TORCH_INCS[@]}"; do FLAGS+=(-isystem "$inc"); done
 
 status=0
-for src in csrc/npu/*.cpp; do
+for src in csrc/npu/*.cpp ascendc_kernels/launch/launchers.cpp; do
   if "$CXX" "${FLAGS[@]}" "$src" 2>"$WORK/err.txt"; then
     echo "ok    $src"
   else
@@ -85,6 +113,6 @@ for src in csrc/npu/*.cpp; do
   fi
 done
 if [[ $status -eq 0 ]]; then
-  echo "csrc/npu compiles against torch $TORCH_VERSION and torch_npu $(basename "$WHEEL")"
+  echo "csrc/npu and the launchers compile against torch $TORCH_VERSION and torch_npu $(basename "$WHEEL")"
 fi
 exit $status

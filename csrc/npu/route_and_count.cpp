@@ -34,14 +34,14 @@ void route_and_count(const at::Tensor& topk_ids, const at::Tensor& log2phy,
   shape.hasShare = replica_share.has_value();
   eplb_ascendc::RouteAndCountTiling tiling{};
   const std::string err = eplb_ascendc::ComputeRouteAndCountTiling(
-      shape, VectorCoreNum(device), eplb_ascendc::kDefaultUbBytes, &tiling);
+      shape, VectorCoreNum(device), UbBytes(), &tiling);
   TORCH_CHECK(err.empty(), err);
   if (tiling.blockDim == 0) return;  // empty batch
 
   const c10::OptionalDeviceGuard guard(device);
   const at::Tensor share = replica_share.has_value() ? *replica_share : at::Tensor();
-  RunOnTaskQueue("eplb_route_and_count", [=](void* stream) {
-    eplb_route_and_count(GmAddr(topk_ids), GmAddr(log2phy), GmAddr(logcnt),
+  RunOnTaskQueue("eplb_rt::route_and_count", [=](void* stream) {
+    return eplb_route_and_count(GmAddr(topk_ids), GmAddr(log2phy), GmAddr(logcnt),
                          share.defined() ? GmAddr(share) : nullptr, GmAddr(heat), GmAddr(step),
                          GmAddr(phy_ids), &tiling, stream);
   });
@@ -60,8 +60,8 @@ void count_from_group_list(const at::Tensor& group_list, const at::Tensor& heat,
   if (tiling.blockDim == 0) return;
 
   const c10::OptionalDeviceGuard guard(device);
-  RunOnTaskQueue("eplb_count_from_group_list", [=](void* stream) {
-    eplb_count_from_group_list(GmAddr(group_list), GmAddr(heat), GmAddr(step), &tiling, stream);
+  RunOnTaskQueue("eplb_rt::count_from_group_list", [=](void* stream) {
+    return eplb_count_from_group_list(GmAddr(group_list), GmAddr(heat), GmAddr(step), &tiling, stream);
   });
 }
 

@@ -27,11 +27,11 @@ void update_expert_weights(at::TensorList weights, at::TensorList staged, const 
     eplb_ascendc::CopyRowsTiling tiling{};
     const std::string err = eplb_ascendc::ComputeCopyRowsTiling(
         row_bytes, num_moved, w.size(0), static_cast<uint32_t>(slots.element_size()), aligned,
-        cores, eplb_ascendc::kDefaultUbBytes, &tiling);
+        cores, UbBytes(), &tiling);
     TORCH_CHECK(err.empty(), err);
     if (tiling.blockDim == 0) continue;
-    RunOnTaskQueue("eplb_update_expert_weights", [=](void* stream) {
-      eplb_update_expert_weights(GmAddr(w), GmAddr(s), GmAddr(slots), &tiling, stream);
+    RunOnTaskQueue("eplb_rt::update_expert_weights_", [=](void* stream) {
+      return eplb_update_expert_weights(GmAddr(w), GmAddr(s), GmAddr(slots), &tiling, stream);
     });
   }
 }
@@ -63,17 +63,17 @@ void update_expert_map(const at::Tensor& log2phy, const at::Tensor& logcnt,
   for (uint32_t i = 0; i < count; ++i) bytes[i] = static_cast<int64_t>(dst[i].nbytes());
   eplb_ascendc::CopyTablesTiling tiling{};
   const std::string err = eplb_ascendc::ComputeCopyTablesTiling(
-      bytes.data(), count, eplb_ascendc::kDefaultUbBytes, &tiling);
+      bytes.data(), count, UbBytes(), &tiling);
   TORCH_CHECK(err.empty(), err);
 
   const c10::OptionalDeviceGuard guard(device);
-  RunOnTaskQueue("eplb_update_expert_map", [=](void* stream) {
+  RunOnTaskQueue("eplb_rt::update_expert_map_", [=](void* stream) {
     std::array<uint8_t*, eplb_ascendc::kMaxMapTables> d{}, s{};
     for (uint32_t i = 0; i < count; ++i) {
       d[i] = GmAddr(dst[i]);
       s[i] = GmAddr(src[i]);
     }
-    eplb_update_expert_map(d.data(), s.data(), &tiling, stream);
+    return eplb_update_expert_map(d.data(), s.data(), &tiling, stream);
   });
 }
 
