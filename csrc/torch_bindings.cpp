@@ -16,9 +16,10 @@ TORCH_LIBRARY(eplb_rt, m) {
       " bool cumulative) -> ()");
   // weights[t][slots[i]] = staged[t][i] for every tensor t of one layer (in place).
   m.def("update_expert_weights_(Tensor(a!)[] weights, Tensor[] staged, Tensor slots) -> ()");
-  // Overwrite one layer's routing tables in place from new_* (same storage: graphs stay valid).
+  // Overwrite one layer's routing tables in place from new_* (same storage: graphs stay valid);
+  // num_slots is P, the bound of every slot id in the new tables.
   m.def(
       "update_expert_map_(Tensor(a!) log2phy, Tensor(b!) logcnt, Tensor(c!)? replica_share,"
       " Tensor(d!)? expert_map, Tensor new_log2phy, Tensor new_logcnt,"
-      " Tensor? new_replica_share, Tensor? new_expert_map) -> ()");
+      " Tensor? new_replica_share, Tensor? new_expert_map, int num_slots) -> ()");
 }

@@ -27,9 +27,12 @@ from __future__ import annotations
 
 import torch
 
-import eplb_rt._C  # noqa: F401  (registers torch.ops.eplb_rt)
+from eplb_rt import _load_extension
+
+_load_extension()  # registers torch.ops.eplb_rt
 
 __all__ = [
+    "check_device",
     "count_from_group_list",
     "route_and_count",
     "update_expert_map_",
@@ -40,6 +43,48 @@ _route_and_count = torch.ops.eplb_rt.route_and_count.default
 _count_from_group_list = torch.ops.eplb_rt.count_from_group_list.default
 _update_expert_weights = torch.ops.eplb_rt.update_expert_weights_.default
 _update_expert_map = torch.ops.eplb_rt.update_expert_map_.default
+
+_checked_devices: set[torch.device] = set()
+
+
+def check_device(device: torch.device | str) -> None:
+    """First-use check of a device backend: a tiny ``route_and_count`` there must equal the CPU op.
+
+    The ops run it once per accelerator device, on their first call with tensors there (it
+    synchronises once; call it yourself before capturing a graph). It catches a kernel library
+    that loads but does nothing, e.g. AscendC kernels built for another SoC.
+
+    Raises:
+        RuntimeError: the device's results differ, naming the device and what the build says.
+    """
+    device = torch.device(device)
+    log2phy = torch.tensor([[0, 3], [1, -1], [4, 2]], dtype=torch.int32)
+    logcnt = torch.tensor([2, 1, 2], dtype=torch.int32)
+    share = torch.tensor([[0.25, 0.75], [1.0, 0.0], [0.5, 0.5]])
+    ids = torch.tensor([[0, 2], [1, -1], [2, 0], [0, 1], [2, 2]])
+    got = []
+    for dev in (torch.device("cpu"), device):
+        heat = torch.zeros((2, 5), dtype=torch.int32, device=dev)
+        phy = torch.full(ids.shape, -7, dtype=ids.dtype, device=dev)
+        tables = (t.to(dev) for t in (ids, log2phy, logcnt, share))
+        _route_and_count(*tables, heat, torch.tensor([3], device=dev), phy)
+        got.append((phy.cpu(), heat.cpu()))
+    (want_phy, want_heat), (phy, heat) = got
+    if not (torch.equal(phy, want_phy) and torch.equal(heat, want_heat)):
+        from eplb_rt import build_info
+
+        raise RuntimeError(
+            f"eplb_rt: the {device} kernels fail their first-use check: route_and_count gave "
+            f"phy_ids {phy.tolist()} and heat row {heat[1].tolist()}, the CPU op "
+            f"{want_phy.tolist()} and {want_heat[1].tolist()}. This build: {build_info()}; "
+            "rebuild eplb_rt on this machine (an NPU build must match the device's SoC)."
+        )
+    _checked_devices.add(device)
+
+
+def _first_use(device: torch.device) -> None:
+    if device.type not in ("cpu", "meta") and device not in _checked_devices:
+        check_device(device)
 
 
 def route_and_count(
@@ -74,6 +119,7 @@ def route_and_count(
             ``[1, R]`` or whose first ``logcnt`` slots are not in ``[0, P)``; a dtype, shape or
             device mismatch. Nothing is written then.
     """
+    _first_use(topk_ids.device)
     if out is None:
         out = torch.empty_like(topk_ids)
     _route_and_count(topk_ids, log2phy, logcnt, replica_share, heat, step, out)
@@ -103,6 +149,7 @@ def count_from_group_list(
         RuntimeError: out-of-range ``slot_offset``, dtype/shape/device mismatch, and on the CPU a
             negative count (device backends check metadata only: they never synchronise).
     """
+    _first_use(heat.device)
     _count_from_group_list(group_list, heat, step, slot_offset, cumulative)
 
 
@@ -123,6 +170,7 @@ def update_expert_weights_(
     Raises:
         RuntimeError: mismatched lists, shapes, dtypes or devices, a slot out of range or twice.
     """
+    _first_use(slots.device)
     _update_expert_weights(weights, staged, slots)
 
 
@@ -132,6 +180,7 @@ def update_expert_map_(
     new_log2phy: torch.Tensor,
     new_logcnt: torch.Tensor,
     *,
+    num_slots: int,
     replica_share: torch.Tensor | None = None,
     new_replica_share: torch.Tensor | None = None,
     expert_map: torch.Tensor | None = None,
@@ -139,17 +188,24 @@ def update_expert_map_(
 ) -> None:
     """Overwrite one layer's routing tables in place (same storage: captured graphs stay valid).
 
+    The new tables are on the device of ``log2phy`` or all in host memory. From host memory
+    (pinned, for a copy that does not block) every backend checks their values first and copies
+    them asynchronously on the current stream: keep them unchanged until the stream has passed.
+    Tables already on a device are copied unchecked (reading them would synchronise).
+
     Args:
-        log2phy, new_log2phy: ``[E, R]`` int32; each new row holds ``new_logcnt[e]`` slots
-            ``>= 0`` then ``-1``.
+        log2phy, new_log2phy: ``[E, R]`` int32; each new row holds ``new_logcnt[e]`` slots in
+            ``[0, num_slots)`` then ``-1``.
         logcnt, new_logcnt: ``[E]`` int32, new values in ``[1, R]``.
-        replica_share, new_replica_share: ``[E, R]`` float32 (finite, ``>= 0``), both or neither.
+        num_slots: ``P``, the number of physical slots.
+        replica_share, new_replica_share: ``[E, R]`` float32 (finite, ``>= 0``, each expert's
+            shares over its ``logcnt`` replicas summing to 1 within 1e-4), both or neither.
         expert_map, new_expert_map: ``[E]`` int32, this rank's local slot of each expert or
             ``-1``; both or neither.
 
     Raises:
-        RuntimeError: a bad value (checked on the CPU), a dtype/shape/device mismatch or an
-            unmatched pair; nothing is written then.
+        RuntimeError: a bad value (in host memory), a dtype/shape/device mismatch or an unmatched
+            pair; nothing is written then.
     """
     _update_expert_map(
         log2phy,
@@ -160,4 +216,5 @@ def update_expert_map_(
         new_logcnt,
         new_replica_share,
         new_expert_map,
+        num_slots,
     )

@@ -109,12 +109,14 @@ def update_expert_map_(
     new_log2phy: torch.Tensor,
     new_logcnt: torch.Tensor,
     *,
+    num_slots: int | None = None,
     replica_share: torch.Tensor | None = None,
     new_replica_share: torch.Tensor | None = None,
     expert_map: torch.Tensor | None = None,
     new_expert_map: torch.Tensor | None = None,
 ) -> None:
-    """Reference of ``eplb_rt.ops.update_expert_map_``."""
+    """Reference of ``eplb_rt.ops.update_expert_map_`` (inputs assumed valid: ``num_slots``
+    bounds the slots only in the op's checks)."""
     log2phy.copy_(new_log2phy)
     logcnt.copy_(new_logcnt)
     if replica_share is not None:

@@ -1,5 +1,12 @@
-"""build_info() reports what the extension was built with."""
+"""build_info() reports what the extension was built with; CMake picks the NPU SoC and links the
+kernel library as it should."""
 
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
 import torch
 
 import eplb_rt
@@ -27,3 +34,147 @@ def test_ops_are_registered():
         "update_expert_map_",
     ):
         assert hasattr(torch.ops.eplb_rt, name)
+
+
+def test_build_info_reports_the_npu_soc_of_the_build():
+    info = eplb_rt.build_info()
+    if info["backends"]["npu"]:
+        assert info["npu_soc"].startswith("Ascend")
+    else:
+        assert info["npu_soc"] is None
+
+
+# ---- SOC_VERSION detection and the NPU build's shape (CMake, no CANN needed) ----
+
+REPO = Path(__file__).resolve().parents[1]
+needs_cmake = pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake not found")
+
+NPU_SMI_TABLE = """\
++---------------------------+---------------+----------------------------------------------------+
+| NPU   Name                | Health        | Power(W)    Temp(C)           Hugepages-Usage(page)|
+| Chip                      | Bus-Id        | AICore(%)   Memory-Usage(MB)  HBM-Usage(MB)        |
++===========================+===============+====================================================+
+| 0     {name:<20}| OK            | 95.2        36                0    / 0             |
+| 0                         | 0000:C1:00.0  | 0           0    / 0          3337 / 65536         |
++===========================+===============+====================================================+
+"""
+
+
+def fake_npu_smi(folder: Path, name: str) -> dict:
+    """A PATH whose npu-smi prints a device table naming the SoC `name`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "npu-smi"
+    script.write_text("#!/bin/sh\ncat <<'EOF'\n" + NPU_SMI_TABLE.format(name=name) + "EOF\n")
+    script.chmod(0o755)
+    return {**os.environ, "PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}
+
+
+def detect_soc(tmp_path: Path, env: dict, *defines: str) -> str:
+    probe = tmp_path / "probe.cmake"
+    probe.write_text(
+        f'include("{(REPO / "cmake" / "soc.cmake").as_posix()}")\n'
+        "eplb_rt_detect_soc(soc source)\n"
+        'eplb_rt_soc_known("${soc}" known)\n'
+        'message("RESULT ${soc}|${source}|${known}")\n'
+    )
+    proc = subprocess.run(
+        ["cmake", *defines, "-P", str(probe)], capture_output=True, text=True, env=env, check=True
+    )
+    return proc.stderr.split("RESULT ", 1)[1].strip()
+
+
+@needs_cmake
+def test_soc_comes_from_npu_smi(tmp_path):
+    env = fake_npu_smi(tmp_path / "bin", "910B3")
+    env.pop("SOC_VERSION", None)
+    assert detect_soc(tmp_path, env) == "Ascend910B3|npu-smi|TRUE"
+
+
+@needs_cmake
+def test_soc_override_beats_environment_beats_npu_smi(tmp_path):
+    env = fake_npu_smi(tmp_path / "bin", "910B3") | {"SOC_VERSION": "Ascend310P3"}
+    assert detect_soc(tmp_path, env) == "Ascend310P3|environment SOC_VERSION|TRUE"
+    assert detect_soc(tmp_path, env, "-DSOC_VERSION=Ascend910_9391") == (
+        "Ascend910_9391|-DSOC_VERSION|TRUE"
+    )
+
+
+@needs_cmake
+def test_soc_default_and_unknown_family(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "SOC_VERSION"}
+    env["PATH"] = "/usr/bin:/bin"  # no npu-smi
+    assert detect_soc(tmp_path, env).startswith("Ascend910B1|default")
+    assert detect_soc(tmp_path, env, "-DSOC_VERSION=Ascend310B1").endswith("|FALSE")
+
+
+STAND_IN_ASCENDC = """\
+# Stand-in for CANN's ascendc.cmake: records what ascendc_library() is asked to build.
+function(ascendc_library name type)
+  file(WRITE "${CMAKE_BINARY_DIR}/ascendc_library.txt" "${type};${ARGN}")
+  add_library(${name} SHARED IMPORTED GLOBAL)
+  set_target_properties(${name} PROPERTIES IMPORTED_LOCATION "${CMAKE_BINARY_DIR}/libstandin.so")
+endfunction()
+function(ascendc_include_directories name)
+endfunction()
+"""
+
+
+@needs_cmake
+def test_npu_cmake_builds_a_shared_kernel_library_found_through_rpath(tmp_path):
+    """cmake/npu.cmake against a stand-in CANN tree and torch_npu: the kernels (device sources
+    only) go into a SHARED ascendc_library, _C gets the launchers, rpath $ORIGIN and the SoC
+    npu-smi reports."""
+    cann = tmp_path / "cann"
+    (cann / "compiler/tikcpp/ascendc_kernel_cmake").mkdir(parents=True)
+    (cann / "compiler/tikcpp/ascendc_kernel_cmake/ascendc.cmake").write_text(STAND_IN_ASCENDC)
+    (cann / "lib64").mkdir()
+    (cann / "lib64/libascendcl.so").write_bytes(b"")
+    (cann / "include/acl").mkdir(parents=True)
+    (cann / "include/acl/acl.h").write_text("")
+    torch_npu = tmp_path / "torch_npu"
+    (torch_npu / "lib").mkdir(parents=True)
+    (torch_npu / "lib/libtorch_npu.so").write_bytes(b"")
+    project = tmp_path / "probe"
+    project.mkdir()
+    (project / "probe.cpp").write_text("int probe() { return 0; }\n")
+    (project / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.22)\n"
+        "project(probe LANGUAGES CXX)\n"
+        "add_library(_C SHARED probe.cpp)\n"
+        "set(EPLB_RT_NPU ON)\n"
+        f'include("{(REPO / "cmake" / "npu.cmake").as_posix()}")\n'
+        "get_target_property(rpath _C BUILD_RPATH)\n"
+        "get_target_property(sources _C SOURCES)\n"
+        "get_target_property(defs _C COMPILE_DEFINITIONS)\n"
+        'message(STATUS "PROBE ${EPLB_RT_NPU_BUILT}|${rpath}|${defs}|${sources}")\n'
+    )
+    env = fake_npu_smi(tmp_path / "bin", "910B2") | {"ASCEND_HOME_PATH": str(cann)}
+    env.pop("SOC_VERSION", None)
+    proc = subprocess.run(
+        [
+            "cmake",
+            "-S",
+            str(project),
+            "-B",
+            str(tmp_path / "build"),
+            f"-DEPLB_RT_TORCH_NPU_DIR={torch_npu}",
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={tmp_path / 'out'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    built, rpath, defs, sources = proc.stdout.split("PROBE ", 1)[1].splitlines()[0].split("|")
+    assert (built, rpath) == ("ON", "$ORIGIN")
+    assert 'EPLB_RT_SOC_VERSION="Ascend910B2"' in defs and "EPLB_RT_WITH_NPU" in defs
+    assert "ascendc_kernels/launch/launchers.cpp" in sources
+    kind, *kernels = (tmp_path / "build" / "ascendc_library.txt").read_text().split(";")
+    assert kind == "SHARED"
+    assert sorted(Path(k).parent.name for k in kernels) == [
+        "count_from_group_list",
+        "route_and_count",
+        "update_expert_map",
+        "update_expert_weights",
+    ]

@@ -1,12 +1,15 @@
 // Argument checks of the four ops that need no tensor values: dtypes, shapes, strides, devices.
 // Every backend (CPU, Meta, CUDA, NPU) calls these first, so all of them reject the same inputs
 // with the same message. Sizes are compared as SymInts, so the Meta kernels also work under
-// torch.compile with dynamic shapes. Value checks (ids in range, ...) are backend specific.
+// torch.compile with dynamic shapes. Value checks of tensors the device holds are backend
+// specific (a device backend cannot read them without synchronising); the new routing tables of
+// update_expert_map_ are checked here, by every backend, whenever they are in host memory.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <cmath>
 #include <cstdint>
 #include <optional>
 
@@ -168,13 +171,16 @@ inline void check_update_expert_weights_args(at::TensorList weights, at::TensorL
   }
 }
 
+// The new tables may be in host memory while the tables they replace are on a device (staged
+// from pinned memory: the device backends then check their values and copy them asynchronously).
 inline void check_update_expert_map_args(const at::Tensor& log2phy, const at::Tensor& logcnt,
                                          const std::optional<at::Tensor>& replica_share,
                                          const std::optional<at::Tensor>& expert_map,
                                          const at::Tensor& new_log2phy,
                                          const at::Tensor& new_logcnt,
                                          const std::optional<at::Tensor>& new_replica_share,
-                                         const std::optional<at::Tensor>& new_expert_map) {
+                                         const std::optional<at::Tensor>& new_expert_map,
+                                         int64_t num_slots) {
   constexpr const char* op = "update_expert_map_";
   TORCH_CHECK(replica_share.has_value() == new_replica_share.has_value(), op,
               ": replica_share and new_replica_share must both be given or both be None, got ",
@@ -184,6 +190,7 @@ inline void check_update_expert_map_args(const at::Tensor& log2phy, const at::Te
               ": expert_map and new_expert_map must both be given or both be None, got ",
               expert_map.has_value() ? "a tensor" : "None", " and ",
               new_expert_map.has_value() ? "a tensor" : "None");
+  TORCH_CHECK(num_slots >= 1, op, ": num_slots (P) must be >= 1, got ", num_slots);
   check_dtype(log2phy, op, "log2phy", at::kInt);
   check_dim(log2phy, op, "log2phy", 2);
   TORCH_CHECK(log2phy.sym_size(1) >= 1, op, ": log2phy [E, R] needs R >= 1, got shape ",
@@ -192,6 +199,11 @@ inline void check_update_expert_map_args(const at::Tensor& log2phy, const at::Te
   TORCH_CHECK(logcnt.dim() == 1 && logcnt.sym_size(0) == log2phy.sym_size(0), op,
               ": logcnt must have shape [E] = [", log2phy.sym_size(0), "], got ",
               logcnt.sym_sizes());
+  // The new tables all live together, on log2phy's device or in host memory.
+  const at::Device src_device = new_log2phy.device();
+  TORCH_CHECK(src_device == log2phy.device() || src_device.is_cpu(), op,
+              ": new_log2phy must be on the device of log2phy (", log2phy.device(),
+              ") or in host memory, got ", src_device);
   // (target, source, its name) pairs share every metadata check.
   auto pair = [&](const at::Tensor& dst, const at::Tensor& src, const char* name,
                   const char* new_name) {
@@ -202,7 +214,7 @@ inline void check_update_expert_map_args(const at::Tensor& log2phy, const at::Te
                 src.scalar_type());
     check_same_shape(src, op, new_name, dst, name);
     check_same_device(dst, op, name, log2phy, "log2phy");
-    check_same_device(src, op, new_name, log2phy, "log2phy");
+    check_same_device(src, op, new_name, new_log2phy, "new_log2phy");
   };
   pair(log2phy, new_log2phy, "log2phy", "new_log2phy");
   pair(logcnt, new_logcnt, "logcnt", "new_logcnt");
@@ -215,6 +227,58 @@ inline void check_update_expert_map_args(const at::Tensor& log2phy, const at::Te
     check_dtype(*expert_map, op, "expert_map", at::kInt);
     check_same_shape(*expert_map, op, "expert_map", logcnt, "logcnt");
     pair(*expert_map, *new_expert_map, "expert_map", "new_expert_map");
+  }
+}
+
+// |sum of an expert's shares - 1| allowed: float32 rounding of a few terms, far below the 2^-16
+// resolution of the replica rule's position code.
+constexpr float kShareSumTolerance = 1e-4f;
+
+// Values of the new tables, in host memory (CPU tensors, metadata already checked): every
+// expert has 1..R replicas on slots in [0, P) then -1 padding; shares finite, >= 0, each
+// expert's shares over its replicas summing to 1; expert_map a local slot in [0, P) or -1.
+inline void check_new_map_values(const at::Tensor& new_log2phy, const at::Tensor& new_logcnt,
+                                 const std::optional<at::Tensor>& new_replica_share,
+                                 const std::optional<at::Tensor>& new_expert_map,
+                                 int64_t num_slots) {
+  constexpr const char* op = "update_expert_map_";
+  const int64_t E = new_log2phy.size(0);
+  const int64_t R = new_log2phy.size(1);
+  const int32_t* l2p = new_log2phy.const_data_ptr<int32_t>();
+  const int32_t* cnt = new_logcnt.const_data_ptr<int32_t>();
+  const float* share =
+      new_replica_share.has_value() ? new_replica_share->const_data_ptr<float>() : nullptr;
+  for (int64_t e = 0; e < E; ++e) {
+    TORCH_CHECK(cnt[e] >= 1 && cnt[e] <= R, op, ": new_logcnt[", e, "] = ", cnt[e],
+                " must be in [1, R = ", R, "]");
+    float sum = 0.0f;
+    for (int64_t r = 0; r < R; ++r) {
+      const int32_t p = l2p[e * R + r];
+      if (r < cnt[e]) {
+        TORCH_CHECK(p >= 0 && p < num_slots, op, ": new_log2phy[", e, ", ", r, "] = ", p,
+                    " must be a slot in [0, P = ", num_slots, ") (expert ", e, " has ", cnt[e],
+                    " replicas)");
+      } else {
+        TORCH_CHECK(p == -1, op, ": new_log2phy[", e, ", ", r, "] = ", p,
+                    " must be -1 (padding: expert ", e, " has ", cnt[e], " replicas)");
+      }
+      if (share == nullptr) continue;
+      const float w = share[e * R + r];
+      TORCH_CHECK(std::isfinite(w) && w >= 0.0f, op, ": new_replica_share[", e, ", ", r,
+                  "] = ", w, " must be finite and >= 0");
+      if (r < cnt[e]) sum += w;
+    }
+    TORCH_CHECK(share == nullptr || std::fabs(sum - 1.0f) <= kShareSumTolerance, op,
+                ": the shares of expert ", e, " over its ", cnt[e],
+                " replicas (new_replica_share[", e, ", :", cnt[e], "]) must sum to 1 within ",
+                kShareSumTolerance, ", got ", sum);
+  }
+  if (new_expert_map.has_value()) {
+    const int32_t* map = new_expert_map->const_data_ptr<int32_t>();
+    for (int64_t e = 0; e < E; ++e) {
+      TORCH_CHECK(map[e] >= -1 && map[e] < num_slots, op, ": new_expert_map[", e, "] = ", map[e],
+                  " must be a local slot in [0, P = ", num_slots, ") or -1 (absent)");
+    }
   }
 }
 

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/copy_tables.h"
 #include "launchers.h"
 
 namespace eplb_rt::cuda {
@@ -128,17 +129,23 @@ void update_expert_map(const at::Tensor& log2phy, const at::Tensor& logcnt,
                        const std::optional<at::Tensor>& expert_map, const at::Tensor& new_log2phy,
                        const at::Tensor& new_logcnt,
                        const std::optional<at::Tensor>& new_replica_share,
-                       const std::optional<at::Tensor>& new_expert_map) {
+                       const std::optional<at::Tensor>& new_expert_map, int64_t num_slots) {
   check_update_expert_map_args(log2phy, logcnt, replica_share, expert_map, new_log2phy, new_logcnt,
-                               new_replica_share, new_expert_map);
+                               new_replica_share, new_expert_map, num_slots);
   check_cuda(log2phy, "update_expert_map_", "log2phy");
+  const c10::cuda::CUDAGuard guard(log2phy.device());
+  if (new_log2phy.is_cpu()) {  // staged in host memory: check, then asynchronous copies
+    check_new_map_values(new_log2phy, new_logcnt, new_replica_share, new_expert_map, num_slots);
+    copy_new_tables(log2phy, logcnt, replica_share, expert_map, new_log2phy, new_logcnt,
+                    new_replica_share, new_expert_map);
+    return;
+  }
   TableCopy tables[kNumMapTables] = {};
   tables[0] = table_copy(log2phy, new_log2phy);
   tables[1] = table_copy(logcnt, new_logcnt);
   if (replica_share.has_value()) tables[2] = table_copy(*replica_share, *new_replica_share);
   if (expert_map.has_value()) tables[3] = table_copy(*expert_map, *new_expert_map);
 
-  const c10::cuda::CUDAGuard guard(log2phy.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(log2phy.device().index());
   C10_CUDA_CHECK(launch_update_expert_map(tables, stream));
 }

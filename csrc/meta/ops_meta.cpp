@@ -28,9 +28,9 @@ void update_expert_map_meta(const at::Tensor& log2phy, const at::Tensor& logcnt,
                             const std::optional<at::Tensor>& expert_map,
                             const at::Tensor& new_log2phy, const at::Tensor& new_logcnt,
                             const std::optional<at::Tensor>& new_replica_share,
-                            const std::optional<at::Tensor>& new_expert_map) {
+                            const std::optional<at::Tensor>& new_expert_map, int64_t num_slots) {
   check_update_expert_map_args(log2phy, logcnt, replica_share, expert_map, new_log2phy, new_logcnt,
-                               new_replica_share, new_expert_map);
+                               new_replica_share, new_expert_map, num_slots);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <array>
 #include <optional>
 
+#include "common/copy_tables.h"
 #include "npu_launch.h"
 
 namespace eplb_rt::npu {
@@ -41,10 +42,17 @@ void update_expert_map(const at::Tensor& log2phy, const at::Tensor& logcnt,
                        const std::optional<at::Tensor>& expert_map, const at::Tensor& new_log2phy,
                        const at::Tensor& new_logcnt,
                        const std::optional<at::Tensor>& new_replica_share,
-                       const std::optional<at::Tensor>& new_expert_map) {
+                       const std::optional<at::Tensor>& new_expert_map, int64_t num_slots) {
   check_update_expert_map_args(log2phy, logcnt, replica_share, expert_map, new_log2phy, new_logcnt,
-                               new_replica_share, new_expert_map);
+                               new_replica_share, new_expert_map, num_slots);
   const at::Device device = log2phy.device();
+  if (new_log2phy.is_cpu()) {  // staged in host memory: check, then asynchronous copies
+    check_new_map_values(new_log2phy, new_logcnt, new_replica_share, new_expert_map, num_slots);
+    const c10::OptionalDeviceGuard guard(device);
+    copy_new_tables(log2phy, logcnt, replica_share, expert_map, new_log2phy, new_logcnt,
+                    new_replica_share, new_expert_map);
+    return;
+  }
   // The tables present, packed: one AI core copies each.
   std::array<at::Tensor, eplb_ascendc::kMaxMapTables> dst{log2phy, logcnt};
   std::array<at::Tensor, eplb_ascendc::kMaxMapTables> src{new_log2phy, new_logcnt};

@@ -454,6 +454,7 @@ class EplbRuntime:
             self._logcnt[layer],
             torch.from_numpy(new.log2phy(R)[0]).to(self.device),
             torch.from_numpy(new.logcnt[0]).to(self.device),
+            num_slots=self.topology.num_slots,
             replica_share=self._replica_share[layer],
             new_replica_share=torch.from_numpy(new.replica_share(R)[0]).to(self.device),
             expert_map=self._expert_map[layer],

@@ -370,14 +370,15 @@ def test_update_expert_map_copies_in_place(with_share, with_map, oracle):
     new = map_tables(7, 3, with_share, with_map, gen)
     old_d = [None if t is None else t.cuda() for t in old]
     pointers = [None if t is None else t.data_ptr() for t in old_d]
-    torch.ops.eplb_rt.update_expert_map_(*old_d, *[None if t is None else t.cuda() for t in new])
+    new_d = [None if t is None else t.cuda() for t in new]
+    torch.ops.eplb_rt.update_expert_map_(*old_d, *new_d, 9)
     if oracle == "reference":
         names = ("replica_share", "expert_map")
         kwargs = {n: old[i + 2] for i, n in enumerate(names)}
         kwargs |= {f"new_{n}": new[i + 2] for i, n in enumerate(names)}
         reference().update_expert_map_(old[0], old[1], new[0], new[1], **kwargs)
     else:
-        torch.ops.eplb_rt.update_expert_map_(*old, *new)
+        torch.ops.eplb_rt.update_expert_map_(*old, *new, 9)
     for got, want, ptr in zip(old_d, old, pointers, strict=True):
         if want is None:
             assert got is None
@@ -392,11 +393,28 @@ def test_update_expert_map_rejects_a_lone_share_and_writes_nothing():
     new = [t.cuda() for t in map_tables(5, 2, True, True, gen)]
     before = [t.clone() for t in old]
     with pytest.raises(RuntimeError, match="replica_share and new_replica_share"):
-        torch.ops.eplb_rt.update_expert_map_(*old, new[0], new[1], None, new[3])
+        torch.ops.eplb_rt.update_expert_map_(*old, new[0], new[1], None, new[3], 7)
     with pytest.raises(RuntimeError, match="new_logcnt must have"):
-        torch.ops.eplb_rt.update_expert_map_(*old, new[0], new[1][:-1], new[2], new[3])
+        torch.ops.eplb_rt.update_expert_map_(*old, new[0], new[1][:-1], new[2], new[3], 7)
     for table, kept in zip(old, before, strict=True):
         assert torch.equal(table, kept)
+
+
+def test_update_expert_map_from_pinned_host_tables_checks_values_then_copies():
+    """New tables staged in pinned host memory: checked on the host, copied asynchronously."""
+    gen = torch.Generator().manual_seed(6)
+    old = [t.cuda() for t in map_tables(5, 2, True, True, gen)]
+    new = [t.pin_memory() for t in map_tables(5, 2, True, True, gen)]
+    pointers = [t.data_ptr() for t in old]
+    bad = new[0].clone().pin_memory()
+    bad[0, 0] = 7  # P = 7: out of range
+    with pytest.raises(RuntimeError, match=r"new_log2phy\[0, 0\] = 7 must be a slot in \[0, P = 7"):
+        torch.ops.eplb_rt.update_expert_map_(*old, bad, *new[1:], 7)
+    torch.ops.eplb_rt.update_expert_map_(*old, *new, 7)
+    torch.cuda.synchronize()
+    for got, want, ptr in zip(old, new, pointers, strict=True):
+        assert got.data_ptr() == ptr
+        assert torch.equal(got.cpu(), want)
 
 
 def opcheck_args():
@@ -427,7 +445,7 @@ def opcheck_args():
             True,
         ),
         "update_expert_weights_": (weights, staged, torch.tensor([7, 2], device="cuda")),
-        "update_expert_map_": (*tables, *new_tables),
+        "update_expert_map_": (*tables, *new_tables, 9),
     }
 
 

@@ -34,7 +34,7 @@ def test_copies_in_place(optional, num_experts, max_replicas):
         }
         extra_ref = {**extra, "replica_share": expected[2], "expert_map": expected[3]}
     reference.update_expert_map_(expected[0], expected[1], new[0], new[1], **extra_ref)
-    ops.update_expert_map_(old[0], old[1], new[0], new[1], **extra)
+    ops.update_expert_map_(old[0], old[1], new[0], new[1], num_slots=11, **extra)
     for got, want in zip(old, expected, strict=True):
         assert torch.equal(got, want)
     assert [t.data_ptr() for t in old] == pointers
@@ -45,7 +45,7 @@ def test_layer_slice_of_a_stacked_table_is_updated():
     counts = torch.ones((3, 4), dtype=torch.int32)
     new_l2p = torch.tensor([[0, 5], [1, -1], [2, -1], [3, 4]], dtype=torch.int32)
     new_cnt = torch.tensor([2, 1, 1, 2], dtype=torch.int32)
-    ops.update_expert_map_(stacked[1], counts[1], new_l2p, new_cnt)
+    ops.update_expert_map_(stacked[1], counts[1], new_l2p, new_cnt, num_slots=6)
     assert torch.equal(stacked[1], new_l2p)
     assert torch.equal(counts[1], new_cnt)
     assert (stacked[[0, 2]] == -1).all()
@@ -63,6 +63,7 @@ def _valid_args():
         "new_logcnt": new[1],
         "new_replica_share": new[2],
         "new_expert_map": new[3],
+        "num_slots": 11,
     }
 
 
@@ -97,6 +98,15 @@ BAD_INPUTS = {
     "negative share": (_poke("new_replica_share", (1, 0), -0.5), "new_replica_share"),
     "nan share": (_poke("new_replica_share", (2, 1), float("nan")), "new_replica_share"),
     "expert_map below -1": (_poke("new_expert_map", 4, -2), "new_expert_map"),
+    "slot id 50 with P = 11": (_poke("new_log2phy", (0, 0), 50), r"new_log2phy.*\[0, P = 11\)"),
+    "slot id P": (_poke("new_log2phy", (3, 0), 11), r"new_log2phy\[3, 0\] = 11"),
+    "inf share": (_poke("new_replica_share", (0, 0), float("inf")), "new_replica_share"),
+    "shares not summing to 1": (
+        _poke("new_replica_share", (1, 0), 0.9),
+        r"shares of expert 1 over its \d replicas .* must sum to 1",
+    ),
+    "expert_map >= P": (_poke("new_expert_map", 0, 11), "new_expert_map"),
+    "num_slots 0": (_set("num_slots", 0), "num_slots"),
     "share without new share": (_set("new_replica_share", None), "replica_share"),
     "new map without map": (_set("expert_map", None), "expert_map"),
     "int64 log2phy": (_set("new_log2phy", torch.zeros((5, 2), dtype=torch.int64)), "new_log2phy"),
@@ -140,5 +150,6 @@ def test_opcheck(optional):
             a["new_logcnt"],
             a["new_replica_share"],
             a["new_expert_map"],
+            a["num_slots"],
         ),
     )
