@@ -49,30 +49,14 @@ class KernelCountFromGroupList {
 
   __aicore__ inline void Process() {
     if (begin_ >= end_) return;
-    const uint32_t numTiles = static_cast<uint32_t>((end_ - begin_ + tileGroups_ - 1) / tileGroups_);
-    tiles.Load(groupListGm[begin_], 0, TileLen(0));
-    for (uint32_t t = 0; t < numTiles; ++t) {
-      if (t + 1 < numTiles) tiles.Load(groupListGm[TileStart(t + 1)], t + 1, TileLen(t + 1));
-      tiles.Acquire(t);
-      Compute(t);
-      tiles.Store(heatGm[heatBase_ + TileStart(t)], t, TileLen(t), true);
-    }
-    tiles.Finish(pipe_);
+    tiles.Run(*this, groupListGm, heatGm[heatBase_], begin_, end_, tileGroups_, true, pipe_);
   }
 
- private:
-  __aicore__ inline int64_t TileStart(uint32_t t) const {
-    return begin_ + static_cast<int64_t>(t) * tileGroups_;
-  }
-  __aicore__ inline uint32_t TileLen(uint32_t t) const {
-    const int64_t left = end_ - TileStart(t);
-    return static_cast<uint32_t>(left < tileGroups_ ? left : tileGroups_);
-  }
-
-  __aicore__ inline void Compute(uint32_t t) {
-    const LocalTensor<T> groupsLocal = tiles.In(t);
-    const LocalTensor<int32_t> countsLocal = tiles.Out(t);
-    const uint32_t len = TileLen(t);
+  // The scalar loop of one tile: entries [start, start + len) of group_list, in order.
+  __aicore__ inline void Compute(const LocalTensor<T>& groupsLocal,
+                                 const LocalTensor<int32_t>& countsLocal, int64_t start,
+                                 uint32_t len) {
+    (void)start;
     for (uint32_t i = 0; i < len; ++i) {
       const int64_t value = static_cast<int64_t>(groupsLocal.GetValue(i));
       const int64_t count = cumulative_ ? value - previous_ : value;
@@ -81,6 +65,7 @@ class KernelCountFromGroupList {
     }
   }
 
+ private:
   TPipe* pipe_ = nullptr;
   eplb_ascendc::ScalarTiles<T, int32_t> tiles;
   GlobalTensor<T> groupListGm;

@@ -14,7 +14,8 @@
 //
 // so the copy-in of tile t+1 (issued before the scalar loop of tile t) and the copy-out of tile t
 // overlap the scalar loop. The scalar unit's reads of in[] finish before it issues the next
-// copy-in, so the input side needs no write-after-read event.
+// copy-in, so the input side needs no write-after-read event. Run() is the whole loop; the
+// kernel supplies op.Compute(in, out, start, len), the scalar loop over one tile.
 #pragma once
 
 #include "kernel_operator.h"
@@ -38,6 +39,32 @@ class ScalarTiles {
       AscendC::SetFlag<AscendC::HardEvent::MTE3_S>(outFree[i]);  // both output slots start free
     }
     outReady = static_cast<event_t>(pipe->AllocEventID<AscendC::HardEvent::S_MTE3>());
+  }
+
+  // Streams src[begin, end) through op.Compute(in, out, start, len) into dst[begin, end) (added
+  // into dst with atomicAdd), in tiles of tileLen, then waits for the last copy-out.
+  template <class Op>
+  __aicore__ inline void Run(Op& op, const AscendC::GlobalTensor<InT>& src,
+                             const AscendC::GlobalTensor<OutT>& dst, int64_t begin, int64_t end,
+                             uint32_t tileLen, bool atomicAdd, AscendC::TPipe* pipe) {
+    const uint32_t numTiles = static_cast<uint32_t>((end - begin + tileLen - 1) / tileLen);
+    Load(src[begin], 0, TileLen(begin, end, tileLen, 0));
+    for (uint32_t t = 0; t < numTiles; ++t) {
+      const int64_t start = begin + static_cast<int64_t>(t) * tileLen;
+      const uint32_t len = TileLen(begin, end, tileLen, t);
+      if (t + 1 < numTiles) Load(src[start + tileLen], t + 1, TileLen(begin, end, tileLen, t + 1));
+      Acquire(t);
+      op.Compute(In(t), Out(t), start, len);
+      Store(dst[start], t, len, atomicAdd);
+    }
+    Finish(pipe);
+  }
+
+ private:
+  __aicore__ static inline uint32_t TileLen(int64_t begin, int64_t end, uint32_t tileLen,
+                                            uint32_t t) {
+    const int64_t left = end - begin - static_cast<int64_t>(t) * tileLen;
+    return static_cast<uint32_t>(left < tileLen ? left : tileLen);
   }
 
   // Issues the copy-in of tile t: len elements from src.
@@ -86,7 +113,6 @@ class ScalarTiles {
     pipe->ReleaseEventID<AscendC::HardEvent::S_MTE3>(outReady);
   }
 
- private:
   AscendC::TBuf<AscendC::TPosition::VECCALC> inBuf[kSlots], outBuf[kSlots];
   event_t inReady[kSlots], outFree[kSlots], outReady;
 };

@@ -100,36 +100,16 @@ class KernelRouteAndCount {
 
   __aicore__ inline void Process() {
     if (begin_ >= end_) return;
-    const int64_t count = end_ - begin_;
-    const uint32_t numTiles = static_cast<uint32_t>((count + tilePairs_ - 1) / tilePairs_);
-    tiles.Load(topkIdsGm[begin_], 0, TileLen(0));
-    for (uint32_t t = 0; t < numTiles; ++t) {
-      if (t + 1 < numTiles) tiles.Load(topkIdsGm[TileStart(t + 1)], t + 1, TileLen(t + 1));
-      tiles.Acquire(t);
-      Compute(t);
-      tiles.Store(phyIdsGm[TileStart(t)], t, TileLen(t), false);
-    }
-    tiles.Finish(pipe_);
+    tiles.Run(*this, topkIdsGm, phyIdsGm, begin_, end_, tilePairs_, false, pipe_);
     FlushHistogram();
   }
 
- private:
-  __aicore__ inline int64_t TileStart(uint32_t t) const {
-    return begin_ + static_cast<int64_t>(t) * tilePairs_;
-  }
-  __aicore__ inline uint32_t TileLen(uint32_t t) const {
-    const int64_t left = end_ - TileStart(t);
-    return static_cast<uint32_t>(left < tilePairs_ ? left : tilePairs_);
-  }
-
-  __aicore__ inline void Compute(uint32_t t) {
-    const LocalTensor<IdT> idsLocal = tiles.In(t);
-    const LocalTensor<IdT> phyLocal = tiles.Out(t);
-    const int64_t start = TileStart(t);
+  // The scalar loop of one tile: pairs [start, start + len) of the batch.
+  __aicore__ inline void Compute(const LocalTensor<IdT>& idsLocal, const LocalTensor<IdT>& phyLocal,
+                                 int64_t start, uint32_t len) {
     // (token n, choice k) of the tile's first pair; stepped without a 64-bit division per pair.
     int64_t n = start / topK_;
     int32_t k = static_cast<int32_t>(start - n * topK_);
-    const uint32_t len = TileLen(t);
     for (uint32_t i = 0; i < len; ++i) {
       phyLocal.SetValue(
           i, static_cast<IdT>(MapPair(static_cast<int64_t>(idsLocal.GetValue(i)), n, k)));
@@ -140,6 +120,7 @@ class KernelRouteAndCount {
     }
   }
 
+ private:
   // Physical slot of logical id `e` chosen by token n, choice k, counted in the histogram; -1 if
   // skipped.
   __aicore__ inline int32_t MapPair(int64_t e, int64_t n, int32_t k) {

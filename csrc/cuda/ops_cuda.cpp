@@ -134,10 +134,8 @@ void update_expert_map(const at::Tensor& log2phy, const at::Tensor& logcnt,
                                new_replica_share, new_expert_map, num_slots);
   check_cuda(log2phy, "update_expert_map_", "log2phy");
   const c10::cuda::CUDAGuard guard(log2phy.device());
-  if (new_log2phy.is_cpu()) {  // staged in host memory: check, then asynchronous copies
-    check_new_map_values(new_log2phy, new_logcnt, new_replica_share, new_expert_map, num_slots);
-    copy_new_tables(log2phy, logcnt, replica_share, expert_map, new_log2phy, new_logcnt,
-                    new_replica_share, new_expert_map);
+  if (update_map_from_host(log2phy, logcnt, replica_share, expert_map, new_log2phy, new_logcnt,
+                           new_replica_share, new_expert_map, num_slots)) {
     return;
   }
   TableCopy tables[kNumMapTables] = {};

@@ -46,11 +46,9 @@ void update_expert_map(const at::Tensor& log2phy, const at::Tensor& logcnt,
   check_update_expert_map_args(log2phy, logcnt, replica_share, expert_map, new_log2phy, new_logcnt,
                                new_replica_share, new_expert_map, num_slots);
   const at::Device device = log2phy.device();
-  if (new_log2phy.is_cpu()) {  // staged in host memory: check, then asynchronous copies
-    check_new_map_values(new_log2phy, new_logcnt, new_replica_share, new_expert_map, num_slots);
-    const c10::OptionalDeviceGuard guard(device);
-    copy_new_tables(log2phy, logcnt, replica_share, expert_map, new_log2phy, new_logcnt,
-                    new_replica_share, new_expert_map);
+  const c10::OptionalDeviceGuard guard(device);
+  if (update_map_from_host(log2phy, logcnt, replica_share, expert_map, new_log2phy, new_logcnt,
+                           new_replica_share, new_expert_map, num_slots)) {
     return;
   }
   // The tables present, packed: one AI core copies each.
@@ -74,7 +72,6 @@ void update_expert_map(const at::Tensor& log2phy, const at::Tensor& logcnt,
       bytes.data(), count, UbBytes(), &tiling);
   TORCH_CHECK(err.empty(), err);
 
-  const c10::OptionalDeviceGuard guard(device);
   RunOnTaskQueue("eplb_rt::update_expert_map_", [=](void* stream) {
     std::array<uint8_t*, eplb_ascendc::kMaxMapTables> d{}, s{};
     for (uint32_t i = 0; i < count; ++i) {
