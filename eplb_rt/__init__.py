@@ -11,29 +11,17 @@ __all__ = ["Placement", "Topology", "__version__", "build_info"]
 
 
 def _load_extension():
-    """Imports ``eplb_rt._C`` (registering ``torch.ops.eplb_rt``) and returns it.
-
-    torch, and torch_npu where it is installed, are imported first: the extension links against
-    their libraries and an NPU build of it needs ``libtorch_npu.so`` already loaded.
-    """
+    """Imports ``eplb_rt._C`` (registering ``torch.ops.eplb_rt``) and returns it. torch, and
+    torch_npu where installed, come first: an NPU build links ``libtorch_npu.so``."""
     import importlib.util
 
     import torch  # noqa: F401
 
-    npu_error = None
     if importlib.util.find_spec("torch_npu") is not None:
-        try:
-            import torch_npu  # noqa: F401
-        except (ImportError, OSError, RuntimeError) as exc:  # torch_npu without CANN
-            npu_error = exc
-    try:
-        from eplb_rt import _C
-    except ImportError as exc:
-        if npu_error is not None and "torch_npu" in str(exc):
-            raise ImportError(
-                f"eplb_rt was built with NPU kernels but torch_npu fails to import: {npu_error}"
-            ) from exc
-        raise
+        import torch_npu  # noqa: F401
+
+    from eplb_rt import _C
+
     return _C
 
 

@@ -1,0 +1,34 @@
+"""ops.check_device: the first-use check of a device backend against the CPU op."""
+
+from __future__ import annotations
+
+import pytest
+
+from eplb_rt import ops
+
+
+def test_cpu_passes_its_own_check():
+    ops.check_device("cpu")
+
+
+def test_a_backend_that_does_nothing_is_reported(monkeypatch):
+    """The second run (the 'device') launches nothing, as a kernel built for another SoC does.
+    The CPU op's first pairs, by hand (step 3, N = 5): token 0 has position 15, code
+    15 * 40503 mod 2^16 = 17721 >= 0.25 * 2^16, so expert 0 takes replica 1 (slot 3); its choice
+    1 has code 42754 >= 0.5 * 2^16: expert 2's replica 1 (slot 2); token 1: slot 1, padding."""
+    real = ops._route_and_count
+    runs = []
+
+    def first_run_only(*args):
+        runs.append(args)
+        if len(runs) == 1:
+            real(*args)
+
+    monkeypatch.setattr(ops, "_route_and_count", first_run_only)
+    with pytest.raises(
+        RuntimeError,
+        match=r"the cpu kernels fail their first-use check: route_and_count gave phy_ids \+ heat "
+        r"row \[-7, -7, .*\], the CPU op \[3, 2, 1, -1, .*This build: .*'npu_soc'",
+    ):
+        ops.check_device("cpu")
+    assert len(runs) == 2
