@@ -146,8 +146,9 @@ __global__ __aicore__ void gm_bounds_kernel(GM_ADDR x, GM_ADDR y, uint32_t offse
   queBind.FreeTensor(xLocal);
 }
 
-// Scalar read of a tile right after its DataCopy, with or without a barrier.
-__global__ __aicore__ void pipe_race_kernel(GM_ADDR x, uint32_t barrier) {
+// Scalar read of a tile right after its DataCopy. mode 0: nothing in between; 1: a barrier;
+// 2: an MTE2_S event pair (orders it); 3: an MTE2_V pair (orders the vector pipe, not S).
+__global__ __aicore__ void pipe_race_kernel(GM_ADDR x, uint32_t mode) {
   KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
   TPipe pipe;
   TBuf<TPosition::VECCALC> bufX;
@@ -156,7 +157,15 @@ __global__ __aicore__ void pipe_race_kernel(GM_ADDR x, uint32_t barrier) {
   pipe.InitBuffer(bufX, kLen * sizeof(int32_t));
   LocalTensor<int32_t> xLocal = bufX.Get<int32_t>();
   DataCopy(xLocal, xGm, kLen);
-  if (barrier != 0) PipeBarrier<PIPE_ALL>();
+  if (mode == 1) PipeBarrier<PIPE_ALL>();
+  if (mode == 2) {
+    SetFlag<HardEvent::MTE2_S>(EVENT_ID0);
+    WaitFlag<HardEvent::MTE2_S>(EVENT_ID0);
+  }
+  if (mode == 3) {
+    SetFlag<HardEvent::MTE2_V>(EVENT_ID0);
+    WaitFlag<HardEvent::MTE2_V>(EVENT_ID0);
+  }
   const int32_t v = xLocal.GetValue(3);
   (void)v;
 }
@@ -231,27 +240,6 @@ __global__ __aicore__ void write_after_read_kernel(GM_ADDR y, uint32_t waitCopyO
     DataCopy(yGm[round * kLen], yLocal, kLen);
     if (round == 0 && waitCopyOut != 0) SetFlag<HardEvent::MTE3_S>(mte3ToS);
   }
-}
-
-// Scalar read of a copied-in buffer after an event pair: MTE2_S orders it, MTE2_V does not.
-__global__ __aicore__ void event_pipes_kernel(GM_ADDR x, uint32_t rightPipes) {
-  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
-  TPipe pipe;
-  TBuf<TPosition::VECCALC> bufX;
-  GlobalTensor<int32_t> xGm;
-  xGm.SetGlobalBuffer((__gm__ int32_t*)x, kLen);
-  pipe.InitBuffer(bufX, kLen * sizeof(int32_t));
-  LocalTensor<int32_t> xLocal = bufX.Get<int32_t>();
-  DataCopy(xLocal, xGm, kLen);
-  if (rightPipes != 0) {
-    SetFlag<HardEvent::MTE2_S>(EVENT_ID0);
-    WaitFlag<HardEvent::MTE2_S>(EVENT_ID0);
-  } else {
-    SetFlag<HardEvent::MTE2_V>(EVENT_ID0);
-    WaitFlag<HardEvent::MTE2_V>(EVENT_ID0);
-  }
-  const int32_t v = xLocal.GetValue(5);
-  (void)v;
 }
 
 // mode 0: WaitFlag with no SetFlag; 1: SetFlag never waited for; 2: a matched pair.
@@ -368,10 +356,10 @@ std::map<std::string, std::function<void(uint32_t)>> FaultTable() {
     EPLB_LAUNCH_KERNEL(write_after_read_kernel, b, nullptr, y, 1u);
   });
   t["event_wrong_pipes"] = withBuffers([](uint32_t b, uint8_t* x, uint8_t*) {
-    EPLB_LAUNCH_KERNEL(event_pipes_kernel, b, nullptr, x, 0u);
+    EPLB_LAUNCH_KERNEL(pipe_race_kernel, b, nullptr, x, 3u);
   });
   t["event_wrong_pipes_ok"] = withBuffers([](uint32_t b, uint8_t* x, uint8_t*) {
-    EPLB_LAUNCH_KERNEL(event_pipes_kernel, b, nullptr, x, 1u);
+    EPLB_LAUNCH_KERNEL(pipe_race_kernel, b, nullptr, x, 2u);
   });
   t["event_wait_without_set"] = [](uint32_t b) {
     EPLB_LAUNCH_KERNEL(event_balance_kernel, b, nullptr, 0u);
