@@ -101,7 +101,37 @@ def test_update_expert_weights_and_map_on_npu(npu):
     new_log2phy = torch.tensor([[0, -1], [1, 2], [3, -1], [4, -1], [5, -1]], dtype=torch.int32)
     new_logcnt = torch.tensor([1, 2, 1, 1, 1], dtype=torch.int32)
     torch.ops.eplb_rt.update_expert_map_(
-        log2phy, logcnt, None, None, new_log2phy.to(npu), new_logcnt.to(npu), None, None
+        log2phy, logcnt, None, None, new_log2phy.to(npu), new_logcnt.to(npu), None, None, 6
     )
     assert torch.equal(log2phy.cpu(), new_log2phy)
     assert torch.equal(logcnt.cpu(), new_logcnt)
+
+    # From pinned host memory: checked on the host (slot 6 >= P = 6 is refused), then copied.
+    bad = new_log2phy.clone()
+    bad[4, 0] = 6
+    with pytest.raises(RuntimeError, match=r"new_log2phy\[4, 0\] = 6 must be a slot in \[0, P = 6"):
+        torch.ops.eplb_rt.update_expert_map_(
+            log2phy, logcnt, None, None, bad.pin_memory(), new_logcnt.pin_memory(), None, None, 6
+        )
+    swapped = new_log2phy.flip(0).contiguous()
+    torch.ops.eplb_rt.update_expert_map_(
+        log2phy,
+        logcnt,
+        None,
+        None,
+        swapped.pin_memory(),
+        new_logcnt.flip(0).pin_memory(),
+        None,
+        None,
+        6,
+    )
+    assert torch.equal(log2phy.cpu(), swapped)
+
+
+def test_first_use_check_on_npu(npu):
+    """The device's route_and_count equals the CPU op (the build's SoC matches the device's)."""
+    import eplb_rt
+    from eplb_rt import ops
+
+    assert eplb_rt.build_info()["npu_soc"].startswith("Ascend")
+    ops.check_device(npu)
