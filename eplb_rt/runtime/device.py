@@ -4,13 +4,15 @@ CUDA and NPU (torch_npu registers ``torch.npu`` with the same API) get a dedicat
 and real events, so the migration and the heat snapshot overlap with the serving stream. On the
 CPU every kernel runs synchronously on the calling thread: a stream is ``None``, an event is
 already complete, and waiting on one is a no-op, so the callers keep a single code path.
+:class:`HostStaging` is the one way the serving thread sends host data to the device.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 
 
@@ -57,6 +59,11 @@ class Device:
         """A dedicated stream (``None`` on the CPU)."""
         return None if self._module is None else self._module.Stream(device=self.device)
 
+    def is_capturing(self) -> bool:
+        """True while the current stream is being captured into a graph (CUDA or ACL)."""
+        capturing = getattr(self._module, "is_current_stream_capturing", None)
+        return bool(capturing()) if capturing is not None else False
+
     def current_stream(self):
         return None if self._module is None else self._module.current_stream(self.device)
 
@@ -92,3 +99,56 @@ class Device:
     def pinned_empty(self, shape, dtype) -> torch.Tensor:
         """A host tensor to copy device data into asynchronously (pinned where it helps)."""
         return torch.empty(shape, dtype=dtype, pin_memory=self._module is not None)
+
+
+class HostStaging:
+    """Uploads of small host arrays to the device that never block the host.
+
+    An upload packs 32-bit arrays into one pinned host buffer and moves it to a device buffer with
+    one ``non_blocking`` copy on the current stream. The pair is reused only after the event
+    recorded behind its readers has completed (:meth:`Event.query`, never a wait), so the host
+    never rewrites memory a copy still reads; while all pairs are busy another is allocated.
+    On the CPU the host buffer is the device buffer and there is nothing to copy.
+
+    Args:
+        device: where the uploads go.
+        numel: 32-bit words of the largest upload.
+    """
+
+    _DTYPES = {np.dtype(np.int32): torch.int32, np.dtype(np.float32): torch.float32}
+
+    def __init__(self, device: Device, numel: int) -> None:
+        self._device = device
+        self._numel = numel
+        self._pool: list[list] = []  # [host, device buffer, Event | None]
+
+    @contextlib.contextmanager
+    def upload(self, arrays: Sequence[np.ndarray]) -> Iterator[list[torch.Tensor]]:
+        """Device views of ``arrays`` (int32 or float32, shapes kept), valid inside the ``with``
+        body; the body's kernels must read them on the current stream."""
+        for a in arrays:
+            if a.dtype not in self._DTYPES:
+                raise TypeError(f"HostStaging uploads int32 or float32 arrays, got {a.dtype}")
+        total = sum(a.size for a in arrays)
+        if total > self._numel:
+            raise ValueError(f"upload of {total} words exceeds the staging size {self._numel}")
+        entry = next((e for e in self._pool if e[2] is None or e[2].query()), None)
+        if entry is None:
+            dev = self._device
+            host = torch.empty(self._numel, dtype=torch.int32, pin_memory=dev.has_streams)
+            buffer = torch.empty_like(host, device=dev.device) if dev.has_streams else host
+            entry = [host, buffer, None]
+            self._pool.append(entry)
+        host, buffer, _ = entry
+        packed, views, start = host.numpy(), [], 0
+        for a in arrays:
+            packed[start : start + a.size] = np.ascontiguousarray(a).reshape(-1).view(np.int32)
+            view = buffer[start : start + a.size].view(self._DTYPES[a.dtype])
+            views.append(view.view(a.shape))
+            start += a.size
+        if buffer is not host:
+            buffer[:start].copy_(host[:start], non_blocking=True)
+        try:
+            yield views
+        finally:
+            entry[2] = self._device.record_event()

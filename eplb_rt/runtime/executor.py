@@ -18,6 +18,7 @@ import dataclasses
 import datetime
 import time
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -36,7 +37,7 @@ class Transfer:
 
     Attributes:
         migration: the layer's moves (identical on every rank).
-        slots: ``[M] int64`` local slots this rank receives into, on the device.
+        slots: ``[M] int32`` local slots this rank receives into (host; uploaded at commit).
         staged: per registered tensor, ``[M, ...]`` views of the staging buffers.
         works: communication handles to wait on.
         event: end of the local copies on the migration stream.
@@ -45,7 +46,7 @@ class Transfer:
     """
 
     migration: LayerMigration
-    slots: torch.Tensor
+    slots: np.ndarray
     staged: list[torch.Tensor]
     works: list
     event: Event
@@ -140,7 +141,7 @@ class MigrationExecutor:
         tag_base = (self._transfers % 1000) * _TAG_SPAN
         staging = self._staging_for(lane, tensors) if tensors else []
         staged = [buf[: recv.size] for buf in staging]
-        slots = torch.as_tensor(migration.dst[recv] % S, dtype=torch.int64).to(self.device.device)
+        slots = (migration.dst[recv] % S).astype(np.int32)
         started = time.perf_counter()
         serving_done = self.device.record_event()
         works: list = []
@@ -208,10 +209,12 @@ class MigrationExecutor:
             return f"layer {transfer.migration.layer}: injected transfer failure"
         return None
 
-    def commit(self, transfer: Transfer) -> None:
-        """Copy the staged weights into the layer's slots on the serving stream (in place)."""
+    def commit(self, transfer: Transfer, slots: torch.Tensor) -> None:
+        """Copy the staged weights into the layer's slots on the serving stream (in place).
+
+        ``slots`` is ``transfer.slots`` on the device (``[M] int32``, see ``HostStaging``)."""
         tensors = list(self.weights.get(transfer.migration.layer, {}).values())
-        if not tensors or transfer.slots.numel() == 0:
+        if not tensors or transfer.slots.size == 0:
             return
         self.device.wait_event(transfer.event)
-        ops.update_expert_weights_(tensors, transfer.staged, transfer.slots)
+        ops.update_expert_weights_(tensors, transfer.staged, slots)

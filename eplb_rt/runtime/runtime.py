@@ -48,7 +48,7 @@ from eplb_rt.runtime.balancer import (
     Job,
     PlanResult,
 )
-from eplb_rt.runtime.device import Device
+from eplb_rt.runtime.device import Device, HostStaging
 from eplb_rt.runtime.executor import MigrationExecutor, Transfer
 from eplb_rt.runtime.migration import LayerMigration, align_to_previous, plan_migration
 from eplb_rt.runtime.recorder import HeatRecorder
@@ -132,6 +132,8 @@ class EplbRuntime:
         self._expert_map = torch.from_numpy(p.expert_map(self.rank)).to(self.device)
         self._uniform = [True] * num_layers
         self._set_uniform(p)
+        # A commit uploads its local slots and the four new table rows in one pinned copy.
+        self._staging = HostStaging(self.dev, S + 2 * num_experts * (self.max_replicas + 1))
 
         self.recorder = HeatRecorder(
             config.history,
@@ -265,7 +267,10 @@ class EplbRuntime:
             raise TypeError(f"topk_ids must be a tensor, got {type(topk_ids).__name__}")
         if topk_ids.device != self.device:
             raise ValueError(f"topk_ids is on {topk_ids.device}, expected {self.device}")
-        share = None if self._uniform[layer] else self._replica_share[layer]
+        # A graph keeps the kernel path it captured: capture the weighted one, which also serves
+        # uniform shares (1 / logcnt), so a commit that makes the shares non-uniform is seen.
+        weighted = not self._uniform[layer] or self.dev.is_capturing()
+        share = self._replica_share[layer] if weighted else None
         return self.recorder.route(
             layer,
             topk_ids,
@@ -446,19 +451,22 @@ class EplbRuntime:
     def _commit_layer(self, transfer: Transfer) -> None:
         """Weights first, then the tables: the same layer at the same step on every rank."""
         layer = transfer.migration.layer
-        self.executor.commit(transfer)
         new = self._target.select_layers([layer])
         R = self.max_replicas
-        ops.update_expert_map_(
-            self._log2phy[layer],
-            self._logcnt[layer],
-            torch.from_numpy(new.log2phy(R)[0]).to(self.device),
-            torch.from_numpy(new.logcnt[0]).to(self.device),
-            replica_share=self._replica_share[layer],
-            new_replica_share=torch.from_numpy(new.replica_share(R)[0]).to(self.device),
-            expert_map=self._expert_map[layer],
-            new_expert_map=torch.from_numpy(new.expert_map(self.rank)[0]).to(self.device),
-        )
+        rows = [new.log2phy(R)[0], new.logcnt[0], new.replica_share(R)[0]]
+        with self._staging.upload([transfer.slots, *rows, new.expert_map(self.rank)[0]]) as up:
+            slots, log2phy, logcnt, share, expert_map = up
+            self.executor.commit(transfer, slots)
+            ops.update_expert_map_(
+                self._log2phy[layer],
+                self._logcnt[layer],
+                log2phy,
+                logcnt,
+                replica_share=self._replica_share[layer],
+                new_replica_share=share,
+                expert_map=self._expert_map[layer],
+                new_expert_map=expert_map,
+            )
         self._placement = self._placement.replace_layers([layer], self._target)
         self._uniform[layer] = new.is_uniform
 
