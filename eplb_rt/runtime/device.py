@@ -101,6 +101,9 @@ class Device:
         return torch.empty(shape, dtype=dtype, pin_memory=self._module is not None)
 
 
+_DTYPES = {np.dtype(np.int32): torch.int32, np.dtype(np.float32): torch.float32}
+
+
 class HostStaging:
     """Uploads of small host arrays to the device that never block the host.
 
@@ -115,8 +118,6 @@ class HostStaging:
         numel: 32-bit words of the largest upload.
     """
 
-    _DTYPES = {np.dtype(np.int32): torch.int32, np.dtype(np.float32): torch.float32}
-
     def __init__(self, device: Device, numel: int) -> None:
         self._device = device
         self._numel = numel
@@ -127,7 +128,7 @@ class HostStaging:
         """Device views of ``arrays`` (int32 or float32, shapes kept), valid inside the ``with``
         body; the body's kernels must read them on the current stream."""
         for a in arrays:
-            if a.dtype not in self._DTYPES:
+            if a.dtype not in _DTYPES:
                 raise TypeError(f"HostStaging uploads int32 or float32 arrays, got {a.dtype}")
         total = sum(a.size for a in arrays)
         if total > self._numel:
@@ -143,7 +144,7 @@ class HostStaging:
         packed, views, start = host.numpy(), [], 0
         for a in arrays:
             packed[start : start + a.size] = np.ascontiguousarray(a).reshape(-1).view(np.int32)
-            view = buffer[start : start + a.size].view(self._DTYPES[a.dtype])
+            view = buffer[start : start + a.size].view(_DTYPES[a.dtype])
             views.append(view.view(a.shape))
             start += a.size
         if buffer is not host:
