@@ -121,7 +121,7 @@ class HostStaging:
     def __init__(self, device: Device, numel: int) -> None:
         self._device = device
         self._numel = numel
-        self._pool: list[list] = []  # [host, device buffer, Event | None]
+        self._pool = [self._new()]  # [host, its numpy view, device buffer, Event | None]
 
     @contextlib.contextmanager
     def upload(self, arrays: Sequence[np.ndarray]) -> Iterator[list[torch.Tensor]]:
@@ -133,15 +133,11 @@ class HostStaging:
         total = sum(a.size for a in arrays)
         if total > self._numel:
             raise ValueError(f"upload of {total} words exceeds the staging size {self._numel}")
-        entry = next((e for e in self._pool if e[2] is None or e[2].query()), None)
-        if entry is None:
-            dev = self._device
-            host = torch.empty(self._numel, dtype=torch.int32, pin_memory=dev.has_streams)
-            buffer = torch.empty_like(host, device=dev.device) if dev.has_streams else host
-            entry = [host, buffer, None]
-            self._pool.append(entry)
-        host, buffer, _ = entry
-        packed, views, start = host.numpy(), [], 0
+        # Taken out of the pool while in use, put back with the event behind its readers.
+        free = [i for i, e in enumerate(self._pool) if e[3] is None or e[3].query()]
+        entry = self._pool.pop(free[0]) if free else self._new()
+        host, packed, buffer, _ = entry
+        views, start = [], 0
         for a in arrays:
             packed[start : start + a.size] = np.ascontiguousarray(a).reshape(-1).view(np.int32)
             view = buffer[start : start + a.size].view(_DTYPES[a.dtype])
@@ -152,4 +148,11 @@ class HostStaging:
         try:
             yield views
         finally:
-            entry[2] = self._device.record_event()
+            entry[3] = self._device.record_event()
+            self._pool.append(entry)
+
+    def _new(self) -> list:
+        dev = self._device
+        host = torch.empty(self._numel, dtype=torch.int32, pin_memory=dev.has_streams)
+        buffer = torch.empty_like(host, device=dev.device) if dev.has_streams else host
+        return [host, host.numpy(), buffer, None]

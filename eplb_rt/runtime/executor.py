@@ -194,14 +194,17 @@ class MigrationExecutor:
         return Transfer(migration, slots, staged, works, event, started, error)
 
     def finish(self, transfer: Transfer) -> str | None:
-        """Wait (at most ``timeout_s``) for ``transfer``; ``None`` on success, else the error."""
+        """Wait for ``transfer`` (on the CPU at most ``timeout_s``); ``None`` on success, else the
+        error."""
         if transfer.error is not None:
             return transfer.error
+        # On a device backend (NCCL/HCCL) wait() makes the current (serving) stream wait for the
+        # transfer, sends included, so the commit cannot overwrite a slot still sending. Given a
+        # timeout it would block the host instead; there the backend's watchdog bounds the wait.
+        timeout = () if self.device.has_streams else (self.timeout,)
         try:
-            # On a device backend (NCCL/HCCL) wait() makes the current (serving) stream wait for
-            # the transfer, sends included, so the commit cannot overwrite a slot still sending.
             for work in transfer.works:
-                if not work.wait(self.timeout):
+                if not work.wait(*timeout):
                     return f"layer {transfer.migration.layer}: transfer timed out"
         except Exception as err:
             return f"layer {transfer.migration.layer}: transfer failed: {err!r}"
