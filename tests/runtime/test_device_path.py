@@ -19,6 +19,7 @@ a GPU.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 import traceback
@@ -93,7 +94,8 @@ class SyncCounter:
             mine = self._depth and threading.get_ident() == self._thread
             if mine and is_sync(*args, **kwargs):
                 caller = traceback.extract_stack(limit=2)[0]
-                self.found.append(f"{name} at {caller.filename}:{caller.lineno} ({caller.name})")
+                where = f"{os.path.basename(caller.filename)}:{caller.lineno} ({caller.name})"
+                self.found.append(f"{name} at {where}")
             result = original(*args, **kwargs)
             if mine and keep is not None:
                 keep(result, *args, **kwargs)
