@@ -91,31 +91,18 @@ class Device:
             return
         (stream if stream is not None else self.current_stream()).wait_event(event._event)
 
-    def record_stream(self, tensor: torch.Tensor, stream) -> None:
-        """Tell the caching allocator that ``tensor`` is used on ``stream`` too."""
-        if self._module is not None and stream is not None and tensor.device.type == self.kind:
-            tensor.record_stream(stream)
-
-    def pinned_empty(self, shape, dtype) -> torch.Tensor:
-        """A host tensor to copy device data into asynchronously (pinned where it helps)."""
-        return torch.empty(shape, dtype=dtype, pin_memory=self._module is not None)
-
 
 _DTYPES = {np.dtype(np.int32): torch.int32, np.dtype(np.float32): torch.float32}
 
 
 class HostStaging:
-    """Uploads of small host arrays to the device that never block the host.
+    """Uploads of small host arrays (up to ``numel`` 32-bit words) that never block the host.
 
-    An upload packs 32-bit arrays into one pinned host buffer and moves it to a device buffer with
-    one ``non_blocking`` copy on the current stream. The pair is reused only after the event
-    recorded behind its readers has completed (:meth:`Event.query`, never a wait), so the host
-    never rewrites memory a copy still reads; while all pairs are busy another is allocated.
-    On the CPU the host buffer is the device buffer and there is nothing to copy.
-
-    Args:
-        device: where the uploads go.
-        numel: 32-bit words of the largest upload.
+    An upload packs the arrays into one pinned buffer and sends it with one ``non_blocking`` copy
+    on the current stream. The pair of buffers is reused only once the event recorded behind its
+    readers has completed (:meth:`Event.query`, never a wait), so the host never rewrites memory
+    a copy still reads; while all pairs are busy another is made. On the CPU the host buffer is
+    the device buffer.
     """
 
     def __init__(self, device: Device, numel: int) -> None:
@@ -127,12 +114,10 @@ class HostStaging:
     def upload(self, arrays: Sequence[np.ndarray]) -> Iterator[list[torch.Tensor]]:
         """Device views of ``arrays`` (int32 or float32, shapes kept), valid inside the ``with``
         body; the body's kernels must read them on the current stream."""
-        for a in arrays:
-            if a.dtype not in _DTYPES:
-                raise TypeError(f"HostStaging uploads int32 or float32 arrays, got {a.dtype}")
-        total = sum(a.size for a in arrays)
-        if total > self._numel:
-            raise ValueError(f"upload of {total} words exceeds the staging size {self._numel}")
+        if any(a.dtype not in _DTYPES for a in arrays):
+            raise TypeError(f"HostStaging uploads int32 or float32 arrays, got {arrays}")
+        if sum(a.size for a in arrays) > self._numel:
+            raise ValueError(f"an upload of {arrays} exceeds the staging size {self._numel}")
         # Taken out of the pool while in use, put back with the event behind its readers.
         free = [i for i, e in enumerate(self._pool) if e[3] is None or e[3].query()]
         entry = self._pool.pop(free[0]) if free else self._new()

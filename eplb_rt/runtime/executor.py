@@ -9,7 +9,8 @@ and the event that marks the end of its copies. At the step boundary the serving
 event, then runs ``update_expert_weights_`` on the layer's registered tensors.
 
 Staging buffers are allocated once per lane (``layers_per_step`` lanes) and weight signature;
-every transfer of the life of the runtime reuses them.
+every transfer of the life of the runtime reuses them (never freed, so the caching allocator
+needs no ``record_stream``).
 """
 
 from __future__ import annotations
@@ -188,14 +189,11 @@ class MigrationExecutor:
                 self.counters["bytes_sent"] += int(send.size) * self.slot_bytes(layer)
             except Exception as err:
                 error = f"layer {layer}: posting the transfer failed: {err!r}"
-            for tensor in staged:
-                self.device.record_stream(tensor, self.stream)
             event = self.device.record_event(self.stream)
         return Transfer(migration, slots, staged, works, event, started, error)
 
     def finish(self, transfer: Transfer) -> str | None:
-        """Wait for ``transfer`` (on the CPU at most ``timeout_s``); ``None`` on success, else the
-        error."""
+        """Wait for ``transfer`` (bounded on the CPU); ``None`` on success, else the error."""
         if transfer.error is not None:
             return transfer.error
         # On a device backend (NCCL/HCCL) wait() makes the current (serving) stream wait for the

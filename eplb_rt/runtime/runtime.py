@@ -130,8 +130,7 @@ class EplbRuntime:
         self._logcnt = torch.from_numpy(p.logcnt).to(self.device)
         self._replica_share = torch.from_numpy(p.replica_share(self.max_replicas)).to(self.device)
         self._expert_map = torch.from_numpy(p.expert_map(self.rank)).to(self.device)
-        self._uniform = [True] * num_layers
-        self._set_uniform(p)
+        self._uniform = [p.select_layers([layer]).is_uniform for layer in range(num_layers)]
         # A commit uploads its local slots and the four new table rows in one pinned copy.
         self._staging = HostStaging(self.dev, S + 2 * num_experts * (self.max_replicas + 1))
 
@@ -206,11 +205,6 @@ class EplbRuntime:
                 f"{want[3]} slots"
             )
         return placement
-
-    def _set_uniform(self, placement: Placement, layers=None) -> None:
-        uniform_all = placement.is_uniform
-        for layer in range(self.num_layers) if layers is None else layers:
-            self._uniform[layer] = uniform_all or placement.select_layers([layer]).is_uniform
 
     # ------------------------------------------------------------------ what the model reads
     def _check_layer(self, layer: int) -> int:
