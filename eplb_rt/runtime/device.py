@@ -115,9 +115,10 @@ class HostStaging:
         """Device views of ``arrays`` (int32 or float32, shapes kept), valid inside the ``with``
         body; the body's kernels must read them on the current stream."""
         if any(a.dtype not in _DTYPES for a in arrays):
-            raise TypeError(f"HostStaging uploads int32 or float32 arrays, got {arrays}")
-        if sum(a.size for a in arrays) > self._numel:
-            raise ValueError(f"an upload of {arrays} exceeds the staging size {self._numel}")
+            got = [str(a.dtype) for a in arrays]
+            raise TypeError(f"HostStaging uploads int32 or float32 arrays, got dtypes {got}")
+        if (total := sum(a.size for a in arrays)) > self._numel:
+            raise ValueError(f"an upload of {total} words exceeds the staging size {self._numel}")
         # Taken out of the pool while in use, put back with the event behind its readers.
         free = [i for i, e in enumerate(self._pool) if e[3] is None or e[3].query()]
         entry = self._pool.pop(free[0]) if free else self._new()

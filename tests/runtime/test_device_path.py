@@ -330,7 +330,7 @@ def test_host_staging_packs_32_bit_arrays_and_reuses_a_finished_buffer():
     for _ in range(3):  # on the CPU every event is complete at once: no third buffer
         with staging.upload([share]) as (again,):
             assert again.data_ptr() in (got_ids.data_ptr(), inner.data_ptr())
-    with pytest.raises(TypeError, match="int32 or float32 arrays"):
+    with pytest.raises(TypeError, match=r"int32 or float32 arrays, got dtypes \['int64'\]"):
         staging.upload([np.zeros(2, dtype=np.int64)]).__enter__()
-    with pytest.raises(ValueError, match="exceeds the staging size 10"):
+    with pytest.raises(ValueError, match="an upload of 11 words exceeds the staging size 10"):
         staging.upload([np.zeros(11, dtype=np.int32)]).__enter__()
