@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 from _dist import spawn
 
+import eplb_rt
 from eplb_rt.config import EplbConfig
 from eplb_rt.models import ExpertParallelMoE, MoEConfig, expert_weights
 from eplb_rt.runtime import EplbRuntime
@@ -271,7 +272,11 @@ def test_no_host_sync_in_steps_without_a_gather():
     spawn(_drive_rank, 2)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.cuda
+@pytest.mark.skipif(
+    not (torch.cuda.is_available() and eplb_rt.build_info()["backends"]["cuda"]),
+    reason="needs eplb_rt's CUDA backend and a GPU",
+)
 def test_no_host_sync_on_a_gpu():
     """One rank (one GPU): routes, steps and gathers; the plans move nothing on a single rank."""
     check_drive(drive("cuda"))
