@@ -81,17 +81,16 @@ def run_syncs(device: str) -> dict:
         "rebalances": result["rebalances"],
         "errors": result["errors"],
     }
-    if device == "cuda":
-        out["commit_path"] = _commit_path_syncs(tdp.SyncCounter)
+    out["commit_path"] = _commit_path_syncs(tdp.SyncCounter, device)
     return out
 
 
-def _commit_path_syncs(counter_cls, steps: int = 12) -> dict:
+def _commit_path_syncs(counter_cls, device: str, steps: int = 12) -> dict:
     """Syncs while one layer per step is transferred and committed (one GPU: local moves)."""
     from benchmarks.bench_cuda_overlap import Serving, Shape
 
-    serving = Serving(Shape("sync", tokens=64, moved=3, hidden=256, ffn=128))
-    with serving.runtime, counter_cls("cuda") as counter:
+    serving = Serving(Shape("sync", tokens=64, moved=3, hidden=256, ffn=128), device)
+    with serving.runtime, counter_cls(device) as counter:
         serving.step(True)  # warm-up outside the count
         for _ in range(steps):
             with counter.counting():
