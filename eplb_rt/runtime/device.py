@@ -95,19 +95,24 @@ class Device:
 _DTYPES = {np.dtype(np.int32): torch.int32, np.dtype(np.float32): torch.float32}
 
 
-class HostStaging:
-    """Uploads of small host arrays (up to ``numel`` 32-bit words) that never block the host.
+def _padded(words: int) -> int:
+    return -(-words // 8) * 8
 
-    An upload packs the arrays into one pinned buffer and sends it with one ``non_blocking`` copy
-    on the current stream. The pair of buffers is reused only once the event recorded behind its
-    readers has completed (:meth:`Event.query`, never a wait), so the host never rewrites memory
-    a copy still reads; while all pairs are busy another is made. On the CPU the host buffer is
-    the device buffer.
+
+class HostStaging:
+    """Uploads of small host arrays that never block the host.
+
+    An upload packs up to ``sizes`` 32-bit words per array into one pinned buffer (each array
+    starting on 32 bytes, as vector loads and AscendC's DataCopy like it) and sends it with one
+    ``non_blocking`` copy on the current stream. The pair of buffers is reused only once the
+    event recorded behind its readers has completed (:meth:`Event.query`, never a wait), so the
+    host never rewrites memory a copy still reads; while all pairs are busy another is made. On
+    the CPU the host buffer is the device buffer.
     """
 
-    def __init__(self, device: Device, numel: int) -> None:
+    def __init__(self, device: Device, sizes: Sequence[int]) -> None:
         self._device = device
-        self._numel = numel
+        self._numel = sum(_padded(n) for n in sizes)
         self._pool = [self._new()]  # [host, its numpy view, device buffer, Event | None]
 
     @contextlib.contextmanager
@@ -117,7 +122,7 @@ class HostStaging:
         if any(a.dtype not in _DTYPES for a in arrays):
             got = [str(a.dtype) for a in arrays]
             raise TypeError(f"HostStaging uploads int32 or float32 arrays, got dtypes {got}")
-        if (total := sum(a.size for a in arrays)) > self._numel:
+        if (total := sum(_padded(a.size) for a in arrays)) > self._numel:
             raise ValueError(f"an upload of {total} words exceeds the staging size {self._numel}")
         # Taken out of the pool while in use, put back with the event behind its readers.
         free = [i for i, e in enumerate(self._pool) if e[3] is None or e[3].query()]
@@ -128,7 +133,7 @@ class HostStaging:
             packed[start : start + a.size] = np.ascontiguousarray(a).reshape(-1).view(np.int32)
             view = buffer[start : start + a.size].view(_DTYPES[a.dtype])
             views.append(view.view(a.shape))
-            start += a.size
+            start += _padded(a.size)
         if buffer is not host:
             buffer[:start].copy_(host[:start], non_blocking=True)
         try:

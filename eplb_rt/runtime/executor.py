@@ -196,9 +196,8 @@ class MigrationExecutor:
         """Wait for ``transfer`` (bounded on the CPU); ``None`` on success, else the error."""
         if transfer.error is not None:
             return transfer.error
-        # On a device backend (NCCL/HCCL) wait() makes the current (serving) stream wait for the
-        # transfer, sends included, so the commit cannot overwrite a slot still sending. Given a
-        # timeout it would block the host instead; there the backend's watchdog bounds the wait.
+        # NCCL/HCCL: wait() makes the serving stream wait (sends included, so a commit cannot
+        # overwrite a slot still sending); with a timeout it would block the host instead.
         timeout = () if self.device.has_streams else (self.timeout,)
         try:
             for work in transfer.works:
@@ -211,9 +210,7 @@ class MigrationExecutor:
         return None
 
     def commit(self, transfer: Transfer, slots: torch.Tensor) -> None:
-        """Copy the staged weights into the layer's slots on the serving stream (in place).
-
-        ``slots`` is ``transfer.slots`` on the device (``[M] int32``, see ``HostStaging``)."""
+        """Copy the staged weights into ``slots`` (``transfer.slots`` on the device) in place."""
         tensors = list(self.weights.get(transfer.migration.layer, {}).values())
         if not tensors or transfer.slots.size == 0:
             return

@@ -126,13 +126,12 @@ class EplbRuntime:
 
         # Tables the model reads: allocated once, rewritten in place by update_expert_map_.
         p = self._placement
-        self._log2phy = torch.from_numpy(p.log2phy(self.max_replicas)).to(self.device)
-        self._logcnt = torch.from_numpy(p.logcnt).to(self.device)
-        self._replica_share = torch.from_numpy(p.replica_share(self.max_replicas)).to(self.device)
-        self._expert_map = torch.from_numpy(p.expert_map(self.rank)).to(self.device)
+        self._tables = [torch.from_numpy(t).to(self.device) for t in self._table_rows(p)]
+        self._log2phy, self._logcnt, self._replica_share, self._expert_map = self._tables
         self._uniform = [p.select_layers([layer]).is_uniform for layer in range(num_layers)]
         # A commit uploads its local slots and the four new table rows in one pinned copy.
-        self._staging = HostStaging(self.dev, S + 2 * num_experts * (self.max_replicas + 1))
+        E, R = num_experts, self.max_replicas
+        self._staging = HostStaging(self.dev, [S, E * R, E, E * R, E])
 
         self.recorder = HeatRecorder(
             config.history,
@@ -205,6 +204,11 @@ class EplbRuntime:
                 f"{want[3]} slots"
             )
         return placement
+
+    def _table_rows(self, p: Placement) -> list[np.ndarray]:
+        """``p``'s log2phy, logcnt, replica_share and this rank's expert_map (all layers)."""
+        R = self.max_replicas
+        return [p.log2phy(R), p.logcnt, p.replica_share(R), p.expert_map(self.rank)]
 
     # ------------------------------------------------------------------ what the model reads
     def _check_layer(self, layer: int) -> int:
@@ -446,20 +450,17 @@ class EplbRuntime:
         """Weights first, then the tables: the same layer at the same step on every rank."""
         layer = transfer.migration.layer
         new = self._target.select_layers([layer])
-        R = self.max_replicas
-        rows = [new.log2phy(R)[0], new.logcnt[0], new.replica_share(R)[0]]
-        with self._staging.upload([transfer.slots, *rows, new.expert_map(self.rank)[0]]) as up:
-            slots, log2phy, logcnt, share, expert_map = up
+        rows = [t[0] for t in self._table_rows(new)]
+        with self._staging.upload([transfer.slots, *rows]) as (slots, *up):
             self.executor.commit(transfer, slots)
+            old = [t[layer] for t in self._tables]
             ops.update_expert_map_(
-                self._log2phy[layer],
-                self._logcnt[layer],
-                log2phy,
-                logcnt,
-                replica_share=self._replica_share[layer],
-                new_replica_share=share,
-                expert_map=self._expert_map[layer],
-                new_expert_map=expert_map,
+                *old[:2],
+                *up[:2],
+                replica_share=old[2],
+                new_replica_share=up[2],
+                expert_map=old[3],
+                new_expert_map=up[3],
             )
         self._placement = self._placement.replace_layers([layer], self._target)
         self._uniform[layer] = new.is_uniform

@@ -323,13 +323,14 @@ def test_the_counter_sees_every_kind_of_sync():
 
 
 def test_host_staging_packs_32_bit_arrays_and_reuses_a_finished_buffer():
-    staging = HostStaging(Device("cpu"), 10)
+    staging = HostStaging(Device("cpu"), [4, 3])  # 8 + 8 words: arrays start on 32 bytes
     ids = np.array([[3, -1], [0, 2]], dtype=np.int32)
     share = np.array([0.25, 1 / 3, np.float32(1e-30)], dtype=np.float32)
     with staging.upload([ids, share]) as (got_ids, got_share):
         assert got_ids.dtype == torch.int32 and got_share.dtype == torch.float32
         assert np.array_equal(got_ids.numpy(), ids)
         assert np.array_equal(got_share.numpy(), share)  # bit for bit
+        assert got_share.data_ptr() - got_ids.data_ptr() == 32
         with staging.upload([ids]) as (inner,):  # the first upload is still being read
             assert inner.data_ptr() != got_ids.data_ptr()
     for _ in range(3):  # on the CPU every event is complete at once: no third buffer
@@ -337,5 +338,5 @@ def test_host_staging_packs_32_bit_arrays_and_reuses_a_finished_buffer():
             assert again.data_ptr() in (got_ids.data_ptr(), inner.data_ptr())
     with pytest.raises(TypeError, match=r"int32 or float32 arrays, got dtypes \['int64'\]"):
         staging.upload([np.zeros(2, dtype=np.int64)]).__enter__()
-    with pytest.raises(ValueError, match="an upload of 11 words exceeds the staging size 10"):
-        staging.upload([np.zeros(11, dtype=np.int32)]).__enter__()
+    with pytest.raises(ValueError, match="an upload of 24 words exceeds the staging size 16"):
+        staging.upload([np.zeros(17, dtype=np.int32)]).__enter__()
