@@ -4,13 +4,15 @@ CUDA and NPU (torch_npu registers ``torch.npu`` with the same API) get a dedicat
 and real events, so the migration and the heat snapshot overlap with the serving stream. On the
 CPU every kernel runs synchronously on the calling thread: a stream is ``None``, an event is
 already complete, and waiting on one is a no-op, so the callers keep a single code path.
+:class:`HostStaging` is the one way the serving thread sends host data to the device.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 
 
@@ -57,6 +59,11 @@ class Device:
         """A dedicated stream (``None`` on the CPU)."""
         return None if self._module is None else self._module.Stream(device=self.device)
 
+    def is_capturing(self) -> bool:
+        """True while the current stream is being captured into a graph (CUDA or ACL)."""
+        capturing = getattr(self._module, "is_current_stream_capturing", None)
+        return bool(capturing()) if capturing is not None else False
+
     def current_stream(self):
         return None if self._module is None else self._module.current_stream(self.device)
 
@@ -84,11 +91,59 @@ class Device:
             return
         (stream if stream is not None else self.current_stream()).wait_event(event._event)
 
-    def record_stream(self, tensor: torch.Tensor, stream) -> None:
-        """Tell the caching allocator that ``tensor`` is used on ``stream`` too."""
-        if self._module is not None and stream is not None and tensor.device.type == self.kind:
-            tensor.record_stream(stream)
 
-    def pinned_empty(self, shape, dtype) -> torch.Tensor:
-        """A host tensor to copy device data into asynchronously (pinned where it helps)."""
-        return torch.empty(shape, dtype=dtype, pin_memory=self._module is not None)
+_DTYPES = {np.dtype(np.int32): torch.int32, np.dtype(np.float32): torch.float32}
+
+
+def _padded(words: int) -> int:
+    return -(-words // 8) * 8
+
+
+class HostStaging:
+    """Uploads of small host arrays that never block the host.
+
+    An upload packs up to ``sizes`` 32-bit words per array into one pinned buffer (each array
+    starting on 32 bytes, as vector loads and AscendC's DataCopy like it) and sends it with one
+    ``non_blocking`` copy on the current stream. The pair of buffers is reused only once the
+    event recorded behind its readers has completed (:meth:`Event.query`, never a wait), so the
+    host never rewrites memory a copy still reads; while all pairs are busy another is made. On
+    the CPU the host buffer is the device buffer.
+    """
+
+    def __init__(self, device: Device, sizes: Sequence[int]) -> None:
+        self._device = device
+        self._numel = sum(_padded(n) for n in sizes)
+        self._pool = [self._new()]  # [host, its numpy view, device buffer, Event | None]
+
+    @contextlib.contextmanager
+    def upload(self, arrays: Sequence[np.ndarray]) -> Iterator[list[torch.Tensor]]:
+        """Device views of ``arrays`` (int32 or float32, shapes kept), valid inside the ``with``
+        body; the body's kernels must read them on the current stream."""
+        if any(a.dtype not in _DTYPES for a in arrays):
+            got = [str(a.dtype) for a in arrays]
+            raise TypeError(f"HostStaging uploads int32 or float32 arrays, got dtypes {got}")
+        if (total := sum(_padded(a.size) for a in arrays)) > self._numel:
+            raise ValueError(f"an upload of {total} words exceeds the staging size {self._numel}")
+        # Taken out of the pool while in use, put back with the event behind its readers.
+        free = [i for i, e in enumerate(self._pool) if e[3] is None or e[3].query()]
+        entry = self._pool.pop(free[0]) if free else self._new()
+        host, packed, buffer, _ = entry
+        views, start = [], 0
+        for a in arrays:
+            packed[start : start + a.size] = np.ascontiguousarray(a).reshape(-1).view(np.int32)
+            view = buffer[start : start + a.size].view(_DTYPES[a.dtype])
+            views.append(view.view(a.shape))
+            start += _padded(a.size)
+        if buffer is not host:
+            buffer[:start].copy_(host[:start], non_blocking=True)
+        try:
+            yield views
+        finally:
+            entry[3] = self._device.record_event()
+            self._pool.append(entry)
+
+    def _new(self) -> list:
+        dev = self._device
+        host = torch.empty(self._numel, dtype=torch.int32, pin_memory=dev.has_streams)
+        buffer = torch.empty_like(host, device=dev.device) if dev.has_streams else host
+        return [host, host.numpy(), buffer, None]

@@ -9,7 +9,8 @@ and the event that marks the end of its copies. At the step boundary the serving
 event, then runs ``update_expert_weights_`` on the layer's registered tensors.
 
 Staging buffers are allocated once per lane (``layers_per_step`` lanes) and weight signature;
-every transfer of the life of the runtime reuses them.
+every transfer of the life of the runtime reuses them (never freed, so the caching allocator
+needs no ``record_stream``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import dataclasses
 import datetime
 import time
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -36,7 +38,7 @@ class Transfer:
 
     Attributes:
         migration: the layer's moves (identical on every rank).
-        slots: ``[M] int64`` local slots this rank receives into, on the device.
+        slots: ``[M] int32`` local slots this rank receives into (host; uploaded at commit).
         staged: per registered tensor, ``[M, ...]`` views of the staging buffers.
         works: communication handles to wait on.
         event: end of the local copies on the migration stream.
@@ -45,7 +47,7 @@ class Transfer:
     """
 
     migration: LayerMigration
-    slots: torch.Tensor
+    slots: np.ndarray
     staged: list[torch.Tensor]
     works: list
     event: Event
@@ -140,7 +142,7 @@ class MigrationExecutor:
         tag_base = (self._transfers % 1000) * _TAG_SPAN
         staging = self._staging_for(lane, tensors) if tensors else []
         staged = [buf[: recv.size] for buf in staging]
-        slots = torch.as_tensor(migration.dst[recv] % S, dtype=torch.int64).to(self.device.device)
+        slots = (migration.dst[recv] % S).astype(np.int32)
         started = time.perf_counter()
         serving_done = self.device.record_event()
         works: list = []
@@ -187,20 +189,19 @@ class MigrationExecutor:
                 self.counters["bytes_sent"] += int(send.size) * self.slot_bytes(layer)
             except Exception as err:
                 error = f"layer {layer}: posting the transfer failed: {err!r}"
-            for tensor in staged:
-                self.device.record_stream(tensor, self.stream)
             event = self.device.record_event(self.stream)
         return Transfer(migration, slots, staged, works, event, started, error)
 
     def finish(self, transfer: Transfer) -> str | None:
-        """Wait (at most ``timeout_s``) for ``transfer``; ``None`` on success, else the error."""
+        """Wait for ``transfer`` (bounded on the CPU); ``None`` on success, else the error."""
         if transfer.error is not None:
             return transfer.error
+        # NCCL/HCCL: wait() makes the serving stream wait (sends included, so a commit cannot
+        # overwrite a slot still sending); with a timeout it would block the host instead.
+        timeout = () if self.device.has_streams else (self.timeout,)
         try:
-            # On a device backend (NCCL/HCCL) wait() makes the current (serving) stream wait for
-            # the transfer, sends included, so the commit cannot overwrite a slot still sending.
             for work in transfer.works:
-                if not work.wait(self.timeout):
+                if not work.wait(*timeout):
                     return f"layer {transfer.migration.layer}: transfer timed out"
         except Exception as err:
             return f"layer {transfer.migration.layer}: transfer failed: {err!r}"
@@ -208,10 +209,10 @@ class MigrationExecutor:
             return f"layer {transfer.migration.layer}: injected transfer failure"
         return None
 
-    def commit(self, transfer: Transfer) -> None:
-        """Copy the staged weights into the layer's slots on the serving stream (in place)."""
+    def commit(self, transfer: Transfer, slots: torch.Tensor) -> None:
+        """Copy the staged weights into ``slots`` (``transfer.slots`` on the device) in place."""
         tensors = list(self.weights.get(transfer.migration.layer, {}).values())
-        if not tensors or transfer.slots.numel() == 0:
+        if not tensors or transfer.slots.size == 0:
             return
         self.device.wait_event(transfer.event)
-        ops.update_expert_weights_(tensors, transfer.staged, transfer.slots)
+        ops.update_expert_weights_(tensors, transfer.staged, slots)

@@ -122,7 +122,7 @@ class HeatRecorder:
         the ring rows that count, oldest first; the copy is valid once ``event`` completes (the
         background thread synchronises on it).
         """
-        host = self.device.pinned_empty(self.heat.shape, torch.int32)
+        host = torch.empty(self.heat.shape, dtype=torch.int32, pin_memory=self.device.has_streams)
         serving_done = self.device.record_event()
         self.device.wait_event(serving_done, self._snapshot_stream)
         with self.device.on_stream(self._snapshot_stream):

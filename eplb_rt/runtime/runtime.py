@@ -48,7 +48,7 @@ from eplb_rt.runtime.balancer import (
     Job,
     PlanResult,
 )
-from eplb_rt.runtime.device import Device
+from eplb_rt.runtime.device import Device, HostStaging
 from eplb_rt.runtime.executor import MigrationExecutor, Transfer
 from eplb_rt.runtime.migration import LayerMigration, align_to_previous, plan_migration
 from eplb_rt.runtime.recorder import HeatRecorder
@@ -126,12 +126,12 @@ class EplbRuntime:
 
         # Tables the model reads: allocated once, rewritten in place by update_expert_map_.
         p = self._placement
-        self._log2phy = torch.from_numpy(p.log2phy(self.max_replicas)).to(self.device)
-        self._logcnt = torch.from_numpy(p.logcnt).to(self.device)
-        self._replica_share = torch.from_numpy(p.replica_share(self.max_replicas)).to(self.device)
-        self._expert_map = torch.from_numpy(p.expert_map(self.rank)).to(self.device)
-        self._uniform = [True] * num_layers
-        self._set_uniform(p)
+        self._tables = [torch.from_numpy(t).to(self.device) for t in self._table_rows(p)]
+        self._log2phy, self._logcnt, self._replica_share, self._expert_map = self._tables
+        self._uniform = [p.select_layers([layer]).is_uniform for layer in range(num_layers)]
+        # A commit uploads its local slots and the four new table rows in one pinned copy.
+        E, R = num_experts, self.max_replicas
+        self._staging = HostStaging(self.dev, [S, E * R, E, E * R, E])
 
         self.recorder = HeatRecorder(
             config.history,
@@ -205,10 +205,10 @@ class EplbRuntime:
             )
         return placement
 
-    def _set_uniform(self, placement: Placement, layers=None) -> None:
-        uniform_all = placement.is_uniform
-        for layer in range(self.num_layers) if layers is None else layers:
-            self._uniform[layer] = uniform_all or placement.select_layers([layer]).is_uniform
+    def _table_rows(self, p: Placement) -> list[np.ndarray]:
+        """``p``'s log2phy, logcnt, replica_share and this rank's expert_map (all layers)."""
+        R = self.max_replicas
+        return [p.log2phy(R), p.logcnt, p.replica_share(R), p.expert_map(self.rank)]
 
     # ------------------------------------------------------------------ what the model reads
     def _check_layer(self, layer: int) -> int:
@@ -265,7 +265,10 @@ class EplbRuntime:
             raise TypeError(f"topk_ids must be a tensor, got {type(topk_ids).__name__}")
         if topk_ids.device != self.device:
             raise ValueError(f"topk_ids is on {topk_ids.device}, expected {self.device}")
-        share = None if self._uniform[layer] else self._replica_share[layer]
+        # A graph keeps the kernel path it captured: capture the weighted one, which also serves
+        # uniform shares (1 / logcnt), so a commit that makes the shares non-uniform is seen.
+        weighted = not self._uniform[layer] or self.dev.is_capturing()
+        share = self._replica_share[layer] if weighted else None
         return self.recorder.route(
             layer,
             topk_ids,
@@ -446,20 +449,20 @@ class EplbRuntime:
     def _commit_layer(self, transfer: Transfer) -> None:
         """Weights first, then the tables: the same layer at the same step on every rank."""
         layer = transfer.migration.layer
-        self.executor.commit(transfer)
         new = self._target.select_layers([layer])
-        R = self.max_replicas
-        ops.update_expert_map_(
-            self._log2phy[layer],
-            self._logcnt[layer],
-            torch.from_numpy(new.log2phy(R)[0]).to(self.device),
-            torch.from_numpy(new.logcnt[0]).to(self.device),
-            num_slots=self.topology.num_slots,
-            replica_share=self._replica_share[layer],
-            new_replica_share=torch.from_numpy(new.replica_share(R)[0]).to(self.device),
-            expert_map=self._expert_map[layer],
-            new_expert_map=torch.from_numpy(new.expert_map(self.rank)[0]).to(self.device),
-        )
+        rows = [t[0] for t in self._table_rows(new)]
+        with self._staging.upload([transfer.slots, *rows]) as (slots, *up):
+            self.executor.commit(transfer, slots)
+            old = [t[layer] for t in self._tables]
+            ops.update_expert_map_(
+                *old[:2],
+                *up[:2],
+                num_slots=self.topology.num_slots,
+                replica_share=old[2],
+                new_replica_share=up[2],
+                expert_map=old[3],
+                new_expert_map=up[3],
+            )
         self._placement = self._placement.replace_layers([layer], self._target)
         self._uniform[layer] = new.is_uniform
 

@@ -1,0 +1,113 @@
+"""``EplbRuntime.route`` captured in a CUDA graph and replayed across a commit.
+
+The commit rewrites the routing tables in place (same storage), so a replay after it routes by
+the new placement and counts into the row of the current device step, without recapturing. One
+GPU means one rank, where a policy never moves an expert (a rank's slot order does not change
+its load), so the test commits a placement with the layer's slots rotated through the runtime's
+own transfer and commit path. The same scenario runs on the CPU with "replay" = calling
+``route`` again, which checks the scenario itself where no GPU is present.
+"""
+
+import importlib
+
+import numpy as np
+import pytest
+import torch
+
+import eplb_rt
+from eplb_rt.config import EplbConfig
+from eplb_rt.placement import Placement
+from eplb_rt.runtime import EplbRuntime
+from eplb_rt.runtime.migration import plan_migration
+
+E, N, K, H = 13, 64, 8, 4  # a prime number of experts, a decode-sized batch
+
+
+def _cuda_ready() -> bool:
+    return torch.cuda.is_available() and bool(eplb_rt.build_info()["backends"]["cuda"])
+
+
+def _capture(route):
+    """A replay of ``route()``: a CUDA graph on a GPU, the call itself on the CPU."""
+    if not torch.cuda.is_available():
+        return route
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        route()  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        route()
+    return graph.replay
+
+
+def _expected(rt: EplbRuntime, ids: torch.Tensor, heat: torch.Tensor) -> torch.Tensor:
+    """The reference routing by the runtime's current tables at its current step."""
+    reference = importlib.import_module("tests.reference")
+    return reference.route_and_count(
+        ids.cpu(),
+        rt.log2phy(0).cpu(),
+        rt.logcnt(0).cpu(),
+        heat,
+        rt.step_counter.cpu(),
+        replica_share=rt.replica_share(0).cpu(),
+    )
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=[
+                pytest.mark.cuda,
+                pytest.mark.skipif(not _cuda_ready(), reason="needs eplb_rt's CUDA backend"),
+            ],
+        ),
+    ],
+)
+def test_route_replays_across_a_commit(device):
+    config = EplbConfig(policy="default", interval=0, history=H, episode=1, warm_up=False)
+    with EplbRuntime(config, 2, E, device=device) as rt:
+        # Slot s of layer 0 holds a weight row equal to the expert it serves.
+        weight = torch.tensor(rt.placement.phy2log[0], dtype=torch.float32)[:, None].repeat(1, 3)
+        rt.register_weights(0, {"w": weight.to(device)})
+        gen = torch.Generator().manual_seed(7)
+        ids = torch.randint(E, (N, K), generator=gen)
+        ids[torch.rand(N, K, generator=gen) < 0.1] = -1
+        ids = ids.to(device)
+        out = torch.full_like(ids, -2)
+        tables = [t.data_ptr() for t in (rt.log2phy(0), rt.logcnt(0), rt.replica_share(0))]
+        replay = _capture(lambda: rt.route(0, ids, out=out))
+        rt.heat.zero_()
+        heat = torch.zeros(H, rt.topology.num_slots, dtype=torch.int32)
+
+        replay()
+        before = out.cpu().clone()  # .cpu() of a CPU tensor is the tensor itself
+        assert torch.equal(before, _expected(rt, ids, heat))
+
+        # Commit layer 0 rotated by 5 slots through the runtime's transfer and commit path.
+        target = Placement(
+            np.stack([np.roll(rt.placement.phy2log[0], 5), rt.placement.phy2log[1]]), E, 1
+        )
+        (migration,) = plan_migration(rt.placement, target)
+        transfer = rt.executor.start(migration, 0)
+        assert rt.executor.finish(transfer) is None
+        rt._target = target
+        rt._commit_layer(transfer)
+        rt.step()
+
+        replay()
+        after = out.cpu()
+        assert torch.equal(after, _expected(rt, ids, heat))
+        used = ids.cpu() >= 0
+        phy2log = torch.from_numpy(target.phy2log[0].astype(np.int64))
+        assert torch.equal(phy2log[after[used].long()], ids.cpu()[used].long())  # same experts
+        assert not torch.equal(after[used], before[used])  # on their new slots
+        assert torch.equal(rt.heat[:, 0].cpu(), heat)  # both replays counted, each in its row
+        assert tables == [t.data_ptr() for t in (rt.log2phy(0), rt.logcnt(0), rt.replica_share(0))]
+        assert rt.placement == target.select_layers([0, 1])
+        # The weights moved with their experts.
+        assert torch.equal(rt.executor.weights[0]["w"][:, 0].cpu(), phy2log.float())
