@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from eplb_rt import interop
-from eplb_rt.commands._args import add_command
+from eplb_rt import formats
+from eplb_rt.commands._args import add_command, check_output
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,10 +21,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         __doc__,
     )
     p.add_argument(
-        "--from", dest="src_format", required=True, choices=interop.FORMATS, help="format of IN"
+        "--from", dest="src_format", required=True, choices=formats.FORMATS, help="format of IN"
     )
     p.add_argument(
-        "--to", dest="dst_format", required=True, choices=interop.FORMATS, help="format of OUT"
+        "--to", dest="dst_format", required=True, choices=formats.FORMATS, help="format of OUT"
     )
     p.add_argument("input", metavar="IN", help="file to read")
     p.add_argument("output", metavar="OUT", help="file to write (replaced if present)")
@@ -58,8 +58,16 @@ SGLANG_FORMATS = ("sglang", "sglang-count")
 
 
 def run(args: argparse.Namespace) -> int:
-    src = interop.format_kind(args.src_format)
-    dst = interop.format_kind(args.dst_format)
+    check_output(args.output, "OUT")
+    for flag, value, least in (
+        ("--ranks", args.ranks, 1),
+        ("--experts", args.experts, 1),
+        ("--dense-layers", args.dense_layers, 0),
+    ):
+        if value is not None and value < least:
+            raise ValueError(f"{flag} must be >= {least}, got {value}")
+    src = formats.format_kind(args.src_format)
+    dst = formats.format_kind(args.dst_format)
     if src != dst:
         raise ValueError(
             f"cannot convert a {src} ({args.src_format}) into a {dst} ({args.dst_format}); "
@@ -73,18 +81,18 @@ def run(args: argparse.Namespace) -> int:
             f"({', '.join(SGLANG_FORMATS)}); got {args.src_format} -> {args.dst_format}"
         )
     if src == "placement":
-        placement = interop.read_placement(args.input, args.src_format, args.ranks, args.experts)
-        placement = interop.add_dense_layers(interop.drop_dense_layers(placement, drop), add)
-        interop.write_placement(placement, args.output, args.dst_format)
+        placement = formats.read_placement(args.input, args.src_format, args.ranks, args.experts)
+        placement = formats.add_dense_layers(formats.drop_dense_layers(placement, drop), add)
+        formats.write_placement(placement, args.output, args.dst_format)
         print(f"wrote {args.output}: {placement.describe()} ({args.dst_format})")
         return 0
-    load = interop.read_load(args.input, args.src_format)
+    load = formats.read_load(args.input, args.src_format)
     if args.experts is not None and load.shape[2] != args.experts:
         raise ValueError(
             f"{args.input}: load has {load.shape[2]} experts, --experts says {args.experts}"
         )
-    load = interop.add_dense_layers(interop.drop_dense_layers(load, drop), add)
-    interop.write_load(load, args.output, args.dst_format)
+    load = formats.add_dense_layers(formats.drop_dense_layers(load, drop), add)
+    formats.write_load(load, args.output, args.dst_format)
     T, L, E = load.shape
     print(f"wrote {args.output}: load of {T} steps x {L} layers x {E} experts ({args.dst_format})")
     return 0

@@ -19,10 +19,9 @@ import math
 
 import numpy as np
 
+from eplb_rt import formats
 from eplb_rt.algorithms import bounds, metrics
-from eplb_rt.commands._args import add_command, add_load_argument
-from eplb_rt.placement import Placement
-from eplb_rt.sim.traces import load_files
+from eplb_rt.commands._args import add_command, add_load_argument, read_load
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,8 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    placement = Placement.load(args.placement)
-    load = load_files(args.load)
+    placement = formats.read_placement(args.placement)
+    load = read_load(args.load)
     if load.shape[1:] != (placement.num_layers, placement.num_experts):
         raise ValueError(
             f"load has [L, E] = {list(load.shape[1:])} but the placement is for "
@@ -50,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         )
     previous = None
     if args.previous:
-        previous = Placement.load(args.previous, num_experts=placement.num_experts)
+        previous = formats.read_placement(args.previous, num_experts=placement.num_experts)
     summary = metrics.score(placement, load, previous)
     gaps = bounds.gap(placement, load)
     loaded = ~np.isnan(gaps)
