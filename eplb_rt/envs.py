@@ -88,7 +88,3 @@ def get(name: str) -> Any:
     except ValueError as err:
         raise ValueError(f"environment variable {name}={text!r}: {err}") from None
 
-
-def table() -> list[tuple[str, str, str]]:
-    """``(name, default, doc)`` rows, for the README and ``--help`` texts."""
-    return [(v.name, repr(v.default), v.doc) for v in VARIABLES.values()]

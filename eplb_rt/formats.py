@@ -342,6 +342,10 @@ def _read_json(path: str) -> object:
 
 def _read_array(path: str) -> np.ndarray:
     """A ``.npy`` array, or the :data:`NPZ_KEYS` array of a ``.npz`` archive."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY" and not magic.startswith(b"PK\x03\x04"):
+        raise ValueError(f"not a .npy array or .npz archive (starts with {magic!r})")
     try:
         data = np.load(path, allow_pickle=False)
         if isinstance(data, np.ndarray):
