@@ -45,13 +45,15 @@ NPZ_KEYS = ("counts", "load")
 """Keys a ``.npz`` load file may use, in order of preference."""
 
 
-def format_kind(fmt: str) -> str:
-    """``"placement"`` or ``"load"``; raises for an unknown format name."""
-    if fmt in PLACEMENT_FORMATS:
-        return "placement"
-    if fmt in LOAD_FORMATS:
-        return "load"
-    raise ValueError(f"unknown format {fmt!r}; choose one of {list(FORMATS)}")
+def format_kind(fmt: str, expected: str | None = None) -> str:
+    """``"placement"`` or ``"load"``; raises for an unknown name or one not of ``expected``."""
+    kind = "placement" if fmt in PLACEMENT_FORMATS else "load" if fmt in LOAD_FORMATS else None
+    if kind is None:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {list(FORMATS)}")
+    if expected not in (None, kind):
+        names = PLACEMENT_FORMATS if expected == "placement" else LOAD_FORMATS
+        raise ValueError(f"{fmt!r} is a {kind} format; expected a {expected} format {names}")
+    return kind
 
 
 # --------------------------------------------------------------------------------- documents
@@ -106,9 +108,9 @@ def from_vllm_ascend(doc: object, num_experts: int | None = None) -> Placement:
             f"number of experts; got devices per layer {sorted(ranks)}, experts per device "
             f"{sorted(widths)}"
         )
-    p2l = _rectangular([[e for dev in layer for e in dev] for layer in rows], "device_expert", 2)
+    p2l = _rectangular([[e for dev in layer for e in dev] for layer in rows], "device_expert", (2,))
     if share is not None:
-        share = _rectangular(share, "eplb_rt.slot_share", 2)
+        share = _rectangular(share, "eplb_rt.slot_share", (2,))
     return _placement(p2l, ranks.pop(), num_experts, share)
 
 
@@ -129,7 +131,7 @@ def to_sglang(placement: Placement) -> dict:
 def from_sglang(doc: object, num_ranks: int, num_experts: int | None = None) -> Placement:
     """Read SGLang's mapping document; ``num_ranks`` is SGLang's ``ep_size``."""
     return _placement(
-        _rectangular(_key(doc, SGLANG_MAP_KEY), SGLANG_MAP_KEY, 2), num_ranks, num_experts
+        _rectangular(_key(doc, SGLANG_MAP_KEY), SGLANG_MAP_KEY, (2,)), num_ranks, num_experts
     )
 
 
@@ -141,16 +143,8 @@ def to_logical_count(load: np.ndarray) -> dict:
 
 def from_logical_count(doc: object) -> np.ndarray:
     """Read SGLang's statistics document; returns ``[T, L, E] float64``."""
-    value = _key(doc, SGLANG_COUNT_KEY)
-    depth = 0
-    probe = value
-    while isinstance(probe, list) and probe:
-        depth, probe = depth + 1, probe[0]
-    if depth not in (2, 3):
-        raise ValueError(
-            f"{SGLANG_COUNT_KEY} must be [L][E] or [T][L][E] numbers, got {depth} nesting levels"
-        )
-    return check_load(_rectangular(value, SGLANG_COUNT_KEY, depth), name=SGLANG_COUNT_KEY)
+    value = _rectangular(_key(doc, SGLANG_COUNT_KEY), SGLANG_COUNT_KEY, (2, 3))
+    return check_load(value, name=SGLANG_COUNT_KEY)
 
 
 # --------------------------------------------------------------------------------- files
@@ -167,7 +161,7 @@ def read_placement(
     """
     path = os.fspath(path)
     fmt = fmt or ("npy" if path.endswith(".npy") else "vllm-ascend")
-    _expect_kind(fmt, "placement")
+    format_kind(fmt, "placement")
     try:
         if fmt == "vllm-ascend":
             placement = from_vllm_ascend(_read_json(path), num_experts)
@@ -190,7 +184,7 @@ def write_placement(placement: Placement, path: str | os.PathLike, fmt: str | No
     """Write ``placement`` in ``fmt`` (default: ``npy`` for ``.npy``, else ``vllm-ascend``)."""
     path = os.fspath(path)
     fmt = fmt or ("npy" if path.endswith(".npy") else "vllm-ascend")
-    _expect_kind(fmt, "placement")
+    format_kind(fmt, "placement")
     if fmt == "npy":
         if not placement.is_uniform:
             raise ValueError(f"{path}: a phy2log .npy keeps no replica shares; use vllm-ascend")
@@ -204,7 +198,7 @@ def write_placement(placement: Placement, path: str | os.PathLike, fmt: str | No
 def read_load(path: str | os.PathLike, fmt: str = "load") -> np.ndarray:
     """Read a load file in ``fmt`` (one of :data:`LOAD_FORMATS`); returns ``[T, L, E] float64``."""
     path = os.fspath(path)
-    _expect_kind(fmt, "load")
+    format_kind(fmt, "load")
     suffix = os.path.splitext(path)[1].lower()
     try:
         if fmt == "sglang-count" or suffix == ".json":
@@ -233,7 +227,7 @@ def read_loads(paths: Sequence[str | os.PathLike]) -> np.ndarray:
 def write_load(load: np.ndarray, path: str | os.PathLike, fmt: str = "load") -> None:
     """Write ``load`` (``[L, E]`` or ``[T, L, E]``) to ``path`` in ``fmt``."""
     path = os.fspath(path)
-    _expect_kind(fmt, "load")
+    format_kind(fmt, "load")
     if fmt == "load":
         _write_npy(path, check_load(load))
         return
@@ -278,14 +272,6 @@ def drop_dense_layers(item: Placement | np.ndarray, count: int) -> Placement | n
 
 
 # --------------------------------------------------------------------------------- helpers
-def _expect_kind(fmt: str, kind: str) -> None:
-    if format_kind(fmt) != kind:
-        other = PLACEMENT_FORMATS if kind == "placement" else LOAD_FORMATS
-        raise ValueError(
-            f"{fmt!r} is a {format_kind(fmt)} format; expected a {kind} format ({', '.join(other)})"
-        )
-
-
 def _key(doc: object, key: str) -> object:
     if not isinstance(doc, dict) or key not in doc:
         keys = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
@@ -304,10 +290,6 @@ def _placement(
     if not np.issubdtype(p2l.dtype, np.integer):
         if not np.issubdtype(p2l.dtype, np.floating) or not np.array_equal(p2l, np.round(p2l)):
             raise ValueError(f"phy2log must hold integer expert ids, got dtype {p2l.dtype}")
-    if p2l.shape[1] % num_ranks:
-        raise ValueError(
-            f"phy2log has {p2l.shape[1]} slots per layer, not a multiple of {num_ranks} ranks"
-        )
     experts = int(p2l.max()) + 1 if num_experts is None else num_experts
     if not 1 <= experts <= p2l.shape[1]:
         # Checked before Placement builds [L, E] tables, so a huge id cannot exhaust memory.
@@ -315,15 +297,19 @@ def _placement(
     return Placement(p2l.astype(np.int64), experts, num_ranks, share)
 
 
-def _rectangular(value: object, key: str, depth: int) -> np.ndarray:
-    """``value`` as a numeric array of ``depth`` dimensions, or a ``ValueError`` naming ``key``."""
+def _rectangular(value: object, key: str, ndims: tuple[int, ...]) -> np.ndarray:
+    """``value`` as a real array with one of ``ndims`` dimensions, or a ``ValueError``."""
     try:
         arr = np.array(value)
-    except (ValueError, OverflowError) as err:  # numpy refuses ragged nesting
-        raise ValueError(f"{key} is not rectangular: rows differ in length ({err})") from None
-    if arr.dtype == object or arr.ndim != depth:
+    except (ValueError, OverflowError):  # numpy refuses ragged nesting
+        arr = np.array(None)
+    if arr.dtype == object:
         raise ValueError(f"{key} is not rectangular: rows differ in length or hold non-numbers")
-    if arr.size == 0 or not (np.issubdtype(arr.dtype, np.number) and arr.dtype != np.bool_):
+    if arr.ndim not in ndims:
+        raise ValueError(
+            f"{key} must have {' or '.join(map(str, ndims))} dimensions, got {arr.ndim}"
+        )
+    if arr.size == 0 or arr.dtype.kind not in "iuf":
         raise ValueError(f"{key} must hold numbers, got {arr.dtype} with shape {arr.shape}")
     return arr
 
@@ -342,22 +328,30 @@ def _read_json(path: str) -> object:
 
 def _read_array(path: str) -> np.ndarray:
     """A ``.npy`` array, or the :data:`NPZ_KEYS` array of a ``.npz`` archive."""
+    # Our own handle: numpy leaks the one it opens when a corrupt archive fails to parse.
     with open(path, "rb") as f:
         magic = f.read(6)
-    if magic != b"\x93NUMPY" and not magic.startswith(b"PK\x03\x04"):
-        raise ValueError(f"not a .npy array or .npz archive (starts with {magic!r})")
-    try:
-        data = np.load(path, allow_pickle=False)
-        if isinstance(data, np.ndarray):
-            return data
-        with data:
-            key = next((k for k in NPZ_KEYS if k in data.files), None)
-            if key is not None:
-                return data[key]
-            found = data.files
-    except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
-        raise ValueError(f"not a numeric .npy array or .npz archive ({err})") from None
+        if magic != b"\x93NUMPY" and not magic.startswith(b"PK\x03\x04"):
+            raise ValueError(f"not a .npy array or .npz archive (starts with {magic!r})")
+        f.seek(0)
+        try:
+            data = np.load(f, allow_pickle=False)
+            if isinstance(data, np.ndarray):
+                return _real(data)
+            with data:
+                key = next((k for k in NPZ_KEYS if k in data.files), None)
+                if key is not None:
+                    return _real(data[key])
+                found = data.files
+        except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+            raise ValueError(f"not a numeric .npy array or .npz archive ({err})") from None
     raise ValueError(f".npz has no key {' or '.join(NPZ_KEYS)}; it has {found}")
+
+
+def _real(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"expected an array of real numbers, got dtype {arr.dtype}")
+    return arr
 
 
 def _write_npy(path: str, arr: np.ndarray) -> None:

@@ -119,7 +119,7 @@ class Placement:
         if self.num_ranks < 1 or phy2log.shape[1] % self.num_ranks:
             raise ValueError(
                 f"phy2log has {phy2log.shape[1]} slots per layer, not a multiple of "
-                f"num_ranks={num_ranks}"
+                f"{num_ranks} ranks"
             )
         self._phy2log = np.array(phy2log, dtype=np.int32)
         self._phy2log.setflags(write=False)

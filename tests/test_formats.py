@@ -135,7 +135,7 @@ def test_logical_count_round_trip(tmp_path, shape):
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ([1, 2, 3], "got 1 nesting levels"),
+        ([1, 2, 3], "must have 2 or 3 dimensions, got 1"),
         ([[1, -2]], "negative"),
         ([[1, 2], [3]], "not rectangular"),
     ],

@@ -62,8 +62,8 @@ def test_valid_placement_and_read_only_arrays():
     [
         ([0, 1], 2, 1, ValueError, r"must be \[L, P\]"),
         ([[0.0, 1.0]], 2, 1, TypeError, "integers"),
-        ([[0, 1, 2]], 3, 2, ValueError, "not a multiple of num_ranks"),
-        ([[0, 1, 2]], 3, 0, ValueError, "not a multiple of num_ranks"),
+        ([[0, 1, 2]], 3, 2, ValueError, "not a multiple of 2 ranks"),
+        ([[0, 1, 2]], 3, 0, ValueError, "not a multiple of 0 ranks"),
         ([[0, 3]], 3, 2, ValueError, r"expert id 3 not in \[0, 3\)"),
         ([[0, -1]], 2, 2, ValueError, r"expert id -1"),
         ([[0, 1, 0, 1]], 3, 2, ValueError, "expert 2 has no slot"),

@@ -14,43 +14,22 @@ from eplb_rt.commands._args import add_command, check_output
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = add_command(
-        subparsers,
-        "convert",
-        "convert placements or loads between vllm-ascend, SGLang and .npy formats",
-        __doc__,
-    )
-    p.add_argument(
-        "--from", dest="src_format", required=True, choices=formats.FORMATS, help="format of IN"
-    )
-    p.add_argument(
-        "--to", dest="dst_format", required=True, choices=formats.FORMATS, help="format of OUT"
-    )
+    summary = "convert placements or loads between vllm-ascend, SGLang and .npy formats"
+    p = add_command(subparsers, "convert", summary, __doc__)
+    kinds = {"choices": formats.FORMATS, "required": True}
+    p.add_argument("--from", dest="src_format", **kinds, help="format of IN")
+    p.add_argument("--to", dest="dst_format", **kinds, help="format of OUT")
     p.add_argument("input", metavar="IN", help="file to read")
     p.add_argument("output", metavar="OUT", help="file to write (replaced if present)")
-    p.add_argument(
-        "--ranks",
-        type=int,
-        default=None,
-        metavar="D",
-        help="expert-parallel ranks; required to read sglang / npy placements, "
-        "checked against vllm-ascend files",
+    ranks = "expert-parallel ranks; needed to read sglang / npy placements, checked for vllm-ascend"
+    p.add_argument("--ranks", type=int, metavar="D", help=ranks)
+    experts = "logical experts per layer (default: largest id + 1; for loads, checked)"
+    p.add_argument("--experts", type=int, metavar="E", help=experts)
+    dense = (
+        "the model's first N layers are dense: SGLang counts them, eplb-rt does not; "
+        "added when writing sglang / sglang-count, dropped when reading them"
     )
-    p.add_argument(
-        "--experts",
-        type=int,
-        default=None,
-        metavar="E",
-        help="logical experts per layer (default: largest id + 1; for loads, checked)",
-    )
-    p.add_argument(
-        "--dense-layers",
-        type=int,
-        default=0,
-        metavar="N",
-        help="the model's first N layers are dense: SGLang counts them, eplb-rt does not; "
-        "added when writing sglang / sglang-count, dropped when reading them",
-    )
+    p.add_argument("--dense-layers", type=int, default=0, metavar="N", help=dense)
     p.set_defaults(func=run)
 
 
