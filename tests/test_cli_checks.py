@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -70,22 +68,15 @@ def test_all_zero_load_is_an_error(capsys, files, command):
     assert not (files / "o.json").exists()
 
 
-def test_groups_that_cannot_be_hierarchical_warn_and_plan_flat(tmp_path):
+def test_groups_that_cannot_be_hierarchical_warn_and_plan_flat(capsys, tmp_path):
     np.save(tmp_path / "load.npy", np.arange(1.0, 65.0).reshape(1, 64))
-    out = tmp_path / "p.json"
+    out, flat = tmp_path / "p.json", tmp_path / "flat.json"
     argv = "plan --ranks 8 --slots-per-rank 9 --nodes 1 --groups 5 --policy default".split()
-    proc = subprocess.run(
-        [sys.executable, "-m", "eplb_rt.cli", *argv, "--load", tmp_path / "load.npy", "--out", out],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.splitlines() == [
+    assert main([*argv, "--load", str(tmp_path / "load.npy"), "--out", str(out)]) == 0
+    assert capsys.readouterr().err.splitlines() == [
         "eplb-rt plan: warning: --groups 5: hierarchical placement is not possible (64 experts "
         "do not split into 5 equal groups); planning flat, as with --groups 1"
     ]
-    flat = tmp_path / "flat.json"
     argv[argv.index("5")] = "1"
     assert main([*argv, "--load", str(tmp_path / "load.npy"), "--out", str(flat)]) == 0
     assert formats.read_placement(out) == formats.read_placement(flat)
