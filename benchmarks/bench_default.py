@@ -16,9 +16,9 @@ import tempfile
 
 import pytest
 
+from benchmarks import traces
 from eplb_rt.algorithms import metrics, plan, warm_up
 from eplb_rt.placement import Topology
-from eplb_rt.sim import traces
 
 SHAPES = [(32, 9), (64, 5)]
 

@@ -39,7 +39,7 @@ LAYER_TOKENS = 512
 def _deepseek_v3_load() -> np.ndarray:
     """``[1, 58, 256]`` load: the shipped SGLang DeepSeek-V3 trace, else a skewed stand-in."""
     try:
-        from eplb_rt.sim import traces
+        from benchmarks import traces
 
         return traces.deepseek_v3("prefill_in4096", moe_only=True)
     except (ImportError, OSError, ValueError):

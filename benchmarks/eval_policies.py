@@ -25,9 +25,9 @@ import time
 
 import numpy as np
 
+from benchmarks import traces
 from eplb_rt.algorithms import bounds, get_policy, metrics, plan, policy_names
 from eplb_rt.placement import Topology
-from eplb_rt.sim import traces
 
 DS = traces.DEEPSEEK_V3_WORKLOADS
 OLMOE_DOMAINS = ("arxiv", "book", "c4", "github", "tulu", "wikipedia")

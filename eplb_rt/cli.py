@@ -22,16 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class CliError(Exception):
-    """An error the user can fix (bad file, bad shape): printed without a traceback, exit 2."""
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CliError, ValueError, OSError) as err:
+    except (ValueError, OSError) as err:  # a file or argument the user can fix
         print(f"eplb-rt {args.command}: error: {err}", file=sys.stderr)
         return 2
 

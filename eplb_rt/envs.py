@@ -25,52 +25,36 @@ def _flag(text: str) -> bool:
 class EnvVar:
     """One environment variable: its parser, default and documentation."""
 
-    name: str
     parse: Callable[[str], Any]
     default: Any
     doc: str
 
 
 VARIABLES: dict[str, EnvVar] = {
-    var.name: var
-    for var in (
-        EnvVar(
-            "EPLB_RT_LOG_LEVEL",
-            str.upper,
-            "WARNING",
-            "Log level of the eplb_rt logger (DEBUG, INFO, WARNING, ERROR).",
-        ),
-        EnvVar(
-            "EPLB_RT_DISABLE_REBALANCE",
-            _flag,
-            False,
-            "1: record heat but never plan or migrate (static placement).",
-        ),
-        EnvVar(
-            "EPLB_RT_POLICY",
-            str,
-            None,
-            "Overrides EplbConfig.policy when a config is built with from_dict(..., env=True).",
-        ),
-        EnvVar(
-            "EPLB_RT_EXPORT_DIR",
-            str,
-            None,
-            "Default directory for EplbConfig.export_dir (every committed placement as JSON).",
-        ),
-        EnvVar(
-            "EPLB_RT_TRANSFER_TIMEOUT_S",
-            float,
-            None,
-            "Overrides EplbConfig.transfer_timeout_s (seconds a layer's transfer may take).",
-        ),
-        EnvVar(
-            "EPLB_RT_DEMO_PORT",
-            int,
-            None,
-            "TCP port of the rendezvous of `eplb-rt demo` (MASTER_PORT); unset: a free port.",
-        ),
-    )
+    "EPLB_RT_LOG_LEVEL": EnvVar(
+        str.upper, "WARNING", "Log level of the eplb_rt logger (DEBUG, INFO, WARNING, ERROR)."
+    ),
+    "EPLB_RT_DISABLE_REBALANCE": EnvVar(
+        _flag, False, "1: record heat but never plan or migrate (static placement)."
+    ),
+    "EPLB_RT_POLICY": EnvVar(
+        str,
+        None,
+        "Overrides EplbConfig.policy when a config is built with from_dict(..., env=True).",
+    ),
+    "EPLB_RT_EXPORT_DIR": EnvVar(
+        str,
+        None,
+        "Default directory for EplbConfig.export_dir (every committed placement as JSON).",
+    ),
+    "EPLB_RT_TRANSFER_TIMEOUT_S": EnvVar(
+        float,
+        None,
+        "Overrides EplbConfig.transfer_timeout_s (seconds a layer's transfer may take).",
+    ),
+    "EPLB_RT_DEMO_PORT": EnvVar(
+        int, None, "TCP port of the rendezvous of `eplb-rt demo` (MASTER_PORT); unset: a free port."
+    ),
 }
 
 
@@ -87,8 +71,3 @@ def get(name: str) -> Any:
         return var.parse(text)
     except ValueError as err:
         raise ValueError(f"environment variable {name}={text!r}: {err}") from None
-
-
-def table() -> list[tuple[str, str, str]]:
-    """``(name, default, doc)`` rows, for the README and ``--help`` texts."""
-    return [(v.name, repr(v.default), v.doc) for v in VARIABLES.values()]

@@ -7,18 +7,16 @@ stored as two arrays, everything else is derived from them:
 * ``slot_share [L, P] float64``: the fraction of its expert's tokens each slot receives. The slots
   of one expert sum to 1; uniform splitting gives ``1 / logcnt``.
 
-Derived views use the names of DESIGN.md: ``logcnt [L, E]``, ``log2phy [L, E, R]`` (slots of an
+Derived views (the README's terms): ``logcnt [L, E]``, ``log2phy [L, E, R]`` (slots of an
 expert in ascending physical id, padded with -1), ``replica_share [L, E, R]`` (aligned with
 ``log2phy``) and the per-rank ``expert_map [L, E]`` (local slot or -1, vllm-ascend's convention).
 
-This module is numpy-only: policies and the CLI use it without torch.
+This module is numpy-only: policies and the CLI use it without torch. Files: :mod:`eplb_rt.formats`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -121,7 +119,7 @@ class Placement:
         if self.num_ranks < 1 or phy2log.shape[1] % self.num_ranks:
             raise ValueError(
                 f"phy2log has {phy2log.shape[1]} slots per layer, not a multiple of "
-                f"num_ranks={num_ranks}"
+                f"{num_ranks} ranks"
             )
         self._phy2log = np.array(phy2log, dtype=np.int32)
         self._phy2log.setflags(write=False)
@@ -311,9 +309,7 @@ class Placement:
             or self.num_ranks != other.num_ranks
             or self.num_experts != other.num_experts
         ):
-            raise ValueError(
-                f"placements differ in shape: {self.describe()} vs {other.describe()}"
-            )
+            raise ValueError(f"placements differ in shape: {self.describe()} vs {other.describe()}")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Placement):
@@ -372,8 +368,9 @@ class Placement:
         p2l[idx] = other._phy2log[idx]
         share[idx] = other._slot_share[idx]
         uniform = self._uniform and other._uniform
-        return Placement(p2l, self.num_experts, self.num_ranks, None if uniform else share,
-                         validate=False)
+        return Placement(
+            p2l, self.num_experts, self.num_ranks, None if uniform else share, validate=False
+        )
 
     @classmethod
     def stack(cls, layers: Sequence[Placement]) -> Placement:
@@ -383,107 +380,15 @@ class Placement:
         first = layers[0]
         for other in layers[1:]:
             if (other.num_slots, other.num_ranks, other.num_experts) != (
-                first.num_slots, first.num_ranks, first.num_experts
+                first.num_slots,
+                first.num_ranks,
+                first.num_experts,
             ):
                 raise ValueError(f"cannot stack {other.describe()} onto {first.describe()}")
         uniform = all(p._uniform for p in layers)
         p2l = np.concatenate([p._phy2log for p in layers])
         share = None if uniform else np.concatenate([p._slot_share for p in layers])
         return cls(p2l, first.num_experts, first.num_ranks, share, validate=False)
-
-    # ----------------------------------------------------------------------------- files
-    def to_vllm_ascend(self) -> dict:
-        """vllm-ascend's expert_map JSON object.
-
-        ``{"moe_layer_count", "layer_list": [{"layer_id", "device_count", "device_list":
-        [{"device_id", "device_expert": [...]}]}]}``; ``device_expert`` lists a rank's experts in
-        local slot order. Non-uniform shares go in the extra top-level field ``"eplb_rt"``
-        (``{"num_experts", "slot_share": [L][P]}``), which other readers ignore.
-        """
-        grid = self.by_rank()
-        doc: dict = {
-            "moe_layer_count": self.num_layers,
-            "layer_list": [
-                {
-                    "layer_id": layer,
-                    "device_count": self.num_ranks,
-                    "device_list": [
-                        {"device_id": rank, "device_expert": grid[layer, rank].tolist()}
-                        for rank in range(self.num_ranks)
-                    ],
-                }
-                for layer in range(self.num_layers)
-            ],
-        }
-        extra: dict = {"num_experts": self.num_experts}
-        if not self.is_uniform:
-            extra["slot_share"] = self._slot_share.tolist()
-        doc["eplb_rt"] = extra
-        return doc
-
-    @classmethod
-    def from_vllm_ascend(cls, doc: dict, num_experts: int | None = None) -> Placement:
-        """Read vllm-ascend's expert_map JSON object (see :meth:`to_vllm_ascend`).
-
-        ``num_experts`` defaults to the ``eplb_rt`` field when present, else the largest id + 1.
-        """
-        try:
-            layers = sorted(doc["layer_list"], key=lambda item: int(item["layer_id"]))
-            count = int(doc.get("moe_layer_count", len(layers)))
-            rows = []
-            for item in layers:
-                devices = sorted(item["device_list"], key=lambda dev: int(dev["device_id"]))
-                rows.append([[int(x) for x in dev["device_expert"]] for dev in devices])
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"not a vllm-ascend expert_map document: {err!r}") from err
-        if count != len(rows):
-            raise ValueError(f"moe_layer_count is {count} but layer_list has {len(rows)} layers")
-        if not rows:
-            raise ValueError("expert_map document has no layers")
-        widths = {len(dev) for layer in rows for dev in layer}
-        ranks = {len(layer) for layer in rows}
-        if len(widths) != 1 or len(ranks) != 1:
-            raise ValueError(
-                f"every layer must list the same number of devices and every device the same "
-                f"number of experts; got devices per layer {sorted(ranks)}, experts per device "
-                f"{sorted(widths)}"
-            )
-        p2l = np.array([[e for dev in layer for e in dev] for layer in rows], dtype=np.int64)
-        extra = doc.get("eplb_rt") or {}
-        if num_experts is None:
-            num_experts = int(extra.get("num_experts", int(p2l.max()) + 1))
-        share = extra.get("slot_share")
-        return cls(p2l, num_experts, ranks.pop(), None if share is None else np.asarray(share))
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write ``.json`` (vllm-ascend expert_map format) or ``.npy`` (``phy2log`` only)."""
-        path = os.fspath(path)
-        if path.endswith(".npy"):
-            if not self.is_uniform:
-                raise ValueError(f"{path}: a .npy file keeps only phy2log; use .json for shares")
-            np.save(path, self._phy2log)
-            return
-        with open(path, "w") as f:
-            json.dump(self.to_vllm_ascend(), f)
-
-    @classmethod
-    def load(
-        cls, path: str | os.PathLike, num_experts: int | None = None, num_ranks: int | None = None
-    ) -> Placement:
-        """Read a file written by :meth:`save` (``.npy`` needs ``num_ranks``)."""
-        path = os.fspath(path)
-        if path.endswith(".npy"):
-            if num_ranks is None:
-                raise ValueError(f"{path}: a phy2log .npy file needs num_ranks")
-            p2l = np.load(path)
-            return cls(p2l, num_experts if num_experts is not None else int(p2l.max()) + 1,
-                       num_ranks)
-        try:
-            with open(path) as f:
-                doc = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from err
-        return cls.from_vllm_ascend(doc, num_experts)
 
 
 def _logcnt(phy2log: np.ndarray, num_experts: int) -> np.ndarray:

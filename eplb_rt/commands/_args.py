@@ -1,8 +1,19 @@
-"""Arguments shared by several subcommands, so that they read and document files the same way."""
+"""Arguments shared by several subcommands, read and checked the same way before any work starts.
+
+Every check raises ``ValueError`` with one line naming the flag, what was expected and what was
+got; ``eplb-rt`` prints it and exits with status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+
+import numpy as np
+
+from eplb_rt import algorithms, formats
+from eplb_rt.placement import Topology
 
 LOAD_HELP = "load file(s): .npy [L, E] or [T, L, E], .npz (key counts or load), SGLang .json"
 
@@ -17,3 +28,70 @@ def add_command(subparsers: argparse._SubParsersAction, name: str, summary: str,
 def add_load_argument(parser: argparse.ArgumentParser) -> None:
     """``--load FILE [FILE ...]`` (required): files stacked as episodes along ``T``."""
     parser.add_argument("--load", nargs="+", required=True, metavar="FILE", help=LOAD_HELP)
+
+
+def check_output(path: str | os.PathLike | None, flag: str, directory: bool = False) -> None:
+    """Raise unless ``path`` can be written: a file path that is not a directory (or, with
+    ``directory``, a directory or a path where one can be made), in a writable folder."""
+    if path is None:
+        return
+    path = os.fspath(path)
+    if not directory and (path.endswith(os.sep) or os.path.isdir(path)):
+        raise ValueError(f"{flag} {path}: is a directory; expected a file path")
+    if directory and os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag} {path}: is a file; expected a directory")
+    folder = path if directory and os.path.isdir(path) else os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise ValueError(f"{flag} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: folder {folder} is not writable")
+
+
+def read_load(paths: list[str]) -> np.ndarray:
+    """``--load`` files stacked along ``T``: ``[T, L, E] float64``, checked by :func:`nonzero`."""
+    return nonzero(formats.read_loads(paths), paths)
+
+
+def nonzero(load: np.ndarray, paths: list[str]) -> np.ndarray:
+    """``load``, unless every count is zero: then no PAR exists and no placement is better."""
+    if not load.any():
+        raise ValueError(f"--load {' '.join(paths)}: every count is zero; nothing to balance")
+    return load
+
+
+def check_simulate(args: argparse.Namespace) -> None:
+    """``simulate``'s output paths and ``--policies``, before any file is read."""
+    check_output(args.plot, "--plot")
+    check_output(args.json, "--json")
+    check_output(args.save_placements, "--save-placements", directory=True)
+    if args.plot and os.path.splitext(args.plot)[1].lower() not in (".png", ".pdf", ".svg"):
+        raise ValueError(f"--plot {args.plot}: expected a .png, .pdf or .svg file name")
+    if args.policies is not None and not args.policies.replace(",", "").strip():
+        raise ValueError(
+            f"--policies {args.policies!r} names no policy; give one or more of "
+            f"{', '.join(algorithms.policy_names())}"
+        )
+
+
+def topology(args: argparse.Namespace, num_experts: int) -> Topology:
+    """``--ranks --slots-per-rank --nodes --groups`` checked against ``num_experts``; prints a
+    warning line when ``--groups`` asks for hierarchical placement that cannot be done."""
+    topo = Topology(args.ranks, args.slots_per_rank, args.nodes, args.groups)
+    topo.check_experts(num_experts)
+    groups, nodes = topo.num_groups, topo.num_nodes
+    why = None
+    if groups > 1 and num_experts % groups:
+        why = f"{num_experts} experts do not split into {groups} equal groups"
+    elif groups > 1 and nodes == 1:
+        why = "all ranks are on one node (--nodes 1)"
+    elif groups > 1 and groups % nodes:
+        why = f"{groups} groups do not spread evenly over {nodes} nodes"
+    elif groups > 1 and topo.num_slots_per_rank > num_experts // nodes:
+        why = f"{topo.num_slots_per_rank} slots per rank > {num_experts // nodes} experts per node"
+    if why:
+        print(
+            f"eplb-rt {args.command}: warning: --groups {groups}: hierarchical placement is not "
+            f"possible ({why}); planning flat, as with --groups 1",
+            file=sys.stderr,
+        )
+    return topo

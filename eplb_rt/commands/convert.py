@@ -9,48 +9,27 @@ from __future__ import annotations
 
 import argparse
 
-from eplb_rt import interop
-from eplb_rt.commands._args import add_command
+from eplb_rt import formats
+from eplb_rt.commands._args import add_command, check_output
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = add_command(
-        subparsers,
-        "convert",
-        "convert placements or loads between vllm-ascend, SGLang and .npy formats",
-        __doc__,
-    )
-    p.add_argument(
-        "--from", dest="src_format", required=True, choices=interop.FORMATS, help="format of IN"
-    )
-    p.add_argument(
-        "--to", dest="dst_format", required=True, choices=interop.FORMATS, help="format of OUT"
-    )
+    summary = "convert placements or loads between vllm-ascend, SGLang and .npy formats"
+    p = add_command(subparsers, "convert", summary, __doc__)
+    kinds = {"choices": formats.FORMATS, "required": True}
+    p.add_argument("--from", dest="src_format", **kinds, help="format of IN")
+    p.add_argument("--to", dest="dst_format", **kinds, help="format of OUT")
     p.add_argument("input", metavar="IN", help="file to read")
     p.add_argument("output", metavar="OUT", help="file to write (replaced if present)")
-    p.add_argument(
-        "--ranks",
-        type=int,
-        default=None,
-        metavar="D",
-        help="expert-parallel ranks; required to read sglang / npy placements, "
-        "checked against vllm-ascend files",
+    ranks = "expert-parallel ranks; needed to read sglang / npy placements, checked for vllm-ascend"
+    p.add_argument("--ranks", type=int, metavar="D", help=ranks)
+    experts = "logical experts per layer (default: largest id + 1; for loads, checked)"
+    p.add_argument("--experts", type=int, metavar="E", help=experts)
+    dense = (
+        "the model's first N layers are dense: SGLang counts them, eplb-rt does not; "
+        "added when writing sglang / sglang-count, dropped when reading them"
     )
-    p.add_argument(
-        "--experts",
-        type=int,
-        default=None,
-        metavar="E",
-        help="logical experts per layer (default: largest id + 1; for loads, checked)",
-    )
-    p.add_argument(
-        "--dense-layers",
-        type=int,
-        default=0,
-        metavar="N",
-        help="the model's first N layers are dense: SGLang counts them, eplb-rt does not; "
-        "added when writing sglang / sglang-count, dropped when reading them",
-    )
+    p.add_argument("--dense-layers", type=int, default=0, metavar="N", help=dense)
     p.set_defaults(func=run)
 
 
@@ -58,8 +37,16 @@ SGLANG_FORMATS = ("sglang", "sglang-count")
 
 
 def run(args: argparse.Namespace) -> int:
-    src = interop.format_kind(args.src_format)
-    dst = interop.format_kind(args.dst_format)
+    check_output(args.output, "OUT")
+    for flag, value, least in (
+        ("--ranks", args.ranks, 1),
+        ("--experts", args.experts, 1),
+        ("--dense-layers", args.dense_layers, 0),
+    ):
+        if value is not None and value < least:
+            raise ValueError(f"{flag} must be >= {least}, got {value}")
+    src = formats.format_kind(args.src_format)
+    dst = formats.format_kind(args.dst_format)
     if src != dst:
         raise ValueError(
             f"cannot convert a {src} ({args.src_format}) into a {dst} ({args.dst_format}); "
@@ -73,18 +60,18 @@ def run(args: argparse.Namespace) -> int:
             f"({', '.join(SGLANG_FORMATS)}); got {args.src_format} -> {args.dst_format}"
         )
     if src == "placement":
-        placement = interop.read_placement(args.input, args.src_format, args.ranks, args.experts)
-        placement = interop.add_dense_layers(interop.drop_dense_layers(placement, drop), add)
-        interop.write_placement(placement, args.output, args.dst_format)
+        placement = formats.read_placement(args.input, args.src_format, args.ranks, args.experts)
+        placement = formats.add_dense_layers(formats.drop_dense_layers(placement, drop), add)
+        formats.write_placement(placement, args.output, args.dst_format)
         print(f"wrote {args.output}: {placement.describe()} ({args.dst_format})")
         return 0
-    load = interop.read_load(args.input, args.src_format)
+    load = formats.read_load(args.input, args.src_format)
     if args.experts is not None and load.shape[2] != args.experts:
         raise ValueError(
             f"{args.input}: load has {load.shape[2]} experts, --experts says {args.experts}"
         )
-    load = interop.add_dense_layers(interop.drop_dense_layers(load, drop), add)
-    interop.write_load(load, args.output, args.dst_format)
+    load = formats.add_dense_layers(formats.drop_dense_layers(load, drop), add)
+    formats.write_load(load, args.output, args.dst_format)
     T, L, E = load.shape
     print(f"wrote {args.output}: load of {T} steps x {L} layers x {E} experts ({args.dst_format})")
     return 0

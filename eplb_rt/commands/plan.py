@@ -16,10 +16,10 @@ import time
 
 import numpy as np
 
+from eplb_rt import formats
 from eplb_rt.algorithms import metrics, plan, policy_names
+from eplb_rt.commands import _args
 from eplb_rt.commands._args import add_command, add_load_argument
-from eplb_rt.placement import Placement, Topology
-from eplb_rt.sim.traces import load_files
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -71,12 +71,13 @@ def parse_options(items: list[str]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    load = load_files(args.load)
+    _args.check_output(args.out, "--out")
+    load = _args.read_load(args.load)
     num_experts = load.shape[2]
-    topology = Topology(args.ranks, args.slots_per_rank, args.nodes, args.groups)
+    topology = _args.topology(args, num_experts)
     previous = None
     if args.previous:
-        previous = Placement.load(args.previous, num_experts=num_experts, num_ranks=args.ranks)
+        previous = formats.read_placement(args.previous, None, args.ranks, num_experts)
     options = parse_options(args.option)
     start = time.perf_counter()
     try:
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     except TypeError as err:  # an option of the wrong type reaches the options dataclass
         raise ValueError(f"bad --option for policy {args.policy!r}: {err}") from None
     seconds = time.perf_counter() - start
-    placement.save(args.out)
+    formats.write_placement(placement, args.out)
     summary = metrics.score(placement, load, previous)
     zero = summary["zero_load_layers"]
     print(

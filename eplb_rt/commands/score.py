@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 import numpy as np
 
+from eplb_rt import formats
 from eplb_rt.algorithms import bounds, metrics
-from eplb_rt.commands._args import add_command, add_load_argument
-from eplb_rt.placement import Placement
-from eplb_rt.sim.traces import load_files
+from eplb_rt.commands._args import add_command, add_load_argument, read_load
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,8 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    placement = Placement.load(args.placement)
-    load = load_files(args.load)
+    placement = formats.read_placement(args.placement)
+    load = read_load(args.load)
     if load.shape[1:] != (placement.num_layers, placement.num_experts):
         raise ValueError(
             f"load has [L, E] = {list(load.shape[1:])} but the placement is for "
@@ -50,64 +48,45 @@ def run(args: argparse.Namespace) -> int:
         )
     previous = None
     if args.previous:
-        previous = Placement.load(args.previous, num_experts=placement.num_experts)
+        previous = formats.read_placement(args.previous, num_experts=placement.num_experts)
     summary = metrics.score(placement, load, previous)
+    # read_load refused an all-zero load, so some layer is loaded and every mean is finite.
     gaps = bounds.gap(placement, load)
-    loaded = ~np.isnan(gaps)
     summary.update(
         gap_per_layer=[None if np.isnan(g) else float(g) for g in gaps],
-        gap_mean=float(gaps[loaded].mean()) if loaded.any() else float("nan"),
-        gap_max=float(gaps[loaded].max()) if loaded.any() else float("nan"),
+        gap_mean=float(np.nanmean(gaps)),
+        gap_max=float(np.nanmax(gaps)),
         num_experts=placement.num_experts,
         num_ranks=placement.num_ranks,
         num_slots_per_rank=placement.num_slots_per_rank,
     )
-    if args.json:
-        print(json.dumps(_finite(summary)))
-    else:
-        print(format_table(summary))
+    print(json.dumps(summary, allow_nan=False) if args.json else format_table(summary))
     return 0
 
 
-def _finite(value):
-    """``value`` with NaN/inf floats replaced by None, so the output is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
 def format_table(summary: dict) -> str:
-    """A readable per-layer table of :func:`metrics.score`'s summary."""
+    """A readable per-layer table of :func:`metrics.score`'s summary and the gaps."""
     has_moves = "moves_per_layer" in summary
-    has_gap = "gap_per_layer" in summary
-    header = f"{'layer':>5}  {'PAR':>8}  {'max rank load':>14}" + ("  moves" if has_moves else "")
-    header += "  gap to bound" if has_gap else ""
     lines = [
         f"{summary['layers']} layers x {summary['num_experts']} experts on "
         f"{summary['num_ranks']} ranks x {summary['num_slots_per_rank']} slots",
-        header,
+        f"{'layer':>5}  {'PAR':>8}  {'max rank load':>14}{'  moves' if has_moves else ''}"
+        "  gap to bound",
     ]
     for layer, value in enumerate(summary["par_per_layer"]):
         par = "zero" if value is None else f"{value:.4f}"
         row = f"{layer:>5}  {par:>8}  {summary['max_rank_load_per_layer'][layer]:>14.6g}"
         if has_moves:
             row += f"  {summary['moves_per_layer'][layer]:>5}"
-        if has_gap:
-            gap = summary["gap_per_layer"][layer]
-            row += f"  {'-' if gap is None else f'{gap:.2%}':>12}"
-        lines.append(row)
+        gap = summary["gap_per_layer"][layer]
+        lines.append(f"{row}  {'-' if gap is None else f'{gap:.2%}':>12}")
     lines.append(
         f"PAR mean {summary['par_mean']:.4f}, max {summary['par_max']:.4f} over "
         f"{summary['loaded_layers']} loaded layers"
     )
-    if has_gap and summary["gap_mean"] == summary["gap_mean"]:
-        lines.append(
-            f"gap to the lower bound: mean {summary['gap_mean']:.2%}, max {summary['gap_max']:.2%}"
-        )
+    lines.append(
+        f"gap to the lower bound: mean {summary['gap_mean']:.2%}, max {summary['gap_max']:.2%}"
+    )
     if summary["zero_load_layers"]:
         lines.append(f"zero-load layers (not in the mean): {summary['zero_load_layers']}")
     if has_moves:

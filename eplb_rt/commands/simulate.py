@@ -13,10 +13,10 @@ import json
 import os
 import sys
 
-from eplb_rt import algorithms
+from eplb_rt import algorithms, formats
+from eplb_rt.commands import _args
 from eplb_rt.commands._args import LOAD_HELP, add_command
 from eplb_rt.commands.plan import parse_options
-from eplb_rt.placement import Topology
 from eplb_rt.sim import simulate as sim
 
 
@@ -97,14 +97,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eplb_rt.sim.traces import load_file  # the one reader of every trace format
-
+    _args.check_simulate(args)
     workload = sim.Workload.concat(
         [
-            (label, load_file(path))
+            (label, formats.read_load(path))
             for label, path in zip(_labels(args.load), args.load, strict=True)
         ]
     )
+    _args.nonzero(workload.load, args.load)
     if args.policies is None:
         names = algorithms.policy_names()
     else:
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         per_file = [sum(1 for x in workload.labels if x == label) for label in _labels(args.load)]
         interval = 1 if max(per_file) == 1 else max(1, workload.num_steps // 16)
     spec = sim.SimulationSpec(
-        topology=Topology(args.ranks, args.slots_per_rank, args.nodes, args.groups),
+        topology=_args.topology(args, workload.load.shape[2]),
         policies=tuple(names),
         interval=interval,
         episodes=args.episodes,
@@ -192,6 +192,6 @@ def _save_placements(result: sim.SimulationResult, root: str) -> dict:
         saved["placements"][name] = {}
         for cycle in cycles:
             path = os.path.join(folder, f"step_{cycle.start}.json")
-            cycle.placement.save(path)
+            formats.write_placement(cycle.placement, path)
             saved["placements"][name][str(cycle.start)] = path
     return saved

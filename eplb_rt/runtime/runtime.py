@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from eplb_rt import envs, ops
+from eplb_rt import envs, formats, ops
 from eplb_rt.config import EplbConfig
 from eplb_rt.placement import Placement, Topology
 from eplb_rt.runtime.balancer import (
@@ -189,7 +189,7 @@ class EplbRuntime:
         path = self.config.initial_placement
         if path is None:
             return Placement.initial(self.num_layers, self.num_experts, self.topology)
-        placement = Placement.load(path, self.num_experts)
+        placement = formats.read_placement(path, num_experts=self.num_experts)
         want = (self.num_layers, self.num_experts, self.num_ranks, self.topology.num_slots_per_rank)
         got = (
             placement.num_layers,
@@ -483,7 +483,8 @@ class EplbRuntime:
 
     def _export(self, placement: Placement, epoch: int) -> None:
         if self.rank == 0:
-            placement.save(os.path.join(self.config.export_dir, f"placement_{epoch:05d}.json"))
+            path = os.path.join(self.config.export_dir, f"placement_{epoch:05d}.json")
+            formats.write_placement(placement, path)
 
     # ------------------------------------------------------------------ reporting, shutdown
     @property

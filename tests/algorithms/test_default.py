@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from benchmarks import traces
 from eplb_rt.algorithms import metrics, plan, policy_names, warm_up
 from eplb_rt.algorithms._packing import allot_replicas, pack_distinct
 from eplb_rt.algorithms.default import DefaultOptions, uses_hierarchy
 from eplb_rt.placement import Placement, Topology
-from eplb_rt.sim import traces
 
 TOY = np.array([[600.0, 560, 120, 120, 20, 10, 10, 10]])
 

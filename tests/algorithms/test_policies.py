@@ -8,9 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from benchmarks import traces
 from eplb_rt.algorithms import metrics, plan, warm_up
 from eplb_rt.placement import Placement, Topology
-from eplb_rt.sim import traces
 
 TOY = np.array([[600.0, 560, 120, 120, 20, 10, 10, 10]])
 OURS = ("equilibrium", "flashlb", "swift", "random")

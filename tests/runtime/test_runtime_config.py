@@ -91,7 +91,7 @@ def test_env_overrides(monkeypatch):
 
 
 def test_envs_table(monkeypatch):
-    assert all(name.startswith("EPLB_RT_") for name, _, _ in envs.table())
+    assert all(name.startswith("EPLB_RT_") for name in envs.VARIABLES)
     monkeypatch.delenv("EPLB_RT_DISABLE_REBALANCE", raising=False)
     assert envs.get("EPLB_RT_DISABLE_REBALANCE") is False
     monkeypatch.setenv("EPLB_RT_DISABLE_REBALANCE", "yes")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from eplb_rt import formats
 from eplb_rt.config import EplbConfig
 from eplb_rt.placement import Placement, Topology
 from eplb_rt.runtime import EplbRuntime
@@ -177,7 +178,7 @@ def test_initial_placement_from_json_and_export(tmp_path):
     topo = Topology(1, 4)
     placement = Placement(np.array([[3, 2, 1, 0], [0, 1, 2, 3]]), 4, 1)
     path = tmp_path / "start.json"
-    placement.save(path)
+    formats.write_placement(placement, path)
     config = EplbConfig(
         policy="rt_test_shift",
         interval=0,
@@ -189,11 +190,11 @@ def test_initial_placement_from_json_and_export(tmp_path):
         assert rt.placement == placement
         assert rt.expert_map(0).tolist() == [3, 2, 1, 0]
     exported = json.loads((tmp_path / "out" / "placement_00000.json").read_text())
-    assert Placement.from_vllm_ascend(exported) == placement
+    assert formats.from_vllm_ascend(exported) == placement
     with pytest.raises(ValueError, match="expected 3 layers"):
         EplbRuntime(config, 3, 4)
     invalid = tmp_path / "invalid.json"
-    doc = placement.to_vllm_ascend()
+    doc = formats.to_vllm_ascend(placement)
     doc["layer_list"][0]["device_list"][0]["device_expert"] = [3, 3, 1, 0]  # expert 2 lost
     invalid.write_text(json.dumps(doc))
     with pytest.raises(ValueError, match=r"two replicas of expert 3|expert 2 has no slot"):

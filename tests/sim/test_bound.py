@@ -7,10 +7,10 @@ import itertools
 import numpy as np
 import pytest
 
+from benchmarks import traces
 from eplb_rt import algorithms
 from eplb_rt.algorithms import metrics
 from eplb_rt.placement import Placement, Topology
-from eplb_rt.sim import traces
 from eplb_rt.sim.bound import max_rank_load_bound, par_lower_bound
 
 

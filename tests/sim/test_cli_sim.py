@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import pathlib
 
 import numpy as np
 import pytest
 
-from eplb_rt import cli, interop
+from benchmarks import traces
+from eplb_rt import cli, formats
+from eplb_rt.data import ESFT_DIR
 from eplb_rt.placement import Placement
 
 
@@ -88,7 +89,7 @@ def test_aggregate_workloads_played_in_sequence(tmp_path, capsys):
     paths = []
     for i, name in enumerate(("in512", "in1024", "in4096")):
         path = tmp_path / f"{name}.json"
-        interop.write_load(_skewed(1, 2, 8, seed=i)[0], path, "sglang-count")
+        formats.write_load(_skewed(1, 2, 8, seed=i)[0], path, "sglang-count")
         paths.append(path)
     out_json = tmp_path / "sim.json"
     code, out, _ = _simulate(
@@ -221,13 +222,13 @@ def test_convert_placements(tmp_path, capsys, src, dst):
     ext = {"npy": ".npy"}
     source = tmp_path / f"in{ext.get(src, '.json')}"
     target = tmp_path / f"out{ext.get(dst, '.json')}"
-    interop.write_placement(placement, source, src)
+    formats.write_placement(placement, source, src)
     code, out, err = _run(
         capsys, "convert", "--from", src, "--to", dst, source, target, "--ranks", 3
     )
     assert code == 0, err
     assert "2 layers x 5 experts on 3 ranks x 2 slots" in out
-    assert interop.read_placement(target, dst, num_ranks=3) == placement
+    assert formats.read_placement(target, dst, num_ranks=3) == placement
 
 
 def test_convert_loads(tmp_path, capsys):
@@ -322,7 +323,7 @@ def test_convert_not_json(tmp_path, capsys):
 
 def test_convert_vllm_ascend_rank_mismatch(tmp_path, capsys):
     source = tmp_path / "in.json"
-    interop.write_placement(_valid_placement(), source, "vllm-ascend")
+    formats.write_placement(_valid_placement(), source, "vllm-ascend")
     code, _, err = _run(
         capsys,
         "convert",
@@ -340,7 +341,7 @@ def test_convert_vllm_ascend_rank_mismatch(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- real trace
-ESFT = pathlib.Path(__file__).resolve().parents[2] / "data" / "traces" / "esft_vanilla_lite"
+ESFT = ESFT_DIR
 SHIPPED_POLICIES = ("default", "equilibrium", "flashlb", "random", "swift")
 
 
@@ -379,7 +380,7 @@ def test_simulate_esft_per_request_trace_every_policy(tmp_path, capsys):
 def test_convert_adds_and_drops_dense_layers_for_sglang(tmp_path, capsys):
     placement = _valid_placement()
     source, mapped, back = tmp_path / "p.json", tmp_path / "sglang.json", tmp_path / "back.json"
-    interop.write_placement(placement, source, "vllm-ascend")
+    formats.write_placement(placement, source, "vllm-ascend")
     argv = ["--dense-layers", 3]
     assert (
         _run(capsys, "convert", "--from", "vllm-ascend", "--to", "sglang", source, mapped, *argv)[0]
@@ -404,18 +405,18 @@ def test_convert_adds_and_drops_dense_layers_for_sglang(tmp_path, capsys):
         )[0]
         == 0
     )
-    assert interop.read_placement(back, "vllm-ascend") == placement
+    assert formats.read_placement(back, "vllm-ascend") == placement
 
 
 def test_convert_dense_layers_of_the_deepseek_trace(tmp_path, capsys):
-    trace = ESFT.parent / "sglang_deepseek_v3" / "prefill_in512.json"
+    trace = traces.TRACES_DIR / "sglang_deepseek_v3" / "prefill_in512.json"
     out = tmp_path / "moe.npy"
     code, text, err = _run(
         capsys, "convert", "--from", "sglang-count", "--to", "load", trace, out, "--dense-layers", 3
     )
     assert code == 0, err
     assert "1 steps x 58 layers x 256 experts" in text
-    full = interop.read_load(trace, "sglang-count")
+    full = formats.read_load(trace, "sglang-count")
     np.testing.assert_array_equal(np.load(out), full[:, 3:])
     code, _, err = _run(
         capsys,
@@ -435,7 +436,7 @@ def test_convert_dense_layers_of_the_deepseek_trace(tmp_path, capsys):
 
 def test_convert_dense_layers_needs_one_sglang_side(tmp_path, capsys):
     source = tmp_path / "p.json"
-    interop.write_placement(_valid_placement(), source, "vllm-ascend")
+    formats.write_placement(_valid_placement(), source, "vllm-ascend")
     code, _, err = _run(
         capsys,
         "convert",

@@ -10,18 +10,10 @@ import sys
 
 import pytest
 
-import eplb_rt.runtime
-
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "fused_moe_eplb.py"
 
-pytestmark = [
-    pytest.mark.multiprocess,
-    pytest.mark.skipif(
-        not hasattr(eplb_rt.runtime, "EplbRuntime"),
-        reason="eplb_rt.runtime.EplbRuntime is not built into this checkout yet",
-    ),
-]
+pytestmark = pytest.mark.multiprocess
 
 
 @pytest.mark.parametrize("heat_source", ["topk", "group_list"])

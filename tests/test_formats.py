@@ -1,4 +1,4 @@
-"""Import/export of placements and loads (eplb_rt.interop)."""
+"""Every file format of eplb_rt.formats: round trips, documents, and the errors bad files get."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from eplb_rt import interop
+from eplb_rt import formats
 from eplb_rt.placement import Placement, Topology
 
 
@@ -30,13 +30,13 @@ SHAPES = [(1, 1, 1, 1), (3, 5, 3, 2), (2, 7, 4, 2), (4, 13, 5, 3)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("fmt", interop.PLACEMENT_FORMATS)
+@pytest.mark.parametrize("fmt", formats.PLACEMENT_FORMATS)
 def test_placement_round_trip(tmp_path, fmt, shape):
     layers, experts, ranks, slots = shape
     placement = _placement(layers, experts, ranks, slots)
     path = tmp_path / f"p.{'npy' if fmt == 'npy' else 'json'}"
-    interop.write_placement(placement, path, fmt)
-    back = interop.read_placement(path, fmt, num_ranks=ranks, num_experts=experts)
+    formats.write_placement(placement, path, fmt)
+    back = formats.read_placement(path, fmt, num_ranks=ranks, num_experts=experts)
     assert back == placement
     np.testing.assert_array_equal(back.phy2log, placement.phy2log)
 
@@ -45,7 +45,7 @@ def test_sglang_document_has_only_the_mapping_key(tmp_path):
     # SGLang passes the document's keys as keyword arguments: anything else breaks it.
     placement = _placement(2, 5, 3, 2)
     path = tmp_path / "map.json"
-    interop.write_placement(placement, path, "sglang")
+    formats.write_placement(placement, path, "sglang")
     doc = json.loads(path.read_text())
     assert list(doc) == ["physical_to_logical_map"]
     assert doc["physical_to_logical_map"] == placement.phy2log.tolist()
@@ -56,14 +56,14 @@ def test_sglang_refuses_non_uniform_shares():
     share = placement.slot_share.copy()
     share[0, 0], share[0, 2] = 0.25, 0.75
     with pytest.raises(ValueError, match="no replica shares"):
-        interop.to_sglang(placement.with_shares(share))
+        formats.to_sglang(placement.with_shares(share))
 
 
 def test_npy_placement_needs_ranks(tmp_path):
     path = tmp_path / "p.npy"
     np.save(path, np.array([[0, 1, 2, 0]], dtype=np.int32))
     with pytest.raises(ValueError, match="pass --ranks"):
-        interop.read_placement(path, "npy")
+        formats.read_placement(path, "npy")
 
 
 @pytest.mark.parametrize(
@@ -80,14 +80,14 @@ def test_bad_npy_placements(tmp_path, array, ranks, message):
     path = tmp_path / "p.npy"
     np.save(path, array)
     with pytest.raises(ValueError, match=message):
-        interop.read_placement(path, "npy", num_ranks=ranks)
+        formats.read_placement(path, "npy", num_ranks=ranks)
 
 
 def test_experts_option_is_checked(tmp_path):
     path = tmp_path / "p.npy"
     np.save(path, np.array([[0, 1, 2, 3]]))
     with pytest.raises(ValueError, match=r"expert id 3 not in \[0, 3\)"):
-        interop.read_placement(path, "npy", num_ranks=2, num_experts=3)
+        formats.read_placement(path, "npy", num_ranks=2, num_experts=3)
 
 
 @pytest.mark.parametrize(
@@ -103,39 +103,39 @@ def test_bad_sglang_documents(tmp_path, doc, message):
     path = tmp_path / "map.json"
     path.write_text(json.dumps(doc))
     with pytest.raises(ValueError, match=message):
-        interop.read_placement(path, "sglang", num_ranks=1)
+        formats.read_placement(path, "sglang", num_ranks=1)
 
 
 def test_vllm_ascend_rank_count_is_checked(tmp_path):
     path = tmp_path / "map.json"
-    interop.write_placement(_placement(2, 5, 3, 2), path, "vllm-ascend")
+    formats.write_placement(_placement(2, 5, 3, 2), path, "vllm-ascend")
     with pytest.raises(ValueError, match="3 ranks, --ranks says 2"):
-        interop.read_placement(path, "vllm-ascend", num_ranks=2)
+        formats.read_placement(path, "vllm-ascend", num_ranks=2)
 
 
 def test_not_json(tmp_path):
     path = tmp_path / "map.json"
     path.write_bytes(b"\x93NUMPY garbage")
     with pytest.raises(ValueError, match=r"map\.json: not"):
-        interop.read_placement(path, "sglang", num_ranks=1)
+        formats.read_placement(path, "sglang", num_ranks=1)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 7), (4, 2, 5)])
 def test_logical_count_round_trip(tmp_path, shape):
     load = np.arange(np.prod(shape), dtype=np.float64).reshape(shape)
     path = tmp_path / "count.json"
-    interop.write_load(load, path, "sglang-count")
+    formats.write_load(load, path, "sglang-count")
     doc = json.loads(path.read_text())
     assert list(doc) == ["logical_count"]
     assert np.array(doc["logical_count"]).shape == shape
-    back = interop.read_load(path, "sglang-count")
+    back = formats.read_load(path, "sglang-count")
     np.testing.assert_array_equal(back, load.reshape((-1, *shape[-2:])))
 
 
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ([1, 2, 3], "got 1 nesting levels"),
+        ([1, 2, 3], "must have 2 or 3 dimensions, got 1"),
         ([[1, -2]], "negative"),
         ([[1, 2], [3]], "not rectangular"),
     ],
@@ -144,11 +144,97 @@ def test_bad_logical_count(tmp_path, value, message):
     path = tmp_path / "count.json"
     path.write_text(json.dumps({"logical_count": value}))
     with pytest.raises(ValueError, match=message):
-        interop.read_load(path, "sglang-count")
+        formats.read_load(path, "sglang-count")
 
 
 def test_kind_mismatch_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="'sglang-count' is a load format"):
-        interop.read_placement(tmp_path / "x.json", "sglang-count")
+        formats.read_placement(tmp_path / "x.json", "sglang-count")
     with pytest.raises(ValueError, match="unknown format 'pt'"):
-        interop.format_kind("pt")
+        formats.format_kind("pt")
+
+
+def make(rows, num_experts, num_ranks, share=None) -> Placement:
+    return Placement(np.array(rows), num_experts, num_ranks, share)
+
+
+# ------------------------------------------------------------------------------- files
+def test_vllm_ascend_round_trip_uniform(tmp_path):
+    p = make([[0, 1, 2, 0, 3, 1], [3, 2, 1, 0, 2, 3]], 4, 3)
+    doc = formats.to_vllm_ascend(p)
+    assert doc["moe_layer_count"] == 2
+    assert doc["layer_list"][1]["device_list"][2] == {"device_id": 2, "device_expert": [2, 3]}
+    assert "slot_share" not in doc["eplb_rt"]
+    assert formats.from_vllm_ascend(json.loads(json.dumps(doc))) == p
+    formats.write_placement(p, tmp_path / "p.json")
+    assert formats.read_placement(tmp_path / "p.json") == p
+    formats.write_placement(p, tmp_path / "p.npy")
+    assert formats.read_placement(tmp_path / "p.npy", num_ranks=3, num_experts=4) == p
+
+
+def test_vllm_ascend_round_trip_non_uniform(tmp_path):
+    share = np.array([[0.3, 0.6, 1.0, 0.7, 1.0, 0.4]])
+    p = make([[0, 1, 2, 0, 3, 1]], 4, 3, share)
+    formats.write_placement(p, tmp_path / "w.json")
+    back = formats.read_placement(tmp_path / "w.json")
+    assert back == p
+    assert not back.is_uniform
+    np.testing.assert_allclose(back.slot_share, share)
+    with pytest.raises(ValueError, match="keeps no replica shares"):
+        formats.write_placement(p, tmp_path / "w.npy")
+
+
+def test_from_vllm_ascend_without_extra_field_uses_largest_id():
+    doc = formats.to_vllm_ascend(make([[0, 1, 2, 1]], 3, 2))
+    del doc["eplb_rt"]
+    assert formats.from_vllm_ascend(doc).num_experts == 3
+    assert formats.from_vllm_ascend(doc, num_experts=3).num_experts == 3
+
+
+@pytest.mark.parametrize(
+    ("doc", "match"),
+    [
+        ({}, "not a vllm-ascend expert_map"),
+        ([], "not a vllm-ascend expert_map"),
+        ({"layer_list": [{"layer_id": 0}]}, "not a vllm-ascend expert_map"),
+        ({"moe_layer_count": 0, "layer_list": []}, "no layers"),
+        (
+            {
+                "moe_layer_count": 2,
+                "layer_list": [
+                    {"layer_id": 0, "device_list": [{"device_id": 0, "device_expert": [0]}]}
+                ],
+            },
+            "moe_layer_count is 2",
+        ),
+        (
+            {
+                "layer_list": [
+                    {
+                        "layer_id": 0,
+                        "device_list": [
+                            {"device_id": 0, "device_expert": [0, 1]},
+                            {"device_id": 1, "device_expert": [1]},
+                        ],
+                    }
+                ]
+            },
+            "same number",
+        ),
+    ],
+)
+def test_from_vllm_ascend_errors(doc, match):
+    with pytest.raises(ValueError, match=match):
+        formats.from_vllm_ascend(doc)
+
+
+def test_load_errors(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        formats.read_placement(bad)
+    np.save(tmp_path / "p.npy", np.zeros((1, 2), dtype=np.int32))
+    with pytest.raises(ValueError, match="does not record the rank count"):
+        formats.read_placement(tmp_path / "p.npy")
+    with pytest.raises(OSError):
+        formats.read_placement(tmp_path / "missing.json")

@@ -1,0 +1,85 @@
+"""Named readers of the public traces kept in the repository (``data/traces/``, see its README).
+
+For benchmarks and tests only: the traces are not installed with the package, except ESFT's,
+which ships as the demo's workload (``eplb_rt/data/esft_vanilla_lite``). Any load file the
+``eplb-rt`` command accepts is read with :func:`eplb_rt.formats.read_load`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from eplb_rt.algorithms.load import check_load
+from eplb_rt.data import ESFT_DIR, ESFT_TASKS
+from eplb_rt.formats import read_load
+
+TRACES_DIR = Path(__file__).resolve().parents[1] / "data" / "traces"
+DEEPSEEK_V3_WORKLOADS = ("prefill_in512", "prefill_in1024", "prefill_in2048", "prefill_in4096")
+DEEPSEEK_V3_DENSE_LAYERS = 3
+"""DeepSeek-V3's first three layers are dense: their rows in SGLang's dump are all zero."""
+__all__ = ["ESFT_DIR", "ESFT_TASKS", "deepseek_v3", "esft", "gptoss", "gptoss_subsets", "olmoe"]
+
+
+def deepseek_v3(workload: str = "prefill_in4096", moe_only: bool = False) -> np.ndarray:
+    """SGLang's DeepSeek-V3 prefill statistics: ``[1, 61, 256]`` (``[1, 58, 256]`` if moe_only).
+
+    ``workload`` is one of :data:`DEEPSEEK_V3_WORKLOADS`. Rows 0-2 (dense layers) are zero.
+    """
+    if workload not in DEEPSEEK_V3_WORKLOADS:
+        raise ValueError(f"unknown workload {workload!r}; choose one of {DEEPSEEK_V3_WORKLOADS}")
+    load = read_load(TRACES_DIR / "sglang_deepseek_v3" / f"{workload}.json")
+    return load[:, DEEPSEEK_V3_DENSE_LAYERS:] if moe_only else load
+
+
+def esft(task: str = "intent") -> np.ndarray:
+    """ESFT-vanilla-lite counts per request: ``[requests, 26, 64]``, task in ``ESFT_TASKS``."""
+    if task not in ESFT_TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {ESFT_TASKS}")
+    return read_load(ESFT_DIR / f"counts_{task}.npz")
+
+
+def gptoss_subsets() -> list[str]:
+    """Names of the gpt-oss-20b subsets kept in the repository (for :func:`gptoss`)."""
+    folder = TRACES_DIR / "gptoss_20b_fingerprinting"
+    names = sorted(p.stem[len("data_") :] for p in folder.glob("data_*.json"))
+    return [n for n in names if n != "map"]
+
+
+def gptoss(subset: str = "mmlu_pro_test_math_True_False", phase: str = "think") -> np.ndarray:
+    """gpt-oss-20b expert load of one benchmark subset and phase: ``[1, 24, 32]``.
+
+    The published ``count_frequency`` (share of tokens routed to each expert) is scaled by the
+    subset's samples x mean tokens of the phase, an approximate token count.
+    """
+    if phase not in ("think", "answer"):
+        raise ValueError(f"phase must be 'think' or 'answer', got {phase!r}")
+    path = TRACES_DIR / "gptoss_20b_fingerprinting" / f"data_{subset}.json"
+    doc = json.loads(path.read_text())
+    table = doc.get(f"{phase}_expert_analytics")
+    if not table:
+        raise ValueError(f"{path}: subset {subset!r} has no {phase} phase")
+    load = np.zeros((1, 24, 32))
+    for layer in range(load.shape[1]):
+        for expert, stats in table[f"layer_{layer}"].items():
+            load[0, layer, int(expert)] = stats["count_frequency"]
+    return check_load(load * doc["sample_count"] * doc[f"num_{phase}_tokens"])
+
+
+def olmoe(model: str = "olmoe", domain: str = "github", top1: bool = False) -> np.ndarray:
+    """OLMoE / Mixtral routing counts of layers 0, 7 and 15 on one text domain: ``[1, 3, E]``.
+
+    ``model``: ``olmoe``, ``olmoe-sft``, ``olmoe-dpo`` (64 experts) or ``mistral`` (8 experts).
+    """
+    path = TRACES_DIR / "olmoe_routing_analysis" / "olmoe_mixtral_expert_counts_layers_0_7_15.json"
+    models = json.loads(path.read_text())["models"]
+    if model not in models:
+        raise ValueError(f"unknown model {model!r}; choose one of {sorted(models)}")
+    counts = models[model]["expert_counts_top1" if top1 else "expert_counts"]
+    if domain not in counts:
+        raise ValueError(
+            f"model {model!r} has no domain {domain!r}; choose one of {sorted(counts)}"
+        )
+    return check_load(np.array(counts[domain], dtype=np.float64))

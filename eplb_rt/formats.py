@@ -1,0 +1,360 @@
+"""Every file format eplb_rt reads or writes, in one place.
+
+Placements (:class:`~eplb_rt.placement.Placement`):
+
+* ``vllm-ascend``: vllm-ascend's expert_map JSON ``{"moe_layer_count", "layer_list": [{"layer_id",
+  "device_count", "device_list": [{"device_id", "device_expert": [...]}]}]}``; ``device_expert``
+  lists a rank's experts in local slot order. Non-uniform shares go in the extra top-level field
+  ``"eplb_rt": {"num_experts", "slot_share": [L][P]}``, which other readers ignore;
+* ``sglang``: SGLang's ``--init-expert-location`` mapping ``{"physical_to_logical_map": [L][P]}``
+  (SGLang passes the object's keys as keyword arguments, so nothing else may be in it);
+* ``npy``: a ``[L, P]`` integer ``.npy`` array, ``phy2log``.
+
+Loads (``[T, L, E] float64``):
+
+* ``sglang-count``: SGLang's expert-distribution statistics ``{"logical_count": [L][E]}`` or
+  ``[T][L][E]``;
+* ``load``: by suffix, a ``.npy`` ``[L, E]`` / ``[T, L, E]`` array, a ``.npz`` holding one under
+  the key ``counts`` or ``load``, or a ``.json`` in the ``sglang-count`` format (written as
+  ``.npy``).
+
+Formats without the rank count (``sglang``, ``npy``) need ``num_ranks`` when read. Every reader
+raises ``ValueError`` whose message starts with the path and says what was expected and found.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+
+from eplb_rt.algorithms.load import check_load
+from eplb_rt.placement import Placement
+
+PLACEMENT_FORMATS = ("vllm-ascend", "sglang", "npy")
+LOAD_FORMATS = ("sglang-count", "load")
+FORMATS = PLACEMENT_FORMATS + LOAD_FORMATS
+
+SGLANG_MAP_KEY = "physical_to_logical_map"
+SGLANG_COUNT_KEY = "logical_count"
+NPZ_KEYS = ("counts", "load")
+"""Keys a ``.npz`` load file may use, in order of preference."""
+
+
+def format_kind(fmt: str, expected: str | None = None) -> str:
+    """``"placement"`` or ``"load"``; raises for an unknown name or one not of ``expected``."""
+    kind = "placement" if fmt in PLACEMENT_FORMATS else "load" if fmt in LOAD_FORMATS else None
+    if kind is None:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {list(FORMATS)}")
+    if expected not in (None, kind):
+        names = PLACEMENT_FORMATS if expected == "placement" else LOAD_FORMATS
+        raise ValueError(f"{fmt!r} is a {kind} format; expected a {expected} format {names}")
+    return kind
+
+
+# --------------------------------------------------------------------------------- documents
+def to_vllm_ascend(placement: Placement) -> dict:
+    """vllm-ascend's expert_map JSON object (see the module docstring)."""
+    grid = placement.by_rank()
+    extra: dict = {"num_experts": placement.num_experts}
+    if not placement.is_uniform:
+        extra["slot_share"] = placement.slot_share.tolist()
+    layers = [
+        {
+            "layer_id": layer,
+            "device_count": placement.num_ranks,
+            "device_list": [
+                {"device_id": rank, "device_expert": experts.tolist()}
+                for rank, experts in enumerate(grid[layer])
+            ],
+        }
+        for layer in range(placement.num_layers)
+    ]
+    return {"moe_layer_count": placement.num_layers, "layer_list": layers, "eplb_rt": extra}
+
+
+def from_vllm_ascend(doc: object, num_experts: int | None = None) -> Placement:
+    """Read vllm-ascend's expert_map object; ``num_experts`` defaults to the ``eplb_rt`` field
+    when present, else the largest id + 1."""
+    try:
+        layers = sorted(doc["layer_list"], key=lambda item: int(item["layer_id"]))
+        count = int(doc.get("moe_layer_count", len(layers)))
+        rows = [
+            [
+                [int(x) for x in dev["device_expert"]]
+                for dev in sorted(item["device_list"], key=lambda dev: int(dev["device_id"]))
+            ]
+            for item in layers
+        ]
+        extra = doc.get("eplb_rt") or {}
+        share = extra.get("slot_share")
+        if num_experts is None and "num_experts" in extra:
+            num_experts = int(extra["num_experts"])
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
+        raise ValueError(f"not a vllm-ascend expert_map document: {err!r}") from None
+    if count != len(rows):
+        raise ValueError(f"moe_layer_count is {count} but layer_list has {len(rows)} layers")
+    if not rows:
+        raise ValueError("expert_map document has no layers")
+    widths = {len(dev) for layer in rows for dev in layer}
+    ranks = {len(layer) for layer in rows}
+    if len(widths) != 1 or len(ranks) != 1 or 0 in widths | ranks:
+        raise ValueError(
+            "every layer must list the same number of devices and every device the same "
+            f"number of experts; got devices per layer {sorted(ranks)}, experts per device "
+            f"{sorted(widths)}"
+        )
+    p2l = _rectangular([[e for dev in layer for e in dev] for layer in rows], "device_expert", (2,))
+    if share is not None:
+        share = _rectangular(share, "eplb_rt.slot_share", (2,))
+    return _placement(p2l, ranks.pop(), num_experts, share)
+
+
+def to_sglang(placement: Placement) -> dict:
+    """SGLang's mapping document ``{"physical_to_logical_map": [L][P]}`` (uniform shares only).
+
+    SGLang splits an expert's tokens evenly over its replicas, so a placement with other shares
+    cannot be expressed; that is an error rather than a silent change of balance.
+    """
+    if not placement.is_uniform:
+        raise ValueError(
+            "SGLang's physical_to_logical_map has no replica shares; this placement splits "
+            "tokens unevenly (use the vllm-ascend format, which keeps them)"
+        )
+    return {SGLANG_MAP_KEY: placement.phy2log.tolist()}
+
+
+def from_sglang(doc: object, num_ranks: int, num_experts: int | None = None) -> Placement:
+    """Read SGLang's mapping document; ``num_ranks`` is SGLang's ``ep_size``."""
+    return _placement(
+        _rectangular(_key(doc, SGLANG_MAP_KEY), SGLANG_MAP_KEY, (2,)), num_ranks, num_experts
+    )
+
+
+def to_logical_count(load: np.ndarray) -> dict:
+    """SGLang's statistics document ``{"logical_count": [L][E]}`` (``T > 1``: ``[T][L][E]``)."""
+    arr = check_load(load)
+    return {SGLANG_COUNT_KEY: (arr[0] if arr.shape[0] == 1 else arr).tolist()}
+
+
+def from_logical_count(doc: object) -> np.ndarray:
+    """Read SGLang's statistics document; returns ``[T, L, E] float64``."""
+    value = _rectangular(_key(doc, SGLANG_COUNT_KEY), SGLANG_COUNT_KEY, (2, 3))
+    return check_load(value, name=SGLANG_COUNT_KEY)
+
+
+# --------------------------------------------------------------------------------- files
+def read_placement(
+    path: str | os.PathLike,
+    fmt: str | None = None,
+    num_ranks: int | None = None,
+    num_experts: int | None = None,
+) -> Placement:
+    """Read a placement file in ``fmt`` (default: ``npy`` for ``.npy``, else ``vllm-ascend``).
+
+    ``num_ranks`` is required for ``sglang`` and ``npy`` and checked against ``vllm-ascend``
+    files; ``num_experts`` overrides the default (largest id + 1).
+    """
+    path = os.fspath(path)
+    fmt = fmt or ("npy" if path.endswith(".npy") else "vllm-ascend")
+    format_kind(fmt, "placement")
+    try:
+        if fmt == "vllm-ascend":
+            placement = from_vllm_ascend(_read_json(path), num_experts)
+        elif num_ranks is None:
+            raise ValueError(f"the {fmt} format does not record the rank count; pass --ranks D")
+        elif fmt == "sglang":
+            placement = from_sglang(_read_json(path), num_ranks, num_experts)
+        else:
+            placement = _placement(_read_array(path), num_ranks, num_experts)
+        if num_ranks is not None and placement.num_ranks != num_ranks:
+            raise ValueError(
+                f"the file places experts on {placement.num_ranks} ranks, --ranks says {num_ranks}"
+            )
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    return placement
+
+
+def write_placement(placement: Placement, path: str | os.PathLike, fmt: str | None = None) -> None:
+    """Write ``placement`` in ``fmt`` (default: ``npy`` for ``.npy``, else ``vllm-ascend``)."""
+    path = os.fspath(path)
+    fmt = fmt or ("npy" if path.endswith(".npy") else "vllm-ascend")
+    format_kind(fmt, "placement")
+    if fmt == "npy":
+        if not placement.is_uniform:
+            raise ValueError(f"{path}: a phy2log .npy keeps no replica shares; use vllm-ascend")
+        _write_npy(path, placement.phy2log)
+        return
+    doc = to_sglang(placement) if fmt == "sglang" else to_vllm_ascend(placement)
+    with open(path, "w") as f:
+        json.dump(doc, f)
+
+
+def read_load(path: str | os.PathLike, fmt: str = "load") -> np.ndarray:
+    """Read a load file in ``fmt`` (one of :data:`LOAD_FORMATS`); returns ``[T, L, E] float64``."""
+    path = os.fspath(path)
+    format_kind(fmt, "load")
+    suffix = os.path.splitext(path)[1].lower()
+    try:
+        if fmt == "sglang-count" or suffix == ".json":
+            return from_logical_count(_read_json(path))
+        if suffix in (".npy", ".npz"):
+            return check_load(_read_array(path))
+        raise ValueError(f"unknown load file type {suffix!r}; expected .npy, .npz or .json")
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def read_loads(paths: Sequence[str | os.PathLike]) -> np.ndarray:
+    """Read several load files (same ``[L, E]``) stacked along ``T``: ``[sum T, L, E]``."""
+    if not paths:
+        raise ValueError("no load file given")
+    arrays = [read_load(p) for p in paths]
+    for path, arr in zip(paths, arrays, strict=True):
+        if arr.shape[1:] != arrays[0].shape[1:]:
+            raise ValueError(
+                f"{os.fspath(path)}: load has [L, E] = {list(arr.shape[1:])}, but "
+                f"{os.fspath(paths[0])} has {list(arrays[0].shape[1:])}"
+            )
+    return np.concatenate(arrays, axis=0)
+
+
+def write_load(load: np.ndarray, path: str | os.PathLike, fmt: str = "load") -> None:
+    """Write ``load`` (``[L, E]`` or ``[T, L, E]``) to ``path`` in ``fmt``."""
+    path = os.fspath(path)
+    format_kind(fmt, "load")
+    if fmt == "load":
+        _write_npy(path, check_load(load))
+        return
+    with open(path, "w") as f:
+        json.dump(to_logical_count(load), f)
+
+
+# --------------------------------------------------------------------------------- dense layers
+def add_dense_layers(item: Placement | np.ndarray, count: int) -> Placement | np.ndarray:
+    """Prepend ``count`` dense layers, as SGLang indexes layers (all of the model's layers).
+
+    A placement gets trivial rows (slot ``p`` holds expert ``p mod E``, what SGLang builds for a
+    layer it does not balance); a load ``[T, L, E]`` gets rows of zeros.
+    """
+    if count < 0:
+        raise ValueError(f"dense layer count must be >= 0, got {count}")
+    if isinstance(item, Placement):
+        trivial = Placement.initial(count, item.num_experts, item.topology()) if count else None
+        return item if trivial is None else Placement.stack([trivial, item])
+    load = check_load(item)
+    return np.concatenate([np.zeros((load.shape[0], count, load.shape[2])), load], axis=1)
+
+
+def drop_dense_layers(item: Placement | np.ndarray, count: int) -> Placement | np.ndarray:
+    """Remove the first ``count`` layers; a load's dropped rows must be all zero (a row with
+    tokens is a MoE layer, and dropping it would shift every layer after it)."""
+    if count < 0:
+        raise ValueError(f"dense layer count must be >= 0, got {count}")
+    if count == 0:
+        return item
+    layers = item.num_layers if isinstance(item, Placement) else check_load(item).shape[1]
+    if count >= layers:
+        raise ValueError(f"cannot drop {count} dense layers from {layers} layers")
+    if isinstance(item, Placement):
+        return item.select_layers(np.arange(count, layers))
+    loaded = np.flatnonzero(item[:, :count].sum(axis=(0, 2)))
+    if loaded.size:
+        raise ValueError(
+            f"layer {loaded[0]} has load, so it is not dense; check --dense-layers ({count})"
+        )
+    return item[:, count:]
+
+
+# --------------------------------------------------------------------------------- helpers
+def _key(doc: object, key: str) -> object:
+    if not isinstance(doc, dict) or key not in doc:
+        keys = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
+        raise ValueError(f"expected a JSON object with key {key!r}, got {keys}")
+    return doc[key]
+
+
+def _placement(
+    p2l: np.ndarray, num_ranks: int, num_experts: int | None, share: np.ndarray | None = None
+) -> Placement:
+    """A validated placement from a ``phy2log`` array read from a file."""
+    if p2l.ndim != 2:
+        raise ValueError(f"phy2log must be [L, P], got shape {p2l.shape}")
+    if p2l.size == 0:
+        raise ValueError(f"phy2log is empty: shape {p2l.shape}")
+    if not np.issubdtype(p2l.dtype, np.integer):
+        if not np.issubdtype(p2l.dtype, np.floating) or not np.array_equal(p2l, np.round(p2l)):
+            raise ValueError(f"phy2log must hold integer expert ids, got dtype {p2l.dtype}")
+    experts = int(p2l.max()) + 1 if num_experts is None else num_experts
+    if not 1 <= experts <= p2l.shape[1]:
+        # Checked before Placement builds [L, E] tables, so a huge id cannot exhaust memory.
+        raise ValueError(f"{experts} experts cannot fill {p2l.shape[1]} slots per layer")
+    return Placement(p2l.astype(np.int64), experts, num_ranks, share)
+
+
+def _rectangular(value: object, key: str, ndims: tuple[int, ...]) -> np.ndarray:
+    """``value`` as a real array with one of ``ndims`` dimensions, or a ``ValueError``."""
+    try:
+        arr = np.array(value)
+    except (ValueError, OverflowError):  # numpy refuses ragged nesting
+        arr = np.array(None)
+    if arr.dtype == object:
+        raise ValueError(f"{key} is not rectangular: rows differ in length or hold non-numbers")
+    if arr.ndim not in ndims:
+        raise ValueError(
+            f"{key} must have {' or '.join(map(str, ndims))} dimensions, got {arr.ndim}"
+        )
+    if arr.size == 0 or arr.dtype.kind not in "iuf":
+        raise ValueError(f"{key} must hold numbers, got {arr.dtype} with shape {arr.shape}")
+    return arr
+
+
+def _read_json(path: str) -> object:
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read().decode("utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not valid JSON ({err})") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"not a text JSON file ({err.reason})") from None
+    except RecursionError:
+        raise ValueError("not valid JSON (nested too deeply)") from None
+
+
+def _read_array(path: str) -> np.ndarray:
+    """A ``.npy`` array, or the :data:`NPZ_KEYS` array of a ``.npz`` archive."""
+    # Our own handle: numpy leaks the one it opens when a corrupt archive fails to parse.
+    with open(path, "rb") as f:
+        magic = f.read(6)
+        if magic != b"\x93NUMPY" and not magic.startswith(b"PK\x03\x04"):
+            raise ValueError(f"not a .npy array or .npz archive (starts with {magic!r})")
+        f.seek(0)
+        try:
+            data = np.load(f, allow_pickle=False)
+            if isinstance(data, np.ndarray):
+                return _real(data)
+            with data:
+                key = next((k for k in NPZ_KEYS if k in data.files), None)
+                if key is not None:
+                    return _real(data[key])
+                found = data.files
+        except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+            raise ValueError(f"not a numeric .npy array or .npz archive ({err})") from None
+    raise ValueError(f".npz has no key {' or '.join(NPZ_KEYS)}; it has {found}")
+
+
+def _real(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"expected an array of real numbers, got dtype {arr.dtype}")
+    return arr
+
+
+def _write_npy(path: str, arr: np.ndarray) -> None:
+    # np.save appends ".npy" to other names; write through a handle so the file is the path given.
+    with open(path, "wb") as f:
+        np.save(f, arr)

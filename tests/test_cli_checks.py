@@ -1,0 +1,151 @@
+"""Every ``eplb-rt`` command checks its arguments and output paths before it starts work.
+
+Each case runs the user's command line and expects exit status 2, one line on stderr naming the
+problem, nothing on stdout and no output file; or, where the run can go on, one warning line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from eplb_rt import formats
+from eplb_rt.cli import main
+from eplb_rt.placement import Placement, Topology
+
+
+@pytest.fixture
+def files(tmp_path):
+    """A valid load (2 layers x 8 experts), an all-zero one and a placement for them."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "load.npy", rng.integers(1, 50, size=(5, 2, 8)))
+    np.save(tmp_path / "zero.npy", np.zeros((2, 8)))
+    formats.write_placement(Placement.initial(2, 8, Topology(2, 4)), tmp_path / "p.json")
+    return tmp_path
+
+
+def fails(capsys, argv: list, message: str) -> None:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert code == 2, err
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"eplb-rt {argv[0]}: error: ")
+    assert message in err, err
+
+
+PLAN = ["plan", "--ranks", 2, "--slots-per-rank", 5]
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [(".", "is a directory"), ("missing/p.json", "does not exist"), ("p.json/", "is a directory")],
+)
+def test_plan_output_path_checked_first(capsys, files, out, message):
+    # The load is garbage too: the output path is checked before any file is read.
+    (files / "bad.npy").write_bytes(b"garbage")
+    fails(capsys, [*PLAN, "--load", files / "bad.npy", "--out", f"{files}/{out}"], message)
+    assert not (files / "missing").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write to any folder")
+def test_plan_output_folder_not_writable(capsys, files):
+    (files / "ro").mkdir(mode=0o500)
+    fails(capsys, [*PLAN, "--load", files / "load.npy", "--out", files / "ro/p.json"], "writable")
+
+
+@pytest.mark.parametrize("command", ["plan", "score", "simulate"])
+def test_all_zero_load_is_an_error(capsys, files, command):
+    argv = {
+        "plan": [*PLAN, "--out", files / "o.json"],
+        "score": ["score", "--placement", files / "p.json"],
+        "simulate": ["simulate", "--ranks", 2, "--slots-per-rank", 4],
+    }[command]
+    fails(capsys, [*argv, "--load", files / "zero.npy"], "every count is zero; nothing to balance")
+    assert not (files / "o.json").exists()
+
+
+def test_groups_that_cannot_be_hierarchical_warn_and_plan_flat(capsys, tmp_path):
+    np.save(tmp_path / "load.npy", np.arange(1.0, 65.0).reshape(1, 64))
+    out, flat = tmp_path / "p.json", tmp_path / "flat.json"
+    argv = "plan --ranks 8 --slots-per-rank 9 --nodes 1 --groups 5 --policy default".split()
+    assert main([*argv, "--load", str(tmp_path / "load.npy"), "--out", str(out)]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "eplb-rt plan: warning: --groups 5: hierarchical placement is not possible (64 experts "
+        "do not split into 5 equal groups); planning flat, as with --groups 1"
+    ]
+    argv[argv.index("5")] = "1"
+    assert main([*argv, "--load", str(tmp_path / "load.npy"), "--out", str(flat)]) == 0
+    assert formats.read_placement(out) == formats.read_placement(flat)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (4, 1, 9, "all ranks are on one node (--nodes 1)"),
+        (4, 8, 9, "4 groups do not spread evenly over 8 nodes"),
+        (8, 4, 17, "17 slots per rank > 16 experts per node"),
+    ],
+)
+def test_hierarchy_warning_says_why(capsys, tmp_path, case):
+    groups, nodes, slots, why = case
+    np.save(tmp_path / "load.npy", np.arange(1.0, 65.0).reshape(1, 64))
+    argv = ["plan", "--ranks", 8, "--slots-per-rank", slots, "--nodes", nodes, "--groups", groups]
+    assert (
+        main([str(a) for a in [*argv, "--load", tmp_path / "load.npy", "--out", "/dev/null"]]) == 0
+    )
+    err = capsys.readouterr().err
+    assert f"not possible ({why}); planning flat" in err
+
+
+def test_possible_hierarchy_does_not_warn(capsys, tmp_path):
+    np.save(tmp_path / "load.npy", np.arange(1.0, 65.0).reshape(1, 64))
+    argv = "plan --ranks 8 --slots-per-rank 9 --nodes 2 --groups 8 --out /dev/null --load".split()
+    assert main([*argv, str(tmp_path / "load.npy")]) == 0
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--policies", ""], "--policies '' names no policy; give one or more of"),
+        (["--policies", " , "], "names no policy"),
+        (["--json", "{dir}"], "--json {dir}: is a directory"),
+        (["--json", "{dir}/no/x.json"], "does not exist"),
+        (["--plot", "{dir}/x.txt"], "expected a .png, .pdf or .svg file name"),
+        (["--plot", "{dir}/no/x.png"], "does not exist"),
+        (["--save-placements", "{dir}/load.npy"], "is a file; expected a directory"),
+        (["--save-placements", "{dir}/no/deeper"], "does not exist"),
+    ],
+)
+def test_simulate_checks_before_it_runs(capsys, files, extra, message):
+    extra = [x.replace("{dir}", str(files)) for x in extra]
+    argv = ["simulate", "--load", files / "load.npy", "--ranks", 2, "--slots-per-rank", 4]
+    fails(capsys, [*argv, *extra], message.replace("{dir}", str(files)))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--ranks", "0"], "--ranks must be >= 1, got 0"),
+        (["--experts", "-3"], "--experts must be >= 1, got -3"),
+        (["--dense-layers", "-1"], "--dense-layers must be >= 0, got -1"),
+    ],
+)
+def test_convert_checks_numbers(capsys, files, extra, message):
+    argv = ["convert", "--from", "vllm-ascend", "--to", "sglang", files / "p.json"]
+    fails(capsys, [*argv, files / "o.json", *extra], message)
+    assert not (files / "o.json").exists()
+
+
+def test_convert_output_is_a_directory(capsys, files):
+    argv = ["convert", "--from", "vllm-ascend", "--to", "sglang", files / "p.json", files]
+    fails(capsys, argv, "is a directory; expected a file path")
+    assert json.loads((files / "p.json").read_text())["moe_layer_count"] == 2
+
+
+def test_score_placement_that_is_a_directory(capsys, files):
+    fails(capsys, ["score", "--placement", files, "--load", files / "load.npy"], "Is a directory")
