@@ -1,0 +1,85 @@
+"""What the engine adapters share: array conversion, the policy they run, and the replan rule.
+
+Engines route an expert's tokens evenly over its replicas, so every placement handed to an
+engine has uniform shares, and its PAR is measured that way. With the placement in force
+(``previous``), a layer is replaced only when the new placement lowers its PAR on the load it
+was planned on; kept experts stay in their slot (the engines copy weights only for the rest).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from eplb_rt import envs
+from eplb_rt.algorithms import get_policy, metrics, plan
+from eplb_rt.placement import Placement, Topology
+from eplb_rt.runtime.migration import align_to_previous
+
+
+def as_numpy(value: object, name: str, ndims: tuple[int, ...], where: str) -> np.ndarray:
+    """``value`` (torch tensor, numpy array or nested lists) as a numeric numpy array.
+
+    Raises ``ValueError`` naming ``where`` and ``name`` unless it has one of ``ndims`` dims.
+    """
+    if hasattr(value, "detach"):  # a torch tensor, possibly on a device
+        value = value.detach().cpu().numpy()
+    try:
+        arr = np.asarray(value)
+    except ValueError as err:  # ragged nested lists
+        raise ValueError(f"{where}: {name} is not a rectangular array ({err})") from None
+    if arr.ndim not in ndims:
+        dims = " or ".join(str(n) for n in ndims)
+        raise ValueError(f"{where}: {name} must have {dims} dimensions, got shape {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"{where}: {name} must hold numbers, got dtype {arr.dtype}")
+    return arr
+
+
+def policy_name(name: str | None = None) -> str:
+    """``name``, else ``EPLB_RT_POLICY``, else ``EplbConfig().policy``; raises if unknown."""
+    if not name:
+        name = envs.get("EPLB_RT_POLICY")
+    if not name:
+        from eplb_rt.config import EplbConfig
+
+        name = EplbConfig().policy
+    get_policy(name)
+    return name
+
+
+def replan(
+    where: str,
+    load: np.ndarray,
+    topology: Topology,
+    previous: np.ndarray | None,
+    *,
+    policy: str,
+    options: dict | None = None,
+) -> tuple[Placement, np.ndarray]:
+    """Plan ``load [T, L, E]`` on ``topology``; returns ``(placement, gain [L])``.
+
+    ``previous`` is the ``[L, P]`` ``phy2log`` in force or ``None``; ``gain`` is its PAR minus
+    the returned placement's, per layer (0 where a layer is kept or has no load). Every bad
+    input raises ``ValueError`` prefixed with ``where``, before anything is planned.
+    """
+    try:
+        num_experts = load.shape[-1]
+        prev = None if previous is None else Placement(previous, num_experts, topology.num_ranks)
+        if prev is not None and prev.num_slots != topology.num_slots:
+            raise ValueError(
+                f"the table in force has {prev.num_slots} slots per layer, expected "
+                f"{topology.num_ranks} ranks x {topology.num_slots_per_rank}"
+            )
+        new = plan(policy, load, topology, prev, options).with_shares(None)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    if prev is None:
+        return new, np.zeros(new.num_layers)
+    new = align_to_previous(prev, new)
+    total = load.sum(axis=0)
+    with np.errstate(invalid="ignore"):
+        gain = np.nan_to_num(metrics.par(prev, total) - metrics.par(new, total), nan=0.0)
+    keep = gain <= 0
+    if keep.any():
+        new = new.replace_layers(np.flatnonzero(keep), prev)
+    return new, np.where(keep, 0.0, gain)
