@@ -63,19 +63,14 @@ def replan(
     input raises ``ValueError`` prefixed with ``where``, before anything is planned.
     """
     try:
-        num_experts = load.shape[-1]
-        prev = None if previous is None else Placement(previous, num_experts, topology.num_ranks)
-        if prev is not None and prev.num_slots != topology.num_slots:
-            raise ValueError(
-                f"the table in force has {prev.num_slots} slots per layer, expected "
-                f"{topology.num_ranks} ranks x {topology.num_slots_per_rank}"
-            )
-        new = plan(policy, load, topology, prev, options).with_shares(None)
+        prev, aligned = (None, False) if previous is None else _in_force(previous, load, topology)
+        new = plan(policy, load, topology, prev if aligned else None, options).with_shares(None)
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from None
     if prev is None:
         return new, np.zeros(new.num_layers)
-    new = align_to_previous(prev, new)
+    if aligned:
+        new = align_to_previous(prev, new)
     total = load.sum(axis=0)
     with np.errstate(invalid="ignore"):
         gain = np.nan_to_num(metrics.par(prev, total) - metrics.par(new, total), nan=0.0)
@@ -83,3 +78,25 @@ def replan(
     if keep.any():
         new = new.replace_layers(np.flatnonzero(keep), prev)
     return new, np.where(keep, 0.0, gain)
+
+
+def _in_force(previous: np.ndarray, load: np.ndarray, topology: Topology) -> tuple[Placement, bool]:
+    """The table in force ``[L, P]`` as a placement, and whether new plans may align to it.
+
+    Ids out of range, a missing expert or a wrong width raise. Two replicas of one expert on a
+    rank are the engine's own business (vLLM's default policy makes such tables): the table is
+    accepted, the next plan is made without it (eplb_rt's placements never do that) and
+    alignment resumes from there.
+    """
+    if previous.shape != (load.shape[1], topology.num_slots):
+        raise ValueError(
+            f"the table in force has shape {previous.shape}, expected [{load.shape[1]}, "
+            f"{topology.num_slots}] ({topology.num_ranks} ranks x {topology.num_slots_per_rank})"
+        )
+    table = Placement(previous, load.shape[-1], topology.num_ranks, validate=False)
+    grid = np.sort(table.by_rank(), axis=2)
+    valid_ids = previous.min() >= 0 and previous.max() < table.num_experts
+    if valid_ids and (table.logcnt > 0).all() and (grid[..., 1:] == grid[..., :-1]).any():
+        return table, False
+    table.validate()
+    return table, True
