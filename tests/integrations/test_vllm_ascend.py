@@ -14,7 +14,8 @@ from eplb_rt.cli import main as cli
 from eplb_rt.config import EplbConfig
 from eplb_rt.integrations.vllm_ascend import EplbRtAscendPolicy, install, logical_load
 from eplb_rt.placement import Placement
-from tests.integrations.conftest import CASE_IDS, CASES, STUB_LOGGER, slot_workload
+from tests.integrations.conftest import CASE_IDS, CASES, slot_workload
+from tests.integrations.peers import STUB_LOGGER
 
 
 def _initial_table(ascend, num_layers, num_experts, topology) -> np.ndarray:
