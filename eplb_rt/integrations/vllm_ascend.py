@@ -5,7 +5,9 @@ in the EPLB worker and calls ``rebalance_experts(current_expert_table, expert_wo
 the worker then rejects, layer by layer, a table that loses an expert, puts two replicas of
 one expert on a rank, or moves an expert between slots of one rank. :func:`install` (run by
 the ``vllm.general_plugins`` entry point when ``EPLB_RT_POLICY`` is set) makes the factory
-return :class:`EplbRtAscendPolicy` whatever ``eplb_policy_type`` says.
+return :class:`EplbRtAscendPolicy` whatever ``eplb_policy_type`` says. There a bad input is
+logged and the table in force returned unchanged: an exception would end vllm-ascend's EPLB
+process, and the engine would wait for its next plan for ever.
 
 Offline, each load the policy is given is also written to ``EPLB_RT_EXPORT_DIR`` (when set) as
 ``load-<pid>-<n>.npy`` (``[T, L, E]`` tokens per logical expert; every rank sees the same
@@ -15,6 +17,7 @@ gathered load, so one rank's files are enough), which ``eplb-rt plan --load`` re
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 
 import numpy as np
@@ -25,6 +28,7 @@ from eplb_rt.integrations._common import as_numpy, policy_name, replan
 from eplb_rt.placement import Topology
 
 WHERE = "eplb_rt vllm-ascend policy"
+log = logging.getLogger("eplb_rt.integrations")
 
 
 def logical_load(table: np.ndarray, workload: np.ndarray, num_experts: int) -> np.ndarray:
@@ -50,6 +54,7 @@ class EplbRtAscendPolicy:
         num_experts: logical experts ``E``; ``None``: the largest id in the table + 1.
         num_nodes, num_groups: as in :class:`eplb_rt.placement.Topology`.
         export_dir: where loads are written (see the module); ``None``: ``EPLB_RT_EXPORT_DIR``.
+        keep_on_error: log a bad input and return the table unchanged instead of raising.
     """
 
     def __init__(
@@ -61,6 +66,7 @@ class EplbRtAscendPolicy:
         num_nodes: int = 1,
         num_groups: int = 1,
         export_dir: str | None = None,
+        keep_on_error: bool = False,
     ) -> None:
         self.policy = policy_name(policy)
         self.options = options
@@ -68,6 +74,7 @@ class EplbRtAscendPolicy:
         self.num_nodes = num_nodes
         self.num_groups = num_groups
         self.export_dir = export_dir if export_dir is not None else envs.get("EPLB_RT_EXPORT_DIR")
+        self.keep_on_error = keep_on_error
         self._exported = itertools.count()
         warm_up([self.policy])
 
@@ -83,6 +90,15 @@ class EplbRtAscendPolicy:
             ``priority`` the changed layer ids ``[k] int64``, largest PAR gain first,
             ``new_deployment`` the ``[L, D, S] int32`` table (unchanged layers as they were).
         """
+        try:
+            return self._rebalance(current_expert_table, expert_workload)
+        except ValueError as err:
+            if not self.keep_on_error:
+                raise
+            log.error("%s; the table in force is kept", err)
+            return False, np.zeros(0, dtype=np.int64), np.array(current_expert_table)
+
+    def _rebalance(self, current_expert_table, expert_workload):
         table = as_numpy(current_expert_table, "current_expert_table [L, D, S]", (3,), WHERE)
         work = as_numpy(expert_workload, "expert_workload [(T,) L, D, S]", (3, 4), WHERE)
         work = work[None] if work.ndim == 3 else work
@@ -121,6 +137,6 @@ def install(policy: str | None = None, options: dict | None = None) -> None:
     name = policy_name(policy)
 
     def generate_policy(policy_type: int) -> EplbRtAscendPolicy:
-        return EplbRtAscendPolicy(name, options)
+        return EplbRtAscendPolicy(name, options, keep_on_error=True)
 
     PolicyFactory.generate_policy = staticmethod(generate_policy)

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Literal
 
+import torch
+
 from scripts.fetch_peers import fetch
 
 STUB_LOGGER = logging.getLogger("engine_stub")
@@ -61,6 +63,10 @@ def open_peer(name: str) -> Iterator[SimpleNamespace]:
     runtime = SimpleNamespace()
     stubs, modules = _stubs(name, runtime)
     before = set(sys.modules)
+    # SwiftBalanceEplb asks torch.npu (which torch_npu adds) for the NPUs per host: 8 on A2.
+    npu = None if hasattr(torch, "npu") else SimpleNamespace(device_count=lambda: 8)
+    if npu is not None:
+        torch.npu = npu
     sys.path.insert(0, str(root))
     for mod, attrs in stubs.items():
         stub = types.ModuleType(mod)
@@ -73,3 +79,5 @@ def open_peer(name: str) -> Iterator[SimpleNamespace]:
         sys.path.remove(str(root))
         for mod in set(sys.modules) - before:
             del sys.modules[mod]
+        if npu is not None:
+            del torch.npu

@@ -105,6 +105,15 @@ def test_bad_input_gets_a_clear_error(table, work, message):
         policy.rebalance_experts(table, work)
 
 
+def test_keep_on_error_logs_and_keeps_the_table(caplog):
+    table = np.arange(16).reshape(1, 4, 4)
+    policy = EplbRtAscendPolicy(keep_on_error=True)
+    with caplog.at_level(logging.ERROR, logger="eplb_rt.integrations"):
+        changed, priority, new = policy.rebalance_experts(table, np.full((1, 4, 4), np.nan))
+    assert not changed and priority.size == 0 and np.array_equal(new, table)
+    assert "NaN" in caplog.text and "kept" in caplog.text
+
+
 def test_factory_builds_ours_after_install(ascend, monkeypatch):
     factory = ascend.policy_factory.PolicyFactory
     monkeypatch.setattr(factory, "generate_policy", factory.__dict__["generate_policy"])
@@ -112,6 +121,7 @@ def test_factory_builds_ours_after_install(ascend, monkeypatch):
     for policy_type in (0, 1, 2, 3):
         made = factory.generate_policy(policy_type)
         assert isinstance(made, EplbRtAscendPolicy) and made.policy == "flashlb"
+        assert made.keep_on_error
 
 
 def test_offline_path_exported_load_to_vllm_ascend_loader(ascend, tmp_path):
