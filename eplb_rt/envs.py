@@ -50,13 +50,15 @@ VARIABLES: dict[str, EnvVar] = {
             "EPLB_RT_POLICY",
             str,
             None,
-            "Overrides EplbConfig.policy when a config is built with from_dict(..., env=True).",
+            "Overrides EplbConfig.policy when a config is built with from_dict(..., env=True); "
+            "selects the policy of the vLLM / vllm-ascend / SGLang plugins (unset: engine's own).",
         ),
         EnvVar(
             "EPLB_RT_EXPORT_DIR",
             str,
             None,
-            "Default directory for EplbConfig.export_dir (every committed placement as JSON).",
+            "Default directory for EplbConfig.export_dir (every committed placement as JSON); "
+            "the vllm-ascend policy writes each load it plans on there (load-<pid>-<n>.npy).",
         ),
         EnvVar(
             "EPLB_RT_TRANSFER_TIMEOUT_S",
