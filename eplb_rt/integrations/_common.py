@@ -3,7 +3,8 @@
 Engines route an expert's tokens evenly over its replicas, so every placement handed to an
 engine has uniform shares, and its PAR is measured that way. With the placement in force
 (``previous``), a layer is replaced only when the new placement lowers its PAR on the load it
-was planned on; kept experts stay in their slot (the engines copy weights only for the rest).
+was planned on; ranks are relabelled to keep the most in place and kept experts stay in their
+slot (the engines copy weights only for the rest). Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import numpy as np
 
 from eplb_rt import envs
 from eplb_rt.algorithms import get_policy, metrics, plan
+from eplb_rt.algorithms.align import align_row
 from eplb_rt.placement import Placement, Topology
-from eplb_rt.runtime.migration import align_to_previous
 
 
 def as_numpy(value: object, name: str, ndims: tuple[int, ...], where: str) -> np.ndarray:
@@ -69,8 +70,10 @@ def replan(
         raise ValueError(f"{where}: {err}") from None
     if prev is None:
         return new, np.zeros(new.num_layers)
-    if aligned:
-        new = align_to_previous(prev, new)
+    if aligned:  # relabel ranks to keep the most in place; kept experts keep their slot
+        args = (topology.num_ranks, new.num_experts)
+        rows = [align_row(n, p, *args)[0] for n, p in zip(new.phy2log, prev.phy2log, strict=True)]
+        new = Placement(np.stack(rows), new.num_experts, topology.num_ranks)
     total = load.sum(axis=0)
     with np.errstate(invalid="ignore"):
         gain = np.nan_to_num(metrics.par(prev, total) - metrics.par(new, total), nan=0.0)
