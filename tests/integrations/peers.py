@@ -62,7 +62,7 @@ def open_peer(name: str) -> Iterator[SimpleNamespace]:
     root = fetch(name)
     runtime = SimpleNamespace()
     stubs, modules = _stubs(name, runtime)
-    before = set(sys.modules)
+    before = dict(sys.modules)
     # SwiftBalanceEplb asks torch.npu (which torch_npu adds) for the NPUs per host: 8 on A2.
     npu = None if hasattr(torch, "npu") else SimpleNamespace(device_count=lambda: 8)
     if npu is not None:
@@ -74,10 +74,17 @@ def open_peer(name: str) -> Iterator[SimpleNamespace]:
         sys.modules[mod] = stub
     try:
         found = {m.rsplit(".", 1)[-1]: __import__(m, fromlist=["_"]) for m in modules}
+        # The engines import the stubs' names at import time; dropping the stubs now keeps them
+        # from hiding another peer's real package (vllm-ascend's vllm.distributed and vLLM's).
+        for mod in stubs:
+            if mod in before:
+                sys.modules[mod] = before[mod]
+            else:
+                del sys.modules[mod]
         yield SimpleNamespace(runtime=runtime, **found)
     finally:
         sys.path.remove(str(root))
-        for mod in set(sys.modules) - before:
+        for mod in set(sys.modules) - set(before):
             del sys.modules[mod]
         if npu is not None:
             del torch.npu
