@@ -12,6 +12,7 @@ vllm-ascend (a vLLM platform plugin) the same entry point also selects eplb_rt t
 from __future__ import annotations
 
 import importlib.util
+import logging
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from eplb_rt.integrations._common import as_numpy, policy_name, replan
 from eplb_rt.placement import Topology
 
 WHERE = "eplb_rt vLLM policy"
+log = logging.getLogger("eplb_rt.integrations")
 
 
 class EplbRtPolicy:
@@ -92,7 +94,11 @@ def register() -> None:
     from vllm.distributed.eplb import policy as vllm_policy
 
     vllm_policy.EPLB_POLICIES["default"] = policy_class(name)
-    if importlib.util.find_spec("vllm_ascend") is not None:
-        from eplb_rt.integrations import vllm_ascend
+    if importlib.util.find_spec("vllm_ascend") is None:
+        return
+    from eplb_rt.integrations import vllm_ascend
 
+    try:  # vLLM runs plugins unguarded: a broken vllm-ascend must not stop vLLM from starting
         vllm_ascend.install(name)
+    except ImportError as err:
+        log.warning("vllm-ascend's EPLB policies cannot be imported (%s); it keeps its own", err)

@@ -4,6 +4,7 @@ plugin entry point, and clear errors for bad input from the engine side."""
 from __future__ import annotations
 
 import inspect
+import logging
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 
 from eplb_rt.algorithms import metrics
 from eplb_rt.integrations import vllm as ours
+from eplb_rt.integrations import vllm_ascend
 from eplb_rt.placement import Placement
 from tests.integrations.conftest import CASE_IDS, CASES
 
@@ -100,9 +102,25 @@ def test_entry_point_selects_eplb_rt_only_when_asked(vllm, monkeypatch):
     assert register is ours.register
     table = vllm.policy.EPLB_POLICIES
     monkeypatch.setitem(table, "default", table["default"])
+    monkeypatch.setattr(ours.importlib.util, "find_spec", lambda name: None)  # no vllm-ascend
     monkeypatch.delenv("EPLB_RT_POLICY", raising=False)
     register()
     assert table["default"].__name__ == "DefaultEplbPolicy"
     monkeypatch.setenv("EPLB_RT_POLICY", "flashlb")
     register()
     assert issubclass(table["default"], ours.EplbRtPolicy) and table["default"].policy == "flashlb"
+
+
+def test_a_broken_vllm_ascend_does_not_stop_vllm(vllm, monkeypatch, caplog):
+    def broken(name):
+        raise ImportError("No module named 'torch_npu'")
+
+    table = vllm.policy.EPLB_POLICIES
+    monkeypatch.setitem(table, "default", table["default"])
+    monkeypatch.setattr(ours.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(vllm_ascend, "install", broken)
+    monkeypatch.setenv("EPLB_RT_POLICY", "flashlb")
+    with caplog.at_level(logging.WARNING, logger="eplb_rt.integrations"):
+        ours.register()
+    assert issubclass(table["default"], ours.EplbRtPolicy)
+    assert "torch_npu" in caplog.text and "keeps its own" in caplog.text
