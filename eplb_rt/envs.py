@@ -40,12 +40,14 @@ VARIABLES: dict[str, EnvVar] = {
     "EPLB_RT_POLICY": EnvVar(
         str,
         None,
-        "Overrides EplbConfig.policy when a config is built with from_dict(..., env=True).",
+        "Overrides EplbConfig.policy when a config is built with from_dict(..., env=True); "
+        "selects the policy of the vLLM / vllm-ascend / SGLang plugins (unset: engine's own).",
     ),
     "EPLB_RT_EXPORT_DIR": EnvVar(
         str,
         None,
-        "Default directory for EplbConfig.export_dir (every committed placement as JSON).",
+        "Default directory for EplbConfig.export_dir (every committed placement as JSON); "
+        "the vllm-ascend policy writes each load it plans on there (load-<pid>-<n>.npy).",
     ),
     "EPLB_RT_TRANSFER_TIMEOUT_S": EnvVar(
         float,

@@ -1,0 +1,330 @@
+"""Peers side by side: the engines' own EPLB code next to every eplb_rt policy, in one process.
+
+    PYTHONPATH=. python benchmarks/bench_peers.py [--sections time,insample,static,adapt,cold]
+    PYTHONPATH=. python -m pytest benchmarks/bench_peers.py      # plan time, pytest-benchmark
+
+Contenders: vllm-ascend 0.26's DefaultEplb, SwiftBalanceEplb and FlashLB (``warm_up`` first),
+vLLM 0.33's DefaultEplbPolicy, SGLang 0.5.23's ``deepseek`` and ``deepseek_vec`` (imported
+from their wheels, see ``scripts/fetch_peers.py``), and every eplb_rt policy through the engine
+adapters (uniform shares, a layer changes only when it gains). Everything runs on one thread.
+Tables (markdown):
+
+* time: plan time per call, DeepSeek-V3 (58 layers x 256 experts, the four prefill workloads as
+  four episodes) at 32x9 and 64x5, median of ``--repeat`` calls after one, and the ratio to
+  vllm-ascend's FlashLB;
+* insample: mean PAR over layers, planned and scored on the same workload (mean over the four
+  DeepSeek-V3 workloads, the four ESFT tasks, the six gpt-oss subsets, the six OLMoE domains);
+* static: leave-one-out, planned on the other workloads (one episode each), scored on the one
+  left out; mean over folds;
+* adapt: each contender's own leave-one-out placement is in force; it re-plans on the left-out
+  workload with that table; PAR on it and the fraction of slots moved (mean over folds);
+* cold: a fresh interpreter with an empty numba cache: seconds from start to the first plan
+  (vllm-ascend's FlashLB includes its ``warm_up``, as its EPLB process does at start).
+
+A peer's table that loses an expert is reported as invalid; a peer may put two replicas of an
+expert on a rank (DeepSeek's algorithm does), which is scored as the engine would serve it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+
+from eplb_rt.algorithms import metrics, policy_names, warm_up
+from eplb_rt.config import EplbConfig
+from eplb_rt.integrations._common import replan
+from eplb_rt.placement import Placement, Topology
+from eplb_rt.sim import traces
+from tests.integrations.peers import open_peer
+
+Planner = Callable[[np.ndarray, Topology, "np.ndarray | None"], np.ndarray]
+"""``(load [T, L, E], topology, phy2log in force [L, P] or None) -> phy2log [L, P]``."""
+
+OLMOE_DOMAINS = ("arxiv", "book", "c4", "github", "tulu", "wikipedia")
+SHAPES = ((32, 9), (64, 5))
+
+
+def workloads() -> dict[str, tuple[list[np.ndarray], Topology]]:
+    """Trace -> (one ``[T, L, E]`` array per workload, the topology it is planned on)."""
+    return {
+        "DeepSeek-V3 32x9": (_ds(), Topology(32, 9)),
+        "DeepSeek-V3 64x5": (_ds(), Topology(64, 5)),
+        "ESFT 8x9": ([traces.esft(t) for t in traces.ESFT_TASKS], Topology(8, 9)),
+        "gpt-oss 8x5": ([traces.gptoss(s) for s in traces.gptoss_subsets()], Topology(8, 5)),
+        "OLMoE 8x9": ([traces.olmoe(domain=d) for d in OLMOE_DOMAINS], Topology(8, 9)),
+    }
+
+
+def _ds() -> list[np.ndarray]:
+    return [traces.deepseek_v3(w, moe_only=True) for w in traces.DEEPSEEK_V3_WORKLOADS]
+
+
+# ------------------------------------------------------------------------------ contenders
+def ours(name: str) -> Planner:
+    def run(load, topology, previous):
+        return replan("bench", load, topology, previous, policy=name)[0].phy2log
+
+    return run
+
+
+def slot_load(table: np.ndarray, load: np.ndarray) -> np.ndarray:
+    """Tokens per slot ``[T, L, D, S]`` an engine records for ``table [L, D, S]``."""
+    L, D, S = table.shape
+    placement = Placement(table.reshape(L, -1), load.shape[-1], D, validate=False)
+    return metrics.slot_load(placement, load).reshape(-1, L, D, S)
+
+
+def ascend_planner(va, cls_name: str) -> Planner:
+    def run(load, topology, previous):
+        L, E = load.shape[1:]
+        D, S = topology.num_ranks, topology.num_slots_per_rank
+        if previous is None:  # vllm-ascend's own start layout
+            one = va.eplb_utils.generate_global_placement(E, D, topology.num_slots - E, 0)
+            table = np.tile(one.numpy(), (L, 1, 1))
+        else:
+            table = previous.reshape(L, D, S)
+        work = slot_load(table, load)
+        policy = getattr(va.policy_factory, cls_name)()
+        if cls_name != "FlashLB":  # the single-stage policies read the summed load
+            work = work.sum(0)
+        new = policy.rebalance_experts(torch.tensor(table), torch.tensor(work))[2]
+        return np.asarray(new).reshape(L, -1)
+
+    return run
+
+
+def vllm_planner(vl) -> Planner:
+    def run(load, topology, previous):
+        old = None if previous is None else torch.tensor(previous)
+        out = vl.policy.DefaultEplbPolicy.rebalance_experts(
+            torch.tensor(load.sum(0)), topology.num_slots, 1, 1, topology.num_ranks, old
+        )
+        return out.numpy()
+
+    return run
+
+
+def sglang_planner(sg, algorithm: str) -> Planner:
+    def run(load, topology, previous):  # SGLang's algorithms take no table in force
+        A = sg.eplb_algorithms
+        out = A.rebalance_experts(
+            torch.tensor(load), topology.num_slots, topology.num_slots_per_rank, None, 1,
+            A.EplbAlgorithm[algorithm],
+        )  # fmt: skip
+        return out[0].numpy()
+
+    return run
+
+
+def contenders(stack) -> dict[str, Planner]:
+    found = {f"eplb_rt {n}": ours(n) for n in policy_names()}
+    warm_up(policy_names())
+    for peer, make in (
+        ("vllm-ascend", lambda m: {f"vllm-ascend {c}": ascend_planner(m, c)
+                                   for c in ("DefaultEplb", "SwiftBalanceEplb", "FlashLB")}),
+        ("vllm", lambda m: {"vLLM DefaultEplbPolicy": vllm_planner(m)}),
+        ("sglang", lambda m: {f"SGLang {a}": sglang_planner(m, a)
+                              for a in ("deepseek", "deepseek_vec")}),
+    ):  # fmt: skip
+        try:
+            modules = stack.enter_context(open_peer(peer))
+        except RuntimeError as err:
+            print(f"<!-- {peer} skipped: {err} -->")
+            continue
+        if peer == "vllm-ascend":
+            modules.policy_flashlb.warm_up()
+        found.update(make(modules))
+    return found
+
+
+# ------------------------------------------------------------------------------ scoring
+def score(phy2log: np.ndarray, load: np.ndarray, topology: Topology) -> float:
+    """Mean PAR over loaded layers of ``phy2log`` on ``load`` summed over steps; NaN if a
+    table loses an expert or holds an id out of range."""
+    table = Placement(phy2log, load.shape[-1], topology.num_ranks, validate=False)
+    if phy2log.min() < 0 or phy2log.max() >= load.shape[-1] or (table.logcnt == 0).any():
+        return float("nan")
+    return float(np.nanmean(metrics.par(table, load.sum(0))))
+
+
+def leave_one_out(loads: list[np.ndarray]):
+    """``(train [k-1, L, E] one episode per workload, test [1, L, E])`` per fold."""
+    for i, test in enumerate(loads):
+        train = [w.sum(0) for j, w in enumerate(loads) if j != i]
+        yield np.stack(train), test
+
+
+def section_time(found, repeat: int) -> None:
+    load = np.concatenate(_ds())
+    print("\n### Plan time per call, DeepSeek-V3 58 layers, 4 episodes, 1 thread (ms)\n")
+    print("| contender | 32x9 | 64x5 | 32x9 vs FlashLB | 64x5 vs FlashLB |")
+    print("|---|---|---|---|---|")
+    ms = {}
+    for name, run in found.items():
+        for d, s in SHAPES:
+            topo = Topology(d, s)
+            run(load, topo, None)
+            times = []
+            for _ in range(repeat):
+                start = time.perf_counter()
+                run(load, topo, None)
+                times.append(time.perf_counter() - start)
+            ms[name, d] = 1e3 * float(np.median(times))
+    ref = "vllm-ascend FlashLB"
+    for name in found:
+        ratios = [ms[ref, d] / ms[name, d] if (ref, d) in ms else float("nan") for d, _ in SHAPES]
+        print(f"| {name} | {ms[name, 32]:.0f} | {ms[name, 64]:.0f} | "
+              f"{ratios[0]:.2f}x | {ratios[1]:.2f}x |")  # fmt: skip
+
+
+def section_par(found, static: bool) -> dict:
+    cases = workloads()
+    title = "leave-one-out, static" if static else "in sample"
+    print(f"\n### Mean PAR, {title}\n")
+    print("| contender | " + " | ".join(cases) + " |")
+    print("|---|" + "---|" * len(cases))
+    table = {}
+    for name, run in found.items():
+        row = []
+        for case, (loads, topo) in cases.items():
+            if static:
+                pars = [score(run(tr, topo, None), te, topo) for tr, te in leave_one_out(loads)]
+            else:
+                pars = [score(run(w, topo, None), w, topo) for w in loads]
+            table[name, case] = float(np.mean(pars))
+            row.append(f"{table[name, case]:.4f}")
+        print(f"| {name} | " + " | ".join(row) + " |")
+    return table
+
+
+def section_adapt(found) -> None:
+    cases = {k: v for k, v in workloads().items() if k.startswith(("DeepSeek", "ESFT"))}
+    print("\n### Adapting: own leave-one-out table in force, re-plan on the left-out workload\n")
+    print("| contender | " + " | ".join(f"{c} PAR | {c} moved" for c in cases) + " |")
+    print("|---|" + "---|---|" * len(cases))
+    for name, run in found.items():
+        row = []
+        for loads, topo in cases.values():
+            pars, moved = [], []
+            for train, test in leave_one_out(loads):
+                before = run(train, topo, None)
+                after = run(test, topo, before)
+                pars.append(score(after, test, topo))
+                moved.append(float((after != before).mean()))
+            row += [f"{np.mean(pars):.4f}", f"{np.mean(moved):.1%}"]
+        print(f"| {name} | " + " | ".join(row) + " |")
+
+
+COLD = {
+    "eplb_rt default policy": (
+        "from eplb_rt.algorithms import plan; from eplb_rt.config import EplbConfig; "
+        "plan(EplbConfig().policy, load, Topology(32, 9))"
+    ),
+    "eplb_rt flashlb": (
+        "from eplb_rt.algorithms import plan; plan('flashlb', load, Topology(32, 9))"
+    ),
+    "vllm-ascend FlashLB": (
+        "from tests.integrations.peers import open_peer\n"
+        "with open_peer('vllm-ascend') as va:\n"
+        "    va.policy_flashlb.warm_up()\n"
+        "    from benchmarks.bench_peers import ascend_planner\n"
+        "    ascend_planner(va, 'FlashLB')(load, Topology(32, 9), None)"
+    ),
+}
+COLD_PRELUDE = (
+    "import time; start = time.perf_counter()\n"
+    "import numpy as np, torch; torch.set_num_threads(1)\n"
+    "from eplb_rt.placement import Topology\n"
+    "from eplb_rt.sim import traces\n"
+    "load = np.concatenate([traces.deepseek_v3(w, moe_only=True) "
+    "for w in traces.DEEPSEEK_V3_WORKLOADS])\n"
+)
+
+
+def section_cold() -> None:
+    print("\n### Cold start: fresh interpreter, empty numba cache, to the first plan (s)\n")
+    print("| contender | seconds |")
+    print("|---|---|")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for name, body in COLD.items():
+        with tempfile.TemporaryDirectory() as cache:
+            env = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONPATH=root)
+            code = COLD_PRELUDE + body + "\nprint(time.perf_counter() - start)"
+            out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root,
+                                 capture_output=True, text=True, check=True)  # fmt: skip
+        print(f"| {name} | {float(out.stdout.split()[-1]):.1f} |")
+
+
+def flashlb_check(insample: dict, static: dict) -> None:
+    """Our ``flashlb`` against vllm-ascend's FlashLB on the same inputs."""
+    print("\n### eplb_rt flashlb vs vllm-ascend FlashLB, same inputs (PAR difference)\n")
+    print("| trace | in sample: ours / original / diff | leave-one-out: ours / original / diff |")
+    print("|---|---|---|")
+    for case in workloads():
+        cells = []
+        for table in (insample, static):
+            a, b = table["eplb_rt flashlb", case], table["vllm-ascend FlashLB", case]
+            cells.append(f"{a:.4f} / {b:.4f} / {100 * (a - b) / b:+.2f}%")
+        print(f"| {case} | " + " | ".join(cells) + " |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    import contextlib
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sections", default="time,insample,static,adapt,cold")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+    sections = args.sections.split(",")
+    torch.set_num_threads(1)
+    print(f"<!-- eplb_rt default policy: {EplbConfig().policy}; torch threads 1 -->")
+    with contextlib.ExitStack() as stack:
+        found = contenders(stack)
+        if "time" in sections:
+            section_time(found, args.repeat)
+        tables = {s: section_par(found, s == "static") for s in ("insample", "static")
+                  if s in sections}  # fmt: skip
+        if len(tables) == 2 and "vllm-ascend FlashLB" in found:
+            flashlb_check(tables["insample"], tables["static"])
+        if "adapt" in sections:
+            section_adapt(found)
+    if "cold" in sections:
+        section_cold()
+
+
+# ------------------------------------------------------------------------------ pytest-benchmark
+@pytest.fixture(scope="module")
+def flashlb_original():
+    try:
+        with open_peer("vllm-ascend") as va:
+            va.policy_flashlb.warm_up()
+            yield ascend_planner(va, "FlashLB")
+    except RuntimeError as err:
+        pytest.skip(f"vllm-ascend cannot be fetched: {err}")
+
+
+# vllm-ascend's FlashLB converts torch tensors with np.array (numpy 2 deprecates how torch does it)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize(("ranks", "slots"), SHAPES, ids=[f"{d}x{s}" for d, s in SHAPES])
+@pytest.mark.parametrize("who", ["eplb_rt-default", "eplb_rt-flashlb", "vllm-ascend-FlashLB"])
+def test_plan_time(benchmark, flashlb_original, who, ranks, slots):
+    torch.set_num_threads(1)
+    name = EplbConfig().policy if who == "eplb_rt-default" else "flashlb"
+    run = flashlb_original if who.startswith("vllm-ascend") else ours(name)
+    warm_up([name])
+    load, topo = np.concatenate(_ds()), Topology(ranks, slots)
+    phy2log = benchmark.pedantic(run, (load, topo, None), rounds=3, warmup_rounds=1)
+    benchmark.extra_info["par"] = round(score(phy2log, load, topo), 5)
+
+
+if __name__ == "__main__":
+    main()

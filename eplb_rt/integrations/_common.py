@@ -1,0 +1,105 @@
+"""What the engine adapters share: array conversion, the policy they run, and the replan rule.
+
+Engines route an expert's tokens evenly over its replicas, so every placement handed to an
+engine has uniform shares, and its PAR is measured that way. With the placement in force
+(``previous``), a layer is replaced only when the new placement lowers its PAR on the load it
+was planned on; ranks are relabelled to keep the most in place and kept experts stay in their
+slot (the engines copy weights only for the rest). Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from eplb_rt import envs
+from eplb_rt.algorithms import get_policy, metrics, plan
+from eplb_rt.algorithms.align import align_row
+from eplb_rt.placement import Placement, Topology
+
+
+def as_numpy(value: object, name: str, ndims: tuple[int, ...], where: str) -> np.ndarray:
+    """``value`` (torch tensor, numpy array or nested lists) as a numeric numpy array.
+
+    Raises ``ValueError`` naming ``where`` and ``name`` unless it has one of ``ndims`` dims.
+    """
+    if hasattr(value, "detach"):  # a torch tensor, possibly on a device
+        value = value.detach().cpu().numpy()
+    try:
+        arr = np.asarray(value)
+    except ValueError as err:  # ragged nested lists
+        raise ValueError(f"{where}: {name} is not a rectangular array ({err})") from None
+    if arr.ndim not in ndims:
+        dims = " or ".join(str(n) for n in ndims)
+        raise ValueError(f"{where}: {name} must have {dims} dimensions, got shape {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"{where}: {name} must hold numbers, got dtype {arr.dtype}")
+    return arr
+
+
+def policy_name(name: str | None = None) -> str:
+    """``name``, else ``EPLB_RT_POLICY``, else ``EplbConfig().policy``; raises if unknown."""
+    if not name:
+        name = envs.get("EPLB_RT_POLICY")
+    if not name:
+        from eplb_rt.config import EplbConfig
+
+        name = EplbConfig().policy
+    get_policy(name)
+    return name
+
+
+def replan(
+    where: str,
+    load: np.ndarray,
+    topology: Topology,
+    previous: np.ndarray | None,
+    *,
+    policy: str,
+    options: dict | None = None,
+) -> tuple[Placement, np.ndarray]:
+    """Plan ``load [T, L, E]`` on ``topology``; returns ``(placement, gain [L])``.
+
+    ``previous`` is the ``[L, P]`` ``phy2log`` in force or ``None``; ``gain`` is its PAR minus
+    the returned placement's, per layer (0 where a layer is kept or has no load). Every bad
+    input raises ``ValueError`` prefixed with ``where``, before anything is planned.
+    """
+    try:
+        prev, aligned = (None, False) if previous is None else _in_force(previous, load, topology)
+        new = plan(policy, load, topology, prev if aligned else None, options).with_shares(None)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    if prev is None:
+        return new, np.zeros(new.num_layers)
+    if aligned:  # relabel ranks to keep the most in place; kept experts keep their slot
+        args = (topology.num_ranks, new.num_experts)
+        rows = [align_row(n, p, *args)[0] for n, p in zip(new.phy2log, prev.phy2log, strict=True)]
+        new = Placement(np.stack(rows), new.num_experts, topology.num_ranks)
+    total = load.sum(axis=0)
+    with np.errstate(invalid="ignore"):
+        gain = np.nan_to_num(metrics.par(prev, total) - metrics.par(new, total), nan=0.0)
+    keep = gain <= 0
+    if keep.any():
+        new = new.replace_layers(np.flatnonzero(keep), prev)
+    return new, np.where(keep, 0.0, gain)
+
+
+def _in_force(previous: np.ndarray, load: np.ndarray, topology: Topology) -> tuple[Placement, bool]:
+    """The table in force ``[L, P]`` as a placement, and whether new plans may align to it.
+
+    Ids out of range, a missing expert or a wrong width raise. Two replicas of one expert on a
+    rank are the engine's own business (vLLM's default policy makes such tables): the table is
+    accepted, the next plan is made without it (eplb_rt's placements never do that) and
+    alignment resumes from there.
+    """
+    if previous.shape != (load.shape[1], topology.num_slots):
+        raise ValueError(
+            f"the table in force has shape {previous.shape}, expected [{load.shape[1]}, "
+            f"{topology.num_slots}] ({topology.num_ranks} ranks x {topology.num_slots_per_rank})"
+        )
+    table = Placement(previous, load.shape[-1], topology.num_ranks, validate=False)
+    grid = np.sort(table.by_rank(), axis=2)
+    valid_ids = previous.min() >= 0 and previous.max() < table.num_experts
+    if valid_ids and (table.logcnt > 0).all() and (grid[..., 1:] == grid[..., :-1]).any():
+        return table, False
+    table.validate()
+    return table, True

@@ -1,0 +1,104 @@
+"""vLLM: an ``AbstractEplbPolicy`` that runs an eplb_rt policy, and the plugin that selects it.
+
+vLLM (0.33) looks its EPLB policy up in ``vllm.distributed.eplb.policy.EPLB_POLICIES`` by
+``--eplb-config '{"policy": "default"}'`` (the only value its config accepts) and calls the
+class's ``rebalance_experts`` on the host. The ``vllm.general_plugins`` entry point ``eplb_rt``
+(:func:`register`), which vLLM runs in every process, puts :class:`EplbRtPolicy` under that key
+when ``EPLB_RT_POLICY`` names an eplb_rt policy; unset, vLLM is left as it is. Inside
+vllm-ascend (a vLLM platform plugin) the same entry point also selects eplb_rt there (see
+:mod:`eplb_rt.integrations.vllm_ascend`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import numpy as np
+
+from eplb_rt import envs
+from eplb_rt.integrations._common import as_numpy, policy_name, replan
+from eplb_rt.placement import Topology
+
+WHERE = "eplb_rt vLLM policy"
+log = logging.getLogger("eplb_rt.integrations")
+
+
+class EplbRtPolicy:
+    """vLLM's EPLB policy interface (a class with a class-method ``rebalance_experts``).
+
+    ``policy`` / ``options`` name the eplb_rt policy and its option overrides; ``None`` means
+    ``EPLB_RT_POLICY`` or ``EplbConfig().policy``. Make one with :func:`policy_class`.
+    """
+
+    policy: str | None = None
+    options: dict | None = None
+
+    @classmethod
+    def rebalance_experts(  # noqa: PLR0917 (vLLM's signature)
+        cls,
+        weight,
+        num_replicas: int,
+        num_groups: int,
+        num_nodes: int,
+        num_ranks: int,
+        old_global_expert_indices=None,
+    ):
+        """``weight [L, E]`` tokens per logical expert -> ``phy2log [L, num_replicas]`` int64.
+
+        ``old_global_expert_indices`` is the ``[L, num_replicas]`` ``phy2log`` in force: experts
+        that stay on a rank keep their slot, and a layer is re-placed only when that lowers its
+        PAR on ``weight``. vLLM passes a table of another width, or with ``-1`` slots, while it
+        changes the number of ranks; nothing can be kept then and the layers are planned anew.
+        """
+        import torch
+
+        load = as_numpy(weight, "weight [layers, experts]", (2,), WHERE).astype(np.float64)
+        if num_ranks < 1 or num_replicas % num_ranks:
+            raise ValueError(
+                f"{WHERE}: num_replicas ({num_replicas}) must be a positive multiple of "
+                f"num_ranks ({num_ranks})"
+            )
+        previous = None
+        if old_global_expert_indices is not None:
+            old = as_numpy(old_global_expert_indices, "old_global_expert_indices", (2,), WHERE)
+            if old.shape == (load.shape[0], num_replicas) and (old >= 0).all():
+                previous = old
+        try:
+            topology = Topology(num_ranks, num_replicas // num_ranks, num_nodes, num_groups)
+        except ValueError as err:
+            raise ValueError(f"{WHERE}: {err}") from None
+        placement, _ = replan(
+            WHERE,
+            load[None],
+            topology,
+            previous,
+            policy=policy_name(cls.policy),
+            options=cls.options,
+        )
+        return torch.from_numpy(placement.phy2log.astype(np.int64))
+
+
+def policy_class(policy: str | None = None, options: dict | None = None) -> type[EplbRtPolicy]:
+    """A subclass of :class:`EplbRtPolicy` bound to ``policy`` (checked now) and ``options``."""
+    name = policy_name(policy)
+    return type(f"EplbRt_{name}", (EplbRtPolicy,), {"policy": name, "options": options})
+
+
+def register() -> None:
+    """The ``vllm.general_plugins`` entry point: with ``EPLB_RT_POLICY`` set, vLLM's EPLB
+    (and vllm-ascend's dynamic EPLB, when installed) plan with that eplb_rt policy."""
+    name = envs.get("EPLB_RT_POLICY")
+    if not name:
+        return
+    from vllm.distributed.eplb import policy as vllm_policy
+
+    vllm_policy.EPLB_POLICIES["default"] = policy_class(name)
+    if importlib.util.find_spec("vllm_ascend") is None:
+        return
+    from eplb_rt.integrations import vllm_ascend
+
+    try:  # vLLM runs plugins unguarded: a broken vllm-ascend must not stop vLLM from starting
+        vllm_ascend.install(name)
+    except ImportError as err:
+        log.warning("vllm-ascend's EPLB policies cannot be imported (%s); it keeps its own", err)

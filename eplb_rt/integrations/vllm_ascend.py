@@ -1,0 +1,142 @@
+"""vllm-ascend: an ``EplbPolicy`` for its dynamic EPLB that runs an eplb_rt policy.
+
+vllm-ascend (0.26) builds its policy with ``PolicyFactory.generate_policy(eplb_policy_type)``
+in the EPLB worker and calls ``rebalance_experts(current_expert_table, expert_workload)``;
+the worker then rejects, layer by layer, a table that loses an expert, puts two replicas of
+one expert on a rank, or moves an expert between slots of one rank. :func:`install` (run by
+the ``vllm.general_plugins`` entry point when ``EPLB_RT_POLICY`` is set) makes the factory
+return :class:`EplbRtAscendPolicy` whatever ``eplb_policy_type`` says. There a bad input is
+logged and the table in force returned unchanged: an exception would end vllm-ascend's EPLB
+process, and the engine would wait for its next plan for ever.
+
+Offline, each load the policy is given is also written to ``EPLB_RT_EXPORT_DIR`` (when set) as
+``load-<pid>-<n>.npy`` (``[T, L, E]`` tokens per logical expert; every rank sees the same
+gathered load, so one rank's files are enough), which ``eplb-rt plan --load`` reads.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+
+import numpy as np
+
+from eplb_rt import envs
+from eplb_rt.algorithms import warm_up
+from eplb_rt.integrations._common import as_numpy, policy_name, replan
+from eplb_rt.placement import Topology
+
+WHERE = "eplb_rt vllm-ascend policy"
+log = logging.getLogger("eplb_rt.integrations")
+
+
+def logical_load(table: np.ndarray, workload: np.ndarray, num_experts: int) -> np.ndarray:
+    """Per-slot tokens ``workload [T, L, D, S]`` summed per expert of ``table [L, D, S]``.
+
+    Returns ``[T, L, E] float64``; ``table`` must hold ids in ``[0, num_experts)``.
+    """
+    T, L = workload.shape[:2]
+    flat = (table.reshape(L, -1).astype(np.int64) + (np.arange(L) * num_experts)[:, None]).ravel()
+    rows = [
+        np.bincount(flat, weights=w.ravel().astype(np.float64), minlength=L * num_experts)
+        for w in workload
+    ]
+    return np.stack(rows).reshape(T, L, num_experts)
+
+
+class EplbRtAscendPolicy:
+    """vllm-ascend's ``EplbPolicy`` interface over eplb_rt policy ``policy``.
+
+    Args:
+        policy: eplb_rt policy name; ``None``: ``EPLB_RT_POLICY`` or ``EplbConfig().policy``.
+        options: overrides of the policy's options.
+        num_experts: logical experts ``E``; ``None``: the largest id in the table + 1.
+        num_nodes, num_groups: as in :class:`eplb_rt.placement.Topology`.
+        export_dir: where loads are written (see the module); ``None``: ``EPLB_RT_EXPORT_DIR``.
+        keep_on_error: log a bad input and return the table unchanged instead of raising.
+    """
+
+    def __init__(
+        self,
+        policy: str | None = None,
+        options: dict | None = None,
+        *,
+        num_experts: int | None = None,
+        num_nodes: int = 1,
+        num_groups: int = 1,
+        export_dir: str | None = None,
+        keep_on_error: bool = False,
+    ) -> None:
+        self.policy = policy_name(policy)
+        self.options = options
+        self.num_experts = num_experts
+        self.num_nodes = num_nodes
+        self.num_groups = num_groups
+        self.export_dir = export_dir if export_dir is not None else envs.get("EPLB_RT_EXPORT_DIR")
+        self.keep_on_error = keep_on_error
+        self._exported = itertools.count()
+        warm_up([self.policy])
+
+    def rebalance_experts(self, current_expert_table, expert_workload):
+        """Plan from the table in force and the tokens each of its slots received.
+
+        Args:
+            current_expert_table: ``[L, D, S]`` ints, expert held by each local slot.
+            expert_workload: ``[L, D, S]`` or ``[T, L, D, S]`` (multi-stage) tokens per slot.
+
+        Returns:
+            ``(changed, priority, new_deployment)``: ``changed`` is True when a layer changed,
+            ``priority`` the changed layer ids ``[k] int64``, largest PAR gain first,
+            ``new_deployment`` the ``[L, D, S] int32`` table (unchanged layers as they were).
+        """
+        try:
+            return self._rebalance(current_expert_table, expert_workload)
+        except ValueError as err:
+            if not self.keep_on_error:
+                raise
+            log.error("%s; the table in force is kept", err)
+            return False, np.zeros(0, dtype=np.int64), np.array(current_expert_table)
+
+    def _rebalance(self, current_expert_table, expert_workload):
+        table = as_numpy(current_expert_table, "current_expert_table [L, D, S]", (3,), WHERE)
+        work = as_numpy(expert_workload, "expert_workload [(T,) L, D, S]", (3, 4), WHERE)
+        work = work[None] if work.ndim == 3 else work
+        if work.shape[1:] != table.shape:
+            raise ValueError(
+                f"{WHERE}: expert_workload has shape {work.shape}, expected "
+                f"[(T,) {', '.join(map(str, table.shape))}] like current_expert_table"
+            )
+        if not np.issubdtype(table.dtype, np.integer):
+            raise ValueError(f"{WHERE}: current_expert_table must hold ints, got {table.dtype}")
+        num_experts = self.num_experts or int(table.max()) + 1
+        if table.min() < 0 or table.max() >= num_experts:
+            raise ValueError(
+                f"{WHERE}: current_expert_table holds ids in [{table.min()}, {table.max()}], "
+                f"expected [0, {num_experts})"
+            )
+        load = logical_load(table, work, num_experts)
+        L, D, S = table.shape
+        topology = Topology(D, S, self.num_nodes, self.num_groups)
+        placement, gain = replan(
+            WHERE, load, topology, table.reshape(L, -1), policy=self.policy, options=self.options
+        )
+        if self.export_dir:
+            os.makedirs(self.export_dir, exist_ok=True)
+            name = f"load-{os.getpid()}-{next(self._exported):04d}.npy"
+            np.save(os.path.join(self.export_dir, name), load)
+        changed = np.flatnonzero(gain > 0)
+        priority = changed[np.argsort(-gain[changed], kind="stable")].astype(np.int64)
+        return bool(priority.size), priority, placement.by_rank().copy()
+
+
+def install(policy: str | None = None, options: dict | None = None) -> None:
+    """Make vllm-ascend's ``PolicyFactory`` build :class:`EplbRtAscendPolicy` for every type."""
+    from vllm_ascend.eplb.core.policy.policy_factory import PolicyFactory
+
+    name = policy_name(policy)
+
+    def generate_policy(policy_type: int) -> EplbRtAscendPolicy:
+        return EplbRtAscendPolicy(name, options, keep_on_error=True)
+
+    PolicyFactory.generate_policy = staticmethod(generate_policy)

@@ -1,0 +1,102 @@
+"""Fetch the serving engines' released wheels and unpack their EPLB modules into a cache.
+
+    python scripts/fetch_peers.py [vllm vllm-ascend sglang]
+
+Each wheel is fetched with ``pip download --no-deps`` (a pinned version, x86_64, CPython 3.11)
+into ``.cache/peers/`` (ignored by git); only the EPLB modules the tests and
+``benchmarks/bench_peers.py`` import are unpacked, into ``.cache/peers/<name>-<version>/``, and
+the wheel is deleted. Nothing is installed and no engine code enters the repository. Tests
+import those modules with small stubs of the engines' runtime imports and skip, with the reason,
+when a wheel cannot be had (no index, no network).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+CACHE = Path(__file__).resolve().parents[1] / ".cache" / "peers"
+
+# name -> (version, members of the wheel to unpack: folders end with "/")
+PEERS = {
+    "vllm": ("0.33.0", ("vllm/distributed/eplb/policy/", "vllm/plugins/__init__.py")),
+    "vllm-ascend": ("0.26.0rc1", ("vllm_ascend/eplb/",)),
+    "sglang": ("0.5.23", ("sglang/srt/eplb/",)),
+}
+PIP_TARGET = [
+    "--only-binary",
+    ":all:",
+    "--python-version",
+    "3.11",
+    "--implementation",
+    "cp",
+    "--abi",
+    "cp311",
+    "--abi",
+    "abi3",
+    "--abi",
+    "none",
+    "--platform",
+    "manylinux_2_34_x86_64",
+    "--platform",
+    "manylinux_2_28_x86_64",
+]
+
+
+def fetch(name: str, timeout_s: float = 900) -> Path:
+    """The folder to put on ``sys.path`` for peer ``name``; raises ``RuntimeError`` saying why
+    when its wheel cannot be downloaded or lacks the expected modules."""
+    version, members = PEERS[name]
+    root = CACHE / f"{name}-{version}"
+    done = root / ".complete"
+    if done.exists():
+        return root
+    wheels = CACHE / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--pre",
+        "-d",
+        str(wheels),
+        *PIP_TARGET,
+        f"{name}=={version}",
+    ]
+    try:
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"pip download {name}=={version} took over {timeout_s:.0f} s") from None
+    stem = name.replace("-", "_")
+    found = sorted(wheels.glob(f"{stem}-{version}-*.whl"))
+    if run.returncode or not found:
+        tail = (run.stderr or run.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"cannot download {name}=={version}: {tail[0]}")
+    with zipfile.ZipFile(found[0]) as wheel:
+        names = [n for n in wheel.namelist() if n.startswith(members) and n.endswith(".py")]
+        missing = [m for m in members if not any(n.startswith(m) for n in names)]
+        if missing:
+            raise RuntimeError(f"{found[0].name} has no {missing}")
+        wheel.extractall(root, names)
+    found[0].unlink()
+    done.touch()
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    status = 0
+    for name in argv or list(PEERS):
+        try:
+            print(f"{name}: {fetch(name)}")
+        except (RuntimeError, KeyError) as err:
+            print(f"{name}: {err}", file=sys.stderr)
+            status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,65 @@
+"""Fixtures: the engines' EPLB modules (see ``peers.py``) and the shipped traces' cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from eplb_rt.algorithms import metrics
+from eplb_rt.placement import Placement, Topology
+from eplb_rt.sim import traces
+from tests.integrations.peers import open_peer
+
+
+def _peer(name: str):
+    try:
+        with open_peer(name) as modules:
+            yield modules
+    except RuntimeError as err:
+        pytest.skip(f"{name} cannot be fetched: {err}")
+
+
+@pytest.fixture(scope="session")
+def ascend():
+    """vllm-ascend 0.26's policies, EPLB worker and expert-map utilities."""
+    yield from _peer("vllm-ascend")
+
+
+@pytest.fixture(scope="session")
+def vllm():
+    """vLLM 0.33's EPLB policy package."""
+    yield from _peer("vllm")
+
+
+@pytest.fixture(scope="session")
+def sglang():
+    """SGLang 0.5.23's EPLB algorithms and expert-location loader; tests set attributes of
+    ``sglang.runtime`` (what its stubbed ``runtime_context`` getters return)."""
+    yield from _peer("sglang")
+
+
+# ------------------------------------------------------------------- shipped traces, shapes
+def _cases():
+    """``(id, load [T, L, E], Topology)`` over the shipped traces at 8, 32 and 64 ranks."""
+    ds = traces.deepseek_v3("prefill_in1024", moe_only=True)
+    esft = traces.esft("law")
+    gpt = traces.gptoss(traces.gptoss_subsets()[0])
+    return [
+        ("deepseek-v3-32x9", ds, Topology(32, 9)),
+        ("deepseek-v3-64x5", ds, Topology(64, 5)),
+        ("esft-8x9", esft, Topology(8, 9)),
+        ("gpt-oss-8x5", gpt, Topology(8, 5)),
+        ("olmoe-8x9", traces.olmoe(domain="c4"), Topology(8, 9)),
+    ]
+
+
+CASES = _cases()
+CASE_IDS = [c[0] for c in CASES]
+
+
+def slot_workload(table: np.ndarray, load: np.ndarray) -> np.ndarray:
+    """Tokens per slot ``[T, L, D, S]`` that an engine records for ``table [L, D, S]`` when
+    each expert's tokens ``load [T, L, E]`` are split evenly over its replicas."""
+    L, D, S = table.shape
+    placement = Placement(table.reshape(L, -1), load.shape[-1], D)
+    return metrics.slot_load(placement, load).reshape(-1, L, D, S)

@@ -1,0 +1,90 @@
+"""The engines' released EPLB modules, imported from the wheels ``scripts/fetch_peers.py``
+unpacks, with the smallest stubs of the runtime imports they make (written here, not theirs).
+
+Used by the integration tests' fixtures and by ``benchmarks/bench_peers.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import types
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Literal
+
+import torch
+
+from scripts.fetch_peers import fetch
+
+STUB_LOGGER = logging.getLogger("engine_stub")
+
+
+def _no_group():
+    raise RuntimeError("no distributed group outside the engine")
+
+
+def _stubs(name: str, runtime: SimpleNamespace) -> tuple[dict[str, dict], list[str]]:
+    """``(stub modules and their attributes, modules to import)`` for peer ``name``."""
+    if name == "vllm-ascend":
+        base = "vllm_ascend.eplb.core."
+        stubs = {
+            "vllm.logger": {"logger": STUB_LOGGER},
+            "vllm.distributed": {"get_ep_group": lambda: SimpleNamespace(rank_in_group=0)},
+            "vllm.model_executor.layers.fused_moe.expert_map_manager": {
+                "determine_expert_map": None
+            },
+            "vllm_ascend.distributed.parallel_state": {"get_dynamic_eplb_group": _no_group},
+            "torch_npu": {},
+        }
+        mods = ["policy.policy_factory", "policy.policy_flashlb", "eplb_worker", "eplb_utils"]
+        return stubs, [base + m for m in mods]
+    if name == "vllm":
+        stubs = {"vllm.config.parallel": {"EPLBPolicyOption": Literal["default"]}}
+        return stubs, ["vllm.distributed.eplb.policy"]
+    getters = ("device", "exec", "parallel", "resources")
+    stubs = {
+        "sglang.srt.runtime_context": {
+            f"get_{g}": (lambda g=g: getattr(runtime, g)) for g in getters
+        }
+    }
+    return stubs, ["sglang.srt.eplb.eplb_algorithms", "sglang.srt.eplb.expert_location"]
+
+
+@contextlib.contextmanager
+def open_peer(name: str) -> Iterator[SimpleNamespace]:
+    """Import peer ``name``'s EPLB modules; yields them by last name (and, for SGLang,
+    ``runtime``: the namespace its stubbed ``runtime_context`` getters read attributes of).
+
+    Raises ``RuntimeError`` when the wheel cannot be had. Every module added is removed after.
+    """
+    root = fetch(name)
+    runtime = SimpleNamespace()
+    stubs, modules = _stubs(name, runtime)
+    before = dict(sys.modules)
+    # SwiftBalanceEplb asks torch.npu (which torch_npu adds) for the NPUs per host: 8 on A2.
+    npu = None if hasattr(torch, "npu") else SimpleNamespace(device_count=lambda: 8)
+    if npu is not None:
+        torch.npu = npu
+    sys.path.insert(0, str(root))
+    for mod, attrs in stubs.items():
+        stub = types.ModuleType(mod)
+        stub.__dict__.update(attrs)
+        sys.modules[mod] = stub
+    try:
+        found = {m.rsplit(".", 1)[-1]: __import__(m, fromlist=["_"]) for m in modules}
+        # The engines import the stubs' names at import time; dropping the stubs now keeps them
+        # from hiding another peer's real package (vllm-ascend's vllm.distributed and vLLM's).
+        for mod in stubs:
+            if mod in before:
+                sys.modules[mod] = before[mod]
+            else:
+                del sys.modules[mod]
+        yield SimpleNamespace(runtime=runtime, **found)
+    finally:
+        sys.path.remove(str(root))
+        for mod in set(sys.modules) - set(before):
+            del sys.modules[mod]
+        if npu is not None:
+            del torch.npu

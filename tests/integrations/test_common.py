@@ -1,0 +1,61 @@
+"""The replan rule every adapter shares, on cases derived by hand, and the adapters' imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from eplb_rt.algorithms import metrics
+from eplb_rt.integrations._common import policy_name, replan
+from eplb_rt.placement import Placement, Topology
+
+
+def test_a_layer_changes_only_when_it_gains_and_kept_experts_keep_their_slot():
+    # layer 0: [1, 1, 1, 1] on ranks {0, 1} {2, 3} is perfect (PAR 1): it must be kept.
+    # layer 1: [4, 1, 1, 0] on the same table gives ranks 5 and 1, PAR 5/3: must improve.
+    load = np.array([[[1.0, 1, 1, 1], [4, 1, 1, 0]]])
+    previous = np.array([[0, 1, 2, 3], [0, 1, 2, 3]])
+    placement, gain = replan("test", load, Topology(2, 2), previous, policy=policy_name())
+    assert np.array_equal(placement.phy2log[0], previous[0]) and gain[0] == 0
+    new_par = metrics.par(placement, load[0])[1]
+    assert new_par < 5 / 3 and gain[1] == pytest.approx(5 / 3 - new_par)
+    for rank in range(2):
+        old, new = (
+            previous[1, 2 * rank : 2 * rank + 2],
+            placement.phy2log[1, 2 * rank : 2 * rank + 2],
+        )
+        stay = np.isin(new, old)
+        assert np.array_equal(new[stay], old[stay])
+
+
+def test_no_table_in_force_plans_every_layer():
+    load = np.array([[[4.0, 1, 1, 0]]])
+    placement, gain = replan("test", load, Topology(2, 2), None, policy=policy_name())
+    assert not gain.any()
+    Placement(placement.phy2log, 4, 2)
+
+
+def test_the_adapters_import_neither_torch_nor_the_extension():
+    """Engines load the plugins in every process; a torch ABI mismatch must not break them."""
+    code = (
+        "import sys, eplb_rt.integrations.vllm, eplb_rt.integrations.vllm_ascend, "
+        "eplb_rt.integrations.sglang; "
+        "print(sorted(m for m in sys.modules if m in ('torch', 'eplb_rt._C')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_fetch_says_why_when_a_wheel_cannot_be_had(monkeypatch, tmp_path):
+    from scripts import fetch_peers
+
+    monkeypatch.setattr(fetch_peers, "CACHE", tmp_path)
+    monkeypatch.setitem(fetch_peers.PEERS, "sglang", ("0.0.0", ("sglang/srt/eplb/",)))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # as on a machine without the index
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    with pytest.raises(RuntimeError, match=r"cannot download sglang==0\.0\.0: .+"):
+        fetch_peers.fetch("sglang")
+    assert not (tmp_path / "sglang-0.0.0").exists()

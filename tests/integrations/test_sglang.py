@@ -1,0 +1,108 @@
+"""eplb_rt as SGLang 0.5.23's EPLB algorithm: its signature, its own expert-location code on
+our results (map from ``--init-expert-location`` files, the plugin inside ``init_by_eplb``), and
+clear errors for bad input from the engine side."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from eplb_rt.cli import main as cli
+from eplb_rt.integrations import sglang as ours
+from eplb_rt.placement import Placement
+from tests.integrations.conftest import CASE_IDS, CASES
+
+
+def _model(sglang, monkeypatch, load, topology, init_expert_location):
+    """Point SGLang's runtime-context stub and model-config lookup at one model."""
+    L, E = load.shape[1:]
+    where = sglang.expert_location.ModelConfigForExpertLocation
+    monkeypatch.setattr(where, "from_model_config", staticmethod(lambda _: where(L, E, None)))
+    sglang.runtime.device = SimpleNamespace(device="cpu")
+    sglang.runtime.parallel = SimpleNamespace(
+        ep_size=topology.num_ranks, elastic_ep_initial_size=None, nnodes=1
+    )
+    sglang.runtime.exec = SimpleNamespace(
+        moe=SimpleNamespace(
+            init_expert_location=str(init_expert_location),
+            ep_num_redundant_experts=topology.num_slots - E,
+            ep_dispatch_algorithm=None,
+            eplb_algorithm="auto",
+        )
+    )
+    return sglang.expert_location.compute_initial_expert_location_metadata(None, None)
+
+
+def test_signature_is_sglangs(sglang):
+    theirs = list(inspect.signature(sglang.eplb_algorithms.rebalance_experts).parameters)
+    assert list(inspect.signature(ours.rebalance_experts).parameters)[: len(theirs)] == theirs
+
+
+@pytest.mark.parametrize(("name", "load", "topology"), CASES, ids=CASE_IDS)
+def test_triple_agrees_with_sglangs_own_maps(sglang, name, load, topology):
+    args = (torch.tensor(load), topology.num_slots, topology.num_slots_per_rank, None, 1)
+    theirs = sglang.eplb_algorithms.rebalance_experts(
+        *args, sglang.eplb_algorithms.EplbAlgorithm.deepseek
+    )
+    phy2log, log2phy, logcnt = ours.rebalance_experts(*args)
+    for mine, their in zip((phy2log, log2phy, logcnt), theirs, strict=True):
+        assert mine.dtype == their.dtype and mine.shape[:2] == their.shape[:2]
+    Placement(phy2log.numpy(), load.shape[-1], topology.num_ranks)
+    reference = sglang.expert_location._compute_logical_to_all_physical_map(
+        phy2log, load.shape[-1], topology.num_ranks, None
+    )
+    width = reference.shape[-1]
+    assert torch.equal(F.pad(log2phy, (0, width - log2phy.shape[-1]), value=-1), reference)
+    assert torch.equal(logcnt, (reference >= 0).sum(-1))
+
+
+def test_init_expert_location_file_is_read_by_sglang(sglang, monkeypatch, tmp_path):
+    """``eplb-rt plan`` -> ``eplb-rt convert --to sglang`` -> SGLang's own loader."""
+    _, load, topology = CASES[3]
+    np.save(tmp_path / "load.npy", load)
+    shape = ["--ranks", str(topology.num_ranks)]
+    argv = ["plan", "--load", str(tmp_path / "load.npy"), *shape, "--slots-per-rank"]
+    assert cli([*argv, str(topology.num_slots_per_rank), "--out", str(tmp_path / "p.json")]) == 0
+    convert = ["convert", "--from", "vllm-ascend", "--to", "sglang", *shape]
+    assert cli([*convert, str(tmp_path / "p.json"), str(tmp_path / "init.json")]) == 0
+    meta = _model(sglang, monkeypatch, load, topology, tmp_path / "init.json")
+    p2l = json.loads((tmp_path / "p.json").read_text())["layer_list"]
+    expected = [[e for dev in layer["device_list"] for e in dev["device_expert"]] for layer in p2l]
+    assert meta.physical_to_logical_map.tolist() == expected
+
+
+def test_plugin_plans_sglangs_logical_count_start(sglang, monkeypatch, tmp_path):
+    _, load, topology = CASES[2]
+    (tmp_path / "count.json").write_text(json.dumps({"logical_count": load.tolist()}))
+    algorithms = sglang.eplb_algorithms
+    monkeypatch.setattr(algorithms, "rebalance_experts", algorithms.rebalance_experts)
+    monkeypatch.setenv("EPLB_RT_POLICY", "flashlb")
+    ours.register()
+    meta = _model(sglang, monkeypatch, load, topology, tmp_path / "count.json")
+    expected, _, _ = ours.rebalance_experts(
+        torch.tensor(load), topology.num_slots, topology.num_slots_per_rank, None, 1,
+        policy="flashlb",
+    )  # fmt: skip
+    assert torch.equal(meta.physical_to_logical_map, expected)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "physical", "local", "message"),
+    [
+        (torch.ones(16), 16, 4, "2 or 3 dimensions"),
+        (torch.ones(2, 16), 18, 4, "multiple of num_local_physical_experts"),
+        (torch.full((2, 16), float("nan")), 16, 4, "NaN"),
+        (torch.ones(2, 16), 8, 4, "do not fit"),
+        (torch.ones(2, 16, dtype=torch.bool), 16, 4, "must hold numbers"),
+    ],
+    ids=["1d", "not-multiple", "nan", "too-few-slots", "bool"],
+)
+def test_bad_input_gets_a_clear_error(tokens, physical, local, message):
+    with pytest.raises(ValueError, match=message):
+        ours.rebalance_experts(tokens, physical, local, None, 1)

@@ -1,0 +1,126 @@
+"""eplb_rt as vLLM 0.33's EPLB policy: its signature, its own slot-preserving post-pass, the
+plugin entry point, and clear errors for bad input from the engine side."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from importlib.metadata import EntryPoint
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from eplb_rt.algorithms import metrics
+from eplb_rt.integrations import vllm as ours
+from eplb_rt.integrations import vllm_ascend
+from eplb_rt.placement import Placement
+from tests.integrations.conftest import CASE_IDS, CASES
+
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+
+
+def _args(load, topology):
+    return (torch.tensor(load.sum(0)), topology.num_slots, 1, 1, topology.num_ranks)
+
+
+def test_signature_is_vllms(vllm):
+    theirs = inspect.signature(vllm.policy.AbstractEplbPolicy.rebalance_experts)
+    mine = inspect.signature(ours.EplbRtPolicy.rebalance_experts)
+    assert list(mine.parameters) == list(theirs.parameters)
+    assert mine.parameters["old_global_expert_indices"].default is None
+
+
+@pytest.mark.parametrize(("name", "load", "topology"), CASES, ids=CASE_IDS)
+def test_plan_is_a_valid_vllm_map_that_keeps_slots(vllm, name, load, topology):
+    default = vllm.policy.EPLB_POLICIES["default"]
+    theirs = default.rebalance_experts(*_args(load, topology))
+    first = ours.policy_class().rebalance_experts(*_args(load, topology))
+    assert first.shape == theirs.shape and first.dtype == theirs.dtype
+    E, D = load.shape[-1], topology.num_ranks
+    Placement(first.numpy(), E, D)  # every expert present, no two replicas on a rank
+    # Re-plan on shifted load: experts that stay on a rank keep their slot, so vLLM's own
+    # post-pass (preserve_intragpu_slots) has nothing left to do.
+    shifted = np.roll(load, 5, axis=-1)
+    second = ours.policy_class().rebalance_experts(*_args(shifted, topology), first)
+    kept = default.preserve_intragpu_slots(second.numpy(), D, first.numpy())
+    np.testing.assert_array_equal(kept, second.numpy())
+    old_par = metrics.par(Placement(first.numpy(), E, D), shifted.sum(0))
+    new_par = metrics.par(Placement(second.numpy(), E, D), shifted.sum(0))
+    assert (np.nan_to_num(new_par - old_par) <= 1e-12).all()  # a layer changes only to gain
+    assert (second != first).any()
+
+
+def test_vllms_own_map_in_force_is_accepted():
+    """vLLM's default policy may put two replicas of an expert on one rank; such a map in
+    force is accepted and the next plan is a valid eplb_rt placement."""
+    old = np.tile(np.array([0, 0, 1, 2, 3, 4, 5, 6, 7, 1]), (2, 1))  # rank 0: expert 0 twice
+    hot = torch.tensor([[8.0, 1, 1, 1, 1, 1, 1, 1]] * 2)  # rank 0 carries all of expert 0
+    new = ours.policy_class().rebalance_experts(hot, 10, 1, 1, 5, torch.tensor(old))
+    Placement(new.numpy(), 8, 5)
+
+
+def test_an_old_map_of_another_width_is_planned_anew(vllm):
+    load, topology = CASES[2][1], CASES[2][2]
+    fresh = ours.policy_class().rebalance_experts(*_args(load, topology))
+    wider = torch.zeros(load.shape[1], topology.num_slots + 8, dtype=torch.int64)
+    padded = torch.full((load.shape[1], topology.num_slots), -1, dtype=torch.int64)
+    for old in (wider, padded):  # elastic EP changing the rank count
+        assert torch.equal(
+            ours.policy_class().rebalance_experts(*_args(load, topology), old), fresh
+        )
+
+
+@pytest.mark.parametrize(
+    ("weight", "replicas", "ranks", "old", "message"),
+    [
+        (torch.ones(16), 16, 4, None, "3 dimensions|2 dimensions"),
+        (torch.ones(2, 16), 18, 4, None, "multiple of num_ranks"),
+        (torch.full((2, 16), float("nan")), 16, 4, None, "NaN"),
+        (torch.ones(2, 16), 16, 4, torch.zeros(2, 16, dtype=torch.int64), "expert 1 has no slot"),
+        (torch.ones(2, 16), 8, 4, None, "do not fit"),
+    ],
+    ids=["1d-weight", "replicas-not-multiple", "nan-load", "missing-expert", "too-few-slots"],
+)
+def test_bad_input_gets_a_clear_error(weight, replicas, ranks, old, message):
+    with pytest.raises(ValueError, match=message):
+        ours.policy_class().rebalance_experts(weight, replicas, 1, 1, ranks, old)
+
+
+def test_unknown_policy_is_refused_when_the_class_is_made():
+    with pytest.raises(ValueError, match="unknown policy 'nope'"):
+        ours.policy_class("nope")
+
+
+def test_entry_point_selects_eplb_rt_only_when_asked(vllm, monkeypatch):
+    tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11")
+    (value,) = tomllib.loads(PYPROJECT.read_text())["project"]["entry-points"][
+        "vllm.general_plugins"
+    ].values()
+    register = EntryPoint("eplb_rt", value, "vllm.general_plugins").load()
+    assert register is ours.register
+    table = vllm.policy.EPLB_POLICIES
+    monkeypatch.setitem(table, "default", table["default"])
+    monkeypatch.setattr(ours.importlib.util, "find_spec", lambda name: None)  # no vllm-ascend
+    monkeypatch.delenv("EPLB_RT_POLICY", raising=False)
+    register()
+    assert table["default"].__name__ == "DefaultEplbPolicy"
+    monkeypatch.setenv("EPLB_RT_POLICY", "flashlb")
+    register()
+    assert issubclass(table["default"], ours.EplbRtPolicy) and table["default"].policy == "flashlb"
+
+
+def test_a_broken_vllm_ascend_does_not_stop_vllm(vllm, monkeypatch, caplog):
+    def broken(name):
+        raise ImportError("No module named 'torch_npu'")
+
+    table = vllm.policy.EPLB_POLICIES
+    monkeypatch.setitem(table, "default", table["default"])
+    monkeypatch.setattr(ours.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(vllm_ascend, "install", broken)
+    monkeypatch.setenv("EPLB_RT_POLICY", "flashlb")
+    with caplog.at_level(logging.WARNING, logger="eplb_rt.integrations"):
+        ours.register()
+    assert issubclass(table["default"], ours.EplbRtPolicy)
+    assert "torch_npu" in caplog.text and "keeps its own" in caplog.text

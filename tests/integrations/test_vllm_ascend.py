@@ -1,0 +1,146 @@
+"""eplb_rt inside vllm-ascend 0.26: its worker's own placement check, its expert_map loader,
+its policy factory, and clear errors for bad input from the engine side."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from eplb_rt.algorithms import metrics, plan
+from eplb_rt.cli import main as cli
+from eplb_rt.config import EplbConfig
+from eplb_rt.integrations.vllm_ascend import EplbRtAscendPolicy, install, logical_load
+from eplb_rt.placement import Placement
+from tests.integrations.conftest import CASE_IDS, CASES, slot_workload
+from tests.integrations.peers import STUB_LOGGER
+
+
+def _initial_table(ascend, num_layers, num_experts, topology) -> np.ndarray:
+    """vllm-ascend's own start layout (``generate_global_placement``), ``[L, D, S]``."""
+    redundant = topology.num_slots - num_experts
+    one = ascend.eplb_utils.generate_global_placement(num_experts, topology.num_ranks, redundant, 0)
+    return np.tile(one.numpy(), (num_layers, 1, 1))
+
+
+def _passes_worker_check(ascend, old: np.ndarray, new: np.ndarray, caplog) -> bool:
+    """vllm-ascend's ``EplbWorker.check_expert_placement`` (it reverts bad layers, logs)."""
+    checked = torch.tensor(new)
+    with caplog.at_level(logging.ERROR, logger=STUB_LOGGER.name):
+        ascend.eplb_worker.EplbWorker.check_expert_placement(None, torch.tensor(old), checked)
+    return torch.equal(checked, torch.tensor(new)) and not caplog.records
+
+
+@pytest.mark.parametrize(("name", "load", "topology"), CASES, ids=CASE_IDS)
+def test_plan_passes_the_worker_check_and_lowers_par(ascend, name, load, topology, caplog):
+    L, E = load.shape[1:]
+    old = _initial_table(ascend, L, E, topology)
+    policy = EplbRtAscendPolicy()
+    changed, priority, new = policy.rebalance_experts(torch.tensor(old), slot_workload(old, load))
+    assert new.shape == old.shape and np.issubdtype(new.dtype, np.integer)
+    assert _passes_worker_check(ascend, old, new, caplog)
+    before = metrics.par(Placement(old.reshape(L, -1), E, topology.num_ranks), load.sum(0))
+    after = metrics.par(Placement(new.reshape(L, -1), E, topology.num_ranks), load.sum(0))
+    gain = np.nan_to_num(before - after)
+    assert changed == bool(priority.size)
+    assert sorted(priority.tolist()) == np.flatnonzero(gain > 0).tolist()
+    assert (np.diff(gain[priority]) <= 0).all()  # largest gain first
+    unchanged = np.setdiff1d(np.arange(L), priority)
+    assert np.array_equal(new[unchanged], old[unchanged])
+    assert changed  # the start layout of every shipped trace can be improved
+
+
+def test_replan_from_a_planned_table_keeps_slots_and_passes(ascend, caplog):
+    load = CASES[0][1]
+    topology = CASES[0][2]
+    old = _initial_table(ascend, *load.shape[1:], topology)
+    policy = EplbRtAscendPolicy()
+    _, _, first = policy.rebalance_experts(old, slot_workload(old, load))
+    shifted = np.roll(load, 7, axis=-1)  # the hot experts change
+    changed, _, second = policy.rebalance_experts(first, slot_workload(first, shifted)[0])
+    assert changed and _passes_worker_check(ascend, first, second, caplog)
+
+
+def test_multistage_workload_is_read_as_episodes(ascend):
+    load = CASES[2][1][:6]  # ESFT: six requests as stages
+    old = _initial_table(ascend, *load.shape[1:], CASES[2][2])
+    work = slot_workload(old, load)
+    np.testing.assert_allclose(logical_load(old, work, load.shape[-1]), load)
+    policy = EplbRtAscendPolicy()
+    _, _, staged = policy.rebalance_experts(old, work)
+    _, _, summed = policy.rebalance_experts(old, work.sum(0))
+    assert staged.shape == summed.shape == old.shape
+
+
+@pytest.mark.parametrize(
+    ("table", "work", "message"),
+    [
+        (np.zeros((2, 4)), np.zeros((2, 4)), "current_expert_table .* 3 dimensions"),
+        (np.arange(16).reshape(1, 4, 4), np.zeros((1, 4, 3)), "expert_workload has shape"),
+        (np.arange(16).reshape(1, 4, 4) * 1.0, np.ones((1, 4, 4)), "must hold ints"),
+        (np.arange(16).reshape(1, 4, 4) - 1, np.ones((1, 4, 4)), r"ids in \[-1, 14\]"),
+        (
+            np.where(np.arange(16) == 5, 6, np.arange(16)).reshape(1, 4, 4),
+            np.ones((1, 4, 4)),
+            "expert 5 has no slot",
+        ),
+        (np.arange(16).reshape(1, 4, 4), np.full((1, 4, 4), np.nan), "NaN"),
+        (np.arange(16).reshape(1, 4, 4), -np.ones((1, 4, 4)), "negative"),
+    ],
+    ids=[
+        "2d-table",
+        "shape-mismatch",
+        "float-table",
+        "negative-id",
+        "missing-expert",
+        "nan-load",
+        "negative-load",
+    ],
+)
+def test_bad_input_gets_a_clear_error(table, work, message):
+    policy = EplbRtAscendPolicy(num_experts=16 if "missing" not in message else None)
+    with pytest.raises(ValueError, match=message):
+        policy.rebalance_experts(table, work)
+
+
+def test_keep_on_error_logs_and_keeps_the_table(caplog):
+    table = np.arange(16).reshape(1, 4, 4)
+    policy = EplbRtAscendPolicy(keep_on_error=True)
+    with caplog.at_level(logging.ERROR, logger="eplb_rt.integrations"):
+        changed, priority, new = policy.rebalance_experts(table, np.full((1, 4, 4), np.nan))
+    assert not changed and priority.size == 0 and np.array_equal(new, table)
+    assert "NaN" in caplog.text and "kept" in caplog.text
+
+
+def test_factory_builds_ours_after_install(ascend, monkeypatch):
+    factory = ascend.policy_factory.PolicyFactory
+    monkeypatch.setattr(factory, "generate_policy", factory.__dict__["generate_policy"])
+    install("flashlb")
+    for policy_type in (0, 1, 2, 3):
+        made = factory.generate_policy(policy_type)
+        assert isinstance(made, EplbRtAscendPolicy) and made.policy == "flashlb"
+        assert made.keep_on_error
+
+
+def test_offline_path_exported_load_to_vllm_ascend_loader(ascend, tmp_path):
+    """record (export_dir) -> ``eplb-rt plan`` -> vllm-ascend's ``expert_file_to_tensor``."""
+    load = CASES[2][1]
+    topology = CASES[2][2]
+    old = _initial_table(ascend, *load.shape[1:], topology)
+    EplbRtAscendPolicy(export_dir=str(tmp_path)).rebalance_experts(old, slot_workload(old, load))
+    (recorded,) = sorted(tmp_path.glob("load-*.npy"))
+    np.testing.assert_allclose(np.load(recorded), load)
+    out = tmp_path / "expert_map.json"
+    policy = EplbConfig().policy
+    argv = ["plan", "--load", str(recorded), "--ranks", "8", "--slots-per-rank", "9"]
+    assert cli([*argv, "--policy", policy, "--out", str(out)]) == 0
+    L = load.shape[1]
+    layers = []
+    for layer in range(L):
+        table, count = ascend.eplb_utils.expert_file_to_tensor(str(out), layer)
+        assert count == topology.num_slots
+        layers.append(table.numpy())
+    expected = plan(policy, load, topology).phy2log
+    np.testing.assert_array_equal(np.stack(layers).reshape(L, -1), expected)
