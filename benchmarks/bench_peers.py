@@ -39,11 +39,11 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks import traces
 from eplb_rt.algorithms import metrics, policy_names, warm_up
 from eplb_rt.config import EplbConfig
 from eplb_rt.integrations._common import replan
 from eplb_rt.placement import Placement, Topology
-from eplb_rt.sim import traces
 from tests.integrations.peers import open_peer
 
 Planner = Callable[[np.ndarray, Topology, "np.ndarray | None"], np.ndarray]
@@ -244,7 +244,7 @@ COLD_PRELUDE = (
     "import time; start = time.perf_counter()\n"
     "import numpy as np, torch; torch.set_num_threads(1)\n"
     "from eplb_rt.placement import Topology\n"
-    "from eplb_rt.sim import traces\n"
+    "from benchmarks import traces\n"
     "load = np.concatenate([traces.deepseek_v3(w, moe_only=True) "
     "for w in traces.DEEPSEEK_V3_WORKLOADS])\n"
 )

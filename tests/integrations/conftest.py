@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from benchmarks import traces
 from eplb_rt.algorithms import metrics
 from eplb_rt.placement import Placement, Topology
-from eplb_rt.sim import traces
 from tests.integrations.peers import open_peer
 
 
