@@ -5,8 +5,8 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "eplb_launch.h"
@@ -205,7 +205,9 @@ __global__ __aicore__ void scalar_copy_out_kernel(GM_ADDR y, uint32_t barrier) {
 }
 
 // Every core writes its index to y[core * 8], SyncAll, then checks its neighbour's entry.
-// mode 0: all cores sync (correct); 1: core 0 returns first; 2: core 0 arrives too late.
+// mode 0: all cores sync (correct); 1: core 0 returns first; 2: core 0 is stuck: it would arrive
+// only after lateMs, and leaves as soon as another core gave up waiting (as a hung core would
+// never arrive); a fixed sleep instead made the test depend on when the other threads started.
 __global__ __aicore__ void sync_all_kernel(GM_ADDR y, uint32_t mode, uint32_t lateMs) {
   KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
   GlobalTensor<int32_t> yGm;
@@ -214,7 +216,11 @@ __global__ __aicore__ void sync_all_kernel(GM_ADDR y, uint32_t mode, uint32_t la
   yGm.SetGlobalBuffer((__gm__ int32_t*)y, num * 8);
   yGm.SetValue(idx * 8, static_cast<int32_t>(idx + 100));
   if (mode == 1 && idx == 0) return;
-  if (mode == 2 && idx == 0) std::this_thread::sleep_for(std::chrono::milliseconds(lateMs));
+  if (mode == 2 && idx == 0) {
+    host_sim::LaunchState& st = *host_sim::currentCore().launch;
+    std::unique_lock<std::mutex> lock(st.mutex);
+    if (st.cv.wait_for(lock, std::chrono::milliseconds(lateMs), [&] { return st.aborted; })) return;
+  }
   SyncAll();
   const int64_t next = (idx + 1) % num;
   if (yGm.GetValue(next * 8) != next + 100) host_sim::fail("SyncAll did not order the GM writes");
@@ -346,7 +352,7 @@ std::map<std::string, std::function<void(uint32_t)>> FaultTable() {
     EPLB_LAUNCH_KERNEL(sync_all_kernel, b, nullptr, y, 1u, 0u);
   });
   t["syncall_timeout"] = withBuffers([](uint32_t b, uint8_t*, uint8_t* y) {
-    const uint32_t late = static_cast<uint32_t>(host_sim::config().syncAllTimeoutMs) * 3;
+    const uint32_t late = static_cast<uint32_t>(host_sim::config().syncAllTimeoutMs) * 10;
     EPLB_LAUNCH_KERNEL(sync_all_kernel, b, nullptr, y, 2u, late);
   });
   t["write_after_read"] = withBuffers([](uint32_t b, uint8_t*, uint8_t* y) {
