@@ -100,18 +100,11 @@ def from_vllm_ascend(doc: object, num_experts: int | None = None) -> Placement:
         raise ValueError(f"moe_layer_count is {count} but layer_list has {len(rows)} layers")
     if not rows:
         raise ValueError("expert_map document has no layers")
-    widths = {len(dev) for layer in rows for dev in layer}
-    ranks = {len(layer) for layer in rows}
-    if len(widths) != 1 or len(ranks) != 1 or 0 in widths | ranks:
-        raise ValueError(
-            "every layer must list the same number of devices and every device the same "
-            f"number of experts; got devices per layer {sorted(ranks)}, experts per device "
-            f"{sorted(widths)}"
-        )
-    p2l = _rectangular([[e for dev in layer for e in dev] for layer in rows], "device_expert", (2,))
+    # [L, D, S]: every layer lists the same devices, every device the same number of experts.
+    grid = _rectangular(rows, "layer_list[].device_list[].device_expert", (3,))
     if share is not None:
         share = _rectangular(share, "eplb_rt.slot_share", (2,))
-    return _placement(p2l, ranks.pop(), num_experts, share)
+    return _placement(grid.reshape(len(rows), -1), grid.shape[1], num_experts, share)
 
 
 def to_sglang(placement: Placement) -> dict:
@@ -288,7 +281,8 @@ def _placement(
     if p2l.size == 0:
         raise ValueError(f"phy2log is empty: shape {p2l.shape}")
     if not np.issubdtype(p2l.dtype, np.integer):
-        if not np.issubdtype(p2l.dtype, np.floating) or not np.array_equal(p2l, np.round(p2l)):
+        whole = np.issubdtype(p2l.dtype, np.floating) and np.array_equal(p2l, np.round(p2l))
+        if not whole or np.abs(p2l).max() >= 2**31:  # beyond int32, a cast would wrap
             raise ValueError(f"phy2log must hold integer expert ids, got dtype {p2l.dtype}")
     experts = int(p2l.max()) + 1 if num_experts is None else num_experts
     if not 1 <= experts <= p2l.shape[1]:

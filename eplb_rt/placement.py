@@ -112,6 +112,10 @@ class Placement:
             raise ValueError(f"phy2log must be [L, P], got shape {phy2log.shape}")
         if not np.issubdtype(phy2log.dtype, np.integer):
             raise TypeError(f"phy2log must hold integers, got dtype {phy2log.dtype}")
+        info = np.iinfo(np.int32)
+        if phy2log.size and (phy2log.min() < info.min or phy2log.max() > info.max):
+            # Checked before the int32 cast below, which would wrap such an id into range.
+            raise ValueError(f"expert ids must fit in int32, got {phy2log.min()}..{phy2log.max()}")
         self.num_experts = int(num_experts)
         self.num_ranks = int(num_ranks)
         if self.num_experts < 1:
@@ -251,8 +255,6 @@ class Placement:
         """
         E, D = self.num_experts, self.num_ranks
         p2l = self._phy2log
-        if E < 1:
-            raise ValueError(f"num_experts must be >= 1, got {E}")
         if p2l.size and (p2l.min() < 0 or p2l.max() >= E):
             bad = np.argwhere((p2l < 0) | (p2l >= E))[0]
             raise ValueError(

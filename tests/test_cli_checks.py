@@ -71,7 +71,7 @@ def test_all_zero_load_is_an_error(capsys, files, command):
 def test_groups_that_cannot_be_hierarchical_warn_and_plan_flat(capsys, tmp_path):
     np.save(tmp_path / "load.npy", np.arange(1.0, 65.0).reshape(1, 64))
     out, flat = tmp_path / "p.json", tmp_path / "flat.json"
-    argv = "plan --ranks 8 --slots-per-rank 9 --nodes 1 --groups 5 --policy default".split()
+    argv = "plan --ranks 8 --slots-per-rank 9 --nodes 1 --groups 5".split()
     assert main([*argv, "--load", str(tmp_path / "load.npy"), "--out", str(out)]) == 0
     assert capsys.readouterr().err.splitlines() == [
         "eplb-rt plan: warning: --groups 5: hierarchical placement is not possible (64 experts "
@@ -95,7 +95,10 @@ def test_hierarchy_warning_says_why(capsys, tmp_path, case):
     np.save(tmp_path / "load.npy", np.arange(1.0, 65.0).reshape(1, 64))
     argv = ["plan", "--ranks", 8, "--slots-per-rank", slots, "--nodes", nodes, "--groups", groups]
     assert (
-        main([str(a) for a in [*argv, "--load", tmp_path / "load.npy", "--out", "/dev/null"]]) == 0
+        main(
+            [str(a) for a in [*argv, "--load", tmp_path / "load.npy", "--out", tmp_path / "p.json"]]
+        )
+        == 0
     )
     err = capsys.readouterr().err
     assert f"not possible ({why}); planning flat" in err
@@ -103,8 +106,8 @@ def test_hierarchy_warning_says_why(capsys, tmp_path, case):
 
 def test_possible_hierarchy_does_not_warn(capsys, tmp_path):
     np.save(tmp_path / "load.npy", np.arange(1.0, 65.0).reshape(1, 64))
-    argv = "plan --ranks 8 --slots-per-rank 9 --nodes 2 --groups 8 --out /dev/null --load".split()
-    assert main([*argv, str(tmp_path / "load.npy")]) == 0
+    argv = "plan --ranks 8 --slots-per-rank 9 --nodes 2 --groups 8 --load".split()
+    assert main([*argv, str(tmp_path / "load.npy"), "--out", str(tmp_path / "p.json")]) == 0
     assert capsys.readouterr().err == ""
 
 

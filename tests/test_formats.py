@@ -97,6 +97,9 @@ def test_experts_option_is_checked(tmp_path):
         ([[0, 1]], "JSON object with key 'physical_to_logical_map', got list"),
         ({"physical_to_logical_map": [[0, 1], [0]]}, "not rectangular"),
         ({"physical_to_logical_map": [["a", "b"]]}, "must hold numbers"),
+        # Found by the fuzz test: a cast to int64 or int32 would have wrapped these ids.
+        ({"physical_to_logical_map": [[-9.223372036854778e18, 0]]}, "integer expert ids"),
+        ({"physical_to_logical_map": [[-(2**32), 0]]}, r"fit in int32, got -4294967296\.\.0"),
     ],
 )
 def test_bad_sglang_documents(tmp_path, doc, message):
@@ -219,7 +222,7 @@ def test_from_vllm_ascend_without_extra_field_uses_largest_id():
                     }
                 ]
             },
-            "same number",
+            "device_expert is not rectangular",
         ),
     ],
 )
