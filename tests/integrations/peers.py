@@ -41,8 +41,11 @@ def _stubs(name: str, runtime: SimpleNamespace) -> tuple[dict[str, dict], list[s
         mods = ["policy.policy_factory", "policy.policy_flashlb", "eplb_worker", "eplb_utils"]
         return stubs, [base + m for m in mods]
     if name == "vllm":
-        stubs = {"vllm.config.parallel": {"EPLBPolicyOption": Literal["default"]}}
-        return stubs, ["vllm.distributed.eplb.policy"]
+        stubs = {
+            "vllm.config.parallel": {"EPLBPolicyOption": Literal["default"]},
+            "vllm.envs": {"VLLM_PLUGINS": None},
+        }
+        return stubs, ["vllm.distributed.eplb.policy", "vllm.plugins"]
     getters = ("device", "exec", "parallel", "resources")
     stubs = {
         "sglang.srt.runtime_context": {

@@ -124,3 +124,22 @@ def test_a_broken_vllm_ascend_does_not_stop_vllm(vllm, monkeypatch, caplog):
         ours.register()
     assert issubclass(table["default"], ours.EplbRtPolicy)
     assert "torch_npu" in caplog.text and "keeps its own" in caplog.text
+
+
+def test_vllms_plugin_loader_runs_our_entry_point(vllm, monkeypatch, tmp_path):
+    """vLLM's own ``load_general_plugins`` on a distribution declaring our entry point."""
+    tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11")
+    group = tomllib.loads(PYPROJECT.read_text())["project"]["entry-points"]["vllm.general_plugins"]
+    info = tmp_path / "eplb_rt_probe-0.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: eplb_rt_probe\nVersion: 0.0\n")
+    lines = [f"{name} = {value}" for name, value in group.items()]
+    (info / "entry_points.txt").write_text("[vllm.general_plugins]\n" + "\n".join(lines) + "\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(vllm.plugins, "plugins_loaded", False)
+    table = vllm.policy.EPLB_POLICIES
+    monkeypatch.setitem(table, "default", table["default"])
+    monkeypatch.setattr(ours.importlib.util, "find_spec", lambda name: None)  # no vllm-ascend
+    monkeypatch.setenv("EPLB_RT_POLICY", "flashlb")
+    vllm.plugins.load_general_plugins()
+    assert issubclass(table["default"], ours.EplbRtPolicy) and table["default"].policy == "flashlb"
