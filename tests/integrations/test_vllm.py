@@ -6,7 +6,6 @@ from __future__ import annotations
 import inspect
 import logging
 from importlib.metadata import EntryPoint
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +15,7 @@ from eplb_rt.algorithms import metrics
 from eplb_rt.integrations import vllm as ours
 from eplb_rt.integrations import vllm_ascend
 from eplb_rt.placement import Placement
-from tests.integrations.conftest import CASE_IDS, CASES
-
-PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+from tests.integrations.conftest import CASE_IDS, CASES, PYPROJECT, install_entry_points
 
 
 def _args(load, topology):
@@ -128,14 +125,7 @@ def test_a_broken_vllm_ascend_does_not_stop_vllm(vllm, monkeypatch, caplog):
 
 def test_vllms_plugin_loader_runs_our_entry_point(vllm, monkeypatch, tmp_path):
     """vLLM's own ``load_general_plugins`` on a distribution declaring our entry point."""
-    tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11")
-    group = tomllib.loads(PYPROJECT.read_text())["project"]["entry-points"]["vllm.general_plugins"]
-    info = tmp_path / "eplb_rt_probe-0.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: eplb_rt_probe\nVersion: 0.0\n")
-    lines = [f"{name} = {value}" for name, value in group.items()]
-    (info / "entry_points.txt").write_text("[vllm.general_plugins]\n" + "\n".join(lines) + "\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    install_entry_points("vllm.general_plugins", tmp_path, monkeypatch)
     monkeypatch.setattr(vllm.plugins, "plugins_loaded", False)
     table = vllm.policy.EPLB_POLICIES
     monkeypatch.setitem(table, "default", table["default"])
