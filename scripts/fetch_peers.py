@@ -23,7 +23,7 @@ CACHE = Path(__file__).resolve().parents[1] / ".cache" / "peers"
 PEERS = {
     "vllm": ("0.33.0", ("vllm/distributed/eplb/policy/", "vllm/plugins/__init__.py")),
     "vllm-ascend": ("0.26.0rc1", ("vllm_ascend/eplb/",)),
-    "sglang": ("0.5.23", ("sglang/srt/eplb/",)),
+    "sglang": ("0.5.23", ("sglang/srt/eplb/", "sglang/srt/plugins/__init__.py")),
 }
 PIP_TARGET = [
     "--only-binary",
@@ -50,8 +50,8 @@ def fetch(name: str, timeout_s: float = 900) -> Path:
     when its wheel cannot be downloaded or lacks the expected modules."""
     version, members = PEERS[name]
     root = CACHE / f"{name}-{version}"
-    done = root / ".complete"
-    if done.exists():
+    done = root / ".complete"  # holds the members unpacked: a changed list unpacks again
+    if done.exists() and done.read_text() == repr(members):
         return root
     wheels = CACHE / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
@@ -83,7 +83,7 @@ def fetch(name: str, timeout_s: float = 900) -> Path:
             raise RuntimeError(f"{found[0].name} has no {missing}")
         wheel.extractall(root, names)
     found[0].unlink()
-    done.touch()
+    done.write_text(repr(members))
     return root
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,8 @@ from benchmarks import traces
 from eplb_rt.algorithms import metrics
 from eplb_rt.placement import Placement, Topology
 from tests.integrations.peers import open_peer
+
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
 def _peer(name: str):
@@ -63,3 +67,16 @@ def slot_workload(table: np.ndarray, load: np.ndarray) -> np.ndarray:
     L, D, S = table.shape
     placement = Placement(table.reshape(L, -1), load.shape[-1], D)
     return metrics.slot_load(placement, load).reshape(-1, L, D, S)
+
+
+def install_entry_points(group: str, folder: Path, monkeypatch) -> None:
+    """Make ``importlib.metadata`` see a distribution declaring pyproject's ``group`` entry
+    points (as ``pip install eplb_rt`` would), from ``folder`` put on ``sys.path``."""
+    tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11")
+    declared = tomllib.loads(PYPROJECT.read_text())["project"]["entry-points"][group]
+    info = folder / "eplb_rt_probe-0.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: eplb_rt_probe\nVersion: 0.0\n")
+    lines = [f"[{group}]", *(f"{name} = {value}" for name, value in declared.items())]
+    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+    monkeypatch.syspath_prepend(str(folder))

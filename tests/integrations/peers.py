@@ -7,6 +7,7 @@ Used by the integration tests' fixtures and by ``benchmarks/bench_peers.py``.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import sys
 import types
@@ -41,15 +42,28 @@ def _stubs(name: str, runtime: SimpleNamespace) -> tuple[dict[str, dict], list[s
         mods = ["policy.policy_factory", "policy.policy_flashlb", "eplb_worker", "eplb_utils"]
         return stubs, [base + m for m in mods]
     if name == "vllm":
-        stubs = {"vllm.config.parallel": {"EPLBPolicyOption": Literal["default"]}}
-        return stubs, ["vllm.distributed.eplb.policy"]
+        stubs = {
+            "vllm.config.parallel": {"EPLBPolicyOption": Literal["default"]},
+            "vllm.envs": {"VLLM_PLUGINS": None},
+        }
+        return stubs, ["vllm.distributed.eplb.policy", "vllm.plugins"]
     getters = ("device", "exec", "parallel", "resources")
+    unset = SimpleNamespace(get=lambda: None)
     stubs = {
         "sglang.srt.runtime_context": {
             f"get_{g}": (lambda g=g: getattr(runtime, g)) for g in getters
-        }
+        },
+        "sglang.srt.environ": {
+            "envs": SimpleNamespace(SGLANG_PLUGINS=unset, SGLANG_PLATFORM=unset)
+        },
+        "sglang.srt.plugins.hook_registry": {
+            "HookRegistry": SimpleNamespace(apply_hooks=lambda: None),
+            "HookSource": lambda **kwargs: kwargs,
+            "_current_plugin_source": contextvars.ContextVar("plugin_source"),
+        },
     }
-    return stubs, ["sglang.srt.eplb.eplb_algorithms", "sglang.srt.eplb.expert_location"]
+    mods = ["eplb.eplb_algorithms", "eplb.expert_location", "plugins"]
+    return stubs, ["sglang.srt." + m for m in mods]
 
 
 @contextlib.contextmanager

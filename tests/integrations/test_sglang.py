@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from eplb_rt.cli import main as cli
 from eplb_rt.integrations import sglang as ours
 from eplb_rt.placement import Placement
-from tests.integrations.conftest import CASE_IDS, CASES
+from tests.integrations.conftest import CASE_IDS, CASES, install_entry_points
 
 
 def _model(sglang, monkeypatch, load, topology, init_expert_location):
@@ -106,3 +106,17 @@ def test_plugin_plans_sglangs_logical_count_start(sglang, monkeypatch, tmp_path)
 def test_bad_input_gets_a_clear_error(tokens, physical, local, message):
     with pytest.raises(ValueError, match=message):
         ours.rebalance_experts(tokens, physical, local, None, 1)
+
+
+def test_sglangs_plugin_loader_runs_our_entry_point(sglang, monkeypatch, tmp_path):
+    """SGLang's own ``load_plugins`` on a distribution declaring our entry point."""
+    install_entry_points("sglang.srt.plugins", tmp_path, monkeypatch)
+    monkeypatch.setattr(sglang.plugins, "_plugins_loaded", False)
+    algorithms = sglang.eplb_algorithms
+    monkeypatch.setattr(algorithms, "rebalance_experts", algorithms.rebalance_experts)
+    monkeypatch.setenv("EPLB_RT_POLICY", "flashlb")
+    sglang.plugins.load_plugins()
+    _, load, topology = CASES[2]
+    args = (torch.tensor(load), topology.num_slots, topology.num_slots_per_rank, None, 1)
+    mine = algorithms.rebalance_experts(*args, algorithms.EplbAlgorithm.deepseek)
+    assert torch.equal(mine[0], ours.rebalance_experts(*args, policy="flashlb")[0])

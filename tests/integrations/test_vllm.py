@@ -6,7 +6,6 @@ from __future__ import annotations
 import inspect
 import logging
 from importlib.metadata import EntryPoint
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +15,7 @@ from eplb_rt.algorithms import metrics
 from eplb_rt.integrations import vllm as ours
 from eplb_rt.integrations import vllm_ascend
 from eplb_rt.placement import Placement
-from tests.integrations.conftest import CASE_IDS, CASES
-
-PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+from tests.integrations.conftest import CASE_IDS, CASES, PYPROJECT, install_entry_points
 
 
 def _args(load, topology):
@@ -124,3 +121,15 @@ def test_a_broken_vllm_ascend_does_not_stop_vllm(vllm, monkeypatch, caplog):
         ours.register()
     assert issubclass(table["default"], ours.EplbRtPolicy)
     assert "torch_npu" in caplog.text and "keeps its own" in caplog.text
+
+
+def test_vllms_plugin_loader_runs_our_entry_point(vllm, monkeypatch, tmp_path):
+    """vLLM's own ``load_general_plugins`` on a distribution declaring our entry point."""
+    install_entry_points("vllm.general_plugins", tmp_path, monkeypatch)
+    monkeypatch.setattr(vllm.plugins, "plugins_loaded", False)
+    table = vllm.policy.EPLB_POLICIES
+    monkeypatch.setitem(table, "default", table["default"])
+    monkeypatch.setattr(ours.importlib.util, "find_spec", lambda name: None)  # no vllm-ascend
+    monkeypatch.setenv("EPLB_RT_POLICY", "flashlb")
+    vllm.plugins.load_general_plugins()
+    assert issubclass(table["default"], ours.EplbRtPolicy) and table["default"].policy == "flashlb"

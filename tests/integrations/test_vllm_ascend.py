@@ -29,7 +29,9 @@ def _passes_worker_check(ascend, old: np.ndarray, new: np.ndarray, caplog) -> bo
     """vllm-ascend's ``EplbWorker.check_expert_placement`` (it reverts bad layers, logs)."""
     checked = torch.tensor(new)
     with caplog.at_level(logging.ERROR, logger=STUB_LOGGER.name):
-        ascend.eplb_worker.EplbWorker.check_expert_placement(None, torch.tensor(old), checked)
+        # the worker's table in force is int64 (global2local), ours int32 like FlashLB's
+        old_t = torch.tensor(old, dtype=torch.long)
+        ascend.eplb_worker.EplbWorker.check_expert_placement(None, old_t, checked)
     return torch.equal(checked, torch.tensor(new)) and not caplog.records
 
 
