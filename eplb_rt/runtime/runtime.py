@@ -6,7 +6,9 @@ recorded in the same op) or :meth:`EplbRuntime.record` (receiver-side counts), r
 the life of the runtime, so captured graphs stay valid), and calls :meth:`step` once per forward
 step. Everything else happens at step boundaries inside :meth:`step`:
 
-* every ``interval`` steps the heat ring is snapshotted and handed to the balancer thread;
+* every ``interval`` steps the heat ring is snapshotted and handed to the balancer thread, and
+  every ``episode`` steps in between as a drift probe (planned only when the last episode is
+  less balanced than the history before it, see :func:`eplb_rt.planning.drifted`);
 * ``deadline`` steps later the ranks agree (one small all-reduce on a control group) that they
   all hold the same plan (epoch and checksum); otherwise the plan is skipped and logged;
 * an agreed plan is migrated ``layers_per_step`` layers per step: transfers start at one
@@ -32,12 +34,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from eplb_rt import envs, ops
+from eplb_rt import envs, ops, planning
 from eplb_rt.config import EplbConfig
 from eplb_rt.placement import Placement, Topology
 from eplb_rt.runtime.balancer import (
@@ -50,7 +53,7 @@ from eplb_rt.runtime.balancer import (
 )
 from eplb_rt.runtime.device import Device
 from eplb_rt.runtime.executor import MigrationExecutor, Transfer
-from eplb_rt.runtime.migration import LayerMigration, align_to_previous, plan_migration
+from eplb_rt.runtime.migration import LayerMigration, plan_migration
 from eplb_rt.runtime.recorder import HeatRecorder
 
 log = logging.getLogger("eplb_rt.runtime")
@@ -69,6 +72,9 @@ class Rebalance:
     moved_experts: int = 0
     bytes_moved: int = 0
     done_step: int | None = None
+    trigger: str = "interval"
+    saved_s: float = 0.0
+    migration_s: float = 0.0
 
     @property
     def steps(self) -> int | None:
@@ -119,7 +125,7 @@ class EplbRuntime:
         self.ranks = ranks
         self.num_ranks = len(ranks)
         S = config.num_slots_per_rank(num_experts, self.num_ranks)
-        self.topology = Topology(self.num_ranks, S, config.num_nodes)
+        self.topology = Topology(self.num_ranks, S, config.num_nodes, config.num_groups)
         self.topology.check_experts(num_experts)
         self.max_replicas = min(self.num_ranks, self.topology.num_slots - num_experts + 1)
         self._placement = self._initial_placement()
@@ -181,6 +187,7 @@ class EplbRuntime:
         self.skipped: list[dict] = []
         self.errors: list[str] = []
         self._closed = False
+        self._step_clock: list[float] = []  # host time of recent step() calls
         if config.export_dir is not None:
             os.makedirs(config.export_dir, exist_ok=True)
             self._export(self._placement, 0)
@@ -188,7 +195,7 @@ class EplbRuntime:
     def _initial_placement(self) -> Placement:
         path = self.config.initial_placement
         if path is None:
-            return Placement.initial(self.num_layers, self.num_experts, self.topology)
+            return planning.starting_placement(self.num_layers, self.num_experts, self.topology)
         placement = Placement.load(path, self.num_experts)
         want = (self.num_layers, self.num_experts, self.num_ranks, self.topology.num_slots_per_rank)
         got = (
@@ -315,17 +322,24 @@ class EplbRuntime:
             self._start_next()
         elif self._current is not None and not self._in_flight:
             self._finish_rebalance(step)
-        if (
-            self._rebalance_enabled
-            and step % self.config.interval == 0
-            and self._pending is None
-            and self._current is None
-        ):
-            self._gather(step)
+        self._step_clock = [*self._step_clock[-32:], time.perf_counter()]
+        interval, episode = self.config.interval, self.config.episode
+        if self._rebalance_enabled and self._pending is None and self._current is None:
+            if step % interval == 0:
+                self._gather(step)
+            # A probe's deadline falls before the next interval, so it never delays that plan.
+            elif step % episode == 0 and step % interval + self.config.deadline < interval:
+                self._gather(step, probe=True)
 
-    def _gather(self, step: int) -> None:
+    def _gather(self, step: int, probe: bool = False) -> None:
         self._epoch += 1
         host, event, row_p2l, rows = self.recorder.snapshot()
+        layers = [layer for layer in range(self.num_layers) if self.executor.slot_bytes(layer)]
+        cost = planning.CostModel(
+            max([self.executor.slot_bytes(layer) for layer in layers], default=1),
+            self.config.link_bandwidth,
+            self.config.token_seconds,
+        )
         job = Job(
             self._epoch,
             step,
@@ -335,9 +349,17 @@ class EplbRuntime:
             rows,
             row_p2l,
             self._placement,
+            cost,
+            probe,
+            self._step_seconds(),
         )
         self._pending = job
         self.balancer.submit(job)
+
+    def _step_seconds(self) -> float:
+        """Median host time between recent ``step()`` calls (0 before two steps)."""
+        gaps = np.diff(self._step_clock)
+        return float(np.median(gaps)) if gaps.size else 0.0
 
     def _agree(self, values: list[int]) -> tuple[list[int], list[int]]:
         """Element-wise (min, max) of ``values`` over the ranks (one small all-reduce)."""
@@ -381,15 +403,16 @@ class EplbRuntime:
             )
             return
         if result.status != PLAN_OK:
-            self._skip(
-                job,
-                step,
-                f"plan {STATUS_NAMES[result.status]}"
-                + (f": {result.error}" if result.error else ""),
-                error=result.status != PLAN_UNCHANGED,
-            )
+            if not (job.probe and result.status == PLAN_UNCHANGED):
+                self._skip(
+                    job,
+                    step,
+                    f"plan {STATUS_NAMES[result.status]}"
+                    + (f": {result.error}" if result.error else ""),
+                    error=result.status != PLAN_UNCHANGED,
+                )
             return
-        target = align_to_previous(self._placement, result.placement)
+        target = result.placement  # already aligned to the placement in force by the pipeline
         self._queue = plan_migration(self._placement, target, self.config.num_nodes)
         # Layers whose shares changed but whose slots did not still need their tables rewritten.
         moved = {m.layer for m in self._queue}
@@ -403,6 +426,11 @@ class EplbRuntime:
         self._queue.sort(key=lambda m: m.layer)
         self._target = target
         self._current = Rebalance(job.epoch, job.gather_step, result.plan_time_s, len(self._queue))
+        self._current.trigger = "drift" if job.probe else "interval"
+        if result.decision is not None:  # the planning rank knows what the plan is worth
+            committed = list(result.decision.layers)
+            self._current.saved_s = float(result.decision.saved_s[committed].sum())
+            self._current.migration_s = float(result.decision.migration_s[committed].sum())
         log.info(
             "plan %d agreed at step %d: %d layers to migrate", job.epoch, step, len(self._queue)
         )
@@ -502,6 +530,7 @@ class EplbRuntime:
             "bytes_moved": sum(r.bytes_moved for r in committed),
             "plan_time_s": [r.plan_time_s for r in self.rebalances],
             "balancer_busy_s": self.balancer.busy_s,
+            "step_s": self._step_seconds(),
             "transfers": dict(self.executor.counters),
         }
 
