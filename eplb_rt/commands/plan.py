@@ -1,11 +1,14 @@
 """``eplb-rt plan``: compute a placement from load files and write it as vllm-ascend JSON.
 
     eplb-rt plan --load FILE [FILE ...] --ranks D --slots-per-rank S [--policy NAME]
-                 [--nodes N] [--groups G] [--previous PLACEMENT.json]
+                 [--nodes N] [--groups G] [--previous PLACEMENT.json [--horizon ROWS]
+                 [--expert-bytes B] [--bandwidth GB/S] [--token-us US]]
                  [--option KEY=VALUE ...] --out PLACEMENT.json
 
 Several ``--load`` files are stacked as episodes along ``T`` (same ``[L, E]`` each). Layers whose
-total load is zero still get a valid placement and are reported.
+total load is zero still get a valid placement and are reported. With ``--previous`` the plan
+goes through the runtime's pipeline (:mod:`eplb_rt.planning`): aligned to the placement in force,
+and a layer changes only when the compute it saves exceeds its migration time.
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ import time
 
 import numpy as np
 
+from eplb_rt import planning
 from eplb_rt.algorithms import metrics, plan, policy_names
 from eplb_rt.commands._args import add_command, add_load_argument
 from eplb_rt.placement import Placement, Topology
 from eplb_rt.sim.traces import load_files
+
+GB = 1e9
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,6 +51,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--previous", metavar="PLACEMENT.json", help="placement in force now (for few moves)"
     )
     parser.add_argument(
+        "--horizon",
+        type=float,
+        metavar="ROWS",
+        help="with --previous: rows of load like the given ones served before the next plan "
+        "(default: as many as given)",
+    )
+    add_cost_arguments(parser)
+    parser.add_argument(
         "--option",
         action="append",
         default=[],
@@ -53,6 +67,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", required=True, metavar="PLACEMENT.json", help="output file")
     parser.set_defaults(func=run)
+
+
+def add_cost_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--expert-bytes``, ``--bandwidth`` and ``--token-us``: the gate's prices."""
+    default = planning.CostModel()
+    parser.add_argument(
+        "--expert-bytes",
+        type=int,
+        default=planning.DEEPSEEK_V3_EXPERT_BYTES,
+        metavar="BYTES",
+        help=f"bytes of one expert (default: DeepSeek-V3 FP8, {default.expert_bytes:,})",
+    )
+    parser.add_argument(
+        "--bandwidth",
+        type=float,
+        default=default.bandwidth / GB,
+        metavar="GB/S",
+        help=f"GB/s a rank receives migrated experts at (default {default.bandwidth / GB:g})",
+    )
+    parser.add_argument(
+        "--token-us",
+        type=float,
+        default=default.token_seconds * 1e6,
+        metavar="US",
+        help=f"microseconds one token spends in one expert (default "
+        f"{default.token_seconds * 1e6:g})",
+    )
+
+
+def cost_from_args(args: argparse.Namespace) -> planning.CostModel:
+    """The cost model of the flags; a bad value raises naming its flag."""
+    values = {"--expert-bytes": args.expert_bytes, "--bandwidth": args.bandwidth}
+    values["--token-us"] = args.token_us
+    for flag, value in values.items():
+        if not (value > 0 and value < float("inf")):
+            raise ValueError(f"{flag} must be a finite number > 0, got {value}")
+    return planning.CostModel(args.expert_bytes, args.bandwidth * GB, args.token_us * 1e-6)
 
 
 def parse_options(items: list[str]) -> dict:
@@ -78,9 +129,17 @@ def run(args: argparse.Namespace) -> int:
     if args.previous:
         previous = Placement.load(args.previous, num_experts=num_experts, num_ranks=args.ranks)
     options = parse_options(args.option)
+    cost = cost_from_args(args)
+    horizon = load.shape[0] if args.horizon is None else args.horizon
     start = time.perf_counter()
     try:
-        placement = plan(args.policy, load, topology, previous=previous, options=options)
+        if previous is None:
+            placement = plan(args.policy, load, topology, options=options)
+        else:
+            decision = planning.decide(
+                load, previous, topology, args.policy, options, cost=cost, horizon=horizon
+            )
+            placement = decision.placement
     except TypeError as err:  # an option of the wrong type reaches the options dataclass
         raise ValueError(f"bad --option for policy {args.policy!r}: {err}") from None
     seconds = time.perf_counter() - start
@@ -95,7 +154,17 @@ def run(args: argparse.Namespace) -> int:
     if zero:
         print(f"{len(zero)} layer(s) with zero load (placed, not in the PAR mean): {zero}")
     if previous is not None:
-        print(f"moves {summary['moves']} slots ({summary['moved_fraction']:.1%})")
+        layers = list(decision.layers)
+        before = decision.par_before
+        after = np.where(np.isin(np.arange(before.size), layers), decision.par_after, before)
+        print(
+            f"moves {decision.slots} slots ({summary['moved_fraction']:.1%}), "
+            f"{decision.slots * cost.expert_bytes / 2**30:.2f} GiB, "
+            f"{decision.migration_s[layers].sum() * 1e3:.1f} ms at {cost.bandwidth / GB:g} GB/s; "
+            f"PAR {np.nanmean(before):.4f} -> {np.nanmean(after):.4f} per row ({len(layers)} of "
+            f"{before.size} layers pay: save {decision.saved_s[layers].sum() * 1e3:.1f} ms over "
+            f"{horizon:g} rows at {cost.token_seconds * 1e6:g} us per token-slot)"
+        )
     if np.isnan(summary["par_mean"]):
         print("no layer has any load: every layer got a valid placement but no PAR")
     return 0

@@ -62,7 +62,9 @@ class Job:
         rows: ring rows that count, oldest first; ``row_phy2log [T, L, P]`` their placements.
         previous: the committed placement at the gather (the policy's ``previous``).
         cost: the cost model the gate prices the plan with.
-        probe: a drift probe: plan only when the last ``episode`` steps drifted.
+        trigger: ``"interval"``; ``"drift"``: a probe, planned only when the last ``episode``
+            steps drifted; ``"first"``: a probe of a placement no plan has fitted yet (the
+            starting one), planned without waiting for the interval.
         step_seconds: the median host time of recent steps (0: not measured yet); the planning
             rank refines ``cost.token_seconds`` from it as step time / busiest-rank tokens.
     """
@@ -76,7 +78,7 @@ class Job:
     row_phy2log: np.ndarray
     previous: Placement
     cost: planning.CostModel
-    probe: bool = False
+    trigger: str = "interval"
     step_seconds: float = 0.0
 
 
@@ -251,7 +253,9 @@ class Balancer:
                 if busiest.mean() > 0:
                     token_seconds = job.step_seconds / float(busiest.mean())
                     cost = dataclasses.replace(cost, token_seconds=token_seconds)
-            if job.probe and not planning.drifted(load, job.previous, self.config.episode, cost):
+            if job.trigger == "drift" and not planning.drifted(
+                load, job.previous, self.config.episode, cost
+            ):
                 return PLAN_UNCHANGED, None, time.perf_counter() - started, "no drift"
             args = (load, job.previous, self.topology, self.config.policy)
             args += (self.config.policy_options,)

@@ -8,7 +8,8 @@ step. Everything else happens at step boundaries inside :meth:`step`:
 
 * every ``interval`` steps the heat ring is snapshotted and handed to the balancer thread, and
   every ``episode`` steps in between as a drift probe (planned only when the last episode is
-  less balanced than the history before it, see :func:`eplb_rt.planning.drifted`);
+  less balanced than the history before it, see :func:`eplb_rt.planning.drifted`; until a plan
+  has fitted the placement, once three episodes of heat are in, without that check);
 * ``deadline`` steps later the ranks agree (one small all-reduce on a control group) that they
   all hold the same plan (epoch and checksum); otherwise the plan is skipped and logged;
 * an agreed plan is migrated ``layers_per_step`` layers per step: transfers start at one
@@ -188,6 +189,7 @@ class EplbRuntime:
         self.errors: list[str] = []
         self._closed = False
         self._step_clock: list[float] = []  # host time of recent step() calls
+        self._fitted = config.initial_placement is not None  # a plan has fitted the placement
         if config.export_dir is not None:
             os.makedirs(config.export_dir, exist_ok=True)
             self._export(self._placement, 0)
@@ -329,9 +331,12 @@ class EplbRuntime:
                 self._gather(step)
             # A probe's deadline falls before the next interval, so it never delays that plan.
             elif step % episode == 0 and step % interval + self.config.deadline < interval:
-                self._gather(step, probe=True)
+                if self._fitted:
+                    self._gather(step, "drift")
+                elif step >= 3 * episode:
+                    self._gather(step, "first")
 
-    def _gather(self, step: int, probe: bool = False) -> None:
+    def _gather(self, step: int, trigger: str = "interval") -> None:
         self._epoch += 1
         host, event, row_p2l, rows = self.recorder.snapshot()
         layers = [layer for layer in range(self.num_layers) if self.executor.slot_bytes(layer)]
@@ -350,7 +355,7 @@ class EplbRuntime:
             row_p2l,
             self._placement,
             cost,
-            probe,
+            trigger,
             self._step_seconds(),
         )
         self._pending = job
@@ -403,7 +408,7 @@ class EplbRuntime:
             )
             return
         if result.status != PLAN_OK:
-            if not (job.probe and result.status == PLAN_UNCHANGED):
+            if not (job.trigger != "interval" and result.status == PLAN_UNCHANGED):
                 self._skip(
                     job,
                     step,
@@ -426,7 +431,7 @@ class EplbRuntime:
         self._queue.sort(key=lambda m: m.layer)
         self._target = target
         self._current = Rebalance(job.epoch, job.gather_step, result.plan_time_s, len(self._queue))
-        self._current.trigger = "drift" if job.probe else "interval"
+        self._current.trigger = job.trigger
         if result.decision is not None:  # the planning rank knows what the plan is worth
             committed = list(result.decision.layers)
             self._current.saved_s = float(result.decision.saved_s[committed].sum())
@@ -494,6 +499,7 @@ class EplbRuntime:
         rebalance, self._current, self._target = self._current, None, None
         rebalance.done_step = step
         self.rebalances.append(rebalance)
+        self._fitted = self._fitted or bool(rebalance.layers_committed)
         if self.config.export_dir is not None and rebalance.layers_committed:
             self._export(self._placement, rebalance.epoch)
         log.info(
