@@ -48,18 +48,11 @@ class CostModel:
     hidden_seconds: float = 0.0
 
     def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            low = 0.0 if field.name == "hidden_seconds" else math.nextafter(0.0, 1.0)
-            if (
-                not isinstance(value, (int, float, np.number))
-                or not math.isfinite(value)
-                or (value < low)
-            ):
-                raise ValueError(
-                    f"CostModel.{field.name} must be a finite number "
-                    f"{'>= 0' if low == 0 else '> 0'}, got {value!r}"
-                )
+        for name, value in dataclasses.asdict(self).items():
+            low = ">= 0" if name == "hidden_seconds" else "> 0"
+            finite = isinstance(value, (int, float, np.number)) and math.isfinite(value)
+            if not finite or value < 0 or (value == 0 and low == "> 0"):
+                raise ValueError(f"CostModel.{name} must be a finite number {low}, got {value!r}")
 
     def migration_seconds(self, previous: np.ndarray, new: np.ndarray, num_ranks: int) -> float:
         """Exposed seconds to move one layer from slots ``previous [P]`` to ``new [P]``: the
@@ -92,7 +85,6 @@ class Decision:
     par_before: np.ndarray
     par_after: np.ndarray
     slots: int
-    move_cost: float
 
 
 def step_par(placement: Placement, load: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -123,11 +115,9 @@ def decide(
     load = check_load(load, previous.num_layers, previous.num_experts)
     if not (isinstance(horizon, (int, float)) and math.isfinite(horizon) and horizon > 0):
         raise ValueError(f"horizon (steps until the next plan) must be > 0, got {horizon!r}")
-    spec = algorithms.get_policy(policy)
     options = dict(options or {})
-    move_cost = cost.move_cost(load, topology.num_ranks, horizon)
-    if "move_cost" in {f.name for f in dataclasses.fields(spec.options)}:
-        options.setdefault("move_cost", move_cost)
+    if "move_cost" in {f.name for f in dataclasses.fields(algorithms.get_policy(policy).options)}:
+        options.setdefault("move_cost", cost.move_cost(load, topology.num_ranks, horizon))
     candidate = algorithms.plan(policy, load, topology, previous, options)
     D, E = topology.num_ranks, previous.num_experts
     rows, shares = np.empty_like(candidate.phy2log), candidate.slot_share.copy()
@@ -141,16 +131,13 @@ def decide(
     peak_after, par_after = step_par(candidate, load)
     saved = (peak_before - peak_after) * cost.token_seconds * horizon
     spent = np.array(
-        [cost.migration_seconds(p, c, D) for p, c in zip(previous.phy2log, rows, strict=True)]
+        [cost.migration_seconds(previous.phy2log[i], rows[i], D) for i in range(len(rows))]
     )
-    changed = np.zeros(previous.num_layers, dtype=bool)
-    changed[candidate.changed_layers(previous)] = True
-    layers = tuple(int(x) for x in np.flatnonzero(changed & (saved > spent)))
+    changed = candidate.changed_layers(previous)
+    layers = tuple(int(x) for x in changed[saved[changed] > spent[changed]])
     placement = previous.replace_layers(layers, candidate) if layers else previous
     slots = int(placement.moves(previous).sum())
-    return Decision(
-        placement, candidate, layers, saved, spent, par_before, par_after, slots, move_cost
-    )
+    return Decision(placement, candidate, layers, saved, spent, par_before, par_after, slots)
 
 
 def drifted(load: np.ndarray, placement: Placement, recent: int, cost: CostModel) -> bool:
@@ -195,7 +182,5 @@ def starting_placement(num_layers: int, num_experts: int, topology: Topology) ->
                 return Placement.initial(num_layers, num_experts, topology)
             rank = min(free, key=lambda r: (weight[held[r]].sum(), (r - e * D // E) % D))
             held[rank].append(int(e))
-    if any(len(h) != S for h in held):
-        return Placement.initial(num_layers, num_experts, topology)
     row = np.concatenate([np.array(h) for h in held])
     return Placement(np.tile(row, (num_layers, 1)), E, D)

@@ -71,29 +71,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def add_cost_arguments(parser: argparse.ArgumentParser) -> None:
     """``--expert-bytes``, ``--bandwidth`` and ``--token-us``: the gate's prices."""
-    default = planning.CostModel()
-    parser.add_argument(
-        "--expert-bytes",
-        type=int,
-        default=planning.DEEPSEEK_V3_EXPERT_BYTES,
-        metavar="BYTES",
-        help=f"bytes of one expert (default: DeepSeek-V3 FP8, {default.expert_bytes:,})",
-    )
-    parser.add_argument(
-        "--bandwidth",
-        type=float,
-        default=default.bandwidth / GB,
-        metavar="GB/S",
-        help=f"GB/s a rank receives migrated experts at (default {default.bandwidth / GB:g})",
-    )
-    parser.add_argument(
-        "--token-us",
-        type=float,
-        default=default.token_seconds * 1e6,
-        metavar="US",
-        help=f"microseconds one token spends in one expert (default "
-        f"{default.token_seconds * 1e6:g})",
-    )
+    for flag, default, metavar, text in (
+        ("--expert-bytes", planning.DEEPSEEK_V3_EXPERT_BYTES, "BYTES", "bytes of one expert"),
+        ("--bandwidth", planning.LINK_BANDWIDTH / GB, "GB/S", "GB/s a rank receives experts at"),
+        ("--token-us", planning.TOKEN_SECONDS * 1e6, "US", "us one token takes in one expert"),
+    ):
+        parser.add_argument(
+            flag,
+            type=float,
+            default=default,
+            metavar=metavar,
+            help=text + " (default %(default)s: DeepSeek-V3 on an H100/Ascend-class device)",
+        )
 
 
 def cost_from_args(args: argparse.Namespace) -> planning.CostModel:

@@ -382,40 +382,25 @@ class EplbRuntime:
         self.balancer.discard_through(job.epoch)
         mine = [result.epoch, result.status, result.digest] if result else [-1, -1, -1]
         low, high = self._agree(mine)
+        reason = None
         if low[0] == -1:
-            self._skip(
-                job,
-                step,
-                f"plan not ready by its deadline step {job.deadline_step} on at least one rank",
-                error=True,
-            )
-            return
-        if low != high:
-            self._skip(
-                job,
-                step,
+            reason = f"plan not ready by its deadline step {job.deadline_step} on at least one rank"
+        elif low != high:
+            reason = (
                 f"ranks disagree on the plan (epoch {low[0]}..{high[0]}, "
-                f"status {low[1]}..{high[1]}, checksum differs: {low[2] != high[2]})",
-                error=True,
+                f"status {low[1]}..{high[1]}, checksum differs: {low[2] != high[2]})"
             )
+        elif low[0] != job.epoch:
+            reason = f"plan epoch {low[0]} does not match the gather's epoch {job.epoch}"
+        elif result.status != PLAN_OK:
+            # A probe that found nothing worth moving is routine: not even logged as skipped.
+            if job.trigger == "interval" or result.status != PLAN_UNCHANGED:
+                detail = f": {result.error}" if result.error else ""
+                failed = result.status != PLAN_UNCHANGED
+                self._skip(job, step, f"plan {STATUS_NAMES[result.status]}{detail}", failed)
             return
-        if low[0] != job.epoch:
-            self._skip(
-                job,
-                step,
-                f"plan epoch {low[0]} does not match the gather's epoch {job.epoch}",
-                error=True,
-            )
-            return
-        if result.status != PLAN_OK:
-            if not (job.trigger != "interval" and result.status == PLAN_UNCHANGED):
-                self._skip(
-                    job,
-                    step,
-                    f"plan {STATUS_NAMES[result.status]}"
-                    + (f": {result.error}" if result.error else ""),
-                    error=result.status != PLAN_UNCHANGED,
-                )
+        if reason is not None:
+            self._skip(job, step, reason, error=True)
             return
         target = result.placement  # already aligned to the placement in force by the pipeline
         self._queue = plan_migration(self._placement, target, self.config.num_nodes)

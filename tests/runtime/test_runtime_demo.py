@@ -13,24 +13,9 @@ from eplb_rt.commands.demo import SUMMARY_KEYS
 @pytest.mark.multiprocess
 def test_demo_writes_summary_and_plot(tmp_path, capsys):
     summary, plot = tmp_path / "demo.json", tmp_path / "demo.png"
-    argv = [
-        "demo",
-        "--ranks",
-        "2",
-        "--steps",
-        "40",
-        "--layers",
-        "2",
-        "--tokens",
-        "32",
-        "--interval",
-        "10",
-        "--no-progress",
-        "--json",
-        str(summary),
-        "--plot",
-        str(plot),
-    ]
+    # The demo's own shapes (4 ranks, 6 layers), shorter: 40 steps of 32 tokens per rank.
+    argv = ["demo", "--steps", "40", "--tokens", "32", "--interval", "10", "--no-progress"]
+    argv += ["--json", str(summary), "--plot", str(plot)]
     assert main(argv) == 0
     result = json.loads(summary.read_text())
     assert set(SUMMARY_KEYS) <= set(result)
@@ -48,13 +33,13 @@ def test_demo_writes_summary_and_plot(tmp_path, capsys):
 @pytest.mark.multiprocess
 def test_demo_without_rebalancing_says_so_and_its_start_does_no_harm(tmp_path, capsys):
     summary = tmp_path / "demo.json"
-    argv = ["demo", "--ranks", "2", "--steps", "6", "--layers", "3", "--tokens", "32"]
+    argv = ["demo", "--steps", "8", "--tokens", "32"]
     assert main([*argv, "--interval", "0", "--no-progress", "--json", str(summary)]) == 0
     result = json.loads(summary.read_text())
     out = capsys.readouterr().out
     assert "no rebalancing (--interval 0)" in out and "before its first" not in out
     assert result["rebalances"] == [] and result["par_before"] == result["par_mean"]
-    # The starting placement alone (16 redundant slots spread evenly) beats the static layout.
+    # The starting placement alone (16 redundant slots spread evenly) does no harm here.
     assert result["par_mean"] < result["par_static"]
 
 
