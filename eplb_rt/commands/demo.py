@@ -320,20 +320,11 @@ def _plot(result: dict, path: str) -> None:
     per = result["per_step"]
     steps = np.arange(len(per["par"]))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
-    top.plot(
-        steps,
-        per["par_static"],
-        color="tab:gray",
-        lw=0.8,
-        label=f"static layout, no EPLB (mean {result['par_static']:.3f})",
-    )
-    top.plot(
-        steps,
-        per["par"],
-        color="tab:blue",
-        lw=0.9,
-        label=f"eplb_rt (mean {result['par_mean']:.3f})",
-    )
+    for key, mean, color, label in (
+        ("par_static", "par_static", "tab:gray", "static layout, no EPLB"),
+        ("par", "par_mean", "tab:blue", "eplb_rt"),
+    ):
+        top.plot(steps, per[key], color=color, lw=0.8, label=f"{label} (mean {result[mean]:.3f})")
     for r in result["rebalances"]:
         if r["layers_committed"]:
             top.axvline(r["done_step"], color="tab:green", lw=0.6, ls="--")
