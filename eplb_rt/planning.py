@@ -118,15 +118,8 @@ def decide(
     options = dict(options or {})
     if "move_cost" in {f.name for f in dataclasses.fields(algorithms.get_policy(policy).options)}:
         options.setdefault("move_cost", cost.move_cost(load, topology.num_ranks, horizon))
-    candidate = algorithms.plan(policy, load, topology, previous, options)
-    D, E = topology.num_ranks, previous.num_experts
-    rows, shares = np.empty_like(candidate.phy2log), candidate.slot_share.copy()
-    for layer in range(previous.num_layers):
-        rows[layer], share = align_row(
-            candidate.phy2log[layer], previous.phy2log[layer], D, E, candidate.slot_share[layer]
-        )
-        shares[layer] = share
-    candidate = Placement(rows, E, D, None if candidate.is_uniform else shares)
+    candidate = align(previous, algorithms.plan(policy, load, topology, previous, options))
+    D, rows = topology.num_ranks, candidate.phy2log
     peak_before, par_before = step_par(previous, load)
     peak_after, par_after = step_par(candidate, load)
     saved = (peak_before - peak_after) * cost.token_seconds * horizon
@@ -138,6 +131,19 @@ def decide(
     placement = previous.replace_layers(layers, candidate) if layers else previous
     slots = int(placement.moves(previous).sum())
     return Decision(placement, candidate, layers, saved, spent, par_before, par_after, slots)
+
+
+def align(previous: Placement, new: Placement) -> Placement:
+    """``new`` with each layer's ranks relabelled (Hungarian) and slots permuted so that the
+    most experts stay where ``previous`` has them; rank loads and shares are those of ``new``."""
+    if new.phy2log.shape != previous.phy2log.shape or new.num_ranks != previous.num_ranks:
+        raise ValueError(f"cannot align {new.describe()} to {previous.describe()}")
+    rows, shares = np.empty_like(new.phy2log), new.slot_share.copy()
+    for layer, (row, old) in enumerate(zip(new.phy2log, previous.phy2log, strict=True)):
+        rows[layer], shares[layer] = align_row(
+            row, old, new.num_ranks, new.num_experts, new.slot_share[layer]
+        )
+    return Placement(rows, new.num_experts, new.num_ranks, None if new.is_uniform else shares)
 
 
 def drifted(load: np.ndarray, placement: Placement, recent: int, cost: CostModel) -> bool:
