@@ -33,6 +33,7 @@ SUMMARY_KEYS = (
     "outputs_match",
     "step_time_ms",
 )
+CONFIG_KEYS = ("ranks", "steps", "layers", "tokens", "redundant", "interval", "policy", "seed")
 OUTPUT_TOLERANCE = 1e-4
 """Largest accepted |difference| between outputs with and without EPLB (float32 GEMMs round
 differently when an expert's batch changes; see ``MoEConfig.exact`` for the bitwise mode)."""
@@ -232,19 +233,7 @@ def _summary(opts, loads, step_ms, stats, *, max_diff, checks) -> dict:
     rebalances = stats["rebalances"]
     first = next((r["done_step"] for r in rebalances if r["layers_committed"]), steps)
     return {
-        "config": {
-            k: opts[k]
-            for k in (
-                "ranks",
-                "steps",
-                "layers",
-                "tokens",
-                "redundant",
-                "interval",
-                "policy",
-                "seed",
-            )
-        },
+        "config": {k: opts[k] for k in CONFIG_KEYS},
         "par_mean": float(np.mean(par_eplb)),
         "par_static": float(np.mean(par_static)),
         "first_commit_step": first if first < steps else None,

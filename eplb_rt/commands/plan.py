@@ -87,10 +87,9 @@ def add_cost_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cost_from_args(args: argparse.Namespace) -> planning.CostModel:
     """The cost model of the flags; a bad value raises naming its flag."""
-    values = {"--expert-bytes": args.expert_bytes, "--bandwidth": args.bandwidth}
-    values["--token-us"] = args.token_us
-    for flag, value in values.items():
-        if not (value > 0 and value < float("inf")):
+    for flag in ("--expert-bytes", "--bandwidth", "--token-us"):
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if not 0 < value < float("inf"):
             raise ValueError(f"{flag} must be a finite number > 0, got {value}")
     return planning.CostModel(args.expert_bytes, args.bandwidth * GB, args.token_us * 1e-6)
 
