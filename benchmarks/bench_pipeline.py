@@ -29,9 +29,9 @@ POLICIES = ("equilibrium", "flashlb", "default")
 
 
 def setup():
-    fit = np.stack([traces.deepseek_v3(w, moe_only=True) for w in FIT])
+    fit = np.concatenate([traces.deepseek_v3(w, moe_only=True).reshape(-1, 58, 256) for w in FIT])
     previous = plan("default", fit, TOPO)
-    return traces.deepseek_v3("prefill_in4096", moe_only=True)[None], previous
+    return traces.deepseek_v3("prefill_in4096", moe_only=True).reshape(1, 58, 256), previous
 
 
 def _median_ms(fn, repeats: int) -> float:

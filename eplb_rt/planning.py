@@ -54,19 +54,26 @@ class CostModel:
             if not finite or value < 0 or (value == 0 and low == "> 0"):
                 raise ValueError(f"CostModel.{name} must be a finite number {low}, got {value!r}")
 
-    def migration_seconds(self, previous: np.ndarray, new: np.ndarray, num_ranks: int) -> float:
-        """Exposed seconds to move one layer from slots ``previous [P]`` to ``new [P]``: the
-        slowest rank's received experts (those it did not hold) x bytes / bandwidth."""
-        old, cur = previous.reshape(num_ranks, -1), new.reshape(num_ranks, -1)
-        received = max(int((~np.isin(cur[r], old[r])).sum()) for r in range(num_ranks))
+    def migration_seconds(self, previous: np.ndarray, new: np.ndarray, num_ranks: int):
+        """``[L]`` exposed seconds to move each layer from slots ``previous [L, P]`` to
+        ``new [L, P]``: the slowest rank's received experts (those it did not hold) x bytes /
+        bandwidth, less the hidden part."""
+        L, P = new.shape
+        layer, rank = np.arange(L)[:, None], np.arange(P) // (P // num_ranks)
+        held = np.zeros((L, num_ranks, int(max(previous.max(), new.max())) + 1), dtype=bool)
+        held[layer, rank, previous] = True
+        received = (~held[layer, rank, new]).reshape(L, num_ranks, -1).sum(-1).max(-1)
         exposed = received * self.expert_bytes / self.bandwidth - self.hidden_seconds
-        return max(0.0, exposed) if received else 0.0
+        return np.where(received > 0, np.maximum(exposed, 0.0), 0.0)
 
     def move_cost(self, load: np.ndarray, num_ranks: int, horizon: float) -> float:
-        """PAR one moved slot must buy: its transfer time over the time one unit of PAR costs
-        over ``horizon`` steps at the mean rank load of ``load [T, L, E]``."""
+        """PAR one moved slot must buy: its share of a layer's transfer time (ranks receive in
+        parallel, so a slot costs ``1 / num_ranks`` of one expert's transfer when moves are
+        spread) over the time one unit of PAR costs over ``horizon`` steps at the mean rank
+        load of ``load [T, L, E]``."""
         mean_rank = max(float(load.sum(axis=2).mean()) / num_ranks, 1e-300)
-        return self.expert_bytes / self.bandwidth / (mean_rank * self.token_seconds * horizon)
+        slot = self.expert_bytes / self.bandwidth / num_ranks
+        return slot / (mean_rank * self.token_seconds * horizon)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,13 +126,10 @@ def decide(
     if "move_cost" in {f.name for f in dataclasses.fields(algorithms.get_policy(policy).options)}:
         options.setdefault("move_cost", cost.move_cost(load, topology.num_ranks, horizon))
     candidate = align(previous, algorithms.plan(policy, load, topology, previous, options))
-    D, rows = topology.num_ranks, candidate.phy2log
     peak_before, par_before = step_par(previous, load)
     peak_after, par_after = step_par(candidate, load)
     saved = (peak_before - peak_after) * cost.token_seconds * horizon
-    spent = np.array(
-        [cost.migration_seconds(previous.phy2log[i], rows[i], D) for i in range(len(rows))]
-    )
+    spent = cost.migration_seconds(previous.phy2log, candidate.phy2log, topology.num_ranks)
     changed = candidate.changed_layers(previous)
     layers = tuple(int(x) for x in changed[saved[changed] > spent[changed]])
     placement = previous.replace_layers(layers, candidate) if layers else previous
