@@ -339,27 +339,13 @@ class EplbRuntime:
     def _gather(self, step: int, trigger: str = "interval") -> None:
         self._epoch += 1
         host, event, row_p2l, rows = self.recorder.snapshot()
-        layers = [layer for layer in range(self.num_layers) if self.executor.slot_bytes(layer)]
-        cost = planning.CostModel(
-            max([self.executor.slot_bytes(layer) for layer in layers], default=1),
-            self.config.link_bandwidth,
-            self.config.token_seconds,
-        )
-        job = Job(
-            self._epoch,
-            step,
-            step + self.config.deadline,
-            host,
-            event,
-            rows,
-            row_p2l,
-            self._placement,
-            cost,
-            trigger,
-            self._step_seconds(),
-        )
-        self._pending = job
-        self.balancer.submit(job)
+        # One slot of the registered weights (1 byte without any: only the tables move).
+        slot_bytes = max(self.executor.slot_bytes(layer) for layer in range(self.num_layers)) or 1
+        config = self.config
+        cost = planning.CostModel(slot_bytes, config.link_bandwidth, config.token_seconds)
+        args = (host, event, rows, row_p2l, self._placement, cost, trigger, self._step_seconds())
+        self._pending = Job(self._epoch, step, step + self.config.deadline, *args)
+        self.balancer.submit(self._pending)
 
     def _step_seconds(self) -> float:
         """Median host time between recent ``step()`` calls (0 before two steps)."""

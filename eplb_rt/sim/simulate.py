@@ -207,15 +207,8 @@ def simulate(
             began = time.perf_counter()
             if name != NO_REBALANCE:
                 try:
-                    decision = planning.decide(
-                        history,
-                        previous,
-                        topo,
-                        name,
-                        spec.options.get(name),
-                        cost=cost,
-                        horizon=spec.interval,
-                    )
+                    args = (history, previous, topo, name, spec.options.get(name))
+                    decision = planning.decide(*args, cost=cost, horizon=spec.interval)
                 except Exception as err:
                     # A ValueError is the policy refusing this input (the user can act on it);
                     # anything else is a fault in the policy.
