@@ -318,7 +318,7 @@ def _plot(result: dict, path: str) -> None:
         if r["layers_committed"]:
             top.axvline(r["done_step"], color="tab:green", lw=0.6, ls="--")
     top.set_ylabel("PAR (max / mean rank tokens)")
-    top.legend(loc="upper right")
+    top.legend(loc="best", fontsize=8)
     top.set_title(
         f"eplb-rt demo: {result['config']['ranks']} ranks, policy "
         f"{result['config']['policy']} (dashed: rebalance committed)"
