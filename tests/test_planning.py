@@ -150,3 +150,19 @@ def test_starting_placement_is_no_worse_than_the_static_layout_on_the_demo_workl
     assert np.nanmean(par(start, profile)) <= np.nanmean(par(static, profile))
     # The layout it replaces piled the 16 replicas onto ranks 0 and 3: 1.25 on equal loads.
     assert par(Placement.initial(1, 64, Topology(4, 20)), np.ones((1, 64)))[0] == 1.25
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--bandwidth", "-1"), ("--expert-bytes", "0"), ("--token-us", "nan")]
+)
+def test_plan_rejects_bad_prices_naming_the_flag(flag, value, tmp_path, capsys):
+    from eplb_rt.cli import main
+
+    np.save(tmp_path / "load.npy", np.ones((2, 1, 4)))
+    start = tmp_path / "start.json"
+    planning.starting_placement(1, 4, Topology(2, 2)).save(start)
+    argv = ["plan", "--load", str(tmp_path / "load.npy"), "--ranks", "2", "--slots-per-rank", "2"]
+    argv += ["--previous", str(start), flag, value, "--out", str(tmp_path / "out.json")]
+    assert main(argv) == 2
+    assert f"{flag} must be a finite number > 0" in capsys.readouterr().err
+    assert not (tmp_path / "out.json").exists()
