@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from eplb_rt import envs
+from eplb_rt.planning import LINK_BANDWIDTH, TOKEN_SECONDS
 
 HEAT_SOURCES = ("topk", "group_list")
 COUNT_STEPS = ("all", "prefill", "decode")
@@ -27,7 +28,9 @@ class EplbConfig:
         policy_options: overrides of the policy's options dataclass (unknown keys are an error).
         interval: steps between two heat gathers (plans); 0 never rebalances (static placement).
         history: ``H``, steps of per-step heat kept in the ring buffer and handed to the policy.
-        episode: steps per episode for policies that use per-episode statistics; ``<= history``.
+        episode: steps compared against the earlier history for drift: every ``episode`` steps
+            a plan starts early when those steps are less balanced than the steps before
+            them by more than noise and the gate's threshold; ``<= history``.
         num_redundant: redundant slots ``P - E`` in all; ``E + num_redundant`` must be a multiple
             of the number of ranks. Exclusive with ``slots_per_rank``.
         slots_per_rank: ``S``, expert slots on each rank; ``None`` derives it from
@@ -35,11 +38,13 @@ class EplbConfig:
         layers_per_step: layers migrated (transferred, then committed) per step.
         deadline: steps after the gather by which the plan must be ready on every rank; a late
             plan is skipped (logged), never waited for. ``1 <= deadline < interval``.
-        threshold: a layer is re-deployed only when its PAR on the gathered heat is above this
-            (``>= 1``; 1.0 lets every layer through).
-        hysteresis: ... and only when the new placement lowers that PAR by at least this
-            fraction (``[0, 1)``), so small gains do not cost a migration; 0 takes the policy's
-            plan for every layer that passes the threshold.
+        link_bandwidth: bytes per second a rank receives migrated weights at (default: a
+            400 Gb/s RDMA NIC per device, 50e9).
+        token_seconds: seconds one token spends in one expert, until the runtime has measured
+            its own steps (default 2.5e-7: a DeepSeek-V3 expert, 88 MFLOP, at 350 TFLOP/s).
+            With these and the registered weights' bytes, a layer is re-deployed only when the
+            compute it saves before the next plan exceeds its migration time
+            (:mod:`eplb_rt.planning`).
         heat_source: ``"topk"`` (sender side, counted by ``route``; all-reduced) or
             ``"group_list"`` (receiver side, counted by ``record``; all-gathered).
         count_steps: which steps feed the heat: ``"all"``, ``"prefill"`` or ``"decode"``
@@ -50,8 +55,9 @@ class EplbConfig:
             ``placement_<epoch>.json``; ``None`` exports nothing.
         transfer_timeout_s: seconds a layer's weight transfer may take before its commit is
             cancelled on every rank.
-        num_nodes: nodes the ranks are spread over (ranks are node-major); migration prefers a
-            source on the receiver's node.
+        num_nodes: nodes the ranks are spread over (ranks are node-major); hierarchical policies
+            pack expert groups onto nodes and migration prefers a source on the receiver's node.
+        num_groups: expert groups for hierarchical placement (DeepSeek-V3: 8); 1 is flat.
         warm_up: compile the policy's numba kernels in the background thread at start.
         plan_in_subprocess: run the policy in a child process (spawned once, at start) instead of
             the balancer thread, so the policy's Python parts never hold the serving thread's
@@ -59,7 +65,7 @@ class EplbConfig:
             must be registered by importing ``eplb_rt.algorithms``.
     """
 
-    policy: str = "flashlb"
+    policy: str = "equilibrium"
     policy_options: dict = dataclasses.field(default_factory=dict)
     interval: int = 100
     history: int = 256
@@ -68,14 +74,15 @@ class EplbConfig:
     slots_per_rank: int | None = None
     layers_per_step: int = 1
     deadline: int = 20
-    threshold: float = 1.05
-    hysteresis: float = 0.02
+    link_bandwidth: float = LINK_BANDWIDTH
+    token_seconds: float = TOKEN_SECONDS
     heat_source: str = "topk"
     count_steps: str = "all"
     initial_placement: str | None = None
     export_dir: str | None = None
     transfer_timeout_s: float = 60.0
     num_nodes: int = 1
+    num_groups: int = 1
     warm_up: bool = True
     plan_in_subprocess: bool = False
 
@@ -115,8 +122,8 @@ class EplbConfig:
                 f"EplbConfig.deadline ({self.deadline}) must be below interval "
                 f"({self.interval}) so one plan is decided before the next gather"
             )
-        _check_float("threshold", self.threshold, 1.0, math.inf)
-        _check_float("hysteresis", self.hysteresis, 0.0, 1.0, open_high=True)
+        for name in ("link_bandwidth", "token_seconds"):
+            _check_float(name, getattr(self, name), 0.0, math.inf, open_low=True, open_high=True)
         if self.heat_source not in HEAT_SOURCES:
             raise ValueError(
                 f"EplbConfig.heat_source must be one of {HEAT_SOURCES}, got {self.heat_source!r}"
@@ -133,6 +140,7 @@ class EplbConfig:
             raise TypeError(f"EplbConfig.export_dir must be a path, got {self.export_dir!r}")
         _check_float("transfer_timeout_s", self.transfer_timeout_s, 0.0, math.inf, open_low=True)
         _check_int("num_nodes", self.num_nodes, 1)
+        _check_int("num_groups", self.num_groups, 1)
         for name in ("warm_up", "plan_in_subprocess"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"EplbConfig.{name} must be a bool, got {getattr(self, name)!r}")

@@ -186,8 +186,6 @@ def worker(rank: int, args: argparse.Namespace, port: int, out_path: str) -> Non
             "episode": max(1, args.interval // 2),
             "num_redundant": args.redundant,
             "deadline": args.interval - 1,
-            "threshold": 1.0,
-            "hysteresis": 0.0,
             "layers_per_step": 1,
             "heat_source": args.heat_source,
         }

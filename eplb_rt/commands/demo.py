@@ -2,10 +2,13 @@
 
 Spawns ``--ranks`` processes (gloo), each running the reference expert-parallel MoE model with an
 ``EplbRuntime`` on the shipped ESFT workload (four tasks one after another, so the hot experts
-drift). Reports per step the tokens per rank as PAR (peak-to-average ratio, 1.0 is perfect) with
-EPLB and for the static layout on the same routing, each rebalance (plan time, layers and bytes
-moved, steps it took), step times, and whether the outputs match the model without EPLB (which
-runs every ``--check-every`` steps on the same inputs).
+drift). Compared on the same tokens and routing, per step, as PAR (tokens of the busiest rank /
+mean tokens per rank, 1.0 is perfect): eplb_rt (the runtime with ``--redundant`` extra slots,
+starting from its balanced starting placement and re-planning every ``--interval`` steps, or
+earlier on drift) against the static layout (the model without EPLB: expert ``e`` on rank
+``e * ranks // 64``, no redundant slots). Also reports each rebalance (plan time, layers and bytes
+moved, steps it took), step times, and whether the outputs match the model without EPLB (run
+every ``--check-every`` steps on the same inputs).
 """
 
 from __future__ import annotations
@@ -20,14 +23,17 @@ import time
 
 import numpy as np
 
+from eplb_rt.models.workload import ESFT_LAYERS
+
 SUMMARY_KEYS = (
-    "par_before",
-    "par_after",
+    "par_mean",
+    "par_static",
     "rebalances",
     "moved_experts",
     "outputs_match",
     "step_time_ms",
 )
+CONFIG_KEYS = ("ranks", "steps", "layers", "tokens", "redundant", "interval", "policy", "seed")
 OUTPUT_TOLERANCE = 1e-4
 """Largest accepted |difference| between outputs with and without EPLB (float32 GEMMs round
 differently when an expert's batch changes; see ``MoEConfig.exact`` for the bitwise mode)."""
@@ -53,7 +59,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--policy",
         default=None,
-        help="placement policy (default: EplbConfig's, flashlb)",
+        help="placement policy (default: EplbConfig's, equilibrium)",
     )
     parser.add_argument(
         "--check-every",
@@ -75,21 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from eplb_rt.algorithms import policy_names, warm_up
     from eplb_rt.config import EplbConfig
 
-    if args.ranks < 1 or 64 % args.ranks:
-        raise ValueError(f"--ranks must divide the workload's 64 experts, got {args.ranks}")
-    if args.steps < 1 or args.tokens < 1 or args.check_every < 1:
-        raise ValueError("--steps, --tokens and --check-every must be >= 1")
-    if (64 + args.redundant) % args.ranks:
-        raise ValueError(
-            f"64 experts + --redundant {args.redundant} must split over {args.ranks} ranks"
-        )
-    if args.interval < 0 or args.interval == 1:
-        raise ValueError(f"--interval must be 0 (never rebalance) or >= 2, got {args.interval}")
-    if (64 + args.redundant) // args.ranks > 64:
-        raise ValueError(
-            f"{64 + args.redundant} slots on {args.ranks} rank(s) would put two "
-            "replicas of an expert on one rank; lower --redundant or add ranks"
-        )
+    _check(args)
     policy = args.policy or EplbConfig.policy
     if policy not in policy_names():
         raise ValueError(f"unknown policy {policy!r}; choose one of {policy_names()}")
@@ -114,6 +106,33 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         _plot(result, args.plot)
     return 0 if result["outputs_match"] else 1
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Every argument and output path, before any rank is spawned."""
+    if args.ranks < 1 or 64 % args.ranks:
+        raise ValueError(f"--ranks must divide the workload's 64 experts, got {args.ranks}")
+    if not 1 <= args.layers <= ESFT_LAYERS:
+        raise ValueError(f"--layers must be in [1, {ESFT_LAYERS}] (the trace's), got {args.layers}")
+    if args.steps < 1 or args.tokens < 1 or args.check_every < 1:
+        raise ValueError("--steps, --tokens and --check-every must be >= 1")
+    if args.redundant < 0 or (64 + args.redundant) % args.ranks:
+        raise ValueError(
+            f"64 experts + --redundant {args.redundant} (>= 0) must split over {args.ranks} ranks"
+        )
+    if args.interval < 0 or args.interval == 1:
+        raise ValueError(f"--interval must be 0 (never rebalance) or >= 2, got {args.interval}")
+    if (64 + args.redundant) // args.ranks > 64:
+        raise ValueError(
+            f"{64 + args.redundant} slots on {args.ranks} rank(s) would put two "
+            "replicas of an expert on one rank; lower --redundant or add ranks"
+        )
+    for flag, path in (("--plot", args.plot), ("--json", args.json)):
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if path and (os.path.isdir(path) or not os.access(folder, os.W_OK)):
+            raise ValueError(
+                f"{flag} {path!r}: not a file that can be written in an existing folder"
+            )
 
 
 def _free_port() -> int:
@@ -145,13 +164,9 @@ def _worker(rank: int, opts: dict, out_path: str) -> None:
         ecfg = EplbConfig(
             policy=opts["policy"],
             interval=interval,
-            history=max(2, interval),
             episode=max(1, interval // 5),
             num_redundant=opts["redundant"],
             deadline=max(1, interval // 5),
-            layers_per_step=1,
-            threshold=1.02,
-            hysteresis=0.01,
         )
         runtime = EplbRuntime(ecfg, cfg.num_layers, cfg.num_experts)
         model = ExpertParallelMoE(cfg, runtime=runtime)
@@ -216,27 +231,14 @@ def _summary(opts, loads, step_ms, stats, *, max_diff, checks) -> dict:
     par_eplb = [_par(loads[s, 0]) for s in range(steps)]
     par_static = [_par(loads[s, 1]) for s in range(steps)]
     rebalances = stats["rebalances"]
-    first = rebalances[0]["done_step"] if rebalances else steps
-    before = slice(0, max(1, min(first, steps)))
-    after = slice(min(first, steps - 1), steps)
+    first = next((r["done_step"] for r in rebalances if r["layers_committed"]), steps)
     return {
-        "config": {
-            k: opts[k]
-            for k in (
-                "ranks",
-                "steps",
-                "layers",
-                "tokens",
-                "redundant",
-                "interval",
-                "policy",
-                "seed",
-            )
-        },
-        "par_before": float(np.mean(par_eplb[before])),
-        "par_after": float(np.mean(par_eplb[after])),
-        "par_static_after": float(np.mean(par_static[after])),
+        "config": {k: opts[k] for k in CONFIG_KEYS},
+        "par_mean": float(np.mean(par_eplb)),
         "par_static": float(np.mean(par_static)),
+        "first_commit_step": first if first < steps else None,
+        "par_before": float(np.mean(par_eplb[:first])) if first else None,
+        "par_after": float(np.mean(par_eplb[first:])) if first < steps else None,
         "rebalances": rebalances,
         "skipped_plans": stats["skipped"],
         "errors": stats["errors"],
@@ -270,10 +272,20 @@ def _print_report(result: dict) -> None:
     for s in result["skipped_plans"]:
         print(f"  plan {s['epoch']} skipped at step {s['step']}: {s['reason']}")
     print(
-        f"PAR (tokens per rank, max/mean; 1.0 is perfect): before the first rebalance "
-        f"{result['par_before']:.3f}, after {result['par_after']:.3f} "
-        f"(static layout on the same steps: {result['par_static_after']:.3f})"
+        f"PAR per step (tokens of the busiest rank / mean per rank; 1.0 is perfect), mean over "
+        f"{cfg['steps']} steps: eplb_rt {result['par_mean']:.3f}, static layout "
+        f"{result['par_static']:.3f} (the same model without EPLB: expert e on rank "
+        f"e // {64 // cfg['ranks']}, no redundant slots)"
     )
+    if cfg["interval"] == 0:
+        print("no rebalancing (--interval 0): eplb_rt kept its starting placement throughout")
+    elif result["first_commit_step"] is None:
+        print("no plan was committed: eplb_rt kept its starting placement throughout")
+    else:
+        print(
+            f"eplb_rt before its first rebalance (steps 0-{result['first_commit_step'] - 1}, "
+            f"starting placement) {result['par_before']:.3f}, after {result['par_after']:.3f}"
+        )
     print(
         f"experts moved: {result['moved_experts']} ({result['bytes_moved'] / 2**20:.1f} MiB); "
         f"median step time {result['step_time_ms']:.2f} ms; wall {result['wall_s']:.1f} s"
@@ -297,20 +309,24 @@ def _plot(result: dict, path: str) -> None:
     per = result["per_step"]
     steps = np.arange(len(per["par"]))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
-    top.plot(steps, per["par_static"], color="tab:gray", lw=0.8, label="static layout")
-    top.plot(steps, per["par"], color="tab:blue", lw=0.9, label="eplb_rt")
+    for key, mean, color, label in (
+        ("par_static", "par_static", "tab:gray", "static layout, no EPLB"),
+        ("par", "par_mean", "tab:blue", "eplb_rt"),
+    ):
+        top.plot(steps, per[key], color=color, lw=0.8, label=f"{label} (mean {result[mean]:.3f})")
     for r in result["rebalances"]:
         if r["layers_committed"]:
             top.axvline(r["done_step"], color="tab:green", lw=0.6, ls="--")
     top.set_ylabel("PAR (max / mean rank tokens)")
-    top.legend(loc="upper right")
+    top.legend(loc="best", fontsize=8)
     top.set_title(
         f"eplb-rt demo: {result['config']['ranks']} ranks, policy "
         f"{result['config']['policy']} (dashed: rebalance committed)"
     )
     bottom.plot(steps, per["step_ms"], color="tab:orange", lw=0.8)
-    # The first step pays one-off warm-up costs; keep the axis on the steady state.
-    bottom.set_ylim(0, 3 * float(np.median(per["step_ms"])))
+    # The first steps pay one-off warm-up costs; fit the axis to the steady state.
+    low, high = np.percentile(per["step_ms"], [1, 99])
+    bottom.set_ylim(max(0.0, low - 0.1 * (high - low)), high + 0.1 * (high - low) + 1e-3)
     bottom.set_ylabel("step time (ms)")
     bottom.set_xlabel("step")
     fig.tight_layout()

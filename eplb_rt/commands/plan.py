@@ -1,11 +1,14 @@
 """``eplb-rt plan``: compute a placement from load files and write it as vllm-ascend JSON.
 
     eplb-rt plan --load FILE [FILE ...] --ranks D --slots-per-rank S [--policy NAME]
-                 [--nodes N] [--groups G] [--previous PLACEMENT.json]
+                 [--nodes N] [--groups G] [--previous PLACEMENT.json [--horizon ROWS]
+                 [--expert-bytes B] [--bandwidth GB/S] [--token-us US]]
                  [--option KEY=VALUE ...] --out PLACEMENT.json
 
 Several ``--load`` files are stacked as episodes along ``T`` (same ``[L, E]`` each). Layers whose
-total load is zero still get a valid placement and are reported.
+total load is zero still get a valid placement and are reported. With ``--previous`` the plan
+goes through the runtime's pipeline (:mod:`eplb_rt.planning`): aligned to the placement in force,
+and a layer changes only when the compute it saves exceeds its migration time.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ import time
 
 import numpy as np
 
-from eplb_rt import formats
+from eplb_rt import formats, planning
 from eplb_rt.algorithms import metrics, plan, policy_names
 from eplb_rt.commands import _args
 from eplb_rt.commands._args import add_command, add_load_argument
+
+GB = 1e9
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,6 +50,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--previous", metavar="PLACEMENT.json", help="placement in force now (for few moves)"
     )
     parser.add_argument(
+        "--horizon",
+        type=float,
+        metavar="ROWS",
+        help="with --previous: rows of load like the given ones served before the next plan "
+        "(default: as many as given)",
+    )
+    add_cost_arguments(parser)
+    parser.add_argument(
         "--option",
         action="append",
         default=[],
@@ -53,6 +66,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", required=True, metavar="PLACEMENT.json", help="output file")
     parser.set_defaults(func=run)
+
+
+def add_cost_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--expert-bytes``, ``--bandwidth`` and ``--token-us``: the gate's prices."""
+    for flag, default, metavar, text in (
+        ("--expert-bytes", planning.DEEPSEEK_V3_EXPERT_BYTES, "BYTES", "bytes of one expert"),
+        ("--bandwidth", planning.LINK_BANDWIDTH / GB, "GB/S", "GB/s a rank receives experts at"),
+        ("--token-us", planning.TOKEN_SECONDS * 1e6, "US", "us one token takes in one expert"),
+    ):
+        parser.add_argument(
+            flag,
+            type=float,
+            default=default,
+            metavar=metavar,
+            help=text + " (default %(default)s: DeepSeek-V3 on an H100/Ascend-class device)",
+        )
+
+
+def cost_from_args(args: argparse.Namespace) -> planning.CostModel:
+    """The cost model of the flags; a bad value raises naming its flag."""
+    for flag in ("--expert-bytes", "--bandwidth", "--token-us"):
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if not 0 < value < float("inf"):
+            raise ValueError(f"{flag} must be a finite number > 0, got {value}")
+    return planning.CostModel(args.expert_bytes, args.bandwidth * GB, args.token_us * 1e-6)
 
 
 def parse_options(items: list[str]) -> dict:
@@ -72,6 +110,7 @@ def parse_options(items: list[str]) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     _args.check_output(args.out, "--out")
+    cost = cost_from_args(args)
     load = _args.read_load(args.load)
     num_experts = load.shape[2]
     topology = _args.topology(args, num_experts)
@@ -79,9 +118,16 @@ def run(args: argparse.Namespace) -> int:
     if args.previous:
         previous = formats.read_placement(args.previous, None, args.ranks, num_experts)
     options = parse_options(args.option)
+    horizon = load.shape[0] if args.horizon is None else args.horizon
     start = time.perf_counter()
     try:
-        placement = plan(args.policy, load, topology, previous=previous, options=options)
+        if previous is None:
+            placement = plan(args.policy, load, topology, options=options)
+        else:
+            decision = planning.decide(
+                load, previous, topology, args.policy, options, cost=cost, horizon=horizon
+            )
+            placement = decision.placement
     except TypeError as err:  # an option of the wrong type reaches the options dataclass
         raise ValueError(f"bad --option for policy {args.policy!r}: {err}") from None
     seconds = time.perf_counter() - start
@@ -96,7 +142,17 @@ def run(args: argparse.Namespace) -> int:
     if zero:
         print(f"{len(zero)} layer(s) with zero load (placed, not in the PAR mean): {zero}")
     if previous is not None:
-        print(f"moves {summary['moves']} slots ({summary['moved_fraction']:.1%})")
+        layers = list(decision.layers)
+        before = decision.par_before
+        after = np.where(np.isin(np.arange(before.size), layers), decision.par_after, before)
+        print(
+            f"moves {decision.slots} slots ({summary['moved_fraction']:.1%}), "
+            f"{decision.slots * cost.expert_bytes / 2**30:.2f} GiB, "
+            f"{decision.migration_s[layers].sum() * 1e3:.1f} ms at {cost.bandwidth / GB:g} GB/s; "
+            f"PAR {np.nanmean(before):.4f} -> {np.nanmean(after):.4f} per row ({len(layers)} of "
+            f"{before.size} layers pay: save {decision.saved_s[layers].sum() * 1e3:.1f} ms over "
+            f"{horizon:g} rows at {cost.token_seconds * 1e6:g} us per token-slot)"
+        )
     if np.isnan(summary["par_mean"]):
         print("no layer has any load: every layer got a valid placement but no PAR")
     return 0

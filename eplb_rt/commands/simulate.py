@@ -3,7 +3,9 @@
 Each LOAD file is a ``[T, L, E]`` series (per step or per request) or an aggregate ``[L, E]``;
 several files are played one after another, labelled by file name. Every INTERVAL steps each
 policy re-plans from the last EPISODES x INTERVAL steps (its previous placement carried) and is
-scored on the next INTERVAL steps. The row "none (no EPLB)" keeps the initial placement.
+scored on the next INTERVAL steps, through the runtime's planning pipeline (the same gate, in
+seconds, priced by --expert-bytes, --bandwidth and --token-us). The row "none (no EPLB)" keeps
+the starting placement.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 from eplb_rt import algorithms, formats
 from eplb_rt.commands import _args
 from eplb_rt.commands._args import LOAD_HELP, add_command
-from eplb_rt.commands.plan import parse_options
+from eplb_rt.commands.plan import add_cost_arguments, cost_from_args, parse_options
 from eplb_rt.sim import simulate as sim
 
 
@@ -70,14 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="plans see the last N intervals of steps (default 1)",
     )
-    p.add_argument(
-        "--expert-bytes",
-        type=int,
-        default=sim.DEEPSEEK_V3_EXPERT_BYTES,
-        metavar="BYTES",
-        help="bytes moved per expert (default: a DeepSeek-V3 FP8 expert, "
-        f"{sim.DEEPSEEK_V3_EXPERT_BYTES:,})",
-    )
+    add_cost_arguments(p)
     p.add_argument(
         "--option",
         action="append",
@@ -120,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         policies=tuple(names),
         interval=interval,
         episodes=args.episodes,
-        expert_bytes=args.expert_bytes,
+        cost=cost_from_args(args),
         options=_parse_options(args.option),
     )
     result = _run_with_progress(workload, spec)

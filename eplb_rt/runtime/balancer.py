@@ -6,10 +6,11 @@ the balancer's own small gloo group, so the ranks' threads never cross:
 1. wait for the heat snapshot's copy event, then reduce the heat over the group: all-reduce of
    sender-side counts (``heat_source="topk"``) or all-gather of each rank's own slots
    (``"group_list"``);
-2. rank 0 turns heat into logical load ``[T, L, E]``, runs the policy (numba, GIL released),
-   keeps only layers above the re-deploy threshold that improve by the hysteresis, and
-   broadcasts the plan with its epoch (a plan that raises or comes too late is broadcast as
-   a failure, so every rank's thread finishes the job);
+2. rank 0 turns heat into logical load ``[T, L, E]`` and decides through the planning
+   pipeline (:func:`eplb_rt.planning.decide`: policy with numba, GIL released; alignment; the
+   gate in seconds); a drift probe first checks :func:`eplb_rt.planning.drifted` and plans only
+   when it holds. Rank 0 broadcasts the plan with its epoch (a plan that raises or comes too
+   late is broadcast as a failure, so every rank's thread finishes the job);
 3. every rank stores the :class:`PlanResult`.
 
 The serving thread never waits for a job: at the deadline step it asks :meth:`Balancer.result`
@@ -31,7 +32,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from eplb_rt.algorithms import metrics, registry
+from eplb_rt import planning
+from eplb_rt.algorithms import registry
 from eplb_rt.config import EplbConfig
 from eplb_rt.placement import Placement, Topology
 from eplb_rt.runtime.device import Event
@@ -59,6 +61,12 @@ class Job:
         heat: host ``[H, L, P]`` int32 copy of the ring (valid once ``event`` completes).
         rows: ring rows that count, oldest first; ``row_phy2log [T, L, P]`` their placements.
         previous: the committed placement at the gather (the policy's ``previous``).
+        cost: the cost model the gate prices the plan with.
+        trigger: ``"interval"``; ``"drift"``: a probe, planned only when the last ``episode``
+            steps drifted; ``"first"``: a probe of a placement no plan has fitted yet (the
+            starting one), planned without waiting for the interval.
+        step_seconds: the median host time of recent steps (0: not measured yet); the planning
+            rank refines ``cost.token_seconds`` from it as step time / busiest-rank tokens.
     """
 
     epoch: int
@@ -69,11 +77,14 @@ class Job:
     rows: np.ndarray
     row_phy2log: np.ndarray
     previous: Placement
+    cost: planning.CostModel
+    trigger: str = "interval"
+    step_seconds: float = 0.0
 
 
 @dataclasses.dataclass
 class PlanResult:
-    """A job's outcome, identical on every rank (apart from injected faults)."""
+    """A job's outcome, identical on every rank; ``decision`` only on the planning rank."""
 
     epoch: int
     status: int
@@ -82,15 +93,7 @@ class PlanResult:
     digest: int
     error: str = ""
     layers: tuple[int, ...] = ()
-
-
-@dataclasses.dataclass
-class BalancerFaults:
-    """Fault injection for tests: a policy that raises, a slow policy, a wrong epoch."""
-
-    policy_raises: bool = False
-    policy_delay_s: float = 0.0
-    epoch_offset: int = 0
+    decision: planning.Decision | None = None
 
 
 def placement_digest(placement: Placement | None) -> int:
@@ -131,9 +134,7 @@ class Balancer:
         self.rank = rank
         self.group = group
         self.current_step = current_step
-        self.faults = BalancerFaults()
         self._spec = registry.get_policy(config.policy)
-        self._options = self._spec.make_options(config.policy_options)
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._results: dict[int, PlanResult] = {}
         self._lock = threading.Lock()
@@ -158,9 +159,6 @@ class Balancer:
             for old in [e for e in self._results if e <= epoch]:
                 del self._results[old]
 
-    def idle(self) -> bool:
-        return self._jobs.unfinished_tasks == 0
-
     def shutdown(self, timeout: float = 30.0) -> None:
         self._jobs.put(None)
         self._thread.join(timeout)
@@ -180,7 +178,7 @@ class Balancer:
                 # pays imports and caches that the numba warm-up does not touch.
                 flat = np.ones((1, self._num_layers, self.num_experts))
                 start = Placement.initial(self._num_layers, self.num_experts, self.topology)
-                args = (self.config.policy, flat, self.topology, start, self._options)
+                args = (self.config.policy, flat, self.topology, start, self.config.policy_options)
                 if self._pool is not None:
                     self._pool.submit(registry.warm_up, [self.config.policy]).result()
                     self._pool.submit(registry.plan, *args).result()
@@ -208,22 +206,15 @@ class Balancer:
     def _run(self, job: Job) -> PlanResult:
         job.event.synchronize()
         heat = self._reduce(job.heat[torch.as_tensor(job.rows, dtype=torch.int64)])
-        status, placement, plan_time, error, layers = PLAN_FAILED, None, 0.0, "", ()
+        status, decision, plan_time, error = PLAN_FAILED, None, 0.0, ""
         if self.rank == 0:
-            status, placement, plan_time, error, layers = self._plan(job, heat)
-        status, placement, plan_time, layers = self._broadcast(
-            job, status, placement, plan_time, layers
-        )
+            status, decision, plan_time, error = self._plan(job, heat)
+        status, placement, plan_time, layers = self._broadcast(job, status, decision, plan_time)
         if status == PLAN_FAILED and self.rank != 0:
             error = "the planning rank reported a failed plan"
+        digest = placement_digest(placement)
         result = PlanResult(
-            job.epoch + self.faults.epoch_offset,
-            status,
-            placement,
-            plan_time,
-            placement_digest(placement),
-            error,
-            layers,
+            job.epoch, status, placement, plan_time, digest, error, layers, decision
         )
         log.info(
             "plan %d: %s in %.3f s (%d layers)%s",
@@ -249,23 +240,30 @@ class Balancer:
         return torch.cat(parts, dim=2).numpy()
 
     def _plan(self, job: Job, heat: np.ndarray):
-        """Rank 0: run the policy; ``(status, placement, seconds, error, layers)``."""
+        """Rank 0: decide; ``(status, decision, seconds, error)``."""
         started = time.perf_counter()
-        previous = job.previous
         try:
-            if self.faults.policy_delay_s:
-                time.sleep(self.faults.policy_delay_s)
-            if self.faults.policy_raises:
-                raise RuntimeError("injected policy failure")
             if heat.shape[0] == 0 or not heat.any():
-                return PLAN_UNCHANGED, None, 0.0, "no heat recorded", ()
+                return PLAN_UNCHANGED, None, 0.0, "no heat recorded"
             load = heat_to_load(heat, job.row_phy2log, self.num_experts)
-            args = (self.config.policy, load, self.topology, previous, self._options)
-            if self._pool is not None:
-                new = self._pool.submit(registry.plan, *args).result()
+            cost = job.cost
+            if job.step_seconds:
+                T, L, _ = heat.shape
+                busiest = heat.reshape(T, L, self.topology.num_ranks, -1).sum(-1).max(-1).sum(-1)
+                if busiest.mean() > 0:
+                    token_seconds = job.step_seconds / float(busiest.mean())
+                    cost = dataclasses.replace(cost, token_seconds=token_seconds)
+            if job.trigger == "drift" and not planning.drifted(
+                load, job.previous, self.config.episode, cost
+            ):
+                return PLAN_UNCHANGED, None, time.perf_counter() - started, "no drift"
+            args = (load, job.previous, self.topology, self.config.policy)
+            args += (self.config.policy_options,)
+            kwargs = {"cost": cost, "horizon": self.config.interval}
+            if self._pool is None:
+                decision = planning.decide(*args, **kwargs)
             else:
-                new = registry.plan(*args)
-            layers = self._layers_worth_moving(previous, new, load.sum(axis=0))
+                decision = self._pool.submit(planning.decide, *args, **kwargs).result()
         except Exception as err:
             log.warning(
                 "plan %d: policy %s raised %r; keeping the current placement",
@@ -273,37 +271,17 @@ class Balancer:
                 self.config.policy,
                 err,
             )
-            return PLAN_FAILED, None, time.perf_counter() - started, repr(err), ()
+            return PLAN_FAILED, None, time.perf_counter() - started, repr(err)
         seconds = time.perf_counter() - started
         if self.current_step() > job.deadline_step:
-            return PLAN_LATE, None, seconds, "plan finished after its deadline", ()
-        if not layers:
-            return PLAN_UNCHANGED, None, seconds, "", ()
-        return PLAN_OK, previous.replace_layers(layers, new), seconds, "", tuple(layers)
+            return PLAN_LATE, None, seconds, "plan finished after its deadline"
+        return (PLAN_OK if decision.layers else PLAN_UNCHANGED), decision, seconds, ""
 
-    def _layers_worth_moving(
-        self, previous: Placement, new: Placement, load: np.ndarray
-    ) -> list[int]:
-        """Changed layers whose PAR is above the threshold and that the new placement improves
-        by the hysteresis (``threshold=1`` and ``hysteresis=0`` take every changed layer)."""
-        threshold, hysteresis = self.config.threshold, self.config.hysteresis
-        changed = new.changed_layers(previous).tolist()
-        if threshold <= 1.0 and hysteresis <= 0.0:
-            return changed
-        before = metrics.par(previous, load)
-        after = metrics.par(new, load)
-        keep = []
-        for layer in changed:
-            if np.isnan(before[layer]) or before[layer] <= threshold:
-                continue
-            if hysteresis > 0.0 and after[layer] > before[layer] * (1.0 - hysteresis):
-                continue
-            keep.append(layer)
-        return keep
-
-    def _broadcast(self, job: Job, status, placement, plan_time, layers):
+    def _broadcast(self, job: Job, status, decision, plan_time):
         """Send rank 0's plan to every rank (fixed-size tensors: header, phy2log, shares)."""
+        ok = status == PLAN_OK
         if self.group is None:
+            placement, layers = (decision.placement, decision.layers) if ok else (None, ())
             return status, placement, plan_time, layers
         L, P = job.previous.num_layers, job.previous.num_slots
         header = torch.zeros(4, dtype=torch.float64)
@@ -311,12 +289,13 @@ class Balancer:
         share = torch.zeros((L, P), dtype=torch.float64)
         mask = torch.zeros(L, dtype=torch.int32)
         if self.rank == 0:
+            placement = decision.placement if ok else None
             uniform = placement is None or placement.is_uniform
             header[:] = torch.tensor([job.epoch, status, plan_time, float(uniform)])
             if placement is not None:
                 p2l[:] = torch.tensor(placement.phy2log)
                 share[:] = torch.tensor(placement.slot_share)
-                mask[list(layers)] = 1
+                mask[list(decision.layers)] = 1
         for tensor in (header, p2l, share, mask):
             dist.broadcast(tensor, group_src=0, group=self.group)
         status = int(header[1])

@@ -6,7 +6,10 @@ recorded in the same op) or :meth:`EplbRuntime.record` (receiver-side counts), r
 the life of the runtime, so captured graphs stay valid), and calls :meth:`step` once per forward
 step. Everything else happens at step boundaries inside :meth:`step`:
 
-* every ``interval`` steps the heat ring is snapshotted and handed to the balancer thread;
+* every ``interval`` steps the heat ring is snapshotted and handed to the balancer thread, and
+  every ``episode`` steps in between as a drift probe (planned only when the last episode is
+  less balanced than the history before it, see :func:`eplb_rt.planning.drifted`; until a plan
+  has fitted the placement, once three episodes of heat are in, without that check);
 * ``deadline`` steps later the ranks agree (one small all-reduce on a control group) that they
   all hold the same plan (epoch and checksum); otherwise the plan is skipped and logged;
 * an agreed plan is migrated ``layers_per_step`` layers per step: transfers start at one
@@ -32,12 +35,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from eplb_rt import envs, formats, ops
+from eplb_rt import envs, formats, ops, planning
 from eplb_rt.config import EplbConfig
 from eplb_rt.placement import Placement, Topology
 from eplb_rt.runtime.balancer import (
@@ -50,7 +54,7 @@ from eplb_rt.runtime.balancer import (
 )
 from eplb_rt.runtime.device import Device, HostStaging
 from eplb_rt.runtime.executor import MigrationExecutor, Transfer
-from eplb_rt.runtime.migration import LayerMigration, align_to_previous, plan_migration
+from eplb_rt.runtime.migration import LayerMigration, plan_migration
 from eplb_rt.runtime.recorder import HeatRecorder
 
 log = logging.getLogger("eplb_rt.runtime")
@@ -69,6 +73,9 @@ class Rebalance:
     moved_experts: int = 0
     bytes_moved: int = 0
     done_step: int | None = None
+    trigger: str = "interval"
+    saved_s: float = 0.0
+    migration_s: float = 0.0
 
     @property
     def steps(self) -> int | None:
@@ -119,7 +126,7 @@ class EplbRuntime:
         self.ranks = ranks
         self.num_ranks = len(ranks)
         S = config.num_slots_per_rank(num_experts, self.num_ranks)
-        self.topology = Topology(self.num_ranks, S, config.num_nodes)
+        self.topology = Topology(self.num_ranks, S, config.num_nodes, config.num_groups)
         self.topology.check_experts(num_experts)
         self.max_replicas = min(self.num_ranks, self.topology.num_slots - num_experts + 1)
         self._placement = self._initial_placement()
@@ -181,6 +188,8 @@ class EplbRuntime:
         self.skipped: list[dict] = []
         self.errors: list[str] = []
         self._closed = False
+        self._step_clock: list[float] = []  # host time of recent step() calls
+        self._fitted = config.initial_placement is not None  # a plan has fitted the placement
         if config.export_dir is not None:
             os.makedirs(config.export_dir, exist_ok=True)
             self._export(self._placement, 0)
@@ -188,7 +197,7 @@ class EplbRuntime:
     def _initial_placement(self) -> Placement:
         path = self.config.initial_placement
         if path is None:
-            return Placement.initial(self.num_layers, self.num_experts, self.topology)
+            return planning.starting_placement(self.num_layers, self.num_experts, self.topology)
         placement = formats.read_placement(path, num_experts=self.num_experts)
         want = (self.num_layers, self.num_experts, self.num_ranks, self.topology.num_slots_per_rank)
         got = (
@@ -318,29 +327,33 @@ class EplbRuntime:
             self._start_next()
         elif self._current is not None and not self._in_flight:
             self._finish_rebalance(step)
-        if (
-            self._rebalance_enabled
-            and step % self.config.interval == 0
-            and self._pending is None
-            and self._current is None
-        ):
-            self._gather(step)
+        self._step_clock = [*self._step_clock[-32:], time.perf_counter()]
+        interval, episode = self.config.interval, self.config.episode
+        if self._rebalance_enabled and self._pending is None and self._current is None:
+            if step % interval == 0:
+                self._gather(step)
+            # A probe's deadline falls before the next interval, so it never delays that plan.
+            elif step % episode == 0 and step % interval + self.config.deadline < interval:
+                if self._fitted:
+                    self._gather(step, "drift")
+                elif step >= 3 * episode:
+                    self._gather(step, "first")
 
-    def _gather(self, step: int) -> None:
+    def _gather(self, step: int, trigger: str = "interval") -> None:
         self._epoch += 1
         host, event, row_p2l, rows = self.recorder.snapshot()
-        job = Job(
-            self._epoch,
-            step,
-            step + self.config.deadline,
-            host,
-            event,
-            rows,
-            row_p2l,
-            self._placement,
-        )
-        self._pending = job
-        self.balancer.submit(job)
+        # One slot of the registered weights (1 byte without any: only the tables move).
+        slot_bytes = max(self.executor.slot_bytes(layer) for layer in range(self.num_layers)) or 1
+        config = self.config
+        cost = planning.CostModel(slot_bytes, config.link_bandwidth, config.token_seconds)
+        args = (host, event, rows, row_p2l, self._placement, cost, trigger, self._step_seconds())
+        self._pending = Job(self._epoch, step, step + self.config.deadline, *args)
+        self.balancer.submit(self._pending)
+
+    def _step_seconds(self) -> float:
+        """Median host time between recent ``step()`` calls (0 before two steps)."""
+        gaps = np.diff(self._step_clock)
+        return float(np.median(gaps)) if gaps.size else 0.0
 
     def _agree(self, values: list[int]) -> tuple[list[int], list[int]]:
         """Element-wise (min, max) of ``values`` over the ranks (one small all-reduce)."""
@@ -358,41 +371,27 @@ class EplbRuntime:
         self.balancer.discard_through(job.epoch)
         mine = [result.epoch, result.status, result.digest] if result else [-1, -1, -1]
         low, high = self._agree(mine)
+        reason = None
         if low[0] == -1:
-            self._skip(
-                job,
-                step,
-                f"plan not ready by its deadline step {job.deadline_step} on at least one rank",
-                error=True,
-            )
-            return
-        if low != high:
-            self._skip(
-                job,
-                step,
+            reason = f"plan not ready by its deadline step {job.deadline_step} on at least one rank"
+        elif low != high:
+            reason = (
                 f"ranks disagree on the plan (epoch {low[0]}..{high[0]}, "
-                f"status {low[1]}..{high[1]}, checksum differs: {low[2] != high[2]})",
-                error=True,
+                f"status {low[1]}..{high[1]}, checksum differs: {low[2] != high[2]})"
             )
+        elif low[0] != job.epoch:
+            reason = f"plan epoch {low[0]} does not match the gather's epoch {job.epoch}"
+        elif result.status != PLAN_OK:
+            # A probe that found nothing worth moving is routine: not even logged as skipped.
+            if job.trigger == "interval" or result.status != PLAN_UNCHANGED:
+                detail = f": {result.error}" if result.error else ""
+                failed = result.status != PLAN_UNCHANGED
+                self._skip(job, step, f"plan {STATUS_NAMES[result.status]}{detail}", failed)
             return
-        if low[0] != job.epoch:
-            self._skip(
-                job,
-                step,
-                f"plan epoch {low[0]} does not match the gather's epoch {job.epoch}",
-                error=True,
-            )
+        if reason is not None:
+            self._skip(job, step, reason, error=True)
             return
-        if result.status != PLAN_OK:
-            self._skip(
-                job,
-                step,
-                f"plan {STATUS_NAMES[result.status]}"
-                + (f": {result.error}" if result.error else ""),
-                error=result.status != PLAN_UNCHANGED,
-            )
-            return
-        target = align_to_previous(self._placement, result.placement)
+        target = result.placement  # already aligned to the placement in force by the pipeline
         self._queue = plan_migration(self._placement, target, self.config.num_nodes)
         # Layers whose shares changed but whose slots did not still need their tables rewritten.
         moved = {m.layer for m in self._queue}
@@ -406,6 +405,11 @@ class EplbRuntime:
         self._queue.sort(key=lambda m: m.layer)
         self._target = target
         self._current = Rebalance(job.epoch, job.gather_step, result.plan_time_s, len(self._queue))
+        self._current.trigger = job.trigger
+        if result.decision is not None:  # the planning rank knows what the plan is worth
+            committed = list(result.decision.layers)
+            self._current.saved_s = float(result.decision.saved_s[committed].sum())
+            self._current.migration_s = float(result.decision.migration_s[committed].sum())
         log.info(
             "plan %d agreed at step %d: %d layers to migrate", job.epoch, step, len(self._queue)
         )
@@ -470,6 +474,7 @@ class EplbRuntime:
         rebalance, self._current, self._target = self._current, None, None
         rebalance.done_step = step
         self.rebalances.append(rebalance)
+        self._fitted = self._fitted or bool(rebalance.layers_committed)
         if self.config.export_dir is not None and rebalance.layers_committed:
             self._export(self._placement, rebalance.epoch)
         log.info(
@@ -507,6 +512,7 @@ class EplbRuntime:
             "bytes_moved": sum(r.bytes_moved for r in committed),
             "plan_time_s": [r.plan_time_s for r in self.rebalances],
             "balancer_busy_s": self.balancer.busy_s,
+            "step_s": self._step_seconds(),
             "transfers": dict(self.executor.counters),
         }
 

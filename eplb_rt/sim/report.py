@@ -27,13 +27,15 @@ def to_document(result: SimulationResult) -> dict:
             "interval": spec.interval,
             "episodes": spec.episodes,
             "window": spec.window,
-            "expert_bytes": spec.expert_bytes,
+            "expert_bytes": spec.cost.expert_bytes,
+            "bandwidth": spec.cost.bandwidth,
+            "token_seconds": spec.cost.token_seconds,
             "options": spec.options,
         },
         "policies": {
             name: {
-                "summary": summarize(cycles, spec.expert_bytes),
-                "cycles": [cycle_record(c, spec.expert_bytes) for c in cycles],
+                "summary": summarize(cycles, spec.cost.expert_bytes),
+                "cycles": [cycle_record(c, spec.cost.expert_bytes) for c in cycles],
             }
             for name, cycles in result.cycles.items()
         },
@@ -52,11 +54,15 @@ def markdown(doc: dict) -> str:
         f"{setup['interval']} (out of sample), {first['cycles']} cycles. PAR = max / mean rank "
         f"load per layer (1.0 is perfect); lower bound on PAR, mean: "
         f"{_num(first.get('bound_par_mean'), 3)}. Move cost {setup['expert_bytes']:,} bytes per "
-        "expert. PAR in sample: the plan on the steps it was planned from.",
+        f"expert at {setup['bandwidth'] / 1e9:g} GB/s; a token-slot takes "
+        f"{setup['token_seconds'] * 1e6:g} us. PAR in sample: the plan on the steps it was planned "
+        "from. Throughput: MoE time without EPLB / (MoE time + migration not hidden), step time "
+        "taken as proportional to the largest rank load.",
         "",
         "| policy | PAR mean | PAR p50 | PAR p99 | worst layer: PAR | gap to bound | "
-        "moves / cycle | GiB / cycle | plan ms mean / max | PAR in sample |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "moves / cycle | GiB / cycle | migration ms / cycle | plan ms mean / max | "
+        "PAR in sample | throughput vs no EPLB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, entry in doc["policies"].items():
         s = entry["summary"]
@@ -66,8 +72,9 @@ def markdown(doc: dict) -> str:
         lines.append(
             f"| {label} | {_num(s.get('par_mean'), 3)} | {_num(s.get('par_p50'), 3)} | "
             f"{_num(s.get('par_p99'), 3)} | {worst} | {gap} | {s['moves_per_cycle']:.1f} | "
-            f"{s['bytes_per_cycle'] / GIB:.2f} | {s['plan_ms_mean']:.1f} / "
-            f"{s['plan_ms_max']:.1f} | {_num(s.get('par_in_sample_mean'), 3)} |"
+            f"{s['bytes_per_cycle'] / GIB:.2f} | {s['migration_s_per_cycle'] * 1e3:.1f} | "
+            f"{s['plan_ms_mean']:.1f} / {s['plan_ms_max']:.1f} | "
+            f"{_num(s.get('par_in_sample_mean'), 3)} | {_num(s['throughput_vs_none'], 3)} |"
         )
     return "\n".join(lines)
 

@@ -2,15 +2,18 @@
 
 The replay: a workload is a ``[T, L, E]`` load series (steps in order, each step labelled with the
 workload it came from). Every ``interval`` steps each policy re-plans from the last
-``episodes * interval`` steps, starting from its own previous placement, and the new placement is
-scored on the *next* ``interval`` steps, which the policy has not seen. Every policy starts from
-:meth:`Placement.initial`; the pseudo-policy :data:`NO_REBALANCE` keeps that placement throughout,
-the reference without EPLB.
+``episodes * interval`` steps, starting from its own previous placement, through the planning
+pipeline the runtime uses (:func:`eplb_rt.planning.decide`: the same gate, in seconds), and the
+new placement is scored on the *next* ``interval`` steps, which the policy has not seen. Every
+policy starts from :func:`eplb_rt.planning.starting_placement`; the pseudo-policy
+:data:`NO_REBALANCE` keeps that placement throughout, the reference without EPLB.
 
 Each scored window gives, per layer, PAR (max rank load / mean rank load of the window's summed
 load, exactly what ``eplb-rt score`` reports for the same placement and window), a lower bound on
 PAR that no placement can beat on that window, the slots that changed against the previous
-placement (moves) and the policy's wall time.
+placement (moves), the policy's wall time, the migration seconds the gate priced, and the MoE
+seconds of the window under the cost model (step time proportional to the largest rank load):
+against the no-EPLB placement they give the throughput relative to serving without EPLB.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from eplb_rt import algorithms
+from eplb_rt import algorithms, planning
 from eplb_rt.algorithms import metrics
 from eplb_rt.algorithms.load import check_load
 from eplb_rt.placement import Placement, Topology
@@ -29,10 +32,6 @@ from eplb_rt.sim.bound import par_lower_bound
 
 NO_REBALANCE = "none"
 """Pseudo-policy name: the initial placement, never re-planned (serving without EPLB)."""
-
-DEEPSEEK_V3_EXPERT_BYTES = 3 * 7168 * 2048
-"""Bytes of one DeepSeek-V3 routed expert in FP8 (gate, up and down projections, 7168 x 2048
-each), the default cost of one move; block scales (about 0.02 %) are left out."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +92,7 @@ class SimulationSpec:
         interval: steps between re-plans, and the length of each scored window.
         episodes: the policy sees the last ``episodes * interval`` steps (per step, so policies
             with per-episode statistics can cut them into episodes).
-        expert_bytes: bytes of one expert's weights, the cost of one move.
+        cost: expert bytes, link bandwidth and time per token-slot (the gate's prices).
         options: per policy name, option overrides passed to the policy.
     """
 
@@ -101,7 +100,7 @@ class SimulationSpec:
     policies: tuple[str, ...]
     interval: int = 1
     episodes: int = 1
-    expert_bytes: int = DEEPSEEK_V3_EXPERT_BYTES
+    cost: planning.CostModel = dataclasses.field(default_factory=planning.CostModel)
     options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -115,8 +114,6 @@ class SimulationSpec:
         for field in ("interval", "episodes"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
-        if self.expert_bytes < 0:
-            raise ValueError(f"expert_bytes must be >= 0, got {self.expert_bytes}")
         unknown = sorted(set(self.options) - set(self.policies))
         if unknown:
             raise ValueError(f"options given for policies not compared: {unknown}")
@@ -156,6 +153,9 @@ class Cycle:
         moves: slots whose expert changed against the previous placement, all layers.
         plan_seconds: wall time of the policy call.
         placement: the placement scored.
+        migration_s: exposed seconds of the committed layers' transfers.
+        moe_s: MoE seconds of the window, ``sum over steps and layers of max rank load x
+            token_seconds``; ``none_s`` the same for the no-EPLB placement.
     """
 
     start: int
@@ -167,6 +167,9 @@ class Cycle:
     moves: int
     plan_seconds: float
     placement: Placement
+    migration_s: float = 0.0
+    moe_s: float = 0.0
+    none_s: float = 0.0
 
 
 @dataclasses.dataclass
@@ -185,7 +188,7 @@ def simulate(
 
     ``on_cycle(policy, cycle)`` is called after each plan (a progress bar, a writer).
     """
-    topo = spec.topology
+    topo, cost = spec.topology, spec.cost
     _, L, E = workload.load.shape
     topo.check_experts(E)
     starts = spec.cycle_starts(workload.num_steps)
@@ -193,38 +196,44 @@ def simulate(
     windows = [(s, min(s + spec.interval, workload.num_steps)) for s in starts]
     scored = [workload.load[a:b].sum(axis=0) for a, b in windows]
     bounds = [par_lower_bound(agg, topo) for agg in scored]
+    start = planning.starting_placement(L, E, topo)
     result = SimulationResult(spec, workload, {})
     for name in spec.policies:
-        placement = Placement.initial(L, E, topo)
+        placement = start
         cycles = result.cycles[name] = []
-        for (start, stop), agg, bound in zip(windows, scored, bounds, strict=True):
-            history = workload.load[max(0, start - spec.window) : start]
-            previous = placement
+        for (begin, stop), agg, bound in zip(windows, scored, bounds, strict=True):
+            history = workload.load[max(0, begin - spec.window) : begin]
+            previous, migration_s = placement, 0.0
             began = time.perf_counter()
             if name != NO_REBALANCE:
                 try:
-                    placement = algorithms.plan(
-                        name, history, topo, previous, spec.options.get(name)
-                    )
+                    args = (history, previous, topo, name, spec.options.get(name))
+                    decision = planning.decide(*args, cost=cost, horizon=spec.interval)
                 except Exception as err:
                     # A ValueError is the policy refusing this input (the user can act on it);
                     # anything else is a fault in the policy.
                     kind = ValueError if isinstance(err, ValueError) else RuntimeError
                     raise kind(
-                        f"policy {name!r} failed planning from steps [{start - len(history)}, "
-                        f"{start}): {err}"
+                        f"policy {name!r} failed planning from steps [{begin - len(history)}, "
+                        f"{begin}): {err}"
                     ) from err
+                placement = decision.placement
+                migration_s = float(decision.migration_s[list(decision.layers)].sum())
             elapsed = time.perf_counter() - began
+            window = workload.load[begin:stop]
             cycle = Cycle(
-                start=start,
+                start=begin,
                 stop=stop,
-                label=workload.window_label(start, stop),
+                label=workload.window_label(begin, stop),
                 par=metrics.par(placement, agg),
                 par_bound=bound,
                 par_in_sample=metrics.par(placement, history.sum(axis=0)),
                 moves=int(placement.moves(previous).sum()),
                 plan_seconds=elapsed,
                 placement=placement,
+                migration_s=migration_s,
+                moe_s=float(metrics.max_rank_load(placement, window).sum()) * cost.token_seconds,
+                none_s=float(metrics.max_rank_load(start, window).sum()) * cost.token_seconds,
             )
             cycles.append(cycle)
             if on_cycle is not None:
@@ -268,6 +277,8 @@ def summarize(cycles: Sequence[Cycle], expert_bytes: int) -> dict:
         bytes_total=int(moves.sum()) * expert_bytes,
         plan_ms_mean=float(plan_ms.mean()),
         plan_ms_max=float(plan_ms.max()),
+        migration_s_per_cycle=float(np.mean([c.migration_s for c in cycles])),
+        throughput_vs_none=_throughput(cycles),
     )
     return out
 
@@ -287,7 +298,15 @@ def cycle_record(cycle: Cycle, expert_bytes: int) -> dict:
         "moves": cycle.moves,
         "bytes": cycle.moves * expert_bytes,
         "plan_ms": cycle.plan_seconds * 1e3,
+        "migration_s": cycle.migration_s,
+        "throughput_vs_none": _throughput([cycle]),
     }
+
+
+def _throughput(cycles: Sequence[Cycle]) -> float | None:
+    """MoE throughput relative to no EPLB: no-EPLB seconds / (seconds + exposed migration)."""
+    spent = sum(c.moe_s + c.migration_s for c in cycles)
+    return sum(c.none_s for c in cycles) / spent if spent > 0 else None
 
 
 def _nanmean(values: np.ndarray) -> float | None:

@@ -13,31 +13,53 @@ from eplb_rt.commands.demo import SUMMARY_KEYS
 @pytest.mark.multiprocess
 def test_demo_writes_summary_and_plot(tmp_path, capsys):
     summary, plot = tmp_path / "demo.json", tmp_path / "demo.png"
-    argv = [
-        "demo",
-        "--ranks",
-        "2",
-        "--steps",
-        "40",
-        "--layers",
-        "2",
-        "--tokens",
-        "32",
-        "--interval",
-        "10",
-        "--no-progress",
-        "--json",
-        str(summary),
-        "--plot",
-        str(plot),
-    ]
+    # The demo's own shapes (4 ranks, 6 layers), shorter: 40 steps of 32 tokens per rank.
+    argv = ["demo", "--steps", "40", "--tokens", "32", "--interval", "10", "--no-progress"]
+    argv += ["--json", str(summary), "--plot", str(plot)]
     assert main(argv) == 0
     result = json.loads(summary.read_text())
     assert set(SUMMARY_KEYS) <= set(result)
     assert result["outputs_match"] and result["rebalances"] and result["moved_experts"] > 0
     assert len(result["per_step"]["par"]) == 40
+    # Do no harm: on the same tokens, eplb_rt's mean per-step PAR is below the static layout's.
+    assert result["par_mean"] < result["par_static"]
+    assert result["par_mean"] == pytest.approx(sum(result["per_step"]["par"]) / 40)
     assert plot.stat().st_size > 0
-    assert "outputs match the model without EPLB" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "outputs match the model without EPLB" in out
+    assert f"eplb_rt {result['par_mean']:.3f}, static layout {result['par_static']:.3f}" in out
+
+
+@pytest.mark.multiprocess
+def test_demo_without_rebalancing_says_so_and_its_start_does_no_harm(tmp_path, capsys):
+    summary = tmp_path / "demo.json"
+    argv = ["demo", "--steps", "8", "--tokens", "32"]
+    assert main([*argv, "--interval", "0", "--no-progress", "--json", str(summary)]) == 0
+    result = json.loads(summary.read_text())
+    out = capsys.readouterr().out
+    assert "no rebalancing (--interval 0)" in out and "before its first" not in out
+    assert result["rebalances"] == [] and result["par_before"] == result["par_mean"]
+    # The starting placement alone (16 redundant slots spread evenly) does no harm here.
+    assert result["par_mean"] < result["par_static"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--layers", "27"], "--layers must be in [1, 26]"),
+        (["--layers", "0"], "--layers must be in [1, 26]"),
+        (["--redundant", "-4"], "--redundant -4 (>= 0) must split"),
+        (["--plot", "/nonexistent-dir/demo.png"], "--plot '/nonexistent-dir/demo.png': not a file"),
+        (["--json", "."], "--json '.': not a file that can be written"),
+    ],
+)
+def test_demo_checks_arguments_before_spawning_ranks(args, message, capsys, monkeypatch):
+    import torch.multiprocessing as mp
+
+    monkeypatch.setattr(mp, "spawn", lambda *a, **k: pytest.fail("ranks spawned"))
+    assert main(["demo", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
 
 
 def test_demo_rejects_bad_arguments(capsys):

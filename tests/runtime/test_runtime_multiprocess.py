@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from _dist import spawn
+from _faults import fail_transfers, open_gate, skew_epoch, slow_planning
 
 from eplb_rt.algorithms import warm_up
 from eplb_rt.config import EplbConfig
@@ -84,8 +85,6 @@ def _config(**overrides) -> EplbConfig:
         num_redundant=3,
         deadline=2,
         layers_per_step=2,
-        threshold=1.0,
-        hysteresis=0.0,
         warm_up=False,
         transfer_timeout_s=20.0,
     )
@@ -96,6 +95,8 @@ def _config(**overrides) -> EplbConfig:
 # ---------------------------------------------------------------------- migration + equality
 def _rebalancing(rank: int, world: int, heat_source: str, policy: str, subprocess: bool) -> None:
     warm_up([policy])  # compile numba kernels now, not against the 2-step deadline
+    if policy == "rt_test_shift":
+        open_gate()  # rt_test_shift does not balance: commit its every change
     # A plan made in a child process also pays the pickling round trip: give it 5 steps.
     config = _config(
         heat_source=heat_source,
@@ -163,6 +164,7 @@ def test_receiver_side_heat_with_the_default_policy_planned_in_a_child_process()
 
 # ---------------------------------------------------------------------- faults
 def _faults(rank: int, world: int) -> None:
+    open_gate()
     # 1. The policy raises: no migration, the error is reported, serving goes on.
     runtime, model, baseline = _build(_config(policy="rt_test_raise"))
     initial = runtime.placement
@@ -174,12 +176,11 @@ def _faults(rank: int, world: int) -> None:
 
     # 2. The plan misses its deadline (rank 0's policy is slow): skipped, then a later one lands.
     runtime, model, baseline = _build(_config(interval=8, deadline=2))
-    if rank == 0:
-        runtime.balancer.faults.policy_delay_s = 1.5
+    undo = slow_planning(runtime, 1.5) if rank == 0 else None
 
     def release(step):
-        if rank == 0:
-            runtime.balancer.faults.policy_delay_s = 0.0
+        if undo is not None:
+            undo()
         time.sleep(0.03)  # let the balancer thread work off the queued plans
 
     _drive(runtime, model, baseline, 12, rank)
@@ -193,7 +194,7 @@ def _faults(rank: int, world: int) -> None:
     # 3. One rank's transfer of layer 1 fails: layer 1 keeps its placement on every rank.
     runtime, model, baseline = _build(_config(interval=6, layers_per_step=1))
     if rank == 1:
-        runtime.executor.fail_layers = {1}
+        fail_transfers(runtime, {1})
     _drive(runtime, model, baseline, 14, rank)
     stats = runtime.stats()
     runtime.shutdown()
@@ -206,7 +207,7 @@ def _faults(rank: int, world: int) -> None:
     # 4. The ranks disagree on the plan epoch: the plan is skipped everywhere.
     runtime, model, baseline = _build(_config())
     if rank == world - 1:
-        runtime.balancer.faults.epoch_offset = 1
+        skew_epoch(runtime, 1)
     _drive(runtime, model, baseline, 20, rank)
     stats = runtime.stats()
     runtime.shutdown()

@@ -113,12 +113,19 @@ def test_heat_to_load_uses_each_rows_placement():
     assert heat_to_load(heat, row_p2l, 3).tolist() == [[[5, 2, 3]], [[8, 7, 11]]]
 
 
-def test_tables_match_the_placement_and_keep_their_storage(runtime):
-    p = runtime.placement
-    assert runtime.log2phy(1).shape == (5, 1) and runtime.logcnt(0).tolist() == [1] * 5
-    assert runtime.expert_map(0).tolist() == p.expert_map(0)[0].tolist()
+def test_tables_hold_the_starting_placement(runtime):
+    # One rank, 5 slots, 5 experts: the contiguous layout, expert e in slot e, one replica each.
+    assert runtime.placement.phy2log.tolist() == [[0, 1, 2, 3, 4]] * 2
+    assert runtime.log2phy(1).tolist() == [[0], [1], [2], [3], [4]]
+    assert runtime.logcnt(0).tolist() == [1] * 5
+    assert runtime.expert_map(0).tolist() == [0, 1, 2, 3, 4]
     assert runtime.replica_share(0).tolist() == [[1.0]] * 5
-    assert runtime.log2phy(1).data_ptr() == runtime._log2phy[1].data_ptr()
+
+
+def test_groups_and_nodes_reach_the_policy():
+    config = EplbConfig(policy="default", interval=0, num_groups=4, warm_up=False)
+    with EplbRuntime(config, 1, 8) as rt:
+        assert rt.topology == Topology(1, 8, 1, 4) == rt.balancer.topology
 
 
 def _bad_calls(rt: EplbRuntime):

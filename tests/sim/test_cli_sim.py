@@ -37,7 +37,7 @@ def _table(out: str) -> dict[str, list[str]]:
     rows = {}
     for line in out.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("| ") and not line.startswith("| policy") and len(cells) == 10:
+        if line.startswith("| ") and not line.startswith("| policy") and len(cells) == 12:
             rows[cells[0].split()[0]] = cells
     return rows
 
@@ -72,11 +72,16 @@ def test_simulate_prints_table_and_writes_json_and_png(tmp_path, capsys, series)
         assert s["cycles"] == 4  # scored windows start at steps 3, 6, 9, 12
         assert float(cells[1]) == pytest.approx(s["par_mean"], abs=5e-4)
         assert float(cells[6]) == pytest.approx(s["moves_per_cycle"], abs=0.051)
-        assert float(cells[9]) == pytest.approx(s["par_in_sample_mean"], abs=5e-4)
+        assert float(cells[10]) == pytest.approx(s["par_in_sample_mean"], abs=5e-4)
+        assert float(cells[11]) == pytest.approx(s["throughput_vs_none"], abs=5e-4)
+        assert float(cells[8]) == pytest.approx(1e3 * s["migration_s_per_cycle"], abs=0.051)
         assert s["bytes_total"] == 1000 * s["moves_total"]
         assert 1.0 <= s["bound_par_mean"] <= s["par_mean"]
         assert [c["start"] for c in doc["policies"][name]["cycles"]] == [3, 6, 9, 12]
     assert doc["policies"]["none"]["summary"]["moves_total"] == 0
+    assert doc["policies"]["none"]["summary"]["throughput_vs_none"] == 1.0
+    # 1000-byte experts at 50 GB/s: 20 ns per moved slot, so the gate lets the balancer move.
+    assert doc["setup"]["bandwidth"] == 50e9 and doc["setup"]["token_seconds"] == 2.5e-7
     # The balancer beats the placement that never moves on this skewed series.
     assert (
         doc["policies"]["default"]["summary"]["par_mean"]
@@ -350,12 +355,14 @@ def test_simulate_esft_per_request_trace_every_policy(tmp_path, capsys):
     """Every shipped policy on the shipped ESFT per-request trace (127 requests, 26 x 64).
 
     The policies are named: other test modules register test-only policies in the same process.
+    Rows are single requests, so a plan every 32 of them cannot pay for moving DeepSeek-V3-sized
+    experts at the default prices; 100 us per token-slot prices a row like a busy step instead.
     """
     out_json, out_png = tmp_path / "esft.json", tmp_path / "esft.png"
     code, out, err = _simulate(
         capsys,
         [ESFT / "counts_intent.npz"],
-        "--ranks 8 --slots-per-rank 10 --interval 32",
+        "--ranks 8 --slots-per-rank 10 --interval 32 --token-us 100",
         "--policies",
         ",".join(SHIPPED_POLICIES),
         "--json",

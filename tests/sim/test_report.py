@@ -7,6 +7,7 @@ import json
 import numpy as np
 
 from eplb_rt.placement import Topology
+from eplb_rt.planning import CostModel
 from eplb_rt.sim import report
 from eplb_rt.sim import simulate as sim
 from eplb_rt.sim.plot import plot
@@ -14,7 +15,7 @@ from eplb_rt.sim.plot import plot
 
 def _result(load: np.ndarray, interval: int):
     spec = sim.SimulationSpec(
-        Topology(2, 2), (sim.NO_REBALANCE,), interval=interval, expert_bytes=7
+        Topology(2, 2), (sim.NO_REBALANCE,), interval=interval, cost=CostModel(expert_bytes=7)
     )
     return sim.simulate(sim.Workload.concat([("a", load[:2]), ("b", load[2:])]), spec)
 

@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from eplb_rt import planning
 from eplb_rt.algorithms import metrics, registry
 from eplb_rt.placement import Placement, Topology
 from eplb_rt.sim import simulate as sim
@@ -20,21 +21,14 @@ class _NoOptions:
 
 @pytest.fixture
 def spy(monkeypatch):
-    """Register policy "spy": records (history, previous) and shifts every slot one rank on."""
+    """Register policy "spy": records (history, previous) and returns the default policy's plan."""
     calls = []
 
-    def shift(load, previous, topo, _opts):
+    def balance(load, previous, topo, _opts):
         calls.append((load.copy(), previous))
-        base = (
-            previous
-            if previous is not None
-            else Placement.initial(load.shape[1], load.shape[2], topo)
-        )
-        return Placement(
-            np.roll(base.phy2log, topo.num_slots_per_rank, axis=1), base.num_experts, base.num_ranks
-        )
+        return registry.plan("default", load, topo, previous)
 
-    spec = registry.PolicySpec("spy", shift, _NoOptions, "test spy")
+    spec = registry.PolicySpec("spy", balance, _NoOptions, "test spy")
     monkeypatch.setitem(registry._REGISTRY, "spy", spec)
     return calls
 
@@ -59,8 +53,8 @@ def test_windows_history_and_previous_placement(spy):
         [1, 2, 3, 4, 5, 6],
         [4, 5, 6, 7, 8, 9],
     ]
-    # Each plan starts from the placement the previous cycle produced (initial for the first).
-    assert spy[0][1] == Placement.initial(2, 5, topo)
+    # Each plan starts from the placement the previous cycle produced (the starting one first).
+    assert spy[0][1] == planning.starting_placement(2, 5, topo)
     for (_, previous), cycle in zip(spy[1:], cycles[:-1], strict=True):
         assert previous == cycle.placement
 
@@ -68,31 +62,58 @@ def test_windows_history_and_previous_placement(spy):
 def test_scores_are_out_of_sample_and_exact(spy):
     load = _steps(7)
     topo = Topology(3, 2)
-    result = sim.simulate(
-        sim.Workload.concat([("w", load)]), sim.SimulationSpec(topo, ("spy",), interval=2)
-    )
+    cheap = planning.CostModel(token_seconds=1.0)  # every balancing move pays
+    spec = sim.SimulationSpec(topo, ("spy",), interval=2, cost=cheap)
+    result = sim.simulate(sim.Workload.concat([("w", load)]), spec)
     for cycle in result.cycles["spy"]:
         window = load[cycle.start : cycle.stop].sum(axis=0)
         np.testing.assert_array_equal(cycle.par, metrics.par(cycle.placement, window))
         np.testing.assert_array_equal(cycle.par_bound, par_lower_bound(window, topo))
         seen = load[max(0, cycle.start - 2) : cycle.start].sum(axis=0)
         np.testing.assert_array_equal(cycle.par_in_sample, metrics.par(cycle.placement, seen))
-    # Shifting every slot by one rank moves each slot whose neighbour holds another expert.
     first = result.cycles["spy"][0]
-    initial = Placement.initial(2, 5, topo)
-    assert first.moves == int((first.placement.phy2log != initial.phy2log).sum())
-    assert first.moves == 2 * 6  # expert ids p mod 5 on 6 slots: all six differ after the shift
+    start = planning.starting_placement(2, 5, topo)
+    assert first.moves == int((first.placement.phy2log != start.phy2log).sum()) > 0
 
 
-def test_none_keeps_the_initial_placement():
+def _hot(steps: int) -> np.ndarray:
+    """Every step experts carry [6, 1, 1] tokens (one layer)."""
+    return np.tile(np.array([6.0, 1.0, 1.0]), (steps, 1, 1))
+
+
+def test_migration_seconds_and_throughput_hand_derived():
+    # Starting placement on 2 ranks x 2 slots: [0, 1 | 2, 1] (expert 1, the middle one, gets
+    # the spare slot): rank loads 6.5 and 1.5 per step. The default policy splits expert 0:
+    # [0, 1 | 0, 2], 4 and 4, rank 1 receiving one expert (1 byte at 1 B/s: 1 s).
+    topo = Topology(2, 2)
+    assert planning.starting_placement(1, 3, topo).phy2log.tolist() == [[0, 1, 2, 1]]
+    cost = planning.CostModel(expert_bytes=1, bandwidth=1, token_seconds=1)
+    spec = sim.SimulationSpec(topo, (sim.NO_REBALANCE, "default"), interval=2, cost=cost)
+    result = sim.simulate(sim.Workload.concat([("w", _hot(6))]), spec)
+    first, second = result.cycles["default"]
+    assert first.placement.by_rank()[0, 1].tolist() in ([0, 2], [2, 0])
+    assert (first.migration_s, first.moe_s, first.none_s) == (1.0, 8.0, 13.0)
+    assert (second.migration_s, second.moe_s, second.none_s, second.moves) == (0.0, 8.0, 13.0, 0)
+    summary = sim.summarize(result.cycles["default"], 1)
+    assert summary["throughput_vs_none"] == pytest.approx(26 / 17)
+    assert summary["migration_s_per_cycle"] == pytest.approx(0.5)
+    assert sim.summarize(result.cycles["none"], 1)["throughput_vs_none"] == pytest.approx(1.0)
+    # The same plan at a bandwidth where the move costs more than the 2.5 tokens x 2 steps it
+    # saves: the gate keeps the starting placement.
+    dear = dataclasses.replace(spec, cost=dataclasses.replace(cost, bandwidth=0.1))
+    kept = sim.simulate(sim.Workload.concat([("w", _hot(6))]), dear).cycles["default"]
+    assert all(c.moves == 0 and c.migration_s == 0.0 for c in kept)
+
+
+def test_none_keeps_the_starting_placement():
     load = _steps(5)
     topo = Topology(2, 3)
     result = sim.simulate(
         sim.Workload.concat([("w", load)]),
         sim.SimulationSpec(topo, (sim.NO_REBALANCE,), interval=1),
     )
-    initial = Placement.initial(2, 5, topo)
-    assert all(c.placement == initial and c.moves == 0 for c in result.cycles["none"])
+    start = planning.starting_placement(2, 5, topo)
+    assert all(c.placement == start and c.moves == 0 for c in result.cycles["none"])
     summary = sim.summarize(result.cycles["none"], 10)
     assert summary["moves_total"] == 0 and summary["bytes_total"] == 0
     assert summary["cycles"] == 4
@@ -138,7 +159,6 @@ def test_too_few_steps_for_an_out_of_sample_score():
         ({"policies": ("no-such-policy",)}, "unknown policy 'no-such-policy'"),
         ({"interval": 0}, "interval must be >= 1"),
         ({"episodes": 0}, "episodes must be >= 1"),
-        ({"expert_bytes": -1}, "expert_bytes must be >= 0"),
         ({"options": {"other": {}}}, "options given for policies not compared"),
     ],
 )

@@ -1,0 +1,196 @@
+"""The one planning pipeline: load -> policy -> alignment -> one gate in seconds -> placement.
+
+``EplbRuntime`` (its balancer), ``eplb-rt plan --previous`` and ``eplb-rt simulate`` all decide
+through :func:`decide`, so the same load and placement in force give the same decision in all
+three. Step time is taken as proportional to the largest rank load of each MoE layer, so a layer
+is committed only when the compute it saves before the next plan (fall of the per-step max rank
+load x :attr:`CostModel.token_seconds` x steps) exceeds the migration time that is not hidden
+behind compute (bytes the slowest rank receives / :attr:`CostModel.bandwidth`). Torch-free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from eplb_rt import algorithms
+from eplb_rt.algorithms.align import align_row
+from eplb_rt.algorithms.load import check_load
+from eplb_rt.algorithms.metrics import rank_load
+from eplb_rt.placement import Placement, Topology
+
+DEEPSEEK_V3_EXPERT_BYTES = 3 * 7168 * 2048
+"""One DeepSeek-V3 routed expert in FP8: gate, up and down projections of 7168 x 2048 bytes."""
+LINK_BANDWIDTH = 50e9
+"""Bytes per second one rank receives: a 400 Gb/s RDMA NIC per device (H100 or Ascend
+910-class scale-out), the link that experts cross between nodes."""
+TOKEN_SECONDS = 2.5e-7
+"""Seconds one token spends in one DeepSeek-V3 expert: 3 x 2 x 7168 x 2048 = 88 MFLOP at about
+350 TFLOP/s, the FP8 rate an H100 or Ascend 910-class device sustains on grouped GEMMs."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CostModel:
+    """What a migration costs and a better placement saves, in seconds.
+
+    Attributes:
+        expert_bytes: bytes of one expert's weights (one slot).
+        bandwidth: bytes per second one rank receives.
+        token_seconds: seconds one token spends in one expert (one token-slot).
+        hidden_seconds: seconds of each layer's transfer hidden behind compute.
+    """
+
+    expert_bytes: float = DEEPSEEK_V3_EXPERT_BYTES
+    bandwidth: float = LINK_BANDWIDTH
+    token_seconds: float = TOKEN_SECONDS
+    hidden_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name, value in dataclasses.asdict(self).items():
+            low = ">= 0" if name == "hidden_seconds" else "> 0"
+            finite = isinstance(value, (int, float, np.number)) and math.isfinite(value)
+            if not finite or value < 0 or (value == 0 and low == "> 0"):
+                raise ValueError(f"CostModel.{name} must be a finite number {low}, got {value!r}")
+
+    def migration_seconds(self, previous: np.ndarray, new: np.ndarray, num_ranks: int):
+        """``[L]`` exposed seconds to move each layer from slots ``previous [L, P]`` to
+        ``new [L, P]``: the slowest rank's received experts (those it did not hold) x bytes /
+        bandwidth, less the hidden part."""
+        L, P = new.shape
+        layer, rank = np.arange(L)[:, None], np.arange(P) // (P // num_ranks)
+        held = np.zeros((L, num_ranks, int(max(previous.max(), new.max())) + 1), dtype=bool)
+        held[layer, rank, previous] = True
+        received = (~held[layer, rank, new]).reshape(L, num_ranks, -1).sum(-1).max(-1)
+        exposed = received * self.expert_bytes / self.bandwidth - self.hidden_seconds
+        return np.where(received > 0, np.maximum(exposed, 0.0), 0.0)
+
+    def move_cost(self, load: np.ndarray, num_ranks: int, horizon: float) -> float:
+        """PAR one moved slot must buy: its share of a layer's transfer time (ranks receive in
+        parallel, so a slot costs ``1 / num_ranks`` of one expert's transfer when moves are
+        spread) over the time one unit of PAR costs over ``horizon`` steps at the mean rank
+        load of ``load [T, L, E]``."""
+        mean_rank = max(float(load.sum(axis=2).mean()) / num_ranks, 1e-300)
+        slot = self.expert_bytes / self.bandwidth / num_ranks
+        return slot / (mean_rank * self.token_seconds * horizon)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """A plan and why: per layer ``[L]`` the seconds saved and spent, PAR before and after.
+
+    ``candidate`` is the policy's placement aligned to the one in force; ``placement`` is the
+    one in force with the ``layers`` that pay taken from it; ``slots`` moved slots in all.
+    """
+
+    placement: Placement
+    candidate: Placement
+    layers: tuple[int, ...]
+    saved_s: np.ndarray
+    migration_s: np.ndarray
+    par_before: np.ndarray
+    par_after: np.ndarray
+    slots: int
+
+
+def step_par(placement: Placement, load: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(max rank load [L], PAR [L])`` per step, averaged over the steps of ``load [T, L, E]``:
+    what a step costs, so noise and drift inside the window count as they do when serving."""
+    ranks = rank_load(placement, load)
+    peak = ranks.max(axis=-1).mean(axis=0)
+    mean = ranks.mean(axis=-1).mean(axis=0)
+    return peak, np.where(mean > 0, peak / np.where(mean > 0, mean, 1.0), np.nan)
+
+
+def decide(
+    load: np.ndarray,
+    previous: Placement,
+    topology: Topology,
+    policy: str,
+    options: dict | None,
+    *,
+    cost: CostModel,
+    horizon: float,
+) -> Decision:
+    """Plan from ``load [T, L, E]`` (per step) with ``previous`` in force for ``horizon`` steps.
+
+    The policy's ``move_cost`` option (where it has one and it is not given) is derived from
+    ``cost``; its placement is aligned to ``previous`` (kept experts keep their slots); a
+    changed layer is committed only when it saves more seconds than its migration takes.
+    """
+    load = check_load(load, previous.num_layers, previous.num_experts)
+    if not (isinstance(horizon, (int, float)) and math.isfinite(horizon) and horizon > 0):
+        raise ValueError(f"horizon (steps until the next plan) must be > 0, got {horizon!r}")
+    options = dict(options or {})
+    if "move_cost" in {f.name for f in dataclasses.fields(algorithms.get_policy(policy).options)}:
+        options.setdefault("move_cost", cost.move_cost(load, topology.num_ranks, horizon))
+    candidate = align(previous, algorithms.plan(policy, load, topology, previous, options))
+    peak_before, par_before = step_par(previous, load)
+    peak_after, par_after = step_par(candidate, load)
+    saved = (peak_before - peak_after) * cost.token_seconds * horizon
+    spent = cost.migration_seconds(previous.phy2log, candidate.phy2log, topology.num_ranks)
+    changed = candidate.changed_layers(previous)
+    layers = tuple(int(x) for x in changed[saved[changed] > spent[changed]])
+    placement = previous.replace_layers(layers, candidate) if layers else previous
+    slots = int(placement.moves(previous).sum())
+    return Decision(placement, candidate, layers, saved, spent, par_before, par_after, slots)
+
+
+def align(previous: Placement, new: Placement) -> Placement:
+    """``new`` with each layer's ranks relabelled (Hungarian) and slots permuted so that the
+    most experts stay where ``previous`` has them; rank loads and shares are those of ``new``."""
+    if new.phy2log.shape != previous.phy2log.shape or new.num_ranks != previous.num_ranks:
+        raise ValueError(f"cannot align {new.describe()} to {previous.describe()}")
+    rows, shares = np.empty_like(new.phy2log), new.slot_share.copy()
+    for layer, (row, old) in enumerate(zip(new.phy2log, previous.phy2log, strict=True)):
+        rows[layer], shares[layer] = align_row(
+            row, old, new.num_ranks, new.num_experts, new.slot_share[layer]
+        )
+    return Placement(rows, new.num_experts, new.num_ranks, None if new.is_uniform else shares)
+
+
+def drifted(load: np.ndarray, placement: Placement, recent: int, cost: CostModel) -> bool:
+    """Whether the last ``recent`` steps of ``load [T, L, E]`` are less balanced under
+    ``placement`` than the steps before them, beyond both noise and the gate's threshold.
+
+    Noise: four standard errors of a ``recent``-step mean of the earlier steps' PAR. Threshold:
+    the rise must pay for one moved slot over the next ``recent`` steps
+    (:meth:`CostModel.move_cost`).
+    """
+    load = check_load(load, placement.num_layers, placement.num_experts)
+    ranks = rank_load(placement, load)  # [T, L, D]
+    total = ranks.mean(axis=-1).sum(axis=-1)
+    keep = total > 0
+    par = ranks.max(axis=-1).sum(axis=-1)[keep] / total[keep]  # per step, over all layers
+    if recent < 1 or par.size < 3 * recent:
+        return False
+    old, new = par[:-recent], par[-recent:]
+    rise = new.mean() - old.mean()
+    noise = 4.0 * old.std() / math.sqrt(recent)
+    return bool(rise > max(noise, cost.move_cost(load[-recent:], placement.num_ranks, recent)))
+
+
+def starting_placement(num_layers: int, num_experts: int, topology: Topology) -> Placement:
+    """The placement before any heat: the contiguous layout (expert ``e`` on rank ``e * D // E``)
+    plus the redundant replicas, given to experts spread over all ranks and put on the ranks
+    that hold least, so every rank carries the same load when experts are equally loaded."""
+    topology.check_experts(num_experts)
+    D, S, E = topology.num_ranks, topology.num_slots_per_rank, num_experts
+    counts = np.full(E, topology.num_slots // E)
+    extra = topology.num_slots % E
+    counts[((np.arange(extra) + 0.5) * E / max(extra, 1)).astype(np.int64)] += 1
+    held = [[] for _ in range(D)]
+    for e in range(E):
+        held[e * D // E].append(e)
+    weight = 1.0 / counts
+    # One replica per expert per round, so no expert takes the last free ranks of another.
+    for extra_round in range(1, int(counts.max())):
+        for e in np.flatnonzero(counts > extra_round):
+            free = [r for r in range(D) if len(held[r]) < S and e not in held[r]]
+            if not free:
+                return Placement.initial(num_layers, num_experts, topology)
+            rank = min(free, key=lambda r: (weight[held[r]].sum(), (r - e * D // E) % D))
+            held[rank].append(int(e))
+    row = np.concatenate([np.array(h) for h in held])
+    return Placement(np.tile(row, (num_layers, 1)), E, D)

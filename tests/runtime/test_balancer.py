@@ -1,0 +1,147 @@
+"""The balancer thread on one process; the same decision from runtime, plan and simulate."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from eplb_rt import planning
+from eplb_rt.cli import main
+from eplb_rt.config import EplbConfig
+from eplb_rt.placement import Placement, Topology
+from eplb_rt.runtime.balancer import (
+    PLAN_FAILED,
+    PLAN_LATE,
+    PLAN_OK,
+    PLAN_UNCHANGED,
+    Balancer,
+    Job,
+    placement_digest,
+)
+from eplb_rt.runtime.device import Event
+from eplb_rt.sim import simulate as sim
+
+L, E, TOPO = 3, 8, Topology(4, 3)
+COST = planning.CostModel(expert_bytes=2e6, bandwidth=1e9, token_seconds=1e-4)
+
+
+def _load(seed: int = 0, steps: int = 12) -> np.ndarray:
+    """``[T, L, E]`` integer tokens: layer 0 near uniform, layers 1 and 2 ever more skewed."""
+    rng = np.random.default_rng(seed)
+    skew = np.stack([np.ones(E), np.linspace(1, 4, E), np.geomspace(1, 40, E)])
+    return rng.poisson(30 * skew / skew.mean(axis=1, keepdims=True), (steps, L, E)).astype(float)
+
+
+def _job(load: np.ndarray, previous: Placement, epoch: int = 1, **fields) -> Job:
+    """A gather whose ring holds ``load``: each expert's tokens counted on its first slot."""
+    T = load.shape[0]
+    heat = torch.zeros((T, L, TOPO.num_slots), dtype=torch.int32)
+    first = np.array([[np.flatnonzero(row == e)[0] for e in range(E)] for row in previous.phy2log])
+    for layer in range(L):
+        heat[:, layer, first[layer]] = torch.from_numpy(load[:, layer].astype(np.int32))
+    row_p2l = np.broadcast_to(previous.phy2log, (T, L, TOPO.num_slots)).copy()
+    values = dict(cost=COST, trigger="interval", step_seconds=0.0)
+    values.update(fields)
+    return Job(epoch, 0, 5, heat, Event(), np.arange(T), row_p2l, previous, **values)
+
+
+def _balancer(policy: str = "default", step: int = 0, **config) -> Balancer:
+    values = dict(policy=policy, interval=12, history=12, episode=4, deadline=5, warm_up=False)
+    values.update(config)
+    return Balancer(EplbConfig(**values), TOPO, L, E, rank=0, group=None, current_step=lambda: step)
+
+
+def _result(balancer: Balancer, job: Job):
+    balancer.submit(job)
+    deadline = time.monotonic() + 60
+    while (result := balancer.result(job.epoch)) is None:
+        assert time.monotonic() < deadline, "the balancer thread never finished the job"
+        time.sleep(0.005)
+    return result
+
+
+def test_same_load_same_decision_in_runtime_plan_and_simulate(tmp_path, capsys):
+    load = _load()
+    start = planning.starting_placement(L, E, TOPO)
+    # 1. The runtime's balancer (EplbRuntime._gather builds exactly such a job).
+    balancer = _balancer(token_seconds=COST.token_seconds, link_bandwidth=COST.bandwidth)
+    result = _result(balancer, _job(load, start))
+    balancer.shutdown()
+    assert result.status == PLAN_OK and result.placement == result.decision.placement
+    # 2. eplb-rt plan --previous, the same load as a [T, L, E] file and the same prices.
+    np.save(tmp_path / "load.npy", load)
+    start.save(tmp_path / "start.json")
+    argv = ["plan", "--load", str(tmp_path / "load.npy"), "--ranks", "4", "--slots-per-rank"]
+    argv += ["3", "--policy", "default", "--previous", str(tmp_path / "start.json")]
+    argv += ["--horizon", "12", "--expert-bytes", "2000000", "--bandwidth", "1"]
+    argv += ["--token-us", "100", "--out", str(tmp_path / "plan.json")]
+    assert main(argv) == 0
+    planned = Placement.load(tmp_path / "plan.json")
+    # 3. eplb-rt simulate's replay: the first cycle plans from the same 12 steps.
+    replay = sim.Workload.concat([("w", np.concatenate([load, load[:1]]))])
+    spec = sim.SimulationSpec(TOPO, ("default",), interval=12, cost=COST)
+    simulated = sim.simulate(replay, spec).cycles["default"][0].placement
+    assert result.placement == planned == simulated
+    # The gate split the layers: the near-uniform one does not pay, the skewed ones do.
+    assert result.layers == (1, 2)
+    assert result.placement.changed_layers(start).tolist() == [1, 2]
+    out = capsys.readouterr().out
+    assert f"moves {result.decision.slots} slots" in out and "at 1 GB/s; PAR" in out
+
+
+def test_a_plan_that_pays_nothing_is_unchanged_and_the_old_placement_stays():
+    start = planning.starting_placement(L, E, TOPO)
+    dear = planning.CostModel(expert_bytes=1e12, bandwidth=1.0, token_seconds=1e-9)
+    balancer = _balancer()
+    result = _result(balancer, _job(_load(), start, cost=dear))
+    balancer.shutdown()
+    assert (result.status, result.placement, result.layers) == (PLAN_UNCHANGED, None, ())
+    assert result.decision.layers == () and result.decision.placement == start
+
+
+@pytest.mark.parametrize(
+    ("make", "status", "error"),
+    [
+        (lambda b, j: (b, j._replace_heat_zero()), PLAN_UNCHANGED, "no heat recorded"),
+        (lambda b, j: (_balancer("rt_test_raise"), j), PLAN_FAILED, "rt_test_raise always fails"),
+        (lambda b, j: (_balancer(step=6), j), PLAN_LATE, "after its deadline"),
+        (lambda b, j: (b, j._with(step_seconds=float("nan"))), PLAN_FAILED, "token_seconds"),
+        (lambda b, j: (b, j._with(trigger="drift")), PLAN_UNCHANGED, "no drift"),
+    ],
+)
+def test_outcomes_other_than_a_plan(make, status, error):
+    start = planning.starting_placement(L, E, TOPO)
+    balancer, job = make(_balancer(), _Job(_job(_load(steps=12), start)))
+    result = _result(balancer, job.job)
+    balancer.shutdown()
+    assert (result.status, result.placement, result.layers) == (status, None, ())
+    assert error in result.error and result.digest == placement_digest(None) == 0
+
+
+def test_results_are_kept_until_discarded():
+    start = planning.starting_placement(L, E, TOPO)
+    balancer = _balancer()
+    first = _result(balancer, _job(_load(), start, epoch=1))
+    second = _result(balancer, _job(_load(seed=1), start, epoch=2))
+    assert first.digest == placement_digest(first.placement) != 0
+    balancer.discard_through(1)
+    assert balancer.result(1) is None and balancer.result(2) is second
+    balancer.shutdown()
+
+
+class _Job:
+    """Variants of a job for the parametrised cases."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def _with(self, **fields) -> _Job:
+        import dataclasses
+
+        return _Job(dataclasses.replace(self.job, **fields))
+
+    def _replace_heat_zero(self) -> _Job:
+        return self._with(heat=torch.zeros_like(self.job.heat))

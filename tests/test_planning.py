@@ -1,0 +1,168 @@
+"""The planning pipeline: the cost model, the one gate, drift, the starting placement."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eplb_rt import planning
+from eplb_rt.algorithms.metrics import par
+from eplb_rt.models.workload import drifting_profile
+from eplb_rt.placement import Placement, Topology
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("bandwidth", -1e9, "CostModel.bandwidth must be a finite number > 0, got -1000000000.0"),
+        ("expert_bytes", 0, "CostModel.expert_bytes must be a finite number > 0, got 0"),
+        ("token_seconds", float("nan"), "CostModel.token_seconds must be a finite number > 0"),
+        ("token_seconds", float("inf"), "CostModel.token_seconds must be a finite number > 0"),
+        ("hidden_seconds", -1.0, "CostModel.hidden_seconds must be a finite number >= 0"),
+        ("bandwidth", "fast", "CostModel.bandwidth must be a finite number > 0, got 'fast'"),
+    ],
+)
+def test_bad_costs_name_the_field(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        planning.CostModel(**{field: value})
+
+
+def test_migration_seconds_count_what_the_slowest_rank_receives():
+    cost = planning.CostModel(expert_bytes=3, bandwidth=2)
+    old = np.array([[0, 1, 2, 3], [0, 1, 2, 3], [0, 1, 0, 2]])
+    new = np.array([[0, 2, 1, 3], [0, 1, 0, 1], [1, 0, 2, 0]])
+    # Layer 0: rank 0 receives expert 2, rank 1 expert 1: one expert each, 3 bytes at 2 B/s.
+    # Layer 1: rank 1 receives experts 0 and 1 (two slots), rank 0 nothing.
+    # Layer 2: slots permuted inside a rank, or a copy of an expert the rank already holds.
+    assert cost.migration_seconds(old, new, 2).tolist() == [1.5, 3.0, 0.0]
+    hidden = planning.CostModel(expert_bytes=3, bandwidth=2, hidden_seconds=1.0)
+    assert hidden.migration_seconds(old, new, 2).tolist() == [0.5, 2.0, 0.0]
+
+
+def test_move_cost_is_transfer_time_over_the_time_one_par_costs():
+    load = np.full((3, 1, 4), 2.0)  # 8 tokens per step, mean rank load 4 on 2 ranks
+    cost = planning.CostModel(expert_bytes=2, bandwidth=1, token_seconds=0.5)
+    # One slot takes 2 s, half of it per slot when moves spread over both ranks; one unit of PAR
+    # costs 4 tokens x 0.5 s x 2 steps = 4 s.
+    assert cost.move_cost(load, 2, 2) == pytest.approx(0.25)
+
+
+def _hot_layer() -> tuple[np.ndarray, Placement, Topology]:
+    """Per step experts carry [6, 1, 1]; in force [0, 1 | 2, 1]: ranks 6.5 and 1.5 tokens. The
+    best placement splits expert 0 over both ranks (4 and 4): a peak 2.5 tokens lower per step,
+    bought by rank 1 receiving one expert."""
+    load = np.tile(np.array([6.0, 1.0, 1.0]), (4, 1, 1))
+    return load, Placement(np.array([[0, 1, 2, 1]]), 3, 2), Topology(2, 2)
+
+
+@pytest.mark.parametrize(("seconds_per_move", "commits"), [(2.0, True), (3.0, False)])
+def test_gate_commits_only_what_pays_hand_derived(seconds_per_move, commits):
+    load, previous, topo = _hot_layer()
+    cost = planning.CostModel(expert_bytes=seconds_per_move, bandwidth=1.0, token_seconds=1.0)
+    decision = planning.decide(load, previous, topo, "default", None, cost=cost, horizon=1)
+    assert decision.saved_s[0] == pytest.approx(2.5)  # 2.5 tokens x 1 s x 1 step
+    assert decision.migration_s[0] == pytest.approx(seconds_per_move)
+    assert decision.layers == ((0,) if commits else ())
+    assert (decision.placement == decision.candidate) is commits
+    assert (decision.placement == previous) is not commits
+    assert decision.slots == (1 if commits else 0)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(
+    seed=st.integers(0, 2**16),
+    bandwidth=st.floats(1e-3, 1e3),
+    horizon=st.integers(1, 50),
+)
+def test_gate_never_commits_a_layer_that_costs_more_than_it_saves(seed, bandwidth, horizon):
+    rng = np.random.default_rng(seed)
+    topo = Topology(3, 3)
+    load = rng.gamma(0.5, 10.0, size=(6, 4, 7))
+    previous = planning.starting_placement(4, 7, topo)
+    cost = planning.CostModel(expert_bytes=1.0, bandwidth=bandwidth, token_seconds=1e-2)
+    d = planning.decide(load, previous, topo, "default", None, cost=cost, horizon=horizon)
+    peak_before, _ = planning.step_par(previous, load)
+    peak_after, _ = planning.step_par(d.placement, load)
+    moved = d.placement.moves(previous) > 0
+    spent_all = cost.migration_seconds(previous.phy2log, d.placement.phy2log, 3)
+    for layer in range(4):
+        saved = (peak_before[layer] - peak_after[layer]) * cost.token_seconds * horizon
+        spent = spent_all[layer]
+        if layer in d.layers:
+            assert moved[layer] and saved > spent
+        else:
+            assert not moved[layer] and not (d.saved_s[layer] > d.migration_s[layer])
+
+
+def _sampled(probs: np.ndarray, rng, tokens: int = 400) -> np.ndarray:
+    """Per-step expert counts ``[T, L, E]`` drawn from ``probs [T, E]`` (same for each layer)."""
+    steps = np.stack([rng.multinomial(tokens, p) for p in probs]).astype(np.float64)
+    return np.repeat(steps[:, None, :], 2, axis=1)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_drift_fires_on_a_planted_shift_and_not_on_stationary_noise(seed):
+    rng = np.random.default_rng(seed)
+    topo = Topology(4, 2)
+    placement = Placement(np.tile(np.arange(8), (2, 1)), 8, 4)
+    base = np.array([3, 1, 1, 1, 3, 1, 1, 1], dtype=np.float64)
+    probs = np.tile(base / base.sum(), (60, 1))
+    cost = planning.CostModel(expert_bytes=1e6, bandwidth=50e9, token_seconds=1e-6)
+    assert not planning.drifted(_sampled(probs, rng), placement, 10, cost)
+    shifted = probs.copy()
+    hot = np.array([6, 1, 1, 1, 1, 1, 1, 1], dtype=np.float64)
+    shifted[-10:] = hot / hot.sum()  # the last episode's load piles onto rank 0
+    assert planning.drifted(_sampled(shifted, rng), placement, 10, cost)
+    del topo
+
+
+def test_drift_needs_history_and_a_rise_worth_a_move():
+    rng = np.random.default_rng(1)
+    placement = Placement(np.tile(np.arange(8), (2, 1)), 8, 4)
+    probs = np.tile(np.full(8, 1 / 8), (60, 1))
+    probs[-10:] = np.array([6, 1, 1, 1, 1, 1, 1, 1]) / 13
+    load = _sampled(probs, rng)
+    cheap = planning.CostModel(expert_bytes=1e6, bandwidth=50e9, token_seconds=1e-6)
+    assert planning.drifted(load, placement, 10, cheap)
+    assert not planning.drifted(load[-25:], placement, 10, cheap)  # under 3 episodes of history
+    dear = planning.CostModel(expert_bytes=1e12, bandwidth=1e6, token_seconds=1e-6)
+    assert not planning.drifted(load, placement, 10, dear)
+
+
+@pytest.mark.parametrize(("ranks", "slots", "experts"), [(4, 20, 64), (3, 4, 9), (8, 9, 64)])
+def test_starting_placement_is_balanced_on_equal_loads_and_keeps_the_contiguous_layout(
+    ranks, slots, experts
+):
+    topo = Topology(ranks, slots)
+    start = planning.starting_placement(2, experts, topo)
+    assert par(start, np.ones((2, experts))).tolist() == pytest.approx([1.0, 1.0])
+    grid = start.by_rank()[0]
+    for expert in range(experts):
+        assert expert in grid[expert * ranks // experts]
+
+
+def test_starting_placement_is_no_worse_than_the_static_layout_on_the_demo_workload():
+    profile = drifting_profile(100, 6)  # [T, L, 64]: the demo's expected expert shares per step
+    start = planning.starting_placement(6, 64, Topology(4, 20))
+    static = Placement(np.tile(np.arange(64), (6, 1)), 64, 4)
+    assert np.nanmean(par(start, profile)) <= np.nanmean(par(static, profile))
+    # The layout it replaces piled the 16 replicas onto ranks 0 and 3: 1.25 on equal loads.
+    assert par(Placement.initial(1, 64, Topology(4, 20)), np.ones((1, 64)))[0] == 1.25
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--bandwidth", "-1"), ("--expert-bytes", "0"), ("--token-us", "nan")]
+)
+def test_plan_rejects_bad_prices_naming_the_flag(flag, value, tmp_path, capsys):
+    from eplb_rt.cli import main
+
+    np.save(tmp_path / "load.npy", np.ones((2, 1, 4)))
+    start = tmp_path / "start.json"
+    planning.starting_placement(1, 4, Topology(2, 2)).save(start)
+    argv = ["plan", "--load", str(tmp_path / "load.npy"), "--ranks", "2", "--slots-per-rank", "2"]
+    argv += ["--previous", str(start), flag, value, "--out", str(tmp_path / "out.json")]
+    assert main(argv) == 2
+    assert f"{flag} must be a finite number > 0" in capsys.readouterr().err
+    assert not (tmp_path / "out.json").exists()
