@@ -87,7 +87,6 @@ class MigrationExecutor:
         self.weights: dict[int, dict[str, torch.Tensor]] = {}
         self._staging: dict[tuple, list[list[torch.Tensor]]] = {}
         self._transfers = 0
-        self.fail_layers: set[int] = set()  # fault injection: report these layers as failed
         self.counters = {"slots_sent": 0, "slots_received": 0, "slots_copied": 0, "bytes_sent": 0}
         """Slots this rank sent, received from other ranks and copied locally, since start."""
 
@@ -205,8 +204,6 @@ class MigrationExecutor:
                     return f"layer {transfer.migration.layer}: transfer timed out"
         except Exception as err:
             return f"layer {transfer.migration.layer}: transfer failed: {err!r}"
-        if transfer.migration.layer in self.fail_layers:
-            return f"layer {transfer.migration.layer}: injected transfer failure"
         return None
 
     def commit(self, transfer: Transfer, slots: torch.Tensor) -> None:
