@@ -281,8 +281,9 @@ def _placement(
     if p2l.size == 0:
         raise ValueError(f"phy2log is empty: shape {p2l.shape}")
     if not np.issubdtype(p2l.dtype, np.integer):
-        whole = np.issubdtype(p2l.dtype, np.floating) and np.array_equal(p2l, np.round(p2l))
-        if not whole or np.abs(p2l).max() >= 2**31:  # beyond int32, a cast would wrap
+        real = p2l.astype(np.float64) if np.issubdtype(p2l.dtype, np.floating) else None
+        # Whole numbers below 2^31 only: a cast of anything else would wrap or round.
+        if real is None or not np.array_equal(real, np.round(real)) or abs(real).max() >= 2**31:
             raise ValueError(f"phy2log must hold integer expert ids, got dtype {p2l.dtype}")
     experts = int(p2l.max()) + 1 if num_experts is None else num_experts
     if not 1 <= experts <= p2l.shape[1]:

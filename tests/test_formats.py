@@ -241,3 +241,11 @@ def test_load_errors(tmp_path):
         formats.read_placement(tmp_path / "p.npy")
     with pytest.raises(OSError):
         formats.read_placement(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.uint64, np.int8])
+def test_npy_placement_of_any_real_dtype_with_whole_ids(tmp_path, dtype):
+    # float16 found by the fuzz test: its range check must not overflow (warnings are errors).
+    np.save(tmp_path / "p.npy", np.array([[0, 1, 2, 0]], dtype=dtype))
+    placement = formats.read_placement(tmp_path / "p.npy", num_ranks=2)
+    assert placement.phy2log.tolist() == [[0, 1, 2, 0]]
