@@ -544,3 +544,148 @@ def search_counts(
         val = best_val
         sq = best_sq
     return row, val, sq
+
+
+@njit(cache=True, nogil=True)
+def _soft_peak(loads, tau):
+    """``tau * log(sum(exp(loads / tau)))``, a smooth maximum that credits lowering any of several
+    tied peaks (computed around the true maximum, so it never overflows)."""
+    m = loads.max()
+    acc = 0.0
+    for r in range(loads.shape[0]):
+        acc += np.exp((loads[r] - m) / tau)
+    return m + tau * np.log(acc)
+
+
+@njit(cache=True, nogil=True)
+def greedy_moves(prev_row, w, num_ranks, num_slots_per_rank, budget, move_cost, tau):
+    """Improve ``prev_row`` move by move, best marginal gain per moved slot first.
+
+    A move rewrites one slot to another expert (1 slot; changes two replica counts) or swaps two
+    slots between ranks (2 slots). Each step takes the move with the largest drop of the smooth
+    peak (:func:`_soft_peak`) per moved slot, among moves that touch the peak rank. The walk stops
+    at ``budget`` moved slots or when the best drop per slot falls below a quarter of
+    ``move_cost`` (PAR units); it returns the prefix of the walk with the least
+    ``PAR + move_cost * moved slots`` (the previous row itself when no prefix pays).
+    Returns ``(row [P] int64, moved slots)``.
+    """
+    E = w.shape[0]
+    D = num_ranks
+    S = num_slots_per_rank
+    P = prev_row.shape[0]
+    total = w.sum()
+    row = prev_row.copy()
+    if total <= 0.0 or budget <= 0:
+        return row, 0
+    mean = total / D
+    counts = counts_from_row(row, E)
+    holds = holds_from_row(row, D, S, E)
+    loads = np.zeros(D)
+    for p in range(P):
+        loads[p // S] += w[row[p]] / counts[row[p]]
+    best_row = row.copy()
+    best_cost = loads.max() / mean
+    best_moves = 0
+    moves = 0
+    trial = np.empty(D)
+    while moves < budget:
+        base = _soft_peak(loads, tau)
+        a = 0
+        for r in range(1, D):
+            if loads[r] > loads[a]:
+                a = r
+        best_gain = 0.0
+        kind = -1
+        best_p = -1
+        best_q = -1
+        # Swaps: a replica x of the peak rank a for a lighter replica y of rank b.
+        if moves + 2 <= budget:
+            for sa in range(S):
+                p = a * S + sa
+                x = row[p]
+                px = w[x] / counts[x]
+                for q in range(P):
+                    b = q // S
+                    y = row[q]
+                    d = px - w[y] / counts[y]
+                    if b == a or d <= 0.0 or holds[b, x] or holds[a, y]:
+                        continue
+                    trial[:] = loads
+                    trial[a] -= d
+                    trial[b] += d
+                    gain = 0.5 * (base - _soft_peak(trial, tau))
+                    if gain > best_gain:
+                        best_gain = gain
+                        kind = 0
+                        best_p = p
+                        best_q = q
+        # Rewrites: slot q (expert x, another replica elsewhere) now holds y; either y is held
+        # by the peak rank (more replicas of y lighten it) or q is on the peak rank.
+        for q in range(P):
+            b = q // S
+            x = row[q]
+            if counts[x] < 2:
+                continue
+            for y in range(E):
+                if y == x or holds[b, y] or counts[y] >= D or not (holds[a, y] or b == a):
+                    continue
+                trial[:] = loads
+                ox = w[x] / counts[x]
+                nx = w[x] / (counts[x] - 1)
+                oy = w[y] / counts[y]
+                ny = w[y] / (counts[y] + 1)
+                for r in range(D):
+                    if holds[r, x]:
+                        trial[r] += nx - ox
+                    if holds[r, y]:
+                        trial[r] += ny - oy
+                trial[b] += ny - nx
+                gain = base - _soft_peak(trial, tau)
+                if gain > best_gain:
+                    best_gain = gain
+                    kind = 1
+                    best_p = q
+                    best_q = y
+        if kind < 0 or best_gain < 0.25 * move_cost * mean:
+            break
+        if kind == 0:
+            b = best_q // S
+            x = row[best_p]
+            y = row[best_q]
+            d = w[x] / counts[x] - w[y] / counts[y]
+            row[best_p] = y
+            row[best_q] = x
+            holds[a, x] = False
+            holds[a, y] = True
+            holds[b, y] = False
+            holds[b, x] = True
+            loads[a] -= d
+            loads[b] += d
+            moves += 2
+        else:
+            q = best_p
+            b = q // S
+            x = row[q]
+            y = best_q
+            ox = w[x] / counts[x]
+            nx = w[x] / (counts[x] - 1)
+            oy = w[y] / counts[y]
+            ny = w[y] / (counts[y] + 1)
+            for r in range(D):
+                if holds[r, x]:
+                    loads[r] += nx - ox
+                if holds[r, y]:
+                    loads[r] += ny - oy
+            loads[b] += ny - nx
+            row[q] = y
+            holds[b, x] = False
+            holds[b, y] = True
+            counts[x] -= 1
+            counts[y] += 1
+            moves += 1
+        cost = loads.max() / mean + move_cost * moves
+        if cost < best_cost - 1e-12:
+            best_cost = cost
+            best_row[:] = row
+            best_moves = moves
+    return best_row, best_moves

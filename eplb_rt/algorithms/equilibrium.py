@@ -37,6 +37,9 @@ from eplb_rt.algorithms.registry import register
 from eplb_rt.algorithms.shares import balanced_slot_shares, min_max_rank_load, open_bottleneck
 from eplb_rt.placement import Placement, Topology
 
+_TAU = 1e-3
+"""Temperature of the smooth peak that ranks moves, as a fraction of the mean rank load."""
+
 
 @dataclasses.dataclass(frozen=True)
 class EquilibriumOptions:
@@ -143,27 +146,19 @@ def _repaired_row(
         # Gain in load units: move_cost in PAR times the mean rank load.
         open_bottleneck(row, w, D, S, budget, opts.move_cost * total / D, 4)
     else:
-        counts = K.counts_from_row(row, W.shape[1])
-        # Objective units: a normalised episode has mean rank load 1 / D, so a PAR gain of
-        # move_cost is a peak gain of move_cost / D per episode.
-        rewrite_gain = opts.move_cost / D
-        swap_gain = 2.0 * opts.move_cost * W.shape[0] / D
-        single = w[None, :]
-        moves = 0
-        while moves < budget:
-            if K.reallot_step(row, single, counts, D, S, rewrite_gain):
-                moves += 1
-            elif moves + 2 <= budget and K.swap_search(row, W, counts, D, S, 1, 1e-3, swap_gain):
-                moves += 2
-            else:
-                break
+        row, _ = K.greedy_moves(row, w, D, S, budget, opts.move_cost, _TAU * total / D)
     return row
 
 
 def plan_layer(
-    W: np.ndarray, prev_row: np.ndarray | None, topo: Topology, opts: EquilibriumOptions
+    W: np.ndarray,
+    now: np.ndarray,
+    prev_row: np.ndarray | None,
+    topo: Topology,
+    opts: EquilibriumOptions,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """One layer. ``W [K, E]``: normalised episodes.
+    """One layer. ``W [K, E]``: normalised episodes; ``now [E]``: the summed load, which moves
+    away from ``prev_row`` must pay for themselves on.
 
     Returns ``(row [P] int64, share [P] float64 or None)``.
     """
@@ -173,13 +168,13 @@ def plan_layer(
     if prev_row is not None:
         budget = int(opts.max_moved_fraction * topo.num_slots)
         fresh, _ = align_row(fresh, prev_row, D, W.shape[1])
-        candidates = [prev_row, _repaired_row(prev_row, W, w, topo, opts, budget=budget), fresh]
+        candidates = [prev_row, _repaired_row(prev_row, W, now, topo, opts, budget=budget), fresh]
         best_cost = np.inf
         for cand in candidates:
             moves = int((cand != prev_row).sum())
             if moves > budget:
                 continue
-            cost = _layer_par(cand, W, w, topo, opts.shares) + opts.move_cost * moves
+            cost = _layer_par(cand, now[None, :], now, topo, opts.shares) + opts.move_cost * moves
             if cost < best_cost - 1e-12:
                 best_cost = cost
                 row = cand
@@ -215,13 +210,14 @@ def equilibrium(
     """load: ``[T, L, E]`` float64. Returns the placement of all ``L`` layers (shares if asked)."""
     episodes = normalise_episodes(cut_episodes(load, opts.num_episodes))  # [K, L, E]
     _, L, E = episodes.shape
+    now = normalise_episodes(load.sum(axis=0, keepdims=True))[0]  # [L, E]
     rows = np.empty((L, topo.num_slots), dtype=np.int64)
     shares = np.empty((L, topo.num_slots))
     any_share = False
     for layer in range(L):
         W = np.ascontiguousarray(episodes[:, layer, :])
         prev_row = None if previous is None else previous.phy2log[layer].astype(np.int64)
-        rows[layer], share = plan_layer(W, prev_row, topo, opts)
+        rows[layer], share = plan_layer(W, now[layer], prev_row, topo, opts)
         if share is None:
             counts = np.bincount(rows[layer], minlength=E)
             shares[layer] = 1.0 / counts[rows[layer]]
