@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from eplb_rt.algorithms._kernels import stable_order
+from eplb_rt.algorithms.packing import stable_order
 
 _INF = 1e300
 

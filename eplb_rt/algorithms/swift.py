@@ -20,14 +20,15 @@ import dataclasses
 import numpy as np
 from numba import njit
 
-from eplb_rt.algorithms import _kernels as K
-from eplb_rt.algorithms._packing import allot_replicas
-from eplb_rt.algorithms.registry import register
+from eplb_rt.algorithms.local_search import swap_search
+from eplb_rt.algorithms.packing import counts_from_row, stable_order
+from eplb_rt.algorithms.registry import Layer, Options, option, register
+from eplb_rt.algorithms.replicas import allot_replicas
 from eplb_rt.placement import Placement, Topology
 
 
 @dataclasses.dataclass(frozen=True)
-class SwiftOptions:
+class SwiftOptions(Options):
     """Options of the ``swift`` policy.
 
     Attributes:
@@ -35,12 +36,8 @@ class SwiftOptions:
         min_gain: a swap must lower the layer's PAR by at least this much.
     """
 
-    max_swaps: int = 4
-    min_gain: float = 0.002
-
-    def __post_init__(self) -> None:
-        if self.max_swaps < 0 or self.min_gain < 0:
-            raise ValueError("max_swaps and min_gain must be >= 0")
+    max_swaps: int = option(4, low=0)
+    min_gain: float = option(0.002, low=0)
 
 
 @njit(cache=True, nogil=True)
@@ -70,7 +67,7 @@ def refill(prev_row, w, counts, num_ranks, num_slots_per_rank):
             need[e] -= 1
             holds[p // S, e] = True
             loads[p // S] += w[e] / counts[e]
-    order = K.stable_order(-(w / counts))
+    order = stable_order(-(w / counts))
     for e in order:
         while need[e] > 0:
             best = -1
@@ -97,36 +94,27 @@ def refill(prev_row, w, counts, num_ranks, num_slots_per_rank):
     return row
 
 
-def _warm_up() -> None:
-    topo = Topology(4, 3)
-    load = np.arange(1.0, 1 + 2 * 9).reshape(1, 2, 9)
-    swift(load, None, topo, SwiftOptions())
-
-
 @register(
     "swift",
     SwiftOptions,
     "SwiftBalancer: keep primaries, re-fill redundant slots, a few capped swaps (few moves)",
-    warm_up=_warm_up,
 )
-def swift(
-    load: np.ndarray, previous: Placement | None, topo: Topology, opts: SwiftOptions
-) -> Placement:
-    """load: ``[T, L, E]`` float64. Returns the placement of all ``L`` layers (uniform shares)."""
-    agg = load.sum(axis=0)
-    L, E = agg.shape
-    D, S = topo.num_ranks, topo.num_slots_per_rank
-    base = previous if previous is not None else Placement.initial(L, E, topo)
-    rows = np.empty((L, topo.num_slots), dtype=np.int64)
-    for layer in range(L):
-        w = np.ascontiguousarray(agg[layer])
-        counts = allot_replicas(w, topo.num_slots, D)
-        row = refill(base.phy2log[layer].astype(np.int64), w, counts, D, S)
-        counts = K.counts_from_row(row, E)
-        total = w.sum()
-        if total > 0 and opts.max_swaps:
-            K.swap_search(
-                row, (w / total)[None, :], counts, D, S, opts.max_swaps, 0.0, opts.min_gain / D
-            )
-        rows[layer] = row
-    return Placement(rows, E, topo.num_ranks)
+def swift(layer: Layer, topo: Topology, opts: SwiftOptions) -> np.ndarray:
+    """One layer on the summed load; returns ``row [P] int64`` (uniform shares)."""
+    w, D, S = layer.load, topo.num_ranks, topo.num_slots_per_rank
+    prev = layer.previous
+    if prev is None:
+        prev = Placement.initial(1, w.shape[0], topo).phy2log[0].astype(np.int64)
+    counts = allot_replicas(w, topo.num_slots, D)
+    row = refill(prev, w, counts, D, S)
+    if w.sum() > 0 and opts.max_swaps:
+        swap_search(
+            row,
+            w[None, :],
+            counts_from_row(row, w.shape[0]),
+            D,
+            opts.max_swaps,
+            0.0,
+            opts.min_gain / D,
+        )
+    return row

@@ -33,9 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--policy",
-        default="default",
+        default="deepseek",
         metavar="NAME",
-        help=f"balancing policy (default: default; registered: {', '.join(policy_names())})",
+        help=f"balancing policy (default: deepseek; registered: {', '.join(policy_names())})",
     )
     parser.add_argument("--nodes", type=int, default=1, metavar="N", help="nodes (default 1)")
     parser.add_argument(

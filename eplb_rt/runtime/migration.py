@@ -3,9 +3,9 @@
 Pure numpy and deterministic, so every rank computes the same plan from the same two placements
 without talking to the others. Two steps:
 
-1. :func:`align_to_previous` renumbers the new placement's slots inside each rank so that an
-   expert the rank keeps stays in its old slot (a rank's slot order does not change its load);
-   only experts new to a rank take a slot, lowest free slot first.
+1. :func:`align_to_previous` (``eplb_rt.algorithms.align.align_placement``) relabels the new
+   placement's ranks and slots so that experts already in place stay in their old slot (rank
+   loads do not change); only experts new to a rank take a slot, lowest free slot first.
 2. :func:`plan_migration` gives every slot whose expert changed a source slot holding that expert
    in the old placement: the receiving rank itself when it already holds the expert (a local
    copy), else a rank on the same node, else any rank; ties go to the rank that sends least so
@@ -18,6 +18,7 @@ import dataclasses
 
 import numpy as np
 
+from eplb_rt.algorithms.align import align_placement as align_to_previous  # noqa: F401
 from eplb_rt.placement import Placement
 
 
@@ -58,40 +59,6 @@ class LayerMigration:
         """Indices of the entries ``rank`` sends to another rank."""
         S = self.slots_per_rank
         return np.flatnonzero((self.src // S == rank) & (self.dst // S != rank))
-
-
-def align_to_previous(previous: Placement, new: Placement) -> Placement:
-    """``new`` with each rank's slots permuted so kept experts stay in their old slot.
-
-    The result has the same experts and shares on every rank as ``new`` (so the same load
-    balance) and differs from ``previous`` in the fewest slots a per-rank permutation allows.
-    """
-    if (previous.num_layers, previous.num_slots, previous.num_ranks, previous.num_experts) != (
-        new.num_layers,
-        new.num_slots,
-        new.num_ranks,
-        new.num_experts,
-    ):
-        raise ValueError(f"cannot align {new.describe()} to {previous.describe()}")
-    L, D, S = new.num_layers, new.num_ranks, new.num_slots_per_rank
-    old = previous.by_rank()
-    cur = new.by_rank()
-    share = new.slot_share.reshape(L, D, S)
-    out = np.empty_like(cur)
-    out_share = np.empty_like(share)
-    for layer in range(L):
-        for rank in range(D):
-            old_row, new_row = old[layer, rank], cur[layer, rank]
-            keep = np.isin(old_row, new_row)
-            order = np.full(S, -1, dtype=np.int64)
-            position = {int(e): i for i, e in enumerate(new_row)}
-            for slot in np.flatnonzero(keep):
-                order[slot] = position.pop(int(old_row[slot]))
-            order[order < 0] = sorted(position.values())
-            out[layer, rank] = new_row[order]
-            out_share[layer, rank] = share[layer, rank][order]
-    shares = None if new.is_uniform else out_share.reshape(L, -1)
-    return Placement(out.reshape(L, -1), new.num_experts, new.num_ranks, shares, validate=False)
 
 
 def plan_migration(previous: Placement, new: Placement, num_nodes: int = 1) -> list[LayerMigration]:

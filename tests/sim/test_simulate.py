@@ -10,7 +10,7 @@ import pytest
 from eplb_rt.algorithms import metrics, registry
 from eplb_rt.placement import Placement, Topology
 from eplb_rt.sim import simulate as sim
-from eplb_rt.sim.bound import par_lower_bound
+from eplb_rt.algorithms.bounds import par_lower_bound
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,277 @@
+# ruff: noqa: PLR0917  (numba kernels take plain positional arrays)
+"""Numba local search on one layer's slots: pairwise swaps, and moves that pay for themselves.
+
+Arrays as in :mod:`eplb_rt.algorithms.packing`; ``W [K, E] float64`` holds ``K`` episodes of
+expert load (``K = 1`` for one aggregate load).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from eplb_rt.algorithms.packing import counts_from_row, holds_from_row
+
+
+@njit(cache=True, nogil=True)
+def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
+    """Swap replicas between a bottleneck rank and any other rank, best swap first (in place).
+
+    Objective: the sum over episodes of the peak rank load, plus ``tie_weight * D`` times the sum
+    of squared rank loads, so that a swap that lowers one of several equal peaks still counts
+    (the squares are a potential: accepted swaps never cycle). Each round tries the ranks that
+    are an episode's peak, the one with the largest lead over the runner-up first, and takes the
+    best swap of the first rank that has one gaining more than ``min_gain``. Stops when no peak
+    rank has such a swap or after ``max_rounds`` swaps; returns the number of swaps.
+    """
+    K, E = W.shape
+    D = num_ranks
+    S = row.shape[0] // D
+    per = np.empty((E, K))
+    for e in range(E):
+        for k in range(K):
+            per[e, k] = W[k, e] / counts[e]
+    loads = np.zeros((D, K))  # episode-minor: the innermost loops run over episodes
+    for p in range(row.shape[0]):
+        for k in range(K):
+            loads[p // S, k] += per[row[p], k]
+    holds = holds_from_row(row, D, E)
+    scale = 2.0 * tie_weight * D
+    floor = max(min_gain, 1e-12)
+    lead = np.empty(D)
+    is_peak = np.empty(D, dtype=np.bool_)
+    tried = np.empty(D, dtype=np.bool_)
+    rest1 = np.empty(K)  # per episode: max load over ranks other than a ...
+    idx1 = np.empty(K, dtype=np.int64)
+    rest2 = np.empty(K)  # ... and other than a and idx1
+    upper = np.empty(D)
+    swaps = 0
+    while swaps < max_rounds:
+        lead[:] = 0.0
+        is_peak[:] = False
+        tried[:] = False
+        for k in range(K):
+            m = 0
+            for r in range(1, D):
+                if loads[r, k] > loads[m, k]:
+                    m = r
+            second = -np.inf
+            for r in range(D):
+                if r != m and loads[r, k] > second:
+                    second = loads[r, k]
+            is_peak[m] = True
+            lead[m] += loads[m, k] - second
+        best_p = -1
+        best_q = -1
+        while best_p < 0:
+            a = -1
+            for r in range(D):
+                if is_peak[r] and not tried[r] and (a < 0 or lead[r] > lead[a]):
+                    a = r
+            if a < 0:
+                break
+            tried[a] = True
+            for k in range(K):
+                i1 = -1
+                v1 = -np.inf
+                v2 = -np.inf
+                for r in range(D):
+                    v = loads[r, k]
+                    if r == a:
+                        continue
+                    if v > v1:
+                        v2 = v1
+                        v1 = v
+                        i1 = r
+                    elif v > v2:
+                        v2 = v
+                idx1[k] = i1
+                rest1[k] = v1
+                rest2[k] = v2
+            # A swap's gain with rank b is at most this: the pair's new max is at least the mean
+            # of the two loads, and d * (la - lb - d) <= (la - lb)^2 / 4. Ranks whose bound
+            # cannot beat the best swap so far are skipped without looking at their slots.
+            for b in range(D):
+                bound = 0.0
+                for k in range(K):
+                    la = loads[a, k]
+                    lb = loads[b, k]
+                    rest = rest1[k] if idx1[k] != b else rest2[k]
+                    bound += max(la, lb, rest) - max(0.5 * (la + lb), rest)
+                    bound += 0.25 * scale * (la - lb) * (la - lb)
+                upper[b] = bound
+            best_gain = floor
+            for sa in range(S):
+                p = a * S + sa
+                x = row[p]
+                for b in range(D):
+                    if b == a or holds[b, x] or upper[b] <= best_gain:
+                        continue
+                    for sb in range(S):
+                        q = b * S + sb
+                        y = row[q]
+                        if holds[a, y]:
+                            continue
+                        gain = 0.0
+                        for k in range(K):
+                            d = per[x, k] - per[y, k]
+                            la = loads[a, k]
+                            lb = loads[b, k]
+                            rest = rest1[k] if idx1[k] != b else rest2[k]
+                            gain += max(la, lb, rest) - max(la - d, lb + d, rest)
+                            gain += scale * d * (la - lb - d)
+                        if gain > best_gain:
+                            best_gain = gain
+                            best_p = p
+                            best_q = q
+        if best_p < 0:
+            break
+        a = best_p // S
+        b = best_q // S
+        x = row[best_p]
+        y = row[best_q]
+        row[best_p] = y
+        row[best_q] = x
+        holds[a, x] = False
+        holds[a, y] = True
+        holds[b, y] = False
+        holds[b, x] = True
+        for k in range(K):
+            d = per[x, k] - per[y, k]
+            loads[a, k] -= d
+            loads[b, k] += d
+        swaps += 1
+    return swaps
+
+
+@njit(cache=True, nogil=True)
+def _soft_peak(loads, tau):
+    """``tau * log(sum(exp(loads / tau)))``: a smooth maximum that credits lowering any of
+    several tied peaks (computed around the true maximum, so it never overflows)."""
+    m = loads.max()
+    acc = 0.0
+    for r in range(loads.shape[0]):
+        acc += np.exp((loads[r] - m) / tau)
+    return m + tau * np.log(acc)
+
+
+@njit(cache=True, nogil=True)
+def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau):
+    """Improve ``prev_row`` move by move, best marginal gain per moved slot first.
+
+    A move rewrites one slot to another expert (1 slot; two replica counts change) or swaps two
+    slots between ranks (2 slots). Each step takes the move with the largest drop of the smooth
+    peak (:func:`_soft_peak`, temperature ``tau`` in load units) per moved slot, among moves
+    that lighten the peak rank. The walk stops at ``budget`` moved slots or when the best drop
+    per slot falls below a quarter of ``move_cost`` (PAR units); of all its prefixes it returns
+    the one with the least ``PAR + move_cost * moved slots``, so a dip before a large gain is
+    walked through. ``w [E]``: the load the moves are judged on.
+    Returns ``(row [P] int64, moved slots)``.
+    """
+    E = w.shape[0]
+    D = num_ranks
+    P = prev_row.shape[0]
+    S = P // D
+    total = w.sum()
+    row = prev_row.copy()
+    if total <= 0.0 or budget <= 0:
+        return row, 0
+    mean = total / D
+    counts = counts_from_row(row, E)
+    holds = holds_from_row(row, D, E)
+    loads = np.zeros(D)
+    for p in range(P):
+        loads[p // S] += w[row[p]] / counts[row[p]]
+    best_row = row.copy()
+    best_cost = loads.max() / mean
+    best_moves = 0
+    moves = 0
+    trial = np.empty(D)
+    while moves < budget:
+        base = _soft_peak(loads, tau)
+        a = 0
+        for r in range(1, D):
+            if loads[r] > loads[a]:
+                a = r
+        best_gain = 0.0
+        best_p = -1
+        best_q = -1
+        best_y = -1
+        # Swaps: a replica x of the peak rank a for a lighter replica y of rank b.
+        for sa in range(S if moves + 2 <= budget else 0):
+            p = a * S + sa
+            x = row[p]
+            for q in range(P):
+                b = q // S
+                y = row[q]
+                d = w[x] / counts[x] - w[y] / counts[y]
+                if b == a or d <= 0.0 or holds[b, x] or holds[a, y]:
+                    continue
+                trial[:] = loads
+                trial[a] -= d
+                trial[b] += d
+                gain = 0.5 * (base - _soft_peak(trial, tau))
+                if gain > best_gain:
+                    best_gain = gain
+                    best_p = p
+                    best_q = q
+        # Rewrites: slot q (expert x, which keeps a replica elsewhere) takes expert y; either y
+        # is on the peak rank (one more replica of y lightens it) or q is on the peak rank.
+        for q in range(P):
+            b = q // S
+            x = row[q]
+            if counts[x] < 2:
+                continue
+            dx = w[x] / (counts[x] - 1) - w[x] / counts[x]
+            for y in range(E):
+                if y == x or holds[b, y] or counts[y] >= D or not (holds[a, y] or b == a):
+                    continue
+                dy = w[y] / (counts[y] + 1) - w[y] / counts[y]
+                for r in range(D):
+                    trial[r] = (
+                        loads[r] + (dx if holds[r, x] else 0.0) + (dy if holds[r, y] else 0.0)
+                    )
+                trial[b] += w[y] / (counts[y] + 1) - w[x] / (counts[x] - 1)
+                gain = base - _soft_peak(trial, tau)
+                if gain > best_gain:
+                    best_gain = gain
+                    best_p = -1
+                    best_q = q
+                    best_y = y
+        if best_q < 0 or best_gain < 0.25 * move_cost * mean:
+            break
+        if best_p >= 0:
+            b = best_q // S
+            x = row[best_p]
+            y = row[best_q]
+            d = w[x] / counts[x] - w[y] / counts[y]
+            row[best_p] = y
+            row[best_q] = x
+            holds[a, x] = False
+            holds[a, y] = True
+            holds[b, y] = False
+            holds[b, x] = True
+            loads[a] -= d
+            loads[b] += d
+            moves += 2
+        else:
+            b = best_q // S
+            x = row[best_q]
+            y = best_y
+            dx = w[x] / (counts[x] - 1) - w[x] / counts[x]
+            dy = w[y] / (counts[y] + 1) - w[y] / counts[y]
+            for r in range(D):
+                loads[r] += (dx if holds[r, x] else 0.0) + (dy if holds[r, y] else 0.0)
+            loads[b] += w[y] / (counts[y] + 1) - w[x] / (counts[x] - 1)
+            row[best_q] = y
+            holds[b, x] = False
+            holds[b, y] = True
+            counts[x] -= 1
+            counts[y] += 1
+            moves += 1
+        cost = loads.max() / mean + move_cost * moves
+        if cost < best_cost - 1e-12:
+            best_cost = cost
+            best_row[:] = row
+            best_moves = moves
+    return best_row, best_moves
