@@ -3,9 +3,11 @@
 Per layer (the search kernels are numba, no GIL):
 
 1. **Robust load.** The history is cut into episodes, each normalised to sum 1 so every episode
-   (or workload) weighs the same. Replicas are allotted for ``mean + allot_z * std`` of each
+   (or workload) weighs the same. Replicas are allotted for ``mean + spread * std`` of each
    expert's episode load, and the placement is scored by the sum over episodes of the peak rank
-   load (the mean PAR over episodes), not by the PAR of the summed load.
+   load (the mean PAR over episodes), each episode pushed ``spread`` times further from the mean
+   than seen -- a placement balanced on every episode is balanced on any mix of them, and the
+   push covers workloads a little outside that hull.
 2. **Construct + local search.** Min-max-replica allotment, longest-processing-time placement,
    best-improvement pairwise swaps of replicas between a bottleneck rank and any other rank, and
    a neighbour search over replica counts (one- and two-replica moves, each re-constructed) for
@@ -30,6 +32,7 @@ import dataclasses
 import numpy as np
 
 from eplb_rt.algorithms.align import align_row
+from eplb_rt.algorithms.load import normalise
 from eplb_rt.algorithms.local_search import greedy_moves, swap_search
 from eplb_rt.algorithms.metrics import row_par
 from eplb_rt.algorithms.registry import Layer, Options, option, register
@@ -56,7 +59,9 @@ class EquilibriumOptions(Options):
         count_rounds: rounds of the neighbour search over replica counts.
         count_width: candidate donor/recipient experts per round of that search.
         count_tol: the count search stops once the PAR is within this of 1.
-        allot_z: replicas are allotted for ``mean + allot_z * std`` of each expert's episode load.
+        spread: plan for deviations from the mean load ``spread`` times those seen: replicas are
+            allotted for ``mean + spread * std`` of each expert's episode load, and the episodes
+            the swaps are scored on are pushed away from the mean by this factor.
         share_rewrites: slots that may be rewritten to open a bottleneck for the shares.
         move_cost: with a previous placement: PAR a moved slot must buy.
         max_moved_fraction: with a previous placement: at most this fraction of a layer's slots
@@ -68,7 +73,7 @@ class EquilibriumOptions(Options):
     count_rounds: int = option(6, low=0)
     count_width: int = option(3, low=1)
     count_tol: float = option(0.002, low=0)
-    allot_z: float = option(1.5, low=0)
+    spread: float = option(2.0, low=0)
     share_rewrites: int = option(8, low=0)
     move_cost: float = option(0.002, low=0)
     max_moved_fraction: float = option(1.0, low=0, high=1)
@@ -90,8 +95,8 @@ def _fresh_row(
     W: np.ndarray, w: np.ndarray, topo: Topology, opts: EquilibriumOptions
 ) -> np.ndarray:
     D, S = topo.num_ranks, topo.num_slots_per_rank
-    # Replicas for the load an expert may reach, not only its mean: mean + z * std over episodes.
-    robust = w + opts.allot_z * W.std(axis=0) if W.shape[0] > 1 else w
+    # Replicas for the load an expert may reach, not only its mean: mean + spread * std.
+    robust = w + opts.spread * W.std(axis=0) if W.shape[0] > 1 else w
     counts = allot_replicas(robust, topo.num_slots, D)
     # Counts and a first placement on the mean load, then swaps scored on every episode's peak,
     # which is what makes the plan hold out of sample.
@@ -113,7 +118,10 @@ def _fresh_row(
         1.0 + opts.count_tol,
     )
     if W.shape[0] > 1:
-        swap_search(row, W, counts, D, max_swaps, 1e-3, 0.0)
+        # Every episode pushed away from the mean by the factor spread, so the plan holds for
+        # deviations larger than those seen.
+        V = normalise(np.maximum(w + opts.spread * (W - w), 0.0))
+        swap_search(row, V, counts, D, max_swaps, 1e-3, 0.0)
     if opts.shares and opts.share_rewrites:
         total = w.sum()
         # Rewrites cost a flow per candidate: only worth it when shares leave a real gap.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from eplb_rt.algorithms.packing import counts_from_row, holds_from_row
+from eplb_rt.algorithms.packing import counts_from_row, holds_from_row, stable_order
 
 
 @njit(cache=True, nogil=True)
@@ -101,11 +101,16 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
                     bound += 0.25 * scale * (la - lb) * (la - lb)
                 upper[b] = bound
             best_gain = floor
-            for sa in range(S):
-                p = a * S + sa
-                x = row[p]
-                for b in range(D):
-                    if b == a or holds[b, x] or upper[b] <= best_gain:
+            # Most promising ranks first: once a rank's bound is beaten, so are the rest's.
+            for b in stable_order(-upper):
+                if b == a:
+                    continue
+                if upper[b] <= best_gain:
+                    break
+                for sa in range(S):
+                    p = a * S + sa
+                    x = row[p]
+                    if holds[b, x]:
                         continue
                     for sb in range(S):
                         q = b * S + sb

@@ -70,7 +70,7 @@ def test_valid_on_any_admissible_shape(name, case):
     [
         ("equilibrium", {"shares": True}),
         ("equilibrium", {"move_cost": 0.0, "max_moved_fraction": 0.2}),
-        ("equilibrium", {"num_episodes": 1, "allot_z": 0.0}),
+        ("equilibrium", {"num_episodes": 1, "spread": 0.0}),
         ("flashlb", {"incremental": True, "margin": 0.0}),
         ("swift", {"max_swaps": 0}),
     ],
