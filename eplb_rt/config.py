@@ -59,7 +59,7 @@ class EplbConfig:
             must be registered by importing ``eplb_rt.algorithms``.
     """
 
-    policy: str = "flashlb"
+    policy: str = "equilibrium"
     policy_options: dict = dataclasses.field(default_factory=dict)
     interval: int = 100
     history: int = 256

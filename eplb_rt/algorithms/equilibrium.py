@@ -75,7 +75,7 @@ class EquilibriumOptions(Options):
     count_tol: float = option(0.002, low=0)
     spread: float = option(2.0, low=0)
     share_rewrites: int = option(8, low=0)
-    move_cost: float = option(0.002, low=0)
+    move_cost: float = option(3e-4, low=0)
     max_moved_fraction: float = option(1.0, low=0, high=1)
 
 

@@ -29,12 +29,15 @@ class Layer:
         episodes: ``[K, E] float64``, the history cut into ``K`` episodes, each scaled to sum 1.
         load: ``[E] float64``, the whole history summed, scaled to sum 1 (zero stays zero).
         previous: ``[P] int64`` expert of each slot in the placement in force, or ``None``.
+        previous_share: ``[P] float64`` its replica shares, ``None`` when uniform (or no
+            placement is in force).
         index: the layer's index.
     """
 
     episodes: np.ndarray
     load: np.ndarray
     previous: np.ndarray | None
+    previous_share: np.ndarray | None
     index: int
 
 
@@ -58,7 +61,8 @@ def _convert(policy: str, field: dataclasses.Field, value: Any) -> Any:
         what += f" in [{low:g}, {high:g}]"
     elif kind is not bool and low is not None:
         what += f" >= {low:g}"
-    bad = ValueError(f"policy {policy!r} option {name!r} must be {what}, got {value!r}")
+    got = value if isinstance(value, str) else repr(value)
+    bad = ValueError(f"policy {policy!r} option {name!r} must be {what}, got {got}")
     if isinstance(value, str):
         text = value.strip().lower()
         if kind is bool and text in _TRUE + _FALSE:
@@ -187,7 +191,8 @@ def plan(
     weighted = False
     for index in range(L):
         prev = None if previous is None else previous.phy2log[index].astype(np.int64)
-        layer = Layer(np.ascontiguousarray(episodes[:, index]), summed[index], prev, index)
+        prev_share = None if prev is None or previous.is_uniform else previous.slot_share[index]
+        layer = Layer(episodes[:, index].copy(), summed[index], prev, prev_share, index)
         out = spec.fn(layer, topology, options)
         rows[index], share = out if isinstance(out, tuple) else (out, None)
         if share is not None:

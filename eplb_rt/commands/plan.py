@@ -11,12 +11,11 @@ total load is zero still get a valid placement and are reported.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
 
-from eplb_rt.algorithms import metrics, plan, policy_names
+from eplb_rt.algorithms import get_policy, metrics, plan, policy_names
 from eplb_rt.commands._args import add_command, add_load_argument
 from eplb_rt.placement import Placement, Topology
 from eplb_rt.sim.traces import load_files
@@ -49,40 +48,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="policy option, repeatable; VALUE is read as JSON (true, 3, 0.5) or else a string",
+        help="policy option, repeatable; VALUE is converted to the option's type and checked",
     )
     parser.add_argument("--out", required=True, metavar="PLACEMENT.json", help="output file")
     parser.set_defaults(func=run)
 
 
 def parse_options(items: list[str]) -> dict:
-    """``["KEY=VALUE", ...]`` -> dict; values read as JSON where they parse, else strings."""
+    """``["KEY=VALUE", ...]`` -> ``{key: "VALUE"}``; the policy's options convert and check."""
     options: dict = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--option expects KEY=VALUE, got {item!r}")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = {"True": True, "False": False}.get(text, text)
-        options[key.strip().replace("-", "_")] = value
+        options[key.strip().replace("-", "_")] = text.strip()
     return options
 
 
 def run(args: argparse.Namespace) -> int:
+    options = get_policy(args.policy).make_options(parse_options(args.option))
     load = load_files(args.load)
     num_experts = load.shape[2]
     topology = Topology(args.ranks, args.slots_per_rank, args.nodes, args.groups)
     previous = None
     if args.previous:
         previous = Placement.load(args.previous, num_experts=num_experts, num_ranks=args.ranks)
-    options = parse_options(args.option)
     start = time.perf_counter()
-    try:
-        placement = plan(args.policy, load, topology, previous=previous, options=options)
-    except TypeError as err:  # an option of the wrong type reaches the options dataclass
-        raise ValueError(f"bad --option for policy {args.policy!r}: {err}") from None
+    placement = plan(args.policy, load, topology, previous=previous, options=options)
     seconds = time.perf_counter() - start
     placement.save(args.out)
     summary = metrics.score(placement, load, previous)

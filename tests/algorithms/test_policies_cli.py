@@ -28,7 +28,7 @@ def test_policies_lists_every_name_with_its_summary(capsys):
 def test_policies_options(capsys):
     code, out = run(capsys, "policies", "--options")
     assert code == 0
-    assert "move_cost = 0.002" in out
+    assert "move_cost = 0.0003" in out
     assert "z = 0.674" in out
 
 

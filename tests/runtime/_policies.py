@@ -22,20 +22,20 @@ class NoOptions:
     pass
 
 
-def _shift(load, previous, topo, opts):
-    base = (
-        previous.phy2log
-        if previous is not None
-        else np.tile(np.arange(topo.num_slots) % load.shape[2], (load.shape[1], 1))
-    )
+def _shift(layer, topo, opts):
+    num_experts = layer.load.shape[0]
+    base = layer.previous
+    if base is None:
+        base = np.arange(topo.num_slots) % num_experts
     for shift in range(1, topo.num_slots):
+        row = np.roll(base, shift)
         try:
-            placement = Placement(np.roll(base, shift, axis=1), load.shape[2], topo.num_ranks)
+            Placement(row[None], num_experts, topo.num_ranks)
         except ValueError:
             continue
-        if previous is None or not previous.is_uniform:
-            return placement
-        return placement.with_shares(_weighted_shares(placement.phy2log))
+        if layer.previous is None or layer.previous_share is not None:
+            return row
+        return row, _weighted_shares(row[None])[0]
     raise ValueError("no valid shift")
 
 
@@ -49,10 +49,10 @@ def _weighted_shares(phy2log: np.ndarray) -> np.ndarray:
     return share
 
 
-def _raise(load, previous, topo, opts):
+def _raise(layer, topo, opts):
     raise RuntimeError("rt_test_raise always fails")
 
 
 if "rt_test_shift" not in policy_names():
-    register("rt_test_shift", NoOptions, "test: roll slots by one")(_shift)
-    register("rt_test_raise", NoOptions, "test: always raises")(_raise)
+    register("rt_test_shift", NoOptions, "test: roll slots by one", warm_up_options=())(_shift)
+    register("rt_test_raise", NoOptions, "test: always raises", warm_up_options=())(_raise)
