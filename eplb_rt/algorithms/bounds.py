@@ -107,80 +107,48 @@ def exact_min_max(
     return _exact_shares(w, D, S, time_limit, kept, need)
 
 
-def _solve(c, constraints, integrality, lb, ub, *, time_limit):
+def _minimise_last(n, rows, integer, upper, time_limit):
+    """Minimise ``x[n - 1]`` over ``0 <= x <= upper`` subject to ``rows``, each
+    ``(coefs [(index, value)], low, high)``; ``integer [n]`` marks integer variables."""
+    A = np.zeros((len(rows), n))
+    for i, (coefs, _, _) in enumerate(rows):
+        for j, v in coefs:
+            A[i, j] += v
+    c = np.zeros(n)
+    c[-1] = 1.0
     res = milp(
         c,
-        constraints=constraints,
-        integrality=integrality,
-        bounds=Bounds(lb, ub),
+        constraints=LinearConstraint(A, [r[1] for r in rows], [r[2] for r in rows]),
+        integrality=integer,
+        bounds=Bounds(np.zeros(n), upper),
         options={"time_limit": time_limit, "mip_rel_gap": 1e-9},
     )
-    if res.x is None or res.status not in (0,):
+    if res.x is None or res.status != 0:
         raise RuntimeError(f"exact solver did not finish: {res.message}")
     return res.x
-
-
-class _Rows:
-    """Constraint rows ``low <= sum(v * x[i] for i, v in coefs) <= high`` over ``n`` variables."""
-
-    def __init__(self, n: int):
-        self.n = n
-        self.rows: list[np.ndarray] = []
-        self.lo: list[float] = []
-        self.hi: list[float] = []
-
-    def add(self, coefs, low, high) -> None:
-        row = np.zeros(self.n)
-        for i, v in coefs:
-            row[i] += v
-        self.rows.append(row)
-        self.lo.append(low)
-        self.hi.append(high)
-
-    def constraint(self) -> LinearConstraint:
-        return LinearConstraint(np.array(self.rows), self.lo, self.hi)
 
 
 def _exact_uniform(w, D, S, time_limit, kept, need):  # noqa: PLR0917
     E = w.shape[0]
     # Variables: z[e, k] (expert e has k+1 replicas), y[e, r, k] (e on rank r with k+1 replicas), T.
     nz = E * D
-    ny = E * D * D
-    n = nz + ny + 1
+    n = nz + E * D * D + 1
     zi = lambda e, k: e * D + k  # noqa: E731
     yi = lambda e, r, k: nz + (e * D + r) * D + k  # noqa: E731
-    rows = _Rows(n)
-    add = rows.add
-
+    rows = []
     for e in range(E):
-        add([(zi(e, k), 1.0) for k in range(D)], 1, 1)
+        rows.append(([(zi(e, k), 1.0) for k in range(D)], 1, 1))
         for k in range(D):
-            add([(yi(e, r, k), 1.0) for r in range(D)] + [(zi(e, k), -(k + 1.0))], 0, 0)
-        for r in range(D):
-            add([(yi(e, r, k), 1.0) for k in range(D)], 0, 1)
+            rows.append(([(yi(e, r, k), 1.0) for r in range(D)] + [(zi(e, k), -(k + 1.0))], 0, 0))
+        rows += [([(yi(e, r, k), 1.0) for k in range(D)], 0, 1) for r in range(D)]
     for r in range(D):
-        add([(yi(e, r, k), 1.0) for e in range(E) for k in range(D)], S, S)
-        add(
-            [(yi(e, r, k), w[e] / (k + 1)) for e in range(E) for k in range(D)] + [(n - 1, -1.0)],
-            -np.inf,
-            0,
-        )
+        rows.append(([(yi(e, r, k), 1.0) for e in range(E) for k in range(D)], S, S))
+        load = [(yi(e, r, k), w[e] / (k + 1)) for e in range(E) for k in range(D)]
+        rows.append(([*load, (n - 1, -1.0)], -np.inf, 0))
     if kept:
-        add([(yi(e, r, k), 1.0) for r, e in kept for k in range(D)], need, np.inf)
-    c = np.zeros(n)
-    c[-1] = 1.0
-    integrality = np.ones(n)
-    integrality[-1] = 0
-    ub = np.ones(n)
-    ub[-1] = np.inf
-    x = _solve(
-        c,
-        rows.constraint(),
-        integrality,
-        np.zeros(n),
-        ub,
-        time_limit=time_limit,
-    )
+        rows.append(([(yi(e, r, k), 1.0) for r, e in kept for k in range(D)], need, np.inf))
+    integer = np.r_[np.ones(n - 1), 0]
+    x = _minimise_last(n, rows, integer, np.r_[np.ones(n - 1), np.inf], time_limit)
     row = [e for r in range(D) for e in range(E) for k in range(D) if x[yi(e, r, k)] > 0.5]
     return float(x[-1]), np.array(row, dtype=np.int64)
 
@@ -190,31 +158,17 @@ def _exact_shares(w, D, S, time_limit, kept, need):  # noqa: PLR0917
     # Variables: x[e, r] binary (e on r), f[e, r] tokens of e on r, T.
     nx = E * D
     n = 2 * nx + 1
-    rows = _Rows(n)
-    add = rows.add
-
+    rows = []
     for e in range(E):
-        add([(e * D + r, 1.0) for r in range(D)], 1, D)
-        add([(nx + e * D + r, 1.0) for r in range(D)], w[e], w[e])
-        for r in range(D):
-            add([(nx + e * D + r, 1.0), (e * D + r, -w[e])], -np.inf, 0)
+        rows.append(([(e * D + r, 1.0) for r in range(D)], 1, D))
+        rows.append(([(nx + e * D + r, 1.0) for r in range(D)], w[e], w[e]))
+        rows += [([(nx + e * D + r, 1.0), (e * D + r, -w[e])], -np.inf, 0) for r in range(D)]
     for r in range(D):
-        add([(e * D + r, 1.0) for e in range(E)], S, S)
-        add([(nx + e * D + r, 1.0) for e in range(E)] + [(n - 1, -1.0)], -np.inf, 0)
+        rows.append(([(e * D + r, 1.0) for e in range(E)], S, S))
+        rows.append(([(nx + e * D + r, 1.0) for e in range(E)] + [(n - 1, -1.0)], -np.inf, 0))
     if kept:
-        add([(e * D + r, 1.0) for r, e in kept], need, np.inf)
-    c = np.zeros(n)
-    c[-1] = 1.0
-    integrality = np.zeros(n)
-    integrality[:nx] = 1
-    ub = np.concatenate([np.ones(nx), np.repeat(w, D), [np.inf]])
-    x = _solve(
-        c,
-        rows.constraint(),
-        integrality,
-        np.zeros(n),
-        ub,
-        time_limit=time_limit,
-    )
+        rows.append(([(e * D + r, 1.0) for r, e in kept], need, np.inf))
+    integer = np.r_[np.ones(nx), np.zeros(nx + 1)]
+    x = _minimise_last(n, rows, integer, np.r_[np.ones(nx), np.repeat(w, D), np.inf], time_limit)
     row = [e for r in range(D) for e in range(E) if x[e * D + r] > 0.5]
     return float(x[-1]), np.array(row, dtype=np.int64)

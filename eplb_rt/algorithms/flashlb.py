@@ -73,98 +73,74 @@ class FlashLBOptions(Options):
 
 @njit(cache=True, nogil=True)
 def tree_search(mu, cov, z, D, S, width, branch):
-    """Beam search over expert groups; returns ``(row [P], counts [E])`` of the best state."""
+    """Beam search over expert groups; returns ``(row [P], counts [E])`` of the best state.
+
+    States live in one pool: the beam's and, per group, their children's (``width * branch``).
+    """
     E = mu.shape[0]
     P = D * S
     order = stable_order(-mu)
-    G = (E + D - 1) // D
     total = mu.sum()
-    B = width
-    rows = np.full((B, P), -1, dtype=np.int64)
-    fills = np.zeros((B, D), dtype=np.int64)
-    holdss = np.zeros((B, D, E), dtype=np.bool_)
-    means = np.zeros((B, D))
-    varss = np.zeros((B, D))
-    countss = np.ones((B, E), dtype=np.int64)
-    spare = np.full(B, P - E, dtype=np.int64)
-    alive = 1
-    C = B * branch
-    c_rows = np.empty((C, P), dtype=np.int64)
-    c_fills = np.empty((C, D), dtype=np.int64)
-    c_holds = np.empty((C, D, E), dtype=np.bool_)
-    c_means = np.empty((C, D))
-    c_vars = np.empty((C, D))
-    c_counts = np.empty((C, E), dtype=np.int64)
-    c_spare = np.empty(C, dtype=np.int64)
-    c_est = np.empty(C)
+    N = width * (branch + 1)
+    rows = np.full((N, P), -1, dtype=np.int64)
+    fills = np.zeros((N, D), dtype=np.int64)
+    holds = np.zeros((N, D, E), dtype=np.bool_)
+    means = np.zeros((N, D))
+    varss = np.zeros((N, D))
+    counts = np.ones((N, E), dtype=np.int64)
+    spare = np.full(N, P - E, dtype=np.int64)
+    est = np.empty(N)
+    beam = np.zeros(1, dtype=np.int64)
+    children = np.empty(width * branch, dtype=np.int64)
+    in_beam = np.zeros(N, dtype=np.bool_)
     placed_load = 0.0
-    for g in range(G):
-        experts = order[g * D : min(E, (g + 1) * D)]
-        group_load = 0.0
-        for i in experts:
-            group_load += mu[i]
-        remaining_load = total - placed_load
-        last = g == G - 1
+    for start in range(0, E, D):
+        experts = order[start : start + D]
+        group_load = mu[experts].sum()
+        last = start + D >= E
+        share = group_load / (total - placed_load) if total > placed_load else 0.0
+        in_beam[:] = False
+        in_beam[beam] = True
         n = 0
-        for b in range(alive):
-            share = group_load / remaining_load if remaining_load > 0 else 0.0
+        c = 0
+        for b in beam:
             centre = int(np.floor(spare[b] * share + 0.5))
             for t in range(1 if last else branch):
                 extra = spare[b] if last else centre + t - branch // 2
                 if extra < 0 or extra > spare[b]:
                     continue
-                c_rows[n] = rows[b]
-                c_fills[n] = fills[b]
-                c_holds[n] = holdss[b]
-                c_means[n] = means[b]
-                c_vars[n] = varss[b]
-                c_counts[n] = countss[b]
-                left = allot_more(mu, c_counts[n], experts, extra, D)
-                c_spare[n] = spare[b] - extra + left
+                while in_beam[c]:
+                    c += 1
+                rows[c], fills[c], holds[c] = rows[b], fills[b], holds[b]
+                means[c], varss[c], counts[c] = means[b], varss[b], counts[b]
+                spare[c] = spare[b] - extra + allot_more(mu, counts[c], experts, extra, D)
                 score_place(
-                    experts,
-                    c_counts[n],
-                    mu,
-                    cov,
-                    z,
-                    c_means[n],
-                    c_vars[n],
-                    c_rows[n],
-                    c_fills[n],
-                    c_holds[n],
+                    experts, counts[c], mu, cov, z, means[c], varss[c], rows[c], fills[c], holds[c]
                 )
                 # Prune: the remaining experts need a slot each.
-                if P - c_fills[n].sum() < E - (g * D + experts.shape[0]):
+                if P - fills[c].sum() < E - start - experts.shape[0]:
                     continue
                 # Look-ahead: the rest of the load spreads at best evenly over all ranks.
-                c_est[n] = total / D
+                est[c] = total / D
                 for r in range(D):
-                    c_est[n] = max(c_est[n], c_means[n, r] + z * np.sqrt(max(c_vars[n, r], 0.0)))
+                    est[c] = max(est[c], means[c, r] + z * np.sqrt(max(varss[c, r], 0.0)))
+                children[n] = c
                 n += 1
+                c += 1
         if n == 0:
             break
-        keep = stable_order(c_est[:n])[:B]
-        alive = keep.shape[0]
-        for b in range(alive):
-            c = keep[b]
-            rows[b] = c_rows[c]
-            fills[b] = c_fills[c]
-            holdss[b] = c_holds[c]
-            means[b] = c_means[c]
-            varss[b] = c_vars[c]
-            countss[b] = c_counts[c]
-            spare[b] = c_spare[c]
+        beam = children[:n][stable_order(est[children[:n]])[:width]].copy()
         placed_load += group_load
     # Any spare left (caps bound in the last group): min-max over all experts, placed greedily.
-    row, counts, fill, holds, mean = rows[0], countss[0], fills[0], holdss[0], means[0]
-    if spare[0] > 0:
-        before = counts.copy()
-        allot_more(mu, counts, np.arange(E), spare[0], D)
-        per = mu / counts
+    b = beam[0]
+    if spare[b] > 0:
+        before = counts[b].copy()
+        allot_more(mu, counts[b], np.arange(E), spare[b], D)
+        per = mu / counts[b]
         for i in range(E):
-            for _ in range(counts[i] - before[i]):
-                place_replica(i, per, mean, fill, holds, row)
-    return row.copy(), counts.copy()
+            for _ in range(counts[b, i] - before[i]):
+                place_replica(i, per, means[b], fills[b], holds[b], rows[b])
+    return rows[b].copy(), counts[b].copy()
 
 
 def _incremental(

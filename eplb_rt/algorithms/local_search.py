@@ -14,6 +14,16 @@ from eplb_rt.algorithms.packing import counts_from_row, holds_from_row, stable_o
 
 
 @njit(cache=True, nogil=True)
+def _swap(row, holds, p, q):
+    """Exchange the experts of slots ``p`` and ``q`` (on different ranks), ``holds`` kept."""
+    S = row.shape[0] // holds.shape[0]
+    x, y = row[p], row[q]
+    row[p], row[q] = y, x
+    holds[p // S, x] = holds[q // S, y] = False
+    holds[p // S, y] = holds[q // S, x] = True
+
+
+@njit(cache=True, nogil=True)
 def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
     """Swap replicas between a bottleneck rank and any other rank, best swap first (in place).
 
@@ -131,20 +141,11 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
                             best_q = q
         if best_p < 0:
             break
-        a = best_p // S
-        b = best_q // S
-        x = row[best_p]
-        y = row[best_q]
-        row[best_p] = y
-        row[best_q] = x
-        holds[a, x] = False
-        holds[a, y] = True
-        holds[b, y] = False
-        holds[b, x] = True
         for k in range(K):
-            d = per[x, k] - per[y, k]
-            loads[a, k] -= d
-            loads[b, k] += d
+            d = per[row[best_p], k] - per[row[best_q], k]
+            loads[best_p // S, k] -= d
+            loads[best_q // S, k] += d
+        _swap(row, holds, best_p, best_q)
         swaps += 1
     return swaps
 
@@ -158,6 +159,17 @@ def _soft_peak(loads, tau):
     for r in range(loads.shape[0]):
         acc += np.exp((loads[r] - m) / tau)
     return m + tau * np.log(acc)
+
+
+@njit(cache=True, nogil=True)
+def _rewrite(out, loads, holds, w, counts, b, x, y):
+    """``out [D]``: rank ``loads`` once rank ``b``'s slot of expert ``x`` holds ``y`` (the other
+    replicas of ``x`` grow, those of ``y`` shrink)."""
+    dx = w[x] / (counts[x] - 1) - w[x] / counts[x]
+    dy = w[y] / (counts[y] + 1) - w[y] / counts[y]
+    for r in range(loads.shape[0]):
+        out[r] = loads[r] + (dx if holds[r, x] else 0.0) + (dy if holds[r, y] else 0.0)
+    out[b] += w[y] / (counts[y] + 1) - w[x] / (counts[x] - 1)
 
 
 @njit(cache=True, nogil=True)
@@ -227,16 +239,10 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau):
             x = row[q]
             if counts[x] < 2:
                 continue
-            dx = w[x] / (counts[x] - 1) - w[x] / counts[x]
             for y in range(E):
                 if y == x or holds[b, y] or counts[y] >= D or not (holds[a, y] or b == a):
                     continue
-                dy = w[y] / (counts[y] + 1) - w[y] / counts[y]
-                for r in range(D):
-                    trial[r] = (
-                        loads[r] + (dx if holds[r, x] else 0.0) + (dy if holds[r, y] else 0.0)
-                    )
-                trial[b] += w[y] / (counts[y] + 1) - w[x] / (counts[x] - 1)
+                _rewrite(trial, loads, holds, w, counts, b, x, y)
                 gain = base - _soft_peak(trial, tau)
                 if gain > best_gain:
                     best_gain = gain
@@ -246,28 +252,16 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau):
         if best_q < 0 or best_gain < 0.25 * move_cost * mean:
             break
         if best_p >= 0:
-            b = best_q // S
-            x = row[best_p]
-            y = row[best_q]
-            d = w[x] / counts[x] - w[y] / counts[y]
-            row[best_p] = y
-            row[best_q] = x
-            holds[a, x] = False
-            holds[a, y] = True
-            holds[b, y] = False
-            holds[b, x] = True
+            d = w[row[best_p]] / counts[row[best_p]] - w[row[best_q]] / counts[row[best_q]]
             loads[a] -= d
-            loads[b] += d
+            loads[best_q // S] += d
+            _swap(row, holds, best_p, best_q)
             moves += 2
         else:
             b = best_q // S
             x = row[best_q]
             y = best_y
-            dx = w[x] / (counts[x] - 1) - w[x] / counts[x]
-            dy = w[y] / (counts[y] + 1) - w[y] / counts[y]
-            for r in range(D):
-                loads[r] += (dx if holds[r, x] else 0.0) + (dy if holds[r, y] else 0.0)
-            loads[b] += w[y] / (counts[y] + 1) - w[x] / (counts[x] - 1)
+            _rewrite(loads, loads.copy(), holds, w, counts, b, x, y)
             row[best_q] = y
             holds[b, x] = False
             holds[b, y] = True

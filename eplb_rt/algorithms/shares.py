@@ -131,9 +131,7 @@ def min_max_rank_load(row, w, num_ranks, num_slots_per_rank):
     D = num_ranks
     S = num_slots_per_rank
     P = row.shape[0]
-    W = 0.0
-    for e in range(E):
-        W += w[e]
+    W = w.sum()
     bottleneck = np.ones(D, dtype=np.bool_)
     if W <= 0.0:
         return 0.0, bottleneck
@@ -277,10 +275,7 @@ def open_bottleneck(row, w, num_ranks, num_slots_per_rank, max_rewrites, min_gai
     D = num_ranks
     S = num_slots_per_rank
     P = row.shape[0]
-    total = 0.0
-    for e in range(E):
-        total += w[e]
-    mean = total / D
+    mean = w.sum() / D
     T, Y = min_max_rank_load(row, w, D, S)
     counts = np.zeros(E, dtype=np.int64)
     holds = np.zeros((D, E), dtype=np.bool_)
