@@ -43,13 +43,14 @@ def _add_edge(head, nxt, to, cap, count, u, v, c):
 
 
 @njit(cache=True, nogil=True)
-def _bfs(head, nxt, to, cap, level, queue, s, t, tol):
+def _bfs(head, nxt, to, cap, level, via, s, tol):
+    """Breadth-first search of the residual graph from ``s``: ``level [n]`` (-1 = unreached)
+    and ``via [n]``, the edge each node was reached by."""
     level[:] = -1
     level[s] = 0
-    qh = 0
-    qt = 0
-    queue[qt] = s
-    qt += 1
+    queue = np.empty(level.shape[0], dtype=np.int64)
+    queue[0] = s
+    qh, qt = 0, 1
     while qh < qt:
         u = queue[qh]
         qh += 1
@@ -58,66 +59,33 @@ def _bfs(head, nxt, to, cap, level, queue, s, t, tol):
             v = to[e]
             if cap[e] > tol and level[v] < 0:
                 level[v] = level[u] + 1
+                via[v] = e
                 queue[qt] = v
                 qt += 1
             e = nxt[e]
-    return level[t] >= 0
-
-
-@njit(cache=True, nogil=True)
-def _dfs_push(head, nxt, to, cap, level, it, s, t, tol, stack_node, stack_edge):
-    """One augmenting path in the level graph (iterative DFS); returns the pushed amount."""
-    depth = 0
-    stack_node[0] = s
-    while True:
-        u = stack_node[depth]
-        if u == t:
-            # Bottleneck along the path, then push.
-            f = _INF
-            for i in range(depth):
-                c = cap[stack_edge[i]]
-                f = min(f, c)
-            for i in range(depth):
-                e = stack_edge[i]
-                cap[e] -= f
-                cap[e ^ 1] += f
-            return f
-        advanced = False
-        while it[u] >= 0:
-            e = it[u]
-            v = to[e]
-            if cap[e] > tol and level[v] == level[u] + 1:
-                stack_edge[depth] = e
-                depth += 1
-                stack_node[depth] = v
-                advanced = True
-                break
-            it[u] = nxt[e]
-        if not advanced:
-            if depth == 0:
-                return 0.0
-            level[u] = -1  # dead end
-            depth -= 1
-            pu = stack_node[depth]
-            it[pu] = nxt[it[pu]]
 
 
 @njit(cache=True, nogil=True)
 def _max_flow(head, nxt, to, cap, n, s, t, tol):
+    """Push flow from ``s`` to ``t`` along shortest augmenting paths; returns the amount."""
     level = np.empty(n, dtype=np.int64)
-    queue = np.empty(n, dtype=np.int64)
-    it = np.empty(n, dtype=np.int64)
-    stack_node = np.empty(n + 1, dtype=np.int64)
-    stack_edge = np.empty(n + 1, dtype=np.int64)
+    via = np.empty(n, dtype=np.int64)
     total = 0.0
-    while _bfs(head, nxt, to, cap, level, queue, s, t, tol):
-        it[:] = head
-        while True:
-            f = _dfs_push(head, nxt, to, cap, level, it, s, t, tol, stack_node, stack_edge)
-            if f <= 0.0:
-                break
-            total += f
-    return total
+    while True:
+        _bfs(head, nxt, to, cap, level, via, s, tol)
+        if level[t] < 0:
+            return total
+        f = _INF
+        v = t
+        while v != s:
+            f = min(f, cap[via[v]])
+            v = to[via[v] ^ 1]
+        v = t
+        while v != s:
+            cap[via[v]] -= f
+            cap[via[v] ^ 1] += f
+            v = to[via[v] ^ 1]
+        total += f
 
 
 @njit(cache=True, nogil=True)
@@ -154,13 +122,13 @@ def min_max_rank_load(row, w, num_ranks, num_slots_per_rank):
     tol = 1e-12 * W
     flow = 0.0
     level = np.empty(n, dtype=np.int64)
-    queue = np.empty(n, dtype=np.int64)
+    via = np.empty(n, dtype=np.int64)
     for _ in range(4 * D + 8):
         flow += _max_flow(head, nxt, to, cap, n, 0, 1, tol)
         if flow >= W * (1.0 - 1e-12):
             return T, bottleneck
         # Residual reachability from the source names the bottleneck set.
-        _bfs(head, nxt, to, cap, level, queue, 0, 1, tol)
+        _bfs(head, nxt, to, cap, level, via, 0, tol)
         wx = 0.0
         for e in range(E):
             if level[2 + e] >= 0:

@@ -26,7 +26,7 @@ def test_toy_bounds_and_exact_optima():
 
 @pytest.mark.slow
 def test_toy_exact_uniform_optimum():
-    value, row = bounds.exact_min_max(TOY, Topology(8, 2), uniform=True)
+    value, row = bounds.exact_min_max(TOY, Topology(8, 2), uniform=True, time_limit=600)
     assert value == pytest.approx(590 / 3, rel=1e-6)
     p = Placement(row[None], 8, 8)
     assert metrics.max_rank_load(p, TOY[None])[0] == pytest.approx(value)
