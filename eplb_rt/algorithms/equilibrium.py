@@ -8,15 +8,11 @@ Per layer (the search kernels are numba, no GIL):
    load (the mean PAR over episodes), each episode pushed ``spread`` times further from the mean
    than seen -- a placement balanced on every episode is balanced on any mix of them, and the
    push covers workloads a little outside that hull.
-2. **Construct + local search.** Min-max-replica allotment, longest-processing-time placement,
-   best-improvement pairwise swaps of replicas between a bottleneck rank and any other rank, and
-   a neighbour search over replica counts (one- and two-replica moves, each re-constructed) for
-   allotments whose large replicas cannot all get a rank of their own -- all on the mean load;
-   then swaps scored on every episode's peak.
-3. **Shares** (``shares=True``; off by default because shares fitted to past load lose out of
-   sample, see notes). Each expert's tokens are split over its replicas by the transportation
-   optimum (:mod:`eplb_rt.algorithms.shares`); where a rank set still confines too much load, a
-   few slots are rewritten to open it, so PAR 1.0 is reached wherever the slots allow it.
+2. **Construct + local search** on the mean load: min-max allotment, LPT placement, pairwise
+   swaps and a neighbour search over replica counts; then swaps scored on every episode's peak.
+3. **Shares** (``shares=True``; off by default: shares fitted to past load lose out of sample):
+   the transportation optimum (:mod:`eplb_rt.algorithms.shares`), after rewriting a few slots
+   where a rank set still confines too much load.
 4. **Moves that pay** (with a previous placement): three candidates per layer -- keep the slots;
    the previous slots improved move by move, best marginal gain per moved slot first (a slot
    rewritten to another expert, or a swap; :func:`~eplb_rt.algorithms.local_search.greedy_moves`);

@@ -256,7 +256,6 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau):
             loads[a] -= d
             loads[best_q // S] += d
             _swap(row, holds, best_p, best_q)
-            moves += 2
         else:
             b = best_q // S
             x = row[best_q]
@@ -267,7 +266,10 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau):
             holds[b, y] = True
             counts[x] -= 1
             counts[y] += 1
-            moves += 1
+        # Slots that differ from the previous row (a later move may put one back).
+        moves = 0
+        for p in range(P):
+            moves += row[p] != prev_row[p]
         cost = loads.max() / mean + move_cost * moves
         if cost < best_cost - 1e-12:
             best_cost = cost

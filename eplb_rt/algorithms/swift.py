@@ -52,20 +52,15 @@ def refill(prev_row, w, counts, num_ranks, num_slots_per_rank):
     holds = np.zeros((D, E), dtype=np.bool_)
     need = counts - 1
     loads = np.zeros(D)
-    for p in range(P):
-        e = prev_row[p]
-        if not seen[e]:
-            seen[e] = True
+    # First pass: each expert's first slot; second: redundant slots whose expert needs more.
+    for redundant in (False, True):
+        for p in range(P):
+            e = prev_row[p]
+            if row[p] >= 0 or (need[e] == 0 or holds[p // S, e] if redundant else seen[e]):
+                continue
+            need[e] -= redundant
+            seen[e] = holds[p // S, e] = True
             row[p] = e
-            holds[p // S, e] = True
-            loads[p // S] += w[e] / counts[e]
-    # Redundant slots whose expert still needs a replica keep it.
-    for p in range(P):
-        e = prev_row[p]
-        if row[p] < 0 and need[e] > 0 and not holds[p // S, e]:
-            row[p] = e
-            need[e] -= 1
-            holds[p // S, e] = True
             loads[p // S] += w[e] / counts[e]
     order = stable_order(-(w / counts))
     for e in order:
