@@ -9,12 +9,10 @@ placement with any replica shares has a max rank load ``M`` with
   most ``D`` (distinct ranks) and at least 1;
 * ``sum_e c_e <= P``: the replicas fit in the slots.
 
-The smallest such ``M`` is :func:`lower_bound`. The counts only change where ``M = w_e / k``, so it
-is the mean or one of those points, found by a binary search. For uniform shares it equals the
-largest per-replica load of the min-max allotment (each redundant replica to the highest load per
-replica). It ignores how slots group into ranks, so placements can stay above it;
-:func:`exact_min_max` solves small layers exactly (a MILP, HiGHS via ``scipy.optimize.milp``),
-also with a limit on the slots that may change against a previous placement.
+The smallest such ``M`` (:func:`lower_bound`) is the mean or a point ``w_e / k``, found by a
+binary search; for uniform shares it is the largest per-replica load of the min-max allotment.
+It ignores how slots group into ranks; :func:`exact_min_max` solves small layers exactly (MILP,
+HiGHS), also with a limit on the slots that change against a previous placement.
 """
 
 from __future__ import annotations

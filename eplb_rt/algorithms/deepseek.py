@@ -7,11 +7,9 @@ Per layer, on the load summed over all steps:
 2. **Packing (longest processing time)**: replicas, hottest first, go to the least-loaded rank
    that has a free slot (exactly ``S`` per rank) and does not hold that expert yet.
 
-Hierarchical variant (DeepSeek's ``rebalance_experts_hierarchical``), used when the topology has
-several nodes and several expert groups that divide evenly: expert groups are first packed onto
-nodes (equal number of groups per node, balanced by load), then replicas are allotted and packed
-within each node, so an expert's replicas stay on one node. When the groups do not divide, or a
-node would have fewer experts than slots per rank, the flat variant runs instead.
+Hierarchical variant (DeepSeek's ``rebalance_experts_hierarchical``), when nodes and expert
+groups divide evenly: groups are packed onto nodes first (balanced by load), then replicas are
+allotted and packed within each node, so an expert's replicas stay on one node.
 
 The policy ignores the previous placement: it plans from scratch (DeepSeek's behaviour).
 """

@@ -7,20 +7,14 @@ Our own implementation of the idea behind vllm-ascend's FlashLB:
   ``mu [E]`` and covariance ``cov [E, E]`` of expert load across episodes.
 * **Device score.** A rank is scored by ``mean + z * std`` of its load, the variance including
   the covariance of the experts it holds (``z = 0.674``: the 75th percentile of a normal load).
-* **Tree search.** Experts in decreasing mean load are taken in groups of ``D``. For each group
-  the search branches over how many redundant replicas the group receives (around its
-  proportional share), splits them inside the group by min-max-replica, and places the group's
-  replicas one by one on the rank whose score grows least. A beam of ``width`` states survives
-  each group, ranked by a look-ahead estimate: the larger of the current worst score and the
-  fill level the not-yet-placed experts will bring. States that would leave too few slots for
-  the remaining experts are pruned.
-* **Neighbour search** over the replica counts of the best state (one replica moved from a donor
-  to a recipient, re-placed), scored on the episodes (mean peak-to-average over episodes).
-* **Hungarian alignment** of the new slots to the previous placement, and **layer-wise
-  cherry-picking**: a layer is re-deployed only when its PAR passes ``threshold`` and the new
-  placement is better by ``margin`` (hysteresis); other layers keep their slots.
-* Optional **LPT-incremental**: keep the previous slots except those of the hottest experts and
-  of experts whose replica count changed, and re-place only those replicas.
+* **Tree search.** Experts by decreasing mean load, in groups of ``D``; per group the search
+  branches over the redundant replicas the group receives (around its proportional share),
+  splits them by min-max-replica and places them by score. A beam of ``width`` states survives
+  each group, ranked by a look-ahead (worst score or the mean rank load, the larger).
+* **Neighbour search** over the best state's replica counts, scored on the episodes' mean PAR.
+* **Hungarian alignment** to the previous placement and **layer-wise cherry-picking**: a layer is
+  re-deployed only when its PAR passes ``threshold`` and the new one is better by ``margin``.
+* Optional **LPT-incremental**: only the hottest experts and those whose count changed move.
 """
 
 from __future__ import annotations

@@ -24,6 +24,20 @@ def _swap(row, holds, p, q):
 
 
 @njit(cache=True, nogil=True)
+def _top2(loads, k, skip):
+    """Episode ``k`` of ``loads [D, K]`` over the ranks but ``skip``: the largest load's rank and
+    value, and the second largest value (-inf where there is none)."""
+    i1, v1, v2 = -1, -np.inf, -np.inf
+    for r in range(loads.shape[0]):
+        v = loads[r, k]
+        if r != skip and v > v1:
+            i1, v1, v2 = r, v, v1
+        elif r != skip and v > v2:
+            v2 = v
+    return i1, v1, v2
+
+
+@njit(cache=True, nogil=True)
 def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
     """Swap replicas between a bottleneck rank and any other rank, best swap first (in place).
 
@@ -61,16 +75,9 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
         is_peak[:] = False
         tried[:] = False
         for k in range(K):
-            m = 0
-            for r in range(1, D):
-                if loads[r, k] > loads[m, k]:
-                    m = r
-            second = -np.inf
-            for r in range(D):
-                if r != m and loads[r, k] > second:
-                    second = loads[r, k]
+            m, first, second = _top2(loads, k, -1)
             is_peak[m] = True
-            lead[m] += loads[m, k] - second
+            lead[m] += first - second
         best_p = -1
         best_q = -1
         while best_p < 0:
@@ -82,22 +89,7 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
                 break
             tried[a] = True
             for k in range(K):
-                i1 = -1
-                v1 = -np.inf
-                v2 = -np.inf
-                for r in range(D):
-                    v = loads[r, k]
-                    if r == a:
-                        continue
-                    if v > v1:
-                        v2 = v1
-                        v1 = v
-                        i1 = r
-                    elif v > v2:
-                        v2 = v
-                idx1[k] = i1
-                rest1[k] = v1
-                rest2[k] = v2
+                idx1[k], rest1[k], rest2[k] = _top2(loads, k, a)
             # A swap's gain with rank b is at most this: the pair's new max is at least the mean
             # of the two loads, and d * (la - lb - d) <= (la - lb)^2 / 4. Ranks whose bound
             # cannot beat the best swap so far are skipped without looking at their slots.

@@ -57,10 +57,8 @@ def _convert(policy: str, field: dataclasses.Field, value: Any) -> Any:
     name, kind = field.name, type(field.default)
     low, high = field.metadata.get("low"), field.metadata.get("high")
     what = {bool: "true or false", int: "an integer", float: "a number"}[kind]
-    if kind is not bool and low is not None and high is not None:
-        what += f" in [{low:g}, {high:g}]"
-    elif kind is not bool and low is not None:
-        what += f" >= {low:g}"
+    if kind is not bool and low is not None:
+        what += f" in [{low:g}, {high:g}]" if high is not None else f" >= {low:g}"
     got = value if isinstance(value, str) else repr(value)
     bad = ValueError(f"policy {policy!r} option {name!r} must be {what}, got {got}")
     if isinstance(value, str):
@@ -71,18 +69,12 @@ def _convert(policy: str, field: dataclasses.Field, value: Any) -> Any:
             value = float(text)
         except ValueError:
             raise bad from None
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
+    if kind is bool and isinstance(value, bool):
+        return value
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is bool or not number or not math.isfinite(value) or (kind is int and value % 1):
         raise bad
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise bad
-    if kind is int:
-        if value != int(value):
-            raise bad
-        value = int(value)
-    else:
-        value = float(value)
+    value = kind(value)
     if (low is not None and value < low) or (high is not None and value > high):
         raise bad
     return value

@@ -7,14 +7,10 @@ and the largest rank total should be as small as possible. Its optimum is
 
     T* = max over rank sets Y of  (load of the experts whose replicas all lie in Y) / |Y|,
 
-at least the mean rank load, and reached by a flow. We find it by Dinkelbach's iteration on a
-max-flow network (source -> expert with capacity ``w_e``, expert -> rank unbounded,
-rank -> sink with capacity ``T``): when the flow falls short, the residual cut names a set whose
-ratio is the next, larger ``T``; a few rounds reach ``T*`` exactly (up to float rounding).
-
-Shares then move as little as possible from uniform: a second flow pushes only the excess of
-ranks above ``T*`` to ranks below it, through experts they share. Ranks that were not the
-bottleneck keep their uniform split, which keeps the plan robust when the load shifts.
+reached by a flow. Dinkelbach's iteration on a max-flow network (source -> expert: ``w_e``,
+expert -> rank: unbounded, rank -> sink: ``T``) finds it: when the flow falls short, the
+residual cut names a set whose ratio is the next ``T``. Shares then move as little as possible
+from uniform: a second flow pushes only the excess of ranks above ``T*`` to ranks below it.
 
 Numba kernels, one layer per call; :func:`optimal_slot_shares` is the numpy entry point.
 """
@@ -24,9 +20,22 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from eplb_rt.algorithms.packing import stable_order
+from eplb_rt.algorithms.packing import counts_from_row, holds_from_row, stable_order
 
 _INF = 1e300
+
+
+@njit(cache=True, nogil=True)
+def _graph(num_nodes, num_edges):
+    """An empty flow network: ``(head, nxt, to, cap)`` adjacency lists, edge ``i ^ 1`` the reverse
+    of edge ``i``."""
+    head = np.full(num_nodes, -1, dtype=np.int64)
+    return (
+        head,
+        np.empty(num_edges, dtype=np.int64),
+        np.empty(num_edges, dtype=np.int64),
+        np.empty(num_edges),
+    )
 
 
 @njit(cache=True, nogil=True)
@@ -105,11 +114,7 @@ def min_max_rank_load(row, w, num_ranks, num_slots_per_rank):
         return 0.0, bottleneck
     # Nodes: 0 source, 1 sink, 2..2+E experts, 2+E..2+E+D ranks.
     n = 2 + E + D
-    m = 2 * (E + P + D)
-    head = np.full(n, -1, dtype=np.int64)
-    nxt = np.empty(m, dtype=np.int64)
-    to = np.empty(m, dtype=np.int64)
-    cap = np.empty(m)
+    head, nxt, to, cap = _graph(n, 2 * (E + P + D))
     cnt = 0
     for e in range(E):
         cnt = _add_edge(head, nxt, to, cap, cnt, 0, 2 + e, w[e])
@@ -129,23 +134,15 @@ def min_max_rank_load(row, w, num_ranks, num_slots_per_rank):
             return T, bottleneck
         # Residual reachability from the source names the bottleneck set.
         _bfs(head, nxt, to, cap, level, via, 0, tol)
-        wx = 0.0
-        for e in range(E):
-            if level[2 + e] >= 0:
-                wx += w[e]
-        ny = 0
-        for r in range(D):
-            if level[2 + E + r] >= 0:
-                ny += 1
+        wx = w[level[2 : 2 + E] >= 0].sum()
+        ny = (level[2 + E :] >= 0).sum()
         if ny == 0:
             return T, bottleneck  # float rounding: flow is as good as it gets
         new_T = wx / ny
         if new_T <= T * (1.0 + 1e-15):
             return T, bottleneck
-        for r in range(D):
-            bottleneck[r] = level[2 + E + r] >= 0
-        for r in range(D):
-            cap[sink_edge + 2 * r] += new_T - T
+        bottleneck[:] = level[2 + E :] >= 0
+        cap[sink_edge : sink_edge + 2 * D : 2] += new_T - T
         T = new_T
     return T, bottleneck
 
@@ -159,9 +156,7 @@ def balanced_slot_shares(row, w, num_ranks, num_slots_per_rank, target):
     D = num_ranks
     S = num_slots_per_rank
     P = row.shape[0]
-    counts = np.zeros(E, dtype=np.int64)
-    for p in range(P):
-        counts[row[p]] += 1
+    counts = counts_from_row(row, E)
     x = np.empty(P)  # tokens each slot takes
     loads = np.zeros(D)
     for p in range(P):
@@ -169,11 +164,7 @@ def balanced_slot_shares(row, w, num_ranks, num_slots_per_rank, target):
         loads[p // S] += x[p]
     # Nodes: 0 source, 1 sink, 2..2+D ranks, 2+D..2+D+E experts.
     n = 2 + D + E
-    m = 2 * (2 * P + 2 * D)
-    head = np.full(n, -1, dtype=np.int64)
-    nxt = np.empty(m, dtype=np.int64)
-    to = np.empty(m, dtype=np.int64)
-    cap = np.empty(m)
+    head, nxt, to, cap = _graph(n, 2 * (2 * P + 2 * D))
     cnt = 0
     out_edge = np.empty(P, dtype=np.int64)  # rank -> expert: tokens withdrawn from slot p
     in_edge = np.empty(P, dtype=np.int64)  # expert -> rank: tokens added to slot p
@@ -191,11 +182,8 @@ def balanced_slot_shares(row, w, num_ranks, num_slots_per_rank, target):
         cnt = _add_edge(head, nxt, to, cap, cnt, 2 + r, 2 + D + e, x[p])
         in_edge[p] = cnt
         cnt = _add_edge(head, nxt, to, cap, cnt, 2 + D + e, 2 + r, _INF)
-    total = 0.0
-    for e in range(E):
-        total += w[e]
     if need > 0.0:
-        _max_flow(head, nxt, to, cap, n, 0, 1, 1e-13 * total)
+        _max_flow(head, nxt, to, cap, n, 0, 1, 1e-13 * w.sum())
     share = np.empty(P)
     sums = np.zeros(E)
     for p in range(P):
@@ -245,11 +233,8 @@ def open_bottleneck(row, w, num_ranks, num_slots_per_rank, max_rewrites, min_gai
     P = row.shape[0]
     mean = w.sum() / D
     T, Y = min_max_rank_load(row, w, D, S)
-    counts = np.zeros(E, dtype=np.int64)
-    holds = np.zeros((D, E), dtype=np.bool_)
-    for p in range(P):
-        counts[row[p]] += 1
-        holds[p // S, row[p]] = True
+    counts = counts_from_row(row, E)
+    holds = holds_from_row(row, D, E)
     done = 0
     confined = np.empty(E, dtype=np.bool_)
     key = np.empty(E)

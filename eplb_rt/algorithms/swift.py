@@ -2,15 +2,11 @@
 
 Few experts move per cycle:
 
-1. **Primaries stay.** Each expert's first slot (lowest physical id) in the previous placement
-   (or the initial layout) keeps it.
-2. **Redundant slots re-filled.** Replica counts by min-max-replica on the current load; the
-   redundant replicas go, hottest per replica first, to the least-loaded rank that has a free
-   redundant slot and does not hold the expert. A redundant slot that already holds an expert
-   that still needs a replica keeps it (no move).
-3. **Capped swaps.** At most ``max_swaps`` pairwise swaps between the bottleneck rank and another,
-   each taken only when it lowers the peak by more than ``min_gain`` (fraction of the mean rank
-   load).
+1. **Primaries stay**: each expert's first slot in the previous placement (or initial layout).
+2. **Redundant slots re-filled** for min-max-replica counts on the current load, hottest per
+   replica first, to the least-loaded rank with a free slot; a redundant slot whose expert still
+   needs a replica keeps it.
+3. **Capped swaps**: at most ``max_swaps``, each lowering PAR by more than ``min_gain``.
 """
 
 from __future__ import annotations
