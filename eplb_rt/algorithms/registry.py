@@ -100,7 +100,7 @@ class PolicySpec:
     fn: LayerFn
     options: type
     summary: str
-    warm_up_options: tuple[dict, ...] = ({},)
+    warm_up_options: tuple[dict, ...] = ()
 
     def make_options(self, overrides: dict | None = None) -> Any:
         """Default options with ``overrides`` (values or CLI strings) applied and checked."""

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from eplb_rt.algorithms import metrics, registry
+from eplb_rt.algorithms.bounds import par_lower_bound
 from eplb_rt.placement import Placement, Topology
 from eplb_rt.sim import simulate as sim
-from eplb_rt.algorithms.bounds import par_lower_bound
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,22 +20,24 @@ class _NoOptions:
 
 @pytest.fixture
 def spy(monkeypatch):
-    """Register policy "spy": records (history, previous) and shifts every slot one rank on."""
+    """Register policy "spy": shifts every slot one rank on; records (history, previous) of the
+    plans the simulator asks for."""
     calls = []
 
-    def shift(load, previous, topo, _opts):
-        calls.append((load.copy(), previous))
-        base = (
-            previous
-            if previous is not None
-            else Placement.initial(load.shape[1], load.shape[2], topo)
-        )
-        return Placement(
-            np.roll(base.phy2log, topo.num_slots_per_rank, axis=1), base.num_experts, base.num_ranks
-        )
+    def shift(layer, topo, _opts):
+        base = layer.previous
+        if base is None:
+            base = Placement.initial(1, layer.load.shape[0], topo).phy2log[0]
+        return np.roll(base, topo.num_slots_per_rank)
+
+    def plan(name, load, topo, previous=None, options=None):
+        if name == "spy":
+            calls.append((load.copy(), previous))
+        return registry.plan(name, load, topo, previous, options)
 
     spec = registry.PolicySpec("spy", shift, _NoOptions, "test spy")
     monkeypatch.setitem(registry._REGISTRY, "spy", spec)
+    monkeypatch.setattr(sim.algorithms, "plan", plan)
     return calls
 
 
