@@ -57,8 +57,8 @@ def toy(names):
     if "equilibrium" in names:
         p = plan("equilibrium", load, topo, options={"shares": True})
         print(f"| equilibrium, shares=true | {metrics.max_rank_load(p, load)[0]:.2f} |")
-    exact, _ = bounds.exact_min_max(load[0], topo, uniform=True)
-    exact_shares, _ = bounds.exact_min_max(load[0], topo, uniform=False)
+    exact, _ = bounds.exact_min_max(load[0], topo, uniform=True, time_limit=600)
+    exact_shares, _ = bounds.exact_min_max(load[0], topo, uniform=False, time_limit=600)
     print(f"| exact optimum, uniform shares (MILP) | {exact:.2f} |")
     print(f"| exact optimum, free shares (MILP) | {exact_shares:.2f} |")
 
