@@ -77,14 +77,10 @@ class EquilibriumOptions(Options):
 
 def _layer_par(row: np.ndarray, w: np.ndarray, topo: Topology, shares: bool) -> float:
     """PAR of one layer's slots on ``w [E]``, with the best shares when ``shares``."""
-    total = w.sum()
+    D, total = topo.num_ranks, w.sum()
     if not shares or total <= 0:
-        return row_par(row, w[None, :], topo.num_ranks)
-    return (
-        min_max_rank_load(row, w, topo.num_ranks, topo.num_slots_per_rank)[0]
-        * topo.num_ranks
-        / total
-    )
+        return row_par(row, w[None, :], D)
+    return min_max_rank_load(row, w, D, topo.num_slots_per_rank)[0] * D / total
 
 
 def _fresh_row(
@@ -96,28 +92,15 @@ def _fresh_row(
     counts = allot_replicas(robust, topo.num_slots, D)
     # Counts and a first placement on the mean load, then swaps scored on every episode's peak,
     # which is what makes the plan hold out of sample.
-    single = w[None, :]
-    max_swaps = 4 * topo.num_slots
-    row = construct(LPT, single, w, _NO_COV, 0.0, counts, D, max_swaps)
-    row = count_search(
-        LPT,
-        row,
-        single,
-        w,
-        _NO_COV,
-        0.0,
-        counts,
-        D,
-        opts.count_rounds,
-        opts.count_width,
-        max_swaps,
-        1.0 + opts.count_tol,
-    )
+    args = (w[None, :], w, _NO_COV, 0.0, counts, D)
+    row = construct(LPT, *args, 4 * topo.num_slots)
+    rounds = (opts.count_rounds, opts.count_width, 4 * topo.num_slots, 1.0 + opts.count_tol)
+    row = count_search(LPT, row, *args, *rounds)
     if W.shape[0] > 1:
         # Every episode pushed away from the mean by the factor spread, so the plan holds for
         # deviations larger than those seen.
         V = normalise(np.maximum(w + opts.spread * (W - w), 0.0))
-        swap_search(row, V, counts, D, max_swaps, 1e-3, 0.0)
+        swap_search(row, V, counts, D, 4 * topo.num_slots, 1e-3, 0.0)
     if opts.shares and opts.share_rewrites:
         total = w.sum()
         # Rewrites cost a flow per candidate: only worth it when shares leave a real gap.
