@@ -52,15 +52,21 @@ def option(default: bool | int | float, low: float | None = None, high: float | 
     return dataclasses.field(default=default, metadata={"low": low, "high": high})
 
 
+def describe(field: dataclasses.Field) -> str:
+    """What an option takes, e.g. ``an integer >= 1``."""
+    kind, low, high = type(field.default), field.metadata.get("low"), field.metadata.get("high")
+    what = {bool: "true or false", int: "an integer", float: "a number"}[kind]
+    if kind is not bool and low is not None:
+        what += f" in [{low:g}, {high:g}]" if high is not None else f" >= {low:g}"
+    return what
+
+
 def _convert(policy: str, field: dataclasses.Field, value: Any) -> Any:
     """``value`` (a Python value or a CLI string) as ``field``'s type, or a ``ValueError``."""
     name, kind = field.name, type(field.default)
     low, high = field.metadata.get("low"), field.metadata.get("high")
-    what = {bool: "true or false", int: "an integer", float: "a number"}[kind]
-    if kind is not bool and low is not None:
-        what += f" in [{low:g}, {high:g}]" if high is not None else f" >= {low:g}"
     got = value if isinstance(value, str) else repr(value)
-    bad = ValueError(f"policy {policy!r} option {name!r} must be {what}, got {got}")
+    bad = ValueError(f"policy {policy!r} option {name!r} must be {describe(field)}, got {got}")
     if isinstance(value, str):
         text = value.strip().lower()
         if kind is bool and text in _TRUE + _FALSE:
