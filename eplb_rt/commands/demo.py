@@ -53,7 +53,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--policy",
         default=None,
-        help="placement policy (default: EplbConfig's, flashlb)",
+        help="placement policy (default: EplbConfig's, equilibrium)",
     )
     parser.add_argument(
         "--check-every",
