@@ -142,6 +142,10 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
     return swaps
 
 
+_FAR = 600.0
+"""A rank this many temperatures above the peak makes any move a loss (and exp would overflow)."""
+
+
 @njit(cache=True, nogil=True)
 def _soft_peak(loads, tau):
     """``tau * log(sum(exp(loads / tau)))``: a smooth maximum that credits lowering any of
@@ -170,7 +174,8 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau):
 
     A move rewrites one slot to another expert (1 slot; two replica counts change) or swaps two
     slots between ranks (2 slots). Each step takes the move with the largest drop of the smooth
-    peak (:func:`_soft_peak`, temperature ``tau`` in load units) per moved slot, among moves
+    peak ``tau * log(sum(exp(loads / tau)))`` (temperature ``tau`` in load units: it credits
+    lowering any of several tied peaks) per moved slot, among moves
     that lighten the peak rank. The walk stops at ``budget`` moved slots or when the best drop
     per slot falls below a quarter of ``move_cost`` (PAR units); of all its prefixes it returns
     the one with the least ``PAR + move_cost * moved slots``, so a dip before a large gain is
@@ -197,11 +202,15 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau):
     moves = 0
     trial = np.empty(D)
     while moves < budget:
-        base = _soft_peak(loads, tau)
         a = 0
         for r in range(1, D):
             if loads[r] > loads[a]:
                 a = r
+        # The smooth peak is tau * log(Z) above the peak; a move changes the terms of its ranks
+        # only, so a candidate costs the ranks it touches, not all D.
+        ex = np.exp((loads - loads[a]) / tau)
+        Z = ex.sum()
+        base = loads[a] + tau * np.log(Z)
         best_gain = 0.0
         best_p = -1
         best_q = -1
@@ -216,10 +225,17 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau):
                 d = w[x] / counts[x] - w[y] / counts[y]
                 if b == a or d <= 0.0 or holds[b, x] or holds[a, y]:
                     continue
-                trial[:] = loads
-                trial[a] -= d
-                trial[b] += d
-                gain = 0.5 * (base - _soft_peak(trial, tau))
+                if loads[b] + d - loads[a] > _FAR * tau:
+                    continue
+                z = max(Z - ex[a] - ex[b], 0.0) + np.exp(-d / tau)
+                z += np.exp((loads[b] + d - loads[a]) / tau)
+                new = loads[a] + tau * np.log(max(z, 1e-300))
+                if z < 1e-200:  # every term underflowed: score the move on all ranks
+                    trial[:] = loads
+                    trial[a] -= d
+                    trial[b] += d
+                    new = _soft_peak(trial, tau)
+                gain = 0.5 * (base - new)
                 if gain > best_gain:
                     best_gain = gain
                     best_p = p
@@ -235,7 +251,14 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau):
                 if y == x or holds[b, y] or counts[y] >= D or not (holds[a, y] or b == a):
                     continue
                 _rewrite(trial, loads, holds, w, counts, b, x, y)
-                gain = base - _soft_peak(trial, tau)
+                z = Z
+                for r in range(D):
+                    if trial[r] != loads[r]:
+                        z += np.exp(min(trial[r] - loads[a], _FAR * tau) / tau) - ex[r]
+                new = loads[a] + tau * np.log(max(z, 1e-300))
+                if z < 1e-200:  # every term underflowed: score the move on all ranks
+                    new = _soft_peak(trial, tau)
+                gain = base - new
                 if gain > best_gain:
                     best_gain = gain
                     best_p = -1
