@@ -83,12 +83,10 @@ def exact_min_max(
 ) -> tuple[float, np.ndarray]:
     """Exact best max rank load of one small layer ``w [E]`` (MILP, HiGHS).
 
-    ``uniform=True``: replica counts and placement with uniform shares. ``uniform=False``: any
-    shares (each expert's tokens split freely over its replicas). With ``previous [P]`` and
-    ``max_moves``: at most that many slots hold another expert than in ``previous`` (ranks keep
-    their labels; inside a rank, slots are free to permute). Returns ``(value, row [P])``, the
-    row listing each rank's experts in id order. Meant for tests and tiny instances (a few
-    experts and ranks): the model grows as ``E * D^2``.
+    ``uniform``: uniform shares, else any split of each expert over its replicas. With
+    ``previous [P]``: at most ``max_moves`` slots change (ranks keep their labels; slots inside a
+    rank permute freely). Returns ``(value, row [P])``, each rank's experts in id order. For
+    tests and tiny layers: the model grows as ``E * D^2``.
     """
     w = np.asarray(w, dtype=np.float64)
     E, D, S = w.shape[0], topo.num_ranks, topo.num_slots_per_rank

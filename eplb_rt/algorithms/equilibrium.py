@@ -48,20 +48,15 @@ class EquilibriumOptions(Options):
     """Options of the ``equilibrium`` policy.
 
     Attributes:
-        num_episodes: episodes the load history is cut into for robust scoring (1 = plan on the
-            summed load only).
-        shares: choose non-uniform replica shares (the ``route_and_count`` kernel honours them);
-            False plans for uniform shares.
-        count_rounds: rounds of the neighbour search over replica counts.
-        count_width: candidate donor/recipient experts per round of that search.
+        num_episodes: episodes the history is cut into for robust scoring (1: the sum only).
+        shares: choose non-uniform replica shares (``route_and_count`` honours them).
+        count_rounds, count_width: rounds and candidate experts of the replica-count search.
         count_tol: the count search stops once the PAR is within this of 1.
-        spread: plan for deviations from the mean load ``spread`` times those seen: replicas are
-            allotted for ``mean + spread * std`` of each expert's episode load, and the episodes
-            the swaps are scored on are pushed away from the mean by this factor.
+        spread: plan for deviations from the mean ``spread`` times those seen (allotment at
+            ``mean + spread * std``; the swaps' episodes pushed that far from the mean).
         share_rewrites: slots that may be rewritten to open a bottleneck for the shares.
         move_cost: with a previous placement: PAR a moved slot must buy.
-        max_moved_fraction: with a previous placement: at most this fraction of a layer's slots
-            move.
+        max_moved_fraction: ... and at most this fraction of a layer's slots moves.
     """
 
     num_episodes: int = option(16, low=1)

@@ -40,15 +40,10 @@ class FlashLBOptions(Options):
         num_episodes: episodes the history is cut into for the statistics.
         z: weight of the standard deviation in the device score (0.674 = 75th percentile).
         width: states kept per group in the tree search (beam width).
-        branch: replica-count choices tried per group and state (centred on the proportional
-            share).
-        neighbour_rounds: rounds of the neighbour search over replica counts.
-        neighbour_width: donor and recipient experts tried per round (one- and two-replica
-            moves among them).
-        threshold: with a previous placement: a layer is re-deployed only if its PAR exceeds
-            this.
-        margin: ... and the new placement removes at least this fraction of the layer's
-            excess ``PAR - 1`` (hysteresis).
+        branch: replica-count choices per group and state (around the proportional share).
+        neighbour_rounds, neighbour_width: rounds and donor/recipient experts of the count search.
+        threshold: with a previous placement: a layer is re-deployed only above this PAR ...
+        margin: ... and when the new one removes this fraction of its excess ``PAR - 1``.
         incremental: with a previous placement: LPT-incremental re-placement inside a layer.
         hot_fraction: share of experts (hottest first) re-placed by the incremental mode.
     """

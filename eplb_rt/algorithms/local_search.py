@@ -42,11 +42,9 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
     """Swap replicas between a bottleneck rank and any other rank, best swap first (in place).
 
     Objective: the sum over episodes of the peak rank load, plus ``tie_weight * D`` times the sum
-    of squared rank loads, so that a swap that lowers one of several equal peaks still counts
-    (the squares are a potential: accepted swaps never cycle). Each round tries the ranks that
-    are an episode's peak, the one with the largest lead over the runner-up first, and takes the
-    best swap of the first rank that has one gaining more than ``min_gain``. Stops when no peak
-    rank has such a swap or after ``max_rounds`` swaps; returns the number of swaps.
+    of squared rank loads (a potential, so swaps never cycle, and lowering one of several equal
+    peaks counts). Each round takes the best swap of the first episode-peak rank (largest lead
+    first) that has one gaining more than ``min_gain``; at most ``max_rounds``. Returns swaps.
     """
     K, E = W.shape
     D = num_ranks
@@ -172,15 +170,12 @@ def _rewrite(out, loads, holds, w, counts, b, x, y):
 def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau):
     """Improve ``prev_row`` move by move, best marginal gain per moved slot first.
 
-    A move rewrites one slot to another expert (1 slot; two replica counts change) or swaps two
-    slots between ranks (2 slots). Each step takes the move with the largest drop of the smooth
-    peak ``tau * log(sum(exp(loads / tau)))`` (temperature ``tau`` in load units: it credits
-    lowering any of several tied peaks) per moved slot, among moves
-    that lighten the peak rank. The walk stops at ``budget`` moved slots or when the best drop
-    per slot falls below a quarter of ``move_cost`` (PAR units); of all its prefixes it returns
-    the one with the least ``PAR + move_cost * moved slots``, so a dip before a large gain is
-    walked through. ``w [E]``: the load the moves are judged on.
-    Returns ``(row [P] int64, moved slots)``.
+    A move rewrites one slot to another expert (1 slot) or swaps two slots between ranks (2).
+    Each step takes the move of the peak rank with the largest drop of the smooth peak
+    (:func:`_soft_peak`) per moved slot, until ``budget`` slots or a drop per slot below a
+    quarter of ``move_cost`` (PAR); it returns the walk's prefix with the least ``PAR +
+    move_cost * moved slots`` (a dip before a large gain is walked through). ``w [E]``: the load
+    the moves are judged on. Returns ``(row [P] int64, moved slots)``.
     """
     E = w.shape[0]
     D = num_ranks

@@ -29,8 +29,7 @@ class Layer:
         episodes: ``[K, E] float64``, the history cut into ``K`` episodes, each scaled to sum 1.
         load: ``[E] float64``, the whole history summed, scaled to sum 1 (zero stays zero).
         previous: ``[P] int64`` expert of each slot in the placement in force, or ``None``.
-        previous_share: ``[P] float64`` its replica shares, ``None`` when uniform (or no
-            placement is in force).
+        previous_share: ``[P] float64`` its shares, ``None`` when uniform or no previous.
         index: the layer's index.
     """
 

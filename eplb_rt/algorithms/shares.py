@@ -201,14 +201,10 @@ def balanced_slot_shares(row, w, num_ranks, num_slots_per_rank, target):
 def optimal_slot_shares(
     row: np.ndarray, w: np.ndarray, num_ranks: int, num_slots_per_rank: int
 ) -> tuple[np.ndarray, float]:
-    """Shares minimising the max rank load of one layer.
+    """Shares minimising the max rank load of one layer: ``row [P]`` experts, ``w [E]`` loads.
 
-    Args:
-        row: ``[P]`` integer, expert of each slot.
-        w: ``[E]`` float64 expert load.
-    Returns:
-        ``(share [P] float64, T*)``: each expert's slot shares sum to 1; ``T*`` is the max rank load
-        they reach (equal to the mean rank load whenever the placement allows it).
+    Returns ``(share [P] float64, T*)``: each expert's shares sum to 1; ``T*`` is the max rank
+    load they reach (the mean rank load whenever the placement allows it).
     """
     row = np.ascontiguousarray(row, dtype=np.int64)
     w = np.ascontiguousarray(w, dtype=np.float64)
