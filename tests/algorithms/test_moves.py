@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eplb_rt.algorithms import bounds, plan
+from eplb_rt.algorithms import bounds, metrics, plan
 from eplb_rt.algorithms.local_search import greedy_moves
 from eplb_rt.placement import Placement, Topology
 
@@ -88,3 +88,19 @@ def test_equilibrium_keeps_the_budget_of_every_layer():
     options = {"move_cost": 0.0, "max_moved_fraction": 0.25}
     moved = plan("equilibrium", new, topo, previous=prev, options=options).moves(prev)
     assert (moved <= 3).all() and moved.sum() > 0
+
+
+def test_default_wins_on_deepseek_v3_replans():
+    """The issue's goal with default options: PAR <= 1.01 moving <= 20 % of the slots, re-planning
+    each prefill workload from a placement fitted on the other three (32 ranks x 9 slots)."""
+    from eplb_rt.config import EplbConfig
+    from eplb_rt.sim import traces
+
+    policy = EplbConfig().policy
+    loads = [traces.deepseek_v3(w, moe_only=True) for w in traces.DEEPSEEK_V3_WORKLOADS]
+    topo = Topology(32, 9)
+    for i, new in enumerate(loads):
+        prev = plan(policy, np.concatenate(loads[:i] + loads[i + 1 :]), topo)
+        p = plan(policy, new, topo, previous=prev)
+        assert np.nanmean(metrics.par(p, new[0])) <= 1.01
+        assert p.moved_fraction(prev) <= 0.20
