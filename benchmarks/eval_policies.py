@@ -12,10 +12,14 @@ Prints markdown tables:
    requests (as episodes), score request by request on the second half (mean over requests);
 3. adapting: DeepSeek-V3 32x9, previous = plan on the other three workloads, re-plan on the
    fourth with ``previous``; PAR on it and moved fraction (mean over the four);
-4. the PAR-versus-moves curve of equilibrium's ``move_cost`` knob in that setting;
+4. the frontier, PAR against moved slots for each ``move_cost``: DeepSeek-V3 32x9 (previous
+   fitted on three workloads, re-plan on the fourth, mean of the four) and ESFT 8x9 task
+   switches (previous fitted on one task, re-plan on the next); only the stable API is used, so
+   the same command on another checkout (``PYTHONPATH=<checkout>``) prints that code's frontier;
 5. re-plan cycles: ESFT requests in windows of 8; plan on window t with the placement of t-1,
    score on window t+1; mean PAR and mean moved fraction per cycle;
-6. wall time of all 58 DeepSeek-V3 layers at 64x5 on one core after warm-up, and warm-up time.
+6. wall time of all 58 DeepSeek-V3 layers at 64x5 on one core after warm-up, and warm-up time;
+7. the move selection against the exact optimum with a move budget (MILP) on small layers.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ import time
 import numpy as np
 
 from benchmarks import traces
-from eplb_rt.algorithms import bounds, get_policy, metrics, plan, policy_names
-from eplb_rt.placement import Topology
+from eplb_rt.algorithms import bounds, metrics, plan, policy_names, warm_up
+from eplb_rt.placement import Placement, Topology
 
 DS = traces.DEEPSEEK_V3_WORKLOADS
 OLMOE_DOMAINS = ("arxiv", "book", "c4", "github", "tulu", "wikipedia")
@@ -53,8 +57,8 @@ def toy(names):
     if "equilibrium" in names:
         p = plan("equilibrium", load, topo, options={"shares": True})
         print(f"| equilibrium, shares=true | {metrics.max_rank_load(p, load)[0]:.2f} |")
-    exact, _ = bounds.exact_min_max(load[0], topo, uniform=True)
-    exact_shares, _ = bounds.exact_min_max(load[0], topo, uniform=False)
+    exact, _ = bounds.exact_min_max(load[0], topo, uniform=True, time_limit=600)
+    exact_shares, _ = bounds.exact_min_max(load[0], topo, uniform=False, time_limit=600)
     print(f"| exact optimum, uniform shares (MILP) | {exact:.2f} |")
     print(f"| exact optimum, free shares (MILP) | {exact_shares:.2f} |")
 
@@ -115,7 +119,7 @@ def out_of_sample(names):
         print(f"| {n} | " + " | ".join(f"{x:.4f}" for x in res) + " |")
 
 
-def adapting(names, knob_values=(0.0, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01)):
+def adapting(names):
     loads = [deepseek(w) for w in DS]
     topo = Topology(32, 9)
     print(
@@ -124,29 +128,69 @@ def adapting(names, knob_values=(0.0, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.00
     )
     print("| policy | PAR | moved fraction |")
     print("|---|---|---|")
-    prevs = {}
     for n in names:
         pars, moved = [], []
         for i in range(len(loads)):
             train = np.concatenate([x for j, x in enumerate(loads) if j != i])
-            prev = prevs.setdefault((n, i), plan(n, train, topo))
+            prev = plan(n, train, topo)
             p = plan(n, loads[i], topo, previous=prev)
             pars.append(_par(p, loads[i][0]))
             moved.append(p.moved_fraction(prev))
         print(f"| {n} | {np.mean(pars):.4f} | {np.mean(moved):.1%} |")
-    if "equilibrium" not in names:
-        return
-    print("\n### equilibrium: PAR versus moves (move_cost knob, same setting)\n")
-    print("| move_cost | PAR | moved fraction |")
-    print("|---|---|---|")
-    for cost in knob_values:
-        pars, moved = [], []
-        for i in range(len(loads)):
-            prev = prevs[("equilibrium", i)]
-            p = plan("equilibrium", loads[i], topo, previous=prev, options={"move_cost": cost})
-            pars.append(_par(p, loads[i][0]))
-            moved.append(p.moved_fraction(prev))
-        print(f"| {cost:g} | {np.mean(pars):.4f} | {np.mean(moved):.1%} |")
+
+
+def frontier(policy="equilibrium", costs=(5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 1e-3, 2e-3)):
+    loads = [deepseek(w) for w in DS]
+    esft = [traces.esft(t) for t in traces.ESFT_TASKS]
+    cases = {"ds": [], "esft": []}
+    for i in range(len(loads)):
+        train = np.concatenate([x for j, x in enumerate(loads) if j != i])
+        cases["ds"].append((Topology(32, 9), plan(policy, train, Topology(32, 9)), loads[i]))
+    for i in range(len(esft)):
+        prev = plan(policy, esft[i], Topology(8, 9))
+        cases["esft"].append((Topology(8, 9), prev, esft[(i + 1) % len(esft)]))
+    print(
+        f"\n### {policy}: PAR against moved slots (move_cost; DeepSeek-V3 32x9 leave-one-out "
+        "re-plans, ESFT 8x9 task switches)\n"
+    )
+    print("| move_cost | DeepSeek-V3 PAR | moved | ESFT PAR | moved |")
+    print("|---|---|---|---|---|")
+    for cost in costs:
+        out = []
+        for kind in ("ds", "esft"):
+            pars, moved = [], []
+            for topo, prev, new in cases[kind]:
+                p = plan(policy, new, topo, previous=prev, options={"move_cost": cost})
+                pars.append(_par(p, new.sum(0)))
+                moved.append(p.moved_fraction(prev))
+            out += [f"{np.mean(pars):.4f}", f"{np.mean(moved):.1%}"]
+        print(f"| {cost:g} | " + " | ".join(out) + " |")
+
+
+def exact_gap(seeds=12, budgets=(1, 2, 4, 6)):
+    """Greedy move selection against the MILP optimum with the same move budget."""
+    from eplb_rt.algorithms.local_search import greedy_moves
+
+    topo = Topology(3, 3)
+    gaps = {b: [] for b in budgets}
+    for seed in range(seeds):
+        rng = np.random.default_rng(seed)
+        old, new = rng.pareto(1.2, size=(2, 7)) * 100
+        prev = plan("deepseek", old[None], topo).phy2log[0].astype(np.int64)
+        for b in budgets:
+            best, _ = bounds.exact_min_max(new, topo, previous=prev, max_moves=b)
+            row, _ = greedy_moves(prev, new / new.sum(), 3, b, 0.0, 1e-3 / 3)
+            got = metrics.max_rank_load(Placement(row[None], 7, 3), new[None])[0]
+            gaps[b].append(got / best - 1)
+    print(
+        f"\n### Move selection against the exact optimum (MILP), 7 experts on 3x3, {seeds} "
+        "random load pairs\n"
+    )
+    print("| move budget (slots) | mean gap | max gap | optimal in |")
+    print("|---|---|---|---|")
+    for b, values in gaps.items():
+        g = np.array(values)
+        print(f"| {b} | {g.mean():.2%} | {g.max():.2%} | {(g < 1e-9).mean():.0%} |")
 
 
 def cycles(names, window=8):
@@ -186,10 +230,8 @@ def timing(names, repeats=5):
     four = np.concatenate([deepseek(w) for w in DS])
     topo = Topology(64, 5)
     for n in names:
-        spec = get_policy(n)
         t0 = time.perf_counter()
-        if spec.warm_up is not None:
-            spec.warm_up()
+        warm_up([n])
         warm = time.perf_counter() - t0
         out = []
         for load in (one, four):
@@ -205,7 +247,7 @@ def timing(names, repeats=5):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policies", default=",".join(policy_names()))
-    parser.add_argument("--sections", default="time,toy,in,out,adapt,cycles")
+    parser.add_argument("--sections", default="time,toy,in,out,adapt,frontier,cycles,exact")
     args = parser.parse_args()
     names = args.policies.split(",")
     sections = args.sections.split(",")
@@ -219,8 +261,12 @@ def main() -> None:
         out_of_sample(names)
     if "adapt" in sections:
         adapting(names)
+    if "frontier" in sections:
+        frontier()
     if "cycles" in sections:
         cycles(names)
+    if "exact" in sections:
+        exact_gap()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from eplb_rt import algorithms
-from eplb_rt.algorithms.align import align_row
+from eplb_rt.algorithms.align import align_placement
 from eplb_rt.algorithms.load import check_load
 from eplb_rt.algorithms.metrics import rank_load
 from eplb_rt.placement import Placement, Topology
@@ -125,7 +125,9 @@ def decide(
     options = dict(options or {})
     if "move_cost" in {f.name for f in dataclasses.fields(algorithms.get_policy(policy).options)}:
         options.setdefault("move_cost", cost.move_cost(load, topology.num_ranks, horizon))
-    candidate = align(previous, algorithms.plan(policy, load, topology, previous, options))
+    candidate = align_placement(
+        previous, algorithms.plan(policy, load, topology, previous, options)
+    )
     peak_before, par_before = step_par(previous, load)
     peak_after, par_after = step_par(candidate, load)
     saved = (peak_before - peak_after) * cost.token_seconds * horizon
@@ -135,19 +137,6 @@ def decide(
     placement = previous.replace_layers(layers, candidate) if layers else previous
     slots = int(placement.moves(previous).sum())
     return Decision(placement, candidate, layers, saved, spent, par_before, par_after, slots)
-
-
-def align(previous: Placement, new: Placement) -> Placement:
-    """``new`` with each layer's ranks relabelled (Hungarian) and slots permuted so that the
-    most experts stay where ``previous`` has them; rank loads and shares are those of ``new``."""
-    if new.phy2log.shape != previous.phy2log.shape or new.num_ranks != previous.num_ranks:
-        raise ValueError(f"cannot align {new.describe()} to {previous.describe()}")
-    rows, shares = np.empty_like(new.phy2log), new.slot_share.copy()
-    for layer, (row, old) in enumerate(zip(new.phy2log, previous.phy2log, strict=True)):
-        rows[layer], shares[layer] = align_row(
-            row, old, new.num_ranks, new.num_experts, new.slot_share[layer]
-        )
-    return Placement(rows, new.num_experts, new.num_ranks, None if new.is_uniform else shares)
 
 
 def drifted(load: np.ndarray, placement: Placement, recent: int, cost: CostModel) -> bool:

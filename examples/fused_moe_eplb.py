@@ -180,7 +180,7 @@ def worker(rank: int, args: argparse.Namespace, port: int, out_path: str) -> Non
 
     config = EplbConfig.from_dict(
         {
-            "policy": "default",
+            "policy": "deepseek",
             "interval": args.interval,
             "history": 2 * args.interval,
             "episode": max(1, args.interval // 2),

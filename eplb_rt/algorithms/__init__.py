@@ -5,7 +5,7 @@ Importing this package registers every policy; see :mod:`eplb_rt.algorithms.regi
 
 # One import per policy module: importing it registers the policy.
 from eplb_rt.algorithms import (
-    default,  # noqa: F401
+    deepseek,  # noqa: F401
     equilibrium,  # noqa: F401
     flashlb,  # noqa: F401
     random_baseline,  # noqa: F401

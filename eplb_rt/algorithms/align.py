@@ -5,13 +5,16 @@ ranks may be relabelled freely. The relabelling that keeps the most (rank, exper
 previous placement is an assignment problem on the ``[D, D]`` overlap matrix, solved exactly by
 ``scipy.optimize.linear_sum_assignment`` (Hungarian). Inside a rank, experts already there keep
 their slot and the rest fill the freed slots in order. The result has the same rank loads as the
-new placement and the fewest moved slots among all rank relabellings.
+new placement and the fewest moved slots among all rank relabellings; among equally good
+relabellings it keeps the ranks' own labels.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+
+from eplb_rt.placement import Placement
 
 
 def align_row(
@@ -34,7 +37,8 @@ def align_row(
     ranks = np.repeat(np.arange(num_ranks), S)
     new_hot[ranks, new_row] = 1
     prev_hot[ranks, prev_row] = 1
-    overlap = new_hot @ prev_hot.T  # [new rank, old rank]
+    # [new rank, old rank]; the identity breaks ties (it adds less than one kept slot in all).
+    overlap = (new_hot @ prev_hot.T) * (num_ranks + 1) + np.eye(num_ranks, dtype=np.int32)
     new_idx, old_idx = linear_sum_assignment(overlap, maximize=True)
     out = np.empty((num_ranks, S), dtype=np.int64)
     share_grid = None if new_share is None else new_share.reshape(num_ranks, S)
@@ -59,3 +63,26 @@ def align_row(
         if out_share is not None:
             out_share[o] = share_grid[n][placed]
     return out.reshape(P), None if out_share is None else out_share.reshape(P)
+
+
+def align_placement(previous: Placement, new: Placement) -> Placement:
+    """``new`` with every layer's ranks relabelled and slots permuted (:func:`align_row`) to keep
+    the most of ``previous`` in place; same rank loads and shares as ``new``."""
+    if (previous.num_layers, previous.num_slots, previous.num_ranks, previous.num_experts) != (
+        new.num_layers,
+        new.num_slots,
+        new.num_ranks,
+        new.num_experts,
+    ):
+        raise ValueError(f"cannot align {new.describe()} to {previous.describe()}")
+    rows = np.empty((new.num_layers, new.num_slots), dtype=np.int64)
+    shares = np.empty((new.num_layers, new.num_slots))
+    for layer in range(new.num_layers):
+        rows[layer], shares[layer] = align_row(
+            new.phy2log[layer].astype(np.int64),
+            previous.phy2log[layer].astype(np.int64),
+            new.num_ranks,
+            new.num_experts,
+            new.slot_share[layer],
+        )
+    return Placement(rows, new.num_experts, new.num_ranks, None if new.is_uniform else shares)

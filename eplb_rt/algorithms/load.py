@@ -1,12 +1,16 @@
-"""Validation of the load arrays that policies and metrics read."""
+"""The load arrays that policies and metrics read: validation, episodes, normalisation."""
 
 from __future__ import annotations
 
 import numpy as np
 
 
-def check_load(load: np.ndarray, num_layers: int | None = None, num_experts: int | None = None,
-               name: str = "load") -> np.ndarray:
+def check_load(
+    load: np.ndarray,
+    num_layers: int | None = None,
+    num_experts: int | None = None,
+    name: str = "load",
+) -> np.ndarray:
     """Return ``load`` as a C-contiguous ``[T, L, E] float64`` array, or raise ``ValueError``.
 
     Accepts ``[L, E]`` (one step or an aggregate, returned as ``T = 1``) or ``[T, L, E]``.
@@ -32,3 +36,28 @@ def check_load(load: np.ndarray, num_layers: int | None = None, num_experts: int
     if num_experts is not None and arr.shape[2] != num_experts:
         raise ValueError(f"{name} has {arr.shape[2]} experts, expected {num_experts}")
     return arr
+
+
+def cut_episodes(load: np.ndarray, num_episodes: int) -> np.ndarray:
+    """Sum ``load [T, L, E]`` (checked) over ``min(T, num_episodes)`` contiguous runs of steps.
+
+    Runs differ in length by at most one step, so no step is dropped. A policy sees episodes
+    rather than single steps, which are noisy. Returns ``[K, L, E] float64``.
+    """
+    arr = check_load(load)
+    T = arr.shape[0]
+    K = min(T, int(num_episodes))
+    if K == T:
+        return arr.copy()
+    bounds = np.linspace(0, T, K + 1).round().astype(np.int64)
+    return np.add.reduceat(arr, bounds[:-1], axis=0)
+
+
+def normalise(load: np.ndarray) -> np.ndarray:
+    """Scale every ``[..., E]`` row of ``load`` to sum 1 (all-zero rows stay zero).
+
+    Episodes (or workloads) of different volume then count equally: a plan scored on them weighs
+    each one's *shape* of load.
+    """
+    totals = load.sum(axis=-1, keepdims=True)
+    return np.divide(load, totals, out=np.zeros_like(load), where=totals > 0)

@@ -3,11 +3,15 @@
 PAR (peak-to-average ratio) of a layer = max rank load / mean rank load, where each expert's load
 is split over its replicas by the placement's shares. 1.0 is perfect balance. Layers with no load
 have no PAR (NaN) and are left out of means.
+
+The numpy functions take a :class:`Placement`; the numba kernels at the end are the same measures
+for the policies' inner loops (one layer's ``row [P]``, uniform shares).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from eplb_rt.algorithms.load import check_load
 from eplb_rt.placement import Placement
@@ -72,3 +76,34 @@ def score(placement: Placement, load: np.ndarray, previous: Placement | None = N
         out["moves_per_layer"] = moves.tolist()
         out["moved_fraction"] = placement.moved_fraction(previous)
     return out
+
+
+@njit(cache=True, nogil=True)
+def row_rank_loads(row, W, num_ranks):
+    """``[K, D]``: rank loads of one layer's ``row [P]`` on each episode of ``W [K, E]``."""
+    K, E = W.shape
+    S = row.shape[0] // num_ranks
+    counts = np.zeros(E, dtype=np.int64)
+    for p in range(row.shape[0]):
+        counts[row[p]] += 1
+    out = np.zeros((K, num_ranks))
+    for p in range(row.shape[0]):
+        e = row[p]
+        for k in range(K):
+            out[k, p // S] += W[k, e] / counts[e]
+    return out
+
+
+@njit(cache=True, nogil=True)
+def row_par(row, W, num_ranks):
+    """Mean over the episodes of ``W [K, E]`` of one layer's PAR (1.0 for an empty episode)."""
+    loads = row_rank_loads(row, W, num_ranks)
+    acc = 0.0
+    for k in range(loads.shape[0]):
+        peak = 0.0
+        total = 0.0
+        for r in range(num_ranks):
+            peak = max(peak, loads[k, r])
+            total += loads[k, r]
+        acc += peak * num_ranks / total if total > 0.0 else 1.0
+    return acc / loads.shape[0]

@@ -12,24 +12,28 @@ import dataclasses
 
 import numpy as np
 
-from eplb_rt.algorithms import _kernels as K
-from eplb_rt.algorithms.registry import register
-from eplb_rt.placement import Placement, Topology
+from eplb_rt.algorithms.packing import place_replica
+from eplb_rt.algorithms.registry import Layer, Options, option, register
+from eplb_rt.placement import Topology
 
 
 @dataclasses.dataclass(frozen=True)
-class RandomOptions:
+class RandomOptions(Options):
     """Options of the ``random`` policy.
 
     Attributes:
         seed: seed of the generator; the same seed and load give the same placement.
     """
 
-    seed: int = 0
+    seed: int = option(0, low=0)
 
 
-def _random_row(w: np.ndarray, topo: Topology, rng: np.random.Generator) -> np.ndarray:
-    E, D, S = w.shape[0], topo.num_ranks, topo.num_slots_per_rank
+@register("random", RandomOptions, "random replica counts and ranks (seeded baseline)")
+def random_policy(layer: Layer, topo: Topology, opts: RandomOptions) -> np.ndarray:
+    """One layer; returns a random valid ``row [P] int64``."""
+    w, D = layer.load, topo.num_ranks
+    E = w.shape[0]
+    rng = np.random.default_rng([opts.seed, layer.index])
     counts = np.ones(E, dtype=np.int64)
     weights = w + 1e-12 if w.sum() > 0 else np.ones(E)
     for _ in range(topo.num_slots - E):
@@ -41,18 +45,7 @@ def _random_row(w: np.ndarray, topo: Topology, rng: np.random.Generator) -> np.n
     fill = np.zeros(D, dtype=np.int64)
     holds = np.zeros((D, E), dtype=np.bool_)
     for e in replicas:
-        # _place_one takes the least-loaded rank that can hold e; random "loads" make that a
+        # place_replica takes the least-loaded rank that can hold e: random "loads" make that a
         # random admissible rank (and it repairs the rare dead end where none is left).
-        K._place_one(e, 0.0, rng.random(D), fill, holds, row, S)
+        place_replica(e, np.zeros(E), rng.random(D), fill, holds, row)
     return row
-
-
-@register("random", RandomOptions, "random replica counts and ranks (seeded baseline)")
-def random_policy(
-    load: np.ndarray, previous: Placement | None, topo: Topology, opts: RandomOptions
-) -> Placement:
-    """load: ``[T, L, E]`` float64. Returns a random valid placement of all ``L`` layers."""
-    agg = load.sum(axis=0)
-    rng = np.random.default_rng(opts.seed)
-    rows = np.stack([_random_row(w, topo, rng) for w in agg])
-    return Placement(rows, agg.shape[1], topo.num_ranks)

@@ -1,36 +1,114 @@
 """The registry of balancing policies, checked against by the config and the CLI.
 
-A policy is a pure function ``(load [T, L, E] float64, previous Placement | None, Topology,
-options) -> Placement``: deterministic, no torch, no global state. Each registers here with the
-dataclass of its options and one line of description.
+A policy is a pure function of one layer, ``(Layer, Topology, options) -> row [P] int64`` (or
+``(row, share [P])`` for non-uniform replica shares): deterministic, no torch, no global state.
+The registry owns the rest: checking the load and the previous placement, cutting the history
+into episodes, the loop over layers and building the :class:`Placement`. Each policy registers
+with an options dataclass (a subclass of :class:`Options`, every field made with
+:func:`option`, so values are converted and range-checked before any work starts).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from eplb_rt.algorithms.load import check_load
+from eplb_rt.algorithms.load import check_load, cut_episodes, normalise
 from eplb_rt.placement import Placement, Topology
 
-PolicyFn = Callable[[np.ndarray, "Placement | None", Topology, Any], Placement]
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """One layer as a policy sees it.
+
+    Attributes:
+        episodes: ``[K, E] float64``, the history cut into ``K`` episodes, each scaled to sum 1.
+        load: ``[E] float64``, the whole history summed, scaled to sum 1 (zero stays zero).
+        previous: ``[P] int64`` expert of each slot in the placement in force, or ``None``.
+        previous_share: ``[P] float64`` its shares, ``None`` when uniform or no previous.
+        index: the layer's index.
+    """
+
+    episodes: np.ndarray
+    load: np.ndarray
+    previous: np.ndarray | None
+    previous_share: np.ndarray | None
+    index: int
+
+
+LayerFn = Callable[[Layer, Topology, Any], "np.ndarray | tuple[np.ndarray, np.ndarray | None]"]
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def option(default: bool | int | float, low: float | None = None, high: float | None = None):
+    """A policy option of the default's type (bool, int or float), within ``[low, high]``."""
+    return dataclasses.field(default=default, metadata={"low": low, "high": high})
+
+
+def describe(field: dataclasses.Field) -> str:
+    """What an option takes, e.g. ``an integer >= 1``."""
+    kind, low, high = type(field.default), field.metadata.get("low"), field.metadata.get("high")
+    what = {bool: "true or false", int: "an integer", float: "a number"}[kind]
+    if kind is not bool and low is not None:
+        what += f" in [{low:g}, {high:g}]" if high is not None else f" >= {low:g}"
+    return what
+
+
+def _convert(policy: str, field: dataclasses.Field, value: Any) -> Any:
+    """``value`` (a Python value or a CLI string) as ``field``'s type, or a ``ValueError``."""
+    name, kind = field.name, type(field.default)
+    low, high = field.metadata.get("low"), field.metadata.get("high")
+    got = value if isinstance(value, str) else repr(value)
+    bad = ValueError(f"policy {policy!r} option {name!r} must be {describe(field)}, got {got}")
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if kind is bool and text in _TRUE + _FALSE:
+            return text in _TRUE
+        try:
+            value = float(text)
+        except ValueError:
+            raise bad from None
+    if kind is bool and isinstance(value, bool):
+        return value
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is bool or not number or not math.isfinite(value) or (kind is int and value % 1):
+        raise bad
+    value = kind(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise bad
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Base of the policies' options: every field is converted and checked when built."""
+
+    policy: ClassVar[str] = "?"
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _convert(self.policy, f, getattr(self, f.name)))
 
 
 @dataclasses.dataclass(frozen=True)
 class PolicySpec:
-    """A registered policy: its function, its options dataclass and a one-line summary."""
+    """A registered policy: its per-layer function, options class, summary and the option sets
+    :func:`warm_up` runs it with (each compiles the numba kernels that path uses)."""
 
     name: str
-    fn: PolicyFn
+    fn: LayerFn
     options: type
     summary: str
-    warm_up: Callable[[], None] | None = None
+    warm_up_options: tuple[dict, ...] = ()
 
     def make_options(self, overrides: dict | None = None) -> Any:
-        """Default options with ``overrides`` applied; unknown keys are an error."""
+        """Default options with ``overrides`` (values or CLI strings) applied and checked."""
         overrides = dict(overrides or {})
         known = {f.name for f in dataclasses.fields(self.options)}
         unknown = sorted(set(overrides) - known)
@@ -44,13 +122,16 @@ class PolicySpec:
 _REGISTRY: dict[str, PolicySpec] = {}
 
 
-def register(name: str, options: type, summary: str, warm_up: Callable[[], None] | None = None):
-    """Decorator adding a policy function to the registry under ``name``."""
+def register(
+    name: str, options: type, summary: str, warm_up_options: tuple[dict, ...] = ({},)
+) -> Callable[[LayerFn], LayerFn]:
+    """Decorator adding a per-layer policy function to the registry under ``name``."""
 
-    def wrap(fn: PolicyFn) -> PolicyFn:
+    def wrap(fn: LayerFn) -> LayerFn:
         if name in _REGISTRY:
             raise ValueError(f"policy {name!r} is already registered")
-        _REGISTRY[name] = PolicySpec(name, fn, options, summary, warm_up)
+        options.policy = name
+        _REGISTRY[name] = PolicySpec(name, fn, options, summary, warm_up_options)
         return fn
 
     return wrap
@@ -78,13 +159,21 @@ def plan(
     """Run policy ``name`` on ``load`` (``[L, E]`` or ``[T, L, E]``) and return its placement.
 
     ``options`` is the policy's options object, a dict of overrides, or ``None`` for defaults.
+    Everything is checked before the policy runs.
     """
     spec = get_policy(name)
+    if not isinstance(options, spec.options):
+        if options is not None and not isinstance(options, dict):
+            raise ValueError(
+                f"options of policy {name!r} must be a dict or {spec.options.__name__}, "
+                f"got {type(options).__name__}"
+            )
+        options = spec.make_options(options)
     arr = check_load(load)
-    topology.check_experts(arr.shape[2])
+    _, L, E = arr.shape
+    topology.check_experts(E)
     if previous is not None and (
-        previous.num_layers != arr.shape[1]
-        or previous.num_experts != arr.shape[2]
+        (previous.num_layers, previous.num_experts) != (L, E)
         or previous.num_ranks != topology.num_ranks
         or previous.num_slots_per_rank != topology.num_slots_per_rank
     ):
@@ -92,14 +181,30 @@ def plan(
             f"previous placement ({previous.describe()}) does not match load {arr.shape[1:]} on "
             f"{topology.num_ranks} ranks x {topology.num_slots_per_rank} slots"
         )
-    if options is None or isinstance(options, dict):
-        options = spec.make_options(options)
-    return spec.fn(arr, previous, topology, options)
+    episodes = normalise(cut_episodes(arr, getattr(options, "num_episodes", 1)))
+    summed = normalise(arr.sum(axis=0))
+    rows = np.empty((L, topology.num_slots), dtype=np.int64)
+    shares = np.empty((L, topology.num_slots))
+    weighted = False
+    for index in range(L):
+        prev = None if previous is None else previous.phy2log[index].astype(np.int64)
+        prev_share = None if prev is None or previous.is_uniform else previous.slot_share[index]
+        layer = Layer(episodes[:, index].copy(), summed[index], prev, prev_share, index)
+        out = spec.fn(layer, topology, options)
+        rows[index], share = out if isinstance(out, tuple) else (out, None)
+        if share is not None:
+            shares[index] = share
+            weighted = True
+        else:
+            shares[index] = 1.0 / np.bincount(rows[index], minlength=E)[rows[index]]
+    return Placement(rows, E, topology.num_ranks, shares if weighted else None)
 
 
 def warm_up(names: list[str] | None = None) -> None:
     """Compile every numba kernel of the given policies (all by default) ahead of first use."""
+    topo = Topology(4, 3)
+    load = np.arange(1.0, 1 + 3 * 2 * 9).reshape(3, 2, 9)
     for name in names or policy_names():
-        spec = get_policy(name)
-        if spec.warm_up is not None:
-            spec.warm_up()
+        for options in get_policy(name).warm_up_options:
+            first = plan(name, load, topo, options=options)
+            plan(name, load[::-1], topo, previous=first, options=options)

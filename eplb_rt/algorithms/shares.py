@@ -7,14 +7,10 @@ and the largest rank total should be as small as possible. Its optimum is
 
     T* = max over rank sets Y of  (load of the experts whose replicas all lie in Y) / |Y|,
 
-at least the mean rank load, and reached by a flow. We find it by Dinkelbach's iteration on a
-max-flow network (source -> expert with capacity ``w_e``, expert -> rank unbounded,
-rank -> sink with capacity ``T``): when the flow falls short, the residual cut names a set whose
-ratio is the next, larger ``T``; a few rounds reach ``T*`` exactly (up to float rounding).
-
-Shares then move as little as possible from uniform: a second flow pushes only the excess of
-ranks above ``T*`` to ranks below it, through experts they share. Ranks that were not the
-bottleneck keep their uniform split, which keeps the plan robust when the load shifts.
+reached by a flow. Dinkelbach's iteration on a max-flow network (source -> expert: ``w_e``,
+expert -> rank: unbounded, rank -> sink: ``T``) finds it: when the flow falls short, the
+residual cut names a set whose ratio is the next ``T``. Shares then move as little as possible
+from uniform: a second flow pushes only the excess of ranks above ``T*`` to ranks below it.
 
 Numba kernels, one layer per call; :func:`optimal_slot_shares` is the numpy entry point.
 """
@@ -24,9 +20,22 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from eplb_rt.algorithms._kernels import stable_order
+from eplb_rt.algorithms.packing import counts_from_row, holds_from_row, stable_order
 
 _INF = 1e300
+
+
+@njit(cache=True, nogil=True)
+def _graph(num_nodes, num_edges):
+    """An empty flow network: ``(head, nxt, to, cap)`` adjacency lists, edge ``i ^ 1`` the reverse
+    of edge ``i``."""
+    head = np.full(num_nodes, -1, dtype=np.int64)
+    return (
+        head,
+        np.empty(num_edges, dtype=np.int64),
+        np.empty(num_edges, dtype=np.int64),
+        np.empty(num_edges),
+    )
 
 
 @njit(cache=True, nogil=True)
@@ -43,13 +52,14 @@ def _add_edge(head, nxt, to, cap, count, u, v, c):
 
 
 @njit(cache=True, nogil=True)
-def _bfs(head, nxt, to, cap, level, queue, s, t, tol):
+def _bfs(head, nxt, to, cap, level, via, s, tol):
+    """Breadth-first search of the residual graph from ``s``: ``level [n]`` (-1 = unreached)
+    and ``via [n]``, the edge each node was reached by."""
     level[:] = -1
     level[s] = 0
-    qh = 0
-    qt = 0
-    queue[qt] = s
-    qt += 1
+    queue = np.empty(level.shape[0], dtype=np.int64)
+    queue[0] = s
+    qh, qt = 0, 1
     while qh < qt:
         u = queue[qh]
         qh += 1
@@ -58,66 +68,33 @@ def _bfs(head, nxt, to, cap, level, queue, s, t, tol):
             v = to[e]
             if cap[e] > tol and level[v] < 0:
                 level[v] = level[u] + 1
+                via[v] = e
                 queue[qt] = v
                 qt += 1
             e = nxt[e]
-    return level[t] >= 0
-
-
-@njit(cache=True, nogil=True)
-def _dfs_push(head, nxt, to, cap, level, it, s, t, tol, stack_node, stack_edge):
-    """One augmenting path in the level graph (iterative DFS); returns the pushed amount."""
-    depth = 0
-    stack_node[0] = s
-    while True:
-        u = stack_node[depth]
-        if u == t:
-            # Bottleneck along the path, then push.
-            f = _INF
-            for i in range(depth):
-                c = cap[stack_edge[i]]
-                f = min(f, c)
-            for i in range(depth):
-                e = stack_edge[i]
-                cap[e] -= f
-                cap[e ^ 1] += f
-            return f
-        advanced = False
-        while it[u] >= 0:
-            e = it[u]
-            v = to[e]
-            if cap[e] > tol and level[v] == level[u] + 1:
-                stack_edge[depth] = e
-                depth += 1
-                stack_node[depth] = v
-                advanced = True
-                break
-            it[u] = nxt[e]
-        if not advanced:
-            if depth == 0:
-                return 0.0
-            level[u] = -1  # dead end
-            depth -= 1
-            pu = stack_node[depth]
-            it[pu] = nxt[it[pu]]
 
 
 @njit(cache=True, nogil=True)
 def _max_flow(head, nxt, to, cap, n, s, t, tol):
+    """Push flow from ``s`` to ``t`` along shortest augmenting paths; returns the amount."""
     level = np.empty(n, dtype=np.int64)
-    queue = np.empty(n, dtype=np.int64)
-    it = np.empty(n, dtype=np.int64)
-    stack_node = np.empty(n + 1, dtype=np.int64)
-    stack_edge = np.empty(n + 1, dtype=np.int64)
+    via = np.empty(n, dtype=np.int64)
     total = 0.0
-    while _bfs(head, nxt, to, cap, level, queue, s, t, tol):
-        it[:] = head
-        while True:
-            f = _dfs_push(head, nxt, to, cap, level, it, s, t, tol, stack_node, stack_edge)
-            if f <= 0.0:
-                break
-            total += f
-    return total
+    while True:
+        _bfs(head, nxt, to, cap, level, via, s, tol)
+        if level[t] < 0:
+            return total
+        f = _INF
+        v = t
+        while v != s:
+            f = min(f, cap[via[v]])
+            v = to[via[v] ^ 1]
+        v = t
+        while v != s:
+            cap[via[v]] -= f
+            cap[via[v] ^ 1] += f
+            v = to[via[v] ^ 1]
+        total += f
 
 
 @njit(cache=True, nogil=True)
@@ -131,19 +108,13 @@ def min_max_rank_load(row, w, num_ranks, num_slots_per_rank):
     D = num_ranks
     S = num_slots_per_rank
     P = row.shape[0]
-    W = 0.0
-    for e in range(E):
-        W += w[e]
+    W = w.sum()
     bottleneck = np.ones(D, dtype=np.bool_)
     if W <= 0.0:
         return 0.0, bottleneck
     # Nodes: 0 source, 1 sink, 2..2+E experts, 2+E..2+E+D ranks.
     n = 2 + E + D
-    m = 2 * (E + P + D)
-    head = np.full(n, -1, dtype=np.int64)
-    nxt = np.empty(m, dtype=np.int64)
-    to = np.empty(m, dtype=np.int64)
-    cap = np.empty(m)
+    head, nxt, to, cap = _graph(n, 2 * (E + P + D))
     cnt = 0
     for e in range(E):
         cnt = _add_edge(head, nxt, to, cap, cnt, 0, 2 + e, w[e])
@@ -156,30 +127,22 @@ def min_max_rank_load(row, w, num_ranks, num_slots_per_rank):
     tol = 1e-12 * W
     flow = 0.0
     level = np.empty(n, dtype=np.int64)
-    queue = np.empty(n, dtype=np.int64)
+    via = np.empty(n, dtype=np.int64)
     for _ in range(4 * D + 8):
         flow += _max_flow(head, nxt, to, cap, n, 0, 1, tol)
         if flow >= W * (1.0 - 1e-12):
             return T, bottleneck
         # Residual reachability from the source names the bottleneck set.
-        _bfs(head, nxt, to, cap, level, queue, 0, 1, tol)
-        wx = 0.0
-        for e in range(E):
-            if level[2 + e] >= 0:
-                wx += w[e]
-        ny = 0
-        for r in range(D):
-            if level[2 + E + r] >= 0:
-                ny += 1
+        _bfs(head, nxt, to, cap, level, via, 0, tol)
+        wx = w[level[2 : 2 + E] >= 0].sum()
+        ny = (level[2 + E :] >= 0).sum()
         if ny == 0:
             return T, bottleneck  # float rounding: flow is as good as it gets
         new_T = wx / ny
         if new_T <= T * (1.0 + 1e-15):
             return T, bottleneck
-        for r in range(D):
-            bottleneck[r] = level[2 + E + r] >= 0
-        for r in range(D):
-            cap[sink_edge + 2 * r] += new_T - T
+        bottleneck[:] = level[2 + E :] >= 0
+        cap[sink_edge : sink_edge + 2 * D : 2] += new_T - T
         T = new_T
     return T, bottleneck
 
@@ -193,9 +156,7 @@ def balanced_slot_shares(row, w, num_ranks, num_slots_per_rank, target):
     D = num_ranks
     S = num_slots_per_rank
     P = row.shape[0]
-    counts = np.zeros(E, dtype=np.int64)
-    for p in range(P):
-        counts[row[p]] += 1
+    counts = counts_from_row(row, E)
     x = np.empty(P)  # tokens each slot takes
     loads = np.zeros(D)
     for p in range(P):
@@ -203,11 +164,7 @@ def balanced_slot_shares(row, w, num_ranks, num_slots_per_rank, target):
         loads[p // S] += x[p]
     # Nodes: 0 source, 1 sink, 2..2+D ranks, 2+D..2+D+E experts.
     n = 2 + D + E
-    m = 2 * (2 * P + 2 * D)
-    head = np.full(n, -1, dtype=np.int64)
-    nxt = np.empty(m, dtype=np.int64)
-    to = np.empty(m, dtype=np.int64)
-    cap = np.empty(m)
+    head, nxt, to, cap = _graph(n, 2 * (2 * P + 2 * D))
     cnt = 0
     out_edge = np.empty(P, dtype=np.int64)  # rank -> expert: tokens withdrawn from slot p
     in_edge = np.empty(P, dtype=np.int64)  # expert -> rank: tokens added to slot p
@@ -225,11 +182,8 @@ def balanced_slot_shares(row, w, num_ranks, num_slots_per_rank, target):
         cnt = _add_edge(head, nxt, to, cap, cnt, 2 + r, 2 + D + e, x[p])
         in_edge[p] = cnt
         cnt = _add_edge(head, nxt, to, cap, cnt, 2 + D + e, 2 + r, _INF)
-    total = 0.0
-    for e in range(E):
-        total += w[e]
     if need > 0.0:
-        _max_flow(head, nxt, to, cap, n, 0, 1, 1e-13 * total)
+        _max_flow(head, nxt, to, cap, n, 0, 1, 1e-13 * w.sum())
     share = np.empty(P)
     sums = np.zeros(E)
     for p in range(P):
@@ -247,14 +201,10 @@ def balanced_slot_shares(row, w, num_ranks, num_slots_per_rank, target):
 def optimal_slot_shares(
     row: np.ndarray, w: np.ndarray, num_ranks: int, num_slots_per_rank: int
 ) -> tuple[np.ndarray, float]:
-    """Shares minimising the max rank load of one layer.
+    """Shares minimising the max rank load of one layer: ``row [P]`` experts, ``w [E]`` loads.
 
-    Args:
-        row: ``[P]`` integer, expert of each slot.
-        w: ``[E]`` float64 expert load.
-    Returns:
-        ``(share [P] float64, T*)``: each expert's slot shares sum to 1; ``T*`` is the max rank load
-        they reach (equal to the mean rank load whenever the placement allows it).
+    Returns ``(share [P] float64, T*)``: each expert's shares sum to 1; ``T*`` is the max rank
+    load they reach (the mean rank load whenever the placement allows it).
     """
     row = np.ascontiguousarray(row, dtype=np.int64)
     w = np.ascontiguousarray(w, dtype=np.float64)
@@ -277,16 +227,10 @@ def open_bottleneck(row, w, num_ranks, num_slots_per_rank, max_rewrites, min_gai
     D = num_ranks
     S = num_slots_per_rank
     P = row.shape[0]
-    total = 0.0
-    for e in range(E):
-        total += w[e]
-    mean = total / D
+    mean = w.sum() / D
     T, Y = min_max_rank_load(row, w, D, S)
-    counts = np.zeros(E, dtype=np.int64)
-    holds = np.zeros((D, E), dtype=np.bool_)
-    for p in range(P):
-        counts[row[p]] += 1
-        holds[p // S, row[p]] = True
+    counts = counts_from_row(row, E)
+    holds = holds_from_row(row, D, E)
     done = 0
     confined = np.empty(E, dtype=np.bool_)
     key = np.empty(E)

@@ -2,15 +2,11 @@
 
 Few experts move per cycle:
 
-1. **Primaries stay.** Each expert's first slot (lowest physical id) in the previous placement
-   (or the initial layout) keeps it.
-2. **Redundant slots re-filled.** Replica counts by min-max-replica on the current load; the
-   redundant replicas go, hottest per replica first, to the least-loaded rank that has a free
-   redundant slot and does not hold the expert. A redundant slot that already holds an expert
-   that still needs a replica keeps it (no move).
-3. **Capped swaps.** At most ``max_swaps`` pairwise swaps between the bottleneck rank and another,
-   each taken only when it lowers the peak by more than ``min_gain`` (fraction of the mean rank
-   load).
+1. **Primaries stay**: each expert's first slot in the previous placement (or initial layout).
+2. **Redundant slots re-filled** for min-max-replica counts on the current load, hottest per
+   replica first, to the least-loaded rank with a free slot; a redundant slot whose expert still
+   needs a replica keeps it.
+3. **Capped swaps**: at most ``max_swaps``, each lowering PAR by more than ``min_gain``.
 """
 
 from __future__ import annotations
@@ -20,14 +16,15 @@ import dataclasses
 import numpy as np
 from numba import njit
 
-from eplb_rt.algorithms import _kernels as K
-from eplb_rt.algorithms._packing import allot_replicas
-from eplb_rt.algorithms.registry import register
+from eplb_rt.algorithms.local_search import swap_search
+from eplb_rt.algorithms.packing import counts_from_row, stable_order
+from eplb_rt.algorithms.registry import Layer, Options, option, register
+from eplb_rt.algorithms.replicas import allot_replicas
 from eplb_rt.placement import Placement, Topology
 
 
 @dataclasses.dataclass(frozen=True)
-class SwiftOptions:
+class SwiftOptions(Options):
     """Options of the ``swift`` policy.
 
     Attributes:
@@ -35,12 +32,8 @@ class SwiftOptions:
         min_gain: a swap must lower the layer's PAR by at least this much.
     """
 
-    max_swaps: int = 4
-    min_gain: float = 0.002
-
-    def __post_init__(self) -> None:
-        if self.max_swaps < 0 or self.min_gain < 0:
-            raise ValueError("max_swaps and min_gain must be >= 0")
+    max_swaps: int = option(4, low=0)
+    min_gain: float = option(0.002, low=0)
 
 
 @njit(cache=True, nogil=True)
@@ -55,22 +48,17 @@ def refill(prev_row, w, counts, num_ranks, num_slots_per_rank):
     holds = np.zeros((D, E), dtype=np.bool_)
     need = counts - 1
     loads = np.zeros(D)
-    for p in range(P):
-        e = prev_row[p]
-        if not seen[e]:
-            seen[e] = True
+    # First pass: each expert's first slot; second: redundant slots whose expert needs more.
+    for redundant in (False, True):
+        for p in range(P):
+            e = prev_row[p]
+            if row[p] >= 0 or (need[e] == 0 or holds[p // S, e] if redundant else seen[e]):
+                continue
+            need[e] -= redundant
+            seen[e] = holds[p // S, e] = True
             row[p] = e
-            holds[p // S, e] = True
             loads[p // S] += w[e] / counts[e]
-    # Redundant slots whose expert still needs a replica keep it.
-    for p in range(P):
-        e = prev_row[p]
-        if row[p] < 0 and need[e] > 0 and not holds[p // S, e]:
-            row[p] = e
-            need[e] -= 1
-            holds[p // S, e] = True
-            loads[p // S] += w[e] / counts[e]
-    order = K.stable_order(-(w / counts))
+    order = stable_order(-(w / counts))
     for e in order:
         while need[e] > 0:
             best = -1
@@ -97,36 +85,27 @@ def refill(prev_row, w, counts, num_ranks, num_slots_per_rank):
     return row
 
 
-def _warm_up() -> None:
-    topo = Topology(4, 3)
-    load = np.arange(1.0, 1 + 2 * 9).reshape(1, 2, 9)
-    swift(load, None, topo, SwiftOptions())
-
-
 @register(
     "swift",
     SwiftOptions,
     "SwiftBalancer: keep primaries, re-fill redundant slots, a few capped swaps (few moves)",
-    warm_up=_warm_up,
 )
-def swift(
-    load: np.ndarray, previous: Placement | None, topo: Topology, opts: SwiftOptions
-) -> Placement:
-    """load: ``[T, L, E]`` float64. Returns the placement of all ``L`` layers (uniform shares)."""
-    agg = load.sum(axis=0)
-    L, E = agg.shape
-    D, S = topo.num_ranks, topo.num_slots_per_rank
-    base = previous if previous is not None else Placement.initial(L, E, topo)
-    rows = np.empty((L, topo.num_slots), dtype=np.int64)
-    for layer in range(L):
-        w = np.ascontiguousarray(agg[layer])
-        counts = allot_replicas(w, topo.num_slots, D)
-        row = refill(base.phy2log[layer].astype(np.int64), w, counts, D, S)
-        counts = K.counts_from_row(row, E)
-        total = w.sum()
-        if total > 0 and opts.max_swaps:
-            K.swap_search(
-                row, (w / total)[None, :], counts, D, S, opts.max_swaps, 0.0, opts.min_gain / D
-            )
-        rows[layer] = row
-    return Placement(rows, E, topo.num_ranks)
+def swift(layer: Layer, topo: Topology, opts: SwiftOptions) -> np.ndarray:
+    """One layer on the summed load; returns ``row [P] int64`` (uniform shares)."""
+    w, D, S = layer.load, topo.num_ranks, topo.num_slots_per_rank
+    prev = layer.previous
+    if prev is None:
+        prev = Placement.initial(1, w.shape[0], topo).phy2log[0].astype(np.int64)
+    counts = allot_replicas(w, topo.num_slots, D)
+    row = refill(prev, w, counts, D, S)
+    if w.sum() > 0 and opts.max_swaps:
+        swap_search(
+            row,
+            w[None, :],
+            counts_from_row(row, w.shape[0]),
+            D,
+            opts.max_swaps,
+            0.0,
+            opts.min_gain / D,
+        )
+    return row

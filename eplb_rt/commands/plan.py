@@ -14,13 +14,12 @@ and a layer changes only when the compute it saves exceeds its migration time.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
 
 from eplb_rt import formats, planning
-from eplb_rt.algorithms import metrics, plan, policy_names
+from eplb_rt.algorithms import get_policy, metrics, plan, policy_names
 from eplb_rt.commands import _args
 from eplb_rt.commands._args import add_command, add_load_argument
 
@@ -38,9 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--policy",
-        default="default",
+        default="deepseek",
         metavar="NAME",
-        help=f"balancing policy (default: default; registered: {', '.join(policy_names())})",
+        help=f"balancing policy (default: deepseek; registered: {', '.join(policy_names())})",
     )
     parser.add_argument("--nodes", type=int, default=1, metavar="N", help="nodes (default 1)")
     parser.add_argument(
@@ -62,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="policy option, repeatable; VALUE is read as JSON (true, 3, 0.5) or else a string",
+        help="policy option, repeatable; VALUE is converted to the option's type and checked",
     )
     parser.add_argument("--out", required=True, metavar="PLACEMENT.json", help="output file")
     parser.set_defaults(func=run)
@@ -94,42 +93,36 @@ def cost_from_args(args: argparse.Namespace) -> planning.CostModel:
 
 
 def parse_options(items: list[str]) -> dict:
-    """``["KEY=VALUE", ...]`` -> dict; values read as JSON where they parse, else strings."""
+    """``["KEY=VALUE", ...]`` -> ``{key: "VALUE"}``; the policy's options convert and check."""
     options: dict = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--option expects KEY=VALUE, got {item!r}")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = {"True": True, "False": False}.get(text, text)
-        options[key.strip().replace("-", "_")] = value
+        options[key.strip().replace("-", "_")] = text.strip()
     return options
 
 
 def run(args: argparse.Namespace) -> int:
     _args.check_output(args.out, "--out")
     cost = cost_from_args(args)
+    options = parse_options(args.option)
+    get_policy(args.policy).make_options(options)  # bad options fail before any work
     load = _args.read_load(args.load)
     num_experts = load.shape[2]
     topology = _args.topology(args, num_experts)
     previous = None
     if args.previous:
         previous = formats.read_placement(args.previous, None, args.ranks, num_experts)
-    options = parse_options(args.option)
     horizon = load.shape[0] if args.horizon is None else args.horizon
     start = time.perf_counter()
-    try:
-        if previous is None:
-            placement = plan(args.policy, load, topology, options=options)
-        else:
-            decision = planning.decide(
-                load, previous, topology, args.policy, options, cost=cost, horizon=horizon
-            )
-            placement = decision.placement
-    except TypeError as err:  # an option of the wrong type reaches the options dataclass
-        raise ValueError(f"bad --option for policy {args.policy!r}: {err}") from None
+    if previous is None:
+        placement = plan(args.policy, load, topology, options=options)
+    else:
+        decision = planning.decide(
+            load, previous, topology, args.policy, options, cost=cost, horizon=horizon
+        )
+        placement = decision.placement
     seconds = time.perf_counter() - start
     formats.write_placement(placement, args.out)
     summary = metrics.score(placement, load, previous)

@@ -2,7 +2,8 @@
 
     eplb-rt policies [--options] [--warm-up]
 
-``--options`` adds each policy's options with their defaults (pass them to ``eplb-rt plan``).
+``--options`` adds each policy's options with their defaults and what they take (pass them to
+``eplb-rt plan``).
 ``--warm-up`` compiles every policy's numba kernels and prints the time each took. The kernels are
 cached on disk (``cache=True``), so running it once where the package is installed (when a serving
 image is built, say) turns the first plan's multi-second compile into a cache load of well under a
@@ -16,6 +17,7 @@ import dataclasses
 import time
 
 from eplb_rt.algorithms import get_policy, policy_names, warm_up
+from eplb_rt.algorithms.registry import describe
 from eplb_rt.commands._args import add_command
 
 
@@ -38,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:<{width}}  {spec.summary}")
         if args.options:
             for field in dataclasses.fields(spec.options):
-                print(f"{'':<{width}}    {field.name} = {field.default!r}")
+                what = f"  ({describe(field)})" if field.metadata else ""
+                print(f"{'':<{width}}    {field.name} = {field.default!r}{what}")
     if args.warm_up:
         print("warm-up (numba compile or cache load):")
         for name in names:

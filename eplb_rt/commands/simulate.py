@@ -150,6 +150,12 @@ def _parse_options(items: list[str]) -> dict:
         if not (dot and policy and "=" in rest and "=" not in policy):
             raise ValueError(f"--option {item!r}: expected POLICY.KEY=VALUE")
         options.setdefault(policy, {}).update(parse_options([rest]))
+    for policy, given in options.items():
+        if policy in algorithms.policy_names():  # the simulation spec reports the rest
+            spec = algorithms.get_policy(policy)
+            known = {k: v for k, v in given.items() if k in spec.options.__dataclass_fields__}
+            typed = spec.make_options(known)
+            options[policy] = {k: getattr(typed, k) if k in known else v for k, v in given.items()}
     return options
 
 

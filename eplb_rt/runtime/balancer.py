@@ -183,7 +183,7 @@ class Balancer:
                     self._pool.submit(registry.warm_up, [self.config.policy]).result()
                     self._pool.submit(registry.plan, *args).result()
                 else:
-                    self._spec.warm_up()
+                    registry.warm_up([self.config.policy])
                     registry.plan(*args)
             except Exception:
                 log.exception("policy %s warm-up failed", self.config.policy)

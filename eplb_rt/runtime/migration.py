@@ -2,10 +2,11 @@
 
 Pure numpy and deterministic, so every rank computes the same plan from the same two placements
 without talking to the others. The new placement comes aligned to the old one
-(:func:`eplb_rt.planning.align`); :func:`plan_migration` gives every slot whose expert changed a
-source slot holding that expert in the old placement: the receiving rank itself when it already
-holds the expert (a local copy), else a rank on the same node, else any rank; ties go to the
-rank that sends least so far, then to the lowest slot, which spreads the sending evenly.
+(:func:`eplb_rt.algorithms.align.align_placement`); :func:`plan_migration` gives every slot whose
+expert changed a source slot holding that expert in the old placement: the receiving rank itself
+when it already holds the expert (a local copy), else a rank on the same node, else any rank;
+ties go to the rank that sends least so far, then to the lowest slot, which spreads the sending
+evenly.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ class LayerMigration:
 
 def plan_migration(previous: Placement, new: Placement, num_nodes: int = 1) -> list[LayerMigration]:
     """Moves per layer from ``previous`` to ``new`` (aligned first, see
-    :func:`eplb_rt.planning.align`). Layers whose slots all keep their expert have no entry."""
+    :func:`eplb_rt.algorithms.align.align_placement`). Layers whose slots all keep their expert
+    have no entry."""
     if new.num_slots != previous.num_slots or new.num_layers != previous.num_layers:
         raise ValueError(f"cannot migrate {previous.describe()} to {new.describe()}")
     D, S = new.num_ranks, new.num_slots_per_rank

@@ -26,9 +26,9 @@ import numpy as np
 
 from eplb_rt import algorithms, planning
 from eplb_rt.algorithms import metrics
+from eplb_rt.algorithms.bounds import par_lower_bound
 from eplb_rt.algorithms.load import check_load
 from eplb_rt.placement import Placement, Topology
-from eplb_rt.sim.bound import par_lower_bound
 
 NO_REBALANCE = "none"
 """Pseudo-policy name: the initial placement, never re-planned (serving without EPLB)."""

@@ -70,7 +70,7 @@ def test_valid_on_any_admissible_shape(name, case):
     [
         ("equilibrium", {"shares": True}),
         ("equilibrium", {"move_cost": 0.0, "max_moved_fraction": 0.2}),
-        ("equilibrium", {"num_episodes": 1, "allot_z": 0.0}),
+        ("equilibrium", {"num_episodes": 1, "spread": 0.0}),
         ("flashlb", {"incremental": True, "margin": 0.0}),
         ("swift", {"max_swaps": 0}),
     ],
@@ -123,7 +123,7 @@ def test_previous_of_wrong_shape_is_an_error():
         plan("equilibrium", np.ones((3, 8)), Topology(4, 3), previous=prev)
 
 
-@pytest.mark.parametrize("name", ["equilibrium", "flashlb", "default"])
+@pytest.mark.parametrize("name", ["equilibrium", "flashlb", "deepseek"])
 def test_never_worse_than_random_on_average(name):
     rng = np.random.default_rng(7)
     load = rng.pareto(1.3, size=(1, 12, 40)) * 100
@@ -144,7 +144,7 @@ def test_toy_golden_values():
     def peak(name, **options):
         return float(metrics.max_rank_load(plan(name, TOY, topo, options=options), TOY)[0])
 
-    assert peak("default") == pytest.approx(232.0)
+    assert peak("deepseek") == pytest.approx(232.0)
     assert peak("flashlb") <= 205.0
     assert peak("equilibrium", shares=False) == pytest.approx(590 / 3)  # the exact optimum
     assert peak("equilibrium", shares=True) == pytest.approx(1450 / 8)  # the mean: perfect
@@ -197,7 +197,7 @@ def test_swift_keeps_primaries_and_moves_few():
     topo = Topology(8, 5)
     a = rng.pareto(1.2, size=(1, 6, 32)) * 100
     b = a * rng.uniform(0.5, 1.5, size=a.shape)
-    prev = plan("default", a, topo)
+    prev = plan("deepseek", a, topo)
     p = plan("swift", b, topo, previous=prev)
     first = {}
     for slot, e in enumerate(prev.phy2log[0]):

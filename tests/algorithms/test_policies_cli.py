@@ -28,8 +28,9 @@ def test_policies_lists_every_name_with_its_summary(capsys):
 def test_policies_options(capsys):
     code, out = run(capsys, "policies", "--options")
     assert code == 0
-    assert "move_cost = 0.002" in out
-    assert "z = 0.674" in out
+    assert "move_cost = 0.0003" in out
+    assert "z = 0.674  (a number >= 0)" in out
+    assert "hot_fraction = 0.1  (a number in [0, 1])" in out
 
 
 @pytest.mark.parametrize("shares", [False, True])

@@ -1,7 +1,8 @@
 """Policies for the runtime tests, registered under ``rt_test_*`` names.
 
 ``rt_test_shift`` moves every layer's slots one position along the physical ids (trying further
-shifts until the placement is valid), so every plan migrates experts within and across ranks,
+shifts until the placement is valid; when that only relabels the ranks, which alignment would
+undo, two experts also swap between two ranks), so every plan migrates experts,
 and alternates uniform and weighted replica shares (replica ``i`` of ``c`` gets
 ``(i + 1) / (1 + ... + c)``), so the share tables are migrated too; ``rt_test_raise`` always
 raises. Both are deterministic, as the registry requires.
@@ -10,6 +11,7 @@ raises. Both are deterministic, as the registry requires.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 
@@ -22,21 +24,37 @@ class NoOptions:
     pass
 
 
-def _shift(load, previous, topo, opts):
-    base = (
-        previous.phy2log
-        if previous is not None
-        else np.tile(np.arange(topo.num_slots) % load.shape[2], (load.shape[1], 1))
-    )
+def _shift(layer, topo, opts):
+    num_experts = layer.load.shape[0]
+    base = layer.previous
+    if base is None:
+        base = np.arange(topo.num_slots) % num_experts
+    ranks = sorted(sorted(r) for r in base.reshape(topo.num_ranks, -1).tolist())
     for shift in range(1, topo.num_slots):
+        row = np.roll(base, shift)
         try:
-            placement = Placement(np.roll(base, shift, axis=1), load.shape[2], topo.num_ranks)
+            Placement(row[None], num_experts, topo.num_ranks)
         except ValueError:
             continue
-        if previous is None or not previous.is_uniform:
-            return placement
-        return placement.with_shares(_weighted_shares(placement.phy2log))
+        if sorted(sorted(r) for r in row.reshape(topo.num_ranks, -1).tolist()) == ranks:
+            row = _swap_across(row, topo.num_slots_per_rank, ranks)  # else alignment undoes it
+        if layer.previous is None or layer.previous_share is not None:
+            return row
+        return row, _weighted_shares(row[None])[0]
     raise ValueError("no valid shift")
+
+
+def _swap_across(row: np.ndarray, slots: int, ranks: list) -> np.ndarray:
+    """``row`` with the first swap of two experts between two ranks whose rank sets are not
+    ``ranks`` relabelled (``row`` itself when there is none)."""
+    grid = row.reshape(-1, slots)
+    for a, b in itertools.combinations(range(grid.shape[0]), 2):
+        for x, y in itertools.product(set(grid[a]) - set(grid[b]), set(grid[b]) - set(grid[a])):
+            out = grid.copy()
+            out[a][out[a] == x], out[b][out[b] == y] = y, x
+            if sorted(sorted(r) for r in out.tolist()) != ranks:
+                return out.reshape(-1)
+    return row
 
 
 def _weighted_shares(phy2log: np.ndarray) -> np.ndarray:
@@ -49,10 +67,10 @@ def _weighted_shares(phy2log: np.ndarray) -> np.ndarray:
     return share
 
 
-def _raise(load, previous, topo, opts):
+def _raise(layer, topo, opts):
     raise RuntimeError("rt_test_raise always fails")
 
 
 if "rt_test_shift" not in policy_names():
-    register("rt_test_shift", NoOptions, "test: roll slots by one")(_shift)
-    register("rt_test_raise", NoOptions, "test: always raises")(_raise)
+    register("rt_test_shift", NoOptions, "test: roll slots by one", warm_up_options=())(_shift)
+    register("rt_test_raise", NoOptions, "test: always raises", warm_up_options=())(_raise)

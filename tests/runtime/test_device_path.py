@@ -31,6 +31,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from _dist import spawn
+from _faults import open_gate
 
 import eplb_rt
 from eplb_rt.config import EplbConfig
@@ -195,11 +196,10 @@ def drive(device: torch.device | str, steps: int = 80) -> dict:
         num_redundant=world if world > 1 else 0,  # E is a multiple of the ranks
         deadline=6,
         layers_per_step=2,
-        threshold=1.0,
-        hysteresis=0.0,
         warm_up=False,
     )
     result = {"syncs": [], "gather": [], "where": []}
+    close_gate = open_gate()  # rt_test_shift does not balance: commit its every change
     runtime = EplbRuntime(config, MODEL.num_layers, MODEL.num_experts, device=device)
     with runtime, SyncCounter(device) as counter:
         model = ExpertParallelMoE(MODEL, runtime=runtime, device=device)
@@ -228,6 +228,7 @@ def drive(device: torch.device | str, steps: int = 80) -> dict:
             runtime.step()
             time.sleep(0.01)
         stats = runtime.stats()
+    close_gate()
     result["rebalances"] = len(stats["rebalances"])
     result["layers_committed"] = sum(len(r["layers_committed"]) for r in stats["rebalances"])
     result["moved_experts"] = stats["moved_experts"]

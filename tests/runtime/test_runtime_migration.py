@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from eplb_rt.algorithms.align import align_placement as align_to_previous
 from eplb_rt.placement import Placement
-from eplb_rt.planning import align as align_to_previous
 from eplb_rt.runtime.migration import plan_migration
 
 

@@ -159,7 +159,7 @@ def test_rebalancing_moves_exactly_the_plan_and_outputs_stay_bitwise_equal():
 
 
 def test_receiver_side_heat_with_the_default_policy_planned_in_a_child_process():
-    spawn(_rebalancing, 3, "group_list", "default", True)
+    spawn(_rebalancing, 3, "group_list", "deepseek", True)
 
 
 # ---------------------------------------------------------------------- faults

@@ -54,7 +54,7 @@ def test_simulate_prints_table_and_writes_json_and_png(tmp_path, capsys, series)
     code, out, _ = _simulate(
         capsys,
         [series],
-        "--ranks 4 --slots-per-rank 5 --policies default --interval 3 --episodes 2 "
+        "--ranks 4 --slots-per-rank 5 --policies deepseek --interval 3 --episodes 2 "
         "--expert-bytes 1000",
         "--json",
         out_json,
@@ -63,7 +63,7 @@ def test_simulate_prints_table_and_writes_json_and_png(tmp_path, capsys, series)
     )
     assert code == 0
     rows = _table(out)
-    assert set(rows) == {"none", "default"}
+    assert set(rows) == {"none", "deepseek"}
     doc = json.loads(out_json.read_text())
     assert doc["setup"]["steps"] == 13 and doc["setup"]["window"] == 6
     assert doc["setup"]["workloads"] == [{"label": "series", "steps": 13}]
@@ -84,7 +84,7 @@ def test_simulate_prints_table_and_writes_json_and_png(tmp_path, capsys, series)
     assert doc["setup"]["bandwidth"] == 50e9 and doc["setup"]["token_seconds"] == 2.5e-7
     # The balancer beats the placement that never moves on this skewed series.
     assert (
-        doc["policies"]["default"]["summary"]["par_mean"]
+        doc["policies"]["deepseek"]["summary"]["par_mean"]
         < doc["policies"]["none"]["summary"]["par_mean"]
     )
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -98,13 +98,13 @@ def test_aggregate_workloads_played_in_sequence(tmp_path, capsys):
         paths.append(path)
     out_json = tmp_path / "sim.json"
     code, out, _ = _simulate(
-        capsys, paths, "--ranks 2 --slots-per-rank 5 --policies default", "--json", out_json
+        capsys, paths, "--ranks 2 --slots-per-rank 5 --policies deepseek", "--json", out_json
     )
     assert code == 0, out
     doc = json.loads(out_json.read_text())
     # Aggregates: interval 1, plan on one workload, score on the next.
     assert doc["setup"]["interval"] == 1
-    cycles = doc["policies"]["default"]["cycles"]
+    cycles = doc["policies"]["deepseek"]["cycles"]
     assert [c["label"] for c in cycles] == ["in1024", "in4096"]
 
 
@@ -114,7 +114,7 @@ def test_simulate_agrees_with_score(tmp_path, capsys, series):
     code, _, _ = _simulate(
         capsys,
         [series],
-        "--ranks 4 --slots-per-rank 5 --policies default --interval 4",
+        "--ranks 4 --slots-per-rank 5 --policies deepseek --interval 4",
         "--json",
         out_json,
         "--save-placements",
@@ -123,7 +123,7 @@ def test_simulate_agrees_with_score(tmp_path, capsys, series):
     assert code == 0
     doc = json.loads(out_json.read_text())
     checked = 0
-    for name in ("none", "default"):
+    for name in ("none", "deepseek"):
         previous = None
         for cycle in doc["policies"][name]["cycles"]:
             placement = doc["saved"]["placements"][name][str(cycle["start"])]
@@ -150,15 +150,15 @@ def test_simulate_passes_policy_options(tmp_path, capsys, series):
     code, _, err = _simulate(
         capsys,
         [series],
-        "--ranks 4 --slots-per-rank 5 --policies default --interval 6 --no-baseline "
-        "--option default.hierarchical=false",
+        "--ranks 4 --slots-per-rank 5 --policies deepseek --interval 6 --no-baseline "
+        "--option deepseek.hierarchical=false",
         "--json",
         out_json,
     )
     assert code == 0, err
     doc = json.loads(out_json.read_text())
-    assert doc["setup"]["options"] == {"default": {"hierarchical": False}}
-    assert list(doc["policies"]) == ["default"]
+    assert doc["setup"]["options"] == {"deepseek": {"hierarchical": False}}
+    assert list(doc["policies"]) == ["deepseek"]
 
 
 @pytest.mark.parametrize(
@@ -168,12 +168,12 @@ def test_simulate_passes_policy_options(tmp_path, capsys, series):
         (["--interval", "13"], "need at least interval + 1 steps"),
         (["--interval", "0"], "interval must be >= 1"),
         (["--ranks", "1"], "do not fit in 1 ranks x 5 slots"),
-        (["--option", "default=3"], "expected POLICY.KEY=VALUE"),
+        (["--option", "deepseek=3"], "expected POLICY.KEY=VALUE"),
         (
-            ["--policies", "default", "--option", "swift.x=3"],
+            ["--policies", "deepseek", "--option", "swift.x=3"],
             "options given for policies not compared",
         ),
-        (["--option", "default.nope=1"], "policy 'default' has no option(s) ['nope']"),
+        (["--option", "deepseek.nope=1"], "policy 'deepseek' has no option(s) ['nope']"),
         (["--option", "none.x=1"], "'none' is not a policy and takes no options"),
     ],
 )
@@ -347,7 +347,7 @@ def test_convert_vllm_ascend_rank_mismatch(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- real trace
 ESFT = ESFT_DIR
-SHIPPED_POLICIES = ("default", "equilibrium", "flashlb", "random", "swift")
+SHIPPED_POLICIES = ("deepseek", "equilibrium", "flashlb", "random", "swift")
 
 
 @pytest.mark.slow
@@ -380,7 +380,7 @@ def test_simulate_esft_per_request_trace_every_policy(tmp_path, capsys):
         assert s["cycles"] == 3, name  # scored windows start at steps 32, 64, 96
         assert s["bound_par_mean"] <= s["par_mean"] <= s["par_max"], name
     none = doc["policies"]["none"]["summary"]["par_mean"]
-    assert doc["policies"]["default"]["summary"]["par_mean"] < none
+    assert doc["policies"]["deepseek"]["summary"]["par_mean"] < none
     assert out_png.stat().st_size > 10_000
 
 

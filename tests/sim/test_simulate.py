@@ -9,9 +9,9 @@ import pytest
 
 from eplb_rt import planning
 from eplb_rt.algorithms import metrics, registry
+from eplb_rt.algorithms.bounds import par_lower_bound
 from eplb_rt.placement import Placement, Topology
 from eplb_rt.sim import simulate as sim
-from eplb_rt.sim.bound import par_lower_bound
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,15 +21,24 @@ class _NoOptions:
 
 @pytest.fixture
 def spy(monkeypatch):
-    """Register policy "spy": records (history, previous) and returns the default policy's plan."""
+    """Register policy "spy": shifts every slot one rank on; records (history, previous) of the
+    plans the simulator asks for."""
     calls = []
 
-    def balance(load, previous, topo, _opts):
-        calls.append((load.copy(), previous))
-        return registry.plan("default", load, topo, previous)
+    def shift(layer, topo, _opts):
+        base = layer.previous
+        if base is None:
+            base = Placement.initial(1, layer.load.shape[0], topo).phy2log[0]
+        return np.roll(base, topo.num_slots_per_rank)
 
-    spec = registry.PolicySpec("spy", balance, _NoOptions, "test spy")
+    def plan(name, load, topo, previous=None, options=None):
+        if name == "spy":
+            calls.append((load.copy(), previous))
+        return registry.plan(name, load, topo, previous, options)
+
+    spec = registry.PolicySpec("spy", shift, _NoOptions, "test spy")
     monkeypatch.setitem(registry._REGISTRY, "spy", spec)
+    monkeypatch.setattr(sim.algorithms, "plan", plan)
     return calls
 
 

@@ -1,4 +1,4 @@
-"""The ``default`` policy (DeepSeek EPLB): golden case, invariants, hierarchy, real traces."""
+"""The ``deepseek`` policy (DeepSeek EPLB): golden case, invariants, hierarchy, real traces."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from benchmarks import traces
 from eplb_rt.algorithms import metrics, plan, policy_names, warm_up
-from eplb_rt.algorithms._packing import allot_replicas, pack_distinct
-from eplb_rt.algorithms.default import DefaultOptions, uses_hierarchy
+from eplb_rt.algorithms.deepseek import DeepSeekOptions, uses_hierarchy
+from eplb_rt.algorithms.packing import place_replica
+from eplb_rt.algorithms.replicas import allot_replicas
 from eplb_rt.placement import Placement, Topology
 
 TOY = np.array([[600.0, 560, 120, 120, 20, 10, 10, 10]])
@@ -31,17 +32,17 @@ def check_invariants(p: Placement, load: np.ndarray, topo: Topology) -> None:
 
 
 def test_registered_with_options_and_warm_up():
-    assert "default" in policy_names()
-    warm_up(["default"])
-    assert DefaultOptions().hierarchical is True
+    assert "deepseek" in policy_names()
+    warm_up(["deepseek"])
+    assert DeepSeekOptions().hierarchical is True
     with pytest.raises(ValueError, match="true or false"):
-        DefaultOptions(hierarchical=1)
+        DeepSeekOptions(hierarchical=1)
     with pytest.raises(ValueError, match="has no option"):
-        plan("default", TOY, Topology(8, 2), options={"depth": 3})
+        plan("deepseek", TOY, Topology(8, 2), options={"depth": 3})
 
 
 def test_golden_toy_case_gives_232():
-    p = plan("default", TOY, Topology(8, 2))
+    p = plan("deepseek", TOY, Topology(8, 2))
     check_invariants(p, TOY, Topology(8, 2))
     assert metrics.max_rank_load(p, TOY)[0] == 232.0
     # 600 and 560 get five replicas each (120 and 112 per replica); the rest keep one, and
@@ -51,16 +52,16 @@ def test_golden_toy_case_gives_232():
 
 def test_load_is_summed_over_steps():
     steps = np.stack([TOY * 0.25, TOY * 0.75])
-    assert plan("default", steps, Topology(8, 2)) == plan("default", TOY, Topology(8, 2))
+    assert plan("deepseek", steps, Topology(8, 2)) == plan("deepseek", TOY, Topology(8, 2))
 
 
 def test_deterministic_and_previous_ignored():
     rng = np.random.default_rng(3)
     load = rng.integers(0, 50, size=(2, 5, 37)).astype(float)
     topo = Topology(7, 6)
-    first = plan("default", load, topo)
-    assert first == plan("default", load.copy(), topo)
-    assert first == plan("default", load, topo, previous=Placement.initial(5, 37, topo))
+    first = plan("deepseek", load, topo)
+    assert first == plan("deepseek", load.copy(), topo)
+    assert first == plan("deepseek", load, topo, previous=Placement.initial(5, 37, topo))
 
 
 def test_allotment_is_min_max():
@@ -81,13 +82,21 @@ def test_allotment_is_min_max():
 
 
 def test_packing_repairs_a_dead_end():
-    """Plain LPT gets stuck here; an item moves to make room (callers may pass any order)."""
-    # 1 -> r0 (9), 0 -> r1 (7), 2 -> r1 (9, full); the last 1 finds only r0 free, which holds 1.
-    # The cheapest repair moves 2 (weight 2) from r1 to r0, and 1 takes its slot on r1.
-    experts = np.array([1, 0, 2, 1], dtype=np.int64)
-    weights = np.array([9.0, 7.0, 2.0, 1.0])
-    grid = pack_distinct(experts, weights, 3, 2, 2)
-    np.testing.assert_array_equal(grid, [[1, 2], [0, 1]])
+    """The only free slot is on a rank that already holds the expert: an expert moves over."""
+    # 2 ranks x 3 slots. r0 = [1, 4, -] (load 1 + 3), r1 = [0, 2, 3] (5 + 2 + 1), full. A second
+    # replica of 1 (load 1) fits nowhere. Moving x from r1 to r0 and putting 1 in its slot costs
+    # max(4 + per[x], 8 - per[x] + 1): x = 0 -> 9, x = 2 -> 7, x = 3 -> 8; so 2 moves.
+    per = np.array([5.0, 1, 2, 1, 3])
+    row = np.array([1, 4, -1, 0, 2, 3])
+    fill = np.array([2, 3])
+    holds = np.zeros((2, 5), dtype=bool)
+    holds[0, [1, 4]] = holds[1, [0, 2, 3]] = True
+    loads = np.array([4.0, 8.0])
+    place_replica(1, per, loads, fill, holds, row)
+    np.testing.assert_array_equal(row, [1, 4, 2, 0, 1, 3])
+    np.testing.assert_allclose(loads, [6.0, 7.0])
+    assert holds[0].tolist() == [False, True, True, False, True]
+    assert holds[1].tolist() == [True, True, False, True, False]
 
 
 @pytest.mark.parametrize(
@@ -115,7 +124,7 @@ def test_invariants_on_odd_shapes(num_layers, num_experts, num_ranks, slots, kin
         load[0, :, num_experts // 2] = 1e6
     else:
         load = np.ones((1, num_layers, num_experts))
-    p = plan("default", load, topo)
+    p = plan("deepseek", load, topo)
     check_invariants(p, load, topo)
     if kind == "one_hot":
         # The hot expert spreads over every rank it can.
@@ -127,7 +136,7 @@ def test_invariants_on_odd_shapes(num_layers, num_experts, num_ranks, slots, kin
 def test_zero_load_layers_are_placed_and_left_out_of_par():
     load = np.zeros((1, 3, 8))
     load[0, 1] = TOY[0]
-    p = plan("default", load, Topology(8, 2))
+    p = plan("deepseek", load, Topology(8, 2))
     check_invariants(p, load, Topology(8, 2))
     summary = metrics.score(p, load)
     assert summary["zero_load_layers"] == [0, 2]
@@ -137,13 +146,13 @@ def test_zero_load_layers_are_placed_and_left_out_of_par():
 
 def test_rejects_bad_load():
     with pytest.raises(ValueError, match="NaN"):
-        plan("default", np.full((2, 8), np.nan), Topology(4, 2))
+        plan("deepseek", np.full((2, 8), np.nan), Topology(4, 2))
     with pytest.raises(ValueError, match="negative"):
-        plan("default", -np.ones((2, 8)), Topology(4, 2))
+        plan("deepseek", -np.ones((2, 8)), Topology(4, 2))
     with pytest.raises(ValueError, match=r"\[L, E\] or \[T, L, E\]"):
-        plan("default", np.ones(8), Topology(4, 2))
+        plan("deepseek", np.ones(8), Topology(4, 2))
     with pytest.raises(ValueError, match="do not fit"):
-        plan("default", np.ones((1, 9)), Topology(4, 2))
+        plan("deepseek", np.ones((1, 9)), Topology(4, 2))
 
 
 # ------------------------------------------------------------------------------- hierarchy
@@ -155,8 +164,8 @@ def test_hierarchical_keeps_groups_on_one_node():
     rng = np.random.default_rng(11)
     topo = Topology(num_ranks=6, num_slots_per_rank=5, num_nodes=3, num_groups=6)
     load = rng.gamma(0.5, 100, size=(1, 4, 24))
-    assert uses_hierarchy(24, topo, DefaultOptions())
-    p = plan("default", load, topo)
+    assert uses_hierarchy(24, topo, DeepSeekOptions())
+    p = plan("deepseek", load, topo)
     check_invariants(p, load, topo)
     nodes = node_of_slot(topo)
     for layer in range(4):
@@ -167,9 +176,9 @@ def test_hierarchical_keeps_groups_on_one_node():
         groups = node_of_expert.reshape(6, 4)
         assert (groups == groups[:, :1]).all(), "a group spans two nodes"
         assert sorted(np.bincount(groups[:, 0], minlength=3).tolist()) == [2, 2, 2]
-    flat = plan("default", load, topo, options={"hierarchical": False})
+    flat = plan("deepseek", load, topo, options={"hierarchical": False})
     assert flat != p
-    assert flat == plan("default", load, Topology(6, 5))
+    assert flat == plan("deepseek", load, Topology(6, 5))
 
 
 @pytest.mark.parametrize(
@@ -183,10 +192,10 @@ def test_hierarchical_keeps_groups_on_one_node():
 )
 def test_hierarchy_falls_back_to_flat(topo):
     load = np.random.default_rng(2).random((1, 2, 24))
-    assert not uses_hierarchy(24, topo, DefaultOptions())
-    p = plan("default", load, topo)
+    assert not uses_hierarchy(24, topo, DeepSeekOptions())
+    p = plan("deepseek", load, topo)
     check_invariants(p, load, topo)
-    assert p == plan("default", load, Topology(topo.num_ranks, topo.num_slots_per_rank))
+    assert p == plan("deepseek", load, Topology(topo.num_ranks, topo.num_slots_per_rank))
 
 
 @settings(max_examples=80, deadline=None)
@@ -202,9 +211,9 @@ def test_property_valid_for_any_admissible_shape(num_ranks, slots, data):
     topo = Topology(num_ranks, slots, nodes, groups)
     values = data.draw(st.lists(st.integers(0, 1000), min_size=num_experts, max_size=num_experts))
     load = np.array(values, dtype=float)[None]
-    p = plan("default", load, topo)
+    p = plan("deepseek", load, topo)
     check_invariants(p, load, topo)
-    if uses_hierarchy(num_experts, topo, DefaultOptions()):
+    if uses_hierarchy(num_experts, topo, DeepSeekOptions()):
         for expert in range(num_experts):
             slots_of = np.flatnonzero(p.phy2log[0] == expert)
             assert len(set(node_of_slot(topo)[slots_of])) == 1
@@ -217,7 +226,7 @@ def test_property_valid_for_any_admissible_shape(num_ranks, slots, data):
 def test_deepseek_v3_in_sample_par(ranks, slots, low, high):
     load = traces.deepseek_v3("prefill_in4096")
     topo = Topology(ranks, slots)
-    p = plan("default", load, topo)
+    p = plan("deepseek", load, topo)
     check_invariants(p, load, topo)
     summary = metrics.score(p, load)
     assert summary["zero_load_layers"] == [0, 1, 2]
@@ -227,4 +236,4 @@ def test_deepseek_v3_in_sample_par(ranks, slots, low, high):
 
 def test_options_dataclass_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
-        DefaultOptions().hierarchical = False  # type: ignore[misc]
+        DeepSeekOptions().hierarchical = False  # type: ignore[misc]

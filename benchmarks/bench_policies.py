@@ -1,0 +1,123 @@
+"""Plan time and cold start of the policies on SGLang's DeepSeek-V3 traces (58 MoE layers x 256).
+
+Run: ``PYTHONPATH=. taskset -c 0 python -m pytest benchmarks/bench_policies.py
+--benchmark-json=bench_policies.json`` (PAR, moves and the cold-start seconds are in
+``extra_info``).
+
+* ``test_plan``: one ``plan`` call for all 58 layers after ``warm_up()`` (load check, episodes,
+  numba kernels, building the ``Placement``), on the summed prefill load and on 16 episodes
+  (each of the four prefill workloads sampled four times, 200,000 tokens a layer, seeded);
+  ``deepseek`` and ``flashlb`` alongside the default policy, in the same process.
+* ``test_replan``: the default policy with a previous placement (fitted on 16 episodes, re-plan
+  on ``prefill_in512``).
+* ``test_cold_start``: a fresh interpreter with ``NUMBA_CACHE_DIR`` pointed at an empty
+  directory: import, then the first plan of a small load (numba compiles what it runs), then a
+  re-plan with a previous placement (the kernels of moves that pay); wall and CPU seconds (the
+  compile is single-threaded: on a busy machine the CPU seconds are the ones to compare).
+
+On a shared machine add ``--benchmark-timer time.process_time`` (CPU time of this process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import pytest
+
+from eplb_rt.algorithms import metrics, plan, warm_up
+from eplb_rt.config import EplbConfig
+from eplb_rt.placement import Topology
+from eplb_rt.sim import traces
+
+DEFAULT = EplbConfig.__dataclass_fields__["policy"].default
+TOPO = Topology(64, 5)
+
+COLD_SCRIPT = """
+import json, sys, time
+clocks = [(time.perf_counter(), time.process_time())]
+import numpy as np
+from eplb_rt.algorithms import plan
+from eplb_rt.placement import Topology
+clocks.append((time.perf_counter(), time.process_time()))
+load = np.random.default_rng(0).pareto(1.5, size=(4, 2, 16)) * 100
+first = plan(sys.argv[1], load, Topology(4, 5))
+clocks.append((time.perf_counter(), time.process_time()))
+plan(sys.argv[1], load[::-1], Topology(4, 5), previous=first)
+clocks.append((time.perf_counter(), time.process_time()))
+out = {}
+for i, name in enumerate(("import", "first_plan", "first_replan")):
+    out[name + "_s"] = clocks[i + 1][0] - clocks[i][0]
+    out[name + "_cpu_s"] = clocks[i + 1][1] - clocks[i][1]
+print(json.dumps(out))
+"""
+
+
+def episodes16() -> np.ndarray:
+    """``[16, 58, 256]``: each prefill workload sampled four times (seeded multinomial)."""
+    rng = np.random.default_rng(0)
+    out = []
+    for name in traces.DEEPSEEK_V3_WORKLOADS:
+        load = traces.deepseek_v3(name, moe_only=True)[0]
+        total = load.sum(axis=1, keepdims=True)
+        share = np.divide(load, total, out=np.zeros_like(load), where=total > 0)
+        for _ in range(4):
+            out.append(np.stack([rng.multinomial(200_000, p) if p.sum() else p for p in share]))
+    return np.stack(out).astype(np.float64)
+
+
+@pytest.fixture(scope="module")
+def loads() -> dict[str, np.ndarray]:
+    warm_up([DEFAULT, "deepseek", "flashlb"])
+    summed = sum(traces.deepseek_v3(w, moe_only=True) for w in traces.DEEPSEEK_V3_WORKLOADS)
+    return {"summed": summed, "16 episodes": episodes16()}
+
+
+@pytest.mark.parametrize("kind", ["summed", "16 episodes"])
+@pytest.mark.parametrize("policy", [DEFAULT, "deepseek", "flashlb"])
+def test_plan(benchmark, loads, policy, kind):
+    load = loads[kind]
+    placement = benchmark.pedantic(plan, args=(policy, load, TOPO), rounds=3, iterations=1)
+    benchmark.extra_info.update(
+        par_mean=round(float(np.nanmean(metrics.par(placement, load.sum(0)))), 5)
+    )
+    assert placement.num_layers == 58
+
+
+def test_replan(benchmark, loads):
+    new = traces.deepseek_v3("prefill_in512", moe_only=True)
+    previous = plan(DEFAULT, loads["16 episodes"], TOPO)
+    placement = benchmark.pedantic(
+        plan, args=(DEFAULT, new, TOPO), kwargs={"previous": previous}, rounds=3, iterations=1
+    )
+    benchmark.extra_info.update(
+        par_before=round(float(np.nanmean(metrics.par(previous, new[0]))), 5),
+        par_after=round(float(np.nanmean(metrics.par(placement, new[0]))), 5),
+        moved_fraction=round(placement.moved_fraction(previous), 4),
+    )
+
+
+def _cold(policy: str) -> dict:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with tempfile.TemporaryDirectory() as cache_dir:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        out = subprocess.run(
+            [sys.executable, "-c", COLD_SCRIPT, policy],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("policy", [DEFAULT, "deepseek"])
+def test_cold_start(benchmark, policy):
+    """First plan in a fresh process with an empty numba cache."""
+    seconds = benchmark.pedantic(_cold, args=(policy,), rounds=1, iterations=1)
+    benchmark.extra_info.update({k: round(v, 3) for k, v in seconds.items()})

@@ -1,0 +1,219 @@
+# ruff: noqa: PLR0917  (numba kernels take plain positional arrays)
+"""Numba kernels that put replicas on ranks: orderings, longest-processing-time packing.
+
+Everything here works on ONE layer and plain arrays:
+
+* ``per [E] float64``: load of one replica of each expert (expert load / replica count);
+* ``counts [E] int64``: replicas per expert, ``1 <= counts[e] <= D``, summing to ``P = D * S``;
+* ``row [P] int64``: expert held by each slot, slot ``p`` on rank ``p // S`` (-1 = empty);
+* ``holds [D, E] bool``: whether a rank holds an expert (kept in sync with ``row``).
+
+All kernels are ``@njit(cache=True, nogil=True)`` so a balancer thread runs them without the GIL,
+and deterministic: ties break towards the lower index.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_EPS = 1e-12
+
+
+@njit(cache=True, nogil=True)
+def stable_order(values):
+    """Indices sorting ``values [n]`` ascending; ties keep index order (bottom-up merge sort).
+
+    The order of ``np.argsort(values, kind="stable")``, written out because numba's argsort
+    adds over a second of compile time to every kernel that uses it.
+    """
+    n = values.shape[0]
+    idx = np.arange(n)
+    tmp = np.empty(n, dtype=np.int64)
+    width = 1
+    while width < n:
+        for lo in range(0, n, 2 * width):
+            mid = min(lo + width, n)
+            hi = min(lo + 2 * width, n)
+            i, j, k = lo, mid, lo
+            while k < hi:
+                if j >= hi or (i < mid and values[idx[i]] <= values[idx[j]]):
+                    tmp[k] = idx[i]
+                    i += 1
+                else:
+                    tmp[k] = idx[j]
+                    j += 1
+                k += 1
+        idx, tmp = tmp, idx
+        width *= 2
+    return idx
+
+
+@njit(cache=True, nogil=True)
+def holds_from_row(row, num_ranks, num_experts):
+    """``[D, E] bool``: rank r holds expert e somewhere in ``row [P]``."""
+    S = row.shape[0] // num_ranks
+    holds = np.zeros((num_ranks, num_experts), dtype=np.bool_)
+    for p in range(row.shape[0]):
+        holds[p // S, row[p]] = True
+    return holds
+
+
+@njit(cache=True, nogil=True)
+def counts_from_row(row, num_experts):
+    """``[E] int64``: replicas of each expert in ``row [P]``."""
+    counts = np.zeros(num_experts, dtype=np.int64)
+    for p in range(row.shape[0]):
+        counts[row[p]] += 1
+    return counts
+
+
+@njit(cache=True, nogil=True)
+def place_replica(e, per, loads, fill, holds, row):
+    """Put one replica of ``e`` on the least-loaded rank with a free slot that lacks ``e``.
+
+    ``loads [D]`` and ``fill [D]`` (slots used per rank, filled in slot order) are updated. When
+    every rank with a free slot already holds ``e`` (possible near the end), make room: move an
+    expert ``x`` from a rank ``q`` without ``e`` to a free slot elsewhere and put ``e`` in ``x``'s
+    old slot, choosing the move that keeps the larger of the two ranks' loads lowest. Room always
+    exists when no expert has more replicas than ranks.
+    """
+    D = loads.shape[0]
+    S = row.shape[0] // D
+    best = -1
+    for r in range(D):
+        if fill[r] < S and not holds[r, e] and (best < 0 or loads[r] < loads[best] - _EPS):
+            best = r
+    if best >= 0:
+        row[best * S + fill[best]] = e
+        fill[best] += 1
+        holds[best, e] = True
+        loads[best] += per[e]
+        return
+    best_cost = np.inf
+    free = -1
+    slot = -1
+    for r in range(D):
+        if fill[r] == S:
+            continue
+        for q in range(D):
+            if holds[q, e]:
+                continue
+            for s in range(fill[q]):
+                x = row[q * S + s]
+                cost = max(loads[r] + per[x], loads[q] - per[x] + per[e])
+                if not holds[r, x] and cost < best_cost:
+                    best_cost = cost
+                    free = r
+                    slot = q * S + s
+    q = slot // S
+    x = row[slot]
+    row[free * S + fill[free]] = x
+    fill[free] += 1
+    holds[free, x] = True
+    loads[free] += per[x]
+    row[slot] = e
+    holds[q, x] = False
+    holds[q, e] = True
+    loads[q] += per[e] - per[x]
+
+
+@njit(cache=True, nogil=True)
+def lpt_place(w, counts, num_ranks):
+    """Longest-processing-time placement of the replicas given by ``counts`` (uniform shares).
+
+    Experts by decreasing load per replica (lower id first on ties), each replica to the
+    least-loaded rank with a free slot that does not hold its expert (:func:`place_replica`).
+    ``w [E]``, ``counts [E]``; returns ``row [P] int64``, ``P = sum(counts)``.
+    """
+    E = w.shape[0]
+    D = num_ranks
+    per = w / counts
+    order = stable_order(-per)
+    row = np.full(counts.sum(), -1, dtype=np.int64)
+    fill = np.zeros(D, dtype=np.int64)
+    holds = np.zeros((D, E), dtype=np.bool_)
+    loads = np.zeros(D)
+    for i in range(E):
+        e = order[i]
+        for _ in range(counts[e]):
+            place_replica(e, per, loads, fill, holds, row)
+    return row
+
+
+@njit(cache=True, nogil=True)
+def pack_equal_groups(weights, num_packs):
+    """LPT packing of ``n`` items into packs of exactly ``n / num_packs`` items.
+
+    ``weights [n] float64`` (``n`` a multiple of ``num_packs``); returns ``[n] int64``, the pack
+    of each item. Heavier items first (lower id on ties), each to the lightest pack with room.
+    """
+    n = weights.shape[0]
+    capacity = n // num_packs
+    order = stable_order(-weights)
+    pack_of = np.empty(n, dtype=np.int64)
+    filled = np.zeros(num_packs, dtype=np.int64)
+    pack_load = np.zeros(num_packs)
+    for i in range(n):
+        item = order[i]
+        best = -1
+        for p in range(num_packs):
+            if filled[p] < capacity and (best < 0 or pack_load[p] < pack_load[best]):
+                best = p
+        pack_of[item] = best
+        filled[best] += 1
+        pack_load[best] += weights[item]
+    return pack_of
+
+
+@njit(cache=True, nogil=True)
+def score_place(experts, counts, mu, cov, z, mean, var, row, fill, holds):
+    """Place every replica of ``experts`` (hottest per replica first) on the rank whose score
+    ``mean + z * std`` of load across episodes grows least (FlashLB's device score), in place.
+
+    ``mu [E]`` and ``cov [E, E]``: mean and covariance of expert load across episodes;
+    ``mean [D]`` / ``var [D]``: the ranks' current load statistics, kept up to date.
+    """
+    D = mean.shape[0]
+    S = row.shape[0] // D
+    per = mu / counts
+    order = stable_order(-per[experts])
+    for t in order:
+        i = experts[t]
+        share = 1.0 / counts[i]
+        for _ in range(counts[i]):
+            best = -1
+            best_score = np.inf
+            best_var = 0.0
+            for r in range(D):
+                if fill[r] >= S or holds[r, i]:
+                    continue
+                v = var[r] + share * share * cov[i, i]
+                for s in range(fill[r]):
+                    j = row[r * S + s]
+                    v += 2.0 * share * cov[i, j] / counts[j]
+                sc = mean[r] + per[i] + z * np.sqrt(max(v, 0.0))
+                if sc < best_score:
+                    best_score = sc
+                    best = r
+                    best_var = v
+            if best >= 0:
+                var[best] = best_var
+                mean[best] += per[i]
+                row[best * S + fill[best]] = i
+                fill[best] += 1
+                holds[best, i] = True
+                continue
+            # Every rank with room holds i already: the repairing placer, then fresh statistics.
+            place_replica(i, per, mean, fill, holds, row)
+            for r in range(D):
+                m = 0.0
+                v = 0.0
+                for a in range(fill[r]):
+                    x = row[r * S + a]
+                    m += per[x]
+                    for b in range(fill[r]):
+                        y = row[r * S + b]
+                        v += cov[x, y] / (counts[x] * counts[y])
+                mean[r] = m
+                var[r] = v

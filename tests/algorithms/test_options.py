@@ -1,0 +1,129 @@
+"""Typed policy options: converted from CLI strings, range-checked up front, one clear message."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import pytest
+
+from eplb_rt import cli
+from eplb_rt.algorithms import get_policy, plan, policy_names
+from eplb_rt.config import EplbConfig
+from eplb_rt.placement import Topology
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "message"),
+    [
+        (
+            "flashlb",
+            {"width": 2.5},
+            "policy 'flashlb' option 'width' must be an integer >= 1, got 2.5",
+        ),
+        ("flashlb", {"width": "2.5"}, "option 'width' must be an integer >= 1, got 2.5"),
+        ("flashlb", {"width": 0}, "option 'width' must be an integer >= 1, got 0"),
+        ("flashlb", {"width": True}, "option 'width' must be an integer >= 1, got True"),
+        ("flashlb", {"z": "abc"}, "option 'z' must be a number >= 0, got abc"),
+        ("flashlb", {"z": float("nan")}, "option 'z' must be a number >= 0, got nan"),
+        ("flashlb", {"hot_fraction": 1.5}, "'hot_fraction' must be a number in [0, 1], got 1.5"),
+        ("flashlb", {"incremental": "maybe"}, "'incremental' must be true or false, got maybe"),
+        ("flashlb", {"incremental": 1}, "'incremental' must be true or false, got 1"),
+        ("equilibrium", {"move_cost": -0.1}, "'move_cost' must be a number >= 0, got -0.1"),
+        ("equilibrium", {"num_episodes": [3]}, "'num_episodes' must be an integer >= 1, got [3]"),
+        ("deepseek", {"hierarchical": "3"}, "'hierarchical' must be true or false, got 3"),
+        ("swift", {"max_swaps": -1}, "'max_swaps' must be an integer >= 0, got -1"),
+        ("random", {"seed": "x"}, "policy 'random' option 'seed' must be an integer >= 0, got x"),
+        ("swift", {"nope": 1}, "policy 'swift' has no option(s) ['nope']"),
+    ],
+)
+def test_bad_options_name_the_policy_option_and_value(name, overrides, message):
+    with pytest.raises(ValueError) as err:
+        get_policy(name).make_options(overrides)
+    assert message in str(err.value)
+    with pytest.raises(ValueError, match=r"must be|no option"):
+        plan(name, np.ones((2, 4)), Topology(2, 2), options=overrides)
+
+
+def test_strings_convert_to_the_option_type():
+    opts = get_policy("flashlb").make_options(
+        {"width": "3", "branch": "5.0", "z": " 0.5 ", "incremental": "True", "num_episodes": 2.0}
+    )
+    assert (opts.width, opts.branch, opts.z, opts.incremental, opts.num_episodes) == (
+        3,
+        5,
+        0.5,
+        True,
+        2,
+    )
+    assert type(opts.width) is int and type(opts.z) is float
+    assert get_policy("equilibrium").make_options({"shares": "off"}).shares is False
+
+
+def test_every_option_of_every_policy_is_typed_and_its_default_valid():
+    for name in policy_names():
+        spec = get_policy(name)
+        defaults = spec.make_options()
+        for field in dataclasses.fields(defaults):
+            assert type(field.default) in (bool, int, float), (name, field.name)
+            again = spec.make_options({field.name: str(field.default)})
+            assert getattr(again, field.name) == field.default
+
+
+def _cli(capsys, *argv) -> tuple[int, str]:
+    code = cli.main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def test_cli_plan_rejects_a_bad_option_before_reading_the_load(capsys, tmp_path):
+    code, err = _cli(
+        capsys,
+        "plan",
+        "--load",
+        tmp_path / "missing.npy",  # never read: the option is checked first
+        "--ranks",
+        2,
+        "--slots-per-rank",
+        2,
+        "--policy",
+        "flashlb",
+        "--option",
+        "width=2.5",
+        "--out",
+        tmp_path / "p.json",
+    )
+    assert code == 2
+    assert err.strip() == (
+        "eplb-rt plan: error: policy 'flashlb' option 'width' must be an integer >= 1, got 2.5"
+    )
+
+
+def test_cli_simulate_rejects_a_bad_option(capsys, tmp_path):
+    load = tmp_path / "load.npy"
+    np.save(load, np.ones((4, 2, 4)))
+    code, err = _cli(
+        capsys,
+        "simulate",
+        "--load",
+        load,
+        "--ranks",
+        2,
+        "--slots-per-rank",
+        2,
+        "--policies",
+        "flashlb",
+        "--option",
+        "flashlb.z=abc",
+    )
+    assert code == 2
+    assert err.strip().endswith("policy 'flashlb' option 'z' must be a number >= 0, got abc")
+
+
+def test_config_rejects_a_bad_option_at_construction():
+    message = "option 'width' must be an integer >= 1, got 2.5"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        EplbConfig(policy="flashlb", policy_options={"width": 2.5})
+    assert EplbConfig(policy="flashlb", policy_options={"width": "3"}).policy_options == {
+        "width": "3"
+    }
