@@ -79,7 +79,7 @@ class Serving:
             ffn=shape.ffn,
             dtype=torch.bfloat16,
         )
-        config = EplbConfig(policy="default", interval=0, history=4, episode=1, warm_up=False)
+        config = EplbConfig(policy="deepseek", interval=0, history=4, episode=1, warm_up=False)
         self.runtime = EplbRuntime(config, shape.layers, shape.experts, device=device)
         self.model = ExpertParallelMoE(cfg, runtime=self.runtime, device=device)
         gen = torch.Generator().manual_seed(0)

@@ -1,6 +1,6 @@
 """The planning pipeline (policy -> alignment -> gate in seconds) on DeepSeek-V3 at 32 x 9.
 
-The placement in force is the one ``default`` fits on three prefill workloads; the pipeline
+The placement in force is the one ``deepseek`` fits on three prefill workloads; the pipeline
 re-plans on the fourth (an aggregate row: the next period is taken to carry that workload's
 tokens once) at ``EplbConfig``'s prices. Prints, per policy, the time of the bare policy call
 next to the whole pipeline (same process, alternating), and what the gate let through::
@@ -20,17 +20,17 @@ import pytest
 from eplb_rt import planning
 from eplb_rt.algorithms import plan, warm_up
 from eplb_rt.placement import Topology
-from eplb_rt.sim import traces
+from benchmarks import traces
 
 TOPO = Topology(32, 9)
 COST = planning.CostModel()  # EplbConfig's defaults: DeepSeek-V3 expert, 50 GB/s, 0.25 us
 FIT = ("prefill_in512", "prefill_in1024", "prefill_in2048")
-POLICIES = ("equilibrium", "flashlb", "default")
+POLICIES = ("equilibrium", "flashlb", "deepseek")
 
 
 def setup():
     fit = np.concatenate([traces.deepseek_v3(w, moe_only=True).reshape(-1, 58, 256) for w in FIT])
-    previous = plan("default", fit, TOPO)
+    previous = plan("deepseek", fit, TOPO)
     return traces.deepseek_v3("prefill_in4096", moe_only=True).reshape(1, 58, 256), previous
 
 

@@ -32,7 +32,7 @@ import pytest
 from eplb_rt.algorithms import metrics, plan, warm_up
 from eplb_rt.config import EplbConfig
 from eplb_rt.placement import Topology
-from eplb_rt.sim import traces
+from benchmarks import traces
 
 DEFAULT = EplbConfig.__dataclass_fields__["policy"].default
 TOPO = Topology(64, 5)

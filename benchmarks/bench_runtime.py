@@ -53,7 +53,7 @@ class BackgroundPolicy:
     (``mode="process"``, ``EplbConfig.plan_in_subprocess``)."""
 
     def __init__(self, mode: str = "thread", paced: bool = False) -> None:
-        warm_up(["default"])
+        warm_up(["deepseek"])
         self.paced = paced  # plan only when trigger() is called (the balancer's rhythm)
         self._go = threading.Event()
         self.load = _deepseek_v3_load()
@@ -64,12 +64,12 @@ class BackgroundPolicy:
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn")
             )
-            self._pool.submit(warm_up, ["default"]).result()
+            self._pool.submit(warm_up, ["deepseek"]).result()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _loop(self) -> None:
-        args = ("default", self.load, self.topology)
+        args = ("deepseek", self.load, self.topology)
         while not self._stop.is_set():
             if self.paced and not self._go.wait(0.01):
                 continue

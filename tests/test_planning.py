@@ -61,7 +61,7 @@ def _hot_layer() -> tuple[np.ndarray, Placement, Topology]:
 def test_gate_commits_only_what_pays_hand_derived(seconds_per_move, commits):
     load, previous, topo = _hot_layer()
     cost = planning.CostModel(expert_bytes=seconds_per_move, bandwidth=1.0, token_seconds=1.0)
-    decision = planning.decide(load, previous, topo, "default", None, cost=cost, horizon=1)
+    decision = planning.decide(load, previous, topo, "deepseek", None, cost=cost, horizon=1)
     assert decision.saved_s[0] == pytest.approx(2.5)  # 2.5 tokens x 1 s x 1 step
     assert decision.migration_s[0] == pytest.approx(seconds_per_move)
     assert decision.layers == ((0,) if commits else ())
@@ -82,7 +82,7 @@ def test_gate_never_commits_a_layer_that_costs_more_than_it_saves(seed, bandwidt
     load = rng.gamma(0.5, 10.0, size=(6, 4, 7))
     previous = planning.starting_placement(4, 7, topo)
     cost = planning.CostModel(expert_bytes=1.0, bandwidth=bandwidth, token_seconds=1e-2)
-    d = planning.decide(load, previous, topo, "default", None, cost=cost, horizon=horizon)
+    d = planning.decide(load, previous, topo, "deepseek", None, cost=cost, horizon=horizon)
     peak_before, _ = planning.step_par(previous, load)
     peak_after, _ = planning.step_par(d.placement, load)
     moved = d.placement.moves(previous) > 0

@@ -94,7 +94,7 @@ def test_default_wins_on_deepseek_v3_replans():
     """The issue's goal with default options: PAR <= 1.01 moving <= 20 % of the slots, re-planning
     each prefill workload from a placement fitted on the other three (32 ranks x 9 slots)."""
     from eplb_rt.config import EplbConfig
-    from eplb_rt.sim import traces
+    from benchmarks import traces
 
     policy = EplbConfig().policy
     loads = [traces.deepseek_v3(w, moe_only=True) for w in traces.DEEPSEEK_V3_WORKLOADS]

@@ -48,7 +48,7 @@ def _job(load: np.ndarray, previous: Placement, epoch: int = 1, **fields) -> Job
     return Job(epoch, 0, 5, heat, Event(), np.arange(T), row_p2l, previous, **values)
 
 
-def _balancer(policy: str = "default", step: int = 0, **config) -> Balancer:
+def _balancer(policy: str = "deepseek", step: int = 0, **config) -> Balancer:
     values = dict(policy=policy, interval=12, history=12, episode=4, deadline=5, warm_up=False)
     values.update(config)
     return Balancer(EplbConfig(**values), TOPO, L, E, rank=0, group=None, current_step=lambda: step)
@@ -75,15 +75,15 @@ def test_same_load_same_decision_in_runtime_plan_and_simulate(tmp_path, capsys):
     np.save(tmp_path / "load.npy", load)
     start.save(tmp_path / "start.json")
     argv = ["plan", "--load", str(tmp_path / "load.npy"), "--ranks", "4", "--slots-per-rank"]
-    argv += ["3", "--policy", "default", "--previous", str(tmp_path / "start.json")]
+    argv += ["3", "--policy", "deepseek", "--previous", str(tmp_path / "start.json")]
     argv += ["--horizon", "12", "--expert-bytes", "2000000", "--bandwidth", "1"]
     argv += ["--token-us", "100", "--out", str(tmp_path / "plan.json")]
     assert main(argv) == 0
     planned = Placement.load(tmp_path / "plan.json")
     # 3. eplb-rt simulate's replay: the first cycle plans from the same 12 steps.
     replay = sim.Workload.concat([("w", np.concatenate([load, load[:1]]))])
-    spec = sim.SimulationSpec(TOPO, ("default",), interval=12, cost=COST)
-    simulated = sim.simulate(replay, spec).cycles["default"][0].placement
+    spec = sim.SimulationSpec(TOPO, ("deepseek",), interval=12, cost=COST)
+    simulated = sim.simulate(replay, spec).cycles["deepseek"][0].placement
     assert result.placement == planned == simulated
     # The gate split the layers: the near-uniform one does not pay, the skewed ones do.
     assert result.layers == (1, 2)
