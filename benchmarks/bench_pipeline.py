@@ -17,10 +17,10 @@ import time
 import numpy as np
 import pytest
 
+from benchmarks import traces
 from eplb_rt import planning
 from eplb_rt.algorithms import plan, warm_up
 from eplb_rt.placement import Topology
-from benchmarks import traces
 
 TOPO = Topology(32, 9)
 COST = planning.CostModel()  # EplbConfig's defaults: DeepSeek-V3 expert, 50 GB/s, 0.25 us

@@ -29,10 +29,10 @@ import tempfile
 import numpy as np
 import pytest
 
+from benchmarks import traces
 from eplb_rt.algorithms import metrics, plan, warm_up
 from eplb_rt.config import EplbConfig
 from eplb_rt.placement import Topology
-from benchmarks import traces
 
 DEFAULT = EplbConfig.__dataclass_fields__["policy"].default
 TOPO = Topology(64, 5)

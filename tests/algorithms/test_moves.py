@@ -93,8 +93,8 @@ def test_equilibrium_keeps_the_budget_of_every_layer():
 def test_default_wins_on_deepseek_v3_replans():
     """The issue's goal with default options: PAR <= 1.01 moving <= 20 % of the slots, re-planning
     each prefill workload from a placement fitted on the other three (32 ranks x 9 slots)."""
-    from eplb_rt.config import EplbConfig
     from benchmarks import traces
+    from eplb_rt.config import EplbConfig
 
     policy = EplbConfig().policy
     loads = [traces.deepseek_v3(w, moe_only=True) for w in traces.DEEPSEEK_V3_WORKLOADS]
