@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eplb_rt import planning
+from eplb_rt import formats, planning
 from eplb_rt.algorithms.metrics import par
 from eplb_rt.models.workload import drifting_profile
 from eplb_rt.placement import Placement, Topology
@@ -160,7 +160,7 @@ def test_plan_rejects_bad_prices_naming_the_flag(flag, value, tmp_path, capsys):
 
     np.save(tmp_path / "load.npy", np.ones((2, 1, 4)))
     start = tmp_path / "start.json"
-    planning.starting_placement(1, 4, Topology(2, 2)).save(start)
+    formats.write_placement(planning.starting_placement(1, 4, Topology(2, 2)), start)
     argv = ["plan", "--load", str(tmp_path / "load.npy"), "--ranks", "2", "--slots-per-rank", "2"]
     argv += ["--previous", str(start), flag, value, "--out", str(tmp_path / "out.json")]
     assert main(argv) == 2

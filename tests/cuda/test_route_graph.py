@@ -69,7 +69,7 @@ def _expected(rt: EplbRuntime, ids: torch.Tensor, heat: torch.Tensor) -> torch.T
     ],
 )
 def test_route_replays_across_a_commit(device):
-    config = EplbConfig(policy="default", interval=0, history=H, episode=1, warm_up=False)
+    config = EplbConfig(policy="deepseek", interval=0, history=H, episode=1, warm_up=False)
     with EplbRuntime(config, 2, E, device=device) as rt:
         # Slot s of layer 0 holds a weight row equal to the expert it serves.
         weight = torch.tensor(rt.placement.phy2log[0], dtype=torch.float32)[:, None].repeat(1, 3)

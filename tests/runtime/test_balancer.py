@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from eplb_rt import planning
+from eplb_rt import formats, planning
 from eplb_rt.cli import main
 from eplb_rt.config import EplbConfig
 from eplb_rt.placement import Placement, Topology
@@ -73,13 +73,13 @@ def test_same_load_same_decision_in_runtime_plan_and_simulate(tmp_path, capsys):
     assert result.status == PLAN_OK and result.placement == result.decision.placement
     # 2. eplb-rt plan --previous, the same load as a [T, L, E] file and the same prices.
     np.save(tmp_path / "load.npy", load)
-    start.save(tmp_path / "start.json")
+    formats.write_placement(start, tmp_path / "start.json")
     argv = ["plan", "--load", str(tmp_path / "load.npy"), "--ranks", "4", "--slots-per-rank"]
     argv += ["3", "--policy", "deepseek", "--previous", str(tmp_path / "start.json")]
     argv += ["--horizon", "12", "--expert-bytes", "2000000", "--bandwidth", "1"]
     argv += ["--token-us", "100", "--out", str(tmp_path / "plan.json")]
     assert main(argv) == 0
-    planned = Placement.load(tmp_path / "plan.json")
+    planned = formats.read_placement(tmp_path / "plan.json")
     # 3. eplb-rt simulate's replay: the first cycle plans from the same 12 steps.
     replay = sim.Workload.concat([("w", np.concatenate([load, load[:1]]))])
     spec = sim.SimulationSpec(TOPO, ("deepseek",), interval=12, cost=COST)

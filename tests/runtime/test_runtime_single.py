@@ -123,7 +123,7 @@ def test_tables_hold_the_starting_placement(runtime):
 
 
 def test_groups_and_nodes_reach_the_policy():
-    config = EplbConfig(policy="default", interval=0, num_groups=4, warm_up=False)
+    config = EplbConfig(policy="deepseek", interval=0, num_groups=4, warm_up=False)
     with EplbRuntime(config, 1, 8) as rt:
         assert rt.topology == Topology(1, 8, 1, 4) == rt.balancer.topology
 

@@ -21,22 +21,20 @@ class _NoOptions:
 
 @pytest.fixture
 def spy(monkeypatch):
-    """Register policy "spy": shifts every slot one rank on; records (history, previous) of the
+    """Register policy "spy": the deepseek policy's plan; records (history, previous) of the
     plans the simulator asks for."""
     calls = []
+    deepseek = registry.get_policy("deepseek")
 
-    def shift(layer, topo, _opts):
-        base = layer.previous
-        if base is None:
-            base = Placement.initial(1, layer.load.shape[0], topo).phy2log[0]
-        return np.roll(base, topo.num_slots_per_rank)
+    def balance(layer, topo, _opts):
+        return deepseek.fn(layer, topo, deepseek.make_options())
 
     def plan(name, load, topo, previous=None, options=None):
         if name == "spy":
             calls.append((load.copy(), previous))
         return registry.plan(name, load, topo, previous, options)
 
-    spec = registry.PolicySpec("spy", shift, _NoOptions, "test spy")
+    spec = registry.PolicySpec("spy", balance, _NoOptions, "test spy")
     monkeypatch.setitem(registry._REGISTRY, "spy", spec)
     monkeypatch.setattr(sim.algorithms, "plan", plan)
     return calls
@@ -97,20 +95,20 @@ def test_migration_seconds_and_throughput_hand_derived():
     topo = Topology(2, 2)
     assert planning.starting_placement(1, 3, topo).phy2log.tolist() == [[0, 1, 2, 1]]
     cost = planning.CostModel(expert_bytes=1, bandwidth=1, token_seconds=1)
-    spec = sim.SimulationSpec(topo, (sim.NO_REBALANCE, "default"), interval=2, cost=cost)
+    spec = sim.SimulationSpec(topo, (sim.NO_REBALANCE, "deepseek"), interval=2, cost=cost)
     result = sim.simulate(sim.Workload.concat([("w", _hot(6))]), spec)
-    first, second = result.cycles["default"]
+    first, second = result.cycles["deepseek"]
     assert first.placement.by_rank()[0, 1].tolist() in ([0, 2], [2, 0])
     assert (first.migration_s, first.moe_s, first.none_s) == (1.0, 8.0, 13.0)
     assert (second.migration_s, second.moe_s, second.none_s, second.moves) == (0.0, 8.0, 13.0, 0)
-    summary = sim.summarize(result.cycles["default"], 1)
+    summary = sim.summarize(result.cycles["deepseek"], 1)
     assert summary["throughput_vs_none"] == pytest.approx(26 / 17)
     assert summary["migration_s_per_cycle"] == pytest.approx(0.5)
     assert sim.summarize(result.cycles["none"], 1)["throughput_vs_none"] == pytest.approx(1.0)
     # The same plan at a bandwidth where the move costs more than the 2.5 tokens x 2 steps it
     # saves: the gate keeps the starting placement.
     dear = dataclasses.replace(spec, cost=dataclasses.replace(cost, bandwidth=0.1))
-    kept = sim.simulate(sim.Workload.concat([("w", _hot(6))]), dear).cycles["default"]
+    kept = sim.simulate(sim.Workload.concat([("w", _hot(6))]), dear).cycles["deepseek"]
     assert all(c.moves == 0 and c.migration_s == 0.0 for c in kept)
 
 
