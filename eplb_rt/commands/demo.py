@@ -239,6 +239,8 @@ def _summary(opts, loads, step_ms, stats, *, max_diff, checks) -> dict:
         "first_commit_step": first if first < steps else None,
         "par_before": float(np.mean(par_eplb[:first])) if first else None,
         "par_after": float(np.mean(par_eplb[first:])) if first < steps else None,
+        "par_static_before": float(np.mean(par_static[:first])) if first else None,
+        "par_static_after": float(np.mean(par_static[first:])) if first < steps else None,
         "rebalances": rebalances,
         "skipped_plans": stats["skipped"],
         "errors": stats["errors"],
@@ -284,7 +286,9 @@ def _print_report(result: dict) -> None:
     else:
         print(
             f"eplb_rt before its first rebalance (steps 0-{result['first_commit_step'] - 1}, "
-            f"starting placement) {result['par_before']:.3f}, after {result['par_after']:.3f}"
+            f"starting placement) {result['par_before']:.3f} against static "
+            f"{result['par_static_before']:.3f}; after {result['par_after']:.3f} against static "
+            f"{result['par_static_after']:.3f} (the same steps)"
         )
     print(
         f"experts moved: {result['moved_experts']} ({result['bytes_moved'] / 2**20:.1f} MiB); "

@@ -24,6 +24,9 @@ def test_demo_writes_summary_and_plot(tmp_path, capsys):
     # Do no harm: on the same tokens, eplb_rt's mean per-step PAR is below the static layout's.
     assert result["par_mean"] < result["par_static"]
     assert result["par_mean"] == pytest.approx(sum(result["per_step"]["par"]) / 40)
+    first, static = result["first_commit_step"], result["per_step"]["par_static"]
+    assert result["par_static_before"] == pytest.approx(sum(static[:first]) / first)
+    assert result["par_static_after"] == pytest.approx(sum(static[first:]) / (40 - first))
     assert plot.stat().st_size > 0
     out = capsys.readouterr().out
     assert "outputs match the model without EPLB" in out
