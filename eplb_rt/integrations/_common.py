@@ -13,7 +13,7 @@ import numpy as np
 
 from eplb_rt import envs
 from eplb_rt.algorithms import get_policy, metrics, plan
-from eplb_rt.algorithms.align import align_row
+from eplb_rt.algorithms.align import align_placement
 from eplb_rt.placement import Placement, Topology
 
 
@@ -71,9 +71,7 @@ def replan(
     if prev is None:
         return new, np.zeros(new.num_layers)
     if aligned:  # relabel ranks to keep the most in place; kept experts keep their slot
-        args = (topology.num_ranks, new.num_experts)
-        rows = [align_row(n, p, *args)[0] for n, p in zip(new.phy2log, prev.phy2log, strict=True)]
-        new = Placement(np.stack(rows), new.num_experts, topology.num_ranks)
+        new = align_placement(prev, new)
     total = load.sum(axis=0)
     with np.errstate(invalid="ignore"):
         gain = np.nan_to_num(metrics.par(prev, total) - metrics.par(new, total), nan=0.0)
