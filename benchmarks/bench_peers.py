@@ -1,6 +1,7 @@
 """Peers side by side: the engines' own EPLB code next to every eplb_rt policy, in one process.
 
     PYTHONPATH=. python benchmarks/bench_peers.py [--sections time,insample,static,adapt,cold]
+        [--contenders flashlb,deepseek]     # only contenders whose name contains one of these
     PYTHONPATH=. python -m pytest benchmarks/bench_peers.py      # plan time, pytest-benchmark
 
 Contenders: vllm-ascend 0.26's DefaultEplb, SwiftBalanceEplb and FlashLB (``warm_up`` first),
@@ -125,9 +126,15 @@ def sglang_planner(sg, algorithm: str) -> Planner:
     return run
 
 
-def contenders(stack) -> dict[str, Planner]:
-    found = {f"eplb_rt {n}": ours(n) for n in policy_names()}
-    warm_up(policy_names())
+def contenders(stack, only: list[str] | None = None) -> dict[str, Planner]:
+    """Every contender, or those whose name contains one of ``only`` (case-insensitive)."""
+
+    def wanted(name: str) -> bool:
+        return not only or any(part.lower() in name.lower() for part in only)
+
+    names = [n for n in policy_names() if wanted(f"eplb_rt {n}")]
+    found = {f"eplb_rt {n}": ours(n) for n in names}
+    warm_up(names)
     for peer, make in (
         ("vllm-ascend", lambda m: {f"vllm-ascend {c}": ascend_planner(m, c)
                                    for c in ("DefaultEplb", "SwiftBalanceEplb", "FlashLB")}),
@@ -135,14 +142,16 @@ def contenders(stack) -> dict[str, Planner]:
         ("sglang", lambda m: {f"SGLang {a}": sglang_planner(m, a)
                               for a in ("deepseek", "deepseek_vec")}),
     ):  # fmt: skip
+        if only and not any(wanted(name) for name in make(None)):
+            continue
         try:
             modules = stack.enter_context(open_peer(peer))
         except RuntimeError as err:
             print(f"<!-- {peer} skipped: {err} -->")
             continue
-        if peer == "vllm-ascend":
+        if peer == "vllm-ascend" and wanted("vllm-ascend FlashLB"):
             modules.policy_flashlb.warm_up()
-        found.update(make(modules))
+        found.update({k: v for k, v in make(modules).items() if wanted(k)})
     return found
 
 
@@ -283,17 +292,23 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", default="time,insample,static,adapt,cold")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--contenders",
+        default="",
+        help="comma-separated parts of contender names to run, e.g. 'flashlb' (default: all)",
+    )
     args = parser.parse_args(argv)
+    only = [part for part in args.contenders.split(",") if part.strip()]
     sections = args.sections.split(",")
     torch.set_num_threads(1)
     print(f"<!-- eplb_rt default policy: {EplbConfig().policy}; torch threads 1 -->")
     with contextlib.ExitStack() as stack:
-        found = contenders(stack)
+        found = contenders(stack, only)
         if "time" in sections:
             section_time(found, args.repeat)
         tables = {s: section_par(found, s == "static") for s in ("insample", "static")
                   if s in sections}  # fmt: skip
-        if len(tables) == 2 and "vllm-ascend FlashLB" in found:
+        if len(tables) == 2 and {"eplb_rt flashlb", "vllm-ascend FlashLB"} <= set(found):
             flashlb_check(tables["insample"], tables["static"])
         if "adapt" in sections:
             section_adapt(found)

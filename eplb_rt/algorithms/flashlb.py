@@ -1,193 +1,338 @@
 # ruff: noqa: PLR0917  (numba kernels take plain positional arrays)
-"""``flashlb``: FlashLB-style joint allotment and placement with episode statistics.
+"""``flashlb``: vllm-ascend's FlashLB search, as our own numba kernels.
 
-Our own implementation of the idea behind vllm-ascend's FlashLB:
+The search, per layer (the same decisions as vllm-ascend 0.26's ``FlashLB``):
 
-* **Statistics.** The history is cut into episodes (each normalised); per layer the mean
-  ``mu [E]`` and covariance ``cov [E, E]`` of expert load across episodes.
-* **Device score.** A rank is scored by ``mean + z * std`` of its load, the variance including
-  the covariance of the experts it holds (``z = 0.674``: the 75th percentile of a normal load).
-* **Tree search.** Experts by decreasing mean load, in groups of ``D``; per group the search
-  branches over the redundant replicas the group receives (around its proportional share),
-  splits them by min-max-replica and places them by score. A beam of ``width`` states survives
-  each group, ranked by a look-ahead (worst score or the mean rank load, the larger).
-* **Neighbour search** over the best state's replica counts, scored on the episodes' mean PAR.
-* **Hungarian alignment** to the previous placement and **layer-wise cherry-picking**: a layer is
-  re-deployed only when its PAR passes ``threshold`` and the new one is better by ``margin``.
-* Optional **LPT-incremental**: only the hottest experts and those whose count changed move.
+* **Statistics.** Every expert's load per episode, plus one token per step (the original's
+  smoothing: no expert is ever exactly idle), in tokens, so a busy episode weighs more; the
+  mean ``mu [E]``, variance and covariance ``cov [E, E]`` across episodes (``K - 1`` in the
+  denominator; zero for a single episode).
+* **Device score** ``mean + z * std`` of a rank's load, the variance including the covariance
+  of the replicas it holds (``z``: the 75th percentile of a normal load).
+* **Allotment** by min-max on the score ``mu + z * std``: the next replica goes to the expert
+  with the highest score per replica.
+* **Placement** (LPT): experts by decreasing mean per replica, each replica to the rank whose
+  device score after taking it is lowest (first rank on ties).
+* **Neighbour search over quarters.** Experts sorted by score, cut into ``depth`` groups; for
+  each group but the last, the redundant replicas still free are split between it and the
+  experts after it. Starting from the split the joint allotment gives, the splits ``1 .. width``
+  below and above (below first) are tried; each is allotted within both parts, placed, and
+  scored by the mean over episodes of ``(D * peak + 0.01) / (total + 0.01)``; the lowest (the
+  first found on ties) fixes the group's replicas.
+* **Previous placement.** A layer is re-planned only when the placement in force scores above
+  ``threshold``, and replaced only when the new one scores lower; the new slots are aligned to
+  the old ones (Hungarian on ranks, kept experts keep their slot).
+
+Beyond the original, counts never exceed the number of ranks and a replica whose ranks with room
+all hold its expert makes room by one move (:func:`packing.place_replica`): the original cannot
+place such tables at all. The kernels return the same placements as the original (tests compare
+them on shipped traces); they are faster by pruning ranks whose score cannot win (a lower bound
+from ``std(a + b) >= |std(a) - std(b)|``), by skipping exact divisions by one, and by scoring
+each candidate split once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from statistics import NormalDist
 
 import numpy as np
 from numba import njit
 
 from eplb_rt.algorithms.align import align_row
-from eplb_rt.algorithms.metrics import row_par
-from eplb_rt.algorithms.packing import place_replica, score_place, stable_order
+from eplb_rt.algorithms.packing import place_replica
 from eplb_rt.algorithms.registry import Layer, Options, option, register
-from eplb_rt.algorithms.replicas import SCORE, allot_more, count_search
 from eplb_rt.placement import Topology
+
+SMOOTHING = 1.0
+"""Tokens added to every expert per step before the statistics (the original's ``+ 1``)."""
+_EPS = 1e-2
+"""Added to peak and total in the score (the original's), so an idle episode scores 1."""
+_SLACK = 1e-4
+"""Relative slack on the standard deviations in the rank pruning bound: the ranks' variances
+are kept in float32 (as the original does), so the bound must not be exact to be safe."""
 
 
 @dataclasses.dataclass(frozen=True)
 class FlashLBOptions(Options):
-    """Options of the ``flashlb`` policy.
+    """Options of the ``flashlb`` policy (defaults: the original's ``FlashLBConfig``).
 
     Attributes:
-        num_episodes: episodes the history is cut into for the statistics.
-        z: weight of the standard deviation in the device score (0.674 = 75th percentile).
-        width: states kept per group in the tree search (beam width).
-        branch: replica-count choices per group and state (around the proportional share).
-        neighbour_rounds, neighbour_width: rounds and donor/recipient experts of the count search.
-        threshold: with a previous placement: a layer is re-deployed only above this PAR ...
-        margin: ... and when the new one removes this fraction of its excess ``PAR - 1``.
-        incremental: with a previous placement: LPT-incremental re-placement inside a layer.
-        hot_fraction: share of experts (hottest first) re-placed by the incremental mode.
+        num_episodes: samples the history is cut into for the statistics (the original's
+            ``sample_size``).
+        z: weight of the standard deviation in the device score (0.6745: 75th percentile).
+        depth: groups the experts are cut into (1: one min-max allotment, no search).
+        width: splits tried on each side of the joint allotment's, per group.
+        threshold: with a previous placement: a layer is re-planned only when the placement
+            in force scores above this (``(D * peak + 0.01) / (total + 0.01)`` per episode).
     """
 
-    num_episodes: int = option(16, low=1)
-    z: float = option(0.674, low=0)
-    width: int = option(4, low=1)
-    branch: int = option(3, low=1)
-    neighbour_rounds: int = option(4, low=0)
-    neighbour_width: int = option(3, low=1)
+    num_episodes: int = option(64, low=1)
+    z: float = option(NormalDist().inv_cdf(0.75), low=0)
+    depth: int = option(4, low=1)
+    width: int = option(8, low=0)
     threshold: float = option(1.0, low=1)
-    margin: float = option(0.01, low=0)
-    incremental: bool = option(False)
-    hot_fraction: float = option(0.1, low=0, high=1)
+
+
+# ------------------------------------------------------------------------------ allotment
+@njit(cache=True, nogil=True)
+def allot_history(weight, members, extra, cap):
+    """Min-max allotment of up to ``extra`` replicas within ``members [n]`` (indices into
+    ``weight [E]``): one replica each, then each next one to the member with the highest
+    ``weight`` per replica (first member on ties) below ``cap``.
+
+    Returns ``(history [extra + 1, n] int64, placed)``: row ``k`` holds the counts after ``k``
+    replicas; ``placed`` is how many found a member (rows after it repeat the last).
+    """
+    n = members.shape[0]
+    history = np.ones((extra + 1, n), dtype=np.int64)
+    unit = np.empty(n)
+    for m in range(n):
+        unit[m] = weight[members[m]]
+    placed = 0
+    for k in range(extra):
+        best = -1
+        best_value = -1.0
+        for m in range(n):
+            if history[k, m] < cap and unit[m] > best_value:
+                best_value = unit[m]
+                best = m
+        history[k + 1] = history[k]
+        if best < 0:
+            continue
+        history[k + 1, best] += 1
+        unit[best] = weight[members[best]] / history[k + 1, best]
+        placed = k + 1
+    return history, placed
+
+
+# ------------------------------------------------------------------------------ placement
+@njit(cache=True, nogil=True)
+def _rank_var(i, ri, vi, d, S, row, fill, dvar, cov, counts):
+    """Variance of rank ``d``'s load with one more replica of ``i`` (``ri`` replicas, variance
+    per replica ``vi``), summed in the original's order so ties break alike."""
+    v = dvar[d] + vi
+    for s in range(fill[d]):
+        j = row[d * S + s]
+        c = 2 * cov[i, j]
+        if ri != 1:  # x / 1 == x exactly: skip the division
+            c /= ri
+        if counts[j] != 1:
+            c /= counts[j]
+        v += c
+    return v
 
 
 @njit(cache=True, nogil=True)
-def tree_search(mu, cov, z, D, S, width, branch):
-    """Beam search over expert groups; returns ``(row [P], counts [E])`` of the best state.
+def _refresh(mu, cov, counts, row, fill, dmu, dvar, dsd):
+    """Recompute every rank's mean and variance from its slots (after a repairing move)."""
+    D = dmu.shape[0]
+    S = row.shape[0] // D
+    for d in range(D):
+        m = 0.0
+        v = 0.0
+        for a in range(fill[d]):
+            x = row[d * S + a]
+            m += mu[x] / counts[x]
+            for b in range(fill[d]):
+                y = row[d * S + b]
+                v += cov[x, y] / (counts[x] * counts[y])
+        dmu[d] = np.float32(m)
+        dvar[d] = np.float32(v)
+        dsd[d] = np.sqrt(max(dvar[d], 0.0))
 
-    States live in one pool: the beam's and, per group, their children's (``width * branch``).
+
+@njit(cache=True, nogil=True)
+def lpt_place_scored(mu, var, cov, counts, z, num_ranks, num_slots_per_rank):
+    """FlashLB's placement of the replicas ``counts [E]``; returns ``row [P] int64``.
+
+    Experts by decreasing ``mu / counts`` (numba's quicksort, as the original, so ties fall the
+    same way); each replica to the rank with room and without the expert whose ``mean + z * std``
+    after taking it is lowest (lowest rank on ties). The ranks' mean and variance are rounded to
+    float32 as the original keeps them. A rank is scored exactly only when its lower bound
+    ``mean + z * |std_rank - std_replica|`` could beat the best so far, cheapest bound first.
     """
+    D = num_ranks
+    S = num_slots_per_rank
     E = mu.shape[0]
-    P = D * S
-    order = stable_order(-mu)
-    total = mu.sum()
-    N = width * (branch + 1)
-    rows = np.full((N, P), -1, dtype=np.int64)
-    fills = np.zeros((N, D), dtype=np.int64)
-    holds = np.zeros((N, D, E), dtype=np.bool_)
-    means = np.zeros((N, D))
-    varss = np.zeros((N, D))
-    counts = np.ones((N, E), dtype=np.int64)
-    spare = np.full(N, P - E, dtype=np.int64)
-    est = np.empty(N)
-    beam = np.zeros(1, dtype=np.int64)
-    children = np.empty(width * branch, dtype=np.int64)
-    in_beam = np.zeros(N, dtype=np.bool_)
-    placed_load = 0.0
-    for start in range(0, E, D):
-        experts = order[start : start + D]
-        group_load = mu[experts].sum()
-        last = start + D >= E
-        share = group_load / (total - placed_load) if total > placed_load else 0.0
-        in_beam[:] = False
-        in_beam[beam] = True
-        n = 0
-        c = 0
-        for b in beam:
-            centre = int(np.floor(spare[b] * share + 0.5))
-            for t in range(1 if last else branch):
-                extra = spare[b] if last else centre + t - branch // 2
-                if extra < 0 or extra > spare[b]:
+    per = mu / counts
+    order = np.argsort(-per)
+    row = np.full(D * S, -1, dtype=np.int64)
+    fill = np.zeros(D, dtype=np.int64)
+    holds = np.zeros((D, E), dtype=np.bool_)
+    dmu = np.zeros(D)
+    dvar = np.zeros(D)
+    dsd = np.zeros(D)
+    bound = np.empty(D)
+    for i in order:
+        ri = counts[i]
+        pi = mu[i] / ri
+        vi = var[i] / (ri * ri)
+        sdi = np.sqrt(vi)
+        for _ in range(ri):
+            first = -1
+            for d in range(D):
+                if fill[d] >= S or holds[d, i]:
                     continue
-                while in_beam[c]:
-                    c += 1
-                rows[c], fills[c], holds[c] = rows[b], fills[b], holds[b]
-                means[c], varss[c], counts[c] = means[b], varss[b], counts[b]
-                spare[c] = spare[b] - extra + allot_more(mu, counts[c], experts, extra, D)
-                score_place(
-                    experts, counts[c], mu, cov, z, means[c], varss[c], rows[c], fills[c], holds[c]
-                )
-                # Prune: the remaining experts need a slot each.
-                if P - fills[c].sum() < E - start - experts.shape[0]:
+                gap = abs(dsd[d] - sdi) - _SLACK * (dsd[d] + sdi)
+                bound[d] = dmu[d] + pi + z * max(gap, 0.0)
+                if first < 0 or bound[d] < bound[first]:
+                    first = d
+            if first < 0:  # every rank with room holds i: make room by one move
+                place_replica(i, per, dmu, fill, holds, row)
+                _refresh(mu, cov, counts, row, fill, dmu, dvar, dsd)
+                continue
+            best = -1
+            best_risk = 1e30
+            best_var = 0.0
+            for k in range(D + 1):
+                d = first if k == 0 else k - 1
+                if k > 0 and (d == first or fill[d] >= S or holds[d, i]):
                     continue
-                # Look-ahead: the rest of the load spreads at best evenly over all ranks.
-                est[c] = total / D
-                for r in range(D):
-                    est[c] = max(est[c], means[c, r] + z * np.sqrt(max(varss[c, r], 0.0)))
-                children[n] = c
-                n += 1
-                c += 1
-        if n == 0:
+                if bound[d] > best_risk:
+                    continue
+                v = _rank_var(i, ri, vi, d, S, row, fill, dvar, cov, counts)
+                risk = (dmu[d] + pi) + z * np.sqrt(v)
+                if risk < best_risk or (risk == best_risk and d < best):
+                    best = d
+                    best_risk = risk
+                    best_var = v
+            if best < 0:  # no finite score (cannot happen with a covariance matrix)
+                best = first
+                best_var = _rank_var(i, ri, vi, best, S, row, fill, dvar, cov, counts)
+            dmu[best] = np.float32(dmu[best] + pi)
+            dvar[best] = np.float32(best_var)
+            dsd[best] = np.sqrt(max(dvar[best], 0.0))
+            row[best * S + fill[best]] = i
+            fill[best] += 1
+            holds[best, i] = True
+    return row
+
+
+@njit(cache=True, nogil=True)
+def score_row(X, row, counts, num_ranks):
+    """Mean over the episodes of ``X [K, E]`` of ``(D * peak + 0.01) / (total + 0.01)`` for
+    ``row [P]`` with replicas ``counts [E]``, in float32 as the original (so equal candidates
+    tie as they do there)."""
+    K = X.shape[0]
+    S = row.shape[0] // num_ranks
+    acc = np.float32(0.0)
+    for t in range(K):
+        peak = 0.0
+        total = 0.0
+        for d in range(num_ranks):
+            s = 0.0
+            for k in range(S):
+                e = row[d * S + k]
+                s += X[t, e] / counts[e]
+            total += s
+            peak = max(peak, s)
+        acc += np.float32((peak * num_ranks + _EPS) / (total + _EPS))
+    return np.float32(acc / K)
+
+
+# ------------------------------------------------------------------------------ the search
+@njit(cache=True, nogil=True)
+def _try(X, mu, var, cov, z, D, S, trial, best_counts, best_row, best_score):
+    """Score ``trial`` counts; returns ``(score, row)``, reusing the best's when equal."""
+    if best_score < np.inf and (trial == best_counts).all():
+        return best_score, best_row
+    row = lpt_place_scored(mu, var, cov, trial, z, D, S)
+    return score_row(X, row, trial, D), row
+
+
+@njit(cache=True, nogil=True)
+def flash_search(X, mu, var, cov, order, z, num_ranks, num_slots_per_rank, depth, width):
+    """The search of one layer; returns ``(row [P] int64, score)``.
+
+    ``X [K, E]`` the smoothed episodes, ``mu``/``var [E]``, ``cov [E, E]`` their statistics,
+    ``order [E]`` the experts by decreasing ``mu + z * sqrt(var)``.
+    """
+    D = num_ranks
+    S = num_slots_per_rank
+    E = mu.shape[0]
+    weight = mu + z * np.sqrt(var)
+    avail = D * S - E
+    counts = np.ones(E, dtype=np.int64)
+    if depth <= 1:
+        history, _ = allot_history(weight, np.arange(E), avail, D)
+        counts[:] = history[-1]
+        row = lpt_place_scored(mu, var, cov, counts, z, D, S)
+        return row, score_row(X, row, counts, D)
+    size = -(-E // depth)
+    best_counts = counts.copy()
+    best_row = np.empty(0, dtype=np.int64)
+    best_score = np.inf
+    trial = counts.copy()
+    for node in range(depth - 1):
+        high = avail
+        cur = order[node * size : (node + 1) * size]
+        rem = order[(node + 1) * size :]
+        joint, _ = allot_history(weight, order[node * size :], high, D)
+        start = joint[-1, : cur.shape[0]].sum() - cur.shape[0]
+        cur_hist, cur_cap = allot_history(weight, cur, high, D)
+        rem_hist, rem_cap = allot_history(weight, rem, high, D)
+        # Splits the two parts can hold (each expert at most one replica per rank); the joint
+        # allotment's is one of them.
+        low = high - rem_cap
+        reach = min(max(start, high - start), width)
+        chosen = -1
+        chosen_score = np.inf
+        for r in range(2 * reach + 1):
+            mid = start if r == 0 else (start - (r + 1) // 2 if r % 2 == 1 else start + r // 2)
+            if mid < low or mid > cur_cap:
+                continue
+            trial[:] = counts
+            trial[cur] = cur_hist[mid]
+            trial[rem] = rem_hist[high - mid]
+            score, row = _try(X, mu, var, cov, z, D, S, trial, best_counts, best_row, best_score)
+            if score < chosen_score:
+                chosen = mid
+                chosen_score = score
+                best_counts[:] = trial
+                best_row = row
+                best_score = score
+        counts[cur] = cur_hist[chosen]
+        avail -= chosen
+        if avail == 0 or node == depth - 2:
+            counts[rem] = rem_hist[avail]
             break
-        beam = children[:n][stable_order(est[children[:n]])[:width]].copy()
-        placed_load += group_load
-    # Any spare left (caps bound in the last group): min-max over all experts, placed greedily.
-    b = beam[0]
-    if spare[b] > 0:
-        before = counts[b].copy()
-        allot_more(mu, counts[b], np.arange(E), spare[b], D)
-        per = mu / counts[b]
-        for i in range(E):
-            for _ in range(counts[b, i] - before[i]):
-                place_replica(i, per, means[b], fills[b], holds[b], rows[b])
-    return rows[b].copy(), counts[b].copy()
+    return best_row, best_score
 
 
-def _incremental(
-    prev: np.ndarray, new: np.ndarray, mu: np.ndarray, topo: Topology, opts: FlashLBOptions
-) -> np.ndarray:
-    """Previous slots, with only the hottest experts and those whose count changed re-placed."""
-    D, S, E = topo.num_ranks, topo.num_slots_per_rank, mu.shape[0]
-    counts = np.bincount(new, minlength=E)
-    redo = counts != np.bincount(prev, minlength=E)
-    redo[np.argsort(-mu, kind="stable")[: int(np.ceil(opts.hot_fraction * E))]] = True
-    grid = np.where(redo[prev], -1, prev).reshape(D, S)
-    per = mu / np.maximum(counts, 1)
-    loads = np.where(grid >= 0, per[grid], 0.0).sum(axis=1)
-    for e in np.argsort(-per, kind="stable"):
-        for _ in range(counts[e] if redo[e] else 0):
-            free = [(loads[r], r) for r in range(D) if (grid[r] < 0).any() and e not in grid[r]]
-            if not free:
-                return new  # cannot fit incrementally: take the full plan
-            r = min(free)[1]
-            grid[r][np.flatnonzero(grid[r] < 0)[0]] = e
-            loads[r] += per[e]
-    return grid.reshape(-1)
+# ------------------------------------------------------------------------------ the policy
+def statistics(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(mu [E], var [E], cov [E, E])`` of ``X [K, E]`` across episodes, with ``K - 1`` in the
+    denominator; zero variance for a single episode. Computed with numpy as the original."""
+    mu = X.mean(axis=0)
+    K, E = X.shape
+    if K == 1:
+        return mu, np.zeros(E), np.zeros((E, E))
+    centred = X - mu
+    return mu, np.sum(centred**2, axis=0) / (K - 1), (centred.T @ centred) / (K - 1)
 
 
 @register(
     "flashlb",
     FlashLBOptions,
-    "FlashLB: tree search over expert groups by mean+z*std score, aligned and cherry-picked",
-    warm_up_options=({}, {"incremental": True}),
+    "FlashLB (vllm-ascend): neighbour search of replica counts per quarter of the experts, "
+    "mean+z*std placement, scored on episodes",
+    warm_up_options=({}, {"depth": 1}),
 )
 def flashlb(layer: Layer, topo: Topology, opts: FlashLBOptions) -> np.ndarray:
     """One layer; returns ``row [P] int64`` (uniform shares)."""
     D, S = topo.num_ranks, topo.num_slots_per_rank
-    W, prev = layer.episodes, layer.previous
-    mu = np.ascontiguousarray(W.mean(axis=0))
-    centred = W - mu
-    cov = np.ascontiguousarray(centred.T @ centred / W.shape[0])
-    row, counts = tree_search(mu, cov, opts.z, D, S, opts.width, opts.branch)
-    row = count_search(
-        SCORE,
-        row,
-        W,
-        mu,
-        cov,
-        opts.z,
-        counts,
-        D,
-        opts.neighbour_rounds,
-        opts.neighbour_width,
-        0,
-        0.0,
-    )
+    X = layer.tokens + SMOOTHING * layer.steps[:, None]
+    mu, var, cov = statistics(X)
+    # numpy's default sort, as the original's: experts of equal score keep its order.
+    order = np.argsort(-(mu + opts.z * np.sqrt(var)))
+    prev = layer.previous
+    if prev is not None:
+        counts = np.bincount(prev, minlength=mu.shape[0])
+        old = score_row(X, prev, counts, D)
+        if old <= opts.threshold:
+            return prev
+    row, new = flash_search(X, mu, var, cov, order, opts.z, D, S, opts.depth, opts.width)
     if prev is None:
         return row
-    if opts.incremental:
-        row = _incremental(prev, row, mu, topo, opts)
-    row, _ = align_row(row, prev, D, mu.shape[0])
-    old_par = row_par(prev, W, D)
-    new_par = row_par(row, W, D)
-    redeploy = old_par > opts.threshold and new_par < old_par - opts.margin * (old_par - 1.0)
-    return row if redeploy else prev
+    return align_row(row, prev, D, mu.shape[0])[0] if new < old else prev

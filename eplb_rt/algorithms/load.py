@@ -45,12 +45,17 @@ def cut_episodes(load: np.ndarray, num_episodes: int) -> np.ndarray:
     rather than single steps, which are noisy. Returns ``[K, L, E] float64``.
     """
     arr = check_load(load)
-    T = arr.shape[0]
-    K = min(T, int(num_episodes))
-    if K == T:
+    steps = episode_steps(arr.shape[0], num_episodes)
+    if steps.shape[0] == arr.shape[0]:
         return arr.copy()
-    bounds = np.linspace(0, T, K + 1).round().astype(np.int64)
-    return np.add.reduceat(arr, bounds[:-1], axis=0)
+    return np.add.reduceat(arr, np.cumsum(steps) - steps, axis=0)
+
+
+def episode_steps(num_steps: int, num_episodes: int) -> np.ndarray:
+    """``[K] int64``: steps in each of the ``K = min(num_steps, num_episodes)`` episodes that
+    :func:`cut_episodes` makes of ``num_steps`` steps (oldest first)."""
+    K = min(int(num_steps), int(num_episodes))
+    return np.diff(np.linspace(0, num_steps, K + 1).round().astype(np.int64))
 
 
 def normalise(load: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from eplb_rt.algorithms.load import check_load, cut_episodes, normalise
+from eplb_rt.algorithms.load import check_load, cut_episodes, episode_steps, normalise
 from eplb_rt.placement import Placement, Topology
 
 
@@ -31,6 +31,9 @@ class Layer:
         previous: ``[P] int64`` expert of each slot in the placement in force, or ``None``.
         previous_share: ``[P] float64`` its shares, ``None`` when uniform or no previous.
         index: the layer's index.
+        tokens: ``[K, E] float64``, the episodes before scaling (tokens per expert), for a
+            policy whose statistics weigh episodes by their volume (``flashlb``, as FlashLB).
+        steps: ``[K] int64``, steps summed into each episode.
     """
 
     episodes: np.ndarray
@@ -38,6 +41,8 @@ class Layer:
     previous: np.ndarray | None
     previous_share: np.ndarray | None
     index: int
+    tokens: np.ndarray
+    steps: np.ndarray
 
 
 LayerFn = Callable[[Layer, Topology, Any], "np.ndarray | tuple[np.ndarray, np.ndarray | None]"]
@@ -181,7 +186,10 @@ def plan(
             f"previous placement ({previous.describe()}) does not match load {arr.shape[1:]} on "
             f"{topology.num_ranks} ranks x {topology.num_slots_per_rank} slots"
         )
-    episodes = normalise(cut_episodes(arr, getattr(options, "num_episodes", 1)))
+    num_episodes = getattr(options, "num_episodes", 1)
+    tokens = cut_episodes(arr, num_episodes)
+    episodes = normalise(tokens)
+    steps = episode_steps(arr.shape[0], num_episodes)
     summed = normalise(arr.sum(axis=0))
     rows = np.empty((L, topology.num_slots), dtype=np.int64)
     shares = np.empty((L, topology.num_slots))
@@ -189,7 +197,15 @@ def plan(
     for index in range(L):
         prev = None if previous is None else previous.phy2log[index].astype(np.int64)
         prev_share = None if prev is None or previous.is_uniform else previous.slot_share[index]
-        layer = Layer(episodes[:, index].copy(), summed[index], prev, prev_share, index)
+        layer = Layer(
+            episodes[:, index].copy(),
+            summed[index],
+            prev,
+            prev_share,
+            index,
+            tokens[:, index].copy(),
+            steps,
+        )
         out = spec.fn(layer, topology, options)
         rows[index], share = out if isinstance(out, tuple) else (out, None)
         if share is not None:

@@ -20,16 +20,17 @@ from eplb_rt.placement import Topology
         (
             "flashlb",
             {"width": 2.5},
-            "policy 'flashlb' option 'width' must be an integer >= 1, got 2.5",
+            "policy 'flashlb' option 'width' must be an integer >= 0, got 2.5",
         ),
-        ("flashlb", {"width": "2.5"}, "option 'width' must be an integer >= 1, got 2.5"),
-        ("flashlb", {"width": 0}, "option 'width' must be an integer >= 1, got 0"),
-        ("flashlb", {"width": True}, "option 'width' must be an integer >= 1, got True"),
+        ("flashlb", {"width": "2.5"}, "option 'width' must be an integer >= 0, got 2.5"),
+        ("flashlb", {"width": -1}, "option 'width' must be an integer >= 0, got -1"),
+        ("flashlb", {"width": True}, "option 'width' must be an integer >= 0, got True"),
+        ("flashlb", {"depth": 0}, "option 'depth' must be an integer >= 1, got 0"),
         ("flashlb", {"z": "abc"}, "option 'z' must be a number >= 0, got abc"),
         ("flashlb", {"z": float("nan")}, "option 'z' must be a number >= 0, got nan"),
-        ("flashlb", {"hot_fraction": 1.5}, "'hot_fraction' must be a number in [0, 1], got 1.5"),
-        ("flashlb", {"incremental": "maybe"}, "'incremental' must be true or false, got maybe"),
-        ("flashlb", {"incremental": 1}, "'incremental' must be true or false, got 1"),
+        ("flashlb", {"threshold": 0.5}, "'threshold' must be a number >= 1, got 0.5"),
+        ("deepseek", {"hierarchical": "maybe"}, "'hierarchical' must be true or false, got maybe"),
+        ("deepseek", {"hierarchical": 1}, "'hierarchical' must be true or false, got 1"),
         ("equilibrium", {"move_cost": -0.1}, "'move_cost' must be a number >= 0, got -0.1"),
         ("equilibrium", {"num_episodes": [3]}, "'num_episodes' must be an integer >= 1, got [3]"),
         ("deepseek", {"hierarchical": "3"}, "'hierarchical' must be true or false, got 3"),
@@ -48,16 +49,11 @@ def test_bad_options_name_the_policy_option_and_value(name, overrides, message):
 
 def test_strings_convert_to_the_option_type():
     opts = get_policy("flashlb").make_options(
-        {"width": "3", "branch": "5.0", "z": " 0.5 ", "incremental": "True", "num_episodes": 2.0}
+        {"width": "3", "depth": "5.0", "z": " 0.5 ", "threshold": "2", "num_episodes": 2.0}
     )
-    assert (opts.width, opts.branch, opts.z, opts.incremental, opts.num_episodes) == (
-        3,
-        5,
-        0.5,
-        True,
-        2,
-    )
-    assert type(opts.width) is int and type(opts.z) is float
+    assert (opts.width, opts.depth, opts.z, opts.threshold, opts.num_episodes) == (3, 5, 0.5, 2, 2)
+    assert type(opts.width) is int and type(opts.z) is float and type(opts.threshold) is float
+    assert get_policy("deepseek").make_options({"hierarchical": "True"}).hierarchical is True
     assert get_policy("equilibrium").make_options({"shares": "off"}).shares is False
 
 
@@ -95,7 +91,7 @@ def test_cli_plan_rejects_a_bad_option_before_reading_the_load(capsys, tmp_path)
     )
     assert code == 2
     assert err.strip() == (
-        "eplb-rt plan: error: policy 'flashlb' option 'width' must be an integer >= 1, got 2.5"
+        "eplb-rt plan: error: policy 'flashlb' option 'width' must be an integer >= 0, got 2.5"
     )
 
 
@@ -121,7 +117,7 @@ def test_cli_simulate_rejects_a_bad_option(capsys, tmp_path):
 
 
 def test_config_rejects_a_bad_option_at_construction():
-    message = "option 'width' must be an integer >= 1, got 2.5"
+    message = "option 'width' must be an integer >= 0, got 2.5"
     with pytest.raises(ValueError, match=re.escape(message)):
         EplbConfig(policy="flashlb", policy_options={"width": 2.5})
     assert EplbConfig(policy="flashlb", policy_options={"width": "3"}).policy_options == {

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from benchmarks import traces
 from eplb_rt.algorithms import metrics, plan, warm_up
+from eplb_rt.algorithms.flashlb import score_row
 from eplb_rt.placement import Placement, Topology
 
 TOY = np.array([[600.0, 560, 120, 120, 20, 10, 10, 10]])
@@ -71,7 +72,8 @@ def test_valid_on_any_admissible_shape(name, case):
         ("equilibrium", {"shares": True}),
         ("equilibrium", {"move_cost": 0.0, "max_moved_fraction": 0.2}),
         ("equilibrium", {"num_episodes": 1, "spread": 0.0}),
-        ("flashlb", {"incremental": True, "margin": 0.0}),
+        ("flashlb", {"depth": 1, "width": 0}),
+        ("flashlb", {"depth": 7, "num_episodes": 2}),
         ("swift", {"max_swaps": 0}),
     ],
 )
@@ -180,16 +182,24 @@ def test_equilibrium_move_cost_trades_balance_for_moves():
 
 
 def test_flashlb_cherry_picks_layers():
-    load = np.random.default_rng(3).pareto(1.2, size=(1, 4, 16)) * 100
+    load = np.random.default_rng(3).pareto(1.2, size=(3, 4, 16)) * 100
     topo = Topology(4, 5)
     first = plan("flashlb", load, topo)
     # Same load again: nothing to gain, no layer re-deployed.
     assert plan("flashlb", load, topo, previous=first) == first
-    # A threshold above every PAR keeps all layers.
+    # A threshold above every layer's score keeps all layers.
     shifted = load[:, :, ::-1].copy()
     assert plan("flashlb", shifted, topo, previous=first, options={"threshold": 100.0}) == first
-    incremental = plan("flashlb", shifted, topo, previous=first, options={"incremental": True})
-    check_valid(incremental, shifted, topo)
+    # Otherwise a layer changes only when its score on the load falls.
+    again = plan("flashlb", shifted, topo, previous=first)
+    X = shifted + 1.0  # the policy's smoothed episodes (one step each)
+    for index in range(4):
+        old, new = first.phy2log[index].astype(np.int64), again.phy2log[index].astype(np.int64)
+        if (old != new).any():
+            assert score_row(X[:, index], new, np.bincount(new, minlength=16), 4) < score_row(
+                X[:, index], old, np.bincount(old, minlength=16), 4
+            )
+    assert again != first
 
 
 def test_swift_keeps_primaries_and_moves_few():
