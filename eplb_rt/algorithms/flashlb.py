@@ -25,10 +25,12 @@ The search, per layer (the same decisions as vllm-ascend 0.26's ``FlashLB``):
 
 Beyond the original, counts never exceed the number of ranks and a replica whose ranks with room
 all hold its expert makes room by one move (:func:`packing.place_replica`): the original cannot
-place such tables at all. The kernels return the same placements as the original (tests compare
-them on shipped traces); they are faster by pruning ranks whose score cannot win (a lower bound
-from ``std(a + b) >= |std(a) - std(b)|``), by skipping exact divisions by one, and by scoring
-each candidate split once.
+place such tables at all. The history is cut into ``num_episodes`` runs of whole steps (the
+registry's episodes), so no step is dropped; the original keeps the latest ``64 * (T // 64)``.
+Otherwise the kernels return the original's placements (``tests/integrations`` compares them on
+shipped traces). They are faster by skipping ranks whose score cannot win (a lower bound from
+``std(a + b) >= |std(a) - std(b)|``) and exact divisions by one, and by not placing again the
+split a group inherits from the group before (the joint allotment's, already scored).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ _EPS = 1e-2
 """Added to peak and total in the score (the original's), so an idle episode scores 1."""
 _SLACK = 1e-4
 """Relative slack on the standard deviations in the rank pruning bound: the ranks' variances
-are kept in float32 (as the original does), so the bound must not be exact to be safe."""
+are kept in float32 (as the original does), so the bound is loosened to stay below the score."""
 
 
 @dataclasses.dataclass(frozen=True)
