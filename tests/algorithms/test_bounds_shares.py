@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from eplb_rt.algorithms import bounds, metrics, plan
 from eplb_rt.algorithms.align import align_placement, align_row
-from eplb_rt.algorithms.load import cut_episodes, normalise
+from eplb_rt.algorithms.load import cut_episodes, episode_steps, normalise
 from eplb_rt.algorithms.shares import min_max_rank_load, open_bottleneck, optimal_slot_shares
 from eplb_rt.placement import Placement, Topology
 
@@ -124,4 +124,6 @@ def test_episodes_sum_contiguous_runs_and_normalise():
     eps = cut_episodes(load, 3)
     assert eps[:, 0, 0].tolist() == [0 + 1 + 2, 3 + 4 + 5 + 6, 7 + 8 + 9]
     assert cut_episodes(load, 20).shape == (10, 1, 1)
+    assert episode_steps(10, 3).tolist() == [3, 4, 3]  # the runs cut_episodes sums
+    assert episode_steps(10, 20).tolist() == [1] * 10
     assert normalise(np.array([[1.0, 3.0], [0.0, 0.0]])).tolist() == [[0.25, 0.75], [0.0, 0.0]]
