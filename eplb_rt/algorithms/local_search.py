@@ -38,6 +38,39 @@ def _top2(loads, k, skip):
 
 
 @njit(cache=True, nogil=True)
+def _pair_episodes(loads, a, b, rest1, idx1, rest2, scale, order, la, lb, top, tail):
+    """Episodes of the pair of ranks ``(a, b)`` in the order :func:`swap_search` scores a swap in.
+
+    First come those where ``a`` or ``b`` is above every other rank, the only ones where a swap
+    can lower the peak; returns how many. ``order [K]`` gets the episodes, ``la``, ``lb``, ``top``
+    the pair's loads and the other ranks' peak in that order (``rest1``, ``idx1``, ``rest2``: as
+    in :func:`swap_search`), ``tail [K + 1]``: the most that episodes ``j..K-1`` can add to a
+    swap's gain (the peak term is at most 0 there, the tie term at most
+    ``scale * (la - lb)^2 / 4``)."""
+    K = order.shape[0]
+    n = 0
+    for k in range(K):
+        rest = rest1[k] if idx1[k] != b else rest2[k]
+        if max(loads[a, k], loads[b, k]) > rest:
+            order[n] = k
+            n += 1
+    m = n
+    for k in range(K):
+        rest = rest1[k] if idx1[k] != b else rest2[k]
+        if max(loads[a, k], loads[b, k]) <= rest:
+            order[m] = k
+            m += 1
+    tail[K] = 0.0
+    for j in range(K - 1, -1, -1):
+        k = order[j]
+        la[j] = loads[a, k]
+        lb[j] = loads[b, k]
+        top[j] = rest1[k] if idx1[k] != b else rest2[k]
+        tail[j] = tail[j + 1] + 0.25 * scale * (la[j] - lb[j]) * (la[j] - lb[j])
+    return n
+
+
+@njit(cache=True, nogil=True)
 def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
     """Swap replicas between a bottleneck rank and any other rank, best swap first (in place).
 
@@ -67,6 +100,11 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
     idx1 = np.empty(K, dtype=np.int64)
     rest2 = np.empty(K)  # ... and other than a and idx1
     upper = np.empty(D)
+    order = np.empty(K, dtype=np.int64)  # a pair's episodes: those it can gain on first
+    ea = np.empty(K)  # rank a's, rank b's loads and the peak of the other ranks, in that order
+    eb = np.empty(K)
+    top = np.empty(K)
+    tail = np.empty(K + 1)  # bound on what the episodes from j on can add
     swaps = 0
     while swaps < max_rounds:
         lead[:] = 0.0
@@ -107,28 +145,38 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
                     continue
                 if upper[b] <= best_gain:
                     break
+                n_pos = _pair_episodes(
+                    loads, a, b, rest1, idx1, rest2, scale, order, ea, eb, top, tail
+                )
+                # A swap is scored where it can gain first; past those episodes every term is
+                # at most its tie part, so most swaps are refuted after an episode or two.
                 for sa in range(S):
-                    p = a * S + sa
-                    x = row[p]
+                    x = row[a * S + sa]
                     if holds[b, x]:
                         continue
                     for sb in range(S):
-                        q = b * S + sb
-                        y = row[q]
+                        y = row[b * S + sb]
                         if holds[a, y]:
                             continue
                         gain = 0.0
-                        for k in range(K):
+                        for j in range(n_pos):
+                            k = order[j]
                             d = per[x, k] - per[y, k]
-                            la = loads[a, k]
-                            lb = loads[b, k]
-                            rest = rest1[k] if idx1[k] != b else rest2[k]
-                            gain += max(la, lb, rest) - max(la - d, lb + d, rest)
-                            gain += scale * d * (la - lb - d)
+                            gain += max(ea[j], eb[j], top[j]) - max(ea[j] - d, eb[j] + d, top[j])
+                            gain += scale * d * (ea[j] - eb[j] - d)
+                        if gain + tail[n_pos] <= best_gain:
+                            continue
+                        for j in range(n_pos, K):
+                            k = order[j]
+                            d = per[x, k] - per[y, k]
+                            gain += top[j] - max(ea[j] - d, eb[j] + d, top[j])
+                            gain += scale * d * (ea[j] - eb[j] - d)
+                            if gain + tail[j + 1] <= best_gain:
+                                break
                         if gain > best_gain:
                             best_gain = gain
-                            best_p = p
-                            best_q = q
+                            best_p = a * S + sa
+                            best_q = b * S + sb
         if best_p < 0:
             break
         for k in range(K):
