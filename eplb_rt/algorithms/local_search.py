@@ -96,6 +96,7 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
     lead = np.empty(D)
     is_peak = np.empty(D, dtype=np.bool_)
     tried = np.empty(D, dtype=np.bool_)
+    stuck = np.zeros(D, dtype=np.bool_)  # no swap found for the rank, and it has not changed
     rest1 = np.empty(K)  # per episode: max load over ranks other than a ...
     idx1 = np.empty(K, dtype=np.int64)
     rest2 = np.empty(K)  # ... and other than a and idx1
@@ -118,12 +119,19 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
         best_q = -1
         while best_p < 0:
             a = -1
+            skipped = False
             for r in range(D):
-                if is_peak[r] and not tried[r] and (a < 0 or lead[r] > lead[a]):
+                if is_peak[r] and not tried[r] and stuck[r]:
+                    skipped = True
+                elif is_peak[r] and not tried[r] and (a < 0 or lead[r] > lead[a]):
                     a = r
+            if a < 0 and skipped:
+                stuck[:] = False
+                continue
             if a < 0:
                 break
             tried[a] = True
+            stuck[a] = True
             for k in range(K):
                 idx1[k], rest1[k], rest2[k] = _top2(loads, k, a)
             # A swap's gain with rank b is at most this: the pair's new max is at least the mean
@@ -184,6 +192,7 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
             loads[best_p // S, k] -= d
             loads[best_q // S, k] += d
         _swap(row, holds, best_p, best_q)
+        stuck[best_p // S] = stuck[best_q // S] = False
         swaps += 1
     return swaps
 
