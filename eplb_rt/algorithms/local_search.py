@@ -77,7 +77,9 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
     Objective: the sum over episodes of the peak rank load, plus ``tie_weight * D`` times the sum
     of squared rank loads (a potential, so swaps never cycle, and lowering one of several equal
     peaks counts). Each round takes the best swap of the first episode-peak rank (largest lead
-    first) that has one gaining more than ``min_gain``; at most ``max_rounds``. Returns swaps.
+    first) that has one gaining more than ``min_gain``; at most ``max_rounds``. A rank that had
+    none is passed over until a swap changes it, and retried before the search stops, so the
+    search still ends where no peak rank has a gaining swap. Returns swaps.
     """
     K, E = W.shape
     D = num_ranks
