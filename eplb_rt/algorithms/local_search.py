@@ -38,13 +38,48 @@ def _top2(loads, k, skip):
 
 
 @njit(cache=True, nogil=True)
+def _pair_episodes(loads, a, b, rest1, idx1, rest2, scale, order, la, lb, top, tail):
+    """Episodes of the pair of ranks ``(a, b)`` in the order :func:`swap_search` scores a swap in.
+
+    First come those where ``a`` or ``b`` is above every other rank, the only ones where a swap
+    can lower the peak; returns how many. ``order [K]`` gets the episodes, ``la``, ``lb``, ``top``
+    the pair's loads and the other ranks' peak in that order (``rest1``, ``idx1``, ``rest2``: as
+    in :func:`swap_search`), ``tail [K + 1]``: the most that episodes ``j..K-1`` can add to a
+    swap's gain (the peak term is at most 0 there, the tie term at most
+    ``scale * (la - lb)^2 / 4``)."""
+    K = order.shape[0]
+    n = 0
+    for k in range(K):
+        rest = rest1[k] if idx1[k] != b else rest2[k]
+        if max(loads[a, k], loads[b, k]) > rest:
+            order[n] = k
+            n += 1
+    m = n
+    for k in range(K):
+        rest = rest1[k] if idx1[k] != b else rest2[k]
+        if max(loads[a, k], loads[b, k]) <= rest:
+            order[m] = k
+            m += 1
+    tail[K] = 0.0
+    for j in range(K - 1, -1, -1):
+        k = order[j]
+        la[j] = loads[a, k]
+        lb[j] = loads[b, k]
+        top[j] = rest1[k] if idx1[k] != b else rest2[k]
+        tail[j] = tail[j + 1] + 0.25 * scale * (la[j] - lb[j]) * (la[j] - lb[j])
+    return n
+
+
+@njit(cache=True, nogil=True)
 def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
     """Swap replicas between a bottleneck rank and any other rank, best swap first (in place).
 
     Objective: the sum over episodes of the peak rank load, plus ``tie_weight * D`` times the sum
     of squared rank loads (a potential, so swaps never cycle, and lowering one of several equal
     peaks counts). Each round takes the best swap of the first episode-peak rank (largest lead
-    first) that has one gaining more than ``min_gain``; at most ``max_rounds``. Returns swaps.
+    first) that has one gaining more than ``min_gain``; at most ``max_rounds``. A rank that had
+    none is passed over until a swap changes it, and retried before the search stops, so the
+    search still ends where no peak rank has a gaining swap. Returns swaps.
     """
     K, E = W.shape
     D = num_ranks
@@ -63,10 +98,16 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
     lead = np.empty(D)
     is_peak = np.empty(D, dtype=np.bool_)
     tried = np.empty(D, dtype=np.bool_)
+    stuck = np.zeros(D, dtype=np.bool_)  # no swap found for the rank, and it has not changed
     rest1 = np.empty(K)  # per episode: max load over ranks other than a ...
     idx1 = np.empty(K, dtype=np.int64)
     rest2 = np.empty(K)  # ... and other than a and idx1
     upper = np.empty(D)
+    order = np.empty(K, dtype=np.int64)  # a pair's episodes: those it can gain on first
+    ea = np.empty(K)  # rank a's, rank b's loads and the peak of the other ranks, in that order
+    eb = np.empty(K)
+    top = np.empty(K)
+    tail = np.empty(K + 1)  # bound on what the episodes from j on can add
     swaps = 0
     while swaps < max_rounds:
         lead[:] = 0.0
@@ -80,12 +121,19 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
         best_q = -1
         while best_p < 0:
             a = -1
+            skipped = False
             for r in range(D):
-                if is_peak[r] and not tried[r] and (a < 0 or lead[r] > lead[a]):
+                if is_peak[r] and not tried[r] and stuck[r]:
+                    skipped = True
+                elif is_peak[r] and not tried[r] and (a < 0 or lead[r] > lead[a]):
                     a = r
+            if a < 0 and skipped:
+                stuck[:] = False
+                continue
             if a < 0:
                 break
             tried[a] = True
+            stuck[a] = True
             for k in range(K):
                 idx1[k], rest1[k], rest2[k] = _top2(loads, k, a)
             # A swap's gain with rank b is at most this: the pair's new max is at least the mean
@@ -107,28 +155,38 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
                     continue
                 if upper[b] <= best_gain:
                     break
+                n_pos = _pair_episodes(
+                    loads, a, b, rest1, idx1, rest2, scale, order, ea, eb, top, tail
+                )
+                # A swap is scored where it can gain first; past those episodes every term is
+                # at most its tie part, so most swaps are refuted after an episode or two.
                 for sa in range(S):
-                    p = a * S + sa
-                    x = row[p]
+                    x = row[a * S + sa]
                     if holds[b, x]:
                         continue
                     for sb in range(S):
-                        q = b * S + sb
-                        y = row[q]
+                        y = row[b * S + sb]
                         if holds[a, y]:
                             continue
                         gain = 0.0
-                        for k in range(K):
+                        for j in range(n_pos):
+                            k = order[j]
                             d = per[x, k] - per[y, k]
-                            la = loads[a, k]
-                            lb = loads[b, k]
-                            rest = rest1[k] if idx1[k] != b else rest2[k]
-                            gain += max(la, lb, rest) - max(la - d, lb + d, rest)
-                            gain += scale * d * (la - lb - d)
+                            gain += max(ea[j], eb[j], top[j]) - max(ea[j] - d, eb[j] + d, top[j])
+                            gain += scale * d * (ea[j] - eb[j] - d)
+                        if gain + tail[n_pos] <= best_gain:
+                            continue
+                        for j in range(n_pos, K):
+                            k = order[j]
+                            d = per[x, k] - per[y, k]
+                            gain += top[j] - max(ea[j] - d, eb[j] + d, top[j])
+                            gain += scale * d * (ea[j] - eb[j] - d)
+                            if gain + tail[j + 1] <= best_gain:
+                                break
                         if gain > best_gain:
                             best_gain = gain
-                            best_p = p
-                            best_q = q
+                            best_p = a * S + sa
+                            best_q = b * S + sb
         if best_p < 0:
             break
         for k in range(K):
@@ -136,6 +194,7 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
             loads[best_p // S, k] -= d
             loads[best_q // S, k] += d
         _swap(row, holds, best_p, best_q)
+        stuck[best_p // S] = stuck[best_q // S] = False
         swaps += 1
     return swaps
 
