@@ -44,9 +44,10 @@ def _hash_files(files: tuple[tuple[str, int, int], ...]) -> str:
     the memo, so a file rewritten while the process runs is hashed again."""
     digest = hashlib.sha256()
     for path, _, _ in files:
-        digest.update(os.path.basename(path).encode() + b"\0")
         with open(path, "rb") as f:
-            digest.update(f.read())
+            data = f.read()
+        digest.update(f"{os.path.basename(path)}\0{len(data)}\0".encode())
+        digest.update(data)
     return digest.hexdigest()
 
 
