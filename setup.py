@@ -86,7 +86,8 @@ def fill_kernel_cache(tree: Path) -> None:
     if not (tree / "eplb_rt" / "__init__.py").is_file():
         print(f"eplb_rt: no package in {tree}; kernel cache not filled", file=sys.stderr)
         return
-    print(f"eplb_rt: filling the numba kernel cache in {tree / 'eplb_rt' / '_kernels'}")
+    # flush: the child writes to the same stdout.
+    print(f"eplb_rt: filling the numba kernel cache in {tree / 'eplb_rt' / '_kernels'}", flush=True)
     # The tree first on the path (cwd for -m), so its eplb_rt is the one that runs.
     path = os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))
     done = subprocess.run(
