@@ -14,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,26 @@ def test_source_stamp_follows_the_contents_of_the_folder(tmp_path):
     assert kernel_cache.source_stamp(a) == first
     b.write_text("Y = 3\n")  # a sibling's edit (a kernel may inline b's kernels)
     assert kernel_cache.source_stamp(a) != first
+
+
+def test_moved_numba_internals_warn_once_and_leave_numba_alone(tmp_path, monkeypatch):
+    monkeypatch.setattr(kernel_cache, "_numba_internals", lambda: None)
+    monkeypatch.setattr(kernel_cache, "_warned", False)
+    with pytest.warns(RuntimeWarning, match="numba's default caching"):
+        assert kernel_cache.install(tmp_path / "a") is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert kernel_cache.install(tmp_path / "b") is False
+    assert tmp_path / "a" not in kernel_cache._installed
+
+
+def test_off_by_environment(tmp_path, monkeypatch):
+    from numba.core.caching import CacheImpl
+
+    before = list(CacheImpl._locator_classes)
+    monkeypatch.setenv("EPLB_RT_KERNEL_CACHE", "0")
+    assert kernel_cache.install(tmp_path) is False
+    assert CacheImpl._locator_classes == before
 
 
 @pytest.mark.skipif(not envs.get("EPLB_RT_KERNEL_CACHE"), reason="EPLB_RT_KERNEL_CACHE=0")
