@@ -6,8 +6,14 @@
 The CMake build folder is kept in build/ (per build type and Python), so a second install does
 not recompile an unchanged csrc/; delete build/ for a clean build.
 
+After the extension, the policies' numba kernels are compiled into the package's kernel cache
+(eplb_rt/_kernels, by ``eplb-rt policies --warm-up``), so that no process compiles them at its
+first plan; an up-to-date cache is loaded, not compiled again. It needs numba in the build
+environment (``--no-build-isolation``); without it the kernels compile at first use.
+
 Environment: EPLB_RT_CUDA, EPLB_RT_NPU = AUTO|ON|OFF (passed to CMake), CMAKE_BUILD_TYPE
-(default Release), MAX_JOBS (parallel compile jobs), CMAKE_ARGS (extra arguments).
+(default Release), MAX_JOBS (parallel compile jobs), CMAKE_ARGS (extra arguments),
+EPLB_RT_KERNEL_CACHE=0 (no kernel cache).
 """
 
 import os
@@ -22,6 +28,7 @@ from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 PASSED_THROUGH = ("EPLB_RT_CUDA", "EPLB_RT_NPU")
+OFF = ("0", "false", "no", "off", "")  # as eplb_rt.envs reads a flag
 
 
 class CMakeExtension(Extension):
@@ -32,7 +39,16 @@ class CMakeExtension(Extension):
 
 
 class CMakeBuild(build_ext):
-    """Configures and builds with CMake, placing the module where setuptools expects it."""
+    """Configures and builds with CMake, placing the module where setuptools expects it, then
+    fills the kernel cache of the package it built."""
+
+    def run(self) -> None:
+        super().run()  # builds into build_lib, then copies into the source tree when in place
+        if os.environ.get("EPLB_RT_KERNEL_CACHE", "1").strip().lower() in OFF:
+            return
+        # In place (and editable): the source tree is the package; otherwise build_lib, which
+        # build_py has filled and the wheel is made from.
+        fill_kernel_cache(ROOT if self.inplace else Path(self.build_lib).resolve())
 
     def build_extension(self, ext: Extension) -> None:
         target = Path(self.get_ext_fullpath(ext.name)).resolve()
@@ -61,6 +77,33 @@ class CMakeBuild(build_ext):
         subprocess.run(["cmake", "--build", ".", "-j", jobs], cwd=build_dir, check=True)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(build_dir / "lib" / target.name, target)
+
+
+def fill_kernel_cache(tree: Path) -> None:
+    """Runs ``eplb-rt policies --warm-up`` on the package in ``tree`` (its numba kernels are
+    cached in ``tree/eplb_rt/_kernels``). A failure is a warning: the kernels then compile at
+    first use."""
+    if not (tree / "eplb_rt" / "__init__.py").is_file():
+        print(f"eplb_rt: no package in {tree}; kernel cache not filled", file=sys.stderr)
+        return
+    # flush: the child writes to the same stdout.
+    print(f"eplb_rt: filling the numba kernel cache in {tree / 'eplb_rt' / '_kernels'}", flush=True)
+    # The tree first on the path (cwd for -m), so its eplb_rt is the one that runs.
+    path = os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-m", "eplb_rt.cli", "policies", "--warm-up"],
+        check=False,
+        cwd=tree,
+        env=dict(os.environ, PYTHONPATH=path),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-3:])
+        print(
+            f"warning: kernel cache not filled (kernels compile at first use):\n{tail}",
+            file=sys.stderr,
+        )
 
 
 setup(ext_modules=[CMakeExtension("eplb_rt._C")], cmdclass={"build_ext": CMakeBuild})

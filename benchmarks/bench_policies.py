@@ -11,9 +11,12 @@ Run: ``PYTHONPATH=. taskset -c 0 python -m pytest benchmarks/bench_policies.py
 * ``test_replan``: the default policy with a previous placement (fitted on 16 episodes, re-plan
   on ``prefill_in512``).
 * ``test_cold_start``: a fresh interpreter with ``NUMBA_CACHE_DIR`` pointed at an empty
-  directory: import, then the first plan of a small load (numba compiles what it runs), then a
-  re-plan with a previous placement (the kernels of moves that pay); wall and CPU seconds (the
-  compile is single-threaded: on a busy machine the CPU seconds are the ones to compare).
+  directory: import, then the first plan of a small load, then a re-plan with a previous
+  placement (the kernels of moves that pay); wall and CPU seconds (the compile is
+  single-threaded: on a busy machine the CPU seconds are the ones to compare) and the number of
+  kernels numba compiled. ``shipped``: the kernels load from the cache the build filled in the
+  package (``eplb_rt/_kernels``; ``setup.py`` or ``eplb-rt policies --warm-up``); ``jit``:
+  ``EPLB_RT_KERNEL_CACHE=0``, so numba compiles everything the plans run (no cache at all).
 
 On a shared machine add ``--benchmark-timer time.process_time`` (CPU time of this process).
 """
@@ -53,6 +56,10 @@ out = {}
 for i, name in enumerate(("import", "first_plan", "first_replan")):
     out[name + "_s"] = clocks[i + 1][0] - clocks[i][0]
     out[name + "_cpu_s"] = clocks[i + 1][1] - clocks[i][1]
+from numba.core.registry import CPUDispatcher
+kernels = {id(v): v for n, m in list(sys.modules.items()) if n.startswith("eplb_rt.")
+           for v in vars(m).values() if isinstance(v, CPUDispatcher)}.values()
+out["compiled"] = sum(sum(k.stats.cache_misses.values()) for k in kernels)
 print(json.dumps(out))
 """
 
@@ -101,10 +108,10 @@ def test_replan(benchmark, loads):
     )
 
 
-def _cold(policy: str) -> dict:
+def _cold(policy: str, shipped: bool) -> dict:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with tempfile.TemporaryDirectory() as cache_dir:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, EPLB_RT_KERNEL_CACHE=str(int(shipped)))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         out = subprocess.run(
             [sys.executable, "-c", COLD_SCRIPT, policy],
@@ -116,8 +123,9 @@ def _cold(policy: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.parametrize("cache", ["shipped", "jit"])
 @pytest.mark.parametrize("policy", [DEFAULT, "deepseek"])
-def test_cold_start(benchmark, policy):
-    """First plan in a fresh process with an empty numba cache."""
-    seconds = benchmark.pedantic(_cold, args=(policy,), rounds=1, iterations=1)
+def test_cold_start(benchmark, policy, cache):
+    """First plan in a fresh process with an empty NUMBA_CACHE_DIR."""
+    seconds = benchmark.pedantic(_cold, args=(policy, cache == "shipped"), rounds=1, iterations=1)
     benchmark.extra_info.update({k: round(v, 3) for k, v in seconds.items()})

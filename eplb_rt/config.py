@@ -58,7 +58,8 @@ class EplbConfig:
         num_nodes: nodes the ranks are spread over (ranks are node-major); hierarchical policies
             pack expert groups onto nodes and migration prefers a source on the receiver's node.
         num_groups: expert groups for hierarchical placement (DeepSeek-V3: 8); 1 is flat.
-        warm_up: compile the policy's numba kernels in the background thread at start.
+        warm_up: load the policy's numba kernels in the background thread at start (from the
+            package's kernel cache; compiled there when the cache does not hold them).
         plan_in_subprocess: run the policy in a child process (spawned once, at start) instead of
             the balancer thread, so the policy's Python parts never hold the serving thread's
             GIL; costs one process and pickling the load and the placement per plan. The policy

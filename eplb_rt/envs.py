@@ -54,6 +54,12 @@ VARIABLES: dict[str, EnvVar] = {
         None,
         "Overrides EplbConfig.transfer_timeout_s (seconds a layer's transfer may take).",
     ),
+    "EPLB_RT_KERNEL_CACHE": EnvVar(
+        _flag,
+        True,
+        "0: do not use the numba kernel cache shipped in the package (eplb_rt/_kernels); "
+        "kernels then compile on first use into numba's own cache (NUMBA_CACHE_DIR, ...).",
+    ),
     "EPLB_RT_DEMO_PORT": EnvVar(
         int, None, "TCP port of the rendezvous of `eplb-rt demo` (MASTER_PORT); unset: a free port."
     ),

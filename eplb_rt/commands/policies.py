@@ -5,9 +5,9 @@
 ``--options`` adds each policy's options with their defaults and what they take (pass them to
 ``eplb-rt plan``).
 ``--warm-up`` compiles every policy's numba kernels and prints the time each took. The kernels are
-cached on disk (``cache=True``), so running it once where the package is installed (when a serving
-image is built, say) turns the first plan's multi-second compile into a cache load of well under a
-second for every later process.
+cached in the package (``eplb_rt/_kernels``, see :mod:`eplb_rt.algorithms.kernel_cache`), so every
+later process loads them instead of compiling them at its first plan. ``setup.py`` runs it after
+the build; run it again where the package was built on another CPU (numba's cache is per CPU).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--warm-up",
         action="store_true",
-        help="compile (or load from numba's cache) every policy's kernels; print the seconds",
+        help="compile (or load from the package's cache) every policy's kernels; print the seconds",
     )
     parser.set_defaults(func=run)
 

@@ -1,0 +1,158 @@
+"""Numba's disk cache of eplb_rt's kernels, kept inside the installed package.
+
+numba compiles an ``@njit(cache=True)`` kernel on its first call in a process unless its disk
+cache holds a fresh entry; the compile of the default policy costs tens of seconds of CPU. The
+build (``setup.py``, through ``eplb-rt policies --warm-up``) therefore fills a cache that ships
+with the package, in ``eplb_rt/_kernels/<subpackage>/``, and :func:`install` makes numba look
+there first for every kernel whose source file lies in the package.
+
+numba picks one cache locator per kernel when the kernel is decorated, trying the classes of
+``CacheImpl._locator_classes`` in order (``NUMBA_CACHE_DIR`` first, then ``__pycache__``, then a
+user-wide folder). The locator registered here goes first so that a user's empty or foreign
+``NUMBA_CACHE_DIR`` does not hide the shipped entries; it declines (and numba's own locators
+take over) for files outside the package, or when the package folder is not writable (numba
+saves every compile through the same locator, so a read-only folder cannot be used). It must be
+installed before any kernel module is imported: ``eplb_rt.algorithms`` does it first thing.
+
+An entry is valid for one source stamp, one numba version, one Python and one CPU (numba's
+index key holds the target machine): a wheel built on another CPU compiles at first use, as
+before, and saves next to the shipped entries when it can. ``EPLB_RT_KERNEL_CACHE=0`` turns the
+shipped cache off (numba's own caching then applies); ``NUMBA_CACHE_LOCATOR_CLASSES``, numba's
+own override of the locator list, also bypasses it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import warnings
+from pathlib import Path
+
+from eplb_rt import envs
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+CACHE_FOLDER = "_kernels"
+
+_installed: dict[Path, type] = {}  # package root -> its locator class
+_warned = False
+
+
+@functools.lru_cache(maxsize=64)
+def _hash_files(files: tuple[tuple[str, int, int], ...]) -> str:
+    """sha256 over the contents of ``files`` (path, mtime_ns, size); the stat fields only key
+    the memo, so a file rewritten while the process runs is hashed again."""
+    digest = hashlib.sha256()
+    for path, _, _ in files:
+        with open(path, "rb") as f:
+            data = f.read()
+        digest.update(f"{os.path.basename(path)}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def source_stamp(py_file: str | os.PathLike) -> str:
+    """The freshness stamp of the kernels in ``py_file``: a content hash of every ``.py`` file of
+    its folder.
+
+    Contents, not mtimes: pip does not keep mtimes, and a build and a later edit can share one.
+    The folder, not the file: a kernel's compiled code inlines the kernels it calls and the
+    constants it reads from sibling modules, and numba tracks neither, so an edit of any sibling
+    must invalidate it.
+    """
+    folder = Path(py_file).resolve().parent
+    files = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.name.endswith(".py") and entry.is_file():
+            st = entry.stat()
+            files.append((entry.path, st.st_mtime_ns, st.st_size))
+    return _hash_files(tuple(files))
+
+
+def _numba_internals():
+    """``(CacheImpl, _CacheLocator)`` from ``numba.core.caching``, or ``None`` where they moved."""
+    try:
+        from numba.core import caching
+    except ImportError:
+        return None
+    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)
+    base = getattr(caching, "_CacheLocator", None)
+    if (
+        impl is None
+        or base is None
+        or not isinstance(getattr(impl, "_locator_classes", None), list)
+    ):
+        return None
+    return impl, base
+
+
+def _locator_class(base: type, package_root: Path, cache_root: Path) -> type:
+    """A numba cache locator for the source files under ``package_root``, storing in
+    ``cache_root/<folder of the file relative to package_root>``."""
+
+    class PackageCacheLocator(base):
+        """Locates the cache of a kernel of ``package_root`` in ``cache_root``."""
+
+        def __init__(self, py_func, py_file: str, subfolder: Path) -> None:
+            self._py_file = py_file
+            self._lineno = py_func.__code__.co_firstlineno
+            self._cache_path = str(cache_root / subfolder)
+
+        def get_cache_path(self) -> str:
+            return self._cache_path
+
+        def get_source_stamp(self) -> str:
+            return source_stamp(self._py_file)
+
+        def get_disambiguator(self) -> str:
+            return str(self._lineno)
+
+        @classmethod
+        def from_function(cls, py_func, py_file: str):
+            try:
+                relative = Path(py_file).resolve().relative_to(package_root)
+            except (OSError, ValueError):
+                return None  # not ours: numba's next locator decides
+            self = cls(py_func, py_file, relative.parent)
+            try:
+                self.ensure_cache_path()  # creates the folder and checks it is writable
+            except OSError:
+                return None
+            return self
+
+    PackageCacheLocator.__qualname__ = f"PackageCacheLocator[{package_root.name}]"
+    return PackageCacheLocator
+
+
+def install(package_root: Path = PACKAGE_ROOT, cache_root: Path | None = None) -> bool:
+    """Make numba cache the kernels of ``package_root`` in ``cache_root`` (default
+    ``package_root/_kernels``) ahead of its own locators. Call it before the kernel modules are
+    imported; calling it again for the same root does nothing.
+
+    Returns whether the locator is in place. Off when ``EPLB_RT_KERNEL_CACHE=0``; when numba's
+    internals are not as expected it warns once and leaves numba's default caching.
+    """
+    package_root = Path(package_root).resolve()
+    if package_root in _installed:
+        return True
+    if not envs.get("EPLB_RT_KERNEL_CACHE"):
+        return False
+    global _warned  # noqa: PLW0603  (warn once per process)
+    internals = _numba_internals()
+    if internals is None:
+        if not _warned:
+            _warned = True
+            warnings.warn(
+                "eplb_rt: numba's cache internals (numba.core.caching.CacheImpl._locator_classes)"
+                " are not as expected; the shipped kernel cache is not used and kernels compile "
+                "on first use (numba's default caching)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return False
+    impl, base = internals
+    cache_root = package_root / CACHE_FOLDER if cache_root is None else Path(cache_root)
+    locator = _locator_class(base, package_root, cache_root.resolve())
+    impl._locator_classes.insert(0, locator)
+    _installed[package_root] = locator
+    return True

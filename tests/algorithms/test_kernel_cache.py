@@ -1,0 +1,239 @@
+"""The numba kernel cache shipped in the package (eplb_rt.algorithms.kernel_cache).
+
+The subprocess tests start fresh interpreters with ``NUMBA_CACHE_DIR`` pointed at an empty
+folder, as a user's process would start, and read numba's per-kernel cache statistics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numba import njit
+from numba.core.registry import CPUDispatcher
+
+from eplb_rt import envs
+from eplb_rt.algorithms import kernel_cache, plan
+from eplb_rt.config import EplbConfig
+from eplb_rt.placement import Topology
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT = EplbConfig().policy
+
+# Prints {"hits": n, "misses": n, "paths": [...]} over every kernel of the modules named in
+# argv[1] (a comma-separated list of prefixes), after the code of argv[2] has run.
+STATS = """
+import json, sys
+from numba.core.registry import CPUDispatcher
+exec(sys.argv[2])
+kernels = {id(v): v for name, mod in list(sys.modules.items())
+           if name.startswith(tuple(sys.argv[1].split(","))) for v in vars(mod).values()
+           if isinstance(v, CPUDispatcher)}.values()
+print(json.dumps({
+    "hits": sum(sum(k.stats.cache_hits.values()) for k in kernels),
+    "misses": sum(sum(k.stats.cache_misses.values()) for k in kernels),
+    "paths": sorted({k.stats.cache_path for k in kernels
+                     if k.stats.cache_hits or k.stats.cache_misses}),
+}))
+"""
+
+
+def run_fresh(modules: str, code: str, numba_cache: Path, pythonpath: Path = ROOT, **env) -> dict:
+    """Runs ``code`` in a fresh interpreter (``numba_cache``, made empty when missing, as its
+    ``NUMBA_CACHE_DIR``) and returns the cache statistics of ``modules``."""
+    numba_cache.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(numba_cache), PYTHONPATH=str(pythonpath), **env)
+    done = subprocess.run(
+        [sys.executable, "-c", STATS, modules, textwrap.dedent(code)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def kernels_of_the_package() -> list[CPUDispatcher]:
+    return list(
+        {
+            id(v): v
+            for name, mod in list(sys.modules.items())
+            if name.startswith("eplb_rt.")
+            for v in vars(mod).values()
+            if isinstance(v, CPUDispatcher)
+        }.values()
+    )
+
+
+def test_source_stamp_follows_the_contents_of_the_folder(tmp_path):
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text("X = 1\n")
+    b.write_text("Y = 2\n")
+    first = kernel_cache.source_stamp(a)
+    assert kernel_cache.source_stamp(b) == first  # one stamp for the whole folder
+    os.utime(a, ns=(1, 1))  # what pip does to mtimes: no change in content, no new stamp
+    (tmp_path / "notes.txt").write_text("not a source")
+    assert kernel_cache.source_stamp(a) == first
+    b.write_text("Y = 3\n")  # a sibling's edit (a kernel may inline b's kernels)
+    assert kernel_cache.source_stamp(a) != first
+
+
+def test_moved_numba_internals_warn_once_and_leave_numba_alone(tmp_path, monkeypatch):
+    monkeypatch.setattr(kernel_cache, "_numba_internals", lambda: None)
+    monkeypatch.setattr(kernel_cache, "_warned", False)
+    with pytest.warns(RuntimeWarning, match="numba's default caching"):
+        assert kernel_cache.install(tmp_path / "a") is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert kernel_cache.install(tmp_path / "b") is False
+    assert tmp_path / "a" not in kernel_cache._installed
+
+
+def test_off_by_environment(tmp_path, monkeypatch):
+    from numba.core.caching import CacheImpl
+
+    before = list(CacheImpl._locator_classes)
+    monkeypatch.setenv("EPLB_RT_KERNEL_CACHE", "0")
+    assert kernel_cache.install(tmp_path) is False
+    assert CacheImpl._locator_classes == before
+
+
+@pytest.mark.skipif(not envs.get("EPLB_RT_KERNEL_CACHE"), reason="EPLB_RT_KERNEL_CACHE=0")
+def test_every_kernel_caches_in_the_package_and_releases_the_gil():
+    kernels = kernels_of_the_package()
+    assert kernels, "no numba kernel found in eplb_rt"
+    cache_root = kernel_cache.PACKAGE_ROOT / kernel_cache.CACHE_FOLDER
+    for kernel in kernels:
+        name = kernel.py_func.__qualname__
+        assert kernel.targetoptions.get("nogil"), f"{name} holds the GIL"
+        assert kernel.stats.cache_path is not None, f"{name} is not cached (cache=True)"
+        assert Path(kernel.stats.cache_path).is_relative_to(cache_root), kernel.stats.cache_path
+
+
+@pytest.mark.slow
+def test_fresh_process_plans_and_replans_without_compiling(tmp_path):
+    """An empty NUMBA_CACHE_DIR: the default policy's first plan and first re-plan through the
+    pipeline load every kernel from the package."""
+    # Brings the package's cache up to date (a load when setup.py filled it).
+    run_fresh("eplb_rt.", f"from eplb_rt.algorithms import warm_up; warm_up([{DEFAULT!r}])",
+              tmp_path / "fill")  # fmt: skip
+    user_cache = tmp_path / "user"
+    stats = run_fresh(
+        "eplb_rt.",
+        f"""
+        import numpy as np
+        from eplb_rt import planning
+        from eplb_rt.algorithms import plan
+        from eplb_rt.placement import Topology
+        load = np.random.default_rng(1).pareto(1.5, size=(6, 3, 37)) * 100
+        first = plan({DEFAULT!r}, load, Topology(8, 5))
+        planning.decide(load[::-1].astype(np.float32), first, Topology(8, 5), {DEFAULT!r}, None,
+                        cost=planning.CostModel(), horizon=50)
+        """,
+        user_cache,
+    )
+    assert stats["misses"] == 0 and stats["hits"] > 0, stats
+    cache_root = kernel_cache.PACKAGE_ROOT / kernel_cache.CACHE_FOLDER
+    assert all(Path(p).is_relative_to(cache_root) for p in stats["paths"]), stats["paths"]
+    assert not any(user_cache.iterdir()), "the user's NUMBA_CACHE_DIR was written"
+
+
+TOY_KERNEL = """
+from numba import njit
+from toy.consts import SCALE
+
+@njit(cache=True, nogil=True)
+def scaled_sum(x):
+    return x.sum() * SCALE
+"""
+
+TOY_CALL = """
+import numpy as np
+from pathlib import Path
+from eplb_rt.algorithms import kernel_cache
+root = Path({root!r})
+kernel_cache.install(root / "toy", Path({cache!r}))
+from toy.kernel import scaled_sum
+assert scaled_sum(np.arange(4.0)) == 6.0 * {scale}
+"""
+
+
+@pytest.mark.slow
+def test_toy_package_hits_and_is_invalidated_by_an_edit(tmp_path):
+    """A package of its own: cached in the given folder, found again, invalidated by an edit of
+    a sibling source (not by its mtime), and numba's own cache when the folder is unusable."""
+    toy = tmp_path / "toy"
+    toy.mkdir()
+    (toy / "__init__.py").write_text("")
+    (toy / "kernel.py").write_text(TOY_KERNEL)
+    (toy / "consts.py").write_text("SCALE = 2.0\n")
+    cache = tmp_path / "shipped"
+    path = os.pathsep.join([str(tmp_path), str(ROOT)])
+
+    def call(scale: float, cache_root: Path = cache) -> dict:
+        code = TOY_CALL.format(root=str(tmp_path), cache=str(cache_root), scale=scale)
+        return run_fresh("toy.", code, tmp_path / "user", pythonpath=path)
+
+    assert call(2.0) == {"hits": 0, "misses": 1, "paths": [str(cache)]}
+    assert call(2.0)["hits"] == 1
+    os.utime(toy / "kernel.py", ns=(10**9, 10**9))
+    assert call(2.0)["hits"] == 1
+    (toy / "consts.py").write_text("SCALE = 3.0\n")  # the kernel froze SCALE: must recompile
+    assert call(3.0) == {"hits": 0, "misses": 1, "paths": [str(cache)]}
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")  # a folder under a file cannot be made: numba's locators take over
+    stats = call(3.0, blocked / "kernels")
+    assert stats["misses"] == 1
+    assert Path(stats["paths"][0]).is_relative_to(tmp_path / "user"), stats
+
+
+def main_thread_coverage(work, window: float = 0.1) -> float:
+    """Runs ``work`` in a thread; the fraction of its wall time in which the main thread ran
+    Python at least once every ``window`` seconds (near 1 when ``work`` releases the GIL)."""
+    ticks = []
+    thread = threading.Thread(target=work)
+    start = time.perf_counter()
+    thread.start()
+    while thread.is_alive():
+        ticks.append(time.perf_counter())
+    end = time.perf_counter()
+    gaps = np.diff([start, *ticks, end])
+    return float(gaps[gaps <= window].sum() / (end - start))
+
+
+@njit(nogil=False)
+def _hold_the_gil(n):
+    total = 0.0
+    for i in range(n):
+        total += math.sin(i)
+    return total
+
+
+@pytest.mark.slow
+def test_main_thread_runs_while_the_default_policy_plans():
+    """The kernels loaded from the package cache release the GIL, as the balancer thread needs:
+    a GIL-holding kernel of the same length, in the same conditions, is the control."""
+    load = np.random.default_rng(0).pareto(1.2, size=(16, 1, 512)) * 100
+    topo = Topology(32, 20)
+    plan(DEFAULT, load[:, :, :64], Topology(8, 10))  # loads the kernels
+    start = time.perf_counter()
+    planned = main_thread_coverage(lambda: plan(DEFAULT, load, topo))
+    seconds = time.perf_counter() - start
+    _hold_the_gil(10)
+    clock = time.perf_counter()
+    _hold_the_gil(10**6)
+    n = int(10**6 * seconds / max(time.perf_counter() - clock, 1e-6))
+    held = main_thread_coverage(lambda: _hold_the_gil(n))
+    assert held < 0.3, f"the control did not block the main thread ({held:.2f})"
+    assert planned > 0.7, f"main thread ran {planned:.0%} of the plan's time (control {held:.0%})"
