@@ -67,14 +67,12 @@ print(json.dumps(out))
 def episodes16() -> np.ndarray:
     """``[16, 58, 256]``: each prefill workload sampled four times (seeded multinomial)."""
     rng = np.random.default_rng(0)
-    out = []
-    for name in traces.DEEPSEEK_V3_WORKLOADS:
-        load = traces.deepseek_v3(name, moe_only=True)[0]
-        total = load.sum(axis=1, keepdims=True)
-        share = np.divide(load, total, out=np.zeros_like(load), where=total > 0)
-        for _ in range(4):
-            out.append(np.stack([rng.multinomial(200_000, p) if p.sum() else p for p in share]))
-    return np.stack(out).astype(np.float64)
+    return np.concatenate(
+        [
+            traces.sample_tokens(traces.deepseek_v3(name, moe_only=True)[0], 4, 200_000, rng)
+            for name in traces.DEEPSEEK_V3_WORKLOADS
+        ]
+    )
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,16 @@ TRACES_DIR = Path(__file__).resolve().parents[1] / "data" / "traces"
 DEEPSEEK_V3_WORKLOADS = ("prefill_in512", "prefill_in1024", "prefill_in2048", "prefill_in4096")
 DEEPSEEK_V3_DENSE_LAYERS = 3
 """DeepSeek-V3's first three layers are dense: their rows in SGLang's dump are all zero."""
-__all__ = ["ESFT_DIR", "ESFT_TASKS", "deepseek_v3", "esft", "gptoss", "gptoss_subsets", "olmoe"]
+__all__ = [
+    "ESFT_DIR",
+    "ESFT_TASKS",
+    "deepseek_v3",
+    "esft",
+    "gptoss",
+    "gptoss_subsets",
+    "olmoe",
+    "sample_tokens",
+]
 
 
 def deepseek_v3(workload: str = "prefill_in4096", moe_only: bool = False) -> np.ndarray:
@@ -32,6 +41,21 @@ def deepseek_v3(workload: str = "prefill_in4096", moe_only: bool = False) -> np.
         raise ValueError(f"unknown workload {workload!r}; choose one of {DEEPSEEK_V3_WORKLOADS}")
     load = read_load(TRACES_DIR / "sglang_deepseek_v3" / f"{workload}.json")
     return load[:, DEEPSEEK_V3_DENSE_LAYERS:] if moe_only else load
+
+
+def sample_tokens(
+    load: np.ndarray, draws: int, tokens: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``[draws, L, E] float64``: ``tokens`` counts per layer drawn from each layer's shares in
+    ``load [L, E]`` (multinomial, one draw after another; all-zero layers stay zero): episodes
+    that differ from the load, and from each other, by sampling noise only."""
+    total = load.sum(axis=1, keepdims=True)
+    share = np.divide(load, total, out=np.zeros_like(load, dtype=np.float64), where=total > 0)
+    out = [
+        np.stack([rng.multinomial(tokens, p) if p.sum() else p for p in share])
+        for _ in range(draws)
+    ]
+    return np.stack(out).astype(np.float64)
 
 
 def esft(task: str = "intent") -> np.ndarray:
