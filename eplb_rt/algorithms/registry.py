@@ -31,6 +31,8 @@ class Layer:
         previous: ``[P] int64`` expert of each slot in the placement in force, or ``None``.
         previous_share: ``[P] float64`` its shares, ``None`` when uniform or no previous.
         index: the layer's index.
+        volume: ``[K] float64`` counts each episode summed before scaling, or ``None`` when the
+            load is not whole counts (then its sampling noise is unknown).
     """
 
     episodes: np.ndarray
@@ -38,6 +40,7 @@ class Layer:
     previous: np.ndarray | None
     previous_share: np.ndarray | None
     index: int
+    volume: np.ndarray | None = None
 
 
 LayerFn = Callable[[Layer, Topology, Any], "np.ndarray | tuple[np.ndarray, np.ndarray | None]"]
@@ -181,7 +184,10 @@ def plan(
             f"previous placement ({previous.describe()}) does not match load {arr.shape[1:]} on "
             f"{topology.num_ranks} ranks x {topology.num_slots_per_rank} slots"
         )
-    episodes = normalise(cut_episodes(arr, getattr(options, "num_episodes", 1)))
+    raw = cut_episodes(arr, getattr(options, "num_episodes", 1))
+    episodes = normalise(raw)
+    # Token counts are whole numbers; anything else (shares, scaled loads) has no known noise.
+    volumes = raw.sum(axis=-1) if np.array_equal(arr, np.round(arr)) else None
     summed = normalise(arr.sum(axis=0))
     rows = np.empty((L, topology.num_slots), dtype=np.int64)
     shares = np.empty((L, topology.num_slots))
@@ -189,7 +195,8 @@ def plan(
     for index in range(L):
         prev = None if previous is None else previous.phy2log[index].astype(np.int64)
         prev_share = None if prev is None or previous.is_uniform else previous.slot_share[index]
-        layer = Layer(episodes[:, index].copy(), summed[index], prev, prev_share, index)
+        volume = None if volumes is None else volumes[:, index].copy()
+        layer = Layer(episodes[:, index].copy(), summed[index], prev, prev_share, index, volume)
         out = spec.fn(layer, topology, options)
         rows[index], share = out if isinstance(out, tuple) else (out, None)
         if share is not None:
