@@ -1,6 +1,7 @@
 """Peers side by side: the engines' own EPLB code next to every eplb_rt policy, in one process.
 
     PYTHONPATH=. python benchmarks/bench_peers.py [--sections time,insample,static,adapt,cold]
+        [--repeat N] [--clock wall|cpu] [--contenders equilibrium,FlashLB]
     PYTHONPATH=. python -m pytest benchmarks/bench_peers.py      # plan time, pytest-benchmark
 
 Contenders: vllm-ascend 0.26's DefaultEplb, SwiftBalanceEplb and FlashLB (``warm_up`` first),
@@ -163,9 +164,10 @@ def leave_one_out(loads: list[np.ndarray]):
         yield np.stack(train), test
 
 
-def section_time(found, repeat: int) -> None:
+def section_time(found, repeat: int, clock: Callable[[], float] = time.perf_counter) -> None:
     load = np.concatenate(_ds())
-    print("\n### Plan time per call, DeepSeek-V3 58 layers, 4 episodes, 1 thread (ms)\n")
+    kind = "CPU" if clock is time.process_time else "wall"
+    print(f"\n### Plan time per call, DeepSeek-V3 58 layers, 4 episodes, 1 thread (ms {kind})\n")
     print("| contender | 32x9 | 64x5 | 32x9 vs FlashLB | 64x5 vs FlashLB |")
     print("|---|---|---|---|---|")
     ms = {}
@@ -175,9 +177,9 @@ def section_time(found, repeat: int) -> None:
             run(load, topo, None)
             times = []
             for _ in range(repeat):
-                start = time.perf_counter()
+                start = clock()
                 run(load, topo, None)
-                times.append(time.perf_counter() - start)
+                times.append(clock() - start)
             ms[name, d] = 1e3 * float(np.median(times))
     ref = "vllm-ascend FlashLB"
     for name in found:
@@ -283,17 +285,35 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", default="time,insample,static,adapt,cold")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--contenders",
+        default="",
+        help="comma-separated parts of contender names to keep (default: all), e.g. "
+        "'equilibrium,FlashLB'",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="time plans by wall clock or by the process's CPU time (for a shared machine)",
+    )
     args = parser.parse_args(argv)
     sections = args.sections.split(",")
     torch.set_num_threads(1)
     print(f"<!-- eplb_rt default policy: {EplbConfig().policy}; torch threads 1 -->")
     with contextlib.ExitStack() as stack:
         found = contenders(stack)
+        keep = [k for k in args.contenders.split(",") if k]
+        if keep:
+            found = {n: run for n, run in found.items() if any(k in n for k in keep)}
+            if not found:
+                raise SystemExit(f"--contenders {args.contenders!r} matches no contender")
         if "time" in sections:
-            section_time(found, args.repeat)
+            clock = time.process_time if args.clock == "cpu" else time.perf_counter
+            section_time(found, args.repeat, clock)
         tables = {s: section_par(found, s == "static") for s in ("insample", "static")
                   if s in sections}  # fmt: skip
-        if len(tables) == 2 and "vllm-ascend FlashLB" in found:
+        if len(tables) == 2 and {"vllm-ascend FlashLB", "eplb_rt flashlb"} <= found.keys():
             flashlb_check(tables["insample"], tables["static"])
         if "adapt" in sections:
             section_adapt(found)
