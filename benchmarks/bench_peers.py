@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python benchmarks/bench_peers.py [--sections time,insample,static,adapt,cold]
         [--repeat N] [--clock wall|cpu] [--contenders equilibrium,FlashLB]
+        [--option equilibrium:spread=1 ...]
     PYTHONPATH=. python -m pytest benchmarks/bench_peers.py      # plan time, pytest-benchmark
 
 Contenders: vllm-ascend 0.26's DefaultEplb, SwiftBalanceEplb and FlashLB (``warm_up`` first),
@@ -70,9 +71,9 @@ def _ds() -> list[np.ndarray]:
 
 
 # ------------------------------------------------------------------------------ contenders
-def ours(name: str) -> Planner:
+def ours(name: str, options: dict | None = None) -> Planner:
     def run(load, topology, previous):
-        return replan("bench", load, topology, previous, policy=name)[0].phy2log
+        return replan("bench", load, topology, previous, policy=name, options=options)[0].phy2log
 
     return run
 
@@ -126,8 +127,10 @@ def sglang_planner(sg, algorithm: str) -> Planner:
     return run
 
 
-def contenders(stack) -> dict[str, Planner]:
-    found = {f"eplb_rt {n}": ours(n) for n in policy_names()}
+def contenders(stack, options: dict | None = None) -> dict[str, Planner]:
+    """Every contender; ``options`` (``{policy: {key: value}}``) go to eplb_rt's policies."""
+    options = options or {}
+    found = {f"eplb_rt {n}": ours(n, options.get(n)) for n in policy_names()}
     warm_up(policy_names())
     for peer, make in (
         ("vllm-ascend", lambda m: {f"vllm-ascend {c}": ascend_planner(m, c)
@@ -279,6 +282,19 @@ def flashlb_check(insample: dict, static: dict) -> None:
         print(f"| {case} | " + " | ".join(cells) + " |")
 
 
+def _policy_options(items: list[str]) -> dict[str, dict[str, str]]:
+    """``["equilibrium:spread=1", ...]`` -> ``{"equilibrium": {"spread": "1"}}`` (the policy
+    converts and checks the values)."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        policy, sep, rest = item.partition(":")
+        key, eq, value = rest.partition("=")
+        if not (sep and eq and policy and key):
+            raise SystemExit(f"--option must be POLICY:KEY=VALUE, got {item!r}")
+        out.setdefault(policy, {})[key] = value
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     import contextlib
 
@@ -292,6 +308,13 @@ def main(argv: list[str] | None = None) -> None:
         "'equilibrium,FlashLB'",
     )
     parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="POLICY:KEY=VALUE",
+        help="an option of an eplb_rt policy (repeatable), e.g. equilibrium:spread=1",
+    )
+    parser.add_argument(
         "--clock",
         choices=("wall", "cpu"),
         default="wall",
@@ -302,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     print(f"<!-- eplb_rt default policy: {EplbConfig().policy}; torch threads 1 -->")
     with contextlib.ExitStack() as stack:
-        found = contenders(stack)
+        found = contenders(stack, _policy_options(args.option))
         keep = [k for k in args.contenders.split(",") if k]
         if keep:
             found = {n: run for n, run in found.items() if any(k in n for k in keep)}
