@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python benchmarks/bench_peers.py [--sections time,insample,static,adapt,cold]
         [--contenders flashlb,deepseek]     # only contenders whose name contains one of these
+        [--option equilibrium:spread=1 ...]  # an option of an eplb_rt policy (repeatable)
     PYTHONPATH=. python -m pytest benchmarks/bench_peers.py      # plan time, pytest-benchmark
 
 Contenders: vllm-ascend 0.26's DefaultEplb, SwiftBalanceEplb and FlashLB (``warm_up`` first),
@@ -70,9 +71,9 @@ def _ds() -> list[np.ndarray]:
 
 
 # ------------------------------------------------------------------------------ contenders
-def ours(name: str) -> Planner:
+def ours(name: str, options: dict | None = None) -> Planner:
     def run(load, topology, previous):
-        return replan("bench", load, topology, previous, policy=name)[0].phy2log
+        return replan("bench", load, topology, previous, policy=name, options=options)[0].phy2log
 
     return run
 
@@ -126,14 +127,18 @@ def sglang_planner(sg, algorithm: str) -> Planner:
     return run
 
 
-def contenders(stack, only: list[str] | None = None) -> dict[str, Planner]:
-    """Every contender, or those whose name contains one of ``only`` (case-insensitive)."""
+def contenders(
+    stack, only: list[str] | None = None, options: dict | None = None
+) -> dict[str, Planner]:
+    """Every contender, or those whose name contains one of ``only`` (case-insensitive);
+    ``options`` (``{policy: {key: value}}``) go to eplb_rt's policies."""
+    options = options or {}
 
     def wanted(name: str) -> bool:
         return not only or any(part.lower() in name.lower() for part in only)
 
     names = [n for n in policy_names() if wanted(f"eplb_rt {n}")]
-    found = {f"eplb_rt {n}": ours(n) for n in names}
+    found = {f"eplb_rt {n}": ours(n, options.get(n)) for n in names}
     warm_up(names)
     for peer, make in (
         ("vllm-ascend", lambda m: {f"vllm-ascend {c}": ascend_planner(m, c)
@@ -286,6 +291,19 @@ def flashlb_check(insample: dict, static: dict) -> None:
         print(f"| {case} | " + " | ".join(cells) + " |")
 
 
+def _policy_options(items: list[str]) -> dict[str, dict[str, str]]:
+    """``["equilibrium:spread=1", ...]`` -> ``{"equilibrium": {"spread": "1"}}`` (the policy
+    converts and checks the values)."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        policy, sep, rest = item.partition(":")
+        key, eq, value = rest.partition("=")
+        if not (sep and eq and policy and key):
+            raise SystemExit(f"--option must be POLICY:KEY=VALUE, got {item!r}")
+        out.setdefault(policy, {})[key] = value
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     import contextlib
 
@@ -297,13 +315,20 @@ def main(argv: list[str] | None = None) -> None:
         default="",
         help="comma-separated parts of contender names to run, e.g. 'flashlb' (default: all)",
     )
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="POLICY:KEY=VALUE",
+        help="an option of an eplb_rt policy (repeatable), e.g. equilibrium:spread=1",
+    )
     args = parser.parse_args(argv)
     only = [part for part in args.contenders.split(",") if part.strip()]
     sections = args.sections.split(",")
     torch.set_num_threads(1)
     print(f"<!-- eplb_rt default policy: {EplbConfig().policy}; torch threads 1 -->")
     with contextlib.ExitStack() as stack:
-        found = contenders(stack, only)
+        found = contenders(stack, only, _policy_options(args.option))
         if "time" in sections:
             section_time(found, args.repeat)
         tables = {s: section_par(found, s == "static") for s in ("insample", "static")

@@ -7,7 +7,10 @@ Per layer (the search kernels are numba, no GIL):
    expert's episode load, and the placement is scored by the sum over episodes of the peak rank
    load (the mean PAR over episodes), each episode pushed ``spread`` times further from the mean
    than seen -- a placement balanced on every episode is balanced on any mix of them, and the
-   push covers workloads a little outside that hull.
+   push covers workloads a little outside that hull. Where part of the episodes' spread is
+   sampling noise (:func:`signal_fraction`), that part of the weight goes to the summed counts:
+   the load the episodes share is then estimated from them and scored as one more episode, so
+   planning for noise does not give away the fit to what repeats.
 2. **Construct + local search** on the mean load: min-max allotment, LPT placement, pairwise
    swaps and a neighbour search over replica counts; then swaps scored on every episode's peak.
 3. **Shares** (``shares=True``; off by default: shares fitted to past load lose out of sample):
@@ -41,6 +44,9 @@ _TAU = 1e-3
 smooth peak exceeds the true one by at most ``_TAU * log(D)`` in PAR, below any gain that pays."""
 
 _NO_COV = np.zeros((1, 1))
+
+_NOISE_FLOOR = 0.01
+"""Sampling noise under this share of the episodes' spread is taken as none."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +84,27 @@ def _layer_par(row: np.ndarray, w: np.ndarray, topo: Topology, shares: bool) -> 
     return min_max_rank_load(row, w, D, topo.num_slots_per_rank)[0] * D / total
 
 
+def signal_fraction(W: np.ndarray, volume: np.ndarray | None) -> float:
+    """The share of the episodes' spread around their mean that is not sampling noise, in [0, 1].
+
+    ``W [K, E] float64``: episodes scaled to sum 1; ``volume [K] float64``: the counts each was
+    summed from, or ``None`` when the load is not counts (its noise is unknown: 1). ``N`` counts
+    drawn one by one put a variance of ``w (1 - w) / N`` on an expert's share ``w`` (top-k
+    routing never draws an expert twice for a token, so this bounds the noise from above).
+    """
+    K = W.shape[0]
+    if K < 2 or volume is None:
+        return 1.0
+    w = W.mean(axis=0)
+    spread = ((W - w) ** 2).sum(axis=1).mean()
+    noise = (w * (1.0 - w)).sum() * np.mean(1.0 / np.maximum(volume, 1.0))
+    if spread <= 0.0 or noise < _NOISE_FLOOR * spread:
+        return 1.0
+    return float(max(1.0 - noise / spread, 0.0))
+
+
 def _fresh_row(
-    W: np.ndarray, w: np.ndarray, topo: Topology, opts: EquilibriumOptions
+    W: np.ndarray, w: np.ndarray, topo: Topology, opts: EquilibriumOptions, signal: float
 ) -> np.ndarray:
     D, S = topo.num_ranks, topo.num_slots_per_rank
     # Replicas for the load an expert may reach, not only its mean: mean + spread * std.
@@ -95,6 +120,11 @@ def _fresh_row(
         # Every episode pushed away from the mean by the factor spread, so the plan holds for
         # deviations larger than those seen.
         V = normalise(np.maximum(w + opts.spread * (W - w), 0.0))
+        if signal < 1.0:
+            # The shared load as one more episode, weighed as the pushed noise is: the fit to
+            # what repeats counts as much as the noise planned for.
+            weight = opts.spread * (1.0 - signal) * W.shape[0]
+            V = np.vstack([V, weight * w[None, :]])
         swap_search(row, V, counts, D, 4 * topo.num_slots, 1e-3, 0.0)
     if opts.shares and opts.share_rewrites:
         total = w.sum()
@@ -130,8 +160,11 @@ def equilibrium(layer: Layer, topo: Topology, opts: EquilibriumOptions):
     """One layer; returns ``row [P] int64`` or ``(row, share [P])`` with ``shares``."""
     D, S = topo.num_ranks, topo.num_slots_per_rank
     W, now, prev = layer.episodes, layer.load, layer.previous
-    w = np.ascontiguousarray(W.mean(axis=0))
-    row = _fresh_row(W, w, topo, opts)
+    signal = signal_fraction(W, layer.volume)
+    # Distinct workloads weigh the same (the mean of the episodes); episodes that differ by
+    # noise only are one workload, best estimated by the summed counts.
+    w = np.ascontiguousarray(signal * W.mean(axis=0) + (1.0 - signal) * now)
+    row = _fresh_row(W, w, topo, opts, signal)
     if prev is not None:
         budget = int(opts.max_moved_fraction * topo.num_slots)
         fresh, _ = align_row(row, prev, D, w.shape[0])

@@ -226,15 +226,25 @@ def _rewrite(out, loads, holds, w, counts, b, x, y):
 
 
 @njit(cache=True, nogil=True)
+def _moved(expert, before):
+    """1 if a slot that held ``before`` holding ``expert`` counts as moved, else 0."""
+    return 1 if expert != before else 0
+
+
+@njit(cache=True, nogil=True)
 def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau):
     """Improve ``prev_row`` move by move, best marginal gain per moved slot first.
 
-    A move rewrites one slot to another expert (1 slot) or swaps two slots between ranks (2).
-    Each step takes the move of the peak rank with the largest drop of the smooth peak
-    (:func:`_soft_peak`) per moved slot, until ``budget`` slots or a drop per slot below a
-    quarter of ``move_cost`` (PAR); it returns the walk's prefix with the least ``PAR +
-    move_cost * moved slots`` (a dip before a large gain is walked through). ``w [E]``: the load
-    the moves are judged on. Returns ``(row [P] int64, moved slots)``.
+    A move rewrites one slot to another expert or swaps two slots between ranks; it costs the
+    slots it newly moves away from ``prev_row`` (0 to 2: a slot already moved changes again for
+    free, one put back refunds its slot). Each step takes the move of the peak rank with the
+    largest drop of the smooth peak (:func:`_soft_peak`) per slot it costs (half a slot when it
+    costs none, so a free move of equal drop comes first), within ``budget`` slots, until the
+    best drop per slot is below a quarter of ``move_cost`` (PAR): at the budget the walk goes on
+    with free moves, re-using slots it moved early for what later moves showed they are best
+    for. It returns the walk's prefix with the least ``PAR + move_cost * moved slots`` (a dip
+    before a large gain is walked through). ``w [E]``: the load the moves are judged on. Returns
+    ``(row [P] int64, moved slots)``.
     """
     E = w.shape[0]
     D = num_ranks
@@ -255,7 +265,8 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau):
     best_moves = 0
     moves = 0
     trial = np.empty(D)
-    while moves < budget:
+    # Every step lowers the smooth peak; the cap only bounds rounding loops.
+    for _ in range(8 * P):
         a = 0
         for r in range(1, D):
             if loads[r] > loads[a]:
@@ -270,7 +281,7 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau):
         best_q = -1
         best_y = -1
         # Swaps: a replica x of the peak rank a for a lighter replica y of rank b.
-        for sa in range(S if moves + 2 <= budget else 0):
+        for sa in range(S):
             p = a * S + sa
             x = row[p]
             for q in range(P):
@@ -278,6 +289,11 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau):
                 y = row[q]
                 d = w[x] / counts[x] - w[y] / counts[y]
                 if b == a or d <= 0.0 or holds[b, x] or holds[a, y]:
+                    continue
+                # Slots newly moved (a slot already moved costs nothing to change again).
+                extra = _moved(y, prev_row[p]) + _moved(x, prev_row[q])
+                extra -= _moved(x, prev_row[p]) + _moved(y, prev_row[q])
+                if moves + extra > budget:
                     continue
                 if loads[b] + d - loads[a] > _FAR * tau:
                     continue
@@ -289,7 +305,7 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau):
                     trial[a] -= d
                     trial[b] += d
                     new = _soft_peak(trial, tau)
-                gain = 0.5 * (base - new)
+                gain = (base - new) / max(extra, 0.5)
                 if gain > best_gain:
                     best_gain = gain
                     best_p = p
@@ -304,6 +320,9 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau):
             for y in range(E):
                 if y == x or holds[b, y] or counts[y] >= D or not (holds[a, y] or b == a):
                     continue
+                extra = _moved(y, prev_row[q]) - _moved(x, prev_row[q])
+                if moves + extra > budget:
+                    continue
                 _rewrite(trial, loads, holds, w, counts, b, x, y)
                 z = Z
                 for r in range(D):
@@ -312,7 +331,7 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau):
                 new = loads[a] + tau * np.log(max(z, 1e-300))
                 if z < 1e-200:  # every term underflowed: score the move on all ranks
                     new = _soft_peak(trial, tau)
-                gain = base - new
+                gain = (base - new) / max(extra, 0.5)
                 if gain > best_gain:
                     best_gain = gain
                     best_p = -1
