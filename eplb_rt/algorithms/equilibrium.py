@@ -160,7 +160,7 @@ def equilibrium(layer: Layer, topo: Topology, opts: EquilibriumOptions):
     """One layer; returns ``row [P] int64`` or ``(row, share [P])`` with ``shares``."""
     D, S = topo.num_ranks, topo.num_slots_per_rank
     W, now, prev = layer.episodes, layer.load, layer.previous
-    signal = signal_fraction(W, layer.volume)
+    signal = signal_fraction(W, layer.tokens.sum(axis=1) if layer.counts else None)
     # Distinct workloads weigh the same (the mean of the episodes); episodes that differ by
     # noise only are one workload, best estimated by the summed counts.
     w = np.ascontiguousarray(signal * W.mean(axis=0) + (1.0 - signal) * now)

@@ -34,8 +34,8 @@ class Layer:
         tokens: ``[K, E] float64``, the episodes before scaling (tokens per expert), for a
             policy whose statistics weigh episodes by their volume (``flashlb``, as FlashLB).
         steps: ``[K] int64``, steps summed into each episode.
-        volume: ``[K] float64`` counts each episode summed before scaling, or ``None`` when the
-            load is not whole counts (then its sampling noise is unknown).
+        counts: whether the load is whole token counts (then ``tokens`` has a known sampling
+            noise; shares or scaled loads do not).
     """
 
     episodes: np.ndarray
@@ -45,7 +45,7 @@ class Layer:
     index: int
     tokens: np.ndarray
     steps: np.ndarray
-    volume: np.ndarray | None = None
+    counts: bool = False
 
 
 LayerFn = Callable[[Layer, Topology, Any], "np.ndarray | tuple[np.ndarray, np.ndarray | None]"]
@@ -194,7 +194,7 @@ def plan(
     episodes = normalise(tokens)
     steps = episode_steps(arr.shape[0], num_episodes)
     # Token counts are whole numbers; anything else (shares, scaled loads) has no known noise.
-    volumes = tokens.sum(axis=-1) if np.array_equal(arr, np.round(arr)) else None
+    counts = bool(np.array_equal(arr, np.round(arr)))
     summed = normalise(arr.sum(axis=0))
     rows = np.empty((L, topology.num_slots), dtype=np.int64)
     shares = np.empty((L, topology.num_slots))
@@ -202,7 +202,6 @@ def plan(
     for index in range(L):
         prev = None if previous is None else previous.phy2log[index].astype(np.int64)
         prev_share = None if prev is None or previous.is_uniform else previous.slot_share[index]
-        volume = None if volumes is None else volumes[:, index].copy()
         layer = Layer(
             episodes[:, index].copy(),
             summed[index],
@@ -211,7 +210,7 @@ def plan(
             index,
             tokens[:, index].copy(),
             steps,
-            volume,
+            counts,
         )
         out = spec.fn(layer, topology, options)
         rows[index], share = out if isinstance(out, tuple) else (out, None)
