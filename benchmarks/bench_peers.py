@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python benchmarks/bench_peers.py [--sections time,insample,static,adapt,cold]
         [--contenders flashlb,deepseek]     # only contenders whose name contains one of these
-        [--option equilibrium:spread=1 ...]  # an option of an eplb_rt policy (repeatable)
+        [--option equilibrium.spread=1 ...]  # an option of an eplb_rt policy (repeatable)
     PYTHONPATH=. python -m pytest benchmarks/bench_peers.py      # plan time, pytest-benchmark
 
 Contenders: vllm-ascend 0.26's DefaultEplb, SwiftBalanceEplb and FlashLB (``warm_up`` first),
@@ -43,6 +43,7 @@ import torch
 
 from benchmarks import traces
 from eplb_rt.algorithms import metrics, policy_names, warm_up
+from eplb_rt.commands.simulate import parse_policy_options
 from eplb_rt.config import EplbConfig
 from eplb_rt.integrations._common import replan
 from eplb_rt.placement import Placement, Topology
@@ -291,19 +292,6 @@ def flashlb_check(insample: dict, static: dict) -> None:
         print(f"| {case} | " + " | ".join(cells) + " |")
 
 
-def _policy_options(items: list[str]) -> dict[str, dict[str, str]]:
-    """``["equilibrium:spread=1", ...]`` -> ``{"equilibrium": {"spread": "1"}}`` (the policy
-    converts and checks the values)."""
-    out: dict[str, dict[str, str]] = {}
-    for item in items:
-        policy, sep, rest = item.partition(":")
-        key, eq, value = rest.partition("=")
-        if not (sep and eq and policy and key):
-            raise SystemExit(f"--option must be POLICY:KEY=VALUE, got {item!r}")
-        out.setdefault(policy, {})[key] = value
-    return out
-
-
 def main(argv: list[str] | None = None) -> None:
     import contextlib
 
@@ -319,8 +307,9 @@ def main(argv: list[str] | None = None) -> None:
         "--option",
         action="append",
         default=[],
-        metavar="POLICY:KEY=VALUE",
-        help="an option of an eplb_rt policy (repeatable), e.g. equilibrium:spread=1",
+        metavar="POLICY.KEY=VALUE",
+        help="an option of an eplb_rt policy (repeatable, as `eplb-rt simulate --option`), "
+        "e.g. equilibrium.spread=1",
     )
     args = parser.parse_args(argv)
     only = [part for part in args.contenders.split(",") if part.strip()]
@@ -328,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     print(f"<!-- eplb_rt default policy: {EplbConfig().policy}; torch threads 1 -->")
     with contextlib.ExitStack() as stack:
-        found = contenders(stack, only, _policy_options(args.option))
+        found = contenders(stack, only, parse_policy_options(args.option))
         if "time" in sections:
             section_time(found, args.repeat)
         tables = {s: section_par(found, s == "static") for s in ("insample", "static")

@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         interval=interval,
         episodes=args.episodes,
         cost=cost_from_args(args),
-        options=_parse_options(args.option),
+        options=parse_policy_options(args.option),
     )
     result = _run_with_progress(workload, spec)
 
@@ -142,7 +142,7 @@ def _labels(paths: list[str]) -> list[str]:
     return [s if stems.count(s) == 1 else p for s, p in zip(stems, paths, strict=True)]
 
 
-def _parse_options(items: list[str]) -> dict:
+def parse_policy_options(items: list[str]) -> dict:
     """``["POLICY.KEY=VALUE", ...]`` -> ``{policy: {key: value}}``, values read as ``plan`` does."""
     options: dict = {}
     for item in items:
