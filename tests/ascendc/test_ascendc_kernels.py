@@ -23,6 +23,21 @@ def random_shares(rng, log2phy, logcnt):
     return share
 
 
+def route_matches_reference(sim, topk, log2phy, logcnt, share, *, heat, step, **launch):
+    """Run the kernel on ``heat`` and the reference on a copy; ids and heat must be equal.
+
+    ``phy`` starts as a sentinel, so ids a core never wrote show. Returns the cores used."""
+    want_heat = heat.copy()
+    want_phy = expected.route_and_count(topk, log2phy, logcnt, share, want_heat, step=step)
+    phy = np.full(topk.shape, -7, dtype=topk.dtype)
+    used = sim.route_and_count(
+        topk, log2phy, logcnt, share, heat, np.array([step], dtype=np.int64), phy, **launch
+    )
+    np.testing.assert_array_equal(phy, want_phy)
+    np.testing.assert_array_equal(heat, want_heat)
+    return used
+
+
 ROUTE_CASES = [
     # N, K, E, P, R, id dtype, shares, cores, H, L, padding fraction, ub bytes
     pytest.param(1, 1, 1, 1, 1, np.int32, False, 1, 1, 1, 0.0, 192 * KIB, id="one-of-everything"),
@@ -82,16 +97,10 @@ def test_route_and_count_idle_cores_touch_nothing(sim):
     log2phy, logcnt = expected.random_tables(rng, 4, 6, 2)
     topk = rng.integers(-1, 4, size=(5, 2)).astype(np.int32)
     heat = np.zeros((2, 6), dtype=np.int32)
-    phy = np.zeros((5, 2), dtype=np.int32)
-    step = np.array([1], dtype=np.int64)
-    want_heat = heat.copy()
-    want_phy = expected.route_and_count(topk, log2phy, logcnt, None, want_heat, step=1)
-    used = sim.route_and_count(
-        topk, log2phy, logcnt, None, heat, step, phy, core_num=8, block_dim=6
+    used = route_matches_reference(
+        sim, topk, log2phy, logcnt, None, heat=heat, step=1, core_num=8, block_dim=6
     )
     assert used == 6
-    np.testing.assert_array_equal(phy, want_phy)
-    np.testing.assert_array_equal(heat, want_heat)
 
 
 def test_route_and_count_large_batch_uses_every_core(sim):
@@ -100,13 +109,10 @@ def test_route_and_count_large_batch_uses_every_core(sim):
     log2phy, logcnt = expected.random_tables(rng, 256, 320, 4)
     topk = rng.integers(-1, 256, size=(8192, 8)).astype(np.int32)
     heat = np.zeros((2, 320), dtype=np.int32)
-    phy = np.zeros_like(topk)
-    step = np.array([3], dtype=np.int64)
-    want_heat = heat.copy()
-    want_phy = expected.route_and_count(topk, log2phy, logcnt, None, want_heat, step=3)
-    assert sim.route_and_count(topk, log2phy, logcnt, None, heat, step, phy, core_num=40) == 40
-    np.testing.assert_array_equal(phy, want_phy)
-    np.testing.assert_array_equal(heat, want_heat)
+    assert (
+        route_matches_reference(sim, topk, log2phy, logcnt, None, heat=heat, step=3, core_num=40)
+        == 40
+    )
     assert heat.sum() == np.count_nonzero(topk >= 0)
 
 
@@ -138,12 +144,7 @@ def test_route_and_count_tiling_stays_inside_the_socs_unified_buffer(sim):
     logcnt = np.ones(4096, dtype=np.int32)
     topk = rng.integers(-1, 4096, size=(3000, 4)).astype(np.int64)
     heat = np.zeros((2, 4096), dtype=np.int32)
-    want_heat = heat.copy()
-    want_phy = expected.route_and_count(topk, log2phy, logcnt, None, want_heat, step=1)
-    phy = np.empty_like(topk)
-    sim.route_and_count(topk, log2phy, logcnt, None, heat, np.array([1]), phy, core_num=2)
-    np.testing.assert_array_equal(phy, want_phy)
-    np.testing.assert_array_equal(heat, want_heat)
+    route_matches_reference(sim, topk, log2phy, logcnt, None, heat=heat, step=1, core_num=2)
 
 
 def test_soc_table_knows_the_families_and_rejects_others(sim):
@@ -193,12 +194,7 @@ def test_weighted_rule_on_every_code_matches_reference(sim):
     n = 1 << 16
     topk = np.tile(np.arange(e, dtype=np.int32), (n, 1))
     heat = np.zeros((1, e * r), dtype=np.int32)
-    want_heat = heat.copy()
-    want = expected.route_and_count(topk, log2phy, logcnt, shares, want_heat, step=3)
-    phy = np.empty_like(topk)
-    sim.route_and_count(topk, log2phy, logcnt, shares, heat, np.array([3]), phy, core_num=4)
-    np.testing.assert_array_equal(phy, want)
-    np.testing.assert_array_equal(heat, want_heat)
+    route_matches_reference(sim, topk, log2phy, logcnt, shares, heat=heat, step=3, core_num=4)
     assert heat[0, :r].tolist() == [n, 0, 0, 0, 0]
 
 
