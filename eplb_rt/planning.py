@@ -67,13 +67,13 @@ class CostModel:
         return np.where(received > 0, np.maximum(exposed, 0.0), 0.0)
 
     def move_cost(self, load: np.ndarray, num_ranks: int, horizon: float) -> float:
-        """PAR one moved slot must buy: its share of a layer's transfer time (ranks receive in
-        parallel, so a slot costs ``1 / num_ranks`` of one expert's transfer when moves are
-        spread) over the time one unit of PAR costs over ``horizon`` steps at the mean rank
-        load of ``load [T, L, E]``."""
+        """PAR that one moved slot on every rank must buy (the policies' ``move_cost``): one
+        expert's transfer time (ranks receive in parallel, so a slot moved on each rank takes
+        one transfer, and a single slot ``1 / num_ranks`` of it when moves are spread) over the
+        time one unit of PAR costs over ``horizon`` steps at the mean rank load of
+        ``load [T, L, E]``."""
         mean_rank = max(float(load.sum(axis=2).mean()) / num_ranks, 1e-300)
-        slot = self.expert_bytes / self.bandwidth / num_ranks
-        return slot / (mean_rank * self.token_seconds * horizon)
+        return self.expert_bytes / self.bandwidth / (mean_rank * self.token_seconds * horizon)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +145,7 @@ def drifted(load: np.ndarray, placement: Placement, recent: int, cost: CostModel
 
     Noise: four standard errors of a ``recent``-step mean of the earlier steps' PAR. Threshold:
     the rise must pay for one moved slot over the next ``recent`` steps
-    (:meth:`CostModel.move_cost`).
+    (:meth:`CostModel.move_cost` over the ranks).
     """
     load = check_load(load, placement.num_layers, placement.num_experts)
     ranks = rank_load(placement, load)  # [T, L, D]
@@ -157,7 +157,8 @@ def drifted(load: np.ndarray, placement: Placement, recent: int, cost: CostModel
     old, new = par[:-recent], par[-recent:]
     rise = new.mean() - old.mean()
     noise = 4.0 * old.std() / math.sqrt(recent)
-    return bool(rise > max(noise, cost.move_cost(load[-recent:], placement.num_ranks, recent)))
+    slot = cost.move_cost(load[-recent:], placement.num_ranks, recent) / placement.num_ranks
+    return bool(rise > max(noise, slot))
 
 
 def starting_placement(num_layers: int, num_experts: int, topology: Topology) -> Placement:

@@ -44,9 +44,9 @@ def test_migration_seconds_count_what_the_slowest_rank_receives():
 def test_move_cost_is_transfer_time_over_the_time_one_par_costs():
     load = np.full((3, 1, 4), 2.0)  # 8 tokens per step, mean rank load 4 on 2 ranks
     cost = planning.CostModel(expert_bytes=2, bandwidth=1, token_seconds=0.5)
-    # One slot takes 2 s, half of it per slot when moves spread over both ranks; one unit of PAR
-    # costs 4 tokens x 0.5 s x 2 steps = 4 s.
-    assert cost.move_cost(load, 2, 2) == pytest.approx(0.25)
+    # A slot moved on each rank takes one transfer, 2 s (both ranks receive at once); one unit
+    # of PAR costs 4 tokens x 0.5 s x 2 steps = 4 s.
+    assert cost.move_cost(load, 2, 2) == pytest.approx(0.5)
 
 
 def _hot_layer() -> tuple[np.ndarray, Placement, Topology]:

@@ -20,8 +20,10 @@ Per layer (the search kernels are numba, no GIL):
    the previous slots improved move by move, best marginal gain per moved slot first (a slot
    rewritten to another expert, or a swap; :func:`~eplb_rt.algorithms.local_search.greedy_moves`);
    the fresh plan with its ranks relabelled to the previous ones (Hungarian). All are judged on
-   the summed load: the layer takes the least ``PAR + move_cost * moved slots`` within the
-   budget ``max_moved_fraction * P``.
+   the summed load: the layer takes the least ``PAR + move_cost * moved slots / D`` within the
+   budget ``max_moved_fraction * P``. The price is per slot *per rank*: ranks receive in
+   parallel, so moving ``D`` slots spread over the ``D`` ranks takes one expert's transfer, and
+   with a fixed batch per rank a unit of PAR buys the same compute at any ``D``.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ class EquilibriumOptions(Options):
         spread: plan for deviations from the mean ``spread`` times those seen (allotment at
             ``mean + spread * std``; the swaps' episodes pushed that far from the mean).
         share_rewrites: slots that may be rewritten to open a bottleneck for the shares.
-        move_cost: with a previous placement: PAR a moved slot must buy.
+        move_cost: with a previous placement: PAR that one moved slot on every rank (one
+            expert's transfer time) must buy; a single slot pays ``move_cost / D``.
         max_moved_fraction: ... and at most this fraction of a layer's slots moves.
     """
 
@@ -72,7 +75,7 @@ class EquilibriumOptions(Options):
     count_tol: float = option(0.002, low=0)
     spread: float = option(2.0, low=0)
     share_rewrites: int = option(8, low=0)
-    move_cost: float = option(3e-4, low=0)
+    move_cost: float = option(0.015, low=0)
     max_moved_fraction: float = option(1.0, low=0, high=1)
 
 
@@ -137,17 +140,18 @@ def _fresh_row(
 def _repaired_row(
     prev: np.ndarray, now: np.ndarray, topo: Topology, opts: EquilibriumOptions, budget: int
 ) -> np.ndarray:
-    """The previous slots improved move by move, each move worth its ``move_cost``."""
+    """The previous slots improved move by move, each slot worth its ``move_cost / D``."""
     D, S = topo.num_ranks, topo.num_slots_per_rank
     total = now.sum()
     if total <= 0 or budget <= 0:
         return prev
+    slot_cost = opts.move_cost / D
     if opts.shares:
-        # Gain in load units: move_cost in PAR times the mean rank load.
+        # Gain in load units: the slot's price in PAR times the mean rank load.
         row = prev.copy()
-        open_bottleneck(row, now, D, S, budget, opts.move_cost * total / D, 4)
+        open_bottleneck(row, now, D, S, budget, slot_cost * total / D, 4)
         return row
-    return greedy_moves(prev, now, D, budget, opts.move_cost, _TAU * total / D)[0]
+    return greedy_moves(prev, now, D, budget, slot_cost, _TAU * total / D)[0]
 
 
 @register(
@@ -171,7 +175,7 @@ def equilibrium(layer: Layer, topo: Topology, opts: EquilibriumOptions):
         best_cost = np.inf
         for cand in (prev, _repaired_row(prev, now, topo, opts, budget), fresh):
             moves = int((cand != prev).sum())
-            cost = _layer_par(cand, now, topo, opts.shares) + opts.move_cost * moves
+            cost = _layer_par(cand, now, topo, opts.shares) + opts.move_cost * moves / D
             if moves <= budget and cost < best_cost - 1e-12:
                 best_cost = cost
                 row = cand

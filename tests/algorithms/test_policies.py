@@ -166,7 +166,7 @@ def test_equilibrium_move_cost_trades_balance_for_moves():
     topo = Topology(32, 9)
     prev = plan("equilibrium", old, topo)
     moved = []
-    for cost in (0.0, 0.001, 0.1):
+    for cost in (0.0, 0.032, 3.2):
         p = plan("equilibrium", new, topo, previous=prev, options={"move_cost": cost})
         moved.append(p.moved_fraction(prev))
     assert moved[0] >= moved[1] >= moved[2]
@@ -179,6 +179,17 @@ def test_equilibrium_move_cost_trades_balance_for_moves():
         options={"move_cost": 0.0, "max_moved_fraction": 0.1},
     )
     assert (capped.moves(prev) <= int(0.1 * topo.num_slots)).all()
+
+
+@pytest.mark.parametrize(("move_cost", "moves"), [(1.2, 1), (1.3, 0)])
+def test_equilibrium_prices_a_slot_at_move_cost_over_the_ranks(move_cost, moves):
+    # In force [0, 1 | 2, 1] on load [6, 1, 1]: ranks 6.5 and 1.5, PAR 1.625. Rewriting slot 3
+    # to expert 0 gives 4 and 4 (PAR 1): 0.625 for one slot, which costs move_cost / 2.
+    prev = Placement(np.array([[0, 1, 2, 1]]), 3, 2)
+    load = np.array([[[6.0, 1.0, 1.0]]])
+    p = plan("equilibrium", load, Topology(2, 2), previous=prev, options={"move_cost": move_cost})
+    assert p.moves(prev).sum() == moves
+    assert metrics.par(p, load[0])[0] == pytest.approx(1.0 if moves else 1.625)
 
 
 def test_flashlb_cherry_picks_layers():
