@@ -179,7 +179,7 @@ def adapting(names):
         )
 
 
-def frontier(policy="equilibrium", costs=(1.6e-3, 3.2e-3, 6.4e-3, 9.6e-3, 0.015, 0.032, 0.064)):
+def frontier(policy="equilibrium", costs=(1.6e-3, 3.2e-3, 6.4e-3, 0.01, 0.015, 0.032, 0.064)):
     loads = [deepseek(w) for w in DS]
     esft = [traces.esft(t) for t in traces.ESFT_TASKS]
     cases = {"ds": [], "esft": []}
@@ -219,7 +219,7 @@ def exact_gap(seeds=12, budgets=(1, 2, 4, 6)):
         prev = plan("deepseek", old[None], topo).phy2log[0].astype(np.int64)
         for b in budgets:
             best, _ = bounds.exact_min_max(new, topo, previous=prev, max_moves=b)
-            row, _ = greedy_moves(prev, new / new.sum(), 3, b, 0.0, 1e-3 / 3)
+            row, _ = greedy_moves(prev, new / new.sum(), 3, b, 0.0, 1e-3 / 3, 0.5)
             got = metrics.max_rank_load(Placement(row[None], 7, 3), new[None])[0]
             gaps[b].append(got / best - 1)
     print(

@@ -232,7 +232,7 @@ def _moved(expert, before):
 
 
 @njit(cache=True, nogil=True)
-def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau):
+def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau_min, tau_share):
     """Improve ``prev_row`` move by move, best marginal gain per moved slot first.
 
     A move rewrites one slot to another expert or swaps two slots between ranks; it costs the
@@ -243,8 +243,12 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau):
     best drop per slot is below a quarter of ``move_cost`` (PAR): at the budget the walk goes on
     with free moves, re-using slots it moved early for what later moves showed they are best
     for. It returns the walk's prefix with the least ``PAR + move_cost * moved slots`` (a dip
-    before a large gain is walked through). ``w [E]``: the load the moves are judged on. Returns
-    ``(row [P] int64, moved slots)``.
+    before a large gain is walked through). ``w [E]``: the load the moves are judged on.
+
+    The smooth peak's temperature is ``max(tau_min, tau_share * (peak - mean))``: far from
+    balance, lowering the group of ranks near the peak is progress even where the single
+    largest stays (a step the exact maximum would not see, so the walk would spend slots on the
+    peak alone); near balance it is the peak itself. Returns ``(row [P] int64, moved slots)``.
     """
     E = w.shape[0]
     D = num_ranks
@@ -271,6 +275,7 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau):
         for r in range(1, D):
             if loads[r] > loads[a]:
                 a = r
+        tau = max(tau_min, tau_share * (loads[a] - mean))
         # The smooth peak is tau * log(Z) above the peak; a move changes the terms of its ranks
         # only, so a candidate costs the ranks it touches, not all D.
         ex = np.exp((loads - loads[a]) / tau)

@@ -22,7 +22,7 @@ def test_one_rewrite_splits_the_hot_expert():
     # replica of expert 0 (it keeps one on r0) to expert 1 gives r0 = 1 + 5, r1 = 1 + 5: PAR 1.
     prev = np.array([0, 1, 2, 0])
     w = np.array([1.0, 10.0, 1.0])
-    row, moved = greedy_moves(prev, w, 2, 4, 0.0, 1e-3)
+    row, moved = greedy_moves(prev, w, 2, 4, 0.0, 1e-3, 0.5)
     assert (row.tolist(), moved) == ([0, 1, 2, 1], 1)
     assert _par(row, w, 2) == pytest.approx(1.0)
 
@@ -31,20 +31,20 @@ def test_a_swap_when_no_rewrite_is_possible():
     # P = E: no expert has a second replica, so only swaps move load. [8, 8 | 1, 1] -> 9 | 9.
     prev = np.array([0, 1, 2, 3])
     w = np.array([8.0, 8.0, 1.0, 1.0])
-    row, moved = greedy_moves(prev, w, 2, 4, 0.0, 1e-3)
+    row, moved = greedy_moves(prev, w, 2, 4, 0.0, 1e-3, 0.5)
     assert moved == 2
     assert _par(row, w, 2) == pytest.approx(1.0)
-    assert greedy_moves(prev, w, 2, 1, 0.0, 1e-3)[1] == 0  # a swap needs a budget of two
+    assert greedy_moves(prev, w, 2, 1, 0.0, 1e-3, 0.5)[1] == 0  # a swap needs a budget of two
 
 
 def test_moves_that_do_not_pay_are_not_taken():
     prev = np.array([0, 1, 2, 0])
     w = np.array([1.0, 10.0, 1.0])
     # The rewrite lowers PAR by 10.5 / 6 - 1 = 0.75: a cost above that keeps the slots.
-    row, moved = greedy_moves(prev, w, 2, 4, 0.8, 1e-3)
+    row, moved = greedy_moves(prev, w, 2, 4, 0.8, 1e-3, 0.5)
     assert (row.tolist(), moved) == (prev.tolist(), 0)
-    assert greedy_moves(prev, w, 2, 4, 0.7, 1e-3)[1] == 1
-    assert greedy_moves(prev, np.zeros(3), 2, 4, 0.0, 1e-3)[1] == 0
+    assert greedy_moves(prev, w, 2, 4, 0.7, 1e-3, 0.5)[1] == 1
+    assert greedy_moves(prev, np.zeros(3), 2, 4, 0.0, 1e-3, 0.5)[1] == 0
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -58,7 +58,7 @@ def test_valid_within_budget_and_never_costlier(seed):
     w /= w.sum()
     budget = int(rng.integers(0, D * S + 1))
     cost = float(rng.choice([0.0, 1e-4, 1e-2]))
-    row, moved = greedy_moves(prev, w, D, budget, cost, 1e-3 / D)
+    row, moved = greedy_moves(prev, w, D, budget, cost, 1e-3 / D, 0.5)
     Placement(row[None], E, D)  # valid: every expert placed, no duplicate on a rank
     assert moved == int((row != prev).sum()) <= budget
     assert _par(row, w, D) + cost * moved <= _par(prev, w, D) + 1e-12
@@ -73,7 +73,7 @@ def test_never_below_the_exact_optimum_with_the_same_budget(seed):
     prev_row = prev.phy2log[0].astype(np.int64)
     for budget in (1, 2, 3):
         best, _ = bounds.exact_min_max(w, topo, previous=prev_row, max_moves=budget)
-        row, moved = greedy_moves(prev_row, w, 3, budget, 0.0, 1e-3)
+        row, moved = greedy_moves(prev_row, w, 3, budget, 0.0, 1e-3, 0.5)
         counts = np.bincount(row, minlength=5)
         peak = (w[row] / counts[row]).reshape(3, 2).sum(axis=1).max()
         assert peak >= best - 1e-6
