@@ -8,6 +8,8 @@ Run: ``PYTHONPATH=. taskset -c 0 python -m pytest benchmarks/bench_policies.py
   numba kernels, building the ``Placement``), on the summed prefill load and on 16 episodes
   (each of the four prefill workloads sampled four times, 200,000 tokens a layer, seeded);
   ``deepseek`` and ``flashlb`` alongside the default policy, in the same process.
+* ``test_plan_unseen``: the default policy with and without ``unseen=1`` on the four prefill
+  workloads as episodes (where it acts) and on the 16 episodes (where it is mostly noise).
 * ``test_replan``: the default policy with a previous placement (fitted on 16 episodes, re-plan
   on ``prefill_in512``).
 * ``test_cold_start``: a fresh interpreter with ``NUMBA_CACHE_DIR`` pointed at an empty
@@ -79,7 +81,10 @@ def episodes16() -> np.ndarray:
 def loads() -> dict[str, np.ndarray]:
     warm_up([DEFAULT, "deepseek", "flashlb"])
     summed = sum(traces.deepseek_v3(w, moe_only=True) for w in traces.DEEPSEEK_V3_WORKLOADS)
-    return {"summed": summed, "16 episodes": episodes16()}
+    workloads = np.concatenate(
+        [traces.deepseek_v3(w, moe_only=True) for w in traces.DEEPSEEK_V3_WORKLOADS]
+    )
+    return {"summed": summed, "16 episodes": episodes16(), "4 workloads": workloads}
 
 
 @pytest.mark.parametrize("kind", ["summed", "16 episodes"])
@@ -89,6 +94,17 @@ def test_plan(benchmark, loads, policy, kind):
     placement = benchmark.pedantic(plan, args=(policy, load, TOPO), rounds=3, iterations=1)
     benchmark.extra_info.update(
         par_mean=round(float(np.nanmean(metrics.par(placement, load.sum(0)))), 5)
+    )
+    assert placement.num_layers == 58
+
+
+@pytest.mark.parametrize("kind", ["4 workloads", "16 episodes"])
+@pytest.mark.parametrize("unseen", [0.0, 1.0])
+def test_plan_unseen(benchmark, loads, kind, unseen):
+    load = loads[kind]
+    options = {"unseen": unseen}
+    placement = benchmark.pedantic(
+        plan, args=(DEFAULT, load, TOPO), kwargs={"options": options}, rounds=3, iterations=1
     )
     assert placement.num_layers == 58
 

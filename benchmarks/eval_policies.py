@@ -1,6 +1,7 @@
 """Evaluation harness of the balancing policies on the traces the repository ships.
 
     PYTHONPATH=. python benchmarks/eval_policies.py [--policies a,b,...] [--sections ...]
+        [--option equilibrium.unseen=1 ...]  # an option of a policy (repeatable)
 
 Prints markdown tables:
 
@@ -35,11 +36,22 @@ import numpy as np
 
 from benchmarks import traces
 from eplb_rt import planning
-from eplb_rt.algorithms import bounds, metrics, plan, policy_names, warm_up
+from eplb_rt.algorithms import bounds, metrics, policy_names, warm_up
+from eplb_rt.algorithms import plan as plan_policy
+from eplb_rt.commands.simulate import parse_policy_options
 from eplb_rt.placement import Placement, Topology
 
 DS = traces.DEEPSEEK_V3_WORKLOADS
 OLMOE_DOMAINS = ("arxiv", "book", "c4", "github", "tulu", "wikipedia")
+
+OPTIONS: dict[str, dict] = {}
+"""``{policy: {key: value}}`` from ``--option``: under every plan of that policy."""
+
+
+def plan(name: str, load, topology: Topology, previous=None, options=None):
+    """:func:`eplb_rt.algorithms.plan` with :data:`OPTIONS` of ``name`` under ``options``."""
+    merged = {**OPTIONS.get(name, {}), **(options or {})}
+    return plan_policy(name, load, topology, previous=previous, options=merged or None)
 
 
 def _par(p, load) -> float:
@@ -169,7 +181,13 @@ def adapting(names):
             pars.append(_par(p, loads[i][0]))
             moved.append(p.moved_fraction(prev))
             d = planning.decide(
-                loads[i], prev, topo, n, None, cost=planning.CostModel(), horizon=len(loads[i])
+                loads[i],
+                prev,
+                topo,
+                n,
+                OPTIONS.get(n),
+                cost=planning.CostModel(),
+                horizon=len(loads[i]),
             )
             piped.append(_par(d.placement, loads[i][0]))
             piped_moved.append(d.placement.moved_fraction(prev))
@@ -288,7 +306,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policies", default=",".join(policy_names()))
     parser.add_argument("--sections", default="time,toy,in,out,sampled,adapt,frontier,cycles,exact")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="POLICY.KEY=VALUE",
+        help="an option of a policy (repeatable, as `eplb-rt simulate --option`)",
+    )
     args = parser.parse_args()
+    OPTIONS.update(parse_policy_options(args.option))
     names = args.policies.split(",")
     sections = args.sections.split(",")
     if "time" in sections:

@@ -10,7 +10,10 @@ Per layer (the search kernels are numba, no GIL):
    push covers workloads a little outside that hull. Where part of the episodes' spread is
    sampling noise (:func:`signal_fraction`), that part of the weight goes to the summed counts:
    the load the episodes share is then estimated from them and scored as one more episode, so
-   planning for noise does not give away the fit to what repeats.
+   planning for noise does not give away the fit to what repeats. With ``unseen`` (off by
+   default), distinct workloads also plan for what none of them shows: each held out in turn,
+   the part of its deviation outside the others' span (:func:`unseen_axes`) gives more scored
+   episodes, the mean moved both ways along that part's axes.
 2. **Construct + local search** on the mean load: min-max allotment, LPT placement, pairwise
    swaps and a neighbour search over replica counts; then swaps scored on every episode's peak.
 3. **Shares** (``shares=True``; off by default: shares fitted to past load lose out of sample):
@@ -52,6 +55,14 @@ any share from 0.1 to 1 on DeepSeek-V3 and ESFT: BENCHMARKS §3)."""
 
 _NO_COV = np.zeros((1, 1))
 
+_RANK_TOL = 1e-9
+"""Singular values under this fraction of the episodes' largest are rounding, not a direction."""
+
+_TINY = 1e-300
+
+_UNSEEN_SIGNAL = 0.5
+"""Plan for what no episode shows only where most of it is not sampling noise."""
+
 _NOISE_FLOOR = 0.01
 """Sampling noise under this share of the episodes' spread is taken as none."""
 
@@ -67,6 +78,9 @@ class EquilibriumOptions(Options):
         count_tol: the count search stops once the PAR is within this of 1.
         spread: plan for deviations from the mean ``spread`` times those seen (allotment at
             ``mean + spread * std``; the swaps' episodes pushed that far from the mean).
+        unseen: weight (one episode's = 1) of more scored episodes: the mean moved both ways
+            along :func:`unseen_axes`, the part of a workload's deviation that the others do
+            not span. Only where the episodes are distinct workloads (no sampling noise seen).
         share_rewrites: slots that may be rewritten to open a bottleneck for the shares.
         move_cost: with a previous placement: PAR that one moved slot on every rank (one
             expert's transfer time) must buy; a single slot pays ``move_cost / D``.
@@ -79,6 +93,7 @@ class EquilibriumOptions(Options):
     count_width: int = option(3, low=1)
     count_tol: float = option(0.002, low=0)
     spread: float = option(2.0, low=0)
+    unseen: float = option(0.0, low=0)
     share_rewrites: int = option(8, low=0)
     move_cost: float = option(0.01, low=0)
     max_moved_fraction: float = option(1.0, low=0, high=1)
@@ -92,27 +107,92 @@ def _layer_par(row: np.ndarray, w: np.ndarray, topo: Topology, shares: bool) -> 
     return min_max_rank_load(row, w, D, topo.num_slots_per_rank)[0] * D / total
 
 
+def sampling_noise(W: np.ndarray, volume: np.ndarray | None) -> float:
+    """The squared distance sampling alone puts between an episode and its workload's shares.
+
+    ``W [K, E] float64``: episodes scaled to sum 1; ``volume [K] float64``: the counts each was
+    summed from, or ``None`` when the load is not counts (its noise is unknown: 0). ``N`` counts
+    drawn one by one put a variance of ``w (1 - w) / N`` on an expert's share ``w`` (top-k
+    routing never draws an expert twice for a token, so this bounds the noise from above).
+    """
+    if volume is None:
+        return 0.0
+    w = W.mean(axis=0)
+    return float((w * (1.0 - w)).sum() * np.mean(1.0 / np.maximum(volume, 1.0)))
+
+
 def signal_fraction(W: np.ndarray, volume: np.ndarray | None) -> float:
     """The share of the episodes' spread around their mean that is not sampling noise, in [0, 1].
 
-    ``W [K, E] float64``: episodes scaled to sum 1; ``volume [K] float64``: the counts each was
-    summed from, or ``None`` when the load is not counts (its noise is unknown: 1). ``N`` counts
-    drawn one by one put a variance of ``w (1 - w) / N`` on an expert's share ``w`` (top-k
-    routing never draws an expert twice for a token, so this bounds the noise from above).
+    Arguments as :func:`sampling_noise`; unknown noise, or one episode: 1.
     """
     K = W.shape[0]
     if K < 2 or volume is None:
         return 1.0
     w = W.mean(axis=0)
     spread = ((W - w) ** 2).sum(axis=1).mean()
-    noise = (w * (1.0 - w)).sum() * np.mean(1.0 / np.maximum(volume, 1.0))
+    noise = sampling_noise(W, volume)
     if spread <= 0.0 or noise < _NOISE_FLOOR * spread:
         return 1.0
     return float(max(1.0 - noise / spread, 0.0))
 
 
+def unseen_axes(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What each episode of ``W [K, E] float64`` (``K >= 2``) shows that the others do not.
+
+    Each episode is held out in turn: its deviation from the others' mean, less its projection
+    on the span of their deviations, is what a workload not among them would have added. A plan
+    fitted to the episodes (even pushed from their mean) is blind to that part. Returns the
+    principal axes of these residuals, ``[r, E] float64`` (each scaled to the root mean square
+    of the residuals along it; signs arbitrary), and ``[r] float64``, each axis's share of the
+    residuals' energy (summing to 1; ``r = 0`` when every episode lies in the others' span).
+    """
+    K = W.shape[0]
+    # Everything happens in the span of the episodes: their coordinates C [K, K] in an
+    # orthonormal basis of it, so each hold-out costs a K x K decomposition, not K x E.
+    _, scale, basis = np.linalg.svd(W, full_matrices=False)
+    # Directions shorter than this, against the episodes themselves, are rounding.
+    tol = _RANK_TOL * max(scale[0], _TINY)
+    C = W @ basis.T
+    residuals = np.empty_like(C)
+    for i in range(K):
+        others = np.delete(C, i, axis=0)
+        centre = others.mean(axis=0)
+        d = C[i] - centre
+        _, sv, vt = np.linalg.svd(others - centre, full_matrices=False)
+        span = vt[sv > tol]
+        residuals[i] = d - span.T @ (span @ d)
+    _, sv, vt = np.linalg.svd(residuals, full_matrices=False)
+    keep = sv > tol
+    energy = sv[keep] ** 2
+    axes = sv[keep, None] / np.sqrt(K) * (vt[keep] @ basis)
+    return axes, energy / max(energy.sum(), _TINY)
+
+
+def _unseen_episodes(W: np.ndarray, w: np.ndarray, noise: float, weight: float) -> np.ndarray:
+    """``[2r, E]``: the mean ``w`` moved both ways along each of :func:`unseen_axes`, scaled to
+    sum 1 and weighed ``weight`` times the axis's share and the part of the unseen deviation
+    that is not sampling noise; none (``r = 0``) when that part is mostly noise: the episodes
+    are draws of workloads that they all show, and more noise to plan for adds nothing."""
+    K = W.shape[0]
+    axes, share = unseen_axes(W)
+    # A held-out episode's residual carries its own noise and that of the others' mean.
+    energy = (axes**2).sum()
+    seen = 1.0 - noise * K / (K - 1) / energy if energy > 0 else 0.0
+    if seen < _UNSEEN_SIGNAL:
+        return np.empty((0, W.shape[1]))
+    ends = normalise(np.maximum(np.vstack([w + axes, w - axes]), 0.0))
+    return weight * seen * np.tile(share, 2)[:, None] * ends
+
+
 def _fresh_row(
-    W: np.ndarray, w: np.ndarray, topo: Topology, opts: EquilibriumOptions, signal: float
+    W: np.ndarray,
+    w: np.ndarray,
+    topo: Topology,
+    opts: EquilibriumOptions,
+    *,
+    signal: float,
+    noise: float,
 ) -> np.ndarray:
     D, S = topo.num_ranks, topo.num_slots_per_rank
     # Replicas for the load an expert may reach, not only its mean: mean + spread * std.
@@ -133,6 +213,8 @@ def _fresh_row(
             # what repeats counts as much as the noise planned for.
             weight = opts.spread * (1.0 - signal) * W.shape[0]
             V = np.vstack([V, weight * w[None, :]])
+        elif opts.unseen > 0:
+            V = np.vstack([V, _unseen_episodes(W, w, noise, opts.unseen)])
         swap_search(row, V, counts, D, 4 * topo.num_slots, 1e-3, 0.0)
     if opts.shares and opts.share_rewrites:
         total = w.sum()
@@ -169,11 +251,12 @@ def equilibrium(layer: Layer, topo: Topology, opts: EquilibriumOptions):
     """One layer; returns ``row [P] int64`` or ``(row, share [P])`` with ``shares``."""
     D, S = topo.num_ranks, topo.num_slots_per_rank
     W, now, prev = layer.episodes, layer.load, layer.previous
-    signal = signal_fraction(W, layer.tokens.sum(axis=1) if layer.counts else None)
+    volume = layer.tokens.sum(axis=1) if layer.counts else None
+    signal = signal_fraction(W, volume)
     # Distinct workloads weigh the same (the mean of the episodes); episodes that differ by
     # noise only are one workload, best estimated by the summed counts.
     w = np.ascontiguousarray(signal * W.mean(axis=0) + (1.0 - signal) * now)
-    row = _fresh_row(W, w, topo, opts, signal)
+    row = _fresh_row(W, w, topo, opts, signal=signal, noise=sampling_noise(W, volume))
     if prev is not None:
         budget = int(opts.max_moved_fraction * topo.num_slots)
         fresh, _ = align_row(row, prev, D, w.shape[0])

@@ -1,0 +1,91 @@
+"""``equilibrium``'s ``unseen`` episodes: what each workload shows that the others do not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks import traces
+from eplb_rt.algorithms import metrics, plan, warm_up
+from eplb_rt.algorithms.equilibrium import unseen_axes
+from eplb_rt.algorithms.load import normalise
+from eplb_rt.placement import Topology
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compiled():
+    warm_up(["equilibrium"])
+
+
+def test_golden_three_workloads_each_on_its_own_expert():
+    """Workload i adds ``delta`` to expert i's share. Held out, workload i deviates from the
+    others' mean by ``delta (e_i - (e_j + e_k) / 2)``, orthogonal to the others' one deviation
+    ``e_j - e_k``: all of it is unseen. These residuals, ``delta (1.5 I - 0.5)``, span the plane
+    orthogonal to ``(1, 1, 1)`` with singular values ``1.5 delta`` twice."""
+    delta = 0.1
+    W = np.full((3, 3), (1 - delta) / 3) + delta * np.eye(3)
+    axes, share = unseen_axes(W)
+    np.testing.assert_allclose(share, [0.5, 0.5])
+    np.testing.assert_allclose((axes**2).sum(axis=1), [0.75 * delta**2] * 2)
+    np.testing.assert_allclose(axes @ np.ones(3), [0.0, 0.0], atol=1e-15)
+    np.testing.assert_allclose(axes[0] @ axes[1], 0.0, atol=1e-15)
+
+
+def test_workloads_on_one_line_show_nothing_unseen():
+    rng = np.random.default_rng(0)
+    w = normalise(rng.random(16) + 0.5)
+    v = rng.normal(size=16)
+    v -= v.mean()
+    W = w + 0.01 * np.array([-1.0, 0.3, 0.5, 1.2])[:, None] * v
+    axes, share = unseen_axes(W)
+    assert axes.shape == (0, 16)
+    assert share.shape == (0,)
+
+
+def test_two_workloads_show_all_of_their_difference():
+    rng = np.random.default_rng(1)
+    W = normalise(rng.random((2, 9)))
+    axes, share = unseen_axes(W)
+    np.testing.assert_allclose(share, [1.0])
+    # Each held out, its whole deviation from the other is unseen: root mean square |W1 - W0|.
+    d = W[1] - W[0]
+    np.testing.assert_allclose(np.abs(axes[0] @ d), d @ d)
+
+
+@pytest.mark.parametrize("K", [2, 3, 5, 16])
+def test_axes_keep_the_total_and_are_orthogonal(K):
+    rng = np.random.default_rng(K)
+    W = normalise(rng.pareto(1.2, (K, 40)) + 0.01)
+    axes, share = unseen_axes(W)
+    assert 1 <= axes.shape[0] <= K
+    np.testing.assert_allclose(axes.sum(axis=1), 0.0, atol=1e-15)
+    gram = axes @ axes.T
+    np.testing.assert_allclose(gram - np.diag(np.diag(gram)), 0.0, atol=1e-15)
+    np.testing.assert_allclose(share.sum(), 1.0)
+    assert (np.diff(share) <= 1e-15).all()
+
+
+def test_draws_of_seen_workloads_plan_as_without():
+    """Episodes that are draws of workloads they all show: the unseen part is sampling noise,
+    and the option leaves the plan as it was."""
+    rng = np.random.default_rng(2)
+    shares = normalise(rng.pareto(1.2, (2, 2, 48)) + 0.05)
+    load = np.concatenate([traces.sample_tokens(s, 4, 20_000, rng) for s in shares])
+    topo = Topology(8, 7)
+    assert plan("equilibrium", load, topo, options={"unseen": 1.0}) == plan(
+        "equilibrium", load, topo
+    )
+
+
+def test_held_out_prefill_workload_gains():
+    """DeepSeek-V3 prefill, planned on three workloads, scored on the fourth (issue 10): the
+    unseen episodes lower the mean PAR (BENCHMARKS.md, section 3)."""
+    loads = [traces.deepseek_v3(w, moe_only=True)[:, :12] for w in traces.DEEPSEEK_V3_WORKLOADS]
+    topo = Topology(32, 9)
+    par = {0.0: [], 1.0: []}
+    for i, test in enumerate(loads):
+        train = np.concatenate([x for j, x in enumerate(loads) if j != i])
+        for u, pars in par.items():
+            p = plan("equilibrium", train, topo, options={"unseen": u})
+            pars.append(np.mean(metrics.par(p, test[0])))
+    assert np.mean(par[1.0]) < np.mean(par[0.0])
