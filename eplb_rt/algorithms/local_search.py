@@ -24,17 +24,21 @@ def _swap(row, holds, p, q):
 
 
 @njit(cache=True, nogil=True)
-def _top2(loads, k, skip):
-    """Episode ``k`` of ``loads [D, K]`` over the ranks but ``skip``: the largest load's rank and
-    value, and the second largest value (-inf where there is none)."""
-    i1, v1, v2 = -1, -np.inf, -np.inf
+def _top3(loads, k, top_rank, top_load):
+    """Episode ``k`` of ``loads [D, K]``: the three largest loads into ``top_load[k]`` and their
+    ranks into ``top_rank[k]`` (the lower rank first on ties; -inf and -1 where ``D < 3``)."""
+    i1 = i2 = i3 = -1
+    v1 = v2 = v3 = -np.inf
     for r in range(loads.shape[0]):
         v = loads[r, k]
-        if r != skip and v > v1:
-            i1, v1, v2 = r, v, v1
-        elif r != skip and v > v2:
-            v2 = v
-    return i1, v1, v2
+        if v > v1:
+            i1, v1, i2, v2, i3, v3 = r, v, i1, v1, i2, v2
+        elif v > v2:
+            i2, v2, i3, v3 = r, v, i2, v2
+        elif v > v3:
+            i3, v3 = r, v
+    top_rank[k, 0], top_rank[k, 1], top_rank[k, 2] = i1, i2, i3
+    top_load[k, 0], top_load[k, 1], top_load[k, 2] = v1, v2, v3
 
 
 @njit(cache=True, nogil=True)
@@ -42,32 +46,60 @@ def _pair_episodes(loads, a, b, rest1, idx1, rest2, scale, order, la, lb, top, t
     """Episodes of the pair of ranks ``(a, b)`` in the order :func:`swap_search` scores a swap in.
 
     First come those where ``a`` or ``b`` is above every other rank, the only ones where a swap
-    can lower the peak; returns how many. ``order [K]`` gets the episodes, ``la``, ``lb``, ``top``
-    the pair's loads and the other ranks' peak in that order (``rest1``, ``idx1``, ``rest2``: as
-    in :func:`swap_search`), ``tail [K + 1]``: the most that episodes ``j..K-1`` can add to a
-    swap's gain (the peak term is at most 0 there, the tie term at most
-    ``scale * (la - lb)^2 / 4``)."""
-    K = order.shape[0]
+    can lower the peak; returns how many. Row ``b`` of ``order [D, K]`` gets the episodes, of
+    ``la``, ``lb``, ``top`` the pair's loads and the other ranks' peak in that order (``rest1``,
+    ``idx1``, ``rest2``: as in :func:`swap_search`), of ``tail [D, K + 1]`` the most that
+    episodes ``j..K-1`` can add to a swap's gain (the peak term is at most 0 there, the tie term
+    at most ``scale * (la - lb)^2 / 4``)."""
+    K = order.shape[1]
     n = 0
     for k in range(K):
         rest = rest1[k] if idx1[k] != b else rest2[k]
         if max(loads[a, k], loads[b, k]) > rest:
-            order[n] = k
+            order[b, n] = k
             n += 1
     m = n
     for k in range(K):
         rest = rest1[k] if idx1[k] != b else rest2[k]
         if max(loads[a, k], loads[b, k]) <= rest:
-            order[m] = k
+            order[b, m] = k
             m += 1
-    tail[K] = 0.0
+    tail[b, K] = 0.0
     for j in range(K - 1, -1, -1):
-        k = order[j]
-        la[j] = loads[a, k]
-        lb[j] = loads[b, k]
-        top[j] = rest1[k] if idx1[k] != b else rest2[k]
-        tail[j] = tail[j + 1] + 0.25 * scale * (la[j] - lb[j]) * (la[j] - lb[j])
+        k = order[b, j]
+        la[b, j] = loads[a, k]
+        lb[b, j] = loads[b, k]
+        top[b, j] = rest1[k] if idx1[k] != b else rest2[k]
+        tail[b, j] = tail[b, j + 1] + 0.25 * scale * (la[b, j] - lb[b, j]) * (la[b, j] - lb[b, j])
     return n
+
+
+@njit(cache=True, nogil=True)
+def _rest_gain(per, x, y, scale, gain, b, n_pos, order, ea, eb, top, tail, best):
+    """``gain``, a swap's gain on the first ``n_pos`` of the pair's episodes (row ``b`` of the
+    arrays :func:`_pair_episodes` fills), completed on the others, or -inf as soon as they
+    cannot reach ``best``."""
+    for j in range(n_pos, order.shape[1]):
+        k = order[b, j]
+        d = per[x, k] - per[y, k]
+        gain += top[b, j] - max(ea[b, j] - d, eb[b, j] + d, top[b, j])
+        gain += scale * d * (ea[b, j] - eb[b, j] - d)
+        if gain + tail[b, j + 1] < best:
+            return -np.inf
+    return gain
+
+
+@njit(cache=True, nogil=True)
+def _first_at_least(sorted_load, k, value):
+    """The first position in ``sorted_load[k]`` (ascending) whose value is at least ``value``."""
+    lo, hi = 0, sorted_load.shape[1]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if sorted_load[k, mid] >= value:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 @njit(cache=True, nogil=True)
@@ -80,6 +112,15 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
     first) that has one gaining more than ``min_gain``; at most ``max_rounds``. A rank that had
     none is passed over until a swap changes it, and retried before the search stops, so the
     search still ends where no peak rank has a gaining swap. Returns swaps.
+
+    Finding a rank's best swap: in the episode ``k0`` where rank ``a`` leads most, a swap that
+    moves load ``d`` off ``a`` gains at most ``min(d, la - lb - d, lead)``; every other episode
+    adds at most its part of the pair bound. So for each replica of ``a`` only the experts whose
+    load at ``k0`` lies in a window can win, found by binary search in the experts sorted by
+    load there, and the window shrinks as the best gain grows. A swap still in the window is
+    scored as every swap used to be, episodes where the pair can gain first, so the gains and
+    the swaps taken are those of scoring every pair (up to which of two equal gains comes
+    first). Where ``a`` ties the next rank in all its peak episodes, every pair is scanned.
     """
     K, E = W.shape
     D = num_ranks
@@ -99,24 +140,56 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
     is_peak = np.empty(D, dtype=np.bool_)
     tried = np.empty(D, dtype=np.bool_)
     stuck = np.zeros(D, dtype=np.bool_)  # no swap found for the rank, and it has not changed
+    # Per episode the three largest rank loads and their ranks, kept across swaps.
+    top_rank = np.empty((K, 3), dtype=np.int64)
+    top_load = np.empty((K, 3))
+    for k in range(K):
+        _top3(loads, k, top_rank, top_load)
     rest1 = np.empty(K)  # per episode: max load over ranks other than a ...
     idx1 = np.empty(K, dtype=np.int64)
     rest2 = np.empty(K)  # ... and other than a and idx1
     upper = np.empty(D)
-    order = np.empty(K, dtype=np.int64)  # a pair's episodes: those it can gain on first
-    ea = np.empty(K)  # rank a's, rank b's loads and the peak of the other ranks, in that order
-    eb = np.empty(K)
-    top = np.empty(K)
-    tail = np.empty(K + 1)  # bound on what the episodes from j on can add
+    # Per episode the experts by their replica's load (and those loads), each expert's slots.
+    by_load = np.empty((K, E), dtype=np.int64)
+    sorted_load = np.empty((K, E))
+    for k in range(K):
+        by_load[k] = stable_order(per[:, k])
+        for i in range(E):
+            sorted_load[k, i] = per[by_load[k, i], k]
+    replicas = np.empty((E, counts.max()), dtype=np.int64)
+    filled = np.zeros(E, dtype=np.int64)
+    for p in range(row.shape[0]):
+        replicas[row[p], filled[row[p]]] = p
+        filled[row[p]] += 1
+    # Per rank b at a's episode k0: la - lb, a's lead over the others but a and b, and the bound
+    # on what a swap gains elsewhere; made: the pair's episodes as _pair_episodes gives them
+    # (n_b, o_b, ... tail_b), needed only where b is some episode's idx1.
+    diff = np.empty(D)
+    room = np.empty(D)
+    other = np.empty(D)
+    made = np.empty(D, dtype=np.bool_)
+    tail_rest = np.empty(D)
+    position = np.empty(D, dtype=np.int64)  # a rank's place in the scan of every pair
+    ranked = False
+    special = np.empty(D, dtype=np.bool_)  # the rank is some episode's idx1
+    order_a = np.empty(K, dtype=np.int64)  # the episodes where a is above every other rank
+    ea_a = np.empty(K)
+    top_a = np.empty(K)
+    n_b = np.empty(D, dtype=np.int64)
+    o_b = np.empty((D, K), dtype=np.int64)
+    ea_b = np.empty((D, K))
+    eb_b = np.empty((D, K))
+    top_b = np.empty((D, K))
+    tail_b = np.empty((D, K + 1))
+    lead0 = 0.0
     swaps = 0
     while swaps < max_rounds:
         lead[:] = 0.0
         is_peak[:] = False
         tried[:] = False
         for k in range(K):
-            m, first, second = _top2(loads, k, -1)
-            is_peak[m] = True
-            lead[m] += first - second
+            is_peak[top_rank[k, 0]] = True
+            lead[top_rank[k, 0]] += top_load[k, 0] - top_load[k, 1]
         best_p = -1
         best_q = -1
         while best_p < 0:
@@ -135,20 +208,184 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
             tried[a] = True
             stuck[a] = True
             for k in range(K):
-                idx1[k], rest1[k], rest2[k] = _top2(loads, k, a)
+                # The largest load without rank a, its rank, and the next.
+                i = 1 if top_rank[k, 0] == a else 0
+                j = 1 if top_rank[k, i + 1] == a else 0
+                idx1[k] = top_rank[k, i]
+                rest1[k] = top_load[k, i]
+                rest2[k] = top_load[k, i + j + 1]
             # A swap's gain with rank b is at most this: the pair's new max is at least the mean
             # of the two loads, and d * (la - lb - d) <= (la - lb)^2 / 4. Ranks whose bound
             # cannot beat the best swap so far are skipped without looking at their slots.
             for b in range(D):
                 bound = 0.0
+                rest_tie = 0.0
                 for k in range(K):
                     la = loads[a, k]
                     lb = loads[b, k]
                     rest = rest1[k] if idx1[k] != b else rest2[k]
                     bound += max(la, lb, rest) - max(0.5 * (la + lb), rest)
-                    bound += 0.25 * scale * (la - lb) * (la - lb)
+                    tie = 0.25 * scale * (la - lb) * (la - lb)
+                    bound += tie
+                    if max(la, lb) <= rest:
+                        rest_tie += tie
                 upper[b] = bound
+                # What the episodes where the pair cannot gain may add (a margin for rounding).
+                tail_rest[b] = rest_tie * (1.0 + 1e-12)
             best_gain = floor
+            # The episode where a leads most (see the docstring).
+            k0 = -1
+            for k in range(K):
+                if loads[a, k] > rest1[k] and (k0 < 0 or loads[a, k] - rest1[k] > lead0):
+                    k0 = k
+                    lead0 = loads[a, k] - rest1[k]
+            if k0 >= 0:
+                # Where b is no episode's idx1 the pair can gain only where a is above every
+                # other rank: those episodes first, then the others, with a's loads and the
+                # others' peak, are the same for every such b.
+                n_a = 0
+                for k in range(K):
+                    if loads[a, k] > rest1[k]:
+                        order_a[n_a] = k
+                        n_a += 1
+                m = n_a
+                for k in range(K):
+                    if loads[a, k] <= rest1[k]:
+                        order_a[m] = k
+                        m += 1
+                for j in range(K):
+                    ea_a[j] = loads[a, order_a[j]]
+                    top_a[j] = rest1[order_a[j]]
+                special[:] = False
+                for k in range(K):
+                    special[idx1[k]] = True
+                ranked = False
+                most_other = -np.inf  # largest bound on the other terms, over the ranks b
+                most_reach = -np.inf  # ... plus la - lb at k0
+                la = loads[a, k0]
+                for b in range(D):
+                    lb = loads[b, k0]
+                    rest = rest1[k0] if idx1[k0] != b else rest2[k0]
+                    diff[b] = la - lb
+                    room[b] = la - rest
+                    # Everything but the peak part at k0 (the rounding of the difference
+                    # covered by a margin, so the window never drops a swap that can win).
+                    other[b] = upper[b] - (la - max(0.5 * (la + lb), rest))
+                    other[b] += 1e-12 * (1.0 + abs(upper[b]))
+                    made[b] = False
+                    if b != a:
+                        most_other = max(most_other, other[b])
+                        most_reach = max(most_reach, other[b] + diff[b])
+                for sa in range(S):
+                    x = row[a * S + sa]
+                    px = per[x, k0]
+                    # Experts whose load at k0 is in [px - most_reach + best, px - best +
+                    # most_other], lighter first; the upper end comes down as best_gain grows.
+                    # (A swap that can equal the best gain is scored too: of equal gains the
+                    # search takes the one a scan of every pair takes.)
+                    i = _first_at_least(sorted_load, k0, px - most_reach + best_gain)
+                    while i < E:
+                        y = by_load[k0, i]
+                        d0 = px - sorted_load[k0, i]
+                        if d0 < best_gain - most_other:
+                            break
+                        i += 1
+                        if holds[a, y]:
+                            continue
+                        for r in range(counts[y]):
+                            q = replicas[y, r]
+                            b = q // S
+                            if holds[b, x]:
+                                continue
+                            # b's own window.
+                            if min(d0, diff[b] - d0, room[b]) + other[b] < best_gain:
+                                continue
+                            # First the episodes where the pair can gain, in the order of
+                            # _pair_episodes (so the same sums): where b is no episode's idx1,
+                            # those where a is above every other rank.
+                            if special[b] and not made[b]:
+                                made[b] = True
+                                n_b[b] = _pair_episodes(
+                                    loads,
+                                    a,
+                                    b,
+                                    rest1,
+                                    idx1,
+                                    rest2,
+                                    scale,
+                                    o_b,
+                                    ea_b,
+                                    eb_b,
+                                    top_b,
+                                    tail_b,
+                                )
+                            gain = 0.0
+                            if special[b]:
+                                for j in range(n_b[b]):
+                                    k = o_b[b, j]
+                                    ea_k, eb_k, top_k = ea_b[b, j], eb_b[b, j], top_b[b, j]
+                                    d = per[x, k] - per[y, k]
+                                    gain += max(ea_k, eb_k, top_k) - max(ea_k - d, eb_k + d, top_k)
+                                    gain += scale * d * (ea_k - eb_k - d)
+                            else:
+                                for j in range(n_a):
+                                    k = order_a[j]
+                                    ea_k, eb_k, top_k = ea_a[j], loads[b, k], top_a[j]
+                                    d = per[x, k] - per[y, k]
+                                    gain += max(ea_k, eb_k, top_k) - max(ea_k - d, eb_k + d, top_k)
+                                    gain += scale * d * (ea_k - eb_k - d)
+                            if gain + tail_rest[b] < best_gain:
+                                continue
+                            if special[b]:
+                                gain = _rest_gain(
+                                    per,
+                                    x,
+                                    y,
+                                    scale,
+                                    gain,
+                                    b,
+                                    n_b[b],
+                                    o_b,
+                                    ea_b,
+                                    eb_b,
+                                    top_b,
+                                    tail_b,
+                                    best_gain,
+                                )
+                            else:
+                                # The other episodes in a's order; what they may still add is
+                                # the pair's tie bound less the terms scored (its margin covers
+                                # the rounding of the differences).
+                                rest_bound = tail_rest[b]
+                                for j in range(n_a, K):
+                                    k = order_a[j]
+                                    ea_k, eb_k, top_k = ea_a[j], loads[b, k], top_a[j]
+                                    d = per[x, k] - per[y, k]
+                                    gain += top_k - max(ea_k - d, eb_k + d, top_k)
+                                    gain += scale * d * (ea_k - eb_k - d)
+                                    rest_bound -= 0.25 * scale * (ea_k - eb_k) * (ea_k - eb_k)
+                                    if gain + rest_bound < best_gain:
+                                        gain = -np.inf
+                                        break
+                            if gain < best_gain or (gain == best_gain and best_p < 0):
+                                continue
+                            if gain == best_gain:
+                                # Of equal gains the one scanning every pair meets first: pairs
+                                # by their bound, then the slots of a and of b.
+                                if not ranked:
+                                    ranked = True
+                                    scan = stable_order(-upper)
+                                    for i_b in range(D):
+                                        position[scan[i_b]] = i_b
+                                key = (position[b] * S + sa) * S + q - b * S
+                                p_b = best_q // S
+                                held = (position[p_b] * S + best_p - a * S) * S + best_q - p_b * S
+                                if key >= held:
+                                    continue
+                            best_gain = gain
+                            best_p = a * S + sa
+                            best_q = q
+                continue
             # Most promising ranks first: once a rank's bound is beaten, so are the rest's.
             for b in stable_order(-upper):
                 if b == a:
@@ -156,8 +393,9 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
                 if upper[b] <= best_gain:
                     break
                 n_pos = _pair_episodes(
-                    loads, a, b, rest1, idx1, rest2, scale, order, ea, eb, top, tail
+                    loads, a, b, rest1, idx1, rest2, scale, o_b, ea_b, eb_b, top_b, tail_b
                 )
+                order, ea, eb, top, tail = o_b[b], ea_b[b], eb_b[b], top_b[b], tail_b[b]
                 # A swap is scored where it can gain first; past those episodes every term is
                 # at most its tie part, so most swaps are refuted after an episode or two.
                 for sa in range(S):
@@ -193,8 +431,23 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
             d = per[row[best_p], k] - per[row[best_q], k]
             loads[best_p // S, k] -= d
             loads[best_q // S, k] += d
+        x, y = row[best_p], row[best_q]
+        for r in range(counts[x]):
+            if replicas[x, r] == best_p:
+                replicas[x, r] = best_q
+        for r in range(counts[y]):
+            if replicas[y, r] == best_q:
+                replicas[y, r] = best_p
         _swap(row, holds, best_p, best_q)
-        stuck[best_p // S] = stuck[best_q // S] = False
+        ra, rb = best_p // S, best_q // S
+        stuck[ra] = stuck[rb] = False
+        for k in range(K):
+            # Rescan an episode only where one of the two ranks is or becomes one of the three.
+            changed = max(loads[ra, k], loads[rb, k]) >= top_load[k, 2]
+            for i in range(3):
+                changed |= top_rank[k, i] == ra or top_rank[k, i] == rb
+            if changed:
+                _top3(loads, k, top_rank, top_load)
         swaps += 1
     return swaps
 

@@ -63,6 +63,27 @@ def test_stops_at_a_local_optimum_of_its_objective(seed, tie, shape):
     assert _best_swap_gain(row, W, counts, D, tie) <= 1e-9
 
 
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("shape", [(1, 12, 4, 4), (6, 16, 6, 3), (17, 40, 8, 6)])
+def test_stops_at_a_local_optimum_with_tied_loads(seed, shape):
+    # Small whole-number loads: ranks tie for the peak of an episode, and replicas tie in load,
+    # so the search meets peak ranks that lead nowhere and swaps of equal gain.
+    K, E, D, S = shape
+    rng = np.random.default_rng(seed)
+    W = rng.integers(0, 4, size=(K, E)).astype(np.float64)
+    counts = allot_replicas(W.mean(axis=0), D * S, D)
+    row = rng.permutation(np.repeat(np.arange(E), counts))
+    while any(len(set(r)) < S for r in row.reshape(D, S)):
+        row = rng.permutation(row)
+    start = _objective(row, W, counts, D, 1e-3)
+    swaps = swap_search(row, W, counts, D, 10_000, 1e-3, 0.0)
+    assert swaps < 10_000
+    assert (counts_from_row(row, E) == counts).all()
+    assert all(len(set(r)) == S for r in row.reshape(D, S))
+    assert _objective(row, W, counts, D, 1e-3) <= start + 1e-12
+    assert _best_swap_gain(row, W, counts, D, 1e-3) <= 1e-9
+
+
 def test_no_swap_is_taken_below_min_gain():
     # Ranks {6, 5} = 11 and {3, 2} = 5: swapping 5 and 2 (or 6 and 3) gives 8 | 8, a gain of 3
     # in the peak; a min_gain above it stops the search before the swap.
