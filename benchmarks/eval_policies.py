@@ -227,6 +227,7 @@ def frontier(policy="equilibrium", costs=(1.6e-3, 3.2e-3, 6.4e-3, 0.01, 0.015, 0
 
 def exact_gap(seeds=12, budgets=(1, 2, 4, 6)):
     """Greedy move selection against the MILP optimum with the same move budget."""
+    from eplb_rt.algorithms.equilibrium import _TAU_SHARE
     from eplb_rt.algorithms.local_search import greedy_moves
 
     topo = Topology(3, 3)
@@ -237,7 +238,7 @@ def exact_gap(seeds=12, budgets=(1, 2, 4, 6)):
         prev = plan("deepseek", old[None], topo).phy2log[0].astype(np.int64)
         for b in budgets:
             best, _ = bounds.exact_min_max(new, topo, previous=prev, max_moves=b)
-            row, _ = greedy_moves(prev, new / new.sum(), 3, b, 0.0, 1e-3 / 3, 0.5)
+            row, _ = greedy_moves(prev, new / new.sum(), 3, b, 0.0, 1e-3 / 3, _TAU_SHARE)
             got = metrics.max_rank_load(Placement(row[None], 7, 3), new[None])[0]
             gaps[b].append(got / best - 1)
     print(
