@@ -24,7 +24,11 @@ Prints markdown tables:
 5. re-plan cycles: ESFT requests in windows of 8; plan on window t with the placement of t-1,
    score on window t+1; mean PAR and mean moved fraction per cycle;
 6. wall time of all 58 DeepSeek-V3 layers at 64x5 on one core after warm-up, and warm-up time;
-7. the move selection against the exact optimum with a move budget (MILP) on small layers.
+7. the move selection against the exact optimum with a move budget (MILP) on small layers;
+8. shapes: static out of sample on every trace of distinct workloads, leave-one-out with one
+   episode per workload (as ``bench_peers.py --sections static``), OLMoE, gpt-oss and ESFT at
+   8x9, 16x5, 4x18, 16x6 and 8x12, DeepSeek-V3 at 32x9 and 64x5; mean PAR over layers and folds,
+   and each policy's standard error over them (folds' layers differ by far more than cells).
 """
 
 from __future__ import annotations
@@ -276,6 +280,34 @@ def cycles(names, window=8):
         print(f"| {n} | {np.mean(pars):.4f} | {np.mean(moved):.1%} |")
 
 
+SHAPES = ((8, 9), (16, 5), (4, 18), (16, 6), (8, 12))
+
+
+def shapes(names):
+    """Leave-one-out static PAR on each trace of distinct workloads at several shapes."""
+    cases = {
+        "OLMoE": ([traces.olmoe(domain=d) for d in OLMOE_DOMAINS], SHAPES),
+        "gpt-oss": ([traces.gptoss(s) for s in traces.gptoss_subsets()], SHAPES),
+        "ESFT": ([traces.esft(t) for t in traces.ESFT_TASKS], SHAPES),
+        "DeepSeek-V3": ([deepseek(w) for w in DS], ((32, 9), (64, 5))),
+    }
+    print("\n### Out of sample, static, by shape (leave-one-out, one episode per workload)\n")
+    print("| trace | shape | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for trace, (loads, topos) in cases.items():
+        for d, s in topos:
+            cells = []
+            for n in names:
+                pars = []
+                for i, test in enumerate(loads):
+                    train = np.stack([x.sum(0) for j, x in enumerate(loads) if j != i])
+                    pars.append(metrics.par(plan(n, train, Topology(d, s)), test.sum(0)))
+                par = np.concatenate(pars)
+                par = par[~np.isnan(par)]
+                cells.append(f"{par.mean():.4f} ± {par.std(ddof=1) / np.sqrt(par.size):.4f}")
+            print(f"| {trace} | {d}x{s} | " + " | ".join(cells) + " |")
+
+
 def timing(names, repeats=5):
     print(
         "\n### Time (all 58 DeepSeek-V3 layers at 64x5, one process; median of "
@@ -336,6 +368,8 @@ def main() -> None:
         cycles(names)
     if "exact" in sections:
         exact_gap()
+    if "shapes" in sections:
+        shapes(names)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,12 @@ import pytest
 
 from benchmarks import traces
 from eplb_rt.algorithms import metrics, plan, warm_up
-from eplb_rt.algorithms.equilibrium import unseen_axes
+from eplb_rt.algorithms.equilibrium import (
+    _unseen_episodes,
+    sampling_noise,
+    signal_fraction,
+    unseen_axes,
+)
 from eplb_rt.algorithms.load import normalise
 from eplb_rt.placement import Topology
 
@@ -89,3 +94,30 @@ def test_held_out_prefill_workload_gains():
             p = plan("equilibrium", train, topo, options={"unseen": u})
             pars.append(np.mean(metrics.par(p, test[0])))
     assert np.mean(par[1.0]) < np.mean(par[0.0])
+
+
+def _sum_of_peaks(row: np.ndarray, V: np.ndarray, D: int) -> float:
+    """The swap stage's objective without its tie term: the sum over ``V [K, E]`` of the peak."""
+    counts = np.bincount(row, minlength=V.shape[1])
+    return float((V[:, row] / counts[row]).reshape(V.shape[0], D, -1).sum(axis=2).max(axis=1).sum())
+
+
+@pytest.mark.parametrize("held_out", range(6))
+def test_unseen_episodes_refine_the_seen_plan(held_out):
+    """The unseen episodes only refine the plan the seen ones chose: scored on seen and unseen
+    together, the plan with them is never worse than the plan without. OLMoE at 8x12, one domain
+    held out: searched from the start with them, the plan landed in other local optima, some
+    worse on this objective and far worse on the held-out domain (one layer 1.47 -> 2.13)."""
+    domains = ("arxiv", "book", "c4", "github", "tulu", "wikipedia")
+    train = np.stack([traces.olmoe(domain=d)[0] for i, d in enumerate(domains) if i != held_out])
+    topo = Topology(8, 12)
+    off = plan("equilibrium", train, topo).phy2log
+    on = plan("equilibrium", train, topo, options={"unseen": 1.0}).phy2log
+    for layer in range(train.shape[1]):
+        W = normalise(train[:, layer])
+        volume = train[:, layer].sum(axis=1)
+        assert signal_fraction(W, volume) == 1.0
+        w = W.mean(axis=0)
+        seen = normalise(np.maximum(w + 2.0 * (W - w), 0.0))
+        V = np.vstack([seen, _unseen_episodes(W, w, sampling_noise(W, volume), 1.0)])
+        assert _sum_of_peaks(on[layer], V, 8) <= _sum_of_peaks(off[layer], V, 8) * (1 + 1e-9)
