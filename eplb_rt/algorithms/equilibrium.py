@@ -10,8 +10,8 @@ Per layer (the search kernels are numba, no GIL):
    push covers workloads a little outside that hull. Where part of the episodes' spread is
    sampling noise (:func:`signal_fraction`), that part of the weight goes to the summed counts:
    the load the episodes share is then estimated from them and scored as one more episode, so
-   planning for noise does not give away the fit to what repeats. With ``unseen`` (off by
-   default), distinct workloads also plan for what none of them shows: each held out in turn,
+   planning for noise does not give away the fit to what repeats. With ``unseen`` (weight 1
+   by default), distinct workloads also plan for what none of them shows: each held out in turn,
    the part of its deviation outside the others' span (:func:`unseen_axes`) gives more scored
    episodes, the mean moved both ways along that part's axes; they refine the plan the seen
    episodes chose, by the swaps that pay on both.
@@ -97,7 +97,7 @@ class EquilibriumOptions(Options):
     count_width: int = option(3, low=1)
     count_tol: float = option(0.002, low=0)
     spread: float = option(2.0, low=0)
-    unseen: float = option(0.0, low=0)
+    unseen: float = option(1.0, low=0)
     share_rewrites: int = option(8, low=0)
     move_cost: float = option(0.01, low=0)
     max_moved_fraction: float = option(1.0, low=0, high=1)

@@ -78,7 +78,7 @@ def test_draws_of_seen_workloads_plan_as_without():
     load = np.concatenate([traces.sample_tokens(s, 4, 20_000, rng) for s in shares])
     topo = Topology(8, 7)
     assert plan("equilibrium", load, topo, options={"unseen": 1.0}) == plan(
-        "equilibrium", load, topo
+        "equilibrium", load, topo, options={"unseen": 0.0}
     )
 
 
@@ -111,7 +111,7 @@ def test_unseen_episodes_refine_the_seen_plan(held_out):
     domains = ("arxiv", "book", "c4", "github", "tulu", "wikipedia")
     train = np.stack([traces.olmoe(domain=d)[0] for i, d in enumerate(domains) if i != held_out])
     topo = Topology(8, 12)
-    off = plan("equilibrium", train, topo).phy2log
+    off = plan("equilibrium", train, topo, options={"unseen": 0.0}).phy2log
     on = plan("equilibrium", train, topo, options={"unseen": 1.0}).phy2log
     for layer in range(train.shape[1]):
         W = normalise(train[:, layer])

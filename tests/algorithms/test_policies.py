@@ -72,7 +72,7 @@ def test_valid_on_any_admissible_shape(name, case):
         ("equilibrium", {"shares": True}),
         ("equilibrium", {"move_cost": 0.0, "max_moved_fraction": 0.2}),
         ("equilibrium", {"num_episodes": 1, "spread": 0.0}),
-        ("equilibrium", {"unseen": 1.0}),
+        ("equilibrium", {"unseen": 0.0}),
         ("flashlb", {"depth": 1, "width": 0}),
         ("flashlb", {"depth": 7, "num_episodes": 2}),
         ("swift", {"max_swaps": 0}),
