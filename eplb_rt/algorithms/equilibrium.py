@@ -158,18 +158,35 @@ def unseen_axes(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # Directions shorter than this, against the episodes themselves, are rounding.
     tol = _RANK_TOL * max(scale[0], _TINY)
     C = W @ basis.T
-    residuals = np.empty_like(C)
-    for i in range(K):
-        others = np.delete(C, i, axis=0)
-        centre = others.mean(axis=0)
-        d = C[i] - centre
-        _, sv, vt = np.linalg.svd(others - centre, full_matrices=False)
-        span = vt[sv > tol]
-        residuals[i] = d - span.T @ (span @ d)
+    X = C - C.mean(axis=0)
+    lam, V = np.linalg.eigh(X @ X.T)
+    live = lam > tol * tol
+    if live.sum() == K - 1:
+        # Episodes in general position (the usual case): the dual vectors Y = G^+ X of the
+        # centred episodes (Gram matrix G) have Y_i . (X_j - X_k) = 0 for j, k != i, so Y_i is
+        # normal to the others' span, and d_i = X_i K / (K - 1) meets it with d_i . Y_i = 1:
+        # each residual is Y_i / G^+_ii, with no hold-out decomposed.
+        pinv = (V[:, live] / lam[live]) @ V[:, live].T
+        residuals = (pinv @ X) / np.diag(pinv)[:, None]
+        return _principal_axes(residuals, basis, tol)
+    # All K hold-outs at once: others [K, K - 1, K] (row i: every episode but i).
+    rest = np.arange(K - 1)[None, :]
+    others = C[rest + (rest >= np.arange(K)[:, None])]
+    centre = others.mean(axis=1)
+    d = C - centre
+    _, sv, vt = np.linalg.svd(others - centre[:, None, :], full_matrices=False)
+    span = vt * (sv > tol)[:, :, None]  # [K, K - 1, K]: directions shorter than tol zeroed
+    residuals = d - np.einsum("kjx,kj->kx", span, np.einsum("kjx,kx->kj", span, d))
+    return _principal_axes(residuals, basis, tol)
+
+
+def _principal_axes(residuals: np.ndarray, basis: np.ndarray, tol: float):
+    """Axes ``[r, E]`` and energy shares ``[r]`` of ``residuals [K, K]`` (coordinates in
+    ``basis [K, E]``), as :func:`unseen_axes` returns them."""
     _, sv, vt = np.linalg.svd(residuals, full_matrices=False)
     keep = sv > tol
     energy = sv[keep] ** 2
-    axes = sv[keep, None] / np.sqrt(K) * (vt[keep] @ basis)
+    axes = sv[keep, None] / np.sqrt(residuals.shape[0]) * (vt[keep] @ basis)
     return axes, energy / max(energy.sum(), _TINY)
 
 
