@@ -52,7 +52,6 @@ from tests.integrations.peers import open_peer
 Planner = Callable[[np.ndarray, Topology, "np.ndarray | None"], np.ndarray]
 """``(load [T, L, E], topology, phy2log in force [L, P] or None) -> phy2log [L, P]``."""
 
-OLMOE_DOMAINS = ("arxiv", "book", "c4", "github", "tulu", "wikipedia")
 SHAPES = ((32, 9), (64, 5))
 
 
@@ -63,7 +62,7 @@ def workloads() -> dict[str, tuple[list[np.ndarray], Topology]]:
         "DeepSeek-V3 64x5": (_ds(), Topology(64, 5)),
         "ESFT 8x9": ([traces.esft(t) for t in traces.ESFT_TASKS], Topology(8, 9)),
         "gpt-oss 8x5": ([traces.gptoss(s) for s in traces.gptoss_subsets()], Topology(8, 5)),
-        "OLMoE 8x9": ([traces.olmoe(domain=d) for d in OLMOE_DOMAINS], Topology(8, 9)),
+        "OLMoE 8x9": ([traces.olmoe(domain=d) for d in traces.OLMOE_DOMAINS], Topology(8, 9)),
     }
 
 
@@ -171,13 +170,6 @@ def score(phy2log: np.ndarray, load: np.ndarray, topology: Topology) -> float:
     return float(np.nanmean(metrics.par(table, load.sum(0))))
 
 
-def leave_one_out(loads: list[np.ndarray]):
-    """``(train [k-1, L, E] one episode per workload, test [1, L, E])`` per fold."""
-    for i, test in enumerate(loads):
-        train = [w.sum(0) for j, w in enumerate(loads) if j != i]
-        yield np.stack(train), test
-
-
 def section_time(found, repeat: int) -> None:
     load = np.concatenate(_ds())
     print("\n### Plan time per call, DeepSeek-V3 58 layers, 4 episodes, 1 thread (ms CPU)\n")
@@ -212,7 +204,8 @@ def section_par(found, static: bool) -> dict:
         row = []
         for case, (loads, topo) in cases.items():
             if static:
-                pars = [score(run(tr, topo, None), te, topo) for tr, te in leave_one_out(loads)]
+                folds = traces.leave_one_out(loads)
+                pars = [score(run(tr, topo, None), te, topo) for tr, te in folds]
             else:
                 pars = [score(run(w, topo, None), w, topo) for w in loads]
             table[name, case] = float(np.mean(pars))
@@ -230,7 +223,7 @@ def section_adapt(found) -> None:
         row = []
         for loads, topo in cases.values():
             pars, moved = [], []
-            for train, test in leave_one_out(loads):
+            for train, test in traces.leave_one_out(loads):
                 before = run(train, topo, None)
                 after = run(test, topo, before)
                 pars.append(score(after, test, topo))

@@ -80,10 +80,10 @@ def episodes16() -> np.ndarray:
 @pytest.fixture(scope="module")
 def loads() -> dict[str, np.ndarray]:
     warm_up([DEFAULT, "deepseek", "flashlb"])
-    summed = sum(traces.deepseek_v3(w, moe_only=True) for w in traces.DEEPSEEK_V3_WORKLOADS)
     workloads = np.concatenate(
         [traces.deepseek_v3(w, moe_only=True) for w in traces.DEEPSEEK_V3_WORKLOADS]
     )
+    summed = workloads.sum(axis=0, keepdims=True)
     return {"summed": summed, "16 episodes": episodes16(), "4 workloads": workloads}
 
 

@@ -46,7 +46,6 @@ from eplb_rt.commands.simulate import parse_policy_options
 from eplb_rt.placement import Placement, Topology
 
 DS = traces.DEEPSEEK_V3_WORKLOADS
-OLMOE_DOMAINS = ("arxiv", "book", "c4", "github", "tulu", "wikipedia")
 
 OPTIONS: dict[str, dict] = {}
 """``{policy: {key: value}}`` from ``--option``: under every plan of that policy."""
@@ -103,7 +102,7 @@ def in_sample(names):
         olmoe = np.mean(
             [
                 _par(plan(n, traces.olmoe(domain=d), Topology(8, 9)), traces.olmoe(domain=d)[0])
-                for d in OLMOE_DOMAINS
+                for d in traces.OLMOE_DOMAINS
             ]
         )
         rows[n] = [ds32, ds64, esft, gpt, olmoe]
@@ -286,7 +285,7 @@ SHAPES = ((8, 9), (16, 5), (4, 18), (16, 6), (8, 12))
 def shapes(names):
     """Leave-one-out static PAR on each trace of distinct workloads at several shapes."""
     cases = {
-        "OLMoE": ([traces.olmoe(domain=d) for d in OLMOE_DOMAINS], SHAPES),
+        "OLMoE": ([traces.olmoe(domain=d) for d in traces.OLMOE_DOMAINS], SHAPES),
         "gpt-oss": ([traces.gptoss(s) for s in traces.gptoss_subsets()], SHAPES),
         "ESFT": ([traces.esft(t) for t in traces.ESFT_TASKS], SHAPES),
         "DeepSeek-V3": ([deepseek(w) for w in DS], ((32, 9), (64, 5))),
@@ -298,10 +297,10 @@ def shapes(names):
         for d, s in topos:
             cells = []
             for n in names:
-                pars = []
-                for i, test in enumerate(loads):
-                    train = np.stack([x.sum(0) for j, x in enumerate(loads) if j != i])
-                    pars.append(metrics.par(plan(n, train, Topology(d, s)), test.sum(0)))
+                pars = [
+                    metrics.par(plan(n, train, Topology(d, s)), test.sum(0))
+                    for train, test in traces.leave_one_out(loads)
+                ]
                 par = np.concatenate(pars)
                 par = par[~np.isnan(par)]
                 cells.append(f"{par.mean():.4f} ± {par.std(ddof=1) / np.sqrt(par.size):.4f}")

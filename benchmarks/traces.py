@@ -1,4 +1,5 @@
-"""Named readers of the public traces kept in the repository (``data/traces/``, see its README).
+"""Named readers of the public traces kept in the repository (``data/traces/``, see its README),
+and the leave-one-out folds the benchmarks score them in.
 
 For benchmarks and tests only: the traces are not installed with the package, except ESFT's,
 which ships as the demo's workload (``eplb_rt/data/esft_vanilla_lite``). Any load file the
@@ -20,13 +21,17 @@ TRACES_DIR = Path(__file__).resolve().parents[1] / "data" / "traces"
 DEEPSEEK_V3_WORKLOADS = ("prefill_in512", "prefill_in1024", "prefill_in2048", "prefill_in4096")
 DEEPSEEK_V3_DENSE_LAYERS = 3
 """DeepSeek-V3's first three layers are dense: their rows in SGLang's dump are all zero."""
+OLMOE_DOMAINS = ("arxiv", "book", "c4", "github", "tulu", "wikipedia")
+"""The text domains of the OLMoE routing analysis, one workload each."""
 __all__ = [
     "ESFT_DIR",
     "ESFT_TASKS",
+    "OLMOE_DOMAINS",
     "deepseek_v3",
     "esft",
     "gptoss",
     "gptoss_subsets",
+    "leave_one_out",
     "olmoe",
     "sample_tokens",
 ]
@@ -107,3 +112,11 @@ def olmoe(model: str = "olmoe", domain: str = "github", top1: bool = False) -> n
             f"model {model!r} has no domain {domain!r}; choose one of {sorted(counts)}"
         )
     return check_load(np.array(counts[domain], dtype=np.float64))
+
+
+def leave_one_out(loads: list[np.ndarray]):
+    """``(train [k-1, L, E] one episode per workload, test [T, L, E])`` per fold of the workloads
+    ``loads`` (each ``[T, L, E]``): the test workload held out, each other one summed."""
+    for i, test in enumerate(loads):
+        train = [w.sum(0) for j, w in enumerate(loads) if j != i]
+        yield np.stack(train), test

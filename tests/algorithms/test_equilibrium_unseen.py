@@ -108,7 +108,7 @@ def test_unseen_episodes_refine_the_seen_plan(held_out):
     together, the plan with them is never worse than the plan without. OLMoE at 8x12, one domain
     held out: searched from the start with them, the plan landed in other local optima, some
     worse on this objective and far worse on the held-out domain (one layer 1.47 -> 2.13)."""
-    domains = ("arxiv", "book", "c4", "github", "tulu", "wikipedia")
+    domains = traces.OLMOE_DOMAINS
     train = np.stack([traces.olmoe(domain=d)[0] for i, d in enumerate(domains) if i != held_out])
     topo = Topology(8, 12)
     off = plan("equilibrium", train, topo, options={"unseen": 0.0}).phy2log
