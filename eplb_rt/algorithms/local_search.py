@@ -85,12 +85,16 @@ def _add_episode(gain, ea, eb, top, d, scale):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _first_gain(per, loads, x, y, a, b, scale, n, order, top, r):
+def _first_gain(pairs, x, y, a, b, n, r):
     """The gain of swapping expert ``x`` (rank ``a``) for ``y`` (rank ``b``) on the pair's first
-    ``n`` episodes, those where it can lower the peak: row ``r`` of ``order`` and ``top`` (as
-    :func:`_pair_episodes` fills them). ``per [E, K]``: a replica's load per episode; ``loads
-    [D, K]``: the ranks'. Inlined, like :func:`_rest_gain` and :func:`_add_episode`: numba
-    does not inline plain calls, and a call per candidate swap made the search 1.23x slower."""
+    ``n`` episodes, those where it can lower the peak.
+
+    ``pairs``: what :func:`swap_search` scores with, ``(per [E, K], loads [D, K], order, top,
+    tail, scale)``: a replica's and a rank's load per episode, the pairs' episodes as
+    :func:`_pair_episodes` fills them (row ``r`` of ``order`` and ``top`` is this pair's) and
+    the tie weight. Inlined, like :func:`_rest_gain` and :func:`_add_episode`: numba does not
+    inline plain calls, and a call per candidate swap made the search 1.23x slower."""
+    per, loads, order, top, _, scale = pairs
     gain = 0.0
     for j in range(n):
         k = order[r, j]
@@ -99,16 +103,18 @@ def _first_gain(per, loads, x, y, a, b, scale, n, order, top, r):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _rest_gain(per, loads, x, y, a, b, scale, gain, n, order, top, r, tail, start, best, keep_ties):
-    """``gain`` (:func:`_first_gain`) completed on the pair's other episodes, or -inf as soon as
-    it cannot reach ``best``, nor equal it unless ``keep_ties`` (the window search lets a tie win
-    by its place in the scan of every pair; the scan itself keeps the first of equal gains).
+def _rest_gain(pairs, x, y, a, b, gain, n, r, start, best, keep_ties):
+    """``gain`` (:func:`_first_gain`, same ``pairs``) completed on the pair's other episodes, or
+    -inf as soon as it cannot reach ``best``, nor equal it unless ``keep_ties`` (the window
+    search lets a tie win by its place in the scan of every pair; the scan itself keeps the
+    first of equal gains).
 
     What episodes ``j..K-1`` may still add: where ``start < 0``, row ``b`` of ``tail [D, K + 1]``
     (:func:`_pair_episodes`); else ``start`` (the pair's tie bound on them, with a margin for
     rounding) less the bound of each episode scored, which the caller need not prepare per pair
     (a tail per pair costs more than its few swaps save).
     """
+    per, loads, order, top, tail, scale = pairs
     left = start
     for j in range(n, order.shape[1]):
         k = order[r, j]
@@ -212,6 +218,7 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
     o_b = np.empty((D + 1, K), dtype=np.int64)
     top_b = np.empty((D + 1, K))
     tail_b = np.empty((D, K + 1))
+    pairs = (per, loads, o_b, top_b, tail_b, scale)  # what a candidate swap is scored with
     lead0 = 0.0
     swaps = 0
     while swaps < max_rounds:
@@ -343,26 +350,11 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
                                 # a's episodes; the bound on the others comes down as they are
                                 # scored, from tail_rest, rather than a tail per pair.
                                 row_b, n, start = D, n_a, tail_rest[b]
-                            gain = _first_gain(per, loads, x, y, a, b, scale, n, o_b, top_b, row_b)
+                            gain = _first_gain(pairs, x, y, a, b, n, row_b)
                             if gain + tail_rest[b] < best_gain:
                                 continue
                             gain = _rest_gain(
-                                per,
-                                loads,
-                                x,
-                                y,
-                                a,
-                                b,
-                                scale,
-                                gain,
-                                n,
-                                o_b,
-                                top_b,
-                                row_b,
-                                tail_b,
-                                start,
-                                best_gain,
-                                True,
+                                pairs, x, y, a, b, gain, n, row_b, start, best_gain, True
                             )
                             if gain < best_gain or (gain == best_gain and best_p < 0):
                                 continue
@@ -400,27 +392,10 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
                         y = row[b * S + sb]
                         if holds[a, y]:
                             continue
-                        gain = _first_gain(per, loads, x, y, a, b, scale, n, o_b, top_b, b)
+                        gain = _first_gain(pairs, x, y, a, b, n, b)
                         if gain + tail_b[b, n] <= best_gain:
                             continue
-                        gain = _rest_gain(
-                            per,
-                            loads,
-                            x,
-                            y,
-                            a,
-                            b,
-                            scale,
-                            gain,
-                            n,
-                            o_b,
-                            top_b,
-                            b,
-                            tail_b,
-                            -1.0,
-                            best_gain,
-                            False,
-                        )
+                        gain = _rest_gain(pairs, x, y, a, b, gain, n, b, -1.0, best_gain, False)
                         if gain > best_gain:
                             best_gain = gain
                             best_p = a * S + sa
