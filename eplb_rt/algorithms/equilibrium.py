@@ -125,17 +125,17 @@ def sampling_noise(W: np.ndarray, volume: np.ndarray | None) -> float:
     return float((w * (1.0 - w)).sum() * np.mean(1.0 / np.maximum(volume, 1.0)))
 
 
-def signal_fraction(W: np.ndarray, volume: np.ndarray | None) -> float:
+def signal_fraction(W: np.ndarray, noise: float) -> float:
     """The share of the episodes' spread around their mean that is not sampling noise, in [0, 1].
 
-    Arguments as :func:`sampling_noise`; unknown noise, or one episode: 1.
+    ``W [K, E] float64``: episodes scaled to sum 1; ``noise``: their :func:`sampling_noise`
+    (0 where it is unknown). No noise, or one episode: 1.
     """
     K = W.shape[0]
-    if K < 2 or volume is None:
+    if K < 2 or noise <= 0.0:
         return 1.0
     w = W.mean(axis=0)
     spread = ((W - w) ** 2).sum(axis=1).mean()
-    noise = sampling_noise(W, volume)
     if spread <= 0.0 or noise < _NOISE_FLOOR * spread:
         return 1.0
     return float(max(1.0 - noise / spread, 0.0))
@@ -279,12 +279,13 @@ def equilibrium(layer: Layer, topo: Topology, opts: EquilibriumOptions):
     """One layer; returns ``row [P] int64`` or ``(row, share [P])`` with ``shares``."""
     D, S = topo.num_ranks, topo.num_slots_per_rank
     W, now, prev = layer.episodes, layer.load, layer.previous
-    volume = layer.tokens.sum(axis=1) if layer.counts else None
-    signal = signal_fraction(W, volume)
+    # One noise estimate per layer: it decides the summed counts' weight and the unseen episodes.
+    noise = sampling_noise(W, layer.tokens.sum(axis=1) if layer.counts else None)
+    signal = signal_fraction(W, noise)
     # Distinct workloads weigh the same (the mean of the episodes); episodes that differ by
     # noise only are one workload, best estimated by the summed counts.
     w = np.ascontiguousarray(signal * W.mean(axis=0) + (1.0 - signal) * now)
-    row = _fresh_row(W, w, topo, opts, signal=signal, noise=sampling_noise(W, volume))
+    row = _fresh_row(W, w, topo, opts, signal=signal, noise=noise)
     if prev is not None:
         budget = int(opts.max_moved_fraction * topo.num_slots)
         fresh, _ = align_row(row, prev, D, w.shape[0])

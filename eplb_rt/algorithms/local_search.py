@@ -42,15 +42,15 @@ def _top3(loads, k, top_rank, top_load):
 
 
 @njit(cache=True, nogil=True)
-def _pair_episodes(loads, a, b, rest1, idx1, rest2, scale, order, la, lb, top, tail):
+def _pair_episodes(loads, a, b, rest1, idx1, rest2, scale, order, top, tail):
     """Episodes of the pair of ranks ``(a, b)`` in the order :func:`swap_search` scores a swap in.
 
     First come those where ``a`` or ``b`` is above every other rank, the only ones where a swap
-    can lower the peak; returns how many. Row ``b`` of ``order [D, K]`` gets the episodes, of
-    ``la``, ``lb``, ``top`` the pair's loads and the other ranks' peak in that order (``rest1``,
-    ``idx1``, ``rest2``: as in :func:`swap_search`), of ``tail [D, K + 1]`` the most that
-    episodes ``j..K-1`` can add to a swap's gain (the peak term is at most 0 there, the tie term
-    at most ``scale * (la - lb)^2 / 4``)."""
+    can lower the peak; returns how many. Row ``b`` of ``order [D + 1, K]`` gets the episodes,
+    of ``top [D + 1, K]`` the other ranks' peak in that order (``rest1``, ``idx1``, ``rest2``: as
+    in :func:`swap_search`), of ``tail [D, K + 1]`` the most that episodes ``j..K-1`` can add to
+    a swap's gain (the peak term is at most 0 there, the tie term at most
+    ``scale * (la - lb)^2 / 4``)."""
     K = order.shape[1]
     n = 0
     for k in range(K):
@@ -67,24 +67,65 @@ def _pair_episodes(loads, a, b, rest1, idx1, rest2, scale, order, la, lb, top, t
     tail[b, K] = 0.0
     for j in range(K - 1, -1, -1):
         k = order[b, j]
-        la[b, j] = loads[a, k]
-        lb[b, j] = loads[b, k]
         top[b, j] = rest1[k] if idx1[k] != b else rest2[k]
-        tail[b, j] = tail[b, j + 1] + 0.25 * scale * (la[b, j] - lb[b, j]) * (la[b, j] - lb[b, j])
+        gap = loads[a, k] - loads[b, k]
+        tail[b, j] = tail[b, j + 1] + 0.25 * scale * gap * gap
     return n
 
 
-@njit(cache=True, nogil=True)
-def _rest_gain(per, x, y, scale, gain, b, n_pos, order, ea, eb, top, tail, best):
-    """``gain``, a swap's gain on the first ``n_pos`` of the pair's episodes (row ``b`` of the
-    arrays :func:`_pair_episodes` fills), completed on the others, or -inf as soon as they
-    cannot reach ``best``."""
-    for j in range(n_pos, order.shape[1]):
-        k = order[b, j]
-        d = per[x, k] - per[y, k]
-        gain += top[b, j] - max(ea[b, j] - d, eb[b, j] + d, top[b, j])
-        gain += scale * d * (ea[b, j] - eb[b, j] - d)
-        if gain + tail[b, j + 1] < best:
+@njit(cache=True, nogil=True, inline="always")
+def _add_episode(gain, ea, eb, top, d, scale):
+    """``gain`` plus a swap's gain in one episode: load ``d`` moves from the rank at ``ea`` to
+    the rank at ``eb``, ``top`` the other ranks' peak; the peak part, then the tie part.
+
+    Every scoring path adds through here, so equal swaps get bit-equal gains (the swaps taken
+    depend on them, ties included)."""
+    gain += max(ea, eb, top) - max(ea - d, eb + d, top)
+    return gain + scale * d * (ea - eb - d)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _first_gain(pairs, x, y, a, b, n, r):
+    """The gain of swapping expert ``x`` (rank ``a``) for ``y`` (rank ``b``) on the pair's first
+    ``n`` episodes, those where it can lower the peak.
+
+    ``pairs``: what :func:`swap_search` scores with, ``(per [E, K], loads [D, K], order, top,
+    tail, scale)``: a replica's and a rank's load per episode, the pairs' episodes as
+    :func:`_pair_episodes` fills them (row ``r`` of ``order`` and ``top`` is this pair's) and
+    the tie weight. Inlined, like :func:`_rest_gain` and :func:`_add_episode`: numba does not
+    inline plain calls, and a call per candidate swap made the search 1.23x slower."""
+    per, loads, order, top, _, scale = pairs
+    gain = 0.0
+    for j in range(n):
+        k = order[r, j]
+        gain = _add_episode(gain, loads[a, k], loads[b, k], top[r, j], per[x, k] - per[y, k], scale)
+    return gain
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _rest_gain(pairs, x, y, a, b, gain, n, r, start, best, keep_ties):
+    """``gain`` (:func:`_first_gain`, same ``pairs``) completed on the pair's other episodes, or
+    -inf as soon as it cannot reach ``best``, nor equal it unless ``keep_ties`` (the window
+    search lets a tie win by its place in the scan of every pair; the scan itself keeps the
+    first of equal gains).
+
+    What episodes ``j..K-1`` may still add: where ``start < 0``, row ``b`` of ``tail [D, K + 1]``
+    (:func:`_pair_episodes`); else ``start`` (the pair's tie bound on them, with a margin for
+    rounding) less the bound of each episode scored, which the caller need not prepare per pair
+    (a tail per pair costs more than its few swaps save).
+    """
+    per, loads, order, top, tail, scale = pairs
+    left = start
+    for j in range(n, order.shape[1]):
+        k = order[r, j]
+        ea, eb = loads[a, k], loads[b, k]
+        gain = _add_episode(gain, ea, eb, top[r, j], per[x, k] - per[y, k], scale)
+        if start < 0.0:
+            reach = gain + tail[b, j + 1]
+        else:
+            left -= 0.25 * scale * (ea - eb) * (ea - eb)
+            reach = gain + left
+        if reach < best or (reach == best and not keep_ties):
             return -np.inf
     return gain
 
@@ -163,7 +204,8 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
         filled[row[p]] += 1
     # Per rank b at a's episode k0: la - lb, a's lead over the others but a and b, and the bound
     # on what a swap gains elsewhere; made: the pair's episodes as _pair_episodes gives them
-    # (n_b, o_b, ... tail_b), needed only where b is some episode's idx1.
+    # (rows b of n_b, o_b, top_b, tail_b), needed only where b is some episode's idx1 (the
+    # others share row D of o_b and top_b).
     diff = np.empty(D)
     room = np.empty(D)
     other = np.empty(D)
@@ -172,15 +214,11 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
     position = np.empty(D, dtype=np.int64)  # a rank's place in the scan of every pair
     ranked = False
     special = np.empty(D, dtype=np.bool_)  # the rank is some episode's idx1
-    order_a = np.empty(K, dtype=np.int64)  # the episodes where a is above every other rank
-    ea_a = np.empty(K)
-    top_a = np.empty(K)
     n_b = np.empty(D, dtype=np.int64)
-    o_b = np.empty((D, K), dtype=np.int64)
-    ea_b = np.empty((D, K))
-    eb_b = np.empty((D, K))
-    top_b = np.empty((D, K))
+    o_b = np.empty((D + 1, K), dtype=np.int64)
+    top_b = np.empty((D + 1, K))
     tail_b = np.empty((D, K + 1))
+    pairs = (per, loads, o_b, top_b, tail_b, scale)  # what a candidate swap is scored with
     lead0 = 0.0
     swaps = 0
     while swaps < max_rounds:
@@ -241,21 +279,20 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
                     lead0 = loads[a, k] - rest1[k]
             if k0 >= 0:
                 # Where b is no episode's idx1 the pair can gain only where a is above every
-                # other rank: those episodes first, then the others, with a's loads and the
-                # others' peak, are the same for every such b.
+                # other rank: those episodes first, then the others, with the others' peak, are
+                # the same for every such b (row D).
                 n_a = 0
                 for k in range(K):
                     if loads[a, k] > rest1[k]:
-                        order_a[n_a] = k
+                        o_b[D, n_a] = k
                         n_a += 1
                 m = n_a
                 for k in range(K):
                     if loads[a, k] <= rest1[k]:
-                        order_a[m] = k
+                        o_b[D, m] = k
                         m += 1
                 for j in range(K):
-                    ea_a[j] = loads[a, order_a[j]]
-                    top_a[j] = rest1[order_a[j]]
+                    top_b[D, j] = rest1[o_b[D, j]]
                 special[:] = False
                 for k in range(K):
                     special[idx1[k]] = True
@@ -300,73 +337,25 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
                             # b's own window.
                             if min(d0, diff[b] - d0, room[b]) + other[b] < best_gain:
                                 continue
-                            # First the episodes where the pair can gain, in the order of
-                            # _pair_episodes (so the same sums): where b is no episode's idx1,
-                            # those where a is above every other rank.
-                            if special[b] and not made[b]:
-                                made[b] = True
-                                n_b[b] = _pair_episodes(
-                                    loads,
-                                    a,
-                                    b,
-                                    rest1,
-                                    idx1,
-                                    rest2,
-                                    scale,
-                                    o_b,
-                                    ea_b,
-                                    eb_b,
-                                    top_b,
-                                    tail_b,
-                                )
-                            gain = 0.0
+                            # The pair's episodes as _pair_episodes orders them, so the
+                            # sums are those of the scan of every pair.
                             if special[b]:
-                                for j in range(n_b[b]):
-                                    k = o_b[b, j]
-                                    ea_k, eb_k, top_k = ea_b[b, j], eb_b[b, j], top_b[b, j]
-                                    d = per[x, k] - per[y, k]
-                                    gain += max(ea_k, eb_k, top_k) - max(ea_k - d, eb_k + d, top_k)
-                                    gain += scale * d * (ea_k - eb_k - d)
+                                if not made[b]:
+                                    made[b] = True
+                                    n_b[b] = _pair_episodes(
+                                        loads, a, b, rest1, idx1, rest2, scale, o_b, top_b, tail_b
+                                    )
+                                row_b, n, start = b, n_b[b], -1.0
                             else:
-                                for j in range(n_a):
-                                    k = order_a[j]
-                                    ea_k, eb_k, top_k = ea_a[j], loads[b, k], top_a[j]
-                                    d = per[x, k] - per[y, k]
-                                    gain += max(ea_k, eb_k, top_k) - max(ea_k - d, eb_k + d, top_k)
-                                    gain += scale * d * (ea_k - eb_k - d)
+                                # a's episodes; the bound on the others comes down as they are
+                                # scored, from tail_rest, rather than a tail per pair.
+                                row_b, n, start = D, n_a, tail_rest[b]
+                            gain = _first_gain(pairs, x, y, a, b, n, row_b)
                             if gain + tail_rest[b] < best_gain:
                                 continue
-                            if special[b]:
-                                gain = _rest_gain(
-                                    per,
-                                    x,
-                                    y,
-                                    scale,
-                                    gain,
-                                    b,
-                                    n_b[b],
-                                    o_b,
-                                    ea_b,
-                                    eb_b,
-                                    top_b,
-                                    tail_b,
-                                    best_gain,
-                                )
-                            else:
-                                # The other episodes in a's order; what they may still add is
-                                # the pair's tie bound less the terms scored (its margin covers
-                                # the rounding of the differences).
-                                rest_bound = tail_rest[b]
-                                for j in range(n_a, K):
-                                    k = order_a[j]
-                                    ea_k, eb_k, top_k = ea_a[j], loads[b, k], top_a[j]
-                                    d = per[x, k] - per[y, k]
-                                    gain += top_k - max(ea_k - d, eb_k + d, top_k)
-                                    gain += scale * d * (ea_k - eb_k - d)
-                                    rest_bound -= 0.25 * scale * (ea_k - eb_k) * (ea_k - eb_k)
-                                    if gain + rest_bound < best_gain:
-                                        gain = -np.inf
-                                        break
+                            gain = _rest_gain(
+                                pairs, x, y, a, b, gain, n, row_b, start, best_gain, True
+                            )
                             if gain < best_gain or (gain == best_gain and best_p < 0):
                                 continue
                             if gain == best_gain:
@@ -392,10 +381,7 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
                     continue
                 if upper[b] <= best_gain:
                     break
-                n_pos = _pair_episodes(
-                    loads, a, b, rest1, idx1, rest2, scale, o_b, ea_b, eb_b, top_b, tail_b
-                )
-                order, ea, eb, top, tail = o_b[b], ea_b[b], eb_b[b], top_b[b], tail_b[b]
+                n = _pair_episodes(loads, a, b, rest1, idx1, rest2, scale, o_b, top_b, tail_b)
                 # A swap is scored where it can gain first; past those episodes every term is
                 # at most its tie part, so most swaps are refuted after an episode or two.
                 for sa in range(S):
@@ -406,21 +392,10 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
                         y = row[b * S + sb]
                         if holds[a, y]:
                             continue
-                        gain = 0.0
-                        for j in range(n_pos):
-                            k = order[j]
-                            d = per[x, k] - per[y, k]
-                            gain += max(ea[j], eb[j], top[j]) - max(ea[j] - d, eb[j] + d, top[j])
-                            gain += scale * d * (ea[j] - eb[j] - d)
-                        if gain + tail[n_pos] <= best_gain:
+                        gain = _first_gain(pairs, x, y, a, b, n, b)
+                        if gain + tail_b[b, n] <= best_gain:
                             continue
-                        for j in range(n_pos, K):
-                            k = order[j]
-                            d = per[x, k] - per[y, k]
-                            gain += top[j] - max(ea[j] - d, eb[j] + d, top[j])
-                            gain += scale * d * (ea[j] - eb[j] - d)
-                            if gain + tail[j + 1] <= best_gain:
-                                break
+                        gain = _rest_gain(pairs, x, y, a, b, gain, n, b, -1.0, best_gain, False)
                         if gain > best_gain:
                             best_gain = gain
                             best_p = a * S + sa

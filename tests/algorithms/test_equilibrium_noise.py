@@ -7,7 +7,7 @@ import pytest
 
 from benchmarks import traces
 from eplb_rt.algorithms import metrics, plan, warm_up
-from eplb_rt.algorithms.equilibrium import signal_fraction
+from eplb_rt.algorithms.equilibrium import sampling_noise, signal_fraction
 from eplb_rt.algorithms.load import normalise
 from eplb_rt.placement import Topology
 
@@ -15,6 +15,12 @@ from eplb_rt.placement import Topology
 @pytest.fixture(scope="module", autouse=True)
 def _compiled():
     warm_up(["equilibrium", "deepseek"])
+
+
+def _signal(counts: np.ndarray) -> float:
+    """:func:`signal_fraction` of episodes of counts ``[K, E]``, as the policy computes it."""
+    W = normalise(counts)
+    return signal_fraction(W, sampling_noise(W, counts.sum(axis=1)))
 
 
 def _draws(p: np.ndarray, n: int, k: int, seed: int) -> np.ndarray:
@@ -25,21 +31,21 @@ def _draws(p: np.ndarray, n: int, k: int, seed: int) -> np.ndarray:
 def test_noise_only_episodes_have_no_signal():
     p = normalise(np.random.default_rng(0).pareto(1.2, size=64) + 0.1)
     counts = _draws(p, 2000, 16, seed=1)
-    assert signal_fraction(normalise(counts), counts.sum(axis=1)) < 0.2
+    assert _signal(counts) < 0.2
 
 
 def test_distinct_workloads_are_all_signal():
     rng = np.random.default_rng(2)
     counts = np.stack([_draws(normalise(rng.pareto(1.2, 64) + 0.1), 10**6, 1, s)[0]
                        for s in range(4)])  # fmt: skip
-    assert signal_fraction(normalise(counts), counts.sum(axis=1)) == 1.0
+    assert _signal(counts) == 1.0
 
 
 def test_unknown_noise_or_one_episode_is_all_signal():
     W = normalise(np.random.default_rng(3).random((5, 16)))
-    assert signal_fraction(W, None) == 1.0
-    assert signal_fraction(W[:1], np.array([10.0])) == 1.0
-    assert signal_fraction(np.full((4, 16), 1 / 16), np.full(4, 10.0)) == 1.0
+    assert signal_fraction(W, sampling_noise(W, None)) == 1.0
+    assert _signal(np.array([[4.0, 3.0, 2.0, 1.0]])) == 1.0
+    assert _signal(np.full((4, 16), 10.0)) == 1.0  # no spread at all
 
 
 def test_half_signal_half_noise_is_seen_as_such():
@@ -53,7 +59,7 @@ def test_half_signal_half_noise_is_seen_as_such():
     z *= np.sqrt(noise / (z**2).sum(axis=1).mean())
     shifts = np.clip(base + z, 1e-9, None)
     counts = np.stack([rng.multinomial(n, s / s.sum()) for s in shifts]).astype(float)
-    f = signal_fraction(normalise(counts), counts.sum(axis=1))
+    f = _signal(counts)
     assert 0.3 < f < 0.7
 
 

@@ -116,8 +116,9 @@ def test_unseen_episodes_refine_the_seen_plan(held_out):
     for layer in range(train.shape[1]):
         W = normalise(train[:, layer])
         volume = train[:, layer].sum(axis=1)
-        assert signal_fraction(W, volume) == 1.0
+        noise = sampling_noise(W, volume)
+        assert signal_fraction(W, noise) == 1.0
         w = W.mean(axis=0)
         seen = normalise(np.maximum(w + 2.0 * (W - w), 0.0))
-        V = np.vstack([seen, _unseen_episodes(W, w, sampling_noise(W, volume), 1.0)])
+        V = np.vstack([seen, _unseen_episodes(W, w, noise, 1.0)])
         assert _sum_of_peaks(on[layer], V, 8) <= _sum_of_peaks(off[layer], V, 8) * (1 + 1e-9)
