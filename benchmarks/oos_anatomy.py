@@ -36,9 +36,8 @@ from benchmarks import traces
 from eplb_rt.algorithms import plan
 from eplb_rt.algorithms.equilibrium import unseen_axes
 from eplb_rt.algorithms.load import normalise
-from eplb_rt.algorithms.local_search import swap_search
-from eplb_rt.algorithms.metrics import row_par
-from eplb_rt.algorithms.packing import lpt_place
+from eplb_rt.algorithms.metrics import row_par, row_rank_loads
+from eplb_rt.algorithms.replicas import LPT, construct
 from eplb_rt.commands.simulate import parse_policy_options
 from eplb_rt.placement import Topology
 
@@ -64,15 +63,13 @@ def in_span(W: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 def refit(load: np.ndarray, counts: np.ndarray, num_ranks: int) -> np.ndarray:
     """``row [P]``: the replicas ``counts [E]`` placed for ``load [E]`` alone (LPT, then swaps)."""
-    row = lpt_place(load, counts, num_ranks)
-    swap_search(row, load[None, :], counts, num_ranks, 4 * row.shape[0], 1e-3, 0.0)
-    return row
+    P = int(counts.sum())
+    return construct(LPT, load[None, :], load, np.zeros((1, 1)), 0.0, counts, num_ranks, 4 * P)
 
 
-def per_rank(row: np.ndarray, per_replica: np.ndarray, num_ranks: int) -> np.ndarray:
-    """``[D]``: per rank the sum of ``per_replica [E]`` over the replicas it holds."""
-    slots_per_rank = row.shape[0] // num_ranks
-    return np.bincount(np.arange(row.shape[0]) // slots_per_rank, per_replica[row], num_ranks)
+def per_rank(row: np.ndarray, load: np.ndarray, num_ranks: int) -> np.ndarray:
+    """``[D]``: the rank loads of ``row [P]`` for ``load [E]``, each replica ``load / count``."""
+    return row_rank_loads(row, load[None, :], num_ranks)[0]
 
 
 def layer_row(W, t, row, counts, num_ranks) -> list[float]:
@@ -83,12 +80,12 @@ def layer_row(W, t, row, counts, num_ranks) -> list[float]:
     rest = normalise(np.maximum(w + t - part, 0.0)[None, :])[0]
     pars = [row_par(row, x[None, :], num_ranks) for x in (t, part, w, rest)]
     pars += [row_par(refit(x, counts, num_ranks), t[None, :], num_ranks) for x in (t, part)]
-    c = counts.astype(float)
-    dev = np.abs(per_rank(row, (t - w) / c, num_ranks))
+    dev = np.abs(per_rank(row, t - w, num_ranks))
     axes, _ = unseen_axes(W)
-    rhos = [
-        spearmanr(dev, per_rank(row, v / c**2, num_ranks))[0] for v in ((axes**2).sum(axis=0), w**2)
-    ]
+    # A replica's variance is its expert's over count squared: v / c per replica, / c again.
+    c = counts.astype(float)
+    spreads = ((axes**2).sum(axis=0), w**2)
+    rhos = [spearmanr(dev, per_rank(row, v / c, num_ranks))[0] for v in spreads]
     return pars + rhos
 
 
