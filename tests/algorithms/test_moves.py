@@ -106,21 +106,27 @@ def test_default_wins_on_deepseek_v3_replans():
         assert p.moved_fraction(prev) <= 0.20
 
 
-def test_esft_task_switch_within_a_fifth_of_the_slots():
-    """ESFT task switches (previous fitted on one task, re-plan on the next) with every layer
-    held to 20 % of its slots: slots moved early are moved again for free once the budget is
-    spent (without that, the walk stopped at a mean PAR of 1.04)."""
+def _esft_task_switches(policy: str, options: dict | None = None):
+    """``(previous, placement, new load)`` per ESFT task switch at 8 ranks x 9 slots: the
+    previous placement fitted on one task, ``policy`` re-planned on the next with ``options``."""
     from benchmarks import traces
 
     tasks = [traces.esft(t) for t in traces.ESFT_TASKS]
     topo = Topology(8, 9)
-    options = {"move_cost": 0.0, "max_moved_fraction": 0.2}
-    pars = []
     for i, old in enumerate(tasks):
         new = tasks[(i + 1) % len(tasks)]
-        prev = plan("equilibrium", old, topo)
-        p = plan("equilibrium", new, topo, previous=prev, options=options)
-        assert (p.moves(prev) <= int(0.2 * topo.num_slots)).all()
+        prev = plan(policy, old, topo)
+        yield prev, plan(policy, new, topo, previous=prev, options=options), new
+
+
+def test_esft_task_switch_within_a_fifth_of_the_slots():
+    """ESFT task switches (previous fitted on one task, re-plan on the next) with every layer
+    held to 20 % of its slots: slots moved early are moved again for free once the budget is
+    spent (without that, the walk stopped at a mean PAR of 1.04)."""
+    options = {"move_cost": 0.0, "max_moved_fraction": 0.2}
+    pars = []
+    for prev, p, new in _esft_task_switches("equilibrium", options):
+        assert (p.moves(prev) <= int(0.2 * prev.num_slots)).all()
         pars.append(np.nanmean(metrics.par(p, new.sum(0))))
     assert np.mean(pars) <= 1.02
 
@@ -129,17 +135,10 @@ def test_default_wins_on_esft_task_switches():
     """The issue's goal with default options on ESFT task switches (previous fitted on one task,
     re-plan on the next, 8 ranks x 9 slots): mean PAR <= 1.01 moving <= 20 % of the slots. A
     price per slot that held DeepSeek-V3 at 32 ranks bought 26 % here; per rank it does not."""
-    from benchmarks import traces
     from eplb_rt.config import EplbConfig
 
-    policy = EplbConfig().policy
-    tasks = [traces.esft(t) for t in traces.ESFT_TASKS]
-    topo = Topology(8, 9)
     pars, moved = [], []
-    for i, old in enumerate(tasks):
-        new = tasks[(i + 1) % len(tasks)]
-        prev = plan(policy, old, topo)
-        p = plan(policy, new, topo, previous=prev)
+    for prev, p, new in _esft_task_switches(EplbConfig().policy):
         pars.append(np.nanmean(metrics.par(p, new.sum(0))))
         moved.append(p.moved_fraction(prev))
     assert np.mean(pars) <= 1.01
