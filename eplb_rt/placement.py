@@ -179,11 +179,16 @@ class Placement:
     @property
     def is_uniform(self) -> bool:
         """True when every expert's tokens are split evenly over its replicas."""
+        return bool(self.uniform_layers().all())
+
+    def uniform_layers(self) -> np.ndarray:
+        """``[L] bool``: the layers whose experts' tokens are split evenly over their replicas."""
         if self._uniform:
-            return True
+            return np.ones(self.num_layers, dtype=bool)
         counts = self.logcnt.astype(np.int64)
         uniform = 1.0 / np.take_along_axis(counts, self._phy2log.astype(np.int64), axis=1)
-        return bool(np.allclose(self._slot_share, uniform, rtol=0, atol=SHARE_TOLERANCE))
+        close = np.isclose(self._slot_share, uniform, rtol=0, atol=SHARE_TOLERANCE)
+        return close.all(axis=1)
 
     @property
     def logcnt(self) -> np.ndarray:

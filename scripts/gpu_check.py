@@ -3,15 +3,16 @@
 Runs, in this order, and writes every figure to one JSON file after each section (so a time
 limit that stops it keeps what was measured):
 
-1. ``tests``: ``pytest -m cuda tests/cuda`` (CUDA ops, ``route()`` in a CUDA graph across a
-   commit), counts and the names of failures;
+1. ``tests``: ``pytest -m cuda`` on tests/cuda (CUDA ops, ``route()`` in a CUDA graph across a
+   commit), the device path and the migration check, counts and the names of failures;
 2. ``syncs``: host synchronisations on the serving thread (``tests/runtime/test_device_path.py``'s
    ``SyncCounter`` with CUDA's sync debug mode), over the reference model driven with rebalances
    (``drive``) and over migrating steps with transfers and commits;
 3. ``route``: ``benchmarks/bench_cuda.py``'s table (eager / graph time, % of the measured copy
-   bandwidth) and ``EplbRuntime.route`` replayed in a CUDA graph at decode size;
-4. ``overlap``: ``benchmarks/bench_cuda_overlap.py``'s table (the transfer hidden behind the
-   reference model's forward, through ``EplbRuntime`` and its executor);
+   bandwidth); ``runtime_route``: ``EplbRuntime.route`` replayed in a CUDA graph at decode size;
+4. ``overlap``: ``benchmarks/bench_cuda_overlap.py``'s table (a layer's transfer on the
+   executor's stream against the forward's expert work on the device timeline, and the host
+   cost of a migrating step, through ``EplbRuntime`` and its executor);
 
 then ``goals``: each goal of issue 12 with its measured value and pass/fail. Exit status: 0 when
 every goal passes and every section ran, 1 otherwise, 2 without a GPU (``--cpu`` then runs the
@@ -46,13 +47,31 @@ GOALS = {
 
 
 def run_tests(timeout_s: int) -> dict:
+    """``pytest -m cuda`` on the GPU tests. When pytest stops before it writes its report
+    (e.g. this machine's packages warn at import, which our settings make an error), the output
+    is kept and the tests run once more with warnings left as warnings, marked as such."""
+    # The GPU tests outside tests/cuda: the device path's sync counts, the migration check.
+    overlap = "benchmarks/bench_cuda_overlap.py"
+    paths = ["tests/cuda", "tests/runtime/test_device_path.py"]
+    paths.append(f"{overlap}::test_migrated_weights_and_tables_follow_the_placement")
+    first = _pytest(paths, timeout_s, [])
+    if "tests" in first:
+        return first
+    second = _pytest(paths, timeout_s, ["-p", "no:warnings"])
+    return {**second, "warnings_not_errors": True, "first_attempt": first}
+
+
+def _pytest(paths: list[str], timeout_s: int, extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         junit = os.path.join(tmp, "tests.xml")
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda"]
-        cmd += ["tests/cuda", f"--junitxml={junit}"]
+        cmd += [*extra, *paths, f"--junitxml={junit}"]
         proc = subprocess.run(
             cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s
         )
+        output = {"rc": proc.returncode, "tail": (proc.stdout + proc.stderr)[-3000:]}
+        if not os.path.exists(junit):
+            return output
         suite = ET.parse(junit).getroot()
     suite = suite if suite.tag == "testsuite" else suite[0]
     failed = [
@@ -61,7 +80,7 @@ def run_tests(timeout_s: int) -> dict:
         if case.find("failure") is not None or case.find("error") is not None
     ]
     counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
-    return {**counts, "failed": failed, "rc": proc.returncode, "tail": proc.stdout[-2000:]}
+    return {**counts, "failed": failed, **output}
 
 
 def run_syncs(device: str) -> dict:
@@ -81,27 +100,8 @@ def run_syncs(device: str) -> dict:
         "rebalances": result["rebalances"],
         "errors": result["errors"],
     }
-    out["commit_path"] = _commit_path_syncs(tdp.SyncCounter, device)
+    out["commit_path"] = tdp.commit_path_syncs(device)
     return out
-
-
-def _commit_path_syncs(counter_cls, device: str, steps: int = 12) -> dict:
-    """Syncs while one layer per step is transferred and committed (one GPU: local moves)."""
-    from benchmarks.bench_cuda_overlap import Serving, Shape
-
-    serving = Serving(Shape("sync", tokens=64, moved=3, hidden=256, ffn=128), device)
-    with serving.runtime, counter_cls(device) as counter:
-        serving.step(True)  # warm-up outside the count
-        for _ in range(steps):
-            with counter.counting():
-                transfer = serving.start()
-            serving.model(serving.x)
-            with counter.counting():
-                serving.commit(transfer)
-                serving.runtime.step()
-            serving.steps += 1
-        found = counter.reset()
-    return {"steps": steps, "syncs": len(found), "where": sorted(set(found))[:20]}
 
 
 def run_route() -> dict:
@@ -109,20 +109,20 @@ def run_route() -> dict:
 
     copy_gbs = bench_cuda.copy_bandwidth_gbs()
     rows = [bench_cuda.measure(*case, copy_gbs) for case in bench_cuda.CASES]
-    return {"copy_gbs": copy_gbs, "rows": rows, "runtime_route_graph_us": _runtime_route_graph()}
+    return {"copy_gbs": copy_gbs, "rows": rows}
 
 
-def _runtime_route_graph(num_tokens: int = 64) -> float:
+def run_runtime_route() -> dict:
     """Microseconds per ``EplbRuntime.route`` replayed in a CUDA graph (N=64, K=8, E=256)."""
     from benchmarks.bench_cuda import graph_us
     from eplb_rt.config import EplbConfig
     from eplb_rt.runtime import EplbRuntime
 
-    config = EplbConfig(policy="default", interval=0, history=16, episode=1, warm_up=False)
+    config = EplbConfig(policy="deepseek", interval=0, history=16, episode=1, warm_up=False)
     with EplbRuntime(config, 4, 256, device="cuda") as rt:
-        ids = torch.randint(256, (num_tokens, 8), device="cuda", dtype=torch.int32)
+        ids = torch.randint(256, (64, 8), device="cuda", dtype=torch.int32)
         out = torch.empty_like(ids)
-        return graph_us(lambda: rt.route(1, ids, out=out))
+        return {"N": 64, "graph us": graph_us(lambda: rt.route(1, ids, out=out))}
 
 
 def run_overlap() -> dict:
@@ -192,7 +192,8 @@ def main() -> int:
     sections = [("syncs", lambda: run_syncs("cuda" if gpu else "cpu"))]
     if gpu and "build" not in report["errors"]:
         sections = [("tests", lambda: run_tests(args.tests_timeout)), *sections]
-        sections += [("route", run_route), ("overlap", run_overlap)]
+        sections += [("route", run_route), ("runtime_route", run_runtime_route)]
+        sections += [("overlap", run_overlap)]
     for name, fn in sections:
         started = time.perf_counter()
         print(f"gpu_check: {name} ...", flush=True)

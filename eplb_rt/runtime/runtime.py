@@ -115,6 +115,10 @@ class EplbRuntime:
         self.num_experts = num_experts
         self.dev = Device(device)
         self.device = self.dev.device
+        if self.dev.has_streams:
+            # The kernels' first-use check synchronises once: here, not in a serving step (nor
+            # in a graph capture).
+            ops.check_device(self.device)
         distributed = dist.is_available() and dist.is_initialized()
         if group is not None and not distributed:
             raise ValueError("a process group was given but torch.distributed is not initialised")
@@ -135,7 +139,7 @@ class EplbRuntime:
         p = self._placement
         self._tables = [torch.from_numpy(t).to(self.device) for t in self._table_rows(p)]
         self._log2phy, self._logcnt, self._replica_share, self._expert_map = self._tables
-        self._uniform = [p.select_layers([layer]).is_uniform for layer in range(num_layers)]
+        self._uniform = p.uniform_layers()
         # A commit uploads its local slots and the four new table rows in one pinned copy.
         E, R = num_experts, self.max_replicas
         self._staging = HostStaging(self.dev, [S, E * R, E, E * R, E])
@@ -182,6 +186,7 @@ class EplbRuntime:
         self._pending: Job | None = None  # gathered, waiting for its deadline
         self._queue: list[LayerMigration] = []  # agreed, not yet started
         self._target: Placement | None = None
+        self._target_rows: list[np.ndarray] = []  # _table_rows(_target), made once per plan
         self._in_flight: list[Transfer] = []
         self._current: Rebalance | None = None
         self.rebalances: list[Rebalance] = []
@@ -403,7 +408,7 @@ class EplbRuntime:
                     )
                 )
         self._queue.sort(key=lambda m: m.layer)
-        self._target = target
+        self._set_target(target)
         self._current = Rebalance(job.epoch, job.gather_step, result.plan_time_s, len(self._queue))
         self._current.trigger = job.trigger
         if result.decision is not None:  # the planning rank knows what the plan is worth
@@ -450,11 +455,16 @@ class EplbRuntime:
             rebalance.moved_experts += transfer.migration.num_moves
             rebalance.bytes_moved += transfer.migration.num_remote * self.executor.slot_bytes(layer)
 
+    def _set_target(self, target: Placement) -> None:
+        """The placement the queued migrations lead to; its tables are computed here, once,
+        so that a commit only copies its layer's rows."""
+        self._target = target
+        self._target_rows = self._table_rows(target)
+
     def _commit_layer(self, transfer: Transfer) -> None:
         """Weights first, then the tables: the same layer at the same step on every rank."""
         layer = transfer.migration.layer
-        new = self._target.select_layers([layer])
-        rows = [t[0] for t in self._table_rows(new)]
+        rows = [t[layer] for t in self._target_rows]
         with self._staging.upload([transfer.slots, *rows]) as (slots, *up):
             self.executor.commit(transfer, slots)
             old = [t[layer] for t in self._tables]
@@ -468,10 +478,11 @@ class EplbRuntime:
                 new_expert_map=up[3],
             )
         self._placement = self._placement.replace_layers([layer], self._target)
-        self._uniform[layer] = new.is_uniform
+        self._uniform[layer] = self._placement.uniform_layers()[layer]
 
     def _finish_rebalance(self, step: int) -> None:
         rebalance, self._current, self._target = self._current, None, None
+        self._target_rows = []
         rebalance.done_step = step
         self.rebalances.append(rebalance)
         self._fitted = self._fitted or bool(rebalance.layers_committed)

@@ -163,8 +163,11 @@ class SyncCounter:
                 if cuda:
                     torch.cuda.set_sync_debug_mode("default")
                 self._depth -= 1
+        # Its first report is a notice that the mode is a prototype, not a synchronisation.
         self.found += [
-            f"sync debug mode: {w.message}" for w in caught if "synchroniz" in str(w.message)
+            f"sync debug mode: {w.message}"
+            for w in caught
+            if "synchroniz" in str(w.message) and "prototype feature" not in str(w.message)
         ]
 
     def wrap(self, fn):
@@ -251,11 +254,11 @@ def _check_weights_and_tables(runtime: EplbRuntime, model: ExpertParallelMoE) ->
             assert np.array_equal(got.cpu().numpy(), want), layer
 
 
-def check_drive(result: dict) -> None:
+def check_drive(result: dict, min_rebalances: int = 3) -> None:
     """The sync goals: none without a gather, at most the bound with one."""
     # A plan late on a loaded machine is skipped, which is the runtime's business, not ours.
     assert all("not ready by its deadline" in e for e in result["errors"]), result["errors"]
-    assert result["rebalances"] >= 3, result
+    assert result["rebalances"] >= min_rebalances, result
     for step, (syncs, gather, where) in enumerate(
         zip(result["syncs"], result["gather"], result["where"], strict=True)
     ):
@@ -280,8 +283,52 @@ def test_no_host_sync_in_steps_without_a_gather():
     reason="needs eplb_rt's CUDA backend and a GPU",
 )
 def test_no_host_sync_on_a_gpu():
-    """One rank (one GPU): routes, steps and gathers; the plans move nothing on a single rank."""
-    check_drive(drive("cuda"))
+    """One rank (one GPU): routes, steps and gathers. No plan changes a single rank's placement
+    (alignment undoes a relabelling), so the commits are counted by the next test."""
+    check_drive(drive("cuda"), min_rebalances=0)
+
+
+def commit_path_syncs(device: torch.device | str, steps: int = 12) -> dict:
+    """Syncs of the runtime's work in migrating steps on one rank: each step one layer's
+    transfer started before the forward and committed after it (``bench_cuda_overlap``'s
+    serving loop, which commits rotated slots, since no plan moves anything on one rank)."""
+    from benchmarks.bench_cuda_overlap import Serving, Shape
+
+    serving = Serving(Shape("sync", tokens=64, moved=3, hidden=256, ffn=128), device)
+    with serving.runtime, SyncCounter(device) as counter:
+        serving.step(True)  # warm-up outside the count
+        for _ in range(steps):
+            migration = serving.aim()  # the plan's tables, made once per plan in serving
+            with counter.counting():
+                transfer = serving.start(migration)
+            serving.model(serving.x)
+            with counter.counting():
+                serving.commit(transfer)
+                serving.runtime.step()
+            serving.steps += 1
+        found = counter.reset()
+    return {"steps": steps, "syncs": len(found), "where": sorted(set(found))[:20]}
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=[
+                pytest.mark.cuda,
+                pytest.mark.skipif(
+                    not (torch.cuda.is_available() and eplb_rt.build_info()["backends"]["cuda"]),
+                    reason="needs eplb_rt's CUDA backend and a GPU",
+                ),
+            ],
+        ),
+    ],
+)
+def test_no_host_sync_in_migrating_steps(device):
+    result = commit_path_syncs(device)
+    assert result["syncs"] == 0, result
 
 
 def test_the_counter_sees_every_kind_of_sync():
