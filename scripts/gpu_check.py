@@ -24,6 +24,7 @@ parts that need none, for checking the driver itself).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -46,30 +47,25 @@ GOALS = {
 }
 
 
-def run_tests(timeout_s: int) -> dict:
-    """``pytest -m cuda`` on the GPU tests. When pytest stops before it writes its report
-    (e.g. this machine's packages warn at import, which our settings make an error), the output
-    is kept and the tests run once more with warnings left as warnings, marked as such."""
+def run_tests(timeout_s: int, log_path: str) -> dict:
+    """``pytest -m cuda`` on the GPU tests, its whole output in ``log_path``. With pytest-xdist
+    the tests run in worker processes, so a test that crashes its process is reported by name
+    as failed and the others still run."""
     # The GPU tests outside tests/cuda: the device path's sync counts, the migration check.
     overlap = "benchmarks/bench_cuda_overlap.py"
     paths = ["tests/cuda", "tests/runtime/test_device_path.py"]
     paths.append(f"{overlap}::test_migrated_weights_and_tables_follow_the_placement")
-    first = _pytest(paths, timeout_s, [])
-    if "tests" in first:
-        return first
-    second = _pytest(paths, timeout_s, ["-p", "no:warnings"])
-    return {**second, "warnings_not_errors": True, "first_attempt": first}
-
-
-def _pytest(paths: list[str], timeout_s: int, extra: list[str]) -> dict:
+    workers = ["-n", "4"] if importlib.util.find_spec("xdist") else []
     with tempfile.TemporaryDirectory() as tmp:
         junit = os.path.join(tmp, "tests.xml")
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda"]
-        cmd += [*extra, *paths, f"--junitxml={junit}"]
-        proc = subprocess.run(
-            cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s
-        )
-        output = {"rc": proc.returncode, "tail": (proc.stdout + proc.stderr)[-3000:]}
+        cmd = [sys.executable, "-X", "faulthandler", "-m", "pytest", "-v", "-p", "no:cacheprovider"]
+        cmd += ["-m", "cuda", *workers, *paths, f"--junitxml={junit}"]
+        with open(log_path, "w") as log:
+            proc = subprocess.run(
+                cmd, check=False, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s
+            )
+        with open(log_path) as log:
+            output = {"rc": proc.returncode, "log": log_path, "tail": log.read()[-3000:]}
         if not os.path.exists(junit):
             return output
         suite = ET.parse(junit).getroot()
@@ -191,7 +187,8 @@ def main() -> int:
         report["errors"]["build"] = "eplb_rt._C has no CUDA backend: build with EPLB_RT_CUDA=ON"
     sections = [("syncs", lambda: run_syncs("cuda" if gpu else "cpu"))]
     if gpu and "build" not in report["errors"]:
-        sections = [("tests", lambda: run_tests(args.tests_timeout)), *sections]
+        log_path = os.path.splitext(args.out)[0] + "_pytest.log"
+        sections = [("tests", lambda: run_tests(args.tests_timeout, log_path)), *sections]
         sections += [("route", run_route), ("runtime_route", run_runtime_route)]
         sections += [("overlap", run_overlap)]
     for name, fn in sections:
