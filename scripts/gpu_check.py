@@ -55,7 +55,7 @@ def run_tests(timeout_s: int, log_path: str) -> dict:
     overlap = "benchmarks/bench_cuda_overlap.py"
     paths = ["tests/cuda", "tests/runtime/test_device_path.py"]
     paths.append(f"{overlap}::test_migrated_weights_and_tables_follow_the_placement")
-    workers = ["-n", "4"] if importlib.util.find_spec("xdist") else []
+    workers = ["-n", "4", "-p", "no:benchmark"] if importlib.util.find_spec("xdist") else []
     with tempfile.TemporaryDirectory() as tmp:
         junit = os.path.join(tmp, "tests.xml")
         cmd = [sys.executable, "-X", "faulthandler", "-m", "pytest", "-v", "-p", "no:cacheprovider"]

@@ -28,6 +28,15 @@ fail() { echo "gpu_check: $2" >&2; exit "$1"; }
   fail 2 "torch sees no GPU (torch.cuda.is_available() is False); nothing was checked"
 command -v nvcc >/dev/null || fail 2 "nvcc is not on PATH (set PATH to include the CUDA toolkit's bin)"
 
+# A compiler with only a static libstdc++ is refused by the build (cmake/libstdcxx.cmake); GPU
+# images may set CXX to one, so take the system's g++ instead when it has the shared library.
+shared_libstdcxx() { [[ "$("$1" -print-file-name=libstdc++.so 2>/dev/null)" == /* ]]; }
+if [[ -z "${SKIP_BUILD:-}" ]] && ! shared_libstdcxx "${CXX:-g++}" && shared_libstdcxx /usr/bin/g++; then
+  echo "gpu_check: ${CXX:-g++} has no shared libstdc++; building with /usr/bin/g++"
+  export CXX=/usr/bin/g++ CUDAHOSTCXX=/usr/bin/g++
+  rm -rf build/cmake-release-*  # CMake keeps the compiler of an existing build folder
+fi
+
 if [[ -z "${SKIP_BUILD:-}" ]]; then
   echo "gpu_check: building with EPLB_RT_CUDA=ON (log in build/gpu_check_build.log)"
   if ! EPLB_RT_CUDA=ON MAX_JOBS=${MAX_JOBS:-$(nproc)} timeout 240 \

@@ -178,3 +178,49 @@ def test_npu_cmake_builds_a_shared_kernel_library_found_through_rpath(tmp_path):
         "update_expert_map",
         "update_expert_weights",
     ]
+
+
+# ---- the C++ compiler must link libstdc++ as a shared library (cmake/libstdcxx.cmake) ----
+
+
+def check_libstdcxx(tmp_path: Path, compiler: str, compiler_id: str = "GNU"):
+    probe = tmp_path / "libstdcxx.cmake"
+    probe.write_text(
+        f'include("{(REPO / "cmake" / "libstdcxx.cmake").as_posix()}")\n'
+        f'eplb_rt_check_shared_libstdcxx("{compiler}" "{compiler_id}")\n'
+        'message("RESULT accepted")\n'
+    )
+    return subprocess.run(["cmake", "-P", str(probe)], check=False, capture_output=True, text=True)
+
+
+def static_only_gxx(folder: Path) -> Path:
+    """A g++ that, like a GCC shipping only libstdc++.a, finds no libstdc++.so."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "g++"
+    script.write_text(
+        '#!/bin/sh\ncase "$1" in -print-file-name=*) echo "${1#-print-file-name=}";; '
+        '*) exec g++ "$@";; esac\n'
+    )
+    script.chmod(0o755)
+    return script
+
+
+@needs_cmake
+@pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not found")
+def test_a_compiler_with_a_shared_libstdcxx_is_accepted(tmp_path):
+    proc = check_libstdcxx(tmp_path, shutil.which("g++"))
+    assert proc.returncode == 0, proc.stderr
+    assert "RESULT accepted" in proc.stderr
+
+
+@needs_cmake
+def test_a_compiler_with_only_a_static_libstdcxx_is_refused_by_name(tmp_path):
+    compiler = static_only_gxx(tmp_path / "bin")
+    proc = check_libstdcxx(tmp_path, str(compiler))
+    assert proc.returncode != 0
+    assert "RESULT accepted" not in proc.stderr
+    message = " ".join(proc.stderr.split())
+    assert f"The C++ compiler {compiler} has no shared libstdc++" in message
+    assert "gives 'libstdc++.so'" in message and "CXX=/usr/bin/g++" in message
+    # Other compilers are not asked.
+    assert check_libstdcxx(tmp_path, str(compiler), "Clang").returncode == 0

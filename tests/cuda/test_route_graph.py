@@ -95,7 +95,7 @@ def test_route_replays_across_a_commit(device):
         (migration,) = plan_migration(rt.placement, target)
         transfer = rt.executor.start(migration, 0)
         assert rt.executor.finish(transfer) is None
-        rt._target = target
+        rt._set_target(target)
         rt._commit_layer(transfer)
         rt.step()
 
