@@ -15,17 +15,9 @@ import importlib
 import pytest
 import torch
 
-import eplb_rt
+from tests.devices import NEEDS_CUDA
 
-
-def cuda_backend_ready() -> bool:
-    return torch.cuda.is_available() and bool(eplb_rt.build_info()["backends"]["cuda"])
-
-
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not cuda_backend_ready(), reason="needs eplb_rt's CUDA backend and a GPU"),
-]
+pytestmark = NEEDS_CUDA
 
 ORACLES = ("reference", "cpu_backend")
 OP_NAMES = (

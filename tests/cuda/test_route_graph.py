@@ -14,17 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-import eplb_rt
 from eplb_rt.config import EplbConfig
 from eplb_rt.placement import Placement
 from eplb_rt.runtime import EplbRuntime
 from eplb_rt.runtime.migration import plan_migration
+from tests.devices import CPU_AND_CUDA
 
 E, N, K, H = 13, 64, 8, 4  # a prime number of experts, a decode-sized batch
-
-
-def _cuda_ready() -> bool:
-    return torch.cuda.is_available() and bool(eplb_rt.build_info()["backends"]["cuda"])
 
 
 def _capture(route):
@@ -55,19 +51,7 @@ def _expected(rt: EplbRuntime, ids: torch.Tensor, heat: torch.Tensor) -> torch.T
     )
 
 
-@pytest.mark.parametrize(
-    "device",
-    [
-        "cpu",
-        pytest.param(
-            "cuda",
-            marks=[
-                pytest.mark.cuda,
-                pytest.mark.skipif(not _cuda_ready(), reason="needs eplb_rt's CUDA backend"),
-            ],
-        ),
-    ],
-)
+@pytest.mark.parametrize("device", CPU_AND_CUDA)
 def test_route_replays_across_a_commit(device):
     config = EplbConfig(policy="deepseek", interval=0, history=H, episode=1, warm_up=False)
     with EplbRuntime(config, 2, E, device=device) as rt:

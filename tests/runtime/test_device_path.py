@@ -33,11 +33,11 @@ import torch.distributed as dist
 from _dist import spawn
 from _faults import open_gate
 
-import eplb_rt
 from eplb_rt.config import EplbConfig
 from eplb_rt.models import ExpertParallelMoE, MoEConfig, expert_weights
 from eplb_rt.runtime import EplbRuntime
 from eplb_rt.runtime.device import Device, Event, HostStaging
+from tests.devices import CPU_AND_CUDA, NEEDS_CUDA
 
 MODEL = MoEConfig(num_layers=3, num_experts=8, top_k=2, hidden=8, ffn=12, seed=5, exact=True)
 # A gather may read the heat ring back once (a blocking copy on the CPU, asynchronous elsewhere).
@@ -277,15 +277,11 @@ def test_no_host_sync_in_steps_without_a_gather():
     spawn(_drive_rank, 2)
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(
-    not (torch.cuda.is_available() and eplb_rt.build_info()["backends"]["cuda"]),
-    reason="needs eplb_rt's CUDA backend and a GPU",
-)
-def test_no_host_sync_on_a_gpu():
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=NEEDS_CUDA)])
+def test_no_host_sync_on_a_gpu(device):
     """One rank (one GPU): routes, steps and gathers. No plan changes a single rank's placement
     (alignment undoes a relabelling), so the commits are counted by the next test."""
-    check_drive(drive("cuda"), min_rebalances=0)
+    check_drive(drive(device), min_rebalances=0)
 
 
 def commit_path_syncs(device: torch.device | str, steps: int = 12) -> dict:
@@ -310,22 +306,7 @@ def commit_path_syncs(device: torch.device | str, steps: int = 12) -> dict:
     return {"steps": steps, "syncs": len(found), "where": sorted(set(found))[:20]}
 
 
-@pytest.mark.parametrize(
-    "device",
-    [
-        "cpu",
-        pytest.param(
-            "cuda",
-            marks=[
-                pytest.mark.cuda,
-                pytest.mark.skipif(
-                    not (torch.cuda.is_available() and eplb_rt.build_info()["backends"]["cuda"]),
-                    reason="needs eplb_rt's CUDA backend and a GPU",
-                ),
-            ],
-        ),
-    ],
-)
+@pytest.mark.parametrize("device", CPU_AND_CUDA)
 def test_no_host_sync_in_migrating_steps(device):
     result = commit_path_syncs(device)
     assert result["syncs"] == 0, result
