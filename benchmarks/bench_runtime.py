@@ -7,6 +7,9 @@
 2. Recording cost: ``EplbRuntime.route`` (one ``route_and_count`` op) against one MoE layer's own
    forward (router, top-k, expert MLPs, combine) at the same batch. Goal: <= 1%.
 3. The demo's PAR before vs after rebalancing: ``eplb-rt demo --json FILE`` (see notes).
+4. A commit's host work: ``EplbRuntime._commit_layer`` for one layer of a 58-layer x 256-expert
+   runtime (one-element weights, so the copy itself is negligible), what a migrating step pays on
+   the serving thread beside the launches.
 
 Run as pytest-benchmark suites: ``PYTHONPATH=. python -m pytest benchmarks/bench_runtime.py``,
 or ``PYTHONPATH=. python benchmarks/bench_runtime.py`` for the side-by-side summary.
@@ -27,8 +30,9 @@ import torch
 from eplb_rt.algorithms import plan, warm_up
 from eplb_rt.config import EplbConfig
 from eplb_rt.models import ExpertParallelMoE, MoEConfig
-from eplb_rt.placement import Topology
+from eplb_rt.placement import Placement, Topology
 from eplb_rt.runtime import EplbRuntime
+from eplb_rt.runtime.migration import plan_migration
 
 SERVING = MoEConfig(num_layers=4, num_experts=64, top_k=6, hidden=256, ffn=256, seed=1)
 SERVING_TOKENS = 256
@@ -220,6 +224,26 @@ def test_route_and_count(benchmark, layer):
 def test_moe_layer_forward(benchmark, layer):
     _, baseline, x, _ = layer
     benchmark(baseline, x)
+
+
+def _commit_setup(num_layers: int = 58, num_experts: int = 256):
+    """A runtime with a target placement (every layer's slots rotated by one) and the started
+    transfer of each layer; committing one again rewrites the same slots."""
+    config = EplbConfig(policy="deepseek", interval=0, history=4, episode=1, warm_up=False)
+    runtime = EplbRuntime(config, num_layers, num_experts)
+    for layer in range(num_layers):
+        runtime.register_weights(layer, {"w": torch.zeros(num_experts, 1)})
+    target = Placement(np.roll(runtime.placement.phy2log, 1, axis=1), num_experts, 1)
+    runtime._set_target(target)
+    transfers = [runtime.executor.start(m, 0) for m in plan_migration(runtime.placement, target)]
+    return runtime, transfers
+
+
+def test_commit_layer_host(benchmark):
+    runtime, transfers = _commit_setup()
+    turn = iter(range(10**9))
+    benchmark(lambda: runtime._commit_layer(transfers[next(turn) % len(transfers)]))
+    runtime.shutdown()
 
 
 if __name__ == "__main__":

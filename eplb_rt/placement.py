@@ -374,10 +374,15 @@ class Placement:
         share = self._slot_share.copy()
         p2l[idx] = other._phy2log[idx]
         share[idx] = other._slot_share[idx]
-        uniform = self._uniform and other._uniform
-        return Placement(
-            p2l, self.num_experts, self.num_ranks, None if uniform else share, validate=False
-        )
+        # Every row comes from a checked placement with its shares derived: nothing to redo
+        # (a runtime commits layer by layer, and recounting all layers cost more than the copy).
+        out = object.__new__(Placement)
+        p2l.setflags(write=False)
+        share.setflags(write=False)
+        out._phy2log, out._slot_share = p2l, share
+        out._uniform = self._uniform and other._uniform
+        out.num_experts, out.num_ranks = self.num_experts, self.num_ranks
+        return out
 
     @classmethod
     def stack(cls, layers: Sequence[Placement]) -> Placement:

@@ -177,6 +177,45 @@ def test_initial_select_replace_stack():
     np.testing.assert_allclose(stacked.slot_share[:, 0], [0.2, 0.5])
 
 
+def _random_placement(rng, L, E, D, S, *, weighted):
+    rows = []
+    base = Placement.initial(1, E, Topology(D, S)).phy2log[0]
+    while len(rows) < L:
+        row = rng.permutation(base)
+        if all(len(set(rank)) == S for rank in row.reshape(D, S)):
+            rows.append(row)
+    p = Placement(np.array(rows), E, D)
+    if not weighted:
+        return p
+    share = p.slot_share * rng.uniform(0.5, 1.5, p.slot_share.shape)
+    for layer in range(L):  # each expert's shares sum to 1 again
+        sums = np.bincount(p.phy2log[layer], weights=share[layer], minlength=E)
+        share[layer] /= sums[p.phy2log[layer]]
+    return p.with_shares(share)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_replace_layers_is_the_placement_built_from_the_mixed_rows(seed):
+    rng = np.random.default_rng(seed)
+    L, D, S = int(rng.integers(1, 6)), int(rng.integers(1, 5)), int(rng.integers(2, 5))
+    E = int(rng.integers(max(S, 2), D * S + 1)) if D > 1 else S
+    a = _random_placement(rng, L, E, D, S, weighted=bool(rng.integers(2)))
+    b = _random_placement(rng, L, E, D, S, weighted=bool(rng.integers(2)))
+    layers = np.flatnonzero(rng.random(L) < 0.5)
+    got = a.replace_layers(layers, b)
+    take = np.isin(np.arange(L), layers)[:, None]
+    p2l = np.where(take, b.phy2log, a.phy2log)
+    uniform = a.is_uniform and b.is_uniform
+    want = Placement(p2l, E, D, None if uniform else np.where(take, b.slot_share, a.slot_share))
+    assert got == want
+    np.testing.assert_array_equal(got.phy2log, want.phy2log)
+    np.testing.assert_allclose(got.slot_share, want.slot_share, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(got.uniform_layers(), want.uniform_layers())
+    np.testing.assert_array_equal(got.log2phy(D), want.log2phy(D))
+    np.testing.assert_array_equal(got.replica_share(D), want.replica_share(D))
+    assert not got.phy2log.flags.writeable and not got.slot_share.flags.writeable
+
+
 def test_equality_and_repr():
     a = make([[0, 1]], 2, 1)
     assert a == make([[0, 1]], 2, 1)
