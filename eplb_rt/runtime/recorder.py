@@ -57,11 +57,13 @@ class HeatRecorder:
         self._row_phy2log = np.zeros((history, num_layers, num_slots), dtype=np.int32)
         self._row_counts = np.zeros(history, dtype=bool)
         self._snapshot_stream = device.new_stream()
+        # The ring is never reallocated: each layer's view is made once, not in every route.
+        self._layer_heat = [self.heat[:, layer, :] for layer in range(num_layers)]
         self._snapshot_done: Event | None = None
 
     def layer_heat(self, layer: int) -> torch.Tensor:
         """``[H, P]`` view of one layer (row stride ``L * P``), what the kernels write."""
-        return self.heat[:, layer, :]
+        return self._layer_heat[layer]
 
     def route(
         self,

@@ -139,7 +139,13 @@ class EplbRuntime:
         p = self._placement
         self._tables = [torch.from_numpy(t).to(self.device) for t in self._table_rows(p)]
         self._log2phy, self._logcnt, self._replica_share, self._expert_map = self._tables
-        self._uniform = p.uniform_layers()
+        # Per layer, the views route() passes (the tables are rewritten in place, never
+        # reallocated): made once, since slicing a tensor costs more than the rest of a route.
+        self._route_tables = [
+            (self._log2phy[layer], self._logcnt[layer], self._replica_share[layer])
+            for layer in range(num_layers)
+        ]
+        self._uniform = p.uniform_layers().tolist()
         # A commit uploads its local slots and the four new table rows in one pinned copy.
         E, R = num_experts, self.max_replicas
         self._staging = HostStaging(self.dev, [S, E * R, E, E * R, E])
@@ -282,14 +288,9 @@ class EplbRuntime:
         # A graph keeps the kernel path it captured: capture the weighted one, which also serves
         # uniform shares (1 / logcnt), so a commit that makes the shares non-uniform is seen.
         weighted = not self._uniform[layer] or self.dev.is_capturing()
-        share = self._replica_share[layer] if weighted else None
+        log2phy, logcnt, share = self._route_tables[layer]
         return self.recorder.route(
-            layer,
-            topk_ids,
-            self._log2phy[layer],
-            self._logcnt[layer],
-            replica_share=share,
-            out=out,
+            layer, topk_ids, log2phy, logcnt, replica_share=share if weighted else None, out=out
         )
 
     def record(self, layer: int, group_list: torch.Tensor, cumulative: bool = False) -> None:
@@ -478,7 +479,7 @@ class EplbRuntime:
                 new_expert_map=up[3],
             )
         self._placement = self._placement.replace_layers([layer], self._target)
-        self._uniform[layer] = self._placement.uniform_layers()[layer]
+        self._uniform[layer] = bool(self._placement.uniform_layers()[layer])
 
     def _finish_rebalance(self, step: int) -> None:
         rebalance, self._current, self._target = self._current, None, None
