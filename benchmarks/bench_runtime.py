@@ -7,9 +7,9 @@
 2. Recording cost: ``EplbRuntime.route`` (one ``route_and_count`` op) against one MoE layer's own
    forward (router, top-k, expert MLPs, combine) at the same batch. Goal: <= 1%.
 3. The demo's PAR before vs after rebalancing: ``eplb-rt demo --json FILE`` (see notes).
-4. A commit's host work: ``EplbRuntime._commit_layer`` for one layer of a 58-layer x 256-expert
-   runtime (one-element weights, so the copy itself is negligible), what a migrating step pays on
-   the serving thread beside the launches.
+4. A migrating step's host work in a 58-layer x 256-expert runtime (one-element weights, so the
+   copies themselves are negligible): ``EplbRuntime._commit_layer`` for one layer, and the
+   executor's ``start`` of one layer's transfer, what the serving thread pays beside the launches.
 
 Run as pytest-benchmark suites: ``PYTHONPATH=. python -m pytest benchmarks/bench_runtime.py``,
 or ``PYTHONPATH=. python benchmarks/bench_runtime.py`` for the side-by-side summary.
@@ -226,23 +226,41 @@ def test_moe_layer_forward(benchmark, layer):
     benchmark(baseline, x)
 
 
-def _commit_setup(num_layers: int = 58, num_experts: int = 256):
-    """A runtime with a target placement (every layer's slots rotated by one) and the started
-    transfer of each layer; committing one again rewrites the same slots."""
+def _migration_setup(
+    num_layers: int = 58,
+    num_experts: int = 256,
+    moved: int | None = None,
+    names: tuple[str, ...] = ("w",),
+):
+    """A runtime with one-element weights ``names`` per slot and a target placement whose
+    first ``moved`` slots of every layer (all: ``None``) are rotated by one; returns it and each
+    layer's migration."""
     config = EplbConfig(policy="deepseek", interval=0, history=4, episode=1, warm_up=False)
     runtime = EplbRuntime(config, num_layers, num_experts)
     for layer in range(num_layers):
-        runtime.register_weights(layer, {"w": torch.zeros(num_experts, 1)})
-    target = Placement(np.roll(runtime.placement.phy2log, 1, axis=1), num_experts, 1)
+        runtime.register_weights(layer, {name: torch.zeros(num_experts, 1) for name in names})
+    phy2log = runtime.placement.phy2log.copy()
+    phy2log[:, :moved] = np.roll(phy2log[:, :moved], 1, axis=1)
+    target = Placement(phy2log, num_experts, 1)
     runtime._set_target(target)
-    transfers = [runtime.executor.start(m, 0) for m in plan_migration(runtime.placement, target)]
-    return runtime, transfers
+    return runtime, plan_migration(runtime.placement, target)
 
 
 def test_commit_layer_host(benchmark):
-    runtime, transfers = _commit_setup()
+    """Every slot of a layer rewritten; committing one again rewrites the same slots."""
+    runtime, migrations = _migration_setup()
+    transfers = [runtime.executor.start(m, 0) for m in migrations]
     turn = iter(range(10**9))
     benchmark(lambda: runtime._commit_layer(transfers[next(turn) % len(transfers)]))
+    runtime.shutdown()
+
+
+def test_start_transfer_host(benchmark):
+    """6 slots of a layer moved, 4 tensors a slot (fp8 weights and their scales): the
+    executor's start, as a migrating step pays it before the forward."""
+    runtime, migrations = _migration_setup(moved=6, names=("w13", "w2", "w13_scale", "w2_scale"))
+    turn = iter(range(10**9))
+    benchmark(lambda: runtime.executor.start(migrations[next(turn) % len(migrations)], 0))
     runtime.shutdown()
 
 

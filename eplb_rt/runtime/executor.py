@@ -85,7 +85,11 @@ class MigrationExecutor:
         self.timeout = datetime.timedelta(seconds=timeout_s)
         self.stream = device.new_stream()
         self.weights: dict[int, dict[str, torch.Tensor]] = {}
-        self._staging: dict[tuple, list[list[torch.Tensor]]] = {}
+        # Per layer and registered tensor, each slot's view; per weight signature and lane, the
+        # staging buffers and their rows' views. Made once (tensors are rewritten in place,
+        # never reallocated), so that a transfer indexes lists instead of slicing tensors.
+        self._slot_views: dict[int, list[tuple[torch.Tensor, ...]]] = {}
+        self._staging: dict[tuple, list[tuple[list[torch.Tensor], list]]] = {}
         self._transfers = 0
         self.counters = {"slots_sent": 0, "slots_received": 0, "slots_copied": 0, "bytes_sent": 0}
         """Slots this rank sent, received from other ranks and copied locally, since start."""
@@ -112,15 +116,18 @@ class MigrationExecutor:
             if not tensor.is_contiguous():
                 raise ValueError(f"weight {name!r} must be contiguous")
         self.weights[layer] = dict(tensors)
+        self._slot_views[layer] = [t.unbind(0) for t in tensors.values()]
 
     def slot_bytes(self, layer: int) -> int:
         """Bytes of one slot of ``layer`` over all its registered tensors."""
         return sum(t[0].numel() * t.element_size() for t in self.weights.get(layer, {}).values())
 
-    def _staging_for(self, lane: int, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _staging_for(self, lane: int, tensors: list[torch.Tensor]):
+        """``lane``'s staging buffers for a layer of ``tensors``' signature, and their rows."""
         key = tuple((tuple(t.shape), t.dtype) for t in tensors)
         if key not in self._staging:
-            self._staging[key] = [[torch.empty_like(t) for t in tensors] for _ in range(self.lanes)]
+            lanes = [[torch.empty_like(t) for t in tensors] for _ in range(self.lanes)]
+            self._staging[key] = [(bufs, [b.unbind(0) for b in bufs]) for bufs in lanes]
         return self._staging[key][lane]
 
     # ------------------------------------------------------------------ transfer
@@ -135,13 +142,16 @@ class MigrationExecutor:
         layer = migration.layer
         S = migration.slots_per_rank
         tensors = list(self.weights.get(layer, {}).values())
+        slot_views = self._slot_views.get(layer, [])
+        T = len(tensors)
         recv = migration.received_by(self.rank)
         send = migration.sent_by(self.rank)
         self._transfers += 1
         tag_base = (self._transfers % 1000) * _TAG_SPAN
-        staging = self._staging_for(lane, tensors) if tensors else []
+        staging, staging_rows = self._staging_for(lane, tensors) if tensors else ([], [])
         staged = [buf[: recv.size] for buf in staging]
         slots = (migration.dst[recv] % S).astype(np.int32)
+        src_of, dst_of = migration.src.tolist(), migration.dst.tolist()
         started = time.perf_counter()
         serving_done = self.device.record_event()
         works: list = []
@@ -149,34 +159,37 @@ class MigrationExecutor:
         with self.device.on_stream(self.stream):
             self.device.wait_event(previous_event, self.stream)
             self.device.wait_event(serving_done, self.stream)
-            p2p = []
+            p2p, local_dst, local_src = [], [], []
             try:
-                for row, i in enumerate(recv):
-                    src_rank, src_slot = divmod(int(migration.src[i]), S)
-                    for t, tensor in enumerate(tensors):
+                for row, i in enumerate(recv.tolist()):
+                    src_rank, src_slot = divmod(src_of[i], S)
+                    for t in range(T):
                         if src_rank == self.rank:
-                            staged[t][row].copy_(tensor[src_slot], non_blocking=True)
+                            local_dst.append(staging_rows[t][row])
+                            local_src.append(slot_views[t][src_slot])
                         else:
                             p2p.append(
                                 dist.P2POp(
                                     dist.irecv,
-                                    staged[t][row],
+                                    staging_rows[t][row],
                                     self.ranks[src_rank],
                                     group=self.group,
-                                    tag=tag_base + int(i) * len(tensors) + t,
+                                    tag=tag_base + i * T + t,
                                 )
                             )
-                for i in send:
-                    dst_rank = int(migration.dst[i]) // S
-                    src_slot = int(migration.src[i]) % S
-                    for t, tensor in enumerate(tensors):
+                if local_dst:
+                    # One call for every local copy (on a GPU one kernel when they share a dtype).
+                    torch._foreach_copy_(local_dst, local_src, non_blocking=True)
+                for i in send.tolist():
+                    dst_rank, src_slot = dst_of[i] // S, src_of[i] % S
+                    for t in range(T):
                         p2p.append(
                             dist.P2POp(
                                 dist.isend,
-                                tensor[src_slot],
+                                slot_views[t][src_slot],
                                 self.ranks[dst_rank],
                                 group=self.group,
-                                tag=tag_base + int(i) * len(tensors) + t,
+                                tag=tag_base + i * T + t,
                             )
                         )
                 if p2p:
