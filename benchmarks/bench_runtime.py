@@ -7,9 +7,10 @@
 2. Recording cost: ``EplbRuntime.route`` (one ``route_and_count`` op) against one MoE layer's own
    forward (router, top-k, expert MLPs, combine) at the same batch. Goal: <= 1%.
 3. The demo's PAR before vs after rebalancing: ``eplb-rt demo --json FILE`` (see notes).
-4. A migrating step's host work in a 58-layer x 256-expert runtime (one-element weights, so the
-   copies themselves are negligible): ``EplbRuntime._commit_layer`` for one layer, and the
-   executor's ``start`` of one layer's transfer, what the serving thread pays beside the launches.
+4. The serving thread's own work in a 58-layer x 256-expert runtime: ``EplbRuntime.route`` at
+   decode size, and in a migrating step (one-element weights, so the copies themselves are
+   negligible) ``EplbRuntime._commit_layer`` for one layer and the executor's ``start`` of one
+   layer's transfer.
 
 Run as pytest-benchmark suites: ``PYTHONPATH=. python -m pytest benchmarks/bench_runtime.py``,
 or ``PYTHONPATH=. python benchmarks/bench_runtime.py`` for the side-by-side summary.
@@ -252,6 +253,18 @@ def test_commit_layer_host(benchmark):
     transfers = [runtime.executor.start(m, 0) for m in migrations]
     turn = iter(range(10**9))
     benchmark(lambda: runtime._commit_layer(transfers[next(turn) % len(transfers)]))
+    runtime.shutdown()
+
+
+def test_route_host(benchmark):
+    """``EplbRuntime.route`` at decode size (N=64, K=8) over the layers of a 58-layer runtime."""
+    torch.set_num_threads(1)
+    config = EplbConfig(policy="deepseek", interval=0, history=16, episode=1, warm_up=False)
+    runtime = EplbRuntime(config, 58, 256)
+    ids = torch.randint(256, (64, 8), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
+    out = torch.empty_like(ids)
+    turn = iter(range(10**9))
+    benchmark(lambda: runtime.route(next(turn) % 58, ids, out=out))
     runtime.shutdown()
 
 
