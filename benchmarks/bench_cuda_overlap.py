@@ -168,9 +168,8 @@ def stand_in_forward(serving: Serving):
     shape, model = serving.shape, serving.model
     rows = -(-shape.tokens * shape.top_k // model.slots)
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn((model.slots, rows, shape.hidden), generator=gen).to(
-        model.device, torch.bfloat16
-    )
+    x = torch.randn((model.slots, rows, shape.hidden), generator=gen)
+    x = x.to(model.device, model.cfg.dtype)
 
     def forward() -> None:
         for w in model.weights:
