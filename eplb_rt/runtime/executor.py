@@ -160,9 +160,11 @@ class MigrationExecutor:
             self.device.wait_event(previous_event, self.stream)
             self.device.wait_event(serving_done, self.stream)
             p2p, local_dst, local_src = [], [], []
+            remote = 0
             try:
                 for row, i in enumerate(recv.tolist()):
                     src_rank, src_slot = divmod(src_of[i], S)
+                    remote += src_rank != self.rank
                     for t in range(T):
                         if src_rank == self.rank:
                             local_dst.append(staging_rows[t][row])
@@ -194,7 +196,6 @@ class MigrationExecutor:
                         )
                 if p2p:
                     works = dist.batch_isend_irecv(p2p) or []
-                remote = int(sum(int(migration.src[i]) // S != self.rank for i in recv))
                 self.counters["slots_received"] += remote
                 self.counters["slots_copied"] += int(recv.size) - remote
                 self.counters["slots_sent"] += int(send.size)

@@ -192,7 +192,9 @@ class EplbRuntime:
         self._pending: Job | None = None  # gathered, waiting for its deadline
         self._queue: list[LayerMigration] = []  # agreed, not yet started
         self._target: Placement | None = None
-        self._target_rows: list[np.ndarray] = []  # _table_rows(_target), made once per plan
+        # _table_rows(_target) and its uniform layers, made once per plan
+        self._target_rows: list[np.ndarray] = []
+        self._target_uniform = np.ones(num_layers, dtype=bool)
         self._in_flight: list[Transfer] = []
         self._current: Rebalance | None = None
         self.rebalances: list[Rebalance] = []
@@ -461,6 +463,7 @@ class EplbRuntime:
         so that a commit only copies its layer's rows."""
         self._target = target
         self._target_rows = self._table_rows(target)
+        self._target_uniform = target.uniform_layers()
 
     def _commit_layer(self, transfer: Transfer) -> None:
         """Weights first, then the tables: the same layer at the same step on every rank."""
@@ -479,7 +482,7 @@ class EplbRuntime:
                 new_expert_map=up[3],
             )
         self._placement = self._placement.replace_layers([layer], self._target)
-        self._uniform[layer] = bool(self._placement.uniform_layers()[layer])
+        self._uniform[layer] = bool(self._target_uniform[layer])
 
     def _finish_rebalance(self, step: int) -> None:
         rebalance, self._current, self._target = self._current, None, None
