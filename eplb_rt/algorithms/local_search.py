@@ -430,6 +430,10 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
 _FAR = 600.0
 """A rank this many temperatures above the peak makes any move a loss (and exp would overflow)."""
 
+_REFUTE_MARGIN = 1e-9
+"""A candidate is refuted on a partial sum only this far (relative) above the cut-off: far
+above the rounding of the sums, so the moves taken are those of scoring every candidate."""
+
 
 @njit(cache=True, nogil=True)
 def _soft_peak(loads, tau):
@@ -451,6 +455,60 @@ def _rewrite(out, loads, holds, w, counts, b, x, y):
     for r in range(loads.shape[0]):
         out[r] = loads[r] + (dx if holds[r, x] else 0.0) + (dy if holds[r, y] else 0.0)
     out[b] += w[y] / (counts[y] + 1) - w[x] / (counts[x] - 1)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _refute_above(cut, Z, gain, tau):
+    """``cut [3]``: the sum of smooth-peak terms above which a move costing ``max(c, 1/2)``
+    slots (``c`` = 0, 1, 2) surely gains less than ``gain`` per slot, with a margin far above
+    rounding; infinite where the bound underflows (such moves are scored in full)."""
+    for c in range(3):
+        bound = Z * np.exp(-gain * max(c, 0.5) / tau)
+        cut[c] = bound * (1.0 + _REFUTE_MARGIN) if bound > 1e-200 else np.inf
+
+
+@njit(cache=True, nogil=True)
+def _ranks_of(row, counts, num_ranks):
+    """``where [E, max count] int64``: the ranks holding each expert, in increasing order
+    (the first ``counts[e]`` entries of row ``e``)."""
+    E = counts.shape[0]
+    S = row.shape[0] // num_ranks
+    where = np.empty((E, max(counts.max(), 1)), dtype=np.int64)
+    filled = np.zeros(E, dtype=np.int64)
+    for p in range(row.shape[0]):
+        e = row[p]
+        where[e, filled[e]] = p // S
+        filled[e] += 1
+    return where
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _rewrite_z(Z, ex, loads, where, w, counts, a, b, x, y, tau):
+    """The smooth peak's sum ``Z`` (terms ``ex``, around peak rank ``a``) once rank ``b``'s
+    slot of ``x`` holds ``y``: the terms of the ranks of ``x`` and of ``y`` change, added in
+    rank order with the rounding of :func:`_rewrite` (so equal to a scan of every rank)."""
+    dx = w[x] / (counts[x] - 1) - w[x] / counts[x]
+    dy = w[y] / (counts[y] + 1) - w[y] / counts[y]
+    to_b = w[y] / (counts[y] + 1) - w[x] / (counts[x] - 1)
+    z = Z
+    i = 0
+    j = 0
+    nx = counts[x]
+    ny = counts[y]
+    while i < nx or j < ny:
+        rx = where[x, i] if i < nx else loads.shape[0]
+        ry = where[y, j] if j < ny else loads.shape[0]
+        r = min(rx, ry)
+        t = loads[r] + (dx if rx == r else 0.0) + (dy if ry == r else 0.0)
+        if r == b:
+            t += to_b
+        if rx == r:
+            i += 1
+        if ry == r:
+            j += 1
+        if t != loads[r]:
+            z += np.exp(min(t - loads[a], _FAR * tau) / tau) - ex[r]
+    return z
 
 
 @njit(cache=True, nogil=True)
@@ -477,6 +535,12 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau_min, tau_share):
     balance, lowering the group of ranks near the peak is progress even where the single
     largest stays (a step the exact maximum would not see, so the walk would spend slots on the
     peak alone); near balance it is the peak itself. Returns ``(row [P] int64, moved slots)``.
+
+    Most candidates are refuted before they are scored in full: a move beats the best gain so
+    far only if its sum of smooth-peak terms stays below a cut-off, and a swap's terms are added
+    one by one, largest first. A rewrite is scored on the ranks it changes (those of the two
+    experts). The moves taken are those of scoring every candidate on every rank
+    (``tests/algorithms/test_moves.py`` holds that scan).
     """
     E = w.shape[0]
     D = num_ranks
@@ -497,6 +561,8 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau_min, tau_share):
     best_moves = 0
     moves = 0
     trial = np.empty(D)
+    slot_load = np.empty(P)
+    cut = np.empty(3)
     # Every step lowers the smooth peak; the cap only bounds rounding loops.
     for _ in range(8 * P):
         a = 0
@@ -514,13 +580,19 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau_min, tau_share):
         best_q = -1
         best_y = -1
         # Swaps: a replica x of the peak rank a for a lighter replica y of rank b.
+        for q in range(P):
+            slot_load[q] = w[row[q]] / counts[row[q]]
+        # A swap beats the best gain g per slot only if its sum of terms z is below
+        # Z exp(-g c / tau), c = max(slots it costs, 0.5) (1 / 2, 1 or 2): z only grows with each
+        # term added, so most candidates are refuted before their second exp and their log.
+        _refute_above(cut, Z, best_gain, tau)
         for sa in range(S):
             p = a * S + sa
             x = row[p]
             for q in range(P):
                 b = q // S
                 y = row[q]
-                d = w[x] / counts[x] - w[y] / counts[y]
+                d = slot_load[p] - slot_load[q]
                 if b == a or d <= 0.0 or holds[b, x] or holds[a, y]:
                     continue
                 # Slots newly moved (a slot already moved costs nothing to change again).
@@ -530,8 +602,18 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau_min, tau_share):
                     continue
                 if loads[b] + d - loads[a] > _FAR * tau:
                     continue
-                z = max(Z - ex[a] - ex[b], 0.0) + np.exp(-d / tau)
-                z += np.exp((loads[b] + d - loads[a]) / tau)
+                rest = max(Z - ex[a] - ex[b], 0.0)
+                limit = cut[max(extra, 0)]
+                if rest > limit:
+                    continue
+                # b's new term first: a swap that lifts b near the peak is refuted on it.
+                lifted = np.exp((loads[b] + d - loads[a]) / tau)
+                if rest + lifted > limit:
+                    continue
+                z = rest + np.exp(-d / tau)
+                if z > limit:
+                    continue
+                z += lifted
                 new = loads[a] + tau * np.log(max(z, 1e-300))
                 if z < 1e-200:  # every term underflowed: score the move on all ranks
                     trial[:] = loads
@@ -543,26 +625,29 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau_min, tau_share):
                     best_gain = gain
                     best_p = p
                     best_q = q
+                    _refute_above(cut, Z, best_gain, tau)
         # Rewrites: slot q (expert x, which keeps a replica elsewhere) takes expert y; either y
-        # is on the peak rank (one more replica of y lightens it) or q is on the peak rank.
+        # is on the peak rank (one more replica of y lightens it) or q is on the peak rank. A
+        # rewrite changes the ranks of x and of y only: they are scored in rank order, as a
+        # scan of every rank would add them.
+        where = _ranks_of(row, counts, D)
+        on_a = np.sort(row[a * S : (a + 1) * S])
         for q in range(P):
             b = q // S
             x = row[q]
             if counts[x] < 2:
                 continue
-            for y in range(E):
-                if y == x or holds[b, y] or counts[y] >= D or not (holds[a, y] or b == a):
+            ys = np.arange(E) if b == a else on_a
+            for y in ys:
+                if y == x or holds[b, y] or counts[y] >= D:
                     continue
                 extra = _moved(y, prev_row[q]) - _moved(x, prev_row[q])
                 if moves + extra > budget:
                     continue
-                _rewrite(trial, loads, holds, w, counts, b, x, y)
-                z = Z
-                for r in range(D):
-                    if trial[r] != loads[r]:
-                        z += np.exp(min(trial[r] - loads[a], _FAR * tau) / tau) - ex[r]
+                z = _rewrite_z(Z, ex, loads, where, w, counts, a, b, x, y, tau)
                 new = loads[a] + tau * np.log(max(z, 1e-300))
                 if z < 1e-200:  # every term underflowed: score the move on all ranks
+                    _rewrite(trial, loads, holds, w, counts, b, x, y)
                     new = _soft_peak(trial, tau)
                 gain = (base - new) / max(extra, 0.5)
                 if gain > best_gain:
