@@ -32,13 +32,13 @@ def align_row(
     S = P // num_ranks
     new_grid = new_row.reshape(num_ranks, S)
     prev_grid = prev_row.reshape(num_ranks, S)
-    new_hot = np.zeros((num_ranks, num_experts), dtype=np.int32)
     prev_hot = np.zeros((num_ranks, num_experts), dtype=np.int32)
-    ranks = np.repeat(np.arange(num_ranks), S)
-    new_hot[ranks, new_row] = 1
-    prev_hot[ranks, prev_row] = 1
-    # [new rank, old rank]; the identity breaks ties (it adds less than one kept slot in all).
-    overlap = (new_hot @ prev_hot.T) * (num_ranks + 1) + np.eye(num_ranks, dtype=np.int32)
+    prev_hot[np.repeat(np.arange(num_ranks), S), prev_row] = 1
+    # [new rank, old rank]: the new rank's experts that the old one holds (a gather, not an
+    # integer matrix product, which numpy does without BLAS); the identity breaks ties (it adds
+    # less than one kept slot in all).
+    kept = prev_hot[:, new_row].reshape(num_ranks, num_ranks, S).sum(axis=2).T
+    overlap = kept * (num_ranks + 1) + np.eye(num_ranks, dtype=np.int32)
     new_idx, old_idx = linear_sum_assignment(overlap, maximize=True)
     out = np.empty((num_ranks, S), dtype=np.int64)
     share_grid = None if new_share is None else new_share.reshape(num_ranks, S)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -99,6 +101,30 @@ def test_align_relabels_ranks_and_keeps_slots():
     row, moved = align_row(new, prev, 3, 6, share)
     assert row.tolist() == [0, 1, 2, 5, 4, 3]
     assert moved.tolist() == [3.0, 2.0, 0.0, 1.0, 4.0, 5.0]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_align_keeps_the_most_slots_of_any_rank_relabelling(seed):
+    rng = np.random.default_rng(seed)
+    D, S = int(rng.integers(2, 5)), int(rng.integers(1, 4))
+    E = int(rng.integers(S, D * S + 1))
+
+    def a_row():
+        # Every expert once, the rest of the slots random replicas, no expert twice on a rank.
+        while True:
+            row = rng.permutation(np.concatenate([np.arange(E), rng.integers(0, E, D * S - E)]))
+            if all(len(set(r)) == S for r in row.reshape(D, S).tolist()):
+                return row.astype(np.int64)
+
+    prev, new = a_row(), a_row()
+    row, _ = align_row(new, prev, D, E)
+    kept = int((row == prev).sum())
+    grid = new.reshape(D, S)
+    for perm in itertools.permutations(range(D)):
+        # New rank i as old rank perm[i]: at best every common expert keeps its slot.
+        best = sum(len(set(grid[i]) & set(prev.reshape(D, S)[perm[i]])) for i in range(D))
+        assert kept >= best
+    assert sorted(map(sorted, row.reshape(D, S).tolist())) == sorted(map(sorted, grid.tolist()))
 
 
 def test_align_placement_keeps_loads_and_never_adds_moves():
