@@ -537,10 +537,12 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau_min, tau_share):
     peak alone); near balance it is the peak itself. Returns ``(row [P] int64, moved slots)``.
 
     Most candidates are refuted before they are scored in full: a move beats the best gain so
-    far only if its sum of smooth-peak terms stays below a cut-off, and a swap's terms are added
-    one by one, largest first. A rewrite is scored on the ranks it changes (those of the two
-    experts). The moves taken are those of scoring every candidate on every rank
-    (``tests/algorithms/test_moves.py`` holds that scan).
+    far only if its sum of smooth-peak terms stays below a cut-off, and a lower bound of that
+    sum is often above it already -- a swap's terms added one by one, the one of the rank that
+    receives first; a rewrite's from the ranks that take x's load (the other replicas of x),
+    with the terms that fall taken at nothing. A rewrite that is scored is scored on the ranks
+    it changes (those of its two experts). The moves taken are those of scoring every candidate
+    on every rank (``tests/algorithms/test_moves.py`` holds that scan).
     """
     E = w.shape[0]
     D = num_ranks
@@ -562,6 +564,8 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau_min, tau_share):
     moves = 0
     trial = np.empty(D)
     slot_load = np.empty(P)
+    held_terms = np.empty(E)
+    rise = np.empty(D)
     cut = np.empty(3)
     # Every step lowers the smooth peak; the cap only bounds rounding loops.
     for _ in range(8 * P):
@@ -606,8 +610,12 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau_min, tau_share):
                 limit = cut[max(extra, 0)]
                 if rest > limit:
                     continue
-                # b's new term first: a swap that lifts b near the peak is refuted on it.
-                lifted = np.exp((loads[b] + d - loads[a]) / tau)
+                # b's new term first: a swap that lifts b near the peak is refuted on it, most
+                # before its exp (exp(u) >= 1 + u).
+                u = (loads[b] + d - loads[a]) / tau
+                if rest + 1.0 + u > limit:
+                    continue
+                lifted = np.exp(u)
                 if rest + lifted > limit:
                     continue
                 z = rest + np.exp(-d / tau)
@@ -632,17 +640,47 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau_min, tau_share):
         # scan of every rank would add them.
         where = _ranks_of(row, counts, D)
         on_a = np.sort(row[a * S : (a + 1) * S])
+        # For refuting a rewrite without scoring it: per expert, the terms of its ranks (they
+        # all fall when it gains a replica); the ranks of x rise, and are left out.
+        held_terms[:] = 0.0
+        for p in range(P):
+            held_terms[row[p]] += ex[p // S]
         for q in range(P):
             b = q // S
             x = row[q]
             if counts[x] < 2:
                 continue
+            # The other ranks of x take its load (a, if it holds x, is scored with y below).
+            dx = w[x] / (counts[x] - 1) - w[x] / counts[x]
+            for j in range(counts[x]):
+                r = where[x, j]
+                rise[j] = 0.0
+                if r not in (a, b):
+                    rise[j] = np.exp(min(loads[r] + dx - loads[a], _FAR * tau) / tau) - ex[r]
             ys = np.arange(E) if b == a else on_a
             for y in ys:
                 if y == x or holds[b, y] or counts[y] >= D:
                     continue
                 extra = _moved(y, prev_row[q]) - _moved(x, prev_row[q])
                 if moves + extra > budget:
+                    continue
+                # A lower bound of the new sum of terms: the risen terms of the ranks of x that
+                # lack y, then a's new term; every other changed rank's term at nothing.
+                limit = cut[max(extra, 0)] + _REFUTE_MARGIN * Z
+                low = Z - ex[a] - (held_terms[y] - (ex[a] if holds[a, y] else 0.0))
+                if b != a:
+                    low -= ex[b]
+                for j in range(counts[x]):
+                    if not holds[where[x, j], y]:
+                        low += rise[j]
+                if low > limit:
+                    continue
+                t = (dx if holds[a, x] else 0.0) + (
+                    w[y] / (counts[y] + 1) - w[y] / counts[y] if holds[a, y] else 0.0
+                )
+                if b == a:
+                    t += w[y] / (counts[y] + 1) - w[x] / (counts[x] - 1)
+                if low + np.exp(min(t, _FAR * tau) / tau) > limit:
                     continue
                 z = _rewrite_z(Z, ex, loads, where, w, counts, a, b, x, y, tau)
                 new = loads[a] + tau * np.log(max(z, 1e-300))
@@ -655,6 +693,7 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau_min, tau_share):
                     best_p = -1
                     best_q = q
                     best_y = y
+                    _refute_above(cut, Z, best_gain, tau)
         if best_q < 0 or best_gain < 0.25 * move_cost * mean:
             break
         if best_p >= 0:
