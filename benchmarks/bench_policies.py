@@ -11,7 +11,8 @@ Run: ``PYTHONPATH=. taskset -c 0 python -m pytest benchmarks/bench_policies.py
 * ``test_plan_unseen``: the default policy with and without ``unseen=1`` on the four prefill
   workloads as episodes (where it acts) and on the 16 episodes (where it is mostly noise).
 * ``test_replan``: the default policy with a previous placement (fitted on 16 episodes, re-plan
-  on ``prefill_in512``).
+  on ``prefill_in512``); ``test_replan_episodes``: the same re-plan on 16 sampled draws of
+  ``prefill_in512`` (as a runtime's history gives it).
 * ``test_cold_start``: a fresh interpreter with ``NUMBA_CACHE_DIR`` pointed at an empty
   directory: import, then the first plan of a small load, then a re-plan with a previous
   placement (the kernels of moves that pay); wall and CPU seconds (the compile is
@@ -118,6 +119,22 @@ def test_replan(benchmark, loads):
     benchmark.extra_info.update(
         par_before=round(float(np.nanmean(metrics.par(previous, new[0]))), 5),
         par_after=round(float(np.nanmean(metrics.par(placement, new[0]))), 5),
+        moved_fraction=round(placement.moved_fraction(previous), 4),
+    )
+
+
+def test_replan_episodes(benchmark, loads):
+    """The runtime's case: a re-plan from its history's episodes (16 draws of ``prefill_in512``)."""
+    rng = np.random.default_rng(1)
+    new = traces.deepseek_v3("prefill_in512", moe_only=True)[0]
+    episodes = traces.sample_tokens(new, 16, 200_000, rng)
+    previous = plan(DEFAULT, loads["16 episodes"], TOPO)
+    placement = benchmark.pedantic(
+        plan, args=(DEFAULT, episodes, TOPO), kwargs={"previous": previous}, rounds=3, iterations=1
+    )
+    benchmark.extra_info.update(
+        par_before=round(float(np.nanmean(metrics.par(previous, new))), 5),
+        par_after=round(float(np.nanmean(metrics.par(placement, new))), 5),
         moved_fraction=round(placement.moved_fraction(previous), 4),
     )
 
