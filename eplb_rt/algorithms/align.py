@@ -37,31 +37,32 @@ def align_row(
     # [new rank, old rank]: the new rank's experts that the old one holds (a gather, not an
     # integer matrix product, which numpy does without BLAS); the identity breaks ties (it adds
     # less than one kept slot in all).
-    kept = prev_hot[:, new_row].reshape(num_ranks, num_ranks, S).sum(axis=2).T
-    overlap = kept * (num_ranks + 1) + np.eye(num_ranks, dtype=np.int32)
+    common = prev_hot[:, new_row].reshape(num_ranks, num_ranks, S).sum(axis=2).T
+    overlap = common * (num_ranks + 1) + np.eye(num_ranks, dtype=np.int32)
     new_idx, old_idx = linear_sum_assignment(overlap, maximize=True)
-    out = np.empty((num_ranks, S), dtype=np.int64)
-    share_grid = None if new_share is None else new_share.reshape(num_ranks, S)
-    out_share = None if new_share is None else np.empty((num_ranks, S))
-    for n, o in zip(new_idx, old_idx, strict=True):
-        experts = new_grid[n]
-        prev = prev_grid[o]
-        slot_of = {int(e): i for i, e in enumerate(prev)}
-        placed = np.full(S, -1, dtype=np.int64)
-        taken = np.zeros(S, dtype=bool)
-        rest = []
-        for i, e in enumerate(experts):
-            s = slot_of.get(int(e))
-            if s is not None:
-                placed[s] = i
-                taken[s] = True
-            else:
-                rest.append(i)
-        free = np.flatnonzero(~taken)
-        placed[free] = rest
-        out[o] = experts[placed]
-        if out_share is not None:
-            out_share[o] = share_grid[n][placed]
+    # Old rank o takes the experts of new rank source[o]: those it holds already keep their
+    # slot, the others fill its remaining slots in order.
+    source = np.empty(num_ranks, dtype=np.int64)
+    source[old_idx] = new_idx
+    experts = new_grid[source]
+    same = experts[:, :, None] == prev_grid[:, None, :]  # [rank, new slot i, old slot j]
+    kept = same.any(axis=2)
+    taken = same.any(axis=1)
+    placed = np.empty((num_ranks, S), dtype=np.int64)  # old slot j <- new slot placed[j]
+    rank_of, i_kept = np.nonzero(kept)
+    placed[rank_of, same.argmax(axis=2)[rank_of, i_kept]] = i_kept
+    # Stable sorts list the free slots, and the experts without one, in order; row by row
+    # there are as many of each.
+    free = np.argsort(taken, axis=1, kind="stable")
+    rest = np.argsort(kept, axis=1, kind="stable")
+    first = np.arange(S)[None, :] < (~taken).sum(axis=1, keepdims=True)
+    rank_of = np.nonzero(first)[0]
+    placed[rank_of, free[first]] = rest[first]
+    out = np.take_along_axis(experts, placed, axis=1)
+    out_share = None
+    if new_share is not None:
+        share_grid = new_share.reshape(num_ranks, S)[source]
+        out_share = np.take_along_axis(share_grid, placed, axis=1)
     return out.reshape(P), None if out_share is None else out_share.reshape(P)
 
 
