@@ -1,9 +1,11 @@
 """Runtime overheads on the serving thread.
 
 1. Step time of a serving loop (the reference MoE model with ``EplbRuntime.route`` + ``step``)
-   while the ``default`` policy plans DeepSeek-V3 (58 layers x 256 experts on 32 ranks x 9
-   slots) over and over in a background thread, against the same loop with the thread idle.
-   Goal: <= 3% inflation.
+   while the shipped default policy (``EplbConfig().policy``) re-plans DeepSeek-V3 (58 layers
+   x 256 experts on 32 ranks x 9 slots, each plan from the placement the last one gave, on the
+   next prefill workload) in a background thread, against the same loop with the thread idle;
+   rounds alternate, and the inflation is the median over rounds of the ratio of the two
+   rounds' median step times. Goal: <= 3% inflation.
 2. Recording cost: ``EplbRuntime.route`` (one ``route_and_count`` op) against one MoE layer's own
    forward (router, top-k, expert MLPs, combine) at the same batch. Goal: <= 1%.
 3. The demo's PAR before vs after rebalancing: ``eplb-rt demo --json FILE`` (see notes).
@@ -19,6 +21,7 @@ or ``PYTHONPATH=. python benchmarks/bench_runtime.py`` for the side-by-side summ
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import multiprocessing
 import statistics
 import threading
@@ -41,48 +44,55 @@ LAYER = MoEConfig(num_layers=1, num_experts=256, top_k=8, hidden=1024, ffn=256, 
 LAYER_TOKENS = 512
 
 
-def _deepseek_v3_load() -> np.ndarray:
-    """``[1, 58, 256]`` load: the shipped SGLang DeepSeek-V3 trace, else a skewed stand-in."""
+def _deepseek_v3_loads() -> list[np.ndarray]:
+    """``[1, 58, 256]`` loads: the shipped SGLang DeepSeek-V3 prefill workloads, else skewed
+    stand-ins."""
     try:
         from benchmarks import traces
 
-        return traces.deepseek_v3("prefill_in4096", moe_only=True)
+        return [traces.deepseek_v3(w, moe_only=True) for w in traces.DEEPSEEK_V3_WORKLOADS]
     except (ImportError, OSError, ValueError):
         rng = np.random.default_rng(0)
-        return rng.zipf(1.6, size=(1, 58, 256)).astype(np.float64)
+        return [rng.zipf(1.6, size=(1, 58, 256)).astype(np.float64) for _ in range(4)]
+
+
+POLICY = EplbConfig().policy
 
 
 class BackgroundPolicy:
-    """Runs the ``default`` policy on DeepSeek-V3 in a loop until stopped, as the balancer does:
-    in its thread (``mode="thread"``, the default) or in a child process the thread waits on
+    """Re-plans DeepSeek-V3 with the default policy in a loop until stopped, as the balancer
+    does (each plan from the placement the last one gave, on the next workload): in its thread
+    (``mode="thread"``, the default) or in a child process the thread waits on
     (``mode="process"``, ``EplbConfig.plan_in_subprocess``)."""
 
     def __init__(self, mode: str = "thread", paced: bool = False) -> None:
-        warm_up(["deepseek"])
+        warm_up([POLICY])
         self.paced = paced  # plan only when trigger() is called (the balancer's rhythm)
         self._go = threading.Event()
-        self.load = _deepseek_v3_load()
+        self.loads = _deepseek_v3_loads()
         self.topology = Topology(32, 9)
+        self.placement = plan(POLICY, self.loads[0], self.topology)
         self.plans = 0
         self._pool = None
         if mode == "process":
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn")
             )
-            self._pool.submit(warm_up, ["deepseek"]).result()
+            self._pool.submit(warm_up, [POLICY]).result()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _loop(self) -> None:
-        args = ("deepseek", self.load, self.topology)
         while not self._stop.is_set():
             if self.paced and not self._go.wait(0.01):
                 continue
             self._go.clear()
+            load = self.loads[(self.plans + 1) % len(self.loads)]
+            args = (POLICY, load, self.topology, self.placement)
             if self._pool is not None:
-                self._pool.submit(plan, *args).result()
+                self.placement = self._pool.submit(plan, *args).result()
             else:
-                plan(*args)
+                self.placement = plan(*args)
             self.plans += 1
 
     def __enter__(self) -> BackgroundPolicy:
@@ -129,34 +139,52 @@ def _timed(step, n: int) -> list[float]:
 
 
 def measure_background_inflation(
-    mode: str, every: int | None = None, rounds: int = 5, steps: int = 40
+    mode: str, every: int | None = None, rounds: int = 40, steps: int = 30
 ) -> dict:
     """Step time idle vs with the policy running, in alternating rounds.
 
     ``every=None``: plans back to back (worst case); ``every=k``: one plan every ``k`` steps,
-    the runtime's rhythm (``interval=k``). Returns medians and means in ms.
+    the runtime's rhythm (``interval=k``). Returns medians and means in ms over all steps, and
+    ``inflation``: the median over rounds of busy / idle - 1, each round's median step time
+    against the idle round just before it (the machine's drift cancels within a pair), with
+    its 95 % interval (:func:`median_interval`).
     """
     torch.set_num_threads(1)
     runtime, step = _serving_loop()
     background = BackgroundPolicy(mode, paced=every is not None)
     _timed(step, 10)  # warm caches
-    idle, busy = [], []
+    idle, busy, ratios = [], [], []
     for _ in range(rounds):
-        idle += _timed(step, steps)
+        idle_round = _timed(step, steps)
+        busy_round = []
         with background:
             for i in range(steps):
                 if every is not None and i % every == 0:
                     background.trigger()
-                busy += _timed(step, 1)
+                busy_round += _timed(step, 1)
+        idle += idle_round
+        busy += busy_round
+        ratios.append(statistics.median(busy_round) / statistics.median(idle_round))
     background.close()
     runtime.shutdown()
     out = {"plans": background.plans}
     for name, values in (("idle", idle), ("busy", busy)):
         out[f"{name}_median_ms"] = statistics.median(values) * 1e3
         out[f"{name}_mean_ms"] = statistics.fmean(values) * 1e3
-    out["inflation_median"] = out["busy_median_ms"] / out["idle_median_ms"] - 1
-    out["inflation_mean"] = out["busy_mean_ms"] / out["idle_mean_ms"] - 1
+    low, high = median_interval(ratios)
+    out["inflation"] = statistics.median(ratios) - 1
+    out["inflation_low"], out["inflation_high"] = low - 1, high - 1
     return out
+
+
+def median_interval(values: list[float], z: float = 1.96) -> tuple[float, float]:
+    """A distribution-free 95 % interval of the median of ``values``: the order statistics
+    ``n/2 -+ z sqrt(n)/2`` (the binomial count of values below the median, normal
+    approximation), clipped to the smallest and largest."""
+    ordered = sorted(values)
+    n = len(ordered)
+    half = z * math.sqrt(n) / 2
+    return ordered[max(math.floor(n / 2 - half), 0)], ordered[min(math.ceil(n / 2 + half), n) - 1]
 
 
 def _layer_setup(tokens: int = LAYER_TOKENS):
@@ -280,7 +308,7 @@ def test_start_transfer_host(benchmark):
 if __name__ == "__main__":
     print(
         f"serving loop: 4 MoE layers x 64 experts, {SERVING_TOKENS} tokens, 1 torch thread; "
-        "policy: default on DeepSeek-V3 (58 x 256, 32 ranks x 9 slots)"
+        f"policy: {POLICY} re-planning DeepSeek-V3 (58 x 256, 32 ranks x 9 slots)"
     )
     for every in (20, None):
         for mode in ("thread", "process"):
@@ -288,9 +316,9 @@ if __name__ == "__main__":
             rhythm = f"one plan per {every} steps" if every else "plans back to back"
             print(
                 f"  {rhythm:>21} in a {mode:>7}: step median {bg['idle_median_ms']:.2f} -> "
-                f"{bg['busy_median_ms']:.2f} ms ({bg['inflation_median'] * 100:+.2f}%), mean "
-                f"{bg['idle_mean_ms']:.2f} -> {bg['busy_mean_ms']:.2f} ms "
-                f"({bg['inflation_mean'] * 100:+.2f}%), {bg['plans']} plans"
+                f"{bg['busy_median_ms']:.2f} ms; inflation {bg['inflation'] * 100:+.2f}% "
+                f"(median of rounds; 95% interval {bg['inflation_low'] * 100:+.2f}% to "
+                f"{bg['inflation_high'] * 100:+.2f}%), {bg['plans']} plans"
             )
     for tokens in (LAYER_TOKENS, 32):
         rec = measure_recording_cost(tokens)
