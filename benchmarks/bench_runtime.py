@@ -9,7 +9,9 @@
 2. Recording cost: ``EplbRuntime.route`` (one ``route_and_count`` op) against one MoE layer's own
    forward (router, top-k, expert MLPs, combine) at the same batch. Goal: <= 1%.
 3. The demo's PAR before vs after rebalancing: ``eplb-rt demo --json FILE`` (see notes).
-4. The serving thread's own work in a 58-layer x 256-expert runtime: ``EplbRuntime.route`` at
+4. A re-plan's wall time next to a serving thread that holds the GIL (pure Python), in a thread
+   and in a child process (``measure_plan_next_to``).
+5. The serving thread's own work in a 58-layer x 256-expert runtime: ``EplbRuntime.route`` at
    decode size, and in a migrating step (one-element weights, so the copies themselves are
    negligible) ``EplbRuntime._commit_layer`` for one layer and the executor's ``start`` of one
    layer's transfer.
@@ -177,6 +179,57 @@ def measure_background_inflation(
     return out
 
 
+def measure_plan_next_to(repeats: int = 3) -> dict:
+    """Wall seconds of one re-plan (min of ``repeats``) while another thread runs: nothing, the
+    serving loop (torch ops, which release the GIL), or pure Python that never releases it (a
+    Python scheduler in a busy loop); and the last case again with the plan in a child process
+    (``plan_in_subprocess``). In a thread, the policy gives the GIL up in each of its kernels
+    and in numpy's larger operations; against a thread that holds it, each return waits for the
+    interpreter's switch interval."""
+    torch.set_num_threads(1)
+    background = BackgroundPolicy("thread")
+    loads, topology = background.loads, background.topology
+    start = background.placement
+
+    def replans(run=plan) -> float:
+        placement, times = start, []
+        for i in range(repeats):
+            t = time.perf_counter()
+            placement = run(POLICY, loads[1 + i % (len(loads) - 1)], topology, placement)
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    def next_to(work, run=plan) -> float:
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.is_set():
+                work()
+
+        neighbour = threading.Thread(target=loop)
+        neighbour.start()
+        try:
+            return replans(run)
+        finally:
+            stop.set()
+            neighbour.join()
+
+    def python() -> None:
+        sum(range(1000))
+
+    runtime, step = _serving_loop()
+    out = {"alone_s": replans(), "serving_s": next_to(step)}
+    runtime.shutdown()
+    out["python_s"] = next_to(python)
+    pool = concurrent.futures.ProcessPoolExecutor(
+        max_workers=1, mp_context=multiprocessing.get_context("spawn")
+    )
+    with pool:
+        pool.submit(warm_up, [POLICY]).result()
+        out["python_process_s"] = next_to(python, lambda *a: pool.submit(plan, *a).result())
+    return out
+
+
 def median_interval(values: list[float], z: float = 1.96) -> tuple[float, float]:
     """A distribution-free 95 % interval of the median of ``values``: the order statistics
     ``n/2 -+ z sqrt(n)/2`` (the binomial count of values below the median, normal
@@ -320,6 +373,13 @@ if __name__ == "__main__":
                 f"(median of rounds; 95% interval {bg['inflation_low'] * 100:+.2f}% to "
                 f"{bg['inflation_high'] * 100:+.2f}%), {bg['plans']} plans"
             )
+    gil = measure_plan_next_to()
+    print(
+        f"  a re-plan: alone {gil['alone_s'] * 1e3:.0f} ms, next to the serving loop "
+        f"{gil['serving_s'] * 1e3:.0f} ms, next to a pure-Python thread "
+        f"{gil['python_s'] * 1e3:.0f} ms (in a child process: "
+        f"{gil['python_process_s'] * 1e3:.0f} ms)"
+    )
     for tokens in (LAYER_TOKENS, 32):
         rec = measure_recording_cost(tokens)
         print(
