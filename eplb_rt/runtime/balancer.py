@@ -51,6 +51,26 @@ STATUS_NAMES = {
 }
 
 
+WAIT_RATIO = 3.0
+"""A plan in the balancer thread that took this many times its own CPU time ..."""
+WAIT_SECONDS = 0.1
+"""... and waited at least this long, while the process's other threads ran for at least half
+of that wait, waited for the GIL: a serving thread that runs Python between its ops keeps it."""
+
+
+def waited_for_the_gil(wall_seconds: float, cpu_seconds: float, others_cpu_seconds: float) -> bool:
+    """Whether a plan that took ``wall_seconds`` for ``cpu_seconds`` of its own thread's CPU,
+    while the process's other threads used ``others_cpu_seconds``, mostly waited for the GIL
+    (:data:`WAIT_RATIO`, :data:`WAIT_SECONDS`). A plan that waited while the rest of the process
+    was idle as well waited for a core (other processes), which a child process would not fix."""
+    waited = wall_seconds - cpu_seconds
+    return (
+        waited >= WAIT_SECONDS
+        and wall_seconds > WAIT_RATIO * cpu_seconds
+        and others_cpu_seconds >= 0.5 * waited
+    )
+
+
 @dataclasses.dataclass
 class Job:
     """One gather: the heat snapshot and what it was counted under.
@@ -141,6 +161,7 @@ class Balancer:
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self.ready = threading.Event()  # set once the warm-up is done
         self.busy_s = 0.0
+        self._told_waiting = False  # the advice to plan in a child process is given once
         self._thread = threading.Thread(target=self._loop, name="eplb-balancer", daemon=True)
         self._thread.start()
 
@@ -242,6 +263,7 @@ class Balancer:
     def _plan(self, job: Job, heat: np.ndarray):
         """Rank 0: decide; ``(status, decision, seconds, error)``."""
         started = time.perf_counter()
+        cpu_started = (time.thread_time(), time.process_time())
         try:
             if heat.shape[0] == 0 or not heat.any():
                 return PLAN_UNCHANGED, None, 0.0, "no heat recorded"
@@ -273,9 +295,27 @@ class Balancer:
             )
             return PLAN_FAILED, None, time.perf_counter() - started, repr(err)
         seconds = time.perf_counter() - started
+        if self._pool is None:
+            own = time.thread_time() - cpu_started[0]
+            others = time.process_time() - cpu_started[1] - own
+            self._advise_if_waiting(job.epoch, seconds, own, others)
         if self.current_step() > job.deadline_step:
             return PLAN_LATE, None, seconds, "plan finished after its deadline"
         return (PLAN_OK if decision.layers else PLAN_UNCHANGED), decision, seconds, ""
+
+    def _advise_if_waiting(self, epoch: int, seconds: float, own: float, others: float) -> None:
+        """Once per balancer: say so when a plan in this thread mostly waited for the GIL."""
+        if self._told_waiting or not waited_for_the_gil(seconds, own, others):
+            return
+        self._told_waiting = True
+        log.warning(
+            "plan %d took %.2f s for %.2f s of CPU in the balancer thread while the process's "
+            "other threads ran: it waited for the GIL (a serving thread that runs Python between "
+            "its ops holds it); EplbConfig(plan_in_subprocess=True) plans in a child process",
+            epoch,
+            seconds,
+            own,
+        )
 
     def _broadcast(self, job: Job, status, decision, plan_time):
         """Send rank 0's plan to every rank (fixed-size tensors: header, phy2log, shares)."""

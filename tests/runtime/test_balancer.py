@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -20,6 +21,7 @@ from eplb_rt.runtime.balancer import (
     Balancer,
     Job,
     placement_digest,
+    waited_for_the_gil,
 )
 from eplb_rt.runtime.device import Event
 from eplb_rt.sim import simulate as sim
@@ -130,6 +132,55 @@ def test_results_are_kept_until_discarded():
     balancer.discard_through(1)
     assert balancer.result(1) is None and balancer.result(2) is second
     balancer.shutdown()
+
+
+def test_waited_for_the_gil_needs_a_ratio_a_wait_and_busy_neighbours():
+    assert waited_for_the_gil(0.5, 0.1, 0.4)
+    assert not waited_for_the_gil(0.5, 0.2, 0.3)  # 2.5x its CPU: busy, not waiting
+    assert not waited_for_the_gil(0.05, 0.001, 0.05)  # 50x, but 49 ms: not worth a word
+    assert not waited_for_the_gil(0.5, 0.1, 0.1)  # the process idle too: a core, not the GIL
+    assert not waited_for_the_gil(0.0, 0.0, 0.0)
+
+
+class _Clocks:
+    """Stand-in for the balancer module's ``time``: each call of a clock advances it by its
+    step (wall, the balancer thread's CPU, the whole process's CPU)."""
+
+    def __init__(self, wall: float, own: float, process: float) -> None:
+        self.steps = {"perf_counter": wall, "thread_time": own, "process_time": process}
+        self.now = dict.fromkeys(self.steps, 0.0)
+
+    def __getattr__(self, name):
+        def clock() -> float:
+            self.now[name] += self.steps[name]
+            return self.now[name]
+
+        return clock
+
+
+@pytest.mark.parametrize(
+    ("process", "advised"),
+    [(0.5, 1), (0.1, 0)],  # the other threads ran 0.4 s of the 0.4 s waited; or none of it
+)
+def test_a_plan_that_waited_for_the_gil_advises_a_child_process_once(
+    monkeypatch, caplog, process, advised
+):
+    """Each plan takes 0.5 s for 0.1 s of the balancer thread's CPU (the GIL held by a serving
+    thread that runs Python would do that); the advice is logged once, not per plan, and not
+    when the process's other threads were idle too (then a core was missing, not the GIL)."""
+    import eplb_rt.runtime.balancer as balancer_module
+
+    start = planning.starting_placement(L, E, TOPO)
+    balancer = _balancer()
+    monkeypatch.setattr(balancer_module, "time", _Clocks(0.5, 0.1, process))
+    with caplog.at_level(logging.WARNING, logger="eplb_rt.runtime"):
+        for epoch in (1, 2):
+            _result(balancer, _job(_load(seed=epoch), start, epoch=epoch))
+    balancer.shutdown()
+    advice = [r for r in caplog.records if "plan_in_subprocess=True" in r.getMessage()]
+    assert len(advice) == advised
+    if advised:
+        assert "plan 1 took 0.50 s for 0.10 s of CPU" in advice[0].getMessage()
 
 
 class _Job:
