@@ -52,22 +52,25 @@ STATUS_NAMES = {
 
 
 WAIT_RATIO = 3.0
-"""A plan in the balancer thread that took this many times its own CPU time ..."""
+"""A plan in the balancer thread that took this many times its own CPU time, ..."""
 WAIT_SECONDS = 0.1
-"""... and waited at least this long, while the process's other threads ran for at least half
-of that wait, waited for the GIL: a serving thread that runs Python between its ops keeps it."""
+"""... waited at least this long, ..."""
+WAIT_OTHERS = 0.5
+"""... and meanwhile let the process's other threads run for this share of its wait, waited for
+the GIL: a serving thread that runs Python between its ops keeps it."""
 
 
 def waited_for_the_gil(wall_seconds: float, cpu_seconds: float, others_cpu_seconds: float) -> bool:
     """Whether a plan that took ``wall_seconds`` for ``cpu_seconds`` of its own thread's CPU,
     while the process's other threads used ``others_cpu_seconds``, mostly waited for the GIL
-    (:data:`WAIT_RATIO`, :data:`WAIT_SECONDS`). A plan that waited while the rest of the process
-    was idle as well waited for a core (other processes), which a child process would not fix."""
+    (:data:`WAIT_RATIO`, :data:`WAIT_SECONDS`, :data:`WAIT_OTHERS`). A plan that waited while
+    the rest of the process was idle as well waited for a core (other processes), which a child
+    process would not fix."""
     waited = wall_seconds - cpu_seconds
     return (
         waited >= WAIT_SECONDS
         and wall_seconds > WAIT_RATIO * cpu_seconds
-        and others_cpu_seconds >= 0.5 * waited
+        and others_cpu_seconds >= WAIT_OTHERS * waited
     )
 
 
