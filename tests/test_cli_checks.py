@@ -14,6 +14,7 @@ import pytest
 
 from eplb_rt import formats
 from eplb_rt.cli import main
+from eplb_rt.config import EplbConfig
 from eplb_rt.placement import Placement, Topology
 
 
@@ -106,9 +107,23 @@ def test_hierarchy_warning_says_why(capsys, tmp_path, case):
 
 def test_possible_hierarchy_does_not_warn(capsys, tmp_path):
     np.save(tmp_path / "load.npy", np.arange(1.0, 65.0).reshape(1, 64))
+    argv = "plan --policy deepseek --ranks 8 --slots-per-rank 9 --nodes 2 --groups 8 --load"
+    out = ["--out", str(tmp_path / "p.json")]
+    assert main([*argv.split(), str(tmp_path / "load.npy"), *out]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_groups_with_a_flat_policy_warn(capsys, tmp_path):
+    """The default policy places replicas without regard to groups: ``--groups`` says so."""
+    np.save(tmp_path / "load.npy", np.arange(1.0, 65.0).reshape(1, 64))
     argv = "plan --ranks 8 --slots-per-rank 9 --nodes 2 --groups 8 --load".split()
     assert main([*argv, str(tmp_path / "load.npy"), "--out", str(tmp_path / "p.json")]) == 0
-    assert capsys.readouterr().err == ""
+    out, err = capsys.readouterr()
+    assert f"policy {EplbConfig.policy}" in out
+    assert err == (
+        f"eplb-rt plan: warning: --groups 8: policy {EplbConfig.policy!r} plans flat; "
+        "--policy deepseek places whole groups on nodes\n"
+    )
 
 
 @pytest.mark.parametrize(

@@ -40,11 +40,10 @@ def toy_json(tmp_path: Path) -> Path:
 
 def test_plan_and_score_toy_gives_232(capsys, tmp_path, toy_json):
     out = tmp_path / "p.json"
-    code, stdout, _ = run(
-        capsys, "plan", "--load", toy_json, "--ranks", 8, "--slots-per-rank", 2, "--out", out
-    )
+    argv = ["--load", toy_json, "--ranks", 8, "--slots-per-rank", 2, "--policy", "deepseek"]
+    code, stdout, _ = run(capsys, "plan", *argv, "--out", out)
     assert code == 0
-    assert "wrote" in stdout
+    assert "wrote" in stdout and "policy deepseek" in stdout
     placement = formats.read_placement(out)
     assert (placement.num_ranks, placement.num_slots_per_rank) == (8, 2)
     summary = score_json(capsys, "--placement", out, "--load", toy_json)
@@ -87,6 +86,8 @@ def test_all_load_formats_agree(capsys, tmp_path):
             4,
             "--slots-per-rank",
             3,
+            "--policy",
+            "deepseek",  # plans on the summed load, so steps and their sum agree
             "--out",
             out,
         )
@@ -111,6 +112,8 @@ def test_several_loads_are_stacked(capsys, tmp_path):
             3,
             "--slots-per-rank",
             3,
+            "--policy",
+            "deepseek",  # plans on the summed load; the default takes the files as episodes
             "--out",
             tmp_path / f"{name}.json",
         )
@@ -161,7 +164,7 @@ def test_deepseek_v3_plan_score_previous_and_table(capsys, tmp_path):
         "--previous",
         out,
         "--option",
-        "hierarchical=false",
+        "max_moved_fraction=0.5",
         "--out",
         prev,
     )
@@ -192,6 +195,8 @@ def test_hierarchical_options_from_cli(capsys, tmp_path, toy_json):
         2,
         "--groups",
         4,
+        "--policy",
+        "deepseek",
     ]
     assert run(capsys, *base, "--out", hier)[0] == 0
     assert run(capsys, *base, "--option", "hierarchical=False", "--out", flat)[0] == 0
@@ -254,7 +259,7 @@ def test_bad_load_file_exits_2_with_one_line(capsys, tmp_path, name, content, ma
         (["--policy", "nope"], "unknown policy 'nope'"),
         (["--option", "depth=3"], "has no option"),
         (["--option", "hierarchical"], "KEY=VALUE"),
-        (["--option", "hierarchical=3"], "true or false"),
+        (["--policy", "deepseek", "--option", "hierarchical=3"], "true or false"),
         (["--ranks", 0], "positive integer"),
         (["--ranks", 1], "do not fit"),
         (["--nodes", 3], "multiple of num_nodes"),

@@ -7,6 +7,7 @@ got; ``eplb-rt`` prints it and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -73,9 +74,10 @@ def check_simulate(args: argparse.Namespace) -> None:
         )
 
 
-def topology(args: argparse.Namespace, num_experts: int) -> Topology:
+def topology(args: argparse.Namespace, num_experts: int, policy: str | None = None) -> Topology:
     """``--ranks --slots-per-rank --nodes --groups`` checked against ``num_experts``; prints a
-    warning line when ``--groups`` asks for hierarchical placement that cannot be done."""
+    warning line when ``--groups`` asks for hierarchical placement that cannot be done, or that
+    ``policy`` (when given) does not do: it has no ``hierarchical`` option."""
     topo = Topology(args.ranks, args.slots_per_rank, args.nodes, args.groups)
     topo.check_experts(num_experts)
     groups, nodes = topo.num_groups, topo.num_nodes
@@ -94,4 +96,17 @@ def topology(args: argparse.Namespace, num_experts: int) -> Topology:
             f"possible ({why}); planning flat, as with --groups 1",
             file=sys.stderr,
         )
+    elif groups > 1 and policy is not None and not _places_groups(policy):
+        print(
+            f"eplb-rt {args.command}: warning: --groups {groups}: policy {policy!r} plans flat; "
+            "--policy deepseek places whole groups on nodes",
+            file=sys.stderr,
+        )
     return topo
+
+
+def _places_groups(policy: str) -> bool:
+    """Whether ``policy`` places whole expert groups on nodes (it has a ``hierarchical``
+    option)."""
+    fields = dataclasses.fields(algorithms.get_policy(policy).options)
+    return "hierarchical" in {f.name for f in fields}

@@ -22,6 +22,7 @@ from eplb_rt import formats, planning
 from eplb_rt.algorithms import get_policy, metrics, plan, policy_names
 from eplb_rt.commands import _args
 from eplb_rt.commands._args import add_command, add_load_argument
+from eplb_rt.config import EplbConfig
 
 GB = 1e9
 
@@ -37,9 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--policy",
-        default="deepseek",
+        default=EplbConfig.policy,
         metavar="NAME",
-        help=f"balancing policy (default: deepseek; registered: {', '.join(policy_names())})",
+        help=f"balancing policy (default: EplbConfig's, {EplbConfig.policy}; registered: "
+        f"{', '.join(policy_names())})",
     )
     parser.add_argument("--nodes", type=int, default=1, metavar="N", help="nodes (default 1)")
     parser.add_argument(
@@ -110,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     get_policy(args.policy).make_options(options)  # bad options fail before any work
     load = _args.read_load(args.load)
     num_experts = load.shape[2]
-    topology = _args.topology(args, num_experts)
+    topology = _args.topology(args, num_experts, args.policy)
     previous = None
     if args.previous:
         previous = formats.read_placement(args.previous, None, args.ranks, num_experts)
