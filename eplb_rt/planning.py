@@ -123,7 +123,7 @@ def decide(
     if not (isinstance(horizon, (int, float)) and math.isfinite(horizon) and horizon > 0):
         raise ValueError(f"horizon (steps until the next plan) must be > 0, got {horizon!r}")
     options = dict(options or {})
-    if "move_cost" in {f.name for f in dataclasses.fields(algorithms.get_policy(policy).options)}:
+    if "move_cost" in algorithms.get_policy(policy).option_names:
         options.setdefault("move_cost", cost.move_cost(load, topology.num_ranks, horizon))
     candidate = align_placement(
         previous, algorithms.plan(policy, load, topology, previous, options)

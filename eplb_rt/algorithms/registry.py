@@ -115,10 +115,15 @@ class PolicySpec:
     summary: str
     warm_up_options: tuple[dict, ...] = ()
 
+    @property
+    def option_names(self) -> frozenset[str]:
+        """The names of the policy's options."""
+        return frozenset(f.name for f in dataclasses.fields(self.options))
+
     def make_options(self, overrides: dict | None = None) -> Any:
         """Default options with ``overrides`` (values or CLI strings) applied and checked."""
         overrides = dict(overrides or {})
-        known = {f.name for f in dataclasses.fields(self.options)}
+        known = self.option_names
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ValueError(

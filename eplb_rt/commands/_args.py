@@ -7,7 +7,6 @@ got; ``eplb-rt`` prints it and exits with status 2.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 
@@ -108,5 +107,4 @@ def topology(args: argparse.Namespace, num_experts: int, policy: str | None = No
 def _places_groups(policy: str) -> bool:
     """Whether ``policy`` places whole expert groups on nodes (it has a ``hierarchical``
     option)."""
-    fields = dataclasses.fields(algorithms.get_policy(policy).options)
-    return "hierarchical" in {f.name for f in fields}
+    return "hierarchical" in algorithms.get_policy(policy).option_names
