@@ -22,10 +22,13 @@ Per layer (the search kernels are numba, no GIL):
    where a rank set still confines too much load.
 4. **Moves that pay** (with a previous placement): three candidates per layer -- keep the slots;
    the previous slots improved move by move, best marginal gain per moved slot first (a slot
-   rewritten to another expert, or a swap; :func:`~eplb_rt.algorithms.local_search.greedy_moves`);
-   the fresh plan with its ranks relabelled to the previous ones (Hungarian). All are judged on
-   the summed load: the layer takes the least ``PAR + move_cost * moved slots / D`` within the
-   budget ``max_moved_fraction * P``. The price is per slot *per rank*: ranks receive in
+   rewritten to another expert, or a swap; :func:`~eplb_rt.algorithms.local_search.greedy_moves`),
+   a move ranked on the rows the fresh plan is scored on and the summed load together
+   (:func:`~eplb_rt.algorithms.episode_moves.greedy_moves_rows`) where there are episodes, so
+   that on a short window it does not fit the summed load's sampling noise; the fresh plan with
+   its ranks relabelled to the previous ones (Hungarian). All are judged on the summed load: the
+   layer takes the least ``PAR + move_cost * moved slots / D`` within the budget
+   ``max_moved_fraction * P``. The price is per slot *per rank*: ranks receive in
    parallel, so moving ``D`` slots spread over the ``D`` ranks takes one expert's transfer, and
    with a fixed batch per rank a unit of PAR buys the same compute at any ``D``.
 """
@@ -37,6 +40,7 @@ import dataclasses
 import numpy as np
 
 from eplb_rt.algorithms.align import align_row
+from eplb_rt.algorithms.episode_moves import greedy_moves_rows
 from eplb_rt.algorithms.load import normalise
 from eplb_rt.algorithms.local_search import greedy_moves, swap_search
 from eplb_rt.algorithms.metrics import row_par
@@ -206,6 +210,22 @@ def _unseen_episodes(W: np.ndarray, w: np.ndarray, noise: float, weight: float) 
     return weight * seen * np.tile(share, 2)[:, None] * ends
 
 
+def scored_rows(W: np.ndarray, w: np.ndarray, spread: float, signal: float) -> np.ndarray:
+    """``[K', E] float64``: the rows a plan is scored on, from episodes ``W [K, E]`` (each
+    summing 1, ``K >= 2``) and their estimated shared load ``w [E]``.
+
+    Every episode pushed away from the mean by the factor ``spread``, so the plan holds for
+    deviations larger than those seen; where part of their spread is sampling noise
+    (``signal < 1``), the shared load as one more row, weighed as the pushed noise is: the fit
+    to what repeats counts as much as the noise planned for (``K' = K + 1``).
+    """
+    V = normalise(np.maximum(w + spread * (W - w), 0.0))
+    if signal < 1.0:
+        weight = spread * (1.0 - signal) * W.shape[0]
+        V = np.vstack([V, weight * w[None, :]])
+    return V
+
+
 def _fresh_row(
     W: np.ndarray,
     w: np.ndarray,
@@ -214,7 +234,9 @@ def _fresh_row(
     *,
     signal: float,
     noise: float,
+    V: np.ndarray | None,
 ) -> np.ndarray:
+    """A plan from scratch; ``V``: :func:`scored_rows` of ``W``, ``None`` for one episode."""
     D, S = topo.num_ranks, topo.num_slots_per_rank
     # Replicas for the load an expert may reach, not only its mean: mean + spread * std.
     robust = w + opts.spread * W.std(axis=0) if W.shape[0] > 1 else w
@@ -225,15 +247,7 @@ def _fresh_row(
     row = construct(LPT, *args, 4 * topo.num_slots)
     rounds = (opts.count_rounds, opts.count_width, 4 * topo.num_slots, 1.0 + opts.count_tol)
     row = count_search(LPT, row, *args, *rounds)
-    if W.shape[0] > 1:
-        # Every episode pushed away from the mean by the factor spread, so the plan holds for
-        # deviations larger than those seen.
-        V = normalise(np.maximum(w + opts.spread * (W - w), 0.0))
-        if signal < 1.0:
-            # The shared load as one more episode, weighed as the pushed noise is: the fit to
-            # what repeats counts as much as the noise planned for.
-            weight = opts.spread * (1.0 - signal) * W.shape[0]
-            V = np.vstack([V, weight * w[None, :]])
+    if V is not None:
         swap_search(row, V, counts, D, 4 * topo.num_slots, 1e-3, 0.0)
         if signal == 1.0 and opts.unseen > 0:
             U = _unseen_episodes(W, w, noise, opts.unseen)
@@ -253,9 +267,18 @@ def _fresh_row(
 
 
 def _repaired_row(
-    prev: np.ndarray, now: np.ndarray, topo: Topology, opts: EquilibriumOptions, budget: int
+    prev: np.ndarray,
+    now: np.ndarray,
+    topo: Topology,
+    opts: EquilibriumOptions,
+    budget: int,
+    *,
+    V: np.ndarray | None,
 ) -> np.ndarray:
-    """The previous slots improved move by move, each slot worth its ``move_cost / D``."""
+    """The previous slots improved move by move, each slot worth its ``move_cost / D``.
+
+    ``now [E]``: the load the candidates are judged on; ``V [K, E]``: the rows the fresh plan
+    is scored on, or ``None`` (one episode: the walk ranks its moves on ``now`` alone)."""
     D, S = topo.num_ranks, topo.num_slots_per_rank
     total = now.sum()
     if total <= 0 or budget <= 0:
@@ -266,7 +289,16 @@ def _repaired_row(
         row = prev.copy()
         open_bottleneck(row, now, D, S, budget, slot_cost * total / D, 4)
         return row
-    return greedy_moves(prev, now, D, budget, slot_cost, _TAU_MIN * total / D, _TAU_SHARE)[0]
+    if V is None:
+        return greedy_moves(prev, now, D, budget, slot_cost, _TAU_MIN * total / D, _TAU_SHARE)[0]
+    # On a short window the summed load is mostly sampling noise: a walk on it alone fits the
+    # noise. Its moves are ranked on the scored rows too, the load it is judged on weighing as
+    # much as all of them together, so a move must pay on the episodes as well as on the sum.
+    # (Rows without load have no peak to lower.)
+    rows = np.vstack([V[V.sum(axis=1) > 0], V.sum() * now[None, :]])
+    tau_min = _TAU_MIN * rows.sum(axis=1) / D
+    judge = rows.shape[0] - 1
+    return greedy_moves_rows(prev, rows, judge, D, budget, slot_cost, tau_min, _TAU_SHARE)[0]
 
 
 @register(
@@ -285,12 +317,13 @@ def equilibrium(layer: Layer, topo: Topology, opts: EquilibriumOptions):
     # Distinct workloads weigh the same (the mean of the episodes); episodes that differ by
     # noise only are one workload, best estimated by the summed counts.
     w = np.ascontiguousarray(signal * W.mean(axis=0) + (1.0 - signal) * now)
-    row = _fresh_row(W, w, topo, opts, signal=signal, noise=noise)
+    V = scored_rows(W, w, opts.spread, signal) if W.shape[0] > 1 else None
+    row = _fresh_row(W, w, topo, opts, signal=signal, noise=noise, V=V)
     if prev is not None:
         budget = int(opts.max_moved_fraction * topo.num_slots)
         fresh, _ = align_row(row, prev, D, w.shape[0])
         best_cost = np.inf
-        for cand in (prev, _repaired_row(prev, now, topo, opts, budget), fresh):
+        for cand in (prev, _repaired_row(prev, now, topo, opts, budget, V=V), fresh):
             moves = int((cand != prev).sum())
             cost = _layer_par(cand, now, topo, opts.shares) + opts.move_cost * moves / D
             if moves <= budget and cost < best_cost - 1e-12:

@@ -1,0 +1,236 @@
+"""The move walk on several rows (``greedy_moves_rows``): against a plain scan of every move on
+every row, against ``greedy_moves`` with one row, its invariants, and a move that pays on the
+summed load but not on the episodes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from eplb_rt.algorithms import plan
+from eplb_rt.algorithms.episode_moves import greedy_moves_rows
+from eplb_rt.algorithms.local_search import greedy_moves
+from eplb_rt.placement import Placement, Topology
+
+
+def _par(row: np.ndarray, w: np.ndarray, num_ranks: int) -> float:
+    counts = np.bincount(row, minlength=w.size)
+    loads = (w[row] / counts[row]).reshape(num_ranks, -1).sum(axis=1)
+    return float(loads.max() / loads.mean())
+
+
+def _case(seed: int, rows: int):
+    """A random layer: ``(prev [P], V [rows, E], D, budget, move_cost)``."""
+    rng = np.random.default_rng(seed)
+    if seed % 2:
+        D, S = int(rng.integers(2, 6)), int(rng.integers(1, 5))
+        E = int(rng.integers(max(S, 1), D * S + 1))
+    else:
+        D, S = int(rng.integers(6, 9)), int(rng.integers(2, 4))
+        E = int(rng.integers(D * S // 2, D * S))
+    prev = plan("deepseek", rng.pareto(1.2, size=(1, E)) * 100, Topology(D, S))
+    V = rng.pareto(1.2, size=(rows, E)) * 100
+    budget = int(rng.integers(1, D * S + 1))
+    cost = float(rng.choice([0.0, 1e-3, 1e-2]))
+    return prev.phy2log[0].astype(np.int64), V, D, budget, cost
+
+
+def _smooth_peak(z: float, trial: np.ndarray, peak: float, tau: float) -> float:
+    """The smooth peak from the sum of terms ``z`` around ``peak``, as the walk computes it (in
+    full, on ``trial``, where every term underflowed)."""
+    if z < 1e-200:
+        m = max(trial)
+        return m + tau * math.log(sum(math.exp((v - m) / tau) for v in trial))
+    return peak + tau * math.log(max(z, 1e-300))
+
+
+def _row_state(loads: np.ndarray, mean: float, tau_min: float, tau_share: float):
+    """One row's ``(peak, tau, terms, their sum, smooth peak)``, as the walk makes them."""
+    peak = loads.max()
+    tau = max(tau_min, tau_share * (peak - mean))
+    ex = [math.exp((v - peak) / tau) for v in loads]
+    Z = 0.0
+    for v in ex:
+        Z += v
+    return peak, tau, ex, Z, peak + tau * math.log(Z)
+
+
+def _swap_drop(state, loads: np.ndarray, a: int, b: int, d: float) -> float:
+    """A row's drop when load ``d`` moves from rank ``a`` to ``b`` (the kernel's arithmetic)."""
+    peak, tau, ex, Z, base = state
+    z = max(Z - ex[a] - ex[b], 0.0)
+    z += math.exp(min((loads[a] - peak) - d, 600 * tau) / tau)
+    z += math.exp(min(loads[b] + d - peak, 600 * tau) / tau)
+    trial = loads.copy()
+    trial[a] -= d
+    trial[b] += d
+    return base - _smooth_peak(z, trial, peak, tau)
+
+
+def _changed_drop(state, loads: np.ndarray, trial: np.ndarray) -> float:
+    """A row's drop once its rank loads are ``trial``, the changed terms added in rank order."""
+    peak, tau, ex, Z, base = state
+    z = Z
+    for r in range(loads.size):
+        if trial[r] != loads[r]:
+            z += math.exp(min(trial[r] - peak, 600 * tau) / tau) - ex[r]
+    return base - _smooth_peak(z, trial, peak, tau)
+
+
+def _rewritten(loads, V, counts, on, *, b, x, y):
+    """``[K, D]``: every row's rank loads once rank ``b``'s slot of ``x`` holds ``y``."""
+    out = loads.copy()
+    for k in range(V.shape[0]):
+        dx = V[k, x] / (counts[x] - 1) - V[k, x] / counts[x]
+        dy = V[k, y] / (counts[y] + 1) - V[k, y] / counts[y]
+        for r in range(loads.shape[1]):
+            out[k, r] = loads[k, r] + (dx if x in on[r] else 0.0) + (dy if y in on[r] else 0.0)
+        out[k, b] += V[k, y] / (counts[y] + 1) - V[k, x] / (counts[x] - 1)
+    return out
+
+
+def _reference_rows_walk(prev, V, judge, D, budget, *, move_cost, tau_min, tau_share):
+    """``greedy_moves_rows`` with every move scored in full on every row, in plain Python with
+    the kernel's arithmetic (so that ties and rounding fall the same way): each step, over the
+    judged row's peak rank and the rank with the most weight (ranks ascending), the swap, then
+    the rewrite, with the largest drop of the summed smooth peaks per newly moved slot (judged
+    row first, then the others in order; a free move counts half a slot; ties to the first)."""
+    K, E = V.shape
+    P, S = prev.size, prev.size // D
+    prev = prev.tolist()
+    row = np.array(prev)
+    total = V.sum()
+    if total <= 0 or budget <= 0 or V[judge].sum() <= 0:
+        return row, 0
+    mean = total / D
+    means = [V[k].sum() / D for k in range(K)]
+    summed = np.zeros(E)
+    for k in range(K):
+        summed += V[k]
+    counts = np.bincount(row, minlength=E)
+    loads = np.zeros((K, D))
+    for p in range(P):
+        for k in range(K):
+            loads[k, p // S] += V[k, row[p]] / counts[row[p]]
+    best_row, best_cost, best_moves = row.copy(), loads[judge].max() / means[judge], 0
+    order = [judge] + [k for k in range(K) if k != judge]
+    for _ in range(8 * P):
+        moves = int((row != np.array(prev)).sum())
+        on = [set(row[r * S : (r + 1) * S].tolist()) for r in range(D)]
+        states = [_row_state(loads[k], means[k], tau_min[k], tau_share) for k in range(K)]
+        ranks = {int(np.argmax(loads[judge]))}
+        if K > 1:
+            mass = np.zeros(D)
+            for _, _, ex, Z, _ in states:
+                mass += np.array(ex) / Z
+            ranks.add(int(np.argmax(mass)))
+        best = (0.0, None)
+        for a in sorted(ranks):
+            for p in range(a * S, (a + 1) * S):  # swaps
+                for q in range(P):
+                    x, y, b = int(row[p]), int(row[q]), q // S
+                    if b == a or x in on[b] or y in on[a]:
+                        continue
+                    if summed[x] / counts[x] - summed[y] / counts[y] <= 0.0:
+                        continue
+                    extra = (y != prev[p]) + (x != prev[q]) - (x != prev[p]) - (y != prev[q])
+                    if moves + extra > budget:
+                        continue
+                    drop = 0.0
+                    for k in order:
+                        d = V[k, x] / counts[x] - V[k, y] / counts[y]
+                        drop += _swap_drop(states[k], loads[k], a, b, d)
+                    if drop / max(extra, 0.5) > best[0]:
+                        best = (drop / max(extra, 0.5), ("swap", p, q))
+            for q in range(P):  # rewrites: a second replica of y from rank a, or q on a
+                x, b = int(row[q]), q // S
+                for y in range(E) if b == a else sorted(on[a]):
+                    if counts[x] < 2 or y == x or y in on[b] or counts[y] >= D:
+                        continue
+                    extra = (y != prev[q]) - (x != prev[q])
+                    if moves + extra > budget:
+                        continue
+                    trial = _rewritten(loads, V, counts, on, b=b, x=x, y=y)
+                    drop = 0.0
+                    for k in order:
+                        drop += _changed_drop(states[k], loads[k], trial[k])
+                    if drop / max(extra, 0.5) > best[0]:
+                        best = (drop / max(extra, 0.5), ("rewrite", q, y))
+        gain, move = best
+        if move is None or gain < 0.25 * move_cost * mean or 1.0 + move_cost * moves >= best_cost:
+            break
+        if move[0] == "swap":
+            _, p, q = move
+            x, y = row[p], row[q]
+            for k in range(K):
+                d = V[k, x] / counts[x] - V[k, y] / counts[y]
+                loads[k, p // S] -= d
+                loads[k, q // S] += d
+            row[p], row[q] = y, x
+        else:
+            _, q, y = move
+            x = row[q]
+            loads = _rewritten(loads, V, counts, on, b=q // S, x=x, y=y)
+            row[q] = y
+            counts[x] -= 1
+            counts[y] += 1
+        moves = int((row != np.array(prev)).sum())
+        cost = loads[judge].max() / means[judge] + move_cost * moves
+        if cost < best_cost - 1e-12:
+            best_cost, best_row, best_moves = cost, row.copy(), moves
+    return best_row, best_moves
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_walk_takes_the_moves_of_scoring_every_move_on_every_row(seed):
+    """The walk refutes most moves on bounds (first order over the other rows, what a rank's
+    weight can lose, the judged row's terms in part) and scores a rewrite on the ranks it
+    changes only; it must still take the moves of scoring every move on every row."""
+    prev, V, D, budget, cost = _case(300 + seed, 1 + seed % 5)
+    judge = seed % V.shape[0]
+    tau_min = float(np.random.default_rng(seed).choice([1e-3, 1e-2])) * V.sum(axis=1) / D
+    tau_share = 0.1 if seed % 3 else 1.0
+    # The kernel's own code run as Python (``py_func``): compiled, numba may round an exp or a
+    # sum differently from Python, and a tie then falls the other way.
+    row, moved = greedy_moves_rows.py_func(prev, V, judge, D, budget, cost, tau_min, tau_share)
+    ref_row, ref_moved = _reference_rows_walk(
+        prev, V, judge, D, budget, move_cost=cost, tau_min=tau_min, tau_share=tau_share
+    )
+    assert row.tolist() == ref_row.tolist() and moved == ref_moved
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_one_row_walks_as_greedy_moves(seed):
+    prev, V, D, budget, cost = _case(seed, 1)
+    share = 0.1 if seed % 2 else 0.5
+    want = greedy_moves(prev, V[0], D, budget, cost, 1e-3 * V.sum() / D, share)
+    got = greedy_moves_rows(prev, V, 0, D, budget, cost, 1e-3 * V.sum(axis=1) / D, share)
+    assert got[1] == want[1]
+    assert got[0].tolist() == want[0].tolist()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_valid_within_budget_and_never_costlier_on_the_judged_row(seed):
+    prev, V, D, budget, cost = _case(1000 + seed, 1 + seed % 5)
+    judge = seed % V.shape[0]
+    row, moved = greedy_moves_rows(prev, V, judge, D, budget, cost, 1e-3 * V.sum(axis=1) / D, 0.1)
+    Placement(row[None], V.shape[1], D)
+    assert moved == int((row != prev).sum()) <= budget
+    assert _par(row, V[judge], D) + cost * moved <= _par(prev, V[judge], D) + 1e-12
+
+
+def test_a_move_that_pays_only_on_the_sum_is_not_taken():
+    # r0 = {0, 1}, r1 = {2, 3}. Episode 1 loads r0 (6.5 against 1), episode 2 loads r1 (2
+    # against 5.5), their sum r0 (8.5 against 6.5). Either swap that balances the sum (7.5, 7.5)
+    # lifts both episodes' peaks to 7: the sum's peak falls by 1, the episodes' rise by 2.
+    prev = np.array([0, 1, 2, 3])
+    episodes = np.array([[6.0, 0.5, 0.0, 1.0], [0.0, 2.0, 5.0, 0.5]])
+    summed = episodes.sum(axis=0)
+    tau = 1e-3 * np.ones(3)
+    row, moved = greedy_moves_rows(prev, summed[None], 0, 2, 4, 0.0, tau[:1], 0.1)
+    assert moved == 2 and _par(row, summed, 2) == 1.0
+    rows = np.vstack([episodes, summed])
+    row, moved = greedy_moves_rows(prev, rows, 2, 2, 4, 0.0, tau, 0.1)
+    assert moved == 0 and row.tolist() == prev.tolist()
