@@ -15,7 +15,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from eplb_rt.algorithms.local_search import _FAR, _ranks_of, _rewrite, _soft_peak, _swap
+from eplb_rt.algorithms.local_search import (
+    _FAR,
+    _moved_slots,
+    _ranks_of,
+    _rewrite,
+    _rewrite_z,
+    _soft_peak,
+    _swap,
+    _take_rewrite,
+)
 from eplb_rt.algorithms.packing import counts_from_row, holds_from_row
 
 _TOL = 1e-9
@@ -78,39 +87,15 @@ def _swap_drop(loads, terms, k, a, b, d, trial):
 
 
 @njit(cache=True, nogil=True)
-def _rewrite_drop(loads, terms, k, V, where, counts, b, x, y, trial):
+def _rewrite_drop(loads, terms, k, V, where, holds, counts, b, x, y, trial):
     """Drop of row ``k``'s smooth peak when rank ``b``'s slot of expert ``x`` takes ``y``: the
-    ranks of ``x`` (``where [E, max count]``) take its load, those of ``y`` lose some; their
-    terms are changed in rank order (as a scan of every rank adds them)."""
-    peak, tau, ex, Z, base, _, _ = terms
+    ranks of ``x`` (``where [E, max count]``) take its load, those of ``y`` lose some; only
+    their terms change."""
+    peak, tau, ex, Z, base, _, top = terms
     t = tau[k]
-    D = loads.shape[1]
-    dx = V[k, x] / (counts[x] - 1) - V[k, x] / counts[x]
-    dy = V[k, y] / (counts[y] + 1) - V[k, y] / counts[y]
-    to_b = V[k, y] / (counts[y] + 1) - V[k, x] / (counts[x] - 1)
-    z = Z[k]
-    i = j = 0
-    nx, ny = counts[x], counts[y]
-    while i < nx or j < ny:
-        rx = where[x, i] if i < nx else D
-        ry = where[y, j] if j < ny else D
-        r = min(rx, ry)
-        new = loads[k, r] + (dx if rx == r else 0.0) + (dy if ry == r else 0.0)
-        if r == b:
-            new += to_b
-        if rx == r:
-            i += 1
-        if ry == r:
-            j += 1
-        if new != loads[k, r]:
-            z += np.exp(min(new - peak[k], _FAR * t) / t) - ex[k, r]
+    z = _rewrite_z(Z[k], ex[k], loads[k], where, V[k], counts, top[k, 0], b, x, y, t)
     if z < 1e-200:  # every term underflowed: score the row on all ranks
-        trial[:] = loads[k]
-        for r in where[x, :nx]:
-            trial[r] += dx
-        for r in where[y, :ny]:
-            trial[r] += dy
-        trial[b] += to_b
+        _rewrite(trial, loads[k], holds, V[k], counts, b, x, y)
         return base[k] - _soft_peak(trial, t)
     return base[k] - (peak[k] + t * np.log(max(z, 1e-300)))
 
@@ -139,13 +124,13 @@ def _swap_gain(V, judge, loads, terms, counts, a, b, x, y, trial):
 
 
 @njit(cache=True, nogil=True)
-def _rewrite_gain(V, judge, loads, terms, where, counts, b, x, y, trial):
+def _rewrite_gain(V, judge, loads, terms, where, holds, counts, b, x, y, trial):
     """Drop of the summed smooth peaks when rank ``b``'s slot of ``x`` takes ``y`` (rows added
     as in :func:`_swap_gain`)."""
-    drop = _rewrite_drop(loads, terms, judge, V, where, counts, b, x, y, trial)
+    drop = _rewrite_drop(loads, terms, judge, V, where, holds, counts, b, x, y, trial)
     for k in range(V.shape[0]):
         if k != judge:
-            drop += _rewrite_drop(loads, terms, k, V, where, counts, b, x, y, trial)
+            drop += _rewrite_drop(loads, terms, k, V, where, holds, counts, b, x, y, trial)
     return drop
 
 
@@ -327,7 +312,7 @@ def _scan_rank(a, st, best, ids):
                     continue
                 if tau[j] * np.log(max(low, 1e-300)) > room:
                     continue
-                ej = _rewrite_drop(loads, terms, j, V, where, counts, b, x, y, trial)
+                ej = _rewrite_drop(loads, terms, j, V, where, holds, counts, b, x, y, trial)
                 acc = ej + lin + tol
                 if acc < c * best[0]:
                     continue
@@ -343,7 +328,7 @@ def _scan_rank(a, st, best, ids):
                         acc += min(first, cap)
                 if acc < c * best[0]:
                     continue
-                g = _rewrite_gain(V, judge, loads, terms, where, counts, b, x, y, trial) / c
+                g = _rewrite_gain(V, judge, loads, terms, where, holds, counts, b, x, y, trial) / c
                 if g > best[0]:
                     best[0] = g
                     ids[0], ids[1], ids[2] = -1, q, y
@@ -490,14 +475,8 @@ def greedy_moves_rows(prev_row, V, judge, num_ranks, budget, move_cost, tau_min,
             y = best_y
             for k in range(K):
                 _rewrite(loads[k], loads[k].copy(), holds, V[k], counts, b, x, y)
-            row[best_q] = y
-            holds[b, x] = False
-            holds[b, y] = True
-            counts[x] -= 1
-            counts[y] += 1
-        moves = 0
-        for p in range(P):
-            moves += row[p] != prev_row[p]
+            _take_rewrite(row, holds, counts, best_q, y)
+        moves = _moved_slots(row, prev_row)
         cost = loads[judge].max() / means[judge] + move_cost * moves
         if cost < best_cost - 1e-12:
             best_cost = cost

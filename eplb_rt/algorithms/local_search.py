@@ -512,6 +512,27 @@ def _rewrite_z(Z, ex, loads, where, w, counts, a, b, x, y, tau):
 
 
 @njit(cache=True, nogil=True)
+def _take_rewrite(row, holds, counts, q, y):
+    """Slot ``q`` holds expert ``y`` from now on (``holds`` and ``counts`` kept in sync)."""
+    S = row.shape[0] // holds.shape[0]
+    x = row[q]
+    row[q] = y
+    holds[q // S, x] = False
+    holds[q // S, y] = True
+    counts[x] -= 1
+    counts[y] += 1
+
+
+@njit(cache=True, nogil=True)
+def _moved_slots(row, prev_row):
+    """Slots of ``row`` that hold another expert than in ``prev_row``."""
+    moved = 0
+    for p in range(row.shape[0]):
+        moved += row[p] != prev_row[p]
+    return moved
+
+
+@njit(cache=True, nogil=True)
 def _moved(expert, before):
     """1 if a slot that held ``before`` holding ``expert`` counts as moved, else 0."""
     return 1 if expert != before else 0
@@ -707,15 +728,9 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau_min, tau_share):
             x = row[best_q]
             y = best_y
             _rewrite(loads, loads.copy(), holds, w, counts, b, x, y)
-            row[best_q] = y
-            holds[b, x] = False
-            holds[b, y] = True
-            counts[x] -= 1
-            counts[y] += 1
+            _take_rewrite(row, holds, counts, best_q, y)
         # Slots that differ from the previous row (a later move may put one back).
-        moves = 0
-        for p in range(P):
-            moves += row[p] != prev_row[p]
+        moves = _moved_slots(row, prev_row)
         cost = loads.max() / mean + move_cost * moves
         if cost < best_cost - 1e-12:
             best_cost = cost
