@@ -184,7 +184,12 @@ class Balancer:
                 del self._results[old]
 
     def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop the thread: the warm-up is waited for to its end, a plan in flight ``timeout``
+        seconds. A compile cannot be interrupted, and a process that exits while LLVM compiles
+        in a daemon thread aborts (``terminate called without an active exception``): without
+        the shipped kernel cache the warm-up compiles for tens of seconds."""
         self._jobs.put(None)
+        self.ready.wait()
         self._thread.join(timeout)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)

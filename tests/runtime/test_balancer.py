@@ -123,6 +123,25 @@ def test_outcomes_other_than_a_plan(make, status, error):
     assert error in result.error and result.digest == placement_digest(None) == 0
 
 
+def test_shutdown_waits_for_the_warm_up(monkeypatch):
+    """A process must not exit while the thread compiles kernels (LLVM aborts it), so shutdown
+    waits for the warm-up however short its timeout; a plan in flight only ``timeout``."""
+    from eplb_rt.algorithms import registry
+
+    done = []
+
+    def slow_warm_up(names):
+        time.sleep(0.3)
+        done.append(names)
+
+    monkeypatch.setattr(registry, "warm_up", slow_warm_up)
+    balancer = _balancer(warm_up=True)
+    started = time.perf_counter()
+    balancer.shutdown(timeout=0.01)
+    assert done == [["deepseek"]] and balancer.ready.is_set()
+    assert time.perf_counter() - started >= 0.25
+
+
 def test_results_are_kept_until_discarded():
     start = planning.starting_placement(L, E, TOPO)
     balancer = _balancer()
