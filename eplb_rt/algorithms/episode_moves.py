@@ -20,9 +20,11 @@ from eplb_rt.algorithms.local_search import (
     _moved_slots,
     _ranks_of,
     _rewrite,
+    _rewrite_slots,
     _rewrite_z,
     _soft_peak,
     _swap,
+    _swap_slots,
     _take_rewrite,
 )
 from eplb_rt.algorithms.packing import counts_from_row, holds_from_row
@@ -42,19 +44,6 @@ def _row_terms(loads, means, tau_min, tau_share, terms):
     peak, tau, ex, Z, base, prob, top = terms
     K, D = loads.shape
     for k in range(K):
-        m = loads[k, 0]
-        for r in range(D):
-            m = max(m, loads[k, r])
-        peak[k] = m
-        tau[k] = max(tau_min[k], tau_share * (m - means[k]))
-        z = 0.0
-        for r in range(D):
-            ex[k, r] = np.exp((loads[k, r] - m) / tau[k])
-            z += ex[k, r]
-        Z[k] = z
-        base[k] = m + tau[k] * np.log(z)
-        for r in range(D):
-            prob[k, r] = ex[k, r] / z
         i1 = i2 = i3 = -1
         for r in range(D):
             v = loads[k, r]
@@ -65,6 +54,17 @@ def _row_terms(loads, means, tau_min, tau_share, terms):
             elif i3 < 0 or v > loads[k, i3]:
                 i3 = r
         top[k, 0], top[k, 1], top[k, 2] = i1, i2, i3
+        m = loads[k, i1]
+        peak[k] = m
+        tau[k] = max(tau_min[k], tau_share * (m - means[k]))
+        z = 0.0
+        for r in range(D):
+            ex[k, r] = np.exp((loads[k, r] - m) / tau[k])
+            z += ex[k, r]
+        Z[k] = z
+        base[k] = m + tau[k] * np.log(z)
+        for r in range(D):
+            prob[k, r] = ex[k, r] / z
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -98,15 +98,6 @@ def _rewrite_drop(loads, terms, k, V, where, holds, counts, b, x, y, trial):
         _rewrite(trial, loads[k], holds, V[k], counts, b, x, y)
         return base[k] - _soft_peak(trial, t)
     return base[k] - (peak[k] + t * np.log(max(z, 1e-300)))
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _swap_slots(prev_row, p, q, x, y):
-    """Slots newly moved away from ``prev_row`` when ``x`` (slot ``p``) and ``y`` (slot ``q``)
-    swap: -2 to 2 (a slot already moved changes again for free, one put back refunds its slot).
-    """
-    now = int(y != prev_row[p]) + int(x != prev_row[q])
-    return now - int(x != prev_row[p]) - int(y != prev_row[q])
 
 
 @njit(cache=True, nogil=True)
@@ -283,7 +274,7 @@ def _scan_rank(a, st, best, ids):
                 y = i if b == a else on_slot[i, 0]
                 if y == x or holds[b, y] or counts[y] >= D:
                     continue
-                extra = int(y != prev_row[q]) - int(x != prev_row[q])
+                extra = _rewrite_slots(prev_row, q, x, y)
                 if moves + extra > budget:
                     continue
                 c = max(extra, 0.5)
@@ -393,7 +384,6 @@ def greedy_moves_rows(prev_row, V, judge, num_ranks, budget, move_cost, tau_min,
     rise = np.empty(D)
     pi = np.empty((E, K))  # an expert's ranks' summed weight, per row
     on_slot = np.empty((S, 2), dtype=np.int64)  # rank a's (expert, slot), experts ascending
-    is_peak = np.empty(D, dtype=np.bool_)
     mass = np.empty(D)
     trial = np.empty(D)
     best = np.zeros(1)  # the best move's gain per slot
@@ -411,22 +401,17 @@ def greedy_moves_rows(prev_row, V, judge, num_ranks, budget, move_cost, tau_min,
         _row_terms(loads, means, tau_min, tau_share, terms)
         prob = terms[5]
         # Candidate ranks: the judged row's peak and the rank carrying most of the rows' weight.
-        is_peak[:] = False
-        a = 0
-        for r in range(1, D):
-            if loads[judge, r] > loads[judge, a]:
-                a = r
-        is_peak[a] = True
+        first = terms[6][judge, 0]
+        second = first
         if K > 1:
             mass[:] = 0.0
             for k in range(K):
                 for r in range(D):
                     mass[r] += prob[k, r]
-            a = 0
+            second = 0
             for r in range(1, D):
-                if mass[r] > mass[a]:
-                    a = r
-            is_peak[a] = True
+                if mass[r] > mass[second]:
+                    second = r
         where = _ranks_of(row, counts, D)
         held[:] = 0.0
         pi[:] = 0.0
@@ -443,9 +428,9 @@ def greedy_moves_rows(prev_row, V, judge, num_ranks, budget, move_cost, tau_min,
               moves, budget, tol, trial)  # fmt: skip
         best[0] = 0.0
         ids[:] = -1
-        for a in range(D):
-            if not is_peak[a]:
-                continue
+        lo, hi = min(first, second), max(first, second)
+        for n in range(1 if lo == hi else 2):
+            a = lo if n == 0 else hi
             for sa in range(S):
                 on_slot[sa, 0], on_slot[sa, 1] = row[a * S + sa], sa
             for i in range(1, S):  # insertion sort by expert

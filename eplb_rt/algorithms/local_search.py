@@ -532,10 +532,19 @@ def _moved_slots(row, prev_row):
     return moved
 
 
-@njit(cache=True, nogil=True)
-def _moved(expert, before):
-    """1 if a slot that held ``before`` holding ``expert`` counts as moved, else 0."""
-    return 1 if expert != before else 0
+@njit(cache=True, nogil=True, inline="always")
+def _swap_slots(prev_row, p, q, x, y):
+    """Slots newly moved away from ``prev_row`` when ``x`` (slot ``p``) and ``y`` (slot ``q``)
+    swap: -2 to 2 (a slot already moved changes again for free, one put back refunds its slot).
+    """
+    now = int(y != prev_row[p]) + int(x != prev_row[q])
+    return now - int(x != prev_row[p]) - int(y != prev_row[q])
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _rewrite_slots(prev_row, q, x, y):
+    """Slots newly moved away from ``prev_row`` when slot ``q`` (expert ``x``) takes ``y``."""
+    return int(y != prev_row[q]) - int(x != prev_row[q])
 
 
 @njit(cache=True, nogil=True)
@@ -622,8 +631,7 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau_min, tau_share):
                 if b == a or d <= 0.0 or holds[b, x] or holds[a, y]:
                     continue
                 # Slots newly moved (a slot already moved costs nothing to change again).
-                extra = _moved(y, prev_row[p]) + _moved(x, prev_row[q])
-                extra -= _moved(x, prev_row[p]) + _moved(y, prev_row[q])
+                extra = _swap_slots(prev_row, p, q, x, y)
                 if moves + extra > budget:
                     continue
                 if loads[b] + d - loads[a] > _FAR * tau:
@@ -683,7 +691,7 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau_min, tau_share):
             for y in ys:
                 if y == x or holds[b, y] or counts[y] >= D:
                     continue
-                extra = _moved(y, prev_row[q]) - _moved(x, prev_row[q])
+                extra = _rewrite_slots(prev_row, q, x, y)
                 if moves + extra > budget:
                     continue
                 # A lower bound of the new sum of terms: the risen terms of the ranks of x that
