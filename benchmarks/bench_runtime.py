@@ -2,8 +2,9 @@
 
 1. Step time of a serving loop (the reference MoE model with ``EplbRuntime.route`` + ``step``)
    while the shipped default policy (``EplbConfig().policy``) re-plans DeepSeek-V3 (58 layers
-   x 256 experts on 32 ranks x 9 slots, each plan from the placement the last one gave, on the
-   next prefill workload) in a background thread, against the same loop with the thread idle;
+   x 256 experts on 32 ranks x 9 slots, each plan from the placement the last one gave, on a
+   history of the next prefill workload: 16 episodes of sampled counts, as the balancer hands
+   its ring to the policy) in a background thread, against the same loop with the thread idle;
    rounds alternate, and the inflation is the median over rounds of the ratio of the two
    rounds' median step times. Goal: <= 3% inflation.
 2. Recording cost: ``EplbRuntime.route`` (one ``route_and_count`` op) against one MoE layer's own
@@ -33,6 +34,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks import traces
 from eplb_rt.algorithms import plan, warm_up
 from eplb_rt.config import EplbConfig
 from eplb_rt.models import ExpertParallelMoE, MoEConfig
@@ -46,16 +48,23 @@ LAYER = MoEConfig(num_layers=1, num_experts=256, top_k=8, hidden=1024, ffn=256, 
 LAYER_TOKENS = 512
 
 
-def _deepseek_v3_loads() -> list[np.ndarray]:
-    """``[1, 58, 256]`` loads: the shipped SGLang DeepSeek-V3 prefill workloads, else skewed
-    stand-ins."""
-    try:
-        from benchmarks import traces
+HISTORY_EPISODES = 16
+"""Episodes of the background's history: ``EplbConfig()``'s ring (256 steps) cut as the default
+policy cuts it."""
+EPISODE_TOKENS = 16 * 256 * 8
+"""Counts an episode holds per layer: 16 steps of 256 tokens routed to 8 experts."""
 
-        return [traces.deepseek_v3(w, moe_only=True) for w in traces.DEEPSEEK_V3_WORKLOADS]
-    except (ImportError, OSError, ValueError):
-        rng = np.random.default_rng(0)
-        return [rng.zipf(1.6, size=(1, 58, 256)).astype(np.float64) for _ in range(4)]
+
+def _deepseek_v3_histories() -> list[np.ndarray]:
+    """``[HISTORY_EPISODES, 58, 256]`` token counts per workload, as the balancer hands them to
+    the policy: each shipped SGLang DeepSeek-V3 prefill workload drawn per episode (multinomial,
+    seeded), else skewed stand-ins."""
+    rng = np.random.default_rng(0)
+    try:
+        loads = [traces.deepseek_v3(w, moe_only=True)[0] for w in traces.DEEPSEEK_V3_WORKLOADS]
+    except (OSError, ValueError):
+        loads = [rng.zipf(1.6, size=(58, 256)).astype(np.float64) for _ in range(4)]
+    return [traces.sample_tokens(load, HISTORY_EPISODES, EPISODE_TOKENS, rng) for load in loads]
 
 
 POLICY = EplbConfig().policy
@@ -63,15 +72,16 @@ POLICY = EplbConfig().policy
 
 class BackgroundPolicy:
     """Re-plans DeepSeek-V3 with the default policy in a loop until stopped, as the balancer
-    does (each plan from the placement the last one gave, on the next workload): in its thread
-    (``mode="thread"``, the default) or in a child process the thread waits on
+    does (each plan from the placement the last one gave, on the next workload's history), on
+    every trigger and every layer (the worst case: the pipeline skips layers that cannot pay):
+    in its thread (``mode="thread"``, the default) or in a child process the thread waits on
     (``mode="process"``, ``EplbConfig.plan_in_subprocess``)."""
 
     def __init__(self, mode: str = "thread", paced: bool = False) -> None:
         warm_up([POLICY])
         self.paced = paced  # plan only when trigger() is called (the balancer's rhythm)
         self._go = threading.Event()
-        self.loads = _deepseek_v3_loads()
+        self.loads = _deepseek_v3_histories()
         self.topology = Topology(32, 9)
         self.placement = plan(POLICY, self.loads[0], self.topology)
         self.plans = 0

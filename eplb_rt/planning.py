@@ -5,7 +5,9 @@ through :func:`decide`, so the same load and placement in force give the same de
 three. Step time is taken as proportional to the largest rank load of each MoE layer, so a layer
 is committed only when the compute it saves before the next plan (fall of the per-step max rank
 load x :attr:`CostModel.token_seconds` x steps) exceeds the migration time that is not hidden
-behind compute (bytes the slowest rank receives / :attr:`CostModel.bandwidth`). Torch-free.
+behind compute (bytes the slowest rank receives / :attr:`CostModel.bandwidth`); a layer that
+could not pay for one expert's transfer even if balanced perfectly is not planned
+(:func:`could_pay`). Torch-free.
 """
 
 from __future__ import annotations
@@ -125,10 +127,12 @@ def decide(
     options = dict(options or {})
     if "move_cost" in algorithms.get_policy(policy).option_names:
         options.setdefault("move_cost", cost.move_cost(load, topology.num_ranks, horizon))
-    candidate = align_placement(
-        previous, algorithms.plan(policy, load, topology, previous, options)
-    )
     peak_before, par_before = step_par(previous, load)
+    planned = could_pay(peak_before, par_before, cost, horizon)
+    candidate = previous
+    if planned.any():
+        fresh = algorithms.plan(policy, load, topology, previous, options, layers=planned)
+        candidate = align_placement(previous, fresh)
     peak_after, par_after = step_par(candidate, load)
     saved = (peak_before - peak_after) * cost.token_seconds * horizon
     spent = cost.migration_seconds(previous.phy2log, candidate.phy2log, topology.num_ranks)
@@ -137,6 +141,26 @@ def decide(
     placement = previous.replace_layers(layers, candidate) if layers else previous
     slots = int(placement.moves(previous).sum())
     return Decision(placement, candidate, layers, saved, spent, par_before, par_after, slots)
+
+
+def could_pay(peak: np.ndarray, par: np.ndarray, cost: CostModel, horizon: float) -> np.ndarray:
+    """``[L] bool``: the layers where a new placement could save more than moving one expert
+    costs; the others are not planned.
+
+    ``peak [L]``, ``par [L]``: :func:`step_par` of the placement in force. No placement's
+    per-step peak falls below the per-step mean rank load, so a layer saves at most
+    ``(peak - mean) * token_seconds * horizon``, and a change that moves an expert has some
+    rank receive one. Where that transfer costs more than the most a layer can save, the gate
+    never commits the layer, and the plan skips it (in steady state most layers). With uniform
+    shares and no expert twice on a rank (every shipped policy's default), a change that moves
+    no expert changes no rank load, so the decisions are those of planning every layer; with
+    shares, a share-only change of such a layer (worth less than one transfer) is forgone.
+    """
+    mean = np.divide(peak, par, out=np.zeros_like(peak), where=np.isfinite(par) & (par > 0))
+    # The margin covers rounding: the gate's peaks are sums of the same loads in another order.
+    most = (peak - mean + 1e-9 * peak) * cost.token_seconds * horizon
+    least = cost.expert_bytes / cost.bandwidth - cost.hidden_seconds
+    return (most > least) | (least <= 0.0)
 
 
 def drifted(load: np.ndarray, placement: Placement, recent: int, cost: CostModel) -> bool:

@@ -8,6 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eplb_rt import formats, planning
+from eplb_rt.algorithms import plan
+from eplb_rt.algorithms.align import align_placement
 from eplb_rt.algorithms.metrics import par
 from eplb_rt.models.workload import drifting_profile
 from eplb_rt.placement import Placement, Topology
@@ -62,12 +64,78 @@ def test_gate_commits_only_what_pays_hand_derived(seconds_per_move, commits):
     load, previous, topo = _hot_layer()
     cost = planning.CostModel(expert_bytes=seconds_per_move, bandwidth=1.0, token_seconds=1.0)
     decision = planning.decide(load, previous, topo, "deepseek", None, cost=cost, horizon=1)
-    assert decision.saved_s[0] == pytest.approx(2.5)  # 2.5 tokens x 1 s x 1 step
-    assert decision.migration_s[0] == pytest.approx(seconds_per_move)
     assert decision.layers == ((0,) if commits else ())
-    assert (decision.placement == decision.candidate) is commits
     assert (decision.placement == previous) is not commits
     assert decision.slots == (1 if commits else 0)
+    if commits:
+        assert decision.saved_s[0] == pytest.approx(2.5)  # 2.5 tokens x 1 s x 1 step
+        assert decision.migration_s[0] == pytest.approx(seconds_per_move)
+        assert decision.placement == decision.candidate
+    else:
+        # Even a perfect balance saves 2.5 s (peak 6.5 -> mean 4) < 3 s: not planned at all.
+        assert decision.candidate == previous
+        assert decision.saved_s[0] == 0.0 and decision.migration_s[0] == 0.0
+
+
+def _decide_planning_every_layer(load, previous, topo, policy, *, cost, horizon):
+    """The gate on a plan of every layer: what :func:`planning.decide` must match."""
+    options = {"move_cost": cost.move_cost(load, topo.num_ranks, horizon)}
+    options = options if policy == "equilibrium" else None
+    candidate = align_placement(previous, plan(policy, load, topo, previous, options))
+    peak_before, _ = planning.step_par(previous, load)
+    peak_after, _ = planning.step_par(candidate, load)
+    saved = (peak_before - peak_after) * cost.token_seconds * horizon
+    spent = cost.migration_seconds(previous.phy2log, candidate.phy2log, topo.num_ranks)
+    changed = candidate.changed_layers(previous)
+    layers = tuple(int(x) for x in changed[saved[changed] > spent[changed]])
+    return (previous.replace_layers(layers, candidate) if layers else previous), layers
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(
+    seed=st.integers(0, 2**16),
+    policy=st.sampled_from(["equilibrium", "deepseek"]),
+    bandwidth=st.floats(0.02, 2.0),
+    hidden=st.sampled_from([0.0, 0.5]),
+)
+def test_layers_that_cannot_pay_are_not_planned_and_decisions_stay_the_same(
+    seed, policy, bandwidth, hidden
+):
+    rng = np.random.default_rng(seed)
+    topo = Topology(4, 3)
+    # Layers from nearly balanced to skewed, so some can pay for a move and some cannot.
+    skew = np.linspace(0.05, 3.0, 6)[:, None] * rng.standard_normal((6, 9))
+    load = rng.poisson(40.0 * np.exp(skew), size=(5, 6, 9)).astype(np.float64)
+    previous = planning.starting_placement(6, 9, topo)
+    cost = planning.CostModel(
+        expert_bytes=1.0, bandwidth=bandwidth, token_seconds=1e-2, hidden_seconds=hidden
+    )
+    d = planning.decide(load, previous, topo, policy, None, cost=cost, horizon=10)
+    placement, layers = _decide_planning_every_layer(
+        load, previous, topo, policy, cost=cost, horizon=10
+    )
+    assert d.layers == layers
+    assert d.placement == placement
+    peak, par_before = planning.step_par(previous, load)
+    planned = planning.could_pay(peak, par_before, cost, 10)
+    assert set(d.candidate.changed_layers(previous).tolist()) <= set(np.flatnonzero(planned))
+    assert set(layers) <= set(np.flatnonzero(planned))
+
+
+def test_plan_keeps_the_unplanned_layers_and_checks_the_mask():
+    rng = np.random.default_rng(3)
+    topo = Topology(4, 3)
+    load = rng.gamma(0.5, 10.0, size=(5, 3, 9))
+    previous = planning.starting_placement(3, 9, topo)
+    full = plan("equilibrium", load, topo, previous)
+    mask = np.array([True, False, True])
+    part = plan("equilibrium", load, topo, previous, layers=mask)
+    assert (part.phy2log[mask] == full.phy2log[mask]).all()
+    assert (part.phy2log[1] == previous.phy2log[1]).all()
+    with pytest.raises(ValueError, match=r"\[3\] bool mask .* got int64 \(3,\)"):
+        plan("equilibrium", load, topo, previous, layers=np.ones(3, dtype=np.int64))
+    with pytest.raises(ValueError, match="give previous"):
+        plan("equilibrium", load, topo, layers=mask)
 
 
 @settings(max_examples=40, deadline=None, derandomize=True)

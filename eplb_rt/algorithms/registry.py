@@ -168,11 +168,15 @@ def plan(
     topology: Topology,
     previous: Placement | None = None,
     options: Any = None,
+    *,
+    layers: np.ndarray | None = None,
 ) -> Placement:
     """Run policy ``name`` on ``load`` (``[L, E]`` or ``[T, L, E]``) and return its placement.
 
     ``options`` is the policy's options object, a dict of overrides, or ``None`` for defaults.
-    Everything is checked before the policy runs.
+    ``layers [L] bool``: the layers to plan; the others keep ``previous``'s slots and shares
+    (``None``: every layer). A policy plans each layer on its own, so a planned layer's slots
+    do not depend on which others are planned. Everything is checked before the policy runs.
     """
     spec = get_policy(name)
     if not isinstance(options, spec.options):
@@ -194,6 +198,15 @@ def plan(
             f"previous placement ({previous.describe()}) does not match load {arr.shape[1:]} on "
             f"{topology.num_ranks} ranks x {topology.num_slots_per_rank} slots"
         )
+    if layers is not None:
+        layers = np.asarray(layers)
+        if layers.shape != (L,) or layers.dtype != np.bool_:
+            raise ValueError(
+                f"layers must be a [{L}] bool mask of the layers to plan, got "
+                f"{layers.dtype} {layers.shape}"
+            )
+        if previous is None and not layers.all():
+            raise ValueError("layers left unplanned keep the previous placement: give previous")
     num_episodes = getattr(options, "num_episodes", 1)
     tokens = cut_episodes(arr, num_episodes)
     episodes = normalise(tokens)
@@ -207,6 +220,11 @@ def plan(
     for index in range(L):
         prev = None if previous is None else previous.phy2log[index].astype(np.int64)
         prev_share = None if prev is None or previous.is_uniform else previous.slot_share[index]
+        if layers is not None and not layers[index]:
+            rows[index] = prev
+            shares[index] = previous.slot_share[index]
+            weighted = weighted or not previous.is_uniform
+            continue
         layer = Layer(
             episodes[:, index].copy(),
             summed[index],

@@ -29,10 +29,10 @@ def spy(monkeypatch):
     def balance(layer, topo, _opts):
         return deepseek.fn(layer, topo, deepseek.make_options())
 
-    def plan(name, load, topo, previous=None, options=None):
+    def plan(name, load, topo, previous=None, options=None, *, layers=None):
         if name == "spy":
             calls.append((load.copy(), previous))
-        return registry.plan(name, load, topo, previous, options)
+        return registry.plan(name, load, topo, previous, options, layers=layers)
 
     spec = registry.PolicySpec("spy", balance, _NoOptions, "test spy")
     monkeypatch.setitem(registry._REGISTRY, "spy", spec)
@@ -50,7 +50,8 @@ def _steps(num_steps: int, num_layers: int = 2, num_experts: int = 5) -> np.ndar
 def test_windows_history_and_previous_placement(spy):
     load = _steps(10)
     topo = Topology(3, 2)  # P = 6 slots for 5 experts
-    spec = sim.SimulationSpec(topo, ("spy",), interval=3, episodes=2)
+    cheap = planning.CostModel(token_seconds=1.0)  # so that the layers are planned
+    spec = sim.SimulationSpec(topo, ("spy",), interval=3, episodes=2, cost=cheap)
     result = sim.simulate(sim.Workload.concat([("w", load)]), spec)
     cycles = result.cycles["spy"]
     assert [(c.start, c.stop) for c in cycles] == [(3, 6), (6, 9), (9, 10)]
@@ -133,7 +134,8 @@ def test_policy_failure_names_the_policy(monkeypatch):
     monkeypatch.setitem(
         registry._REGISTRY, "broken", registry.PolicySpec("broken", broken, _NoOptions, "raises")
     )
-    spec = sim.SimulationSpec(Topology(2, 3), ("broken",), interval=2)
+    cheap = planning.CostModel(token_seconds=1.0)  # so that the layers are planned
+    spec = sim.SimulationSpec(Topology(2, 3), ("broken",), interval=2, cost=cheap)
     with pytest.raises(RuntimeError, match=r"policy 'broken' failed planning from steps \[0, 2\)"):
         sim.simulate(sim.Workload.concat([("w", _steps(4))]), spec)
 
