@@ -4,7 +4,8 @@
    while the shipped default policy (``EplbConfig().policy``) re-plans DeepSeek-V3 (58 layers
    x 256 experts on 32 ranks x 9 slots, each plan from the placement the last one gave, on a
    history of the next prefill workload: 16 episodes of sampled counts, as the balancer hands
-   its ring to the policy) in a background thread, against the same loop with the thread idle;
+   its ring to the policy; every layer planned, or through the pipeline, which skips the layers
+   that cannot pay) in a background thread, against the same loop with the thread idle;
    rounds alternate, and the inflation is the median over rounds of the ratio of the two
    rounds' median step times. Goal: <= 3% inflation.
 2. Recording cost: ``EplbRuntime.route`` (one ``route_and_count`` op) against one MoE layer's own
@@ -35,6 +36,7 @@ import pytest
 import torch
 
 from benchmarks import traces
+from eplb_rt import planning
 from eplb_rt.algorithms import plan, warm_up
 from eplb_rt.config import EplbConfig
 from eplb_rt.models import ExpertParallelMoE, MoEConfig
@@ -51,7 +53,8 @@ LAYER_TOKENS = 512
 HISTORY_EPISODES = 16
 """Episodes of the background's history: ``EplbConfig()``'s ring (256 steps) cut as the default
 policy cuts it."""
-EPISODE_TOKENS = 16 * 256 * 8
+EPISODE_STEPS = 16
+EPISODE_TOKENS = EPISODE_STEPS * 256 * 8
 """Counts an episode holds per layer: 16 steps of 256 tokens routed to 8 experts."""
 
 
@@ -75,11 +78,14 @@ class BackgroundPolicy:
     does (each plan from the placement the last one gave, on the next workload's history), on
     every trigger and every layer (the worst case: the pipeline skips layers that cannot pay):
     in its thread (``mode="thread"``, the default) or in a child process the thread waits on
-    (``mode="process"``, ``EplbConfig.plan_in_subprocess``)."""
+    (``mode="process"``, ``EplbConfig.plan_in_subprocess``). With ``horizon`` (steps between
+    plans) it decides through the pipeline with the default prices instead, as the balancer
+    does: layers that could not pay for a move are not planned."""
 
-    def __init__(self, mode: str = "thread", paced: bool = False) -> None:
+    def __init__(self, mode: str = "thread", paced: bool = False, horizon: int | None = None):
         warm_up([POLICY])
         self.paced = paced  # plan only when trigger() is called (the balancer's rhythm)
+        self.horizon = horizon
         self._go = threading.Event()
         self.loads = _deepseek_v3_histories()
         self.topology = Topology(32, 9)
@@ -100,11 +106,18 @@ class BackgroundPolicy:
                 continue
             self._go.clear()
             load = self.loads[(self.plans + 1) % len(self.loads)]
-            args = (POLICY, load, self.topology, self.placement)
-            if self._pool is not None:
-                self.placement = self._pool.submit(plan, *args).result()
+            if self.horizon is None:
+                run, args, kwargs = plan, (POLICY, load, self.topology, self.placement), {}
             else:
-                self.placement = plan(*args)
+                # A history row is an episode of EPISODE_STEPS steps: the horizon in rows.
+                run = planning.decide
+                args = (load, self.placement, self.topology, POLICY, None)
+                kwargs = {"cost": planning.CostModel(), "horizon": self.horizon / EPISODE_STEPS}
+            if self._pool is not None:
+                out = self._pool.submit(run, *args, **kwargs).result()
+            else:
+                out = run(*args, **kwargs)
+            self.placement = out if self.horizon is None else out.placement
             self.plans += 1
 
     def __enter__(self) -> BackgroundPolicy:
@@ -151,19 +164,27 @@ def _timed(step, n: int) -> list[float]:
 
 
 def measure_background_inflation(
-    mode: str, every: int | None = None, rounds: int = 40, steps: int = 30
+    mode: str,
+    every: int | None = None,
+    rounds: int = 40,
+    steps: int = 30,
+    *,
+    pipeline: bool = False,
 ) -> dict:
     """Step time idle vs with the policy running, in alternating rounds.
 
     ``every=None``: plans back to back (worst case); ``every=k``: one plan every ``k`` steps,
-    the runtime's rhythm (``interval=k``). Returns medians and means in ms over all steps, and
+    the runtime's rhythm (``interval=k``); ``pipeline``: through ``planning.decide`` with the
+    default prices (horizon ``k``, else ``EplbConfig().interval``), which does not plan layers
+    that cannot pay. Returns medians and means in ms over all steps, and
     ``inflation``: the median over rounds of busy / idle - 1, each round's median step time
     against the idle round just before it (the machine's drift cancels within a pair), with
     its 95 % interval (:func:`median_interval`).
     """
     torch.set_num_threads(1)
     runtime, step = _serving_loop()
-    background = BackgroundPolicy(mode, paced=every is not None)
+    horizon = (every or EplbConfig().interval) if pipeline else None
+    background = BackgroundPolicy(mode, paced=every is not None, horizon=horizon)
     _timed(step, 10)  # warm caches
     idle, busy, ratios = [], [], []
     for _ in range(rounds):
@@ -373,16 +394,17 @@ if __name__ == "__main__":
         f"serving loop: 4 MoE layers x 64 experts, {SERVING_TOKENS} tokens, 1 torch thread; "
         f"policy: {POLICY} re-planning DeepSeek-V3 (58 x 256, 32 ranks x 9 slots)"
     )
-    for every in (20, None):
-        for mode in ("thread", "process"):
-            bg = measure_background_inflation(mode, every)
-            rhythm = f"one plan per {every} steps" if every else "plans back to back"
-            print(
-                f"  {rhythm:>21} in a {mode:>7}: step median {bg['idle_median_ms']:.2f} -> "
-                f"{bg['busy_median_ms']:.2f} ms; inflation {bg['inflation'] * 100:+.2f}% "
-                f"(median of rounds; 95% interval {bg['inflation_low'] * 100:+.2f}% to "
-                f"{bg['inflation_high'] * 100:+.2f}%), {bg['plans']} plans"
-            )
+    cases = [(every, mode, False) for every in (20, None) for mode in ("thread", "process")]
+    for every, mode, pipeline in [*cases, (20, "thread", True)]:
+        bg = measure_background_inflation(mode, every, pipeline=pipeline)
+        rhythm = f"one plan per {every} steps" if every else "plans back to back"
+        rhythm += ", pipeline" if pipeline else ""
+        print(
+            f"  {rhythm:>31} in a {mode:>7}: step median {bg['idle_median_ms']:.2f} -> "
+            f"{bg['busy_median_ms']:.2f} ms; inflation {bg['inflation'] * 100:+.2f}% "
+            f"(median of rounds; 95% interval {bg['inflation_low'] * 100:+.2f}% to "
+            f"{bg['inflation_high'] * 100:+.2f}%), {bg['plans']} plans"
+        )
     gil = measure_plan_next_to()
     print(
         f"  a re-plan: alone {gil['alone_s'] * 1e3:.0f} ms, next to the serving loop "
