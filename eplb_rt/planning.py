@@ -96,13 +96,22 @@ class Decision:
     slots: int
 
 
-def step_par(placement: Placement, load: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(max rank load [L], PAR [L])`` per step, averaged over the steps of ``load [T, L, E]``:
-    what a step costs, so noise and drift inside the window count as they do when serving."""
+def step_load(placement: Placement, load: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(max rank load [L], mean rank load [L])`` per step, averaged over the steps of
+    ``load [T, L, E]``: what a step costs, so noise and drift inside the window count as they
+    do when serving."""
     ranks = rank_load(placement, load)
-    peak = ranks.max(axis=-1).mean(axis=0)
-    mean = ranks.mean(axis=-1).mean(axis=0)
-    return peak, np.where(mean > 0, peak / np.where(mean > 0, mean, 1.0), np.nan)
+    return ranks.max(axis=-1).mean(axis=0), ranks.mean(axis=-1).mean(axis=0)
+
+
+def _par(peak: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    return np.where(mean > 0, peak / np.where(mean > 0, mean, 1.0), np.nan)
+
+
+def step_par(placement: Placement, load: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(max rank load [L], PAR [L])`` per step, as :func:`step_load`."""
+    peak, mean = step_load(placement, load)
+    return peak, _par(peak, mean)
 
 
 def decide(
@@ -127,13 +136,14 @@ def decide(
     options = dict(options or {})
     if "move_cost" in algorithms.get_policy(policy).option_names:
         options.setdefault("move_cost", cost.move_cost(load, topology.num_ranks, horizon))
-    peak_before, par_before = step_par(previous, load)
-    planned = could_pay(peak_before, par_before, cost, horizon)
-    candidate = previous
+    peak_before, mean = step_load(previous, load)
+    par_before = _par(peak_before, mean)
+    planned = could_pay(peak_before, mean, cost, horizon)
+    candidate, peak_after, par_after = previous, peak_before, par_before
     if planned.any():
         fresh = algorithms.plan(policy, load, topology, previous, options, layers=planned)
         candidate = align_placement(previous, fresh)
-    peak_after, par_after = step_par(candidate, load)
+        peak_after, par_after = step_par(candidate, load)
     saved = (peak_before - peak_after) * cost.token_seconds * horizon
     spent = cost.migration_seconds(previous.phy2log, candidate.phy2log, topology.num_ranks)
     changed = candidate.changed_layers(previous)
@@ -143,11 +153,11 @@ def decide(
     return Decision(placement, candidate, layers, saved, spent, par_before, par_after, slots)
 
 
-def could_pay(peak: np.ndarray, par: np.ndarray, cost: CostModel, horizon: float) -> np.ndarray:
+def could_pay(peak: np.ndarray, mean: np.ndarray, cost: CostModel, horizon: float) -> np.ndarray:
     """``[L] bool``: the layers where a new placement could save more than moving one expert
     costs; the others are not planned.
 
-    ``peak [L]``, ``par [L]``: :func:`step_par` of the placement in force. No placement's
+    ``peak [L]``, ``mean [L]``: :func:`step_load` of the placement in force. No placement's
     per-step peak falls below the per-step mean rank load, so a layer saves at most
     ``(peak - mean) * token_seconds * horizon``, and a change that moves an expert has some
     rank receive one. Where that transfer costs more than the most a layer can save, the gate
@@ -156,7 +166,6 @@ def could_pay(peak: np.ndarray, par: np.ndarray, cost: CostModel, horizon: float
     no expert changes no rank load, so the decisions are those of planning every layer; with
     shares, a share-only change of such a layer (worth less than one transfer) is forgone.
     """
-    mean = np.divide(peak, par, out=np.zeros_like(peak), where=np.isfinite(par) & (par > 0))
     # The margin covers rounding: the gate's peaks are sums of the same loads in another order.
     most = (peak - mean + 1e-9 * peak) * cost.token_seconds * horizon
     least = cost.expert_bytes / cost.bandwidth - cost.hidden_seconds

@@ -116,8 +116,7 @@ def test_layers_that_cannot_pay_are_not_planned_and_decisions_stay_the_same(
     )
     assert d.layers == layers
     assert d.placement == placement
-    peak, par_before = planning.step_par(previous, load)
-    planned = planning.could_pay(peak, par_before, cost, 10)
+    planned = planning.could_pay(*planning.step_load(previous, load), cost, 10)
     assert set(d.candidate.changed_layers(previous).tolist()) <= set(np.flatnonzero(planned))
     assert set(layers) <= set(np.flatnonzero(planned))
 

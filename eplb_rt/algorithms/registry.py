@@ -207,31 +207,34 @@ def plan(
             )
         if previous is None and not layers.all():
             raise ValueError("layers left unplanned keep the previous placement: give previous")
-    num_episodes = getattr(options, "num_episodes", 1)
-    tokens = cut_episodes(arr, num_episodes)
-    episodes = normalise(tokens)
-    steps = episode_steps(arr.shape[0], num_episodes)
-    # Token counts are whole numbers; anything else (shares, scaled loads) has no known noise.
-    counts = bool(np.array_equal(arr, np.round(arr)))
-    summed = normalise(arr.sum(axis=0))
     rows = np.empty((L, topology.num_slots), dtype=np.int64)
     shares = np.empty((L, topology.num_slots))
     weighted = False
-    for index in range(L):
+    planned = np.arange(L)
+    if layers is not None and not layers.all():
+        kept = ~layers
+        rows[kept] = previous.phy2log[kept]
+        shares[kept] = previous.slot_share[kept]
+        weighted = not previous.is_uniform
+        planned = np.flatnonzero(layers)
+    # Token counts are whole numbers; anything else (shares, scaled loads) has no known noise.
+    counts = bool(np.array_equal(arr, np.round(arr)))
+    sub = arr if planned.size == L else arr[:, planned]
+    num_episodes = getattr(options, "num_episodes", 1)
+    tokens = cut_episodes(sub, num_episodes)
+    episodes = normalise(tokens)
+    steps = episode_steps(arr.shape[0], num_episodes)
+    summed = normalise(sub.sum(axis=0))
+    for j, index in enumerate(planned):
         prev = None if previous is None else previous.phy2log[index].astype(np.int64)
         prev_share = None if prev is None or previous.is_uniform else previous.slot_share[index]
-        if layers is not None and not layers[index]:
-            rows[index] = prev
-            shares[index] = previous.slot_share[index]
-            weighted = weighted or not previous.is_uniform
-            continue
         layer = Layer(
-            episodes[:, index].copy(),
-            summed[index],
+            episodes[:, j].copy(),
+            summed[j],
             prev,
             prev_share,
-            index,
-            tokens[:, index].copy(),
+            int(index),
+            tokens[:, j].copy(),
             steps,
             counts,
         )
