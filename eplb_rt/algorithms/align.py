@@ -3,18 +3,155 @@
 Ranks are interchangeable for balance (every rank sees the same kind of load), so a new layer's
 ranks may be relabelled freely. The relabelling that keeps the most (rank, expert) pairs of the
 previous placement is an assignment problem on the ``[D, D]`` overlap matrix, solved exactly by
-``scipy.optimize.linear_sum_assignment`` (Hungarian). Inside a rank, experts already there keep
+shortest augmenting paths (:func:`max_assignment`). Inside a rank, experts already there keep
 their slot and the rest fill the freed slots in order. The result has the same rank loads as the
 new placement and the fewest moved slots among all rank relabellings; among equally good
 relabellings it keeps the ranks' own labels.
+
+Everything is one numba kernel (:func:`align_order`), no GIL: the policies align every layer
+from the balancer's thread, where each return to Python costs the serving thread a hand-off.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
+from numba import njit
 
 from eplb_rt.placement import Placement
+
+
+@njit(cache=True, nogil=True)
+def _overlap(new_row, prev_row, num_ranks, num_experts):
+    """``[new rank, old rank] float64``: the new rank's slots whose expert the old rank holds,
+    times ``D + 1``, plus the identity, which breaks ties (it adds less than one kept slot in
+    all) towards the ranks' own labels."""
+    D = num_ranks
+    S = new_row.shape[0] // D
+    holds = np.zeros((D, num_experts), dtype=np.bool_)
+    for p in range(prev_row.shape[0]):
+        holds[p // S, prev_row[p]] = True
+    out = np.zeros((D, D))
+    for n in range(D):
+        for o in range(D):
+            common = 0
+            for i in range(S):
+                common += holds[o, new_row[n * S + i]]
+            out[n, o] = common * (D + 1) + (n == o)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _slot_order(new_row, prev_row, source, num_ranks):
+    """``[P] int64``: the new slot each old slot takes once old rank ``o`` holds new rank
+    ``source[o]``'s experts. An expert the old rank holds already keeps its slot (an expert
+    there twice, each copy one of its slots); the others fill the remaining slots in order."""
+    D = num_ranks
+    S = new_row.shape[0] // D
+    order = np.empty(new_row.shape[0], dtype=np.int64)
+    placed = np.empty(S, dtype=np.int64)
+    kept = np.empty(S, dtype=np.bool_)
+    taken = np.empty(S, dtype=np.bool_)
+    for o in range(D):
+        n = source[o]
+        kept[:] = False
+        taken[:] = False
+        for i in range(S):
+            for j in range(S):
+                if not taken[j] and prev_row[o * S + j] == new_row[n * S + i]:
+                    kept[i] = taken[j] = True
+                    placed[j] = i
+                    break
+        j = 0
+        for i in range(S):
+            if not kept[i]:
+                while taken[j]:
+                    j += 1
+                placed[j] = i
+                j += 1
+        for j in range(S):
+            order[o * S + j] = n * S + placed[j]
+    return order
+
+
+@njit(cache=True, nogil=True)
+def max_assignment(score):
+    """``[n] int64``: the column of each row of the square ``score [n, n] float64`` that
+    maximises the summed score, each column used once.
+
+    Shortest augmenting paths with dual potentials (Jonker-Volgenant as described by Crouse,
+    2016), O(n^3): each row in turn is matched through the cheapest alternating path in reduced
+    costs. Columns are scanned from the last, swap-removed, and a tie goes to a free column:
+    with these rules a constant matrix gives the identity, and the result equals
+    ``scipy.optimize.linear_sum_assignment(score, maximize=True)``'s, ties included.
+    """
+    n = score.shape[0]
+    u = np.zeros(n)  # row potentials
+    v = np.zeros(n)  # column potentials
+    col_of = np.full(n, -1, dtype=np.int64)
+    row_of = np.full(n, -1, dtype=np.int64)
+    came_from = np.full(n, -1, dtype=np.int64)  # the row each column was reached from
+    dist = np.empty(n)
+    left = np.empty(n, dtype=np.int64)
+    row_seen = np.empty(n, dtype=np.bool_)
+    col_seen = np.empty(n, dtype=np.bool_)
+    for start in range(n):
+        for t in range(n):
+            left[t] = n - 1 - t
+        num_left = n
+        row_seen[:] = False
+        col_seen[:] = False
+        dist[:] = np.inf
+        reach = 0.0
+        i = start
+        sink = -1
+        while sink < 0:
+            row_seen[i] = True
+            best = -1
+            lowest = np.inf
+            for t in range(num_left):
+                j = left[t]
+                # Costs are the negated scores: the search minimises.
+                d = reach - score[i, j] - u[i] - v[j]
+                if d < dist[j]:
+                    came_from[j] = i
+                    dist[j] = d
+                if dist[j] < lowest or (dist[j] == lowest and row_of[j] < 0):
+                    lowest = dist[j]
+                    best = t
+            reach = lowest
+            j = left[best]
+            if row_of[j] < 0:
+                sink = j
+            else:
+                i = row_of[j]
+            col_seen[j] = True
+            num_left -= 1
+            left[best] = left[num_left]
+        u[start] += reach
+        for i in range(n):
+            if row_seen[i] and i != start:
+                u[i] += reach - dist[col_of[i]]
+        for j in range(n):
+            if col_seen[j]:
+                v[j] -= reach - dist[j]
+        j = sink
+        while True:
+            i = came_from[j]
+            row_of[j] = i
+            col_of[i], j = j, col_of[i]
+            if i == start:
+                break
+    return col_of
+
+
+@njit(cache=True, nogil=True)
+def align_order(new_row, prev_row, num_ranks, num_experts):
+    """``[P] int64``: the new slot each slot takes, so that ``new_row[order]`` is ``new_row``
+    relabelled and permuted to keep the most of ``prev_row`` in place (both ``[P] int64``)."""
+    old_of_new = max_assignment(_overlap(new_row, prev_row, num_ranks, num_experts))
+    source = np.empty(num_ranks, dtype=np.int64)
+    source[old_of_new] = np.arange(num_ranks)
+    return _slot_order(new_row, prev_row, source, num_ranks)
 
 
 def align_row(
@@ -24,46 +161,15 @@ def align_row(
     num_experts: int,
     new_share: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Relabel the ranks of one layer ``new_row [P]`` to overlap ``prev_row [P]`` most.
+    """Relabel the ranks of one layer ``new_row [P] int64`` to overlap ``prev_row [P] int64``
+    most.
 
     ``new_share [P]`` (optional) is permuted along. Returns ``(row [P] int64, share [P] | None)``.
     """
-    P = new_row.shape[0]
-    S = P // num_ranks
-    new_grid = new_row.reshape(num_ranks, S)
-    prev_grid = prev_row.reshape(num_ranks, S)
-    prev_hot = np.zeros((num_ranks, num_experts), dtype=np.int32)
-    prev_hot[np.repeat(np.arange(num_ranks), S), prev_row] = 1
-    # [new rank, old rank]: the new rank's experts that the old one holds (a gather, not an
-    # integer matrix product, which numpy does without BLAS); the identity breaks ties (it adds
-    # less than one kept slot in all).
-    common = prev_hot[:, new_row].reshape(num_ranks, num_ranks, S).sum(axis=2).T
-    overlap = common * (num_ranks + 1) + np.eye(num_ranks, dtype=np.int32)
-    new_idx, old_idx = linear_sum_assignment(overlap, maximize=True)
-    # Old rank o takes the experts of new rank source[o]: those it holds already keep their
-    # slot, the others fill its remaining slots in order.
-    source = np.empty(num_ranks, dtype=np.int64)
-    source[old_idx] = new_idx
-    experts = new_grid[source]
-    same = experts[:, :, None] == prev_grid[:, None, :]  # [rank, new slot i, old slot j]
-    kept = same.any(axis=2)
-    taken = same.any(axis=1)
-    placed = np.empty((num_ranks, S), dtype=np.int64)  # old slot j <- new slot placed[j]
-    rank_of, i_kept = np.nonzero(kept)
-    placed[rank_of, same.argmax(axis=2)[rank_of, i_kept]] = i_kept
-    # Stable sorts list the free slots, and the experts without one, in order; row by row
-    # there are as many of each.
-    free = np.argsort(taken, axis=1, kind="stable")
-    rest = np.argsort(kept, axis=1, kind="stable")
-    first = np.arange(S)[None, :] < (~taken).sum(axis=1, keepdims=True)
-    rank_of = np.nonzero(first)[0]
-    placed[rank_of, free[first]] = rest[first]
-    out = np.take_along_axis(experts, placed, axis=1)
-    out_share = None
-    if new_share is not None:
-        share_grid = new_share.reshape(num_ranks, S)[source]
-        out_share = np.take_along_axis(share_grid, placed, axis=1)
-    return out.reshape(P), None if out_share is None else out_share.reshape(P)
+    new_row = np.ascontiguousarray(new_row, dtype=np.int64)
+    prev_row = np.ascontiguousarray(prev_row, dtype=np.int64)
+    order = align_order(new_row, prev_row, num_ranks, num_experts)
+    return new_row[order], None if new_share is None else new_share[order]
 
 
 def align_placement(previous: Placement, new: Placement) -> Placement:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eplb_rt.algorithms import bounds, metrics, plan
-from eplb_rt.algorithms.align import align_placement, align_row
+from eplb_rt.algorithms.align import align_placement, align_row, max_assignment
 from eplb_rt.algorithms.load import cut_episodes, episode_steps, normalise
 from eplb_rt.algorithms.shares import min_max_rank_load, open_bottleneck, optimal_slot_shares
 from eplb_rt.placement import Placement, Topology
@@ -125,6 +125,40 @@ def test_align_keeps_the_most_slots_of_any_rank_relabelling(seed):
         best = sum(len(set(grid[i]) & set(prev.reshape(D, S)[perm[i]])) for i in range(D))
         assert kept >= best
     assert sorted(map(sorted, row.reshape(D, S).tolist())) == sorted(map(sorted, grid.tolist()))
+
+
+def test_align_keeps_an_expert_held_twice_in_both_slots():
+    """An expert twice on a rank (no shipped policy does it by default; shares may) keeps both
+    slots where the old rank held it twice, and one where it held it once."""
+    prev = np.array([0, 0, 1, 2, 3, 4])
+    row, _ = align_row(np.array([4, 3, 2, 1, 0, 0]), prev, 2, 5)
+    assert row.tolist() == [0, 0, 1, 2, 3, 4]
+    row, _ = align_row(np.array([3, 0, 0, 1, 4, 2]), prev, 2, 5)
+    assert row.tolist() == [0, 0, 3, 2, 1, 4]
+    row, _ = align_row(np.array([0, 0, 5, 2, 3, 4]), np.array([0, 1, 5, 2, 3, 4]), 2, 6)
+    assert row.tolist() == [0, 0, 5, 2, 3, 4]
+
+
+@pytest.mark.parametrize("kind", ["ties", "overlap", "real"])
+def test_max_assignment_is_scipys_ties_included(kind):
+    """The assignment kernel picks scipy's columns, ties included (so placements aligned by it
+    are those aligned by scipy), and its total is the best of every permutation on small n."""
+    from scipy.optimize import linear_sum_assignment
+
+    rng = np.random.default_rng(len(kind))
+    for _ in range(300):
+        n = int(rng.integers(1, 24))
+        if kind == "ties":
+            score = rng.integers(0, 3, (n, n)).astype(float)
+        elif kind == "overlap":  # align_row's matrix: kept slots times D + 1, plus the identity
+            score = rng.integers(0, 6, (n, n)) * (n + 1) + np.eye(n)
+        else:
+            score = rng.random((n, n))
+        cols = max_assignment(score)
+        assert cols.tolist() == linear_sum_assignment(score, maximize=True)[1].tolist()
+        if n <= 6:
+            best = max(score[range(n), perm].sum() for perm in itertools.permutations(range(n)))
+            assert score[range(n), cols].sum() == pytest.approx(best)
 
 
 def test_align_placement_keeps_loads_and_never_adds_moves():
