@@ -38,8 +38,9 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from numba import njit
 
-from eplb_rt.algorithms.align import align_row
+from eplb_rt.algorithms.align import align_order, align_row
 from eplb_rt.algorithms.episode_moves import greedy_moves_rows
 from eplb_rt.algorithms.load import normalise
 from eplb_rt.algorithms.local_search import greedy_moves, swap_search
@@ -47,6 +48,7 @@ from eplb_rt.algorithms.metrics import row_par
 from eplb_rt.algorithms.registry import Layer, Options, option, register
 from eplb_rt.algorithms.replicas import LPT, allot_replicas, construct, count_search
 from eplb_rt.algorithms.shares import balanced_slot_shares, min_max_rank_load, open_bottleneck
+from eplb_rt.algorithms.sums import column_mean, column_std, pairwise_sum
 from eplb_rt.placement import Topology
 
 _TAU_MIN = 1e-3
@@ -59,8 +61,6 @@ far from balance the ranks near the peak count too. On DeepSeek-V3 and ESFT re-p
 slots buy the same PAR with any share from 0.1 to 1; the larger the share, the closer the walk
 fits the load it is judged on, which the demo's task switches punish (the next task is not that
 load): the low end of that range (BENCHMARKS §3)."""
-
-_NO_COV = np.zeros((1, 1))
 
 _RANK_TOL = 1e-9
 """Singular values under this fraction of the episodes' largest are rounding, not a direction."""
@@ -115,21 +115,27 @@ def _layer_par(row: np.ndarray, w: np.ndarray, topo: Topology, shares: bool) -> 
     return min_max_rank_load(row, w, D, topo.num_slots_per_rank)[0] * D / total
 
 
-def sampling_noise(W: np.ndarray, volume: np.ndarray | None) -> float:
+@njit(cache=True, nogil=True)
+def sampling_noise(W, volume):
     """The squared distance sampling alone puts between an episode and its workload's shares.
 
     ``W [K, E] float64``: episodes scaled to sum 1; ``volume [K] float64``: the counts each was
-    summed from, or ``None`` when the load is not counts (its noise is unknown: 0). ``N`` counts
+    summed from, or empty when the load is not counts (its noise is unknown: 0). ``N`` counts
     drawn one by one put a variance of ``w (1 - w) / N`` on an expert's share ``w`` (top-k
     routing never draws an expert twice for a token, so this bounds the noise from above).
     """
-    if volume is None:
+    K = volume.shape[0]
+    if K == 0:
         return 0.0
-    w = W.mean(axis=0)
-    return float((w * (1.0 - w)).sum() * np.mean(1.0 / np.maximum(volume, 1.0)))
+    w = column_mean(W)
+    inverse = np.empty(K)
+    for k in range(K):
+        inverse[k] = 1.0 / max(volume[k], 1.0)
+    return pairwise_sum(w * (1.0 - w)) * (pairwise_sum(inverse) / K)
 
 
-def signal_fraction(W: np.ndarray, noise: float) -> float:
+@njit(cache=True, nogil=True)
+def signal_fraction(W, noise):
     """The share of the episodes' spread around their mean that is not sampling noise, in [0, 1].
 
     ``W [K, E] float64``: episodes scaled to sum 1; ``noise``: their :func:`sampling_noise`
@@ -138,11 +144,15 @@ def signal_fraction(W: np.ndarray, noise: float) -> float:
     K = W.shape[0]
     if K < 2 or noise <= 0.0:
         return 1.0
-    w = W.mean(axis=0)
-    spread = ((W - w) ** 2).sum(axis=1).mean()
+    w = column_mean(W)
+    distances = np.empty(K)
+    for k in range(K):
+        d = W[k] - w
+        distances[k] = pairwise_sum(d * d)
+    spread = pairwise_sum(distances) / K
     if spread <= 0.0 or noise < _NOISE_FLOOR * spread:
         return 1.0
-    return float(max(1.0 - noise / spread, 0.0))
+    return max(1.0 - noise / spread, 0.0)
 
 
 def unseen_axes(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -210,7 +220,8 @@ def _unseen_episodes(W: np.ndarray, w: np.ndarray, noise: float, weight: float) 
     return weight * seen * np.tile(share, 2)[:, None] * ends
 
 
-def scored_rows(W: np.ndarray, w: np.ndarray, spread: float, signal: float) -> np.ndarray:
+@njit(cache=True, nogil=True)
+def scored_rows(W, w, spread, signal):
     """``[K', E] float64``: the rows a plan is scored on, from episodes ``W [K, E]`` (each
     summing 1, ``K >= 2``) and their estimated shared load ``w [E]``.
 
@@ -219,86 +230,177 @@ def scored_rows(W: np.ndarray, w: np.ndarray, spread: float, signal: float) -> n
     (``signal < 1``), the shared load as one more row, weighed as the pushed noise is: the fit
     to what repeats counts as much as the noise planned for (``K' = K + 1``).
     """
-    V = normalise(np.maximum(w + spread * (W - w), 0.0))
+    K, E = W.shape
+    V = np.zeros((K + (signal < 1.0), E))
+    for k in range(K):
+        pushed = np.maximum(w + spread * (W[k] - w), 0.0)
+        total = pairwise_sum(pushed)
+        if total > 0.0:
+            V[k] = pushed / total
     if signal < 1.0:
-        weight = spread * (1.0 - signal) * W.shape[0]
-        V = np.vstack([V, weight * w[None, :]])
+        V[K] = (spread * (1.0 - signal) * K) * w
     return V
 
 
+@njit(cache=True, nogil=True)
+def _seen_plan(  # noqa: PLR0917 (numba kernels take plain positional arrays)
+    W, tokens, counts_given, now, spread, num_slots, num_ranks, count_rounds, count_width, count_tol
+):
+    """A layer's plan from scratch on its seen episodes: steps 1 and 2 of the module's list
+    but the unseen episodes, in one call (no GIL: the balancer plans in a thread).
+
+    ``W [K, E]``: episodes scaled to sum 1; ``tokens [K, E]``: their counts when
+    ``counts_given`` (else their noise is unknown); ``now [E]``: the summed load, scaled.
+    Returns ``(row [P] int64, counts [E] int64, w [E], V [K', E], noise, signal)``: ``w`` the
+    load the episodes share, ``V`` the :func:`scored_rows` (no row for one episode).
+    """
+    K, E = W.shape
+    volume = np.empty(K if counts_given else 0)
+    for k in range(volume.shape[0]):
+        volume[k] = pairwise_sum(tokens[k])
+    # One noise estimate per layer: it decides the summed counts' weight and the unseen episodes.
+    noise = sampling_noise(W, volume)
+    signal = signal_fraction(W, noise)
+    # Distinct workloads weigh the same (the mean of the episodes); episodes that differ by
+    # noise only are one workload, best estimated by the summed counts.
+    w = signal * column_mean(W) + (1.0 - signal) * now
+    if K > 1:
+        V = scored_rows(W, w, spread, signal)
+        # Replicas for the load an expert may reach, not only its mean: mean + spread * std.
+        robust = w + spread * column_std(W)
+    else:
+        V = np.empty((0, E))
+        robust = w
+    counts = allot_replicas(robust, num_slots, num_ranks)
+    # Counts and a first placement on the mean load, then swaps scored on every episode's
+    # peak, which is what makes the plan hold out of sample.
+    mean = w.reshape((1, E))
+    no_cov = np.zeros((1, 1))
+    row = construct(LPT, mean, w, no_cov, 0.0, counts, num_ranks, 4 * num_slots)
+    row = count_search(
+        LPT,
+        row,
+        mean,
+        w,
+        no_cov,
+        0.0,
+        counts,
+        num_ranks,
+        count_rounds,
+        count_width,
+        4 * num_slots,
+        1.0 + count_tol,
+    )
+    if K > 1:
+        swap_search(row, V, counts, num_ranks, 4 * num_slots, 1e-3, 0.0)
+    return row, counts, w, V, noise, signal
+
+
 def _fresh_row(
-    W: np.ndarray,
-    w: np.ndarray,
-    topo: Topology,
-    opts: EquilibriumOptions,
-    *,
-    signal: float,
-    noise: float,
-    V: np.ndarray | None,
-) -> np.ndarray:
-    """A plan from scratch; ``V``: :func:`scored_rows` of ``W``, ``None`` for one episode."""
+    layer: Layer, topo: Topology, opts: EquilibriumOptions
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A plan from scratch: ``(row [P] int64, w [E], V [K', E])`` (see :func:`_seen_plan`)."""
     D, S = topo.num_ranks, topo.num_slots_per_rank
-    # Replicas for the load an expert may reach, not only its mean: mean + spread * std.
-    robust = w + opts.spread * W.std(axis=0) if W.shape[0] > 1 else w
-    counts = allot_replicas(robust, topo.num_slots, D)
-    # Counts and a first placement on the mean load, then swaps scored on every episode's peak,
-    # which is what makes the plan hold out of sample.
-    args = (w[None, :], w, _NO_COV, 0.0, counts, D)
-    row = construct(LPT, *args, 4 * topo.num_slots)
-    rounds = (opts.count_rounds, opts.count_width, 4 * topo.num_slots, 1.0 + opts.count_tol)
-    row = count_search(LPT, row, *args, *rounds)
-    if V is not None:
-        swap_search(row, V, counts, D, 4 * topo.num_slots, 1e-3, 0.0)
-        if signal == 1.0 and opts.unseen > 0:
-            U = _unseen_episodes(W, w, noise, opts.unseen)
-            # The unseen episodes refine the plan the seen ones chose; they do not choose it.
-            # Searched from the start with them, the plan lands in another local optimum, and
-            # which one holds for a held-out workload's surprises is a lottery (OLMoE 8x12 lost
-            # 0.087 PAR, one layer 1.47 -> 2.13); from the seen optimum a layer changes only by
-            # the swaps that pay on seen and unseen together.
-            if U.shape[0]:
-                swap_search(row, np.vstack([V, U]), counts, D, 4 * topo.num_slots, 1e-3, 0.0)
+    W = layer.episodes
+    rounds = (opts.count_rounds, opts.count_width, opts.count_tol)
+    row, counts, w, V, noise, signal = _seen_plan(
+        W, layer.tokens, layer.counts, layer.load, opts.spread, topo.num_slots, D, *rounds
+    )
+    if W.shape[0] > 1 and signal == 1.0 and opts.unseen > 0:
+        U = _unseen_episodes(W, w, noise, opts.unseen)
+        # The unseen episodes refine the plan the seen ones chose; they do not choose it.
+        # Searched from the start with them, the plan lands in another local optimum, and
+        # which one holds for a held-out workload's surprises is a lottery (OLMoE 8x12 lost
+        # 0.087 PAR, one layer 1.47 -> 2.13); from the seen optimum a layer changes only by
+        # the swaps that pay on seen and unseen together.
+        if U.shape[0]:
+            swap_search(row, np.vstack([V, U]), counts, D, 4 * topo.num_slots, 1e-3, 0.0)
     if opts.shares and opts.share_rewrites:
         total = w.sum()
         # Rewrites cost a flow per candidate: only worth it when shares leave a real gap.
         if total > 0 and min_max_rank_load(row, w, D, S)[0] * D > total * (1 + opts.count_tol):
             open_bottleneck(row, w, D, S, opts.share_rewrites, 0.0, 4)
-    return row
+    return row, w, V
 
 
-def _repaired_row(
-    prev: np.ndarray,
-    now: np.ndarray,
-    topo: Topology,
-    opts: EquilibriumOptions,
-    budget: int,
-    *,
-    V: np.ndarray | None,
-) -> np.ndarray:
-    """The previous slots improved move by move, each slot worth its ``move_cost / D``.
+@njit(cache=True, nogil=True)
+def _repaired_row(prev, now, V, num_ranks, budget, slot_cost):  # noqa: PLR0917
+    """The previous slots improved move by move, each slot worth ``slot_cost`` (PAR).
 
     ``now [E]``: the load the candidates are judged on; ``V [K, E]``: the rows the fresh plan
-    is scored on, or ``None`` (one episode: the walk ranks its moves on ``now`` alone)."""
-    D, S = topo.num_ranks, topo.num_slots_per_rank
-    total = now.sum()
+    is scored on (none for one episode: the walk ranks its moves on ``now`` alone)."""
+    D = num_ranks
+    total = pairwise_sum(now)
     if total <= 0 or budget <= 0:
         return prev
-    slot_cost = opts.move_cost / D
-    if opts.shares:
-        # Gain in load units: the slot's price in PAR times the mean rank load.
-        row = prev.copy()
-        open_bottleneck(row, now, D, S, budget, slot_cost * total / D, 4)
-        return row
-    if V is None:
+    if V.shape[0] == 0:
         return greedy_moves(prev, now, D, budget, slot_cost, _TAU_MIN * total / D, _TAU_SHARE)[0]
     # On a short window the summed load is mostly sampling noise: a walk on it alone fits the
     # noise. Its moves are ranked on the scored rows too, the load it is judged on weighing as
     # much as all of them together, so a move must pay on the episodes as well as on the sum.
     # (Rows without load have no peak to lower.)
-    rows = np.vstack([V[V.sum(axis=1) > 0], V.sum() * now[None, :]])
-    tau_min = _TAU_MIN * rows.sum(axis=1) / D
+    K, E = V.shape
+    live = np.zeros(K, dtype=np.bool_)
+    for k in range(K):
+        live[k] = pairwise_sum(V[k]) > 0
+    rows = np.empty((live.sum() + 1, E))
+    rows[:-1] = V[live]
+    rows[-1] = pairwise_sum(V) * now
+    tau_min = np.empty(rows.shape[0])
+    for k in range(rows.shape[0]):
+        tau_min[k] = _TAU_MIN * pairwise_sum(rows[k]) / D
     judge = rows.shape[0] - 1
     return greedy_moves_rows(prev, rows, judge, D, budget, slot_cost, tau_min, _TAU_SHARE)[0]
+
+
+@njit(cache=True, nogil=True)
+def _settle(row, prev, now, V, num_ranks, budget, move_cost):  # noqa: PLR0917
+    """Step 4 of the module's list without shares, in one call: of the previous slots, those
+    improved by :func:`_repaired_row` and the fresh ``row`` aligned to them, the one with the
+    least ``PAR + move_cost * moved slots / D`` on ``now [E]`` within ``budget`` moved slots."""
+    D = num_ranks
+    fresh = row[align_order(row, prev, D, now.shape[0])]
+    repaired = _repaired_row(prev, now, V, D, budget, move_cost / D)
+    judged = now.reshape((1, now.shape[0]))
+    best_cost = np.inf
+    for cand in (prev, repaired, fresh):
+        moves = 0
+        for p in range(prev.shape[0]):
+            moves += cand[p] != prev[p]
+        cost = row_par(cand, judged, D) + move_cost * moves / D
+        if moves <= budget and cost < best_cost - 1e-12:
+            best_cost = cost
+            row = cand
+    return row
+
+
+def _settle_shares(
+    row: np.ndarray,
+    prev: np.ndarray,
+    now: np.ndarray,
+    topo: Topology,
+    opts: EquilibriumOptions,
+    *,
+    budget: int,
+) -> np.ndarray:
+    """:func:`_settle` with shares: the previous slots improved by rewrites that open a
+    bottleneck for the shares, candidates judged at their best shares."""
+    D, S = topo.num_ranks, topo.num_slots_per_rank
+    fresh, _ = align_row(row, prev, D, now.shape[0])
+    repaired = prev
+    total = now.sum()
+    if total > 0 and budget > 0:
+        # Gain in load units: the slot's price in PAR times the mean rank load.
+        repaired = prev.copy()
+        open_bottleneck(repaired, now, D, S, budget, opts.move_cost / D * total / D, 4)
+    best_cost = np.inf
+    for cand in (prev, repaired, fresh):
+        moves = int((cand != prev).sum())
+        cost = _layer_par(cand, now, topo, True) + opts.move_cost * moves / D
+        if moves <= budget and cost < best_cost - 1e-12:
+            best_cost = cost
+            row = cand
+    return row
 
 
 @register(
@@ -308,27 +410,20 @@ def _repaired_row(
     warm_up_options=({}, {"shares": True}),
 )
 def equilibrium(layer: Layer, topo: Topology, opts: EquilibriumOptions):
-    """One layer; returns ``row [P] int64`` or ``(row, share [P])`` with ``shares``."""
+    """One layer; returns ``row [P] int64`` or ``(row, share [P])`` with ``shares``.
+
+    Without shares a layer costs two or three numba calls (no GIL between them: the balancer
+    plans in a thread next to the serving one, and each return to Python is a hand-off).
+    """
     D, S = topo.num_ranks, topo.num_slots_per_rank
-    W, now, prev = layer.episodes, layer.load, layer.previous
-    # One noise estimate per layer: it decides the summed counts' weight and the unseen episodes.
-    noise = sampling_noise(W, layer.tokens.sum(axis=1) if layer.counts else None)
-    signal = signal_fraction(W, noise)
-    # Distinct workloads weigh the same (the mean of the episodes); episodes that differ by
-    # noise only are one workload, best estimated by the summed counts.
-    w = np.ascontiguousarray(signal * W.mean(axis=0) + (1.0 - signal) * now)
-    V = scored_rows(W, w, opts.spread, signal) if W.shape[0] > 1 else None
-    row = _fresh_row(W, w, topo, opts, signal=signal, noise=noise, V=V)
+    row, w, V = _fresh_row(layer, topo, opts)
+    prev = layer.previous
     if prev is not None:
         budget = int(opts.max_moved_fraction * topo.num_slots)
-        fresh, _ = align_row(row, prev, D, w.shape[0])
-        best_cost = np.inf
-        for cand in (prev, _repaired_row(prev, now, topo, opts, budget, V=V), fresh):
-            moves = int((cand != prev).sum())
-            cost = _layer_par(cand, now, topo, opts.shares) + opts.move_cost * moves / D
-            if moves <= budget and cost < best_cost - 1e-12:
-                best_cost = cost
-                row = cand
+        if opts.shares:
+            row = _settle_shares(row, prev, layer.load, topo, opts, budget=budget)
+        else:
+            row = _settle(row, prev, layer.load, V, D, budget, opts.move_cost)
     if not opts.shares or w.sum() <= 0:
         return row
     target, _ = min_max_rank_load(row, w, D, S)

@@ -221,20 +221,24 @@ def plan(
     counts = bool(np.array_equal(arr, np.round(arr)))
     sub = arr if planned.size == L else arr[:, planned]
     num_episodes = getattr(options, "num_episodes", 1)
-    tokens = cut_episodes(sub, num_episodes)
+    # Layer-major copies ([L, K, E]): each layer's episodes are one contiguous block, taken
+    # without a copy per layer.
+    tokens = np.ascontiguousarray(cut_episodes(sub, num_episodes).transpose(1, 0, 2))
     episodes = normalise(tokens)
     steps = episode_steps(arr.shape[0], num_episodes)
     summed = normalise(sub.sum(axis=0))
+    prev_uniform = previous is None or previous.is_uniform
+    even = np.zeros(L, dtype=bool)  # layers whose policy gave no shares: split evenly
     for j, index in enumerate(planned):
         prev = None if previous is None else previous.phy2log[index].astype(np.int64)
-        prev_share = None if prev is None or previous.is_uniform else previous.slot_share[index]
+        prev_share = None if prev_uniform else previous.slot_share[index]
         layer = Layer(
-            episodes[:, j].copy(),
+            episodes[j],
             summed[j],
             prev,
             prev_share,
             int(index),
-            tokens[:, j].copy(),
+            tokens[j],
             steps,
             counts,
         )
@@ -244,7 +248,12 @@ def plan(
             shares[index] = share
             weighted = True
         else:
-            shares[index] = 1.0 / np.bincount(rows[index], minlength=E)[rows[index]]
+            even[index] = True
+    if weighted and even.any():
+        # One bincount over the layers (each offset by its own E ids) for their replica counts.
+        flat = rows[even] + E * np.arange(int(even.sum()))[:, None]
+        replicas = np.bincount(flat.ravel())
+        shares[even] = 1.0 / replicas[flat]
     return Placement(rows, E, topology.num_ranks, shares if weighted else None)
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from benchmarks import traces
 from eplb_rt.algorithms import metrics, plan, warm_up
-from eplb_rt.algorithms.equilibrium import sampling_noise, signal_fraction
+from eplb_rt.algorithms.equilibrium import sampling_noise, scored_rows, signal_fraction
 from eplb_rt.algorithms.load import normalise
 from eplb_rt.placement import Topology
 
@@ -43,7 +43,7 @@ def test_distinct_workloads_are_all_signal():
 
 def test_unknown_noise_or_one_episode_is_all_signal():
     W = normalise(np.random.default_rng(3).random((5, 16)))
-    assert signal_fraction(W, sampling_noise(W, None)) == 1.0
+    assert signal_fraction(W, sampling_noise(W, np.empty(0))) == 1.0
     assert _signal(np.array([[4.0, 3.0, 2.0, 1.0]])) == 1.0
     assert _signal(np.full((4, 16), 10.0)) == 1.0  # no spread at all
 
@@ -86,3 +86,26 @@ def test_scaled_load_is_not_taken_for_counts():
     assert (counts % 2 == 1).any()
     topo = Topology(4, 10)
     assert plan("equilibrium", counts * 0.5, topo) == plan("equilibrium", counts * 2.0**20, topo)
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (5, 17), (16, 129), (9, 256), (17, 301)])
+def test_kernels_round_as_the_numpy_formulas(shape):
+    """The numba kernels give the numpy expressions' values bit for bit: rounding decides ties
+    in the searches, so the placements stay those the numpy version chose."""
+    rng = np.random.default_rng(shape[0] * 1000 + shape[1])
+    counts = rng.multinomial(40 * shape[1], rng.dirichlet(np.ones(shape[1])), size=shape[0])
+    tokens = counts.astype(float) + rng.integers(0, 3, shape)  # beyond multinomial noise
+    W = normalise(tokens)
+    volume = tokens.sum(axis=1)
+    w = W.mean(axis=0)
+    noise = float((w * (1.0 - w)).sum() * np.mean(1.0 / np.maximum(volume, 1.0)))
+    assert sampling_noise(W, volume) == noise
+    spread = ((W - w) ** 2).sum(axis=1).mean()
+    signal = 1.0 if noise < 0.01 * spread else max(1.0 - noise / spread, 0.0)
+    assert signal_fraction(W, noise) == signal
+    for s in (0.37, 1.0):  # with and without the shared-load row
+        shared = s * w + (1.0 - s) * normalise(tokens.sum(axis=0))
+        V = normalise(np.maximum(shared + 2.0 * (W - shared), 0.0))
+        if s < 1.0:
+            V = np.vstack([V, 2.0 * (1.0 - s) * shape[0] * shared[None, :]])
+        assert np.array_equal(scored_rows(W, shared, 2.0, s), V)

@@ -1,0 +1,95 @@
+"""Sums and means in numba that round as numpy's do, bit for bit.
+
+The policies' numba kernels compute what used to be numpy expressions (``x.sum()``,
+``W.mean(axis=0)``, ``W.std(axis=0)``). Rounding decides ties in the searches that follow, so a
+kernel that summed in another order could change a placement; these keep numpy's order:
+pairwise summation along a row (eight running sums in blocks of at most 128 elements, halves
+above that), one row after another down a column.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_BLOCK = 128
+"""numpy's pairwise block: shorter runs are summed by eight running sums."""
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _run(a, lo, n):
+    """Sum of a run ``a[lo:lo + n]`` (``n <= 128``) as numpy sums a block."""
+    if n < 8:
+        res = 0.0
+        for i in range(lo, lo + n):
+            res += a[i]
+        return res
+    r = a[lo : lo + 8].copy()
+    i = 8
+    while i < n - n % 8:
+        for j in range(8):
+            r[j] += a[lo + i + j]
+        i += 8
+    res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+    for t in range(lo + i, lo + n):
+        res += a[t]
+    return res
+
+
+@njit(cache=True, nogil=True)
+def _pairwise(a):
+    """Sum of ``a [n]`` in numpy's pairwise order: halves (the first a multiple of 8 long) until
+    a run fits a block. The tree is walked with a stack (numba does not cache recursion)."""
+    los = np.empty(64, dtype=np.int64)
+    ns = np.empty(64, dtype=np.int64)  # a run's length, or -1: add the two sums on top
+    sums = np.empty(64)
+    los[0], ns[0] = 0, a.shape[0]
+    todo = 1
+    done = 0
+    while todo:
+        todo -= 1
+        lo, n = los[todo], ns[todo]
+        if n < 0:
+            done -= 1
+            sums[done - 1] += sums[done]
+        elif n <= _BLOCK:
+            sums[done] = _run(a, lo, n)
+            done += 1
+        else:
+            half = n // 2
+            half -= half % 8
+            # Popped in reverse: the first half, the second, then their addition.
+            los[todo], ns[todo] = 0, -1
+            los[todo + 1], ns[todo + 1] = lo + half, n - half
+            los[todo + 2], ns[todo + 2] = lo, half
+            todo += 3
+    return sums[0]
+
+
+@njit(cache=True, nogil=True)
+def pairwise_sum(a):
+    """``a.sum()`` of a C-contiguous array of any shape, rounded as numpy rounds it."""
+    flat = a.reshape(a.size)
+    return 0.0 + _pairwise(flat)
+
+
+@njit(cache=True, nogil=True)
+def column_mean(W):
+    """``W.mean(axis=0)`` of ``W [K, E] float64``, rounded as numpy rounds it (for ``E > 1``;
+    a single column numpy sums pairwise)."""
+    out = W[0].copy()
+    for k in range(1, W.shape[0]):
+        out += W[k]
+    return out / W.shape[0]
+
+
+@njit(cache=True, nogil=True)
+def column_std(W):
+    """``W.std(axis=0)`` of ``W [K, E] float64``, rounded as numpy rounds it (``E > 1``)."""
+    mean = column_mean(W)
+    d = W[0] - mean
+    out = d * d
+    for k in range(1, W.shape[0]):
+        d = W[k] - mean
+        out += d * d
+    return np.sqrt(out / W.shape[0])
