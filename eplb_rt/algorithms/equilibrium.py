@@ -45,7 +45,7 @@ from eplb_rt.algorithms.episode_moves import greedy_moves_rows
 from eplb_rt.algorithms.load import normalise
 from eplb_rt.algorithms.local_search import greedy_moves, swap_search
 from eplb_rt.algorithms.metrics import row_par
-from eplb_rt.algorithms.registry import Layer, Options, option, register
+from eplb_rt.algorithms.registry import Layer, Layers, Options, option, register
 from eplb_rt.algorithms.replicas import LPT, allot_replicas, construct, count_search
 from eplb_rt.algorithms.shares import balanced_slot_shares, min_max_rank_load, open_bottleneck
 from eplb_rt.algorithms.sums import column_mean, column_std, pairwise_sum
@@ -296,31 +296,31 @@ def _seen_plan(  # noqa: PLR0917 (numba kernels take plain positional arrays)
     return row, counts, w, V, noise, signal
 
 
-def _fresh_row(
-    layer: Layer, topo: Topology, opts: EquilibriumOptions
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A plan from scratch: ``(row [P] int64, w [E], V [K', E])`` (see :func:`_seen_plan`)."""
-    D, S = topo.num_ranks, topo.num_slots_per_rank
-    W = layer.episodes
-    rounds = (opts.count_rounds, opts.count_width, opts.count_tol)
-    row, counts, w, V, noise, signal = _seen_plan(
-        W, layer.tokens, layer.counts, layer.load, opts.spread, topo.num_slots, D, *rounds
-    )
-    if W.shape[0] > 1 and signal == 1.0 and opts.unseen > 0:
-        U = _unseen_episodes(W, w, noise, opts.unseen)
-        # The unseen episodes refine the plan the seen ones chose; they do not choose it.
-        # Searched from the start with them, the plan lands in another local optimum, and
-        # which one holds for a held-out workload's surprises is a lottery (OLMoE 8x12 lost
-        # 0.087 PAR, one layer 1.47 -> 2.13); from the seen optimum a layer changes only by
-        # the swaps that pay on seen and unseen together.
-        if U.shape[0]:
-            swap_search(row, np.vstack([V, U]), counts, D, 4 * topo.num_slots, 1e-3, 0.0)
-    if opts.shares and opts.share_rewrites:
-        total = w.sum()
-        # Rewrites cost a flow per candidate: only worth it when shares leave a real gap.
-        if total > 0 and min_max_rank_load(row, w, D, S)[0] * D > total * (1 + opts.count_tol):
-            open_bottleneck(row, w, D, S, opts.share_rewrites, 0.0, 4)
-    return row, w, V
+@njit(cache=True, nogil=True)
+def _seen_plans(  # noqa: PLR0917
+    W, tokens, counts_given, now, spread, num_slots, num_ranks, count_rounds, count_width, count_tol
+):
+    """:func:`_seen_plan` of every layer of ``W [L, K, E]`` (``tokens`` alike, ``now [L, E]``)
+    in one call. Returns ``rows [L, P] int64``, ``counts [L, E] int64``, ``w [L, E]``,
+    ``V [L, K + 1, E]`` (layer ``j``'s scored rows first, ``num_rows[j]`` of them),
+    ``num_rows [L] int64``, ``noise [L]`` and ``signal [L]``."""
+    L, K, E = W.shape
+    rows = np.empty((L, num_slots), dtype=np.int64)
+    counts = np.empty((L, E), dtype=np.int64)
+    shared = np.empty((L, E))
+    V = np.zeros((L, K + 1, E))
+    num_rows = np.zeros(L, dtype=np.int64)
+    noise = np.empty(L)
+    signal = np.empty(L)
+    for j in range(L):
+        row, c, w, v, noise[j], signal[j] = _seen_plan(
+            W[j], tokens[j], counts_given, now[j], spread, num_slots, num_ranks, count_rounds,
+            count_width, count_tol,
+        )  # fmt: skip
+        rows[j], counts[j], shared[j] = row, c, w
+        num_rows[j] = v.shape[0]
+        V[j, : v.shape[0]] = v
+    return rows, counts, shared, V, num_rows, noise, signal
 
 
 @njit(cache=True, nogil=True)
@@ -374,6 +374,17 @@ def _settle(row, prev, now, V, num_ranks, budget, move_cost):  # noqa: PLR0917
     return row
 
 
+@njit(cache=True, nogil=True)
+def _settle_layers(rows, prev, now, V, num_rows, num_ranks, budget, move_cost):  # noqa: PLR0917
+    """:func:`_settle` of every layer (``rows``, ``prev [L, P]``, ``now [L, E]``; ``V`` and
+    ``num_rows`` as :func:`_seen_plans` gives them) in one call: ``[L, P] int64``."""
+    out = np.empty_like(prev)
+    for j in range(rows.shape[0]):
+        scored = np.ascontiguousarray(V[j, : num_rows[j]])
+        out[j] = _settle(rows[j], prev[j], now[j], scored, num_ranks, budget, move_cost)
+    return out
+
+
 def _settle_shares(
     row: np.ndarray,
     prev: np.ndarray,
@@ -403,28 +414,65 @@ def _settle_shares(
     return row
 
 
+def plan_layers(
+    layers: Layers, topo: Topology, opts: EquilibriumOptions
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Every planned layer at once: ``(rows [L', P] int64, shares [L', P] or None)``.
+
+    Without shares the layers cost two numba calls in all (no GIL between them: the balancer
+    plans in a thread next to the serving one, and each return to Python is a hand-off), and
+    two more for each layer refined for unseen workloads.
+    """
+    D, S, P = topo.num_ranks, topo.num_slots_per_rank, topo.num_slots
+    W, now, prev = layers.episodes, layers.load, layers.previous
+    rounds = (opts.count_rounds, opts.count_width, opts.count_tol)
+    rows, counts, shared, V, num_rows, noise, signal = _seen_plans(
+        W, layers.tokens, layers.counts, now, opts.spread, P, D, *rounds
+    )
+    if W.shape[1] > 1 and opts.unseen > 0:
+        for j in np.flatnonzero(signal == 1.0):
+            U = _unseen_episodes(W[j], shared[j], noise[j], opts.unseen)
+            # The unseen episodes refine the plan the seen ones chose; they do not choose it.
+            # Searched from the start with them, the plan lands in another local optimum, and
+            # which one holds for a held-out workload's surprises is a lottery (OLMoE 8x12 lost
+            # 0.087 PAR, one layer 1.47 -> 2.13); from the seen optimum a layer changes only by
+            # the swaps that pay on seen and unseen together.
+            if U.shape[0]:
+                scored = np.vstack([V[j, : num_rows[j]], U])
+                swap_search(rows[j], scored, counts[j], D, 4 * P, 1e-3, 0.0)
+    budget = int(opts.max_moved_fraction * P)
+    if not opts.shares:
+        if prev is not None:
+            rows = _settle_layers(rows, prev, now, V, num_rows, D, budget, opts.move_cost)
+        return rows, None
+    shares = np.empty(rows.shape)
+    for j in range(rows.shape[0]):
+        w = shared[j]
+        total = w.sum()
+        # Rewrites cost a flow per candidate: only worth it when shares leave a real gap.
+        if opts.share_rewrites and total > 0:
+            if min_max_rank_load(rows[j], w, D, S)[0] * D > total * (1 + opts.count_tol):
+                open_bottleneck(rows[j], w, D, S, opts.share_rewrites, 0.0, 4)
+        if prev is not None:
+            rows[j] = _settle_shares(rows[j], prev[j], now[j], topo, opts, budget=budget)
+        row = rows[j]
+        if total > 0:
+            target, _ = min_max_rank_load(row, w, D, S)
+            shares[j] = balanced_slot_shares(row, w, D, S, target * (1 + 1e-12))
+        else:
+            shares[j] = 1.0 / np.bincount(row, minlength=w.shape[0])[row]
+    return rows, shares
+
+
 @register(
     "equilibrium",
     EquilibriumOptions,
     "ours: episode-robust local search near the bound, moves that pay, optional shares",
     warm_up_options=({}, {"shares": True}),
+    layers_fn=plan_layers,
 )
 def equilibrium(layer: Layer, topo: Topology, opts: EquilibriumOptions):
-    """One layer; returns ``row [P] int64`` or ``(row, share [P])`` with ``shares``.
-
-    Without shares a layer costs two or three numba calls (no GIL between them: the balancer
-    plans in a thread next to the serving one, and each return to Python is a hand-off).
-    """
-    D, S = topo.num_ranks, topo.num_slots_per_rank
-    row, w, V = _fresh_row(layer, topo, opts)
-    prev = layer.previous
-    if prev is not None:
-        budget = int(opts.max_moved_fraction * topo.num_slots)
-        if opts.shares:
-            row = _settle_shares(row, prev, layer.load, topo, opts, budget=budget)
-        else:
-            row = _settle(row, prev, layer.load, V, D, budget, opts.move_cost)
-    if not opts.shares or w.sum() <= 0:
-        return row
-    target, _ = min_max_rank_load(row, w, D, S)
-    return row, balanced_slot_shares(row, w, D, S, target * (1 + 1e-12))
+    """One layer (as :func:`plan_layers` plans it); returns ``row [P] int64`` or
+    ``(row, share [P])`` with ``shares``."""
+    rows, shares = plan_layers(Layers.of(layer), topo, opts)
+    return rows[0] if shares is None else (rows[0], shares[0])

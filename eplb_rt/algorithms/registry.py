@@ -3,7 +3,10 @@
 A policy is a pure function of one layer, ``(Layer, Topology, options) -> row [P] int64`` (or
 ``(row, share [P])`` for non-uniform replica shares): deterministic, no torch, no global state.
 The registry owns the rest: checking the load and the previous placement, cutting the history
-into episodes, the loop over layers and building the :class:`Placement`. Each policy registers
+into episodes, the loop over layers and building the :class:`Placement`. A policy may also give
+a function of all the planned layers at once (:class:`Layers`), which the registry then calls
+instead of the loop: run from the balancer's thread, one call for every layer returns to Python
+(a GIL hand-off the serving thread can wait for) once instead of once a layer. Each policy registers
 with an options dataclass (a subclass of :class:`Options`, every field made with
 :func:`option`, so values are converted and range-checked before any work starts).
 """
@@ -49,6 +52,59 @@ class Layer:
 
 
 LayerFn = Callable[[Layer, Topology, Any], "np.ndarray | tuple[np.ndarray, np.ndarray | None]"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Layers:
+    """The layers of one plan, stacked: each array's first axis is the layer (``L'`` of them),
+    each layer's block contiguous; the fields are :class:`Layer`'s.
+
+    Attributes:
+        episodes: ``[L', K, E] float64``; load: ``[L', E] float64``;
+        previous: ``[L', P] int64`` or ``None``; previous_share: ``[L', P] float64`` or ``None``;
+        index: ``[L'] int64``, the layers' indices; tokens: ``[L', K, E] float64``;
+        steps: ``[K] int64``; counts: whether the load is whole token counts.
+    """
+
+    episodes: np.ndarray
+    load: np.ndarray
+    previous: np.ndarray | None
+    previous_share: np.ndarray | None
+    index: np.ndarray
+    tokens: np.ndarray
+    steps: np.ndarray
+    counts: bool = False
+
+    def layer(self, j: int) -> Layer:
+        """The ``j``-th layer of the stack."""
+        return Layer(
+            self.episodes[j],
+            self.load[j],
+            None if self.previous is None else self.previous[j],
+            None if self.previous_share is None else self.previous_share[j],
+            int(self.index[j]),
+            self.tokens[j],
+            self.steps,
+            self.counts,
+        )
+
+    @classmethod
+    def of(cls, layer: Layer) -> Layers:
+        """A stack of the one ``layer``."""
+        return cls(
+            layer.episodes[None],
+            layer.load[None],
+            None if layer.previous is None else layer.previous[None],
+            None if layer.previous_share is None else layer.previous_share[None],
+            np.array([layer.index]),
+            layer.tokens[None],
+            layer.steps,
+            layer.counts,
+        )
+
+
+LayersFn = Callable[[Layers, Topology, Any], "tuple[np.ndarray, np.ndarray | None]"]
+"""``(Layers, Topology, options) -> (rows [L', P] int64, shares [L', P] | None)``."""
 
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
@@ -106,14 +162,16 @@ class Options:
 
 @dataclasses.dataclass(frozen=True)
 class PolicySpec:
-    """A registered policy: its per-layer function, options class, summary and the option sets
-    :func:`warm_up` runs it with (each compiles the numba kernels that path uses)."""
+    """A registered policy: its per-layer function, options class, summary, the option sets
+    :func:`warm_up` runs it with (each compiles the numba kernels that path uses) and, if it
+    has one, its function of all the planned layers at once (it plans as ``fn`` would)."""
 
     name: str
     fn: LayerFn
     options: type
     summary: str
     warm_up_options: tuple[dict, ...] = ()
+    layers_fn: LayersFn | None = None
 
     @property
     def option_names(self) -> frozenset[str]:
@@ -136,15 +194,20 @@ _REGISTRY: dict[str, PolicySpec] = {}
 
 
 def register(
-    name: str, options: type, summary: str, warm_up_options: tuple[dict, ...] = ({},)
+    name: str,
+    options: type,
+    summary: str,
+    warm_up_options: tuple[dict, ...] = ({},),
+    layers_fn: LayersFn | None = None,
 ) -> Callable[[LayerFn], LayerFn]:
-    """Decorator adding a per-layer policy function to the registry under ``name``."""
+    """Decorator adding a per-layer policy function to the registry under ``name`` (and its
+    function of all the planned layers at once, ``layers_fn``, which :func:`plan` then uses)."""
 
     def wrap(fn: LayerFn) -> LayerFn:
         if name in _REGISTRY:
             raise ValueError(f"policy {name!r} is already registered")
         options.policy = name
-        _REGISTRY[name] = PolicySpec(name, fn, options, summary, warm_up_options)
+        _REGISTRY[name] = PolicySpec(name, fn, options, summary, warm_up_options, layers_fn)
         return fn
 
     return wrap
@@ -227,22 +290,26 @@ def plan(
     episodes = normalise(tokens)
     steps = episode_steps(arr.shape[0], num_episodes)
     summed = normalise(sub.sum(axis=0))
-    prev_uniform = previous is None or previous.is_uniform
+    batch = Layers(
+        episodes,
+        summed,
+        None if previous is None else previous.phy2log[planned].astype(np.int64),
+        None if previous is None or previous.is_uniform else previous.slot_share[planned],
+        planned,
+        tokens,
+        steps,
+        counts,
+    )
     even = np.zeros(L, dtype=bool)  # layers whose policy gave no shares: split evenly
-    for j, index in enumerate(planned):
-        prev = None if previous is None else previous.phy2log[index].astype(np.int64)
-        prev_share = None if prev_uniform else previous.slot_share[index]
-        layer = Layer(
-            episodes[j],
-            summed[j],
-            prev,
-            prev_share,
-            int(index),
-            tokens[j],
-            steps,
-            counts,
-        )
-        out = spec.fn(layer, topology, options)
+    if spec.layers_fn is not None:
+        rows[planned], planned_shares = spec.layers_fn(batch, topology, options)
+        if planned_shares is None:
+            even[planned] = True
+        else:
+            shares[planned] = planned_shares
+            weighted = True
+    for j, index in enumerate(planned if spec.layers_fn is None else ()):
+        out = spec.fn(batch.layer(j), topology, options)
         rows[index], share = out if isinstance(out, tuple) else (out, None)
         if share is not None:
             shares[index] = share

@@ -123,3 +123,36 @@ def test_config_rejects_a_bad_option_at_construction():
     assert EplbConfig(policy="flashlb", policy_options={"width": "3"}).policy_options == {
         "width": "3"
     }
+
+
+@pytest.mark.parametrize("shares", [False, True])
+def test_a_policy_of_all_layers_plans_as_its_layer_function(shares):
+    """``equilibrium`` plans every layer in one call (``layers_fn``); layer by layer, through
+    its per-layer function, it gives the same slots and shares."""
+    from eplb_rt.algorithms.load import normalise
+    from eplb_rt.algorithms.registry import Layers
+
+    spec = get_policy("equilibrium")
+    rng = np.random.default_rng(7)
+    load = rng.multinomial(3000, rng.dirichlet(np.ones(12) * 0.5), size=(6, 5)).astype(float)
+    topo = Topology(4, 4)
+    opts = spec.make_options({"shares": shares})
+    previous = plan("equilibrium", load[:3], topo, options=opts)
+    placement = plan("equilibrium", load, topo, previous, opts)
+    tokens = np.ascontiguousarray(load.transpose(1, 0, 2))  # six episodes of one step
+    stack = Layers(
+        normalise(tokens),
+        normalise(load.sum(axis=0)),
+        previous.phy2log.astype(np.int64),
+        None if previous.is_uniform else previous.slot_share,
+        np.arange(5),
+        tokens,
+        np.ones(6, dtype=np.int64),
+        True,
+    )
+    for j in range(5):
+        out = spec.fn(stack.layer(j), topo, opts)
+        row, share = out if shares else (out, None)
+        assert row.tolist() == placement.phy2log[j].tolist()
+        if shares:
+            np.testing.assert_array_equal(share, placement.slot_share[j])
