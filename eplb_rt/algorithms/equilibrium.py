@@ -242,7 +242,10 @@ def scored_rows(W, w, spread, signal):
     return V
 
 
-@njit(cache=True, nogil=True)
+# The per-layer kernels are inlined into the loops over layers, their only callers: numba
+# compiles a called kernel's code once more into every kernel that calls it, and the compile
+# without the shipped cache would grow by a copy of each.
+@njit(cache=True, nogil=True, inline="always")
 def _seen_plan(  # noqa: PLR0917 (numba kernels take plain positional arrays)
     W, tokens, counts_given, now, spread, num_slots, num_ranks, count_rounds, count_width, count_tol
 ):
@@ -323,7 +326,7 @@ def _seen_plans(  # noqa: PLR0917
     return rows, counts, shared, V, num_rows, noise, signal
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _repaired_row(prev, now, V, num_ranks, budget, slot_cost):  # noqa: PLR0917
     """The previous slots improved move by move, each slot worth ``slot_cost`` (PAR).
 
@@ -353,7 +356,7 @@ def _repaired_row(prev, now, V, num_ranks, budget, slot_cost):  # noqa: PLR0917
     return greedy_moves_rows(prev, rows, judge, D, budget, slot_cost, tau_min, _TAU_SHARE)[0]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _settle(row, prev, now, V, num_ranks, budget, move_cost):  # noqa: PLR0917
     """Step 4 of the module's list without shares, in one call: of the previous slots, those
     improved by :func:`_repaired_row` and the fresh ``row`` aligned to them, the one with the
