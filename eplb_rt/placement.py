@@ -129,9 +129,7 @@ class Placement:
         self._phy2log.setflags(write=False)
         self._uniform = slot_share is None
         if slot_share is None:
-            counts = _logcnt(self._phy2log, self.num_experts).astype(np.int64)
-            ids = np.clip(self._phy2log, 0, max(self.num_experts - 1, 0)).astype(np.int64)
-            share = 1.0 / np.maximum(np.take_along_axis(counts, ids, axis=1), 1)
+            share = even_shares(self._phy2log, self.num_experts)
         else:
             share = np.array(slot_share, dtype=np.float64)
             if share.shape != self._phy2log.shape:
@@ -185,8 +183,7 @@ class Placement:
         """``[L] bool``: the layers whose experts' tokens are split evenly over their replicas."""
         if self._uniform:
             return np.ones(self.num_layers, dtype=bool)
-        counts = self.logcnt.astype(np.int64)
-        uniform = 1.0 / np.take_along_axis(counts, self._phy2log.astype(np.int64), axis=1)
+        uniform = even_shares(self._phy2log, self.num_experts)
         close = np.isclose(self._slot_share, uniform, rtol=0, atol=SHARE_TOLERANCE)
         return close.all(axis=1)
 
@@ -401,6 +398,15 @@ class Placement:
         p2l = np.concatenate([p._phy2log for p in layers])
         share = None if uniform else np.concatenate([p._slot_share for p in layers])
         return cls(p2l, first.num_experts, first.num_ranks, share, validate=False)
+
+
+def even_shares(phy2log: np.ndarray, num_experts: int) -> np.ndarray:
+    """``[L, P] float64``: each slot's share of its expert's tokens when every expert's tokens
+    split evenly over its replicas (``phy2log [L, P]``; ids outside ``[0, E)`` get share 1,
+    left to :meth:`Placement.validate`)."""
+    counts = _logcnt(phy2log, num_experts).astype(np.int64)
+    ids = np.clip(phy2log, 0, max(num_experts - 1, 0)).astype(np.int64)
+    return 1.0 / np.maximum(np.take_along_axis(counts, ids, axis=1), 1)
 
 
 def _logcnt(phy2log: np.ndarray, num_experts: int) -> np.ndarray:

@@ -49,7 +49,7 @@ from eplb_rt.algorithms.registry import Layer, Layers, Options, option, register
 from eplb_rt.algorithms.replicas import LPT, allot_replicas, construct, count_search
 from eplb_rt.algorithms.shares import balanced_slot_shares, min_max_rank_load, open_bottleneck
 from eplb_rt.algorithms.sums import column_mean, column_std, pairwise_sum
-from eplb_rt.placement import Topology
+from eplb_rt.placement import Topology, even_shares
 
 _TAU_MIN = 1e-3
 """Least temperature of the smooth peak that ranks moves, as a fraction of the mean rank load:
@@ -107,10 +107,10 @@ class EquilibriumOptions(Options):
     max_moved_fraction: float = option(1.0, low=0, high=1)
 
 
-def _layer_par(row: np.ndarray, w: np.ndarray, topo: Topology, shares: bool) -> float:
-    """PAR of one layer's slots on ``w [E]``, with the best shares when ``shares``."""
+def _shares_par(row: np.ndarray, w: np.ndarray, topo: Topology) -> float:
+    """PAR of one layer's slots on ``w [E]`` at their best shares."""
     D, total = topo.num_ranks, w.sum()
-    if not shares or total <= 0:
+    if total <= 0:
         return row_par(row, w[None, :], D)
     return min_max_rank_load(row, w, D, topo.num_slots_per_rank)[0] * D / total
 
@@ -410,7 +410,7 @@ def _settle_shares(
     best_cost = np.inf
     for cand in (prev, repaired, fresh):
         moves = int((cand != prev).sum())
-        cost = _layer_par(cand, now, topo, True) + opts.move_cost * moves / D
+        cost = _shares_par(cand, now, topo) + opts.move_cost * moves / D
         if moves <= budget and cost < best_cost - 1e-12:
             best_cost = cost
             row = cand
@@ -463,7 +463,7 @@ def plan_layers(
             target, _ = min_max_rank_load(row, w, D, S)
             shares[j] = balanced_slot_shares(row, w, D, S, target * (1 + 1e-12))
         else:
-            shares[j] = 1.0 / np.bincount(row, minlength=w.shape[0])[row]
+            shares[j] = even_shares(row[None], w.shape[0])[0]
     return rows, shares
 
 

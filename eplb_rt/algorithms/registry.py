@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from eplb_rt.algorithms.load import check_load, cut_episodes, episode_steps, normalise
-from eplb_rt.placement import Placement, Topology
+from eplb_rt.placement import Placement, Topology, even_shares
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,19 +308,17 @@ def plan(
         else:
             shares[planned] = planned_shares
             weighted = True
-    for j, index in enumerate(planned if spec.layers_fn is None else ()):
-        out = spec.fn(batch.layer(j), topology, options)
-        rows[index], share = out if isinstance(out, tuple) else (out, None)
-        if share is not None:
-            shares[index] = share
-            weighted = True
-        else:
-            even[index] = True
+    else:
+        for j, index in enumerate(planned):
+            out = spec.fn(batch.layer(j), topology, options)
+            rows[index], share = out if isinstance(out, tuple) else (out, None)
+            if share is not None:
+                shares[index] = share
+                weighted = True
+            else:
+                even[index] = True
     if weighted and even.any():
-        # One bincount over the layers (each offset by its own E ids) for their replica counts.
-        flat = rows[even] + E * np.arange(int(even.sum()))[:, None]
-        replicas = np.bincount(flat.ravel())
-        shares[even] = 1.0 / replicas[flat]
+        shares[even] = even_shares(rows[even], E)
     return Placement(rows, E, topology.num_ranks, shares if weighted else None)
 
 
