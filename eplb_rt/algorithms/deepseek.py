@@ -22,7 +22,7 @@ import numpy as np
 from numba import njit
 
 from eplb_rt.algorithms.packing import lpt_place, pack_equal_groups
-from eplb_rt.algorithms.registry import Layer, Options, option, register
+from eplb_rt.algorithms.registry import Layer, Layers, Options, option, register
 from eplb_rt.algorithms.replicas import allot_replicas
 from eplb_rt.placement import Topology
 
@@ -40,7 +40,9 @@ class DeepSeekOptions(Options):
     hierarchical: bool = option(True)
 
 
-@njit(cache=True, nogil=True)
+# Inlined into the loop over layers, its only caller (numba compiles a called kernel once more
+# into every kernel that calls it).
+@njit(cache=True, nogil=True, inline="always")
 def _hierarchical(load, num_ranks, slots_per_rank, num_nodes, num_groups):
     """``load [E] float64`` -> ``row [D * S] int64``, expert groups packed onto nodes first.
 
@@ -82,16 +84,44 @@ def uses_hierarchy(num_experts: int, topology: Topology, options: DeepSeekOption
     )
 
 
+@njit(cache=True, nogil=True)
+def _plan_layers(load, num_ranks, slots_per_rank, num_nodes, num_groups, hierarchical):  # noqa: PLR0917
+    """Every layer of ``load [L, E] float64`` (C-contiguous) in one call: ``rows [L, P] int64``,
+    by :func:`_hierarchical` where ``hierarchical``, else flat (min-max allotment, LPT)."""
+    L = load.shape[0]
+    D = num_ranks
+    rows = np.empty((L, D * slots_per_rank), dtype=np.int64)
+    for j in range(L):
+        w = load[j]
+        if hierarchical:
+            rows[j] = _hierarchical(w, D, slots_per_rank, num_nodes, num_groups)
+        else:
+            rows[j] = lpt_place(w, allot_replicas(w, D * slots_per_rank, D), D)
+    return rows
+
+
+def plan_layers(
+    layers: Layers, topo: Topology, options: DeepSeekOptions
+) -> tuple[np.ndarray, None]:
+    """Every planned layer at once, on its summed load: ``(rows [L', P] int64, None)``. One
+    numba call: from the balancer's thread a plan returns to Python (a GIL hand-off) once, not
+    once a layer."""
+    load = np.ascontiguousarray(layers.load)
+    hierarchical = uses_hierarchy(load.shape[1], topo, options)
+    rows = _plan_layers(
+        load, topo.num_ranks, topo.num_slots_per_rank, topo.num_nodes, topo.num_groups,
+        hierarchical,
+    )  # fmt: skip
+    return rows, None
+
+
 @register(
     "deepseek",
     DeepSeekOptions,
     "DeepSeek EPLB: min-max replica allotment, then LPT packing (hierarchical over nodes)",
+    layers_fn=plan_layers,
 )
 def deepseek(layer: Layer, topo: Topology, options: DeepSeekOptions) -> np.ndarray:
-    """One layer by DeepSeek's EPLB on the summed load; returns ``row [P] int64``."""
-    w = layer.load
-    if uses_hierarchy(w.shape[0], topo, options):
-        return _hierarchical(
-            w, topo.num_ranks, topo.num_slots_per_rank, topo.num_nodes, topo.num_groups
-        )
-    return lpt_place(w, allot_replicas(w, topo.num_slots, topo.num_ranks), topo.num_ranks)
+    """One layer by DeepSeek's EPLB on the summed load (as :func:`plan_layers` plans it);
+    returns ``row [P] int64``."""
+    return plan_layers(Layers.of(layer), topo, options)[0][0]

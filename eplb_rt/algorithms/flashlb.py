@@ -41,9 +41,9 @@ from statistics import NormalDist
 import numpy as np
 from numba import njit
 
-from eplb_rt.algorithms.align import align_row
-from eplb_rt.algorithms.packing import place_replica
-from eplb_rt.algorithms.registry import Layer, Options, option, register
+from eplb_rt.algorithms.align import align_order
+from eplb_rt.algorithms.packing import counts_from_row, place_replica
+from eplb_rt.algorithms.registry import Layer, Layers, Options, option, register
 from eplb_rt.placement import Topology
 
 SMOOTHING = 1.0
@@ -243,7 +243,9 @@ def _try(X, mu, var, cov, z, D, S, trial, best_counts, best_row, best_score):
     return score_row(X, row, trial, D), row
 
 
-@njit(cache=True, nogil=True)
+# Inlined into the loop over layers, its only caller: numba compiles a called kernel once more
+# into every kernel that calls it.
+@njit(cache=True, nogil=True, inline="always")
 def flash_search(X, mu, var, cov, order, z, num_ranks, num_slots_per_rank, depth, width):
     """The search of one layer; returns ``(row [P] int64, score)``.
 
@@ -304,14 +306,67 @@ def flash_search(X, mu, var, cov, order, z, num_ranks, num_slots_per_rank, depth
 
 # ------------------------------------------------------------------------------ the policy
 def statistics(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(mu [E], var [E], cov [E, E])`` of ``X [K, E]`` across episodes, with ``K - 1`` in the
-    denominator; zero variance for a single episode. Computed with numpy as the original."""
-    mu = X.mean(axis=0)
-    K, E = X.shape
+    """``(mu [L, E], var [L, E], cov [L, E, E])`` of ``X [L, K, E]`` across each layer's
+    episodes, with ``K - 1`` in the denominator; zero variance for a single episode. Computed
+    with numpy as the original does per layer (the stacked reductions and products round as
+    the per-layer ones: a test checks they are bit-equal)."""
+    L, K, E = X.shape
+    mu = X.mean(axis=1)
     if K == 1:
-        return mu, np.zeros(E), np.zeros((E, E))
-    centred = X - mu
-    return mu, np.sum(centred**2, axis=0) / (K - 1), (centred.T @ centred) / (K - 1)
+        return mu, np.zeros((L, E)), np.zeros((L, E, E))
+    centred = X - mu[:, None, :]
+    var = np.sum(centred**2, axis=1) / (K - 1)
+    return mu, var, np.matmul(centred.transpose(0, 2, 1), centred) / (K - 1)
+
+
+@njit(cache=True, nogil=True)
+def _search_layers(X, mu, var, cov, order, z, num_ranks, num_slots_per_rank, depth, width, prev,
+                   threshold):  # fmt: skip
+    """:func:`flash_search` of every layer (arrays as :func:`statistics` gives them, ``order
+    [L, E]``) and, where ``prev [L, P]`` is not empty, the gate against the slots in force: a
+    layer scoring at most ``threshold`` is kept, a new plan replaces it only when it scores
+    lower, its ranks relabelled to the previous ones. Returns ``rows [L, P] int64``."""
+    L, E = mu.shape
+    rows = np.empty((L, num_ranks * num_slots_per_rank), dtype=np.int64)
+    # Scores are float32 (:func:`score_row`); the original compares them with the threshold in
+    # float32 too (numpy's rule for a Python float next to a float32).
+    limit = np.float32(threshold)
+    for j in range(L):
+        old = np.float32(np.inf)
+        if prev.shape[0]:
+            old = score_row(X[j], prev[j], counts_from_row(prev[j], E), num_ranks)
+            if old <= limit:
+                rows[j] = prev[j]
+                continue
+        row, new = flash_search(
+            X[j], mu[j], var[j], cov[j], order[j], z, num_ranks, num_slots_per_rank, depth, width
+        )
+        if not prev.shape[0]:
+            rows[j] = row
+        elif new < old:
+            rows[j] = row[align_order(row, prev[j], num_ranks, E)]
+        else:
+            rows[j] = prev[j]
+    return rows
+
+
+def plan_layers(layers: Layers, topo: Topology, opts: FlashLBOptions) -> tuple[np.ndarray, None]:
+    """Every planned layer at once: ``(rows [L', P] int64, None)``, as :func:`flashlb` plans
+    each. The statistics are a few stacked numpy operations and the searches one numba call, so
+    a plan in the balancer's thread returns to Python (a GIL hand-off) a few times, not several
+    times a layer."""
+    X = layers.tokens + SMOOTHING * layers.steps[None, :, None]
+    mu, var, cov = statistics(X)
+    # numpy's default sort, as the original's: experts of equal score keep its order.
+    order = np.argsort(-(mu + opts.z * np.sqrt(var)), axis=-1)
+    prev = layers.previous
+    if prev is None:
+        prev = np.empty((0, topo.num_slots), dtype=np.int64)
+    rows = _search_layers(
+        X, mu, var, cov, order, opts.z, topo.num_ranks, topo.num_slots_per_rank, opts.depth,
+        opts.width, prev, opts.threshold,
+    )  # fmt: skip
+    return rows, None
 
 
 @register(
@@ -320,21 +375,8 @@ def statistics(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "FlashLB (vllm-ascend): neighbour search of replica counts per quarter of the experts, "
     "mean+z*std placement, scored on episodes",
     warm_up_options=({}, {"depth": 1}),
+    layers_fn=plan_layers,
 )
 def flashlb(layer: Layer, topo: Topology, opts: FlashLBOptions) -> np.ndarray:
-    """One layer; returns ``row [P] int64`` (uniform shares)."""
-    D, S = topo.num_ranks, topo.num_slots_per_rank
-    X = layer.tokens + SMOOTHING * layer.steps[:, None]
-    mu, var, cov = statistics(X)
-    # numpy's default sort, as the original's: experts of equal score keep its order.
-    order = np.argsort(-(mu + opts.z * np.sqrt(var)))
-    prev = layer.previous
-    if prev is not None:
-        counts = np.bincount(prev, minlength=mu.shape[0])
-        old = score_row(X, prev, counts, D)
-        if old <= opts.threshold:
-            return prev
-    row, new = flash_search(X, mu, var, cov, order, opts.z, D, S, opts.depth, opts.width)
-    if prev is None:
-        return row
-    return align_row(row, prev, D, mu.shape[0])[0] if new < old else prev
+    """One layer (as :func:`plan_layers` plans it); returns ``row [P] int64`` (uniform shares)."""
+    return plan_layers(Layers.of(layer), topo, opts)[0][0]

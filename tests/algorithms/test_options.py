@@ -125,20 +125,34 @@ def test_config_rejects_a_bad_option_at_construction():
     }
 
 
-@pytest.mark.parametrize("shares", [False, True])
-def test_a_policy_of_all_layers_plans_as_its_layer_function(shares):
-    """``equilibrium`` plans every layer in one call (``layers_fn``); layer by layer, through
-    its per-layer function, it gives the same slots and shares."""
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("equilibrium", {}),
+        ("equilibrium", {"shares": True}),
+        ("flashlb", {}),
+        ("flashlb", {"threshold": 1.03}),  # some layers kept, some re-planned
+        ("deepseek", {}),
+    ],
+)
+def test_a_policy_of_all_layers_plans_as_its_layer_function(name, options):
+    """A policy with a function of all the planned layers (``layers_fn``) gives, layer by
+    layer through its per-layer function, the same slots and shares."""
     from eplb_rt.algorithms.load import normalise
     from eplb_rt.algorithms.registry import Layers
 
-    spec = get_policy("equilibrium")
+    spec = get_policy(name)
+    assert spec.layers_fn is not None
     rng = np.random.default_rng(7)
     load = rng.multinomial(3000, rng.dirichlet(np.ones(12) * 0.5), size=(6, 5)).astype(float)
     topo = Topology(4, 4)
-    opts = spec.make_options({"shares": shares})
-    previous = plan("equilibrium", load[:3], topo, options=opts)
-    placement = plan("equilibrium", load, topo, previous, opts)
+    opts = spec.make_options(options)
+    shares = options.get("shares", False)
+    previous = plan(name, load[:3], topo, options=opts)
+    placement = plan(name, load, topo, previous, opts)
+    kept = (placement.phy2log == previous.phy2log).all(axis=1)
+    if "threshold" in options:
+        assert kept.any() and not kept.all()
     tokens = np.ascontiguousarray(load.transpose(1, 0, 2))  # six episodes of one step
     stack = Layers(
         normalise(tokens),

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from benchmarks import traces
 from eplb_rt.algorithms import metrics, plan, warm_up
-from eplb_rt.algorithms.flashlb import score_row
+from eplb_rt.algorithms.flashlb import score_row, statistics
 from eplb_rt.placement import Placement, Topology
 
 TOY = np.array([[600.0, 560, 120, 120, 20, 10, 10, 10]])
@@ -212,6 +212,37 @@ def test_flashlb_cherry_picks_layers():
                 X[:, index], old, np.bincount(old, minlength=16), 4
             )
     assert again != first
+
+
+@pytest.mark.parametrize("K", [1, 2, 5])
+def test_flashlb_statistics_of_stacked_layers_round_as_one_layer(K):
+    """The stacked statistics are bit-equal to one layer's, computed as the original does
+    (numpy, ``K - 1`` in the denominator), so the placements do not depend on the stacking."""
+    X = np.random.default_rng(K).pareto(1.1, size=(3, K, 7)) * 100 + 1.0
+    mu, var, cov = statistics(X)
+    for j in range(3):
+        x = X[j]
+        assert mu[j].tolist() == x.mean(axis=0).tolist()
+        if K == 1:
+            assert not var[j].any() and not cov[j].any()
+            continue
+        centred = x - x.mean(axis=0)
+        assert var[j].tolist() == (np.sum(centred**2, axis=0) / (K - 1)).tolist()
+        assert cov[j].tolist() == ((centred.T @ centred) / (K - 1)).tolist()
+
+
+def test_flashlb_threshold_compares_in_float32():
+    """A layer is kept when its float32 score is at most the threshold rounded to float32, as
+    the original compares a float32 score with a Python float."""
+    load = np.random.default_rng(3).pareto(1.2, size=(3, 1, 16)) * 100
+    topo = Topology(4, 5)
+    first = plan("flashlb", load, topo)
+    shifted = load[:, :, ::-1].copy()
+    row = first.phy2log[0].astype(np.int64)
+    score = score_row(shifted[:, 0] + 1.0, row, np.bincount(row, minlength=16), 4)
+    below = float(np.nextafter(np.float64(score), 0))  # rounds to the score in float32
+    assert np.float32(below) == score and below < score
+    assert plan("flashlb", shifted, topo, previous=first, options={"threshold": below}) == first
 
 
 def test_swift_keeps_primaries_and_moves_few():
