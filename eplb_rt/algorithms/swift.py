@@ -18,7 +18,7 @@ from numba import njit
 
 from eplb_rt.algorithms.local_search import swap_search
 from eplb_rt.algorithms.packing import counts_from_row, stable_order
-from eplb_rt.algorithms.registry import Layer, Options, option, register
+from eplb_rt.algorithms.registry import Layer, Layers, Options, option, register
 from eplb_rt.algorithms.replicas import allot_replicas
 from eplb_rt.placement import Placement, Topology
 
@@ -36,7 +36,9 @@ class SwiftOptions(Options):
     min_gain: float = option(0.002, low=0)
 
 
-@njit(cache=True, nogil=True)
+# Inlined into the loop over layers, its only caller (numba compiles a called kernel once more
+# into every kernel that calls it).
+@njit(cache=True, nogil=True, inline="always")
 def refill(prev_row, w, counts, num_ranks, num_slots_per_rank):
     """Keep each expert's first slot, re-fill the others for ``counts``; returns the new row."""
     E = w.shape[0]
@@ -85,27 +87,46 @@ def refill(prev_row, w, counts, num_ranks, num_slots_per_rank):
     return row
 
 
+@njit(cache=True, nogil=True)
+def _plan_layers(load, prev, num_ranks, num_slots_per_rank, max_swaps, min_gain):  # noqa: PLR0917
+    """Every layer of ``load [L, E] float64`` (C-contiguous) from ``prev [L, P] int64`` in one
+    call: ``rows [L, P] int64``. ``min_gain`` is in load units (PAR times the mean rank load
+    of a layer summing 1)."""
+    L, E = load.shape
+    D = num_ranks
+    rows = np.empty((L, D * num_slots_per_rank), dtype=np.int64)
+    for j in range(L):
+        w = load[j]
+        counts = allot_replicas(w, D * num_slots_per_rank, D)
+        row = refill(prev[j], w, counts, D, num_slots_per_rank)
+        if w.sum() > 0 and max_swaps:
+            swap_search(
+                row, w.reshape((1, E)), counts_from_row(row, E), D, max_swaps, 0.0, min_gain
+            )
+        rows[j] = row
+    return rows
+
+
+def plan_layers(layers: Layers, topo: Topology, opts: SwiftOptions) -> tuple[np.ndarray, None]:
+    """Every planned layer at once, on its summed load: ``(rows [L', P] int64, None)``, in one
+    numba call (from the balancer's thread, one return to Python a plan)."""
+    load = np.ascontiguousarray(layers.load)
+    prev = layers.previous
+    if prev is None:
+        # No placement in force: the primaries come from the initial layout.
+        initial = Placement.initial(1, load.shape[1], topo).phy2log.astype(np.int64)
+        prev = np.repeat(initial, load.shape[0], axis=0)
+    D, S = topo.num_ranks, topo.num_slots_per_rank
+    return _plan_layers(load, prev, D, S, opts.max_swaps, opts.min_gain / D), None
+
+
 @register(
     "swift",
     SwiftOptions,
     "SwiftBalancer: keep primaries, re-fill redundant slots, a few capped swaps (few moves)",
+    layers_fn=plan_layers,
 )
 def swift(layer: Layer, topo: Topology, opts: SwiftOptions) -> np.ndarray:
-    """One layer on the summed load; returns ``row [P] int64`` (uniform shares)."""
-    w, D, S = layer.load, topo.num_ranks, topo.num_slots_per_rank
-    prev = layer.previous
-    if prev is None:
-        prev = Placement.initial(1, w.shape[0], topo).phy2log[0].astype(np.int64)
-    counts = allot_replicas(w, topo.num_slots, D)
-    row = refill(prev, w, counts, D, S)
-    if w.sum() > 0 and opts.max_swaps:
-        swap_search(
-            row,
-            w[None, :],
-            counts_from_row(row, w.shape[0]),
-            D,
-            opts.max_swaps,
-            0.0,
-            opts.min_gain / D,
-        )
-    return row
+    """One layer on the summed load (as :func:`plan_layers` plans it); returns ``row [P]
+    int64`` (uniform shares)."""
+    return plan_layers(Layers.of(layer), topo, opts)[0][0]

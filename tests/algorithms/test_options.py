@@ -133,6 +133,7 @@ def test_config_rejects_a_bad_option_at_construction():
         ("flashlb", {}),
         ("flashlb", {"threshold": 1.03}),  # some layers kept, some re-planned
         ("deepseek", {}),
+        ("swift", {}),
     ],
 )
 def test_a_policy_of_all_layers_plans_as_its_layer_function(name, options):
