@@ -362,19 +362,31 @@ def _settle(row, prev, now, V, num_ranks, budget, move_cost):  # noqa: PLR0917
     improved by :func:`_repaired_row` and the fresh ``row`` aligned to them, the one with the
     least ``PAR + move_cost * moved slots / D`` on ``now [E]`` within ``budget`` moved slots."""
     D = num_ranks
-    fresh = row[align_order(row, prev, D, now.shape[0])]
-    repaired = _repaired_row(prev, now, V, D, budget, move_cost / D)
+    candidates = np.empty((3, prev.shape[0]), dtype=np.int64)
+    candidates[0] = prev
+    candidates[1] = _repaired_row(prev, now, V, D, budget, move_cost / D)
+    candidates[2] = row[align_order(row, prev, D, now.shape[0])]
     judged = now.reshape((1, now.shape[0]))
-    best_cost = np.inf
-    for cand in (prev, repaired, fresh):
+    pars = np.empty(3)
+    for i in range(3):
+        pars[i] = row_par(candidates[i], judged, D)
+    return candidates[_cheapest(candidates, pars, prev, move_cost, D, budget)]
+
+
+@njit(cache=True, nogil=True)
+def _cheapest(candidates, pars, prev, move_cost, num_ranks, budget):  # noqa: PLR0917
+    """Which of ``candidates [C, P] int64`` (their PARs ``pars [C]``) costs least, ``PAR +
+    move_cost * slots moved from prev / D``, within ``budget`` moved slots: the first of costs
+    equal within 1e-12. ``candidates[0]`` must be ``prev`` (always within budget)."""
+    best, best_cost = 0, np.inf
+    for i in range(candidates.shape[0]):
         moves = 0
         for p in range(prev.shape[0]):
-            moves += cand[p] != prev[p]
-        cost = row_par(cand, judged, D) + move_cost * moves / D
+            moves += candidates[i, p] != prev[p]
+        cost = pars[i] + move_cost * moves / num_ranks
         if moves <= budget and cost < best_cost - 1e-12:
-            best_cost = cost
-            row = cand
-    return row
+            best, best_cost = i, cost
+    return best
 
 
 @njit(cache=True, nogil=True)
@@ -400,21 +412,13 @@ def _settle_shares(
     """:func:`_settle` with shares: the previous slots improved by rewrites that open a
     bottleneck for the shares, candidates judged at their best shares."""
     D, S = topo.num_ranks, topo.num_slots_per_rank
-    fresh, _ = align_row(row, prev, D, now.shape[0])
-    repaired = prev
+    candidates = np.stack([prev, prev, align_row(row, prev, D, now.shape[0])[0]])
     total = now.sum()
     if total > 0 and budget > 0:
         # Gain in load units: the slot's price in PAR times the mean rank load.
-        repaired = prev.copy()
-        open_bottleneck(repaired, now, D, S, budget, opts.move_cost / D * total / D, 4)
-    best_cost = np.inf
-    for cand in (prev, repaired, fresh):
-        moves = int((cand != prev).sum())
-        cost = _shares_par(cand, now, topo) + opts.move_cost * moves / D
-        if moves <= budget and cost < best_cost - 1e-12:
-            best_cost = cost
-            row = cand
-    return row
+        open_bottleneck(candidates[1], now, D, S, budget, opts.move_cost / D * total / D, 4)
+    pars = np.array([_shares_par(cand, now, topo) for cand in candidates])
+    return candidates[_cheapest(candidates, pars, prev, opts.move_cost, D, budget)]
 
 
 def plan_layers(
