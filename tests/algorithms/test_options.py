@@ -125,6 +125,15 @@ def test_config_rejects_a_bad_option_at_construction():
     }
 
 
+def test_every_shipped_policy_but_random_plans_all_layers_at_once():
+    """The docs promise it (a plan in the balancer's thread returns to Python a few times, not
+    once a layer); ``random`` draws from numpy's generator, layer by layer."""
+    shipped = [get_policy(name) for name in policy_names()]
+    shipped = [spec for spec in shipped if spec.fn.__module__.startswith("eplb_rt.")]
+    assert {spec.name for spec in shipped if spec.layers_fn is None} == {"random"}
+    assert len(shipped) == 5
+
+
 @pytest.mark.parametrize(
     ("name", "options"),
     [
