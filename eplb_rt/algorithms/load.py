@@ -39,16 +39,17 @@ def check_load(
 
 
 def cut_episodes(load: np.ndarray, num_episodes: int) -> np.ndarray:
-    """Sum ``load [T, L, E]`` (checked) over ``min(T, num_episodes)`` contiguous runs of steps.
+    """Sum ``load [T, L, E] float64`` (as :func:`check_load` returns it) over
+    ``min(T, num_episodes)`` contiguous runs of steps.
 
     Runs differ in length by at most one step, so no step is dropped. A policy sees episodes
-    rather than single steps, which are noisy. Returns ``[K, L, E] float64``.
+    rather than single steps, which are noisy. Returns ``[K, L, E] float64`` (a new array: the
+    caller's load is never handed on to a policy).
     """
-    arr = check_load(load)
-    steps = episode_steps(arr.shape[0], num_episodes)
-    if steps.shape[0] == arr.shape[0]:
-        return arr.copy()
-    return np.add.reduceat(arr, np.cumsum(steps) - steps, axis=0)
+    steps = episode_steps(load.shape[0], num_episodes)
+    if steps.shape[0] == load.shape[0]:
+        return load.copy()
+    return np.add.reduceat(load, np.cumsum(steps) - steps, axis=0)
 
 
 def episode_steps(num_steps: int, num_episodes: int) -> np.ndarray:
