@@ -69,22 +69,20 @@ target_compile_definitions(_C PRIVATE EPLB_RT_WITH_CUDA)
 target_compile_options(_C PRIVATE
   $<$<COMPILE_LANGUAGE:CUDA>:-O3 -lineinfo --fmad=false>)
 
-# c10_cuda (CUDAStream, CUDAGuard): a target when the top level used find_package(Torch) on a CUDA
-# build of torch, otherwise the library next to libc10 in the torch package.
-if(TARGET c10_cuda)
-  set(EPLB_RT_C10_CUDA_LIBRARY c10_cuda)
-else()
+# c10_cuda (CUDAStream, CUDAGuard): the library next to libc10 in the torch package (_torch_dir:
+# the top level asked the interpreter for it; a project that includes this file alone may set
+# EPLB_RT_C10_CUDA_LIBRARY itself).
+if(NOT _torch_dir)
   find_package(Python COMPONENTS Interpreter QUIET)
   if(Python_EXECUTABLE)
     execute_process(
-      COMMAND "${Python_EXECUTABLE}" -c
-              "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))"
-      OUTPUT_VARIABLE _eplb_rt_torch_lib_dir OUTPUT_STRIP_TRAILING_WHITESPACE)
+      COMMAND "${Python_EXECUTABLE}" -c "import os, torch; print(os.path.dirname(torch.__file__))"
+      OUTPUT_VARIABLE _torch_dir OUTPUT_STRIP_TRAILING_WHITESPACE)
   endif()
-  find_library(EPLB_RT_C10_CUDA_LIBRARY c10_cuda HINTS "${_eplb_rt_torch_lib_dir}")
-  if(NOT EPLB_RT_C10_CUDA_LIBRARY)
-    message(FATAL_ERROR "cmake/cuda.cmake: libc10_cuda not found (is torch built with CUDA?)")
-  endif()
+endif()
+find_library(EPLB_RT_C10_CUDA_LIBRARY c10_cuda HINTS "${_torch_dir}/lib")
+if(NOT EPLB_RT_C10_CUDA_LIBRARY)
+  message(FATAL_ERROR "cmake/cuda.cmake: libc10_cuda not found (is torch built with CUDA?)")
 endif()
 target_link_libraries(_C PRIVATE CUDA::cudart ${EPLB_RT_C10_CUDA_LIBRARY})
 

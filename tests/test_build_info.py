@@ -4,6 +4,7 @@ kernel library as it should."""
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -224,3 +225,32 @@ def test_a_compiler_with_only_a_static_libstdcxx_is_refused_by_name(tmp_path):
     assert "gives 'libstdc++.so'" in message and "CXX=/usr/bin/g++" in message
     # Other compilers are not asked.
     assert check_libstdcxx(tmp_path, str(compiler), "Clang").returncode == 0
+
+
+# ---- torch is found through its package, not through its CMake config ----
+STAND_IN_TORCH_CONFIG = """\
+message(FATAL_ERROR "Your installed Caffe2 version uses CUDA but I cannot find the CUDA libraries.")
+"""
+
+
+@needs_cmake
+@pytest.mark.skipif(shutil.which("ninja") is None, reason="ninja not found")
+def test_the_build_does_not_need_torchs_cmake_config(tmp_path):
+    """A CUDA build of torch (plain PyPI's default) ships a CMake config that stops any project
+    on a machine without a CUDA toolkit, even a CPU-only build: the project configures with that
+    config in the way (a stand-in found first), and links torch from the package's lib folder."""
+    config = tmp_path / "torch_config"
+    config.mkdir()
+    (config / "TorchConfig.cmake").write_text(STAND_IN_TORCH_CONFIG)
+    build = tmp_path / "build"
+    proc = subprocess.run(
+        ["cmake", "-S", str(REPO), "-B", str(build), "-G", "Ninja",
+         f"-DPython_EXECUTABLE={sys.executable}", f"-DTorch_DIR={config}",
+         "-DEPLB_RT_CUDA=OFF", "-DEPLB_RT_NPU=OFF"],
+        capture_output=True, text=True, check=False, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ninja = (build / "build.ninja").read_text()
+    lib = Path(torch.__file__).parent / "lib"
+    for name in ("libtorch.so", "libtorch_cpu.so", "libc10.so"):
+        assert str(lib / name) in ninja, name
