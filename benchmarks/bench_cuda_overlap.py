@@ -44,7 +44,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.bench_cuda import cuda_ready
+from benchmarks.accel import ready
 from eplb_rt.config import EplbConfig
 from eplb_rt.models import ExpertParallelMoE, MoEConfig, expert_weights
 from eplb_rt.placement import Placement
@@ -53,7 +53,7 @@ from eplb_rt.runtime.migration import plan_migration
 
 pytestmark = [
     pytest.mark.cuda,
-    pytest.mark.skipif(not cuda_ready(), reason="needs eplb_rt's CUDA backend and a GPU"),
+    pytest.mark.skipif(not ready("cuda"), reason="needs eplb_rt's CUDA backend and a GPU"),
 ]
 
 
@@ -277,7 +277,7 @@ def test_migrated_weights_and_tables_follow_the_placement(device="cuda"):
 
 
 def main() -> None:
-    if not cuda_ready():
+    if not ready("cuda"):
         print("skipped: needs eplb_rt's CUDA backend and a GPU")
         return
     print(f"device: {torch.cuda.get_device_name()}\n")

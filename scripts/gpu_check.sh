@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The one GPU check: builds eplb_rt with CUDA, then runs scripts/gpu_check.py (tests/cuda, the
-# CUDA benchmarks, migration overlap through EplbRuntime, host-sync counts) and writes one JSON
-# with every figure and pass/fail against the goals of issue 12.
+# The one GPU check: builds eplb_rt with CUDA, then runs scripts/device_check.py --device cuda
+# (tests/cuda and the device-path tests, the four ops' benchmark, migration overlap through
+# EplbRuntime, host-sync counts) and writes one JSON with every figure and pass/fail against the
+# goals of issues 7 and 12. scripts/npu_check.sh is the same for an Ascend NPU.
 #
 #   scripts/gpu_check.sh                    # writes build/gpu_check.json
 #   scripts/gpu_check.sh /tmp/out.json      # elsewhere
@@ -48,7 +49,7 @@ fi
 
 # The driver writes the JSON after every section, so the time limit keeps what was measured.
 rc=0
-timeout 330 "$PYTHON" scripts/gpu_check.py --out "$OUT" || rc=$?
+timeout 330 "$PYTHON" scripts/device_check.py --device cuda --out "$OUT" || rc=$?
 if [[ $rc -eq 124 ]]; then
   echo "gpu_check: the checks ran past 5.5 minutes; $OUT holds the sections that finished" >&2
   rc=1

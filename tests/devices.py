@@ -1,14 +1,18 @@
 """The accelerators a test may use, and the marks of a test that needs one."""
 
 import pytest
-import torch
 
-import eplb_rt
+from benchmarks.accel import ready
 
 
 def cuda_ready() -> bool:
     """A GPU, and eplb_rt built with its CUDA backend."""
-    return torch.cuda.is_available() and bool(eplb_rt.build_info()["backends"]["cuda"])
+    return ready("cuda")
+
+
+def npu_ready() -> bool:
+    """An Ascend NPU (torch_npu installed), and eplb_rt built with its NPU backend."""
+    return ready("npu")
 
 
 NEEDS_CUDA = [
@@ -17,5 +21,14 @@ NEEDS_CUDA = [
 ]
 """Marks of a GPU test: selected by ``-m cuda``, skipped without a GPU and the backend."""
 
-CPU_AND_CUDA = ["cpu", pytest.param("cuda", marks=NEEDS_CUDA)]
-"""``device`` parameters of a test that runs on the CPU and, where there is one, a GPU."""
+NEEDS_NPU = [
+    pytest.mark.npu,
+    pytest.mark.skipif(not npu_ready(), reason="needs eplb_rt's NPU backend and an Ascend device"),
+]
+"""Marks of an NPU test: selected by ``-m npu``, skipped without a device and the backend."""
+
+ACCELERATORS = [pytest.param("cuda", marks=NEEDS_CUDA), pytest.param("npu", marks=NEEDS_NPU)]
+"""``device`` parameters of a test that runs on every accelerator present."""
+
+ON_EVERY_DEVICE = ["cpu", *ACCELERATORS]
+"""``device`` parameters of a test that runs on the CPU and on every accelerator present."""

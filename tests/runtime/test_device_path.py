@@ -12,8 +12,8 @@ waits CUDA's own sync debug mode reports.
 
 :func:`drive` runs the reference MoE model with an ``EplbRuntime`` (one rank, a policy that moves
 every slot of every layer at every plan) over many steps with
-rebalances and commits, checking outputs, weights and tables; ``scripts/gpu_check.py`` calls it on
-a GPU.
+rebalances and commits, checking outputs, weights and tables; ``scripts/device_check.py`` calls it
+on a GPU or an NPU.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from eplb_rt.config import EplbConfig
 from eplb_rt.models import ExpertParallelMoE, MoEConfig, expert_weights
 from eplb_rt.runtime import EplbRuntime
 from eplb_rt.runtime.device import Device, Event, HostStaging
-from tests.devices import CPU_AND_CUDA, NEEDS_CUDA
+from tests.devices import ACCELERATORS, ON_EVERY_DEVICE
 
 MODEL = MoEConfig(num_layers=3, num_experts=8, top_k=2, hidden=8, ffn=12, seed=5, exact=True)
 # A gather may read the heat ring back once (a blocking copy on the CPU, asynchronous elsewhere).
@@ -277,10 +277,10 @@ def test_no_host_sync_in_steps_without_a_gather():
     spawn(_drive_rank, 2)
 
 
-@pytest.mark.parametrize("device", [pytest.param("cuda", marks=NEEDS_CUDA)])
-def test_no_host_sync_on_a_gpu(device):
-    """One rank (one GPU): routes, steps and gathers. No plan changes a single rank's placement
-    (alignment undoes a relabelling), so the commits are counted by the next test."""
+@pytest.mark.parametrize("device", ACCELERATORS)
+def test_no_host_sync_on_an_accelerator(device):
+    """One rank (one GPU or NPU): routes, steps and gathers. No plan changes a single rank's
+    placement (alignment undoes a relabelling), so the commits are counted by the next test."""
     check_drive(drive(device), min_rebalances=0)
 
 
@@ -306,7 +306,7 @@ def commit_path_syncs(device: torch.device | str, steps: int = 12) -> dict:
     return {"steps": steps, "syncs": len(found), "where": sorted(set(found))[:20]}
 
 
-@pytest.mark.parametrize("device", CPU_AND_CUDA)
+@pytest.mark.parametrize("device", ON_EVERY_DEVICE)
 def test_no_host_sync_in_migrating_steps(device):
     result = commit_path_syncs(device)
     assert result["syncs"] == 0, result

@@ -1,11 +1,12 @@
-"""``EplbRuntime.route`` captured in a CUDA graph and replayed across a commit.
+"""``EplbRuntime.route`` captured in a device graph (CUDA graph, NPU graph) and replayed across a
+commit.
 
 The commit rewrites the routing tables in place (same storage), so a replay after it routes by
 the new placement and counts into the row of the current device step, without recapturing. One
-GPU means one rank, where a policy never moves an expert (a rank's slot order does not change
+device means one rank, where a policy never moves an expert (a rank's slot order does not change
 its load), so the test commits a placement with the layer's slots rotated through the runtime's
 own transfer and commit path. The same scenario runs on the CPU with "replay" = calling
-``route`` again, which checks the scenario itself where no GPU is present.
+``route`` again, which checks the scenario itself where no accelerator is present.
 """
 
 import importlib
@@ -14,28 +15,14 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.accel import Accel
 from eplb_rt.config import EplbConfig
 from eplb_rt.placement import Placement
 from eplb_rt.runtime import EplbRuntime
 from eplb_rt.runtime.migration import plan_migration
-from tests.devices import CPU_AND_CUDA
+from tests.devices import ON_EVERY_DEVICE
 
 E, N, K, H = 13, 64, 8, 4  # a prime number of experts, a decode-sized batch
-
-
-def _capture(route):
-    """A replay of ``route()``: a CUDA graph on a GPU, the call itself on the CPU."""
-    if not torch.cuda.is_available():
-        return route
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        route()  # warm-up outside the capture
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        route()
-    return graph.replay
 
 
 def _expected(rt: EplbRuntime, ids: torch.Tensor, heat: torch.Tensor) -> torch.Tensor:
@@ -51,7 +38,7 @@ def _expected(rt: EplbRuntime, ids: torch.Tensor, heat: torch.Tensor) -> torch.T
     )
 
 
-@pytest.mark.parametrize("device", CPU_AND_CUDA)
+@pytest.mark.parametrize("device", ON_EVERY_DEVICE)
 def test_route_replays_across_a_commit(device):
     config = EplbConfig(policy="deepseek", interval=0, history=H, episode=1, warm_up=False)
     with EplbRuntime(config, 2, E, device=device) as rt:
@@ -64,7 +51,7 @@ def test_route_replays_across_a_commit(device):
         ids = ids.to(device)
         out = torch.full_like(ids, -2)
         tables = [t.data_ptr() for t in (rt.log2phy(0), rt.logcnt(0), rt.replica_share(0))]
-        replay = _capture(lambda: rt.route(0, ids, out=out))
+        replay = Accel(device).capture(lambda: rt.route(0, ids, out=out))
         rt.heat.zero_()
         heat = torch.zeros(H, rt.topology.num_slots, dtype=torch.int32)
 

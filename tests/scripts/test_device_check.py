@@ -1,0 +1,77 @@
+"""The device check's driver without an accelerator: its CPU run, its verdicts on reports of a
+GPU and an NPU, and what it says when the device is absent."""
+
+from __future__ import annotations
+
+import json
+
+from scripts import device_check
+
+
+def _report(rows, syncs=0, runtime_route=2.0):
+    report = {
+        "ops": {"rows": rows},
+        "syncs": {"syncs_in_steps_without_gather": syncs, "commit_path": {"syncs": 0}},
+        "errors": {},
+    }
+    if runtime_route is None:
+        report["errors"]["runtime_route"] = "RuntimeError: capture failed"
+    else:
+        report["runtime_route"] = {"graph us": runtime_route}
+    return report
+
+
+def _route(n, graph_us, pct=80.0, note=""):
+    return {"op": "route_and_count", "N": n, "graph us": graph_us, "% of copy": pct, "note": note}
+
+
+def _verdicts(device, report):
+    return {g["goal"]: g["pass"] for g in device_check.evaluate(device, report)}
+
+
+def test_an_npu_passes_only_when_every_op_and_route_were_captured():
+    captured = [_route(64, 3.0), {"op": "update_expert_map_", "graph us": 1.0, "note": ""}]
+    assert _verdicts("npu", _report(captured)) == {
+        "syncs_in_steps_without_gather": True,
+        "ops_not_captured": True,
+        "runtime_route_captured": True,
+    }
+    failed = [_route(64, None, note="graph capture failed: RuntimeError: 507015"), *captured[1:]]
+    verdicts = _verdicts("npu", _report(failed, syncs=2, runtime_route=None))
+    assert verdicts == {
+        "syncs_in_steps_without_gather": False,
+        "ops_not_captured": False,
+        "runtime_route_captured": False,
+    }
+    del failed[0]
+    report = _report(failed)
+    del report["runtime_route"]  # the section did not run
+    assert _verdicts("npu", report)["runtime_route_captured"] is None
+
+
+def test_a_gpu_row_without_a_graph_time_fails_its_bound():
+    rows = [_route(64, 2.0), _route(64, None), _route(262144, 5.0, pct=75.0)]
+    goals = {g["goal"]: g for g in device_check.evaluate("cuda", _report(rows))}
+    decode = goals["route_and_count_decode_graph_us"]
+    assert decode["worst"] == 2.0 and decode["pass"] is False
+    assert goals["route_and_count_prefill_pct_of_copy"]["pass"] is True
+    assert goals["overlap_hidden_pct"]["pass"] is None
+
+
+def test_the_driver_runs_its_cpu_parts(tmp_path):
+    out = tmp_path / "check.json"
+    # Not a device run: exit status 1, with every CPU section's figures written.
+    assert device_check.main(["--device", "cpu", "--out", str(out)]) == 1
+    report = json.loads(out.read_text())
+    assert report["errors"] == {}
+    assert report["syncs"]["syncs_in_steps_without_gather"] == 0
+    assert report["syncs"]["commit_path"]["syncs"] == 0
+    assert {r["op"] for r in report["ops"]["rows"]} >= {"route_and_count", "update_expert_map_"}
+    assert [g["pass"] for g in report["goals"]] == [True]
+
+
+def test_an_absent_device_is_named_and_nothing_runs(tmp_path, capsys):
+    out = tmp_path / "check.json"
+    assert device_check.main(["--device", "npu", "--out", str(out)]) == 2
+    assert "npu backend" in capsys.readouterr().err
+    assert not out.exists()
