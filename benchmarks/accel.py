@@ -9,6 +9,7 @@ figures are not device figures; the CPU ops are timed by ``bench_ops.py``).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import time
 from types import ModuleType
@@ -67,6 +68,23 @@ def choose(device: str | None) -> tuple[str | None, str | None]:
     return (None, reason) if reason else (device, None)
 
 
+class HostEvent:
+    """An event on the host clock, for the CPU (no streams: its work is done when a call
+    returns), with a device event's methods (``elapsed_time`` in milliseconds)."""
+
+    def __init__(self) -> None:
+        self.at = 0.0
+
+    def record(self, stream=None) -> None:
+        self.at = time.perf_counter()
+
+    def synchronize(self) -> None:
+        pass
+
+    def elapsed_time(self, end: HostEvent) -> float:
+        return (end.at - self.at) * 1e3
+
+
 class Accel:
     """Streams, events and graphs of one device type (``cuda``, ``npu``, or ``cpu``)."""
 
@@ -80,6 +98,7 @@ class Accel:
             module = device_module(device)
         self.device = device
         self.module = module
+        self._hold = None  # (matrix, ms per product) of hold() where there is no sleep kernel
 
     @property
     def has_graphs(self) -> bool:
@@ -94,16 +113,40 @@ class Accel:
         if self.module is not None:
             self.module.synchronize()
 
-    def elapsed_us(self, fn, iters: int, stream=None) -> float:
-        """Mean microseconds per call of ``fn()`` over ``iters`` calls back to back: device
-        events around them on ``stream`` (default: the current one), the host clock on the CPU."""
+    def event(self):
+        """A timing event: the device's, or a :class:`HostEvent` on the CPU."""
+        return HostEvent() if self.module is None else self.module.Event(enable_timing=True)
+
+    def current_stream(self):
+        """The current stream (None on the CPU)."""
+        return None if self.module is None else self.module.current_stream()
+
+    def on_stream(self, stream):
+        """A context that queues the body's kernels on ``stream`` (nothing on the CPU)."""
+        return contextlib.nullcontext() if self.module is None else self.module.stream(stream)
+
+    def hold(self, ms: float = 5.0) -> None:
+        """Keep the current stream busy for about ``ms`` milliseconds, so that what the host
+        queues next starts on the device only after all of it is queued (a device timeline
+        without the host's gaps). CUDA has a sleep kernel; elsewhere a chain of matrix products
+        sized by one timed product; nothing on the CPU."""
         if self.module is None:
-            start = time.perf_counter()
-            for _ in range(iters):
-                fn()
-            return (time.perf_counter() - start) * 1e6 / iters
-        stream = stream or self.module.current_stream()
-        start, end = (self.module.Event(enable_timing=True) for _ in range(2))
+            return
+        if self.device == "cuda":
+            self.module._sleep(int(ms * 1e6))  # cycles: ~1 ms per 1e6 at 1-2 GHz
+            return
+        if self._hold is None:
+            a = torch.ones((4096, 4096), dtype=torch.float16, device=self.device)
+            self._hold = (a, max(self.elapsed_us(lambda: a @ a, 3) * 1e-3, 1e-3))
+        a, product_ms = self._hold
+        for _ in range(max(1, round(ms / product_ms))):
+            torch.mm(a, a)  # the product itself is the wait
+
+    def elapsed_us(self, fn, iters: int, stream=None) -> float:
+        """Mean microseconds per call of ``fn()`` over ``iters`` calls back to back: events
+        around them on ``stream`` (default: the current one; the host clock on the CPU)."""
+        stream = stream or self.current_stream()
+        start, end = self.event(), self.event()
         start.record(stream)
         for _ in range(iters):
             fn()

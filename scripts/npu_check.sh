@@ -3,8 +3,9 @@
 # kernels (EPLB_RT_NPU=ON, SoC from npu-smi), runs the first-use check of the device, then
 # scripts/device_check.py --device npu (the four ops on the device against the host expectations,
 # route() captured in an NPU graph across a commit, the device path's host-sync counts, the four
-# ops' benchmark with whether each can be captured) and writes one JSON with every figure and
-# pass/fail against the device path's goals (no sync in a serving step, graph-safe).
+# ops' benchmark with whether each can be captured, a layer's migration against the forward) and
+# writes one JSON with every figure and pass/fail against the device path's goals (no sync in a
+# serving step, graph-safe).
 #
 #   scripts/npu_check.sh                    # writes build/npu_check.json
 #   scripts/npu_check.sh /tmp/out.json      # elsewhere

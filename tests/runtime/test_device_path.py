@@ -35,6 +35,7 @@ from _faults import open_gate
 
 from eplb_rt.config import EplbConfig
 from eplb_rt.models import ExpertParallelMoE, MoEConfig, expert_weights
+from eplb_rt.placement import Placement
 from eplb_rt.runtime import EplbRuntime
 from eplb_rt.runtime.device import Device, Event, HostStaging
 from tests.devices import ACCELERATORS, ON_EVERY_DEVICE
@@ -286,9 +287,9 @@ def test_no_host_sync_on_an_accelerator(device):
 
 def commit_path_syncs(device: torch.device | str, steps: int = 12) -> dict:
     """Syncs of the runtime's work in migrating steps on one rank: each step one layer's
-    transfer started before the forward and committed after it (``bench_cuda_overlap``'s
+    transfer started before the forward and committed after it (``bench_overlap``'s
     serving loop, which commits rotated slots, since no plan moves anything on one rank)."""
-    from benchmarks.bench_cuda_overlap import Serving, Shape
+    from benchmarks.bench_overlap import Serving, Shape
 
     serving = Serving(Shape("sync", tokens=64, moved=3, hidden=256, ffn=128), device)
     with serving.runtime, SyncCounter(device) as counter:
@@ -310,6 +311,28 @@ def commit_path_syncs(device: torch.device | str, steps: int = 12) -> dict:
 def test_no_host_sync_in_migrating_steps(device):
     result = commit_path_syncs(device)
     assert result["syncs"] == 0, result
+
+
+@pytest.mark.parametrize("device", ON_EVERY_DEVICE)
+def test_migrated_weights_and_tables_follow_the_placement(device):
+    """After migrating steps (``bench_overlap``'s serving loop) every slot holds its expert's
+    weights and the tables match the placement."""
+    from benchmarks.bench_overlap import Serving, Shape
+
+    shape = Shape("check", tokens=32, moved=3, hidden=64, ffn=32)
+    serving = Serving(shape, device)
+    with serving.runtime:
+        for step in range(5):
+            serving.step(migrate=step != 2)
+        rt = serving.runtime
+        placement, R = rt.placement, rt.max_replicas
+        assert placement != Placement.initial(shape.layers, shape.experts, rt.topology)
+        for layer in range(shape.layers):
+            fresh = expert_weights(serving.model.cfg, layer, placement.phy2log[layer])
+            for name, tensor in fresh.items():
+                got = serving.model.weights[layer][name].cpu()
+                assert torch.equal(got, tensor), (layer, name)
+            assert np.array_equal(rt.log2phy(layer).cpu().numpy(), placement.log2phy(R)[layer])
 
 
 def test_the_counter_sees_every_kind_of_sync():

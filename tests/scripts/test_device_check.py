@@ -67,6 +67,7 @@ def test_the_driver_runs_its_cpu_parts(tmp_path):
     assert report["syncs"]["syncs_in_steps_without_gather"] == 0
     assert report["syncs"]["commit_path"]["syncs"] == 0
     assert {r["op"] for r in report["ops"]["rows"]} >= {"route_and_count", "update_expert_map_"}
+    assert [r["shape"] for r in report["overlap"]["rows"]] == ["cpu_check"]
     assert [g["pass"] for g in report["goals"]] == [True]
 
 

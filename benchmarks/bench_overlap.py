@@ -1,7 +1,8 @@
-"""Migration overlap on a GPU, measured through ``EplbRuntime`` and its ``MigrationExecutor``.
+"""Migration overlap on a GPU or an Ascend NPU, measured through ``EplbRuntime`` and its
+``MigrationExecutor``.
 
 The reference model (``eplb_rt.models.ExpertParallelMoE``, bf16, routing through the runtime)
-serves step after step on one GPU. In a migrating step the runtime's executor starts one layer's
+serves step after step on one device. In a migrating step the runtime's executor starts one layer's
 transfer (the moved experts copied into a staging lane on the dedicated stream, after an event
 of the serving stream) before the forward, and at the step boundary the runtime commits it
 (``_commit_layer``: the serving stream waits on the transfer's event, then
@@ -18,25 +19,30 @@ device timeline is mostly idle and any copy fits in the gaps.
 
 * **Device overlap** (goal: ``hidden %`` >= 80): the forward's expert work without any host
   synchronisation (``bmm`` of ``tokens * top_k / experts`` rows per slot through the registered
-  ``w1``/``w2`` of every layer, the whole step queued behind a sleep kernel), alone and with one
-  layer's transfer started at the same instant on the executor's stream. ``hidden %`` =
-  ``1 - (both - forward) / transfer``, all device times (CUDA events, medians of 5). On one GPU
-  the copy is local, at HBM speed, so against memory-bound decode GEMMs it competes for the same
-  bandwidth; between ranks it would run at link speed and take a far smaller share of HBM.
+  ``w1``/``w2`` of every layer, the whole step queued behind a hold of the stream: CUDA's sleep
+  kernel, on an NPU a chain of matrix products, ``Accel.hold``), alone and with one layer's
+  transfer started at the same instant on the executor's stream. ``hidden %`` =
+  ``1 - (both - forward) / transfer``, all device times (device events, medians of 5). On one
+  device the copy is local, at HBM speed, so against memory-bound decode GEMMs it competes for
+  the same bandwidth; between ranks it would run at link speed and take a far smaller share of
+  HBM.
 * **Host cost**: microseconds of the serving thread in the executor's ``start`` and in the
   commit (the runtime's work in a migrating step), and the reference model's wall-clock step
-  without (``step none us``) and with a migration (``step migrate us``), the GPU drained at both
-  ends. ``commit us`` is the commit's device time on the serving stream (it must be ordered
+  without (``step none us``) and with a migration (``step migrate us``), the device drained at
+  both ends. ``commit us`` is the commit's device time on the serving stream (it must be ordered
   with the layer's readers, so it is never hidden).
 
-Run on a GPU machine with the CUDA backend built:
-    PYTHONPATH=$PWD python benchmarks/bench_cuda_overlap.py       # prints a markdown table
-    python -m pytest benchmarks/bench_cuda_overlap.py -q
+Run where eplb_rt has the device's backend (``--device cpu`` runs the code on the host clock,
+without streams, to check it; its figures mean nothing):
+    PYTHONPATH=$PWD python benchmarks/bench_overlap.py [--device npu]   # prints a markdown table
+    python -m pytest benchmarks/bench_overlap.py -q
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
+import sys
 import time
 from dataclasses import dataclass
 
@@ -44,17 +50,14 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.accel import ready
+from benchmarks.accel import Accel, choose, present
 from eplb_rt.config import EplbConfig
-from eplb_rt.models import ExpertParallelMoE, MoEConfig, expert_weights
+from eplb_rt.models import ExpertParallelMoE, MoEConfig
 from eplb_rt.placement import Placement
 from eplb_rt.runtime import EplbRuntime
 from eplb_rt.runtime.migration import plan_migration
 
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not ready("cuda"), reason="needs eplb_rt's CUDA backend and a GPU"),
-]
+DEVICE = present()
 
 
 @dataclass(frozen=True)
@@ -73,10 +76,11 @@ SHAPES = [Shape("decode_moved4", 64), Shape("prefill_moved4", 4096), Shape("deco
 
 
 class Serving:
-    """The reference model with an ``EplbRuntime`` on the current GPU (or ``device``)."""
+    """The reference model with an ``EplbRuntime`` on ``device`` (its current index)."""
 
-    def __init__(self, shape: Shape, device: str = "cuda") -> None:
+    def __init__(self, shape: Shape, device: str) -> None:
         self.shape = shape
+        self.acc = Accel(device)
         cfg = MoEConfig(
             num_layers=shape.layers,
             num_experts=shape.experts,
@@ -136,24 +140,24 @@ class Serving:
         return self.runtime.executor.slot_bytes(0)
 
 
-def _wall_us(fn, iters: int) -> float:
-    """Microseconds per call of ``fn`` by the wall clock, the GPU drained before and after."""
-    torch.cuda.synchronize()
+def _wall_us(acc: Accel, fn, iters: int) -> float:
+    """Microseconds per call of ``fn`` by the wall clock, the device drained before and after."""
+    acc.synchronize()
     start = time.perf_counter()
     for _ in range(iters):
         fn()
-    torch.cuda.synchronize()
+    acc.synchronize()
     return (time.perf_counter() - start) * 1e6 / iters
 
 
-def _gpu_us(fn, stream) -> float:
-    """Device microseconds of the work ``fn`` puts on ``stream``, started on an idle GPU; a
-    sleep kernel holds the stream until ``fn`` has queued everything, so host gaps between its
+def _device_us(acc: Accel, fn, stream) -> float:
+    """Device microseconds of the work ``fn`` puts on ``stream``, started on an idle device; a
+    hold keeps the stream busy until ``fn`` has queued everything, so host gaps between its
     launches are not counted."""
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    with torch.cuda.stream(stream):
-        torch.cuda._sleep(5_000_000)  # a few milliseconds
+    acc.synchronize()
+    start, end = acc.event(), acc.event()
+    with acc.on_stream(stream):
+        acc.hold()
     start.record(stream)
     fn()
     end.record(stream)
@@ -180,10 +184,11 @@ def stand_in_forward(serving: Serving):
 
 def _overlapped_us(serving: Serving, forward) -> tuple[float, float]:
     """Device microseconds until the forward ends and until both it and a transfer started at
-    the same instant end (the transfer waits on an event behind the sleep kernel)."""
-    torch.cuda.synchronize()
-    start, forward_end, end = (torch.cuda.Event(enable_timing=True) for _ in range(3))
-    torch.cuda._sleep(5_000_000)
+    the same instant end (the transfer waits on an event behind the hold)."""
+    acc = serving.acc
+    acc.synchronize()
+    start, forward_end, end = (acc.event() for _ in range(3))
+    acc.hold()
     start.record()
     transfer = serving.start()
     forward()
@@ -201,10 +206,10 @@ def _host_us(fn) -> tuple[float, object]:
     return (time.perf_counter() - started) * 1e6, result
 
 
-def measure(shape: Shape, steps: int = 20, serving: Serving | None = None) -> dict:
-    """One row of the table (see the module docstring)."""
+def measure(shape: Shape, device: str, steps: int = 20, serving: Serving | None = None) -> dict:
+    """One row of the table on ``device`` (see the module docstring)."""
     own = serving is None
-    serving = serving or Serving(shape)
+    serving = serving or Serving(shape, device)
     try:
         return _measure(shape, steps, serving)
     finally:
@@ -217,24 +222,26 @@ def _measure(shape: Shape, steps: int, serving: Serving) -> dict:
     for _ in range(shape.moved * shape.layers):
         serving.step(migrate=True)
     serving.step(migrate=False)
-    serving_stream = torch.cuda.current_stream()
+    acc = serving.acc
+    serving_stream = acc.current_stream()
     forward = stand_in_forward(serving)
     forward()
+    transfer_stream = serving.runtime.executor.stream
     transfer_us = float(
-        np.median([_gpu_us(serving.start, serving.runtime.executor.stream) for _ in range(5)])
+        np.median([_device_us(acc, serving.start, transfer_stream) for _ in range(5)])
     )
-    forward_us = float(np.median([_gpu_us(forward, serving_stream) for _ in range(5)]))
+    forward_us = float(np.median([_device_us(acc, forward, serving_stream) for _ in range(5)]))
     overlapped = np.median([_overlapped_us(serving, forward) for _ in range(5)], axis=0)
     commits, host_start, host_commit = [], [], []
     for _ in range(5):
         pending = serving.start()
-        commits.append(_gpu_us(functools.partial(serving.commit, pending), serving_stream))
-        torch.cuda.synchronize()
+        commits.append(_device_us(acc, functools.partial(serving.commit, pending), serving_stream))
+        acc.synchronize()
         start_us, pending = _host_us(functools.partial(serving.start, serving.aim()))
         host_start.append(start_us)
         host_commit.append(_host_us(functools.partial(serving.commit, pending))[0])
-    none = _wall_us(lambda: serving.step(False), steps)
-    migrate = _wall_us(lambda: serving.step(True), steps)
+    none = _wall_us(acc, lambda: serving.step(False), steps)
+    migrate = _wall_us(acc, lambda: serving.step(True), steps)
     return {
         "shape": shape.name,
         "tokens": shape.tokens,
@@ -253,42 +260,32 @@ def _measure(shape: Shape, steps: int, serving: Serving) -> dict:
     }
 
 
+@pytest.mark.skipif(DEVICE is None, reason="needs an accelerator with eplb_rt's backend")
 @pytest.mark.parametrize("shape", SHAPES, ids=[s.name for s in SHAPES])
 def test_migration_overlap(benchmark, shape):
-    serving = Serving(shape)
+    serving = Serving(shape, DEVICE)
     benchmark.pedantic(lambda: serving.step(True), rounds=10, warmup_rounds=2)
-    benchmark.extra_info.update(measure(shape, serving=serving))
+    benchmark.extra_info.update(measure(shape, DEVICE, serving=serving))
 
 
-def test_migrated_weights_and_tables_follow_the_placement(device="cuda"):
-    """After migrating steps every slot holds its expert's weights and the tables match."""
-    shape = Shape("check", tokens=32, moved=3, hidden=64, ffn=32)
-    serving = Serving(shape, device)
-    for step in range(5):
-        serving.step(migrate=step != 2)
-    rt = serving.runtime
-    placement, R = rt.placement, rt.max_replicas
-    assert placement != Placement.initial(shape.layers, shape.experts, rt.topology)
-    for layer in range(shape.layers):
-        fresh = expert_weights(serving.model.cfg, layer, placement.phy2log[layer])
-        for name, tensor in fresh.items():
-            assert torch.equal(serving.model.weights[layer][name].cpu(), tensor), (layer, name)
-        assert np.array_equal(rt.log2phy(layer).cpu().numpy(), placement.log2phy(R)[layer])
-
-
-def main() -> None:
-    if not ready("cuda"):
-        print("skipped: needs eplb_rt's CUDA backend and a GPU")
-        return
-    print(f"device: {torch.cuda.get_device_name()}\n")
-    rows = [measure(shape) for shape in SHAPES]
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", help="cuda, npu or cpu (default: the accelerator present)")
+    args = parser.parse_args(argv)
+    device, reason = choose(args.device)
+    if device is None:
+        print(f"bench_overlap: {reason}", file=sys.stderr)
+        return 2
+    print(f"device: {Accel(device).name()}\n")
+    rows = [measure(shape, device) for shape in SHAPES]
     columns = list(rows[0])
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     for row in rows:
         cells = [f"{v:.1f}" if isinstance(v, float) else str(v) for v in row.values()]
         print("| " + " | ".join(cells) + " |")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
