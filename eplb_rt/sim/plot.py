@@ -79,7 +79,9 @@ def plot(doc: dict, path: str | os.PathLike) -> None:
     bottom.errorbar(
         x,
         means,
-        yerr=[np.zeros(len(names)), np.subtract(peaks, means)],
+        # One [2, n] array: a list of arrays makes matplotlib < 3.11 convert a size-1 array to a
+        # scalar (a NumPy deprecation) when there is one policy.
+        yerr=np.vstack([np.zeros(len(names)), np.subtract(peaks, means)]),
         fmt="none",
         ecolor="black",
         capsize=4,
