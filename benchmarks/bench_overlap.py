@@ -6,7 +6,7 @@ serves step after step on one device. In a migrating step the runtime's executor
 transfer (the moved experts copied into a staging lane on the dedicated stream, after an event
 of the serving stream) before the forward, and at the step boundary the runtime commits it
 (``_commit_layer``: the serving stream waits on the transfer's event, then
-``update_expert_weights_`` and ``update_expert_map_`` from one pinned upload). One GPU is one
+``update_expert_weights_`` and ``update_expert_map_`` from one pinned upload). One device is one
 rank, where a policy never moves an expert (slot order within a rank does not change its load),
 so each migrating step commits the layer's placement with ``moved`` of its slots rotated, and
 the next one rotates them further: the same copies a policy's moves would cost on this rank.
