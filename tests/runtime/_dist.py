@@ -1,4 +1,6 @@
-"""Run a function on several gloo ranks (spawned processes) for the multiprocess tests."""
+"""Run a function on several ranks (spawned processes) for the multiprocess tests: gloo on the
+CPU; on an accelerator one device per rank, gloo for CPU tensors and the device's own backend
+(NCCL, HCCL) for device tensors, as a serving engine sets it up."""
 
 from __future__ import annotations
 
@@ -17,13 +19,23 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _entry(rank: int, world: int, port: int, fn, args) -> None:
-    import _policies  # noqa: F401  (registers the rt_test_* policies in this process)
+DEVICE_BACKENDS = {"cuda": "nccl", "npu": "hccl"}
 
+
+def _entry(rank: int, world: int, where: tuple[int, str], fn, args) -> None:
+    """One rank: ``where`` is the rendezvous port and the device type (``mp.spawn`` passes
+    arguments by position)."""
+    import _policies  # noqa: F401  (registers the rt_test_* policies; imports torch_npu if any)
+
+    port, device = where
     torch.set_num_threads(1)
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    backend = "gloo"
+    if device != "cpu":
+        getattr(torch, device).set_device(rank)
+        backend = f"cpu:gloo,{device}:{DEVICE_BACKENDS[device]}"
+    dist.init_process_group(backend, rank=rank, world_size=world)
     try:
         fn(rank, world, *args)
     except BaseException:
@@ -34,6 +46,7 @@ def _entry(rank: int, world: int, port: int, fn, args) -> None:
         dist.destroy_process_group()
 
 
-def spawn(fn, world: int, *args) -> None:
-    """Run ``fn(rank, world, *args)`` on ``world`` gloo ranks; raises if any rank fails."""
-    mp.spawn(_entry, args=(world, _free_port(), fn, args), nprocs=world, join=True)
+def spawn(fn, world: int, *args, device: str = "cpu") -> None:
+    """Run ``fn(rank, world, *args)`` on ``world`` ranks, rank ``r`` on device ``r`` of type
+    ``device`` where it is not the CPU; raises if any rank fails."""
+    mp.spawn(_entry, args=(world, (_free_port(), device), fn, args), nprocs=world, join=True)

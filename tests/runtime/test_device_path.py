@@ -33,6 +33,7 @@ import torch.distributed as dist
 from _dist import spawn
 from _faults import open_gate
 
+from benchmarks.accel import device_module
 from eplb_rt.config import EplbConfig
 from eplb_rt.models import ExpertParallelMoE, MoEConfig, expert_weights
 from eplb_rt.placement import Placement
@@ -266,16 +267,22 @@ def check_drive(result: dict, min_rebalances: int = 3) -> None:
         assert syncs <= (GATHER_SYNC_BOUND if gather else 0), (step, gather, where)
 
 
-def _drive_rank(rank: int, world: int) -> None:
-    result = drive("cpu")
+def _drive_rank(rank: int, world: int, device: str) -> None:
+    result = drive(device if device == "cpu" else f"{device}:{rank}")
     check_drive(result)
     # Every plan moved slots of all three layers; they were committed in steps without a gather.
     assert result["layers_committed"] == 3 * result["rebalances"]
     assert result["moved_experts"] > 0
 
 
-def test_no_host_sync_in_steps_without_a_gather():
-    spawn(_drive_rank, 2)
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("device", ON_EVERY_DEVICE)
+def test_no_host_sync_in_steps_without_a_gather(device):
+    """Two ranks: plans move experts between them (over gloo, or NCCL / HCCL between two
+    devices), outputs, weights and tables stay right, and no step without a gather syncs."""
+    if device != "cpu" and device_module(device).device_count() < 2:
+        pytest.skip(f"needs two {device} devices")
+    spawn(_drive_rank, 2, device, device=device)
 
 
 @pytest.mark.parametrize("device", ACCELERATORS)
