@@ -9,8 +9,10 @@ figures are not device figures; the CPU ops are timed by ``bench_ops.py``).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.util
+import sys
 import time
 from types import ModuleType
 
@@ -60,12 +62,23 @@ def present() -> str | None:
 
 def choose(device: str | None) -> tuple[str | None, str | None]:
     """``(device, None)`` when ``device`` (None: the accelerator present) can be used, else
-    ``(None, why not)``: what a command-line tool prints before it exits."""
+    ``(None, why not)``."""
     device = device or present()
     if device is None:
         return None, "no accelerator: " + "; ".join(missing(d) for d in DEVICES)
     reason = missing(device)
     return (None, reason) if reason else (device, None)
+
+
+def parse_with_device(parser: argparse.ArgumentParser, argv: list[str] | None):
+    """A device tool's command line: ``parser`` gains ``--device``; returns ``(args, device)``,
+    the device None after printing why it cannot be used (the tool then exits with status 2)."""
+    parser.add_argument("--device", help="cuda, npu or cpu (default: the accelerator present)")
+    args = parser.parse_args(argv)
+    device, reason = choose(args.device)
+    if device is None:
+        print(f"{parser.prog}: {reason}", file=sys.stderr)
+    return args, device
 
 
 class HostEvent:

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from benchmarks.accel import Accel, choose, present
+from benchmarks.accel import Accel, parse_with_device, present
 from eplb_rt import ops
 from tests import reference
 
@@ -319,14 +319,11 @@ def run(device: str, quick: bool = False, which: tuple[str, ...] = ()) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", help="cuda, npu or cpu (default: the accelerator present)")
     parser.add_argument("--ops", default="", help="comma-separated op names (default: all four)")
     parser.add_argument("--quick", action="store_true", help="small sizes only")
     parser.add_argument("--json", help="also write the rows to this JSON file")
-    args = parser.parse_args(argv)
-    device, reason = choose(args.device)
+    args, device = parse_with_device(parser, argv)
     if device is None:
-        print(f"bench_device_ops: {reason}", file=sys.stderr)
         return 2
     which = tuple(w for w in args.ops.split(",") if w)
     result = run(device, args.quick, which)

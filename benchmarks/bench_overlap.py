@@ -50,7 +50,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.accel import Accel, choose, present
+from benchmarks.accel import Accel, parse_with_device, present
 from eplb_rt.config import EplbConfig
 from eplb_rt.models import ExpertParallelMoE, MoEConfig
 from eplb_rt.placement import Placement
@@ -270,11 +270,8 @@ def test_migration_overlap(benchmark, shape):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", help="cuda, npu or cpu (default: the accelerator present)")
-    args = parser.parse_args(argv)
-    device, reason = choose(args.device)
+    _, device = parse_with_device(parser, argv)
     if device is None:
-        print(f"bench_overlap: {reason}", file=sys.stderr)
         return 2
     print(f"device: {Accel(device).name()}\n")
     rows = [measure(shape, device) for shape in SHAPES]

@@ -200,16 +200,13 @@ def evaluate(device: str, report: dict) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.accel import choose
+    from benchmarks.accel import parse_with_device
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", help="cuda, npu or cpu (default: the accelerator present)")
     parser.add_argument("--out", default="device_check.json", help="the JSON file to write")
     parser.add_argument("--tests-timeout", type=int, default=240, help="seconds for pytest")
-    args = parser.parse_args(argv)
-    device, reason = choose(args.device)
+    args, device = parse_with_device(parser, argv)
     if device is None:
-        print(f"device_check: {reason}; nothing was checked", file=sys.stderr)
         return 2
     import eplb_rt
     from benchmarks.accel import Accel
