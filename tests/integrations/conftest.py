@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from pathlib import Path
 
 import numpy as np
@@ -69,11 +70,24 @@ def slot_workload(table: np.ndarray, load: np.ndarray) -> np.ndarray:
     return metrics.slot_load(placement, load).reshape(-1, L, D, S)
 
 
+def declared_entry_points(group: str) -> dict[str, str]:
+    """``name -> object reference`` of pyproject's ``group`` entry points. Python 3.10 has no
+    TOML reader: there, those of the installed eplb_rt, which pip took from the same table."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:
+        try:
+            entry_points = importlib.metadata.distribution("eplb_rt").entry_points
+        except importlib.metadata.PackageNotFoundError:
+            pytest.skip("Python 3.10 reads the entry points of an installed eplb_rt only")
+        return {ep.name: ep.value for ep in entry_points if ep.group == group}
+    return tomllib.loads(PYPROJECT.read_text())["project"]["entry-points"][group]
+
+
 def install_entry_points(group: str, folder: Path, monkeypatch) -> None:
     """Make ``importlib.metadata`` see a distribution declaring pyproject's ``group`` entry
     points (as ``pip install eplb_rt`` would), from ``folder`` put on ``sys.path``."""
-    tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11")
-    declared = tomllib.loads(PYPROJECT.read_text())["project"]["entry-points"][group]
+    declared = declared_entry_points(group)
     info = folder / "eplb_rt_probe-0.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: eplb_rt_probe\nVersion: 0.0\n")

@@ -15,7 +15,12 @@ from eplb_rt.algorithms import metrics
 from eplb_rt.integrations import vllm as ours
 from eplb_rt.integrations import vllm_ascend
 from eplb_rt.placement import Placement
-from tests.integrations.conftest import CASE_IDS, CASES, PYPROJECT, install_entry_points
+from tests.integrations.conftest import (
+    CASE_IDS,
+    CASES,
+    declared_entry_points,
+    install_entry_points,
+)
 
 
 def _args(load, topology):
@@ -91,10 +96,7 @@ def test_unknown_policy_is_refused_when_the_class_is_made():
 
 
 def test_entry_point_selects_eplb_rt_only_when_asked(vllm, monkeypatch):
-    tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11")
-    (value,) = tomllib.loads(PYPROJECT.read_text())["project"]["entry-points"][
-        "vllm.general_plugins"
-    ].values()
+    (value,) = declared_entry_points("vllm.general_plugins").values()
     register = EntryPoint("eplb_rt", value, "vllm.general_plugins").load()
     assert register is ours.register
     table = vllm.policy.EPLB_POLICIES
