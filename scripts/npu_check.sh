@@ -15,17 +15,9 @@
 # installed torch, and an Ascend device; no network. Exit status: 0 every goal met, 1 a goal
 # missed or a check failed (see the JSON), 2 no device, no torch_npu or no CANN, 3 the build or
 # the first-use check failed.
-set -euo pipefail
-cd "$(dirname "$0")/.."
+NAME=npu_check
+source "$(dirname "$0")/device_check_steps.sh"
 
-PYTHON=${PYTHON:-python3}
-OUT=${1:-build/npu_check.json}
-mkdir -p build "$(dirname "$OUT")"
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-
-fail() { echo "npu_check: $2" >&2; exit "$1"; }
-
-"$PYTHON" -c "import torch" 2>/dev/null || fail 2 "torch is not importable with $PYTHON"
 "$PYTHON" -c "import torch_npu" 2>/dev/null ||
   fail 2 "torch_npu is not importable with $PYTHON (install the build for torch $("$PYTHON" -c 'import torch; print(torch.__version__)'), and source CANN's set_env.sh)"
 [[ -n "${ASCEND_HOME_PATH:-${ASCEND_TOOLKIT_HOME:-}}" ]] ||
@@ -33,25 +25,11 @@ fail() { echo "npu_check: $2" >&2; exit "$1"; }
 "$PYTHON" -c "import torch, torch_npu, sys; sys.exit(not torch.npu.is_available())" ||
   fail 2 "torch sees no NPU (torch.npu.is_available() is False); nothing was checked"
 
-if [[ -z "${SKIP_BUILD:-}" ]]; then
-  echo "npu_check: building with EPLB_RT_NPU=ON (log in build/npu_check_build.log)"
-  if ! EPLB_RT_NPU=ON MAX_JOBS=${MAX_JOBS:-$(nproc)} timeout 900 \
-    "$PYTHON" setup.py build_ext --inplace >build/npu_check_build.log 2>&1; then
-    tail -n 30 build/npu_check_build.log >&2
-    fail 3 "the NPU build failed (full log: build/npu_check_build.log)"
-  fi
-fi
+build_backend EPLB_RT_NPU NPU 900
 "$PYTHON" -c "import eplb_rt; print('npu_check: build_info', eplb_rt.build_info())"
 # The first-use check: a tiny route_and_count on the device must equal the CPU op (it names the
 # SoC the kernels were built for when it fails).
 "$PYTHON" -c "import torch, torch_npu, eplb_rt.ops as o; o.check_device('npu')" ||
   fail 3 "the NPU kernels fail their first-use check (see above)"
 
-# The driver writes the JSON after every section, so the time limit keeps what was measured.
-rc=0
-timeout 900 "$PYTHON" scripts/device_check.py --device npu --out "$OUT" || rc=$?
-if [[ $rc -eq 124 ]]; then
-  echo "npu_check: the checks ran past 15 minutes; $OUT holds the sections that finished" >&2
-  rc=1
-fi
-exit "$rc"
+run_driver npu 900

@@ -4,26 +4,15 @@ import pytest
 
 from benchmarks.accel import ready
 
-
-def cuda_ready() -> bool:
-    """A GPU, and eplb_rt built with its CUDA backend."""
-    return ready("cuda")
-
-
-def npu_ready() -> bool:
-    """An Ascend NPU (torch_npu installed), and eplb_rt built with its NPU backend."""
-    return ready("npu")
-
-
 NEEDS_CUDA = [
     pytest.mark.cuda,
-    pytest.mark.skipif(not cuda_ready(), reason="needs eplb_rt's CUDA backend and a GPU"),
+    pytest.mark.skipif(not ready("cuda"), reason="needs eplb_rt's CUDA backend and a GPU"),
 ]
 """Marks of a GPU test: selected by ``-m cuda``, skipped without a GPU and the backend."""
 
 NEEDS_NPU = [
     pytest.mark.npu,
-    pytest.mark.skipif(not npu_ready(), reason="needs eplb_rt's NPU backend and an Ascend device"),
+    pytest.mark.skipif(not ready("npu"), reason="needs eplb_rt's NPU backend and an Ascend device"),
 ]
 """Marks of an NPU test: selected by ``-m npu``, skipped without a device and the backend."""
 
