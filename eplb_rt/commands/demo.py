@@ -230,8 +230,8 @@ def _summary(opts, loads, step_ms, stats, *, max_diff, checks) -> dict:
     steps = loads.shape[0]
     par_eplb = [_par(loads[s, 0]) for s in range(steps)]
     par_static = [_par(loads[s, 1]) for s in range(steps)]
-    rebalances = stats["rebalances"]
-    first = next((r["done_step"] for r in rebalances if r["layers_committed"]), steps)
+    first = stats["first_commit_step"]
+    first = steps if first is None else first
     return {
         "config": {k: opts[k] for k in CONFIG_KEYS},
         "par_mean": float(np.mean(par_eplb)),
@@ -241,7 +241,8 @@ def _summary(opts, loads, step_ms, stats, *, max_diff, checks) -> dict:
         "par_after": float(np.mean(par_eplb[first:])) if first < steps else None,
         "par_static_before": float(np.mean(par_static[:first])) if first else None,
         "par_static_after": float(np.mean(par_static[first:])) if first < steps else None,
-        "rebalances": rebalances,
+        "rebalances": stats["rebalances"],
+        "num_rebalances": stats["num_rebalances"],
         "skipped_plans": stats["skipped"],
         "errors": stats["errors"],
         "moved_experts": stats["moved_experts"],
@@ -263,6 +264,9 @@ def _print_report(result: dict) -> None:
         f"{cfg['redundant']} redundant slots, {cfg['steps']} steps of {cfg['tokens']} tokens "
         f"per rank, policy {cfg['policy']}, plan every {cfg['interval']} steps"
     )
+    kept = len(result["rebalances"])
+    if kept < result["num_rebalances"]:
+        print(f"  (the last {kept} of {result['num_rebalances']} rebalances)")
     for r in result["rebalances"]:
         print(
             f"  rebalance {r['epoch']}: gathered at step {r['gather_step']}, planned in "

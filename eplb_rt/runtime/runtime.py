@@ -32,6 +32,7 @@ Use in a MoE model (see ``eplb_rt.models.moe`` for a complete one)::
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import os
@@ -58,6 +59,11 @@ from eplb_rt.runtime.migration import LayerMigration, plan_migration
 from eplb_rt.runtime.recorder import HeatRecorder
 
 log = logging.getLogger("eplb_rt.runtime")
+
+RECORDS_KEPT = 1024
+"""Rebalances, skipped plans and errors that :meth:`EplbRuntime.stats` lists: the most recent
+ones. A server runs for weeks at a plan per interval, and a record per plan kept for good would
+grow its memory (and each ``stats()`` call) without bound; the totals count every one."""
 
 
 @dataclasses.dataclass
@@ -197,9 +203,14 @@ class EplbRuntime:
         self._target_uniform = np.ones(num_layers, dtype=bool)
         self._in_flight: list[Transfer] = []
         self._current: Rebalance | None = None
-        self.rebalances: list[Rebalance] = []
-        self.skipped: list[dict] = []
-        self.errors: list[str] = []
+        self.rebalances: collections.deque[Rebalance] = collections.deque(maxlen=RECORDS_KEPT)
+        self.skipped: collections.deque[dict] = collections.deque(maxlen=RECORDS_KEPT)
+        self.errors: collections.deque[str] = collections.deque(maxlen=RECORDS_KEPT)
+        # Totals over the runtime's life (the records above keep only the recent ones).
+        self._totals = dict.fromkeys(
+            ("rebalances", "skipped", "errors", "moved_experts", "bytes_moved"), 0
+        )
+        self._first_commit_step: int | None = None
         self._closed = False
         self._step_clock: list[float] = []  # host time of recent step() calls
         self._fitted = config.initial_placement is not None  # a plan has fitted the placement
@@ -424,11 +435,16 @@ class EplbRuntime:
 
     def _skip(self, job: Job, step: int, reason: str, error: bool = False) -> None:
         self.skipped.append({"epoch": job.epoch, "step": step, "reason": reason})
+        self._totals["skipped"] += 1
         if error:
-            self.errors.append(f"plan {job.epoch}: {reason}")
+            self._error(f"plan {job.epoch}: {reason}")
             log.warning("plan %d skipped at step %d: %s", job.epoch, step, reason)
         else:
             log.info("plan %d skipped at step %d: %s", job.epoch, step, reason)
+
+    def _error(self, message: str) -> None:
+        self.errors.append(message)
+        self._totals["errors"] += 1
 
     def _start_next(self) -> None:
         previous = None
@@ -447,7 +463,7 @@ class EplbRuntime:
             layer = transfer.migration.layer
             if not ok:
                 reason = error or "a transfer failed on another rank"
-                self.errors.append(
+                self._error(
                     f"plan {rebalance.epoch}: {reason}; layer {layer} keeps its old placement"
                 )
                 log.warning("plan %d: layer %d not committed: %s", rebalance.epoch, layer, reason)
@@ -489,6 +505,12 @@ class EplbRuntime:
         self._target_rows = []
         rebalance.done_step = step
         self.rebalances.append(rebalance)
+        totals = self._totals
+        totals["rebalances"] += 1
+        totals["moved_experts"] += rebalance.moved_experts
+        totals["bytes_moved"] += rebalance.bytes_moved
+        if rebalance.layers_committed and self._first_commit_step is None:
+            self._first_commit_step = step
         self._fitted = self._fitted or bool(rebalance.layers_committed)
         if self.config.export_dir is not None and rebalance.layers_committed:
             self._export(self._placement, rebalance.epoch)
@@ -513,18 +535,25 @@ class EplbRuntime:
         return self._pending is not None or self._current is not None
 
     def stats(self) -> dict:
-        """Counters for reports: steps, rebalances (finished, and the one under way), skipped
-        plans, errors, and the moves committed so far."""
-        committed = self.rebalances + ([self._current] if self._current is not None else [])
+        """Counters for reports: steps; the recent rebalances (finished, and the one under way),
+        skipped plans and errors (the last :data:`RECORDS_KEPT` of each) and their totals
+        (``num_rebalances``, ``num_skipped``, ``num_errors``); the moves committed so far; the
+        step at which the first plan committed a layer (``None`` before)."""
+        current = self._current
+        totals = self._totals
         return {
             "steps": self.recorder.host_step,
             "epochs": self._epoch,
             "rebalances": [dict(dataclasses.asdict(r), steps=r.steps) for r in self.rebalances],
-            "in_progress": None if self._current is None else dataclasses.asdict(self._current),
+            "in_progress": None if current is None else dataclasses.asdict(current),
             "skipped": list(self.skipped),
             "errors": list(self.errors),
-            "moved_experts": sum(r.moved_experts for r in committed),
-            "bytes_moved": sum(r.bytes_moved for r in committed),
+            "num_rebalances": totals["rebalances"],
+            "num_skipped": totals["skipped"],
+            "num_errors": totals["errors"],
+            "first_commit_step": self._first_commit_step,
+            "moved_experts": totals["moved_experts"] + (current.moved_experts if current else 0),
+            "bytes_moved": totals["bytes_moved"] + (current.bytes_moved if current else 0),
             "plan_time_s": [r.plan_time_s for r in self.rebalances],
             "balancer_busy_s": self.balancer.busy_s,
             "step_s": self._step_seconds(),

@@ -22,6 +22,7 @@ from eplb_rt.algorithms import warm_up
 from eplb_rt.config import EplbConfig
 from eplb_rt.models import ExpertParallelMoE, MoEConfig, expert_weights
 from eplb_rt.runtime import EplbRuntime
+from eplb_rt.runtime import runtime as runtime_module
 
 pytestmark = pytest.mark.multiprocess
 
@@ -115,6 +116,8 @@ def _rebalancing(rank: int, world: int, heat_source: str, policy: str, subproces
     warm_up([policy])  # compile numba kernels now, not against the 2-step deadline
     if policy == "rt_test_shift":
         open_gate()  # rt_test_shift does not balance: commit its every change
+        # Keep two records of each kind: the totals must still count every plan and move.
+        runtime_module.RECORDS_KEPT = 2
     # A plan made in a child process also pays the pickling round trip: give it 5 steps.
     config = _config(
         heat_source=heat_source,
@@ -140,12 +143,19 @@ def _rebalancing(rank: int, world: int, heat_source: str, policy: str, subproces
         step += 1
     stats = runtime.stats()
     runtime.shutdown()
-    assert stats["errors"] == [], stats["errors"]
+    assert stats["errors"] == [] and stats["num_errors"] == 0, stats["errors"]
     assert stats["rebalances"], stats
+    assert stats["first_commit_step"] is not None
     if policy == "rt_test_shift":
-        assert len(stats["rebalances"]) >= 5, stats
+        assert len(stats["rebalances"]) == 2 and stats["num_rebalances"] >= 5, stats
+        assert [r["epoch"] for r in stats["rebalances"]] == sorted(
+            r["epoch"] for r in stats["rebalances"]
+        )
+        assert stats["rebalances"][-1]["done_step"] >= stats["first_commit_step"]
         assert {p.is_uniform for p in history} == {True, False}  # weighted shares were served
         assert all(r["layers_committed"] for r in stats["rebalances"])
+    else:
+        assert len(stats["rebalances"]) == stats["num_rebalances"]
     # Moves reported = slots whose expert changed between consecutive committed placements.
     changed = sum(int(b.moves(a).sum()) for a, b in itertools.pairwise(history))
     assert stats["moved_experts"] == changed, (stats["moved_experts"], changed, stats["rebalances"])
