@@ -133,12 +133,15 @@ class EplbConfig:
             raise ValueError(
                 f"EplbConfig.count_steps must be one of {COUNT_STEPS}, got {self.count_steps!r}"
             )
+        # Paths only: os.path takes an int as a file descriptor (1 "exists": stdout).
+        for name in ("initial_placement", "export_dir"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise TypeError(f"EplbConfig.{name} must be a path, got {value!r}")
         if self.initial_placement is not None and not os.path.isfile(self.initial_placement):
             raise ValueError(
                 f"EplbConfig.initial_placement: no such file {self.initial_placement!r}"
             )
-        if self.export_dir is not None and not isinstance(self.export_dir, (str, os.PathLike)):
-            raise TypeError(f"EplbConfig.export_dir must be a path, got {self.export_dir!r}")
         _check_float("transfer_timeout_s", self.transfer_timeout_s, 0.0, math.inf, open_low=True)
         _check_int("num_nodes", self.num_nodes, 1)
         _check_int("num_groups", self.num_groups, 1)
