@@ -91,7 +91,7 @@ def fill_kernel_cache(tree: Path) -> None:
     # The tree first on the path (cwd for -m), so its eplb_rt is the one that runs.
     path = os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))
     done = subprocess.run(
-        [sys.executable, "-m", "eplb_rt.cli", "policies", "--warm-up"],
+        [sys.executable, "-m", "eplb_rt.cli", "policies", "--warm-up", "--portable"],
         check=False,
         cwd=tree,
         env=dict(os.environ, PYTHONPATH=path),

@@ -18,7 +18,9 @@ Run: ``PYTHONPATH=. taskset -c 0 python -m pytest benchmarks/bench_policies.py
   placement (the kernels of moves that pay); wall and CPU seconds (the compile is
   single-threaded: on a busy machine the CPU seconds are the ones to compare) and the number of
   kernels numba compiled. ``shipped``: the kernels load from the cache the build filled in the
-  package (``eplb_rt/_kernels``; ``setup.py`` or ``eplb-rt policies --warm-up``); ``jit``:
+  package (``eplb_rt/_kernels``; ``setup.py`` or ``eplb-rt policies --warm-up``); ``shipped,
+  another CPU``: the same, planned as on a CPU the build did not compile for (``NUMBA_CPU_NAME``
+  set to another CPU: the build's portable entries load); ``jit``:
   ``EPLB_RT_KERNEL_CACHE=0``, so numba compiles everything the plans run (no cache at all).
 
 On a shared machine add ``--benchmark-timer time.process_time`` (CPU time of this process).
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -139,10 +142,23 @@ def test_replan_episodes(benchmark, loads):
     )
 
 
-def _cold(policy: str, shipped: bool) -> dict:
+def another_cpu() -> str:
+    """An LLVM CPU name of this architecture that is not this machine's: a process told to
+    compile for it finds none of the build's entries for this CPU (a package built elsewhere)."""
+    from llvmlite import binding
+
+    host = binding.get_host_cpu_name()
+    arm = platform.machine() in ("aarch64", "arm64")
+    names = ("neoverse-n1", "cortex-a72") if arm else ("skylake", "haswell")
+    return next(name for name in names if name != host)
+
+
+def _cold(policy: str, shipped: bool, cpu: str | None = None) -> dict:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with tempfile.TemporaryDirectory() as cache_dir:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, EPLB_RT_KERNEL_CACHE=str(int(shipped)))
+        if cpu is not None:
+            env["NUMBA_CPU_NAME"] = cpu
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         out = subprocess.run(
             [sys.executable, "-c", COLD_SCRIPT, policy],
@@ -154,9 +170,11 @@ def _cold(policy: str, shipped: bool) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("cache", ["shipped", "jit"])
+@pytest.mark.parametrize("cache", ["shipped", "shipped, another CPU", "jit"])
 @pytest.mark.parametrize("policy", [DEFAULT, "deepseek"])
 def test_cold_start(benchmark, policy, cache):
-    """First plan in a fresh process with an empty NUMBA_CACHE_DIR."""
-    seconds = benchmark.pedantic(_cold, args=(policy, cache == "shipped"), rounds=1, iterations=1)
+    """First plan in a fresh process with an empty NUMBA_CACHE_DIR; "another CPU": the package
+    was built on a CPU other than the one that plans (its portable entries load)."""
+    shipped, cpu = cache.startswith("shipped"), another_cpu() if "another" in cache else None
+    seconds = benchmark.pedantic(_cold, args=(policy, shipped, cpu), rounds=1, iterations=1)
     benchmark.extra_info.update({k: round(v, 3) for k, v in seconds.items()})

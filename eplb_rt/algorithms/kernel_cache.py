@@ -15,10 +15,14 @@ saves every compile through the same locator, so a read-only folder cannot be us
 installed before any kernel module is imported: ``eplb_rt.algorithms`` does it first thing.
 
 An entry is valid for one source stamp, one numba version, one Python and one CPU (numba's
-index key holds the target machine): a wheel built on another CPU compiles at first use, as
-before, and saves next to the shipped entries when it can. ``EPLB_RT_KERNEL_CACHE=0`` turns the
-shipped cache off (numba's own caching then applies); ``NUMBA_CACHE_LOCATOR_CLASSES``, numba's
-own override of the locator list, also bypasses it.
+index key holds the target machine). A package is mostly built on one machine and served on
+others (a container image built in CI), so the build also compiles every kernel for
+:data:`PORTABLE_CPU`, code that any CPU of the architecture runs (:func:`portable_env`), and a
+kernel that finds no entry for its own CPU loads that one instead of compiling: tens of seconds
+of CPU at the first plan, and the GIL held through most of it. Kernels numba has no entry for at
+all compile at first use, for the CPU they run on, and save next to the shipped entries when they
+can. ``EPLB_RT_KERNEL_CACHE=0`` turns the shipped cache off (numba's own caching then applies);
+``NUMBA_CACHE_LOCATOR_CLASSES``, numba's own override of the locator list, also bypasses it.
 """
 
 from __future__ import annotations
@@ -34,8 +38,17 @@ from eplb_rt import envs
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 CACHE_FOLDER = "_kernels"
 
+PORTABLE_CPU = "generic"
+"""LLVM's name for the architecture's baseline CPU (x86-64: SSE2; AArch64: ARMv8-A)."""
+
 _installed: dict[Path, type] = {}  # package root -> its locator class
 _warned = False
+
+
+def portable_env() -> dict[str, str]:
+    """The environment under which numba compiles for :data:`PORTABLE_CPU` (no extra ISA
+    features), so that the entries it saves run on any CPU of the architecture."""
+    return {"NUMBA_CPU_NAME": PORTABLE_CPU, "NUMBA_CPU_FEATURES": ""}
 
 
 @functools.lru_cache(maxsize=64)
@@ -70,7 +83,9 @@ def source_stamp(py_file: str | os.PathLike) -> str:
 
 
 def _numba_internals():
-    """``(CacheImpl, _CacheLocator)`` from ``numba.core.caching``, or ``None`` where they moved."""
+    """``(CacheImpl, _CacheLocator, Cache)`` from ``numba.core.caching``, or ``None`` where the
+    first two moved; ``Cache`` is ``None`` where its loading is not as :func:`_load_portable`
+    expects (the shipped entries for this CPU still load)."""
     try:
         from numba.core import caching
     except ImportError:
@@ -83,7 +98,29 @@ def _numba_internals():
         or not isinstance(getattr(impl, "_locator_classes", None), list)
     ):
         return None
-    return impl, base
+    cache = getattr(caching, "Cache", None)
+    if not all(hasattr(cache, name) for name in ("_load_overload", "_index_key")):
+        cache = None
+    return impl, base, cache
+
+
+def _load_portable(load):
+    """``Cache._load_overload`` that, for a kernel of an installed package with no entry for
+    this CPU, loads the entry compiled for :data:`PORTABLE_CPU` (same signature, same code)."""
+
+    @functools.wraps(load)
+    def load_overload(self, sig, target_context):
+        data = load(self, sig, target_context)
+        if data is not None or not isinstance(self._impl.locator, tuple(_installed.values())):
+            return data
+        sig_key, machine, code = self._index_key(sig, target_context.codegen())
+        if machine[1:] == (PORTABLE_CPU, ""):
+            return None  # this process compiles for the portable CPU itself
+        data = self._cache_file.load((sig_key, (machine[0], PORTABLE_CPU, ""), code))
+        return None if data is None else self._impl.rebuild(target_context, data)
+
+    load_overload.portable = True
+    return load_overload
 
 
 def _locator_class(base: type, package_root: Path, cache_root: Path) -> type:
@@ -150,9 +187,11 @@ def install(package_root: Path = PACKAGE_ROOT, cache_root: Path | None = None) -
                 stacklevel=2,
             )
         return False
-    impl, base = internals
+    impl, base, cache = internals
     cache_root = package_root / CACHE_FOLDER if cache_root is None else Path(cache_root)
     locator = _locator_class(base, package_root, cache_root.resolve())
     impl._locator_classes.insert(0, locator)
     _installed[package_root] = locator
+    if cache is not None and not getattr(cache._load_overload, "portable", False):
+        cache._load_overload = _load_portable(cache._load_overload)
     return True

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -22,6 +23,7 @@ import pytest
 from numba import njit
 from numba.core.registry import CPUDispatcher
 
+from benchmarks.bench_policies import another_cpu
 from eplb_rt import envs
 from eplb_rt.algorithms import kernel_cache, plan
 from eplb_rt.config import EplbConfig
@@ -122,12 +124,18 @@ def test_every_kernel_caches_in_the_package_and_releases_the_gil():
 
 
 @pytest.mark.slow
-def test_fresh_process_plans_and_replans_without_compiling(tmp_path):
+@pytest.mark.parametrize("cpu", ["this CPU", "another CPU"])
+def test_fresh_process_plans_and_replans_without_compiling(tmp_path, cpu):
     """An empty NUMBA_CACHE_DIR: the default policy's first plan and first re-plan through the
-    pipeline load every kernel from the package."""
+    pipeline load every kernel from the package, also on a CPU the build did not compile for
+    (the portable entries)."""
     # Brings the package's cache up to date (a load when setup.py filled it).
-    run_fresh("eplb_rt.", f"from eplb_rt.algorithms import warm_up; warm_up([{DEFAULT!r}])",
-              tmp_path / "fill")  # fmt: skip
+    fill = f"from eplb_rt.algorithms import warm_up; warm_up([{DEFAULT!r}])"
+    run_fresh("eplb_rt.", fill, tmp_path / "fill")
+    env = {}
+    if cpu == "another CPU":
+        run_fresh("eplb_rt.", fill, tmp_path / "fill", **kernel_cache.portable_env())
+        env = {"NUMBA_CPU_NAME": another_cpu()}
     user_cache = tmp_path / "user"
     stats = run_fresh(
         "eplb_rt.",
@@ -142,6 +150,7 @@ def test_fresh_process_plans_and_replans_without_compiling(tmp_path):
                         cost=planning.CostModel(), horizon=50)
         """,
         user_cache,
+        **env,
     )
     assert stats["misses"] == 0 and stats["hits"] > 0, stats
     cache_root = kernel_cache.PACKAGE_ROOT / kernel_cache.CACHE_FOLDER
@@ -169,17 +178,23 @@ assert scaled_sum(np.arange(4.0)) == 6.0 * {scale}
 """
 
 
-@pytest.mark.slow
-def test_toy_package_hits_and_is_invalidated_by_an_edit(tmp_path):
-    """A package of its own: cached in the given folder, found again, invalidated by an edit of
-    a sibling source (not by its mtime), and numba's own cache when the folder is unusable."""
+def make_toy(tmp_path: Path) -> tuple[Path, str]:
+    """The toy package in ``tmp_path`` (``SCALE`` 2.0); returns its folder and the
+    ``PYTHONPATH`` that imports it and eplb_rt."""
     toy = tmp_path / "toy"
     toy.mkdir()
     (toy / "__init__.py").write_text("")
     (toy / "kernel.py").write_text(TOY_KERNEL)
     (toy / "consts.py").write_text("SCALE = 2.0\n")
+    return toy, os.pathsep.join([str(tmp_path), str(ROOT)])
+
+
+@pytest.mark.slow
+def test_toy_package_hits_and_is_invalidated_by_an_edit(tmp_path):
+    """A package of its own: cached in the given folder, found again, invalidated by an edit of
+    a sibling source (not by its mtime), and numba's own cache when the folder is unusable."""
+    toy, path = make_toy(tmp_path)
     cache = tmp_path / "shipped"
-    path = os.pathsep.join([str(tmp_path), str(ROOT)])
 
     def call(scale: float, cache_root: Path = cache) -> dict:
         code = TOY_CALL.format(root=str(tmp_path), cache=str(cache_root), scale=scale)
@@ -196,6 +211,29 @@ def test_toy_package_hits_and_is_invalidated_by_an_edit(tmp_path):
     stats = call(3.0, blocked / "kernels")
     assert stats["misses"] == 1
     assert Path(stats["paths"][0]).is_relative_to(tmp_path / "user"), stats
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="names x86-64 CPUs")
+def test_a_cpu_the_build_did_not_compile_for_loads_the_portable_entry(tmp_path):
+    """Built on one CPU, served on another: the toy kernel compiled for the build's CPU and for
+    the portable one is loaded on a third CPU (no compile), and compiled where neither exists."""
+    _, path = make_toy(tmp_path)
+    cache = tmp_path / "shipped"
+    code = TOY_CALL.format(root=str(tmp_path), cache=str(cache), scale=2.0)
+
+    def call(cpu: str | None) -> dict:
+        """The toy kernel's cache statistics in a process on ``cpu`` (None: this one)."""
+        env = {} if cpu is None else {"NUMBA_CPU_NAME": cpu, "NUMBA_CPU_FEATURES": ""}
+        return run_fresh("toy.", code, tmp_path / "user", pythonpath=path, **env)
+
+    assert call(None)["misses"] == 1  # the build: this CPU ...
+    assert call("nehalem")["misses"] == 1  # (another CPU, before any portable entry: compiles)
+    assert call(kernel_cache.PORTABLE_CPU)["misses"] == 1  # ... and the portable one
+    assert call(kernel_cache.PORTABLE_CPU) == {"hits": 1, "misses": 0, "paths": [str(cache)]}
+    assert call(None)["hits"] == 1  # the build's CPU keeps its own entry
+    assert call("x86-64-v2") == {"hits": 1, "misses": 0, "paths": [str(cache)]}
+    assert not any((tmp_path / "user").iterdir())
 
 
 def main_thread_coverage(work, window: float = 0.1) -> float:

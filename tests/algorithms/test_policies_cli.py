@@ -72,6 +72,11 @@ def test_score_reports_gap_to_the_bound(capsys, tmp_path, shares):
 def test_policies_warm_up_reports_every_policy(capsys):
     code, out = run(capsys, "policies", "--warm-up")
     assert code == 0
-    timed = out.split("warm-up (numba compile or cache load):\n", 1)[1].splitlines()
+    timed = out.split(" (numba compile or cache load):\n", 1)[1].splitlines()
     assert [line.split()[0] for line in timed] == policy_names()
     assert all(line.endswith(" s") and float(line.split()[1]) >= 0 for line in timed)
+
+
+def test_policies_portable_needs_warm_up(capsys):
+    assert cli.main(["policies", "--portable"]) == 2
+    assert "--portable needs --warm-up" in capsys.readouterr().err
