@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from eplb_rt.models.workload import ESFT_LAYERS
+from eplb_rt.data import ESFT_LAYERS
 
 SUMMARY_KEYS = (
     "par_mean",
@@ -147,8 +147,9 @@ def _worker(rank: int, opts: dict, out_path: str) -> None:
     import torch.distributed as dist
 
     from eplb_rt.config import EplbConfig
+    from eplb_rt.data import ESFT_EXPERTS, ESFT_TOP_K
     from eplb_rt.models import ExpertParallelMoE, MoEConfig
-    from eplb_rt.models.workload import ESFT_EXPERTS, ESFT_TOP_K, drifting_profile, routing_bias
+    from eplb_rt.models.workload import drifting_profile, routing_bias
     from eplb_rt.runtime import EplbRuntime
 
     torch.set_num_threads(1)

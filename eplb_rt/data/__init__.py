@@ -11,3 +11,6 @@ from pathlib import Path
 DATA_DIR = Path(__file__).resolve().parent
 ESFT_DIR = DATA_DIR / "esft_vanilla_lite"
 ESFT_TASKS = ("intent", "law", "summary", "translation")
+ESFT_LAYERS = 26  # MoE layers of ESFT-vanilla-lite (DeepSeek-V2-Lite)
+ESFT_EXPERTS = 64  # routed experts per layer
+ESFT_TOP_K = 6  # experts per token

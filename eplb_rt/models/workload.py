@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from eplb_rt.data import ESFT_DIR, ESFT_TASKS
-
-ESFT_LAYERS = 26
-ESFT_EXPERTS = 64
-ESFT_TOP_K = 6
+from eplb_rt.data import ESFT_DIR, ESFT_EXPERTS, ESFT_LAYERS, ESFT_TASKS
 
 
 def load_esft_counts() -> dict[str, np.ndarray]:
