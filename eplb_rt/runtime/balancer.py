@@ -41,6 +41,10 @@ from eplb_rt.runtime.recorder import heat_to_load
 
 log = logging.getLogger("eplb_rt.runtime")
 
+WARM_UP_COMPILED_S = 10.0
+"""A warm-up this long compiled kernels: a load from the package's cache takes about a second
+(BENCHMARKS.md, "Cold start"), compiling the default policy about a minute."""
+
 # Status codes broadcast in a plan header.
 PLAN_OK, PLAN_UNCHANGED, PLAN_FAILED, PLAN_LATE = 0, 1, 2, 3
 STATUS_NAMES = {
@@ -127,6 +131,13 @@ def placement_digest(placement: Placement | None) -> int:
     return zlib.crc32(data) & 0x7FFFFFFF
 
 
+def timed_warm_up(policy: str) -> float:
+    """Seconds to compile or load ``policy``'s kernels (in the process that plans)."""
+    started = time.perf_counter()
+    registry.warm_up([policy])
+    return time.perf_counter() - started
+
+
 class Balancer:
     """Background planning for one ``EplbRuntime``.
 
@@ -209,13 +220,15 @@ class Balancer:
                 start = Placement.initial(self._num_layers, self.num_experts, self.topology)
                 args = (self.config.policy, flat, self.topology, start, self.config.policy_options)
                 if self._pool is not None:
-                    self._pool.submit(registry.warm_up, [self.config.policy]).result()
+                    seconds = self._pool.submit(timed_warm_up, self.config.policy).result()
                     self._pool.submit(registry.plan, *args).result()
                 else:
-                    registry.warm_up([self.config.policy])
+                    seconds = timed_warm_up(self.config.policy)
                     registry.plan(*args)
             except Exception:
                 log.exception("policy %s warm-up failed", self.config.policy)
+            else:
+                self._report_warm_up(seconds)
         self.ready.set()
         while True:
             job = self._jobs.get()
@@ -231,6 +244,22 @@ class Balancer:
                 log.exception("balancer job failed")
             finally:
                 self._jobs.task_done()
+
+    def _report_warm_up(self, seconds: float) -> None:
+        """A warm-up that took long compiled the kernels: the package's cache had no entry for
+        this numba and Python (its CPU is covered by the build's portable entries). Say how to
+        avoid it, once, at start."""
+        if seconds < WARM_UP_COMPILED_S:
+            log.info("policy %s warmed up in %.2f s", self.config.policy, seconds)
+            return
+        log.warning(
+            "policy %s warmed up in %.1f s: its numba kernels were compiled, not loaded from "
+            "the package's kernel cache (built with another numba or Python, or its folder is "
+            "not writable); run 'eplb-rt policies --warm-up' once where the package is "
+            "installed (e.g. in the serving image) so that every process loads them",
+            self.config.policy,
+            seconds,
+        )
 
     def _run(self, job: Job) -> PlanResult:
         job.event.synchronize()

@@ -142,6 +142,22 @@ def test_shutdown_waits_for_the_warm_up(monkeypatch):
     assert time.perf_counter() - started >= 0.25
 
 
+@pytest.mark.parametrize(("seconds", "level"), [(0.0, logging.INFO), (60.0, logging.WARNING)])
+def test_a_warm_up_that_compiled_says_how_to_avoid_it(monkeypatch, caplog, seconds, level):
+    """Loaded from the package's cache, the warm-up is one info line; a long one (kernels
+    compiled: another numba or Python than the build's) is a warning with the fix."""
+    from eplb_rt.runtime import balancer as balancer_module
+
+    monkeypatch.setattr(balancer_module, "timed_warm_up", lambda policy: seconds)
+    with caplog.at_level(logging.INFO, logger="eplb_rt.runtime"):
+        balancer = _balancer(warm_up=True)
+        assert balancer.ready.wait(30)
+        balancer.shutdown()
+    records = [r for r in caplog.records if "warmed up" in r.getMessage()]
+    assert [r.levelno for r in records] == [level]
+    assert ("eplb-rt policies --warm-up" in records[0].getMessage()) == (level == logging.WARNING)
+
+
 def test_results_are_kept_until_discarded():
     start = planning.starting_placement(L, E, TOPO)
     balancer = _balancer()
