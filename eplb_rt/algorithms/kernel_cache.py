@@ -10,8 +10,11 @@ numba picks one cache locator per kernel when the kernel is decorated, trying th
 ``CacheImpl._locator_classes`` in order (``NUMBA_CACHE_DIR`` first, then ``__pycache__``, then a
 user-wide folder). The locator registered here goes first so that a user's empty or foreign
 ``NUMBA_CACHE_DIR`` does not hide the shipped entries; it declines (and numba's own locators
-take over) for files outside the package, or when the package folder is not writable (numba
-saves every compile through the same locator, so a read-only folder cannot be used). It must be
+take over) for files outside the package, or when the cache folder is not writable (numba
+saves every compile through the same locator, so a read-only folder cannot be used). A package
+installed by another user (root in a container image, served by an unprivileged user) has a
+read-only cache folder: :func:`install` then uses a copy of it in the user's cache
+(:func:`writable_root`), so the shipped entries still load. It must be
 installed before any kernel module is imported: ``eplb_rt.algorithms`` does it first thing.
 
 An entry is valid for one source stamp, one numba version, one Python and one CPU (numba's
@@ -30,6 +33,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -80,6 +85,50 @@ def source_stamp(py_file: str | os.PathLike) -> str:
             st = entry.stat()
             files.append((entry.path, st.st_mtime_ns, st.st_size))
     return _hash_files(tuple(files))
+
+
+def _writable(folder: Path) -> bool:
+    """Whether this process can create files in ``folder`` and in each folder below it."""
+    try:
+        for path in (folder, *(p for p in folder.rglob("*") if p.is_dir())):
+            tempfile.TemporaryFile(dir=path).close()
+    except OSError:
+        return False
+    return True
+
+
+def user_cache_root() -> Path:
+    """Where copies of read-only shipped caches go: ``$XDG_CACHE_HOME/eplb_rt`` (default
+    ``~/.cache/eplb_rt``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "eplb_rt"
+
+
+def writable_root(shipped: Path) -> Path:
+    """``shipped``, or where it cannot be written, a copy of it in :func:`user_cache_root`
+    named by its contents, made once (renamed into place whole, so processes that start
+    together do not see a partial copy): a read-only install still loads the shipped entries
+    and saves what it compiles. ``shipped`` again where no copy can be made (numba's own
+    locators then take over, as before)."""
+    if not shipped.is_dir() or _writable(shipped):
+        return shipped
+    try:
+        files = sorted(p for p in shipped.rglob("*") if p.is_file())
+        listing = "\n".join(
+            f"{p.relative_to(shipped)}\0{p.stat().st_size}\0{p.stat().st_mtime_ns}" for p in files
+        )
+        copy = user_cache_root() / f"kernels-{hashlib.sha256(listing.encode()).hexdigest()[:16]}"
+        if not copy.is_dir():
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(dir=copy.parent, prefix=f"{copy.name}."))
+            try:
+                shutil.copytree(shipped, staging, dirs_exist_ok=True)
+                os.rename(staging, copy)
+            except OSError:  # another process renamed its copy first, or the copy failed
+                shutil.rmtree(staging, ignore_errors=True)
+        return copy if _writable(copy) else shipped
+    except OSError:
+        return shipped
 
 
 def _numba_internals():
@@ -189,7 +238,7 @@ def install(package_root: Path = PACKAGE_ROOT, cache_root: Path | None = None) -
         return False
     impl, base, cache = internals
     cache_root = package_root / CACHE_FOLDER if cache_root is None else Path(cache_root)
-    locator = _locator_class(base, package_root, cache_root.resolve())
+    locator = _locator_class(base, package_root, writable_root(cache_root.resolve()))
     impl._locator_classes.insert(0, locator)
     _installed[package_root] = locator
     if cache is not None and not getattr(cache._load_overload, "portable", False):

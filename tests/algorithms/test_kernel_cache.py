@@ -236,6 +236,32 @@ def test_a_cpu_the_build_did_not_compile_for_loads_the_portable_entry(tmp_path):
     assert not any((tmp_path / "user").iterdir())
 
 
+@pytest.mark.slow
+def test_a_read_only_install_loads_the_shipped_entries_from_a_copy(tmp_path):
+    """Installed by another user, the shipped folder is read-only: the entries load from a
+    copy in the user's cache, made once, and nothing is written to the shipped folder."""
+    _, path = make_toy(tmp_path)
+    shipped, xdg = tmp_path / "shipped", tmp_path / "xdg"
+    code = TOY_CALL.format(root=str(tmp_path), cache=str(shipped), scale=2.0)
+    assert run_fresh("toy.", code, tmp_path / "user", pythonpath=path)["misses"] == 1  # the build
+    before = sorted(p.name for p in shipped.rglob("*"))
+    # Tests run as root, who may write anywhere: the shipped folder is declared read-only.
+    read_only = f"""
+from pathlib import Path
+from eplb_rt.algorithms import kernel_cache
+writable = kernel_cache._writable
+kernel_cache._writable = lambda folder: folder != Path({str(shipped)!r}) and writable(folder)
+"""
+    for _ in range(2):
+        stats = run_fresh(
+            "toy.", read_only + code, tmp_path / "user", pythonpath=path, XDG_CACHE_HOME=str(xdg)
+        )
+        (copy,) = (xdg / "eplb_rt").iterdir()
+        assert stats == {"hits": 1, "misses": 0, "paths": [str(copy)]}
+    assert sorted(p.name for p in shipped.rglob("*")) == before
+    assert not any((tmp_path / "user").iterdir())
+
+
 def main_thread_coverage(work, window: float = 0.1) -> float:
     """Runs ``work`` in a thread; the fraction of its wall time in which the main thread ran
     Python at least once every ``window`` seconds (near 1 when ``work`` releases the GIL)."""
