@@ -127,7 +127,7 @@ def writable_root(shipped: Path) -> Path:
             except OSError:  # another process renamed its copy first, or the copy failed
                 shutil.rmtree(staging, ignore_errors=True)
         return copy if _writable(copy) else shipped
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: no home folder to put the copy in
         return shipped
 
 

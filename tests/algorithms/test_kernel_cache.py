@@ -262,6 +262,26 @@ kernel_cache._writable = lambda folder: folder != Path({str(shipped)!r}) and wri
     assert not any((tmp_path / "user").iterdir())
 
 
+def test_a_read_only_cache_without_a_home_folder_is_used_as_it_is(tmp_path, monkeypatch):
+    """No user cache to copy into (no HOME, no XDG_CACHE_HOME): the shipped folder is returned
+    and numba's own locators decide, as before; importing never fails on it."""
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "k.nbi").write_bytes(b"")
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(kernel_cache, "_writable", lambda folder: folder != shipped)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    assert kernel_cache.writable_root(shipped) == shipped
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    copy = kernel_cache.writable_root(shipped)
+    assert copy.parent == tmp_path / "xdg" / "eplb_rt" and (copy / "k.nbi").is_file()
+    assert kernel_cache.writable_root(shipped) == copy
+
+
 def main_thread_coverage(work, window: float = 0.1) -> float:
     """Runs ``work`` in a thread; the fraction of its wall time in which the main thread ran
     Python at least once every ``window`` seconds (near 1 when ``work`` releases the GIL)."""
