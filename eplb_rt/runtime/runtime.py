@@ -66,6 +66,18 @@ ones. A server runs for weeks at a plan per interval, and a record per plan kept
 grow its memory (and each ``stats()`` call) without bound; the totals count every one."""
 
 
+class Recent(collections.deque):
+    """The last :data:`RECORDS_KEPT` records appended, and ``total``: how many were, in all."""
+
+    def __init__(self) -> None:
+        super().__init__(maxlen=RECORDS_KEPT)
+        self.total = 0
+
+    def append(self, record) -> None:
+        super().append(record)
+        self.total += 1
+
+
 @dataclasses.dataclass
 class Rebalance:
     """What one agreed plan did (``stats()["rebalances"]``)."""
@@ -203,13 +215,11 @@ class EplbRuntime:
         self._target_uniform = np.ones(num_layers, dtype=bool)
         self._in_flight: list[Transfer] = []
         self._current: Rebalance | None = None
-        self.rebalances: collections.deque[Rebalance] = collections.deque(maxlen=RECORDS_KEPT)
-        self.skipped: collections.deque[dict] = collections.deque(maxlen=RECORDS_KEPT)
-        self.errors: collections.deque[str] = collections.deque(maxlen=RECORDS_KEPT)
-        # Totals over the runtime's life (the records above keep only the recent ones).
-        self._totals = dict.fromkeys(
-            ("rebalances", "skipped", "errors", "moved_experts", "bytes_moved"), 0
-        )
+        self.rebalances = Recent()  # of Rebalance
+        self.skipped = Recent()  # of {"epoch", "step", "reason"}
+        self.errors = Recent()  # of str
+        # Over the runtime's life (the records above keep only the recent ones).
+        self._moved_experts = self._bytes_moved = 0
         self._first_commit_step: int | None = None
         self._closed = False
         self._step_clock: list[float] = []  # host time of recent step() calls
@@ -435,16 +445,11 @@ class EplbRuntime:
 
     def _skip(self, job: Job, step: int, reason: str, error: bool = False) -> None:
         self.skipped.append({"epoch": job.epoch, "step": step, "reason": reason})
-        self._totals["skipped"] += 1
         if error:
-            self._error(f"plan {job.epoch}: {reason}")
+            self.errors.append(f"plan {job.epoch}: {reason}")
             log.warning("plan %d skipped at step %d: %s", job.epoch, step, reason)
         else:
             log.info("plan %d skipped at step %d: %s", job.epoch, step, reason)
-
-    def _error(self, message: str) -> None:
-        self.errors.append(message)
-        self._totals["errors"] += 1
 
     def _start_next(self) -> None:
         previous = None
@@ -463,7 +468,7 @@ class EplbRuntime:
             layer = transfer.migration.layer
             if not ok:
                 reason = error or "a transfer failed on another rank"
-                self._error(
+                self.errors.append(
                     f"plan {rebalance.epoch}: {reason}; layer {layer} keeps its old placement"
                 )
                 log.warning("plan %d: layer %d not committed: %s", rebalance.epoch, layer, reason)
@@ -505,10 +510,8 @@ class EplbRuntime:
         self._target_rows = []
         rebalance.done_step = step
         self.rebalances.append(rebalance)
-        totals = self._totals
-        totals["rebalances"] += 1
-        totals["moved_experts"] += rebalance.moved_experts
-        totals["bytes_moved"] += rebalance.bytes_moved
+        self._moved_experts += rebalance.moved_experts
+        self._bytes_moved += rebalance.bytes_moved
         if rebalance.layers_committed and self._first_commit_step is None:
             self._first_commit_step = step
         self._fitted = self._fitted or bool(rebalance.layers_committed)
@@ -540,7 +543,6 @@ class EplbRuntime:
         (``num_rebalances``, ``num_skipped``, ``num_errors``); the moves committed so far; the
         step at which the first plan committed a layer (``None`` before)."""
         current = self._current
-        totals = self._totals
         return {
             "steps": self.recorder.host_step,
             "epochs": self._epoch,
@@ -548,12 +550,12 @@ class EplbRuntime:
             "in_progress": None if current is None else dataclasses.asdict(current),
             "skipped": list(self.skipped),
             "errors": list(self.errors),
-            "num_rebalances": totals["rebalances"],
-            "num_skipped": totals["skipped"],
-            "num_errors": totals["errors"],
+            "num_rebalances": self.rebalances.total,
+            "num_skipped": self.skipped.total,
+            "num_errors": self.errors.total,
             "first_commit_step": self._first_commit_step,
-            "moved_experts": totals["moved_experts"] + (current.moved_experts if current else 0),
-            "bytes_moved": totals["bytes_moved"] + (current.bytes_moved if current else 0),
+            "moved_experts": self._moved_experts + (current.moved_experts if current else 0),
+            "bytes_moved": self._bytes_moved + (current.bytes_moved if current else 0),
             "plan_time_s": [r.plan_time_s for r in self.rebalances],
             "balancer_busy_s": self.balancer.busy_s,
             "step_s": self._step_seconds(),
