@@ -114,9 +114,8 @@ def writable_root(shipped: Path) -> Path:
         return shipped
     try:
         files = sorted(p for p in shipped.rglob("*") if p.is_file())
-        listing = "\n".join(
-            f"{p.relative_to(shipped)}\0{p.stat().st_size}\0{p.stat().st_mtime_ns}" for p in files
-        )
+        stats = [(p.relative_to(shipped), p.stat()) for p in files]
+        listing = "\n".join(f"{name}\0{st.st_size}\0{st.st_mtime_ns}" for name, st in stats)
         copy = user_cache_root() / f"kernels-{hashlib.sha256(listing.encode()).hexdigest()[:16]}"
         if not copy.is_dir():
             copy.parent.mkdir(parents=True, exist_ok=True)
