@@ -1,11 +1,13 @@
 """Fetch the serving engines' released wheels and unpack their EPLB modules into a cache.
 
-    python scripts/fetch_peers.py [vllm vllm-ascend sglang]
+    python scripts/fetch_peers.py [vllm vllm-ascend sglang | NAME==VERSION ...]
 
 Each wheel is fetched with ``pip download --no-deps`` (a pinned version, x86_64, CPython 3.11)
 into ``.cache/peers/`` (ignored by git); only the EPLB modules the tests and
 ``benchmarks/bench_peers.py`` import are unpacked, into ``.cache/peers/<name>-<version>/``, and
-the wheel is deleted. Nothing is installed and no engine code enters the repository. Tests
+the wheel is deleted. :data:`VERSIONS` lists the releases the integration tests run against:
+the newest (what the benchmarks compare with) and, per engine, the oldest release of each
+interface the adapters speak. Nothing is installed and no engine code enters the repository. Tests
 import those modules with small stubs of the engines' runtime imports and skip, with the reason,
 when a wheel cannot be had (no index, no network).
 """
@@ -19,11 +21,21 @@ from pathlib import Path
 
 CACHE = Path(__file__).resolve().parents[1] / ".cache" / "peers"
 
-# name -> (version, members of the wheel to unpack: folders end with "/")
+# name -> members of the wheel to unpack (folders end with "/")
 PEERS = {
-    "vllm": ("0.33.0", ("vllm/distributed/eplb/policy/", "vllm/plugins/__init__.py")),
-    "vllm-ascend": ("0.26.0rc1", ("vllm_ascend/eplb/",)),
-    "sglang": ("0.5.23", ("sglang/srt/eplb/", "sglang/srt/plugins/__init__.py")),
+    "vllm": ("vllm/distributed/eplb/policy/", "vllm/plugins/__init__.py"),
+    "vllm-ascend": ("vllm_ascend/eplb/",),
+    "sglang": ("sglang/srt/eplb/", "sglang/srt/plugins/__init__.py"),
+}
+# name -> releases tested, newest first: the newest and the oldest of each interface. vLLM: a
+# policy registry since 0.13; up to 0.18 a policy returns three maps (0.13 without the table in
+# force), from 0.19 phy2log alone. vllm-ascend: up to 0.13 its factory takes (type, config), by
+# 0.23 the type alone (0.23 is the newest stable release). SGLang: plugins since 0.5.11; up to
+# 0.5.18 the expert-location code takes the server arguments, from 0.5.19 a runtime context.
+VERSIONS = {
+    "vllm": ("0.33.0", "0.18.1", "0.13.0"),
+    "vllm-ascend": ("0.26.0rc1", "0.23.0", "0.13.0"),
+    "sglang": ("0.5.23", "0.5.11"),
 }
 PIP_TARGET = [
     "--only-binary",
@@ -41,14 +53,22 @@ PIP_TARGET = [
     "--platform",
     "manylinux_2_34_x86_64",
     "--platform",
+    "manylinux_2_31_x86_64",
+    "--platform",
     "manylinux_2_28_x86_64",
+    "--platform",
+    "manylinux_2_24_x86_64",
+    "--platform",
+    "manylinux_2_17_x86_64",
 ]
 
 
-def fetch(name: str, timeout_s: float = 900) -> Path:
-    """The folder to put on ``sys.path`` for peer ``name``; raises ``RuntimeError`` saying why
-    when its wheel cannot be downloaded or lacks the expected modules."""
-    version, members = PEERS[name]
+def fetch(name: str, version: str | None = None, timeout_s: float = 900) -> Path:
+    """The folder to put on ``sys.path`` for peer ``name`` at ``version`` (default: the newest
+    of :data:`VERSIONS`); raises ``RuntimeError`` saying why when its wheel cannot be
+    downloaded or lacks the expected modules."""
+    members = PEERS[name]
+    version = version or VERSIONS[name][0]
     root = CACHE / f"{name}-{version}"
     done = root / ".complete"  # holds the members unpacked: a changed list unpacks again
     if done.exists() and done.read_text() == repr(members):
@@ -88,13 +108,16 @@ def fetch(name: str, timeout_s: float = 900) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Fetch every tested release of the engines named (all by default), or ``NAME==VERSION``."""
     status = 0
-    for name in argv or list(PEERS):
-        try:
-            print(f"{name}: {fetch(name)}")
-        except (RuntimeError, KeyError) as err:
-            print(f"{name}: {err}", file=sys.stderr)
-            status = 1
+    for arg in argv or list(PEERS):
+        name, _, pinned = arg.partition("==")
+        for version in [pinned] if pinned else VERSIONS.get(name, [""]):
+            try:
+                print(f"{name} {version}: {fetch(name, version)}")
+            except (RuntimeError, KeyError) as err:
+                print(f"{name} {version}: {err}", file=sys.stderr)
+                status = 1
     return status
 
 

@@ -1,6 +1,6 @@
 """SGLang: ``eplb_algorithms.rebalance_experts`` over an eplb_rt policy, and the plugin.
 
-SGLang (0.5.23) plans in ``ExpertLocationMetadata.init_by_eplb`` (at start from an
+SGLang (0.5.11 to 0.5.23) plans in ``ExpertLocationMetadata.init_by_eplb`` (at start from an
 ``--init-expert-location`` ``{"logical_count": ...}`` file, and on every ``--enable-eplb``
 rebalance) by calling ``sglang.srt.eplb.eplb_algorithms.rebalance_experts``. The
 ``sglang.srt.plugins`` entry point ``eplb_rt`` (:func:`register`) replaces that function with

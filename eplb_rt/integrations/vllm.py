@@ -1,18 +1,25 @@
 """vLLM: an ``AbstractEplbPolicy`` that runs an eplb_rt policy, and the plugin that selects it.
 
-vLLM (0.33) looks its EPLB policy up in ``vllm.distributed.eplb.policy.EPLB_POLICIES`` by
-``--eplb-config '{"policy": "default"}'`` (the only value its config accepts) and calls the
+vLLM (0.13 to 0.33) looks its EPLB policy up in ``vllm.distributed.eplb.policy.EPLB_POLICIES``
+by ``--eplb-config '{"policy": "default"}'`` (the only value its config accepts) and calls the
 class's ``rebalance_experts`` on the host. The ``vllm.general_plugins`` entry point ``eplb_rt``
 (:func:`register`), which vLLM runs in every process, puts :class:`EplbRtPolicy` under that key
 when ``EPLB_RT_POLICY`` names an eplb_rt policy; unset, vLLM is left as it is. Inside
 vllm-ascend (a vLLM platform plugin) the same entry point also selects eplb_rt there (see
 :mod:`eplb_rt.integrations.vllm_ascend`).
+
+Up to vLLM 0.18 a policy returns three maps (``phy2log``, ``log2phy``, ``logcnt``) on the load's
+device; from 0.19 only ``phy2log``, on the host. :func:`register` reads which from the return
+annotation of vLLM's ``AbstractEplbPolicy.rebalance_experts``. vLLM 0.12 and older have no
+policy registry: there only vllm-ascend's EPLB can be replaced.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
+import typing
 
 import numpy as np
 
@@ -33,6 +40,7 @@ class EplbRtPolicy:
 
     policy: str | None = None
     options: dict | None = None
+    returns_maps: bool = False  # vLLM <= 0.18: (phy2log, log2phy, logcnt) on the load's device
 
     @classmethod
     def rebalance_experts(  # noqa: PLR0917 (vLLM's signature)
@@ -45,6 +53,10 @@ class EplbRtPolicy:
         old_global_expert_indices=None,
     ):
         """``weight [L, E]`` tokens per logical expert -> ``phy2log [L, num_replicas]`` int64.
+
+        With :attr:`returns_maps`, vLLM 0.13-0.18's triple instead: ``phy2log``, ``log2phy
+        [L, E, num_replicas - E + 1]`` (slots of each expert, ``-1`` padded) and ``logcnt
+        [L, E]``, all int64 on ``weight``'s device.
 
         ``old_global_expert_indices`` is the ``[L, num_replicas]`` ``phy2log`` in force: experts
         that stay on a rank keep their slot, and a layer is re-placed only when that lowers its
@@ -76,13 +88,34 @@ class EplbRtPolicy:
             policy=policy_name(cls.policy),
             options=cls.options,
         )
-        return torch.from_numpy(placement.phy2log.astype(np.int64))
+        maps = [placement.phy2log]
+        if cls.returns_maps:
+            width = num_replicas - placement.num_experts + 1  # as vLLM's own policy returns
+            maps += [placement.log2phy(width), placement.logcnt]
+        tensors = [torch.from_numpy(m.astype(np.int64)) for m in maps]
+        if not cls.returns_maps:
+            return tensors[0]
+        device = getattr(weight, "device", "cpu")
+        return tuple(t.to(device) for t in tensors)
 
 
-def policy_class(policy: str | None = None, options: dict | None = None) -> type[EplbRtPolicy]:
-    """A subclass of :class:`EplbRtPolicy` bound to ``policy`` (checked now) and ``options``."""
+def policy_class(
+    policy: str | None = None, options: dict | None = None, *, returns_maps: bool = False
+) -> type[EplbRtPolicy]:
+    """A subclass of :class:`EplbRtPolicy` bound to ``policy`` (checked now) and ``options``;
+    ``returns_maps`` for vLLM 0.13-0.18 (see :meth:`EplbRtPolicy.rebalance_experts`)."""
     name = policy_name(policy)
-    return type(f"EplbRt_{name}", (EplbRtPolicy,), {"policy": name, "options": options})
+    attrs = {"policy": name, "options": options, "returns_maps": returns_maps}
+    return type(f"EplbRt_{name}", (EplbRtPolicy,), attrs)
+
+
+def returns_maps(abstract: type) -> bool:
+    """Whether vLLM's ``AbstractEplbPolicy`` (``abstract``) wants the three maps back: its
+    ``rebalance_experts`` is annotated ``-> tuple[...]`` up to vLLM 0.18, ``-> Tensor`` after."""
+    returned = inspect.signature(abstract.rebalance_experts).return_annotation
+    if isinstance(returned, str):  # postponed annotations
+        return returned.replace(" ", "").lower().startswith(("tuple[", "typing.tuple["))
+    return typing.get_origin(returned) is tuple
 
 
 def register() -> None:
@@ -91,10 +124,21 @@ def register() -> None:
     name = envs.get("EPLB_RT_POLICY")
     if not name:
         return
-    from vllm.distributed.eplb import policy as vllm_policy
-
-    vllm_policy.EPLB_POLICIES["default"] = policy_class(name)
-    if importlib.util.find_spec("vllm_ascend") is None:
+    has_ascend = importlib.util.find_spec("vllm_ascend") is not None
+    try:
+        from vllm.distributed.eplb import policy as vllm_policy
+    except ImportError as err:
+        if not has_ascend:
+            raise RuntimeError(
+                f"EPLB_RT_POLICY={name} needs vLLM's EPLB policy registry "
+                f"(vllm.distributed.eplb.policy, vLLM >= 0.13), which this vLLM lacks ({err}); "
+                "upgrade vLLM or unset EPLB_RT_POLICY"
+            ) from None
+        log.warning("vLLM has no EPLB policy registry (%s); only vllm-ascend's is replaced", err)
+    else:
+        maps = returns_maps(vllm_policy.AbstractEplbPolicy)
+        vllm_policy.EPLB_POLICIES["default"] = policy_class(name, returns_maps=maps)
+    if not has_ascend:
         return
     from eplb_rt.integrations import vllm_ascend
 

@@ -1,9 +1,10 @@
 """vllm-ascend: an ``EplbPolicy`` for its dynamic EPLB that runs an eplb_rt policy.
 
-vllm-ascend (0.26) builds its policy with ``PolicyFactory.generate_policy(eplb_policy_type)``
-in the EPLB worker and calls ``rebalance_experts(current_expert_table, expert_workload)``;
-the worker then rejects, layer by layer, a table that loses an expert, puts two replicas of
-one expert on a rank, or moves an expert between slots of one rank. :func:`install` (run by
+vllm-ascend (0.13 to 0.26) builds its policy with ``PolicyFactory.generate_policy
+(eplb_policy_type)`` (``(policy_type, config)`` up to 0.13) in the EPLB worker and calls
+``rebalance_experts(current_expert_table, expert_workload)``; the worker then rejects, layer by
+layer, a table that loses an expert, puts two replicas of one expert on a rank, or moves an
+expert between slots of one rank. :func:`install` (run by
 the ``vllm.general_plugins`` entry point when ``EPLB_RT_POLICY`` is set) makes the factory
 return :class:`EplbRtAscendPolicy` whatever ``eplb_policy_type`` says. There a bad input is
 logged and the table in force returned unchanged: an exception would end vllm-ascend's EPLB
@@ -136,7 +137,8 @@ def install(policy: str | None = None, options: dict | None = None) -> None:
 
     name = policy_name(policy)
 
-    def generate_policy(policy_type: int) -> EplbRtAscendPolicy:
+    def generate_policy(policy_type: int, config: object = None) -> EplbRtAscendPolicy:
+        # ``config`` (vllm-ascend <= 0.13's DynamicConfig) holds nothing a plan needs
         return EplbRtAscendPolicy(name, options, keep_on_error=True)
 
     PolicyFactory.generate_policy = staticmethod(generate_policy)

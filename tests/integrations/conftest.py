@@ -11,36 +11,46 @@ import pytest
 from benchmarks import traces
 from eplb_rt.algorithms import metrics
 from eplb_rt.placement import Placement, Topology
+from scripts.fetch_peers import VERSIONS
 from tests.integrations.peers import open_peer
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
-def _peer(name: str):
+# Module scope: one release of an engine is imported at a time (the releases share module
+# names), and each module's tests run release by release.
+def _peer(name: str, version: str | None = None):
     try:
-        with open_peer(name) as modules:
+        with open_peer(name, version) as modules:
             yield modules
     except RuntimeError as err:
-        pytest.skip(f"{name} cannot be fetched: {err}")
+        pytest.skip(f"{name} {version or ''} cannot be fetched: {err}")
 
 
-@pytest.fixture(scope="session")
-def ascend():
-    """vllm-ascend 0.26's policies, EPLB worker and expert-map utilities."""
+@pytest.fixture(scope="module", params=VERSIONS["vllm-ascend"])
+def ascend(request):
+    """vllm-ascend's policies, EPLB worker and expert-map utilities, once per tested release."""
+    yield from _peer("vllm-ascend", request.param)
+
+
+@pytest.fixture(scope="module")
+def ascend_newest():
+    """The newest tested vllm-ascend (its FlashLB is the one ours is compared with)."""
     yield from _peer("vllm-ascend")
 
 
-@pytest.fixture(scope="session")
-def vllm():
-    """vLLM 0.33's EPLB policy package."""
-    yield from _peer("vllm")
+@pytest.fixture(scope="module", params=VERSIONS["vllm"])
+def vllm(request):
+    """vLLM's EPLB policy package and plugin loader, once per tested release."""
+    yield from _peer("vllm", request.param)
 
 
-@pytest.fixture(scope="session")
-def sglang():
-    """SGLang 0.5.23's EPLB algorithms and expert-location loader; tests set attributes of
-    ``sglang.runtime`` (what its stubbed ``runtime_context`` getters return)."""
-    yield from _peer("sglang")
+@pytest.fixture(scope="module", params=VERSIONS["sglang"])
+def sglang(request):
+    """SGLang's EPLB algorithms, expert-location loader and plugin loader, once per tested
+    release; tests set attributes of ``sglang.runtime`` (what the stubbed ``runtime_context``
+    getters return from 0.5.19 on)."""
+    yield from _peer("sglang", request.param)
 
 
 # ------------------------------------------------------------------- shipped traces, shapes

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import re
 import sys
 import types
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from typing import Literal
 
 import torch
 
-from scripts.fetch_peers import fetch
+from scripts.fetch_peers import VERSIONS, fetch
 
 STUB_LOGGER = logging.getLogger("engine_stub")
 
@@ -37,6 +38,8 @@ def _stubs(name: str, runtime: SimpleNamespace) -> tuple[dict[str, dict], list[s
                 "determine_expert_map": None
             },
             "vllm_ascend.distributed.parallel_state": {"get_dynamic_eplb_group": _no_group},
+            "vllm_ascend.envs": {},  # <= 0.13
+            "networkx": {},  # <= 0.13's worker, for a transfer plan the tests do not make
             "torch_npu": {},
         }
         mods = ["policy.policy_factory", "policy.policy_flashlb", "eplb_worker", "eplb_utils"]
@@ -67,13 +70,15 @@ def _stubs(name: str, runtime: SimpleNamespace) -> tuple[dict[str, dict], list[s
 
 
 @contextlib.contextmanager
-def open_peer(name: str) -> Iterator[SimpleNamespace]:
-    """Import peer ``name``'s EPLB modules; yields them by last name (and, for SGLang,
-    ``runtime``: the namespace its stubbed ``runtime_context`` getters read attributes of).
+def open_peer(name: str, version: str | None = None) -> Iterator[SimpleNamespace]:
+    """Import peer ``name``'s EPLB modules at ``version`` (default: the newest tested); yields
+    them by last name, with ``version`` (a tuple of ints) and, for SGLang, ``runtime``: the
+    namespace its stubbed ``runtime_context`` getters read attributes of.
 
     Raises ``RuntimeError`` when the wheel cannot be had. Every module added is removed after.
     """
-    root = fetch(name)
+    version = version or VERSIONS[name][0]
+    root = fetch(name, version)
     runtime = SimpleNamespace()
     stubs, modules = _stubs(name, runtime)
     before = dict(sys.modules)
@@ -95,10 +100,15 @@ def open_peer(name: str) -> Iterator[SimpleNamespace]:
                 sys.modules[mod] = before[mod]
             else:
                 del sys.modules[mod]
-        yield SimpleNamespace(runtime=runtime, **found)
+        numbers = tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+        yield SimpleNamespace(runtime=runtime, version=numbers, **found)
     finally:
+        # Only the engine's packages go: libraries they loaded (scipy, numpy.fft) stay, since a
+        # C extension cannot be loaded twice in one process and the next release needs them.
         sys.path.remove(str(root))
+        engine = {m.split(".")[0] for m in [*modules, *stubs]}
         for mod in set(sys.modules) - set(before):
-            del sys.modules[mod]
+            if mod.split(".")[0] in engine:
+                del sys.modules[mod]
         if npu is not None:
             del torch.npu

@@ -53,9 +53,8 @@ def test_fetch_says_why_when_a_wheel_cannot_be_had(monkeypatch, tmp_path):
     from scripts import fetch_peers
 
     monkeypatch.setattr(fetch_peers, "CACHE", tmp_path)
-    monkeypatch.setitem(fetch_peers.PEERS, "sglang", ("0.0.0", ("sglang/srt/eplb/",)))
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # as on a machine without the index
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
     with pytest.raises(RuntimeError, match=r"cannot download sglang==0\.0\.0: .+"):
-        fetch_peers.fetch("sglang")
+        fetch_peers.fetch("sglang", "0.0.0")
     assert not (tmp_path / "sglang-0.0.0").exists()

@@ -50,8 +50,8 @@ CASES = _cases()
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the original's np.array(tensor)
 @pytest.mark.parametrize(("name", "train", "test", "topology"), CASES, ids=[c[0] for c in CASES])
-def test_flashlb_gives_the_originals_par(ascend, name, train, test, topology):
-    theirs = _original(ascend, train, topology)
+def test_flashlb_gives_the_originals_par(ascend_newest, name, train, test, topology):
+    theirs = _original(ascend_newest, train, topology)
     ours = plan("flashlb", train, topology).phy2log
     # The same placements up to rank and slot order: equal PAR on every load, layer by layer.
     np.testing.assert_allclose(_par(ours, train, topology), _par(theirs, train, topology), 1e-9)

@@ -1,6 +1,6 @@
-"""eplb_rt as SGLang 0.5.23's EPLB algorithm: its signature, its own expert-location code on
-our results (map from ``--init-expert-location`` files, the plugin inside ``init_by_eplb``), and
-clear errors for bad input from the engine side."""
+"""eplb_rt as SGLang's EPLB algorithm (each tested release): its signature, its own
+expert-location code on our results (map from ``--init-expert-location`` files, the plugin
+inside ``init_by_eplb``), and clear errors for bad input from the engine side."""
 
 from __future__ import annotations
 
@@ -19,24 +19,39 @@ from eplb_rt.placement import Placement
 from tests.integrations.conftest import CASE_IDS, CASES, install_entry_points
 
 
+def _passes_server_args(function) -> bool:
+    """SGLang up to 0.5.18 passes its ``ServerArgs`` in; from 0.5.19 it reads a runtime context."""
+    return "server_args" in inspect.signature(function).parameters
+
+
 def _model(sglang, monkeypatch, load, topology, init_expert_location):
-    """Point SGLang's runtime-context stub and model-config lookup at one model."""
+    """Point SGLang's settings (its server arguments or runtime-context stub) and model-config
+    lookup at one model, and load ``init_expert_location`` with SGLang's own code."""
     L, E = load.shape[1:]
-    where = sglang.expert_location.ModelConfigForExpertLocation
+    location = sglang.expert_location
+    where = location.ModelConfigForExpertLocation
     monkeypatch.setattr(where, "from_model_config", staticmethod(lambda _: where(L, E, None)))
+    moe = SimpleNamespace(
+        init_expert_location=str(init_expert_location),
+        ep_num_redundant_experts=topology.num_slots - E,
+        ep_dispatch_algorithm=None,
+        eplb_algorithm="auto",
+    )
+    parallel = SimpleNamespace(ep_size=topology.num_ranks, elastic_ep_initial_size=None, nnodes=1)
+    if _passes_server_args(location.compute_initial_expert_location_metadata):
+        server_args = SimpleNamespace(device="cpu", **vars(moe), **vars(parallel))
+        return location.compute_initial_expert_location_metadata(server_args, None, 0)
     sglang.runtime.device = SimpleNamespace(device="cpu")
-    sglang.runtime.parallel = SimpleNamespace(
-        ep_size=topology.num_ranks, elastic_ep_initial_size=None, nnodes=1
-    )
-    sglang.runtime.exec = SimpleNamespace(
-        moe=SimpleNamespace(
-            init_expert_location=str(init_expert_location),
-            ep_num_redundant_experts=topology.num_slots - E,
-            ep_dispatch_algorithm=None,
-            eplb_algorithm="auto",
-        )
-    )
-    return sglang.expert_location.compute_initial_expert_location_metadata(None, None)
+    sglang.runtime.parallel = parallel
+    sglang.runtime.exec = SimpleNamespace(moe=moe)
+    return location.compute_initial_expert_location_metadata(None, None)
+
+
+def _all_physical(sglang, phy2log, num_experts, num_ranks):
+    """SGLang's own ``logical_to_all_physical_map`` of ``phy2log`` (no rank-local choice)."""
+    compute = sglang.expert_location._compute_logical_to_all_physical_map
+    args = (phy2log, num_experts, num_ranks, None)
+    return compute(None, *args) if _passes_server_args(compute) else compute(*args)
 
 
 def test_signature_is_sglangs(sglang):
@@ -54,9 +69,7 @@ def test_triple_agrees_with_sglangs_own_maps(sglang, name, load, topology):
     for mine, their in zip((phy2log, log2phy, logcnt), theirs, strict=True):
         assert mine.dtype == their.dtype and mine.shape[:2] == their.shape[:2]
     Placement(phy2log.numpy(), load.shape[-1], topology.num_ranks)
-    reference = sglang.expert_location._compute_logical_to_all_physical_map(
-        phy2log, load.shape[-1], topology.num_ranks, None
-    )
+    reference = _all_physical(sglang, phy2log, load.shape[-1], topology.num_ranks)
     width = reference.shape[-1]
     assert torch.equal(F.pad(log2phy, (0, width - log2phy.shape[-1]), value=-1), reference)
     assert torch.equal(logcnt, (reference >= 0).sum(-1))

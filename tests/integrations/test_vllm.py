@@ -1,10 +1,12 @@
-"""eplb_rt as vLLM 0.33's EPLB policy: its signature, its own slot-preserving post-pass, the
-plugin entry point, and clear errors for bad input from the engine side."""
+"""eplb_rt as vLLM's EPLB policy (each tested release): its signature and return convention,
+its own slot-preserving post-pass, the plugin entry point, and clear errors for bad input from
+the engine side."""
 
 from __future__ import annotations
 
 import inspect
 import logging
+import sys
 from importlib.metadata import EntryPoint
 
 import numpy as np
@@ -27,31 +29,61 @@ def _args(load, topology):
     return (torch.tensor(load.sum(0)), topology.num_slots, 1, 1, topology.num_ranks)
 
 
+def _ours(vllm):
+    """Our policy class as the plugin registers it for this vLLM release."""
+    return ours.policy_class(returns_maps=ours.returns_maps(vllm.policy.AbstractEplbPolicy))
+
+
+def _phy2log(result) -> np.ndarray:
+    """``phy2log`` of a policy's answer: the map itself (vLLM 0.19+) or the first of three."""
+    return (result[0] if isinstance(result, tuple) else result).numpy()
+
+
+def _keep_slots(default, new: np.ndarray, num_ranks: int, old: np.ndarray) -> np.ndarray:
+    """vLLM's own post-pass that puts experts staying on a rank back in their old slot."""
+    if "phy_replicas_idx" not in inspect.signature(default.preserve_intragpu_slots).parameters:
+        return default.preserve_intragpu_slots(new, num_ranks, old)
+    return default.preserve_intragpu_slots(new, np.zeros_like(new), num_ranks, old)[0]
+
+
 def test_signature_is_vllms(vllm):
     theirs = inspect.signature(vllm.policy.AbstractEplbPolicy.rebalance_experts)
     mine = inspect.signature(ours.EplbRtPolicy.rebalance_experts)
-    assert list(mine.parameters) == list(theirs.parameters)
+    # vLLM 0.13 passes no table in force: ours takes it as an optional last argument
+    assert list(mine.parameters)[: len(theirs.parameters)] == list(theirs.parameters)
     assert mine.parameters["old_global_expert_indices"].default is None
+
+
+def test_answers_in_the_releases_convention(vllm):
+    """Three maps up to vLLM 0.18, ``phy2log`` alone from 0.19 (what vLLM unpacks)."""
+    assert ours.returns_maps(vllm.policy.AbstractEplbPolicy) == (vllm.version < (0, 19))
 
 
 @pytest.mark.parametrize(("name", "load", "topology"), CASES, ids=CASE_IDS)
 def test_plan_is_a_valid_vllm_map_that_keeps_slots(vllm, name, load, topology):
     default = vllm.policy.EPLB_POLICIES["default"]
     theirs = default.rebalance_experts(*_args(load, topology))
-    first = ours.policy_class().rebalance_experts(*_args(load, topology))
-    assert first.shape == theirs.shape and first.dtype == theirs.dtype
+    mine = _ours(vllm).rebalance_experts(*_args(load, topology))
+    assert type(mine) is type(theirs)
+    for a, b in zip(*((r,) if torch.is_tensor(r) else r for r in (mine, theirs)), strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
     E, D = load.shape[-1], topology.num_ranks
-    Placement(first.numpy(), E, D)  # every expert present, no two replicas on a rank
+    first = Placement(_phy2log(mine), E, D)  # every expert present, no two replicas on a rank
+    if isinstance(mine, tuple):  # the maps vLLM 0.13-0.18 also take describe that placement
+        np.testing.assert_array_equal(mine[1].numpy(), first.log2phy(mine[1].shape[-1]))
+        np.testing.assert_array_equal(mine[2].numpy(), first.logcnt)
+    if "old_global_expert_indices" not in inspect.signature(default.rebalance_experts).parameters:
+        return  # vLLM 0.13 passes no table in force: nothing to keep
     # Re-plan on shifted load: experts that stay on a rank keep their slot, so vLLM's own
     # post-pass (preserve_intragpu_slots) has nothing left to do.
     shifted = np.roll(load, 5, axis=-1)
-    second = ours.policy_class().rebalance_experts(*_args(shifted, topology), first)
-    kept = default.preserve_intragpu_slots(second.numpy(), D, first.numpy())
-    np.testing.assert_array_equal(kept, second.numpy())
-    old_par = metrics.par(Placement(first.numpy(), E, D), shifted.sum(0))
-    new_par = metrics.par(Placement(second.numpy(), E, D), shifted.sum(0))
+    old = torch.from_numpy(first.phy2log.astype(np.int64))
+    second = _phy2log(_ours(vllm).rebalance_experts(*_args(shifted, topology), old))
+    np.testing.assert_array_equal(_keep_slots(default, second, D, first.phy2log), second)
+    old_par = metrics.par(first, shifted.sum(0))
+    new_par = metrics.par(Placement(second, E, D), shifted.sum(0))
     assert (np.nan_to_num(new_par - old_par) <= 1e-12).all()  # a layer changes only to gain
-    assert (second != first).any()
+    assert (second != first.phy2log).any()
 
 
 def test_vllms_own_map_in_force_is_accepted():
@@ -135,3 +167,30 @@ def test_vllms_plugin_loader_runs_our_entry_point(vllm, monkeypatch, tmp_path):
     monkeypatch.setenv("EPLB_RT_POLICY", "flashlb")
     vllm.plugins.load_general_plugins()
     assert issubclass(table["default"], ours.EplbRtPolicy) and table["default"].policy == "flashlb"
+
+
+def _without_policy_registry(monkeypatch) -> None:
+    """Make ``from vllm.distributed.eplb import policy`` fail, as on vLLM <= 0.12."""
+    monkeypatch.delattr(sys.modules["vllm.distributed.eplb"], "policy")
+    monkeypatch.setitem(sys.modules, "vllm.distributed.eplb.policy", None)
+
+
+def test_a_vllm_without_policy_registry_is_refused_clearly(vllm, monkeypatch):
+    """vLLM <= 0.12 has no ``vllm.distributed.eplb.policy``: asking for eplb_rt there fails at
+    start with the fix named, unless vllm-ascend's EPLB can take it."""
+    _without_policy_registry(monkeypatch)
+    monkeypatch.setattr(ours.importlib.util, "find_spec", lambda name: None)  # no vllm-ascend
+    monkeypatch.setenv("EPLB_RT_POLICY", "flashlb")
+    with pytest.raises(RuntimeError, match=r"EPLB_RT_POLICY=flashlb needs .*vLLM >= 0\.13"):
+        ours.register()
+
+
+def test_without_policy_registry_vllm_ascend_still_gets_ours(vllm, monkeypatch, caplog):
+    installed = []
+    _without_policy_registry(monkeypatch)
+    monkeypatch.setattr(ours.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(vllm_ascend, "install", installed.append)
+    monkeypatch.setenv("EPLB_RT_POLICY", "flashlb")
+    with caplog.at_level(logging.WARNING, logger="eplb_rt.integrations"):
+        ours.register()
+    assert installed == ["flashlb"] and "only vllm-ascend's is replaced" in caplog.text

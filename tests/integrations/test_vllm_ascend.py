@@ -1,9 +1,11 @@
-"""eplb_rt inside vllm-ascend 0.26: its worker's own placement check, its expert_map loader,
-its policy factory, and clear errors for bad input from the engine side."""
+"""eplb_rt inside vllm-ascend (each tested release): its worker's own placement check, its
+expert_map loader, its policy factory, and clear errors for bad input from the engine side."""
 
 from __future__ import annotations
 
+import inspect
 import logging
+import warnings
 
 import numpy as np
 import pytest
@@ -20,8 +22,13 @@ from tests.integrations.peers import STUB_LOGGER
 
 def _initial_table(ascend, num_layers, num_experts, topology) -> np.ndarray:
     """vllm-ascend's own start layout (``generate_global_placement``), ``[L, D, S]``."""
-    redundant = topology.num_slots - num_experts
-    one = ascend.eplb_utils.generate_global_placement(num_experts, topology.num_ranks, redundant, 0)
+    make = ascend.eplb_utils.generate_global_placement
+    args = [num_experts, topology.num_ranks, topology.num_slots - num_experts]
+    if "num_shared_experts" in inspect.signature(make).parameters:  # since 0.14
+        args.append(0)
+    with warnings.catch_warnings():  # up to 0.23 it makes a tensor from a list of arrays
+        warnings.simplefilter("ignore", UserWarning)
+        one = make(*args)
     return np.tile(one.numpy(), (num_layers, 1, 1))
 
 
@@ -118,10 +125,13 @@ def test_keep_on_error_logs_and_keeps_the_table(caplog):
 
 def test_factory_builds_ours_after_install(ascend, monkeypatch):
     factory = ascend.policy_factory.PolicyFactory
+    # called as the release's worker calls it: up to 0.13 with a DynamicConfig as well
+    takes_config = "config" in inspect.signature(factory.generate_policy).parameters
+    config = (ascend.policy_factory.DynamicConfig(),) if takes_config else ()
     monkeypatch.setattr(factory, "generate_policy", factory.__dict__["generate_policy"])
     install("flashlb")
     for policy_type in (0, 1, 2, 3):
-        made = factory.generate_policy(policy_type)
+        made = factory.generate_policy(policy_type, *config)
         assert isinstance(made, EplbRtAscendPolicy) and made.policy == "flashlb"
         assert made.keep_on_error
 
