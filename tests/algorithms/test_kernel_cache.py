@@ -158,6 +158,39 @@ def test_fresh_process_plans_and_replans_without_compiling(tmp_path, cpu):
     assert not any(user_cache.iterdir()), "the user's NUMBA_CACHE_DIR was written"
 
 
+@pytest.mark.slow
+def test_every_rank_plans_the_same_table_on_any_cpu(tmp_path):
+    """Each rank of an engine (vLLM, vllm-ascend) runs the policy itself on the same gathered
+    load, so the tables must agree to the bit. A rank on another CPU model, running the
+    portable kernels, plans, re-plans and plans on many episodes exactly as this CPU does."""
+    fill = f"from eplb_rt.algorithms import warm_up; warm_up([{DEFAULT!r}])"
+    run_fresh("eplb_rt.", fill, tmp_path / "fill", **kernel_cache.portable_env())
+    tables = {}
+    for cpu, env in [("this", {}), ("another", {"NUMBA_CPU_NAME": another_cpu()})]:
+        out = tmp_path / f"{cpu}.npz"
+        code = f"""
+        import numpy as np
+        import torch
+        from benchmarks import traces
+        from eplb_rt.algorithms import plan
+        from eplb_rt.integrations.vllm import policy_class
+        from eplb_rt.placement import Topology
+        load = np.concatenate([traces.deepseek_v3(w, moe_only=True)
+                               for w in traces.DEEPSEEK_V3_WORKLOADS])
+        first = plan({DEFAULT!r}, load[:3], Topology(64, 5))
+        replan = policy_class({DEFAULT!r}).rebalance_experts(
+            torch.tensor(load[3]), 320, 1, 1, 64, torch.tensor(first.phy2log.astype(np.int64)))
+        esft = plan({DEFAULT!r}, traces.esft("law")[:40], Topology(8, 9))
+        np.savez({str(out)!r}, first=first.phy2log, replan=replan.numpy(), esft=esft.phy2log)
+        """
+        stats = run_fresh("eplb_rt.", code, tmp_path / f"user-{cpu}", **env)
+        assert stats["misses"] == 0, stats  # each loaded its own kind of kernel, none compiled
+        tables[cpu] = dict(np.load(out))
+    for name, table in tables["this"].items():
+        np.testing.assert_array_equal(tables["another"][name], table, err_msg=name)
+    assert (tables["this"]["replan"] != tables["this"]["first"]).any()
+
+
 TOY_KERNEL = """
 from numba import njit
 from toy.consts import SCALE
