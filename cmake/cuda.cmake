@@ -61,9 +61,12 @@ set(EPLB_RT_CUDA_SOURCES
     ${CMAKE_CURRENT_LIST_DIR}/../csrc/cuda/update_expert_map.cu
     ${CMAKE_CURRENT_LIST_DIR}/../csrc/cuda/ops_cuda.cpp)
 target_sources(_C PRIVATE ${EPLB_RT_CUDA_SOURCES})
+if(NOT EPLB_RT_CXX_STANDARD)  # the top level sets it from torch's version
+  set(EPLB_RT_CXX_STANDARD 17)
+endif()
 set_target_properties(_C PROPERTIES
   CUDA_ARCHITECTURES "${_eplb_rt_cuda_archs}"
-  CUDA_STANDARD 17
+  CUDA_STANDARD ${EPLB_RT_CXX_STANDARD}
   CUDA_STANDARD_REQUIRED ON)
 target_compile_definitions(_C PRIVATE EPLB_RT_WITH_CUDA)
 target_compile_options(_C PRIVATE
