@@ -254,3 +254,48 @@ def test_the_build_does_not_need_torchs_cmake_config(tmp_path):
     lib = Path(torch.__file__).parent / "lib"
     for name in ("libtorch.so", "libtorch_cpu.so", "libc10.so"):
         assert str(lib / name) in ninja, name
+
+
+# ---- the C++ standard follows the torch found ----
+STAND_IN_TORCH = """\
+__version__ = {version!r}
+
+
+class version:
+    cuda = None
+
+
+class _C:
+    _GLIBCXX_USE_CXX11_ABI = {abi!r}
+"""
+
+
+@needs_cmake
+@pytest.mark.skipif(shutil.which("ninja") is None, reason="ninja not found")
+@pytest.mark.parametrize(
+    ("version", "standard"),
+    [("2.10.0", "c++17"), ("2.13.0+cpu", "c++17"), ("2.14.0+cu130", "c++20")],
+)
+def test_the_cxx_standard_is_that_of_torchs_headers(tmp_path, version, standard):
+    """An engine's environment brings its own torch; torch 2.14's headers need C++20. A
+    stand-in torch package of each version (this torch's headers and libraries) is configured
+    for and the compile commands are read."""
+    real = Path(torch.__file__).parent
+    package = tmp_path / "site" / "torch"
+    package.mkdir(parents=True)
+    abi = bool(torch._C._GLIBCXX_USE_CXX11_ABI)
+    (package / "__init__.py").write_text(STAND_IN_TORCH.format(version=version, abi=abi))
+    for folder in ("include", "lib"):
+        (package / folder).symlink_to(real / folder)
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\nPYTHONPATH={tmp_path / "site"} exec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    build = tmp_path / "build"
+    proc = subprocess.run(
+        ["cmake", "-S", str(REPO), "-B", str(build), "-G", "Ninja",
+         f"-DPython_EXECUTABLE={python}", "-DEPLB_RT_CUDA=OFF", "-DEPLB_RT_NPU=OFF"],
+        capture_output=True, text=True, check=False, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    commands = (build / "compile_commands.json").read_text()
+    assert commands.count("-std=c++") == commands.count(f"-std={standard}") > 0
