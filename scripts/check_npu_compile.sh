@@ -94,7 +94,11 @@ mapfile -t TORCH_INCS < <("$PYTHON" -c "
 from torch.utils.cpp_extension import include_paths
 print('\n'.join(include_paths()))")
 ABI=$("$PYTHON" -c "import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))")
-FLAGS=(-std=c++17 -fsyntax-only -Wall -Wextra -Werror -Wno-unused-parameter
+# The standard of torch's headers, as CMakeLists.txt picks it: C++20 from torch 2.14.
+STD=$("$PYTHON" -c "import torch
+major, minor = (int(x) for x in torch.__version__.split('+')[0].split('.')[:2])
+print('c++20' if (major, minor) >= (2, 14) else 'c++17')")
+FLAGS=(-std="$STD" -fsyntax-only -Wall -Wextra -Werror -Wno-unused-parameter
        -D_GLIBCXX_USE_CXX11_ABI="$ABI" -DEPLB_RT_WITH_NPU -DEPLB_RT_SOC_VERSION='"Ascend910B1"'
        -I ascendc_kernels/include -I csrc -I csrc/common -I "$GEN_INC"
        -isystem "$STUB_INC" -isystem "$NPU_INC" -isystem "$NPU_INC/third_party/acl/inc"
