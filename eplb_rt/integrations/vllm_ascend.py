@@ -1,14 +1,13 @@
 """vllm-ascend: an ``EplbPolicy`` for its dynamic EPLB that runs an eplb_rt policy.
 
-vllm-ascend (0.13 to 0.26) builds its policy with ``PolicyFactory.generate_policy
-(eplb_policy_type)`` (``(policy_type, config)`` up to 0.13) in the EPLB worker and calls
-``rebalance_experts(current_expert_table, expert_workload)``; the worker then rejects, layer by
-layer, a table that loses an expert, puts two replicas of one expert on a rank, or moves an
-expert between slots of one rank. :func:`install` (run by
-the ``vllm.general_plugins`` entry point when ``EPLB_RT_POLICY`` is set) makes the factory
-return :class:`EplbRtAscendPolicy` whatever ``eplb_policy_type`` says. There a bad input is
-logged and the table in force returned unchanged: an exception would end vllm-ascend's EPLB
-process, and the engine would wait for its next plan for ever.
+vllm-ascend (0.13 to 0.26) builds its policy with ``PolicyFactory.generate_policy(type)``
+(``(type, config)`` up to 0.13) in the EPLB worker and calls ``rebalance_experts(
+current_expert_table, expert_workload)``; the worker then rejects, layer by layer, a table that
+loses an expert, puts two replicas of one expert on a rank, or moves an expert between slots of
+one rank. :func:`install` (run by the ``vllm.general_plugins`` entry point when
+``EPLB_RT_POLICY`` is set) makes the factory return :class:`EplbRtAscendPolicy` whatever the
+type says. There a bad input is logged and the table in force returned unchanged: an exception
+would end vllm-ascend's EPLB process, and the engine would wait for its next plan for ever.
 
 Offline, each load the policy is given is also written to ``EPLB_RT_EXPORT_DIR`` (when set) as
 ``load-<pid>-<n>.npy`` (``[T, L, E]`` tokens per logical expert; every rank sees the same

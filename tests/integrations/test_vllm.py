@@ -194,3 +194,16 @@ def test_without_policy_registry_vllm_ascend_still_gets_ours(vllm, monkeypatch, 
     with caplog.at_level(logging.WARNING, logger="eplb_rt.integrations"):
         ours.register()
     assert installed == ["flashlb"] and "only vllm-ascend's is replaced" in caplog.text
+
+
+def test_the_convention_is_read_from_postponed_annotations_too():
+    code = (
+        "from __future__ import annotations\n"
+        "class Old:\n"
+        "    def rebalance_experts(cls, weight) -> tuple[Tensor, Tensor, Tensor]: ...\n"
+        "class New:\n"
+        "    def rebalance_experts(cls, weight) -> torch.Tensor: ...\n"
+    )
+    spaces: dict = {}
+    exec(code, spaces)
+    assert ours.returns_maps(spaces["Old"]) and not ours.returns_maps(spaces["New"])
