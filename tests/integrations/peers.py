@@ -75,7 +75,8 @@ def open_peer(name: str, version: str | None = None) -> Iterator[SimpleNamespace
     them by last name, with ``version`` (a tuple of ints) and, for SGLang, ``runtime``: the
     namespace its stubbed ``runtime_context`` getters read attributes of.
 
-    Raises ``RuntimeError`` when the wheel cannot be had. Every module added is removed after.
+    Raises ``RuntimeError`` when the wheel cannot be had. The engine's modules are removed after
+    (the libraries they loaded stay).
     """
     version = version or VERSIONS[name][0]
     root = fetch(name, version)
