@@ -16,7 +16,6 @@ gathered load, so one rank's files are enough), which ``eplb-rt plan --load`` re
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 
@@ -75,7 +74,7 @@ class EplbRtAscendPolicy:
         self.num_groups = num_groups
         self.export_dir = export_dir if export_dir is not None else envs.get("EPLB_RT_EXPORT_DIR")
         self.keep_on_error = keep_on_error
-        self._exported = itertools.count()
+        self._exported = 0  # a plain int: vllm-ascend may pickle the policy into its EPLB process
         warm_up([self.policy])
 
     def rebalance_experts(self, current_expert_table, expert_workload):
@@ -123,7 +122,8 @@ class EplbRtAscendPolicy:
         )
         if self.export_dir:
             os.makedirs(self.export_dir, exist_ok=True)
-            name = f"load-{os.getpid()}-{next(self._exported):04d}.npy"
+            name = f"load-{os.getpid()}-{self._exported:04d}.npy"
+            self._exported += 1
             np.save(os.path.join(self.export_dir, name), load)
         changed = np.flatnonzero(gain > 0)
         priority = changed[np.argsort(-gain[changed], kind="stable")].astype(np.int64)
