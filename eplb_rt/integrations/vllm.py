@@ -88,15 +88,12 @@ class EplbRtPolicy:
             policy=policy_name(cls.policy),
             options=cls.options,
         )
-        maps = [placement.phy2log]
-        if cls.returns_maps:
-            width = num_replicas - placement.num_experts + 1  # as vLLM's own policy returns
-            maps += [placement.log2phy(width), placement.logcnt]
-        tensors = [torch.from_numpy(m.astype(np.int64)) for m in maps]
         if not cls.returns_maps:
-            return tensors[0]
+            return torch.from_numpy(placement.phy2log.astype(np.int64))
+        width = num_replicas - placement.num_experts + 1  # as vLLM's own policy returns
+        maps = (placement.phy2log, placement.log2phy(width), placement.logcnt)
         device = getattr(weight, "device", "cpu")
-        return tuple(t.to(device) for t in tensors)
+        return tuple(torch.from_numpy(m.astype(np.int64)).to(device) for m in maps)
 
 
 def policy_class(

@@ -159,10 +159,6 @@ def test_offline_path_exported_load_to_vllm_ascend_loader(ascend, tmp_path):
     np.testing.assert_array_equal(np.stack(layers).reshape(L, -1), expected)
 
 
-def _plan_in_child(policy, table, work):
-    return policy.rebalance_experts(table, work)
-
-
 def test_the_policy_crosses_into_a_spawned_eplb_process(tmp_path):
     """vllm-ascend builds the policy in the serving process and hands its ``EplbProcess`` (which
     holds it) to a child it starts, pickled where the start method is spawn. The policy arrives
@@ -172,7 +168,7 @@ def test_the_policy_crosses_into_a_spawned_eplb_process(tmp_path):
     policy = EplbRtAscendPolicy("equilibrium", export_dir=str(tmp_path))
     here = policy.rebalance_experts(table, work)
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        there = pool.apply(_plan_in_child, (policy, table, work))
+        there = pool.apply(policy.rebalance_experts, (table, work))
     assert there[0] == here[0] and np.array_equal(there[1], here[1])
     assert np.array_equal(there[2], here[2])
     assert len(list(tmp_path.glob("load-*.npy"))) == 2  # one from each process
