@@ -28,7 +28,9 @@ Prints markdown tables:
 8. shapes: static out of sample on every trace of distinct workloads, leave-one-out with one
    episode per workload (as ``bench_peers.py --sections static``), OLMoE, gpt-oss and ESFT at
    8x9, 16x5, 4x18, 16x6 and 8x12, DeepSeek-V3 at 32x9 and 64x5; mean PAR over layers and folds,
-   and each policy's standard error over them (folds' layers differ by far more than cells).
+   and each policy's standard error over them (folds' layers differ by far more than cells);
+9. hierarchy: DeepSeek-V3 (8 groups) on 1, 2, 4 and 8 nodes, each policy flat (1 node) and
+   with its ``hierarchical`` option on: in sample, static out of sample and adapting.
 """
 
 from __future__ import annotations
@@ -307,6 +309,37 @@ def shapes(names):
             print(f"| {trace} | {d}x{s} | " + " | ".join(cells) + " |")
 
 
+def hierarchical(names, nodes=(1, 2, 4, 8)):
+    """DeepSeek-V3 (8 groups) on 1-8 nodes: each policy flat and with ``hierarchical`` on."""
+    loads = [deepseek(w) for w in DS]
+    print(
+        "\n### Hierarchical placement (DeepSeek-V3, 8 groups of 32 experts; in sample on the four "
+        "workloads as episodes / static leave-one-out / adapting: previous fitted on three, "
+        "re-plan on the fourth, PAR and moved fraction)\n"
+    )
+    print("| policy | shape | nodes | in sample | out of sample | adapting PAR | moved |")
+    print("|---|---|---|---|---|---|---|")
+    for n in names:
+        for d, s in ((32, 9), (64, 5)):
+            for nodes_ in nodes:
+                topo = Topology(d, s, nodes_, 8)
+                opts = {"hierarchical": nodes_ > 1}
+                total = np.concatenate(loads)
+                ins = np.nanmean(metrics.par(plan(n, total, topo, options=opts), total.sum(0)))
+                oos, pars, moved = [], [], []
+                for i, (train, test) in enumerate(traces.leave_one_out(loads)):
+                    prev = plan(n, train, topo, options=opts)
+                    oos.append(np.nanmean(metrics.par(prev, test.sum(0))))
+                    p = plan(n, loads[i], topo, previous=prev, options=opts)
+                    pars.append(np.nanmean(metrics.par(p, loads[i].sum(0))))
+                    moved.append(p.moved_fraction(prev))
+                print(
+                    f"| {n} | {d}x{s} | {nodes_}{'' if nodes_ > 1 else ' (flat)'} | {ins:.4f} "
+                    f"| {np.mean(oos):.4f} | {np.mean(pars):.4f} | {np.mean(moved):.1%} |",
+                    flush=True,
+                )
+
+
 def timing(names, repeats=5):
     print(
         "\n### Time (all 58 DeepSeek-V3 layers at 64x5, one process; median of "
@@ -369,6 +402,8 @@ def main() -> None:
         exact_gap()
     if "shapes" in sections:
         shapes(names)
+    if "hierarchy" in sections:
+        hierarchical(names)
 
 
 if __name__ == "__main__":

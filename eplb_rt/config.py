@@ -154,7 +154,7 @@ class EplbConfig:
         """A config from a mapping of field names; unknown keys raise ``ValueError``.
 
         With ``env=True``, the ``EPLB_RT_*`` variables of :mod:`eplb_rt.envs` that mirror a field
-        (policy, export_dir, transfer_timeout_s) override the mapping.
+        (policy, policy_options, export_dir, transfer_timeout_s) override the mapping.
         """
         if not isinstance(values, dict):
             raise TypeError(f"EplbConfig.from_dict needs a dict, got {type(values).__name__}")
@@ -166,6 +166,7 @@ class EplbConfig:
         if env:
             for field, var in (
                 ("policy", "EPLB_RT_POLICY"),
+                ("policy_options", "EPLB_RT_POLICY_OPTIONS"),
                 ("export_dir", "EPLB_RT_EXPORT_DIR"),
                 ("transfer_timeout_s", "EPLB_RT_TRANSFER_TIMEOUT_S"),
             ):

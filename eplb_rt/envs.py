@@ -21,6 +21,17 @@ def _flag(text: str) -> bool:
     raise ValueError(f"expected 0/1/true/false, got {text!r}")
 
 
+def _options(text: str) -> dict[str, str]:
+    """``KEY=VALUE[,KEY=VALUE...]`` -> ``{key: "VALUE"}`` (the policy converts and checks)."""
+    options = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected KEY=VALUE[,KEY=VALUE...], got {text!r}")
+        options[key.strip().replace("-", "_")] = value.strip()
+    return options
+
+
 @dataclasses.dataclass(frozen=True)
 class EnvVar:
     """One environment variable: its parser, default and documentation."""
@@ -42,6 +53,13 @@ VARIABLES: dict[str, EnvVar] = {
         None,
         "Overrides EplbConfig.policy when a config is built with from_dict(..., env=True); "
         "selects the policy of the vLLM / vllm-ascend / SGLang plugins (unset: engine's own).",
+    ),
+    "EPLB_RT_POLICY_OPTIONS": EnvVar(
+        _options,
+        None,
+        "Options of that policy, KEY=VALUE[,KEY=VALUE...] (e.g. hierarchical=true); overrides "
+        "EplbConfig.policy_options with from_dict(..., env=True); the plugins check them "
+        "when they load.",
     ),
     "EPLB_RT_EXPORT_DIR": EnvVar(
         str,

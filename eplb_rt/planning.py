@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from eplb_rt import algorithms
+from eplb_rt.algorithms import hierarchy
 from eplb_rt.algorithms.align import align_placement
 from eplb_rt.algorithms.load import check_load
 from eplb_rt.algorithms.metrics import rank_load
@@ -134,15 +135,18 @@ def decide(
     if not (isinstance(horizon, (int, float)) and math.isfinite(horizon) and horizon > 0):
         raise ValueError(f"horizon (steps until the next plan) must be > 0, got {horizon!r}")
     options = dict(options or {})
-    if "move_cost" in algorithms.get_policy(policy).option_names:
+    spec = algorithms.get_policy(policy)
+    if "move_cost" in spec.option_names:
         options.setdefault("move_cost", cost.move_cost(load, topology.num_ranks, horizon))
+    options = spec.make_options(options)
     peak_before, mean = step_load(previous, load)
     par_before = _par(peak_before, mean)
     planned = could_pay(peak_before, mean, cost, horizon)
     candidate, peak_after, par_after = previous, peak_before, par_before
     if planned.any():
         fresh = algorithms.plan(policy, load, topology, previous, options, layers=planned)
-        candidate = align_placement(previous, fresh)
+        nodes = hierarchy.nodes_to_align(previous.num_experts, topology, options)
+        candidate = align_placement(previous, fresh, nodes)
         peak_after, par_after = step_par(candidate, load)
     saved = (peak_before - peak_after) * cost.token_seconds * horizon
     spent = cost.migration_seconds(previous.phy2log, candidate.phy2log, topology.num_ranks)

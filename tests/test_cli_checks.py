@@ -114,16 +114,26 @@ def test_possible_hierarchy_does_not_warn(capsys, tmp_path):
 
 
 def test_groups_with_a_flat_policy_warn(capsys, tmp_path):
-    """The default policy places replicas without regard to groups: ``--groups`` says so."""
+    """The default policy plans flat unless its ``hierarchical`` option is on: ``--groups``
+    says so, and the option turns the warning and the flat plan off."""
     np.save(tmp_path / "load.npy", np.arange(1.0, 65.0).reshape(1, 64))
     argv = "plan --ranks 8 --slots-per-rank 9 --nodes 2 --groups 8 --load".split()
-    assert main([*argv, str(tmp_path / "load.npy"), "--out", str(tmp_path / "p.json")]) == 0
+    argv += [str(tmp_path / "load.npy")]
+    assert main([*argv, "--out", str(tmp_path / "p.json")]) == 0
     out, err = capsys.readouterr()
     assert f"policy {EplbConfig.policy}" in out
     assert err == (
-        f"eplb-rt plan: warning: --groups 8: policy {EplbConfig.policy!r} plans flat; "
-        "--policy deepseek places whole groups on nodes\n"
+        f"eplb-rt plan: warning: --groups 8: policy {EplbConfig.policy!r} plans flat (its "
+        "option hierarchical is off); --option hierarchical=true places whole groups on nodes\n"
     )
+    on = [*argv, "--option", "hierarchical=true", "--out", str(tmp_path / "h.json")]
+    assert main(on) == 0
+    assert capsys.readouterr().err == ""
+    flat, grouped = (formats.read_placement(tmp_path / f) for f in ("p.json", "h.json"))
+    assert flat != grouped
+    node = np.arange(72) // 36
+    for group in range(8):  # each group of 8 experts on one node
+        assert len(set(node[np.isin(grouped.phy2log[0], np.arange(8) + 8 * group)])) == 1
 
 
 @pytest.mark.parametrize(

@@ -160,21 +160,37 @@ def align_row(
     num_ranks: int,
     num_experts: int,
     new_share: np.ndarray | None = None,
+    *,
+    num_nodes: int = 1,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Relabel the ranks of one layer ``new_row [P] int64`` to overlap ``prev_row [P] int64``
-    most.
+    most; with ``num_nodes > 1`` each node's ranks only among themselves, so a placement that
+    keeps expert groups on nodes still does.
 
     ``new_share [P]`` (optional) is permuted along. Returns ``(row [P] int64, share [P] | None)``.
     """
     new_row = np.ascontiguousarray(new_row, dtype=np.int64)
     prev_row = np.ascontiguousarray(prev_row, dtype=np.int64)
-    order = align_order(new_row, prev_row, num_ranks, num_experts)
+    width = new_row.shape[0] // num_nodes
+    order = np.concatenate(
+        [
+            n * width
+            + align_order(
+                new_row[n * width : (n + 1) * width],
+                prev_row[n * width : (n + 1) * width],
+                num_ranks // num_nodes,
+                num_experts,
+            )
+            for n in range(num_nodes)
+        ]
+    )
     return new_row[order], None if new_share is None else new_share[order]
 
 
-def align_placement(previous: Placement, new: Placement) -> Placement:
-    """``new`` with every layer's ranks relabelled and slots permuted (:func:`align_row`) to keep
-    the most of ``previous`` in place; same rank loads and shares as ``new``."""
+def align_placement(previous: Placement, new: Placement, num_nodes: int = 1) -> Placement:
+    """``new`` with every layer's ranks relabelled and slots permuted (:func:`align_row`, within
+    each of ``num_nodes`` nodes) to keep the most of ``previous`` in place; same rank loads and
+    shares as ``new``."""
     if (previous.num_layers, previous.num_slots, previous.num_ranks, previous.num_experts) != (
         new.num_layers,
         new.num_slots,
@@ -191,5 +207,6 @@ def align_placement(previous: Placement, new: Placement) -> Placement:
             new.num_ranks,
             new.num_experts,
             new.slot_share[layer],
+            num_nodes=num_nodes,
         )
     return Placement(rows, new.num_experts, new.num_ranks, None if new.is_uniform else shares)

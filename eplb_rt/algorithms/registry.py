@@ -14,12 +14,14 @@ with an options dataclass (a subclass of :class:`Options`, every field made with
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
 
+from eplb_rt.algorithms import hierarchy
 from eplb_rt.algorithms.load import check_load, cut_episodes, episode_steps, normalise
 from eplb_rt.placement import Placement, Topology, even_shares
 
@@ -151,9 +153,18 @@ def _convert(policy: str, field: dataclasses.Field, value: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-    """Base of the policies' options: every field is converted and checked when built."""
+    """Base of the policies' options: every field is converted and checked when built.
+
+    Attributes:
+        hierarchical: on a topology with nodes and expert groups that divide evenly, pack the
+            groups onto nodes and plan each node on its own (:mod:`~eplb_rt.algorithms.
+            hierarchy`): each group's tokens stay within its node, at the price of balance
+            (the nodes' loads are fixed by the groups they hold); False plans flat over all
+            ranks. Every policy has it; off unless a policy's own default says otherwise.
+    """
 
     policy: ClassVar[str] = "?"
+    hierarchical: bool = option(False)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -300,26 +311,37 @@ def plan(
         steps,
         counts,
     )
-    even = np.zeros(L, dtype=bool)  # layers whose policy gave no shares: split evenly
-    if spec.layers_fn is not None:
-        rows[planned], planned_shares = spec.layers_fn(batch, topology, options)
-        if planned_shares is None:
-            even[planned] = True
-        else:
-            shares[planned] = planned_shares
-            weighted = True
+    run = functools.partial(_plan_batch, spec)
+    if hierarchy.applies(E, topology, options):
+        rows[planned], planned_shares = hierarchy.plan(batch, topology, options, run)
     else:
-        for j, index in enumerate(planned):
-            out = spec.fn(batch.layer(j), topology, options)
-            rows[index], share = out if isinstance(out, tuple) else (out, None)
-            if share is not None:
-                shares[index] = share
-                weighted = True
-            else:
-                even[index] = True
-    if weighted and even.any():
-        shares[even] = even_shares(rows[even], E)
+        rows[planned], planned_shares = run(batch, topology, options)
+    if planned_shares is not None:
+        shares[planned] = planned_shares
+    elif weighted:  # the layers kept have shares: the planned ones split evenly
+        shares[planned] = even_shares(rows[planned], E)
+    weighted |= planned_shares is not None
     return Placement(rows, E, topology.num_ranks, shares if weighted else None)
+
+
+def _plan_batch(spec: PolicySpec, batch: Layers, topology: Topology, options: Any):
+    """``spec``'s policy on every layer of ``batch``: ``(rows [L', P] int64, shares [L', P] or
+    None)``; layers the per-layer function gives no shares split evenly when others have some."""
+    if spec.layers_fn is not None:
+        return spec.layers_fn(batch, topology, options)
+    L, P = batch.load.shape[0], topology.num_slots
+    rows = np.empty((L, P), dtype=np.int64)
+    shares = np.full((L, P), np.nan)
+    for j in range(L):
+        out = spec.fn(batch.layer(j), topology, options)
+        rows[j], share = out if isinstance(out, tuple) else (out, None)
+        if share is not None:
+            shares[j] = share
+    even = np.isnan(shares).any(axis=1)
+    if even.all():
+        return rows, None
+    shares[even] = even_shares(rows[even], batch.load.shape[1])
+    return rows, shares
 
 
 def warm_up(names: list[str] | None = None) -> None:

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 
 from eplb_rt import algorithms, formats
+from eplb_rt.algorithms import hierarchy
 from eplb_rt.placement import Topology
 
 LOAD_HELP = "load file(s): .npy [L, E] or [T, L, E], .npz (key counts or load), SGLang .json"
@@ -73,38 +74,25 @@ def check_simulate(args: argparse.Namespace) -> None:
         )
 
 
-def topology(args: argparse.Namespace, num_experts: int, policy: str | None = None) -> Topology:
+def topology(args: argparse.Namespace, num_experts: int, options=None) -> Topology:
     """``--ranks --slots-per-rank --nodes --groups`` checked against ``num_experts``; prints a
     warning line when ``--groups`` asks for hierarchical placement that cannot be done, or that
-    ``policy`` (when given) does not do: it has no ``hierarchical`` option."""
+    the policy's ``options`` (when given) leave off."""
     topo = Topology(args.ranks, args.slots_per_rank, args.nodes, args.groups)
     topo.check_experts(num_experts)
-    groups, nodes = topo.num_groups, topo.num_nodes
-    why = None
-    if groups > 1 and num_experts % groups:
-        why = f"{num_experts} experts do not split into {groups} equal groups"
-    elif groups > 1 and nodes == 1:
-        why = "all ranks are on one node (--nodes 1)"
-    elif groups > 1 and groups % nodes:
-        why = f"{groups} groups do not spread evenly over {nodes} nodes"
-    elif groups > 1 and topo.num_slots_per_rank > num_experts // nodes:
-        why = f"{topo.num_slots_per_rank} slots per rank > {num_experts // nodes} experts per node"
+    groups = topo.num_groups
+    why = hierarchy.why_flat(num_experts, topo)
     if why:
         print(
             f"eplb-rt {args.command}: warning: --groups {groups}: hierarchical placement is not "
             f"possible ({why}); planning flat, as with --groups 1",
             file=sys.stderr,
         )
-    elif groups > 1 and policy is not None and not _places_groups(policy):
+    elif groups > 1 and options is not None and not options.hierarchical:
         print(
-            f"eplb-rt {args.command}: warning: --groups {groups}: policy {policy!r} plans flat; "
-            "--policy deepseek places whole groups on nodes",
+            f"eplb-rt {args.command}: warning: --groups {groups}: policy {options.policy!r} plans "
+            "flat (its option hierarchical is off); --option hierarchical=true places whole "
+            "groups on nodes",
             file=sys.stderr,
         )
     return topo
-
-
-def _places_groups(policy: str) -> bool:
-    """Whether ``policy`` places whole expert groups on nodes (it has a ``hierarchical``
-    option)."""
-    return "hierarchical" in algorithms.get_policy(policy).option_names

@@ -109,10 +109,10 @@ def run(args: argparse.Namespace) -> int:
     _args.check_output(args.out, "--out")
     cost = cost_from_args(args)
     options = parse_options(args.option)
-    get_policy(args.policy).make_options(options)  # bad options fail before any work
+    checked = get_policy(args.policy).make_options(options)  # bad options fail before any work
     load = _args.read_load(args.load)
     num_experts = load.shape[2]
-    topology = _args.topology(args, num_experts, args.policy)
+    topology = _args.topology(args, num_experts, checked)
     previous = None
     if args.previous:
         previous = formats.read_placement(args.previous, None, args.ranks, num_experts)

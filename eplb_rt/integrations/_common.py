@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from eplb_rt import envs
-from eplb_rt.algorithms import get_policy, metrics, plan
+from eplb_rt.algorithms import get_policy, hierarchy, metrics, plan
 from eplb_rt.algorithms.align import align_placement
 from eplb_rt.placement import Placement, Topology
 
@@ -48,6 +48,21 @@ def policy_name(name: str | None = None) -> str:
     return name
 
 
+def plugin_policy() -> tuple[str, dict | None] | None:
+    """The engines' plugins' policy: ``(EPLB_RT_POLICY, EPLB_RT_POLICY_OPTIONS)``, both checked
+    now (so that an engine with a bad value stops at start-up, saying which), or ``None`` when
+    ``EPLB_RT_POLICY`` is unset."""
+    name = envs.get("EPLB_RT_POLICY")
+    if not name:
+        return None
+    options = envs.get("EPLB_RT_POLICY_OPTIONS")
+    try:
+        get_policy(name).make_options(options)
+    except ValueError as err:
+        raise ValueError(f"EPLB_RT_POLICY={name} / EPLB_RT_POLICY_OPTIONS: {err}") from None
+    return name, options
+
+
 def replan(
     where: str,
     load: np.ndarray,
@@ -65,13 +80,14 @@ def replan(
     """
     try:
         prev, aligned = (None, False) if previous is None else _in_force(previous, load, topology)
+        options = get_policy(policy).make_options(options)
         new = plan(policy, load, topology, prev if aligned else None, options).with_shares(None)
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from None
     if prev is None:
         return new, np.zeros(new.num_layers)
     if aligned:  # relabel ranks to keep the most in place; kept experts keep their slot
-        new = align_placement(prev, new)
+        new = align_placement(prev, new, hierarchy.nodes_to_align(load.shape[2], topology, options))
     total = load.sum(axis=0)
     with np.errstate(invalid="ignore"):
         gain = np.nan_to_num(metrics.par(prev, total) - metrics.par(new, total), nan=0.0)

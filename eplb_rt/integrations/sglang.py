@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from eplb_rt import envs
-from eplb_rt.integrations._common import as_numpy, policy_name, replan
+from eplb_rt.integrations._common import as_numpy, plugin_policy, policy_name, replan
 from eplb_rt.placement import Topology
 
 WHERE = "eplb_rt SGLang algorithm"
@@ -68,13 +67,14 @@ def rebalance_experts(  # noqa: PLR0917 (SGLang's signature)
 
 def register() -> None:
     """The ``sglang.srt.plugins`` entry point: with ``EPLB_RT_POLICY`` set, SGLang's EPLB
-    plans with that eplb_rt policy."""
-    name = envs.get("EPLB_RT_POLICY")
-    if not name:
+    plans with that eplb_rt policy and the options in ``EPLB_RT_POLICY_OPTIONS``."""
+    chosen = plugin_policy()
+    if chosen is None:
         return
+    name, options = chosen
     from sglang.srt.eplb import eplb_algorithms
 
     def rebalance(*args, **kwargs):
-        return rebalance_experts(*args, **kwargs, policy=name)
+        return rebalance_experts(*args, **kwargs, policy=name, options=options)
 
     eplb_algorithms.rebalance_experts = rebalance

@@ -23,8 +23,7 @@ import typing
 
 import numpy as np
 
-from eplb_rt import envs
-from eplb_rt.integrations._common import as_numpy, policy_name, replan
+from eplb_rt.integrations._common import as_numpy, plugin_policy, policy_name, replan
 from eplb_rt.placement import Topology
 
 WHERE = "eplb_rt vLLM policy"
@@ -117,10 +116,12 @@ def returns_maps(abstract: type) -> bool:
 
 def register() -> None:
     """The ``vllm.general_plugins`` entry point: with ``EPLB_RT_POLICY`` set, vLLM's EPLB
-    (and vllm-ascend's dynamic EPLB, when installed) plan with that eplb_rt policy."""
-    name = envs.get("EPLB_RT_POLICY")
-    if not name:
+    (and vllm-ascend's dynamic EPLB, when installed) plan with that eplb_rt policy and the
+    options in ``EPLB_RT_POLICY_OPTIONS``."""
+    chosen = plugin_policy()
+    if chosen is None:
         return
+    name, options = chosen
     has_ascend = importlib.util.find_spec("vllm_ascend") is not None
     try:
         from vllm.distributed.eplb import policy as vllm_policy
@@ -134,12 +135,12 @@ def register() -> None:
         log.warning("vLLM has no EPLB policy registry (%s); only vllm-ascend's is replaced", err)
     else:
         maps = returns_maps(vllm_policy.AbstractEplbPolicy)
-        vllm_policy.EPLB_POLICIES["default"] = policy_class(name, returns_maps=maps)
+        vllm_policy.EPLB_POLICIES["default"] = policy_class(name, options, returns_maps=maps)
     if not has_ascend:
         return
     from eplb_rt.integrations import vllm_ascend
 
     try:  # vLLM runs plugins unguarded: a broken vllm-ascend must not stop vLLM from starting
-        vllm_ascend.install(name)
+        vllm_ascend.install(name, options)
     except ImportError as err:
         log.warning("vllm-ascend's EPLB policies cannot be imported (%s); it keeps its own", err)

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from benchmarks import traces
 from eplb_rt.algorithms import metrics, plan, policy_names, warm_up
-from eplb_rt.algorithms.deepseek import DeepSeekOptions, uses_hierarchy
+from eplb_rt.algorithms.deepseek import DeepSeekOptions
+from eplb_rt.algorithms.hierarchy import applies as uses_hierarchy
 from eplb_rt.algorithms.packing import place_replica
 from eplb_rt.algorithms.replicas import allot_replicas
 from eplb_rt.placement import Placement, Topology

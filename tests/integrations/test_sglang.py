@@ -133,3 +133,19 @@ def test_sglangs_plugin_loader_runs_our_entry_point(sglang, monkeypatch, tmp_pat
     args = (torch.tensor(load), topology.num_slots, topology.num_slots_per_rank, None, 1)
     mine = algorithms.rebalance_experts(*args, algorithms.EplbAlgorithm.deepseek)
     assert torch.equal(mine[0], ours.rebalance_experts(*args, policy="flashlb")[0])
+
+
+def test_plugin_takes_its_options_from_the_environment(sglang, monkeypatch):
+    algorithms = sglang.eplb_algorithms
+    monkeypatch.setattr(algorithms, "rebalance_experts", algorithms.rebalance_experts)
+    monkeypatch.setenv("EPLB_RT_POLICY", "equilibrium")
+    monkeypatch.setenv("EPLB_RT_POLICY_OPTIONS", "hierarchical=true")
+    ours.register()
+    load = np.random.default_rng(1).gamma(0.5, 100.0, size=(3, 2, 64))
+    args = (torch.tensor(load), 72, 9, 8, 2)  # 8 ranks on 2 nodes, 8 groups of 8 experts
+    phy2log = algorithms.rebalance_experts(*args, algorithms.EplbAlgorithm.deepseek)[0].numpy()
+    flat = ours.rebalance_experts(*args, policy="equilibrium")[0].numpy()
+    node = np.arange(72) // 36
+    for group in range(8):
+        assert len(set(node[np.isin(phy2log[1], np.arange(8) + 8 * group)])) == 1
+    assert not np.array_equal(phy2log, flat)

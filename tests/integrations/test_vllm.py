@@ -143,7 +143,7 @@ def test_entry_point_selects_eplb_rt_only_when_asked(vllm, monkeypatch):
 
 
 def test_a_broken_vllm_ascend_does_not_stop_vllm(vllm, monkeypatch, caplog):
-    def broken(name):
+    def broken(name, options=None):
         raise ImportError("No module named 'torch_npu'")
 
     table = vllm.policy.EPLB_POLICIES
@@ -189,11 +189,37 @@ def test_without_policy_registry_vllm_ascend_still_gets_ours(vllm, monkeypatch, 
     installed = []
     _without_policy_registry(monkeypatch)
     monkeypatch.setattr(ours.importlib.util, "find_spec", lambda name: object())
-    monkeypatch.setattr(vllm_ascend, "install", installed.append)
+    monkeypatch.setattr(vllm_ascend, "install", lambda *args: installed.append(args))
     monkeypatch.setenv("EPLB_RT_POLICY", "flashlb")
     with caplog.at_level(logging.WARNING, logger="eplb_rt.integrations"):
         ours.register()
-    assert installed == ["flashlb"] and "only vllm-ascend's is replaced" in caplog.text
+    assert installed == [("flashlb", None)] and "only vllm-ascend's is replaced" in caplog.text
+
+
+def test_plugin_options_come_from_the_environment_and_are_checked_at_start(vllm, monkeypatch):
+    table = vllm.policy.EPLB_POLICIES
+    monkeypatch.setitem(table, "default", table["default"])
+    installed = []
+    monkeypatch.setattr(ours.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(vllm_ascend, "install", lambda *args: installed.append(args))
+    monkeypatch.setenv("EPLB_RT_POLICY", "equilibrium")
+    monkeypatch.setenv("EPLB_RT_POLICY_OPTIONS", "hierarchical=true, move-cost=0.02")
+    ours.register()
+    options = {"hierarchical": "true", "move_cost": "0.02"}
+    assert table["default"].options == options
+    assert installed == [("equilibrium", options)]
+    monkeypatch.setattr(table["default"], "returns_maps", False)
+    weight = torch.from_numpy(np.random.default_rng(0).gamma(0.5, 100.0, size=(2, 64)))
+    phy2log = table["default"].rebalance_experts(weight, 72, 8, 2, 8).numpy()
+    node = np.arange(72) // 36
+    for group in range(8):  # hierarchical: each group of 8 experts on one node
+        assert len(set(node[np.isin(phy2log[0], np.arange(8) + 8 * group)])) == 1
+    monkeypatch.setenv("EPLB_RT_POLICY_OPTIONS", "hierarchical=maybe")
+    with pytest.raises(ValueError, match=r"EPLB_RT_POLICY_OPTIONS: .*'hierarchical' must be true"):
+        ours.register()
+    monkeypatch.setenv("EPLB_RT_POLICY_OPTIONS", "hierarchical")
+    with pytest.raises(ValueError, match=r"EPLB_RT_POLICY_OPTIONS.*KEY=VALUE"):
+        ours.register()
 
 
 def test_the_convention_is_read_from_postponed_annotations_too():

@@ -90,6 +90,16 @@ def test_env_overrides(monkeypatch):
     config = EplbConfig.from_dict({}, env=True)
     assert config.transfer_timeout_s == 2.5 and config.export_dir == "placements"
     assert EplbConfig.from_dict({}).transfer_timeout_s == EplbConfig().transfer_timeout_s
+    monkeypatch.setenv("EPLB_RT_POLICY_OPTIONS", "hierarchical=true,move_cost=0.02")
+    config = EplbConfig.from_dict({"policy_options": {"shares": True}}, env=True)
+    assert config.policy_options == {"hierarchical": "true", "move_cost": "0.02"}
+    monkeypatch.setenv("EPLB_RT_POLICY_OPTIONS", "hierarchical=maybe")
+    with pytest.raises(ValueError, match="'hierarchical' must be true or false, got maybe"):
+        EplbConfig.from_dict({}, env=True)
+    monkeypatch.setenv("EPLB_RT_POLICY_OPTIONS", "=1")
+    with pytest.raises(ValueError, match=r"EPLB_RT_POLICY_OPTIONS='=1'.*KEY=VALUE"):
+        EplbConfig.from_dict({}, env=True)
+    monkeypatch.delenv("EPLB_RT_POLICY_OPTIONS")
     monkeypatch.setenv("EPLB_RT_POLICY", "no_such_policy")
     with pytest.raises(ValueError, match="unknown policy"):
         EplbConfig.from_dict({}, env=True)

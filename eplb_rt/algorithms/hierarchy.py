@@ -1,0 +1,271 @@
+"""Hierarchical placement for every policy: expert groups packed onto nodes, nodes planned alone.
+
+DeepSeek-V3 routes a token to experts of at most 4 of its 8 groups. With each group's experts on
+one node, a token's dispatch crosses to at most 4 nodes, and an expert's replicas share its
+node. A topology asks for this with ``num_nodes > 1`` and ``num_groups > 1`` that divide evenly
+(experts into groups, groups over nodes, and at most ``E / num_nodes`` slots a rank), and every
+policy does it when its ``hierarchical`` option is on (``deepseek``'s default, as vLLM's and
+SGLang's DeepSeek EPLB when the groups spread evenly over the nodes). It costs balance: a
+node's load is that of the groups it holds, which no placement within the node can change.
+
+Per layer:
+
+1. **Groups onto nodes.** ``num_groups / num_nodes`` groups a node, balanced by their summed load
+   (LPT, as DeepSeek's EPLB). With a placement in force, the nodes are relabelled to keep the
+   most of its slots (Hungarian), so a packing that did not change moves nothing.
+2. **Each node on its own.** The node's experts (its groups', ``E / num_nodes``) on its ranks
+   (``D / num_nodes``) are one sub-problem for the policy, with the slots in force where they
+   hold only the node's experts. All sub-problems of all layers go to the policy in one call.
+3. **Moves that pay.** When the placement in force already keeps every group on one node but
+   the load packs the groups differently, a new packing moves whole groups between nodes. For a
+   policy that prices moves (``move_cost``), the groups are also kept where they are and the
+   nodes planned with the slots in force; the layer takes the cheaper of the two, ``PAR +
+   move_cost * moved slots / D`` on the summed load (as ``equilibrium`` takes its candidates),
+   the new packing only within ``max_moved_fraction`` of the slots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from eplb_rt.algorithms.align import align_row, max_assignment
+from eplb_rt.algorithms.load import normalise
+from eplb_rt.algorithms.packing import pack_equal_groups
+from eplb_rt.placement import Topology, even_shares
+
+if TYPE_CHECKING:  # the registry calls this module: its classes come in as arguments
+    from eplb_rt.algorithms.registry import Layers
+
+Run = Callable[["Layers", Topology, Any], "tuple[np.ndarray, np.ndarray | None]"]
+"""A policy on stacked layers: ``(Layers, Topology, options) -> (rows, shares or None)``."""
+
+
+def applies(num_experts: int, topology: Topology, options: Any) -> bool:
+    """Whether ``num_experts`` experts on ``topology`` are placed hierarchically."""
+    nodes, groups = topology.num_nodes, topology.num_groups
+    return bool(
+        getattr(options, "hierarchical", False)
+        and nodes > 1
+        and groups > 1
+        and num_experts % groups == 0
+        and groups % nodes == 0
+        and topology.num_slots_per_rank <= num_experts // nodes
+    )
+
+
+def nodes_to_align(num_experts: int, topology: Topology, options: Any) -> int:
+    """The nodes a new placement's ranks are relabelled within when aligned to the one in force
+    (:func:`~eplb_rt.algorithms.align.align_placement`): ``num_nodes`` where it is hierarchical,
+    so its groups stay on their nodes; else 1 (any rank for any)."""
+    return topology.num_nodes if applies(num_experts, topology, options) else 1
+
+
+def why_flat(num_experts: int, topology: Topology) -> str | None:
+    """Why groups asked for (``num_groups > 1``) cannot be placed hierarchically on
+    ``topology``; ``None`` when they can (or none are asked for)."""
+    groups, nodes, slots = topology.num_groups, topology.num_nodes, topology.num_slots_per_rank
+    if groups == 1:
+        return None
+    if num_experts % groups:
+        return f"{num_experts} experts do not split into {groups} equal groups"
+    if nodes == 1:
+        return "all ranks are on one node (--nodes 1)"
+    if groups % nodes:
+        return f"{groups} groups do not spread evenly over {nodes} nodes"
+    if slots > num_experts // nodes:
+        return f"{slots} slots per rank > {num_experts // nodes} experts per node"
+    return None
+
+
+def pack_groups(load: np.ndarray, topology: Topology) -> np.ndarray:
+    """``[L, G] int64``: the node of each group of ``load [L, E]``, ``G / N`` groups a node,
+    balanced by the groups' summed load."""
+    L, E = load.shape
+    G, N = topology.num_groups, topology.num_nodes
+    sums = load.reshape(L, G, E // G).sum(axis=2)
+    return np.stack([pack_equal_groups(np.ascontiguousarray(s), N) for s in sums])
+
+
+def groups_in_force(previous: np.ndarray, topology: Topology, num_experts: int) -> np.ndarray:
+    """``[L, G] int64``: the node each group's experts sit on in ``previous [L, P]``, or a row
+    of -1 where a group spans nodes or a node holds another number of groups than ``G / N``."""
+    L, P = previous.shape
+    G, N = topology.num_groups, topology.num_nodes
+    node = np.broadcast_to(np.arange(P) // (P // N), (L, P))
+    group = previous // (num_experts // G)
+    seen = np.zeros((L, G, N), dtype=bool)
+    seen[np.arange(L)[:, None], group, node] = True
+    one = seen.sum(axis=2) == 1
+    out = np.where(one, seen.argmax(axis=2), -1)
+    even = (np.stack([(out == n).sum(axis=1) for n in range(N)], axis=1) == G // N).all(axis=1)
+    out[~(one.all(axis=1) & even)] = -1
+    return out
+
+
+def keep_nodes(
+    node_of_group: np.ndarray, previous: np.ndarray, topology: Topology, num_experts: int
+) -> np.ndarray:
+    """``node_of_group [L, G]`` with each layer's nodes relabelled to keep the most slots of
+    ``previous [L, P]`` on the node they are on (a permutation of nodes changes no balance)."""
+    L, P = previous.shape
+    G, N = topology.num_groups, topology.num_nodes
+    out = np.empty_like(node_of_group)
+    old_node = np.arange(P) // (P // N)
+    for j in range(L):
+        # kept[new, old]: slots on old node whose expert's group the packing puts on new.
+        new_node = node_of_group[j, previous[j] // (num_experts // G)]
+        kept = np.zeros((N, N))
+        np.add.at(kept, (new_node, old_node), 1.0)
+        out[j] = max_assignment(kept)[node_of_group[j]]
+    return out
+
+
+def expert_ids(node_of_group: np.ndarray, num_experts: int, num_nodes: int) -> np.ndarray:
+    """``[L, N, E / N] int64``: each node's experts, by group then expert id."""
+    L, G = node_of_group.shape
+    N = num_nodes
+    size = num_experts // G
+    groups = np.argsort(node_of_group, axis=1, kind="stable").reshape(L, N, G // N)
+    return (groups[..., None] * size + np.arange(size)).reshape(L, N, num_experts // N)
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """The ``L * N`` node sub-problems of ``L`` layers (row ``j * N + n``: layer ``j``, node
+    ``n``). ``layers``: their :class:`Layers`, previous slots given where ``known``; ``ids [L *
+    N, E / N]``: each sub-problem's experts (its local expert ``i`` is ``ids[:, i]``)."""
+
+    layers: Layers
+    ids: np.ndarray
+    known: np.ndarray
+
+
+def split(batch: Layers, topology: Topology, ids: np.ndarray) -> Split:
+    """``batch``'s layers cut into node sub-problems with experts ``ids [L, N, E / N]``."""
+    L, N, M = ids.shape
+    P = topology.num_slots
+    layer = np.repeat(np.arange(L), N)
+    flat = ids.reshape(L * N, M)
+    tokens = np.take_along_axis(batch.tokens[layer], flat[:, None, :], axis=2)
+    load = normalise(np.take_along_axis(batch.load[layer], flat, axis=1))
+    previous = share = None
+    known = np.zeros(L * N, dtype=bool)
+    if batch.previous is not None:
+        local = np.full((L * N, batch.load.shape[1]), -1, dtype=np.int64)
+        np.put_along_axis(local, flat, np.arange(M)[None, :], axis=1)
+        slots = batch.previous.reshape(L * N, P // N)
+        previous = np.take_along_axis(local, slots, axis=1)
+        known = (previous >= 0).all(axis=1)
+        previous = np.where(previous >= 0, previous, 0)  # rows not known: never passed on
+        if batch.previous_share is not None:
+            share = batch.previous_share.reshape(L * N, P // N)
+    sub = type(batch)(
+        normalise(tokens), load, previous, share, batch.index[layer], tokens, batch.steps,
+        batch.counts,
+    )  # fmt: skip
+    return Split(sub, flat, known)
+
+
+def _take(layers: Layers, mask: np.ndarray, with_previous: bool) -> Layers:
+    """The sub-problems of ``mask``, with or without their previous slots."""
+    keep = with_previous and layers.previous is not None
+    share = layers.previous_share
+    return type(layers)(
+        layers.episodes[mask], layers.load[mask], layers.previous[mask] if keep else None,
+        share[mask] if keep and share is not None else None, layers.index[mask],
+        layers.tokens[mask], layers.steps, layers.counts,
+    )  # fmt: skip
+
+
+def solve(parts: Split, topology: Topology, options: Any, run: Run):
+    """Every sub-problem planned (those with known previous slots in one call, the others in
+    another) and put back together: ``(rows [L, P] int64, shares [L, P] or None)``."""
+    N = topology.num_nodes
+    node = Topology(topology.num_ranks // N, topology.num_slots_per_rank)
+    total, M = parts.ids.shape
+    local = np.empty((total, topology.num_slots // N), dtype=np.int64)
+    shares = None
+    for with_previous in (True, False):
+        mask = parts.known if with_previous else ~parts.known
+        if not mask.any():
+            continue
+        rows, got = run(_take(parts.layers, mask, with_previous), node, options)
+        local[mask] = rows
+        if got is not None:
+            if shares is None:
+                shares = np.full(local.shape, np.nan)
+            shares[mask] = got
+    if shares is not None and np.isnan(shares).any():
+        # One part has shares and the other none: that one splits each expert evenly.
+        even = np.isnan(shares).any(axis=1)
+        shares[even] = even_shares(local[even], M)
+    rows = np.take_along_axis(parts.ids, local, axis=1).reshape(-1, topology.num_slots)
+    return rows, None if shares is None else shares.reshape(rows.shape)
+
+
+def _par(rows: np.ndarray, shares: np.ndarray | None, load: np.ndarray, D: int) -> np.ndarray:
+    """``[L]``: each layer's PAR on ``load [L, E]`` (uniform shares where ``shares`` is None)."""
+    L, P = rows.shape
+    if shares is None:
+        shares = even_shares(rows, load.shape[1])
+    ranks = (np.take_along_axis(load, rows, axis=1) * shares).reshape(L, D, P // D).sum(axis=2)
+    mean = ranks.mean(axis=1)
+    return np.divide(ranks.max(axis=1), mean, out=np.ones(L), where=mean > 0)
+
+
+def plan(batch: Layers, topology: Topology, options: Any, run: Run):
+    """``batch``'s layers placed hierarchically by the policy ``run``: ``(rows [L, P] int64,
+    shares [L, P] or None)``, as the module's docstring says; with a placement in force, each
+    layer's ranks relabelled within their nodes to keep the most of its slots."""
+    E, N = batch.load.shape[1], topology.num_nodes
+
+    def placed(layers: Layers, node_of_group: np.ndarray):
+        parts = split(layers, topology, expert_ids(node_of_group, E, N))
+        return solve(parts, topology, options, run)
+
+    fresh = pack_groups(batch.load, topology)
+    if batch.previous is None:
+        return placed(batch, fresh)
+    fresh = keep_nodes(fresh, batch.previous, topology, E)
+    rows, shares = _aligned(*placed(batch, fresh), batch.previous, topology, E)
+    held = groups_in_force(batch.previous, topology, E)
+    moved = (held >= 0).all(axis=1) & (held != fresh).any(axis=1)
+    if not moved.any() or not hasattr(options, "move_cost"):
+        return rows, shares
+    # Layers whose groups would change node: also plan them with the groups where they are.
+    sub = _take(batch, moved, with_previous=True)
+    kept_rows, kept_shares = _aligned(*placed(sub, held[moved]), sub.previous, topology, E)
+    D, P = topology.num_ranks, topology.num_slots
+    new_shares = None if shares is None else shares[moved]
+    slots = [(r != sub.previous).sum(axis=1) for r in (kept_rows, rows[moved])]
+    cost_kept = _par(kept_rows, kept_shares, sub.load, D) + options.move_cost * slots[0] / D
+    cost_new = _par(rows[moved], new_shares, sub.load, D) + options.move_cost * slots[1] / D
+    budget = int(getattr(options, "max_moved_fraction", 1.0) * P)
+    keep = (cost_kept <= cost_new) | (slots[1] > budget)
+    where = np.flatnonzero(moved)[keep]
+    rows[where] = kept_rows[keep]
+    if shares is None and kept_shares is None:
+        return rows, None
+    if shares is None:
+        shares = even_shares(rows, E)
+    shares[where] = even_shares(rows[where], E) if kept_shares is None else kept_shares[keep]
+    return rows, shares
+
+
+def _aligned(rows, shares, previous, topology: Topology, num_experts: int):
+    """``rows [L, P]`` (and ``shares`` or None) with each layer's ranks relabelled within their
+    nodes to keep the most slots of ``previous [L, P]``."""
+    out = np.empty_like(rows)
+    out_shares = None if shares is None else np.empty_like(shares)
+    for j in range(rows.shape[0]):
+        out[j], share = align_row(
+            rows[j], previous[j], topology.num_ranks, num_experts,
+            None if shares is None else shares[j], num_nodes=topology.num_nodes,
+        )  # fmt: skip
+        if out_shares is not None:
+            out_shares[j] = share
+    return out, out_shares
