@@ -159,7 +159,11 @@ def split(batch: Layers, topology: Topology, ids: np.ndarray) -> Split:
         np.put_along_axis(local, flat, np.arange(M)[None, :], axis=1)
         slots = batch.previous.reshape(L * N, P // N)
         previous = np.take_along_axis(local, slots, axis=1)
-        known = (previous >= 0).all(axis=1)
+        # Known: the node's slots hold its experts only, and each of them at least once (a
+        # placement of the node on its own).
+        held = np.zeros((L * N, M + 1), dtype=bool)
+        held[np.arange(L * N)[:, None], np.where(previous >= 0, previous, M)] = True
+        known = held[:, :M].all(axis=1) & ~held[:, M]
         previous = np.where(previous >= 0, previous, 0)  # rows not known: never passed on
         if batch.previous_share is not None:
             share = batch.previous_share.reshape(L * N, P // N)

@@ -6,7 +6,9 @@ The registry owns the rest: checking the load and the previous placement, cuttin
 into episodes, the loop over layers and building the :class:`Placement`. A policy may also give
 a function of all the planned layers at once (:class:`Layers`), which the registry then calls
 instead of the loop: run from the balancer's thread, one call for every layer returns to Python
-(a GIL hand-off the serving thread can wait for) once instead of once a layer. Each policy registers
+(a GIL hand-off the serving thread can wait for) once instead of once a layer. On a topology
+with nodes and expert groups, a policy whose ``hierarchical`` option is on plans each node as a
+layer of its own (:mod:`eplb_rt.algorithms.hierarchy`). Each policy registers
 with an options dataclass (a subclass of :class:`Options`, every field made with
 :func:`option`, so values are converted and range-checked before any work starts).
 """

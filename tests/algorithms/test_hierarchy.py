@@ -8,6 +8,7 @@ import pytest
 from eplb_rt import planning
 from eplb_rt.algorithms import get_policy, hierarchy, plan, policy_names
 from eplb_rt.algorithms.align import align_placement
+from eplb_rt.algorithms.registry import Layers
 from eplb_rt.placement import Placement, Topology
 
 TOPO = Topology(num_ranks=8, num_slots_per_rank=5, num_nodes=4, num_groups=8)  # 32 experts
@@ -170,3 +171,24 @@ def test_why_flat(topo, why):
     load = _load(11)
     flat = Topology(topo.num_ranks, topo.num_slots_per_rank)
     assert plan("deepseek", load, topo) == plan("deepseek", load, flat)
+
+
+def test_a_node_missing_one_of_its_experts_is_planned_afresh():
+    """A flat placement in force whose node holds only the node's new experts, but not all of
+    them, is no placement of that node: the node is planned without it."""
+    topo = Topology(4, 3, num_nodes=2, num_groups=2)  # 8 experts, 4 per node, 6 slots per node
+    load = np.arange(1.0, 9.0)[None, None, :] ** 2
+    fresh = plan("equilibrium", load, topo, options={"hierarchical": True})
+    groups = _nodes_of_groups(fresh, topo)[0]
+    mine = np.flatnonzero(np.repeat(groups, 4) == 0)  # node 0's experts
+    theirs = np.flatnonzero(np.repeat(groups, 4) == 1)
+    # Node 0 holds node 0's experts but one of them only on node 1.
+    row = np.concatenate([mine[[0, 1, 2, 0, 1, 2]], theirs[[0, 1, 2, 3]], mine[[3]], theirs[[0]]])
+    previous = Placement(row[None], 8, 4)
+    w = load[0] / load.sum()
+    batch = Layers(w[None], w, row[None], None, np.zeros(1, dtype=np.int64), w[None], np.ones(1))
+    parts = hierarchy.split(batch, topo, hierarchy.expert_ids(groups[None], 8, 2))
+    assert parts.known.tolist() == [False, False]
+    again = plan("equilibrium", load, topo, previous, options={"hierarchical": True})
+    again.validate()
+    _nodes_of_groups(again, topo)

@@ -233,3 +233,45 @@ def test_the_convention_is_read_from_postponed_annotations_too():
     spaces: dict = {}
     exec(code, spaces)
     assert ours.returns_maps(spaces["Old"]) and not ours.returns_maps(spaces["New"])
+
+
+def _rank_par(phy2log: np.ndarray, load: np.ndarray, num_ranks: int) -> np.ndarray:
+    """``[L]`` PAR of a vLLM map, each expert's tokens split evenly over its slots (as vLLM
+    serves them, two replicas on one rank included)."""
+    L = phy2log.shape[0]
+    counts = np.zeros(load.shape)
+    np.add.at(counts, (np.arange(L)[:, None], phy2log), 1.0)
+    slot = np.take_along_axis(load / np.maximum(counts, 1.0), phy2log, axis=1)
+    ranks = slot.reshape(L, num_ranks, -1).sum(axis=2)
+    return ranks.max(axis=1) / ranks.mean(axis=1)
+
+
+@pytest.mark.parametrize("nodes", [2, 4])
+def test_groups_on_nodes_as_vllms_own_policy(vllm, monkeypatch, nodes):
+    """DeepSeek-V3 (8 groups) at 32x9 on several nodes: ``deepseek`` through the adapter places
+    whole groups on nodes as vLLM's own policy does, to the same PAR; ``equilibrium`` does so
+    with ``hierarchical`` on and keeps them there on a re-plan."""
+    from benchmarks import traces
+
+    load = traces.deepseek_v3("prefill_in1024", moe_only=True)[0][:12]
+    weight = torch.from_numpy(load)
+    args = (weight, 288, 8, nodes, 32)
+    theirs = _phy2log(vllm.policy.EPLB_POLICIES["default"].rebalance_experts(*args))
+    node = np.arange(288) // (288 // nodes)
+    maps = {"theirs": theirs}
+    for policy, options in (("deepseek", None), ("equilibrium", {"hierarchical": True})):
+        cls = ours.policy_class(policy, options, returns_maps=False)
+        maps[policy] = cls.rebalance_experts(*args).numpy()
+    for name, phy2log in maps.items():
+        for row in phy2log:
+            for group in range(8):
+                assert len(set(node[row // 32 == group].tolist())) == 1, (name, group)
+    np.testing.assert_allclose(
+        _rank_par(maps["deepseek"], load, 32), _rank_par(theirs, load, 32), rtol=1e-3
+    )
+    cls = ours.policy_class("equilibrium", {"hierarchical": True}, returns_maps=False)
+    shifted = torch.from_numpy(np.roll(load, 40, axis=-1))
+    old = torch.from_numpy(maps["equilibrium"])
+    for row in cls.rebalance_experts(shifted, 288, 8, nodes, 32, old).numpy():
+        for group in range(8):
+            assert len(set(node[row // 32 == group].tolist())) == 1, group

@@ -16,7 +16,7 @@ from eplb_rt.algorithms import metrics, plan
 from eplb_rt.cli import main as cli
 from eplb_rt.config import EplbConfig
 from eplb_rt.integrations.vllm_ascend import EplbRtAscendPolicy, install, logical_load
-from eplb_rt.placement import Placement
+from eplb_rt.placement import Placement, Topology
 from tests.integrations.conftest import CASE_IDS, CASES, slot_workload
 from tests.integrations.peers import STUB_LOGGER
 
@@ -172,3 +172,23 @@ def test_the_policy_crosses_into_a_spawned_eplb_process(tmp_path):
     assert there[0] == here[0] and np.array_equal(there[1], here[1])
     assert np.array_equal(there[2], here[2])
     assert len(list(tmp_path.glob("load-*.npy"))) == 2  # one from each process
+
+
+def test_groups_on_nodes_pass_the_worker_check(ascend, caplog):
+    """DeepSeek-V3 (8 groups) at 32x9 on 4 nodes with ``hierarchical`` on: from vllm-ascend's
+    start layout and again on shifted load, each plan passes the worker's check and keeps
+    every group on one node."""
+    from benchmarks import traces
+
+    load = traces.deepseek_v3("prefill_in512", moe_only=True)[:, :8]
+    topology = Topology(32, 9, num_nodes=4, num_groups=8)
+    old = _initial_table(ascend, 8, 256, topology)
+    policy = EplbRtAscendPolicy("equilibrium", {"hierarchical": True}, num_nodes=4, num_groups=8)
+    node = np.arange(288) // 72
+    for work in (load, np.roll(load, 32, axis=-1)):
+        changed, _, new = policy.rebalance_experts(old, slot_workload(old, work))
+        assert changed and _passes_worker_check(ascend, old, new, caplog)
+        for row in new.reshape(8, -1):
+            for group in range(8):
+                assert len(set(node[row // 32 == group].tolist())) == 1, group
+        old = new

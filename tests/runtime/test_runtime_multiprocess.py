@@ -42,15 +42,15 @@ def _skewed_bias(step: int, layers: int, experts: int) -> torch.Tensor:
 def _check_weights(runtime: EplbRuntime, model: ExpertParallelMoE) -> None:
     """Each slot holds exactly the weights of the expert the committed placement puts there."""
     grid = runtime.placement.by_rank()
-    for layer in range(MODEL.num_layers):
-        fresh = expert_weights(MODEL, layer, grid[layer, runtime.rank])
+    for layer in range(model.cfg.num_layers):
+        fresh = expert_weights(model.cfg, layer, grid[layer, runtime.rank])
         for name, tensor in fresh.items():
             assert torch.equal(model.weights[layer][name], tensor), (layer, name)
 
 
 def _check_tables(runtime: EplbRuntime) -> None:
     p, R = runtime.placement, runtime.max_replicas
-    for layer in range(MODEL.num_layers):
+    for layer in range(runtime.num_layers):
         assert np.array_equal(runtime.log2phy(layer).numpy(), p.log2phy(R)[layer])
         assert np.array_equal(runtime.replica_share(layer).numpy(), p.replica_share(R)[layer])
         assert np.array_equal(runtime.logcnt(layer).numpy(), p.logcnt[layer])
@@ -76,9 +76,10 @@ def _drive(runtime, model, baseline, steps, rank, *, start=0, on_step=None, wait
     """Run ``steps`` steps, checking outputs, weights and tables after each one; with ``wait``
     each plan is finished before its deadline step (:func:`_let_plan_finish`)."""
     for step in range(start, start + steps):
+        cfg = model.cfg
         gen = torch.Generator().manual_seed(step * 131 + rank)
-        x = torch.randn((7 + rank, MODEL.hidden), generator=gen)  # ranks differ in batch size
-        bias = _skewed_bias(step, MODEL.num_layers, MODEL.num_experts)
+        x = torch.randn((7 + rank, cfg.hidden), generator=gen)  # ranks differ in batch size
+        bias = _skewed_bias(step, cfg.num_layers, cfg.num_experts)
         y = model(x, bias)
         assert torch.equal(y, baseline(x, bias)), f"outputs differ at step {step}"
         runtime.step()
@@ -90,9 +91,27 @@ def _drive(runtime, model, baseline, steps, rank, *, start=0, on_step=None, wait
             on_step(step)
 
 
-def _build(config: EplbConfig):
-    runtime = EplbRuntime(config, MODEL.num_layers, MODEL.num_experts)
-    return runtime, ExpertParallelMoE(MODEL, runtime=runtime), ExpertParallelMoE(MODEL)
+def _serve(runtime, model, baseline, rank, steps=60) -> list:
+    """:func:`_drive` for ``steps`` steps, then on until the plan under way has finished (so
+    that every rank shuts down after the same decisions); returns the committed placements,
+    the starting one first."""
+    history = [runtime.placement]
+
+    def on_step(step):
+        if runtime.placement != history[-1]:
+            history.append(runtime.placement)
+
+    _drive(runtime, model, baseline, steps, rank, on_step=on_step)
+    step = steps
+    while runtime.busy and step < steps + 40:
+        _drive(runtime, model, baseline, 1, rank, start=step, on_step=on_step)
+        step += 1
+    return history
+
+
+def _build(config: EplbConfig, model: MoEConfig = MODEL):
+    runtime = EplbRuntime(config, model.num_layers, model.num_experts)
+    return runtime, ExpertParallelMoE(model, runtime=runtime), ExpertParallelMoE(model)
 
 
 def _config(**overrides) -> EplbConfig:
@@ -130,17 +149,7 @@ def _rebalancing(rank: int, world: int, heat_source: str, policy: str, subproces
     assert runtime.balancer.ready.wait(120)  # the planning child has started and warmed up
     tables = [runtime.log2phy(layer).data_ptr() for layer in range(MODEL.num_layers)]
     weights = [model.weights[layer]["w1"].data_ptr() for layer in range(MODEL.num_layers)]
-    history = [runtime.placement]
-
-    def on_step(step):
-        if runtime.placement != history[-1]:
-            history.append(runtime.placement)
-
-    _drive(runtime, model, baseline, 60, rank, on_step=on_step)
-    step = 60
-    while runtime.busy and step < 100:  # finish the plan under way (same decision on all ranks)
-        _drive(runtime, model, baseline, 1, rank, start=step, on_step=on_step)
-        step += 1
+    history = _serve(runtime, model, baseline, rank)
     stats = runtime.stats()
     runtime.shutdown()
     assert stats["errors"] == [] and stats["num_errors"] == 0, stats["errors"]
@@ -187,6 +196,34 @@ def test_rebalancing_moves_exactly_the_plan_and_outputs_stay_bitwise_equal():
 
 def test_receiver_side_heat_with_the_default_policy_planned_in_a_child_process():
     spawn(_rebalancing, 3, "group_list", "deepseek", True)
+
+
+# ------------------------------------------------------------------------ groups on nodes
+GROUPED = MoEConfig(num_layers=2, num_experts=12, top_k=2, hidden=8, ffn=12, seed=5, exact=True)
+
+
+def _on_nodes(rank: int, world: int) -> None:
+    """4 ranks on 2 nodes, 4 groups of 3 experts, the default policy with ``hierarchical``:
+    every committed placement keeps each group on one node while outputs stay exact."""
+    warm_up(["equilibrium"])
+    config = _config(
+        policy="equilibrium", policy_options={"hierarchical": True}, num_nodes=2, num_groups=4,
+        num_redundant=4,
+    )  # fmt: skip
+    runtime, model, baseline = _build(config, GROUPED)
+    history = _serve(runtime, model, baseline, rank)
+    stats = runtime.stats()
+    runtime.shutdown()
+    assert stats["errors"] == [] and stats["num_rebalances"] >= 1, stats
+    node = np.arange(16) // 8
+    for placement in history[1:]:
+        for row in placement.phy2log:
+            for group in range(4):
+                assert len(set(node[row // 3 == group].tolist())) == 1, (group, row)
+
+
+def test_hierarchical_placement_keeps_groups_on_nodes_while_serving():
+    spawn(_on_nodes, 4)
 
 
 # ---------------------------------------------------------------------- faults
