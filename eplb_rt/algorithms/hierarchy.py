@@ -15,7 +15,8 @@ Per layer:
    most of its slots (Hungarian), so a packing that did not change moves nothing.
 2. **Each node on its own.** The node's experts (its groups', ``E / num_nodes``) on its ranks
    (``D / num_nodes``) are one sub-problem for the policy, with the slots in force where they
-   hold only the node's experts. All sub-problems of all layers go to the policy in one call.
+   hold the node's experts, each at least once, and no other (a placement of the node); else
+   the node is planned afresh. All sub-problems of all layers go to the policy in one call.
 3. **Moves that pay.** When the placement in force already keeps every group on one node but
    the load packs the groups differently, a new packing moves whole groups between nodes. For a
    policy that prices moves (``move_cost``), the groups are also kept where they are and the
