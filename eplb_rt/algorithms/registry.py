@@ -347,10 +347,19 @@ def _plan_batch(spec: PolicySpec, batch: Layers, topology: Topology, options: An
 
 
 def warm_up(names: list[str] | None = None) -> None:
-    """Compile every numba kernel of the given policies (all by default) ahead of first use."""
-    topo = Topology(4, 3)
-    load = np.arange(1.0, 1 + 3 * 2 * 9).reshape(3, 2, 9)
+    """Compile every numba kernel of the given policies (all by default) ahead of first use,
+    flat and hierarchical (4 groups of 2 experts on 2 nodes)."""
+    grouped = {"hierarchical": True}
+    cases = (
+        (Topology(4, 3), np.arange(1.0, 1 + 3 * 2 * 9).reshape(3, 2, 9), {}),
+        (Topology(4, 3, 2, 4), np.arange(1.0, 1 + 3 * 2 * 8).reshape(3, 2, 8), grouped),
+    )
     for name in names or policy_names():
-        for options in get_policy(name).warm_up_options:
-            first = plan(name, load, topo, options=options)
-            plan(name, load[::-1], topo, previous=first, options=options)
+        spec = get_policy(name)
+        for topo, load, extra in cases:
+            if extra and "hierarchical" not in spec.option_names:
+                continue  # a policy registered without the base options
+            for options in spec.warm_up_options:
+                merged = {**options, **extra}
+                first = plan(name, load, topo, options=merged)
+                plan(name, load[::-1], topo, previous=first, options=merged)
