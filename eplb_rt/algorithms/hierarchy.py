@@ -33,10 +33,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from eplb_rt.algorithms import metrics
 from eplb_rt.algorithms.align import align_row, max_assignment
 from eplb_rt.algorithms.load import normalise
 from eplb_rt.algorithms.packing import pack_equal_groups
-from eplb_rt.placement import Topology, even_shares
+from eplb_rt.placement import Placement, Topology, even_shares
 
 if TYPE_CHECKING:  # the registry calls this module: its classes come in as arguments
     from eplb_rt.algorithms.registry import Layers
@@ -47,14 +48,10 @@ Run = Callable[["Layers", Topology, Any], "tuple[np.ndarray, np.ndarray | None]"
 
 def applies(num_experts: int, topology: Topology, options: Any) -> bool:
     """Whether ``num_experts`` experts on ``topology`` are placed hierarchically."""
-    nodes, groups = topology.num_nodes, topology.num_groups
     return bool(
         getattr(options, "hierarchical", False)
-        and nodes > 1
-        and groups > 1
-        and num_experts % groups == 0
-        and groups % nodes == 0
-        and topology.num_slots_per_rank <= num_experts // nodes
+        and topology.num_groups > 1
+        and why_flat(num_experts, topology) is None
     )
 
 
@@ -212,16 +209,6 @@ def solve(parts: Split, topology: Topology, options: Any, run: Run):
     return rows, None if shares is None else shares.reshape(rows.shape)
 
 
-def _par(rows: np.ndarray, shares: np.ndarray | None, load: np.ndarray, D: int) -> np.ndarray:
-    """``[L]``: each layer's PAR on ``load [L, E]`` (uniform shares where ``shares`` is None)."""
-    L, P = rows.shape
-    if shares is None:
-        shares = even_shares(rows, load.shape[1])
-    ranks = (np.take_along_axis(load, rows, axis=1) * shares).reshape(L, D, P // D).sum(axis=2)
-    mean = ranks.mean(axis=1)
-    return np.divide(ranks.max(axis=1), mean, out=np.ones(L), where=mean > 0)
-
-
 def plan(batch: Layers, topology: Topology, options: Any, run: Run):
     """``batch``'s layers placed hierarchically by the policy ``run``: ``(rows [L, P] int64,
     shares [L, P] or None)``, as the module's docstring says; with a placement in force, each
@@ -247,8 +234,12 @@ def plan(batch: Layers, topology: Topology, options: Any, run: Run):
     D, P = topology.num_ranks, topology.num_slots
     new_shares = None if shares is None else shares[moved]
     slots = [(r != sub.previous).sum(axis=1) for r in (kept_rows, rows[moved])]
-    cost_kept = _par(kept_rows, kept_shares, sub.load, D) + options.move_cost * slots[0] / D
-    cost_new = _par(rows[moved], new_shares, sub.load, D) + options.move_cost * slots[1] / D
+    pars = [
+        np.nan_to_num(metrics.par(Placement(r, E, D, share), sub.load), nan=1.0)
+        for r, share in ((kept_rows, kept_shares), (rows[moved], new_shares))
+    ]
+    cost_kept = pars[0] + options.move_cost * slots[0] / D
+    cost_new = pars[1] + options.move_cost * slots[1] / D
     budget = int(getattr(options, "max_moved_fraction", 1.0) * P)
     keep = (cost_kept <= cost_new) | (slots[1] > budget)
     where = np.flatnonzero(moved)[keep]
