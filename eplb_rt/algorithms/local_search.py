@@ -11,6 +11,7 @@ import numpy as np
 from numba import njit
 
 from eplb_rt.algorithms.packing import counts_from_row, holds_from_row, stable_order
+from eplb_rt.algorithms.sums import pairwise_sum
 
 
 @njit(cache=True, nogil=True)
@@ -423,6 +424,175 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
                 changed |= top_rank[k, i] == ra or top_rank[k, i] == rb
             if changed:
                 _top3(loads, k, top_rank, top_load)
+        swaps += 1
+    return swaps
+
+
+@njit(cache=True, nogil=True)
+def _rotated_replicas(row, W, counts):
+    """Each slot's replica load over the rows, ``[P, K]``, in an orthonormal basis whose first
+    axis is the direction of the rows' total load (so coordinate 0 is a replica's size)."""
+    K = W.shape[0]
+    u = np.zeros(K)
+    for k in range(K):
+        u[k] = pairwise_sum(W[k])
+    norm = np.sqrt((u * u).sum())
+    # Householder reflection I - 2 v v^T / |v|^2 with v = e0 - u / |u| maps u onto e0.
+    v = -u / max(norm, 1e-300)
+    v[0] += 1.0
+    vv = (v * v).sum()
+    X = np.empty((row.shape[0], K))
+    for s in range(row.shape[0]):
+        e = row[s]
+        for k in range(K):
+            X[s, k] = W[k, e] / counts[e]
+        if vv > 1e-30:
+            t = 0.0
+            for k in range(K):
+                t += v[k] * X[s, k]
+            t *= 2.0 / vv
+            for k in range(K):
+                X[s, k] -= t * v[k]
+    return X
+
+
+@njit(cache=True, nogil=True)
+def _resort(order, where, z0):
+    """Insertion sort of ``z0`` (nearly sorted: a few values changed), ``order`` kept alongside
+    and ``where`` its inverse. Linear when few values are out of place."""
+    for i in range(1, z0.shape[0]):
+        v, s = z0[i], order[i]
+        j = i
+        while j > 0 and z0[j - 1] > v:
+            z0[j] = z0[j - 1]
+            order[j] = order[j - 1]
+            where[order[j]] = j
+            j -= 1
+        z0[j] = v
+        order[j] = s
+        where[s] = j
+
+
+@njit(cache=True, nogil=True)
+def balance_swaps(row, W, counts, num_ranks, max_swaps):
+    """Swap replicas between ranks to lower the sum over the rows of ``W`` of the squared rank
+    loads (in place); returns swaps.
+
+    A rank's loads over the ``K`` rows form a vector ``l_r``; the objective is
+    ``sum_r |l_r|^2``, which (the rows' totals being fixed) is the rows' variance of rank load:
+    every rank is pulled to the mean in every row at once, not only the peak rank of each.
+    Each round takes the best swap of the rank farthest from the mean (``|l_r - mean|``); a
+    rank that has none is passed over until a swap changes it, and the search ends when every
+    rank has been passed over (at most ``max_swaps``).
+
+    With ``x_s`` the load of slot ``s``'s replica and ``z_s = 2 x_s - l_rank(s)``, swapping
+    slot ``a`` of rank ``p`` with slot ``b`` of rank ``q`` lowers the objective by
+    ``(|l_p - l_q|^2 - |z_a - z_b|^2) / 2``. So only slots whose ``z`` lies within
+    ``|l_p - l_q|`` of ``z_a`` can gain; the search walks the slots sorted by the first
+    coordinate of ``z`` in the basis of :func:`_rotated_replicas` (a replica's size, which
+    spreads slots far apart) outwards from ``a`` and stops where that coordinate alone rules
+    out a gain larger than the best found. The swaps taken are those of scoring every pair.
+    """
+    K, E = W.shape
+    D = num_ranks
+    P = row.shape[0]
+    S = P // D
+    X = _rotated_replicas(row, W, counts)
+    loads = np.zeros((D, K))
+    for s in range(P):
+        for k in range(K):
+            loads[s // S, k] += X[s, k]
+    mean = np.zeros(K)
+    for r in range(D):
+        for k in range(K):
+            mean[k] += loads[r, k] / D
+    far = np.zeros(D)  # |l_r - mean|^2
+    for r in range(D):
+        for k in range(K):
+            far[r] += (loads[r, k] - mean[k]) ** 2
+    Z = np.empty((P, K))
+    for s in range(P):
+        for k in range(K):
+            Z[s, k] = 2.0 * X[s, k] - loads[s // S, k]
+    order = np.argsort(Z[:, 0])
+    z0 = Z[order, 0]  # the slots' first coordinates, in that order
+    where = np.empty(P, dtype=np.int64)
+    for i in range(P):
+        where[order[i]] = i
+    holds = holds_from_row(row, D, E)
+    stuck = np.zeros(D, dtype=np.bool_)
+    reach = np.empty(D)  # |l_p - l_q|^2: twice the most a swap of p with q can gain
+    floor = 2e-12 * max(far.max(), 1e-300)
+    swaps = 0
+    while swaps < max_swaps:
+        p = -1
+        for r in range(D):
+            if not stuck[r] and (p < 0 or far[r] > far[p]):
+                p = r
+        if p < 0:
+            break
+        widest = 0.0
+        for q in range(D):
+            t = 0.0
+            for k in range(K):
+                t += (loads[p, k] - loads[q, k]) ** 2
+            reach[q] = t
+            if q != p:
+                widest = max(widest, t)
+        best = floor  # twice the gain: reach[q] - |z_a - z_b|^2
+        best_a = best_b = -1
+        for i in range(S):
+            a = p * S + i
+            za = Z[a, 0]
+            lo, hi = where[a] - 1, where[a] + 1
+            while True:
+                # The next slot outwards, the nearer side first.
+                below = za - z0[lo] if lo >= 0 else np.inf
+                above = z0[hi] - za if hi < P else np.inf
+                if below <= above:
+                    d0 = below
+                    b = order[lo] if lo >= 0 else -1
+                    lo -= 1
+                else:
+                    d0 = above
+                    b = order[hi]
+                    hi += 1
+                if b < 0 or d0 * d0 >= widest - best:
+                    break
+                q = b // S
+                cut = reach[q] - best
+                if q == p or d0 * d0 >= cut:
+                    continue
+                dist = d0 * d0
+                for k in range(1, K):
+                    dist += (Z[a, k] - Z[b, k]) ** 2
+                    if dist >= cut:
+                        break
+                if dist >= cut or holds[q, row[a]] or holds[p, row[b]]:
+                    continue
+                best = reach[q] - dist
+                best_a, best_b = a, b
+        if best_a < 0:
+            stuck[p] = True
+            continue
+        q = best_b // S
+        for k in range(K):
+            t = X[best_a, k] - X[best_b, k]
+            loads[p, k] -= t
+            loads[q, k] += t
+            X[best_a, k], X[best_b, k] = X[best_b, k], X[best_a, k]
+        _swap(row, holds, best_a, best_b)
+        for r in (p, q):
+            t = 0.0
+            for k in range(K):
+                t += (loads[r, k] - mean[k]) ** 2
+            far[r] = t
+            for s in range(r * S, (r + 1) * S):
+                for k in range(K):
+                    Z[s, k] = 2.0 * X[s, k] - loads[r, k]
+                z0[where[s]] = Z[s, 0]
+        _resort(order, where, z0)
+        stuck[p] = stuck[q] = False
         swaps += 1
     return swaps
 
