@@ -491,7 +491,8 @@ def balance_swaps(row, W, counts, num_ranks, max_swaps):
     ``|l_p - l_q|`` of ``z_a`` can gain; the search walks the slots sorted by the first
     coordinate of ``z`` in the basis of :func:`_rotated_replicas` (a replica's size, which
     spreads slots far apart) outwards from ``a`` and stops where that coordinate alone rules
-    out a gain larger than the best found. The swaps taken are those of scoring every pair.
+    out a gain larger than the best found. The swaps taken are those of scoring every pair
+    (up to which of two equal gains comes first).
     """
     K, E = W.shape
     D = num_ranks
@@ -522,7 +523,8 @@ def balance_swaps(row, W, counts, num_ranks, max_swaps):
     holds = holds_from_row(row, D, E)
     stuck = np.zeros(D, dtype=np.bool_)
     reach = np.empty(D)  # |l_p - l_q|^2: twice the most a swap of p with q can gain
-    floor = 2e-12 * max(far.max(), 1e-300)
+    # Gains below this are rounding: the loads' own rounding is relative to the mean rank's.
+    floor = 2e-12 * max(far.max() + (mean * mean).sum(), 1e-300)
     swaps = 0
     while swaps < max_swaps:
         p = -1

@@ -34,7 +34,8 @@ def _reference(row: np.ndarray, W: np.ndarray, counts: np.ndarray, D: int, max_s
     over takes its best swap (every swap scored on the whole objective); a rank without one is
     passed over until a swap changes it."""
     S = row.size // D
-    floor = 1e-12 * _far(row, W, counts, D).max()
+    mean = _rank_loads(row, W, counts, D).mean(axis=1)
+    floor = 1e-12 * (_far(row, W, counts, D).max() + mean @ mean)
     stuck = np.zeros(D, dtype=bool)
     swaps = 0
     while swaps < max_swaps and not stuck.all():
