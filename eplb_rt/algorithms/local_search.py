@@ -490,7 +490,7 @@ def balance_swaps(row, W, counts, num_ranks, max_swaps):
     ``(|l_p - l_q|^2 - |z_a - z_b|^2) / 2``. So only slots whose ``z`` lies within
     ``|l_p - l_q|`` of ``z_a`` can gain; the search walks the slots sorted by the first
     coordinate of ``z`` in the basis of :func:`_rotated_replicas` (a replica's size, which
-    spreads slots far apart) outwards from ``a`` and stops where that coordinate alone rules
+    spreads slots far apart) outwards from ``a``, each side until that coordinate alone rules
     out a gain larger than the best found. The swaps taken are those of scoring every pair
     (up to which of two equal gains comes first).
     """
@@ -522,6 +522,10 @@ def balance_swaps(row, W, counts, num_ranks, max_swaps):
         where[order[i]] = i
     holds = holds_from_row(row, D, E)
     stuck = np.zeros(D, dtype=np.bool_)
+    # Swaps made when a rank last changed, and when it was last searched in vain: a pair of
+    # ranks need not be searched again while neither changed since one had no gaining swap.
+    changed = np.zeros(D, dtype=np.int64)
+    searched = np.full(D, -1, dtype=np.int64)
     reach = np.empty(D)  # |l_p - l_q|^2: twice the most a swap of p with q can gain
     # Gains below this are rounding: the loads' own rounding is relative to the mean rank's.
     floor = 2e-12 * max(far.max() + (mean * mean).sum(), 1e-300)
@@ -535,47 +539,43 @@ def balance_swaps(row, W, counts, num_ranks, max_swaps):
             break
         widest = 0.0
         for q in range(D):
+            if q == p or (stuck[q] and searched[q] >= changed[p]):
+                reach[q] = -np.inf  # no gaining swap with p
+                continue
             t = 0.0
             for k in range(K):
                 t += (loads[p, k] - loads[q, k]) ** 2
             reach[q] = t
-            if q != p:
-                widest = max(widest, t)
+            widest = max(widest, t)
         best = floor  # twice the gain: reach[q] - |z_a - z_b|^2
         best_a = best_b = -1
         for i in range(S):
             a = p * S + i
             za = Z[a, 0]
-            lo, hi = where[a] - 1, where[a] + 1
-            while True:
-                # The next slot outwards, the nearer side first.
-                below = za - z0[lo] if lo >= 0 else np.inf
-                above = z0[hi] - za if hi < P else np.inf
-                if below <= above:
-                    d0 = below
-                    b = order[lo] if lo >= 0 else -1
-                    lo -= 1
-                else:
-                    d0 = above
-                    b = order[hi]
-                    hi += 1
-                if b < 0 or d0 * d0 >= widest - best:
-                    break
-                q = b // S
-                cut = reach[q] - best
-                if q == p or d0 * d0 >= cut:
-                    continue
-                dist = d0 * d0
-                for k in range(1, K):
-                    dist += (Z[a, k] - Z[b, k]) ** 2
-                    if dist >= cut:
+            for step in (-1, 1):  # below a, then above it
+                j = where[a] + step
+                while 0 <= j < P:
+                    d0 = z0[j] - za
+                    if d0 * d0 >= widest - best:
                         break
-                if dist >= cut or holds[q, row[a]] or holds[p, row[b]]:
-                    continue
-                best = reach[q] - dist
-                best_a, best_b = a, b
+                    b = order[j]
+                    j += step
+                    q = b // S
+                    cut = reach[q] - best
+                    if d0 * d0 >= cut:
+                        continue
+                    dist = d0 * d0
+                    for k in range(1, K):
+                        dist += (Z[a, k] - Z[b, k]) ** 2
+                        if dist >= cut:
+                            break
+                    if dist >= cut or holds[q, row[a]] or holds[p, row[b]]:
+                        continue
+                    best = reach[q] - dist
+                    best_a, best_b = a, b
         if best_a < 0:
             stuck[p] = True
+            searched[p] = swaps
             continue
         q = best_b // S
         for k in range(K):
@@ -596,6 +596,7 @@ def balance_swaps(row, W, counts, num_ranks, max_swaps):
         _resort(order, where, z0)
         stuck[p] = stuck[q] = False
         swaps += 1
+        changed[p] = changed[q] = swaps
     return swaps
 
 
