@@ -10,6 +10,7 @@ from eplb_rt.algorithms import get_policy, hierarchy, plan, policy_names
 from eplb_rt.algorithms.align import align_placement
 from eplb_rt.algorithms.registry import Layers
 from eplb_rt.placement import Placement, Topology
+from tests.groups import group_nodes
 
 TOPO = Topology(num_ranks=8, num_slots_per_rank=5, num_nodes=4, num_groups=8)  # 32 experts
 SHIPPED = ("deepseek", "equilibrium", "flashlb", "random", "swift")
@@ -21,16 +22,7 @@ def _load(seed: int, steps: int = 4, layers: int = 3, experts: int = 32) -> np.n
 
 def _nodes_of_groups(p: Placement, topo: Topology) -> np.ndarray:
     """``[L, G]``: the one node each group's experts sit on (asserted)."""
-    node = np.arange(topo.num_slots) // (topo.num_slots // topo.num_nodes)
-    size = p.num_experts // topo.num_groups
-    out = np.empty((p.num_layers, topo.num_groups), dtype=np.int64)
-    for layer in range(p.num_layers):
-        group = p.phy2log[layer] // size
-        for g in range(topo.num_groups):
-            on = set(node[group == g].tolist())
-            assert len(on) == 1, f"layer {layer}: group {g} spans nodes {sorted(on)}"
-            out[layer, g] = on.pop()
-    return out
+    return group_nodes(p.phy2log, topo.num_nodes, p.num_experts // topo.num_groups)
 
 
 def test_every_shipped_policy_has_the_option():

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from eplb_rt.cli import main as cli
 from eplb_rt.integrations import sglang as ours
 from eplb_rt.placement import Placement
+from tests.groups import group_nodes
 from tests.integrations.conftest import CASE_IDS, CASES, install_entry_points
 
 
@@ -145,7 +146,5 @@ def test_plugin_takes_its_options_from_the_environment(sglang, monkeypatch):
     args = (torch.tensor(load), 72, 9, 8, 2)  # 8 ranks on 2 nodes, 8 groups of 8 experts
     phy2log = algorithms.rebalance_experts(*args, algorithms.EplbAlgorithm.deepseek)[0].numpy()
     flat = ours.rebalance_experts(*args, policy="equilibrium")[0].numpy()
-    node = np.arange(72) // 36
-    for group in range(8):
-        assert len(set(node[np.isin(phy2log[1], np.arange(8) + 8 * group)])) == 1
+    group_nodes(phy2log[1], 2, 8)
     assert not np.array_equal(phy2log, flat)

@@ -17,6 +17,7 @@ from eplb_rt.algorithms import metrics
 from eplb_rt.integrations import vllm as ours
 from eplb_rt.integrations import vllm_ascend
 from eplb_rt.placement import Placement
+from tests.groups import group_nodes
 from tests.integrations.conftest import (
     CASE_IDS,
     CASES,
@@ -211,9 +212,7 @@ def test_plugin_options_come_from_the_environment_and_are_checked_at_start(vllm,
     monkeypatch.setattr(table["default"], "returns_maps", False)
     weight = torch.from_numpy(np.random.default_rng(0).gamma(0.5, 100.0, size=(2, 64)))
     phy2log = table["default"].rebalance_experts(weight, 72, 8, 2, 8).numpy()
-    node = np.arange(72) // 36
-    for group in range(8):  # hierarchical: each group of 8 experts on one node
-        assert len(set(node[np.isin(phy2log[0], np.arange(8) + 8 * group)])) == 1
+    group_nodes(phy2log, 2, 8)  # hierarchical: each group of 8 experts on one node
     monkeypatch.setenv("EPLB_RT_POLICY_OPTIONS", "hierarchical=maybe")
     with pytest.raises(ValueError, match=r"EPLB_RT_POLICY_OPTIONS: .*'hierarchical' must be true"):
         ours.register()
@@ -257,21 +256,16 @@ def test_groups_on_nodes_as_vllms_own_policy(vllm, monkeypatch, nodes):
     weight = torch.from_numpy(load)
     args = (weight, 288, 8, nodes, 32)
     theirs = _phy2log(vllm.policy.EPLB_POLICIES["default"].rebalance_experts(*args))
-    node = np.arange(288) // (288 // nodes)
     maps = {"theirs": theirs}
     for policy, options in (("deepseek", None), ("equilibrium", {"hierarchical": True})):
         cls = ours.policy_class(policy, options, returns_maps=False)
         maps[policy] = cls.rebalance_experts(*args).numpy()
-    for name, phy2log in maps.items():
-        for row in phy2log:
-            for group in range(8):
-                assert len(set(node[row // 32 == group].tolist())) == 1, (name, group)
+    for phy2log in maps.values():
+        group_nodes(phy2log, nodes, 32)
     np.testing.assert_allclose(
         _rank_par(maps["deepseek"], load, 32), _rank_par(theirs, load, 32), rtol=1e-3
     )
     cls = ours.policy_class("equilibrium", {"hierarchical": True}, returns_maps=False)
     shifted = torch.from_numpy(np.roll(load, 40, axis=-1))
     old = torch.from_numpy(maps["equilibrium"])
-    for row in cls.rebalance_experts(shifted, 288, 8, nodes, 32, old).numpy():
-        for group in range(8):
-            assert len(set(node[row // 32 == group].tolist())) == 1, group
+    group_nodes(cls.rebalance_experts(shifted, 288, 8, nodes, 32, old).numpy(), nodes, 32)

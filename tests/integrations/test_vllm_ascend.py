@@ -17,6 +17,7 @@ from eplb_rt.cli import main as cli
 from eplb_rt.config import EplbConfig
 from eplb_rt.integrations.vllm_ascend import EplbRtAscendPolicy, install, logical_load
 from eplb_rt.placement import Placement, Topology
+from tests.groups import group_nodes
 from tests.integrations.conftest import CASE_IDS, CASES, slot_workload
 from tests.integrations.peers import STUB_LOGGER
 
@@ -184,11 +185,8 @@ def test_groups_on_nodes_pass_the_worker_check(ascend, caplog):
     topology = Topology(32, 9, num_nodes=4, num_groups=8)
     old = _initial_table(ascend, 8, 256, topology)
     policy = EplbRtAscendPolicy("equilibrium", {"hierarchical": True}, num_nodes=4, num_groups=8)
-    node = np.arange(288) // 72
     for work in (load, np.roll(load, 32, axis=-1)):
         changed, _, new = policy.rebalance_experts(old, slot_workload(old, work))
         assert changed and _passes_worker_check(ascend, old, new, caplog)
-        for row in new.reshape(8, -1):
-            for group in range(8):
-                assert len(set(node[row // 32 == group].tolist())) == 1, group
+        group_nodes(new.reshape(8, -1), 4, 32)
         old = new

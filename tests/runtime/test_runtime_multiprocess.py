@@ -23,6 +23,7 @@ from eplb_rt.config import EplbConfig
 from eplb_rt.models import ExpertParallelMoE, MoEConfig, expert_weights
 from eplb_rt.runtime import EplbRuntime
 from eplb_rt.runtime import runtime as runtime_module
+from tests.groups import group_nodes
 
 pytestmark = pytest.mark.multiprocess
 
@@ -215,11 +216,8 @@ def _on_nodes(rank: int, world: int) -> None:
     stats = runtime.stats()
     runtime.shutdown()
     assert stats["errors"] == [] and stats["num_rebalances"] >= 1, stats
-    node = np.arange(16) // 8
     for placement in history[1:]:
-        for row in placement.phy2log:
-            for group in range(4):
-                assert len(set(node[row // 3 == group].tolist())) == 1, (group, row)
+        group_nodes(placement.phy2log, 2, 3)
 
 
 def test_hierarchical_placement_keeps_groups_on_nodes_while_serving():
