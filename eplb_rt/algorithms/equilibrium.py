@@ -20,7 +20,7 @@ Per layer (the search kernels are numba, no GIL):
    episodes of the squared rank loads (:func:`~eplb_rt.algorithms.local_search.balance_swaps`):
    every rank pulled to the mean of every episode, not only each episode's peak rank. Out of
    sample that holds better than the sum of the episodes' peaks on many ranks (DeepSeek-V3,
-   fresh sampled draws), and it takes half the time.
+   fresh sampled draws), and it takes less than half the time.
 3. **Shares** (``shares=True``; off by default: shares fitted to past load lose out of sample):
    the transportation optimum (:mod:`eplb_rt.algorithms.shares`), after rewriting a few slots
    where a rank set still confines too much load.

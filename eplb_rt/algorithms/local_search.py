@@ -521,9 +521,9 @@ def balance_swaps(row, W, counts, num_ranks, max_swaps):
     for i in range(P):
         where[order[i]] = i
     holds = holds_from_row(row, D, E)
-    stuck = np.zeros(D, dtype=np.bool_)
-    # Swaps made when a rank last changed, and when it was last searched in vain: a pair of
-    # ranks need not be searched again while neither changed since one had no gaining swap.
+    # Swaps made when a rank last changed, and when it was last searched in vain: a rank is
+    # passed over while searched >= changed, and a pair of ranks need not be searched again
+    # while neither changed since one had no gaining swap.
     changed = np.zeros(D, dtype=np.int64)
     searched = np.full(D, -1, dtype=np.int64)
     reach = np.empty(D)  # |l_p - l_q|^2: twice the most a swap of p with q can gain
@@ -533,13 +533,13 @@ def balance_swaps(row, W, counts, num_ranks, max_swaps):
     while swaps < max_swaps:
         p = -1
         for r in range(D):
-            if not stuck[r] and (p < 0 or far[r] > far[p]):
+            if searched[r] < changed[r] and (p < 0 or far[r] > far[p]):
                 p = r
         if p < 0:
             break
         widest = 0.0
         for q in range(D):
-            if q == p or (stuck[q] and searched[q] >= changed[p]):
+            if q == p or searched[q] >= max(changed[q], changed[p]):
                 reach[q] = -np.inf  # no gaining swap with p
                 continue
             t = 0.0
@@ -574,7 +574,6 @@ def balance_swaps(row, W, counts, num_ranks, max_swaps):
                     best = reach[q] - dist
                     best_a, best_b = a, b
         if best_a < 0:
-            stuck[p] = True
             searched[p] = swaps
             continue
         q = best_b // S
@@ -594,7 +593,6 @@ def balance_swaps(row, W, counts, num_ranks, max_swaps):
                     Z[s, k] = 2.0 * X[s, k] - loads[r, k]
                 z0[where[s]] = Z[s, 0]
         _resort(order, where, z0)
-        stuck[p] = stuck[q] = False
         swaps += 1
         changed[p] = changed[q] = swaps
     return swaps
