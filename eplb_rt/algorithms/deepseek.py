@@ -18,6 +18,7 @@ The policy ignores the previous placement: it plans from scratch (DeepSeek's beh
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import numpy as np
 from numba import njit
@@ -38,6 +39,7 @@ class DeepSeekOptions(Options):
     """
 
     hierarchical: bool = option(True)
+    groups_on_episodes: ClassVar[bool] = False  # groups packed as DeepSeek's EPLB packs them
 
 
 @njit(cache=True, nogil=True)

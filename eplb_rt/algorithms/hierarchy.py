@@ -11,8 +11,9 @@ node's load is that of the groups it holds, which no placement within the node c
 Per layer:
 
 1. **Groups onto nodes.** ``num_groups / num_nodes`` groups a node, balanced by their summed load
-   (LPT, as DeepSeek's EPLB). With a placement in force, the nodes are relabelled to keep the
-   most of its slots (Hungarian), so a packing that did not change moves nothing.
+   (LPT, as DeepSeek's EPLB), then, but for ``deepseek``, by swaps of two groups that balance
+   every episode (:func:`pack_groups`). With a placement in force, the nodes are relabelled to
+   keep the most of its slots (Hungarian), so a packing that did not change moves nothing.
 2. **Each node on its own.** The node's experts (its groups', ``E / num_nodes``) on its ranks
    (``D / num_nodes``) are one sub-problem for the policy, with the slots in force where they
    hold the node's experts, each at least once, and no other (a placement of the node); else
@@ -36,7 +37,7 @@ import numpy as np
 from eplb_rt.algorithms import metrics
 from eplb_rt.algorithms.align import align_row, max_assignment
 from eplb_rt.algorithms.load import normalise
-from eplb_rt.algorithms.packing import pack_equal_groups
+from eplb_rt.algorithms.packing import pack_equal_groups, swap_items
 from eplb_rt.placement import Placement, Topology, even_shares
 
 if TYPE_CHECKING:  # the registry calls this module: its classes come in as arguments
@@ -79,13 +80,25 @@ def why_flat(num_experts: int, topology: Topology) -> str | None:
     return None
 
 
-def pack_groups(load: np.ndarray, topology: Topology) -> np.ndarray:
-    """``[L, G] int64``: the node of each group of ``load [L, E]``, ``G / N`` groups a node,
-    balanced by the groups' summed load."""
-    L, E = load.shape
+def pack_groups(layers: Layers, topology: Topology, on_episodes: bool) -> np.ndarray:
+    """``[L, G] int64``: the node of each group of ``layers``, ``G / N`` groups a node.
+
+    LPT on the groups' summed load (DeepSeek's EPLB); with ``on_episodes``, then swaps of two
+    groups between nodes while they lower the sum over the episodes of the heaviest node's load
+    (:func:`~eplb_rt.algorithms.packing.swap_items`). A node's load is fixed by its groups, so
+    this packing bounds the layer's balance: LPT's greedy packing of a few large groups is often
+    a swap away from a better one, and a packing balanced on every episode holds for a new mix of
+    them (DeepSeek-V3 on 2 nodes, BENCHMARKS.md section 2).
+    """
+    L, K, E = layers.episodes.shape
     G, N = topology.num_groups, topology.num_nodes
-    sums = load.reshape(L, G, E // G).sum(axis=2)
-    return np.stack([pack_equal_groups(np.ascontiguousarray(s), N) for s in sums])
+    sums = layers.load.reshape(L, G, E // G).sum(axis=2)
+    packs = np.stack([pack_equal_groups(np.ascontiguousarray(s), N) for s in sums])
+    if on_episodes:
+        episodes = layers.episodes.reshape(L, K, G, E // G).sum(axis=3)
+        for j in range(L):
+            swap_items(packs[j], episodes[j], N, G * G)
+    return packs
 
 
 def groups_in_force(previous: np.ndarray, topology: Topology, num_experts: int) -> np.ndarray:
@@ -219,7 +232,7 @@ def plan(batch: Layers, topology: Topology, options: Any, run: Run):
         parts = split(layers, topology, expert_ids(node_of_group, E, N))
         return solve(parts, topology, options, run)
 
-    fresh = pack_groups(batch.load, topology)
+    fresh = pack_groups(batch, topology, type(options).groups_on_episodes)
     if batch.previous is None:
         return placed(batch, fresh)
     fresh = keep_nodes(fresh, batch.previous, topology, E)

@@ -167,6 +167,61 @@ def pack_equal_groups(weights, num_packs):
 
 
 @njit(cache=True, nogil=True)
+def _peak_after_swap(loads, a, b, d):
+    """The largest of ``loads [n]`` once ``d`` moves from pack ``a`` to pack ``b``."""
+    peak = -np.inf
+    for p in range(loads.shape[0]):
+        value = loads[p] - d if p == a else (loads[p] + d if p == b else loads[p])
+        peak = max(peak, value)
+    return peak
+
+
+@njit(cache=True, nogil=True)
+def swap_items(pack_of, rows, num_packs, max_swaps):
+    """Swaps of two items between packs that lower the sum over ``rows`` of the heaviest pack's
+    load (in place; pack sizes are kept); returns the swaps made.
+
+    ``pack_of [n] int64``: each item's pack; ``rows [K, n] float64``: the items' loads in each of
+    ``K`` scenarios (episodes). Each round takes the swap of largest gain, until none gains more
+    than rounding (or ``max_swaps``): a packing no single swap improves on every row at once.
+    """
+    K, n = rows.shape
+    loads = np.zeros((K, num_packs))
+    peaks = np.zeros(K)
+    total = 0.0
+    for k in range(K):
+        for i in range(n):
+            loads[k, pack_of[i]] += rows[k, i]
+            total += abs(rows[k, i])
+        peaks[k] = loads[k].max()
+    floor = _EPS * max(total, 1e-300)
+    swaps = 0
+    while swaps < max_swaps:
+        best, best_x, best_y = floor, -1, -1
+        for x in range(n):
+            for y in range(x + 1, n):
+                a, b = pack_of[x], pack_of[y]
+                if a == b:
+                    continue
+                gain = 0.0
+                for k in range(K):
+                    gain += peaks[k] - _peak_after_swap(loads[k], a, b, rows[k, x] - rows[k, y])
+                if gain > best:
+                    best, best_x, best_y = gain, x, y
+        if best_x < 0:
+            break
+        a, b = pack_of[best_x], pack_of[best_y]
+        for k in range(K):
+            d = rows[k, best_x] - rows[k, best_y]
+            loads[k, a] -= d
+            loads[k, b] += d
+            peaks[k] = loads[k].max()
+        pack_of[best_x], pack_of[best_y] = b, a
+        swaps += 1
+    return swaps
+
+
+@njit(cache=True, nogil=True)
 def score_place(experts, counts, mu, cov, z, mean, var, row, fill, holds):
     """Place every replica of ``experts`` (hottest per replica first) on the rank whose score
     ``mean + z * std`` of load across episodes grows least (FlashLB's device score), in place.

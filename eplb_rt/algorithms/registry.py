@@ -166,6 +166,9 @@ class Options:
     """
 
     policy: ClassVar[str] = "?"
+    groups_on_episodes: ClassVar[bool] = True
+    """With ``hierarchical``: the groups' packing onto nodes is improved on the episodes
+    (:func:`~eplb_rt.algorithms.hierarchy.pack_groups`), not left as LPT on their summed load."""
     hierarchical: bool = option(False)
 
     def __post_init__(self) -> None:

@@ -68,6 +68,30 @@ def test_each_node_is_the_flat_plan_of_its_experts(policy):
         assert (ids[alone.phy2log[0]] == p.phy2log[0, node * 12 : (node + 1) * 12]).all()
 
 
+def test_groups_are_packed_for_every_episode_but_by_deepseek():
+    """Two episodes, each loading its own two groups. LPT on the summed load packs each episode's
+    two groups together (peaks 18 and 17.5 of 19 and 18). The policies that plan on episodes
+    pack the groups so that each episode's load splits over both nodes; ``deepseek`` keeps
+    DeepSeek's packing, and the others see only the summed load, which LPT already balances."""
+    topo = Topology(4, 4, num_nodes=2, num_groups=4)  # 16 experts, 4 a group
+    groups = np.array([[10.0, 0.5, 0.5, 8.0], [0.0, 8.5, 9.0, 0.5]])  # summed: 10, 9, 9.5, 8.5
+    load = np.repeat(groups / 4, 4, axis=1)[:, None, :]  # [2 steps, 1 layer, 16]
+    tokens = load.transpose(1, 0, 2)  # [1 layer, 2 episodes, 16]
+    batch = Layers(
+        tokens / tokens.sum(axis=2, keepdims=True), load.sum(axis=0) / load.sum(), None, None,
+        np.zeros(1, dtype=np.int64), tokens, np.ones(2, dtype=np.int64),
+    )  # fmt: skip
+    assert (hierarchy.pack_groups(batch, topo, on_episodes=False) == [[0, 1, 1, 0]]).all()
+    swapped = hierarchy.pack_groups(batch, topo, on_episodes=True)[0]
+    assert swapped[0] == swapped[2] != swapped[1] == swapped[3]
+    for policy in SHIPPED:
+        nodes = _nodes_of_groups(plan(policy, load, topo, options={"hierarchical": True}), topo)[0]
+        if policy in ("equilibrium", "flashlb"):
+            assert nodes[0] == nodes[2] != nodes[1] == nodes[3], policy
+        else:
+            assert nodes[0] == nodes[3] != nodes[1] == nodes[2], policy
+
+
 def test_shares_are_planned_per_node():
     load = _load(4)
     p = plan("equilibrium", load, TOPO, options={"hierarchical": True, "shares": True})
