@@ -11,21 +11,17 @@ from eplb_rt.algorithms.load import normalise
 from eplb_rt.algorithms.local_search import balance_swaps
 from eplb_rt.algorithms.packing import counts_from_row
 from eplb_rt.algorithms.replicas import allot_replicas
-
-
-def _rank_loads(row: np.ndarray, W: np.ndarray, counts: np.ndarray, D: int) -> np.ndarray:
-    """``[K, D]``: each row's load per rank."""
-    return (W[:, row] / counts[row]).reshape(W.shape[0], D, -1).sum(axis=2)
+from tests.rows import random_row, rank_loads
 
 
 def _objective(row: np.ndarray, W: np.ndarray, counts: np.ndarray, D: int) -> float:
-    loads = _rank_loads(row, W, counts, D)
+    loads = rank_loads(row, W, counts, D)
     return float((loads * loads).sum())
 
 
 def _far(row: np.ndarray, W: np.ndarray, counts: np.ndarray, D: int) -> np.ndarray:
     """``[D]``: each rank's squared distance from the mean rank, over the rows."""
-    loads = _rank_loads(row, W, counts, D)
+    loads = rank_loads(row, W, counts, D)
     return ((loads - loads.mean(axis=1, keepdims=True)) ** 2).sum(axis=0)
 
 
@@ -34,7 +30,7 @@ def _reference(row: np.ndarray, W: np.ndarray, counts: np.ndarray, D: int, max_s
     over takes its best swap (every swap scored on the whole objective); a rank without one is
     passed over until a swap changes it."""
     S = row.size // D
-    mean = _rank_loads(row, W, counts, D).mean(axis=1)
+    mean = rank_loads(row, W, counts, D).mean(axis=1)
     floor = 1e-12 * (_far(row, W, counts, D).max() + mean @ mean)
     stuck = np.zeros(D, dtype=bool)
     swaps = 0
@@ -69,10 +65,7 @@ def _start(rng, K: int, E: int, D: int, S: int):
     """Float loads with a spread of sizes, their replica counts and a random valid placement."""
     W = normalise(rng.pareto(1.2, size=(K, E)) * rng.uniform(0.5, 1.5, size=(1, E)))
     counts = allot_replicas(W.mean(axis=0), D * S, D)
-    row = rng.permutation(np.repeat(np.arange(E), counts))
-    while any(len(set(r)) < S for r in row.reshape(D, S)):
-        row = rng.permutation(row)
-    return W, counts, row
+    return W, counts, random_row(rng, counts, D)
 
 
 @pytest.mark.parametrize("seed", range(8))

@@ -13,16 +13,12 @@ from eplb_rt.algorithms.load import normalise
 from eplb_rt.algorithms.local_search import swap_search
 from eplb_rt.algorithms.packing import counts_from_row
 from eplb_rt.algorithms.replicas import allot_replicas
-
-
-def _rank_loads(row: np.ndarray, W: np.ndarray, counts: np.ndarray, D: int) -> np.ndarray:
-    """``[K, D]``: each episode's load per rank."""
-    return (W[:, row] / counts[row]).reshape(W.shape[0], D, -1).sum(axis=2)
+from tests.rows import random_row, rank_loads
 
 
 def _objective(row: np.ndarray, W: np.ndarray, counts: np.ndarray, D: int, tie: float) -> float:
     """Sum over episodes of the peak rank load, plus ``tie * D`` x the sum of squared loads."""
-    loads = _rank_loads(row, W, counts, D)
+    loads = rank_loads(row, W, counts, D)
     return float(loads.max(axis=1).sum() + tie * D * (loads * loads).sum())
 
 
@@ -54,7 +50,7 @@ def _best_swap_gain(
     """The largest objective drop of one swap between an episode-peak rank and another rank."""
     S = row.size // D
     objective = functools.partial(_objective, W=W, counts=counts, D=D, tie=tie)
-    peaks = np.unique(_rank_loads(row, W, counts, D).argmax(axis=1))
+    peaks = np.unique(rank_loads(row, W, counts, D).argmax(axis=1))
     gains = [_gain(row, p, q, objective) for a in peaks for p, q in _swaps(row, a, range(D), S)]
     return max(gains, default=-np.inf)
 
@@ -77,7 +73,7 @@ def _reference_search(
     stuck = np.zeros(D, dtype=bool)
     swaps = 0
     while swaps < max_rounds:
-        loads = _rank_loads(row, W, counts, D)
+        loads = rank_loads(row, W, counts, D)
         top = loads.argmax(axis=1)
         ranked = -np.sort(-loads, axis=1)
         lead = np.zeros(D)
@@ -129,10 +125,7 @@ def test_stops_at_a_local_optimum_of_its_objective(seed, tie, shape):
     rng = np.random.default_rng(seed)
     W = normalise(rng.pareto(1.2, size=(K, E)) * rng.uniform(0.5, 1.5, size=(1, E)))
     counts = allot_replicas(W.mean(axis=0), D * S, D)
-    row = rng.permutation(np.repeat(np.arange(E), counts))
-    # A random start may put two replicas of an expert on one rank: re-draw until it does not.
-    while any(len(set(r)) < S for r in row.reshape(D, S)):
-        row = rng.permutation(row)
+    row = random_row(rng, counts, D)
     start = _objective(row, W, counts, D, tie)
     swaps = swap_search(row, W, counts, D, 10_000, tie, 0.0)
     assert swaps < 10_000
@@ -151,9 +144,7 @@ def test_stops_at_a_local_optimum_with_tied_loads(seed, shape):
     rng = np.random.default_rng(seed)
     W = rng.integers(0, 4, size=(K, E)).astype(np.float64)
     counts = allot_replicas(W.mean(axis=0), D * S, D)
-    row = rng.permutation(np.repeat(np.arange(E), counts))
-    while any(len(set(r)) < S for r in row.reshape(D, S)):
-        row = rng.permutation(row)
+    row = random_row(rng, counts, D)
     start = _objective(row, W, counts, D, 1e-3)
     swaps = swap_search(row, W, counts, D, 10_000, 1e-3, 0.0)
     assert swaps < 10_000
@@ -177,9 +168,7 @@ def test_takes_the_swaps_of_the_plain_search(seed, tie, min_gain, max_rounds, sh
     rng = np.random.default_rng(seed)
     counts = allot_replicas(rng.pareto(1.2, size=E) + 0.1, D * S, D)
     W = rng.integers(0, 7, size=(K, E)) / 2.0 * counts
-    row = rng.permutation(np.repeat(np.arange(E), counts))
-    while any(len(set(r)) < S for r in row.reshape(D, S)):
-        row = rng.permutation(row)
+    row = random_row(rng, counts, D)
     expected = row.copy()
     swaps = _reference_search(
         expected, W, counts, D, max_rounds=max_rounds, tie=tie, min_gain=min_gain
