@@ -182,8 +182,8 @@ def swap_items(pack_of, rows, num_packs, max_swaps):
     load (in place; pack sizes are kept); returns the swaps made.
 
     ``pack_of [n] int64``: each item's pack; ``rows [K, n] float64``: the items' loads in each of
-    ``K`` scenarios (episodes). Each round takes the swap of largest gain, until none gains more
-    than rounding (or ``max_swaps``): a packing no single swap improves on every row at once.
+    ``K`` scenarios (episodes). Each round takes the swap of largest gain (the first of equal
+    gains), until no swap lowers the sum by more than rounding, or ``max_swaps``.
     """
     K, n = rows.shape
     loads = np.zeros((K, num_packs))
