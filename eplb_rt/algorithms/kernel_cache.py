@@ -26,6 +26,8 @@ of CPU at the first plan, and the GIL held through most of it. Kernels numba has
 all compile at first use, for the CPU they run on, and save next to the shipped entries when they
 can. ``EPLB_RT_KERNEL_CACHE=0`` turns the shipped cache off (numba's own caching then applies);
 ``NUMBA_CACHE_LOCATOR_CLASSES``, numba's own override of the locator list, also bypasses it.
+The package's entries are saved under an exclusive lock on the kernel's index and loaded under a
+shared one (:func:`_locked`), so processes that compile at once keep every entry.
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ import warnings
 from pathlib import Path
 
 from eplb_rt import envs
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: entries are then saved without a lock, as numba does
+    fcntl = None
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 CACHE_FOLDER = "_kernels"
@@ -132,8 +139,9 @@ def writable_root(shipped: Path) -> Path:
 
 def _numba_internals():
     """``(CacheImpl, _CacheLocator, Cache)`` from ``numba.core.caching``, or ``None`` where the
-    first two moved; ``Cache`` is ``None`` where its loading is not as :func:`_load_portable`
-    expects (the shipped entries for this CPU still load)."""
+    first two moved; ``Cache`` is ``None`` where its loading and saving are not as
+    :func:`_load_portable` and :func:`_locked` expect (the shipped entries for this CPU still
+    load)."""
     try:
         from numba.core import caching
     except ImportError:
@@ -147,7 +155,7 @@ def _numba_internals():
     ):
         return None
     cache = getattr(caching, "Cache", None)
-    if not all(hasattr(cache, name) for name in ("_load_overload", "_index_key")):
+    if not all(hasattr(cache, name) for name in ("_load_overload", "_save_overload", "_index_key")):
         cache = None
     return impl, base, cache
 
@@ -169,6 +177,41 @@ def _load_portable(load):
 
     load_overload.portable = True
     return load_overload
+
+
+def _locked(method, exclusive: bool):
+    """``Cache._load_overload`` or ``_save_overload`` under a lock on the kernel's index, for a
+    kernel of an installed package: shared to load, exclusive to save.
+
+    numba saves an entry by reading the kernel's index, naming a data file after the entries it
+    found, and writing both back, with no lock. Processes that compile one kernel for different
+    signatures or CPUs at once (ranks starting together after an upgrade; nodes of different CPUs
+    on one shared install) then drop each other's entries, or write two entries' data under one
+    name, so that a later process loads one kernel's code for the other's key. Under the lock the
+    saves follow one another, and a load never sees an index entry before its data.
+    """
+
+    @functools.wraps(method)
+    def run(self, *args):
+        index = getattr(getattr(self, "_cache_file", None), "_index_path", None)
+        if (
+            fcntl is None
+            or index is None
+            or not isinstance(self._impl.locator, tuple(_installed.values()))
+        ):
+            return method(self, *args)
+        try:
+            fd = os.open(f"{index}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            return method(self, *args)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            return method(self, *args)
+        finally:
+            os.close(fd)  # and with it the lock
+
+    run.locked = True
+    return run
 
 
 def _locator_class(base: type, package_root: Path, cache_root: Path) -> type:
@@ -241,5 +284,6 @@ def install(package_root: Path = PACKAGE_ROOT, cache_root: Path | None = None) -
     impl._locator_classes.insert(0, locator)
     _installed[package_root] = locator
     if cache is not None and not getattr(cache._load_overload, "portable", False):
-        cache._load_overload = _load_portable(cache._load_overload)
+        cache._load_overload = _locked(_load_portable(cache._load_overload), exclusive=False)
+        cache._save_overload = _locked(cache._save_overload, exclusive=True)
     return True

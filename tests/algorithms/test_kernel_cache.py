@@ -246,6 +246,60 @@ def test_toy_package_hits_and_is_invalidated_by_an_edit(tmp_path):
     assert Path(stats["paths"][0]).is_relative_to(tmp_path / "user"), stats
 
 
+# A process that compiles the toy kernel for its own dtype, with numba's read of the kernel's
+# index slowed down: all racers go at once, and without a lock each would read the index before
+# any other wrote its entry back.
+RACER = """
+import os, time
+import numpy as np
+from pathlib import Path
+from numba.core import caching
+from eplb_rt.algorithms import kernel_cache
+read = caching.IndexDataCacheFile._load_index
+def slow_read(self):
+    index = read(self)
+    time.sleep(0.5)
+    return index
+caching.IndexDataCacheFile._load_index = slow_read
+root = Path({root!r})
+kernel_cache.install(root / "toy", Path({cache!r}))
+from toy.kernel import scaled_sum
+gate = Path({gate!r})
+(gate / {dtype!r}).touch()
+while len(os.listdir(gate)) < {racers}:
+    time.sleep(0.01)
+assert scaled_sum(np.arange(4, dtype=np.{dtype})) == 12.0
+"""
+
+
+@pytest.mark.slow
+def test_processes_compiling_at_once_keep_every_entry(tmp_path):
+    """Four processes compile one kernel for four dtypes at the same moment: every entry is
+    kept and each loads its own code (numba's own saves, without the lock, keep one of the
+    four and name all their data files alike)."""
+    _, path = make_toy(tmp_path)
+    cache, gate = tmp_path / "shipped", tmp_path / "gate"
+    gate.mkdir()
+    dtypes = ("float64", "float32", "int64", "int32")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "user"), PYTHONPATH=path)
+    code = [
+        RACER.format(root=str(tmp_path), cache=str(cache), gate=str(gate), dtype=d, racers=4)
+        for d in dtypes
+    ]
+    racers = [
+        subprocess.Popen([sys.executable, "-c", c], env=env, stderr=subprocess.PIPE, text=True)
+        for c in code
+    ]
+    for racer in racers:
+        _, err = racer.communicate(timeout=300)
+        assert racer.returncode == 0, err
+    calls = "".join(f"assert scaled_sum(np.arange(4, dtype=np.{d})) == 12.0\n" for d in dtypes)
+    code = TOY_CALL.format(root=str(tmp_path), cache=str(cache), scale=2.0) + calls
+    stats = run_fresh("toy.", code, tmp_path / "user", pythonpath=path)
+    assert stats == {"hits": 4, "misses": 0, "paths": [str(cache)]}
+    assert len(list(cache.rglob("*.nbc"))) == 4
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="names x86-64 CPUs")
 def test_a_cpu_the_build_did_not_compile_for_loads_the_portable_entry(tmp_path):
