@@ -160,6 +160,11 @@ def _numba_internals():
     return impl, base, cache
 
 
+def _ours(cache) -> bool:
+    """Whether numba's ``cache`` of one kernel is located by a package :func:`install` set up."""
+    return isinstance(cache._impl.locator, tuple(_installed.values()))
+
+
 def _load_portable(load):
     """``Cache._load_overload`` that, for a kernel of an installed package with no entry for
     this CPU, loads the entry compiled for :data:`PORTABLE_CPU` (same signature, same code)."""
@@ -167,7 +172,7 @@ def _load_portable(load):
     @functools.wraps(load)
     def load_overload(self, sig, target_context):
         data = load(self, sig, target_context)
-        if data is not None or not isinstance(self._impl.locator, tuple(_installed.values())):
+        if data is not None or not _ours(self):
             return data
         sig_key, machine, code = self._index_key(sig, target_context.codegen())
         if machine[1:] == (PORTABLE_CPU, ""):
@@ -194,11 +199,7 @@ def _locked(method, exclusive: bool):
     @functools.wraps(method)
     def run(self, *args):
         index = getattr(getattr(self, "_cache_file", None), "_index_path", None)
-        if (
-            fcntl is None
-            or index is None
-            or not isinstance(self._impl.locator, tuple(_installed.values()))
-        ):
+        if fcntl is None or index is None or not _ours(self):
             return method(self, *args)
         try:
             fd = os.open(f"{index}.lock", os.O_RDWR | os.O_CREAT, 0o666)
@@ -210,7 +211,6 @@ def _locked(method, exclusive: bool):
         finally:
             os.close(fd)  # and with it the lock
 
-    run.locked = True
     return run
 
 
