@@ -232,11 +232,24 @@ def frontier(policy="equilibrium", costs=(1.6e-3, 3.2e-3, 6.4e-3, 0.01, 0.015, 0
         print(f"| {cost:g} | " + " | ".join(out) + " |")
 
 
-def exact_gap(seeds=12, budgets=(1, 2, 4, 6)):
-    """Greedy move selection against the MILP optimum with the same move budget."""
+def _walk_against_exact(prev, new, topo, budget, time_limit=30.0):
+    """``(walk, exact)``: the largest rank load of ``new [E]`` after the one-row move walk
+    (``move_cost`` 0) and at the MILP optimum, both within ``budget`` slots moved from
+    ``prev [P]``."""
     from eplb_rt.algorithms.equilibrium import _TAU_SHARE
     from eplb_rt.algorithms.local_search import greedy_moves
 
+    D = topo.num_ranks
+    exact, _ = bounds.exact_min_max(
+        new, topo, previous=prev, max_moves=budget, time_limit=time_limit
+    )
+    row, _ = greedy_moves(prev, new / new.sum(), D, budget, 0.0, 1e-3 / D, _TAU_SHARE)
+    walk = metrics.max_rank_load(Placement(row[None], new.size, D), new[None])[0]
+    return walk, exact
+
+
+def exact_gap(seeds=12, budgets=(1, 2, 4, 6)):
+    """Greedy move selection against the MILP optimum with the same move budget."""
     topo = Topology(3, 3)
     gaps = {b: [] for b in budgets}
     for seed in range(seeds):
@@ -244,9 +257,7 @@ def exact_gap(seeds=12, budgets=(1, 2, 4, 6)):
         old, new = rng.pareto(1.2, size=(2, 7)) * 100
         prev = plan("deepseek", old[None], topo).phy2log[0].astype(np.int64)
         for b in budgets:
-            best, _ = bounds.exact_min_max(new, topo, previous=prev, max_moves=b)
-            row, _ = greedy_moves(prev, new / new.sum(), 3, b, 0.0, 1e-3 / 3, _TAU_SHARE)
-            got = metrics.max_rank_load(Placement(row[None], 7, 3), new[None])[0]
+            got, best = _walk_against_exact(prev, new, topo, b)
             gaps[b].append(got / best - 1)
     print(
         f"\n### Move selection against the exact optimum (MILP), 7 experts on 3x3, {seeds} "
@@ -263,9 +274,6 @@ def exact_gap_esft(layers=(5, 10, 20), budgets=(2, 4), time_limit=300.0):
     """:func:`exact_gap` on real layers: ESFT 8x9 (64 experts), the previous placement the
     default policy's plan of the first task, the new load the second task's; the MILP's model
     has ``E * D^2`` binaries, so only small budgets are proven optimal in minutes."""
-    from eplb_rt.algorithms.equilibrium import _TAU_SHARE
-    from eplb_rt.algorithms.local_search import greedy_moves
-
     topo = Topology(8, 9)
     first, second = (traces.esft(t).sum(axis=0) for t in traces.ESFT_TASKS[:2])
     prev = plan("equilibrium", first[None], topo).phy2log.astype(np.int64)
@@ -278,13 +286,11 @@ def exact_gap_esft(layers=(5, 10, 20), budgets=(2, 4), time_limit=300.0):
     for j in layers:
         new = second[j].astype(np.float64)
         mean = new.sum() / topo.num_ranks
-        before = metrics.max_rank_load(Placement(prev[j][None], new.size, 8), new[None])[0]
+        before = metrics.max_rank_load(
+            Placement(prev[j][None], new.size, topo.num_ranks), new[None]
+        )[0]
         for b in budgets:
-            best, _ = bounds.exact_min_max(
-                new, topo, previous=prev[j], max_moves=b, time_limit=time_limit
-            )
-            row, _ = greedy_moves(prev[j], new / new.sum(), 8, b, 0.0, 1e-3 / 8, _TAU_SHARE)
-            got = metrics.max_rank_load(Placement(row[None], new.size, 8), new[None])[0]
+            got, best = _walk_against_exact(prev[j], new, topo, b, time_limit)
             print(
                 f"| {j} | {before / mean:.4f} | {b} | {got / mean:.4f} | {best / mean:.4f} "
                 f"| {got / best - 1:.2%} |"
