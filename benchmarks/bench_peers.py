@@ -5,7 +5,7 @@
         [--option equilibrium.spread=1 ...]  # an option of an eplb_rt policy (repeatable)
     PYTHONPATH=. python -m pytest benchmarks/bench_peers.py      # plan time, pytest-benchmark
 
-Contenders: vllm-ascend 0.26's DefaultEplb, SwiftBalanceEplb and FlashLB (``warm_up`` first),
+Contenders: vllm-ascend 0.30's DefaultEplb, SwiftBalanceEplb and FlashLB (``warm_up`` first),
 vLLM 0.33's DefaultEplbPolicy, SGLang 0.5.23's ``deepseek`` and ``deepseek_vec`` (imported
 from their wheels, see ``scripts/fetch_peers.py``), and every eplb_rt policy through the engine
 adapters (uniform shares, a layer changes only when it gains). Everything runs on one thread.

@@ -1,11 +1,13 @@
-"""Fetch the serving engines' released wheels and unpack their EPLB modules into a cache.
+"""Fetch the serving engines' releases and unpack their EPLB modules into a cache.
 
     python scripts/fetch_peers.py [vllm vllm-ascend sglang | NAME==VERSION ...]
 
 Each wheel is fetched with ``pip download --no-deps`` (a pinned version, x86_64, CPython 3.11)
-into ``.cache/peers/`` (ignored by git); only the EPLB modules the tests and
-``benchmarks/bench_peers.py`` import are unpacked, into ``.cache/peers/<name>-<version>/``, and
-the wheel is deleted. :data:`VERSIONS` lists the releases the integration tests run against:
+into ``.cache/peers/`` (ignored by git); a release published as a source archive alone (as
+vllm-ascend's release candidates since 0.27) is fetched from the index's JSON page instead and
+checked against its sha256, since ``pip download`` would build it. Only the EPLB modules the tests
+and ``benchmarks/bench_peers.py`` import are unpacked, into ``.cache/peers/<name>-<version>/``,
+and the archive is deleted. :data:`VERSIONS` lists the releases the integration tests run against:
 the newest (what the benchmarks compare with) and, per engine, the oldest release of each
 interface the adapters speak. Nothing is installed and no engine code enters the repository. Tests
 import those modules with small stubs of the engines' runtime imports and skip, with the reason,
@@ -14,12 +16,19 @@ when a wheel cannot be had (no index, no network).
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import subprocess
 import sys
+import tarfile
+import urllib.request
 import zipfile
 from pathlib import Path
 
 CACHE = Path(__file__).resolve().parents[1] / ".cache" / "peers"
+DEFAULT_INDEX = "https://pypi.org/simple"
+SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 
 # name -> members of the wheel to unpack (folders end with "/")
 PEERS = {
@@ -34,7 +43,7 @@ PEERS = {
 # 0.5.18 the expert-location code takes the server arguments, from 0.5.19 a runtime context.
 VERSIONS = {
     "vllm": ("0.33.0", "0.18.1", "0.13.0"),
-    "vllm-ascend": ("0.26.0rc1", "0.23.0", "0.13.0"),
+    "vllm-ascend": ("0.30.0rc2", "0.23.0", "0.13.0"),
     "sglang": ("0.5.23", "0.5.11"),
 }
 PIP_TARGET = [
@@ -65,16 +74,31 @@ PIP_TARGET = [
 
 def fetch(name: str, version: str | None = None, timeout_s: float = 900) -> Path:
     """The folder to put on ``sys.path`` for peer ``name`` at ``version`` (default: the newest
-    of :data:`VERSIONS`); raises ``RuntimeError`` saying why when its wheel cannot be
-    downloaded or lacks the expected modules."""
+    of :data:`VERSIONS`); raises ``RuntimeError`` saying why when neither its wheel nor its
+    source archive can be had, or when they lack the expected modules."""
     members = PEERS[name]
     version = version or VERSIONS[name][0]
     root = CACHE / f"{name}-{version}"
     done = root / ".complete"  # holds the members unpacked: a changed list unpacks again
     if done.exists() and done.read_text() == repr(members):
         return root
-    wheels = CACHE / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
+    archives = CACHE / "downloads"
+    archives.mkdir(parents=True, exist_ok=True)
+    try:
+        wheel = _download_wheel(name, version, archives, timeout_s)
+    except RuntimeError as no_wheel:
+        try:
+            source = _download_source(name, version, archives, timeout_s)
+        except RuntimeError as no_source:
+            raise RuntimeError(f"{no_wheel}; {no_source}") from None
+        _unpack_source(source, members, root)
+    else:
+        _unpack_wheel(wheel, members, root)
+    done.write_text(repr(members))
+    return root
+
+
+def _download_wheel(name: str, version: str, folder: Path, timeout_s: float) -> Path:
     cmd = [
         sys.executable,
         "-m",
@@ -83,7 +107,7 @@ def fetch(name: str, version: str | None = None, timeout_s: float = 900) -> Path
         "--no-deps",
         "--pre",
         "-d",
-        str(wheels),
+        str(folder),
         *PIP_TARGET,
         f"{name}=={version}",
     ]
@@ -91,20 +115,75 @@ def fetch(name: str, version: str | None = None, timeout_s: float = 900) -> Path
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"pip download {name}=={version} took over {timeout_s:.0f} s") from None
-    stem = name.replace("-", "_")
-    found = sorted(wheels.glob(f"{stem}-{version}-*.whl"))
+    found = sorted(folder.glob(f"{_stem(name)}-{version}-*.whl"))
     if run.returncode or not found:
         tail = (run.stderr or run.stdout).strip().splitlines()[-1:] or ["no output"]
         raise RuntimeError(f"cannot download {name}=={version}: {tail[0]}")
-    with zipfile.ZipFile(found[0]) as wheel:
-        names = [n for n in wheel.namelist() if n.startswith(members) and n.endswith(".py")]
-        missing = [m for m in members if not any(n.startswith(m) for n in names)]
-        if missing:
-            raise RuntimeError(f"{found[0].name} has no {missing}")
-        wheel.extractall(root, names)
-    found[0].unlink()
-    done.write_text(repr(members))
-    return root
+    return found[0]
+
+
+def _download_source(name: str, version: str, folder: Path, timeout_s: float) -> Path:
+    """``<stem>-<version>.tar.gz`` from the index's JSON page (PEP 691), its sha256 checked.
+    Honours ``PIP_NO_INDEX`` and ``PIP_INDEX_URL`` as pip does."""
+    if os.environ.get("PIP_NO_INDEX", "").lower() in {"1", "true", "yes", "on"}:
+        raise RuntimeError("no source archive either: PIP_NO_INDEX is set")
+    index = os.environ.get("PIP_INDEX_URL", DEFAULT_INDEX).rstrip("/")
+    filename = f"{_stem(name)}-{version}.tar.gz"
+    page = urllib.request.Request(f"{index}/{name}/", headers={"Accept": SIMPLE_JSON})
+    try:
+        with urllib.request.urlopen(page, timeout=timeout_s) as reply:
+            files = json.load(reply)["files"]
+        entry = next((f for f in files if f["filename"] == filename), None)
+        if entry is None:
+            raise RuntimeError(f"no source archive either: {index}/{name}/ lists no {filename}")
+        target = folder / filename
+        with urllib.request.urlopen(entry["url"], timeout=timeout_s) as reply:
+            target.write_bytes(reply.read())
+    except (OSError, ValueError, KeyError) as err:  # URLError is an OSError
+        raise RuntimeError(f"no source archive either: {type(err).__name__}: {err}") from None
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    if digest != entry["hashes"]["sha256"]:
+        target.unlink()
+        raise RuntimeError(
+            f"{filename}: sha256 {digest}, the index says {entry['hashes']['sha256']}"
+        )
+    return target
+
+
+def _unpack_wheel(wheel: Path, members: tuple[str, ...], root: Path) -> None:
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            names = [n for n in archive.namelist() if n.startswith(members) and n.endswith(".py")]
+            _check_members(wheel, names, members)
+            archive.extractall(root, names)
+    finally:
+        wheel.unlink()
+
+
+def _unpack_source(source: Path, members: tuple[str, ...], root: Path) -> None:
+    top = source.name.removesuffix(".tar.gz") + "/"  # an sdist holds one folder, <stem>-<version>
+    try:
+        with tarfile.open(source) as archive:
+            picked = []
+            for info in archive.getmembers():
+                inner = info.name.removeprefix(top)
+                if info.isfile() and inner.startswith(members) and inner.endswith(".py"):
+                    info.name = inner
+                    picked.append(info)
+            _check_members(source, [info.name for info in picked], members)
+            archive.extractall(root, picked, filter="data")
+    finally:
+        source.unlink()
+
+
+def _check_members(archive: Path, names: list[str], members: tuple[str, ...]) -> None:
+    missing = [m for m in members if not any(n.startswith(m) for n in names)]
+    if missing:
+        raise RuntimeError(f"{archive.name} has no {missing}")
+
+
+def _stem(name: str) -> str:
+    return name.replace("-", "_")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """vllm-ascend: an ``EplbPolicy`` for its dynamic EPLB that runs an eplb_rt policy.
 
-vllm-ascend (0.13 to 0.26) builds its policy with ``PolicyFactory.generate_policy(type)``
+vllm-ascend (0.13 to 0.30) builds its policy with ``PolicyFactory.generate_policy(type)``
 (``(type, config)`` up to 0.13) in the EPLB worker and calls ``rebalance_experts(
 current_expert_table, expert_workload)``; the worker then rejects, layer by layer, a table that
 loses an expert, puts two replicas of one expert on a rank, or moves an expert between slots of

@@ -1,4 +1,4 @@
-"""The engines' released EPLB modules, imported from the wheels ``scripts/fetch_peers.py``
+"""The engines' released EPLB modules, imported from the releases ``scripts/fetch_peers.py``
 unpacks, with the smallest stubs of the runtime imports they make (written here, not theirs).
 
 Used by the integration tests' fixtures and by ``benchmarks/bench_peers.py``.

@@ -1,5 +1,5 @@
-"""Our ``flashlb`` against vllm-ascend 0.26's ``FlashLB`` on the same inputs: the same search,
-so the same placements' PAR, on small shipped-trace cases of odd sizes."""
+"""Our ``flashlb`` against the ``FlashLB`` of vllm-ascend's newest tested release on the same
+inputs: the same search, so the same placements' PAR, on small shipped-trace cases of odd sizes."""
 
 from __future__ import annotations
 

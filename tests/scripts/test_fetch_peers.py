@@ -1,0 +1,130 @@
+"""Fetching the engines' releases without the network: what it says when nothing can be had, and
+a release published as a source archive alone, served from a stand-in index."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+
+import pytest
+
+from scripts import fetch_peers
+
+MEMBERS = fetch_peers.PEERS["sglang"]
+
+
+def _source_archive(top: str, files: dict[str, str]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as archive:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"{top}/{name}")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+class _Index:
+    """``urlopen`` of an index that lists one source archive (and never a wheel)."""
+
+    def __init__(self, filename: str, data: bytes, sha256: str | None = None):
+        self.filename, self.data = filename, data
+        self.sha256 = sha256 or hashlib.sha256(data).hexdigest()
+        self.asked: list[str] = []
+
+    def urlopen(self, request, timeout):
+        url = getattr(request, "full_url", request)
+        self.asked.append(url)
+        if url.endswith("/sglang/"):
+            assert request.get_header("Accept") == fetch_peers.SIMPLE_JSON
+            entry = {"filename": self.filename, "url": "https://files/x", "hashes": {}}
+            entry["hashes"]["sha256"] = self.sha256
+            return io.BytesIO(json.dumps({"files": [entry]}).encode())
+        assert url == "https://files/x"
+        return io.BytesIO(self.data)
+
+
+@pytest.fixture
+def no_wheel(monkeypatch, tmp_path):
+    def refuse(name, version, folder, timeout_s):
+        raise RuntimeError(f"cannot download {name}=={version}: no wheel")
+
+    monkeypatch.setattr(fetch_peers, "CACHE", tmp_path)
+    monkeypatch.setattr(fetch_peers, "_download_wheel", refuse)
+    monkeypatch.delenv("PIP_NO_INDEX", raising=False)
+    monkeypatch.setenv("PIP_INDEX_URL", "https://index.test/simple/")
+    return tmp_path
+
+
+def test_fetch_says_why_when_a_release_cannot_be_had(monkeypatch, tmp_path):
+    monkeypatch.setattr(fetch_peers, "CACHE", tmp_path)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # as on a machine without the index
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    with pytest.raises(
+        RuntimeError,
+        match=r"cannot download sglang==0\.0\.0: .+; no source archive either: PIP_NO_INDEX",
+    ):
+        fetch_peers.fetch("sglang", "0.0.0")
+    assert not (tmp_path / "sglang-0.0.0").exists()
+
+
+def test_a_release_without_a_wheel_is_unpacked_from_its_source_archive(monkeypatch, no_wheel):
+    files = {
+        "sglang/srt/eplb/eplb_algorithms/__init__.py": "ALGORITHMS = 1\n",
+        "sglang/srt/eplb/expert_location.py": "X = 2\n",
+        "sglang/srt/eplb/README.md": "not a module\n",
+        "sglang/srt/plugins/__init__.py": "",
+        "sglang/srt/server.py": "not ours to take\n",
+        "setup.py": "",
+    }
+    index = _Index("sglang-9.9.9.tar.gz", _source_archive("sglang-9.9.9", files))
+    monkeypatch.setattr(fetch_peers.urllib.request, "urlopen", index.urlopen)
+
+    root = fetch_peers.fetch("sglang", "9.9.9")
+
+    assert index.asked == ["https://index.test/simple/sglang/", "https://files/x"]
+    got = sorted(str(p.relative_to(root)) for p in root.rglob("*.py"))
+    assert got == sorted(n for n in files if n.startswith(MEMBERS) and n.endswith(".py"))
+    assert (root / "sglang/srt/eplb/expert_location.py").read_text() == "X = 2\n"
+    assert not list((no_wheel / "downloads").iterdir())  # the archive is deleted
+    assert fetch_peers.fetch("sglang", "9.9.9") == root and len(index.asked) == 2  # cached
+
+
+def test_a_source_archive_with_the_wrong_digest_is_refused(monkeypatch, no_wheel):
+    files = {"sglang/srt/eplb/a.py": "", "sglang/srt/plugins/__init__.py": ""}
+    data = _source_archive("sglang-9.9.9", files)
+    index = _Index("sglang-9.9.9.tar.gz", data, sha256="0" * 64)
+    monkeypatch.setattr(fetch_peers.urllib.request, "urlopen", index.urlopen)
+    with pytest.raises(
+        RuntimeError, match=r"sglang-9\.9\.9\.tar\.gz: sha256 [0-9a-f]{64}, the index"
+    ):
+        fetch_peers.fetch("sglang", "9.9.9")
+    assert not (no_wheel / "sglang-9.9.9").exists()
+    assert not list((no_wheel / "downloads").iterdir())
+
+
+def test_a_source_archive_without_the_modules_is_refused(monkeypatch, no_wheel):
+    data = _source_archive("sglang-9.9.9", {"sglang/srt/eplb/a.py": ""})
+    monkeypatch.setattr(
+        fetch_peers.urllib.request, "urlopen", _Index("sglang-9.9.9.tar.gz", data).urlopen
+    )
+    with pytest.raises(
+        RuntimeError, match=r"sglang-9\.9\.9\.tar\.gz has no \['sglang/srt/plugins/__init__\.py'\]"
+    ):
+        fetch_peers.fetch("sglang", "9.9.9")
+    assert not (no_wheel / "sglang-9.9.9" / ".complete").exists()
+    assert not list((no_wheel / "downloads").iterdir())
+
+
+def test_an_index_without_the_release_says_so(monkeypatch, no_wheel):
+    data = _source_archive("sglang-1.0.0", {})
+    monkeypatch.setattr(
+        fetch_peers.urllib.request, "urlopen", _Index("sglang-1.0.0.tar.gz", data).urlopen
+    )
+    with pytest.raises(
+        RuntimeError,
+        match=r"no wheel; no source archive either: .*lists no sglang-9\.9\.9\.tar\.gz",
+    ):
+        fetch_peers.fetch("sglang", "9.9.9")
