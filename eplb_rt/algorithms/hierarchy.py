@@ -93,7 +93,7 @@ def pack_groups(layers: Layers, topology: Topology, on_episodes: bool) -> np.nda
     L, K, E = layers.episodes.shape
     G, N = topology.num_groups, topology.num_nodes
     sums = layers.load.reshape(L, G, E // G).sum(axis=2)
-    packs = np.stack([pack_equal_groups(np.ascontiguousarray(s), N) for s in sums])
+    packs = np.stack([pack_equal_groups(s, N) for s in sums])
     if on_episodes:
         episodes = layers.episodes.reshape(L, K, G, E // G).sum(axis=3)
         for j in range(L):
@@ -232,7 +232,7 @@ def plan(batch: Layers, topology: Topology, options: Any, run: Run):
         parts = split(layers, topology, expert_ids(node_of_group, E, N))
         return solve(parts, topology, options, run)
 
-    fresh = pack_groups(batch, topology, type(options).groups_on_episodes)
+    fresh = pack_groups(batch, topology, options.groups_on_episodes)
     if batch.previous is None:
         return placed(batch, fresh)
     fresh = keep_nodes(fresh, batch.previous, topology, E)
