@@ -1,6 +1,7 @@
 """Fetch the serving engines' releases and unpack their EPLB modules into a cache.
 
     python scripts/fetch_peers.py [vllm vllm-ascend sglang | NAME==VERSION ...]
+    python scripts/fetch_peers.py --newer [vllm vllm-ascend sglang]   # releases not tested yet
 
 Each wheel is fetched with ``pip download --no-deps`` (a pinned version, x86_64, CPython 3.11)
 into ``.cache/peers/`` (ignored by git); a release published as a source archive alone (as
@@ -25,6 +26,8 @@ import tarfile
 import urllib.request
 import zipfile
 from pathlib import Path
+
+from packaging.version import InvalidVersion, Version
 
 CACHE = Path(__file__).resolve().parents[1] / ".cache" / "peers"
 DEFAULT_INDEX = "https://pypi.org/simple"
@@ -123,22 +126,18 @@ def _download_wheel(name: str, version: str, folder: Path, timeout_s: float) -> 
 
 
 def _download_source(name: str, version: str, folder: Path, timeout_s: float) -> Path:
-    """``<stem>-<version>.tar.gz`` from the index's JSON page (PEP 691), its sha256 checked.
-    Honours ``PIP_NO_INDEX`` and ``PIP_INDEX_URL`` as pip does."""
-    if os.environ.get("PIP_NO_INDEX", "").lower() in {"1", "true", "yes", "on"}:
-        raise RuntimeError("no source archive either: PIP_NO_INDEX is set")
-    index = os.environ.get("PIP_INDEX_URL", DEFAULT_INDEX).rstrip("/")
+    """``<stem>-<version>.tar.gz`` from the index's JSON page, its sha256 checked."""
     filename = f"{_stem(name)}-{version}.tar.gz"
-    page = urllib.request.Request(f"{index}/{name}/", headers={"Accept": SIMPLE_JSON})
     try:
-        with urllib.request.urlopen(page, timeout=timeout_s) as reply:
-            files = json.load(reply)["files"]
-        entry = next((f for f in files if f["filename"] == filename), None)
+        url, page = _index_page(name, timeout_s)
+        entry = next((f for f in page["files"] if f["filename"] == filename), None)
         if entry is None:
-            raise RuntimeError(f"no source archive either: {index}/{name}/ lists no {filename}")
+            raise RuntimeError(f"{url} lists no {filename}")
         target = folder / filename
         with urllib.request.urlopen(entry["url"], timeout=timeout_s) as reply:
             target.write_bytes(reply.read())
+    except RuntimeError as err:
+        raise RuntimeError(f"no source archive either: {err}") from None
     except (OSError, ValueError, KeyError) as err:  # URLError is an OSError
         raise RuntimeError(f"no source archive either: {type(err).__name__}: {err}") from None
     digest = hashlib.sha256(target.read_bytes()).hexdigest()
@@ -148,6 +147,37 @@ def _download_source(name: str, version: str, folder: Path, timeout_s: float) ->
             f"{filename}: sha256 {digest}, the index says {entry['hashes']['sha256']}"
         )
     return target
+
+
+def _index_page(name: str, timeout_s: float) -> tuple[str, dict]:
+    """``(url, page)``: the index's JSON page of project ``name`` (PEP 691: its files and
+    versions). Honours ``PIP_NO_INDEX`` and ``PIP_INDEX_URL`` as pip does; raises
+    ``RuntimeError`` saying why when the page cannot be read."""
+    if os.environ.get("PIP_NO_INDEX", "").lower() in {"1", "true", "yes", "on"}:
+        raise RuntimeError("PIP_NO_INDEX is set")
+    url = os.environ.get("PIP_INDEX_URL", DEFAULT_INDEX).rstrip("/") + f"/{name}/"
+    request = urllib.request.Request(url, headers={"Accept": SIMPLE_JSON})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as reply:
+            return url, json.load(reply)
+    except (OSError, ValueError) as err:  # URLError is an OSError
+        raise RuntimeError(f"{url}: {type(err).__name__}: {err}") from None
+
+
+def newer_releases(name: str, timeout_s: float = 60) -> list[str]:
+    """The releases of peer ``name`` on the index newer than the newest in :data:`VERSIONS`
+    (pre-releases included), oldest first: what the tests do not cover yet."""
+    _, page = _index_page(name, timeout_s)
+    tested = Version(VERSIONS[name][0])
+    found = []
+    for text in page.get("versions", []):
+        try:
+            version = Version(text)
+        except InvalidVersion:  # a legacy version string: never a current release
+            continue
+        if version > tested:
+            found.append(version)
+    return [str(v) for v in sorted(found)]
 
 
 def _unpack_wheel(wheel: Path, members: tuple[str, ...], root: Path) -> None:
@@ -187,10 +217,23 @@ def _stem(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Fetch every tested release of the engines named (all by default), or ``NAME==VERSION``."""
+    """Fetch every tested release of the engines named (all by default), or ``NAME==VERSION``;
+    with ``--newer``, list the releases on the index that are newer than those tested."""
+    args = list(argv or [])
+    newer = "--newer" in args
+    args = [a for a in args if a != "--newer"] or list(PEERS)
     status = 0
-    for arg in argv or list(PEERS):
+    for arg in args:
         name, _, pinned = arg.partition("==")
+        if newer:
+            try:
+                found = newer_releases(name)
+            except (RuntimeError, KeyError) as err:
+                print(f"{name}: {err}", file=sys.stderr)
+                status = 1
+                continue
+            print(f"{name}: tested up to {VERSIONS[name][0]}; newer: {', '.join(found) or 'none'}")
+            continue
         for version in [pinned] if pinned else VERSIONS.get(name, [""]):
             try:
                 print(f"{name} {version}: {fetch(name, version)}")

@@ -128,3 +128,34 @@ def test_an_index_without_the_release_says_so(monkeypatch, no_wheel):
         match=r"no wheel; no source archive either: .*lists no sglang-9\.9\.9\.tar\.gz",
     ):
         fetch_peers.fetch("sglang", "9.9.9")
+
+
+def test_newer_releases_are_those_above_the_newest_tested(monkeypatch):
+    page = {"files": [], "versions": ["0.5.11", "0.5.23", "0.6.0", "0.5.24rc1", "2023.1-legacy"]}
+    monkeypatch.setattr(fetch_peers, "VERSIONS", {"sglang": ("0.5.23", "0.5.11")})
+    monkeypatch.setattr(fetch_peers, "_index_page", lambda name, timeout_s: ("url", page))
+    assert fetch_peers.newer_releases("sglang") == ["0.5.24rc1", "0.6.0"]
+
+
+def test_newer_says_what_is_untested_and_why_it_cannot_tell(monkeypatch, capsys):
+    monkeypatch.setattr(fetch_peers, "VERSIONS", {"sglang": ("0.5.23",), "vllm": ("0.33.0",)})
+    monkeypatch.setattr(fetch_peers, "PEERS", {"sglang": (), "vllm": ()})
+    monkeypatch.setenv("PIP_INDEX_URL", "https://index.test/simple")
+    monkeypatch.delenv("PIP_NO_INDEX", raising=False)
+    pages = {"sglang": {"versions": ["0.5.23", "0.5.24"]}, "vllm": {"versions": ["0.33.0"]}}
+
+    def urlopen(request, timeout):
+        name = request.full_url.rstrip("/").rsplit("/", 1)[-1]
+        return io.BytesIO(json.dumps(pages[name]).encode())
+
+    monkeypatch.setattr(fetch_peers.urllib.request, "urlopen", urlopen)
+    assert fetch_peers.main(["--newer"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "sglang: tested up to 0.5.23; newer: 0.5.24",
+        "vllm: tested up to 0.33.0; newer: none",
+    ]
+
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    assert fetch_peers.main(["--newer", "sglang"]) == 1
+    assert capsys.readouterr().err.strip() == "sglang: PIP_NO_INDEX is set"
