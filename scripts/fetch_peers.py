@@ -150,18 +150,29 @@ def _download_source(name: str, version: str, folder: Path, timeout_s: float) ->
 
 
 def _index_page(name: str, timeout_s: float) -> tuple[str, dict]:
-    """``(url, page)``: the index's JSON page of project ``name`` (PEP 691: its files and
-    versions). Honours ``PIP_NO_INDEX`` and ``PIP_INDEX_URL`` as pip does; raises
-    ``RuntimeError`` saying why when the page cannot be read."""
+    """``(url, page)``: the JSON page (PEP 691: files and versions) of project ``name`` on the
+    index pip uses (:func:`_index_url`; none with ``PIP_NO_INDEX``); raises ``RuntimeError``
+    saying why when the page cannot be read."""
     if os.environ.get("PIP_NO_INDEX", "").lower() in {"1", "true", "yes", "on"}:
         raise RuntimeError("PIP_NO_INDEX is set")
-    url = os.environ.get("PIP_INDEX_URL", DEFAULT_INDEX).rstrip("/") + f"/{name}/"
+    url = f"{_index_url()}/{name}/"
     request = urllib.request.Request(url, headers={"Accept": SIMPLE_JSON})
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as reply:
             return url, json.load(reply)
     except (OSError, ValueError) as err:  # URLError is an OSError
         raise RuntimeError(f"{url}: {type(err).__name__}: {err}") from None
+
+
+def _index_url() -> str:
+    """The index pip downloads from: ``PIP_INDEX_URL``, else pip's configured
+    ``global.index-url``, else PyPI."""
+    url = os.environ.get("PIP_INDEX_URL")
+    if not url:
+        cmd = [sys.executable, "-m", "pip", "config", "get", "global.index-url"]
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+        url = run.stdout.strip() if run.returncode == 0 and run.stdout.strip() else DEFAULT_INDEX
+    return url.rstrip("/")
 
 
 def newer_releases(name: str, timeout_s: float = 60) -> list[str]:

@@ -159,3 +159,13 @@ def test_newer_says_what_is_untested_and_why_it_cannot_tell(monkeypatch, capsys)
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     assert fetch_peers.main(["--newer", "sglang"]) == 1
     assert capsys.readouterr().err.strip() == "sglang: PIP_NO_INDEX is set"
+
+
+def test_the_index_is_the_one_pip_uses(monkeypatch, tmp_path):
+    config = tmp_path / "pip.conf"
+    config.write_text("[global]\nindex-url = https://mirror.test/simple/\n")
+    monkeypatch.delenv("PIP_INDEX_URL", raising=False)
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(config))
+    assert fetch_peers._index_url() == "https://mirror.test/simple"
+    monkeypatch.setenv("PIP_INDEX_URL", "https://env.test/simple")
+    assert fetch_peers._index_url() == "https://env.test/simple"
