@@ -208,11 +208,15 @@ def _unpack_source(source: Path, members: tuple[str, ...], root: Path) -> None:
             picked = []
             for info in archive.getmembers():
                 inner = info.name.removeprefix(top)
+                if ".." in Path(inner).parts:  # never outside root, on any Python
+                    continue
                 if info.isfile() and inner.startswith(members) and inner.endswith(".py"):
                     info.name = inner
                     picked.append(info)
             _check_members(source, [info.name for info in picked], members)
-            archive.extractall(root, picked, filter="data")
+            # The "data" filter (Python >= 3.10.12 / 3.11.4) also refuses links and odd modes.
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            archive.extractall(root, picked, **safe)
     finally:
         source.unlink()
 

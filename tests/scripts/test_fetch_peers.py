@@ -77,6 +77,7 @@ def test_a_release_without_a_wheel_is_unpacked_from_its_source_archive(monkeypat
         "sglang/srt/eplb/README.md": "not a module\n",
         "sglang/srt/plugins/__init__.py": "",
         "sglang/srt/server.py": "not ours to take\n",
+        "sglang/srt/eplb/../../../../evil.py": "outside the cache\n",
         "setup.py": "",
     }
     index = _Index("sglang-9.9.9.tar.gz", _source_archive("sglang-9.9.9", files))
@@ -86,8 +87,10 @@ def test_a_release_without_a_wheel_is_unpacked_from_its_source_archive(monkeypat
 
     assert index.asked == ["https://index.test/simple/sglang/", "https://files/x"]
     got = sorted(str(p.relative_to(root)) for p in root.rglob("*.py"))
-    assert got == sorted(n for n in files if n.startswith(MEMBERS) and n.endswith(".py"))
+    taken = [n for n in files if n.startswith(MEMBERS) and n.endswith(".py") and ".." not in n]
+    assert got == sorted(taken)
     assert (root / "sglang/srt/eplb/expert_location.py").read_text() == "X = 2\n"
+    assert not (no_wheel / "evil.py").exists() and not (root / "evil.py").exists()
     assert not list((no_wheel / "downloads").iterdir())  # the archive is deleted
     assert fetch_peers.fetch("sglang", "9.9.9") == root and len(index.asked) == 2  # cached
 
