@@ -12,7 +12,7 @@ and the archive is deleted. :data:`VERSIONS` lists the releases the integration 
 the newest (what the benchmarks compare with) and, per engine, the oldest release of each
 interface the adapters speak. Nothing is installed and no engine code enters the repository. Tests
 import those modules with small stubs of the engines' runtime imports and skip, with the reason,
-when a wheel cannot be had (no index, no network).
+when a release cannot be had (no index, no network).
 """
 
 from __future__ import annotations
