@@ -39,8 +39,8 @@ class _Index:
         self.asked.append(url)
         if url.endswith("/sglang/"):
             assert request.get_header("Accept") == fetch_peers.SIMPLE_JSON
-            entry = {"filename": self.filename, "url": "https://files/x", "hashes": {}}
-            entry["hashes"]["sha256"] = self.sha256
+            hashes = {"sha256": self.sha256}
+            entry = {"filename": self.filename, "url": "https://files/x", "hashes": hashes}
             return io.BytesIO(json.dumps({"files": [entry]}).encode())
         assert url == "https://files/x"
         return io.BytesIO(self.data)
