@@ -8,8 +8,8 @@ Cases: DeepSeek-V3 at 64x5, 32x9 and 8x36, each prefill workload held out in tur
 other three, whose distinct workloads take the ``unseen`` decompositions, then the vLLM
 adapter's re-plan on the held-out one from that plan) and ESFT at 8x9 (a plan on each task's
 first 40 requests). Prints one line per case, ``case: plan digest [re-plan digest]``, then a
-digest of all of them and of the ``unseen`` axes of DeepSeek-V3's layer 10 (which show whether
-the BLAS kernels changed any bit).
+digest of all of them and of the ``unseen`` axes of DeepSeek-V3's layer 10 (plain numba loops,
+no LAPACK: this digest too must be the same everywhere).
 """
 
 from __future__ import annotations

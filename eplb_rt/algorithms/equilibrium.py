@@ -46,7 +46,7 @@ from numba import njit
 
 from eplb_rt.algorithms.align import align_order, align_row
 from eplb_rt.algorithms.episode_moves import greedy_moves_rows
-from eplb_rt.algorithms.load import normalise
+from eplb_rt.algorithms.jacobi import row_basis, row_svd
 from eplb_rt.algorithms.local_search import balance_swaps, greedy_moves, swap_search
 from eplb_rt.algorithms.metrics import row_par
 from eplb_rt.algorithms.registry import Layer, Layers, Options, option, register
@@ -159,7 +159,8 @@ def signal_fraction(W, noise):
     return max(1.0 - noise / spread, 0.0)
 
 
-def unseen_axes(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+@njit(cache=True, nogil=True)
+def unseen_axes(W):
     """What each episode of ``W [K, E] float64`` (``K >= 2``) shows that the others do not.
 
     Each episode is held out in turn: its deviation from the others' mean, less its projection
@@ -168,60 +169,103 @@ def unseen_axes(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     principal axes of these residuals, ``[r, E] float64`` (each scaled to the root mean square
     of the residuals along it; signs arbitrary), and ``[r] float64``, each axis's share of the
     residuals' energy (summing to 1; ``r = 0`` when every episode lies in the others' span).
+    Plain loops (:mod:`~eplb_rt.algorithms.jacobi`), not LAPACK: every rank of an engine that
+    plans on each rank gets the same bits on any CPU.
     """
     K = W.shape[0]
-    # Everything happens in the span of the episodes: their coordinates C [K, K] in an
+    # Everything happens in the span of the episodes: their coordinates C [K, m] in an
     # orthonormal basis of it, so each hold-out costs a K x K decomposition, not K x E.
-    _, scale, basis = np.linalg.svd(W, full_matrices=False)
+    C, basis = row_basis(W)
+    m = C.shape[1]
     # Directions shorter than this, against the episodes themselves, are rounding.
-    tol = _RANK_TOL * max(scale[0], _TINY)
-    C = W @ basis.T
-    X = C - C.mean(axis=0)
-    lam, V = np.linalg.eigh(X @ X.T)
-    live = lam > tol * tol
-    if live.sum() == K - 1:
+    tol = _RANK_TOL * max(row_svd(C)[1][0], _TINY)
+    U, s, Vt = row_svd(C - column_mean(C))
+    live = 0
+    while live < K and s[live] > tol:
+        live += 1
+    residuals = np.zeros((K, m))
+    if live == K - 1:
         # Episodes in general position (the usual case): the dual vectors Y = G^+ X of the
-        # centred episodes (Gram matrix G) have Y_i . (X_j - X_k) = 0 for j, k != i, so Y_i is
-        # normal to the others' span, and d_i = X_i K / (K - 1) meets it with d_i . Y_i = 1:
-        # each residual is Y_i / G^+_ii, with no hold-out decomposed.
-        pinv = (V[:, live] / lam[live]) @ V[:, live].T
-        residuals = (pinv @ X) / np.diag(pinv)[:, None]
+        # centred episodes X (Gram matrix G = U s^2 U^T, so Y = U s^-1 Vt on the live
+        # directions) have Y_i . (X_j - X_k) = 0 for j, k != i: Y_i is normal to the others'
+        # span, and d_i = X_i K / (K - 1) meets it with d_i . Y_i = 1. Each residual is
+        # Y_i / G^+_ii, with no hold-out decomposed.
+        for i in range(K):
+            diagonal = 0.0
+            for k in range(live):
+                diagonal += (U[i, k] / s[k]) ** 2
+            for k in range(live):
+                coef = U[i, k] / s[k] / diagonal
+                for x in range(m):
+                    residuals[i, x] += coef * Vt[k, x]
         return _principal_axes(residuals, basis, tol)
-    # All K hold-outs at once: others [K, K - 1, K] (row i: every episode but i).
-    rest = np.arange(K - 1)[None, :]
-    others = C[rest + (rest >= np.arange(K)[:, None])]
-    centre = others.mean(axis=1)
-    d = C - centre
-    _, sv, vt = np.linalg.svd(others - centre[:, None, :], full_matrices=False)
-    span = vt * (sv > tol)[:, :, None]  # [K, K - 1, K]: directions shorter than tol zeroed
-    residuals = d - np.einsum("kjx,kj->kx", span, np.einsum("kjx,kx->kj", span, d))
+    others = np.empty((K - 1, m))
+    for i in range(K):
+        for j in range(K - 1):
+            others[j] = C[j + (j >= i)]
+        centre = column_mean(others)
+        d = C[i] - centre
+        _, sz, span = row_svd(others - centre)
+        residuals[i] = d
+        for k in range(K - 1):
+            if sz[k] <= tol:
+                break
+            along = 0.0
+            for x in range(m):
+                along += span[k, x] * d[x]
+            for x in range(m):
+                residuals[i, x] -= along * span[k, x]
     return _principal_axes(residuals, basis, tol)
 
 
-def _principal_axes(residuals: np.ndarray, basis: np.ndarray, tol: float):
-    """Axes ``[r, E]`` and energy shares ``[r]`` of ``residuals [K, K]`` (coordinates in
-    ``basis [K, E]``), as :func:`unseen_axes` returns them."""
-    _, sv, vt = np.linalg.svd(residuals, full_matrices=False)
-    keep = sv > tol
-    energy = sv[keep] ** 2
-    axes = sv[keep, None] / np.sqrt(residuals.shape[0]) * (vt[keep] @ basis)
-    return axes, energy / max(energy.sum(), _TINY)
+@njit(cache=True, nogil=True)
+def _principal_axes(residuals, basis, tol):
+    """Axes ``[r, E]`` and energy shares ``[r]`` of ``residuals [K, m]`` (coordinates in
+    ``basis [m, E]``), as :func:`unseen_axes` returns them."""
+    K, m = residuals.shape
+    _, sv, vt = row_svd(residuals)
+    r = 0
+    while r < K and sv[r] > tol:
+        r += 1
+    axes = np.zeros((r, basis.shape[1]))
+    share = np.empty(r)
+    total = 0.0
+    for k in range(r):
+        share[k] = sv[k] * sv[k]
+        total += share[k]
+        size = sv[k] / np.sqrt(K)
+        for j in range(m):
+            coef = size * vt[k, j]
+            for e in range(basis.shape[1]):
+                axes[k, e] += coef * basis[j, e]
+    for k in range(r):
+        share[k] /= max(total, _TINY)
+    return axes, share
 
 
-def _unseen_episodes(W: np.ndarray, w: np.ndarray, noise: float, weight: float) -> np.ndarray:
+@njit(cache=True, nogil=True)
+def unseen_episodes(W, w, noise, weight):
     """``[2r, E]``: the mean ``w`` moved both ways along each of :func:`unseen_axes`, scaled to
     sum 1 and weighed ``weight`` times the axis's share and the part of the unseen deviation
     that is not sampling noise; none (``r = 0``) when that part is mostly noise: the episodes
     are draws of workloads that they all show, and more noise to plan for adds nothing."""
-    K = W.shape[0]
+    K, E = W.shape
     axes, share = unseen_axes(W)
+    r = axes.shape[0]
     # A held-out episode's residual carries its own noise and that of the others' mean.
-    energy = (axes**2).sum()
-    seen = 1.0 - noise * K / (K - 1) / energy if energy > 0 else 0.0
+    energy = pairwise_sum(axes * axes) if r else 0.0
+    seen = 1.0 - noise * K / (K - 1) / energy if energy > 0.0 else 0.0
     if seen < _UNSEEN_SIGNAL:
-        return np.empty((0, W.shape[1]))
-    ends = normalise(np.maximum(np.vstack([w + axes, w - axes]), 0.0))
-    return weight * seen * np.tile(share, 2)[:, None] * ends
+        return np.empty((0, E))
+    ends = np.empty((2 * r, E))
+    for k in range(2 * r):
+        sign = 1.0 if k < r else -1.0
+        end = np.maximum(w + sign * axes[k % r], 0.0)
+        total = pairwise_sum(end)
+        ends[k] = 0.0
+        if total > 0.0:
+            ends[k] = (weight * seen * share[k % r]) * (end / total)
+    return ends
 
 
 @njit(cache=True, nogil=True)
@@ -442,7 +486,7 @@ def plan_layers(
     )
     if W.shape[1] > 1 and opts.unseen > 0:
         for j in np.flatnonzero(signal == 1.0):
-            U = _unseen_episodes(W[j], shared[j], noise[j], opts.unseen)
+            U = unseen_episodes(W[j], shared[j], noise[j], opts.unseen)
             # The unseen episodes refine the plan the seen ones chose; they do not choose it.
             # Searched from the start with them, the plan lands in another local optimum, and
             # which one holds for a held-out workload's surprises is a lottery (OLMoE 8x12 lost

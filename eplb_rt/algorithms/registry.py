@@ -351,10 +351,13 @@ def _plan_batch(spec: PolicySpec, batch: Layers, topology: Topology, options: An
 
 def warm_up(names: list[str] | None = None) -> None:
     """Compile every numba kernel of the given policies (all by default) ahead of first use,
-    flat and hierarchical (4 groups of 2 experts on 2 nodes)."""
+    flat and hierarchical (4 groups of 2 experts on 2 nodes), on token counts and on a load
+    that is not counts (no sampling noise: distinct workloads, as a policy sees them)."""
     grouped = {"hierarchical": True}
+    counts = np.arange(1.0, 1 + 3 * 2 * 9).reshape(3, 2, 9)
     cases = (
-        (Topology(4, 3), np.arange(1.0, 1 + 3 * 2 * 9).reshape(3, 2, 9), {}),
+        (Topology(4, 3), counts, {}),
+        (Topology(4, 3), counts**1.5, {}),
         (Topology(4, 3, 2, 4), np.arange(1.0, 1 + 3 * 2 * 8).reshape(3, 2, 8), grouped),
     )
     for name in names or policy_names():

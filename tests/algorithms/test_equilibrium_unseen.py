@@ -8,10 +8,10 @@ import pytest
 from benchmarks import traces
 from eplb_rt.algorithms import metrics, plan, warm_up
 from eplb_rt.algorithms.equilibrium import (
-    _unseen_episodes,
     sampling_noise,
     signal_fraction,
     unseen_axes,
+    unseen_episodes,
 )
 from eplb_rt.algorithms.load import normalise
 from eplb_rt.placement import Topology
@@ -70,6 +70,42 @@ def test_axes_keep_the_total_and_are_orthogonal(K):
     assert (np.diff(share) <= 1e-15).all()
 
 
+def _reference_axes(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each episode held out in turn, as the definition reads: its deviation from the others'
+    mean less its projection on the span of their deviations; then the residuals' SVD."""
+    K = W.shape[0]
+    tol = 1e-9 * np.linalg.norm(W, 2)
+    residuals = []
+    for i in range(K):
+        others = np.delete(W, i, axis=0)
+        centre = others.mean(axis=0)
+        _, sv, vt = np.linalg.svd(others - centre, full_matrices=False)
+        span = vt[sv > tol]
+        d = W[i] - centre
+        residuals.append(d - span.T @ (span @ d))
+    _, sv, vt = np.linalg.svd(np.array(residuals), full_matrices=False)
+    keep = sv > tol
+    energy = sv[keep] ** 2
+    return sv[keep, None] / np.sqrt(K) * vt[keep], energy / energy.sum()
+
+
+@pytest.mark.parametrize(
+    ("K", "E", "rank"), [(2, 5, 2), (3, 3, 3), (4, 7, 4), (5, 3, 3), (6, 40, 4), (9, 256, 9)]
+)
+def test_axes_match_the_hold_out_definition(K, E, rank):
+    """Odd sizes, episodes in general position or not (``rank < K``: some lie in the others'
+    span; ``E < K``): the same residual energy along the same axes (up to their signs, and to
+    the choice of axes where two carry the same energy: compared as ``sum a a^T``)."""
+    rng = np.random.default_rng(K * E)
+    W = normalise(rng.random((K, rank)) @ rng.pareto(1.2, (rank, E)) + 1e-3)
+    axes, share = unseen_axes(W)
+    expected_axes, expected_share = _reference_axes(W)
+    assert axes.shape == expected_axes.shape
+    np.testing.assert_allclose(share, expected_share, atol=1e-9)
+    outer = expected_axes.T @ expected_axes
+    np.testing.assert_allclose(axes.T @ axes, outer, atol=1e-9 * np.abs(outer).max())
+
+
 def test_draws_of_seen_workloads_plan_as_without():
     """Episodes that are draws of workloads they all show: the unseen part is sampling noise,
     and the option leaves the plan as it was."""
@@ -121,5 +157,5 @@ def test_unseen_episodes_refine_the_seen_plan(held_out):
         assert signal_fraction(W, noise) == 1.0
         w = W.mean(axis=0)
         seen = normalise(np.maximum(w + 2.0 * (W - w), 0.0))
-        V = np.vstack([seen, _unseen_episodes(W, w, noise, 1.0)])
+        V = np.vstack([seen, unseen_episodes(W, w, noise, 1.0)])
         assert _sum_of_peaks(on[layer], V, 8) <= _sum_of_peaks(off[layer], V, 8) * (1 + 1e-9)

@@ -1,0 +1,136 @@
+"""Small dense decompositions in plain numba loops: the same bits on every CPU.
+
+Engines such as vLLM run the policy on every rank with the same load, and each rank moves
+weights by its own answer, so every rank must plan the same table. LAPACK's results depend on
+which BLAS kernels a CPU runs (their last bits differ between AVX2 and SSE3 kernels), and a
+near tie in a search that follows can then go two ways. These kernels fix the order of every
+operation, and numba, without fast-math, keeps it: Householder reflections for a basis of a few
+long rows, one-sided Jacobi rotations for the singular values of the small matrix that remains
+(accurate to the last bits even for the small ones, which a Gram matrix would square away).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_ORTHOGONAL = 1e-15
+"""Two rows count as orthogonal when their cosine is below this."""
+
+_MAX_SWEEPS = 64
+"""Jacobi sweeps converge quadratically: a handful for the matrices of the policies."""
+
+
+@njit(cache=True, nogil=True)
+def row_basis(A):
+    """An orthonormal basis of the span of the rows of ``A [K, E] float64`` and the rows'
+    coordinates in it: ``(C [K, m], Q [m, E])`` with ``A = C @ Q`` and ``m = min(K, E)``.
+
+    Householder reflections applied to the rows (a QR factorisation of ``A.T``): ``C`` is lower
+    triangular. ``Q``'s rows are orthonormal even where the rows of ``A`` are dependent.
+    """
+    K, E = A.shape
+    m = min(K, E)
+    L = A.copy()
+    V = np.zeros((m, E))  # the reflectors' unit vectors; a zero row is no reflection
+    for k in range(m):
+        norm = 0.0
+        for e in range(k, E):
+            norm += L[k, e] * L[k, e]
+        norm = np.sqrt(norm)
+        if norm == 0.0:
+            continue
+        alpha = -norm if L[k, k] >= 0.0 else norm
+        for e in range(k, E):
+            V[k, e] = L[k, e]
+        V[k, k] -= alpha
+        vnorm = 0.0
+        for e in range(k, E):
+            vnorm += V[k, e] * V[k, e]
+        vnorm = np.sqrt(vnorm)
+        for e in range(k, E):
+            V[k, e] /= vnorm
+        for i in range(k, K):
+            _reflect(L[i], V[k], k)
+    C = np.zeros((K, m))
+    for i in range(K):
+        for j in range(min(i + 1, m)):
+            C[i, j] = L[i, j]
+    # Row j of Q is e_j reflected by the last reflector first: A = L H_{m-1} ... H_0.
+    Q = np.zeros((m, E))
+    for j in range(m):
+        Q[j, j] = 1.0
+        for k in range(m - 1, -1, -1):
+            _reflect(Q[j], V[k], k)
+    return C, Q
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _reflect(x, v, start):
+    """``x -= 2 (x . v) v`` in place, for ``v`` zero before ``start``."""
+    dot = 0.0
+    for e in range(start, x.shape[0]):
+        dot += x[e] * v[e]
+    dot *= 2.0
+    for e in range(start, x.shape[0]):
+        x[e] -= dot * v[e]
+
+
+@njit(cache=True, nogil=True)
+def row_svd(A):
+    """Singular values and vectors of a small ``A [K, n] float64``: ``(U [K, K], s [K], Vt [K,
+    n])`` with ``A = U @ diag(s) @ Vt``, ``s`` descending.
+
+    One-sided Jacobi: pairs of rows rotated until every two are orthogonal; their norms are the
+    singular values, and a row of ``Vt`` is zero where its value is (``K > n``, or dependent
+    rows). Signs follow from the rotations, the same on every CPU.
+    """
+    K, n = A.shape
+    B = A.copy()
+    U = np.eye(K)
+    for _ in range(_MAX_SWEEPS):
+        rotated = False
+        for i in range(K - 1):
+            for j in range(i + 1, K):
+                alpha, beta, gamma = 0.0, 0.0, 0.0
+                for x in range(n):
+                    alpha += B[i, x] * B[i, x]
+                    beta += B[j, x] * B[j, x]
+                    gamma += B[i, x] * B[j, x]
+                if abs(gamma) <= _ORTHOGONAL * np.sqrt(alpha * beta):
+                    continue
+                rotated = True
+                zeta = (beta - alpha) / (2.0 * gamma)
+                t = 1.0 / (abs(zeta) + np.sqrt(1.0 + zeta * zeta))
+                if zeta < 0.0:
+                    t = -t
+                c = 1.0 / np.sqrt(1.0 + t * t)
+                s = c * t
+                for x in range(n):
+                    bi, bj = B[i, x], B[j, x]
+                    B[i, x] = c * bi - s * bj
+                    B[j, x] = s * bi + c * bj
+                for r in range(K):
+                    ui, uj = U[r, i], U[r, j]
+                    U[r, i] = c * ui - s * uj
+                    U[r, j] = s * ui + c * uj
+        if not rotated:
+            break
+    norms = np.empty(K)
+    for i in range(K):
+        total = 0.0
+        for x in range(n):
+            total += B[i, x] * B[i, x]
+        norms[i] = np.sqrt(total)
+    order = np.argsort(-norms, kind="mergesort")  # stable: equal values keep their rows' order
+    s = norms[order]
+    Vt = np.zeros((K, n))
+    Us = np.empty((K, K))
+    for k in range(K):
+        i = order[k]
+        if s[k] > 0.0:
+            for x in range(n):
+                Vt[k, x] = B[i, x] / s[k]
+        for r in range(K):
+            Us[r, k] = U[r, i]
+    return Us, s, Vt

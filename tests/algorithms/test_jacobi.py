@@ -1,0 +1,85 @@
+"""The plain-loop decompositions against NumPy's LAPACK, on odd sizes and rank-deficient rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from eplb_rt.algorithms.jacobi import row_basis, row_svd
+
+
+def _rows(K: int, n: int, rank: int, seed: int) -> np.ndarray:
+    """``[K, n]`` rows of the given rank (at most ``min(K, n)``), entries of mixed scale."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(K, rank)) @ (rng.normal(size=(rank, n)) * rng.pareto(1.5, n))
+
+
+SIZES = [(1, 1), (1, 7), (2, 3), (3, 3), (5, 2), (4, 9), (7, 13), (16, 256), (17, 5)]
+
+
+@pytest.mark.parametrize(("K", "n"), SIZES)
+@pytest.mark.parametrize("deficient", [False, True])
+def test_row_svd_matches_lapack(K, n, deficient):
+    rank = max(min(K, n) - deficient, 1)
+    A = _rows(K, n, rank, K * 100 + n)
+    U, s, Vt = row_svd(A)
+    assert U.shape == (K, K) and s.shape == (K,) and Vt.shape == (K, n)
+    np.testing.assert_allclose(U @ np.diag(s) @ Vt, A, atol=1e-12 * np.abs(A).max())
+    np.testing.assert_allclose(U.T @ U, np.eye(K), atol=1e-13)
+    expected = np.zeros(K)
+    expected[: min(K, n)] = np.linalg.svd(A, compute_uv=False)
+    np.testing.assert_allclose(s, expected, atol=1e-12 * expected[0])
+    assert (np.diff(s) <= 0).all()
+    # The right vectors of the nonzero values are orthonormal; the others are zero rows.
+    live = s > 1e-9 * s[0]
+    np.testing.assert_allclose(Vt[live] @ Vt[live].T, np.eye(live.sum()), atol=1e-12)
+    assert (Vt[s == 0] == 0).all()
+
+
+def test_row_svd_small_values_keep_their_relative_accuracy():
+    """A Gram matrix would square 1e-9 to 1e-18 and lose it under the rounding of 1; Jacobi
+    rotations on the rows find it to many digits."""
+    rng = np.random.default_rng(3)
+    Q1 = np.linalg.qr(rng.normal(size=(4, 4)))[0]
+    Q2 = np.linalg.qr(rng.normal(size=(6, 6)))[0][:4]
+    values = np.array([1.0, 0.5, 1e-5, 1e-9])
+    _, s, _ = row_svd(Q1 @ np.diag(values) @ Q2)
+    np.testing.assert_allclose(s, values, rtol=1e-6)
+
+
+def test_zero_rows_and_equal_values():
+    A = np.zeros((3, 4))
+    A[1] = [3.0, 0.0, 0.0, 4.0]
+    U, s, Vt = row_svd(A)
+    np.testing.assert_array_equal(s, [5.0, 0.0, 0.0])
+    np.testing.assert_allclose(np.abs(Vt[0]), [0.6, 0.0, 0.0, 0.8])
+    np.testing.assert_allclose(U @ np.diag(s) @ Vt, A, atol=1e-15)
+    _, s, _ = row_svd(np.eye(3) * 2.0)
+    np.testing.assert_array_equal(s, [2.0, 2.0, 2.0])
+
+
+@pytest.mark.parametrize(("K", "E"), SIZES)
+@pytest.mark.parametrize("deficient", [False, True])
+def test_row_basis_spans_the_rows(K, E, deficient):
+    rank = max(min(K, E) - deficient, 1)
+    A = _rows(K, E, rank, K * 7 + E)
+    C, Q = row_basis(A)
+    m = min(K, E)
+    assert C.shape == (K, m) and Q.shape == (m, E)
+    np.testing.assert_allclose(C @ Q, A, atol=1e-12 * np.abs(A).max())
+    np.testing.assert_allclose(Q @ Q.T, np.eye(m), atol=1e-13)
+    assert (np.triu(C, 1) == 0).all()
+
+
+def test_row_basis_of_zero_rows():
+    C, Q = row_basis(np.zeros((3, 5)))
+    np.testing.assert_array_equal(C, 0.0)
+    np.testing.assert_allclose(Q @ Q.T, np.eye(3), atol=1e-15)
+
+
+def test_the_same_bits_on_every_call():
+    A = _rows(6, 40, 5, 11)
+    first = row_svd(A), row_basis(A)
+    again = row_svd(A.copy()), row_basis(A.copy())
+    for x, y in zip([*first[0], *first[1]], [*again[0], *again[1]], strict=True):
+        np.testing.assert_array_equal(x, y)
