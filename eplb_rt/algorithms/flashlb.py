@@ -6,7 +6,9 @@ The search, per layer (the same decisions as vllm-ascend 0.26's ``FlashLB``):
 * **Statistics.** Every expert's load per episode, plus one token per step (the original's
   smoothing: no expert is ever exactly idle), in tokens, so a busy episode weighs more; the
   mean ``mu [E]``, variance and covariance ``cov [E, E]`` across episodes (``K - 1`` in the
-  denominator; zero for a single episode).
+  denominator; zero for a single episode). The covariance is summed in plain loops, so every
+  rank plans the same table on any CPU; the original's ``matmul`` rounds as the BLAS kernels
+  of the CPU do.
 * **Device score** ``mean + z * std`` of a rank's load, the variance including the covariance
   of the replicas it holds (``z``: the 75th percentile of a normal load).
 * **Allotment** by min-max on the score ``mu + z * std``: the next replica goes to the expert
@@ -307,16 +309,36 @@ def flash_search(X, mu, var, cov, order, z, num_ranks, num_slots_per_rank, depth
 # ------------------------------------------------------------------------------ the policy
 def statistics(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(mu [L, E], var [L, E], cov [L, E, E])`` of ``X [L, K, E]`` across each layer's
-    episodes, with ``K - 1`` in the denominator; zero variance for a single episode. Computed
-    with numpy as the original does per layer (the stacked reductions and products round as
-    the per-layer ones: a test checks they are bit-equal)."""
+    episodes, with ``K - 1`` in the denominator; zero variance for a single episode. The mean
+    and variance as the original computes them per layer (the stacked numpy reductions round as
+    the per-layer ones); the covariance as :func:`_cross_products`, not the original's
+    ``matmul``, whose last bits follow the BLAS kernels of the CPU."""
     L, K, E = X.shape
     mu = X.mean(axis=1)
     if K == 1:
         return mu, np.zeros((L, E)), np.zeros((L, E, E))
     centred = X - mu[:, None, :]
     var = np.sum(centred**2, axis=1) / (K - 1)
-    return mu, var, np.matmul(centred.transpose(0, 2, 1), centred) / (K - 1)
+    return mu, var, _cross_products(centred) / (K - 1)
+
+
+@njit(cache=True, nogil=True)
+def _cross_products(centred):
+    """``[L, E, E]``: ``centred[l].T @ centred[l]`` for ``centred [L, K, E] float64``, summed over
+    the episodes in order in plain loops: every rank of an engine that plans on each rank (as
+    vllm-ascend and vLLM do) gets the same bits on any CPU."""
+    L, K, E = centred.shape
+    out = np.empty((L, E, E))
+    for j in range(L):
+        c = centred[j]
+        for e in range(E):
+            for f in range(e + 1):
+                total = 0.0
+                for k in range(K):
+                    total += c[k, e] * c[k, f]
+                out[j, e, f] = total
+                out[j, f, e] = total
+    return out
 
 
 @njit(cache=True, nogil=True)

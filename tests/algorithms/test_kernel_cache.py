@@ -29,6 +29,8 @@ from eplb_rt.algorithms import kernel_cache, plan
 from eplb_rt.config import EplbConfig
 from eplb_rt.placement import Topology
 
+X86 = platform.machine() in {"x86_64", "AMD64"}
+
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = EplbConfig().policy
 
@@ -164,11 +166,12 @@ def test_every_rank_plans_the_same_table_on_any_cpu(tmp_path):
     load, so the tables must agree to the bit. A rank on another CPU model, running the
     portable kernels, plans, re-plans and plans on many episodes exactly as this CPU does,
     also where NumPy's BLAS takes other kernels there: the decompositions of distinct
-    workloads' episodes (``unseen``) are plain loops too, the same to the last bit."""
-    fill = f"from eplb_rt.algorithms import warm_up; warm_up([{DEFAULT!r}])"
+    workloads' episodes (``unseen``) and ``flashlb``'s covariances are plain loops too, the
+    same to the last bit."""
+    fill = f"from eplb_rt.algorithms import warm_up; warm_up([{DEFAULT!r}, 'flashlb'])"
     run_fresh("eplb_rt.", fill, tmp_path / "fill", **kernel_cache.portable_env())
     another = {"NUMBA_CPU_NAME": another_cpu()}
-    if platform.machine() in {"x86_64", "AMD64"}:
+    if X86:
         another["OPENBLAS_CORETYPE"] = "Prescott"  # SSE3 kernels: other sums than AVX2's
     tables = {}
     for cpu, env in [("this", {}), ("another", another)]:
@@ -189,8 +192,9 @@ def test_every_rank_plans_the_same_table_on_any_cpu(tmp_path):
             torch.tensor(load[3]), 320, 1, 1, 64, torch.tensor(first.phy2log.astype(np.int64)))
         esft = plan({DEFAULT!r}, traces.esft("law")[:40], Topology(8, 9))
         axes, share = unseen_axes(normalise(load[:3, 10]))
+        flash = plan("flashlb", load[:3], Topology(64, 5))  # covariances: BLAS in the original
         np.savez({str(out)!r}, first=first.phy2log, replan=replan.numpy(), esft=esft.phy2log,
-                 axes=axes, share=share)
+                 axes=axes, share=share, flashlb=flash.phy2log)
         """
         stats = run_fresh("eplb_rt.", code, tmp_path / f"user-{cpu}", **env)
         assert stats["misses"] == 0, stats  # each loaded its own kind of kernel, none compiled
@@ -310,7 +314,7 @@ def test_processes_compiling_at_once_keep_every_entry(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(platform.machine() != "x86_64", reason="names x86-64 CPUs")
+@pytest.mark.skipif(not X86, reason="names x86-64 CPUs")
 def test_a_cpu_the_build_did_not_compile_for_loads_the_portable_entry(tmp_path):
     """Built on one CPU, served on another: the toy kernel compiled for the build's CPU and for
     the portable one is loaded on a third CPU (no compile), and compiled where neither exists."""

@@ -217,7 +217,9 @@ def test_flashlb_cherry_picks_layers():
 @pytest.mark.parametrize("K", [1, 2, 5])
 def test_flashlb_statistics_of_stacked_layers_round_as_one_layer(K):
     """The stacked statistics are bit-equal to one layer's, computed as the original does
-    (numpy, ``K - 1`` in the denominator), so the placements do not depend on the stacking."""
+    (numpy, ``K - 1`` in the denominator), so the placements do not depend on the stacking; the
+    covariance is the episodes' products summed in order, within rounding of the original's
+    ``matmul`` (whose bits follow the CPU's BLAS kernels)."""
     X = np.random.default_rng(K).pareto(1.1, size=(3, K, 7)) * 100 + 1.0
     mu, var, cov = statistics(X)
     for j in range(3):
@@ -228,7 +230,11 @@ def test_flashlb_statistics_of_stacked_layers_round_as_one_layer(K):
             continue
         centred = x - x.mean(axis=0)
         assert var[j].tolist() == (np.sum(centred**2, axis=0) / (K - 1)).tolist()
-        assert cov[j].tolist() == ((centred.T @ centred) / (K - 1)).tolist()
+        products = [
+            [sum(c[e] * c[f] for c in centred.tolist()) for f in range(7)] for e in range(7)
+        ]
+        assert cov[j].tolist() == (np.array(products) / (K - 1)).tolist()
+        np.testing.assert_allclose(cov[j], (centred.T @ centred) / (K - 1), rtol=1e-14, atol=0)
 
 
 def test_flashlb_threshold_compares_in_float32():
