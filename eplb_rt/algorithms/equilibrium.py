@@ -174,7 +174,7 @@ def unseen_axes(W):
     """
     K = W.shape[0]
     # Everything happens in the span of the episodes: their coordinates C [K, m] in an
-    # orthonormal basis of it, so each hold-out costs a K x K decomposition, not K x E.
+    # orthonormal basis of it, so the decompositions are K x K, not K x E.
     C, basis = row_basis(W)
     m = C.shape[1]
     # Directions shorter than this, against the episodes themselves, are rounding.
@@ -184,37 +184,45 @@ def unseen_axes(W):
     while live < K and s[live] > tol:
         live += 1
     residuals = np.zeros((K, m))
-    if live == K - 1:
-        # Episodes in general position (the usual case): the dual vectors Y = G^+ X of the
-        # centred episodes X (Gram matrix G = U s^2 U^T, so Y = U s^-1 Vt on the live
-        # directions) have Y_i . (X_j - X_k) = 0 for j, k != i: Y_i is normal to the others'
-        # span, and d_i = X_i K / (K - 1) meets it with d_i . Y_i = 1. Each residual is
-        # Y_i / G^+_ii, with no hold-out decomposed.
-        for i in range(K):
-            diagonal = 0.0
-            for k in range(live):
-                diagonal += (U[i, k] / s[k]) ** 2
-            for k in range(live):
-                coef = U[i, k] / s[k] / diagonal
-                for x in range(m):
-                    residuals[i, x] += coef * Vt[k, x]
+    if live == 0:
         return _principal_axes(residuals, basis, tol)
-    others = np.empty((K - 1, m))
+    # Held out, episode i leaves the others' span one dimension short of all episodes' span,
+    # or not at all. If short, its residual lies along the dual vector Y_i of the centred
+    # episodes X (Gram matrix G = U s^2 U^T, so Y = G^+ X = U s^-1 Vt on the live directions):
+    # Y_i . (X_j - X_k) = 0 for j, k != i, and d_i = X_i K / (K - 1) meets it with
+    # d_i . Y_i = 1, so the residual is Y_i / G^+_ii. To first order, the others' smallest
+    # singular value is e_i / sqrt(G^+_ii), with e_i the norm of row i of U's dead columns
+    # less the direction (1, ..., 1) / sqrt(K) that centring leaves among them: exactly zero
+    # for episodes in general position (the usual case: that direction is the one dead
+    # column), and taken as zero under ``tol``, as a decomposition of each hold-out would.
+    # So one decomposition serves all K hold-outs, and e_i is a sum of squares, with no
+    # cancellation (a Gram matrix's eigenvalues lose the small singular values).
+    dead = K - live
+    ones = np.zeros(dead)
+    for k in range(dead):
+        for i in range(K):
+            ones[k] += U[i, live + k]
+    size = np.sqrt(pairwise_sum(ones * ones))
+    if size > 0.0:  # no dead column: every episode reaches a direction of its own
+        for k in range(dead):
+            ones[k] /= size
     for i in range(K):
-        for j in range(K - 1):
-            others[j] = C[j + (j >= i)]
-        centre = column_mean(others)
-        d = C[i] - centre
-        _, sz, span = row_svd(others - centre)
-        residuals[i] = d
-        for k in range(K - 1):
-            if sz[k] <= tol:
-                break
-            along = 0.0
+        diagonal = 0.0
+        for k in range(live):
+            diagonal += (U[i, k] / s[k]) ** 2
+        along = 0.0
+        for k in range(dead):
+            along += U[i, live + k] * ones[k]
+        reach = 0.0
+        for k in range(dead):
+            rest = U[i, live + k] - along * ones[k]
+            reach += rest * rest
+        if reach > tol * tol * diagonal:
+            continue  # the others span all that episode i shows: no residual
+        for k in range(live):
+            coef = U[i, k] / s[k] / diagonal
             for x in range(m):
-                along += span[k, x] * d[x]
-            for x in range(m):
-                residuals[i, x] -= along * span[k, x]
+                residuals[i, x] += coef * Vt[k, x]
     return _principal_axes(residuals, basis, tol)
 
 
