@@ -14,8 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-_ORTHOGONAL = 1e-15
-"""Two rows count as orthogonal when their cosine is below this."""
+_EPS = np.finfo(np.float64).eps
 
 _MAX_SWEEPS = 64
 """Jacobi sweeps converge quadratically: a handful for the matrices of the policies."""
@@ -88,6 +87,15 @@ def row_svd(A):
     K, n = A.shape
     B = A.copy()
     U = np.eye(K)
+    # Two rows count as orthogonal when their cosine is within the rounding of their dot
+    # product (n products); a row within that rounding of the whole matrix counts as zero (with
+    # more rows than columns, K - n rows end there, and rotating their rounding never settles).
+    orthogonal = n * _EPS
+    total = 0.0
+    for i in range(K):
+        for x in range(n):
+            total += A[i, x] * A[i, x]
+    negligible = total * orthogonal**2
     for _ in range(_MAX_SWEEPS):
         rotated = False
         for i in range(K - 1):
@@ -97,7 +105,9 @@ def row_svd(A):
                     alpha += B[i, x] * B[i, x]
                     beta += B[j, x] * B[j, x]
                     gamma += B[i, x] * B[j, x]
-                if abs(gamma) <= _ORTHOGONAL * np.sqrt(alpha * beta):
+                if alpha <= negligible or beta <= negligible:
+                    continue
+                if abs(gamma) <= orthogonal * np.sqrt(alpha * beta):
                     continue
                 rotated = True
                 zeta = (beta - alpha) / (2.0 * gamma)
