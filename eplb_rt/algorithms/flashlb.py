@@ -379,8 +379,10 @@ def plan_layers(layers: Layers, topo: Topology, opts: FlashLBOptions) -> tuple[n
     times a layer."""
     X = layers.tokens + SMOOTHING * layers.steps[None, :, None]
     mu, var, cov = statistics(X)
-    # numpy's default sort, as the original's: experts of equal score keep its order.
-    order = np.argsort(-(mu + opts.z * np.sqrt(var)), axis=-1)
+    # Experts of equal score in index order. The original takes numpy's default sort, whose
+    # order of ties follows the SIMD kernels of the CPU (AVX2 or not): every rank must plan
+    # the same table.
+    order = np.argsort(-(mu + opts.z * np.sqrt(var)), axis=-1, kind="stable")
     prev = layers.previous
     if prev is None:
         prev = np.empty((0, topo.num_slots), dtype=np.int64)

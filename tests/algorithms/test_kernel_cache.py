@@ -31,6 +31,13 @@ from eplb_rt.placement import Topology
 
 X86 = platform.machine() in {"x86_64", "AMD64"}
 
+
+def numpy_simd_targets() -> list[str]:
+    """The SIMD targets NumPy may dispatch to (its ``NPY_DISABLE_CPU_FEATURES`` names)."""
+    core = getattr(np, "_core", None) or np.core  # numpy 1.x: np.core
+    return list(core._multiarray_umath.__cpu_dispatch__)
+
+
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = EplbConfig().policy
 
@@ -167,12 +174,14 @@ def test_every_rank_plans_the_same_table_on_any_cpu(tmp_path):
     portable kernels, plans, re-plans and plans on many episodes exactly as this CPU does,
     also where NumPy's BLAS takes other kernels there: the decompositions of distinct
     workloads' episodes (``unseen``) and ``flashlb``'s covariances are plain loops too, the
-    same to the last bit."""
+    same to the last bit, and no order of ties follows NumPy's SIMD kernels."""
     fill = f"from eplb_rt.algorithms import warm_up; warm_up([{DEFAULT!r}, 'flashlb'])"
     run_fresh("eplb_rt.", fill, tmp_path / "fill", **kernel_cache.portable_env())
     another = {"NUMBA_CPU_NAME": another_cpu()}
     if X86:
         another["OPENBLAS_CORETYPE"] = "Prescott"  # SSE3 kernels: other sums than AVX2's
+    # NumPy's own SIMD kernels off too: its default argsort orders ties otherwise without them.
+    another["NPY_DISABLE_CPU_FEATURES"] = " ".join(numpy_simd_targets())
     tables = {}
     for cpu, env in [("this", {}), ("another", another)]:
         out = tmp_path / f"{cpu}.npz"
@@ -192,7 +201,8 @@ def test_every_rank_plans_the_same_table_on_any_cpu(tmp_path):
             torch.tensor(load[3]), 320, 1, 1, 64, torch.tensor(first.phy2log.astype(np.int64)))
         esft = plan({DEFAULT!r}, traces.esft("law")[:40], Topology(8, 9))
         axes, share = unseen_axes(normalise(load[:3, 10]))
-        flash = plan("flashlb", load[:3], Topology(64, 5))  # covariances: BLAS in the original
+        # flashlb: covariances (BLAS in the original), experts of equal score (four of each)
+        flash = plan("flashlb", np.repeat(load[:3, :, :64], 4, axis=2), Topology(64, 5))
         np.savez({str(out)!r}, first=first.phy2log, replan=replan.numpy(), esft=esft.phy2log,
                  axes=axes, share=share, flashlb=flash.phy2log)
         """
