@@ -1,8 +1,11 @@
-"""The default policy's tables on the shipped traces, as digests: run it once per BLAS (or CPU)
-and compare the lines; every rank of an engine must plan the same table.
+"""The default policy's tables on the shipped traces, as digests: run it once per BLAS, NumPy
+SIMD level or CPU and compare the lines; every rank of an engine must plan the same table.
 
     PYTHONPATH=. python benchmarks/same_table.py
     OPENBLAS_CORETYPE=Prescott PYTHONPATH=. python benchmarks/same_table.py   # SSE3 kernels
+    NPY_DISABLE_CPU_FEATURES="X86_V3 X86_V4" PYTHONPATH=. python benchmarks/same_table.py  # no AVX2
+
+(NumPy 2.4 names its SIMD levels so; older releases name the features, ``AVX2 FMA3 AVX512F``.)
 
 Cases: DeepSeek-V3 at 64x5, 32x9 and 8x36, each prefill workload held out in turn (a plan on the
 other three, whose distinct workloads take the ``unseen`` decompositions, then the vLLM
