@@ -5,7 +5,8 @@ SIMD level or CPU and compare the lines; every rank of an engine must plan the s
     OPENBLAS_CORETYPE=Prescott PYTHONPATH=. python benchmarks/same_table.py   # SSE3 kernels
     NPY_DISABLE_CPU_FEATURES="X86_V3 X86_V4" PYTHONPATH=. python benchmarks/same_table.py  # no AVX2
 
-(NumPy 2.4 names its SIMD levels so; older releases name the features, ``AVX2 FMA3 AVX512F``.)
+(NumPy 2.4's names for its SIMD targets; ``numpy._core._multiarray_umath.__cpu_dispatch__``
+lists those of the NumPy installed.)
 
 Cases: DeepSeek-V3 at 64x5, 32x9 and 8x36, each prefill workload held out in turn (a plan on the
 other three, whose distinct workloads take the ``unseen`` decompositions, then the vLLM
