@@ -91,11 +91,11 @@ def row_svd(A):
     # product (n products); a row within that rounding of the whole matrix counts as zero (with
     # more rows than columns, K - n rows end there, and rotating their rounding never settles).
     orthogonal = n * _EPS
-    total = 0.0
+    frobenius = 0.0  # squared
     for i in range(K):
         for x in range(n):
-            total += A[i, x] * A[i, x]
-    negligible = total * orthogonal**2
+            frobenius += A[i, x] * A[i, x]
+    negligible = frobenius * orthogonal**2
     for _ in range(_MAX_SWEEPS):
         rotated = False
         for i in range(K - 1):
