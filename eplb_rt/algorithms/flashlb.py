@@ -1,7 +1,7 @@
 # ruff: noqa: PLR0917  (numba kernels take plain positional arrays)
 """``flashlb``: vllm-ascend's FlashLB search, as our own numba kernels.
 
-The search, per layer (the same decisions as vllm-ascend 0.26's ``FlashLB``):
+The search, per layer (the same decisions as the ``FlashLB`` of vllm-ascend 0.26 to 0.30):
 
 * **Statistics.** Every expert's load per episode, plus one token per step (the original's
   smoothing: no expert is ever exactly idle), in tokens, so a busy episode weighs more; the
@@ -29,10 +29,12 @@ Beyond the original, counts never exceed the number of ranks and a replica whose
 all hold its expert makes room by one move (:func:`packing.place_replica`): the original cannot
 place such tables at all. The history is cut into ``num_episodes`` runs of whole steps (the
 registry's episodes), so no step is dropped; the original keeps the latest ``64 * (T // 64)``.
-Otherwise the kernels return the original's placements (``tests/integrations`` compares them on
-shipped traces). They are faster by skipping ranks whose score cannot win (a lower bound from
-``std(a + b) >= |std(a) - std(b)|``) and exact divisions by one, and by not placing again the
-split a group inherits from the group before (the joint allotment's, already scored).
+Experts of equal score are taken in index order on every CPU; the original's numpy sort orders
+them by the SIMD kernels the CPU has. Otherwise the kernels return the original's placements
+(``tests/integrations`` compares them on shipped traces). They are faster by skipping ranks
+whose score cannot win (a lower bound from ``std(a + b) >= |std(a) - std(b)|``) and exact
+divisions by one, and by not placing again the split a group inherits from the group before
+(the joint allotment's, already scored).
 """
 
 from __future__ import annotations
