@@ -473,6 +473,10 @@ def _resort(order, where, z0):
         where[s] = j
 
 
+_HEAD = 8
+"""Coordinates of a distance :func:`balance_swaps` sums before it first tests the cut-off."""
+
+
 @njit(cache=True, nogil=True)
 def balance_swaps(row, W, counts, num_ranks, max_swaps):
     """Swap replicas between ranks to lower the sum over the rows of ``W`` of the squared rank
@@ -521,6 +525,8 @@ def balance_swaps(row, W, counts, num_ranks, max_swaps):
     for i in range(P):
         where[order[i]] = i
     holds = holds_from_row(row, D, E)
+    rank_of = np.arange(P) // S
+    head = min(K, _HEAD)
     # Swaps made when a rank last changed, and when it was last searched in vain: a rank is
     # passed over while searched >= changed, and a pair of ranks need not be searched again
     # while neither changed since one had no gaining swap.
@@ -560,15 +566,19 @@ def balance_swaps(row, W, counts, num_ranks, max_swaps):
                         break
                     b = order[j]
                     j += step
-                    q = b // S
+                    q = rank_of[b]
                     cut = reach[q] - best
-                    if d0 * d0 >= cut:
-                        continue
+                    # The first coordinates in one go, the rest until the cut: a test after
+                    # every coordinate (or after the first) costs more in mispredicted
+                    # branches than it saves (1.6x). Partial sums of squares only grow, so
+                    # the same swaps pass.
                     dist = d0 * d0
-                    for k in range(1, K):
+                    for k in range(1, head):
                         dist += (Z[a, k] - Z[b, k]) ** 2
-                        if dist >= cut:
-                            break
+                    k = head
+                    while k < K and dist < cut:
+                        dist += (Z[a, k] - Z[b, k]) ** 2
+                        k += 1
                     if dist >= cut or holds[q, row[a]] or holds[p, row[b]]:
                         continue
                     best = reach[q] - dist
