@@ -71,7 +71,17 @@ def _start(rng, K: int, E: int, D: int, S: int):
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("max_swaps", [10_000, 3])
 @pytest.mark.parametrize(
-    "shape", [(1, 7, 3, 3), (4, 9, 6, 2), (3, 11, 5, 3), (5, 13, 3, 5), (17, 23, 7, 4)]
+    "shape",
+    # K around the eight coordinates a distance sums before its first test (8, 9), and past them.
+    [
+        (1, 7, 3, 3),
+        (4, 9, 6, 2),
+        (3, 11, 5, 3),
+        (5, 13, 3, 5),
+        (8, 10, 4, 3),
+        (9, 12, 5, 3),
+        (17, 23, 7, 4),
+    ],
 )
 def test_takes_the_swaps_of_the_plain_search(seed, max_swaps, shape):
     K, E, D, S = shape  # rows, experts, ranks, slots per rank
