@@ -507,6 +507,7 @@ def balance_swaps(row, W, counts, num_ranks, max_swaps):
     for s in range(P):
         for k in range(K):
             loads[s // S, k] += X[s, k]
+    by_row = np.ascontiguousarray(loads.T)  # [K, D]
     mean = np.zeros(K)
     for r in range(D):
         for k in range(K):
@@ -543,16 +544,19 @@ def balance_swaps(row, W, counts, num_ranks, max_swaps):
                 p = r
         if p < 0:
             break
+        # Row by row over all ranks at once (``by_row``: the loads transposed): each rank's
+        # sum runs in the same order as its own loop would, and the ranks vectorise.
+        reach[:] = 0.0
+        for k in range(K):
+            lp = loads[p, k]
+            for q in range(D):
+                reach[q] += (lp - by_row[k, q]) ** 2
         widest = 0.0
         for q in range(D):
             if q == p or searched[q] >= max(changed[q], changed[p]):
                 reach[q] = -np.inf  # no gaining swap with p
                 continue
-            t = 0.0
-            for k in range(K):
-                t += (loads[p, k] - loads[q, k]) ** 2
-            reach[q] = t
-            widest = max(widest, t)
+            widest = max(widest, reach[q])
         best = floor  # twice the gain: reach[q] - |z_a - z_b|^2
         best_a = best_b = -1
         for i in range(S):
@@ -591,6 +595,7 @@ def balance_swaps(row, W, counts, num_ranks, max_swaps):
             t = X[best_a, k] - X[best_b, k]
             loads[p, k] -= t
             loads[q, k] += t
+            by_row[k, p], by_row[k, q] = loads[p, k], loads[q, k]
             X[best_a, k], X[best_b, k] = X[best_b, k], X[best_a, k]
         _swap(row, holds, best_a, best_b)
         for r in (p, q):
