@@ -68,22 +68,32 @@ def _row_terms(loads, means, tau_min, tau_share, terms):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _swap_drop(loads, terms, k, a, b, d, trial):
-    """Drop of row ``k``'s smooth peak when load ``d`` moves from rank ``a`` to rank ``b``; the
-    two new terms capped at ``_FAR`` temperatures above the peak (such a move loses)."""
-    peak, tau, ex, Z, base, _, _ = terms
-    t = tau[k]
-    z = max(Z[k] - ex[k, a] - ex[k, b], 0.0)
+def _swap_drop(rest, la, lb, peak, base, t, d):
+    """Drop of a row's smooth peak (``peak``, ``base``, temperature ``t``) when load ``d`` moves
+    from rank ``a`` (load ``la``) to rank ``b`` (``lb``); ``rest``: the row's sum of terms less
+    those two. The two new terms capped at ``_FAR`` temperatures above the peak (such a move
+    loses). Returns ``(drop, True)``, or ``(0, False)`` where every term underflows
+    (:func:`_spread_drop` scores the row then).
+
+    Scalars only, as the other kernels inlined into the walk's loops: an inlined kernel that
+    binds an array takes a reference on it (an atomic operation) at every call, and those
+    references took half the walk's time."""
+    z = max(rest, 0.0)
     # (load - peak) first: 0 on the peak rank, so one row takes greedy_moves' steps to the bit.
-    z += np.exp(min((loads[k, a] - peak[k]) - d, _FAR * t) / t)
-    z += np.exp(min(loads[k, b] + d - peak[k], _FAR * t) / t)
-    new = peak[k] + t * np.log(max(z, 1e-300))
-    if z < 1e-200:  # every term underflowed: score the row on all ranks
-        trial[:] = loads[k]
-        trial[a] -= d
-        trial[b] += d
-        new = _soft_peak(trial, t)
-    return base[k] - new
+    z += np.exp(min((la - peak) - d, _FAR * t) / t)
+    z += np.exp(min(lb + d - peak, _FAR * t) / t)
+    if z < 1e-200:
+        return 0.0, False
+    return base - (peak + t * np.log(max(z, 1e-300))), True
+
+
+@njit(cache=True, nogil=True)
+def _spread_drop(loads, base, k, a, b, d, t, trial):
+    """:func:`_swap_drop` where every term underflowed: row ``k`` scored on all its ranks."""
+    trial[:] = loads[k]
+    trial[a] -= d
+    trial[b] += d
+    return base[k] - _soft_peak(trial, t)
 
 
 @njit(cache=True, nogil=True)
@@ -105,12 +115,14 @@ def _swap_gain(V, judge, loads, terms, counts, a, b, x, y, trial):
     """Drop of the summed smooth peaks when ``x`` (rank ``a``) and ``y`` (rank ``b``) swap: the
     judged row first, then the others in order (every path adds them so: equal moves get
     bit-equal drops, and ties are broken by the scan alone)."""
-    d = V[judge, x] / counts[x] - V[judge, y] / counts[y]
-    drop = _swap_drop(loads, terms, judge, a, b, d, trial)
-    for k in range(V.shape[0]):
-        if k != judge:
-            d = V[k, x] / counts[x] - V[k, y] / counts[y]
-            drop += _swap_drop(loads, terms, k, a, b, d, trial)
+    peak, tau, ex, Z, base, _, _ = terms
+    drop = 0.0
+    for i in range(V.shape[0]):
+        k = judge if i == 0 else (i - 1 if i - 1 < judge else i)
+        d = V[k, x] / counts[x] - V[k, y] / counts[y]
+        rest = Z[k] - ex[k, a] - ex[k, b]
+        e, ok = _swap_drop(rest, loads[k, a], loads[k, b], peak[k], base[k], tau[k], d)
+        drop += e if ok else _spread_drop(loads, base, k, a, b, d, tau[k], trial)
     return drop
 
 
@@ -136,31 +148,18 @@ def _vanish_bound(tau, f):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _rewrite_load(loads, k, V, holds, counts, b, x, y, r):
-    """Row ``k``'s load of rank ``r`` once rank ``b``'s slot of ``x`` holds ``y``."""
-    v = loads[k, r]
-    if r == b:
-        return v - V[k, x] / counts[x] + V[k, y] / (counts[y] + 1)
-    if holds[r, x]:
-        v += V[k, x] / (counts[x] - 1) - V[k, x] / counts[x]
-    if holds[r, y]:
-        v += V[k, y] / (counts[y] + 1) - V[k, y] / counts[y]
+def _rewrite_load(v, on_b, vx, vy, cx, cy, has_x, has_y):
+    """A rank's load ``v`` in a row once rank ``b``'s slot of ``x`` holds ``y``: ``on_b`` the
+    rank is ``b``; ``vx``, ``vy`` the row's load of ``x`` and ``y``, ``cx``, ``cy`` their
+    replicas, ``has_x``, ``has_y`` whether the rank holds them (scalars: see
+    :func:`_swap_drop`)."""
+    if on_b:
+        return v - vx / cx + vy / (cy + 1)
+    if has_x:
+        v += vx / (cx - 1) - vx / cx
+    if has_y:
+        v += vy / (cy + 1) - vy / cy
     return v
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _rewrite_cap(loads, terms, k, V, holds, counts, pi, b, x, y):
-    """At least row ``k``'s drop for rank ``b``'s slot of ``x`` taking ``y``, without an exp:
-    the new smooth peak is at least that of the ranks that do not fall (all but ``y``'s and
-    ``b``; ``x``'s rise) and at least the new load of ``b`` and of the row's top three."""
-    _, tau, _, _, base, prob, top = terms
-    cap = _vanish_bound(tau[k], pi[y, k] + prob[k, b])
-    high = _rewrite_load(loads, k, V, holds, counts, b, x, y, b)
-    for i in range(3):
-        r = top[k, i]
-        if r >= 0:
-            high = max(high, _rewrite_load(loads, k, V, holds, counts, b, x, y, r))
-    return min(cap, base[k] - high)
 
 
 @njit(cache=True, nogil=True)
@@ -189,7 +188,7 @@ def _scan_rank(a, st, best, ids):
     D = loads.shape[1]
     P = row.shape[0]
     S = P // D
-    peak, tau, ex, Z, base, prob, _ = terms
+    peak, tau, ex, Z, base, prob, top = terms
     j = judge
     # to_a[e]: the other rows' replica load of e weighed by a's weights (per replica: divided
     # by counts[e]); to_rank[sa, b]: that of a's slot sa weighed by b's; cap_b[b]: what the
@@ -236,7 +235,10 @@ def _scan_rank(a, st, best, ids):
                 hj = min(cap_b[1, b], base[j] - max(loads[j, a] - dj, loads[j, b] + dj))
                 if hj + rest < c * best[0]:
                     continue
-                ej = _swap_drop(loads, terms, j, a, b, dj, trial)
+                rest_j = Z[j] - ex[j, a] - ex[j, b]
+                ej, ok = _swap_drop(rest_j, loads[j, a], loads[j, b], peak[j], base[j], tau[j], dj)
+                if not ok:
+                    ej = _spread_drop(loads, base, j, a, b, dj, tau[j], trial)
                 if ej + rest < c * best[0]:
                     continue
                 # Per row: the least of its first-order bound and of its fall, no exp.
@@ -315,7 +317,19 @@ def _scan_rank(a, st, best, ids):
                             + gone[y] * V[k, y] * pi[y, k]
                             + prob[k, b] * (V[k, y] * inv_up[y] - V[k, x] * inv_c[x])
                         )
-                        cap = _rewrite_cap(loads, terms, k, V, holds, counts, pi, b, x, y)
+                        # At least row k's drop, without an exp: the new smooth peak is at
+                        # least that of the ranks that do not fall (all but y's and b; x's
+                        # rise) and at least the new load of b and of the row's top three.
+                        vx, vy, cy = V[k, x], V[k, y], counts[y]
+                        cap = _vanish_bound(tau[k], pi[y, k] + prob[k, b])
+                        high = _rewrite_load(loads[k, b], True, vx, vy, cx, cy, False, False)
+                        for t3 in range(3):
+                            r = top[k, t3]
+                            if r >= 0:
+                                high = max(high, _rewrite_load(
+                                    loads[k, r], r == b, vx, vy, cx, cy, holds[r, x], holds[r, y]
+                                ))  # fmt: skip
+                        cap = min(cap, base[k] - high)
                         acc += min(first, cap)
                 if acc < c * best[0]:
                     continue

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from eplb_rt.algorithms import plan
-from eplb_rt.algorithms.episode_moves import greedy_moves_rows
+from eplb_rt.algorithms.episode_moves import _row_terms, _swap_gain, greedy_moves_rows
 from eplb_rt.algorithms.local_search import greedy_moves
 from eplb_rt.placement import Placement, Topology
 
@@ -234,3 +234,21 @@ def test_a_move_that_pays_only_on_the_sum_is_not_taken():
     rows = np.vstack([episodes, summed])
     row, moved = greedy_moves_rows(prev, rows, 2, 2, 4, 0.0, tau, 0.1)
     assert moved == 0 and row.tolist() == prev.tolist()
+
+
+def test_a_swap_whose_terms_all_underflow_is_scored_on_every_rank():
+    # Rank 0 holds 600 + 400, ranks 1 and 2 nothing; at temperature 0.1 every term but the
+    # peak's is exp(-10000) = 0. Moving the 400 to rank 1 leaves terms exp(-4000) and
+    # exp(-6000): all zero, so the kernel scores the row on its new loads (600, 400, 0).
+    V = np.array([[600.0, 400.0, 0.0, 0.0, 0.0, 0.0]])
+    counts = np.ones(6, dtype=np.int64)
+    loads = np.array([[1000.0, 0.0, 0.0]])
+    terms = (
+        np.empty(1), np.empty(1), np.empty((1, 3)), np.empty(1), np.empty(1), np.empty((1, 3)),
+        np.empty((1, 3), dtype=np.int64),
+    )  # fmt: skip
+    _row_terms(loads, np.array([1000.0 / 3]), np.array([0.1]), 0.0, terms)
+    drop = _swap_gain(V, 0, loads, terms, counts, 0, 1, 1, 2, np.empty(3))
+    state = _row_state(loads[0], 1000.0 / 3, 0.1, 0.0)
+    assert drop == _swap_drop(state, loads[0], 0, 1, 400.0)
+    assert drop == pytest.approx(400.0)
