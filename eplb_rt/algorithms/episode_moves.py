@@ -403,6 +403,7 @@ def greedy_moves_rows(prev_row, V, judge, num_ranks, budget, move_cost, tau_min,
     best = np.zeros(1)  # the best move's gain per slot
     ids = np.empty(3, dtype=np.int64)  # ... its slots (p: -1 for a rewrite) and new expert
     tol = _TOL * mean
+    rank_of = np.arange(P) // S  # a table, not a division in the loops over rows and slots
     # Every step lowers the summed smooth peaks; the cap only bounds rounding loops.
     for _ in range(8 * P):
         for e in range(E):
@@ -432,9 +433,9 @@ def greedy_moves_rows(prev_row, V, judge, num_ranks, budget, move_cost, tau_min,
         by_slot[:] = 0.0
         for k in range(K):
             for q in range(P):
-                pi[row[q], k] += prob[k, q // S]
+                pi[row[q], k] += prob[k, rank_of[q]]
                 if k != judge:
-                    by_slot[q] += V[k, row[q]] * prob[k, q // S]
+                    by_slot[q] += V[k, row[q]] * prob[k, rank_of[q]]
         for q in range(P):
             held[row[q]] += by_slot[q]
         st = (V, judge, loads, terms, row, prev_row, counts, holds, where, share, on_slot,
