@@ -118,7 +118,7 @@ def _swap_gain(V, judge, loads, terms, counts, a, b, x, y, trial):
     peak, tau, ex, Z, base, _, _ = terms
     drop = 0.0
     for i in range(V.shape[0]):
-        k = judge if i == 0 else (i - 1 if i - 1 < judge else i)
+        k = judge if i == 0 else (i - 1 if i - 1 < judge else i)  # judged, then the others
         d = V[k, x] / counts[x] - V[k, y] / counts[y]
         rest = Z[k] - ex[k, a] - ex[k, b]
         e, ok = _swap_drop(rest, loads[k, a], loads[k, b], peak[k], base[k], tau[k], d)
