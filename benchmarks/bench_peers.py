@@ -6,7 +6,7 @@
     PYTHONPATH=. python -m pytest benchmarks/bench_peers.py      # plan time, pytest-benchmark
 
 Contenders: vllm-ascend 0.30's DefaultEplb, SwiftBalanceEplb and FlashLB (``warm_up`` first),
-vLLM 0.33's DefaultEplbPolicy, SGLang 0.5.23's ``deepseek`` and ``deepseek_vec`` (imported
+vLLM 0.34's DefaultEplbPolicy, SGLang 0.5.23's ``deepseek`` and ``deepseek_vec`` (imported
 from their wheels, see ``scripts/fetch_peers.py``), and every eplb_rt policy through the engine
 adapters (uniform shares, a layer changes only when it gains). Everything runs on one thread.
 Tables (markdown):

@@ -45,7 +45,7 @@ PEERS = {
 # 0.23 the type alone (0.23 is the newest stable release). SGLang: plugins since 0.5.11; up to
 # 0.5.18 the expert-location code takes the server arguments, from 0.5.19 a runtime context.
 VERSIONS = {
-    "vllm": ("0.33.0", "0.18.1", "0.13.0"),
+    "vllm": ("0.34.0", "0.18.1", "0.13.0"),
     "vllm-ascend": ("0.30.0rc2", "0.23.0", "0.13.0"),
     "sglang": ("0.5.23", "0.5.11"),
 }

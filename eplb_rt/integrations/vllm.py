@@ -1,6 +1,6 @@
 """vLLM: an ``AbstractEplbPolicy`` that runs an eplb_rt policy, and the plugin that selects it.
 
-vLLM (0.13 to 0.33) looks its EPLB policy up in ``vllm.distributed.eplb.policy.EPLB_POLICIES``
+vLLM (0.13 to 0.34) looks its EPLB policy up in ``vllm.distributed.eplb.policy.EPLB_POLICIES``
 by ``--eplb-config '{"policy": "default"}'`` (the only value its config accepts) and calls the
 class's ``rebalance_experts`` on the host. The ``vllm.general_plugins`` entry point ``eplb_rt``
 (:func:`register`), which vLLM runs in every process, puts :class:`EplbRtPolicy` under that key
