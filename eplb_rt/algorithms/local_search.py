@@ -783,7 +783,6 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau_min, tau_share):
     held_terms = np.empty(E)
     rise = np.empty(D)
     cut = np.empty(3)
-    all_experts = np.arange(E)
     # Every step lowers the smooth peak; the cap only bounds rounding loops.
     for _ in range(8 * P):
         a = 0
@@ -873,8 +872,9 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau_min, tau_share):
                 rise[j] = 0.0
                 if r not in (a, b):
                     rise[j] = np.exp(min(loads[r] + dx - loads[a], _FAR * tau) / tau) - ex[r]
-            ys = all_experts if b == a else on_a
-            for y in ys:
+            # By index, not over an array bound per slot (numba takes a reference on it).
+            for i in range(E if b == a else S):
+                y = i if b == a else on_a[i]
                 if y == x or holds[b, y] or counts[y] >= D:
                     continue
                 extra = _rewrite_slots(prev_row, q, x, y)
