@@ -781,6 +781,7 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau_min, tau_share):
     best_moves = 0
     moves = 0
     trial = np.empty(D)
+    rank_of = np.arange(P) // S  # a table, not a division per candidate (as in the rows' walk)
     slot_load = np.empty(P)
     held_terms = np.empty(E)
     rise = np.empty(D)
@@ -812,7 +813,7 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau_min, tau_share):
             p = a * S + sa
             x = row[p]
             for q in range(P):
-                b = q // S
+                b = rank_of[q]
                 y = row[q]
                 d = slot_load[p] - slot_load[q]
                 if b == a or d <= 0.0 or holds[b, x] or holds[a, y]:
@@ -861,9 +862,9 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau_min, tau_share):
         # all fall when it gains a replica); the ranks of x rise, and are left out.
         held_terms[:] = 0.0
         for p in range(P):
-            held_terms[row[p]] += ex[p // S]
+            held_terms[row[p]] += ex[rank_of[p]]
         for q in range(P):
-            b = q // S
+            b = rank_of[q]
             x = row[q]
             if counts[x] < 2:
                 continue
