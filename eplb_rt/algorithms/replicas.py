@@ -84,13 +84,25 @@ def _value(row, W, num_ranks):
 
 
 @njit(cache=True, nogil=True)
+def _feasible(trial, counts, mu, num_ranks):
+    """Whether replica counts ``trial [E]`` (a neighbour of ``counts``) are 1 to ``num_ranks``
+    each, and give no new replica to an expert without load (it never helps)."""
+    for e in range(trial.shape[0]):
+        if trial[e] < 1 or trial[e] > num_ranks or (trial[e] > counts[e] and mu[e] == 0):
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
 def count_search(mode, row, W, mu, cov, z, counts, num_ranks, rounds, width, max_swaps, enough):
     """Neighbour search over replica counts from ``(row, counts)``: move one or two replicas from
     donor experts (of the ``width`` whose per-replica load rises least) to recipients (of the
     ``width`` with the largest per-replica load), re-:func:`construct` each neighbour, keep the
-    best if it improves the mean PAR over ``W``'s episodes. Two-replica moves matter when too
-    many large replicas force two onto one rank: no single move helps then. Stops early once the
-    PAR is at most ``enough``. ``counts`` is updated in place; returns the best ``row``.
+    best if it improves the mean PAR over ``W``'s episodes. A round tries the single moves, and
+    the two-replica moves only where none of them improves: those matter when too many large
+    replicas force two onto one rank, and there are four times as many to construct. Stops
+    early once the PAR is at most ``enough``. ``counts`` is updated in place; returns the best
+    ``row``.
     """
     E = mu.shape[0]
     D = num_ranks
@@ -112,40 +124,33 @@ def count_search(mode, row, W, mu, cov, z, counts, num_ranks, rounds, width, max
         best_trial = counts.copy()
         improved = False
         n = recipients.shape[0]
-        for i1 in range(n):
-            for i2 in range(-1, n):
-                for j1 in range(n):
-                    for j2 in range(-1, n):
-                        if (i2 < 0) != (j2 < 0) or (i2 >= 0 and (i2 < i1 or j2 < j1)):
-                            continue
-                        trial[:] = counts
-                        trial[recipients[i1]] += 1
-                        trial[donors[j1]] -= 1
-                        if i2 >= 0:
-                            trial[recipients[i2]] += 1
-                            trial[donors[j2]] -= 1
-                        ok = True
-                        for e in range(E):
-                            # A replica for an expert without load never helps.
-                            if (
-                                trial[e] < 1
-                                or trial[e] > D
-                                or (trial[e] > counts[e] and mu[e] == 0)
+        for pairs in range(2):
+            if pairs and improved:
+                break
+            for i1 in range(n):
+                # A single move has i2 = j2 = -1; a pair takes i2 >= i1 and j2 >= j1.
+                for i2 in range(i1 if pairs else -1, n if pairs else 0):
+                    for j1 in range(n):
+                        for j2 in range(j1 if pairs else -1, n if pairs else 0):
+                            trial[:] = counts
+                            trial[recipients[i1]] += 1
+                            trial[donors[j1]] -= 1
+                            if pairs:
+                                trial[recipients[i2]] += 1
+                                trial[donors[j2]] -= 1
+                            if not _feasible(trial, counts, mu, D):
+                                continue
+                            r = construct(mode, W, mu, cov, z, trial, D, max_swaps)
+                            v, s = _value(r, W, D)
+                            tol = 1e-12 * (1.0 + best_val)
+                            if v < best_val - tol or (
+                                v <= best_val + tol and s < best_sq * (1 - 1e-12)
                             ):
-                                ok = False
-                        if not ok:
-                            continue
-                        r = construct(mode, W, mu, cov, z, trial, D, max_swaps)
-                        v, s = _value(r, W, D)
-                        tol = 1e-12 * (1.0 + best_val)
-                        if v < best_val - tol or (
-                            v <= best_val + tol and s < best_sq * (1 - 1e-12)
-                        ):
-                            best_row = r
-                            best_val = v
-                            best_sq = s
-                            best_trial[:] = trial
-                            improved = True
+                                best_row = r
+                                best_val = v
+                                best_sq = s
+                                best_trial[:] = trial
+                                improved = True
         if not improved:
             break
         counts[:] = best_trial

@@ -1,0 +1,163 @@
+"""``allot_replicas`` and ``count_search``: each against a plain reference of its rule on odd
+sizes, the invariants of the counts they return, and the golden case a two-replica move is for."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from eplb_rt.algorithms.packing import counts_from_row
+from eplb_rt.algorithms.replicas import LPT, allot_replicas, construct, count_search
+from tests.rows import rank_loads
+
+_NO_COV = np.zeros((1, 1))
+
+
+def _reference_allot(load: np.ndarray, num_slots: int, cap: int) -> np.ndarray:
+    """One replica each, then every further one to the expert of highest load per replica below
+    ``cap`` (lowest id on ties), one at a time."""
+    counts = np.ones(load.size, dtype=np.int64)
+    for _ in range(num_slots - load.size):
+        per = np.where(counts < cap, load / counts, -np.inf)
+        counts[int(np.argmax(per))] += 1
+    return counts
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(("E", "D", "S"), [(1, 3, 1), (7, 3, 4), (13, 5, 3), (33, 7, 9)])
+def test_allot_replicas_is_the_min_max_allotment(seed, E, D, S):
+    rng = np.random.default_rng(seed)
+    # Whole numbers on even seeds: experts tie in load per replica, and the lowest id wins.
+    load = rng.integers(0, 5, E).astype(float) if seed % 2 == 0 else rng.pareto(1.2, E)
+    counts = allot_replicas(load, D * S, D)
+    assert counts.sum() == D * S
+    assert counts.min() >= 1 and counts.max() <= D
+    assert (counts == _reference_allot(load, D * S, D)).all()
+
+
+def _par(row: np.ndarray, w: np.ndarray, counts: np.ndarray, D: int) -> float:
+    loads = rank_loads(row, w[None], counts, D)[0]
+    return float(loads.max() * D / loads.sum())
+
+
+def _reference_count_search(row, w, counts, D, *, rounds, width=3, enough=1.0):
+    """The rule of ``count_search`` on one load ``w [E]``, written out: each round, the single
+    moves from the ``width`` donors to the ``width`` recipients, in order; the two-replica moves
+    only where no single one improves; the best neighbour (least PAR, then least sum of squared
+    rank loads) if it improves. Returns ``(row, counts, pairs tried)``."""
+    S = row.size // D
+    counts = counts.copy()
+
+    def value(r, c):
+        loads = rank_loads(r, w[None], c, D)[0]
+        return _par(r, w, c, D), float((loads * loads).sum())
+
+    val, sq = value(row, counts)
+    pairs_tried = 0
+    for _ in range(rounds):
+        if val <= enough:
+            break
+        gain_key = np.where(counts < D, -w / counts, np.inf)
+        loss_key = np.where(counts > 1, w / np.maximum(counts - 1, 1), np.inf)
+        recipients = np.argsort(gain_key, kind="stable")[:width]
+        donors = np.argsort(loss_key, kind="stable")[:width]
+        n = recipients.size
+        singles = [((i,), (j,)) for i in range(n) for j in range(n)]
+        pairs = [
+            ((i1, i2), (j1, j2))
+            for i1 in range(n)
+            for i2 in range(i1, n)
+            for j1 in range(n)
+            for j2 in range(j1, n)
+        ]
+        best = None
+        best_val, best_sq = val, sq
+        for moves in (singles, pairs):
+            if best is not None:
+                break
+            pairs_tried += moves is pairs
+            for gets, gives in moves:
+                trial = counts.copy()
+                for i, j in zip(gets, gives, strict=True):
+                    trial[recipients[i]] += 1
+                    trial[donors[j]] -= 1
+                if trial.min() < 1 or trial.max() > D or (w[trial > counts] == 0).any():
+                    continue
+                r = construct(LPT, w[None], w, _NO_COV, 0.0, trial, D, 4 * D * S)
+                v, s = value(r, trial)
+                tol = 1e-12 * (1.0 + best_val)
+                if v < best_val - tol or (v <= best_val + tol and s < best_sq * (1 - 1e-12)):
+                    best, best_val, best_sq = (r, trial), v, s
+        if best is None:
+            break
+        (row, counts), val, sq = best, best_val, best_sq
+    return row, counts, pairs_tried
+
+
+def _start(w: np.ndarray, D: int, S: int):
+    counts = allot_replicas(w, D * S, D)
+    return construct(LPT, w[None], w, _NO_COV, 0.0, counts, D, 4 * D * S), counts
+
+
+def _case(seed: int):
+    """``(w [E], D, S)``: a small random layer; whole numbers on odd seeds, where many
+    neighbours tie and the order they are tried in decides."""
+    rng = np.random.default_rng(seed)
+    D, S = int(rng.integers(2, 5)), int(rng.integers(2, 5))
+    E = int(rng.integers(D * S // 2 + 1, D * S + 1))
+    w = rng.integers(0, 20, E).astype(float) if seed % 2 else rng.pareto(1.0, E)
+    return w, D, S
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_count_search_follows_its_rule(seed):
+    w, D, S = _case(seed)
+    E = w.size
+    row, counts = _start(w, D, S)
+    expected_row, expected_counts, _ = _reference_count_search(row, w, counts, D, rounds=6)
+    found = counts.copy()
+    out = count_search(LPT, row, w[None], w, _NO_COV, 0.0, found, D, 6, 3, 4 * D * S, 1.0)
+    assert (found == expected_counts).all()
+    assert (out == expected_row).all()
+    assert (counts_from_row(out, E) == found).all()
+    assert found.sum() == D * S and found.min() >= 1 and found.max() <= D
+    assert (found[w == 0] <= counts[w == 0]).all()  # no new replica for an expert without load
+    assert all(len(set(r)) == S for r in out.reshape(D, S))
+    assert _par(out, w, found, D) <= _par(row, w, counts, D) + 1e-12
+
+
+def test_the_rule_is_tested_on_both_kinds_of_round():
+    # The cases above must include rounds where a single move improved (pairs skipped) and
+    # rounds where none did (pairs tried), or the rule's branch would go untested.
+    tried = []
+    for seed in range(40):
+        w, D, S = _case(seed)
+        row, counts = _start(w, D, S)
+        _, found, pairs = _reference_count_search(row, w, counts, D, rounds=1)
+        tried.append((pairs, np.abs(found - counts).sum()))
+    assert any(pairs == 0 and moved == 2 for pairs, moved in tried)  # a single move taken
+    assert any(pairs == 1 and moved == 4 for pairs, moved in tried)  # a pair taken
+
+
+def test_a_pair_of_moves_opens_what_no_single_move_can():
+    # Two ranks of three slots; the min-max allotment gives both heavy experts two replicas,
+    # and any spread of them leaves one rank with 22 against 18 (PAR 1.1). One replica less of
+    # either heavy expert forces the light ones' two replicas onto one rank, or two of another
+    # expert together (no better). Moving both heavy experts' spare replicas to the light ones
+    # balances the ranks exactly.
+    w = np.array([17.0, 1.0, 17.0, 5.0])
+    row, counts = _start(w, 2, 3)
+    assert counts.tolist() == [2, 1, 2, 1]
+    assert _par(row, w, counts, 2) == pytest.approx(1.1)
+    found = counts.copy()
+    out = count_search(LPT, row, w[None], w, _NO_COV, 0.0, found, 2, 1, 3, 24, 1.0)
+    assert found.tolist() == [1, 2, 1, 2]
+    assert _par(out, w, found, 2) == pytest.approx(1.0)
+
+
+def test_count_search_stops_once_enough():
+    w = np.array([17.0, 1.0, 17.0, 5.0])
+    row, counts = _start(w, 2, 3)
+    found = counts.copy()
+    out = count_search(LPT, row, w[None], w, _NO_COV, 0.0, found, 2, 6, 3, 24, 1.11)
+    assert (found == counts).all() and (out == row).all()
