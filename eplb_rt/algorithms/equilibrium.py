@@ -46,7 +46,7 @@ from numba import njit
 
 from eplb_rt.algorithms.align import align_order, align_row
 from eplb_rt.algorithms.episode_moves import greedy_moves_rows
-from eplb_rt.algorithms.jacobi import row_basis, row_svd
+from eplb_rt.algorithms.jacobi import reflected_basis, row_reflectors, row_svd
 from eplb_rt.algorithms.local_search import balance_swaps, greedy_moves, swap_search
 from eplb_rt.algorithms.metrics import row_par
 from eplb_rt.algorithms.registry import Layer, Layers, Options, option, register
@@ -172,10 +172,20 @@ def unseen_axes(W):
     Plain loops (:mod:`~eplb_rt.algorithms.jacobi`), not LAPACK: every rank of an engine that
     plans on each rank gets the same bits on any CPU.
     """
+    residuals, reflectors, tol = _unseen_residuals(W)
+    return _principal_axes(residuals, reflected_basis(reflectors), tol)
+
+
+@njit(cache=True, nogil=True)
+def _unseen_residuals(W):
+    """The residuals of :func:`unseen_axes` before their axes: ``(R [K, m], V [m, E], tol)``,
+    row ``i`` of ``R`` episode ``i``'s residual in the basis of the episodes' span that the
+    reflectors ``V`` give (:func:`~eplb_rt.algorithms.jacobi.row_reflectors`), and the
+    tolerance under which a singular value is rounding."""
     K = W.shape[0]
     # Everything happens in the span of the episodes: their coordinates C [K, m] in an
     # orthonormal basis of it, so the decompositions are K x K, not K x E.
-    C, basis = row_basis(W)
+    C, reflectors = row_reflectors(W)
     m = C.shape[1]
     # Directions shorter than this, against the episodes themselves, are rounding.
     tol = _RANK_TOL * max(row_svd(C)[1][0], _TINY)
@@ -185,7 +195,7 @@ def unseen_axes(W):
         live += 1
     residuals = np.zeros((K, m))
     if live == 0:
-        return _principal_axes(residuals, basis, tol)
+        return residuals, reflectors, tol
     # Held out, episode i leaves the others' span one dimension short of all episodes' span,
     # or not at all. If short, its residual lies along the dual vector Y_i of the centred
     # episodes X (Gram matrix G = U s^2 U^T, so Y = G^+ X = U s^-1 Vt on the live directions):
@@ -223,7 +233,7 @@ def unseen_axes(W):
             coef = U[i, k] / s[k] / diagonal
             for x in range(m):
                 residuals[i, x] += coef * Vt[k, x]
-    return _principal_axes(residuals, basis, tol)
+    return residuals, reflectors, tol
 
 
 @njit(cache=True, nogil=True)
@@ -258,9 +268,16 @@ def unseen_episodes(W, w, noise, weight):
     that is not sampling noise; none (``r = 0``) when that part is mostly noise: the episodes
     are draws of workloads that they all show, and more noise to plan for adds nothing."""
     K, E = W.shape
-    axes, share = unseen_axes(W)
+    residuals, reflectors, tol = _unseen_residuals(W)
+    # A held-out episode's residual carries its own noise and that of the others' mean. Its
+    # energy is the residuals' (an orthonormal basis keeps lengths; the axes drop only rounding):
+    # where that says noise by a margin far above rounding, the axes are not formed at all (most
+    # layers of sampled draws of the same workloads).
+    most = pairwise_sum(residuals * residuals) / K * (1.0 + 1e-9)
+    if most <= 0.0 or 1.0 - noise * K / (K - 1) / most < _UNSEEN_SIGNAL:
+        return np.empty((0, E))
+    axes, share = _principal_axes(residuals, reflected_basis(reflectors), tol)
     r = axes.shape[0]
-    # A held-out episode's residual carries its own noise and that of the others' mean.
     energy = pairwise_sum(axes * axes) if r else 0.0
     seen = 1.0 - noise * K / (K - 1) / energy if energy > 0.0 else 0.0
     if seen < _UNSEEN_SIGNAL:

@@ -28,6 +28,15 @@ def row_basis(A):
     Householder reflections applied to the rows (a QR factorisation of ``A.T``): ``C`` is lower
     triangular. ``Q``'s rows are orthonormal even where the rows of ``A`` are dependent.
     """
+    C, V = row_reflectors(A)
+    return C, reflected_basis(V)
+
+
+@njit(cache=True, nogil=True)
+def row_reflectors(A):
+    """:func:`row_basis` without the basis: ``(C [K, m], V [m, E])``, ``V`` the reflectors that
+    :func:`reflected_basis` turns into ``Q`` (as many operations again: a caller that may not
+    need ``Q`` forms it later, to the same bits)."""
     K, E = A.shape
     m = min(K, E)
     L = A.copy()
@@ -55,13 +64,21 @@ def row_basis(A):
     for i in range(K):
         for j in range(min(i + 1, m)):
             C[i, j] = L[i, j]
+    return C, V
+
+
+@njit(cache=True, nogil=True)
+def reflected_basis(V):
+    """``Q [m, E]``: the orthonormal basis of :func:`row_basis` from the reflectors ``V [m, E]``
+    of :func:`row_reflectors`."""
+    m, E = V.shape
     # Row j of Q is e_j reflected by the last reflector first: A = L H_{m-1} ... H_0.
     Q = np.zeros((m, E))
     for j in range(m):
         Q[j, j] = 1.0
         for k in range(m - 1, -1, -1):
             _reflect(Q[j], V[k], k)
-    return C, Q
+    return Q
 
 
 @njit(cache=True, nogil=True, inline="always")

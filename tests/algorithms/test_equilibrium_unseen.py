@@ -181,3 +181,47 @@ def test_unseen_episodes_refine_the_seen_plan(held_out):
         seen = normalise(np.maximum(w + 2.0 * (W - w), 0.0))
         V = np.vstack([seen, unseen_episodes(W, w, noise, 1.0)])
         assert _sum_of_peaks(on[layer], V, 8) <= _sum_of_peaks(off[layer], V, 8) * (1 + 1e-9)
+
+
+def _unseen_episodes_in_full(W, w, noise, weight):
+    """:func:`unseen_episodes` as its docstring defines it, from the axes (which the kernel
+    forms only where the residuals' energy does not already say noise)."""
+    K, E = W.shape
+    axes, share = unseen_axes(W)
+    energy = float((axes * axes).sum())
+    seen = 1.0 - noise * K / (K - 1) / energy if energy > 0.0 else 0.0
+    if seen < 0.5:
+        return np.empty((0, E))
+    ends = []
+    for sign in (1.0, -1.0):
+        for k in range(axes.shape[0]):
+            end = np.maximum(w + sign * axes[k], 0.0)
+            ends.append(weight * seen * share[k] * end / end.sum())
+    return np.array(ends)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_unseen_episodes_decide_as_the_axes_do(seed):
+    """Noise swept across the threshold, from far below to far above: the kernel keeps the
+    unseen episodes exactly where the definition from the axes keeps them, with the same
+    weights (dependent episodes on odd seeds: fewer axes, some episodes without residual)."""
+    rng = np.random.default_rng(seed)
+    K, E = int(rng.integers(3, 9)), int(rng.integers(10, 40))
+    W = rng.pareto(1.2, (K, E)) + 0.05
+    if seed % 2:
+        W[-1] = 0.5 * (W[0] + W[1])
+    W = normalise(W)
+    w = W.mean(axis=0)
+    axes, _ = unseen_axes(W)
+    energy = float((axes * axes).sum())
+    # seen = 1 - noise * K / (K - 1) / energy crosses 0.5 at this noise.
+    threshold = 0.5 * energy * (K - 1) / K
+    kept = 0
+    for factor in (0.0, 0.1, 0.9, 0.999999, 1.000001, 1.1, 3.0):
+        noise = factor * threshold
+        got = unseen_episodes(W, w, noise, 1.0)
+        expected = _unseen_episodes_in_full(W, w, noise, 1.0)
+        assert got.shape == expected.shape, factor
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-15)
+        kept += got.shape[0] > 0
+    assert 0 < kept < 7  # both sides of the threshold were met
