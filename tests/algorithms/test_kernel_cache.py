@@ -190,7 +190,7 @@ def test_every_rank_plans_the_same_table_on_any_cpu(tmp_path):
         import torch
         from benchmarks import traces
         from eplb_rt.algorithms import plan
-        from eplb_rt.algorithms.equilibrium import unseen_axes
+        from eplb_rt.algorithms.equilibrium import unseen_episodes
         from eplb_rt.algorithms.load import normalise
         from eplb_rt.integrations.vllm import policy_class
         from eplb_rt.placement import Topology
@@ -200,11 +200,13 @@ def test_every_rank_plans_the_same_table_on_any_cpu(tmp_path):
         replan = policy_class({DEFAULT!r}).rebalance_experts(
             torch.tensor(load[3]), 320, 1, 1, 64, torch.tensor(first.phy2log.astype(np.int64)))
         esft = plan({DEFAULT!r}, traces.esft("law")[:40], Topology(8, 9))
-        axes, share = unseen_axes(normalise(load[:3, 10]))
+        # Distinct workloads without noise: unseen episodes, made of the decompositions' bits
+        W = normalise(load[:3, 10])
+        unseen = unseen_episodes(W, W[0], 0.0, 1.0)
         # flashlb: covariances (BLAS in the original), experts of equal score (four of each)
         flash = plan("flashlb", np.repeat(load[:3, :, :64], 4, axis=2), Topology(64, 5))
         np.savez({str(out)!r}, first=first.phy2log, replan=replan.numpy(), esft=esft.phy2log,
-                 axes=axes, share=share, flashlb=flash.phy2log)
+                 unseen=unseen, flashlb=flash.phy2log)
         """
         stats = run_fresh("eplb_rt.", code, tmp_path / f"user-{cpu}", **env)
         assert stats["misses"] == 0, stats  # each loaded its own kind of kernel, none compiled
@@ -212,6 +214,7 @@ def test_every_rank_plans_the_same_table_on_any_cpu(tmp_path):
     for name, table in tables["this"].items():
         np.testing.assert_array_equal(tables["another"][name], table, err_msg=name)
     assert (tables["this"]["replan"] != tables["this"]["first"]).any()
+    assert tables["this"]["unseen"].shape[0] > 0
 
 
 TOY_KERNEL = """
