@@ -24,14 +24,22 @@ def _run(a, lo, n):
         for i in range(lo, lo + n):
             res += a[i]
         return res
-    r = a[lo : lo + 8].copy()
-    i = 8
-    while i < n - n % 8:
-        for j in range(8):
-            r[j] += a[lo + i + j]
+    # Eight scalars, not an array of eight: an allocation per run cost more than its sums.
+    r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
+    r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+    i = lo + 8
+    while i < lo + n - n % 8:
+        r0 += a[i]
+        r1 += a[i + 1]
+        r2 += a[i + 2]
+        r3 += a[i + 3]
+        r4 += a[i + 4]
+        r5 += a[i + 5]
+        r6 += a[i + 6]
+        r7 += a[i + 7]
         i += 8
-    res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
-    for t in range(lo + i, lo + n):
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    for t in range(i, lo + n):
         res += a[t]
     return res
 
@@ -40,6 +48,13 @@ def _run(a, lo, n):
 def _pairwise(a):
     """Sum of ``a [n]`` in numpy's pairwise order: halves (the first a multiple of 8 long) until
     a run fits a block. The tree is walked with a stack (numba does not cache recursion)."""
+    n = a.shape[0]
+    if n <= _BLOCK:
+        return _run(a, 0, n)
+    half = n // 2
+    half -= half % 8
+    if n - half <= _BLOCK:  # two runs (up to 256 experts): no stack to allocate
+        return _run(a, 0, half) + _run(a, half, n - half)
     los = np.empty(64, dtype=np.int64)
     ns = np.empty(64, dtype=np.int64)  # a run's length, or -1: add the two sums on top
     sums = np.empty(64)
