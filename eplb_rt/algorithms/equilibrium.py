@@ -67,7 +67,8 @@ fits the load it is judged on, which the demo's task switches punish (the next t
 load): the low end of that range (BENCHMARKS §3)."""
 
 _RANK_TOL = 1e-9
-"""Singular values under this fraction of the episodes' largest are rounding, not a direction."""
+"""Singular values under this fraction of the episodes' norm (their root sum of squares) are
+rounding, not a direction."""
 
 _TINY = 1e-300
 
@@ -187,8 +188,10 @@ def _unseen_residuals(W):
     # orthonormal basis of it, so the decompositions are K x K, not K x E.
     C, reflectors = row_reflectors(W)
     m = C.shape[1]
-    # Directions shorter than this, against the episodes themselves, are rounding.
-    tol = _RANK_TOL * max(row_svd(C)[1][0], _TINY)
+    # Directions shorter than this, against the episodes themselves, are rounding. (Their
+    # norm, which bounds the largest singular value within a factor sqrt(K), and costs no
+    # decomposition.)
+    tol = _RANK_TOL * max(np.sqrt(pairwise_sum(C * C)), _TINY)
     U, s, Vt = row_svd(C - column_mean(C))
     live = 0
     while live < K and s[live] > tol:
