@@ -21,22 +21,16 @@ _MAX_SWEEPS = 64
 
 
 @njit(cache=True, nogil=True)
-def row_basis(A):
-    """An orthonormal basis of the span of the rows of ``A [K, E] float64`` and the rows'
-    coordinates in it: ``(C [K, m], Q [m, E])`` with ``A = C @ Q`` and ``m = min(K, E)``.
+def row_reflectors(A):
+    """The coordinates of the rows of ``A [K, E] float64`` in an orthonormal basis of their span,
+    and that basis as reflectors: ``(C [K, m], V [m, E])``, ``m = min(K, E)``, with
+    ``A = C @ reflected_basis(V)``.
 
     Householder reflections applied to the rows (a QR factorisation of ``A.T``): ``C`` is lower
-    triangular. ``Q``'s rows are orthonormal even where the rows of ``A`` are dependent.
+    triangular, and the basis is orthonormal even where the rows of ``A`` are dependent. The
+    basis itself takes as many operations again, so it is formed apart, only by a caller that
+    needs it (:func:`reflected_basis`, the same bits whenever it is formed).
     """
-    C, V = row_reflectors(A)
-    return C, reflected_basis(V)
-
-
-@njit(cache=True, nogil=True)
-def row_reflectors(A):
-    """:func:`row_basis` without the basis: ``(C [K, m], V [m, E])``, ``V`` the reflectors that
-    :func:`reflected_basis` turns into ``Q`` (as many operations again: a caller that may not
-    need ``Q`` forms it later, to the same bits)."""
     K, E = A.shape
     m = min(K, E)
     L = A.copy()
@@ -69,8 +63,8 @@ def row_reflectors(A):
 
 @njit(cache=True, nogil=True)
 def reflected_basis(V):
-    """``Q [m, E]``: the orthonormal basis of :func:`row_basis` from the reflectors ``V [m, E]``
-    of :func:`row_reflectors`."""
+    """``Q [m, E]``: the orthonormal basis whose reflectors ``V [m, E]`` :func:`row_reflectors`
+    gives."""
     m, E = V.shape
     # Row j of Q is e_j reflected by the last reflector first: A = L H_{m-1} ... H_0.
     Q = np.zeros((m, E))
