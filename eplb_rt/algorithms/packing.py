@@ -20,31 +20,50 @@ from numba import njit
 _EPS = 1e-12
 
 
+_RUN = 16
+"""Runs of this many are sorted by insertion before :func:`stable_order` merges them."""
+
+
 @njit(cache=True, nogil=True)
 def stable_order(values):
     """Indices sorting ``values [n]`` ascending; ties keep index order (bottom-up merge sort).
 
     The order of ``np.argsort(values, kind="stable")``, written out because numba's argsort
-    adds over a second of compile time to every kernel that uses it.
+    adds over a second of compile time to every kernel that uses it. Runs of ``_RUN`` are
+    sorted by insertion first, and the keys move with their indices: a third less time than
+    merging single elements through the indices (any stable sort gives the same order).
     """
     n = values.shape[0]
-    idx = np.arange(n)
-    tmp = np.empty(n, dtype=np.int64)
-    width = 1
+    key = np.empty(n)
+    idx = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        key[i] = values[i]
+        idx[i] = i
+    for lo in range(0, n, _RUN):
+        for i in range(lo + 1, min(lo + _RUN, n)):
+            v, x = key[i], idx[i]
+            j = i
+            while j > lo and key[j - 1] > v:
+                key[j], idx[j] = key[j - 1], idx[j - 1]
+                j -= 1
+            key[j], idx[j] = v, x
+    spare_key = np.empty(n)
+    spare_idx = np.empty(n, dtype=np.int64)
+    width = _RUN
     while width < n:
         for lo in range(0, n, 2 * width):
             mid = min(lo + width, n)
             hi = min(lo + 2 * width, n)
-            i, j, k = lo, mid, lo
-            while k < hi:
-                if j >= hi or (i < mid and values[idx[i]] <= values[idx[j]]):
-                    tmp[k] = idx[i]
+            i, j = lo, mid
+            for k in range(lo, hi):
+                if j >= hi or (i < mid and key[i] <= key[j]):
+                    spare_key[k], spare_idx[k] = key[i], idx[i]
                     i += 1
                 else:
-                    tmp[k] = idx[j]
+                    spare_key[k], spare_idx[k] = key[j], idx[j]
                     j += 1
-                k += 1
-        idx, tmp = tmp, idx
+        key, spare_key = spare_key, key
+        idx, spare_idx = spare_idx, idx
         width *= 2
     return idx
 

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from eplb_rt.algorithms.packing import pack_equal_groups, swap_items
+from eplb_rt.algorithms.packing import pack_equal_groups, stable_order, swap_items
 
 
 def _peaks(pack_of: np.ndarray, rows: np.ndarray, num_packs: int) -> float:
@@ -81,3 +81,16 @@ def test_no_gain_no_swap():
     pack_of = np.repeat(np.arange(4), 2)
     assert swap_items(pack_of, rows, 4, 64) == 0
     assert (pack_of == np.repeat(np.arange(4), 2)).all()
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 15, 16, 17, 31, 33, 64, 257, 1000])
+@pytest.mark.parametrize("kind", ["distinct", "ties", "sorted", "reversed"])
+def test_stable_order_is_numpys_stable_argsort(n, kind):
+    rng = np.random.default_rng(n)
+    values = {
+        "distinct": rng.random(n),
+        "ties": rng.integers(0, 4, n).astype(float),  # equal keys keep index order
+        "sorted": np.arange(n, dtype=float),
+        "reversed": np.arange(n, 0, -1, dtype=float) // 3,  # descending runs of ties
+    }[kind]
+    np.testing.assert_array_equal(stable_order(values), np.argsort(values, kind="stable"))
