@@ -456,21 +456,37 @@ def _rotated_replicas(row, W, counts):
     return X
 
 
-@njit(cache=True, nogil=True)
-def _resort(order, where, z0):
-    """Insertion sort of ``z0`` (nearly sorted: a few values changed), ``order`` kept alongside
-    and ``where`` its inverse. Linear when few values are out of place."""
-    for i in range(1, z0.shape[0]):
-        v, s = z0[i], order[i]
-        j = i
-        while j > 0 and z0[j - 1] > v:
-            z0[j] = z0[j - 1]
-            order[j] = order[j - 1]
-            where[order[j]] = j
-            j -= 1
-        z0[j] = v
-        order[j] = s
-        where[s] = j
+@njit(cache=True, nogil=True, inline="always")
+def _place(heads, order, where, rank_at, before, s, z, S):
+    """Give slot ``s`` the head ``z`` and move it to where a stable sort of the previous order
+    puts it; every other slot must be in that order.
+
+    ``heads [P, h]``: the slots' first ``h`` coordinates, ascending by the first; ``order`` the
+    slot at each position, ``where`` its inverse, ``rank_at`` the slot's rank at each position
+    (``S`` slots a rank); ``before``: the positions before this round of updates, which order
+    equal first coordinates. The same order as an insertion sort of every slot, without its pass
+    over all of them. Inlined: a call takes a reference to each array."""
+    P, h = heads.shape
+    j = where[s]
+    v, w = z[0], before[s]
+    while j > 0 and (heads[j - 1, 0] > v or (heads[j - 1, 0] == v and before[order[j - 1]] > w)):
+        for k in range(h):
+            heads[j, k] = heads[j - 1, k]
+        order[j], rank_at[j] = order[j - 1], rank_at[j - 1]
+        where[order[j]] = j
+        j -= 1
+    while j < P - 1 and (
+        heads[j + 1, 0] < v or (heads[j + 1, 0] == v and before[order[j + 1]] < w)
+    ):
+        for k in range(h):
+            heads[j, k] = heads[j + 1, k]
+        order[j], rank_at[j] = order[j + 1], rank_at[j + 1]
+        where[order[j]] = j
+        j += 1
+    for k in range(h):
+        heads[j, k] = z[k]
+    order[j], rank_at[j] = s, s // S
+    where[s] = j
 
 
 _HEAD = 8
@@ -522,14 +538,20 @@ def balance_swaps(row, W, counts, num_ranks, max_swaps):
     for s in range(P):
         for k in range(K):
             Z[s, k] = 2.0 * X[s, k] - loads[s // S, k]
+    # The walk's order: the slots by the first coordinate of z, each slot's head kept in that
+    # order (the walk reads memory in sequence) with its rank.
     order = np.argsort(Z[:, 0])
-    z0 = Z[order, 0]  # the slots' first coordinates, in that order
+    head = min(K, _HEAD)
+    heads = np.empty((P, head))
+    rank_at = np.empty(P, dtype=np.int64)
     where = np.empty(P, dtype=np.int64)
+    before = np.empty(P, dtype=np.int64)
     for i in range(P):
         where[order[i]] = i
+        rank_at[i] = order[i] // S
+        for k in range(head):
+            heads[i, k] = Z[order[i], k]
     holds = holds_from_row(row, D, E)
-    rank_of = np.arange(P) // S
-    head = min(K, _HEAD)
     # Swaps made when a rank last changed, and when it was last searched in vain: a rank is
     # passed over while searched >= changed, and a pair of ranks need not be searched again
     # while neither changed since one had no gaining swap.
@@ -563,32 +585,32 @@ def balance_swaps(row, W, counts, num_ranks, max_swaps):
         best_a = best_b = -1
         for i in range(S):
             a = p * S + i
-            za = Z[a, 0]
+            at = where[a]
+            za = heads[at, 0]
             for step in (-1, 1):  # below a, then above it
-                j = where[a] + step
+                j = at + step
                 while 0 <= j < P:
-                    d0 = z0[j] - za
+                    d0 = heads[j, 0] - za
                     if d0 * d0 >= widest - best:
                         break
-                    b = order[j]
-                    j += step
-                    q = rank_of[b]
+                    q = rank_at[j]
                     cut = reach[q] - best
-                    # The first coordinates in one go, the rest until the cut: a test after
-                    # every coordinate (or after the first) costs more in mispredicted
-                    # branches than it saves (1.6x). Partial sums of squares only grow, so
-                    # the same swaps pass.
+                    # The head in one go, the rest until the cut: a test after every
+                    # coordinate (or after the first) costs more in mispredicted branches than
+                    # it saves (1.6x). Partial sums of squares only grow, so the same swaps pass.
                     dist = d0 * d0
                     for k in range(1, head):
-                        dist += (Z[a, k] - Z[b, k]) ** 2
-                    k = head
-                    while k < K and dist < cut:
-                        dist += (Z[a, k] - Z[b, k]) ** 2
-                        k += 1
-                    if dist >= cut or holds[q, row[a]] or holds[p, row[b]]:
-                        continue
-                    best = reach[q] - dist
-                    best_a, best_b = a, b
+                        dist += (heads[at, k] - heads[j, k]) ** 2
+                    if dist < cut:
+                        b = order[j]
+                        k = head
+                        while k < K and dist < cut:
+                            dist += (Z[a, k] - Z[b, k]) ** 2
+                            k += 1
+                        if dist < cut and not (holds[q, row[a]] or holds[p, row[b]]):
+                            best = reach[q] - dist
+                            best_a, best_b = a, b
+                    j += step
         if best_a < 0:
             searched[p] = swaps
             continue
@@ -600,6 +622,7 @@ def balance_swaps(row, W, counts, num_ranks, max_swaps):
             by_row[k, p], by_row[k, q] = loads[p, k], loads[q, k]
             X[best_a, k], X[best_b, k] = X[best_b, k], X[best_a, k]
         _swap(row, holds, best_a, best_b)
+        before[:] = where
         for r in (p, q):
             t = 0.0
             for k in range(K):
@@ -608,8 +631,7 @@ def balance_swaps(row, W, counts, num_ranks, max_swaps):
             for s in range(r * S, (r + 1) * S):
                 for k in range(K):
                     Z[s, k] = 2.0 * X[s, k] - loads[r, k]
-                z0[where[s]] = Z[s, 0]
-        _resort(order, where, z0)
+                _place(heads, order, where, rank_at, before, s, Z[s], S)
         swaps += 1
         changed[p] = changed[q] = swaps
     return swaps
