@@ -104,11 +104,10 @@ def _first_gain(pairs, x, y, a, b, n, r):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _rest_gain(pairs, x, y, a, b, gain, n, r, start, best, keep_ties):
+def _rest_gain(pairs, x, y, a, b, gain, n, r, start, best):
     """``gain`` (:func:`_first_gain`, same ``pairs``) completed on the pair's other episodes, or
-    -inf as soon as it cannot reach ``best``, nor equal it unless ``keep_ties`` (the window
-    search lets a tie win by its place in the scan of every pair; the scan itself keeps the
-    first of equal gains).
+    -inf as soon as it cannot reach ``best`` (it may equal it: of equal gains the search takes
+    the one a scan of every pair would meet first).
 
     What episodes ``j..K-1`` may still add: where ``start < 0``, row ``b`` of ``tail [D, K + 1]``
     (:func:`_pair_episodes`); else ``start`` (the pair's tie bound on them, with a margin for
@@ -126,7 +125,7 @@ def _rest_gain(pairs, x, y, a, b, gain, n, r, start, best, keep_ties):
         else:
             left -= 0.25 * scale * (ea - eb) * (ea - eb)
             reach = gain + left
-        if reach < best or (reach == best and not keep_ties):
+        if reach < best:
             return -np.inf
     return gain
 
@@ -155,14 +154,15 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
     none is passed over until a swap changes it, and retried before the search stops, so the
     search still ends where no peak rank has a gaining swap. Returns swaps.
 
-    Finding a rank's best swap: in the episode ``k0`` where rank ``a`` leads most, a swap that
-    moves load ``d`` off ``a`` gains at most ``min(d, la - lb - d, lead)``; every other episode
+    Finding a rank's best swap: in the episode ``k0`` where rank ``a`` leads most (by 0 where
+    it only ties another rank for the peak), a swap that moves load ``d`` off ``a`` gains at
+    most ``min(d, la - lb - d, lead)``; every other episode
     adds at most its part of the pair bound. So for each replica of ``a`` only the experts whose
     load at ``k0`` lies in a window can win, found by binary search in the experts sorted by
     load there, and the window shrinks as the best gain grows. A swap still in the window is
     scored as every swap used to be, episodes where the pair can gain first, so the gains and
-    the swaps taken are those of scoring every pair (up to which of two equal gains comes
-    first). Where ``a`` ties the next rank in all its peak episodes, every pair is scanned.
+    the swaps taken are those of scoring every pair, equal gains taken in the order of that
+    scan (pairs by their bound, then the slots of ``a`` and of the other rank).
     """
     K, E = W.shape
     D = num_ranks
@@ -272,135 +272,106 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
                 # What the episodes where the pair cannot gain may add (a margin for rounding).
                 tail_rest[b] = rest_tie * (1.0 + 1e-12)
             best_gain = floor
-            # The episode where a leads most (see the docstring).
+            # The episode where a leads most (see the docstring; a is some episode's peak).
             k0 = -1
             for k in range(K):
-                if loads[a, k] > rest1[k] and (k0 < 0 or loads[a, k] - rest1[k] > lead0):
+                if loads[a, k] >= rest1[k] and (k0 < 0 or loads[a, k] - rest1[k] > lead0):
                     k0 = k
                     lead0 = loads[a, k] - rest1[k]
-            if k0 >= 0:
-                # Where b is no episode's idx1 the pair can gain only where a is above every
-                # other rank: those episodes first, then the others, with the others' peak, are
-                # the same for every such b (row D).
-                n_a = 0
-                for k in range(K):
-                    if loads[a, k] > rest1[k]:
-                        o_b[D, n_a] = k
-                        n_a += 1
-                m = n_a
-                for k in range(K):
-                    if loads[a, k] <= rest1[k]:
-                        o_b[D, m] = k
-                        m += 1
-                for j in range(K):
-                    top_b[D, j] = rest1[o_b[D, j]]
-                special[:] = False
-                for k in range(K):
-                    special[idx1[k]] = True
-                ranked = False
-                most_other = -np.inf  # largest bound on the other terms, over the ranks b
-                most_reach = -np.inf  # ... plus la - lb at k0
-                la = loads[a, k0]
-                for b in range(D):
-                    lb = loads[b, k0]
-                    rest = rest1[k0] if idx1[k0] != b else rest2[k0]
-                    diff[b] = la - lb
-                    room[b] = la - rest
-                    # Everything but the peak part at k0 (the rounding of the difference
-                    # covered by a margin, so the window never drops a swap that can win).
-                    other[b] = upper[b] - (la - max(0.5 * (la + lb), rest))
-                    other[b] += 1e-12 * (1.0 + abs(upper[b]))
-                    made[b] = False
-                    if b != a:
-                        most_other = max(most_other, other[b])
-                        most_reach = max(most_reach, other[b] + diff[b])
-                for sa in range(S):
-                    x = row[a * S + sa]
-                    px = per[x, k0]
-                    # Experts whose load at k0 is in [px - most_reach + best, px - best +
-                    # most_other], lighter first; the upper end comes down as best_gain grows.
-                    # (A swap that can equal the best gain is scored too: of equal gains the
-                    # search takes the one a scan of every pair takes.)
-                    i = _first_at_least(sorted_load, k0, px - most_reach + best_gain)
-                    while i < E:
-                        y = by_load[k0, i]
-                        d0 = px - sorted_load[k0, i]
-                        if d0 < best_gain - most_other:
-                            break
-                        i += 1
-                        if holds[a, y]:
-                            continue
-                        for r in range(counts[y]):
-                            q = replicas[y, r]
-                            b = q // S
-                            if holds[b, x]:
-                                continue
-                            # b's own window.
-                            if min(d0, diff[b] - d0, room[b]) + other[b] < best_gain:
-                                continue
-                            # The pair's episodes as _pair_episodes orders them, so the
-                            # sums are those of the scan of every pair.
-                            if special[b]:
-                                if not made[b]:
-                                    made[b] = True
-                                    n_b[b] = _pair_episodes(
-                                        loads, a, b, rest1, idx1, rest2, scale, o_b, top_b, tail_b
-                                    )
-                                row_b, n, start = b, n_b[b], -1.0
-                            else:
-                                # a's episodes; the bound on the others comes down as they are
-                                # scored, from tail_rest, rather than a tail per pair.
-                                row_b, n, start = D, n_a, tail_rest[b]
-                            gain = _first_gain(pairs, x, y, a, b, n, row_b)
-                            if gain + tail_rest[b] < best_gain:
-                                continue
-                            gain = _rest_gain(
-                                pairs, x, y, a, b, gain, n, row_b, start, best_gain, True
-                            )
-                            if gain < best_gain or (gain == best_gain and best_p < 0):
-                                continue
-                            if gain == best_gain:
-                                # Of equal gains the one scanning every pair meets first: pairs
-                                # by their bound, then the slots of a and of b.
-                                if not ranked:
-                                    ranked = True
-                                    scan = stable_order(-upper)
-                                    for i_b in range(D):
-                                        position[scan[i_b]] = i_b
-                                key = (position[b] * S + sa) * S + q - b * S
-                                p_b = best_q // S
-                                held = (position[p_b] * S + best_p - a * S) * S + best_q - p_b * S
-                                if key >= held:
-                                    continue
-                            best_gain = gain
-                            best_p = a * S + sa
-                            best_q = q
-                continue
-            # Most promising ranks first: once a rank's bound is beaten, so are the rest's.
-            for b in stable_order(-upper):
-                if b == a:
-                    continue
-                if upper[b] <= best_gain:
-                    break
-                n = _pair_episodes(loads, a, b, rest1, idx1, rest2, scale, o_b, top_b, tail_b)
-                # A swap is scored where it can gain first; past those episodes every term is
-                # at most its tie part, so most swaps are refuted after an episode or two.
-                for sa in range(S):
-                    x = row[a * S + sa]
-                    if holds[b, x]:
+            # Where b is no episode's idx1 the pair can gain only where a is above every
+            # other rank: those episodes first, then the others, with the others' peak, are
+            # the same for every such b (row D).
+            n_a = 0
+            for k in range(K):
+                if loads[a, k] > rest1[k]:
+                    o_b[D, n_a] = k
+                    n_a += 1
+            m = n_a
+            for k in range(K):
+                if loads[a, k] <= rest1[k]:
+                    o_b[D, m] = k
+                    m += 1
+            for j in range(K):
+                top_b[D, j] = rest1[o_b[D, j]]
+            special[:] = False
+            for k in range(K):
+                special[idx1[k]] = True
+            ranked = False
+            most_other = -np.inf  # largest bound on the other terms, over the ranks b
+            most_reach = -np.inf  # ... plus la - lb at k0
+            la = loads[a, k0]
+            for b in range(D):
+                lb = loads[b, k0]
+                rest = rest1[k0] if idx1[k0] != b else rest2[k0]
+                diff[b] = la - lb
+                room[b] = la - rest
+                # Everything but the peak part at k0 (the rounding of the difference
+                # covered by a margin, so the window never drops a swap that can win).
+                other[b] = upper[b] - (la - max(0.5 * (la + lb), rest))
+                other[b] += 1e-12 * (1.0 + abs(upper[b]))
+                made[b] = False
+                if b != a:
+                    most_other = max(most_other, other[b])
+                    most_reach = max(most_reach, other[b] + diff[b])
+            for sa in range(S):
+                x = row[a * S + sa]
+                px = per[x, k0]
+                # Experts whose load at k0 is in [px - most_reach + best, px - best +
+                # most_other], lighter first; the upper end comes down as best_gain grows.
+                # (A swap that can equal the best gain is scored too: of equal gains the
+                # search takes the one a scan of every pair takes.)
+                i = _first_at_least(sorted_load, k0, px - most_reach + best_gain)
+                while i < E:
+                    y = by_load[k0, i]
+                    d0 = px - sorted_load[k0, i]
+                    if d0 < best_gain - most_other:
+                        break
+                    i += 1
+                    if holds[a, y]:
                         continue
-                    for sb in range(S):
-                        y = row[b * S + sb]
-                        if holds[a, y]:
+                    for r in range(counts[y]):
+                        q = replicas[y, r]
+                        b = q // S
+                        if holds[b, x]:
                             continue
-                        gain = _first_gain(pairs, x, y, a, b, n, b)
-                        if gain + tail_b[b, n] <= best_gain:
+                        # b's own window.
+                        if min(d0, diff[b] - d0, room[b]) + other[b] < best_gain:
                             continue
-                        gain = _rest_gain(pairs, x, y, a, b, gain, n, b, -1.0, best_gain, False)
-                        if gain > best_gain:
-                            best_gain = gain
-                            best_p = a * S + sa
-                            best_q = b * S + sb
+                        # The pair's episodes as _pair_episodes orders them, so the
+                        # sums are those of the scan of every pair.
+                        if special[b]:
+                            if not made[b]:
+                                made[b] = True
+                                n_b[b] = _pair_episodes(
+                                    loads, a, b, rest1, idx1, rest2, scale, o_b, top_b, tail_b
+                                )
+                            row_b, n, start = b, n_b[b], -1.0
+                        else:
+                            # a's episodes; the bound on the others comes down as they are
+                            # scored, from tail_rest, rather than a tail per pair.
+                            row_b, n, start = D, n_a, tail_rest[b]
+                        gain = _first_gain(pairs, x, y, a, b, n, row_b)
+                        if gain + tail_rest[b] < best_gain:
+                            continue
+                        gain = _rest_gain(pairs, x, y, a, b, gain, n, row_b, start, best_gain)
+                        if gain < best_gain or (gain == best_gain and best_p < 0):
+                            continue
+                        if gain == best_gain:
+                            # Of equal gains the one scanning every pair meets first: pairs
+                            # by their bound, then the slots of a and of b.
+                            if not ranked:
+                                ranked = True
+                                scan = stable_order(-upper)
+                                for i_b in range(D):
+                                    position[scan[i_b]] = i_b
+                            key = (position[b] * S + sa) * S + q - b * S
+                            p_b = best_q // S
+                            held = (position[p_b] * S + best_p - a * S) * S + best_q - p_b * S
+                            if key >= held:
+                                continue
+                        best_gain = gain
+                        best_p = a * S + sa
+                        best_q = q
         if best_p < 0:
             break
         for k in range(K):
