@@ -101,7 +101,7 @@ def place_replica(e, per, loads, fill, holds, row):
     S = row.shape[0] // D
     best = -1
     for r in range(D):
-        if fill[r] < S and not holds[r, e] and (best < 0 or loads[r] < loads[best] - _EPS):
+        if fill[r] < S and (best < 0 or loads[r] < loads[best] - _EPS) and not holds[r, e]:
             best = r
     if best >= 0:
         row[best * S + fill[best]] = e
