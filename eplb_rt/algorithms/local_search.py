@@ -156,13 +156,13 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
 
     Finding a rank's best swap: in the episode ``k0`` where rank ``a`` leads most (by 0 where
     it only ties another rank for the peak), a swap that moves load ``d`` off ``a`` gains at
-    most ``min(d, la - lb - d, lead)``; every other episode
-    adds at most its part of the pair bound. So for each replica of ``a`` only the experts whose
-    load at ``k0`` lies in a window can win, found by binary search in the experts sorted by
-    load there, and the window shrinks as the best gain grows. A swap still in the window is
-    scored as every swap used to be, episodes where the pair can gain first, so the gains and
-    the swaps taken are those of scoring every pair, equal gains taken in the order of that
-    scan (pairs by their bound, then the slots of ``a`` and of the other rank).
+    most ``min(d, la - lb - d, lead)``; every other episode adds at most its part of the pair
+    bound. So for each replica of ``a`` only the experts whose load at ``k0`` lies in a window
+    can win, found by binary search in the experts sorted by load there, and the window shrinks
+    as the best gain grows. A swap in the window is scored episodes where the pair can gain
+    first, so the gains and the swaps taken are those of scoring every pair, equal gains taken
+    in the order of that scan (pairs by their bound, then the slots of ``a`` and of the other
+    rank).
     """
     K, E = W.shape
     D = num_ranks
