@@ -20,33 +20,30 @@ SCORE = 1
 
 
 @njit(cache=True, nogil=True)
-def allot_more(load, counts, experts, extra, max_replicas):
-    """Give ``extra`` replicas to ``experts``, each to the one with the highest load per replica
-    (lowest id on ties) below ``max_replicas`` (min-max allotment). ``counts [E]`` is updated in
-    place; returns the replicas that found no expert (all at the cap)."""
-    for _ in range(extra):
-        best = -1
-        best_value = -1.0
-        for e in experts:
-            if counts[e] < max_replicas and load[e] / counts[e] > best_value:
-                best_value = load[e] / counts[e]
-                best = e
-        if best < 0:
-            return extra
-        counts[best] += 1
-        extra -= 1
-    return 0
-
-
-@njit(cache=True, nogil=True)
 def allot_replicas(load, num_slots, max_replicas):
     """Min-max replica allotment of one layer: one replica each, then every redundant one to
-    the expert with the highest load per replica. ``load [E]``; needs
-    ``E <= num_slots <= E * max_replicas``. Returns ``counts [E] int64`` summing to ``num_slots``.
+    the expert with the highest load per replica (lowest id on ties) below ``max_replicas``.
+    ``load [E]``; needs ``E <= num_slots <= E * max_replicas``. Returns ``counts [E] int64``
+    summing to ``num_slots``.
     """
     E = load.shape[0]
     counts = np.ones(E, dtype=np.int64)
-    allot_more(load, counts, np.arange(E), num_slots - E, max_replicas)
+    # Each expert's load per replica, -inf at the cap: a redundant replica changes one of them,
+    # so it costs one division, not one per expert.
+    per = np.empty(E)
+    for e in range(E):
+        per[e] = load[e] if max_replicas > 1 else -np.inf
+    for _ in range(num_slots - E):
+        best = -1
+        best_value = -1.0
+        for e in range(E):
+            if per[e] > best_value:
+                best_value = per[e]
+                best = e
+        if best < 0:
+            break
+        counts[best] += 1
+        per[best] = load[best] / counts[best] if counts[best] < max_replicas else -np.inf
     return counts
 
 
