@@ -19,6 +19,13 @@ SCORE = 1
 """Construction of :func:`construct`: FlashLB's mean + z * std device score (flashlb)."""
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _per_replica(load, counts, e, max_replicas):
+    """Expert ``e``'s load per replica, or -inf once it is at ``max_replicas`` (it takes no
+    more)."""
+    return load[e] / counts[e] if counts[e] < max_replicas else -np.inf
+
+
 @njit(cache=True, nogil=True)
 def allot_replicas(load, num_slots, max_replicas):
     """Min-max replica allotment of one layer: one replica each, then every redundant one to
@@ -32,7 +39,7 @@ def allot_replicas(load, num_slots, max_replicas):
     # so it costs one division, not one per expert.
     per = np.empty(E)
     for e in range(E):
-        per[e] = load[e] if max_replicas > 1 else -np.inf
+        per[e] = _per_replica(load, counts, e, max_replicas)
     for _ in range(num_slots - E):
         best = -1
         best_value = -1.0
@@ -43,7 +50,7 @@ def allot_replicas(load, num_slots, max_replicas):
         if best < 0:
             break
         counts[best] += 1
-        per[best] = load[best] / counts[best] if counts[best] < max_replicas else -np.inf
+        per[best] = _per_replica(load, counts, best, max_replicas)
     return counts
 
 

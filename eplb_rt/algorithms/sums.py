@@ -44,6 +44,13 @@ def _run(a, lo, n):
     return res
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _half(n):
+    """Where numpy splits a run longer than a block: halfway, down to a multiple of 8."""
+    half = n // 2
+    return half - half % 8
+
+
 @njit(cache=True, nogil=True)
 def _pairwise(a):
     """Sum of ``a [n]`` in numpy's pairwise order: halves (the first a multiple of 8 long) until
@@ -51,8 +58,7 @@ def _pairwise(a):
     n = a.shape[0]
     if n <= _BLOCK:
         return _run(a, 0, n)
-    half = n // 2
-    half -= half % 8
+    half = _half(n)
     if n - half <= _BLOCK:  # two runs (up to 256 experts): no stack to allocate
         return _run(a, 0, half) + _run(a, half, n - half)
     los = np.empty(64, dtype=np.int64)
@@ -71,8 +77,7 @@ def _pairwise(a):
             sums[done] = _run(a, lo, n)
             done += 1
         else:
-            half = n // 2
-            half -= half % 8
+            half = _half(n)
             # Popped in reverse: the first half, the second, then their addition.
             los[todo], ns[todo] = 0, -1
             los[todo + 1], ns[todo + 1] = lo + half, n - half
