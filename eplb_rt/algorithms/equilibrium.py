@@ -14,7 +14,8 @@ Per layer (the search kernels are numba, no GIL):
    none of them shows: each held out in turn, the part of its deviation outside the others'
    span (:func:`unseen_axes`) gives more scored episodes, the mean moved both ways along that
    part's axes; they refine the plan the seen episodes chose, by the swaps that lower the sum
-   of the peaks of both.
+   of the peaks of both. Where those parts all lie along one axis (the workloads follow a
+   curve), its two ends are scored from the start too (:func:`trend_rows`).
 2. **Construct + local search** on the mean load: min-max allotment, LPT placement, pairwise
    swaps and a neighbour search over replica counts; then swaps that lower the sum over the
    episodes of the squared rank loads (:func:`~eplb_rt.algorithms.local_search.balance_swaps`):
@@ -78,6 +79,12 @@ _UNSEEN_SIGNAL = 0.5
 _NOISE_FLOOR = 0.01
 """Sampling noise under this share of the episodes' spread is taken as none."""
 
+_TREND_AGREEMENT = 0.8
+"""How far the hold-outs' residuals must agree on one axis for :func:`trend_rows` (0: no more
+than ``r`` equal axes, 1: all along one). DeepSeek-V3's prefill workloads (one prompt length
+each) agree at 0.9 in the median layer, the task and domain mixes of ESFT, gpt-oss and OLMoE at
+0.1-0.6 (BENCHMARKS §3)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class EquilibriumOptions(Options):
@@ -93,7 +100,8 @@ class EquilibriumOptions(Options):
         unseen: weight (one episode's = 1) of more scored episodes: the mean moved both ways
             along :func:`unseen_axes`, the part of a workload's deviation that the others do
             not span. Only where the episodes are distinct workloads (no sampling noise seen);
-            the swaps then start from the plan scored on the seen episodes.
+            the swaps then start from the plan scored on the seen episodes. Where those parts
+            agree on one axis, also the weight of :func:`trend_rows` in the first search.
         share_rewrites: slots that may be rewritten to open a bottleneck for the shares.
         move_cost: with a previous placement: PAR that one moved slot on every rank (one
             expert's transfer time) must buy; a single slot pays ``move_cost / D``.
@@ -265,11 +273,10 @@ def _principal_axes(residuals, basis, tol):
 
 
 @njit(cache=True, nogil=True)
-def unseen_episodes(W, w, noise, weight):
-    """``[2r, E]``: the mean ``w`` moved both ways along each of :func:`unseen_axes`, scaled to
-    sum 1 and weighed ``weight`` times the axis's share and the part of the unseen deviation
-    that is not sampling noise; none (``r = 0``) when that part is mostly noise: the episodes
-    are draws of workloads that they all show, and more noise to plan for adds nothing."""
+def unseen_signal(W, noise):
+    """:func:`unseen_axes` of ``W [K, E]`` where they are not mostly sampling noise (``noise``:
+    the episodes' :func:`sampling_noise`): ``(axes [r, E], share [r], seen)``, ``seen`` the
+    part of their energy that is not noise; ``r = 0`` where that part is under half."""
     K, E = W.shape
     residuals, reflectors, tol = _unseen_residuals(W)
     # A held-out episode's residual carries its own noise and that of the others' mean. Its
@@ -278,13 +285,21 @@ def unseen_episodes(W, w, noise, weight):
     # layers of sampled draws of the same workloads).
     most = pairwise_sum(residuals * residuals) / K * (1.0 + 1e-9)
     if most <= 0.0 or 1.0 - noise * K / (K - 1) / most < _UNSEEN_SIGNAL:
-        return np.empty((0, E))
+        return np.empty((0, E)), np.empty(0), 0.0
     axes, share = _principal_axes(residuals, reflected_basis(reflectors), tol)
     r = axes.shape[0]
     energy = pairwise_sum(axes * axes) if r else 0.0
     seen = 1.0 - noise * K / (K - 1) / energy if energy > 0.0 else 0.0
     if seen < _UNSEEN_SIGNAL:
-        return np.empty((0, E))
+        return np.empty((0, E)), np.empty(0), 0.0
+    return axes, share, seen
+
+
+@njit(cache=True, nogil=True)
+def _unseen_ends(w, axes, share, seen, weight):
+    """``[2r, E]``: the mean ``w [E]`` moved both ways along each of ``axes [r, E]``, scaled to
+    sum 1 and weighed ``weight * seen * share``."""
+    r, E = axes.shape
     ends = np.empty((2 * r, E))
     for k in range(2 * r):
         sign = 1.0 if k < r else -1.0
@@ -294,6 +309,44 @@ def unseen_episodes(W, w, noise, weight):
         if total > 0.0:
             ends[k] = (weight * seen * share[k % r]) * (end / total)
     return ends
+
+
+@njit(cache=True, nogil=True)
+def unseen_episodes(W, w, noise, weight):
+    """``[2r, E]``: the mean ``w`` moved both ways along each of :func:`unseen_axes`, scaled to
+    sum 1 and weighed ``weight`` times the axis's share and the part of the unseen deviation
+    that is not sampling noise; none (``r = 0``) when that part is mostly noise: the episodes
+    are draws of workloads that they all show, and more noise to plan for adds nothing."""
+    axes, share, seen = unseen_signal(W, noise)
+    return _unseen_ends(w, axes, share, seen, weight)
+
+
+@njit(cache=True, nogil=True)
+def trend_rows(w, axes, share, spread, weight):
+    """``[2, E]`` or ``[0, E]``: more rows for the first search where the hold-outs agree.
+
+    ``axes [r, E]``, ``share [r]``: :func:`unseen_axes` of ``K >= 3`` distinct workloads. Where
+    their residuals lie along one axis (its share beyond that of ``r`` equal axes, as a
+    fraction of the most it can be, at least :data:`_TREND_AGREEMENT`), every workload held out
+    left the others' span the same way: the workloads follow a curve (prompt lengths, batch
+    sizes), and one beyond them goes on along it. The pushed episodes cover that axis only as
+    far as the seen ones bend, which is short of what each hold-out shows; these rows are the
+    mean moved both ways along it to the hold-outs' reach, ``spread`` times like the episodes,
+    each summing to ``weight``. Residuals in several directions (each workload its own) give
+    none: hedging all of them would spread the search thin.
+    """
+    r, E = axes.shape
+    if r == 0 or (r > 1 and (share[0] * r - 1.0) / (r - 1.0) < _TREND_AGREEMENT):
+        return np.empty((0, E))
+    rows = np.empty((2, E))
+    for k in range(2):
+        sign = 1.0 if k == 0 else -1.0
+        end = np.maximum(w + (sign * spread) * axes[0], 0.0)
+        total = pairwise_sum(end)
+        rows[k] = 0.0
+        if total > 0.0:
+            rows[k] = weight * (end / total)
+    return rows
 
 
 @njit(cache=True, nogil=True)
@@ -322,16 +375,18 @@ def scored_rows(W, w, spread, signal):
 # compiles a called kernel's code once more into every kernel that calls it, and the compile
 # without the shipped cache would grow by a copy of each.
 @njit(cache=True, nogil=True, inline="always")
-def _seen_plan(  # noqa: PLR0917 (numba kernels take plain positional arrays)
-    W, tokens, counts_given, now, spread, num_slots, num_ranks, count_rounds, count_width, count_tol
-):
-    """A layer's plan from scratch on its seen episodes: steps 1 and 2 of the module's list
-    but the unseen episodes, in one call (no GIL: the balancer plans in a thread).
+def _fresh_plan(  # noqa: PLR0917 (numba kernels take plain positional arrays)
+    W, tokens, counts_given, now, spread, unseen, num_slots, num_ranks, count_rounds, count_width,
+    count_tol,
+):  # fmt: skip
+    """A layer's plan from scratch: steps 1 and 2 of the module's list in one call (no GIL: the
+    balancer plans in a thread).
 
     ``W [K, E]``: episodes scaled to sum 1; ``tokens [K, E]``: their counts when
-    ``counts_given`` (else their noise is unknown); ``now [E]``: the summed load, scaled.
-    Returns ``(row [P] int64, counts [E] int64, w [E], V [K', E], noise, signal)``: ``w`` the
-    load the episodes share, ``V`` the :func:`scored_rows` (no row for one episode).
+    ``counts_given`` (else their noise is unknown); ``now [E]``: the summed load, scaled;
+    ``unseen``: the option's weight. Returns ``(row [P] int64, w [E], V [K', E])``: ``w`` the
+    load the episodes share, ``V`` the rows the first search scored (:func:`scored_rows`, then
+    any :func:`trend_rows`; none for one episode).
     """
     K, E = W.shape
     volume = np.empty(K if counts_given else 0)
@@ -343,8 +398,13 @@ def _seen_plan(  # noqa: PLR0917 (numba kernels take plain positional arrays)
     # Distinct workloads weigh the same (the mean of the episodes); episodes that differ by
     # noise only are one workload, best estimated by the summed counts.
     w = signal * column_mean(W) + (1.0 - signal) * now
+    axes, share, seen = np.empty((0, E)), np.empty(0), 0.0
     if K > 1:
         V = scored_rows(W, w, spread, signal)
+        if signal == 1.0 and unseen > 0.0:
+            axes, share, seen = unseen_signal(W, noise)
+            if K > 2:
+                V = np.vstack((V, trend_rows(w, axes, share, spread, unseen)))
         # Replicas for the load an expert may reach, not only its mean: mean + spread * std.
         robust = w + spread * column_std(W)
     else:
@@ -372,34 +432,40 @@ def _seen_plan(  # noqa: PLR0917 (numba kernels take plain positional arrays)
     )
     if K > 1:
         balance_swaps(row, V, counts, num_ranks, 4 * num_slots)
-    return row, counts, w, V, noise, signal
+    if axes.shape[0]:
+        # The unseen episodes refine the plan the seen ones chose; they do not choose it.
+        # Searched from the start with them, the plan lands in another local optimum, and
+        # which one holds for a held-out workload's surprises is a lottery (OLMoE 8x12 lost
+        # 0.087 PAR, one layer 1.47 -> 2.13); from the seen optimum a layer changes only by
+        # the swaps that pay on seen and unseen together. Those are scored on the rows'
+        # peaks: balancing the variance over the unseen axes too re-packs the whole layer
+        # around directions a held-out workload may not take.
+        U = _unseen_ends(w, axes, share, seen, unseen)
+        swap_search(row, np.vstack((V, U)), counts, num_ranks, 4 * num_slots, 1e-3, 0.0)
+    return row, w, V
 
 
 @njit(cache=True, nogil=True)
-def _seen_plans(  # noqa: PLR0917
-    W, tokens, counts_given, now, spread, num_slots, num_ranks, count_rounds, count_width, count_tol
-):
-    """:func:`_seen_plan` of every layer of ``W [L, K, E]`` (``tokens`` alike, ``now [L, E]``)
-    in one call. Returns ``rows [L, P] int64``, ``counts [L, E] int64``, ``w [L, E]``,
-    ``V [L, K + 1, E]`` (layer ``j``'s scored rows first, ``num_rows[j]`` of them),
-    ``num_rows [L] int64``, ``noise [L]`` and ``signal [L]``."""
+def _fresh_plans(  # noqa: PLR0917
+    W, tokens, counts_given, now, spread, unseen, num_slots, num_ranks, count_rounds, count_width,
+    count_tol,
+):  # fmt: skip
+    """:func:`_fresh_plan` of every layer of ``W [L, K, E]`` (``tokens`` alike, ``now [L, E]``)
+    in one call. Returns ``rows [L, P] int64``, ``w [L, E]``, ``V [L, K + 2, E]`` (layer
+    ``j``'s scored rows first, ``num_rows[j]`` of them) and ``num_rows [L] int64``."""
     L, K, E = W.shape
     rows = np.empty((L, num_slots), dtype=np.int64)
-    counts = np.empty((L, E), dtype=np.int64)
     shared = np.empty((L, E))
-    V = np.zeros((L, K + 1, E))
+    V = np.zeros((L, K + 2, E))
     num_rows = np.zeros(L, dtype=np.int64)
-    noise = np.empty(L)
-    signal = np.empty(L)
     for j in range(L):
-        row, c, w, v, noise[j], signal[j] = _seen_plan(
-            W[j], tokens[j], counts_given, now[j], spread, num_slots, num_ranks, count_rounds,
-            count_width, count_tol,
+        rows[j], shared[j], v = _fresh_plan(
+            W[j], tokens[j], counts_given, now[j], spread, unseen, num_slots, num_ranks,
+            count_rounds, count_width, count_tol,
         )  # fmt: skip
-        rows[j], counts[j], shared[j] = row, c, w
         num_rows[j] = v.shape[0]
         V[j, : v.shape[0]] = v
-    return rows, counts, shared, V, num_rows, noise, signal
+    return rows, shared, V, num_rows
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -468,7 +534,7 @@ def _cheapest(candidates, pars, prev, move_cost, num_ranks, budget):  # noqa: PL
 @njit(cache=True, nogil=True)
 def _settle_layers(rows, prev, now, V, num_rows, num_ranks, budget, move_cost):  # noqa: PLR0917
     """:func:`_settle` of every layer (``rows``, ``prev [L, P]``, ``now [L, E]``; ``V`` and
-    ``num_rows`` as :func:`_seen_plans` gives them) in one call: ``[L, P] int64``."""
+    ``num_rows`` as :func:`_fresh_plans` gives them) in one call: ``[L, P] int64``."""
     out = np.empty_like(prev)
     for j in range(rows.shape[0]):
         scored = np.ascontiguousarray(V[j, : num_rows[j]])
@@ -503,28 +569,14 @@ def plan_layers(
     """Every planned layer at once: ``(rows [L', P] int64, shares [L', P] or None)``.
 
     Without shares the layers cost two numba calls in all (no GIL between them: the balancer
-    plans in a thread next to the serving one, and each return to Python is a hand-off), and
-    two more for each layer refined for unseen workloads.
+    plans in a thread next to the serving one, and each return to Python is a hand-off).
     """
     D, S, P = topo.num_ranks, topo.num_slots_per_rank, topo.num_slots
     W, now, prev = layers.episodes, layers.load, layers.previous
     rounds = (opts.count_rounds, opts.count_width, opts.count_tol)
-    rows, counts, shared, V, num_rows, noise, signal = _seen_plans(
-        W, layers.tokens, layers.counts, now, opts.spread, P, D, *rounds
+    rows, shared, V, num_rows = _fresh_plans(
+        W, layers.tokens, layers.counts, now, opts.spread, opts.unseen, P, D, *rounds
     )
-    if W.shape[1] > 1 and opts.unseen > 0:
-        for j in np.flatnonzero(signal == 1.0):
-            U = unseen_episodes(W[j], shared[j], noise[j], opts.unseen)
-            # The unseen episodes refine the plan the seen ones chose; they do not choose it.
-            # Searched from the start with them, the plan lands in another local optimum, and
-            # which one holds for a held-out workload's surprises is a lottery (OLMoE 8x12 lost
-            # 0.087 PAR, one layer 1.47 -> 2.13); from the seen optimum a layer changes only by
-            # the swaps that pay on seen and unseen together. Those are scored on the rows'
-            # peaks: balancing the variance over the unseen axes too re-packs the whole layer
-            # around directions a held-out workload may not take.
-            if U.shape[0]:
-                scored = np.vstack([V[j, : num_rows[j]], U])
-                swap_search(rows[j], scored, counts[j], D, 4 * P, 1e-3, 0.0)
     budget = int(opts.max_moved_fraction * P)
     if not opts.shares:
         if prev is not None:

@@ -190,7 +190,7 @@ def test_every_rank_plans_the_same_table_on_any_cpu(tmp_path):
         import torch
         from benchmarks import traces
         from eplb_rt.algorithms import plan
-        from eplb_rt.algorithms.equilibrium import unseen_episodes
+        from eplb_rt.algorithms.equilibrium import unseen_signal
         from eplb_rt.algorithms.load import normalise
         from eplb_rt.integrations.vllm import policy_class
         from eplb_rt.placement import Topology
@@ -200,9 +200,9 @@ def test_every_rank_plans_the_same_table_on_any_cpu(tmp_path):
         replan = policy_class({DEFAULT!r}).rebalance_experts(
             torch.tensor(load[3]), 320, 1, 1, 64, torch.tensor(first.phy2log.astype(np.int64)))
         esft = plan({DEFAULT!r}, traces.esft("law")[:40], Topology(8, 9))
-        # Distinct workloads without noise: unseen episodes, made of the decompositions' bits
+        # Distinct workloads without noise: the unseen axes, made of the decompositions' bits
         W = normalise(load[:3, 10])
-        unseen = unseen_episodes(W, W[0], 0.0, 1.0)
+        unseen = unseen_signal(W, 0.0)[0]
         # flashlb: covariances (BLAS in the original), experts of equal score (four of each)
         flash = plan("flashlb", np.repeat(load[:3, :, :64], 4, axis=2), Topology(64, 5))
         np.savez({str(out)!r}, first=first.phy2log, replan=replan.numpy(), esft=esft.phy2log,
