@@ -24,6 +24,7 @@ import numpy as np
 from benchmarks import traces
 from eplb_rt.algorithms import metrics, plan
 from eplb_rt.algorithms.load import normalise
+from eplb_rt.commands.simulate import parse_policy_options
 from eplb_rt.placement import Topology
 
 STEPS = (0.0, 1 / 3, 2 / 3, 1.0)
@@ -65,16 +66,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--policy", default="equilibrium")
     parser.add_argument("--option", action="append", default=[], metavar="POLICY.KEY=VALUE")
     args = parser.parse_args(argv)
-    options = {}
-    for item in args.option:
-        key, value = item.split("=", 1)
-        options[key.split(".", 1)[1]] = float(value)
+    given = parse_policy_options(args.option)
+    if set(given) - {args.policy}:
+        raise SystemExit(f"--option: only {args.policy}'s options apply, got {sorted(given)}")
+    options = given.get(args.policy)
     print(f"| trace | shape | {args.policy}: mean PAR of the held-out ends | cases |")
     print("|---|---|---|---:|")
     for name, (shapes, load) in CASES.items():
         shares = [normalise(x.sum(axis=0)) for x in load()]
         for topo in shapes:
-            pars = held_out_ends(args.policy, shares, topo, options or None)
+            pars = held_out_ends(args.policy, shares, topo, options)
             se = pars.std(ddof=1) / np.sqrt(len(pars))
             shape = f"{topo.num_ranks}x{topo.num_slots_per_rank}"
             print(f"| {name} | {shape} | {pars.mean():.4f} ± {se:.4f} | {len(pars)} |", flush=True)

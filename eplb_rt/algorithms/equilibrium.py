@@ -338,15 +338,7 @@ def trend_rows(w, axes, share, spread, weight):
     r, E = axes.shape
     if r == 0 or (r > 1 and (share[0] * r - 1.0) / (r - 1.0) < _TREND_AGREEMENT):
         return np.empty((0, E))
-    rows = np.empty((2, E))
-    for k in range(2):
-        sign = 1.0 if k == 0 else -1.0
-        end = np.maximum(w + (sign * spread) * axes[0], 0.0)
-        total = pairwise_sum(end)
-        rows[k] = 0.0
-        if total > 0.0:
-            rows[k] = weight * (end / total)
-    return rows
+    return _unseen_ends(w, spread * axes[:1], np.ones(1), 1.0, weight)
 
 
 @njit(cache=True, nogil=True)
@@ -403,8 +395,9 @@ def _fresh_plan(  # noqa: PLR0917 (numba kernels take plain positional arrays)
         V = scored_rows(W, w, spread, signal)
         if signal == 1.0 and unseen > 0.0:
             axes, share, seen = unseen_signal(W, noise)
-            if K > 2:
-                V = np.vstack((V, trend_rows(w, axes, share, spread, unseen)))
+            trend = trend_rows(w, axes, share, spread, unseen) if K > 2 else np.empty((0, E))
+            if trend.shape[0]:
+                V = np.vstack((V, trend))
         # Replicas for the load an expert may reach, not only its mean: mean + spread * std.
         robust = w + spread * column_std(W)
     else:
