@@ -1,6 +1,7 @@
 """Peers side by side: the engines' own EPLB code next to every eplb_rt policy, in one process.
 
     PYTHONPATH=. python benchmarks/bench_peers.py [--sections time,insample,static,adapt,cold]
+        [--draws 10]                        # jittered draws of the static section (0: none)
         [--contenders flashlb,deepseek]     # only contenders whose name contains one of these
         [--option equilibrium.spread=1 ...]  # an option of an eplb_rt policy (repeatable)
     PYTHONPATH=. python -m pytest benchmarks/bench_peers.py      # plan time, pytest-benchmark
@@ -17,7 +18,10 @@ Tables (markdown):
 * insample: mean PAR over layers, planned and scored on the same workload (mean over the four
   DeepSeek-V3 workloads, the four ESFT tasks, the six gpt-oss subsets, the six OLMoE domains);
 * static: leave-one-out, planned on the other workloads (one episode each), scored on the one
-  left out; mean over folds;
+  left out; mean over folds; then the same over ``--draws`` draws of the training loads
+  jittered by a tenth of their sampling noise (``traces.jitter``), mean +- standard error:
+  out of sample a plan is one of many near-equal ones, the exact traces pick one of them, and
+  a policy tuned on those traces wins that draw more often than the next one;
 * adapt: each contender's own leave-one-out placement is in force; it re-plans on the left-out
   workload with that table; PAR on it and the fraction of slots moved (mean over folds);
 * cold: a fresh interpreter with an empty numba cache: seconds from start to the first plan
@@ -193,15 +197,14 @@ def section_time(found, repeat: int) -> None:
               f"{ratios[0]:.2f}x | {ratios[1]:.2f}x |")  # fmt: skip
 
 
-def section_par(found, static: bool) -> dict:
+def section_par(found, static: bool, draws: int = 0) -> dict:
+    """Mean PAR per contender and trace. Leave-one-out (``static``) with ``draws``: also the mean
+    over that many draws of jittered training loads (:func:`traces.jitter`), +- its standard
+    error, the figure the goals use (the same draws for every contender)."""
     cases = workloads()
     title = "leave-one-out, static" if static else "in sample"
-    print(f"\n### Mean PAR, {title}\n")
-    print("| contender | " + " | ".join(cases) + " |")
-    print("|---|" + "---|" * len(cases))
-    table = {}
+    table, jittered = {}, {}
     for name, run in found.items():
-        row = []
         for case, (loads, topo) in cases.items():
             if static:
                 folds = traces.leave_one_out(loads)
@@ -209,9 +212,30 @@ def section_par(found, static: bool) -> dict:
             else:
                 pars = [score(run(w, topo, None), w, topo) for w in loads]
             table[name, case] = float(np.mean(pars))
-            row.append(f"{table[name, case]:.4f}")
-        print(f"| {name} | " + " | ".join(row) + " |")
+            if static and draws:
+                rng = np.random.default_rng(0)
+                means = [np.mean([score(run(tr, topo, None), te, topo)
+                                  for tr, te in traces.leave_one_out(loads, rng)])
+                         for _ in range(draws)]  # fmt: skip
+                jittered[name, case] = (float(np.mean(means)), float(np.std(means, ddof=1)))
+    _print_table(f"Mean PAR, {title}", found, cases, lambda n, c: f"{table[n, c]:.4f}")
+    if jittered:
+        _print_table(
+            f"Mean PAR, leave-one-out, static, {draws} draws of jittered training loads "
+            "(mean +- standard error)",
+            found,
+            cases,
+            lambda n, c: f"{jittered[n, c][0]:.4f} ± {jittered[n, c][1] / np.sqrt(draws):.4f}",
+        )
     return table
+
+
+def _print_table(title: str, found, cases, cell: Callable[[str, str], str]) -> None:
+    print(f"\n### {title}\n")
+    print("| contender | " + " | ".join(cases) + " |")
+    print("|---|" + "---|" * len(cases))
+    for name in found:
+        print(f"| {name} | " + " | ".join(cell(name, case) for case in cases) + " |")
 
 
 def section_adapt(found) -> None:
@@ -292,6 +316,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sections", default="time,insample,static,adapt,cold")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
+        "--draws",
+        type=int,
+        default=10,
+        help="draws of jittered training loads for the static section's second table (0: none)",
+    )
+    parser.add_argument(
         "--contenders",
         default="",
         help="comma-separated parts of contender names to run, e.g. 'flashlb' (default: all)",
@@ -313,8 +343,8 @@ def main(argv: list[str] | None = None) -> None:
         found = contenders(stack, only, parse_policy_options(args.option))
         if "time" in sections:
             section_time(found, args.repeat)
-        tables = {s: section_par(found, s == "static") for s in ("insample", "static")
-                  if s in sections}  # fmt: skip
+        tables = {s: section_par(found, s == "static", args.draws)
+                  for s in ("insample", "static") if s in sections}  # fmt: skip
         if len(tables) == 2 and {"eplb_rt flashlb", "vllm-ascend FlashLB"} <= set(found):
             flashlb_check(tables["insample"], tables["static"])
         if "adapt" in sections:

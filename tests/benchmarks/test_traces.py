@@ -1,0 +1,59 @@
+"""The benchmarks' trace helpers: leave-one-out folds and their jittered draws."""
+
+import numpy as np
+import pytest
+
+from benchmarks import traces
+
+
+def _workloads():
+    rng = np.random.default_rng(3)
+    return [rng.poisson(lam, size=(2, 3, 7)).astype(np.float64) for lam in (40.0, 900.0, 25e3)]
+
+
+def test_leave_one_out_holds_out_each_workload_and_sums_the_others():
+    loads = _workloads()
+    folds = list(traces.leave_one_out(loads))
+    assert len(folds) == 3
+    for i, (train, test) in enumerate(folds):
+        others = [w.sum(0) for j, w in enumerate(loads) if j != i]
+        np.testing.assert_array_equal(train, np.stack(others))
+        assert test is loads[i]
+
+
+def test_jittered_folds_jitter_the_training_loads_only():
+    loads = _workloads()
+    exact = list(traces.leave_one_out(loads))
+    drawn = list(traces.leave_one_out(loads, np.random.default_rng(0)))
+    for (train, test), (jtrain, jtest) in zip(exact, drawn, strict=True):
+        assert jtest is test
+        assert jtrain.shape == train.shape
+        assert not np.array_equal(jtrain, train)
+
+
+def test_jitter_keeps_counts_counts_with_a_tenth_of_their_sampling_noise():
+    counts = np.full((4, 5, 301), 10_000.0)
+    out = traces.jitter(counts, np.random.default_rng(1))
+    assert np.array_equal(out, np.round(out))
+    z = (out - counts) / np.sqrt(counts)
+    assert z.std() == pytest.approx(traces.JITTER, rel=0.05)
+    assert abs(z.mean()) < 0.01
+    # Small counts stay non-negative, and zero stays zero.
+    small = np.array([[0.0, 1.0, 2.0, 3.0]])
+    assert (traces.jitter(small, np.random.default_rng(2)) >= 0).all()
+    assert traces.jitter(small, np.random.default_rng(2))[0, 0] == 0
+
+
+def test_jitter_of_a_load_that_is_not_counts_is_multiplicative():
+    load = np.random.default_rng(4).uniform(0.5, 2.0, size=(3, 4, 500))
+    out = traces.jitter(load, np.random.default_rng(5))
+    ratio = out / load - 1
+    assert ratio.std() == pytest.approx(traces.JITTER * 1e-2, rel=0.05)
+
+
+def test_jitter_is_a_function_of_the_generator():
+    load = _workloads()[1]
+    a = traces.jitter(load, np.random.default_rng(7))
+    b = traces.jitter(load, np.random.default_rng(7))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, traces.jitter(load, np.random.default_rng(8)))
