@@ -7,6 +7,10 @@ Per layer (the search kernels are numba, no GIL):
    expert's episode load, and the placement is scored on every episode at once, each pushed
    ``spread`` times further from the mean than seen -- a placement balanced on every episode is
    balanced on any mix of them, and the push covers workloads a little outside that hull.
+   Distinct workloads (three or more) show how far that is: each held out in turn lands some
+   number of the others' spreads out along their span (:func:`holdout_reach`), and they are
+   pushed no further than the mean of that -- prompt lengths on a curve land beyond its ends,
+   task mixes inside their span, and a push fitted to the one misplans the other.
    Where part of the episodes' spread is sampling noise (:func:`signal_fraction`), that part
    of the weight goes to the summed counts: the load the episodes share is then estimated from
    them and scored as one more episode, so planning for noise does not give away the fit to
@@ -96,7 +100,9 @@ class EquilibriumOptions(Options):
         count_rounds, count_width: rounds and candidate experts of the replica-count search.
         count_tol: the count search stops once the PAR is within this of 1.
         spread: plan for deviations from the mean ``spread`` times those seen (allotment at
-            ``mean + spread * std``; the swaps' episodes pushed that far from the mean).
+            ``mean + spread * std``; the swaps' episodes pushed that far from the mean); where
+            the episodes are three or more distinct workloads, at most as far as a held-out
+            one lands (:func:`holdout_reach`).
         unseen: weight (one episode's = 1) of more scored episodes: the mean moved both ways
             along :func:`unseen_axes`, the part of a workload's deviation that the others do
             not span. Only where the episodes are distinct workloads (no sampling noise seen);
@@ -341,6 +347,77 @@ def trend_rows(w, axes, share, spread, weight):
     return _unseen_ends(w, spread * axes[:1], np.ones(1), 1.0, weight)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _dot(x, y):
+    """``x . y`` in a plain loop (``np.dot`` calls BLAS, whose sums differ between CPUs)."""
+    total = 0.0
+    for i in range(x.shape[0]):
+        total += x[i] * y[i]
+    return total
+
+
+@njit(cache=True, nogil=True)
+def holdout_reach(W):
+    """How far a workload not among ``W [K, E] float64`` lands, along the others' span, in
+    units of their spread (NaN where no hold-out leaves the others a spread, e.g. ``K < 3``).
+
+    Each episode is held out in turn: the part of its deviation from the others' mean that the
+    others' deviations span, over the root mean square of those deviations along that part
+    (``2`` where it lands twice as far out as they lie); the mean over the hold-outs. Workloads
+    on a curve land beyond the ends (DeepSeek-V3's prompt lengths about 2), task and domain mixes
+    near their span (gpt-oss, OLMoE 1.2-1.4) or near the others' mean (ESFT's tasks about 0.4).
+    Plain loops in the episodes' span (:func:`~eplb_rt.algorithms.jacobi.row_reflectors`):
+    the same bits on any CPU.
+    """
+    K = W.shape[0]
+    if K < 3:
+        return np.nan
+    C, _ = row_reflectors(W)
+    m = C.shape[1]
+    tol = _RANK_TOL * max(np.sqrt(pairwise_sum(C * C)), _TINY)
+    B = np.empty((K - 1, m))  # the others' deviations from their mean
+    Q = np.empty((K - 1, m))  # an orthonormal basis of their span
+    a = np.empty(K - 1)
+    total, n = 0.0, 0
+    for i in range(K):
+        j = 0
+        for k in range(K):
+            if k != i:
+                B[j] = C[k]
+                j += 1
+        mean = column_mean(B)
+        for j in range(K - 1):
+            B[j] -= mean
+        r = 0
+        for j in range(K - 1):  # Gram-Schmidt, twice: the deviations are nearly dependent
+            v = B[j].copy()
+            for _ in range(2):
+                for t in range(r):
+                    v -= _dot(v, Q[t]) * Q[t]
+            size = np.sqrt(_dot(v, v))
+            if size > tol:
+                Q[r] = v / size
+                r += 1
+        if r == 0:
+            continue  # the others coincide: no spread to measure in
+        d = C[i] - mean
+        inside = 0.0  # |p|^2, p the part of d in the others' span
+        for t in range(r):
+            a[t] = _dot(d, Q[t])
+            inside += a[t] * a[t]
+        along = 0.0  # sum over the others of (deviation . p)^2
+        for j in range(K - 1):
+            x = 0.0
+            for t in range(r):
+                x += _dot(B[j], Q[t]) * a[t]
+            along += x * x
+        n += 1
+        if inside > tol * tol and along > 0.0:
+            # |p| over the others' root mean square along p / |p|.
+            total += inside / np.sqrt(along / (K - 1))
+    return total / n if n else np.nan
+
+
 @njit(cache=True, nogil=True)
 def scored_rows(W, w, spread, signal):
     """``[K', E] float64``: the rows a plan is scored on, from episodes ``W [K, E]`` (each
@@ -391,6 +468,11 @@ def _fresh_plan(  # noqa: PLR0917 (numba kernels take plain positional arrays)
     # noise only are one workload, best estimated by the summed counts.
     w = signal * column_mean(W) + (1.0 - signal) * now
     axes, share, seen = np.empty((0, E)), np.empty(0), 0.0
+    if K > 2 and signal == 1.0:
+        # Distinct workloads show how far a new one lands: push no further than that.
+        reach = holdout_reach(W)
+        if not np.isnan(reach):  # NaN: nothing to measure in, the option's push stands
+            spread = min(spread, reach)
     if K > 1:
         V = scored_rows(W, w, spread, signal)
         if signal == 1.0 and unseen > 0.0:
