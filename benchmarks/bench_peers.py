@@ -1,7 +1,8 @@
 """Peers side by side: the engines' own EPLB code next to every eplb_rt policy, in one process.
 
     PYTHONPATH=. python benchmarks/bench_peers.py [--sections time,insample,static,adapt,cold]
-        [--draws 10]                        # jittered draws of the static section (0: none)
+        [--draws 10] [--jitter 0.1]         # jittered draws of the static section (0: none), and
+                                            # their share of the loads' sampling noise
         [--contenders flashlb,deepseek]     # only contenders whose name contains one of these
         [--option equilibrium.spread=1 ...]  # an option of an eplb_rt policy (repeatable)
     PYTHONPATH=. python -m pytest benchmarks/bench_peers.py      # plan time, pytest-benchmark
@@ -19,7 +20,8 @@ Tables (markdown):
   DeepSeek-V3 workloads, the four ESFT tasks, the six gpt-oss subsets, the six OLMoE domains);
 * static: leave-one-out, planned on the other workloads (one episode each), scored on the one
   left out; mean over folds; then the same over ``--draws`` draws of the training loads
-  jittered by a tenth of their sampling noise (``traces.jitter``), mean +- standard error:
+  jittered by ``--jitter`` (a tenth) of their sampling noise (``traces.jitter``), mean +-
+  standard error:
   out of sample a plan is one of many near-equal ones, the exact traces pick one of them, and
   a policy tuned on those traces wins that draw more often than the next one;
 * adapt: each contender's own leave-one-out placement is in force; it re-plans on the left-out
@@ -197,10 +199,11 @@ def section_time(found, repeat: int) -> None:
               f"{ratios[0]:.2f}x | {ratios[1]:.2f}x |")  # fmt: skip
 
 
-def section_par(found, static: bool, draws: int = 0) -> dict:
+def section_par(found, static: bool, draws: int = 0, share: float = 0.1) -> dict:
     """Mean PAR per contender and trace. Leave-one-out (``static``) with ``draws``: also the mean
-    over that many draws of jittered training loads (:func:`traces.jitter`), +- its standard
-    error, the figure the goals use (the same draws for every contender)."""
+    over that many draws of training loads jittered by ``share`` of their sampling noise
+    (:func:`traces.jitter`), +- its standard error, the figure the goals use (the same draws for
+    every contender)."""
     cases = workloads()
     title = "leave-one-out, static" if static else "in sample"
     table, jittered = {}, {}
@@ -215,14 +218,14 @@ def section_par(found, static: bool, draws: int = 0) -> dict:
             if static and draws:
                 rng = np.random.default_rng(0)
                 means = [np.mean([score(run(tr, topo, None), te, topo)
-                                  for tr, te in traces.leave_one_out(loads, rng)])
+                                  for tr, te in traces.leave_one_out(loads, rng, share)])
                          for _ in range(draws)]  # fmt: skip
                 jittered[name, case] = (float(np.mean(means)), float(np.std(means, ddof=1)))
     _print_table(f"Mean PAR, {title}", found, cases, lambda n, c: f"{table[n, c]:.4f}")
     if jittered:
         _print_table(
-            f"Mean PAR, leave-one-out, static, {draws} draws of jittered training loads "
-            "(mean +- standard error)",
+            f"Mean PAR, leave-one-out, static, {draws} draws of the training loads jittered by "
+            f"{share:g} of their sampling noise (mean +- standard error)",
             found,
             cases,
             lambda n, c: f"{jittered[n, c][0]:.4f} ± {jittered[n, c][1] / np.sqrt(draws):.4f}",
@@ -322,6 +325,12 @@ def main(argv: list[str] | None = None) -> None:
         help="draws of jittered training loads for the static section's second table (0: none)",
     )
     parser.add_argument(
+        "--jitter",
+        type=float,
+        default=0.1,
+        help="the draws' share of the training loads' sampling noise (1: another sample)",
+    )
+    parser.add_argument(
         "--contenders",
         default="",
         help="comma-separated parts of contender names to run, e.g. 'flashlb' (default: all)",
@@ -343,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
         found = contenders(stack, only, parse_policy_options(args.option))
         if "time" in sections:
             section_time(found, args.repeat)
-        tables = {s: section_par(found, s == "static", args.draws)
+        tables = {s: section_par(found, s == "static", args.draws, args.jitter)
                   for s in ("insample", "static") if s in sections}  # fmt: skip
         if len(tables) == 2 and {"eplb_rt flashlb", "vllm-ascend FlashLB"} <= set(found):
             flashlb_check(tables["insample"], tables["static"])

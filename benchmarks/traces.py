@@ -115,24 +115,24 @@ def olmoe(model: str = "olmoe", domain: str = "github", top1: bool = False) -> n
     return check_load(np.array(counts[domain], dtype=np.float64))
 
 
-def leave_one_out(loads: list[np.ndarray], rng: np.random.Generator | None = None):
+def leave_one_out(
+    loads: list[np.ndarray], rng: np.random.Generator | None = None, share: float = 0.1
+):
     """``(train [k-1, L, E] one episode per workload, test [T, L, E])`` per fold of the workloads
     ``loads`` (each ``[T, L, E]``): the test workload held out, each other one summed. With
-    ``rng``, the training episodes are :func:`jitter` ed (the test workload stays exact)."""
+    ``rng``, the training episodes are :func:`jitter` ed by ``share`` (the test workload stays
+    exact)."""
     for i, test in enumerate(loads):
         train = np.stack([w.sum(0) for j, w in enumerate(loads) if j != i])
-        yield (train if rng is None else jitter(train, rng)), test
+        yield (train if rng is None else jitter(train, rng, share)), test
 
 
-JITTER = 0.1
-""":func:`jitter`'s share of the load's own sampling noise."""
-
-
-def jitter(load: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``load`` drawn again with a tenth of its sampling noise: a workload no planner can tell
-    from it. Token counts get ``JITTER * sqrt(count)`` of Gaussian noise, rounded so they stay
-    counts; a load that is not counts (its noise unknown) gets ``JITTER`` % of multiplicative
-    noise.
+def jitter(load: np.ndarray, rng: np.random.Generator, share: float = 0.1) -> np.ndarray:
+    """``load`` drawn again with ``share`` of its sampling noise. Token counts get
+    ``share * sqrt(count)`` of Gaussian noise, rounded so they stay counts; a load that is not
+    counts (its noise unknown) gets ``share`` % of multiplicative noise. A tenth (the default)
+    is a workload no planner can tell from the trace; 1 is another sample of the same workloads
+    (the trace's own noise, once more).
 
     Why: a local search turns such a difference into another of its many near-equal plans, and
     out of sample those plans differ by more than the policies do (on ESFT, OLMoE and gpt-oss
@@ -140,6 +140,6 @@ def jitter(load: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     policy's changes select its lucky plans; the mean over jittered draws does not reward luck.
     """
     if np.array_equal(load, np.round(load)):
-        noise = rng.standard_normal(load.shape) * JITTER * np.sqrt(np.maximum(load, 0.0))
+        noise = rng.standard_normal(load.shape) * share * np.sqrt(np.maximum(load, 0.0))
         return np.maximum(load + np.rint(noise), 0.0)
-    return load * (1.0 + rng.standard_normal(load.shape) * JITTER * 1e-2)
+    return load * (1.0 + rng.standard_normal(load.shape) * share * 1e-2)
