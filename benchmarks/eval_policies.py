@@ -31,6 +31,8 @@ Prints markdown tables:
    episode per workload (as ``bench_peers.py --sections static``), OLMoE, gpt-oss and ESFT at
    8x9, 16x5, 4x18, 16x6 and 8x12, DeepSeek-V3 at 32x9 and 64x5; mean PAR over layers and folds,
    and each policy's standard error over them (folds' layers differ by far more than cells);
+   with ``--draws N`` the mean over N draws of the training loads jittered by ``--jitter`` of
+   their sampling noise, and its standard error over the draws;
 9. hierarchy: DeepSeek-V3 (8 groups) on 1, 2, 4 and 8 nodes, each policy flat (1 node) and
    with its ``hierarchical`` option on: in sample, static out of sample and adapting.
 """
@@ -324,29 +326,42 @@ def cycles(names, window=8):
 SHAPES = ((8, 9), (16, 5), (4, 18), (16, 6), (8, 12))
 
 
-def shapes(names):
-    """Leave-one-out static PAR on each trace of distinct workloads at several shapes."""
+def shapes(names, draws=0, share=0.1):
+    """Leave-one-out static PAR on each trace of distinct workloads at several shapes; with
+    ``draws``, the mean over that many draws of the training loads jittered by ``share`` of their
+    sampling noise (``traces.jitter``; the same draws for every policy), +- its standard error."""
     cases = {
         "OLMoE": ([traces.olmoe(domain=d) for d in traces.OLMOE_DOMAINS], SHAPES),
         "gpt-oss": ([traces.gptoss(s) for s in traces.gptoss_subsets()], SHAPES),
         "ESFT": ([traces.esft(t) for t in traces.ESFT_TASKS], SHAPES),
         "DeepSeek-V3": ([deepseek(w) for w in DS], ((32, 9), (64, 5))),
     }
-    print("\n### Out of sample, static, by shape (leave-one-out, one episode per workload)\n")
+    over = f", {draws} draws jittered by {share:g} of the sampling noise" if draws else ""
+    title = f"Out of sample, static, by shape (leave-one-out, one episode per workload{over})"
+    print(f"\n### {title}\n")
     print("| trace | shape | " + " | ".join(names) + " |")
     print("|---|---|" + "---|" * len(names))
     for trace, (loads, topos) in cases.items():
         for d, s in topos:
             cells = []
             for n in names:
-                pars = [
-                    metrics.par(plan(n, train, Topology(d, s)), test.sum(0))
-                    for train, test in traces.leave_one_out(loads)
-                ]
-                par = np.concatenate(pars)
-                par = par[~np.isnan(par)]
+                if draws:
+                    rng = np.random.default_rng(0)
+                    means = [_static(n, traces.leave_one_out(loads, rng, share), d, s).mean()
+                             for _ in range(draws)]  # fmt: skip
+                    spread = np.std(means, ddof=1) / np.sqrt(draws) if draws > 1 else 0.0
+                    cells.append(f"{np.mean(means):.4f} ± {spread:.4f}")
+                    continue
+                par = _static(n, traces.leave_one_out(loads), d, s)
                 cells.append(f"{par.mean():.4f} ± {par.std(ddof=1) / np.sqrt(par.size):.4f}")
             print(f"| {trace} | {d}x{s} | " + " | ".join(cells) + " |")
+
+
+def _static(name, folds, d, s) -> np.ndarray:
+    """PAR of every loaded layer of every fold, the plan on the fold's training loads."""
+    topo = Topology(d, s)
+    par = np.concatenate([metrics.par(plan(name, tr, topo), te.sum(0)) for tr, te in folds])
+    return par[~np.isnan(par)]
 
 
 def hierarchical(names, nodes=(1, 2, 4, 8)):
@@ -418,6 +433,12 @@ def main() -> None:
         metavar="POLICY.KEY=VALUE",
         help="an option of a policy (repeatable, as `eplb-rt simulate --option`)",
     )
+    parser.add_argument(
+        "--draws", type=int, default=0, help="shapes: draws of jittered training loads (0: none)"
+    )
+    parser.add_argument(
+        "--jitter", type=float, default=0.1, help="the draws' share of the loads' sampling noise"
+    )
     args = parser.parse_args()
     OPTIONS.update(parse_policy_options(args.option))
     names = args.policies.split(",")
@@ -443,7 +464,7 @@ def main() -> None:
     if "exact-esft" in sections:
         exact_gap_esft()
     if "shapes" in sections:
-        shapes(names)
+        shapes(names, args.draws, args.jitter)
     if "hierarchy" in sections:
         hierarchical(names)
 
