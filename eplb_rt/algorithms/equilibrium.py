@@ -191,6 +191,17 @@ def unseen_axes(W):
     return _principal_axes(residuals, reflected_basis(reflectors), tol)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _episode_span(W):
+    """The episodes ``W [K, E]`` in their span: ``(C [K, m], V [m, E], tol)``, their coordinates
+    in an orthonormal basis of it and its reflectors (:func:`~eplb_rt.algorithms.jacobi.
+    row_reflectors`), so decompositions are K x K, not K x E; and the length under which a
+    direction is rounding against the episodes themselves. (Their norm bounds the largest
+    singular value within a factor sqrt(K), and costs no decomposition.)"""
+    C, reflectors = row_reflectors(W)
+    return C, reflectors, _RANK_TOL * max(np.sqrt(pairwise_sum(C * C)), _TINY)
+
+
 @njit(cache=True, nogil=True)
 def _unseen_residuals(W):
     """The residuals of :func:`unseen_axes` before their axes: ``(R [K, m], V [m, E], tol)``,
@@ -198,14 +209,8 @@ def _unseen_residuals(W):
     reflectors ``V`` give (:func:`~eplb_rt.algorithms.jacobi.row_reflectors`), and the
     tolerance under which a singular value is rounding."""
     K = W.shape[0]
-    # Everything happens in the span of the episodes: their coordinates C [K, m] in an
-    # orthonormal basis of it, so the decompositions are K x K, not K x E.
-    C, reflectors = row_reflectors(W)
+    C, reflectors, tol = _episode_span(W)
     m = C.shape[1]
-    # Directions shorter than this, against the episodes themselves, are rounding. (Their
-    # norm, which bounds the largest singular value within a factor sqrt(K), and costs no
-    # decomposition.)
-    tol = _RANK_TOL * max(np.sqrt(pairwise_sum(C * C)), _TINY)
     U, s, Vt = row_svd(C - column_mean(C))
     live = 0
     while live < K and s[live] > tol:
@@ -366,15 +371,13 @@ def holdout_reach(W):
     (``2`` where it lands twice as far out as they lie); the mean over the hold-outs. Workloads
     on a curve land beyond the ends (DeepSeek-V3's prompt lengths about 2), task and domain mixes
     near their span (gpt-oss, OLMoE 1.2-1.4) or near the others' mean (ESFT's tasks about 0.4).
-    Plain loops in the episodes' span (:func:`~eplb_rt.algorithms.jacobi.row_reflectors`):
-    the same bits on any CPU.
+    Plain loops in the episodes' span (:func:`_episode_span`): the same bits on any CPU.
     """
     K = W.shape[0]
     if K < 3:
         return np.nan
-    C, _ = row_reflectors(W)
+    C, _, tol = _episode_span(W)
     m = C.shape[1]
-    tol = _RANK_TOL * max(np.sqrt(pairwise_sum(C * C)), _TINY)
     B = np.empty((K - 1, m))  # the others' deviations from their mean
     Q = np.empty((K - 1, m))  # an orthonormal basis of their span
     a = np.empty(K - 1)
@@ -468,10 +471,10 @@ def _fresh_plan(  # noqa: PLR0917 (numba kernels take plain positional arrays)
     # noise only are one workload, best estimated by the summed counts.
     w = signal * column_mean(W) + (1.0 - signal) * now
     axes, share, seen = np.empty((0, E)), np.empty(0), 0.0
-    if K > 2 and signal == 1.0:
+    if signal == 1.0:
         # Distinct workloads show how far a new one lands: push no further than that.
         reach = holdout_reach(W)
-        if not np.isnan(reach):  # NaN: nothing to measure in, the option's push stands
+        if not np.isnan(reach):  # NaN (under three, or no spread): the option's push stands
             spread = min(spread, reach)
     if K > 1:
         V = scored_rows(W, w, spread, signal)
