@@ -172,35 +172,23 @@ def sampled(names, draws=4, tokens=200_000):
         print(f"| {n} | " + " | ".join(f"{x:.4f}" for x in res) + " |")
 
 
-def adapting(names):
-    loads = [deepseek(w) for w in DS]
-    topo = Topology(32, 9)
-    print(
-        "\n### Adapting with --previous (DeepSeek-V3 32x9; previous fit on the other three "
-        "workloads; PAR on the new one): the policy alone at its default options, and through "
-        "the pipeline (`planning.decide` at the default `CostModel`, horizon = the load's rows, "
-        "as `plan --previous`)\n"
-    )
-    print("| policy | PAR | moved fraction | pipeline PAR | pipeline moved fraction |")
-    print("|---|---|---|---|---|")
-    for n in names:
-        prevs = _leave_one_out_plans(n, loads, topo)
-        par, moved, piped, piped_moved = _replans(n, loads, prevs, topo)
-        print(f"| {n} | {par:.4f} | {moved:.1%} | {piped:.4f} | {piped_moved:.1%} |")
+def adapting(names, sigmas=(0.0,)):
+    """Re-plans with a placement in force, after a phase change of ``sigma`` (0: none).
 
-
-def shifted(names, sigmas=(0.2, 0.4, 0.7)):
-    """Adapting after a phase change: each new workload's expert loads times a lognormal factor.
-
-    A proxy for workloads of another phase (decode after prefill) that the repository does not
-    ship: the prompt lengths move an expert's share by a few per cent, a phase change by tens.
+    DeepSeek-V3 32x9: each workload's previous placement is fitted on the other three; with
+    ``sigma``, the new workload's load of each expert in each layer is multiplied by
+    ``exp(sigma * N(0, 1))`` (seeded), a proxy for another phase (decode after prefill) that
+    the repository does not ship: the prompt lengths move an expert's share by a few per cent,
+    a phase change by tens.
     """
     loads = [deepseek(w) for w in DS]
     topo = Topology(32, 9)
     print(
-        "\n### Adapting after a phase change (DeepSeek-V3 32x9; previous fit on the other three "
-        "workloads; the new one with each expert's load per layer times exp(sigma * N(0, 1)), "
-        "seeded): PAR of the placement in force, then as in *Adapting*\n"
+        "\n### Adapting with --previous (DeepSeek-V3 32x9; previous fit on the other three "
+        "workloads; the new one's expert loads times exp(sigma * N(0, 1)), seeded; PAR on it): "
+        "the placement in force, the policy alone at its default options, and through the "
+        "pipeline (`planning.decide` at the default `CostModel`, horizon = the load's rows, as "
+        "`plan --previous`)\n"
     )
     print("| policy | sigma | in force PAR | PAR | moved | pipeline PAR | pipeline moved |")
     print("|---|---|---|---|---|---|---|")
@@ -492,7 +480,7 @@ def main() -> None:
     if "adapt" in sections:
         adapting(names)
     if "shift" in sections:
-        shifted(names)
+        adapting(names, sigmas=(0.2, 0.4, 0.7))
     if "frontier" in sections:
         frontier()
     if "cycles" in sections:
