@@ -208,22 +208,16 @@ def _unseen_residuals(W):
     row ``i`` of ``R`` episode ``i``'s residual in the basis of the episodes' span that the
     reflectors ``V`` give (:func:`~eplb_rt.algorithms.jacobi.row_reflectors`), and the
     tolerance under which a singular value is rounding."""
+    K = W.shape[0]
     C, reflectors, tol = _episode_span(W)
-    return _span_residuals(C, tol), reflectors, tol
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _span_residuals(C, tol):
-    """``R [K, m]`` of :func:`_unseen_residuals` from the episodes' coordinates ``C [K, m]`` in
-    their span and the rounding tolerance (:func:`_episode_span`)."""
-    K, m = C.shape
+    m = C.shape[1]
     U, s, Vt = row_svd(C - column_mean(C))
     live = 0
     while live < K and s[live] > tol:
         live += 1
     residuals = np.zeros((K, m))
     if live == 0:
-        return residuals
+        return residuals, reflectors, tol
     # Held out, episode i leaves the others' span one dimension short of all episodes' span,
     # or not at all. If short, its residual lies along the dual vector Y_i of the centred
     # episodes X (Gram matrix G = U s^2 U^T, so Y = G^+ X = U s^-1 Vt on the live directions):
@@ -261,7 +255,7 @@ def _span_residuals(C, tol):
             coef = U[i, k] / s[k] / diagonal
             for x in range(m):
                 residuals[i, x] += coef * Vt[k, x]
-    return residuals
+    return residuals, reflectors, tol
 
 
 @njit(cache=True, nogil=True)
@@ -294,15 +288,8 @@ def unseen_signal(W, noise):
     """:func:`unseen_axes` of ``W [K, E]`` where they are not mostly sampling noise (``noise``:
     the episodes' :func:`sampling_noise`): ``(axes [r, E], share [r], seen)``, ``seen`` the
     part of their energy that is not noise; ``r = 0`` where that part is under half."""
-    C, reflectors, tol = _episode_span(W)
-    return _span_unseen_signal(C, reflectors, tol, noise, W.shape[1])
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _span_unseen_signal(C, reflectors, tol, noise, E):
-    """:func:`unseen_signal` from the episodes' span (:func:`_episode_span`) of ``E`` experts."""
-    K = C.shape[0]
-    residuals = _span_residuals(C, tol)
+    K, E = W.shape
+    residuals, reflectors, tol = _unseen_residuals(W)
     # A held-out episode's residual carries its own noise and that of the others' mean. Its
     # energy is the residuals' (an orthonormal basis keeps lengths; the axes drop only rounding):
     # where that says noise by a margin far above rounding, the axes are not formed at all (most
@@ -386,18 +373,11 @@ def holdout_reach(W):
     near their span (gpt-oss, OLMoE 1.2-1.4) or near the others' mean (ESFT's tasks about 0.4).
     Plain loops in the episodes' span (:func:`_episode_span`): the same bits on any CPU.
     """
-    if W.shape[0] < 3:
-        return np.nan
-    C, _, tol = _episode_span(W)
-    return _span_reach(C, tol)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _span_reach(C, tol):
-    """:func:`holdout_reach` from the episodes' span (:func:`_episode_span`)."""
-    K, m = C.shape
+    K = W.shape[0]
     if K < 3:
         return np.nan
+    C, _, tol = _episode_span(W)
+    m = C.shape[1]
     B = np.empty((K - 1, m))  # the others' deviations from their mean
     Q = np.empty((K - 1, m))  # an orthonormal basis of their span
     a = np.empty(K - 1)
@@ -491,18 +471,15 @@ def _fresh_plan(  # noqa: PLR0917 (numba kernels take plain positional arrays)
     # noise only are one workload, best estimated by the summed counts.
     w = signal * column_mean(W) + (1.0 - signal) * now
     axes, share, seen = np.empty((0, E)), np.empty(0), 0.0
+    if signal == 1.0:
+        # Distinct workloads show how far a new one lands: push no further than that.
+        reach = holdout_reach(W)
+        if not np.isnan(reach):  # NaN (under three, or no spread): the option's push stands
+            spread = min(spread, reach)
     if K > 1:
-        distinct = signal == 1.0
-        if distinct:
-            # Distinct workloads show how far a new one lands: push no further than that. The
-            # reach and the unseen axes are both formed in the episodes' span.
-            C, reflectors, tol = _episode_span(W)
-            reach = _span_reach(C, tol)
-            if not np.isnan(reach):  # NaN (under three, or no spread): the option's push stands
-                spread = min(spread, reach)
         V = scored_rows(W, w, spread, signal)
-        if distinct and unseen > 0.0:
-            axes, share, seen = _span_unseen_signal(C, reflectors, tol, noise, E)
+        if signal == 1.0 and unseen > 0.0:
+            axes, share, seen = unseen_signal(W, noise)
             trend = trend_rows(w, axes, share, spread, unseen) if K > 2 else np.empty((0, E))
             if trend.shape[0]:
                 V = np.vstack((V, trend))
