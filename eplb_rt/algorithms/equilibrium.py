@@ -472,7 +472,10 @@ def _fresh_plan(  # noqa: PLR0917 (numba kernels take plain positional arrays)
     w = signal * column_mean(W) + (1.0 - signal) * now
     axes, share, seen = np.empty((0, E)), np.empty(0), 0.0
     if signal == 1.0:
-        # Distinct workloads show how far a new one lands: push no further than that.
+        # Distinct workloads show how far a new one lands: push no further than that. (The reach
+        # and the unseen axes each factor the episodes' span. Formed once and passed to inlined
+        # kernels, it saves 0.3 ms in 58 layers, but the public kernels would no longer be
+        # compiled as the plan's callees, so the shipped cache would lack them.)
         reach = holdout_reach(W)
         if not np.isnan(reach):  # NaN (under three, or no spread): the option's push stands
             spread = min(spread, reach)
