@@ -196,13 +196,19 @@ def adapting(names, sigmas=(0.0,)):
         prevs = _leave_one_out_plans(n, loads, topo)
         for sigma in sigmas:
             rng = np.random.default_rng(7)
-            news = [np.rint(x * np.exp(sigma * rng.standard_normal(x.shape[1:]))) for x in loads]
+            news = [phase_change(x, sigma, rng) for x in loads]
             before = np.mean([_par(p, x.sum(0)) for p, x in zip(prevs, news, strict=True)])
             par, moved, piped, piped_moved = _replans(n, news, prevs, topo)
             print(
                 f"| {n} | {sigma:g} | {before:.4f} | {par:.4f} | {moved:.1%} "
                 f"| {piped:.4f} | {piped_moved:.1%} |"
             )
+
+
+def phase_change(load: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """``load [T, L, E]`` (token counts) with each expert's load in each layer multiplied by
+    ``exp(sigma * N(0, 1))``, the same factor at every step, rounded to whole counts."""
+    return np.rint(load * np.exp(sigma * rng.standard_normal(load.shape[1:])))
 
 
 def _leave_one_out_plans(name, loads, topo):
