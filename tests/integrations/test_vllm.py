@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import logging
 import sys
+import types
 from importlib.metadata import EntryPoint
 
 import numpy as np
@@ -167,6 +168,24 @@ def test_vllms_plugin_loader_runs_our_entry_point(vllm, monkeypatch, tmp_path):
     monkeypatch.setattr(ours.importlib.util, "find_spec", lambda name: None)  # no vllm-ascend
     monkeypatch.setenv("EPLB_RT_POLICY", "flashlb")
     vllm.plugins.load_general_plugins()
+    assert issubclass(table["default"], ours.EplbRtPolicy) and table["default"].policy == "flashlb"
+
+
+def test_a_registry_behind_a_lazy_alias_is_the_one_written(vllm, monkeypatch):
+    """vLLM's main branch moves ``vllm.distributed.eplb.policy`` to ``vllm.backends...`` and
+    leaves at the old path a module that forwards attribute reads (module ``__getattr__``):
+    the plugin must change the real table in place, not bind a name on the alias."""
+    real = vllm.policy
+    alias = types.ModuleType("vllm.distributed.eplb.policy")
+    alias.__getattr__ = lambda name: getattr(real, name)
+    monkeypatch.setattr(sys.modules["vllm.distributed.eplb"], "policy", alias)
+    monkeypatch.setitem(sys.modules, "vllm.distributed.eplb.policy", alias)
+    table = real.EPLB_POLICIES
+    monkeypatch.setitem(table, "default", table["default"])
+    monkeypatch.setattr(ours.importlib.util, "find_spec", lambda name: None)  # no vllm-ascend
+    monkeypatch.setenv("EPLB_RT_POLICY", "flashlb")
+    ours.register()
+    assert "EPLB_POLICIES" not in vars(alias)
     assert issubclass(table["default"], ours.EplbRtPolicy) and table["default"].policy == "flashlb"
 
 
