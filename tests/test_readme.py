@@ -1,0 +1,35 @@
+"""The README's self-contained example (ops and placements) runs as printed and gives the values
+its comments state."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _ops_example() -> str:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    (block,) = [b for b in blocks if "from eplb_rt import Placement, Topology, formats, ops" in b]
+    return block
+
+
+def test_the_ops_example_runs_and_its_comments_hold(tmp_path):
+    code = _ops_example().replace('"/tmp/new_placement.json"', repr(str(tmp_path / "p.json")))
+    scope: dict = {}
+    exec(compile(code, str(README), "exec"), scope)
+
+    placement, new = scope["placement"], scope["new"]
+    np.testing.assert_array_equal(placement.phy2log[0], [0, 1, 2, 3, 4, 5, 6, 7, 0, 1])
+    np.testing.assert_array_equal(scope["phy_ids"].numpy(), [[0, 3], [8, -1], [1, 7]])
+    np.testing.assert_array_equal(scope["heat"][0].nonzero().flatten().numpy(), [0, 1, 3, 7, 8])
+    np.testing.assert_array_equal(scope["w"].sum(1).numpy(), [0, 3, 0, 0, 3])
+    # the routing tables now hold the new placement's
+    np.testing.assert_array_equal(scope["log2phy"].numpy(), new.log2phy(2)[0])
+    np.testing.assert_array_equal(scope["logcnt"].numpy(), new.logcnt[0])
+    np.testing.assert_array_equal(new.moves(placement), [4])
+    np.testing.assert_array_equal(new.expert_map(rank=1)[0], [0, 4, -1, -1, -1, 1, 2, 3])
+    assert (tmp_path / "p.json").is_file()
