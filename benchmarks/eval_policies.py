@@ -19,6 +19,8 @@ Prints markdown tables:
    default prices; PAR on it and moved fraction (mean over the four); ``shift`` (not in the
    default list): the same after a phase change, each expert's load on the new workload times
    a lognormal factor (a proxy for decode after prefill, which the repository does not ship);
+   ``window`` (not in the default list): the same re-plans from a short window of sampled
+   steps of the new workload (mostly sampling noise), PAR on its whole load;
 4. the frontier, PAR against moved slots for each ``move_cost``: DeepSeek-V3 32x9 (previous
    fitted on three workloads, re-plan on the fourth, mean of the four) and ESFT 8x9 task
    switches (previous fitted on one task, re-plan on the next); only the stable API is used, so
@@ -219,21 +221,61 @@ def _leave_one_out_plans(name, loads, topo):
     ]
 
 
-def _replans(name, news, prevs, topo):
+def _replans(name, news, prevs, topo, truths=None):
     """Mean over the re-plans of ``news[i]`` from ``prevs[i]``: ``(PAR, moved fraction)`` of the
     policy alone, then through the pipeline (`planning.decide` at the default `CostModel`,
-    horizon = the load's rows)."""
+    horizon = the load's rows); PAR on ``truths[i] [L, E]`` (default: ``news[i]`` summed)."""
+    truths = [x.sum(0) for x in news] if truths is None else truths
     pars, moved, piped, piped_moved = [], [], [], []
-    for new, prev in zip(news, prevs, strict=True):
+    for new, prev, truth in zip(news, prevs, truths, strict=True):
         p = plan(name, new, topo, previous=prev)
-        pars.append(_par(p, new.sum(0)))
+        pars.append(_par(p, truth))
         moved.append(p.moved_fraction(prev))
         d = planning.decide(
             new, prev, topo, name, OPTIONS.get(name), cost=planning.CostModel(), horizon=len(new)
         )
-        piped.append(_par(d.placement, new.sum(0)))
+        piped.append(_par(d.placement, truth))
         piped_moved.append(d.placement.moved_fraction(prev))
     return np.mean(pars), np.mean(moved), np.mean(piped), np.mean(piped_moved)
+
+
+def short_window(names, sigmas=(0.0, 0.4), volumes=(2_000, 20_000, 200_000), steps=16):
+    """Re-plans from a short window: ``adapting``'s cases, but the policy sees only ``steps``
+    steps of ``volume`` counts a layer drawn from the new workload (multinomial, seeded), and
+    PAR is scored on the new workload's whole load. A window this short is mostly sampling
+    noise: what a re-plan buys there, and what fitting the noise costs."""
+    loads = [deepseek(w) for w in DS]
+    topo = Topology(32, 9)
+    print(
+        f"\n### Adapting from a short window (DeepSeek-V3 32x9; previous fit on the other three "
+        f"workloads; the re-plan sees {steps} steps of `volume` counts a layer drawn from the "
+        "new one, after a phase change of sigma; PAR on the new one's whole load)\n"
+    )
+    columns = (
+        "policy",
+        "sigma",
+        "volume",
+        "in force PAR",
+        "PAR",
+        "moved",
+        "pipeline PAR",
+        "pipeline moved",
+    )
+    print("| " + " | ".join(columns) + " |\n" + "|---" * len(columns) + "|")
+    for n in names:
+        prevs = _leave_one_out_plans(n, loads, topo)
+        for sigma in sigmas:
+            rng = np.random.default_rng(7)  # as ``adapting``: the same phase changes
+            truths = [phase_change(x, sigma, rng).sum(0) for x in loads]
+            before = np.mean([_par(p, x) for p, x in zip(prevs, truths, strict=True)])
+            for volume in volumes:
+                rng = np.random.default_rng(3)
+                windows = [traces.sample_tokens(x, steps, volume, rng) for x in truths]
+                par, moved, piped, piped_moved = _replans(n, windows, prevs, topo, truths)
+                print(
+                    f"| {n} | {sigma:g} | {volume:,} | {before:.4f} | {par:.4f} | {moved:.1%} "
+                    f"| {piped:.4f} | {piped_moved:.1%} |"
+                )
 
 
 def frontier(policy="equilibrium", costs=(1.6e-3, 3.2e-3, 6.4e-3, 0.01, 0.015, 0.032, 0.064)):
@@ -487,6 +529,8 @@ def main() -> None:
         adapting(names)
     if "shift" in sections:
         adapting(names, sigmas=(0.2, 0.4, 0.7))
+    if "window" in sections:
+        short_window(names)
     if "frontier" in sections:
         frontier()
     if "cycles" in sections:
