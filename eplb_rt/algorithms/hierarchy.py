@@ -185,17 +185,6 @@ def split(batch: Layers, topology: Topology, ids: np.ndarray) -> Split:
     return Split(sub, flat, known)
 
 
-def _take(layers: Layers, mask: np.ndarray, with_previous: bool) -> Layers:
-    """The sub-problems of ``mask``, with or without their previous slots."""
-    keep = with_previous and layers.previous is not None
-    share = layers.previous_share
-    return type(layers)(
-        layers.episodes[mask], layers.load[mask], layers.previous[mask] if keep else None,
-        share[mask] if keep and share is not None else None, layers.index[mask],
-        layers.tokens[mask], layers.steps, layers.counts,
-    )  # fmt: skip
-
-
 def solve(parts: Split, topology: Topology, options: Any, run: Run):
     """Every sub-problem planned (those with known previous slots in one call, the others in
     another) and put back together: ``(rows [L, P] int64, shares [L, P] or None)``."""
@@ -208,7 +197,7 @@ def solve(parts: Split, topology: Topology, options: Any, run: Run):
         mask = parts.known if with_previous else ~parts.known
         if not mask.any():
             continue
-        rows, got = run(_take(parts.layers, mask, with_previous), node, options)
+        rows, got = run(parts.layers.take(mask, with_previous), node, options)
         local[mask] = rows
         if got is not None:
             if shares is None:
@@ -242,7 +231,7 @@ def plan(batch: Layers, topology: Topology, options: Any, run: Run):
     if not moved.any() or not hasattr(options, "move_cost"):
         return rows, shares
     # Layers whose groups would change node: also plan them with the groups where they are.
-    sub = _take(batch, moved, with_previous=True)
+    sub = batch.take(moved)
     kept_rows, kept_shares = _aligned(*placed(sub, held[moved]), sub.previous, topology, E)
     D, P = topology.num_ranks, topology.num_slots
     new_shares = None if shares is None else shares[moved]

@@ -92,6 +92,27 @@ class Layers:
             self.counts,
         )
 
+    def take(self, which: np.ndarray, with_previous: bool = True) -> Layers:
+        """The layers ``which`` (a mask or indices), with or without their previous slots."""
+        keep = with_previous and self.previous is not None
+        share = self.previous_share
+        return Layers(
+            self.episodes[which], self.load[which], self.previous[which] if keep else None,
+            share[which] if keep and share is not None else None, self.index[which],
+            self.tokens[which], self.steps, self.counts,
+        )  # fmt: skip
+
+    def of_episodes(self, which: np.ndarray) -> Layers:
+        """The same layers with only the episodes ``which`` (indices): the load is their sum."""
+        tokens = np.ascontiguousarray(self.tokens[:, which])
+        return dataclasses.replace(
+            self,
+            episodes=np.ascontiguousarray(self.episodes[:, which]),
+            load=normalise(tokens.sum(axis=1)),
+            tokens=tokens,
+            steps=self.steps[which],
+        )
+
     @classmethod
     def of(cls, layer: Layer) -> Layers:
         """A stack of the one ``layer``."""
