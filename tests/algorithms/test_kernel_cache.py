@@ -135,9 +135,9 @@ def test_every_kernel_caches_in_the_package_and_releases_the_gil():
 @pytest.mark.slow
 @pytest.mark.parametrize("cpu", ["this CPU", "another CPU"])
 def test_fresh_process_plans_and_replans_without_compiling(tmp_path, cpu):
-    """An empty NUMBA_CACHE_DIR: the default policy's first plan and first re-plan through the
-    pipeline load every kernel from the package, also on a CPU the build did not compile for
-    (the portable entries)."""
+    """An empty NUMBA_CACHE_DIR: the default policy's first plan, first re-plan through the
+    pipeline and a re-plan checked out of sample load every kernel from the package, also on a
+    CPU the build did not compile for (the portable entries)."""
     # Brings the package's cache up to date (a load when setup.py filled it).
     fill = f"from eplb_rt.algorithms import warm_up; warm_up([{DEFAULT!r}])"
     run_fresh("eplb_rt.", fill, tmp_path / "fill")
@@ -157,6 +157,11 @@ def test_fresh_process_plans_and_replans_without_compiling(tmp_path, cpu):
         first = plan({DEFAULT!r}, load, Topology(8, 5))
         planning.decide(load[::-1].astype(np.float32), first, Topology(8, 5), {DEFAULT!r}, None,
                         cost=planning.CostModel(), horizon=50)
+        # A window of a few counts a step: its re-plan is checked on halves of the window.
+        shares = load.sum(0) / load.sum(0).sum(-1, keepdims=True)
+        rng = np.random.default_rng(2)
+        window = np.stack([[rng.multinomial(300, p) for p in shares] for _ in range(16)])
+        plan({DEFAULT!r}, window, Topology(8, 5), previous=first)
         """,
         user_cache,
         **env,
