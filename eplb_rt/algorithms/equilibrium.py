@@ -684,22 +684,11 @@ def paid_out_of_sample(
     """
     previous = layers.previous
     D, mc = topo.num_ranks, opts.move_cost
-
-    def gain(fitted: np.ndarray, prev: np.ndarray, load: np.ndarray) -> float:
-        moved = np.count_nonzero(fitted != prev)
-        return row_par(prev, load[None], D) - row_par(fitted, load[None], D) - mc * moved / D
-
-    def noisy(j: int) -> bool:
-        """Whether layer ``j``'s episodes differ mostly by sampling noise and its gain is within
-        what that noise could show."""
-        W, counts = layers.episodes[j], layers.tokens[j]
-        if signal_fraction(W, sampling_noise(W, counts.sum(axis=1))) >= _MOSTLY_NOISE:
-            return False
-        reach = noise_reach(previous[j], counts.sum(axis=0), D)
-        return gain(rows[j], previous[j], layers.load[j]) <= reach
-
-    changed = np.flatnonzero((rows != previous).any(axis=1))
-    suspect = np.array([j for j in changed if layers.counts and noisy(j)], dtype=np.int64)
+    if not layers.counts:
+        return rows
+    suspect = np.flatnonzero(
+        _noisy_layers(rows, previous, layers.episodes, layers.tokens, layers.load, D, mc)
+    )
     if suspect.size == 0:
         return rows
     sub = layers.take(suspect)
@@ -708,30 +697,73 @@ def paid_out_of_sample(
     held_out = np.zeros(suspect.size)
     for fit, judge in (halves, halves[::-1]):
         fitted, _ = _plan_layers(sub.of_episodes(fit), topo, opts)
-        judged = sub.of_episodes(judge).load
-        for i in range(suspect.size):
-            held_out[i] += gain(fitted[i], sub.previous[i], judged[i])
+        held_out += _gains(fitted, sub.previous, sub.of_episodes(judge).load, D, mc)
     out = rows.copy()
     kept = suspect[held_out <= 0.0]
     out[kept] = previous[kept]
     return out
 
 
-def noise_reach(row: np.ndarray, counts: np.ndarray, num_ranks: int) -> float:
-    """The PAR a plan fitted to ``counts [E]`` (token counts summed over the window) can seem
-    to gain over ``row [P]`` from sampling noise alone: ``2 sqrt(2 ln D)`` times the standard
-    deviation of ``row``'s largest rank load (an expert's count is Poisson: a replica's share
-    of it varies by ``count / replicas^2``), over the mean rank load. Noise lifts the placement
-    in force's peak by about ``sqrt(2 ln D)`` of those, and the fitted plan is lowered by as
-    much."""
-    total = counts.sum()
-    if total <= 0:
+@njit(cache=True, nogil=True)
+def _gains(rows, previous, load, num_ranks, move_cost):
+    """``[L]``: what each layer's ``rows [L, P]`` gain over ``previous [L, P]`` on ``load
+    [L, E]``: the fall of PAR less ``move_cost`` a moved slot per rank."""
+    L, P = rows.shape
+    out = np.empty(L)
+    for j in range(L):
+        moved = 0
+        for p in range(P):
+            moved += rows[j, p] != previous[j, p]
+        w = load[j : j + 1]
+        out[j] = row_par(previous[j], w, num_ranks) - row_par(rows[j], w, num_ranks)
+        out[j] -= move_cost * moved / num_ranks
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _noisy_layers(rows, previous, episodes, tokens, load, num_ranks, move_cost):  # noqa: PLR0917
+    """``[L] bool``: the changed layers of ``rows [L, P]`` whose episodes (``episodes``,
+    ``tokens [L, K, E]``) differ mostly by sampling noise and whose gain over ``previous`` on
+    ``load [L, E]`` (:func:`_gains`) is within what that noise could show (:func:`noise_reach`)."""
+    L = rows.shape[0]
+    gains = _gains(rows, previous, load, num_ranks, move_cost)
+    out = np.zeros(L, dtype=np.bool_)
+    for j in range(L):
+        if (rows[j] == previous[j]).all():
+            continue
+        W, counts = episodes[j], tokens[j]
+        volume = np.empty(counts.shape[0])
+        for k in range(counts.shape[0]):
+            volume[k] = pairwise_sum(counts[k])
+        if signal_fraction(W, sampling_noise(W, volume)) >= _MOSTLY_NOISE:
+            continue
+        summed = np.zeros(counts.shape[1])
+        for k in range(counts.shape[0]):
+            summed += counts[k]
+        out[j] = gains[j] <= noise_reach(previous[j], summed, num_ranks)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def noise_reach(row, counts, num_ranks):
+    """The PAR a plan fitted to ``counts [E] float64`` (token counts summed over the window) can
+    seem to gain over ``row [P] int64`` from sampling noise alone: ``2 sqrt(2 ln D)`` times the
+    standard deviation of ``row``'s largest rank load (an expert's count is Poisson: a replica's
+    share of it varies by ``count / replicas^2``), over the mean rank load. Noise lifts the
+    placement in force's peak by about ``sqrt(2 ln D)`` of those, and the fitted plan is lowered
+    by as much."""
+    total = pairwise_sum(counts)
+    if total <= 0.0:
         return 0.0
-    replicas = np.bincount(row, minlength=counts.shape[0])
+    replicas = np.zeros(counts.shape[0])
+    for p in range(row.shape[0]):
+        replicas[row[p]] += 1.0
     # row_rank_loads divides by the replicas once more: each rank sums count / replicas^2.
-    variance = row_rank_loads(row, (counts / np.maximum(replicas, 1))[None], num_ranks)[0]
-    spread = np.sqrt(variance.max()) * num_ranks / total
-    return 2.0 * np.sqrt(2.0 * np.log(num_ranks)) * spread
+    per_replica = np.empty((1, counts.shape[0]))
+    for e in range(counts.shape[0]):
+        per_replica[0, e] = counts[e] / max(replicas[e], 1.0)
+    variance = row_rank_loads(row, per_replica, num_ranks)[0]
+    return 2.0 * np.sqrt(2.0 * np.log(num_ranks)) * np.sqrt(variance.max()) * num_ranks / total
 
 
 def _plan_layers(
