@@ -654,8 +654,8 @@ def plan_layers(
     layers: Layers, topo: Topology, opts: EquilibriumOptions
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Every planned layer at once: ``(rows [L', P] int64, shares [L', P] or None)``; with a
-    placement in force and two or more episodes, only the layers whose moves pay out of sample
-    (:func:`paid_out_of_sample`) move."""
+    placement in force, two or more episodes and no shares, a layer whose re-plan may be
+    fitting noise moves only where its moves pay out of sample (:func:`paid_out_of_sample`)."""
     rows, shares = _plan_layers(layers, topo, opts)
     if layers.previous is not None and shares is None and layers.episodes.shape[1] > 1:
         rows = paid_out_of_sample(rows, layers, topo, opts)
@@ -682,10 +682,10 @@ def paid_out_of_sample(
     the whole workload, moving 12 % of its slots; checked, 1.027 with 0.4 %, while a real phase
     change moves as much as before (BENCHMARKS §3).
     """
-    previous = layers.previous
-    D, mc = topo.num_ranks, opts.move_cost
     if not layers.counts:
         return rows
+    previous = layers.previous
+    D, mc = topo.num_ranks, opts.move_cost
     suspect = np.flatnonzero(
         _noisy_layers(rows, previous, layers.episodes, layers.tokens, layers.load, D, mc)
     )
