@@ -54,8 +54,9 @@ from numba import njit
 from eplb_rt.algorithms.align import align_order, align_row
 from eplb_rt.algorithms.episode_moves import greedy_moves_rows
 from eplb_rt.algorithms.jacobi import reflected_basis, row_reflectors, row_svd
-from eplb_rt.algorithms.local_search import balance_swaps, greedy_moves, swap_search
+from eplb_rt.algorithms.local_search import _moved_slots, balance_swaps, greedy_moves, swap_search
 from eplb_rt.algorithms.metrics import row_par, row_rank_loads
+from eplb_rt.algorithms.packing import counts_from_row
 from eplb_rt.algorithms.registry import Layer, Layers, Options, option, register
 from eplb_rt.algorithms.replicas import LPT, allot_replicas, construct, count_search
 from eplb_rt.algorithms.shares import balanced_slot_shares, min_max_rank_load, open_bottleneck
@@ -157,6 +158,15 @@ def sampling_noise(W, volume):
     for k in range(K):
         inverse[k] = 1.0 / max(volume[k], 1.0)
     return pairwise_sum(w * (1.0 - w)) * (pairwise_sum(inverse) / K)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _volumes(tokens):
+    """``[K]``: the counts each episode of ``tokens [K, E]`` was summed from."""
+    volume = np.empty(tokens.shape[0])
+    for k in range(tokens.shape[0]):
+        volume[k] = pairwise_sum(tokens[k])
+    return volume
 
 
 @njit(cache=True, nogil=True)
@@ -467,9 +477,7 @@ def _fresh_plan(  # noqa: PLR0917 (numba kernels take plain positional arrays)
     any :func:`trend_rows`; none for one episode).
     """
     K, E = W.shape
-    volume = np.empty(K if counts_given else 0)
-    for k in range(volume.shape[0]):
-        volume[k] = pairwise_sum(tokens[k])
+    volume = _volumes(tokens) if counts_given else np.empty(0)
     # One noise estimate per layer: it decides the summed counts' weight and the unseen episodes.
     noise = sampling_noise(W, volume)
     signal = signal_fraction(W, noise)
@@ -693,30 +701,31 @@ def paid_out_of_sample(
         return rows
     sub = layers.take(suspect)
     K = sub.episodes.shape[1]
-    halves = (np.arange(0, K, 2), np.arange(1, K, 2))
+    halves = [sub.of_episodes(np.arange(first, K, 2)) for first in (0, 1)]
     held_out = np.zeros(suspect.size)
     for fit, judge in (halves, halves[::-1]):
-        fitted, _ = _plan_layers(sub.of_episodes(fit), topo, opts)
-        held_out += _gains(fitted, sub.previous, sub.of_episodes(judge).load, D, mc)
+        fitted, _ = _plan_layers(fit, topo, opts)
+        held_out += _gains(fitted, sub.previous, judge.load, D, mc)
     out = rows.copy()
     kept = suspect[held_out <= 0.0]
     out[kept] = previous[kept]
     return out
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _gain(row, previous, load, num_ranks, move_cost):
+    """What ``row [P]`` gains over ``previous [P]`` on ``load [1, E]``: the fall of PAR less
+    ``move_cost`` a moved slot per rank."""
+    fall = row_par(previous, load, num_ranks) - row_par(row, load, num_ranks)
+    return fall - move_cost * _moved_slots(row, previous) / num_ranks
+
+
 @njit(cache=True, nogil=True)
 def _gains(rows, previous, load, num_ranks, move_cost):
-    """``[L]``: what each layer's ``rows [L, P]`` gain over ``previous [L, P]`` on ``load
-    [L, E]``: the fall of PAR less ``move_cost`` a moved slot per rank."""
-    L, P = rows.shape
-    out = np.empty(L)
-    for j in range(L):
-        moved = 0
-        for p in range(P):
-            moved += rows[j, p] != previous[j, p]
-        w = load[j : j + 1]
-        out[j] = row_par(previous[j], w, num_ranks) - row_par(rows[j], w, num_ranks)
-        out[j] -= move_cost * moved / num_ranks
+    """``[L]``: :func:`_gain` of each layer of ``rows``, ``previous [L, P]`` on ``load [L, E]``."""
+    out = np.empty(rows.shape[0])
+    for j in range(rows.shape[0]):
+        out[j] = _gain(rows[j], previous[j], load[j : j + 1], num_ranks, move_cost)
     return out
 
 
@@ -724,23 +733,19 @@ def _gains(rows, previous, load, num_ranks, move_cost):
 def _noisy_layers(rows, previous, episodes, tokens, load, num_ranks, move_cost):  # noqa: PLR0917
     """``[L] bool``: the changed layers of ``rows [L, P]`` whose episodes (``episodes``,
     ``tokens [L, K, E]``) differ mostly by sampling noise and whose gain over ``previous`` on
-    ``load [L, E]`` (:func:`_gains`) is within what that noise could show (:func:`noise_reach`)."""
-    L = rows.shape[0]
-    gains = _gains(rows, previous, load, num_ranks, move_cost)
-    out = np.zeros(L, dtype=np.bool_)
-    for j in range(L):
-        if (rows[j] == previous[j]).all():
+    ``load [L, E]`` (:func:`_gain`) is within what that noise could show (:func:`noise_reach`)."""
+    out = np.zeros(rows.shape[0], dtype=np.bool_)
+    for j in range(rows.shape[0]):
+        if _moved_slots(rows[j], previous[j]) == 0:
             continue
         W, counts = episodes[j], tokens[j]
-        volume = np.empty(counts.shape[0])
-        for k in range(counts.shape[0]):
-            volume[k] = pairwise_sum(counts[k])
-        if signal_fraction(W, sampling_noise(W, volume)) >= _MOSTLY_NOISE:
+        if signal_fraction(W, sampling_noise(W, _volumes(counts))) >= _MOSTLY_NOISE:
             continue
         summed = np.zeros(counts.shape[1])
         for k in range(counts.shape[0]):
             summed += counts[k]
-        out[j] = gains[j] <= noise_reach(previous[j], summed, num_ranks)
+        gain = _gain(rows[j], previous[j], load[j : j + 1], num_ranks, move_cost)
+        out[j] = gain <= noise_reach(previous[j], summed, num_ranks)
     return out
 
 
@@ -755,13 +760,11 @@ def noise_reach(row, counts, num_ranks):
     total = pairwise_sum(counts)
     if total <= 0.0:
         return 0.0
-    replicas = np.zeros(counts.shape[0])
-    for p in range(row.shape[0]):
-        replicas[row[p]] += 1.0
+    replicas = counts_from_row(row, counts.shape[0])
     # row_rank_loads divides by the replicas once more: each rank sums count / replicas^2.
     per_replica = np.empty((1, counts.shape[0]))
     for e in range(counts.shape[0]):
-        per_replica[0, e] = counts[e] / max(replicas[e], 1.0)
+        per_replica[0, e] = counts[e] / max(replicas[e], 1)
     variance = row_rank_loads(row, per_replica, num_ranks)[0]
     return 2.0 * np.sqrt(2.0 * np.log(num_ranks)) * np.sqrt(variance.max()) * num_ranks / total
 
