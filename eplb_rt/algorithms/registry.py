@@ -372,8 +372,10 @@ def _plan_batch(spec: PolicySpec, batch: Layers, topology: Topology, options: An
 
 def warm_up(names: list[str] | None = None) -> None:
     """Compile every numba kernel of the given policies (all by default) ahead of first use,
-    flat and hierarchical (4 groups of 2 experts on 2 nodes), on token counts and on a load
-    that is not counts (no sampling noise: distinct workloads, as a policy sees them)."""
+    flat and hierarchical (4 groups of 2 experts on 2 nodes), on token counts, on a load that
+    is not counts (no sampling noise: distinct workloads, as a policy sees them), and on a
+    window of counts whose steps differ by sampling noise only, re-planned from a plan that
+    does not fit it (the re-plan a policy may check on halves of the window)."""
     grouped = {"hierarchical": True}
     counts = np.arange(1.0, 1 + 3 * 2 * 9).reshape(3, 2, 9)
     cases = (
@@ -381,6 +383,9 @@ def warm_up(names: list[str] | None = None) -> None:
         (Topology(4, 3), counts**1.5, {}),
         (Topology(4, 3, 2, 4), np.arange(1.0, 1 + 3 * 2 * 8).reshape(3, 2, 8), grouped),
     )
+    shares = np.stack([np.arange(9.0, 0.0, -1.0), np.arange(1.0, 10.0)]) / 45.0
+    rng = np.random.default_rng(0)
+    window = np.stack([[rng.multinomial(40, p) for p in shares] for _ in range(4)]).astype(float)
     for name in names or policy_names():
         spec = get_policy(name)
         for topo, load, extra in cases:
@@ -390,3 +395,6 @@ def warm_up(names: list[str] | None = None) -> None:
                 merged = {**options, **extra}
                 first = plan(name, load, topo, options=merged)
                 plan(name, load[::-1], topo, previous=first, options=merged)
+        for options in spec.warm_up_options:
+            unfit = plan(name, window[:, ::-1], Topology(4, 3), options=options)  # layers swapped
+            plan(name, window, Topology(4, 3), previous=unfit, options=options)
