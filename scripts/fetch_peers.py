@@ -39,6 +39,9 @@ PEERS = {
     "vllm-ascend": ("vllm_ascend/eplb/",),
     "sglang": ("sglang/srt/eplb/", "sglang/srt/plugins/__init__.py"),
 }
+# name -> members only some releases have, unpacked where present: vllm-ascend's factory of the
+# policy that vLLM's EPLB runs under model runner v2 (from 0.30)
+OPTIONAL = {"vllm-ascend": ("vllm_ascend/distributed/eplb/policy/",)}
 # name -> releases tested, newest first: the newest and the oldest of each interface. vLLM: a
 # policy registry since 0.13; up to 0.18 a policy returns three maps (0.13 without the table in
 # force), from 0.19 phy2log alone. vllm-ascend: up to 0.13 its factory takes (type, config), by
@@ -79,11 +82,11 @@ def fetch(name: str, version: str | None = None, timeout_s: float = 900) -> Path
     """The folder to put on ``sys.path`` for peer ``name`` at ``version`` (default: the newest
     of :data:`VERSIONS`); raises ``RuntimeError`` saying why when neither its wheel nor its
     source archive can be had, or when they lack the expected modules."""
-    members = PEERS[name]
+    members, optional = PEERS[name], OPTIONAL.get(name, ())
     version = version or VERSIONS[name][0]
     root = CACHE / f"{name}-{version}"
     done = root / ".complete"  # holds the members unpacked: a changed list unpacks again
-    if done.exists() and done.read_text() == repr(members):
+    if done.exists() and done.read_text() == repr((members, optional)):
         return root
     archives = CACHE / "downloads"
     archives.mkdir(parents=True, exist_ok=True)
@@ -94,10 +97,10 @@ def fetch(name: str, version: str | None = None, timeout_s: float = 900) -> Path
             source = _download_source(name, version, archives, timeout_s)
         except RuntimeError as no_source:
             raise RuntimeError(f"{no_wheel}; {no_source}") from None
-        _unpack_source(source, members, root)
+        _unpack_source(source, members, optional, root)
     else:
-        _unpack_wheel(wheel, members, root)
-    done.write_text(repr(members))
+        _unpack_wheel(wheel, members, optional, root)
+    done.write_text(repr((members, optional)))
     return root
 
 
@@ -191,18 +194,20 @@ def newer_releases(name: str, timeout_s: float = 60) -> list[str]:
     return [str(v) for v in sorted(found)]
 
 
-def _unpack_wheel(wheel: Path, members: tuple[str, ...], root: Path) -> None:
+def _unpack_wheel(wheel: Path, members: tuple[str, ...], optional: tuple[str, ...], root: Path):
+    wanted = members + optional
     try:
         with zipfile.ZipFile(wheel) as archive:
-            names = [n for n in archive.namelist() if n.startswith(members) and n.endswith(".py")]
+            names = [n for n in archive.namelist() if n.startswith(wanted) and n.endswith(".py")]
             _check_members(wheel, names, members)
             archive.extractall(root, names)
     finally:
         wheel.unlink()
 
 
-def _unpack_source(source: Path, members: tuple[str, ...], root: Path) -> None:
+def _unpack_source(source: Path, members: tuple[str, ...], optional: tuple[str, ...], root: Path):
     top = source.name.removesuffix(".tar.gz") + "/"  # an sdist holds one folder, <stem>-<version>
+    wanted = members + optional
     try:
         with tarfile.open(source) as archive:
             picked = []
@@ -210,7 +215,7 @@ def _unpack_source(source: Path, members: tuple[str, ...], root: Path) -> None:
                 inner = info.name.removeprefix(top)
                 if ".." in Path(inner).parts:  # never outside root, on any Python
                     continue
-                if info.isfile() and inner.startswith(members) and inner.endswith(".py"):
+                if info.isfile() and inner.startswith(wanted) and inner.endswith(".py"):
                     info.name = inner
                     picked.append(info)
             _check_members(source, [info.name for info in picked], members)

@@ -9,6 +9,12 @@ one rank. :func:`install` (run by the ``vllm.general_plugins`` entry point when
 type says. There a bad input is logged and the table in force returned unchanged: an exception
 would end vllm-ascend's EPLB process, and the engine would wait for its next plan for ever.
 
+Under model runner v2 (``VLLM_USE_V2_MODEL_RUNNER=1``) vllm-ascend 0.30 runs vLLM's EPLB
+instead, with a policy that its own ``create_eplb_policy(name, stair_config)`` builds (``"stair"``
+by default, or vLLM's ``DefaultEplbPolicy`` imported directly): vLLM's registry, where
+:mod:`eplb_rt.integrations.vllm` puts eplb_rt, is not asked. :func:`install` makes that factory
+build eplb_rt's vLLM policy (:func:`eplb_rt.integrations.vllm.policy_class`) for every name too.
+
 Offline, each load the policy is given is also written to ``EPLB_RT_EXPORT_DIR`` (when set) as
 ``load-<pid>-<n>.npy`` (``[T, L, E]`` tokens per logical expert; every rank sees the same
 gathered load, so one rank's files are enough), which ``eplb-rt plan --load`` reads.
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import numpy as np
 
@@ -131,13 +138,49 @@ class EplbRtAscendPolicy:
 
 
 def install(policy: str | None = None, options: dict | None = None) -> None:
-    """Make vllm-ascend's ``PolicyFactory`` build :class:`EplbRtAscendPolicy` for every type."""
-    from vllm_ascend.eplb.core.policy.policy_factory import PolicyFactory
+    """Make vllm-ascend build eplb_rt's policy ``policy`` (with ``options``): its dynamic EPLB's
+    ``PolicyFactory`` an :class:`EplbRtAscendPolicy` for every type, and from 0.30 the factory
+    of the policy vLLM's EPLB runs under model runner v2 eplb_rt's vLLM policy for every name.
 
+    Raises ``ImportError`` when vllm-ascend has neither factory."""
     name = policy_name(policy)
+    missing = []
+    try:
+        from vllm_ascend.eplb.core.policy.policy_factory import PolicyFactory
+    except ImportError as err:
+        missing.append(str(err))
+    else:
 
-    def generate_policy(policy_type: int, config: object = None) -> EplbRtAscendPolicy:
-        # ``config`` (vllm-ascend <= 0.13's DynamicConfig) holds nothing a plan needs
-        return EplbRtAscendPolicy(name, options, keep_on_error=True)
+        def generate_policy(policy_type: int, config: object = None) -> EplbRtAscendPolicy:
+            # ``config`` (vllm-ascend <= 0.13's DynamicConfig) holds nothing a plan needs
+            return EplbRtAscendPolicy(name, options, keep_on_error=True)
 
-    PolicyFactory.generate_policy = staticmethod(generate_policy)
+        PolicyFactory.generate_policy = staticmethod(generate_policy)
+    try:
+        from vllm_ascend.distributed.eplb.policy import factory
+    except ImportError as err:  # before 0.30: model runner v2 has no EPLB of its own
+        missing.append(str(err))
+    else:
+        _install_runner_v2(factory, name, options)
+    if len(missing) == 2:
+        raise ImportError("; ".join(missing))
+
+
+def _install_runner_v2(factory, name: str, options: dict | None) -> None:
+    """``factory.create_eplb_policy(name, stair_config)`` builds eplb_rt's vLLM policy."""
+    from eplb_rt.integrations.vllm import policy_class, returns_maps
+
+    abstract = getattr(factory, "AbstractEplbPolicy", None)
+    if abstract is None:
+        from vllm.distributed.eplb.policy import AbstractEplbPolicy as abstract
+    chosen = policy_class(name, options, returns_maps=returns_maps(abstract))
+
+    def create_eplb_policy(policy: str, stair_config: object = None):
+        # every name, "stair" (the default there) included: EPLB_RT_POLICY asked for eplb_rt
+        return chosen()
+
+    factory.create_eplb_policy = create_eplb_policy
+    # vllm-ascend's model runner imports the function by name: rebind it there if it came first
+    runner = sys.modules.get("vllm_ascend.worker.v2.eplb")
+    if runner is not None and hasattr(runner, "create_eplb_policy"):
+        runner.create_eplb_policy = create_eplb_policy

@@ -13,6 +13,7 @@ import re
 import sys
 import types
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Literal
 
@@ -27,13 +28,41 @@ def _no_group():
     raise RuntimeError("no distributed group outside the engine")
 
 
-def _stubs(name: str, runtime: SimpleNamespace) -> tuple[dict[str, dict], list[str]]:
-    """``(stub modules and their attributes, modules to import)`` for peer ``name``."""
+class _AbstractEplbPolicy:
+    """vLLM's policy interface as vllm-ascend 0.30's model runner v2 imports it (vLLM >= 0.19:
+    ``phy2log`` alone comes back)."""
+
+    @classmethod
+    def rebalance_experts(  # noqa: PLR0917 (vLLM's signature)
+        cls, weight, num_replicas, num_groups, num_nodes, num_ranks, old_global_expert_indices=None
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class _DefaultEplbPolicy(_AbstractEplbPolicy):
+    """Stands for vLLM's own policy, which vllm-ascend's factory imports directly."""
+
+
+class _StairConfig:
+    """vllm-ascend's STAIR policy settings (passed through its factory; not read here)."""
+
+
+def _stubs(name: str, runtime: SimpleNamespace, root: Path) -> tuple[dict[str, dict], list[str]]:
+    """``(stub modules and their attributes, modules to import)`` for peer ``name`` unpacked
+    in ``root``."""
     if name == "vllm-ascend":
         base = "vllm_ascend.eplb.core."
         stubs = {
             "vllm.logger": {"logger": STUB_LOGGER},
-            "vllm.distributed": {"get_ep_group": lambda: SimpleNamespace(rank_in_group=0)},
+            "vllm.distributed": {
+                "get_ep_group": lambda: SimpleNamespace(rank_in_group=0),
+                "get_eplb_group": _no_group,
+            },
+            "vllm.distributed.eplb.policy": {
+                "AbstractEplbPolicy": _AbstractEplbPolicy,
+                "DefaultEplbPolicy": _DefaultEplbPolicy,
+            },
+            "vllm_ascend.ascend_config": {"StairConfig": _StairConfig},
             "vllm.model_executor.layers.fused_moe.expert_map_manager": {
                 "determine_expert_map": None
             },
@@ -43,7 +72,10 @@ def _stubs(name: str, runtime: SimpleNamespace) -> tuple[dict[str, dict], list[s
             "torch_npu": {},
         }
         mods = ["policy.policy_factory", "policy.policy_flashlb", "eplb_worker", "eplb_utils"]
-        return stubs, [base + m for m in mods]
+        mods = [base + m for m in mods]
+        if (root / "vllm_ascend/distributed/eplb/policy/factory.py").is_file():  # from 0.30
+            mods.append("vllm_ascend.distributed.eplb.policy.factory")
+        return stubs, mods
     if name == "vllm":
         stubs = {
             "vllm.config.parallel": {"EPLBPolicyOption": Literal["default"]},
@@ -81,7 +113,7 @@ def open_peer(name: str, version: str | None = None) -> Iterator[SimpleNamespace
     version = version or VERSIONS[name][0]
     root = fetch(name, version)
     runtime = SimpleNamespace()
-    stubs, modules = _stubs(name, runtime)
+    stubs, modules = _stubs(name, runtime, root)
     before = dict(sys.modules)
     # SwiftBalanceEplb asks torch.npu (which torch_npu adds) for the NPUs per host: 8 on A2.
     npu = None if hasattr(torch, "npu") else SimpleNamespace(device_count=lambda: 8)

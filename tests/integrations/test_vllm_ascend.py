@@ -6,6 +6,8 @@ from __future__ import annotations
 import inspect
 import logging
 import multiprocessing
+import sys
+import types
 import warnings
 
 import numpy as np
@@ -15,6 +17,7 @@ import torch
 from eplb_rt.algorithms import metrics, plan
 from eplb_rt.cli import main as cli
 from eplb_rt.config import EplbConfig
+from eplb_rt.integrations.vllm import EplbRtPolicy
 from eplb_rt.integrations.vllm_ascend import EplbRtAscendPolicy, install, logical_load
 from eplb_rt.placement import Placement, Topology
 from tests.groups import group_nodes
@@ -125,17 +128,82 @@ def test_keep_on_error_logs_and_keeps_the_table(caplog):
     assert "NaN" in caplog.text and "kept" in caplog.text
 
 
-def test_factory_builds_ours_after_install(ascend, monkeypatch):
-    factory = ascend.policy_factory.PolicyFactory
+@pytest.fixture
+def factories(ascend, monkeypatch):
+    """vllm-ascend's policy factories, as they were again after the test (``install`` rebinds
+    them)."""
+    v1 = ascend.policy_factory.PolicyFactory
+    monkeypatch.setattr(v1, "generate_policy", v1.__dict__["generate_policy"])
+    v2 = getattr(ascend, "factory", None)  # from 0.30
+    if v2 is not None:
+        monkeypatch.setattr(v2, "create_eplb_policy", v2.create_eplb_policy)
+    return v1, v2
+
+
+def test_factory_builds_ours_after_install(ascend, factories):
+    factory = factories[0]
     # called as the release's worker calls it: up to 0.13 with a DynamicConfig as well
     takes_config = "config" in inspect.signature(factory.generate_policy).parameters
     config = (ascend.policy_factory.DynamicConfig(),) if takes_config else ()
-    monkeypatch.setattr(factory, "generate_policy", factory.__dict__["generate_policy"])
     install("flashlb")
     for policy_type in (0, 1, 2, 3):
         made = factory.generate_policy(policy_type, *config)
         assert isinstance(made, EplbRtAscendPolicy) and made.policy == "flashlb"
         assert made.keep_on_error
+
+
+def test_runner_v2_factory_builds_ours_for_every_name_after_install(ascend, factories, monkeypatch):
+    """vllm-ascend 0.30's model runner v2 runs vLLM's EPLB with the policy its own
+    ``create_eplb_policy`` builds ("stair" by default), not the one in vLLM's registry."""
+    factory = factories[1]
+    if factory is None:
+        pytest.skip("this vllm-ascend has no model runner v2 EPLB (from 0.30)")
+    assert not isinstance(factory.create_eplb_policy("default", None), EplbRtPolicy)
+    runner = types.ModuleType("vllm_ascend.worker.v2.eplb")  # imported the function by name
+    runner.create_eplb_policy = factory.create_eplb_policy
+    monkeypatch.setitem(sys.modules, runner.__name__, runner)
+    install("flashlb", {"num_episodes": 8})
+    load = CASES[2][1]
+    topology = CASES[2][2]
+    L, E = load.shape[1:]
+    old = torch.tensor(_initial_table(ascend, L, E, topology).reshape(L, -1))
+    for make in (factory.create_eplb_policy, runner.create_eplb_policy):
+        for name in ("stair", "default"):
+            made = make(name, factory.StairConfig())
+            assert isinstance(made, EplbRtPolicy)
+            assert (made.policy, made.options) == ("flashlb", {"num_episodes": 8})
+    # as vLLM's EplbState calls it, on the host: phy2log alone back (vLLM >= 0.19)
+    args = (torch.tensor(load.sum(0)), topology.num_slots, 1, 1, topology.num_ranks, old)
+    phy2log = made.rebalance_experts(*args)
+    assert isinstance(phy2log, torch.Tensor) and phy2log.shape == old.shape
+    expected = plan("flashlb", load, topology, options={"num_episodes": 8})
+    new = Placement(phy2log.numpy(), E, topology.num_ranks)
+    assert np.nanmean(metrics.par(new, load.sum(0))) <= np.nanmean(
+        metrics.par(expected, load.sum(0))) + 0.05  # fmt: skip
+
+
+def test_install_takes_whichever_factory_the_release_has(monkeypatch):
+    """A release with only model runner v2's factory is patched there; with neither, the
+    ``ImportError`` names both (the plugin logs it and leaves vllm-ascend as it is)."""
+    v1 = "vllm_ascend.eplb.core.policy.policy_factory"
+    v2 = types.ModuleType("vllm_ascend.distributed.eplb.policy.factory")
+
+    class Abstract:
+        @classmethod
+        def rebalance_experts(cls, *args) -> torch.Tensor: ...
+
+    v2.AbstractEplbPolicy, v2.create_eplb_policy = Abstract, None
+    package = types.ModuleType("vllm_ascend.distributed.eplb.policy")
+    package.factory = v2
+    monkeypatch.setitem(sys.modules, v1, None)  # None in sys.modules: that import fails
+    monkeypatch.setitem(sys.modules, package.__name__, package)
+    monkeypatch.setitem(sys.modules, v2.__name__, v2)
+    install("random")
+    made = v2.create_eplb_policy("stair", None)
+    assert isinstance(made, EplbRtPolicy) and made.policy == "random" and not made.returns_maps
+    monkeypatch.setitem(sys.modules, package.__name__, None)
+    with pytest.raises(ImportError, match=r"policy_factory.+; .+distributed\.eplb\.policy"):
+        install("random")
 
 
 def test_offline_path_exported_load_to_vllm_ascend_loader(ascend, tmp_path):
