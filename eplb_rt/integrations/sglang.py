@@ -11,12 +11,16 @@ offline goes in as ``--init-expert-location`` ``{"physical_to_logical_map": ...}
 
 from __future__ import annotations
 
+import inspect
+import logging
+
 import numpy as np
 
 from eplb_rt.integrations._common import as_numpy, plugin_policy, policy_name, replan
 from eplb_rt.placement import Topology
 
 WHERE = "eplb_rt SGLang algorithm"
+log = logging.getLogger("eplb_rt.integrations")
 
 
 def rebalance_experts(  # noqa: PLR0917 (SGLang's signature)
@@ -75,6 +79,17 @@ def register() -> None:
     from sglang.srt.eplb import eplb_algorithms
 
     def rebalance(*args, **kwargs):
+        unknown = sorted(set(kwargs) - _ACCEPTED)
+        if unknown:  # a newer SGLang's inputs: planning without them beats failing its EPLB
+            if not _ignored.issuperset(unknown):
+                log.warning("%s: ignoring SGLang's arguments %s", WHERE, ", ".join(unknown))
+                _ignored.update(unknown)
+            kwargs = {k: v for k, v in kwargs.items() if k in _ACCEPTED}
         return rebalance_experts(*args, **kwargs, policy=name, options=options)
 
     eplb_algorithms.rebalance_experts = rebalance
+
+
+_ACCEPTED = frozenset(list(inspect.signature(rebalance_experts).parameters)[:6])
+"""SGLang's parameters that :func:`rebalance_experts` takes (not ``policy`` / ``options``)."""
+_ignored: set[str] = set()

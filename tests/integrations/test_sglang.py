@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 from types import SimpleNamespace
 
 import numpy as np
@@ -148,3 +149,21 @@ def test_plugin_takes_its_options_from_the_environment(sglang, monkeypatch):
     flat = ours.rebalance_experts(*args, policy="equilibrium")[0].numpy()
     group_nodes(phy2log[1], 2, 8)
     assert not np.array_equal(phy2log, flat)
+
+
+def test_plugin_plans_without_arguments_a_newer_sglang_adds(sglang, monkeypatch, caplog):
+    """A keyword a later SGLang passes (e.g. a rank cost matrix) is logged once and left out,
+    instead of failing SGLang's EPLB with a ``TypeError``."""
+    algorithms = sglang.eplb_algorithms
+    monkeypatch.setattr(algorithms, "rebalance_experts", algorithms.rebalance_experts)
+    monkeypatch.setenv("EPLB_RT_POLICY", "flashlb")
+    monkeypatch.setattr(ours, "_ignored", set())
+    ours.register()
+    _, load, topology = CASES[2]
+    args = (torch.tensor(load), topology.num_slots, topology.num_slots_per_rank, None, 1)
+    extra = {"rank_cost_matrix": torch.ones(8, 8)}
+    with caplog.at_level(logging.WARNING, logger="eplb_rt.integrations"):
+        for _ in range(2):
+            got = algorithms.rebalance_experts(*args, algorithm=None, **extra)
+    assert torch.equal(got[0], ours.rebalance_experts(*args, policy="flashlb")[0])
+    assert caplog.text.count("ignoring SGLang's arguments rank_cost_matrix") == 1
