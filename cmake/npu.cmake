@@ -14,7 +14,7 @@
 #                 from the environment, else the first device `npu-smi info` lists ("910B1" ->
 #                 Ascend910B1), else Ascend910B1 with a warning. A binary runs only on its SoC's
 #                 family (ascendc_kernels/include/eplb_platform.h): A2 Ascend910B*, A3
-#                 Ascend910_93*, Ascend310P*.
+#                 Ascend910_93* (not Ascend310P*: no DataCopyPad nor int32 atomic add there).
 #   CANN_ROOT     the toolkit root if it is not found from ASCEND_HOME_PATH & co.
 set(SOC_VERSION "" CACHE STRING "Ascend SoC the AscendC kernels are compiled for (empty: detect)")
 if(NOT DEFINED EPLB_RT_NPU)

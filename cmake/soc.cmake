@@ -9,7 +9,7 @@
 include_guard(GLOBAL)
 
 # Keep in step with kSocTable in eplb_platform.h.
-set(EPLB_RT_SOC_FAMILIES Ascend910_93 Ascend910B Ascend310P)
+set(EPLB_RT_SOC_FAMILIES Ascend910_93 Ascend910B)
 
 function(eplb_rt_detect_soc out_soc out_source)
   if(SOC_VERSION)

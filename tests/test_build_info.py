@@ -93,8 +93,8 @@ def test_soc_comes_from_npu_smi(tmp_path):
 
 @needs_cmake
 def test_soc_override_beats_environment_beats_npu_smi(tmp_path):
-    env = fake_npu_smi(tmp_path / "bin", "910B3") | {"SOC_VERSION": "Ascend310P3"}
-    assert detect_soc(tmp_path, env) == "Ascend310P3|environment SOC_VERSION|TRUE"
+    env = fake_npu_smi(tmp_path / "bin", "910B3") | {"SOC_VERSION": "Ascend910B4"}
+    assert detect_soc(tmp_path, env) == "Ascend910B4|environment SOC_VERSION|TRUE"
     assert detect_soc(tmp_path, env, "-DSOC_VERSION=Ascend910_9391") == (
         "Ascend910_9391|-DSOC_VERSION|TRUE"
     )
@@ -106,6 +106,7 @@ def test_soc_default_and_unknown_family(tmp_path):
     env["PATH"] = "/usr/bin:/bin"  # no npu-smi
     assert detect_soc(tmp_path, env).startswith("Ascend910B1|default")
     assert detect_soc(tmp_path, env, "-DSOC_VERSION=Ascend310B1").endswith("|FALSE")
+    assert detect_soc(tmp_path, env, "-DSOC_VERSION=Ascend310P3").endswith("|FALSE")
 
 
 STAND_IN_ASCENDC = """\

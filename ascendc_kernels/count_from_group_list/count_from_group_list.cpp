@@ -14,6 +14,7 @@
 //
 // UB: 2 * tileGroups * (elemBytes + 4) bytes (<= 48 KiB). Expected time (estimate, no NPU here):
 // one launch (~5 us) plus ~20 cycles per entry on the scalar unit: S_local = 64 is launch-bound.
+#include "fresh_read.h"
 #include "heat_row.h"
 #include "kernel_operator.h"
 #include "scalar_tiles.h"
@@ -42,9 +43,11 @@ class KernelCountFromGroupList {
     pipe_ = pipe;
     tiles.Init(pipe, tileGroups);
     heatBase_ =
-        eplb_ascendc::HeatRowOffset(stepGm.GetValue(0), heatRows, heatRowStride) + slotOffset;
-    previous_ =
-        (cumulative_ && begin_ > 0) ? static_cast<int64_t>(groupListGm.GetValue(begin_ - 1)) : 0;
+        eplb_ascendc::HeatRowOffset(eplb_ascendc::ReadFresh(stepGm, 0), heatRows, heatRowStride) +
+        slotOffset;
+    previous_ = (cumulative_ && begin_ > 0)
+                    ? static_cast<int64_t>(eplb_ascendc::ReadFresh(groupListGm, begin_ - 1))
+                    : 0;
   }
 
   __aicore__ inline void Process() {

@@ -10,7 +10,9 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstring>
 #include <exception>
+#include <map>
 #include <mutex>
 #include <sstream>
 #include <stdexcept>
@@ -142,6 +144,59 @@ inline void syncAllCores() {
              " cores arrived; the hardware would hang");
     }
   }
+}
+
+// The scalar unit reads and writes GM through a DataCache of its core, which keeps its lines
+// from one launch to the next: a value read again after GM changed under it (written by another
+// core, a copy engine, an earlier kernel, or the host between launches, as a step counter is)
+// comes back stale unless DataCacheCleanAndInvalid dropped the line first. Modelled per emulated
+// core and element address: a scalar read remembers the bytes it saw, and a later read of the
+// same address that finds other bytes in GM is reported.
+class DataCacheModel {
+ public:
+  void read(uint32_t core, const void* address, size_t size, const char* op) {
+    const uint64_t now = load(address, size);
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto& seen = lines_[core];
+    const auto it = seen.find(key(address));
+    if (it != seen.end() && it->second != now) {
+      fail(std::string(op) +
+           ": the DataCache returns a value GM no longer holds (GM changed since this core read "
+           "that address, in this launch or an earlier one); call DataCacheCleanAndInvalid "
+           "before a scalar read of GM that another core, a copy or the host writes");
+    }
+    seen[key(address)] = now;
+  }
+  void write(uint32_t core, const void* address, size_t size) {
+    const uint64_t now = load(address, size);
+    std::lock_guard<std::mutex> lock(mutex_);
+    lines_[core][key(address)] = now;
+  }
+  // Drops this core's lines in [lo, hi), or all of them with entire.
+  void invalidate(uint32_t core, const void* lo, const void* hi, bool entire) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto& seen = lines_[core];
+    if (entire) {
+      seen.clear();
+      return;
+    }
+    seen.erase(seen.lower_bound(key(lo)), seen.lower_bound(key(hi)));
+  }
+
+ private:
+  static uintptr_t key(const void* address) { return reinterpret_cast<uintptr_t>(address); }
+  static uint64_t load(const void* address, size_t size) {
+    uint64_t bits = 0;
+    std::memcpy(&bits, address, size < sizeof(bits) ? size : sizeof(bits));
+    return bits;
+  }
+  std::mutex mutex_;
+  std::map<uint32_t, std::map<uintptr_t, uint64_t>> lines_;
+};
+
+inline DataCacheModel& dataCache() {
+  static DataCacheModel cache;
+  return cache;
 }
 
 // Runs `body` once per emulated vector core, each on its own thread (SyncAll needs them

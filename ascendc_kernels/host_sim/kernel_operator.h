@@ -29,6 +29,9 @@
 //   * SetAtomicAdd on a type the hardware cannot add atomically (int64) is rejected, and the
 //     element type of an atomic copy must match the one set;
 //   * every GlobalTensor knows its size (SetGlobalBuffer) and every access is bounds-checked;
+//   * the scalar unit reads GM through its core's DataCache, which outlives the launch: reading
+//     again an address whose GM value changed, without DataCacheCleanAndInvalid in between, is
+//     reported (host_sim::DataCacheModel);
 //   * SyncAll with a core that never arrives fails after a timeout instead of hanging.
 // Fresh UB buffers are filled with a poison byte, so a kernel that reads what it never wrote
 // computes garbage here too.
@@ -326,11 +329,14 @@ class GlobalTensor {
 
   T GetValue(uint64_t index) const {
     checkRange("GlobalTensor::GetValue", index, 1);
+    host_sim::dataCache().read(host_sim::currentCore().blockIdx, at(index), sizeof(T),
+                               "GlobalTensor::GetValue");
     return base_[offset_ + index];
   }
   void SetValue(uint64_t index, T value) const {
     checkRange("GlobalTensor::SetValue", index, 1);
     base_[offset_ + index] = value;
+    host_sim::dataCache().write(host_sim::currentCore().blockIdx, at(index), sizeof(T));
   }
   uint64_t GetSize() const { return size_ > offset_ ? size_ - offset_ : 0; }
   T* GetPhyAddr() const { return base_ + offset_; }
@@ -646,6 +652,27 @@ inline void SyncAll() {
   host_sim::CoreContext& core = host_sim::currentCore();
   if (core.slots != nullptr) core.slots->settleAll();  // SyncAll waits for all pipes of the core
   host_sim::syncAllCores();
+}
+
+// ---------------------------------------------------------------- DataCache
+
+enum class CacheLine : uint8_t { SINGLE_CACHE_LINE, ENTIRE_DATA_CACHE };
+enum class DcciDst : uint8_t { CACHELINE_ALL, CACHELINE_UB, CACHELINE_OUT, CACHELINE_ATOMIC };
+
+constexpr uint64_t kDataCacheLineBytes = 64;
+
+// Drops the core's DataCache line holding `dst`'s first element (its 64-byte line), or every
+// line, so the scalar unit's next GetValue there reads GM (host_sim::DataCacheModel).
+template <class T, CacheLine entireType, DcciDst dcciDst>
+inline void DataCacheCleanAndInvalid(const GlobalTensor<T>& dst) {
+  static_assert(dcciDst == DcciDst::CACHELINE_OUT || dcciDst == DcciDst::CACHELINE_ALL,
+                "eplb_rt's kernels keep the DataCache coherent with GM (CACHELINE_OUT)");
+  const uintptr_t first = reinterpret_cast<uintptr_t>(dst.GetPhyAddr());
+  const uintptr_t line = first / kDataCacheLineBytes * kDataCacheLineBytes;
+  host_sim::dataCache().invalidate(host_sim::currentCore().blockIdx,
+                                   reinterpret_cast<const void*>(line),
+                                   reinterpret_cast<const void*>(line + kDataCacheLineBytes),
+                                   entireType == CacheLine::ENTIRE_DATA_CACHE);
 }
 
 // ---------------------------------------------------------------- atomics

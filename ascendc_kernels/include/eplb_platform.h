@@ -2,9 +2,11 @@
 // the build summary and the host emulation, so the tests run the kernels under the limits the
 // device enforces. Plain C++17, host only (the kernels get every size through their tiling).
 //
-// A SOC_VERSION (CANN's name, e.g. Ascend910B1, Ascend910_9391, Ascend310P3) belongs to the
-// family whose prefix it starts with. A kernel binary runs on the SoCs of its own family only:
-// an A2 binary launched on an A3 or a 310P fails to launch (the launchers report it).
+// A SOC_VERSION (CANN's name, e.g. Ascend910B1, Ascend910_9391) belongs to the family whose
+// prefix it starts with. A kernel binary runs on the SoCs of its own family only: an A2 binary
+// launched on an A3 fails to launch (the launchers report it). Not here: the Atlas inference
+// parts (Ascend310P), whose AI Core has neither DataCopyPad nor an int32 SetAtomicAdd, which
+// every kernel moves and counts with (CANN's API reference, "product support").
 #pragma once
 
 #include <stdint.h>
@@ -27,7 +29,6 @@ struct SocInfo {
 constexpr SocInfo kSocTable[] = {
     {"Ascend910_93", "Atlas A3 (Ascend910_93xx)", 196608 - kUbReservedBytes, 48},
     {"Ascend910B", "Atlas A2 (Ascend910B)", 196608 - kUbReservedBytes, 48},
-    {"Ascend310P", "Atlas inference (Ascend310P)", 262144 - kUbReservedBytes, 8},
 };
 
 // The SoC CMake compiles for when neither SOC_VERSION nor npu-smi says otherwise.

@@ -20,14 +20,17 @@ inline uint64_t CeilDiv(uint64_t x, uint64_t m) { return (x + m - 1) / m; }
 
 // ------------------------------------------------------------------ route_and_count
 
-// UB bytes of the resident tables: log2phy, logcnt, (replica_share), the histogram.
+// UB bytes that route_and_count always keeps resident: logcnt [E] and the histogram [P].
+inline uint64_t RouteAndCountResidentBytes(const RouteAndCountShape& s) {
+  return RoundUp(static_cast<uint64_t>(s.numExperts) * 4, kBlockBytes) +
+         RoundUp(static_cast<uint64_t>(s.numSlots) * 4, kBlockBytes);
+}
+
+// ... and with log2phy [E, R] (and replica_share [E, R]) in UB too, as long as they fit.
 inline uint64_t RouteAndCountTableBytes(const RouteAndCountShape& s) {
   const uint64_t er = static_cast<uint64_t>(s.numExperts) * static_cast<uint64_t>(s.maxReplicas);
-  uint64_t bytes = RoundUp(er * 4, kBlockBytes) +
-                   RoundUp(static_cast<uint64_t>(s.numExperts) * 4, kBlockBytes) +
-                   RoundUp(static_cast<uint64_t>(s.numSlots) * 4, kBlockBytes);
-  if (s.hasShare) bytes += RoundUp(er * 4, kBlockBytes);
-  return bytes;
+  const uint64_t table = RoundUp(er * 4, kBlockBytes);
+  return RouteAndCountResidentBytes(s) + (s.hasShare ? 2 : 1) * table;
 }
 
 inline std::string ComputeRouteAndCountTiling(const RouteAndCountShape& s, uint32_t coreNum,
@@ -45,20 +48,24 @@ inline std::string ComputeRouteAndCountTiling(const RouteAndCountShape& s, uint3
            " P=" + std::to_string(s.numSlots) + " H=" + std::to_string(s.heatRows) +
            " stride=" + std::to_string(s.heatRowStride);
   }
-  const uint64_t tables = RouteAndCountTableBytes(s);
   // Each tile has kBufferNum input and kBufferNum output buffers of tilePairs ids.
   const uint64_t perPair = 2ull * kBufferNum * s.idBytes;
-  const uint64_t minTile = 8;
-  if (tables + minTile * perPair > ubBytes) {
-    return "route_and_count: the tables of E=" + std::to_string(s.numExperts) +
-           " experts x R=" + std::to_string(s.maxReplicas) +
-           " replicas and P=" + std::to_string(s.numSlots) + " slots need " +
-           std::to_string(tables + minTile * perPair) +
-           " bytes of Unified Buffer, expected at most " + std::to_string(ubBytes);
+  const uint64_t minIds = 8 * perPair;
+  // log2phy and replica_share grow with E x R (R up to the ranks: DeepSeek-V3 at EP128 with
+  // 128 redundant experts, R = 128, needs 256 KiB of them); past the UB the scalar unit reads
+  // their rows from GM (through its DataCache) instead of refusing.
+  const bool inUb = RouteAndCountTableBytes(s) + minIds <= ubBytes;
+  const uint64_t tables = inUb ? RouteAndCountTableBytes(s) : RouteAndCountResidentBytes(s);
+  if (tables + minIds > ubBytes) {
+    return "route_and_count: logcnt of E=" + std::to_string(s.numExperts) +
+           " experts and the histogram of P=" + std::to_string(s.numSlots) + " slots need " +
+           std::to_string(tables + minIds) + " bytes of Unified Buffer, expected at most " +
+           std::to_string(ubBytes);
   }
   *t = RouteAndCountTiling{};
   t->idBytes = s.idBytes;
   t->hasShare = s.hasShare ? 1u : 0u;
+  t->tablesInUb = inUb ? 1u : 0u;
   t->numTokens = s.numTokens;
   t->numPairs = s.numTokens * s.topK;
   t->topK = s.topK;

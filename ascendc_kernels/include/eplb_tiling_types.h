@@ -32,7 +32,9 @@ struct RouteAndCountTiling {
   uint32_t blockDim;  // vector (AIV) cores to launch (0: nothing to do)
   uint32_t idBytes;
   uint32_t hasShare;
-  uint32_t tilePairs;  // ids per UB tile, a multiple of 8
+  uint32_t tilePairs;   // ids per UB tile, a multiple of 8
+  uint32_t tablesInUb;  // 1: log2phy (and replica_share) copied into UB; 0: read from GM
+  uint32_t pad;
   int64_t numTokens;
   int64_t numPairs;      // N * K
   int64_t pairsPerCore;  // contiguous ids per core, a multiple of 8

@@ -5,7 +5,10 @@
 // blockDim contiguous ranges of pairsPerCore (a multiple of 8) ids, one per AIV core. Each core
 //   Init:    loads this layer's log2phy [E, R], logcnt [E] and replica_share [E, R] into UB once
 //            (DataCopyPad in <= 32 KiB chunks: E*R*4 bytes need not be a multiple of 32) and zeroes
-//            a [P] int32 histogram in UB;
+//            a [P] int32 histogram in UB. Where log2phy and replica_share do not fit (tablesInUb
+//            0: E x R past about 24K entries with shares), only logcnt goes to UB and the scalar
+//            unit reads the rows it needs from GM, its DataCache emptied first (a commit
+//            rewrites the tables between launches);
 //   Process: streams its ids in tiles of tilePairs through double-buffered tiles ordered by event
 //            pairs (scalar_tiles.h): the copy-in of tile t+1 and the copy-out of tile t overlap
 //            the scalar loop of tile t, which maps each id with the replica rule
@@ -18,10 +21,11 @@
 // [0, E), replica counts outside [1, R] and slots outside [0, P) are skipped: phy id -1, not
 // counted. The step counter is read from GM, so the kernel is graph-capture safe.
 //
-// UB: tables 4*(2*E*R + E + P) bytes (E=256, R=8, P=320: 18 KiB) + 2*2*tilePairs*idBytes
-// (tilePairs 2048, int64: 64 KiB), within the SoC's UB (eplb_platform.h); the tiling refuses
-// tables that do not fit. Cycle estimates per tile, and why the map stays on the scalar unit
+// UB: tables 4*(2*E*R + E + P) bytes (E=256, R=8, P=320: 18 KiB; 4*(E + P) with the tables in
+// GM) + 2*2*tilePairs*idBytes (tilePairs 2048, int64: 64 KiB), within the SoC's UB
+// (eplb_platform.h); the tiling refuses only a logcnt and histogram that do not fit. Cycle estimates per tile, and why the map stays on the scalar unit
 // (no vector Gather path), are in BENCHMARKS.md section 7.
+#include "fresh_read.h"
 #include "heat_row.h"
 #include "kernel_operator.h"
 #include "pad_copy.h"
@@ -33,12 +37,20 @@ using namespace AscendC;
 
 namespace {
 
-// The share row of one expert in UB, as replica_rule.h's weighted_replica_at reads it.
+// The share row of one expert, in UB or in GM, as replica_rule.h's weighted_replica_at reads it.
 struct UbShareRow {
   LocalTensor<float> table;
   uint32_t base;
   __aicore__ inline float operator()(int32_t r) const {
     return table.GetValue(base + static_cast<uint32_t>(r));
+  }
+};
+
+struct GmShareRow {
+  GlobalTensor<float> table;
+  uint64_t base;
+  __aicore__ inline float operator()(int32_t r) const {
+    return table.GetValue(base + static_cast<uint64_t>(r));
   }
 };
 
@@ -52,7 +64,7 @@ class KernelRouteAndCount {
                               int32_t topK, int32_t numExperts, int32_t maxReplicas,
                               int32_t numSlots, int64_t heatRows, int64_t heatRowStride,
                               int64_t pairsPerCore, uint32_t tilePairs, uint32_t hasShare,
-                              TPipe* pipe) {
+                              uint32_t tablesInUb, TPipe* pipe) {
     numTokens_ = numTokens;
     topK_ = topK;
     numExperts_ = numExperts;
@@ -62,6 +74,7 @@ class KernelRouteAndCount {
     heatRowStride_ = heatRowStride;
     tilePairs_ = tilePairs;
     hasShare_ = hasShare != 0;
+    tablesInUb_ = tablesInUb != 0;
     const int64_t numPairs = numTokens * topK;
     begin_ = pairsPerCore * GetBlockIdx();
     end_ = begin_ + pairsPerCore < numPairs ? begin_ + pairsPerCore : numPairs;
@@ -75,26 +88,33 @@ class KernelRouteAndCount {
     heatGm.SetGlobalBuffer((__gm__ int32_t*)heat, (heatRows - 1) * heatRowStride + numSlots);
     stepGm.SetGlobalBuffer((__gm__ int64_t*)step, 1);
 
+    if (hasShare_) shareGm.SetGlobalBuffer((__gm__ float*)share, tableLen);
     pipe_ = pipe;
     tiles.Init(pipe, tilePairs);
-    pipe->InitBuffer(log2phyBuf, tableLen * sizeof(int32_t));
     pipe->InitBuffer(logcntBuf, numExperts * sizeof(int32_t));
     pipe->InitBuffer(histBuf, numSlots * sizeof(int32_t));
-    log2phyLocal = log2phyBuf.Get<int32_t>();
     logcntLocal = logcntBuf.Get<int32_t>();
     histLocal = histBuf.Get<int32_t>();
-    eplb_ascendc::PadCopyIn(log2phyLocal, log2phyGm, tableLen);
     eplb_ascendc::PadCopyIn(logcntLocal, logcntGm, static_cast<uint64_t>(numExperts));
-    if (hasShare_) {
-      shareGm.SetGlobalBuffer((__gm__ float*)share, tableLen);
-      pipe->InitBuffer(shareBuf, tableLen * sizeof(float));
-      shareLocal = shareBuf.Get<float>();
-      eplb_ascendc::PadCopyIn(shareLocal, shareGm, tableLen);
+    if (tablesInUb_) {
+      pipe->InitBuffer(log2phyBuf, tableLen * sizeof(int32_t));
+      log2phyLocal = log2phyBuf.Get<int32_t>();
+      eplb_ascendc::PadCopyIn(log2phyLocal, log2phyGm, tableLen);
+      if (hasShare_) {
+        pipe->InitBuffer(shareBuf, tableLen * sizeof(float));
+        shareLocal = shareBuf.Get<float>();
+        eplb_ascendc::PadCopyIn(shareLocal, shareGm, tableLen);
+      }
+    } else {
+      // The rows are read below through the DataCache, which may hold lines of the tables a
+      // commit has since rewritten: empty it once per launch.
+      DataCacheCleanAndInvalid<int32_t, CacheLine::ENTIRE_DATA_CACHE, DcciDst::CACHELINE_OUT>(
+          log2phyGm);
     }
     Duplicate(histLocal, 0, numSlots);
     // Once per launch, not per tile: the scalar unit reads the tables and the histogram below.
     PipeBarrier<PIPE_ALL>();
-    step_ = stepGm.GetValue(0);
+    step_ = eplb_ascendc::ReadFresh(stepGm, 0);
     heatRowOffset_ = eplb_ascendc::HeatRowOffset(step_, heatRows, heatRowStride);
   }
 
@@ -128,11 +148,19 @@ class KernelRouteAndCount {
     const int32_t cnt = logcntLocal.GetValue(static_cast<uint32_t>(e));
     if (cnt < 1 || cnt > maxReplicas_) return -1;
     const uint32_t code = eplb_rt::position_code(step_, numTokens_, n, k);
-    const uint32_t rowBase = static_cast<uint32_t>(e * maxReplicas_);
-    const int32_t r = hasShare_
-                          ? eplb_rt::weighted_replica_at(code, UbShareRow{shareLocal, rowBase}, cnt)
-                          : eplb_rt::uniform_replica(code, cnt);
-    const int32_t p = log2phyLocal.GetValue(rowBase + static_cast<uint32_t>(r));
+    const uint64_t rowBase = static_cast<uint64_t>(e) * static_cast<uint64_t>(maxReplicas_);
+    int32_t r = 0;
+    if (!hasShare_) {
+      r = eplb_rt::uniform_replica(code, cnt);
+    } else if (tablesInUb_) {
+      const UbShareRow row{shareLocal, static_cast<uint32_t>(rowBase)};
+      r = eplb_rt::weighted_replica_at(code, row, cnt);
+    } else {
+      r = eplb_rt::weighted_replica_at(code, GmShareRow{shareGm, rowBase}, cnt);
+    }
+    const uint64_t at = rowBase + static_cast<uint64_t>(r);
+    const int32_t p = tablesInUb_ ? log2phyLocal.GetValue(static_cast<uint32_t>(at))
+                                  : log2phyGm.GetValue(at);
     if (p < 0 || p >= numSlots_) return -1;
     histLocal.SetValue(static_cast<uint32_t>(p), histLocal.GetValue(static_cast<uint32_t>(p)) + 1);
     return p;
@@ -160,6 +188,7 @@ class KernelRouteAndCount {
   int32_t topK_ = 1, numExperts_ = 0, maxReplicas_ = 1, numSlots_ = 0;
   uint32_t tilePairs_ = 8;
   bool hasShare_ = false;
+  bool tablesInUb_ = true;
 };
 
 template <class IdT>
@@ -168,11 +197,13 @@ __aicore__ inline void RunRouteAndCount(GM_ADDR topkIds, GM_ADDR log2phy, GM_ADD
                                         int64_t numTokens, int32_t topK, int32_t numExperts,
                                         int32_t maxReplicas, int32_t numSlots, int64_t heatRows,
                                         int64_t heatRowStride, int64_t pairsPerCore,
-                                        uint32_t tilePairs, uint32_t hasShare) {
+                                        uint32_t tilePairs, uint32_t hasShare,
+                                        uint32_t tablesInUb) {
   TPipe pipe;
   KernelRouteAndCount<IdT> op;
   op.Init(topkIds, log2phy, logcnt, share, heat, step, phyIds, numTokens, topK, numExperts,
-          maxReplicas, numSlots, heatRows, heatRowStride, pairsPerCore, tilePairs, hasShare, &pipe);
+          maxReplicas, numSlots, heatRows, heatRowStride, pairsPerCore, tilePairs, hasShare,
+          tablesInUb, &pipe);
   op.Process();
 }
 
@@ -183,15 +214,15 @@ extern "C" __global__ __aicore__ void eplb_route_and_count_kernel(
     GM_ADDR topkIds, GM_ADDR log2phy, GM_ADDR logcnt, GM_ADDR share, GM_ADDR heat, GM_ADDR step,
     GM_ADDR phyIds, int64_t numTokens, int32_t topK, int32_t numExperts, int32_t maxReplicas,
     int32_t numSlots, int64_t heatRows, int64_t heatRowStride, int64_t pairsPerCore,
-    uint32_t tilePairs, uint32_t hasShare, uint32_t idBytes) {
+    uint32_t tilePairs, uint32_t hasShare, uint32_t tablesInUb, uint32_t idBytes) {
   KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);  // blockDim counts vector cores
   if (idBytes == 8) {
     RunRouteAndCount<int64_t>(topkIds, log2phy, logcnt, share, heat, step, phyIds, numTokens, topK,
                               numExperts, maxReplicas, numSlots, heatRows, heatRowStride,
-                              pairsPerCore, tilePairs, hasShare);
+                              pairsPerCore, tilePairs, hasShare, tablesInUb);
   } else {
     RunRouteAndCount<int32_t>(topkIds, log2phy, logcnt, share, heat, step, phyIds, numTokens, topK,
                               numExperts, maxReplicas, numSlots, heatRows, heatRowStride,
-                              pairsPerCore, tilePairs, hasShare);
+                              pairsPerCore, tilePairs, hasShare, tablesInUb);
   }
 }

@@ -5,8 +5,9 @@
 // tileBytes (<= 32 KiB, a multiple of 32); the M * tilesPerRow (row, tile) units are split into
 // blockDim contiguous ranges of unitsPerCore, so one big expert slice is spread over all cores and
 // many small rows (scales) are too. Each core looks up the destination slot of a row once
-// (scalar GM read of slots[i]) and moves its tiles GM -> UB -> GM through a double-buffered
-// TQueBind (tile_copy.h): the MTE2 read of tile j+1 overlaps the MTE3 write of tile j. Whole
+// (scalar GM read of slots[i], past the DataCache: each commit writes new ones) and moves its
+// tiles GM -> UB -> GM through a double-buffered TQueBind (tile_copy.h): the MTE2 read of tile
+// j+1 overlaps the MTE3 write of tile j. Whole
 // tiles of 32-byte-aligned rows use DataCopy; tails and unaligned rows (e.g. a 28-byte row of
 // seven float32 scales) use DataCopyPad. A slot outside [0, S) (a bad plan: the device backend
 // cannot check values without synchronising) is skipped, leaving that row unchanged.
@@ -15,6 +16,7 @@
 // writes each byte once, so it is bound by HBM at about half the ~1.6 TB/s of an Atlas A2 per
 // direction pair, i.e. ~0.7-0.8 TB/s of payload with >= 20 cores busy: a 44 MiB DeepSeek-V3
 // int8 expert (w13 + w2 + scales) in ~60 us; below ~1 MiB per launch the ~5 us launch dominates.
+#include "fresh_read.h"
 #include "kernel_operator.h"
 #include "tile_copy.h"
 
@@ -53,7 +55,7 @@ class KernelUpdateExpertWeights {
       const int64_t r = unit / tilesPerRow_;
       if (r != row) {
         row = r;
-        slot = static_cast<int64_t>(slotsGm.GetValue(row));
+        slot = static_cast<int64_t>(eplb_ascendc::ReadFresh(slotsGm, row));  // new each commit
       }
       if (slot < 0 || slot >= numSlots_) continue;
       const int64_t off = (unit - row * tilesPerRow_) * tileBytes_;

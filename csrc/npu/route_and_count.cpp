@@ -20,8 +20,9 @@ void route_and_count(const at::Tensor& topk_ids, const at::Tensor& log2phy,
   if (topk_ids.numel() == 0) return;
   const at::Device device = topk_ids.device();
 
-  // The tiling rejects what the kernel cannot take: K, E, P < 1, heat rows closer than P, tables
-  // larger than the Unified Buffer.
+  // The tiling rejects what the kernel cannot take: K, E, P < 1, heat rows closer than P, a logcnt
+  // and histogram larger than the Unified Buffer (log2phy and replica_share past it are read from
+  // GM).
   eplb_ascendc::RouteAndCountShape shape{};
   shape.numTokens = topk_ids.size(0);
   shape.topK = static_cast<int32_t>(topk_ids.size(1));

@@ -215,6 +215,9 @@ __global__ __aicore__ void sync_all_kernel(GM_ADDR y, uint32_t mode, uint32_t la
   const int64_t num = GetBlockNum();
   yGm.SetGlobalBuffer((__gm__ int32_t*)y, num * 8);
   yGm.SetValue(idx * 8, static_cast<int32_t>(idx + 100));
+  // written back from this core's DataCache for the others to see
+  DataCacheCleanAndInvalid<int32_t, CacheLine::SINGLE_CACHE_LINE, DcciDst::CACHELINE_OUT>(
+      yGm[idx * 8]);
   if (mode == 1 && idx == 0) return;
   if (mode == 2 && idx == 0) {
     host_sim::LaunchState& st = *host_sim::currentCore().launch;
@@ -223,7 +226,22 @@ __global__ __aicore__ void sync_all_kernel(GM_ADDR y, uint32_t mode, uint32_t la
   }
   SyncAll();
   const int64_t next = (idx + 1) % num;
+  DataCacheCleanAndInvalid<int32_t, CacheLine::SINGLE_CACHE_LINE, DcciDst::CACHELINE_OUT>(
+      yGm[next * 8]);
   if (yGm.GetValue(next * 8) != next + 100) host_sim::fail("SyncAll did not order the GM writes");
+}
+
+// A scalar read of x[0] (a step counter, say), which the host rewrites between two launches:
+// the second launch reads it past the DataCache only with `fresh`.
+__global__ __aicore__ void scalar_gm_read_kernel(GM_ADDR x, GM_ADDR y, uint32_t fresh) {
+  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
+  GlobalTensor<int32_t> xGm, yGm;
+  xGm.SetGlobalBuffer((__gm__ int32_t*)x, kLen);
+  yGm.SetGlobalBuffer((__gm__ int32_t*)y, kLen);
+  if (fresh != 0) {
+    DataCacheCleanAndInvalid<int32_t, CacheLine::SINGLE_CACHE_LINE, DcciDst::CACHELINE_OUT>(xGm);
+  }
+  if (GetBlockIdx() == 0) yGm.SetValue(0, xGm.GetValue(0));
 }
 
 // Two rounds of a scalar loop filling one buffer that MTE3 copies out; round 1 refills it while
@@ -388,6 +406,18 @@ std::map<std::string, std::function<void(uint32_t)>> FaultTable() {
   t["kernel_type_not_pinned_ok"] = [](uint32_t b) {
     EPLB_LAUNCH_KERNEL(kernel_type_kernel, b, nullptr, 1u);
   };
+  auto twoLaunches = [withBuffers](uint32_t fresh) {
+    return withBuffers([fresh](uint32_t b, uint8_t* x, uint8_t* y) {
+      int32_t* counter = reinterpret_cast<int32_t*>(x);
+      for (int32_t step = 1; step <= 2; ++step) {
+        *counter = step;  // the host (or the previous step's kernel) advances it
+        EPLB_LAUNCH_KERNEL(scalar_gm_read_kernel, b, nullptr, x, y, fresh);
+        if (reinterpret_cast<int32_t*>(y)[0] != step) host_sim::fail("read a stale counter");
+      }
+    });
+  };
+  t["stale_data_cache"] = twoLaunches(0u);
+  t["stale_data_cache_ok"] = twoLaunches(1u);
   t["syncall_ok"] = withBuffers([](uint32_t b, uint8_t*, uint8_t* y) {
     EPLB_LAUNCH_KERNEL(sync_all_kernel, b, nullptr, y, 0u, 0u);
   });

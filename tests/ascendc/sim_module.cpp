@@ -157,6 +157,23 @@ PYBIND11_MODULE(eplb_ascendc_sim, m) {
         py::arg("logcnt"), py::arg("replica_share"), py::arg("heat"), py::arg("step"),
         py::arg("phy_ids"), py::arg("core_num") = 8, py::arg("ub_bytes") = kUb,
         py::arg("block_dim") = 0);
+  m.def(
+      "route_and_count_tiling",
+      [kUb](int64_t n, int32_t k, int32_t e, int32_t r, int32_t p, uint32_t idBytes,
+            bool hasShare, uint32_t coreNum, uint32_t ubBytes) {
+        const eplb_ascendc::RouteAndCountShape s{n, k, e, r, p, 1, p, idBytes, hasShare};
+        eplb_ascendc::RouteAndCountTiling t{};
+        const std::string err =
+            eplb_ascendc::ComputeRouteAndCountTiling(s, coreNum, ubBytes ? ubBytes : kUb, &t);
+        Require(err.empty(), err);
+        py::dict out;
+        out["block_dim"] = t.blockDim;
+        out["tile_pairs"] = t.tilePairs;
+        out["tables_in_ub"] = t.tablesInUb != 0;
+        return out;
+      },
+      py::arg("n"), py::arg("k"), py::arg("e"), py::arg("r"), py::arg("p"), py::arg("id_bytes"),
+      py::arg("has_share"), py::arg("core_num") = 48, py::arg("ub_bytes") = 0);
   m.def("count_from_group_list", &CountFromGroupList, py::arg("group_list"), py::arg("heat"),
         py::arg("step"), py::arg("slot_offset"), py::arg("cumulative"), py::arg("core_num") = 8,
         py::arg("ub_bytes") = kUb);

@@ -29,6 +29,8 @@ FAULTS = {
     "event_wait_without_set": r"WaitFlag<MTE3_S>\(1\) without a SetFlag before it",
     "event_set_never_waited": r"ended with 1 event flag\(s\) set and never waited for",
     "tbuf_position": r"allows TBuf only at TPosition::VECCALC",
+    "stale_data_cache": r"GlobalTensor::GetValue: the DataCache returns a value GM no longer "
+    r"holds .* call DataCacheCleanAndInvalid",
     "kernel_type_not_pinned": r"kernel_type_kernel does not pin its type with "
     r"KERNEL_TASK_TYPE_DEFAULT\(KERNEL_TYPE_AIV_ONLY\)",
 }

@@ -150,22 +150,46 @@ def test_route_and_count_tiling_stays_inside_the_socs_unified_buffer(sim):
 def test_soc_table_knows_the_families_and_rejects_others(sim):
     assert sim.soc_info("Ascend910_9391")[0] == "Atlas A3 (Ascend910_93xx)"
     assert sim.soc_info("Ascend910B4")[0] == "Atlas A2 (Ascend910B)"
-    assert sim.soc_info("Ascend310P3")[1] == 262144 - 256
+    assert sim.soc_info("Ascend910_9382")[1] == 196608 - 256
     assert sim.soc_info("Ascend310B1") is None
+    assert sim.soc_info("Ascend310P3") is None  # no DataCopyPad, no int32 atomic add
 
 
-def test_route_and_count_rejects_tables_larger_than_ub(sim):
-    log2phy = np.zeros((4096, 16), dtype=np.int32)
-    logcnt = np.ones(4096, dtype=np.int32)
+@pytest.mark.parametrize(
+    ("shares", "p", "r"), [(False, 512, 256), (True, 384, 128)], ids=["uniform", "shares"]
+)
+def test_route_and_count_reads_tables_past_the_ub_from_gm(sim, shares, p, r):
+    """DeepSeek-V3 at EP128 with 128 redundant experts and shares (R = 128: log2phy and
+    replica_share take 256 KiB), or at EP256 with 256 (R = 256: log2phy alone 256 KiB), past
+    the A2's UB. The rows are read from GM, step after step (a commit rewrites the tables in
+    between), with the results of the tables in UB."""
+    e = 256
+    # 12288 tokens x top-8 on 48 cores: 2048 ids a core, one whole tile with the tables in GM
+    tiling = sim.route_and_count_tiling(12288, 8, e, r, p, 4, shares)
+    assert not tiling["tables_in_ub"] and tiling["tile_pairs"] == 2048
+    assert sim.route_and_count_tiling(12288, 8, e, 8, p, 4, shares)["tables_in_ub"]
+    rng = np.random.default_rng(5)
+    heat = np.zeros((3, p), dtype=np.int32)
+    for step in range(3):
+        log2phy, logcnt = expected.random_tables(rng, e, p, r)
+        share = random_shares(rng, log2phy, logcnt) if shares else None
+        topk = rng.integers(-1, e, size=(700, 8)).astype(np.int32)
+        route_matches_reference(
+            sim, topk, log2phy, logcnt, share, heat=heat, step=step, core_num=6
+        )
+
+
+def test_route_and_count_rejects_a_histogram_larger_than_ub(sim):
+    logcnt = np.ones(64, dtype=np.int32)
     with pytest.raises(
-        ValueError, match=r"need .* bytes of Unified Buffer, expected at most 196352"
+        ValueError, match=r"histogram of P=60000 slots need .* expected at most 196352"
     ):
         sim.route_and_count(
             np.zeros((4, 2), np.int32),
-            log2phy,
+            np.zeros((64, 1), np.int32),
             logcnt,
-            log2phy.astype(np.float32),
-            np.zeros((1, 8192), np.int32),
+            None,
+            np.zeros((1, 60000), np.int32),
             np.zeros(1, np.int64),
             np.zeros((4, 2), np.int32),
         )
