@@ -112,10 +112,13 @@ inline void check_int32_size(const at::Tensor& t, int64_t dim, const char* op, c
               " entries in dimension ", dim, " on ", t.device().type(), ", got shape ", t.sizes());
 }
 
-// K, E, R and P of route_and_count, for the kernels that take them as int32.
+// K, E, R and P of route_and_count, for the kernels that take them as int32, and N * K, which
+// the CUDA kernel indexes with 32 bits.
 inline void check_route_and_count_int32_sizes(const at::Tensor& topk_ids, const at::Tensor& log2phy,
                                               const at::Tensor& heat) {
   constexpr const char* op = "route_and_count";
+  TORCH_CHECK(topk_ids.numel() <= INT32_MAX, op, ": topk_ids must hold at most ", INT32_MAX,
+              " ids (N * K) on ", topk_ids.device().type(), ", got shape ", topk_ids.sizes());
   check_int32_size(topk_ids, 1, op, "topk_ids");
   check_int32_size(log2phy, 0, op, "log2phy");
   check_int32_size(log2phy, 1, op, "log2phy");
