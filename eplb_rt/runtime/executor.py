@@ -27,6 +27,11 @@ from eplb_rt import ops
 from eplb_rt.runtime.device import Device, Event
 from eplb_rt.runtime.migration import LayerMigration
 
+NPU_BASE_FORMATS = {0: "NCHW", 2: "ND"}
+"""torch_npu storage formats that hold a tensor row-major in its own shape: each slot's weights
+are then its contiguous bytes, which the transfers send and ``update_expert_weights_`` copies.
+vllm-ascend casts MoE weights to FRACTAL_NZ (29), whose storage is tiled and padded."""
+
 # Tags of one transfer: entry i of tensor t gets tag base + i * T + t; bases advance per transfer
 # so that a late message of a failed transfer never matches a later one.
 _TAG_SPAN = 1 << 20
@@ -53,6 +58,15 @@ class Transfer:
     event: Event
     started: float
     error: str | None = None
+
+
+def npu_format(tensor: torch.Tensor) -> int | None:
+    """torch_npu's storage format of ``tensor`` (2: ND), or ``None`` off the NPU."""
+    if tensor.device.type != "npu":
+        return None
+    import torch_npu  # registered the npu device, so it is importable here
+
+    return int(torch_npu.get_npu_format(tensor))
 
 
 class MigrationExecutor:
@@ -115,6 +129,14 @@ class MigrationExecutor:
                 )
             if not tensor.is_contiguous():
                 raise ValueError(f"weight {name!r} must be contiguous")
+            storage = npu_format(tensor)
+            if storage is not None and storage not in NPU_BASE_FORMATS:
+                raise ValueError(
+                    f"weight {name!r} is stored in NPU format {storage}, expected a base format "
+                    f"{NPU_BASE_FORMATS} (slots are moved as their contiguous bytes); register "
+                    "the weights before torch_npu.npu_format_cast to FRACTAL_NZ (29), or cast "
+                    "them back with torch_npu.npu_format_cast(weight, 2)"
+                )
         self.weights[layer] = dict(tensors)
         self._slot_views[layer] = [t.unbind(0) for t in tensors.values()]
 
