@@ -174,9 +174,7 @@ def test_route_and_count_reads_tables_past_the_ub_from_gm(sim, shares, p, r):
         log2phy, logcnt = expected.random_tables(rng, e, p, r)
         share = random_shares(rng, log2phy, logcnt) if shares else None
         topk = rng.integers(-1, e, size=(700, 8)).astype(np.int32)
-        route_matches_reference(
-            sim, topk, log2phy, logcnt, share, heat=heat, step=step, core_num=6
-        )
+        route_matches_reference(sim, topk, log2phy, logcnt, share, heat=heat, step=step, core_num=6)
 
 
 def test_route_and_count_rejects_a_histogram_larger_than_ub(sim):
