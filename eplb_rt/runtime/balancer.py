@@ -27,6 +27,7 @@ import queue
 import threading
 import time
 import zlib
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 import torch
@@ -86,7 +87,9 @@ class Job:
         epoch: plan number (counts gathers from 1, identical on every rank).
         gather_step: host step of the gather; ``deadline_step`` the step by which it must be ready.
         heat: host ``[H, L, P]`` int32 copy of the ring (valid once ``event`` completes).
-        rows: ring rows that count, oldest first; ``row_phy2log [T, L, P]`` their placements.
+        rows: closed ring rows, oldest first; ``row_phy2log [T, L, P]`` their placements. Rows
+            whose heat sums to zero over the ranks (no rank counted the step) are dropped after
+            the reduce.
         previous: the committed placement at the gather (the policy's ``previous``).
         cost: the cost model the gate prices the plan with.
         trigger: ``"interval"``; ``"drift"``: a probe, planned only when the last ``episode``
@@ -176,6 +179,7 @@ class Balancer:
         self.ready = threading.Event()  # set once the warm-up is done
         self.busy_s = 0.0
         self._told_waiting = False  # the advice to plan in a child process is given once
+        self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="eplb-balancer", daemon=True)
         self._thread.start()
 
@@ -199,6 +203,7 @@ class Balancer:
         seconds. A compile cannot be interrupted, and a process that exits while LLVM compiles
         in a daemon thread aborts (``terminate called without an active exception``): without
         the shipped kernel cache the warm-up compiles for tens of seconds."""
+        self._stopping = True  # what is still queued runs its collectives, unplanned
         self._jobs.put(None)
         self.ready.wait()
         self._thread.join(timeout)
@@ -209,9 +214,7 @@ class Balancer:
     def _loop(self) -> None:
         # Only rank 0 plans, so only it needs the child process and the compiled kernels.
         if self.rank == 0 and self.config.plan_in_subprocess:
-            self._pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn")
-            )
+            self._pool = _planning_pool()
         if self.rank == 0 and self.config.warm_up:
             try:
                 # Compile, then plan once on a flat load of the real shape: the first call also
@@ -264,6 +267,10 @@ class Balancer:
     def _run(self, job: Job) -> PlanResult:
         job.event.synchronize()
         heat = self._reduce(job.heat[torch.as_tensor(job.rows, dtype=torch.int64)])
+        counted = heat.reshape(heat.shape[0], -1).any(axis=1)
+        if not counted.all():
+            heat = heat[counted]
+            job = dataclasses.replace(job, row_phy2log=job.row_phy2log[counted])
         status, decision, plan_time, error = PLAN_FAILED, None, 0.0, ""
         if self.rank == 0:
             status, decision, plan_time, error = self._plan(job, heat)
@@ -301,6 +308,10 @@ class Balancer:
         """Rank 0: decide; ``(status, decision, seconds, error)``."""
         started = time.perf_counter()
         cpu_started = (time.thread_time(), time.process_time())
+        # A job already past its deadline (a policy slower than the interval lets them queue
+        # up; at shutdown every queued one) is not planned: nobody would use it.
+        if self._stopping or self.current_step() > job.deadline_step:
+            return PLAN_LATE, None, 0.0, "not planned: its deadline had passed"
         try:
             if heat.shape[0] == 0 or not heat.any():
                 return PLAN_UNCHANGED, None, 0.0, "no heat recorded"
@@ -323,6 +334,14 @@ class Balancer:
                 decision = planning.decide(*args, **kwargs)
             else:
                 decision = self._pool.submit(planning.decide, *args, **kwargs).result()
+        except BrokenProcessPool as err:
+            # The child died (killed for memory, a crash in a policy): a new one for the next
+            # plan, which then loads the kernels again.
+            log.warning(
+                "plan %d: the planning process died (%r); starting a new one", job.epoch, err
+            )
+            self._pool = _planning_pool()
+            return PLAN_FAILED, None, time.perf_counter() - started, repr(err)
         except Exception as err:
             log.warning(
                 "plan %d: policy %s raised %r; keeping the current placement",
@@ -381,3 +400,10 @@ class Balancer:
         shares = None if header[3] else share.numpy()
         placement = Placement(p2l.numpy(), self.num_experts, self.topology.num_ranks, shares)
         return status, placement, float(header[2]), tuple(np.flatnonzero(mask.numpy()).tolist())
+
+
+def _planning_pool() -> concurrent.futures.ProcessPoolExecutor:
+    """The child process that plans with ``plan_in_subprocess`` (spawned: no forked threads)."""
+    return concurrent.futures.ProcessPoolExecutor(
+        max_workers=1, mp_context=multiprocessing.get_context("spawn")
+    )

@@ -8,9 +8,11 @@ and the event that marks the end of its copies. At the step boundary the serving
 ``EplbRuntime``), and :meth:`MigrationExecutor.commit` makes the serving stream wait on the
 event, then runs ``update_expert_weights_`` on the layer's registered tensors.
 
-Staging buffers are allocated once per lane (``layers_per_step`` lanes) and weight signature;
-every transfer of the life of the runtime reuses them (never freed, so the caching allocator
-needs no ``record_stream``).
+Staging buffers are allocated once per lane (``layers_per_step`` lanes) and weight signature,
+when the weights are registered (at model load, before an engine sizes its KV cache from the
+memory left; out of memory there is a clear error, not a transfer failing on one rank); every
+transfer of the life of the runtime reuses them (never freed, so the caching allocator needs no
+``record_stream``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import time
+import zlib
 
 import numpy as np
 import torch
@@ -107,6 +110,9 @@ class MigrationExecutor:
         self._transfers = 0
         self.counters = {"slots_sent": 0, "slots_received": 0, "slots_copied": 0, "bytes_sent": 0}
         """Slots this rank sent, received from other ranks and copied locally, since start."""
+        self.signature = 0
+        """Checksum of the registered layers' tensor names, slot shapes and dtypes: the ranks
+        compare it before a migration, which would exchange mismatched buffers otherwise."""
 
     # ------------------------------------------------------------------ registration
     def register(
@@ -137,15 +143,35 @@ class MigrationExecutor:
                     "the weights before torch_npu.npu_format_cast to FRACTAL_NZ (29), or cast "
                     "them back with torch_npu.npu_format_cast(weight, 2)"
                 )
+        try:
+            for lane in range(self.lanes):
+                self._staging_for(lane, list(tensors.values()))
+        except RuntimeError as err:  # out of device memory
+            need = self.lanes * sum(t.numel() * t.element_size() for t in tensors.values())
+            raise RuntimeError(
+                f"register_weights: staging buffers for layer {layer} ({self.lanes} lane(s), "
+                f"{need / 2**20:.1f} MiB) could not be allocated ({err}); free memory or lower "
+                "EplbConfig.layers_per_step"
+            ) from None
         self.weights[layer] = dict(tensors)
         self._slot_views[layer] = [t.unbind(0) for t in tensors.values()]
+        self.signature = zlib.crc32(
+            repr(
+                sorted(
+                    (index, name, tuple(t.shape[1:]), str(t.dtype))
+                    for index, named in self.weights.items()
+                    for name, t in named.items()
+                )
+            ).encode()
+        )
 
     def slot_bytes(self, layer: int) -> int:
         """Bytes of one slot of ``layer`` over all its registered tensors."""
         return sum(t[0].numel() * t.element_size() for t in self.weights.get(layer, {}).values())
 
     def _staging_for(self, lane: int, tensors: list[torch.Tensor]):
-        """``lane``'s staging buffers for a layer of ``tensors``' signature, and their rows."""
+        """``lane``'s staging buffers for a layer of ``tensors``' signature, and their rows
+        (allocated for every lane at the signature's first registration)."""
         key = tuple((tuple(t.shape), t.dtype) for t in tensors)
         if key not in self._staging:
             lanes = [[torch.empty_like(t) for t in tensors] for _ in range(self.lanes)]

@@ -5,8 +5,11 @@ The kernels (``route_and_count``, ``count_from_group_list``) add into row ``step
 counter is a one-element int64 tensor on the device, so the kernels stay graph-capture safe.
 :meth:`HeatRecorder.advance` moves to the next step with device ops only (no host sync): it bumps
 the counter and zeroes the row the next step writes into. The host keeps its own copy of the
-step number and, per ring row, the placement the row was counted under and whether the row
-counts, so that a snapshot turns into logical load ``[T, L, E]`` exactly.
+step number and, per ring row, the placement the row was counted under and whether the row is
+closed, so that a snapshot turns into logical load ``[T, L, E]`` exactly. A step that does not
+count (another phase, a warm-up or padding forward) has its row zeroed when it closes: the ranks
+keep the same rows, so their snapshots reduce element by element, and a row that no rank
+counted sums to zero and is dropped after the reduce.
 """
 
 from __future__ import annotations
@@ -53,9 +56,9 @@ class HeatRecorder:
             else torch.zeros((history, num_slots), dtype=torch.int32, device=device.device)
         )
         self.host_step = 0
-        # Per ring row: the phy2log it was counted under and whether it feeds the policy.
+        # Per ring row: the phy2log it was counted under and whether its step has closed.
         self._row_phy2log = np.zeros((history, num_layers, num_slots), dtype=np.int32)
-        self._row_counts = np.zeros(history, dtype=bool)
+        self._row_closed = np.zeros(history, dtype=bool)
         self._snapshot_stream = device.new_stream()
         # The ring is never reallocated: each layer's view is made once, not in every route.
         self._layer_heat = [self.heat[:, layer, :] for layer in range(num_layers)]
@@ -102,27 +105,30 @@ class HeatRecorder:
         """Close the current step and open the next one, without a host synchronisation.
 
         ``phy2log`` ``[L, P]`` is the placement the closed step was routed under; ``counts``
-        says whether the closed step feeds the policy (see ``EplbConfig.count_steps``).
+        says whether this rank's counts of the closed step feed the policy (see
+        ``EplbConfig.count_steps``); if not, its row is zeroed.
         """
         row = self.host_step % self.history
         self._row_phy2log[row] = phy2log
-        self._row_counts[row] = counts
+        self._row_closed[row] = True
         self.host_step += 1
-        # A snapshot still copying on its side stream must not see the row zeroed under it.
+        # A snapshot still copying on its side stream must not see a row zeroed under it.
         self.device.wait_event(self._snapshot_done)
+        if not counts:
+            self.heat[row].zero_()
         self.step_counter.add_(1)
         torch.remainder(self.step_counter, self.history, out=self._next_row)
         self.heat.index_fill_(0, self._next_row, 0)
         if self._scratch is not None:  # keeps the scratch counts far from int32 overflow
             self._scratch.index_fill_(0, self._next_row, 0)
-        self._row_counts[self.host_step % self.history] = False
+        self._row_closed[self.host_step % self.history] = False
 
     def snapshot(self) -> tuple[torch.Tensor, Event, np.ndarray, np.ndarray]:
         """Copy the ring to the host without stalling the serving stream.
 
         Returns ``(host [H, L, P] int32, event, row_phy2log [T, L, P], rows [T])``: ``rows`` are
-        the ring rows that count, oldest first; the copy is valid once ``event`` completes (the
-        background thread synchronises on it).
+        the closed ring rows, oldest first (the same on every rank); the copy is valid once
+        ``event`` completes (the background thread synchronises on it).
         """
         host = torch.empty(self.heat.shape, dtype=torch.int32, pin_memory=self.device.has_streams)
         serving_done = self.device.record_event()
@@ -132,7 +138,7 @@ class HeatRecorder:
             done = self.device.record_event(self._snapshot_stream)
         self._snapshot_done = done
         order = (np.arange(self.history) + self.host_step + 1) % self.history
-        rows = order[self._row_counts[order]]
+        rows = order[self._row_closed[order]]
         return host, done, self._row_phy2log[rows].copy(), rows
 
 

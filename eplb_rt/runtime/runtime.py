@@ -152,6 +152,10 @@ class EplbRuntime:
         self.topology.check_experts(num_experts)
         self.max_replicas = min(self.num_ranks, self.topology.num_slots - num_experts + 1)
         self._placement = self._initial_placement()
+        if config.export_dir is not None:  # before any group or thread: a failure leaves none
+            os.makedirs(config.export_dir, exist_ok=True)
+            if self.rank == 0:
+                formats.write_placement(self._placement, self._export_path(0))
 
         # Tables the model reads: allocated once, rewritten in place by update_expert_map_.
         p = self._placement
@@ -182,10 +186,7 @@ class EplbRuntime:
             self._control_group = dist.new_group(
                 ranks, backend="gloo", use_local_synchronization=True
             )
-            backend = "gloo" if self.dev.kind == "cpu" else None
-            self._migration_group = dist.new_group(
-                ranks, backend=backend, use_local_synchronization=True
-            )
+            self._migration_group = self._new_migration_group()
         else:
             self._balancer_group = self._control_group = self._migration_group = None
         self.executor = MigrationExecutor(
@@ -224,9 +225,10 @@ class EplbRuntime:
         self._closed = False
         self._step_clock: list[float] = []  # host time of recent step() calls
         self._fitted = config.initial_placement is not None  # a plan has fitted the placement
-        if config.export_dir is not None:
-            os.makedirs(config.export_dir, exist_ok=True)
-            self._export(self._placement, 0)
+        # The next interval gather: at the first idle step from there (a probe's migration
+        # may still run at the interval step itself).
+        self._next_interval = config.interval
+        self._retired_groups: list = []  # migration groups a failed transfer retired
 
     def _initial_placement(self) -> Placement:
         path = self.config.initial_placement
@@ -247,6 +249,20 @@ class EplbRuntime:
                 f"{want[3]} slots"
             )
         return placement
+
+    def _new_migration_group(self):
+        backend = "gloo" if self.dev.kind == "cpu" else None
+        return dist.new_group(self.ranks, backend=backend, use_local_synchronization=True)
+
+    def _renew_migration_group(self) -> None:
+        """After an agreed failed transfer, on every rank at the same boundary: a new group for
+        the next transfers. The failed one may have left the old group unusable (gloo closes
+        a pair whose receive timed out) or holding messages nobody will receive. The old group
+        is kept, not destroyed: torch names a locally synchronised group after the names in
+        use, so a destroyed group's name (and its keys left in the store) would be taken again
+        by the next group, whose ranks could then meet stale keys and wait for ever."""
+        self._retired_groups.append(self._migration_group)
+        self._migration_group = self.executor.group = self._new_migration_group()
 
     def _table_rows(self, p: Placement) -> list[np.ndarray]:
         """``p``'s log2phy, logcnt, replica_share and this rank's expert_map (all layers)."""
@@ -335,17 +351,37 @@ class EplbRuntime:
         """Hand over ``layer``'s expert tensors (each ``[S, ...]``, this rank's slots) that
         migration rewrites in place."""
         layer = self._check_layer(layer)
+        migrating = {m.layer for m in self._queue} | {t.migration.layer for t in self._in_flight}
+        if layer in migrating:
+            raise ValueError(
+                f"layer {layer} is being migrated (plan {self._current.epoch}); register its "
+                "weights again once runtime.busy is False"
+            )
         self.executor.register(layer, tensors, self.topology.num_slots_per_rank)
 
     # ------------------------------------------------------------------ step boundary
-    def step(self, is_prefill: bool | None = None) -> None:
-        """Close the forward step that just ran (call once per step, on every rank)."""
+    def step(self, is_prefill: bool | None = None, *, record: bool = True) -> None:
+        """Close the forward step that just ran (call once per step, on every rank).
+
+        ``is_prefill``: whether this rank's batch was a prefill (needed with ``count_steps``
+        ``"prefill"`` / ``"decode"``; ranks may differ, as with data-parallel attention).
+        ``record=False``: the step's routed tokens do not feed the policy (a profile or graph
+        warm-up forward, a padding batch of an idle data-parallel rank); still call ``step``
+        for it, on every rank, so that the ranks stay in step.
+        """
         if self._closed:
             raise RuntimeError("EplbRuntime.step() after shutdown()")
+        for name, value in (("is_prefill", is_prefill), ("record", record)):
+            if not (
+                isinstance(value, (bool, np.bool_)) or (name == "is_prefill" and value is None)
+            ):
+                allowed = "a bool or None" if name == "is_prefill" else "a bool"
+                raise TypeError(f"step({name}=...) must be {allowed}, got {value!r}")
         mode = self.config.count_steps
-        if mode != "all" and is_prefill is None:
+        if mode != "all" and is_prefill is None and record:
             raise ValueError(f"count_steps={mode!r} needs step(is_prefill=True/False)")
-        counts = mode == "all" or (is_prefill if mode == "prefill" else not is_prefill)
+        phase = mode == "all" or (is_prefill if mode == "prefill" else not is_prefill)
+        counts = bool(record and phase)
         self.recorder.advance(self._placement.phy2log, counts)
         step = self.recorder.host_step
         if self._in_flight:
@@ -359,10 +395,12 @@ class EplbRuntime:
         self._step_clock = [*self._step_clock[-32:], time.perf_counter()]
         interval, episode = self.config.interval, self.config.episode
         if self._rebalance_enabled and self._pending is None and self._current is None:
-            if step % interval == 0:
+            if step >= self._next_interval:
+                self._next_interval = (step // interval + 1) * interval
                 self._gather(step)
-            # A probe's deadline falls before the next interval, so it never delays that plan.
-            elif step % episode == 0 and step % interval + self.config.deadline < interval:
+            # A probe's deadline falls before the next interval; its migration may run past it,
+            # and that interval's gather then waits for the first idle step.
+            elif step % episode == 0 and step + self.config.deadline < self._next_interval:
                 if self._fitted:
                     self._gather(step, "drift")
                 elif step >= 3 * episode:
@@ -399,9 +437,14 @@ class EplbRuntime:
         result: PlanResult | None = self.balancer.result(job.epoch)
         self.balancer.discard_through(job.epoch)
         mine = [result.epoch, result.status, result.digest] if result else [-1, -1, -1]
-        low, high = self._agree(mine)
+        low, high = self._agree([*mine, self.executor.signature])
         reason = None
-        if low[0] == -1:
+        if low[3] != high[3]:
+            reason = (
+                "ranks registered different weights (tensor names, slot shapes or dtypes of "
+                "some layer differ); a migration would exchange mismatched buffers"
+            )
+        elif low[0] == -1:
             reason = f"plan not ready by its deadline step {job.deadline_step} on at least one rank"
         elif low != high:
             reason = (
@@ -411,6 +454,8 @@ class EplbRuntime:
         elif low[0] != job.epoch:
             reason = f"plan epoch {low[0]} does not match the gather's epoch {job.epoch}"
         elif result.status != PLAN_OK:
+            # Nothing worth moving: the placement fits the load (probes then check for drift).
+            self._fitted = self._fitted or (result.status == PLAN_UNCHANGED and not result.error)
             # A probe that found nothing worth moving is routine: not even logged as skipped.
             if job.trigger == "interval" or result.status != PLAN_UNCHANGED:
                 detail = f": {result.error}" if result.error else ""
@@ -432,6 +477,16 @@ class EplbRuntime:
                     )
                 )
         self._queue.sort(key=lambda m: m.layer)
+        registered = self.executor.weights
+        if registered:  # the same layers on every rank (the signature agreed)
+            bare = [m.layer for m in self._queue if m.num_moves and m.layer not in registered]
+            if bare:
+                self.errors.append(
+                    f"plan {job.epoch}: layers {bare} move experts but have no registered "
+                    "weights while other layers do; they keep their placement"
+                )
+                log.warning("plan %d: layers %s have no registered weights", job.epoch, bare)
+                self._queue = [m for m in self._queue if m.layer not in bare]
         self._set_target(target)
         self._current = Rebalance(job.epoch, job.gather_step, result.plan_time_s, len(self._queue))
         self._current.trigger = job.trigger
@@ -478,6 +533,8 @@ class EplbRuntime:
             rebalance.layers_committed.append(layer)
             rebalance.moved_experts += transfer.migration.num_moves
             rebalance.bytes_moved += transfer.migration.num_remote * self.executor.slot_bytes(layer)
+        if not all(low) and self._migration_group is not None:
+            self._renew_migration_group()
 
     def _set_target(self, target: Placement) -> None:
         """The placement the queued migrations lead to; its tables are computed here, once,
@@ -526,10 +583,20 @@ class EplbRuntime:
             rebalance.moved_experts,
         )
 
+    def _export_path(self, epoch: int) -> str:
+        return os.path.join(self.config.export_dir, f"placement_{epoch:05d}.json")
+
     def _export(self, placement: Placement, epoch: int) -> None:
-        if self.rank == 0:
-            path = os.path.join(self.config.export_dir, f"placement_{epoch:05d}.json")
-            formats.write_placement(placement, path)
+        """Rank 0 writes the committed placement; a failure (disk full, directory gone) is
+        logged and counted, never raised: only rank 0 writes, and an exception on one rank
+        would leave the ranks' collectives out of step."""
+        if self.rank != 0:
+            return
+        try:
+            formats.write_placement(placement, self._export_path(epoch))
+        except OSError as err:
+            self.errors.append(f"plan {epoch}: exporting the placement failed: {err!r}")
+            log.warning("plan %d: exporting the placement failed: %r", epoch, err)
 
     # ------------------------------------------------------------------ reporting, shutdown
     @property

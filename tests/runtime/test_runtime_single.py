@@ -84,7 +84,7 @@ def test_route_does_not_count_when_heat_comes_from_group_lists():
         assert rt.heat[0, 0].tolist() == [1, 0, 1, 1]
 
 
-def test_snapshot_keeps_counted_rows_oldest_first_and_converts_to_load():
+def test_snapshot_keeps_closed_rows_oldest_first_and_converts_to_load():
     config = EplbConfig(
         policy="rt_test_shift",
         interval=0,
@@ -99,12 +99,23 @@ def test_snapshot_keeps_counted_rows_oldest_first_and_converts_to_load():
             rt.step(is_prefill=prefill)
         host, event, row_p2l, rows = rt.recorder.snapshot()
         event.synchronize()
-        # Ring rows of steps 1..4 survive (H = 4, the row of step 5 is open); decode: 2 and 4.
-        assert rows.tolist() == [2, 0]
+        # Rows of steps 2..4 are closed (H = 4, the row of step 5 is open); step 3 was a
+        # prefill, so its row is zeroed (dropped after the ranks' reduce), decode rows count.
+        assert rows.tolist() == [2, 3, 0]
         load = heat_to_load(host.numpy()[rows], row_p2l, 3)
-        assert load[:, 0].tolist() == [[0, 0, 3], [0, 5, 0]]
+        assert load[:, 0].tolist() == [[0, 0, 3], [0, 0, 0], [0, 5, 0]]
+        rt.route(0, torch.full((6, 1), 2))
+        rt.step(record=False)  # a warm-up forward: not counted, whatever its phase
+        host, event, _, rows = rt.recorder.snapshot()
+        event.synchronize()
+        assert rows.tolist() == [3, 0, 1] and not host.numpy()[1].any()
         with pytest.raises(ValueError, match="needs step\\(is_prefill"):
             rt.step()
+        with pytest.raises(TypeError, match=r"is_prefill=...\) must be a bool or None, got 'no'"):
+            rt.step(is_prefill="no")
+        with pytest.raises(TypeError, match=r"record=...\) must be a bool, got 0"):
+            rt.step(is_prefill=False, record=0)
+        assert rt.recorder.host_step == 6
 
 
 def test_heat_to_load_uses_each_rows_placement():

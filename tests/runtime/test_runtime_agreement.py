@@ -1,0 +1,329 @@
+"""The ranks stay in step when one of them meets something the others do not: a batch of another
+phase, a transfer that times out, a file it cannot write, weights of another shape; and what a
+serving loop does to the runtime between plans (probes, late plans, registrations) keeps every
+interval's plan and every rank's weights right."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from _dist import spawn
+from _faults import open_gate
+
+from eplb_rt.config import EplbConfig
+from eplb_rt.runtime import EplbRuntime
+from eplb_rt.runtime import balancer as balancer_module
+
+
+def _config(**overrides) -> EplbConfig:
+    values = dict(
+        policy="rt_test_shift",
+        interval=6,
+        history=6,
+        episode=2,
+        num_redundant=3,
+        deadline=2,
+        layers_per_step=1,
+        warm_up=False,
+        transfer_timeout_s=20.0,
+    )
+    values.update(overrides)
+    return EplbConfig(**values)
+
+
+def _route(runtime: EplbRuntime, step: int, tokens: int = 16) -> None:
+    """A skewed batch on every layer: expert ``step // 10`` is hot."""
+    gen = torch.Generator().manual_seed(step * 31 + runtime.rank)
+    weights = torch.ones(runtime.num_experts)
+    weights[step // 10 % runtime.num_experts] = 8.0
+    for layer in range(runtime.num_layers):
+        ids = torch.multinomial(weights.expand(tokens, -1), 2, generator=gen)
+        runtime.route(layer, ids)
+
+
+def _wait_plan(runtime: EplbRuntime, timeout: float = 60.0) -> None:
+    """Hold the loop until the gathered plan is finished on this rank (a shared 2-core machine
+    can outrun the balancer thread by more than a deadline)."""
+    job = runtime._pending
+    end = time.monotonic() + timeout
+    while job is not None and runtime.balancer.result(job.epoch) is None:
+        assert time.monotonic() < end, f"plan {job.epoch} not finished in {timeout} s"
+        time.sleep(0.002)
+
+
+def _gathers(runtime: EplbRuntime) -> list:
+    """``(gather step, trigger)`` of every job the runtime hands to its balancer from now on."""
+    seen, submit = [], runtime.balancer.submit
+
+    def spy(job):
+        seen.append((job.gather_step, job.trigger))
+        submit(job)
+
+    runtime.balancer.submit = spy
+    return seen
+
+
+def _weights(runtime: EplbRuntime, width: int = 4) -> list[torch.Tensor]:
+    """One tensor per layer whose slot rows hold ``100 * layer + expert``, registered."""
+    grid = runtime.placement.by_rank()[:, runtime.rank]
+    out = []
+    for layer in range(runtime.num_layers):
+        w = torch.tensor(100.0 * layer + grid[layer], dtype=torch.float32)[:, None]
+        out.append(w.repeat(1, width).contiguous())
+        runtime.register_weights(layer, {"w": out[-1]})
+    return out
+
+
+def _weights_follow(runtime: EplbRuntime, weights: list[torch.Tensor]) -> bool:
+    grid = runtime.placement.by_rank()[:, runtime.rank]
+    return all(
+        torch.equal(w[:, 0], torch.tensor(100.0 * layer + grid[layer], dtype=torch.float32))
+        for layer, w in enumerate(weights)
+    )
+
+
+# ------------------------------------------------------------------ several ranks
+def _phases(rank: int, world: int) -> None:
+    """Data-parallel attention: at steps 3 and 9 rank 0 prefills while rank 1 decodes."""
+    open_gate()
+    runtime = EplbRuntime(_config(count_steps="decode"), 2, 9)
+    for step in range(1, 25):
+        _route(runtime, step)
+        runtime.step(is_prefill=rank == 0 and step in (3, 9))
+        _wait_plan(runtime)
+    stats = runtime.stats()
+    runtime.shutdown()
+    assert stats["num_errors"] == 0, stats["errors"]
+    assert stats["num_rebalances"] >= 2
+
+
+@pytest.mark.multiprocess
+def test_ranks_in_different_phases_plan_together():
+    spawn(_phases, 2)
+
+
+def _timeout(rank: int, world: int) -> None:
+    """Rank 1's first sends leave 2.5 s late: rank 0's receive passes its 1 s timeout, the
+    layer is cancelled everywhere, and the migrations after it still commit."""
+    open_gate()
+    runtime = EplbRuntime(_config(num_redundant=0, transfer_timeout_s=1.0), 3, 8)
+    weights = _weights(runtime)
+    if rank == 1:
+        post, delayed = dist.batch_isend_irecv, []
+
+        def late(ops):
+            if delayed:
+                return post(ops)
+            delayed.append(True)
+            sends = [op for op in ops if op.op is dist.isend]
+
+            def send():  # into the pair the timed-out receive closed: it may fail, or land
+                try:
+                    for work in post(sends):
+                        work.wait()
+                except RuntimeError:
+                    pass
+
+            threading.Timer(2.5, send).start()
+            return post([op for op in ops if op.op is not dist.isend])
+
+        dist.batch_isend_irecv = late
+    for step in range(1, 40):
+        _route(runtime, step)
+        runtime.step()
+        _wait_plan(runtime)
+        if runtime.stats()["num_errors"] and step < 30 and not hasattr(runtime, "slept"):
+            runtime.slept = True
+            time.sleep(3.0)  # the late sends arrive now, in the retired group
+        assert _weights_follow(runtime, weights), f"weights do not follow the tables at {step}"
+    stats = runtime.stats()
+    runtime.shutdown()
+    assert any("timed out" in e.lower() for e in stats["errors"]) or rank == 1
+    failed_at = min(r["epoch"] for r in stats["rebalances"] if r["layers_failed"])
+    later = [r for r in stats["rebalances"] if r["epoch"] > failed_at]
+    assert any(r["layers_committed"] for r in later), "migration did not recover"
+
+
+@pytest.mark.multiprocess
+def test_a_timed_out_transfer_does_not_end_migration():
+    spawn(_timeout, 2)
+
+
+def _one_rank_surprised(rank: int, world: int, folder: str) -> None:
+    open_gate()
+    # Rank 0 (the only one that exports) finds its export folder gone after the first plan.
+    export = os.path.join(folder, "placements")
+    runtime = EplbRuntime(_config(export_dir=export), 2, 9)
+    for step in range(1, 25):
+        _route(runtime, step)
+        runtime.step()
+        _wait_plan(runtime)
+        if rank == 0 and step == 8:
+            os.rename(export, export + ".gone")
+            with open(export, "w") as file:  # a file where the folder was
+                file.write("not a folder")
+    stats = runtime.stats()
+    runtime.shutdown()
+    assert stats["num_rebalances"] >= 3  # the ranks kept planning together
+    if rank == 0:
+        assert any("exporting the placement failed" in e for e in stats["errors"])
+
+    # The ranks registered weights of different widths: plans are skipped, never migrated.
+    runtime = EplbRuntime(_config(), 2, 9)
+    _weights(runtime, width=4 + rank)
+    initial = runtime.placement
+    for step in range(1, 14):
+        _route(runtime, step)
+        runtime.step()
+        _wait_plan(runtime)
+    stats = runtime.stats()
+    runtime.shutdown()
+    assert runtime.placement == initial and stats["num_rebalances"] == 0
+    assert any("ranks registered different weights" in e for e in stats["errors"])
+
+
+@pytest.mark.multiprocess
+def test_what_one_rank_meets_alone_is_agreed(tmp_path):
+    spawn(_one_rank_surprised, 2, str(tmp_path))
+
+
+# ------------------------------------------------------------------ one rank
+def _between_plans(rank: int, world: int) -> None:
+    open_gate()
+    # 1. The first-fit probe at step 6 migrates 12 layers, one a step, past step 12: the
+    #    interval's gather waits for the first idle step instead of being dropped.
+    runtime = EplbRuntime(_config(interval=12, history=12, num_redundant=0), 12, 8)
+    gathers = _gathers(runtime)
+    for step in range(1, 40):
+        _route(runtime, step)
+        runtime.step()
+        _wait_plan(runtime)
+    runtime.shutdown()
+    assert gathers[0] == (6, "first")
+    intervals = [s for s, trigger in gathers if trigger == "interval"]
+    # (each plan migrates 12 layers over 12 steps or more: every interval's gather is late)
+    assert intervals[0] in range(13, 24) and intervals[1] in range(24, 36), gathers
+
+    # 2. The weights of a layer being migrated cannot be replaced under the transfer.
+    runtime = EplbRuntime(_config(num_redundant=0), 3, 8)
+    weights = _weights(runtime)
+    for step in range(1, 20):
+        _route(runtime, step)
+        runtime.step()
+        _wait_plan(runtime)
+        if runtime._queue:
+            layer = runtime._queue[0].layer
+            with pytest.raises(ValueError, match=f"layer {layer} is being migrated"):
+                runtime.register_weights(layer, {"w": torch.zeros(4, 4)})
+            assert runtime.executor.weights[layer]["w"] is weights[layer]
+            break
+    else:
+        pytest.fail("no migration started")
+    while runtime.busy:
+        runtime.step()
+    assert _weights_follow(runtime, weights)
+    runtime.shutdown()
+
+    # 3. Only layer 0 has weights: layer 1 would move in the tables alone, so it stays.
+    runtime = EplbRuntime(_config(num_redundant=0), 2, 8)
+    initial = runtime.placement
+    runtime.register_weights(0, {"w": torch.zeros(4, 4)})
+    for step in range(1, 14):
+        _route(runtime, step)
+        runtime.step()
+        _wait_plan(runtime)
+    stats = runtime.stats()
+    runtime.shutdown()
+    assert not np.array_equal(runtime.placement.phy2log[0], initial.phy2log[0])
+    assert np.array_equal(runtime.placement.phy2log[1], initial.phy2log[1])
+    assert any("layers [1] move experts but have no registered" in e for e in stats["errors"])
+
+
+@pytest.mark.multiprocess
+def test_what_the_serving_loop_does_between_plans():
+    spawn(_between_plans, 2)
+
+
+def test_probes_check_for_drift_once_a_plan_finds_the_placement_fitting():
+    config = EplbConfig(policy="deepseek", interval=50, episode=4, deadline=3, warm_up=False)
+    with EplbRuntime(config, 2, 8) as runtime:
+        gathers = _gathers(runtime)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(200):
+            for layer in range(2):  # a balanced load: no plan changes anything
+                runtime.route(layer, torch.randint(0, 8, (64, 2), generator=gen))
+            runtime.step()
+            _wait_plan(runtime)
+        stats = runtime.stats()
+    triggers = collections.Counter(trigger for _, trigger in gathers)
+    assert stats["num_rebalances"] == 0 and triggers["first"] == 1, triggers
+
+
+def test_staging_that_does_not_fit_is_an_error_at_registration(monkeypatch):
+    with EplbRuntime(_config(layers_per_step=2, num_redundant=0), 2, 8) as runtime:
+
+        def no_memory(tensor):
+            raise RuntimeError("out of memory (injected)")
+
+        monkeypatch.setattr(torch, "empty_like", no_memory)
+        with pytest.raises(RuntimeError, match=r"staging buffers for layer 1 \(2 lane\(s\), "):
+            runtime.register_weights(1, {"w": torch.zeros(8, 4)})
+        assert runtime.executor.weights == {} and runtime.executor.signature == 0
+
+
+def test_late_plans_are_not_planned(monkeypatch):
+    """A policy slower than the interval: the jobs queued behind it are past their deadline
+    when their turn comes, and are dropped unplanned (not planned for nobody)."""
+    planned = []
+    decide = balancer_module.planning.decide
+
+    def slow(*args, **kwargs):
+        planned.append(1)
+        time.sleep(0.3)
+        return decide(*args, **kwargs)
+
+    monkeypatch.setattr(balancer_module.planning, "decide", slow)
+    with EplbRuntime(
+        _config(interval=3, history=3, episode=3, deadline=2, num_redundant=0), 2, 8
+    ) as runtime:
+        for step in range(1, 61):
+            _route(runtime, step)
+            runtime.step()
+            time.sleep(0.01)
+        started = time.monotonic()
+    assert time.monotonic() - started < 5.0  # shutdown does not plan what is still queued
+    assert 1 <= len(planned) <= 10  # 20 gathers, planned at most every 0.3 s of 0.6 s of steps + 2
+
+
+def test_a_planning_process_that_dies_is_replaced():
+    config = _config(
+        policy="deepseek",
+        interval=6,
+        episode=6,
+        deadline=5,
+        num_redundant=0,
+        plan_in_subprocess=True,
+    )
+    with EplbRuntime(config, 2, 8) as runtime:
+        assert runtime.balancer.ready.wait(60)
+        pool = runtime.balancer._pool
+        pool.submit(int).result()  # the child starts with its first task
+        os.kill(next(iter(pool._processes)), signal.SIGKILL)
+        for step in range(1, 40):
+            _route(runtime, step)
+            runtime.step()
+            _wait_plan(runtime)
+        stats = runtime.stats()
+    # One plan fails with the child; the next ones are planned in a new child (one rank: a
+    # plan changes nothing there).
+    reasons = [s["reason"] for s in stats["skipped"]]
+    assert "BrokenProcessPool" in reasons[0] and len(reasons) >= 3, reasons
+    assert set(reasons[1:]) == {"plan unchanged"}, reasons
