@@ -206,7 +206,9 @@ class EplbRuntime:
             group=self._balancer_group,
             current_step=lambda: self.recorder.host_step,
         )
-        self._rebalance_enabled = config.interval > 0 and not envs.get("EPLB_RT_DISABLE_REBALANCE")
+        enabled = config.interval > 0 and not envs.get("EPLB_RT_DISABLE_REBALANCE")
+        # Set on some ranks only, the variable would have them skip gathers the others make.
+        self._rebalance_enabled = bool(self._agree([int(enabled)])[0][0])
         self._epoch = 0
         self._pending: Job | None = None  # gathered, waiting for its deadline
         self._queue: list[LayerMigration] = []  # agreed, not yet started

@@ -109,7 +109,7 @@ def test_a_plan_that_pays_nothing_is_unchanged_and_the_old_placement_stays():
     [
         (lambda b, j: (b, j._replace_heat_zero()), PLAN_UNCHANGED, "no heat recorded"),
         (lambda b, j: (_balancer("rt_test_raise"), j), PLAN_FAILED, "rt_test_raise always fails"),
-        (lambda b, j: (_balancer(step=6), j), PLAN_LATE, "after its deadline"),
+        (lambda b, j: (_balancer(step=6), j), PLAN_LATE, "its deadline had passed"),
         (lambda b, j: (b, j._with(step_seconds=float("nan"))), PLAN_FAILED, "token_seconds"),
         (lambda b, j: (b, j._with(trigger="drift")), PLAN_UNCHANGED, "no drift"),
     ],

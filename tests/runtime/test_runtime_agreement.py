@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from _dist import spawn
 from _faults import open_gate
+from _serving import let_plan_finish, small_config
 
 from eplb_rt.config import EplbConfig
 from eplb_rt.runtime import EplbRuntime
@@ -24,19 +25,8 @@ from eplb_rt.runtime import balancer as balancer_module
 
 
 def _config(**overrides) -> EplbConfig:
-    values = dict(
-        policy="rt_test_shift",
-        interval=6,
-        history=6,
-        episode=2,
-        num_redundant=3,
-        deadline=2,
-        layers_per_step=1,
-        warm_up=False,
-        transfer_timeout_s=20.0,
-    )
-    values.update(overrides)
-    return EplbConfig(**values)
+    """:func:`small_config` migrating one layer a step."""
+    return small_config(**{"layers_per_step": 1, **overrides})
 
 
 def _route(runtime: EplbRuntime, step: int, tokens: int = 16) -> None:
@@ -47,16 +37,6 @@ def _route(runtime: EplbRuntime, step: int, tokens: int = 16) -> None:
     for layer in range(runtime.num_layers):
         ids = torch.multinomial(weights.expand(tokens, -1), 2, generator=gen)
         runtime.route(layer, ids)
-
-
-def _wait_plan(runtime: EplbRuntime, timeout: float = 60.0) -> None:
-    """Hold the loop until the gathered plan is finished on this rank (a shared 2-core machine
-    can outrun the balancer thread by more than a deadline)."""
-    job = runtime._pending
-    end = time.monotonic() + timeout
-    while job is not None and runtime.balancer.result(job.epoch) is None:
-        assert time.monotonic() < end, f"plan {job.epoch} not finished in {timeout} s"
-        time.sleep(0.002)
 
 
 def _gathers(runtime: EplbRuntime) -> list:
@@ -98,7 +78,7 @@ def _phases(rank: int, world: int) -> None:
     for step in range(1, 25):
         _route(runtime, step)
         runtime.step(is_prefill=rank == 0 and step in (3, 9))
-        _wait_plan(runtime)
+        let_plan_finish(runtime)
     stats = runtime.stats()
     runtime.shutdown()
     assert stats["num_errors"] == 0, stats["errors"]
@@ -139,7 +119,7 @@ def _timeout(rank: int, world: int) -> None:
     for step in range(1, 40):
         _route(runtime, step)
         runtime.step()
-        _wait_plan(runtime)
+        let_plan_finish(runtime)
         if runtime.stats()["num_errors"] and step < 30 and not hasattr(runtime, "slept"):
             runtime.slept = True
             time.sleep(3.0)  # the late sends arrive now, in the retired group
@@ -165,7 +145,7 @@ def _one_rank_surprised(rank: int, world: int, folder: str) -> None:
     for step in range(1, 25):
         _route(runtime, step)
         runtime.step()
-        _wait_plan(runtime)
+        let_plan_finish(runtime)
         if rank == 0 and step == 8:
             os.rename(export, export + ".gone")
             with open(export, "w") as file:  # a file where the folder was
@@ -183,7 +163,7 @@ def _one_rank_surprised(rank: int, world: int, folder: str) -> None:
     for step in range(1, 14):
         _route(runtime, step)
         runtime.step()
-        _wait_plan(runtime)
+        let_plan_finish(runtime)
     stats = runtime.stats()
     runtime.shutdown()
     assert runtime.placement == initial and stats["num_rebalances"] == 0
@@ -205,7 +185,7 @@ def _between_plans(rank: int, world: int) -> None:
     for step in range(1, 40):
         _route(runtime, step)
         runtime.step()
-        _wait_plan(runtime)
+        let_plan_finish(runtime)
     runtime.shutdown()
     assert gathers[0] == (6, "first")
     intervals = [s for s, trigger in gathers if trigger == "interval"]
@@ -218,7 +198,7 @@ def _between_plans(rank: int, world: int) -> None:
     for step in range(1, 20):
         _route(runtime, step)
         runtime.step()
-        _wait_plan(runtime)
+        let_plan_finish(runtime)
         if runtime._queue:
             layer = runtime._queue[0].layer
             with pytest.raises(ValueError, match=f"layer {layer} is being migrated"):
@@ -239,7 +219,7 @@ def _between_plans(rank: int, world: int) -> None:
     for step in range(1, 14):
         _route(runtime, step)
         runtime.step()
-        _wait_plan(runtime)
+        let_plan_finish(runtime)
     stats = runtime.stats()
     runtime.shutdown()
     assert not np.array_equal(runtime.placement.phy2log[0], initial.phy2log[0])
@@ -261,7 +241,7 @@ def test_probes_check_for_drift_once_a_plan_finds_the_placement_fitting():
             for layer in range(2):  # a balanced load: no plan changes anything
                 runtime.route(layer, torch.randint(0, 8, (64, 2), generator=gen))
             runtime.step()
-            _wait_plan(runtime)
+            let_plan_finish(runtime)
         stats = runtime.stats()
     triggers = collections.Counter(trigger for _, trigger in gathers)
     assert stats["num_rebalances"] == 0 and triggers["first"] == 1, triggers
@@ -320,7 +300,7 @@ def test_a_planning_process_that_dies_is_replaced():
         for step in range(1, 40):
             _route(runtime, step)
             runtime.step()
-            _wait_plan(runtime)
+            let_plan_finish(runtime)
         stats = runtime.stats()
     # One plan fails with the child; the next ones are planned in a new child (one rank: a
     # plan changes nothing there).

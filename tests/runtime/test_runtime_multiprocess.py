@@ -10,13 +10,13 @@ freshly built for the committed placement.
 from __future__ import annotations
 
 import itertools
-import time
 
 import numpy as np
 import pytest
 import torch
 from _dist import spawn
 from _faults import fail_transfers, open_gate, skew_epoch, slow_planning
+from _serving import let_plan_finish, small_config
 
 from eplb_rt.algorithms import warm_up
 from eplb_rt.config import EplbConfig
@@ -58,24 +58,9 @@ def _check_tables(runtime: EplbRuntime) -> None:
         assert np.array_equal(runtime.expert_map(layer).numpy(), p.expert_map(runtime.rank)[layer])
 
 
-def _let_plan_finish(runtime: EplbRuntime, timeout: float = 60.0) -> None:
-    """Hold the serving loop until this rank's balancer has finished the plan under way.
-
-    On two shared cores under load the serving loop can outrun the balancer thread by more than
-    a deadline of a few steps; the plan is then skipped as late, and a test about what a plan
-    does would fail on the machine's scheduling. Tests about lateness drive with ``wait=False``.
-    """
-    job = runtime._pending  # gathered, waiting for its deadline step
-    end = time.monotonic() + timeout
-    while job is not None and runtime.balancer.result(job.epoch) is None:
-        if time.monotonic() > end:
-            raise TimeoutError(f"plan {job.epoch} not finished in {timeout} s")
-        time.sleep(0.002)
-
-
 def _drive(runtime, model, baseline, steps, rank, *, start=0, on_step=None, wait=True):
     """Run ``steps`` steps, checking outputs, weights and tables after each one; with ``wait``
-    each plan is finished before its deadline step (:func:`_let_plan_finish`)."""
+    each plan is finished before its deadline step (:func:`let_plan_finish`)."""
     for step in range(start, start + steps):
         cfg = model.cfg
         gen = torch.Generator().manual_seed(step * 131 + rank)
@@ -85,7 +70,7 @@ def _drive(runtime, model, baseline, steps, rank, *, start=0, on_step=None, wait
         assert torch.equal(y, baseline(x, bias)), f"outputs differ at step {step}"
         runtime.step()
         if wait:
-            _let_plan_finish(runtime)
+            let_plan_finish(runtime)
         _check_weights(runtime, model)
         _check_tables(runtime)
         if on_step is not None:
@@ -115,22 +100,6 @@ def _build(config: EplbConfig, model: MoEConfig = MODEL):
     return runtime, ExpertParallelMoE(model, runtime=runtime), ExpertParallelMoE(model)
 
 
-def _config(**overrides) -> EplbConfig:
-    values = dict(
-        policy="rt_test_shift",
-        interval=6,
-        history=6,
-        episode=2,
-        num_redundant=3,
-        deadline=2,
-        layers_per_step=2,
-        warm_up=False,
-        transfer_timeout_s=20.0,
-    )
-    values.update(overrides)
-    return EplbConfig(**values)
-
-
 # ---------------------------------------------------------------------- migration + equality
 def _rebalancing(rank: int, world: int, heat_source: str, policy: str, subprocess: bool) -> None:
     warm_up([policy])  # compile numba kernels now, not against the 2-step deadline
@@ -139,7 +108,7 @@ def _rebalancing(rank: int, world: int, heat_source: str, policy: str, subproces
         # Keep two records of each kind: the totals must still count every plan and move.
         runtime_module.RECORDS_KEPT = 2
     # A plan made in a child process also pays the pickling round trip: give it 5 steps.
-    config = _config(
+    config = small_config(
         heat_source=heat_source,
         policy=policy,
         plan_in_subprocess=subprocess,
@@ -207,7 +176,7 @@ def _on_nodes(rank: int, world: int) -> None:
     """4 ranks on 2 nodes, 4 groups of 3 experts, the default policy with ``hierarchical``:
     every committed placement keeps each group on one node while outputs stay exact."""
     warm_up(["equilibrium"])
-    config = _config(
+    config = small_config(
         policy="equilibrium", policy_options={"hierarchical": True}, num_nodes=2, num_groups=4,
         num_redundant=4,
     )  # fmt: skip
@@ -228,7 +197,7 @@ def test_hierarchical_placement_keeps_groups_on_nodes_while_serving():
 def _faults(rank: int, world: int) -> None:
     open_gate()
     # 1. The policy raises: no migration, the error is reported, serving goes on.
-    runtime, model, baseline = _build(_config(policy="rt_test_raise"))
+    runtime, model, baseline = _build(small_config(policy="rt_test_raise"))
     initial = runtime.placement
     _drive(runtime, model, baseline, 20, rank)
     stats = runtime.stats()
@@ -237,7 +206,7 @@ def _faults(rank: int, world: int) -> None:
     assert any("rt_test_raise always fails" in e or "planning rank" in e for e in stats["errors"])
 
     # 2. The plan misses its deadline (rank 0's policy is slow): skipped, then a later one lands.
-    runtime, model, baseline = _build(_config(interval=8, deadline=2))
+    runtime, model, baseline = _build(small_config(interval=8, deadline=2))
     undo = slow_planning(runtime, 1.5) if rank == 0 else None
 
     def release(step):
@@ -253,7 +222,7 @@ def _faults(rank: int, world: int) -> None:
     assert stats["rebalances"], "a plan after the slow one should have landed"
 
     # 3. One rank's transfer of layer 1 fails: layer 1 keeps its placement on every rank.
-    runtime, model, baseline = _build(_config(interval=6, layers_per_step=1))
+    runtime, model, baseline = _build(small_config(interval=6, layers_per_step=1))
     if rank == 1:
         fail_transfers(runtime, {1})
     _drive(runtime, model, baseline, 14, rank)
@@ -266,7 +235,7 @@ def _faults(rank: int, world: int) -> None:
     assert any("layer 1" in e for e in stats["errors"])
 
     # 4. The ranks disagree on the plan epoch: the plan is skipped everywhere.
-    runtime, model, baseline = _build(_config())
+    runtime, model, baseline = _build(small_config())
     if rank == world - 1:
         skew_epoch(runtime, 1)
     _drive(runtime, model, baseline, 20, rank)
