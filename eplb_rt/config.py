@@ -54,7 +54,8 @@ class EplbConfig:
         export_dir: directory that receives every committed placement as
             ``placement_<epoch>.json``; ``None`` exports nothing.
         transfer_timeout_s: seconds a layer's weight transfer may take before its commit is
-            cancelled on every rank.
+            cancelled on every rank (gloo, on the CPU; on CUDA/NPU the transfer's wait is the
+            serving stream's, and the backend's own watchdog bounds a peer that hangs).
         num_nodes: nodes the ranks are spread over (ranks are node-major); hierarchical policies
             pack expert groups onto nodes and migration prefers a source on the receiver's node.
         num_groups: expert groups for hierarchical placement (DeepSeek-V3: 8); 1 is flat.
