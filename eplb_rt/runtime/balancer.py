@@ -308,9 +308,10 @@ class Balancer:
         """Rank 0: decide; ``(status, decision, seconds, error)``."""
         started = time.perf_counter()
         cpu_started = (time.thread_time(), time.process_time())
-        # A job already past its deadline (a policy slower than the interval lets them queue
-        # up; at shutdown every queued one) is not planned: nobody would use it.
-        if self._stopping or self.current_step() > job.deadline_step:
+        # A job at or past its deadline step (a policy slower than the interval lets them queue
+        # up; at shutdown every queued one) is not planned: the serving thread has decided
+        # without it.
+        if self._stopping or self.current_step() >= job.deadline_step:
             return PLAN_LATE, None, 0.0, "not planned: its deadline had passed"
         try:
             if heat.shape[0] == 0 or not heat.any():
@@ -340,6 +341,7 @@ class Balancer:
             log.warning(
                 "plan %d: the planning process died (%r); starting a new one", job.epoch, err
             )
+            self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = _planning_pool()
             return PLAN_FAILED, None, time.perf_counter() - started, repr(err)
         except Exception as err:

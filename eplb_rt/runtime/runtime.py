@@ -262,7 +262,9 @@ class EplbRuntime:
         a pair whose receive timed out) or holding messages nobody will receive. The old group
         is kept, not destroyed: torch names a locally synchronised group after the names in
         use, so a destroyed group's name (and its keys left in the store) would be taken again
-        by the next group, whose ranks could then meet stale keys and wait for ever."""
+        by the next group, whose ranks could then meet stale keys and wait for ever. Each kept
+        group holds its communicator's buffers (NCCL/HCCL: device memory) until the process
+        ends: a price paid per failed transfer, which should be rare."""
         self._retired_groups.append(self._migration_group)
         self._migration_group = self.executor.group = self._new_migration_group()
 
@@ -439,7 +441,12 @@ class EplbRuntime:
         result: PlanResult | None = self.balancer.result(job.epoch)
         self.balancer.discard_through(job.epoch)
         mine = [result.epoch, result.status, result.digest] if result else [-1, -1, -1]
-        low, high = self._agree([*mine, self.executor.signature])
+        # Whether the plan found the placement fitting: only the planning rank knows why a plan
+        # came back unchanged (no heat, no drift), so the ranks take the least of their views.
+        fits = int(result is not None and result.status == PLAN_UNCHANGED and not result.error)
+        low, high = self._agree([*mine, self.executor.signature, fits])
+        fitting = bool(low.pop())
+        high.pop()
         reason = None
         if low[3] != high[3]:
             reason = (
@@ -457,7 +464,7 @@ class EplbRuntime:
             reason = f"plan epoch {low[0]} does not match the gather's epoch {job.epoch}"
         elif result.status != PLAN_OK:
             # Nothing worth moving: the placement fits the load (probes then check for drift).
-            self._fitted = self._fitted or (result.status == PLAN_UNCHANGED and not result.error)
+            self._fitted = self._fitted or fitting
             # A probe that found nothing worth moving is routine: not even logged as skipped.
             if job.trigger == "interval" or result.status != PLAN_UNCHANGED:
                 detail = f": {result.error}" if result.error else ""

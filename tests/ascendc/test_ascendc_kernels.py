@@ -170,11 +170,20 @@ def test_route_and_count_reads_tables_past_the_ub_from_gm(sim, shares, p, r):
     assert sim.route_and_count_tiling(12288, 8, e, 8, p, 4, shares)["tables_in_ub"]
     rng = np.random.default_rng(5)
     heat = np.zeros((3, p), dtype=np.int32)
+    held = None  # the tables, rewritten in place by each step's commit as the runtime does
     for step in range(3):
-        log2phy, logcnt = expected.random_tables(rng, e, p, r)
-        share = random_shares(rng, log2phy, logcnt) if shares else None
+        tables = expected.random_tables(rng, e, p, r)
+        if shares:
+            tables = (*tables, random_shares(rng, *tables))
+        if held is None:
+            held = [t.copy() for t in tables]
+        for buffer, table in zip(held, tables, strict=True):
+            buffer[...] = table
+        log2phy, logcnt, *share = held
         topk = rng.integers(-1, e, size=(700, 8)).astype(np.int32)
-        route_matches_reference(sim, topk, log2phy, logcnt, share, heat=heat, step=step, core_num=6)
+        route_matches_reference(
+            sim, topk, log2phy, logcnt, *(share or [None]), heat=heat, step=step, core_num=6
+        )
 
 
 def test_route_and_count_rejects_a_histogram_larger_than_ub(sim):

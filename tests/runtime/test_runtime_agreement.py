@@ -39,6 +39,18 @@ def _route(runtime: EplbRuntime, step: int, tokens: int = 16) -> None:
         runtime.route(layer, ids)
 
 
+def _serve(runtime: EplbRuntime, steps: int) -> dict:
+    """``steps`` steps of skewed batches, each plan finished before its deadline; the stats,
+    after shutdown."""
+    for step in range(1, steps + 1):
+        _route(runtime, step)
+        runtime.step()
+        let_plan_finish(runtime)
+    stats = runtime.stats()
+    runtime.shutdown()
+    return stats
+
+
 def _gathers(runtime: EplbRuntime) -> list:
     """``(gather step, trigger)`` of every job the runtime hands to its balancer from now on."""
     seen, submit = [], runtime.balancer.submit
@@ -83,6 +95,21 @@ def _phases(rank: int, world: int) -> None:
     runtime.shutdown()
     assert stats["num_errors"] == 0, stats["errors"]
     assert stats["num_rebalances"] >= 2
+
+    # Nothing recorded (warm-up forwards): every plan comes back unchanged, "no heat" on the
+    # planning rank only; the ranks must still agree whether the placement fits, or they
+    # would probe at different steps (interval < 3 episodes: a fitted rank probes sooner).
+    runtime = EplbRuntime(_config(interval=12, episode=8, history=8), 2, 9)
+    gathers = _gathers(runtime)
+    for step in range(1, 40):
+        _route(runtime, step)
+        runtime.step(record=False)
+        let_plan_finish(runtime)
+    stats = runtime.stats()
+    runtime.shutdown()
+    everyone = [None] * world
+    dist.all_gather_object(everyone, gathers)
+    assert everyone[0] == everyone[1] and stats["num_errors"] == 0, (everyone, stats["errors"])
 
 
 @pytest.mark.multiprocess
@@ -160,12 +187,7 @@ def _one_rank_surprised(rank: int, world: int, folder: str) -> None:
     runtime = EplbRuntime(_config(), 2, 9)
     _weights(runtime, width=4 + rank)
     initial = runtime.placement
-    for step in range(1, 14):
-        _route(runtime, step)
-        runtime.step()
-        let_plan_finish(runtime)
-    stats = runtime.stats()
-    runtime.shutdown()
+    stats = _serve(runtime, 13)
     assert runtime.placement == initial and stats["num_rebalances"] == 0
     assert any("ranks registered different weights" in e for e in stats["errors"])
 
@@ -216,12 +238,7 @@ def _between_plans(rank: int, world: int) -> None:
     runtime = EplbRuntime(_config(num_redundant=0), 2, 8)
     initial = runtime.placement
     runtime.register_weights(0, {"w": torch.zeros(4, 4)})
-    for step in range(1, 14):
-        _route(runtime, step)
-        runtime.step()
-        let_plan_finish(runtime)
-    stats = runtime.stats()
-    runtime.shutdown()
+    stats = _serve(runtime, 13)
     assert not np.array_equal(runtime.placement.phy2log[0], initial.phy2log[0])
     assert np.array_equal(runtime.placement.phy2log[1], initial.phy2log[1])
     assert any("layers [1] move experts but have no registered" in e for e in stats["errors"])
