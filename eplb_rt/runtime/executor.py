@@ -144,8 +144,7 @@ class MigrationExecutor:
                     "them back with torch_npu.npu_format_cast(weight, 2)"
                 )
         try:
-            for lane in range(self.lanes):
-                self._staging_for(lane, list(tensors.values()))
+            self._staging_for(0, list(tensors.values()))  # allocates every lane's buffers
         except RuntimeError as err:  # out of device memory
             need = self.lanes * sum(t.numel() * t.element_size() for t in tensors.values())
             raise RuntimeError(
