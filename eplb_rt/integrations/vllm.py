@@ -1,7 +1,8 @@
 """vLLM: an ``AbstractEplbPolicy`` that runs an eplb_rt policy, and the plugin that selects it.
 
 vLLM (0.13 to 0.34) looks its EPLB policy up in ``vllm.distributed.eplb.policy.EPLB_POLICIES``
-by ``--eplb-config '{"policy": "default"}'`` (the only value its config accepts) and calls the
+(on its main branch ``vllm.backends.distributed.eplb.policy``; both are tried) by
+``--eplb-config '{"policy": "default"}'`` (the only value its config accepts) and calls the
 class's ``rebalance_experts`` on the host. The ``vllm.general_plugins`` entry point ``eplb_rt``
 (:func:`register`), which vLLM runs in every process, puts :class:`EplbRtPolicy` under that key
 when ``EPLB_RT_POLICY`` names an eplb_rt policy; unset, vLLM is left as it is. Inside
@@ -114,6 +115,23 @@ def returns_maps(abstract: type) -> bool:
     return typing.get_origin(returned) is tuple
 
 
+REGISTRY_MODULES = ("vllm.backends.distributed.eplb.policy", "vllm.distributed.eplb.policy")
+"""Where vLLM keeps its EPLB policy registry: its main branch moves it to the first (leaving a
+forwarding module at the second for a while); every release so far has only the second."""
+
+
+def policy_registry():
+    """vLLM's EPLB policy module (``EPLB_POLICIES``, ``AbstractEplbPolicy``); ``ImportError``
+    naming the modules tried when neither imports."""
+    errors = []
+    for module in REGISTRY_MODULES:
+        try:
+            return importlib.import_module(module)
+        except ImportError as err:
+            errors.append(f"{module}: {err}")
+    raise ImportError("; ".join(errors))
+
+
 def register() -> None:
     """The ``vllm.general_plugins`` entry point: with ``EPLB_RT_POLICY`` set, vLLM's EPLB
     (and vllm-ascend's dynamic EPLB, when installed) plan with that eplb_rt policy and the
@@ -124,12 +142,12 @@ def register() -> None:
     name, options = chosen
     has_ascend = importlib.util.find_spec("vllm_ascend") is not None
     try:
-        from vllm.distributed.eplb import policy as vllm_policy
+        vllm_policy = policy_registry()
     except ImportError as err:
         if not has_ascend:
             raise RuntimeError(
                 f"EPLB_RT_POLICY={name} needs vLLM's EPLB policy registry "
-                f"(vllm.distributed.eplb.policy, vLLM >= 0.13), which this vLLM lacks ({err}); "
+                f"(EPLB_POLICIES, vLLM >= 0.13), which this vLLM lacks ({err}); "
                 "upgrade vLLM or unset EPLB_RT_POLICY"
             ) from None
         log.warning("vLLM has no EPLB policy registry (%s); only vllm-ascend's is replaced", err)

@@ -168,12 +168,12 @@ def install(policy: str | None = None, options: dict | None = None) -> None:
 
 def _install_runner_v2(factory, name: str, options: dict | None) -> None:
     """``factory.create_eplb_policy(name, stair_config)`` builds eplb_rt's vLLM policy."""
-    from eplb_rt.integrations.vllm import policy_class, returns_maps
+    from eplb_rt.integrations import vllm
 
     abstract = getattr(factory, "AbstractEplbPolicy", None)
     if abstract is None:
-        from vllm.distributed.eplb.policy import AbstractEplbPolicy as abstract
-    chosen = policy_class(name, options, returns_maps=returns_maps(abstract))
+        abstract = vllm.policy_registry().AbstractEplbPolicy
+    chosen = vllm.policy_class(name, options, returns_maps=vllm.returns_maps(abstract))
 
     def create_eplb_policy(policy: str, stair_config: object = None):
         # every name, "stair" (the default there) included: EPLB_RT_POLICY asked for eplb_rt

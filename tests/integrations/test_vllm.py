@@ -189,6 +189,23 @@ def test_a_registry_behind_a_lazy_alias_is_the_one_written(vllm, monkeypatch):
     assert issubclass(table["default"], ours.EplbRtPolicy) and table["default"].policy == "flashlb"
 
 
+def test_a_registry_only_at_its_new_path_is_found(vllm, monkeypatch):
+    """Once vLLM drops the forwarding module, the registry lives at ``vllm.backends...`` only."""
+    _without_policy_registry(monkeypatch)
+    path = ours.REGISTRY_MODULES[0]
+    parts = path.split(".")
+    for i in range(2, len(parts)):
+        module = ".".join(parts[:i])
+        monkeypatch.setitem(sys.modules, module, types.ModuleType(module))
+    monkeypatch.setitem(sys.modules, path, vllm.policy)
+    table = vllm.policy.EPLB_POLICIES
+    monkeypatch.setitem(table, "default", table["default"])
+    monkeypatch.setattr(ours.importlib.util, "find_spec", lambda name: None)  # no vllm-ascend
+    monkeypatch.setenv("EPLB_RT_POLICY", "flashlb")
+    ours.register()
+    assert issubclass(table["default"], ours.EplbRtPolicy) and table["default"].policy == "flashlb"
+
+
 def _without_policy_registry(monkeypatch) -> None:
     """Make ``from vllm.distributed.eplb import policy`` fail, as on vLLM <= 0.12."""
     monkeypatch.delattr(sys.modules["vllm.distributed.eplb"], "policy")
