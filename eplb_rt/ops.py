@@ -187,7 +187,8 @@ def update_expert_map_(
         replica_share, new_replica_share: ``[E, R]`` float32 (finite, ``>= 0``, each expert's
             shares over its ``logcnt`` replicas summing to 1 within 1e-4), both or neither.
         expert_map, new_expert_map: ``[E]`` int32, this rank's local slot of each expert or
-            ``-1``; both or neither.
+            ``-1``, no slot given to two experts; both or neither. (The op knows ``P``, not a
+            rank's ``S`` slots: new local slots are checked against ``P``.)
 
     Raises:
         RuntimeError: a bad value (in host memory), a dtype/shape/device mismatch or an unmatched

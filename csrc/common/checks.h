@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <optional>
+#include <vector>
 
 namespace eplb_rt {
 
@@ -239,7 +240,8 @@ constexpr float kShareSumTolerance = 1e-4f;
 
 // Values of the new tables, in host memory (CPU tensors, metadata already checked): every
 // expert has 1..R replicas on slots in [0, P) then -1 padding; shares finite, >= 0, each
-// expert's shares over its replicas summing to 1; expert_map a local slot in [0, P) or -1.
+// expert's shares over its replicas summing to 1; expert_map a local slot in [0, P) or -1,
+// no slot given to two experts.
 inline void check_new_map_values(const at::Tensor& new_log2phy, const at::Tensor& new_logcnt,
                                  const std::optional<at::Tensor>& new_replica_share,
                                  const std::optional<at::Tensor>& new_expert_map,
@@ -278,9 +280,16 @@ inline void check_new_map_values(const at::Tensor& new_log2phy, const at::Tensor
   }
   if (new_expert_map.has_value()) {
     const int32_t* map = new_expert_map->const_data_ptr<int32_t>();
+    // A local slot holds one expert: two experts on one slot would route both to its weights.
+    std::vector<int64_t> holder(static_cast<size_t>(num_slots), -1);
     for (int64_t e = 0; e < E; ++e) {
       TORCH_CHECK(map[e] >= -1 && map[e] < num_slots, op, ": new_expert_map[", e, "] = ", map[e],
                   " must be a local slot in [0, P = ", num_slots, ") or -1 (absent)");
+      if (map[e] < 0) continue;
+      int64_t& first = holder[static_cast<size_t>(map[e])];
+      TORCH_CHECK(first < 0, op, ": new_expert_map[", first, "] and new_expert_map[", e,
+                  "] are both local slot ", map[e], " (a slot holds one expert)");
+      first = e;
     }
   }
 }

@@ -349,7 +349,8 @@ def test_update_expert_weights_rejects_mismatched_staging_and_writes_nothing():
 
 def map_tables(num_experts, max_replicas, with_share, with_map, gen):
     log2phy, logcnt, share = random_layer(num_experts, num_experts + 2, max_replicas, True, gen)
-    expert_map = torch.randint(-1, 4, (num_experts,), generator=gen, dtype=torch.int32)
+    slots = torch.randperm(num_experts + 2, generator=gen)[:num_experts]
+    expert_map = torch.where(torch.rand(num_experts, generator=gen) < 1 / 3, -1, slots).int()
     return [log2phy, logcnt, share if with_share else None, expert_map if with_map else None]
 
 

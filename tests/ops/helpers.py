@@ -31,6 +31,14 @@ def random_tables(num_experts: int, num_slots: int, max_replicas: int, seed: int
     return Tables(log2phy, logcnt, share)
 
 
+def random_expert_map(num_experts: int, num_slots: int, seed: int) -> torch.Tensor:
+    """``[E] int32``: a rank's local slot of each expert, distinct, about a third absent (-1)."""
+    gen = torch.Generator().manual_seed(seed)
+    slots = torch.randperm(max(num_slots, num_experts), generator=gen)[:num_experts]
+    absent = (torch.rand(num_experts, generator=gen) < 1 / 3) | (slots >= num_slots)
+    return torch.where(absent, -1, slots).to(torch.int32)
+
+
 def realistic_tables(num_experts: int, num_slots: int, seed: int) -> Tables:
     """A placement-like table: every slot used once, the P - E redundant slots given to random
     experts (some get 2-3 replicas), non-uniform shares."""

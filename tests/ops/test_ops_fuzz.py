@@ -163,11 +163,14 @@ def map_args(draw):
     for i, c in enumerate(cnt):
         new_l2p[i, :c] = torch.tensor(draw(st.permutations(range(p)))[:c], dtype=torch.int32)
         new_share[i, :c] = 1.0 / c
+    slots = draw(st.permutations(range(p + e)))  # the expert map's distinct local slots
     new = {
         "new_log2phy": new_l2p,
         "new_logcnt": torch.tensor(cnt, dtype=torch.int32),
         "new_replica_share": new_share,
-        "new_expert_map": ints(draw, (e,), -1, p - 1, torch.int32),
+        "new_expert_map": torch.tensor(
+            [s if s < p and draw(st.booleans()) else -1 for s in slots[:e]], dtype=torch.int32
+        ),
     }
     for _ in range(draw(st.integers(0, 2))):
         name = draw(st.sampled_from(sorted(new)))
@@ -203,6 +206,9 @@ def test_update_expert_map_fuzz(args):
         assert (row[c:] == -1).all()
         if args["new_replica_share"] is not None:
             assert abs(float(args["new_replica_share"][i, :c].sum()) - 1.0) <= 1e-4
+    if args["new_expert_map"] is not None:
+        held = args["new_expert_map"][args["new_expert_map"] >= 0]
+        assert held.unique().numel() == held.numel() and (held < p).all()
     for name in ("log2phy", "logcnt", "replica_share", "expert_map"):
         if args[name] is not None:
             assert torch.equal(args[name], args[f"new_{name}"])

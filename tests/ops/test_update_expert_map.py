@@ -7,13 +7,12 @@ import torch
 
 from eplb_rt import ops
 from tests import reference
-from tests.ops.helpers import random_tables
+from tests.ops.helpers import random_expert_map, random_tables
 
 
 def _tables(seed: int, num_experts: int = 7, max_replicas: int = 3):
     t = random_tables(num_experts, 11, max_replicas, seed=seed)
-    expert_map = torch.randint(-1, 4, (num_experts,), generator=torch.Generator().manual_seed(seed))
-    return [t.log2phy, t.logcnt, t.replica_share, expert_map.to(torch.int32)]
+    return [t.log2phy, t.logcnt, t.replica_share, random_expert_map(num_experts, 11, seed)]
 
 
 @pytest.mark.parametrize("optional", [False, True], ids=["required-only", "all-tables"])
@@ -90,6 +89,14 @@ def _padding_slot(args):
     args["new_log2phy"][0, 1] = 3
 
 
+def _slot_given_twice(args):
+    """Gives expert 3 the local slot of expert 1 (which holds one)."""
+    args["new_expert_map"] = args["new_expert_map"].clone()
+    args["new_expert_map"][args["new_expert_map"] == 5] = -1
+    args["new_expert_map"][1] = 5
+    args["new_expert_map"][3] = 5
+
+
 BAD_INPUTS = {
     "logcnt 0": (_poke("new_logcnt", 2, 0), "new_logcnt"),
     "logcnt > R": (_poke("new_logcnt", 1, 3), "new_logcnt"),
@@ -106,6 +113,10 @@ BAD_INPUTS = {
         r"shares of expert 1 over its \d replicas .* must sum to 1",
     ),
     "expert_map >= P": (_poke("new_expert_map", 0, 11), "new_expert_map"),
+    "two experts on one local slot": (
+        _slot_given_twice,
+        r"new_expert_map\[1\] and new_expert_map\[3\] are both local slot 5",
+    ),
     "num_slots 0": (_set("num_slots", 0), "num_slots"),
     "share without new share": (_set("new_replica_share", None), "replica_share"),
     "new map without map": (_set("expert_map", None), "expert_map"),
