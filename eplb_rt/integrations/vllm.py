@@ -97,13 +97,20 @@ class EplbRtPolicy:
 
 
 def policy_class(
-    policy: str | None = None, options: dict | None = None, *, returns_maps: bool = False
+    policy: str | None = None,
+    options: dict | None = None,
+    *,
+    returns_maps: bool = False,
+    abstract: type | None = None,
 ) -> type[EplbRtPolicy]:
     """A subclass of :class:`EplbRtPolicy` bound to ``policy`` (checked now) and ``options``;
-    ``returns_maps`` for vLLM 0.13-0.18 (see :meth:`EplbRtPolicy.rebalance_experts`)."""
+    ``returns_maps`` for vLLM 0.13-0.18 (see :meth:`EplbRtPolicy.rebalance_experts`). With
+    ``abstract`` (vLLM's ``AbstractEplbPolicy``) it is a subclass of that too, for engine code
+    that checks what its policy is."""
     name = policy_name(policy)
     attrs = {"policy": name, "options": options, "returns_maps": returns_maps}
-    return type(f"EplbRt_{name}", (EplbRtPolicy,), attrs)
+    bases = (EplbRtPolicy,) if abstract is None else (EplbRtPolicy, abstract)
+    return type(f"EplbRt_{name}", bases, attrs)
 
 
 def returns_maps(abstract: type) -> bool:
@@ -152,8 +159,10 @@ def register() -> None:
             ) from None
         log.warning("vLLM has no EPLB policy registry (%s); only vllm-ascend's is replaced", err)
     else:
-        maps = returns_maps(vllm_policy.AbstractEplbPolicy)
-        vllm_policy.EPLB_POLICIES["default"] = policy_class(name, options, returns_maps=maps)
+        abstract = vllm_policy.AbstractEplbPolicy
+        vllm_policy.EPLB_POLICIES["default"] = policy_class(
+            name, options, returns_maps=returns_maps(abstract), abstract=abstract
+        )
     if not has_ascend:
         return
     from eplb_rt.integrations import vllm_ascend

@@ -173,7 +173,9 @@ def _install_runner_v2(factory, name: str, options: dict | None) -> None:
     abstract = getattr(factory, "AbstractEplbPolicy", None)
     if abstract is None:
         abstract = vllm.policy_registry().AbstractEplbPolicy
-    chosen = vllm.policy_class(name, options, returns_maps=vllm.returns_maps(abstract))
+    chosen = vllm.policy_class(
+        name, options, returns_maps=vllm.returns_maps(abstract), abstract=abstract
+    )
 
     def create_eplb_policy(policy: str, stair_config: object = None):
         # every name, "stair" (the default there) included: EPLB_RT_POLICY asked for eplb_rt

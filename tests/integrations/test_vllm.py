@@ -142,6 +142,10 @@ def test_entry_point_selects_eplb_rt_only_when_asked(vllm, monkeypatch):
     monkeypatch.setenv("EPLB_RT_POLICY", "flashlb")
     register()
     assert issubclass(table["default"], ours.EplbRtPolicy) and table["default"].policy == "flashlb"
+    # vLLM's own base class too (an abstract class with nothing left abstract): an engine that
+    # checks what its policy is, or makes an instance of it, takes ours.
+    assert issubclass(table["default"], vllm.policy.AbstractEplbPolicy)
+    assert isinstance(table["default"](), vllm.policy.AbstractEplbPolicy)
 
 
 def test_a_broken_vllm_ascend_does_not_stop_vllm(vllm, monkeypatch, caplog):

@@ -170,8 +170,10 @@ def test_runner_v2_factory_builds_ours_for_every_name_after_install(ascend, fact
     for make in (factory.create_eplb_policy, runner.create_eplb_policy):
         for name in ("stair", "default"):
             made = make(name, factory.StairConfig())
-            assert isinstance(made, EplbRtPolicy)
+            assert isinstance(made, EplbRtPolicy) and isinstance(made, factory.AbstractEplbPolicy)
             assert (made.policy, made.options) == ("flashlb", {"num_episodes": 8})
+        # newer vllm-ascend sources pass the EPLB config alone
+        assert isinstance(make(factory.StairConfig()), EplbRtPolicy)
     # as vLLM's EplbState calls it, on the host: phy2log alone back (vLLM >= 0.19)
     args = (torch.tensor(load.sum(0)), topology.num_slots, 1, 1, topology.num_ranks, old)
     phy2log = made.rebalance_experts(*args)
