@@ -51,8 +51,9 @@ class EplbConfig:
             (``step(is_prefill=...)`` says which one just ran).
         initial_placement: JSON file (vllm-ascend expert_map format) with the placement to start
             from; with ``interval=0`` this is static EPLB.
-        export_dir: directory that receives every committed placement as
-            ``placement_<epoch>.json``; ``None`` exports nothing.
+        export_dir: directory that receives the starting placement as
+            ``placement_00000.json`` and every committed one as ``placement_<epoch>.json``
+            (the epoch zero-padded to five digits); ``None`` exports nothing.
         transfer_timeout_s: seconds a layer's weight transfer may take before its commit is
             cancelled on every rank (gloo, on the CPU; on CUDA/NPU the transfer's wait is the
             serving stream's, and the backend's own watchdog bounds a peer that hangs).

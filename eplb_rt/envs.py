@@ -16,7 +16,7 @@ def _flag(text: str) -> bool:
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True
-    if value in ("0", "false", "no", "off", ""):
+    if value in ("0", "false", "no", "off", ""):  # set but empty: off
         return False
     raise ValueError(f"expected 0/1/true/false, got {text!r}")
 
@@ -32,6 +32,16 @@ def _options(text: str) -> dict[str, str]:
     return options
 
 
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in _LEVELS:
+        raise ValueError(f"expected one of {', '.join(_LEVELS)}, got {text!r}")
+    return level
+
+
 @dataclasses.dataclass(frozen=True)
 class EnvVar:
     """One environment variable: its parser, default and documentation."""
@@ -43,7 +53,9 @@ class EnvVar:
 
 VARIABLES: dict[str, EnvVar] = {
     "EPLB_RT_LOG_LEVEL": EnvVar(
-        str.upper, "WARNING", "Log level of the eplb_rt logger (DEBUG, INFO, WARNING, ERROR)."
+        _log_level,
+        "WARNING",
+        "Log level of the eplb_rt logger (DEBUG, INFO, WARNING, ERROR, CRITICAL).",
     ),
     "EPLB_RT_DISABLE_REBALANCE": EnvVar(
         _flag, False, "1: record heat but never plan or migrate (static placement)."

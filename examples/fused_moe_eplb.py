@@ -108,11 +108,9 @@ class FusedMoE(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         topk_weights, topk_ids = self.route(x, bias)
-        if self.runtime.config.heat_source == "topk":
-            # The one EPLB call on the hot path: logical -> physical ids, heat counted as it maps.
-            phy_ids = self.runtime.route(self.layer, topk_ids)
-        else:
-            phy_ids = self.physical_from_tables(topk_ids)
+        # The one EPLB call on the hot path: logical -> physical ids, heat counted as it maps
+        # (with heat_source "group_list" it only maps: the dispatch's counts are the heat).
+        phy_ids = self.runtime.route(self.layer, topk_ids)
         self.last_phy_ids = phy_ids  # kept for the example's per-rank balance report only
         S = self.num_slots_per_rank
         local = phy_ids - self.rank * S
@@ -126,15 +124,6 @@ class FusedMoE(torch.nn.Module):
         out = (out * (topk_weights * here)[..., None]).sum(dim=1)
         dist.all_reduce(out)  # combine: every (token, k) was computed on exactly one rank
         return out
-
-    def physical_from_tables(self, topk_ids: torch.Tensor) -> torch.Tensor:
-        """Replica choice from the runtime's tables, for engines whose dispatch counts tokens
-        (``heat_source: group_list``): ``route`` would count them a second time. Round-robin by
-        token; any rule works as long as every rank applies the same one."""
-        log2phy = self.runtime.log2phy(self.layer)  # [E, R], -1 padded
-        logcnt = self.runtime.logcnt(self.layer)  # [E]
-        token = torch.arange(topk_ids.shape[0])[:, None]
-        return log2phy[topk_ids, token % logcnt[topk_ids]]
 
 
 def expert_mlp(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:

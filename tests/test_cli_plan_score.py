@@ -53,6 +53,25 @@ def test_plan_and_score_toy_gives_232(capsys, tmp_path, toy_json):
     assert summary["par_max"] == summary["par_mean"]
 
 
+def test_score_reads_a_npy_placement_with_ranks(capsys, tmp_path, toy_json):
+    """A ``phy2log`` array records no rank count: ``--ranks`` gives it, a JSON one checks it."""
+    out = tmp_path / "p.json"
+    argv = ["--load", toy_json, "--ranks", 8, "--slots-per-rank", 2, "--policy", "deepseek"]
+    assert run(capsys, "plan", *argv, "--out", out)[0] == 0
+    np.save(tmp_path / "p.npy", formats.read_placement(out).phy2log)
+    want = score_json(capsys, "--placement", out, "--load", toy_json)
+    got = score_json(
+        capsys, "--placement", tmp_path / "p.npy", "--load", toy_json, "--ranks", 8,
+        "--previous", tmp_path / "p.npy",
+    )  # fmt: skip
+    assert got["max_rank_load_per_layer"] == want["max_rank_load_per_layer"] == [232.0]
+    assert got["moved_fraction"] == 0.0
+    code, _, err = run(capsys, "score", "--placement", tmp_path / "p.npy", "--load", toy_json)
+    assert code == 2 and "pass --ranks D" in err
+    code, _, err = run(capsys, "score", "--placement", out, "--load", toy_json, "--ranks", 4)
+    assert code == 2 and "places experts on 8 ranks, --ranks says 4" in err
+
+
 def test_plan_reaches_the_hand_derived_optimum(capsys, tmp_path):
     # Loads 6, 2, 2, 2 on 2 ranks x 3 slots: expert 0 and one light expert get two replicas,
     # {0, 1, 2} | {0, 1, 3} holds 3 + 1 + 2 = 6 tokens per rank, the mean: PAR 1 is reachable.

@@ -3,10 +3,13 @@ its comments state."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import numpy as np
+
+from eplb_rt.cli import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -33,3 +36,19 @@ def test_the_ops_example_runs_and_its_comments_hold(tmp_path):
     np.testing.assert_array_equal(new.moves(placement), [4])
     np.testing.assert_array_equal(new.expert_map(rank=1)[0], [0, 4, -1, -1, -1, 1, 2, 3])
     assert (tmp_path / "p.json").is_file()
+
+
+def test_the_plan_examples_output_is_the_one_shown(tmp_path, capsys):
+    """The ``plan`` command of the README writes the JSON whose start the README prints."""
+    text = README.read_text()
+    command = re.search(r"eplb-rt plan (--load .*?) --out /tmp/placement.json", text, re.DOTALL)
+    argv = command.group(1).replace("\\\n", " ").split()
+    root = README.parent
+    argv = [str(root / a) if a.endswith(".npz") else a for a in argv]
+    assert main(["plan", *argv, "--out", str(tmp_path / "p.json")]) == 0
+    capsys.readouterr()
+    shown = re.findall(r'\{"device_id": (\d), "device_expert": (\[[\d, ]+\])\}', text)
+    layer = json.loads((tmp_path / "p.json").read_text())["layer_list"][0]["device_list"]
+    assert len(shown) == 2
+    for device, experts in shown:
+        assert layer[int(device)]["device_expert"] == json.loads(experts)

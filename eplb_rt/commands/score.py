@@ -1,7 +1,7 @@
 """``eplb-rt score``: balance (PAR) of a placement on load files, and moves against another.
 
     eplb-rt score --placement PLACEMENT.json --load FILE [FILE ...]
-                  [--previous PLACEMENT.json] [--json]
+                  [--previous PLACEMENT.json] [--ranks D] [--json]
 
 The loads are summed over all files and steps. PAR of a layer = max rank load / mean rank load
 (1.0 is perfect). Layers whose total load is zero are listed and left out of the PAR mean.
@@ -34,12 +34,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--previous", metavar="PLACEMENT.json", help="count the slots that differ from this one"
     )
+    parser.add_argument(
+        "--ranks",
+        type=int,
+        metavar="D",
+        help="ranks of the placements: needed for .npy files, checked against JSON ones",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    placement = formats.read_placement(args.placement)
+    if args.ranks is not None and args.ranks < 1:
+        raise ValueError(f"--ranks must be >= 1, got {args.ranks}")
+    placement = formats.read_placement(args.placement, num_ranks=args.ranks)
     load = read_load(args.load)
     if load.shape[1:] != (placement.num_layers, placement.num_experts):
         raise ValueError(
@@ -48,7 +56,13 @@ def run(args: argparse.Namespace) -> int:
         )
     previous = None
     if args.previous:
-        previous = formats.read_placement(args.previous, num_experts=placement.num_experts)
+        # An array records no rank count: it has the scored placement's (a JSON file its own).
+        ranks = args.ranks
+        if ranks is None and str(args.previous).endswith(".npy"):
+            ranks = placement.num_ranks
+        previous = formats.read_placement(
+            args.previous, num_ranks=ranks, num_experts=placement.num_experts
+        )
     summary = metrics.score(placement, load, previous)
     # read_load refused an all-zero load, so some layer is loaded and every mean is finite.
     gaps = bounds.gap(placement, load)

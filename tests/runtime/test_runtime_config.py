@@ -119,3 +119,8 @@ def test_envs_table(monkeypatch):
         envs.get("EPLB_RT_DEMO_PORT")
     with pytest.raises(KeyError, match="unknown eplb_rt variable"):
         envs.get("EPLB_RT_NOPE")
+    monkeypatch.setenv("EPLB_RT_LOG_LEVEL", " info")
+    assert envs.get("EPLB_RT_LOG_LEVEL") == "INFO"
+    monkeypatch.setenv("EPLB_RT_LOG_LEVEL", "verbose")
+    with pytest.raises(ValueError, match=r"EPLB_RT_LOG_LEVEL='verbose'.*DEBUG, INFO"):
+        envs.get("EPLB_RT_LOG_LEVEL")
