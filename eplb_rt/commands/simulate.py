@@ -78,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="POLICY.KEY=VALUE",
-        help="a policy option (VALUE parsed as JSON when it can be); repeatable",
+        help="a policy option, repeatable; VALUE is converted to the option's type and checked",
     )
     p.add_argument("--plot", metavar="OUT.png", help="write PAR over time and moves as a PNG")
     p.add_argument("--json", metavar="OUT.json", help="write every number as JSON")
