@@ -132,6 +132,13 @@ def decide(
     changed layer is committed only when it saves more seconds than its migration takes.
     """
     load = check_load(load, previous.num_layers, previous.num_experts)
+    shape = (topology.num_ranks, topology.num_slots_per_rank)
+    if (previous.num_ranks, previous.num_slots_per_rank) != shape:
+        # Checked here, not only by the policy: where no layer can pay, no policy runs.
+        raise ValueError(
+            f"previous placement ({previous.describe()}) does not match {shape[0]} ranks x "
+            f"{shape[1]} slots"
+        )
     if not (isinstance(horizon, (int, float)) and math.isfinite(horizon) and horizon > 0):
         raise ValueError(f"horizon (steps until the next plan) must be > 0, got {horizon!r}")
     options = dict(options or {})

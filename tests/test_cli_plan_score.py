@@ -121,12 +121,19 @@ def test_several_loads_are_stacked(capsys, tmp_path):
     np.save(tmp_path / "a.npy", a)
     np.save(tmp_path / "b.npy", b)
     np.save(tmp_path / "ab.npy", a + b)
-    for name, files in (("two", ["a.npy", "b.npy"]), ("sum", ["ab.npy"])):
+    two, repeated = [tmp_path / "a.npy", tmp_path / "b.npy"], ["--load", tmp_path / "b.npy"]
+    cases = (
+        ("two", two, []),
+        ("sum", [tmp_path / "ab.npy"], []),
+        ("flag twice", two[:1], repeated),
+    )
+    for name, files, more in cases:
         code, _, err = run(
             capsys,
             "plan",
             "--load",
-            *[tmp_path / f for f in files],
+            *files,
+            *more,  # a repeated --load adds its files (argparse would keep the last alone)
             "--ranks",
             3,
             "--slots-per-rank",
@@ -139,6 +146,9 @@ def test_several_loads_are_stacked(capsys, tmp_path):
         assert code == 0, err
     assert formats.read_placement(tmp_path / "two.json") == formats.read_placement(
         tmp_path / "sum.json"
+    )
+    assert formats.read_placement(tmp_path / "two.json") == formats.read_placement(
+        tmp_path / "flag twice.json"
     )
     two = score_json(
         capsys,

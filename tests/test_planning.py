@@ -121,6 +121,18 @@ def test_layers_that_cannot_pay_are_not_planned_and_decisions_stay_the_same(
     assert set(layers) <= set(np.flatnonzero(planned))
 
 
+@pytest.mark.parametrize("bandwidth", [1e-9, 1e9], ids=["nothing-pays", "moves-pay"])
+def test_a_previous_placement_of_another_shape_is_refused_whether_or_not_a_layer_pays(
+    bandwidth,
+):
+    load = np.random.default_rng(0).poisson(40.0, size=(2, 3, 8)).astype(np.float64)
+    previous = planning.starting_placement(3, 8, Topology(4, 3))
+    cost = planning.CostModel(expert_bytes=1.0, bandwidth=bandwidth, token_seconds=1e-2)
+    for other in (Topology(4, 4), Topology(2, 6)):
+        with pytest.raises(ValueError, match=r"previous placement .* does not match \d ranks x"):
+            planning.decide(load, previous, other, "equilibrium", None, cost=cost, horizon=10)
+
+
 def test_plan_keeps_the_unplanned_layers_and_checks_the_mask():
     rng = np.random.default_rng(3)
     topo = Topology(4, 3)

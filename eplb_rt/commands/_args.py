@@ -27,8 +27,11 @@ def add_command(subparsers: argparse._SubParsersAction, name: str, summary: str,
 
 
 def add_load_argument(parser: argparse.ArgumentParser) -> None:
-    """``--load FILE [FILE ...]`` (required): files stacked as episodes along ``T``."""
-    parser.add_argument("--load", nargs="+", required=True, metavar="FILE", help=LOAD_HELP)
+    """``--load FILE [FILE ...]`` (required, repeatable: every file given counts): files
+    stacked as episodes along ``T``."""
+    parser.add_argument(
+        "--load", nargs="+", action="extend", required=True, metavar="FILE", help=LOAD_HELP
+    )
 
 
 def check_output(path: str | os.PathLike | None, flag: str, directory: bool = False) -> None:

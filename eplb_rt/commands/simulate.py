@@ -32,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--load",
         nargs="+",
+        action="extend",
         required=True,
         metavar="FILE",
         help=f"{LOAD_HELP}; played one after another in the order given, labelled by file name",

@@ -106,6 +106,15 @@ def test_aggregate_workloads_played_in_sequence(tmp_path, capsys):
     assert doc["setup"]["interval"] == 1
     cycles = doc["policies"]["deepseek"]["cycles"]
     assert [c["label"] for c in cycles] == ["in1024", "in4096"]
+    # --load given once per file plays the same sequence
+    flags = "--ranks 2 --slots-per-rank 5 --policies deepseek".split()
+    loads = [x for path in paths for x in ("--load", path)]
+    code, out, _ = _run(capsys, "simulate", *loads, *flags, "--json", out_json)
+    assert code == 0, out
+    again = json.loads(out_json.read_text())["policies"]["deepseek"]["cycles"]
+    assert [(c["label"], c["par_per_layer"]) for c in again] == [
+        (c["label"], c["par_per_layer"]) for c in cycles
+    ]
 
 
 def test_simulate_agrees_with_score(tmp_path, capsys, series):
