@@ -13,7 +13,8 @@ Placements (:class:`~eplb_rt.placement.Placement`):
 Loads (``[T, L, E] float64``):
 
 * ``sglang-count``: SGLang's expert-distribution statistics ``{"logical_count": [L][E]}`` or
-  ``[T][L][E]``;
+  ``[T][L][E]``, as JSON or as the ``.pt`` file its recorder dumps (``torch.save`` of a dict
+  whose ``logical_count`` is a ``[T, L, E]`` tensor, read without running code in it);
 * ``load``: by suffix, a ``.npy`` ``[L, E]`` / ``[T, L, E]`` array, a ``.npz`` holding one under
   the key ``counts`` or ``load``, or a ``.json`` in the ``sglang-count`` format (written as
   ``.npy``).
@@ -194,11 +195,13 @@ def read_load(path: str | os.PathLike, fmt: str = "load") -> np.ndarray:
     format_kind(fmt, "load")
     suffix = os.path.splitext(path)[1].lower()
     try:
+        if suffix == ".pt":
+            return from_logical_count(_read_torch(path))
         if fmt == "sglang-count" or suffix == ".json":
             return from_logical_count(_read_json(path))
         if suffix in (".npy", ".npz"):
             return check_load(_read_array(path))
-        raise ValueError(f"unknown load file type {suffix!r}; expected .npy, .npz or .json")
+        raise ValueError(f"unknown load file type {suffix!r}; expected .npy, .npz, .json or .pt")
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
 
@@ -319,6 +322,25 @@ def _read_json(path: str) -> object:
         raise ValueError(f"not a text JSON file ({err.reason})") from None
     except RecursionError:
         raise ValueError("not valid JSON (nested too deeply)") from None
+
+
+def _read_torch(path: str) -> object:
+    """A ``torch.save`` file loaded with ``weights_only`` (tensors and plain values, no code
+    run), tensors as numpy arrays on the host: what SGLang's expert-distribution recorder dumps
+    (``{"rank", "logical_count", ...}``, saved from the device)."""
+    import pickle
+
+    import torch  # this format only: the rest of the module reads files without torch
+
+    with open(path, "rb") as f:  # a missing file is the caller's OSError, as for the others
+        try:
+            data = torch.load(f, map_location="cpu", weights_only=True)
+        except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"not a torch.save file of tensors ({first})") from None
+    if isinstance(data, dict):
+        return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in data.items()}
+    return data
 
 
 def _read_array(path: str) -> np.ndarray:

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from eplb_rt import formats
 from eplb_rt.placement import Placement, Topology
@@ -133,6 +134,43 @@ def test_logical_count_round_trip(tmp_path, shape):
     assert np.array(doc["logical_count"]).shape == shape
     back = formats.read_load(path, "sglang-count")
     np.testing.assert_array_equal(back, load.reshape((-1, *shape[-2:])))
+
+
+def test_sglang_recorder_dump_is_read(tmp_path):
+    """SGLang's ``stat`` recorder dumps ``torch.save(dict(rank, logical_count [T, L, E] int32
+    tensor, average_utilization_rate_over_window))`` to ``expert_distribution_recorder_*.pt``."""
+    counts = torch.randint(0, 50, (4, 3, 8), dtype=torch.int32)
+    path = tmp_path / "expert_distribution_recorder_1764000000.0.pt"
+    doc = {"rank": 0, "logical_count": counts, "average_utilization_rate_over_window": None}
+    torch.save(doc, path)
+    for fmt in ("load", "sglang-count"):
+        np.testing.assert_array_equal(formats.read_load(path, fmt), counts.numpy())
+    torch.save({"logical_count": counts[0]}, path)  # one step, [L, E]
+    np.testing.assert_array_equal(formats.read_load(path), counts[:1].numpy())
+
+
+class _Code:
+    """A pickled object: a load file must never run code to be read."""
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"not a zip", "not a torch.save file of tensors"),
+        ("object", "not a torch.save file of tensors"),
+        ("no key", "logical_count"),
+    ],
+)
+def test_bad_torch_dumps(tmp_path, content, message):
+    path = tmp_path / "dump.pt"
+    if content == "object":
+        torch.save({"logical_count": _Code()}, path)
+    elif content == "no key":
+        torch.save({"counts": torch.ones(2, 3)}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"dump\.pt: .*{message}"):
+        formats.read_load(path)
 
 
 @pytest.mark.parametrize(

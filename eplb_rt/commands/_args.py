@@ -16,7 +16,10 @@ from eplb_rt import algorithms, formats
 from eplb_rt.algorithms import hierarchy
 from eplb_rt.placement import Topology
 
-LOAD_HELP = "load file(s): .npy [L, E] or [T, L, E], .npz (key counts or load), SGLang .json"
+LOAD_HELP = (
+    "load file(s): .npy [L, E] or [T, L, E], .npz (key counts or load), SGLang .json or the "
+    ".pt its recorder dumps"
+)
 
 
 def add_command(subparsers: argparse._SubParsersAction, name: str, summary: str, doc: str):
