@@ -66,13 +66,18 @@ def nonzero(load: np.ndarray, paths: list[str]) -> np.ndarray:
     return load
 
 
+def check_plot(path: str | None) -> None:
+    """``--plot``: a writable file whose suffix names a format the plot can be saved in."""
+    check_output(path, "--plot")
+    if path and os.path.splitext(path)[1].lower() not in (".png", ".pdf", ".svg"):
+        raise ValueError(f"--plot {path}: expected a .png, .pdf or .svg file name")
+
+
 def check_simulate(args: argparse.Namespace) -> None:
     """``simulate``'s output paths and ``--policies``, before any file is read."""
-    check_output(args.plot, "--plot")
+    check_plot(args.plot)
     check_output(args.json, "--json")
     check_output(args.save_placements, "--save-placements", directory=True)
-    if args.plot and os.path.splitext(args.plot)[1].lower() not in (".png", ".pdf", ".svg"):
-        raise ValueError(f"--plot {args.plot}: expected a .png, .pdf or .svg file name")
     if args.policies is not None and not args.policies.replace(",", "").strip():
         raise ValueError(
             f"--policies {args.policies!r} names no policy; give one or more of "

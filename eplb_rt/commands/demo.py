@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+from eplb_rt.commands import _args
 from eplb_rt.data import ESFT_LAYERS
 
 SUMMARY_KEYS = (
@@ -127,12 +128,8 @@ def _check(args: argparse.Namespace) -> None:
             f"{64 + args.redundant} slots on {args.ranks} rank(s) would put two "
             "replicas of an expert on one rank; lower --redundant or add ranks"
         )
-    for flag, path in (("--plot", args.plot), ("--json", args.json)):
-        folder = os.path.dirname(os.path.abspath(path)) if path else None
-        if path and (os.path.isdir(path) or not os.access(folder, os.W_OK)):
-            raise ValueError(
-                f"{flag} {path!r}: not a file that can be written in an existing folder"
-            )
+    _args.check_plot(args.plot)
+    _args.check_output(args.json, "--json")
 
 
 def _free_port() -> int:

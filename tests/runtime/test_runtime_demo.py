@@ -54,8 +54,10 @@ def test_demo_without_rebalancing_says_so_and_its_start_does_no_harm(tmp_path, c
         (["--layers", "27"], "--layers must be in [1, 26]"),
         (["--layers", "0"], "--layers must be in [1, 26]"),
         (["--redundant", "-4"], "--redundant -4 (>= 0) must split"),
-        (["--plot", "/nonexistent-dir/demo.png"], "--plot '/nonexistent-dir/demo.png': not a file"),
-        (["--json", "."], "--json '.': not a file that can be written"),
+        (["--plot", "/nonexistent-dir/demo.png"], "--plot /nonexistent-dir/demo.png: folder"),
+        (["--plot", "demo.txt"], "--plot demo.txt: expected a .png, .pdf or .svg file name"),
+        (["--plot", "demo"], "--plot demo: expected a .png, .pdf or .svg file name"),
+        (["--json", "."], "--json .: is a directory"),
     ],
 )
 def test_demo_checks_arguments_before_spawning_ranks(args, message, capsys, monkeypatch):
