@@ -52,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
             f"cannot convert a {src} ({args.src_format}) into a {dst} ({args.dst_format}); "
             "use `eplb-rt plan` to turn a load into a placement"
         )
+    # The readers tell formats by suffix: an output named otherwise would not read back.
+    suffix = ".npy" if args.dst_format in ("npy", "load") else ".json"
+    if not args.output.lower().endswith(suffix):
+        raise ValueError(f"OUT {args.output}: --to {args.dst_format} writes a {suffix} file")
     drop = args.dense_layers if args.src_format in SGLANG_FORMATS else 0
     add = args.dense_layers if args.dst_format in SGLANG_FORMATS else 0
     if args.dense_layers and drop == add:

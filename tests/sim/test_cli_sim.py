@@ -317,7 +317,8 @@ def test_convert_loads(tmp_path, capsys):
 )
 def test_convert_errors(tmp_path, capsys, case):
     src, dst, content, extra, message = case
-    source, target = tmp_path / "in.json", tmp_path / "out.bin"
+    source = tmp_path / "in.json"
+    target = tmp_path / ("out.npy" if dst in ("npy", "load") else "out.json")
     source.write_text(json.dumps(content))
     code, _, err = _run(capsys, "convert", "--from", src, "--to", dst, source, target, *extra)
     assert code == 2
@@ -467,3 +468,22 @@ def test_convert_dense_layers_needs_one_sglang_side(tmp_path, capsys):
     )
     assert code == 2
     assert "--dense-layers applies when exactly one side is an SGLang format" in err
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("sglang-count", "load", "law_as.json", "--to load writes a .npy file"),
+        ("vllm-ascend", "npy", "p.json", "--to npy writes a .npy file"),
+        ("vllm-ascend", "sglang", "init.npy", "--to sglang writes a .json file"),
+    ],
+)
+def test_convert_refuses_an_output_name_that_would_not_read_back(tmp_path, capsys, case):
+    """The readers tell a file's format by its suffix: ``.npy`` bytes in a ``.json`` name
+    would not read back."""
+    src, dst, out, message = case
+    source = tmp_path / "in.json"
+    source.write_text(json.dumps({"logical_count": [[1, 2]]}))
+    code, _, err = _run(capsys, "convert", "--from", src, "--to", dst, source, tmp_path / out)
+    assert code == 2 and message in err
+    assert not (tmp_path / out).exists()
