@@ -136,6 +136,17 @@ def test_groups_with_a_flat_policy_warn(capsys, tmp_path):
         assert len(set(node[np.isin(grouped.phy2log[0], np.arange(8) + 8 * group)])) == 1
 
 
+def test_simulate_warns_for_each_policy_that_plans_flat_with_groups(capsys, tmp_path):
+    np.save(tmp_path / "load.npy", np.arange(1.0, 1 + 4 * 64).reshape(4, 1, 64))
+    argv = "simulate --ranks 8 --slots-per-rank 9 --nodes 2 --groups 8 --interval 2".split()
+    argv += ["--load", str(tmp_path / "load.npy"), "--policies", "swift,deepseek"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "policy 'swift' plans flat" in err and "deepseek" not in err  # deepseek: on by default
+    assert main([*argv, "--option", "swift.hierarchical=true"]) == 0
+    assert "plans flat" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

@@ -85,10 +85,10 @@ def check_simulate(args: argparse.Namespace) -> None:
         )
 
 
-def topology(args: argparse.Namespace, num_experts: int, options=None) -> Topology:
+def topology(args: argparse.Namespace, num_experts: int, options=()) -> Topology:
     """``--ranks --slots-per-rank --nodes --groups`` checked against ``num_experts``; prints a
     warning line when ``--groups`` asks for hierarchical placement that cannot be done, or that
-    the policy's ``options`` (when given) leave off."""
+    a policy's ``options`` (one policy's, or a sequence of several) leave off."""
     topo = Topology(args.ranks, args.slots_per_rank, args.nodes, args.groups)
     topo.check_experts(num_experts)
     groups = topo.num_groups
@@ -99,11 +99,17 @@ def topology(args: argparse.Namespace, num_experts: int, options=None) -> Topolo
             f"possible ({why}); planning flat, as with --groups 1",
             file=sys.stderr,
         )
-    elif groups > 1 and options is not None and not options.hierarchical:
-        print(
-            f"eplb-rt {args.command}: warning: --groups {groups}: policy {options.policy!r} plans "
-            "flat (its option hierarchical is off); --option hierarchical=true places whole "
-            "groups on nodes",
-            file=sys.stderr,
-        )
+    elif groups > 1:
+        flat = [o.policy for o in _as_list(options) if not getattr(o, "hierarchical", False)]
+        for name in flat:
+            print(
+                f"eplb-rt {args.command}: warning: --groups {groups}: policy {name!r} plans "
+                "flat (its option hierarchical is off); --option hierarchical=true places whole "
+                "groups on nodes",
+                file=sys.stderr,
+            )
     return topo
+
+
+def _as_list(options) -> list:
+    return list(options) if isinstance(options, (list, tuple)) else [options]

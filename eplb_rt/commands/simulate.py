@@ -111,13 +111,16 @@ def run(args: argparse.Namespace) -> int:
     if interval is None:
         per_file = [sum(1 for x in workload.labels if x == label) for label in _labels(args.load)]
         interval = 1 if max(per_file) == 1 else max(1, workload.num_steps // 16)
+    options = parse_policy_options(args.option)
+    planned = [n for n in names if n in algorithms.policy_names()]  # the baseline plans nothing
+    made = [algorithms.get_policy(n).make_options(options.get(n, {})) for n in planned]
     spec = sim.SimulationSpec(
-        topology=_args.topology(args, workload.load.shape[2]),
+        topology=_args.topology(args, workload.load.shape[2], made),
         policies=tuple(names),
         interval=interval,
         episodes=args.episodes,
         cost=cost_from_args(args),
-        options=parse_policy_options(args.option),
+        options=options,
     )
     result = _run_with_progress(workload, spec)
 
