@@ -74,7 +74,10 @@ def check_plot(path: str | None) -> None:
 
 
 def check_simulate(args: argparse.Namespace) -> None:
-    """``simulate``'s output paths and ``--policies``, before any file is read."""
+    """``simulate``'s output paths, counts and ``--policies``, before any file is read."""
+    for flag, value in (("--interval", args.interval), ("--episodes", args.episodes)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
     check_plot(args.plot)
     check_output(args.json, "--json")
     check_output(args.save_placements, "--save-placements", directory=True)
@@ -89,6 +92,14 @@ def topology(args: argparse.Namespace, num_experts: int, options=()) -> Topology
     """``--ranks --slots-per-rank --nodes --groups`` checked against ``num_experts``; prints a
     warning line when ``--groups`` asks for hierarchical placement that cannot be done, or that
     a policy's ``options`` (one policy's, or a sequence of several) leave off."""
+    for flag, value in (
+        ("--ranks", args.ranks),
+        ("--slots-per-rank", args.slots_per_rank),
+        ("--nodes", args.nodes),
+        ("--groups", args.groups),
+    ):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
     topo = Topology(args.ranks, args.slots_per_rank, args.nodes, args.groups)
     topo.check_experts(num_experts)
     groups = topo.num_groups

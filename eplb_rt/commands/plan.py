@@ -14,6 +14,7 @@ and a layer changes only when the compute it saves exceeds its migration time.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import numpy as np
@@ -107,6 +108,8 @@ def parse_options(items: list[str]) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     _args.check_output(args.out, "--out")
+    if args.horizon is not None and not (math.isfinite(args.horizon) and args.horizon > 0):
+        raise ValueError(f"--horizon must be a number of rows > 0, got {args.horizon:g}")
     cost = cost_from_args(args)
     options = parse_options(args.option)
     checked = get_policy(args.policy).make_options(options)  # bad options fail before any work
