@@ -23,7 +23,10 @@ def as_numpy(value: object, name: str, ndims: tuple[int, ...], where: str) -> np
     Raises ``ValueError`` naming ``where`` and ``name`` unless it has one of ``ndims`` dims.
     """
     if hasattr(value, "detach"):  # a torch tensor, possibly on a device
-        value = value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        if value.is_floating_point():  # bfloat16 has no numpy dtype; every float is exact in f64
+            value = value.double()
+        value = value.numpy()
     try:
         arr = np.asarray(value)
     except ValueError as err:  # ragged nested lists

@@ -36,8 +36,12 @@ def rebalance_experts(  # noqa: PLR0917 (SGLang's signature)
 ):
     """SGLang's signature: ``tokens_per_expert [T, L, E]`` (or ``[L, E]``) -> placement.
 
-    ``algorithm`` (SGLang's ``EplbAlgorithm``) is ignored: ``policy`` (default
-    ``EPLB_RT_POLICY`` or ``EplbConfig().policy``) plans, on ``T`` episodes.
+    ``policy`` (default ``EPLB_RT_POLICY`` or ``EplbConfig().policy``) plans, on ``T`` episodes,
+    whatever ``algorithm`` (SGLang's ``EplbAlgorithm``) names, with one exception: under
+    elastic EP (SGLang then asks for ``elasticity_aware``) only the ranks that serve are planned
+    on, and a failed rank's slots hold expert 0 and are in no expert's list, as SGLang's own
+    algorithm leaves them. Ranks that ``num_nodes`` does not divide are planned flat, as SGLang
+    plans them.
 
     Returns SGLang's triple of int64 tensors: ``physical_to_logical_map [L, P]``,
     ``logical_to_physical_map [L, E, R]`` (-1 padded) and ``logical_count [L, E]``.
@@ -51,22 +55,56 @@ def rebalance_experts(  # noqa: PLR0917 (SGLang's signature)
             f"{WHERE}: num_physical_experts ({num_physical_experts}) must be a positive "
             f"multiple of num_local_physical_experts ({num_local_physical_experts})"
         )
+    S = num_local_physical_experts
+    D = num_physical_experts // S
+    live = _live_ranks(algorithm, D)
+    if live is not None:
+        D, num_nodes, num_groups = live.size, 1, None  # SGLang too plans those flat
+    elif num_nodes < 1 or D % num_nodes:
+        num_nodes = 1
     try:
-        topology = Topology(
-            num_physical_experts // num_local_physical_experts,
-            num_local_physical_experts,
-            num_nodes,
-            num_groups or 1,
-        )
+        topology = Topology(D, S, num_nodes, num_groups or 1)
     except ValueError as err:
         raise ValueError(f"{WHERE}: {err}") from None
     placement, _ = replan(
         WHERE, load.astype(np.float64), topology, None, policy=policy_name(policy), options=options
     )
-    return tuple(
-        torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
-        for a in (placement.phy2log, placement.log2phy(), placement.logcnt)
-    )
+    maps = (placement.phy2log, placement.log2phy(), placement.logcnt)
+    if live is not None:
+        maps = _on_live_ranks(*maps, live, num_physical_experts // S)
+    return tuple(torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)) for a in maps)
+
+
+def _live_ranks(algorithm: object, num_ranks: int) -> np.ndarray | None:
+    """The ranks that serve (``[k]`` indices) under SGLang's elastic EP, or ``None`` when
+    every rank does or ``algorithm`` is not ``elasticity_aware``: SGLang selects that algorithm
+    whenever elastic EP is on, and keeps the ranks' health in ``ElasticEPStateManager``."""
+    if not str(getattr(algorithm, "name", algorithm)).startswith("elasticity_aware"):
+        return None
+    from sglang.srt.elastic_ep.elastic_ep import ElasticEPStateManager
+
+    manager = ElasticEPStateManager.instance()
+    active = manager.active_ranks if manager is not None else None
+    if active is None:
+        active = ElasticEPStateManager.healthy_rank_state()
+    active = as_numpy(active, "active_ranks [ranks]", (1,), WHERE)
+    if active.shape != (num_ranks,):
+        raise ValueError(f"{WHERE}: active_ranks has shape {active.shape}, expected [{num_ranks}]")
+    if not active.any():
+        raise ValueError(f"{WHERE}: no rank is active")
+    return None if active.all() else np.flatnonzero(active)
+
+
+def _on_live_ranks(phy2log, log2phy, logcnt, live: np.ndarray, num_ranks: int):
+    """SGLang's triple of a plan on the ``live`` ranks alone, laid out on all ``num_ranks``:
+    a failed rank's slots hold expert 0 and no expert's list names them."""
+    L, P = phy2log.shape
+    S = P // live.size
+    slots = (live[:, None] * S + np.arange(S)).reshape(-1)  # the live plan's slot -> global
+    full = np.zeros((L, num_ranks * S), dtype=np.int64)
+    full[:, slots] = phy2log
+    lists = np.where(log2phy >= 0, slots[np.maximum(log2phy, 0)], -1)
+    return full, lists, logcnt
 
 
 def register() -> None:

@@ -98,7 +98,7 @@ class EplbRtAscendPolicy:
         """
         try:
             return self._rebalance(current_expert_table, expert_workload)
-        except ValueError as err:
+        except (ValueError, TypeError) as err:
             if not self.keep_on_error:
                 raise
             log.error("%s; the table in force is kept", err)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from eplb_rt.algorithms import metrics
-from eplb_rt.integrations._common import policy_name, replan
+from eplb_rt.integrations._common import as_numpy, policy_name, replan
 from eplb_rt.placement import Placement, Topology
 
 
@@ -47,3 +47,13 @@ def test_the_adapters_import_neither_torch_nor_the_extension():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32", "int32", "int64"])
+def test_loads_of_every_dtype_an_engine_records_are_read_exactly(dtype):
+    """bfloat16 has no numpy dtype; vLLM's own policy takes it (``weight.float()``)."""
+    import torch
+
+    counts = torch.tensor([[3.0, 0.0, 250.0, 7.0]]).to(getattr(torch, dtype))
+    arr = as_numpy(counts, "weight", (2,), "test")
+    np.testing.assert_array_equal(arr, [[3.0, 0.0, 250.0, 7.0]])

@@ -7,6 +7,8 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import sys
+import types
 from types import SimpleNamespace
 
 import numpy as np
@@ -167,3 +169,71 @@ def test_plugin_plans_without_arguments_a_newer_sglang_adds(sglang, monkeypatch,
             got = algorithms.rebalance_experts(*args, algorithm=None, **extra)
     assert torch.equal(got[0], ours.rebalance_experts(*args, policy="flashlb")[0])
     assert caplog.text.count("ignoring SGLang's arguments rank_cost_matrix") == 1
+
+
+def _elastic(monkeypatch, active):
+    """SGLang's ``ElasticEPStateManager`` as its algorithms read it (``instance()`` holds
+    ``active_ranks``); its module is not among those the tests unpack."""
+    manager = SimpleNamespace(active_ranks=torch.tensor(active, dtype=torch.int32))
+    module = types.ModuleType("sglang.srt.elastic_ep.elastic_ep")
+    module.ElasticEPStateManager = SimpleNamespace(
+        instance=lambda: manager, healthy_rank_state=lambda: None
+    )
+    monkeypatch.setitem(sys.modules, "sglang.srt.elastic_ep", types.ModuleType("elastic_ep"))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+
+
+def _rank_par(phy2log: np.ndarray, load: np.ndarray, num_ranks: int) -> float:
+    """Mean over layers of PAR with each expert's tokens split evenly over its replicas."""
+    pars = []
+    for row, tokens in zip(phy2log, load, strict=True):
+        share = tokens / np.bincount(row, minlength=tokens.size).clip(min=1)
+        ranks = share[row].reshape(num_ranks, -1).sum(1)
+        pars.append(ranks.max() / ranks.mean())
+    return float(np.mean(pars))
+
+
+def _check_triple(maps, dead, num_experts, S):
+    """What SGLang's dispatch needs of a plan with failed ranks: their slots hold expert 0 and
+    no expert's list names them; every expert keeps a live replica; the three maps agree."""
+    phy2log, log2phy, logcnt = (m.numpy() for m in maps)
+    dead_slots = np.concatenate([np.arange(r * S, (r + 1) * S) for r in dead])
+    assert (phy2log[:, dead_slots] == 0).all()
+    assert not np.isin(log2phy, dead_slots).any()
+    assert (logcnt >= 1).all() and (logcnt == (log2phy >= 0).sum(-1)).all()
+    for layer in range(phy2log.shape[0]):
+        for e in range(num_experts):
+            assert (phy2log[layer, log2phy[layer, e, : logcnt[layer, e]]] == e).all()
+
+
+@pytest.mark.parametrize("dead", [[1], [0, 3]], ids=["rank-1", "ranks-0-3"])
+def test_elastic_ep_plans_on_the_ranks_that_serve(sglang, monkeypatch, dead):
+    """With elastic EP, SGLang asks for ``elasticity_aware`` and a failed rank must get no
+    tokens: eplb_rt plans on the live ranks, laid out as SGLang's own algorithm lays them."""
+    D, S, L, E = 4, 9, 3, 16  # two live ranks still hold every expert
+    active = [0 if r in dead else 1 for r in range(D)]
+    _elastic(monkeypatch, active)
+    rng = np.random.default_rng(0)
+    load = torch.from_numpy(rng.poisson(rng.pareto(1.2, (1, L, E)) * 50 + 1, (2, L, E)))
+    algorithm = sglang.eplb_algorithms.EplbAlgorithm.elasticity_aware
+    args = (load, D * S, S, None, 1, algorithm)
+    theirs = sglang.eplb_algorithms.rebalance_experts(*args)
+    _check_triple(theirs, dead, E, S)  # the convention, as SGLang's own algorithm keeps it
+    mine = ours.rebalance_experts(*args)
+    _check_triple(mine, dead, E, S)
+    live = [r for r in range(D) if r not in dead]
+    phy2log = mine[0].numpy().reshape(L, D, S)[:, live].reshape(L, -1)
+    theirs_live = theirs[0].numpy().reshape(L, D, S)[:, live].reshape(L, -1)
+    total = load.sum(0).numpy().astype(np.float64)
+    assert _rank_par(phy2log, total, len(live)) <= _rank_par(theirs_live, total, len(live))
+    # every rank serving: the ordinary plan
+    _elastic(monkeypatch, [1] * D)
+    both = ours.rebalance_experts(*args), ours.rebalance_experts(*args[:5])
+    assert all(torch.equal(a, b) for a, b in zip(*both, strict=True))
+
+
+def test_ranks_that_nodes_do_not_divide_are_planned_flat(sglang):
+    """``--nnodes 3 --ep-size 8``: SGLang's own ``auto`` plans that flat; so does eplb_rt."""
+    load = torch.from_numpy(np.random.default_rng(1).poisson(30.0, (1, 2, 64)))
+    phy2log, _, logcnt = ours.rebalance_experts(load, 8 * 9, 9, 8, 3, None)
+    assert phy2log.shape == (2, 72) and (logcnt >= 1).all()
