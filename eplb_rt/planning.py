@@ -139,7 +139,10 @@ def decide(
             f"previous placement ({previous.describe()}) does not match {shape[0]} ranks x "
             f"{shape[1]} slots"
         )
-    if not (isinstance(horizon, (int, float)) and math.isfinite(horizon) and horizon > 0):
+    real = isinstance(horizon, (int, float, np.integer, np.floating)) and not isinstance(
+        horizon, (bool, np.bool_)
+    )
+    if not (real and math.isfinite(horizon) and horizon > 0):
         raise ValueError(f"horizon (steps until the next plan) must be > 0, got {horizon!r}")
     options = dict(options or {})
     spec = algorithms.get_policy(policy)

@@ -133,6 +133,17 @@ def test_a_previous_placement_of_another_shape_is_refused_whether_or_not_a_layer
             planning.decide(load, previous, other, "equilibrium", None, cost=cost, horizon=10)
 
 
+def test_horizon_may_be_any_real_number_type():
+    load = np.random.default_rng(0).poisson(40.0, size=(2, 3, 8)).astype(np.float64)
+    previous = planning.starting_placement(3, 8, Topology(4, 3))
+    args = (load, previous, Topology(4, 3), "deepseek", None)
+    for horizon in (100, 100.0, np.int64(100), np.float32(100)):
+        planning.decide(*args, cost=planning.CostModel(), horizon=horizon)
+    for bad in (0, -1.0, np.nan, True, "100"):
+        with pytest.raises(ValueError, match="horizon"):
+            planning.decide(*args, cost=planning.CostModel(), horizon=bad)
+
+
 def test_plan_keeps_the_unplanned_layers_and_checks_the_mask():
     rng = np.random.default_rng(3)
     topo = Topology(4, 3)

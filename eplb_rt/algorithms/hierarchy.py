@@ -226,31 +226,59 @@ def plan(batch: Layers, topology: Topology, options: Any, run: Run):
         return placed(batch, fresh)
     fresh = keep_nodes(fresh, batch.previous, topology, E)
     rows, shares = _aligned(*placed(batch, fresh), batch.previous, topology, E)
-    held = groups_in_force(batch.previous, topology, E)
-    moved = (held >= 0).all(axis=1) & (held != fresh).any(axis=1)
-    if not moved.any() or not hasattr(options, "move_cost"):
+    if not hasattr(options, "move_cost"):
         return rows, shares
+    held = groups_in_force(batch.previous, topology, E)
+    grouped = (held >= 0).all(axis=1)
     # Layers whose groups would change node: also plan them with the groups where they are.
-    sub = batch.take(moved)
-    kept_rows, kept_shares = _aligned(*placed(sub, held[moved]), sub.previous, topology, E)
-    D, P = topology.num_ranks, topology.num_slots
-    new_shares = None if shares is None else shares[moved]
-    slots = [(r != sub.previous).sum(axis=1) for r in (kept_rows, rows[moved])]
+    moved = np.flatnonzero(grouped & (held != fresh).any(axis=1))
+    if moved.size:
+        sub = batch.take(moved)
+        kept = _aligned(*placed(sub, held[moved]), sub.previous, topology, E)
+        rows, shares = _cheaper(
+            batch, moved, (rows, shares), kept, topology=topology, options=options
+        )
+    # Layers whose groups are not on one node each (a flat placement in force): the plan puts
+    # them there, whatever the price of the moves (placing groups on nodes is what the option
+    # asks for, and what it buys, dispatch within fewer nodes, is not in the PAR), unless that
+    # moves more than the budget: then the layer keeps its slots.
+    loose = np.flatnonzero(~grouped)
+    if loose.size:
+        previous = batch.previous[loose]
+        prev_shares = None if batch.previous_share is None else batch.previous_share[loose]
+        other = (previous, prev_shares)
+        rows, shares = _cheaper(
+            batch, loose, (rows, shares), other, topology=topology, options=options, price=False
+        )
+    return rows, shares
+
+
+def _cheaper(batch: Layers, which, planned, other, *, topology: Topology, options, price=True):
+    """``planned = (rows [L, P], shares or None)`` with layers ``which`` taken from ``other =
+    (rows [k, P], shares or None)`` where that costs no more (with ``price``: ``PAR + move_cost
+    * moved slots / D`` on the layer's load, slots moved from ``batch.previous``) or where the
+    plan moves more than the budget."""
+    E, D, P = batch.load.shape[1], topology.num_ranks, topology.num_slots
+    rows, shares = planned
+    other_rows, other_shares = other
+    previous, load = batch.previous[which], batch.load[which]
+    new_shares = None if shares is None else shares[which]
+    slots = [(r != previous).sum(axis=1) for r in (other_rows, rows[which])]
     pars = [
-        np.nan_to_num(metrics.par(Placement(r, E, D, share), sub.load), nan=1.0)
-        for r, share in ((kept_rows, kept_shares), (rows[moved], new_shares))
+        np.nan_to_num(metrics.par(Placement(r, E, D, share), load), nan=1.0)
+        for r, share in ((other_rows, other_shares), (rows[which], new_shares))
     ]
-    cost_kept = pars[0] + options.move_cost * slots[0] / D
+    cost_other = pars[0] + options.move_cost * slots[0] / D
     cost_new = pars[1] + options.move_cost * slots[1] / D
     budget = int(getattr(options, "max_moved_fraction", 1.0) * P)
-    keep = (cost_kept <= cost_new) | (slots[1] > budget)
-    where = np.flatnonzero(moved)[keep]
-    rows[where] = kept_rows[keep]
-    if shares is None and kept_shares is None:
+    keep = ((cost_other <= cost_new) & price) | (slots[1] > budget)
+    where = which[keep]
+    rows = rows.copy()
+    rows[where] = other_rows[keep]
+    if shares is None and other_shares is None:
         return rows, None
-    if shares is None:
-        shares = even_shares(rows, E)
-    shares[where] = even_shares(rows[where], E) if kept_shares is None else kept_shares[keep]
+    shares = even_shares(rows, E) if shares is None else shares.copy()
+    shares[where] = even_shares(rows[where], E) if other_shares is None else other_shares[keep]
     return rows, shares
 
 

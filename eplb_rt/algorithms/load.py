@@ -18,8 +18,9 @@ def check_load(
     ``num_experts`` when those are given.
     """
     arr = np.asarray(load)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
+    real = np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+    if not (real or arr.dtype == bool):
+        raise ValueError(f"{name} must be numeric (real), got dtype {arr.dtype}")
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:

@@ -317,8 +317,16 @@ def plan(
         shares[kept] = previous.slot_share[kept]
         weighted = not previous.is_uniform
         planned = np.flatnonzero(layers)
+        if planned.size == 0:  # nothing to plan: every layer keeps its slots and shares
+            return Placement(rows, E, topology.num_ranks, shares if weighted else None)
     # Token counts are whole numbers; anything else (shares, scaled loads) has no known noise.
     counts = bool(np.array_equal(arr, np.round(arr)))
+    # A step without load in any layer (an idle step, a padding forward) says nothing about the
+    # load; as an episode of its own it would read as a draw of no tokens, pure noise. (Every
+    # layer, not the planned ones: a layer's plan does not depend on which others are planned.)
+    busy = arr.reshape(arr.shape[0], -1).any(axis=1)
+    if busy.any() and not busy.all():
+        arr = arr[busy]
     sub = arr if planned.size == L else arr[:, planned]
     num_episodes = getattr(options, "num_episodes", 1)
     # Layer-major copies ([L, K, E]): each layer's episodes are one contiguous block, taken
