@@ -54,6 +54,9 @@ SMOOTHING = 1.0
 """Tokens added to every expert per step before the statistics (the original's ``+ 1``)."""
 _EPS = 1e-2
 """Added to peak and total in the score (the original's), so an idle episode scores 1."""
+_LARGEST = 1e18
+"""Largest episode load an expert may carry: its square, summed over episodes, stays finite in
+float32 (3.4e38)."""
 _SLACK = 1e-4
 """Relative slack on the standard deviations in the rank pruning bound: the ranks' variances
 are kept in float32 (as the original does), so the bound is loosened to stay below the score."""
@@ -379,7 +382,14 @@ def plan_layers(layers: Layers, topo: Topology, opts: FlashLBOptions) -> tuple[n
     each. The statistics are a few stacked numpy operations and the searches one numba call, so
     a plan in the balancer's thread returns to Python (a GIL hand-off) a few times, not several
     times a layer."""
-    X = layers.tokens + SMOOTHING * layers.steps[None, :, None]
+    # The original adds a token per step, in counts; a load in other units (shares, scaled
+    # loads) would be swamped by it, so it gets none.
+    X = layers.tokens + (SMOOTHING if layers.counts else 0.0) * layers.steps[None, :, None]
+    if X.max() > _LARGEST:
+        raise ValueError(
+            f"flashlb: episode loads up to {X.max():.3g} overflow its float32 statistics (the "
+            f"original's); scale the load below {_LARGEST:g}"
+        )
     mu, var, cov = statistics(X)
     # Experts of equal score in index order. The original takes numpy's default sort, whose
     # order of ties follows the SIMD kernels of the CPU (AVX2 or not): every rank must plan

@@ -211,6 +211,20 @@ def test_equilibrium_prices_a_slot_at_move_cost_over_the_ranks(move_cost, moves)
     assert metrics.par(p, load[0])[0] == pytest.approx(1.0 if moves else 1.625)
 
 
+def test_flashlb_plans_a_load_in_any_unit_alike():
+    """The original adds a token per step before its statistics; a load that is not counts
+    (shares, scaled loads) was swamped by it (PAR 1.129 from shares, 1.294 from counts x 1e-6,
+    against 1.008 from the counts)."""
+    W = np.concatenate([traces.deepseek_v3(w, moe_only=True) for w in traces.DEEPSEEK_V3_WORKLOADS])
+    W = W[:, :8]
+    topo, agg = Topology(32, 9), W.sum(0)
+    counts = np.mean(metrics.par(plan("flashlb", W, topo), agg))
+    for other in (W / W.sum(-1, keepdims=True), W * 1e-6):
+        assert np.mean(metrics.par(plan("flashlb", other, topo), agg)) <= counts + 0.002
+    with pytest.raises(ValueError, match="overflow its float32 statistics"):
+        plan("flashlb", W * 1e37, topo)
+
+
 def test_flashlb_cherry_picks_layers():
     load = np.random.default_rng(3).pareto(1.2, size=(3, 4, 16)) * 100
     topo = Topology(4, 5)
@@ -258,7 +272,7 @@ def test_flashlb_statistics_of_stacked_layers_round_as_one_layer(K):
 def test_flashlb_threshold_compares_in_float32():
     """A layer is kept when its float32 score is at most the threshold rounded to float32, as
     the original compares a float32 score with a Python float."""
-    load = np.random.default_rng(3).pareto(1.2, size=(3, 1, 16)) * 100
+    load = np.rint(np.random.default_rng(3).pareto(1.2, size=(3, 1, 16)) * 100)  # counts
     topo = Topology(4, 5)
     first = plan("flashlb", load, topo)
     shifted = load[:, :, ::-1].copy()
