@@ -228,6 +228,8 @@ def plan(batch: Layers, topology: Topology, options: Any, run: Run):
     rows, shares = _aligned(*placed(batch, fresh), batch.previous, topology, E)
     if not hasattr(options, "move_cost"):
         return rows, shares
+    if shares is None:
+        rows = _nodes_that_pay(rows, batch, topology, options.move_cost)
     held = groups_in_force(batch.previous, topology, E)
     grouped = (held >= 0).all(axis=1)
     # Layers whose groups would change node: also plan them with the groups where they are.
@@ -251,6 +253,42 @@ def plan(batch: Layers, topology: Topology, options: Any, run: Run):
             batch, loose, (rows, shares), other, topology=topology, options=options, price=False
         )
     return rows, shares
+
+
+def _nodes_that_pay(rows: np.ndarray, batch: Layers, topology: Topology, move_cost: float):
+    """``rows [L, P]`` with each node's slots set back to the previous ones where that does not
+    raise the layer's ``PAR + move_cost * moved slots / D``. Each node is planned on its own and
+    prices its moves against its own PAR, so a node that is not the layer's peak may buy moves
+    the layer does not gain from. A node goes back only where it holds the same experts as
+    before (its groups did not change node), so every expert keeps its replicas."""
+    D, N, P = topology.num_ranks, topology.num_nodes, topology.num_slots
+    width = P // N
+    out = rows.copy()
+    for j in range(rows.shape[0]):
+        prev, load = batch.previous[j], batch.load[j : j + 1]
+        total = load.sum()
+        if total <= 0:
+            continue
+        cost = _layer_cost(out[j], prev, load, D, move_cost)
+        for n in range(N):
+            part = slice(n * width, (n + 1) * width)
+            same = np.array_equal(np.unique(out[j, part]), np.unique(prev[part]))
+            if not same or np.array_equal(out[j, part], prev[part]):
+                continue
+            trial = out[j].copy()
+            trial[part] = prev[part]
+            trial_cost = _layer_cost(trial, prev, load, D, move_cost)
+            if trial_cost <= cost:
+                out[j], cost = trial, trial_cost
+    return out
+
+
+def _layer_cost(row: np.ndarray, prev: np.ndarray, load: np.ndarray, num_ranks, move_cost):
+    """``PAR + move_cost * slots moved from prev / D`` of one layer's ``row [P]`` on ``load
+    [1, E]`` (uniform shares)."""
+    E = load.shape[1]
+    par = metrics.par(Placement(row[None], E, num_ranks), load)[0]
+    return par + move_cost * int((row != prev).sum()) / num_ranks
 
 
 def _cheaper(batch: Layers, which, planned, other, *, topology: Topology, options, price=True):
