@@ -1,23 +1,25 @@
 """The device check's driver: what needs a GPU or an Ascend NPU, in one run
 (``scripts/gpu_check.sh`` and ``scripts/npu_check.sh`` build first, then run this).
 
-Runs, in this order, and writes every figure to one JSON file after each section (so a time
-limit that stops it keeps what was measured):
+Runs, in this order (the open goals' measurements first: a device session is short), and
+writes every figure to one JSON file after each section (so a time limit that stops it keeps what
+was measured):
 
-1. ``tests``: ``pytest -m <device>`` on the device's tests, counts and the names of failures:
-   the ops (``tests/cuda`` on a GPU, ``tests/ascendc`` on an NPU), ``route()`` captured in a
-   device graph and replayed across a commit (``tests/runtime/test_route_graph.py``), the device
-   path's sync counts and the weights and tables a migration leaves;
-2. ``syncs``: host synchronisations on the serving thread (``tests/runtime/test_device_path.py``'s
-   ``SyncCounter``), over the reference model driven with rebalances (``drive``) and over
-   migrating steps with transfers and commits;
-3. ``ops``: ``benchmarks/bench_device_ops.py``'s table of the four ops (each checked against the
+1. ``ops``: ``benchmarks/bench_device_ops.py``'s table of the four ops (each checked against the
    reference first; eager / graph time, % of the measured copy bandwidth, and whether the graph
-   capture worked); ``runtime_route``: ``EplbRuntime.route`` replayed in a device graph at decode
-   size;
-4. ``overlap``: ``benchmarks/bench_overlap.py``'s table (a layer's transfer on the executor's
+   capture worked);
+2. ``overlap``: ``benchmarks/bench_overlap.py``'s table (a layer's transfer on the executor's
    stream against the forward's expert work on the device timeline, and the host cost of a
    migrating step, through ``EplbRuntime`` and its executor);
+3. ``syncs``: host synchronisations on the serving thread (``tests/runtime/test_device_path.py``'s
+   ``SyncCounter``), over the reference model driven with rebalances (``drive``) and over
+   migrating steps with transfers and commits;
+4. ``runtime_route``: ``EplbRuntime.route`` replayed in a device graph at decode size;
+5. ``tests``: ``pytest -m <device>`` on the device's tests (a minute per test at most, where
+   pytest-timeout is installed), counts and the names of failures: the ops (``tests/cuda`` on a
+   GPU, ``tests/ascendc`` on an NPU), ``route()`` captured in a device graph and replayed across
+   a commit (``tests/runtime/test_route_graph.py``), the device path's sync counts and the
+   weights and tables a migration leaves;
 
 then ``goals``: each goal with its measured value and pass/fail (on a GPU those of issues 7 and 12;
 on an NPU the device path's: no sync, every op and ``route()`` captured). Exit status: 0 when
@@ -26,6 +28,7 @@ its backend. ``--device cpu`` runs the parts that need no accelerator (the sync 
 and overlap tables at small sizes), to check the driver itself.
 
     PYTHONPATH=$PWD python scripts/device_check.py --out gpu_check.json               # a GPU
+    PYTHONPATH=$PWD python scripts/device_check.py --out "$OUT"                       # a folder
     PYTHONPATH=$PWD python scripts/device_check.py --device npu --out npu_check.json  # an NPU
 """
 
@@ -35,6 +38,7 @@ import argparse
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -60,6 +64,11 @@ GOALS = {
             "% of copy, N=262144 K=8 E=256, every row",
         ),
         "route_and_count_decode_graph_us": ("<=", 10.0, "graph us, N=64 K=8 E=256, every row"),
+        "route_and_count_decode_speedup": (
+            ">=",
+            1.0,
+            "x the plain-torch reference, eager, N=64 K=8 E=256, every row",
+        ),
         "overlap_hidden_pct": (">=", 80.0, "transfer hidden behind the forward, every shape"),
         **SYNC_GOAL,
     },
@@ -80,16 +89,25 @@ def run_tests(device: str, timeout_s: int, log_path: str) -> dict:
     paths = [*TESTS[device], "tests/runtime/test_route_graph.py"]
     paths.append("tests/runtime/test_device_path.py")
     workers = ["-n", "4", "-p", "no:benchmark"] if importlib.util.find_spec("xdist") else []
+    # A test that hangs is failed by name after a minute, not the whole run after timeout_s.
+    per_test = ["--timeout=60"] if importlib.util.find_spec("pytest_timeout") else []
     with tempfile.TemporaryDirectory() as tmp:
         junit = os.path.join(tmp, "tests.xml")
         cmd = [sys.executable, "-X", "faulthandler", "-m", "pytest", "-v", "-p", "no:cacheprovider"]
-        cmd += ["-m", device, *workers, *paths, f"--junitxml={junit}"]
+        cmd += ["-m", device, *workers, *per_test, *paths, f"--junitxml={junit}"]
         with open(log_path, "w") as log:
-            proc = subprocess.run(
-                cmd, check=False, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s
+            # Its own process group: on the time limit, the workers go too (they hold the GPU).
+            proc = subprocess.Popen(
+                cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
+            try:
+                rc = proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                rc = "timeout"
         with open(log_path) as log:
-            output = {"rc": proc.returncode, "log": log_path, "tail": log.read()[-3000:]}
+            output = {"rc": rc, "log": log_path, "tail": log.read()[-3000:]}
         if not os.path.exists(junit):
             return output
         suite = ET.parse(junit).getroot()
@@ -162,6 +180,7 @@ def evaluate(device: str, report: dict) -> list[dict]:
         # At N=16384 a call moves 0.5-1 MiB, which a launch's latency dominates on any GPU.
         "route_and_count_prefill_pct_of_copy": [r["% of copy"] for r in route if r["N"] == 262144],
         "route_and_count_decode_graph_us": [r["graph us"] for r in route if r["N"] == 64],
+        "route_and_count_decode_speedup": [r.get("speed-up") for r in route if r["N"] == 64],
         "overlap_hidden_pct": [r["hidden %"] for r in report.get("overlap", {}).get("rows", [])],
         "syncs_in_steps_without_gather": [
             s
@@ -203,11 +222,15 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.accel import parse_with_device
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="device_check.json", help="the JSON file to write")
+    parser.add_argument(
+        "--out", default="device_check.json", help="the JSON file to write (or a folder for it)"
+    )
     parser.add_argument("--tests-timeout", type=int, default=240, help="seconds for pytest")
     args, device = parse_with_device(parser, argv)
     if device is None:
         return 2
+    if os.path.isdir(args.out):
+        args.out = os.path.join(args.out, "device_check.json")
     import eplb_rt
     from benchmarks.accel import Accel
 
@@ -220,12 +243,14 @@ def main(argv: list[str] | None = None) -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "errors": {},
     }
-    sections = [("syncs", lambda: run_syncs(device)), ("ops", lambda: run_ops(device))]
+    # The open goals' measurements first (the op's bandwidth, the overlap): a device session is
+    # short, and the tests are checks that a rerun can repeat.
+    sections = [("ops", lambda: run_ops(device)), ("overlap", lambda: run_overlap(device))]
+    sections.append(("syncs", lambda: run_syncs(device)))
     if device != "cpu":
         log_path = os.path.splitext(args.out)[0] + "_pytest.log"
-        tests = ("tests", lambda: run_tests(device, args.tests_timeout, log_path))
-        sections = [tests, *sections, ("runtime_route", lambda: run_runtime_route(device))]
-    sections.append(("overlap", lambda: run_overlap(device)))
+        sections.append(("runtime_route", lambda: run_runtime_route(device)))
+        sections.append(("tests", lambda: run_tests(device, args.tests_timeout, log_path)))
     for name, fn in sections:
         started = time.perf_counter()
         print(f"device_check: {name} ...", flush=True)

@@ -4,12 +4,13 @@
 # EplbRuntime, host-sync counts) and writes one JSON with every figure and pass/fail against the
 # goals of issues 7 and 12. scripts/npu_check.sh is the same for an Ascend NPU.
 #
-#   scripts/gpu_check.sh                    # writes build/gpu_check.json
-#   scripts/gpu_check.sh /tmp/out.json      # elsewhere
+#   scripts/gpu_check.sh                    # writes $OUT/gpu_check.json (a folder), else build/
+#   scripts/gpu_check.sh /tmp/out.json      # elsewhere (a file, or a folder for gpu_check.json)
 #   SKIP_BUILD=1 scripts/gpu_check.sh       # reuse the in-place build
 #
 # Needs torch with CUDA, nvcc and a GPU; no network. Takes about 6 minutes on an H100/H200
-# (build about 2, checks about 4; the time limits inside stop it after 4 + 5.5 minutes).
+# (build about 2, checks about 4), and never more than DEVICE_CHECK_S seconds (560) in all: the
+# build gets at most 240 of them, the checks the rest, the open goals' measurements first.
 # Exit status: 0 every goal met, 1 a goal missed or a check failed (see the JSON), 2 no GPU
 # or no nvcc, 3 the build failed.
 NAME=gpu_check

@@ -7,9 +7,11 @@
 # writes one JSON with every figure and pass/fail against the device path's goals (no sync in a
 # serving step, graph-safe).
 #
-#   scripts/npu_check.sh                    # writes build/npu_check.json
-#   scripts/npu_check.sh /tmp/out.json      # elsewhere
+#   scripts/npu_check.sh                    # writes $OUT/npu_check.json (a folder), else build/
+#   scripts/npu_check.sh /tmp/out.json      # elsewhere (a file, or a folder for npu_check.json)
 #   SKIP_BUILD=1 scripts/npu_check.sh       # reuse the in-place build
+#   DEVICE_CHECK_S=1800 scripts/npu_check.sh  # all steps' deadline (default 560 s; the AscendC
+#                                           # build alone may need more on a first run)
 #
 # Needs CANN (its set_env.sh sourced: ASCEND_HOME_PATH or ASCEND_TOOLKIT_HOME), torch_npu for the
 # installed torch, and an Ascend device; no network. Exit status: 0 every goal met, 1 a goal

@@ -4,8 +4,16 @@ GPU and an NPU, and what it says when the device is absent."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 from scripts import device_check
+
+STEPS = Path(__file__).resolve().parents[2] / "scripts" / "device_check_steps.sh"
 
 
 def _report(rows, syncs=0, runtime_route=2.0):
@@ -58,11 +66,15 @@ def test_a_gpu_row_without_a_graph_time_fails_its_bound():
     assert goals["overlap_hidden_pct"]["pass"] is None
 
 
-def test_the_driver_runs_its_cpu_parts(tmp_path):
-    out = tmp_path / "check.json"
+@pytest.mark.parametrize("into_folder", [False, True], ids=["file", "folder"])
+def test_the_driver_runs_its_cpu_parts(tmp_path, into_folder):
+    # A folder (a lent device machine's $OUT, the one thing that comes back) takes the default
+    # name; it raised IsADirectoryError after the first section.
+    out = tmp_path if into_folder else tmp_path / "check.json"
     # Not a device run: exit status 1, with every CPU section's figures written.
     assert device_check.main(["--device", "cpu", "--out", str(out)]) == 1
-    report = json.loads(out.read_text())
+    written = tmp_path / ("device_check.json" if into_folder else "check.json")
+    report = json.loads(written.read_text())
     assert report["errors"] == {}
     assert report["syncs"]["syncs_in_steps_without_gather"] == 0
     assert report["syncs"]["commit_path"]["syncs"] == 0
@@ -76,3 +88,31 @@ def test_an_absent_device_is_named_and_nothing_runs(tmp_path, capsys):
     assert device_check.main(["--device", "npu", "--out", str(out)]) == 2
     assert "npu backend" in capsys.readouterr().err
     assert not out.exists()
+
+
+def _steps(tmp_path, *args, out=None, budget=None):
+    """What ``device_check_steps.sh`` (sourced as the device scripts source it) sets."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OUT", "DEVICE_CHECK_S")}
+    env |= {"PYTHON": sys.executable, **({"OUT": str(out)} if out else {})}
+    env |= {"DEVICE_CHECK_S": str(budget)} if budget else {}
+    script = f'NAME=x; source "{STEPS}" "$@"; echo "$RESULT|$LOGS|$(left 240)"'
+    done = subprocess.run(
+        ["bash", "-c", script, "steps", *args], env=env, capture_output=True, text=True,
+        cwd=tmp_path, check=True,
+    )  # fmt: skip
+    return done.stdout.strip().split("|")
+
+
+def test_the_device_scripts_write_where_the_results_come_back(tmp_path):
+    """On a lent device machine only ``$OUT`` comes back: the JSON and its logs go there."""
+    folder, file = tmp_path / "out", tmp_path / "elsewhere" / "r.json"
+    folder.mkdir()
+    assert _steps(tmp_path, out=folder)[:2] == [f"{folder}/x.json", str(folder)]
+    assert _steps(tmp_path, str(folder))[0] == f"{folder}/x.json"
+    assert _steps(tmp_path, str(file), out=folder)[:2] == [str(file), str(file.parent)]
+    assert _steps(tmp_path)[0] == "build/x.json"
+
+
+def test_every_step_ends_before_the_one_deadline(tmp_path):
+    assert int(_steps(tmp_path)[2]) == 240
+    assert 1 <= int(_steps(tmp_path, budget=30)[2]) <= 30
