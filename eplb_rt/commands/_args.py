@@ -66,6 +66,13 @@ def nonzero(load: np.ndarray, paths: list[str]) -> np.ndarray:
     return load
 
 
+def check_at_least(*items: tuple[str, int | None, int]) -> None:
+    """Each ``(flag, value, least)``: ``value`` (``None``: not given) is at least ``least``."""
+    for flag, value, least in items:
+        if value is not None and value < least:
+            raise ValueError(f"{flag} must be >= {least}, got {value}")
+
+
 def check_plot(path: str | None) -> None:
     """``--plot``: a writable file whose suffix names a format the plot can be saved in."""
     check_output(path, "--plot")
@@ -75,9 +82,7 @@ def check_plot(path: str | None) -> None:
 
 def check_simulate(args: argparse.Namespace) -> None:
     """``simulate``'s output paths, counts and ``--policies``, before any file is read."""
-    for flag, value in (("--interval", args.interval), ("--episodes", args.episodes)):
-        if value is not None and value < 1:
-            raise ValueError(f"{flag} must be >= 1, got {value}")
+    check_at_least(("--interval", args.interval, 1), ("--episodes", args.episodes, 1))
     check_plot(args.plot)
     check_output(args.json, "--json")
     check_output(args.save_placements, "--save-placements", directory=True)
@@ -91,15 +96,13 @@ def check_simulate(args: argparse.Namespace) -> None:
 def topology(args: argparse.Namespace, num_experts: int, options=()) -> Topology:
     """``--ranks --slots-per-rank --nodes --groups`` checked against ``num_experts``; prints a
     warning line when ``--groups`` asks for hierarchical placement that cannot be done, or that
-    a policy's ``options`` (one policy's, or a sequence of several) leave off."""
-    for flag, value in (
-        ("--ranks", args.ranks),
-        ("--slots-per-rank", args.slots_per_rank),
-        ("--nodes", args.nodes),
-        ("--groups", args.groups),
-    ):
-        if value < 1:
-            raise ValueError(f"{flag} must be >= 1, got {value}")
+    the ``options`` of a policy planned (a sequence, one per policy) leave off."""
+    check_at_least(
+        ("--ranks", args.ranks, 1),
+        ("--slots-per-rank", args.slots_per_rank, 1),
+        ("--nodes", args.nodes, 1),
+        ("--groups", args.groups, 1),
+    )
     topo = Topology(args.ranks, args.slots_per_rank, args.nodes, args.groups)
     topo.check_experts(num_experts)
     groups = topo.num_groups
@@ -111,7 +114,7 @@ def topology(args: argparse.Namespace, num_experts: int, options=()) -> Topology
             file=sys.stderr,
         )
     elif groups > 1:
-        flat = [o.policy for o in _as_list(options) if not getattr(o, "hierarchical", False)]
+        flat = [o.policy for o in options if not getattr(o, "hierarchical", False)]
         for name in flat:
             print(
                 f"eplb-rt {args.command}: warning: --groups {groups}: policy {name!r} plans "
@@ -120,7 +123,3 @@ def topology(args: argparse.Namespace, num_experts: int, options=()) -> Topology
                 file=sys.stderr,
             )
     return topo
-
-
-def _as_list(options) -> list:
-    return list(options) if isinstance(options, (list, tuple)) else [options]

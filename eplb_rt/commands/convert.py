@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from eplb_rt import formats
-from eplb_rt.commands._args import add_command, check_output
+from eplb_rt.commands._args import add_command, check_at_least, check_output
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,13 +38,11 @@ SGLANG_FORMATS = ("sglang", "sglang-count")
 
 def run(args: argparse.Namespace) -> int:
     check_output(args.output, "OUT")
-    for flag, value, least in (
+    check_at_least(
         ("--ranks", args.ranks, 1),
         ("--experts", args.experts, 1),
         ("--dense-layers", args.dense_layers, 0),
-    ):
-        if value is not None and value < least:
-            raise ValueError(f"{flag} must be >= {least}, got {value}")
+    )
     src = formats.format_kind(args.src_format)
     dst = formats.format_kind(args.dst_format)
     if src != dst:

@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     checked = get_policy(args.policy).make_options(options)  # bad options fail before any work
     load = _args.read_load(args.load)
     num_experts = load.shape[2]
-    topology = _args.topology(args, num_experts, checked)
+    topology = _args.topology(args, num_experts, [checked])
     previous = None
     if args.previous:
         previous = formats.read_placement(args.previous, None, args.ranks, num_experts)

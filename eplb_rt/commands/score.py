@@ -20,7 +20,7 @@ import numpy as np
 
 from eplb_rt import formats
 from eplb_rt.algorithms import bounds, metrics
-from eplb_rt.commands._args import add_command, add_load_argument, read_load
+from eplb_rt.commands._args import add_command, add_load_argument, check_at_least, read_load
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,8 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.ranks is not None and args.ranks < 1:
-        raise ValueError(f"--ranks must be >= 1, got {args.ranks}")
+    check_at_least(("--ranks", args.ranks, 1))
     placement = formats.read_placement(args.placement, num_ranks=args.ranks)
     load = read_load(args.load)
     if load.shape[1:] != (placement.num_layers, placement.num_experts):
