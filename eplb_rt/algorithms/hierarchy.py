@@ -266,10 +266,13 @@ def _nodes_that_pay(rows: np.ndarray, batch: Layers, topology: Topology, move_co
     out = rows.copy()
     for j in range(rows.shape[0]):
         prev, load = batch.previous[j], batch.load[j : j + 1]
-        total = load.sum()
-        if total <= 0:
+        if load.sum() <= 0:
             continue
-        cost = _layer_cost(out[j], prev, load, D, move_cost)
+
+        def cost(row, prev=prev, load=load):
+            return _costs(row[None], None, prev[None], load, num_ranks=D, move_cost=move_cost)[0]
+
+        best = cost(out[j])
         for n in range(N):
             part = slice(n * width, (n + 1) * width)
             same = np.array_equal(np.unique(out[j, part]), np.unique(prev[part]))
@@ -277,18 +280,19 @@ def _nodes_that_pay(rows: np.ndarray, batch: Layers, topology: Topology, move_co
                 continue
             trial = out[j].copy()
             trial[part] = prev[part]
-            trial_cost = _layer_cost(trial, prev, load, D, move_cost)
-            if trial_cost <= cost:
-                out[j], cost = trial, trial_cost
+            trial_cost = cost(trial)
+            if trial_cost <= best:
+                out[j], best = trial, trial_cost
     return out
 
 
-def _layer_cost(row: np.ndarray, prev: np.ndarray, load: np.ndarray, num_ranks, move_cost):
-    """``PAR + move_cost * slots moved from prev / D`` of one layer's ``row [P]`` on ``load
-    [1, E]`` (uniform shares)."""
-    E = load.shape[1]
-    par = metrics.par(Placement(row[None], E, num_ranks), load)[0]
-    return par + move_cost * int((row != prev).sum()) / num_ranks
+def _costs(rows, shares, previous, load, *, num_ranks: int, move_cost: float) -> np.ndarray:
+    """``[k]``: each layer's ``PAR + move_cost * slots moved from previous / D``, for ``rows,
+    previous [k, P]``, ``shares [k, P]`` or ``None`` (uniform), ``load [k, E]`` (a layer
+    without load: PAR 1)."""
+    placement = Placement(rows, load.shape[1], num_ranks, shares)
+    par = np.nan_to_num(metrics.par(placement, load), nan=1.0)
+    return par + move_cost * (rows != previous).sum(axis=1) / num_ranks
 
 
 def _cheaper(batch: Layers, which, planned, other, *, topology: Topology, options, price=True):
@@ -301,15 +305,15 @@ def _cheaper(batch: Layers, which, planned, other, *, topology: Topology, option
     other_rows, other_shares = other
     previous, load = batch.previous[which], batch.load[which]
     new_shares = None if shares is None else shares[which]
-    slots = [(r != previous).sum(axis=1) for r in (other_rows, rows[which])]
-    pars = [
-        np.nan_to_num(metrics.par(Placement(r, E, D, share), load), nan=1.0)
-        for r, share in ((other_rows, other_shares), (rows[which], new_shares))
-    ]
-    cost_other = pars[0] + options.move_cost * slots[0] / D
-    cost_new = pars[1] + options.move_cost * slots[1] / D
+    cost_other = _costs(
+        other_rows, other_shares, previous, load, num_ranks=D, move_cost=options.move_cost
+    )
+    cost_new = _costs(
+        rows[which], new_shares, previous, load, num_ranks=D, move_cost=options.move_cost
+    )
     budget = int(getattr(options, "max_moved_fraction", 1.0) * P)
-    keep = ((cost_other <= cost_new) & price) | (slots[1] > budget)
+    moved = (rows[which] != previous).sum(axis=1)
+    keep = ((cost_other <= cost_new) & price) | (moved > budget)
     where = which[keep]
     rows = rows.copy()
     rows[where] = other_rows[keep]
