@@ -104,3 +104,15 @@ def install_entry_points(group: str, folder: Path, monkeypatch) -> None:
     lines = [f"[{group}]", *(f"{name} = {value}" for name, value in declared.items())]
     (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
     monkeypatch.syspath_prepend(str(folder))
+
+
+def rank_par(phy2log: np.ndarray, load: np.ndarray, num_ranks: int) -> np.ndarray:
+    """``[L]`` PAR of an engine's ``phy2log [L, P]`` map on ``load [L, E]``, each expert's tokens
+    split evenly over its slots (as vLLM and SGLang serve them, two replicas on one rank
+    included)."""
+    L = phy2log.shape[0]
+    counts = np.zeros(load.shape)
+    np.add.at(counts, (np.arange(L)[:, None], phy2log), 1.0)
+    slot = np.take_along_axis(load / np.maximum(counts, 1.0), phy2log, axis=1)
+    ranks = slot.reshape(L, num_ranks, -1).sum(axis=2)
+    return ranks.max(axis=1) / ranks.mean(axis=1)

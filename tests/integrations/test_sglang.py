@@ -20,7 +20,7 @@ from eplb_rt.cli import main as cli
 from eplb_rt.integrations import sglang as ours
 from eplb_rt.placement import Placement
 from tests.groups import group_nodes
-from tests.integrations.conftest import CASE_IDS, CASES, install_entry_points
+from tests.integrations.conftest import CASE_IDS, CASES, install_entry_points, rank_par
 
 
 def _passes_server_args(function) -> bool:
@@ -183,16 +183,6 @@ def _elastic(monkeypatch, active):
     monkeypatch.setitem(sys.modules, module.__name__, module)
 
 
-def _rank_par(phy2log: np.ndarray, load: np.ndarray, num_ranks: int) -> float:
-    """Mean over layers of PAR with each expert's tokens split evenly over its replicas."""
-    pars = []
-    for row, tokens in zip(phy2log, load, strict=True):
-        share = tokens / np.bincount(row, minlength=tokens.size).clip(min=1)
-        ranks = share[row].reshape(num_ranks, -1).sum(1)
-        pars.append(ranks.max() / ranks.mean())
-    return float(np.mean(pars))
-
-
 def _check_triple(maps, dead, num_experts, S):
     """What SGLang's dispatch needs of a plan with failed ranks: their slots hold expert 0 and
     no expert's list names them; every expert keeps a live replica; the three maps agree."""
@@ -225,7 +215,9 @@ def test_elastic_ep_plans_on_the_ranks_that_serve(sglang, monkeypatch, dead):
     phy2log = mine[0].numpy().reshape(L, D, S)[:, live].reshape(L, -1)
     theirs_live = theirs[0].numpy().reshape(L, D, S)[:, live].reshape(L, -1)
     total = load.sum(0).numpy().astype(np.float64)
-    assert _rank_par(phy2log, total, len(live)) <= _rank_par(theirs_live, total, len(live))
+    assert (
+        rank_par(phy2log, total, len(live)).mean() <= rank_par(theirs_live, total, len(live)).mean()
+    )
     # every rank serving: the ordinary plan
     _elastic(monkeypatch, [1] * D)
     both = ours.rebalance_experts(*args), ours.rebalance_experts(*args[:5])

@@ -24,6 +24,7 @@ from tests.integrations.conftest import (
     CASES,
     declared_entry_points,
     install_entry_points,
+    rank_par,
 )
 
 
@@ -274,17 +275,6 @@ def test_the_convention_is_read_from_postponed_annotations_too():
     assert ours.returns_maps(spaces["Old"]) and not ours.returns_maps(spaces["New"])
 
 
-def _rank_par(phy2log: np.ndarray, load: np.ndarray, num_ranks: int) -> np.ndarray:
-    """``[L]`` PAR of a vLLM map, each expert's tokens split evenly over its slots (as vLLM
-    serves them, two replicas on one rank included)."""
-    L = phy2log.shape[0]
-    counts = np.zeros(load.shape)
-    np.add.at(counts, (np.arange(L)[:, None], phy2log), 1.0)
-    slot = np.take_along_axis(load / np.maximum(counts, 1.0), phy2log, axis=1)
-    ranks = slot.reshape(L, num_ranks, -1).sum(axis=2)
-    return ranks.max(axis=1) / ranks.mean(axis=1)
-
-
 @pytest.mark.parametrize("nodes", [2, 4])
 def test_groups_on_nodes_as_vllms_own_policy(vllm, monkeypatch, nodes):
     """DeepSeek-V3 (8 groups) at 32x9 on several nodes: ``deepseek`` through the adapter places
@@ -303,7 +293,7 @@ def test_groups_on_nodes_as_vllms_own_policy(vllm, monkeypatch, nodes):
     for phy2log in maps.values():
         group_nodes(phy2log, nodes, 32)
     np.testing.assert_allclose(
-        _rank_par(maps["deepseek"], load, 32), _rank_par(theirs, load, 32), rtol=1e-3
+        rank_par(maps["deepseek"], load, 32), rank_par(theirs, load, 32), rtol=1e-3
     )
     cls = ours.policy_class("equilibrium", {"hierarchical": True}, returns_maps=False)
     shifted = torch.from_numpy(np.roll(load, 40, axis=-1))
