@@ -37,7 +37,11 @@ class EplbConfig:
             ``num_redundant``.
         layers_per_step: layers migrated (transferred, then committed) per step.
         deadline: steps after the gather by which the plan must be ready on every rank; a late
-            plan is skipped (logged), never waited for. ``1 <= deadline < interval``.
+            plan is skipped (logged), never waited for. ``1 <= deadline < interval``. ``None``
+            (the default) adapts it: ``interval // 5`` steps (at least 1), doubled after each
+            plan not ready in time, up to ``interval - 1``, so a plan slower than that many
+            serving steps (many ranks, a busy host) is given the steps it takes instead of being
+            skipped every time (:attr:`first_deadline`).
         link_bandwidth: bytes per second a rank receives migrated weights at (default: a
             400 Gb/s RDMA NIC per device, 50e9).
         token_seconds: seconds one token spends in one expert, until the runtime has measured
@@ -76,7 +80,7 @@ class EplbConfig:
     num_redundant: int = 0
     slots_per_rank: int | None = None
     layers_per_step: int = 1
-    deadline: int = 20
+    deadline: int | None = None
     link_bandwidth: float = LINK_BANDWIDTH
     token_seconds: float = TOKEN_SECONDS
     heat_source: str = "topk"
@@ -119,8 +123,14 @@ class EplbConfig:
             if self.num_redundant:
                 raise ValueError("EplbConfig: give slots_per_rank or num_redundant, not both")
         _check_int("layers_per_step", self.layers_per_step, 1)
-        _check_int("deadline", self.deadline, 1)
-        if self.interval and self.deadline >= self.interval:
+        if self.deadline is not None:
+            _check_int("deadline", self.deadline, 1)
+        if self.interval and self.first_deadline >= self.interval:
+            if self.deadline is None:
+                raise ValueError(
+                    f"EplbConfig.interval ({self.interval}) must be >= 2 (or 0: never "
+                    "rebalance) to leave a plan a step between its gather and its deadline"
+                )
             raise ValueError(
                 f"EplbConfig.deadline ({self.deadline}) must be below interval "
                 f"({self.interval}) so one plan is decided before the next gather"
@@ -176,6 +186,12 @@ class EplbConfig:
                 if value is not None:
                     merged[field] = value
         return cls(**merged)
+
+    @property
+    def first_deadline(self) -> int:
+        """The first plan's deadline in steps: ``deadline``, or where it adapts (``None``)
+        ``interval // 5``, at least 1."""
+        return self.deadline if self.deadline is not None else max(1, self.interval // 5)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

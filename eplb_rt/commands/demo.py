@@ -164,7 +164,6 @@ def _worker(rank: int, opts: dict, out_path: str) -> None:
             interval=interval,
             episode=max(1, interval // 5),
             num_redundant=opts["redundant"],
-            deadline=max(1, interval // 5),
         )
         runtime = EplbRuntime(ecfg, cfg.num_layers, cfg.num_experts)
         model = ExpertParallelMoE(cfg, runtime=runtime)

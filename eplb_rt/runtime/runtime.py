@@ -11,7 +11,8 @@ step. Everything else happens at step boundaries inside :meth:`step`:
   less balanced than the history before it, see :func:`eplb_rt.planning.drifted`; until a plan
   has fitted the placement, once three episodes of heat are in, without that check);
 * ``deadline`` steps later the ranks agree (one small all-reduce on a control group) that they
-  all hold the same plan (epoch and checksum); otherwise the plan is skipped and logged;
+  all hold the same plan (epoch and checksum); otherwise the plan is skipped and logged (a plan
+  not ready in time doubles an adapting deadline for the next ones, on every rank alike);
 * an agreed plan is migrated ``layers_per_step`` layers per step: transfers start at one
   boundary and are committed at the next one, after a second agreement that every rank's
   transfer of that layer succeeded; a failed layer keeps its old placement on every rank.
@@ -231,6 +232,9 @@ class EplbRuntime:
         # may still run at the interval step itself).
         self._next_interval = config.interval
         self._retired_groups: list = []  # migration groups a failed transfer retired
+        # Steps from a gather to its plan's deadline; where it adapts, every rank doubles it on
+        # the same agreed outcome, so the ranks' deadline steps stay equal.
+        self.deadline = config.first_deadline
 
     def _initial_placement(self) -> Placement:
         path = self.config.initial_placement
@@ -404,7 +408,7 @@ class EplbRuntime:
                 self._gather(step)
             # A probe's deadline falls before the next interval; its migration may run past it,
             # and that interval's gather then waits for the first idle step.
-            elif step % episode == 0 and step + self.config.deadline < self._next_interval:
+            elif step % episode == 0 and step + self.deadline < self._next_interval:
                 if self._fitted:
                     self._gather(step, "drift")
                 elif step >= 3 * episode:
@@ -418,7 +422,7 @@ class EplbRuntime:
         config = self.config
         cost = planning.CostModel(slot_bytes, config.link_bandwidth, config.token_seconds)
         args = (host, event, rows, row_p2l, self._placement, cost, trigger, self._step_seconds())
-        self._pending = Job(self._epoch, step, step + self.config.deadline, *args)
+        self._pending = Job(self._epoch, step, step + self.deadline, *args)
         self.balancer.submit(self._pending)
 
     def _step_seconds(self) -> float:
@@ -454,7 +458,10 @@ class EplbRuntime:
                 "some layer differ); a migration would exchange mismatched buffers"
             )
         elif low[0] == -1:
-            reason = f"plan not ready by its deadline step {job.deadline_step} on at least one rank"
+            reason = (
+                f"plan not ready by its deadline step {job.deadline_step} on at least one rank"
+                f"{self._extend_deadline()}"
+            )
         elif low != high:
             reason = (
                 f"ranks disagree on the plan (epoch {low[0]}..{high[0]}, "
@@ -506,6 +513,20 @@ class EplbRuntime:
         log.info(
             "plan %d agreed at step %d: %d layers to migrate", job.epoch, step, len(self._queue)
         )
+
+    def _extend_deadline(self) -> str:
+        """After a plan not ready in time: double an adapting deadline (up to ``interval -
+        1``); what the skip's reason adds."""
+        interval = self.config.interval
+        if self.config.deadline is not None:
+            return f" ({self.deadline} steps; EplbConfig.deadline=None adapts it to the plans)"
+        if self.deadline >= interval - 1:
+            return (
+                f" ({self.deadline} steps, the most below interval {interval}: plans this slow "
+                "need a longer EplbConfig.interval)"
+            )
+        self.deadline = min(2 * self.deadline, interval - 1)
+        return f"; the next plans get {self.deadline} steps"
 
     def _skip(self, job: Job, step: int, reason: str, error: bool = False) -> None:
         self.skipped.append({"epoch": job.epoch, "step": step, "reason": reason})
@@ -617,7 +638,8 @@ class EplbRuntime:
         """Counters for reports: steps; the recent rebalances (finished, and the one under way),
         skipped plans and errors (the last :data:`RECORDS_KEPT` of each) and their totals
         (``num_rebalances``, ``num_skipped``, ``num_errors``); the moves committed so far; the
-        step at which the first plan committed a layer (``None`` before)."""
+        step at which the first plan committed a layer (``None`` before); the deadline in steps
+        the next plan gets."""
         current = self._current
         return {
             "steps": self.recorder.host_step,
@@ -630,6 +652,7 @@ class EplbRuntime:
             "num_skipped": self.skipped.total,
             "num_errors": self.errors.total,
             "first_commit_step": self._first_commit_step,
+            "deadline": self.deadline,
             "moved_experts": self._moved_experts + (current.moved_experts if current else 0),
             "bytes_moved": self._bytes_moved + (current.bytes_moved if current else 0),
             "plan_time_s": [r.plan_time_s for r in self.rebalances],

@@ -249,6 +249,79 @@ def test_what_the_serving_loop_does_between_plans():
     spawn(_between_plans, 2)
 
 
+def _plan_takes(runtime: EplbRuntime, steps: int) -> None:
+    """Each plan of ``runtime`` finishes ``steps`` serving steps after its gather, on any host:
+    the balancer waits for the serving loop's step, which waits for the plan there
+    (:func:`_serve_slow_plans`)."""
+    plan = runtime.balancer._plan
+
+    def slow(job, heat):
+        while runtime.recorder.host_step < job.gather_step + steps and not runtime._closed:
+            time.sleep(0.001)
+        return plan(job, heat)
+
+    runtime.balancer._plan = slow
+
+
+def _serve_slow_plans(steps: int, plan_steps: int, watch=None, **config) -> tuple:
+    """``(runtime, stats)`` after ``steps`` steps of a runtime whose plans take ``plan_steps``
+    steps (:func:`_plan_takes`), built from ``config`` (the deadline adapting unless given);
+    ``watch(runtime)`` before the first."""
+    runtime = EplbRuntime(_config(**{"num_redundant": 0, "deadline": None, **config}), 2, 8)
+    _plan_takes(runtime, plan_steps)
+    if watch is not None:
+        watch(runtime)
+    for step in range(1, steps + 1):
+        _route(runtime, step)
+        runtime.step()
+        job = runtime._pending
+        if job is not None and runtime.recorder.host_step >= job.gather_step + plan_steps:
+            let_plan_finish(runtime)
+    stats = runtime.stats()
+    runtime.shutdown()
+    return runtime, stats
+
+
+def _adapting_deadline(rank: int, world: int) -> None:
+    open_gate()
+    # Plans take 15 steps. The first deadline, interval // 5 = 10 steps, is missed: skipped,
+    # and every rank doubles the deadline; the next plan is in time and migrates.
+    jobs = []
+
+    def watch(runtime):
+        assert runtime.deadline == 10
+        submit = runtime.balancer.submit
+        runtime.balancer.submit = lambda job: (jobs.append(job), submit(job))
+
+    runtime, stats = _serve_slow_plans(60, 15, watch, interval=50, history=50, episode=5)
+    assert [(j.gather_step, j.trigger, j.deadline_step) for j in jobs[:2]] == [
+        (15, "first", 25),
+        (25, "first", 45),
+    ], jobs
+    first = stats["skipped"][0]
+    assert first["step"] == 25 and "the next plans get 20 steps" in first["reason"], stats
+    assert runtime.deadline == stats["deadline"] == 20
+    assert stats["rebalances"][0]["epoch"] == 2, stats
+
+    # A deadline given is kept, and the skip says how to have it adapt.
+    runtime, stats = _serve_slow_plans(40, 15, interval=50, history=50, episode=5, deadline=10)
+    assert runtime.deadline == 10 and stats["rebalances"] == [], stats
+    assert all("EplbConfig.deadline=None adapts it" in s["reason"] for s in stats["skipped"])
+
+    # Plans slower than the interval: the deadline stops at interval - 1, and says why.
+    runtime, stats = _serve_slow_plans(80, 14, interval=12, history=12, episode=3)
+    assert runtime.deadline == 11 and stats["rebalances"] == [], stats
+    reasons = [s["reason"] for s in stats["skipped"]]
+    grown = [r.split("; the next plans get ")[-1] for r in reasons[:3]]
+    assert grown == ["4 steps", "8 steps", "11 steps"], reasons
+    assert "need a longer EplbConfig.interval" in reasons[-1], reasons
+
+
+@pytest.mark.multiprocess
+def test_a_deadline_missed_grows_alike_on_every_rank():
+    spawn(_adapting_deadline, 2)
+
+
 def test_probes_check_for_drift_once_a_plan_finds_the_placement_fitting():
     config = EplbConfig(policy="deepseek", interval=50, episode=4, deadline=3, warm_up=False)
     with EplbRuntime(config, 2, 8) as runtime:

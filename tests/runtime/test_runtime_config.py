@@ -72,6 +72,15 @@ def test_interval_zero_allows_any_deadline():
     assert EplbConfig(interval=0, deadline=500).interval == 0
 
 
+def test_the_default_deadline_follows_the_interval():
+    assert EplbConfig().deadline is None and EplbConfig().first_deadline == 20
+    assert EplbConfig(interval=10).first_deadline == 2  # a deadline of 20 steps would not fit
+    assert EplbConfig(interval=2).first_deadline == 1
+    assert EplbConfig(interval=10, deadline=7).first_deadline == 7
+    with pytest.raises(ValueError, match=r"interval \(1\) must be >= 2 \(or 0"):
+        EplbConfig(interval=1)
+
+
 def test_from_dict_rejects_unknown_keys_and_non_dicts():
     with pytest.raises(ValueError, match=r"no field\(s\) \['intervall'\]"):
         EplbConfig.from_dict({"intervall": 5})
