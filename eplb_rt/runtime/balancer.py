@@ -97,6 +97,9 @@ class Job:
             starting one), planned without waiting for the interval.
         step_seconds: the median host time of recent steps (0: not measured yet); the planning
             rank refines ``cost.token_seconds`` from it as step time / busiest-rank tokens.
+        warm: whether this rank's balancer had paid its one-off costs at the gather (the
+            warm-up, or without one a first plan): a plan late for those does not make an
+            adapting deadline longer.
     """
 
     epoch: int
@@ -110,6 +113,7 @@ class Job:
     cost: planning.CostModel
     trigger: str = "interval"
     step_seconds: float = 0.0
+    warm: bool = True
 
 
 @dataclasses.dataclass
@@ -177,6 +181,9 @@ class Balancer:
         self._lock = threading.Lock()
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self.ready = threading.Event()  # set once the warm-up is done
+        # Once the one-off costs are paid: the planning rank's warm-up (it plans once), or
+        # without one its first plan; the other ranks pay none.
+        self.warm = rank != 0
         self.busy_s = 0.0
         self._told_waiting = False  # the advice to plan in a child process is given once
         self._stopping = False
@@ -232,6 +239,7 @@ class Balancer:
                 log.exception("policy %s warm-up failed", self.config.policy)
             else:
                 self._report_warm_up(seconds)
+                self.warm = True
         self.ready.set()
         while True:
             job = self._jobs.get()
@@ -243,6 +251,7 @@ class Balancer:
                 self.busy_s += time.perf_counter() - started
                 with self._lock:
                     self._results[job.epoch] = result
+                self.warm = True
             except Exception:
                 log.exception("balancer job failed")
             finally:

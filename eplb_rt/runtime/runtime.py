@@ -47,6 +47,7 @@ from eplb_rt import envs, formats, ops, planning
 from eplb_rt.config import EplbConfig
 from eplb_rt.placement import Placement, Topology
 from eplb_rt.runtime.balancer import (
+    PLAN_LATE,
     PLAN_OK,
     PLAN_UNCHANGED,
     STATUS_NAMES,
@@ -422,7 +423,7 @@ class EplbRuntime:
         config = self.config
         cost = planning.CostModel(slot_bytes, config.link_bandwidth, config.token_seconds)
         args = (host, event, rows, row_p2l, self._placement, cost, trigger, self._step_seconds())
-        self._pending = Job(self._epoch, step, step + self.deadline, *args)
+        self._pending = Job(self._epoch, step, step + self.deadline, *args, warm=self.balancer.warm)
         self.balancer.submit(self._pending)
 
     def _step_seconds(self) -> float:
@@ -448,9 +449,10 @@ class EplbRuntime:
         # Whether the plan found the placement fitting: only the planning rank knows why a plan
         # came back unchanged (no heat, no drift), so the ranks take the least of their views.
         fits = int(result is not None and result.status == PLAN_UNCHANGED and not result.error)
-        low, high = self._agree([*mine, self.executor.signature, fits])
+        low, high = self._agree([*mine, self.executor.signature, fits, int(job.warm)])
+        warm = bool(low.pop())  # every rank's balancer had warmed up by the gather
         fitting = bool(low.pop())
-        high.pop()
+        del high[-2:]
         reason = None
         if low[3] != high[3]:
             reason = (
@@ -460,7 +462,7 @@ class EplbRuntime:
         elif low[0] == -1:
             reason = (
                 f"plan not ready by its deadline step {job.deadline_step} on at least one rank"
-                f"{self._extend_deadline()}"
+                f"{self._extend_deadline(warm)}"
             )
         elif low != high:
             reason = (
@@ -475,6 +477,8 @@ class EplbRuntime:
             # A probe that found nothing worth moving is routine: not even logged as skipped.
             if job.trigger == "interval" or result.status != PLAN_UNCHANGED:
                 detail = f": {result.error}" if result.error else ""
+                if result.status == PLAN_LATE:  # finished, but after its deadline had passed
+                    detail += self._extend_deadline(warm)
                 failed = result.status != PLAN_UNCHANGED
                 self._skip(job, step, f"plan {STATUS_NAMES[result.status]}{detail}", failed)
             return
@@ -514,12 +518,15 @@ class EplbRuntime:
             "plan %d agreed at step %d: %d layers to migrate", job.epoch, step, len(self._queue)
         )
 
-    def _extend_deadline(self) -> str:
+    def _extend_deadline(self, warm: bool) -> str:
         """After a plan not ready in time: double an adapting deadline (up to ``interval -
-        1``); what the skip's reason adds."""
+        1``), unless the plan was gathered while a balancer still warmed up (``warm`` False: a
+        one-off wait); what the skip's reason adds."""
         interval = self.config.interval
         if self.config.deadline is not None:
             return f" ({self.deadline} steps; EplbConfig.deadline=None adapts it to the plans)"
+        if not warm:
+            return f" (gathered while the policy warmed up; the deadline stays {self.deadline})"
         if self.deadline >= interval - 1:
             return (
                 f" ({self.deadline} steps, the most below interval {interval}: plans this slow "

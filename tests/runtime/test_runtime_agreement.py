@@ -249,51 +249,53 @@ def test_what_the_serving_loop_does_between_plans():
     spawn(_between_plans, 2)
 
 
-def _plan_takes(runtime: EplbRuntime, steps: int) -> None:
+def _plan_takes(runtime: EplbRuntime, steps: int) -> list:
     """Each plan of ``runtime`` finishes ``steps`` serving steps after its gather, on any host:
-    the balancer waits for the serving loop's step, which waits for the plan there
-    (:func:`_serve_slow_plans`)."""
-    plan = runtime.balancer._plan
+    the balancer waits for the serving loop's step, which then waits for the balancer
+    (:func:`_serve_slow_plans`). Returns the jobs as they are submitted."""
+    plan, submit, jobs = runtime.balancer._plan, runtime.balancer.submit, []
 
     def slow(job, heat):
         while runtime.recorder.host_step < job.gather_step + steps and not runtime._closed:
             time.sleep(0.001)
         return plan(job, heat)
 
-    runtime.balancer._plan = slow
+    def record(job):
+        jobs.append(job)
+        submit(job)
+
+    runtime.balancer._plan, runtime.balancer.submit = slow, record
+    return jobs
 
 
-def _serve_slow_plans(steps: int, plan_steps: int, watch=None, **config) -> tuple:
-    """``(runtime, stats)`` after ``steps`` steps of a runtime whose plans take ``plan_steps``
-    steps (:func:`_plan_takes`), built from ``config`` (the deadline adapting unless given);
-    ``watch(runtime)`` before the first."""
+def _serve_slow_plans(steps: int, plan_steps: int, **config) -> tuple:
+    """``(runtime, stats, jobs)`` after ``steps`` steps of a runtime whose plans take
+    ``plan_steps`` steps (:func:`_plan_takes`), built from ``config`` (the deadline adapting
+    unless given; with ``warm_up``, served once the warm-up is done). After each step the loop
+    waits until the balancer has finished every job whose steps are up (late ones too: what the
+    next gather sees of the balancer must not depend on the machine's scheduling)."""
     runtime = EplbRuntime(_config(**{"num_redundant": 0, "deadline": None, **config}), 2, 8)
-    _plan_takes(runtime, plan_steps)
-    if watch is not None:
-        watch(runtime)
+    assert runtime.balancer.ready.wait(60)
+    jobs = _plan_takes(runtime, plan_steps)
     for step in range(1, steps + 1):
         _route(runtime, step)
         runtime.step()
-        job = runtime._pending
-        if job is not None and runtime.recorder.host_step >= job.gather_step + plan_steps:
-            let_plan_finish(runtime)
+        due = sum(runtime.recorder.host_step >= j.gather_step + plan_steps for j in jobs)
+        end = time.monotonic() + 60
+        while len(jobs) - runtime.balancer._jobs.unfinished_tasks < due:
+            assert time.monotonic() < end, "the balancer never finished a job that was due"
+            time.sleep(0.001)
     stats = runtime.stats()
     runtime.shutdown()
-    return runtime, stats
+    return runtime, stats, jobs
 
 
 def _adapting_deadline(rank: int, world: int) -> None:
     open_gate()
     # Plans take 15 steps. The first deadline, interval // 5 = 10 steps, is missed: skipped,
     # and every rank doubles the deadline; the next plan is in time and migrates.
-    jobs = []
-
-    def watch(runtime):
-        assert runtime.deadline == 10
-        submit = runtime.balancer.submit
-        runtime.balancer.submit = lambda job: (jobs.append(job), submit(job))
-
-    runtime, stats = _serve_slow_plans(60, 15, watch, interval=50, history=50, episode=5)
+    slow = {"interval": 50, "history": 50, "episode": 5}
+    runtime, stats, jobs = _serve_slow_plans(60, 15, warm_up=True, **slow)
     assert [(j.gather_step, j.trigger, j.deadline_step) for j in jobs[:2]] == [
         (15, "first", 25),
         (25, "first", 45),
@@ -303,13 +305,20 @@ def _adapting_deadline(rank: int, world: int) -> None:
     assert runtime.deadline == stats["deadline"] == 20
     assert stats["rebalances"][0]["epoch"] == 2, stats
 
+    # Without a warm-up the first plan pays its one-off costs: late for them, it leaves the
+    # deadline as it was (so do the plans gathered while it ran), later ones do not.
+    runtime, stats, _ = _serve_slow_plans(60, 15, **slow)
+    reasons = [s["reason"] for s in stats["skipped"]]
+    assert "while the policy warmed up; the deadline stays 10" in reasons[0], reasons
+    assert "the next plans get 20 steps" in reasons[-1] and runtime.deadline == 20, reasons
+
     # A deadline given is kept, and the skip says how to have it adapt.
-    runtime, stats = _serve_slow_plans(40, 15, interval=50, history=50, episode=5, deadline=10)
+    runtime, stats, _ = _serve_slow_plans(40, 15, deadline=10, **slow)
     assert runtime.deadline == 10 and stats["rebalances"] == [], stats
     assert all("EplbConfig.deadline=None adapts it" in s["reason"] for s in stats["skipped"])
 
     # Plans slower than the interval: the deadline stops at interval - 1, and says why.
-    runtime, stats = _serve_slow_plans(80, 14, interval=12, history=12, episode=3)
+    runtime, stats, _ = _serve_slow_plans(80, 14, warm_up=True, interval=12, history=12, episode=3)
     assert runtime.deadline == 11 and stats["rebalances"] == [], stats
     reasons = [s["reason"] for s in stats["skipped"]]
     grown = [r.split("; the next plans get ")[-1] for r in reasons[:3]]
@@ -320,6 +329,26 @@ def _adapting_deadline(rank: int, world: int) -> None:
 @pytest.mark.multiprocess
 def test_a_deadline_missed_grows_alike_on_every_rank():
     spawn(_adapting_deadline, 2)
+
+
+def test_a_plan_its_balancer_found_late_grows_the_deadline_too(monkeypatch):
+    """A plan the balancer ends as late (it started after its deadline step, or finished after
+    it and was stored before the serving thread looked) is as late as a missing one."""
+    config = _config(interval=50, history=50, episode=5, deadline=None, num_redundant=0)
+    with EplbRuntime(config, 2, 8) as runtime:
+        runtime.balancer.warm = True
+
+        def late(epoch):
+            return balancer_module.PlanResult(epoch, balancer_module.PLAN_LATE, None, 0.0, 0, "x")
+
+        monkeypatch.setattr(runtime.balancer, "result", late)
+        for step in range(1, 26):  # the first probe gathers at step 15, its deadline is 25
+            _route(runtime, step)
+            runtime.step()
+        stats = runtime.stats()
+    assert stats["skipped"][0]["step"] == 25, stats
+    assert "plan late: x; the next plans get 20 steps" in stats["skipped"][0]["reason"], stats
+    assert runtime.deadline == 20
 
 
 def test_probes_check_for_drift_once_a_plan_finds_the_placement_fitting():
