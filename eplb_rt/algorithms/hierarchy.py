@@ -304,16 +304,15 @@ def _cheaper(batch: Layers, which, planned, other, *, topology: Topology, option
     rows, shares = planned
     other_rows, other_shares = other
     previous, load = batch.previous[which], batch.load[which]
-    new_shares = None if shares is None else shares[which]
-    cost_other = _costs(
-        other_rows, other_shares, previous, load, num_ranks=D, move_cost=options.move_cost
-    )
-    cost_new = _costs(
-        rows[which], new_shares, previous, load, num_ranks=D, move_cost=options.move_cost
-    )
     budget = int(getattr(options, "max_moved_fraction", 1.0) * P)
-    moved = (rows[which] != previous).sum(axis=1)
-    keep = ((cost_other <= cost_new) & price) | (moved > budget)
+    keep = (rows[which] != previous).sum(axis=1) > budget
+    if price:
+        new_shares = None if shares is None else shares[which]
+        costs = [
+            _costs(r, share, previous, load, num_ranks=D, move_cost=options.move_cost)
+            for r, share in ((other_rows, other_shares), (rows[which], new_shares))
+        ]
+        keep |= costs[0] <= costs[1]
     where = which[keep]
     rows = rows.copy()
     rows[where] = other_rows[keep]
