@@ -105,7 +105,8 @@ class EquilibriumOptions(Options):
         num_episodes: episodes the history is cut into for robust scoring (1: the sum only).
         shares: choose non-uniform replica shares (``route_and_count`` honours them).
         count_rounds, count_width: rounds and candidate experts of the replica-count search.
-        count_tol: the count search stops once the PAR is within this of 1.
+        count_tol: the count search stops once the PAR is within this of 1 (on token counts,
+            also once the PAR or a round's gain is within their sampling noise).
         spread: plan for deviations from the mean ``spread`` times those seen (allotment at
             ``mean + spread * std``; the swaps' episodes pushed that far from the mean); where
             the episodes are three or more distinct workloads, at most as far as a held-out
@@ -511,6 +512,10 @@ def _fresh_plan(  # noqa: PLR0917 (numba kernels take plain positional arrays)
     mean = w.reshape((1, E))
     no_cov = np.zeros((1, 1))
     row = construct(LPT, mean, w, no_cov, 0.0, counts, num_ranks, 4 * num_slots)
+    # Counts are searched while the mean load's PAR, and each round's gain, are larger than what
+    # sampling noise in that load could show: past that, a better PAR on the estimate is not a
+    # better plan.
+    noise = peak_noise(row, K * column_mean(tokens), num_ranks) if counts_given else 0.0
     row = count_search(
         LPT,
         row,
@@ -523,7 +528,8 @@ def _fresh_plan(  # noqa: PLR0917 (numba kernels take plain positional arrays)
         count_rounds,
         count_width,
         4 * num_slots,
-        1.0 + count_tol,
+        1.0 + max(count_tol, noise),
+        noise,
     )
     if K > 1:
         balance_swaps(row, V, counts, num_ranks, 4 * num_slots)
@@ -752,11 +758,17 @@ def _noisy_layers(rows, previous, episodes, tokens, load, num_ranks, move_cost):
 @njit(cache=True, nogil=True)
 def noise_reach(row, counts, num_ranks):
     """The PAR a plan fitted to ``counts [E] float64`` (token counts summed over the window) can
-    seem to gain over ``row [P] int64`` from sampling noise alone: ``2 sqrt(2 ln D)`` times the
-    standard deviation of ``row``'s largest rank load (an expert's count is Poisson: a replica's
-    share of it varies by ``count / replicas^2``), over the mean rank load. Noise lifts the
-    placement in force's peak by about ``sqrt(2 ln D)`` of those, and the fitted plan is lowered
-    by as much."""
+    seem to gain over ``row [P] int64`` from sampling noise alone: noise lifts the placement in
+    force's peak by about :func:`peak_noise`, and the fitted plan is lowered by as much."""
+    return 2.0 * peak_noise(row, counts, num_ranks)
+
+
+@njit(cache=True, nogil=True)
+def peak_noise(row, counts, num_ranks):
+    """How far sampling noise moves the PAR of ``row [P] int64`` measured on ``counts [E]
+    float64`` (token counts): ``sqrt(2 ln D)`` times the standard deviation of its largest rank
+    load (an expert's count is Poisson: a replica's share of it varies by ``count /
+    replicas^2``), over the mean rank load."""
     total = pairwise_sum(counts)
     if total <= 0.0:
         return 0.0
@@ -766,7 +778,7 @@ def noise_reach(row, counts, num_ranks):
     for e in range(counts.shape[0]):
         per_replica[0, e] = counts[e] / max(replicas[e], 1)
     variance = row_rank_loads(row, per_replica, num_ranks)[0]
-    return 2.0 * np.sqrt(2.0 * np.log(num_ranks)) * np.sqrt(variance.max()) * num_ranks / total
+    return np.sqrt(2.0 * np.log(num_ranks)) * np.sqrt(variance.max()) * num_ranks / total
 
 
 def _plan_layers(

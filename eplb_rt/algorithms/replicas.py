@@ -98,15 +98,17 @@ def _feasible(trial, counts, mu, num_ranks):
 
 
 @njit(cache=True, nogil=True)
-def count_search(mode, row, W, mu, cov, z, counts, num_ranks, rounds, width, max_swaps, enough):
+def count_search(
+    mode, row, W, mu, cov, z, counts, num_ranks, rounds, width, max_swaps, enough, min_gain
+):
     """Neighbour search over replica counts from ``(row, counts)``: move one or two replicas from
     donor experts (of the ``width`` whose per-replica load rises least) to recipients (of the
     ``width`` with the largest per-replica load), re-:func:`construct` each neighbour, keep the
     best if it improves the mean PAR over ``W``'s episodes. A round tries the single moves, and
     the two-replica moves only where none of them improves: those matter when too many large
     replicas force two onto one rank, and there are four times as many to construct. Stops
-    early once the PAR is at most ``enough``. ``counts`` is updated in place; returns the best
-    ``row``.
+    early once the PAR is at most ``enough``, or after a round that gained less than
+    ``min_gain``. ``counts`` is updated in place; returns the best ``row``.
     """
     E = mu.shape[0]
     D = num_ranks
@@ -157,8 +159,11 @@ def count_search(mode, row, W, mu, cov, z, counts, num_ranks, rounds, width, max
                                 improved = True
         if not improved:
             break
+        gain = val - best_val
         counts[:] = best_trial
         row = best_row
         val = best_val
         sq = best_sq
+        if gain < min_gain:
+            break
     return row

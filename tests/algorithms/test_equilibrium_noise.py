@@ -109,3 +109,17 @@ def test_kernels_round_as_the_numpy_formulas(shape):
         if s < 1.0:
             V = np.vstack([V, 2.0 * (1.0 - s) * shape[0] * shared[None, :]])
         assert np.array_equal(scored_rows(W, shared, 2.0, s), V)
+
+
+def test_counts_are_searched_no_further_than_their_noise():
+    """The replica-count search stops where a better PAR on the load is within what its
+    sampling noise could show: 40 tokens keep the min-max allotment (PAR 1.1; a pair of moves
+    would balance them exactly, ``test_replicas``), 40,000 tokens and a load that is not counts
+    search on to 1.0."""
+    topo = Topology(2, 3)
+    load = np.array([[17.0, 1.0, 17.0, 5.0]])
+    for scale, expected in ((1.0, 1.1), (1000.0, 1.0), (1 / 40, 1.0)):
+        found = plan("equilibrium", load * scale, topo)
+        assert metrics.par(found, load)[0] == pytest.approx(expected), scale
+    no_search = plan("equilibrium", load, topo, options={"count_rounds": 0})
+    assert plan("equilibrium", load, topo) == no_search

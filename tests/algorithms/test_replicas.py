@@ -40,11 +40,12 @@ def _par(row: np.ndarray, w: np.ndarray, counts: np.ndarray, D: int) -> float:
     return float(loads.max() * D / loads.sum())
 
 
-def _reference_count_search(row, w, counts, D, *, rounds, width=3, enough=1.0):
+def _reference_count_search(row, w, counts, D, *, rounds, width=3, enough=1.0, min_gain=0.0):
     """The rule of ``count_search`` on one load ``w [E]``, written out: each round, the single
     moves from the ``width`` donors to the ``width`` recipients, in order; the two-replica moves
     only where no single one improves; the best neighbour (least PAR, then least sum of squared
-    rank loads) if it improves. Returns ``(row, counts, pairs tried)``."""
+    rank loads) if it improves; no more rounds once the PAR is at most ``enough`` or a round
+    gained less than ``min_gain``. Returns ``(row, counts, pairs tried)``."""
     S = row.size // D
     counts = counts.copy()
 
@@ -90,7 +91,10 @@ def _reference_count_search(row, w, counts, D, *, rounds, width=3, enough=1.0):
                     best, best_val, best_sq = (r, trial), v, s
         if best is None:
             break
+        gain = val - best_val
         (row, counts), val, sq = best, best_val, best_sq
+        if gain < min_gain:
+            break
     return row, counts, pairs_tried
 
 
@@ -109,14 +113,17 @@ def _case(seed: int):
     return w, D, S
 
 
+@pytest.mark.parametrize("min_gain", [0.0, 0.02])
 @pytest.mark.parametrize("seed", range(40))
-def test_count_search_follows_its_rule(seed):
+def test_count_search_follows_its_rule(seed, min_gain):
     w, D, S = _case(seed)
     E = w.size
     row, counts = _start(w, D, S)
-    expected_row, expected_counts, _ = _reference_count_search(row, w, counts, D, rounds=6)
+    expected_row, expected_counts, _ = _reference_count_search(
+        row, w, counts, D, rounds=6, min_gain=min_gain
+    )
     found = counts.copy()
-    out = count_search(LPT, row, w[None], w, _NO_COV, 0.0, found, D, 6, 3, 4 * D * S, 1.0)
+    out = count_search(LPT, row, w[None], w, _NO_COV, 0.0, found, D, 6, 3, 4 * D * S, 1.0, min_gain)
     assert (found == expected_counts).all()
     assert (out == expected_row).all()
     assert (counts_from_row(out, E) == found).all()
@@ -139,6 +146,19 @@ def test_the_rule_is_tested_on_both_kinds_of_round():
     assert any(pairs == 1 and moved == 4 for pairs, moved in tried)  # a pair taken
 
 
+def test_the_rule_is_tested_where_a_small_gain_ends_the_search():
+    # ... and cases where a round that gained under min_gain stopped a search that would have
+    # gone on to gain more.
+    stopped = 0
+    for seed in range(40):
+        w, D, S = _case(seed)
+        row, counts = _start(w, D, S)
+        full, _, _ = _reference_count_search(row, w, counts, D, rounds=6)
+        short, short_counts, _ = _reference_count_search(row, w, counts, D, rounds=6, min_gain=0.02)
+        stopped += _par(short, w, short_counts, D) > _par(full, w, counts_from_row(full, w.size), D)
+    assert stopped > 0
+
+
 def test_a_pair_of_moves_opens_what_no_single_move_can():
     # Two ranks of three slots; the min-max allotment gives both heavy experts two replicas,
     # and any spread of them leaves one rank with 22 against 18 (PAR 1.1). One replica less of
@@ -150,7 +170,7 @@ def test_a_pair_of_moves_opens_what_no_single_move_can():
     assert counts.tolist() == [2, 1, 2, 1]
     assert _par(row, w, counts, 2) == pytest.approx(1.1)
     found = counts.copy()
-    out = count_search(LPT, row, w[None], w, _NO_COV, 0.0, found, 2, 1, 3, 24, 1.0)
+    out = count_search(LPT, row, w[None], w, _NO_COV, 0.0, found, 2, 1, 3, 24, 1.0, 0.0)
     assert found.tolist() == [1, 2, 1, 2]
     assert _par(out, w, found, 2) == pytest.approx(1.0)
 
@@ -159,5 +179,5 @@ def test_count_search_stops_once_enough():
     w = np.array([17.0, 1.0, 17.0, 5.0])
     row, counts = _start(w, 2, 3)
     found = counts.copy()
-    out = count_search(LPT, row, w[None], w, _NO_COV, 0.0, found, 2, 6, 3, 24, 1.11)
+    out = count_search(LPT, row, w[None], w, _NO_COV, 0.0, found, 2, 6, 3, 24, 1.11, 0.0)
     assert (found == counts).all() and (out == row).all()
