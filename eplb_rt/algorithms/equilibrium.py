@@ -21,11 +21,13 @@ Per layer (the search kernels are numba, no GIL):
    of the peaks of both. Where those parts all lie along one axis (the workloads follow a
    curve), its two ends are scored from the start too (:func:`trend_rows`).
 2. **Construct + local search** on the mean load: min-max allotment, LPT placement, pairwise
-   swaps and a neighbour search over replica counts; then swaps that lower the sum over the
-   episodes of the squared rank loads (:func:`~eplb_rt.algorithms.local_search.balance_swaps`):
-   every rank pulled to the mean of every episode, not only each episode's peak rank. Out of
-   sample that holds better than the sum of the episodes' peaks on many ranks (DeepSeek-V3,
-   fresh sampled draws), and it takes less than half the time.
+   swaps and a neighbour search over replica counts (on token counts, only while what it gains
+   exceeds what their sampling noise could show: :func:`peak_noise`); then swaps that lower the
+   sum over the episodes of the squared rank loads
+   (:func:`~eplb_rt.algorithms.local_search.balance_swaps`): every rank pulled to the mean of
+   every episode, not only each episode's peak rank. Out of sample that holds better than the
+   sum of the episodes' peaks on many ranks (DeepSeek-V3, fresh sampled draws), and it takes
+   less than half the time.
 3. **Shares** (``shares=True``; off by default: shares fitted to past load lose out of sample):
    the transportation optimum (:mod:`eplb_rt.algorithms.shares`), after rewriting a few slots
    where a rank set still confines too much load.
