@@ -29,6 +29,33 @@ def test_shares_move_load_between_replicas():
     np.testing.assert_allclose(metrics.par(p, LOAD), [1.0])
 
 
+@pytest.mark.parametrize("lead", [(), (5,), (2, 3)])
+def test_slot_load_matches_a_plain_loop_over_layers(lead):
+    """Many layers of odd sizes, any leading axes, shares: each slot gets its expert's load in
+    its own layer times its share, bit for bit."""
+    rng = np.random.default_rng(len(lead))
+    L, E, D, S = 7, 11, 3, 5
+    rows = []
+    for _ in range(L):
+        # Every expert once, the last rank's extra slots from the first two ranks' experts.
+        order = rng.permutation(E)
+        rows.append(np.concatenate([order, rng.choice(order[:10], D * S - E, replace=False)]))
+    phy2log = np.stack(rows)
+    p = Placement(phy2log, E, D)
+    weight = rng.uniform(0.5, 1.5, phy2log.shape)
+    summed = np.stack([np.bincount(row, w, E) for row, w in zip(phy2log, weight, strict=True)])
+    p = p.with_shares(weight / np.take_along_axis(summed, phy2log, axis=1))
+    load = rng.random((*lead, L, E)) * 100
+    expected = np.empty((*lead, L, D * S))
+    for index in np.ndindex(*lead):
+        for layer in range(L):
+            for slot in range(D * S):
+                expert = phy2log[layer, slot]
+                share = p.slot_share[layer, slot]
+                expected[(*index, layer, slot)] = load[(*index, layer, expert)] * share
+    np.testing.assert_array_equal(metrics.slot_load(p, load), expected)
+
+
 def test_time_axis_is_kept():
     p = Placement(P2L, 3, 2)
     steps = np.array([[[8.0, 3, 1]], [[0, 0, 0]], [[2, 0, 2]]])
