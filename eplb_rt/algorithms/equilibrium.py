@@ -62,7 +62,7 @@ from eplb_rt.algorithms.packing import counts_from_row
 from eplb_rt.algorithms.registry import Layer, Layers, Options, option, register
 from eplb_rt.algorithms.replicas import LPT, allot_replicas, construct, count_search
 from eplb_rt.algorithms.shares import balanced_slot_shares, min_max_rank_load, open_bottleneck
-from eplb_rt.algorithms.sums import column_mean, column_std, pairwise_sum
+from eplb_rt.algorithms.sums import column_mean, column_std, column_sum, pairwise_sum
 from eplb_rt.placement import Topology, even_shares
 
 _TAU_MIN = 1e-3
@@ -517,7 +517,7 @@ def _fresh_plan(  # noqa: PLR0917 (numba kernels take plain positional arrays)
     # Counts are searched while the mean load's PAR, and each round's gain, are larger than what
     # sampling noise in that load could show: past that, a better PAR on the estimate is not a
     # better plan.
-    noise = peak_noise(row, K * column_mean(tokens), num_ranks) if counts_given else 0.0
+    noise = peak_noise(row, column_sum(tokens), num_ranks) if counts_given else 0.0
     row = count_search(
         LPT,
         row,
@@ -749,11 +749,8 @@ def _noisy_layers(rows, previous, episodes, tokens, load, num_ranks, move_cost):
         W, counts = episodes[j], tokens[j]
         if signal_fraction(W, sampling_noise(W, _volumes(counts))) >= _MOSTLY_NOISE:
             continue
-        summed = np.zeros(counts.shape[1])
-        for k in range(counts.shape[0]):
-            summed += counts[k]
         gain = _gain(rows[j], previous[j], load[j : j + 1], num_ranks, move_cost)
-        out[j] = gain <= noise_reach(previous[j], summed, num_ranks)
+        out[j] = gain <= noise_reach(previous[j], column_sum(counts), num_ranks)
     return out
 
 

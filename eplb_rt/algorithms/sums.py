@@ -94,13 +94,20 @@ def pairwise_sum(a):
 
 
 @njit(cache=True, nogil=True)
-def column_mean(W):
-    """``W.mean(axis=0)`` of ``W [K, E] float64``, rounded as numpy rounds it (for ``E > 1``;
+def column_sum(W):
+    """``W.sum(axis=0)`` of ``W [K, E] float64``, rounded as numpy rounds it (for ``E > 1``;
     a single column numpy sums pairwise)."""
     out = W[0].copy()
     for k in range(1, W.shape[0]):
         out += W[k]
-    return out / W.shape[0]
+    return out
+
+
+@njit(cache=True, nogil=True)
+def column_mean(W):
+    """``W.mean(axis=0)`` of ``W [K, E] float64``, rounded as numpy rounds it (as
+    :func:`column_sum`)."""
+    return column_sum(W) / W.shape[0]
 
 
 @njit(cache=True, nogil=True)

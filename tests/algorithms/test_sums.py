@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eplb_rt.algorithms.sums import column_mean, column_std, pairwise_sum
+from eplb_rt.algorithms.sums import column_mean, column_std, column_sum, pairwise_sum
 
 # Run lengths around numpy's pairwise block (8 running sums, blocks of 128, halves above).
 SIZES = [1, 2, 7, 8, 9, 15, 16, 17, 127, 128, 129, 130, 255, 256, 257, 1000, 1023, 4097]
@@ -33,8 +33,9 @@ def test_pairwise_sum_of_a_matrix_is_numpys_sum(shape):
 
 
 @pytest.mark.parametrize("shape", [(1, 3), (2, 2), (7, 9), (16, 256), (33, 129)])
-def test_column_mean_and_std_are_numpys(shape):
+def test_column_sum_mean_and_std_are_numpys(shape):
     W = _values(np.random.default_rng(sum(shape)), shape)
+    assert np.array_equal(column_sum(W), W.sum(axis=0))
     assert np.array_equal(column_mean(W), W.mean(axis=0))
     assert np.array_equal(column_std(W), W.std(axis=0))
 
