@@ -64,7 +64,7 @@ def in_span(W: np.ndarray, t: np.ndarray) -> np.ndarray:
 def refit(load: np.ndarray, counts: np.ndarray, num_ranks: int) -> np.ndarray:
     """``row [P]``: the replicas ``counts [E]`` placed for ``load [E]`` alone (LPT, then swaps)."""
     P = int(counts.sum())
-    return construct(LPT, load[None, :], load, np.zeros((1, 1)), 0.0, counts, num_ranks, 4 * P)
+    return construct(LPT, load[None, :], load, np.zeros((1, 1)), 0.0, counts, num_ranks, 4 * P, 0.0)
 
 
 def per_rank(row: np.ndarray, load: np.ndarray, num_ranks: int) -> np.ndarray:

@@ -22,8 +22,9 @@ Per layer (the search kernels are numba, no GIL):
    curve), its two ends are scored from the start too (:func:`trend_rows`).
 2. **Construct + local search** on the mean load: min-max allotment, LPT placement, pairwise
    swaps and a neighbour search over replica counts (on token counts, only while what it gains
-   exceeds what their sampling noise could show: :func:`peak_noise`); then swaps that lower the
-   sum over the episodes of the squared rank loads
+   exceeds what their sampling noise could show: :func:`peak_noise`; where the episodes differ
+   partly by that noise, the swaps too, since the next stage balances the shared load again as
+   one of its rows); then swaps that lower the sum over the episodes of the squared rank loads
    (:func:`~eplb_rt.algorithms.local_search.balance_swaps`): every rank pulled to the mean of
    every episode, not only each episode's peak rank. Out of sample that holds better than the
    sum of the episodes' peaks on many ranks (DeepSeek-V3, fresh sampled draws), and it takes
@@ -58,9 +59,9 @@ from eplb_rt.algorithms.episode_moves import greedy_moves_rows
 from eplb_rt.algorithms.jacobi import reflected_basis, row_reflectors, row_svd
 from eplb_rt.algorithms.local_search import _moved_slots, balance_swaps, greedy_moves, swap_search
 from eplb_rt.algorithms.metrics import row_par, row_rank_loads
-from eplb_rt.algorithms.packing import counts_from_row
+from eplb_rt.algorithms.packing import counts_from_row, lpt_place
 from eplb_rt.algorithms.registry import Layer, Layers, Options, option, register
-from eplb_rt.algorithms.replicas import LPT, allot_replicas, construct, count_search
+from eplb_rt.algorithms.replicas import LPT, allot_replicas, count_search
 from eplb_rt.algorithms.shares import balanced_slot_shares, min_max_rank_load, open_bottleneck
 from eplb_rt.algorithms.sums import column_mean, column_std, column_sum, pairwise_sum
 from eplb_rt.placement import Topology, even_shares
@@ -513,11 +514,18 @@ def _fresh_plan(  # noqa: PLR0917 (numba kernels take plain positional arrays)
     # which is what makes the plan hold out of sample.
     mean = w.reshape((1, E))
     no_cov = np.zeros((1, 1))
-    row = construct(LPT, mean, w, no_cov, 0.0, counts, num_ranks, 4 * num_slots)
+    row = lpt_place(w, counts, num_ranks)
     # Counts are searched while the mean load's PAR, and each round's gain, are larger than what
     # sampling noise in that load could show: past that, a better PAR on the estimate is not a
     # better plan.
     noise = peak_noise(row, column_sum(tokens), num_ranks) if counts_given else 0.0
+    enough = 1.0 + max(count_tol, noise)
+    # Where the episodes differ partly by noise, the variance stage scores the shared load as a
+    # row of its own (scored_rows) and balances it again with every episode, so the swaps on it
+    # alone stop at that noise too. Otherwise (one episode; distinct workloads, whose variance
+    # stage lands in the optimum nearest its start) they go to the end.
+    swap_enough = enough if K > 1 and signal < 1.0 else 0.0
+    swap_search(row, mean, counts, num_ranks, 4 * num_slots, 1e-3, 0.0, swap_enough)
     row = count_search(
         LPT,
         row,
@@ -530,8 +538,9 @@ def _fresh_plan(  # noqa: PLR0917 (numba kernels take plain positional arrays)
         count_rounds,
         count_width,
         4 * num_slots,
-        1.0 + max(count_tol, noise),
+        enough,
         noise,
+        swap_enough,
     )
     if K > 1:
         balance_swaps(row, V, counts, num_ranks, 4 * num_slots)
@@ -544,7 +553,7 @@ def _fresh_plan(  # noqa: PLR0917 (numba kernels take plain positional arrays)
         # peaks: balancing the variance over the unseen axes too re-packs the whole layer
         # around directions a held-out workload may not take.
         U = _unseen_ends(w, axes, share, seen, unseen)
-        swap_search(row, np.vstack((V, U)), counts, num_ranks, 4 * num_slots, 1e-3, 0.0)
+        swap_search(row, np.vstack((V, U)), counts, num_ranks, 4 * num_slots, 1e-3, 0.0, 0.0)
     return row, w, V
 
 

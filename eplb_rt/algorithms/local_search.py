@@ -144,15 +144,17 @@ def _first_at_least(sorted_load, k, value):
 
 
 @njit(cache=True, nogil=True)
-def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
+def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain, enough):
     """Swap replicas between a bottleneck rank and any other rank, best swap first (in place).
 
     Objective: the sum over episodes of the peak rank load, plus ``tie_weight * D`` times the sum
     of squared rank loads (a potential, so swaps never cycle, and lowering one of several equal
     peaks counts). Each round takes the best swap of the first episode-peak rank (largest lead
-    first) that has one gaining more than ``min_gain``; at most ``max_rounds``. A rank that had
-    none is passed over until a swap changes it, and retried before the search stops, so the
-    search still ends where no peak rank has a gaining swap. Returns swaps.
+    first) that has one gaining more than ``min_gain``; at most ``max_rounds``, and none once the
+    mean over the episodes of the peak rank load over the mean rank load is at most ``enough``
+    (0: no such stop; the swaps made are then the first of those the search makes without it). A
+    rank that had none is passed over until a swap changes it, and retried before the search
+    stops, so the search still ends where no peak rank has a gaining swap. Returns swaps.
 
     Finding a rank's best swap: in the episode ``k0`` where rank ``a`` leads most (by 0 where
     it only ties another rank for the peak), a swap that moves load ``d`` off ``a`` gains at
@@ -222,7 +224,17 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain):
     pairs = (per, loads, o_b, top_b, tail_b, scale)  # what a candidate swap is scored with
     lead0 = 0.0
     swaps = 0
+    totals = np.zeros(K)  # each episode's load (swaps keep it)
+    for k in range(K):
+        for r in range(D):
+            totals[k] += loads[r, k]
     while swaps < max_rounds:
+        if enough > 0.0:
+            par = 0.0
+            for k in range(K):
+                par += top_load[k, 0] * D / max(totals[k], 1e-300)
+            if par <= enough * K:
+                break
         lead[:] = 0.0
         is_peak[:] = False
         tried[:] = False

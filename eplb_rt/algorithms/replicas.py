@@ -55,13 +55,13 @@ def allot_replicas(load, num_slots, max_replicas):
 
 
 @njit(cache=True, nogil=True)
-def construct(mode, W, mu, cov, z, counts, num_ranks, max_swaps):
+def construct(mode, W, mu, cov, z, counts, num_ranks, max_swaps, enough):
     """Slots for fixed ``counts``: ``mode`` :data:`LPT` packs by LPT on ``mu [E]`` then swaps
-    on the episodes ``W [K, E]``; :data:`SCORE` places by FlashLB's score (``cov [E, E]``,
-    ``z``). Returns ``row [P] int64``."""
+    on the episodes ``W [K, E]`` (until their mean PAR is at most ``enough``; 0: to the end);
+    :data:`SCORE` places by FlashLB's score (``cov [E, E]``, ``z``). Returns ``row [P] int64``."""
     if mode == LPT:
         row = lpt_place(mu, counts, num_ranks)
-        swap_search(row, W, counts, num_ranks, max_swaps, 1e-3, 0.0)
+        swap_search(row, W, counts, num_ranks, max_swaps, 1e-3, 0.0, enough)
         return row
     E = mu.shape[0]
     row = np.full(counts.sum(), -1, dtype=np.int64)
@@ -99,8 +99,9 @@ def _feasible(trial, counts, mu, num_ranks):
 
 @njit(cache=True, nogil=True)
 def count_search(
-    mode, row, W, mu, cov, z, counts, num_ranks, rounds, width, max_swaps, enough, min_gain
-):
+    mode, row, W, mu, cov, z, counts, num_ranks, rounds, width, max_swaps, enough, min_gain,
+    swap_enough,
+):  # fmt: skip
     """Neighbour search over replica counts from ``(row, counts)``: move one or two replicas from
     donor experts (of the ``width`` whose per-replica load rises least) to recipients (of the
     ``width`` with the largest per-replica load), re-:func:`construct` each neighbour, keep the
@@ -108,7 +109,8 @@ def count_search(
     the two-replica moves only where none of them improves: those matter when too many large
     replicas force two onto one rank, and there are four times as many to construct. Stops
     early once the PAR is at most ``enough``, or after a round that gained less than
-    ``min_gain``. ``counts`` is updated in place; returns the best ``row``.
+    ``min_gain``. Each neighbour's swaps stop at ``swap_enough`` (:func:`construct`'s
+    ``enough``). ``counts`` is updated in place; returns the best ``row``.
     """
     E = mu.shape[0]
     D = num_ranks
@@ -146,7 +148,7 @@ def count_search(
                                 trial[donors[j2]] -= 1
                             if not _feasible(trial, counts, mu, D):
                                 continue
-                            r = construct(mode, W, mu, cov, z, trial, D, max_swaps)
+                            r = construct(mode, W, mu, cov, z, trial, D, max_swaps, swap_enough)
                             v, s = _value(r, W, D)
                             tol = 1e-12 * (1.0 + best_val)
                             if v < best_val - tol or (

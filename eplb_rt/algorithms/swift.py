@@ -101,7 +101,7 @@ def _plan_layers(load, prev, num_ranks, num_slots_per_rank, max_swaps, min_gain)
         row = refill(prev[j], w, counts, D, num_slots_per_rank)
         if w.sum() > 0 and max_swaps:
             swap_search(
-                row, w.reshape((1, E)), counts_from_row(row, E), D, max_swaps, 0.0, min_gain
+                row, w.reshape((1, E)), counts_from_row(row, E), D, max_swaps, 0.0, min_gain, 0.0
             )
         rows[j] = row
     return rows

@@ -7,8 +7,18 @@ import pytest
 
 from benchmarks import traces
 from eplb_rt.algorithms import metrics, plan, warm_up
-from eplb_rt.algorithms.equilibrium import sampling_noise, scored_rows, signal_fraction
+from eplb_rt.algorithms.equilibrium import (
+    EquilibriumOptions,
+    peak_noise,
+    sampling_noise,
+    scored_rows,
+    signal_fraction,
+)
 from eplb_rt.algorithms.load import normalise
+from eplb_rt.algorithms.local_search import balance_swaps, swap_search
+from eplb_rt.algorithms.metrics import row_par
+from eplb_rt.algorithms.packing import lpt_place
+from eplb_rt.algorithms.replicas import LPT, allot_replicas, count_search
 from eplb_rt.placement import Topology
 
 
@@ -123,3 +133,53 @@ def test_counts_are_searched_no_further_than_their_noise():
         assert metrics.par(found, load)[0] == pytest.approx(expected), scale
     no_search = plan("equilibrium", load, topo, options={"count_rounds": 0})
     assert plan("equilibrium", load, topo) == no_search
+
+
+def _fresh_rule(tokens: np.ndarray, topo: Topology, stop: bool) -> np.ndarray:
+    """The fresh plan of one layer of noisy episodes ``tokens [K, E]`` (signal below 1, so no
+    hold-out reach and no unseen rows), written out with the public kernels; ``stop``: the
+    swaps on the shared load stop at its noise."""
+    opts = EquilibriumOptions()
+    D, P = topo.num_ranks, topo.num_slots
+    W, now = normalise(tokens), normalise(tokens.sum(axis=0))
+    signal = signal_fraction(W, sampling_noise(W, tokens.sum(axis=1)))
+    assert 0.0 < signal < 1.0
+    w = signal * W.mean(axis=0) + (1.0 - signal) * now
+    V = scored_rows(W, w, opts.spread, signal)
+    counts = allot_replicas(w + opts.spread * W.std(axis=0), P, D)
+    row = lpt_place(w, counts, D)
+    noise = peak_noise(row, tokens.sum(axis=0), D)
+    enough = 1.0 + max(opts.count_tol, noise)
+    at = enough if stop else 0.0
+    mean = w[None, :]
+    swap_search(row, mean, counts, D, 4 * P, 1e-3, 0.0, at)
+    rounds = (opts.count_rounds, opts.count_width, 4 * P)
+    row = count_search(
+        LPT, row, mean, w, np.zeros((1, 1)), 0.0, counts, D, *rounds, enough, noise, at
+    )
+    balance_swaps(row, V, counts, D, 4 * P)
+    return row
+
+
+def test_swaps_on_the_shared_load_stop_at_its_noise_where_episodes_follow():
+    """Before the variance stage (which scores the shared load as a row of its own where the
+    episodes differ partly by noise), the swaps on the shared load alone stop at its sampling
+    noise; on one episode, the plan's only fit to its load, they go to the end."""
+    topo = Topology(6, 5)
+    stopped = 0
+    for seed in range(6, 12):
+        # Two workloads, four noisy episodes of each: partly signal, partly noise.
+        rng = np.random.default_rng(seed)
+        p = normalise(rng.pareto(1.2, size=24) + 0.2)
+        q = normalise(p * np.exp(0.3 * rng.standard_normal(24)))
+        tokens = np.vstack([_draws(p, 3000, 4, seed + 100), _draws(q, 3000, 4, seed + 200)])
+        found = plan("equilibrium", tokens[:, None, :], topo).phy2log[0]
+        assert (found == _fresh_rule(tokens, topo, stop=True)).all()
+        stopped += (found != _fresh_rule(tokens, topo, stop=False)).any()
+        one = plan("equilibrium", tokens.sum(axis=0)[None, None, :], topo)
+        W = normalise(tokens.sum(axis=0))[None, :]
+        counts = one.logcnt[0]
+        full = lpt_place(W[0], counts, 6)
+        swap_search(full, W, counts, 6, 4 * topo.num_slots, 1e-3, 0.0, 0.0)
+        assert row_par(one.phy2log[0], W, 6) <= row_par(full, W, 6) + 1e-12
+    assert stopped >= 3  # the stop decides the plan in most of these cases

@@ -127,7 +127,7 @@ def test_stops_at_a_local_optimum_of_its_objective(seed, tie, shape):
     counts = allot_replicas(W.mean(axis=0), D * S, D)
     row = random_row(rng, counts, D)
     start = _objective(row, W, counts, D, tie)
-    swaps = swap_search(row, W, counts, D, 10_000, tie, 0.0)
+    swaps = swap_search(row, W, counts, D, 10_000, tie, 0.0, 0.0)
     assert swaps < 10_000
     assert (counts_from_row(row, E) == counts).all()
     assert all(len(set(r)) == S for r in row.reshape(D, S))
@@ -146,7 +146,7 @@ def test_stops_at_a_local_optimum_with_tied_loads(seed, shape):
     counts = allot_replicas(W.mean(axis=0), D * S, D)
     row = random_row(rng, counts, D)
     start = _objective(row, W, counts, D, 1e-3)
-    swaps = swap_search(row, W, counts, D, 10_000, 1e-3, 0.0)
+    swaps = swap_search(row, W, counts, D, 10_000, 1e-3, 0.0, 0.0)
     assert swaps < 10_000
     assert (counts_from_row(row, E) == counts).all()
     assert all(len(set(r)) == S for r in row.reshape(D, S))
@@ -173,7 +173,7 @@ def test_takes_the_swaps_of_the_plain_search(seed, tie, min_gain, max_rounds, sh
     swaps = _reference_search(
         expected, W, counts, D, max_rounds=max_rounds, tie=tie, min_gain=min_gain
     )
-    assert swap_search(row, W, counts, D, max_rounds, tie, min_gain) == swaps
+    assert swap_search(row, W, counts, D, max_rounds, tie, min_gain, 0.0) == swaps
     assert (row == expected).all()
 
 
@@ -183,7 +183,39 @@ def test_no_swap_is_taken_below_min_gain():
     W = np.array([[6.0, 5.0, 3.0, 2.0]])
     counts = np.ones(4, dtype=np.int64)
     row = np.array([0, 1, 2, 3])
-    assert swap_search(row.copy(), W, counts, 2, 10, 0.0, 3.5) == 0
+    assert swap_search(row.copy(), W, counts, 2, 10, 0.0, 3.5, 0.0) == 0
     out = row.copy()
-    assert swap_search(out, W, counts, 2, 10, 0.0, 1.0) == 1
+    assert swap_search(out, W, counts, 2, 10, 0.0, 1.0, 0.0) == 1
     assert W[0, out[:2]].sum() == W[0, out[2:]].sum() == 8.0
+
+
+def _mean_par(row: np.ndarray, W: np.ndarray, counts: np.ndarray, D: int) -> float:
+    loads = rank_loads(row, W, counts, D)
+    return float((loads.max(axis=1) / loads.mean(axis=1)).mean())
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("shape", [(1, 13, 4, 5), (3, 16, 6, 3), (5, 24, 5, 7)])
+def test_stops_at_the_first_swap_that_reaches_enough(seed, shape):
+    # The search with a stop makes the first swaps of the search without it, up to the first
+    # after which the episodes' mean PAR is at most ``enough``.
+    K, E, D, S = shape
+    rng = np.random.default_rng(seed)
+    W = normalise(rng.pareto(1.2, size=(K, E)) * rng.uniform(0.5, 1.5, size=(1, E)))
+    counts = allot_replicas(W.mean(axis=0), D * S, D)
+    start = random_row(rng, counts, D)
+    full = start.copy()
+    total = swap_search(full, W, counts, D, 10_000, 1e-3, 0.0, 0.0)
+    pars = [_mean_par(start, W, counts, D)]
+    for n in range(1, total + 1):
+        prefix = start.copy()
+        swap_search(prefix, W, counts, D, n, 1e-3, 0.0, 0.0)
+        pars.append(_mean_par(prefix, W, counts, D))
+    enough = (pars[0] + pars[-1]) / 2
+    row = start.copy()
+    swaps = swap_search(row, W, counts, D, 10_000, 1e-3, 0.0, enough)
+    assert swaps == next(n for n, par in enumerate(pars) if par <= enough * (1 + 1e-12))
+    expected = start.copy()
+    swap_search(expected, W, counts, D, swaps, 1e-3, 0.0, 0.0)
+    assert (row == expected).all()
+    assert swap_search(start.copy(), W, counts, D, 10_000, 1e-3, 0.0, pars[0] * (1 + 1e-9)) == 0

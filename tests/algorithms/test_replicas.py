@@ -84,7 +84,7 @@ def _reference_count_search(row, w, counts, D, *, rounds, width=3, enough=1.0, m
                     trial[donors[j]] -= 1
                 if trial.min() < 1 or trial.max() > D or (w[trial > counts] == 0).any():
                     continue
-                r = construct(LPT, w[None], w, _NO_COV, 0.0, trial, D, 4 * D * S)
+                r = construct(LPT, w[None], w, _NO_COV, 0.0, trial, D, 4 * D * S, 0.0)
                 v, s = value(r, trial)
                 tol = 1e-12 * (1.0 + best_val)
                 if v < best_val - tol or (v <= best_val + tol and s < best_sq * (1 - 1e-12)):
@@ -100,7 +100,7 @@ def _reference_count_search(row, w, counts, D, *, rounds, width=3, enough=1.0, m
 
 def _start(w: np.ndarray, D: int, S: int):
     counts = allot_replicas(w, D * S, D)
-    return construct(LPT, w[None], w, _NO_COV, 0.0, counts, D, 4 * D * S), counts
+    return construct(LPT, w[None], w, _NO_COV, 0.0, counts, D, 4 * D * S, 0.0), counts
 
 
 def _case(seed: int):
@@ -123,7 +123,9 @@ def test_count_search_follows_its_rule(seed, min_gain):
         row, w, counts, D, rounds=6, min_gain=min_gain
     )
     found = counts.copy()
-    out = count_search(LPT, row, w[None], w, _NO_COV, 0.0, found, D, 6, 3, 4 * D * S, 1.0, min_gain)
+    out = count_search(
+        LPT, row, w[None], w, _NO_COV, 0.0, found, D, 6, 3, 4 * D * S, 1.0, min_gain, 0.0
+    )
     assert (found == expected_counts).all()
     assert (out == expected_row).all()
     assert (counts_from_row(out, E) == found).all()
@@ -170,7 +172,7 @@ def test_a_pair_of_moves_opens_what_no_single_move_can():
     assert counts.tolist() == [2, 1, 2, 1]
     assert _par(row, w, counts, 2) == pytest.approx(1.1)
     found = counts.copy()
-    out = count_search(LPT, row, w[None], w, _NO_COV, 0.0, found, 2, 1, 3, 24, 1.0, 0.0)
+    out = count_search(LPT, row, w[None], w, _NO_COV, 0.0, found, 2, 1, 3, 24, 1.0, 0.0, 0.0)
     assert found.tolist() == [1, 2, 1, 2]
     assert _par(out, w, found, 2) == pytest.approx(1.0)
 
@@ -179,5 +181,5 @@ def test_count_search_stops_once_enough():
     w = np.array([17.0, 1.0, 17.0, 5.0])
     row, counts = _start(w, 2, 3)
     found = counts.copy()
-    out = count_search(LPT, row, w[None], w, _NO_COV, 0.0, found, 2, 6, 3, 24, 1.11, 0.0)
+    out = count_search(LPT, row, w[None], w, _NO_COV, 0.0, found, 2, 6, 3, 24, 1.11, 0.0, 0.0)
     assert (found == counts).all() and (out == row).all()
