@@ -515,17 +515,23 @@ def _fresh_plan(  # noqa: PLR0917 (numba kernels take plain positional arrays)
     mean = w.reshape((1, E))
     no_cov = np.zeros((1, 1))
     row = lpt_place(w, counts, num_ranks)
-    # Counts are searched while the mean load's PAR, and each round's gain, are larger than what
-    # sampling noise in that load could show: past that, a better PAR on the estimate is not a
-    # better plan.
-    noise = peak_noise(row, column_sum(tokens), num_ranks) if counts_given else 0.0
-    enough = 1.0 + max(count_tol, noise)
-    # Where the episodes differ partly by noise, the variance stage scores the shared load as a
-    # row of its own (scored_rows) and balances it again with every episode, so the swaps on it
-    # alone stop at that noise too. Otherwise (one episode; distinct workloads, whose variance
-    # stage lands in the optimum nearest its start) they go to the end.
-    swap_enough = enough if K > 1 and signal < 1.0 else 0.0
+    summed = column_sum(tokens)
+    # Counts (and swaps) are searched while the mean load's PAR, and each round's gain, are
+    # larger than what sampling noise in that load could show: past that, a better PAR on the
+    # estimate is not a better plan. The swaps on the shared load alone stop there only where
+    # the episodes differ partly by noise: the variance stage then scores the shared load as a
+    # row of its own (scored_rows) and balances it again with every episode. Otherwise (one
+    # episode; distinct workloads, whose variance stage lands in the optimum nearest its start)
+    # they go to the end. The noise is the peak rank's where the searches start: the packing's
+    # where the swaps stop at it (so the count search stops where they did), the swaps' end
+    # where they do not.
+    stop = K > 1 and signal < 1.0  # signal < 1: counts, whose noise is known
+    noise = peak_noise(row, summed, num_ranks) if stop else 0.0
+    swap_enough = 1.0 + max(count_tol, noise) if stop else 0.0
     swap_search(row, mean, counts, num_ranks, 4 * num_slots, 1e-3, 0.0, swap_enough)
+    if counts_given and not stop:
+        noise = peak_noise(row, summed, num_ranks)
+    enough = 1.0 + max(count_tol, noise)
     row = count_search(
         LPT,
         row,

@@ -149,10 +149,12 @@ def _fresh_rule(tokens: np.ndarray, topo: Topology, stop: bool) -> np.ndarray:
     counts = allot_replicas(w + opts.spread * W.std(axis=0), P, D)
     row = lpt_place(w, counts, D)
     noise = peak_noise(row, tokens.sum(axis=0), D)
-    enough = 1.0 + max(opts.count_tol, noise)
-    at = enough if stop else 0.0
+    at = 1.0 + max(opts.count_tol, noise) if stop else 0.0
     mean = w[None, :]
     swap_search(row, mean, counts, D, 4 * P, 1e-3, 0.0, at)
+    if not stop:
+        noise = peak_noise(row, tokens.sum(axis=0), D)
+    enough = 1.0 + max(opts.count_tol, noise)
     rounds = (opts.count_rounds, opts.count_width, 4 * P)
     row = count_search(
         LPT, row, mean, w, np.zeros((1, 1)), 0.0, counts, D, *rounds, enough, noise, at
