@@ -152,9 +152,9 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain, eno
     peaks counts). Each round takes the best swap of the first episode-peak rank (largest lead
     first) that has one gaining more than ``min_gain``; at most ``max_rounds``, and none once the
     mean over the episodes of the peak rank load over the mean rank load is at most ``enough``
-    (0: no such stop; the swaps made are then the first of those the search makes without it). A
-    rank that had none is passed over until a swap changes it, and retried before the search
-    stops, so the search still ends where no peak rank has a gaining swap. Returns swaps.
+    (0: never; a search stopped so has made the first swaps of the one without the stop). A rank
+    that had none is passed over until a swap changes it, and retried before the search stops,
+    so the search still ends where no peak rank has a gaining swap. Returns swaps.
 
     Finding a rank's best swap: in the episode ``k0`` where rank ``a`` leads most (by 0 where
     it only ties another rank for the peak), a swap that moves load ``d`` off ``a`` gains at
