@@ -444,11 +444,12 @@ def _place(heads, order, where, rank_at, before, s, z, S):
     """Give slot ``s`` the head ``z`` and move it to where a stable sort of the previous order
     puts it; every other slot must be in that order.
 
-    ``heads [P, h]``: the slots' first ``h`` coordinates, ascending by the first; ``order`` the
-    slot at each position, ``where`` its inverse, ``rank_at`` the slot's rank at each position
-    (``S`` slots a rank); ``before``: the positions before this round of updates, which order
-    equal first coordinates. The same order as an insertion sort of every slot, without its pass
-    over all of them. Inlined: a call takes a reference to each array."""
+    ``heads [P, h]``: the slots' first ``h`` coordinates (0 past ``z``'s length), ascending by
+    the first; ``order`` the slot at each position, ``where`` its inverse, ``rank_at`` the
+    slot's rank at each position (``S`` slots a rank); ``before``: the positions before this
+    round of updates, which order equal first coordinates. The same order as an insertion sort
+    of every slot, without its pass over all of them. Inlined: a call takes a reference to each
+    array."""
     P, h = heads.shape
     j = where[s]
     v, w = z[0], before[s]
@@ -466,14 +467,17 @@ def _place(heads, order, where, rank_at, before, s, z, S):
         order[j], rank_at[j] = order[j + 1], rank_at[j + 1]
         where[order[j]] = j
         j += 1
-    for k in range(h):
+    for k in range(min(h, z.shape[0])):  # past z's end the columns stay 0
         heads[j, k] = z[k]
     order[j], rank_at[j] = s, s // S
     where[s] = j
 
 
 _HEAD = 8
-"""Coordinates of a distance :func:`balance_swaps` sums before it first tests the cut-off."""
+"""Coordinates of a distance :func:`balance_swaps` sums before it first tests the cut-off. A
+constant, so the sum compiles to straight-line code with the walked-from slot's head in
+registers (8 % faster than a run-time count); with fewer rows (``K < 8``) the columns past
+``K`` are zeros, which add nothing."""
 
 
 @njit(cache=True, nogil=True)
@@ -526,7 +530,7 @@ def balance_swaps(row, W, counts, num_ranks, max_swaps):
     # before it, the same code compiled 14 % slower, for reasons in LLVM we did not find.)
     order = np.argsort(Z[:, 0])
     head = min(K, _HEAD)
-    heads = np.empty((P, head))
+    heads = np.zeros((P, _HEAD))
     rank_at = np.empty(P, dtype=np.int64)
     where = np.empty(P, dtype=np.int64)
     before = np.empty(P, dtype=np.int64)
@@ -583,7 +587,7 @@ def balance_swaps(row, W, counts, num_ranks, max_swaps):
                     # coordinate (or after the first) costs more in mispredicted branches than
                     # it saves (1.6x). Partial sums of squares only grow, so the same swaps pass.
                     dist = d0 * d0
-                    for k in range(1, head):
+                    for k in range(1, _HEAD):
                         dist += (heads[at, k] - heads[j, k]) ** 2
                     if dist < cut:
                         b = order[j]
