@@ -24,7 +24,13 @@ from typing import Any, ClassVar
 import numpy as np
 
 from eplb_rt.algorithms import hierarchy
-from eplb_rt.algorithms.load import check_load, cut_episodes, episode_steps, normalise
+from eplb_rt.algorithms.load import (
+    check_load,
+    cut_episodes,
+    episode_steps,
+    normalise,
+    whole_numbers,
+)
 from eplb_rt.placement import Placement, Topology, even_shares
 
 
@@ -320,7 +326,7 @@ def plan(
         if planned.size == 0:  # nothing to plan: every layer keeps its slots and shares
             return Placement(rows, E, topology.num_ranks, shares if weighted else None)
     # Token counts are whole numbers; anything else (shares, scaled loads) has no known noise.
-    counts = bool(np.array_equal(arr, np.round(arr)))
+    counts = whole_numbers(arr)
     # A step without load in any layer (an idle step, a padding forward) says nothing about the
     # load; as an episode of its own it would read as a draw of no tokens, pure noise. (Every
     # layer, not the planned ones: a layer's plan does not depend on which others are planned.)
@@ -329,9 +335,9 @@ def plan(
         arr = arr[busy]
     sub = arr if planned.size == L else arr[:, planned]
     num_episodes = getattr(options, "num_episodes", 1)
-    # Layer-major copies ([L, K, E]): each layer's episodes are one contiguous block, taken
-    # without a copy per layer.
-    tokens = np.ascontiguousarray(cut_episodes(sub, num_episodes).transpose(1, 0, 2))
+    # Layer-major ([L, K, E]): each layer's episodes are one contiguous block, taken without a
+    # copy per layer.
+    tokens = cut_episodes(sub, num_episodes)
     episodes = normalise(tokens)
     steps = episode_steps(arr.shape[0], num_episodes)
     summed = normalise(sub.sum(axis=0))

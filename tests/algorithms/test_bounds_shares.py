@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from eplb_rt.algorithms import bounds, metrics, plan
 from eplb_rt.algorithms.align import align_placement, align_row, max_assignment
-from eplb_rt.algorithms.load import cut_episodes, episode_steps, normalise
+from eplb_rt.algorithms.load import cut_episodes, episode_steps, normalise, whole_numbers
 from eplb_rt.algorithms.shares import min_max_rank_load, open_bottleneck, optimal_slot_shares
 from eplb_rt.placement import Placement, Topology
 
@@ -182,8 +182,32 @@ def test_align_placement_keeps_loads_and_never_adds_moves():
 def test_episodes_sum_contiguous_runs_and_normalise():
     load = np.arange(10.0).reshape(10, 1, 1)
     eps = cut_episodes(load, 3)
-    assert eps[:, 0, 0].tolist() == [0 + 1 + 2, 3 + 4 + 5 + 6, 7 + 8 + 9]
-    assert cut_episodes(load, 20).shape == (10, 1, 1)
+    assert eps[0, :, 0].tolist() == [0 + 1 + 2, 3 + 4 + 5 + 6, 7 + 8 + 9]
+    assert cut_episodes(load, 20).shape == (1, 10, 1)
     assert episode_steps(10, 3).tolist() == [3, 4, 3]  # the runs cut_episodes sums
     assert episode_steps(10, 20).tolist() == [1] * 10
     assert normalise(np.array([[1.0, 3.0], [0.0, 0.0]])).tolist() == [[0.25, 0.75], [0.0, 0.0]]
+
+
+@pytest.mark.parametrize(("steps", "episodes"), [(37, 5), (16, 16), (3, 8), (100, 16)])
+def test_episodes_are_layer_major_sums_of_their_runs_in_a_new_array(steps, episodes):
+    load = np.random.default_rng(steps).random((steps, 3, 7)) ** 3 * 1e3
+    got = cut_episodes(load, episodes)
+    runs = episode_steps(steps, episodes)
+    # The run sums as one np.add.reduceat gives them, bit for bit, each layer's block contiguous.
+    expected = np.add.reduceat(load, np.cumsum(runs) - runs, axis=0).transpose(1, 0, 2)
+    assert got.flags.c_contiguous and np.array_equal(got, expected)
+    got[:] = -1.0  # the caller's load is not behind it, even for one layer or one step
+    assert (load >= 0).all()
+    one = load[:, :1]
+    assert not np.shares_memory(cut_episodes(one, steps), one)
+
+
+def test_whole_numbers_checks_every_block():
+    load = np.arange(3 * 5 * 7000, dtype=np.float64).reshape(3, 5, 7000)
+    assert whole_numbers(load)
+    for where in [(0, 0, 0), (1, 2, 3000), (2, 4, 6999)]:  # first, a middle block, the last value
+        half = load.copy()
+        half[where] += 0.5
+        assert not whole_numbers(half)
+    assert not whole_numbers(np.array([[[1e-300]]]))
