@@ -566,23 +566,26 @@ def _fresh_plan(  # noqa: PLR0917 (numba kernels take plain positional arrays)
 @njit(cache=True, nogil=True)
 def _fresh_plans(  # noqa: PLR0917
     W, tokens, counts_given, now, spread, unseen, num_slots, num_ranks, count_rounds, count_width,
-    count_tol,
+    count_tol, keep_rows,
 ):  # fmt: skip
     """:func:`_fresh_plan` of every layer of ``W [L, K, E]`` (``tokens`` alike, ``now [L, E]``)
     in one call. Returns ``rows [L, P] int64``, ``w [L, E]``, ``V [L, K + 2, E]`` (layer
-    ``j``'s scored rows first, ``num_rows[j]`` of them) and ``num_rows [L] int64``."""
+    ``j``'s scored rows first, ``num_rows[j]`` of them) and ``num_rows [L] int64``; ``V`` is
+    ``[L, 0, E]`` and ``num_rows`` 0 unless ``keep_rows`` (only a re-plan reads them: 2 MB of
+    fresh pages in the plan-time case, about a millisecond on a virtual machine)."""
     L, K, E = W.shape
     rows = np.empty((L, num_slots), dtype=np.int64)
     shared = np.empty((L, E))
-    V = np.zeros((L, K + 2, E))
+    V = np.zeros((L, K + 2 if keep_rows else 0, E))
     num_rows = np.zeros(L, dtype=np.int64)
     for j in range(L):
         rows[j], shared[j], v = _fresh_plan(
             W[j], tokens[j], counts_given, now[j], spread, unseen, num_slots, num_ranks,
             count_rounds, count_width, count_tol,
         )  # fmt: skip
-        num_rows[j] = v.shape[0]
-        V[j, : v.shape[0]] = v
+        if keep_rows:
+            num_rows[j] = v.shape[0]
+            V[j, : v.shape[0]] = v
     return rows, shared, V, num_rows
 
 
@@ -804,13 +807,14 @@ def _plan_layers(
     D, S, P = topo.num_ranks, topo.num_slots_per_rank, topo.num_slots
     W, now, prev = layers.episodes, layers.load, layers.previous
     rounds = (opts.count_rounds, opts.count_width, opts.count_tol)
+    settle = prev is not None and not opts.shares  # the one reader of the scored rows
     rows, shared, V, num_rows = _fresh_plans(
-        W, layers.tokens, layers.counts, now, opts.spread, opts.unseen, P, D, *rounds
+        W, layers.tokens, layers.counts, now, opts.spread, opts.unseen, P, D, *rounds, settle
     )
     budget = int(opts.max_moved_fraction * P)
+    if settle:
+        return _settle_layers(rows, prev, now, V, num_rows, D, budget, opts.move_cost), None
     if not opts.shares:
-        if prev is not None:
-            rows = _settle_layers(rows, prev, now, V, num_rows, D, budget, opts.move_cost)
         return rows, None
     shares = np.empty(rows.shape)
     for j in range(rows.shape[0]):
