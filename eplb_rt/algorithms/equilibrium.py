@@ -564,24 +564,39 @@ def _fresh_plan(  # noqa: PLR0917 (numba kernels take plain positional arrays)
 
 
 @njit(cache=True, nogil=True)
+def _scaled(tokens, totals):
+    """``tokens [K, E]`` with each row divided by its total ``totals [K]`` (a row without load
+    stays 0): :func:`~eplb_rt.algorithms.load.normalise` of the row, bit for bit, given the
+    totals numpy sums."""
+    K, E = tokens.shape
+    out = np.zeros((K, E))
+    for k in range(K):
+        if totals[k] > 0:
+            for e in range(E):
+                out[k, e] = tokens[k, e] / totals[k]
+    return out
+
+
+@njit(cache=True, nogil=True)
 def _fresh_plans(  # noqa: PLR0917
-    W, tokens, counts_given, now, spread, unseen, num_slots, num_ranks, count_rounds, count_width,
-    count_tol, keep_rows,
+    tokens, totals, counts_given, now, spread, unseen, num_slots, num_ranks, count_rounds,
+    count_width, count_tol, keep_rows,
 ):  # fmt: skip
-    """:func:`_fresh_plan` of every layer of ``W [L, K, E]`` (``tokens`` alike, ``now [L, E]``)
-    in one call. Returns ``rows [L, P] int64``, ``w [L, E]``, ``V [L, K + 2, E]`` (layer
+    """:func:`_fresh_plan` of every layer of ``tokens [L, K, E]`` (their episodes; ``totals [L,
+    K]`` their sums over the experts; ``now [L, E]``) in one call, each layer's episodes scaled
+    as it is planned. Returns ``rows [L, P] int64``, ``w [L, E]``, ``V [L, K + 2, E]`` (layer
     ``j``'s scored rows first, ``num_rows[j]`` of them) and ``num_rows [L] int64``; ``V`` is
     ``[L, 0, E]`` and ``num_rows`` 0 unless ``keep_rows`` (only a re-plan reads them: 2 MB of
     fresh pages in the plan-time case, about a millisecond on a virtual machine)."""
-    L, K, E = W.shape
+    L, K, E = tokens.shape
     rows = np.empty((L, num_slots), dtype=np.int64)
     shared = np.empty((L, E))
     V = np.zeros((L, K + 2 if keep_rows else 0, E))
     num_rows = np.zeros(L, dtype=np.int64)
     for j in range(L):
         rows[j], shared[j], v = _fresh_plan(
-            W[j], tokens[j], counts_given, now[j], spread, unseen, num_slots, num_ranks,
-            count_rounds, count_width, count_tol,
+            _scaled(tokens[j], totals[j]), tokens[j], counts_given, now[j], spread, unseen,
+            num_slots, num_ranks, count_rounds, count_width, count_tol,
         )  # fmt: skip
         if keep_rows:
             num_rows[j] = v.shape[0]
@@ -805,11 +820,14 @@ def _plan_layers(
     numba calls in all (no GIL between them: the balancer plans in a thread next to the serving
     one, and each return to Python is a hand-off)."""
     D, S, P = topo.num_ranks, topo.num_slots_per_rank, topo.num_slots
-    W, now, prev = layers.episodes, layers.load, layers.previous
+    now, prev, tokens = layers.load, layers.previous, layers.tokens
     rounds = (opts.count_rounds, opts.count_width, opts.count_tol)
     settle = prev is not None and not opts.shares  # the one reader of the scored rows
+    # The episodes' totals as Layers.episodes sums them, so each layer's scaled episodes are
+    # those (made a layer at a time, without a second array of the load's size).
+    totals = tokens.sum(axis=2)
     rows, shared, V, num_rows = _fresh_plans(
-        W, layers.tokens, layers.counts, now, opts.spread, opts.unseen, P, D, *rounds, settle
+        tokens, totals, layers.counts, now, opts.spread, opts.unseen, P, D, *rounds, settle
     )
     budget = int(opts.max_moved_fraction * P)
     if settle:

@@ -178,10 +178,7 @@ def split(batch: Layers, topology: Topology, ids: np.ndarray) -> Split:
         previous = np.where(previous >= 0, previous, 0)  # rows not known: never passed on
         if batch.previous_share is not None:
             share = batch.previous_share.reshape(L * N, P // N)
-    sub = type(batch)(
-        normalise(tokens), load, previous, share, batch.index[layer], tokens, batch.steps,
-        batch.counts,
-    )  # fmt: skip
+    sub = type(batch)(load, previous, share, batch.index[layer], tokens, batch.steps, batch.counts)
     return Split(sub, flat, known)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from eplb_rt.algorithms import get_policy, plan, registry, warm_up
-from eplb_rt.algorithms.equilibrium import _plan_layers, noise_reach, paid_out_of_sample
+from eplb_rt.algorithms.equilibrium import _plan_layers, _scaled, noise_reach, paid_out_of_sample
 from eplb_rt.algorithms.load import normalise
 from eplb_rt.algorithms.metrics import par
 from eplb_rt.algorithms.registry import Layers
@@ -109,8 +109,8 @@ def test_one_episode_is_not_checked(monkeypatch):
 def test_halves_of_the_episodes_sum_to_the_layers():
     rng = np.random.default_rng(6)
     tokens = rng.integers(0, 9, (2, 5, 4)).astype(float)
-    episodes, load = normalise(tokens), normalise(tokens.sum(1))
-    layers = Layers(episodes, load, None, None, np.arange(2), tokens, np.full(5, 3), True)
+    layers = Layers(normalise(tokens.sum(1)), None, None, np.arange(2), tokens, np.full(5, 3), True)
+    np.testing.assert_array_equal(layers.episodes, normalise(tokens))
     odd = layers.of_episodes(np.array([1, 3]))
     np.testing.assert_array_equal(odd.tokens, tokens[:, [1, 3]])
     np.testing.assert_array_equal(odd.episodes, normalise(tokens[:, [1, 3]]))
@@ -141,3 +141,15 @@ def test_noise_reach_is_the_peak_ranks_poisson_spread():
     counts[7] = 0.0
     expected = np.sqrt(400 / 4 + 100) * 4 / counts.sum()
     assert noise_reach(doubled, counts, 4) == pytest.approx(2 * np.sqrt(2 * np.log(4)) * expected)
+
+
+def test_a_fresh_plan_scales_each_layer_as_the_batch_would_without_its_episodes():
+    rng = np.random.default_rng(7)
+    tokens = rng.pareto(1.0, (3, 5, 37)) * rng.integers(0, 2, (3, 5, 1))  # rows without load
+    batch = Layers(normalise(tokens.sum(1)), None, None, np.arange(3), tokens, np.ones(5), False)
+    totals = tokens.sum(axis=2)
+    for j in range(3):
+        np.testing.assert_array_equal(_scaled(tokens[j], totals[j]), normalise(tokens)[j])
+    _plan_layers(batch, Topology(4, 11), get_policy("equilibrium").make_options({}))
+    assert "episodes" not in vars(batch)  # never made: a second array of the load's size
+    np.testing.assert_array_equal(batch.episodes, normalise(tokens))

@@ -78,8 +78,8 @@ def test_groups_are_packed_for_every_episode_but_by_deepseek():
     load = np.repeat(groups / 4, 4, axis=1)[:, None, :]  # [2 steps, 1 layer, 16]
     tokens = load.transpose(1, 0, 2)  # [1 layer, 2 episodes, 16]
     batch = Layers(
-        tokens / tokens.sum(axis=2, keepdims=True), load.sum(axis=0) / load.sum(), None, None,
-        np.zeros(1, dtype=np.int64), tokens, np.ones(2, dtype=np.int64),
+        load.sum(axis=0) / load.sum(), None, None, np.zeros(1, dtype=np.int64), tokens,
+        np.ones(2, dtype=np.int64),
     )  # fmt: skip
     assert (hierarchy.pack_groups(batch, topo, on_episodes=False) == [[0, 1, 1, 0]]).all()
     swapped = hierarchy.pack_groups(batch, topo, on_episodes=True)[0]
@@ -202,7 +202,7 @@ def test_a_node_missing_one_of_its_experts_is_planned_afresh():
     row = np.concatenate([mine[[0, 1, 2, 0, 1, 2]], theirs[[0, 1, 2, 3]], mine[[3]], theirs[[0]]])
     previous = Placement(row[None], 8, 4)
     w = load[0] / load.sum()
-    batch = Layers(w[None], w, row[None], None, np.zeros(1, dtype=np.int64), w[None], np.ones(1))
+    batch = Layers(w, row[None], None, np.zeros(1, dtype=np.int64), w[None], np.ones(1))
     parts = hierarchy.split(batch, topo, hierarchy.expert_ids(groups[None], 8, 2))
     assert parts.known.tolist() == [False, False]
     again = plan("equilibrium", load, topo, previous, options={"hierarchical": True})

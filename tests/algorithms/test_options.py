@@ -165,7 +165,6 @@ def test_a_policy_of_all_layers_plans_as_its_layer_function(name, options):
         assert kept.any() and not kept.all()
     tokens = np.ascontiguousarray(load.transpose(1, 0, 2))  # six episodes of one step
     stack = Layers(
-        normalise(tokens),
         normalise(load.sum(axis=0)),
         previous.phy2log.astype(np.int64),
         None if previous.is_uniform else previous.slot_share,
