@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from eplb_rt.algorithms import hierarchy
+from eplb_rt.algorithms import hierarchy, metrics
 from eplb_rt.algorithms.load import (
     check_load,
     cut_episodes,
@@ -392,7 +392,9 @@ def warm_up(names: list[str] | None = None) -> None:
     flat and hierarchical (4 groups of 2 experts on 2 nodes), on token counts, on a load that
     is not counts (no sampling noise: distinct workloads, as a policy sees them), and on a
     window of counts whose steps differ by sampling noise only, re-planned from a plan that
-    does not fit it (the re-plan a policy may check on halves of the window)."""
+    does not fit it (the re-plan a policy may check on halves of the window); and the rank loads
+    by which the planning pipeline judges a plan (:func:`~eplb_rt.algorithms.metrics.rank_load`),
+    so that they ship compiled with the policies."""
     grouped = {"hierarchical": True}
     counts = np.arange(1.0, 1 + 3 * 2 * 9).reshape(3, 2, 9)
     cases = (
@@ -415,3 +417,5 @@ def warm_up(names: list[str] | None = None) -> None:
         for options in spec.warm_up_options:
             unfit = plan(name, window[:, ::-1], Topology(4, 3), options=options)  # layers swapped
             plan(name, window, Topology(4, 3), previous=unfit, options=options)
+    layout = np.tile(np.r_[np.arange(9), 0, 1, 2], (2, 1))  # 4 ranks x 3 slots, 9 experts
+    metrics.rank_load(Placement(layout, 9, 4), counts)

@@ -93,6 +93,15 @@ def pairwise_sum(a):
     return 0.0 + _pairwise(flat)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def row_sum(a):
+    """``a.sum()`` of ``a [n] float64``, rounded as numpy rounds it, compiled into its caller: a
+    kernel summing many short rows (a rank's few slots) spends more on a call per row than on
+    its sum."""
+    n = a.shape[0]
+    return 0.0 + (_run(a, 0, n) if n <= _BLOCK else _pairwise(a))
+
+
 @njit(cache=True, nogil=True)
 def column_sum(W):
     """``W.sum(axis=0)`` of ``W [K, E] float64``, rounded as numpy rounds it (for ``E > 1``;

@@ -56,6 +56,27 @@ def test_slot_load_matches_a_plain_loop_over_layers(lead):
     np.testing.assert_array_equal(metrics.slot_load(p, load), expected)
 
 
+@pytest.mark.parametrize(
+    ("lead", "D", "S"), [((), 3, 5), ((4,), 2, 9), ((2, 3), 4, 17), ((3,), 2, 130)]
+)
+def test_rank_load_is_the_slots_summed_as_numpy_sums_them(lead, D, S):
+    """Each rank's slot loads summed over the rank as numpy sums them (pairwise past 8 slots),
+    bit for bit, with shares and any leading axes."""
+    rng = np.random.default_rng(S)
+    L, E = 3, D * S - 1
+    # Every expert once, the first slot's expert again in the last slot (another rank).
+    rows = [rng.permutation(E) for _ in range(L)]
+    phy2log = np.stack([np.r_[row, row[0]] for row in rows])
+    weight = rng.uniform(0.5, 1.5, phy2log.shape)
+    summed = np.stack([np.bincount(row, w, E) for row, w in zip(phy2log, weight, strict=True)])
+    placement = Placement(phy2log, E, D, weight / np.take_along_axis(summed, phy2log, axis=1))
+    load = rng.random((*lead, L, E)) ** 4 * 1e3
+    expected = metrics.slot_load(placement, load).reshape(*lead, L, D, S).sum(axis=-1)
+    np.testing.assert_array_equal(metrics.rank_load(placement, load), expected)
+    with pytest.raises(ValueError, match="expected"):
+        metrics.rank_load(placement, load[..., :-1])
+
+
 def test_time_axis_is_kept():
     p = Placement(P2L, 3, 2)
     steps = np.array([[[8.0, 3, 1]], [[0, 0, 0]], [[2, 0, 2]]])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eplb_rt.algorithms.sums import column_mean, column_std, column_sum, pairwise_sum
+from eplb_rt.algorithms.sums import column_mean, column_std, column_sum, pairwise_sum, row_sum
 
 # Run lengths around numpy's pairwise block (8 running sums, blocks of 128, halves above).
 SIZES = [1, 2, 7, 8, 9, 15, 16, 17, 127, 128, 129, 130, 255, 256, 257, 1000, 1023, 4097]
@@ -21,7 +21,7 @@ def test_pairwise_sum_is_numpys_sum(n):
     rng = np.random.default_rng(n)
     for _ in range(20):
         a = _values(rng, n)
-        assert pairwise_sum(a) == a.sum()
+        assert pairwise_sum(a) == row_sum(a) == a.sum()
 
 
 @pytest.mark.parametrize("shape", [(1, 5), (3, 7), (16, 129), (17, 256), (5, 1000)])
