@@ -4,8 +4,9 @@ PAR (peak-to-average ratio) of a layer = max rank load / mean rank load, where e
 is split over its replicas by the placement's shares. 1.0 is perfect balance. Layers with no load
 have no PAR (NaN) and are left out of means.
 
-The numpy functions take a :class:`Placement`; the numba kernels at the end are the same measures
-for the policies' inner loops (one layer's ``row [P]``, uniform shares).
+The functions that take a :class:`Placement` are numpy, but for :func:`rank_load`'s sums (a
+kernel, which rounds as numpy does); the numba kernels at the end are the same measures for the
+policies' inner loops (one layer's ``row [P]``, uniform shares).
 """
 
 from __future__ import annotations
