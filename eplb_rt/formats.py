@@ -80,32 +80,58 @@ def to_vllm_ascend(placement: Placement) -> dict:
 
 def from_vllm_ascend(doc: object, num_experts: int | None = None) -> Placement:
     """Read vllm-ascend's expert_map object; ``num_experts`` defaults to the ``eplb_rt`` field
-    when present, else the largest id + 1."""
+    when present, else the largest id + 1. Layers and devices are taken in the order of their
+    ids, which must be distinct integers; a layer's ``device_count``, where given, must be the
+    number of devices it lists."""
     try:
-        layers = sorted(doc["layer_list"], key=lambda item: int(item["layer_id"]))
-        count = int(doc.get("moe_layer_count", len(layers)))
-        rows = [
-            [
-                [int(x) for x in dev["device_expert"]]
-                for dev in sorted(item["device_list"], key=lambda dev: int(dev["device_id"]))
-            ]
-            for item in layers
-        ]
+        layers = _by_id(doc["layer_list"], "layer_id", "layer_list")
+        count = _integer(doc.get("moe_layer_count", len(layers)), "moe_layer_count")
+        rows = []
+        for item in layers:
+            where = f"layer {item['layer_id']}"
+            devices = _by_id(item["device_list"], "device_id", f"{where}'s device_list")
+            if "device_count" in item:
+                listed = _integer(item["device_count"], f"{where}'s device_count")
+                if listed != len(devices):
+                    raise ValueError(
+                        f"{where}'s device_count is {listed} but it lists {len(devices)} devices"
+                    )
+            rows.append([dev["device_expert"] for dev in devices])
         extra = doc.get("eplb_rt") or {}
         share = extra.get("slot_share")
         if num_experts is None and "num_experts" in extra:
-            num_experts = int(extra["num_experts"])
-    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
+            num_experts = _integer(extra["num_experts"], "eplb_rt.num_experts")
+    except (KeyError, TypeError, AttributeError) as err:
         raise ValueError(f"not a vllm-ascend expert_map document: {err!r}") from None
     if count != len(rows):
         raise ValueError(f"moe_layer_count is {count} but layer_list has {len(rows)} layers")
     if not rows:
         raise ValueError("expert_map document has no layers")
-    # [L, D, S]: every layer lists the same devices, every device the same number of experts.
+    # [L, D, S]: every layer lists the same devices, every device the same number of experts
+    # (whole numbers: _placement refuses the rest).
     grid = _rectangular(rows, "layer_list[].device_list[].device_expert", (3,))
     if share is not None:
         share = _rectangular(share, "eplb_rt.slot_share", (2,))
     return _placement(grid.reshape(len(rows), -1), grid.shape[1], num_experts, share)
+
+
+def _integer(value: object, what: str) -> int:
+    """``value`` if it is a JSON integer (not a bool, a float or a string), else a
+    ``ValueError`` naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} must be an integer, got {value!r}")
+    return value
+
+
+def _by_id(items: object, key: str, what: str) -> list:
+    """The objects of the list ``items`` sorted by their integer ``key``, which must differ."""
+    if not isinstance(items, list):
+        raise ValueError(f"{what} must be a list, got {type(items).__name__}")
+    ids = [_integer(item[key], f"{what}[{i}].{key}") for i, item in enumerate(items)]
+    if len(set(ids)) != len(ids):
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        raise ValueError(f"{what} has {key} {twice[0]} more than once")
+    return [item for _, item in sorted(zip(ids, items, strict=True), key=lambda pair: pair[0])]
 
 
 def to_sglang(placement: Placement) -> dict:
@@ -220,10 +246,21 @@ def read_loads(paths: Sequence[str | os.PathLike]) -> np.ndarray:
     return np.concatenate(arrays, axis=0)
 
 
+def output_suffix(fmt: str) -> str:
+    """The suffix a file written in ``fmt`` must have for the readers to tell its format:
+    ``.npy`` for ``npy`` and ``load``, else ``.json``."""
+    format_kind(fmt)
+    return ".npy" if fmt in ("npy", "load") else ".json"
+
+
 def write_load(load: np.ndarray, path: str | os.PathLike, fmt: str = "load") -> None:
-    """Write ``load`` (``[L, E]`` or ``[T, L, E]``) to ``path`` in ``fmt``."""
+    """Write ``load`` (``[L, E]`` or ``[T, L, E]``) to ``path`` in ``fmt``; ``path`` must end in
+    :func:`output_suffix` (:func:`read_load` tells a load's format by it)."""
     path = os.fspath(path)
     format_kind(fmt, "load")
+    suffix = output_suffix(fmt)
+    if not path.lower().endswith(suffix):
+        raise ValueError(f"{path}: a load in {fmt!r} is written to a {suffix} file")
     if fmt == "load":
         _write_npy(path, check_load(load))
         return
@@ -254,7 +291,9 @@ def drop_dense_layers(item: Placement | np.ndarray, count: int) -> Placement | n
         raise ValueError(f"dense layer count must be >= 0, got {count}")
     if count == 0:
         return item
-    layers = item.num_layers if isinstance(item, Placement) else check_load(item).shape[1]
+    if not isinstance(item, Placement):
+        item = check_load(item)
+    layers = item.num_layers if isinstance(item, Placement) else item.shape[1]
     if count >= layers:
         raise ValueError(f"cannot drop {count} dense layers from {layers} layers")
     if isinstance(item, Placement):
@@ -338,9 +377,17 @@ def _read_torch(path: str) -> object:
         except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ValueError(f"not a torch.save file of tensors ({first})") from None
+
+    def host(value):
+        if not isinstance(value, torch.Tensor):
+            return value
+        value = value.detach()
+        # numpy has no bfloat16 (a recorder may count in the model's dtype)
+        return (value.double() if value.is_floating_point() else value).numpy()
+
     if isinstance(data, dict):
-        return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in data.items()}
-    return data
+        return {k: host(v) for k, v in data.items()}
+    return host(data)
 
 
 def _read_array(path: str) -> np.ndarray:

@@ -355,18 +355,38 @@ class Placement:
         """The same slots with other shares (``None``: uniform)."""
         return Placement(self._phy2log, self.num_experts, self.num_ranks, slot_share)
 
+    def _layer_indices(self, layers: Sequence[int] | np.ndarray) -> np.ndarray:
+        """``layers`` (indices, or a ``[L] bool`` mask) as ``int64`` indices, checked."""
+        arr = np.asarray(layers)
+        L = self.num_layers
+        if arr.dtype == np.bool_:
+            if arr.shape != (L,):
+                raise ValueError(f"a layer mask must be [{L}] bool, got bool {arr.shape}")
+            return np.flatnonzero(arr)
+        if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+            raise ValueError(
+                f"layers must be a 1-D sequence of layer indices or a [{L}] bool mask, got "
+                f"{arr.dtype} {arr.shape}"
+            )
+        idx = arr.astype(np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= L):
+            raise ValueError(f"layer indices must be in [0, {L}), got {idx.tolist()}")
+        return idx
+
     def select_layers(self, layers: Sequence[int] | np.ndarray) -> Placement:
-        """A placement of only the given layers, in the given order."""
-        idx = np.asarray(layers, dtype=np.int64)
+        """A placement of only the given layers (indices, in their order, or a ``[L] bool``
+        mask)."""
+        idx = self._layer_indices(layers)
         share = None if self._uniform else self._slot_share[idx]
         return Placement(
             self._phy2log[idx], self.num_experts, self.num_ranks, share, validate=False
         )
 
     def replace_layers(self, layers: Sequence[int] | np.ndarray, other: Placement) -> Placement:
-        """This placement with ``layers`` taken from ``other`` (same shape)."""
+        """This placement with ``layers`` (indices or a ``[L] bool`` mask) taken from ``other``
+        (same shape)."""
         self._check_same_shape(other)
-        idx = np.asarray(layers, dtype=np.int64)
+        idx = self._layer_indices(layers)
         p2l = self._phy2log.copy()
         share = self._slot_share.copy()
         p2l[idx] = other._phy2log[idx]

@@ -76,7 +76,9 @@ class CostModel:
         time one unit of PAR costs over ``horizon`` steps at the mean rank load of
         ``load [T, L, E]``."""
         mean_rank = max(float(load.sum(axis=2).mean()) / num_ranks, 1e-300)
-        return self.expert_bytes / self.bandwidth / (mean_rank * self.token_seconds * horizon)
+        return float(
+            self.expert_bytes / self.bandwidth / (mean_rank * self.token_seconds * horizon)
+        )
 
 
 @dataclasses.dataclass(frozen=True)

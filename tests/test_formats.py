@@ -149,6 +149,15 @@ def test_sglang_recorder_dump_is_read(tmp_path):
     np.testing.assert_array_equal(formats.read_load(path), counts[:1].numpy())
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_recorder_dump_of_any_float_dtype_and_with_grad_is_read(tmp_path, dtype):
+    """A recorder that counts in the model's dtype, or keeps a tensor that requires grad."""
+    counts = torch.randint(0, 50, (2, 3, 8)).to(dtype).requires_grad_(True)
+    path = tmp_path / "dump.pt"
+    torch.save({"logical_count": counts}, path)
+    np.testing.assert_array_equal(formats.read_load(path), counts.detach().double().numpy())
+
+
 class _Code:
     """A pickled object: a load file must never run code to be read."""
 
@@ -267,6 +276,68 @@ def test_from_vllm_ascend_without_extra_field_uses_largest_id():
 def test_from_vllm_ascend_errors(doc, match):
     with pytest.raises(ValueError, match=match):
         formats.from_vllm_ascend(doc)
+
+
+def _layer_0(doc):
+    return doc["layer_list"][0]
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (
+            lambda doc: _layer_0(doc)["device_list"][0].update(device_expert=[0.9, 1.7]),
+            "must hold integer expert ids",
+        ),
+        (lambda doc: doc["layer_list"][1].update(layer_id=0), "layer_id 0 more than once"),
+        (
+            lambda doc: _layer_0(doc)["device_list"][1].update(device_id=0),
+            "layer 0's device_list has device_id 0 more than once",
+        ),
+        (
+            lambda doc: _layer_0(doc).update(device_count=3),
+            "layer 0's device_count is 3 but it lists 2 devices",
+        ),
+        (lambda doc: doc["eplb_rt"].update(num_experts=4.5), "num_experts must be an integer"),
+        (lambda doc: _layer_0(doc).update(layer_id="0"), "layer_id must be an integer, got '0'"),
+        (lambda doc: _layer_0(doc).update(layer_id=True), "layer_id must be an integer"),
+        (lambda doc: doc.update(moe_layer_count=2.0), "moe_layer_count must be an integer"),
+        (lambda doc: doc.update(layer_list={}), "layer_list must be a list, got dict"),
+    ],
+)
+def test_from_vllm_ascend_refuses_a_hand_written_mistake(change, match):
+    doc = formats.to_vllm_ascend(make([[0, 1, 2, 3], [3, 2, 1, 0]], 4, 2))
+    change(doc)
+    with pytest.raises(ValueError, match=match):
+        formats.from_vllm_ascend(doc)
+
+
+def test_from_vllm_ascend_takes_layers_and_devices_in_the_order_of_their_ids():
+    placement = make([[0, 1, 2, 3], [3, 2, 1, 0]], 4, 2)
+    doc = formats.to_vllm_ascend(placement)
+    doc["layer_list"].reverse()
+    doc["layer_list"][0]["device_list"].reverse()
+    whole = formats.to_vllm_ascend(placement)
+    whole["layer_list"][0]["device_list"][0]["device_expert"] = [0.0, 1.0]  # whole numbers
+    assert formats.from_vllm_ascend(doc) == placement == formats.from_vllm_ascend(whole)
+
+
+@pytest.mark.parametrize(("fmt", "suffix"), [("load", ".npy"), ("sglang-count", ".json")])
+def test_a_load_is_written_only_where_it_reads_back(tmp_path, fmt, suffix):
+    load = np.arange(24.0).reshape(2, 3, 4)
+    for wrong in ("x.json" if suffix == ".npy" else "x.npy", "x"):
+        with pytest.raises(ValueError, match=rf"a load in '{fmt}' is written to a \{suffix} file"):
+            formats.write_load(load, tmp_path / wrong, fmt)
+        assert not (tmp_path / wrong).exists()
+    formats.write_load(load, tmp_path / f"x{suffix}", fmt)
+    np.testing.assert_array_equal(formats.read_load(tmp_path / f"x{suffix}"), load)
+
+
+def test_dense_layers_of_a_two_dimensional_load():
+    load = np.array([[0.0, 0, 0], [1, 2, 3]])  # [L, E], as check_load takes it
+    np.testing.assert_array_equal(formats.drop_dense_layers(load, 1), [[[1.0, 2, 3]]])
+    with pytest.raises(ValueError, match="layer 1 has load"):
+        formats.drop_dense_layers(np.vstack([load, load]), 2)
 
 
 def test_load_errors(tmp_path):

@@ -214,6 +214,29 @@ def test_replace_layers_is_the_placement_built_from_the_mixed_rows(seed):
     np.testing.assert_array_equal(got.log2phy(D), want.log2phy(D))
     np.testing.assert_array_equal(got.replica_share(D), want.replica_share(D))
     assert not got.phy2log.flags.writeable and not got.slot_share.flags.writeable
+    # The same layers as a mask (as plan's ``layers``) are the same layers.
+    assert a.replace_layers(take[:, 0], b) == got
+    assert a.select_layers(take[:, 0]) == a.select_layers(layers)
+
+
+@pytest.mark.parametrize(
+    ("layers", "match"),
+    [
+        (np.array([True, False]), r"layer mask must be \[3\] bool, got bool \(2,\)"),
+        ([0, 3], r"layer indices must be in \[0, 3\), got \[0, 3\]"),
+        ([-1], r"layer indices must be in \[0, 3\), got \[-1\]"),
+        ([0.5], "layers must be a 1-D sequence of layer indices or a \\[3\\] bool mask"),
+        ([[0, 1]], "layers must be a 1-D sequence"),
+    ],
+)
+def test_select_and_replace_layers_refuse_bad_layers(layers, match):
+    a = Placement.initial(3, 4, Topology(2, 2))
+    b = make([[3, 2, 1, 0]] * 3, 4, 2)
+    with pytest.raises(ValueError, match=match):
+        a.select_layers(layers)
+    with pytest.raises(ValueError, match=match):
+        a.replace_layers(layers, b)
+    assert a.select_layers([]).num_layers == 0 and a.replace_layers([], b) == a
 
 
 def test_equality_and_repr():

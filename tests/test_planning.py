@@ -139,6 +139,12 @@ def test_horizon_may_be_any_real_number_type():
     args = (load, previous, Topology(4, 3), "deepseek", None)
     for horizon in (100, 100.0, np.int64(100), np.float32(100)):
         planning.decide(*args, cost=planning.CostModel(), horizon=horizon)
+        # A policy with a move price takes it from the cost model: a float whatever the types.
+        cost = planning.CostModel(token_seconds=np.float32(2.5e-7))
+        assert type(cost.move_cost(load, 4, horizon)) is float
+        planning.decide(
+            load, previous, Topology(4, 3), "equilibrium", None, cost=cost, horizon=horizon
+        )
     for bad in (0, -1.0, np.nan, True, "100"):
         with pytest.raises(ValueError, match="horizon"):
             planning.decide(*args, cost=planning.CostModel(), horizon=bad)

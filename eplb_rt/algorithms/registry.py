@@ -142,6 +142,8 @@ class Layers:
 LayersFn = Callable[[Layers, Topology, Any], "tuple[np.ndarray, np.ndarray | None]"]
 """``(Layers, Topology, options) -> (rows [L', P] int64, shares [L', P] | None)``."""
 
+_INT64_MAX = 2**63 - 1
+
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
 
@@ -174,12 +176,21 @@ def _convert(policy: str, field: dataclasses.Field, value: Any) -> Any:
             value = float(text)
         except ValueError:
             raise bad from None
-    if kind is bool and isinstance(value, bool):
-        return value
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is bool and isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    # numpy scalars too (an option computed from arrays): np.float32 and np.int64 are not
+    # Python floats and ints.
+    number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
     if kind is bool or not number or not math.isfinite(value) or (kind is int and value % 1):
         raise bad
     value = kind(value)
+    if kind is int and abs(value) > _INT64_MAX:  # the kernels take integers as int64
+        raise ValueError(
+            f"policy {policy!r} option {name!r} must be {describe(field)} and at most "
+            f"{_INT64_MAX}, got {got}"
+        )
     if (low is not None and value < low) or (high is not None and value > high):
         raise bad
     return value

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
             "use `eplb-rt plan` to turn a load into a placement"
         )
     # The readers tell formats by suffix: an output named otherwise would not read back.
-    suffix = ".npy" if args.dst_format in ("npy", "load") else ".json"
+    suffix = formats.output_suffix(args.dst_format)
     if not args.output.lower().endswith(suffix):
         raise ValueError(f"OUT {args.output}: --to {args.dst_format} writes a {suffix} file")
     drop = args.dense_layers if args.src_format in SGLANG_FORMATS else 0

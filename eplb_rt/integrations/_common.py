@@ -108,6 +108,8 @@ def _in_force(previous: np.ndarray, load: np.ndarray, topology: Topology) -> tup
     accepted, the next plan is made without it (eplb_rt's placements never do that) and
     alignment resumes from there.
     """
+    if not np.issubdtype(previous.dtype, np.integer):
+        raise ValueError(f"the table in force must hold integer expert ids, got {previous.dtype}")
     if previous.shape != (load.shape[1], topology.num_slots):
         raise ValueError(
             f"the table in force has shape {previous.shape}, expected [{load.shape[1]}, "

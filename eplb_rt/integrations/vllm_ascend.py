@@ -37,6 +37,16 @@ WHERE = "eplb_rt vllm-ascend policy"
 log = logging.getLogger("eplb_rt.integrations")
 
 
+def _unchanged(table) -> object:
+    """The table in force as a plan returns one (``[L, D, S] int32`` on the host), or as given
+    where it is not such a table (the input that failed)."""
+    try:
+        arr = as_numpy(table, "current_expert_table", (3,), WHERE)
+    except ValueError:
+        return table
+    return arr.astype(np.int32) if np.issubdtype(arr.dtype, np.integer) else table
+
+
 def logical_load(table: np.ndarray, workload: np.ndarray, num_experts: int) -> np.ndarray:
     """Per-slot tokens ``workload [T, L, D, S]`` summed per expert of ``table [L, D, S]``.
 
@@ -102,7 +112,7 @@ class EplbRtAscendPolicy:
             if not self.keep_on_error:
                 raise
             log.error("%s; the table in force is kept", err)
-            return False, np.zeros(0, dtype=np.int64), np.array(current_expert_table)
+            return False, np.zeros(0, dtype=np.int64), _unchanged(current_expert_table)
 
     def _rebalance(self, current_expert_table, expert_workload):
         table = as_numpy(current_expert_table, "current_expert_table [L, D, S]", (3,), WHERE)
@@ -115,6 +125,8 @@ class EplbRtAscendPolicy:
             )
         if not np.issubdtype(table.dtype, np.integer):
             raise ValueError(f"{WHERE}: current_expert_table must hold ints, got {table.dtype}")
+        if table.size == 0:
+            raise ValueError(f"{WHERE}: current_expert_table is empty: shape {table.shape}")
         num_experts = self.num_experts or int(table.max()) + 1
         if table.min() < 0 or table.max() >= num_experts:
             raise ValueError(

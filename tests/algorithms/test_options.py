@@ -37,6 +37,9 @@ from eplb_rt.placement import Topology
         ("swift", {"max_swaps": -1}, "'max_swaps' must be an integer >= 0, got -1"),
         ("random", {"seed": "x"}, "policy 'random' option 'seed' must be an integer >= 0, got x"),
         ("swift", {"nope": 1}, "policy 'swift' has no option(s) ['nope']"),
+        ("swift", {"max_swaps": np.bool_(True)}, "'max_swaps' must be an integer >= 0, got"),
+        ("swift", {"max_swaps": "1e20"}, "'max_swaps' must be an integer >= 0 and at most 9223"),
+        ("flashlb", {"depth": 2**63}, "'depth' must be an integer >= 1 and at most 9223"),
     ],
 )
 def test_bad_options_name_the_policy_option_and_value(name, overrides, message):
@@ -55,6 +58,17 @@ def test_strings_convert_to_the_option_type():
     assert type(opts.width) is int and type(opts.z) is float and type(opts.threshold) is float
     assert get_policy("deepseek").make_options({"hierarchical": "True"}).hierarchical is True
     assert get_policy("equilibrium").make_options({"shares": "off"}).shares is False
+
+
+def test_numpy_scalars_convert_to_the_option_type():
+    """An option computed from arrays is a numpy scalar (np.float32 and np.int64 are not
+    Python floats and ints)."""
+    opts = get_policy("equilibrium").make_options(
+        {"move_cost": np.float32(0.5), "num_episodes": np.int64(4), "shares": np.bool_(True)}
+    )
+    assert (opts.move_cost, opts.num_episodes, opts.shares) == (0.5, 4, True)
+    assert type(opts.move_cost) is float and type(opts.num_episodes) is int
+    assert type(opts.shares) is bool
 
 
 def test_every_option_of_every_policy_is_typed_and_its_default_valid():

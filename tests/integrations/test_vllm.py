@@ -117,8 +117,16 @@ def test_an_old_map_of_another_width_is_planned_anew(vllm):
         (torch.full((2, 16), float("nan")), 16, 4, None, "NaN"),
         (torch.ones(2, 16), 16, 4, torch.zeros(2, 16, dtype=torch.int64), "expert 1 has no slot"),
         (torch.ones(2, 16), 8, 4, None, "do not fit"),
+        (torch.ones(2, 16), 16, 4, torch.zeros(2, 16), "must hold integer expert ids"),
     ],
-    ids=["1d-weight", "replicas-not-multiple", "nan-load", "missing-expert", "too-few-slots"],
+    ids=[
+        "1d-weight",
+        "replicas-not-multiple",
+        "nan-load",
+        "missing-expert",
+        "too-few-slots",
+        "float-table",
+    ],
 )
 def test_bad_input_gets_a_clear_error(weight, replicas, ranks, old, message):
     with pytest.raises(ValueError, match=message):

@@ -102,6 +102,7 @@ def test_multistage_workload_is_read_as_episodes(ascend):
         ),
         (np.arange(16).reshape(1, 4, 4), np.full((1, 4, 4), np.nan), "NaN"),
         (np.arange(16).reshape(1, 4, 4), -np.ones((1, 4, 4)), "negative"),
+        (np.zeros((1, 4, 0), dtype=np.int64), np.zeros((1, 4, 0)), r"empty: shape \(1, 4, 0\)"),
     ],
     ids=[
         "2d-table",
@@ -111,6 +112,7 @@ def test_multistage_workload_is_read_as_episodes(ascend):
         "missing-expert",
         "nan-load",
         "negative-load",
+        "empty-table",
     ],
 )
 def test_bad_input_gets_a_clear_error(table, work, message):
@@ -126,6 +128,12 @@ def test_keep_on_error_logs_and_keeps_the_table(caplog):
         changed, priority, new = policy.rebalance_experts(table, np.full((1, 4, 4), np.nan))
     assert not changed and priority.size == 0 and np.array_equal(new, table)
     assert "NaN" in caplog.text and "kept" in caplog.text
+    # The table comes back as a plan's does, [L, D, S] int32 on the host, from a tensor too.
+    assert new.dtype == np.int32
+    _, _, new = policy.rebalance_experts(torch.from_numpy(table), torch.ones(4, 4))
+    assert isinstance(new, np.ndarray) and new.dtype == np.int32 and np.array_equal(new, table)
+    # An input that is no table at all comes back as it was given.
+    assert policy.rebalance_experts("no table", np.ones((1, 4, 4)))[2] == "no table"
 
 
 @pytest.fixture
