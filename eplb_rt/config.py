@@ -12,6 +12,8 @@ import math
 import os
 from typing import Any
 
+import numpy as np
+
 from eplb_rt import envs
 from eplb_rt.planning import LINK_BANDWIDTH, TOKEN_SECONDS
 
@@ -109,22 +111,22 @@ class EplbConfig:
         from eplb_rt.algorithms import get_policy
 
         get_policy(self.policy).make_options(self.policy_options)  # unknown option keys raise
-        _check_int("interval", self.interval, 0)
-        _check_int("history", self.history, 2)
-        _check_int("episode", self.episode, 1)
+        _check_int(self, "interval", 0)
+        _check_int(self, "history", 2)
+        _check_int(self, "episode", 1)
         if self.episode > self.history:
             raise ValueError(
                 f"EplbConfig.episode ({self.episode}) must be <= history "
                 f"({self.history}); lower episode or raise history"
             )
-        _check_int("num_redundant", self.num_redundant, 0)
+        _check_int(self, "num_redundant", 0)
         if self.slots_per_rank is not None:
-            _check_int("slots_per_rank", self.slots_per_rank, 1)
+            _check_int(self, "slots_per_rank", 1)
             if self.num_redundant:
                 raise ValueError("EplbConfig: give slots_per_rank or num_redundant, not both")
-        _check_int("layers_per_step", self.layers_per_step, 1)
+        _check_int(self, "layers_per_step", 1)
         if self.deadline is not None:
-            _check_int("deadline", self.deadline, 1)
+            _check_int(self, "deadline", 1)
         if self.interval and self.first_deadline >= self.interval:
             if self.deadline is None:
                 raise ValueError(
@@ -136,7 +138,7 @@ class EplbConfig:
                 f"({self.interval}) so one plan is decided before the next gather"
             )
         for name in ("link_bandwidth", "token_seconds"):
-            _check_float(name, getattr(self, name), 0.0, math.inf, open_low=True, open_high=True)
+            _check_float(self, name, 0.0, math.inf, open_low=True, open_high=True)
         if self.heat_source not in HEAT_SOURCES:
             raise ValueError(
                 f"EplbConfig.heat_source must be one of {HEAT_SOURCES}, got {self.heat_source!r}"
@@ -150,13 +152,15 @@ class EplbConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, (str, os.PathLike)):
                 raise TypeError(f"EplbConfig.{name} must be a path, got {value!r}")
+            if value is not None and not os.fspath(value).strip():
+                raise ValueError(f"EplbConfig.{name} must be a path or None, got {value!r}")
         if self.initial_placement is not None and not os.path.isfile(self.initial_placement):
             raise ValueError(
                 f"EplbConfig.initial_placement: no such file {self.initial_placement!r}"
             )
-        _check_float("transfer_timeout_s", self.transfer_timeout_s, 0.0, math.inf, open_low=True)
-        _check_int("num_nodes", self.num_nodes, 1)
-        _check_int("num_groups", self.num_groups, 1)
+        _check_float(self, "transfer_timeout_s", 0.0, math.inf, open_low=True)
+        _check_int(self, "num_nodes", 1)
+        _check_int(self, "num_groups", 1)
         for name in ("warm_up", "plan_in_subprocess"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"EplbConfig.{name} must be a bool, got {getattr(self, name)!r}")
@@ -210,24 +214,34 @@ class EplbConfig:
         return total // num_ranks
 
 
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+def _check_int(config: EplbConfig, name: str, low: int) -> None:
+    """Check field ``name`` is an integer ``>= low`` and store it as a Python int (a numpy
+    integer, as computed from arrays, is one too)."""
+    value = getattr(config, name)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise ValueError(f"EplbConfig.{name} must be an integer >= {low}, got {value!r}")
+    if value < low:
+        raise ValueError(f"EplbConfig.{name} must be an integer >= {low}, got {value!r}")
+    object.__setattr__(config, name, int(value))
 
 
 def _check_float(
+    config: EplbConfig,
     name: str,
-    value: Any,
     low: float,
     high: float,
     *,
     open_low: bool = False,
     open_high: bool = False,
 ) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+    """Check field ``name`` is a number in the interval and store it as a Python float."""
+    value = getattr(config, name)
+    real = isinstance(value, (int, float, np.integer, np.floating))
+    if isinstance(value, (bool, np.bool_)) or not real or math.isnan(value):
         raise ValueError(f"EplbConfig.{name} must be a number, got {value!r}")
     too_low = value <= low if open_low else value < low
     too_high = value >= high if open_high else value > high
     if too_low or too_high:
         lo, hi = ("(" if open_low else "["), (")" if open_high else "]")
         raise ValueError(f"EplbConfig.{name} must be in {lo}{low}, {high}{hi}, got {value!r}")
+    object.__setattr__(config, name, float(value))

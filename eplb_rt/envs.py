@@ -97,13 +97,15 @@ VARIABLES: dict[str, EnvVar] = {
 
 
 def get(name: str) -> Any:
-    """The parsed value of ``name`` (its default when unset)."""
+    """The parsed value of ``name`` (its default when unset, or when set but empty and its
+    default is ``None``)."""
     try:
         var = VARIABLES[name]
     except KeyError:
         raise KeyError(f"unknown eplb_rt variable {name!r}; known: {sorted(VARIABLES)}") from None
     text = os.environ.get(name)
-    if text is None:
+    # Set but empty is unset where unset means "none" (a flag: off, as its parser says).
+    if text is None or (var.default is None and not text.strip()):
         return var.default
     try:
         return var.parse(text)

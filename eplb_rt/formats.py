@@ -19,6 +19,7 @@ Loads (``[T, L, E] float64``):
   the key ``counts`` or ``load``, or a ``.json`` in the ``sglang-count`` format (written as
   ``.npy``).
 
+A placement read without a format is told by its suffix (``.npy``) and, for JSON, by its keys.
 Formats without the rank count (``sglang``, ``npy``) need ``num_ranks`` when read. Every reader
 raises ``ValueError`` whose message starts with the path and says what was expected and found.
 """
@@ -174,23 +175,32 @@ def read_placement(
     num_ranks: int | None = None,
     num_experts: int | None = None,
 ) -> Placement:
-    """Read a placement file in ``fmt`` (default: ``npy`` for ``.npy``, else ``vllm-ascend``).
+    """Read a placement file in ``fmt`` (default: ``npy`` for ``.npy``; for JSON, ``sglang``
+    when the document is SGLang's mapping, else ``vllm-ascend``).
 
     ``num_ranks`` is required for ``sglang`` and ``npy`` and checked against ``vllm-ascend``
     files; ``num_experts`` overrides the default (largest id + 1).
     """
     path = os.fspath(path)
-    fmt = fmt or ("npy" if path.endswith(".npy") else "vllm-ascend")
-    format_kind(fmt, "placement")
+    if fmt is None and path.endswith(".npy"):
+        fmt = "npy"
+    format_kind(fmt or "vllm-ascend", "placement")
     try:
-        if fmt == "vllm-ascend":
-            placement = from_vllm_ascend(_read_json(path), num_experts)
-        elif num_ranks is None:
+        doc = None
+        if fmt is None:  # JSON: told by its keys
+            doc = _read_json(path)
+            sglang = isinstance(doc, dict) and SGLANG_MAP_KEY in doc and "layer_list" not in doc
+            fmt = "sglang" if sglang else "vllm-ascend"
+        if fmt != "vllm-ascend" and num_ranks is None:
             raise ValueError(f"the {fmt} format does not record the rank count; pass --ranks D")
-        elif fmt == "sglang":
-            placement = from_sglang(_read_json(path), num_ranks, num_experts)
-        else:
+        if fmt == "npy":
             placement = _placement(_read_array(path), num_ranks, num_experts)
+        else:
+            doc = _read_json(path) if doc is None else doc
+            if fmt == "sglang":
+                placement = from_sglang(doc, num_ranks, num_experts)
+            else:
+                placement = from_vllm_ascend(doc, num_experts)
         if num_ranks is not None and placement.num_ranks != num_ranks:
             raise ValueError(
                 f"the file places experts on {placement.num_ranks} ranks, --ranks says {num_ranks}"

@@ -52,6 +52,18 @@ def test_sglang_document_has_only_the_mapping_key(tmp_path):
     assert doc["physical_to_logical_map"] == placement.phy2log.tolist()
 
 
+def test_a_json_placement_is_read_in_the_format_its_keys_show(tmp_path):
+    """``score`` and ``plan --previous`` take whatever ``convert`` wrote."""
+    placement = _placement(3, 7, 4, 2)
+    for fmt in ("sglang", "vllm-ascend"):
+        path = tmp_path / f"{fmt}.json"
+        formats.write_placement(placement, path, fmt)
+        assert formats.read_placement(path, num_ranks=4) == placement
+    with pytest.raises(ValueError, match=r"sglang\.json: the sglang format does not record"):
+        formats.read_placement(tmp_path / "sglang.json")
+    assert formats.read_placement(tmp_path / "vllm-ascend.json") == placement
+
+
 def test_sglang_refuses_non_uniform_shares():
     placement = Placement(np.array([[0, 1, 0, 2]]), 3, 2)
     share = placement.slot_share.copy()

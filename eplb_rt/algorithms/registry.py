@@ -176,6 +176,12 @@ def _convert(policy: str, field: dataclasses.Field, value: Any) -> Any:
             value = float(text)
         except ValueError:
             raise bad from None
+        if kind is int and value.is_integer():
+            # "9007199254740993" is exact as an int, not as a float
+            try:
+                value = int(text)
+            except ValueError:  # "5.0", "1e3": the float is the number written
+                pass
     if kind is bool and isinstance(value, (bool, np.bool_)):
         return bool(value)
     # numpy scalars too (an option computed from arrays): np.float32 and np.int64 are not

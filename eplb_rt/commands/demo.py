@@ -68,7 +68,7 @@ def register(subparsers) -> None:
         default=10,
         help="run the model without EPLB every N steps to compare outputs",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the workload, in [0, 2**32)")
     parser.add_argument("--plot", metavar="FILE", help="write a PNG of PAR and step time")
     parser.add_argument("--json", metavar="FILE", help="write the summary as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -121,6 +121,8 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(
             f"64 experts + --redundant {args.redundant} (>= 0) must split over {args.ranks} ranks"
         )
+    if not 0 <= args.seed < 2**32:  # the ranks derive their generators' seeds from it
+        raise ValueError(f"--seed must be in [0, 2**32), got {args.seed}")
     if args.interval < 0 or args.interval == 1:
         raise ValueError(f"--interval must be 0 (never rebalance) or >= 2, got {args.interval}")
     if (64 + args.redundant) // args.ranks > 64:
@@ -283,7 +285,10 @@ def _print_report(result: dict) -> None:
     if cfg["interval"] == 0:
         print("no rebalancing (--interval 0): eplb_rt kept its starting placement throughout")
     elif result["first_commit_step"] is None:
-        print("no plan was committed: eplb_rt kept its starting placement throughout")
+        print(
+            "no plan was committed before the last step: eplb_rt served every step with its "
+            "starting placement"
+        )
     else:
         print(
             f"eplb_rt before its first rebalance (steps 0-{result['first_commit_step'] - 1}, "

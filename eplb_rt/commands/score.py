@@ -38,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--ranks",
         type=int,
         metavar="D",
-        help="ranks of the placements: needed for .npy files, checked against JSON ones",
+        help="ranks of the placements: needed for .npy files and SGLang maps, checked against "
+        "vllm-ascend ones",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)

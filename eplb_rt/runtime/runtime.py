@@ -155,7 +155,13 @@ class EplbRuntime:
         self.max_replicas = min(self.num_ranks, self.topology.num_slots - num_experts + 1)
         self._placement = self._initial_placement()
         if config.export_dir is not None:  # before any group or thread: a failure leaves none
-            os.makedirs(config.export_dir, exist_ok=True)
+            try:
+                os.makedirs(config.export_dir, exist_ok=True)
+            except OSError as err:
+                raise ValueError(
+                    f"EplbConfig.export_dir {os.fspath(config.export_dir)!r}: cannot make the "
+                    f"folder ({err.strerror or err})"
+                ) from None
             if self.rank == 0:
                 formats.write_placement(self._placement, self._export_path(0))
 

@@ -50,8 +50,10 @@ def markdown(doc: dict) -> str:
     lines = [
         f"Replayed {setup['steps']} steps of {setup['layers']} layers x {setup['experts']} experts "
         f"[{parts}] on {setup['ranks']} ranks x {setup['slots_per_rank']} slots; re-planned every "
-        f"{setup['interval']} steps from the last {setup['window']} steps, scored on the next "
-        f"{setup['interval']} (out of sample), {first['cycles']} cycles. PAR = max / mean rank "
+        f"{setup['interval']} steps from the last {setup['window']} steps (all those before, "
+        f"where fewer), scored on the next {setup['interval']} (out of sample; the last cycle on "
+        f"what remains): {first['cycles']} cycles scoring {setup['steps'] - setup['interval']} "
+        f"steps. PAR = max / mean rank "
         f"load per layer (1.0 is perfect); lower bound on PAR, mean: "
         f"{_num(first.get('bound_par_mean'), 3)}. Move cost {setup['expert_bytes']:,} bytes per "
         f"expert at {setup['bandwidth'] / 1e9:g} GB/s; a token-slot takes "

@@ -56,6 +56,12 @@ def test_strings_convert_to_the_option_type():
     )
     assert (opts.width, opts.depth, opts.z, opts.threshold, opts.num_episodes) == (3, 5, 0.5, 2, 2)
     assert type(opts.width) is int and type(opts.z) is float and type(opts.threshold) is float
+    # Integers are read exactly, past the 2**53 a float holds.
+    opts = get_policy("swift").make_options({"max_swaps": str(2**63 - 1)})
+    assert opts.max_swaps == 2**63 - 1
+    assert get_policy("swift").make_options({"max_swaps": "9007199254740993"}).max_swaps == (
+        9007199254740993
+    )
     assert get_policy("deepseek").make_options({"hierarchical": "True"}).hierarchical is True
     assert get_policy("equilibrium").make_options({"shares": "off"}).shares is False
 

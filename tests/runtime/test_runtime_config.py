@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from eplb_rt import envs
@@ -46,6 +47,10 @@ def test_defaults_are_valid_and_frozen():
         # An int is a file descriptor to os.path: 1 (stdout) "exists".
         ("initial_placement", 1, "initial_placement must be a path, got 1"),
         ("export_dir", 3, "export_dir must be a path, got 3"),
+        ("export_dir", "", "export_dir must be a path or None, got ''"),
+        ("interval", np.float64(10), "interval must be an integer"),
+        ("history", np.bool_(True), "history must be an integer"),
+        ("token_seconds", np.bool_(True), "token_seconds must be a number"),
         ("transfer_timeout_s", 0, "transfer_timeout_s"),
         ("num_nodes", 0, "num_nodes"),
         ("warm_up", "yes", "warm_up must be a bool"),
@@ -54,6 +59,14 @@ def test_defaults_are_valid_and_frozen():
 def test_invalid_field_names_the_field(field, value, message):
     with pytest.raises((ValueError, TypeError), match=message):
         EplbConfig(**{field: value})
+
+
+def test_numpy_scalars_are_stored_as_python_numbers():
+    """A field computed from arrays is a numpy scalar."""
+    config = EplbConfig(interval=np.int64(10), history=np.int32(64), link_bandwidth=np.float32(1e9))
+    assert (config.interval, config.history, config.link_bandwidth) == (10, 64, 1e9)
+    assert type(config.interval) is int and type(config.link_bandwidth) is float
+    assert EplbConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
 def test_slots_per_rank_and_num_redundant_are_exclusive():
@@ -109,6 +122,10 @@ def test_env_overrides(monkeypatch):
     with pytest.raises(ValueError, match=r"EPLB_RT_POLICY_OPTIONS='=1'.*KEY=VALUE"):
         EplbConfig.from_dict({}, env=True)
     monkeypatch.delenv("EPLB_RT_POLICY_OPTIONS")
+    # Set but empty: unset, as the plugins read them.
+    for var in ("EPLB_RT_EXPORT_DIR", "EPLB_RT_POLICY", "EPLB_RT_TRANSFER_TIMEOUT_S"):
+        monkeypatch.setenv(var, " ")
+    assert EplbConfig.from_dict({"export_dir": "here"}, env=True) == EplbConfig(export_dir="here")
     monkeypatch.setenv("EPLB_RT_POLICY", "no_such_policy")
     with pytest.raises(ValueError, match="unknown policy"):
         EplbConfig.from_dict({}, env=True)

@@ -58,6 +58,8 @@ def test_demo_without_rebalancing_says_so_and_its_start_does_no_harm(tmp_path, c
         (["--plot", "demo.txt"], "--plot demo.txt: expected a .png, .pdf or .svg file name"),
         (["--plot", "demo"], "--plot demo: expected a .png, .pdf or .svg file name"),
         (["--json", "."], "--json .: is a directory"),
+        (["--seed", "20000000000000"], "--seed must be in [0, 2**32), got 20000000000000"),
+        (["--seed", "-5"], "--seed must be in [0, 2**32), got -5"),
     ],
 )
 def test_demo_checks_arguments_before_spawning_ranks(args, message, capsys, monkeypatch):

@@ -239,6 +239,10 @@ def test_initial_placement_from_json_and_export(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         EplbRuntime(dataclass_replace(config, initial_placement=str(bad)), 2, 4)
+    # A folder that cannot be made (below a file) is an error naming the field.
+    below_a_file = str(bad / "out")
+    with pytest.raises(ValueError, match=r"EplbConfig.export_dir '.*bad.json/out': cannot make"):
+        EplbRuntime(dataclass_replace(config, export_dir=below_a_file), 2, 4)
     del topo
 
 
