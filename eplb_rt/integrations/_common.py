@@ -82,31 +82,48 @@ def replan(
     input raises ``ValueError`` prefixed with ``where``, before anything is planned.
     """
     try:
-        prev, aligned = (None, False) if previous is None else _in_force(previous, load, topology)
+        prev, doubled = (None, None) if previous is None else _in_force(previous, load, topology)
         options = get_policy(policy).make_options(options)
-        new = plan(policy, load, topology, prev if aligned else None, options).with_shares(None)
+        if prev is not None and doubled.any():
+            # Layers holding an expert twice on a rank are planned afresh (as without a table)
+            # and stand in for their slots in force; the others are planned from theirs.
+            fresh = plan(policy, load[:, doubled], topology, None, options)
+            start = Placement(previous, load.shape[2], topology.num_ranks, validate=False)
+            prev = start.replace_layers(np.flatnonzero(doubled), _widened(fresh, doubled))
+        new = plan(policy, load, topology, prev, options, layers=None if prev is None else ~doubled)
+        new = new.with_shares(None)
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from None
     if prev is None:
         return new, np.zeros(new.num_layers)
-    if aligned:  # relabel ranks to keep the most in place; kept experts keep their slot
-        new = align_placement(prev, new, hierarchy.nodes_to_align(load.shape[2], topology, options))
+    # Ranks relabelled to keep the most in place; kept experts keep their slot. (The fresh
+    # layers are the table's stand-ins already.)
+    new = align_placement(prev, new, hierarchy.nodes_to_align(load.shape[2], topology, options))
+    table = Placement(previous, load.shape[2], topology.num_ranks, validate=False)
     total = load.sum(axis=0)
     with np.errstate(invalid="ignore"):
-        gain = np.nan_to_num(metrics.par(prev, total) - metrics.par(new, total), nan=0.0)
+        gain = np.nan_to_num(metrics.par(table, total) - metrics.par(new, total), nan=0.0)
     keep = gain <= 0
     if keep.any():
-        new = new.replace_layers(np.flatnonzero(keep), prev)
+        new = new.replace_layers(np.flatnonzero(keep), table)
     return new, np.where(keep, 0.0, gain)
 
 
-def _in_force(previous: np.ndarray, load: np.ndarray, topology: Topology) -> tuple[Placement, bool]:
-    """The table in force ``[L, P]`` as a placement, and whether new plans may align to it.
+def _widened(fresh: Placement, doubled: np.ndarray) -> Placement:
+    """``fresh``'s layers at the positions of ``doubled [L] bool`` in a placement of ``L`` layers
+    (the others repeat its first layer, to be replaced)."""
+    index = np.cumsum(doubled) - 1
+    return fresh.select_layers(np.maximum(index, 0))
+
+
+def _in_force(previous: np.ndarray, load: np.ndarray, topology: Topology):
+    """The table in force ``[L, P]`` checked, and ``[L] bool``: its layers that hold an expert
+    twice on one rank.
 
     Ids out of range, a missing expert or a wrong width raise. Two replicas of one expert on a
-    rank are the engine's own business (vLLM's default policy makes such tables): the table is
-    accepted, the next plan is made without it (eplb_rt's placements never do that) and
-    alignment resumes from there.
+    rank are the engine's own business (vLLM's default policy makes such tables): such a layer
+    is accepted and planned as if no table were in force (eplb_rt's placements never do that);
+    the other layers keep what they can of theirs.
     """
     if not np.issubdtype(previous.dtype, np.integer):
         raise ValueError(f"the table in force must hold integer expert ids, got {previous.dtype}")
@@ -116,9 +133,11 @@ def _in_force(previous: np.ndarray, load: np.ndarray, topology: Topology) -> tup
             f"{topology.num_slots}] ({topology.num_ranks} ranks x {topology.num_slots_per_rank})"
         )
     table = Placement(previous, load.shape[-1], topology.num_ranks, validate=False)
-    grid = np.sort(table.by_rank(), axis=2)
     valid_ids = previous.min() >= 0 and previous.max() < table.num_experts
-    if valid_ids and (table.logcnt > 0).all() and (grid[..., 1:] == grid[..., :-1]).any():
-        return table, False
-    table.validate()
-    return table, True
+    if not (valid_ids and (table.logcnt > 0).all()):
+        table.validate()  # raises, naming what is wrong
+    grid = np.sort(table.by_rank(), axis=2)
+    doubled = (grid[..., 1:] == grid[..., :-1]).any(axis=(1, 2))
+    if not doubled.any():
+        table.validate()
+    return table, doubled

@@ -31,6 +31,26 @@ def test_a_layer_changes_only_when_it_gains_and_kept_experts_keep_their_slot():
         assert np.array_equal(new[stay], old[stay])
 
 
+def _kept_experts_keep_their_slot(old_row, new_row, ranks):
+    for old, new in zip(np.split(old_row, ranks), np.split(new_row, ranks), strict=True):
+        stay = np.isin(new, old)
+        assert np.array_equal(new[stay], old[stay]), (old, new)
+
+
+def test_a_layer_holding_an_expert_twice_on_a_rank_leaves_the_others_aligned():
+    """vLLM's default policy may put two replicas of an expert on one rank. Such a layer is
+    planned afresh; every other layer is still planned from its slots in force."""
+    doubled = [0, 0, 1, 2, 3, 4, 5, 6, 7, 1]  # rank 0 holds expert 0 twice
+    valid = [0, 1, 2, 3, 4, 5, 6, 7, 0, 2]
+    previous = np.array([doubled, valid, valid])
+    load = np.array([[[8.0, 1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 9, 1, 1, 1, 1], [1.0] * 8]])
+    placement, gain = replan("test", load, Topology(5, 2), previous, policy=policy_name())
+    Placement(placement.phy2log, 8, 5)  # valid: no expert twice on a rank
+    assert gain[0] > 0 and gain[1] > 0 and gain[2] == 0
+    _kept_experts_keep_their_slot(previous[1], placement.phy2log[1], 5)
+    assert np.array_equal(placement.phy2log[2], previous[2])
+
+
 def test_no_table_in_force_plans_every_layer():
     load = np.array([[[4.0, 1, 1, 0]]])
     placement, gain = replan("test", load, Topology(2, 2), None, policy=policy_name())
