@@ -2,7 +2,9 @@
 
 The wrappers are thin on purpose (a decode-size call costs about 10 µs): the kernels check every
 argument themselves, before writing anything, and raise ``RuntimeError`` naming the argument,
-what was expected and what they got. Importing this module loads ``eplb_rt._C``, which registers
+what was expected and what they got. What an op writes may not share memory with what it reads
+(``route_and_count`` may write ``phy_ids`` over ``topk_ids`` itself, and a table may be
+refreshed from itself). Importing this module loads ``eplb_rt._C``, which registers
 the ops with the dispatcher.
 
 The replica rule of :func:`route_and_count` (which replica of an expert a routed pair gets,

@@ -6,12 +6,15 @@
 // update_expert_map_ are checked here, by every backend, whenever they are in host memory.
 #pragma once
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <optional>
+#include <utility>
 #include <vector>
 
 namespace eplb_rt {
@@ -106,6 +109,101 @@ inline void check_route_and_count_args(const at::Tensor& topk_ids, const at::Ten
   check_same_device(phy_ids, op, "phy_ids", topk_ids, "topk_ids");
 }
 
+// Memory an op writes must not be memory it reads: the kernels read and write in an order of
+// their own, so an output aliasing an input gives results that depend on it (or, for memcpy,
+// undefined behaviour). These read data pointers, so the backends with real memory call them
+// (CPU, CUDA, NPU), the Meta kernels do not. ``same_ok``: the output may be that input itself.
+inline bool spans_meet(const at::Tensor& a, const at::Tensor& b) {
+  // The bytes from each tensor's lowest element to the end of its highest: for views with gaps
+  // (a layer's rows of the heat ring), which torch's own test cannot decide.
+  auto span = [](const at::Tensor& t) {
+    const char* base = static_cast<const char*>(t.const_data_ptr());
+    int64_t low = 0;
+    int64_t high = 0;
+    for (int64_t d = 0; d < t.dim(); ++d) {
+      const int64_t reach = t.stride(d) * (t.size(d) - 1);
+      (reach < 0 ? low : high) += reach;
+    }
+    return std::make_pair(base + low * t.element_size(), base + (high + 1) * t.element_size());
+  };
+  const auto [a_begin, a_end] = span(a);
+  const auto [b_begin, b_end] = span(b);
+  return a_begin < b_end && b_begin < a_end;
+}
+
+inline void check_apart(const at::Tensor& out, const char* op, const char* out_name,
+                        const at::Tensor& in, const char* in_name, bool same_ok = false) {
+  if (out.device() != in.device() || out.numel() == 0 || in.numel() == 0) return;
+  const at::MemOverlapStatus status = at::get_overlap_status(out, in);
+  const bool apart = status == at::MemOverlapStatus::No ||
+                     (status == at::MemOverlapStatus::TooHard && !spans_meet(out, in));
+  TORCH_CHECK(apart || (same_ok && status == at::MemOverlapStatus::Full), op, ": ", out_name,
+              " must not share memory with ", in_name, same_ok ? " unless it is that tensor" : "");
+}
+
+inline void check_route_and_count_apart(const at::Tensor& topk_ids, const at::Tensor& log2phy,
+                                        const at::Tensor& logcnt,
+                                        const std::optional<at::Tensor>& replica_share,
+                                        const at::Tensor& heat, const at::Tensor& step,
+                                        const at::Tensor& phy_ids) {
+  constexpr const char* op = "route_and_count";
+  auto apart_from_tables = [&](const at::Tensor& out, const char* out_name) {
+    check_apart(out, op, out_name, log2phy, "log2phy");
+    check_apart(out, op, out_name, logcnt, "logcnt");
+    if (replica_share.has_value()) check_apart(out, op, out_name, *replica_share, "replica_share");
+    check_apart(out, op, out_name, step, "step");
+  };
+  apart_from_tables(phy_ids, "phy_ids");
+  apart_from_tables(heat, "heat");
+  check_apart(phy_ids, op, "phy_ids", topk_ids, "topk_ids", /*same_ok=*/true);  // in place
+  check_apart(heat, op, "heat", topk_ids, "topk_ids");
+  check_apart(heat, op, "heat", phy_ids, "phy_ids");
+}
+
+inline void check_count_from_group_list_apart(const at::Tensor& group_list, const at::Tensor& heat,
+                                              const at::Tensor& step) {
+  check_apart(heat, "count_from_group_list", "heat", group_list, "group_list");
+  check_apart(heat, "count_from_group_list", "heat", step, "step");
+}
+
+inline void check_update_expert_weights_apart(at::TensorList weights, at::TensorList staged,
+                                              const at::Tensor& slots) {
+  constexpr const char* op = "update_expert_weights_";
+  for (size_t t = 0; t < weights.size(); ++t) {
+    check_apart(weights[t], op, "a weight tensor", slots, "slots");
+    for (size_t u = 0; u < staged.size(); ++u) {
+      check_apart(weights[t], op, "a weight tensor", staged[u], "a staged tensor");
+    }
+  }
+}
+
+// A table may be refreshed from itself; no table may be written from another's memory.
+inline void check_update_expert_map_apart(const at::Tensor& log2phy, const at::Tensor& logcnt,
+                                          const std::optional<at::Tensor>& replica_share,
+                                          const std::optional<at::Tensor>& expert_map,
+                                          const at::Tensor& new_log2phy,
+                                          const at::Tensor& new_logcnt,
+                                          const std::optional<at::Tensor>& new_replica_share,
+                                          const std::optional<at::Tensor>& new_expert_map) {
+  constexpr const char* op = "update_expert_map_";
+  using Named = std::pair<const at::Tensor*, const char*>;
+  std::vector<Named> dst{{&log2phy, "log2phy"}, {&logcnt, "logcnt"}};
+  std::vector<Named> src{{&new_log2phy, "new_log2phy"}, {&new_logcnt, "new_logcnt"}};
+  if (replica_share.has_value()) {
+    dst.emplace_back(&*replica_share, "replica_share");
+    src.emplace_back(&*new_replica_share, "new_replica_share");
+  }
+  if (expert_map.has_value()) {
+    dst.emplace_back(&*expert_map, "expert_map");
+    src.emplace_back(&*new_expert_map, "new_expert_map");
+  }
+  for (size_t i = 0; i < dst.size(); ++i) {
+    for (size_t j = 0; j < src.size(); ++j) {
+      check_apart(*dst[i].first, op, dst[i].second, *src[j].first, src[j].second, i == j);
+    }
+  }
+}
+
 // For backends whose kernels take sizes as int32 (CUDA, NPU; the CPU and Meta kernels do not).
 // Such sizes only come with tensors of many GiB, but must be rejected before a cast wraps them.
 inline void check_int32_size(const at::Tensor& t, int64_t dim, const char* op, const char* name) {
@@ -136,9 +234,11 @@ inline void check_count_from_group_list_args(const at::Tensor& group_list, const
   check_same_device(group_list, op, "group_list", heat, "heat");
   check_step(step, op, heat);
   TORCH_CHECK(slot_offset >= 0, op, ": slot_offset must be >= 0, got ", slot_offset);
-  TORCH_CHECK(group_list.sym_size(0) + slot_offset <= heat.sym_size(1), op,
-              ": slot_offset + S_local must be <= P = ", heat.sym_size(1), ", got ", slot_offset,
-              " + ", group_list.sym_size(0));
+  // Written so that no sum can overflow (a slot_offset near 2^63 would wrap past the check).
+  TORCH_CHECK(slot_offset <= heat.sym_size(1) &&
+                  group_list.sym_size(0) <= heat.sym_size(1) - slot_offset,
+              op, ": slot_offset + S_local must be <= P = ", heat.sym_size(1), ", got ",
+              slot_offset, " + ", group_list.sym_size(0));
 }
 
 inline void check_update_expert_weights_args(at::TensorList weights, at::TensorList staged,
@@ -281,15 +381,18 @@ inline void check_new_map_values(const at::Tensor& new_log2phy, const at::Tensor
   if (new_expert_map.has_value()) {
     const int32_t* map = new_expert_map->const_data_ptr<int32_t>();
     // A local slot holds one expert: two experts on one slot would route both to its weights.
-    std::vector<int64_t> holder(static_cast<size_t>(num_slots), -1);
+    // (slot, expert) pairs sorted: memory in E, whatever P is.
+    std::vector<std::pair<int32_t, int64_t>> held;
     for (int64_t e = 0; e < E; ++e) {
       TORCH_CHECK(map[e] >= -1 && map[e] < num_slots, op, ": new_expert_map[", e, "] = ", map[e],
                   " must be a local slot in [0, P = ", num_slots, ") or -1 (absent)");
-      if (map[e] < 0) continue;
-      int64_t& first = holder[static_cast<size_t>(map[e])];
-      TORCH_CHECK(first < 0, op, ": new_expert_map[", first, "] and new_expert_map[", e,
-                  "] are both local slot ", map[e], " (a slot holds one expert)");
-      first = e;
+      if (map[e] >= 0) held.emplace_back(map[e], e);
+    }
+    std::sort(held.begin(), held.end());
+    for (size_t i = 1; i < held.size(); ++i) {
+      TORCH_CHECK(held[i].first != held[i - 1].first, op, ": new_expert_map[",
+                  held[i - 1].second, "] and new_expert_map[", held[i].second,
+                  "] are both local slot ", held[i].first, " (a slot holds one expert)");
     }
   }
 }

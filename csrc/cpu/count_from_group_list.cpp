@@ -35,6 +35,7 @@ void count_typed(const at::Tensor& group_list, const at::Tensor& heat, const at:
 void count_from_group_list_cpu(const at::Tensor& group_list, const at::Tensor& heat,
                                const at::Tensor& step, int64_t slot_offset, bool cumulative) {
   check_count_from_group_list_args(group_list, heat, step, slot_offset);
+  check_count_from_group_list_apart(group_list, heat, step);
   if (group_list.scalar_type() == at::kInt) {
     count_typed<int32_t>(group_list, heat, step, slot_offset, cumulative);
   } else {

@@ -298,6 +298,7 @@ void route_and_count_cpu(const at::Tensor& topk_ids, const at::Tensor& log2phy,
                          const at::Tensor& heat, const at::Tensor& step,
                          const at::Tensor& phy_ids) {
   check_route_and_count_args(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids);
+  check_route_and_count_apart(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids);
   if (topk_ids.scalar_type() == at::kInt) {
     route_and_count_typed<int32_t>(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids);
   } else {

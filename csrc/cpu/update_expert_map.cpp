@@ -22,6 +22,8 @@ void update_expert_map_cpu(const at::Tensor& log2phy, const at::Tensor& logcnt,
                            const std::optional<at::Tensor>& new_expert_map, int64_t num_slots) {
   check_update_expert_map_args(log2phy, logcnt, replica_share, expert_map, new_log2phy, new_logcnt,
                                new_replica_share, new_expert_map, num_slots);
+  check_update_expert_map_apart(log2phy, logcnt, replica_share, expert_map, new_log2phy,
+                                new_logcnt, new_replica_share, new_expert_map);
   check_new_map_values(new_log2phy, new_logcnt, new_replica_share, new_expert_map, num_slots);
   copy_table(log2phy, new_log2phy);
   copy_table(logcnt, new_logcnt);

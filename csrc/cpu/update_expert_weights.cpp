@@ -35,6 +35,7 @@ std::vector<int64_t> checked_slots(const at::Tensor& slots, int64_t S) {
 void update_expert_weights_cpu(at::TensorList weights, at::TensorList staged,
                                const at::Tensor& slots) {
   check_update_expert_weights_args(weights, staged, slots);
+  check_update_expert_weights_apart(weights, staged, slots);
   if (weights.empty()) return;
   const int64_t S = weights[0].size(0);
   const std::vector<int64_t> dst_slot = slots.scalar_type() == at::kInt

@@ -35,6 +35,7 @@ void route_and_count(const at::Tensor& topk_ids, const at::Tensor& log2phy,
                      const at::Tensor& heat, const at::Tensor& step, const at::Tensor& phy_ids) {
   constexpr const char* op = "route_and_count";
   check_route_and_count_args(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids);
+  check_route_and_count_apart(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids);
   check_cuda(topk_ids, op, "topk_ids");
   check_route_and_count_int32_sizes(topk_ids, log2phy, heat);  // launchers.h takes int32
   if (topk_ids.numel() == 0) return;
@@ -68,6 +69,7 @@ void count_from_group_list(const at::Tensor& group_list, const at::Tensor& heat,
                            const at::Tensor& step, int64_t slot_offset, bool cumulative) {
   constexpr const char* op = "count_from_group_list";
   check_count_from_group_list_args(group_list, heat, step, slot_offset);
+  check_count_from_group_list_apart(group_list, heat, step);
   check_cuda(group_list, op, "group_list");
   // P as int32 (launchers.h), and so S_local and slot_offset: their sum is <= P.
   check_int32_size(heat, 1, op, "heat");
@@ -94,6 +96,7 @@ void count_from_group_list(const at::Tensor& group_list, const at::Tensor& heat,
 
 void update_expert_weights(at::TensorList weights, at::TensorList staged, const at::Tensor& slots) {
   check_update_expert_weights_args(weights, staged, slots);
+  check_update_expert_weights_apart(weights, staged, slots);
   check_cuda(slots, "update_expert_weights_", "slots");
   const int64_t num_moves = slots.size(0);
   std::vector<WeightCopyDesc> descs;
@@ -132,6 +135,8 @@ void update_expert_map(const at::Tensor& log2phy, const at::Tensor& logcnt,
                        const std::optional<at::Tensor>& new_expert_map, int64_t num_slots) {
   check_update_expert_map_args(log2phy, logcnt, replica_share, expert_map, new_log2phy, new_logcnt,
                                new_replica_share, new_expert_map, num_slots);
+  check_update_expert_map_apart(log2phy, logcnt, replica_share, expert_map, new_log2phy,
+                                new_logcnt, new_replica_share, new_expert_map);
   check_cuda(log2phy, "update_expert_map_", "log2phy");
   const c10::cuda::CUDAGuard guard(log2phy.device());
   if (update_map_from_host(log2phy, logcnt, replica_share, expert_map, new_log2phy, new_logcnt,

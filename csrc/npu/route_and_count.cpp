@@ -14,6 +14,7 @@ void route_and_count(const at::Tensor& topk_ids, const at::Tensor& log2phy,
                      const at::Tensor& logcnt, const std::optional<at::Tensor>& replica_share,
                      const at::Tensor& heat, const at::Tensor& step, const at::Tensor& phy_ids) {
   check_route_and_count_args(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids);
+  check_route_and_count_apart(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids);
   check_route_and_count_int32_sizes(topk_ids, log2phy, heat);  // the tiling takes int32
   // Nothing to route or count (N = 0 or K = 0): return as the CPU and CUDA kernels do, before the
   // tiling, which needs K >= 1.
@@ -51,6 +52,7 @@ void route_and_count(const at::Tensor& topk_ids, const at::Tensor& log2phy,
 void count_from_group_list(const at::Tensor& group_list, const at::Tensor& heat,
                            const at::Tensor& step, int64_t slot_offset, bool cumulative) {
   check_count_from_group_list_args(group_list, heat, step, slot_offset);
+  check_count_from_group_list_apart(group_list, heat, step);
   const at::Device device = group_list.device();
   // The tiling rejects what the kernel cannot take: heat rows closer than P.
   eplb_ascendc::CountFromGroupListTiling tiling{};

@@ -14,6 +14,7 @@ namespace {
 
 void update_expert_weights(at::TensorList weights, at::TensorList staged, const at::Tensor& slots) {
   check_update_expert_weights_args(weights, staged, slots);
+  check_update_expert_weights_apart(weights, staged, slots);
   const at::Device device = slots.device();
   const int64_t num_moved = slots.size(0);
   const uint32_t cores = weights.empty() ? 1 : VectorCoreNum(device);
@@ -45,6 +46,8 @@ void update_expert_map(const at::Tensor& log2phy, const at::Tensor& logcnt,
                        const std::optional<at::Tensor>& new_expert_map, int64_t num_slots) {
   check_update_expert_map_args(log2phy, logcnt, replica_share, expert_map, new_log2phy, new_logcnt,
                                new_replica_share, new_expert_map, num_slots);
+  check_update_expert_map_apart(log2phy, logcnt, replica_share, expert_map, new_log2phy,
+                                new_logcnt, new_replica_share, new_expert_map);
   const at::Device device = log2phy.device();
   const c10::OptionalDeviceGuard guard(device);
   if (update_map_from_host(log2phy, logcnt, replica_share, expert_map, new_log2phy, new_logcnt,

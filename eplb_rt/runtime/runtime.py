@@ -460,6 +460,7 @@ class EplbRuntime:
         fitting = bool(low.pop())
         del high[-2:]
         reason = None
+        error = True  # a skip that needs a look (not a plan late while a balancer warmed up)
         if low[3] != high[3]:
             reason = (
                 "ranks registered different weights (tensor names, slot shapes or dtypes of "
@@ -470,6 +471,7 @@ class EplbRuntime:
                 f"plan not ready by its deadline step {job.deadline_step} on at least one rank"
                 f"{self._extend_deadline(warm)}"
             )
+            error = warm
         elif low != high:
             reason = (
                 f"ranks disagree on the plan (epoch {low[0]}..{high[0]}, "
@@ -485,11 +487,12 @@ class EplbRuntime:
                 detail = f": {result.error}" if result.error else ""
                 if result.status == PLAN_LATE:  # finished, but after its deadline had passed
                     detail += self._extend_deadline(warm)
-                failed = result.status != PLAN_UNCHANGED
+                # late while a balancer warmed up: a one-off wait, not an error
+                failed = result.status != PLAN_UNCHANGED and (warm or result.status != PLAN_LATE)
                 self._skip(job, step, f"plan {STATUS_NAMES[result.status]}{detail}", failed)
             return
         if reason is not None:
-            self._skip(job, step, reason, error=True)
+            self._skip(job, step, reason, error)
             return
         target = result.placement  # already aligned to the placement in force by the pipeline
         self._queue = plan_migration(self._placement, target, self.config.num_nodes)

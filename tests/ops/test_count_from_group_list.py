@@ -73,3 +73,26 @@ def test_opcheck(cumulative):
         torch.ops.eplb_rt.count_from_group_list.default,
         (args["group_list"], args["heat"], args["step"], args["slot_offset"], cumulative),
     )
+
+
+def test_an_offset_near_2_63_is_refused_and_nothing_is_written():
+    """offset + S_local would wrap to a negative number in a check that adds them, and the
+    counts land before the row (here in the ring's row before it)."""
+    ring = torch.zeros((2, 4), dtype=torch.int32)
+    group_list = torch.tensor([5, 6], dtype=torch.int32)
+    step = torch.tensor([0])
+    for offset in (2**63 - 2, 2**63 - 1, 5):
+        with pytest.raises(RuntimeError, match="slot_offset \\+ S_local must be <= P = 4"):
+            ops.count_from_group_list(group_list, ring[1:], step, offset)
+    assert not ring.any()
+
+
+def test_counts_read_from_the_heat_itself_are_refused():
+    heat = torch.tensor([[1, 3, 6, 10]], dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="heat must not share memory with group_list"):
+        ops.count_from_group_list(heat[0], heat, torch.tensor([0]), 0, cumulative=True)
+    ring = torch.zeros((2, 4), dtype=torch.int32)
+    step = ring.view(torch.int64)[1, :1]  # the step counter in the heat's own memory
+    with pytest.raises(RuntimeError, match="heat must not share memory with step"):
+        ops.count_from_group_list(torch.tensor([1]), ring, step, 0)
+    assert torch.equal(heat, torch.tensor([[1, 3, 6, 10]], dtype=torch.int32)) and not ring.any()

@@ -223,6 +223,45 @@ def test_bad_input_raises_and_writes_nothing(case, padded_rows):
     assert torch.equal(args["phy_ids"], phy_before)
 
 
+def _in_one_buffer(args, table):
+    """``args`` with ``table`` (an input) and the heat laid in one buffer of 24 4-byte words:
+    the table its first words, the heat all of them."""
+    source = args[table] if args[table] is not None else torch.full((5, 2), 0.5)
+    buffer = torch.zeros(24, dtype=source.dtype)
+    buffer[: source.numel()] = source.flatten()
+    args[table] = buffer[: source.numel()].view(source.shape)
+    args["heat"] = buffer.view(torch.int32).view(3, 8)
+    return args
+
+
+@pytest.mark.parametrize("table", ["log2phy", "logcnt", "replica_share"])
+def test_a_heat_in_the_memory_of_a_table_is_refused(table):
+    args = _in_one_buffer(_valid_args(), table)
+    before = args[table].clone()
+    with pytest.raises(RuntimeError, match=f"heat must not share memory with {table}"):
+        torch.ops.eplb_rt.route_and_count(**args)
+    assert torch.equal(args[table], before)
+
+
+def test_phy_ids_in_the_memory_of_log2phy_are_refused():
+    args = _valid_args()
+    args["topk_ids"] = args["topk_ids"].int()
+    tables = args["log2phy"].clone()
+    args["phy_ids"] = args["log2phy"].view(-1)[:6].view(3, 2)
+    with pytest.raises(RuntimeError, match="phy_ids must not share memory with log2phy"):
+        torch.ops.eplb_rt.route_and_count(**args)
+    assert torch.equal(args["log2phy"], tables)
+
+
+def test_phy_ids_may_be_written_over_topk_ids():
+    apart, in_place = _valid_args(), _valid_args()
+    torch.ops.eplb_rt.route_and_count(**apart)
+    in_place["phy_ids"] = in_place["topk_ids"]
+    torch.ops.eplb_rt.route_and_count(**in_place)
+    assert torch.equal(in_place["topk_ids"], apart["phy_ids"])
+    assert torch.equal(in_place["heat"], apart["heat"])
+
+
 @pytest.mark.parametrize("padded_rows", [0, 10], ids=["small", "large"])
 def test_valid_args_are_valid(padded_rows):
     torch.ops.eplb_rt.route_and_count(**_valid_args(padded_rows))

@@ -164,3 +164,32 @@ def test_opcheck(optional):
             a["num_slots"],
         ),
     )
+
+
+def test_new_tables_in_the_memory_of_the_old_ones_are_refused():
+    """new_logcnt read from log2phy's memory would be checked, then overwritten by the copy of
+    log2phy before it is copied itself."""
+    args = _valid_args()
+    buffer = torch.arange(12, dtype=torch.int32)
+    args["log2phy"], args["new_logcnt"] = buffer[:10].view(5, 2), buffer[7:12]
+    before = buffer.clone()
+    with pytest.raises(RuntimeError, match="log2phy must not share memory with new_logcnt"):
+        torch.ops.eplb_rt.update_expert_map_(**args)
+    assert torch.equal(buffer, before)
+
+
+def test_a_table_may_be_refreshed_from_itself():
+    args = _valid_args()
+    for name in ("log2phy", "logcnt", "replica_share", "expert_map"):
+        args[f"new_{name}"] = args[name]
+    expected = {k: args[k].clone() for k in ("log2phy", "logcnt", "replica_share", "expert_map")}
+    torch.ops.eplb_rt.update_expert_map_(**args)
+    assert all(torch.equal(args[k], v) for k, v in expected.items())
+
+
+def test_an_expert_map_check_takes_memory_in_experts_not_slots():
+    """A slot count far beyond memory is checked as any other (it only bounds the ids)."""
+    args = _valid_args()
+    args["num_slots"] = 2**62
+    torch.ops.eplb_rt.update_expert_map_(**args)
+    assert torch.equal(args["expert_map"], args["new_expert_map"])

@@ -109,3 +109,23 @@ def test_opcheck():
         torch.ops.eplb_rt.update_expert_weights_.default,
         (args["weights"], args["staged"], args["slots"]),
     )
+
+
+def test_staged_experts_in_the_memory_of_the_weights_are_refused():
+    """A staged expert read while the copy overwrites it: the result would depend on the copy's
+    order (and an overlapping memcpy is undefined)."""
+    weight = torch.arange(8.0).view(4, 2)
+    other = torch.zeros((4, 3))
+    for weights, staged in (
+        ([weight], [weight[0:2]]),
+        ([weight, other], [torch.ones((2, 2)), other[1:3]]),  # another tensor of the layer
+    ):
+        before = [w.clone() for w in weights]
+        with pytest.raises(RuntimeError, match="a weight tensor must not share memory with"):
+            ops.update_expert_weights_(weights, staged, torch.tensor([1, 2]))
+        assert all(torch.equal(w, b) for w, b in zip(weights, before, strict=True))
+    slots = torch.tensor([1, 2])
+    with pytest.raises(RuntimeError, match="must not share memory with slots"):
+        ops.update_expert_weights_(
+            [slots.view(2, 1)], [torch.ones((1, 1), dtype=torch.int64)], slots[1:]
+        )

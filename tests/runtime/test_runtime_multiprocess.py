@@ -215,7 +215,10 @@ def _faults(rank: int, world: int) -> None:
 
     _drive(runtime, model, baseline, 12, rank, wait=False)
     assert runtime.placement == initial
-    assert any("not ready by its deadline" in e for e in runtime.stats()["errors"])
+    # The first plan pays its one-off costs (no warm-up): skipped, logged, not an error.
+    skipped = [s["reason"] for s in runtime.stats()["skipped"]]
+    assert any("not ready by its deadline" in r for r in skipped), skipped
+    assert not any("not ready by its deadline" in e for e in runtime.stats()["errors"])
     _drive(runtime, model, baseline, 60, rank, start=12, on_step=release)
     stats = runtime.stats()
     runtime.shutdown()
