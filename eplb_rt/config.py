@@ -218,9 +218,8 @@ def _check_int(config: EplbConfig, name: str, low: int) -> None:
     """Check field ``name`` is an integer ``>= low`` and store it as a Python int (a numpy
     integer, as computed from arrays, is one too)."""
     value = getattr(config, name)
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"EplbConfig.{name} must be an integer >= {low}, got {value!r}")
-    if value < low:
+    integer = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if not integer or value < low:
         raise ValueError(f"EplbConfig.{name} must be an integer >= {low}, got {value!r}")
     object.__setattr__(config, name, int(value))
 

@@ -87,9 +87,9 @@ def replan(
         if prev is not None and doubled.any():
             # Layers holding an expert twice on a rank are planned afresh (as without a table)
             # and stand in for their slots in force; the others are planned from theirs.
-            fresh = plan(policy, load[:, doubled], topology, None, options)
-            start = Placement(previous, load.shape[2], topology.num_ranks, validate=False)
-            prev = start.replace_layers(np.flatnonzero(doubled), _widened(fresh, doubled))
+            rows = previous.copy()
+            rows[doubled] = plan(policy, load[:, doubled], topology, None, options).phy2log
+            prev = Placement(rows, load.shape[2], topology.num_ranks)
         new = plan(policy, load, topology, prev, options, layers=None if prev is None else ~doubled)
         new = new.with_shares(None)
     except ValueError as err:
@@ -107,13 +107,6 @@ def replan(
     if keep.any():
         new = new.replace_layers(np.flatnonzero(keep), table)
     return new, np.where(keep, 0.0, gain)
-
-
-def _widened(fresh: Placement, doubled: np.ndarray) -> Placement:
-    """``fresh``'s layers at the positions of ``doubled [L] bool`` in a placement of ``L`` layers
-    (the others repeat its first layer, to be replaced)."""
-    index = np.cumsum(doubled) - 1
-    return fresh.select_layers(np.maximum(index, 0))
 
 
 def _in_force(previous: np.ndarray, load: np.ndarray, topology: Topology):
