@@ -117,7 +117,7 @@ def _minimise_last(n, rows, integer, upper, time_limit):
         constraints=LinearConstraint(A, [r[1] for r in rows], [r[2] for r in rows]),
         integrality=integer,
         bounds=Bounds(np.zeros(n), upper),
-        options={"time_limit": time_limit, "mip_rel_gap": 1e-9},
+        options={"time_limit": time_limit, "mip_rel_gap": 1e-9, "presolve": False},
     )
     if res.x is None or res.status != 0:
         raise RuntimeError(f"exact solver did not finish: {res.message}")

@@ -23,7 +23,8 @@ Per layer:
    policy that prices moves (``move_cost``), the groups are also kept where they are and the
    nodes planned with the slots in force; the layer takes the cheaper of the two, ``PAR +
    move_cost * moved slots / D`` on the summed load (as ``equilibrium`` takes its candidates),
-   the new packing only within ``max_moved_fraction`` of the slots.
+   the new packing only within ``max_moved_fraction`` of the slots, and keeps its slots in
+   force where neither costs less.
 """
 
 from __future__ import annotations
@@ -237,6 +238,15 @@ def plan(batch: Layers, topology: Topology, options: Any, run: Run):
         rows, shares = _cheaper(
             batch, moved, (rows, shares), kept, topology=topology, options=options
         )
+    # And none dearer than keeping its slots, as in a flat plan (the nodes price their moves
+    # against their own PAR, shares too, and a new packing is compared with the groups kept).
+    whole = np.flatnonzero(grouped)
+    if whole.size:
+        share = None if batch.previous_share is None else batch.previous_share[whole]
+        rows, shares = _cheaper(
+            batch, whole, (rows, shares), (batch.previous[whole], share),
+            topology=topology, options=options,
+        )  # fmt: skip
     # Layers whose groups are not on one node each (a flat placement in force): the plan puts
     # them there, whatever the price of the moves (placing groups on nodes is what the option
     # asks for, and what it buys, dispatch within fewer nodes, is not in the PAR), unless that

@@ -28,15 +28,24 @@ def check_load(
     if 0 in arr.shape:
         raise ValueError(f"{name} has an empty axis: shape {arr.shape}")
     arr = np.ascontiguousarray(arr, dtype=np.float64)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    if (arr < 0).any():
-        raise ValueError(f"{name} contains negative values (min {arr.min():g})")
+    check_values(arr, name)
     if num_layers is not None and arr.shape[1] != num_layers:
         raise ValueError(f"{name} has {arr.shape[1]} layers, expected {num_layers}")
     if num_experts is not None and arr.shape[2] != num_experts:
         raise ValueError(f"{name} has {arr.shape[2]} experts, expected {num_experts}")
     return arr
+
+
+def check_values(arr: np.ndarray, name: str = "load") -> None:
+    """Raise ``ValueError`` unless every value of ``arr`` (float64) is finite and >= 0: two
+    reductions (NaN propagates through both), no temporary array of ``arr``'s size."""
+    if arr.size == 0:
+        return
+    low, high = arr.min(), arr.max()
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if low < 0:
+        raise ValueError(f"{name} contains negative values (min {low:g})")
 
 
 def cut_episodes(load: np.ndarray, num_episodes: int) -> np.ndarray:

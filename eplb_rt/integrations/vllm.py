@@ -62,6 +62,7 @@ class EplbRtPolicy:
         that stay on a rank keep their slot, and a layer is re-placed only when that lowers its
         PAR on ``weight``. vLLM passes a table of another width, or with ``-1`` slots, while it
         changes the number of ranks; nothing can be kept then and the layers are planned anew.
+        Ranks that ``num_nodes`` does not divide are planned flat, as vLLM's own policy does.
         """
         import torch
 
@@ -76,6 +77,8 @@ class EplbRtPolicy:
             old = as_numpy(old_global_expert_indices, "old_global_expert_indices", (2,), WHERE)
             if old.shape == (load.shape[0], num_replicas) and (old >= 0).all():
                 previous = old
+        if num_nodes < 1 or num_ranks % num_nodes:
+            num_nodes = 1  # vLLM's own policy plans such ranks flat too
         try:
             topology = Topology(num_ranks, num_replicas // num_ranks, num_nodes, num_groups)
         except ValueError as err:

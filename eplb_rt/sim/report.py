@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from eplb_rt.sim.simulate import NO_REBALANCE, SimulationResult, cycle_record, summarize
@@ -13,15 +14,14 @@ def to_document(result: SimulationResult) -> dict:
     """Everything the run measured as plain JSON values: setup, per-policy summary, per cycle."""
     spec, workload = result.spec, result.workload
     T, L, E = workload.load.shape
-    segments: dict[str, int] = {}
-    for label in workload.labels:
-        segments[label] = segments.get(label, 0) + 1
+    # The parts as played: runs of one label (a label played twice is two parts).
+    parts = [(label, len(list(run))) for label, run in itertools.groupby(workload.labels)]
     return {
         "setup": {
             "steps": T,
             "layers": L,
             "experts": E,
-            "workloads": [{"label": k, "steps": v} for k, v in segments.items()],
+            "workloads": [{"label": label, "steps": steps} for label, steps in parts],
             "ranks": spec.topology.num_ranks,
             "slots_per_rank": spec.topology.num_slots_per_rank,
             "interval": spec.interval,

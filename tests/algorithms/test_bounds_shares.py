@@ -51,6 +51,16 @@ def test_exact_solver_respects_bounds_and_policies_respect_exact(seed, D, S):
         assert peak >= exact - 1e-6
 
 
+def test_exact_uniform_optimum_that_the_solvers_presolve_missed():
+    """HiGHS' presolve (scipy 1.17.1) reported 30 as optimal here, with a gap of 0."""
+    w = np.array([21.0, 24, 17, 2, 23])
+    better = Placement(np.array([[0, 2, 3, 1, 2, 4, 1, 2, 4]]), 5, 3)
+    best = metrics.max_rank_load(better, w[None])[0]
+    value, row = bounds.exact_min_max(w, Topology(3, 3), uniform=True)
+    assert value == pytest.approx(best) == pytest.approx(175 / 6)
+    assert metrics.max_rank_load(Placement(row[None], 5, 3), w[None])[0] == pytest.approx(value)
+
+
 def test_gap_is_zero_at_the_bound():
     p = Placement(np.array([[0, 1, 2, 3]]), 4, 4)
     assert bounds.gap(p, np.ones((1, 4)))[0] == pytest.approx(0.0)

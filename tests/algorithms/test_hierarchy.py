@@ -244,3 +244,29 @@ def test_a_hierarchical_re_plan_never_costs_more_than_keeping_each_layer():
     cost = after + get_policy("equilibrium").options().move_cost * new.moves(previous) / 32
     assert (cost <= before + 1e-12).all()
     assert new.moves(previous).sum() > 0
+
+
+@pytest.mark.parametrize("shares", [False, True], ids=["uniform", "shares"])
+@pytest.mark.parametrize("seed", range(12))
+def test_no_layer_costs_more_than_keeping_its_grouped_slots(seed, shares):
+    """A new packing was compared only with the groups kept (whose nodes priced their moves
+    against their own PAR), and with shares no node was priced against the layer: one slot
+    moved for nothing, or both candidates dearer than keeping (8 experts in 4 groups on 2
+    nodes of 2 ranks x 3 slots)."""
+    rng = np.random.default_rng(seed)
+    topo, move_cost = Topology(4, 3, num_nodes=2, num_groups=4), 0.2
+    options = {"hierarchical": True, "move_cost": move_cost, "shares": shares}
+    previous = plan("equilibrium", rng.gamma(0.6, 10.0, (2, 6, 8)), topo, options=options)
+    load = rng.gamma(0.6, 10.0, (1, 6, 8))
+    new = plan("equilibrium", load, topo, previous=previous, options=options)
+    _nodes_of_groups(new, topo)  # still each group on one node
+    before, after = metrics.par(previous, load[0]), metrics.par(new, load[0])
+    assert (after + move_cost * new.moves(previous) / 4 <= before + 1e-12).all()
+
+
+def test_a_grouped_layer_moving_for_nothing_keeps_its_slots():
+    topo = Topology(4, 3, num_nodes=2, num_groups=4)
+    previous = Placement(np.array([[1, 0, 6, 1, 0, 7, 5, 2, 4, 2, 3, 4]]), 8, 4)
+    load = np.array([[15.0, 8, 7, 12, 11, 18, 12, 18]])
+    options = {"hierarchical": True, "move_cost": 0.2}
+    assert plan("equilibrium", load, topo, previous=previous, options=options) == previous

@@ -99,6 +99,25 @@ def test_wrong_shapes_are_rejected():
         metrics.score(p, -LOAD)
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (-1.0, "negative values"),
+        (np.nan, "NaN or infinite"),
+        (np.inf, "NaN or infinite"),
+        (1j, "numeric"),
+    ],
+)
+@pytest.mark.parametrize(
+    "measure", [metrics.par, metrics.rank_load, metrics.slot_load, metrics.max_rank_load]
+)
+def test_a_load_no_count_can_be_is_refused_not_measured(measure, value, message):
+    """A negative load gave a PAR of 2, and NaN one of NaN, which means a layer without load."""
+    load = np.array([[value, 3.0, 1.0]], dtype=complex if isinstance(value, complex) else float)
+    with pytest.raises(ValueError, match=message):
+        measure(Placement(P2L, 3, 2), load)
+
+
 def test_score_summary_with_zero_layers_and_moves():
     p = Placement(np.array([[0, 1, 0, 2], [0, 1, 2, 0], [2, 0, 1, 0]]), 3, 2)
     load = np.array([[8.0, 3, 1], [0, 0, 0], [1, 1, 2]])

@@ -307,3 +307,12 @@ def test_groups_on_nodes_as_vllms_own_policy(vllm, monkeypatch, nodes):
     shifted = torch.from_numpy(np.roll(load, 40, axis=-1))
     old = torch.from_numpy(maps["equilibrium"])
     group_nodes(cls.rebalance_experts(shifted, 288, 8, nodes, 32, old).numpy(), nodes, 32)
+
+
+def test_ranks_the_nodes_do_not_divide_are_planned_flat():
+    """vLLM's own policy plans 6 ranks on 4 nodes flat; the adapter did not plan at all."""
+    weight = torch.from_numpy(np.random.default_rng(0).gamma(0.6, 100.0, (2, 12)))
+    cls = ours.policy_class("deepseek", returns_maps=False)
+    flat = cls.rebalance_experts(weight, 18, 3, 1, 6)
+    assert torch.equal(cls.rebalance_experts(weight, 18, 3, 4, 6), flat)
+    Placement(flat.numpy(), 12, 6)

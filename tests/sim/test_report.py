@@ -46,3 +46,16 @@ def test_all_idle_gives_dashes_not_numbers(tmp_path):
     assert row.split("|")[2].strip() == "-"
     json.dumps(doc, allow_nan=False)
     plot(doc, tmp_path / "idle.png")
+
+
+def test_a_workload_played_twice_is_two_parts_of_the_setup():
+    spec = sim.SimulationSpec(Topology(2, 2), (sim.NO_REBALANCE,), interval=2)
+    x = np.ones((3, 1, 4))
+    played = sim.Workload.concat([("a", x), ("b", x), ("a", x)])
+    doc = report.to_document(sim.simulate(played, spec))
+    assert doc["setup"]["workloads"] == [
+        {"label": "a", "steps": 3},
+        {"label": "b", "steps": 3},
+        {"label": "a", "steps": 3},
+    ]
+    assert "[a (3 steps), b (3 steps), a (3 steps)]" in report.markdown(doc)
