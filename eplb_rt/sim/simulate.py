@@ -112,8 +112,13 @@ class SimulationSpec:
             if name != NO_REBALANCE:
                 algorithms.get_policy(name)  # raises with the known names
         for field in ("interval", "episodes"):
-            if getattr(self, field) < 1:
-                raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
+            value = getattr(self, field)
+            whole = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+            if not whole:
+                raise ValueError(f"{field} must be an integer, got {value!r}")
+            if value < 1:
+                raise ValueError(f"{field} must be >= 1, got {value}")
+            object.__setattr__(self, field, int(value))
         unknown = sorted(set(self.options) - set(self.policies))
         if unknown:
             raise ValueError(f"options given for policies not compared: {unknown}")

@@ -168,6 +168,8 @@ def test_too_few_steps_for_an_out_of_sample_score():
         ({"policies": ("no-such-policy",)}, "unknown policy 'no-such-policy'"),
         ({"interval": 0}, "interval must be >= 1"),
         ({"episodes": 0}, "episodes must be >= 1"),
+        ({"interval": 1.5}, "interval must be an integer, got 1.5"),
+        ({"episodes": True}, "episodes must be an integer, got True"),
         ({"options": {"other": {}}}, "options given for policies not compared"),
     ],
 )
