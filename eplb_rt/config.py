@@ -12,10 +12,9 @@ import math
 import os
 from typing import Any
 
-import numpy as np
-
 from eplb_rt import envs
 from eplb_rt.planning import LINK_BANDWIDTH, TOKEN_SECONDS
+from eplb_rt.scalars import is_integer, is_real
 
 HEAT_SOURCES = ("topk", "group_list")
 COUNT_STEPS = ("all", "prefill", "decode")
@@ -218,8 +217,7 @@ def _check_int(config: EplbConfig, name: str, low: int) -> None:
     """Check field ``name`` is an integer ``>= low`` and store it as a Python int (a numpy
     integer, as computed from arrays, is one too)."""
     value = getattr(config, name)
-    integer = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-    if not integer or value < low:
+    if not is_integer(value) or value < low:
         raise ValueError(f"EplbConfig.{name} must be an integer >= {low}, got {value!r}")
     object.__setattr__(config, name, int(value))
 
@@ -235,8 +233,7 @@ def _check_float(
 ) -> None:
     """Check field ``name`` is a number in the interval and store it as a Python float."""
     value = getattr(config, name)
-    real = isinstance(value, (int, float, np.integer, np.floating))
-    if isinstance(value, (bool, np.bool_)) or not real or math.isnan(value):
+    if not is_real(value) or math.isnan(value):
         raise ValueError(f"EplbConfig.{name} must be a number, got {value!r}")
     too_low = value <= low if open_low else value < low
     too_high = value >= high if open_high else value > high

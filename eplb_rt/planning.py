@@ -23,6 +23,7 @@ from eplb_rt.algorithms.align import align_placement
 from eplb_rt.algorithms.load import check_load
 from eplb_rt.algorithms.metrics import rank_load
 from eplb_rt.placement import Placement, Topology
+from eplb_rt.scalars import is_real
 
 DEEPSEEK_V3_EXPERT_BYTES = 3 * 7168 * 2048
 """One DeepSeek-V3 routed expert in FP8: gate, up and down projections of 7168 x 2048 bytes."""
@@ -141,10 +142,7 @@ def decide(
             f"previous placement ({previous.describe()}) does not match {shape[0]} ranks x "
             f"{shape[1]} slots"
         )
-    real = isinstance(horizon, (int, float, np.integer, np.floating)) and not isinstance(
-        horizon, (bool, np.bool_)
-    )
-    if not (real and math.isfinite(horizon) and horizon > 0):
+    if not (is_real(horizon) and math.isfinite(horizon) and horizon > 0):
         raise ValueError(f"horizon (steps until the next plan) must be > 0, got {horizon!r}")
     options = dict(options or {})
     spec = algorithms.get_policy(policy)

@@ -32,6 +32,7 @@ from eplb_rt.algorithms.load import (
     whole_numbers,
 )
 from eplb_rt.placement import Placement, Topology, even_shares
+from eplb_rt.scalars import is_real
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,12 +185,8 @@ def _convert(policy: str, field: dataclasses.Field, value: Any) -> Any:
                 pass
     if kind is bool and isinstance(value, (bool, np.bool_)):
         return bool(value)
-    # numpy scalars too (an option computed from arrays): np.float32 and np.int64 are not
-    # Python floats and ints.
-    number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
-        value, (bool, np.bool_)
-    )
-    if kind is bool or not number or not math.isfinite(value) or (kind is int and value % 1):
+    number = is_real(value) and math.isfinite(value)  # numpy scalars too
+    if kind is bool or not number or (kind is int and value % 1):
         raise bad
     value = kind(value)
     if kind is int and abs(value) > _INT64_MAX:  # the kernels take integers as int64

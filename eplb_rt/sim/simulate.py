@@ -29,6 +29,7 @@ from eplb_rt.algorithms import metrics
 from eplb_rt.algorithms.bounds import par_lower_bound
 from eplb_rt.algorithms.load import check_load
 from eplb_rt.placement import Placement, Topology
+from eplb_rt.scalars import is_integer
 
 NO_REBALANCE = "none"
 """Pseudo-policy name: the initial placement, never re-planned (serving without EPLB)."""
@@ -113,8 +114,7 @@ class SimulationSpec:
                 algorithms.get_policy(name)  # raises with the known names
         for field in ("interval", "episodes"):
             value = getattr(self, field)
-            whole = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-            if not whole:
+            if not is_integer(value):
                 raise ValueError(f"{field} must be an integer, got {value!r}")
             if value < 1:
                 raise ValueError(f"{field} must be >= 1, got {value}")

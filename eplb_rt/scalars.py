@@ -1,0 +1,17 @@
+"""What counts as a number where eplb_rt takes one: Python and numpy scalars alike (a value
+computed from arrays is a numpy one), never a bool. Torch-free."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def is_integer(value: object) -> bool:
+    """A Python or numpy integer, not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def is_real(value: object) -> bool:
+    """A Python or numpy integer or float, not a bool (NaN and inf too: callers bound it)."""
+    real = isinstance(value, (int, float, np.integer, np.floating))
+    return real and not isinstance(value, (bool, np.bool_))
