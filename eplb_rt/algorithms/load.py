@@ -17,10 +17,7 @@ def check_load(
     Rejects NaN/inf, negative values, empty axes and shapes that disagree with ``num_layers`` /
     ``num_experts`` when those are given.
     """
-    arr = np.asarray(load)
-    real = np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
-    if not (real or arr.dtype == bool):
-        raise ValueError(f"{name} must be numeric (real), got dtype {arr.dtype}")
+    arr = real_array(load, name)
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:
@@ -33,6 +30,16 @@ def check_load(
         raise ValueError(f"{name} has {arr.shape[1]} layers, expected {num_layers}")
     if num_experts is not None and arr.shape[2] != num_experts:
         raise ValueError(f"{name} has {arr.shape[2]} experts, expected {num_experts}")
+    return arr
+
+
+def real_array(load: object, name: str = "load") -> np.ndarray:
+    """``load`` as an array of a real dtype (ints, floats or bools, unconverted), or a
+    ``ValueError`` naming ``name``."""
+    arr = np.asarray(load)
+    real = np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+    if not (real or arr.dtype == bool):
+        raise ValueError(f"{name} must be numeric (real), got dtype {arr.dtype}")
     return arr
 
 

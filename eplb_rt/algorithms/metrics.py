@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from eplb_rt.algorithms.load import check_load, check_values
+from eplb_rt.algorithms.load import check_load, check_values, real_array
 from eplb_rt.algorithms.sums import row_sum
 from eplb_rt.placement import Placement
 
@@ -22,11 +22,7 @@ from eplb_rt.placement import Placement
 def _checked(placement: Placement, load: np.ndarray) -> np.ndarray:
     """``load`` as float64 ``[..., L, E]`` for ``placement`` (real, finite, >= 0), or a
     ``ValueError``."""
-    arr = np.asarray(load)
-    real = np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
-    if not (real or arr.dtype == bool):
-        raise ValueError(f"load must be numeric (real), got dtype {arr.dtype}")
-    arr = arr.astype(np.float64, copy=False)
+    arr = real_array(load).astype(np.float64, copy=False)
     if arr.ndim < 2 or arr.shape[-2:] != (placement.num_layers, placement.num_experts):
         raise ValueError(
             f"load has shape {arr.shape}, expected [..., {placement.num_layers}, "

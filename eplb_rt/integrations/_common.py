@@ -82,7 +82,8 @@ def replan(
     input raises ``ValueError`` prefixed with ``where``, before anything is planned.
     """
     try:
-        prev, doubled = (None, None) if previous is None else _in_force(previous, load, topology)
+        table, doubled = (None, None) if previous is None else _in_force(previous, load, topology)
+        prev = table
         options = get_policy(policy).make_options(options)
         if prev is not None and doubled.any():
             # Layers holding an expert twice on a rank are planned afresh (as without a table)
@@ -99,7 +100,6 @@ def replan(
     # Ranks relabelled to keep the most in place; kept experts keep their slot. (The fresh
     # layers are the table's stand-ins already.)
     new = align_placement(prev, new, hierarchy.nodes_to_align(load.shape[2], topology, options))
-    table = Placement(previous, load.shape[2], topology.num_ranks, validate=False)
     total = load.sum(axis=0)
     with np.errstate(invalid="ignore"):
         gain = np.nan_to_num(metrics.par(table, total) - metrics.par(new, total), nan=0.0)
