@@ -14,25 +14,28 @@
 #include <cmath>
 #include <cstdint>
 #include <optional>
+#include <string_view>
 #include <utility>
 #include <vector>
 
 namespace eplb_rt {
 
+// A dtype as Python names it (int32, not c10's Int).
+inline std::string_view dtype_name(at::ScalarType type) { return c10::getDtypeNames(type).first; }
+
 inline void check_dtype(const at::Tensor& t, const char* op, const char* name,
                         at::ScalarType want) {
-  TORCH_CHECK(t.scalar_type() == want, op, ": ", name, " must be ", want, ", got ",
-              t.scalar_type());
+  TORCH_CHECK(t.scalar_type() == want, op, ": ", name, " must be ", dtype_name(want), ", got ",
+              dtype_name(t.scalar_type()));
 }
 
 inline void check_index_dtype(const at::Tensor& t, const char* op, const char* name) {
   TORCH_CHECK(t.scalar_type() == at::kInt || t.scalar_type() == at::kLong, op, ": ", name,
-              " must be int32 or int64, got ", t.scalar_type());
+              " must be int32 or int64, got ", dtype_name(t.scalar_type()));
 }
 
 inline void check_dim(const at::Tensor& t, const char* op, const char* name, int64_t dim) {
-  TORCH_CHECK(t.dim() == dim, op, ": ", name, " must have ", dim, " dimensions, got shape ",
-              t.sym_sizes());
+  TORCH_CHECK(t.dim() == dim, op, ": ", name, " must be ", dim, "-D, got shape ", t.sym_sizes());
 }
 
 inline void check_contiguous(const at::Tensor& t, const char* op, const char* name) {
@@ -85,6 +88,11 @@ inline void check_route_and_count_args(const at::Tensor& topk_ids, const at::Ten
   check_contiguous(log2phy, op, "log2phy");
   TORCH_CHECK(log2phy.sym_size(1) >= 1, op, ": log2phy [E, R] needs R >= 1, got shape ",
               log2phy.sym_sizes());
+  // The replica rule's position code has 16 bits: it splits an expert over at most 2^16.
+  TORCH_CHECK(log2phy.sym_size(1) <= 65536, op,
+              ": log2phy [E, R] needs R <= 65536 (replicas an expert's tokens split over), got "
+              "shape ",
+              log2phy.sym_sizes());
   check_same_device(log2phy, op, "log2phy", topk_ids, "topk_ids");
   check_dtype(logcnt, op, "logcnt", at::kInt);
   check_dim(logcnt, op, "logcnt", 1);
@@ -102,8 +110,8 @@ inline void check_route_and_count_args(const at::Tensor& topk_ids, const at::Ten
   check_same_device(heat, op, "heat", topk_ids, "topk_ids");
   check_step(step, op, heat);
   TORCH_CHECK(phy_ids.scalar_type() == topk_ids.scalar_type(), op,
-              ": phy_ids must have the dtype of topk_ids (", topk_ids.scalar_type(), "), got ",
-              phy_ids.scalar_type());
+              ": phy_ids must have the dtype of topk_ids (", dtype_name(topk_ids.scalar_type()),
+              "), got ", dtype_name(phy_ids.scalar_type()));
   check_same_shape(phy_ids, op, "phy_ids", topk_ids, "topk_ids");
   check_contiguous(phy_ids, op, "phy_ids");
   check_same_device(phy_ids, op, "phy_ids", topk_ids, "topk_ids");
@@ -179,6 +187,11 @@ inline void check_update_expert_weights_apart(at::TensorList weights, at::Tensor
     for (size_t u = 0; u < staged.size(); ++u) {
       check_apart(weights[t], op, "a weight tensor", staged[u], "a staged tensor");
     }
+    // Views of one buffer are fine where they do not overlap; where they do, the copies'
+    // order would decide the weights.
+    for (size_t u = t + 1; u < weights.size(); ++u) {
+      check_apart(weights[t], op, "a weight tensor", weights[u], "another weight tensor");
+    }
   }
 }
 
@@ -205,6 +218,10 @@ inline void check_update_expert_map_apart(const at::Tensor& log2phy, const at::T
   for (size_t i = 0; i < dst.size(); ++i) {
     for (size_t j = 0; j < src.size(); ++j) {
       check_apart(*dst[i].first, op, dst[i].second, *src[j].first, src[j].second, i == j);
+    }
+    // Two tables in one memory: the second copy would overwrite the first's checked values.
+    for (size_t j = i + 1; j < dst.size(); ++j) {
+      check_apart(*dst[i].first, op, dst[i].second, *dst[j].first, dst[j].second);
     }
   }
 }
@@ -265,13 +282,16 @@ inline void check_update_expert_weights_args(at::TensorList weights, at::TensorL
                 "] must have S = ", weights[0].sym_size(0), " slots like weights[0], got shape ",
                 w.sym_sizes());
     TORCH_CHECK(s.scalar_type() == w.scalar_type(), op, ": staged[", t,
-                "] must have the dtype of weights[", t, "] (", w.scalar_type(), "), got ",
-                s.scalar_type());
-    TORCH_CHECK(s.dim() == w.dim() && s.sym_size(0) == slots.sym_size(0) &&
-                    s.sym_sizes().slice(1) == w.sym_sizes().slice(1),
-                op, ": staged[", t, "] must have shape [M, ...] = [", slots.sym_size(0), ", ",
-                w.sym_sizes().slice(1), "] (M = len(slots), ... of weights[", t, "]), got ",
-                s.sym_sizes());
+                "] must have the dtype of weights[", t, "] (", dtype_name(w.scalar_type()),
+                "), got ", dtype_name(s.scalar_type()));
+    if (!(s.dim() == w.dim() && s.sym_size(0) == slots.sym_size(0) &&
+          s.sym_sizes().slice(1) == w.sym_sizes().slice(1))) {
+      std::vector<c10::SymInt> want(w.sym_sizes().begin(), w.sym_sizes().end());
+      want[0] = slots.sym_size(0);
+      TORCH_CHECK(false, op, ": staged[", t, "] must have shape [M, ...] = ",
+                  c10::SymIntArrayRef(want), " (M = len(slots), ... of weights[", t, "]), got ",
+                  s.sym_sizes());
+    }
     TORCH_CHECK(s.is_contiguous(), op, ": staged[", t, "] must be contiguous, got strides ",
                 s.sym_strides(), " for shape ", s.sym_sizes());
     TORCH_CHECK(w.device() == slots.device() && s.device() == slots.device(), op, ": weights[", t,
@@ -319,8 +339,8 @@ inline void check_update_expert_map_args(const at::Tensor& log2phy, const at::Te
     check_contiguous(dst, op, name);
     check_contiguous(src, op, new_name);
     TORCH_CHECK(src.scalar_type() == dst.scalar_type(), op, ": ", new_name,
-                " must have the dtype of ", name, " (", dst.scalar_type(), "), got ",
-                src.scalar_type());
+                " must have the dtype of ", name, " (", dtype_name(dst.scalar_type()), "), got ",
+                dtype_name(src.scalar_type()));
     check_same_shape(src, op, new_name, dst, name);
     check_same_device(dst, op, name, log2phy, "log2phy");
     check_same_device(src, op, new_name, new_log2phy, "new_log2phy");

@@ -22,9 +22,10 @@ void count_typed(const at::Tensor& group_list, const at::Tensor& heat, const at:
   };
   for (int64_t i = 0; i < S; ++i) {
     const int64_t c = count(i);
+    // The count's name as the caller wrote it: group_list[0] has no predecessor.
     TORCH_CHECK(c >= 0 && c <= std::numeric_limits<int32_t>::max(), "count_from_group_list: ",
-                cumulative ? "group_list[i] - group_list[i - 1]" : "group_list[i]", " for i = ", i,
-                " is ", c, ", a token count must be in [0, 2^31)",
+                cumulative && i > 0 ? "group_list[i] - group_list[i - 1]" : "group_list[i]",
+                " for i = ", i, " is ", c, ", a token count must be in [0, 2^31)",
                 cumulative ? " (cumulative=True needs non-decreasing prefix sums)" : "");
   }
   int32_t* out =

@@ -3,7 +3,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "common/checks.h"
@@ -19,15 +21,20 @@ std::vector<int64_t> checked_slots(const at::Tensor& slots, int64_t S) {
   const index_t* s = slots.const_data_ptr<index_t>();
   const int64_t M = slots.size(0);
   std::vector<int64_t> out(M);
-  std::vector<uint8_t> seen(S, 0);
   for (int64_t i = 0; i < M; ++i) {
     const int64_t slot = static_cast<int64_t>(s[i]);
     TORCH_CHECK(slot >= 0 && slot < S, "update_expert_weights_: slots[", i, "] = ", slot,
                 " must be a local slot in [0, S = ", S, ")");
-    TORCH_CHECK(!seen[slot], "update_expert_weights_: slots[", i, "] = ", slot,
-                " appears twice; slots must be unique");
-    seen[slot] = 1;
     out[i] = slot;
+  }
+  // (slot, index) pairs sorted: memory in M, whatever S is.
+  std::vector<std::pair<int64_t, int64_t>> sorted(M);
+  for (int64_t i = 0; i < M; ++i) sorted[i] = {out[i], i};
+  std::sort(sorted.begin(), sorted.end());
+  for (int64_t i = 1; i < M; ++i) {
+    TORCH_CHECK(sorted[i].first != sorted[i - 1].first, "update_expert_weights_: slots[",
+                sorted[i - 1].second, "] and slots[", sorted[i].second, "] are both slot ",
+                sorted[i].first, "; slots must be unique");
   }
   return out;
 }

@@ -231,7 +231,7 @@ def test_route_and_count_rejects_bad_metadata_and_writes_nothing():
         )
     with pytest.raises(RuntimeError, match="logcnt must have shape"):
         torch.ops.eplb_rt.route_and_count(ids, log2phy, logcnt[:-1], None, ring[:, 0, :], step, phy)
-    with pytest.raises(RuntimeError, match="heat must be Int"):
+    with pytest.raises(RuntimeError, match="heat must be int32"):
         torch.ops.eplb_rt.route_and_count(
             ids, log2phy, logcnt, None, ring[:, 0, :].long(), step, phy
         )

@@ -193,3 +193,14 @@ def test_an_expert_map_check_takes_memory_in_experts_not_slots():
     args["num_slots"] = 2**62
     torch.ops.eplb_rt.update_expert_map_(**args)
     assert torch.equal(args["expert_map"], args["new_expert_map"])
+
+
+def test_two_tables_in_one_memory_are_refused():
+    """expert_map over logcnt: the copy of new_expert_map would overwrite the checked new_logcnt
+    and leave an invalid replica count in force."""
+    args = _valid_args()
+    args["expert_map"] = args["logcnt"]
+    before = {k: args[k].clone() for k in ("log2phy", "logcnt", "replica_share")}
+    with pytest.raises(RuntimeError, match="logcnt must not share memory with expert_map"):
+        torch.ops.eplb_rt.update_expert_map_(**args)
+    assert all(torch.equal(args[k], v) for k, v in before.items())

@@ -129,3 +129,35 @@ def test_staged_experts_in_the_memory_of_the_weights_are_refused():
         ops.update_expert_weights_(
             [slots.view(2, 1)], [torch.ones((1, 1), dtype=torch.int64)], slots[1:]
         )
+
+
+def test_weight_tensors_in_one_memory_are_refused():
+    """Two weight tensors over the same memory: which staged expert lands would depend on the
+    order of the copies. Views of one buffer that do not overlap are fine."""
+    buffer = torch.zeros(24)
+    weights = [buffer[:12].view(4, 3), buffer[6:18].view(4, 3)]
+    staged = [torch.ones(1, 3), torch.full((1, 3), 2.0)]
+    with pytest.raises(RuntimeError, match="must not share memory with another weight tensor"):
+        ops.update_expert_weights_(weights, staged, torch.tensor([1]))
+    assert not buffer.any()
+    apart = [buffer[:12].view(4, 3), buffer[12:].view(4, 3)]
+    ops.update_expert_weights_(apart, staged, torch.tensor([1]))
+    assert torch.equal(buffer[3:6], torch.ones(3))
+    assert torch.equal(buffer[15:18], torch.full((3,), 2.0))
+
+
+def test_the_slot_check_takes_memory_in_moves_not_slots():
+    """A slot dimension far beyond memory (a weight of zero bytes a slot) with nothing to move
+    is checked as any other: the duplicate check sorts the M slots, it does not mark S."""
+    ops.update_expert_weights_(
+        [torch.empty(2**40, 0)], [torch.empty(0, 0)], torch.tensor([], dtype=torch.int64)
+    )
+    with pytest.raises(RuntimeError, match=r"slots\[0\] and slots\[2\] are both slot 5"):
+        ops.update_expert_weights_(
+            [torch.empty(2**40, 0)], [torch.empty(3, 0)], torch.tensor([5, 7, 5])
+        )
+
+
+def test_a_mismatched_staged_shape_names_the_shape_expected():
+    with pytest.raises(RuntimeError, match=r"staged\[0\] must have shape \[M, \.\.\.\] = \[2, 3\]"):
+        ops.update_expert_weights_([torch.zeros(4, 3)], [torch.ones(2, 4)], torch.tensor([0, 1]))

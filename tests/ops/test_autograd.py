@@ -1,0 +1,78 @@
+"""The ops under autograd: like torch's own in-place ops, a write bumps each written tensor's
+version (a backward that saved it refuses the overwritten values), and a written tensor that
+requires grad is refused while grad mode is on, with nothing written."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from eplb_rt import ops
+from tests.ops.test_update_expert_map import _valid_args as map_args
+
+I32 = torch.int32
+
+
+def _route_args():
+    log2phy = torch.tensor([[0, 1], [2, -1], [3, -1]], dtype=I32)
+    logcnt = torch.tensor([2, 1, 1], dtype=I32)
+    topk = torch.tensor([[0, 1], [2, 0], [1, 2]])
+    return topk, log2phy, logcnt, torch.zeros(2, 4, dtype=I32), torch.tensor([0])
+
+
+def test_every_write_bumps_the_version_of_what_it_writes():
+    topk, log2phy, logcnt, heat, step = _route_args()
+    out = torch.empty_like(topk)
+    ops.route_and_count(topk, log2phy, logcnt, heat, step, out=out)
+    assert heat._version == 1 and out._version == 1
+    assert topk._version == log2phy._version == logcnt._version == step._version == 0
+
+    ops.count_from_group_list(torch.tensor([1, 2]), heat, step, 0)
+    assert heat._version == 2
+
+    weights = [torch.zeros(4, 3), torch.zeros(4, 2)]
+    ops.update_expert_weights_(weights, [torch.ones(1, 3), torch.ones(1, 2)], torch.tensor([1]))
+    assert [w._version for w in weights] == [1, 1]
+
+    args = map_args()
+    before = {name: t._version for name, t in args.items() if isinstance(t, torch.Tensor)}
+    torch.ops.eplb_rt.update_expert_map_(**args)
+    bumped = {name for name, version in before.items() if args[name]._version == version + 1}
+    assert bumped == {"log2phy", "logcnt", "replica_share", "expert_map"}
+    assert all(args[name]._version == before[name] for name in before.keys() - bumped)
+
+
+def test_a_backward_through_overwritten_weights_is_refused():
+    """A weight saved for backward, then overwritten by a migration: the gradient would be
+    computed from the new expert's values."""
+    source = torch.ones(4, 3, requires_grad=True)
+    weight = source * 2
+    loss = (weight * weight).sum()
+    with torch.no_grad():
+        ops.update_expert_weights_([weight], [torch.zeros(1, 3)], torch.tensor([1]))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("kind", ["parameter", "in a graph"])
+def test_weights_that_require_grad_are_refused_in_grad_mode_and_kept(kind):
+    weight = (
+        torch.nn.Parameter(torch.zeros(4, 3))
+        if kind == "parameter"
+        else torch.zeros(4, 3, requires_grad=True) * 1
+    )
+    before = weight.detach().clone()
+    with pytest.raises(RuntimeError, match=r"weights\[0\] requires grad.*torch.no_grad"):
+        ops.update_expert_weights_([weight], [torch.ones(1, 3)], torch.tensor([1]))
+    assert torch.equal(weight.detach(), before) and weight._version == 0
+    with torch.no_grad():
+        ops.update_expert_weights_([weight], [torch.ones(1, 3)], torch.tensor([1]))
+    assert torch.equal(weight.detach()[1], torch.ones(3))
+
+
+def test_inference_mode_skips_the_autograd_kernels():
+    topk, log2phy, logcnt, heat, step = _route_args()
+    with torch.inference_mode():
+        heat = torch.zeros(2, 4, dtype=I32)
+        ops.route_and_count(topk, log2phy, logcnt, heat, step)
+        assert int(heat.sum()) == topk.numel()
