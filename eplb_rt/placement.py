@@ -21,6 +21,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from eplb_rt.scalars import is_integer
+
+_INT32_MAX = 2**31 - 1
+
 SHARE_TOLERANCE = 1e-6
 """Largest accepted deviation of an expert's summed slot shares from 1."""
 
@@ -47,8 +51,15 @@ class Topology:
     def __post_init__(self) -> None:
         for name in ("num_ranks", "num_slots_per_rank", "num_nodes", "num_groups"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            if not is_integer(value) or value < 1:
                 raise ValueError(f"Topology.{name} must be a positive integer, got {value!r}")
+            # A Python int: the kernels take it as int64 (a numpy uint64 would type as float).
+            object.__setattr__(self, name, int(value))
+        if self.num_slots > _INT32_MAX:  # the routing tables hold slot ids as int32
+            raise ValueError(
+                f"Topology has {self.num_ranks} ranks x {self.num_slots_per_rank} slots = "
+                f"{self.num_slots} slots; slot ids are int32 (at most {_INT32_MAX} slots)"
+            )
         if self.num_ranks % self.num_nodes:
             raise ValueError(
                 f"Topology.num_ranks ({self.num_ranks}) must be a multiple of num_nodes "

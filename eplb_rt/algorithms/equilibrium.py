@@ -57,6 +57,7 @@ from numba import njit
 from eplb_rt.algorithms.align import align_order, align_row
 from eplb_rt.algorithms.episode_moves import greedy_moves_rows
 from eplb_rt.algorithms.jacobi import reflected_basis, row_reflectors, row_svd
+from eplb_rt.algorithms.keeping import cheaper
 from eplb_rt.algorithms.local_search import _moved_slots, balance_swaps, greedy_moves, swap_search
 from eplb_rt.algorithms.metrics import row_par, row_rank_loads
 from eplb_rt.algorithms.packing import counts_from_row, lpt_place
@@ -704,10 +705,16 @@ def plan_layers(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Every planned layer at once: ``(rows [L', P] int64, shares [L', P] or None)``; with a
     placement in force, two or more episodes and no shares, a layer whose re-plan may be
-    fitting noise moves only where its moves pay out of sample (:func:`paid_out_of_sample`)."""
+    fitting noise moves only where its moves pay out of sample (:func:`paid_out_of_sample`).
+    A placement in force with uneven shares (planned with ``shares``) is kept, shares and all,
+    where the uniform plan costs no less: the move walk priced keeping it at even shares."""
     rows, shares = _plan_layers(layers, topo, opts)
     if layers.previous is not None and shares is None and layers.episodes.shape[1] > 1:
         rows = paid_out_of_sample(rows, layers, topo, opts)
+    if layers.previous_share is not None and shares is None:
+        kept = (layers.previous, layers.previous_share)
+        every = np.arange(rows.shape[0])
+        rows, shares = cheaper(layers, every, (rows, None), kept, topology=topo, options=opts)
     return rows, shares
 
 

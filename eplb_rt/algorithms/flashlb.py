@@ -377,14 +377,32 @@ def _search_layers(X, mu, var, cov, order, z, num_ranks, num_slots_per_rank, dep
     return rows
 
 
+_COUNT_SCALE = 20
+"""A load that is not counts is scaled so that its layer's largest episode sums to about
+``2**_COUNT_SCALE`` (a million, a busy serving window's tokens)."""
+
+
+def _in_counts(tokens: np.ndarray) -> np.ndarray:
+    """``tokens [L, K, E]`` times a power of two per layer (exact: the plan is that of the load
+    as given) that brings the layer's largest episode total to ``[2**19, 2**20)``."""
+    top = tokens.sum(axis=2).max(axis=1)  # [L]; 0 for a layer without load
+    _, exponent = np.frexp(top)
+    return np.ldexp(tokens, (_COUNT_SCALE - exponent)[:, None, None])
+
+
 def plan_layers(layers: Layers, topo: Topology, opts: FlashLBOptions) -> tuple[np.ndarray, None]:
     """Every planned layer at once: ``(rows [L', P] int64, None)``, as :func:`flashlb` plans
     each. The statistics are a few stacked numpy operations and the searches one numba call, so
     a plan in the balancer's thread returns to Python (a GIL hand-off) a few times, not several
     times a layer."""
     # The original adds a token per step, in counts; a load in other units (shares, scaled
-    # loads) would be swamped by it, so it gets none.
-    X = layers.tokens + (SMOOTHING if layers.counts else 0.0) * layers.steps[None, :, None]
+    # loads) would be swamped by it, so it gets none, and is brought to a scale of counts: its
+    # float32 statistics would underflow below about 1e-38 (every expert scored alike) or
+    # overflow, and the score's epsilon is one in counts.
+    if layers.counts:
+        X = layers.tokens + SMOOTHING * layers.steps[None, :, None]
+    else:
+        X = _in_counts(layers.tokens)
     if X.max() > _LARGEST:
         raise ValueError(
             f"flashlb: episode loads up to {X.max():.3g} overflow its float32 statistics (the "

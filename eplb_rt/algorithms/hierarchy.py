@@ -24,7 +24,9 @@ Per layer:
    nodes planned with the slots in force; the layer takes the cheaper of the two, ``PAR +
    move_cost * moved slots / D`` on the summed load (as ``equilibrium`` takes its candidates),
    the new packing only within ``max_moved_fraction`` of the slots, and keeps its slots in
-   force where neither costs less.
+   force where neither costs less. For a policy that does not, the new packing is taken only
+   where it lowers the summed load's PAR below the plan with the groups kept, whose nodes the
+   policy gates as it gates a flat layer (``flashlb``'s threshold).
 """
 
 from __future__ import annotations
@@ -35,11 +37,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from eplb_rt.algorithms import metrics
 from eplb_rt.algorithms.align import align_row, max_assignment
+from eplb_rt.algorithms.keeping import cheaper, layer_costs
 from eplb_rt.algorithms.load import normalise
 from eplb_rt.algorithms.packing import pack_equal_groups, swap_items
-from eplb_rt.placement import Placement, Topology, even_shares
+from eplb_rt.placement import Topology, even_shares
 
 if TYPE_CHECKING:  # the registry calls this module: its classes come in as arguments
     from eplb_rt.algorithms.registry import Layers
@@ -224,26 +226,29 @@ def plan(batch: Layers, topology: Topology, options: Any, run: Run):
         return placed(batch, fresh)
     fresh = keep_nodes(fresh, batch.previous, topology, E)
     rows, shares = _aligned(*placed(batch, fresh), batch.previous, topology, E)
-    if not hasattr(options, "move_cost"):
-        return rows, shares
-    if shares is None:
+    priced = hasattr(options, "move_cost")
+    if priced and shares is None:
         rows = _nodes_that_pay(rows, batch, topology, options.move_cost)
     held = groups_in_force(batch.previous, topology, E)
     grouped = (held >= 0).all(axis=1)
-    # Layers whose groups would change node: also plan them with the groups where they are.
+    # Layers whose groups would change node: also plan them with the groups where they are,
+    # each node then gated by the policy as a flat layer is, and take the cheaper (unpriced:
+    # a new packing only where it lowers the PAR).
     moved = np.flatnonzero(grouped & (held != fresh).any(axis=1))
     if moved.size:
         sub = batch.take(moved)
         kept = _aligned(*placed(sub, held[moved]), sub.previous, topology, E)
-        rows, shares = _cheaper(
+        rows, shares = cheaper(
             batch, moved, (rows, shares), kept, topology=topology, options=options
         )
+    if not priced:  # the policy's own gate ruled each node with slots in force
+        return rows, shares
     # And none dearer than keeping its slots, as in a flat plan (the nodes price their moves
     # against their own PAR, shares too, and a new packing is compared with the groups kept).
     whole = np.flatnonzero(grouped)
     if whole.size:
         share = None if batch.previous_share is None else batch.previous_share[whole]
-        rows, shares = _cheaper(
+        rows, shares = cheaper(
             batch, whole, (rows, shares), (batch.previous[whole], share),
             topology=topology, options=options,
         )  # fmt: skip
@@ -256,7 +261,7 @@ def plan(batch: Layers, topology: Topology, options: Any, run: Run):
         previous = batch.previous[loose]
         prev_shares = None if batch.previous_share is None else batch.previous_share[loose]
         other = (previous, prev_shares)
-        rows, shares = _cheaper(
+        rows, shares = cheaper(
             batch, loose, (rows, shares), other, topology=topology, options=options, price=False
         )
     return rows, shares
@@ -277,7 +282,9 @@ def _nodes_that_pay(rows: np.ndarray, batch: Layers, topology: Topology, move_co
             continue
 
         def cost(row, prev=prev, load=load):
-            return _costs(row[None], None, prev[None], load, num_ranks=D, move_cost=move_cost)[0]
+            return layer_costs(row[None], None, prev[None], load, num_ranks=D, move_cost=move_cost)[
+                0
+            ]
 
         best = cost(out[j])
         for n in range(N):
@@ -291,43 +298,6 @@ def _nodes_that_pay(rows: np.ndarray, batch: Layers, topology: Topology, move_co
             if trial_cost <= best:
                 out[j], best = trial, trial_cost
     return out
-
-
-def _costs(rows, shares, previous, load, *, num_ranks: int, move_cost: float) -> np.ndarray:
-    """``[k]``: each layer's ``PAR + move_cost * slots moved from previous / D``, for ``rows,
-    previous [k, P]``, ``shares [k, P]`` or ``None`` (uniform), ``load [k, E]`` (a layer
-    without load: PAR 1)."""
-    placement = Placement(rows, load.shape[1], num_ranks, shares)
-    par = np.nan_to_num(metrics.par(placement, load), nan=1.0)
-    return par + move_cost * (rows != previous).sum(axis=1) / num_ranks
-
-
-def _cheaper(batch: Layers, which, planned, other, *, topology: Topology, options, price=True):
-    """``planned = (rows [L, P], shares or None)`` with layers ``which`` taken from ``other =
-    (rows [k, P], shares or None)`` where that costs no more (with ``price``: ``PAR + move_cost
-    * moved slots / D`` on the layer's load, slots moved from ``batch.previous``) or where the
-    plan moves more than the budget."""
-    E, D, P = batch.load.shape[1], topology.num_ranks, topology.num_slots
-    rows, shares = planned
-    other_rows, other_shares = other
-    previous, load = batch.previous[which], batch.load[which]
-    budget = int(getattr(options, "max_moved_fraction", 1.0) * P)
-    keep = (rows[which] != previous).sum(axis=1) > budget
-    if price:
-        new_shares = None if shares is None else shares[which]
-        costs = [
-            _costs(r, share, previous, load, num_ranks=D, move_cost=options.move_cost)
-            for r, share in ((other_rows, other_shares), (rows[which], new_shares))
-        ]
-        keep |= costs[0] <= costs[1]
-    where = which[keep]
-    rows = rows.copy()
-    rows[where] = other_rows[keep]
-    if shares is None and other_shares is None:
-        return rows, None
-    shares = even_shares(rows, E) if shares is None else shares.copy()
-    shares[where] = even_shares(rows[where], E) if other_shares is None else other_shares[keep]
-    return rows, shares
 
 
 def _aligned(rows, shares, previous, topology: Topology, num_experts: int):

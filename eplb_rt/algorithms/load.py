@@ -36,16 +36,19 @@ def check_load(
 def real_array(load: object, name: str = "load") -> np.ndarray:
     """``load`` as an array of a real dtype (ints, floats or bools, unconverted), or a
     ``ValueError`` naming ``name``."""
+    if np.ma.is_masked(load):  # np.asarray would drop the mask and read the hidden values
+        raise ValueError(f"{name} has masked values: fill them (e.g. with 0) first")
     arr = np.asarray(load)
-    real = np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
-    if not (real or arr.dtype == bool):
+    # By kind: numpy counts timedelta64 as an integer dtype.
+    if arr.dtype.kind not in "biuf":
         raise ValueError(f"{name} must be numeric (real), got dtype {arr.dtype}")
     return arr
 
 
 def check_values(arr: np.ndarray, name: str = "load") -> None:
-    """Raise ``ValueError`` unless every value of ``arr`` (float64) is finite and >= 0: two
-    reductions (NaN propagates through both), no temporary array of ``arr``'s size."""
+    """Raise ``ValueError`` unless every value of ``arr`` (float64) is finite and >= 0, and
+    so is their sum (the policies and measures sum the load over steps and experts): three
+    reductions (NaN propagates through each), no temporary array of ``arr``'s size."""
     if arr.size == 0:
         return
     low, high = arr.min(), arr.max()
@@ -53,6 +56,14 @@ def check_values(arr: np.ndarray, name: str = "load") -> None:
         raise ValueError(f"{name} contains NaN or infinite values")
     if low < 0:
         raise ValueError(f"{name} contains negative values (min {low:g})")
+    # Values >= 0: every partial sum (a layer's, a step's) is at most the whole.
+    with np.errstate(over="ignore"):
+        total = arr.sum()
+    if not np.isfinite(total):
+        raise ValueError(
+            f"{name} is too large: its values (up to {high:g}) sum past the float64 range; "
+            "scale it down"
+        )
 
 
 def cut_episodes(load: np.ndarray, num_episodes: int) -> np.ndarray:

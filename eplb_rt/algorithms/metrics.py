@@ -37,10 +37,10 @@ def slot_load(placement: Placement, load: np.ndarray) -> np.ndarray:
     arr = _checked(placement, load)
     # One gather from each step's loads flattened over layers: indices broadcast over the steps
     # (take_along_axis) were an int64 array as large as the result, and took twice as long.
-    L, E = placement.num_layers, placement.num_experts
+    L, E, P = placement.num_layers, placement.num_experts, placement.num_slots
     lead = arr.shape[:-2]
     flat = (placement.phy2log.astype(np.int64) + E * np.arange(L)[:, None]).ravel()
-    taken = np.take(arr.reshape(*lead, L * E), flat, axis=-1).reshape(*lead, L, -1)
+    taken = np.take(arr.reshape(*lead, L * E), flat, axis=-1).reshape(*lead, L, P)
     return taken * placement.slot_share
 
 
@@ -50,7 +50,8 @@ def rank_load(placement: Placement, load: np.ndarray) -> np.ndarray:
     P]`` arrays (two of them, 91 MB each for 256 steps of 58 layers on 256 ranks x 3 slots)."""
     arr = _checked(placement, load)
     L, E = arr.shape[-2:]
-    steps = np.ascontiguousarray(arr.reshape(-1, L, E))
+    # The leading count spelled out: -1 is ambiguous for a placement of no layers.
+    steps = np.ascontiguousarray(arr.reshape(int(np.prod(arr.shape[:-2])), L, E))
     ranks = _rank_loads(
         steps, placement.phy2log.astype(np.int64), placement.slot_share, placement.num_ranks
     )

@@ -168,6 +168,8 @@ def _convert(policy: str, field: dataclasses.Field, value: Any) -> Any:
     name, kind = field.name, type(field.default)
     low, high = field.metadata.get("low"), field.metadata.get("high")
     got = value if isinstance(value, str) else repr(value)
+    if len(got) > 40:  # a 400-digit int
+        got = f"{got[:20]}... ({len(got)} characters)"
     bad = ValueError(f"policy {policy!r} option {name!r} must be {describe(field)}, got {got}")
     if isinstance(value, str):
         text = value.strip().lower()
@@ -185,7 +187,10 @@ def _convert(policy: str, field: dataclasses.Field, value: Any) -> Any:
                 pass
     if kind is bool and isinstance(value, (bool, np.bool_)):
         return bool(value)
-    number = is_real(value) and math.isfinite(value)  # numpy scalars too
+    try:
+        number = is_real(value) and math.isfinite(value)  # numpy scalars too
+    except OverflowError:  # an int beyond the float range: bounded as an int below
+        number = kind is int
     if kind is bool or not number or (kind is int and value % 1):
         raise bad
     value = kind(value)
@@ -433,3 +438,6 @@ def warm_up(names: list[str] | None = None) -> None:
             plan(name, window, Topology(4, 3), previous=unfit, options=options)
     layout = np.tile(np.r_[np.arange(9), 0, 1, 2], (2, 1))  # 4 ranks x 3 slots, 9 experts
     metrics.rank_load(Placement(layout, 9, 4), counts)
+    frozen = counts.copy()  # a caller's read-only load (a view of a frozen buffer) types apart
+    frozen.setflags(write=False)
+    metrics.rank_load(Placement(layout, 9, 4), frozen)

@@ -270,3 +270,22 @@ def test_a_grouped_layer_moving_for_nothing_keeps_its_slots():
     load = np.array([[15.0, 8, 7, 12, 11, 18, 12, 18]])
     options = {"hierarchical": True, "move_cost": 0.2}
     assert plan("equilibrium", load, topo, previous=previous, options=options) == previous
+
+
+@pytest.mark.parametrize(("name", "options"), [("flashlb", {"threshold": 1e9}), ("flashlb", {}),
+                                               ("swift", {})])  # fmt: skip
+def test_an_unpriced_policy_keeps_a_balanced_grouped_placement(name, options):
+    """A new packing of the groups moved 12 of 20 slots of a perfectly balanced layer: without a
+    price of moves, a new packing is taken only where it lowers the PAR, and each node kept is
+    gated by the policy as a flat layer is (flashlb's threshold)."""
+    E, topo = 16, Topology(4, 5, 2, 4)
+    row = [0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 8, 9, 10, 11, 12, 13, 14, 15, 8, 9]  # 2 groups a node
+    previous = Placement(np.array([row]), E, 4)
+    load = np.full((4, 1, E), 10)
+    got = plan(name, load, topo, previous=previous, options={"hierarchical": True, **options})
+    assert got.moves(previous).sum() == 0
+    # A packing that does lower the PAR is still taken.
+    hot = load.copy()
+    hot[:, 0, [0, 1, 2, 3]] = 80  # groups 0 and 1 hot, both on node 0
+    got = plan(name, hot, topo, previous=previous, options={"hierarchical": True, **options})
+    assert np.nanmean(metrics.par(got, hot.sum(0))) < np.nanmean(metrics.par(previous, hot.sum(0)))

@@ -145,3 +145,12 @@ def test_score_all_zero_is_nan_not_error():
     assert np.isnan(summary["par_mean"])
     assert np.isnan(summary["par_max"])
     assert "moves" not in summary
+
+
+def test_a_placement_of_no_layers_measures_no_layers():
+    """``select_layers`` of an empty mask makes one; a reshape by -1 failed on it."""
+    empty = Placement(np.zeros((0, 8), dtype=np.int64), 4, 2)
+    assert metrics.par(empty, np.zeros((0, 4))).shape == (0,)
+    assert metrics.par(empty, np.zeros((3, 0, 4))).shape == (3, 0)
+    assert metrics.slot_load(empty, np.zeros((0, 4))).shape == (0, 8)
+    assert metrics.rank_load(empty, np.zeros((2, 0, 4))).shape == (2, 0, 2)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from benchmarks import traces
 from eplb_rt.algorithms import metrics, plan, warm_up
+from eplb_rt.algorithms.equilibrium import EquilibriumOptions
 from eplb_rt.algorithms.flashlb import score_row, statistics
 from eplb_rt.placement import Placement, Topology
 
@@ -131,11 +132,31 @@ def test_idle_steps_change_no_plan(name):
         (np.ones(8), "shape"),
         (np.ones((1, 1, 2, 8)), "shape"),
         (np.ones((2, 8), dtype=complex), "numeric"),
+        (np.ones((2, 8), dtype="m8[s]"), "numeric"),  # numpy counts timedelta as an integer
+        (np.ma.masked_array(np.ones((2, 8)), mask=np.eye(2, 8)), "masked values"),
+        (np.full((2, 1, 8), 1e308), "too large"),  # finite values whose sums are not
     ],
 )
 def test_bad_load_is_a_clear_error(name, load, match):
     with pytest.raises(ValueError, match=match):
         plan(name, load, Topology(4, 3))
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_a_topology_of_numpy_integers_plans_as_one_of_ints(name):
+    """A count computed from arrays is a numpy integer; a uint64 typed the kernels' sizes as
+    floats."""
+    load = np.random.default_rng(1).pareto(1.5, size=(3, 2, 8)) * 100
+    want = plan(name, load, Topology(4, 3))
+    for kind in (np.uint64, np.int32):
+        topo = Topology(kind(4), kind(3))
+        assert type(topo.num_ranks) is int and plan(name, load, topo) == want
+
+
+def test_an_option_beyond_the_float_range_is_a_clear_error():
+    match = r"'num_episodes' must be an integer .* \(401 characters\)"
+    with pytest.raises(ValueError, match=match):
+        plan("equilibrium", np.ones((1, 8)), Topology(4, 3), options={"num_episodes": 10**400})
 
 
 def test_previous_of_wrong_shape_is_an_error():
@@ -223,6 +244,16 @@ def test_flashlb_plans_a_load_in_any_unit_alike():
         assert np.mean(metrics.par(plan("flashlb", other, topo), agg)) <= counts + 0.002
     with pytest.raises(ValueError, match="overflow its float32 statistics"):
         plan("flashlb", W * 1e37, topo)
+
+
+def test_flashlb_plans_a_load_at_any_scale_alike():
+    """A load that is not counts is planned in a unit of its own: its float32 statistics do
+    not underflow (below 1e-38 every expert scored alike). (Past 2**53 every float is whole:
+    such a load is counts, refused above 1e18.)"""
+    base = np.random.default_rng(0).random((4, 3, 8)) + 0.1
+    want = plan("flashlb", base, Topology(4, 3))
+    for scale in (1e-40, 1e-200, 1e-310 / base.max(), 1e3, 1e10):
+        assert plan("flashlb", base * scale, Topology(4, 3)) == want, scale
 
 
 def test_flashlb_cherry_picks_layers():
@@ -319,3 +350,25 @@ def test_replanning_the_same_load_moves_nothing(name):
     topo = Topology(32, 9)
     first = plan(name, load, topo)
     assert plan(name, load, topo, previous=first) == first
+
+
+def test_a_placement_in_force_with_uneven_shares_is_kept_as_it_serves():
+    """Planned without shares, a layer in force with uneven shares is kept with them where the
+    uniform plan costs no less (before: its slots kept at even shares, PAR 1.0 -> 1.25)."""
+    shares = np.array([[1 / 3, 1, 2 / 3, 1]])
+    previous = Placement(np.array([[0, 1, 0, 2]]), 3, 2, slot_share=shares)
+    load = np.array([[3.0, 1.0, 0.0]])
+    for options in ({"max_moved_fraction": 0.0}, {"move_cost": 1e9}, {}):
+        got = plan("equilibrium", load, Topology(2, 2), previous=previous, options=options)
+        assert got == previous, options
+    # Flat as hierarchical: no layer dearer than keeping its slots and shares.
+    rng = np.random.default_rng(7)
+    topo = Topology(4, 3)
+    for _ in range(6):
+        load = rng.pareto(1.2, size=(4, 3, 8)) * 100
+        previous = plan("equilibrium", load[:2], topo, options={"shares": True})
+        got = plan("equilibrium", load[2:], topo, previous=previous)
+        move_cost = EquilibriumOptions().move_cost
+        summed = load[2:].sum(0)
+        cost = metrics.par(got, summed) + move_cost * got.moves(previous) / topo.num_ranks
+        assert np.all(cost <= metrics.par(previous, summed) + 1e-12)
