@@ -30,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as err:  # a file or argument the user can fix
         print(f"eplb-rt {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except MemoryError as err:  # sizes given that no machine holds (--dense-layers 10**11)
+        print(
+            f"eplb-rt {args.command}: error: out of memory ({err}); check the sizes given",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

@@ -81,16 +81,17 @@ def to_vllm_ascend(placement: Placement) -> dict:
 
 def from_vllm_ascend(doc: object, num_experts: int | None = None) -> Placement:
     """Read vllm-ascend's expert_map object; ``num_experts`` defaults to the ``eplb_rt`` field
-    when present, else the largest id + 1. Layers and devices are taken in the order of their
-    ids, which must be distinct integers; a layer's ``device_count``, where given, must be the
-    number of devices it lists."""
+    when present, else the largest id + 1. Layers and devices are taken in list order, as
+    vllm-ascend's loader serves them (``layer_list[i]`` is MoE layer ``i``); their ids must be
+    distinct integers, and are not read otherwise. A layer's ``device_count``, where given,
+    must be the number of devices it lists."""
     try:
-        layers = _by_id(doc["layer_list"], "layer_id", "layer_list")
+        layers = _listed(doc["layer_list"], "layer_id", "layer_list")
         count = _integer(doc.get("moe_layer_count", len(layers)), "moe_layer_count")
         rows = []
         for item in layers:
             where = f"layer {item['layer_id']}"
-            devices = _by_id(item["device_list"], "device_id", f"{where}'s device_list")
+            devices = _listed(item["device_list"], "device_id", f"{where}'s device_list")
             if "device_count" in item:
                 listed = _integer(item["device_count"], f"{where}'s device_count")
                 if listed != len(devices):
@@ -102,8 +103,13 @@ def from_vllm_ascend(doc: object, num_experts: int | None = None) -> Placement:
         share = extra.get("slot_share")
         if num_experts is None and "num_experts" in extra:
             num_experts = _integer(extra["num_experts"], "eplb_rt.num_experts")
-    except (KeyError, TypeError, AttributeError) as err:
-        raise ValueError(f"not a vllm-ascend expert_map document: {err!r}") from None
+    except KeyError as err:
+        raise ValueError(f"not a vllm-ascend expert_map document: no key {err}") from None
+    except (TypeError, AttributeError):
+        raise ValueError(
+            "not a vllm-ascend expert_map document: expected {'moe_layer_count', 'layer_list': "
+            "[{'layer_id', 'device_list': [{'device_id', 'device_expert': [ids]}]}]}"
+        ) from None
     if count != len(rows):
         raise ValueError(f"moe_layer_count is {count} but layer_list has {len(rows)} layers")
     if not rows:
@@ -124,15 +130,16 @@ def _integer(value: object, what: str) -> int:
     return value
 
 
-def _by_id(items: object, key: str, what: str) -> list:
-    """The objects of the list ``items`` sorted by their integer ``key``, which must differ."""
+def _listed(items: object, key: str, what: str) -> list:
+    """The list ``items``, in its order, once each object's ``key`` is checked: integers that
+    differ (a file whose ids repeat is not one vllm-ascend wrote)."""
     if not isinstance(items, list):
         raise ValueError(f"{what} must be a list, got {type(items).__name__}")
     ids = [_integer(item[key], f"{what}[{i}].{key}") for i, item in enumerate(items)]
     if len(set(ids)) != len(ids):
         twice = sorted({i for i in ids if ids.count(i) > 1})
         raise ValueError(f"{what} has {key} {twice[0]} more than once")
-    return [item for _, item in sorted(zip(ids, items, strict=True), key=lambda pair: pair[0])]
+    return items
 
 
 def to_sglang(placement: Placement) -> dict:
@@ -182,7 +189,7 @@ def read_placement(
     files; ``num_experts`` overrides the default (largest id + 1).
     """
     path = os.fspath(path)
-    if fmt is None and path.endswith(".npy"):
+    if fmt is None and is_npy(path):
         fmt = "npy"
     format_kind(fmt or "vllm-ascend", "placement")
     try:
@@ -203,7 +210,7 @@ def read_placement(
                 placement = from_vllm_ascend(doc, num_experts)
         if num_ranks is not None and placement.num_ranks != num_ranks:
             raise ValueError(
-                f"the file places experts on {placement.num_ranks} ranks, --ranks says {num_ranks}"
+                f"the file places experts on {placement.num_ranks} ranks, expected {num_ranks}"
             )
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
@@ -213,7 +220,7 @@ def read_placement(
 def write_placement(placement: Placement, path: str | os.PathLike, fmt: str | None = None) -> None:
     """Write ``placement`` in ``fmt`` (default: ``npy`` for ``.npy``, else ``vllm-ascend``)."""
     path = os.fspath(path)
-    fmt = fmt or ("npy" if path.endswith(".npy") else "vllm-ascend")
+    fmt = fmt or ("npy" if is_npy(path) else "vllm-ascend")
     format_kind(fmt, "placement")
     if fmt == "npy":
         if not placement.is_uniform:
@@ -225,6 +232,11 @@ def write_placement(placement: Placement, path: str | os.PathLike, fmt: str | No
         json.dump(doc, f)
 
 
+def is_npy(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a ``.npy`` file (any case: ``.NPY`` too, as the loads' readers)."""
+    return os.fspath(path).lower().endswith(".npy")
+
+
 def read_load(path: str | os.PathLike, fmt: str = "load") -> np.ndarray:
     """Read a load file in ``fmt`` (one of :data:`LOAD_FORMATS`); returns ``[T, L, E] float64``."""
     path = os.fspath(path)
@@ -232,7 +244,7 @@ def read_load(path: str | os.PathLike, fmt: str = "load") -> np.ndarray:
     suffix = os.path.splitext(path)[1].lower()
     try:
         if suffix == ".pt":
-            return from_logical_count(_read_torch(path))
+            return from_logical_count(_read_torch(path, SGLANG_COUNT_KEY))
         if fmt == "sglang-count" or suffix == ".json":
             return from_logical_count(_read_json(path))
         if suffix in (".npy", ".npz"):
@@ -276,6 +288,17 @@ def write_load(load: np.ndarray, path: str | os.PathLike, fmt: str = "load") -> 
         return
     with open(path, "w") as f:
         json.dump(to_logical_count(load), f)
+
+
+def make_folder(path: str | os.PathLike, what: str) -> None:
+    """Make the folder ``path`` (and its parents) unless it exists; a ``ValueError`` naming
+    ``what`` (the setting that gave it) where it cannot be made."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise ValueError(
+            f"{what} {os.fspath(path)!r}: cannot make the folder ({err.strerror or err})"
+        ) from None
 
 
 # --------------------------------------------------------------------------------- dense layers
@@ -358,7 +381,18 @@ def _rectangular(value: object, key: str, ndims: tuple[int, ...]) -> np.ndarray:
         )
     if arr.size == 0 or arr.dtype.kind not in "iuf":
         raise ValueError(f"{key} must hold numbers, got {arr.dtype} with shape {arr.shape}")
+    if arr.dtype.kind in "iu" and _holds_bool(value):  # numpy reads [true, 5] as [1, 5]
+        raise ValueError(f"{key} must hold numbers, got true or false among them")
     return arr
+
+
+def _holds_bool(value: object) -> bool:
+    """Whether the nested lists ``value`` hold a bool (JSON ``true`` / ``false``)."""
+    if isinstance(value, (bool, np.bool_)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_holds_bool(item) for item in value)
+    return False
 
 
 def _read_json(path: str) -> object:
@@ -373,10 +407,12 @@ def _read_json(path: str) -> object:
         raise ValueError("not valid JSON (nested too deeply)") from None
 
 
-def _read_torch(path: str) -> object:
+def _read_torch(path: str, key: str) -> object:
     """A ``torch.save`` file loaded with ``weights_only`` (tensors and plain values, no code
-    run), tensors as numpy arrays on the host: what SGLang's expert-distribution recorder dumps
-    (``{"rank", "logical_count", ...}``, saved from the device)."""
+    run): what SGLang's expert-distribution recorder dumps (``{"rank", "logical_count", ...}``,
+    saved from the device). Returns ``{key: value}`` with the value's tensors (also in lists)
+    as numpy arrays on the host; the other entries are not read (the recorder may add tensors
+    numpy cannot hold), and a file that is not a dict is returned as it is."""
     import pickle
 
     import torch  # this format only: the rest of the module reads files without torch
@@ -384,20 +420,29 @@ def _read_torch(path: str) -> object:
     with open(path, "rb") as f:  # a missing file is the caller's OSError, as for the others
         try:
             data = torch.load(f, map_location="cpu", weights_only=True)
-        except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as err:
+        except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError) as err:
+            # OSError: a file cut short can fail in the zip reader's seek (errno 22)
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ValueError(f"not a torch.save file of tensors ({first})") from None
+    if not isinstance(data, dict) or key not in data:
+        return data
 
     def host(value):
+        if isinstance(value, (list, tuple)):
+            return [host(item) for item in value]
         if not isinstance(value, torch.Tensor):
             return value
-        value = value.detach()
-        # numpy has no bfloat16 (a recorder may count in the model's dtype)
-        return (value.double() if value.is_floating_point() else value).numpy()
+        try:
+            value = value.detach().to_dense() if value.layout != torch.strided else value.detach()
+            # numpy has no bfloat16 (a recorder may count in the model's dtype)
+            return (value.double() if value.is_floating_point() else value).numpy()
+        except (TypeError, RuntimeError, NotImplementedError) as err:
+            first = str(err).strip().splitlines()[0]
+            raise ValueError(
+                f"{key} holds a {value.dtype} tensor numpy cannot read ({first})"
+            ) from None
 
-    if isinstance(data, dict):
-        return {k: host(v) for k, v in data.items()}
-    return host(data)
+    return {key: host(data[key])}
 
 
 def _read_array(path: str) -> np.ndarray:

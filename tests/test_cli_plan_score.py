@@ -69,7 +69,7 @@ def test_score_reads_a_npy_placement_with_ranks(capsys, tmp_path, toy_json):
     code, _, err = run(capsys, "score", "--placement", tmp_path / "p.npy", "--load", toy_json)
     assert code == 2 and "pass --ranks D" in err
     code, _, err = run(capsys, "score", "--placement", out, "--load", toy_json, "--ranks", 4)
-    assert code == 2 and "places experts on 8 ranks, --ranks says 4" in err
+    assert code == 2 and "places experts on 8 ranks, expected 4" in err
 
 
 def test_plan_reaches_the_hand_derived_optimum(capsys, tmp_path):
@@ -354,7 +354,7 @@ def test_mismatched_shapes_exit_2(capsys, tmp_path, toy_json):
         tmp_path / "x.json",
     )
     assert code == 2
-    assert "places experts on 4 ranks, --ranks says 8" in err
+    assert "places experts on 4 ranks, expected 8" in err
     wide = tmp_path / "wide.json"
     assert (
         run(capsys, "plan", "--load", toy_json, "--ranks", 8, "--slots-per-rank", 2, "--out", wide)[
@@ -364,9 +364,74 @@ def test_mismatched_shapes_exit_2(capsys, tmp_path, toy_json):
     )
     code, _, err = run(capsys, "score", "--placement", out, "--load", toy_json, "--previous", wide)
     assert code == 2
-    assert "placements differ in shape" in err
+    assert "wide.json: the file places experts on 8 ranks, expected 4" in err
     code, _, err = run(
         capsys, "score", "--placement", tmp_path / "missing.json", "--load", toy_json
     )
     assert code == 2
     assert "missing.json" in err
+
+
+def test_an_output_that_is_an_input_is_refused_and_the_input_kept(capsys, tmp_path):
+    """``--out`` on the ``--load`` trace would replace it by a placement that reads back as a
+    load of other experts; ``simulate``'s JSON and plot on one path, the plot over the JSON."""
+    trace = tmp_path / "trace.npy"
+    np.save(trace, np.array([[[600.0, 560, 120, 120, 20, 10, 10, 10]]]))
+    before = trace.read_bytes()
+    small = ["--ranks", 8, "--slots-per-rank", 2]
+    code, _, err = run(capsys, "plan", "--load", trace, *small, "--out", trace)
+    assert code == 2 and "--out" in err and "is also --load" in err
+    previous = tmp_path / "p.json"
+    assert run(capsys, "plan", "--load", trace, *small, "--out", previous)[0] == 0
+    code, _, err = run(capsys, "plan", "--load", trace, *small, "--previous", previous,
+                       "--out", previous)  # fmt: skip
+    assert code == 2 and "is also --previous" in err
+    code, _, err = run(capsys, "simulate", "--load", trace, *small, "--json", trace)
+    assert code == 2 and "is also --load" in err
+    both = tmp_path / "x.svg"
+    code, _, err = run(capsys, "simulate", "--load", trace, *small, "--json", both, "--plot", both)
+    assert code == 2 and "--plot" in err and "is also --json" in err
+    assert trace.read_bytes() == before and not both.exists()
+
+
+def test_a_previous_placement_of_other_layers_names_both_files(capsys, tmp_path, toy_json):
+    previous = tmp_path / "p.json"
+    formats.write_placement(Placement.initial(2, 8, Topology(8, 2)), previous)
+    argv = ["--load", toy_json, "--ranks", 8, "--slots-per-rank", 2, "--out", tmp_path / "q.json"]
+    code, _, err = run(capsys, "plan", *argv, "--previous", previous)
+    assert code == 2 and f"--previous {previous}: 2 layers, but --load has 1" in err
+
+
+def test_score_takes_the_rank_count_of_an_sglang_previous_from_the_placement(
+    capsys, tmp_path, toy_json
+):
+    out = tmp_path / "p.json"
+    argv = ["--load", toy_json, "--ranks", 8, "--slots-per-rank", 2, "--policy", "deepseek"]
+    assert run(capsys, "plan", *argv, "--out", out)[0] == 0
+    formats.write_placement(formats.read_placement(out), tmp_path / "s.json", "sglang")
+    summary = score_json(
+        capsys, "--placement", out, "--load", toy_json, "--previous", tmp_path / "s.json"
+    )
+    assert summary["moved_fraction"] == 0.0
+
+
+def test_sizes_beyond_memory_exit_2_with_one_line(capsys, monkeypatch, tmp_path, toy_json):
+    from eplb_rt.commands import convert
+
+    def no_memory(*_):
+        raise MemoryError("Unable to allocate 29.1 TiB")
+
+    monkeypatch.setattr(convert.formats, "add_dense_layers", no_memory)
+    code, out, err = run(
+        capsys, "convert", "--from", "sglang-count", "--to", "load", toy_json, tmp_path / "x.npy"
+    )
+    assert code == 2 and not out
+    assert err.strip().count("\n") == 0 and "out of memory (Unable to allocate 29.1 TiB)" in err
+
+
+def test_a_topology_beyond_int32_slot_ids_is_refused(capsys, tmp_path, toy_json):
+    with pytest.raises(ValueError, match="slot ids are int32"):
+        Topology(2**20, 2**11)
+    argv = ["--load", toy_json, "--ranks", 10**12, "--slots-per-rank", 1]
+    code, _, err = run(capsys, "plan", *argv, "--out", tmp_path / "q.json")
+    assert code == 2 and "slot ids are int32" in err

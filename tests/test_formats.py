@@ -125,7 +125,7 @@ def test_bad_sglang_documents(tmp_path, doc, message):
 def test_vllm_ascend_rank_count_is_checked(tmp_path):
     path = tmp_path / "map.json"
     formats.write_placement(_placement(2, 5, 3, 2), path, "vllm-ascend")
-    with pytest.raises(ValueError, match="3 ranks, --ranks says 2"):
+    with pytest.raises(ValueError, match="3 ranks, expected 2"):
         formats.read_placement(path, "vllm-ascend", num_ranks=2)
 
 
@@ -324,14 +324,79 @@ def test_from_vllm_ascend_refuses_a_hand_written_mistake(change, match):
         formats.from_vllm_ascend(doc)
 
 
-def test_from_vllm_ascend_takes_layers_and_devices_in_the_order_of_their_ids():
+def test_from_vllm_ascend_takes_layers_and_devices_in_list_order_as_the_engine_does():
+    """vllm-ascend's loader serves ``layer_list[i]`` as MoE layer ``i`` and the devices in list
+    order; the ids are not read (tests/integrations checks it against that loader)."""
     placement = make([[0, 1, 2, 3], [3, 2, 1, 0]], 4, 2)
     doc = formats.to_vllm_ascend(placement)
     doc["layer_list"].reverse()
     doc["layer_list"][0]["device_list"].reverse()
+    assert formats.from_vllm_ascend(doc) == make([[1, 0, 3, 2], [0, 1, 2, 3]], 4, 2)
     whole = formats.to_vllm_ascend(placement)
     whole["layer_list"][0]["device_list"][0]["device_expert"] = [0.0, 1.0]  # whole numbers
-    assert formats.from_vllm_ascend(doc) == placement == formats.from_vllm_ascend(whole)
+    for item, layer_id in zip(whole["layer_list"], (3, 4), strict=True):
+        item["layer_id"] = layer_id  # ids counted over all layers, dense ones too
+    assert formats.from_vllm_ascend(whole) == placement
+
+
+def test_a_structure_mistake_says_what_the_document_should_hold():
+    for doc in ({"layer_list": [["not a layer"]]}, {"layer_list": [{"layer_id": 0}]}):
+        with pytest.raises(ValueError, match="not a vllm-ascend expert_map document") as err:
+            formats.from_vllm_ascend(doc)
+        assert "Error(" not in str(err.value)  # no Python repr
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"physical_to_logical_map": [[True, False, 2, 3]]},
+        {"logical_count": [[True, 5], [3, 4]]},
+    ],
+    ids=["sglang-map", "logical-count"],
+)
+def test_true_and_false_among_numbers_are_refused(tmp_path, doc):
+    """numpy reads ``[true, 5]`` as ``[1, 5]``: a JSON bool is no expert id or count."""
+    path = tmp_path / "doc.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="got true or false among them"):
+        if "logical_count" in doc:
+            formats.read_load(path)
+        else:
+            formats.read_placement(path, num_ranks=2)
+
+
+def test_an_upper_case_npy_placement_reads_back(tmp_path):
+    placement = make([[0, 1, 2, 3], [3, 2, 1, 0]], 4, 2)
+    path = tmp_path / "MAP.NPY"
+    formats.write_placement(placement, path)
+    assert np.load(path).shape == (2, 4)
+    assert formats.read_placement(path, num_ranks=2) == placement
+
+
+def test_a_dump_is_read_by_its_logical_count_alone(tmp_path):
+    """The recorder's other entries may hold tensors numpy cannot (sparse, on no device); a
+    list of bfloat16 steps is read as one tensor is, a sparse count as its dense values."""
+    counts = torch.randint(0, 50, (2, 3, 8)).float()
+    path = tmp_path / "dump.pt"
+    nowhere = torch.empty(3, device="meta")
+    torch.save({"logical_count": list(counts.bfloat16()), "s": torch.ones(3).to_sparse(),
+                "m": nowhere}, path)  # fmt: skip
+    np.testing.assert_array_equal(formats.read_load(path), counts.numpy())
+    torch.save({"logical_count": counts.to_sparse()}, path)
+    np.testing.assert_array_equal(formats.read_load(path), counts.numpy())
+    torch.save({"logical_count": nowhere}, path)
+    with pytest.raises(ValueError, match=r"dump\.pt: logical_count holds a torch.float32 tensor"):
+        formats.read_load(path)
+
+
+def test_a_dump_cut_short_names_the_file(tmp_path):
+    path = tmp_path / "dump.pt"
+    torch.save({"logical_count": torch.ones(64, 4, 64)}, path)
+    data = path.read_bytes()
+    for size in (100, 1000, len(data) // 2, len(data) - 100):
+        path.write_bytes(data[:size])
+        with pytest.raises(ValueError, match=r"dump\.pt: not a torch.save file of tensors"):
+            formats.read_load(path)
 
 
 @pytest.mark.parametrize(("fmt", "suffix"), [("load", ".npy"), ("sglang-count", ".json")])

@@ -54,6 +54,26 @@ def check_output(path: str | os.PathLike | None, flag: str, directory: bool = Fa
         raise ValueError(f"{flag} {path}: folder {folder} is not writable")
 
 
+def check_outputs_apart(
+    inputs: list[tuple[str, str | os.PathLike | None]],
+    outputs: list[tuple[str, str | os.PathLike | None]],
+) -> None:
+    """Raise where an output (``(flag, path)``, ``None``: not given) is an input file or another
+    output: writing it would destroy the input (a trace replaced by a placement) or the other
+    output, after the run succeeded."""
+    seen: dict[str, str] = {}
+    for flag, path in inputs:
+        if path is not None:
+            seen.setdefault(os.path.realpath(path), flag)
+    for flag, path in outputs:
+        if path is None:
+            continue
+        real = os.path.realpath(path)
+        if real in seen:
+            raise ValueError(f"{flag} {os.fspath(path)}: is also {seen[real]}; give another path")
+        seen[real] = flag
+
+
 def read_load(paths: list[str]) -> np.ndarray:
     """``--load`` files stacked along ``T``: ``[T, L, E] float64``, checked by :func:`nonzero`."""
     return nonzero(formats.read_loads(paths), paths)
@@ -86,6 +106,9 @@ def check_simulate(args: argparse.Namespace) -> None:
     check_plot(args.plot)
     check_output(args.json, "--json")
     check_output(args.save_placements, "--save-placements", directory=True)
+    check_outputs_apart(
+        [("--load", path) for path in args.load], [("--json", args.json), ("--plot", args.plot)]
+    )
     if args.policies is not None and not args.policies.replace(",", "").strip():
         raise ValueError(
             f"--policies {args.policies!r} names no policy; give one or more of "

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if src == "placement":
         placement = formats.read_placement(args.input, args.src_format, args.ranks, args.experts)
-        placement = formats.add_dense_layers(formats.drop_dense_layers(placement, drop), add)
+        placement = _dense_layers(placement, drop, add, args.input)
         formats.write_placement(placement, args.output, args.dst_format)
         print(f"wrote {args.output}: {placement.describe()} ({args.dst_format})")
         return 0
@@ -72,8 +72,17 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{args.input}: load has {load.shape[2]} experts, --experts says {args.experts}"
         )
-    load = formats.add_dense_layers(formats.drop_dense_layers(load, drop), add)
+    load = _dense_layers(load, drop, add, args.input)
     formats.write_load(load, args.output, args.dst_format)
     T, L, E = load.shape
     print(f"wrote {args.output}: load of {T} steps x {L} layers x {E} experts ({args.dst_format})")
     return 0
+
+
+def _dense_layers(item, drop: int, add: int, path: str):
+    """``item`` (a placement or load read from ``path``) less ``drop`` dense layers, then with
+    ``add``; an error names ``path``, as every reading error does."""
+    try:
+        return formats.add_dense_layers(formats.drop_dense_layers(item, drop), add)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None

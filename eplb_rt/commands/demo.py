@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from eplb_rt.config import EplbConfig
 
     _check(args)
-    policy = args.policy or EplbConfig.policy
+    policy = EplbConfig.policy if args.policy is None else args.policy
     if policy not in policy_names():
         raise ValueError(f"unknown policy {policy!r}; choose one of {policy_names()}")
     # Compile the policy's numba kernels into their disk cache here, once, so that the ranks load

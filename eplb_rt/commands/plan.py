@@ -108,6 +108,8 @@ def parse_options(items: list[str]) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     _args.check_output(args.out, "--out")
+    inputs = [("--load", path) for path in args.load] + [("--previous", args.previous)]
+    _args.check_outputs_apart(inputs, [("--out", args.out)])
     if args.horizon is not None and not (math.isfinite(args.horizon) and args.horizon > 0):
         raise ValueError(f"--horizon must be a number of rows > 0, got {args.horizon:g}")
     cost = cost_from_args(args)
@@ -119,6 +121,11 @@ def run(args: argparse.Namespace) -> int:
     previous = None
     if args.previous:
         previous = formats.read_placement(args.previous, None, args.ranks, num_experts)
+        if previous.num_layers != load.shape[1]:
+            raise ValueError(
+                f"--previous {args.previous}: {previous.num_layers} layers, but --load has "
+                f"{load.shape[1]}"
+            )
     horizon = load.shape[0] if args.horizon is None else args.horizon
     # The kernels load (or compile) once per process: the time printed is the plan's own, as
     # `simulate` and the runtime report it.

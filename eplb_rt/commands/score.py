@@ -56,10 +56,9 @@ def run(args: argparse.Namespace) -> int:
         )
     previous = None
     if args.previous:
-        # An array records no rank count: it has the scored placement's (a JSON file its own).
-        ranks = args.ranks
-        if ranks is None and str(args.previous).endswith(".npy"):
-            ranks = placement.num_ranks
+        # The scored placement's rank count: an array or an SGLang map records none, and a
+        # vllm-ascend file's own must match it for moves to mean anything.
+        ranks = placement.num_ranks if args.ranks is None else args.ranks
         previous = formats.read_placement(
             args.previous, num_ranks=ranks, num_experts=placement.num_experts
         )

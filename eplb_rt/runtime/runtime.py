@@ -155,13 +155,7 @@ class EplbRuntime:
         self.max_replicas = min(self.num_ranks, self.topology.num_slots - num_experts + 1)
         self._placement = self._initial_placement()
         if config.export_dir is not None:  # before any group or thread: a failure leaves none
-            try:
-                os.makedirs(config.export_dir, exist_ok=True)
-            except OSError as err:
-                raise ValueError(
-                    f"EplbConfig.export_dir {os.fspath(config.export_dir)!r}: cannot make the "
-                    f"folder ({err.strerror or err})"
-                ) from None
+            formats.make_folder(config.export_dir, "EplbConfig.export_dir")
             if self.rank == 0:
                 formats.write_placement(self._placement, self._export_path(0))
 
@@ -247,7 +241,9 @@ class EplbRuntime:
         path = self.config.initial_placement
         if path is None:
             return planning.starting_placement(self.num_layers, self.num_experts, self.topology)
-        placement = formats.read_placement(path, num_experts=self.num_experts)
+        placement = formats.read_placement(
+            path, num_ranks=self.num_ranks, num_experts=self.num_experts
+        )
         want = (self.num_layers, self.num_experts, self.num_ranks, self.topology.num_slots_per_rank)
         got = (
             placement.num_layers,

@@ -80,3 +80,5 @@ def test_demo_rejects_bad_arguments(capsys):
     assert "two replicas of an expert on one rank" in capsys.readouterr().err
     assert main(["demo", "--policy", "nope"]) == 2
     assert "unknown policy" in capsys.readouterr().err
+    assert main(["demo", "--policy", ""]) == 2  # not the default policy
+    assert "unknown policy ''" in capsys.readouterr().err

@@ -235,6 +235,12 @@ def test_initial_placement_from_json_and_export(tmp_path):
     invalid.write_text(json.dumps(doc))
     with pytest.raises(ValueError, match=r"two replicas of expert 3|expert 2 has no slot"):
         EplbRuntime(dataclass_replace(config, initial_placement=str(invalid)), 2, 4)
+    # SGLang's map and an array record no rank count: the runtime's own is theirs.
+    for name, fmt in (("start_sglang.json", "sglang"), ("start.npy", "npy")):
+        formats.write_placement(placement, tmp_path / name, fmt)
+        again = dataclass_replace(config, initial_placement=str(tmp_path / name))
+        with EplbRuntime(again, 2, 4) as rt:
+            assert rt.placement == placement
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):

@@ -352,7 +352,7 @@ def test_convert_vllm_ascend_rank_mismatch(tmp_path, capsys):
         2,
     )
     assert code == 2
-    assert "3 ranks, --ranks says 2" in err
+    assert "3 ranks, expected 2" in err
 
 
 # ----------------------------------------------------------------------------- real trace
@@ -448,7 +448,7 @@ def test_convert_dense_layers_of_the_deepseek_trace(tmp_path, capsys):
         4,
     )
     assert code == 2
-    assert "layer 3 has load, so it is not dense" in err
+    assert f"{trace}: layer 3 has load, so it is not dense" in err
 
 
 def test_convert_dense_layers_needs_one_sglang_side(tmp_path, capsys):
