@@ -103,14 +103,23 @@ def policy_class(
     policy: str | None = None,
     options: dict | None = None,
     *,
-    returns_maps: bool = False,
+    returns_maps: bool | None = None,
     abstract: type | None = None,
 ) -> type[EplbRtPolicy]:
     """A subclass of :class:`EplbRtPolicy` bound to ``policy`` (checked now) and ``options``;
     ``returns_maps`` for vLLM 0.13-0.18 (see :meth:`EplbRtPolicy.rebalance_experts`). With
     ``abstract`` (vLLM's ``AbstractEplbPolicy``) it is a subclass of that too, for engine code
-    that checks what its policy is."""
+    that checks what its policy is. ``None`` (both): as the vLLM that imports here wants
+    (:func:`returns_maps` of its ``AbstractEplbPolicy``); without vLLM, ``phy2log`` alone and no
+    vLLM base."""
     name = policy_name(policy)
+    if returns_maps is None:
+        if abstract is None:
+            try:
+                abstract = policy_registry().AbstractEplbPolicy
+            except (ImportError, AttributeError):
+                pass
+        returns_maps = abstract is not None and _wants_maps(abstract)
     attrs = {"policy": name, "options": options, "returns_maps": returns_maps}
     bases = (EplbRtPolicy,) if abstract is None else (EplbRtPolicy, abstract)
     return type(f"EplbRt_{name}", bases, attrs)
@@ -119,6 +128,11 @@ def policy_class(
 def returns_maps(abstract: type) -> bool:
     """Whether vLLM's ``AbstractEplbPolicy`` (``abstract``) wants the three maps back: its
     ``rebalance_experts`` is annotated ``-> tuple[...]`` up to vLLM 0.18, ``-> Tensor`` after."""
+    return _wants_maps(abstract)
+
+
+def _wants_maps(abstract: type) -> bool:
+    """:func:`returns_maps`, under a name :func:`policy_class`'s argument does not hide."""
     returned = inspect.signature(abstract.rebalance_experts).return_annotation
     if isinstance(returned, str):  # postponed annotations
         return returned.replace(" ", "").lower().startswith(("tuple[", "typing.tuple["))

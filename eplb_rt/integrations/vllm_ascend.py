@@ -28,7 +28,7 @@ import sys
 
 import numpy as np
 
-from eplb_rt import envs
+from eplb_rt import envs, formats
 from eplb_rt.algorithms import warm_up
 from eplb_rt.integrations._common import as_numpy, policy_name, replan
 from eplb_rt.placement import Topology
@@ -90,6 +90,8 @@ class EplbRtAscendPolicy:
         self.num_nodes = num_nodes
         self.num_groups = num_groups
         self.export_dir = export_dir if export_dir is not None else envs.get("EPLB_RT_EXPORT_DIR")
+        if self.export_dir:  # a folder that cannot be made is a set-up error: said at the start
+            formats.make_folder(self.export_dir, f"{WHERE}: export_dir (EPLB_RT_EXPORT_DIR)")
         self.keep_on_error = keep_on_error
         self._exported = 0  # a plain int: vllm-ascend may pickle the policy into its EPLB process
         warm_up([self.policy])
@@ -118,6 +120,8 @@ class EplbRtAscendPolicy:
         table = as_numpy(current_expert_table, "current_expert_table [L, D, S]", (3,), WHERE)
         work = as_numpy(expert_workload, "expert_workload [(T,) L, D, S]", (3, 4), WHERE)
         work = work[None] if work.ndim == 3 else work
+        if work.shape[0] == 0:
+            raise ValueError(f"{WHERE}: expert_workload has no stage: shape {work.shape}")
         if work.shape[1:] != table.shape:
             raise ValueError(
                 f"{WHERE}: expert_workload has shape {work.shape}, expected "
@@ -140,13 +144,23 @@ class EplbRtAscendPolicy:
             WHERE, load, topology, table.reshape(L, -1), policy=self.policy, options=self.options
         )
         if self.export_dir:
-            os.makedirs(self.export_dir, exist_ok=True)
-            name = f"load-{os.getpid()}-{self._exported:04d}.npy"
-            self._exported += 1
-            np.save(os.path.join(self.export_dir, name), load)
+            self._export(load)
         changed = np.flatnonzero(gain > 0)
         priority = changed[np.argsort(-gain[changed], kind="stable")].astype(np.int64)
         return bool(priority.size), priority, placement.by_rank().copy()
+
+    def _export(self, load: np.ndarray) -> None:
+        """``load`` written to the export folder. A failed write (a full disk, the folder gone)
+        is logged: it must not cost the plan, nor end vllm-ascend's EPLB process."""
+        name = f"load-{os.getpid()}-{self._exported:04d}.npy"
+        path = os.path.join(self.export_dir, name)
+        try:
+            os.makedirs(self.export_dir, exist_ok=True)
+            np.save(path, load)
+        except OSError as err:
+            log.error("%s: cannot write %s (%s); the plan stands", WHERE, path, err)
+            return
+        self._exported += 1
 
 
 def install(policy: str | None = None, options: dict | None = None) -> None:

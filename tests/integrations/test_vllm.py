@@ -94,19 +94,19 @@ def test_vllms_own_map_in_force_is_accepted():
     force is accepted and the next plan is a valid eplb_rt placement."""
     old = np.tile(np.array([0, 0, 1, 2, 3, 4, 5, 6, 7, 1]), (2, 1))  # rank 0: expert 0 twice
     hot = torch.tensor([[8.0, 1, 1, 1, 1, 1, 1, 1]] * 2)  # rank 0 carries all of expert 0
-    new = ours.policy_class().rebalance_experts(hot, 10, 1, 1, 5, torch.tensor(old))
+    policy = ours.policy_class(returns_maps=False)
+    new = policy.rebalance_experts(hot, 10, 1, 1, 5, torch.tensor(old))
     Placement(new.numpy(), 8, 5)
 
 
 def test_an_old_map_of_another_width_is_planned_anew(vllm):
     load, topology = CASES[2][1], CASES[2][2]
-    fresh = ours.policy_class().rebalance_experts(*_args(load, topology))
+    policy = ours.policy_class(returns_maps=False)
+    fresh = policy.rebalance_experts(*_args(load, topology))
     wider = torch.zeros(load.shape[1], topology.num_slots + 8, dtype=torch.int64)
     padded = torch.full((load.shape[1], topology.num_slots), -1, dtype=torch.int64)
     for old in (wider, padded):  # elastic EP changing the rank count
-        assert torch.equal(
-            ours.policy_class().rebalance_experts(*_args(load, topology), old), fresh
-        )
+        assert torch.equal(policy.rebalance_experts(*_args(load, topology), old), fresh)
 
 
 @pytest.mark.parametrize(
@@ -130,7 +130,22 @@ def test_an_old_map_of_another_width_is_planned_anew(vllm):
 )
 def test_bad_input_gets_a_clear_error(weight, replicas, ranks, old, message):
     with pytest.raises(ValueError, match=message):
-        ours.policy_class().rebalance_experts(weight, replicas, 1, 1, ranks, old)
+        ours.policy_class(returns_maps=False).rebalance_experts(weight, replicas, 1, 1, ranks, old)
+
+
+def test_the_class_made_by_default_serves_the_vllm_that_imports(vllm):
+    """``policy_class(name, options)``, as the docs write it, returns what this vLLM release
+    unpacks (the three maps up to 0.18) and is one of its policies."""
+    abstract = vllm.policy.AbstractEplbPolicy
+    cls = ours.policy_class("flashlb")
+    assert issubclass(cls, abstract)
+    assert cls.returns_maps == ours.returns_maps(abstract)
+    load, topology = CASES[2][1], CASES[2][2]
+    got = cls.rebalance_experts(*_args(load, topology))
+    want = ours.policy_class("flashlb", returns_maps=False).rebalance_experts(
+        *_args(load, topology)
+    )
+    assert torch.equal(got[0] if cls.returns_maps else got, want)
 
 
 def test_unknown_policy_is_refused_when_the_class_is_made():

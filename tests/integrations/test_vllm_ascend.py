@@ -4,6 +4,7 @@ expert_map loader, its policy factory, and clear errors for bad input from the e
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import multiprocessing
 import sys
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from eplb_rt import formats
 from eplb_rt.algorithms import metrics, plan
 from eplb_rt.cli import main as cli
 from eplb_rt.config import EplbConfig
@@ -103,6 +105,7 @@ def test_multistage_workload_is_read_as_episodes(ascend):
         (np.arange(16).reshape(1, 4, 4), np.full((1, 4, 4), np.nan), "NaN"),
         (np.arange(16).reshape(1, 4, 4), -np.ones((1, 4, 4)), "negative"),
         (np.zeros((1, 4, 0), dtype=np.int64), np.zeros((1, 4, 0)), r"empty: shape \(1, 4, 0\)"),
+        (np.arange(16).reshape(1, 4, 4), np.zeros((0, 1, 4, 4)), r"no stage: shape \(0, 1"),
     ],
     ids=[
         "2d-table",
@@ -113,6 +116,7 @@ def test_multistage_workload_is_read_as_episodes(ascend):
         "nan-load",
         "negative-load",
         "empty-table",
+        "no-stage",
     ],
 )
 def test_bad_input_gets_a_clear_error(table, work, message):
@@ -134,6 +138,31 @@ def test_keep_on_error_logs_and_keeps_the_table(caplog):
     assert isinstance(new, np.ndarray) and new.dtype == np.int32 and np.array_equal(new, table)
     # An input that is no table at all comes back as it was given.
     assert policy.rebalance_experts("no table", np.ones((1, 4, 4)))[2] == "no table"
+
+
+def test_an_export_folder_that_cannot_be_made_is_refused_at_the_start(tmp_path):
+    afile = tmp_path / "a-file"
+    afile.write_text("")
+    with pytest.raises(ValueError, match=r"EPLB_RT_EXPORT_DIR.*cannot make the folder"):
+        EplbRtAscendPolicy(export_dir=str(afile / "loads"))
+
+
+def test_a_load_that_cannot_be_written_is_logged_and_the_plan_stands(tmp_path, caplog):
+    """In vllm-ascend's EPLB process an exception ends the process: a write that fails (the
+    folder gone, a full disk) must cost neither the plan nor that process."""
+    folder = tmp_path / "loads"
+    policy = EplbRtAscendPolicy("equilibrium", export_dir=str(folder))
+    table = np.arange(16).reshape(1, 4, 4) % 12
+    work = np.array([[[90, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1], [80, 1, 1, 1]]], dtype=float)
+    want = EplbRtAscendPolicy("equilibrium").rebalance_experts(table, work)
+    folder.rmdir()
+    folder.write_text("")  # the folder is now a file: no load can be written there
+    with caplog.at_level(logging.ERROR, logger="eplb_rt.integrations"):
+        got = policy.rebalance_experts(table, work)
+    assert "cannot write" in caplog.text and "the plan stands" in caplog.text
+    assert got[0] == want[0] and np.array_equal(got[1], want[1])
+    assert np.array_equal(got[2], want[2])
+    assert want[0], "the case must change a layer"
 
 
 @pytest.fixture
@@ -236,6 +265,21 @@ def test_offline_path_exported_load_to_vllm_ascend_loader(ascend, tmp_path):
         layers.append(table.numpy())
     expected = plan(policy, load, topology).phy2log
     np.testing.assert_array_equal(np.stack(layers).reshape(L, -1), expected)
+
+
+def test_a_map_listed_out_of_id_order_reads_as_vllm_ascend_serves_it(ascend, tmp_path):
+    """vllm-ascend's loader takes layers and devices in list order, whatever their ids say."""
+    doc = formats.to_vllm_ascend(
+        Placement(np.array([[0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0]]), 6, 3)
+    )
+    doc["layer_list"].reverse()
+    doc["layer_list"][0]["device_list"].reverse()
+    path = tmp_path / "map.json"
+    path.write_text(json.dumps(doc))
+    ours = formats.read_placement(path).by_rank()
+    for layer in range(2):
+        served, _ = ascend.eplb_utils.expert_file_to_tensor(str(path), layer)
+        np.testing.assert_array_equal(served.numpy(), ours[layer])
 
 
 def test_the_policy_crosses_into_a_spawned_eplb_process(tmp_path):
