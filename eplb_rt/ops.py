@@ -2,10 +2,13 @@
 
 The wrappers are thin on purpose (a decode-size call costs about 10 µs): the kernels check every
 argument themselves, before writing anything, and raise ``RuntimeError`` naming the argument,
-what was expected and what they got. What an op writes may not share memory with what it reads
-(``route_and_count`` may write ``phy_ids`` over ``topk_ids`` itself, and a table may be
-refreshed from itself). Importing this module loads ``eplb_rt._C``, which registers
-the ops with the dispatcher.
+what was expected and what they got. What an op writes may not share memory with what it reads,
+nor with another tensor it writes (``route_and_count`` may write ``phy_ids`` over ``topk_ids``
+itself, and a table may be refreshed from itself). As torch's own in-place ops, a call bumps the
+version of each tensor it writes (a backward that saved one refuses to run), and refuses to
+write a tensor that requires grad while grad mode is on (call the ops under ``torch.no_grad()``
+or ``torch.inference_mode()``, as engines serve). Importing this module loads ``eplb_rt._C``,
+which registers the ops with the dispatcher.
 
 The replica rule of :func:`route_and_count` (which replica of an expert a routed pair gets,
 from its position only, deterministically and graph-safe) is defined and explained once, in
@@ -89,7 +92,8 @@ def route_and_count(
 
     Args:
         topk_ids: ``[N, K]`` int32 or int64, contiguous: logical expert ids, ``-1`` = padding.
-        log2phy: ``[E, R]`` int32, contiguous: slots of each expert, ``-1`` padded.
+        log2phy: ``[E, R]`` int32, contiguous: slots of each expert, ``-1`` padded (``R <=
+            65536``: the replica rule splits an expert over at most 2^16 replicas).
         logcnt: ``[E]`` int32: replicas per expert, in ``[1, R]`` for every expert used.
         heat: ``[H, P]`` int32 with unit stride in the last dimension (typically
             ``heat_ring[:, layer, :]`` of the ``[H, L, P]`` ring); row ``step mod H`` gets
