@@ -28,10 +28,13 @@ class EplbConfig:
         policy: registered policy that plans placements (``eplb-rt policies`` lists them).
         policy_options: overrides of the policy's options dataclass (unknown keys are an error).
         interval: steps between two heat gathers (plans); 0 never rebalances (static placement).
-        history: ``H``, steps of per-step heat kept in the ring buffer and handed to the policy.
+        history: ``H``, steps of per-step heat kept in the ring buffer; a plan reads the
+            ``H - 1`` latest closed steps (the step in progress holds the last row).
         episode: steps compared against the earlier history for drift: every ``episode`` steps
             a plan starts early when those steps are less balanced than the steps before
-            them by more than noise and the gate's threshold; ``<= history``.
+            them by more than noise and the gate's threshold; ``<= history``. Drift needs
+            ``history >= 3 * episode + 1`` (the latest episode and two before it; the runtime
+            warns where it cannot be checked, and plans start on the interval only).
         num_redundant: redundant slots ``P - E`` in all; ``E + num_redundant`` must be a multiple
             of the number of ranks. Exclusive with ``slots_per_rank``.
         slots_per_rank: ``S``, expert slots on each rank; ``None`` derives it from
@@ -61,7 +64,8 @@ class EplbConfig:
             (the epoch zero-padded to five digits); ``None`` exports nothing.
         transfer_timeout_s: seconds a layer's weight transfer may take before its commit is
             cancelled on every rank (gloo, on the CPU; on CUDA/NPU the transfer's wait is the
-            serving stream's, and the backend's own watchdog bounds a peer that hangs).
+            serving stream's, and the backend's own watchdog bounds a peer that hangs); at
+            least 0.001.
         num_nodes: nodes the ranks are spread over (ranks are node-major); hierarchical policies
             pack expert groups onto nodes and migration prefers a source on the receiver's node.
         num_groups: expert groups for hierarchical placement (DeepSeek-V3: 8); 1 is flat.
@@ -157,7 +161,9 @@ class EplbConfig:
             raise ValueError(
                 f"EplbConfig.initial_placement: no such file {self.initial_placement!r}"
             )
-        _check_float(self, "transfer_timeout_s", 0.0, math.inf, open_low=True)
+        # At least a millisecond: torch counts a wait's timeout in whole milliseconds, and 0
+        # there means no timeout at all.
+        _check_float(self, "transfer_timeout_s", 1e-3, math.inf)
         _check_int(self, "num_nodes", 1)
         _check_int(self, "num_groups", 1)
         for name in ("warm_up", "plan_in_subprocess"):

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import datetime
+import hashlib
 import logging
 import os
 import time
@@ -101,6 +103,31 @@ class Rebalance:
     def steps(self) -> int | None:
         """Steps from the gather to the last commit."""
         return None if self.done_step is None else self.done_step - self.gather_step
+
+
+_RANK_LOCAL_FIELDS = frozenset(
+    {"initial_placement", "export_dir", "transfer_timeout_s", "warm_up", "plan_in_subprocess"}
+)
+"""EplbConfig fields a rank may set alone: where it reads and writes files, how long it waits
+for a transfer, how and where it plans. The ranks must agree on every other field."""
+
+
+def _digest(value: object) -> int:
+    """A 56-bit digest of a setting (``>= 0``: :meth:`EplbRuntime._agree` negates it in int64),
+    equal on every rank for equal values (a dict's keys in order)."""
+    if isinstance(value, dict):
+        value = sorted(value.items())
+    return int.from_bytes(hashlib.blake2b(repr(value).encode(), digest_size=7).digest(), "little")
+
+
+def _group_timeout(group) -> datetime.timedelta | None:
+    """The timeout ``group``'s collectives run under (its host backend's, as the engine set it
+    in ``init_process_group``); ``None`` (torch's default) where the backend does not say.
+    Torch has no public getter: the backend's options hold it."""
+    try:
+        return group._get_backend(torch.device("cpu")).options._timeout
+    except (AttributeError, RuntimeError, ValueError):
+        return None
 
 
 class EplbRuntime:
@@ -181,16 +208,16 @@ class EplbRuntime:
             self.dev,
             route_counts=config.heat_source == "topk",
         )
+        # The engine's timeout for collectives, on the groups the runtime makes (torch's own
+        # default is 30 minutes: a stuck peer would hold a step that long).
+        self._timeout = _group_timeout(group or dist.group.WORLD) if distributed else None
         if distributed and self.num_ranks > 1:
-            self._balancer_group = dist.new_group(
-                ranks, backend="gloo", use_local_synchronization=True
-            )
-            self._control_group = dist.new_group(
-                ranks, backend="gloo", use_local_synchronization=True
-            )
+            self._balancer_group = self._new_group("gloo")
+            self._control_group = self._new_group("gloo")
             self._migration_group = self._new_migration_group()
         else:
             self._balancer_group = self._control_group = self._migration_group = None
+        self._check_same_config()  # before any thread starts: a mismatch fails every rank alike
         self.executor = MigrationExecutor(
             self.dev,
             rank=self.rank,
@@ -211,6 +238,14 @@ class EplbRuntime:
         enabled = config.interval > 0 and not envs.get("EPLB_RT_DISABLE_REBALANCE")
         # Set on some ranks only, the variable would have them skip gathers the others make.
         self._rebalance_enabled = bool(self._agree([int(enabled)])[0][0])
+        if self._rebalance_enabled and config.history < 3 * config.episode + 1:
+            log.warning(
+                "EplbConfig.history (%d) < 3 * episode + 1 (%d): drift is never checked (it "
+                "compares the latest episode with two or more before it, in the history - 1 "
+                "closed steps a plan reads); plans start on the interval only",
+                config.history,
+                3 * config.episode + 1,
+            )
         self._epoch = 0
         self._pending: Job | None = None  # gathered, waiting for its deadline
         self._queue: list[LayerMigration] = []  # agreed, not yet started
@@ -260,8 +295,13 @@ class EplbRuntime:
         return placement
 
     def _new_migration_group(self):
-        backend = "gloo" if self.dev.kind == "cpu" else None
-        return dist.new_group(self.ranks, backend=backend, use_local_synchronization=True)
+        return self._new_group("gloo" if self.dev.kind == "cpu" else None)
+
+    def _new_group(self, backend: str | None):
+        """A group of the runtime's ranks (only they take part), with the engine's timeout."""
+        return dist.new_group(
+            self.ranks, backend=backend, timeout=self._timeout, use_local_synchronization=True
+        )
 
     def _renew_migration_group(self) -> None:
         """After an agreed failed transfer, on every rank at the same boundary: a new group for
@@ -432,6 +472,23 @@ class EplbRuntime:
         """Median host time between recent ``step()`` calls (0 before two steps)."""
         gaps = np.diff(self._step_clock)
         return float(np.median(gaps)) if gaps.size else 0.0
+
+    def _check_same_config(self) -> None:
+        """Raise on every rank where the ranks were given different settings: the ring sizes,
+        gathers, deadlines and commits they make together follow them, and ranks that differ
+        would wait for each other for ever, or fail deep in a collective. (One small
+        all-reduce, at start.)"""
+        shared = {"num_layers": self.num_layers, "num_experts": self.num_experts}
+        for field in dataclasses.fields(self.config):
+            if field.name not in _RANK_LOCAL_FIELDS:
+                shared[field.name] = getattr(self.config, field.name)
+        low, high = self._agree([_digest(value) for value in shared.values()])
+        differ = [name for name, a, b in zip(shared, low, high, strict=True) if a != b]
+        if differ:
+            raise ValueError(
+                f"the ranks were given different {', '.join(differ)}: every rank of the runtime "
+                "must be built with the same EplbConfig, num_layers and num_experts"
+            )
 
     def _agree(self, values: list[int]) -> tuple[list[int], list[int]]:
         """Element-wise (min, max) of ``values`` over the ranks (one small all-reduce)."""

@@ -6,6 +6,7 @@ interval's plan and every rank's weights right."""
 from __future__ import annotations
 
 import collections
+import datetime
 import os
 import signal
 import threading
@@ -22,6 +23,7 @@ from _serving import let_plan_finish, small_config
 from eplb_rt.config import EplbConfig
 from eplb_rt.runtime import EplbRuntime
 from eplb_rt.runtime import balancer as balancer_module
+from eplb_rt.runtime.runtime import _group_timeout
 
 
 def _config(**overrides) -> EplbConfig:
@@ -429,3 +431,34 @@ def test_a_planning_process_that_dies_is_replaced():
     reasons = [s["reason"] for s in stats["skipped"]]
     assert "BrokenProcessPool" in reasons[0] and len(reasons) >= 3, reasons
     assert set(reasons[1:]) == {"plan unchanged"}, reasons
+
+
+def _different_settings(rank: int, world: int) -> None:
+    """Each case gives rank 1 one setting of its own; every rank must raise, naming it, rather
+    than hang or abort in a collective later. Settings a rank may have alone are accepted."""
+    base = _config(policy="equilibrium", num_redundant=2)  # 10 slots on 2 ranks
+    cases = [
+        ({"layers_per_step": 2}, 4, "layers_per_step"),
+        ({"history": 4}, 4, "history"),
+        ({"policy_options": {"move_cost": 0.5}}, 4, "policy_options"),
+        ({}, 5, "num_layers"),
+    ]
+    for overrides, layers, field in cases:
+        config = EplbConfig(**{**base.to_dict(), **overrides}) if rank == 1 else base
+        with pytest.raises(ValueError, match=f"the ranks were given different {field}: every"):
+            EplbRuntime(config, layers if rank == 1 else 4, 8)
+    # A dict's keys in another order, and the rank's own files and waits, are the same config.
+    options = {"move_cost": 0.5, "num_episodes": 4}
+    if rank:
+        options = dict(reversed(options.items()))
+    local = {"transfer_timeout_s": 5.0 + rank, "warm_up": False}
+    same = EplbConfig(**{**base.to_dict(), "policy_options": options, **local})
+    runtime = EplbRuntime(same, 4, 8)
+    # Its groups wait for a stuck peer as long as the engine's (17 s here), not 30 minutes.
+    for made in (runtime._balancer_group, runtime._control_group, runtime._migration_group):
+        assert _group_timeout(made) == datetime.timedelta(seconds=17)
+    runtime.shutdown()
+
+
+def test_ranks_given_different_settings_fail_alike_at_start():
+    spawn(_different_settings, 2, timeout_s=17)

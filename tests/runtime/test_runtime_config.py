@@ -52,6 +52,8 @@ def test_defaults_are_valid_and_frozen():
         ("history", np.bool_(True), "history must be an integer"),
         ("token_seconds", np.bool_(True), "token_seconds must be a number"),
         ("transfer_timeout_s", 0, "transfer_timeout_s"),
+        # torch counts a wait in whole milliseconds: 0.0005 s would be no timeout at all
+        ("transfer_timeout_s", 0.0005, r"transfer_timeout_s must be in \[0.001, inf\]"),
         ("num_nodes", 0, "num_nodes"),
         ("warm_up", "yes", "warm_up must be a bool"),
     ],

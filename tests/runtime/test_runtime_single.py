@@ -263,3 +263,17 @@ def dataclass_replace(config, **changes):
     import dataclasses
 
     return dataclasses.replace(config, **changes)
+
+
+def test_a_history_too_short_for_drift_is_warned_about(caplog):
+    """Drift compares the latest episode with two or more before it, in the ``history - 1``
+    closed steps a plan reads: with less, only the interval starts plans."""
+    short = EplbConfig(policy="rt_test_shift", interval=8, history=16, episode=8, warm_up=False)
+    with caplog.at_level("WARNING", logger="eplb_rt.runtime"), EplbRuntime(short, 2, 4):
+        pass
+    assert "drift is never checked" in caplog.text and "(25)" in caplog.text
+    caplog.clear()
+    enough = EplbConfig(policy="rt_test_shift", interval=8, history=25, episode=8, warm_up=False)
+    with caplog.at_level("WARNING", logger="eplb_rt.runtime"), EplbRuntime(enough, 2, 4):
+        pass
+    assert "drift" not in caplog.text
