@@ -282,9 +282,8 @@ def _nodes_that_pay(rows: np.ndarray, batch: Layers, topology: Topology, move_co
             continue
 
         def cost(row, prev=prev, load=load):
-            return layer_costs(row[None], None, prev[None], load, num_ranks=D, move_cost=move_cost)[
-                0
-            ]
+            costs = layer_costs(row[None], None, prev[None], load, num_ranks=D, move_cost=move_cost)
+            return costs[0]
 
         best = cost(out[j])
         for n in range(N):

@@ -47,8 +47,9 @@ def real_array(load: object, name: str = "load") -> np.ndarray:
 
 def check_values(arr: np.ndarray, name: str = "load") -> None:
     """Raise ``ValueError`` unless every value of ``arr`` (float64) is finite and >= 0, and
-    so is their sum (the policies and measures sum the load over steps and experts): three
-    reductions (NaN propagates through each), no temporary array of ``arr``'s size."""
+    so is their sum (the policies and measures sum the load over steps and experts): two
+    reductions (NaN propagates through both; a third, the sum, only for values near the
+    float64 range), no temporary array of ``arr``'s size."""
     if arr.size == 0:
         return
     low, high = arr.min(), arr.max()
@@ -56,9 +57,13 @@ def check_values(arr: np.ndarray, name: str = "load") -> None:
         raise ValueError(f"{name} contains NaN or infinite values")
     if low < 0:
         raise ValueError(f"{name} contains negative values (min {low:g})")
-    # Values >= 0: every partial sum (a layer's, a step's) is at most the whole.
-    with np.errstate(over="ignore"):
-        total = arr.sum()
+    # Values >= 0: every partial sum (a layer's, a step's) is at most the whole, and the whole
+    # at most high * size; summed only where that bound is past the float64 range.
+    if high > np.finfo(np.float64).max / arr.size:
+        with np.errstate(over="ignore"):
+            total = arr.sum()
+    else:
+        total = 0.0
     if not np.isfinite(total):
         raise ValueError(
             f"{name} is too large: its values (up to {high:g}) sum past the float64 range; "

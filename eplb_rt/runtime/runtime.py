@@ -46,6 +46,7 @@ import torch
 import torch.distributed as dist
 
 from eplb_rt import envs, formats, ops, planning
+from eplb_rt.algorithms import get_policy
 from eplb_rt.config import EplbConfig
 from eplb_rt.placement import Placement, Topology
 from eplb_rt.runtime.balancer import (
@@ -114,9 +115,7 @@ for a transfer, how and where it plans. The ranks must agree on every other fiel
 
 def _digest(value: object) -> int:
     """A 56-bit digest of a setting (``>= 0``: :meth:`EplbRuntime._agree` negates it in int64),
-    equal on every rank for equal values (a dict's keys in order)."""
-    if isinstance(value, dict):
-        value = sorted(value.items())
+    equal on every rank for equal values."""
     return int.from_bytes(hashlib.blake2b(repr(value).encode(), digest_size=7).digest(), "little")
 
 
@@ -482,6 +481,10 @@ class EplbRuntime:
         for field in dataclasses.fields(self.config):
             if field.name not in _RANK_LOCAL_FIELDS:
                 shared[field.name] = getattr(self.config, field.name)
+        # The options as the policy reads them: 0.5 and np.float64(0.5) are one setting.
+        shared["policy_options"] = get_policy(self.config.policy).make_options(
+            self.config.policy_options
+        )
         low, high = self._agree([_digest(value) for value in shared.values()])
         differ = [name for name, a, b in zip(shared, low, high, strict=True) if a != b]
         if differ:

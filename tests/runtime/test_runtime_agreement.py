@@ -449,8 +449,8 @@ def _different_settings(rank: int, world: int) -> None:
             EplbRuntime(config, layers if rank == 1 else 4, 8)
     # A dict's keys in another order, and the rank's own files and waits, are the same config.
     options = {"move_cost": 0.5, "num_episodes": 4}
-    if rank:
-        options = dict(reversed(options.items()))
+    if rank:  # keys in another order, numpy numbers: the same options as the policy reads them
+        options = {"num_episodes": np.int64(4), "move_cost": np.float64(0.5)}
     local = {"transfer_timeout_s": 5.0 + rank, "warm_up": False}
     same = EplbConfig(**{**base.to_dict(), "policy_options": options, **local})
     runtime = EplbRuntime(same, 4, 8)
