@@ -359,6 +359,17 @@ inline void check_update_expert_map_args(const at::Tensor& log2phy, const at::Te
   }
 }
 
+// Sorts (value, index) pairs and returns the position of the first whose value repeats the one
+// before it, or pairs.size() where none does: a check for repeated values in memory of their
+// count, whatever their range (a slot id may be as large as P).
+inline size_t first_repeat(std::vector<std::pair<int64_t, int64_t>>& pairs) {
+  std::sort(pairs.begin(), pairs.end());
+  for (size_t i = 1; i < pairs.size(); ++i) {
+    if (pairs[i].first == pairs[i - 1].first) return i;
+  }
+  return pairs.size();
+}
+
 // |sum of an expert's shares - 1| allowed: float32 rounding of a few terms, far below the 2^-16
 // resolution of the replica rule's position code.
 constexpr float kShareSumTolerance = 1e-4f;
@@ -407,18 +418,16 @@ inline void check_new_map_values(const at::Tensor& new_log2phy, const at::Tensor
     const int32_t* map = new_expert_map->const_data_ptr<int32_t>();
     // A local slot holds one expert: two experts on one slot would route both to its weights.
     // (slot, expert) pairs sorted: memory in E, whatever P is.
-    std::vector<std::pair<int32_t, int64_t>> held;
+    std::vector<std::pair<int64_t, int64_t>> held;
     for (int64_t e = 0; e < E; ++e) {
       TORCH_CHECK(map[e] >= -1 && map[e] < num_slots, op, ": new_expert_map[", e, "] = ", map[e],
                   " must be a local slot in [0, P = ", num_slots, ") or -1 (absent)");
       if (map[e] >= 0) held.emplace_back(map[e], e);
     }
-    std::sort(held.begin(), held.end());
-    for (size_t i = 1; i < held.size(); ++i) {
-      TORCH_CHECK(held[i].first != held[i - 1].first, op, ": new_expert_map[",
-                  held[i - 1].second, "] and new_expert_map[", held[i].second,
-                  "] are both local slot ", held[i].first, " (a slot holds one expert)");
-    }
+    const size_t i = first_repeat(held);
+    TORCH_CHECK(i == held.size(), op, ": new_expert_map[", held[i - 1].second,
+                "] and new_expert_map[", held[i].second, "] are both local slot ", held[i].first,
+                " (a slot holds one expert)");
   }
 }
 

@@ -3,7 +3,6 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <cstring>
 #include <utility>
 #include <vector>
@@ -27,15 +26,12 @@ std::vector<int64_t> checked_slots(const at::Tensor& slots, int64_t S) {
                 " must be a local slot in [0, S = ", S, ")");
     out[i] = slot;
   }
-  // (slot, index) pairs sorted: memory in M, whatever S is.
-  std::vector<std::pair<int64_t, int64_t>> sorted(M);
-  for (int64_t i = 0; i < M; ++i) sorted[i] = {out[i], i};
-  std::sort(sorted.begin(), sorted.end());
-  for (int64_t i = 1; i < M; ++i) {
-    TORCH_CHECK(sorted[i].first != sorted[i - 1].first, "update_expert_weights_: slots[",
-                sorted[i - 1].second, "] and slots[", sorted[i].second, "] are both slot ",
-                sorted[i].first, "; slots must be unique");
-  }
+  std::vector<std::pair<int64_t, int64_t>> pairs(M);  // (slot, index): memory in M, not S
+  for (int64_t i = 0; i < M; ++i) pairs[i] = {out[i], i};
+  const size_t i = first_repeat(pairs);
+  TORCH_CHECK(i == pairs.size(), "update_expert_weights_: slots[", pairs[i - 1].second,
+              "] and slots[", pairs[i].second, "] are both slot ", pairs[i].first,
+              "; slots must be unique");
   return out;
 }
 

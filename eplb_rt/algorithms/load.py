@@ -62,13 +62,11 @@ def check_values(arr: np.ndarray, name: str = "load") -> None:
     if high > np.finfo(np.float64).max / arr.size:
         with np.errstate(over="ignore"):
             total = arr.sum()
-    else:
-        total = 0.0
-    if not np.isfinite(total):
-        raise ValueError(
-            f"{name} is too large: its values (up to {high:g}) sum past the float64 range; "
-            "scale it down"
-        )
+        if not np.isfinite(total):
+            raise ValueError(
+                f"{name} is too large: its values (up to {high:g}) sum past the float64 "
+                "range; scale it down"
+            )
 
 
 def cut_episodes(load: np.ndarray, num_episodes: int) -> np.ndarray:

@@ -128,15 +128,13 @@ def policy_class(
 def returns_maps(abstract: type) -> bool:
     """Whether vLLM's ``AbstractEplbPolicy`` (``abstract``) wants the three maps back: its
     ``rebalance_experts`` is annotated ``-> tuple[...]`` up to vLLM 0.18, ``-> Tensor`` after."""
-    return _wants_maps(abstract)
-
-
-def _wants_maps(abstract: type) -> bool:
-    """:func:`returns_maps`, under a name :func:`policy_class`'s argument does not hide."""
     returned = inspect.signature(abstract.rebalance_experts).return_annotation
     if isinstance(returned, str):  # postponed annotations
         return returned.replace(" ", "").lower().startswith(("tuple[", "typing.tuple["))
     return typing.get_origin(returned) is tuple
+
+
+_wants_maps = returns_maps  # the name policy_class's argument does not hide
 
 
 REGISTRY_MODULES = ("vllm.backends.distributed.eplb.policy", "vllm.distributed.eplb.policy")
