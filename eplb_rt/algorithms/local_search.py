@@ -439,45 +439,42 @@ def _rotated_replicas(row, W, counts):
     return X
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _place(heads, order, where, rank_at, before, s, z, S):
-    """Give slot ``s`` the head ``z`` and move it to where a stable sort of the previous order
-    puts it; every other slot must be in that order.
-
-    ``heads [P, h]``: the slots' first ``h`` coordinates, ascending by the first; ``order`` the
-    slot at each position, ``where`` its inverse, ``rank_at`` the slot's rank at each position
-    (``S`` slots a rank); ``before``: the positions before this round of updates, which order
-    equal first coordinates. The same order as an insertion sort of every slot, without its pass
-    over all of them. Inlined: a call takes a reference to each array."""
-    P, h = heads.shape
-    j = where[s]
-    v, w = z[0], before[s]
-    while j > 0 and (heads[j - 1, 0] > v or (heads[j - 1, 0] == v and before[order[j - 1]] > w)):
-        for k in range(h):
-            heads[j, k] = heads[j - 1, k]
-        order[j], rank_at[j] = order[j - 1], rank_at[j - 1]
-        where[order[j]] = j
-        j -= 1
-    while j < P - 1 and (
-        heads[j + 1, 0] < v or (heads[j + 1, 0] == v and before[order[j + 1]] < w)
-    ):
-        for k in range(h):
-            heads[j, k] = heads[j + 1, k]
-        order[j], rank_at[j] = order[j + 1], rank_at[j + 1]
-        where[order[j]] = j
-        j += 1
-    for k in range(h):
-        heads[j, k] = z[k]
-    order[j], rank_at[j] = s, s // S
-    where[s] = j
-
-
 _HEAD = 8
 """Coordinates of a distance :func:`balance_swaps` sums before it first tests the cut-off, and
 between its later tests. A constant, so each block compiles to straight-line code (the
 walked-from slot's head in registers): 8 % faster than a run-time count, and blocks after the
 head 4 % faster than a test after every coordinate. Columns past the rows' count are zeros,
 which add nothing."""
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _place(heads, order, where, rank_at, s, z, S):
+    """Give slot ``s`` the head ``z`` and move it to its place in the order by (first
+    coordinate, slot); every other slot must be in that order.
+
+    ``heads [P, _HEAD]``: the slots' first coordinates, in that order; ``order`` the slot at
+    each position, ``where`` its inverse, ``rank_at`` the slot's rank at each position (``S``
+    slots a rank). An insertion sort's step, for the few slots a swap changes. Inlined: a call
+    takes a reference to each array."""
+    P = heads.shape[0]
+    j = where[s]
+    v = z[0]
+    while j > 0 and (heads[j - 1, 0] > v or (heads[j - 1, 0] == v and order[j - 1] > s)):
+        for k in range(_HEAD):
+            heads[j, k] = heads[j - 1, k]
+        order[j], rank_at[j] = order[j - 1], rank_at[j - 1]
+        where[order[j]] = j
+        j -= 1
+    while j < P - 1 and (heads[j + 1, 0] < v or (heads[j + 1, 0] == v and order[j + 1] < s)):
+        for k in range(_HEAD):
+            heads[j, k] = heads[j + 1, k]
+        order[j], rank_at[j] = order[j + 1], rank_at[j + 1]
+        where[order[j]] = j
+        j += 1
+    for k in range(_HEAD):
+        heads[j, k] = z[k]
+    order[j], rank_at[j] = s, s // S
+    where[s] = j
 
 
 @njit(cache=True, nogil=True)
@@ -529,11 +526,10 @@ def balance_swaps(row, W, counts, num_ranks, max_swaps):
             Z[s, k] = 2.0 * X[s, k] - loads[s // S, k]
     # The walk's order: the slots by the first coordinate of z, each slot's head (its first
     # block) kept in that order (the walk reads memory in sequence) with its rank.
-    order = np.argsort(Z[:, 0])
+    order = np.argsort(Z[:, 0], kind="mergesort")  # ties by slot, as _place keeps them
     heads = np.empty((P, _HEAD))
     rank_at = np.empty(P, dtype=np.int64)
     where = np.empty(P, dtype=np.int64)
-    before = np.empty(P, dtype=np.int64)
     for i in range(P):
         where[order[i]] = i
         rank_at[i] = order[i] // S
@@ -611,7 +607,6 @@ def balance_swaps(row, W, counts, num_ranks, max_swaps):
             by_row[k, p], by_row[k, q] = loads[p, k], loads[q, k]
             X[best_a, k], X[best_b, k] = X[best_b, k], X[best_a, k]
         _swap(row, holds, best_a, best_b)
-        before[:] = where
         for r in (p, q):
             t = 0.0
             for k in range(K):
@@ -620,7 +615,7 @@ def balance_swaps(row, W, counts, num_ranks, max_swaps):
             for s in range(r * S, (r + 1) * S):
                 for k in range(K):
                     Z[s, k] = 2.0 * X[s, k] - loads[r, k]
-                _place(heads, order, where, rank_at, before, s, Z[s], S)
+                _place(heads, order, where, rank_at, s, Z[s], S)
         swaps += 1
         changed[p] = changed[q] = swaps
     return swaps
