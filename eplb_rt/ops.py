@@ -138,8 +138,10 @@ def count_from_group_list(
         cumulative: whether ``group_list`` holds prefix sums.
 
     Raises:
-        RuntimeError: out-of-range ``slot_offset``, dtype/shape/device mismatch, and on the CPU a
-            negative count (device backends check metadata only: they never synchronise).
+        RuntimeError: out-of-range ``slot_offset``, dtype/shape/device mismatch, heat rows that
+            overlap, and on the CPU a count outside ``[0, 2**31)`` (device backends check
+            metadata only: they never synchronise; they add a negative count as 0 and a larger
+            one as ``2**31 - 1``).
     """
     _first_use(heat.device)
     _count_from_group_list(group_list, heat, step, slot_offset, cumulative)
@@ -160,7 +162,9 @@ def update_expert_weights_(
         slots: ``[M]`` int64 (int32 accepted): unique local slots in ``[0, S)``; ``M`` may be 0.
 
     Raises:
-        RuntimeError: mismatched lists, shapes, dtypes or devices, a slot out of range or twice.
+        RuntimeError: mismatched lists, shapes, dtypes or devices, and on the CPU a slot out of
+            range or twice (device backends check metadata only: they skip a slot out of range,
+            and of rows given one slot copy the last).
     """
     _first_use(slots.device)
     _update_expert_weights(weights, staged, slots)

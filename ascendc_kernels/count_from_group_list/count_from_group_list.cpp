@@ -10,7 +10,8 @@
 // and adds the counts into the heat row with SetAtomicAdd<int32_t> + DataCopyPad: the ranges of
 // the cores are disjoint, the atomic add is what makes `+=` into heat safe without reading it.
 // Device backends never synchronise to check values: a negative count (a malformed group_list)
-// is added as 0 instead of corrupting heat; the CPU backend rejects it.
+// is added as 0, one past int32 as INT32_MAX, instead of corrupting heat; the CPU backend rejects
+// both.
 //
 // UB: 2 * tileGroups * (elemBytes + 4) bytes (<= 48 KiB). Expected time (estimate, no NPU here):
 // one launch (~5 us) plus ~20 cycles per entry on the scalar unit: S_local = 64 is launch-bound.
@@ -22,6 +23,8 @@
 using namespace AscendC;
 
 namespace {
+
+constexpr int64_t kMaxCount = 2147483647;  // INT32_MAX: heat holds int32 counts
 
 template <class T>
 class KernelCountFromGroupList {
@@ -64,7 +67,9 @@ class KernelCountFromGroupList {
       const int64_t value = static_cast<int64_t>(groupsLocal.GetValue(i));
       const int64_t count = cumulative_ ? value - previous_ : value;
       previous_ = value;
-      countsLocal.SetValue(i, count > 0 ? static_cast<int32_t>(count) : 0);
+      // Clamped into int32's range: a count past it (a malformed list) must not wrap negative.
+      countsLocal.SetValue(
+          i, count <= 0 ? 0 : static_cast<int32_t>(count < kMaxCount ? count : kMaxCount));
     }
   }
 

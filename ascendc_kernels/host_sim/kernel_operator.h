@@ -26,7 +26,8 @@
 //     AllocTensor after FreeTensor orders the consumer's reads before the producer's writes;
 //     none of them orders the scalar unit. A WaitFlag without its SetFlag, a SetFlag set twice
 //     and a kernel ending with flags still set are reported too;
-//   * SetAtomicAdd on a type the hardware cannot add atomically (int64) is rejected, and the
+//   * SetAtomicAdd on a type the hardware cannot add atomically (unsigned, 64-bit) is rejected,
+//     DataCopy and DataCopyPad outside their documented block counts and lengths too, and the
 //     element type of an atomic copy must match the one set;
 //   * every GlobalTensor knows its size (SetGlobalBuffer) and every access is bounds-checked;
 //   * the scalar unit reads GM through its core's DataCache, which outlives the launch: reading
@@ -679,9 +680,10 @@ inline void DataCacheCleanAndInvalid(const GlobalTensor<T>& dst) {
 
 template <class T>
 inline void SetAtomicAdd() {
-  if (sizeof(T) == 8) {
+  // The documented types: int8, int16, int32, half, bfloat16, float; no unsigned or 64-bit one.
+  if (sizeof(T) == 8 || std::is_unsigned<T>::value) {
     host_sim::fail(std::string("SetAtomicAdd<") + detail::typeName<T>() +
-                   ">: atomic add on 64-bit types is not supported by the hardware "
+                   ">: atomic add on unsigned or 64-bit types is not supported by the hardware "
                    "(use int32 or reduce on one core)");
   }
   host_sim::CoreContext& core = host_sim::currentCore();
@@ -734,6 +736,12 @@ void checkUbAligned(const LocalTensor<T>& t, const char* op) {
 template <class T>
 void checkWholeBlocks(uint64_t count, const char* op) {
   const uint64_t bytes = count * sizeof(T);
+  // One burst of blockLen 32-byte blocks, blockLen in [1, 65535].
+  if (bytes == 0 || bytes / kBlockBytes > 65535) {
+    host_sim::fail(std::string(op) + " of " + std::to_string(count) + " x " + typeName<T>() +
+                   " = " + std::to_string(bytes) +
+                   " bytes: outside the supported range (1 to 65535 blocks of 32 bytes)");
+  }
   if (bytes % kBlockBytes != 0) {
     host_sim::fail(std::string(op) + " of " + std::to_string(count) + " x " + typeName<T>() +
                    " = " + std::to_string(bytes) +
@@ -763,12 +771,14 @@ struct DataCopyExtParams {
 };
 
 namespace detail {
-// DataCopyPad's documented ranges: blockCount >= 1, blockLen in [1, 65535] bytes.
+// DataCopyPad's documented ranges: blockCount in [1, 4095], blockLen in [1, 65535] bytes.
 inline void checkPadParams(const DataCopyExtParams& params, const char* op) {
-  if (params.blockCount == 0 || params.blockLen == 0 || params.blockLen > 65535) {
+  if (params.blockCount == 0 || params.blockCount > 4095 || params.blockLen == 0 ||
+      params.blockLen > 65535) {
     host_sim::fail(std::string(op) + ": blockCount " + std::to_string(params.blockCount) +
                    " and blockLen " + std::to_string(params.blockLen) +
-                   " bytes outside the supported ranges (blockCount >= 1, 1 <= blockLen <= 65535)");
+                   " bytes outside the supported ranges (1 <= blockCount <= 4095, 1 <= blockLen "
+                   "<= 65535)");
   }
 }
 }  // namespace detail

@@ -9,8 +9,10 @@
 // tiles GM -> UB -> GM through a double-buffered TQueBind (tile_copy.h): the MTE2 read of tile
 // j+1 overlaps the MTE3 write of tile j. Whole
 // tiles of 32-byte-aligned rows use DataCopy; tails and unaligned rows (e.g. a 28-byte row of
-// seven float32 scales) use DataCopyPad. A slot outside [0, S) (a bad plan: the device backend
-// cannot check values without synchronising) is skipped, leaving that row unchanged.
+// seven float32 scales) use DataCopyPad. A bad plan (the device backend cannot check values
+// without synchronising) leaves a defined result: a slot outside [0, S) is skipped, leaving that
+// row unchanged, and of rows given the same slot only the last is copied (copied together, their
+// tiles, spread over cores, would mix).
 //
 // UB: 2 * tileBytes (64 KiB). Expected bandwidth (estimate, no NPU here): the copy reads and
 // writes each byte once, so it is bound by HBM at about half the ~1.6 TB/s of an Atlas A2 per
@@ -34,6 +36,7 @@ class KernelUpdateExpertWeights {
                               int64_t unitsPerCore, uint32_t tileBytes, uint32_t alignedRows,
                               TPipe* pipe) {
     rowBytes_ = rowBytes;
+    numRows_ = numRows;
     numSlots_ = numSlots;
     tilesPerRow_ = tilesPerRow;
     tileBytes_ = tileBytes;
@@ -56,6 +59,7 @@ class KernelUpdateExpertWeights {
       if (r != row) {
         row = r;
         slot = static_cast<int64_t>(eplb_ascendc::ReadFresh(slotsGm, row));  // new each commit
+        if (GivenLater(row, slot)) slot = -1;
       }
       if (slot < 0 || slot >= numSlots_) continue;
       const int64_t off = (unit - row * tilesPerRow_) * tileBytes_;
@@ -67,10 +71,19 @@ class KernelUpdateExpertWeights {
   }
 
  private:
+  // Whether a row after `row` is copied to `slot` too (then that one wins). M is a layer's moves
+  // on this rank: a few scalar reads, once per row a core starts.
+  __aicore__ inline bool GivenLater(int64_t row, int64_t slot) {
+    for (int64_t later = row + 1; later < numRows_; ++later) {
+      if (static_cast<int64_t>(eplb_ascendc::ReadFresh(slotsGm, later)) == slot) return true;
+    }
+    return false;
+  }
+
   eplb_ascendc::TileCopy tileCopy;
   GlobalTensor<uint8_t> weightGm, stagedGm;
   GlobalTensor<SlotT> slotsGm;
-  int64_t rowBytes_ = 0, numSlots_ = 0, tilesPerRow_ = 1, begin_ = 0, end_ = 0;
+  int64_t rowBytes_ = 0, numRows_ = 0, numSlots_ = 0, tilesPerRow_ = 1, begin_ = 0, end_ = 0;
   uint32_t tileBytes_ = 32;
   bool aligned_ = false;
 };

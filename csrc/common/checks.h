@@ -69,9 +69,15 @@ inline void check_heat(const at::Tensor& heat, const char* op) {
   check_dim(heat, op, "heat", 2);
   TORCH_CHECK(heat.sym_size(0) >= 1, op, ": heat must have at least one row (H >= 1), got shape ",
               heat.sym_sizes());
+  TORCH_CHECK(heat.sym_size(1) >= 1, op, ": heat must have at least one slot (P >= 1), got shape ",
+              heat.sym_sizes());
   TORCH_CHECK(heat.sym_stride(1) == 1 || heat.sym_size(1) <= 1, op,
               ": heat must have unit stride in its last dimension, got strides ",
               heat.sym_strides());
+  // Rows that overlap (an expanded row) would count every token once per row that shares it.
+  TORCH_CHECK(heat.sym_size(0) == 1 || heat.sym_stride(0) >= heat.sym_size(1), op,
+              ": heat rows must not overlap (row stride >= P), got shape ", heat.sym_sizes(),
+              " and strides ", heat.sym_strides());
 }
 
 inline void check_route_and_count_args(const at::Tensor& topk_ids, const at::Tensor& log2phy,
@@ -86,8 +92,8 @@ inline void check_route_and_count_args(const at::Tensor& topk_ids, const at::Ten
   check_dtype(log2phy, op, "log2phy", at::kInt);
   check_dim(log2phy, op, "log2phy", 2);
   check_contiguous(log2phy, op, "log2phy");
-  TORCH_CHECK(log2phy.sym_size(1) >= 1, op, ": log2phy [E, R] needs R >= 1, got shape ",
-              log2phy.sym_sizes());
+  TORCH_CHECK(log2phy.sym_size(0) >= 1 && log2phy.sym_size(1) >= 1, op,
+              ": log2phy [E, R] needs E >= 1 and R >= 1, got shape ", log2phy.sym_sizes());
   // The replica rule's position code has 16 bits: it splits an expert over at most 2^16.
   TORCH_CHECK(log2phy.sym_size(1) <= 65536, op,
               ": log2phy [E, R] needs R <= 65536 (replicas an expert's tokens split over), got "
@@ -389,6 +395,7 @@ inline void check_new_map_values(const at::Tensor& new_log2phy, const at::Tensor
   const int32_t* cnt = new_logcnt.const_data_ptr<int32_t>();
   const float* share =
       new_replica_share.has_value() ? new_replica_share->const_data_ptr<float>() : nullptr;
+  std::vector<std::pair<int64_t, int64_t>> used;  // (slot, e * R + r) of every replica
   for (int64_t e = 0; e < E; ++e) {
     TORCH_CHECK(cnt[e] >= 1 && cnt[e] <= R, op, ": new_logcnt[", e, "] = ", cnt[e],
                 " must be in [1, R = ", R, "]");
@@ -399,6 +406,7 @@ inline void check_new_map_values(const at::Tensor& new_log2phy, const at::Tensor
         TORCH_CHECK(p >= 0 && p < num_slots, op, ": new_log2phy[", e, ", ", r, "] = ", p,
                     " must be a slot in [0, P = ", num_slots, ") (expert ", e, " has ", cnt[e],
                     " replicas)");
+        used.emplace_back(p, e * R + r);
       } else {
         TORCH_CHECK(p == -1, op, ": new_log2phy[", e, ", ", r, "] = ", p,
                     " must be -1 (padding: expert ", e, " has ", cnt[e], " replicas)");
@@ -414,6 +422,12 @@ inline void check_new_map_values(const at::Tensor& new_log2phy, const at::Tensor
                 " replicas (new_replica_share[", e, ", :", cnt[e], "]) must sum to 1 within ",
                 kShareSumTolerance, ", got ", sum);
   }
+  // A slot holds one replica: heat counted for it would be credited to two (expert, replica).
+  const size_t twice = first_repeat(used);
+  TORCH_CHECK(twice == used.size(), op, ": new_log2phy[", used[twice - 1].second / R, ", ",
+              used[twice - 1].second % R, "] and new_log2phy[", used[twice].second / R, ", ",
+              used[twice].second % R, "] are both slot ", used[twice].first,
+              " (a slot holds one replica)");
   if (new_expert_map.has_value()) {
     const int32_t* map = new_expert_map->const_data_ptr<int32_t>();
     // A local slot holds one expert: two experts on one slot would route both to its weights.

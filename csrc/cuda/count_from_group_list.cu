@@ -17,13 +17,16 @@ __global__ void count_from_group_list_kernel(const G* __restrict__ group_list,
                                              CountFromGroupListParams p) {
   const int32_t i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= p.num_local) return;
-  const G value = group_list[i];
-  const G count = (p.cumulative && i > 0) ? value - group_list[i - 1] : value;
-  // A negative count cannot be reported without a synchronisation; it is skipped (see
-  // launchers.h). Zero needs no atomic.
+  // In int64: the difference of two int32 entries may not fit their type.
+  const int64_t value = static_cast<int64_t>(group_list[i]);
+  const int64_t count =
+      (p.cumulative && i > 0) ? value - static_cast<int64_t>(group_list[i - 1]) : value;
+  // A bad count cannot be reported without a synchronisation (see launchers.h): a negative one
+  // is skipped, one past int32 added as INT32_MAX instead of wrapping. Zero needs no atomic.
   if (count <= 0) return;
   int32_t* heat_row = heat + ring_row(*step, p.ring_size) * p.heat_row_stride;
-  atomicAdd(heat_row + p.slot_offset + i, static_cast<int32_t>(count));
+  atomicAdd(heat_row + p.slot_offset + i,
+            static_cast<int32_t>(count < INT32_MAX ? count : INT32_MAX));
 }
 
 }  // namespace

@@ -11,8 +11,9 @@
 //   * route_and_count: a pair whose id is < -1 or >= E, whose expert has logcnt outside [1, R], or
 //     whose chosen log2phy entry is outside [0, P) is skipped: phy_ids gets -1, nothing is counted.
 //     Compiled with EPLB_RT_CUDA_DEVICE_ASSERT, such a pair also fails a device-side assert.
-//   * count_from_group_list: a negative count is skipped (heat never decreases).
-//   * update_expert_weights: a slot outside [0, S) is skipped; duplicate slots race (last wins).
+//   * count_from_group_list: a negative count is skipped (heat never decreases), one past int32
+//     is added as INT32_MAX.
+//   * update_expert_weights: a slot outside [0, S) is skipped; of moves to one slot, the last wins.
 //   * update_expert_map: the new tables are copied as they are.
 #pragma once
 

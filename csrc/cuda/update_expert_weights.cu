@@ -35,12 +35,17 @@ __device__ __forceinline__ void copy_bytes(char* dst, const char* src, int64_t b
 template <typename Slot>
 __global__ void __launch_bounds__(kThreads)
     update_expert_weights_kernel(const __grid_constant__ WeightCopyBatch batch,
-                                 const Slot* __restrict__ slots, int64_t first_move) {
+                                 const Slot* __restrict__ slots, int64_t first_move,
+                                 int64_t num_moves) {
   const WeightCopyDesc& desc = batch.tensor[blockIdx.z];
   const int64_t move = first_move + blockIdx.y;
   const int64_t slot = slots[move];
-  // A slot out of range cannot be reported without a synchronisation; it is skipped.
+  // Bad slots cannot be reported without a synchronisation: one out of range is skipped, and of
+  // moves to the same slot only the last is copied (copied together, their words would mix).
   if (slot < 0 || slot >= desc.num_slots) return;
+  for (int64_t later = move + 1; later < num_moves; ++later) {
+    if (slots[later] == slot) return;
+  }
   char* dst = static_cast<char*>(desc.dst) + slot * desc.bytes_per_slot;
   const char* src = static_cast<const char*>(desc.src) + move * desc.bytes_per_slot;
   const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -85,7 +90,8 @@ cudaError_t launch_update_expert_weights(const WeightCopyDesc* tensors, int32_t 
       if (blocks_per_copy > useful) blocks_per_copy = useful;
       const dim3 grid(static_cast<unsigned>(blocks_per_copy), static_cast<unsigned>(moves),
                       static_cast<unsigned>(batch_tensors));
-      update_expert_weights_kernel<Slot><<<grid, kThreads, 0, stream>>>(batch, slots, m0);
+      update_expert_weights_kernel<Slot>
+          <<<grid, kThreads, 0, stream>>>(batch, slots, m0, num_moves);
       const cudaError_t status = cudaGetLastError();
       if (status != cudaSuccess) return status;
     }

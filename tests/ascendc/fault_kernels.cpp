@@ -171,6 +171,23 @@ __global__ __aicore__ void pipe_race_kernel(GM_ADDR x, uint32_t mode) {
 }
 
 // One DataCopyPad block of `bytes` bytes GM -> UB -> GM (65536 is past blockLen's range).
+// DataCopyPad of `blocks` 32-byte blocks in one call each way (4095 at most).
+__global__ __aicore__ void pad_count_kernel(GM_ADDR x, GM_ADDR y, uint32_t blocks) {
+  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
+  TPipe pipe;
+  TQueBind<TPosition::VECIN, TPosition::VECOUT, 1> queBind;
+  GlobalTensor<uint8_t> xGm, yGm;
+  xGm.SetGlobalBuffer((__gm__ uint8_t*)x, blocks * 32);
+  yGm.SetGlobalBuffer((__gm__ uint8_t*)y, blocks * 32);
+  pipe.InitBuffer(queBind, 1, blocks * 32);
+  LocalTensor<uint8_t> xLocal = queBind.AllocTensor<uint8_t>();
+  DataCopyPad(xLocal, xGm, {static_cast<uint16_t>(blocks), 32, 0, 0, 0}, {false, 0, 0, 0});
+  queBind.EnQue(xLocal);
+  xLocal = queBind.DeQue<uint8_t>();
+  DataCopyPad(yGm, xLocal, {static_cast<uint16_t>(blocks), 32, 0, 0, 0});
+  queBind.FreeTensor(xLocal);
+}
+
 __global__ __aicore__ void pad_block_kernel(GM_ADDR x, GM_ADDR y, uint32_t bytes) {
   KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
   TPipe pipe;
@@ -307,6 +324,9 @@ std::map<std::string, std::function<void(uint32_t)>> FaultTable() {
   t["datacopy_unaligned_length_ok"] = withBuffers([](uint32_t b, uint8_t* x, uint8_t* y) {
     EPLB_LAUNCH_KERNEL(copy_count_kernel, b, nullptr, x, y, 8u);  // 32 bytes
   });
+  t["datacopy_empty"] = withBuffers([](uint32_t b, uint8_t* x, uint8_t* y) {
+    EPLB_LAUNCH_KERNEL(copy_count_kernel, b, nullptr, x, y, 0u);  // a burst of 0 blocks
+  });
   t["ub_overflow"] = [](uint32_t b) {
     EPLB_LAUNCH_KERNEL(ub_overflow_kernel, b, nullptr, 50u * 1024u);
   };
@@ -337,6 +357,9 @@ std::map<std::string, std::function<void(uint32_t)>> FaultTable() {
   t["atomic_add_int64_ok"] = withBuffers([](uint32_t b, uint8_t*, uint8_t* y) {
     EPLB_LAUNCH_KERNEL(atomic_add_kernel<int32_t>, b, nullptr, y);
   });
+  t["atomic_add_uint32"] = withBuffers([](uint32_t b, uint8_t*, uint8_t* y) {
+    EPLB_LAUNCH_KERNEL(atomic_add_kernel<uint32_t>, b, nullptr, y);
+  });
   t["gm_out_of_bounds"] = withBuffers([](uint32_t b, uint8_t* x, uint8_t* y) {
     EPLB_LAUNCH_KERNEL(gm_bounds_kernel, b, nullptr, x, y, 8u);
   });
@@ -360,6 +383,17 @@ std::map<std::string, std::function<void(uint32_t)>> FaultTable() {
   };
   t["datacopypad_block_too_long"] = padBlock(65536);
   t["datacopypad_block_too_long_ok"] = padBlock(65535);
+  auto padCount = [](uint32_t blocks) {
+    return [blocks](uint32_t b) {
+      std::vector<uint8_t> x(blocks * 32, 3), y(blocks * 32, 0);
+      uint8_t* xData = x.data();
+      uint8_t* yData = y.data();
+      EPLB_LAUNCH_KERNEL(pad_count_kernel, b, nullptr, xData, yData, blocks);
+      if (y[blocks * 32 - 1] != 3) host_sim::fail("DataCopyPad lost data");
+    };
+  };
+  t["datacopypad_too_many_blocks"] = padCount(4096);
+  t["datacopypad_too_many_blocks_ok"] = padCount(4095);
   t["scalar_copy_out_race"] = withBuffers([](uint32_t b, uint8_t*, uint8_t* y) {
     EPLB_LAUNCH_KERNEL(scalar_copy_out_kernel, b, nullptr, y, 0u);
   });

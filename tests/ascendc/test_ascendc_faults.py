@@ -18,7 +18,10 @@ FAULTS = {
     "use_without_deque": r"Adds on a LocalTensor that is enqueued: it is used without DeQue",
     "use_after_free": r"GetValue on a LocalTensor used after FreeTensor",
     "queue_depth_exceeded": r"EnQue: queue depth 1 exceeded",
-    "atomic_add_int64": r"SetAtomicAdd<int64>: atomic add on 64-bit types is not supported",
+    "datacopy_empty": r"DataCopy GM->UB of 0 x int32 = 0 bytes: outside the supported range",
+    "datacopypad_too_many_blocks": r"DataCopyPad GM->UB: blockCount 4096 and blockLen 32 bytes",
+    "atomic_add_int64": r"SetAtomicAdd<int64>: atomic add on unsigned or 64-bit types is not",
+    "atomic_add_uint32": r"SetAtomicAdd<uint32>: atomic add on unsigned or 64-bit types is not",
     "gm_out_of_bounds": r"out of bounds: elements \[8, 72\) of a GlobalTensor<int32> of 64",
     "pipe_race": r"GetValue on the scalar \(S\) pipe .* last written by the copy-in \(MTE2\)",
     "scalar_copy_out_race": r"DataCopy UB->GM on the copy-out \(MTE3\) pipe .* by the scalar \(S\)",
@@ -36,6 +39,8 @@ FAULTS = {
 }
 
 TWINS = {
+    "datacopy_empty": "datacopy_unaligned_length_ok",
+    "atomic_add_uint32": "atomic_add_int64_ok",
     "syncall_missing_core": "syncall_ok",
     "event_wait_without_set": "event_balance_ok",
     "event_set_never_waited": "event_balance_ok",

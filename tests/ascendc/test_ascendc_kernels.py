@@ -274,6 +274,20 @@ def test_count_from_group_list_negative_count_adds_nothing(sim):
     np.testing.assert_array_equal(heat, [[5, 0, 6]])
 
 
+def test_count_from_group_list_clamps_a_count_past_int32(sim):
+    """Heat holds int32 counts: a malformed count past that range is added as INT32_MAX, never
+    wrapped to a negative or small one."""
+    top = np.iinfo(np.int32).max
+    heat = np.zeros((1, 3), dtype=np.int32)
+    plain = np.array([5, 2**31, 2**32 + 7], np.int64)
+    sim.count_from_group_list(plain, heat, np.zeros(1, np.int64), 0, False)
+    np.testing.assert_array_equal(heat, [[5, top, top]])
+    heat = np.zeros((1, 2), dtype=np.int32)
+    prefix = np.array([-(2**31), 2**31 - 1], np.int32)  # a step of 2**32 - 1
+    sim.count_from_group_list(prefix, heat, np.zeros(1, np.int64), 0, True)
+    np.testing.assert_array_equal(heat, [[0, top]])
+
+
 def _bytes2d(t: torch.Tensor) -> np.ndarray:
     """[rows, bytes] uint8 numpy view sharing t's storage (any dtype, incl. bf16)."""
     row_bytes = int(np.prod(t.shape[1:])) * t.element_size()
@@ -316,6 +330,19 @@ def test_update_expert_weights_skips_out_of_range_slot(sim):
     sim.update_expert_weights([w], [s], np.array([9, 1], dtype=np.int64))
     before[1] = 255
     np.testing.assert_array_equal(w, before)
+
+
+@pytest.mark.parametrize("cores", [1, 3, 8])
+def test_update_expert_weights_copies_the_last_of_rows_given_one_slot(sim, cores):
+    """A bad plan gives slot 0 twice: the rows' tiles are spread over the cores, and copied
+    together they would mix. The last row given the slot is copied, whole, on any core count."""
+    tile = 32 * 1024
+    w = np.zeros((3, 3 * tile), dtype=np.uint8)  # three tiles a row
+    s = np.stack([np.full(3 * tile, v, dtype=np.uint8) for v in (1, 2, 3)])
+    for _ in range(5):  # the emulated cores run as threads: a mix would show in some run
+        w[:] = 0
+        sim.update_expert_weights([w], [s], np.array([0, 1, 0], dtype=np.int64), core_num=cores)
+        assert (w[0] == 3).all() and (w[1] == 2).all() and not w[2].any()
 
 
 @pytest.mark.parametrize(

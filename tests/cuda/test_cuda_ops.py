@@ -273,6 +273,20 @@ def test_count_from_group_list_skips_negative_counts():
     assert int(ring[0].abs().sum()) == 0
 
 
+def test_count_from_group_list_clamps_counts_past_int32():
+    """Documented device behaviour: a count past int32 (not checked without a sync) is added as
+    INT32_MAX, never wrapped; a step of 2**32 - 1 between int32 prefix sums included."""
+    top = 2**31 - 1
+    ring = torch.zeros(1, 3, dtype=torch.int32, device="cuda")
+    plain = torch.tensor([5, 2**31, 2**32 + 7], dtype=torch.int64, device="cuda")
+    torch.ops.eplb_rt.count_from_group_list(plain, ring, torch.tensor(0, device="cuda"), 0, False)
+    assert ring[0].tolist() == [5, top, top]
+    ring = torch.zeros(1, 2, dtype=torch.int32, device="cuda")
+    prefix = torch.tensor([-(2**31), top], dtype=torch.int32, device="cuda")
+    torch.ops.eplb_rt.count_from_group_list(prefix, ring, torch.tensor(0, device="cuda"), 0, True)
+    assert ring[0].tolist() == [0, top]
+
+
 def test_count_from_group_list_rejects_slots_past_p():
     ring = torch.zeros(2, 1, 4, dtype=torch.int32, device="cuda")
     group_list = torch.ones(3, dtype=torch.int32, device="cuda")
@@ -337,6 +351,18 @@ def test_update_expert_weights_many_tensors_and_unaligned_storage():
     for got, want in zip(weights_d, weights, strict=True):
         assert torch.equal(got.cpu(), want)
     assert int(base[0]) == 0
+
+
+def test_update_expert_weights_copies_the_last_of_moves_to_one_slot():
+    """Documented device behaviour: of moves given one slot (not checked without a sync), the
+    last is copied whole; blocks of both would otherwise mix their words."""
+    weight = torch.zeros(3, 1 << 20, dtype=torch.uint8, device="cuda")
+    staged = torch.stack([torch.full((1 << 20,), v, dtype=torch.uint8) for v in (1, 2, 3)])
+    torch.ops.eplb_rt.update_expert_weights_(
+        [weight], [staged.cuda()], torch.tensor([0, 1, 0]).cuda()
+    )
+    assert bool((weight[0] == 3).all()) and bool((weight[1] == 2).all())
+    assert not bool(weight[2].any())
 
 
 def test_update_expert_weights_rejects_mismatched_staging_and_writes_nothing():

@@ -17,15 +17,28 @@ class Tables:
 
 
 def random_tables(num_experts: int, num_slots: int, max_replicas: int, seed: int) -> Tables:
-    """Each expert gets 1..R distinct slots in [0, P) (distinct where P allows), random shares."""
+    """Each expert gets 1..R slots in [0, P), random shares. Where P >= E, no slot holds two
+    replicas (a placement's tables: the counts cut down to fit); else an expert's are distinct."""
     gen = torch.Generator().manual_seed(seed)
     logcnt = torch.randint(1, max_replicas + 1, (num_experts,), generator=gen, dtype=torch.int32)
     logcnt = logcnt.clamp(max=num_slots)
+    apart = num_slots >= num_experts
+    if apart:
+        spare = num_slots - num_experts  # slots past one per expert
+        for e in range(num_experts):
+            logcnt[e] = 1 + min(int(logcnt[e]) - 1, spare)
+            spare -= int(logcnt[e]) - 1
+        free = torch.randperm(num_slots, generator=gen).to(torch.int32)
     log2phy = torch.full((num_experts, max_replicas), -1, dtype=torch.int32)
     share = torch.zeros((num_experts, max_replicas), dtype=torch.float32)
+    used = 0
     for e in range(num_experts):
         c = int(logcnt[e])
-        log2phy[e, :c] = torch.randperm(num_slots, generator=gen)[:c].to(torch.int32)
+        if apart:
+            log2phy[e, :c] = free[used : used + c]
+            used += c
+        else:
+            log2phy[e, :c] = torch.randperm(num_slots, generator=gen)[:c].to(torch.int32)
         w = torch.rand(c, generator=gen) + 0.05
         share[e, :c] = w / w.sum()
     return Tables(log2phy, logcnt, share)

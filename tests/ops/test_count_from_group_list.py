@@ -96,3 +96,11 @@ def test_counts_read_from_the_heat_itself_are_refused():
     with pytest.raises(RuntimeError, match="heat must not share memory with step"):
         ops.count_from_group_list(torch.tensor([1]), ring, step, 0)
     assert torch.equal(heat, torch.tensor([[1, 3, 6, 10]], dtype=torch.int32)) and not ring.any()
+
+
+def test_overlapping_heat_rows_are_refused():
+    # An expanded row: every row is the same memory, so a count would land once per row.
+    heat = torch.zeros((1, 4), dtype=torch.int32).expand(3, 4)
+    with pytest.raises(RuntimeError, match=r"heat rows must not overlap \(row stride >= P\)"):
+        ops.count_from_group_list(torch.tensor([1, 2]), heat, torch.tensor([0]), 0)
+    assert not heat.any()

@@ -202,6 +202,15 @@ BAD_INPUTS = {
     "int64 heat": (_set("heat", torch.zeros((3, 8), dtype=torch.int64)), "heat"),
     "heat no rows": (_set("heat", torch.zeros((0, 8), dtype=torch.int32)), "heat"),
     "heat strided": (_set("heat", torch.zeros((8, 3), dtype=torch.int32).t()), "heat"),
+    "heat rows overlapping": (
+        _set("heat", torch.zeros((1, 8), dtype=torch.int32).expand(3, 8)),
+        r"heat rows must not overlap \(row stride >= P\)",
+    ),
+    "heat no slots": (_set("heat", torch.zeros((3, 0), dtype=torch.int32)), r"P >= 1"),
+    "no experts": (
+        _set("log2phy", torch.zeros((0, 2), dtype=torch.int32)),
+        r"log2phy \[E, R\] needs E >= 1",
+    ),
     "int32 step": (_set("step", torch.tensor([1], dtype=torch.int32)), "step"),
     "two steps": (_set("step", torch.tensor([1, 2])), "step"),
     "phy dtype": (_set("phy_ids", torch.zeros((3, 2), dtype=torch.int32)), "phy_ids"),

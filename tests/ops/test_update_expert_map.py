@@ -16,7 +16,7 @@ def _tables(seed: int, num_experts: int = 7, max_replicas: int = 3):
 
 
 @pytest.mark.parametrize("optional", [False, True], ids=["required-only", "all-tables"])
-@pytest.mark.parametrize(("num_experts", "max_replicas"), [(1, 1), (7, 3), (13, 2)])
+@pytest.mark.parametrize(("num_experts", "max_replicas"), [(1, 1), (7, 3), (11, 2)])
 def test_copies_in_place(optional, num_experts, max_replicas):
     old = _tables(1, num_experts, max_replicas)
     new = _tables(2, num_experts, max_replicas)
@@ -89,6 +89,12 @@ def _padding_slot(args):
     args["new_log2phy"][0, 1] = 3
 
 
+def _replicas_on_one_slot(args):
+    """Gives expert 1's first replica the slot of expert 0's first replica."""
+    args["new_log2phy"] = args["new_log2phy"].clone()
+    args["new_log2phy"][1, 0] = args["new_log2phy"][0, 0]
+
+
 def _slot_given_twice(args):
     """Gives expert 3 the local slot of expert 1 (which holds one)."""
     args["new_expert_map"] = args["new_expert_map"].clone()
@@ -116,6 +122,10 @@ BAD_INPUTS = {
     "two experts on one local slot": (
         _slot_given_twice,
         r"new_expert_map\[1\] and new_expert_map\[3\] are both local slot 5",
+    ),
+    "two replicas on one slot": (
+        _replicas_on_one_slot,
+        r"new_log2phy\[0, 0\] and new_log2phy\[1, 0\] are both slot \d+ \(a slot holds one",
     ),
     "num_slots 0": (_set("num_slots", 0), "num_slots"),
     "share without new share": (_set("new_replica_share", None), "replica_share"),
