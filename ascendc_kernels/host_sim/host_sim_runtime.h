@@ -17,6 +17,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <algorithm>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -56,7 +57,48 @@ struct LaunchState {
   uint32_t exited = 0;     // cores that returned from the kernel
   bool aborted = false;    // a core failed: the others stop at their next SyncAll
   std::string firstError;  // the first failure, reported to the caller
+  // GM bytes [lo, hi) each core stored without an atomic add, and in which SyncAll round: two
+  // cores storing the same bytes in one round race (the last to land wins, which varies).
+  struct Store {
+    uintptr_t lo, hi;
+    uint32_t core;
+    uint64_t round;
+  };
+  std::vector<Store> stores;
 };
+
+// Records a plain (non-atomic) store of GM bytes [address, address + bytes) by `core`.
+inline void recordStore(LaunchState& st, uint32_t core, const void* address, size_t bytes) {
+  const uintptr_t lo = reinterpret_cast<uintptr_t>(address);
+  std::lock_guard<std::mutex> lock(st.mutex);
+  st.stores.push_back({lo, lo + bytes, core, st.round});
+}
+
+// The first pair of cores that stored the same GM bytes in one SyncAll round, as a message
+// ("" when none).
+inline std::string overlappingStores(std::vector<LaunchState::Store> stores) {
+  std::sort(stores.begin(), stores.end(), [](const auto& a, const auto& b) {
+    return a.round != b.round ? a.round < b.round : a.lo < b.lo;
+  });
+  for (size_t i = 1, reach = 0; i < stores.size(); ++i) {
+    // `reach`: the store among those before i (same round) that ends last.
+    if (stores[i].round != stores[reach].round) {
+      reach = i;
+      continue;
+    }
+    const auto& a = stores[reach];
+    const auto& b = stores[i];
+    if (b.lo < a.hi && b.core != a.core) {
+      const uintptr_t shared = (a.hi < b.hi ? a.hi : b.hi) - b.lo;
+      return "cores " + std::to_string(a.core) + " and " + std::to_string(b.core) + " both store " +
+             std::to_string(shared) +
+             " GM bytes without SetAtomicAdd and without a SyncAll between: which lands last "
+             "varies (a race)";
+    }
+    if (b.hi > a.hi) reach = i;
+  }
+  return "";
+}
 
 class SlotRegistry;  // per-core list of UB buffers, for PipeBarrier (kernel_operator.h)
 
@@ -236,6 +278,8 @@ uint32_t Launch(const char* kernelName, uint32_t blockDim, Body body, const void
   for (uint32_t i = 0; i < blockDim; ++i) threads.emplace_back(runCore, i);
   for (auto& t : threads) t.join();
   if (st.aborted) throw Error(std::string(kernelName) + ": " + st.firstError);
+  const std::string race = overlappingStores(std::move(st.stores));
+  if (!race.empty()) throw Error(std::string(kernelName) + ": " + race);
   return 0;
 }
 

@@ -33,7 +33,9 @@
 //   * the scalar unit reads GM through its core's DataCache, which outlives the launch: reading
 //     again an address whose GM value changed, without DataCacheCleanAndInvalid in between, is
 //     reported (host_sim::DataCacheModel);
-//   * SyncAll with a core that never arrives fails after a timeout instead of hanging.
+//   * SyncAll with a core that never arrives fails after a timeout instead of hanging;
+//   * two cores storing the same GM bytes without an atomic add, with no SyncAll between, are
+//     reported at the end of the launch (a race: which lands last varies).
 // Fresh UB buffers are filled with a poison byte, so a kernel that reads what it never wrote
 // computes garbage here too.
 #pragma once
@@ -337,7 +339,9 @@ class GlobalTensor {
   void SetValue(uint64_t index, T value) const {
     checkRange("GlobalTensor::SetValue", index, 1);
     base_[offset_ + index] = value;
-    host_sim::dataCache().write(host_sim::currentCore().blockIdx, at(index), sizeof(T));
+    host_sim::CoreContext& core = host_sim::currentCore();
+    host_sim::dataCache().write(core.blockIdx, at(index), sizeof(T));
+    host_sim::recordStore(*core.launch, core.blockIdx, at(index), sizeof(T));
   }
   uint64_t GetSize() const { return size_ > offset_ ? size_ - offset_ : 0; }
   T* GetPhyAddr() const { return base_ + offset_; }
@@ -707,6 +711,7 @@ void storeToGm(T* dst, const T* src, uint64_t count) {
   host_sim::CoreContext& core = host_sim::currentCore();
   if (!core.atomicAdd) {
     std::memcpy(dst, src, count * sizeof(T));
+    host_sim::recordStore(*core.launch, core.blockIdx, dst, count * sizeof(T));
     return;
   }
   if (std::strcmp(core.atomicType, typeName<T>()) != 0) {

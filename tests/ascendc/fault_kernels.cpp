@@ -18,6 +18,10 @@ namespace {
 
 constexpr uint32_t kLen = 64;  // int32 elements of the test buffers (256 bytes)
 
+// Kernels whose every core would store the same bytes of y (a race the emulation reports) run
+// their rule's case on core 0 alone.
+__aicore__ inline bool NotFirstCore() { return GetBlockIdx() != 0; }
+
 // Copies `count` int32 from xGm to yGm through a copy-through queue; `count` is the planted length.
 class KernelCopyCount {
  public:
@@ -44,9 +48,20 @@ class KernelCopyCount {
 
 __global__ __aicore__ void copy_count_kernel(GM_ADDR x, GM_ADDR y, uint32_t count) {
   KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
+  if (NotFirstCore()) return;
   TPipe pipe;
   KernelCopyCount op;
   op.Init(x, y, count, &pipe);
+  op.Process();
+}
+
+// Each core copies kLen int32 from x to y: all to the start of y (the planted race), or
+// (`apart`) each to its own block of y.
+__global__ __aicore__ void shared_store_kernel(GM_ADDR x, GM_ADDR y, uint32_t apart) {
+  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
+  TPipe pipe;
+  KernelCopyCount op;
+  op.Init(x, apart != 0 ? y + GetBlockIdx() * kLen * sizeof(int32_t) : y, kLen, &pipe);
   op.Process();
 }
 
@@ -132,6 +147,7 @@ __global__ __aicore__ void atomic_add_kernel(GM_ADDR y) {
 // Copies kLen int32 from x into y at element `offset`: past the end when offset > 0.
 __global__ __aicore__ void gm_bounds_kernel(GM_ADDR x, GM_ADDR y, uint32_t offset) {
   KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
+  if (NotFirstCore()) return;
   TPipe pipe;
   TQueBind<TPosition::VECIN, TPosition::VECOUT, 1> queBind;
   GlobalTensor<int32_t> xGm, yGm;
@@ -174,6 +190,7 @@ __global__ __aicore__ void pipe_race_kernel(GM_ADDR x, uint32_t mode) {
 // DataCopyPad of `blocks` 32-byte blocks in one call each way (4095 at most).
 __global__ __aicore__ void pad_count_kernel(GM_ADDR x, GM_ADDR y, uint32_t blocks) {
   KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
+  if (NotFirstCore()) return;
   TPipe pipe;
   TQueBind<TPosition::VECIN, TPosition::VECOUT, 1> queBind;
   GlobalTensor<uint8_t> xGm, yGm;
@@ -190,6 +207,7 @@ __global__ __aicore__ void pad_count_kernel(GM_ADDR x, GM_ADDR y, uint32_t block
 
 __global__ __aicore__ void pad_block_kernel(GM_ADDR x, GM_ADDR y, uint32_t bytes) {
   KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
+  if (NotFirstCore()) return;
   TPipe pipe;
   TQueBind<TPosition::VECIN, TPosition::VECOUT, 1> queBind;
   GlobalTensor<uint8_t> xGm, yGm;
@@ -207,6 +225,7 @@ __global__ __aicore__ void pad_block_kernel(GM_ADDR x, GM_ADDR y, uint32_t bytes
 // Scalar loop fills a VECOUT tile that MTE3 then copies out; only a barrier orders S -> MTE3.
 __global__ __aicore__ void scalar_copy_out_kernel(GM_ADDR y, uint32_t barrier) {
   KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
+  if (NotFirstCore()) return;
   TPipe pipe;
   TQue<TPosition::VECOUT, 1> outQueueY;
   GlobalTensor<int32_t> yGm;
@@ -265,6 +284,7 @@ __global__ __aicore__ void scalar_gm_read_kernel(GM_ADDR x, GM_ADDR y, uint32_t 
 // the copy-out of round 0 may still read it unless the MTE3_S event is waited for first.
 __global__ __aicore__ void write_after_read_kernel(GM_ADDR y, uint32_t waitCopyOut) {
   KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
+  if (NotFirstCore()) return;
   TPipe pipe;
   TBuf<TPosition::VECCALC> bufY;
   GlobalTensor<int32_t> yGm;
@@ -323,6 +343,12 @@ std::map<std::string, std::function<void(uint32_t)>> FaultTable() {
   });
   t["datacopy_unaligned_length_ok"] = withBuffers([](uint32_t b, uint8_t* x, uint8_t* y) {
     EPLB_LAUNCH_KERNEL(copy_count_kernel, b, nullptr, x, y, 8u);  // 32 bytes
+  });
+  t["cores_store_same_bytes"] = withBuffers([](uint32_t b, uint8_t* x, uint8_t* y) {
+    EPLB_LAUNCH_KERNEL(shared_store_kernel, b, nullptr, x, y, 0u);
+  });
+  t["cores_store_same_bytes_ok"] = withBuffers([](uint32_t b, uint8_t* x, uint8_t* y) {
+    EPLB_LAUNCH_KERNEL(shared_store_kernel, b, nullptr, x, y, 1u);
   });
   t["datacopy_empty"] = withBuffers([](uint32_t b, uint8_t* x, uint8_t* y) {
     EPLB_LAUNCH_KERNEL(copy_count_kernel, b, nullptr, x, y, 0u);  // a burst of 0 blocks

@@ -18,6 +18,8 @@ FAULTS = {
     "use_without_deque": r"Adds on a LocalTensor that is enqueued: it is used without DeQue",
     "use_after_free": r"GetValue on a LocalTensor used after FreeTensor",
     "queue_depth_exceeded": r"EnQue: queue depth 1 exceeded",
+    "cores_store_same_bytes": r"shared_store_kernel: cores \d and \d both store 256 GM bytes "
+    r"without SetAtomicAdd and without a SyncAll between",
     "datacopy_empty": r"DataCopy GM->UB of 0 x int32 = 0 bytes: outside the supported range",
     "datacopypad_too_many_blocks": r"DataCopyPad GM->UB: blockCount 4096 and blockLen 32 bytes",
     "atomic_add_int64": r"SetAtomicAdd<int64>: atomic add on unsigned or 64-bit types is not",
