@@ -27,7 +27,8 @@ class EplbConfig:
     Attributes:
         policy: registered policy that plans placements (``eplb-rt policies`` lists them).
         policy_options: overrides of the policy's options dataclass (unknown keys are an error).
-        interval: steps between two heat gathers (plans); 0 never rebalances (static placement).
+        interval: steps between two heat gathers (plans), 0 or >= 2; 0 never rebalances (static
+            placement).
         history: ``H``, steps of per-step heat kept in the ring buffer; a plan reads the
             ``H - 1`` latest closed steps (the step in progress holds the last row).
         episode: steps compared against the earlier history for drift: every ``episode`` steps
@@ -65,7 +66,7 @@ class EplbConfig:
         transfer_timeout_s: seconds a layer's weight transfer may take before its commit is
             cancelled on every rank (gloo, on the CPU; on CUDA/NPU the transfer's wait is the
             serving stream's, and the backend's own watchdog bounds a peer that hangs); at
-            least 0.001.
+            least 0.001, at most 1e9 (a timedelta holds no infinity).
         num_nodes: nodes the ranks are spread over (ranks are node-major); hierarchical policies
             pack expert groups onto nodes and migration prefers a source on the receiver's node.
         num_groups: expert groups for hierarchical placement (DeepSeek-V3: 8); 1 is flat.
@@ -113,6 +114,8 @@ class EplbConfig:
             )
         from eplb_rt.algorithms import get_policy
 
+        # A copy: the caller's dict changed later would bypass this check.
+        object.__setattr__(self, "policy_options", dict(self.policy_options))
         get_policy(self.policy).make_options(self.policy_options)  # unknown option keys raise
         _check_int(self, "interval", 0)
         _check_int(self, "history", 2)
@@ -162,8 +165,9 @@ class EplbConfig:
                 f"EplbConfig.initial_placement: no such file {self.initial_placement!r}"
             )
         # At least a millisecond: torch counts a wait's timeout in whole milliseconds, and 0
-        # there means no timeout at all.
-        _check_float(self, "transfer_timeout_s", 1e-3, math.inf)
+        # there means no timeout at all. At most about 31 years: torch takes a timedelta, which
+        # holds no infinity.
+        _check_float(self, "transfer_timeout_s", 1e-3, 1e9)
         _check_int(self, "num_nodes", 1)
         _check_int(self, "num_groups", 1)
         for name in ("warm_up", "plan_in_subprocess"):

@@ -35,6 +35,11 @@ TOKEN_SECONDS = 2.5e-7
 350 TFLOP/s, the FP8 rate an H100 or Ascend 910-class device sustains on grouped GEMMs."""
 
 
+NO_MOVE_PAYS = 1e12
+"""A ``move_cost`` past any PAR a move can buy (PAR is at most the rank count): where the prices
+make a move dearer still, the policies are given this finite one."""
+
+
 @dataclasses.dataclass(frozen=True)
 class CostModel:
     """What a migration costs and a better placement saves, in seconds.
@@ -54,7 +59,7 @@ class CostModel:
     def __post_init__(self) -> None:
         for name, value in dataclasses.asdict(self).items():
             low = ">= 0" if name == "hidden_seconds" else "> 0"
-            finite = isinstance(value, (int, float, np.number)) and math.isfinite(value)
+            finite = is_real(value) and math.isfinite(value)
             if not finite or value < 0 or (value == 0 and low == "> 0"):
                 raise ValueError(f"CostModel.{name} must be a finite number {low}, got {value!r}")
 
@@ -75,11 +80,16 @@ class CostModel:
         expert's transfer time (ranks receive in parallel, so a slot moved on each rank takes
         one transfer, and a single slot ``1 / num_ranks`` of it when moves are spread) over the
         time one unit of PAR costs over ``horizon`` steps at the mean rank load of
-        ``load [T, L, E]``."""
-        mean_rank = max(float(load.sum(axis=2).mean()) / num_ranks, 1e-300)
-        return float(
-            self.expert_bytes / self.bandwidth / (mean_rank * self.token_seconds * horizon)
-        )
+        ``load [T, L, E]`` (of the layers that carry load: an idle layer buys nothing, and
+        counted in the mean it would make every move look dearer). At most
+        :data:`NO_MOVE_PAYS`."""
+        per_layer = load.sum(axis=2, dtype=np.float64).mean(axis=0)
+        loaded = per_layer[per_layer > 0]
+        mean_rank = max(float(loaded.mean()) / num_ranks if loaded.size else 0.0, 1e-300)
+        with np.errstate(over="ignore", divide="ignore"):
+            bought = np.float64(mean_rank) * self.token_seconds * horizon
+            price = np.float64(self.expert_bytes) / self.bandwidth / bought
+        return float(min(price, NO_MOVE_PAYS))
 
 
 @dataclasses.dataclass(frozen=True)

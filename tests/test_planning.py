@@ -24,6 +24,7 @@ from eplb_rt.placement import Placement, Topology
         ("token_seconds", float("inf"), "CostModel.token_seconds must be a finite number > 0"),
         ("hidden_seconds", -1.0, "CostModel.hidden_seconds must be a finite number >= 0"),
         ("bandwidth", "fast", "CostModel.bandwidth must be a finite number > 0, got 'fast'"),
+        ("expert_bytes", True, "CostModel.expert_bytes must be a finite number > 0, got True"),
     ],
 )
 def test_bad_costs_name_the_field(field, value, message):
@@ -49,6 +50,33 @@ def test_move_cost_is_transfer_time_over_the_time_one_par_costs():
     # A slot moved on each rank takes one transfer, 2 s (both ranks receive at once); one unit
     # of PAR costs 4 tokens x 0.5 s x 2 steps = 4 s.
     assert cost.move_cost(load, 2, 2) == pytest.approx(0.5)
+
+
+def test_idle_layers_do_not_make_a_move_dearer():
+    # One hot layer whose move pays (experts 0 and 1 both on rank 0), alone or beside layers
+    # that get no tokens: an idle layer buys nothing, and the price of a move stays that of
+    # the layers that carry load, so the same layer is committed.
+    rng = np.random.default_rng(0)
+    topo, hot = Topology(4, 2), np.array([260.0, 260.0] + [100.0] * 6)
+    for idle in (0, 7):
+        load = np.zeros((32, 1 + idle, 8))
+        load[:, 0] = rng.poisson(hot, size=(32, 8))
+        start = Placement.initial(1 + idle, 8, topo)
+        cost = planning.CostModel()
+        assert cost.move_cost(load, 4, 50) == cost.move_cost(load[:, :1], 4, 50)
+        decision = planning.decide(load, start, topo, "equilibrium", None, cost=cost, horizon=50)
+        assert decision.layers == (0,)
+        assert decision.saved_s[0] > decision.migration_s[0]
+
+
+@pytest.mark.parametrize("field", ["bandwidth", "token_seconds"])
+def test_prices_past_any_gain_plan_nothing_instead_of_failing(field):
+    # A price so high that a move's cost overflows: no move pays, and the plan says so.
+    load, start, topo = _hot_layer()
+    cost = planning.CostModel(**{field: 1e-320})
+    assert cost.move_cost(load, 2, 10) == planning.NO_MOVE_PAYS
+    decision = planning.decide(load, start, topo, "equilibrium", None, cost=cost, horizon=10)
+    assert decision.layers == () and decision.placement == start
 
 
 def _hot_layer() -> tuple[np.ndarray, Placement, Topology]:

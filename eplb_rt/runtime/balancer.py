@@ -95,8 +95,10 @@ class Job:
         trigger: ``"interval"``; ``"drift"``: a probe, planned only when the last ``episode``
             steps drifted; ``"first"``: a probe of a placement no plan has fitted yet (the
             starting one), planned without waiting for the interval.
-        step_seconds: the median host time of recent steps (0: not measured yet); the planning
-            rank refines ``cost.token_seconds`` from it as step time / busiest-rank tokens.
+        row_seconds: ``[T]`` the host time of each of ``rows``' steps, as the planning rank
+            measured it (0: not measured), or ``None``; the planning rank refines
+            ``cost.token_seconds`` from it as the steps' time / their busiest-rank tokens, over
+            the same steps.
         warm: whether this rank's balancer had paid its one-off costs at the gather (the
             warm-up, or without one a first plan): a plan late for those does not make an
             adapting deadline longer.
@@ -112,7 +114,7 @@ class Job:
     previous: Placement
     cost: planning.CostModel
     trigger: str = "interval"
-    step_seconds: float = 0.0
+    row_seconds: np.ndarray | None = None
     warm: bool = True
 
 
@@ -279,7 +281,10 @@ class Balancer:
         counted = heat.reshape(heat.shape[0], -1).any(axis=1)
         if not counted.all():
             heat = heat[counted]
-            job = dataclasses.replace(job, row_phy2log=job.row_phy2log[counted])
+            seconds = None if job.row_seconds is None else job.row_seconds[counted]
+            job = dataclasses.replace(
+                job, row_phy2log=job.row_phy2log[counted], row_seconds=seconds
+            )
         status, decision, plan_time, error = PLAN_FAILED, None, 0.0, ""
         if self.rank == 0:
             status, decision, plan_time, error = self._plan(job, heat)
@@ -327,11 +332,15 @@ class Balancer:
                 return PLAN_UNCHANGED, None, 0.0, "no heat recorded"
             load = heat_to_load(heat, job.row_phy2log, self.num_experts)
             cost = job.cost
-            if job.step_seconds:
+            if job.row_seconds is not None:
+                # Time and tokens of the same steps (ratio of sums): steps of different sizes,
+                # and steps not counted, do not skew it as a median time per mean step would.
                 T, L, _ = heat.shape
                 busiest = heat.reshape(T, L, self.topology.num_ranks, -1).sum(-1).max(-1).sum(-1)
-                if busiest.mean() > 0:
-                    token_seconds = job.step_seconds / float(busiest.mean())
+                timed = (job.row_seconds != 0) & (busiest > 0)
+                if timed.any():
+                    seconds = float(np.sum(job.row_seconds[timed]))
+                    token_seconds = seconds / float(busiest[timed].sum(dtype=np.float64))
                     cost = dataclasses.replace(cost, token_seconds=token_seconds)
             if job.trigger == "drift" and not planning.drifted(
                 load, job.previous, self.config.episode, cost

@@ -57,11 +57,13 @@ from eplb_rt.runtime.balancer import (
     Balancer,
     Job,
     PlanResult,
+    placement_digest,
 )
 from eplb_rt.runtime.device import Device, HostStaging
 from eplb_rt.runtime.executor import MigrationExecutor, Transfer
 from eplb_rt.runtime.migration import LayerMigration, plan_migration
 from eplb_rt.runtime.recorder import HeatRecorder
+from eplb_rt.scalars import is_integer
 
 log = logging.getLogger("eplb_rt.runtime")
 
@@ -110,7 +112,11 @@ _RANK_LOCAL_FIELDS = frozenset(
     {"initial_placement", "export_dir", "transfer_timeout_s", "warm_up", "plan_in_subprocess"}
 )
 """EplbConfig fields a rank may set alone: where it reads and writes files, how long it waits
-for a transfer, how and where it plans. The ranks must agree on every other field."""
+for a transfer, how and where it plans. The ranks must agree on every other field, and on the
+placement they start from (its contents, not the path of its file)."""
+
+
+_STARTING_PLACEMENT = "initial_placement (its contents)"
 
 
 def _digest(value: object) -> int:
@@ -153,8 +159,9 @@ class EplbRuntime:
         if not isinstance(config, EplbConfig):
             raise TypeError(f"config must be an EplbConfig, got {type(config).__name__}")
         for name, value in (("num_layers", num_layers), ("num_experts", num_experts)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_integer(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        num_layers, num_experts = int(num_layers), int(num_experts)
         logging.getLogger("eplb_rt").setLevel(envs.get("EPLB_RT_LOG_LEVEL"))
         self.config = config
         self.num_layers = num_layers
@@ -222,7 +229,7 @@ class EplbRuntime:
             rank=self.rank,
             ranks=ranks,
             group=self._migration_group,
-            lanes=config.layers_per_step,
+            lanes=min(config.layers_per_step, num_layers),  # one layer a lane at most
             timeout_s=config.transfer_timeout_s,
         )
         self.balancer = Balancer(
@@ -237,11 +244,16 @@ class EplbRuntime:
         enabled = config.interval > 0 and not envs.get("EPLB_RT_DISABLE_REBALANCE")
         # Set on some ranks only, the variable would have them skip gathers the others make.
         self._rebalance_enabled = bool(self._agree([int(enabled)])[0][0])
-        if self._rebalance_enabled and config.history < 3 * config.episode + 1:
+        # Drift compares the latest episode with two or more before it, in the history - 1
+        # closed steps a plan reads: a shorter ring can never show it, and probing it would
+        # copy the ring every episode for nothing.
+        self._drift_probes = config.history >= 3 * config.episode + 1
+        if self._rebalance_enabled and not self._drift_probes:
             log.warning(
                 "EplbConfig.history (%d) < 3 * episode + 1 (%d): drift is never checked (it "
                 "compares the latest episode with two or more before it, in the history - 1 "
-                "closed steps a plan reads); plans start on the interval only",
+                "closed steps a plan reads); after the first plan, plans start on the interval "
+                "only",
                 config.history,
                 3 * config.episode + 1,
             )
@@ -262,6 +274,7 @@ class EplbRuntime:
         self._first_commit_step: int | None = None
         self._closed = False
         self._step_clock: list[float] = []  # host time of recent step() calls
+        self._row_seconds = np.zeros(config.history)  # each ring row's step, in host seconds
         self._fitted = config.initial_placement is not None  # a plan has fitted the placement
         # The next interval gather: at the first idle step from there (a probe's migration
         # may still run at the interval step itself).
@@ -383,8 +396,17 @@ class EplbRuntime:
         )
 
     def record(self, layer: int, group_list: torch.Tensor, cumulative: bool = False) -> None:
-        """Count a dispatch kernel's per-local-slot tokens ``group_list [S]`` (receiver side)."""
+        """Count a dispatch kernel's per-local-slot tokens ``group_list [S]`` (receiver side;
+        ``EplbConfig.heat_source="group_list"``)."""
         layer = self._check_layer(layer)
+        if self.config.heat_source != "group_list":
+            # With "topk", route() counts every token already: a record would count it twice.
+            raise ValueError(
+                "record() counts for EplbConfig.heat_source='group_list'; this runtime has "
+                f"heat_source={self.config.heat_source!r}, where route() counts the tokens"
+            )
+        if not isinstance(cumulative, (bool, np.bool_)):
+            raise TypeError(f"record(cumulative=...) must be a bool, got {cumulative!r}")
         if not isinstance(group_list, torch.Tensor):
             raise TypeError(f"group_list must be a tensor, got {type(group_list).__name__}")
         if group_list.device != self.device:
@@ -432,6 +454,11 @@ class EplbRuntime:
             raise ValueError(f"count_steps={mode!r} needs step(is_prefill=True/False)")
         phase = mode == "all" or (is_prefill if mode == "prefill" else not is_prefill)
         counts = bool(record and phase)
+        # The closed step's host time, kept beside its ring row (what the gate's time per token
+        # is measured from): from the previous step() call, unknown for the first.
+        now = time.perf_counter()
+        last = self._step_clock[-1] if self._step_clock else now
+        self._row_seconds[self.recorder.host_step % self.config.history] = now - last
         self.recorder.advance(self._placement.phy2log, counts)
         step = self.recorder.host_step
         if self._in_flight:
@@ -442,7 +469,7 @@ class EplbRuntime:
             self._start_next()
         elif self._current is not None and not self._in_flight:
             self._finish_rebalance(step)
-        self._step_clock = [*self._step_clock[-32:], time.perf_counter()]
+        self._step_clock = [*self._step_clock[-32:], now]
         interval, episode = self.config.interval, self.config.episode
         if self._rebalance_enabled and self._pending is None and self._current is None:
             if step >= self._next_interval:
@@ -452,7 +479,8 @@ class EplbRuntime:
             # and that interval's gather then waits for the first idle step.
             elif step % episode == 0 and step + self.deadline < self._next_interval:
                 if self._fitted:
-                    self._gather(step, "drift")
+                    if self._drift_probes:
+                        self._gather(step, "drift")
                 elif step >= 3 * episode:
                     self._gather(step, "first")
 
@@ -463,7 +491,8 @@ class EplbRuntime:
         slot_bytes = max(self.executor.slot_bytes(layer) for layer in range(self.num_layers)) or 1
         config = self.config
         cost = planning.CostModel(slot_bytes, config.link_bandwidth, config.token_seconds)
-        args = (host, event, rows, row_p2l, self._placement, cost, trigger, self._step_seconds())
+        seconds = self._row_seconds[rows].copy()
+        args = (host, event, rows, row_p2l, self._placement, cost, trigger, seconds)
         self._pending = Job(self._epoch, step, step + self.deadline, *args, warm=self.balancer.warm)
         self.balancer.submit(self._pending)
 
@@ -478,6 +507,7 @@ class EplbRuntime:
         would wait for each other for ever, or fail deep in a collective. (One small
         all-reduce, at start.)"""
         shared = {"num_layers": self.num_layers, "num_experts": self.num_experts}
+        shared[_STARTING_PLACEMENT] = placement_digest(self._placement)
         for field in dataclasses.fields(self.config):
             if field.name not in _RANK_LOCAL_FIELDS:
                 shared[field.name] = getattr(self.config, field.name)
@@ -487,6 +517,9 @@ class EplbRuntime:
         )
         low, high = self._agree([_digest(value) for value in shared.values()])
         differ = [name for name, a, b in zip(shared, low, high, strict=True) if a != b]
+        if {"num_layers", "num_experts"} & set(differ):
+            # Placements of other sizes differ too: the sizes are the news.
+            differ = [name for name in differ if name != _STARTING_PLACEMENT]
         if differ:
             raise ValueError(
                 f"the ranks were given different {', '.join(differ)}: every rank of the runtime "

@@ -45,7 +45,7 @@ def _job(load: np.ndarray, previous: Placement, epoch: int = 1, **fields) -> Job
     for layer in range(L):
         heat[:, layer, first[layer]] = torch.from_numpy(load[:, layer].astype(np.int32))
     row_p2l = np.broadcast_to(previous.phy2log, (T, L, TOPO.num_slots)).copy()
-    values = dict(cost=COST, trigger="interval", step_seconds=0.0)
+    values = dict(cost=COST, trigger="interval", row_seconds=None)
     values.update(fields)
     return Job(epoch, 0, 5, heat, Event(), np.arange(T), row_p2l, previous, **values)
 
@@ -94,6 +94,34 @@ def test_same_load_same_decision_in_runtime_plan_and_simulate(tmp_path, capsys):
     assert f"moves {result.decision.slots} slots" in out and "at 1 GB/s; PAR" in out
 
 
+def test_time_per_token_is_measured_over_the_steps_it_divides(monkeypatch):
+    # Steps of two sizes, each taking 1e-5 s per token of its busiest rank (the cost model's own
+    # assumption): the gate prices with exactly that. A median step time over a mean step's
+    # tokens would be 8x off here; a step with no time (the first) and one no rank counted
+    # (zeroed) are left out.
+    load = _load()
+    load[::4] *= 40  # one step in four a prefill-size one
+    load[5] = 0
+    start = planning.starting_placement(L, E, TOPO)
+    heat = _job(load, start).heat.numpy()
+    busiest = heat.reshape(len(load), L, TOPO.num_ranks, -1).sum(-1).max(-1).sum(-1)
+    seconds = 1e-5 * busiest
+    seconds[0] = 0.0
+    seconds[5] = 3.0  # a long step that counted nothing
+    priced = []
+    decide = planning.decide
+    monkeypatch.setattr(
+        planning,
+        "decide",
+        lambda *a, **k: priced.append(k["cost"].token_seconds) or decide(*a, **k),
+    )
+    balancer = _balancer()
+    result = _result(balancer, _job(load, start, row_seconds=seconds))
+    balancer.shutdown()
+    assert result.status in (PLAN_OK, PLAN_UNCHANGED)
+    assert priced == [pytest.approx(1e-5, rel=1e-12)]
+
+
 def test_a_plan_that_pays_nothing_is_unchanged_and_the_old_placement_stays():
     start = planning.starting_placement(L, E, TOPO)
     dear = planning.CostModel(expert_bytes=1e12, bandwidth=1.0, token_seconds=1e-9)
@@ -110,7 +138,7 @@ def test_a_plan_that_pays_nothing_is_unchanged_and_the_old_placement_stays():
         (lambda b, j: (b, j._replace_heat_zero()), PLAN_UNCHANGED, "no heat recorded"),
         (lambda b, j: (_balancer("rt_test_raise"), j), PLAN_FAILED, "rt_test_raise always fails"),
         (lambda b, j: (_balancer(step=6), j), PLAN_LATE, "its deadline had passed"),
-        (lambda b, j: (b, j._with(step_seconds=float("nan"))), PLAN_FAILED, "token_seconds"),
+        (lambda b, j: (b, j._with(row_seconds=np.full(12, np.nan))), PLAN_FAILED, "token_seconds"),
         (lambda b, j: (b, j._with(trigger="drift")), PLAN_UNCHANGED, "no drift"),
     ],
 )

@@ -9,6 +9,7 @@ import collections
 import datetime
 import os
 import signal
+import tempfile
 import threading
 import time
 
@@ -20,7 +21,9 @@ from _dist import spawn
 from _faults import open_gate
 from _serving import let_plan_finish, small_config
 
+from eplb_rt import formats, planning
 from eplb_rt.config import EplbConfig
+from eplb_rt.placement import Placement, Topology
 from eplb_rt.runtime import EplbRuntime
 from eplb_rt.runtime import balancer as balancer_module
 from eplb_rt.runtime.runtime import _group_timeout
@@ -447,6 +450,19 @@ def _different_settings(rank: int, world: int) -> None:
         config = EplbConfig(**{**base.to_dict(), **overrides}) if rank == 1 else base
         with pytest.raises(ValueError, match=f"the ranks were given different {field}: every"):
             EplbRuntime(config, layers if rank == 1 else 4, 8)
+    # Each rank reads its own placement file: its path is the rank's, its contents are not.
+    start = planning.starting_placement(4, 8, Topology(2, 5))
+    folder = tempfile.mkdtemp()
+    for name, placement in (("same", start), ("own", Placement(start.phy2log[:, ::-1], 8, 2))):
+        path = os.path.join(folder, f"{name}_{rank}.json")
+        formats.write_placement(start if rank == 0 else placement, path)
+        config = EplbConfig(**{**base.to_dict(), "initial_placement": path})
+        if name == "same":
+            EplbRuntime(config, 4, 8).shutdown()
+        else:
+            match = r"different initial_placement \(its contents\): every"
+            with pytest.raises(ValueError, match=match):
+                EplbRuntime(config, 4, 8)
     # A dict's keys in another order, and the rank's own files and waits, are the same config.
     options = {"move_cost": 0.5, "num_episodes": 4}
     if rank:  # keys in another order, numpy numbers: the same options as the policy reads them

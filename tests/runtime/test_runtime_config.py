@@ -53,7 +53,9 @@ def test_defaults_are_valid_and_frozen():
         ("token_seconds", np.bool_(True), "token_seconds must be a number"),
         ("transfer_timeout_s", 0, "transfer_timeout_s"),
         # torch counts a wait in whole milliseconds: 0.0005 s would be no timeout at all
-        ("transfer_timeout_s", 0.0005, r"transfer_timeout_s must be in \[0.001, inf\]"),
+        ("transfer_timeout_s", 0.0005, r"transfer_timeout_s must be in \[0.001, 1000000000.0\]"),
+        # torch takes a timedelta, which holds no infinity
+        ("transfer_timeout_s", float("inf"), r"transfer_timeout_s must be in \[0.001, 1000"),
         ("num_nodes", 0, "num_nodes"),
         ("warm_up", "yes", "warm_up must be a bool"),
     ],
@@ -69,6 +71,13 @@ def test_numpy_scalars_are_stored_as_python_numbers():
     assert (config.interval, config.history, config.link_bandwidth) == (10, 64, 1e9)
     assert type(config.interval) is int and type(config.link_bandwidth) is float
     assert EplbConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_policy_options_are_a_copy_of_what_was_checked():
+    options = {"count_rounds": 2}
+    config = EplbConfig(policy="equilibrium", policy_options=options)
+    options["bogus"] = 1  # changed after the check: the config keeps what it checked
+    assert config.policy_options == {"count_rounds": 2}
 
 
 def test_slots_per_rank_and_num_redundant_are_exclusive():

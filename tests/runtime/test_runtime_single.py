@@ -26,6 +26,22 @@ def runtime():
     rt.shutdown()
 
 
+@pytest.fixture
+def receiver():
+    """A runtime counting receiver-side group lists (``record``) instead of ``route``."""
+    config = EplbConfig(
+        policy="rt_test_shift",
+        interval=0,
+        history=4,
+        episode=2,
+        heat_source="group_list",
+        warm_up=False,
+    )
+    rt = EplbRuntime(config, 2, 5)
+    yield rt
+    rt.shutdown()
+
+
 def _state(rt: EplbRuntime) -> list[torch.Tensor]:
     return [
         t.clone()
@@ -61,10 +77,20 @@ def test_route_counts_into_the_current_row_and_step_advances_on_device(runtime):
     assert int(runtime.heat[5 % 4, 0, 3]) == 1 and int(runtime.heat.sum()) == 1
 
 
-def test_record_adds_receiver_side_counts(runtime):
-    runtime.record(1, torch.tensor([1, 0, 2, 0, 3], dtype=torch.int32))
-    runtime.record(1, torch.tensor([1, 1, 3, 3, 4]), cumulative=True)
-    assert runtime.heat[0, 1].tolist() == [2, 0, 4, 0, 4]
+def test_record_adds_receiver_side_counts(receiver):
+    receiver.record(1, torch.tensor([1, 0, 2, 0, 3], dtype=torch.int32))
+    receiver.record(1, torch.tensor([1, 1, 3, 3, 4]), cumulative=True)
+    assert receiver.heat[0, 1].tolist() == [2, 0, 4, 0, 4]
+
+
+def test_record_where_route_counts_is_refused(runtime):
+    # heat_source="topk": route() counts every token; a record too would count it twice.
+    runtime.route(1, torch.tensor([[0, 2]]))
+    with pytest.raises(
+        ValueError, match=r"record\(\) counts for EplbConfig.heat_source='group_list'"
+    ):
+        runtime.record(1, torch.tensor([1, 0, 1, 0, 0]))
+    assert runtime.heat[0, 1].tolist() == [1, 0, 1, 0, 0]
 
 
 def test_route_does_not_count_when_heat_comes_from_group_lists():
@@ -150,9 +176,13 @@ def _bad_calls(rt: EplbRuntime):
     yield lambda: rt.route(0, torch.tensor([[0, -2]])), None
     yield lambda: rt.route(0, torch.tensor([[0.0]])), None
     yield lambda: rt.route(0, torch.tensor([0, 1])), None
-    yield lambda: rt.record(0, torch.ones(3, dtype=torch.int32)), "group_list must be \\[5\\]"
-    yield lambda: rt.record(0, torch.tensor([1, -1, 0, 0, 0])), None
-    yield lambda: rt.record(0, [1, 0, 0, 0, 0]), "group_list must be a tensor"
+    if rt.config.heat_source == "group_list":
+        yield lambda: rt.record(0, torch.ones(3, dtype=torch.int32)), "group_list must be \\[5\\]"
+        yield lambda: rt.record(0, torch.tensor([1, -1, 0, 0, 0])), None
+        yield lambda: rt.record(0, [1, 0, 0, 0, 0]), "group_list must be a tensor"
+        yield lambda: rt.record(0, torch.ones(5), cumulative="no"), "must be a bool, got 'no'"
+    else:
+        yield lambda: rt.record(0, torch.ones(5, dtype=torch.int32)), "heat_source='group_list'"
     yield lambda: rt.log2phy(7), "layer must be in"
     yield lambda: rt.expert_map("0"), "layer must be an int"
     yield lambda: rt.register_weights(0, {}), "non-empty dict"
@@ -162,8 +192,12 @@ def _bad_calls(rt: EplbRuntime):
     yield lambda: rt.register_weights(0, {"w": torch.zeros(5, device="meta")}), "expected cpu"
 
 
-def test_bad_input_at_every_entry_raises_and_changes_nothing(runtime):
+@pytest.mark.parametrize("fixture", ["runtime", "receiver"])
+def test_bad_input_at_every_entry_raises_and_changes_nothing(fixture, request):
+    runtime = request.getfixturevalue(fixture)
     runtime.route(0, torch.tensor([[1, 2]]))
+    if fixture == "receiver":
+        runtime.record(0, torch.tensor([0, 3, 0, 0, 1]))
     before = _state(runtime)
     for call, message in _bad_calls(runtime):
         if message is None:
@@ -202,6 +236,9 @@ def test_bad_constructor_arguments():
         EplbRuntime(config, 0, 4)
     with pytest.raises(ValueError, match="num_experts must be a positive integer"):
         EplbRuntime(config, 1, 2.0)  # type: ignore[arg-type]
+    with EplbRuntime(config, np.int64(2), np.int32(4)) as rt:  # sizes computed from arrays
+        assert (type(rt.num_layers), type(rt.num_experts)) == (int, int)
+        assert (rt.num_layers, rt.num_experts) == (2, 4)
     with pytest.raises(ValueError, match=r"torch\.distributed is not initialised"):
         EplbRuntime(config, 1, 4, group=object())
     with pytest.raises(ValueError, match="exceeds num_experts"):
@@ -277,3 +314,29 @@ def test_a_history_too_short_for_drift_is_warned_about(caplog):
     with caplog.at_level("WARNING", logger="eplb_rt.runtime"), EplbRuntime(enough, 2, 4):
         pass
     assert "drift" not in caplog.text
+
+
+def test_a_history_too_short_for_drift_makes_no_drift_probes():
+    # Each drift probe copies the ring: where drift can never show, a fitted placement is
+    # re-planned on the interval only.
+    config = EplbConfig(policy="rt_test_shift", interval=20, history=6, episode=2, warm_up=False)
+    with EplbRuntime(config, 2, 4) as rt:
+        rt._fitted = True  # as after a first plan
+        triggers = []
+        gather = rt._gather
+        rt._gather = lambda step, trigger="interval": (
+            triggers.append(trigger) or gather(step, trigger)
+        )
+        for _ in range(21):
+            rt.route(0, torch.tensor([[0, 1], [0, 2]]))
+            rt.step()
+    assert triggers == ["interval"]
+
+
+def test_migration_lanes_are_at_most_the_layers():
+    # A lane migrates one layer at a time: lanes past the layers would only hold staging memory.
+    config = EplbConfig(policy="rt_test_shift", interval=0, layers_per_step=1000, warm_up=False)
+    with EplbRuntime(config, 2, 4) as rt:
+        assert rt.executor.lanes == 2
+        rt.register_weights(0, {"w": torch.zeros(4, 16)})
+        assert len(next(iter(rt.executor._staging.values()))) == 2
