@@ -76,8 +76,9 @@ VARIABLES: dict[str, EnvVar] = {
     "EPLB_RT_EXPORT_DIR": EnvVar(
         str,
         None,
-        "Default directory for EplbConfig.export_dir (every committed placement as JSON); "
-        "the vllm-ascend policy writes each load it plans on there (load-<pid>-<n>.npy).",
+        "Overrides EplbConfig.export_dir in EplbConfig.from_dict(..., env=True) (every committed "
+        "placement as JSON); the vllm-ascend policy writes each load it plans on there "
+        "(load-<pid>-<n>.npy).",
     ),
     "EPLB_RT_TRANSFER_TIMEOUT_S": EnvVar(
         float,

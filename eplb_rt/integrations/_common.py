@@ -39,15 +39,17 @@ def as_numpy(value: object, name: str, ndims: tuple[int, ...], where: str) -> np
     return arr
 
 
-def policy_name(name: str | None = None) -> str:
-    """``name``, else ``EPLB_RT_POLICY``, else ``EplbConfig().policy``; raises if unknown."""
+def policy_name(name: str | None = None, options: dict | None = None) -> str:
+    """``name``, else ``EPLB_RT_POLICY``, else ``EplbConfig().policy``; raises if unknown, or if
+    ``options`` are not that policy's (when the policy is built, not inside the engine's first
+    rebalance)."""
     if not name:
         name = envs.get("EPLB_RT_POLICY")
     if not name:
         from eplb_rt.config import EplbConfig
 
         name = EplbConfig().policy
-    get_policy(name)
+    get_policy(name).make_options(options)
     return name
 
 

@@ -106,13 +106,13 @@ def policy_class(
     returns_maps: bool | None = None,
     abstract: type | None = None,
 ) -> type[EplbRtPolicy]:
-    """A subclass of :class:`EplbRtPolicy` bound to ``policy`` (checked now) and ``options``;
+    """A subclass of :class:`EplbRtPolicy` bound to ``policy`` and ``options`` (both checked now);
     ``returns_maps`` for vLLM 0.13-0.18 (see :meth:`EplbRtPolicy.rebalance_experts`). With
     ``abstract`` (vLLM's ``AbstractEplbPolicy``) it is a subclass of that too, for engine code
     that checks what its policy is. ``None`` (both): as the vLLM that imports here wants
     (:func:`returns_maps` of its ``AbstractEplbPolicy``); without vLLM, ``phy2log`` alone and no
     vLLM base."""
-    name = policy_name(policy)
+    name = policy_name(policy, options)
     if returns_maps is None:
         if abstract is None:
             try:

@@ -84,7 +84,7 @@ class EplbRtAscendPolicy:
         export_dir: str | None = None,
         keep_on_error: bool = False,
     ) -> None:
-        self.policy = policy_name(policy)
+        self.policy = policy_name(policy, options)
         self.options = options
         self.num_experts = num_experts
         self.num_nodes = num_nodes

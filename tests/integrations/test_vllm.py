@@ -151,6 +151,9 @@ def test_the_class_made_by_default_serves_the_vllm_that_imports(vllm):
 def test_unknown_policy_is_refused_when_the_class_is_made():
     with pytest.raises(ValueError, match="unknown policy 'nope'"):
         ours.policy_class("nope")
+    # Options too: inside vLLM's EPLB step, the error would come at the first rebalance.
+    with pytest.raises(ValueError, match=r"policy 'deepseek' has no option\(s\) \['nope'\]"):
+        ours.policy_class("deepseek", {"nope": 1})
 
 
 def test_entry_point_selects_eplb_rt_only_when_asked(vllm, monkeypatch):

@@ -147,6 +147,12 @@ def test_an_export_folder_that_cannot_be_made_is_refused_at_the_start(tmp_path):
         EplbRtAscendPolicy(export_dir=str(afile / "loads"))
 
 
+def test_options_not_of_the_policy_are_refused_at_the_start():
+    # In vllm-ascend's EPLB process the error would come at the first rebalance, and end it.
+    with pytest.raises(ValueError, match=r"policy 'flashlb' has no option\(s\) \['nope'\]"):
+        EplbRtAscendPolicy("flashlb", {"nope": 1})
+
+
 def test_a_load_that_cannot_be_written_is_logged_and_the_plan_stands(tmp_path, caplog):
     """In vllm-ascend's EPLB process an exception ends the process: a write that fails (the
     folder gone, a full disk) must cost neither the plan nor that process."""
