@@ -188,3 +188,91 @@ def test_convert_output_is_a_directory(capsys, files):
 
 def test_score_placement_that_is_a_directory(capsys, files):
     fails(capsys, ["score", "--placement", files, "--load", files / "load.npy"], "Is a directory")
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--json=", "--json: empty path; expected a file"),
+        ("--plot=", "--plot: empty path; expected a file"),
+        ("--save-placements=", "--save-placements: empty path; expected a directory"),
+    ],
+)
+def test_simulate_empty_output_path_is_an_error(capsys, files, flag, message):
+    # argparse takes `--json=` as the path "": without the check, nothing would be written.
+    argv = ["simulate", "--load", files / "load.npy", "--ranks", 2, "--slots-per-rank", 4]
+    fails(capsys, [*argv, flag], message)
+
+
+def test_plan_empty_out_is_an_error(capsys, files):
+    fails(capsys, [*PLAN, "--load", files / "load.npy", "--out="], "--out: empty path")
+
+
+@pytest.mark.parametrize(
+    ("folder", "flag", "path"),
+    [
+        ("windows", "--load", "windows/step_1.npy"),  # a window of an earlier run, replayed
+        ("deepseek", "--json", "deepseek/sim.json"),
+        ("none", "--plot", "none/sim.png"),
+    ],
+)
+def test_simulate_save_placements_must_not_overlap_inputs_or_outputs(
+    capsys, files, folder, flag, path
+):
+    """``--save-placements DIR`` writes ``DIR/windows/step_N.npy`` and ``DIR/POLICY/step_N.json``:
+    a load there would be replaced by a window, an output there could replace a saved file."""
+    out = files / "saved"
+    for name in {"windows", folder}:  # the folders of an earlier run
+        (out / name).mkdir(parents=True)
+    np.save(out / "windows/step_1.npy", np.load(files / "load.npy"))
+    before = sorted(out.rglob("*"))
+    load = out / path if flag == "--load" else files / "load.npy"
+    argv = ["simulate", "--load", load, "--ranks", 2, "--slots-per-rank", 4, "--policies"]
+    argv += ["deepseek", "--save-placements", out]
+    if flag != "--load":
+        argv += [flag, out / path]
+    where = f"is in {out}/{folder}, which --save-placements {out} writes step files into"
+    fails(capsys, argv, f"{flag} {out / path}: {where}")
+    assert np.load(out / "windows/step_1.npy").shape == (5, 2, 8)  # the trace is intact
+    assert sorted(out.rglob("*")) == before  # nothing written
+
+
+def test_simulate_save_placements_folder_that_is_a_file(capsys, files):
+    (files / "saved").mkdir()
+    (files / "saved" / "deepseek").write_text("not a folder")
+    argv = ["simulate", "--load", files / "load.npy", "--ranks", 2, "--slots-per-rank", 4]
+    argv += ["--policies", "deepseek", "--save-placements", files / "saved"]
+    fails(capsys, argv, f"{files / 'saved' / 'deepseek'} is a file; expected a directory")
+
+
+def test_simulate_save_placements_leaves_other_folders_alone(capsys, files):
+    """Only the folders written are refused: ``none`` without the baseline row is not one."""
+    (files / "saved" / "none").mkdir(parents=True)
+    argv = ["simulate", "--load", files / "load.npy", "--ranks", 2, "--slots-per-rank", 4]
+    argv += ["--policies", "deepseek", "--no-baseline", "--save-placements", files / "saved"]
+    assert main([str(a) for a in [*argv, "--json", files / "saved/none/sim.json"]]) == 0
+    capsys.readouterr()
+    assert json.loads((files / "saved/none/sim.json").read_text())["saved"]["placements"]
+
+
+@pytest.mark.parametrize("command", ["plan", "simulate"])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--bandwidth", "1e300"], "--bandwidth 1e+300 GB/s is inf bytes/s: expected a finite"),
+        (["--token-us", "1e-320"], "us is 0 s: expected a finite number > 0 in s too"),
+        (["--expert-bytes", "1.5"], "--expert-bytes must be a whole number of bytes"),
+        (["--expert-bytes", "1e20"], "--expert-bytes must be a whole number of bytes below 2**53"),
+    ],
+)
+def test_costs_are_checked_in_the_models_units_naming_the_flag(
+    capsys, files, command, extra, message
+):
+    """A price that passes as given but not once converted (1e300 GB/s is inf bytes/s) is the
+    flag's error, not CostModel's; byte counts are whole numbers."""
+    argv = {
+        "plan": [*PLAN, "--out", files / "o.json"],
+        "simulate": ["simulate", "--ranks", 2, "--slots-per-rank", 4],
+    }[command]
+    fails(capsys, [*argv, "--load", files / "load.npy", *extra], message)
+    assert not (files / "o.json").exists()

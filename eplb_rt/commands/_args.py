@@ -43,6 +43,8 @@ def check_output(path: str | os.PathLike | None, flag: str, directory: bool = Fa
     if path is None:
         return
     path = os.fspath(path)
+    if not path:  # `--json=`: accepted by argparse, and then nothing would be written
+        raise ValueError(f"{flag}: empty path; expected a {'directory' if directory else 'file'}")
     if not directory and (path.endswith(os.sep) or os.path.isdir(path)):
         raise ValueError(f"{flag} {path}: is a directory; expected a file path")
     if directory and os.path.exists(path) and not os.path.isdir(path):
@@ -106,13 +108,64 @@ def check_simulate(args: argparse.Namespace) -> None:
     check_plot(args.plot)
     check_output(args.json, "--json")
     check_output(args.save_placements, "--save-placements", directory=True)
-    check_outputs_apart(
-        [("--load", path) for path in args.load], [("--json", args.json), ("--plot", args.plot)]
-    )
+    inputs = [("--load", path) for path in args.load]
+    outputs = [("--json", args.json), ("--plot", args.plot)]
+    check_outputs_apart(inputs, outputs)
     if args.policies is not None and not args.policies.replace(",", "").strip():
         raise ValueError(
             f"--policies {args.policies!r} names no policy; give one or more of "
             f"{', '.join(algorithms.policy_names())}"
+        )
+    if args.save_placements is not None:
+        check_saved_apart(args.save_placements, simulated_policies(args), inputs + outputs)
+
+
+def simulated_policies(args: argparse.Namespace) -> list[str]:
+    """``simulate``'s rows: ``--policies`` (default: every registered policy), the no-EPLB row
+    first unless ``--no-baseline``."""
+    from eplb_rt.sim.simulate import NO_REBALANCE
+
+    if args.policies is None:
+        names = list(algorithms.policy_names())
+    else:
+        names = [n.strip() for n in args.policies.split(",") if n.strip()]
+    if not args.no_baseline and NO_REBALANCE not in names:
+        names = [NO_REBALANCE, *names]
+    return names
+
+
+def saved_folders(root: str | os.PathLike, policies: list[str]) -> list[str]:
+    """The folders ``--save-placements ROOT`` writes step files into: ``ROOT/windows`` (the
+    scored windows) and ``ROOT/POLICY`` for each policy (its placements)."""
+    return [os.path.join(os.fspath(root), name) for name in ("windows", *policies)]
+
+
+def check_saved_apart(
+    root: str | os.PathLike, policies: list[str], paths: list[tuple[str, str | os.PathLike | None]]
+) -> None:
+    """Raise where a path (``(flag, path)``, ``None``: not given) is one of the folders
+    ``--save-placements ROOT`` writes or lies in one: a saved step file would replace an input
+    trace, or an output written after it would replace a saved file (or fail on its folder).
+    Also where one of those folders is a file, which it could not be written into."""
+    folders = {os.path.realpath(f): f for f in saved_folders(root, policies)}
+    for folder in folders.values():
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise ValueError(
+                f"--save-placements {os.fspath(root)}: {folder} is a file; expected a directory"
+            )
+    for flag, path in paths:
+        if path is None:
+            continue
+        real = os.path.realpath(path)
+        if real in folders:
+            where = f"is the folder {folders[real]}"
+        elif os.path.dirname(real) in folders:
+            where = f"is in {folders[os.path.dirname(real)]}"
+        else:
+            continue
+        raise ValueError(
+            f"{flag} {os.fspath(path)}: {where}, which --save-placements {os.fspath(root)} "
+            "writes step files into; give another path"
         )
 
 

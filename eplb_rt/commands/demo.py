@@ -78,11 +78,11 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch.multiprocessing as mp
 
-    from eplb_rt import envs
     from eplb_rt.algorithms import policy_names, warm_up
     from eplb_rt.config import EplbConfig
 
     _check(args)
+    port = _port() or _free_port()
     policy = EplbConfig.policy if args.policy is None else args.policy
     if policy not in policy_names():
         raise ValueError(f"unknown policy {policy!r}; choose one of {policy_names()}")
@@ -90,7 +90,6 @@ def run(args: argparse.Namespace) -> int:
     # them in well under a second instead of each compiling for seconds and missing the first
     # plans' deadlines on a fresh install. A no-op cache load after the first run.
     warm_up([policy])
-    port = envs.get("EPLB_RT_DEMO_PORT") or _free_port()
     opts = dict(vars(args), policy=policy, port=port)
     opts.pop("func", None)
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,8 +101,10 @@ def run(args: argparse.Namespace) -> int:
     result["wall_s"] = time.perf_counter() - started
     _print_report(result)
     if args.json:
+        from eplb_rt.sim.report import finite_json
+
         with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+            json.dump(finite_json(result), f, indent=1, allow_nan=False)
     if args.plot:
         _plot(result, args.plot)
     return 0 if result["outputs_match"] else 1
@@ -132,6 +133,29 @@ def _check(args: argparse.Namespace) -> None:
         )
     _args.check_plot(args.plot)
     _args.check_output(args.json, "--json")
+    _args.check_outputs_apart([], [("--json", args.json), ("--plot", args.plot)])
+
+
+def _port() -> int:
+    """``EPLB_RT_DEMO_PORT``: a TCP port in ``[0, 65535]``; 0 (or unset) for a free one."""
+    from eplb_rt import envs
+
+    expected = "expected an integer TCP port in [0, 65535] (0 or unset: a free port)"
+    try:
+        port = envs.get("EPLB_RT_DEMO_PORT")
+    except ValueError as err:  # names the variable and its text
+        raise ValueError(f"{err}; {expected}") from None
+    if port is not None and not 0 <= port <= 65535:
+        raise ValueError(f"environment variable EPLB_RT_DEMO_PORT={port}: {expected}")
+    return port or 0
+
+
+def _episode(interval: int, history: int) -> int:
+    """Steps of a drift probe: a fifth of ``interval`` (at least 1), at most ``(history - 1) //
+    3``, so the config stays valid (``episode <= history``) and drift can be checked (the latest
+    episode against two before it, in the ``history - 1`` steps the ring holds) however long
+    ``--interval`` is."""
+    return min(max(1, interval // 5), max(1, (history - 1) // 3))
 
 
 def _free_port() -> int:
@@ -164,7 +188,7 @@ def _worker(rank: int, opts: dict, out_path: str) -> None:
         ecfg = EplbConfig(
             policy=opts["policy"],
             interval=interval,
-            episode=max(1, interval // 5),
+            episode=_episode(interval, EplbConfig.history),
             num_redundant=opts["redundant"],
         )
         runtime = EplbRuntime(ecfg, cfg.num_layers, cfg.num_experts)
@@ -173,12 +197,17 @@ def _worker(rank: int, opts: dict, out_path: str) -> None:
         bias = torch.from_numpy(routing_bias(drifting_profile(steps, cfg.num_layers)))
         L, E = cfg.num_layers, cfg.num_experts
         loads = np.zeros((steps, 2, L, D))  # [step, eplb/static, layer, rank]
+        rebalanced = np.zeros(steps, dtype=np.int64)  # layers placed unlike the start, per step
+        start = runtime.placement
         step_ms = np.zeros(steps)
         max_diff, checks = 0.0, 0
         progress = _progress(steps, rank == 0 and not opts["no_progress"])
         for step in range(steps):
             gen = torch.Generator().manual_seed(opts["seed"] * 1_000_003 + step * 64 + rank)
             x = torch.randn((opts["tokens"], cfg.hidden), generator=gen)
+            # What this step routes with: a layer committed in runtime.step() serves from the
+            # next step on, and a rebalance commits its layers over several steps.
+            rebalanced[step] = len(runtime.placement.changed_layers(start))
             started = time.perf_counter()
             y = model(x, bias[step])
             runtime.step()
@@ -204,7 +233,9 @@ def _worker(rank: int, opts: dict, out_path: str) -> None:
         stats = runtime.stats()
         runtime.shutdown()
         if rank == 0:
-            result = _summary(opts, loads, step_ms, stats, max_diff=max_diff, checks=checks)
+            result = _summary(
+                opts, loads, rebalanced, step_ms, stats, max_diff=max_diff, checks=checks
+            )
             with open(out_path, "w") as f:
                 json.dump(result, f)
     finally:
@@ -225,17 +256,24 @@ def _par(rank_loads: np.ndarray) -> float:
     return float(np.mean(rank_loads.max(axis=-1) / np.maximum(mean, 1e-12), axis=-1).mean())
 
 
-def _summary(opts, loads, step_ms, stats, *, max_diff, checks) -> dict:
+def _summary(opts, loads, rebalanced, step_ms, stats, *, max_diff, checks) -> dict:
+    """The run as plain values. ``loads [T, 2, L, D]``: tokens per rank, with EPLB and static;
+    ``rebalanced [T]``: layers each step routed with a placement unlike the starting one;
+    ``step_ms [T]``; ``stats``: the runtime's. Before / after split at the runtime's
+    ``first_commit_step``, the first step served with every layer of the first rebalance that
+    committed any; its layers took effect one by one from ``first_rebalanced_step`` on."""
     steps = loads.shape[0]
     par_eplb = [_par(loads[s, 0]) for s in range(steps)]
     par_static = [_par(loads[s, 1]) for s in range(steps)]
     first = stats["first_commit_step"]
     first = steps if first is None else first
+    changed = np.flatnonzero(rebalanced)
     return {
         "config": {k: opts[k] for k in CONFIG_KEYS},
         "par_mean": float(np.mean(par_eplb)),
         "par_static": float(np.mean(par_static)),
         "first_commit_step": first if first < steps else None,
+        "first_rebalanced_step": int(changed[0]) if changed.size else None,
         "par_before": float(np.mean(par_eplb[:first])) if first else None,
         "par_after": float(np.mean(par_eplb[first:])) if first < steps else None,
         "par_static_before": float(np.mean(par_static[:first])) if first else None,
@@ -251,7 +289,12 @@ def _summary(opts, loads, step_ms, stats, *, max_diff, checks) -> dict:
         "output_checks": checks,
         "output_tolerance": OUTPUT_TOLERANCE,
         "step_time_ms": float(np.median(step_ms)),
-        "per_step": {"par": par_eplb, "par_static": par_static, "step_ms": step_ms.tolist()},
+        "per_step": {
+            "par": par_eplb,
+            "par_static": par_static,
+            "layers_rebalanced": rebalanced.tolist(),
+            "step_ms": step_ms.tolist(),
+        },
     }
 
 
@@ -261,14 +304,17 @@ def _print_report(result: dict) -> None:
     print(
         f"eplb-rt demo: {cfg['ranks']} ranks, {cfg['layers']} layers x 64 experts (top-6) + "
         f"{cfg['redundant']} redundant slots, {cfg['steps']} steps of {cfg['tokens']} tokens "
-        f"per rank, policy {cfg['policy']}, plan every {cfg['interval']} steps"
+        f"per rank, policy {cfg['policy']}, "
+        + (f"plan every {cfg['interval']} steps" if cfg["interval"] else "never re-plans")
     )
     kept = len(result["rebalances"])
     if kept < result["num_rebalances"]:
         print(f"  (the last {kept} of {result['num_rebalances']} rebalances)")
+    # Plans are numbered as the runtime counts them (every gather): those that moved nothing
+    # are listed as skipped, not as rebalances.
     for r in result["rebalances"]:
         print(
-            f"  rebalance {r['epoch']}: gathered at step {r['gather_step']}, planned in "
+            f"  plan {r['epoch']} rebalanced: gathered at step {r['gather_step']}, planned in "
             f"{r['plan_time_s'] * 1e3:.1f} ms, {len(r['layers_committed'])} layers committed"
             f"{', ' + str(len(r['layers_failed'])) + ' failed' if r['layers_failed'] else ''}, "
             f"{r['moved_experts']} experts / {r['bytes_moved'] / 2**20:.1f} MiB moved, done "
@@ -282,20 +328,7 @@ def _print_report(result: dict) -> None:
         f"{result['par_static']:.3f} (the same model without EPLB: expert e on rank "
         f"e // {64 // cfg['ranks']}, no redundant slots)"
     )
-    if cfg["interval"] == 0:
-        print("no rebalancing (--interval 0): eplb_rt kept its starting placement throughout")
-    elif result["first_commit_step"] is None:
-        print(
-            "no plan was committed before the last step: eplb_rt served every step with its "
-            "starting placement"
-        )
-    else:
-        print(
-            f"eplb_rt before its first rebalance (steps 0-{result['first_commit_step'] - 1}, "
-            f"starting placement) {result['par_before']:.3f} against static "
-            f"{result['par_static_before']:.3f}; after {result['par_after']:.3f} against static "
-            f"{result['par_static_after']:.3f} (the same steps)"
-        )
+    print(_before_after(result))
     print(
         f"experts moved: {result['moved_experts']} ({result['bytes_moved'] / 2**20:.1f} MiB); "
         f"median step time {result['step_time_ms']:.2f} ms; wall {result['wall_s']:.1f} s"
@@ -308,6 +341,34 @@ def _print_report(result: dict) -> None:
     )
     for err in result["errors"]:
         print(f"  error: {err}")
+
+
+def _before_after(result: dict) -> str:
+    """The line on PAR before and after the first rebalance, saying which placement served the
+    steps before: the runtime finishes a rebalance (``first_commit_step``) on the step its last
+    layer commits, and the layers before it serve from the steps after their own commits."""
+    first, new = result["first_commit_step"], result["first_rebalanced_step"]
+    if result["config"]["interval"] == 0:
+        return "no rebalancing (--interval 0): eplb_rt kept its starting placement throughout"
+    if new is None:
+        return (
+            "no plan was committed before the last step: eplb_rt served every step with its "
+            "starting placement"
+        )
+    if first is None:
+        return (
+            f"the first rebalance was still under way at the last step: eplb_rt served steps "
+            f"0-{new - 1} with its starting placement, then moved layers one by one"
+        )
+    served = "its starting placement"
+    if new < first:
+        served += f" through step {new - 1}, then its layers switching over one by one"
+    return (
+        f"eplb_rt until its first rebalance was complete (steps 0-{first - 1}: {served}) "
+        f"{result['par_before']:.3f} against static {result['par_static_before']:.3f}; after "
+        f"(steps {first}-{result['config']['steps'] - 1}) {result['par_after']:.3f} against "
+        f"static {result['par_static_after']:.3f} (the same steps)"
+    )
 
 
 def _plot(result: dict, path: str) -> None:

@@ -87,12 +87,30 @@ def add_cost_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cost_from_args(args: argparse.Namespace) -> planning.CostModel:
-    """The cost model of the flags; a bad value raises naming its flag."""
+    """The cost model of the flags; a bad value raises naming its flag. The values are checked
+    in the model's units too: ``--bandwidth 1e300`` GB/s overflows to infinite bytes/s, and
+    ``--token-us 1e-320`` us underflows to 0 s."""
     for flag in ("--expert-bytes", "--bandwidth", "--token-us"):
         value = getattr(args, flag[2:].replace("-", "_"))
         if not 0 < value < float("inf"):
             raise ValueError(f"{flag} must be a finite number > 0, got {value}")
-    return planning.CostModel(args.expert_bytes, args.bandwidth * GB, args.token_us * 1e-6)
+    # A whole number of bytes, exact in a float (argparse reads the flag as one): byte counts
+    # stay integers in the reports.
+    if not (float(args.expert_bytes).is_integer() and args.expert_bytes < 2**53):
+        raise ValueError(
+            f"--expert-bytes must be a whole number of bytes below 2**53, got {args.expert_bytes}"
+        )
+    bandwidth, token_seconds = args.bandwidth * GB, args.token_us * 1e-6
+    for flag, value, given, converted, unit in (
+        ("--bandwidth", args.bandwidth, "GB/s", bandwidth, "bytes/s"),
+        ("--token-us", args.token_us, "us", token_seconds, "s"),
+    ):
+        if not 0 < converted < float("inf"):
+            raise ValueError(
+                f"{flag} {value:g} {given} is {converted:g} {unit}: expected a finite number > 0 "
+                f"in {unit} too"
+            )
+    return planning.CostModel(int(args.expert_bytes), bandwidth, token_seconds)
 
 
 def parse_options(items: list[str]) -> dict:

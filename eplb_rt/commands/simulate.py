@@ -1,11 +1,11 @@
 """``eplb-rt simulate``: replay load over time and compare policies out of sample.
 
 Each LOAD file is a ``[T, L, E]`` series (per step or per request) or an aggregate ``[L, E]``;
-several files are played one after another, labelled by file name. Every INTERVAL steps each
-policy re-plans from the last EPISODES x INTERVAL steps (its previous placement carried) and is
-scored on the next INTERVAL steps, through the runtime's planning pipeline (the same gate, in
-seconds, priced by --expert-bytes, --bandwidth and --token-us). The row "none (no EPLB)" keeps
-the starting placement.
+several files are played one after another, labelled by file name (and position, NAME#N, where a
+file is given more than once). Every INTERVAL steps each policy re-plans from the last EPISODES x
+INTERVAL steps (its previous placement carried) and is scored on the next INTERVAL steps, through
+the runtime's planning pipeline (the same gate, in seconds, priced by --expert-bytes, --bandwidth
+and --token-us). The row "none (no EPLB)" keeps the starting placement.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="extend",
         required=True,
         metavar="FILE",
-        help=f"{LOAD_HELP}; played one after another in the order given, labelled by file name",
+        help=f"{LOAD_HELP}; played one after another in the order given, labelled by file name "
+        "(NAME#N: the file given as the N-th, where it is given more than once)",
     )
     p.add_argument("--ranks", type=int, required=True, metavar="D", help="expert-parallel ranks")
     p.add_argument(
@@ -94,23 +95,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _args.check_simulate(args)
-    workload = sim.Workload.concat(
-        [
-            (label, formats.read_load(path))
-            for label, path in zip(_labels(args.load), args.load, strict=True)
-        ]
-    )
+    loads = [formats.read_load(path) for path in args.load]
+    workload = sim.Workload.concat(list(zip(_labels(args.load), loads, strict=True)))
     _args.nonzero(workload.load, args.load)
-    if args.policies is None:
-        names = algorithms.policy_names()
-    else:
-        names = [n.strip() for n in args.policies.split(",") if n.strip()]
-    if not args.no_baseline and sim.NO_REBALANCE not in names:
-        names = [sim.NO_REBALANCE, *names]
+    names = _args.simulated_policies(args)
     interval = args.interval
     if interval is None:
-        per_file = [sum(1 for x in workload.labels if x == label) for label in _labels(args.load)]
-        interval = 1 if max(per_file) == 1 else max(1, workload.num_steps // 16)
+        # From each file's own T (an [L, E] file reads as T = 1), so that aggregates given
+        # more than once are still aggregates: planned on one, scored on the next.
+        aggregates = all(load.shape[0] == 1 for load in loads)
+        interval = 1 if aggregates else max(1, workload.num_steps // 16)
     options = parse_policy_options(args.option)
     planned = [n for n in names if n in algorithms.policy_names()]  # the baseline plans nothing
     made = [algorithms.get_policy(n).make_options(options.get(n, {})) for n in planned]
@@ -132,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     print(report.markdown(doc))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(doc, f, indent=1)
+            json.dump(doc, f, indent=1, allow_nan=False)  # to_document wrote inf / NaN as null
     if args.plot:
         from eplb_rt.sim.plot import plot
 
@@ -141,9 +135,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _labels(paths: list[str]) -> list[str]:
-    """File names without extension; the whole path where two names collide."""
-    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
-    return [s if stems.count(s) == 1 else p for s, p in zip(stems, paths, strict=True)]
+    """File names without extension; the whole path where two files' names collide; and where
+    one file is given more than once, ``#`` and its position in ``paths`` (from 1), so that
+    each part played has its own label (a file given twice in a row is two parts)."""
+    stems = {p: os.path.splitext(os.path.basename(p))[0] for p in dict.fromkeys(paths)}
+    names = [stems[p] if list(stems.values()).count(stems[p]) == 1 else p for p in paths]
+    return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names, start=1)]
 
 
 def parse_policy_options(items: list[str]) -> dict:
@@ -183,7 +180,7 @@ def _save_placements(result: sim.SimulationResult, root: str) -> dict:
     """Write each cycle's placement and scored window; returns the paths written."""
     import numpy as np
 
-    windows = os.path.join(root, "windows")
+    windows, *folders = _args.saved_folders(root, list(result.cycles))  # as checked up front
     os.makedirs(windows, exist_ok=True)
     saved: dict = {"windows": {}, "placements": {}}
     first = next(iter(result.cycles.values()))
@@ -191,8 +188,7 @@ def _save_placements(result: sim.SimulationResult, root: str) -> dict:
         path = os.path.join(windows, f"step_{cycle.start}.npy")
         np.save(path, result.workload.load[cycle.start : cycle.stop])
         saved["windows"][str(cycle.start)] = path
-    for name, cycles in result.cycles.items():
-        folder = os.path.join(root, name)
+    for (name, cycles), folder in zip(result.cycles.items(), folders, strict=True):
         os.makedirs(folder, exist_ok=True)
         saved["placements"][name] = {}
         for cycle in cycles:

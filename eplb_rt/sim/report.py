@@ -11,12 +11,16 @@ GIB = 1024**3
 
 
 def to_document(result: SimulationResult) -> dict:
-    """Everything the run measured as plain JSON values: setup, per-policy summary, per cycle."""
+    """Everything the run measured as plain JSON values: setup, per-policy summary, per cycle.
+
+    A number that is not finite (a throughput of inf / inf where MoE seconds overflow at an
+    extreme ``--token-us``) is ``None``, so the document is strict JSON."""
     spec, workload = result.spec, result.workload
     T, L, E = workload.load.shape
-    # The parts as played: runs of one label (a label played twice is two parts).
+    # The parts as played: runs of one label (a label played twice is two parts, unless twice in
+    # a row: the CLI numbers a file given more than once, NAME#N, so that each is its own part).
     parts = [(label, len(list(run))) for label, run in itertools.groupby(workload.labels)]
-    return {
+    doc = {
         "setup": {
             "steps": T,
             "layers": L,
@@ -40,6 +44,20 @@ def to_document(result: SimulationResult) -> dict:
             for name, cycles in result.cycles.items()
         },
     }
+    return finite_json(doc)
+
+
+def finite_json(value):
+    """``value`` (nested dicts, lists and tuples of plain values) with every float that is NaN or
+    infinite replaced by ``None``: JSON has no such numbers, and ``json.dump`` would write
+    ``NaN`` / ``Infinity`` tokens that strict readers reject."""
+    if isinstance(value, float):  # numpy's float64 too
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(item) for item in value]
+    return value
 
 
 def markdown(doc: dict) -> str:
@@ -69,17 +87,21 @@ def markdown(doc: dict) -> str:
     for name, entry in doc["policies"].items():
         s = entry["summary"]
         label = f"{name} (no EPLB)" if name == NO_REBALANCE else name
-        worst = "-" if "worst_layer" not in s else f"{s['worst_layer']}: {s['worst_layer_par']:.3f}"
-        gap = "-" if "bound_gap" not in s else f"{100 * s['bound_gap']:.1f} %"
+        worst = "-"
+        if "worst_layer" in s:
+            worst = f"{s['worst_layer']}: {_num(s['worst_layer_par'], 3)}"
+        gap = "-" if s.get("bound_gap") is None else f"{100 * s['bound_gap']:.1f} %"
         lines.append(
             f"| {label} | {_num(s.get('par_mean'), 3)} | {_num(s.get('par_p50'), 3)} | "
-            f"{_num(s.get('par_p99'), 3)} | {worst} | {gap} | {s['moves_per_cycle']:.1f} | "
-            f"{s['bytes_per_cycle'] / GIB:.2f} | {s['migration_s_per_cycle'] * 1e3:.1f} | "
-            f"{s['plan_ms_mean']:.1f} / {s['plan_ms_max']:.1f} | "
+            f"{_num(s.get('par_p99'), 3)} | {worst} | {gap} | {_num(s['moves_per_cycle'], 1)} | "
+            f"{_num(s['bytes_per_cycle'], 2, 1 / GIB)} | "
+            f"{_num(s['migration_s_per_cycle'], 1, 1e3)} | "
+            f"{_num(s['plan_ms_mean'], 1)} / {_num(s['plan_ms_max'], 1)} | "
             f"{_num(s.get('par_in_sample_mean'), 3)} | {_num(s['throughput_vs_none'], 3)} |"
         )
     return "\n".join(lines)
 
 
-def _num(value: float | None, digits: int) -> str:
-    return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+def _num(value: float | None, digits: int, scale: float = 1.0) -> str:
+    """``value x scale`` with ``digits`` decimals; ``-`` where there is none (``None``, NaN)."""
+    return "-" if value is None or math.isnan(value) else f"{value * scale:.{digits}f}"

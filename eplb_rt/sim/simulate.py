@@ -271,10 +271,11 @@ def summarize(cycles: Sequence[Cycle], expert_bytes: int) -> dict:
             worst_layer=worst,
             worst_layer_par=float(per_layer[worst]),
             bound_par_mean=float(bound[loaded].mean()),
-            par_in_sample_mean=_nanmean(np.stack([c.par_in_sample for c in cycles])),
             bound_gap=float((par[loaded] / bound[loaded] - 1.0).mean()),
         )
     out.update(
+        # From the steps each plan saw, which can hold load where no scored window does.
+        par_in_sample_mean=_nanmean(np.stack([c.par_in_sample for c in cycles])),
         moves_per_cycle=float(moves.mean()),
         moves_max=int(moves.max()),
         moves_total=int(moves.sum()),

@@ -117,6 +117,69 @@ def test_aggregate_workloads_played_in_sequence(tmp_path, capsys):
     ]
 
 
+def test_default_interval_from_each_files_own_steps(tmp_path, capsys):
+    """Aggregates given again and again are still aggregates: interval 1, as documented (the
+    steps of repeated files once counted together, re-planning every 2 steps); each file given
+    more than once is labelled by its position, so one given twice in a row is two parts."""
+    a, b, j = tmp_path / "a.npy", tmp_path / "b.npy", tmp_path / "sim.json"
+    np.save(a, _skewed(1, 1, 8, seed=1)[0])  # [L, E]
+    np.save(b, _skewed(1, 1, 8, seed=2))  # [1, L, E]
+    code, out, err = _simulate(capsys, [a, b] * 16, "--ranks 2 --slots-per-rank 5", "--json", j)
+    assert code == 0, err
+    doc = json.loads(j.read_text())
+    assert doc["setup"]["interval"] == 1 and "re-planned every 1 steps" in out
+    labels = [f"{'ab'[i % 2]}#{i + 1}" for i in range(32)]
+    assert doc["setup"]["workloads"] == [{"label": x, "steps": 1} for x in labels]
+    code, out, err = _simulate(capsys, [a, a, b], "--ranks 2 --slots-per-rank 5", "--json", j)
+    assert code == 0, err
+    assert "[a#1 (1 steps), a#2 (1 steps), b (1 steps)]" in out
+    cycles = json.loads(j.read_text())["policies"]["none"]["cycles"]
+    assert [c["label"] for c in cycles] == ["a#2", "b"]
+
+
+def test_json_is_strict_when_times_overflow(tmp_path, capsys):
+    """Loads near the float limit at 1e12 us a token-slot make MoE seconds infinite and the
+    throughput inf / inf: written as null, never as the NaN / Infinity JSON does not have."""
+    path, out_json = tmp_path / "huge.npy", tmp_path / "sim.json"
+    np.save(path, np.array([[[4.0, 1, 1, 1]], [[1, 1, 1, 4]], [[4, 1, 1, 1]]]) * 1e303)
+    code, out, err = _simulate(
+        capsys,
+        [path],
+        "--ranks 2 --slots-per-rank 3 --policies none --interval 1 --token-us 1e12",
+        "--json",
+        out_json,
+    )
+    assert code == 0, err
+
+    def refuse(token):
+        raise AssertionError(f"{token} in the JSON")
+
+    doc = json.loads(out_json.read_text(), parse_constant=refuse)
+    summary = doc["policies"]["none"]["summary"]
+    assert summary["throughput_vs_none"] is None and summary["par_mean"] > 1.0
+    assert [c["throughput_vs_none"] for c in doc["policies"]["none"]["cycles"]] == [None, None]
+    assert _table(out)["none"][11] == "-"
+
+
+def test_expert_bytes_are_whole_numbers_in_the_json(tmp_path, capsys, series):
+    out_json = tmp_path / "sim.json"
+    code, _, err = _simulate(
+        capsys,
+        [series],
+        "--ranks 4 --slots-per-rank 5 --policies deepseek --interval 4 --token-us 100 "
+        "--expert-bytes 17301504",
+        "--json",
+        out_json,
+    )
+    assert code == 0, err
+    doc = json.loads(out_json.read_text())
+    assert doc["setup"]["expert_bytes"] == 17301504
+    assert isinstance(doc["setup"]["expert_bytes"], int)
+    summary = doc["policies"]["deepseek"]["summary"]
+    assert isinstance(summary["bytes_total"], int) and summary["moves_total"] > 0
+    assert all(isinstance(c["bytes"], int) for c in doc["policies"]["deepseek"]["cycles"])
+
+
 def test_simulate_agrees_with_score(tmp_path, capsys, series):
     """Every cycle's numbers equal what ``eplb-rt score`` says of the saved placement and window."""
     out_json, folder = tmp_path / "sim.json", tmp_path / "placements"

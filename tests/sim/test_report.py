@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import matplotlib.pyplot as plt
 import numpy as np
 
 from eplb_rt.placement import Topology
@@ -59,3 +60,39 @@ def test_a_workload_played_twice_is_two_parts_of_the_setup():
         {"label": "a", "steps": 3},
     ]
     assert "[a (3 steps), b (3 steps), a (3 steps)]" in report.markdown(doc)
+
+
+def test_in_sample_par_reported_when_no_scored_window_has_load():
+    """Load only in the first steps: no scored window has a PAR, but the plan made from those
+    steps has one in sample, and the summary and table keep it."""
+    load = np.zeros((6, 2, 4))
+    load[:2] = np.random.default_rng(0).integers(1, 100, size=(2, 2, 4))
+    doc = report.to_document(_result(load, interval=2))
+    summary, cycles = doc["policies"]["none"]["summary"], doc["policies"]["none"]["cycles"]
+    assert [c["par_mean"] for c in cycles] == [None, None] and "par_mean" not in summary
+    assert cycles[0]["par_in_sample_mean"] > 1.0 and cycles[1]["par_in_sample_mean"] is None
+    assert summary["par_in_sample_mean"] == cycles[0]["par_in_sample_mean"]
+    row = next(line for line in report.markdown(doc).splitlines() if line.startswith("| none"))
+    assert row.split("|")[11].strip() == f"{summary['par_in_sample_mean']:.3f}"
+
+
+def test_plot_titles_fit_in_the_figure(tmp_path, monkeypatch):
+    """The bottom panel's title (prices, units) is two lines: in one it was wider than the
+    figure and clipped at both sides."""
+    doc = report.to_document(_result(np.ones((6, 2, 3)), interval=2))
+    doc["setup"]["expert_bytes"] = 17301504  # the width of a real run's numbers
+    spans = []  # per panel: (left, right) edge of its title, in pixels, and the figure's width
+    close = plt.close
+
+    def measure_then_close(fig):
+        renderer = fig.canvas.get_renderer()  # as saved: the layout is done
+        for axes in fig.axes:
+            box = axes.title.get_window_extent(renderer)
+            spans.append((box.x0, box.x1, fig.bbox.width))
+        close(fig)
+
+    monkeypatch.setattr(plt, "close", measure_then_close)
+    plot(doc, tmp_path / "sim.png")
+    assert len(spans) == 2
+    for left, right, width in spans:
+        assert 0 <= left and right <= width
