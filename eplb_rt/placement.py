@@ -127,6 +127,9 @@ class Placement:
         if phy2log.size and (phy2log.min() < info.min or phy2log.max() > info.max):
             # Checked before the int32 cast below, which would wrap such an id into range.
             raise ValueError(f"expert ids must fit in int32, got {phy2log.min()}..{phy2log.max()}")
+        for name, value in (("num_experts", num_experts), ("num_ranks", num_ranks)):
+            if not is_integer(value):  # int() would truncate 6.9 to 6
+                raise ValueError(f"{name} must be an integer, got {value!r}")
         self.num_experts = int(num_experts)
         self.num_ranks = int(num_ranks)
         if self.num_experts < 1:
@@ -206,7 +209,7 @@ class Placement:
     @property
     def max_replicas(self) -> int:
         """Largest replica count of any expert in any layer."""
-        return int(self.logcnt.max())
+        return int(self.logcnt.max(initial=1))  # 1 with no layers: a table's width
 
     def log2phy(self, max_replicas: int | None = None) -> np.ndarray:
         """``[L, E, R] int32``: slots of each expert in ascending physical id, padded with -1.
@@ -238,8 +241,8 @@ class Placement:
     def _replica_table(self, max_replicas: int | None) -> tuple[np.ndarray, np.ndarray]:
         L, P, E = self.num_layers, self.num_slots, self.num_experts
         counts = self.logcnt
-        R = int(counts.max()) if max_replicas is None else int(max_replicas)
-        if R < counts.max():
+        R = int(counts.max(initial=1)) if max_replicas is None else int(max_replicas)
+        if R < counts.max(initial=0):
             raise ValueError(
                 f"max_replicas={R} is below the largest replica count {int(counts.max())}"
             )

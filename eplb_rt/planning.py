@@ -142,7 +142,11 @@ def decide(
 
     The policy's ``move_cost`` option (where it has one and it is not given) is derived from
     ``cost``; its placement is aligned to ``previous`` (kept experts keep their slots); a
-    changed layer is committed only when it saves more seconds than its migration takes.
+    changed layer is committed only when it saves more seconds than its migration takes. Where
+    the placement is hierarchical and ``previous`` spreads a layer's groups over nodes, that
+    layer is planned and committed whatever it costs: what groups on nodes buy (a token's
+    dispatch crossing fewer nodes) is not in the PAR the gate prices, and lowering that PAR is
+    what a grouped layer gives up (:mod:`eplb_rt.algorithms.hierarchy`).
     """
     load = check_load(load, previous.num_layers, previous.num_experts)
     shape = (topology.num_ranks, topology.num_slots_per_rank)
@@ -161,7 +165,11 @@ def decide(
     options = spec.make_options(options)
     peak_before, mean = step_load(previous, load)
     par_before = _par(peak_before, mean)
-    planned = could_pay(peak_before, mean, cost, horizon)
+    spread = np.zeros(previous.num_layers, dtype=bool)
+    if hierarchy.applies(previous.num_experts, topology, options):
+        grouped = hierarchy.groups_in_force(previous.phy2log, topology, previous.num_experts)
+        spread = (grouped < 0).any(axis=1)
+    planned = could_pay(peak_before, mean, cost, horizon) | spread
     candidate, peak_after, par_after = previous, peak_before, par_before
     if planned.any():
         fresh = algorithms.plan(policy, load, topology, previous, options, layers=planned)
@@ -171,7 +179,7 @@ def decide(
     saved = (peak_before - peak_after) * cost.token_seconds * horizon
     spent = cost.migration_seconds(previous.phy2log, candidate.phy2log, topology.num_ranks)
     changed = candidate.changed_layers(previous)
-    layers = tuple(int(x) for x in changed[saved[changed] > spent[changed]])
+    layers = tuple(int(x) for x in changed[(saved > spent)[changed] | spread[changed]])
     placement = previous.replace_layers(layers, candidate) if layers else previous
     slots = int(placement.moves(previous).sum())
     return Decision(placement, candidate, layers, saved, spent, par_before, par_after, slots)

@@ -28,6 +28,18 @@ def test_topology_rejects_non_positive_integers(kwargs):
         Topology(**kwargs)
 
 
+@pytest.mark.parametrize(("experts", "ranks"), [(6.9, 2), (6, 2.7), (6, "2"), (True, 2)])
+def test_placement_sizes_must_be_integers(experts, ranks):
+    with pytest.raises(ValueError, match="must be an integer"):
+        Placement(np.array([[0, 1, 2, 3, 4, 5]]), experts, ranks)
+
+
+def test_a_placement_without_layers_has_tables_without_layers():
+    empty = Placement(np.zeros((0, 6), dtype=np.int64), 6, 2)
+    assert empty.max_replicas == 1
+    assert empty.log2phy().shape == (0, 6, 1) and empty.replica_share().shape == (0, 6, 1)
+
+
 def test_topology_ranks_must_divide_into_nodes():
     with pytest.raises(ValueError, match="multiple of num_nodes"):
         Topology(6, 2, num_nodes=4)

@@ -290,3 +290,28 @@ def test_plan_rejects_bad_prices_naming_the_flag(flag, value, tmp_path, capsys):
     assert main(argv) == 2
     assert f"{flag} must be a finite number > 0" in capsys.readouterr().err
     assert not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.parametrize("policy", ["deepseek", "equilibrium"])
+def test_a_flat_placement_in_force_is_grouped_onto_nodes_whatever_it_costs(policy):
+    # Groups on nodes cost balance (PAR 1.005 -> 1.64 here) and buy what the gate does not
+    # price (a dispatch crossing fewer nodes): asked for, they are placed, not gated away.
+    from eplb_rt.algorithms.hierarchy import groups_in_force
+
+    rng = np.random.default_rng(0)
+    topo = Topology(4, 3, num_nodes=2, num_groups=4)
+    weights = np.array([8, 8, 1, 1, 1, 1, 1, 1.0])
+    load = rng.multinomial(100_000, weights / weights.sum(), size=(16, 2)).astype(float)
+    flat = plan("equilibrium", load, topo, None, {"hierarchical": False})
+    assert (groups_in_force(flat.phy2log, topo, 8) < 0).any(axis=1).all()
+    options = {"hierarchical": True}
+    decision = planning.decide(
+        load, flat, topo, policy, options, cost=planning.CostModel(), horizon=10
+    )
+    assert decision.layers == (0, 1) and (decision.par_after > decision.par_before).all()
+    assert (groups_in_force(decision.placement.phy2log, topo, 8) >= 0).all()
+    # Grouped in force, the gate is back: a plan that costs more than it saves stays out.
+    again = planning.decide(
+        load, decision.placement, topo, policy, options, cost=planning.CostModel(), horizon=10
+    )
+    assert again.layers == ()

@@ -16,6 +16,7 @@ import dataclasses
 import numpy as np
 
 from eplb_rt.placement import Placement
+from eplb_rt.scalars import is_integer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,11 +62,14 @@ def plan_migration(previous: Placement, new: Placement, num_nodes: int = 1) -> l
     """Moves per layer from ``previous`` to ``new`` (aligned first, see
     :func:`eplb_rt.algorithms.align.align_placement`). Layers whose slots all keep their expert
     have no entry."""
-    if new.num_slots != previous.num_slots or new.num_layers != previous.num_layers:
+    shape = ("num_layers", "num_experts", "num_ranks", "num_slots_per_rank")
+    if any(getattr(new, name) != getattr(previous, name) for name in shape):
         raise ValueError(f"cannot migrate {previous.describe()} to {new.describe()}")
     D, S = new.num_ranks, new.num_slots_per_rank
-    if D % num_nodes:
-        raise ValueError(f"num_ranks ({D}) must be a multiple of num_nodes ({num_nodes})")
+    if not is_integer(num_nodes) or num_nodes < 1 or D % num_nodes:
+        raise ValueError(
+            f"num_nodes must be a positive integer dividing num_ranks ({D}), got {num_nodes!r}"
+        )
     ranks_per_node = D // num_nodes
     plans = []
     for layer in np.flatnonzero((previous.phy2log != new.phy2log).any(axis=1)):

@@ -46,7 +46,7 @@ import torch
 import torch.distributed as dist
 
 from eplb_rt import envs, formats, ops, planning
-from eplb_rt.algorithms import get_policy
+from eplb_rt.algorithms import get_policy, hierarchy
 from eplb_rt.config import EplbConfig
 from eplb_rt.placement import Placement, Topology
 from eplb_rt.runtime.balancer import (
@@ -185,6 +185,7 @@ class EplbRuntime:
         S = config.num_slots_per_rank(num_experts, self.num_ranks)
         self.topology = Topology(self.num_ranks, S, config.num_nodes, config.num_groups)
         self.topology.check_experts(num_experts)
+        self._warn_if_flat(num_experts)
         self.max_replicas = min(self.num_ranks, self.topology.num_slots - num_experts + 1)
         self._placement = self._initial_placement()
         if config.export_dir is not None:  # before any group or thread: a failure leaves none
@@ -283,6 +284,26 @@ class EplbRuntime:
         # Steps from a gather to its plan's deadline; where it adapts, every rank doubles it on
         # the same agreed outcome, so the ranks' deadline steps stay equal.
         self.deadline = config.first_deadline
+
+    def _warn_if_flat(self, num_experts: int) -> None:
+        """Say so where groups are asked for (``num_groups > 1``) and every plan is flat."""
+        groups = self.topology.num_groups
+        why = hierarchy.why_flat(num_experts, self.topology)
+        options = get_policy(self.config.policy).make_options(self.config.policy_options)
+        if why:
+            log.warning(
+                "EplbConfig.num_groups %d: hierarchical placement is not possible (%s); "
+                "planning flat, as with num_groups 1",
+                groups,
+                why,
+            )
+        elif groups > 1 and not getattr(options, "hierarchical", False):
+            log.warning(
+                "EplbConfig.num_groups %d: policy %r plans flat (its option hierarchical is "
+                "off); policy_options={'hierarchical': True} places whole groups on nodes",
+                groups,
+                self.config.policy,
+            )
 
     def _initial_placement(self) -> Placement:
         path = self.config.initial_placement

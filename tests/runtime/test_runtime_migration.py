@@ -94,5 +94,12 @@ def test_mismatched_placements_are_rejected():
         align_to_previous(a, b)
     with pytest.raises(ValueError, match="cannot migrate"):
         plan_migration(a, b)
-    with pytest.raises(ValueError, match="multiple of num_nodes"):
-        plan_migration(b, b, num_nodes=3)
+    for nodes in (3, 0, -1, 2.0):
+        with pytest.raises(ValueError, match="num_nodes must be a positive integer dividing"):
+            plan_migration(b, b, num_nodes=nodes)
+    # Same slots, other experts or ranks: the tables would not describe one model.
+    c = Placement(np.array([[0, 1, 2, 3]]), 4, 2)
+    d = Placement(np.array([[0, 1, 0, 1]]), 2, 4)
+    for other in (c, d):
+        with pytest.raises(ValueError, match="cannot migrate"):
+            plan_migration(b, other)

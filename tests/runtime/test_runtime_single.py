@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import types
 
 import numpy as np
 import pytest
@@ -163,6 +164,25 @@ def test_groups_and_nodes_reach_the_policy():
     config = EplbConfig(policy="deepseek", interval=0, num_groups=4, warm_up=False)
     with EplbRuntime(config, 1, 8) as rt:
         assert rt.topology == Topology(1, 8, 1, 4) == rt.balancer.topology
+
+
+@pytest.mark.parametrize(
+    ("policy", "topology", "said"),
+    [
+        ("deepseek", Topology(1, 8, 1, 3), "not possible (8 experts do not split into 3 equal"),
+        ("deepseek", Topology(1, 8, 1, 4), "not possible (all ranks are on one node"),
+        ("equilibrium", Topology(2, 4, 2, 4), "policy 'equilibrium' plans flat (its option"),
+        ("deepseek", Topology(2, 4, 2, 4), None),  # groups on nodes: nothing to say
+    ],
+)
+def test_groups_that_plan_flat_are_said_so(policy, topology, said, caplog):
+    # As the CLI warns for --groups. (Two nodes need two ranks: the check on its own.)
+    runtime = types.SimpleNamespace(
+        topology=topology, config=EplbConfig(policy=policy, num_groups=topology.num_groups)
+    )
+    with caplog.at_level("WARNING", logger="eplb_rt.runtime"):
+        EplbRuntime._warn_if_flat(runtime, 8)
+    assert (said in caplog.text) if said else not caplog.text
 
 
 def _bad_calls(rt: EplbRuntime):
