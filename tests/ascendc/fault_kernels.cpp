@@ -186,39 +186,23 @@ __global__ __aicore__ void pipe_race_kernel(GM_ADDR x, uint32_t mode) {
   (void)v;
 }
 
-// One DataCopyPad block of `bytes` bytes GM -> UB -> GM (65536 is past blockLen's range).
-// DataCopyPad of `blocks` 32-byte blocks in one call each way (4095 at most).
-__global__ __aicore__ void pad_count_kernel(GM_ADDR x, GM_ADDR y, uint32_t blocks) {
+// DataCopyPad of `blocks` blocks of `bytes` bytes GM -> UB -> GM in one call each way (past the
+// ranges: 65536 bytes a block, 4096 blocks).
+__global__ __aicore__ void pad_copy_kernel(GM_ADDR x, GM_ADDR y, uint32_t blocks, uint32_t bytes) {
   KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
   if (NotFirstCore()) return;
   TPipe pipe;
   TQueBind<TPosition::VECIN, TPosition::VECOUT, 1> queBind;
   GlobalTensor<uint8_t> xGm, yGm;
-  xGm.SetGlobalBuffer((__gm__ uint8_t*)x, blocks * 32);
-  yGm.SetGlobalBuffer((__gm__ uint8_t*)y, blocks * 32);
-  pipe.InitBuffer(queBind, 1, blocks * 32);
+  xGm.SetGlobalBuffer((__gm__ uint8_t*)x, blocks * bytes);
+  yGm.SetGlobalBuffer((__gm__ uint8_t*)y, blocks * bytes);
+  pipe.InitBuffer(queBind, 1, blocks * ((bytes + 31) / 32 * 32));
   LocalTensor<uint8_t> xLocal = queBind.AllocTensor<uint8_t>();
-  DataCopyPad(xLocal, xGm, {static_cast<uint16_t>(blocks), 32, 0, 0, 0}, {false, 0, 0, 0});
+  const uint16_t count = static_cast<uint16_t>(blocks);
+  DataCopyPad(xLocal, xGm, {count, bytes, 0, 0, 0}, {false, 0, 0, 0});
   queBind.EnQue(xLocal);
   xLocal = queBind.DeQue<uint8_t>();
-  DataCopyPad(yGm, xLocal, {static_cast<uint16_t>(blocks), 32, 0, 0, 0});
-  queBind.FreeTensor(xLocal);
-}
-
-__global__ __aicore__ void pad_block_kernel(GM_ADDR x, GM_ADDR y, uint32_t bytes) {
-  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
-  if (NotFirstCore()) return;
-  TPipe pipe;
-  TQueBind<TPosition::VECIN, TPosition::VECOUT, 1> queBind;
-  GlobalTensor<uint8_t> xGm, yGm;
-  xGm.SetGlobalBuffer((__gm__ uint8_t*)x, 65536);
-  yGm.SetGlobalBuffer((__gm__ uint8_t*)y, 65536);
-  pipe.InitBuffer(queBind, 1, 65536);
-  LocalTensor<uint8_t> xLocal = queBind.AllocTensor<uint8_t>();
-  DataCopyPad(xLocal, xGm, {1, bytes, 0, 0, 0}, {false, 0, 0, 0});
-  queBind.EnQue(xLocal);
-  xLocal = queBind.DeQue<uint8_t>();
-  DataCopyPad(yGm, xLocal, {1, bytes, 0, 0, 0});
+  DataCopyPad(yGm, xLocal, {count, bytes, 0, 0, 0});
   queBind.FreeTensor(xLocal);
 }
 
@@ -398,28 +382,19 @@ std::map<std::string, std::function<void(uint32_t)>> FaultTable() {
   t["pipe_race_ok"] = withBuffers([](uint32_t b, uint8_t* x, uint8_t*) {
     EPLB_LAUNCH_KERNEL(pipe_race_kernel, b, nullptr, x, 1u);
   });
-  auto padBlock = [](uint32_t bytes) {
-    return [bytes](uint32_t b) {
-      std::vector<uint8_t> x(65536, 3), y(65536, 0);
+  auto padCopy = [](uint32_t blocks, uint32_t bytes) {
+    return [blocks, bytes](uint32_t b) {
+      std::vector<uint8_t> x(blocks * bytes, 3), y(blocks * bytes, 0);
       uint8_t* xData = x.data();
       uint8_t* yData = y.data();
-      EPLB_LAUNCH_KERNEL(pad_block_kernel, b, nullptr, xData, yData, bytes);
-      if (y[bytes - 1] != 3) host_sim::fail("DataCopyPad lost data");
+      EPLB_LAUNCH_KERNEL(pad_copy_kernel, b, nullptr, xData, yData, blocks, bytes);
+      if (y.back() != 3) host_sim::fail("DataCopyPad lost data");
     };
   };
-  t["datacopypad_block_too_long"] = padBlock(65536);
-  t["datacopypad_block_too_long_ok"] = padBlock(65535);
-  auto padCount = [](uint32_t blocks) {
-    return [blocks](uint32_t b) {
-      std::vector<uint8_t> x(blocks * 32, 3), y(blocks * 32, 0);
-      uint8_t* xData = x.data();
-      uint8_t* yData = y.data();
-      EPLB_LAUNCH_KERNEL(pad_count_kernel, b, nullptr, xData, yData, blocks);
-      if (y[blocks * 32 - 1] != 3) host_sim::fail("DataCopyPad lost data");
-    };
-  };
-  t["datacopypad_too_many_blocks"] = padCount(4096);
-  t["datacopypad_too_many_blocks_ok"] = padCount(4095);
+  t["datacopypad_block_too_long"] = padCopy(1, 65536);
+  t["datacopypad_block_too_long_ok"] = padCopy(1, 65535);
+  t["datacopypad_too_many_blocks"] = padCopy(4096, 32);
+  t["datacopypad_too_many_blocks_ok"] = padCopy(4095, 32);
   t["scalar_copy_out_race"] = withBuffers([](uint32_t b, uint8_t*, uint8_t* y) {
     EPLB_LAUNCH_KERNEL(scalar_copy_out_kernel, b, nullptr, y, 0u);
   });

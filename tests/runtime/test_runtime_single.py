@@ -94,21 +94,12 @@ def test_record_where_route_counts_is_refused(runtime):
     assert runtime.heat[0, 1].tolist() == [1, 0, 1, 0, 0]
 
 
-def test_route_does_not_count_when_heat_comes_from_group_lists():
-    config = EplbConfig(
-        policy="rt_test_shift",
-        interval=0,
-        history=3,
-        episode=1,
-        heat_source="group_list",
-        warm_up=False,
-    )
-    with EplbRuntime(config, 1, 4) as rt:
-        phy = rt.route(0, torch.tensor([[0, 3], [2, -1]]))
-        assert phy.tolist() == [[0, 3], [2, -1]]
-        assert int(rt.heat.sum()) == 0
-        rt.record(0, torch.tensor([1, 0, 1, 1]))
-        assert rt.heat[0, 0].tolist() == [1, 0, 1, 1]
+def test_route_does_not_count_when_heat_comes_from_group_lists(receiver):
+    phy = receiver.route(0, torch.tensor([[0, 3], [2, -1]]))
+    assert phy.tolist() == [[0, 3], [2, -1]]
+    assert int(receiver.heat.sum()) == 0
+    receiver.record(0, torch.tensor([1, 0, 1, 1, 0]))
+    assert receiver.heat[0, 0].tolist() == [1, 0, 1, 1, 0]
 
 
 def test_snapshot_keeps_closed_rows_oldest_first_and_converts_to_load():
