@@ -77,6 +77,10 @@ class CMakeBuild(build_ext):
         subprocess.run(["cmake", "--build", ".", "-j", jobs], cwd=build_dir, check=True)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(build_dir / "lib" / target.name, target)
+        # The NPU build's AscendC kernel library goes next to the extension, which finds it
+        # through its rpath $ORIGIN (its other RUNPATH entry, the build folder, may be gone).
+        for kernels in (build_dir / "lib").glob("libeplb_ascendc_kernels*.so*"):
+            shutil.copy2(kernels, target.parent / kernels.name)
 
 
 def fill_kernel_cache(tree: Path) -> None:

@@ -310,10 +310,18 @@ def table(rows: list[dict]) -> str:
 
 
 def run(device: str, quick: bool = False, which: tuple[str, ...] = ()) -> dict:
-    """The whole benchmark on ``device``: ``{"device", "copy_gbs", "rows"}``."""
+    """The whole benchmark on ``device``: ``{"device", "copy_gbs", "rows"}``; a case that
+    raised is a row with its ``error``."""
     acc = Accel(device)
     copy_gbs = acc.copy_bandwidth_gbs(1 << (24 if quick else 30))
-    rows = [measure(build(), acc, copy_gbs) for _, build in specs(device, quick, which)]
+    rows = []
+    for name, build in specs(device, quick, which):
+        # A case that fails is a row saying so: the other cases' figures are kept.
+        try:
+            rows.append(measure(build(), acc, copy_gbs))
+        except Exception as err:  # a wrong kernel, a launch error, a capture that crashed
+            error = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+            rows.append({"op": name.split()[0], "size": name, "error": error, "note": error})
     return {"device": acc.name(), "copy_gbs": copy_gbs, "rows": rows}
 
 

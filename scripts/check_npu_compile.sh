@@ -57,11 +57,16 @@ STUB_INC="$WORK/stub"
 if [[ ! -f "$NPU_INC/acl/acl.h" && ! -f "$NPU_INC/third_party/acl/inc/acl/acl.h" ]]; then
   echo "acl headers not in the wheel: using stub declarations"
   mkdir -p "$STUB_INC/acl"
-  cat >"$STUB_INC/acl/acl.h" <<'H'
+  # acl_base.h holds the types (the generated aclrtlaunch_ headers include it), acl.h the rest.
+  cat >"$STUB_INC/acl/acl_base.h" <<'H'
 #pragma once
 #include <stdint.h>
 typedef int aclError;
 typedef void* aclrtStream;
+H
+  cat >"$STUB_INC/acl/acl.h" <<'H'
+#pragma once
+#include "acl/acl_base.h"
 typedef enum { ACL_DEVICE_INFO_AI_CORE_NUM = 0, ACL_DEVICE_INFO_VECTOR_CORE_NUM = 1 } aclDeviceInfo;
 static const aclError ACL_SUCCESS = 0;
 extern "C" aclError aclGetDeviceCapability(uint32_t deviceId, aclDeviceInfo deviceInfo, int64_t* value);

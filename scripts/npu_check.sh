@@ -15,7 +15,7 @@
 #
 # Needs CANN (its set_env.sh sourced: ASCEND_HOME_PATH or ASCEND_TOOLKIT_HOME), torch_npu for the
 # installed torch, and an Ascend device; no network. Exit status: 0 every goal met, 1 a goal
-# missed or a check failed (see the JSON), 2 no device, no torch_npu or no CANN, 3 the build or
+# missed or a check failed (see the JSON; its goals are all checks, none on speed), 2 no device, no torch_npu or no CANN, 3 the build or
 # the first-use check failed.
 NAME=npu_check
 source "$(dirname "$0")/device_check_steps.sh"
