@@ -47,7 +47,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import traces
+from benchmarks import selection, traces
 from eplb_rt.algorithms import metrics, policy_names, warm_up
 from eplb_rt.commands.simulate import parse_policy_options
 from eplb_rt.config import EplbConfig
@@ -312,11 +312,18 @@ def flashlb_check(insample: dict, static: dict) -> None:
         print(f"| {case} | " + " | ".join(cells) + " |")
 
 
+SECTIONS = ("time", "insample", "static", "adapt", "cold")
+
+
 def main(argv: list[str] | None = None) -> None:
     import contextlib
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default="time,insample,static,adapt,cold")
+    parser.add_argument(
+        "--sections",
+        default="time,insample,static,adapt,cold",
+        help=f"comma-separated, of {', '.join(SECTIONS)} (default: %(default)s)",
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
         "--draws",
@@ -345,11 +352,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     only = [part for part in args.contenders.split(",") if part.strip()]
-    sections = args.sections.split(",")
+    sections = selection.sections(args.sections, SECTIONS)
+    ours_run = [
+        n for n in policy_names() if not only or any(p.lower() in f"eplb_rt {n}" for p in only)
+    ]
+    options = selection.options(parse_policy_options(args.option), ours_run)
+    if args.repeat < 1:
+        raise SystemExit(f"--repeat must be >= 1, got {args.repeat}")
     torch.set_num_threads(1)
     print(f"<!-- eplb_rt default policy: {EplbConfig().policy}; torch threads 1 -->")
     with contextlib.ExitStack() as stack:
-        found = contenders(stack, only, parse_policy_options(args.option))
+        found = contenders(stack, only, options)
+        if not found:
+            raise SystemExit(f"--contenders {args.contenders!r}: no contender's name has it")
         if "time" in sections:
             section_time(found, args.repeat)
         tables = {s: section_par(found, s == "static", args.draws, args.jitter)

@@ -89,4 +89,8 @@ def test_pipeline(benchmark, case):
 
 
 if __name__ == "__main__":
+    import argparse
+
+    # No options: --help says what runs instead of running it.
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     main()

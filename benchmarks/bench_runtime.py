@@ -390,6 +390,10 @@ def test_start_transfer_host(benchmark):
 
 
 if __name__ == "__main__":
+    import argparse
+
+    # No options: --help says what runs instead of running it.
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     print(
         f"serving loop: 4 MoE layers x 64 experts, {SERVING_TOKENS} tokens, 1 torch thread; "
         f"policy: {POLICY} re-planning DeepSeek-V3 (58 x 256, 32 ranks x 9 slots)"

@@ -48,9 +48,9 @@ import time
 
 import numpy as np
 
-from benchmarks import traces
+from benchmarks import selection, traces
 from eplb_rt import planning
-from eplb_rt.algorithms import bounds, metrics, policy_names, warm_up
+from eplb_rt.algorithms import bounds, get_policy, metrics, policy_names, warm_up
 from eplb_rt.algorithms import plan as plan_policy
 from eplb_rt.commands.simulate import parse_policy_options
 from eplb_rt.placement import Placement, Topology
@@ -494,10 +494,20 @@ def timing(names, repeats=5):
         print(f"| {n} | {warm:.2f} | {out[0]:.1f} | {out[1]:.1f} |")
 
 
+SECTIONS = (
+    "time", "toy", "in", "out", "sampled", "adapt", "shift", "window", "frontier", "cycles",
+    "exact", "exact-esft", "shapes", "hierarchy",
+)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policies", default=",".join(policy_names()))
-    parser.add_argument("--sections", default="time,toy,in,out,sampled,adapt,frontier,cycles,exact")
+    parser.add_argument(
+        "--sections",
+        default="time,toy,in,out,sampled,adapt,frontier,cycles,exact",
+        help=f"comma-separated, of {', '.join(SECTIONS)} (default: %(default)s)",
+    )
     parser.add_argument(
         "--option",
         action="append",
@@ -512,9 +522,11 @@ def main() -> None:
         "--jitter", type=float, default=0.1, help="the draws' share of the loads' sampling noise"
     )
     args = parser.parse_args()
-    OPTIONS.update(parse_policy_options(args.option))
-    names = args.policies.split(",")
-    sections = args.sections.split(",")
+    names = [name for name in args.policies.split(",") if name]
+    for name in names:
+        get_policy(name)  # an unknown name raises, naming the known ones
+    OPTIONS.update(selection.options(parse_policy_options(args.option), names))
+    sections = selection.sections(args.sections, SECTIONS)
     if "time" in sections:
         timing(names)  # first, so that warm-up is measured before other sections compile
     if "toy" in sections:

@@ -65,4 +65,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    # No options: --help says what runs instead of running it.
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     main()
