@@ -36,6 +36,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime
+import functools
 import hashlib
 import logging
 import os
@@ -135,6 +136,20 @@ def _group_timeout(group) -> datetime.timedelta | None:
         return None
 
 
+def _normal_tensors(method):
+    """``method`` run outside inference mode: the tensors it makes (the tables, the heat ring,
+    staging buffers) are then ordinary ones, which the runtime's writes may update whether or
+    not the engine serves under ``torch.inference_mode`` (an inference tensor refuses an
+    in-place write outside it)."""
+
+    @functools.wraps(method)
+    def run(*args, **kwargs):
+        with torch.inference_mode(False):
+            return method(*args, **kwargs)
+
+    return run
+
+
 class EplbRuntime:
     """Expert-parallel load balancing for one MoE model on this rank.
 
@@ -147,6 +162,7 @@ class EplbRuntime:
         device: the model's device (tables, heat and weights live there).
     """
 
+    @_normal_tensors
     def __init__(
         self,
         config: EplbConfig,
@@ -177,6 +193,11 @@ class EplbRuntime:
             raise ValueError("a process group was given but torch.distributed is not initialised")
         if distributed:
             ranks = dist.get_process_group_ranks(group or dist.group.WORLD)
+            if dist.get_rank() not in ranks:
+                raise ValueError(
+                    f"this process (global rank {dist.get_rank()}) is not in the expert-parallel "
+                    f"group given, of global ranks {ranks}: build the runtime on its members only"
+                )
             self.rank = ranks.index(dist.get_rank())
         else:
             ranks, self.rank = [0], 0
@@ -440,6 +461,7 @@ class EplbRuntime:
             )
         self.recorder.record(layer, group_list, self.rank * S, bool(cumulative))
 
+    @_normal_tensors
     def register_weights(self, layer: int, tensors: dict[str, torch.Tensor]) -> None:
         """Hand over ``layer``'s expert tensors (each ``[S, ...]``, this rank's slots) that
         migration rewrites in place."""
@@ -538,7 +560,7 @@ class EplbRuntime:
         )
         low, high = self._agree([_digest(value) for value in shared.values()])
         differ = [name for name, a, b in zip(shared, low, high, strict=True) if a != b]
-        if {"num_layers", "num_experts"} & set(differ):
+        if {"num_layers", "num_experts", "num_redundant", "slots_per_rank"} & set(differ):
             # Placements of other sizes differ too: the sizes are the news.
             differ = [name for name in differ if name != _STARTING_PLACEMENT]
         if differ:
@@ -700,10 +722,14 @@ class EplbRuntime:
         self._target_uniform = target.uniform_layers()
 
     def _commit_layer(self, transfer: Transfer) -> None:
-        """Weights first, then the tables: the same layer at the same step on every rank."""
+        """Weights first, then the tables: the same layer at the same step on every rank.
+
+        Under inference mode: the weights are the served model's, rewritten outside autograd,
+        whether the engine made them in inference mode or as parameters that require grad."""
         layer = transfer.migration.layer
         rows = [t[layer] for t in self._target_rows]
-        with self._staging.upload([transfer.slots, *rows]) as (slots, *up):
+        upload = self._staging.upload([transfer.slots, *rows])
+        with torch.inference_mode(), upload as (slots, *up):
             self.executor.commit(transfer, slots)
             old = [t[layer] for t in self._tables]
             ops.update_expert_map_(

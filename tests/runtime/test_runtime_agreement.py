@@ -445,6 +445,7 @@ def _different_settings(rank: int, world: int) -> None:
         ({"history": 4}, 4, "history"),
         ({"policy_options": {"move_cost": 0.5}}, 4, "policy_options"),
         ({}, 5, "num_layers"),
+        ({"num_redundant": 4}, 4, "num_redundant"),  # not the starting placement it implies
     ]
     for overrides, layers, field in cases:
         config = EplbConfig(**{**base.to_dict(), **overrides}) if rank == 1 else base
@@ -470,6 +471,11 @@ def _different_settings(rank: int, world: int) -> None:
     local = {"transfer_timeout_s": 5.0 + rank, "warm_up": False}
     same = EplbConfig(**{**base.to_dict(), "policy_options": options, **local})
     runtime = EplbRuntime(same, 4, 8)
+    # A group this process is not in: said so, naming the group, not "1 is not in list".
+    alone = dist.new_group([0])
+    if rank == 1:
+        with pytest.raises(ValueError, match=r"global rank 1\) is not in the expert-parallel"):
+            EplbRuntime(same, 4, 8, group=alone)
     # Its groups wait for a stuck peer as long as the engine's (17 s here), not 30 minutes.
     for made in (runtime._balancer_group, runtime._control_group, runtime._migration_group):
         assert _group_timeout(made) == datetime.timedelta(seconds=17)

@@ -160,6 +160,35 @@ def _rebalancing(rank: int, world: int, heat_source: str, policy: str, subproces
     assert all(g == gathered[0] for g in gathered)
 
 
+def _inference_mode_and_parameters(rank: int, world: int) -> None:
+    """Engines serve under ``torch.inference_mode``, and may make the runtime and the weights
+    there, or hold the weights as parameters that require grad; the serving loop here runs
+    outside it. Every commit must still rewrite the weights and the tables together (a write
+    refused after the weights moved left the old tables serving)."""
+    open_gate()  # rt_test_shift does not balance: commit its every change
+    with torch.inference_mode():
+        runtime = EplbRuntime(small_config(), MODEL.num_layers, MODEL.num_experts)
+    assert not runtime.heat.is_inference() and not runtime.log2phy(0).is_inference()
+    model, baseline = ExpertParallelMoE(MODEL, runtime=runtime), ExpertParallelMoE(MODEL)
+    # Layer 0's weights made in inference mode, layer 1's parameters that require grad (what
+    # nn.Module holds by default).
+    with torch.inference_mode():
+        model.weights[0] = {k: v.clone() for k, v in model.weights[0].items()}
+    model.weights[1] = {k: torch.nn.Parameter(v.clone()) for k, v in model.weights[1].items()}
+    for layer in (0, 1):
+        runtime.register_weights(layer, model.weights[layer])
+    assert model.weights[0]["w1"].is_inference() and model.weights[1]["w1"].requires_grad
+    history = _serve(runtime, model, baseline, rank, steps=30)
+    stats = runtime.stats()
+    runtime.shutdown()
+    assert stats["errors"] == [] and len(history) > 1, stats
+    assert stats["first_commit_step"] is not None and stats["moved_experts"] > 0
+
+
+def test_weights_made_in_inference_mode_or_requiring_grad_migrate():
+    spawn(_inference_mode_and_parameters, 3)
+
+
 def test_rebalancing_moves_exactly_the_plan_and_outputs_stay_bitwise_equal():
     spawn(_rebalancing, 3, "topk", "rt_test_shift", False)
 

@@ -351,3 +351,19 @@ def test_migration_lanes_are_at_most_the_layers():
         assert rt.executor.lanes == 2
         rt.register_weights(0, {"w": torch.zeros(4, 16)})
         assert len(next(iter(rt.executor._staging.values()))) == 2
+
+
+def test_a_runtime_made_in_inference_mode_serves_outside_it():
+    # Its tables and heat are ordinary tensors, which its writes may update in either mode.
+    config = EplbConfig(policy="rt_test_shift", interval=0, history=3, warm_up=False, episode=1)
+    with torch.inference_mode():
+        rt = EplbRuntime(config, 2, 6)
+    with rt:
+        rt.route(0, torch.tensor([[0, 1]]))
+        rt.step()
+        rt.route(0, torch.tensor([[2, 2]]))
+        assert int(rt.step_counter) == 1
+        assert rt.heat[0, 0].sum() == 2 and rt.heat[1, 0].sum() == 2
+        with torch.inference_mode():
+            rt.step()
+        assert int(rt.step_counter) == 2 and int(rt.heat[2].sum()) == 0
