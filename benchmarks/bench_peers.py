@@ -133,6 +133,16 @@ def sglang_planner(sg, algorithm: str) -> Planner:
     return run
 
 
+def _selected(name: str, only: list[str] | None) -> bool:
+    """Whether contender ``name`` contains one of ``only`` (case-insensitive; all when empty)."""
+    return not only or any(part.lower() in name.lower() for part in only)
+
+
+def our_policies(only: list[str] | None = None) -> list[str]:
+    """eplb_rt's policies among the contenders ``only`` selects."""
+    return [n for n in policy_names() if _selected(f"eplb_rt {n}", only)]
+
+
 def contenders(
     stack, only: list[str] | None = None, options: dict | None = None
 ) -> dict[str, Planner]:
@@ -141,9 +151,9 @@ def contenders(
     options = options or {}
 
     def wanted(name: str) -> bool:
-        return not only or any(part.lower() in name.lower() for part in only)
+        return _selected(name, only)
 
-    names = [n for n in policy_names() if wanted(f"eplb_rt {n}")]
+    names = our_policies(only)
     found = {f"eplb_rt {n}": ours(n, options.get(n)) for n in names}
     warm_up(names)
     for peer, make in (
@@ -353,10 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     only = [part for part in args.contenders.split(",") if part.strip()]
     sections = selection.sections(args.sections, SECTIONS)
-    ours_run = [
-        n for n in policy_names() if not only or any(p.lower() in f"eplb_rt {n}" for p in only)
-    ]
-    options = selection.options(parse_policy_options(args.option), ours_run)
+    options = selection.options(parse_policy_options(args.option), our_policies(only))
     if args.repeat < 1:
         raise SystemExit(f"--repeat must be >= 1, got {args.repeat}")
     torch.set_num_threads(1)
