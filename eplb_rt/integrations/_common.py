@@ -62,7 +62,7 @@ def plugin_policy() -> tuple[str, dict | None] | None:
         return None
     options = envs.get("EPLB_RT_POLICY_OPTIONS")
     try:
-        get_policy(name).make_options(options)
+        policy_name(name, options)
     except ValueError as err:
         raise ValueError(f"EPLB_RT_POLICY={name} / EPLB_RT_POLICY_OPTIONS: {err}") from None
     return name, options
