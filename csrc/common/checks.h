@@ -14,14 +14,18 @@
 #include <cmath>
 #include <cstdint>
 #include <optional>
-#include <string_view>
+#include <string>
 #include <utility>
 #include <vector>
 
 namespace eplb_rt {
 
-// A dtype as Python names it (int32, not c10's Int).
-inline std::string_view dtype_name(at::ScalarType type) { return c10::getDtypeNames(type).first; }
+// A dtype as Python names it (int32, not c10's Int), as a copy: torch 2.11 returns the names as
+// strings by value (2.13 as views of static ones), so a view of them would dangle there (the
+// first GPU run read freed bytes in an error message).
+inline std::string dtype_name(at::ScalarType type) {
+  return std::string(c10::getDtypeNames(type).first);
+}
 
 inline void check_dtype(const at::Tensor& t, const char* op, const char* name,
                         at::ScalarType want) {

@@ -225,7 +225,9 @@ def test_route_and_count_rejects_bad_metadata_and_writes_nothing():
     ring = torch.zeros(2, 1, 11, dtype=torch.int32, device="cuda")
     step = torch.zeros(1, dtype=torch.int64, device="cuda")
     phy = torch.full_like(ids, -1)
-    with pytest.raises(RuntimeError, match="phy_ids must"):
+    # The whole message: the dtype names once came out as freed bytes on a GPU (torch 2.11).
+    wrong_dtype = r"phy_ids must have the dtype of topk_ids \(int32\), got int64$"
+    with pytest.raises(RuntimeError, match=wrong_dtype):
         torch.ops.eplb_rt.route_and_count(
             ids, log2phy, logcnt, None, ring[:, 0, :], step, phy.long()
         )

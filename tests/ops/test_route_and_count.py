@@ -252,6 +252,26 @@ def test_a_heat_in_the_memory_of_a_table_is_refused(table):
     assert torch.equal(args[table], before)
 
 
+@pytest.mark.parametrize(
+    ("name", "bad", "message"),
+    [
+        ("phy_ids", torch.int32, r"phy_ids must have the dtype of topk_ids \(int64\), got int32$"),
+        ("logcnt", torch.int64, r"logcnt must be int32, got int64$"),
+        ("step", torch.int32, r"step must be int64, got int32$"),
+        ("topk_ids", torch.float32, r"topk_ids must be int32 or int64, got float32$"),
+    ],
+)
+def test_a_wrong_dtype_is_named_in_full(name, bad, message):
+    # The names are copied out of c10 (torch 2.11 returns them as temporaries: a view of one
+    # put freed bytes into this message on a GPU).
+    args = _valid_args()
+    args[name] = args[name].to(bad)
+    heat = args["heat"].clone()
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.eplb_rt.route_and_count(**args)
+    assert torch.equal(args["heat"], heat)
+
+
 def test_phy_ids_in_the_memory_of_log2phy_are_refused():
     args = _valid_args()
     args["topk_ids"] = args["topk_ids"].int()
