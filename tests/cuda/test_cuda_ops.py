@@ -83,6 +83,9 @@ ROUTE_CASES = [
     ("vector_tail_big_step", 1031, 5, 61, 67, 2, 3, 2**33 + 3, 0.1),
     ("prefill", 16384, 8, 256, 320, 4, 8, 7, 0.02),
     ("p_beyond_shared_memory", 4096, 8, 12289, 13000, 2, 2, 3, 0.0),
+    # The histogram fits in shared memory, the routing tables do not (both, uniform / weighted).
+    ("tables_beyond_shared_memory", 4096, 8, 4099, 4201, 3, 2, 3, 0.0),
+    ("tables_staged_uniform_only", 4096, 8, 2100, 2200, 2, 3, 11, 0.05),
 ]
 
 

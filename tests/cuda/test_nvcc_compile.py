@@ -2,6 +2,7 @@
 
 * every torch-free kernel source in csrc/cuda/ compiles with ``nvcc -c`` for sm_80 and sm_90 with
   warnings as errors, and once more with the device-side asserts of debug builds;
+* the prefill geometry sweep (benchmarks/cuda/route_geometry.cu) links against the kernel source;
 * cmake/cuda.cmake configures and builds those objects with its own flags;
 * the launcher header compiles as plain host C++ (g++, no nvcc), and so does the torch launcher
   ``ops_cuda.cpp`` against torch's headers (syntax only: a CPU build of torch has no libc10_cuda to
@@ -82,6 +83,15 @@ def test_route_and_count_compiles_with_device_asserts(tmp_path: Path):
     source = CUDA_DIR / "route_and_count.cu"
     flags = [*NVCC_FLAGS, "-DEPLB_RT_CUDA_DEVICE_ASSERT"]
     assert_ok(run([NVCC, *flags, "-c", str(source), "-o", str(tmp_path / "kernel.o")]))
+
+
+@needs_nvcc
+def test_route_geometry_bench_builds(tmp_path: Path):
+    """The sweep includes route_and_count.cu itself: a change of its launch code keeps it whole."""
+    source = REPO / "benchmarks" / "cuda" / "route_geometry.cu"
+    binary = tmp_path / "route_geometry"
+    assert_ok(run([NVCC, *NVCC_FLAGS, str(source), "-o", str(binary)]))
+    assert binary.stat().st_size > 0
 
 
 @needs_nvcc
