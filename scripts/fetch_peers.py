@@ -172,9 +172,16 @@ def _index_url() -> str:
     ``global.index-url``, else PyPI."""
     url = os.environ.get("PIP_INDEX_URL")
     if not url:
-        cmd = [sys.executable, "-m", "pip", "config", "get", "global.index-url"]
+        # `pip config list` prints the merged configuration as key='value' lines; `pip config
+        # get` misses a PIP_CONFIG_FILE's keys in some pip versions (23.2).
+        cmd = [sys.executable, "-m", "pip", "config", "list"]
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-        url = run.stdout.strip() if run.returncode == 0 and run.stdout.strip() else DEFAULT_INDEX
+        found = [
+            line.split("=", 1)[1].strip().strip("'\"")
+            for line in run.stdout.splitlines()
+            if run.returncode == 0 and line.startswith("global.index-url=")
+        ]
+        url = found[-1] if found else DEFAULT_INDEX
     return url.rstrip("/")
 
 
