@@ -102,7 +102,7 @@ def _pushed(W, w, spread):
 def _first_rows(W, tokens, counts_given, spread, unseen=1.0):
     K = W.shape[0]
     now = normalise(tokens.sum(axis=0))
-    _, w, V = _fresh_plan(W, tokens, counts_given, now, spread, unseen, 72, 8, 6, 3, 0.002)
+    _, w, V, _ = _fresh_plan(W, tokens, counts_given, now, spread, unseen, 72, 8, 6, 3, 0.002)
     return w, V[:K]
 
 
