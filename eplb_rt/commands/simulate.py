@@ -3,9 +3,10 @@
 Each LOAD file is a ``[T, L, E]`` series (per step or per request) or an aggregate ``[L, E]``;
 several files are played one after another, labelled by file name (and position, NAME#N, where a
 file is given more than once). Every INTERVAL steps each policy re-plans from the last EPISODES x
-INTERVAL steps (its previous placement carried) and is scored on the next INTERVAL steps, through
-the runtime's planning pipeline (the same gate, in seconds, priced by --expert-bytes, --bandwidth
-and --token-us). The row "none (no EPLB)" keeps the starting placement.
+INTERVAL steps (by default what the runtime's heat ring holds: the last 256 steps, every one
+before where fewer; its previous placement carried) and is scored on the next INTERVAL steps,
+through the runtime's planning pipeline (the same gate, in seconds, priced by --expert-bytes,
+--bandwidth and --token-us). The row "none (no EPLB)" keeps the starting placement.
 """
 
 from __future__ import annotations
@@ -70,9 +71,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--episodes",
         type=int,
-        default=1,
+        default=None,
         metavar="N",
-        help="plans see the last N intervals of steps (default 1)",
+        help="plans see the last N intervals of steps (default: what the runtime's heat ring "
+        "holds, EplbConfig().history = 256 steps, every step before where fewer)",
     )
     add_cost_arguments(p)
     p.add_argument(

@@ -4,7 +4,9 @@ The replay: a workload is a ``[T, L, E]`` load series (steps in order, each step
 workload it came from). Every ``interval`` steps each policy re-plans from the last
 ``episodes * interval`` steps, starting from its own previous placement, through the planning
 pipeline the runtime uses (:func:`eplb_rt.planning.decide`: the same gate, in seconds), and the
-new placement is scored on the *next* ``interval`` steps, which the policy has not seen. Every
+new placement is scored on the *next* ``interval`` steps, which the policy has not seen. By
+default a plan sees what the runtime's heat ring would hold (``EplbConfig().history`` steps,
+every interval before where fewer). Every
 policy starts from :func:`eplb_rt.planning.starting_placement`; the pseudo-policy
 :data:`NO_REBALANCE` keeps that placement throughout, the reference without EPLB.
 
@@ -28,6 +30,7 @@ from eplb_rt import algorithms, planning
 from eplb_rt.algorithms import metrics
 from eplb_rt.algorithms.bounds import par_lower_bound
 from eplb_rt.algorithms.load import check_load
+from eplb_rt.config import EplbConfig
 from eplb_rt.placement import Placement, Topology
 from eplb_rt.scalars import is_integer
 
@@ -92,7 +95,9 @@ class SimulationSpec:
         policies: registered policy names (or :data:`NO_REBALANCE`), compared side by side.
         interval: steps between re-plans, and the length of each scored window.
         episodes: the policy sees the last ``episodes * interval`` steps (per step, so policies
-            with per-episode statistics can cut them into episodes).
+            with per-episode statistics can cut them into episodes); ``None`` (the default):
+            as many intervals as the runtime's ring holds steps (``EplbConfig().history``,
+            rounded up), so a plan sees what the runtime's would.
         cost: expert bytes, link bandwidth and time per token-slot (the gate's prices).
         options: per policy name, option overrides passed to the policy.
     """
@@ -100,7 +105,7 @@ class SimulationSpec:
     topology: Topology
     policies: tuple[str, ...]
     interval: int = 1
-    episodes: int = 1
+    episodes: int | None = None
     cost: planning.CostModel = dataclasses.field(default_factory=planning.CostModel)
     options: dict = dataclasses.field(default_factory=dict)
 
@@ -112,6 +117,9 @@ class SimulationSpec:
         for name in self.policies:
             if name != NO_REBALANCE:
                 algorithms.get_policy(name)  # raises with the known names
+        if self.episodes is None and is_integer(self.interval) and self.interval >= 1:
+            ring = -(-EplbConfig().history // int(self.interval))  # intervals, rounded up
+            object.__setattr__(self, "episodes", ring)
         for field in ("interval", "episodes"):
             value = getattr(self, field)
             if not is_integer(value):

@@ -14,9 +14,13 @@ from eplb_rt.sim import simulate as sim
 from eplb_rt.sim.plot import plot
 
 
-def _result(load: np.ndarray, interval: int):
+def _result(load: np.ndarray, interval: int, episodes: int | None = None):
     spec = sim.SimulationSpec(
-        Topology(2, 2), (sim.NO_REBALANCE,), interval=interval, cost=CostModel(expert_bytes=7)
+        Topology(2, 2),
+        (sim.NO_REBALANCE,),
+        interval=interval,
+        episodes=episodes,
+        cost=CostModel(expert_bytes=7),
     )
     return sim.simulate(sim.Workload.concat([("a", load[:2]), ("b", load[2:])]), spec)
 
@@ -64,10 +68,11 @@ def test_a_workload_played_twice_is_two_parts_of_the_setup():
 
 def test_in_sample_par_reported_when_no_scored_window_has_load():
     """Load only in the first steps: no scored window has a PAR, but the plan made from those
-    steps has one in sample, and the summary and table keep it."""
+    steps has one in sample (the next plan, from the idle steps after them alone, has none),
+    and the summary and table keep it."""
     load = np.zeros((6, 2, 4))
     load[:2] = np.random.default_rng(0).integers(1, 100, size=(2, 2, 4))
-    doc = report.to_document(_result(load, interval=2))
+    doc = report.to_document(_result(load, interval=2, episodes=1))
     summary, cycles = doc["policies"]["none"]["summary"], doc["policies"]["none"]["cycles"]
     assert [c["par_mean"] for c in cycles] == [None, None] and "par_mean" not in summary
     assert cycles[0]["par_in_sample_mean"] > 1.0 and cycles[1]["par_in_sample_mean"] is None
