@@ -176,10 +176,11 @@ def _index_url() -> str:
         # get` misses a PIP_CONFIG_FILE's keys in some pip versions (23.2).
         cmd = [sys.executable, "-m", "pip", "config", "list"]
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+        lines = run.stdout.splitlines() if run.returncode == 0 else []
         found = [
             line.split("=", 1)[1].strip().strip("'\"")
-            for line in run.stdout.splitlines()
-            if run.returncode == 0 and line.startswith("global.index-url=")
+            for line in lines
+            if line.startswith("global.index-url=")
         ]
         url = found[-1] if found else DEFAULT_INDEX
     return url.rstrip("/")

@@ -117,11 +117,10 @@ class SimulationSpec:
         for name in self.policies:
             if name != NO_REBALANCE:
                 algorithms.get_policy(name)  # raises with the known names
-        if self.episodes is None and is_integer(self.interval) and self.interval >= 1:
-            ring = -(-EplbConfig().history // int(self.interval))  # intervals, rounded up
-            object.__setattr__(self, "episodes", ring)
-        for field in ("interval", "episodes"):
+        for field in ("interval", "episodes"):  # interval first: the default episodes need it
             value = getattr(self, field)
+            if field == "episodes" and value is None:
+                value = -(-EplbConfig().history // self.interval)  # the ring's steps, in intervals
             if not is_integer(value):
                 raise ValueError(f"{field} must be an integer, got {value!r}")
             if value < 1:
