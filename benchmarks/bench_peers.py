@@ -270,7 +270,7 @@ def section_adapt(found) -> None:
 
 
 COLD = {
-    "eplb_rt default policy": (
+    f"eplb_rt {EplbConfig().policy} (the default policy)": (
         "from eplb_rt.algorithms import plan; from eplb_rt.config import EplbConfig; "
         "plan(EplbConfig().policy, load, Topology(32, 9))"
     ),
@@ -295,18 +295,28 @@ COLD_PRELUDE = (
 )
 
 
-def section_cold() -> None:
+def section_cold(only: list[str] | None = None) -> None:
+    """The cold-start rows of the contenders ``only`` selects (all when empty); a contender
+    whose interpreter fails (a peer's wheel that cannot be had) gets its error as its row."""
+    rows = {name: body for name, body in COLD.items() if _selected(name, only)}
     print("\n### Cold start: fresh interpreter, empty numba cache, to the first plan (s)\n")
+    if not rows:
+        print(f"<!-- no cold-start row for the contenders selected; rows: {', '.join(COLD)} -->")
+        return
     print("| contender | seconds |")
     print("|---|---|")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for name, body in COLD.items():
+    for name, body in rows.items():
         with tempfile.TemporaryDirectory() as cache:
             env = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONPATH=root)
             code = COLD_PRELUDE + body + "\nprint(time.perf_counter() - start)"
             out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root,
-                                 capture_output=True, text=True, check=True)  # fmt: skip
-        print(f"| {name} | {float(out.stdout.split()[-1]):.1f} |")
+                                 capture_output=True, text=True, check=False)  # fmt: skip
+        if out.returncode:
+            lines = out.stderr.strip().splitlines() or [f"exit code {out.returncode}"]
+            print(f"| {name} | failed: {lines[-1]} |")
+        else:
+            print(f"| {name} | {float(out.stdout.split()[-1]):.1f} |")
 
 
 def flashlb_check(insample: dict, static: dict) -> None:
@@ -381,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
         if "adapt" in sections:
             section_adapt(found)
     if "cold" in sections:
-        section_cold()
+        section_cold(only)
 
 
 # ------------------------------------------------------------------------------ pytest-benchmark
