@@ -1,4 +1,4 @@
-"""``bench_peers.py``'s cold-start section runs the contenders selected, and reports a failed one."""
+"""`bench_peers.py`'s cold-start section runs the contenders selected; a failed one is a row."""
 
 from __future__ import annotations
 
