@@ -88,7 +88,10 @@ class Recent(collections.deque):
 
 @dataclasses.dataclass
 class Rebalance:
-    """What one agreed plan did (``stats()["rebalances"]``)."""
+    """What one agreed plan did (``stats()["rebalances"]``): ``layers_planned`` the layers it
+    migrates, ``layers_committed`` those done, ``layers_failed`` those that keep their placement
+    (a transfer failed, or the layer moves experts but has no registered weights). A plan that
+    can migrate no layer is a skipped plan, not a rebalance."""
 
     epoch: int
     gather_step: int
@@ -639,18 +642,24 @@ class EplbRuntime:
                 )
         self._queue.sort(key=lambda m: m.layer)
         registered = self.executor.weights
+        bare = []
         if registered:  # the same layers on every rank (the signature agreed)
             bare = [m.layer for m in self._queue if m.num_moves and m.layer not in registered]
-            if bare:
-                self.errors.append(
-                    f"plan {job.epoch}: layers {bare} move experts but have no registered "
-                    "weights while other layers do; they keep their placement"
-                )
-                log.warning("plan %d: layers %s have no registered weights", job.epoch, bare)
-                self._queue = [m for m in self._queue if m.layer not in bare]
+            self._queue = [m for m in self._queue if m.layer not in bare]
+        if bare:
+            reason = (
+                f"layers {bare} move experts but have no registered weights while other "
+                "layers do; they keep their placement"
+            )
+            if not self._queue:  # nothing left to migrate: a skipped plan, not a rebalance
+                self._skip(job, step, reason, error=True)
+                return
+            self.errors.append(f"plan {job.epoch}: {reason}")
+            log.warning("plan %d: %s", job.epoch, reason)
         self._set_target(target)
         self._current = Rebalance(job.epoch, job.gather_step, result.plan_time_s, len(self._queue))
         self._current.trigger = job.trigger
+        self._current.layers_failed.extend(bare)
         if result.decision is not None:  # the planning rank knows what the plan is worth
             committed = list(result.decision.layers)
             self._current.saved_s = float(result.decision.saved_s[committed].sum())

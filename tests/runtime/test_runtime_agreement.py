@@ -247,6 +247,26 @@ def _between_plans(rank: int, world: int) -> None:
     assert not np.array_equal(runtime.placement.phy2log[0], initial.phy2log[0])
     assert np.array_equal(runtime.placement.phy2log[1], initial.phy2log[1])
     assert any("layers [1] move experts but have no registered" in e for e in stats["errors"])
+    done = [r for r in stats["rebalances"] if r["layers_committed"]]
+    assert done and all(r["layers_failed"] == [1] for r in done)
+
+    # 4. ... and where only such layers move, the plan is skipped: no rebalance that moved none.
+    runtime = EplbRuntime(_config(num_redundant=0), 2, 8)
+    initial = runtime.placement
+    runtime.register_weights(0, {"w": torch.zeros(4, 4)})
+    hot = torch.ones(runtime.num_experts)
+    hot[3] = 8.0
+    for step in range(1, 14):  # load on layer 1 only: layer 0 (idle) is not planned
+        gen = torch.Generator().manual_seed(step * 31 + runtime.rank)
+        runtime.route(1, torch.multinomial(hot.expand(16, -1), 2, generator=gen))
+        runtime.step()
+        let_plan_finish(runtime)
+    stats = runtime.stats()
+    runtime.shutdown()
+    assert runtime.placement == initial
+    assert stats["num_rebalances"] == 0 and stats["moved_experts"] == 0
+    reasons = [skip["reason"] for skip in stats["skipped"]]
+    assert reasons and all("layers [1] move experts" in reason for reason in reasons)
 
 
 @pytest.mark.multiprocess
