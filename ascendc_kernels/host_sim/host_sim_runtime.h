@@ -57,45 +57,85 @@ struct LaunchState {
   uint32_t exited = 0;     // cores that returned from the kernel
   bool aborted = false;    // a core failed: the others stop at their next SyncAll
   std::string firstError;  // the first failure, reported to the caller
-  // GM bytes [lo, hi) each core stored without an atomic add, and in which SyncAll round: two
-  // cores storing the same bytes in one round race (the last to land wins, which varies).
-  struct Store {
+  // GM bytes [lo, hi) each core read, stored or atomically added, and in which SyncAll round
+  // (gathered from the cores as they exit): see racingAccesses.
+  enum class Touch : uint8_t { kRead, kStore, kAtomicAdd };
+  struct Access {
     uintptr_t lo, hi;
     uint32_t core;
     uint64_t round;
+    Touch kind;
   };
-  std::vector<Store> stores;
+  std::vector<Access> accesses;
 };
 
-// Records a plain (non-atomic) store of GM bytes [address, address + bytes) by `core`.
-inline void recordStore(LaunchState& st, uint32_t core, const void* address, size_t bytes) {
-  const uintptr_t lo = reinterpret_cast<uintptr_t>(address);
-  std::lock_guard<std::mutex> lock(st.mutex);
-  st.stores.push_back({lo, lo + bytes, core, st.round});
+namespace detail {
+
+// Whether touches of the same bytes by two cores in one SyncAll round race: any store with
+// anything, an atomic add with a read; reads together and atomic adds together do not.
+inline bool touchesRace(LaunchState::Touch a, LaunchState::Touch b) {
+  using T = LaunchState::Touch;
+  if (a == T::kRead && b == T::kRead) return false;
+  if (a == T::kAtomicAdd && b == T::kAtomicAdd) return false;
+  return true;
 }
 
-// The first pair of cores that stored the same GM bytes in one SyncAll round, as a message
-// ("" when none).
-inline std::string overlappingStores(std::vector<LaunchState::Store> stores) {
-  std::sort(stores.begin(), stores.end(), [](const auto& a, const auto& b) {
+inline std::string raceMessage(const LaunchState::Access& a, const LaunchState::Access& b,
+                               uintptr_t shared) {
+  using T = LaunchState::Touch;
+  const std::string bytes = std::to_string(shared) + " GM bytes";
+  if (a.kind == T::kStore && b.kind == T::kStore) {
+    return "cores " + std::to_string(a.core) + " and " + std::to_string(b.core) + " both store " +
+           bytes + " without SetAtomicAdd and without a SyncAll between: which lands last " +
+           "varies (a race)";
+  }
+  if (a.kind != T::kRead && b.kind != T::kRead) {  // a store and an atomic add
+    const auto& store = a.kind == T::kStore ? a : b;
+    const auto& add = a.kind == T::kStore ? b : a;
+    return "core " + std::to_string(store.core) + " stores and core " + std::to_string(add.core) +
+           " atomically adds " + bytes + " without a SyncAll between: which lands last varies " +
+           "(a race)";
+  }
+  const auto& read = a.kind == T::kRead ? a : b;
+  const auto& write = a.kind == T::kRead ? b : a;
+  return "core " + std::to_string(read.core) + " reads " + bytes + " that core " +
+         std::to_string(write.core) +
+         (write.kind == T::kStore ? " stores" : " atomically adds to") +
+         " without a SyncAll between: whether it sees the old or the new value varies (a race)";
+}
+
+}  // namespace detail
+
+// The first pair of cores whose touches of the same GM bytes in one SyncAll round race
+// (detail::touchesRace), as a message ("" when none). One sweep in address order per round:
+// for each kind, the two touches seen so far reaching furthest from two different cores are
+// enough to find a racing earlier touch from another core.
+inline std::string racingAccesses(std::vector<LaunchState::Access> accesses) {
+  std::sort(accesses.begin(), accesses.end(), [](const auto& a, const auto& b) {
     return a.round != b.round ? a.round < b.round : a.lo < b.lo;
   });
-  for (size_t i = 1, reach = 0; i < stores.size(); ++i) {
-    // `reach`: the store among those before i (same round) that ends last.
-    if (stores[i].round != stores[reach].round) {
-      reach = i;
-      continue;
+  constexpr int kKinds = 3;
+  const LaunchState::Access* reach[kKinds][2] = {};  // [kind][furthest, furthest of another core]
+  for (size_t i = 0; i < accesses.size(); ++i) {
+    const auto& b = accesses[i];
+    if (i == 0 || b.round != accesses[i - 1].round) {
+      for (auto& kind : reach) kind[0] = kind[1] = nullptr;
     }
-    const auto& a = stores[reach];
-    const auto& b = stores[i];
-    if (b.lo < a.hi && b.core != a.core) {
-      const uintptr_t shared = (a.hi < b.hi ? a.hi : b.hi) - b.lo;
-      return "cores " + std::to_string(a.core) + " and " + std::to_string(b.core) + " both store " +
-             std::to_string(shared) +
-             " GM bytes without SetAtomicAdd and without a SyncAll between: which lands last "
-             "varies (a race)";
+    for (int k = 0; k < kKinds; ++k) {
+      if (!detail::touchesRace(static_cast<LaunchState::Touch>(k), b.kind)) continue;
+      const LaunchState::Access* a = reach[k][0];
+      if (a != nullptr && a->core == b.core) a = reach[k][1];
+      if (a != nullptr && a->hi > b.lo) {
+        return detail::raceMessage(*a, b, (a->hi < b.hi ? a->hi : b.hi) - b.lo);
+      }
     }
-    if (b.hi > a.hi) reach = i;
+    auto& top = reach[static_cast<int>(b.kind)];
+    if (top[0] == nullptr || b.hi > top[0]->hi) {
+      if (top[0] != nullptr && top[0]->core != b.core) top[1] = top[0];
+      top[0] = &b;
+    } else if (b.core != top[0]->core && (top[1] == nullptr || b.hi > top[1]->hi)) {
+      top[1] = &b;
+    }
   }
   return "";
 }
@@ -109,8 +149,11 @@ struct CoreContext {
   bool atomicAdd = false;         // SetAtomicAdd in force for UB -> GM copies
   const char* atomicType = "";    // element type of the atomic add
   size_t atomicSize = 0;
-  bool aivOnly = false;           // KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY) ran
-  std::string pendingError;       // found when the core's TPipe went away (reported at exit)
+  bool aivOnly = false;      // KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY) ran
+  std::string pendingError;  // found when the core's TPipe went away (reported at exit)
+  uint64_t round = 0;        // SyncAll rounds this core has passed
+  // Its GM touches (recordAccess), handed to the launch as the core exits.
+  std::vector<LaunchState::Access> accesses;
 };
 
 inline CoreContext*& currentCorePtr() {
@@ -130,6 +173,20 @@ inline CoreContext& currentCore() {
   CoreContext* core = currentCorePtr();
   if (core == nullptr) fail("AscendC API used outside a kernel launch (host_sim::Launch)");
   return *core;
+}
+
+// Records a touch of GM bytes [address, address + bytes) by the current core, merged with its
+// previous one where it continues it (same kind and round): a tile loop stays one record.
+inline void recordAccess(LaunchState::Touch kind, const void* address, size_t bytes) {
+  CoreContext& core = currentCore();
+  const uintptr_t lo = reinterpret_cast<uintptr_t>(address);
+  auto& list = core.accesses;
+  if (!list.empty() && list.back().kind == kind && list.back().round == core.round &&
+      list.back().hi == lo) {
+    list.back().hi = lo + bytes;
+    return;
+  }
+  list.push_back({lo, lo + bytes, core.blockIdx, core.round, kind});
 }
 
 // Global memory is shared by all cores; atomic adds from different cores are serialised here.
@@ -166,6 +223,7 @@ inline void syncAllCores() {
   if (++st.arrived == st.blockNum) {
     st.arrived = 0;
     ++st.round;
+    ++core.round;
     st.cv.notify_all();
     return;
   }
@@ -186,6 +244,7 @@ inline void syncAllCores() {
              " cores arrived; the hardware would hang");
     }
   }
+  ++core.round;
 }
 
 // The scalar unit reads and writes GM through a DataCache of its core, which keeps its lines
@@ -270,6 +329,7 @@ uint32_t Launch(const char* kernelName, uint32_t blockDim, Body body, const void
     }
     currentCorePtr() = nullptr;
     std::lock_guard<std::mutex> lock(st.mutex);
+    st.accesses.insert(st.accesses.end(), core.accesses.begin(), core.accesses.end());
     ++st.exited;
     st.cv.notify_all();
   };
@@ -278,7 +338,7 @@ uint32_t Launch(const char* kernelName, uint32_t blockDim, Body body, const void
   for (uint32_t i = 0; i < blockDim; ++i) threads.emplace_back(runCore, i);
   for (auto& t : threads) t.join();
   if (st.aborted) throw Error(std::string(kernelName) + ": " + st.firstError);
-  const std::string race = overlappingStores(std::move(st.stores));
+  const std::string race = racingAccesses(std::move(st.accesses));
   if (!race.empty()) throw Error(std::string(kernelName) + ": " + race);
   return 0;
 }

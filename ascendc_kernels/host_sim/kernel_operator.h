@@ -34,8 +34,10 @@
 //     again an address whose GM value changed, without DataCacheCleanAndInvalid in between, is
 //     reported (host_sim::DataCacheModel);
 //   * SyncAll with a core that never arrives fails after a timeout instead of hanging;
-//   * two cores storing the same GM bytes without an atomic add, with no SyncAll between, are
-//     reported at the end of the launch (a race: which lands last varies).
+//   * two cores touching the same GM bytes with no SyncAll between, where one stores them
+//     without an atomic add or one reads what the other stores or atomically adds, are
+//     reported at the end of the launch (a race: which lands last, or which value a read
+//     sees, varies); atomic adds together and reads together are fine.
 // Fresh UB buffers are filled with a poison byte, so a kernel that reads what it never wrote
 // computes garbage here too.
 #pragma once
@@ -334,6 +336,7 @@ class GlobalTensor {
     checkRange("GlobalTensor::GetValue", index, 1);
     host_sim::dataCache().read(host_sim::currentCore().blockIdx, at(index), sizeof(T),
                                "GlobalTensor::GetValue");
+    host_sim::recordAccess(host_sim::LaunchState::Touch::kRead, at(index), sizeof(T));
     return base_[offset_ + index];
   }
   void SetValue(uint64_t index, T value) const {
@@ -341,7 +344,7 @@ class GlobalTensor {
     base_[offset_ + index] = value;
     host_sim::CoreContext& core = host_sim::currentCore();
     host_sim::dataCache().write(core.blockIdx, at(index), sizeof(T));
-    host_sim::recordStore(*core.launch, core.blockIdx, at(index), sizeof(T));
+    host_sim::recordAccess(host_sim::LaunchState::Touch::kStore, at(index), sizeof(T));
   }
   uint64_t GetSize() const { return size_ > offset_ ? size_ - offset_ : 0; }
   T* GetPhyAddr() const { return base_ + offset_; }
@@ -711,13 +714,14 @@ void storeToGm(T* dst, const T* src, uint64_t count) {
   host_sim::CoreContext& core = host_sim::currentCore();
   if (!core.atomicAdd) {
     std::memcpy(dst, src, count * sizeof(T));
-    host_sim::recordStore(*core.launch, core.blockIdx, dst, count * sizeof(T));
+    host_sim::recordAccess(host_sim::LaunchState::Touch::kStore, dst, count * sizeof(T));
     return;
   }
   if (std::strcmp(core.atomicType, typeName<T>()) != 0) {
     host_sim::fail(std::string("copy of ") + typeName<T>() + " data to GM while SetAtomicAdd<" +
                    core.atomicType + "> is in force");
   }
+  host_sim::recordAccess(host_sim::LaunchState::Touch::kAtomicAdd, dst, count * sizeof(T));
   std::lock_guard<std::mutex> lock(host_sim::atomicMutex());
   for (uint64_t i = 0; i < count; ++i) {
     if constexpr (std::is_integral<T>::value) {
@@ -806,6 +810,7 @@ void DataCopy(const LocalTensor<T>& dst, const GlobalTensor<T>& src, uint32_t co
   detail::checkUbAligned(dst, "DataCopy GM->UB");
   src.checkRange("DataCopy GM->UB", 0, count);
   dst.access("DataCopy GM->UB", PIPE_MTE2, true, 0, count);
+  host_sim::recordAccess(host_sim::LaunchState::Touch::kRead, src.at(0), count * sizeof(T));
   std::memcpy(dst.ptr(), src.at(0), static_cast<size_t>(count) * sizeof(T));
 }
 
@@ -841,6 +846,8 @@ void DataCopyPad(const LocalTensor<T>& dst, const GlobalTensor<T>& src,
   dst.access(op, PIPE_MTE2, true, 0, ubExtent);
   for (uint32_t b = 0; b < params.blockCount; ++b) {
     T* out = dst.ptr() + b * ubPitch;
+    host_sim::recordAccess(host_sim::LaunchState::Touch::kRead, src.at(b * gmPitch),
+                           elems * sizeof(T));
     std::memcpy(out, src.at(b * gmPitch), elems * sizeof(T));
     const uint64_t padElems = detail::roundUp32(params.blockLen) / sizeof(T) - elems;
     for (uint64_t i = 0; i < padElems; ++i) {

@@ -227,7 +227,8 @@ __global__ __aicore__ void scalar_copy_out_kernel(GM_ADDR y, uint32_t barrier) {
 // Every core writes its index to y[core * 8], SyncAll, then checks its neighbour's entry.
 // mode 0: all cores sync (correct); 1: core 0 returns first; 2: core 0 is stuck: it would arrive
 // only after lateMs, and leaves as soon as another core gave up waiting (as a hung core would
-// never arrive); a fixed sleep instead made the test depend on when the other threads started.
+// never arrive); a fixed sleep instead made the test depend on when the other threads started;
+// 3: no SyncAll, the neighbour's entry read whenever it lands (a race reported at the end).
 __global__ __aicore__ void sync_all_kernel(GM_ADDR y, uint32_t mode, uint32_t lateMs) {
   KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
   GlobalTensor<int32_t> yGm;
@@ -244,11 +245,35 @@ __global__ __aicore__ void sync_all_kernel(GM_ADDR y, uint32_t mode, uint32_t la
     std::unique_lock<std::mutex> lock(st.mutex);
     if (st.cv.wait_for(lock, std::chrono::milliseconds(lateMs), [&] { return st.aborted; })) return;
   }
-  SyncAll();
+  if (mode != 3) SyncAll();
   const int64_t next = (idx + 1) % num;
   DataCacheCleanAndInvalid<int32_t, CacheLine::SINGLE_CACHE_LINE, DcciDst::CACHELINE_OUT>(
       yGm[next * 8]);
-  if (yGm.GetValue(next * 8) != next + 100) host_sim::fail("SyncAll did not order the GM writes");
+  const int32_t seen = yGm.GetValue(next * 8);
+  if (mode != 3 && seen != next + 100) host_sim::fail("SyncAll did not order the GM writes");
+}
+
+// Every core atomically adds ones to y[0, kLen), then copies y back in (a count it would use).
+// mode 0: SyncAll between (correct); 1: without (a read racing the adds); 2: core 0 stores its
+// ones plainly while the others add (a store racing the adds).
+__global__ __aicore__ void atomic_then_read_kernel(GM_ADDR y, uint32_t mode) {
+  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
+  TPipe pipe;
+  TBuf<TPosition::VECCALC> buf;
+  GlobalTensor<int32_t> yGm;
+  yGm.SetGlobalBuffer((__gm__ int32_t*)y, kLen);
+  pipe.InitBuffer(buf, kLen * sizeof(int32_t));
+  LocalTensor<int32_t> local = buf.Get<int32_t>();
+  Duplicate(local, 1, kLen);
+  PipeBarrier<PIPE_ALL>();
+  const bool plain = mode == 2 && GetBlockIdx() == 0;
+  if (!plain) SetAtomicAdd<int32_t>();
+  DataCopy(yGm, local, kLen);
+  if (!plain) SetAtomicNone();
+  if (mode != 1) SyncAll();
+  PipeBarrier<PIPE_ALL>();
+  DataCopy(local, yGm, kLen);
+  PipeBarrier<PIPE_ALL>();
 }
 
 // A scalar read of x[0] (a step counter, say), which the host rewrites between two launches:
@@ -455,6 +480,18 @@ std::map<std::string, std::function<void(uint32_t)>> FaultTable() {
   t["stale_data_cache_ok"] = twoLaunches(1u);
   t["syncall_ok"] = withBuffers([](uint32_t b, uint8_t*, uint8_t* y) {
     EPLB_LAUNCH_KERNEL(sync_all_kernel, b, nullptr, y, 0u, 0u);
+  });
+  t["read_without_syncall"] = withBuffers([](uint32_t b, uint8_t*, uint8_t* y) {
+    EPLB_LAUNCH_KERNEL(sync_all_kernel, b, nullptr, y, 3u, 0u);
+  });
+  t["read_during_atomic_add"] = withBuffers([](uint32_t b, uint8_t*, uint8_t* y) {
+    EPLB_LAUNCH_KERNEL(atomic_then_read_kernel, b, nullptr, y, 1u);
+  });
+  t["store_during_atomic_add"] = withBuffers([](uint32_t b, uint8_t*, uint8_t* y) {
+    EPLB_LAUNCH_KERNEL(atomic_then_read_kernel, b, nullptr, y, 2u);
+  });
+  t["atomic_then_read_ok"] = withBuffers([](uint32_t b, uint8_t*, uint8_t* y) {
+    EPLB_LAUNCH_KERNEL(atomic_then_read_kernel, b, nullptr, y, 0u);
   });
   return t;
 }

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "eplb_kernels.h"
@@ -189,6 +190,18 @@ PYBIND11_MODULE(eplb_ascendc_sim, m) {
       },
       py::arg("name"), py::arg("block_dim") = 4, py::arg("timeout_ms") = 2000);
   m.def("fault_kernel_names", &FaultKernelNames);
+  m.def(
+      "racing_accesses",
+      [](const std::vector<std::tuple<uint64_t, uint64_t, uint32_t, uint64_t, int>>& rows) {
+        std::vector<host_sim::LaunchState::Access> accesses;
+        for (const auto& [lo, hi, core, round, kind] : rows) {
+          Require(kind >= 0 && kind <= 2, "kind must be 0 (read), 1 (store) or 2 (atomic add)");
+          accesses.push_back({static_cast<uintptr_t>(lo), static_cast<uintptr_t>(hi), core, round,
+                              static_cast<host_sim::LaunchState::Touch>(kind)});
+        }
+        return host_sim::racingAccesses(std::move(accesses));
+      },
+      py::arg("accesses"));
   m.def(
       "soc_info",
       [](const std::string& name) -> py::object {
