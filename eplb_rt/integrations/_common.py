@@ -9,6 +9,8 @@ slot (the engines copy weights only for the rest). Nothing here imports torch.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from eplb_rt import envs
@@ -16,11 +18,14 @@ from eplb_rt.algorithms import get_policy, hierarchy, metrics, plan
 from eplb_rt.algorithms.align import align_placement
 from eplb_rt.placement import Placement, Topology
 
+log = logging.getLogger("eplb_rt.integrations")
+
 
 def as_numpy(value: object, name: str, ndims: tuple[int, ...], where: str) -> np.ndarray:
     """``value`` (torch tensor, numpy array or nested lists) as a numeric numpy array.
 
-    Raises ``ValueError`` naming ``where`` and ``name`` unless it has one of ``ndims`` dims.
+    Raises ``ValueError`` naming ``where`` and ``name`` unless it has one of ``ndims`` dims and
+    no empty axis (an engine passes no empty table or load: one would be a bug upstream).
     """
     if hasattr(value, "detach"):  # a torch tensor, possibly on a device
         value = value.detach().cpu()
@@ -36,6 +41,8 @@ def as_numpy(value: object, name: str, ndims: tuple[int, ...], where: str) -> np
         raise ValueError(f"{where}: {name} must have {dims} dimensions, got shape {arr.shape}")
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise ValueError(f"{where}: {name} must hold numbers, got dtype {arr.dtype}")
+    if arr.size == 0:
+        raise ValueError(f"{where}: {name} is empty: shape {arr.shape}")
     return arr
 
 
@@ -58,9 +65,14 @@ def plugin_policy() -> tuple[str, dict | None] | None:
     now (so that an engine with a bad value stops at start-up, saying which), or ``None`` when
     ``EPLB_RT_POLICY`` is unset."""
     name = envs.get("EPLB_RT_POLICY")
-    if not name:
-        return None
     options = envs.get("EPLB_RT_POLICY_OPTIONS")
+    if not name:
+        if options:
+            log.warning(
+                "EPLB_RT_POLICY_OPTIONS is set but EPLB_RT_POLICY is not: the engine keeps its "
+                "own EPLB policy and the options are not used"
+            )
+        return None
     try:
         policy_name(name, options)
     except ValueError as err:

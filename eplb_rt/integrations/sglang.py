@@ -57,10 +57,15 @@ def rebalance_experts(  # noqa: PLR0917 (SGLang's signature)
         )
     S = num_local_physical_experts
     D = num_physical_experts // S
+    if num_nodes < 1 or (num_groups is not None and num_groups < 1):
+        raise ValueError(
+            f"{WHERE}: num_nodes ({num_nodes}) must be a positive integer and num_groups "
+            f"({num_groups}) one too, or None (no groups)"
+        )
     live = _live_ranks(algorithm, D)
     if live is not None:
         D, num_nodes, num_groups = live.size, 1, None  # SGLang too plans those flat
-    elif num_nodes < 1 or D % num_nodes:
+    elif D % num_nodes:
         num_nodes = 1
     try:
         topology = Topology(D, S, num_nodes, num_groups or 1)

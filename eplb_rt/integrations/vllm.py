@@ -77,7 +77,12 @@ class EplbRtPolicy:
             old = as_numpy(old_global_expert_indices, "old_global_expert_indices", (2,), WHERE)
             if old.shape == (load.shape[0], num_replicas) and (old >= 0).all():
                 previous = old
-        if num_nodes < 1 or num_ranks % num_nodes:
+        if num_nodes < 1 or num_groups < 1:
+            raise ValueError(
+                f"{WHERE}: num_nodes ({num_nodes}) and num_groups ({num_groups}) must be "
+                "positive integers"
+            )
+        if num_ranks % num_nodes:
             num_nodes = 1  # vLLM's own policy plans such ranks flat too
         try:
             topology = Topology(num_ranks, num_replicas // num_ranks, num_nodes, num_groups)

@@ -120,8 +120,6 @@ class EplbRtAscendPolicy:
         table = as_numpy(current_expert_table, "current_expert_table [L, D, S]", (3,), WHERE)
         work = as_numpy(expert_workload, "expert_workload [(T,) L, D, S]", (3, 4), WHERE)
         work = work[None] if work.ndim == 3 else work
-        if work.shape[0] == 0:
-            raise ValueError(f"{WHERE}: expert_workload has no stage: shape {work.shape}")
         if work.shape[1:] != table.shape:
             raise ValueError(
                 f"{WHERE}: expert_workload has shape {work.shape}, expected "
@@ -129,14 +127,17 @@ class EplbRtAscendPolicy:
             )
         if not np.issubdtype(table.dtype, np.integer):
             raise ValueError(f"{WHERE}: current_expert_table must hold ints, got {table.dtype}")
-        if table.size == 0:
-            raise ValueError(f"{WHERE}: current_expert_table is empty: shape {table.shape}")
-        num_experts = self.num_experts or int(table.max()) + 1
-        if table.min() < 0 or table.max() >= num_experts:
+        # Without num_experts, the ids bound it: no more experts than a layer's slots.
+        bound = self.num_experts or table[0].size
+        bad = (table < 0) | (table >= bound)
+        if bad.any():
+            layer, rank, slot = (int(i) for i in np.argwhere(bad)[0])
+            given = "" if self.num_experts else f", no more experts than a layer's {bound} slots"
             raise ValueError(
-                f"{WHERE}: current_expert_table holds ids in [{table.min()}, {table.max()}], "
-                f"expected [0, {num_experts})"
+                f"{WHERE}: current_expert_table holds expert {table[layer, rank, slot]} at layer "
+                f"{layer}, rank {rank}, slot {slot}; expected ids in [0, {bound}){given}"
             )
+        num_experts = self.num_experts or int(table.max()) + 1
         load = logical_load(table, work, num_experts)
         L, D, S = table.shape
         topology = Topology(D, S, self.num_nodes, self.num_groups)
@@ -168,8 +169,9 @@ def install(policy: str | None = None, options: dict | None = None) -> None:
     ``PolicyFactory`` an :class:`EplbRtAscendPolicy` for every type, and from 0.30 the factory
     of the policy vLLM's EPLB runs under model runner v2 eplb_rt's vLLM policy for every name.
 
-    Raises ``ImportError`` when vllm-ascend has neither factory."""
-    name = policy_name(policy)
+    Raises ``ImportError`` when vllm-ascend has neither factory, ``ValueError`` for an unknown
+    policy or options that are not its own (now, not when vllm-ascend builds its EPLB worker)."""
+    name = policy_name(policy, options)
     missing = []
     try:
         from vllm_ascend.eplb.core.policy.policy_factory import PolicyFactory

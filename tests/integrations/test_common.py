@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
@@ -77,3 +78,19 @@ def test_loads_of_every_dtype_an_engine_records_are_read_exactly(dtype):
     counts = torch.tensor([[3.0, 0.0, 250.0, 7.0]]).to(getattr(torch, dtype))
     arr = as_numpy(counts, "weight", (2,), "test")
     np.testing.assert_array_equal(arr, [[3.0, 0.0, 250.0, 7.0]])
+
+
+def test_options_without_a_policy_are_not_silently_dropped(monkeypatch, caplog):
+    """The plugins run only where EPLB_RT_POLICY names a policy; options alone say so."""
+    from eplb_rt.integrations._common import plugin_policy
+
+    monkeypatch.delenv("EPLB_RT_POLICY", raising=False)
+    monkeypatch.setenv("EPLB_RT_POLICY_OPTIONS", "move_cost=0.1")
+    with caplog.at_level(logging.WARNING, logger="eplb_rt.integrations"):
+        assert plugin_policy() is None
+    assert "EPLB_RT_POLICY_OPTIONS is set but EPLB_RT_POLICY is not" in caplog.text
+    monkeypatch.delenv("EPLB_RT_POLICY_OPTIONS")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="eplb_rt.integrations"):
+        assert plugin_policy() is None
+    assert not caplog.text

@@ -125,6 +125,15 @@ def test_bad_input_gets_a_clear_error(tokens, physical, local, message):
         ours.rebalance_experts(tokens, physical, local, None, 1)
 
 
+def test_zero_nodes_or_groups_are_refused_and_none_means_no_groups():
+    tokens = torch.rand(2, 16) * 100
+    for groups, nodes in ((0, 1), (1, 0)):
+        with pytest.raises(ValueError, match=r"must be a positive integer and num_groups"):
+            ours.rebalance_experts(tokens, 16, 4, groups, nodes)
+    flat = ours.rebalance_experts(tokens, 16, 4, None, 1)[0]
+    assert torch.equal(ours.rebalance_experts(tokens, 16, 4, 1, 1)[0], flat)
+
+
 def test_sglangs_plugin_loader_runs_our_entry_point(sglang, monkeypatch, tmp_path):
     """SGLang's own ``load_plugins`` on a distribution declaring our entry point."""
     install_entry_points("sglang.srt.plugins", tmp_path, monkeypatch)

@@ -133,6 +133,28 @@ def test_bad_input_gets_a_clear_error(weight, replicas, ranks, old, message):
         ours.policy_class(returns_maps=False).rebalance_experts(weight, replicas, 1, 1, ranks, old)
 
 
+@pytest.mark.parametrize(
+    ("weight", "groups", "nodes", "old", "message"),
+    [
+        (torch.ones(2, 16), 0, 1, None, r"num_nodes \(1\) and num_groups \(0\) must be positive"),
+        (torch.ones(2, 16), 1, 0, None, r"num_nodes \(0\) and num_groups \(1\) must be positive"),
+        (
+            torch.ones(0, 16),
+            1,
+            1,
+            torch.zeros(0, 16, dtype=torch.int64),
+            r"weight \[layers, experts\] is empty: shape \(0, 16\)",
+        ),
+    ],
+    ids=["zero-groups", "zero-nodes", "no-layers-with-a-table"],
+)
+def test_what_vllm_could_not_plan_either_is_refused(weight, groups, nodes, old, message):
+    """vLLM's own policy divides by these (``num_groups % num_nodes``) and reduces over the
+    layers: the adapter says which argument, where it used to plan flat or fail in numpy."""
+    with pytest.raises(ValueError, match=message):
+        ours.policy_class(returns_maps=False).rebalance_experts(weight, 16, groups, nodes, 4, old)
+
+
 def test_the_class_made_by_default_serves_the_vllm_that_imports(vllm):
     """``policy_class(name, options)``, as the docs write it, returns what this vLLM release
     unpacks (the three maps up to 0.18) and is one of its policies."""

@@ -96,7 +96,17 @@ def test_multistage_workload_is_read_as_episodes(ascend):
         (np.zeros((2, 4)), np.zeros((2, 4)), "current_expert_table .* 3 dimensions"),
         (np.arange(16).reshape(1, 4, 4), np.zeros((1, 4, 3)), "expert_workload has shape"),
         (np.arange(16).reshape(1, 4, 4) * 1.0, np.ones((1, 4, 4)), "must hold ints"),
-        (np.arange(16).reshape(1, 4, 4) - 1, np.ones((1, 4, 4)), r"ids in \[-1, 14\]"),
+        (
+            np.arange(16).reshape(1, 4, 4) - 1,
+            np.ones((1, 4, 4)),
+            r"expert -1 at layer 0, rank 0, slot 0; expected ids in \[0, 16\)$",
+        ),
+        (  # the ids bound the experts: one past a layer's slots, not a 21 PiB load array
+            np.where(np.arange(16) == 6, 10**15, np.arange(16)).reshape(1, 4, 4),
+            np.ones((1, 4, 4)),
+            r"expert 1000000000000000 at layer 0, rank 1, slot 2; expected ids in \[0, 16\), "
+            r"no more experts than a layer's 16 slots",
+        ),
         (
             np.where(np.arange(16) == 5, 6, np.arange(16)).reshape(1, 4, 4),
             np.ones((1, 4, 4)),
@@ -105,13 +115,14 @@ def test_multistage_workload_is_read_as_episodes(ascend):
         (np.arange(16).reshape(1, 4, 4), np.full((1, 4, 4), np.nan), "NaN"),
         (np.arange(16).reshape(1, 4, 4), -np.ones((1, 4, 4)), "negative"),
         (np.zeros((1, 4, 0), dtype=np.int64), np.zeros((1, 4, 0)), r"empty: shape \(1, 4, 0\)"),
-        (np.arange(16).reshape(1, 4, 4), np.zeros((0, 1, 4, 4)), r"no stage: shape \(0, 1"),
+        (np.arange(16).reshape(1, 4, 4), np.zeros((0, 1, 4, 4)), r"empty: shape \(0, 1, 4, 4\)"),
     ],
     ids=[
         "2d-table",
         "shape-mismatch",
         "float-table",
         "negative-id",
+        "id-past-the-slots",
         "missing-expert",
         "nan-load",
         "negative-load",
@@ -120,7 +131,8 @@ def test_multistage_workload_is_read_as_episodes(ascend):
     ],
 )
 def test_bad_input_gets_a_clear_error(table, work, message):
-    policy = EplbRtAscendPolicy(num_experts=16 if "missing" not in message else None)
+    derived = "missing" in message or "no more experts" in message  # E from the ids
+    policy = EplbRtAscendPolicy(num_experts=None if derived else 16)
     with pytest.raises(ValueError, match=message):
         policy.rebalance_experts(table, work)
 
@@ -138,6 +150,11 @@ def test_keep_on_error_logs_and_keeps_the_table(caplog):
     assert isinstance(new, np.ndarray) and new.dtype == np.int32 and np.array_equal(new, table)
     # An input that is no table at all comes back as it was given.
     assert policy.rebalance_experts("no table", np.ones((1, 4, 4)))[2] == "no table"
+
+
+def test_install_refuses_options_that_are_not_the_policys_before_patching():
+    with pytest.raises(ValueError, match="no_such_option"):
+        install("flashlb", {"no_such_option": 1})
 
 
 def test_an_export_folder_that_cannot_be_made_is_refused_at_the_start(tmp_path):
