@@ -7,6 +7,9 @@ Few experts move per cycle:
    replica first, to the least-loaded rank with a free slot; a redundant slot whose expert still
    needs a replica keeps it.
 3. **Capped swaps**: at most ``max_swaps``, each lowering PAR by more than ``min_gain``.
+4. **No harm**: a layer keeps its previous slots unless the new ones lower its PAR by more than
+   ``min_gain`` (where the no-duplicate rule blocked a replica, re-filled counts can be worse
+   than those in force, which the capped swaps cannot mend).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 from numba import njit
 
 from eplb_rt.algorithms.local_search import swap_search
+from eplb_rt.algorithms.metrics import row_par
 from eplb_rt.algorithms.packing import counts_from_row, stable_order
 from eplb_rt.algorithms.registry import Layer, Layers, Options, option, register
 from eplb_rt.algorithms.replicas import allot_replicas
@@ -89,9 +93,8 @@ def refill(prev_row, w, counts, num_ranks, num_slots_per_rank):
 
 @njit(cache=True, nogil=True)
 def _plan_layers(load, prev, num_ranks, num_slots_per_rank, max_swaps, min_gain):  # noqa: PLR0917
-    """Every layer of ``load [L, E] float64`` (C-contiguous) from ``prev [L, P] int64`` in one
-    call: ``rows [L, P] int64``. ``min_gain`` is in load units (PAR times the mean rank load
-    of a layer summing 1)."""
+    """Every layer of ``load [L, E] float64`` (C-contiguous, each layer summing 1 or 0) from
+    ``prev [L, P] int64`` in one call: ``rows [L, P] int64``. ``min_gain`` is in PAR."""
     L, E = load.shape
     D = num_ranks
     rows = np.empty((L, D * num_slots_per_rank), dtype=np.int64)
@@ -99,11 +102,24 @@ def _plan_layers(load, prev, num_ranks, num_slots_per_rank, max_swaps, min_gain)
         w = load[j]
         counts = allot_replicas(w, D * num_slots_per_rank, D)
         row = refill(prev[j], w, counts, D, num_slots_per_rank)
-        if w.sum() > 0 and max_swaps:
+        total = w.sum()
+        if total > 0 and max_swaps:
+            # swap_search's gain is in load units: PAR times the mean rank load
             swap_search(
-                row, w.reshape((1, E)), counts_from_row(row, E), D, max_swaps, 0.0, min_gain, 0.0
+                row,
+                w.reshape((1, E)),
+                counts_from_row(row, E),
+                D,
+                max_swaps,
+                0.0,
+                min_gain * total / D,
+                0.0,
             )
-        rows[j] = row
+        gained = False
+        if total > 0:
+            W = w.reshape((1, E))
+            gained = row_par(prev[j], W, D) - row_par(row, W, D) > min_gain
+        rows[j] = row if gained else prev[j]
     return rows
 
 
@@ -117,7 +133,7 @@ def plan_layers(layers: Layers, topo: Topology, opts: SwiftOptions) -> tuple[np.
         initial = Placement.initial(1, load.shape[1], topo).phy2log.astype(np.int64)
         prev = np.repeat(initial, load.shape[0], axis=0)
     D, S = topo.num_ranks, topo.num_slots_per_rank
-    return _plan_layers(load, prev, D, S, opts.max_swaps, opts.min_gain / D), None
+    return _plan_layers(load, prev, D, S, opts.max_swaps, opts.min_gain), None
 
 
 @register(
