@@ -380,8 +380,14 @@ def plan(
         rows[planned], planned_shares = run(batch, topology, options)
     if planned_shares is not None:
         shares[planned] = planned_shares
-    elif weighted:  # the layers kept have shares: the planned ones split evenly
+    elif weighted or not (previous is None or previous.is_uniform):
+        # Layers given no shares split evenly, except those whose slots the policy kept: they
+        # keep their shares too (the layer in force, not a worse one on the same slots).
         shares[planned] = even_shares(rows[planned], E)
+        if previous is not None and not previous.is_uniform:
+            same = (rows[planned] == previous.phy2log[planned]).all(axis=1)
+            shares[planned[same]] = previous.slot_share[planned[same]]
+            weighted |= bool(same.any())
     weighted |= planned_shares is not None
     return Placement(rows, E, topology.num_ranks, shares if weighted else None)
 

@@ -350,6 +350,23 @@ def test_swift_does_no_harm_to_the_placement_in_force():
         assert (after[changed] < before[changed] - 0.002).all()
 
 
+def test_a_layer_kept_by_a_policy_without_shares_keeps_its_shares():
+    """A placement in force planned with shares: where a policy that plans no shares keeps a
+    layer's slots, the layer keeps its shares (they were reset to even: flashlb's kept layers
+    served at PAR 1.0898 and 1.0452 instead of 1.0168 and 1.0069)."""
+    topo = Topology(4, 3)
+    load = np.random.default_rng(0).integers(0, 100, (4, 3, 9))
+    prev = plan("equilibrium", load, topo, options={"shares": True})
+    assert not prev.uniform_layers().all()
+    out = plan("flashlb", load, topo, previous=prev)
+    same = (out.phy2log == prev.phy2log).all(axis=1)
+    assert same.tolist() == [True, False, True]
+    assert np.array_equal(out.slot_share[same], prev.slot_share[same])
+    assert out.uniform_layers()[~same].all()
+    summed = load.sum(0).astype(float)
+    assert (metrics.par(out, summed)[same] == metrics.par(prev, summed)[same]).all()
+
+
 def test_random_depends_on_seed_only():
     load = np.ones((1, 2, 10))
     topo = Topology(4, 3)
