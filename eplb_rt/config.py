@@ -14,7 +14,7 @@ from typing import Any
 
 from eplb_rt import envs
 from eplb_rt.planning import LINK_BANDWIDTH, TOKEN_SECONDS
-from eplb_rt.scalars import is_integer, is_real
+from eplb_rt.scalars import as_float, is_integer, is_real
 
 HEAT_SOURCES = ("topk", "group_list")
 COUNT_STEPS = ("all", "prefill", "decode")
@@ -243,10 +243,11 @@ def _check_float(
 ) -> None:
     """Check field ``name`` is a number in the interval and store it as a Python float."""
     value = getattr(config, name)
-    if not is_real(value) or math.isnan(value):
+    if not is_real(value) or math.isnan(as_float(value)):
         raise ValueError(f"EplbConfig.{name} must be a number, got {value!r}")
-    too_low = value <= low if open_low else value < low
-    too_high = value >= high if open_high else value > high
+    number = as_float(value)
+    too_low = number <= low if open_low else number < low
+    too_high = number >= high if open_high else number > high
     if too_low or too_high:
         lo, hi = ("(" if open_low else "["), (")" if open_high else "]")
         raise ValueError(f"EplbConfig.{name} must be in {lo}{low}, {high}{hi}, got {value!r}")

@@ -139,6 +139,13 @@ class Placement:
                 f"phy2log has {phy2log.shape[1]} slots per layer, not a multiple of "
                 f"{num_ranks} ranks"
             )
+        if phy2log.size and self.num_experts > phy2log.shape[1]:
+            # Before the [L, E] tables below are made: an expert count past the slots is wrong
+            # whatever the ids, and could ask for any amount of memory.
+            raise ValueError(
+                f"num_experts ({self.num_experts}) exceeds the {phy2log.shape[1]} slots of a "
+                "layer: every expert needs a slot"
+            )
         self._phy2log = np.array(phy2log, dtype=np.int32)
         self._phy2log.setflags(write=False)
         self._uniform = slot_share is None
@@ -241,6 +248,8 @@ class Placement:
     def _replica_table(self, max_replicas: int | None) -> tuple[np.ndarray, np.ndarray]:
         L, P, E = self.num_layers, self.num_slots, self.num_experts
         counts = self.logcnt
+        if max_replicas is not None and not is_integer(max_replicas):  # int() would truncate
+            raise ValueError(f"max_replicas must be an integer, got {max_replicas!r}")
         R = int(counts.max(initial=1)) if max_replicas is None else int(max_replicas)
         if R < counts.max(initial=0):
             raise ValueError(

@@ -23,7 +23,7 @@ from eplb_rt.algorithms.align import align_placement
 from eplb_rt.algorithms.load import check_load
 from eplb_rt.algorithms.metrics import rank_load
 from eplb_rt.placement import Placement, Topology
-from eplb_rt.scalars import is_real
+from eplb_rt.scalars import as_float, is_integer, is_real
 
 DEEPSEEK_V3_EXPERT_BYTES = 3 * 7168 * 2048
 """One DeepSeek-V3 routed expert in FP8: gate, up and down projections of 7168 x 2048 bytes."""
@@ -59,7 +59,7 @@ class CostModel:
     def __post_init__(self) -> None:
         for name, value in dataclasses.asdict(self).items():
             low = ">= 0" if name == "hidden_seconds" else "> 0"
-            finite = is_real(value) and math.isfinite(value)
+            finite = is_real(value) and math.isfinite(as_float(value))
             if not finite or value < 0 or (value == 0 and low == "> 0"):
                 raise ValueError(f"CostModel.{name} must be a finite number {low}, got {value!r}")
 
@@ -156,7 +156,7 @@ def decide(
             f"previous placement ({previous.describe()}) does not match {shape[0]} ranks x "
             f"{shape[1]} slots"
         )
-    if not (is_real(horizon) and math.isfinite(horizon) and horizon > 0):
+    if not (is_real(horizon) and math.isfinite(as_float(horizon)) and horizon > 0):
         raise ValueError(f"horizon (steps until the next plan) must be > 0, got {horizon!r}")
     options = dict(options or {})
     spec = algorithms.get_policy(policy)
@@ -212,12 +212,14 @@ def drifted(load: np.ndarray, placement: Placement, recent: int, cost: CostModel
     the rise must pay for one moved slot over the next ``recent`` steps
     (:meth:`CostModel.move_cost` over the ranks).
     """
+    if not (is_integer(recent) and recent >= 1):
+        raise ValueError(f"recent must be an int >= 1 (steps), got {recent!r}")
     load = check_load(load, placement.num_layers, placement.num_experts)
     ranks = rank_load(placement, load)  # [T, L, D]
     total = ranks.mean(axis=-1).sum(axis=-1)
     keep = total > 0
     par = ranks.max(axis=-1).sum(axis=-1)[keep] / total[keep]  # per step, over all layers
-    if recent < 1 or par.size < 3 * recent:
+    if par.size < 3 * recent:
         return False
     old, new = par[:-recent], par[-recent:]
     rise = new.mean() - old.mean()

@@ -34,6 +34,19 @@ def test_placement_sizes_must_be_integers(experts, ranks):
         Placement(np.array([[0, 1, 2, 3, 4, 5]]), experts, ranks)
 
 
+def test_more_experts_than_slots_is_refused_before_any_table_is_made():
+    """An [L, E] table of 2**40 experts asked for 8 TiB before the check that refuses it."""
+    with pytest.raises(ValueError, match=r"num_experts \(1099511627776\) exceeds the 4 slots"):
+        Placement(np.zeros((1, 4), dtype=np.int64), 2**40, 2)
+
+
+def test_max_replicas_must_be_an_integer():
+    placement = Placement(np.array([[0, 1, 2, 0]]), 3, 2)
+    with pytest.raises(ValueError, match=r"max_replicas must be an integer, got 2.5"):
+        placement.log2phy(2.5)
+    assert placement.log2phy(np.int64(3)).shape == (1, 3, 3)
+
+
 def test_a_placement_without_layers_has_tables_without_layers():
     empty = Placement(np.zeros((0, 6), dtype=np.int64), 6, 2)
     assert empty.max_replicas == 1
@@ -76,7 +89,7 @@ def test_valid_placement_and_read_only_arrays():
         ([[0.0, 1.0]], 2, 1, TypeError, "integers"),
         ([[0, 1, 2]], 3, 2, ValueError, "not a multiple of 2 ranks"),
         ([[0, 1, 2]], 3, 0, ValueError, "not a multiple of 0 ranks"),
-        ([[0, 3]], 3, 2, ValueError, r"expert id 3 not in \[0, 3\)"),
+        ([[0, 3, 1, 2]], 3, 2, ValueError, r"expert id 3 not in \[0, 3\)"),
         ([[0, -1]], 2, 2, ValueError, r"expert id -1"),
         ([[0, 1, 0, 1]], 3, 2, ValueError, "expert 2 has no slot"),
         ([[0, 0, 1, 2]], 3, 2, ValueError, "rank 0 holds two replicas of expert 0"),

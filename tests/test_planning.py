@@ -25,6 +25,8 @@ from eplb_rt.placement import Placement, Topology
         ("hidden_seconds", -1.0, "CostModel.hidden_seconds must be a finite number >= 0"),
         ("bandwidth", "fast", "CostModel.bandwidth must be a finite number > 0, got 'fast'"),
         ("expert_bytes", True, "CostModel.expert_bytes must be a finite number > 0, got True"),
+        ("expert_bytes", 10**400, "CostModel.expert_bytes must be a finite number > 0, got 1000"),
+        ("hidden_seconds", -(10**400), "CostModel.hidden_seconds must be a finite number >= 0"),
     ],
 )
 def test_bad_costs_name_the_field(field, value, message):
@@ -315,3 +317,23 @@ def test_a_flat_placement_in_force_is_grouped_onto_nodes_whatever_it_costs(polic
         load, decision.placement, topo, policy, options, cost=planning.CostModel(), horizon=10
     )
     assert again.layers == ()
+
+
+def test_drift_needs_a_whole_number_of_recent_steps():
+    placement = planning.starting_placement(1, 4, Topology(2, 2))
+    load = np.ones((30, 1, 4))
+    for recent in (0, -3, 1.5, True, "10"):
+        with pytest.raises(ValueError, match=r"recent must be an int >= 1 \(steps\), got"):
+            planning.drifted(load, placement, recent, planning.CostModel())
+    assert not planning.drifted(load, placement, np.int64(10), planning.CostModel())
+
+
+@pytest.mark.parametrize("horizon", [0, -1.0, float("nan"), float("inf"), 10**400, True, "10"])
+def test_a_bad_horizon_is_refused_by_name(horizon):
+    topo = Topology(2, 2)
+    previous = planning.starting_placement(1, 4, topo)
+    with pytest.raises(ValueError, match=r"horizon \(steps until the next plan\) must be > 0"):
+        planning.decide(
+            np.ones((1, 1, 4)), previous, topo, "equilibrium", None,
+            cost=planning.CostModel(), horizon=horizon,
+        )  # fmt: skip

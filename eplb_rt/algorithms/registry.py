@@ -309,6 +309,10 @@ def plan(
     do not depend on which others are planned. Everything is checked before the policy runs.
     """
     spec = get_policy(name)
+    if not isinstance(topology, Topology):
+        raise TypeError(f"topology must be a Topology, got {type(topology).__name__}")
+    if previous is not None and not isinstance(previous, Placement):
+        raise TypeError(f"previous must be a Placement or None, got {type(previous).__name__}")
     if not isinstance(options, spec.options):
         if options is not None and not isinstance(options, dict):
             raise ValueError(

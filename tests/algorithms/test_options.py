@@ -199,3 +199,11 @@ def test_a_policy_of_all_layers_plans_as_its_layer_function(name, options):
         assert row.tolist() == placement.phy2log[j].tolist()
         if shares:
             np.testing.assert_array_equal(share, placement.slot_share[j])
+
+
+def test_plan_names_a_topology_or_previous_of_another_type():
+    load = np.ones((1, 8))
+    with pytest.raises(TypeError, match="topology must be a Topology, got tuple"):
+        plan("deepseek", load, (4, 3))
+    with pytest.raises(TypeError, match=r"previous must be a Placement or None, got ndarray"):
+        plan("deepseek", load, Topology(4, 3), previous=np.zeros((1, 12), dtype=np.int64))

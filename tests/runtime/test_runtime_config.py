@@ -38,6 +38,8 @@ def test_defaults_are_valid_and_frozen():
         ("deadline", 100, "deadline .* must be below interval"),
         ("link_bandwidth", -1e9, r"link_bandwidth must be in \(0.0, inf\)"),
         ("link_bandwidth", float("inf"), r"link_bandwidth must be in \(0.0, inf\)"),
+        ("link_bandwidth", 10**400, r"link_bandwidth must be in \(0.0, inf\), got 1000"),
+        ("token_seconds", -(10**400), r"token_seconds must be in \(0.0, inf\), got -1000"),
         ("token_seconds", float("nan"), "token_seconds must be a number"),
         ("token_seconds", 0, r"token_seconds must be in \(0.0, inf\)"),
         ("num_groups", 0, "num_groups must be an integer >= 1"),
