@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import numpy as np
 import pytest
@@ -59,6 +60,16 @@ def test_demo_refuses_an_empty_json_path(capsys, no_spawn):
 def test_demo_port_checked_before_spawning(capsys, monkeypatch, no_spawn, value):
     monkeypatch.setenv("EPLB_RT_DEMO_PORT", value)
     refused(capsys, [], "expected an integer TCP port in [0, 65535]")
+
+
+def test_demo_refuses_a_port_another_process_listens_on(capsys, monkeypatch, no_spawn):
+    """The ranks would wait for each other there until torch's half-hour timeout, silently."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        monkeypatch.setenv("EPLB_RT_DEMO_PORT", str(port))
+        refused(capsys, [], f"EPLB_RT_DEMO_PORT={port}: the port cannot be used")
 
 
 def _fake_spawn(monkeypatch, rebalanced: list[int], first_commit: int | None, step_ms=None):

@@ -392,6 +392,35 @@ def test_an_output_that_is_an_input_is_refused_and_the_input_kept(capsys, tmp_pa
     code, _, err = run(capsys, "simulate", "--load", trace, *small, "--json", both, "--plot", both)
     assert code == 2 and "--plot" in err and "is also --json" in err
     assert trace.read_bytes() == before and not both.exists()
+    # convert in place: an SGLang map over the placement (its rank count lost), a load reshaped
+    for args in (
+        ("--from", "vllm-ascend", "--to", "sglang", previous, previous),
+        ("--from", "load", "--to", "load", trace, trace),
+    ):
+        kept = args[-1].read_bytes()
+        code, _, err = run(capsys, "convert", *args)
+        assert code == 2 and f"OUT {args[-1]}: is also IN" in err
+        assert args[-1].read_bytes() == kept
+
+
+def test_a_placement_file_for_another_expert_count_is_refused_as_previous(capsys, tmp_path):
+    """Refused as --placement, the same file was taken as --previous with the load's count."""
+    load = tmp_path / "load.npy"
+    np.save(load, np.random.default_rng(0).integers(1, 100, (3, 10)).astype(float))
+    small = ["--ranks", 3, "--slots-per-rank", 4]
+    placement = tmp_path / "p.json"
+    assert run(capsys, "plan", "--load", load, *small, "--out", placement)[0] == 0
+    doc = json.loads(placement.read_text())
+    doc["eplb_rt"]["num_experts"] = 9
+    other = tmp_path / "e9.json"
+    other.write_text(json.dumps(doc))
+    for argv in (
+        ("plan", "--load", load, *small, "--out", tmp_path / "y.json", "--previous", other),
+        ("score", "--placement", placement, "--previous", other, "--load", load),
+    ):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and "e9.json: the file records 9 experts" in err and "expected 10" in err
+    assert not (tmp_path / "y.json").exists()
 
 
 def test_a_previous_placement_of_other_layers_names_both_files(capsys, tmp_path, toy_json):

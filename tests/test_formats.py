@@ -107,7 +107,7 @@ def test_experts_option_is_checked(tmp_path):
     ("doc", "message"),
     [
         ({"logical_count": [[1, 2]]}, "key 'physical_to_logical_map', got \\['logical_count'\\]"),
-        ([[0, 1]], "JSON object with key 'physical_to_logical_map', got list"),
+        ([[0, 1]], "object \\(a dict\\) with key 'physical_to_logical_map', got list"),
         ({"physical_to_logical_map": [[0, 1], [0]]}, "not rectangular"),
         ({"physical_to_logical_map": [["a", "b"]]}, "must hold numbers"),
         # Found by the fuzz test: a cast to int64 or int32 would have wrapped these ids.
@@ -178,6 +178,8 @@ class _Code:
     ("content", "message"),
     [
         (b"not a zip", "not a torch.save file of tensors"),
+        (b"hello world", "not a torch.save file of tensors"),  # the unpickler's KeyError
+        (b"abc", "not a torch.save file of tensors"),  # ... and its IndexError
         ("object", "not a torch.save file of tensors"),
         ("no key", "logical_count"),
     ],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from eplb_rt import formats
-from eplb_rt.commands._args import add_command, check_at_least, check_output
+from eplb_rt.commands._args import add_command, check_at_least, check_output, check_outputs_apart
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,6 +38,7 @@ SGLANG_FORMATS = ("sglang", "sglang-count")
 
 def run(args: argparse.Namespace) -> int:
     check_output(args.output, "OUT")
+    check_outputs_apart([("IN", args.input)], [("OUT", args.output)])
     check_at_least(
         ("--ranks", args.ranks, 1),
         ("--experts", args.experts, 1),

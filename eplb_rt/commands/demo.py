@@ -147,6 +147,17 @@ def _port() -> int:
         raise ValueError(f"{err}; {expected}") from None
     if port is not None and not 0 <= port <= 65535:
         raise ValueError(f"environment variable EPLB_RT_DEMO_PORT={port}: {expected}")
+    if port:
+        # Rank 0 serves the ranks' rendezvous there: on a port another process listens on, the
+        # ranks would wait for each other until torch's timeout (half an hour), saying nothing.
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError as err:
+                raise ValueError(
+                    f"environment variable EPLB_RT_DEMO_PORT={port}: the port cannot be used "
+                    f"({err.strerror}); choose another, or unset it for a free one"
+                ) from None
     return port or 0
 
 

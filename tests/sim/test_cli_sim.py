@@ -352,7 +352,7 @@ def test_convert_loads(tmp_path, capsys):
             "npy",
             {"logical_count": [[1, 2]]},
             ["--ranks", "1"],
-            "expected a JSON object with key 'physical_to_logical_map'",
+            "expected an object (a dict) with key 'physical_to_logical_map'",
         ),
         (
             "sglang",
