@@ -231,7 +231,9 @@ def drifted(load: np.ndarray, placement: Placement, recent: int, cost: CostModel
 def starting_placement(num_layers: int, num_experts: int, topology: Topology) -> Placement:
     """The placement before any heat: the contiguous layout (expert ``e`` on rank ``e * D // E``)
     plus the redundant replicas, given to experts spread over all ranks and put on the ranks
-    that hold least, so every rank carries the same load when experts are equally loaded."""
+    that hold least, so the ranks carry loads as even as the min-max replica counts allow when
+    experts are equally loaded (the same load where ``D * S`` is a multiple of ``E``, and at
+    the shapes of DeepSeek-V3 on 32x9 or 64x5)."""
     topology.check_experts(num_experts)
     D, S, E = topology.num_ranks, topology.num_slots_per_rank, num_experts
     counts = np.full(E, topology.num_slots // E)

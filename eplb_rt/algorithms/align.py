@@ -18,6 +18,7 @@ import numpy as np
 from numba import njit
 
 from eplb_rt.placement import Placement
+from eplb_rt.scalars import is_integer
 
 
 @njit(cache=True, nogil=True)
@@ -169,6 +170,12 @@ def align_row(
 
     ``new_share [P]`` (optional) is permuted along. Returns ``(row [P] int64, share [P] | None)``.
     """
+    if not is_integer(num_nodes) or num_nodes < 1 or num_ranks % num_nodes:
+        # Nodes cutting across ranks would swap slots between ranks, not relabel ranks.
+        raise ValueError(
+            f"num_nodes must be a positive integer dividing num_ranks ({num_ranks}), got "
+            f"{num_nodes!r}"
+        )
     new_row = np.ascontiguousarray(new_row, dtype=np.int64)
     prev_row = np.ascontiguousarray(prev_row, dtype=np.int64)
     width = new_row.shape[0] // num_nodes

@@ -83,9 +83,13 @@ def par(placement: Placement, load: np.ndarray) -> np.ndarray:
     NaN for a layer (or step) whose total load is zero.
     """
     ranks = rank_load(placement, load)
-    mean = ranks.mean(axis=-1)
+    mean, peak = ranks.mean(axis=-1), ranks.max(axis=-1)
+    # A subnormal mean is rounded (or 0 for a load of 5e-324): there, the peak over the total.
+    normal = mean >= np.finfo(np.float64).tiny
+    total = ranks.sum(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(mean > 0, ranks.max(axis=-1) / np.where(mean > 0, mean, 1.0), np.nan)
+        tiny = np.where(total > 0, peak / np.where(total > 0, total, 1.0) * ranks.shape[-1], np.nan)
+        return np.where(normal, peak / np.where(normal, mean, 1.0), tiny)
 
 
 def max_rank_load(placement: Placement, load: np.ndarray) -> np.ndarray:

@@ -289,3 +289,12 @@ def test_an_unpriced_policy_keeps_a_balanced_grouped_placement(name, options):
     hot[:, 0, [0, 1, 2, 3]] = 80  # groups 0 and 1 hot, both on node 0
     got = plan(name, hot, topo, previous=previous, options={"hierarchical": True, **options})
     assert np.nanmean(metrics.par(got, hot.sum(0))) < np.nanmean(metrics.par(previous, hot.sum(0)))
+
+
+@pytest.mark.parametrize("nodes", [2, 4, 0, 1.5])
+def test_alignment_refuses_nodes_that_cut_across_ranks(nodes):
+    """3 ranks in 2 "nodes" of 3 slots each swapped slots between ranks (rank loads changed)."""
+    row = np.array([[4, 0, 3, 1, 2, 4]])
+    placement = Placement(row, 5, 3, validate=False)
+    with pytest.raises(ValueError, match=r"num_nodes must be a positive integer dividing"):
+        align_placement(placement, placement, num_nodes=nodes)

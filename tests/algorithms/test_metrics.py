@@ -154,3 +154,13 @@ def test_a_placement_of_no_layers_measures_no_layers():
     assert metrics.par(empty, np.zeros((3, 0, 4))).shape == (3, 0)
     assert metrics.slot_load(empty, np.zeros((0, 4))).shape == (0, 8)
     assert metrics.rank_load(empty, np.zeros((2, 0, 4))).shape == (2, 0, 2)
+
+
+@pytest.mark.parametrize("value", [5e-324, 1.5e-323, 1e-310])
+def test_par_of_a_subnormal_load_is_its_par_not_nan(value):
+    """The mean of such loads underflows (to 0, or rounded up): PAR 2 read NaN or 1.5, and the
+    layer was listed among those with no load."""
+    placement = Placement(np.array([[0, 1, 2, 3]]), 4, 2)
+    load = np.array([[value, 0.0, 0.0, 0.0]])
+    assert metrics.par(placement, load).tolist() == [2.0]
+    assert metrics.score(placement, load)["zero_load_layers"] == []
