@@ -2,7 +2,9 @@
 // no derivative. As torch's own in-place ops do, a write bumps the version of each tensor written,
 // so a backward that saved one refuses to run on the overwritten values; and while grad mode is
 // on, a written tensor that requires grad (only weights can: the tables and heat are integers) is
-// refused before anything is written. Under torch.inference_mode these kernels are not called.
+// refused before anything is written. Under torch.inference_mode these kernels are not called;
+// outside it, a written tensor made under inference mode (which torch cannot version) is refused
+// before anything is written, as torch refuses an in-place op on one.
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/GradMode.h>
@@ -22,6 +24,22 @@ void check_no_grad(const at::Tensor& t, const char* op, const char* name, int64_
   TORCH_CHECK(false, op, ": ", name, index >= 0 ? "[" + std::to_string(index) + "]" : "",
               " requires grad, and the op writes into it without a derivative: call it under "
               "torch.no_grad() or torch.inference_mode()");
+}
+
+// The written tensor ``name`` (``index``: see check_no_grad) must not be an inference tensor:
+// outside inference mode its version cannot be bumped, and the write would land before that
+// refusal did.
+void check_not_inference(const at::Tensor& t, const char* op, const char* name,
+                         int64_t index = -1) {
+  if (!t.is_inference()) return;
+  TORCH_CHECK(false, op, ": ", name, index >= 0 ? "[" + std::to_string(index) + "]" : "",
+              " was made under torch.inference_mode, and the op writes into it outside "
+              "inference mode, which torch does not allow for an inference tensor: call the op "
+              "under torch.inference_mode(), or make the tensor outside it");
+}
+
+void check_not_inference(const OptTensor& t, const char* op, const char* name) {
+  if (t.has_value()) check_not_inference(*t, op, name);
 }
 
 void bump(const at::Tensor& t) { t.unsafeGetTensorImpl()->bump_version(); }
@@ -50,6 +68,8 @@ void route_and_count_autograd(const at::Tensor& topk_ids, const at::Tensor& log2
                               const at::Tensor& heat, const at::Tensor& step,
                               const at::Tensor& phy_ids) {
   static const auto op = op_handle<RouteAndCount>("eplb_rt::route_and_count");
+  check_not_inference(heat, "route_and_count", "heat");
+  check_not_inference(phy_ids, "route_and_count", "out");
   {
     const at::AutoDispatchBelowADInplaceOrView guard;
     op.call(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids);
@@ -62,6 +82,7 @@ void count_from_group_list_autograd(const at::Tensor& group_list, const at::Tens
                                     const at::Tensor& step, int64_t slot_offset,
                                     bool cumulative) {
   static const auto op = op_handle<CountFromGroupList>("eplb_rt::count_from_group_list");
+  check_not_inference(heat, "count_from_group_list", "heat");
   {
     const at::AutoDispatchBelowADInplaceOrView guard;
     op.call(group_list, heat, step, slot_offset, cumulative);
@@ -73,6 +94,7 @@ void update_expert_weights_autograd(at::TensorList weights, at::TensorList stage
                                     const at::Tensor& slots) {
   static const auto op = op_handle<UpdateExpertWeights>("eplb_rt::update_expert_weights_");
   for (size_t t = 0; t < weights.size(); ++t) {
+    check_not_inference(weights[t], "update_expert_weights_", "weights", static_cast<int64_t>(t));
     check_no_grad(weights[t], "update_expert_weights_", "weights", static_cast<int64_t>(t));
   }
   {
@@ -88,6 +110,10 @@ void update_expert_map_autograd(const at::Tensor& log2phy, const at::Tensor& log
                                 const OptTensor& new_replica_share,
                                 const OptTensor& new_expert_map, int64_t num_slots) {
   static const auto op = op_handle<UpdateExpertMap>("eplb_rt::update_expert_map_");
+  check_not_inference(log2phy, "update_expert_map_", "log2phy");
+  check_not_inference(logcnt, "update_expert_map_", "logcnt");
+  check_not_inference(replica_share, "update_expert_map_", "replica_share");
+  check_not_inference(expert_map, "update_expert_map_", "expert_map");
   if (replica_share.has_value()) {
     check_no_grad(*replica_share, "update_expert_map_", "replica_share");
   }

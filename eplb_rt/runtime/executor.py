@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import itertools
 import time
 import zlib
 
@@ -118,9 +119,15 @@ class MigrationExecutor:
     def register(
         self, layer: int, tensors: dict[str, torch.Tensor], num_slots_per_rank: int
     ) -> None:
-        """Take ``tensors`` (each ``[S, ...]`` contiguous, on the device) as layer's weights."""
+        """Take ``tensors`` (each ``[S, ...]`` contiguous, on the device, named by a ``str``) as
+        layer's weights. They are kept in the order of their names: the ranks pair a layer's
+        tensors by position, and each rank's dict may list them in its own order."""
         if not isinstance(tensors, dict) or not tensors:
             raise ValueError("register_weights needs a non-empty dict {name: [S, ...] tensor}")
+        for name in tensors:
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"weight names must be non-empty str, got {name!r}")
+        tensors = dict(sorted(tensors.items()))
         for name, tensor in tensors.items():
             if not isinstance(tensor, torch.Tensor):
                 raise TypeError(f"weight {name!r} must be a tensor, got {type(tensor).__name__}")
@@ -143,6 +150,7 @@ class MigrationExecutor:
                     "the weights before torch_npu.npu_format_cast to FRACTAL_NZ (29), or cast "
                     "them back with torch_npu.npu_format_cast(weight, 2)"
                 )
+        self._check_apart(layer, tensors)
         try:
             self._staging_for(0, list(tensors.values()))  # allocates every lane's buffers
         except RuntimeError as err:  # out of device memory
@@ -152,7 +160,7 @@ class MigrationExecutor:
                 f"{need / 2**20:.1f} MiB) could not be allocated ({err}); free memory or lower "
                 "EplbConfig.layers_per_step"
             ) from None
-        self.weights[layer] = dict(tensors)
+        self.weights[layer] = tensors
         self._slot_views[layer] = [t.unbind(0) for t in tensors.values()]
         self.signature = zlib.crc32(
             repr(
@@ -163,6 +171,27 @@ class MigrationExecutor:
                 )
             ).encode()
         )
+
+    def _check_apart(self, layer: int, tensors: dict[str, torch.Tensor]) -> None:
+        """Raise where two of ``tensors``, or one of them and another layer's weights, share
+        memory: a commit that rewrites one would rewrite the other's slots behind its tables."""
+        spans = [
+            (t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), f"{name!r}")
+            for name, t in tensors.items()
+        ]
+        spans += [
+            (t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), f"{name!r} of layer {i}")
+            for i, named in self.weights.items()
+            if i != layer
+            for name, t in named.items()
+        ]
+        spans.sort()
+        for (_, end, a), (start, _, b) in itertools.pairwise(spans):
+            if start < end:
+                raise ValueError(
+                    f"register_weights: layer {layer}'s weights share memory ({a} and {b}); "
+                    "each weight tensor must own its slots' rows"
+                )
 
     def slot_bytes(self, layer: int) -> int:
         """Bytes of one slot of ``layer`` over all its registered tensors."""
@@ -203,7 +232,8 @@ class MigrationExecutor:
         serving_done = self.device.record_event()
         works: list = []
         error = None
-        with self.device.on_stream(self.stream):
+        # no_grad: the local copies write staging rows from weights that may require grad.
+        with torch.no_grad(), self.device.on_stream(self.stream):
             self.device.wait_event(previous_event, self.stream)
             self.device.wait_event(serving_done, self.stream)
             p2p, local_dst, local_src = [], [], []

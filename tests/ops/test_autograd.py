@@ -76,3 +76,39 @@ def test_inference_mode_skips_the_autograd_kernels():
         heat = torch.zeros(2, 4, dtype=I32)
         ops.route_and_count(topk, log2phy, logcnt, heat, step)
         assert int(heat.sum()) == topk.numel()
+
+
+def test_tensors_made_in_inference_mode_are_refused_outside_it_with_nothing_written():
+    """Torch cannot bump such a tensor's version outside inference mode: the write landed
+    first and the refusal came after (a retried route counted its tokens twice). (Where every
+    tensor argument is an inference tensor, torch calls no autograd kernel: the op writes.)"""
+    topk, log2phy, logcnt, _, step = _route_args()
+    args = map_args()
+    with torch.inference_mode():
+        heat = torch.zeros(2, 4, dtype=I32)
+        out = torch.full_like(topk, -7)
+        weights = [torch.zeros(4, 3)]
+        args.update({k: args[k].clone() for k in ("log2phy", "logcnt")})  # two tables written
+    plain_heat = torch.zeros(2, 4, dtype=I32)
+    calls = {
+        "route_and_count: heat": lambda: ops.route_and_count(topk, log2phy, logcnt, heat, step),
+        "route_and_count: out": lambda: ops.route_and_count(
+            topk, log2phy, logcnt, plain_heat, step, out=out
+        ),
+        "count_from_group_list: heat": lambda: ops.count_from_group_list(
+            torch.tensor([1, 2]), heat, step, 0
+        ),
+        r"update_expert_weights_: weights\[0\]": lambda: ops.update_expert_weights_(
+            weights, [torch.ones(1, 3)], torch.tensor([1])
+        ),
+        "update_expert_map_: log2phy": lambda: torch.ops.eplb_rt.update_expert_map_(**args),
+    }
+    before = [t.clone() for t in (heat, out, plain_heat, weights[0], args["log2phy"])]
+    for message, call in calls.items():
+        with pytest.raises(RuntimeError, match=f"{message} was made under torch.inference_mode"):
+            call()
+    after = (heat, out, plain_heat, weights[0], args["log2phy"])
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    with torch.inference_mode():  # where they were made, they are written
+        ops.route_and_count(topk, log2phy, logcnt, heat, step)
+    assert int(heat.sum()) == topk.numel()

@@ -164,17 +164,20 @@ def _inference_mode_and_parameters(rank: int, world: int) -> None:
     """Engines serve under ``torch.inference_mode``, and may make the runtime and the weights
     there, or hold the weights as parameters that require grad; the serving loop here runs
     outside it. Every commit must still rewrite the weights and the tables together (a write
-    refused after the weights moved left the old tables serving)."""
+    refused after the weights moved left the old tables serving). The ranks list each layer's
+    tensors in their own order: the runtime pairs them by name (by position, rank 1's w1 went
+    into rank 0's w2)."""
     open_gate()  # rt_test_shift does not balance: commit its every change
     with torch.inference_mode():
         runtime = EplbRuntime(small_config(), MODEL.num_layers, MODEL.num_experts)
     assert not runtime.heat.is_inference() and not runtime.log2phy(0).is_inference()
     model, baseline = ExpertParallelMoE(MODEL, runtime=runtime), ExpertParallelMoE(MODEL)
+    order = sorted(model.weights[0], reverse=rank % 2 == 1)
     # Layer 0's weights made in inference mode, layer 1's parameters that require grad (what
     # nn.Module holds by default).
     with torch.inference_mode():
-        model.weights[0] = {k: v.clone() for k, v in model.weights[0].items()}
-    model.weights[1] = {k: torch.nn.Parameter(v.clone()) for k, v in model.weights[1].items()}
+        model.weights[0] = {k: model.weights[0][k].clone() for k in order}
+    model.weights[1] = {k: torch.nn.Parameter(model.weights[1][k].clone()) for k in order}
     for layer in (0, 1):
         runtime.register_weights(layer, model.weights[layer])
     assert model.weights[0]["w1"].is_inference() and model.weights[1]["w1"].requires_grad

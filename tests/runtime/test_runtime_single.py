@@ -201,6 +201,13 @@ def _bad_calls(rt: EplbRuntime):
     yield lambda: rt.register_weights(0, {"w": torch.zeros(2, 5).t()}), "contiguous"
     yield lambda: rt.register_weights(0, {"w": [0] * 5}), "must be a tensor"
     yield lambda: rt.register_weights(0, {"w": torch.zeros(5, device="meta")}), "expected cpu"
+    yield lambda: rt.register_weights(0, {0: torch.zeros(5, 2)}), "names must be non-empty str"
+    yield lambda: rt.register_weights(0, {"": torch.zeros(5, 2)}), "names must be non-empty str"
+    shared = torch.zeros(5, 4)
+    yield (
+        lambda: rt.register_weights(0, {"w": shared, "w_alias": shared}),
+        r"layer 0's weights share memory \('w' and 'w_alias'\)",
+    )
 
 
 @pytest.mark.parametrize("fixture", ["runtime", "receiver"])
@@ -219,6 +226,36 @@ def test_bad_input_at_every_entry_raises_and_changes_nothing(fixture, request):
                 call()
         assert _same(before, _state(runtime))
     assert runtime.executor.weights == {}
+
+
+def test_weights_sharing_memory_with_another_layer_are_refused(runtime):
+    """A commit rewriting one layer's slots would rewrite the other's behind its tables."""
+    whole = torch.zeros(2, 5, 4)
+    runtime.register_weights(0, {"w": whole[0]})
+    with pytest.raises(ValueError, match=r"layer 1's weights share memory \('w' of layer 0 and"):
+        runtime.register_weights(1, {"w": whole.view(10, 4)[3:8]})
+    assert set(runtime.executor.weights) == {0}
+    runtime.register_weights(1, {"w": whole[1]})  # its own rows: fine
+    runtime.register_weights(0, {"w": whole[0].clone()})  # a layer replaces its own weights
+    assert set(runtime.executor.weights) == {0, 1}
+
+
+def test_a_layers_weights_are_kept_in_the_order_of_their_names(runtime):
+    runtime.register_weights(0, {"w2": torch.zeros(5, 3), "w13": torch.zeros(5, 6)})
+    assert list(runtime.executor.weights[0]) == ["w13", "w2"]
+
+
+def test_local_copies_of_weights_that_require_grad_are_posted(runtime):
+    """The executor copies a slot whose expert the rank holds already into staging; from a
+    parameter that requires grad, outside no_grad, torch refused the in-place copy."""
+    from eplb_rt.runtime.migration import LayerMigration
+
+    weight = torch.nn.Parameter(torch.arange(5.0)[:, None].repeat(1, 4))
+    runtime.register_weights(0, {"w": weight})
+    swap = LayerMigration(0, np.array([0, 1]), np.array([1, 0]), np.array([-1, -1]), 5)
+    transfer = runtime.executor.start(swap, 0)
+    assert transfer.error is None and runtime.executor.finish(transfer) is None
+    assert [row[0].item() for row in transfer.staged[0]] == [1.0, 0.0]
 
 
 def test_weights_in_an_npu_internal_format_are_refused(runtime, monkeypatch):
