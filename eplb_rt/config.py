@@ -57,7 +57,9 @@ class EplbConfig:
         heat_source: ``"topk"`` (sender side, counted by ``route``; all-reduced) or
             ``"group_list"`` (receiver side, counted by ``record``; all-gathered).
         count_steps: which steps feed the heat: ``"all"``, ``"prefill"`` or ``"decode"``
-            (``step(is_prefill=...)`` says which one just ran).
+            (``step(is_prefill=...)`` says which one just ran). With ``"group_list"`` heat a
+            rank's counts hold every rank's tokens, so a step counts only where every rank's
+            batch does (mixed phases drop the step).
         initial_placement: JSON file (vllm-ascend expert_map format) with the placement to start
             from; with ``interval=0`` this is static EPLB.
         export_dir: directory that receives the starting placement as

@@ -3,10 +3,11 @@
 Each LOAD file is a ``[T, L, E]`` series (per step or per request) or an aggregate ``[L, E]``;
 several files are played one after another, labelled by file name (and position, NAME#N, where a
 file is given more than once). Every INTERVAL steps each policy re-plans from the last EPISODES x
-INTERVAL steps (by default what the runtime's heat ring holds: the last 256 steps, every one
-before where fewer; its previous placement carried) and is scored on the next INTERVAL steps,
-through the runtime's planning pipeline (the same gate, in seconds, priced by --expert-bytes,
---bandwidth and --token-us). The row "none (no EPLB)" keeps the starting placement.
+INTERVAL steps (by default what a runtime's plan reads from its heat ring: the last 255 steps,
+every one before where fewer; its previous placement carried) and is scored on the next
+INTERVAL steps, through the runtime's planning pipeline (the same gate, in seconds, priced by
+--expert-bytes, --bandwidth and --token-us). The row "none (no EPLB)" keeps the starting
+placement.
 """
 
 from __future__ import annotations
@@ -73,8 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="plans see the last N intervals of steps (default: what the runtime's heat ring "
-        "holds, EplbConfig().history = 256 steps, every step before where fewer)",
+        help="plans see the last N intervals of steps (default: what a runtime's plan reads "
+        "from its heat ring, the last EplbConfig().history - 1 = 255 steps, every step before "
+        "where fewer)",
     )
     add_cost_arguments(p)
     p.add_argument(

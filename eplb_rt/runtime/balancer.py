@@ -102,6 +102,9 @@ class Job:
         warm: whether this rank's balancer had paid its one-off costs at the gather (the
             warm-up, or without one a first plan): a plan late for those does not make an
             adapting deadline longer.
+        row_counts: ``[T]`` whether this rank counts each of ``rows`` (``EplbConfig.
+            count_steps``, ``step(record=...)``), or ``None``: all. With receiver-side heat a
+            row is kept only where every rank counts it (a row holds every rank's tokens).
     """
 
     epoch: int
@@ -116,6 +119,7 @@ class Job:
     trigger: str = "interval"
     row_seconds: np.ndarray | None = None
     warm: bool = True
+    row_counts: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -278,6 +282,8 @@ class Balancer:
     def _run(self, job: Job) -> PlanResult:
         job.event.synchronize()
         heat = self._reduce(job.heat[torch.as_tensor(job.rows, dtype=torch.int64)])
+        if self.config.heat_source == "group_list" and job.row_counts is not None:
+            heat[~self._counted_everywhere(job.row_counts)] = 0
         counted = heat.reshape(heat.shape[0], -1).any(axis=1)
         if not counted.all():
             heat = heat[counted]
@@ -304,6 +310,14 @@ class Balancer:
             f": {error}" if error else "",
         )
         return result
+
+    def _counted_everywhere(self, counts: np.ndarray) -> np.ndarray:
+        """``[T] bool``: the rows every rank counts (``counts``: this rank's flags)."""
+        if self.group is None:
+            return np.asarray(counts, dtype=bool)
+        flags = torch.from_numpy(np.asarray(counts, dtype=np.int32).copy())
+        dist.all_reduce(flags, op=dist.ReduceOp.MIN, group=self.group)
+        return flags.numpy().astype(bool)
 
     def _reduce(self, heat: torch.Tensor) -> np.ndarray:
         """Global ``[T, L, P]`` heat from this rank's rows."""

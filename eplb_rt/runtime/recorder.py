@@ -56,9 +56,12 @@ class HeatRecorder:
             else torch.zeros((history, num_slots), dtype=torch.int32, device=device.device)
         )
         self.host_step = 0
-        # Per ring row: the phy2log it was counted under and whether its step has closed.
+        # Per ring row: the phy2log it was counted under, whether its step has closed, and
+        # whether this rank counts it (advance's ``counts``).
         self._row_phy2log = np.zeros((history, num_layers, num_slots), dtype=np.int32)
         self._row_closed = np.zeros(history, dtype=bool)
+        self._row_counts = np.zeros(history, dtype=bool)
+        self.sender_side = route_counts
         self._snapshot_stream = device.new_stream()
         # The ring is never reallocated: each layer's view is made once, not in every route.
         self._layer_heat = [self.heat[:, layer, :] for layer in range(num_layers)]
@@ -105,16 +108,20 @@ class HeatRecorder:
         """Close the current step and open the next one, without a host synchronisation.
 
         ``phy2log`` ``[L, P]`` is the placement the closed step was routed under; ``counts``
-        says whether this rank's counts of the closed step feed the policy (see
-        ``EplbConfig.count_steps``); if not, its row is zeroed.
+        says whether this rank's tokens of the closed step feed the policy (see
+        ``EplbConfig.count_steps``). Sender-side, a row not counted is zeroed: it holds this
+        rank's tokens alone. Receiver-side, a row holds the tokens every rank sent here, so a
+        rank's flag cannot pick its own out: the row is kept with the flag (:meth:`snapshot`),
+        and the step is dropped unless every rank counted it.
         """
         row = self.host_step % self.history
         self._row_phy2log[row] = phy2log
         self._row_closed[row] = True
+        self._row_counts[row] = counts
         self.host_step += 1
         # A snapshot still copying on its side stream must not see a row zeroed under it.
         self.device.wait_event(self._snapshot_done)
-        if not counts:
+        if not counts and self.sender_side:
             self.heat[row].zero_()
         self.step_counter.add_(1)
         torch.remainder(self.step_counter, self.history, out=self._next_row)
@@ -123,11 +130,12 @@ class HeatRecorder:
             self._scratch.index_fill_(0, self._next_row, 0)
         self._row_closed[self.host_step % self.history] = False
 
-    def snapshot(self) -> tuple[torch.Tensor, Event, np.ndarray, np.ndarray]:
+    def snapshot(self) -> tuple[torch.Tensor, Event, np.ndarray, np.ndarray, np.ndarray]:
         """Copy the ring to the host without stalling the serving stream.
 
-        Returns ``(host [H, L, P] int32, event, row_phy2log [T, L, P], rows [T])``: ``rows`` are
-        the closed ring rows, oldest first (the same on every rank); the copy is valid once
+        Returns ``(host [H, L, P] int32, event, row_phy2log [T, L, P], rows [T], counts [T]
+        bool)``: ``rows`` are the closed ring rows, oldest first (the same on every rank),
+        ``counts`` whether this rank counts each (:meth:`advance`); the copy is valid once
         ``event`` completes (the background thread synchronises on it).
         """
         host = torch.empty(self.heat.shape, dtype=torch.int32, pin_memory=self.device.has_streams)
@@ -139,7 +147,7 @@ class HeatRecorder:
         self._snapshot_done = done
         order = (np.arange(self.history) + self.host_step + 1) % self.history
         rows = order[self._row_closed[order]]
-        return host, done, self._row_phy2log[rows].copy(), rows
+        return host, done, self._row_phy2log[rows].copy(), rows, self._row_counts[rows].copy()
 
 
 def heat_to_load(heat: np.ndarray, row_phy2log: np.ndarray, num_experts: int) -> np.ndarray:

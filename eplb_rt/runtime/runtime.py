@@ -485,7 +485,9 @@ class EplbRuntime:
         ``"prefill"`` / ``"decode"``; ranks may differ, as with data-parallel attention).
         ``record=False``: the step's routed tokens do not feed the policy (a profile or graph
         warm-up forward, a padding batch of an idle data-parallel rank); still call ``step``
-        for it, on every rank, so that the ranks stay in step.
+        for it, on every rank, so that the ranks stay in step. With ``heat_source=
+        "group_list"`` a rank counts the tokens it received, every rank's: a step feeds the
+        policy only where every rank counts it.
         """
         if self._closed:
             raise RuntimeError("EplbRuntime.step() after shutdown()")
@@ -532,14 +534,17 @@ class EplbRuntime:
 
     def _gather(self, step: int, trigger: str = "interval") -> None:
         self._epoch += 1
-        host, event, row_p2l, rows = self.recorder.snapshot()
+        host, event, row_p2l, rows, counts = self.recorder.snapshot()
         # One slot of the registered weights (1 byte without any: only the tables move).
         slot_bytes = max(self.executor.slot_bytes(layer) for layer in range(self.num_layers)) or 1
         config = self.config
         cost = planning.CostModel(slot_bytes, config.link_bandwidth, config.token_seconds)
         seconds = self._row_seconds[rows].copy()
         args = (host, event, rows, row_p2l, self._placement, cost, trigger, seconds)
-        self._pending = Job(self._epoch, step, step + self.deadline, *args, warm=self.balancer.warm)
+        self._pending = Job(
+            self._epoch, step, step + self.deadline, *args, warm=self.balancer.warm,
+            row_counts=counts,
+        )  # fmt: skip
         self.balancer.submit(self._pending)
 
     def _step_seconds(self) -> float:

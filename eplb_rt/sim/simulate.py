@@ -5,8 +5,8 @@ workload it came from). Every ``interval`` steps each policy re-plans from the l
 ``episodes * interval`` steps, starting from its own previous placement, through the planning
 pipeline the runtime uses (:func:`eplb_rt.planning.decide`: the same gate, in seconds), and the
 new placement is scored on the *next* ``interval`` steps, which the policy has not seen. By
-default a plan sees what the runtime's heat ring would hold (``EplbConfig().history`` steps,
-every interval before where fewer). Every
+default a plan sees what a runtime's plan reads from its heat ring: the last
+``EplbConfig().history - 1`` steps (its closed rows), every step before where fewer. Every
 policy starts from :func:`eplb_rt.planning.starting_placement`; the pseudo-policy
 :data:`NO_REBALANCE` keeps that placement throughout, the reference without EPLB.
 
@@ -96,8 +96,8 @@ class SimulationSpec:
         interval: steps between re-plans, and the length of each scored window.
         episodes: the policy sees the last ``episodes * interval`` steps (per step, so policies
             with per-episode statistics can cut them into episodes); ``None`` (the default):
-            as many intervals as the runtime's ring holds steps (``EplbConfig().history``,
-            rounded up), so a plan sees what the runtime's would.
+            the last ``EplbConfig().history - 1`` steps, the closed rows of the runtime's heat
+            ring, so a plan sees what the runtime's would.
         cost: expert bytes, link bandwidth and time per token-slot (the gate's prices).
         options: per policy name, option overrides passed to the policy.
     """
@@ -117,10 +117,10 @@ class SimulationSpec:
         for name in self.policies:
             if name != NO_REBALANCE:
                 algorithms.get_policy(name)  # raises with the known names
-        for field in ("interval", "episodes"):  # interval first: the default episodes need it
+        for field in ("interval", "episodes"):
             value = getattr(self, field)
             if field == "episodes" and value is None:
-                value = -(-EplbConfig().history // self.interval)  # the ring's steps, in intervals
+                continue  # the runtime's window (see window)
             if not is_integer(value):
                 raise ValueError(f"{field} must be an integer, got {value!r}")
             if value < 1:
@@ -136,7 +136,10 @@ class SimulationSpec:
 
     @property
     def window(self) -> int:
-        """Steps of history each plan sees."""
+        """Steps of history each plan sees: ``episodes * interval``, or without ``episodes``
+        the ``history - 1`` closed rows a runtime's plan reads from its heat ring."""
+        if self.episodes is None:
+            return EplbConfig().history - 1
         return self.episodes * self.interval
 
     def cycle_starts(self, num_steps: int) -> list[int]:

@@ -122,6 +122,41 @@ def test_ranks_in_different_phases_plan_together():
     spawn(_phases, 2)
 
 
+def _receiver_side_flags(rank: int, world: int) -> None:
+    """Receiver-side heat: each rank counts what its slots received, every rank's tokens. At
+    steps 2 and 3 rank 1's batch is padding (``record=False``) and then a prefill under
+    ``count_steps="decode"``: its row cannot leave out its own tokens, so those steps must be
+    dropped on every rank (the padding it sent stayed counted, rank 0's real tokens it received
+    were zeroed)."""
+    seen = []
+    to_load = balancer_module.heat_to_load
+    balancer_module.heat_to_load = lambda *args: seen.append(to_load(*args)) or seen[-1]
+    config = EplbConfig(
+        policy="rt_test_shift", interval=5, history=6, episode=1, num_redundant=0, deadline=1,
+        warm_up=False, heat_source="group_list", count_steps="decode",
+    )  # fmt: skip
+    runtime = EplbRuntime(config, 1, 4)
+    S = runtime.num_slots_per_rank
+    batches = [torch.full((3, 1), 3), torch.full((5, 1), 0)]  # rank 0's, rank 1's
+    for step in range(1, 6):
+        # Every rank routes every batch (the tables agree) to see what lands on its slots.
+        landed = torch.cat([runtime.route(0, batch).reshape(-1) for batch in batches]) - rank * S
+        runtime.record(0, torch.bincount(landed[(landed >= 0) & (landed < S)], minlength=S))
+        padding, prefill = rank == 1 and step == 2, rank == 1 and step == 3
+        runtime.step(is_prefill=prefill, record=not padding)
+        let_plan_finish(runtime)
+    runtime.shutdown()
+    balancer_module.heat_to_load = to_load
+    if rank == 0:  # the planning rank: the first probe sees step 1; at step 5, 1, 4 and 5
+        assert [load[:, 0].tolist() for load in seen][-1] == [[5, 0, 0, 3]] * 3, seen
+        assert all((load[:, 0] == [5, 0, 0, 3]).all() for load in seen), seen
+
+
+@pytest.mark.multiprocess
+def test_receiver_side_heat_keeps_only_the_steps_every_rank_counts():
+    spawn(_receiver_side_flags, 2)
+
+
 def _timeout(rank: int, world: int) -> None:
     """Rank 1's first sends leave 2.5 s late: rank 0's receive passes its 1 s timeout, the
     layer is cancelled everywhere, and the migrations after it still commit."""

@@ -115,18 +115,20 @@ def test_snapshot_keeps_closed_rows_oldest_first_and_converts_to_load():
         for step, prefill in enumerate([True, False, False, True, False]):
             rt.route(0, torch.full((step + 1, 1), step % 3))
             rt.step(is_prefill=prefill)
-        host, event, row_p2l, rows = rt.recorder.snapshot()
+        host, event, row_p2l, rows, counts = rt.recorder.snapshot()
         event.synchronize()
         # Rows of steps 2..4 are closed (H = 4, the row of step 5 is open); step 3 was a
         # prefill, so its row is zeroed (dropped after the ranks' reduce), decode rows count.
         assert rows.tolist() == [2, 3, 0]
         load = heat_to_load(host.numpy()[rows], row_p2l, 3)
         assert load[:, 0].tolist() == [[0, 0, 3], [0, 0, 0], [0, 5, 0]]
+        assert counts.tolist() == [True, False, True]
         rt.route(0, torch.full((6, 1), 2))
         rt.step(record=False)  # a warm-up forward: not counted, whatever its phase
-        host, event, _, rows = rt.recorder.snapshot()
+        host, event, _, rows, counts = rt.recorder.snapshot()
         event.synchronize()
         assert rows.tolist() == [3, 0, 1] and not host.numpy()[1].any()
+        assert counts.tolist() == [False, True, False]
         with pytest.raises(ValueError, match="needs step\\(is_prefill"):
             rt.step()
         with pytest.raises(TypeError, match=r"is_prefill=...\) must be a bool or None, got 'no'"):

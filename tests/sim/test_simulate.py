@@ -69,12 +69,13 @@ def test_windows_history_and_previous_placement(spy):
 
 
 def test_by_default_a_plan_sees_what_the_runtimes_ring_holds(spy):
+    """A runtime's plan reads the ring's closed rows: ``history - 1`` steps, at any interval."""
     history = EplbConfig().history
     topo = Topology(3, 2)
-    for interval, episodes in ((1, history), (3, -(-history // 3)), (history + 5, 1)):
+    for interval in (1, 3, 100, history + 5):
         spec = sim.SimulationSpec(topo, ("spy",), interval=interval)
-        assert spec.episodes == episodes
-        assert spec.window >= min(history, interval)
+        assert spec.episodes is None and spec.window == history - 1
+    assert sim.SimulationSpec(topo, ("spy",), interval=3, episodes=2).window == 6
     # Fewer steps than the ring holds: every step before the scored window.
     spec = sim.SimulationSpec(
         topo, ("spy",), interval=3, cost=planning.CostModel(token_seconds=1.0)
