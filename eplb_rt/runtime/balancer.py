@@ -23,6 +23,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import multiprocessing
+import os
 import queue
 import threading
 import time
@@ -212,16 +213,30 @@ class Balancer:
                 del self._results[old]
 
     def shutdown(self, timeout: float = 30.0) -> None:
-        """Stop the thread: the warm-up is waited for to its end, a plan in flight ``timeout``
-        seconds. A compile cannot be interrupted, and a process that exits while LLVM compiles
-        in a daemon thread aborts (``terminate called without an active exception``): without
-        the shipped kernel cache the warm-up compiles for tens of seconds."""
+        """Stop the thread: a warm-up in this thread is waited for to its end, a plan in flight
+        ``timeout`` seconds. A compile cannot be interrupted, and a process that exits while
+        LLVM compiles in a daemon thread aborts (``terminate called without an active
+        exception``): without the shipped kernel cache the warm-up compiles for tens of
+        seconds. A planning child is killed at once, warming up or planning: what it would
+        return is not used any more, and the interpreter's exit would wait for it."""
         self._stopping = True  # what is still queued runs its collectives, unplanned
         self._jobs.put(None)
-        self.ready.wait()
+        if self.config.plan_in_subprocess:
+            self._kill_child()
+        else:
+            self.ready.wait()
         self._thread.join(timeout)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._kill_child()  # one the thread made meanwhile
+
+    def _kill_child(self) -> None:
+        pool = self._pool
+        if pool is None:
+            return
+        # A running task is not cancelled by shutdown(cancel_futures=True).
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            if process.is_alive():
+                process.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ thread side
     def _loop(self) -> None:
@@ -242,7 +257,8 @@ class Balancer:
                     seconds = timed_warm_up(self.config.policy)
                     registry.plan(*args)
             except Exception:
-                log.exception("policy %s warm-up failed", self.config.policy)
+                if not self._stopping:  # else the child was killed by shutdown()
+                    log.exception("policy %s warm-up failed", self.config.policy)
             else:
                 self._report_warm_up(seconds)
                 self.warm = True
@@ -258,7 +274,7 @@ class Balancer:
                 with self._lock:
                     self._results[job.epoch] = result
                 self.warm = True
-            except Exception:
+            except BaseException:  # the thread serves every later job, whatever ended this one
                 log.exception("balancer job failed")
             finally:
                 self._jobs.task_done()
@@ -353,6 +369,11 @@ class Balancer:
                 busiest = heat.reshape(T, L, self.topology.num_ranks, -1).sum(-1).max(-1).sum(-1)
                 timed = (job.row_seconds != 0) & (busiest > 0)
                 if timed.any():
+                    # A step's time is the gap between step() calls: an idle pause before it
+                    # (no requests for a while) would price every token as if computing then.
+                    per_token = job.row_seconds[timed] / busiest[timed]
+                    idle = per_token > IDLE_FACTOR * np.median(per_token)
+                    timed[np.flatnonzero(timed)[idle]] = False
                     seconds = float(np.sum(job.row_seconds[timed]))
                     token_seconds = seconds / float(busiest[timed].sum(dtype=np.float64))
                     cost = dataclasses.replace(cost, token_seconds=token_seconds)
@@ -368,15 +389,16 @@ class Balancer:
             else:
                 decision = self._pool.submit(planning.decide, *args, **kwargs).result()
         except BrokenProcessPool as err:
-            # The child died (killed for memory, a crash in a policy): a new one for the next
-            # plan, which then loads the kernels again.
-            log.warning(
-                "plan %d: the planning process died (%r); starting a new one", job.epoch, err
-            )
+            # The child died (killed for memory, a crash in a policy, or by shutdown()): a new
+            # one for the next plan, which then loads the kernels again.
             self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = _planning_pool()
+            if not self._stopping:
+                log.warning(
+                    "plan %d: the planning process died (%r); starting a new one", job.epoch, err
+                )
+                self._pool = _planning_pool()
             return PLAN_FAILED, None, time.perf_counter() - started, repr(err)
-        except Exception as err:
+        except BaseException as err:  # a policy's SystemExit must not end the thread
             log.warning(
                 "plan %d: policy %s raised %r; keeping the current placement",
                 job.epoch,
@@ -436,8 +458,41 @@ class Balancer:
         return status, placement, float(header[2]), tuple(np.flatnonzero(mask.numpy()).tolist())
 
 
+IDLE_FACTOR = 10.0
+"""A step whose time per busiest-rank token exceeds the window's median this many times waited
+(an idle pause between requests, a stall) rather than computed: its time is not a token's."""
+
+
 def _planning_pool() -> concurrent.futures.ProcessPoolExecutor:
-    """The child process that plans with ``plan_in_subprocess`` (spawned: no forked threads)."""
+    """The child process that plans with ``plan_in_subprocess`` (spawned: no forked threads);
+    it ends with this process, however this one ends (:func:`_end_with_parent`)."""
     return concurrent.futures.ProcessPoolExecutor(
-        max_workers=1, mp_context=multiprocessing.get_context("spawn")
+        max_workers=1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_end_with_parent,
+        initargs=(os.getpid(),),
     )
+
+
+def _end_with_parent(parent: int) -> None:
+    """In the planning child: exit when the serving process ``parent`` dies (killed for memory,
+    SIGKILL, a SIGTERM it does not handle), which would leave the child holding its pipe."""
+    try:  # Linux: the kernel sends SIGKILL when the parent thread ends
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+            if os.getppid() != parent:  # it died before the call
+                os._exit(0)
+            return
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:  # elsewhere: poll for the parent's end
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="eplb-parent-watch", daemon=True).start()

@@ -41,6 +41,7 @@ import hashlib
 import logging
 import os
 import time
+import weakref
 
 import numpy as np
 import torch
@@ -264,8 +265,11 @@ class EplbRuntime:
             num_experts,
             rank=self.rank,
             group=self._balancer_group,
-            current_step=lambda: self.recorder.host_step,
+            current_step=functools.partial(getattr, self.recorder, "host_step"),
         )
+        # A runtime dropped without shutdown() still stops its balancer (and planning child):
+        # nothing the balancer's thread holds refers back to the runtime.
+        self._stop_balancer = weakref.finalize(self, self.balancer.shutdown)
         enabled = config.interval > 0 and not envs.get("EPLB_RT_DISABLE_REBALANCE")
         # Set on some ranks only, the variable would have them skip gathers the others make.
         self._rebalance_enabled = bool(self._agree([int(enabled)])[0][0])
@@ -807,10 +811,12 @@ class EplbRuntime:
         step at which the first plan committed a layer (``None`` before); the deadline in steps
         the next plan gets."""
         current = self._current
+        # A copy first: the serving thread may append while another thread reads the stats.
+        rebalances = list(self.rebalances)
         return {
             "steps": self.recorder.host_step,
             "epochs": self._epoch,
-            "rebalances": [dict(dataclasses.asdict(r), steps=r.steps) for r in self.rebalances],
+            "rebalances": [dict(dataclasses.asdict(r), steps=r.steps) for r in rebalances],
             "in_progress": None if current is None else dataclasses.asdict(current),
             "skipped": list(self.skipped),
             "errors": list(self.errors),
@@ -821,7 +827,7 @@ class EplbRuntime:
             "deadline": self.deadline,
             "moved_experts": self._moved_experts + (current.moved_experts if current else 0),
             "bytes_moved": self._bytes_moved + (current.bytes_moved if current else 0),
-            "plan_time_s": [r.plan_time_s for r in self.rebalances],
+            "plan_time_s": [r.plan_time_s for r in rebalances],
             "balancer_busy_s": self.balancer.busy_s,
             "step_s": self._step_seconds(),
             "transfers": dict(self.executor.counters),
@@ -835,7 +841,7 @@ class EplbRuntime:
         for transfer in self._in_flight:
             self.executor.finish(transfer)
         self._in_flight = []
-        self.balancer.shutdown()
+        self._stop_balancer()
 
     def __enter__(self) -> EplbRuntime:
         return self

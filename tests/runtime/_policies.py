@@ -71,6 +71,11 @@ def _raise(layer, topo, opts):
     raise RuntimeError("rt_test_raise always fails")
 
 
+def _exit(layer, topo, opts):
+    raise SystemExit(3)  # a policy that calls sys.exit, or a library that does
+
+
 if "rt_test_shift" not in policy_names():
     register("rt_test_shift", NoOptions, "test: roll slots by one", warm_up_options=())(_shift)
     register("rt_test_raise", NoOptions, "test: always raises", warm_up_options=())(_raise)
+    register("rt_test_exit", NoOptions, "test: raises SystemExit", warm_up_options=())(_exit)

@@ -122,6 +122,57 @@ def test_time_per_token_is_measured_over_the_steps_it_divides(monkeypatch):
     assert priced == [pytest.approx(1e-5, rel=1e-12)]
 
 
+def test_an_idle_pause_before_a_step_is_not_priced_as_compute(monkeypatch):
+    """A step's time is the gap between step() calls: 10 s without requests before one step
+    priced every token 100x dearer, and the gate committed moves that did not pay."""
+    load = _load()
+    start = planning.starting_placement(L, E, TOPO)
+    heat = _job(load, start).heat.numpy()
+    busiest = heat.reshape(len(load), L, TOPO.num_ranks, -1).sum(-1).max(-1).sum(-1)
+    seconds = 1e-5 * busiest
+    seconds[7] += 10.0  # the engine waited for requests before this step
+    priced = []
+    decide = planning.decide
+    monkeypatch.setattr(
+        planning,
+        "decide",
+        lambda *a, **k: priced.append(k["cost"].token_seconds) or decide(*a, **k),
+    )
+    balancer = _balancer()
+    _result(balancer, _job(load, start, row_seconds=seconds))
+    balancer.shutdown()
+    assert priced == [pytest.approx(1e-5, rel=1e-12)]
+
+
+def test_the_balancer_lives_on_after_a_policy_exits():
+    start = planning.starting_placement(L, E, TOPO)
+    balancer = _balancer("rt_test_exit")
+    assert _result(balancer, _job(_load(), start)).status == PLAN_FAILED
+    assert balancer._thread.is_alive()
+    assert _result(balancer, _job(_load(), start, epoch=2)).status == PLAN_FAILED
+    balancer.shutdown()
+
+
+def test_shutdown_kills_a_planning_child_that_does_not_return():
+    """A running task is not cancelled by the pool: the child planned on, orphaned, and the
+    interpreter's exit waited for it."""
+    balancer = _balancer(plan_in_subprocess=True)
+    deadline = time.monotonic() + 60
+    while balancer._pool is None:
+        assert time.monotonic() < deadline, "the balancer never made its planning child"
+        time.sleep(0.01)
+    task = balancer._pool.submit(time.sleep, 3600)  # a plan that never returns
+    while not task.running():
+        assert time.monotonic() < deadline, "the planning child never started the task"
+        time.sleep(0.01)
+    child = next(iter(balancer._pool._processes.values()))
+    started = time.perf_counter()
+    balancer.shutdown(timeout=5.0)
+    assert time.perf_counter() - started < 5.0
+    child.join(5.0)
+    assert not child.is_alive() and not balancer._thread.is_alive()
+
+
 def test_a_plan_that_pays_nothing_is_unchanged_and_the_old_placement_stays():
     start = planning.starting_placement(L, E, TOPO)
     dear = planning.CostModel(expert_bytes=1e12, bandwidth=1.0, token_seconds=1e-9)
@@ -137,6 +188,7 @@ def test_a_plan_that_pays_nothing_is_unchanged_and_the_old_placement_stays():
     [
         (lambda b, j: (b, j._replace_heat_zero()), PLAN_UNCHANGED, "no heat recorded"),
         (lambda b, j: (_balancer("rt_test_raise"), j), PLAN_FAILED, "rt_test_raise always fails"),
+        (lambda b, j: (_balancer("rt_test_exit"), j), PLAN_FAILED, "SystemExit(3)"),
         (lambda b, j: (_balancer(step=6), j), PLAN_LATE, "its deadline had passed"),
         (lambda b, j: (b, j._with(row_seconds=np.full(12, np.nan))), PLAN_FAILED, "token_seconds"),
         (lambda b, j: (b, j._with(trigger="drift")), PLAN_UNCHANGED, "no drift"),

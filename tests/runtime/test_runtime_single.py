@@ -406,3 +406,19 @@ def test_a_runtime_made_in_inference_mode_serves_outside_it():
         with torch.inference_mode():
             rt.step()
         assert int(rt.step_counter) == 2 and int(rt.heat[2].sum()) == 0
+
+
+def test_a_runtime_dropped_without_shutdown_stops_its_balancer():
+    """The balancer's thread held the runtime (through its step counter): never collected, its
+    thread, ring and tables lived until the process ended."""
+    import gc
+    import weakref
+
+    config = EplbConfig(policy="rt_test_shift", interval=4, history=4, episode=1, warm_up=False)
+    runtime = EplbRuntime(config, 1, 5)
+    thread, alive = runtime.balancer._thread, weakref.ref(runtime)
+    del runtime
+    gc.collect()
+    assert alive() is None
+    thread.join(10.0)
+    assert not thread.is_alive()
