@@ -102,12 +102,24 @@ def test_time_per_token_is_measured_over_the_steps_it_divides(monkeypatch):
     load = _load()
     load[::4] *= 40  # one step in four a prefill-size one
     load[5] = 0
-    start = planning.starting_placement(L, E, TOPO)
-    heat = _job(load, start).heat.numpy()
-    busiest = heat.reshape(len(load), L, TOPO.num_ranks, -1).sum(-1).max(-1).sum(-1)
-    seconds = 1e-5 * busiest
+    seconds = _seconds_per_token(load, 1e-5)
     seconds[0] = 0.0
     seconds[5] = 3.0  # a long step that counted nothing
+    status, priced = _priced(monkeypatch, load, seconds)
+    assert status in (PLAN_OK, PLAN_UNCHANGED)
+    assert priced == [pytest.approx(1e-5, rel=1e-12)]
+
+
+def _seconds_per_token(load: np.ndarray, token_seconds: float) -> np.ndarray:
+    """``[T]`` step times of ``token_seconds`` per token of the busiest rank (the cost model's
+    own assumption), the ring counted on the starting placement."""
+    heat = _job(load, planning.starting_placement(L, E, TOPO)).heat.numpy()
+    busiest = heat.reshape(len(load), L, TOPO.num_ranks, -1).sum(-1).max(-1).sum(-1)
+    return token_seconds * busiest
+
+
+def _priced(monkeypatch, load: np.ndarray, seconds: np.ndarray) -> tuple[int, list]:
+    """The plan's status and the time per token the gate priced it with."""
     priced = []
     decide = planning.decide
     monkeypatch.setattr(
@@ -116,32 +128,19 @@ def test_time_per_token_is_measured_over_the_steps_it_divides(monkeypatch):
         lambda *a, **k: priced.append(k["cost"].token_seconds) or decide(*a, **k),
     )
     balancer = _balancer()
+    start = planning.starting_placement(L, E, TOPO)
     result = _result(balancer, _job(load, start, row_seconds=seconds))
     balancer.shutdown()
-    assert result.status in (PLAN_OK, PLAN_UNCHANGED)
-    assert priced == [pytest.approx(1e-5, rel=1e-12)]
+    return result.status, priced
 
 
 def test_an_idle_pause_before_a_step_is_not_priced_as_compute(monkeypatch):
     """A step's time is the gap between step() calls: 10 s without requests before one step
     priced every token 100x dearer, and the gate committed moves that did not pay."""
     load = _load()
-    start = planning.starting_placement(L, E, TOPO)
-    heat = _job(load, start).heat.numpy()
-    busiest = heat.reshape(len(load), L, TOPO.num_ranks, -1).sum(-1).max(-1).sum(-1)
-    seconds = 1e-5 * busiest
+    seconds = _seconds_per_token(load, 1e-5)
     seconds[7] += 10.0  # the engine waited for requests before this step
-    priced = []
-    decide = planning.decide
-    monkeypatch.setattr(
-        planning,
-        "decide",
-        lambda *a, **k: priced.append(k["cost"].token_seconds) or decide(*a, **k),
-    )
-    balancer = _balancer()
-    _result(balancer, _job(load, start, row_seconds=seconds))
-    balancer.shutdown()
-    assert priced == [pytest.approx(1e-5, rel=1e-12)]
+    assert _priced(monkeypatch, load, seconds)[1] == [pytest.approx(1e-5, rel=1e-12)]
 
 
 def test_the_balancer_lives_on_after_a_policy_exits():
