@@ -245,9 +245,9 @@ def _check_float(
 ) -> None:
     """Check field ``name`` is a number in the interval and store it as a Python float."""
     value = getattr(config, name)
-    if not is_real(value) or math.isnan(as_float(value)):
+    number = as_float(value) if is_real(value) else math.nan
+    if math.isnan(number):
         raise ValueError(f"EplbConfig.{name} must be a number, got {value!r}")
-    number = as_float(value)
     too_low = number <= low if open_low else number < low
     too_high = number >= high if open_high else number > high
     if too_low or too_high:

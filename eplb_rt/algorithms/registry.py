@@ -382,13 +382,14 @@ def plan(
         rows[planned], planned_shares = hierarchy.plan(batch, topology, options, run)
     else:
         rows[planned], planned_shares = run(batch, topology, options)
+    previous_shares = previous is not None and not previous.is_uniform
     if planned_shares is not None:
         shares[planned] = planned_shares
-    elif weighted or not (previous is None or previous.is_uniform):
+    elif weighted or previous_shares:
         # Layers given no shares split evenly, except those whose slots the policy kept: they
         # keep their shares too (the layer in force, not a worse one on the same slots).
         shares[planned] = even_shares(rows[planned], E)
-        if previous is not None and not previous.is_uniform:
+        if previous_shares:
             same = (rows[planned] == previous.phy2log[planned]).all(axis=1)
             shares[planned[same]] = previous.slot_share[planned[same]]
             weighted |= bool(same.any())

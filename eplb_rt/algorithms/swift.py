@@ -100,6 +100,7 @@ def _plan_layers(load, prev, num_ranks, num_slots_per_rank, max_swaps, min_gain)
     rows = np.empty((L, D * num_slots_per_rank), dtype=np.int64)
     for j in range(L):
         w = load[j]
+        W = w.reshape((1, E))
         counts = allot_replicas(w, D * num_slots_per_rank, D)
         row = refill(prev[j], w, counts, D, num_slots_per_rank)
         total = w.sum()
@@ -107,7 +108,7 @@ def _plan_layers(load, prev, num_ranks, num_slots_per_rank, max_swaps, min_gain)
             # swap_search's gain is in load units: PAR times the mean rank load
             swap_search(
                 row,
-                w.reshape((1, E)),
+                W,
                 counts_from_row(row, E),
                 D,
                 max_swaps,
@@ -117,7 +118,6 @@ def _plan_layers(load, prev, num_ranks, num_slots_per_rank, max_swaps, min_gain)
             )
         gained = False
         if total > 0:
-            W = w.reshape((1, E))
             gained = row_par(prev[j], W, D) - row_par(row, W, D) > min_gain
         rows[j] = row if gained else prev[j]
     return rows

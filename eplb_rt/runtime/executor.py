@@ -175,17 +175,17 @@ class MigrationExecutor:
     def _check_apart(self, layer: int, tensors: dict[str, torch.Tensor]) -> None:
         """Raise where two of ``tensors``, or one of them and another layer's weights, share
         memory: a commit that rewrites one would rewrite the other's slots behind its tables."""
-        spans = [
-            (t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), f"{name!r}")
-            for name, t in tensors.items()
-        ]
-        spans += [
-            (t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), f"{name!r} of layer {i}")
+        labelled = [(f"{name!r}", t) for name, t in tensors.items()]
+        labelled += [
+            (f"{name!r} of layer {i}", t)
             for i, named in self.weights.items()
             if i != layer
             for name, t in named.items()
         ]
-        spans.sort()
+        spans = sorted(
+            (t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), label)
+            for label, t in labelled
+        )
         for (_, end, a), (start, _, b) in itertools.pairwise(spans):
             if start < end:
                 raise ValueError(

@@ -61,11 +61,15 @@ class HeatRecorder:
         self._row_phy2log = np.zeros((history, num_layers, num_slots), dtype=np.int32)
         self._row_closed = np.zeros(history, dtype=bool)
         self._row_counts = np.zeros(history, dtype=bool)
-        self.sender_side = route_counts
         self._snapshot_stream = device.new_stream()
         # The ring is never reallocated: each layer's view is made once, not in every route.
         self._layer_heat = [self.heat[:, layer, :] for layer in range(num_layers)]
         self._snapshot_done: Event | None = None
+
+    @property
+    def sender_side(self) -> bool:
+        """Whether :meth:`route` counts into the ring (else :meth:`record` does: receiver side)."""
+        return self._scratch is None
 
     def layer_heat(self, layer: int) -> torch.Tensor:
         """``[H, P]`` view of one layer (row stride ``L * P``), what the kernels write."""
