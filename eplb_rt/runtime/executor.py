@@ -8,11 +8,17 @@ and the event that marks the end of its copies. At the step boundary the serving
 ``EplbRuntime``), and :meth:`MigrationExecutor.commit` makes the serving stream wait on the
 event, then runs ``update_expert_weights_`` on the layer's registered tensors.
 
-Staging buffers are allocated once per lane (``layers_per_step`` lanes) and weight signature,
-when the weights are registered (at model load, before an engine sizes its KV cache from the
-memory left; out of memory there is a clear error, not a transfer failing on one rank); every
-transfer of the life of the runtime reuses them (never freed, so the caching allocator needs no
-``record_stream``).
+A slot moves as bytes: each registered tensor is seen as ``uint8 [S, B]`` rows over its own
+memory (:func:`slot_rows`), so any dtype moves over any backend (NCCL and HCCL refuse some:
+``float8_e8m0fnu`` scales of MXFP8/MXFP4 weights), and a layout whose slots are each one block of
+memory moves as well as a contiguous one (a column-major scale tensor, rows padded for TMA).
+
+Staging buffers are allocated per lane (``layers_per_step`` lanes) for each distinct set of
+rows' byte widths, when the weights are registered (at model load, before an engine sizes its
+KV cache from the memory left; out of memory there is a clear error, not a transfer failing on
+one rank): ``lanes x S x`` a slot's bytes, usually one set for the whole model. Every transfer
+reuses them (freed only when no registered layer has their widths any more, which a layer in
+flight always has; so the caching allocator needs no ``record_stream``).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from eplb_rt.runtime.migration import LayerMigration
 
 NPU_BASE_FORMATS = {0: "NCHW", 2: "ND"}
 """torch_npu storage formats that hold a tensor row-major in its own shape: each slot's weights
-are then its contiguous bytes, which the transfers send and ``update_expert_weights_`` copies.
+are then one block of bytes, which the transfers send and ``update_expert_weights_`` copies.
 vllm-ascend casts MoE weights to FRACTAL_NZ (29), whose storage is tiled and padded."""
 
 # Tags of one transfer: entry i of tensor t gets tag base + i * T + t; bases advance per transfer
@@ -48,7 +54,7 @@ class Transfer:
     Attributes:
         migration: the layer's moves (identical on every rank).
         slots: ``[M] int32`` local slots this rank receives into (host; uploaded at commit).
-        staged: per registered tensor, ``[M, ...]`` views of the staging buffers.
+        staged: per registered tensor, ``uint8 [M, B]`` rows of the staging buffers.
         works: communication handles to wait on.
         event: end of the local copies on the migration stream.
         started: ``time.perf_counter()`` at start.
@@ -62,6 +68,41 @@ class Transfer:
     event: Event
     started: float
     error: str | None = None
+
+
+def slot_rows(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """``uint8 [S, B]``, contiguous: slot ``i`` of ``tensor [S, ...]`` as the bytes of its block
+    of memory (a view: writing a row rewrites the slot).
+
+    Each slot must be one block, the next slot's starting where it ends or later: a contiguous
+    tensor, a contiguous slice of a larger one, or slots laid out in any order inside (column-
+    major) and padded up to the next (TMA-aligned scales). The padding moves with the slot.
+    """
+    S, esize = tensor.shape[0], tensor.element_size()
+    dims = zip(tensor.shape[1:], tensor.stride()[1:], strict=True)
+    inner = sorted((st, n) for n, st in dims if n > 1)
+    span = 1 + sum((n - 1) * st for st, n in inner)  # elements from a slot's first to its last
+    dense = all(st2 >= st1 * n1 for (st1, n1), (st2, _) in itertools.pairwise(inner))
+    step = tensor.stride(0) if S > 1 else span
+    if tensor.numel() == 0:
+        step = 0
+    elif not (dense and step >= span):
+        raise ValueError(
+            f"weight {name!r} (shape {tuple(tensor.shape)}, strides {tuple(tensor.stride())}) "
+            "does not hold each slot as one block of memory: a slot moves as its bytes, so its "
+            "elements must not interleave with another slot's"
+        )
+    elif tensor.storage_offset() + S * step > tensor.untyped_storage().nbytes() // esize:
+        step = span  # the last slot's padding lies outside the storage: rows without padding
+        if tensor.stride(0) != span:
+            raise ValueError(
+                f"weight {name!r} (shape {tuple(tensor.shape)}, strides "
+                f"{tuple(tensor.stride())}) pads its slots but its storage ends before the last "
+                "slot's padding; register the tensor that holds the padding"
+            )
+    with torch.no_grad():
+        rows = tensor.detach().as_strided((S, step), (step, 1))
+        return rows.view(torch.uint8)
 
 
 def npu_format(tensor: torch.Tensor) -> int | None:
@@ -103,9 +144,10 @@ class MigrationExecutor:
         self.timeout = datetime.timedelta(seconds=timeout_s)
         self.stream = device.new_stream()
         self.weights: dict[int, dict[str, torch.Tensor]] = {}
-        # Per layer and registered tensor, each slot's view; per weight signature and lane, the
-        # staging buffers and their rows' views. Made once (tensors are rewritten in place,
-        # never reallocated), so that a transfer indexes lists instead of slicing tensors.
+        # Per layer, its tensors' byte rows (slot_rows) and each slot's row; per set of rows'
+        # widths and lane, the staging buffers and their rows. Made once (tensors are rewritten
+        # in place, never reallocated), so that a transfer indexes lists, not slices tensors.
+        self._rows: dict[int, list[torch.Tensor]] = {}
         self._slot_views: dict[int, list[tuple[torch.Tensor, ...]]] = {}
         self._staging: dict[tuple, list[tuple[list[torch.Tensor], list]]] = {}
         self._transfers = 0
@@ -119,9 +161,10 @@ class MigrationExecutor:
     def register(
         self, layer: int, tensors: dict[str, torch.Tensor], num_slots_per_rank: int
     ) -> None:
-        """Take ``tensors`` (each ``[S, ...]`` contiguous, on the device, named by a ``str``) as
-        layer's weights. They are kept in the order of their names: the ranks pair a layer's
-        tensors by position, and each rank's dict may list them in its own order."""
+        """Take ``tensors`` (each ``[S, ...]`` with each slot one block of memory, :func:`
+        slot_rows`; on the device, named by a ``str``) as layer's weights. They are kept in the
+        order of their names: the ranks pair a layer's tensors by position, and each rank's dict
+        may list them in its own order."""
         if not isinstance(tensors, dict) or not tensors:
             raise ValueError("register_weights needs a non-empty dict {name: [S, ...] tensor}")
         for name in tensors:
@@ -140,52 +183,57 @@ class MigrationExecutor:
                     f"weight {name!r} has shape {tuple(tensor.shape)}, expected "
                     f"[{num_slots_per_rank}, ...] (one row per local slot)"
                 )
-            if not tensor.is_contiguous():
-                raise ValueError(f"weight {name!r} must be contiguous")
             storage = npu_format(tensor)
             if storage is not None and storage not in NPU_BASE_FORMATS:
                 raise ValueError(
                     f"weight {name!r} is stored in NPU format {storage}, expected a base format "
-                    f"{NPU_BASE_FORMATS} (slots are moved as their contiguous bytes); register "
+                    f"{NPU_BASE_FORMATS} (slots are moved as their bytes); register "
                     "the weights before torch_npu.npu_format_cast to FRACTAL_NZ (29), or cast "
                     "them back with torch_npu.npu_format_cast(weight, 2)"
                 )
-        self._check_apart(layer, tensors)
+        rows = [slot_rows(name, t) for name, t in tensors.items()]
+        self._check_apart(layer, tensors, rows)
         try:
-            self._staging_for(0, list(tensors.values()))  # allocates every lane's buffers
+            self._staging_for(0, rows)  # allocates every lane's buffers
         except RuntimeError as err:  # out of device memory
-            need = self.lanes * sum(t.numel() * t.element_size() for t in tensors.values())
+            need = self.lanes * sum(r.numel() for r in rows)
             raise RuntimeError(
                 f"register_weights: staging buffers for layer {layer} ({self.lanes} lane(s), "
                 f"{need / 2**20:.1f} MiB) could not be allocated ({err}); free memory or lower "
                 "EplbConfig.layers_per_step"
             ) from None
         self.weights[layer] = tensors
-        self._slot_views[layer] = [t.unbind(0) for t in tensors.values()]
+        self._rows[layer] = rows
+        self._slot_views[layer] = [r.unbind(0) for r in rows]
+        # Buffers of widths no layer has any more (a layer registered again, quantised) go.
+        widths = {_widths(r) for r in self._rows.values()}
+        for key in [k for k in self._staging if k not in widths]:
+            del self._staging[key]
+        # The bytes of a slot mean the same on every rank only with the same dtypes and layout.
         self.signature = zlib.crc32(
             repr(
                 sorted(
-                    (index, name, tuple(t.shape[1:]), str(t.dtype))
+                    (index, name, tuple(t.shape[1:]), str(t.dtype), tuple(t.stride()[1:]))
                     for index, named in self.weights.items()
                     for name, t in named.items()
                 )
             ).encode()
         )
 
-    def _check_apart(self, layer: int, tensors: dict[str, torch.Tensor]) -> None:
-        """Raise where two of ``tensors``, or one of them and another layer's weights, share
-        memory: a commit that rewrites one would rewrite the other's slots behind its tables."""
-        labelled = [(f"{name!r}", t) for name, t in tensors.items()]
+    def _check_apart(
+        self, layer: int, tensors: dict[str, torch.Tensor], rows: list[torch.Tensor]
+    ) -> None:
+        """Raise where two of ``tensors`` (their byte ``rows``), or one of them and another
+        layer's weights, share memory: a commit that rewrites one would rewrite the other's
+        slots behind its tables."""
+        labelled = [(f"{name!r}", r) for name, r in zip(tensors, rows, strict=True)]
         labelled += [
-            (f"{name!r} of layer {i}", t)
+            (f"{name!r} of layer {i}", r)
             for i, named in self.weights.items()
             if i != layer
-            for name, t in named.items()
+            for name, r in zip(named, self._rows[i], strict=True)
         ]
-        spans = sorted(
-            (t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), label)
-            for label, t in labelled
-        )
+        spans = sorted((r.data_ptr(), r.data_ptr() + r.numel(), label) for label, r in labelled)
         for (_, end, a), (start, _, b) in itertools.pairwise(spans):
             if start < end:
                 raise ValueError(
@@ -195,14 +243,19 @@ class MigrationExecutor:
 
     def slot_bytes(self, layer: int) -> int:
         """Bytes of one slot of ``layer`` over all its registered tensors."""
-        return sum(t[0].numel() * t.element_size() for t in self.weights.get(layer, {}).values())
+        return sum(r.shape[1] for r in self._rows.get(layer, []))
 
-    def _staging_for(self, lane: int, tensors: list[torch.Tensor]):
-        """``lane``'s staging buffers for a layer of ``tensors``' signature, and their rows
-        (allocated for every lane at the signature's first registration)."""
-        key = tuple((tuple(t.shape), t.dtype) for t in tensors)
+    @property
+    def staging_bytes(self) -> int:
+        """Device bytes the staging buffers hold, every lane's."""
+        return sum(b.numel() for lanes in self._staging.values() for bufs, _ in lanes for b in bufs)
+
+    def _staging_for(self, lane: int, rows: list[torch.Tensor]):
+        """``lane``'s staging buffers for a layer of byte ``rows`` (:func:`slot_rows`), and
+        their rows (allocated for every lane at the first layer of those rows' widths)."""
+        key = _widths(rows)
         if key not in self._staging:
-            lanes = [[torch.empty_like(t) for t in tensors] for _ in range(self.lanes)]
+            lanes = [[torch.empty_like(r) for r in rows] for _ in range(self.lanes)]
             self._staging[key] = [(bufs, [b.unbind(0) for b in bufs]) for bufs in lanes]
         return self._staging[key][lane]
 
@@ -217,14 +270,14 @@ class MigrationExecutor:
         """
         layer = migration.layer
         S = migration.slots_per_rank
-        tensors = list(self.weights.get(layer, {}).values())
+        rows = self._rows.get(layer, [])
         slot_views = self._slot_views.get(layer, [])
-        T = len(tensors)
+        T = len(rows)
         recv = migration.received_by(self.rank)
         send = migration.sent_by(self.rank)
         self._transfers += 1
         tag_base = (self._transfers % 1000) * _TAG_SPAN
-        staging, staging_rows = self._staging_for(lane, tensors) if tensors else ([], [])
+        staging, staging_rows = self._staging_for(lane, rows) if rows else ([], [])
         staged = [buf[: recv.size] for buf in staging]
         slots = (migration.dst[recv] % S).astype(np.int32)
         src_of, dst_of = migration.src.tolist(), migration.dst.tolist()
@@ -257,7 +310,7 @@ class MigrationExecutor:
                                 )
                             )
                 if local_dst:
-                    # One call for every local copy (on a GPU one kernel when they share a dtype).
+                    # One call for every local copy (on a GPU one kernel: all are bytes).
                     torch._foreach_copy_(local_dst, local_src, non_blocking=True)
                 for i in send.tolist():
                     dst_rank, src_slot = dst_of[i] // S, src_of[i] % S
@@ -299,8 +352,13 @@ class MigrationExecutor:
 
     def commit(self, transfer: Transfer, slots: torch.Tensor) -> None:
         """Copy the staged weights into ``slots`` (``transfer.slots`` on the device) in place."""
-        tensors = list(self.weights.get(transfer.migration.layer, {}).values())
-        if not tensors or transfer.slots.size == 0:
+        rows = self._rows.get(transfer.migration.layer, [])
+        if not rows or transfer.slots.size == 0:
             return
         self.device.wait_event(transfer.event)
-        ops.update_expert_weights_(tensors, transfer.staged, slots)
+        ops.update_expert_weights_(rows, transfer.staged, slots)
+
+
+def _widths(rows: list[torch.Tensor]) -> tuple[tuple[int, int], ...]:
+    """The staging key of a layer's byte rows: each tensor's slots and bytes per slot."""
+    return tuple(tuple(r.shape) for r in rows)

@@ -302,6 +302,7 @@ class EplbRuntime:
         self._moved_experts = self._bytes_moved = 0
         self._first_commit_step: int | None = None
         self._closed = False
+        self._told_no_weights = False
         self._step_clock: list[float] = []  # host time of recent step() calls
         self._row_seconds = np.zeros(config.history)  # each ring row's step, in host seconds
         self._fitted = config.initial_placement is not None  # a plan has fitted the placement
@@ -655,6 +656,15 @@ class EplbRuntime:
         if registered:  # the same layers on every rank (the signature agreed)
             bare = [m.layer for m in self._queue if m.num_moves and m.layer not in registered]
             self._queue = [m for m in self._queue if m.layer not in bare]
+        elif not self._told_no_weights and any(m.num_moves for m in self._queue):
+            # Tables alone are a valid use (weights moved by other means), rarely the intent.
+            self._told_no_weights = True
+            log.warning(
+                "plan %d moves experts but no layer has registered weights: only the routing "
+                "tables change, so each moved slot serves the old expert's weights under the "
+                "new expert's id; call register_weights(layer, ...) for every MoE layer",
+                job.epoch,
+            )
         if bare:
             reason = (
                 f"layers {bare} move experts but have no registered weights while other "

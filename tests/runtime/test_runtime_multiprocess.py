@@ -10,10 +10,12 @@ freshly built for the committed placement.
 from __future__ import annotations
 
 import itertools
+import logging
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 from _dist import spawn
 from _faults import fail_transfers, open_gate, skew_epoch, slow_planning
 from _serving import let_plan_finish, small_config
@@ -186,6 +188,79 @@ def _inference_mode_and_parameters(rank: int, world: int) -> None:
     runtime.shutdown()
     assert stats["errors"] == [] and len(history) > 1, stats
     assert stats["first_commit_step"] is not None and stats["moved_experts"] > 0
+
+
+def _quantised_extras(experts: np.ndarray) -> dict[str, torch.Tensor]:
+    """What a quantised MoE layer holds beside its weights, slot ``i`` for expert
+    ``experts[i]``: MXFP scales (``float8_e8m0fnu``, which NCCL and HCCL refuse to send), bf16
+    biases, and block scales kept column-major with rows padded for TMA (a view of the padded
+    buffer, not contiguous)."""
+    e = torch.as_tensor(np.asarray(experts), dtype=torch.int64)
+    scales = (e[:, None] * 7 + torch.arange(6)).to(torch.uint8).view(torch.float8_e8m0fnu)
+    bias = (e[:, None] * 10 + torch.arange(5)).to(torch.bfloat16)
+    padded = torch.full((len(e), 3, 8), -1.0)  # [slot, m, n padded to 8]
+    padded[:, :, :6] = e[:, None, None] * 100.0 + torch.arange(18.0).view(3, 6)
+    return {"scale": scales, "bias": bias, "block_scale": padded[:, :, :6].transpose(1, 2)}
+
+
+def _quantised_layouts(rank: int, world: int) -> None:
+    """Every slot moves as its bytes: a backend that sends only bytes (as NCCL sends no
+    float8_e8m0fnu) still migrates every tensor, bit for bit, whatever its dtype or layout."""
+    open_gate()
+    real = dist.batch_isend_irecv
+
+    def bytes_only(ops):
+        for op in ops:
+            if op.tensor.dtype != torch.uint8:
+                raise TypeError(f"{op.tensor.dtype} is not supported by this backend")
+        return real(ops)
+
+    dist.batch_isend_irecv = bytes_only
+    runtime = EplbRuntime(small_config(), MODEL.num_layers, MODEL.num_experts)
+    model, baseline = ExpertParallelMoE(MODEL, runtime=runtime), ExpertParallelMoE(MODEL)
+    held = runtime.placement.by_rank()[:, rank]
+    extras = [_quantised_extras(held[layer]) for layer in range(MODEL.num_layers)]
+    for layer, tensors in enumerate(extras):
+        runtime.register_weights(layer, {**model.weights[layer], **tensors})
+    history = _serve(runtime, model, baseline, rank, steps=30)
+    stats = runtime.stats()
+    runtime.shutdown()
+    assert stats["errors"] == [] and len(history) > 1, stats
+    held = runtime.placement.by_rank()[:, rank]
+    for layer, tensors in enumerate(extras):
+        for name, want in _quantised_extras(held[layer]).items():
+            got = tensors[name]
+            bits = [t.contiguous().view(torch.uint8) for t in (got, want)]
+            assert got.dtype == want.dtype and torch.equal(*bits), (layer, name)
+        assert (tensors["block_scale"]._base[:, :, 6:] == -1.0).all()  # the padding moved too
+
+
+def test_weights_move_as_bytes_whatever_their_dtype_and_layout():
+    spawn(_quantised_layouts, 3)
+
+
+def _no_weights(rank: int, world: int) -> None:
+    """Without weights a commit rewrites only the tables: every moved slot then serves another
+    expert's weights. Rarely what an engine means, so the first plan that moves says so."""
+    open_gate()
+    said = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    logging.getLogger("eplb_rt.runtime").addHandler(handler)
+    runtime = EplbRuntime(small_config(), MODEL.num_layers, MODEL.num_experts)
+    for step in range(30):
+        for layer in range(MODEL.num_layers):
+            runtime.route(layer, torch.tensor([[step % 9, (step + layer) % 9]]))
+        runtime.step()
+        let_plan_finish(runtime)
+    moved = runtime.stats()["moved_experts"]
+    runtime.shutdown()
+    assert moved > 0
+    assert sum("no layer has registered weights" in m for m in said) == 1, said
+
+
+def test_plans_without_any_registered_weights_are_warned_about_once():
+    spawn(_no_weights, 2)
 
 
 def test_weights_made_in_inference_mode_or_requiring_grad_migrate():
