@@ -43,8 +43,9 @@ def check_device(device: torch.device | str) -> None:
     """First-use check of a device backend: a tiny ``route_and_count`` there must equal the CPU op.
 
     The ops run it once per accelerator device, on their first call with tensors there (it
-    synchronises once; call it yourself before capturing a graph). It catches a kernel library
-    that loads but does nothing, e.g. AscendC kernels built for another SoC.
+    synchronises once; call it yourself before capturing a graph or compiling: compiled code
+    cannot run it and skips it). It catches a kernel library that loads but does nothing, e.g.
+    AscendC kernels built for another SoC.
 
     Raises:
         RuntimeError: the device's results differ, naming the device and what the build says.
@@ -74,6 +75,9 @@ def check_device(device: torch.device | str) -> None:
 
 
 def _first_use(device: torch.device) -> None:
+    # Traced, the check would be a graph break and a sync (with fake tensors, an error).
+    if torch.compiler.is_compiling():
+        return
     if device.type not in ("cpu", "meta") and device not in _checked_devices:
         check_device(device)
 
@@ -165,6 +169,11 @@ def update_expert_weights_(
         RuntimeError: mismatched lists, shapes, dtypes or devices, and on the CPU a slot out of
             range or twice (device backends check metadata only: they skip a slot out of range,
             and of rows given one slot copy the last).
+
+    Under ``torch.compile`` with the Inductor backend and dynamic shapes (torch 2.13), weights
+    that are views of one buffer may get wrong rows: Inductor mishandles a mutated list of
+    aliasing tensors, ours or any custom op's. The runtime commits eagerly; compiled callers
+    pass tensors that do not alias.
     """
     _first_use(slots.device)
     _update_expert_weights(weights, staged, slots)

@@ -439,7 +439,11 @@ class EplbRuntime:
             raise ValueError(f"topk_ids is on {topk_ids.device}, expected {self.device}")
         # A graph keeps the kernel path it captured: capture the weighted one, which also serves
         # uniform shares (1 / logcnt), so a commit that makes the shares non-uniform is seen.
-        weighted = not self._uniform[layer] or self.dev.is_capturing()
+        # Compiled code is such a graph (engines run it without its guards), and the test comes
+        # first: the compiler must not trace, or guard on, the uniform flag or the stream query.
+        weighted = (
+            torch.compiler.is_compiling() or not self._uniform[layer] or self.dev.is_capturing()
+        )
         log2phy, logcnt, share = self._route_tables[layer]
         return self.recorder.route(
             layer, topk_ids, log2phy, logcnt, replica_share=share if weighted else None, out=out

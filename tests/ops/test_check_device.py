@@ -32,3 +32,25 @@ def test_a_backend_that_does_nothing_is_reported(monkeypatch):
     ):
         ops.check_device("cpu")
     assert len(runs) == 2
+
+
+def test_compiled_code_skips_the_check(monkeypatch):
+    """Traced, the check (a tiny op on the device, compared on the host) broke the graph where
+    a first call on a device happened under torch.compile, and failed on fake tensors."""
+    import torch
+
+    def unreachable(device):
+        raise AssertionError(f"check_device({device}) ran inside compiled code")
+
+    monkeypatch.setattr(ops, "check_device", unreachable)
+    monkeypatch.setattr(ops, "_checked_devices", set())
+    accelerator = torch.device("cuda", 0)  # never touched: only its type decides the check
+
+    def first_call(x):
+        ops._first_use(accelerator)
+        return x + 1
+
+    compiled = torch.compile(first_call, backend="eager", fullgraph=True)
+    assert compiled(torch.ones(2)).tolist() == [2.0, 2.0]
+    with pytest.raises(AssertionError, match="ran inside compiled code"):
+        first_call(torch.ones(2))  # eager, the check runs

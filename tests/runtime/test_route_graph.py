@@ -82,3 +82,19 @@ def test_route_replays_across_a_commit(device):
         assert rt.placement == target.select_layers([0, 1])
         # The weights moved with their experts.
         assert torch.equal(rt.executor.weights[0]["w"][:, 0].cpu(), phy2log.float())
+
+
+def test_compiled_route_keeps_its_path_when_a_layers_shares_change():
+    """Engines compile the forward into one graph and run it without its guards: ``route``
+    must not bake whether a layer's shares are uniform into it. It did: a commit of uneven
+    shares recompiled the model, or with the guards skipped went unseen."""
+    config = EplbConfig(policy="deepseek", interval=0, history=H, episode=1, warm_up=False)
+    with EplbRuntime(config, 2, E) as rt:
+        ids = torch.randint(E, (N, K), generator=torch.Generator().manual_seed(3))
+        compiled = torch.compile(lambda x: rt.route(0, x), backend="aot_eager", fullgraph=True)
+        heat = torch.zeros(H, rt.topology.num_slots, dtype=torch.int32)
+        assert torch.equal(compiled(ids), _expected(rt, ids, heat))
+        rt._uniform[0] = False  # what the commit of uneven shares sets (one rank cannot plan any)
+        with torch.compiler.set_stance("fail_on_recompile"):
+            assert torch.equal(compiled(ids), _expected(rt, ids, heat))
+        assert torch.equal(rt.heat[:, 0], heat)
