@@ -93,6 +93,10 @@ def _live_ranks(algorithm: object, num_ranks: int) -> np.ndarray | None:
     if active is None:
         active = ElasticEPStateManager.healthy_rank_state()
     active = as_numpy(active, "active_ranks [ranks]", (1,), WHERE)
+    if active.ndim == 1 and active.size > num_ranks and not active[num_ranks:].any():
+        # SGLang sizes the list to --max-ep-size: the ranks past those serving are its reserve
+        # for a scale-up, never active.
+        active = active[:num_ranks]
     if active.shape != (num_ranks,):
         raise ValueError(f"{WHERE}: active_ranks has shape {active.shape}, expected [{num_ranks}]")
     if not active.any():
@@ -114,8 +118,16 @@ def _on_live_ranks(phy2log, log2phy, logcnt, live: np.ndarray, num_ranks: int):
 
 def register() -> None:
     """The ``sglang.srt.plugins`` entry point: with ``EPLB_RT_POLICY`` set, SGLang's EPLB
-    plans with that eplb_rt policy and the options in ``EPLB_RT_POLICY_OPTIONS``."""
-    chosen = plugin_policy()
+    plans with that eplb_rt policy and the options in ``EPLB_RT_POLICY_OPTIONS``.
+
+    Raises:
+        SystemExit: a bad policy or option. SGLang's loader logs a plugin's exceptions and
+            starts with its own algorithm; a typo must stop it instead, as it stops vLLM.
+    """
+    try:
+        chosen = plugin_policy()
+    except ValueError as err:
+        raise SystemExit(f"eplb_rt's SGLang plugin: {err}") from None
     if chosen is None:
         return
     name, options = chosen

@@ -233,6 +233,31 @@ def test_elastic_ep_plans_on_the_ranks_that_serve(sglang, monkeypatch, dead):
     assert all(torch.equal(a, b) for a, b in zip(*both, strict=True))
 
 
+def test_active_ranks_sized_for_a_scale_up_are_read_as_the_serving_ranks(sglang, monkeypatch):
+    """``--max-ep-size 16`` with 8 ranks serving: SGLang's list has 16 entries, the last 8
+    its reserve (never active). Refused for its shape, SGLang's EPLB failed instead."""
+    D, S, L, E = 8, 5, 2, 32
+    load = torch.from_numpy(np.random.default_rng(2).poisson(20.0, (1, L, E)))
+    algorithm = sglang.eplb_algorithms.EplbAlgorithm.elasticity_aware
+    args = (load, D * S, S, None, 1, algorithm)
+    _elastic(monkeypatch, [1] * 7 + [0] + [0] * 8)
+    _check_triple(ours.rebalance_experts(*args), [7], E, S)
+    _elastic(monkeypatch, [1] * 8 + [1] + [0] * 7)  # a reserve rank active: not that case
+    with pytest.raises(ValueError, match=r"active_ranks has shape \(16,\), expected \[8\]"):
+        ours.rebalance_experts(*args)
+
+
+def test_a_bad_policy_stops_sglang_at_start_up(sglang, monkeypatch):
+    """SGLang's loader logs what a plugin raises and starts with its own algorithm: a typo in
+    ``EPLB_RT_POLICY`` went unnoticed there. It now ends the loader, naming the variable."""
+    monkeypatch.setattr(sglang.plugins, "_plugins_loaded", False)
+    algorithms = sglang.eplb_algorithms
+    monkeypatch.setattr(algorithms, "rebalance_experts", algorithms.rebalance_experts)
+    monkeypatch.setenv("EPLB_RT_POLICY", "equilibirum")
+    with pytest.raises(SystemExit, match="EPLB_RT_POLICY=equilibirum"):
+        sglang.plugins.load_plugins()
+
+
 def test_ranks_that_nodes_do_not_divide_are_planned_flat(sglang):
     """``--nnodes 3 --ep-size 8``: SGLang's own ``auto`` plans that flat; so does eplb_rt."""
     load = torch.from_numpy(np.random.default_rng(1).poisson(30.0, (1, 2, 64)))
