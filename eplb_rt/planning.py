@@ -148,6 +148,19 @@ def decide(
     dispatch crossing fewer nodes) is not in the PAR the gate prices, and lowering that PAR is
     what a grouped layer gives up (:mod:`eplb_rt.algorithms.hierarchy`).
     """
+    for name, value, kind in (
+        ("previous", previous, Placement),
+        ("topology", topology, Topology),
+        ("cost", cost, CostModel),
+    ):
+        if not isinstance(value, kind):
+            raise TypeError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
+    if isinstance(horizon, (bool, np.bool_)) or not (
+        is_real(horizon) and math.isfinite(as_float(horizon)) and horizon > 0
+    ):
+        raise ValueError(
+            f"horizon (steps until the next plan) must be a finite number > 0, got {horizon!r}"
+        )
     load = check_load(load, previous.num_layers, previous.num_experts)
     shape = (topology.num_ranks, topology.num_slots_per_rank)
     if (previous.num_ranks, previous.num_slots_per_rank) != shape:
@@ -156,8 +169,6 @@ def decide(
             f"previous placement ({previous.describe()}) does not match {shape[0]} ranks x "
             f"{shape[1]} slots"
         )
-    if not (is_real(horizon) and math.isfinite(as_float(horizon)) and horizon > 0):
-        raise ValueError(f"horizon (steps until the next plan) must be > 0, got {horizon!r}")
     options = dict(options or {})
     spec = algorithms.get_policy(policy)
     if "move_cost" in spec.option_names:
@@ -176,7 +187,8 @@ def decide(
         nodes = hierarchy.nodes_to_align(previous.num_experts, topology, options)
         candidate = align_placement(previous, fresh, nodes)
         peak_after, par_after = step_par(candidate, load)
-    saved = (peak_before - peak_after) * cost.token_seconds * horizon
+    with np.errstate(over="ignore"):  # a fall priced past a float's range saves inf
+        saved = (peak_before - peak_after) * _seconds_per_token_slot(cost, horizon)
     spent = cost.migration_seconds(previous.phy2log, candidate.phy2log, topology.num_ranks)
     changed = candidate.changed_layers(previous)
     layers = tuple(int(x) for x in changed[(saved > spent)[changed] | spread[changed]])
@@ -199,9 +211,16 @@ def could_pay(peak: np.ndarray, mean: np.ndarray, cost: CostModel, horizon: floa
     shares, a share-only change of such a layer (worth less than one transfer) is forgone.
     """
     # The margin covers rounding: the gate's peaks are sums of the same loads in another order.
-    most = (peak - mean + 1e-9 * peak) * cost.token_seconds * horizon
+    with np.errstate(over="ignore"):
+        most = (peak - mean + 1e-9 * peak) * _seconds_per_token_slot(cost, horizon)
     least = cost.expert_bytes / cost.bandwidth - cost.hidden_seconds
     return (most > least) | (least <= 0.0)
+
+
+def _seconds_per_token_slot(cost: CostModel, horizon: float) -> float:
+    """What a token-slot less on the peak rank saves over ``horizon`` steps, at most the largest
+    float (not inf: a layer whose peak does not fall saves 0, not NaN)."""
+    return min(cost.token_seconds * as_float(horizon), np.finfo(np.float64).max)
 
 
 def drifted(load: np.ndarray, placement: Placement, recent: int, cost: CostModel) -> bool:

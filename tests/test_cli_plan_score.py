@@ -464,3 +464,20 @@ def test_a_topology_beyond_int32_slot_ids_is_refused(capsys, tmp_path, toy_json)
     argv = ["--load", toy_json, "--ranks", 10**12, "--slots-per-rank", 1]
     code, _, err = run(capsys, "plan", *argv, "--out", tmp_path / "q.json")
     assert code == 2 and "slot ids are int32" in err
+
+
+def test_plan_previous_says_which_layers_pay_and_which_go_onto_nodes(capsys, tmp_path):
+    """A flat placement in force re-planned with groups on nodes: its layers are committed
+    whatever they cost, and were reported as layers that pay."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "load.npy", rng.poisson(rng.gamma(0.5, 40, (1, 2, 16)), (8, 2, 16)))
+    shape = ["--load", str(tmp_path / "load.npy"), "--ranks", "4", "--slots-per-rank", "5"]
+    flat = str(tmp_path / "flat.json")
+    assert run(capsys, "plan", *shape, "--policy", "deepseek", "--out", flat)[0] == 0
+    grouped = ["--nodes", "2", "--groups", "4", "--option", "hierarchical=true"]
+    code, out, _ = run(
+        capsys, "plan", *shape, *grouped, "--previous", flat, "--out", str(tmp_path / "g.json")
+    )
+    assert code == 0
+    assert "(0 of 2 layers pay: save 0.0 ms" in out
+    assert "; 2 more put their expert groups on nodes)" in out

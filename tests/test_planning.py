@@ -332,8 +332,41 @@ def test_drift_needs_a_whole_number_of_recent_steps():
 def test_a_bad_horizon_is_refused_by_name(horizon):
     topo = Topology(2, 2)
     previous = planning.starting_placement(1, 4, topo)
-    with pytest.raises(ValueError, match=r"horizon \(steps until the next plan\) must be > 0"):
+    with pytest.raises(ValueError, match=r"horizon \(steps until the next plan\) must be a finite"):
         planning.decide(
             np.ones((1, 1, 4)), previous, topo, "equilibrium", None,
             cost=planning.CostModel(), horizon=horizon,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("previous", None), ("previous", [[0, 1, 2, 3]]), ("topology", (2, 2)), ("cost", None)],
+)
+def test_decide_names_an_argument_of_the_wrong_type(name, value):
+    topo = Topology(2, 2)
+    args = {
+        "previous": planning.starting_placement(1, 4, topo),
+        "topology": topo,
+        "cost": planning.CostModel(),
+    }
+    args[name] = value
+    with pytest.raises(TypeError, match=f"{name} must be a"):
+        planning.decide(
+            np.ones((1, 1, 4)), args["previous"], args["topology"], "equilibrium", None,
+            cost=args["cost"], horizon=10,
+        )  # fmt: skip
+
+
+def test_prices_past_a_floats_range_decide_without_nan(recwarn):
+    """``token_seconds x horizon`` past the float range: a layer that falls saves inf (it pays),
+    one that does not saves 0, not NaN, and numpy warns of nothing."""
+    load = np.zeros((2, 3, 8))
+    load[:, :, 0] = 900.0  # a hot expert on one replica
+    load[:, :, 1:] = 100.0
+    topo = Topology(4, 3)
+    previous = planning.starting_placement(3, 8, topo)
+    cost = planning.CostModel(token_seconds=1e300)
+    d = planning.decide(load, previous, topo, "equilibrium", None, cost=cost, horizon=1e300)
+    assert not np.isnan(d.saved_s).any() and d.layers
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]

@@ -38,7 +38,14 @@ def real_array(load: object, name: str = "load") -> np.ndarray:
     ``ValueError`` naming ``name``."""
     if np.ma.is_masked(load):  # np.asarray would drop the mask and read the hidden values
         raise ValueError(f"{name} has masked values: fill them (e.g. with 0) first")
-    arr = np.asarray(load)
+    try:
+        arr = np.asarray(load)
+    except TypeError as err:  # a dtype numpy lacks, e.g. a torch bfloat16 tensor
+        kind = getattr(load, "dtype", type(load).__name__)
+        raise ValueError(
+            f"{name} must be numeric (real) in a dtype numpy reads, got {kind} ({err}); "
+            "convert it first, e.g. tensor.float()"
+        ) from None
     # By kind: numpy counts timedelta64 as an integer dtype.
     if arr.dtype.kind not in "biuf":
         raise ValueError(f"{name} must be numeric (real), got dtype {arr.dtype}")

@@ -157,7 +157,7 @@ def option(default: bool | int | float, low: float | None = None, high: float | 
 def describe(field: dataclasses.Field) -> str:
     """What an option takes, e.g. ``an integer >= 1``."""
     kind, low, high = type(field.default), field.metadata.get("low"), field.metadata.get("high")
-    what = {bool: "true or false", int: "an integer", float: "a number"}[kind]
+    what = {bool: "true or false", int: "an integer", float: "a finite number"}[kind]
     if kind is not bool and low is not None:
         what += f" in [{low:g}, {high:g}]" if high is not None else f" >= {low:g}"
     return what

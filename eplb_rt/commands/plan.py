@@ -171,12 +171,17 @@ def run(args: argparse.Namespace) -> int:
         layers = list(decision.layers)
         before = decision.par_before
         after = np.where(np.isin(np.arange(before.size), layers), decision.par_after, before)
+        # The others are committed whatever they cost: their groups go onto nodes.
+        paying = [x for x in layers if decision.saved_s[x] > decision.migration_s[x]]
+        grouped = len(layers) - len(paying)
         print(
             f"moves {decision.slots} slots ({summary['moved_fraction']:.1%}), "
             f"{decision.slots * cost.expert_bytes / 2**30:.2f} GiB, "
             f"{decision.migration_s[layers].sum() * 1e3:.1f} ms at {cost.bandwidth / GB:g} GB/s; "
-            f"PAR {np.nanmean(before):.4f} -> {np.nanmean(after):.4f} per row ({len(layers)} of "
-            f"{before.size} layers pay: save {decision.saved_s[layers].sum() * 1e3:.1f} ms over "
-            f"{horizon:g} rows at {cost.token_seconds * 1e6:g} us per token-slot)"
+            f"PAR {np.nanmean(before):.4f} -> {np.nanmean(after):.4f} per row ({len(paying)} of "
+            f"{before.size} layers pay: save {decision.saved_s[paying].sum() * 1e3:.1f} ms over "
+            f"{horizon:g} rows at {cost.token_seconds * 1e6:g} us per token-slot"
+            + (f"; {grouped} more put their expert groups on nodes" if grouped else "")
+            + ")"
         )
     return 0

@@ -26,12 +26,12 @@ from eplb_rt.placement import Topology
         ("flashlb", {"width": -1}, "option 'width' must be an integer >= 0, got -1"),
         ("flashlb", {"width": True}, "option 'width' must be an integer >= 0, got True"),
         ("flashlb", {"depth": 0}, "option 'depth' must be an integer >= 1, got 0"),
-        ("flashlb", {"z": "abc"}, "option 'z' must be a number >= 0, got abc"),
-        ("flashlb", {"z": float("nan")}, "option 'z' must be a number >= 0, got nan"),
-        ("flashlb", {"threshold": 0.5}, "'threshold' must be a number >= 1, got 0.5"),
+        ("flashlb", {"z": "abc"}, "option 'z' must be a finite number >= 0, got abc"),
+        ("flashlb", {"z": float("nan")}, "option 'z' must be a finite number >= 0, got nan"),
+        ("flashlb", {"threshold": 0.5}, "'threshold' must be a finite number >= 1, got 0.5"),
         ("deepseek", {"hierarchical": "maybe"}, "'hierarchical' must be true or false, got maybe"),
         ("deepseek", {"hierarchical": 1}, "'hierarchical' must be true or false, got 1"),
-        ("equilibrium", {"move_cost": -0.1}, "'move_cost' must be a number >= 0, got -0.1"),
+        ("equilibrium", {"move_cost": -0.1}, "'move_cost' must be a finite number >= 0, got -0.1"),
         ("equilibrium", {"num_episodes": [3]}, "'num_episodes' must be an integer >= 1, got [3]"),
         ("deepseek", {"hierarchical": "3"}, "'hierarchical' must be true or false, got 3"),
         ("swift", {"max_swaps": -1}, "'max_swaps' must be an integer >= 0, got -1"),
@@ -133,7 +133,7 @@ def test_cli_simulate_rejects_a_bad_option(capsys, tmp_path):
         "flashlb.z=abc",
     )
     assert code == 2
-    assert err.strip().endswith("policy 'flashlb' option 'z' must be a number >= 0, got abc")
+    assert err.strip().endswith("policy 'flashlb' option 'z' must be a finite number >= 0, got abc")
 
 
 def test_config_rejects_a_bad_option_at_construction():

@@ -123,6 +123,16 @@ def test_idle_steps_change_no_plan(name):
     assert plan(name, idle[::-1], topo, previous=first, layers=mask) == again
 
 
+class _Bfloat16:
+    """A tensor numpy cannot read, as torch's bfloat16 ones (``np.asarray`` raised a bare
+    ``TypeError: Got unsupported ScalarType BFloat16``)."""
+
+    dtype = "bfloat16"
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("Got unsupported ScalarType BFloat16")
+
+
 @pytest.mark.parametrize("name", OURS)
 @pytest.mark.parametrize(
     ("load", "match"),
@@ -135,6 +145,7 @@ def test_idle_steps_change_no_plan(name):
         (np.ones((2, 8), dtype="m8[s]"), "numeric"),  # numpy counts timedelta as an integer
         (np.ma.masked_array(np.ones((2, 8)), mask=np.eye(2, 8)), "masked values"),
         (np.full((2, 1, 8), 1e308), "too large"),  # finite values whose sums are not
+        (_Bfloat16(), r"in a dtype numpy reads, got bfloat16 .*tensor.float\(\)"),
     ],
 )
 def test_bad_load_is_a_clear_error(name, load, match):

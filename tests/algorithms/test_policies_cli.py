@@ -29,8 +29,8 @@ def test_policies_options(capsys):
     code, out = run(capsys, "policies", "--options")
     assert code == 0
     assert "move_cost = 0.01" in out
-    assert "z = 0.6744897501960817  (a number >= 0)" in out
-    assert "max_moved_fraction = 1.0  (a number in [0, 1])" in out
+    assert "z = 0.6744897501960817  (a finite number >= 0)" in out
+    assert "max_moved_fraction = 1.0  (a finite number in [0, 1])" in out
     assert "width = 8  (an integer >= 0)" in out
 
 
