@@ -188,16 +188,18 @@ def _index_url() -> str:
 
 def newer_releases(name: str, timeout_s: float = 60) -> list[str]:
     """The releases of peer ``name`` on the index newer than the newest in :data:`VERSIONS`
-    (pre-releases included), oldest first: what the tests do not cover yet."""
+    (pre-releases included), and those that replace a tested one (``0.23.0.post1`` for
+    ``0.23.0``, ``0.30.0`` for ``0.30.0rc2``), oldest first: what the tests do not cover yet."""
     _, page = _index_page(name, timeout_s)
-    tested = Version(VERSIONS[name][0])
+    tested = [Version(v) for v in VERSIONS[name]]
     found = []
     for text in page.get("versions", []):
         try:
             version = Version(text)
         except InvalidVersion:  # a legacy version string: never a current release
             continue
-        if version > tested:
+        replaces = any(version.release == v.release and version > v for v in tested)
+        if version > tested[0] or replaces:
             found.append(version)
     return [str(v) for v in sorted(found)]
 

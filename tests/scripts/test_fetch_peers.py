@@ -140,6 +140,17 @@ def test_newer_releases_are_those_above_the_newest_tested(monkeypatch):
     assert fetch_peers.newer_releases("sglang") == ["0.5.24rc1", "0.6.0"]
 
 
+def test_newer_releases_include_those_that_replace_a_tested_one(monkeypatch):
+    """vllm-ascend 0.23.0.post1, its newest stable release, was not listed: only releases
+    above the newest tested (0.30.0rc2) were."""
+    page = {"files": [], "versions": ["0.13.0", "0.23.0", "0.23.0.post1", "0.24.0", "0.30.0rc2"]}
+    monkeypatch.setattr(fetch_peers, "VERSIONS", {"vllm-ascend": ("0.30.0rc2", "0.23.0")})
+    monkeypatch.setattr(fetch_peers, "_index_page", lambda name, timeout_s: ("url", page))
+    assert fetch_peers.newer_releases("vllm-ascend") == ["0.23.0.post1"]
+    page["versions"].append("0.30.0")
+    assert fetch_peers.newer_releases("vllm-ascend") == ["0.23.0.post1", "0.30.0"]
+
+
 def test_newer_says_what_is_untested_and_why_it_cannot_tell(monkeypatch, capsys):
     monkeypatch.setattr(fetch_peers, "VERSIONS", {"sglang": ("0.5.23",), "vllm": ("0.33.0",)})
     monkeypatch.setattr(fetch_peers, "PEERS", {"sglang": (), "vllm": ()})
