@@ -75,10 +75,11 @@ def check_device(device: torch.device | str) -> None:
 
 
 def _first_use(device: torch.device) -> None:
-    # Traced, the check would be a graph break and a sync (with fake tensors, an error).
-    if torch.compiler.is_compiling():
+    # The cheapest test first (a decode step runs this once per op call). Traced, the check
+    # would be a graph break and a sync (with fake tensors, an error).
+    if device.type in ("cpu", "meta") or torch.compiler.is_compiling():
         return
-    if device.type not in ("cpu", "meta") and device not in _checked_devices:
+    if device not in _checked_devices:
         check_device(device)
 
 

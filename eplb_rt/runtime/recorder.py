@@ -59,6 +59,10 @@ class HeatRecorder:
         # Per ring row: the phy2log it was counted under, whether its step has closed, and
         # whether this rank counts it (advance's ``counts``).
         self._row_phy2log = np.zeros((history, num_layers, num_slots), dtype=np.int32)
+        # Per ring row, the placement array last copied into it: a placement's phy2log is
+        # read-only and replaced (never rewritten) at a commit, so a row that holds it already
+        # needs no copy (60 KB of host memory a step, for DeepSeek-V3).
+        self._row_source: list[np.ndarray | None] = [None] * history
         self._row_closed = np.zeros(history, dtype=bool)
         self._row_counts = np.zeros(history, dtype=bool)
         self._snapshot_stream = device.new_stream()
@@ -119,7 +123,10 @@ class HeatRecorder:
         and the step is dropped unless every rank counted it.
         """
         row = self.host_step % self.history
-        self._row_phy2log[row] = phy2log
+        if self._row_source[row] is not phy2log:
+            self._row_phy2log[row] = phy2log
+            frozen = not phy2log.flags.writeable and phy2log.flags.owndata
+            self._row_source[row] = phy2log if frozen else None
         self._row_closed[row] = True
         self._row_counts[row] = counts
         self.host_step += 1

@@ -138,6 +138,26 @@ def test_snapshot_keeps_closed_rows_oldest_first_and_converts_to_load():
         assert rt.recorder.host_step == 6
 
 
+def test_each_ring_row_keeps_the_placement_its_step_was_routed_under():
+    """A row is not copied again while it holds the placement in force (a placement's array is
+    read-only and replaced at a commit); an array the caller may still write is copied."""
+    from eplb_rt.runtime.device import Device
+    from eplb_rt.runtime.recorder import HeatRecorder
+
+    recorder = HeatRecorder(3, 1, 2, Device("cpu"), route_counts=True)
+    first = Placement(np.array([[0, 1]]), 2, 1).phy2log
+    second = Placement(np.array([[1, 0]]), 2, 1).phy2log
+    writable = np.array([[1, 1]], dtype=np.int32)
+    seen = []
+    for phy2log in (first, first, first, first, second, *[writable] * 4):
+        if phy2log is writable:
+            writable[0, 0] = len(seen)  # rewritten between two steps
+        recorder.advance(phy2log, True)
+        seen.append(phy2log.copy())
+    _, _, row_p2l, rows, _ = recorder.snapshot()
+    assert [r.tolist() for r in row_p2l] == [s.tolist() for s in seen[-len(rows) :]]
+
+
 def test_heat_to_load_uses_each_rows_placement():
     heat = np.array([[[1, 2, 3, 4]], [[5, 6, 7, 8]]], dtype=np.int32)  # [T=2, L=1, P=4]
     row_p2l = np.array([[[0, 1, 2, 0]], [[2, 2, 1, 0]]], dtype=np.int32)
