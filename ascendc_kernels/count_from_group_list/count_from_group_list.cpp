@@ -10,8 +10,8 @@
 // and adds the counts into the heat row with SetAtomicAdd<int32_t> + DataCopyPad: the ranges of
 // the cores are disjoint, the atomic add is what makes `+=` into heat safe without reading it.
 // Device backends never synchronise to check values: a negative count (a malformed group_list)
-// is added as 0, one past int32 as INT32_MAX, instead of corrupting heat; the CPU backend rejects
-// both.
+// is added as 0 instead of lowering heat, one past int32 as INT32_MAX (the int32 counter it lands
+// in still wraps past that); the CPU backend rejects both.
 //
 // UB: 2 * tileGroups * (elemBytes + 4) bytes (<= 48 KiB). Expected time (estimate, no NPU here):
 // one launch (~5 us) plus ~20 cycles per entry on the scalar unit: S_local = 64 is launch-bound.

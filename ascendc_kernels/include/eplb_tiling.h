@@ -40,8 +40,10 @@ inline std::string ComputeRouteAndCountTiling(const RouteAndCountShape& s, uint3
     return "route_and_count tiling: idBytes must be 4 or 8, got " + std::to_string(s.idBytes);
   }
   if (s.numTokens < 0 || s.topK < 1 || s.numExperts < 1 || s.maxReplicas < 1 || s.numSlots < 1 ||
-      s.heatRows < 1 || s.heatRowStride < s.numSlots) {
-    return "route_and_count tiling: expected N >= 0, K, E, R, P, H >= 1 and heat row stride >= P; "
+      s.heatRows < 1 || (s.heatRows > 1 && s.heatRowStride < s.numSlots)) {
+    // One row has no stride to keep apart (the op's checks waive it too: a [1, P] view).
+    return "route_and_count tiling: expected N >= 0, K, E, R, P, H >= 1 and heat row stride >= P "
+           "(H > 1); "
            "got N=" +
            std::to_string(s.numTokens) + " K=" + std::to_string(s.topK) +
            " E=" + std::to_string(s.numExperts) + " R=" + std::to_string(s.maxReplicas) +
@@ -107,8 +109,9 @@ inline std::string ComputeCountFromGroupListTiling(int64_t numGroups, uint32_t e
            std::to_string(numSlots) + ", got slot_offset=" + std::to_string(slotOffset) +
            " S_local=" + std::to_string(numGroups);
   }
-  if (heatRows < 1 || heatRowStride < numSlots) {
-    return "count_from_group_list tiling: expected H >= 1 and heat row stride >= P, got H=" +
+  if (heatRows < 1 || (heatRows > 1 && heatRowStride < numSlots)) {
+    return "count_from_group_list tiling: expected H >= 1 and heat row stride >= P (H > 1), "
+           "got H=" +
            std::to_string(heatRows) + " stride=" + std::to_string(heatRowStride);
   }
   *t = CountFromGroupListTiling{};

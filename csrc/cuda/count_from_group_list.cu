@@ -22,7 +22,8 @@ __global__ void count_from_group_list_kernel(const G* __restrict__ group_list,
   const int64_t count =
       (p.cumulative && i > 0) ? value - static_cast<int64_t>(group_list[i - 1]) : value;
   // A bad count cannot be reported without a synchronisation (see launchers.h): a negative one
-  // is skipped, one past int32 added as INT32_MAX instead of wrapping. Zero needs no atomic.
+  // is skipped, one past int32 added as INT32_MAX (the int32 counter it lands in still wraps
+  // past that: such a count is malformed, as the CPU's refusal says). Zero needs no atomic.
   if (count <= 0) return;
   int32_t* heat_row = heat + ring_row(*step, p.ring_size) * p.heat_row_stride;
   atomicAdd(heat_row + p.slot_offset + i,

@@ -12,7 +12,7 @@
 //     whose chosen log2phy entry is outside [0, P) is skipped: phy_ids gets -1, nothing is counted.
 //     Compiled with EPLB_RT_CUDA_DEVICE_ASSERT, such a pair also fails a device-side assert.
 //   * count_from_group_list: a negative count is skipped (heat never decreases), one past int32
-//     is added as INT32_MAX.
+//     is added as INT32_MAX (the int32 counter still wraps past INT32_MAX in all).
 //   * update_expert_weights: a slot outside [0, S) is skipped; of moves to one slot, the last wins.
 //   * update_expert_map: the new tables are copied as they are.
 #pragma once

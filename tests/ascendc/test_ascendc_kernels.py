@@ -267,6 +267,25 @@ def test_count_from_group_list_empty_and_bad_offset(sim):
         sim.count_from_group_list(np.ones(3, np.int32), heat, np.zeros(1, np.int64), 2, False)
 
 
+def test_a_one_row_heat_needs_no_row_stride(sim):
+    """A ``[1, P]`` heat whose row stride is under P (a transposed column, an expanded row):
+    the op's checks and the CPU and CUDA backends take it, the tiling refused it."""
+    heat = np.zeros((8, 1), dtype=np.int32).T  # strides (4, 4) bytes
+    topk = np.array([[0, 1], [2, -1]], dtype=np.int32)
+    log2phy = np.arange(8, dtype=np.int32).reshape(4, 2)
+    logcnt = np.full(4, 2, dtype=np.int32)
+    route_matches_reference(sim, topk, log2phy, logcnt, None, heat=heat, step=0, core_num=2)
+    want = heat.copy()
+    expected.count_from_group_list(np.array([3, 4], np.int32), want, 0, 2, False)
+    sim.count_from_group_list(np.array([3, 4], np.int32), heat, np.zeros(1, np.int64), 2, False)
+    np.testing.assert_array_equal(heat, want)
+    overlapping = np.lib.stride_tricks.as_strided(np.zeros(9, np.int32), (2, 8), (4, 4))
+    with pytest.raises(ValueError, match=r"heat row stride >= P \(H > 1\)"):
+        sim.count_from_group_list(
+            np.array([3], np.int32), overlapping, np.zeros(1, np.int64), 0, False
+        )
+
+
 def test_count_from_group_list_negative_count_adds_nothing(sim):
     """Device backends cannot check values; a decreasing cumulative list must not corrupt heat."""
     heat = np.zeros((1, 3), dtype=np.int32)
