@@ -12,6 +12,8 @@ import math
 import os
 from typing import Any
 
+import numpy as np
+
 from eplb_rt import envs
 from eplb_rt.planning import LINK_BANDWIDTH, TOKEN_SECONDS
 from eplb_rt.scalars import as_float, is_integer, is_real
@@ -173,8 +175,10 @@ class EplbConfig:
         _check_int(self, "num_nodes", 1)
         _check_int(self, "num_groups", 1)
         for name in ("warm_up", "plan_in_subprocess"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"EplbConfig.{name} must be a bool, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"EplbConfig.{name} must be a bool, got {value!r}")
+            object.__setattr__(self, name, bool(value))  # numpy's bool stored as Python's
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, env: bool = False) -> EplbConfig:
@@ -190,6 +194,7 @@ class EplbConfig:
         if unknown:
             raise ValueError(f"EplbConfig has no field(s) {unknown}; known: {sorted(known)}")
         merged = dict(values)
+        given = {}  # field -> the variable its value came from
         if env:
             for field, var in (
                 ("policy", "EPLB_RT_POLICY"),
@@ -199,8 +204,15 @@ class EplbConfig:
             ):
                 value = envs.get(var)
                 if value is not None:
-                    merged[field] = value
-        return cls(**merged)
+                    merged[field], given[field] = value, var
+        try:
+            return cls(**merged)
+        except ValueError as err:
+            # A value from the environment: say which variable, the fix is there.
+            named = [f"{v}={envs.text(v)!r}" for f, v in given.items() if f in str(err)]
+            if named:
+                raise ValueError(f"{err} (from {', '.join(named)})") from None
+            raise
 
     @property
     def first_deadline(self) -> int:

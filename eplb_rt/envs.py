@@ -55,13 +55,14 @@ VARIABLES: dict[str, EnvVar] = {
     "EPLB_RT_LOG_LEVEL": EnvVar(
         _log_level,
         "WARNING",
-        "Log level of the eplb_rt logger (DEBUG, INFO, WARNING, ERROR, CRITICAL).",
+        "Log level of the eplb_rt logger (DEBUG, INFO, WARNING, ERROR, CRITICAL), set when a "
+        "runtime is built; unset: the level the application gave it (WARNING by default).",
     ),
     "EPLB_RT_DISABLE_REBALANCE": EnvVar(
         _flag, False, "1: record heat but never plan or migrate (static placement)."
     ),
     "EPLB_RT_POLICY": EnvVar(
-        str,
+        str.strip,
         None,
         "Overrides EplbConfig.policy when a config is built with from_dict(..., env=True); "
         "selects the policy of the vLLM / vllm-ascend / SGLang plugins (unset: engine's own).",
@@ -97,18 +98,34 @@ VARIABLES: dict[str, EnvVar] = {
 }
 
 
+def text(name: str) -> str | None:
+    """``name``'s raw text in the environment, or ``None`` where it is not set."""
+    _variable(name)
+    return os.environ.get(name)
+
+
+def given(name: str) -> bool:
+    """Whether ``name`` is set to a value (not unset, not blank)."""
+    value = text(name)
+    return value is not None and bool(value.strip())
+
+
+def _variable(name: str) -> EnvVar:
+    try:
+        return VARIABLES[name]
+    except KeyError:
+        raise KeyError(f"unknown eplb_rt variable {name!r}; known: {sorted(VARIABLES)}") from None
+
+
 def get(name: str) -> Any:
     """The parsed value of ``name`` (its default when unset, or when set but empty and its
     default is ``None``)."""
-    try:
-        var = VARIABLES[name]
-    except KeyError:
-        raise KeyError(f"unknown eplb_rt variable {name!r}; known: {sorted(VARIABLES)}") from None
-    text = os.environ.get(name)
+    var = _variable(name)
+    raw = os.environ.get(name)
     # Set but empty is unset where unset means "none" (a flag: off, as its parser says).
-    if text is None or (var.default is None and not text.strip()):
+    if raw is None or (var.default is None and not raw.strip()):
         return var.default
     try:
-        return var.parse(text)
+        return var.parse(raw)
     except ValueError as err:
-        raise ValueError(f"environment variable {name}={text!r}: {err}") from None
+        raise ValueError(f"environment variable {name}={raw!r}: {err}") from None

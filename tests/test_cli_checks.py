@@ -86,7 +86,7 @@ def test_groups_that_cannot_be_hierarchical_warn_and_plan_flat(capsys, tmp_path)
 @pytest.mark.parametrize(
     "case",
     [
-        (4, 1, 9, "all ranks are on one node (--nodes 1)"),
+        (4, 1, 9, "all ranks are on one node"),
         (4, 8, 9, "4 groups do not spread evenly over 8 nodes"),
         (8, 4, 17, "17 slots per rank > 16 experts per node"),
     ],

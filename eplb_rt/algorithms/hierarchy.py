@@ -75,7 +75,7 @@ def why_flat(num_experts: int, topology: Topology) -> str | None:
     if num_experts % groups:
         return f"{num_experts} experts do not split into {groups} equal groups"
     if nodes == 1:
-        return "all ranks are on one node (--nodes 1)"
+        return "all ranks are on one node"
     if groups % nodes:
         return f"{groups} groups do not spread evenly over {nodes} nodes"
     if slots > num_experts // nodes:

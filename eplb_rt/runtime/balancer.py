@@ -256,6 +256,10 @@ class Balancer:
                 else:
                     seconds = timed_warm_up(self.config.policy)
                     registry.plan(*args)
+                # A drift probe's check runs here, with a planning child too: its kernels
+                # loaded now (a first probe took 0.4-0.7 s, late, and the deadline it pushed up
+                # left no room for probes after it).
+                planning.drifted(flat, start, 1, planning.CostModel())
             except Exception:
                 if not self._stopping:  # else the child was killed by shutdown()
                     log.exception("policy %s warm-up failed", self.config.policy)

@@ -182,7 +182,10 @@ class EplbRuntime:
             if not is_integer(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         num_layers, num_experts = int(num_layers), int(num_experts)
-        logging.getLogger("eplb_rt").setLevel(envs.get("EPLB_RT_LOG_LEVEL"))
+        # Every variable read first: one unparsable on one rank fails before any collective.
+        if envs.given("EPLB_RT_LOG_LEVEL"):  # else the application's level stands
+            logging.getLogger("eplb_rt").setLevel(envs.get("EPLB_RT_LOG_LEVEL"))
+        disabled = envs.get("EPLB_RT_DISABLE_REBALANCE")
         self.config = config
         self.num_layers = num_layers
         self.num_experts = num_experts
@@ -270,7 +273,7 @@ class EplbRuntime:
         # A runtime dropped without shutdown() still stops its balancer (and planning child):
         # nothing the balancer's thread holds refers back to the runtime.
         self._stop_balancer = weakref.finalize(self, self.balancer.shutdown)
-        enabled = config.interval > 0 and not envs.get("EPLB_RT_DISABLE_REBALANCE")
+        enabled = config.interval > 0 and not disabled
         # Set on some ranks only, the variable would have them skip gathers the others make.
         self._rebalance_enabled = bool(self._agree([int(enabled)])[0][0])
         # Drift compares the latest episode with two or more before it, in the history - 1
@@ -313,6 +316,22 @@ class EplbRuntime:
         # Steps from a gather to its plan's deadline; where it adapts, every rank doubles it on
         # the same agreed outcome, so the ranks' deadline steps stay equal.
         self.deadline = config.first_deadline
+        if self._rebalance_enabled and config.interval > 0 and not self._probes_fit():
+            log.warning(
+                "EplbConfig.deadline (%d) leaves no episode step (every %d) before the next "
+                "interval (%d) for a plan to finish: no drift probe, and no first plan before "
+                "the interval, ever starts; lower the deadline (or None, adapting)",
+                self.deadline,
+                config.episode,
+                config.interval,
+            )
+
+    def _probes_fit(self) -> bool:
+        """Whether a probe can start: an episode step whose plan's deadline falls before the
+        next interval (the first interval's, as :meth:`step` tests it)."""
+        return self.config.interval > 0 and self.config.episode + self.deadline < (
+            self.config.interval
+        )
 
     def _warn_if_flat(self, num_experts: int) -> None:
         """Say so where groups are asked for (``num_groups > 1``) and every plan is flat."""
@@ -705,7 +724,13 @@ class EplbRuntime:
                 f" ({self.deadline} steps, the most below interval {interval}: plans this slow "
                 "need a longer EplbConfig.interval)"
             )
+        fitted = self._probes_fit()
         self.deadline = min(2 * self.deadline, interval - 1)
+        if fitted and not self._probes_fit():
+            return (
+                f"; the next plans get {self.deadline} steps, too many for a drift probe to "
+                f"finish before the next interval: plans start on the interval only"
+            )
         return f"; the next plans get {self.deadline} steps"
 
     def _skip(self, job: Job, step: int, reason: str, error: bool = False) -> None:

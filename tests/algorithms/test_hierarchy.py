@@ -176,7 +176,7 @@ def test_pipeline_keeps_groups_on_nodes():
     ("topo", "why"),
     [
         (Topology(8, 5, 4, 5), "32 experts do not split into 5 equal groups"),
-        (Topology(8, 5, 1, 8), "all ranks are on one node (--nodes 1)"),
+        (Topology(8, 5, 1, 8), "all ranks are on one node"),
         (Topology(8, 5, 8, 4), "4 groups do not spread evenly over 8 nodes"),
         (Topology(8, 9, 4, 8), "9 slots per rank > 8 experts per node"),
     ],

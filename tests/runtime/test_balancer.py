@@ -321,3 +321,31 @@ class _Job:
 
     def _replace_heat_zero(self) -> _Job:
         return self._with(heat=torch.zeros_like(self.job.heat))
+
+
+_WARM_HERE = """
+from eplb_rt.algorithms import metrics
+from eplb_rt.config import EplbConfig
+from eplb_rt.runtime import EplbRuntime
+
+if __name__ == "__main__":
+    runtime = EplbRuntime(EplbConfig(plan_in_subprocess=True, interval=0), 2, 8)
+    assert runtime.balancer.ready.wait(120)
+    print(len(metrics._rank_loads.signatures))
+    runtime.shutdown()
+"""
+
+
+def test_a_planning_child_leaves_the_drift_check_warm_in_this_process(tmp_path):
+    """A drift probe's check runs in the serving process: with the warm-up in the child alone,
+    the first probe loaded its kernels (0.4-0.7 s, late), and the deadline it pushed up left no
+    room for later probes. A fresh interpreter: this one has loaded them long ago."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "warm_here.py"
+    script.write_text(_WARM_HERE)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert done.stdout.split()[-1] != "0", done.stdout + done.stderr

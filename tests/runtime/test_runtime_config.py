@@ -10,6 +10,7 @@ import pytest
 
 from eplb_rt import envs
 from eplb_rt.config import EplbConfig
+from eplb_rt.runtime import EplbRuntime
 
 
 def test_defaults_are_valid_and_frozen():
@@ -73,6 +74,9 @@ def test_numpy_scalars_are_stored_as_python_numbers():
     assert (config.interval, config.history, config.link_bandwidth) == (10, 64, 1e9)
     assert type(config.interval) is int and type(config.link_bandwidth) is float
     assert EplbConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    flags = EplbConfig(warm_up=np.bool_(False), plan_in_subprocess=np.True_)  # refused before
+    assert (flags.warm_up, flags.plan_in_subprocess) == (False, True)
+    assert type(flags.warm_up) is bool and type(flags.plan_in_subprocess) is bool
 
 
 def test_policy_options_are_a_copy_of_what_was_checked():
@@ -140,8 +144,36 @@ def test_env_overrides(monkeypatch):
         monkeypatch.setenv(var, " ")
     assert EplbConfig.from_dict({"export_dir": "here"}, env=True) == EplbConfig(export_dir="here")
     monkeypatch.setenv("EPLB_RT_POLICY", "no_such_policy")
-    with pytest.raises(ValueError, match="unknown policy"):
+    with pytest.raises(
+        ValueError, match=r"unknown policy.*\(from EPLB_RT_POLICY='no_such_policy'\)"
+    ):
         EplbConfig.from_dict({}, env=True)
+    monkeypatch.setenv("EPLB_RT_POLICY", " flashlb ")  # as a shell line may leave it
+    assert EplbConfig.from_dict({}, env=True).policy == "flashlb"
+    monkeypatch.setenv("EPLB_RT_TRANSFER_TIMEOUT_S", "nan")
+    with pytest.raises(ValueError, match=r"\(from EPLB_RT_TRANSFER_TIMEOUT_S='nan'\)"):
+        EplbConfig.from_dict({}, env=True)
+    with pytest.raises(ValueError, match=r"transfer_timeout_s.*got nan$"):  # not from there
+        EplbConfig.from_dict({"transfer_timeout_s": float("nan")})
+
+
+def test_an_unset_log_level_leaves_the_applications(monkeypatch):
+    """Building a runtime set the eplb_rt logger to WARNING where the variable was unset,
+    overwriting the DEBUG an application had asked for."""
+    import logging
+
+    logger = logging.getLogger("eplb_rt")
+    before = logger.level
+    monkeypatch.delenv("EPLB_RT_LOG_LEVEL", raising=False)
+    try:
+        logger.setLevel(logging.DEBUG)
+        EplbRuntime(EplbConfig(policy="rt_test_shift", interval=0, warm_up=False), 1, 4).shutdown()
+        assert logger.level == logging.DEBUG
+        monkeypatch.setenv("EPLB_RT_LOG_LEVEL", "error")
+        EplbRuntime(EplbConfig(policy="rt_test_shift", interval=0, warm_up=False), 1, 4).shutdown()
+        assert logger.level == logging.ERROR
+    finally:
+        logger.setLevel(before)
 
 
 def test_envs_table(monkeypatch):

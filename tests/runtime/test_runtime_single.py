@@ -385,6 +385,22 @@ def dataclass_replace(config, **changes):
     return dataclasses.replace(config, **changes)
 
 
+@pytest.mark.parametrize(("interval", "deadline", "warned"), [(12, 11, True), (12, 4, False)])
+def test_a_deadline_that_leaves_no_room_for_probes_is_warned_about(
+    caplog, interval, deadline, warned
+):
+    """A probe starts at an episode step only where its plan's deadline falls before the next
+    interval: at 12 / 6 / 11 (the integration guide's example before) none ever started."""
+    config = EplbConfig(
+        policy="rt_test_shift", interval=interval, history=24, episode=6, deadline=deadline,
+        warm_up=False,
+    )  # fmt: skip
+    with caplog.at_level("WARNING", logger="eplb_rt.runtime"), EplbRuntime(config, 2, 4):
+        pass
+    said = [r for r in caplog.records if "no drift probe" in r.getMessage()]
+    assert len(said) == warned
+
+
 def test_a_history_too_short_for_drift_is_warned_about(caplog):
     """Drift compares the latest episode with two or more before it, in the ``history - 1``
     closed steps a plan reads: with less, only the interval starts plans."""
@@ -393,7 +409,7 @@ def test_a_history_too_short_for_drift_is_warned_about(caplog):
         pass
     assert "drift is never checked" in caplog.text and "(25)" in caplog.text
     caplog.clear()
-    enough = EplbConfig(policy="rt_test_shift", interval=8, history=25, episode=8, warm_up=False)
+    enough = EplbConfig(policy="rt_test_shift", interval=40, history=25, episode=8, warm_up=False)
     with caplog.at_level("WARNING", logger="eplb_rt.runtime"), EplbRuntime(enough, 2, 4):
         pass
     assert "drift" not in caplog.text
