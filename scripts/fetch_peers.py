@@ -250,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     """Fetch every tested release of the engines named (all by default), or ``NAME==VERSION``;
     with ``--newer``, list the releases on the index that are newer than those tested."""
     args = list(argv or [])
+    if {"-h", "--help"} & set(args):
+        print("\n\n".join(__doc__.split("\n\n")[:2]))  # what it does, how it is called
+        return 0
     newer = "--newer" in args
     args = [a for a in args if a != "--newer"] or list(PEERS)
     status = 0

@@ -183,3 +183,8 @@ def test_the_index_is_the_one_pip_uses(monkeypatch, tmp_path):
     assert fetch_peers._index_url() == "https://mirror.test/simple"
     monkeypatch.setenv("PIP_INDEX_URL", "https://env.test/simple")
     assert fetch_peers._index_url() == "https://env.test/simple"
+
+
+def test_help_is_usage_not_an_engine(capsys):
+    assert fetch_peers.main(["--help"]) == 0
+    assert "python scripts/fetch_peers.py --newer" in capsys.readouterr().out
