@@ -165,8 +165,10 @@ class EplbConfig:
             if value is not None and not os.fspath(value).strip():
                 raise ValueError(f"EplbConfig.{name} must be a path or None, got {value!r}")
         if self.initial_placement is not None and not os.path.isfile(self.initial_placement):
+            what = "a folder" if os.path.isdir(self.initial_placement) else "no such file"
             raise ValueError(
-                f"EplbConfig.initial_placement: no such file {self.initial_placement!r}"
+                f"EplbConfig.initial_placement: {what} {self.initial_placement!r} (expected a "
+                "placement's JSON file)"
             )
         # At least a millisecond: torch counts a wait's timeout in whole milliseconds, and 0
         # there means no timeout at all. At most about 31 years: torch takes a timedelta, which

@@ -66,7 +66,7 @@ def register(subparsers) -> None:
         "--check-every",
         type=int,
         default=10,
-        help="run the model without EPLB every N steps to compare outputs",
+        help="run the model without EPLB every N steps to compare outputs (default 10)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the workload, in [0, 2**32)")
     parser.add_argument("--plot", metavar="FILE", help="write a PNG of PAR and step time")

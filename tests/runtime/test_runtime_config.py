@@ -47,6 +47,7 @@ def test_defaults_are_valid_and_frozen():
         ("heat_source", "sender", "heat_source must be one of"),
         ("count_steps", "some", "count_steps must be one of"),
         ("initial_placement", "/nonexistent/placement.json", "no such file"),
+        ("initial_placement", "/", "a folder '/' \\(expected a placement's JSON file\\)"),
         # An int is a file descriptor to os.path: 1 (stdout) "exists".
         ("initial_placement", 1, "initial_placement must be a path, got 1"),
         ("export_dir", 3, "export_dir must be a path, got 3"),

@@ -127,12 +127,12 @@ def test_default_interval_from_each_files_own_steps(tmp_path, capsys):
     code, out, err = _simulate(capsys, [a, b] * 16, "--ranks 2 --slots-per-rank 5", "--json", j)
     assert code == 0, err
     doc = json.loads(j.read_text())
-    assert doc["setup"]["interval"] == 1 and "re-planned every 1 steps" in out
+    assert doc["setup"]["interval"] == 1 and "re-planned every 1 step from" in out
     labels = [f"{'ab'[i % 2]}#{i + 1}" for i in range(32)]
     assert doc["setup"]["workloads"] == [{"label": x, "steps": 1} for x in labels]
     code, out, err = _simulate(capsys, [a, a, b], "--ranks 2 --slots-per-rank 5", "--json", j)
     assert code == 0, err
-    assert "[a#1 (1 steps), a#2 (1 steps), b (1 steps)]" in out
+    assert "[a#1 (1 step), a#2 (1 step), b (1 step)]" in out
     cycles = json.loads(j.read_text())["policies"]["none"]["cycles"]
     assert [c["label"] for c in cycles] == ["a#2", "b"]
 
