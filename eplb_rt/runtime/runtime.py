@@ -212,7 +212,15 @@ class EplbRuntime:
         self.num_ranks = len(ranks)
         S = config.num_slots_per_rank(num_experts, self.num_ranks)
         self.topology = Topology(self.num_ranks, S, config.num_nodes, config.num_groups)
-        self.topology.check_experts(num_experts)
+        try:
+            self.topology.check_experts(num_experts)
+        except ValueError as err:  # the slots come from the config: say which of its fields
+            given = (
+                f"slots_per_rank={config.slots_per_rank}"
+                if config.slots_per_rank is not None
+                else f"num_redundant={config.num_redundant}"
+            )
+            raise ValueError(f"EplbConfig.{given} on {self.num_ranks} rank(s): {err}") from None
         self._warn_if_flat(num_experts)
         self.max_replicas = min(self.num_ranks, self.topology.num_slots - num_experts + 1)
         self._placement = self._initial_placement()

@@ -324,8 +324,10 @@ def test_bad_constructor_arguments():
         assert (rt.num_layers, rt.num_experts) == (2, 4)
     with pytest.raises(ValueError, match=r"torch\.distributed is not initialised"):
         EplbRuntime(config, 1, 4, group=object())
-    with pytest.raises(ValueError, match="exceeds num_experts"):
+    with pytest.raises(ValueError, match=r"slots_per_rank=5 on 1 rank\(s\): .*exceeds num_exp"):
         EplbRuntime(EplbConfig(policy="rt_test_shift", slots_per_rank=5, warm_up=False), 1, 4)
+    with pytest.raises(ValueError, match=r"EplbConfig.num_redundant=100 on 1 rank\(s\): num_sl"):
+        EplbRuntime(EplbConfig(policy="rt_test_shift", num_redundant=100, warm_up=False), 1, 8)
     with pytest.raises(ValueError, match="stream API"):
         EplbRuntime(config, 1, 4, device="meta")
 
