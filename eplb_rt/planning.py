@@ -155,9 +155,7 @@ def decide(
     ):
         if not isinstance(value, kind):
             raise TypeError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
-    if isinstance(horizon, (bool, np.bool_)) or not (
-        is_real(horizon) and math.isfinite(as_float(horizon)) and horizon > 0
-    ):
+    if not (is_real(horizon) and math.isfinite(as_float(horizon)) and horizon > 0):
         raise ValueError(
             f"horizon (steps until the next plan) must be a finite number > 0, got {horizon!r}"
         )

@@ -93,7 +93,7 @@ def _live_ranks(algorithm: object, num_ranks: int) -> np.ndarray | None:
     if active is None:
         active = ElasticEPStateManager.healthy_rank_state()
     active = as_numpy(active, "active_ranks [ranks]", (1,), WHERE)
-    if active.ndim == 1 and active.size > num_ranks and not active[num_ranks:].any():
+    if active.size > num_ranks and not active[num_ranks:].any():
         # SGLang sizes the list to --max-ep-size: the ranks past those serving are its reserve
         # for a scale-up, never active.
         active = active[:num_ranks]

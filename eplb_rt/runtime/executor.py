@@ -100,9 +100,9 @@ def slot_rows(name: str, tensor: torch.Tensor) -> torch.Tensor:
                 f"{tuple(tensor.stride())}) pads its slots but its storage ends before the last "
                 "slot's padding; register the tensor that holds the padding"
             )
-    with torch.no_grad():
-        rows = tensor.detach().as_strided((S, step), (step, 1))
-        return rows.view(torch.uint8)
+    # Detached: the transfers and the commit write the slots without autograd (weights that
+    # require grad included).
+    return tensor.detach().as_strided((S, step), (step, 1)).view(torch.uint8)
 
 
 def npu_format(tensor: torch.Tensor) -> int | None:
@@ -285,8 +285,7 @@ class MigrationExecutor:
         serving_done = self.device.record_event()
         works: list = []
         error = None
-        # no_grad: the local copies write staging rows from weights that may require grad.
-        with torch.no_grad(), self.device.on_stream(self.stream):
+        with self.device.on_stream(self.stream):
             self.device.wait_event(previous_event, self.stream)
             self.device.wait_event(serving_done, self.stream)
             p2p, local_dst, local_src = [], [], []

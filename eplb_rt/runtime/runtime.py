@@ -324,7 +324,7 @@ class EplbRuntime:
         # Steps from a gather to its plan's deadline; where it adapts, every rank doubles it on
         # the same agreed outcome, so the ranks' deadline steps stay equal.
         self.deadline = config.first_deadline
-        if self._rebalance_enabled and config.interval > 0 and not self._probes_fit():
+        if self._rebalance_enabled and not self._probes_fit():
             log.warning(
                 "EplbConfig.deadline (%d) leaves no episode step (every %d) before the next "
                 "interval (%d) for a plan to finish: no drift probe, and no first plan before "
@@ -337,9 +337,7 @@ class EplbRuntime:
     def _probes_fit(self) -> bool:
         """Whether a probe can start: an episode step whose plan's deadline falls before the
         next interval (the first interval's, as :meth:`step` tests it)."""
-        return self.config.interval > 0 and self.config.episode + self.deadline < (
-            self.config.interval
-        )
+        return self.config.episode + self.deadline < self.config.interval
 
     def _warn_if_flat(self, num_experts: int) -> None:
         """Say so where groups are asked for (``num_groups > 1``) and every plan is flat."""
