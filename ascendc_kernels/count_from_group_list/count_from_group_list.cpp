@@ -19,12 +19,12 @@
 #include "heat_row.h"
 #include "kernel_operator.h"
 #include "scalar_tiles.h"
+#define EPLB_RT_AICORE
+#include "group_count.h"
 
 using namespace AscendC;
 
 namespace {
-
-constexpr int64_t kMaxCount = 2147483647;  // INT32_MAX: heat holds int32 counts
 
 template <class T>
 class KernelCountFromGroupList {
@@ -65,11 +65,11 @@ class KernelCountFromGroupList {
     (void)start;
     for (uint32_t i = 0; i < len; ++i) {
       const int64_t value = static_cast<int64_t>(groupsLocal.GetValue(i));
-      const int64_t count = cumulative_ ? value - previous_ : value;
+      const int64_t count = eplb_rt::group_count(value, cumulative_ ? previous_ : 0);
       previous_ = value;
       // Clamped into int32's range: a count past it (a malformed list) must not wrap negative.
-      countsLocal.SetValue(
-          i, count <= 0 ? 0 : static_cast<int32_t>(count < kMaxCount ? count : kMaxCount));
+      const int64_t top = eplb_rt::kMaxGroupCount;
+      countsLocal.SetValue(i, static_cast<int32_t>(count <= 0 ? 0 : count < top ? count : top));
     }
   }
 

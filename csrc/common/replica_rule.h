@@ -26,13 +26,7 @@
 
 #include <stdint.h>
 
-#if defined(__CUDACC__)
-#define EPLB_RT_HD __host__ __device__ __forceinline__
-#elif defined(EPLB_RT_AICORE)
-#define EPLB_RT_HD __aicore__ inline
-#else
-#define EPLB_RT_HD inline
-#endif
+#include "portable.h"
 
 namespace eplb_rt {
 

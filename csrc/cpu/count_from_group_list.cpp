@@ -3,9 +3,8 @@
 // S_local is small (slots per rank), so one serial pass validates and a second one adds.
 #include <torch/library.h>
 
-#include <limits>
-
 #include "common/checks.h"
+#include "common/group_count.h"
 #include "cpu/cpu_common.h"
 
 namespace eplb_rt {
@@ -16,21 +15,28 @@ void count_typed(const at::Tensor& group_list, const at::Tensor& heat, const at:
                  int64_t slot_offset, bool cumulative) {
   const index_t* gl = group_list.const_data_ptr<index_t>();
   const int64_t S = group_list.size(0);
-  auto count = [&](int64_t i) -> int64_t {
-    const int64_t v = static_cast<int64_t>(gl[i]);
-    return cumulative && i > 0 ? v - static_cast<int64_t>(gl[i - 1]) : v;
+  auto previous = [&](int64_t i) -> int64_t {
+    return cumulative && i > 0 ? static_cast<int64_t>(gl[i - 1]) : 0;
   };
   for (int64_t i = 0; i < S; ++i) {
-    const int64_t c = count(i);
-    // The count's name as the caller wrote it: group_list[0] has no predecessor.
-    TORCH_CHECK(c >= 0 && c <= std::numeric_limits<int32_t>::max(), "count_from_group_list: ",
-                cumulative && i > 0 ? "group_list[i] - group_list[i - 1]" : "group_list[i]",
-                " for i = ", i, " is ", c, ", a token count must be in [0, 2^31)",
+    const int64_t c = group_count(static_cast<int64_t>(gl[i]), previous(i));
+    if (c >= 0 && c <= kMaxGroupCount) continue;
+    // The count as the caller wrote it (its two entries: their difference may not fit int64).
+    if (cumulative && i > 0) {
+      TORCH_CHECK(false, "count_from_group_list: group_list[i] - group_list[i - 1] for i = ", i,
+                  " is ", static_cast<int64_t>(gl[i]), " - ", static_cast<int64_t>(gl[i - 1]),
+                  ", a token count must be in [0, 2^31) (cumulative=True needs non-decreasing ",
+                  "prefix sums)");
+    }
+    TORCH_CHECK(false, "count_from_group_list: group_list[i] for i = ", i, " is ",
+                static_cast<int64_t>(gl[i]), ", a token count must be in [0, 2^31)",
                 cumulative ? " (cumulative=True needs non-decreasing prefix sums)" : "");
   }
   int32_t* out =
       heat.data_ptr<int32_t>() + ring_row(step, heat.size(0)) * heat.stride(0) + slot_offset;
-  for (int64_t i = 0; i < S; ++i) out[i] = wrapping_add(out[i], count(i));
+  for (int64_t i = 0; i < S; ++i) {
+    out[i] = wrapping_add(out[i], group_count(static_cast<int64_t>(gl[i]), previous(i)));
+  }
 }
 
 void count_from_group_list_cpu(const at::Tensor& group_list, const at::Tensor& heat,

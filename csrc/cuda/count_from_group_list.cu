@@ -2,6 +2,7 @@
 // inclusive prefix sums) added into heat[row, slot_offset + i]. One thread per local slot; the
 // ring row comes from the device step counter. int32 atomics, because route_and_count or another
 // stream may add into the same heat row.
+#include "../common/group_count.h"
 #include "device_common.cuh"
 #include "launchers.h"
 
@@ -17,10 +18,9 @@ __global__ void count_from_group_list_kernel(const G* __restrict__ group_list,
                                              CountFromGroupListParams p) {
   const int32_t i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= p.num_local) return;
-  // In int64: the difference of two int32 entries may not fit their type.
-  const int64_t value = static_cast<int64_t>(group_list[i]);
-  const int64_t count =
-      (p.cumulative && i > 0) ? value - static_cast<int64_t>(group_list[i - 1]) : value;
+  const int64_t previous =
+      (p.cumulative && i > 0) ? static_cast<int64_t>(group_list[i - 1]) : int64_t{0};
+  const int64_t count = group_count(static_cast<int64_t>(group_list[i]), previous);
   // A bad count cannot be reported without a synchronisation (see launchers.h): a negative one
   // is skipped, one past int32 added as INT32_MAX (the int32 counter it lands in still wraps
   // past that: such a count is malformed, as the CPU's refusal says). Zero needs no atomic.

@@ -29,7 +29,7 @@ def _sources() -> list[Path]:
 
 
 def _headers() -> list[Path]:
-    return [*sorted(KERNELS.glob("**/*.h")), REPO / "csrc" / "common" / "replica_rule.h"]
+    return [*sorted(KERNELS.glob("**/*.h")), *sorted((REPO / "csrc" / "common").glob("*.h"))]
 
 
 def _command(out: Path) -> list[str]:

@@ -307,6 +307,17 @@ def test_count_from_group_list_clamps_a_count_past_int32(sim):
     np.testing.assert_array_equal(heat, [[0, top]])
 
 
+def test_count_from_group_list_saturates_differences_past_int64(sim):
+    """Two int64 entries may differ by more than int64 holds: a fall from 5 to INT64_MIN is a
+    negative count (adds 0), the rise from there to INT64_MAX one past int32 (adds INT32_MAX),
+    not their wrapped differences."""
+    low, high = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+    heat = np.zeros((1, 3), dtype=np.int32)
+    prefix = np.array([5, low, high], np.int64)
+    sim.count_from_group_list(prefix, heat, np.zeros(1, np.int64), 0, True)
+    np.testing.assert_array_equal(heat, [[5, 0, np.iinfo(np.int32).max]])
+
+
 def _bytes2d(t: torch.Tensor) -> np.ndarray:
     """[rows, bytes] uint8 numpy view sharing t's storage (any dtype, incl. bf16)."""
     row_bytes = int(np.prod(t.shape[1:])) * t.element_size()

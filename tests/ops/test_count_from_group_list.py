@@ -64,6 +64,15 @@ def test_bad_input_raises_and_writes_nothing(case):
     assert torch.equal(args["heat"], heat_before)
 
 
+def test_a_difference_past_int64_is_refused_with_its_entries():
+    """The difference of two int64 entries may not fit int64: the error names both entries
+    (not their wrapped difference, which read as a large count) and nothing is written."""
+    args = {**_valid_args(), "group_list": torch.tensor([0, 5, -(2**63)]), "cumulative": True}
+    with pytest.raises(RuntimeError, match="for i = 2 is -9223372036854775808 - 5, a token count"):
+        torch.ops.eplb_rt.count_from_group_list(**args)
+    assert not args["heat"].any()
+
+
 @pytest.mark.parametrize("cumulative", [False, True], ids=["plain", "cumulative"])
 def test_opcheck(cumulative):
     args = _valid_args()
