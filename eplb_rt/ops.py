@@ -13,6 +13,15 @@ which registers the ops with the dispatcher.
 The replica rule of :func:`route_and_count` (which replica of an expert a routed pair gets,
 from its position only, deterministically and graph-safe) is defined and explained once, in
 ``csrc/common/replica_rule.h``; ``tests/reference.py`` holds its Python reference.
+
+Under ``torch.compile`` with the Inductor backend and dynamic shapes (torch 2.13), a tensor an
+op writes that is a view of a compiled function's argument at a symbolic offset (``ring[:,
+layer, :]`` with ``ring`` and ``layer`` passed in) is written at offset 0: ``route_and_count``
+and ``count_from_group_list`` then count into layer 0, and weights that are views of one
+buffer reach ``update_expert_weights_`` overlapping (refused). Inductor mishandles any mutating
+custom op so. ``EplbRuntime`` is not affected (its ring and tables are module constants to the
+compiler, and it commits eagerly); compiled callers keep such tensors constants, or mark them
+static (``torch._dynamo.mark_static(ring)``), or pass views that are not offsets of an argument.
 """
 
 from __future__ import annotations
@@ -101,8 +110,9 @@ def route_and_count(
             65536``: the replica rule splits an expert over at most 2^16 replicas).
         logcnt: ``[E]`` int32: replicas per expert, in ``[1, R]`` for every expert used.
         heat: ``[H, P]`` int32 with unit stride in the last dimension (typically
-            ``heat_ring[:, layer, :]`` of the ``[H, L, P]`` ring); row ``step mod H`` gets
-            ``+1`` per routed pair at its slot. Padding is never counted.
+            ``heat_ring[:, layer, :]`` of the ``[H, L, P]`` ring; compiled with Inductor and
+            dynamic shapes, see the module docstring); row ``step mod H`` gets ``+1`` per
+            routed pair at its slot. Padding is never counted.
         step: one-element int64 tensor on the device: the step counter (not advanced here).
         replica_share: ``[E, R]`` float32 or None (uniform split): each replica's share.
         out: ``[N, K]`` buffer of ``topk_ids``' dtype for the result, or None to allocate one.
@@ -136,7 +146,8 @@ def count_from_group_list(
         group_list: ``[S_local]`` int32 or int64: tokens received by each local slot, or with
             ``cumulative=True`` their inclusive prefix sums (``count_i = gl[i] - gl[i - 1]``).
         heat: ``[H, P]`` int32, unit stride in the last dimension; ``heat[row, slot_offset + i]
-            += count_i``.
+            += count_i`` (a view of a ring compiled with Inductor and dynamic shapes: see the
+            module docstring).
         step: one-element int64 tensor: the step counter.
         slot_offset: first physical slot of this rank (``rank * S``); ``slot_offset + S_local
             <= P``.
@@ -171,10 +182,8 @@ def update_expert_weights_(
             range or twice (device backends check metadata only: they skip a slot out of range,
             and of rows given one slot copy the last).
 
-    Under ``torch.compile`` with the Inductor backend and dynamic shapes (torch 2.13), weights
-    that are views of one buffer may get wrong rows: Inductor mishandles a mutated list of
-    aliasing tensors, ours or any custom op's. The runtime commits eagerly; compiled callers
-    pass tensors that do not alias.
+    Compiled with Inductor and dynamic shapes, weights that are views of one argument are
+    refused: see the module docstring.
     """
     _first_use(slots.device)
     _update_expert_weights(weights, staged, slots)

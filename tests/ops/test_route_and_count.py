@@ -398,3 +398,29 @@ def test_compiles_with_mutations_kept():
     route(heat_eager, out_eager)
     assert torch.equal(out, out_eager)
     assert torch.equal(heat, heat_eager)
+
+
+def test_a_ring_marked_static_is_counted_in_its_layer_under_inductor_with_dynamic_shapes():
+    """The workaround the ops' docstring gives: Inductor with dynamic shapes writes a view of an
+    argument at a symbolic offset (``ring[:, layer, :]``) at offset 0 (torch 2.13); with the
+    ring marked static every count lands in its layer, as eagerly."""
+    tables = realistic_tables(5, 7, seed=3)
+    ids = random_ids(11, 2, 5, torch.int64, seed=4)
+    step = torch.tensor([1])
+
+    def route(ring, layer: int):
+        ops.route_and_count(ids, tables.log2phy, tables.logcnt, ring[:, layer, :], step)
+        ops.count_from_group_list(torch.ones(7, dtype=torch.int64), ring[:, layer, :], step, 0)
+        return ring.sum()
+
+    compiled = torch.compile(route, backend="inductor", dynamic=True)
+    for layer in (2, 1):
+        ring, eager = (
+            torch.zeros((2, 3, 7), dtype=torch.int32),
+            torch.zeros((2, 3, 7), dtype=torch.int32),
+        )
+        torch._dynamo.mark_static(ring)
+        compiled(ring, layer)
+        route(eager, layer)
+        assert torch.equal(ring, eager)
+        assert ring.sum() == ring[:, layer].sum() > 0
