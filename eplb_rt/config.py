@@ -61,7 +61,8 @@ class EplbConfig:
         count_steps: which steps feed the heat: ``"all"``, ``"prefill"`` or ``"decode"``
             (``step(is_prefill=...)`` says which one just ran). With ``"group_list"`` heat a
             rank's counts hold every rank's tokens, so a step counts only where every rank's
-            batch does (mixed phases drop the step).
+            batch does (mixed phases count nothing). A step that counts nothing is priced as a
+            step without load: a better placement saves nothing on it.
         initial_placement: JSON file (vllm-ascend expert_map format) with the placement to start
             from; with ``interval=0`` this is static EPLB.
         export_dir: directory that receives the starting placement as

@@ -304,13 +304,9 @@ class Balancer:
         heat = self._reduce(job.heat[torch.as_tensor(job.rows, dtype=torch.int64)])
         if self.config.heat_source == "group_list" and job.row_counts is not None:
             heat[~self._counted_everywhere(job.row_counts)] = 0
-        counted = heat.reshape(heat.shape[0], -1).any(axis=1)
-        if not counted.all():
-            heat = heat[counted]
-            seconds = None if job.row_seconds is None else job.row_seconds[counted]
-            job = dataclasses.replace(
-                job, row_phy2log=job.row_phy2log[counted], row_seconds=seconds
-            )
+        # Steps without heat (idle, or not counted) stay, as in a load file given to `plan` or
+        # `simulate`: a step saves by a placement what its load shows, and the gate prices the
+        # mean step over the interval; the policies leave such steps out of their episodes.
         status, decision, plan_time, error = PLAN_FAILED, None, 0.0, ""
         if self.rank == 0:
             status, decision, plan_time, error = self._plan(job, heat)

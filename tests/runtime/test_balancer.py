@@ -65,8 +65,13 @@ def _result(balancer: Balancer, job: Job):
     return result
 
 
-def test_same_load_same_decision_in_runtime_plan_and_simulate(tmp_path, capsys):
+@pytest.mark.parametrize("idle", [(), (1, 4, 5, 8, 9, 10)], ids=["busy", "idle steps"])
+def test_same_load_same_decision_in_runtime_plan_and_simulate(tmp_path, capsys, idle):
+    """With steps that counted nothing (a quiet server, steps not counted) too: the runtime
+    dropped them and priced every step of the interval as busy, saving 2x what plan and
+    simulate saw from the same steps."""
     load = _load()
+    load[list(idle)] = 0
     start = planning.starting_placement(L, E, TOPO)
     # 1. The runtime's balancer (EplbRuntime._gather builds exactly such a job).
     balancer = _balancer(token_seconds=COST.token_seconds, link_bandwidth=COST.bandwidth)
@@ -87,6 +92,8 @@ def test_same_load_same_decision_in_runtime_plan_and_simulate(tmp_path, capsys):
     spec = sim.SimulationSpec(TOPO, ("deepseek",), interval=12, cost=COST)
     simulated = sim.simulate(replay, spec).cycles["deepseek"][0].placement
     assert result.placement == planned == simulated
+    expected = planning.decide(load, start, TOPO, "deepseek", None, cost=COST, horizon=12)
+    np.testing.assert_array_equal(result.decision.saved_s, expected.saved_s)
     # The gate split the layers: the near-uniform one does not pay, the skewed ones do.
     assert result.layers == (1, 2)
     assert result.placement.changed_layers(start).tolist() == [1, 2]
