@@ -19,16 +19,13 @@ and the ranks agree (``EplbRuntime``) whether everyone holds the same plan.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import logging
-import multiprocessing
 import os
 import queue
 import threading
 import time
 import zlib
-from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 import torch
@@ -39,6 +36,7 @@ from eplb_rt.algorithms import registry
 from eplb_rt.config import EplbConfig
 from eplb_rt.placement import Placement, Topology
 from eplb_rt.runtime.device import Event
+from eplb_rt.runtime.planning_child import PlanningChild, PlanningChildDied
 from eplb_rt.runtime.recorder import heat_to_load
 
 log = logging.getLogger("eplb_rt.runtime")
@@ -186,7 +184,9 @@ class Balancer:
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._results: dict[int, PlanResult] = {}
         self._lock = threading.Lock()
-        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._child: PlanningChild | None = None
+        self._child_lock = threading.Lock()
+        self._owner = os.getpid()
         self.ready = threading.Event()  # set once the warm-up is done
         # Once the one-off costs are paid: the planning rank's warm-up (it plans once), or
         # without one its first plan; the other ranks pay none.
@@ -218,8 +218,12 @@ class Balancer:
         LLVM compiles in a daemon thread aborts (``terminate called without an active
         exception``): without the shipped kernel cache the warm-up compiles for tens of
         seconds. A planning child is killed at once, warming up or planning: what it would
-        return is not used any more, and the interpreter's exit would wait for it."""
-        self._stopping = True  # what is still queued runs its collectives, unplanned
+        return is not used any more, and the interpreter's exit would wait for it. In a process
+        forked from this one, nothing: the thread and the child are the parent's."""
+        if os.getpid() != self._owner:
+            return
+        with self._child_lock:  # no child is started after this
+            self._stopping = True  # what is still queued runs its collectives, unplanned
         self._jobs.put(None)
         if self.config.plan_in_subprocess:
             self._kill_child()
@@ -229,44 +233,19 @@ class Balancer:
         self._kill_child()  # one the thread made meanwhile
 
     def _kill_child(self) -> None:
-        pool = self._pool
-        if pool is None:
-            return
-        # A running task is not cancelled by shutdown(cancel_futures=True).
-        for process in list((getattr(pool, "_processes", None) or {}).values()):
-            if process.is_alive():
-                process.kill()
-        pool.shutdown(wait=False, cancel_futures=True)
+        if self._child is not None:
+            self._child.kill()
 
     # ------------------------------------------------------------------ thread side
     def _loop(self) -> None:
         # Only rank 0 plans, so only it needs the child process and the compiled kernels.
         if self.rank == 0 and self.config.plan_in_subprocess:
-            self._pool = _planning_pool()
-        if self.rank == 0 and self.config.warm_up:
-            try:
-                # Compile, then plan once on a flat load of the real shape: the first call also
-                # pays imports and caches that the numba warm-up does not touch.
-                flat = np.ones((1, self._num_layers, self.num_experts))
-                start = Placement.initial(self._num_layers, self.num_experts, self.topology)
-                args = (self.config.policy, flat, self.topology, start, self.config.policy_options)
-                if self._pool is not None:
-                    seconds = self._pool.submit(timed_warm_up, self.config.policy).result()
-                    self._pool.submit(registry.plan, *args).result()
-                else:
-                    seconds = timed_warm_up(self.config.policy)
-                    registry.plan(*args)
-                # A drift probe's check runs here, with a planning child too: its kernels
-                # loaded now (a first probe took 0.4-0.7 s, late, and the deadline it pushed up
-                # left no room for probes after it).
-                planning.drifted(flat, start, 1, planning.CostModel())
-            except Exception:
-                if not self._stopping:  # else the child was killed by shutdown()
-                    log.exception("policy %s warm-up failed", self.config.policy)
-            else:
-                self._report_warm_up(seconds)
-                self.warm = True
-        self.ready.set()
+            self._start_child()
+        try:
+            if self.rank == 0 and self.config.warm_up and not self._stopping:
+                self._warm_up()
+        finally:  # a warm-up that ended the thread (SystemExit) must not leave shutdown waiting
+            self.ready.set()
         while True:
             job = self._jobs.get()
             try:
@@ -282,6 +261,36 @@ class Balancer:
                 log.exception("balancer job failed")
             finally:
                 self._jobs.task_done()
+
+    def _start_child(self) -> None:
+        """A planning child, unless shutdown() has begun: then it would not be killed."""
+        with self._child_lock:
+            if not self._stopping:
+                self._child = PlanningChild()
+
+    def _warm_up(self) -> None:
+        try:
+            # Compile, then plan once on a flat load of the real shape: the first call also
+            # pays imports and caches that the numba warm-up does not touch.
+            flat = np.ones((1, self._num_layers, self.num_experts))
+            start = Placement.initial(self._num_layers, self.num_experts, self.topology)
+            args = (self.config.policy, flat, self.topology, start, self.config.policy_options)
+            if self._child is not None:
+                seconds = self._child.call(timed_warm_up, self.config.policy)
+                self._child.call(registry.plan, *args)
+            else:
+                seconds = timed_warm_up(self.config.policy)
+                registry.plan(*args)
+            # A drift probe's check runs here, with a planning child too: its kernels loaded
+            # now (a first probe took 0.4-0.7 s, late, and the deadline it pushed up left no
+            # room for probes after it).
+            planning.drifted(flat, start, 1, planning.CostModel())
+        except BaseException:  # a policy's SystemExit must not end the thread
+            if not self._stopping:  # else the child was killed by shutdown()
+                log.exception("policy %s warm-up failed", self.config.policy)
+        else:
+            self._report_warm_up(seconds)
+            self.warm = True
 
     def _report_warm_up(self, seconds: float) -> None:
         """A warm-up that took long compiled the kernels: the package's cache had no entry for
@@ -384,19 +393,18 @@ class Balancer:
             args = (load, job.previous, self.topology, self.config.policy)
             args += (self.config.policy_options,)
             kwargs = {"cost": cost, "horizon": self.config.interval}
-            if self._pool is None:
+            if self._child is None:
                 decision = planning.decide(*args, **kwargs)
             else:
-                decision = self._pool.submit(planning.decide, *args, **kwargs).result()
-        except BrokenProcessPool as err:
-            # The child died (killed for memory, a crash in a policy, or by shutdown()): a new
-            # one for the next plan, which then loads the kernels again.
-            self._pool.shutdown(wait=False, cancel_futures=True)
+                decision = self._child.call(planning.decide, *args, **kwargs)
+        except PlanningChildDied as err:
+            # Killed for memory, a crash in a policy, or by shutdown(): a new one for the next
+            # plan, which then loads the kernels again.
             if not self._stopping:
                 log.warning(
                     "plan %d: the planning process died (%r); starting a new one", job.epoch, err
                 )
-                self._pool = _planning_pool()
+                self._start_child()
             return PLAN_FAILED, None, time.perf_counter() - started, repr(err)
         except BaseException as err:  # a policy's SystemExit must not end the thread
             log.warning(
@@ -407,7 +415,7 @@ class Balancer:
             )
             return PLAN_FAILED, None, time.perf_counter() - started, repr(err)
         seconds = time.perf_counter() - started
-        if self._pool is None:
+        if self._child is None:
             own = time.thread_time() - cpu_started[0]
             others = time.process_time() - cpu_started[1] - own
             self._advise_if_waiting(job.epoch, seconds, own, others)
@@ -461,38 +469,3 @@ class Balancer:
 IDLE_FACTOR = 10.0
 """A step whose time per busiest-rank token exceeds the window's median this many times waited
 (an idle pause between requests, a stall) rather than computed: its time is not a token's."""
-
-
-def _planning_pool() -> concurrent.futures.ProcessPoolExecutor:
-    """The child process that plans with ``plan_in_subprocess`` (spawned: no forked threads);
-    it ends with this process, however this one ends (:func:`_end_with_parent`)."""
-    return concurrent.futures.ProcessPoolExecutor(
-        max_workers=1,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_end_with_parent,
-        initargs=(os.getpid(),),
-    )
-
-
-def _end_with_parent(parent: int) -> None:
-    """In the planning child: exit when the serving process ``parent`` dies (killed for memory,
-    SIGKILL, a SIGTERM it does not handle), which would leave the child holding its pipe."""
-    try:  # Linux: the kernel sends SIGKILL when the parent thread ends
-        import ctypes
-        import signal
-
-        PR_SET_PDEATHSIG = 1
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
-            if os.getppid() != parent:  # it died before the call
-                os._exit(0)
-            return
-    except (OSError, AttributeError):
-        pass
-
-    def watch() -> None:  # elsewhere: poll for the parent's end
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="eplb-parent-watch", daemon=True).start()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import threading
 import time
 
 import numpy as np
@@ -24,6 +27,7 @@ from eplb_rt.runtime.balancer import (
     waited_for_the_gil,
 )
 from eplb_rt.runtime.device import Event
+from eplb_rt.runtime.planning_child import PlanningChildDied
 from eplb_rt.sim import simulate as sim
 
 L, E, TOPO = 3, 8, Topology(4, 3)
@@ -160,25 +164,95 @@ def test_the_balancer_lives_on_after_a_policy_exits():
 
 
 def test_shutdown_kills_a_planning_child_that_does_not_return():
-    """A running task is not cancelled by the pool: the child planned on, orphaned, and the
-    interpreter's exit waited for it."""
+    """A running task is not cancelled by a process pool: the child planned on, orphaned, and
+    the interpreter's exit waited for it."""
     balancer = _balancer(plan_in_subprocess=True)
     deadline = time.monotonic() + 60
-    while balancer._pool is None:
+    while balancer._child is None:
         assert time.monotonic() < deadline, "the balancer never made its planning child"
         time.sleep(0.01)
-    task = balancer._pool.submit(time.sleep, 3600)  # a plan that never returns
-    while not task.running():
-        assert time.monotonic() < deadline, "the planning child never started the task"
+    child = balancer._child
+    answers = []
+
+    def plan_for_ever():  # a plan that never returns
+        try:
+            child.call(time.sleep, 3600)
+        except PlanningChildDied as err:
+            answers.append(err)
+
+    caller = threading.Thread(target=plan_for_ever)
+    caller.start()
+    while not child._lock.locked():  # the call is in the child's hands
+        assert time.monotonic() < deadline, "the call never reached the planning child"
         time.sleep(0.01)
-    pid = next(iter(balancer._pool._processes.values())).pid
     started = time.perf_counter()
     balancer.shutdown(timeout=5.0)
     assert time.perf_counter() - started < 5.0
-    while not _ended(pid):  # (the pool's own thread may reap it: its handle cannot tell)
-        assert time.monotonic() < deadline, f"the planning child {pid} still runs"
+    while not _ended(child.pid):
+        assert time.monotonic() < deadline, f"the planning child {child.pid} still runs"
         time.sleep(0.01)
+    caller.join(10.0)
+    assert len(answers) == 1 and not balancer._thread.is_alive()
+
+
+def test_a_policy_that_exits_in_the_warm_up_leaves_the_balancer_serving():
+    """A SystemExit in the warm-up ended the thread before it was ready: no plan ran, nothing
+    was reported, and shutdown() (and the interpreter's exit) waited for ever."""
+    balancer = _balancer("rt_test_exit", warm_up=True)
+    assert balancer.ready.wait(60)
+    start = planning.starting_placement(L, E, TOPO)
+    assert _result(balancer, _job(_load(), start)).status == PLAN_FAILED
+    balancer.shutdown(timeout=5.0)
     assert not balancer._thread.is_alive()
+
+
+def test_shutdown_right_after_start_plans_no_warm_up_in_a_new_child():
+    """shutdown() came before the thread made its planning child: the thread made it anyway
+    and warmed up in it (seconds) while shutdown() waited."""
+    balancer = _balancer(plan_in_subprocess=True, warm_up=True)
+    started = time.perf_counter()
+    balancer.shutdown(timeout=30.0)
+    assert time.perf_counter() - started < 3.0
+    assert not balancer._thread.is_alive()
+    assert balancer._child is None or _ended(balancer._child.pid)
+
+
+def _rank_that_forgets_shutdown() -> None:
+    balancer = _balancer(plan_in_subprocess=True)
+    while balancer._child is None:
+        time.sleep(0.01)
+    balancer._child.call(int)  # started and idle
+
+
+def test_a_rank_process_that_forgets_shutdown_still_exits():
+    """An engine's worker process (a multiprocessing child) never runs atexit hooks but joins
+    its non-daemon children: an idle planning child kept it from exiting for ever."""
+    rank = multiprocessing.get_context("spawn").Process(target=_rank_that_forgets_shutdown)
+    rank.start()
+    rank.join(120)
+    alive = rank.is_alive()
+    if alive:
+        rank.kill()
+    assert not alive and rank.exitcode == 0
+
+
+def test_a_forked_process_leaves_the_parents_planning_child_alone():
+    balancer = _balancer(plan_in_subprocess=True)
+    deadline = time.monotonic() + 60
+    while balancer._child is None:
+        assert time.monotonic() < deadline, "the balancer never made its planning child"
+        time.sleep(0.01)
+    balancer._child.call(int)
+    pid = os.fork()
+    if pid == 0:  # the child: its exit must not stop the parent's balancer
+        try:
+            balancer.shutdown(timeout=1.0)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+    assert balancer._child.call(int) == 0 and not _ended(balancer._child.pid)
+    balancer.shutdown()
 
 
 def _ended(pid: int) -> bool:
