@@ -26,6 +26,7 @@ import queue
 import threading
 import time
 import zlib
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,9 +87,7 @@ class Job:
         epoch: plan number (counts gathers from 1, identical on every rank).
         gather_step: host step of the gather; ``deadline_step`` the step by which it must be ready.
         heat: host ``[H, L, P]`` int32 copy of the ring (valid once ``event`` completes).
-        rows: closed ring rows, oldest first; ``row_phy2log [T, L, P]`` their placements. Rows
-            whose heat sums to zero over the ranks (no rank counted the step) are dropped after
-            the reduce.
+        rows: closed ring rows, oldest first; ``row_phy2log [T, L, P]`` their placements.
         previous: the committed placement at the gather (the policy's ``previous``).
         cost: the cost model the gate prices the plan with.
         trigger: ``"interval"``; ``"drift"``: a probe, planned only when the last ``episode``
@@ -103,7 +102,10 @@ class Job:
             adapting deadline longer.
         row_counts: ``[T]`` whether this rank counts each of ``rows`` (``EplbConfig.
             count_steps``, ``step(record=...)``), or ``None``: all. With receiver-side heat a
-            row is kept only where every rank counts it (a row holds every rank's tokens).
+            row counts only where every rank counts it (a row holds every rank's tokens).
+        group: the process group of the job's collectives (``None``: one process), fixed at
+            the gather, so that a group renewed after a failure (:attr:`Balancer.failed_group`)
+            is taken up by the same job on every rank.
     """
 
     epoch: int
@@ -119,6 +121,7 @@ class Job:
     row_seconds: np.ndarray | None = None
     warm: bool = True
     row_counts: np.ndarray | None = None
+    group: Any = None
 
 
 @dataclasses.dataclass
@@ -157,8 +160,7 @@ class Balancer:
         config: the runtime's config.
         topology: ranks, slots, nodes.
         num_layers: ``L``; num_experts: ``E``.
-        rank: this rank's index in the group (rank 0 plans).
-        group: the balancer's gloo group (``None``: single process).
+        rank: this rank's index in the group (rank 0 plans); each job brings its group.
         current_step: callable giving the serving thread's host step (to detect late plans).
     """
 
@@ -170,7 +172,6 @@ class Balancer:
         num_experts: int,
         *,
         rank: int,
-        group,
         current_step,
     ) -> None:
         self.config = config
@@ -178,7 +179,6 @@ class Balancer:
         self._num_layers = num_layers
         self.num_experts = num_experts
         self.rank = rank
-        self.group = group
         self.current_step = current_step
         self._spec = registry.get_policy(config.policy)
         self._jobs: queue.Queue[Job | None] = queue.Queue()
@@ -187,6 +187,9 @@ class Balancer:
         self._child: PlanningChild | None = None
         self._child_lock = threading.Lock()
         self._owner = os.getpid()
+        # The group of a job whose collectives raised (a peer timed out, a pair closed): gloo
+        # keeps such a group unusable, so the runtime agrees on a new one (EplbRuntime._decide).
+        self.failed_group: Any = None
         self.ready = threading.Event()  # set once the warm-up is done
         # Once the one-off costs are paid: the planning rank's warm-up (it plans once), or
         # without one its first plan; the other ranks pay none.
@@ -257,8 +260,13 @@ class Balancer:
                 with self._lock:
                     self._results[job.epoch] = result
                 self.warm = True
-            except BaseException:  # the thread serves every later job, whatever ended this one
-                log.exception("balancer job failed")
+            except BaseException as err:  # the thread serves every later job, whatever ended one
+                # Only the collectives raise here (the plan's own errors are a failed result).
+                log.exception("balancer job %d failed", job.epoch)
+                failed = PlanResult(job.epoch, PLAN_FAILED, None, 0.0, 0, f"balancer: {err!r}")
+                with self._lock:
+                    self._results[job.epoch] = failed
+                self.failed_group = job.group
             finally:
                 self._jobs.task_done()
 
@@ -310,9 +318,9 @@ class Balancer:
 
     def _run(self, job: Job) -> PlanResult:
         job.event.synchronize()
-        heat = self._reduce(job.heat[torch.as_tensor(job.rows, dtype=torch.int64)])
+        heat = self._reduce(job.heat[torch.as_tensor(job.rows, dtype=torch.int64)], job.group)
         if self.config.heat_source == "group_list" and job.row_counts is not None:
-            heat[~self._counted_everywhere(job.row_counts)] = 0
+            heat[~self._counted_everywhere(job.row_counts, job.group)] = 0
         # Steps without heat (idle, or not counted) stay, as in a load file given to `plan` or
         # `simulate`: a step saves by a placement what its load shows, and the gate prices the
         # mean step over the interval; the policies leave such steps out of their episodes.
@@ -336,25 +344,25 @@ class Balancer:
         )
         return result
 
-    def _counted_everywhere(self, counts: np.ndarray) -> np.ndarray:
+    def _counted_everywhere(self, counts: np.ndarray, group) -> np.ndarray:
         """``[T] bool``: the rows every rank counts (``counts``: this rank's flags)."""
-        if self.group is None:
+        if group is None:
             return np.asarray(counts, dtype=bool)
         flags = torch.from_numpy(np.asarray(counts, dtype=np.int32).copy())
-        dist.all_reduce(flags, op=dist.ReduceOp.MIN, group=self.group)
+        dist.all_reduce(flags, op=dist.ReduceOp.MIN, group=group)
         return flags.numpy().astype(bool)
 
-    def _reduce(self, heat: torch.Tensor) -> np.ndarray:
+    def _reduce(self, heat: torch.Tensor, group) -> np.ndarray:
         """Global ``[T, L, P]`` heat from this rank's rows."""
-        if self.group is None:
+        if group is None:
             return heat.numpy()
         if self.config.heat_source == "topk":
-            dist.all_reduce(heat, group=self.group)
+            dist.all_reduce(heat, group=group)
             return heat.numpy()
         S = self.topology.num_slots_per_rank
         own = heat[:, :, self.rank * S : (self.rank + 1) * S].contiguous()
         parts = [torch.empty_like(own) for _ in range(self.topology.num_ranks)]
-        dist.all_gather(parts, own, group=self.group)
+        dist.all_gather(parts, own, group=group)
         return torch.cat(parts, dim=2).numpy()
 
     def _plan(self, job: Job, heat: np.ndarray):
@@ -440,7 +448,7 @@ class Balancer:
     def _broadcast(self, job: Job, status, decision, plan_time):
         """Send rank 0's plan to every rank (fixed-size tensors: header, phy2log, shares)."""
         ok = status == PLAN_OK
-        if self.group is None:
+        if job.group is None:
             placement, layers = (decision.placement, decision.layers) if ok else (None, ())
             return status, placement, plan_time, layers
         L, P = job.previous.num_layers, job.previous.num_slots
@@ -457,7 +465,7 @@ class Balancer:
                 share[:] = torch.tensor(placement.slot_share)
                 mask[list(decision.layers)] = 1
         for tensor in (header, p2l, share, mask):
-            dist.broadcast(tensor, group_src=0, group=self.group)
+            dist.broadcast(tensor, group_src=0, group=job.group)
         status = int(header[1])
         if status != PLAN_OK:
             return status, None, float(header[2]), ()

@@ -275,7 +275,6 @@ class EplbRuntime:
             num_layers,
             num_experts,
             rank=self.rank,
-            group=self._balancer_group,
             current_step=functools.partial(getattr, self.recorder, "host_step"),
         )
         # A runtime dropped without shutdown() still stops its balancer (and planning child):
@@ -401,6 +400,14 @@ class EplbRuntime:
         ends: a price paid per failed transfer, which should be rare."""
         self._retired_groups.append(self._migration_group)
         self._migration_group = self.executor.group = self._new_migration_group()
+
+    def _renew_balancer_group(self) -> None:
+        """After a balancer job's collectives failed on some rank (a peer timed out: gloo then
+        closes the pair for good), on every rank at the same boundary: a new group for the jobs
+        gathered from now on (the old one kept, as :meth:`_renew_migration_group` says)."""
+        log.warning("the balancer's collectives failed; plans go on in a new process group")
+        self._retired_groups.append(self._balancer_group)
+        self._balancer_group = self._new_group("gloo")
 
     def _table_rows(self, p: Placement) -> list[np.ndarray]:
         """``p``'s log2phy, logcnt, replica_share and this rank's expert_map (all layers)."""
@@ -577,7 +584,7 @@ class EplbRuntime:
         args = (host, event, rows, row_p2l, self._placement, cost, trigger, seconds)
         self._pending = Job(
             self._epoch, step, step + self.deadline, *args, warm=self.balancer.warm,
-            row_counts=counts,
+            row_counts=counts, group=self._balancer_group,
         )  # fmt: skip
         self.balancer.submit(self._pending)
 
@@ -629,7 +636,13 @@ class EplbRuntime:
         # Whether the plan found the placement fitting: only the planning rank knows why a plan
         # came back unchanged (no heat, no drift), so the ranks take the least of their views.
         fits = int(result is not None and result.status == PLAN_UNCHANGED and not result.error)
-        low, high = self._agree([*mine, self.executor.signature, fits, int(job.warm)])
+        broken = int(
+            self._balancer_group is not None and self.balancer.failed_group is self._balancer_group
+        )
+        low, high = self._agree([*mine, self.executor.signature, fits, int(job.warm), broken])
+        low.pop()
+        if high.pop():  # some rank's balancer collectives failed: the group is closed there
+            self._renew_balancer_group()
         warm = bool(low.pop())  # every rank's balancer had warmed up by the gather
         fitting = bool(low.pop())
         del high[-2:]

@@ -57,7 +57,7 @@ def _job(load: np.ndarray, previous: Placement, epoch: int = 1, **fields) -> Job
 def _balancer(policy: str = "deepseek", step: int = 0, **config) -> Balancer:
     values = dict(policy=policy, interval=12, history=12, episode=4, deadline=5, warm_up=False)
     values.update(config)
-    return Balancer(EplbConfig(**values), TOPO, L, E, rank=0, group=None, current_step=lambda: step)
+    return Balancer(EplbConfig(**values), TOPO, L, E, rank=0, current_step=lambda: step)
 
 
 def _result(balancer: Balancer, job: Job):

@@ -158,6 +158,31 @@ def test_receiver_side_heat_keeps_only_the_steps_every_rank_counts():
     spawn(_receiver_side_flags, 2)
 
 
+def _balancer_collectives_fail(rank: int, world: int) -> None:
+    """The first job's reduce raises on every rank (as gloo does once a peer timed out: the
+    pair stays closed). Before, the thread logged it and kept no result: every later plan was
+    skipped as not ready, on the closed group, and no error was reported."""
+    runtime = EplbRuntime(_config(num_redundant=2), 2, 8)
+    first_group, reduce, failed = runtime._balancer_group, runtime.balancer._reduce, []
+
+    def closed_once(heat, group):
+        if not failed:
+            failed.append(group)
+            raise RuntimeError("Connection closed by peer")
+        return reduce(heat, group)
+
+    runtime.balancer._reduce = closed_once
+    stats = _serve(runtime, 60)
+    assert failed == [first_group] and runtime._balancer_group is not first_group
+    assert "balancer: RuntimeError('Connection closed by peer')" in stats["errors"][0], stats
+    assert stats["num_rebalances"] >= 1 and all(r["epoch"] > 1 for r in stats["rebalances"]), stats
+
+
+@pytest.mark.multiprocess
+def test_balancer_collectives_that_fail_are_reported_and_plans_go_on_in_a_new_group():
+    spawn(_balancer_collectives_fail, 2)
+
+
 def _timeout(rank: int, world: int) -> None:
     """Rank 1's first sends leave 2.5 s late: rank 0's receive passes its 1 s timeout, the
     layer is cancelled everywhere, and the migrations after it still commit."""
