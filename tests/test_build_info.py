@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -300,3 +301,25 @@ def test_the_cxx_standard_is_that_of_torchs_headers(tmp_path, version, standard)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     commands = (build / "compile_commands.json").read_text()
     assert commands.count("-std=c++") == commands.count(f"-std={standard}") > 0
+
+
+def test_the_sdist_holds_what_its_build_needs(tmp_path):
+    """Without MANIFEST.in the sdist held the Python package alone: a wheel built from it (as
+    `python -m build` and a source install do) failed at once, CMake finding no CMakeLists.txt."""
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run(
+        [sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path)],
+        cwd=repo, check=True, capture_output=True,
+    )  # fmt: skip
+    (archive,) = tmp_path.glob("*.tar.gz")
+    with tarfile.open(archive) as tar:
+        names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    tracked = subprocess.run(
+        ["git", "ls-files", "CMakeLists.txt", "requirements-build.txt", "csrc", "cmake",
+         "ascendc_kernels"],
+        cwd=repo, check=True, capture_output=True, text=True,
+    ).stdout.split()  # fmt: skip
+    if not tracked:
+        pytest.skip("not a git checkout")
+    assert set(tracked) <= names, sorted(set(tracked) - names)
+    assert not any(name.startswith(("tests/", "build/")) or name.endswith(".so") for name in names)
