@@ -16,6 +16,8 @@ Environment: EPLB_RT_CUDA, EPLB_RT_NPU = AUTO|ON|OFF (passed to CMake), CMAKE_BU
 EPLB_RT_KERNEL_CACHE=0 (no kernel cache).
 """
 
+import importlib.metadata
+import importlib.util
 import os
 import shlex
 import shutil
@@ -67,13 +69,18 @@ class CMakeBuild(build_ext):
             args.append("-GNinja")
         args += shlex.split(os.environ.get("CMAKE_ARGS", ""))
         jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)
-        # Configure only when the arguments changed; the build re-runs CMake itself when a
-        # CMakeLists.txt or cmake/ file changed.
+        # Configure only when the arguments or the tools changed; the build re-runs CMake itself
+        # when a CMakeLists.txt or cmake/ file changed. A change of tools starts from a fresh
+        # cache: it holds their paths (an isolated build's live in a folder pip deletes after
+        # it) and the torch the extension was configured against.
         stamp = build_dir / "configure-args.txt"
         configured = (build_dir / "CMakeCache.txt").is_file() and stamp.is_file()
-        if not configured or stamp.read_text() != "\n".join(args):
+        wanted = "\n".join([*args, *toolchain()])
+        if not configured or stamp.read_text() != wanted:
+            (build_dir / "CMakeCache.txt").unlink(missing_ok=True)
+            shutil.rmtree(build_dir / "CMakeFiles", ignore_errors=True)
             subprocess.run(["cmake", str(ROOT), *args], cwd=build_dir, check=True)
-            stamp.write_text("\n".join(args))
+            stamp.write_text(wanted)
         subprocess.run(["cmake", "--build", ".", "-j", jobs], cwd=build_dir, check=True)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(build_dir / "lib" / target.name, target)
@@ -81,6 +88,18 @@ class CMakeBuild(build_ext):
         # through its rpath $ORIGIN (its other RUNPATH entry, the build folder, may be gone).
         for kernels in (build_dir / "lib").glob("libeplb_ascendc_kernels*.so*"):
             shutil.copy2(kernels, target.parent / kernels.name)
+
+
+def toolchain() -> list[str]:
+    """What a configured CMake cache depends on besides its arguments: the cmake and ninja it
+    ran, and the torch it found (its folder and version), found without importing torch."""
+    spec = importlib.util.find_spec("torch")
+    try:
+        version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        version = ""
+    where = spec.origin if spec is not None and spec.origin else ""
+    return [shutil.which("cmake") or "", shutil.which("ninja") or "", where, version]
 
 
 def fill_kernel_cache(tree: Path) -> None:
