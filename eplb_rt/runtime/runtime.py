@@ -211,7 +211,12 @@ class EplbRuntime:
         self.ranks = ranks
         self.num_ranks = len(ranks)
         S = config.num_slots_per_rank(num_experts, self.num_ranks)
-        self.topology = Topology(self.num_ranks, S, config.num_nodes, config.num_groups)
+        try:
+            self.topology = Topology(self.num_ranks, S, config.num_nodes, config.num_groups)
+        except ValueError as err:  # the nodes come from the config: say which field
+            raise ValueError(
+                f"EplbConfig.num_nodes={config.num_nodes} on {self.num_ranks} rank(s): {err}"
+            ) from None
         try:
             self.topology.check_experts(num_experts)
         except ValueError as err:  # the slots come from the config: say which of its fields

@@ -328,6 +328,8 @@ def test_bad_constructor_arguments():
         EplbRuntime(EplbConfig(policy="rt_test_shift", slots_per_rank=5, warm_up=False), 1, 4)
     with pytest.raises(ValueError, match=r"EplbConfig.num_redundant=100 on 1 rank\(s\): num_sl"):
         EplbRuntime(EplbConfig(policy="rt_test_shift", num_redundant=100, warm_up=False), 1, 8)
+    with pytest.raises(ValueError, match=r"EplbConfig.num_nodes=3 on 1 rank\(s\): Topology"):
+        EplbRuntime(EplbConfig(policy="rt_test_shift", num_nodes=3, warm_up=False), 1, 8)
     with pytest.raises(ValueError, match="stream API"):
         EplbRuntime(config, 1, 4, device="meta")
 
