@@ -9,9 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from eplb_rt.algorithms import metrics
+from eplb_rt.algorithms import hierarchy, metrics
 from eplb_rt.integrations._common import as_numpy, policy_name, replan
 from eplb_rt.placement import Placement, Topology
+from tests.groups import group_nodes
 
 
 def test_a_layer_changes_only_when_it_gains_and_kept_experts_keep_their_slot():
@@ -50,6 +51,19 @@ def test_a_layer_holding_an_expert_twice_on_a_rank_leaves_the_others_aligned():
     assert gain[0] > 0 and gain[1] > 0 and gain[2] == 0
     _kept_experts_keep_their_slot(previous[1], placement.phy2log[1], 5)
     assert np.array_equal(placement.phy2log[2], previous[2])
+
+
+def test_a_flat_table_in_force_takes_groups_on_nodes_whatever_its_par():
+    """Hierarchical, with a flat table in force that balances better than any grouped plan: the
+    adapters kept it (its PAR was lower), so groups never reached their nodes, while the
+    runtime, `plan` and `simulate` take the grouped plan (eplb_rt.planning.decide)."""
+    rng = np.random.default_rng(1)
+    load = rng.gamma(0.5, 100.0, size=(1, 4, 32))
+    flat, _ = replan("test", load, Topology(8, 5, 1, 8), None, policy="deepseek")
+    topology = Topology(8, 5, 2, 8)
+    assert (hierarchy.groups_in_force(flat.phy2log, topology, 32) < 0).all()  # each layer spread
+    grouped, _ = replan("test", load, topology, flat.phy2log, policy="deepseek")
+    group_nodes(grouped.phy2log, 2, 4)
 
 
 def test_no_table_in_force_plans_every_layer():
