@@ -4,7 +4,9 @@ Engines route an expert's tokens evenly over its replicas, so every placement ha
 engine has uniform shares, and its PAR is measured that way. With the placement in force
 (``previous``), a layer is replaced only when the new placement lowers its PAR on the load it
 was planned on; ranks are relabelled to keep the most in place and kept experts stay in their
-slot (the engines copy weights only for the rest). Nothing here imports torch.
+slot (the engines copy weights only for the rest). Nothing here imports torch, and the policies
+(numba, 0.2 s) are imported when first used: the engines load their plugins in every process,
+with or without ``EPLB_RT_POLICY``.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ import logging
 import numpy as np
 
 from eplb_rt import envs
-from eplb_rt.algorithms import get_policy, hierarchy, metrics, plan
-from eplb_rt.algorithms.align import align_placement
 from eplb_rt.placement import Placement, Topology
 
 log = logging.getLogger("eplb_rt.integrations")
@@ -56,6 +56,8 @@ def policy_name(name: str | None = None, options: dict | None = None) -> str:
         from eplb_rt.config import EplbConfig
 
         name = EplbConfig().policy
+    from eplb_rt.algorithms import get_policy
+
     get_policy(name).make_options(options)
     return name
 
@@ -95,6 +97,9 @@ def replan(
     the returned placement's, per layer (0 where a layer is kept or has no load). Every bad
     input raises ``ValueError`` prefixed with ``where``, before anything is planned.
     """
+    from eplb_rt.algorithms import get_policy, hierarchy, metrics, plan
+    from eplb_rt.algorithms.align import align_placement
+
     try:
         table, doubled = (None, None) if previous is None else _in_force(previous, load, topology)
         prev = table
