@@ -82,14 +82,15 @@ def par(placement: Placement, load: np.ndarray) -> np.ndarray:
 
     NaN for a layer (or step) whose total load is zero.
     """
-    ranks = rank_load(placement, load)
+    arr = _checked(placement, load)
+    # PAR does not depend on the scale: each layer's load scaled by a power of two (exact) to a
+    # largest expert in [0.5, 1), so that a subnormal load, whose rank loads and their mean
+    # round (a replica's share of 5e-324 is 0), is measured as any other.
+    scale = np.frexp(arr.max(axis=-1, keepdims=True))[1]
+    ranks = rank_load(placement, np.ldexp(arr, -scale))
     mean, peak = ranks.mean(axis=-1), ranks.max(axis=-1)
-    # A subnormal mean is rounded (or 0 for a load of 5e-324): there, the peak over the total.
-    normal = mean >= np.finfo(np.float64).tiny
-    total = ranks.sum(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        tiny = np.where(total > 0, peak / np.where(total > 0, total, 1.0) * ranks.shape[-1], np.nan)
-        return np.where(normal, peak / np.where(normal, mean, 1.0), tiny)
+        return np.where(mean > 0, peak / np.where(mean > 0, mean, 1.0), np.nan)
 
 
 def max_rank_load(placement: Placement, load: np.ndarray) -> np.ndarray:

@@ -164,3 +164,7 @@ def test_par_of_a_subnormal_load_is_its_par_not_nan(value):
     load = np.array([[value, 0.0, 0.0, 0.0]])
     assert metrics.par(placement, load).tolist() == [2.0]
     assert metrics.score(placement, load)["zero_load_layers"] == []
+    # Split over replicas, each replica's share of it rounds to 0: PAR read NaN.
+    replicated = Placement(np.array([[0, 1, 0, 2, 0, 3, 0, 1]]), 4, 4)
+    assert metrics.par(replicated, load).tolist() == [1.0]
+    assert metrics.par(replicated, load * 2.0**1000).tolist() == [1.0]
