@@ -305,8 +305,9 @@ def plan(
 
     ``options`` is the policy's options object, a dict of overrides, or ``None`` for defaults.
     ``layers [L] bool``: the layers to plan; the others keep ``previous``'s slots and shares
-    (``None``: every layer). A policy plans each layer on its own, so a planned layer's slots
-    do not depend on which others are planned. Everything is checked before the policy runs.
+    (``None``: every layer); with ``previous``, a layer without load is not planned either. A
+    policy plans each layer on its own, so a planned layer's slots do not depend on which others
+    are planned. Everything is checked before the policy runs.
     """
     spec = get_policy(name)
     if not isinstance(topology, Topology):
@@ -341,6 +342,11 @@ def plan(
             )
         if previous is None and not layers.all():
             raise ValueError("layers left unplanned keep the previous placement: give previous")
+    if previous is not None and not arr.any(axis=(0, 2)).all():
+        # A layer without load says nothing about where its experts should go: it keeps its
+        # slots (flashlb, smoothing every expert by one token, moved some).
+        busy_layers = arr.any(axis=(0, 2))
+        layers = busy_layers if layers is None else layers & busy_layers
     rows = np.empty((L, topology.num_slots), dtype=np.int64)
     shares = np.empty((L, topology.num_slots))
     weighted = False
