@@ -107,7 +107,10 @@ class EquilibriumOptions(Options):
     """Options of the ``equilibrium`` policy.
 
     Attributes:
-        num_episodes: episodes the history is cut into for robust scoring (1: the sum only).
+        num_episodes: episodes the history is cut into for robust scoring (1: the sum only; at
+            most 64: the reach of a held-out episode and the unseen axes decompose the others
+            for each, so a plan's time grows as the cube of the episodes, 20-30 s a layer of
+            256 experts at 256).
         shares: choose non-uniform replica shares (``route_and_count`` honours them).
         count_rounds, count_width: rounds and candidate experts of the replica-count search.
         count_tol: the count search stops once the PAR is within this of 1 (on token counts,
@@ -127,7 +130,7 @@ class EquilibriumOptions(Options):
         max_moved_fraction: ... and at most this fraction of a layer's slots moves.
     """
 
-    num_episodes: int = option(16, low=1)
+    num_episodes: int = option(16, low=1, high=64)
     shares: bool = option(False)
     count_rounds: int = option(6, low=0)
     count_width: int = option(3, low=1)

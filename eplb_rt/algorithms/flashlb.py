@@ -57,6 +57,11 @@ _EPS = 1e-2
 _LARGEST = 1e18
 """Largest episode load an expert may carry: its square, summed over episodes, stays finite in
 float32 (3.4e38)."""
+_RANK_LARGEST = 9e18
+"""Largest episode load an expert may carry times the slots of a rank: a rank's variance sums
+``S**2`` covariances of its replicas in float32, so ``(S * load)**2`` stays below half its
+range. (Past it the variances read inf or NaN, no rank scored best, and replicas went to the
+first rank with room: PAR 1.13 where 1.00 was planned.)"""
 _SLACK = 1e-4
 """Relative slack on the standard deviations in the rank pruning bound: the ranks' variances
 are kept in float32 (as the original does), so the bound is loosened to stay below the score."""
@@ -403,10 +408,12 @@ def plan_layers(layers: Layers, topo: Topology, opts: FlashLBOptions) -> tuple[n
         X = layers.tokens + SMOOTHING * layers.steps[None, :, None]
     else:
         X = _in_counts(layers.tokens)
-    if X.max() > _LARGEST:
+    largest = min(_LARGEST, _RANK_LARGEST / topo.num_slots_per_rank)
+    if X.max() > largest:
         raise ValueError(
             f"flashlb: episode loads up to {X.max():.3g} overflow its float32 statistics (the "
-            f"original's); scale the load below {_LARGEST:g}"
+            f"original's) at {topo.num_slots_per_rank} slots a rank; scale the load below "
+            f"{largest:.3g}"
         )
     mu, var, cov = statistics(X)
     # Experts of equal score in index order. The original takes numpy's default sort, whose

@@ -281,6 +281,22 @@ def test_flashlb_plans_a_load_at_any_scale_alike():
         assert plan("flashlb", base * scale, Topology(4, 3)) == want, scale
 
 
+def test_flashlb_refuses_counts_whose_rank_variance_would_overflow():
+    """A rank's variance sums ``S**2`` covariances in float32: at 160 slots a rank, counts under
+    the per-expert limit (1e18) made it inf, and replicas went to the first rank with room (PAR
+    1.04-1.13 where 1.00 was planned). Refused there; planned alike below."""
+    rng = np.random.default_rng(0)
+    phase = np.where(np.arange(8) % 2, 1.0, 0.01)  # correlated experts
+    shape = np.outer(phase, rng.uniform(0.05, 1.0, size=480))[:, None, :]
+    topo, options = Topology(4, 160), {"depth": 1}
+    with pytest.raises(ValueError, match=r"at 160 slots a rank; scale the load below 5\.6"):
+        plan("flashlb", np.rint(shape * 2.0**59), topo, options=options)
+    for scale in (2.0**20, 2.0**55):
+        load = np.rint(shape * scale)
+        planned = plan("flashlb", load, topo, options=options)
+        assert metrics.par(planned, load.sum(0))[0] < 1.001, scale
+
+
 def test_flashlb_cherry_picks_layers():
     load = np.random.default_rng(3).pareto(1.2, size=(3, 4, 16)) * 100
     topo = Topology(4, 5)
