@@ -210,29 +210,21 @@ class EplbRuntime:
             ranks, self.rank = [0], 0
         self.ranks = ranks
         self.num_ranks = len(ranks)
-        S = config.num_slots_per_rank(num_experts, self.num_ranks)
+        # The engine's timeout for collectives, on the groups the runtime makes (torch's own
+        # default is 30 minutes: a stuck peer would hold a step that long).
+        self._timeout = _group_timeout(group or dist.group.WORLD) if distributed else None
+        multi = distributed and self.num_ranks > 1
+        # The control group before anything a rank may refuse alone (its nodes, its slots, its
+        # placement file): every rank then learns of it in the agreement below, at once, where
+        # the others waited for the refusing rank in a group it never made (the engine's
+        # timeout, 30 minutes by default).
+        self._control_group = self._new_group("gloo") if multi else None
         try:
-            self.topology = Topology(self.num_ranks, S, config.num_nodes, config.num_groups)
-        except ValueError as err:  # the nodes come from the config: say which field
-            raise ValueError(
-                f"EplbConfig.num_nodes={config.num_nodes} on {self.num_ranks} rank(s): {err}"
-            ) from None
-        try:
-            self.topology.check_experts(num_experts)
-        except ValueError as err:  # the slots come from the config: say which of its fields
-            given = (
-                f"slots_per_rank={config.slots_per_rank}"
-                if config.slots_per_rank is not None
-                else f"num_redundant={config.num_redundant}"
-            )
-            raise ValueError(f"EplbConfig.{given} on {self.num_ranks} rank(s): {err}") from None
-        self._warn_if_flat(num_experts)
-        self.max_replicas = min(self.num_ranks, self.topology.num_slots - num_experts + 1)
-        self._placement = self._initial_placement()
-        if config.export_dir is not None:  # before any group or thread: a failure leaves none
-            formats.make_folder(config.export_dir, "EplbConfig.export_dir")
-            if self.rank == 0:
-                formats.write_placement(self._placement, self._export_path(0))
+            self._set_up_placement(num_experts)
+        except Exception:
+            self._check_same_config(built=False)
+            raise
+        self._check_same_config(built=True)  # before any thread: a mismatch fails every rank
 
         # Tables the model reads: allocated once, rewritten in place by update_expert_map_.
         p = self._placement
@@ -247,6 +239,7 @@ class EplbRuntime:
         self._uniform = p.uniform_layers().tolist()
         # A commit uploads its local slots and the four new table rows in one pinned copy.
         E, R = num_experts, self.max_replicas
+        S = self.topology.num_slots_per_rank
         self._staging = HostStaging(self.dev, [S, E * R, E, E * R, E])
 
         self.recorder = HeatRecorder(
@@ -256,16 +249,11 @@ class EplbRuntime:
             self.dev,
             route_counts=config.heat_source == "topk",
         )
-        # The engine's timeout for collectives, on the groups the runtime makes (torch's own
-        # default is 30 minutes: a stuck peer would hold a step that long).
-        self._timeout = _group_timeout(group or dist.group.WORLD) if distributed else None
-        if distributed and self.num_ranks > 1:
+        if multi:
             self._balancer_group = self._new_group("gloo")
-            self._control_group = self._new_group("gloo")
             self._migration_group = self._new_migration_group()
         else:
-            self._balancer_group = self._control_group = self._migration_group = None
-        self._check_same_config()  # before any thread starts: a mismatch fails every rank alike
+            self._balancer_group = self._migration_group = None
         self.executor = MigrationExecutor(
             self.dev,
             rank=self.rank,
@@ -384,6 +372,34 @@ class EplbRuntime:
                 f"{want[3]} slots"
             )
         return placement
+
+    def _set_up_placement(self, num_experts: int) -> None:
+        """The topology, the placement to start from and its export: what a rank may refuse
+        alone (raises ``ValueError`` naming the config's field)."""
+        config = self.config
+        S = config.num_slots_per_rank(num_experts, self.num_ranks)
+        try:
+            self.topology = Topology(self.num_ranks, S, config.num_nodes, config.num_groups)
+        except ValueError as err:  # the nodes come from the config: say which field
+            raise ValueError(
+                f"EplbConfig.num_nodes={config.num_nodes} on {self.num_ranks} rank(s): {err}"
+            ) from None
+        try:
+            self.topology.check_experts(num_experts)
+        except ValueError as err:  # the slots come from the config: say which of its fields
+            given = (
+                f"slots_per_rank={config.slots_per_rank}"
+                if config.slots_per_rank is not None
+                else f"num_redundant={config.num_redundant}"
+            )
+            raise ValueError(f"EplbConfig.{given} on {self.num_ranks} rank(s): {err}") from None
+        self._warn_if_flat(num_experts)
+        self.max_replicas = min(self.num_ranks, self.topology.num_slots - num_experts + 1)
+        self._placement = self._initial_placement()
+        if config.export_dir is not None:  # before any thread: a failure leaves none
+            formats.make_folder(config.export_dir, "EplbConfig.export_dir")
+            if self.rank == 0:
+                formats.write_placement(self._placement, self._export_path(0))
 
     def _new_migration_group(self):
         return self._new_group("gloo" if self.dev.kind == "cpu" else None)
@@ -598,13 +614,14 @@ class EplbRuntime:
         gaps = np.diff(self._step_clock)
         return float(np.median(gaps)) if gaps.size else 0.0
 
-    def _check_same_config(self) -> None:
+    def _check_same_config(self, built: bool) -> None:
         """Raise on every rank where the ranks were given different settings: the ring sizes,
         gathers, deadlines and commits they make together follow them, and ranks that differ
-        would wait for each other for ever, or fail deep in a collective. (One small
-        all-reduce, at start.)"""
+        would wait for each other for ever, or fail deep in a collective; or where some rank
+        could not set up its placement (``built``: this one could; one that could not raises
+        its own error after this). (One small all-reduce, at start.)"""
         shared = {"num_layers": self.num_layers, "num_experts": self.num_experts}
-        shared[_STARTING_PLACEMENT] = placement_digest(self._placement)
+        shared[_STARTING_PLACEMENT] = placement_digest(self._placement) if built else 0
         for field in dataclasses.fields(self.config):
             if field.name not in _RANK_LOCAL_FIELDS:
                 shared[field.name] = getattr(self.config, field.name)
@@ -612,15 +629,24 @@ class EplbRuntime:
         shared["policy_options"] = get_policy(self.config.policy).make_options(
             self.config.policy_options
         )
-        low, high = self._agree([_digest(value) for value in shared.values()])
+        low, high = self._agree([int(built), *(_digest(value) for value in shared.values())])
+        everywhere = bool(low.pop(0))
+        high.pop(0)
         differ = [name for name, a, b in zip(shared, low, high, strict=True) if a != b]
-        if {"num_layers", "num_experts", "num_redundant", "slots_per_rank"} & set(differ):
-            # Placements of other sizes differ too: the sizes are the news.
+        if not everywhere or {"num_layers", "num_experts", "num_redundant", "slots_per_rank"} & set(
+            differ
+        ):
+            # Placements of other sizes (or of none) differ too: the sizes are the news.
             differ = [name for name in differ if name != _STARTING_PLACEMENT]
         if differ:
             raise ValueError(
                 f"the ranks were given different {', '.join(differ)}: every rank of the runtime "
                 "must be built with the same EplbConfig, num_layers and num_experts"
+            )
+        if built and not everywhere:
+            raise ValueError(
+                "another rank of the runtime refused its settings (its error names the field): "
+                "EplbConfig.num_nodes, slots or initial_placement"
             )
 
     def _agree(self, values: list[int]) -> tuple[list[int], list[int]]:

@@ -527,6 +527,7 @@ def _different_settings(rank: int, world: int) -> None:
         ({"policy_options": {"move_cost": 0.5}}, 4, "policy_options"),
         ({}, 5, "num_layers"),
         ({"num_redundant": 4}, 4, "num_redundant"),  # not the starting placement it implies
+        ({"num_nodes": 3}, 4, "num_nodes"),  # refused by rank 1 alone: the others waited for it
     ]
     for overrides, layers, field in cases:
         config = EplbConfig(**{**base.to_dict(), **overrides}) if rank == 1 else base
@@ -545,6 +546,14 @@ def _different_settings(rank: int, world: int) -> None:
             match = r"different initial_placement \(its contents\): every"
             with pytest.raises(ValueError, match=match):
                 EplbRuntime(config, 4, 8)
+    # A placement file only rank 1 refuses (another size): it says why, the other that it did.
+    path = os.path.join(folder, f"wrong_{rank}.json")
+    wrong = planning.starting_placement(4, 8, Topology(2, 6)) if rank else start
+    formats.write_placement(wrong, path)
+    config = EplbConfig(**{**base.to_dict(), "initial_placement": path})
+    match = "initial placement .* expected" if rank else "another rank of the runtime refused"
+    with pytest.raises(ValueError, match=match):
+        EplbRuntime(config, 4, 8)
     # A dict's keys in another order, and the rank's own files and waits, are the same config.
     options = {"move_cost": 0.5, "num_episodes": 4}
     if rank:  # keys in another order, numpy numbers: the same options as the policy reads them
