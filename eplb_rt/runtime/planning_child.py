@@ -64,6 +64,7 @@ class PlanningChild:
         :class:`PlanningChildDied`). Only the process that made it can."""
         if os.getpid() == self._owner and self._process.is_alive():
             self._process.kill()
+            self._process.join(5.0)  # reaped, not left a zombie until this process ends
 
 
 def _serve(conn, parent: int) -> None:
