@@ -174,10 +174,7 @@ def decide(
     options = spec.make_options(options)
     peak_before, mean = step_load(previous, load)
     par_before = _par(peak_before, mean)
-    spread = np.zeros(previous.num_layers, dtype=bool)
-    if hierarchy.applies(previous.num_experts, topology, options):
-        grouped = hierarchy.groups_in_force(previous.phy2log, topology, previous.num_experts)
-        spread = (grouped < 0).any(axis=1)
+    spread = hierarchy.spread_layers(previous.phy2log, previous.num_experts, topology, options)
     planned = could_pay(peak_before, mean, cost, horizon) | spread
     candidate, peak_after, par_after = previous, peak_before, par_before
     if planned.any():

@@ -120,6 +120,18 @@ def groups_in_force(previous: np.ndarray, topology: Topology, num_experts: int) 
     return out
 
 
+def spread_layers(
+    previous: np.ndarray, num_experts: int, topology: Topology, options: Any
+) -> np.ndarray:
+    """``[L] bool``: the layers of ``previous [L, P]`` whose expert groups are not each on one
+    node, where the placement is hierarchical (:func:`applies`; all ``False`` where not). A plan
+    puts their groups on nodes whatever it costs: what that buys, dispatch within fewer nodes, is
+    not in the PAR a gate prices."""
+    if not applies(num_experts, topology, options):
+        return np.zeros(previous.shape[0], dtype=bool)
+    return (groups_in_force(previous, topology, num_experts) < 0).any(axis=1)
+
+
 def keep_nodes(
     node_of_group: np.ndarray, previous: np.ndarray, topology: Topology, num_experts: int
 ) -> np.ndarray:

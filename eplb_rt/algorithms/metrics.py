@@ -48,7 +48,11 @@ def rank_load(placement: Placement, load: np.ndarray) -> np.ndarray:
     """Tokens each rank receives. ``load``: ``[L, E]`` or ``[T, L, E]``; returns ``[..., L, D]``,
     equal bit for bit to :func:`slot_load` summed over each rank's slots, without its ``[..., L,
     P]`` arrays (two of them, 91 MB each for 256 steps of 58 layers on 256 ranks x 3 slots)."""
-    arr = _checked(placement, load)
+    return _rank_load(placement, _checked(placement, load))
+
+
+def _rank_load(placement: Placement, arr: np.ndarray) -> np.ndarray:
+    """:func:`rank_load` of a load already checked."""
     L, E = arr.shape[-2:]
     # The leading count spelled out: -1 is ambiguous for a placement of no layers.
     steps = np.ascontiguousarray(arr.reshape(int(np.prod(arr.shape[:-2])), L, E))
@@ -87,7 +91,7 @@ def par(placement: Placement, load: np.ndarray) -> np.ndarray:
     # largest expert in [0.5, 1), so that a subnormal load, whose rank loads and their mean
     # round (a replica's share of 5e-324 is 0), is measured as any other.
     scale = np.frexp(arr.max(axis=-1, keepdims=True))[1]
-    ranks = rank_load(placement, np.ldexp(arr, -scale))
+    ranks = _rank_load(placement, np.ldexp(arr, -scale))
     mean, peak = ranks.mean(axis=-1), ranks.max(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(mean > 0, peak / np.where(mean > 0, mean, 1.0), np.nan)

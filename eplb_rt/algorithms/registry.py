@@ -342,10 +342,10 @@ def plan(
             )
         if previous is None and not layers.all():
             raise ValueError("layers left unplanned keep the previous placement: give previous")
-    if previous is not None and not arr.any(axis=(0, 2)).all():
+    busy_layers = arr.any(axis=(0, 2))
+    if previous is not None and not busy_layers.all():
         # A layer without load says nothing about where its experts should go: it keeps its
         # slots (flashlb, smoothing every expert by one token, moved some).
-        busy_layers = arr.any(axis=(0, 2))
         layers = busy_layers if layers is None else layers & busy_layers
     rows = np.empty((L, topology.num_slots), dtype=np.int64)
     shares = np.empty((L, topology.num_slots))

@@ -122,13 +122,9 @@ def replan(
     total = load.sum(axis=0)
     with np.errstate(invalid="ignore"):
         gain = np.nan_to_num(metrics.par(table, total) - metrics.par(new, total), nan=0.0)
-    keep = gain <= 0
-    if hierarchy.applies(load.shape[2], topology, options):
-        # A layer whose groups the table spreads over nodes takes the plan whatever its PAR,
-        # as the planning pipeline decides: what groups on nodes buy (a token's dispatch
-        # crossing fewer nodes) is not in the PAR (eplb_rt.planning.decide).
-        grouped = hierarchy.groups_in_force(table.phy2log, topology, load.shape[2])
-        keep &= ~(grouped < 0).any(axis=1)
+    # A layer whose groups the table spreads over nodes takes the plan whatever its PAR, as the
+    # planning pipeline decides.
+    keep = (gain <= 0) & ~hierarchy.spread_layers(table.phy2log, load.shape[2], topology, options)
     if keep.any():
         new = new.replace_layers(np.flatnonzero(keep), table)
     return new, np.where(keep, 0.0, gain)

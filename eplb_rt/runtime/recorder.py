@@ -9,7 +9,7 @@ step number and, per ring row, the placement the row was counted under and wheth
 closed, so that a snapshot turns into logical load ``[T, L, E]`` exactly. A step that does not
 count (another phase, a warm-up or padding forward) has its row zeroed when it closes: the ranks
 keep the same rows, so their snapshots reduce element by element, and a row that no rank
-counted sums to zero and is dropped after the reduce.
+counted sums to zero: a step without load, as the planning pipeline reads it.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ class HeatRecorder:
         ``EplbConfig.count_steps``). Sender-side, a row not counted is zeroed: it holds this
         rank's tokens alone. Receiver-side, a row holds the tokens every rank sent here, so a
         rank's flag cannot pick its own out: the row is kept with the flag (:meth:`snapshot`),
-        and the step is dropped unless every rank counted it.
+        and the step counts nothing unless every rank counted it.
         """
         row = self.host_step % self.history
         if self._row_source[row] is not phy2log:
