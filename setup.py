@@ -102,6 +102,20 @@ def toolchain() -> list[str]:
     return [shutil.which("cmake") or "", shutil.which("ninja") or "", where, version]
 
 
+def requirements() -> list[str]:
+    """The package's dependencies, with torch pinned to the release the extension is compiled
+    against: its C++ ABI changes between releases, and an extension built for one fails to load
+    (undefined symbols) with another. The pin names the release, not the build (``2.13.0``
+    accepts ``2.13.0+cpu`` and the CUDA builds). numba stays loose: an engine pins its own, and
+    with another numba the shipped kernel cache misses and the kernels compile at first use."""
+    try:
+        release = importlib.metadata.version("torch").split("+")[0]
+    except importlib.metadata.PackageNotFoundError:  # metadata only: no extension is built
+        release = ""
+    torch = f"torch=={release}" if release else "torch"
+    return [torch, "numpy>=1.24", "numba>=0.61", "scipy>=1.11", "tqdm"]
+
+
 def fill_kernel_cache(tree: Path) -> None:
     """Runs ``eplb-rt policies --warm-up`` on the package in ``tree`` (its numba kernels are
     cached in ``tree/eplb_rt/_kernels``). A failure is a warning: the kernels then compile at
@@ -129,4 +143,8 @@ def fill_kernel_cache(tree: Path) -> None:
         )
 
 
-setup(ext_modules=[CMakeExtension("eplb_rt._C")], cmdclass={"build_ext": CMakeBuild})
+setup(
+    install_requires=requirements(),
+    ext_modules=[CMakeExtension("eplb_rt._C")],
+    cmdclass={"build_ext": CMakeBuild},
+)

@@ -315,11 +315,25 @@ def test_the_sdist_holds_what_its_build_needs(tmp_path):
     with tarfile.open(archive) as tar:
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
     tracked = subprocess.run(
-        ["git", "ls-files", "CMakeLists.txt", "requirements-build.txt", "csrc", "cmake",
-         "ascendc_kernels"],
+        ["git", "ls-files", "CMakeLists.txt", "requirements-build.txt", "LICENSE", "csrc",
+         "cmake", "ascendc_kernels"],
         cwd=repo, check=True, capture_output=True, text=True,
     ).stdout.split()  # fmt: skip
     if not tracked:
         pytest.skip("not a git checkout")
     assert set(tracked) <= names, sorted(set(tracked) - names)
     assert not any(name.startswith(("tests/", "build/")) or name.endswith(".so") for name in names)
+
+
+def test_the_package_pins_the_torch_release_it_is_built_against():
+    """The extension uses torch's C++ ABI, which changes between releases: the installed
+    package's metadata names the release it was compiled against (any build of it), and plotting
+    is an extra, not a dependency of serving."""
+    from importlib.metadata import requires
+
+    release = torch.__version__.split("+")[0]
+    needs = requires("eplb_rt") or []
+    plain = [r for r in needs if "extra ==" not in r]
+    assert f"torch=={release}" in plain, needs
+    assert not any(r.startswith("matplotlib") for r in plain), needs
+    assert any(r.startswith("matplotlib") and 'extra == "plot"' in r for r in needs), needs

@@ -276,3 +276,22 @@ def test_costs_are_checked_in_the_models_units_naming_the_flag(
     }[command]
     fails(capsys, [*argv, "--load", files / "load.npy", *extra], message)
     assert not (files / "o.json").exists()
+
+
+@pytest.mark.parametrize("command", ["simulate", "demo"])
+def test_plot_without_matplotlib_is_refused_before_any_work(capsys, files, monkeypatch, command):
+    """matplotlib is an extra (`eplb_rt[plot]`): without it `--plot` is refused at once, naming
+    what to install, instead of failing after the run."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+
+    def without_matplotlib(name, *args):
+        return None if name == "matplotlib" else find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_matplotlib)
+    argv = [command, "--plot", files / "out.png"]
+    if command == "simulate":
+        argv += ["--load", files / "load.npy", "--ranks", 2, "--slots-per-rank", 4]
+    fails(capsys, argv, "needs matplotlib, which is not installed; pip install 'eplb_rt[plot]'")
+    assert not (files / "out.png").exists()

@@ -7,6 +7,7 @@ got; ``eplb-rt`` prints it and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 
@@ -96,10 +97,16 @@ def check_at_least(*items: tuple[str, int | None, int]) -> None:
 
 
 def check_plot(path: str | None) -> None:
-    """``--plot``: a writable file whose suffix names a format the plot can be saved in."""
+    """``--plot``: a writable file whose suffix names a format the plot can be saved in, and
+    matplotlib installed (an extra: serving needs none of it)."""
     check_output(path, "--plot")
     if path and os.path.splitext(path)[1].lower() not in (".png", ".pdf", ".svg"):
         raise ValueError(f"--plot {path}: expected a .png, .pdf or .svg file name")
+    if path and importlib.util.find_spec("matplotlib") is None:
+        raise ValueError(
+            f"--plot {path}: needs matplotlib, which is not installed; "
+            "pip install 'eplb_rt[plot]' (or matplotlib)"
+        )
 
 
 def check_simulate(args: argparse.Namespace) -> None:
