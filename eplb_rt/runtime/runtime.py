@@ -305,6 +305,9 @@ class EplbRuntime:
         self._moved_experts = self._bytes_moved = 0
         self._first_commit_step: int | None = None
         self._closed = False
+        # Why a step failed part-way on this rank (None while none did): from then on the runtime
+        # refuses to serve (:meth:`_check_usable`).
+        self._failure: str | None = None
         self._told_no_weights = False
         self._step_clock: list[float] = []  # host time of recent step() calls
         self._row_seconds = np.zeros(config.history)  # each ring row's step, in host seconds
@@ -485,6 +488,7 @@ class EplbRuntime:
         """Physical ids ``[N, K]`` for logical ``topk_ids [N, K]`` (int32/int64, -1 padding),
         counting each routed token into this step's heat when ``heat_source="topk"`` (with
         ``"group_list"`` the heat comes from :meth:`record` only)."""
+        self._check_usable()
         layer = self._check_layer(layer)
         if not isinstance(topk_ids, torch.Tensor):
             raise TypeError(f"topk_ids must be a tensor, got {type(topk_ids).__name__}")
@@ -505,6 +509,7 @@ class EplbRuntime:
     def record(self, layer: int, group_list: torch.Tensor, cumulative: bool = False) -> None:
         """Count a dispatch kernel's per-local-slot tokens ``group_list [S]`` (receiver side;
         ``EplbConfig.heat_source="group_list"``)."""
+        self._check_usable()
         layer = self._check_layer(layer)
         if self.config.heat_source != "group_list":
             # With "topk", route() counts every token already: a record would count it twice.
@@ -553,6 +558,7 @@ class EplbRuntime:
         """
         if self._closed:
             raise RuntimeError("EplbRuntime.step() after shutdown()")
+        self._check_usable()
         for name, value in (("is_prefill", is_prefill), ("record", record)):
             if not (
                 isinstance(value, (bool, np.bool_)) or (name == "is_prefill" and value is None)
@@ -563,7 +569,28 @@ class EplbRuntime:
         if mode != "all" and is_prefill is None and record:
             raise ValueError(f"count_steps={mode!r} needs step(is_prefill=True/False)")
         phase = mode == "all" or (is_prefill if mode == "prefill" else not is_prefill)
-        counts = bool(record and phase)
+        try:
+            self._close_step(bool(record and phase))
+        except BaseException as err:
+            self._failure = (
+                f"step {self.recorder.host_step} failed on rank {self.rank} "
+                f"({type(err).__name__}: {err})"
+            )
+            raise
+
+    def _check_usable(self) -> None:
+        """Raise once a step has failed part-way: the other ranks may have committed a layer
+        this rank did not (a commit that raised after the ranks agreed, a collective past its
+        timeout), so its tables may route tokens to slots that hold other experts."""
+        if self._failure is not None:
+            raise RuntimeError(
+                f"EplbRuntime stopped serving: {self._failure}; its tables may differ from the "
+                "other ranks', so it routes no more tokens. Build a new runtime on every rank"
+            )
+
+    def _close_step(self, counts: bool) -> None:
+        """:meth:`step` once its arguments are checked: the first change of state is here, so
+        an exception from here on leaves the runtime unusable."""
         # The closed step's host time, kept beside its ring row (what the gate's time per token
         # is measured from): from the previous step() call, unknown for the first.
         now = time.perf_counter()
@@ -898,7 +925,8 @@ class EplbRuntime:
         skipped plans and errors (the last :data:`RECORDS_KEPT` of each) and their totals
         (``num_rebalances``, ``num_skipped``, ``num_errors``); the moves committed so far; the
         step at which the first plan committed a layer (``None`` before); the deadline in steps
-        the next plan gets."""
+        the next plan gets; ``failure``: why a step failed part-way on this rank (the runtime then
+        serves no more), ``None`` while none did."""
         current = self._current
         # A copy first: the serving thread may append while another thread reads the stats.
         rebalances = list(self.rebalances)
@@ -920,6 +948,7 @@ class EplbRuntime:
             "balancer_busy_s": self.balancer.busy_s,
             "step_s": self._step_seconds(),
             "transfers": dict(self.executor.counters),
+            "failure": self._failure,
         }
 
     def shutdown(self) -> None:

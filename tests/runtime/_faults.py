@@ -7,6 +7,7 @@ as well, since they patch objects, not imports:
 * :func:`slow_planning`: the planning rank's policy takes ``seconds`` longer (plans go late);
 * :func:`skew_epoch`: this rank reports plan epochs off by ``offset`` (the ranks disagree);
 * :func:`fail_transfers`: this rank's transfers of ``layers`` report a failure;
+* :func:`fail_commits`: this rank's commits of ``layers`` raise, after the ranks agreed on them;
 * :func:`open_gate`: every changed layer of the policy's plan is committed, whatever it is worth
   (for tests of the migration mechanics with a policy that does not balance).
 
@@ -60,6 +61,18 @@ def fail_transfers(runtime, layers):
         return failing
 
     return _wrap(runtime.executor, "finish", make)
+
+
+def fail_commits(runtime, layers):
+    def make(commit):
+        def failing(transfer, slots):
+            if transfer.migration.layer in layers:
+                raise RuntimeError(f"layer {transfer.migration.layer}: injected commit failure")
+            return commit(transfer, slots)
+
+        return failing
+
+    return _wrap(runtime.executor, "commit", make)
 
 
 def open_gate():

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from _dist import spawn
-from _faults import fail_transfers, open_gate, skew_epoch, slow_planning
+from _faults import fail_commits, fail_transfers, open_gate, skew_epoch, slow_planning
 from _serving import let_plan_finish, small_config
 
 from eplb_rt.algorithms import warm_up
@@ -357,3 +357,44 @@ def _faults(rank: int, world: int) -> None:
 
 def test_faults_leave_the_old_placement_serving():
     spawn(_faults, 3)
+
+
+def _commit_fails(rank: int, world: int) -> None:
+    open_gate()
+    last = MODEL.num_layers - 1  # the last layer to move: no transfer is started after it
+    runtime, model, _ = _build(small_config(layers_per_step=1))
+    if rank == 1:
+        fail_commits(runtime, {last})
+    x = torch.ones((3, MODEL.hidden))
+    for step in range(40):
+        model(x, _skewed_bias(step, MODEL.num_layers, MODEL.num_experts))
+        try:
+            runtime.step()
+        except RuntimeError as err:
+            assert rank == 1 and f"layer {last}: injected commit failure" in str(err), err
+            break
+        let_plan_finish(runtime)
+        if rank != 1 and runtime.stats()["rebalances"]:
+            break
+    else:
+        raise AssertionError("no plan committed in 40 steps")
+    if rank != 1:  # the others committed the layer: their tables moved on
+        assert runtime.stats()["rebalances"][0]["layers_committed"] == list(range(MODEL.num_layers))
+    else:  # this rank did not: it refuses to route or count, naming why, until rebuilt
+        stopped = f"stopped serving: step {runtime.stats()['steps']} failed on rank 1 "
+        stopped += f"\\(RuntimeError: layer {last}: injected commit failure\\)"
+        for call in (
+            runtime.step,
+            lambda: runtime.route(0, torch.zeros((2, MODEL.top_k), dtype=torch.int64)),
+        ):
+            with pytest.raises(RuntimeError, match=stopped):
+                call()
+        assert runtime.stats()["failure"].startswith("step ")
+    runtime.shutdown()
+
+
+def test_a_commit_that_fails_on_one_rank_stops_that_rank_serving():
+    """A commit raising after the ranks agreed on it (an allocation failing on a device, say)
+    leaves that rank's tables behind the others': its tokens would reach slots holding other
+    experts. Once a step fails part-way, the runtime refuses to route."""
+    spawn(_commit_fails, 3)

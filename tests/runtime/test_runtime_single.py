@@ -216,6 +216,8 @@ def _bad_calls(rt: EplbRuntime):
         yield lambda: rt.record(0, torch.ones(5), cumulative="no"), "must be a bool, got 'no'"
     else:
         yield lambda: rt.record(0, torch.ones(5, dtype=torch.int32)), "heat_source='group_list'"
+    yield lambda: rt.step(record=1), "step\\(record=...\\) must be a bool, got 1"
+    yield lambda: rt.step(is_prefill="yes"), "must be a bool or None, got 'yes'"
     yield lambda: rt.log2phy(7), "layer must be in"
     yield lambda: rt.expert_map("0"), "layer must be an int"
     yield lambda: rt.register_weights(0, {}), "non-empty dict"
@@ -248,6 +250,10 @@ def test_bad_input_at_every_entry_raises_and_changes_nothing(fixture, request):
                 call()
         assert _same(before, _state(runtime))
     assert runtime.executor.weights == {}
+    # Refused arguments stop nothing: the runtime still serves.
+    assert runtime.stats()["failure"] is None
+    runtime.step()
+    runtime.route(0, torch.tensor([[1, 2]]))
 
 
 def test_weights_sharing_memory_with_another_layer_are_refused(runtime):
