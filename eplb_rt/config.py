@@ -212,10 +212,32 @@ class EplbConfig:
             return cls(**merged)
         except ValueError as err:
             # A value from the environment: say which variable, the fix is there.
-            named = [f"{v}={envs.text(v)!r}" for f, v in given.items() if f in str(err)]
+            named = [f"{v}={envs.text(v)!r}" for v in cls._refused_from_env(merged, given)]
             if named:
                 raise ValueError(f"{err} (from {', '.join(named)})") from None
             raise
+
+    @classmethod
+    def _refused_from_env(cls, merged: dict[str, Any], given: dict[str, str]) -> list[str]:
+        """The variables of ``given`` (field -> variable) whose values the config refuses: each
+        added in turn to the values not from the environment, which must make a config alone
+        (else the environment is not what is refused). Tried, not read from the error's text:
+        an option's error names its policy, whichever variable set the option."""
+        values = {f: v for f, v in merged.items() if f not in given}
+        try:
+            cls(**values)
+        except (ValueError, TypeError):
+            return []
+        refused = []
+        for field, var in given.items():
+            trial = {**values, field: merged[field]}
+            try:
+                cls(**trial)
+            except (ValueError, TypeError):
+                refused.append(var)
+            else:
+                values = trial
+        return refused
 
     @property
     def first_deadline(self) -> int:

@@ -156,6 +156,20 @@ def test_env_overrides(monkeypatch):
         EplbConfig.from_dict({}, env=True)
     with pytest.raises(ValueError, match=r"transfer_timeout_s.*got nan$"):  # not from there
         EplbConfig.from_dict({"transfer_timeout_s": float("nan")})
+    monkeypatch.delenv("EPLB_RT_TRANSFER_TIMEOUT_S")
+    # An option's error names its policy: the variable named is the one that set the option.
+    monkeypatch.setenv("EPLB_RT_POLICY_OPTIONS", "width=2.5")
+    with pytest.raises(ValueError, match=r"'width'.*\(from EPLB_RT_POLICY_OPTIONS='width=2.5'\)$"):
+        EplbConfig.from_dict({}, env=True)
+    monkeypatch.delenv("EPLB_RT_POLICY")
+    monkeypatch.setenv("EPLB_RT_POLICY_OPTIONS", "num_episodes=0")
+    with pytest.raises(ValueError, match=r"\(from EPLB_RT_POLICY_OPTIONS='num_episodes=0'\)$"):
+        EplbConfig.from_dict({}, env=True)
+    # Options for another policy than the environment's: the policy's variable is named.
+    monkeypatch.delenv("EPLB_RT_POLICY_OPTIONS")
+    monkeypatch.setenv("EPLB_RT_POLICY", "flashlb")
+    with pytest.raises(ValueError, match=r"\(from EPLB_RT_POLICY='flashlb'\)$"):
+        EplbConfig.from_dict({"policy_options": {"spread": 1.5}}, env=True)
 
 
 def test_an_unset_log_level_leaves_the_applications(monkeypatch):
