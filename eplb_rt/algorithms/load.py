@@ -61,9 +61,11 @@ def check_values(arr: np.ndarray, name: str = "load") -> None:
         return
     low, high = arr.min(), arr.max()
     if not (np.isfinite(low) and np.isfinite(high)):
-        raise ValueError(f"{name} contains NaN or infinite values")
+        at = _first(~np.isfinite(arr))
+        raise ValueError(f"{name} contains NaN or infinite values (first at {at}: {arr[at]})")
     if low < 0:
-        raise ValueError(f"{name} contains negative values (min {low:g})")
+        at = _first(arr < 0)
+        raise ValueError(f"{name} contains negative values (min {low:g}; first at {at})")
     # Values >= 0: every partial sum (a layer's, a step's) is at most the whole, and the whole
     # at most high * size; summed only where that bound is past the float64 range.
     if high > np.finfo(np.float64).max / arr.size:
@@ -74,6 +76,11 @@ def check_values(arr: np.ndarray, name: str = "load") -> None:
                 f"{name} is too large: its values (up to {high:g}) sum past the float64 "
                 "range; scale it down"
             )
+
+
+def _first(mask: np.ndarray) -> tuple[int, ...]:
+    """The index of ``mask``'s first true entry (in C order): where an error points to."""
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(mask)), mask.shape))
 
 
 def cut_episodes(load: np.ndarray, num_episodes: int) -> np.ndarray:

@@ -21,11 +21,14 @@ from eplb_rt.placement import Placement, Topology
 log = logging.getLogger("eplb_rt.integrations")
 
 
-def as_numpy(value: object, name: str, ndims: tuple[int, ...], where: str) -> np.ndarray:
+def as_numpy(
+    value: object, name: str, ndims: tuple[int, ...], where: str, *, load: bool = False
+) -> np.ndarray:
     """``value`` (torch tensor, numpy array or nested lists) as a numeric numpy array.
 
     Raises ``ValueError`` naming ``where`` and ``name`` unless it has one of ``ndims`` dims and
-    no empty axis (an engine passes no empty table or load: one would be a bug upstream).
+    no empty axis (an engine passes no empty table or load: one would be a bug upstream); with
+    ``load``, also unless every value is finite and >= 0 (the error says where the first is not).
     """
     if hasattr(value, "detach"):  # a torch tensor, possibly on a device
         value = value.detach().cpu()
@@ -43,6 +46,13 @@ def as_numpy(value: object, name: str, ndims: tuple[int, ...], where: str) -> np
         raise ValueError(f"{where}: {name} must hold numbers, got dtype {arr.dtype}")
     if arr.size == 0:
         raise ValueError(f"{where}: {name} is empty: shape {arr.shape}")
+    if load:
+        from eplb_rt.algorithms.load import check_values  # as the plan that follows: lazily
+
+        try:
+            check_values(arr.astype(np.float64, copy=False), name)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
     return arr
 
 

@@ -48,7 +48,7 @@ def rebalance_experts(  # noqa: PLR0917 (SGLang's signature)
     """
     import torch
 
-    load = as_numpy(tokens_per_expert, "tokens_per_expert [(T,) L, E]", (2, 3), WHERE)
+    load = as_numpy(tokens_per_expert, "tokens_per_expert [(T,) L, E]", (2, 3), WHERE, load=True)
     load = load[None] if load.ndim == 2 else load
     if num_local_physical_experts < 1 or num_physical_experts % num_local_physical_experts:
         raise ValueError(

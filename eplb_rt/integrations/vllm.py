@@ -66,7 +66,8 @@ class EplbRtPolicy:
         """
         import torch
 
-        load = as_numpy(weight, "weight [layers, experts]", (2,), WHERE).astype(np.float64)
+        load = as_numpy(weight, "weight [layers, experts]", (2,), WHERE, load=True)
+        load = load.astype(np.float64)
         if num_ranks < 1 or num_replicas % num_ranks:
             raise ValueError(
                 f"{WHERE}: num_replicas ({num_replicas}) must be a positive multiple of "

@@ -118,7 +118,7 @@ class EplbRtAscendPolicy:
 
     def _rebalance(self, current_expert_table, expert_workload):
         table = as_numpy(current_expert_table, "current_expert_table [L, D, S]", (3,), WHERE)
-        work = as_numpy(expert_workload, "expert_workload [(T,) L, D, S]", (3, 4), WHERE)
+        work = as_numpy(expert_workload, "expert_workload [(T,) L, D, S]", (3, 4), WHERE, load=True)
         work = work[None] if work.ndim == 3 else work
         if work.shape[1:] != table.shape:
             raise ValueError(

@@ -102,9 +102,9 @@ def test_wrong_shapes_are_rejected():
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        (-1.0, "negative values"),
-        (np.nan, "NaN or infinite"),
-        (np.inf, "NaN or infinite"),
+        (-1.0, r"negative values \(min -1; first at \(0, 1\)\)"),
+        (np.nan, r"NaN or infinite values \(first at \(0, 1\): nan\)"),
+        (np.inf, r"NaN or infinite values \(first at \(0, 1\): inf\)"),
         (1j, "numeric"),
     ],
 )
@@ -113,7 +113,7 @@ def test_wrong_shapes_are_rejected():
 )
 def test_a_load_no_count_can_be_is_refused_not_measured(measure, value, message):
     """A negative load gave a PAR of 2, and NaN one of NaN, which means a layer without load."""
-    load = np.array([[value, 3.0, 1.0]], dtype=complex if isinstance(value, complex) else float)
+    load = np.array([[3.0, value, 1.0]], dtype=complex if isinstance(value, complex) else float)
     with pytest.raises(ValueError, match=message):
         measure(Placement(P2L, 3, 2), load)
 

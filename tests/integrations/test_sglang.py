@@ -114,7 +114,13 @@ def test_plugin_plans_sglangs_logical_count_start(sglang, monkeypatch, tmp_path)
     [
         (torch.ones(16), 16, 4, "2 or 3 dimensions"),
         (torch.ones(2, 16), 18, 4, "multiple of num_local_physical_experts"),
-        (torch.full((2, 16), float("nan")), 16, 4, "NaN"),
+        (
+            torch.ones(2, 16).index_fill_(1, torch.tensor([5]), float("inf")),
+            16,
+            4,
+            r"tokens_per_expert \[\(T,\) L, E\] contains NaN or infinite values "
+            r"\(first at \(0, 5\): inf",
+        ),
         (torch.ones(2, 16), 8, 4, "do not fit"),
         (torch.ones(2, 16, dtype=torch.bool), 16, 4, "must hold numbers"),
     ],

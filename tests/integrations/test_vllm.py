@@ -114,7 +114,13 @@ def test_an_old_map_of_another_width_is_planned_anew(vllm):
     [
         (torch.ones(16), 16, 4, None, "3 dimensions|2 dimensions"),
         (torch.ones(2, 16), 18, 4, None, "multiple of num_ranks"),
-        (torch.full((2, 16), float("nan")), 16, 4, None, "NaN"),
+        (
+            torch.ones(2, 16).index_fill_(1, torch.tensor([5]), float("nan")),
+            16,
+            4,
+            None,
+            r"weight \[layers, experts\] contains NaN or infinite values \(first at \(0, 5\): nan",
+        ),
         (torch.ones(2, 16), 16, 4, torch.zeros(2, 16, dtype=torch.int64), "expert 1 has no slot"),
         (torch.ones(2, 16), 8, 4, None, "do not fit"),
         (torch.ones(2, 16), 16, 4, torch.zeros(2, 16), "must hold integer expert ids"),

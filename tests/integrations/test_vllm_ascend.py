@@ -112,7 +112,12 @@ def test_multistage_workload_is_read_as_episodes(ascend):
             np.ones((1, 4, 4)),
             "expert 5 has no slot",
         ),
-        (np.arange(16).reshape(1, 4, 4), np.full((1, 4, 4), np.nan), "NaN"),
+        (
+            np.arange(16).reshape(1, 4, 4),
+            np.where(np.arange(16).reshape(1, 4, 4) == 6, np.nan, 1.0),
+            r"expert_workload \[\(T,\) L, D, S\] contains NaN or infinite values "
+            r"\(first at \(0, 1, 2\)",
+        ),
         (np.arange(16).reshape(1, 4, 4), -np.ones((1, 4, 4)), "negative"),
         (np.zeros((1, 4, 0), dtype=np.int64), np.zeros((1, 4, 0)), r"empty: shape \(1, 4, 0\)"),
         (np.arange(16).reshape(1, 4, 4), np.zeros((0, 1, 4, 4)), r"empty: shape \(0, 1, 4, 4\)"),
