@@ -205,7 +205,10 @@ def read_placement(
             sglang = isinstance(doc, dict) and SGLANG_MAP_KEY in doc and "layer_list" not in doc
             fmt = "sglang" if sglang else "vllm-ascend"
         if fmt != "vllm-ascend" and num_ranks is None:
-            raise ValueError(f"the {fmt} format does not record the rank count; pass --ranks D")
+            raise ValueError(
+                f"the {fmt} format does not record the rank count; pass num_ranks "
+                "(--ranks D on the command line)"
+            )
         if fmt == "npy":
             placement = _placement(_read_array(path), num_ranks, num_experts)
         else:

@@ -174,7 +174,6 @@ def worker(rank: int, args: argparse.Namespace, port: int, out_path: str) -> Non
             "history": 2 * args.interval,
             "episode": max(1, args.interval // 2),
             "num_redundant": args.redundant,
-            "deadline": args.interval - 1,
             "layers_per_step": 1,
             "heat_source": args.heat_source,
         }

@@ -67,7 +67,7 @@ def test_score_reads_a_npy_placement_with_ranks(capsys, tmp_path, toy_json):
     assert got["max_rank_load_per_layer"] == want["max_rank_load_per_layer"] == [232.0]
     assert got["moved_fraction"] == 0.0
     code, _, err = run(capsys, "score", "--placement", tmp_path / "p.npy", "--load", toy_json)
-    assert code == 2 and "pass --ranks D" in err
+    assert code == 2 and "(--ranks D on the command line)" in err
     code, _, err = run(capsys, "score", "--placement", out, "--load", toy_json, "--ranks", 4)
     assert code == 2 and "places experts on 8 ranks, expected 4" in err
 

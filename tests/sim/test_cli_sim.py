@@ -338,7 +338,7 @@ def test_convert_loads(tmp_path, capsys):
             "npy",
             {"physical_to_logical_map": [[0, 1]]},
             [],
-            "does not record the rank count; pass --ranks D",
+            "does not record the rank count; pass num_ranks (--ranks D on the command line)",
         ),
         (
             "sglang",

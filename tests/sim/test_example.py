@@ -41,6 +41,7 @@ def test_example_rebalances_without_changing_outputs(tmp_path, heat_source):
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "EplbConfig" not in proc.stderr, proc.stderr[-4000:]  # no setting warned about
     summary = json.loads(out.read_text())
     assert summary["all_ranks_ok"], summary
     assert summary["heat_source"] == heat_source
