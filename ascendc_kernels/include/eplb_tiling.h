@@ -50,6 +50,11 @@ inline std::string ComputeRouteAndCountTiling(const RouteAndCountShape& s, uint3
            " P=" + std::to_string(s.numSlots) + " H=" + std::to_string(s.heatRows) +
            " stride=" + std::to_string(s.heatRowStride);
   }
+  // N x K in int64 (the op caps it at INT32_MAX before it gets here; other callers may not).
+  if (s.numTokens > INT64_MAX / s.topK) {
+    return "route_and_count tiling: N x K overflows int64, got N=" + std::to_string(s.numTokens) +
+           " K=" + std::to_string(s.topK);
+  }
   // Each tile has kBufferNum input and kBufferNum output buffers of tilePairs ids.
   const uint64_t perPair = 2ull * kBufferNum * s.idBytes;
   const uint64_t minIds = 8 * perPair;
@@ -104,7 +109,9 @@ inline std::string ComputeCountFromGroupListTiling(int64_t numGroups, uint32_t e
     return "count_from_group_list tiling: elemBytes must be 4 or 8, got " +
            std::to_string(elemBytes);
   }
-  if (numGroups < 0 || slotOffset < 0 || slotOffset + numGroups > numSlots) {
+  // Compared without adding (slot_offset + S_local may overflow), as the op's checks do.
+  if (numGroups < 0 || slotOffset < 0 || slotOffset > numSlots ||
+      numGroups > numSlots - slotOffset) {
     return "count_from_group_list: expected 0 <= slot_offset and slot_offset + S_local <= P=" +
            std::to_string(numSlots) + ", got slot_offset=" + std::to_string(slotOffset) +
            " S_local=" + std::to_string(numGroups);

@@ -332,8 +332,8 @@ inline void check_update_expert_map_args(const at::Tensor& log2phy, const at::Te
   TORCH_CHECK(num_slots >= 1, op, ": num_slots (P) must be >= 1, got ", num_slots);
   check_dtype(log2phy, op, "log2phy", at::kInt);
   check_dim(log2phy, op, "log2phy", 2);
-  TORCH_CHECK(log2phy.sym_size(1) >= 1, op, ": log2phy [E, R] needs R >= 1, got shape ",
-              log2phy.sym_sizes());
+  TORCH_CHECK(log2phy.sym_size(0) >= 1 && log2phy.sym_size(1) >= 1, op,
+              ": log2phy [E, R] needs E >= 1 and R >= 1, got shape ", log2phy.sym_sizes());
   check_dtype(logcnt, op, "logcnt", at::kInt);
   TORCH_CHECK(logcnt.dim() == 1 && logcnt.sym_size(0) == log2phy.sym_size(0), op,
               ": logcnt must have shape [E] = [", log2phy.sym_size(0), "], got ",

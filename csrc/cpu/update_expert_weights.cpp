@@ -53,6 +53,8 @@ void update_expert_weights_cpu(at::TensorList weights, at::TensorList staged,
       const int64_t t = job / M;
       const int64_t i = job % M;
       const int64_t row_bytes = S == 0 ? 0 : static_cast<int64_t>(weights[t].nbytes()) / S;
+      // A tensor of empty rows has no memory: memcpy's pointers must not be null, even for 0.
+      if (row_bytes == 0) continue;
       std::memcpy(static_cast<char*>(weights[t].data_ptr()) + dst_slot[i] * row_bytes,
                   static_cast<const char*>(staged[t].const_data_ptr()) + i * row_bytes, row_bytes);
     }

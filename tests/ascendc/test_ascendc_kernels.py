@@ -286,6 +286,20 @@ def test_a_one_row_heat_needs_no_row_stride(sim):
         )
 
 
+def test_tilings_refuse_sizes_whose_sums_overflow(sim):
+    """The ops cap these sizes before they reach the tilings; any other caller summed first and
+    compared after (signed overflow, UBSan's report): a slot offset near INT64_MAX wrapped
+    negative and passed, and so would N x K."""
+    heat = np.zeros((2, 8), dtype=np.int32)
+    with pytest.raises(ValueError, match=r"slot_offset \+ S_local <= P=8, got slot_offset=9223"):
+        sim.count_from_group_list(
+            np.ones(4, np.int32), heat, np.zeros(1, np.int64), 2**63 - 1, False
+        )
+    assert not heat.any()
+    with pytest.raises(ValueError, match=r"N x K overflows int64, got N=4611686018427387904 K=9"):
+        sim.route_and_count_tiling(2**62, 9, 8, 2, 16, 4, False)
+
+
 def test_count_from_group_list_negative_count_adds_nothing(sim):
     """Device backends cannot check values; a decreasing cumulative list must not corrupt heat."""
     heat = np.zeros((1, 3), dtype=np.int32)

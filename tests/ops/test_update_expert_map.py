@@ -141,6 +141,16 @@ BAD_INPUTS = {
 }
 
 
+def test_tables_of_no_expert_are_refused():
+    """E = 0 (route_and_count refuses it too): the empty tables have no memory, and copying
+    from their null pointers is undefined (UBSan's report)."""
+    empty = torch.empty((0, 2), dtype=torch.int32)
+    counts = torch.empty(0, dtype=torch.int32)
+    with pytest.raises(RuntimeError, match=r"log2phy \[E, R\] needs E >= 1 and R >= 1"):
+        torch.ops.eplb_rt.update_expert_map_(empty, counts, None, None, empty.clone(),
+                                             counts.clone(), None, None, 4)  # fmt: skip
+
+
 @pytest.mark.parametrize("case", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
 def test_bad_input_raises_and_writes_nothing(case):
     edit, name = case

@@ -8,12 +8,14 @@ import torch
 from eplb_rt import ops
 from tests import reference
 
-# One layer's weights on a rank: w13, w2 (bf16), int8 quantised weights and float scales.
+# One layer's weights on a rank: w13, w2 (bf16), int8 quantised weights and float scales, and
+# a tensor of empty rows (no memory at all: its slots are skipped, never copied from null).
 TRAILING = [
     ((6, 4), torch.bfloat16),
     ((4, 3), torch.bfloat16),
     ((5,), torch.int8),
     ((), torch.float32),
+    ((0, 3), torch.bfloat16),
 ]
 
 
