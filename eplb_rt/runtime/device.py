@@ -142,6 +142,11 @@ class HostStaging:
             entry[3] = self._device.record_event()
             self._pool.append(entry)
 
+    @property
+    def device_bytes(self) -> int:
+        """Bytes of the device buffers (on the CPU the host buffers, which are the device's)."""
+        return sum(e[2].nbytes for e in self._pool)
+
     def _new(self) -> list:
         dev = self._device
         host = torch.empty(self._numel, dtype=torch.int32, pin_memory=dev.has_streams)

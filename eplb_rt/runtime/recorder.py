@@ -141,6 +141,12 @@ class HeatRecorder:
             self._scratch.index_fill_(0, self._next_row, 0)
         self._row_closed[self.host_step % self.history] = False
 
+    @property
+    def device_bytes(self) -> int:
+        """Bytes of the ring, the scratch ring (receiver-side heat) and the counters."""
+        tensors = (self.heat, self.step_counter, self._next_row, self._scratch)
+        return sum(t.nbytes for t in tensors if t is not None)
+
     def snapshot(self) -> tuple[torch.Tensor, Event, np.ndarray, np.ndarray, np.ndarray]:
         """Copy the ring to the host without stalling the serving stream.
 

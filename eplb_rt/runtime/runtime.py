@@ -920,6 +920,23 @@ class EplbRuntime:
         """True while a plan is pending or a migration is under way."""
         return self._pending is not None or self._current is not None
 
+    def memory(self) -> dict[str, int]:
+        """Bytes this runtime holds on its device, by use, for an engine that sizes its KV cache
+        from the memory left: ``heat`` (the ring ``[history, L, P]`` int32 and its counters; a
+        second ring with ``heat_source="group_list"``), ``tables`` (log2phy and replica_share
+        ``[L, E, R]``, logcnt and expert_map ``[L, E]``), ``uploads`` (a commit's table rows),
+        ``staging`` (the migration's receive buffers: ``layers_per_step`` lanes of ``S`` slots of
+        the registered weights, allocated by :meth:`register_weights`) and ``total``. On the CPU
+        the device is the host."""
+        out = {
+            "heat": self.recorder.device_bytes,
+            "tables": sum(t.nbytes for t in self._tables),
+            "uploads": self._staging.device_bytes,
+            "staging": self.executor.staging_bytes,
+        }
+        out["total"] = sum(out.values())
+        return out
+
     def stats(self) -> dict:
         """Counters for reports: steps; the recent rebalances (finished, and the one under way),
         skipped plans and errors (the last :data:`RECORDS_KEPT` of each) and their totals

@@ -256,6 +256,28 @@ def test_bad_input_at_every_entry_raises_and_changes_nothing(fixture, request):
     runtime.route(0, torch.tensor([[1, 2]]))
 
 
+def test_memory_counts_what_the_runtime_holds_on_its_device(runtime, receiver):
+    """What an engine subtracts before it sizes its KV cache: the ring, the tables, the uploads
+    and, once weights are registered, the staging lanes."""
+    for rt, rings in ((runtime, 1), (receiver, 2)):
+        H, L, E, R = rt.config.history, rt.num_layers, rt.num_experts, rt.max_replicas
+        P, S = rt.topology.num_slots, rt.topology.num_slots_per_rank
+        padded = sum(-(-n // 8) * 8 for n in (S, E * R, E, E * R, E))
+        want = {
+            "heat": H * L * P * 4 + (rings - 1) * H * P * 4 + 2 * 8,
+            "tables": L * (2 * E * R + 2 * E) * 4,
+            "uploads": padded * 4,
+            "staging": 0,
+        }
+        assert rt.memory() == {**want, "total": sum(want.values())}
+    runtime.register_weights(
+        0, {"w13": torch.zeros(S, 6), "w2": torch.zeros(S, 3, 2, dtype=torch.int8)}
+    )
+    lanes = min(runtime.config.layers_per_step, L)
+    assert runtime.memory()["staging"] == lanes * S * (6 * 4 + 6)
+    assert runtime.memory()["total"] == sum(v for k, v in runtime.memory().items() if k != "total")
+
+
 def test_weights_sharing_memory_with_another_layer_are_refused(runtime):
     """A commit rewriting one layer's slots would rewrite the other's behind its tables."""
     whole = torch.zeros(2, 5, 4)
