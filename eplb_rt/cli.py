@@ -9,7 +9,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order ``eplb-rt --help`` lists them.
-COMMANDS = ("demo", "plan", "score", "policies", "simulate", "convert")
+COMMANDS = ("demo", "plan", "score", "policies", "simulate", "convert", "doctor")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,3 +9,25 @@
 Every adapter runs the policy named by its argument, else ``EPLB_RT_POLICY``, else
 ``EplbConfig().policy``. None of them imports its engine at import time.
 """
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Engine:
+    """A serving engine eplb_rt plugs into: the entry-point group that loads eplb_rt's plugin
+    and the oldest and newest releases the tests run against (``scripts/fetch_peers.py``)."""
+
+    entry_points: str
+    tested: tuple[str, str]
+
+
+ENGINES = {
+    "vllm": Engine("vllm.general_plugins", ("0.13.0", "0.34.0")),
+    # vLLM's entry point also runs inside vllm-ascend (a vLLM platform plugin).
+    "vllm-ascend": Engine("vllm.general_plugins", ("0.13.0", "0.30.0rc2")),
+    "sglang": Engine("sglang.srt.plugins", ("0.5.11", "0.5.23")),
+}
+"""Engines by distribution name."""

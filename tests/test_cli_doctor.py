@@ -1,0 +1,130 @@
+"""``eplb-rt doctor``: each check on this environment, and each fault it reports when planted."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+
+import pytest
+
+from eplb_rt.cli import main
+from eplb_rt.commands import doctor
+from eplb_rt.integrations import ENGINES
+
+sys_scripts = pytest.importorskip("scripts.fetch_peers")
+
+
+def _checks(capsys, tmp_path, *extra) -> tuple[int, dict]:
+    out = tmp_path / "doctor.json"
+    code = main(["doctor", "--no-kernels", "--json", str(out), *extra])
+    text = capsys.readouterr().out
+    checks = {c["name"]: c for c in json.loads(out.read_text())}
+    for c in checks.values():  # the printed report holds every line of the file
+        assert c["detail"] in text and c["status"] in text
+    return code, checks
+
+
+def test_this_environment_passes(capsys, tmp_path, monkeypatch):
+    for name in ("EPLB_RT_POLICY", "EPLB_RT_POLICY_OPTIONS"):
+        monkeypatch.delenv(name, raising=False)
+    code, checks = _checks(capsys, tmp_path)
+    assert code == 0
+    assert list(checks) == ["extension", "devices", "vllm", "vllm-ascend", "sglang", "settings"]
+    assert all(c["status"] != "FAIL" for c in checks.values()), checks
+    assert "built against torch" in checks["extension"]["detail"]
+    assert "keep their own EPLB policy" in checks["settings"]["detail"]
+
+
+def test_the_kernel_cache_is_checked_in_a_child_process():
+    check = doctor._kernels()
+    assert check.name == "kernels" and check.status in ("ok", "warn"), check
+    if check.status == "ok":  # the shipped cache (the build fills it) loads: nothing compiled
+        assert "load from the cache" in check.detail
+
+
+def test_another_torch_release_than_the_builds_fails(capsys, tmp_path, monkeypatch):
+    import eplb_rt
+
+    info = eplb_rt.build_info()
+    monkeypatch.setattr(eplb_rt, "build_info", lambda: {**info, "torch_version": "2.12.1+cpu"})
+    code, checks = _checks(capsys, tmp_path)
+    assert code == 1 and checks["extension"]["status"] == "FAIL"
+    assert "rebuild eplb_rt against this torch" in checks["extension"]["fix"]
+
+
+def test_a_gpu_without_cuda_kernels_fails(capsys, tmp_path, monkeypatch):
+    import torch
+
+    import eplb_rt
+
+    info = eplb_rt.build_info()
+    monkeypatch.setattr(
+        eplb_rt, "build_info", lambda: {**info, "backends": {**info["backends"], "cuda": False}}
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    code, checks = _checks(capsys, tmp_path)
+    assert code == 1
+    assert checks["devices"]["detail"].startswith("8 CUDA device(s) visible, but eplb_rt was built")
+    assert "EPLB_RT_CUDA=ON" in checks["devices"]["fix"]
+
+
+def test_torch_npu_without_cann_is_warned_about(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(doctor, "_importable", lambda module: module == "torch_npu")
+    for name in ("ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    code, checks = _checks(capsys, tmp_path)
+    assert code == 0 and checks["devices"]["status"] == "warn"
+    assert "breaks import torch" in checks["devices"]["detail"]
+
+
+@pytest.mark.parametrize(
+    ("version", "registered", "status", "said"),
+    [
+        ("0.20.0", True, "ok", "0.20.0 (tested 0.13.0 to 0.34.0); plugin registered"),
+        ("0.35.0", True, "warn", "newer than tested"),
+        ("0.12.0", True, "warn", "not tested"),
+        ("0.20.0", False, "FAIL", "entry point is not installed here"),
+    ],
+)
+def test_an_installed_engine_is_checked(monkeypatch, version, registered, status, said):
+    monkeypatch.setattr(doctor, "_version", lambda dist: version if dist == "vllm" else None)
+    monkeypatch.setattr(doctor, "_registered", lambda group: registered)
+    check = doctor._engine("vllm")
+    assert check.status == status and said in check.detail, check
+    assert doctor._engine("sglang").detail == "not installed"
+
+
+def test_the_plugins_are_in_their_groups_where_eplb_rt_is_installed():
+    for engine in ENGINES.values():
+        assert doctor._registered(engine.entry_points), engine
+    assert not doctor._registered("no.such.group")
+    assert importlib.metadata.version("eplb_rt")
+
+
+def test_the_tested_releases_are_the_ones_the_peer_tests_fetch():
+    from packaging.version import Version
+
+    for dist, engine in ENGINES.items():
+        fetched = sorted(sys_scripts.VERSIONS[dist], key=Version)
+        assert engine.tested == (fetched[0], fetched[-1]), dist
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ({"EPLB_RT_POLICY": "flashlb"}, "ok", "eplb_rt's 'flashlb'"),
+        ({"EPLB_RT_POLICY": "nope"}, "FAIL", "unknown policy 'nope'"),
+        ({"EPLB_RT_POLICY_OPTIONS": "num_episodes=0"}, "FAIL", "EPLB_RT_POLICY_OPTIONS="),
+        ({"EPLB_RT_KERNEL_CACHE": "maybe"}, "FAIL", "EPLB_RT_KERNEL_CACHE='maybe'"),
+    ],
+)
+def test_settings_the_plugins_read(capsys, tmp_path, monkeypatch, case):
+    env, status, said = case
+    for name in ("EPLB_RT_POLICY", "EPLB_RT_POLICY_OPTIONS", "EPLB_RT_KERNEL_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, checks = _checks(capsys, tmp_path)
+    assert code == (status == "FAIL")
+    assert checks["settings"]["status"] == status and said in checks["settings"]["detail"]
