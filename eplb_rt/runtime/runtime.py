@@ -269,6 +269,7 @@ class EplbRuntime:
             num_experts,
             rank=self.rank,
             current_step=functools.partial(getattr, self.recorder, "host_step"),
+            device=self.dev,
         )
         # A runtime dropped without shutdown() still stops its balancer (and planning child):
         # nothing the balancer's thread holds refers back to the runtime.
@@ -405,7 +406,13 @@ class EplbRuntime:
                 formats.write_placement(self._placement, self._export_path(0))
 
     def _new_migration_group(self):
-        return self._new_group("gloo" if self.dev.kind == "cpu" else None)
+        """A group for the transfers, its communicator set up by every rank at once: NCCL and
+        HCCL set it up at a group's first call, and the first transfer's batched sends and
+        receives would need every rank in it, while a layer's moves may leave some rank out
+        (that transfer then waited for the engine's timeout). Called where every rank is."""
+        group = self._new_group("gloo" if self.dev.kind == "cpu" else None)
+        dist.all_reduce(torch.zeros(1, device=self.device), group=group)
+        return group
 
     def _new_group(self, backend: str | None):
         """A group of the runtime's ranks (only they take part), with the engine's timeout."""

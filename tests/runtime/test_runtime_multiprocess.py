@@ -359,6 +359,32 @@ def test_faults_leave_the_old_placement_serving():
     spawn(_faults, 3)
 
 
+def _migration_groups(rank: int, world: int) -> None:
+    groups = []
+    all_reduce = dist.all_reduce
+
+    def recording(tensor, *args, group=None, **kwargs):
+        groups.append(group)
+        return all_reduce(tensor, *args, group=group, **kwargs)
+
+    dist.all_reduce = recording
+    try:
+        runtime, _, _ = _build(small_config())
+        assert any(g is runtime._migration_group for g in groups)
+        runtime._renew_migration_group()  # as every rank does after an agreed failed transfer
+        assert any(g is runtime._migration_group for g in groups)
+        runtime.shutdown()
+    finally:
+        dist.all_reduce = all_reduce
+
+
+def test_every_rank_sets_up_each_migration_group_at_once():
+    """NCCL and HCCL set a group's communicator up at its first call, with every rank: a first
+    transfer whose moves leave a rank out (4 ranks, only 0 and 1 swap) waited for the engine's
+    timeout. Each new migration group runs one collective on every rank first."""
+    spawn(_migration_groups, 3)
+
+
 def _commit_fails(rank: int, world: int) -> None:
     open_gate()
     last = MODEL.num_layers - 1  # the last layer to move: no transfer is started after it
