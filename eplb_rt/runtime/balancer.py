@@ -36,7 +36,7 @@ from eplb_rt import planning
 from eplb_rt.algorithms import registry
 from eplb_rt.config import EplbConfig
 from eplb_rt.placement import Placement, Topology
-from eplb_rt.runtime.device import Event
+from eplb_rt.runtime.device import Device, Event
 from eplb_rt.runtime.planning_child import PlanningChild, PlanningChildDied
 from eplb_rt.runtime.recorder import heat_to_load
 
@@ -162,6 +162,7 @@ class Balancer:
         num_layers: ``L``; num_experts: ``E``.
         rank: this rank's index in the group (rank 0 plans); each job brings its group.
         current_step: callable giving the serving thread's host step (to detect late plans).
+        device: the runtime's device, made the thread's current one (``None``: the CPU).
     """
 
     def __init__(
@@ -173,8 +174,10 @@ class Balancer:
         *,
         rank: int,
         current_step,
+        device: Device | None = None,
     ) -> None:
         self.config = config
+        self._device = device
         self.topology = topology
         self._num_layers = num_layers
         self.num_experts = num_experts
@@ -241,6 +244,8 @@ class Balancer:
 
     # ------------------------------------------------------------------ thread side
     def _loop(self) -> None:
+        if self._device is not None:  # before the first wait on a job's event
+            self._device.make_current()
         # Only rank 0 plans, so only it needs the child process and the compiled kernels.
         if self.rank == 0 and self.config.plan_in_subprocess:
             self._start_child()

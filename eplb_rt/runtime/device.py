@@ -55,6 +55,13 @@ class Device:
     def has_streams(self) -> bool:
         return self._module is not None
 
+    def make_current(self) -> None:
+        """Make this device the calling thread's current one. A new thread's current device is
+        device 0: its first event wait would set up a context there (hundreds of MiB on
+        device 0 from every rank's process that serves on another device)."""
+        if self._module is not None:
+            self._module.set_device(self.device)
+
     def new_stream(self):
         """A dedicated stream (``None`` on the CPU)."""
         return None if self._module is None else self._module.Stream(device=self.device)

@@ -60,6 +60,23 @@ def _balancer(policy: str = "deepseek", step: int = 0, **config) -> Balancer:
     return Balancer(EplbConfig(**values), TOPO, L, E, rank=0, current_step=lambda: step)
 
 
+def test_the_thread_makes_the_runtimes_device_its_own_first():
+    """A new thread's current device is device 0: its first wait on a job's event would set up
+    a context there, from every rank's process that serves on another device."""
+    calls = []
+    device = type(
+        "Stub", (), {"make_current": lambda self: calls.append(threading.current_thread())}
+    )
+    values = dict(policy="deepseek", interval=12, history=12, episode=4, warm_up=False)
+    balancer = Balancer(EplbConfig(**values), TOPO, L, E, rank=0, current_step=lambda: 0,
+                        device=device())  # fmt: skip
+    try:
+        assert balancer.ready.wait(30)
+        assert [t.name for t in calls] == ["eplb-balancer"]
+    finally:
+        balancer.shutdown()
+
+
 def _result(balancer: Balancer, job: Job):
     balancer.submit(job)
     deadline = time.monotonic() + 60
