@@ -49,7 +49,6 @@ class HeatRecorder:
             (history, num_layers, num_slots), dtype=torch.int32, device=device.device
         )
         self.step_counter = torch.zeros(1, dtype=torch.int64, device=device.device)
-        self._next_row = torch.zeros(1, dtype=torch.int64, device=device.device)
         self._scratch = (
             None
             if route_counts
@@ -135,16 +134,19 @@ class HeatRecorder:
         if not counts and self.sender_side:
             self.heat[row].zero_()
         self.step_counter.add_(1)
-        torch.remainder(self.step_counter, self.history, out=self._next_row)
-        self.heat.index_fill_(0, self._next_row, 0)
+        # The next row by the host's count (the device counter's value): indexed by the device
+        # counter, torch_npu's index_fill_ reads the index to the host on CANN builds without
+        # its aclnn kernel, a synchronisation in every step.
+        row = self.host_step % self.history
+        self.heat[row].zero_()
         if self._scratch is not None:  # keeps the scratch counts far from int32 overflow
-            self._scratch.index_fill_(0, self._next_row, 0)
-        self._row_closed[self.host_step % self.history] = False
+            self._scratch[row].zero_()
+        self._row_closed[row] = False
 
     @property
     def device_bytes(self) -> int:
         """Bytes of the ring, the scratch ring (receiver-side heat) and the counters."""
-        tensors = (self.heat, self.step_counter, self._next_row, self._scratch)
+        tensors = (self.heat, self.step_counter, self._scratch)
         return sum(t.nbytes for t in tensors if t is not None)
 
     def snapshot(self) -> tuple[torch.Tensor, Event, np.ndarray, np.ndarray, np.ndarray]:
