@@ -75,7 +75,7 @@ def test_sglang_refuses_non_uniform_shares():
 def test_npy_placement_needs_ranks(tmp_path):
     path = tmp_path / "p.npy"
     np.save(path, np.array([[0, 1, 2, 0]], dtype=np.int32))
-    with pytest.raises(ValueError, match="pass --ranks"):
+    with pytest.raises(ValueError, match=r"pass num_ranks \(--ranks D on the command line\)"):
         formats.read_placement(path, "npy")
 
 
