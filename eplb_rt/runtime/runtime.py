@@ -321,13 +321,22 @@ class EplbRuntime:
         # the same agreed outcome, so the ranks' deadline steps stay equal.
         self.deadline = config.first_deadline
         if self._rebalance_enabled and not self._probes_fit():
+            # Name what the user can change: the episode where it alone leaves no room, or
+            # where the deadline adapts (it was not given); else the deadline given.
+            if config.episode >= config.interval or config.deadline is None:
+                cause = f"EplbConfig.episode ({config.episode}) with a deadline of {self.deadline}"
+                fix = "lower the episode (episode + deadline must be below the interval)"
+            else:
+                cause = f"EplbConfig.deadline ({self.deadline})"
+                fix = "lower the deadline (or None, adapting)"
             log.warning(
-                "EplbConfig.deadline (%d) leaves no episode step (every %d) before the next "
-                "interval (%d) for a plan to finish: no drift probe, and no first plan before "
-                "the interval, ever starts; lower the deadline (or None, adapting)",
-                self.deadline,
+                "%s leaves no episode step (every %d) before the next interval (%d) for a plan "
+                "to finish: no drift probe, and no first plan before the interval, ever starts; "
+                "%s",
+                cause,
                 config.episode,
                 config.interval,
+                fix,
             )
 
     def _probes_fit(self) -> bool:
@@ -495,7 +504,7 @@ class EplbRuntime:
         """Physical ids ``[N, K]`` for logical ``topk_ids [N, K]`` (int32/int64, -1 padding),
         counting each routed token into this step's heat when ``heat_source="topk"`` (with
         ``"group_list"`` the heat comes from :meth:`record` only)."""
-        self._check_usable()
+        self._check_usable("route")
         layer = self._check_layer(layer)
         if not isinstance(topk_ids, torch.Tensor):
             raise TypeError(f"topk_ids must be a tensor, got {type(topk_ids).__name__}")
@@ -516,7 +525,7 @@ class EplbRuntime:
     def record(self, layer: int, group_list: torch.Tensor, cumulative: bool = False) -> None:
         """Count a dispatch kernel's per-local-slot tokens ``group_list [S]`` (receiver side;
         ``EplbConfig.heat_source="group_list"``)."""
-        self._check_usable()
+        self._check_usable("record")
         layer = self._check_layer(layer)
         if self.config.heat_source != "group_list":
             # With "topk", route() counts every token already: a record would count it twice.
@@ -563,9 +572,7 @@ class EplbRuntime:
         "group_list"`` a rank counts the tokens it received, every rank's: a step feeds the
         policy only where every rank counts it.
         """
-        if self._closed:
-            raise RuntimeError("EplbRuntime.step() after shutdown()")
-        self._check_usable()
+        self._check_usable("step")
         for name, value in (("is_prefill", is_prefill), ("record", record)):
             if not (
                 isinstance(value, (bool, np.bool_)) or (name == "is_prefill" and value is None)
@@ -585,10 +592,14 @@ class EplbRuntime:
             )
             raise
 
-    def _check_usable(self) -> None:
-        """Raise once a step has failed part-way: the other ranks may have committed a layer
-        this rank did not (a commit that raised after the ranks agreed, a collective past its
-        timeout), so its tables may route tokens to slots that hold other experts."""
+    def _check_usable(self, method: str) -> None:
+        """Raise after :meth:`shutdown` (the ranks have stopped agreeing: a commit elsewhere
+        would not reach this rank's tables), or once a step has failed part-way: the other ranks
+        may have committed a layer this rank did not (a commit that raised after the ranks
+        agreed, a collective past its timeout), so its tables may route tokens to slots that
+        hold other experts."""
+        if self._closed:
+            raise RuntimeError(f"EplbRuntime.{method}() after shutdown()")
         if self._failure is not None:
             raise RuntimeError(
                 f"EplbRuntime stopped serving: {self._failure}; its tables may differ from the "

@@ -423,11 +423,18 @@ def test_initial_placement_from_json_and_export(tmp_path):
     del topo
 
 
-def test_step_after_shutdown_is_an_error(runtime):
+def test_step_route_and_record_after_shutdown_are_errors(runtime, receiver):
+    """After shutdown the ranks no longer agree: a commit elsewhere would not reach these
+    tables, so nothing is routed or counted by them any more."""
     runtime.shutdown()
     runtime.shutdown()  # idempotent
-    with pytest.raises(RuntimeError, match="after shutdown"):
+    with pytest.raises(RuntimeError, match=r"EplbRuntime.step\(\) after shutdown"):
         runtime.step()
+    with pytest.raises(RuntimeError, match=r"EplbRuntime.route\(\) after shutdown"):
+        runtime.route(0, torch.tensor([[1, 2]]))
+    receiver.shutdown()
+    with pytest.raises(RuntimeError, match=r"EplbRuntime.record\(\) after shutdown"):
+        receiver.record(0, torch.zeros(5, dtype=torch.int32))
 
 
 def dataclass_replace(config, **changes):
@@ -436,20 +443,31 @@ def dataclass_replace(config, **changes):
     return dataclasses.replace(config, **changes)
 
 
-@pytest.mark.parametrize(("interval", "deadline", "warned"), [(12, 11, True), (12, 4, False)])
+@pytest.mark.parametrize(
+    ("interval", "episode", "deadline", "named"),
+    [
+        (12, 6, 11, "EplbConfig.deadline (11) leaves"),
+        (12, 6, 4, None),
+        # The deadline adapts (not given): the episode is what to change.
+        (10, 16, None, "EplbConfig.episode (16) with a deadline of 2 leaves"),
+        (12, 10, None, "EplbConfig.episode (10) with a deadline of 2 leaves"),
+    ],
+)
 def test_a_deadline_that_leaves_no_room_for_probes_is_warned_about(
-    caplog, interval, deadline, warned
+    caplog, interval, episode, deadline, named
 ):
     """A probe starts at an episode step only where its plan's deadline falls before the next
-    interval: at 12 / 6 / 11 (the integration guide's example before) none ever started."""
+    interval: at 12 / 6 / 11 (the integration guide's example before) none ever started. The
+    warning names the setting given (a deadline left to adapt is not)."""
     config = EplbConfig(
-        policy="rt_test_shift", interval=interval, history=24, episode=6, deadline=deadline,
-        warm_up=False,
+        policy="rt_test_shift", interval=interval, history=48, episode=episode,
+        deadline=deadline, warm_up=False,
     )  # fmt: skip
     with caplog.at_level("WARNING", logger="eplb_rt.runtime"), EplbRuntime(config, 2, 4):
         pass
-    said = [r for r in caplog.records if "no drift probe" in r.getMessage()]
-    assert len(said) == warned
+    said = [r.getMessage() for r in caplog.records if "no drift probe" in r.getMessage()]
+    assert len(said) == (named is not None)
+    assert named is None or said[0].startswith(named), said
 
 
 def test_a_history_too_short_for_drift_is_warned_about(caplog):
