@@ -55,7 +55,7 @@ c10::TypedOperatorHandle<Signature> op_handle(const char* name) {
 
 using RouteAndCount = void(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                            const OptTensor&, const at::Tensor&, const at::Tensor&,
-                           const at::Tensor&);
+                           const at::Tensor&, int64_t);
 using CountFromGroupList = void(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
                                 bool);
 using UpdateExpertWeights = void(at::TensorList, at::TensorList, const at::Tensor&);
@@ -66,13 +66,13 @@ using UpdateExpertMap = void(const at::Tensor&, const at::Tensor&, const OptTens
 void route_and_count_autograd(const at::Tensor& topk_ids, const at::Tensor& log2phy,
                               const at::Tensor& logcnt, const OptTensor& replica_share,
                               const at::Tensor& heat, const at::Tensor& step,
-                              const at::Tensor& phy_ids) {
+                              const at::Tensor& phy_ids, int64_t code_offset) {
   static const auto op = op_handle<RouteAndCount>("eplb_rt::route_and_count");
   check_not_inference(heat, "route_and_count", "heat");
   check_not_inference(phy_ids, "route_and_count", "out");
   {
     const at::AutoDispatchBelowADInplaceOrView guard;
-    op.call(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids);
+    op.call(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids, code_offset);
   }
   bump(heat);
   bump(phy_ids);

@@ -4,11 +4,12 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(eplb_rt, m) {
-  // Map logical top-k ids to replicas (csrc/common/replica_rule.h) and count the routed pairs per
-  // slot into heat[step mod H]; phy_ids gets the physical ids, -1 for padding.
+  // Map logical top-k ids to replicas (csrc/common/replica_rule.h, its position codes shifted by
+  // code_offset) and count the routed pairs per slot into heat[step mod H]; phy_ids gets the
+  // physical ids, -1 for padding.
   m.def(
       "route_and_count(Tensor topk_ids, Tensor log2phy, Tensor logcnt, Tensor? replica_share,"
-      " Tensor(a!) heat, Tensor step, Tensor(b!) phy_ids) -> ()");
+      " Tensor(a!) heat, Tensor step, Tensor(b!) phy_ids, int code_offset=0) -> ()");
   // Add a dispatch kernel's per-local-slot token counts (plain or inclusive prefix sums) into
   // heat[step mod H, slot_offset:slot_offset + S_local].
   m.def(

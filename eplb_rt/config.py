@@ -58,6 +58,13 @@ class EplbConfig:
             (:mod:`eplb_rt.planning`).
         heat_source: ``"topk"`` (sender side, counted by ``route``; all-reduced) or
             ``"group_list"`` (receiver side, counted by ``record``; all-gathered).
+        rank_local_tokens: each rank routes its own tokens (data-parallel attention, dispatched
+            by all-to-all): the ranks then shift the replica rule by ``rank * 2^16 //
+            num_ranks`` (``ops.route_and_count``'s ``code_offset``), so that their first tokens,
+            each counted from 0, do not all pick the same replica of an expert in every step.
+            Leave it ``False`` where the ranks route the same tokens and each computes the pairs
+            of its own slots (tensor-parallel attention, a combine by all-reduce): they must
+            then pick the same replicas.
         count_steps: which steps feed the heat: ``"all"``, ``"prefill"`` or ``"decode"``
             (``step(is_prefill=...)`` says which one just ran). With ``"group_list"`` heat a
             rank's counts hold every rank's tokens, so a step counts only where every rank's
@@ -95,6 +102,7 @@ class EplbConfig:
     link_bandwidth: float = LINK_BANDWIDTH
     token_seconds: float = TOKEN_SECONDS
     heat_source: str = "topk"
+    rank_local_tokens: bool = False
     count_steps: str = "all"
     initial_placement: str | None = None
     export_dir: str | None = None
@@ -177,7 +185,7 @@ class EplbConfig:
         _check_float(self, "transfer_timeout_s", 1e-3, 1e9)
         _check_int(self, "num_nodes", 1)
         _check_int(self, "num_groups", 1)
-        for name in ("warm_up", "plan_in_subprocess"):
+        for name in ("warm_up", "plan_in_subprocess", "rank_local_tokens"):
             value = getattr(self, name)
             if not isinstance(value, (bool, np.bool_)):
                 raise TypeError(f"EplbConfig.{name} must be a bool, got {value!r}")

@@ -101,6 +101,7 @@ def route_and_count(
     *,
     replica_share: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
+    code_offset: int = 0,
 ) -> torch.Tensor:
     """Route one layer's top-k choices to expert replicas and count them into ``heat``.
 
@@ -116,6 +117,10 @@ def route_and_count(
         step: one-element int64 tensor on the device: the step counter (not advanced here).
         replica_share: ``[E, R]`` float32 or None (uniform split): each replica's share.
         out: ``[N, K]`` buffer of ``topk_ids``' dtype for the result, or None to allocate one.
+        code_offset: in ``[0, 2^16)``, added to every pair's position code (the rule in the
+            module docstring): ranks whose batches each start at token 0 (data-parallel
+            attention) take ``rank * 2^16 // num_ranks`` so that their first tokens do not all
+            pick the same replica (``EplbRuntime.route`` does).
 
     Returns:
         ``phy_ids`` ``[N, K]``, the dtype of ``topk_ids``: the physical id (slot) of each pair,
@@ -129,7 +134,7 @@ def route_and_count(
     _first_use(topk_ids.device)
     if out is None:
         out = torch.empty_like(topk_ids)
-    _route_and_count(topk_ids, log2phy, logcnt, replica_share, heat, step, out)
+    _route_and_count(topk_ids, log2phy, logcnt, replica_share, heat, step, out, code_offset)
     return out
 
 

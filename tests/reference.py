@@ -17,12 +17,16 @@ PERIOD = 1 << PERIOD_BITS
 _MASK32 = 0xFFFFFFFF
 
 
-def position_code(step: int, num_tokens: int, num_choices: int) -> torch.Tensor:
-    """``[N, K]`` int64 codes in ``[0, 2^16)`` of every pair of a batch at device step ``step``."""
+def position_code(
+    step: int, num_tokens: int, num_choices: int, code_offset: int = 0
+) -> torch.Tensor:
+    """``[N, K]`` int64 codes in ``[0, 2^16)`` of every pair of a batch at device step ``step``,
+    shifted by ``code_offset``."""
     n = torch.arange(num_tokens, dtype=torch.int64)
     k = torch.arange(num_choices, dtype=torch.int64)
     global_pos = ((step & _MASK32) * (num_tokens & _MASK32) + n) & _MASK32
-    return (global_pos[:, None] * TOKEN_STRIDE + k[None, :] * CHOICE_STRIDE) & (PERIOD - 1)
+    code = global_pos[:, None] * TOKEN_STRIDE + k[None, :] * CHOICE_STRIDE + code_offset
+    return code & (PERIOD - 1)
 
 
 def choose_replica(
@@ -56,6 +60,7 @@ def route_and_count(
     step: torch.Tensor,
     *,
     replica_share: torch.Tensor | None = None,
+    code_offset: int = 0,
 ) -> torch.Tensor:
     """Reference of ``eplb_rt.ops.route_and_count``: returns phy_ids, adds into ``heat`` in place.
 
@@ -68,7 +73,7 @@ def route_and_count(
     ids = topk_ids.to(torch.int64)
     used = ids >= 0
     expert = ids.clamp(min=0)
-    code = position_code(step_value, num_tokens, num_choices)
+    code = position_code(step_value, num_tokens, num_choices, code_offset)
     cnt = logcnt.to(torch.int64)[expert]
     shares = None if replica_share is None else replica_share[expert]
     replica = choose_replica(code, cnt, shares)

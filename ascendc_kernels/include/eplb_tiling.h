@@ -39,6 +39,10 @@ inline std::string ComputeRouteAndCountTiling(const RouteAndCountShape& s, uint3
   if (s.idBytes != 4 && s.idBytes != 8) {
     return "route_and_count tiling: idBytes must be 4 or 8, got " + std::to_string(s.idBytes);
   }
+  if (s.codeOffset >= 65536u) {
+    return "route_and_count: code_offset must be in [0, 65536), got " +
+           std::to_string(s.codeOffset);
+  }
   if (s.numTokens < 0 || s.topK < 1 || s.numExperts < 1 || s.maxReplicas < 1 || s.numSlots < 1 ||
       s.heatRows < 1 || (s.heatRows > 1 && s.heatRowStride < s.numSlots)) {
     // One row has no stride to keep apart (the op's checks waive it too: a [1, P] view).
@@ -72,6 +76,7 @@ inline std::string ComputeRouteAndCountTiling(const RouteAndCountShape& s, uint3
   *t = RouteAndCountTiling{};
   t->idBytes = s.idBytes;
   t->hasShare = s.hasShare ? 1u : 0u;
+  t->codeOffset = s.codeOffset;
   t->tablesInUb = inUb ? 1u : 0u;
   t->numTokens = s.numTokens;
   t->numPairs = s.numTokens * s.topK;

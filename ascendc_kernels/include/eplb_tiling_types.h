@@ -26,6 +26,7 @@ struct RouteAndCountShape {
   int64_t heatRowStride;  // elements between heat rows (L*P for a view of the [H, L, P] ring)
   uint32_t idBytes;       // 4: int32 topk_ids / phy_ids, 8: int64
   bool hasShare;          // replica_share given (else uniform)
+  uint32_t codeOffset;    // shift of the position codes, in [0, 2^16) (replica_rule.h)
 };
 
 struct RouteAndCountTiling {
@@ -34,7 +35,7 @@ struct RouteAndCountTiling {
   uint32_t hasShare;
   uint32_t tilePairs;   // ids per UB tile, a multiple of 8
   uint32_t tablesInUb;  // 1: log2phy (and replica_share) copied into UB; 0: read from GM
-  uint32_t pad;
+  uint32_t codeOffset;  // shift of the position codes (replica_rule.h)
   int64_t numTokens;
   int64_t numPairs;      // N * K
   int64_t pairsPerCore;  // contiguous ids per core, a multiple of 8

@@ -15,7 +15,7 @@ void eplb_route_and_count_kernel(GM_ADDR topkIds, GM_ADDR log2phy, GM_ADDR logcn
                                  int32_t topK, int32_t numExperts, int32_t maxReplicas,
                                  int32_t numSlots, int64_t heatRows, int64_t heatRowStride,
                                  int64_t pairsPerCore, uint32_t tilePairs, uint32_t hasShare,
-                                 uint32_t tablesInUb, uint32_t idBytes);
+                                 uint32_t tablesInUb, uint32_t codeOffset, uint32_t idBytes);
 void eplb_count_from_group_list_kernel(GM_ADDR groupList, GM_ADDR heat, GM_ADDR step,
                                        int64_t numGroups, int64_t groupsPerCore,
                                        int64_t slotOffset, int64_t numSlots, int64_t heatRows,
@@ -48,8 +48,8 @@ extern "C" uint32_t eplb_route_and_count(uint8_t* topkIds, uint8_t* log2phy, uin
   if (t.blockDim == 0) return 0;
   return EPLB_LAUNCH_KERNEL(eplb_route_and_count_kernel, t.blockDim, stream, topkIds, log2phy,
                             logcnt, share, heat, step, phyIds, t.numTokens, t.topK, t.numExperts,
-                            t.maxReplicas, t.numSlots, t.heatRows, t.heatRowStride,
-                            t.pairsPerCore, t.tilePairs, t.hasShare, t.tablesInUb, t.idBytes);
+                            t.maxReplicas, t.numSlots, t.heatRows, t.heatRowStride, t.pairsPerCore,
+                            t.tilePairs, t.hasShare, t.tablesInUb, t.codeOffset, t.idBytes);
 }
 
 extern "C" uint32_t eplb_count_from_group_list(uint8_t* groupList, uint8_t* heat, uint8_t* step,

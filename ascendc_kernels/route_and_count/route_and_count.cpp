@@ -64,8 +64,9 @@ class KernelRouteAndCount {
                               int32_t topK, int32_t numExperts, int32_t maxReplicas,
                               int32_t numSlots, int64_t heatRows, int64_t heatRowStride,
                               int64_t pairsPerCore, uint32_t tilePairs, uint32_t hasShare,
-                              uint32_t tablesInUb, TPipe* pipe) {
+                              uint32_t tablesInUb, uint32_t codeOffset, TPipe* pipe) {
     numTokens_ = numTokens;
+    codeOffset_ = codeOffset;
     topK_ = topK;
     numExperts_ = numExperts;
     maxReplicas_ = maxReplicas;
@@ -147,7 +148,7 @@ class KernelRouteAndCount {
     if (e < 0 || e >= numExperts_) return -1;
     const int32_t cnt = logcntLocal.GetValue(static_cast<uint32_t>(e));
     if (cnt < 1 || cnt > maxReplicas_) return -1;
-    const uint32_t code = eplb_rt::position_code(step_, numTokens_, n, k);
+    const uint32_t code = eplb_rt::position_code(step_, numTokens_, n, k, codeOffset_);
     const uint64_t rowBase = static_cast<uint64_t>(e) * static_cast<uint64_t>(maxReplicas_);
     int32_t r = 0;
     if (!hasShare_) {
@@ -187,6 +188,7 @@ class KernelRouteAndCount {
   int64_t step_ = 0;
   int32_t topK_ = 1, numExperts_ = 0, maxReplicas_ = 1, numSlots_ = 0;
   uint32_t tilePairs_ = 8;
+  uint32_t codeOffset_ = 0;
   bool hasShare_ = false;
   bool tablesInUb_ = true;
 };
@@ -197,13 +199,13 @@ __aicore__ inline void RunRouteAndCount(GM_ADDR topkIds, GM_ADDR log2phy, GM_ADD
                                         int64_t numTokens, int32_t topK, int32_t numExperts,
                                         int32_t maxReplicas, int32_t numSlots, int64_t heatRows,
                                         int64_t heatRowStride, int64_t pairsPerCore,
-                                        uint32_t tilePairs, uint32_t hasShare,
-                                        uint32_t tablesInUb) {
+                                        uint32_t tilePairs, uint32_t hasShare, uint32_t tablesInUb,
+                                        uint32_t codeOffset) {
   TPipe pipe;
   KernelRouteAndCount<IdT> op;
   op.Init(topkIds, log2phy, logcnt, share, heat, step, phyIds, numTokens, topK, numExperts,
           maxReplicas, numSlots, heatRows, heatRowStride, pairsPerCore, tilePairs, hasShare,
-          tablesInUb, &pipe);
+          tablesInUb, codeOffset, &pipe);
   op.Process();
 }
 
@@ -214,15 +216,16 @@ extern "C" __global__ __aicore__ void eplb_route_and_count_kernel(
     GM_ADDR topkIds, GM_ADDR log2phy, GM_ADDR logcnt, GM_ADDR share, GM_ADDR heat, GM_ADDR step,
     GM_ADDR phyIds, int64_t numTokens, int32_t topK, int32_t numExperts, int32_t maxReplicas,
     int32_t numSlots, int64_t heatRows, int64_t heatRowStride, int64_t pairsPerCore,
-    uint32_t tilePairs, uint32_t hasShare, uint32_t tablesInUb, uint32_t idBytes) {
+    uint32_t tilePairs, uint32_t hasShare, uint32_t tablesInUb, uint32_t codeOffset,
+    uint32_t idBytes) {
   KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);  // blockDim counts vector cores
   if (idBytes == 8) {
     RunRouteAndCount<int64_t>(topkIds, log2phy, logcnt, share, heat, step, phyIds, numTokens, topK,
                               numExperts, maxReplicas, numSlots, heatRows, heatRowStride,
-                              pairsPerCore, tilePairs, hasShare, tablesInUb);
+                              pairsPerCore, tilePairs, hasShare, tablesInUb, codeOffset);
   } else {
     RunRouteAndCount<int32_t>(topkIds, log2phy, logcnt, share, heat, step, phyIds, numTokens, topK,
                               numExperts, maxReplicas, numSlots, heatRows, heatRowStride,
-                              pairsPerCore, tilePairs, hasShare, tablesInUb);
+                              pairsPerCore, tilePairs, hasShare, tablesInUb, codeOffset);
   }
 }

@@ -103,7 +103,7 @@ bool sweep(bool weighted, double copy, std::mt19937& gen, bool profile) {
   CHECK_CUDA(cudaMemcpy(d_step, &step, sizeof(step), cudaMemcpyHostToDevice));
 
   const RouteTables tables{d_log2phy, d_logcnt, weighted ? d_share : nullptr};
-  const RouteAndCountParams params{kTokens, kTopK, kExperts, kReplicas, kSlots, 1, kSlots};
+  const RouteAndCountParams params{kTokens, kTopK, kExperts, kReplicas, kSlots, 1, kSlots, 0};
   // What bench_device_ops.py counts: ids and phy_ids, the tables, the heat row read and written.
   const double bytes = 2.0 * pairs * sizeof(Id) + 4.0 * kExperts * (1 + kReplicas) +
                        (weighted ? 4.0 * kExperts * kReplicas : 0.0) + 2.0 * 4 * kSlots;

@@ -84,6 +84,13 @@ inline void check_heat(const at::Tensor& heat, const char* op) {
               " and strides ", heat.sym_strides());
 }
 
+// route_and_count's code_offset: a shift of the 16-bit position codes (replica_rule.h).
+inline uint32_t checked_code_offset(int64_t code_offset) {
+  TORCH_CHECK(code_offset >= 0 && code_offset < 65536,
+              "route_and_count: code_offset must be in [0, 65536), got ", code_offset);
+  return static_cast<uint32_t>(code_offset);
+}
+
 inline void check_route_and_count_args(const at::Tensor& topk_ids, const at::Tensor& log2phy,
                                        const at::Tensor& logcnt,
                                        const std::optional<at::Tensor>& replica_share,

@@ -1,9 +1,14 @@
 // The replica-selection rule shared by every backend (CPU, CUDA, AscendC and the Python reference).
 //
-// A routed pair (token n, choice k) of a batch of N tokens at device step s picks one replica of its
-// logical expert from a 16-bit position code
+// A routed pair (token n, choice k) of a batch of N tokens at device step s picks one replica of
+// its logical expert from a 16-bit position code
 //
-//     u = ((s * N + n) * 40503 + k * 25033) mod 2^16          (unsigned 32-bit arithmetic)
+//     u = ((s * N + n) * 40503 + k * 25033 + c) mod 2^16      (unsigned 32-bit arithmetic)
+//
+// c is the caller's code offset in [0, 2^16): the runtime gives rank r of D the offset
+// r * 2^16 / D, so that the batches of data-parallel ranks, each of whose tokens count from 0,
+// split over an expert's replicas as one batch would (with one offset for all, every rank's
+// first token picked the same replica).
 //
 // 40503 is odd, so for a fixed k the code runs over all 2^16 values exactly once in every 2^16
 // consecutive global token positions s * N + n (one "rule period"), and the multiplicative stride
@@ -35,11 +40,13 @@ constexpr uint32_t kRuleChoiceStride = 25033u;
 constexpr uint32_t kRulePeriodBits = 16u;
 constexpr float kRulePeriod = 65536.0f;
 
-// 16-bit position code of pair (n, k) in a batch of num_tokens tokens at device step `step`.
-EPLB_RT_HD uint32_t position_code(int64_t step, int64_t num_tokens, int64_t n, int64_t k) {
+// 16-bit position code of pair (n, k) in a batch of num_tokens tokens at device step `step`,
+// shifted by the caller's code offset.
+EPLB_RT_HD uint32_t position_code(int64_t step, int64_t num_tokens, int64_t n, int64_t k,
+                                  uint32_t offset) {
   const uint32_t global = static_cast<uint32_t>(step) * static_cast<uint32_t>(num_tokens) +
                           static_cast<uint32_t>(n);
-  return (global * kRuleTokenStride + static_cast<uint32_t>(k) * kRuleChoiceStride) &
+  return (global * kRuleTokenStride + static_cast<uint32_t>(k) * kRuleChoiceStride + offset) &
          ((1u << kRulePeriodBits) - 1u);
 }
 

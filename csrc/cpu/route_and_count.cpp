@@ -153,7 +153,7 @@ void check_pairs(const id_t* ids, int64_t N, int64_t K, const int32_t* log2phy,
 template <typename id_t>
 void route_small_batch(const id_t* ids, id_t* phy, int64_t N, int64_t K, const int32_t* log2phy,
                        const int32_t* logcnt, const float* share, int64_t E, int64_t R, int64_t P,
-                       int64_t step, int32_t* heat_row) {
+                       int64_t step, uint32_t offset, int32_t* heat_row) {
   check_pairs(ids, N, K, log2phy, logcnt, E, R, P);
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t k = 0; k < K; ++k) {
@@ -163,7 +163,7 @@ void route_small_batch(const id_t* ids, id_t* phy, int64_t N, int64_t K, const i
         phy[i] = -1;
         continue;
       }
-      const uint32_t code = position_code(step, N, n, k);
+      const uint32_t code = position_code(step, N, n, k, offset);
       const int32_t cnt = logcnt[e];
       const int32_t r = share != nullptr ? weighted_replica(code, share + e * R, cnt)
                                          : uniform_replica(code, cnt);
@@ -179,7 +179,8 @@ void route_small_batch(const id_t* ids, id_t* phy, int64_t N, int64_t K, const i
 // kWeighted: replica shares (bounds); else the uniform rule.
 template <typename id_t, bool kWeighted, int kFixedR>
 void route_tokens(const id_t* ids, id_t* phy, int64_t n0, int64_t n1, int64_t N, int64_t K,
-                  int64_t runtime_R, int64_t step, const RouteTables& t, int32_t* hist) {
+                  int64_t runtime_R, int64_t step, uint32_t offset, const RouteTables& t,
+                  int32_t* hist) {
   const int64_t R = kFixedR > 0 ? kFixedR : runtime_R;
   const int32_t* count = t.count.data();
   const int32_t* slot = t.slot.data();
@@ -188,7 +189,7 @@ void route_tokens(const id_t* ids, id_t* phy, int64_t n0, int64_t n1, int64_t N,
     for (int64_t k = 0; k < K; ++k) {
       const int64_t i = n * K + k;
       const int64_t e1 = static_cast<int64_t>(ids[i]) + 1;
-      const uint32_t code = position_code(step, N, n, k);
+      const uint32_t code = position_code(step, N, n, k, offset);
       int32_t r = 0;
       if constexpr (kWeighted) {
         const int32_t* b = bound + e1 * (R - 1);
@@ -207,7 +208,7 @@ template <typename id_t>
 void route_and_count_typed(const at::Tensor& topk_ids, const at::Tensor& log2phy,
                            const at::Tensor& logcnt, const std::optional<at::Tensor>& replica_share,
                            const at::Tensor& heat, const at::Tensor& step,
-                           const at::Tensor& phy_ids) {
+                           const at::Tensor& phy_ids, uint32_t offset) {
   const int64_t N = topk_ids.size(0);
   const int64_t K = topk_ids.size(1);
   const int64_t E = log2phy.size(0);
@@ -225,7 +226,7 @@ void route_and_count_typed(const at::Tensor& topk_ids, const at::Tensor& log2phy
     const float* share =
         replica_share.has_value() ? replica_share->const_data_ptr<float>() : nullptr;
     route_small_batch(ids, phy_ids.data_ptr<id_t>(), N, K, l2p, cnt, share, E, R, P, step_value,
-                      heat_row);
+                      offset, heat_row);
     return;
   }
 
@@ -268,15 +269,15 @@ void route_and_count_typed(const at::Tensor& topk_ids, const at::Tensor& log2phy
     const int64_t n0 = chunk_begin(c);
     const int64_t n1 = chunk_begin(c + 1);
     if (!weighted) {
-      route_tokens<id_t, false, 0>(ids, phy, n0, n1, N, K, R, step_value, t, hist);
+      route_tokens<id_t, false, 0>(ids, phy, n0, n1, N, K, R, step_value, offset, t, hist);
     } else if (R == 2) {
-      route_tokens<id_t, true, 2>(ids, phy, n0, n1, N, K, R, step_value, t, hist);
+      route_tokens<id_t, true, 2>(ids, phy, n0, n1, N, K, R, step_value, offset, t, hist);
     } else if (R == 3) {
-      route_tokens<id_t, true, 3>(ids, phy, n0, n1, N, K, R, step_value, t, hist);
+      route_tokens<id_t, true, 3>(ids, phy, n0, n1, N, K, R, step_value, offset, t, hist);
     } else if (R == 4) {
-      route_tokens<id_t, true, 4>(ids, phy, n0, n1, N, K, R, step_value, t, hist);
+      route_tokens<id_t, true, 4>(ids, phy, n0, n1, N, K, R, step_value, offset, t, hist);
     } else {
-      route_tokens<id_t, true, 0>(ids, phy, n0, n1, N, K, R, step_value, t, hist);
+      route_tokens<id_t, true, 0>(ids, phy, n0, n1, N, K, R, step_value, offset, t, hist);
     }
   };
   if (chunks == 1) {
@@ -295,14 +296,17 @@ void route_and_count_typed(const at::Tensor& topk_ids, const at::Tensor& log2phy
 
 void route_and_count_cpu(const at::Tensor& topk_ids, const at::Tensor& log2phy,
                          const at::Tensor& logcnt, const std::optional<at::Tensor>& replica_share,
-                         const at::Tensor& heat, const at::Tensor& step,
-                         const at::Tensor& phy_ids) {
+                         const at::Tensor& heat, const at::Tensor& step, const at::Tensor& phy_ids,
+                         int64_t code_offset) {
   check_route_and_count_args(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids);
   check_route_and_count_apart(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids);
+  const uint32_t offset = checked_code_offset(code_offset);
   if (topk_ids.scalar_type() == at::kInt) {
-    route_and_count_typed<int32_t>(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids);
+    route_and_count_typed<int32_t>(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids,
+                                   offset);
   } else {
-    route_and_count_typed<int64_t>(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids);
+    route_and_count_typed<int64_t>(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids,
+                                   offset);
   }
 }
 

@@ -34,6 +34,7 @@ struct RouteAndCountParams {
   int32_t num_slots;        // P
   int64_t ring_size;        // H >= 1
   int64_t heat_row_stride;  // elements between heat[h, 0] and heat[h + 1, 0]
+  uint32_t code_offset;     // shift of the position codes, in [0, 2^16) (replica_rule.h)
 };
 
 // Id is int32_t or int64_t (the dtype of topk_ids and phy_ids).

@@ -32,10 +32,12 @@ void check_cuda(const at::Tensor& t, const char* op, const char* name) {
 
 void route_and_count(const at::Tensor& topk_ids, const at::Tensor& log2phy,
                      const at::Tensor& logcnt, const std::optional<at::Tensor>& replica_share,
-                     const at::Tensor& heat, const at::Tensor& step, const at::Tensor& phy_ids) {
+                     const at::Tensor& heat, const at::Tensor& step, const at::Tensor& phy_ids,
+                     int64_t code_offset) {
   constexpr const char* op = "route_and_count";
   check_route_and_count_args(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids);
   check_route_and_count_apart(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids);
+  const uint32_t offset = checked_code_offset(code_offset);
   check_cuda(topk_ids, op, "topk_ids");
   check_route_and_count_int32_sizes(topk_ids, log2phy, heat);  // launchers.h takes int32
   if (topk_ids.numel() == 0) return;
@@ -48,7 +50,8 @@ void route_and_count(const at::Tensor& topk_ids, const at::Tensor& log2phy,
                                    static_cast<int32_t>(log2phy.size(1)),
                                    static_cast<int32_t>(heat.size(1)),
                                    heat.size(0),
-                                   heat.stride(0)};
+                                   heat.stride(0),
+                                   offset};
   const float* share = replica_share.has_value() ? replica_share->data_ptr<float>() : nullptr;
   cudaError_t status;
   if (topk_ids.scalar_type() == at::kInt) {

@@ -80,7 +80,7 @@ __device__ __forceinline__ int32_t route_pair(Id id, uint32_t n, uint32_t k,
     EPLB_RT_DEVICE_CHECK(false, "route_and_count: logcnt out of [1, R]");
     return -1;
   }
-  const uint32_t code = position_code(step, p.num_tokens, n, k);
+  const uint32_t code = position_code(step, p.num_tokens, n, k, p.code_offset);
   const int64_t row = static_cast<int64_t>(expert) * p.max_replicas;
   int32_t r;
   if constexpr (kWeighted) {

@@ -8,9 +8,10 @@ namespace {
 
 void route_and_count_meta(const at::Tensor& topk_ids, const at::Tensor& log2phy,
                           const at::Tensor& logcnt, const std::optional<at::Tensor>& replica_share,
-                          const at::Tensor& heat, const at::Tensor& step,
-                          const at::Tensor& phy_ids) {
+                          const at::Tensor& heat, const at::Tensor& step, const at::Tensor& phy_ids,
+                          int64_t code_offset) {
   check_route_and_count_args(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids);
+  checked_code_offset(code_offset);
 }
 
 void count_from_group_list_meta(const at::Tensor& group_list, const at::Tensor& heat,

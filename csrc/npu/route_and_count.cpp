@@ -12,9 +12,11 @@ namespace {
 
 void route_and_count(const at::Tensor& topk_ids, const at::Tensor& log2phy,
                      const at::Tensor& logcnt, const std::optional<at::Tensor>& replica_share,
-                     const at::Tensor& heat, const at::Tensor& step, const at::Tensor& phy_ids) {
+                     const at::Tensor& heat, const at::Tensor& step, const at::Tensor& phy_ids,
+                     int64_t code_offset) {
   check_route_and_count_args(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids);
   check_route_and_count_apart(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids);
+  const uint32_t offset = checked_code_offset(code_offset);
   check_route_and_count_int32_sizes(topk_ids, log2phy, heat);  // the tiling takes int32
   // Nothing to route or count (N = 0 or K = 0): return as the CPU and CUDA kernels do, before the
   // tiling, which needs K >= 1.
@@ -34,6 +36,7 @@ void route_and_count(const at::Tensor& topk_ids, const at::Tensor& log2phy,
   shape.heatRowStride = heat.stride(0);
   shape.idBytes = static_cast<uint32_t>(topk_ids.element_size());
   shape.hasShare = replica_share.has_value();
+  shape.codeOffset = offset;
   eplb_ascendc::RouteAndCountTiling tiling{};
   const std::string err = eplb_ascendc::ComputeRouteAndCountTiling(
       shape, VectorCoreNum(device), UbBytes(), &tiling);

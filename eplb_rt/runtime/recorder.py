@@ -32,6 +32,8 @@ class HeatRecorder:
         route_counts: whether :meth:`route` counts into the ring (sender-side heat). With
             receiver-side heat it still routes, but counts into a scratch ring nobody reads,
             so a model may use ``route`` and ``record`` together without counting twice.
+        code_offset: this rank's shift of the replica rule's position codes
+            (:func:`eplb_rt.ops.route_and_count`).
     """
 
     def __init__(
@@ -42,8 +44,10 @@ class HeatRecorder:
         device: Device,
         *,
         route_counts: bool = True,
+        code_offset: int = 0,
     ) -> None:
         self.device = device
+        self.code_offset = code_offset
         self.history = history
         self.heat = torch.zeros(
             (history, num_layers, num_slots), dtype=torch.int32, device=device.device
@@ -97,6 +101,7 @@ class HeatRecorder:
             self.step_counter,
             replica_share=replica_share,
             out=out,
+            code_offset=self.code_offset,
         )
 
     def record(

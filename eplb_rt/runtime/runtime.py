@@ -248,6 +248,10 @@ class EplbRuntime:
             self.topology.num_slots,
             self.dev,
             route_counts=config.heat_source == "topk",
+            # Each rank's tokens count from 0: where each rank routes its own, shifted by the
+            # rank's share of the rule's period, the ranks' first tokens spread over an expert's
+            # replicas as one batch's would (else all of them picked the same replica).
+            code_offset=(self.rank << 16) // self.num_ranks if config.rank_local_tokens else 0,
         )
         if multi:
             self._balancer_group = self._new_group("gloo")

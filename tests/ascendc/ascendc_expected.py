@@ -13,7 +13,9 @@ import torch
 from tests import reference
 
 
-def route_and_count(topk_ids, log2phy, logcnt, replica_share, heat, *, step: int) -> np.ndarray:
+def route_and_count(
+    topk_ids, log2phy, logcnt, replica_share, heat, *, step: int, code_offset: int = 0
+) -> np.ndarray:
     """phy_ids [N, K] (dtype of topk_ids, -1 for padding); adds the counts into heat[step % H]."""
     phy = reference.route_and_count(
         torch.from_numpy(topk_ids),
@@ -22,6 +24,7 @@ def route_and_count(topk_ids, log2phy, logcnt, replica_share, heat, *, step: int
         torch.from_numpy(heat),  # shares heat's memory, so the counts land in the numpy array
         torch.tensor([step], dtype=torch.int64),
         replica_share=None if replica_share is None else torch.from_numpy(replica_share),
+        code_offset=code_offset,
     )
     return phy.numpy()
 

@@ -44,7 +44,7 @@ void RequireContiguous(const py::array& a, const char* name) {
 
 uint32_t RouteAndCount(py::array topkIds, py::array log2phy, py::array logcnt, py::object share,
                        py::array heat, py::array step, py::array phyIds, uint32_t coreNum,
-                       uint32_t ubBytes, uint32_t blockDim) {
+                       uint32_t ubBytes, uint32_t blockDim, uint32_t codeOffset) {
   SimScope scope(ubBytes, 2000);
   RequireContiguous(topkIds, "topk_ids");
   RequireContiguous(phyIds, "phy_ids");
@@ -63,6 +63,7 @@ uint32_t RouteAndCount(py::array topkIds, py::array log2phy, py::array logcnt, p
   s.heatRowStride = heat.strides(0) / 4;
   s.idBytes = static_cast<uint32_t>(topkIds.itemsize());
   s.hasShare = !share.is_none();
+  s.codeOffset = codeOffset;
   eplb_ascendc::RouteAndCountTiling t{};
   const std::string err = eplb_ascendc::ComputeRouteAndCountTiling(s, coreNum, ubBytes, &t);
   Require(err.empty(), err);
@@ -157,12 +158,12 @@ PYBIND11_MODULE(eplb_ascendc_sim, m) {
   m.def("route_and_count", &RouteAndCount, py::arg("topk_ids"), py::arg("log2phy"),
         py::arg("logcnt"), py::arg("replica_share"), py::arg("heat"), py::arg("step"),
         py::arg("phy_ids"), py::arg("core_num") = 8, py::arg("ub_bytes") = kUb,
-        py::arg("block_dim") = 0);
+        py::arg("block_dim") = 0, py::arg("code_offset") = 0);
   m.def(
       "route_and_count_tiling",
-      [kUb](int64_t n, int32_t k, int32_t e, int32_t r, int32_t p, uint32_t idBytes,
-            bool hasShare, uint32_t coreNum, uint32_t ubBytes) {
-        const eplb_ascendc::RouteAndCountShape s{n, k, e, r, p, 1, p, idBytes, hasShare};
+      [kUb](int64_t n, int32_t k, int32_t e, int32_t r, int32_t p, uint32_t idBytes, bool hasShare,
+            uint32_t coreNum, uint32_t ubBytes) {
+        const eplb_ascendc::RouteAndCountShape s{n, k, e, r, p, 1, p, idBytes, hasShare, 0};
         eplb_ascendc::RouteAndCountTiling t{};
         const std::string err =
             eplb_ascendc::ComputeRouteAndCountTiling(s, coreNum, ubBytes ? ubBytes : kUb, &t);

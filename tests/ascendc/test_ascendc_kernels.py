@@ -28,7 +28,9 @@ def route_matches_reference(sim, topk, log2phy, logcnt, share, *, heat, step, **
 
     ``phy`` starts as a sentinel, so ids a core never wrote show. Returns the cores used."""
     want_heat = heat.copy()
-    want_phy = expected.route_and_count(topk, log2phy, logcnt, share, want_heat, step=step)
+    want_phy = expected.route_and_count(
+        topk, log2phy, logcnt, share, want_heat, step=step, code_offset=launch.get("code_offset", 0)
+    )
     phy = np.full(topk.shape, -7, dtype=topk.dtype)
     used = sim.route_and_count(
         topk, log2phy, logcnt, share, heat, np.array([step], dtype=np.int64), phy, **launch
@@ -145,6 +147,24 @@ def test_route_and_count_tiling_stays_inside_the_socs_unified_buffer(sim):
     topk = rng.integers(-1, 4096, size=(3000, 4)).astype(np.int64)
     heat = np.zeros((2, 4096), dtype=np.int32)
     route_matches_reference(sim, topk, log2phy, logcnt, None, heat=heat, step=1, core_num=2)
+
+
+@pytest.mark.parametrize("code_offset", [1, 24576, 65535])
+@pytest.mark.parametrize("shares", [False, True], ids=["uniform", "shares"])
+def test_route_and_count_shifts_its_codes_by_the_offset(sim, code_offset, shares):
+    """A rank's code offset (data-parallel ranks' batches each start at token 0), on cores
+    that split the batch: the same replicas as the reference's rule."""
+    rng = np.random.default_rng(code_offset)
+    log2phy, logcnt = expected.random_tables(rng, 29, 41, 4)
+    share = random_shares(rng, log2phy, logcnt) if shares else None
+    topk = rng.integers(-1, 29, size=(53, 3)).astype(np.int32)
+    heat = np.zeros((3, 41), dtype=np.int32)
+    route_matches_reference(
+        sim, topk, log2phy, logcnt, share, heat=heat, step=5, core_num=3, code_offset=code_offset
+    )
+    with pytest.raises(ValueError, match=r"code_offset must be in \[0, 65536\), got 65536"):
+        sim.route_and_count(topk, log2phy, logcnt, share, heat, np.array([5], dtype=np.int64),
+                            np.zeros_like(topk), code_offset=65536)  # fmt: skip
 
 
 def test_soc_table_knows_the_families_and_rejects_others(sim):

@@ -24,20 +24,25 @@ SIZES = [
 ]
 
 
-def run_both(ids, tables, heat, step, shares):
+def run_both(ids, tables, heat, step, shares, *, code_offset=0):
     """Runs the kernel and the reference on copies; returns (phy, heat) of each."""
     heat_ref = heat.clone()
     phy_ref = reference.route_and_count(
-        ids, tables.log2phy, tables.logcnt, heat_ref, step, replica_share=shares
-    )
-    phy = ops.route_and_count(ids, tables.log2phy, tables.logcnt, heat, step, replica_share=shares)
+        ids, tables.log2phy, tables.logcnt, heat_ref, step, replica_share=shares,
+        code_offset=code_offset,
+    )  # fmt: skip
+    phy = ops.route_and_count(
+        ids, tables.log2phy, tables.logcnt, heat, step, replica_share=shares,
+        code_offset=code_offset,
+    )  # fmt: skip
     return phy, phy_ref, heat_ref
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: "N{}-K{}-E{}-P{}-R{}".format(*s))
 @pytest.mark.parametrize("dtype", ID_DTYPES, ids=str)
 @pytest.mark.parametrize("with_shares", [False, True], ids=["uniform", "shares"])
-def test_matches_reference(size, dtype, with_shares):
+@pytest.mark.parametrize("code_offset", [0, 40001, 65535], ids=lambda c: f"offset{c}")
+def test_matches_reference(size, dtype, with_shares, code_offset):
     n, k, e, p, r = size
     tables = random_tables(e, p, r, seed=n + e)
     ids = random_ids(n, k, e, dtype, seed=p)
@@ -45,7 +50,7 @@ def test_matches_reference(size, dtype, with_shares):
     before = ring.clone()
     step = torch.tensor([17], dtype=torch.int64)  # beyond H = 5: row 2
     shares = tables.replica_share if with_shares else None
-    phy, phy_ref, heat_ref = run_both(ids, tables, heat, step, shares)
+    phy, phy_ref, heat_ref = run_both(ids, tables, heat, step, shares, code_offset=code_offset)
     assert phy.dtype == dtype
     assert torch.equal(phy, phy_ref)
     assert torch.equal(heat, heat_ref)
@@ -54,6 +59,42 @@ def test_matches_reference(size, dtype, with_shares):
     assert not changed[:, [0, 2], :].any()
     assert not changed[[0, 1, 3, 4]].any()
     assert int((ring - before).sum()) == int((ids >= 0).sum())
+
+
+@pytest.mark.parametrize("shares", [None, [0.5, 0.5], [0.3, 0.7]], ids=str)
+def test_ranks_offset_by_their_share_of_the_period_split_one_token_each_as_one_batch(shares):
+    """Data-parallel attention: 8 ranks, one decode token each, all to an expert of two
+    replicas. With one offset every rank's token 0 picked the same replica, 8 / 0 in every
+    step; offset by rank * 2^16 / 8 they split as the shares say, within a token."""
+    log2phy = torch.tensor([[3, 5]], dtype=torch.int32)
+    logcnt = torch.tensor([2], dtype=torch.int32)
+    share = None if shares is None else torch.tensor([shares], dtype=torch.float32)
+    ids = torch.zeros((1, 1), dtype=torch.int64)
+    for step in range(50):
+        step_t = torch.tensor([step])
+        for offsets, spread in (([0] * 8, False), ([r * 8192 for r in range(8)], True)):
+            heat = torch.zeros((1, 6), dtype=torch.int32)
+            for offset in offsets:
+                ops.route_and_count(
+                    ids, log2phy, logcnt, heat, step_t, replica_share=share, code_offset=offset
+                )
+            want = 8 * (0.5 if shares is None else shares[0])
+            if spread:
+                assert abs(int(heat[0, 3]) - want) <= 1, (step, heat)
+            else:
+                assert int(heat[0, 3]) in (0, 8)
+
+
+@pytest.mark.parametrize("offset", [-1, 65536, 2**40])
+def test_a_code_offset_outside_the_period_is_refused_and_writes_nothing(offset):
+    tables = random_tables(6, 11, 2, seed=0)
+    ids = random_ids(9, 2, 6, torch.int64, seed=1)
+    heat = torch.zeros((3, 11), dtype=torch.int32)
+    out = torch.full_like(ids, -7)
+    with pytest.raises(RuntimeError, match=rf"code_offset must be in \[0, 65536\), got {offset}"):
+        ops.route_and_count(ids, tables.log2phy, tables.logcnt, heat, torch.tensor([1]), out=out,
+                            code_offset=offset)  # fmt: skip
+    assert not heat.any() and (out == -7).all()
 
 
 @pytest.mark.parametrize("dtype", ID_DTYPES, ids=str)

@@ -9,6 +9,7 @@ freshly built for the committed placement.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 
@@ -357,6 +358,38 @@ def _faults(rank: int, world: int) -> None:
 
 def test_faults_leave_the_old_placement_serving():
     spawn(_faults, 3)
+
+
+def _data_parallel_tokens(rank: int, world: int) -> None:
+    # Every expert on two ranks (8 slots for 4 experts): each rank routes one token to each.
+    config = EplbConfig(policy="deepseek", interval=0, num_redundant=4, warm_up=False)
+    replicated = EplbRuntime(config, 1, 4)  # the ranks route the same tokens: the same replicas
+    phy = replicated.route(0, torch.arange(4).reshape(4, 1))
+    replicated.shutdown()
+    gathered = [torch.empty_like(phy) for _ in range(world)]
+    dist.all_gather(gathered, phy)
+    assert all(torch.equal(g, gathered[0]) for g in gathered)
+    runtime = EplbRuntime(dataclasses.replace(config, rank_local_tokens=True), 1, 4)
+    assert runtime.recorder.code_offset == rank * 65536 // world
+    assert (runtime.logcnt(0) == 2).all()
+    picked = []
+    for _ in range(5):
+        phy = runtime.route(0, torch.arange(4).reshape(4, 1))
+        runtime.step()
+        gathered = [torch.empty_like(phy) for _ in range(world)]
+        dist.all_gather(gathered, phy)
+        picked.append(torch.stack(gathered))
+    runtime.shutdown()
+    # The two ranks' token of each expert go to its two replicas, step after step.
+    for both in picked:
+        assert (both[0] != both[1]).all(), both
+
+
+def test_data_parallel_ranks_send_their_first_tokens_to_different_replicas():
+    """Each rank's batch counts its tokens from 0: with one code offset for all, every rank's
+    first token picked the same replica of its expert (a straggler in every decode step). With
+    ``rank_local_tokens`` they spread; without it the ranks pick alike (a replicated batch)."""
+    spawn(_data_parallel_tokens, 2)
 
 
 def _migration_groups(rank: int, world: int) -> None:
