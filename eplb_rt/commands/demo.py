@@ -201,6 +201,7 @@ def _worker(rank: int, opts: dict, out_path: str) -> None:
             interval=interval,
             episode=_episode(interval, EplbConfig.history),
             num_redundant=opts["redundant"],
+            rank_local_tokens=True,  # each rank routes its own tokens, dispatched by all-to-all
         )
         runtime = EplbRuntime(ecfg, cfg.num_layers, cfg.num_experts)
         model = ExpertParallelMoE(cfg, runtime=runtime)
