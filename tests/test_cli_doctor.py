@@ -69,13 +69,16 @@ def test_a_gpu_without_cuda_kernels_fails(capsys, tmp_path, monkeypatch):
     assert "EPLB_RT_CUDA=ON" in checks["devices"]["fix"]
 
 
-def test_torch_npu_without_cann_is_warned_about(capsys, tmp_path, monkeypatch):
+def test_torch_npu_without_cann_fails_before_the_extension_is_loaded(capsys, tmp_path, monkeypatch):
+    """eplb_rt imports torch_npu before its extension: without CANN that import breaks torch,
+    and the report says why instead of asking for a rebuild."""
     monkeypatch.setattr(doctor, "_importable", lambda module: module == "torch_npu")
     for name in ("ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME"):
         monkeypatch.delenv(name, raising=False)
     code, checks = _checks(capsys, tmp_path)
-    assert code == 0 and checks["devices"]["status"] == "warn"
-    assert "breaks import torch" in checks["devices"]["detail"]
+    assert code == 1 and checks["extension"]["status"] == "FAIL" and "devices" not in checks
+    assert "breaks import torch" in checks["extension"]["detail"]
+    assert "set_env.sh" in checks["extension"]["fix"]
 
 
 @pytest.mark.parametrize(

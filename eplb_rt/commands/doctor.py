@@ -7,9 +7,9 @@ before the first start. One line per check, ``ok``, ``warn`` or ``FAIL``, each f
 what to do:
 
 * ``extension``: ``eplb_rt._C`` loads and was built against the torch release that runs (its
-  C++ ABI changes between releases);
-* ``devices``: a visible GPU or NPU has its kernels in the build, and torch_npu is not
-  installed where CANN is missing (importing it there breaks ``import torch``);
+  C++ ABI changes between releases); torch_npu, which eplb_rt imports first where it is
+  installed, has CANN set up (without it that import breaks ``import torch``);
+* ``devices``: a visible GPU or NPU has its kernels in the build;
 * ``kernels``: the default policy's numba kernels load from the package's cache, in a child
   process (a kernel without an entry compiles now, tens of seconds, and is saved for the next
   processes where the cache is writable); ``--no-kernels`` skips it;
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     checks.append(_settings())
     import eplb_rt
 
-    print(f"eplb_rt {eplb_rt.__version__} ({eplb_rt.__file__.rsplit('/', 1)[0]})")
+    print(f"eplb_rt {eplb_rt.__version__} ({os.path.dirname(eplb_rt.__file__)})")
     width = max(len(c.name) for c in checks)
     for c in checks:
         print(f"  {c.status:<4}  {c.name:<{width}}  {c.detail}")
@@ -105,6 +105,18 @@ def _release(version: str) -> str:
 
 
 def _extension_and_devices() -> list[Check]:
+    # eplb_rt imports torch_npu before its extension (an NPU build links it): first the case
+    # where that import cannot work.
+    if _importable("torch_npu") and not _cann():
+        return [
+            Check(
+                "extension",
+                FAIL,
+                "torch_npu is installed but CANN is not set up (ASCEND_HOME_PATH unset): "
+                "importing torch_npu, as eplb_rt does before its extension, breaks import torch",
+                "source CANN's set_env.sh, or uninstall torch-npu on a machine without NPUs",
+            )
+        ]
     try:
         import torch
 
@@ -136,15 +148,7 @@ def _devices(info: dict, torch) -> Check:
                 f"{seen[0]} visible, but eplb_rt was built without CUDA kernels",
                 "rebuild with nvcc on PATH: EPLB_RT_CUDA=ON pip install --no-build-isolation -e .",
             )
-    if _importable("torch_npu"):
-        if not (os.environ.get("ASCEND_HOME_PATH") or os.environ.get("ASCEND_TOOLKIT_HOME")):
-            return Check(
-                "devices",
-                WARN,
-                "torch_npu is installed but CANN is not set up (ASCEND_HOME_PATH unset): "
-                "importing torch_npu there breaks import torch",
-                "source CANN's set_env.sh, or uninstall torch-npu on a machine without NPUs",
-            )
+    if _importable("torch_npu"):  # with CANN: checked before the extension loaded
         if not info["backends"]["npu"]:
             return Check(
                 "devices",
@@ -156,6 +160,11 @@ def _devices(info: dict, torch) -> Check:
     if not seen:
         return Check("devices", OK, "no GPU or NPU visible: the CPU kernels serve")
     return Check("devices", OK, f"{' and '.join(seen)}; their kernels are built")
+
+
+def _cann() -> bool:
+    """Whether CANN's environment is set up (its set_env.sh sourced)."""
+    return bool(os.environ.get("ASCEND_HOME_PATH") or os.environ.get("ASCEND_TOOLKIT_HOME"))
 
 
 def _importable(module: str) -> bool:
