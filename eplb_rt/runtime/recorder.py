@@ -150,7 +150,7 @@ class HeatRecorder:
 
     @property
     def device_bytes(self) -> int:
-        """Bytes of the ring, the scratch ring (receiver-side heat) and the counters."""
+        """Bytes of the ring, the scratch ring (receiver-side heat) and the step counter."""
         tensors = (self.heat, self.step_counter, self._scratch)
         return sum(t.nbytes for t in tensors if t is not None)
 

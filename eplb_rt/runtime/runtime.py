@@ -944,7 +944,7 @@ class EplbRuntime:
 
     def memory(self) -> dict[str, int]:
         """Bytes this runtime holds on its device, by use, for an engine that sizes its KV cache
-        from the memory left: ``heat`` (the ring ``[history, L, P]`` int32 and its counters; a
+        from the memory left: ``heat`` (the ring ``[history, L, P]`` int32 and its step counter; a
         second ring with ``heat_source="group_list"``), ``tables`` (log2phy and replica_share
         ``[L, E, R]``, logcnt and expert_map ``[L, E]``), ``uploads`` (a commit's table rows),
         ``staging`` (the migration's receive buffers: ``layers_per_step`` lanes of ``S`` slots of
