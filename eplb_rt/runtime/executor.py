@@ -211,13 +211,19 @@ class MigrationExecutor:
             del self._staging[key]
         # The bytes of a slot mean the same on every rank only with the same dtypes and layout.
         self.signature = zlib.crc32(
-            repr(
-                sorted(
-                    (index, name, tuple(t.shape[1:]), str(t.dtype), tuple(t.stride()[1:]))
-                    for index, named in self.weights.items()
-                    for name, t in named.items()
-                )
-            ).encode()
+            repr(sorted((index, self.describe(index)) for index in self.weights)).encode()
+        )
+
+    def describe(self, layer: int) -> str:
+        """``layer``'s registered tensors as the ranks must agree on them: each one's name,
+        slot shape, dtype and slot strides (``"none"`` without weights)."""
+        named = self.weights.get(layer)
+        if not named:
+            return "none"
+        return ", ".join(
+            f"{name} {tuple(t.shape[1:])} {str(t.dtype).removeprefix('torch.')} "
+            f"strides {tuple(t.stride()[1:])}"
+            for name, t in named.items()
         )
 
     def _check_apart(

@@ -698,6 +698,21 @@ class EplbRuntime:
                 "EplbConfig.num_nodes, slots or initial_placement"
             )
 
+    def _weights_apart(self) -> str:
+        """Where the ranks' registered weights differ (every rank calls it at once, having
+        agreed that they do): the first layer, and what rank 0 and the first rank unlike it
+        registered."""
+        mine = [self.executor.describe(layer) for layer in range(self.num_layers)]
+        every: list = [None] * self.num_ranks
+        dist.all_gather_object(every, mine, group=self._control_group)
+        for layer in range(self.num_layers):
+            other = next((r for r, d in enumerate(every) if d[layer] != every[0][layer]), None)
+            if other is not None:
+                return (
+                    f"layer {layer}: rank 0 {every[0][layer]}; rank {other} {every[other][layer]}"
+                )
+        return "their signatures differ"
+
     def _agree(self, values: list[int]) -> tuple[list[int], list[int]]:
         """Element-wise (min, max) of ``values`` over the ranks (one small all-reduce)."""
         if self._control_group is None:
@@ -730,8 +745,8 @@ class EplbRuntime:
         error = True  # a skip that needs a look (not a plan late while a balancer warmed up)
         if low[3] != high[3]:
             reason = (
-                "ranks registered different weights (tensor names, slot shapes or dtypes of "
-                "some layer differ); a migration would exchange mismatched buffers"
+                f"ranks registered different weights ({self._weights_apart()}); a migration "
+                "would exchange mismatched buffers"
             )
         elif low[0] == -1:
             reason = (

@@ -255,7 +255,9 @@ def _one_rank_surprised(rank: int, world: int, folder: str) -> None:
     initial = runtime.placement
     stats = _serve(runtime, 13)
     assert runtime.placement == initial and stats["num_rebalances"] == 0
-    assert any("ranks registered different weights" in e for e in stats["errors"])
+    said = "ranks registered different weights (layer 0: rank 0 w (4,) float32 strides (1,); "
+    said += "rank 1 w (5,) float32 strides (1,))"
+    assert any(said in e for e in stats["errors"]), stats["errors"]
 
 
 @pytest.mark.multiprocess
