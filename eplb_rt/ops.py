@@ -120,7 +120,8 @@ def route_and_count(
         code_offset: in ``[0, 2^16)``, added to every pair's position code (the rule in the
             module docstring): ranks whose batches each start at token 0 (data-parallel
             attention) take ``rank * 2^16 // num_ranks`` so that their first tokens do not all
-            pick the same replica (``EplbRuntime.route`` does).
+            pick the same replica (``EplbRuntime.route`` does with
+            ``EplbConfig.rank_local_tokens``); ranks that route the same tokens keep 0.
 
     Returns:
         ``phy_ids`` ``[N, K]``, the dtype of ``topk_ids``: the physical id (slot) of each pair,
