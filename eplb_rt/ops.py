@@ -49,38 +49,67 @@ _checked_devices: set[torch.device] = set()
 
 
 def check_device(device: torch.device | str) -> None:
-    """First-use check of a device backend: a tiny ``route_and_count`` there must equal the CPU op.
+    """First-use check of a device backend: ``route_and_count`` there must equal the CPU op.
 
     The ops run it once per accelerator device, on their first call with tensors there (it
     synchronises once; call it yourself before capturing a graph or compiling: compiled code
     cannot run it and skips it). It catches a kernel library that loads but does nothing, e.g.
-    AscendC kernels built for another SoC.
+    AscendC kernels built for another SoC, and counts that cores lose when they add into one
+    heat row at once: after a few pairs by hand, a batch of 512 pairs (int32 ids, uneven shares,
+    an odd number of slots, the heat a layer of a ring) spans many cores or blocks.
 
     Raises:
-        RuntimeError: the device's results differ, naming the device and what the build says.
+        RuntimeError: the device's results differ, naming the device, the case and what the
+            build says.
     """
     device = torch.device(device)
-    tables = (
+    for name, (ids, *tables), ring, layer in _check_cases():
+        got = []
+        for dev in (torch.device("cpu"), device):
+            heat = ring.to(dev, copy=True)  # each run its own ring, also on the CPU
+            phy = torch.full(ids.shape, -7, dtype=ids.dtype, device=dev)
+            step = torch.tensor([3], device=dev)
+            _route_and_count(ids.to(dev), *(t.to(dev) for t in tables), heat[:, layer], step, phy)
+            got.append(torch.cat([phy.flatten().long(), heat[1, layer].long()]).cpu())
+        if not torch.equal(*got):
+            from eplb_rt import build_info
+
+            differ = int((got[0] != got[1]).sum())
+            raise RuntimeError(
+                f"eplb_rt: the {device} kernels fail their first-use check ({name}): "
+                f"route_and_count gave phy_ids + heat row {got[1].tolist()[:24]}..., the CPU op "
+                f"{got[0].tolist()[:24]}... ({differ} of {got[0].numel()} values differ). This "
+                f"build: {build_info()}; rebuild eplb_rt on this machine (NPU: for the device's "
+                "SoC)."
+            )
+    _checked_devices.add(device)
+
+
+def _check_cases() -> list[tuple[str, list[torch.Tensor], torch.Tensor, int]]:
+    """The check's cases: ``(name, [topk_ids, log2phy, logcnt, replica_share], ring [H, L, P]
+    int32, layer)``, on the CPU, the same in every process."""
+    by_hand = [
         torch.tensor([[0, 2], [1, -1], [2, 0], [0, 1], [2, 2]]),  # topk_ids
         torch.tensor([[0, 3], [1, -1], [4, 2]], dtype=torch.int32),  # log2phy
         torch.tensor([2, 1, 2], dtype=torch.int32),  # logcnt
         torch.tensor([[0.25, 0.75], [1.0, 0.0], [0.5, 0.5]]),  # replica_share
-    )
-    got = []
-    for dev in (torch.device("cpu"), device):
-        heat = torch.zeros((2, 5), dtype=torch.int32, device=dev)
-        phy = torch.full((5, 2), -7, dtype=torch.int64, device=dev)
-        _route_and_count(*(t.to(dev) for t in tables), heat, torch.tensor([3], device=dev), phy)
-        got.append(torch.cat([phy.flatten(), heat[1]]).cpu())
-    if not torch.equal(*got):
-        from eplb_rt import build_info
-
-        raise RuntimeError(
-            f"eplb_rt: the {device} kernels fail their first-use check: route_and_count gave "
-            f"phy_ids + heat row {got[1].tolist()}, the CPU op {got[0].tolist()}. This build: "
-            f"{build_info()}; rebuild eplb_rt on this machine (NPU: for the device's SoC)."
-        )
-    _checked_devices.add(device)
+    ]
+    # 37 experts of 3 replicas on 111 slots, their shares uneven; 64 tokens of top-8, padded.
+    gen = torch.Generator().manual_seed(0)
+    experts, replicas = 37, 3
+    slots = torch.randperm(experts * replicas, generator=gen, dtype=torch.int32)
+    share = torch.rand((experts, replicas), generator=gen) + 0.1
+    share = share / share.sum(dim=1, keepdim=True)
+    many = [
+        torch.randint(-1, experts, (64, 8), generator=gen, dtype=torch.int32),
+        slots.reshape(experts, replicas),
+        torch.full((experts,), replicas, dtype=torch.int32),
+        share.float(),
+    ]
+    return [
+        ("a few pairs", by_hand, torch.zeros((2, 1, 5), dtype=torch.int32), 0),
+        ("512 pairs over many cores", many, torch.zeros((2, 3, 111), dtype=torch.int32), 1),
+    ]
 
 
 def _first_use(device: torch.device) -> None:

@@ -27,11 +27,34 @@ def test_a_backend_that_does_nothing_is_reported(monkeypatch):
     monkeypatch.setattr(ops, "_route_and_count", first_run_only)
     with pytest.raises(
         RuntimeError,
-        match=r"the cpu kernels fail their first-use check: route_and_count gave phy_ids \+ heat "
-        r"row \[-7, -7, .*\], the CPU op \[3, 2, 1, -1, .*This build: .*'npu_soc'",
+        match=r"the cpu kernels fail their first-use check \(a few pairs\): route_and_count gave "
+        r"phy_ids \+ heat row \[-7, -7, .*\]\.\.\., the CPU op \[3, 2, 1, -1, .*\(15 of 15 values "
+        r"differ\)\. This build: .*'npu_soc'",
     ):
         ops.check_device("cpu")
     assert len(runs) == 2
+
+
+def test_counts_lost_between_cores_are_reported(monkeypatch):
+    """Cores adding into one heat row at once may lose counts (atomics the device lacks): the
+    few pairs by hand run on one core, so a batch of 512 pairs over many is checked too. Here
+    the 'device' loses one count of the large batch."""
+    real = ops._route_and_count
+    runs = []
+
+    def loses_one(*args):
+        ids, heat, phy = args[0], args[4], args[6]
+        runs.append(ids.shape)
+        real(*args)
+        if len(runs) == 4:  # the device's run of the second case
+            heat[1, int(phy[phy >= 0][0])] -= 1
+
+    monkeypatch.setattr(ops, "_route_and_count", loses_one)
+    with pytest.raises(
+        RuntimeError, match=r"first-use check \(512 pairs over many cores\).*\(1 of 623 values"
+    ):
+        ops.check_device("cpu")
+    assert [tuple(s) for s in runs] == [(5, 2), (5, 2), (64, 8), (64, 8)]
 
 
 def test_compiled_code_skips_the_check(monkeypatch):
