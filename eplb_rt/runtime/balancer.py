@@ -199,6 +199,7 @@ class Balancer:
         self.warm = rank != 0
         self.busy_s = 0.0
         self._told_waiting = False  # the advice to plan in a child process is given once
+        self._told_phases = False  # ... and that on receiver-side heat phases count nothing
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="eplb-balancer", daemon=True)
         self._thread.start()
@@ -325,7 +326,9 @@ class Balancer:
         job.event.synchronize()
         heat = self._reduce(job.heat[torch.as_tensor(job.rows, dtype=torch.int64)], job.group)
         if self.config.heat_source == "group_list" and job.row_counts is not None:
-            heat[~self._counted_everywhere(job.row_counts, job.group)] = 0
+            everywhere, somewhere = self._counted_everywhere(job.row_counts, job.group)
+            heat[~everywhere] = 0
+            self._tell_phases(int((somewhere & ~everywhere).sum()), len(everywhere))
         # Steps without heat (idle, or not counted) stay, as in a load file given to `plan` or
         # `simulate`: a step saves by a placement what its load shows, and the gate prices the
         # mean step over the interval; the policies leave such steps out of their episodes.
@@ -349,13 +352,36 @@ class Balancer:
         )
         return result
 
-    def _counted_everywhere(self, counts: np.ndarray, group) -> np.ndarray:
-        """``[T] bool``: the rows every rank counts (``counts``: this rank's flags)."""
+    def _counted_everywhere(self, counts: np.ndarray, group) -> tuple[np.ndarray, np.ndarray]:
+        """``([T] bool, [T] bool)``: the rows every rank counts, and those some rank counts
+        (``counts``: this rank's flags), in one all-reduce."""
+        mine = np.asarray(counts, dtype=bool)
         if group is None:
-            return np.asarray(counts, dtype=bool)
-        flags = torch.from_numpy(np.asarray(counts, dtype=np.int32).copy())
-        dist.all_reduce(flags, op=dist.ReduceOp.MIN, group=group)
-        return flags.numpy().astype(bool)
+            return mine, mine
+        flags = torch.from_numpy(np.concatenate([-mine.astype(np.int32), mine.astype(np.int32)]))
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=group)
+        T = mine.size
+        return (-flags[:T]).numpy().astype(bool), flags[T:].numpy().astype(bool)
+
+    def _tell_phases(self, apart: int, steps: int) -> None:
+        """Say once, on the planning rank, when most steps were counted by some ranks only: with
+        receiver-side heat such steps count nothing (each rank's counts hold every rank's
+        tokens), so ranks in different phases (data-parallel attention with ``count_steps``)
+        leave the policy little or no heat."""
+        if self._told_phases or self.rank != 0 or 2 * apart < max(steps, 1):
+            return
+        self._told_phases = True
+        log.warning(
+            "%d of %d steps of this plan's history were counted by some ranks only "
+            "(EplbConfig.count_steps=%r and ranks in different phases, or step(record=False) "
+            "on some ranks); with "
+            "heat_source='group_list' such a step counts nothing, so the plans see little heat; "
+            "with data-parallel attention use heat_source='topk' (each rank counts its own "
+            "tokens) or count_steps='all'",
+            apart,
+            steps,
+            self.config.count_steps,
+        )
 
     def _reduce(self, heat: torch.Tensor, group) -> np.ndarray:
         """Global ``[T, L, P]`` heat from this rank's rows."""

@@ -392,6 +392,34 @@ def test_data_parallel_ranks_send_their_first_tokens_to_different_replicas():
     spawn(_data_parallel_tokens, 2)
 
 
+def _phases_apart(rank: int, world: int, apart: bool) -> None:
+    said = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    logging.getLogger("eplb_rt.runtime").addHandler(handler)
+    config = small_config(heat_source="group_list", count_steps="prefill", interval=4, history=8)
+    runtime = EplbRuntime(config, MODEL.num_layers, MODEL.num_experts)
+    S = runtime.topology.num_slots_per_rank
+    # Rank 0 serves prefills; rank 1 decodes (apart) or prefills too.
+    prefill = rank == 0 or not apart
+    for _ in range(10):
+        for layer in range(MODEL.num_layers):
+            runtime.record(layer, torch.ones(S, dtype=torch.int32))
+        runtime.step(is_prefill=prefill)
+        let_plan_finish(runtime)
+    runtime.shutdown()
+    logging.getLogger("eplb_rt.runtime").removeHandler(handler)
+    told = [m for m in said if "counted by some ranks only" in m]
+    assert len(told) == int(apart and rank == 0), said
+
+
+@pytest.mark.parametrize("apart", [True, False], ids=["phases-apart", "same-phase"])
+def test_receiver_side_heat_says_when_phases_apart_leave_it_nothing(apart):
+    """With group-list heat a step counts only where every rank counts it: ranks in different
+    phases (data-parallel attention with count_steps) left the plans no heat, silently."""
+    spawn(_phases_apart, 2, apart)
+
+
 def _migration_groups(rank: int, world: int) -> None:
     groups = []
     all_reduce = dist.all_reduce
