@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import sys
 
 import pytest
 
@@ -96,6 +97,15 @@ def test_an_installed_engine_is_checked(monkeypatch, version, registered, status
     check = doctor._engine("vllm")
     assert check.status == status and said in check.detail, check
     assert doctor._engine("sglang").detail == "not installed"
+
+
+def test_engines_not_installed_need_no_packaging(monkeypatch):
+    """packaging is not a dependency of eplb_rt (the engines bring it): without an engine the
+    check must not import it."""
+    monkeypatch.setitem(sys.modules, "packaging", None)
+    monkeypatch.setitem(sys.modules, "packaging.version", None)
+    monkeypatch.setattr(doctor, "_version", lambda dist: None)
+    assert [doctor._engine(dist).detail for dist in ENGINES] == ["not installed"] * len(ENGINES)
 
 
 def test_the_plugins_are_in_their_groups_where_eplb_rt_is_installed():

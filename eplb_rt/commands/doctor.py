@@ -208,12 +208,13 @@ def _registered(group: str) -> bool:
 
 
 def _engine(dist: str) -> Check:
-    from packaging.version import InvalidVersion, Version
-
     engine = ENGINES[dist]
     version = _version(dist)
     if version is None:
         return Check(dist, OK, "not installed")
+    # Not a dependency of eplb_rt; every engine depends on it.
+    from packaging.version import InvalidVersion, Version
+
     oldest, newest = engine.tested
     tested = f"tested {oldest} to {newest}"
     if not _registered(engine.entry_points):
