@@ -374,10 +374,9 @@ class Balancer:
         log.warning(
             "%d of %d steps of this plan's history were counted by some ranks only "
             "(EplbConfig.count_steps=%r and ranks in different phases, or step(record=False) "
-            "on some ranks); with "
-            "heat_source='group_list' such a step counts nothing, so the plans see little heat; "
-            "with data-parallel attention use heat_source='topk' (each rank counts its own "
-            "tokens) or count_steps='all'",
+            "on some ranks); with heat_source='group_list' such a step counts nothing, so the "
+            "plans see little heat; with data-parallel attention use heat_source='topk' (each "
+            "rank counts its own tokens) or count_steps='all'",
             apart,
             steps,
             self.config.count_steps,
