@@ -33,8 +33,8 @@ def _reference(W: np.ndarray) -> float:
         d = W[i] - mean
         coef = np.linalg.lstsq(B.T, d, rcond=None)[0]
         p = B.T @ coef
-        if np.linalg.norm(B) == 0:
-            continue
+        if np.linalg.norm(B) <= 1e-12 * np.linalg.norm(W):
+            continue  # the others coincide (up to rounding): no spread to measure in
         size = np.linalg.norm(p)
         if size <= 1e-12 * np.linalg.norm(W):
             ratios.append(0.0)
@@ -61,11 +61,30 @@ def test_golden_four_workloads_on_a_line():
     assert holdout_reach(_line([-3.0, -1.0, 1.0, 3.0])) == pytest.approx(expected, rel=1e-9)
 
 
-@pytest.mark.parametrize(("K", "E"), [(3, 7), (4, 9), (5, 13), (7, 33), (3, 65), (6, 257)])
+@pytest.mark.parametrize(
+    ("K", "E"), [(3, 7), (4, 9), (5, 13), (7, 33), (3, 65), (6, 257), (16, 257), (16, 9), (21, 5)]
+)
 def test_reach_matches_the_definition(K, E):
+    """Also with more episodes than experts (the others then span every direction one shows)."""
     rng = np.random.default_rng(K * 1000 + E)
     W = normalise(rng.gamma(0.7, size=(K, E)))
     assert holdout_reach(W) == pytest.approx(_reference(W), rel=1e-9)
+
+
+@pytest.mark.parametrize("K", [3, 4, 8])
+def test_reach_matches_the_definition_with_episodes_that_coincide(K):
+    """Two episodes alike, or all but one alike: held out, that one leaves the others no spread
+    (not counted); one of the alike lands 1 / (K - 1) of the distance out, along the others'
+    one direction (1 / sqrt(K - 2) of their spread)."""
+    rng = np.random.default_rng(K)
+    W = normalise(rng.gamma(0.7, size=(K, 11)))
+    twins = W.copy()
+    twins[1] = twins[0]
+    assert holdout_reach(twins) == pytest.approx(_reference(twins), rel=1e-9)
+    alike = np.repeat(W[:1], K, axis=0)
+    alike[-1] = W[-1]
+    assert holdout_reach(alike) == pytest.approx(_reference(alike), rel=1e-9)
+    assert holdout_reach(alike) == pytest.approx(1.0 / np.sqrt(K - 2), rel=1e-9)
 
 
 def test_reach_ignores_scale_order_and_expert_labels():
