@@ -1,0 +1,41 @@
+"""The task-shift workloads of ``benchmarks/task_shift.py`` and its table."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks import task_shift
+
+
+def test_tasks_are_counts_of_each_layer_and_share_their_base():
+    rng = np.random.default_rng(0)
+    loads = task_shift.task_loads(rng, 16, 2, 3, 4, 500, 1.0, 0.3)
+    assert loads.shape == (4, 3, 16)
+    np.testing.assert_array_equal(loads, np.round(loads))
+    np.testing.assert_array_equal(loads.sum(axis=2), 1000)  # tokens x top-k in every layer
+    # the base is shared: the tasks' popularities correlate far more within a layer than across
+    within = np.corrcoef(np.log1p(loads[0, 0]), np.log1p(loads[1, 0]))[0, 1]
+    across = np.corrcoef(np.log1p(loads[0, 0]), np.log1p(loads[1, 1]))[0, 1]
+    assert within > across + 0.3
+
+
+def test_contender_specs_carry_options():
+    assert task_shift.contender("equilibrium") == ("equilibrium", {})
+    assert task_shift.contender("equilibrium:spread=0,unseen=0") == (
+        "equilibrium",
+        {"spread": "0", "unseen": "0"},
+    )
+
+
+def test_a_small_run_prints_a_row_per_shape_and_the_paired_differences(capsys):
+    task_shift.main(
+        ["--seeds", "1", "--layers", "1", "--regimes", "1,0.3,500",
+         "--contenders", "equilibrium", "random"]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "model" not in line]
+    assert len(rows) == sum(len(shapes) for _, _, shapes in task_shift.MODELS.values())
+    for row in rows:
+        ours, rand = (float(x) for x in row.strip("| ").split(" | ")[2:])
+        assert 1.0 <= ours and 1.0 <= rand
+    assert "- random: +" in out  # seeded random placements lose to ours
