@@ -10,7 +10,9 @@ Per layer (the search kernels are numba, no GIL):
    Distinct workloads (three or more) show how far that is: each held out in turn lands some
    number of the others' spreads out along their span (:func:`holdout_reach`), and they are
    pushed no further than the mean of that -- prompt lengths on a curve land beyond its ends,
-   task mixes inside their span, and a push fitted to the one misplans the other.
+   task mixes inside their span, and a push fitted to the one misplans the other. Where part
+   of their spread is sampling noise (:func:`signal_fraction`), that part keeps the push, a
+   hedge for new noise in any direction: the push is blended by the two shares.
    Where part of the episodes' spread is sampling noise (:func:`signal_fraction`), that part
    of the weight goes to the summed counts: the load the episodes share is then estimated from
    them and scored as one more episode, so planning for noise does not give away the fit to
@@ -118,7 +120,8 @@ class EquilibriumOptions(Options):
         spread: plan for deviations from the mean ``spread`` times those seen (allotment at
             ``mean + spread * std``; the swaps' episodes pushed that far from the mean); where
             the episodes are three or more distinct workloads, at most as far as a held-out
-            one lands (:func:`holdout_reach`).
+            one lands (:func:`holdout_reach`; blended by the share of their spread that is
+            workloads where part of it is sampling noise).
         unseen: weight (one episode's = 1) of more scored episodes: the mean moved both ways
             along :func:`unseen_axes`, the part of a workload's deviation that the others do
             not span. Only where the episodes are distinct workloads (no sampling noise seen);
@@ -505,14 +508,18 @@ def _fresh_plan(  # noqa: PLR0917 (numba kernels take plain positional arrays)
     # noise only are one workload, best estimated by the summed counts.
     w = signal * column_mean(W) + (1.0 - signal) * now
     axes, share, seen = np.empty((0, E)), np.empty(0), 0.0
-    if signal == 1.0:
-        # Distinct workloads show how far a new one lands: push no further than that. (The reach
-        # and the unseen axes each factor the episodes' span. Formed once and passed to inlined
-        # kernels, it saves 0.3 ms in 58 layers, but the public kernels would no longer be
-        # compiled as the plan's callees, so the shipped cache would lack them.)
+    if K > 2:
+        # Distinct workloads show how far a new one lands: the part of the episodes' spread
+        # that is workloads is pushed no further than that; the part that is sampling noise
+        # keeps the option's push, a hedge for new noise in any direction. (A few thousand
+        # tokens a workload leave a few per cent of noise: a push that switched at none
+        # planned such workloads as noise, 0.014 PAR worse out of sample, BENCHMARKS §3.) The
+        # reach and the unseen axes each factor the episodes' span; formed once and passed to
+        # inlined kernels, the public kernels would no longer be compiled as the plan's
+        # callees, so the shipped cache would lack them.
         reach = holdout_reach(W)
-        if not np.isnan(reach):  # NaN (under three, or no spread): the option's push stands
-            spread = min(spread, reach)
+        if not np.isnan(reach):  # NaN (no spread among the others): the option's push stands
+            spread = signal * min(spread, reach) + (1.0 - signal) * spread
     if K > 1:
         V = scored_rows(W, w, spread, signal)
         if signal == 1.0 and unseen > 0.0:

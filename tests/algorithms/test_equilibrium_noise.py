@@ -9,6 +9,7 @@ from benchmarks import traces
 from eplb_rt.algorithms import metrics, plan, warm_up
 from eplb_rt.algorithms.equilibrium import (
     EquilibriumOptions,
+    holdout_reach,
     peak_noise,
     sampling_noise,
     scored_rows,
@@ -137,16 +138,18 @@ def test_counts_are_searched_no_further_than_their_noise():
 
 def _fresh_rule(tokens: np.ndarray, topo: Topology, stop: bool) -> np.ndarray:
     """The fresh plan of one layer of noisy episodes ``tokens [K, E]`` (signal below 1, so no
-    hold-out reach and no unseen rows), written out with the public kernels; ``stop``: the
-    swaps on the shared load stop at its noise."""
+    unseen rows; the push blended by the signal share), written out with the public kernels;
+    ``stop``: the swaps on the shared load stop at its noise."""
     opts = EquilibriumOptions()
     D, P = topo.num_ranks, topo.num_slots
     W, now = normalise(tokens), normalise(tokens.sum(axis=0))
     signal = signal_fraction(W, sampling_noise(W, tokens.sum(axis=1)))
     assert 0.0 < signal < 1.0
     w = signal * W.mean(axis=0) + (1.0 - signal) * now
-    V = scored_rows(W, w, opts.spread, signal)
-    counts = allot_replicas(w + opts.spread * W.std(axis=0), P, D)
+    reach = holdout_reach(W)
+    spread = signal * min(opts.spread, reach) + (1.0 - signal) * opts.spread
+    V = scored_rows(W, w, spread, signal)
+    counts = allot_replicas(w + spread * W.std(axis=0), P, D)
     row = lpt_place(w, counts, D)
     noise = peak_noise(row, tokens.sum(axis=0), D)
     at = 1.0 + max(opts.count_tol, noise) if stop else 0.0

@@ -148,3 +148,22 @@ def test_draws_of_one_workload_keep_the_options_push():
     assert holdout_reach(W) < 2.0
     w, rows = _first_rows(W, tokens, True, 2.0)
     np.testing.assert_allclose(rows, _pushed(W, w, 2.0), rtol=1e-12)
+
+
+def test_workloads_over_few_tokens_are_pushed_about_as_far_as_they_land():
+    """OLMoE's domains drawn over a few hundred or thousand tokens each: part of their spread is
+    sampling noise. That part keeps the option's push; the part that is workloads goes no
+    further than they land, so a little noise moves the push a little (at 2,000 tokens 4 % of
+    the spread is noise), not from the reach to the option's 2."""
+    rng = np.random.default_rng(8)
+    shares = normalise(np.stack([traces.olmoe(domain=d)[0, 1] for d in traces.OLMOE_DOMAINS]))
+    exact = min(2.0, holdout_reach(shares))
+    for tokens in (500, 2_000, 20_000):
+        loads = np.stack([rng.multinomial(tokens, p) for p in shares]).astype(np.float64)
+        W = normalise(loads)
+        signal = signal_fraction(W, sampling_noise(W, loads.sum(axis=1)))
+        assert (0.5 < signal < 1.0) if tokens < 20_000 else signal == 1.0
+        push = signal * min(2.0, holdout_reach(W)) + (1.0 - signal) * 2.0
+        w, rows = _first_rows(W, loads, True, 2.0)
+        np.testing.assert_allclose(rows, _pushed(W, w, push), rtol=1e-12)
+        assert push == pytest.approx(exact, rel=0.1 if tokens == 500 else 0.05)
