@@ -230,6 +230,50 @@ def _episode_span(W):
     return C, reflectors, _RANK_TOL * max(np.sqrt(pairwise_sum(C * C)), _TINY)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _centred_svd(W):
+    """The centred episodes ``W [K, E]`` decomposed in their span: ``(U, s, Vt, live, ones,
+    reflectors, tol)``, ``C - mean(C) = U diag(s) Vt`` (:func:`_episode_span`'s ``C``), ``live``
+    singular values above ``tol``, and ``ones [K - live]`` the direction (1, ..., 1) that
+    centring leaves among U's dead columns, in their coordinates (unit; zero where there is no
+    dead column)."""
+    K = W.shape[0]
+    C, reflectors, tol = _episode_span(W)
+    U, s, Vt = row_svd(C - column_mean(C))
+    live = 0
+    while live < K and s[live] > tol:
+        live += 1
+    dead = K - live
+    ones = np.zeros(dead)
+    for k in range(dead):
+        for i in range(K):
+            ones[k] += U[i, live + k]
+    size = np.sqrt(pairwise_sum(ones * ones))
+    if size > 0.0:  # no dead column: every episode reaches a direction of its own
+        for k in range(dead):
+            ones[k] /= size
+    return U, s, Vt, live, ones, reflectors, tol
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _own_direction(U, s, live, ones, i, tol):  # noqa: PLR0917
+    """``(own, |Y_i|^2)``: whether held-out episode ``i`` leaves the others' span one dimension
+    short (it reaches a direction of its own, along the dual vector ``Y_i = U_i / s`` of the live
+    directions), as :func:`_unseen_residuals` explains; ``|Y_i|^2`` is ``G^+_ii``."""
+    diagonal = 0.0
+    for k in range(live):
+        diagonal += (U[i, k] / s[k]) ** 2
+    dead = ones.shape[0]
+    along = 0.0
+    for k in range(dead):
+        along += U[i, live + k] * ones[k]
+    rest = 0.0
+    for k in range(dead):
+        t = U[i, live + k] - along * ones[k]
+        rest += t * t
+    return rest <= tol * tol * diagonal, diagonal
+
+
 @njit(cache=True, nogil=True)
 def _unseen_residuals(W):
     """The residuals of :func:`unseen_axes` before their axes: ``(R [K, m], V [m, E], tol)``,
@@ -237,12 +281,8 @@ def _unseen_residuals(W):
     reflectors ``V`` give (:func:`~eplb_rt.algorithms.jacobi.row_reflectors`), and the
     tolerance under which a singular value is rounding."""
     K = W.shape[0]
-    C, reflectors, tol = _episode_span(W)
-    m = C.shape[1]
-    U, s, Vt = row_svd(C - column_mean(C))
-    live = 0
-    while live < K and s[live] > tol:
-        live += 1
+    U, s, Vt, live, ones, reflectors, tol = _centred_svd(W)
+    m = Vt.shape[1]
     residuals = np.zeros((K, m))
     if live == 0:
         return residuals, reflectors, tol
@@ -257,27 +297,9 @@ def _unseen_residuals(W):
     # column), and taken as zero under ``tol``, as a decomposition of each hold-out would.
     # So one decomposition serves all K hold-outs, and e_i is a sum of squares, with no
     # cancellation (a Gram matrix's eigenvalues lose the small singular values).
-    dead = K - live
-    ones = np.zeros(dead)
-    for k in range(dead):
-        for i in range(K):
-            ones[k] += U[i, live + k]
-    size = np.sqrt(pairwise_sum(ones * ones))
-    if size > 0.0:  # no dead column: every episode reaches a direction of its own
-        for k in range(dead):
-            ones[k] /= size
     for i in range(K):
-        diagonal = 0.0
-        for k in range(live):
-            diagonal += (U[i, k] / s[k]) ** 2
-        along = 0.0
-        for k in range(dead):
-            along += U[i, live + k] * ones[k]
-        reach = 0.0
-        for k in range(dead):
-            rest = U[i, live + k] - along * ones[k]
-            reach += rest * rest
-        if reach > tol * tol * diagonal:
+        own, diagonal = _own_direction(U, s, live, ones, i, tol)
+        if not own:
             continue  # the others span all that episode i shows: no residual
         for k in range(live):
             coef = U[i, k] / s[k] / diagonal
@@ -397,11 +419,7 @@ def holdout_reach(W):
     K = W.shape[0]
     if K < 3:
         return np.nan
-    C, _, tol = _episode_span(W)
-    U, s, _ = row_svd(C - column_mean(C))
-    live = 0
-    while live < K and s[live] > tol:
-        live += 1
+    U, s, _, live, ones, _, tol = _centred_svd(W)
     if live == 0:
         return np.nan  # every episode the same: no spread to measure in
     # The centred episodes are X = U diag(s) Vt; in the basis of Vt's live rows, episode i is
@@ -409,30 +427,11 @@ def holdout_reach(W):
     # deviations X_j + X_i / (K - 1) span all live directions but one where episode i reaches a
     # direction of its own (the dual vector Y_i = U_i / s, found as _unseen_residuals finds it):
     # their span is then Y_i's complement, and d's part in it is d less its projection on Y_i.
-    dead = K - live
-    ones = np.zeros(dead)
-    for k in range(dead):
-        for i in range(K):
-            ones[k] += U[i, live + k]
-    size = np.sqrt(pairwise_sum(ones * ones))
-    if size > 0.0:
-        for k in range(dead):
-            ones[k] /= size
     c = K / (K - 1.0)
     p = np.empty(live)
     total, n = 0.0, 0
     for i in range(K):
-        diagonal = 0.0  # |Y_i|^2
-        for k in range(live):
-            diagonal += (U[i, k] / s[k]) ** 2
-        along = 0.0
-        for k in range(dead):
-            along += U[i, live + k] * ones[k]
-        rest = 0.0
-        for k in range(dead):
-            t = U[i, live + k] - along * ones[k]
-            rest += t * t
-        own = rest <= tol * tol * diagonal  # episode i reaches a direction the others do not
+        own, diagonal = _own_direction(U, s, live, ones, i, tol)
         if own and live == 1:
             continue  # the others coincide: no spread to measure in
         dy = 0.0  # d . Y_i
