@@ -10,9 +10,9 @@ Per layer (the search kernels are numba, no GIL):
    Distinct workloads (three or more) show how far that is: each held out in turn lands some
    number of the others' spreads out along their span (:func:`holdout_reach`), and they are
    pushed no further than the mean of that -- prompt lengths on a curve land beyond its ends,
-   task mixes inside their span, and a push fitted to the one misplans the other. Where part
-   of their spread is sampling noise (:func:`signal_fraction`), that part keeps the push, a
-   hedge for new noise in any direction: the push is blended by the two shares.
+   task mixes inside their span, and a push fitted to the one misplans the other. The share
+   of the spread that is sampling noise keeps the full push, a hedge for new noise in any
+   direction: the push is blended by the two shares.
    Where part of the episodes' spread is sampling noise (:func:`signal_fraction`), that part
    of the weight goes to the summed counts: the load the episodes share is then estimated from
    them and scored as one more episode, so planning for noise does not give away the fit to
@@ -414,7 +414,7 @@ def holdout_reach(W):
     near their span (gpt-oss, OLMoE 1.2-1.4) or near the others' mean (ESFT's tasks about 0.4).
     One decomposition of the centred episodes serves every hold-out (as in
     :func:`_unseen_residuals`), in plain loops in the episodes' span (:func:`_episode_span`):
-    the same bits on any CPU, and 16 episodes cost a fraction of what a basis per hold-out did.
+    the same bits on any CPU, and 16 episodes cost about half what a basis per hold-out did.
     """
     K = W.shape[0]
     if K < 3:
@@ -444,17 +444,17 @@ def holdout_reach(W):
         inside = 0.0
         for k in range(live):
             inside += p[k] * p[k]
-        spread = 0.0  # the sum over the others of (deviation . p)^2
+        scatter = 0.0  # the sum over the others of (deviation . p)^2
         for j in range(K):
             if j != i:
                 x = 0.0
                 for k in range(live):
                     x += (U[j, k] + U[i, k] / (K - 1.0)) * s[k] * p[k]
-                spread += x * x
+                scatter += x * x
         n += 1
-        if inside > tol * tol and spread > 0.0:
+        if inside > tol * tol and scatter > 0.0:
             # |p| over the others' root mean square along p / |p|.
-            total += inside / np.sqrt(spread / (K - 1))
+            total += inside / np.sqrt(scatter / (K - 1))
     return total / n if n else np.nan
 
 
