@@ -110,9 +110,9 @@ class EquilibriumOptions(Options):
 
     Attributes:
         num_episodes: episodes the history is cut into for robust scoring (1: the sum only; at
-            most 64: the reach of a held-out episode and the unseen axes decompose the others
-            for each, so a plan's time grows as the cube of the episodes, 20-30 s a layer of
-            256 experts at 256).
+            most 64: the hold-out reach and the unseen axes decompose the episodes, so a plan's
+            time grows as the cube of their number: 58 layers of 256 experts at 64 x 5 ranks
+            and slots plan in 45 ms with 16, 0.33 s with 64).
         shares: choose non-uniform replica shares (``route_and_count`` honours them).
         count_rounds, count_width: rounds and candidate experts of the replica-count search.
         count_tol: the count search stops once the PAR is within this of 1 (on token counts,
