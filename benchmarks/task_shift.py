@@ -110,12 +110,22 @@ def run(regime: str, seeds: int, layers: int, planners: dict) -> None:
 
 def _score(planner, train: np.ndarray, test: np.ndarray, topo: Topology) -> float:
     """Mean PAR of ``planner``'s table for ``train [3, L, E]`` on ``test [L, E]``; NaN where the
-    planner raises (an engine's policy at a shape it does not handle) or loses an expert."""
-    try:
-        phy2log = planner(train, topo, None)
-    except Exception:  # an engine's code: any error is a failed plan
-        return float("nan")
-    return bench_peers.score(phy2log, test[None], topo)
+    table loses an expert, or where an engine's planner failed (:func:`_tolerant`)."""
+    phy2log = planner(train, topo, None)
+    return float("nan") if phy2log is None else bench_peers.score(phy2log, test[None], topo)
+
+
+def _tolerant(planner):
+    """An engine's planner whose errors (a shape its code does not handle) are a failed plan,
+    ``None``; our own planners raise as they would for a user."""
+
+    def run(load, topology, previous):
+        try:
+            return planner(load, topology, previous)
+        except Exception:  # an engine's code: any error is a failed plan
+            return None
+
+    return run
 
 
 def _cell(scores: list[float]) -> str:
@@ -146,7 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     with contextlib.ExitStack() as stack:
         if args.peers:
             found = bench_peers.contenders(stack, args.peers)
-            planners.update({k: v for k, v in found.items() if not k.startswith("eplb_rt ")})
+            planners.update(
+                {k: _tolerant(v) for k, v in found.items() if not k.startswith("eplb_rt ")}
+            )
         for regime in args.regimes:
             run(regime, args.seeds, args.layers, planners)
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from benchmarks import task_shift
+from eplb_rt import Topology
 
 
 def test_tasks_are_counts_of_each_layer_and_share_their_base():
@@ -39,3 +41,13 @@ def test_a_small_run_prints_a_row_per_shape_and_the_paired_differences(capsys):
         ours, rand = (float(x) for x in row.strip("| ").split(" | ")[2:])
         assert 1.0 <= ours and 1.0 <= rand
     assert "- random: +" in out  # seeded random placements lose to ours
+
+
+def test_an_engines_failed_plan_scores_nan_while_ours_raise():
+    def broken(load, topology, previous):
+        raise IndexError("a shape the engine's code does not handle")
+
+    train, test = np.ones((3, 1, 8)), np.ones((1, 8))
+    assert np.isnan(task_shift._score(task_shift._tolerant(broken), train, test, Topology(4, 3)))
+    with pytest.raises(IndexError):
+        task_shift._score(broken, train, test, Topology(4, 3))
