@@ -141,12 +141,14 @@ def decide(
     """Plan from ``load [T, L, E]`` (per step) with ``previous`` in force for ``horizon`` steps.
 
     The policy's ``move_cost`` option (where it has one and it is not given) is derived from
-    ``cost``; its placement is aligned to ``previous`` (kept experts keep their slots); a
-    changed layer is committed only when it saves more seconds than its migration takes. Where
-    the placement is hierarchical and ``previous`` spreads a layer's groups over nodes, that
-    layer is planned and committed whatever it costs: what groups on nodes buy (a token's
-    dispatch crossing fewer nodes) is not in the PAR the gate prices, and lowering that PAR is
-    what a grouped layer gives up (:mod:`eplb_rt.algorithms.hierarchy`).
+    ``cost``, and its ``slowest_rank`` (likewise) is on, so that it judges its candidates by
+    the migration's time as the gate does; its placement is aligned to ``previous`` (kept
+    experts keep their slots); a changed layer is committed only when it saves more seconds
+    than its migration takes. Where the placement is hierarchical and ``previous`` spreads a
+    layer's groups over nodes, that layer is planned and committed whatever it costs: what
+    groups on nodes buy (a token's dispatch crossing fewer nodes) is not in the PAR the gate
+    prices, and lowering that PAR is what a grouped layer gives up
+    (:mod:`eplb_rt.algorithms.hierarchy`).
     """
     for name, value, kind in (
         ("previous", previous, Placement),
@@ -171,6 +173,8 @@ def decide(
     spec = algorithms.get_policy(policy)
     if "move_cost" in spec.option_names:
         options.setdefault("move_cost", cost.move_cost(load, topology.num_ranks, horizon))
+    if "slowest_rank" in spec.option_names:
+        options.setdefault("slowest_rank", True)  # the policy's judge prices moves as the gate
     options = spec.make_options(options)
     peak_before, mean = step_load(previous, load)
     par_before = _par(peak_before, mean)

@@ -109,7 +109,7 @@ def test_gate_commits_only_what_pays_hand_derived(seconds_per_move, commits):
 
 def _decide_planning_every_layer(load, previous, topo, policy, *, cost, horizon):
     """The gate on a plan of every layer: what :func:`planning.decide` must match."""
-    options = {"move_cost": cost.move_cost(load, topo.num_ranks, horizon)}
+    options = {"move_cost": cost.move_cost(load, topo.num_ranks, horizon), "slowest_rank": True}
     options = options if policy == "equilibrium" else None
     candidate = align_placement(previous, plan(policy, load, topo, previous, options))
     peak_before, _ = planning.step_par(previous, load)

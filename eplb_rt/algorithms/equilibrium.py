@@ -45,7 +45,9 @@ Per layer (the search kernels are numba, no GIL):
    layer takes the least ``PAR + move_cost * moved slots / D`` within the budget
    ``max_moved_fraction * P``. The price is per slot *per rank*: ranks receive in
    parallel, so moving ``D`` slots spread over the ``D`` ranks takes one expert's transfer, and
-   with a fixed batch per rank a unit of PAR buys the same compute at any ``D``. With two
+   with a fixed batch per rank a unit of PAR buys the same compute at any ``D``. In the
+   planning pipeline (``slowest_rank``) the candidates are judged by the time their migration
+   takes, as its gate prices it: ``move_cost`` times the most experts one rank receives. With two
    episodes or more, a changed layer must also pay out of sample, re-planned on half of them
    and judged on the other half (:func:`paid_out_of_sample`).
 """
@@ -130,6 +132,11 @@ class EquilibriumOptions(Options):
         share_rewrites: slots that may be rewritten to open a bottleneck for the shares.
         move_cost: with a previous placement: PAR that one moved slot on every rank (one
             expert's transfer time) must buy; a single slot pays ``move_cost / D``.
+        slowest_rank: judge the candidates (step 4) by the time their migration takes, as the
+            planning pipeline's gate does: ``move_cost`` times the most experts one rank
+            receives (:func:`most_received`), not a price per moved slot. A patch that sends
+            three experts to one rank then costs what sending three to every rank costs. The
+            pipeline (runtime, ``plan --previous``, ``simulate``) turns it on.
         max_moved_fraction: ... and at most this fraction of a layer's slots moves.
     """
 
@@ -142,6 +149,7 @@ class EquilibriumOptions(Options):
     unseen: float = option(1.0, low=0)
     share_rewrites: int = option(8, low=0)
     move_cost: float = option(0.01, low=0)
+    slowest_rank: bool = option(False)
     max_moved_fraction: float = option(1.0, low=0, high=1)
 
 
@@ -661,12 +669,12 @@ def _repaired_row(prev, now, V, num_ranks, budget, slot_cost):  # noqa: PLR0917
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _settle(row, prev, now, V, distinct, num_ranks, budget, move_cost):  # noqa: PLR0917
+def _settle(row, prev, now, V, distinct, num_ranks, budget, move_cost, slowest_rank):  # noqa: PLR0917
     """Step 4 of the module's list without shares, in one call: of the previous slots, those
-    improved by :func:`_repaired_row` and the fresh ``row`` aligned to them, the one with the
-    least ``PAR + move_cost * moved slots / D`` within ``budget`` moved slots, PAR on ``now
-    [E]``, or where the episodes are ``distinct`` workloads, the mean PAR on ``now`` and the
-    scored rows ``V [K, E]``.
+    improved by :func:`_repaired_row` and the fresh ``row`` aligned to them, the one that costs
+    least (:func:`_cheapest`) within ``budget`` moved slots, PAR on ``now [E]``, or where the
+    episodes are ``distinct`` workloads, the mean PAR on ``now`` and the scored rows ``V [K,
+    E]``.
 
     Distinct workloads (prompt lengths, tasks; no sampling noise between them) say that the next
     one will differ again. A patch that fits their sum leaves replicas where the placement in
@@ -686,27 +694,50 @@ def _settle(row, prev, now, V, distinct, num_ranks, budget, move_cost):  # noqa:
     pars = np.empty(3)
     for i in range(3):
         pars[i] = row_par(candidates[i], judged, D)
-    return candidates[_cheapest(candidates, pars, prev, move_cost, D, budget)]
+    return candidates[_cheapest(candidates, pars, prev, move_cost, D, budget, slowest_rank)]
 
 
 @njit(cache=True, nogil=True)
-def _cheapest(candidates, pars, prev, move_cost, num_ranks, budget):  # noqa: PLR0917
+def _cheapest(candidates, pars, prev, move_cost, num_ranks, budget, slowest_rank):  # noqa: PLR0917
     """Which of ``candidates [C, P] int64`` (their PARs ``pars [C]``) costs least, ``PAR +
-    move_cost * slots moved from prev / D``, within ``budget`` moved slots: the first of costs
-    equal within 1e-12. ``candidates[0]`` must be ``prev`` (always within budget)."""
+    move_cost * slots moved from prev / D`` (with ``slowest_rank``: ``PAR + move_cost *``
+    :func:`most_received`), within ``budget`` moved slots: the first of costs equal within
+    1e-12. ``candidates[0]`` must be ``prev`` (always within budget)."""
     best, best_cost = 0, np.inf
     for i in range(candidates.shape[0]):
         moves = 0
         for p in range(prev.shape[0]):
             moves += candidates[i, p] != prev[p]
-        cost = pars[i] + move_cost * moves / num_ranks
+        if slowest_rank:
+            cost = pars[i] + move_cost * most_received(candidates[i], prev, num_ranks)
+        else:
+            cost = pars[i] + move_cost * moves / num_ranks
         if moves <= budget and cost < best_cost - 1e-12:
             best, best_cost = i, cost
     return best
 
 
 @njit(cache=True, nogil=True)
-def _settle_layers(rows, prev, now, V, num_rows, distinct, num_ranks, budget, move_cost):  # noqa: PLR0917
+def most_received(row, prev, num_ranks):
+    """The most slots of one rank in ``row [P] int64`` whose expert that rank did not hold in
+    ``prev [P]``: the experts the slowest rank receives, so the migration's time in transfers
+    (ranks receive in parallel), as :meth:`eplb_rt.planning.CostModel.migration_seconds` counts
+    them."""
+    S = row.shape[0] // num_ranks
+    most = 0
+    for r in range(num_ranks):
+        received = 0
+        for a in range(r * S, (r + 1) * S):
+            held = False
+            for b in range(r * S, (r + 1) * S):
+                held = held or prev[b] == row[a]
+            received += not held
+        most = max(most, received)
+    return most
+
+
+@njit(cache=True, nogil=True)
+def _settle_layers(rows, prev, now, V, num_rows, distinct, num_ranks, budget, move_cost, slowest):  # noqa: PLR0917
     """:func:`_settle` of every layer (``rows``, ``prev [L, P]``, ``now [L, E]``; ``V``,
     ``num_rows`` and ``distinct`` as :func:`_fresh_plans` gives them) in one call: ``[L, P]
     int64``."""
@@ -714,7 +745,7 @@ def _settle_layers(rows, prev, now, V, num_rows, distinct, num_ranks, budget, mo
     for j in range(rows.shape[0]):
         scored = np.ascontiguousarray(V[j, : num_rows[j]])
         out[j] = _settle(
-            rows[j], prev[j], now[j], scored, distinct[j], num_ranks, budget, move_cost
+            rows[j], prev[j], now[j], scored, distinct[j], num_ranks, budget, move_cost, slowest
         )
     return out
 
@@ -737,7 +768,8 @@ def _settle_shares(
         # Gain in load units: the slot's price in PAR times the mean rank load.
         open_bottleneck(candidates[1], now, D, S, budget, opts.move_cost / D * total / D, 4)
     pars = np.array([_shares_par(cand, now, topo) for cand in candidates])
-    return candidates[_cheapest(candidates, pars, prev, opts.move_cost, D, budget)]
+    cost, slowest = opts.move_cost, opts.slowest_rank
+    return candidates[_cheapest(candidates, pars, prev, cost, D, budget, slowest)]
 
 
 def plan_layers(
@@ -878,8 +910,9 @@ def _plan_layers(
     )
     budget = int(opts.max_moved_fraction * P)
     if settle:
-        mc = opts.move_cost
-        return _settle_layers(rows, prev, now, V, num_rows, distinct, D, budget, mc), None
+        mc, slowest = opts.move_cost, opts.slowest_rank
+        settled = _settle_layers(rows, prev, now, V, num_rows, distinct, D, budget, mc, slowest)
+        return settled, None
     if not opts.shares:
         return rows, None
     shares = np.empty(rows.shape)
