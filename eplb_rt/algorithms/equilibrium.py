@@ -132,11 +132,12 @@ class EquilibriumOptions(Options):
         share_rewrites: slots that may be rewritten to open a bottleneck for the shares.
         move_cost: with a previous placement: PAR that one moved slot on every rank (one
             expert's transfer time) must buy; a single slot pays ``move_cost / D``.
-        slowest_rank: judge the candidates (step 4) by the time their migration takes, as the
-            planning pipeline's gate does: ``move_cost`` times the most experts one rank
-            receives (:func:`most_received`), not a price per moved slot. A patch that sends
-            three experts to one rank then costs what sending three to every rank costs. The
-            pipeline (runtime, ``plan --previous``, ``simulate``) turns it on.
+        slowest_rank: price moves (the candidates of step 4, and the check out of sample) by
+            the time their migration takes, as the planning pipeline's gate does: ``move_cost``
+            times the most experts one rank receives (:func:`most_received`), not a price per
+            moved slot. A patch that sends three experts to one rank then costs what sending
+            three to every rank costs. The pipeline (runtime, ``plan --previous``,
+            ``simulate``) turns it on.
         max_moved_fraction: ... and at most this fraction of a layer's slots moves.
     """
 
@@ -799,7 +800,8 @@ def paid_out_of_sample(
     A re-plan is judged on the load it was fitted to, where moves that fit the window's sampling
     noise look as good as moves that follow the load. So a changed layer is re-planned on half
     of its episodes (every other one) and judged on the other half, both ways round: its moves
-    must lower that half's ``PAR + move_cost`` a moved slot per rank, on average. Checked are
+    must lower that half's PAR by more than they cost (as :func:`_cheapest` prices them), on
+    average. Checked are
     the layers whose episodes differ mostly by sampling noise (:func:`signal_fraction` under
     :data:`_MOSTLY_NOISE`; token counts only, the one load whose noise is known) and whose gain
     on the summed load is within what noise alone could show (:func:`noise_reach`). Where the
@@ -813,9 +815,9 @@ def paid_out_of_sample(
     if not layers.counts:
         return rows
     previous = layers.previous
-    D, mc = topo.num_ranks, opts.move_cost
+    D, price = topo.num_ranks, (opts.move_cost, opts.slowest_rank)
     suspect = np.flatnonzero(
-        _noisy_layers(rows, previous, layers.episodes, layers.tokens, layers.load, D, mc)
+        _noisy_layers(rows, previous, layers.episodes, layers.tokens, layers.load, D, *price)
     )
     if suspect.size == 0:
         return rows
@@ -825,7 +827,7 @@ def paid_out_of_sample(
     held_out = np.zeros(suspect.size)
     for fit, judge in (halves, halves[::-1]):
         fitted, _ = _plan_layers(fit, topo, opts)
-        held_out += _gains(fitted, sub.previous, judge.load, D, mc)
+        held_out += _gains(fitted, sub.previous, judge.load, D, *price)
     out = rows.copy()
     kept = suspect[held_out <= 0.0]
     out[kept] = previous[kept]
@@ -833,24 +835,27 @@ def paid_out_of_sample(
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _gain(row, previous, load, num_ranks, move_cost):
+def _gain(row, previous, load, num_ranks, move_cost, slowest_rank):  # noqa: PLR0917
     """What ``row [P]`` gains over ``previous [P]`` on ``load [1, E]``: the fall of PAR less
-    ``move_cost`` a moved slot per rank."""
+    ``move_cost`` a moved slot per rank (with ``slowest_rank``: ``move_cost`` times
+    :func:`most_received`, as :func:`_cheapest` prices it)."""
     fall = row_par(previous, load, num_ranks) - row_par(row, load, num_ranks)
+    if slowest_rank:
+        return fall - move_cost * most_received(row, previous, num_ranks)
     return fall - move_cost * _moved_slots(row, previous) / num_ranks
 
 
 @njit(cache=True, nogil=True)
-def _gains(rows, previous, load, num_ranks, move_cost):
+def _gains(rows, previous, load, num_ranks, move_cost, slowest_rank):  # noqa: PLR0917
     """``[L]``: :func:`_gain` of each layer of ``rows``, ``previous [L, P]`` on ``load [L, E]``."""
     out = np.empty(rows.shape[0])
     for j in range(rows.shape[0]):
-        out[j] = _gain(rows[j], previous[j], load[j : j + 1], num_ranks, move_cost)
+        out[j] = _gain(rows[j], previous[j], load[j : j + 1], num_ranks, move_cost, slowest_rank)
     return out
 
 
 @njit(cache=True, nogil=True)
-def _noisy_layers(rows, previous, episodes, tokens, load, num_ranks, move_cost):  # noqa: PLR0917
+def _noisy_layers(rows, previous, episodes, tokens, load, num_ranks, move_cost, slowest_rank):  # noqa: PLR0917
     """``[L] bool``: the changed layers of ``rows [L, P]`` whose episodes (``episodes``,
     ``tokens [L, K, E]``) differ mostly by sampling noise and whose gain over ``previous`` on
     ``load [L, E]`` (:func:`_gain`) is within what that noise could show (:func:`noise_reach`)."""
@@ -861,7 +866,7 @@ def _noisy_layers(rows, previous, episodes, tokens, load, num_ranks, move_cost):
         W, counts = episodes[j], tokens[j]
         if signal_fraction(W, sampling_noise(W, _volumes(counts))) >= _MOSTLY_NOISE:
             continue
-        gain = _gain(rows[j], previous[j], load[j : j + 1], num_ranks, move_cost)
+        gain = _gain(rows[j], previous[j], load[j : j + 1], num_ranks, move_cost, slowest_rank)
         out[j] = gain <= noise_reach(previous[j], column_sum(counts), num_ranks)
     return out
 

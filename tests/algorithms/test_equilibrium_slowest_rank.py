@@ -8,7 +8,7 @@ import pytest
 
 from eplb_rt import planning
 from eplb_rt.algorithms import plan, warm_up
-from eplb_rt.algorithms.equilibrium import _cheapest, most_received
+from eplb_rt.algorithms.equilibrium import _cheapest, _gains, most_received
 from eplb_rt.algorithms.metrics import row_par
 from eplb_rt.placement import Placement, Topology
 
@@ -62,6 +62,16 @@ def test_spread_moves_beat_a_patch_on_one_rank_when_priced_by_time():
     assert _cheapest(candidates, pars, PREV, 0.05, 4, 12, True) == 2
     # the budget in moved slots still binds: the spread one moves four
     assert _cheapest(candidates, pars, PREV, 0.05, 4, 3, True) == 1
+
+
+def test_the_check_out_of_sample_prices_moves_as_the_judge():
+    concentrated = _row([0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 0, 3])
+    load = np.ones((1, 12))
+    load[0, :3] = 4.0  # rank 0 carries the peak: 12 against a mean of 6.75
+    fall = row_par(PREV, load, 4) - row_par(concentrated, load, 4)
+    rows, previous = concentrated[None], PREV[None]
+    assert _gains(rows, previous, load, 4, 0.05, False)[0] == pytest.approx(fall - 0.05 * 2 / 4)
+    assert _gains(rows, previous, load, 4, 0.05, True)[0] == pytest.approx(fall - 0.05 * 2)
 
 
 @pytest.mark.parametrize("seed", range(6))
