@@ -126,12 +126,27 @@ def run(regime: str, args: argparse.Namespace) -> None:
         print(f"- {name}: {np.exp(logs.mean()):.4f} (log s.e. {sem:.4f})")
 
 
+def _at_least(low: int):
+    """An argparse type: an integer ``>= low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--steps", type=int, default=1200)
-    parser.add_argument("--tokens-per-rank", type=int, default=16)
+    parser.add_argument("--seeds", type=_at_least(1), default=2)
+    parser.add_argument("--layers", type=_at_least(1), default=6)
+    parser.add_argument("--steps", type=_at_least(EplbConfig().interval + 1), default=1200)
+    parser.add_argument("--tokens-per-rank", type=_at_least(1), default=16)
     parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES)
     parser.add_argument(
         "--policies", nargs="+", default=["equilibrium", "flashlb", "deepseek", "swift"]

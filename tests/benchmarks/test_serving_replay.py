@@ -52,6 +52,16 @@ def test_an_unknown_regime_is_refused():
         _series("bursty")
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [("--seeds", "0", ">= 1"), ("--steps", "100", ">= 101"), ("--layers", "two", "an integer")],
+)
+def test_bad_arguments_name_what_was_expected(capsys, flag, value, expected):
+    with pytest.raises(SystemExit):
+        serving_replay.main([flag, value])
+    assert expected in capsys.readouterr().err
+
+
 def test_a_small_run_prints_a_row_per_shape_and_the_ratios(capsys, monkeypatch):
     monkeypatch.setattr(serving_replay, "MODELS", {"tiny": (16, 2, [(4, 5), (8, 3)])})
     serving_replay.main(
