@@ -30,7 +30,8 @@ import argparse
 
 import numpy as np
 
-from benchmarks.task_shift import MODELS
+from benchmarks import task_shift
+from benchmarks.task_shift import table_head
 from eplb_rt import Topology
 from eplb_rt.algorithms import get_policy
 from eplb_rt.config import EplbConfig
@@ -99,26 +100,24 @@ def run(regime: str, args: argparse.Namespace) -> None:
         f"\n### {regime}: {tokens} tokens per rank a step, {steps} steps, {layers} layers, "
         f"{seeds} seed(s); throughput against no EPLB / slots moved per cycle\n"
     )
-    print("| model | shape | " + " | ".join(policies) + " |")
-    print("|---|---|" + "---|" * len(policies))
+    table_head(policies)
     ratios = {name: [] for name in policies}
-    for model, (experts, top_k, shapes) in MODELS.items():
-        for ranks, slots in shapes:
-            topo = Topology(ranks, slots)
-            cells = {name: [] for name in policies}
-            for seed in range(seeds):
-                rng = np.random.default_rng(seed)
-                load = series(rng, regime, experts, top_k, layers, steps, tokens * ranks)
-                scores = replay(load, topo, policies)
-                for name in policies:
-                    cells[name].append(scores[name])
-                    ratios[name].append(np.log(scores[name][0] / scores[policies[0]][0]))
-            row = " | ".join(
-                f"{np.mean([c[0] for c in cells[n]]):.3f} / "
-                f"{100 * np.mean([c[1] for c in cells[n]]):.1f} %"
-                for n in policies
-            )
-            print(f"| {model} | {ranks}x{slots} | {row} |", flush=True)
+    for model, experts, top_k, topo in task_shift.shapes():
+        cells = {name: [] for name in policies}
+        ranks = topo.num_ranks
+        for seed in range(seeds):
+            rng = np.random.default_rng(seed)
+            load = series(rng, regime, experts, top_k, layers, steps, tokens * ranks)
+            scores = replay(load, topo, policies)
+            for name in policies:
+                cells[name].append(scores[name])
+                ratios[name].append(np.log(scores[name][0] / scores[policies[0]][0]))
+        row = " | ".join(
+            f"{np.mean([c[0] for c in cells[n]]):.3f} / "
+            f"{100 * np.mean([c[1] for c in cells[n]]):.1f} %"
+            for n in policies
+        )
+        print(f"| {model} | {ranks}x{topo.num_slots_per_rank} | {row} |", flush=True)
     print(f"\nThroughput against {policies[0]}'s, geometric mean over shapes and seeds:")
     for name in policies[1:]:
         logs = np.array(ratios[name])

@@ -59,6 +59,19 @@ def task_loads(  # noqa: PLR0917 (a generator's parameters, in the docstring's o
     return out
 
 
+def shapes():
+    """``(model, experts, top-k, topology)`` of every shape of :data:`MODELS`, in order."""
+    for model, (experts, top_k, pairs) in MODELS.items():
+        for ranks, slots in pairs:
+            yield model, experts, top_k, Topology(ranks, slots)
+
+
+def table_head(names: list[str]) -> None:
+    """A markdown table's head: model, shape and one column per name."""
+    print("| model | shape | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * len(names))
+
+
 def contender(spec: str) -> tuple[str, dict]:
     """``policy`` or ``policy:key=value,key=value``."""
     name, _, rest = spec.partition(":")
@@ -74,24 +87,21 @@ def run(regime: str, seeds: int, layers: int, planners: dict) -> None:
         f"({seeds} seeds x 4 held-out tasks, {layers} layers)\n"
     )
     names = list(planners)
-    print("| model | shape | " + " | ".join(names) + " |")
-    print("|---|---|" + "---|" * len(names))
+    table_head(names)
     paired = {n: [] for n in names}
-    for model, (experts, top_k, shapes) in MODELS.items():
-        for ranks, slots in shapes:
-            topo = Topology(ranks, slots)
-            scores = {n: [] for n in names}
-            for seed in range(seeds):
-                rng = np.random.default_rng(seed)
-                loads = task_loads(rng, experts, top_k, layers, 4, tokens, sigma_base, sigma_task)
-                for held in range(4):
-                    train = np.delete(loads, held, axis=0)
-                    for name, planner in planners.items():
-                        scores[name].append(_score(planner, train, loads[held], topo))
-            for name in names:
-                paired[name] += list(np.subtract(scores[name], scores[names[0]]))
-            cells = " | ".join(_cell(scores[n]) for n in names)
-            print(f"| {model} | {ranks}x{slots} | {cells} |", flush=True)
+    for model, experts, top_k, topo in shapes():
+        scores = {n: [] for n in names}
+        for seed in range(seeds):
+            rng = np.random.default_rng(seed)
+            loads = task_loads(rng, experts, top_k, layers, 4, tokens, sigma_base, sigma_task)
+            for held in range(4):
+                train = np.delete(loads, held, axis=0)
+                for name, planner in planners.items():
+                    scores[name].append(_score(planner, train, loads[held], topo))
+        for name in names:
+            paired[name] += list(np.subtract(scores[name], scores[names[0]]))
+        cells = " | ".join(_cell(scores[n]) for n in names)
+        print(f"| {model} | {topo.num_ranks}x{topo.num_slots_per_rank} | {cells} |", flush=True)
     print(
         "\nPaired with the first contender over every cell, seed and fold where both planned "
         "(mean ± s.e.):"

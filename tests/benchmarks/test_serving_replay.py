@@ -63,7 +63,7 @@ def test_bad_arguments_name_what_was_expected(capsys, flag, value, expected):
 
 
 def test_a_small_run_prints_a_row_per_shape_and_the_ratios(capsys, monkeypatch):
-    monkeypatch.setattr(serving_replay, "MODELS", {"tiny": (16, 2, [(4, 5), (8, 3)])})
+    monkeypatch.setattr(serving_replay.task_shift, "MODELS", {"tiny": (16, 2, [(4, 5), (8, 3)])})
     serving_replay.main(
         ["--seeds", "1", "--layers", "1", "--steps", "300", "--regimes", "stationary",
          "--policies", "equilibrium", "random"]
