@@ -700,22 +700,27 @@ def _settle(row, prev, now, V, distinct, num_ranks, budget, move_cost, slowest_r
 
 @njit(cache=True, nogil=True)
 def _cheapest(candidates, pars, prev, move_cost, num_ranks, budget, slowest_rank):  # noqa: PLR0917
-    """Which of ``candidates [C, P] int64`` (their PARs ``pars [C]``) costs least, ``PAR +
-    move_cost * slots moved from prev / D`` (with ``slowest_rank``: ``PAR + move_cost *``
-    :func:`most_received`), within ``budget`` moved slots: the first of costs equal within
-    1e-12. ``candidates[0]`` must be ``prev`` (always within budget)."""
+    """Which of ``candidates [C, P] int64`` (their PARs ``pars [C]``) costs least, ``PAR +``
+    :func:`_move_price`, within ``budget`` moved slots: the first of costs equal within 1e-12.
+    ``candidates[0]`` must be ``prev`` (always within budget)."""
     best, best_cost = 0, np.inf
     for i in range(candidates.shape[0]):
-        moves = 0
-        for p in range(prev.shape[0]):
-            moves += candidates[i, p] != prev[p]
-        if slowest_rank:
-            cost = pars[i] + move_cost * most_received(candidates[i], prev, num_ranks)
-        else:
-            cost = pars[i] + move_cost * moves / num_ranks
+        moves = _moved_slots(candidates[i], prev)
+        cost = pars[i] + _move_price(candidates[i], prev, moves, num_ranks, move_cost, slowest_rank)
         if moves <= budget and cost < best_cost - 1e-12:
             best, best_cost = i, cost
     return best
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _move_price(row, prev, moves, num_ranks, move_cost, slowest_rank):  # noqa: PLR0917
+    """What moving from ``prev [P]`` to ``row [P]`` (``moves`` slots changed) costs in PAR:
+    ``move_cost * moves / D``, or with ``slowest_rank`` ``move_cost *``
+    :func:`most_received`. The one price of a plan's candidates and of its check out of
+    sample."""
+    if slowest_rank:
+        return move_cost * most_received(row, prev, num_ranks)
+    return move_cost * moves / num_ranks
 
 
 @njit(cache=True, nogil=True)
@@ -837,12 +842,10 @@ def paid_out_of_sample(
 @njit(cache=True, nogil=True, inline="always")
 def _gain(row, previous, load, num_ranks, move_cost, slowest_rank):  # noqa: PLR0917
     """What ``row [P]`` gains over ``previous [P]`` on ``load [1, E]``: the fall of PAR less
-    ``move_cost`` a moved slot per rank (with ``slowest_rank``: ``move_cost`` times
-    :func:`most_received`, as :func:`_cheapest` prices it)."""
+    what its moves cost (:func:`_move_price`)."""
     fall = row_par(previous, load, num_ranks) - row_par(row, load, num_ranks)
-    if slowest_rank:
-        return fall - move_cost * most_received(row, previous, num_ranks)
-    return fall - move_cost * _moved_slots(row, previous) / num_ranks
+    moves = _moved_slots(row, previous)
+    return fall - _move_price(row, previous, moves, num_ranks, move_cost, slowest_rank)
 
 
 @njit(cache=True, nogil=True)
