@@ -31,7 +31,6 @@ import argparse
 import numpy as np
 
 from benchmarks import task_shift
-from benchmarks.task_shift import table_head
 from eplb_rt import Topology
 from eplb_rt.algorithms import get_policy
 from eplb_rt.config import EplbConfig
@@ -100,7 +99,7 @@ def run(regime: str, args: argparse.Namespace) -> None:
         f"\n### {regime}: {tokens} tokens per rank a step, {steps} steps, {layers} layers, "
         f"{seeds} seed(s); throughput against no EPLB / slots moved per cycle\n"
     )
-    table_head(policies)
+    task_shift.table_head(policies)
     ratios = {name: [] for name in policies}
     for model, experts, top_k, topo in task_shift.shapes():
         cells = {name: [] for name in policies}
