@@ -36,8 +36,8 @@ def test_the_regimes_move_the_load_as_they_say():
     assert shift("switch") > 1.5 * still
     # mix: the weights swing back (a period of 700 steps), so steps 700 apart look alike
     load = _series("mix", steps=1400).load
-    half, whole = _shares(load[300:400]), _shares(load[1000:1100])
-    assert np.abs(half - whole).sum() < 0.5 * np.abs(_shares(load[:100]) - half).sum()
+    peak, next_peak = _shares(load[300:400]), _shares(load[1000:1100])
+    assert np.abs(peak - next_peak).sum() < 0.5 * np.abs(_shares(load[:100]) - peak).sum()
 
 
 def test_switch_plays_four_tasks_a_quarter_each():
