@@ -137,12 +137,17 @@ def decide(
     *,
     cost: CostModel,
     horizon: float,
+    lifetime: float | None = None,
 ) -> Decision:
     """Plan from ``load [T, L, E]`` (per step) with ``previous`` in force for ``horizon`` steps.
 
     The policy's ``move_cost`` option (where it has one and it is not given) is derived from
     ``cost``, and its ``slowest_rank`` (likewise) is on, so that it judges its candidates by
-    the migration's time as the gate does; its placement is aligned to ``previous`` (kept
+    the migration's time as the gate does. ``lifetime``: the steps a placement chosen now is
+    expected to serve, the span of load a plan reads (the runtime's heat ring; ``None``: the
+    rows of ``load``); the policy's ``lifetime`` option (likewise) is that in plans, at least
+    1: of its candidates whose moves pay before the next plan, it takes the one that buys the
+    most over that span. Its placement is aligned to ``previous`` (kept
     experts keep their slots); a changed layer is committed only when it saves more seconds
     than its migration takes. Where the placement is hierarchical and ``previous`` spreads a
     layer's groups over nodes, that layer is planned and committed whatever it costs: what
@@ -162,6 +167,12 @@ def decide(
             f"horizon (steps until the next plan) must be a finite number > 0, got {horizon!r}"
         )
     load = check_load(load, previous.num_layers, previous.num_experts)
+    lifetime = load.shape[0] if lifetime is None else lifetime
+    if not (is_real(lifetime) and math.isfinite(as_float(lifetime)) and lifetime > 0):
+        raise ValueError(
+            "lifetime (steps a placement is expected to serve) must be a finite number > 0, "
+            f"got {lifetime!r}"
+        )
     shape = (topology.num_ranks, topology.num_slots_per_rank)
     if (previous.num_ranks, previous.num_slots_per_rank) != shape:
         # Checked here, not only by the policy: where no layer can pay, no policy runs.
@@ -175,6 +186,8 @@ def decide(
         options.setdefault("move_cost", cost.move_cost(load, topology.num_ranks, horizon))
     if "slowest_rank" in spec.option_names:
         options.setdefault("slowest_rank", True)  # the policy's judge prices moves as the gate
+    if "lifetime" in spec.option_names:
+        options.setdefault("lifetime", max(1.0, float(lifetime) / float(horizon)))
     options = spec.make_options(options)
     peak_before, mean = step_load(previous, load)
     par_before = _par(peak_before, mean)

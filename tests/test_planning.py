@@ -110,6 +110,7 @@ def test_gate_commits_only_what_pays_hand_derived(seconds_per_move, commits):
 def _decide_planning_every_layer(load, previous, topo, policy, *, cost, horizon):
     """The gate on a plan of every layer: what :func:`planning.decide` must match."""
     options = {"move_cost": cost.move_cost(load, topo.num_ranks, horizon), "slowest_rank": True}
+    options["lifetime"] = max(1.0, len(load) / horizon)  # decide's default: the rows given
     options = options if policy == "equilibrium" else None
     candidate = align_placement(previous, plan(policy, load, topo, previous, options))
     peak_before, _ = planning.step_par(previous, load)
@@ -328,14 +329,22 @@ def test_drift_needs_a_whole_number_of_recent_steps():
     assert not planning.drifted(load, placement, np.int64(10), planning.CostModel())
 
 
-@pytest.mark.parametrize("horizon", [0, -1.0, float("nan"), float("inf"), 10**400, True, "10"])
-def test_a_bad_horizon_is_refused_by_name(horizon):
+_BAD_SPANS = [0, -1.0, float("nan"), float("inf"), 10**400, True, "10"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "match"),
+    [("horizon", v, r"horizon \(steps until the next plan\) must be a finite") for v in _BAD_SPANS]
+    + [("lifetime", v, r"lifetime \(steps a placement is expected to serve\)") for v in _BAD_SPANS],
+)
+def test_a_bad_horizon_or_lifetime_is_refused_by_name(name, value, match):
     topo = Topology(2, 2)
     previous = planning.starting_placement(1, 4, topo)
-    with pytest.raises(ValueError, match=r"horizon \(steps until the next plan\) must be a finite"):
+    spans = {"horizon": 10, "lifetime": None, name: value}
+    with pytest.raises(ValueError, match=match):
         planning.decide(
             np.ones((1, 1, 4)), previous, topo, "equilibrium", None,
-            cost=planning.CostModel(), horizon=horizon,
+            cost=planning.CostModel(), **spans,
         )  # fmt: skip
 
 

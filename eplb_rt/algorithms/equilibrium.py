@@ -47,9 +47,11 @@ Per layer (the search kernels are numba, no GIL):
    parallel, so moving ``D`` slots spread over the ``D`` ranks takes one expert's transfer, and
    with a fixed batch per rank a unit of PAR buys the same compute at any ``D``. In the
    planning pipeline (``slowest_rank``) the candidates are judged by the time their migration
-   takes, as its gate prices it: ``move_cost`` times the most experts one rank receives. With two
-   episodes or more, a changed layer must also pay out of sample, re-planned on half of them
-   and judged on the other half (:func:`paid_out_of_sample`).
+   takes, as its gate prices it: ``move_cost`` times the most experts one rank receives. Where a
+   placement is expected to serve ``lifetime`` plans, a candidate whose moves pay before the
+   next plan is judged by ``PAR + price / lifetime``. With two episodes or more, a changed
+   layer must also pay out of sample, re-planned on half of them and judged on the other half
+   (:func:`paid_out_of_sample`).
 """
 
 from __future__ import annotations
@@ -138,6 +140,12 @@ class EquilibriumOptions(Options):
             moved slot. A patch that sends three experts to one rank then costs what sending
             three to every rank costs. The pipeline (runtime, ``plan --previous``,
             ``simulate``) turns it on.
+        lifetime: plans a placement chosen now is expected to serve (``move_cost`` prices
+            one). Of the candidates of step 4 whose moves pay at ``move_cost`` (before the next
+            plan), the layer takes the least ``PAR + price / lifetime``: what a move buys counts
+            over the placement's life, not only until the next plan, while every move still
+            pays before it. The pipeline sets it to the steps a plan reads over the steps
+            between plans (:func:`eplb_rt.planning.decide`).
         max_moved_fraction: ... and at most this fraction of a layer's slots moves.
     """
 
@@ -151,6 +159,7 @@ class EquilibriumOptions(Options):
     share_rewrites: int = option(8, low=0)
     move_cost: float = option(0.01, low=0)
     slowest_rank: bool = option(False)
+    lifetime: float = option(1.0, low=1.0)
     max_moved_fraction: float = option(1.0, low=0, high=1)
 
 
@@ -670,7 +679,7 @@ def _repaired_row(prev, now, V, num_ranks, budget, slot_cost):  # noqa: PLR0917
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _settle(row, prev, now, V, distinct, num_ranks, budget, move_cost, slowest_rank):  # noqa: PLR0917
+def _settle(row, prev, now, V, distinct, num_ranks, budget, move_cost, slowest_rank, lifetime):  # noqa: PLR0917
     """Step 4 of the module's list without shares, in one call: of the previous slots, those
     improved by :func:`_repaired_row` and the fresh ``row`` aligned to them, the one that costs
     least (:func:`_cheapest`) within ``budget`` moved slots, PAR on ``now [E]``, or where the
@@ -695,18 +704,30 @@ def _settle(row, prev, now, V, distinct, num_ranks, budget, move_cost, slowest_r
     pars = np.empty(3)
     for i in range(3):
         pars[i] = row_par(candidates[i], judged, D)
-    return candidates[_cheapest(candidates, pars, prev, move_cost, D, budget, slowest_rank)]
+    return candidates[
+        _cheapest(candidates, pars, prev, move_cost, D, budget, slowest_rank, lifetime)
+    ]
 
 
 @njit(cache=True, nogil=True)
-def _cheapest(candidates, pars, prev, move_cost, num_ranks, budget, slowest_rank):  # noqa: PLR0917
+def _cheapest(candidates, pars, prev, move_cost, num_ranks, budget, slowest_rank, lifetime):  # noqa: PLR0917
     """Which of ``candidates [C, P] int64`` (their PARs ``pars [C]``) costs least, ``PAR +``
-    :func:`_move_price`, within ``budget`` moved slots: the first of costs equal within 1e-12.
-    ``candidates[0]`` must be ``prev`` (always within budget)."""
+    :func:`_move_price` ``/ lifetime``, of those within ``budget`` moved slots whose moves pay
+    at the full price (``PAR + price`` below ``candidates[0]``'s PAR): the first of costs equal
+    within 1e-12. ``candidates[0]`` must be ``prev`` (always within budget).
+
+    With ``lifetime`` 1 that is the least ``PAR + price``. Longer, a candidate that pays before
+    the next plan is judged by what it buys over the placement's life: from a layout chosen
+    without load, a patch that pays a little more before the next plan than the fresh plan
+    would otherwise stay in force, since no later plan can pay for the fresh plan's moves from
+    it within one interval, while the fresh plan's lower PAR would have paid them back."""
     best, best_cost = 0, np.inf
     for i in range(candidates.shape[0]):
         moves = _moved_slots(candidates[i], prev)
-        cost = pars[i] + _move_price(candidates[i], prev, moves, num_ranks, move_cost, slowest_rank)
+        price = _move_price(candidates[i], prev, moves, num_ranks, move_cost, slowest_rank)
+        if i > 0 and pars[i] + price >= pars[0] - 1e-12:
+            continue  # does not pay before the next plan
+        cost = pars[i] + price / lifetime
         if moves <= budget and cost < best_cost - 1e-12:
             best, best_cost = i, cost
     return best
@@ -743,7 +764,9 @@ def most_received(row, prev, num_ranks):
 
 
 @njit(cache=True, nogil=True)
-def _settle_layers(rows, prev, now, V, num_rows, distinct, num_ranks, budget, move_cost, slowest):  # noqa: PLR0917
+def _settle_layers(  # noqa: PLR0917
+    rows, prev, now, V, num_rows, distinct, num_ranks, budget, move_cost, slowest, lifetime
+):  # fmt: skip
     """:func:`_settle` of every layer (``rows``, ``prev [L, P]``, ``now [L, E]``; ``V``,
     ``num_rows`` and ``distinct`` as :func:`_fresh_plans` gives them) in one call: ``[L, P]
     int64``."""
@@ -751,8 +774,9 @@ def _settle_layers(rows, prev, now, V, num_rows, distinct, num_ranks, budget, mo
     for j in range(rows.shape[0]):
         scored = np.ascontiguousarray(V[j, : num_rows[j]])
         out[j] = _settle(
-            rows[j], prev[j], now[j], scored, distinct[j], num_ranks, budget, move_cost, slowest
-        )
+            rows[j], prev[j], now[j], scored, distinct[j], num_ranks, budget, move_cost, slowest,
+            lifetime,
+        )  # fmt: skip
     return out
 
 
@@ -775,7 +799,7 @@ def _settle_shares(
         open_bottleneck(candidates[1], now, D, S, budget, opts.move_cost / D * total / D, 4)
     pars = np.array([_shares_par(cand, now, topo) for cand in candidates])
     cost, slowest = opts.move_cost, opts.slowest_rank
-    return candidates[_cheapest(candidates, pars, prev, cost, D, budget, slowest)]
+    return candidates[_cheapest(candidates, pars, prev, cost, D, budget, slowest, opts.lifetime)]
 
 
 def plan_layers(
@@ -919,7 +943,9 @@ def _plan_layers(
     budget = int(opts.max_moved_fraction * P)
     if settle:
         mc, slowest = opts.move_cost, opts.slowest_rank
-        settled = _settle_layers(rows, prev, now, V, num_rows, distinct, D, budget, mc, slowest)
+        settled = _settle_layers(
+            rows, prev, now, V, num_rows, distinct, D, budget, mc, slowest, opts.lifetime
+        )
         return settled, None
     if not opts.shares:
         return rows, None

@@ -2,7 +2,7 @@
 
     eplb-rt plan --load FILE [FILE ...] --ranks D --slots-per-rank S [--policy NAME]
                  [--nodes N] [--groups G] [--previous PLACEMENT.json [--horizon ROWS]
-                 [--expert-bytes B] [--bandwidth GB/S] [--token-us US]]
+                 [--lifetime ROWS] [--expert-bytes B] [--bandwidth GB/S] [--token-us US]]
                  [--option KEY=VALUE ...] --out PLACEMENT.json
 
 Several ``--load`` files are stacked as episodes along ``T`` (same ``[L, E]`` each). Layers whose
@@ -57,6 +57,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="ROWS",
         help="with --previous: rows of load like the given ones served before the next plan "
         "(default: as many as given)",
+    )
+    parser.add_argument(
+        "--lifetime",
+        type=float,
+        metavar="ROWS",
+        help="with --previous: rows a placement chosen now is expected to serve; of the moves "
+        "that pay before the next plan, those that buy the most over it are taken (default: as "
+        "many as given; the runtime's is its heat ring, EplbConfig.history - 1)",
     )
     add_cost_arguments(parser)
     parser.add_argument(
@@ -128,8 +136,9 @@ def run(args: argparse.Namespace) -> int:
     _args.check_output(args.out, "--out")
     inputs = [("--load", path) for path in args.load] + [("--previous", args.previous)]
     _args.check_outputs_apart(inputs, [("--out", args.out)])
-    if args.horizon is not None and not (math.isfinite(args.horizon) and args.horizon > 0):
-        raise ValueError(f"--horizon must be a number of rows > 0, got {args.horizon:g}")
+    for flag, rows in (("--horizon", args.horizon), ("--lifetime", args.lifetime)):
+        if rows is not None and not (math.isfinite(rows) and rows > 0):
+            raise ValueError(f"{flag} must be a number of rows > 0, got {rows:g}")
     cost = cost_from_args(args)
     options = parse_options(args.option)
     checked = get_policy(args.policy).make_options(options)  # bad options fail before any work
@@ -152,8 +161,9 @@ def run(args: argparse.Namespace) -> int:
     if previous is None:
         placement = plan(args.policy, load, topology, options=options)
     else:
+        spans = {"horizon": horizon, "lifetime": args.lifetime}
         decision = planning.decide(
-            load, previous, topology, args.policy, options, cost=cost, horizon=horizon
+            load, previous, topology, args.policy, options, cost=cost, **spans
         )
         placement = decision.placement
     seconds = time.perf_counter() - start

@@ -430,7 +430,9 @@ class Balancer:
                 return PLAN_UNCHANGED, None, time.perf_counter() - started, "no drift"
             args = (load, job.previous, self.topology, self.config.policy)
             args += (self.config.policy_options,)
-            kwargs = {"cost": cost, "horizon": self.config.interval}
+            # A placement is expected to serve as long as the load a plan reads: the ring.
+            lifetime = self.config.history - 1
+            kwargs = {"cost": cost, "horizon": self.config.interval, "lifetime": lifetime}
             if self._child is None:
                 decision = planning.decide(*args, **kwargs)
             else:

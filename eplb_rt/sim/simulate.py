@@ -223,7 +223,9 @@ def simulate(
             if name != NO_REBALANCE:
                 try:
                     args = (history, previous, topo, name, spec.options.get(name))
-                    decision = planning.decide(*args, cost=cost, horizon=spec.interval)
+                    decision = planning.decide(
+                        *args, cost=cost, horizon=spec.interval, lifetime=spec.window
+                    )
                 except Exception as err:
                     # A ValueError is the policy refusing this input (the user can act on it);
                     # anything else is a fault in the policy.

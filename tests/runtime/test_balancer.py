@@ -86,16 +86,20 @@ def _result(balancer: Balancer, job: Job):
     return result
 
 
+@pytest.mark.parametrize("policy", ["deepseek", "equilibrium"])
 @pytest.mark.parametrize("idle", [(), (1, 4, 5, 8, 9, 10)], ids=["busy", "idle steps"])
-def test_same_load_same_decision_in_runtime_plan_and_simulate(tmp_path, capsys, idle):
+def test_same_load_same_decision_in_runtime_plan_and_simulate(tmp_path, capsys, idle, policy):
     """With steps that counted nothing (a quiet server, steps not counted) too: the runtime
     dropped them and priced every step of the interval as busy, saving 2x what plan and
-    simulate saw from the same steps."""
+    simulate saw from the same steps. The span a placement is expected to serve is the load a
+    plan reads: the runtime's ring (history - 1 = 36 steps), simulate's window (3 intervals of
+    12), plan's ``--lifetime``."""
     load = _load()
     load[list(idle)] = 0
     start = planning.starting_placement(L, E, TOPO)
     # 1. The runtime's balancer (EplbRuntime._gather builds exactly such a job).
-    balancer = _balancer(token_seconds=COST.token_seconds, link_bandwidth=COST.bandwidth)
+    prices = {"token_seconds": COST.token_seconds, "link_bandwidth": COST.bandwidth}
+    balancer = _balancer(policy, history=37, **prices)
     result = _result(balancer, _job(load, start))
     balancer.shutdown()
     assert result.status == PLAN_OK and result.placement == result.decision.placement
@@ -103,17 +107,17 @@ def test_same_load_same_decision_in_runtime_plan_and_simulate(tmp_path, capsys, 
     np.save(tmp_path / "load.npy", load)
     formats.write_placement(start, tmp_path / "start.json")
     argv = ["plan", "--load", str(tmp_path / "load.npy"), "--ranks", "4", "--slots-per-rank"]
-    argv += ["3", "--policy", "deepseek", "--previous", str(tmp_path / "start.json")]
-    argv += ["--horizon", "12", "--expert-bytes", "2000000", "--bandwidth", "1"]
-    argv += ["--token-us", "100", "--out", str(tmp_path / "plan.json")]
+    argv += ["3", "--policy", policy, "--previous", str(tmp_path / "start.json")]
+    argv += ["--horizon", "12", "--lifetime", "36", "--expert-bytes", "2000000"]
+    argv += ["--bandwidth", "1", "--token-us", "100", "--out", str(tmp_path / "plan.json")]
     assert main(argv) == 0
     planned = formats.read_placement(tmp_path / "plan.json")
     # 3. eplb-rt simulate's replay: the first cycle plans from the same 12 steps.
     replay = sim.Workload.concat([("w", np.concatenate([load, load[:1]]))])
-    spec = sim.SimulationSpec(TOPO, ("deepseek",), interval=12, cost=COST)
-    simulated = sim.simulate(replay, spec).cycles["deepseek"][0].placement
+    spec = sim.SimulationSpec(TOPO, (policy,), interval=12, episodes=3, cost=COST)
+    simulated = sim.simulate(replay, spec).cycles[policy][0].placement
     assert result.placement == planned == simulated
-    expected = planning.decide(load, start, TOPO, "deepseek", None, cost=COST, horizon=12)
+    expected = planning.decide(load, start, TOPO, policy, None, cost=COST, horizon=12, lifetime=36)
     np.testing.assert_array_equal(result.decision.saved_s, expected.saved_s)
     # The gate split the layers: the near-uniform one does not pay, the skewed ones do.
     assert result.layers == (1, 2)

@@ -1,0 +1,224 @@
+"""``equilibrium``'s judge of a re-plan's candidates: ``slowest_rank`` prices them by the time
+their migration takes (the most experts one rank receives), as the planning pipeline's gate
+does; with ``lifetime``, of those whose moves pay before the next plan it takes the one that buys
+the most over the plans a placement is expected to serve."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from eplb_rt import planning
+from eplb_rt.algorithms import plan, warm_up
+from eplb_rt.algorithms.equilibrium import _cheapest, _gains, most_received
+from eplb_rt.algorithms.metrics import row_par
+from eplb_rt.placement import Placement, Topology
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compiled():
+    warm_up(["equilibrium"])
+
+
+def _row(*ranks):
+    return np.array([e for rank in ranks for e in rank], dtype=np.int64)
+
+
+PREV = _row([0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11])
+
+
+@pytest.mark.parametrize(
+    ("row", "most"),
+    [
+        (PREV, 0),
+        (_row([2, 0, 1], [3, 4, 5], [6, 7, 8], [9, 10, 11]), 0),  # slots swapped on a rank
+        (_row([0, 1, 3], [3, 4, 5], [6, 7, 8], [9, 10, 11]), 1),  # a replica of 3 on rank 0
+        (_row([0, 4, 3], [3, 4, 5], [6, 7, 8], [9, 10, 11]), 2),  # two slots on one rank
+        (_row([0, 1, 3], [3, 4, 6], [6, 7, 9], [9, 10, 0]), 1),  # one slot on every rank
+        (_row([5, 5, 5], [3, 4, 5], [6, 7, 8], [9, 10, 11]), 3),  # a duplicate counts twice
+    ],
+)
+def test_most_received_counts_the_slowest_ranks_new_experts(row, most):
+    assert most_received(row, PREV, 4) == most
+
+
+def test_most_received_is_what_the_gate_prices():
+    rng = np.random.default_rng(3)
+    cost = planning.CostModel(expert_bytes=1.0, bandwidth=1.0)
+    for _ in range(200):
+        D, S, E = rng.integers(2, 6), rng.integers(1, 5), 7
+        prev = rng.integers(0, E, size=(1, D * S))
+        new = np.where(rng.random((1, D * S)) < 0.4, rng.integers(0, E, size=(1, D * S)), prev)
+        seconds = cost.migration_seconds(prev, new, int(D))[0]
+        assert most_received(new[0], prev[0], int(D)) == seconds
+
+
+def test_spread_moves_beat_a_patch_on_one_rank_when_priced_by_time():
+    concentrated = _row([0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 0, 3])  # 2 new on rank 3
+    spread = _row([0, 1, 9], [3, 4, 0], [6, 7, 3], [9, 10, 6])  # 1 new on every rank
+    candidates = np.stack([PREV, concentrated, spread])
+    pars = np.array([1.30, 1.10, 1.12])
+    # per slot: 1.10 + 0.05 * 2 / 4 = 1.125 against 1.12 + 0.05 * 4 / 4 = 1.17
+    assert _cheapest(candidates, pars, PREV, 0.05, 4, 12, False, 1.0) == 1
+    # by time: 1.10 + 0.05 * 2 = 1.20 against 1.12 + 0.05 * 1 = 1.17
+    assert _cheapest(candidates, pars, PREV, 0.05, 4, 12, True, 1.0) == 2
+    # the budget in moved slots still binds: the spread one moves four
+    assert _cheapest(candidates, pars, PREV, 0.05, 4, 3, True, 1.0) == 1
+
+
+def test_the_check_out_of_sample_prices_moves_as_the_judge():
+    concentrated = _row([0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 0, 3])
+    load = np.ones((1, 12))
+    load[0, :3] = 4.0  # rank 0 carries the peak: 12 against a mean of 6.75
+    fall = row_par(PREV, load, 4) - row_par(concentrated, load, 4)
+    rows, previous = concentrated[None], PREV[None]
+    assert _gains(rows, previous, load, 4, 0.05, False)[0] == pytest.approx(fall - 0.05 * 2 / 4)
+    assert _gains(rows, previous, load, 4, 0.05, True)[0] == pytest.approx(fall - 0.05 * 2)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_policy_takes_the_candidate_cheapest_in_time(seed):
+    """On one workload (judged on its load alone) the plan priced by time costs no more in time
+    than the plan priced per slot, and the other way round: both choose among the same
+    candidates."""
+    rng = np.random.default_rng(seed)
+    topo = Topology(8, 4)
+    load = rng.lognormal(0.0, 1.2, size=(1, 4, 24)) * 1000
+    previous = plan("equilibrium", rng.permuted(load, axis=2), topo)
+    for move_cost in (0.002, 0.02, 0.2):
+        got = {}
+        for slowest in (False, True):
+            options = {"move_cost": move_cost, "slowest_rank": slowest}
+            got[slowest] = plan("equilibrium", load, topo, previous, options).phy2log
+        for j in range(4):
+            before = previous.phy2log[j]
+            for judge in (False, True):  # each plan is the cheapest under its own price
+                costs = {s: _cost(got[s][j], before, load[:, j], move_cost, judge) for s in got}
+                assert costs[judge] <= costs[not judge] + 1e-9
+
+
+def _cost(row, before, load, move_cost, slowest):
+    """``PAR + move_cost x`` the migration's transfers (``slowest``) or moved slots / D."""
+    D = 8
+    moved = most_received(row, before, D) if slowest else (row != before).sum() / D
+    return row_par(row, load, D) + move_cost * moved
+
+
+def test_the_pipeline_tells_the_policy_its_prices_unless_told_otherwise(monkeypatch):
+    """Moves priced by time, and ``lifetime`` the steps given over the horizon (the rows of load
+    by default), at least one plan; an option given is kept."""
+    seen = []
+    real = planning.algorithms.plan
+
+    def spy(policy, load, topology, previous, options, **kwargs):
+        seen.append((options.slowest_rank, options.lifetime))
+        return real(policy, load, topology, previous, options, **kwargs)
+
+    monkeypatch.setattr(planning.algorithms, "plan", spy)
+    topo = Topology(4, 3)
+    load = np.tile(np.array([90.0, 5, 5, 5, 5, 5, 5, 5, 5]), (6, 1, 1))
+    previous = Placement.initial(1, 9, topo)
+    cost = planning.CostModel(expert_bytes=1.0, bandwidth=1e9, token_seconds=1.0)
+    for options, horizon, lifetime, expect in (
+        ({}, 2, None, (True, 3.0)),  # 6 rows over 2
+        ({}, 2, 255, (True, 127.5)),
+        ({}, 12, None, (True, 1.0)),  # never under one plan
+        ({"slowest_rank": False, "lifetime": 4.0}, 2, 255, (False, 4.0)),
+    ):
+        planning.decide(
+            load, previous, topo, "equilibrium", options, cost=cost, horizon=horizon,
+            lifetime=lifetime,
+        )  # fmt: skip
+        assert seen.pop() == expect
+
+
+PATCH = _row([0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 0, 11])  # 1 new on rank 3
+FRESH = _row([0, 1, 9], [3, 4, 0], [6, 7, 3], [9, 10, 6])  # 1 new on every rank, 2 nowhere
+
+
+def test_a_longer_life_takes_the_lower_par_among_the_candidates_that_pay():
+    candidates = np.stack([PREV, PATCH, FRESH])
+    # Priced by time both move one expert to the slowest rank; per slot 1 / 4 against 4 / 4.
+    pars = np.array([1.30, 1.10, 1.06])
+    # Per slot at 0.2: 1.10 + 0.05 = 1.15 against 1.06 + 0.2 = 1.26 (both below 1.30: both pay).
+    assert _cheapest(candidates, pars, PREV, 0.2, 4, 12, False, 1.0) == 1
+    # Over two plans: 1.10 + 0.025 = 1.125 against 1.06 + 0.1 = 1.16; over five: 1.11 / 1.10.
+    assert _cheapest(candidates, pars, PREV, 0.2, 4, 12, False, 2.0) == 1
+    assert _cheapest(candidates, pars, PREV, 0.2, 4, 12, False, 5.0) == 2
+    # The budget in moved slots still binds.
+    assert _cheapest(candidates, pars, PREV, 0.2, 4, 3, False, 5.0) == 1
+
+
+def test_a_candidate_that_does_not_pay_before_the_next_plan_is_never_taken():
+    candidates = np.stack([PREV, PATCH, FRESH])
+    pars = np.array([1.30, 1.25, 1.00])
+    # FRESH: 1.00 + 0.35 * 4 / 4 = 1.35 >= 1.30 does not pay at the full price, whatever it
+    # buys later; PATCH: 1.25 + 0.35 / 4 = 1.3375 does not either.
+    for lifetime in (1.0, 10.0, 1e6):
+        assert _cheapest(candidates, pars, PREV, 0.35, 4, 12, False, lifetime) == 0
+    # Priced by time FRESH costs one transfer (1.00 + 0.25 < 1.30): it pays, and is taken.
+    assert _cheapest(candidates, pars, PREV, 0.25, 4, 12, True, 1.0) == 2
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_longer_life_never_takes_a_worse_par_and_what_it_takes_pays(seed):
+    rng = np.random.default_rng(seed)
+    D, S, E = 4, 3, 12
+    prev = rng.permutation(E).astype(np.int64)
+    candidates = np.stack([prev] + [
+        np.where(rng.random(D * S) < rng.random(), rng.permutation(E), prev) for _ in range(3)
+    ])  # fmt: skip
+    pars = np.concatenate([[1.5], 1.0 + rng.random(3) * 0.6])
+    move_cost, slowest = rng.random() * 0.3, bool(seed % 2)
+    taken = {}
+    for lifetime in (1.0, 1.5, 3.0, 100.0):
+        i = _cheapest(candidates, pars, prev, move_cost, D, D * S, slowest, lifetime)
+        taken[lifetime] = i
+        if i:
+            moved = (
+                most_received(candidates[i], prev, D)
+                if slowest
+                else (candidates[i] != prev).sum() / D
+            )
+            assert pars[i] + move_cost * moved < pars[0]
+    pars_taken = [pars[taken[x]] for x in sorted(taken)]
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(pars_taken))
+
+
+def test_lifetime_defaults_to_one_plan_and_is_checked():
+    topo = Topology(4, 3)
+    load = np.arange(1.0, 13.0)[None, None]
+    previous = plan("equilibrium", load[:, :, ::-1].copy(), topo)
+    assert plan("equilibrium", load, topo, previous, {"lifetime": 1.0}) == plan(
+        "equilibrium", load, topo, previous
+    )
+    with pytest.raises(ValueError, match="lifetime"):
+        plan("equilibrium", load, topo, previous, {"lifetime": 0.5})
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_from_the_starting_layout_a_long_life_takes_the_fresh_plan_that_pays(seed):
+    """Decode-size steps (16 tokens a rank, top-8) at 32 ranks x 5 slots, through the pipeline
+    from the starting layout: over one plan's life the patch pays most (PAR 1.22-1.27 a step);
+    over the runtime's 255 steps the fresh plan (1.18-1.20), whose every layer still pays
+    before the next plan."""
+    rng = np.random.default_rng(seed)
+    topo, layers, experts = Topology(32, 5), 2, 128
+    share = rng.lognormal(0.0, 1.0, size=(layers, experts))
+    share /= share.sum(axis=1, keepdims=True)
+    load = np.stack([[rng.multinomial(16 * 32 * 8, p) for p in share] for _ in range(100)])
+    args = (load.astype(np.float64), planning.starting_placement(layers, experts, topo), topo)
+    decided = {
+        life: planning.decide(
+            *args, "equilibrium", None, cost=planning.CostModel(), horizon=100, lifetime=life
+        )
+        for life in (100, 255)
+    }
+    for d in decided.values():
+        assert d.layers == (0, 1)
+        assert (d.saved_s > d.migration_s).all()
+    par = {life: planning.step_par(d.placement, args[0])[1].mean() for life, d in decided.items()}
+    assert par[255] < par[100] - 0.02
+    assert decided[255].slots > 2 * decided[100].slots
