@@ -126,6 +126,32 @@ def test_same_load_same_decision_in_runtime_plan_and_simulate(tmp_path, capsys, 
     assert f"moves {result.decision.slots} slots" in out and "at 1 GB/s; PAR" in out
 
 
+def test_the_runtime_and_simulate_expect_a_placement_to_serve_the_load_a_plan_reads(
+    monkeypatch,
+):
+    """The span passed as ``lifetime``: the runtime's ring (``history - 1`` closed rows),
+    simulate's window (``episodes * interval``, or the ring of ``EplbConfig()``)."""
+    seen = []
+    decide = planning.decide
+    monkeypatch.setattr(
+        planning,
+        "decide",
+        lambda *a, **k: seen.append((k["horizon"], k["lifetime"])) or decide(*a, **k),
+    )
+    load = _load()
+    start = planning.starting_placement(L, E, TOPO)
+    balancer = _balancer(history=37)
+    assert _result(balancer, _job(load, start)).status in (PLAN_OK, PLAN_UNCHANGED)
+    balancer.shutdown()
+    assert seen == [(12, 36)]
+    replay = sim.Workload.concat([("w", np.concatenate([load, load[:1]]))])
+    for episodes, lifetime in ((3, 36), (None, EplbConfig().history - 1)):
+        seen.clear()
+        spec = sim.SimulationSpec(TOPO, ("deepseek",), interval=12, episodes=episodes, cost=COST)
+        sim.simulate(replay, spec)
+        assert seen == [(12, lifetime)]
+
+
 def test_time_per_token_is_measured_over_the_steps_it_divides(monkeypatch):
     # Steps of two sizes, each taking 1e-5 s per token of its busiest rank (the cost model's own
     # assumption): the gate prices with exactly that. A median step time over a mean step's
