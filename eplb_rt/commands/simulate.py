@@ -6,8 +6,8 @@ file is given more than once). Every INTERVAL steps each policy re-plans from th
 INTERVAL steps (by default what a runtime's plan reads from its heat ring: the last 255 steps,
 every one before where fewer; its previous placement carried) and is scored on the next
 INTERVAL steps, through the runtime's planning pipeline (the same gate, in seconds, priced by
---expert-bytes, --bandwidth and --token-us). The row "none (no EPLB)" keeps the starting
-placement.
+--expert-bytes, --bandwidth and --token-us; a placement is expected to serve as many steps as a
+plan reads, as in the runtime). The row "none (no EPLB)" keeps the starting placement.
 """
 
 from __future__ import annotations
