@@ -162,17 +162,10 @@ def decide(
     ):
         if not isinstance(value, kind):
             raise TypeError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
-    if not (is_real(horizon) and math.isfinite(as_float(horizon)) and horizon > 0):
-        raise ValueError(
-            f"horizon (steps until the next plan) must be a finite number > 0, got {horizon!r}"
-        )
+    _check_steps(horizon, "horizon (steps until the next plan)")
     load = check_load(load, previous.num_layers, previous.num_experts)
     lifetime = load.shape[0] if lifetime is None else lifetime
-    if not (is_real(lifetime) and math.isfinite(as_float(lifetime)) and lifetime > 0):
-        raise ValueError(
-            "lifetime (steps a placement is expected to serve) must be a finite number > 0, "
-            f"got {lifetime!r}"
-        )
+    _check_steps(lifetime, "lifetime (steps a placement is expected to serve)")
     shape = (topology.num_ranks, topology.num_slots_per_rank)
     if (previous.num_ranks, previous.num_slots_per_rank) != shape:
         # Checked here, not only by the policy: where no layer can pay, no policy runs.
@@ -207,6 +200,13 @@ def decide(
     placement = previous.replace_layers(layers, candidate) if layers else previous
     slots = int(placement.moves(previous).sum())
     return Decision(placement, candidate, layers, saved, spent, par_before, par_after, slots)
+
+
+def _check_steps(value: object, what: str) -> None:
+    """``value`` is a number of steps: a finite real number > 0 (not a bool), or a ValueError
+    naming ``what``."""
+    if not (is_real(value) and math.isfinite(as_float(value)) and value > 0):
+        raise ValueError(f"{what} must be a finite number > 0, got {value!r}")
 
 
 def could_pay(peak: np.ndarray, mean: np.ndarray, cost: CostModel, horizon: float) -> np.ndarray:
