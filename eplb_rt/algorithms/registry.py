@@ -149,9 +149,17 @@ _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
 
 
-def option(default: bool | int | float, low: float | None = None, high: float | None = None):
-    """A policy option of the default's type (bool, int or float), within ``[low, high]``."""
-    return dataclasses.field(default=default, metadata={"low": low, "high": high})
+def option(
+    default: bool | int | float,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    infinite: bool = False,
+):
+    """A policy option of the default's type (bool, int or float), within ``[low, high]``;
+    a float option that is ``infinite`` also takes ``inf``."""
+    metadata = {"low": low, "high": high, "infinite": infinite}
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def describe(field: dataclasses.Field) -> str:
@@ -160,6 +168,8 @@ def describe(field: dataclasses.Field) -> str:
     what = {bool: "true or false", int: "an integer", float: "a finite number"}[kind]
     if kind is not bool and low is not None:
         what += f" in [{low:g}, {high:g}]" if high is not None else f" >= {low:g}"
+    if field.metadata.get("infinite"):
+        what += ", or inf"
     return what
 
 
@@ -188,7 +198,9 @@ def _convert(policy: str, field: dataclasses.Field, value: Any) -> Any:
     if kind is bool and isinstance(value, (bool, np.bool_)):
         return bool(value)
     try:
-        number = is_real(value) and math.isfinite(value)  # numpy scalars too
+        number = is_real(value) and (
+            math.isfinite(value) or (field.metadata.get("infinite") and value == math.inf)
+        )  # numpy scalars too
     except OverflowError:  # an int beyond the float range: bounded as an int below
         number = kind is int
     if kind is bool or not number or (kind is int and value % 1):

@@ -10,6 +10,7 @@ import pytest
 
 from eplb_rt import cli
 from eplb_rt.algorithms import get_policy, plan, policy_names
+from eplb_rt.algorithms.registry import describe
 from eplb_rt.config import EplbConfig
 from eplb_rt.placement import Topology
 
@@ -41,6 +42,9 @@ from eplb_rt.placement import Topology
         ("swift", {"max_swaps": np.bool_(True)}, "'max_swaps' must be an integer >= 0, got"),
         ("swift", {"max_swaps": "1e20"}, "'max_swaps' must be an integer >= 0 and at most 9223"),
         ("flashlb", {"depth": 2**63}, "'depth' must be an integer >= 1 and at most 9223"),
+        ("flashlb", {"z": float("inf")}, "option 'z' must be a finite number >= 0, got inf"),
+        ("equilibrium", {"lifetime": "-inf"}, "'lifetime' must be a finite number >= 1, or inf"),
+        ("equilibrium", {"lifetime": 0.5}, "'lifetime' must be a finite number >= 1, or inf, got"),
     ],
 )
 def test_bad_options_name_the_policy_option_and_value(name, overrides, message):
@@ -65,6 +69,16 @@ def test_strings_convert_to_the_option_type():
     )
     assert get_policy("deepseek").make_options({"hierarchical": "True"}).hierarchical is True
     assert get_policy("equilibrium").make_options({"shares": "off"}).shares is False
+
+
+def test_an_option_that_may_be_infinite_takes_inf_as_a_number_or_a_string():
+    """``equilibrium``'s ``lifetime``: ``inf`` is as long as the load holds (the serving
+    pipeline's); other float options stay finite."""
+    spec = get_policy("equilibrium")
+    for value in (float("inf"), np.float64("inf"), "inf", " Infinity "):
+        assert spec.make_options({"lifetime": value}).lifetime == float("inf")
+    field = {f.name: f for f in dataclasses.fields(spec.make_options())}["lifetime"]
+    assert describe(field) == "a finite number >= 1, or inf"
 
 
 def test_numpy_scalars_convert_to_the_option_type():
