@@ -293,8 +293,14 @@ def test_bad_load_file_exits_2_with_one_line(capsys, tmp_path, name, content, ma
         (["--slots-per-rank", -2], "--slots-per-rank must be >= 1, got -2"),
         (["--groups", 0], "--groups must be >= 1, got 0"),
         (["--previous", "p.json", "--horizon", "0"], "--horizon must be a number of rows > 0"),
-        (["--previous", "p.json", "--lifetime", "-5"], "--lifetime must be a number of rows > 0"),
-        (["--previous", "p.json", "--lifetime", "nan"], "--lifetime must be a number of rows > 0"),
+        (
+            ["--previous", "p.json", "--lifetime", "-5"],
+            "--lifetime must be a number of rows > 0 or inf",
+        ),
+        (
+            ["--previous", "p.json", "--lifetime", "nan"],
+            "--lifetime must be a number of rows > 0 or inf",
+        ),
         (["--ranks", 1], "do not fit"),
         (["--nodes", 3], "multiple of num_nodes"),
     ],

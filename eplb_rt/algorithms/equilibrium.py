@@ -49,7 +49,8 @@ Per layer (the search kernels are numba, no GIL):
    planning pipeline (``slowest_rank``) the candidates are judged by the time their migration
    takes, as its gate prices it: ``move_cost`` times the most experts one rank receives. Where a
    placement is expected to serve ``lifetime`` plans, a candidate whose moves pay before the
-   next plan is judged by ``PAR + price / lifetime``. With two episodes or more, a changed
+   next plan is judged by ``PAR + price / lifetime`` (for as long as the load holds, the least
+   PAR that pays). With two episodes or more, a changed
    layer must also pay out of sample, re-planned on half of them and judged on the other half
    (:func:`paid_out_of_sample`).
 """
@@ -141,11 +142,13 @@ class EquilibriumOptions(Options):
             three to every rank costs. The pipeline (runtime, ``plan --previous``,
             ``simulate``) turns it on.
         lifetime: plans a placement chosen now is expected to serve (``move_cost`` prices
-            one). Of the candidates of step 4 whose moves pay at ``move_cost`` (before the next
-            plan), the layer takes the least ``PAR + price / lifetime``: what a move buys counts
-            over the placement's life, not only until the next plan, while every move still
-            pays before it. The pipeline sets it to the steps a plan reads over the steps
-            between plans (:func:`eplb_rt.planning.decide`).
+            one), ``inf`` for as long as the load holds. Of the candidates of step 4 whose
+            moves pay at ``move_cost`` (before the next plan), the layer takes the least ``PAR
+            + price / lifetime``: what a move buys counts over the placement's life, not only
+            until the next plan, while every move still pays before it. Past one plan, a layer
+            whose candidate so taken does not pay out of sample is planned again over one
+            (:func:`paid_out_of_sample`). The serving pipeline sets ``inf``
+            (:func:`eplb_rt.planning.decide`).
         max_moved_fraction: ... and at most this fraction of a layer's slots moves.
     """
 
@@ -159,7 +162,7 @@ class EquilibriumOptions(Options):
     share_rewrites: int = option(8, low=0)
     move_cost: float = option(0.01, low=0)
     slowest_rank: bool = option(False)
-    lifetime: float = option(1.0, low=1.0)
+    lifetime: float = option(1.0, low=1.0, infinite=True)
     max_moved_fraction: float = option(1.0, low=0, high=1)
 
 
@@ -720,7 +723,9 @@ def _cheapest(candidates, pars, prev, move_cost, num_ranks, budget, slowest_rank
     the next plan is judged by what it buys over the placement's life: from a layout chosen
     without load, a patch that pays a little more before the next plan than the fresh plan
     would otherwise stay in force, since no later plan can pay for the fresh plan's moves from
-    it within one interval, while the fresh plan's lower PAR would have paid them back."""
+    it within one interval (moves from the patch cost at least the fresh plan's price less the
+    patch's), while the fresh plan's lower PAR would have paid them back. With ``lifetime``
+    ``inf`` (as long as the load holds) it is the least PAR that pays."""
     best, best_cost = 0, np.inf
     for i in range(candidates.shape[0]):
         moves = _moved_slots(candidates[i], prev)
@@ -824,7 +829,10 @@ def paid_out_of_sample(
     rows: np.ndarray, layers: Layers, topo: Topology, opts: EquilibriumOptions
 ) -> np.ndarray:
     """``rows [L', P]`` with every layer whose re-plan does not pay out of sample set back to
-    its previous slots.
+    its previous slots, or where a placement is expected to serve past the next plan
+    (``lifetime > 1``), re-planned over one interval (``lifetime`` 1) and checked alike: the
+    candidate taken for the placement's life is dearer than the one that pays most by the next
+    plan, and where it does not pay out of sample the cheaper one may.
 
     A re-plan is judged on the load it was fitted to, where moves that fit the window's sampling
     noise look as good as moves that follow the load. So a changed layer is re-planned on half
@@ -858,8 +866,13 @@ def paid_out_of_sample(
         fitted, _ = _plan_layers(fit, topo, opts)
         held_out += _gains(fitted, sub.previous, judge.load, D, *price)
     out = rows.copy()
-    kept = suspect[held_out <= 0.0]
-    out[kept] = previous[kept]
+    refused = suspect[held_out <= 0.0]
+    out[refused] = previous[refused]
+    if opts.lifetime > 1.0 and refused.size:
+        short = dataclasses.replace(opts, lifetime=1.0)
+        again = layers.take(refused)
+        fallback, _ = _plan_layers(again, topo, short)
+        out[refused] = paid_out_of_sample(fallback, again, topo, short)
     return out
 
 

@@ -64,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="ROWS",
         help="with --previous: rows a placement chosen now is expected to serve; of the moves "
         "that pay before the next plan, those that buy the most over it are taken (default: as "
-        "many as given; the runtime's is its heat ring, EplbConfig.history - 1)",
+        "many as given; inf: as long as the load holds, as the runtime and simulate take it)",
     )
     add_cost_arguments(parser)
     parser.add_argument(
@@ -136,9 +136,10 @@ def run(args: argparse.Namespace) -> int:
     _args.check_output(args.out, "--out")
     inputs = [("--load", path) for path in args.load] + [("--previous", args.previous)]
     _args.check_outputs_apart(inputs, [("--out", args.out)])
-    for flag, rows in (("--horizon", args.horizon), ("--lifetime", args.lifetime)):
-        if rows is not None and not (math.isfinite(rows) and rows > 0):
-            raise ValueError(f"{flag} must be a number of rows > 0, got {rows:g}")
+    if args.horizon is not None and not (math.isfinite(args.horizon) and args.horizon > 0):
+        raise ValueError(f"--horizon must be a number of rows > 0, got {args.horizon:g}")
+    if args.lifetime is not None and not args.lifetime > 0:  # NaN fails too
+        raise ValueError(f"--lifetime must be a number of rows > 0 or inf, got {args.lifetime:g}")
     cost = cost_from_args(args)
     options = parse_options(args.option)
     checked = get_policy(args.policy).make_options(options)  # bad options fail before any work

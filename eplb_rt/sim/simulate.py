@@ -22,6 +22,7 @@ against the no-EPLB placement they give the throughput relative to serving witho
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -225,7 +226,7 @@ def simulate(
                 try:
                     args = (history, previous, topo, name, spec.options.get(name))
                     decision = planning.decide(
-                        *args, cost=cost, horizon=spec.interval, lifetime=spec.window
+                        *args, cost=cost, horizon=spec.interval, lifetime=math.inf
                     )
                 except Exception as err:
                     # A ValueError is the policy refusing this input (the user can act on it);
