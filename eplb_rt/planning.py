@@ -144,13 +144,14 @@ def decide(
     The policy's ``move_cost`` option (where it has one and it is not given) is derived from
     ``cost``, and its ``slowest_rank`` (likewise) is on, so that it judges its candidates by
     the migration's time as the gate does. ``lifetime``: the steps a placement chosen now is
-    expected to serve (``None``: the rows of ``load``); ``inf``, the runtime's and the
-    simulator's, for as long as the load holds: the gate moves a layer again only where a move
-    pays before the next plan, and from the candidate that pays most by then no later plan pays
-    for the moves to one of lower PAR on the same load. The policy's ``lifetime`` option
-    (likewise) is that in plans, at least 1: of its candidates whose moves pay before the next
-    plan, it takes the one that buys the most over that span (``inf``: the least PAR). A layer
-    whose plan so taken the gate refuses is planned again over one plan's life. The placement
+    expected to serve, the span of load a plan reads (the runtime's heat ring, ``simulate``'s
+    window; ``None``: the rows of ``load``; ``inf``: as long as the load holds); the policy's
+    ``lifetime`` option (likewise) is that in plans, at least 1: of its candidates whose moves
+    pay before the next plan, it takes the one that buys the most over that span, and where a
+    layer's episodes show the load held over it, over as long as it holds (the least PAR that
+    pays: from the cheaper candidate no later plan pays for the moves to one of lower PAR on the
+    same load). A layer whose plan so taken the gate refuses is planned again over one plan's
+    life. The placement
     is aligned to ``previous`` (kept experts keep their slots); a changed layer is committed
     only when it saves more seconds than its migration takes. Where the placement is
     hierarchical and ``previous`` spreads a layer's groups over nodes, that layer is planned and

@@ -49,10 +49,10 @@ Per layer (the search kernels are numba, no GIL):
    planning pipeline (``slowest_rank``) the candidates are judged by the time their migration
    takes, as its gate prices it: ``move_cost`` times the most experts one rank receives. Where a
    placement is expected to serve ``lifetime`` plans, a candidate whose moves pay before the
-   next plan is judged by ``PAR + price / lifetime`` (for as long as the load holds, the least
-   PAR that pays). With two episodes or more, a changed
-   layer must also pay out of sample, re-planned on half of them and judged on the other half
-   (:func:`paid_out_of_sample`).
+   next plan is judged by ``PAR + price / lifetime`` (where the episodes show the load held over
+   the window, for as long as it holds: the least PAR that pays). With two episodes or more, a
+   changed layer must also pay out of sample, re-planned on half of them and judged on the other
+   half (:func:`paid_out_of_sample`).
 """
 
 from __future__ import annotations
@@ -146,9 +146,11 @@ class EquilibriumOptions(Options):
             moves pay at ``move_cost`` (before the next plan), the layer takes the least ``PAR
             + price / lifetime``: what a move buys counts over the placement's life, not only
             until the next plan, while every move still pays before it. Past one plan, a layer
-            whose candidate so taken does not pay out of sample is planned again over one
-            (:func:`paid_out_of_sample`). The serving pipeline sets ``inf``
-            (:func:`eplb_rt.planning.decide`).
+            whose episodes differ partly by sampling noise (the load held over the window) is
+            judged over an endless life (the least PAR that pays), and a layer whose candidate
+            so taken does not pay out of sample is planned again over one plan
+            (:func:`paid_out_of_sample`). The pipeline sets the steps a plan reads over the
+            steps between plans (:func:`eplb_rt.planning.decide`).
         max_moved_fraction: ... and at most this fraction of a layer's slots moves.
     """
 
@@ -687,7 +689,8 @@ def _settle(row, prev, now, V, distinct, num_ranks, budget, move_cost, slowest_r
     improved by :func:`_repaired_row` and the fresh ``row`` aligned to them, the one that costs
     least (:func:`_cheapest`) within ``budget`` moved slots, PAR on ``now [E]``, or where the
     episodes are ``distinct`` workloads, the mean PAR on ``now`` and the scored rows ``V [K,
-    E]``.
+    E]``. Where a placement outlives the next plan (``lifetime > 1``) and the episodes differ
+    partly by sampling noise, it is judged over an endless life (``lifetime`` ``inf``).
 
     Distinct workloads (prompt lengths, tasks; no sampling noise between them) say that the next
     one will differ again. A patch that fits their sum leaves replicas where the placement in
@@ -704,6 +707,10 @@ def _settle(row, prev, now, V, distinct, num_ranks, budget, move_cost, slowest_r
     judged = now.reshape((1, now.shape[0]))
     if distinct and V.shape[0] > 0:
         judged = np.vstack((V, judged))
+    if lifetime > 1.0 and V.shape[0] > 0 and not distinct:
+        # Episodes that differ partly by sampling noise show a load that held over the
+        # window: a placement lasts as long as it holds (see _cheapest).
+        lifetime = np.inf
     pars = np.empty(3)
     for i in range(3):
         pars[i] = row_par(candidates[i], judged, D)
@@ -725,7 +732,10 @@ def _cheapest(candidates, pars, prev, move_cost, num_ranks, budget, slowest_rank
     would otherwise stay in force, since no later plan can pay for the fresh plan's moves from
     it within one interval (moves from the patch cost at least the fresh plan's price less the
     patch's), while the fresh plan's lower PAR would have paid them back. With ``lifetime``
-    ``inf`` (as long as the load holds) it is the least PAR that pays."""
+    ``inf`` it is the least PAR that pays: the gate moves a layer again only where a move pays
+    before the next plan, so on a load that holds the patch's higher PAR would stay as long as
+    the load does (:func:`_settle` takes that life where the episodes show the load held over
+    the window)."""
     best, best_cost = 0, np.inf
     for i in range(candidates.shape[0]):
         moves = _moved_slots(candidates[i], prev)

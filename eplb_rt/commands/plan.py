@@ -64,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="ROWS",
         help="with --previous: rows a placement chosen now is expected to serve; of the moves "
         "that pay before the next plan, those that buy the most over it are taken (default: as "
-        "many as given; inf: as long as the load holds, as the runtime and simulate take it)",
+        "many as given, the runtime's is its heat ring; inf: as long as the load holds)",
     )
     add_cost_arguments(parser)
     parser.add_argument(

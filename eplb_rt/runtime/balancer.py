@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import queue
 import threading
@@ -431,8 +430,9 @@ class Balancer:
                 return PLAN_UNCHANGED, None, time.perf_counter() - started, "no drift"
             args = (load, job.previous, self.topology, self.config.policy)
             args += (self.config.policy_options,)
-            # A placement serves until the load moves enough that a move pays (planning.decide).
-            kwargs = {"cost": cost, "horizon": self.config.interval, "lifetime": math.inf}
+            # A placement is expected to serve as long as the load a plan reads: the ring.
+            lifetime = self.config.history - 1
+            kwargs = {"cost": cost, "horizon": self.config.interval, "lifetime": lifetime}
             if self._child is None:
                 decision = planning.decide(*args, **kwargs)
             else:

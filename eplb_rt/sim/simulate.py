@@ -4,7 +4,7 @@ The replay: a workload is a ``[T, L, E]`` load series (steps in order, each step
 workload it came from). Every ``interval`` steps each policy re-plans from the last
 ``episodes * interval`` steps, starting from its own previous placement, through the planning
 pipeline the runtime uses (:func:`eplb_rt.planning.decide`: the same gate, in seconds, and a
-placement expected to serve as long as the load holds), and the
+placement expected to serve as many steps as the plan read), and the
 new placement is scored on the *next* ``interval`` steps, which the policy has not seen. By
 default a plan sees what a runtime's plan reads from its heat ring: the last
 ``EplbConfig().history - 1`` steps (its closed rows), every step before where fewer. Every
@@ -22,7 +22,6 @@ against the no-EPLB placement they give the throughput relative to serving witho
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -226,7 +225,7 @@ def simulate(
                 try:
                     args = (history, previous, topo, name, spec.options.get(name))
                     decision = planning.decide(
-                        *args, cost=cost, horizon=spec.interval, lifetime=math.inf
+                        *args, cost=cost, horizon=spec.interval, lifetime=spec.window
                     )
                 except Exception as err:
                     # A ValueError is the policy refusing this input (the user can act on it);

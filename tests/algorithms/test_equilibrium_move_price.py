@@ -298,3 +298,24 @@ def test_a_layer_the_gate_refuses_is_planned_again_over_one_plans_life(monkeypat
             endless.placement.phy2log[layer], one.placement.phy2log[layer]
         )
     assert (endless.saved_s > endless.migration_s)[list(endless.layers)].all()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_window_that_shows_the_load_holding_is_judged_over_an_endless_life(seed):
+    """Per-step counts that differ by sampling noise only: the load held over the window, and
+    past one plan the judge takes the least PAR that pays, whatever the life it is given. One
+    row (nothing shows how long the load holds) keeps the life given: fewer moves over three
+    plans than over an endless one."""
+    topo, layers, experts = Topology(32, 5), 2, 128
+    load = _decode_steps(seed, topo, layers, experts)
+    start = planning.starting_placement(layers, experts, topo)
+    cost = planning.CostModel()
+
+    def decided(load, horizon, lifetime):
+        return planning.decide(
+            load, start, topo, "equilibrium", None, cost=cost, horizon=horizon, lifetime=lifetime
+        )
+
+    assert decided(load, 100, 255).placement == decided(load, 100, math.inf).placement
+    one = load.sum(axis=0, keepdims=True)
+    assert decided(one, 1, 3).slots < decided(one, 1, math.inf).slots

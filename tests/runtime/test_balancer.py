@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import multiprocessing
 import os
 import threading
@@ -92,8 +91,9 @@ def _result(balancer: Balancer, job: Job):
 def test_same_load_same_decision_in_runtime_plan_and_simulate(tmp_path, capsys, idle, policy):
     """With steps that counted nothing (a quiet server, steps not counted) too: the runtime
     dropped them and priced every step of the interval as busy, saving 2x what plan and
-    simulate saw from the same steps. A placement is expected to serve as long as the load
-    holds: ``inf`` in the runtime and simulate, plan's ``--lifetime inf``."""
+    simulate saw from the same steps. The span a placement is expected to serve is the load a
+    plan reads: the runtime's ring (history - 1 = 36 steps), simulate's window (3 intervals of
+    12), plan's ``--lifetime``."""
     load = _load()
     load[list(idle)] = 0
     start = planning.starting_placement(L, E, TOPO)
@@ -108,7 +108,7 @@ def test_same_load_same_decision_in_runtime_plan_and_simulate(tmp_path, capsys, 
     formats.write_placement(start, tmp_path / "start.json")
     argv = ["plan", "--load", str(tmp_path / "load.npy"), "--ranks", "4", "--slots-per-rank"]
     argv += ["3", "--policy", policy, "--previous", str(tmp_path / "start.json")]
-    argv += ["--horizon", "12", "--lifetime", "inf", "--expert-bytes", "2000000"]
+    argv += ["--horizon", "12", "--lifetime", "36", "--expert-bytes", "2000000"]
     argv += ["--bandwidth", "1", "--token-us", "100", "--out", str(tmp_path / "plan.json")]
     assert main(argv) == 0
     planned = formats.read_placement(tmp_path / "plan.json")
@@ -117,8 +117,7 @@ def test_same_load_same_decision_in_runtime_plan_and_simulate(tmp_path, capsys, 
     spec = sim.SimulationSpec(TOPO, (policy,), interval=12, episodes=3, cost=COST)
     simulated = sim.simulate(replay, spec).cycles[policy][0].placement
     assert result.placement == planned == simulated
-    kwargs = {"cost": COST, "horizon": 12, "lifetime": math.inf}
-    expected = planning.decide(load, start, TOPO, policy, None, **kwargs)
+    expected = planning.decide(load, start, TOPO, policy, None, cost=COST, horizon=12, lifetime=36)
     np.testing.assert_array_equal(result.decision.saved_s, expected.saved_s)
     # The gate split the layers: the near-uniform one does not pay, the skewed ones do.
     assert result.layers == (1, 2)
@@ -127,11 +126,11 @@ def test_same_load_same_decision_in_runtime_plan_and_simulate(tmp_path, capsys, 
     assert f"moves {result.decision.slots} slots" in out and "at 1 GB/s; PAR" in out
 
 
-def test_the_runtime_and_simulate_expect_a_placement_to_serve_as_long_as_the_load(
+def test_the_runtime_and_simulate_expect_a_placement_to_serve_the_load_a_plan_reads(
     monkeypatch,
 ):
-    """``lifetime`` ``inf`` whatever the window a plan reads: the ring, or in simulate
-    ``episodes * interval`` (one interval too) or the ring of ``EplbConfig()``."""
+    """The span passed as ``lifetime``: the runtime's ring (``history - 1`` closed rows),
+    simulate's window (``episodes * interval``, or the ring of ``EplbConfig()``)."""
     seen = []
     decide = planning.decide
     monkeypatch.setattr(
@@ -144,13 +143,13 @@ def test_the_runtime_and_simulate_expect_a_placement_to_serve_as_long_as_the_loa
     balancer = _balancer(history=37)
     assert _result(balancer, _job(load, start)).status in (PLAN_OK, PLAN_UNCHANGED)
     balancer.shutdown()
-    assert seen == [(12, math.inf)]
+    assert seen == [(12, 36)]
     replay = sim.Workload.concat([("w", np.concatenate([load, load[:1]]))])
-    for episodes in (1, 3, None):
+    for episodes, lifetime in ((3, 36), (None, EplbConfig().history - 1)):
         seen.clear()
         spec = sim.SimulationSpec(TOPO, ("deepseek",), interval=12, episodes=episodes, cost=COST)
         sim.simulate(replay, spec)
-        assert seen == [(12, math.inf)]
+        assert seen == [(12, lifetime)]
 
 
 def test_time_per_token_is_measured_over_the_steps_it_divides(monkeypatch):
