@@ -151,13 +151,12 @@ def decide(
     layer's episodes show the load held over it, over as long as it holds (the least PAR that
     pays: from the cheaper candidate no later plan pays for the moves to one of lower PAR on the
     same load). A layer whose plan so taken the gate refuses is planned again over one plan's
-    life. The placement
-    is aligned to ``previous`` (kept experts keep their slots); a changed layer is committed
-    only when it saves more seconds than its migration takes. Where the placement is
-    hierarchical and ``previous`` spreads a layer's groups over nodes, that layer is planned and
-    committed whatever it costs: what groups on nodes buy (a token's dispatch crossing fewer
-    nodes) is not in the PAR the gate prices, and lowering that PAR is what a grouped layer
-    gives up (:mod:`eplb_rt.algorithms.hierarchy`).
+    life. The placement is aligned to ``previous`` (kept experts keep their slots); a changed
+    layer is committed only when it saves more seconds than its migration takes. Where the
+    placement is hierarchical and ``previous`` spreads a layer's groups over nodes, that layer
+    is planned and committed whatever it costs: what groups on nodes buy (a token's dispatch
+    crossing fewer nodes) is not in the PAR the gate prices, and lowering that PAR is what a
+    grouped layer gives up (:mod:`eplb_rt.algorithms.hierarchy`).
     """
     for name, value, kind in (
         ("previous", previous, Placement),
