@@ -33,8 +33,8 @@ class EplbConfig:
             placement).
         history: ``H``, steps of per-step heat kept in the ring buffer; a plan reads the
             ``H - 1`` latest closed steps (the step in progress holds the last row), and expects
-            the placement it commits to serve as many (:func:`eplb_rt.planning.decide`'s
-            ``lifetime``).
+            the placement it commits to serve as many, or as long as the load holds where they
+            show it holding (:func:`eplb_rt.planning.decide`'s ``lifetime``).
         episode: steps compared against the earlier history for drift: every ``episode`` steps
             a plan starts early when those steps are less balanced than the steps before
             them by more than noise and the gate's threshold; ``<= history``. Drift needs

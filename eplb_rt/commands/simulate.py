@@ -7,7 +7,8 @@ INTERVAL steps (by default what a runtime's plan reads from its heat ring: the l
 every one before where fewer; its previous placement carried) and is scored on the next
 INTERVAL steps, through the runtime's planning pipeline (the same gate, in seconds, priced by
 --expert-bytes, --bandwidth and --token-us; a placement is expected to serve as many steps as a
-plan reads, as in the runtime). The row "none (no EPLB)" keeps the starting placement.
+plan reads, or as long as the load holds where those steps show it holding, as in the runtime).
+The row "none (no EPLB)" keeps the starting placement.
 """
 
 from __future__ import annotations
