@@ -22,6 +22,7 @@ from eplb_rt.algorithms import hierarchy
 from eplb_rt.algorithms.align import align_placement
 from eplb_rt.algorithms.load import check_load
 from eplb_rt.algorithms.metrics import rank_load
+from eplb_rt.algorithms.prices import most_received_layers
 from eplb_rt.placement import Placement, Topology
 from eplb_rt.scalars import as_float, is_integer, is_real
 
@@ -65,13 +66,11 @@ class CostModel:
 
     def migration_seconds(self, previous: np.ndarray, new: np.ndarray, num_ranks: int):
         """``[L]`` exposed seconds to move each layer from slots ``previous [L, P]`` to
-        ``new [L, P]``: the slowest rank's received experts (those it did not hold) x bytes /
+        ``new [L, P]``: the slowest rank's received experts (those it did not hold, as the
+        policies price them: :func:`~eplb_rt.algorithms.prices.most_received`) x bytes /
         bandwidth, less the hidden part."""
-        L, P = new.shape
-        layer, rank = np.arange(L)[:, None], np.arange(P) // (P // num_ranks)
-        held = np.zeros((L, num_ranks, int(max(previous.max(), new.max())) + 1), dtype=bool)
-        held[layer, rank, previous] = True
-        received = (~held[layer, rank, new]).reshape(L, num_ranks, -1).sum(-1).max(-1)
+        new, previous = (np.ascontiguousarray(a, dtype=np.int64) for a in (new, previous))
+        received = most_received_layers(new, previous, num_ranks)
         exposed = received * self.expert_bytes / self.bandwidth - self.hidden_seconds
         return np.where(received > 0, np.maximum(exposed, 0.0), 0.0)
 

@@ -69,6 +69,7 @@ from eplb_rt.algorithms.keeping import cheaper
 from eplb_rt.algorithms.local_search import _moved_slots, balance_swaps, greedy_moves, swap_search
 from eplb_rt.algorithms.metrics import row_par, row_rank_loads
 from eplb_rt.algorithms.packing import counts_from_row, lpt_place
+from eplb_rt.algorithms.prices import move_price
 from eplb_rt.algorithms.registry import Layer, Layers, Options, option, register
 from eplb_rt.algorithms.replicas import LPT, allot_replicas, count_search
 from eplb_rt.algorithms.shares import balanced_slot_shares, min_max_rank_load, open_bottleneck
@@ -137,9 +138,10 @@ class EquilibriumOptions(Options):
             expert's transfer time) must buy; a single slot pays ``move_cost / D``.
         slowest_rank: price moves (the candidates of step 4, and the check out of sample) by
             the time their migration takes, as the planning pipeline's gate does: ``move_cost``
-            times the most experts one rank receives (:func:`most_received`), not a price per
-            moved slot. A patch that sends three experts to one rank then costs what sending
-            three to every rank costs. The pipeline (runtime, ``plan --previous``,
+            times the most experts one rank receives
+            (:func:`~eplb_rt.algorithms.prices.most_received`), not a price per moved slot.
+            A patch that sends three experts to one rank then costs what sending three to
+            every rank costs. The pipeline (runtime, ``plan --previous``,
             ``simulate``) turns it on.
         lifetime: plans a placement chosen now is expected to serve (``move_cost`` prices
             one), ``inf`` for as long as the load holds. Of the candidates of step 4 whose
@@ -722,9 +724,10 @@ def _settle(row, prev, now, V, distinct, num_ranks, budget, move_cost, slowest_r
 @njit(cache=True, nogil=True)
 def _cheapest(candidates, pars, prev, move_cost, num_ranks, budget, slowest_rank, lifetime):  # noqa: PLR0917
     """Which of ``candidates [C, P] int64`` (their PARs ``pars [C]``) costs least, ``PAR +``
-    :func:`_move_price` ``/ lifetime``, of those within ``budget`` moved slots whose moves pay
-    at the full price (``PAR + price`` below ``candidates[0]``'s PAR): the first of costs equal
-    within 1e-12. ``candidates[0]`` must be ``prev`` (always within budget).
+    :func:`~eplb_rt.algorithms.prices.move_price` ``/ lifetime``, of those within ``budget``
+    moved slots whose moves pay at the full price (``PAR + price`` below ``candidates[0]``'s
+    PAR): the first of costs equal within 1e-12. ``candidates[0]`` must be ``prev`` (always
+    within budget).
 
     With ``lifetime`` 1 that is the least ``PAR + price``. Longer, a candidate that pays before
     the next plan is judged by what it buys over the placement's life: from a layout chosen
@@ -739,43 +742,13 @@ def _cheapest(candidates, pars, prev, move_cost, num_ranks, budget, slowest_rank
     best, best_cost = 0, np.inf
     for i in range(candidates.shape[0]):
         moves = _moved_slots(candidates[i], prev)
-        price = _move_price(candidates[i], prev, moves, num_ranks, move_cost, slowest_rank)
+        price = move_price(candidates[i], prev, moves, num_ranks, move_cost, slowest_rank)
         if i > 0 and pars[i] + price >= pars[0] - 1e-12:
             continue  # does not pay before the next plan
         cost = pars[i] + price / lifetime
         if moves <= budget and cost < best_cost - 1e-12:
             best, best_cost = i, cost
     return best
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _move_price(row, prev, moves, num_ranks, move_cost, slowest_rank):  # noqa: PLR0917
-    """What moving from ``prev [P]`` to ``row [P]`` (``moves`` slots changed) costs in PAR:
-    ``move_cost * moves / D``, or with ``slowest_rank`` ``move_cost *``
-    :func:`most_received`. The one price of a plan's candidates and of its check out of
-    sample."""
-    if slowest_rank:
-        return move_cost * most_received(row, prev, num_ranks)
-    return move_cost * moves / num_ranks
-
-
-@njit(cache=True, nogil=True)
-def most_received(row, prev, num_ranks):
-    """The most slots of one rank in ``row [P] int64`` whose expert that rank did not hold in
-    ``prev [P]``: the experts the slowest rank receives, so the migration's time in transfers
-    (ranks receive in parallel), as :meth:`eplb_rt.planning.CostModel.migration_seconds` counts
-    them."""
-    S = row.shape[0] // num_ranks
-    most = 0
-    for r in range(num_ranks):
-        received = 0
-        for a in range(r * S, (r + 1) * S):
-            held = False
-            for b in range(r * S, (r + 1) * S):
-                held = held or prev[b] == row[a]
-            received += not held
-        most = max(most, received)
-    return most
 
 
 @njit(cache=True, nogil=True)
@@ -889,10 +862,10 @@ def paid_out_of_sample(
 @njit(cache=True, nogil=True, inline="always")
 def _gain(row, previous, load, num_ranks, move_cost, slowest_rank):  # noqa: PLR0917
     """What ``row [P]`` gains over ``previous [P]`` on ``load [1, E]``: the fall of PAR less
-    what its moves cost (:func:`_move_price`)."""
+    what its moves cost (:func:`~eplb_rt.algorithms.prices.move_price`)."""
     fall = row_par(previous, load, num_ranks) - row_par(row, load, num_ranks)
     moves = _moved_slots(row, previous)
-    return fall - _move_price(row, previous, moves, num_ranks, move_cost, slowest_rank)
+    return fall - move_price(row, previous, moves, num_ranks, move_cost, slowest_rank)
 
 
 @njit(cache=True, nogil=True)

@@ -21,12 +21,13 @@ Per layer:
 3. **Moves that pay.** When the placement in force already keeps every group on one node but
    the load packs the groups differently, a new packing moves whole groups between nodes. For a
    policy that prices moves (``move_cost``), the groups are also kept where they are and the
-   nodes planned with the slots in force; the layer takes the cheaper of the two, ``PAR +
-   move_cost * moved slots / D`` on the summed load (as ``equilibrium`` takes its candidates),
-   the new packing only within ``max_moved_fraction`` of the slots, and keeps its slots in
-   force where neither costs less. For a policy that does not, the new packing is taken only
-   where it lowers the summed load's PAR below the plan with the groups kept, whose nodes the
-   policy gates as it gates a flat layer (``flashlb``'s threshold).
+   nodes planned with the slots in force; the layer takes the cheaper of the two on the summed
+   load, priced as ``equilibrium`` prices its candidates (:mod:`eplb_rt.algorithms.keeping`:
+   moves that pay before the next plan, by the slowest rank's transfers with
+   ``slowest_rank``), the new packing only within ``max_moved_fraction`` of the slots, and
+   keeps its slots in force where neither costs less. For a policy that does not, the new
+   packing is taken only where it lowers the summed load's PAR below the plan with the groups
+   kept, whose nodes the policy gates as it gates a flat layer (``flashlb``'s threshold).
 """
 
 from __future__ import annotations
@@ -240,7 +241,7 @@ def plan(batch: Layers, topology: Topology, options: Any, run: Run):
     rows, shares = _aligned(*placed(batch, fresh), batch.previous, topology, E)
     priced = hasattr(options, "move_cost")
     if priced and shares is None:
-        rows = _nodes_that_pay(rows, batch, topology, options.move_cost)
+        rows = _nodes_that_pay(rows, batch, topology, options)
     held = groups_in_force(batch.previous, topology, E)
     grouped = (held >= 0).all(axis=1)
     # Layers whose groups would change node: also plan them with the groups where they are,
@@ -279,23 +280,23 @@ def plan(batch: Layers, topology: Topology, options: Any, run: Run):
     return rows, shares
 
 
-def _nodes_that_pay(rows: np.ndarray, batch: Layers, topology: Topology, move_cost: float):
+def _nodes_that_pay(rows: np.ndarray, batch: Layers, topology: Topology, options: Any):
     """``rows [L, P]`` with each node's slots set back to the previous ones where that does not
-    raise the layer's ``PAR + move_cost * moved slots / D``. Each node is planned on its own and
-    prices its moves against its own PAR, so a node that is not the layer's peak may buy moves
-    the layer does not gain from. A node goes back only where it holds the same experts as
-    before (its groups did not change node), so every expert keeps its replicas."""
+    raise the layer's cost (:func:`~eplb_rt.algorithms.keeping.layer_costs`). Each node is
+    planned on its own and prices its moves against its own PAR, so a node that is not the
+    layer's peak may buy moves the layer does not gain from. A node goes back only where it
+    holds the same experts as before (its groups did not change node), so every expert keeps
+    its replicas."""
     D, N, P = topology.num_ranks, topology.num_nodes, topology.num_slots
     width = P // N
     out = rows.copy()
     for j in range(rows.shape[0]):
-        prev, load = batch.previous[j], batch.load[j : j + 1]
-        if load.sum() <= 0:
+        prev, which = batch.previous[j], np.array([j])
+        if batch.load[j].sum() <= 0:
             continue
 
-        def cost(row, prev=prev, load=load):
-            costs = layer_costs(row[None], None, prev[None], load, num_ranks=D, move_cost=move_cost)
-            return costs[0]
+        def cost(row, which=which):
+            return layer_costs(row[None], None, batch, which, num_ranks=D, options=options)[0]
 
         best = cost(out[j])
         for n in range(N):

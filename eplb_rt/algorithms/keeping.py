@@ -1,9 +1,15 @@
 """A re-plan never dearer than what is in force: each layer's cost of a plan, and the cheaper of
-two plans layer by layer.
+two plans layer by layer, judged as ``equilibrium`` judges its own candidates.
 
-A layer's cost is ``PAR + move_cost * slots moved / D`` on its summed load (``move_cost`` 0 for
-a policy that does not price moves: the lower PAR, keeping on ties). Shares count: a placement
-in force that splits its experts unevenly is compared as it serves, with its shares.
+For a policy that prices moves (``move_cost``), a plan's moves cost what
+:func:`~eplb_rt.algorithms.prices.move_prices` charges (per moved slot, or with
+``slowest_rank`` by the experts the slowest rank receives, as the planning pipeline's gate
+does). A plan whose moves do not pay before the next plan (``PAR + price`` not below the PAR of
+the placement in force) costs more than keeping; of those that do, a plan costs ``PAR + price /
+lifetime`` (the option's plans a placement serves, 1 where it has none). For a policy that does
+not price moves, a plan costs its PAR (the lower PAR, keeping on ties). PAR is that of a layer's
+summed load. Shares count: a placement in force that splits its experts unevenly is compared as
+it serves, with its shares.
 """
 
 from __future__ import annotations
@@ -13,38 +19,55 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from eplb_rt.algorithms import metrics
+from eplb_rt.algorithms.prices import move_prices
 from eplb_rt.placement import Placement, Topology, even_shares
 
 if TYPE_CHECKING:  # the registry calls the policies that call this module
     from eplb_rt.algorithms.registry import Layers
 
 
-def layer_costs(rows, shares, previous, load, *, num_ranks: int, move_cost: float) -> np.ndarray:
-    """``[k]``: each layer's ``PAR + move_cost * slots moved from previous / D``, for ``rows,
-    previous [k, P]``, ``shares [k, P]`` or ``None`` (uniform), ``load [k, E]`` (a layer
-    without load: PAR 1)."""
+def _pars(rows, shares, load, num_ranks: int) -> np.ndarray:
+    """``[k]``: PAR of ``rows [k, P]`` (``shares [k, P]`` or ``None``: uniform) on ``load [k,
+    E]``, 1 for a layer without load."""
     placement = Placement(rows, load.shape[1], num_ranks, shares)
-    par = np.nan_to_num(metrics.par(placement, load), nan=1.0)
-    return par + move_cost * (rows != previous).sum(axis=1) / num_ranks
+    return np.nan_to_num(metrics.par(placement, load), nan=1.0)
+
+
+def layer_costs(rows, shares, batch: Layers, which, *, num_ranks: int, options: Any) -> np.ndarray:
+    """``[k]``: what plans ``rows [k, P]`` (``shares [k, P]`` or ``None``) of layers ``which``
+    of ``batch`` cost, as the module's docstring says: ``inf`` for moves that do not pay."""
+    load = batch.load[which]
+    par = _pars(rows, shares, load, num_ranks)
+    if not hasattr(options, "move_cost"):
+        return par
+    previous = batch.previous[which]
+    kept = None if batch.previous_share is None else batch.previous_share[which]
+    price = move_prices(
+        rows,
+        previous,
+        num_ranks=num_ranks,
+        move_cost=options.move_cost,
+        slowest_rank=getattr(options, "slowest_rank", False),
+    )
+    pays = par + price < _pars(previous, kept, load, num_ranks) - 1e-12
+    moved = (rows != previous).any(axis=1)
+    return np.where(pays | ~moved, par + price / getattr(options, "lifetime", 1.0), np.inf)
 
 
 def cheaper(batch: Layers, which, planned, other, *, topology: Topology, options: Any, price=True):
     """``planned = (rows [L, P], shares or None)`` with layers ``which`` taken from ``other =
-    (rows [k, P], shares or None)`` where that costs no more (with ``price``: ``PAR + move_cost
-    * moved slots / D`` on the layer's load, slots moved from ``batch.previous``; ``move_cost``
-    0 where ``options`` has none) or where the plan moves more than the budget
+    (rows [k, P], shares or None)`` where that costs no more (with ``price``, as
+    :func:`layer_costs` prices them) or where the plan moves more than the budget
     (``max_moved_fraction`` of the slots, all where ``options`` has none)."""
     E, D, P = batch.load.shape[1], topology.num_ranks, topology.num_slots
     rows, shares = planned
     other_rows, other_shares = other
-    previous, load = batch.previous[which], batch.load[which]
     budget = int(getattr(options, "max_moved_fraction", 1.0) * P)
-    keep = (rows[which] != previous).sum(axis=1) > budget
+    keep = (rows[which] != batch.previous[which]).sum(axis=1) > budget
     if price:
-        move_cost = getattr(options, "move_cost", 0.0)
         new_shares = None if shares is None else shares[which]
         costs = [
-            layer_costs(r, share, previous, load, num_ranks=D, move_cost=move_cost)
+            layer_costs(r, share, batch, which, num_ranks=D, options=options)
             for r, share in ((other_rows, other_shares), (rows[which], new_shares))
         ]
         keep |= costs[0] <= costs[1]

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from eplb_rt.algorithms import hierarchy, metrics
+from eplb_rt.algorithms import hierarchy, metrics, prices
 from eplb_rt.algorithms.load import (
     check_load,
     cut_episodes,
@@ -441,8 +441,10 @@ def warm_up(names: list[str] | None = None) -> None:
     is not counts (no sampling noise: distinct workloads, as a policy sees them), and on a
     window of counts whose steps differ by sampling noise only, re-planned from a plan that
     does not fit it (the re-plan a policy may check on halves of the window); and the rank loads
-    by which the planning pipeline judges a plan (:func:`~eplb_rt.algorithms.metrics.rank_load`),
-    so that they ship compiled with the policies."""
+    and transfers by which the planning pipeline judges a plan
+    (:func:`~eplb_rt.algorithms.metrics.rank_load`,
+    :func:`~eplb_rt.algorithms.prices.most_received_layers`), so that they ship compiled with
+    the policies."""
     grouped = {"hierarchical": True}
     counts = np.arange(1.0, 1 + 3 * 2 * 9).reshape(3, 2, 9)
     cases = (
@@ -467,6 +469,7 @@ def warm_up(names: list[str] | None = None) -> None:
             plan(name, window, Topology(4, 3), previous=unfit, options=options)
     layout = np.tile(np.r_[np.arange(9), 0, 1, 2], (2, 1))  # 4 ranks x 3 slots, 9 experts
     metrics.rank_load(Placement(layout, 9, 4), counts)
+    prices.most_received_layers(layout, layout[:, ::-1].copy(), 4)
     frozen = counts.copy()  # a caller's read-only load (a view of a frozen buffer) types apart
     frozen.setflags(write=False)
     metrics.rank_load(Placement(layout, 9, 4), frozen)

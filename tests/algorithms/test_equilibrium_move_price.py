@@ -15,8 +15,9 @@ import pytest
 
 from eplb_rt import planning
 from eplb_rt.algorithms import equilibrium, plan, warm_up
-from eplb_rt.algorithms.equilibrium import _cheapest, _gains, most_received
+from eplb_rt.algorithms.equilibrium import _cheapest, _gains
 from eplb_rt.algorithms.metrics import row_par
+from eplb_rt.algorithms.prices import most_received
 from eplb_rt.placement import Placement, Topology
 
 
@@ -30,32 +31,6 @@ def _row(*ranks):
 
 
 PREV = _row([0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11])
-
-
-@pytest.mark.parametrize(
-    ("row", "most"),
-    [
-        (PREV, 0),
-        (_row([2, 0, 1], [3, 4, 5], [6, 7, 8], [9, 10, 11]), 0),  # slots swapped on a rank
-        (_row([0, 1, 3], [3, 4, 5], [6, 7, 8], [9, 10, 11]), 1),  # a replica of 3 on rank 0
-        (_row([0, 4, 3], [3, 4, 5], [6, 7, 8], [9, 10, 11]), 2),  # two slots on one rank
-        (_row([0, 1, 3], [3, 4, 6], [6, 7, 9], [9, 10, 0]), 1),  # one slot on every rank
-        (_row([5, 5, 5], [3, 4, 5], [6, 7, 8], [9, 10, 11]), 3),  # a duplicate counts twice
-    ],
-)
-def test_most_received_counts_the_slowest_ranks_new_experts(row, most):
-    assert most_received(row, PREV, 4) == most
-
-
-def test_most_received_is_what_the_gate_prices():
-    rng = np.random.default_rng(3)
-    cost = planning.CostModel(expert_bytes=1.0, bandwidth=1.0)
-    for _ in range(200):
-        D, S, E = rng.integers(2, 6), rng.integers(1, 5), 7
-        prev = rng.integers(0, E, size=(1, D * S))
-        new = np.where(rng.random((1, D * S)) < 0.4, rng.integers(0, E, size=(1, D * S)), prev)
-        seconds = cost.migration_seconds(prev, new, int(D))[0]
-        assert most_received(new[0], prev[0], int(D)) == seconds
 
 
 def test_spread_moves_beat_a_patch_on_one_rank_when_priced_by_time():

@@ -1,0 +1,63 @@
+"""What a re-plan's moves cost: per moved slot, or by the experts the slowest rank receives (the
+migration's time, as the planning pipeline's gate counts it)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from eplb_rt import planning
+from eplb_rt.algorithms.prices import most_received, most_received_layers, move_prices
+
+
+def _row(*ranks):
+    return np.array([e for rank in ranks for e in rank], dtype=np.int64)
+
+
+PREV = _row([0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11])
+
+
+@pytest.mark.parametrize(
+    ("row", "most"),
+    [
+        (PREV, 0),
+        (_row([2, 0, 1], [3, 4, 5], [6, 7, 8], [9, 10, 11]), 0),  # slots swapped on a rank
+        (_row([0, 1, 3], [3, 4, 5], [6, 7, 8], [9, 10, 11]), 1),  # a replica of 3 on rank 0
+        (_row([0, 4, 3], [3, 4, 5], [6, 7, 8], [9, 10, 11]), 2),  # two slots on one rank
+        (_row([0, 1, 3], [3, 4, 6], [6, 7, 9], [9, 10, 0]), 1),  # one slot on every rank
+        (_row([5, 5, 5], [3, 4, 5], [6, 7, 8], [9, 10, 11]), 3),  # a duplicate counts twice
+    ],
+)
+def test_most_received_counts_the_slowest_ranks_new_experts(row, most):
+    assert most_received(row, PREV, 4) == most
+
+
+def _changed(rng, num_layers, num_ranks, num_slots, num_experts=7):
+    prev = rng.integers(0, num_experts, size=(num_layers, num_ranks * num_slots))
+    fresh = rng.integers(0, num_experts, size=prev.shape)
+    return prev, np.where(rng.random(prev.shape) < 0.4, fresh, prev)
+
+
+def test_the_gate_counts_the_transfers_the_policies_price():
+    """``CostModel.migration_seconds`` counts the slowest rank's transfers with the same kernel,
+    on odd shapes: at one byte a second, its seconds are the most received slots."""
+    rng = np.random.default_rng(3)
+    cost = planning.CostModel(expert_bytes=1.0, bandwidth=1.0)
+    for _ in range(100):
+        D, S, L = (int(x) for x in rng.integers(1, 6, size=3))
+        prev, new = _changed(rng, L, D, S)
+        expected = [most_received(n, p, D) for n, p in zip(new, prev, strict=True)]
+        assert most_received_layers(new, prev, D).tolist() == expected
+        assert cost.migration_seconds(prev, new, D).tolist() == expected
+
+
+def test_move_prices_per_slot_and_by_the_slowest_rank():
+    rng = np.random.default_rng(5)
+    prev, new = _changed(rng, 5, 3, 4)
+    per_slot = move_prices(new, prev, num_ranks=3, move_cost=0.3, slowest_rank=False)
+    np.testing.assert_allclose(per_slot, 0.3 * (new != prev).sum(axis=1) / 3)
+    slowest = move_prices(new, prev, num_ranks=3, move_cost=0.3, slowest_rank=True)
+    np.testing.assert_allclose(slowest, 0.3 * most_received_layers(new, prev, 3))
+    # int32 tables (an engine's) are priced alike
+    again = move_prices(new.astype(np.int32), prev, num_ranks=3, move_cost=0.3, slowest_rank=True)
+    np.testing.assert_array_equal(again, slowest)
