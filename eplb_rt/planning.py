@@ -36,6 +36,15 @@ TOKEN_SECONDS = 2.5e-7
 350 TFLOP/s, the FP8 rate an H100 or Ascend 910-class device sustains on grouped GEMMs."""
 
 
+PIPELINE_OPTIONS = {
+    "move_cost": "one expert's transfer over what a unit of PAR saves until the next plan",
+    "slowest_rank": "on: moves priced by the slowest rank's transfers, as the gate prices them",
+    "lifetime": "the steps a plan reads over the steps between plans",
+}
+"""The policy options :func:`decide` sets from its cost model and clock where a policy has them
+and the caller gives none (the runtime, ``plan --previous`` and ``simulate`` plan through it),
+and what each is set to."""
+
 NO_MOVE_PAYS = 1e12
 """A ``move_cost`` past any PAR a move can buy (PAR is at most the rank count): where the prices
 make a move dearer still, the policies are given this finite one."""
@@ -177,12 +186,14 @@ def decide(
         )
     options = dict(options or {})
     spec = algorithms.get_policy(policy)
-    if "move_cost" in spec.option_names:
-        options.setdefault("move_cost", cost.move_cost(load, topology.num_ranks, horizon))
-    if "slowest_rank" in spec.option_names:
-        options.setdefault("slowest_rank", True)  # the policy's judge prices moves as the gate
-    if "lifetime" in spec.option_names:
-        options.setdefault("lifetime", max(1.0, as_float(lifetime) / as_float(horizon)))
+    derived = {  # PIPELINE_OPTIONS
+        "move_cost": lambda: cost.move_cost(load, topology.num_ranks, horizon),
+        "slowest_rank": lambda: True,
+        "lifetime": lambda: max(1.0, as_float(lifetime) / as_float(horizon)),
+    }
+    for name in spec.option_names & derived.keys():
+        if name not in options:
+            options[name] = derived[name]()
     options = spec.make_options(options)
     peak_before, mean = step_load(previous, load)
     par_before = _par(peak_before, mean)

@@ -54,6 +54,26 @@ def test_move_cost_is_transfer_time_over_the_time_one_par_costs():
     assert cost.move_cost(load, 2, 2) == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize(
+    "given", [{}, {"move_cost": 0.5, "slowest_rank": False, "lifetime": 7.0}], ids=["unset", "set"]
+)
+def test_decide_sets_the_pipeline_options_a_caller_leaves_out(monkeypatch, given):
+    """What ``eplb-rt policies --options`` says the pipeline sets: :data:`PIPELINE_OPTIONS`,
+    each from the cost model and the clock, unless the caller gives it."""
+    seen = []
+    real = planning.algorithms.plan
+    monkeypatch.setattr(
+        planning.algorithms, "plan", lambda *a, **k: seen.append(a[4]) or real(*a, **k)
+    )
+    load = np.tile([[[9.0, 1, 1, 1]]], (6, 1, 1))  # 6 rows, one layer, expert 0 hot
+    topo, cost = Topology(2, 3), planning.CostModel(expert_bytes=1, bandwidth=1e9)
+    previous = Placement(np.array([[0, 1, 2, 3, 1, 2]]), 4, 2)  # rank 0 holds 10 of 12
+    planning.decide(load, previous, topo, "equilibrium", dict(given), cost=cost, horizon=2)
+    derived = {"move_cost": cost.move_cost(load, 2, 2), "slowest_rank": True, "lifetime": 3.0}
+    got = {name: getattr(seen[0], name) for name in planning.PIPELINE_OPTIONS}
+    assert got == {**derived, **given}
+
+
 def test_idle_layers_do_not_make_a_move_dearer():
     # One hot layer whose move pays (experts 0 and 1 both on rank 0), alone or beside layers
     # that get no tokens: an idle layer buys nothing, and the price of a move stays that of

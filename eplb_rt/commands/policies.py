@@ -3,7 +3,8 @@
     eplb-rt policies [--options] [--warm-up [--portable]]
 
 ``--options`` adds each policy's options with their defaults and what they take (pass them to
-``eplb-rt plan``).
+``eplb-rt plan``), and for those the planning pipeline sets (the runtime, ``plan --previous``,
+``simulate``) where none is given, what it sets them to.
 ``--warm-up`` compiles every policy's numba kernels for this CPU and prints the time each took.
 The kernels are cached in the package (``eplb_rt/_kernels``, see
 :mod:`eplb_rt.algorithms.kernel_cache`), so every later process loads them instead of compiling
@@ -25,6 +26,7 @@ import time
 from eplb_rt.algorithms import get_policy, kernel_cache, policy_names, warm_up
 from eplb_rt.algorithms.registry import describe
 from eplb_rt.commands._args import add_command
+from eplb_rt.planning import PIPELINE_OPTIONS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
             for field in dataclasses.fields(spec.options):
                 what = f"  ({describe(field)})" if field.metadata else ""
                 print(f"{'':<{width}}    {field.name} = {field.default!r}{what}")
+                if field.name in PIPELINE_OPTIONS:
+                    print(f"{'':<{width}}      planning pipeline: {PIPELINE_OPTIONS[field.name]}")
     if args.warm_up:
         warm_up_all()
     if args.portable:

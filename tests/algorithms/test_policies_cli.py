@@ -9,6 +9,7 @@ import pytest
 
 from eplb_rt import cli
 from eplb_rt.algorithms import policy_names
+from eplb_rt.planning import PIPELINE_OPTIONS
 
 
 def run(capsys, *argv) -> tuple[int, str]:
@@ -32,6 +33,12 @@ def test_policies_options(capsys):
     assert "z = 0.6744897501960817  (a finite number >= 0)" in out
     assert "max_moved_fraction = 1.0  (a finite number in [0, 1])" in out
     assert "width = 8  (an integer >= 0)" in out
+    # Under each option the planning pipeline sets, what it sets it to (equilibrium has all).
+    lines = out.splitlines()
+    for name, what in PIPELINE_OPTIONS.items():
+        at = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{name} = "))
+        assert lines[at + 1].strip() == f"planning pipeline: {what}"
+    assert sum("planning pipeline:" in line for line in lines) == len(PIPELINE_OPTIONS)
 
 
 @pytest.mark.parametrize("shares", [False, True])
