@@ -317,7 +317,7 @@ def _walk_against_exact(prev, new, topo, budget, time_limit=30.0):
     exact, _ = bounds.exact_min_max(
         new, topo, previous=prev, max_moves=budget, time_limit=time_limit
     )
-    row, _ = greedy_moves(prev, new / new.sum(), D, budget, 0.0, 1e-3 / D, _TAU_SHARE)
+    row, _ = greedy_moves(prev, new / new.sum(), D, budget, 0.0, 1e-3 / D, _TAU_SHARE, False, 1.0)
     walk = metrics.max_rank_load(Placement(row[None], new.size, D), new[None])[0]
     return walk, exact
 

@@ -18,6 +18,7 @@ from numba import njit
 from eplb_rt.algorithms.local_search import (
     _FAR,
     _moved_slots,
+    _priced_out,
     _ranks_of,
     _rewrite,
     _rewrite_slots,
@@ -28,6 +29,7 @@ from eplb_rt.algorithms.local_search import (
     _take_rewrite,
 )
 from eplb_rt.algorithms.packing import counts_from_row, holds_from_row
+from eplb_rt.algorithms.prices import judged_cost, move_price
 
 _TOL = 1e-9
 """Margin of the bounds that refute a move, relative to the rows' summed mean rank load: far
@@ -340,7 +342,9 @@ def _scan_rank(a, st, best, ids):
 
 
 @njit(cache=True, nogil=True)
-def greedy_moves_rows(prev_row, V, judge, num_ranks, budget, move_cost, tau_min, tau_share):
+def greedy_moves_rows(
+    prev_row, V, judge, num_ranks, budget, move_cost, tau_min, tau_share, slowest_rank, lifetime
+):
     """:func:`~eplb_rt.algorithms.local_search.greedy_moves` with moves ranked on several rows.
 
     ``V [K, E] float64``: the rows (e.g. the episodes the fresh plan is scored on, and the load
@@ -350,8 +354,9 @@ def greedy_moves_rows(prev_row, V, judge, num_ranks, budget, move_cost, tau_min,
     moves, among the moves of the judged row's peak rank and of the rank with the most weight
     over the rows (the smooth peaks' gradients summed); the walk stops once the best drop per
     slot is below a quarter of ``move_cost`` times the rows' summed mean rank load. Its prefix
-    with the least ``PAR + move_cost * moved slots``, PAR on the judged row, is returned. With
-    one row it takes ``greedy_moves``' steps. Returns ``(row [P] int64, moved slots)``.
+    that costs least as ``greedy_moves`` prices them (``slowest_rank``, ``lifetime``), PAR on
+    the judged row, is returned. With one row it takes ``greedy_moves``' steps. Returns ``(row
+    [P] int64, moved slots)``.
 
     Most moves are refuted on bounds of their drop before they are scored (:func:`_scan_rank`);
     the moves taken are those of scoring every move on every row
@@ -376,9 +381,11 @@ def greedy_moves_rows(prev_row, V, judge, num_ranks, budget, move_cost, tau_min,
         for k in range(K):
             loads[k, p // S] += V[k, row[p]] / counts[row[p]]
     best_row = row.copy()
-    best_cost = loads[judge].max() / means[judge]
+    in_force = loads[judge].max() / means[judge]
+    best_cost = in_force
     best_moves = 0
     moves = 0
+    price = 0.0
     terms = (
         np.empty(K), np.empty(K), np.empty((K, D)), np.empty(K), np.empty(K), np.empty((K, D)),
         np.empty((K, 3), dtype=np.int64),
@@ -459,8 +466,7 @@ def greedy_moves_rows(prev_row, V, judge, num_ranks, budget, move_cost, tau_min,
         best_p, best_q, best_y = ids[0], ids[1], ids[2]
         if best_q < 0 or best_gain < 0.25 * move_cost * mean:
             break
-        # PAR is at least 1: a prefix with more moved slots than this cannot pay.
-        if 1.0 + move_cost * moves >= best_cost:
+        if _priced_out(price, in_force, best_cost, lifetime):
             break
         if best_p >= 0:
             x, y, a, b = row[best_p], row[best_q], best_p // S, best_q // S
@@ -477,7 +483,8 @@ def greedy_moves_rows(prev_row, V, judge, num_ranks, budget, move_cost, tau_min,
                 _rewrite(loads[k], loads[k].copy(), holds, V[k], counts, b, x, y)
             _take_rewrite(row, holds, counts, best_q, y)
         moves = _moved_slots(row, prev_row)
-        cost = loads[judge].max() / means[judge] + move_cost * moves
+        price = move_price(row, prev_row, moves, D, move_cost * D, slowest_rank)
+        cost = judged_cost(loads[judge].max() / means[judge], price, in_force, lifetime)
         if cost < best_cost - 1e-12:
             best_cost = cost
             best_row[:] = row

@@ -50,9 +50,12 @@ Per layer (the search kernels are numba, no GIL):
    takes, as its gate prices it: ``move_cost`` times the most experts one rank receives. Where a
    placement is expected to serve ``lifetime`` plans, a candidate whose moves pay before the
    next plan is judged by ``PAR + price / lifetime`` (where the episodes show the load held over
-   the window, for as long as it holds: the least PAR that pays). With two episodes or more, a
-   changed layer must also pay out of sample, re-planned on half of them and judged on the other
-   half (:func:`paid_out_of_sample`).
+   the window, for as long as it holds: the least PAR that pays). The move walk keeps, of its
+   prefixes, the one this judge would take, and stops where no later one could be taken (kept
+   by their price per slot, a prefix could send three experts to one rank, dearer by the
+   slowest rank than the PAR it bought, where its first moves paid). With two episodes or more,
+   a changed layer must also pay out of sample, re-planned on half of them and judged on the
+   other half (:func:`paid_out_of_sample`).
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ from eplb_rt.algorithms.keeping import cheaper
 from eplb_rt.algorithms.local_search import _moved_slots, balance_swaps, greedy_moves, swap_search
 from eplb_rt.algorithms.metrics import row_par, row_rank_loads
 from eplb_rt.algorithms.packing import counts_from_row, lpt_place
-from eplb_rt.algorithms.prices import move_price
+from eplb_rt.algorithms.prices import judged_cost, move_price
 from eplb_rt.algorithms.registry import Layer, Layers, Options, option, register
 from eplb_rt.algorithms.replicas import LPT, allot_replicas, count_search
 from eplb_rt.algorithms.shares import balanced_slot_shares, min_max_rank_load, open_bottleneck
@@ -656,8 +659,10 @@ def _fresh_plans(  # noqa: PLR0917
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _repaired_row(prev, now, V, num_ranks, budget, slot_cost):  # noqa: PLR0917
-    """The previous slots improved move by move, each slot worth ``slot_cost`` (PAR).
+def _repaired_row(prev, now, V, num_ranks, budget, move_cost, slowest_rank, lifetime):  # noqa: PLR0917
+    """The previous slots improved move by move, moves ranked by their gain per slot at
+    ``move_cost / D`` a slot; of the walk's prefixes, the one :func:`_cheapest` would take
+    (``move_cost``, ``slowest_rank``, ``lifetime``).
 
     ``now [E]``: the load the candidates are judged on; ``V [K, E]``: the rows the fresh plan
     is scored on (none for one episode: the walk ranks its moves on ``now`` alone)."""
@@ -665,8 +670,12 @@ def _repaired_row(prev, now, V, num_ranks, budget, slot_cost):  # noqa: PLR0917
     total = pairwise_sum(now)
     if total <= 0 or budget <= 0:
         return prev
+    slot_cost = move_cost / D
     if V.shape[0] == 0:
-        return greedy_moves(prev, now, D, budget, slot_cost, _TAU_MIN * total / D, _TAU_SHARE)[0]
+        tau_one = _TAU_MIN * total / D
+        return greedy_moves(
+            prev, now, D, budget, slot_cost, tau_one, _TAU_SHARE, slowest_rank, lifetime
+        )[0]
     # On a short window the summed load is mostly sampling noise: a walk on it alone fits the
     # noise. Its moves are ranked on the scored rows too, the load it is judged on weighing as
     # much as all of them together, so a move must pay on the episodes as well as on the sum.
@@ -682,7 +691,9 @@ def _repaired_row(prev, now, V, num_ranks, budget, slot_cost):  # noqa: PLR0917
     for k in range(rows.shape[0]):
         tau_min[k] = _TAU_MIN * pairwise_sum(rows[k]) / D
     judge = rows.shape[0] - 1
-    return greedy_moves_rows(prev, rows, judge, D, budget, slot_cost, tau_min, _TAU_SHARE)[0]
+    return greedy_moves_rows(
+        prev, rows, judge, D, budget, slot_cost, tau_min, _TAU_SHARE, slowest_rank, lifetime
+    )[0]
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -702,17 +713,17 @@ def _settle(row, prev, now, V, distinct, num_ranks, budget, move_cost, slowest_r
     by noise (per-step counts, requests), the rows hold that noise, and judged on them every
     re-plan would look worth its moves."""
     D = num_ranks
-    candidates = np.empty((3, prev.shape[0]), dtype=np.int64)
-    candidates[0] = prev
-    candidates[1] = _repaired_row(prev, now, V, D, budget, move_cost / D)
-    candidates[2] = row[align_order(row, prev, D, now.shape[0])]
-    judged = now.reshape((1, now.shape[0]))
-    if distinct and V.shape[0] > 0:
-        judged = np.vstack((V, judged))
     if lifetime > 1.0 and V.shape[0] > 0 and not distinct:
         # Episodes that differ partly by sampling noise show a load that held over the
         # window: a placement lasts as long as it holds (see _cheapest).
         lifetime = np.inf
+    candidates = np.empty((3, prev.shape[0]), dtype=np.int64)
+    candidates[0] = prev
+    candidates[1] = _repaired_row(prev, now, V, D, budget, move_cost, slowest_rank, lifetime)
+    candidates[2] = row[align_order(row, prev, D, now.shape[0])]
+    judged = now.reshape((1, now.shape[0]))
+    if distinct and V.shape[0] > 0:
+        judged = np.vstack((V, judged))
     pars = np.empty(3)
     for i in range(3):
         pars[i] = row_par(candidates[i], judged, D)
@@ -739,13 +750,11 @@ def _cheapest(candidates, pars, prev, move_cost, num_ranks, budget, slowest_rank
     before the next plan, so on a load that holds the patch's higher PAR would stay as long as
     the load does (:func:`_settle` takes that life where the episodes show the load held over
     the window)."""
-    best, best_cost = 0, np.inf
-    for i in range(candidates.shape[0]):
+    best, best_cost = 0, pars[0]
+    for i in range(1, candidates.shape[0]):
         moves = _moved_slots(candidates[i], prev)
         price = move_price(candidates[i], prev, moves, num_ranks, move_cost, slowest_rank)
-        if i > 0 and pars[i] + price >= pars[0] - 1e-12:
-            continue  # does not pay before the next plan
-        cost = pars[i] + price / lifetime
+        cost = judged_cost(pars[i], price, pars[0], lifetime)
         if moves <= budget and cost < best_cost - 1e-12:
             best, best_cost = i, cost
     return best

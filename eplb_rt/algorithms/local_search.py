@@ -11,6 +11,7 @@ import numpy as np
 from numba import njit
 
 from eplb_rt.algorithms.packing import counts_from_row, holds_from_row, stable_order
+from eplb_rt.algorithms.prices import judged_cost, move_price
 from eplb_rt.algorithms.sums import pairwise_sum
 
 
@@ -741,8 +742,19 @@ def _rewrite_slots(prev_row, q, x, y):
     return int(y != prev_row[q]) - int(x != prev_row[q])
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _priced_out(price, in_force, best_cost, lifetime):
+    """Whether no later prefix of a move walk can be taken: PAR is at least 1, and a walk's
+    moves only add to its price but where a slot is put back, so from a prefix whose moves cost
+    ``price`` none pays before the next plan against the PAR ``in_force`` or costs less than
+    ``best_cost`` (:func:`~eplb_rt.algorithms.prices.judged_cost`)."""
+    return 1.0 + price >= in_force or 1.0 + price / lifetime >= best_cost
+
+
 @njit(cache=True, nogil=True)
-def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau_min, tau_share):
+def greedy_moves(
+    prev_row, w, num_ranks, budget, move_cost, tau_min, tau_share, slowest_rank, lifetime
+):
     """Improve ``prev_row`` move by move, best marginal gain per moved slot first.
 
     A move rewrites one slot to another expert or swaps two slots between ranks; it costs the
@@ -752,8 +764,12 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau_min, tau_share):
     costs none, so a free move of equal drop comes first), within ``budget`` slots, until the
     best drop per slot is below a quarter of ``move_cost`` (PAR): at the budget the walk goes on
     with free moves, re-using slots it moved early for what later moves showed they are best
-    for. It returns the walk's prefix with the least ``PAR + move_cost * moved slots`` (a dip
-    before a large gain is walked through). ``w [E]``: the load the moves are judged on.
+    for. It returns the walk's prefix that costs least as a re-plan's judge prices it
+    (:func:`~eplb_rt.algorithms.prices.judged_cost` of its PAR and of its moves' price at
+    ``move_cost * D`` a slot moved on every rank, with ``slowest_rank`` by the experts the
+    slowest rank receives, over ``lifetime`` plans; with neither, the least ``PAR + move_cost *
+    moved slots``): a dip before a large gain is walked through. ``w [E]``: the load the moves
+    are judged on.
 
     The smooth peak's temperature is ``max(tau_min, tau_share * (peak - mean))``: far from
     balance, lowering the group of ranks near the peak is progress even where the single
@@ -783,9 +799,11 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau_min, tau_share):
     for p in range(P):
         loads[p // S] += w[row[p]] / counts[row[p]]
     best_row = row.copy()
-    best_cost = loads.max() / mean
+    in_force = loads.max() / mean
+    best_cost = in_force
     best_moves = 0
     moves = 0
+    price = 0.0
     trial = np.empty(D)
     rank_of = np.arange(P) // S  # a table, not a division per candidate (as in the rows' walk)
     slot_load = np.empty(P)
@@ -921,6 +939,8 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau_min, tau_share):
                     _refute_above(cut, Z, best_gain, tau)
         if best_q < 0 or best_gain < 0.25 * move_cost * mean:
             break
+        if _priced_out(price, in_force, best_cost, lifetime):
+            break
         if best_p >= 0:
             d = w[row[best_p]] / counts[row[best_p]] - w[row[best_q]] / counts[row[best_q]]
             loads[a] -= d
@@ -934,7 +954,8 @@ def greedy_moves(prev_row, w, num_ranks, budget, move_cost, tau_min, tau_share):
             _take_rewrite(row, holds, counts, best_q, y)
         # Slots that differ from the previous row (a later move may put one back).
         moves = _moved_slots(row, prev_row)
-        cost = loads.max() / mean + move_cost * moves
+        price = move_price(row, prev_row, moves, D, move_cost * D, slowest_rank)
+        cost = judged_cost(loads.max() / mean, price, in_force, lifetime)
         if cost < best_cost - 1e-12:
             best_cost = cost
             best_row[:] = row

@@ -61,3 +61,15 @@ def move_prices(
         rows, previous = (np.ascontiguousarray(a, dtype=np.int64) for a in (rows, previous))
         return move_cost * most_received_layers(rows, previous, num_ranks).astype(np.float64)
     return move_cost * (rows != previous).sum(axis=1) / num_ranks
+
+
+@njit(cache=True, nogil=True, inline="always")
+def judged_cost(par, price, par_in_force, lifetime):
+    """What a re-plan's candidate of PAR ``par``, whose moves cost ``price`` (PAR), costs
+    against the placement in force (PAR ``par_in_force``) over ``lifetime`` plans: ``par +
+    price / lifetime`` where its moves pay before the next plan (``par + price`` below
+    ``par_in_force``), else ``inf``. Of the candidates of a plan, of the prefixes of its move
+    walks and of two plans of a layer, the one that costs least is taken."""
+    if par + price >= par_in_force - 1e-12:
+        return np.inf
+    return par + price / lifetime

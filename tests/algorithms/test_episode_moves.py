@@ -13,6 +13,7 @@ from eplb_rt.algorithms import plan
 from eplb_rt.algorithms.episode_moves import _row_terms, _swap_gain, greedy_moves_rows
 from eplb_rt.algorithms.local_search import greedy_moves
 from eplb_rt.placement import Placement, Topology
+from tests import walk_judge
 
 
 def _par(row: np.ndarray, w: np.ndarray, num_ranks: int) -> float:
@@ -91,12 +92,17 @@ def _rewritten(loads, V, counts, on, *, b, x, y):
     return out
 
 
-def _reference_rows_walk(prev, V, judge, D, budget, *, move_cost, tau_min, tau_share):
+def _reference_rows_walk(
+    prev, V, judge, D, budget, *, move_cost, tau_min, tau_share, slowest_rank, lifetime
+):
     """``greedy_moves_rows`` with every move scored in full on every row, in plain Python with
     the kernel's arithmetic (so that ties and rounding fall the same way): each step, over the
     judged row's peak rank and the rank with the most weight (ranks ascending), the swap, then
     the rewrite, with the largest drop of the summed smooth peaks per newly moved slot (judged
-    row first, then the others in order; a free move counts half a slot; ties to the first)."""
+    row first, then the others in order; a free move counts half a slot; ties to the first).
+    The prefix taken: the least ``PAR + price / lifetime`` of those whose ``PAR + price`` is
+    below the PAR in force (:mod:`tests.walk_judge`); the walk stops where no later
+    prefix can be."""
     K, E = V.shape
     P, S = prev.size, prev.size // D
     prev = prev.tolist()
@@ -114,7 +120,8 @@ def _reference_rows_walk(prev, V, judge, D, budget, *, move_cost, tau_min, tau_s
     for p in range(P):
         for k in range(K):
             loads[k, p // S] += V[k, row[p]] / counts[row[p]]
-    best_row, best_cost, best_moves = row.copy(), loads[judge].max() / means[judge], 0
+    in_force = loads[judge].max() / means[judge]
+    best_row, best_cost, best_moves, price = row.copy(), in_force, 0, 0.0
     order = [judge] + [k for k in range(K) if k != judge]
     for _ in range(8 * P):
         moves = int((row != np.array(prev)).sum())
@@ -159,7 +166,9 @@ def _reference_rows_walk(prev, V, judge, D, budget, *, move_cost, tau_min, tau_s
                     if drop / max(extra, 0.5) > best[0]:
                         best = (drop / max(extra, 0.5), ("rewrite", q, y))
         gain, move = best
-        if move is None or gain < 0.25 * move_cost * mean or 1.0 + move_cost * moves >= best_cost:
+        if move is None or gain < 0.25 * move_cost * mean:
+            break
+        if walk_judge.priced_out(price, in_force, best_cost, lifetime):
             break
         if move[0] == "swap":
             _, p, q = move
@@ -177,7 +186,8 @@ def _reference_rows_walk(prev, V, judge, D, budget, *, move_cost, tau_min, tau_s
             counts[x] -= 1
             counts[y] += 1
         moves = int((row != np.array(prev)).sum())
-        cost = loads[judge].max() / means[judge] + move_cost * moves
+        price = walk_judge.price(row, prev, D, move_cost, slowest_rank)
+        cost = walk_judge.cost(loads[judge].max() / means[judge], price, in_force, lifetime)
         if cost < best_cost - 1e-12:
             best_cost, best_row, best_moves = cost, row.copy(), moves
     return best_row, best_moves
@@ -192,11 +202,14 @@ def test_walk_takes_the_moves_of_scoring_every_move_on_every_row(seed):
     judge = seed % V.shape[0]
     tau_min = float(np.random.default_rng(seed).choice([1e-3, 1e-2])) * V.sum(axis=1) / D
     tau_share = 0.1 if seed % 3 else 1.0
+    price = {"slowest_rank": seed % 2 == 1, "lifetime": (1.0, 3.0, math.inf)[seed % 3]}
     # The kernel's own code run as Python (``py_func``): compiled, numba may round an exp or a
     # sum differently from Python, and a tie then falls the other way.
-    row, moved = greedy_moves_rows.py_func(prev, V, judge, D, budget, cost, tau_min, tau_share)
+    row, moved = greedy_moves_rows.py_func(
+        prev, V, judge, D, budget, cost, tau_min, tau_share, *price.values()
+    )
     ref_row, ref_moved = _reference_rows_walk(
-        prev, V, judge, D, budget, move_cost=cost, tau_min=tau_min, tau_share=tau_share
+        prev, V, judge, D, budget, move_cost=cost, tau_min=tau_min, tau_share=tau_share, **price
     )
     assert row.tolist() == ref_row.tolist() and moved == ref_moved
 
@@ -205,8 +218,9 @@ def test_walk_takes_the_moves_of_scoring_every_move_on_every_row(seed):
 def test_one_row_walks_as_greedy_moves(seed):
     prev, V, D, budget, cost = _case(seed, 1)
     share = 0.1 if seed % 2 else 0.5
-    want = greedy_moves(prev, V[0], D, budget, cost, 1e-3 * V.sum() / D, share)
-    got = greedy_moves_rows(prev, V, 0, D, budget, cost, 1e-3 * V.sum(axis=1) / D, share)
+    price = (seed % 4 >= 2, (1.0, 3.0, math.inf)[seed % 3])  # slowest_rank, lifetime
+    want = greedy_moves(prev, V[0], D, budget, cost, 1e-3 * V.sum() / D, share, *price)
+    got = greedy_moves_rows(prev, V, 0, D, budget, cost, 1e-3 * V.sum(axis=1) / D, share, *price)
     assert got[1] == want[1]
     assert got[0].tolist() == want[0].tolist()
 
@@ -215,7 +229,8 @@ def test_one_row_walks_as_greedy_moves(seed):
 def test_valid_within_budget_and_never_costlier_on_the_judged_row(seed):
     prev, V, D, budget, cost = _case(1000 + seed, 1 + seed % 5)
     judge = seed % V.shape[0]
-    row, moved = greedy_moves_rows(prev, V, judge, D, budget, cost, 1e-3 * V.sum(axis=1) / D, 0.1)
+    tau_min = 1e-3 * V.sum(axis=1) / D
+    row, moved = greedy_moves_rows(prev, V, judge, D, budget, cost, tau_min, 0.1, False, 1.0)
     Placement(row[None], V.shape[1], D)
     assert moved == int((row != prev).sum()) <= budget
     assert _par(row, V[judge], D) + cost * moved <= _par(prev, V[judge], D) + 1e-12
@@ -229,10 +244,10 @@ def test_a_move_that_pays_only_on_the_sum_is_not_taken():
     episodes = np.array([[6.0, 0.5, 0.0, 1.0], [0.0, 2.0, 5.0, 0.5]])
     summed = episodes.sum(axis=0)
     tau = 1e-3 * np.ones(3)
-    row, moved = greedy_moves_rows(prev, summed[None], 0, 2, 4, 0.0, tau[:1], 0.1)
+    row, moved = greedy_moves_rows(prev, summed[None], 0, 2, 4, 0.0, tau[:1], 0.1, False, 1.0)
     assert moved == 2 and _par(row, summed, 2) == 1.0
     rows = np.vstack([episodes, summed])
-    row, moved = greedy_moves_rows(prev, rows, 2, 2, 4, 0.0, tau, 0.1)
+    row, moved = greedy_moves_rows(prev, rows, 2, 2, 4, 0.0, tau, 0.1, False, 1.0)
     assert moved == 0 and row.tolist() == prev.tolist()
 
 

@@ -244,7 +244,7 @@ def test_a_long_lived_plan_that_fails_out_of_sample_falls_back_to_one_plans_life
     np.testing.assert_array_equal(endless.phy2log[1], one.phy2log[1])
 
 
-@pytest.mark.parametrize("seed", [0, 6, 9])
+@pytest.mark.parametrize("seed", [0, 6, 24])
 def test_a_layer_the_gate_refuses_is_planned_again_over_one_plans_life(monkeypatch, seed):
     """The policy judges on the summed load, the gate on per-step peaks, which noise lifts
     more where ranks are balanced: at 32x5 from the starting layout (seeds found by search),

@@ -11,6 +11,7 @@ import pytest
 from eplb_rt.algorithms import bounds, metrics, plan
 from eplb_rt.algorithms.local_search import greedy_moves
 from eplb_rt.placement import Placement, Topology
+from tests import walk_judge
 
 
 def _rank_loads(row: np.ndarray, w: np.ndarray, num_ranks: int) -> np.ndarray:
@@ -28,7 +29,7 @@ def test_one_rewrite_splits_the_hot_expert():
     # replica of expert 0 (it keeps one on r0) to expert 1 gives r0 = 1 + 5, r1 = 1 + 5: PAR 1.
     prev = np.array([0, 1, 2, 0])
     w = np.array([1.0, 10.0, 1.0])
-    row, moved = greedy_moves(prev, w, 2, 4, 0.0, 1e-3, 0.5)
+    row, moved = greedy_moves(prev, w, 2, 4, 0.0, 1e-3, 0.5, False, 1.0)
     assert (row.tolist(), moved) == ([0, 1, 2, 1], 1)
     assert _par(row, w, 2) == pytest.approx(1.0)
 
@@ -37,24 +38,44 @@ def test_a_swap_when_no_rewrite_is_possible():
     # P = E: no expert has a second replica, so only swaps move load. [8, 8 | 1, 1] -> 9 | 9.
     prev = np.array([0, 1, 2, 3])
     w = np.array([8.0, 8.0, 1.0, 1.0])
-    row, moved = greedy_moves(prev, w, 2, 4, 0.0, 1e-3, 0.5)
+    row, moved = greedy_moves(prev, w, 2, 4, 0.0, 1e-3, 0.5, False, 1.0)
     assert moved == 2
     assert _par(row, w, 2) == pytest.approx(1.0)
-    assert greedy_moves(prev, w, 2, 1, 0.0, 1e-3, 0.5)[1] == 0  # a swap needs a budget of two
+    # a swap needs a budget of two
+    assert greedy_moves(prev, w, 2, 1, 0.0, 1e-3, 0.5, False, 1.0)[1] == 0
 
 
 def test_moves_that_do_not_pay_are_not_taken():
     prev = np.array([0, 1, 2, 0])
     w = np.array([1.0, 10.0, 1.0])
     # The rewrite lowers PAR by 10.5 / 6 - 1 = 0.75: a cost above that keeps the slots.
-    row, moved = greedy_moves(prev, w, 2, 4, 0.8, 1e-3, 0.5)
+    row, moved = greedy_moves(prev, w, 2, 4, 0.8, 1e-3, 0.5, False, 1.0)
     assert (row.tolist(), moved) == (prev.tolist(), 0)
-    assert greedy_moves(prev, w, 2, 4, 0.7, 1e-3, 0.5)[1] == 1
-    assert greedy_moves(prev, np.zeros(3), 2, 4, 0.0, 1e-3, 0.5)[1] == 0
+    assert greedy_moves(prev, w, 2, 4, 0.7, 1e-3, 0.5, False, 1.0)[1] == 1
+    assert greedy_moves(prev, np.zeros(3), 2, 4, 0.0, 1e-3, 0.5, False, 1.0)[1] == 0
 
 
+def test_priced_by_the_slowest_rank_the_walk_spreads_its_moves():
+    """Rank 1 holds the two hottest experts (3 and 4; PAR 1.203). Priced per slot, one rewrite
+    (rank 1's 4 becomes a second replica of 3) pays most a slot: PAR 1.107 for one slot. By the
+    slowest rank's transfers that one costs what a transfer to every rank costs (1.107 + 0.15,
+    dearer than keeping): the walk goes on to a prefix sending one expert to each rank, PAR
+    1.044 at the same price."""
+    prev = np.array([0, 2, 6, 4, 5, 1, 4, 7, 3])  # three ranks of three slots
+    w = np.array([40.0, 27, 256, 273, 209, 169, 3, 24])
+    tau = 1e-3 * w.sum() / 3
+    assert _par(prev, w, 3) == pytest.approx(1.2033, abs=1e-4)
+    per_slot, moved = greedy_moves(prev, w, 3, 9, 0.05, tau, 0.5, False, 1.0)
+    assert moved == 1 and _par(per_slot, w, 3) == pytest.approx(1.1074, abs=1e-4)
+    slowest, moved = greedy_moves(prev, w, 3, 9, 0.05, tau, 0.5, True, 1.0)
+    assert moved == 3 and _par(slowest, w, 3) == pytest.approx(1.0445, abs=1e-4)
+    for row in (per_slot, slowest):  # one expert to the slowest rank, 0.05 * 3 either way
+        assert walk_judge.price(row, prev, 3, 0.05, True) == pytest.approx(0.15)
+
+
+@pytest.mark.parametrize("slowest", [False, True], ids=["per-slot", "slowest-rank"])
 @pytest.mark.parametrize("seed", range(20))
-def test_valid_within_budget_and_never_costlier(seed):
+def test_valid_within_budget_and_never_costlier(seed, slowest):
     rng = np.random.default_rng(seed)
     D, S = int(rng.integers(2, 6)), int(rng.integers(1, 5))
     E = int(rng.integers(max(S, 1), D * S + 1))
@@ -64,10 +85,11 @@ def test_valid_within_budget_and_never_costlier(seed):
     w /= w.sum()
     budget = int(rng.integers(0, D * S + 1))
     cost = float(rng.choice([0.0, 1e-4, 1e-2]))
-    row, moved = greedy_moves(prev, w, D, budget, cost, 1e-3 / D, 0.5)
+    row, moved = greedy_moves(prev, w, D, budget, cost, 1e-3 / D, 0.5, slowest, 1.0)
     Placement(row[None], E, D)  # valid: every expert placed, no duplicate on a rank
     assert moved == int((row != prev).sum()) <= budget
-    assert _par(row, w, D) + cost * moved <= _par(prev, w, D) + 1e-12
+    price = walk_judge.price(row, prev, D, cost, slowest)
+    assert _par(row, w, D) + price <= _par(prev, w, D) + 1e-12
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -79,7 +101,7 @@ def test_never_below_the_exact_optimum_with_the_same_budget(seed):
     prev_row = prev.phy2log[0].astype(np.int64)
     for budget in (1, 2, 3):
         best, _ = bounds.exact_min_max(w, topo, previous=prev_row, max_moves=budget)
-        row, moved = greedy_moves(prev_row, w, 3, budget, 0.0, 1e-3, 0.5)
+        row, moved = greedy_moves(prev_row, w, 3, budget, 0.0, 1e-3, 0.5, False, 1.0)
         counts = np.bincount(row, minlength=5)
         peak = (w[row] / counts[row]).reshape(3, 2).sum(axis=1).max()
         assert peak >= best - 1e-6
@@ -95,12 +117,12 @@ def _smooth_peak(z: float, trial: np.ndarray, peak: float, tau: float) -> float:
     return peak + tau * math.log(max(z, 1e-300))
 
 
-def _reference_walk(prev, w, D, budget, *, move_cost, tau_min, tau_share):
+def _reference_walk(prev, w, D, budget, *, move_cost, tau_min, tau_share, slowest_rank, lifetime):
     """``greedy_moves`` with every candidate scored in full, on every rank, in plain Python
     with the kernel's arithmetic (so that ties and rounding fall the same way): each step the
     swap, then the rewrite, of the peak rank with the largest drop of the smooth peak per newly
-    moved slot (a free move counts half a slot; ties to the first); the prefix with the least
-    ``PAR + move_cost * moved`` is returned."""
+    moved slot (a free move counts half a slot; ties to the first); the prefix that costs least
+    as :mod:`tests.walk_judge` prices it is returned."""
     P, E, S = prev.size, w.size, prev.size // D
     prev = prev.tolist()
     total = w.sum()
@@ -112,7 +134,8 @@ def _reference_walk(prev, w, D, budget, *, move_cost, tau_min, tau_share):
     loads = np.zeros(D)
     for p in range(P):
         loads[p // S] += w[row[p]] / counts[row[p]]
-    best_row, best_cost, best_moves = row.copy(), loads.max() / mean, 0
+    in_force = loads.max() / mean
+    best_row, best_cost, best_moves, price = row.copy(), in_force, 0, 0.0
     for _ in range(8 * P):
         moves = int((row != np.array(prev)).sum())
         on = [set(row[r * S : (r + 1) * S].tolist()) for r in range(D)]
@@ -186,7 +209,8 @@ def _reference_walk(prev, w, D, budget, *, move_cost, tau_min, tau_share):
             counts[x] -= 1
             counts[y] += 1
         moves = int((row != np.array(prev)).sum())
-        cost = loads.max() / mean + move_cost * moves
+        price = walk_judge.price(row, prev, D, move_cost, slowest_rank)
+        cost = walk_judge.cost(loads.max() / mean, price, in_force, lifetime)
         if cost < best_cost - 1e-12:
             best_cost, best_row, best_moves = cost, row.copy(), moves
     return best_row, best_moves
@@ -213,8 +237,11 @@ def test_walk_takes_the_moves_of_scoring_every_candidate(seed):
     tau_share = float(rng.choice([0.1, 1.0]))
     # The kernel's own code run as Python (``py_func``): compiled, numba may round an exp or a
     # sum differently from Python, and a tie then falls the other way.
-    row, moved = greedy_moves.py_func(prev, w, D, budget, cost, tau_min, tau_share)
-    ref = _reference_walk(prev, w, D, budget, move_cost=cost, tau_min=tau_min, tau_share=tau_share)
+    price = {"slowest_rank": seed % 4 >= 2, "lifetime": (1.0, 3.0, math.inf)[seed % 3]}
+    row, moved = greedy_moves.py_func(prev, w, D, budget, cost, tau_min, tau_share, *price.values())
+    ref = _reference_walk(
+        prev, w, D, budget, move_cost=cost, tau_min=tau_min, tau_share=tau_share, **price
+    )
     ref_row, ref_moved = ref
     assert row.tolist() == ref_row.tolist() and moved == ref_moved
 
