@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from eplb_rt.algorithms import metrics
-from eplb_rt.algorithms.prices import move_prices
+from eplb_rt.algorithms.prices import judged_cost, move_prices
 from eplb_rt.placement import Placement, Topology, even_shares
 
 if TYPE_CHECKING:  # the registry calls the policies that call this module
@@ -49,9 +49,15 @@ def layer_costs(rows, shares, batch: Layers, which, *, num_ranks: int, options: 
         move_cost=options.move_cost,
         slowest_rank=getattr(options, "slowest_rank", False),
     )
-    pays = par + price < _pars(previous, kept, load, num_ranks) - 1e-12
+    in_force = _pars(previous, kept, load, num_ranks)
     moved = (rows != previous).any(axis=1)
-    return np.where(pays | ~moved, par + price / getattr(options, "lifetime", 1.0), np.inf)
+    life = getattr(options, "lifetime", 1.0)
+    return np.array(
+        [
+            judged_cost(p, c, f, life) if m else p
+            for p, c, f, m in zip(par, price, in_force, moved, strict=True)
+        ]
+    )
 
 
 def cheaper(batch: Layers, which, planned, other, *, topology: Topology, options: Any, price=True):
