@@ -25,6 +25,7 @@ def cost(par: float, moves_price: float, in_force: float, lifetime: float) -> fl
     return par + moves_price / lifetime if par + moves_price < in_force - 1e-12 else math.inf
 
 
-def priced_out(moves_price: float, in_force: float, best: float, lifetime: float) -> bool:
-    """No later prefix can pay or beat ``best``: PAR is at least 1."""
-    return 1.0 + moves_price >= in_force or 1.0 + moves_price / lifetime >= best
+def priced_out(slot_price: float, in_force: float, best: float, lifetime: float) -> bool:
+    """No later prefix would pay or beat ``best``: PAR is at least 1, and the slots moved so far
+    (``slot_price``, at the price per slot) price a prefix at least that much."""
+    return 1.0 + slot_price >= in_force or 1.0 + slot_price / lifetime >= best

@@ -27,9 +27,10 @@ from eplb_rt.algorithms.local_search import (
     _swap,
     _swap_slots,
     _take_rewrite,
+    _walk_price,
 )
 from eplb_rt.algorithms.packing import counts_from_row, holds_from_row
-from eplb_rt.algorithms.prices import judged_cost, move_price
+from eplb_rt.algorithms.prices import judged_cost
 
 _TOL = 1e-9
 """Margin of the bounds that refute a move, relative to the rows' summed mean rank load: far
@@ -385,7 +386,6 @@ def greedy_moves_rows(
     best_cost = in_force
     best_moves = 0
     moves = 0
-    price = 0.0
     terms = (
         np.empty(K), np.empty(K), np.empty((K, D)), np.empty(K), np.empty(K), np.empty((K, D)),
         np.empty((K, 3), dtype=np.int64),
@@ -466,7 +466,7 @@ def greedy_moves_rows(
         best_p, best_q, best_y = ids[0], ids[1], ids[2]
         if best_q < 0 or best_gain < 0.25 * move_cost * mean:
             break
-        if _priced_out(price, in_force, best_cost, lifetime):
+        if _priced_out(move_cost * moves, in_force, best_cost, lifetime):
             break
         if best_p >= 0:
             x, y, a, b = row[best_p], row[best_q], best_p // S, best_q // S
@@ -483,7 +483,7 @@ def greedy_moves_rows(
                 _rewrite(loads[k], loads[k].copy(), holds, V[k], counts, b, x, y)
             _take_rewrite(row, holds, counts, best_q, y)
         moves = _moved_slots(row, prev_row)
-        price = move_price(row, prev_row, moves, D, move_cost * D, slowest_rank)
+        price = _walk_price(row, prev_row, moves, D, move_cost, slowest_rank)
         cost = judged_cost(loads[judge].max() / means[judge], price, in_force, lifetime)
         if cost < best_cost - 1e-12:
             best_cost = cost

@@ -743,12 +743,27 @@ def _rewrite_slots(prev_row, q, x, y):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _priced_out(price, in_force, best_cost, lifetime):
-    """Whether no later prefix of a move walk can be taken: PAR is at least 1, and a walk's
-    moves only add to its price but where a slot is put back, so from a prefix whose moves cost
-    ``price`` none pays before the next plan against the PAR ``in_force`` or costs less than
-    ``best_cost`` (:func:`~eplb_rt.algorithms.prices.judged_cost`)."""
-    return 1.0 + price >= in_force or 1.0 + price / lifetime >= best_cost
+def _walk_price(row, prev_row, moves, num_ranks, move_cost, slowest_rank):
+    """A walk's prefix priced as its judge prices it: ``move_cost`` (PAR) a moved slot, as the
+    walk ranks its moves, or with ``slowest_rank``
+    :func:`~eplb_rt.algorithms.prices.move_price` at ``move_cost * D`` a slot moved on every
+    rank."""
+    if slowest_rank:
+        return move_price(row, prev_row, moves, num_ranks, move_cost * num_ranks, True)
+    return move_cost * moves
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _priced_out(slot_price, in_force, best_cost, lifetime):
+    """Whether no later prefix of a move walk would be taken: PAR is at least 1, and the slots a
+    prefix has moved (``slot_price``: ``move_cost`` each) price it at least that much either
+    way (by the slowest rank a transfer to every rank costs ``D`` slots), so once they cost
+    this much no later prefix pays before the next plan against the PAR ``in_force`` or costs
+    less than ``best_cost`` (:func:`~eplb_rt.algorithms.prices.judged_cost`). Moved slots fall
+    only where a later move puts one back; by the slowest rank's price the walk may also
+    spread its transfers later, lowering the price at as many slots, so that price is no bound
+    (a walk stopped on it missed prefixes that paid)."""
+    return 1.0 + slot_price >= in_force or 1.0 + slot_price / lifetime >= best_cost
 
 
 @njit(cache=True, nogil=True)
@@ -803,7 +818,6 @@ def greedy_moves(
     best_cost = in_force
     best_moves = 0
     moves = 0
-    price = 0.0
     trial = np.empty(D)
     rank_of = np.arange(P) // S  # a table, not a division per candidate (as in the rows' walk)
     slot_load = np.empty(P)
@@ -939,7 +953,7 @@ def greedy_moves(
                     _refute_above(cut, Z, best_gain, tau)
         if best_q < 0 or best_gain < 0.25 * move_cost * mean:
             break
-        if _priced_out(price, in_force, best_cost, lifetime):
+        if _priced_out(move_cost * moves, in_force, best_cost, lifetime):
             break
         if best_p >= 0:
             d = w[row[best_p]] / counts[row[best_p]] - w[row[best_q]] / counts[row[best_q]]
@@ -954,7 +968,7 @@ def greedy_moves(
             _take_rewrite(row, holds, counts, best_q, y)
         # Slots that differ from the previous row (a later move may put one back).
         moves = _moved_slots(row, prev_row)
-        price = move_price(row, prev_row, moves, D, move_cost * D, slowest_rank)
+        price = _walk_price(row, prev_row, moves, D, move_cost, slowest_rank)
         cost = judged_cost(loads.max() / mean, price, in_force, lifetime)
         if cost < best_cost - 1e-12:
             best_cost = cost

@@ -121,7 +121,7 @@ def _reference_rows_walk(
         for k in range(K):
             loads[k, p // S] += V[k, row[p]] / counts[row[p]]
     in_force = loads[judge].max() / means[judge]
-    best_row, best_cost, best_moves, price = row.copy(), in_force, 0, 0.0
+    best_row, best_cost, best_moves = row.copy(), in_force, 0
     order = [judge] + [k for k in range(K) if k != judge]
     for _ in range(8 * P):
         moves = int((row != np.array(prev)).sum())
@@ -168,7 +168,7 @@ def _reference_rows_walk(
         gain, move = best
         if move is None or gain < 0.25 * move_cost * mean:
             break
-        if walk_judge.priced_out(price, in_force, best_cost, lifetime):
+        if walk_judge.priced_out(move_cost * moves, in_force, best_cost, lifetime):
             break
         if move[0] == "swap":
             _, p, q = move

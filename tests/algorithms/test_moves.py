@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from eplb_rt.algorithms import bounds, metrics, plan
+from eplb_rt.algorithms import bounds, local_search, metrics, plan
 from eplb_rt.algorithms.local_search import greedy_moves
 from eplb_rt.placement import Placement, Topology
 from tests import walk_judge
@@ -73,6 +73,44 @@ def test_priced_by_the_slowest_rank_the_walk_spreads_its_moves():
         assert walk_judge.price(row, prev, 3, 0.05, True) == pytest.approx(0.15)
 
 
+def _stop_case(seed: int):
+    """A random walk's arguments, by the slowest rank over an endless life: ``(prev, w, D,
+    budget, slot_cost, tau_min)``."""
+    rng = np.random.default_rng(seed)
+    D, S = int(rng.integers(6, 12)), int(rng.integers(2, 5))
+    E = int(rng.integers(D * S // 2, D * S))
+    prev = plan("deepseek", rng.pareto(1.2, size=(1, E)) * 100, Topology(D, S)).phy2log[0]
+    w = rng.pareto(1.2, size=E) * 100
+    budget = int(rng.integers(1, D * S + 1))
+    return prev.astype(np.int64), w, D, budget, 0.1, 1e-3 * w.sum() / D
+
+
+def test_the_walk_stops_only_where_no_later_prefix_is_taken(monkeypatch):
+    """By the slowest rank a prefix's price can fall while its moved slots do not. On 8 ranks x
+    4 slots the walk reached 4 moved slots with 2 experts to one rank (price 1.6 at 0.1 a slot:
+    1 + 1.6 above the PAR in force, 1.945), and its next move spread them, one to a rank, PAR
+    1.082 at 0.8. Stopped on that price, the walk kept the slots in force; stopped on the moved
+    slots' price per slot, it takes the prefix that pays. On random cases the stop never changes
+    what the walk takes."""
+    prev = np.array([25, 15, 11, 17, 16, 23, 9, 24, 16, 26, 20, 8, 10, 4, 19, 6, 10, 12, 1, 22,
+                     0, 5, 18, 2, 7, 27, 21, 14, 7, 27, 13, 3])  # fmt: skip
+    w = np.array([1.5, 381.55, 84.94, 84.18, 17.87, 178.84, 209.48, 111.97, 166.16, 51.96,
+                  321.24, 53.21, 54.14, 83.77, 833.37, 7.34, 227.86, 23.05, 189.67, 175.05,
+                  16.45, 24.84, 138.29, 35.65, 165.07, 34.16, 91.98, 2.75])  # fmt: skip
+    row, moved = greedy_moves(prev, w, 8, 14, 0.1, 1e-2 * w.sum() / 8, 0.5, True, math.inf)
+    price = walk_judge.price(row, prev, 8, 0.1, True)
+    assert _par(prev, w, 8) == pytest.approx(1.9447, abs=1e-4)
+    assert moved == 4 and price == pytest.approx(0.8)
+    assert _par(row, w, 8) == pytest.approx(1.0822, abs=1e-4)
+    for seed in range(12):
+        args = (*_stop_case(100 + seed), 0.5, seed % 2 == 1, (1.0, 3.0, math.inf)[seed % 3])
+        with monkeypatch.context() as patch:
+            patch.setattr(local_search, "_priced_out", lambda *_: False)
+            unstopped = greedy_moves.py_func(*args)
+        stopped = greedy_moves.py_func(*args)
+        assert stopped[0].tolist() == unstopped[0].tolist() and stopped[1] == unstopped[1]
+
+
 @pytest.mark.parametrize("slowest", [False, True], ids=["per-slot", "slowest-rank"])
 @pytest.mark.parametrize("seed", range(20))
 def test_valid_within_budget_and_never_costlier(seed, slowest):
@@ -121,8 +159,8 @@ def _reference_walk(prev, w, D, budget, *, move_cost, tau_min, tau_share, slowes
     """``greedy_moves`` with every candidate scored in full, on every rank, in plain Python
     with the kernel's arithmetic (so that ties and rounding fall the same way): each step the
     swap, then the rewrite, of the peak rank with the largest drop of the smooth peak per newly
-    moved slot (a free move counts half a slot; ties to the first); the prefix that costs least
-    as :mod:`tests.walk_judge` prices it is returned."""
+    moved slot (a free move counts half a slot; ties to the first), until no later prefix would
+    be taken; the prefix that costs least as :mod:`tests.walk_judge` prices it is returned."""
     P, E, S = prev.size, w.size, prev.size // D
     prev = prev.tolist()
     total = w.sum()
@@ -135,7 +173,7 @@ def _reference_walk(prev, w, D, budget, *, move_cost, tau_min, tau_share, slowes
     for p in range(P):
         loads[p // S] += w[row[p]] / counts[row[p]]
     in_force = loads.max() / mean
-    best_row, best_cost, best_moves, price = row.copy(), in_force, 0, 0.0
+    best_row, best_cost, best_moves = row.copy(), in_force, 0
     for _ in range(8 * P):
         moves = int((row != np.array(prev)).sum())
         on = [set(row[r * S : (r + 1) * S].tolist()) for r in range(D)]
@@ -190,6 +228,8 @@ def _reference_walk(prev, w, D, budget, *, move_cost, tau_min, tau_share, slowes
                     best = (gain, ("rewrite", q, y))
         gain, move = best
         if move is None or gain < 0.25 * move_cost * mean:
+            break
+        if walk_judge.priced_out(move_cost * moves, in_force, best_cost, lifetime):
             break
         if move[0] == "swap":
             _, p, q = move
