@@ -51,9 +51,10 @@ Per layer (the search kernels are numba, no GIL):
    placement is expected to serve ``lifetime`` plans, a candidate whose moves pay before the
    next plan is judged by ``PAR + price / lifetime`` (where the episodes show the load held over
    the window, for as long as it holds: the least PAR that pays). The move walk keeps, of its
-   prefixes, the one this judge would take, and stops where no later one could be taken (kept
-   by their price per slot, a prefix could send three experts to one rank, dearer by the
-   slowest rank than the PAR it bought, where its first moves paid). With two episodes or more,
+   prefixes, the one this judge would take on the summed load, and stops once the slots it has
+   moved leave no later one to take (kept by their price per slot, a prefix could send three
+   experts to one rank, dearer by the slowest rank than the PAR it bought, where its first
+   moves paid). With two episodes or more,
    a changed layer must also pay out of sample, re-planned on half of them and judged on the
    other half (:func:`paid_out_of_sample`).
 """
@@ -661,8 +662,9 @@ def _fresh_plans(  # noqa: PLR0917
 @njit(cache=True, nogil=True, inline="always")
 def _repaired_row(prev, now, V, num_ranks, budget, move_cost, slowest_rank, lifetime):  # noqa: PLR0917
     """The previous slots improved move by move, moves ranked by their gain per slot at
-    ``move_cost / D`` a slot; of the walk's prefixes, the one :func:`_cheapest` would take
-    (``move_cost``, ``slowest_rank``, ``lifetime``).
+    ``move_cost / D`` a slot; of the walk's prefixes, the one :func:`_cheapest` would take on
+    ``now`` alone (``move_cost``, ``slowest_rank``, ``lifetime``; where the episodes are
+    distinct workloads, :func:`_settle` judges the candidates on them too).
 
     ``now [E]``: the load the candidates are judged on; ``V [K, E]``: the rows the fresh plan
     is scored on (none for one episode: the walk ranks its moves on ``now`` alone)."""

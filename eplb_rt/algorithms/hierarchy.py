@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from eplb_rt.algorithms.align import align_row, max_assignment
-from eplb_rt.algorithms.keeping import cheaper, layer_costs
+from eplb_rt.algorithms.keeping import cheaper, layer_costs, no_dearer
 from eplb_rt.algorithms.load import normalise
 from eplb_rt.algorithms.packing import pack_equal_groups, swap_items
 from eplb_rt.placement import Topology, even_shares
@@ -282,7 +282,7 @@ def plan(batch: Layers, topology: Topology, options: Any, run: Run):
 
 def _nodes_that_pay(rows: np.ndarray, batch: Layers, topology: Topology, options: Any):
     """``rows [L, P]`` with each node's slots set back to the previous ones where that does not
-    raise the layer's cost (:func:`~eplb_rt.algorithms.keeping.layer_costs`). Each node is
+    raise the layer's cost (:func:`~eplb_rt.algorithms.keeping.no_dearer`). Each node is
     planned on its own and prices its moves against its own PAR, so a node that is not the
     layer's peak may buy moves the layer does not gain from. A node goes back only where it
     holds the same experts as before (its groups did not change node), so every expert keeps
@@ -296,7 +296,7 @@ def _nodes_that_pay(rows: np.ndarray, batch: Layers, topology: Topology, options
             continue
 
         def cost(row, which=which):
-            return layer_costs(row[None], None, batch, which, num_ranks=D, options=options)[0]
+            return layer_costs(row[None], None, batch, which, num_ranks=D, options=options)
 
         best = cost(out[j])
         for n in range(N):
@@ -307,7 +307,7 @@ def _nodes_that_pay(rows: np.ndarray, batch: Layers, topology: Topology, options
             trial = out[j].copy()
             trial[part] = prev[part]
             trial_cost = cost(trial)
-            if trial_cost <= best:
+            if no_dearer(trial_cost, best)[0]:
                 out[j], best = trial, trial_cost
     return out
 

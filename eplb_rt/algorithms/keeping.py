@@ -33,13 +33,15 @@ def _pars(rows, shares, load, num_ranks: int) -> np.ndarray:
     return np.nan_to_num(metrics.par(placement, load), nan=1.0)
 
 
-def layer_costs(rows, shares, batch: Layers, which, *, num_ranks: int, options: Any) -> np.ndarray:
-    """``[k]``: what plans ``rows [k, P]`` (``shares [k, P]`` or ``None``) of layers ``which``
-    of ``batch`` cost, as the module's docstring says: ``inf`` for moves that do not pay."""
+def layer_costs(rows, shares, batch: Layers, which, *, num_ranks: int, options: Any):
+    """``(judged [k], priced [k])``: what plans ``rows [k, P]`` (``shares [k, P]`` or ``None``)
+    of layers ``which`` of ``batch`` cost, as the module's docstring says (``judged``: ``inf``
+    for moves that do not pay), and ``PAR + price / lifetime`` whether they pay or not: what
+    orders plans none of which pays (:func:`no_dearer`)."""
     load = batch.load[which]
     par = _pars(rows, shares, load, num_ranks)
     if not hasattr(options, "move_cost"):
-        return par
+        return par, par
     previous = batch.previous[which]
     kept = None if batch.previous_share is None else batch.previous_share[which]
     price = move_prices(
@@ -52,12 +54,20 @@ def layer_costs(rows, shares, batch: Layers, which, *, num_ranks: int, options: 
     in_force = _pars(previous, kept, load, num_ranks)
     moved = (rows != previous).any(axis=1)
     life = getattr(options, "lifetime", 1.0)
-    return np.array(
-        [
-            judged_cost(p, c, f, life) if m else p
-            for p, c, f, m in zip(par, price, in_force, moved, strict=True)
-        ]
-    )
+    judged = [
+        judged_cost(p, c, f, life) if m else p
+        for p, c, f, m in zip(par, price, in_force, moved, strict=True)
+    ]
+    return np.array(judged), par + price / life
+
+
+def no_dearer(a, b) -> np.ndarray:
+    """``[k] bool``: plans of costs ``a`` (:func:`layer_costs`) cost no more than those of ``b``:
+    the judged costs, and where both are ``inf`` (neither pays) the priced ones, so that of two
+    plans that do not pay the one nearer paying is kept (a node set back from the first may
+    then pay)."""
+    tie = (a[0] == b[0]) & (a[1] <= b[1])
+    return (a[0] < b[0]) | tie
 
 
 def cheaper(batch: Layers, which, planned, other, *, topology: Topology, options: Any, price=True):
@@ -76,7 +86,7 @@ def cheaper(batch: Layers, which, planned, other, *, topology: Topology, options
             layer_costs(r, share, batch, which, num_ranks=D, options=options)
             for r, share in ((other_rows, other_shares), (rows[which], new_shares))
         ]
-        keep |= costs[0] <= costs[1]
+        keep |= no_dearer(*costs)
     where = which[keep]
     rows = rows.copy()
     rows[where] = other_rows[keep]

@@ -272,6 +272,21 @@ def test_no_layer_costs_more_than_keeping_its_grouped_slots(seed, shares, slowes
     assert (after + price <= before + 1e-12).all()
 
 
+def test_a_node_that_pays_is_kept_where_the_whole_plan_does_not():
+    """Node 0's swap pays on its own (PAR 1.818 -> 1.273 for 2 slots at 1.0 / 4 each), node 1's
+    adds 2 slots for nothing: together they do not pay (1.091 + 1.0). Judged cost alone, every
+    plan that does not pay costs as much as the next: node 0 was set back first (node 1's swap
+    alone costs no more than both), then node 1, and the layer kept its slots."""
+    topo = Topology(4, 2, num_nodes=2, num_groups=2)
+    previous = np.array([[0, 1, 2, 3, 4, 5, 6, 7]])
+    load = np.array([[5.0, 5, 1, 1, 4, 3, 2, 1]])
+    batch = Layers(load, previous, None, np.array([0]), load[None], np.array([1]), True)
+    options = get_policy("equilibrium").options(move_cost=1.0, hierarchical=True)
+    both = np.array([[0, 2, 1, 3, 4, 6, 5, 7]])
+    got = hierarchy._nodes_that_pay(both, batch, topo, options)
+    assert got.tolist() == [[0, 2, 1, 3, 4, 5, 6, 7]]
+
+
 def test_a_grouped_layer_moving_for_nothing_keeps_its_slots():
     topo = Topology(4, 3, num_nodes=2, num_groups=4)
     previous = Placement(np.array([[1, 0, 6, 1, 0, 7, 5, 2, 4, 2, 3, 4]]), 8, 4)

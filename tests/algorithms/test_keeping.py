@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from eplb_rt.algorithms import get_policy, metrics
-from eplb_rt.algorithms.keeping import cheaper, layer_costs
+from eplb_rt.algorithms.keeping import cheaper, layer_costs, no_dearer
 from eplb_rt.algorithms.prices import most_received
 from eplb_rt.algorithms.registry import Layers
 from eplb_rt.placement import Placement, Topology
@@ -68,7 +68,7 @@ def test_the_cheaper_plan_is_priced_as_the_options_say(changes, taken):
 def test_a_plan_whose_moves_do_not_pay_costs_more_than_keeping():
     options = _options(move_cost=0.55, slowest_rank=True, lifetime=math.inf)
     costs = [
-        layer_costs(row, None, _batch(), np.array([0]), num_ranks=4, options=options)[0]
+        layer_costs(row, None, _batch(), np.array([0]), num_ranks=4, options=options)[0][0]
         for row in (PREV, CONCENTRATED, SPREAD)
     ]
     assert costs[0] == pytest.approx(_par(PREV))
@@ -83,7 +83,27 @@ def test_a_plan_whose_moves_do_not_pay_costs_more_than_keeping():
 def test_without_a_price_of_moves_the_lower_par_wins():
     flash = get_policy("flashlb").options()
     costs = [
-        layer_costs(row, None, _batch(), np.array([0]), num_ranks=4, options=flash)[0]
+        layer_costs(row, None, _batch(), np.array([0]), num_ranks=4, options=flash)[0][0]
         for row in (PREV, CONCENTRATED, SPREAD)
     ]
     np.testing.assert_allclose(costs, [_par(r) for r in (PREV, CONCENTRATED, SPREAD)])
+
+
+def test_of_two_plans_that_do_not_pay_the_one_nearer_paying_is_no_dearer():
+    options = _options(move_cost=0.55, slowest_rank=True)
+    which = np.array([0])
+    far, near = (
+        layer_costs(row, None, _batch(), which, num_ranks=4, options=options)
+        for row in (CONCENTRATED, SPREAD)
+    )
+    # CONCENTRATED does not pay (1.513 + 1.1), SPREAD does (1.615 + 0.55 < 2.538)
+    assert far[0][0] == math.inf and near[0][0] < math.inf
+    assert no_dearer(near, far)[0] and not no_dearer(far, near)[0]
+    dearer = _options(move_cost=1.5, slowest_rank=True)  # neither pays: 1.513 + 3.0, 1.615 + 1.5
+    far, near = (
+        layer_costs(row, None, _batch(), which, num_ranks=4, options=dearer)
+        for row in (CONCENTRATED, SPREAD)
+    )
+    assert far[0][0] == near[0][0] == math.inf
+    assert no_dearer(near, far)[0] and not no_dearer(far, near)[0]
+    assert no_dearer(near, near)[0]
