@@ -186,12 +186,12 @@ def decide(
         )
     options = dict(options or {})
     spec = algorithms.get_policy(policy)
-    derived = {  # PIPELINE_OPTIONS
+    derived = {
         "move_cost": lambda: cost.move_cost(load, topology.num_ranks, horizon),
         "slowest_rank": lambda: True,
         "lifetime": lambda: max(1.0, as_float(lifetime) / as_float(horizon)),
     }
-    for name in spec.option_names & derived.keys():
+    for name in spec.option_names & PIPELINE_OPTIONS.keys():
         if name not in options:
             options[name] = derived[name]()
     options = spec.make_options(options)

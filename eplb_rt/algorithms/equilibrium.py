@@ -54,9 +54,8 @@ Per layer (the search kernels are numba, no GIL):
    prefixes, the one this judge would take on the summed load, and stops once the slots it has
    moved leave no later one to take (kept by their price per slot, a prefix could send three
    experts to one rank, dearer by the slowest rank than the PAR it bought, where its first
-   moves paid). With two episodes or more,
-   a changed layer must also pay out of sample, re-planned on half of them and judged on the
-   other half (:func:`paid_out_of_sample`).
+   moves paid). With two episodes or more, a changed layer must also pay out of sample,
+   re-planned on half of them and judged on the other half (:func:`paid_out_of_sample`).
 """
 
 from __future__ import annotations
