@@ -15,13 +15,13 @@ from the balancer's thread, where each return to Python costs the serving thread
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from eplb_rt.algorithms.jit import kernel
 from eplb_rt.placement import Placement
 from eplb_rt.scalars import is_integer
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _overlap(new_row, prev_row, num_ranks, num_experts):
     """``[new rank, old rank] float64``: the new rank's slots whose expert the old rank holds,
     times ``D + 1``, plus the identity, which breaks ties (it adds less than one kept slot in
@@ -41,7 +41,7 @@ def _overlap(new_row, prev_row, num_ranks, num_experts):
     return out
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _slot_order(new_row, prev_row, source, num_ranks):
     """``[P] int64``: the new slot each old slot takes once old rank ``o`` holds new rank
     ``source[o]``'s experts. An expert the old rank holds already keeps its slot (an expert
@@ -74,7 +74,7 @@ def _slot_order(new_row, prev_row, source, num_ranks):
     return order
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def max_assignment(score):
     """``[n] int64``: the column of each row of the square ``score [n, n] float64`` that
     maximises the summed score, each column used once.
@@ -145,7 +145,7 @@ def max_assignment(score):
     return col_of
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def align_order(new_row, prev_row, num_ranks, num_experts):
     """``[P] int64``: the new slot each slot takes, so that ``new_row[order]`` is ``new_row``
     relabelled and permuted to keep the most of ``prev_row`` in place (both ``[P] int64``)."""

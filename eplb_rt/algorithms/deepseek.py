@@ -21,8 +21,8 @@ import dataclasses
 from typing import ClassVar
 
 import numpy as np
-from numba import njit
 
+from eplb_rt.algorithms.jit import kernel
 from eplb_rt.algorithms.packing import lpt_place
 from eplb_rt.algorithms.registry import Layer, Layers, Options, option, register
 from eplb_rt.algorithms.replicas import allot_replicas
@@ -42,7 +42,7 @@ class DeepSeekOptions(Options):
     groups_on_episodes: ClassVar[bool] = False  # groups packed as DeepSeek's EPLB packs them
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _plan_layers(load, num_ranks, slots_per_rank):
     """Every layer of ``load [L, E] float64`` (C-contiguous) in one call: ``rows [L, P] int64``
     by min-max allotment and LPT."""

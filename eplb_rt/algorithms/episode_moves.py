@@ -13,8 +13,8 @@ load, ``loads [K, D] float64`` each row's rank loads.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from eplb_rt.algorithms.jit import kernel
 from eplb_rt.algorithms.local_search import (
     _FAR,
     _moved_slots,
@@ -37,7 +37,7 @@ _TOL = 1e-9
 above the rounding of their sums, so the moves taken are those of scoring every move."""
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _row_terms(loads, means, tau_min, tau_share, terms):
     """Each row of ``loads [K, D]`` around its peak, into ``terms = (peak [K], tau [K], ex [K, D],
     Z [K], base [K], prob [K, D], top [K, 3])``: the peak, the temperature (as in
@@ -70,7 +70,7 @@ def _row_terms(loads, means, tau_min, tau_share, terms):
             prob[k, r] = ex[k, r] / z
 
 
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def _swap_drop(rest, la, lb, peak, base, t, d):
     """Drop of a row's smooth peak (``peak``, ``base``, temperature ``t``) when load ``d`` moves
     from rank ``a`` (load ``la``) to rank ``b`` (``lb``); ``rest``: the row's sum of terms less
@@ -90,7 +90,7 @@ def _swap_drop(rest, la, lb, peak, base, t, d):
     return base - (peak + t * np.log(max(z, 1e-300))), True
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _spread_drop(loads, base, k, a, b, d, t, trial):
     """:func:`_swap_drop` where every term underflowed: row ``k`` scored on all its ranks."""
     trial[:] = loads[k]
@@ -99,7 +99,7 @@ def _spread_drop(loads, base, k, a, b, d, t, trial):
     return base[k] - _soft_peak(trial, t)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _rewrite_drop(loads, terms, k, V, where, holds, counts, b, x, y, trial):
     """Drop of row ``k``'s smooth peak when rank ``b``'s slot of expert ``x`` takes ``y``: the
     ranks of ``x`` (``where [E, max count]``) take its load, those of ``y`` lose some; only
@@ -113,7 +113,7 @@ def _rewrite_drop(loads, terms, k, V, where, holds, counts, b, x, y, trial):
     return base[k] - (peak[k] + t * np.log(max(z, 1e-300)))
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _swap_gain(V, judge, loads, terms, counts, a, b, x, y, trial):
     """Drop of the summed smooth peaks when ``x`` (rank ``a``) and ``y`` (rank ``b``) swap: the
     judged row first, then the others in order (every path adds them so: equal moves get
@@ -129,7 +129,7 @@ def _swap_gain(V, judge, loads, terms, counts, a, b, x, y, trial):
     return drop
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _rewrite_gain(V, judge, loads, terms, where, holds, counts, b, x, y, trial):
     """Drop of the summed smooth peaks when rank ``b``'s slot of ``x`` takes ``y`` (rows added
     as in :func:`_swap_gain`)."""
@@ -140,7 +140,7 @@ def _rewrite_gain(V, judge, loads, terms, where, holds, counts, b, x, y, trial):
     return drop
 
 
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def _vanish_bound(tau, f):
     """At least ``-tau * log(1 - f)``: how far a row's smooth peak can fall when ranks holding
     the share ``f`` of its weight (``ex / Z``) vanish. A division where ``f`` is small, the log
@@ -150,7 +150,7 @@ def _vanish_bound(tau, f):
     return -tau * np.log(max(1.0 - f, 1e-300))
 
 
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def _rewrite_load(v, on_b, vx, vy, cx, cy, has_x, has_y):
     """A rank's load ``v`` in a row once rank ``b``'s slot of ``x`` holds ``y``: ``on_b`` the
     rank is ``b``; ``vx``, ``vy`` the row's load of ``x`` and ``y``, ``cx``, ``cy`` their
@@ -165,7 +165,7 @@ def _rewrite_load(v, on_b, vx, vy, cx, cy, has_x, has_y):
     return v
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _scan_rank(a, st, best, ids):
     """Score the moves of rank ``a`` in the walk's scan order -- swaps (a slot of ``a``, then
     any slot ``q``), then rewrites (slot ``q``, then expert ``y`` ascending) -- into ``best[0]``
@@ -342,7 +342,7 @@ def _scan_rank(a, st, best, ids):
                     ids[0], ids[1], ids[2] = -1, q, y
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def greedy_moves_rows(
     prev_row, V, judge, num_ranks, budget, move_cost, tau_min, tau_share, slowest_rank, lifetime
 ):

@@ -63,11 +63,11 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from numba import njit
 
 from eplb_rt.algorithms.align import align_order, align_row
 from eplb_rt.algorithms.episode_moves import greedy_moves_rows
 from eplb_rt.algorithms.jacobi import reflected_basis, row_reflectors, row_svd
+from eplb_rt.algorithms.jit import kernel
 from eplb_rt.algorithms.keeping import cheaper
 from eplb_rt.algorithms.local_search import _moved_slots, balance_swaps, greedy_moves, swap_search
 from eplb_rt.algorithms.metrics import row_par, row_rank_loads
@@ -181,7 +181,7 @@ def _shares_par(row: np.ndarray, w: np.ndarray, topo: Topology) -> float:
     return min_max_rank_load(row, w, D, topo.num_slots_per_rank)[0] * D / total
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def sampling_noise(W, volume):
     """The squared distance sampling alone puts between an episode and its workload's shares.
 
@@ -200,7 +200,7 @@ def sampling_noise(W, volume):
     return pairwise_sum(w * (1.0 - w)) * (pairwise_sum(inverse) / K)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def _volumes(tokens):
     """``[K]``: the counts each episode of ``tokens [K, E]`` was summed from."""
     volume = np.empty(tokens.shape[0])
@@ -209,7 +209,7 @@ def _volumes(tokens):
     return volume
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def signal_fraction(W, noise):
     """The share of the episodes' spread around their mean that is not sampling noise, in [0, 1].
 
@@ -230,7 +230,7 @@ def signal_fraction(W, noise):
     return max(1.0 - noise / spread, 0.0)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def unseen_axes(W):
     """What each episode of ``W [K, E] float64`` (``K >= 2``) shows that the others do not.
 
@@ -247,7 +247,7 @@ def unseen_axes(W):
     return _principal_axes(residuals, reflected_basis(reflectors), tol)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def _episode_span(W):
     """The episodes ``W [K, E]`` in their span: ``(C [K, m], V [m, E], tol)``, their coordinates
     in an orthonormal basis of it and its reflectors (:func:`~eplb_rt.algorithms.jacobi.
@@ -258,7 +258,7 @@ def _episode_span(W):
     return C, reflectors, _RANK_TOL * max(np.sqrt(pairwise_sum(C * C)), _TINY)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def _centred_svd(W):
     """The centred episodes ``W [K, E]`` decomposed in their span: ``(U, s, Vt, live, ones,
     reflectors, tol)``, ``C - mean(C) = U diag(s) Vt`` (:func:`_episode_span`'s ``C``), ``live``
@@ -283,7 +283,7 @@ def _centred_svd(W):
     return U, s, Vt, live, ones, reflectors, tol
 
 
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def _own_direction(U, s, live, ones, i, tol):  # noqa: PLR0917
     """``(own, |Y_i|^2)``: whether held-out episode ``i`` leaves the others' span one dimension
     short (it reaches a direction of its own, along the dual vector ``Y_i = U_i / s`` of the live
@@ -302,7 +302,7 @@ def _own_direction(U, s, live, ones, i, tol):  # noqa: PLR0917
     return rest <= tol * tol * diagonal, diagonal
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _unseen_residuals(W):
     """The residuals of :func:`unseen_axes` before their axes: ``(R [K, m], V [m, E], tol)``,
     row ``i`` of ``R`` episode ``i``'s residual in the basis of the episodes' span that the
@@ -336,7 +336,7 @@ def _unseen_residuals(W):
     return residuals, reflectors, tol
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _principal_axes(residuals, basis, tol):
     """Axes ``[r, E]`` and energy shares ``[r]`` of ``residuals [K, m]`` (coordinates in
     ``basis [m, E]``), as :func:`unseen_axes` returns them."""
@@ -361,7 +361,7 @@ def _principal_axes(residuals, basis, tol):
     return axes, share
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def unseen_signal(W, noise):
     """:func:`unseen_axes` of ``W [K, E]`` where they are not mostly sampling noise (``noise``:
     the episodes' :func:`sampling_noise`): ``(axes [r, E], share [r], seen)``, ``seen`` the
@@ -384,7 +384,7 @@ def unseen_signal(W, noise):
     return axes, share, seen
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _unseen_ends(w, axes, share, seen, weight):
     """``[2r, E]``: the mean ``w [E]`` moved both ways along each of ``axes [r, E]``, scaled to
     sum 1 and weighed ``weight * seen * share``."""
@@ -400,7 +400,7 @@ def _unseen_ends(w, axes, share, seen, weight):
     return ends
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def unseen_episodes(W, w, noise, weight):
     """``[2r, E]``: the mean ``w`` moved both ways along each of :func:`unseen_axes`, scaled to
     sum 1 and weighed ``weight`` times the axis's share and the part of the unseen deviation
@@ -410,7 +410,7 @@ def unseen_episodes(W, w, noise, weight):
     return _unseen_ends(w, axes, share, seen, weight)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def trend_rows(w, axes, share, spread, weight):
     """``[2, E]`` or ``[0, E]``: more rows for the first search where the hold-outs agree.
 
@@ -430,7 +430,7 @@ def trend_rows(w, axes, share, spread, weight):
     return _unseen_ends(w, spread * axes[:1], np.ones(1), 1.0, weight)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def holdout_reach(W):
     """How far a workload not among ``W [K, E] float64`` lands, along the others' span, in
     units of their spread (NaN where no hold-out leaves the others a spread, e.g. ``K < 3``).
@@ -486,7 +486,7 @@ def holdout_reach(W):
     return total / n if n else np.nan
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def scored_rows(W, w, spread, signal):
     """``[K', E] float64``: the rows a plan is scored on, from episodes ``W [K, E]`` (each
     summing 1, ``K >= 2``) and their estimated shared load ``w [E]``.
@@ -511,7 +511,7 @@ def scored_rows(W, w, spread, signal):
 # The per-layer kernels are inlined into the loops over layers, their only callers: numba
 # compiles a called kernel's code once more into every kernel that calls it, and the compile
 # without the shipped cache would grow by a copy of each.
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def _fresh_plan(  # noqa: PLR0917 (numba kernels take plain positional arrays)
     W, tokens, counts_given, now, spread, unseen, num_slots, num_ranks, count_rounds, count_width,
     count_tol,
@@ -613,7 +613,7 @@ def _fresh_plan(  # noqa: PLR0917 (numba kernels take plain positional arrays)
     return row, w, V, signal
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _scaled(tokens, totals):
     """``tokens [K, E]`` with each row divided by its total ``totals [K]`` (a row without load
     stays 0): :func:`~eplb_rt.algorithms.load.normalise` of the row, bit for bit, given the
@@ -627,7 +627,7 @@ def _scaled(tokens, totals):
     return out
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _fresh_plans(  # noqa: PLR0917
     tokens, totals, counts_given, now, spread, unseen, num_slots, num_ranks, count_rounds,
     count_width, count_tol, keep_rows,
@@ -658,7 +658,7 @@ def _fresh_plans(  # noqa: PLR0917
     return rows, shared, V, num_rows, distinct
 
 
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def _repaired_row(prev, now, V, num_ranks, budget, move_cost, slowest_rank, lifetime):  # noqa: PLR0917
     """The previous slots improved move by move, moves ranked by their gain per slot at
     ``move_cost / D`` a slot; of the walk's prefixes, the one :func:`_cheapest` would take on
@@ -697,7 +697,7 @@ def _repaired_row(prev, now, V, num_ranks, budget, move_cost, slowest_rank, life
     )[0]
 
 
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def _settle(row, prev, now, V, distinct, num_ranks, budget, move_cost, slowest_rank, lifetime):  # noqa: PLR0917
     """Step 4 of the module's list without shares, in one call: of the previous slots, those
     improved by :func:`_repaired_row` and the fresh ``row`` aligned to them, the one that costs
@@ -733,7 +733,7 @@ def _settle(row, prev, now, V, distinct, num_ranks, budget, move_cost, slowest_r
     ]
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _cheapest(candidates, pars, prev, move_cost, num_ranks, budget, slowest_rank, lifetime):  # noqa: PLR0917
     """Which of ``candidates [C, P] int64`` (their PARs ``pars [C]``) costs least, ``PAR +``
     :func:`~eplb_rt.algorithms.prices.move_price` ``/ lifetime``, of those within ``budget``
@@ -761,7 +761,7 @@ def _cheapest(candidates, pars, prev, move_cost, num_ranks, budget, slowest_rank
     return best
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _settle_layers(  # noqa: PLR0917
     rows, prev, now, V, num_rows, distinct, num_ranks, budget, move_cost, slowest, lifetime
 ):  # fmt: skip
@@ -869,7 +869,7 @@ def paid_out_of_sample(
     return out
 
 
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def _gain(row, previous, load, num_ranks, move_cost, slowest_rank):  # noqa: PLR0917
     """What ``row [P]`` gains over ``previous [P]`` on ``load [1, E]``: the fall of PAR less
     what its moves cost (:func:`~eplb_rt.algorithms.prices.move_price`)."""
@@ -878,7 +878,7 @@ def _gain(row, previous, load, num_ranks, move_cost, slowest_rank):  # noqa: PLR
     return fall - move_price(row, previous, moves, num_ranks, move_cost, slowest_rank)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _gains(rows, previous, load, num_ranks, move_cost, slowest_rank):  # noqa: PLR0917
     """``[L]``: :func:`_gain` of each layer of ``rows``, ``previous [L, P]`` on ``load [L, E]``."""
     out = np.empty(rows.shape[0])
@@ -887,7 +887,7 @@ def _gains(rows, previous, load, num_ranks, move_cost, slowest_rank):  # noqa: P
     return out
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _noisy_layers(rows, previous, episodes, tokens, load, num_ranks, move_cost, slowest_rank):  # noqa: PLR0917
     """``[L] bool``: the changed layers of ``rows [L, P]`` whose episodes (``episodes``,
     ``tokens [L, K, E]``) differ mostly by sampling noise and whose gain over ``previous`` on
@@ -904,7 +904,7 @@ def _noisy_layers(rows, previous, episodes, tokens, load, num_ranks, move_cost, 
     return out
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def noise_reach(row, counts, num_ranks):
     """The PAR a plan fitted to ``counts [E] float64`` (token counts summed over the window) can
     seem to gain over ``row [P] int64`` from sampling noise alone: noise lifts the placement in
@@ -912,7 +912,7 @@ def noise_reach(row, counts, num_ranks):
     return 2.0 * peak_noise(row, counts, num_ranks)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def peak_noise(row, counts, num_ranks):
     """How far sampling noise moves the PAR of ``row [P] int64`` measured on ``counts [E]
     float64`` (token counts): ``sqrt(2 ln D)`` times the standard deviation of its largest rank

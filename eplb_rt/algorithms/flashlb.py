@@ -43,9 +43,9 @@ import dataclasses
 from statistics import NormalDist
 
 import numpy as np
-from numba import njit
 
 from eplb_rt.algorithms.align import align_order
+from eplb_rt.algorithms.jit import kernel
 from eplb_rt.algorithms.packing import counts_from_row, place_replica
 from eplb_rt.algorithms.registry import Layer, Layers, Options, option, register
 from eplb_rt.placement import Topology
@@ -89,7 +89,7 @@ class FlashLBOptions(Options):
 
 
 # ------------------------------------------------------------------------------ allotment
-@njit(cache=True, nogil=True)
+@kernel
 def allot_history(weight, members, extra, cap):
     """Min-max allotment of up to ``extra`` replicas within ``members [n]`` (indices into
     ``weight [E]``): one replica each, then each next one to the member with the highest
@@ -121,7 +121,7 @@ def allot_history(weight, members, extra, cap):
 
 
 # ------------------------------------------------------------------------------ placement
-@njit(cache=True, nogil=True)
+@kernel
 def _rank_var(i, ri, vi, d, S, row, fill, dvar, cov, counts):
     """Variance of rank ``d``'s load with one more replica of ``i`` (``ri`` replicas, variance
     per replica ``vi``), summed in the original's order so ties break alike."""
@@ -137,7 +137,7 @@ def _rank_var(i, ri, vi, d, S, row, fill, dvar, cov, counts):
     return v
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _refresh(mu, cov, counts, row, fill, dmu, dvar, dsd):
     """Recompute every rank's mean and variance from its slots (after a repairing move)."""
     D = dmu.shape[0]
@@ -156,7 +156,7 @@ def _refresh(mu, cov, counts, row, fill, dmu, dvar, dsd):
         dsd[d] = np.sqrt(max(dvar[d], 0.0))
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def lpt_place_scored(mu, var, cov, counts, z, num_ranks, num_slots_per_rank):
     """FlashLB's placement of the replicas ``counts [E]``; returns ``row [P] int64``.
 
@@ -223,7 +223,7 @@ def lpt_place_scored(mu, var, cov, counts, z, num_ranks, num_slots_per_rank):
     return row
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def score_row(X, row, counts, num_ranks):
     """Mean over the episodes of ``X [K, E]`` of ``(D * peak + 0.01) / (total + 0.01)`` for
     ``row [P]`` with replicas ``counts [E]``, in float32 as the original (so equal candidates
@@ -246,7 +246,7 @@ def score_row(X, row, counts, num_ranks):
 
 
 # ------------------------------------------------------------------------------ the search
-@njit(cache=True, nogil=True)
+@kernel
 def _try(X, mu, var, cov, z, D, S, trial, best_counts, best_row, best_score):
     """Score ``trial`` counts; returns ``(score, row)``, reusing the best's when equal."""
     if best_score < np.inf and (trial == best_counts).all():
@@ -257,7 +257,7 @@ def _try(X, mu, var, cov, z, D, S, trial, best_counts, best_row, best_score):
 
 # Inlined into the loop over layers, its only caller: numba compiles a called kernel once more
 # into every kernel that calls it.
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def flash_search(X, mu, var, cov, order, z, num_ranks, num_slots_per_rank, depth, width):
     """The search of one layer; returns ``(row [P] int64, score)``.
 
@@ -332,7 +332,7 @@ def statistics(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return mu, var, _cross_products(centred) / (K - 1)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _cross_products(centred):
     """``[L, E, E]``: ``centred[l].T @ centred[l]`` for ``centred [L, K, E] float64``, summed over
     the episodes in order in plain loops: every rank of an engine that plans on each rank (as
@@ -351,7 +351,7 @@ def _cross_products(centred):
     return out
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _search_layers(X, mu, var, cov, order, z, num_ranks, num_slots_per_rank, depth, width, prev,
                    threshold):  # fmt: skip
     """:func:`flash_search` of every layer (arrays as :func:`statistics` gives them, ``order

@@ -12,7 +12,8 @@ long rows, one-sided Jacobi rotations for the singular values of the small matri
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from eplb_rt.algorithms.jit import kernel
 
 _EPS = np.finfo(np.float64).eps
 
@@ -20,7 +21,7 @@ _MAX_SWEEPS = 64
 """Jacobi sweeps converge quadratically: a handful for the matrices of the policies."""
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def row_reflectors(A):
     """The coordinates of the rows of ``A [K, E] float64`` in an orthonormal basis of their span,
     and that basis as reflectors: ``(C [K, m], V [m, E])``, ``m = min(K, E)``, with
@@ -61,7 +62,7 @@ def row_reflectors(A):
     return C, V
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def reflected_basis(V):
     """``Q [m, E]``: the orthonormal basis whose reflectors ``V [m, E]`` :func:`row_reflectors`
     gives."""
@@ -75,7 +76,7 @@ def reflected_basis(V):
     return Q
 
 
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def _reflect(x, v, start):
     """``x -= 2 (x . v) v`` in place, for ``v`` zero before ``start``."""
     dot = 0.0
@@ -86,7 +87,7 @@ def _reflect(x, v, start):
         x[e] -= dot * v[e]
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def row_svd(A):
     """Singular values and vectors of a small ``A [K, n] float64``: ``(U [K, K], s [K], Vt [K,
     n])`` with ``A = U @ diag(s) @ Vt``, ``s`` descending.

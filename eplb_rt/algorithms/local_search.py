@@ -8,14 +8,14 @@ expert load (``K = 1`` for one aggregate load).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from eplb_rt.algorithms.jit import kernel
 from eplb_rt.algorithms.packing import counts_from_row, holds_from_row, stable_order
 from eplb_rt.algorithms.prices import judged_cost, move_price
 from eplb_rt.algorithms.sums import pairwise_sum
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _swap(row, holds, p, q):
     """Exchange the experts of slots ``p`` and ``q`` (on different ranks), ``holds`` kept."""
     S = row.shape[0] // holds.shape[0]
@@ -25,7 +25,7 @@ def _swap(row, holds, p, q):
     holds[p // S, y] = holds[q // S, x] = True
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _top3(loads, k, top_rank, top_load):
     """Episode ``k`` of ``loads [D, K]``: the three largest loads into ``top_load[k]`` and their
     ranks into ``top_rank[k]`` (the lower rank first on ties; -inf and -1 where ``D < 3``)."""
@@ -43,7 +43,7 @@ def _top3(loads, k, top_rank, top_load):
     top_load[k, 0], top_load[k, 1], top_load[k, 2] = v1, v2, v3
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _pair_episodes(loads, a, b, rest1, idx1, rest2, scale, order, top, tail):
     """Episodes of the pair of ranks ``(a, b)`` in the order :func:`swap_search` scores a swap in.
 
@@ -75,7 +75,7 @@ def _pair_episodes(loads, a, b, rest1, idx1, rest2, scale, order, top, tail):
     return n
 
 
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def _add_episode(gain, ea, eb, top, d, scale):
     """``gain`` plus a swap's gain in one episode: load ``d`` moves from the rank at ``ea`` to
     the rank at ``eb``, ``top`` the other ranks' peak; the peak part, then the tie part.
@@ -86,7 +86,7 @@ def _add_episode(gain, ea, eb, top, d, scale):
     return gain + scale * d * (ea - eb - d)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def _first_gain(pairs, x, y, a, b, n, r):
     """The gain of swapping expert ``x`` (rank ``a``) for ``y`` (rank ``b``) on the pair's first
     ``n`` episodes, those where it can lower the peak.
@@ -104,7 +104,7 @@ def _first_gain(pairs, x, y, a, b, n, r):
     return gain
 
 
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def _rest_gain(pairs, x, y, a, b, gain, n, r, start, best):
     """``gain`` (:func:`_first_gain`, same ``pairs``) completed on the pair's other episodes, or
     -inf as soon as it cannot reach ``best`` (it may equal it: of equal gains the search takes
@@ -131,7 +131,7 @@ def _rest_gain(pairs, x, y, a, b, gain, n, r, start, best):
     return gain
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _first_at_least(sorted_load, k, value):
     """The first position in ``sorted_load[k]`` (ascending) whose value is at least ``value``."""
     lo, hi = 0, sorted_load.shape[1]
@@ -144,7 +144,7 @@ def _first_at_least(sorted_load, k, value):
     return lo
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain, enough):
     """Swap replicas between a bottleneck rank and any other rank, best swap first (in place).
 
@@ -412,7 +412,7 @@ def swap_search(row, W, counts, num_ranks, max_rounds, tie_weight, min_gain, eno
     return swaps
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _rotated_replicas(row, W, counts):
     """Each slot's replica load over the rows, ``[P, K]``, in an orthonormal basis whose first
     axis is the direction of the rows' total load (so coordinate 0 is a replica's size)."""
@@ -448,7 +448,7 @@ head 4 % faster than a test after every coordinate. Columns past the rows' count
 which add nothing."""
 
 
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def _place(heads, order, where, rank_at, s, z, S):
     """Give slot ``s`` the head ``z`` and move it to its place in the order by (first
     coordinate, slot); every other slot must be in that order.
@@ -478,7 +478,7 @@ def _place(heads, order, where, rank_at, s, z, S):
     where[s] = j
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def balance_swaps(row, W, counts, num_ranks, max_swaps):
     """Swap replicas between ranks to lower the sum over the rows of ``W`` of the squared rank
     loads (in place); returns swaps.
@@ -630,7 +630,7 @@ _REFUTE_MARGIN = 1e-9
 above the rounding of the sums, so the moves taken are those of scoring every candidate."""
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _soft_peak(loads, tau):
     """``tau * log(sum(exp(loads / tau)))``: a smooth maximum that credits lowering any of
     several tied peaks (computed around the true maximum, so it never overflows)."""
@@ -641,7 +641,7 @@ def _soft_peak(loads, tau):
     return m + tau * np.log(acc)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _rewrite(out, loads, holds, w, counts, b, x, y):
     """``out [D]``: rank ``loads`` once rank ``b``'s slot of expert ``x`` holds ``y`` (the other
     replicas of ``x`` grow, those of ``y`` shrink)."""
@@ -652,7 +652,7 @@ def _rewrite(out, loads, holds, w, counts, b, x, y):
     out[b] += w[y] / (counts[y] + 1) - w[x] / (counts[x] - 1)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def _refute_above(cut, Z, gain, tau):
     """``cut [3]``: the sum of smooth-peak terms above which a move costing ``max(c, 1/2)``
     slots (``c`` = 0, 1, 2) surely gains less than ``gain`` per slot, with a margin far above
@@ -662,7 +662,7 @@ def _refute_above(cut, Z, gain, tau):
         cut[c] = bound * (1.0 + _REFUTE_MARGIN) if bound > 1e-200 else np.inf
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _ranks_of(row, counts, num_ranks):
     """``where [E, max count] int64``: the ranks holding each expert, in increasing order
     (the first ``counts[e]`` entries of row ``e``)."""
@@ -677,7 +677,7 @@ def _ranks_of(row, counts, num_ranks):
     return where
 
 
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def _rewrite_z(Z, ex, loads, where, w, counts, a, b, x, y, tau):
     """The smooth peak's sum ``Z`` (terms ``ex``, around peak rank ``a``) once rank ``b``'s
     slot of ``x`` holds ``y``: the terms of the ranks of ``x`` and of ``y`` change, added in
@@ -706,7 +706,7 @@ def _rewrite_z(Z, ex, loads, where, w, counts, a, b, x, y, tau):
     return z
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _take_rewrite(row, holds, counts, q, y):
     """Slot ``q`` holds expert ``y`` from now on (``holds`` and ``counts`` kept in sync)."""
     S = row.shape[0] // holds.shape[0]
@@ -718,7 +718,7 @@ def _take_rewrite(row, holds, counts, q, y):
     counts[y] += 1
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _moved_slots(row, prev_row):
     """Slots of ``row`` that hold another expert than in ``prev_row``."""
     moved = 0
@@ -727,7 +727,7 @@ def _moved_slots(row, prev_row):
     return moved
 
 
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def _swap_slots(prev_row, p, q, x, y):
     """Slots newly moved away from ``prev_row`` when ``x`` (slot ``p``) and ``y`` (slot ``q``)
     swap: -2 to 2 (a slot already moved changes again for free, one put back refunds its slot).
@@ -736,13 +736,13 @@ def _swap_slots(prev_row, p, q, x, y):
     return now - int(x != prev_row[p]) - int(y != prev_row[q])
 
 
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def _rewrite_slots(prev_row, q, x, y):
     """Slots newly moved away from ``prev_row`` when slot ``q`` (expert ``x``) takes ``y``."""
     return int(y != prev_row[q]) - int(x != prev_row[q])
 
 
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def _walk_price(row, prev_row, moves, num_ranks, move_cost, slowest_rank):
     """A walk's prefix priced as its judge prices it: ``move_cost`` (PAR) a moved slot, as the
     walk ranks its moves, or with ``slowest_rank``
@@ -755,7 +755,7 @@ def _walk_price(row, prev_row, moves, num_ranks, move_cost, slowest_rank):
     return move_cost * moves
 
 
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def _priced_out(slot_price, in_force, best_cost, lifetime):
     """Whether no later prefix of a move walk would be taken: PAR is at least 1, and the slots a
     prefix has moved (``slot_price``: ``move_cost`` each) price it at least that much either
@@ -768,7 +768,7 @@ def _priced_out(slot_price, in_force, best_cost, lifetime):
     return 1.0 + slot_price >= in_force or 1.0 + slot_price / lifetime >= best_cost
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def greedy_moves(
     prev_row, w, num_ranks, budget, move_cost, tau_min, tau_share, slowest_rank, lifetime
 ):

@@ -12,8 +12,8 @@ policies' inner loops (one layer's ``row [P]``, uniform shares).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from eplb_rt.algorithms.jit import kernel
 from eplb_rt.algorithms.load import check_load, check_values, real_array
 from eplb_rt.algorithms.sums import row_sum
 from eplb_rt.placement import Placement
@@ -62,7 +62,7 @@ def _rank_load(placement: Placement, arr: np.ndarray) -> np.ndarray:
     return ranks.reshape(*arr.shape[:-2], L, placement.num_ranks)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _rank_loads(load, phy2log, share, num_ranks):
     """``[N, L, D]``: each rank's tokens in each of ``load [N, L, E]``, its slots' (``phy2log [L,
     P] int64``, ``share [L, P] float64``) summed as numpy sums a rank's slots."""
@@ -127,7 +127,7 @@ def score(placement: Placement, load: np.ndarray, previous: Placement | None = N
     return out
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def row_rank_loads(row, W, num_ranks):
     """``[K, D]``: rank loads of one layer's ``row [P]`` on each episode of ``W [K, E]``."""
     K, E = W.shape
@@ -143,7 +143,7 @@ def row_rank_loads(row, W, num_ranks):
     return out
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def row_par(row, W, num_ranks):
     """Mean over the episodes of ``W [K, E]`` of one layer's PAR (1.0 for an empty episode)."""
     loads = row_rank_loads(row, W, num_ranks)

@@ -8,14 +8,15 @@ Everything here works on ONE layer and plain arrays:
 * ``row [P] int64``: expert held by each slot, slot ``p`` on rank ``p // S`` (-1 = empty);
 * ``holds [D, E] bool``: whether a rank holds an expert (kept in sync with ``row``).
 
-All kernels are ``@njit(cache=True, nogil=True)`` so a balancer thread runs them without the GIL,
-and deterministic: ties break towards the lower index.
+All kernels are :func:`~eplb_rt.algorithms.jit.kernel` kernels (a balancer thread runs them without
+the GIL) and deterministic: ties break towards the lower index.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from eplb_rt.algorithms.jit import kernel
 
 _EPS = 1e-12
 
@@ -24,7 +25,7 @@ _RUN = 16
 """Runs of this many are sorted by insertion before :func:`stable_order` merges them."""
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def stable_order(values):
     """Indices sorting ``values [n]`` ascending; ties keep index order (bottom-up merge sort).
 
@@ -68,7 +69,7 @@ def stable_order(values):
     return idx
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def holds_from_row(row, num_ranks, num_experts):
     """``[D, E] bool``: rank r holds expert e somewhere in ``row [P]``."""
     S = row.shape[0] // num_ranks
@@ -78,7 +79,7 @@ def holds_from_row(row, num_ranks, num_experts):
     return holds
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def counts_from_row(row, num_experts):
     """``[E] int64``: replicas of each expert in ``row [P]``."""
     counts = np.zeros(num_experts, dtype=np.int64)
@@ -87,7 +88,7 @@ def counts_from_row(row, num_experts):
     return counts
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def place_replica(e, per, loads, fill, holds, row):
     """Put one replica of ``e`` on the least-loaded rank with a free slot that lacks ``e``.
 
@@ -137,7 +138,7 @@ def place_replica(e, per, loads, fill, holds, row):
     loads[q] += per[e] - per[x]
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def lpt_place(w, counts, num_ranks):
     """Longest-processing-time placement of the replicas given by ``counts`` (uniform shares).
 
@@ -160,7 +161,7 @@ def lpt_place(w, counts, num_ranks):
     return row
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def pack_equal_groups(weights, num_packs):
     """LPT packing of ``n`` items into packs of exactly ``n / num_packs`` items.
 
@@ -185,7 +186,7 @@ def pack_equal_groups(weights, num_packs):
     return pack_of
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _peak_after_swap(loads, a, b, d):
     """The largest of ``loads [n]`` once ``d`` moves from pack ``a`` to pack ``b``."""
     peak = -np.inf
@@ -195,7 +196,7 @@ def _peak_after_swap(loads, a, b, d):
     return peak
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def swap_items(pack_of, rows, num_packs, max_swaps):
     """Swaps of two items between packs that lower the sum over ``rows`` of the heaviest pack's
     load (in place; pack sizes are kept); returns the swaps made.
@@ -240,7 +241,7 @@ def swap_items(pack_of, rows, num_packs, max_swaps):
     return swaps
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def score_place(experts, counts, mu, cov, z, mean, var, row, fill, holds):
     """Place every replica of ``experts`` (hottest per replica first) on the rank whose score
     ``mean + z * std`` of load across episodes grows least (FlashLB's device score), in place.

@@ -12,10 +12,11 @@ planning pipeline's gate counts it (:meth:`eplb_rt.planning.CostModel.migration_
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from eplb_rt.algorithms.jit import kernel
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def most_received(row, prev, num_ranks):
     """The most slots of one rank in ``row [P] int64`` whose expert that rank did not hold in
     ``prev [P]``: the experts the slowest rank receives, so the migration's time in transfers
@@ -33,7 +34,7 @@ def most_received(row, prev, num_ranks):
     return most
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def most_received_layers(rows, previous, num_ranks):
     """``[L] int64``: :func:`most_received` of each layer of ``rows [L, P]`` from ``previous [L,
     P]`` (both int64)."""
@@ -43,7 +44,7 @@ def most_received_layers(rows, previous, num_ranks):
     return out
 
 
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def move_price(row, prev, moves, num_ranks, move_cost, slowest_rank):  # noqa: PLR0917
     """What moving from ``prev [P]`` to ``row [P]`` (``moves`` slots changed) costs in PAR:
     ``move_cost * moves / D``, or with ``slowest_rank`` ``move_cost *``
@@ -63,7 +64,7 @@ def move_prices(
     return move_cost * (rows != previous).sum(axis=1) / num_ranks
 
 
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def judged_cost(par, price, par_in_force, lifetime):
     """What a re-plan's candidate of PAR ``par``, whose moves cost ``price`` (PAR), costs
     against the placement in force (PAR ``par_in_force``) over ``lifetime`` plans: ``par +

@@ -7,8 +7,8 @@ Arrays as in :mod:`eplb_rt.algorithms.packing`.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from eplb_rt.algorithms.jit import kernel
 from eplb_rt.algorithms.local_search import swap_search
 from eplb_rt.algorithms.metrics import row_par, row_rank_loads
 from eplb_rt.algorithms.packing import lpt_place, score_place, stable_order
@@ -19,14 +19,14 @@ SCORE = 1
 """Construction of :func:`construct`: FlashLB's mean + z * std device score (flashlb)."""
 
 
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def _per_replica(load, counts, e, max_replicas):
     """Expert ``e``'s load per replica, or -inf once it is at ``max_replicas`` (it takes no
     more)."""
     return load[e] / counts[e] if counts[e] < max_replicas else -np.inf
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def allot_replicas(load, num_slots, max_replicas):
     """Min-max replica allotment of one layer: one replica each, then every redundant one to
     the expert with the highest load per replica (lowest id on ties) below ``max_replicas``.
@@ -54,7 +54,7 @@ def allot_replicas(load, num_slots, max_replicas):
     return counts
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def construct(mode, W, mu, cov, z, counts, num_ranks, max_swaps, enough):
     """Slots for fixed ``counts``: ``mode`` :data:`LPT` packs by LPT on ``mu [E]`` then swaps
     on the episodes ``W [K, E]`` (until their mean PAR is at most ``enough``; 0: to the end);
@@ -80,14 +80,14 @@ def construct(mode, W, mu, cov, z, counts, num_ranks, max_swaps, enough):
     return row
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _value(row, W, num_ranks):
     """(mean PAR over episodes, sum of squared rank loads): candidates compare in this order."""
     loads = row_rank_loads(row, W, num_ranks)
     return row_par(row, W, num_ranks), np.sum(loads * loads)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _feasible(trial, counts, mu, num_ranks):
     """Whether replica counts ``trial [E]`` (a neighbour of ``counts``) are 1 to ``num_ranks``
     each, and give no new replica to an expert without load (it never helps)."""
@@ -97,7 +97,7 @@ def _feasible(trial, counts, mu, num_ranks):
     return True
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def count_search(
     mode, row, W, mu, cov, z, counts, num_ranks, rounds, width, max_swaps, enough, min_gain,
     swap_enough,

@@ -18,14 +18,14 @@ Numba kernels, one layer per call; :func:`optimal_slot_shares` is the numpy entr
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from eplb_rt.algorithms.jit import kernel
 from eplb_rt.algorithms.packing import counts_from_row, holds_from_row, stable_order
 
 _INF = 1e300
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _graph(num_nodes, num_edges):
     """An empty flow network: ``(head, nxt, to, cap)`` adjacency lists, edge ``i ^ 1`` the reverse
     of edge ``i``."""
@@ -38,7 +38,7 @@ def _graph(num_nodes, num_edges):
     )
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _add_edge(head, nxt, to, cap, count, u, v, c):
     to[count] = v
     cap[count] = c
@@ -51,7 +51,7 @@ def _add_edge(head, nxt, to, cap, count, u, v, c):
     return count + 2
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _bfs(head, nxt, to, cap, level, via, s, tol):
     """Breadth-first search of the residual graph from ``s``: ``level [n]`` (-1 = unreached)
     and ``via [n]``, the edge each node was reached by."""
@@ -74,7 +74,7 @@ def _bfs(head, nxt, to, cap, level, via, s, tol):
             e = nxt[e]
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _max_flow(head, nxt, to, cap, n, s, t, tol):
     """Push flow from ``s`` to ``t`` along shortest augmenting paths; returns the amount."""
     level = np.empty(n, dtype=np.int64)
@@ -97,7 +97,7 @@ def _max_flow(head, nxt, to, cap, n, s, t, tol):
         total += f
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def min_max_rank_load(row, w, num_ranks, num_slots_per_rank):
     """``T*``: the smallest possible max rank load of this placement over all shares.
 
@@ -147,7 +147,7 @@ def min_max_rank_load(row, w, num_ranks, num_slots_per_rank):
     return T, bottleneck
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def balanced_slot_shares(row, w, num_ranks, num_slots_per_rank, target):
     """``[P]`` slot shares reaching max rank load ``target`` (>= ``T*``), moving as little load as
     possible away from uniform shares: only the excess of ranks above ``target`` flows, through
@@ -213,7 +213,7 @@ def optimal_slot_shares(
     return share, target
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def open_bottleneck(row, w, num_ranks, num_slots_per_rank, max_rewrites, min_gain, width):
     """Rewrite slots (in place) so that shares can lower the max rank load further.
 

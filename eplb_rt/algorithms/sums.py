@@ -10,13 +10,14 @@ above that), one row after another down a column.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from eplb_rt.algorithms.jit import kernel
 
 _BLOCK = 128
 """numpy's pairwise block: shorter runs are summed by eight running sums."""
 
 
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def _run(a, lo, n):
     """Sum of a run ``a[lo:lo + n]`` (``n <= 128``) as numpy sums a block."""
     if n < 8:
@@ -44,14 +45,14 @@ def _run(a, lo, n):
     return res
 
 
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def _half(n):
     """Where numpy splits a run longer than a block: halfway, down to a multiple of 8."""
     half = n // 2
     return half - half % 8
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _pairwise(a):
     """Sum of ``a [n]`` in numpy's pairwise order: halves (the first a multiple of 8 long) until
     a run fits a block. The tree is walked with a stack (numba does not cache recursion)."""
@@ -86,14 +87,14 @@ def _pairwise(a):
     return sums[0]
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def pairwise_sum(a):
     """``a.sum()`` of a C-contiguous array of any shape, rounded as numpy rounds it."""
     flat = a.reshape(a.size)
     return 0.0 + _pairwise(flat)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def row_sum(a):
     """``a.sum()`` of ``a [n] float64``, rounded as numpy rounds it, compiled into its caller: a
     kernel summing many short rows (a rank's few slots) spends more on a call per row than on
@@ -102,7 +103,7 @@ def row_sum(a):
     return 0.0 + (_run(a, 0, n) if n <= _BLOCK else _pairwise(a))
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def column_sum(W):
     """``W.sum(axis=0)`` of ``W [K, E] float64``, rounded as numpy rounds it (for ``E > 1``;
     a single column numpy sums pairwise)."""
@@ -112,14 +113,14 @@ def column_sum(W):
     return out
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def column_mean(W):
     """``W.mean(axis=0)`` of ``W [K, E] float64``, rounded as numpy rounds it (as
     :func:`column_sum`)."""
     return column_sum(W) / W.shape[0]
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def column_std(W):
     """``W.std(axis=0)`` of ``W [K, E] float64``, rounded as numpy rounds it (``E > 1``)."""
     mean = column_mean(W)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from numba import njit
 
+from eplb_rt.algorithms.jit import kernel
 from eplb_rt.algorithms.local_search import swap_search
 from eplb_rt.algorithms.metrics import row_par
 from eplb_rt.algorithms.packing import counts_from_row, stable_order
@@ -42,7 +42,7 @@ class SwiftOptions(Options):
 
 # Inlined into the loop over layers, its only caller (numba compiles a called kernel once more
 # into every kernel that calls it).
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def refill(prev_row, w, counts, num_ranks, num_slots_per_rank):
     """Keep each expert's first slot, re-fill the others for ``counts``; returns the new row."""
     E = w.shape[0]
@@ -91,7 +91,7 @@ def refill(prev_row, w, counts, num_ranks, num_slots_per_rank):
     return row
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _plan_layers(load, prev, num_ranks, num_slots_per_rank, max_swaps, min_gain):  # noqa: PLR0917
     """Every layer of ``load [L, E] float64`` (C-contiguous, each layer summing 1 or 0) from
     ``prev [L, P] int64`` in one call: ``rows [L, P] int64``. ``min_gain`` is in PAR."""

@@ -121,13 +121,16 @@ def test_off_by_environment(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not envs.get("EPLB_RT_KERNEL_CACHE"), reason="EPLB_RT_KERNEL_CACHE=0")
-def test_every_kernel_caches_in_the_package_and_releases_the_gil():
+def test_every_kernel_caches_in_the_package_releases_the_gil_and_divides_as_numpy():
+    # All three come from eplb_rt.algorithms.jit.kernel; under Python's error model a kernel's
+    # divisions keep the reference counts of its array arguments (a third of the move walks).
     kernels = kernels_of_the_package()
     assert kernels, "no numba kernel found in eplb_rt"
     cache_root = kernel_cache.PACKAGE_ROOT / kernel_cache.CACHE_FOLDER
     for kernel in kernels:
         name = kernel.py_func.__qualname__
         assert kernel.targetoptions.get("nogil"), f"{name} holds the GIL"
+        assert kernel.targetoptions.get("error_model") == "numpy", f"{name}: not a jit.kernel"
         assert kernel.stats.cache_path is not None, f"{name} is not cached (cache=True)"
         assert Path(kernel.stats.cache_path).is_relative_to(cache_root), kernel.stats.cache_path
 
