@@ -100,17 +100,28 @@ def _spread_drop(loads, base, k, a, b, d, t, trial):
 
 
 @kernel
-def _rewrite_drop(loads, terms, k, V, where, holds, counts, b, x, y, trial):
+def _rewrite_drop(loads, terms, k, V, where, counts, b, x, y):
     """Drop of row ``k``'s smooth peak when rank ``b``'s slot of expert ``x`` takes ``y``: the
     ranks of ``x`` (``where [E, max count]``) take its load, those of ``y`` lose some; only
-    their terms change."""
+    their terms change. Returns ``(drop, True)``, or ``(0, False)`` where every term underflows
+    (:func:`_rewrite_spread` scores the row then).
+
+    No call that takes an array and no view of one: numba then drops the references it takes on
+    the arguments, two atomic operations each at every call (once per candidate move and row:
+    they took a third of the walk's time)."""
     peak, tau, ex, Z, base, _, top = terms
     t = tau[k]
-    z = _rewrite_z(Z[k], ex[k], loads[k], where, V[k], counts, top[k, 0], b, x, y, t)
-    if z < 1e-200:  # every term underflowed: score the row on all ranks
-        _rewrite(trial, loads[k], holds, V[k], counts, b, x, y)
-        return base[k] - _soft_peak(trial, t)
-    return base[k] - (peak[k] + t * np.log(max(z, 1e-300)))
+    z = _rewrite_z(Z[k], ex, loads, where, V, counts, k, top[k, 0], b, x, y, t)
+    if z < 1e-200:
+        return 0.0, False
+    return base[k] - (peak[k] + t * np.log(max(z, 1e-300))), True
+
+
+@kernel
+def _rewrite_spread(loads, terms, k, V, holds, counts, b, x, y, trial):
+    """:func:`_rewrite_drop` where every term underflowed: row ``k`` scored on all its ranks."""
+    _rewrite(trial, loads[k], holds, V[k], counts, b, x, y)
+    return terms[4][k] - _soft_peak(trial, terms[1][k])
 
 
 @kernel
@@ -133,10 +144,11 @@ def _swap_gain(V, judge, loads, terms, counts, a, b, x, y, trial):
 def _rewrite_gain(V, judge, loads, terms, where, holds, counts, b, x, y, trial):
     """Drop of the summed smooth peaks when rank ``b``'s slot of ``x`` takes ``y`` (rows added
     as in :func:`_swap_gain`)."""
-    drop = _rewrite_drop(loads, terms, judge, V, where, holds, counts, b, x, y, trial)
-    for k in range(V.shape[0]):
-        if k != judge:
-            drop += _rewrite_drop(loads, terms, k, V, where, holds, counts, b, x, y, trial)
+    drop = 0.0
+    for i in range(V.shape[0]):
+        k = judge if i == 0 else (i - 1 if i - 1 < judge else i)  # judged, then the others
+        e, ok = _rewrite_drop(loads, terms, k, V, where, counts, b, x, y)
+        drop += e if ok else _rewrite_spread(loads, terms, k, V, holds, counts, b, x, y, trial)
     return drop
 
 
@@ -308,7 +320,9 @@ def _scan_rank(a, st, best, ids):
                     continue
                 if tau[j] * np.log(max(low, 1e-300)) > room:
                     continue
-                ej = _rewrite_drop(loads, terms, j, V, where, holds, counts, b, x, y, trial)
+                ej, ok = _rewrite_drop(loads, terms, j, V, where, counts, b, x, y)
+                if not ok:
+                    ej = _rewrite_spread(loads, terms, j, V, holds, counts, b, x, y, trial)
                 acc = ej + lin + tol
                 if acc < c * best[0]:
                     continue

@@ -678,31 +678,34 @@ def _ranks_of(row, counts, num_ranks):
 
 
 @kernel(inline=True)
-def _rewrite_z(Z, ex, loads, where, w, counts, a, b, x, y, tau):
-    """The smooth peak's sum ``Z`` (terms ``ex``, around peak rank ``a``) once rank ``b``'s
-    slot of ``x`` holds ``y``: the terms of the ranks of ``x`` and of ``y`` change, added in
-    rank order with the rounding of :func:`_rewrite` (so equal to a scan of every rank)."""
-    dx = w[x] / (counts[x] - 1) - w[x] / counts[x]
-    dy = w[y] / (counts[y] + 1) - w[y] / counts[y]
-    to_b = w[y] / (counts[y] + 1) - w[x] / (counts[x] - 1)
+def _rewrite_z(Z, ex, loads, where, w, counts, k, a, b, x, y, tau):
+    """Row ``k``'s smooth peak's sum ``Z`` (terms ``ex [K, D]`` of loads ``loads [K, D]``, around
+    peak rank ``a``; expert loads ``w [K, E]``) once rank ``b``'s slot of ``x`` holds ``y``: the
+    terms of the ranks of ``x`` and of ``y`` change, added in rank order with the rounding of
+    :func:`_rewrite` (so equal to a scan of every rank). The row by its index, not as a view: a
+    view takes a reference on its array, two atomic operations at each of the walks' calls."""
+    dx = w[k, x] / (counts[x] - 1) - w[k, x] / counts[x]
+    dy = w[k, y] / (counts[y] + 1) - w[k, y] / counts[y]
+    to_b = w[k, y] / (counts[y] + 1) - w[k, x] / (counts[x] - 1)
     z = Z
     i = 0
     j = 0
     nx = counts[x]
     ny = counts[y]
+    D = loads.shape[1]
     while i < nx or j < ny:
-        rx = where[x, i] if i < nx else loads.shape[0]
-        ry = where[y, j] if j < ny else loads.shape[0]
+        rx = where[x, i] if i < nx else D
+        ry = where[y, j] if j < ny else D
         r = min(rx, ry)
-        t = loads[r] + (dx if rx == r else 0.0) + (dy if ry == r else 0.0)
+        t = loads[k, r] + (dx if rx == r else 0.0) + (dy if ry == r else 0.0)
         if r == b:
             t += to_b
         if rx == r:
             i += 1
         if ry == r:
             j += 1
-        if t != loads[r]:
-            z += np.exp(min(t - loads[a], _FAR * tau) / tau) - ex[r]
+        if t != loads[k, r]:
+            z += np.exp(min(t - loads[k, a], _FAR * tau) / tau) - ex[k, r]
     return z
 
 
@@ -815,6 +818,8 @@ def greedy_moves(
     loads = np.zeros(D)
     for p in range(P):
         loads[p // S] += w[row[p]] / counts[row[p]]
+    # One-row views for _rewrite_z, which reads rows of 2-D arrays (loads changes in place).
+    w2, loads2 = w.reshape((1, E)), loads.reshape((1, D))
     best_row = row.copy()
     in_force = loads.max() / mean
     best_cost = in_force
@@ -836,6 +841,7 @@ def greedy_moves(
         # The smooth peak is tau * log(Z) above the peak; a move changes the terms of its ranks
         # only, so a candidate costs the ranks it touches, not all D.
         ex = np.exp((loads - loads[a]) / tau)
+        ex2 = ex.reshape((1, D))
         Z = ex.sum()
         base = loads[a] + tau * np.log(Z)
         best_gain = 0.0
@@ -941,7 +947,7 @@ def greedy_moves(
                     t += w[y] / (counts[y] + 1) - w[x] / (counts[x] - 1)
                 if low + np.exp(min(t, _FAR * tau) / tau) > limit:
                     continue
-                z = _rewrite_z(Z, ex, loads, where, w, counts, a, b, x, y, tau)
+                z = _rewrite_z(Z, ex2, loads2, where, w2, counts, 0, a, b, x, y, tau)
                 new = loads[a] + tau * np.log(max(z, 1e-300))
                 if z < 1e-200:  # every term underflowed: score the move on all ranks
                     _rewrite(trial, loads, holds, w, counts, b, x, y)

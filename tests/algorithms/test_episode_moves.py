@@ -10,8 +10,15 @@ import numpy as np
 import pytest
 
 from eplb_rt.algorithms import plan
-from eplb_rt.algorithms.episode_moves import _row_terms, _swap_gain, greedy_moves_rows
-from eplb_rt.algorithms.local_search import greedy_moves
+from eplb_rt.algorithms.episode_moves import (
+    _rewrite_drop,
+    _rewrite_gain,
+    _row_terms,
+    _swap_gain,
+    greedy_moves_rows,
+)
+from eplb_rt.algorithms.local_search import _ranks_of, greedy_moves
+from eplb_rt.algorithms.packing import holds_from_row
 from eplb_rt.placement import Placement, Topology
 from tests import walk_judge
 
@@ -251,6 +258,17 @@ def test_a_move_that_pays_only_on_the_sum_is_not_taken():
     assert moved == 0 and row.tolist() == prev.tolist()
 
 
+def _one_row_terms(loads: np.ndarray):
+    """``_row_terms`` of one row of loads ``[1, D]`` at temperature 0.1 (its mean, its peak)."""
+    D = loads.shape[1]
+    terms = (
+        np.empty(1), np.empty(1), np.empty((1, D)), np.empty(1), np.empty(1), np.empty((1, D)),
+        np.empty((1, 3), dtype=np.int64),
+    )  # fmt: skip
+    _row_terms(loads, loads.sum(axis=1) / D, np.array([0.1]), 0.0, terms)
+    return terms
+
+
 def test_a_swap_whose_terms_all_underflow_is_scored_on_every_rank():
     # Rank 0 holds 600 + 400, ranks 1 and 2 nothing; at temperature 0.1 every term but the
     # peak's is exp(-10000) = 0. Moving the 400 to rank 1 leaves terms exp(-4000) and
@@ -258,12 +276,25 @@ def test_a_swap_whose_terms_all_underflow_is_scored_on_every_rank():
     V = np.array([[600.0, 400.0, 0.0, 0.0, 0.0, 0.0]])
     counts = np.ones(6, dtype=np.int64)
     loads = np.array([[1000.0, 0.0, 0.0]])
-    terms = (
-        np.empty(1), np.empty(1), np.empty((1, 3)), np.empty(1), np.empty(1), np.empty((1, 3)),
-        np.empty((1, 3), dtype=np.int64),
-    )  # fmt: skip
-    _row_terms(loads, np.array([1000.0 / 3]), np.array([0.1]), 0.0, terms)
+    terms = _one_row_terms(loads)
     drop = _swap_gain(V, 0, loads, terms, counts, 0, 1, 1, 2, np.empty(3))
     state = _row_state(loads[0], 1000.0 / 3, 0.1, 0.0)
     assert drop == _swap_drop(state, loads[0], 0, 1, 400.0)
     assert drop == pytest.approx(400.0)
+
+
+def test_a_rewrite_whose_terms_all_underflow_is_scored_on_every_rank():
+    # Ranks {0, 1}, {2, 3}, {2, 4}: expert 0 (1000 tokens) alone makes rank 0 the peak. Rank 1's
+    # slot of expert 2 (no load, a replica on rank 2 too) takes expert 0: ranks 0 and 1 carry
+    # 500 each, every term at temperature 0.1 is exp(-5000) = 0, so the kernel says so and the
+    # gain scores the row on its new loads (500, 500, 0).
+    V = np.array([[1000.0, 0.0, 0.0, 0.0, 0.0]])
+    row = np.array([0, 1, 2, 3, 2, 4])
+    counts = np.array([1, 1, 2, 1, 1])
+    loads = np.array([[1000.0, 0.0, 0.0]])
+    terms = _one_row_terms(loads)
+    where = _ranks_of(row, counts, 3)
+    assert _rewrite_drop(loads, terms, 0, V, where, counts, 1, 2, 0) == (0.0, False)
+    holds = holds_from_row(row, 3, 5)
+    drop = _rewrite_gain(V, 0, loads, terms, where, holds, counts, 1, 2, 0, np.empty(3))
+    assert drop == pytest.approx(1000.0 - (500.0 + 0.1 * math.log(2.0)))
