@@ -76,11 +76,8 @@ def _swap_drop(rest, la, lb, peak, base, t, d):
     from rank ``a`` (load ``la``) to rank ``b`` (``lb``); ``rest``: the row's sum of terms less
     those two. The two new terms capped at ``_FAR`` temperatures above the peak (such a move
     loses). Returns ``(drop, True)``, or ``(0, False)`` where every term underflows
-    (:func:`_spread_drop` scores the row then).
-
-    Scalars only, as the other kernels inlined into the walk's loops: an inlined kernel that
-    binds an array takes a reference on it (an atomic operation) at every call, and those
-    references took half the walk's time."""
+    (:func:`_spread_drop` scores the row then), so that the full score's call, which takes
+    arrays, stays in the rare branch of the caller (see :func:`_rewrite_drop`)."""
     z = max(rest, 0.0)
     # (load - peak) first: 0 on the peak rank, so one row takes greedy_moves' steps to the bit.
     z += np.exp(min((la - peak) - d, _FAR * t) / t)
@@ -108,7 +105,8 @@ def _rewrite_drop(loads, terms, k, V, where, counts, b, x, y):
 
     No call that takes an array and no view of one: numba then drops the references it takes on
     the arguments, two atomic operations each at every call (once per candidate move and row:
-    they took a third of the walk's time)."""
+    they took nearly half the walk's time). The callers, called once per move scored in full,
+    keep theirs for the rare full score."""
     peak, tau, ex, Z, base, _, top = terms
     t = tau[k]
     z = _rewrite_z(Z[k], ex, loads, where, V, counts, k, top[k, 0], b, x, y, t)
@@ -120,8 +118,9 @@ def _rewrite_drop(loads, terms, k, V, where, counts, b, x, y):
 @kernel
 def _rewrite_spread(loads, terms, k, V, holds, counts, b, x, y, trial):
     """:func:`_rewrite_drop` where every term underflowed: row ``k`` scored on all its ranks."""
+    _, tau, _, _, base, _, _ = terms
     _rewrite(trial, loads[k], holds, V[k], counts, b, x, y)
-    return terms[4][k] - _soft_peak(trial, terms[1][k])
+    return base[k] - _soft_peak(trial, tau[k])
 
 
 @kernel

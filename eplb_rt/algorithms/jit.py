@@ -6,9 +6,9 @@
 * ``error_model="numpy"``: a division by zero gives ``inf`` or ``NaN``, as numpy's does, instead
   of raising ``ZeroDivisionError``. Under Python's model every division carries a branch that
   raises, and numba then keeps the reference counts it takes on a kernel's array arguments
-  (atomic operations at every call) instead of pruning them: in the move walks, kernels called
-  once per candidate move and row, that was a third of the time. No kernel divides by zero on
-  purpose or relies on the exception.
+  (atomic operations at every call) instead of pruning them: in the move walks, whose kernels
+  are called once per candidate move and row, that was nearly half the time. No kernel divides
+  by zero on purpose or relies on the exception.
 """
 
 from __future__ import annotations

@@ -818,8 +818,9 @@ def greedy_moves(
     loads = np.zeros(D)
     for p in range(P):
         loads[p // S] += w[row[p]] / counts[row[p]]
-    # One-row views for _rewrite_z, which reads rows of 2-D arrays (loads changes in place).
-    w2, loads2 = w.reshape((1, E)), loads.reshape((1, D))
+    # One-row views for _rewrite_z, which reads rows of 2-D arrays (loads changes in place; a
+    # strided w is copied, as numba reshapes only contiguous arrays).
+    w2, loads2 = np.ascontiguousarray(w).reshape((1, E)), loads.reshape((1, D))
     best_row = row.copy()
     in_force = loads.max() / mean
     best_cost = in_force

@@ -298,3 +298,18 @@ def test_a_rewrite_whose_terms_all_underflow_is_scored_on_every_rank():
     holds = holds_from_row(row, 3, 5)
     drop = _rewrite_gain(V, 0, loads, terms, where, holds, counts, 1, 2, 0, np.empty(3))
     assert drop == pytest.approx(1000.0 - (500.0 + 0.1 * math.log(2.0)))
+
+
+def test_a_walk_through_a_rewrite_whose_terms_all_underflow_takes_the_scans_moves():
+    # The case above as a walk: the judged row's drop of that rewrite is scored in full in the
+    # scan too, and the walk splits expert 0 over ranks 0 and 1 as scoring every move does.
+    prev = np.array([0, 1, 2, 3, 2, 4])
+    V = np.array([[1000.0, 0.0, 0.0, 0.0, 0.0]])
+    args = (prev, V, 0, 3, 6, 0.0, np.array([0.1]), 0.0, False, 1.0)
+    row, moved = greedy_moves_rows.py_func(*args)
+    ref_row, ref_moved = _reference_rows_walk(
+        prev, V, 0, 3, 6, move_cost=0.0, tau_min=np.array([0.1]), tau_share=0.0,
+        slowest_rank=False, lifetime=1.0,
+    )  # fmt: skip
+    assert row.tolist() == ref_row.tolist() and moved == ref_moved
+    assert sorted(np.flatnonzero(row == 0) // 2) == [0, 1]

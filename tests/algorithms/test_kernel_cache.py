@@ -123,7 +123,7 @@ def test_off_by_environment(tmp_path, monkeypatch):
 @pytest.mark.skipif(not envs.get("EPLB_RT_KERNEL_CACHE"), reason="EPLB_RT_KERNEL_CACHE=0")
 def test_every_kernel_caches_in_the_package_releases_the_gil_and_divides_as_numpy():
     # All three come from eplb_rt.algorithms.jit.kernel; under Python's error model a kernel's
-    # divisions keep the reference counts of its array arguments (a third of the move walks).
+    # divisions keep the reference counts of its array arguments (nearly half the move walks' time).
     kernels = kernels_of_the_package()
     assert kernels, "no numba kernel found in eplb_rt"
     cache_root = kernel_cache.PACKAGE_ROOT / kernel_cache.CACHE_FOLDER

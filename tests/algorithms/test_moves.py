@@ -34,6 +34,16 @@ def test_one_rewrite_splits_the_hot_expert():
     assert _par(row, w, 2) == pytest.approx(1.0)
 
 
+def test_a_strided_load_walks_as_its_copy():
+    # A column of a [T, E] table, say: the walk takes any layout numpy gives.
+    prev = np.array([0, 1, 2, 0])
+    table = np.array([[1.0, 5.0], [10.0, 5.0], [1.0, 5.0]]).T  # rows [1, 10, 1] and [5, 5, 5]
+    got = greedy_moves(prev, table[0], 2, 4, 0.0, 1e-3, 0.5, False, 1.0)
+    want = greedy_moves(prev, table[0].copy(), 2, 4, 0.0, 1e-3, 0.5, False, 1.0)
+    assert not table[0].flags.c_contiguous
+    assert (got[0].tolist(), got[1]) == (want[0].tolist(), want[1]) == ([0, 1, 2, 1], 1)
+
+
 def test_a_swap_when_no_rewrite_is_possible():
     # P = E: no expert has a second replica, so only swaps move load. [8, 8 | 1, 1] -> 9 | 9.
     prev = np.array([0, 1, 2, 3])
