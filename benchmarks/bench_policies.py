@@ -13,6 +13,12 @@ Run: ``PYTHONPATH=. taskset -c 0 python -m pytest benchmarks/bench_policies.py
 * ``test_replan``: the default policy with a previous placement (fitted on 16 episodes, re-plan
   on ``prefill_in512``); ``test_replan_episodes``: the same re-plan on 16 sampled draws of
   ``prefill_in512`` (as a runtime's history gives it).
+* ``test_runtime_plan``: the runtime's own plan, ``planning.decide`` as its balancer calls it
+  (``EplbConfig``'s history and interval: 256 steps read and a life of 255, the next plan 100
+  steps on, the default prices), on 256 decode-size steps drawn from ``prefill_in1024`` (8 or
+  64 tokens a rank, top-8, seeded): ``first`` from the starting layout, ``next`` with the first
+  plan's placement in force, on the next 256 steps. ``extra_info``: layers committed, slots
+  moved.
 * ``test_cold_start``: a fresh interpreter with ``NUMBA_CACHE_DIR`` pointed at an empty
   directory: import, then the first plan of a small load, then a re-plan with a previous
   placement (the kernels of moves that pay); wall and CPU seconds (the compile is
@@ -39,6 +45,7 @@ import numpy as np
 import pytest
 
 from benchmarks import traces
+from eplb_rt import planning
 from eplb_rt.algorithms import metrics, plan, warm_up
 from eplb_rt.config import EplbConfig
 from eplb_rt.placement import Topology
@@ -140,6 +147,33 @@ def test_replan_episodes(benchmark, loads):
         par_after=round(float(np.nanmean(metrics.par(placement, new))), 5),
         moved_fraction=round(placement.moved_fraction(previous), 4),
     )
+
+
+@pytest.mark.parametrize("which", ["first", "next"])
+@pytest.mark.parametrize("tokens_per_rank", [8, 64])
+@pytest.mark.parametrize("shape", [(64, 5), (32, 9)], ids=["64x5", "32x9"])
+def test_runtime_plan(benchmark, shape, tokens_per_rank, which):
+    """The balancer's ``decide`` call: the plan a serving engine waits on in the background."""
+    warm_up([DEFAULT])
+    topo, config = Topology(*shape), EplbConfig()
+    rng = np.random.default_rng(0)
+    workload = traces.deepseek_v3("prefill_in1024", moe_only=True)[0]
+    steps = [
+        traces.sample_tokens(workload, config.history, topo.num_ranks * tokens_per_rank * 8, rng)
+        for _ in range(2)
+    ]
+    in_force = planning.starting_placement(58, 256, topo)
+    kwargs = {
+        "cost": planning.CostModel(), "horizon": config.interval, "lifetime": config.history - 1
+    }  # fmt: skip
+    if which == "next":
+        in_force = planning.decide(steps[0], in_force, topo, DEFAULT, None, **kwargs).placement
+    load = steps[which == "next"]
+    decision = benchmark.pedantic(
+        planning.decide, args=(load, in_force, topo, DEFAULT, None), kwargs=kwargs, rounds=2,
+        iterations=1,
+    )  # fmt: skip
+    benchmark.extra_info.update(layers=len(decision.layers), slots=decision.slots)
 
 
 def another_cpu() -> str:
