@@ -76,8 +76,7 @@ def _swap_drop(rest, la, lb, peak, base, t, d):
     from rank ``a`` (load ``la``) to rank ``b`` (``lb``); ``rest``: the row's sum of terms less
     those two. The two new terms capped at ``_FAR`` temperatures above the peak (such a move
     loses). Returns ``(drop, True)``, or ``(0, False)`` where every term underflows
-    (:func:`_spread_drop` scores the row then), so that the full score's call, which takes
-    arrays, stays in the rare branch of the caller (see :func:`_rewrite_drop`)."""
+    (:func:`_spread_drop` scores the row then)."""
     z = max(rest, 0.0)
     # (load - peak) first: 0 on the peak rank, so one row takes greedy_moves' steps to the bit.
     z += np.exp(min((la - peak) - d, _FAR * t) / t)
@@ -87,10 +86,12 @@ def _swap_drop(rest, la, lb, peak, base, t, d):
     return base - (peak + t * np.log(max(z, 1e-300))), True
 
 
-@kernel
+@kernel(inline=True)
 def _spread_drop(loads, base, k, a, b, d, t, trial):
-    """:func:`_swap_drop` where every term underflowed: row ``k`` scored on all its ranks."""
-    trial[:] = loads[k]
+    """:func:`_swap_drop` where every term underflowed: row ``k`` scored on all its ranks (row by
+    index, no view: inlined into :func:`_swap_gain`, whose references numba then drops)."""
+    for r in range(loads.shape[1]):
+        trial[r] = loads[k, r]
     trial[a] -= d
     trial[b] += d
     return base[k] - _soft_peak(trial, t)
@@ -103,10 +104,10 @@ def _rewrite_drop(loads, terms, k, V, where, counts, b, x, y):
     their terms change. Returns ``(drop, True)``, or ``(0, False)`` where every term underflows
     (:func:`_rewrite_spread` scores the row then).
 
-    No call that takes an array and no view of one: numba then drops the references it takes on
-    the arguments, two atomic operations each at every call (once per candidate move and row:
-    they took nearly half the walk's time). The callers, called once per move scored in full,
-    keep theirs for the rare full score."""
+    No call of a kernel that may raise and no view of an array, here and in the kernels
+    inlined into the gains: numba then drops the references it takes on the arguments, two
+    atomic operations each at every call (once per candidate move and row: they took nearly
+    half the walk's time; :mod:`eplb_rt.algorithms.jit`)."""
     peak, tau, ex, Z, base, _, top = terms
     t = tau[k]
     z = _rewrite_z(Z[k], ex, loads, where, V, counts, k, top[k, 0], b, x, y, t)
@@ -115,11 +116,12 @@ def _rewrite_drop(loads, terms, k, V, where, counts, b, x, y):
     return base[k] - (peak[k] + t * np.log(max(z, 1e-300))), True
 
 
-@kernel
+@kernel(inline=True)
 def _rewrite_spread(loads, terms, k, V, holds, counts, b, x, y, trial):
-    """:func:`_rewrite_drop` where every term underflowed: row ``k`` scored on all its ranks."""
+    """:func:`_rewrite_drop` where every term underflowed: row ``k`` scored on all its ranks
+    (inlined, as :func:`_spread_drop`)."""
     _, tau, _, _, base, _, _ = terms
-    _rewrite(trial, loads[k], holds, V[k], counts, b, x, y)
+    _rewrite(trial, loads, k, holds, V, counts, b, x, y)
     return base[k] - _soft_peak(trial, tau[k])
 
 
@@ -492,8 +494,9 @@ def greedy_moves_rows(
             b = best_q // S
             x = row[best_q]
             y = best_y
+            prior = loads.copy()
             for k in range(K):
-                _rewrite(loads[k], loads[k].copy(), holds, V[k], counts, b, x, y)
+                _rewrite(loads[k], prior, k, holds, V, counts, b, x, y)
             _take_rewrite(row, holds, counts, best_q, y)
         moves = _moved_slots(row, prev_row)
         price = _walk_price(row, prev_row, moves, D, move_cost, slowest_rank)

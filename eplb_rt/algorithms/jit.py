@@ -4,11 +4,14 @@
   (:mod:`eplb_rt.algorithms.kernel_cache`).
 * ``nogil=True``: the balancer plans in a thread beside the serving one.
 * ``error_model="numpy"``: a division by zero gives ``inf`` or ``NaN``, as numpy's does, instead
-  of raising ``ZeroDivisionError``. Under Python's model every division carries a branch that
-  raises, and numba then keeps the reference counts it takes on a kernel's array arguments
-  (atomic operations at every call) instead of pruning them: in the move walks, whose kernels
-  are called once per candidate move and row, that was nearly half the time. No kernel divides
-  by zero on purpose or relies on the exception.
+  of raising ``ZeroDivisionError``. numba takes a reference on each array argument when a
+  kernel starts (an atomic operation, and another to drop it), and prunes the pair only where
+  no branch can leave the kernel early. Under Python's model every division carries a branch
+  that raises: in the move walks, whose kernels are called once per candidate move and row,
+  those references were nearly half the time. No kernel divides by zero on purpose or relies
+  on the exception. The same holds for a call of a kernel that may raise (``max()`` of an empty
+  array) and for a view of a row (a new reference): the walks' small kernels read rows by index
+  and inline what they call.
 """
 
 from __future__ import annotations

@@ -630,26 +630,32 @@ _REFUTE_MARGIN = 1e-9
 above the rounding of the sums, so the moves taken are those of scoring every candidate."""
 
 
-@kernel
+@kernel(inline=True)
 def _soft_peak(loads, tau):
     """``tau * log(sum(exp(loads / tau)))``: a smooth maximum that credits lowering any of
-    several tied peaks (computed around the true maximum, so it never overflows)."""
-    m = loads.max()
+    several tied peaks (computed around the true maximum, so it never overflows).
+
+    Inlined, and its maximum a loop (``max()`` raises on an empty array): a kernel that calls
+    one that may raise keeps the references it took on its arrays (see :mod:`.jit`)."""
+    m = loads[0]
+    for r in range(1, loads.shape[0]):
+        m = max(m, loads[r])
     acc = 0.0
     for r in range(loads.shape[0]):
         acc += np.exp((loads[r] - m) / tau)
     return m + tau * np.log(acc)
 
 
-@kernel
-def _rewrite(out, loads, holds, w, counts, b, x, y):
-    """``out [D]``: rank ``loads`` once rank ``b``'s slot of expert ``x`` holds ``y`` (the other
-    replicas of ``x`` grow, those of ``y`` shrink)."""
-    dx = w[x] / (counts[x] - 1) - w[x] / counts[x]
-    dy = w[y] / (counts[y] + 1) - w[y] / counts[y]
-    for r in range(loads.shape[0]):
-        out[r] = loads[r] + (dx if holds[r, x] else 0.0) + (dy if holds[r, y] else 0.0)
-    out[b] += w[y] / (counts[y] + 1) - w[x] / (counts[x] - 1)
+@kernel(inline=True)
+def _rewrite(out, loads, k, holds, w, counts, b, x, y):
+    """``out [D]``: row ``k``'s rank loads (``loads [K, D]``, expert loads ``w [K, E]``) once rank
+    ``b``'s slot of expert ``x`` holds ``y`` (the other replicas of ``x`` grow, those of ``y``
+    shrink). Rows by index, as :func:`_rewrite_z` reads them."""
+    dx = w[k, x] / (counts[x] - 1) - w[k, x] / counts[x]
+    dy = w[k, y] / (counts[y] + 1) - w[k, y] / counts[y]
+    for r in range(loads.shape[1]):
+        out[r] = loads[k, r] + (dx if holds[r, x] else 0.0) + (dy if holds[r, y] else 0.0)
+    out[b] += w[k, y] / (counts[y] + 1) - w[k, x] / (counts[x] - 1)
 
 
 @kernel(inline=True)
@@ -951,7 +957,7 @@ def greedy_moves(
                 z = _rewrite_z(Z, ex2, loads2, where, w2, counts, 0, a, b, x, y, tau)
                 new = loads[a] + tau * np.log(max(z, 1e-300))
                 if z < 1e-200:  # every term underflowed: score the move on all ranks
-                    _rewrite(trial, loads, holds, w, counts, b, x, y)
+                    _rewrite(trial, loads2, 0, holds, w2, counts, b, x, y)
                     new = _soft_peak(trial, tau)
                 gain = (base - new) / max(extra, 0.5)
                 if gain > best_gain:
@@ -973,7 +979,7 @@ def greedy_moves(
             b = best_q // S
             x = row[best_q]
             y = best_y
-            _rewrite(loads, loads.copy(), holds, w, counts, b, x, y)
+            _rewrite(loads, loads2.copy(), 0, holds, w2, counts, b, x, y)
             _take_rewrite(row, holds, counts, best_q, y)
         # Slots that differ from the previous row (a later move may put one back).
         moves = _moved_slots(row, prev_row)
