@@ -11,7 +11,7 @@
   those references were nearly half the time. No kernel divides by zero on purpose or relies
   on the exception. The same holds for a call of a kernel that may raise (``max()`` of an empty
   array) and for a view of a row (a new reference): the walks' small kernels read rows by index
-  and inline what they call.
+  and inline the rare full scores they fall back to.
 """
 
 from __future__ import annotations
