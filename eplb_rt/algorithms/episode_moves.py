@@ -126,30 +126,31 @@ def _rewrite_spread(loads, terms, k, V, holds, counts, b, x, y, trial):
 
 
 @kernel
-def _swap_gain(V, judge, loads, terms, counts, a, b, x, y, trial):
-    """Drop of the summed smooth peaks when ``x`` (rank ``a``) and ``y`` (rank ``b``) swap: the
-    judged row first, then the others in order (every path adds them so: equal moves get
-    bit-equal drops, and ties are broken by the scan alone)."""
+def _swap_gain(V, judge, loads, terms, counts, a, b, x, y, trial, first):
+    """Drop of the summed smooth peaks when ``x`` (rank ``a``) and ``y`` (rank ``b``) swap:
+    ``first``, the judged row's drop (which the scan computes to bound the move), plus the
+    others' in order (every path adds them so: equal moves get bit-equal drops, and ties are
+    broken by the scan alone)."""
     peak, tau, ex, Z, base, _, _ = terms
-    drop = 0.0
-    for i in range(V.shape[0]):
-        k = judge if i == 0 else (i - 1 if i - 1 < judge else i)  # judged, then the others
-        d = V[k, x] / counts[x] - V[k, y] / counts[y]
-        rest = Z[k] - ex[k, a] - ex[k, b]
-        e, ok = _swap_drop(rest, loads[k, a], loads[k, b], peak[k], base[k], tau[k], d)
-        drop += e if ok else _spread_drop(loads, base, k, a, b, d, tau[k], trial)
+    drop = first
+    for k in range(V.shape[0]):
+        if k != judge:
+            d = V[k, x] / counts[x] - V[k, y] / counts[y]
+            rest = Z[k] - ex[k, a] - ex[k, b]
+            e, ok = _swap_drop(rest, loads[k, a], loads[k, b], peak[k], base[k], tau[k], d)
+            drop += e if ok else _spread_drop(loads, base, k, a, b, d, tau[k], trial)
     return drop
 
 
 @kernel
-def _rewrite_gain(V, judge, loads, terms, where, holds, counts, b, x, y, trial):
+def _rewrite_gain(V, judge, loads, terms, where, holds, counts, b, x, y, trial, first):
     """Drop of the summed smooth peaks when rank ``b``'s slot of ``x`` takes ``y`` (rows added
     as in :func:`_swap_gain`)."""
-    drop = 0.0
-    for i in range(V.shape[0]):
-        k = judge if i == 0 else (i - 1 if i - 1 < judge else i)  # judged, then the others
-        e, ok = _rewrite_drop(loads, terms, k, V, where, counts, b, x, y)
-        drop += e if ok else _rewrite_spread(loads, terms, k, V, holds, counts, b, x, y, trial)
+    drop = first
+    for k in range(V.shape[0]):
+        if k != judge:
+            e, ok = _rewrite_drop(loads, terms, k, V, where, counts, b, x, y)
+            drop += e if ok else _rewrite_spread(loads, terms, k, V, holds, counts, b, x, y, trial)
     return drop
 
 
@@ -267,7 +268,7 @@ def _scan_rank(a, st, best, ids):
                         acc += min(d * (prob[k, a] - prob[k, b]), cap)
                 if acc < c * best[0]:
                     continue
-                g = _swap_gain(V, judge, loads, terms, counts, a, b, x, y, trial) / c
+                g = _swap_gain(V, judge, loads, terms, counts, a, b, x, y, trial, ej) / c
                 if g > best[0]:
                     best[0] = g
                     ids[0], ids[1], ids[2] = p, q, -1
@@ -351,7 +352,10 @@ def _scan_rank(a, st, best, ids):
                         acc += min(first, cap)
                 if acc < c * best[0]:
                     continue
-                g = _rewrite_gain(V, judge, loads, terms, where, holds, counts, b, x, y, trial) / c
+                g = (
+                    _rewrite_gain(V, judge, loads, terms, where, holds, counts, b, x, y, trial, ej)
+                    / c
+                )
                 if g > best[0]:
                     best[0] = g
                     ids[0], ids[1], ids[2] = -1, q, y

@@ -258,45 +258,48 @@ def test_a_move_that_pays_only_on_the_sum_is_not_taken():
     assert moved == 0 and row.tolist() == prev.tolist()
 
 
-def _one_row_terms(loads: np.ndarray):
-    """``_row_terms`` of one row of loads ``[1, D]`` at temperature 0.1 (its mean, its peak)."""
-    D = loads.shape[1]
+def _terms_at_tenth(loads: np.ndarray):
+    """``_row_terms`` of rows of loads ``[K, D]`` at temperature 0.1 (their means, their peaks)."""
+    K, D = loads.shape
     terms = (
-        np.empty(1), np.empty(1), np.empty((1, D)), np.empty(1), np.empty(1), np.empty((1, D)),
-        np.empty((1, 3), dtype=np.int64),
+        np.empty(K), np.empty(K), np.empty((K, D)), np.empty(K), np.empty(K), np.empty((K, D)),
+        np.empty((K, 3), dtype=np.int64),
     )  # fmt: skip
-    _row_terms(loads, loads.sum(axis=1) / D, np.array([0.1]), 0.0, terms)
+    _row_terms(loads, loads.sum(axis=1) / D, np.full(K, 0.1), 0.0, terms)
     return terms
 
 
 def test_a_swap_whose_terms_all_underflow_is_scored_on_every_rank():
     # Rank 0 holds 600 + 400, ranks 1 and 2 nothing; at temperature 0.1 every term but the
     # peak's is exp(-10000) = 0. Moving the 400 to rank 1 leaves terms exp(-4000) and
-    # exp(-6000): all zero, so the kernel scores the row on its new loads (600, 400, 0).
-    V = np.array([[600.0, 400.0, 0.0, 0.0, 0.0, 0.0]])
+    # exp(-6000): all zero, so the kernel scores the row on its new loads (600, 400, 0). Row 1
+    # is the judged one, whose drop the gain is given (the scan computes it).
+    V = np.array([[600.0, 400.0, 0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])
     counts = np.ones(6, dtype=np.int64)
-    loads = np.array([[1000.0, 0.0, 0.0]])
-    terms = _one_row_terms(loads)
-    drop = _swap_gain(V, 0, loads, terms, counts, 0, 1, 1, 2, np.empty(3))
+    loads = np.array([[1000.0, 0.0, 0.0], [2.0, 2.0, 2.0]])
+    terms = _terms_at_tenth(loads)
+    drop = _swap_gain(V, 1, loads, terms, counts, 0, 1, 1, 2, np.empty(3), 0.0)
     state = _row_state(loads[0], 1000.0 / 3, 0.1, 0.0)
     assert drop == _swap_drop(state, loads[0], 0, 1, 400.0)
     assert drop == pytest.approx(400.0)
+    given = _swap_gain(V, 1, loads, terms, counts, 0, 1, 1, 2, np.empty(3), 7.0)
+    assert given == pytest.approx(407.0)
 
 
 def test_a_rewrite_whose_terms_all_underflow_is_scored_on_every_rank():
     # Ranks {0, 1}, {2, 3}, {2, 4}: expert 0 (1000 tokens) alone makes rank 0 the peak. Rank 1's
     # slot of expert 2 (no load, a replica on rank 2 too) takes expert 0: ranks 0 and 1 carry
     # 500 each, every term at temperature 0.1 is exp(-5000) = 0, so the kernel says so and the
-    # gain scores the row on its new loads (500, 500, 0).
-    V = np.array([[1000.0, 0.0, 0.0, 0.0, 0.0]])
+    # gain scores the row on its new loads (500, 500, 0). Row 1 is the judged one (as above).
+    V = np.array([[1000.0, 0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0, 1.0]])
     row = np.array([0, 1, 2, 3, 2, 4])
     counts = np.array([1, 1, 2, 1, 1])
-    loads = np.array([[1000.0, 0.0, 0.0]])
-    terms = _one_row_terms(loads)
+    loads = np.array([[1000.0, 0.0, 0.0], [2.0, 1.5, 1.5]])
+    terms = _terms_at_tenth(loads)
     where = _ranks_of(row, counts, 3)
     assert _rewrite_drop(loads, terms, 0, V, where, counts, 1, 2, 0) == (0.0, False)
     holds = holds_from_row(row, 3, 5)
-    drop = _rewrite_gain(V, 0, loads, terms, where, holds, counts, 1, 2, 0, np.empty(3))
+    drop = _rewrite_gain(V, 1, loads, terms, where, holds, counts, 1, 2, 0, np.empty(3), 0.0)
     assert drop == pytest.approx(1000.0 - (500.0 + 0.1 * math.log(2.0)))
 
 
