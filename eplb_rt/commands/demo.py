@@ -25,6 +25,7 @@ import numpy as np
 
 from eplb_rt.commands import _args
 from eplb_rt.data import ESFT_LAYERS
+from eplb_rt.sim.report import counted
 
 SUMMARY_KEYS = (
     "par_mean",
@@ -325,9 +326,10 @@ def _print_report(result: dict) -> None:
     # Plans are numbered as the runtime counts them (every gather): those that moved nothing
     # are listed as skipped, not as rebalances.
     for r in result["rebalances"]:
+        layers = counted(len(r["layers_committed"]), "layer")
         print(
             f"  plan {r['epoch']} rebalanced: gathered at step {r['gather_step']}, planned in "
-            f"{r['plan_time_s'] * 1e3:.1f} ms, {len(r['layers_committed'])} layers committed"
+            f"{r['plan_time_s'] * 1e3:.1f} ms, {layers} committed"
             f"{', ' + str(len(r['layers_failed'])) + ' failed' if r['layers_failed'] else ''}, "
             f"{r['moved_experts']} experts / {r['bytes_moved'] / 2**20:.1f} MiB moved, done "
             f"after {r['steps']} steps"

@@ -60,7 +60,7 @@ def finite_json(value):
     return value
 
 
-def _count(n: int, noun: str) -> str:
+def counted(n: int, noun: str) -> str:
     """``1 step``, ``2 steps``."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
@@ -68,16 +68,16 @@ def _count(n: int, noun: str) -> str:
 def markdown(doc: dict) -> str:
     """The setup in one sentence and one table row per policy (from :func:`to_document`)."""
     setup = doc["setup"]
-    parts = ", ".join(f"{w['label']} ({_count(w['steps'], 'step')})" for w in setup["workloads"])
+    parts = ", ".join(f"{w['label']} ({counted(w['steps'], 'step')})" for w in setup["workloads"])
     first = next(iter(doc["policies"].values()))["summary"]
     scored = setup["steps"] - setup["interval"]
     lines = [
-        f"Replayed {_count(setup['steps'], 'step')} of {setup['layers']} layers x "
+        f"Replayed {counted(setup['steps'], 'step')} of {setup['layers']} layers x "
         f"{setup['experts']} experts [{parts}] on {setup['ranks']} ranks x "
-        f"{setup['slots_per_rank']} slots; re-planned every {_count(setup['interval'], 'step')} "
-        f"from the last {_count(setup['window'], 'step')} (all those before, where fewer), "
+        f"{setup['slots_per_rank']} slots; re-planned every {counted(setup['interval'], 'step')} "
+        f"from the last {counted(setup['window'], 'step')} (all those before, where fewer), "
         f"scored on the next {setup['interval']} (out of sample; the last cycle on what "
-        f"remains): {_count(first['cycles'], 'cycle')} scoring {_count(scored, 'step')}. "
+        f"remains): {counted(first['cycles'], 'cycle')} scoring {counted(scored, 'step')}. "
         f"PAR = max / mean rank "
         f"load per layer (1.0 is perfect); lower bound on PAR, mean: "
         f"{_num(first.get('bound_par_mean'), 3)}. Move cost {setup['expert_bytes']:,} bytes per "
