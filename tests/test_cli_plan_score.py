@@ -301,6 +301,8 @@ def test_bad_load_file_exits_2_with_one_line(capsys, tmp_path, name, content, ma
             ["--previous", "p.json", "--lifetime", "nan"],
             "--lifetime must be a number of rows > 0 or inf",
         ),
+        (["--horizon", "7"], "--horizon price moves from a placement in force: give --previous"),
+        (["--horizon", "7", "--lifetime", "3"], "--horizon and --lifetime price moves"),
         (["--ranks", 1], "do not fit"),
         (["--nodes", 3], "multiple of num_nodes"),
     ],

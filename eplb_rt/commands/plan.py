@@ -140,6 +140,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--horizon must be a number of rows > 0, got {args.horizon:g}")
     if args.lifetime is not None and not args.lifetime > 0:  # NaN fails too
         raise ValueError(f"--lifetime must be a number of rows > 0 or inf, got {args.lifetime:g}")
+    spans = [flag for flag in ("--horizon", "--lifetime") if getattr(args, flag[2:]) is not None]
+    if spans and not args.previous:
+        raise ValueError(
+            f"{' and '.join(spans)} price moves from a placement in force: give --previous too"
+        )
     cost = cost_from_args(args)
     options = parse_options(args.option)
     checked = get_policy(args.policy).make_options(options)  # bad options fail before any work
