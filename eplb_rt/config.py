@@ -56,8 +56,8 @@ class EplbConfig:
         token_seconds: seconds one token spends in one expert, until the runtime has measured
             its own steps (default 2.5e-7: a DeepSeek-V3 expert, 88 MFLOP, at 350 TFLOP/s).
             With these and the registered weights' bytes, a layer is re-deployed only when the
-            compute it saves before the next plan exceeds its migration time
-            (:mod:`eplb_rt.planning`).
+            compute it saves before the next plan (over one ``interval``, a probe's plan too)
+            exceeds its migration time (:mod:`eplb_rt.planning`).
         heat_source: ``"topk"`` (sender side, counted by ``route``; all-reduced) or
             ``"group_list"`` (receiver side, counted by ``record``; all-gathered).
         rank_local_tokens: each rank routes its own tokens (data-parallel attention, dispatched

@@ -1,13 +1,15 @@
 """The one planning pipeline: load -> policy -> alignment -> one gate in seconds -> placement.
 
 ``EplbRuntime`` (its balancer), ``eplb-rt plan --previous`` and ``eplb-rt simulate`` all decide
-through :func:`decide`, so the same load and placement in force give the same decision in all
-three. Step time is taken as proportional to the largest rank load of each MoE layer, so a layer
-is committed only when the compute it saves before the next plan (fall of the per-step max rank
-load x :attr:`CostModel.token_seconds` x steps) exceeds the migration time that is not hidden
-behind compute (bytes the slowest rank receives / :attr:`CostModel.bandwidth`); a layer that
-could not pay for one expert's transfer even if balanced perfectly is not planned
-(:func:`could_pay`). Torch-free.
+through :func:`decide`, so the same load and placement in force give the same decision in all three,
+priced over the same spans (the runtime's: its interval and its heat ring; ``plan``'s ``--horizon``
+and ``--lifetime``, the load's rows unless given). Step time is taken as proportional to the largest
+rank load of each MoE layer, so a layer is committed only when the compute it saves before the next
+plan (fall of the per-step max rank load x :attr:`CostModel.token_seconds` x steps) exceeds the
+migration time that is not hidden behind compute (bytes the slowest rank receives /
+:attr:`CostModel.bandwidth`), or, where the placement is hierarchical, when it puts a layer's expert
+groups back onto nodes (whatever that costs: :func:`decide`); a layer that could not pay for one
+expert's transfer even if balanced perfectly is not planned (:func:`could_pay`). Torch-free.
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ class CostModel:
         bandwidth, less the hidden part."""
         new, previous = (np.ascontiguousarray(a, dtype=np.int64) for a in (new, previous))
         received = most_received_layers(new, previous, num_ranks)
-        exposed = received * self.expert_bytes / self.bandwidth - self.hidden_seconds
+        # In floats: an int expert_bytes times int64 counts would wrap past 2**63.
+        exposed = received * np.float64(self.expert_bytes) / self.bandwidth - self.hidden_seconds
         return np.where(received > 0, np.maximum(exposed, 0.0), 0.0)
 
     def move_cost(self, load: np.ndarray, num_ranks: int, horizon: float) -> float:
@@ -90,7 +93,11 @@ class CostModel:
         time one unit of PAR costs over ``horizon`` steps at the mean rank load of
         ``load [T, L, E]`` (of the layers that carry load: an idle layer buys nothing, and
         counted in the mean it would make every move look dearer). At most
-        :data:`NO_MOVE_PAYS`."""
+        :data:`NO_MOVE_PAYS`.
+
+        The whole transfer is priced: :attr:`hidden_seconds` is an allowance per layer, which a
+        price per moved slot cannot hold, so with it the policies price moves dearer than the
+        gate does (they may forgo a move the gate would commit, never the reverse)."""
         per_layer = load.sum(axis=2, dtype=np.float64).mean(axis=0)
         loaded = per_layer[per_layer > 0]
         mean_rank = max(float(loaded.mean()) / num_ranks if loaded.size else 0.0, 1e-300)
@@ -105,7 +112,8 @@ class Decision:
     """A plan and why: per layer ``[L]`` the seconds saved and spent, PAR before and after.
 
     ``candidate`` is the policy's placement aligned to the one in force; ``placement`` is the
-    one in force with the ``layers`` that pay taken from it; ``slots`` moved slots in all.
+    one in force with the ``layers`` that pay (and hierarchical layers whose groups go back onto
+    nodes, :func:`decide`) taken from it; ``slots`` moved slots in all.
     """
 
     placement: Placement
@@ -151,9 +159,10 @@ def decide(
 
     The policy's ``move_cost`` option (where it has one and it is not given) is derived from
     ``cost``, and its ``slowest_rank`` (likewise) is on, so that it judges its candidates by
-    the migration's time as the gate does. ``lifetime``: the steps a placement chosen now is
-    expected to serve, the span of load a plan reads (the runtime's heat ring, ``simulate``'s
-    window; ``None``: the rows of ``load``; ``inf``: as long as the load holds); the policy's
+    the migration's time as the gate does (the whole transfer: :meth:`CostModel.move_cost`).
+    ``lifetime``: the steps a placement chosen now is expected to serve, the span of load a plan
+    reads (the runtime's heat ring, ``simulate``'s window; ``None``: the rows of ``load``;
+    ``inf``: as long as the load holds); the policy's
     ``lifetime`` option (likewise) is that in plans, at least 1: of its candidates whose moves
     pay before the next plan, it takes the one that buys the most over that span, and where a
     layer's episodes show the load held over it, over as long as it holds (the least PAR that
@@ -317,6 +326,8 @@ def starting_placement(num_layers: int, num_experts: int, topology: Topology) ->
     that hold least, so the ranks carry loads as even as the min-max replica counts allow when
     experts are equally loaded (the same load where ``D * S`` is a multiple of ``E``, and at
     the shapes of DeepSeek-V3 on 32x9 or 64x5)."""
+    if not (is_integer(num_layers) and num_layers >= 1):
+        raise ValueError(f"num_layers must be an int >= 1, got {num_layers!r}")
     topology.check_experts(num_experts)
     D, S, E = topology.num_ranks, topology.num_slots_per_rank, num_experts
     counts = np.full(E, topology.num_slots // E)

@@ -44,6 +44,9 @@ def test_migration_seconds_count_what_the_slowest_rank_receives():
     assert cost.migration_seconds(old, new, 2).tolist() == [1.5, 3.0, 0.0]
     hidden = planning.CostModel(expert_bytes=3, bandwidth=2, hidden_seconds=1.0)
     assert hidden.migration_seconds(old, new, 2).tolist() == [0.5, 2.0, 0.0]
+    # Bytes given as an int past int64's range once multiplied by the counts: no wrap to 0.
+    huge = planning.CostModel(expert_bytes=2**62, bandwidth=2.0**62)
+    assert huge.migration_seconds(old, new, 2).tolist() == [1.0, 2.0, 0.0]
 
 
 def test_move_cost_is_transfer_time_over_the_time_one_par_costs():
@@ -288,6 +291,12 @@ def test_starting_placement_is_balanced_on_equal_loads_and_keeps_the_contiguous_
     grid = start.by_rank()[0]
     for expert in range(experts):
         assert expert in grid[expert * ranks // experts]
+
+
+@pytest.mark.parametrize("layers", [0, -1, True, 2.0])
+def test_starting_placement_names_a_bad_layer_count(layers):
+    with pytest.raises(ValueError, match=f"num_layers must be an int >= 1, got {layers!r}"):
+        planning.starting_placement(layers, 8, Topology(4, 3))
 
 
 def test_starting_placement_is_no_worse_than_the_static_layout_on_the_demo_workload():

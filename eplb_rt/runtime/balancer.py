@@ -432,6 +432,10 @@ class Balancer:
             args += (self.config.policy_options,)
             # A placement is expected to serve as long as the load a plan reads: the ring.
             lifetime = self.config.history - 1
+            # Every plan is priced over one interval, a probe's between two gathers too: what it
+            # commits serves on past the next gather unless moving it pays, as an interval's
+            # plan does. (Priced over the steps left until that gather, the demo's first probes
+            # committed later: mean PAR 0.902 of static against 0.871 at 100 steps, interval 10.)
             kwargs = {"cost": cost, "horizon": self.config.interval, "lifetime": lifetime}
             if self._child is None:
                 decision = planning.decide(*args, **kwargs)
