@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+SIGPIPE_STATUS = 141
+"""Exit status when stdout's reader has gone: a shell's for a process killed by SIGPIPE."""
 
 # Subcommand modules, in the order ``eplb-rt --help`` lists them.
 COMMANDS = ("demo", "plan", "score", "policies", "simulate", "convert", "doctor")
@@ -27,6 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # The reader of stdout left (`| head`): stop quietly with the status a process killed by
+        # SIGPIPE has, and keep Python's flush at exit from raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return SIGPIPE_STATUS
     except (ValueError, OSError) as err:  # a file or argument the user can fix
         print(f"eplb-rt {args.command}: error: {err}", file=sys.stderr)
         return 2

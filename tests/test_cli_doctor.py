@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
+import subprocess
 import sys
 
 import pytest
@@ -41,6 +43,25 @@ def test_the_kernel_cache_is_checked_in_a_child_process():
     assert check.name == "kernels" and check.status in ("ok", "warn"), check
     if check.status == "ok":  # the shipped cache (the build fills it) loads: nothing compiled
         assert "load from the cache" in check.detail
+
+
+def test_the_kernel_check_says_when_the_shipped_cache_is_off(monkeypatch):
+    monkeypatch.setenv("EPLB_RT_KERNEL_CACHE", "0")
+    check = doctor._kernels()
+    assert check.status == "warn" and check.detail.startswith("EPLB_RT_KERNEL_CACHE=0")
+    assert check.fix == "unset EPLB_RT_KERNEL_CACHE"
+
+
+def test_a_bad_kernel_cache_flag_is_reported_by_doctor_not_raised_at_import(tmp_path):
+    """The cache is installed when ``eplb_rt.algorithms`` is imported, before any command runs."""
+    env = dict(os.environ, EPLB_RT_KERNEL_CACHE="maybe")
+    done = subprocess.run(
+        [sys.executable, "-m", "eplb_rt.cli", "doctor", "--no-kernels"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "FAIL  settings     environment variable EPLB_RT_KERNEL_CACHE='maybe'" in done.stdout
+    assert "Traceback" not in done.stderr and "taken as unset" in done.stderr
 
 
 def test_another_torch_release_than_the_builds_fails(capsys, tmp_path, monkeypatch):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 from benchmarks import traces
 from eplb_rt import formats
 from eplb_rt.algorithms import metrics
-from eplb_rt.cli import main
+from eplb_rt.cli import SIGPIPE_STATUS, main
 from eplb_rt.placement import Placement, Topology
 
 TOY = [[600.0, 560, 120, 120, 20, 10, 10, 10]]
@@ -51,6 +53,22 @@ def test_plan_and_score_toy_gives_232(capsys, tmp_path, toy_json):
     assert summary["max_rank_load_per_layer"] == [232.0]
     assert summary["par_mean"] == pytest.approx(232 / (1450 / 8))
     assert summary["par_max"] == summary["par_mean"]
+
+
+def test_a_reader_that_leaves_stops_the_command_quietly(tmp_path, toy_json):
+    """``eplb-rt score ... | head``: the shell's status for SIGPIPE, no error line, no traceback
+    (the read end is closed before the child has imported anything, so its first write fails)."""
+    placement = tmp_path / "p.json"
+    formats.write_placement(Placement.initial(1, 8, Topology(8, 2)), placement)
+    argv = ["score", "--load", str(toy_json), "--placement", str(placement)]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "eplb_rt.cli", *argv], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, cwd=tmp_path,
+    )  # fmt: skip
+    child.stdout.close()
+    with child.stderr:
+        err = child.stderr.read().decode()
+    assert child.wait() == SIGPIPE_STATUS and err == ""
 
 
 def test_score_reads_a_npy_placement_with_ranks(capsys, tmp_path, toy_json):

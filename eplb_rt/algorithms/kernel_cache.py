@@ -257,15 +257,25 @@ def install(package_root: Path = PACKAGE_ROOT, cache_root: Path | None = None) -
     ``package_root/_kernels``) ahead of its own locators. Call it before the kernel modules are
     imported; calling it again for the same root does nothing.
 
-    Returns whether the locator is in place. Off when ``EPLB_RT_KERNEL_CACHE=0``; when numba's
-    internals are not as expected it warns once and leaves numba's default caching.
+    Returns whether the locator is in place. Off when ``EPLB_RT_KERNEL_CACHE=0`` (a value that
+    is not a flag warns once and counts as unset); when numba's internals are not as expected
+    it warns once and leaves numba's default caching.
     """
     package_root = Path(package_root).resolve()
     if package_root in _installed:
         return True
-    if not envs.get("EPLB_RT_KERNEL_CACHE"):
-        return False
     global _warned  # noqa: PLW0603  (warn once per process)
+    try:
+        wanted = envs.get("EPLB_RT_KERNEL_CACHE")
+    except ValueError as err:
+        # Installed on import: raising would stop every command, `eplb-rt doctor` too, whose
+        # settings check names the variable.
+        wanted = envs.VARIABLES["EPLB_RT_KERNEL_CACHE"].default
+        if not _warned:
+            _warned = True
+            warnings.warn(f"eplb_rt: {err}; taken as unset", RuntimeWarning, stacklevel=2)
+    if not wanted:
+        return False
     internals = _numba_internals()
     if internals is None:
         if not _warned:

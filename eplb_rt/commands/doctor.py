@@ -174,6 +174,18 @@ def _importable(module: str) -> bool:
 
 
 def _kernels() -> Check:
+    try:
+        shipped = envs.get("EPLB_RT_KERNEL_CACHE")
+    except ValueError:  # the settings check names it; the package then takes it as unset
+        shipped = True
+    if not shipped:
+        return Check(
+            "kernels",
+            WARN,
+            "EPLB_RT_KERNEL_CACHE=0: the kernels compiled into the package are not used; each "
+            "process without numba's own cache of them compiles them at its first plan",
+            "unset EPLB_RT_KERNEL_CACHE",
+        )
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-c", KERNEL_CHECK], capture_output=True, text=True, check=False
