@@ -451,6 +451,31 @@ def test_a_placement_file_for_another_expert_count_is_refused_as_previous(capsys
     assert not (tmp_path / "y.json").exists()
 
 
+@pytest.mark.parametrize("load_experts", [7, 9])
+def test_an_engines_map_of_another_expert_count_names_both_counts(capsys, tmp_path, load_experts):
+    """vllm-ascend writes no expert count: read for the load's, a map of 8 experts said that
+    expert 8 has no slot (9) or that id 7 is out of range (7)."""
+    load = tmp_path / "load.npy"
+    np.save(load, np.random.default_rng(0).integers(1, 100, (3, load_experts)).astype(float))
+    previous = tmp_path / "va.json"
+    formats.write_placement(Placement.initial(3, 8, Topology(2, 5)), previous)
+    doc = json.loads(previous.read_text())
+    del doc["eplb_rt"]
+    previous.write_text(json.dumps(doc))
+    placement = tmp_path / "p.json"
+    shape = ["--ranks", 2, "--slots-per-rank", 5]
+    assert run(capsys, "plan", "--load", load, *shape, "--out", placement)[0] == 0
+    for argv, against in (
+        (("plan", "--load", load, *shape, "--previous", previous, "--out", tmp_path / "y.json"),
+         "--load"),
+        (("score", "--placement", placement, "--previous", previous, "--load", load),
+         "--placement"),
+    ):  # fmt: skip
+        code, _, err = run(capsys, *argv)
+        said = f"--previous {previous}: 8 experts, but {against} has {load_experts}"
+        assert code == 2 and said in err, err
+
+
 def test_a_previous_placement_of_other_layers_names_both_files(capsys, tmp_path, toy_json):
     previous = tmp_path / "p.json"
     formats.write_placement(Placement.initial(2, 8, Topology(8, 2)), previous)

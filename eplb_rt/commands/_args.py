@@ -82,6 +82,25 @@ def read_load(paths: list[str]) -> np.ndarray:
     return nonzero(formats.read_loads(paths), paths)
 
 
+def read_previous(path: str, num_ranks: int | None, num_experts: int, against: str):
+    """``--previous path``, the placement in force, for the ``num_experts`` experts of
+    ``against`` (a flag). A file that holds another count is refused naming both: read for
+    that count, a vllm-ascend map of fewer experts would say that one has no slot, of more that
+    an id is out of range."""
+    try:
+        return formats.read_placement(path, None, num_ranks, num_experts)
+    except ValueError as err:
+        try:
+            own = formats.read_placement(path, None, num_ranks)
+        except ValueError:
+            own = None
+        if own is None or own.num_experts == num_experts:
+            raise err from None
+    raise ValueError(
+        f"--previous {path}: {own.num_experts} experts, but {against} has {num_experts}"
+    )
+
+
 def nonzero(load: np.ndarray, paths: list[str]) -> np.ndarray:
     """``load``, unless every count is zero: then no PAR exists and no placement is better."""
     if not load.any():

@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     topology = _args.topology(args, num_experts, [checked])
     previous = None
     if args.previous:
-        previous = formats.read_placement(args.previous, None, args.ranks, num_experts)
+        previous = _args.read_previous(args.previous, args.ranks, num_experts, "--load")
         if previous.num_layers != load.shape[1]:
             raise ValueError(
                 f"--previous {args.previous}: {previous.num_layers} layers, but --load has "

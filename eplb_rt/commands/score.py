@@ -20,7 +20,13 @@ import numpy as np
 
 from eplb_rt import formats
 from eplb_rt.algorithms import bounds, metrics
-from eplb_rt.commands._args import add_command, add_load_argument, check_at_least, read_load
+from eplb_rt.commands._args import (
+    add_command,
+    add_load_argument,
+    check_at_least,
+    read_load,
+    read_previous,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,9 +65,7 @@ def run(args: argparse.Namespace) -> int:
         # The scored placement's rank count: an array or an SGLang map records none, and a
         # vllm-ascend file's own must match it for moves to mean anything.
         ranks = placement.num_ranks if args.ranks is None else args.ranks
-        previous = formats.read_placement(
-            args.previous, num_ranks=ranks, num_experts=placement.num_experts
-        )
+        previous = read_previous(args.previous, ranks, placement.num_experts, "--placement")
     summary = metrics.score(placement, load, previous)
     # read_load refused an all-zero load, so some layer is loaded and every mean is finite.
     gaps = bounds.gap(placement, load)
