@@ -15,6 +15,7 @@ from benchmarks import traces
 from eplb_rt import formats
 from eplb_rt.algorithms import metrics
 from eplb_rt.cli import SIGPIPE_STATUS, main
+from eplb_rt.commands import plan as plan_command
 from eplb_rt.placement import Placement, Topology
 
 TOY = [[600.0, 560, 120, 120, 20, 10, 10, 10]]
@@ -53,6 +54,17 @@ def test_plan_and_score_toy_gives_232(capsys, tmp_path, toy_json):
     assert summary["max_rank_load_per_layer"] == [232.0]
     assert summary["par_mean"] == pytest.approx(232 / (1450 / 8))
     assert summary["par_max"] == summary["par_mean"]
+
+
+def test_shares_to_an_array_file_are_refused_before_planning(
+    capsys, tmp_path, toy_json, monkeypatch
+):
+    monkeypatch.setattr(plan_command, "plan", lambda *a, **k: pytest.fail("planned"))
+    out = tmp_path / "p.npy"
+    argv = ["--load", toy_json, "--ranks", 4, "--slots-per-rank", 2, "--option", "shares=true"]
+    code, _, err = run(capsys, "plan", *argv, "--out", out)
+    assert code == 2 and "a phy2log .npy keeps no replica shares" in err
+    assert not out.exists()
 
 
 def test_a_reader_that_leaves_stops_the_command_quietly(tmp_path, toy_json):

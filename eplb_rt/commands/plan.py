@@ -1,4 +1,5 @@
-"""``eplb-rt plan``: compute a placement from load files and write it as vllm-ascend JSON.
+"""``eplb-rt plan``: compute a placement from load files and write it as vllm-ascend JSON (an
+``--out`` ending in ``.npy``: the ``phy2log [L, P]`` array, which keeps no replica shares).
 
     eplb-rt plan --load FILE [FILE ...] --ranks D --slots-per-rank S [--policy NAME]
                  [--nodes N] [--groups G] [--previous PLACEMENT.json [--horizon ROWS]
@@ -74,7 +75,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="policy option, repeatable; VALUE is converted to the option's type and checked",
     )
-    parser.add_argument("--out", required=True, metavar="PLACEMENT.json", help="output file")
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="PLACEMENT.json",
+        help="output file: vllm-ascend JSON, or .npy for the phy2log [L, P] array (no shares)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -148,6 +154,11 @@ def run(args: argparse.Namespace) -> int:
     cost = cost_from_args(args)
     options = parse_options(args.option)
     checked = get_policy(args.policy).make_options(options)  # bad options fail before any work
+    if formats.is_npy(args.out) and getattr(checked, "shares", False):
+        raise ValueError(
+            f"--out {args.out}: a phy2log .npy keeps no replica shares, which shares=true plans; "
+            "write a .json (vllm-ascend) placement"
+        )
     load = _args.read_load(args.load)
     num_experts = load.shape[2]
     topology = _args.topology(args, num_experts, [checked])

@@ -8,7 +8,8 @@ The loads are summed over all files and steps. PAR of a layer = max rank load / 
 ``--json`` prints one JSON object (``par_mean``, ``par_max``, ``layers``, per-layer values and,
 with ``--previous``, ``moves`` and ``moved_fraction``; ``gap_per_layer``, ``gap_mean`` and
 ``gap_max``: how far each layer's max rank load is above the lower bound of
-``eplb_rt.algorithms.bounds`` for the placement's kind of shares, 0 = provably optimal).
+``eplb_rt.algorithms.bounds``, one bound for uniform and uneven shares alike, 0 = provably
+optimal).
 """
 
 from __future__ import annotations
