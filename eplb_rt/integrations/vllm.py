@@ -61,7 +61,8 @@ class EplbRtPolicy:
         ``old_global_expert_indices`` is the ``[L, num_replicas]`` ``phy2log`` in force: experts
         that stay on a rank keep their slot, and a layer is re-placed only when that lowers its
         PAR on ``weight``. vLLM passes a table of another width, or with ``-1`` slots, while it
-        changes the number of ranks; nothing can be kept then and the layers are planned anew.
+        changes the number of ranks; nothing can be kept then and the layers are planned anew
+        (a table of other layers is an error).
         Ranks that ``num_nodes`` does not divide are planned flat, as vLLM's own policy does.
         """
         import torch
@@ -76,7 +77,12 @@ class EplbRtPolicy:
         previous = None
         if old_global_expert_indices is not None:
             old = as_numpy(old_global_expert_indices, "old_global_expert_indices", (2,), WHERE)
-            if old.shape == (load.shape[0], num_replicas) and (old >= 0).all():
+            if old.shape[0] != load.shape[0]:  # no change of ranks explains other layers
+                raise ValueError(
+                    f"{WHERE}: old_global_expert_indices has {old.shape[0]} layers, weight "
+                    f"{load.shape[0]}"
+                )
+            if old.shape[1] == num_replicas and (old >= 0).all():
                 previous = old
         if num_nodes < 1 or num_groups < 1:
             raise ValueError(

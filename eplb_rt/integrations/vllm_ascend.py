@@ -105,7 +105,8 @@ class EplbRtAscendPolicy:
 
         Returns:
             ``(changed, priority, new_deployment)``: ``changed`` is True when a layer changed,
-            ``priority`` the changed layer ids ``[k] int64``, largest PAR gain first,
+            ``priority`` the changed layer ids ``[k] int64``, largest PAR gain first (a layer
+            whose groups go back onto nodes, planned ``hierarchical``, whatever it gains),
             ``new_deployment`` the ``[L, D, S] int32`` table (unchanged layers as they were).
         """
         try:
@@ -146,7 +147,8 @@ class EplbRtAscendPolicy:
         )
         if self.export_dir:
             self._export(load)
-        changed = np.flatnonzero(gain > 0)
+        # Layers whose groups the table spreads over nodes change whatever they gain (replan).
+        changed = np.flatnonzero((placement.phy2log != table.reshape(L, -1)).any(axis=1))
         priority = changed[np.argsort(-gain[changed], kind="stable")].astype(np.int64)
         return bool(priority.size), priority, placement.by_rank().copy()
 

@@ -124,6 +124,13 @@ def test_an_old_map_of_another_width_is_planned_anew(vllm):
         (torch.ones(2, 16), 16, 4, torch.zeros(2, 16, dtype=torch.int64), "expert 1 has no slot"),
         (torch.ones(2, 16), 8, 4, None, "do not fit"),
         (torch.ones(2, 16), 16, 4, torch.zeros(2, 16), "must hold integer expert ids"),
+        (
+            torch.ones(2, 16),
+            16,
+            4,
+            torch.arange(16).repeat(3, 1),
+            "old_global_expert_indices has 3 layers, weight 2",
+        ),
     ],
     ids=[
         "1d-weight",
@@ -132,6 +139,7 @@ def test_an_old_map_of_another_width_is_planned_anew(vllm):
         "missing-expert",
         "too-few-slots",
         "float-table",
+        "table-of-other-layers",
     ],
 )
 def test_bad_input_gets_a_clear_error(weight, replicas, ranks, old, message):

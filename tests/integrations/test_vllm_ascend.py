@@ -340,3 +340,20 @@ def test_groups_on_nodes_pass_the_worker_check(ascend, caplog):
         assert changed and _passes_worker_check(ascend, old, new, caplog)
         group_nodes(new.reshape(8, -1), 4, 32)
         old = new
+
+
+def test_layers_put_back_onto_nodes_are_reported_changed():
+    """A table that spreads groups over nodes is re-placed whatever it gains: ``changed`` and
+    ``priority`` name every layer that differs from the table (here both, neither gaining
+    PAR on this sparse load), not only those that gain."""
+    L, E, D, S = 2, 16, 4, 5
+    spread = np.concatenate([np.arange(E), np.arange(D * S - E) % E]).reshape(D, S)
+    table = np.tile(spread, (L, 1, 1))
+    work = np.array([
+        [[0, 31, 79, 18, 0], [0, 0, 19, 0, 0], [0, 0, 0, 0, 8], [0, 50, 0, 0, 0]],
+        [[31, 0, 0, 0, 0], [0, 0, 0, 27, 0], [0, 0, 0, 0, 0], [0, 0, 91, 0, 0]],
+    ])  # fmt: skip
+    policy = EplbRtAscendPolicy("equilibrium", {"hierarchical": True}, num_nodes=2, num_groups=4)
+    changed, priority, new = policy.rebalance_experts(table, work)
+    differ = [layer for layer in range(L) if not np.array_equal(new[layer], table[layer])]
+    assert differ == [0, 1] and changed and sorted(priority.tolist()) == differ
