@@ -334,7 +334,7 @@ def test_bad_load_file_exits_2_with_one_line(capsys, tmp_path, name, content, ma
         (["--horizon", "7"], "--horizon price moves from a placement in force: give --previous"),
         (["--horizon", "7", "--lifetime", "3"], "--horizon and --lifetime price moves"),
         (["--ranks", 1], "do not fit"),
-        (["--nodes", 3], "multiple of num_nodes"),
+        (["--nodes", 3], "--ranks 4 must be a multiple of --nodes 3"),
     ],
 )
 def test_plan_errors_exit_2(capsys, tmp_path, toy_json, argv, match):

@@ -205,6 +205,10 @@ def topology(args: argparse.Namespace, num_experts: int, options=()) -> Topology
         ("--nodes", args.nodes, 1),
         ("--groups", args.groups, 1),
     )
+    if args.ranks % args.nodes:
+        raise ValueError(
+            f"--ranks {args.ranks} must be a multiple of --nodes {args.nodes} (ranks per node)"
+        )
     topo = Topology(args.ranks, args.slots_per_rank, args.nodes, args.groups)
     topo.check_experts(num_experts)
     groups = topo.num_groups
