@@ -496,6 +496,20 @@ def test_a_previous_placement_of_other_layers_names_both_files(capsys, tmp_path,
     assert code == 2 and f"--previous {previous}: 2 layers, but --load has 1" in err
 
 
+def test_a_previous_placement_of_another_shape_names_the_flags(capsys, tmp_path, toy_json):
+    previous = tmp_path / "p.json"
+    formats.write_placement(Placement.initial(1, 8, Topology(4, 3)), previous)
+    out = tmp_path / "q.json"
+    argv = ["--load", toy_json, "--ranks", 4, "--slots-per-rank", 2, "--out", out]
+    code, _, err = run(capsys, "plan", *argv, "--previous", previous)
+    assert code == 2 and f"--previous {previous}: 3 slots per rank, but --slots-per-rank 2" in err
+    assert run(capsys, "plan", *argv)[0] == 0
+    two = tmp_path / "two.json"
+    formats.write_placement(Placement.initial(2, 8, Topology(4, 2)), two)
+    code, _, err = run(capsys, "score", "--placement", out, "--load", toy_json, "--previous", two)
+    assert code == 2 and f"--previous {two}: " in err and f"but --placement {out}: " in err
+
+
 def test_score_takes_the_rank_count_of_an_sglang_previous_from_the_placement(
     capsys, tmp_path, toy_json
 ):

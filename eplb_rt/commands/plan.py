@@ -170,6 +170,11 @@ def run(args: argparse.Namespace) -> int:
                 f"--previous {args.previous}: {previous.num_layers} layers, but --load has "
                 f"{load.shape[1]}"
             )
+        if previous.num_slots_per_rank != args.slots_per_rank:
+            raise ValueError(
+                f"--previous {args.previous}: {previous.num_slots_per_rank} slots per rank, but "
+                f"--slots-per-rank {args.slots_per_rank}"
+            )
     horizon = load.shape[0] if args.horizon is None else args.horizon
     # The kernels load (or compile) once per process: the time printed is the plan's own, as
     # `simulate` and the runtime report it.

@@ -67,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
         # vllm-ascend file's own must match it for moves to mean anything.
         ranks = placement.num_ranks if args.ranks is None else args.ranks
         previous = read_previous(args.previous, ranks, placement.num_experts, "--placement")
+        if previous.phy2log.shape != placement.phy2log.shape:
+            raise ValueError(
+                f"--previous {args.previous}: {previous.describe()}, but --placement "
+                f"{args.placement}: {placement.describe()}"
+            )
     summary = metrics.score(placement, load, previous)
     # read_load refused an all-zero load, so some layer is loaded and every mean is finite.
     gaps = bounds.gap(placement, load)
