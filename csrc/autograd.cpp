@@ -1,10 +1,16 @@
-// Autograd kernels of the four ops (every backend). The ops write into their arguments and have
-// no derivative. As torch's own in-place ops do, a write bumps the version of each tensor written,
-// so a backward that saved one refuses to run on the overwritten values; and while grad mode is
-// on, a written tensor that requires grad (only weights can: the tables and heat are integers) is
-// refused before anything is written. Under torch.inference_mode these kernels are not called;
-// outside it, a written tensor made under inference mode (which torch cannot version) is refused
-// before anything is written, as torch refuses an in-place op on one.
+// Autograd and ADInplaceOrView kernels of the four ops (every backend), as torch splits its own
+// in-place ops. The ops write into their arguments and have no derivative.
+//
+// ADInplaceOrView: a write bumps the version of each tensor written, so a backward that saved one
+// refuses to run on the overwritten values. This key is called under torch.inference_mode too
+// (for tensors made outside it, as torch's in-place ops bump them there), and not for inference
+// tensors, which keep no version.
+//
+// Autograd: while grad mode is on, a written tensor that requires grad (only weights can: the
+// tables and heat are integers) is refused before anything is written; outside inference mode, a
+// written tensor made under it (which torch cannot version) is refused before anything is
+// written, as torch refuses an in-place op on one. Under torch.inference_mode these are not
+// called.
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/GradMode.h>
@@ -70,6 +76,15 @@ void route_and_count_autograd(const at::Tensor& topk_ids, const at::Tensor& log2
   static const auto op = op_handle<RouteAndCount>("eplb_rt::route_and_count");
   check_not_inference(heat, "route_and_count", "heat");
   check_not_inference(phy_ids, "route_and_count", "out");
+  const at::AutoDispatchBelowAutograd guard;
+  op.call(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids, code_offset);
+}
+
+void route_and_count_inplace(const at::Tensor& topk_ids, const at::Tensor& log2phy,
+                             const at::Tensor& logcnt, const OptTensor& replica_share,
+                             const at::Tensor& heat, const at::Tensor& step,
+                             const at::Tensor& phy_ids, int64_t code_offset) {
+  static const auto op = op_handle<RouteAndCount>("eplb_rt::route_and_count");
   {
     const at::AutoDispatchBelowADInplaceOrView guard;
     op.call(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids, code_offset);
@@ -83,6 +98,13 @@ void count_from_group_list_autograd(const at::Tensor& group_list, const at::Tens
                                     bool cumulative) {
   static const auto op = op_handle<CountFromGroupList>("eplb_rt::count_from_group_list");
   check_not_inference(heat, "count_from_group_list", "heat");
+  const at::AutoDispatchBelowAutograd guard;
+  op.call(group_list, heat, step, slot_offset, cumulative);
+}
+
+void count_from_group_list_inplace(const at::Tensor& group_list, const at::Tensor& heat,
+                                   const at::Tensor& step, int64_t slot_offset, bool cumulative) {
+  static const auto op = op_handle<CountFromGroupList>("eplb_rt::count_from_group_list");
   {
     const at::AutoDispatchBelowADInplaceOrView guard;
     op.call(group_list, heat, step, slot_offset, cumulative);
@@ -97,6 +119,13 @@ void update_expert_weights_autograd(at::TensorList weights, at::TensorList stage
     check_not_inference(weights[t], "update_expert_weights_", "weights", static_cast<int64_t>(t));
     check_no_grad(weights[t], "update_expert_weights_", "weights", static_cast<int64_t>(t));
   }
+  const at::AutoDispatchBelowAutograd guard;
+  op.call(weights, staged, slots);
+}
+
+void update_expert_weights_inplace(at::TensorList weights, at::TensorList staged,
+                                   const at::Tensor& slots) {
+  static const auto op = op_handle<UpdateExpertWeights>("eplb_rt::update_expert_weights_");
   {
     const at::AutoDispatchBelowADInplaceOrView guard;
     op.call(weights, staged, slots);
@@ -117,6 +146,17 @@ void update_expert_map_autograd(const at::Tensor& log2phy, const at::Tensor& log
   if (replica_share.has_value()) {
     check_no_grad(*replica_share, "update_expert_map_", "replica_share");
   }
+  const at::AutoDispatchBelowAutograd guard;
+  op.call(log2phy, logcnt, replica_share, expert_map, new_log2phy, new_logcnt, new_replica_share,
+          new_expert_map, num_slots);
+}
+
+void update_expert_map_inplace(const at::Tensor& log2phy, const at::Tensor& logcnt,
+                               const OptTensor& replica_share, const OptTensor& expert_map,
+                               const at::Tensor& new_log2phy, const at::Tensor& new_logcnt,
+                               const OptTensor& new_replica_share,
+                               const OptTensor& new_expert_map, int64_t num_slots) {
+  static const auto op = op_handle<UpdateExpertMap>("eplb_rt::update_expert_map_");
   {
     const at::AutoDispatchBelowADInplaceOrView guard;
     op.call(log2phy, logcnt, replica_share, expert_map, new_log2phy, new_logcnt,
@@ -135,6 +175,13 @@ TORCH_LIBRARY_IMPL(eplb_rt, Autograd, m) {
   m.impl("count_from_group_list", &count_from_group_list_autograd);
   m.impl("update_expert_weights_", &update_expert_weights_autograd);
   m.impl("update_expert_map_", &update_expert_map_autograd);
+}
+
+TORCH_LIBRARY_IMPL(eplb_rt, ADInplaceOrView, m) {
+  m.impl("route_and_count", &route_and_count_inplace);
+  m.impl("count_from_group_list", &count_from_group_list_inplace);
+  m.impl("update_expert_weights_", &update_expert_weights_inplace);
+  m.impl("update_expert_map_", &update_expert_map_inplace);
 }
 
 }  // namespace eplb_rt

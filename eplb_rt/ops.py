@@ -63,6 +63,9 @@ def check_device(device: torch.device | str) -> None:
             build says.
     """
     device = torch.device(device)
+    if device.index is None and device.type not in ("cpu", "meta"):
+        # As a tensor's device reads, so that _first_use finds it checked ("cuda" -> "cuda:0").
+        device = torch.device(device.type, getattr(torch, device.type).current_device())
     for name, (ids, *tables), ring, layer in _check_cases():
         got = []
         for dev in (torch.device("cpu"), device):
@@ -138,23 +141,28 @@ def route_and_count(
         topk_ids: ``[N, K]`` int32 or int64, contiguous: logical expert ids, ``-1`` = padding.
         log2phy: ``[E, R]`` int32, contiguous: slots of each expert, ``-1`` padded (``R <=
             65536``: the replica rule splits an expert over at most 2^16 replicas).
-        logcnt: ``[E]`` int32: replicas per expert, in ``[1, R]`` for every expert used.
-        heat: ``[H, P]`` int32 with unit stride in the last dimension (typically
+        logcnt: ``[E]`` int32, contiguous: replicas per expert, in ``[1, R]`` for every expert
+            used.
+        heat: ``[H, P]`` int32 with unit stride in the last dimension and rows that do not
+            overlap (typically
             ``heat_ring[:, layer, :]`` of the ``[H, L, P]`` ring; compiled with Inductor and
             dynamic shapes, see the module docstring); row ``step mod H`` gets ``+1`` per
             routed pair at its slot. Padding is never counted.
         step: one-element int64 tensor on the device: the step counter (not advanced here).
-        replica_share: ``[E, R]`` float32 or None (uniform split): each replica's share.
-        out: ``[N, K]`` buffer of ``topk_ids``' dtype for the result, or None to allocate one.
-        code_offset: in ``[0, 2^16)``, added to every pair's position code (the rule in the
-            module docstring): ranks whose batches each start at token 0 (data-parallel
+        replica_share: ``[E, R]`` float32, contiguous, or None (uniform split): each
+            replica's share.
+        out: ``[N, K]`` contiguous buffer of ``topk_ids``' dtype for the result (the op's
+            ``phy_ids``, as its errors name it), or None to allocate one.
+        code_offset: in ``[0, 2^16)``, added to every pair's position code (the rule in
+            ``csrc/common/replica_rule.h``): ranks whose batches each start at token 0 (data-parallel
             attention) take ``rank * 2^16 // num_ranks`` so that their first tokens do not all
             pick the same replica (``EplbRuntime.route`` does with
             ``EplbConfig.rank_local_tokens``); ranks that route the same tokens keep 0.
 
     Returns:
         ``phy_ids`` ``[N, K]``, the dtype of ``topk_ids``: the physical id (slot) of each pair,
-        ``-1`` where ``topk_ids`` is ``-1``. The replica follows the rule in the module docstring.
+        ``-1`` where ``topk_ids`` is ``-1``. The replica follows the rule in
+        ``csrc/common/replica_rule.h``.
 
     Raises:
         RuntimeError: an id below ``-1`` or ``>= E``; a used expert whose ``logcnt`` is not in

@@ -1,6 +1,7 @@
 """The ops under autograd: like torch's own in-place ops, a write bumps each written tensor's
-version (a backward that saved it refuses the overwritten values), and a written tensor that
-requires grad is refused while grad mode is on, with nothing written."""
+version (a backward that saved it refuses the overwritten values; under inference mode too),
+and a written tensor that requires grad is refused while grad mode is on, with nothing
+written."""
 
 from __future__ import annotations
 
@@ -20,35 +21,40 @@ def _route_args():
     return topk, log2phy, logcnt, torch.zeros(2, 4, dtype=I32), torch.tensor([0])
 
 
-def test_every_write_bumps_the_version_of_what_it_writes():
+@pytest.mark.parametrize("mode", [torch.enable_grad, torch.inference_mode])
+def test_every_write_bumps_the_version_of_what_it_writes(mode):
+    """Under ``torch.inference_mode`` too, for tensors made outside it (as torch's in-place ops:
+    the ADInplaceOrView kernels bump, not the autograd ones, which that mode skips)."""
     topk, log2phy, logcnt, heat, step = _route_args()
     out = torch.empty_like(topk)
-    ops.route_and_count(topk, log2phy, logcnt, heat, step, out=out)
-    assert heat._version == 1 and out._version == 1
-    assert topk._version == log2phy._version == logcnt._version == step._version == 0
-
-    ops.count_from_group_list(torch.tensor([1, 2]), heat, step, 0)
-    assert heat._version == 2
-
+    groups = torch.tensor([1, 2])
     weights = [torch.zeros(4, 3), torch.zeros(4, 2)]
-    ops.update_expert_weights_(weights, [torch.ones(1, 3), torch.ones(1, 2)], torch.tensor([1]))
-    assert [w._version for w in weights] == [1, 1]
-
+    staged, slots = [torch.ones(1, 3), torch.ones(1, 2)], torch.tensor([1])
     args = map_args()
     before = {name: t._version for name, t in args.items() if isinstance(t, torch.Tensor)}
-    torch.ops.eplb_rt.update_expert_map_(**args)
+    with mode():
+        ops.route_and_count(topk, log2phy, logcnt, heat, step, out=out)
+        routed = (heat._version, out._version)
+        ops.count_from_group_list(groups, heat, step, 0)
+        ops.update_expert_weights_(weights, staged, slots)
+        torch.ops.eplb_rt.update_expert_map_(**args)
+    assert routed == (1, 1) and heat._version == 2
+    assert topk._version == log2phy._version == logcnt._version == step._version == 0
+    assert groups._version == slots._version == 0
+    assert [w._version for w in weights] == [1, 1]
     bumped = {name for name, version in before.items() if args[name]._version == version + 1}
     assert bumped == {"log2phy", "logcnt", "replica_share", "expert_map"}
     assert all(args[name]._version == before[name] for name in before.keys() - bumped)
 
 
-def test_a_backward_through_overwritten_weights_is_refused():
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_a_backward_through_overwritten_weights_is_refused(mode):
     """A weight saved for backward, then overwritten by a migration: the gradient would be
     computed from the new expert's values."""
     source = torch.ones(4, 3, requires_grad=True)
     weight = source * 2
     loss = (weight * weight).sum()
-    with torch.no_grad():
+    with mode():
         ops.update_expert_weights_([weight], [torch.zeros(1, 3)], torch.tensor([1]))
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
@@ -71,6 +77,8 @@ def test_weights_that_require_grad_are_refused_in_grad_mode_and_kept(kind):
 
 
 def test_inference_mode_skips_the_autograd_kernels():
+    """An inference tensor keeps no version: written in inference mode next to tensors made
+    outside it (which take the ADInplaceOrView kernel), it is written and not bumped."""
     topk, log2phy, logcnt, heat, step = _route_args()
     with torch.inference_mode():
         heat = torch.zeros(2, 4, dtype=I32)

@@ -77,3 +77,17 @@ def test_compiled_code_skips_the_check(monkeypatch):
     assert compiled(torch.ones(2)).tolist() == [2.0, 2.0]
     with pytest.raises(AssertionError, match="ran inside compiled code"):
         first_call(torch.ones(2))  # eager, the check runs
+
+
+def test_a_device_named_without_index_counts_as_the_current_one(monkeypatch):
+    """``check_device("cuda")`` before a graph capture: the ops' own tensors say ``cuda:0``,
+    and the check must not run again (inside the capture) for want of an index."""
+    import torch
+
+    monkeypatch.setattr(ops, "_check_cases", lambda: [])  # no CUDA here: the bookkeeping only
+    monkeypatch.setattr(ops, "_checked_devices", set())
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    ops.check_device("cuda")
+    assert ops._checked_devices == {torch.device("cuda", 0)}
+    monkeypatch.setattr(ops, "check_device", lambda device: pytest.fail(f"checked {device} again"))
+    ops._first_use(torch.device("cuda", 0))
