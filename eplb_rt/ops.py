@@ -154,9 +154,9 @@ def route_and_count(
         out: ``[N, K]`` contiguous buffer of ``topk_ids``' dtype for the result (the op's
             ``phy_ids``, as its errors name it), or None to allocate one.
         code_offset: in ``[0, 2^16)``, added to every pair's position code (the rule in
-            ``csrc/common/replica_rule.h``): ranks whose batches each start at token 0 (data-parallel
-            attention) take ``rank * 2^16 // num_ranks`` so that their first tokens do not all
-            pick the same replica (``EplbRuntime.route`` does with
+            ``csrc/common/replica_rule.h``): ranks whose batches each start at token 0
+            (data-parallel attention) take ``rank * 2^16 // num_ranks`` so that their first
+            tokens do not all pick the same replica (``EplbRuntime.route`` does with
             ``EplbConfig.rank_local_tokens``); ranks that route the same tokens keep 0.
 
     Returns:
@@ -186,8 +186,9 @@ def count_from_group_list(
     """Add a dispatch kernel's per-local-slot token counts into ``heat[step mod H]``.
 
     Args:
-        group_list: ``[S_local]`` int32 or int64: tokens received by each local slot, or with
-            ``cumulative=True`` their inclusive prefix sums (``count_i = gl[i] - gl[i - 1]``).
+        group_list: ``[S_local]`` int32 or int64, contiguous: tokens received by each local
+            slot, or with ``cumulative=True`` their inclusive prefix sums (``count_i = gl[i] -
+            gl[i - 1]``).
         heat: ``[H, P]`` int32, unit stride in the last dimension; ``heat[row, slot_offset + i]
             += count_i`` (a view of a ring compiled with Inductor and dynamic shapes: see the
             module docstring).
