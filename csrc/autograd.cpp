@@ -94,8 +94,7 @@ void route_and_count_inplace(const at::Tensor& topk_ids, const at::Tensor& log2p
 }
 
 void count_from_group_list_autograd(const at::Tensor& group_list, const at::Tensor& heat,
-                                    const at::Tensor& step, int64_t slot_offset,
-                                    bool cumulative) {
+                                    const at::Tensor& step, int64_t slot_offset, bool cumulative) {
   static const auto op = op_handle<CountFromGroupList>("eplb_rt::count_from_group_list");
   check_not_inference(heat, "count_from_group_list", "heat");
   const at::AutoDispatchBelowAutograd guard;
@@ -136,8 +135,8 @@ void update_expert_weights_inplace(at::TensorList weights, at::TensorList staged
 void update_expert_map_autograd(const at::Tensor& log2phy, const at::Tensor& logcnt,
                                 const OptTensor& replica_share, const OptTensor& expert_map,
                                 const at::Tensor& new_log2phy, const at::Tensor& new_logcnt,
-                                const OptTensor& new_replica_share,
-                                const OptTensor& new_expert_map, int64_t num_slots) {
+                                const OptTensor& new_replica_share, const OptTensor& new_expert_map,
+                                int64_t num_slots) {
   static const auto op = op_handle<UpdateExpertMap>("eplb_rt::update_expert_map_");
   check_not_inference(log2phy, "update_expert_map_", "log2phy");
   check_not_inference(logcnt, "update_expert_map_", "logcnt");
@@ -154,13 +153,13 @@ void update_expert_map_autograd(const at::Tensor& log2phy, const at::Tensor& log
 void update_expert_map_inplace(const at::Tensor& log2phy, const at::Tensor& logcnt,
                                const OptTensor& replica_share, const OptTensor& expert_map,
                                const at::Tensor& new_log2phy, const at::Tensor& new_logcnt,
-                               const OptTensor& new_replica_share,
-                               const OptTensor& new_expert_map, int64_t num_slots) {
+                               const OptTensor& new_replica_share, const OptTensor& new_expert_map,
+                               int64_t num_slots) {
   static const auto op = op_handle<UpdateExpertMap>("eplb_rt::update_expert_map_");
   {
     const at::AutoDispatchBelowADInplaceOrView guard;
-    op.call(log2phy, logcnt, replica_share, expert_map, new_log2phy, new_logcnt,
-            new_replica_share, new_expert_map, num_slots);
+    op.call(log2phy, logcnt, replica_share, expert_map, new_log2phy, new_logcnt, new_replica_share,
+            new_expert_map, num_slots);
   }
   bump(log2phy);
   bump(logcnt);
