@@ -39,6 +39,8 @@ class Device:
         self.device = torch.device(device)
         self.kind = self.device.type
         if self.kind == "cpu":
+            # A CPU tensor's device reads "cpu" whatever index it was made with ("cpu:0").
+            self.device = torch.device("cpu")
             self._module = None
         else:
             module = getattr(torch, self.kind, None)

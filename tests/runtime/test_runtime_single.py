@@ -78,6 +78,19 @@ def test_route_counts_into_the_current_row_and_step_advances_on_device(runtime):
     assert int(runtime.heat[5 % 4, 0, 3]) == 1 and int(runtime.heat.sum()) == 1
 
 
+def test_a_cpu_device_given_with_an_index_serves():
+    """Engines name a rank's device ``f"{type}:{local_rank}"``; a CPU tensor reads ``cpu``."""
+    config = EplbConfig(policy="rt_test_shift", interval=0, history=4, episode=2, warm_up=False)
+    rt = EplbRuntime(config, 2, 5, device="cpu:0")
+    try:
+        assert rt.route(0, torch.tensor([[0, 4]])).shape == (1, 2)
+        assert int(rt.heat.sum()) == 2
+        rt.register_weights(0, {"w": torch.zeros(rt.placement.num_slots_per_rank, 3)})
+        rt.step()
+    finally:
+        rt.shutdown()
+
+
 def test_record_adds_receiver_side_counts(receiver):
     receiver.record(1, torch.tensor([1, 0, 2, 0, 3], dtype=torch.int32))
     receiver.record(1, torch.tensor([1, 1, 3, 3, 4]), cumulative=True)
