@@ -346,14 +346,29 @@ class MigrationExecutor:
             return transfer.error
         # NCCL/HCCL: wait() makes the serving stream wait (sends included, so a commit cannot
         # overwrite a slot still sending); with a timeout it would block the host instead.
-        timeout = () if self.device.has_streams else (self.timeout,)
+        # gloo: one work per message, each waited on for what is left of the layer's time since
+        # it was posted (a fresh timeout each would let a slow peer hold the serving thread for
+        # as many timeouts as messages).
+        end = transfer.started + self.timeout.total_seconds()
         try:
             for work in transfer.works:
-                if not work.wait(*timeout):
-                    return f"layer {transfer.migration.layer}: transfer timed out"
+                if self.device.has_streams:
+                    done = work.wait()
+                else:
+                    # At least a moment: a work that has completed answers at once.
+                    left = max(end - time.perf_counter(), 1e-3)
+                    done = work.wait(datetime.timedelta(seconds=left))
+                if not done:
+                    return self._timed_out(transfer)
         except Exception as err:
+            if not self.device.has_streams and time.perf_counter() >= end:  # gloo's timeout
+                return f"{self._timed_out(transfer)} ({err!r})"
             return f"layer {transfer.migration.layer}: transfer failed: {err!r}"
         return None
+
+    def _timed_out(self, transfer: Transfer) -> str:
+        seconds = self.timeout.total_seconds()
+        return f"layer {transfer.migration.layer}: transfer timed out ({seconds:g} s since posted)"
 
     def commit(self, transfer: Transfer, slots: torch.Tensor) -> None:
         """Copy the staged weights into ``slots`` (``transfer.slots`` on the device) in place."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
+import time
 import types
 
 import numpy as np
@@ -13,6 +16,7 @@ from eplb_rt import formats
 from eplb_rt.config import EplbConfig
 from eplb_rt.placement import Placement, Topology
 from eplb_rt.runtime import EplbRuntime
+from eplb_rt.runtime.executor import Transfer
 from eplb_rt.runtime.recorder import heat_to_load
 
 # Errors the ops raise for bad tensors (torch's TORCH_CHECK gives RuntimeError or ValueError).
@@ -553,3 +557,32 @@ def test_a_runtime_dropped_without_shutdown_stops_its_balancer():
     assert alive() is None
     thread.join(10.0)
     assert not thread.is_alive()
+
+
+class _SlowWork:
+    """A gloo work that completes ``seconds`` after it is waited on (within the timeout)."""
+
+    def __init__(self, seconds: float, waits: list) -> None:
+        self.seconds, self.waits = seconds, waits
+
+    def wait(self, timeout: datetime.timedelta) -> bool:
+        self.waits.append(timeout.total_seconds())
+        time.sleep(min(self.seconds, timeout.total_seconds()))
+        return self.seconds <= timeout.total_seconds()
+
+
+def test_a_transfer_of_many_messages_has_one_timeout_in_all():
+    """transfer_timeout_s bounds the layer's transfer from when it was posted, not each of its
+    messages: four that each take 0.4 s of a 1 s budget time out at the third."""
+    config = EplbConfig(policy="rt_test_shift", interval=0, history=4, episode=2, warm_up=False)
+    rt = EplbRuntime(dataclasses.replace(config, transfer_timeout_s=1.0), 2, 5)
+    try:
+        waits = []
+        works = [_SlowWork(0.4, waits) for _ in range(4)]
+        migration = types.SimpleNamespace(layer=1)
+        transfer = Transfer(migration, np.zeros(0, np.int32), [], works, None, time.perf_counter())
+        error = rt.executor.finish(transfer)
+    finally:
+        rt.shutdown()
+    assert error == "layer 1: transfer timed out (1 s since posted)"
+    assert len(waits) == 3 and waits[0] <= 1.0 and waits[2] < 0.4
