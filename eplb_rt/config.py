@@ -30,7 +30,7 @@ class EplbConfig:
         policy: registered policy that plans placements (``eplb-rt policies`` lists them).
         policy_options: overrides of the policy's options dataclass (unknown keys are an error).
         interval: steps between two heat gathers (plans), 0 or >= 2; 0 never rebalances (static
-            placement).
+            placement: nothing is warmed up or planned, and no planning child is started).
         history: ``H``, steps of per-step heat kept in the ring buffer; a plan reads the
             ``H - 1`` latest closed steps (the step in progress holds the last row), and expects
             the placement it commits to serve as many, or as long as the load holds where they
@@ -85,7 +85,8 @@ class EplbConfig:
             pack expert groups onto nodes and migration prefers a source on the receiver's node.
         num_groups: expert groups for hierarchical placement (DeepSeek-V3: 8); 1 is flat.
         warm_up: load the policy's numba kernels in the background thread at start (from the
-            package's kernel cache; compiled there when the cache does not hold them).
+            package's kernel cache; compiled there when the cache does not hold them), where the
+            runtime rebalances.
         plan_in_subprocess: run the policy in a child process (spawned once, at start) instead of
             the balancer thread, so the policy's Python parts never hold the serving thread's
             GIL; costs one process and pickling the load and the placement per plan. The policy

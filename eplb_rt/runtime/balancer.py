@@ -163,6 +163,8 @@ class Balancer:
         rank: this rank's index in the group (rank 0 plans); each job brings its group.
         current_step: callable giving the serving thread's host step (to detect late plans).
         device: the runtime's device, made the thread's current one (``None``: the CPU).
+        plans: whether jobs will come (the runtime's rebalancing on): without, rank 0 neither
+            warms up nor starts a planning child.
     """
 
     def __init__(
@@ -175,8 +177,10 @@ class Balancer:
         rank: int,
         current_step,
         device: Device | None = None,
+        plans: bool = True,
     ) -> None:
         self.config = config
+        self._plans = plans
         self._device = device
         self.topology = topology
         self._num_layers = num_layers
@@ -247,11 +251,13 @@ class Balancer:
     def _loop(self) -> None:
         if self._device is not None:  # before the first wait on a job's event
             self._device.make_current()
-        # Only rank 0 plans, so only it needs the child process and the compiled kernels.
-        if self.rank == 0 and self.config.plan_in_subprocess:
+        # Only rank 0 plans, so only it needs the child process and the compiled kernels (and
+        # with rebalancing off, no rank: a static placement plans nothing).
+        planner = self.rank == 0 and self._plans
+        if planner and self.config.plan_in_subprocess:
             self._start_child()
         try:
-            if self.rank == 0 and self.config.warm_up and not self._stopping:
+            if planner and self.config.warm_up and not self._stopping:
                 self._warm_up()
         finally:  # a warm-up that ended the thread (SystemExit) must not leave shutdown waiting
             self.ready.set()

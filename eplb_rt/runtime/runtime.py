@@ -266,6 +266,9 @@ class EplbRuntime:
             lanes=min(config.layers_per_step, num_layers),  # one layer a lane at most
             timeout_s=config.transfer_timeout_s,
         )
+        enabled = config.interval > 0 and not disabled
+        # Set on some ranks only, the variable would have them skip gathers the others make.
+        self._rebalance_enabled = bool(self._agree([int(enabled)])[0][0])
         self.balancer = Balancer(
             config,
             self.topology,
@@ -274,13 +277,11 @@ class EplbRuntime:
             rank=self.rank,
             current_step=functools.partial(getattr, self.recorder, "host_step"),
             device=self.dev,
+            plans=self._rebalance_enabled,
         )
         # A runtime dropped without shutdown() still stops its balancer (and planning child):
         # nothing the balancer's thread holds refers back to the runtime.
         self._stop_balancer = weakref.finalize(self, self.balancer.shutdown)
-        enabled = config.interval > 0 and not disabled
-        # Set on some ranks only, the variable would have them skip gathers the others make.
-        self._rebalance_enabled = bool(self._agree([int(enabled)])[0][0])
         # Drift compares the latest episode with two or more before it, in the history - 1
         # closed steps a plan reads: a shorter ring can never show it, and probing it would
         # copy the ring every episode for nothing.

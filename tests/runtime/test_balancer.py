@@ -457,7 +457,7 @@ from eplb_rt.config import EplbConfig
 from eplb_rt.runtime import EplbRuntime
 
 if __name__ == "__main__":
-    runtime = EplbRuntime(EplbConfig(plan_in_subprocess=True, interval=0), 2, 8)
+    runtime = EplbRuntime(EplbConfig(plan_in_subprocess=True, interval=100), 2, 8)
     assert runtime.balancer.ready.wait(120)
     print(len(metrics._rank_loads.signatures))
     runtime.shutdown()

@@ -586,3 +586,25 @@ def test_a_transfer_of_many_messages_has_one_timeout_in_all():
         rt.shutdown()
     assert error == "layer 1: transfer timed out (1 s since posted)"
     assert len(waits) == 3 and waits[0] <= 1.0 and waits[2] < 0.4
+
+
+@pytest.mark.parametrize("off", ["interval 0", "EPLB_RT_DISABLE_REBALANCE"])
+def test_a_static_placement_warms_up_nothing_and_starts_no_planning_child(monkeypatch, off):
+    """Nothing will be planned: the warm-up's compile (up to a minute of a core, and as long a
+    shutdown) and a planning child's few hundred MB would be for nothing."""
+    from eplb_rt.runtime.balancer import Balancer
+
+    calls = []  # (the balancer's thread calls them: an assertion there would not fail the test)
+    monkeypatch.setattr(Balancer, "_warm_up", lambda self: calls.append("warm-up"))
+    monkeypatch.setattr(Balancer, "_start_child", lambda self: calls.append("child"))
+    interval = 0 if off == "interval 0" else 10
+    if off != "interval 0":
+        monkeypatch.setenv("EPLB_RT_DISABLE_REBALANCE", "1")
+    config = EplbConfig(interval=interval, history=4, episode=2, plan_in_subprocess=True)
+    rt = EplbRuntime(config, 2, 5)
+    try:
+        assert rt.balancer.ready.wait(10)
+        rt.step()
+    finally:
+        rt.shutdown()
+    assert calls == []
