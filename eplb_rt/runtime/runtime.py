@@ -556,6 +556,7 @@ class EplbRuntime:
     def register_weights(self, layer: int, tensors: dict[str, torch.Tensor]) -> None:
         """Hand over ``layer``'s expert tensors (each ``[S, ...]``, this rank's slots) that
         migration rewrites in place."""
+        self._check_usable("register_weights")
         layer = self._check_layer(layer)
         migrating = {m.layer for m in self._queue} | {t.migration.layer for t in self._in_flight}
         if layer in migrating:
@@ -1007,13 +1008,25 @@ class EplbRuntime:
         }
 
     def shutdown(self) -> None:
-        """Stop the balancer thread and wait for transfers in flight; idempotent."""
+        """Stop the balancer thread and wait for transfers in flight; idempotent. A migration
+        under way ends there: its layers not yet committed (in flight or queued) are listed as
+        failed, keeping their old placement, and :attr:`busy` is False."""
         if self._closed:
             return
         self._closed = True
         for transfer in self._in_flight:
             self.executor.finish(transfer)
-        self._in_flight = []
+        cancelled = [t.migration.layer for t in self._in_flight] + [m.layer for m in self._queue]
+        self._in_flight, self._queue, self._pending = [], [], None
+        if self._current is not None:
+            epoch = self._current.epoch
+            if cancelled:
+                self._current.layers_failed.extend(cancelled)
+                self.errors.append(
+                    f"plan {epoch}: shutdown() before layers {cancelled} were committed; they "
+                    "keep their old placement"
+                )
+            self._finish_rebalance(self.recorder.host_step)
         self._stop_balancer()
 
     def __enter__(self) -> EplbRuntime:

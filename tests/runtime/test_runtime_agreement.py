@@ -331,6 +331,29 @@ def _between_plans(rank: int, world: int) -> None:
     reasons = [skip["reason"] for skip in stats["skipped"]]
     assert reasons and all("layers [1] move experts" in reason for reason in reasons)
 
+    # 5. shutdown() during a migration ends it: not busy (a drain loop `while rt.busy:
+    #    rt.step()` would raise), the layers left uncommitted listed as failed, no more weights.
+    runtime = EplbRuntime(_config(num_redundant=0), 3, 8)
+    _weights(runtime)
+    for step in range(1, 20):
+        _route(runtime, step)
+        runtime.step()
+        let_plan_finish(runtime)
+        if runtime._queue:
+            break
+    else:
+        pytest.fail("no migration started")
+    committed = list(runtime._current.layers_committed)
+    left = [t.migration.layer for t in runtime._in_flight] + [m.layer for m in runtime._queue]
+    runtime.shutdown()
+    stats = runtime.stats()
+    assert not runtime.busy and stats["in_progress"] is None
+    last = stats["rebalances"][-1]
+    assert last["layers_committed"] == committed and last["layers_failed"] == left
+    assert any(f"shutdown() before layers {left}" in e for e in stats["errors"]), stats["errors"]
+    with pytest.raises(RuntimeError, match=r"register_weights\(\) after shutdown"):
+        runtime.register_weights(0, {"w": torch.zeros(4, 4)})
+
 
 @pytest.mark.multiprocess
 def test_what_the_serving_loop_does_between_plans():
