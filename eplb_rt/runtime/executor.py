@@ -59,6 +59,8 @@ class Transfer:
         event: end of the local copies on the migration stream.
         started: ``time.perf_counter()`` at start.
         error: a failure found at start (the layer is cancelled at the boundary).
+        counts: what it moves, by :attr:`MigrationExecutor.counters`' keys (added there once
+            it has finished on this rank).
     """
 
     migration: LayerMigration
@@ -68,6 +70,7 @@ class Transfer:
     event: Event
     started: float
     error: str | None = None
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def slot_rows(name: str, tensor: torch.Tensor) -> torch.Tensor:
@@ -152,7 +155,8 @@ class MigrationExecutor:
         self._staging: dict[tuple, list[tuple[list[torch.Tensor], list]]] = {}
         self._transfers = 0
         self.counters = {"slots_sent": 0, "slots_received": 0, "slots_copied": 0, "bytes_sent": 0}
-        """Slots this rank sent, received from other ranks and copied locally, since start."""
+        """Slots this rank sent, received from other ranks and copied locally (and the bytes
+        sent), since start, in the transfers that finished on this rank."""
         self.signature = 0
         """Checksum of the registered layers' tensor names, slot shapes and dtypes: the ranks
         compare it before a migration, which would exchange mismatched buffers otherwise."""
@@ -290,7 +294,7 @@ class MigrationExecutor:
         started = time.perf_counter()
         serving_done = self.device.record_event()
         works: list = []
-        error = None
+        error, counts = None, {}
         with self.device.on_stream(self.stream):
             self.device.wait_event(previous_event, self.stream)
             self.device.wait_event(serving_done, self.stream)
@@ -331,14 +335,16 @@ class MigrationExecutor:
                         )
                 if p2p:
                     works = dist.batch_isend_irecv(p2p) or []
-                self.counters["slots_received"] += remote
-                self.counters["slots_copied"] += int(recv.size) - remote
-                self.counters["slots_sent"] += int(send.size)
-                self.counters["bytes_sent"] += int(send.size) * self.slot_bytes(layer)
+                counts = {
+                    "slots_received": remote,
+                    "slots_copied": int(recv.size) - remote,
+                    "slots_sent": int(send.size),
+                    "bytes_sent": int(send.size) * self.slot_bytes(layer),
+                }
             except Exception as err:
                 error = f"layer {layer}: posting the transfer failed: {err!r}"
             event = self.device.record_event(self.stream)
-        return Transfer(migration, slots, staged, works, event, started, error)
+        return Transfer(migration, slots, staged, works, event, started, error, counts)
 
     def finish(self, transfer: Transfer) -> str | None:
         """Wait for ``transfer`` (bounded on the CPU); ``None`` on success, else the error."""
@@ -364,6 +370,8 @@ class MigrationExecutor:
             if not self.device.has_streams and time.perf_counter() >= end:  # gloo's timeout
                 return f"{self._timed_out(transfer)} ({err!r})"
             return f"layer {transfer.migration.layer}: transfer failed: {err!r}"
+        for key, value in transfer.counts.items():
+            self.counters[key] += value
         return None
 
     def _timed_out(self, transfer: Transfer) -> str:

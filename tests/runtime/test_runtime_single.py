@@ -608,3 +608,25 @@ def test_a_static_placement_warms_up_nothing_and_starts_no_planning_child(monkey
     finally:
         rt.shutdown()
     assert calls == []
+
+
+class _FailedWork:
+    def wait(self, timeout: datetime.timedelta) -> bool:
+        raise RuntimeError("Connection closed by peer")
+
+
+def test_the_transfer_counters_count_what_arrived():
+    """``stats()["transfers"]``: a transfer that failed on this rank received nothing."""
+    config = EplbConfig(policy="rt_test_shift", interval=0, history=4, episode=2, warm_up=False)
+    rt = EplbRuntime(config, 2, 5)
+    try:
+        moves = {"slots_received": 3, "slots_copied": 1, "slots_sent": 2, "bytes_sent": 64}
+        layer = types.SimpleNamespace(layer=0)
+        failed = [_FailedWork()]
+        for works, expected in ((failed, 0), ([_SlowWork(0.0, [])], 1), (failed, 1)):
+            transfer = Transfer(layer, np.zeros(0, np.int32), [], works, None, time.perf_counter())
+            transfer.counts.update(moves)
+            rt.executor.finish(transfer)
+            assert rt.stats()["transfers"] == {key: expected * n for key, n in moves.items()}
+    finally:
+        rt.shutdown()
