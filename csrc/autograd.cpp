@@ -1,19 +1,20 @@
 // Autograd and ADInplaceOrView kernels of the four ops (every backend), as torch splits its own
 // in-place ops. The ops write into their arguments and have no derivative.
 //
-// ADInplaceOrView: a write bumps the version of each tensor written, so a backward that saved one
-// refuses to run on the overwritten values. This key is called under torch.inference_mode too
-// (for tensors made outside it, as torch's in-place ops bump them there), and not for inference
-// tensors, which keep no version.
+// ADInplaceOrView (called for every op outside torch.inference_mode, and inside it where an
+// argument was made outside it): outside inference mode, a written tensor made under it (which
+// torch cannot version) is refused before anything is written, as torch refuses an in-place op
+// on one; after the write, the version of each tensor written is bumped, so a backward that saved
+// one refuses to run on the overwritten values (inside inference mode too, for tensors made
+// outside it, as torch's in-place ops bump them there; an inference tensor keeps no version).
 //
-// Autograd: while grad mode is on, a written tensor that requires grad (only weights can: the
-// tables and heat are integers) is refused before anything is written; outside inference mode, a
-// written tensor made under it (which torch cannot version) is refused before anything is
-// written, as torch refuses an in-place op on one. Under torch.inference_mode these are not
-// called.
+// Autograd (outside inference mode, where an argument has autograd keys): while grad mode is on,
+// a written tensor that requires grad (only weights can: the tables and heat are integers) is
+// refused before anything is written.
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/GradMode.h>
+#include <c10/core/InferenceMode.h>
 #include <torch/library.h>
 
 #include <optional>
@@ -74,8 +75,6 @@ void route_and_count_autograd(const at::Tensor& topk_ids, const at::Tensor& log2
                               const at::Tensor& heat, const at::Tensor& step,
                               const at::Tensor& phy_ids, int64_t code_offset) {
   static const auto op = op_handle<RouteAndCount>("eplb_rt::route_and_count");
-  check_not_inference(heat, "route_and_count", "heat");
-  check_not_inference(phy_ids, "route_and_count", "out");
   const at::AutoDispatchBelowAutograd guard;
   op.call(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids, code_offset);
 }
@@ -85,6 +84,10 @@ void route_and_count_inplace(const at::Tensor& topk_ids, const at::Tensor& log2p
                              const at::Tensor& heat, const at::Tensor& step,
                              const at::Tensor& phy_ids, int64_t code_offset) {
   static const auto op = op_handle<RouteAndCount>("eplb_rt::route_and_count");
+  if (!c10::InferenceMode::is_enabled()) {
+    check_not_inference(heat, "route_and_count", "heat");
+    check_not_inference(phy_ids, "route_and_count", "out");
+  }
   {
     const at::AutoDispatchBelowADInplaceOrView guard;
     op.call(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids, code_offset);
@@ -96,7 +99,6 @@ void route_and_count_inplace(const at::Tensor& topk_ids, const at::Tensor& log2p
 void count_from_group_list_autograd(const at::Tensor& group_list, const at::Tensor& heat,
                                     const at::Tensor& step, int64_t slot_offset, bool cumulative) {
   static const auto op = op_handle<CountFromGroupList>("eplb_rt::count_from_group_list");
-  check_not_inference(heat, "count_from_group_list", "heat");
   const at::AutoDispatchBelowAutograd guard;
   op.call(group_list, heat, step, slot_offset, cumulative);
 }
@@ -104,6 +106,7 @@ void count_from_group_list_autograd(const at::Tensor& group_list, const at::Tens
 void count_from_group_list_inplace(const at::Tensor& group_list, const at::Tensor& heat,
                                    const at::Tensor& step, int64_t slot_offset, bool cumulative) {
   static const auto op = op_handle<CountFromGroupList>("eplb_rt::count_from_group_list");
+  if (!c10::InferenceMode::is_enabled()) check_not_inference(heat, "count_from_group_list", "heat");
   {
     const at::AutoDispatchBelowADInplaceOrView guard;
     op.call(group_list, heat, step, slot_offset, cumulative);
@@ -115,7 +118,6 @@ void update_expert_weights_autograd(at::TensorList weights, at::TensorList stage
                                     const at::Tensor& slots) {
   static const auto op = op_handle<UpdateExpertWeights>("eplb_rt::update_expert_weights_");
   for (size_t t = 0; t < weights.size(); ++t) {
-    check_not_inference(weights[t], "update_expert_weights_", "weights", static_cast<int64_t>(t));
     check_no_grad(weights[t], "update_expert_weights_", "weights", static_cast<int64_t>(t));
   }
   const at::AutoDispatchBelowAutograd guard;
@@ -125,6 +127,11 @@ void update_expert_weights_autograd(at::TensorList weights, at::TensorList stage
 void update_expert_weights_inplace(at::TensorList weights, at::TensorList staged,
                                    const at::Tensor& slots) {
   static const auto op = op_handle<UpdateExpertWeights>("eplb_rt::update_expert_weights_");
+  if (!c10::InferenceMode::is_enabled()) {
+    for (size_t t = 0; t < weights.size(); ++t) {
+      check_not_inference(weights[t], "update_expert_weights_", "weights", static_cast<int64_t>(t));
+    }
+  }
   {
     const at::AutoDispatchBelowADInplaceOrView guard;
     op.call(weights, staged, slots);
@@ -138,10 +145,6 @@ void update_expert_map_autograd(const at::Tensor& log2phy, const at::Tensor& log
                                 const OptTensor& new_replica_share, const OptTensor& new_expert_map,
                                 int64_t num_slots) {
   static const auto op = op_handle<UpdateExpertMap>("eplb_rt::update_expert_map_");
-  check_not_inference(log2phy, "update_expert_map_", "log2phy");
-  check_not_inference(logcnt, "update_expert_map_", "logcnt");
-  check_not_inference(replica_share, "update_expert_map_", "replica_share");
-  check_not_inference(expert_map, "update_expert_map_", "expert_map");
   if (replica_share.has_value()) {
     check_no_grad(*replica_share, "update_expert_map_", "replica_share");
   }
@@ -156,6 +159,12 @@ void update_expert_map_inplace(const at::Tensor& log2phy, const at::Tensor& logc
                                const OptTensor& new_replica_share, const OptTensor& new_expert_map,
                                int64_t num_slots) {
   static const auto op = op_handle<UpdateExpertMap>("eplb_rt::update_expert_map_");
+  if (!c10::InferenceMode::is_enabled()) {
+    check_not_inference(log2phy, "update_expert_map_", "log2phy");
+    check_not_inference(logcnt, "update_expert_map_", "logcnt");
+    check_not_inference(replica_share, "update_expert_map_", "replica_share");
+    check_not_inference(expert_map, "update_expert_map_", "expert_map");
+  }
   {
     const at::AutoDispatchBelowADInplaceOrView guard;
     op.call(log2phy, logcnt, replica_share, expert_map, new_log2phy, new_logcnt, new_replica_share,

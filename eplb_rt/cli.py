@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # what is still buffered: a reader that left shows here, not at exit
+        return code
     except BrokenPipeError:
         # The reader of stdout left (`| head`): stop quietly with the status a process killed by
         # SIGPIPE has, and keep Python's flush at exit from raising again.

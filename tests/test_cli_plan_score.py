@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -73,9 +74,11 @@ def test_a_reader_that_leaves_stops_the_command_quietly(tmp_path, toy_json):
     placement = tmp_path / "p.json"
     formats.write_placement(Placement.initial(1, 8, Topology(8, 2)), placement)
     argv = ["score", "--load", str(toy_json), "--placement", str(placement)]
+    # Buffered, as a shell's stdout is: the table is written by the flush, after the command.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     child = subprocess.Popen(
         [sys.executable, "-m", "eplb_rt.cli", *argv], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, cwd=tmp_path,
+        stderr=subprocess.PIPE, cwd=tmp_path, env=env,
     )  # fmt: skip
     child.stdout.close()
     with child.stderr:
@@ -333,6 +336,7 @@ def test_bad_load_file_exits_2_with_one_line(capsys, tmp_path, name, content, ma
         ),
         (["--horizon", "7"], "--horizon price moves from a placement in force: give --previous"),
         (["--horizon", "7", "--lifetime", "3"], "--horizon and --lifetime price moves"),
+        (["--bandwidth", "10"], "--bandwidth price moves from a placement in force"),
         (["--ranks", 1], "do not fit"),
         (["--nodes", 3], "--ranks 4 must be a multiple of --nodes 3"),
     ],

@@ -55,6 +55,7 @@ PORTABLE_CPU = "generic"
 
 _installed: dict[Path, type] = {}  # package root -> its locator class
 _warned = False
+_warned_flag = False
 
 
 def portable_env() -> dict[str, str]:
@@ -264,15 +265,15 @@ def install(package_root: Path = PACKAGE_ROOT, cache_root: Path | None = None) -
     package_root = Path(package_root).resolve()
     if package_root in _installed:
         return True
-    global _warned  # noqa: PLW0603  (warn once per process)
+    global _warned, _warned_flag  # noqa: PLW0603  (each warning once per process)
     try:
         wanted = envs.get("EPLB_RT_KERNEL_CACHE")
     except ValueError as err:
         # Installed on import: raising would stop every command, `eplb-rt doctor` too, whose
         # settings check names the variable.
         wanted = envs.VARIABLES["EPLB_RT_KERNEL_CACHE"].default
-        if not _warned:
-            _warned = True
+        if not _warned_flag:
+            _warned_flag = True
             warnings.warn(f"eplb_rt: {err}; taken as unset", RuntimeWarning, stacklevel=2)
     if not wanted:
         return False

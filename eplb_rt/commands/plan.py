@@ -84,12 +84,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+COST_FLAGS = ("--expert-bytes", "--bandwidth", "--token-us")
+COST_DEFAULTS = (
+    planning.DEEPSEEK_V3_EXPERT_BYTES,
+    planning.LINK_BANDWIDTH / GB,
+    planning.TOKEN_SECONDS * 1e6,
+)
+
+
 def add_cost_arguments(parser: argparse.ArgumentParser) -> None:
     """``--expert-bytes``, ``--bandwidth`` and ``--token-us``: the gate's prices."""
-    for flag, default, metavar, text in (
-        ("--expert-bytes", planning.DEEPSEEK_V3_EXPERT_BYTES, "BYTES", "bytes of one expert"),
-        ("--bandwidth", planning.LINK_BANDWIDTH / GB, "GB/S", "GB/s a rank receives experts at"),
-        ("--token-us", planning.TOKEN_SECONDS * 1e6, "US", "us one token takes in one expert"),
+    for flag, default, metavar, text in zip(
+        COST_FLAGS,
+        COST_DEFAULTS,
+        ("BYTES", "GB/S", "US"),
+        (
+            "bytes of one expert",
+            "GB/s a rank receives experts at",
+            "us one token takes in one expert",
+        ),
+        strict=True,
     ):
         parser.add_argument(
             flag,
@@ -104,7 +118,7 @@ def cost_from_args(args: argparse.Namespace) -> planning.CostModel:
     """The cost model of the flags; a bad value raises naming its flag. The values are checked
     in the model's units too: ``--bandwidth 1e300`` GB/s overflows to infinite bytes/s, and
     ``--token-us 1e-320`` us underflows to 0 s."""
-    for flag in ("--expert-bytes", "--bandwidth", "--token-us"):
+    for flag in COST_FLAGS:
         value = getattr(args, flag[2:].replace("-", "_"))
         if not 0 < value < float("inf"):
             raise ValueError(f"{flag} must be a finite number > 0, got {value}")
@@ -146,12 +160,18 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--horizon must be a number of rows > 0, got {args.horizon:g}")
     if args.lifetime is not None and not args.lifetime > 0:  # NaN fails too
         raise ValueError(f"--lifetime must be a number of rows > 0 or inf, got {args.lifetime:g}")
-    spans = [flag for flag in ("--horizon", "--lifetime") if getattr(args, flag[2:]) is not None]
-    if spans and not args.previous:
+    given = [flag for flag in ("--horizon", "--lifetime") if getattr(args, flag[2:]) is not None]
+    # The prices have defaults: one set to another value is one the user gave.
+    given += [
+        flag
+        for flag, default in zip(COST_FLAGS, COST_DEFAULTS, strict=True)
+        if getattr(args, flag[2:].replace("-", "_")) != default
+    ]
+    cost = cost_from_args(args)  # a bad value is named first, as it is with --previous
+    if given and not args.previous:
         raise ValueError(
-            f"{' and '.join(spans)} price moves from a placement in force: give --previous too"
+            f"{' and '.join(given)} price moves from a placement in force: give --previous too"
         )
-    cost = cost_from_args(args)
     options = parse_options(args.option)
     checked = get_policy(args.policy).make_options(options)  # bad options fail before any work
     if formats.is_npy(args.out) and getattr(checked, "shares", False):

@@ -126,7 +126,8 @@ class MigrationExecutor:
         ranks: global ranks of the group, index = expert-parallel rank.
         group: process group for the point-to-point transfers (``None``: single process).
         lanes: layers in flight at once (``EplbConfig.layers_per_step``).
-        timeout_s: longest wait for a transfer at the boundary.
+        timeout_s: seconds a layer's transfer may take from when it is posted (gloo; on
+            CUDA/NPU the serving stream waits for it instead).
     """
 
     def __init__(

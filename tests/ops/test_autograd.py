@@ -88,8 +88,7 @@ def test_inference_mode_skips_the_autograd_kernels():
 
 def test_tensors_made_in_inference_mode_are_refused_outside_it_with_nothing_written():
     """Torch cannot bump such a tensor's version outside inference mode: the write landed
-    first and the refusal came after (a retried route counted its tokens twice). (Where every
-    tensor argument is an inference tensor, torch calls no autograd kernel: the op writes.)"""
+    first and the refusal came after (a retried route counted its tokens twice)."""
     topk, log2phy, logcnt, _, step = _route_args()
     args = map_args()
     with torch.inference_mode():
@@ -120,3 +119,17 @@ def test_tensors_made_in_inference_mode_are_refused_outside_it_with_nothing_writ
     with torch.inference_mode():  # where they were made, they are written
         ops.route_and_count(topk, log2phy, logcnt, heat, step)
     assert int(heat.sum()) == topk.numel()
+
+
+def test_every_argument_an_inference_tensor_is_refused_outside_inference_mode_too():
+    """No autograd kernel runs then (no argument has autograd keys), but the ADInplaceOrView
+    one does, outside inference mode always: refused there before the write, not after it."""
+    with torch.inference_mode():
+        topk, log2phy, logcnt, heat, step = _route_args()
+        groups = torch.tensor([1, 2])
+    before = heat.clone()
+    with pytest.raises(RuntimeError, match="route_and_count: heat was made under"):
+        ops.route_and_count(topk, log2phy, logcnt, heat, step)
+    with pytest.raises(RuntimeError, match="count_from_group_list: heat was made under"):
+        ops.count_from_group_list(groups, heat, step, 0)
+    assert torch.equal(heat, before)
