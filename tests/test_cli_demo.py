@@ -156,3 +156,50 @@ def test_demo_json_is_strict(monkeypatch, tmp_path, capsys):
     result = json.loads(summary.read_text(), parse_constant=refuse)
     assert result["step_time_ms"] is None
     assert result["per_step"]["step_ms"] == [None, None, None, 1.0]
+
+
+NAN_RANK = """
+import json, sys
+import torch
+from eplb_rt.commands import demo
+from eplb_rt.models import moe
+
+served = moe.ExpertParallelMoE.forward
+
+def forward(self, x, bias=None):  # the EPLB model's output gets a NaN (a slot gone bad)
+    y = served(self, x, bias)
+    if self.runtime is not None:
+        y = y.clone()
+        y[0, 0] = float("nan")
+    return y
+
+moe.ExpertParallelMoE.forward = moe.ExpertParallelMoE.__call__ = forward
+opts = dict(ranks=1, steps=2, layers=1, tokens=8, redundant=0, interval=0, policy="equilibrium",
+            check_every=1, seed=0, port=int(sys.argv[2]), no_progress=True)
+demo._worker(0, opts, sys.argv[1])
+"""
+
+
+@pytest.mark.multiprocess
+def test_a_nan_in_the_eplb_models_output_is_a_mismatch(tmp_path):
+    """NaN passes a MAX all-reduce and ``max()`` (every comparison with it is false): the check
+    meant to catch a broken migration said the outputs matched, with a difference of 0."""
+    import os
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "nan.json"
+    script = tmp_path / "nan_rank.py"
+    script.write_text(NAN_RANK)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])),
+    )
+    subprocess.run(
+        [sys.executable, str(script), str(out), str(port)], check=True, env=env, timeout=300
+    )
+    result = json.loads(out.read_text())
+    assert result["outputs_match"] is False and result["output_checks"] == 2

@@ -6,8 +6,9 @@ file is given more than once). Every INTERVAL steps each policy re-plans from th
 INTERVAL steps (by default what a runtime's plan reads from its heat ring: the last 255 steps,
 every one before where fewer; its previous placement carried) and is scored on the next
 INTERVAL steps, through the runtime's planning pipeline (the same gate, in seconds, priced by
---expert-bytes, --bandwidth and --token-us; a placement is expected to serve as many steps as a
-plan reads, or as long as the load holds where those steps show it holding, as in the runtime).
+--expert-bytes, --bandwidth and --token-us; a placement is expected to serve as many steps as the
+window, EPISODES x INTERVAL or 255, even where fewer steps exist yet, or as long as the load holds
+where the steps read show it holding, as in the runtime).
 The row "none (no EPLB)" keeps the starting placement.
 """
 
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     doc = report.to_document(result)
     if args.save_placements:
         doc["saved"] = _save_placements(result, args.save_placements)
-    print(report.markdown(doc))
+    # The files first: a reader of stdout that leaves (`| head`) must not cost them.
     if args.json:
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=1, allow_nan=False)  # to_document wrote inf / NaN as null
@@ -136,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         from eplb_rt.sim.plot import plot
 
         plot(doc, args.plot)
+    print(report.markdown(doc))
     return 0
 
 

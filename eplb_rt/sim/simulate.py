@@ -4,8 +4,8 @@ The replay: a workload is a ``[T, L, E]`` load series (steps in order, each step
 workload it came from). Every ``interval`` steps each policy re-plans from the last
 ``episodes * interval`` steps, starting from its own previous placement, through the planning
 pipeline the runtime uses (:func:`eplb_rt.planning.decide`: the same gate, in seconds, and a
-placement expected to serve as many steps as the plan read, or as long as the load holds where
-they show it holding), and the
+placement expected to serve as many steps as the window, even where fewer exist yet, or as long
+as the load holds where the steps read show it holding), and the
 new placement is scored on the *next* ``interval`` steps, which the policy has not seen. By
 default a plan sees what a runtime's plan reads from its heat ring: the last
 ``EplbConfig().history - 1`` steps (its closed rows), every step before where fewer. Every

@@ -550,3 +550,26 @@ def test_convert_refuses_an_output_name_that_would_not_read_back(tmp_path, capsy
     code, _, err = _run(capsys, "convert", "--from", src, "--to", dst, source, tmp_path / out)
     assert code == 2 and message in err
     assert not (tmp_path / out).exists()
+
+
+def test_the_files_asked_for_are_written_when_stdouts_reader_has_left(tmp_path):
+    """``eplb-rt simulate ... --json F | head``: the table is printed last, so a reader that
+    left (here before the first write, with stdout unbuffered) does not cost the files."""
+    import os
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "load.npy", _skewed(6, 2, 8))
+    report = tmp_path / "report.json"
+    argv = ["simulate", "--load", str(tmp_path / "load.npy"), "--ranks", "2"]
+    argv += ["--slots-per-rank", "5", "--interval", "2", "--policies", "swift"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    child = subprocess.Popen(
+        [sys.executable, "-m", "eplb_rt.cli", *argv, "--json", str(report)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    child.stdout.close()
+    with child.stderr:
+        err = child.stderr.read().decode()
+    assert child.wait() == cli.SIGPIPE_STATUS and err == "", err
+    assert json.loads(report.read_text())["policies"].keys() >= {"swift"}
