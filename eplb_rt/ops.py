@@ -47,6 +47,20 @@ _update_expert_map = torch.ops.eplb_rt.update_expert_map_.default
 
 _checked_devices: set[torch.device] = set()
 
+NPU_BASE_FORMATS = {0: "NCHW", 2: "ND"}
+"""torch_npu storage formats that hold a tensor row-major in its own shape: each slot's weights
+are then one block of bytes, which the transfers send and ``update_expert_weights_`` copies.
+vllm-ascend casts MoE weights to FRACTAL_NZ (29), whose storage is tiled and padded."""
+
+
+def npu_format(tensor: torch.Tensor) -> int | None:
+    """torch_npu's storage format of ``tensor`` (2: ND), or ``None`` off the NPU."""
+    if tensor.device.type != "npu":
+        return None
+    import torch_npu  # registered the npu device, so it is importable here
+
+    return int(torch_npu.get_npu_format(tensor))
+
 
 def check_device(device: torch.device | str) -> None:
     """First-use check of a device backend: ``route_and_count`` there must equal the CPU op.
@@ -165,9 +179,11 @@ def route_and_count(
         ``csrc/common/replica_rule.h``.
 
     Raises:
-        RuntimeError: an id below ``-1`` or ``>= E``; a used expert whose ``logcnt`` is not in
-            ``[1, R]`` or whose first ``logcnt`` slots are not in ``[0, P)``; a dtype, shape or
-            device mismatch. Nothing is written then.
+        RuntimeError: a dtype, shape or device mismatch; on the CPU also an id below ``-1`` or
+            ``>= E``, or a used expert whose ``logcnt`` is not in ``[1, R]`` or whose first
+            ``logcnt`` slots are not in ``[0, P)``. Nothing is written then. (Device backends
+            check metadata only: they never synchronise; such a pair gets phy id ``-1`` and is
+            not counted, the rest of the batch is.)
     """
     _first_use(topk_ids.device)
     if out is None:
@@ -225,12 +241,28 @@ def update_expert_weights_(
         RuntimeError: mismatched lists, shapes, dtypes or devices, and on the CPU a slot out of
             range or twice (device backends check metadata only: they skip a slot out of range,
             and of rows given one slot copy the last).
+        ValueError: on the NPU, a tensor stored in a format other than ND or NCHW (FRACTAL_NZ:
+            its slots are not blocks of bytes, and the copy would move the wrong ones).
 
     Compiled with Inductor and dynamic shapes, weights that are views of one argument are
     refused: see the module docstring.
     """
     _first_use(slots.device)
+    if slots.device.type == "npu":
+        _check_npu_formats(weights, "weights")
+        _check_npu_formats(staged, "staged")
     _update_expert_weights(weights, staged, slots)
+
+
+def _check_npu_formats(tensors: list[torch.Tensor], name: str) -> None:
+    for index, tensor in enumerate(tensors):
+        storage = npu_format(tensor)
+        if storage is not None and storage not in NPU_BASE_FORMATS:
+            raise ValueError(
+                f"update_expert_weights_: {name}[{index}] is stored in NPU format {storage}, "
+                f"expected a base format {NPU_BASE_FORMATS}; cast it with "
+                "torch_npu.npu_format_cast(tensor, 2)"
+            )
 
 
 def update_expert_map_(

@@ -37,7 +37,7 @@ class Error : public std::runtime_error {
 };
 
 struct Config {
-  // Unified Buffer per vector core of the default SoC (Atlas A2: 192 KiB less the reserve).
+  // Unified Buffer per vector core of the default SoC (Atlas A2: 184 KiB of its 192).
   uint32_t ubBytes = eplb_ascendc::FindSoc(eplb_ascendc::kDefaultSoc)->ubBytes;
   int syncAllTimeoutMs = 2000;  // a SyncAll that waits longer is reported, not hung
 };

@@ -14,21 +14,25 @@
 
 namespace eplb_ascendc {
 
-// The AscendC runtime keeps the last 256 bytes of every core's Unified Buffer for itself.
-constexpr uint32_t kUbReservedBytes = 256;
+// The Unified Buffer a kernel may use on these parts: the first 184 KiB of each vector core's
+// 192 KiB. AscendC keeps the last 8 KiB for itself: scratch that some of its APIs write (the
+// temporary buffer at 184 KiB on the 220 architecture of the A2 and A3, CANN's API headers), and
+// its runtime's own reserve at the very end. Today's kernels call no API that uses the scratch;
+// sizing tiles into it would break them the day one does, and no device build would say so.
+constexpr uint32_t kUbUsableBytes = 184 * 1024;
 
 struct SocInfo {
   const char* prefix;    // SOC_VERSION names of the family start with this
   const char* family;    // for messages
-  uint32_t ubBytes;      // Unified Buffer a kernel may use per vector core (reserve removed)
+  uint32_t ubBytes;      // Unified Buffer a kernel may use per vector core
   uint32_t vectorCores;  // AIV cores of the family's largest part: the emulation's default
                          // core count; on a device the launchers ask ACL instead
 };
 
 // Longest prefixes first: "Ascend910_93" must win over a shorter "Ascend910".
 constexpr SocInfo kSocTable[] = {
-    {"Ascend910_93", "Atlas A3 (Ascend910_93xx)", 196608 - kUbReservedBytes, 48},
-    {"Ascend910B", "Atlas A2 (Ascend910B)", 196608 - kUbReservedBytes, 48},
+    {"Ascend910_93", "Atlas A3 (Ascend910_93xx)", kUbUsableBytes, 48},
+    {"Ascend910B", "Atlas A2 (Ascend910B)", kUbUsableBytes, 48},
 };
 
 // The SoC CMake compiles for when neither SOC_VERSION nor npu-smi says otherwise.

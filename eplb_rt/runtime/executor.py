@@ -34,13 +34,9 @@ import torch
 import torch.distributed as dist
 
 from eplb_rt import ops
+from eplb_rt.ops import NPU_BASE_FORMATS, npu_format
 from eplb_rt.runtime.device import Device, Event
 from eplb_rt.runtime.migration import LayerMigration
-
-NPU_BASE_FORMATS = {0: "NCHW", 2: "ND"}
-"""torch_npu storage formats that hold a tensor row-major in its own shape: each slot's weights
-are then one block of bytes, which the transfers send and ``update_expert_weights_`` copies.
-vllm-ascend casts MoE weights to FRACTAL_NZ (29), whose storage is tiled and padded."""
 
 # Tags of one transfer: entry i of tensor t gets tag base + i * T + t; bases advance per transfer
 # so that a late message of a failed transfer never matches a later one.
@@ -106,15 +102,6 @@ def slot_rows(name: str, tensor: torch.Tensor) -> torch.Tensor:
     # Detached: the transfers and the commit write the slots without autograd (weights that
     # require grad included).
     return tensor.detach().as_strided((S, step), (step, 1)).view(torch.uint8)
-
-
-def npu_format(tensor: torch.Tensor) -> int | None:
-    """torch_npu's storage format of ``tensor`` (2: ND), or ``None`` off the NPU."""
-    if tensor.device.type != "npu":
-        return None
-    import torch_npu  # registered the npu device, so it is importable here
-
-    return int(torch_npu.get_npu_format(tensor))
 
 
 class MigrationExecutor:

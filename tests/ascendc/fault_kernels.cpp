@@ -366,7 +366,7 @@ std::map<std::string, std::function<void(uint32_t)>> FaultTable() {
     EPLB_LAUNCH_KERNEL(ub_overflow_kernel, b, nullptr, 50u * 1024u);
   };
   t["ub_overflow_ok"] = [](uint32_t b) {
-    EPLB_LAUNCH_KERNEL(ub_overflow_kernel, b, nullptr, 47u * 1024u);
+    EPLB_LAUNCH_KERNEL(ub_overflow_kernel, b, nullptr, 46u * 1024u);  // 4 x 46 = 184 KiB
   };
   t["use_without_deque"] = withBuffers([](uint32_t b, uint8_t* x, uint8_t*) {
     EPLB_LAUNCH_KERNEL(use_without_deque_kernel, b, nullptr, x, 0u);

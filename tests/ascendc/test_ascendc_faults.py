@@ -15,7 +15,7 @@ import pytest
 FAULTS = {
     "datacopy_unaligned_length": r"DataCopy GM->UB of 7 x int32 = 28 bytes: not a multiple of 32",
     "datacopypad_block_too_long": r"DataCopyPad GM->UB: blockCount 1 and blockLen 65536 bytes",
-    "ub_overflow": r"Unified Buffer overflow: .* 204800 bytes > capacity 196352 bytes",
+    "ub_overflow": r"Unified Buffer overflow: .* 204800 bytes > capacity 188416 bytes",
     "use_without_deque": r"Adds on a LocalTensor that is enqueued: it is used without DeQue",
     "use_after_free": r"GetValue on a LocalTensor used after FreeTensor",
     "queue_depth_exceeded": r"EnQue: queue depth 1 exceeded",

@@ -163,3 +163,14 @@ def test_the_slot_check_takes_memory_in_moves_not_slots():
 def test_a_mismatched_staged_shape_names_the_shape_expected():
     with pytest.raises(RuntimeError, match=r"staged\[0\] must have shape \[M, \.\.\.\] = \[2, 3\]"):
         ops.update_expert_weights_([torch.zeros(4, 3)], [torch.ones(2, 4)], torch.tensor([0, 1]))
+
+
+def test_a_tensor_in_an_npu_tiled_format_is_refused(monkeypatch):
+    """FRACTAL_NZ (29, what vllm-ascend casts MoE weights to) stores a slot's weights tiled and
+    padded across slots: the byte copy would move the wrong bytes. (No NPU here: the format is
+    what torch_npu would report.)"""
+    weight, staged = torch.zeros(4, 3), torch.ones(1, 3)
+    monkeypatch.setattr(ops, "npu_format", lambda t: 29 if t is staged else 2)
+    ops._check_npu_formats([weight], "weights")
+    with pytest.raises(ValueError, match=r"staged\[0\] is stored in NPU format 29, expected"):
+        ops._check_npu_formats([staged], "staged")
