@@ -242,15 +242,15 @@ def update_expert_weights_(
             range or twice (device backends check metadata only: they skip a slot out of range,
             and of rows given one slot copy the last).
         ValueError: on the NPU, a tensor stored in a format other than ND or NCHW (FRACTAL_NZ:
-            its slots are not blocks of bytes, and the copy would move the wrong ones).
+            its slots are not blocks of bytes, and the copy would move the wrong ones); this
+            wrapper checks it, not the op under ``torch.ops.eplb_rt``.
 
     Compiled with Inductor and dynamic shapes, weights that are views of one argument are
     refused: see the module docstring.
     """
     _first_use(slots.device)
-    if slots.device.type == "npu":
-        _check_npu_formats(weights, "weights")
-        _check_npu_formats(staged, "staged")
+    _check_npu_formats(weights, "weights")  # (a device check off the NPU: once per commit)
+    _check_npu_formats(staged, "staged")
     _update_expert_weights(weights, staged, slots)
 
 

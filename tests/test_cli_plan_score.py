@@ -70,7 +70,8 @@ def test_shares_to_an_array_file_are_refused_before_planning(
 
 def test_a_reader_that_leaves_stops_the_command_quietly(tmp_path, toy_json):
     """``eplb-rt score ... | head``: the shell's status for SIGPIPE, no error line, no traceback
-    (the read end is closed before the child has imported anything, so its first write fails)."""
+    (the read end is closed before the child has imported anything, so the flush of its table
+    fails)."""
     placement = tmp_path / "p.json"
     formats.write_placement(Placement.initial(1, 8, Topology(8, 2)), placement)
     argv = ["score", "--load", str(toy_json), "--placement", str(placement)]

@@ -4,7 +4,7 @@
 // tests exercise is the tiling the device runs. Each Compute*Tiling returns an empty string on
 // success, or an error that names expected vs got (the caller raises it). `coreNum` is the number
 // of vector (AIV) cores and `ubBytes` the Unified Buffer a kernel may use (eplb_platform.h: the
-// SoC's UB less the runtime's reserve); what a tiling asks for never exceeds it.
+// SoC's UB less what AscendC keeps for itself); what a tiling asks for never exceeds it.
 #pragma once
 
 #include <stdint.h>

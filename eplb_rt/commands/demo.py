@@ -234,7 +234,7 @@ def _worker(rank: int, opts: dict, out_path: str) -> None:
             if step % opts["check_every"] == 0 or step == steps - 1:
                 diff = torch.tensor([(y - baseline(x, bias[step])).abs().max().item()])
                 # A NaN would pass both the MAX reduction and max() below: count it as inf.
-                diff = torch.nan_to_num(diff, nan=float("inf"))
+                diff = torch.nan_to_num(diff, nan=float("inf"), posinf=float("inf"))
                 dist.all_reduce(diff, op=dist.ReduceOp.MAX)
                 max_diff, checks = max(max_diff, float(diff)), checks + 1
             if progress is not None:

@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "that pay before the next plan, those that buy the most over it are taken (default: as "
         "many as given, the runtime's is its heat ring; inf: as long as the load holds)",
     )
-    add_cost_arguments(parser)
+    add_cost_arguments(parser, "with --previous: ")
     parser.add_argument(
         "--option",
         action="append",
@@ -92,8 +92,9 @@ COST_DEFAULTS = (
 )
 
 
-def add_cost_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--expert-bytes``, ``--bandwidth`` and ``--token-us``: the gate's prices."""
+def add_cost_arguments(parser: argparse.ArgumentParser, when: str = "") -> None:
+    """``--expert-bytes``, ``--bandwidth`` and ``--token-us``: the gate's prices (``when``: what
+    their help starts with, e.g. ``"with --previous: "``)."""
     for flag, default, metavar, text in zip(
         COST_FLAGS,
         COST_DEFAULTS,
@@ -110,7 +111,7 @@ def add_cost_arguments(parser: argparse.ArgumentParser) -> None:
             type=float,
             default=default,
             metavar=metavar,
-            help=text + " (default %(default)s: DeepSeek-V3 on an H100/Ascend-class device)",
+            help=when + text + " (default %(default)s: DeepSeek-V3 on an H100/Ascend-class device)",
         )
 
 

@@ -556,8 +556,7 @@ class EplbRuntime:
     def register_weights(self, layer: int, tensors: dict[str, torch.Tensor]) -> None:
         """Hand over ``layer``'s expert tensors (each ``[S, ...]``, this rank's slots) that
         migration rewrites in place."""
-        if self._closed:  # after shutdown only: a failed step does not stop registering
-            raise RuntimeError("EplbRuntime.register_weights() after shutdown()")
+        self._check_usable("register_weights")
         layer = self._check_layer(layer)
         migrating = {m.layer for m in self._queue} | {t.migration.layer for t in self._in_flight}
         if layer in migrating:

@@ -168,9 +168,13 @@ def test_a_mismatched_staged_shape_names_the_shape_expected():
 def test_a_tensor_in_an_npu_tiled_format_is_refused(monkeypatch):
     """FRACTAL_NZ (29, what vllm-ascend casts MoE weights to) stores a slot's weights tiled and
     padded across slots: the byte copy would move the wrong bytes. (No NPU here: the format is
-    what torch_npu would report.)"""
+    what torch_npu would report.) Refused with nothing written."""
     weight, staged = torch.zeros(4, 3), torch.ones(1, 3)
-    monkeypatch.setattr(ops, "npu_format", lambda t: 29 if t is staged else 2)
-    ops._check_npu_formats([weight], "weights")
-    with pytest.raises(ValueError, match=r"staged\[0\] is stored in NPU format 29, expected"):
-        ops._check_npu_formats([staged], "staged")
+    for tiled, name in ((staged, r"staged\[0\]"), (weight, r"weights\[0\]")):
+        monkeypatch.setattr(ops, "npu_format", lambda t, tiled=tiled: 29 if t is tiled else 2)
+        with pytest.raises(ValueError, match=f"{name} is stored in NPU format 29, expected"):
+            ops.update_expert_weights_([weight], [staged], torch.tensor([1]))
+        assert not weight.any()
+    monkeypatch.setattr(ops, "npu_format", lambda t: 2)
+    ops.update_expert_weights_([weight], [staged], torch.tensor([1]))
+    assert weight[1].tolist() == [1.0, 1.0, 1.0]

@@ -473,6 +473,7 @@ def _commit_fails(rank: int, world: int) -> None:
         for call in (
             runtime.step,
             lambda: runtime.route(0, torch.zeros((2, MODEL.top_k), dtype=torch.int64)),
+            lambda: runtime.register_weights(0, {"w": torch.zeros(1)}),
         ):
             with pytest.raises(RuntimeError, match=stopped):
                 call()
