@@ -442,3 +442,20 @@ def test_main_thread_runs_while_the_default_policy_plans():
     held = main_thread_coverage(lambda: _hold_the_gil(n))
     assert held < 0.3, f"the control did not block the main thread ({held:.2f})"
     assert planned > 0.7, f"main thread ran {planned:.0%} of the plan's time (control {held:.0%})"
+
+
+def test_a_flag_that_is_not_one_warns_once_and_counts_as_unset(monkeypatch, tmp_path):
+    """Installed at import: a bad value must not stop every command (``eplb-rt doctor`` names
+    it). Its warning has its own once-flag: numba's internals changing too still says so."""
+    monkeypatch.setenv("EPLB_RT_KERNEL_CACHE", "maybe")
+    monkeypatch.setattr(kernel_cache, "_installed", {})
+    monkeypatch.setattr(kernel_cache, "_warned", False)
+    monkeypatch.setattr(kernel_cache, "_warned_flag", False)
+    monkeypatch.setattr(kernel_cache, "_numba_internals", lambda: None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert kernel_cache.install(tmp_path / "a") is False  # as unset: on, then no internals
+        assert kernel_cache.install(tmp_path / "b") is False
+    said = [str(w.message) for w in caught]
+    assert sum("EPLB_RT_KERNEL_CACHE='maybe'" in s and "taken as unset" in s for s in said) == 1
+    assert sum("numba's cache internals" in s for s in said) == 1
