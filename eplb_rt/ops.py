@@ -62,6 +62,19 @@ def npu_format(tensor: torch.Tensor) -> int | None:
     return int(torch_npu.get_npu_format(tensor))
 
 
+def check_npu_layout(tensor: torch.Tensor, what: str) -> None:
+    """ValueError naming ``what`` where ``tensor`` is on the NPU in a format other than
+    :data:`NPU_BASE_FORMATS` (its slots are not blocks of bytes)."""
+    storage = npu_format(tensor)
+    if storage is not None and storage not in NPU_BASE_FORMATS:
+        raise ValueError(
+            f"{what} is stored in NPU format {storage}, expected a base format "
+            f"{NPU_BASE_FORMATS} (slots are moved as their bytes): register or pass it before "
+            "torch_npu.npu_format_cast to FRACTAL_NZ (29), or cast it back with "
+            "torch_npu.npu_format_cast(tensor, 2)"
+        )
+
+
 def check_device(device: torch.device | str) -> None:
     """First-use check of a device backend: ``route_and_count`` there must equal the CPU op.
 
@@ -249,20 +262,10 @@ def update_expert_weights_(
     refused: see the module docstring.
     """
     _first_use(slots.device)
-    _check_npu_formats(weights, "weights")  # (a device check off the NPU: once per commit)
-    _check_npu_formats(staged, "staged")
+    for name, tensors in (("weights", weights), ("staged", staged)):
+        for index, tensor in enumerate(tensors):  # (off the NPU a device check: once a commit)
+            check_npu_layout(tensor, f"update_expert_weights_: {name}[{index}]")
     _update_expert_weights(weights, staged, slots)
-
-
-def _check_npu_formats(tensors: list[torch.Tensor], name: str) -> None:
-    for index, tensor in enumerate(tensors):
-        storage = npu_format(tensor)
-        if storage is not None and storage not in NPU_BASE_FORMATS:
-            raise ValueError(
-                f"update_expert_weights_: {name}[{index}] is stored in NPU format {storage}, "
-                f"expected a base format {NPU_BASE_FORMATS}; cast it with "
-                "torch_npu.npu_format_cast(tensor, 2)"
-            )
 
 
 def update_expert_map_(

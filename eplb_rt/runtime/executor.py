@@ -34,7 +34,6 @@ import torch
 import torch.distributed as dist
 
 from eplb_rt import ops
-from eplb_rt.ops import NPU_BASE_FORMATS, npu_format
 from eplb_rt.runtime.device import Device, Event
 from eplb_rt.runtime.migration import LayerMigration
 
@@ -175,14 +174,7 @@ class MigrationExecutor:
                     f"weight {name!r} has shape {tuple(tensor.shape)}, expected "
                     f"[{num_slots_per_rank}, ...] (one row per local slot)"
                 )
-            storage = npu_format(tensor)
-            if storage is not None and storage not in NPU_BASE_FORMATS:
-                raise ValueError(
-                    f"weight {name!r} is stored in NPU format {storage}, expected a base format "
-                    f"{NPU_BASE_FORMATS} (slots are moved as their bytes); register "
-                    "the weights before torch_npu.npu_format_cast to FRACTAL_NZ (29), or cast "
-                    "them back with torch_npu.npu_format_cast(weight, 2)"
-                )
+            ops.check_npu_layout(tensor, f"weight {name!r}")
         rows = [slot_rows(name, t) for name, t in tensors.items()]
         self._check_apart(layer, tensors, rows)
         try:
