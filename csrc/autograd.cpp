@@ -33,12 +33,12 @@ void check_no_grad(const at::Tensor& t, const char* op, const char* name, int64_
               "torch.no_grad() or torch.inference_mode()");
 }
 
-// The written tensor ``name`` (``index``: see check_no_grad) must not be an inference tensor:
-// outside inference mode its version cannot be bumped, and the write would land before that
-// refusal did.
+// Outside inference mode, the written tensor ``name`` (``index``: see check_no_grad) must not be
+// an inference tensor: its version cannot be bumped, and the write would land before that
+// refusal did. Inside inference mode any tensor may be written.
 void check_not_inference(const at::Tensor& t, const char* op, const char* name,
                          int64_t index = -1) {
-  if (!t.is_inference()) return;
+  if (!t.is_inference() || c10::InferenceMode::is_enabled()) return;
   TORCH_CHECK(false, op, ": ", name, index >= 0 ? "[" + std::to_string(index) + "]" : "",
               " was made under torch.inference_mode, and the op writes into it outside "
               "inference mode, which torch does not allow for an inference tensor: call the op "
@@ -84,10 +84,8 @@ void route_and_count_inplace(const at::Tensor& topk_ids, const at::Tensor& log2p
                              const at::Tensor& heat, const at::Tensor& step,
                              const at::Tensor& phy_ids, int64_t code_offset) {
   static const auto op = op_handle<RouteAndCount>("eplb_rt::route_and_count");
-  if (!c10::InferenceMode::is_enabled()) {
-    check_not_inference(heat, "route_and_count", "heat");
-    check_not_inference(phy_ids, "route_and_count", "out");
-  }
+  check_not_inference(heat, "route_and_count", "heat");
+  check_not_inference(phy_ids, "route_and_count", "out");
   {
     const at::AutoDispatchBelowADInplaceOrView guard;
     op.call(topk_ids, log2phy, logcnt, replica_share, heat, step, phy_ids, code_offset);
@@ -106,7 +104,7 @@ void count_from_group_list_autograd(const at::Tensor& group_list, const at::Tens
 void count_from_group_list_inplace(const at::Tensor& group_list, const at::Tensor& heat,
                                    const at::Tensor& step, int64_t slot_offset, bool cumulative) {
   static const auto op = op_handle<CountFromGroupList>("eplb_rt::count_from_group_list");
-  if (!c10::InferenceMode::is_enabled()) check_not_inference(heat, "count_from_group_list", "heat");
+  check_not_inference(heat, "count_from_group_list", "heat");
   {
     const at::AutoDispatchBelowADInplaceOrView guard;
     op.call(group_list, heat, step, slot_offset, cumulative);
@@ -127,10 +125,8 @@ void update_expert_weights_autograd(at::TensorList weights, at::TensorList stage
 void update_expert_weights_inplace(at::TensorList weights, at::TensorList staged,
                                    const at::Tensor& slots) {
   static const auto op = op_handle<UpdateExpertWeights>("eplb_rt::update_expert_weights_");
-  if (!c10::InferenceMode::is_enabled()) {
-    for (size_t t = 0; t < weights.size(); ++t) {
-      check_not_inference(weights[t], "update_expert_weights_", "weights", static_cast<int64_t>(t));
-    }
+  for (size_t t = 0; t < weights.size(); ++t) {
+    check_not_inference(weights[t], "update_expert_weights_", "weights", static_cast<int64_t>(t));
   }
   {
     const at::AutoDispatchBelowADInplaceOrView guard;
@@ -159,12 +155,10 @@ void update_expert_map_inplace(const at::Tensor& log2phy, const at::Tensor& logc
                                const OptTensor& new_replica_share, const OptTensor& new_expert_map,
                                int64_t num_slots) {
   static const auto op = op_handle<UpdateExpertMap>("eplb_rt::update_expert_map_");
-  if (!c10::InferenceMode::is_enabled()) {
-    check_not_inference(log2phy, "update_expert_map_", "log2phy");
-    check_not_inference(logcnt, "update_expert_map_", "logcnt");
-    check_not_inference(replica_share, "update_expert_map_", "replica_share");
-    check_not_inference(expert_map, "update_expert_map_", "expert_map");
-  }
+  check_not_inference(log2phy, "update_expert_map_", "log2phy");
+  check_not_inference(logcnt, "update_expert_map_", "logcnt");
+  check_not_inference(replica_share, "update_expert_map_", "replica_share");
+  check_not_inference(expert_map, "update_expert_map_", "expert_map");
   {
     const at::AutoDispatchBelowADInplaceOrView guard;
     op.call(log2phy, logcnt, replica_share, expert_map, new_log2phy, new_logcnt, new_replica_share,
