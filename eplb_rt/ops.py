@@ -171,10 +171,9 @@ def route_and_count(
         logcnt: ``[E]`` int32, contiguous: replicas per expert, in ``[1, R]`` for every expert
             used.
         heat: ``[H, P]`` int32 with unit stride in the last dimension and rows that do not
-            overlap (typically
-            ``heat_ring[:, layer, :]`` of the ``[H, L, P]`` ring; compiled with Inductor and
-            dynamic shapes, see the module docstring); row ``step mod H`` gets ``+1`` per
-            routed pair at its slot. Padding is never counted.
+            overlap (typically ``heat_ring[:, layer, :]`` of the ``[H, L, P]`` ring; compiled
+            with Inductor and dynamic shapes, see the module docstring); row ``step mod H``
+            gets ``+1`` per routed pair at its slot. Padding is never counted.
         step: one-element int64 tensor on the device: the step counter (not advanced here).
         replica_share: ``[E, R]`` float32, contiguous, or None (uniform split): each
             replica's share.
