@@ -23,7 +23,7 @@ from eplb_rt import algorithms
 from eplb_rt.algorithms import hierarchy
 from eplb_rt.algorithms.align import align_placement
 from eplb_rt.algorithms.load import check_load
-from eplb_rt.algorithms.metrics import rank_load
+from eplb_rt.algorithms.metrics import peak_ratio, rank_load
 from eplb_rt.algorithms.prices import most_received_layers
 from eplb_rt.placement import Placement, Topology
 from eplb_rt.scalars import as_float, is_integer, is_real
@@ -134,14 +134,10 @@ def step_load(placement: Placement, load: np.ndarray) -> tuple[np.ndarray, np.nd
     return ranks.max(axis=-1).mean(axis=0), ranks.mean(axis=-1).mean(axis=0)
 
 
-def _par(peak: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    return np.where(mean > 0, peak / np.where(mean > 0, mean, 1.0), np.nan)
-
-
 def step_par(placement: Placement, load: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(max rank load [L], PAR [L])`` per step, as :func:`step_load`."""
     peak, mean = step_load(placement, load)
-    return peak, _par(peak, mean)
+    return peak, peak_ratio(peak, mean)
 
 
 def decide(
@@ -205,7 +201,7 @@ def decide(
             options[name] = derived[name]()
     options = spec.make_options(options)
     peak_before, mean = step_load(previous, load)
-    par_before = _par(peak_before, mean)
+    par_before = peak_ratio(peak_before, mean)
     spread = hierarchy.spread_layers(previous.phy2log, previous.num_experts, topology, options)
     planned = could_pay(peak_before, mean, cost, horizon) | spread
     candidate, peak_after, par_after = previous, peak_before, par_before

@@ -21,7 +21,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from eplb_rt.algorithms.load import check_load
-from eplb_rt.algorithms.metrics import max_rank_load
+from eplb_rt.algorithms.metrics import max_rank_load, peak_ratio
 from eplb_rt.placement import Placement, Topology
 
 _ROUNDING = 1e-9
@@ -58,8 +58,7 @@ def par_lower_bound(load: np.ndarray, topo: Topology) -> np.ndarray:
     """``[L]`` lower bound on PAR per layer (bound / mean rank load), NaN where unloaded."""
     agg = check_load(load).sum(axis=0)
     mean = agg.sum(axis=-1) / topo.num_ranks
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(mean > 0, lower_bound(agg, topo) / np.where(mean > 0, mean, 1.0), np.nan)
+    return peak_ratio(lower_bound(agg, topo), mean)
 
 
 def gap(placement: Placement, load: np.ndarray) -> np.ndarray:

@@ -92,7 +92,12 @@ def par(placement: Placement, load: np.ndarray) -> np.ndarray:
     # round (a replica's share of 5e-324 is 0), is measured as any other.
     scale = np.frexp(arr.max(axis=-1, keepdims=True))[1]
     ranks = _rank_load(placement, np.ldexp(arr, -scale))
-    mean, peak = ranks.mean(axis=-1), ranks.max(axis=-1)
+    return peak_ratio(ranks.max(axis=-1), ranks.mean(axis=-1))
+
+
+def peak_ratio(peak: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """``peak / mean`` (same shapes, float64), NaN where ``mean`` is 0: PAR, or a bound's
+    ratio to the mean, of an unloaded layer is undefined."""
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(mean > 0, peak / np.where(mean > 0, mean, 1.0), np.nan)
 
