@@ -28,7 +28,7 @@ import numpy as np
 from benchmarks import bench_peers
 from eplb_rt import Topology
 from eplb_rt.algorithms import warm_up
-from eplb_rt.commands.plan import parse_options
+from eplb_rt.envs import parse_options
 
 # model: (experts, top-k, shapes as (ranks, slots per rank))
 MODELS = {
@@ -75,7 +75,7 @@ def table_head(names: list[str]) -> None:
 def contender(spec: str) -> tuple[str, dict]:
     """``policy`` or ``policy:key=value,key=value``."""
     name, _, rest = spec.partition(":")
-    return name, parse_options([item for item in rest.split(",") if item])
+    return name, parse_options([item for item in rest.split(",") if item], "a contender")
 
 
 def run(regime: str, seeds: int, layers: int, planners: dict) -> None:

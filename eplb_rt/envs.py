@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 
@@ -21,15 +21,22 @@ def _flag(text: str) -> bool:
     raise ValueError(f"expected 0/1/true/false, got {text!r}")
 
 
-def _options(text: str) -> dict[str, str]:
-    """``KEY=VALUE[,KEY=VALUE...]`` -> ``{key: "VALUE"}`` (the policy converts and checks)."""
+def parse_options(items: Iterable[str], what: str) -> dict[str, str]:
+    """``["KEY=VALUE", ...]`` -> ``{key: "VALUE"}``, a dash in a key read as an underscore (the
+    policy converts and checks the values); ``what`` names the source in the error."""
     options = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"expected KEY=VALUE[,KEY=VALUE...], got {text!r}")
+            raise ValueError(f"{what} must be KEY=VALUE, got {item!r}")
         options[key.strip().replace("-", "_")] = value.strip()
     return options
+
+
+def _options(text: str) -> dict[str, str]:
+    """``KEY=VALUE[,KEY=VALUE...]`` -> ``{key: "VALUE"}``; empty items are skipped."""
+    items = filter(None, (part.strip() for part in text.split(",")))
+    return parse_options(items, "each comma-separated item")
 
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

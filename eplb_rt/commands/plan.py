@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from eplb_rt import formats, planning
+from eplb_rt import envs, formats, planning
 from eplb_rt.algorithms import get_policy, metrics, plan, policy_names, warm_up
 from eplb_rt.commands import _args
 from eplb_rt.commands._args import add_command, add_load_argument
@@ -142,17 +142,6 @@ def cost_from_args(args: argparse.Namespace) -> planning.CostModel:
     return planning.CostModel(int(args.expert_bytes), bandwidth, token_seconds)
 
 
-def parse_options(items: list[str]) -> dict:
-    """``["KEY=VALUE", ...]`` -> ``{key: "VALUE"}``; the policy's options convert and check."""
-    options: dict = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--option expects KEY=VALUE, got {item!r}")
-        options[key.strip().replace("-", "_")] = text.strip()
-    return options
-
-
 def run(args: argparse.Namespace) -> int:
     _args.check_output(args.out, "--out")
     inputs = [("--load", path) for path in args.load] + [("--previous", args.previous)]
@@ -173,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{' and '.join(given)} price moves from a placement in force: give --previous too"
         )
-    options = parse_options(args.option)
+    options = envs.parse_options(args.option, "--option")
     checked = get_policy(args.policy).make_options(options)  # bad options fail before any work
     if formats.is_npy(args.out) and getattr(checked, "shares", False):
         raise ValueError(

@@ -19,10 +19,10 @@ import json
 import os
 import sys
 
-from eplb_rt import algorithms, formats
+from eplb_rt import algorithms, envs, formats
 from eplb_rt.commands import _args
 from eplb_rt.commands._args import LOAD_HELP, add_command
-from eplb_rt.commands.plan import add_cost_arguments, cost_from_args, parse_options
+from eplb_rt.commands.plan import add_cost_arguments, cost_from_args
 from eplb_rt.sim import simulate as sim
 
 
@@ -157,11 +157,11 @@ def parse_policy_options(items: list[str]) -> dict:
         policy, dot, rest = item.partition(".")
         if not (dot and policy and "=" in rest and "=" not in policy):
             raise ValueError(f"--option {item!r}: expected POLICY.KEY=VALUE")
-        options.setdefault(policy, {}).update(parse_options([rest]))
+        options.setdefault(policy, {}).update(envs.parse_options([rest], "--option"))
     for policy, given in options.items():
         if policy in algorithms.policy_names():  # the simulation spec reports the rest
             spec = algorithms.get_policy(policy)
-            known = {k: v for k, v in given.items() if k in spec.options.__dataclass_fields__}
+            known = {k: v for k, v in given.items() if k in spec.option_names}
             typed = spec.make_options(known)
             options[policy] = {k: getattr(typed, k) if k in known else v for k, v in given.items()}
     return options
