@@ -136,3 +136,14 @@ def normalise(load: np.ndarray) -> np.ndarray:
     """
     totals = load.sum(axis=-1, keepdims=True)
     return np.divide(load, totals, out=np.zeros_like(load), where=totals > 0)
+
+
+def heat_to_load(heat: np.ndarray, phy2log: np.ndarray, num_experts: int) -> np.ndarray:
+    """Logical load ``[T, L, E] float64`` from slot heat ``heat [T, L, P]`` and the placement
+    it was counted under: ``phy2log [T, L, P]`` (a row's own, as the runtime's heat ring holds
+    them) or ``[L, P]`` (one for every row). An expert's load is the sum of its slots'."""
+    T, L, P = heat.shape
+    rows = np.broadcast_to(phy2log, (T, L, P)).reshape(T * L, P)
+    index = ((np.arange(T * L, dtype=np.int64) * num_experts)[:, None] + rows).reshape(-1)
+    load = np.bincount(index, weights=heat.reshape(-1), minlength=T * L * num_experts)
+    return load.reshape(T, L, num_experts)

@@ -30,6 +30,7 @@ import numpy as np
 
 from eplb_rt import envs, formats
 from eplb_rt.algorithms import warm_up
+from eplb_rt.algorithms.load import heat_to_load
 from eplb_rt.integrations._common import as_numpy, policy_name, replan
 from eplb_rt.placement import Topology
 
@@ -45,20 +46,6 @@ def _unchanged(table) -> object:
     except ValueError:
         return table
     return arr.astype(np.int32) if np.issubdtype(arr.dtype, np.integer) else table
-
-
-def logical_load(table: np.ndarray, workload: np.ndarray, num_experts: int) -> np.ndarray:
-    """Per-slot tokens ``workload [T, L, D, S]`` summed per expert of ``table [L, D, S]``.
-
-    Returns ``[T, L, E] float64``; ``table`` must hold ids in ``[0, num_experts)``.
-    """
-    T, L = workload.shape[:2]
-    flat = (table.reshape(L, -1).astype(np.int64) + (np.arange(L) * num_experts)[:, None]).ravel()
-    rows = [
-        np.bincount(flat, weights=w.ravel().astype(np.float64), minlength=L * num_experts)
-        for w in workload
-    ]
-    return np.stack(rows).reshape(T, L, num_experts)
 
 
 class EplbRtAscendPolicy:
@@ -139,8 +126,8 @@ class EplbRtAscendPolicy:
                 f"{layer}, rank {rank}, slot {slot}; expected ids in [0, {bound}){given}"
             )
         num_experts = self.num_experts or int(table.max()) + 1
-        load = logical_load(table, work, num_experts)
         L, D, S = table.shape
+        load = heat_to_load(work.reshape(-1, L, D * S), table.reshape(L, -1), num_experts)
         topology = Topology(D, S, self.num_nodes, self.num_groups)
         placement, gain = replan(
             WHERE, load, topology, table.reshape(L, -1), policy=self.policy, options=self.options

@@ -172,13 +172,3 @@ class HeatRecorder:
         order = (np.arange(self.history) + self.host_step + 1) % self.history
         rows = order[self._row_closed[order]]
         return host, done, self._row_phy2log[rows].copy(), rows, self._row_counts[rows].copy()
-
-
-def heat_to_load(heat: np.ndarray, row_phy2log: np.ndarray, num_experts: int) -> np.ndarray:
-    """Logical load ``[T, L, E] float64`` from slot heat ``[T, L, P]`` and the ``[T, L, P]``
-    placement each row was counted under (an expert's load is the sum of its slots)."""
-    T, L, P = heat.shape
-    base = (np.arange(T * L, dtype=np.int64) * num_experts)[:, None]
-    index = (base + row_phy2log.reshape(T * L, P)).reshape(-1)
-    load = np.bincount(index, weights=heat.reshape(-1), minlength=T * L * num_experts)
-    return load.reshape(T, L, num_experts)

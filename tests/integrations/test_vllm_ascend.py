@@ -17,10 +17,11 @@ import torch
 
 from eplb_rt import formats
 from eplb_rt.algorithms import metrics, plan
+from eplb_rt.algorithms.load import heat_to_load
 from eplb_rt.cli import main as cli
 from eplb_rt.config import EplbConfig
 from eplb_rt.integrations.vllm import EplbRtPolicy
-from eplb_rt.integrations.vllm_ascend import EplbRtAscendPolicy, install, logical_load
+from eplb_rt.integrations.vllm_ascend import EplbRtAscendPolicy, install
 from eplb_rt.placement import Placement, Topology
 from tests.groups import group_nodes
 from tests.integrations.conftest import CASE_IDS, CASES, slot_workload
@@ -83,7 +84,10 @@ def test_multistage_workload_is_read_as_episodes(ascend):
     load = CASES[2][1][:6]  # ESFT: six requests as stages
     old = _initial_table(ascend, *load.shape[1:], CASES[2][2])
     work = slot_workload(old, load)
-    np.testing.assert_allclose(logical_load(old, work, load.shape[-1]), load)
+    flat = work.reshape(*load.shape[:2], -1)
+    np.testing.assert_allclose(
+        heat_to_load(flat, old.reshape(old.shape[0], -1), load.shape[2]), load
+    )
     policy = EplbRtAscendPolicy()
     _, _, staged = policy.rebalance_experts(old, work)
     _, _, summed = policy.rebalance_experts(old, work.sum(0))

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from eplb_rt import formats
+from eplb_rt.algorithms.load import heat_to_load
 from eplb_rt.config import EplbConfig
 from eplb_rt.placement import Placement, Topology
 from eplb_rt.runtime import EplbRuntime
 from eplb_rt.runtime.executor import Transfer
-from eplb_rt.runtime.recorder import heat_to_load
 
 # Errors the ops raise for bad tensors (torch's TORCH_CHECK gives RuntimeError or ValueError).
 OP_ERRORS = (ValueError, TypeError, RuntimeError, IndexError)
@@ -173,12 +173,6 @@ def test_each_ring_row_keeps_the_placement_its_step_was_routed_under():
         seen.append(phy2log.copy())
     _, _, row_p2l, rows, _ = recorder.snapshot()
     assert [r.tolist() for r in row_p2l] == [s.tolist() for s in seen[-len(rows) :]]
-
-
-def test_heat_to_load_uses_each_rows_placement():
-    heat = np.array([[[1, 2, 3, 4]], [[5, 6, 7, 8]]], dtype=np.int32)  # [T=2, L=1, P=4]
-    row_p2l = np.array([[[0, 1, 2, 0]], [[2, 2, 1, 0]]], dtype=np.int32)
-    assert heat_to_load(heat, row_p2l, 3).tolist() == [[[5, 2, 3]], [[8, 7, 11]]]
 
 
 def test_tables_hold_the_starting_placement(runtime):
