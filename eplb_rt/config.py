@@ -8,6 +8,7 @@ placement matches the layers) are checked when :class:`eplb_rt.runtime.EplbRunti
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from typing import Any
@@ -116,23 +117,20 @@ class EplbConfig:
     plan_in_subprocess: bool = False
 
     def __post_init__(self) -> None:
-        from eplb_rt.algorithms import policy_names
+        from eplb_rt.algorithms import get_policy
 
-        names = policy_names()
-        if self.policy not in names:
-            raise ValueError(
-                f"EplbConfig.policy: unknown policy {self.policy!r}; choose one of {names}"
-            )
+        try:
+            get_policy(self.policy)
+        except ValueError as err:
+            raise ValueError(f"EplbConfig.policy: {err}") from None
         if not isinstance(self.policy_options, dict):
             raise TypeError(
                 f"EplbConfig.policy_options must be a dict, got "
                 f"{type(self.policy_options).__name__}"
             )
-        from eplb_rt.algorithms import get_policy
-
         # A copy: the caller's dict changed later would bypass this check.
         object.__setattr__(self, "policy_options", dict(self.policy_options))
-        get_policy(self.policy).make_options(self.policy_options)  # unknown option keys raise
+        self.options  # noqa: B018 (made now: unknown option keys and bad values raise)
         _check_int(self, "interval", 0)
         _check_int(self, "history", 2)
         _check_int(self, "episode", 1)
@@ -193,6 +191,14 @@ class EplbConfig:
             if not isinstance(value, (bool, np.bool_)):
                 raise TypeError(f"EplbConfig.{name} must be a bool, got {value!r}")
             object.__setattr__(self, name, bool(value))  # numpy's bool stored as Python's
+
+    @functools.cached_property
+    def options(self) -> Any:
+        """``policy_options`` as the policy reads them: its options object, each value converted
+        and checked (``0.5`` and ``np.float64(0.5)`` are one setting)."""
+        from eplb_rt.algorithms import get_policy
+
+        return get_policy(self.policy).make_options(self.policy_options)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, env: bool = False) -> EplbConfig:

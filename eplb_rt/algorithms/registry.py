@@ -298,10 +298,10 @@ def policy_names() -> list[str]:
 
 
 def get_policy(name: str) -> PolicySpec:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown policy {name!r}; choose one of {policy_names()}") from None
+    """The registered policy ``name``; raises ``ValueError`` naming the choices if none is."""
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"unknown policy {name!r}; choose one of {policy_names()}")
+    return _REGISTRY[name]
 
 
 def plan(

@@ -34,11 +34,12 @@ import torch.distributed as dist
 
 from eplb_rt import planning
 from eplb_rt.algorithms import registry
+from eplb_rt.algorithms.load import heat_to_load
 from eplb_rt.config import EplbConfig
 from eplb_rt.placement import Placement, Topology
+from eplb_rt.runtime.agreement import min_max
 from eplb_rt.runtime.device import Device, Event
 from eplb_rt.runtime.planning_child import PlanningChild, PlanningChildDied
-from eplb_rt.runtime.recorder import heat_to_load
 
 log = logging.getLogger("eplb_rt.runtime")
 
@@ -361,13 +362,8 @@ class Balancer:
     def _counted_everywhere(self, counts: np.ndarray, group) -> tuple[np.ndarray, np.ndarray]:
         """``([T] bool, [T] bool)``: the rows every rank counts, and those some rank counts
         (``counts``: this rank's flags), in one all-reduce."""
-        mine = np.asarray(counts, dtype=bool)
-        if group is None:
-            return mine, mine
-        flags = torch.from_numpy(np.concatenate([-mine.astype(np.int32), mine.astype(np.int32)]))
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=group)
-        T = mine.size
-        return (-flags[:T]).numpy().astype(bool), flags[T:].numpy().astype(bool)
+        low, high = min_max(np.asarray(counts, dtype=bool), group)
+        return low.astype(bool), high.astype(bool)
 
     def _tell_phases(self, apart: int, steps: int) -> None:
         """Say once, on the planning rank, when most steps were counted by some ranks only: with

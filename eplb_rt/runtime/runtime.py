@@ -48,9 +48,10 @@ import torch
 import torch.distributed as dist
 
 from eplb_rt import envs, formats, ops, planning
-from eplb_rt.algorithms import get_policy, hierarchy
+from eplb_rt.algorithms import hierarchy
 from eplb_rt.config import EplbConfig
 from eplb_rt.placement import Placement, Topology
+from eplb_rt.runtime.agreement import min_max
 from eplb_rt.runtime.balancer import (
     PLAN_LATE,
     PLAN_OK,
@@ -353,7 +354,6 @@ class EplbRuntime:
         """Say so where groups are asked for (``num_groups > 1``) and every plan is flat."""
         groups = self.topology.num_groups
         why = hierarchy.why_flat(num_experts, self.topology)
-        options = get_policy(self.config.policy).make_options(self.config.policy_options)
         if why:
             log.warning(
                 "EplbConfig.num_groups %d: hierarchical placement is not possible (%s); "
@@ -361,7 +361,7 @@ class EplbRuntime:
                 groups,
                 why,
             )
-        elif groups > 1 and not getattr(options, "hierarchical", False):
+        elif groups > 1 and not getattr(self.config.options, "hierarchical", False):
             log.warning(
                 "EplbConfig.num_groups %d: policy %r plans flat (its option hierarchical is "
                 "off); policy_options={'hierarchical': True} places whole groups on nodes",
@@ -677,9 +677,7 @@ class EplbRuntime:
             if field.name not in _RANK_LOCAL_FIELDS:
                 shared[field.name] = getattr(self.config, field.name)
         # The options as the policy reads them: 0.5 and np.float64(0.5) are one setting.
-        shared["policy_options"] = get_policy(self.config.policy).make_options(
-            self.config.policy_options
-        )
+        shared["policy_options"] = self.config.options
         low, high = self._agree([int(built), *(_digest(value) for value in shared.values())])
         everywhere = bool(low.pop(0))
         high.pop(0)
@@ -717,12 +715,8 @@ class EplbRuntime:
 
     def _agree(self, values: list[int]) -> tuple[list[int], list[int]]:
         """Element-wise (min, max) of ``values`` over the ranks (one small all-reduce)."""
-        if self._control_group is None:
-            return list(values), list(values)
-        both = torch.tensor([*values, *(-v for v in values)], dtype=torch.int64)
-        dist.all_reduce(both, op=dist.ReduceOp.MAX, group=self._control_group)
-        n = len(values)
-        return [-int(v) for v in both[n:]], [int(v) for v in both[:n]]
+        low, high = min_max(values, self._control_group)
+        return low.tolist(), high.tolist()
 
     def _decide(self, job: Job, step: int) -> None:
         """At the deadline: go ahead only if every rank holds the same finished plan."""
