@@ -25,7 +25,7 @@ from eplb_rt.algorithms.align import align_placement
 from eplb_rt.algorithms.load import check_load
 from eplb_rt.algorithms.metrics import peak_ratio, rank_load
 from eplb_rt.algorithms.prices import most_received_layers
-from eplb_rt.placement import Placement, Topology
+from eplb_rt.placement import Placement, Topology, slot_tables
 from eplb_rt.scalars import as_float, is_integer, is_real
 
 DEEPSEEK_V3_EXPERT_BYTES = 3 * 7168 * 2048
@@ -80,7 +80,7 @@ class CostModel:
         ``new [L, P]``: the slowest rank's received experts (those it did not hold, as the
         policies price them: :func:`~eplb_rt.algorithms.prices.most_received`) x bytes /
         bandwidth, less the hidden part."""
-        new, previous = (np.ascontiguousarray(a, dtype=np.int64) for a in (new, previous))
+        previous, new = slot_tables(previous, new, num_ranks, ndim=2)
         received = most_received_layers(new, previous, num_ranks)
         # In floats: an int expert_bytes times int64 counts would wrap past 2**63.
         exposed = received * np.float64(self.expert_bytes) / self.bandwidth - self.hidden_seconds
@@ -98,7 +98,11 @@ class CostModel:
         The whole transfer is priced: :attr:`hidden_seconds` is an allowance per layer, which a
         price per moved slot cannot hold, so with it the policies price moves dearer than the
         gate does (they may forgo a move the gate would commit, never the reverse)."""
-        per_layer = load.sum(axis=2, dtype=np.float64).mean(axis=0)
+        load = check_load(load)
+        _check_steps(horizon, "horizon (steps until the next plan)")
+        if not (is_integer(num_ranks) and num_ranks >= 1):
+            raise ValueError(f"num_ranks must be an integer >= 1, got {num_ranks!r}")
+        per_layer = load.sum(axis=2).mean(axis=0)
         loaded = per_layer[per_layer > 0]
         mean_rank = max(float(loaded.mean()) / num_ranks if loaded.size else 0.0, 1e-300)
         with np.errstate(over="ignore", divide="ignore"):
@@ -128,8 +132,13 @@ class Decision:
 
 def step_load(placement: Placement, load: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(max rank load [L], mean rank load [L])`` per step, averaged over the steps of
-    ``load [T, L, E]``: what a step costs, so noise and drift inside the window count as they
-    do when serving."""
+    ``load [T, L, E]`` (``[L, E]``: one step): what a step costs, so noise and drift inside the
+    window count as they do when serving."""
+    return _step_load(placement, check_load(load, placement.num_layers, placement.num_experts))
+
+
+def _step_load(placement: Placement, load: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`step_load` of a checked ``load [T, L, E] float64``."""
     ranks = rank_load(placement, load)
     return ranks.max(axis=-1).mean(axis=0), ranks.mean(axis=-1).mean(axis=0)
 
@@ -137,6 +146,12 @@ def step_load(placement: Placement, load: np.ndarray) -> tuple[np.ndarray, np.nd
 def step_par(placement: Placement, load: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(max rank load [L], PAR [L])`` per step, as :func:`step_load`."""
     peak, mean = step_load(placement, load)
+    return peak, peak_ratio(peak, mean)
+
+
+def _step_par(placement: Placement, load: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`step_par` of a checked ``load [T, L, E] float64``."""
+    peak, mean = _step_load(placement, load)
     return peak, peak_ratio(peak, mean)
 
 
@@ -189,6 +204,13 @@ def decide(
             f"previous placement ({previous.describe()}) does not match {shape[0]} ranks x "
             f"{shape[1]} slots"
         )
+    if options is not None and not isinstance(options, dict):
+        # An options object sets every option: the ones the pipeline derives could not be told
+        # from the policy's defaults.
+        raise TypeError(
+            "options must be a dict of the policy's options to override (move_cost, "
+            f"slowest_rank and lifetime are derived where not given), got {type(options).__name__}"
+        )
     options = dict(options or {})
     spec = algorithms.get_policy(policy)
     derived = {
@@ -200,14 +222,14 @@ def decide(
         if name not in options:
             options[name] = derived[name]()
     options = spec.make_options(options)
-    peak_before, mean = step_load(previous, load)
+    peak_before, mean = _step_load(previous, load)
     par_before = peak_ratio(peak_before, mean)
     spread = hierarchy.spread_layers(previous.phy2log, previous.num_experts, topology, options)
     planned = could_pay(peak_before, mean, cost, horizon) | spread
     candidate, peak_after, par_after = previous, peak_before, par_before
     if planned.any():
         candidate = _aligned_plan(policy, load, topology, previous, options, planned)
-        peak_after, par_after = step_par(candidate, load)
+        peak_after, par_after = _step_par(candidate, load)
     saved, spent = _prices(previous, candidate, peak_before - peak_after, cost, horizon)
     changed = candidate.changed_layers(previous)
     refused = changed[~((saved > spent)[changed] | spread[changed])]
@@ -221,7 +243,7 @@ def decide(
         again[refused] = True
         second = _aligned_plan(policy, load, topology, previous, short, again)
         candidate = candidate.replace_layers(refused, second)
-        peak_after, par_after = step_par(candidate, load)
+        peak_after, par_after = _step_par(candidate, load)
         saved, spent = _prices(previous, candidate, peak_before - peak_after, cost, horizon)
         changed = candidate.changed_layers(previous)
     layers = tuple(int(x) for x in changed[(saved > spent)[changed] | spread[changed]])
@@ -279,6 +301,9 @@ def could_pay(peak: np.ndarray, mean: np.ndarray, cost: CostModel, horizon: floa
     no expert changes no rank load, so the decisions are those of planning every layer; with
     shares, a share-only change of such a layer (worth less than one transfer) is forgone.
     """
+    _check_steps(horizon, "horizon (steps until the next plan)")
+    if not isinstance(cost, CostModel):
+        raise TypeError(f"cost must be a CostModel, got {type(cost).__name__}")
     # The margin covers rounding: the gate's peaks are sums of the same loads in another order.
     with np.errstate(over="ignore"):
         most = (peak - mean + 1e-9 * peak) * _seconds_per_token_slot(cost, horizon)

@@ -416,3 +416,70 @@ def test_prices_past_a_floats_range_decide_without_nan(recwarn):
     d = planning.decide(load, previous, topo, "equilibrium", None, cost=cost, horizon=1e300)
     assert not np.isnan(d.saved_s).any() and d.layers
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_step_load_reads_an_aggregate_as_one_step_of_every_layer():
+    placement = Placement.initial(3, 4, Topology(2, 2))
+    load = np.arange(1.0, 25.0).reshape(2, 3, 4)
+    peak, mean = planning.step_load(placement, load[:1])
+    np.testing.assert_array_equal(planning.step_load(placement, load[0]), (peak, mean))
+    assert peak.shape == mean.shape == (3,)
+    with pytest.raises(ValueError, match="load must be"):
+        planning.step_par(placement, load[None])
+    with pytest.raises(ValueError, match="load has 3 layers, expected 2"):
+        planning.step_load(Placement.initial(2, 4, Topology(2, 2)), load)
+
+
+@pytest.mark.parametrize(
+    ("previous", "new", "ranks", "match"),
+    [
+        (np.zeros((1, 4), int), np.zeros((3, 4), int), 2, r"differ in shape: \(1, 4\) against"),
+        (np.zeros((3, 4), int), np.zeros((3, 8), int), 2, "differ in shape"),
+        (np.zeros(4, int), np.zeros(4, int), 2, r"previous must be a \[L, P\] slot table"),
+        (np.zeros((1, 4)), np.zeros((1, 4), int), 2, "previous must hold integer expert ids"),
+        (np.zeros((1, 4), int), np.zeros((1, 4), int), 3, "dividing 4 slots, got 3"),
+        (np.zeros((1, 4), int), np.zeros((1, 4), int), 0, "dividing 4 slots, got 0"),
+    ],
+)
+def test_migration_seconds_refuses_tables_that_do_not_match(previous, new, ranks, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        planning.CostModel().migration_seconds(previous, new, ranks)
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        ((np.ones((1, 2, 4)), 2, -10), "horizon"),
+        ((np.ones((1, 2, 4)), 2, float("nan")), "horizon"),
+        ((np.full((1, 2, 4), np.nan), 2, 10), "NaN"),
+        ((-np.ones((1, 2, 4)), 2, 10), "negative"),
+        ((np.ones((1, 2, 4)), 0, 10), "num_ranks must be an integer >= 1, got 0"),
+    ],
+)
+def test_move_cost_refuses_what_would_price_a_move_wrongly(args, match):
+    with pytest.raises(ValueError, match=match):
+        planning.CostModel().move_cost(*args)
+
+
+def test_move_cost_reads_an_aggregate_as_one_step():
+    load = np.arange(1.0, 9.0).reshape(2, 4)
+    cost = planning.CostModel()
+    assert cost.move_cost(load, 2, 10) == cost.move_cost(load[None], 2, 10)
+
+
+@pytest.mark.parametrize("horizon", [-1e6, float("nan"), 0])
+def test_could_pay_refuses_a_horizon_that_is_not_a_number_of_steps(horizon):
+    with pytest.raises(ValueError, match="horizon"):
+        planning.could_pay(np.ones(2) * 1e6, np.ones(2), planning.CostModel(), horizon)
+
+
+def test_decide_refuses_an_options_object_saying_what_it_takes():
+    from eplb_rt.algorithms import get_policy
+
+    topo = Topology(2, 2)
+    options = get_policy("deepseek").make_options({})
+    with pytest.raises(TypeError, match="options must be a dict .* got DeepSeekOptions"):
+        planning.decide(
+            np.ones((1, 1, 4)), planning.starting_placement(1, 4, topo), topo, "deepseek",
+            options, cost=planning.CostModel(), horizon=10,
+        )  # fmt: skip
