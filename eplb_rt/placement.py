@@ -77,8 +77,8 @@ class Topology:
 
     def check_experts(self, num_experts: int) -> None:
         """Raise unless ``num_experts`` experts fit: ``E <= P`` and ``S <= E``."""
-        if num_experts < 1:
-            raise ValueError(f"num_experts must be >= 1, got {num_experts}")
+        if not is_integer(num_experts) or num_experts < 1:
+            raise ValueError(f"num_experts must be an integer >= 1, got {num_experts!r}")
         if num_experts > self.num_slots:
             raise ValueError(
                 f"{num_experts} experts do not fit in {self.num_ranks} ranks x "
@@ -139,7 +139,7 @@ class Placement:
                 f"phy2log has {phy2log.shape[1]} slots per layer, not a multiple of "
                 f"{num_ranks} ranks"
             )
-        if phy2log.size and self.num_experts > phy2log.shape[1]:
+        if self.num_experts > phy2log.shape[1]:
             # Before the [L, E] tables below are made: an expert count past the slots is wrong
             # whatever the ids, and could ask for any amount of memory.
             raise ValueError(
@@ -232,9 +232,9 @@ class Placement:
 
     def expert_map(self, rank: int) -> np.ndarray:
         """``[L, E] int32``: local slot of each expert on ``rank``, -1 where absent."""
-        if not 0 <= rank < self.num_ranks:
-            raise ValueError(f"rank must be in [0, {self.num_ranks}), got {rank}")
-        S = self.num_slots_per_rank
+        if not (is_integer(rank) and 0 <= rank < self.num_ranks):
+            raise ValueError(f"rank must be an integer in [0, {self.num_ranks}), got {rank!r}")
+        S, rank = self.num_slots_per_rank, int(rank)
         local = self._phy2log[:, rank * S : (rank + 1) * S]
         out = np.full((self.num_layers, self.num_experts), -1, dtype=np.int32)
         layers = np.repeat(np.arange(self.num_layers), S)
@@ -369,10 +369,12 @@ class Placement:
         The first ``E`` slots hold experts in order (the usual contiguous expert-parallel
         layout); redundant slots repeat them from expert 0. Raises if ``E`` does not fit.
         """
+        if not (is_integer(num_layers) and num_layers >= 1):
+            raise ValueError(f"num_layers must be an integer >= 1, got {num_layers!r}")
         topology.check_experts(num_experts)
         P = topology.num_slots
-        row = np.arange(P, dtype=np.int32) % num_experts
-        return cls(np.tile(row, (num_layers, 1)), num_experts, topology.num_ranks)
+        row = np.arange(P, dtype=np.int32) % int(num_experts)
+        return cls(np.tile(row, (int(num_layers), 1)), num_experts, topology.num_ranks)
 
     def with_shares(self, slot_share: np.ndarray | None) -> Placement:
         """The same slots with other shares (``None``: uniform)."""
@@ -441,6 +443,32 @@ class Placement:
         p2l = np.concatenate([p._phy2log for p in layers])
         share = None if uniform else np.concatenate([p._slot_share for p in layers])
         return cls(p2l, first.num_experts, first.num_ranks, share, validate=False)
+
+
+def slot_tables(
+    previous: np.ndarray, new: np.ndarray, num_ranks: int, ndim: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(previous, new)``: two slot tables of expert ids (``[P]`` with ``ndim`` 1, ``[L, P]``
+    with 2) as C-contiguous int64 arrays, checked to be of one shape whose ``P`` slots split
+    evenly over ``num_ranks`` ranks; else a ``ValueError`` (``TypeError`` for ids that are not
+    integers) naming what is wrong."""
+    shape = "[P]" if ndim == 1 else "[L, P]"
+    out = []
+    for name, table in (("previous", previous), ("new", new)):
+        arr = np.asarray(table)
+        if arr.ndim != ndim:
+            raise ValueError(f"{name} must be a {shape} slot table, got shape {arr.shape}")
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"{name} must hold integer expert ids, got dtype {arr.dtype}")
+        out.append(np.ascontiguousarray(arr, dtype=np.int64))
+    if out[0].shape != out[1].shape:
+        raise ValueError(
+            f"previous and new slot tables differ in shape: {out[0].shape} against {out[1].shape}"
+        )
+    P = out[0].shape[-1]
+    if not (is_integer(num_ranks) and num_ranks >= 1 and P % num_ranks == 0):
+        raise ValueError(f"num_ranks must be an integer >= 1 dividing {P} slots, got {num_ranks!r}")
+    return out[0], out[1]
 
 
 def even_shares(phy2log: np.ndarray, num_experts: int) -> np.ndarray:

@@ -70,6 +70,36 @@ def test_check_experts_bounds():
         topo.check_experts(1)
     with pytest.raises(ValueError, match=">= 1"):
         topo.check_experts(0)
+    for bad in ("4", 4.0, True, None):
+        with pytest.raises(ValueError, match=f"num_experts must be an integer >= 1, got {bad!r}"):
+            topo.check_experts(bad)
+
+
+@pytest.mark.parametrize(
+    ("layers", "experts", "match"),
+    [
+        (-1, 4, "num_layers must be an integer >= 1, got -1"),
+        (0, 4, "num_layers must be an integer >= 1, got 0"),
+        (2.0, 4, "num_layers must be an integer >= 1, got 2.0"),
+        (2, 3.5, "num_experts must be an integer >= 1, got 3.5"),
+    ],
+)
+def test_initial_names_a_size_that_is_not_a_count(layers, experts, match):
+    with pytest.raises(ValueError, match=match):
+        Placement.initial(layers, experts, Topology(2, 2))
+
+
+def test_expert_map_names_a_rank_that_is_not_an_integer():
+    placement = Placement.initial(1, 4, Topology(2, 2))
+    for bad in (1.0, 0.5, "1", True):
+        with pytest.raises(ValueError, match=r"rank must be an integer in \[0, 2\)"):
+            placement.expert_map(bad)
+    np.testing.assert_array_equal(placement.expert_map(np.int64(1)), [[-1, -1, 0, 1]])
+
+
+def test_a_placement_without_layers_still_needs_a_slot_per_expert():
+    with pytest.raises(ValueError, match=r"num_experts \(100\) exceeds the 4 slots"):
+        Placement(np.zeros((0, 4), dtype=np.int64), 100, 2)
 
 
 # ------------------------------------------------------------------------------- validation
@@ -144,7 +174,7 @@ def test_derived_views_on_odd_shape():
     assert p.is_uniform
     with pytest.raises(ValueError, match="below the largest replica count"):
         p.log2phy(2)
-    with pytest.raises(ValueError, match=r"rank must be in \[0, 3\)"):
+    with pytest.raises(ValueError, match=r"rank must be an integer in \[0, 3\)"):
         p.expert_map(3)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from eplb_rt.algorithms.jit import kernel
-from eplb_rt.placement import Placement
+from eplb_rt.placement import Placement, slot_tables
 from eplb_rt.scalars import is_integer
 
 
@@ -170,14 +170,18 @@ def align_row(
 
     ``new_share [P]`` (optional) is permuted along. Returns ``(row [P] int64, share [P] | None)``.
     """
+    prev_row, new_row = slot_tables(prev_row, new_row, num_ranks, ndim=1)
     if not is_integer(num_nodes) or num_nodes < 1 or num_ranks % num_nodes:
         # Nodes cutting across ranks would swap slots between ranks, not relabel ranks.
         raise ValueError(
             f"num_nodes must be a positive integer dividing num_ranks ({num_ranks}), got "
             f"{num_nodes!r}"
         )
-    new_row = np.ascontiguousarray(new_row, dtype=np.int64)
-    prev_row = np.ascontiguousarray(prev_row, dtype=np.int64)
+    if not is_integer(num_experts) or num_experts < 1:
+        raise ValueError(f"num_experts must be an integer >= 1, got {num_experts!r}")
+    for row in (prev_row, new_row):
+        if row.min() < 0 or row.max() >= num_experts:  # the kernel indexes its tables by id
+            raise ValueError(f"expert ids must be in [0, {num_experts}), got {row.tolist()}")
     width = new_row.shape[0] // num_nodes
     order = np.concatenate(
         [
