@@ -231,6 +231,10 @@ def write_placement(placement: Placement, path: str | os.PathLike, fmt: str | No
     path = os.fspath(path)
     fmt = fmt or ("npy" if is_npy(path) else "vllm-ascend")
     format_kind(fmt, "placement")
+    if is_npy(path) != (fmt == "npy"):
+        # read_placement reads a .npy path as phy2log and any other as JSON.
+        where = "a .npy file" if fmt == "npy" else "a file not named .npy (e.g. .json)"
+        raise ValueError(f"{path}: a placement in {fmt!r} is written to {where}, to read back")
     if fmt == "npy":
         if not placement.is_uniform:
             raise ValueError(f"{path}: a phy2log .npy keeps no replica shares; use vllm-ascend")
@@ -265,6 +269,8 @@ def read_load(path: str | os.PathLike, fmt: str = "load") -> np.ndarray:
 
 def read_loads(paths: Sequence[str | os.PathLike]) -> np.ndarray:
     """Read several load files (same ``[L, E]``) stacked along ``T``: ``[sum T, L, E]``."""
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise TypeError(f"paths must be a list of load files, got the one path {paths!r}")
     if not paths:
         raise ValueError("no load file given")
     arrays = [read_load(p) for p in paths]
@@ -375,7 +381,10 @@ def _placement(
     if not 1 <= experts <= p2l.shape[1]:
         # Checked before Placement builds [L, E] tables, so a huge id cannot exhaust memory.
         raise ValueError(f"{experts} experts cannot fill {p2l.shape[1]} slots per layer")
-    return Placement(p2l.astype(np.int64), experts, num_ranks, share)
+    # Integer ids as read: Placement refuses those past int32 by their values (a cast here
+    # would wrap 2**64 - 1 to -1).
+    ids = p2l if np.issubdtype(p2l.dtype, np.integer) else p2l.astype(np.int64)
+    return Placement(ids, experts, num_ranks, share)
 
 
 def _rectangular(value: object, key: str, ndims: tuple[int, ...]) -> np.ndarray:
@@ -392,7 +401,7 @@ def _rectangular(value: object, key: str, ndims: tuple[int, ...]) -> np.ndarray:
         )
     if arr.size == 0 or arr.dtype.kind not in "iuf":
         raise ValueError(f"{key} must hold numbers, got {arr.dtype} with shape {arr.shape}")
-    if arr.dtype.kind in "iu" and _holds_bool(value):  # numpy reads [true, 5] as [1, 5]
+    if _holds_bool(value):  # numpy reads [true, 5] as [1, 5] and [true, 2.5] as [1.0, 2.5]
         raise ValueError(f"{key} must hold numbers, got true or false among them")
     return arr
 

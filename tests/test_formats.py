@@ -353,8 +353,10 @@ def test_a_structure_mistake_says_what_the_document_should_hold():
     [
         {"physical_to_logical_map": [[True, False, 2, 3]]},
         {"logical_count": [[True, 5], [3, 4]]},
+        {"physical_to_logical_map": [[True, 0.0, 2, 3]]},
+        {"logical_count": [[True, 2.5], [3, 4]]},
     ],
-    ids=["sglang-map", "logical-count"],
+    ids=["sglang-map", "logical-count", "sglang-map-floats", "logical-count-floats"],
 )
 def test_true_and_false_among_numbers_are_refused(tmp_path, doc):
     """numpy reads ``[true, 5]`` as ``[1, 5]``: a JSON bool is no expert id or count."""
@@ -410,6 +412,33 @@ def test_a_load_is_written_only_where_it_reads_back(tmp_path, fmt, suffix):
         assert not (tmp_path / wrong).exists()
     formats.write_load(load, tmp_path / f"x{suffix}", fmt)
     np.testing.assert_array_equal(formats.read_load(tmp_path / f"x{suffix}"), load)
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("npy", "p.json"), ("sglang", "p.npy"), (None, "p.NPY")])
+def test_a_placement_is_written_only_where_it_reads_back(tmp_path, fmt, name):
+    placement = make([[0, 1, 2, 3]], 4, 2)
+    if fmt is None:  # the suffix picks the format: .npy in any case is read back as npy
+        formats.write_placement(placement, tmp_path / name)
+        assert formats.read_placement(tmp_path / name, num_ranks=2) == placement
+        return
+    with pytest.raises(ValueError, match=f"a placement in '{fmt}' is written to"):
+        formats.write_placement(placement, tmp_path / name, fmt)
+    assert not (tmp_path / name).exists()
+
+
+def test_read_loads_refuses_one_path_given_as_the_list(tmp_path):
+    path = tmp_path / "load.npy"
+    np.save(path, np.ones((2, 4)))
+    with pytest.raises(TypeError, match="paths must be a list of load files, got the one path"):
+        formats.read_loads(str(path))
+    assert formats.read_loads([path]).shape == (1, 2, 4)
+
+
+def test_npy_ids_past_int64_are_named_as_they_are(tmp_path):
+    path = tmp_path / "u.npy"
+    np.save(path, np.array([[2**64 - 1, 0, 1, 2]], np.uint64))
+    with pytest.raises(ValueError, match="must fit in int32, got 0..18446744073709551615"):
+        formats.read_placement(path, num_ranks=2, num_experts=3)
 
 
 def test_dense_layers_of_a_two_dimensional_load():

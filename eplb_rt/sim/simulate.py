@@ -54,6 +54,10 @@ class Workload:
     labels: tuple[str, ...]
 
     def __post_init__(self) -> None:
+        # Checked and summed in float64: a float16 window's sum would overflow, round or hold
+        # NaN unseen.
+        object.__setattr__(self, "load", check_load(self.load))
+        object.__setattr__(self, "labels", tuple(self.labels))
         if len(self.labels) != self.load.shape[0]:
             raise ValueError(f"{len(self.labels)} labels for {self.load.shape[0]} steps")
 
@@ -112,6 +116,11 @@ class SimulationSpec:
     options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.topology, Topology):
+            raise TypeError(f"topology must be a Topology, got {type(self.topology).__name__}")
+        if isinstance(self.policies, str):
+            raise TypeError(f"policies must be a sequence of names, got one: {self.policies!r}")
+        object.__setattr__(self, "policies", tuple(self.policies))
         if not self.policies:
             raise ValueError("give at least one policy")
         if len(set(self.policies)) != len(self.policies):

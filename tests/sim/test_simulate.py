@@ -200,6 +200,34 @@ def test_bad_specs(kwargs, message):
         sim.SimulationSpec(**args)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"policies": "flashlb"}, "policies must be a sequence of names, got one: 'flashlb'"),
+        ({"topology": (2, 2)}, "topology must be a Topology, got tuple"),
+    ],
+)
+def test_specs_of_the_wrong_type_are_named(kwargs, message):
+    args = {"topology": Topology(2, 2), "policies": (sim.NO_REBALANCE,), **kwargs}
+    with pytest.raises(TypeError, match=message):
+        sim.SimulationSpec(**args)
+
+
+def test_a_workload_is_checked_and_replayed_in_float64():
+    """float16 counts summed over a window in float16 would overflow (65504 at most)."""
+    counts = np.random.default_rng(0).integers(20000, 30000, (12, 2, 8))
+    spec = sim.SimulationSpec(Topology(4, 3), (sim.NO_REBALANCE,), interval=4, episodes=1)
+    half = sim.simulate(sim.Workload(counts.astype(np.float16), ("a",) * 12), spec)
+    full = sim.simulate(
+        sim.Workload(counts.astype(np.float16).astype(np.float64), ("a",) * 12), spec
+    )
+    pars = [[c.par for c in r.cycles[sim.NO_REBALANCE]] for r in (half, full)]
+    np.testing.assert_array_equal(*pars)
+    assert sim.Workload(counts[0].tolist(), ["a"]).load.shape == (1, 2, 8)
+    with pytest.raises(ValueError, match="load contains NaN"):
+        sim.Workload(np.full((2, 2, 8), np.nan), ("a", "a"))
+
+
 def test_summary_statistics_golden():
     placement = Placement.initial(2, 2, Topology(2, 1))
     cycles = [
