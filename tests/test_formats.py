@@ -437,7 +437,7 @@ def test_read_loads_refuses_one_path_given_as_the_list(tmp_path):
 def test_npy_ids_past_int64_are_named_as_they_are(tmp_path):
     path = tmp_path / "u.npy"
     np.save(path, np.array([[2**64 - 1, 0, 1, 2]], np.uint64))
-    with pytest.raises(ValueError, match="must fit in int32, got 0..18446744073709551615"):
+    with pytest.raises(ValueError, match=r"must fit in int32, got 0\.\.18446744073709551615"):
         formats.read_placement(path, num_ranks=2, num_experts=3)
 
 

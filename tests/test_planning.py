@@ -478,7 +478,7 @@ def test_decide_refuses_an_options_object_saying_what_it_takes():
 
     topo = Topology(2, 2)
     options = get_policy("deepseek").make_options({})
-    with pytest.raises(TypeError, match="options must be a dict .* got DeepSeekOptions"):
+    with pytest.raises(TypeError, match=r"options must be a dict .* got DeepSeekOptions"):
         planning.decide(
             np.ones((1, 1, 4)), planning.starting_placement(1, 4, topo), topo, "deepseek",
             options, cost=planning.CostModel(), horizon=10,
