@@ -18,7 +18,7 @@ def _flag(text: str) -> bool:
         return True
     if value in ("0", "false", "no", "off", ""):  # set but empty: off
         return False
-    raise ValueError(f"expected 0/1/true/false, got {text!r}")
+    raise ValueError(f"expected 1/true/yes/on or 0/false/no/off, got {text!r}")
 
 
 def parse_options(items: Iterable[str], what: str) -> dict[str, str]:

@@ -192,7 +192,8 @@ def read_placement(
     when the document is SGLang's mapping, else ``vllm-ascend``).
 
     ``num_ranks`` is required for ``sglang`` and ``npy`` and checked against ``vllm-ascend``
-    files; ``num_experts`` overrides the default (largest id + 1).
+    files; ``num_experts`` overrides the default (largest id + 1), except in a vllm-ascend map
+    eplb_rt wrote, which records its count: there it must match.
     """
     path = os.fspath(path)
     if fmt is None and is_npy(path):

@@ -253,6 +253,11 @@ def _locator_class(base: type, package_root: Path, cache_root: Path) -> type:
     return PackageCacheLocator
 
 
+def installed(package_root: Path = PACKAGE_ROOT) -> bool:
+    """Whether :func:`install` put the kernel cache of ``package_root`` in place."""
+    return Path(package_root).resolve() in _installed
+
+
 def install(package_root: Path = PACKAGE_ROOT, cache_root: Path | None = None) -> bool:
     """Make numba cache the kernels of ``package_root`` in ``cache_root`` (default
     ``package_root/_kernels``) ahead of its own locators. Call it before the kernel modules are

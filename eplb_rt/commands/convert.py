@@ -23,7 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("output", metavar="OUT", help="file to write (replaced if present)")
     ranks = "expert-parallel ranks; needed to read sglang / npy placements, checked for vllm-ascend"
     p.add_argument("--ranks", type=int, metavar="D", help=ranks)
-    experts = "logical experts per layer (default: largest id + 1; for loads, checked)"
+    experts = (
+        "logical experts per layer (default: largest id + 1, or the count an eplb_rt "
+        "vllm-ascend map records, which it must match; for loads, checked)"
+    )
     p.add_argument("--experts", type=int, metavar="E", help=experts)
     dense = (
         "the model's first N layers are dense: SGLang counts them, eplb-rt does not; "

@@ -70,7 +70,9 @@ def register(subparsers) -> None:
         help="run the model without EPLB every N steps to compare outputs (default 10)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the workload, in [0, 2**32)")
-    parser.add_argument("--plot", metavar="FILE", help="write a PNG of PAR and step time")
+    parser.add_argument(
+        "--plot", metavar="FILE", help="write PAR and step time as a .png, .pdf or .svg"
+    )
     parser.add_argument("--json", metavar="FILE", help="write the summary as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

@@ -88,7 +88,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="POLICY.KEY=VALUE",
         help="a policy option, repeatable; VALUE is converted to the option's type and checked",
     )
-    p.add_argument("--plot", metavar="OUT.png", help="write PAR over time and moves as a PNG")
+    p.add_argument(
+        "--plot", metavar="OUT.png", help="write PAR over time and moves as a .png, .pdf or .svg"
+    )
     p.add_argument("--json", metavar="OUT.json", help="write every number as JSON")
     p.add_argument(
         "--save-placements",

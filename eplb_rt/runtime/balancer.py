@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 
 from eplb_rt import planning
-from eplb_rt.algorithms import registry
+from eplb_rt.algorithms import kernel_cache, registry
 from eplb_rt.algorithms.load import heat_to_load
 from eplb_rt.config import EplbConfig
 from eplb_rt.placement import Placement, Topology
@@ -320,13 +320,23 @@ class Balancer:
         if seconds < WARM_UP_COMPILED_S:
             log.info("policy %s warmed up in %.2f s", self.config.policy, seconds)
             return
+        if kernel_cache.installed():
+            why = (
+                "built with another numba or Python, or its folder is not writable); run "
+                "'eplb-rt policies --warm-up' once where the package is installed (e.g. in the "
+                "serving image)"
+            )
+        else:
+            why = (
+                "which is off: EPLB_RT_KERNEL_CACHE=0, or numba's caching is not as eplb_rt "
+                "expects, as a warning said at import); unset EPLB_RT_KERNEL_CACHE"
+            )
         log.warning(
             "policy %s warmed up in %.1f s: its numba kernels were compiled, not loaded from "
-            "the package's kernel cache (built with another numba or Python, or its folder is "
-            "not writable); run 'eplb-rt policies --warm-up' once where the package is "
-            "installed (e.g. in the serving image) so that every process loads them",
+            "the package's kernel cache (%s so that every process loads them",
             self.config.policy,
             seconds,
+            why,
         )
 
     def _run(self, job: Job) -> PlanResult:

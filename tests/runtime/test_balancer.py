@@ -477,3 +477,20 @@ def test_a_planning_child_leaves_the_drift_check_warm_in_this_process(tmp_path):
         [sys.executable, str(script)], capture_output=True, text=True, timeout=300, check=True
     )
     assert done.stdout.split()[-1] != "0", done.stdout + done.stderr
+
+
+def test_a_warm_up_that_compiled_with_the_cache_off_says_to_turn_it_on(monkeypatch, caplog):
+    """With ``EPLB_RT_KERNEL_CACHE=0`` the package's cache is not in place: running the warm-up
+    command would not help, unsetting the variable would."""
+    from eplb_rt.algorithms import kernel_cache
+    from eplb_rt.runtime import balancer as balancer_module
+
+    monkeypatch.setattr(balancer_module, "timed_warm_up", lambda policy: 60.0)
+    monkeypatch.setattr(kernel_cache, "installed", lambda: False)
+    with caplog.at_level(logging.INFO, logger="eplb_rt.runtime"):
+        balancer = _balancer(warm_up=True)
+        assert balancer.ready.wait(30)
+        balancer.shutdown()
+    [record] = [r for r in caplog.records if "warmed up" in r.getMessage()]
+    message = record.getMessage()
+    assert "unset EPLB_RT_KERNEL_CACHE" in message and "policies --warm-up" not in message
