@@ -13,11 +13,9 @@ import math
 import os
 from typing import Any
 
-import numpy as np
-
 from eplb_rt import envs
 from eplb_rt.planning import LINK_BANDWIDTH, TOKEN_SECONDS
-from eplb_rt.scalars import as_float, is_integer, is_real
+from eplb_rt.scalars import as_float, is_bool, is_integer, is_real
 
 HEAT_SOURCES = ("topk", "group_list")
 COUNT_STEPS = ("all", "prefill", "decode")
@@ -188,7 +186,7 @@ class EplbConfig:
         _check_int(self, "num_groups", 1)
         for name in ("warm_up", "plan_in_subprocess", "rank_local_tokens"):
             value = getattr(self, name)
-            if not isinstance(value, (bool, np.bool_)):
+            if not is_bool(value):
                 raise TypeError(f"EplbConfig.{name} must be a bool, got {value!r}")
             object.__setattr__(self, name, bool(value))  # numpy's bool stored as Python's
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from eplb_rt.algorithms.load import check_load
 from eplb_rt.placement import Placement
+from eplb_rt.scalars import is_bool
 
 PLACEMENT_FORMATS = ("vllm-ascend", "sglang", "npy")
 LOAD_FORMATS = ("sglang-count", "load")
@@ -409,7 +410,7 @@ def _rectangular(value: object, key: str, ndims: tuple[int, ...]) -> np.ndarray:
 
 def _holds_bool(value: object) -> bool:
     """Whether the nested lists ``value`` hold a bool (JSON ``true`` / ``false``)."""
-    if isinstance(value, (bool, np.bool_)):
+    if is_bool(value):
         return True
     if isinstance(value, (list, tuple)):
         return any(_holds_bool(item) for item in value)

@@ -250,7 +250,7 @@ class Placement:
         counts = self.logcnt
         if max_replicas is not None and not is_integer(max_replicas):  # int() would truncate
             raise ValueError(f"max_replicas must be an integer, got {max_replicas!r}")
-        R = int(counts.max(initial=1)) if max_replicas is None else int(max_replicas)
+        R = self.max_replicas if max_replicas is None else int(max_replicas)
         if R < counts.max(initial=0):
             raise ValueError(
                 f"max_replicas={R} is below the largest replica count {int(counts.max())}"

@@ -8,15 +8,20 @@ import math
 import numpy as np
 
 
+def is_bool(value: object) -> bool:
+    """A Python or numpy bool."""
+    return isinstance(value, (bool, np.bool_))
+
+
 def is_integer(value: object) -> bool:
     """A Python or numpy integer, not a bool."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    return isinstance(value, (int, np.integer)) and not is_bool(value)
 
 
 def is_real(value: object) -> bool:
     """A Python or numpy integer or float, not a bool (NaN and inf too: callers bound it)."""
     real = isinstance(value, (int, float, np.integer, np.floating))
-    return real and not isinstance(value, (bool, np.bool_))
+    return real and not is_bool(value)
 
 
 def as_float(value: object) -> float:

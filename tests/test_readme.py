@@ -52,3 +52,40 @@ def test_the_plan_examples_output_is_the_one_shown(tmp_path, capsys):
     assert len(shown) == 2
     for device, experts in shown:
         assert layer[int(device)]["device_expert"] == json.loads(experts)
+
+
+def _table(pattern: str, after: str) -> dict[str, str]:
+    """``{name: default}`` of the rows of the README's first table after the line starting
+    with ``after`` whose first cell matches ``pattern``."""
+    text = README.read_text()
+    start = text.index("\n" + after)
+    table = re.search(r"\n\|.*?\n(?!\|)", text[start + 1 :], flags=re.DOTALL).group(0)
+    return dict(re.findall(rf"^\| `({pattern})` \| (.*?) \|", table, flags=re.MULTILINE))
+
+
+def test_the_config_table_lists_every_field_with_its_default():
+    import ast
+    import dataclasses
+
+    from eplb_rt.config import EplbConfig
+
+    fields = {f.name: f for f in dataclasses.fields(EplbConfig)}
+    table = _table(r"[a-z_]+", "| field | default |")
+    assert set(table) == set(fields)
+    config = EplbConfig()
+    for name, cell in table.items():
+        assert ast.literal_eval(cell.strip("`")) == getattr(config, name), name
+
+
+def test_the_environment_table_lists_every_variable_with_its_default():
+    from eplb_rt import envs
+
+    table = _table(r"EPLB_RT_\w+", "Environment variables")
+    assert set(table) == set(envs.VARIABLES)
+    for name, var in envs.VARIABLES.items():
+        cell = table[name]
+        if var.default is None:
+            assert cell.startswith("unset"), name
+        else:
+            shown = str(int(var.default)) if isinstance(var.default, bool) else str(var.default)
+            assert cell == f"`{shown}`", name

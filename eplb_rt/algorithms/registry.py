@@ -32,7 +32,7 @@ from eplb_rt.algorithms.load import (
     whole_numbers,
 )
 from eplb_rt.placement import Placement, Topology, even_shares
-from eplb_rt.scalars import is_real
+from eplb_rt.scalars import is_bool, is_real
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +195,7 @@ def _convert(policy: str, field: dataclasses.Field, value: Any) -> Any:
                 value = int(text)
             except ValueError:  # "5.0", "1e3": the float is the number written
                 pass
-    if kind is bool and isinstance(value, (bool, np.bool_)):
+    if kind is bool and is_bool(value):
         return bool(value)
     try:
         number = is_real(value) and (

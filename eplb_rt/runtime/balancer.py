@@ -188,7 +188,6 @@ class Balancer:
         self.num_experts = num_experts
         self.rank = rank
         self.current_step = current_step
-        self._spec = registry.get_policy(config.policy)
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._results: dict[int, PlanResult] = {}
         self._lock = threading.Lock()

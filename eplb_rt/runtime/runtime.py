@@ -66,7 +66,7 @@ from eplb_rt.runtime.device import Device, HostStaging
 from eplb_rt.runtime.executor import MigrationExecutor, Transfer
 from eplb_rt.runtime.migration import LayerMigration, plan_migration
 from eplb_rt.runtime.recorder import HeatRecorder
-from eplb_rt.scalars import is_integer
+from eplb_rt.scalars import is_bool, is_integer
 
 log = logging.getLogger("eplb_rt.runtime")
 
@@ -461,7 +461,7 @@ class EplbRuntime:
 
     # ------------------------------------------------------------------ what the model reads
     def _check_layer(self, layer: int) -> int:
-        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+        if not is_integer(layer):
             raise TypeError(f"layer must be an int, got {type(layer).__name__}")
         if not 0 <= layer < self.num_layers:
             raise ValueError(f"layer must be in [0, {self.num_layers}), got {layer}")
@@ -538,7 +538,7 @@ class EplbRuntime:
                 "record() counts for EplbConfig.heat_source='group_list'; this runtime has "
                 f"heat_source={self.config.heat_source!r}, where route() counts the tokens"
             )
-        if not isinstance(cumulative, (bool, np.bool_)):
+        if not is_bool(cumulative):
             raise TypeError(f"record(cumulative=...) must be a bool, got {cumulative!r}")
         if not isinstance(group_list, torch.Tensor):
             raise TypeError(f"group_list must be a tensor, got {type(group_list).__name__}")
@@ -580,9 +580,7 @@ class EplbRuntime:
         """
         self._check_usable("step")
         for name, value in (("is_prefill", is_prefill), ("record", record)):
-            if not (
-                isinstance(value, (bool, np.bool_)) or (name == "is_prefill" and value is None)
-            ):
+            if not (is_bool(value) or (name == "is_prefill" and value is None)):
                 allowed = "a bool or None" if name == "is_prefill" else "a bool"
                 raise TypeError(f"step({name}=...) must be {allowed}, got {value!r}")
         mode = self.config.count_steps
