@@ -30,11 +30,36 @@ def add_command(subparsers: argparse._SubParsersAction, name: str, summary: str,
     )
 
 
-def add_load_argument(parser: argparse.ArgumentParser) -> None:
+def add_load_argument(parser: argparse.ArgumentParser, more_help: str = "") -> None:
     """``--load FILE [FILE ...]`` (required, repeatable: every file given counts): files
-    stacked as episodes along ``T``."""
+    stacked along ``T``; ``more_help`` says how the command reads them."""
     parser.add_argument(
-        "--load", nargs="+", action="extend", required=True, metavar="FILE", help=LOAD_HELP
+        "--load",
+        nargs="+",
+        action="extend",
+        required=True,
+        metavar="FILE",
+        help=LOAD_HELP + more_help,
+    )
+
+
+def add_topology_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--ranks``, ``--slots-per-rank``, ``--nodes`` and ``--groups``, read by :func:`topology`."""
+    parser.add_argument(
+        "--ranks", type=int, required=True, metavar="D", help="expert-parallel ranks"
+    )
+    parser.add_argument(
+        "--slots-per-rank",
+        type=int,
+        required=True,
+        metavar="S",
+        help="expert slots on each rank (D x S >= experts)",
+    )
+    parser.add_argument(
+        "--nodes", type=int, default=1, metavar="N", help="nodes the ranks span (default 1)"
+    )
+    parser.add_argument(
+        "--groups", type=int, default=1, metavar="G", help="expert groups (default 1)"
     )
 
 

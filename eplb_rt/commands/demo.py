@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 from eplb_rt.commands import _args
-from eplb_rt.data import ESFT_LAYERS
+from eplb_rt.data import ESFT_EXPERTS, ESFT_LAYERS, ESFT_TOP_K
 from eplb_rt.sim.report import counted
 
 SUMMARY_KEYS = (
@@ -81,14 +81,12 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch.multiprocessing as mp
 
-    from eplb_rt.algorithms import policy_names, warm_up
+    from eplb_rt.algorithms import get_policy, warm_up
     from eplb_rt.config import EplbConfig
 
     _check(args)
     port = _port() or _free_port()
-    policy = EplbConfig.policy if args.policy is None else args.policy
-    if policy not in policy_names():
-        raise ValueError(f"unknown policy {policy!r}; choose one of {policy_names()}")
+    policy = get_policy(EplbConfig.policy if args.policy is None else args.policy).name
     # Compile the policy's numba kernels into their disk cache here, once, so that the ranks load
     # them in well under a second instead of each compiling for seconds and missing the first
     # plans' deadlines on a fresh install. A no-op cache load after the first run.
@@ -115,23 +113,24 @@ def run(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> None:
     """Every argument and output path, before any rank is spawned."""
-    if args.ranks < 1 or 64 % args.ranks:
-        raise ValueError(f"--ranks must divide the workload's 64 experts, got {args.ranks}")
+    E = ESFT_EXPERTS
+    if args.ranks < 1 or E % args.ranks:
+        raise ValueError(f"--ranks must divide the workload's {E} experts, got {args.ranks}")
     if not 1 <= args.layers <= ESFT_LAYERS:
         raise ValueError(f"--layers must be in [1, {ESFT_LAYERS}] (the trace's), got {args.layers}")
     if args.steps < 1 or args.tokens < 1 or args.check_every < 1:
         raise ValueError("--steps, --tokens and --check-every must be >= 1")
-    if args.redundant < 0 or (64 + args.redundant) % args.ranks:
+    if args.redundant < 0 or (E + args.redundant) % args.ranks:
         raise ValueError(
-            f"64 experts + --redundant {args.redundant} (>= 0) must split over {args.ranks} ranks"
+            f"{E} experts + --redundant {args.redundant} (>= 0) must split over {args.ranks} ranks"
         )
     if not 0 <= args.seed < 2**32:  # the ranks derive their generators' seeds from it
         raise ValueError(f"--seed must be in [0, 2**32), got {args.seed}")
     if args.interval < 0 or args.interval == 1:
         raise ValueError(f"--interval must be 0 (never rebalance) or >= 2, got {args.interval}")
-    if (64 + args.redundant) // args.ranks > 64:
+    if (E + args.redundant) // args.ranks > E:
         raise ValueError(
-            f"{64 + args.redundant} slots on {args.ranks} rank(s) would put two "
+            f"{E + args.redundant} slots on {args.ranks} rank(s) would put two "
             "replicas of an expert on one rank; lower --redundant or add ranks"
         )
     _args.check_plot(args.plot)
@@ -319,7 +318,8 @@ def _summary(opts, loads, rebalanced, step_ms, stats, *, max_diff, checks) -> di
 def _print_report(result: dict) -> None:
     cfg = result["config"]
     print(
-        f"eplb-rt demo: {cfg['ranks']} ranks, {cfg['layers']} layers x 64 experts (top-6) + "
+        f"eplb-rt demo: {cfg['ranks']} ranks, {cfg['layers']} layers x {ESFT_EXPERTS} experts "
+        f"(top-{ESFT_TOP_K}) + "
         f"{cfg['redundant']} redundant slots, {cfg['steps']} steps of {cfg['tokens']} tokens "
         f"per rank, policy {cfg['policy']}, "
         + (f"plan every {cfg['interval']} steps" if cfg["interval"] else "never re-plans")
@@ -344,7 +344,7 @@ def _print_report(result: dict) -> None:
         f"PAR per step (tokens of the busiest rank / mean per rank; 1.0 is perfect), mean over "
         f"{cfg['steps']} steps: eplb_rt {result['par_mean']:.3f}, static layout "
         f"{result['par_static']:.3f} (the same model without EPLB: expert e on rank "
-        f"e // {64 // cfg['ranks']}, no redundant slots)"
+        f"e // {ESFT_EXPERTS // cfg['ranks']}, no redundant slots)"
     )
     print(_before_after(result))
     print(

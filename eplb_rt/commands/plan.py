@@ -23,7 +23,7 @@ import numpy as np
 from eplb_rt import envs, formats, planning
 from eplb_rt.algorithms import get_policy, metrics, plan, policy_names, warm_up
 from eplb_rt.commands import _args
-from eplb_rt.commands._args import add_command, add_load_argument
+from eplb_rt.commands._args import add_command, add_load_argument, add_topology_arguments
 from eplb_rt.config import EplbConfig
 
 GB = 1e9
@@ -34,20 +34,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         subparsers, "plan", "plan a placement of expert replicas from load files", __doc__
     )
     add_load_argument(parser)
-    parser.add_argument("--ranks", type=int, required=True, metavar="D", help="ranks (devices)")
-    parser.add_argument(
-        "--slots-per-rank", type=int, required=True, metavar="S", help="expert slots per rank"
-    )
+    add_topology_arguments(parser)
     parser.add_argument(
         "--policy",
         default=EplbConfig.policy,
         metavar="NAME",
         help=f"balancing policy (default: EplbConfig's, {EplbConfig.policy}; registered: "
         f"{', '.join(policy_names())})",
-    )
-    parser.add_argument("--nodes", type=int, default=1, metavar="N", help="nodes (default 1)")
-    parser.add_argument(
-        "--groups", type=int, default=1, metavar="G", help="expert groups (default 1)"
     )
     parser.add_argument(
         "--previous", metavar="PLACEMENT.json", help="placement in force now (for few moves)"

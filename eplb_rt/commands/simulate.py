@@ -21,7 +21,7 @@ import sys
 
 from eplb_rt import algorithms, envs, formats
 from eplb_rt.commands import _args
-from eplb_rt.commands._args import LOAD_HELP, add_command
+from eplb_rt.commands._args import add_command, add_load_argument, add_topology_arguments
 from eplb_rt.commands.plan import add_cost_arguments, cost_from_args
 from eplb_rt.sim import simulate as sim
 
@@ -33,25 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "replay a load series and compare policies over time (PAR, moves, plan time)",
         __doc__,
     )
-    p.add_argument(
-        "--load",
-        nargs="+",
-        action="extend",
-        required=True,
-        metavar="FILE",
-        help=f"{LOAD_HELP}; played one after another in the order given, labelled by file name "
-        "(NAME#N: the file given as the N-th, where it is given more than once)",
+    add_load_argument(
+        p,
+        "; played one after another in the order given, labelled by file name (NAME#N: the "
+        "file given as the N-th, where it is given more than once)",
     )
-    p.add_argument("--ranks", type=int, required=True, metavar="D", help="expert-parallel ranks")
-    p.add_argument(
-        "--slots-per-rank",
-        type=int,
-        required=True,
-        metavar="S",
-        help="expert slots on each rank (D x S >= experts)",
-    )
-    p.add_argument("--nodes", type=int, default=1, help="nodes the ranks span (default 1)")
-    p.add_argument("--groups", type=int, default=1, help="expert groups (default 1)")
+    add_topology_arguments(p)
     p.add_argument(
         "--policies",
         default=None,
