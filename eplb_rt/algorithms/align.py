@@ -198,6 +198,29 @@ def align_row(
     return new_row[order], None if new_share is None else new_share[order]
 
 
+def align_rows(
+    rows: np.ndarray,
+    previous: np.ndarray,
+    num_ranks: int,
+    num_experts: int,
+    shares: np.ndarray | None = None,
+    *,
+    num_nodes: int = 1,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`align_row` of each layer of ``rows [L, P]`` to ``previous [L, P]`` (``shares [L,
+    P]``, optional, permuted along). Returns ``(rows [L, P] int64, shares [L, P] | None)``."""
+    out = np.empty(rows.shape, dtype=np.int64)
+    out_shares = None if shares is None else np.empty(rows.shape)
+    for layer in range(rows.shape[0]):
+        out[layer], share = align_row(
+            rows[layer], previous[layer], num_ranks, num_experts,
+            None if shares is None else shares[layer], num_nodes=num_nodes,
+        )  # fmt: skip
+        if out_shares is not None:
+            out_shares[layer] = share
+    return out, out_shares
+
+
 def align_placement(previous: Placement, new: Placement, num_nodes: int = 1) -> Placement:
     """``new`` with every layer's ranks relabelled and slots permuted (:func:`align_row`, within
     each of ``num_nodes`` nodes) to keep the most of ``previous`` in place; same rank loads and
@@ -209,15 +232,8 @@ def align_placement(previous: Placement, new: Placement, num_nodes: int = 1) -> 
         new.num_experts,
     ):
         raise ValueError(f"cannot align {new.describe()} to {previous.describe()}")
-    rows = np.empty((new.num_layers, new.num_slots), dtype=np.int64)
-    shares = np.empty((new.num_layers, new.num_slots))
-    for layer in range(new.num_layers):
-        rows[layer], shares[layer] = align_row(
-            new.phy2log[layer].astype(np.int64),
-            previous.phy2log[layer].astype(np.int64),
-            new.num_ranks,
-            new.num_experts,
-            new.slot_share[layer],
-            num_nodes=num_nodes,
-        )
-    return Placement(rows, new.num_experts, new.num_ranks, None if new.is_uniform else shares)
+    shares = None if new.is_uniform else new.slot_share
+    rows, shares = align_rows(
+        new.phy2log, previous.phy2log, new.num_ranks, new.num_experts, shares, num_nodes=num_nodes
+    )
+    return Placement(rows, new.num_experts, new.num_ranks, shares)

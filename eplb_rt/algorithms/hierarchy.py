@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from eplb_rt.algorithms.align import align_row, max_assignment
+from eplb_rt.algorithms.align import align_rows, max_assignment
 from eplb_rt.algorithms.keeping import cheaper, layer_costs, no_dearer
 from eplb_rt.algorithms.load import normalise
 from eplb_rt.algorithms.packing import pack_equal_groups, swap_items
@@ -234,11 +234,15 @@ def plan(batch: Layers, topology: Topology, options: Any, run: Run):
         parts = split(layers, topology, expert_ids(node_of_group, E, N))
         return solve(parts, topology, options, run)
 
+    def aligned(plan: tuple, previous: np.ndarray):
+        rows, shares = plan
+        return align_rows(rows, previous, topology.num_ranks, E, shares, num_nodes=N)
+
     fresh = pack_groups(batch, topology, options.groups_on_episodes)
     if batch.previous is None:
         return placed(batch, fresh)
     fresh = keep_nodes(fresh, batch.previous, topology, E)
-    rows, shares = _aligned(*placed(batch, fresh), batch.previous, topology, E)
+    rows, shares = aligned(placed(batch, fresh), batch.previous)
     priced = hasattr(options, "move_cost")
     if priced and shares is None:
         rows = _nodes_that_pay(rows, batch, topology, options)
@@ -250,7 +254,7 @@ def plan(batch: Layers, topology: Topology, options: Any, run: Run):
     moved = np.flatnonzero(grouped & (held != fresh).any(axis=1))
     if moved.size:
         sub = batch.take(moved)
-        kept = _aligned(*placed(sub, held[moved]), sub.previous, topology, E)
+        kept = aligned(placed(sub, held[moved]), sub.previous)
         rows, shares = cheaper(
             batch, moved, (rows, shares), kept, topology=topology, options=options
         )
@@ -310,18 +314,3 @@ def _nodes_that_pay(rows: np.ndarray, batch: Layers, topology: Topology, options
             if no_dearer(trial_cost, best)[0]:
                 out[j], best = trial, trial_cost
     return out
-
-
-def _aligned(rows, shares, previous, topology: Topology, num_experts: int):
-    """``rows [L, P]`` (and ``shares`` or None) with each layer's ranks relabelled within their
-    nodes to keep the most slots of ``previous [L, P]``."""
-    out = np.empty_like(rows)
-    out_shares = None if shares is None else np.empty_like(shares)
-    for j in range(rows.shape[0]):
-        out[j], share = align_row(
-            rows[j], previous[j], topology.num_ranks, num_experts,
-            None if shares is None else shares[j], num_nodes=topology.num_nodes,
-        )  # fmt: skip
-        if out_shares is not None:
-            out_shares[j] = share
-    return out, out_shares
