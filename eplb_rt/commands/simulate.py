@@ -174,7 +174,6 @@ def _run_with_progress(workload: sim.Workload, spec: sim.SimulationSpec) -> sim.
 
 def _save_placements(result: sim.SimulationResult, root: str) -> dict:
     """Write each cycle's placement and scored window; returns the paths written."""
-    import numpy as np
 
     windows, *folders = _args.saved_folders(root, list(result.cycles))  # as checked up front
     os.makedirs(windows, exist_ok=True)
@@ -182,7 +181,7 @@ def _save_placements(result: sim.SimulationResult, root: str) -> dict:
     first = next(iter(result.cycles.values()))
     for cycle in first:
         path = os.path.join(windows, f"step_{cycle.start}.npy")
-        np.save(path, result.workload.load[cycle.start : cycle.stop])
+        formats.write_load(result.workload.load[cycle.start : cycle.stop], path)
         saved["windows"][str(cycle.start)] = path
     for (name, cycles), folder in zip(result.cycles.items(), folders, strict=True):
         os.makedirs(folder, exist_ok=True)

@@ -146,7 +146,7 @@ class EplbRtAscendPolicy:
         path = os.path.join(self.export_dir, name)
         try:
             os.makedirs(self.export_dir, exist_ok=True)
-            np.save(path, load)
+            formats.write_load(load, path)
         except OSError as err:
             log.error("%s: cannot write %s (%s); the plan stands", WHERE, path, err)
             return
