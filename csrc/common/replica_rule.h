@@ -23,6 +23,10 @@
 //
 // Every operation is exact in IEEE float32 (u < 2^24, multiplying by a power of two), so all
 // backends choose the same replica. No RNG state: the kernel stays deterministic and graph-safe.
+// The two rules are not one: with shares of 1 / cnt, the float32 sums c_r can land a rounding
+// above a boundary the uniform rule has at an exact code, so for some cnt (20, 22, 24, ...;
+// never a power of two) 1 to 3 of the 2^16 codes go to the neighbouring replica. Every replica
+// holds the same expert: outputs are the same, and each replica's count moves by one token.
 //
 // This is the only C++ copy: the CPU and CUDA sources include it as is; AscendC kernels define
 // EPLB_RT_AICORE before including it (after kernel_operator.h), which makes every function

@@ -48,15 +48,24 @@ void update_expert_weights_cpu(at::TensorList weights, at::TensorList staged,
   const int64_t T = static_cast<int64_t>(weights.size());
   int64_t total_bytes = 0;
   for (const at::Tensor& s : staged) total_bytes += s.nbytes();
+  // Pointers taken here, on the calling thread: data_ptr() may have to copy a copy-on-write
+  // storage first, which torch forbids inside a parallel region.
+  std::vector<char*> dst(T, nullptr);
+  std::vector<const char*> src(T, nullptr);
+  std::vector<int64_t> row_bytes(T, 0);
+  for (int64_t t = 0; t < T; ++t) {
+    row_bytes[t] = S == 0 ? 0 : static_cast<int64_t>(weights[t].nbytes()) / S;
+    // A tensor of empty rows has no memory: memcpy's pointers must not be null, even for 0.
+    if (row_bytes[t] == 0) continue;
+    dst[t] = static_cast<char*>(weights[t].data_ptr());
+    src[t] = static_cast<const char*>(staged[t].const_data_ptr());
+  }
   auto copy_range = [&](int64_t begin, int64_t end) {
     for (int64_t job = begin; job < end; ++job) {
       const int64_t t = job / M;
       const int64_t i = job % M;
-      const int64_t row_bytes = S == 0 ? 0 : static_cast<int64_t>(weights[t].nbytes()) / S;
-      // A tensor of empty rows has no memory: memcpy's pointers must not be null, even for 0.
-      if (row_bytes == 0) continue;
-      std::memcpy(static_cast<char*>(weights[t].data_ptr()) + dst_slot[i] * row_bytes,
-                  static_cast<const char*>(staged[t].const_data_ptr()) + i * row_bytes, row_bytes);
+      if (row_bytes[t] == 0) continue;
+      std::memcpy(dst[t] + dst_slot[i] * row_bytes[t], src[t] + i * row_bytes[t], row_bytes[t]);
     }
   };
   if (total_bytes < kSerialBytes) {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -321,6 +322,31 @@ def test_phy_ids_in_the_memory_of_log2phy_are_refused():
     with pytest.raises(RuntimeError, match="phy_ids must not share memory with log2phy"):
         torch.ops.eplb_rt.route_and_count(**args)
     assert torch.equal(args["log2phy"], tables)
+
+
+def test_memory_shared_through_another_storage_is_refused():
+    """The same bytes under two storages (DLPack, numpy): torch's own overlap test sees none,
+    and ids overwritten while they are routed indexed past the route tables."""
+    from torch.utils.dlpack import from_dlpack
+
+    args = _valid_args()
+    buffer = torch.randint(0, 4, (3 * 2 + 1,))
+    args["topk_ids"] = buffer[:-1].view(3, 2)
+    args["phy_ids"] = from_dlpack(buffer)[1:].view(3, 2)  # one id ahead of topk_ids
+    before = buffer.clone()
+    with pytest.raises(RuntimeError, match="phy_ids must not share memory with topk_ids unless"):
+        torch.ops.eplb_rt.route_and_count(**args)
+    assert torch.equal(buffer, before)
+    args = _valid_args()
+    words = np.zeros(args["heat"].numel(), dtype=np.int32)  # the heat's, the table's first
+    table = args["log2phy"]
+    words[: table.numel()] = table.flatten().numpy()
+    args["heat"] = torch.from_numpy(words).view(args["heat"].shape)
+    args["log2phy"] = torch.from_numpy(words[: table.numel()]).view(table.shape)
+    before = words.copy()
+    with pytest.raises(RuntimeError, match="heat must not share memory with log2phy"):
+        torch.ops.eplb_rt.route_and_count(**args)
+    assert np.array_equal(words, before)
 
 
 def test_phy_ids_may_be_written_over_topk_ids():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -131,6 +132,28 @@ def test_staged_experts_in_the_memory_of_the_weights_are_refused():
         ops.update_expert_weights_(
             [slots.view(2, 1)], [torch.ones((1, 1), dtype=torch.int64)], slots[1:]
         )
+
+
+def test_staged_experts_in_the_weights_memory_under_another_storage_are_refused():
+    """Two ``from_numpy`` of one array: two storages over the same bytes, which torch's own
+    overlap test does not compare."""
+    memory = np.arange(8.0, dtype=np.float32)
+    weight = torch.from_numpy(memory).view(4, 2)
+    staged = torch.from_numpy(memory[2:6]).view(2, 2)
+    with pytest.raises(RuntimeError, match="a weight tensor must not share memory with"):
+        ops.update_expert_weights_([weight], [staged], torch.tensor([1, 2]))
+    assert np.array_equal(memory, np.arange(8.0))
+
+
+def test_copy_on_write_weights_are_updated_past_the_serial_size():
+    """A lazily cloned weight materialises its storage when written: on the calling thread, not
+    inside the parallel copy (torch forbids it there)."""
+    source = torch.randn(64, 8192)  # 2 MiB: the copies run in parallel
+    weight = torch._lazy_clone(source)
+    staged = torch.randn(3, 8192)
+    ops.update_expert_weights_([weight], [staged], torch.tensor([5, 0, 63]))
+    assert torch.equal(weight[[5, 0, 63]], staged)
+    assert torch.equal(weight[1:5], source[1:5]) and not torch.equal(source[5], staged[0])
 
 
 def test_weight_tensors_in_one_memory_are_refused():
