@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -85,13 +84,13 @@ def run(args: argparse.Namespace) -> int:
     from eplb_rt.config import EplbConfig
 
     _check(args)
-    port = _port() or _free_port()
     policy = get_policy(EplbConfig.policy if args.policy is None else args.policy).name
+    store = _rendezvous(_port())  # held while the ranks run; they join it
     # Compile the policy's numba kernels into their disk cache here, once, so that the ranks load
     # them in well under a second instead of each compiling for seconds and missing the first
     # plans' deadlines on a fresh install. A no-op cache load after the first run.
     warm_up([policy])
-    opts = dict(vars(args), policy=policy, port=port)
+    opts = dict(vars(args), policy=policy, port=store.port)
     opts.pop("func", None)
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.json")
@@ -149,18 +148,25 @@ def _port() -> int:
         raise ValueError(f"{err}; {expected}") from None
     if port is not None and not 0 <= port <= 65535:
         raise ValueError(f"environment variable EPLB_RT_DEMO_PORT={port}: {expected}")
-    if port:
-        # Rank 0 serves the ranks' rendezvous there: on a port another process listens on, the
-        # ranks would wait for each other until torch's timeout (half an hour), saying nothing.
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError as err:
-                raise ValueError(
-                    f"environment variable EPLB_RT_DEMO_PORT={port}: the port cannot be used "
-                    f"({err.strerror}); choose another, or unset it for a free one"
-                ) from None
     return port or 0
+
+
+def _rendezvous(port: int):
+    """The ranks' rendezvous (a ``TCPStore``), served by this process on ``port`` (0: one the
+    system picks, which no other process can take before the ranks start, as it could a port
+    picked, closed and handed on)."""
+    import torch.distributed as dist
+
+    try:
+        return dist.TCPStore("127.0.0.1", port, None, is_master=True, wait_for_workers=False)
+    except RuntimeError as err:  # torch's DistNetworkError: the port is taken
+        # On a port another process listens on, the ranks would wait for each other until
+        # torch's timeout (half an hour), saying nothing.
+        where = f"environment variable EPLB_RT_DEMO_PORT={port}: " if port else ""
+        raise ValueError(
+            f"{where}the port cannot be used ({str(err).splitlines()[0]}); choose another, or "
+            "unset it for a free one"
+        ) from None
 
 
 def _episode(interval: int, history: int) -> int:
@@ -169,12 +175,6 @@ def _episode(interval: int, history: int) -> int:
     episode against two before it, in the ``history - 1`` steps the ring holds) however long
     ``--interval`` is."""
     return min(max(1, interval // 5), max(1, (history - 1) // 3))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ---------------------------------------------------------------------- one rank
@@ -189,10 +189,9 @@ def _worker(rank: int, opts: dict, out_path: str) -> None:
     from eplb_rt.runtime import EplbRuntime
 
     torch.set_num_threads(1)
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ["MASTER_PORT"] = str(opts["port"])
     D, steps = opts["ranks"], opts["steps"]
-    dist.init_process_group("gloo", rank=rank, world_size=D)
+    store = dist.TCPStore("127.0.0.1", opts["port"], D, is_master=False)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=D)
     try:
         cfg = MoEConfig(
             num_layers=opts["layers"], num_experts=ESFT_EXPERTS, top_k=ESFT_TOP_K, seed=opts["seed"]
