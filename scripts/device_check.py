@@ -133,21 +133,33 @@ def run_in_group(cmd: list[str], log, timeout_s: float) -> int | str:
     ``"timeout"`` after ``timeout_s``. On the time limit, or when this process is terminated (the
     caller's limit), the whole group is killed: pytest's workers hold the GPU, and left running
     they would hold it into a rerun."""
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    started: list[subprocess.Popen] = []
+    terminated: list[int] = []
 
     def stop(signum, frame):
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise SystemExit(128 + signum)
+        # Before the command has started (Popen may be forking it), it is killed right after.
+        terminated.append(signum)
+        if started:
+            os.killpg(started[0].pid, signal.SIGKILL)
+            raise SystemExit(128 + signum)
 
     before = signal.signal(signal.SIGTERM, stop)
     try:
-        return proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        return "timeout"
+        started.append(
+            subprocess.Popen(
+                cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        )
+        proc = started[0]
+        if terminated:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise SystemExit(128 + terminated[0])
+        try:
+            return proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return "timeout"
     finally:
         signal.signal(signal.SIGTERM, before)
 

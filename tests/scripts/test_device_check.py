@@ -159,6 +159,26 @@ def test_a_terminated_driver_takes_its_test_run_with_it(tmp_path):
     assert not _alive(grandchild)
 
 
+def test_a_driver_terminated_while_its_test_run_starts_takes_it_along(monkeypatch):
+    """The termination lands before ``Popen`` has returned: the handler has nothing to kill yet,
+    and the run is killed as soon as it has started."""
+    real_popen = subprocess.Popen
+    runs = []
+
+    def popen_then_terminated(*args, **kwargs):
+        runs.append(real_popen(*args, **kwargs))
+        os.kill(os.getpid(), signal.SIGTERM)  # handled before this returns
+        return runs[-1]
+
+    monkeypatch.setattr(device_check.subprocess, "Popen", popen_then_terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped:
+        device_check.run_in_group([sys.executable, "-c", "import time; time.sleep(60)"], None, 120)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert runs[0].wait(timeout=30) == -signal.SIGKILL
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def _alive(pid: int) -> bool:
     """Running (not gone, not a zombie waiting to be reaped)."""
     try:
