@@ -449,3 +449,17 @@ def test_a_placement_in_force_with_uneven_shares_is_kept_as_it_serves():
         summed = load[2:].sum(0)
         cost = metrics.par(got, summed) + move_cost * got.moves(previous) / topo.num_ranks
         assert np.all(cost <= metrics.par(previous, summed) + 1e-12)
+
+
+def test_random_golden_case_and_its_counts_follow_the_load():
+    """The seeded baseline as it stands (a change of its draws shows here), and what its
+    docstring promises: replica counts drawn in proportion to load, at most one a rank."""
+    load = np.array([[[40.0, 3, 1, 9, 0, 17, 2]]])
+    placement = plan("random", load, Topology(3, 5), options={"seed": 0})
+    assert placement.phy2log.tolist() == [[3, 0, 1, 5, 6, 5, 1, 0, 3, 6, 4, 5, 3, 0, 2]]
+    hot = np.zeros((1, 1, 9))
+    hot[0, 0, 4] = 1000.0
+    hot[0, 0, :4] = 1.0
+    for seed in range(20):
+        counts = plan("random", hot, Topology(4, 3), options={"seed": seed}).logcnt[0]
+        assert counts[4] == 4 and counts.sum() == 12  # the hot expert on every rank

@@ -8,6 +8,7 @@ import pytest
 
 from eplb_rt import planning
 from eplb_rt.algorithms.prices import most_received, most_received_layers, move_prices
+from tests import walk_judge
 
 
 def _row(*ranks):
@@ -26,6 +27,7 @@ PREV = _row([0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11])
         (_row([0, 4, 3], [3, 4, 5], [6, 7, 8], [9, 10, 11]), 2),  # two slots on one rank
         (_row([0, 1, 3], [3, 4, 6], [6, 7, 9], [9, 10, 0]), 1),  # one slot on every rank
         (_row([5, 5, 5], [3, 4, 5], [6, 7, 8], [9, 10, 11]), 3),  # a duplicate counts twice
+        (_row([0, 1, 2], [3, 4, 5], [6, 7, 8], [0, 1, 11]), 2),  # the last rank alone
     ],
 )
 def test_most_received_counts_the_slowest_ranks_new_experts(row, most):
@@ -39,14 +41,18 @@ def _changed(rng, num_layers, num_ranks, num_slots, num_experts=7):
 
 
 def test_the_gate_counts_the_transfers_the_policies_price():
-    """``CostModel.migration_seconds`` counts the slowest rank's transfers with the same kernel,
-    on odd shapes: at one byte a second, its seconds are the most received slots."""
+    """``CostModel.migration_seconds`` and the kernels count the slowest rank's transfers as
+    the plain reference does (sets of the experts each rank held), on odd shapes: at one byte a
+    second, the gate's seconds are the most received slots."""
     rng = np.random.default_rng(3)
     cost = planning.CostModel(expert_bytes=1.0, bandwidth=1.0)
     for _ in range(100):
         D, S, L = (int(x) for x in rng.integers(1, 6, size=3))
         prev, new = _changed(rng, L, D, S)
-        expected = [most_received(n, p, D) for n, p in zip(new, prev, strict=True)]
+        # The reference prices D units a received expert: one unit a slot is 1 / D.
+        pairs = list(zip(new, prev, strict=True))
+        expected = [int(walk_judge.price(n, p, D, 1.0, True)) // D for n, p in pairs]
+        assert [most_received(n, p, D) for n, p in pairs] == expected
         assert most_received_layers(new, prev, D).tolist() == expected
         assert cost.migration_seconds(prev, new, D).tolist() == expected
 
