@@ -225,50 +225,83 @@ def _poke(name, index, value):
 
 
 BAD_INPUTS = {
-    "id too large": (_poke("topk_ids", (1, 0), 5), "topk_ids"),
-    "id below -1": (_poke("topk_ids", (0, 1), -2), "topk_ids"),
-    "used logcnt 0": (_poke("logcnt", 3, 0), "logcnt"),
-    "used logcnt > R": (_poke("logcnt", 0, 3), "logcnt"),
-    "used slot >= P": (_poke("log2phy", (4, 1), 8), "log2phy"),
-    "used slot -1": (_poke("log2phy", (2, 0), -1), "log2phy"),
-    "float ids": (_set("topk_ids", torch.zeros((3, 2))), "topk_ids"),
-    "1-d ids": (_set("topk_ids", torch.zeros(6, dtype=torch.int64)), "topk_ids"),
-    "strided ids": (_set("topk_ids", torch.zeros((2, 3), dtype=torch.int64).t()), "topk_ids"),
-    "int64 log2phy": (_set("log2phy", torch.zeros((5, 2), dtype=torch.int64)), "log2phy"),
-    "short logcnt": (_set("logcnt", torch.ones(4, dtype=torch.int32)), "logcnt"),
-    "share shape": (_set("replica_share", torch.ones((5, 3))), "replica_share"),
+    "id too large": (
+        _poke("topk_ids", (1, 0), 5),
+        r"topk_ids\[1, 0\] = 5 must be a logical expert id",
+    ),
+    "id below -1": (
+        _poke("topk_ids", (0, 1), -2),
+        r"topk_ids\[0, 1\] = -2 must be a logical expert id",
+    ),
+    "used logcnt 0": (_poke("logcnt", 3, 0), r"logcnt\[3\] = 0 must be in \[1, R = 2\]"),
+    "used logcnt > R": (_poke("logcnt", 0, 3), r"logcnt\[0\] = 3 must be in \[1, R = 2\]"),
+    "used slot >= P": (_poke("log2phy", (4, 1), 8), r"log2phy\[4, 1\] = 8 must be a slot"),
+    "used slot -1": (_poke("log2phy", (2, 0), -1), r"log2phy\[2, 0\] = -1 must be a slot"),
+    "float ids": (_set("topk_ids", torch.zeros((3, 2))), r"topk_ids must be int32 or int64"),
+    "1-d ids": (_set("topk_ids", torch.zeros(6, dtype=torch.int64)), r"topk_ids must be 2-D"),
+    "strided ids": (
+        _set("topk_ids", torch.zeros((2, 3), dtype=torch.int64).t()),
+        r"topk_ids must be contiguous",
+    ),
+    "int64 log2phy": (
+        _set("log2phy", torch.zeros((5, 2), dtype=torch.int64)),
+        r"log2phy must be int32",
+    ),
+    "short logcnt": (
+        _set("logcnt", torch.ones(4, dtype=torch.int32)),
+        r"logcnt must have shape \[E\]",
+    ),
+    "share shape": (
+        _set("replica_share", torch.ones((5, 3))),
+        r"replica_share must have the shape of log2phy",
+    ),
     "share dtype": (
         _set("replica_share", torch.ones((5, 2), dtype=torch.float64)),
-        "replica_share",
+        r"replica_share must be float32",
     ),
-    "int64 heat": (_set("heat", torch.zeros((3, 8), dtype=torch.int64)), "heat"),
-    "heat no rows": (_set("heat", torch.zeros((0, 8), dtype=torch.int32)), "heat"),
-    "heat strided": (_set("heat", torch.zeros((8, 3), dtype=torch.int32).t()), "heat"),
+    "int64 heat": (_set("heat", torch.zeros((3, 8), dtype=torch.int64)), r"heat must be int32"),
+    "heat no rows": (
+        _set("heat", torch.zeros((0, 8), dtype=torch.int32)),
+        r"heat must have at least one row",
+    ),
+    "heat strided": (
+        _set("heat", torch.zeros((8, 3), dtype=torch.int32).t()),
+        r"heat must have unit stride",
+    ),
     "heat rows overlapping": (
         _set("heat", torch.zeros((1, 8), dtype=torch.int32).expand(3, 8)),
         r"heat rows must not overlap \(row stride >= P\)",
     ),
-    "heat no slots": (_set("heat", torch.zeros((3, 0), dtype=torch.int32)), r"P >= 1"),
+    "heat no slots": (
+        _set("heat", torch.zeros((3, 0), dtype=torch.int32)),
+        r"heat must have at least one slot \(P >= 1\)",
+    ),
     "no experts": (
         _set("log2phy", torch.zeros((0, 2), dtype=torch.int32)),
         r"log2phy \[E, R\] needs E >= 1",
     ),
-    "int32 step": (_set("step", torch.tensor([1], dtype=torch.int32)), "step"),
-    "two steps": (_set("step", torch.tensor([1, 2])), "step"),
-    "phy dtype": (_set("phy_ids", torch.zeros((3, 2), dtype=torch.int32)), "phy_ids"),
-    "phy shape": (_set("phy_ids", torch.zeros((2, 3), dtype=torch.int64)), "phy_ids"),
+    "int32 step": (_set("step", torch.tensor([1], dtype=torch.int32)), r"step must be int64"),
+    "two steps": (_set("step", torch.tensor([1, 2])), r"step must have one element"),
+    "phy dtype": (
+        _set("phy_ids", torch.zeros((3, 2), dtype=torch.int32)),
+        r"phy_ids must have the dtype of topk_ids",
+    ),
+    "phy shape": (
+        _set("phy_ids", torch.zeros((2, 3), dtype=torch.int64)),
+        r"phy_ids must have the shape of topk_ids",
+    ),
 }
 
 
 @pytest.mark.parametrize("padded_rows", [0, 10], ids=["small", "large"])
 @pytest.mark.parametrize("case", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
 def test_bad_input_raises_and_writes_nothing(case, padded_rows):
-    edit, name = case
+    edit, message = case
     args = _valid_args(padded_rows)
     edit(args)
     heat_before = args["heat"].clone()
     phy_before = args["phy_ids"].clone()
-    with pytest.raises(RuntimeError, match=name):
+    with pytest.raises(RuntimeError, match=f"^route_and_count: {message}"):
         torch.ops.eplb_rt.route_and_count(**args)
     assert torch.equal(args["heat"], heat_before)
     assert torch.equal(args["phy_ids"], phy_before)

@@ -104,21 +104,36 @@ def _slot_given_twice(args):
 
 
 BAD_INPUTS = {
-    "logcnt 0": (_poke("new_logcnt", 2, 0), "new_logcnt"),
-    "logcnt > R": (_poke("new_logcnt", 1, 3), "new_logcnt"),
+    "logcnt 0": (_poke("new_logcnt", 2, 0), r"new_logcnt\[2\] = 0 must be in \[1, R = 2\]"),
+    "logcnt > R": (_poke("new_logcnt", 1, 3), r"new_logcnt\[1\] = 3 must be in \[1, R = 2\]"),
     "missing slot": (_poke("new_log2phy", (0, 0), -1), "new_log2phy"),
     "slot in padding": (_padding_slot, "new_log2phy"),
-    "negative share": (_poke("new_replica_share", (1, 0), -0.5), "new_replica_share"),
-    "nan share": (_poke("new_replica_share", (2, 1), float("nan")), "new_replica_share"),
-    "expert_map below -1": (_poke("new_expert_map", 4, -2), "new_expert_map"),
+    "negative share": (
+        _poke("new_replica_share", (1, 0), -0.5),
+        r"new_replica_share\[1, 0\] = \-0\.5 must be finite and >= 0",
+    ),
+    "nan share": (
+        _poke("new_replica_share", (2, 1), float("nan")),
+        r"new_replica_share\[2, 1\] = nan must be finite and >= 0",
+    ),
+    "expert_map below -1": (
+        _poke("new_expert_map", 4, -2),
+        r"new_expert_map\[4\] = \-2 must be a local slot in \[0, P = 11\) or \-1 \(abse",
+    ),
     "slot id 50 with P = 11": (_poke("new_log2phy", (0, 0), 50), r"new_log2phy.*\[0, P = 11\)"),
     "slot id P": (_poke("new_log2phy", (3, 0), 11), r"new_log2phy\[3, 0\] = 11"),
-    "inf share": (_poke("new_replica_share", (0, 0), float("inf")), "new_replica_share"),
+    "inf share": (
+        _poke("new_replica_share", (0, 0), float("inf")),
+        r"new_replica_share\[0, 0\] = inf must be finite and >= 0",
+    ),
     "shares not summing to 1": (
         _poke("new_replica_share", (1, 0), 0.9),
-        r"shares of expert 1 over its \d replicas .* must sum to 1",
+        r"the shares of expert 1 over its \d replicas .* must sum to 1",
     ),
-    "expert_map >= P": (_poke("new_expert_map", 0, 11), "new_expert_map"),
+    "expert_map >= P": (
+        _poke("new_expert_map", 0, 11),
+        r"new_expert_map\[0\] = 11 must be a local slot in \[0, P = 11\) or \-1 \(abse",
+    ),
     "two experts on one local slot": (
         _slot_given_twice,
         r"new_expert_map\[1\] and new_expert_map\[3\] are both local slot 5",
@@ -127,15 +142,24 @@ BAD_INPUTS = {
         _replicas_on_one_slot,
         r"new_log2phy\[0, 0\] and new_log2phy\[1, 0\] are both slot \d+ \(a slot holds one",
     ),
-    "num_slots 0": (_set("num_slots", 0), "num_slots"),
-    "share without new share": (_set("new_replica_share", None), "replica_share"),
-    "new map without map": (_set("expert_map", None), "expert_map"),
+    "num_slots 0": (_set("num_slots", 0), r"num_slots \(P\) must be >= 1"),
+    "share without new share": (
+        _set("new_replica_share", None),
+        r"replica_share and new_replica_share must both be given or both be None",
+    ),
+    "new map without map": (
+        _set("expert_map", None),
+        r"expert_map and new_expert_map must both be given or both be None",
+    ),
     "int64 log2phy": (_set("new_log2phy", torch.zeros((5, 2), dtype=torch.int64)), "new_log2phy"),
     "log2phy shape": (_set("new_log2phy", torch.zeros((5, 3), dtype=torch.int32)), "new_log2phy"),
-    "logcnt shape": (_set("new_logcnt", torch.ones(4, dtype=torch.int32)), "new_logcnt"),
+    "logcnt shape": (
+        _set("new_logcnt", torch.ones(4, dtype=torch.int32)),
+        r"new_logcnt must have the shape of logcnt \[5\]",
+    ),
     "float64 share": (
         _set("replica_share", torch.ones((5, 2), dtype=torch.float64)),
-        "replica_share",
+        r"replica_share must be float32",
     ),
     "strided target": (_set("log2phy", torch.zeros((2, 5), dtype=torch.int32).t()), "log2phy"),
 }
@@ -153,12 +177,12 @@ def test_tables_of_no_expert_are_refused():
 
 @pytest.mark.parametrize("case", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
 def test_bad_input_raises_and_writes_nothing(case):
-    edit, name = case
+    edit, message = case
     args = _valid_args()
     edit(args)
     targets = ["log2phy", "logcnt", "replica_share", "expert_map"]
     before = {k: args[k].clone() for k in targets if args[k] is not None}
-    with pytest.raises(RuntimeError, match=name):
+    with pytest.raises(RuntimeError, match=f"^update_expert_map_: {message}"):
         torch.ops.eplb_rt.update_expert_map_(**args)
     for k, want in before.items():
         assert torch.equal(args[k], want)
