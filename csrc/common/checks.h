@@ -160,8 +160,12 @@ inline bool spans_meet(const at::Tensor& a, const at::Tensor& b) {
 
 inline void check_apart(const at::Tensor& out, const char* op, const char* out_name,
                         const at::Tensor& in, const char* in_name, bool same_ok = false) {
+  if (out.numel() == 0 || in.numel() == 0) return;
+  // A lazy (copy-on-write) clone shares its source's bytes, under another storage, until it is
+  // written: it gets its own now, as the write would give it.
+  static_cast<void>(out.mutable_data_ptr());
   // Spans first: a few integer operations settle the usual case (a call at decode takes 3 us).
-  if (out.numel() == 0 || in.numel() == 0 || !spans_meet(out, in)) return;
+  if (!spans_meet(out, in)) return;
   if (out.device() != in.device()) return;  // addresses of different memories
   // Spans that meet share memory whichever storage each tensor came from: torch's own test
   // (at::get_overlap_status) compares addresses only within one storage, and the same bytes

@@ -25,8 +25,9 @@
 // backends choose the same replica. No RNG state: the kernel stays deterministic and graph-safe.
 // The two rules are not one: with shares of 1 / cnt, the float32 sums c_r can land a rounding
 // above a boundary the uniform rule has at an exact code, so for some cnt (20, 22, 24, ...;
-// never a power of two) 1 to 3 of the 2^16 codes go to the neighbouring replica. Every replica
-// holds the same expert: outputs are the same, and each replica's count moves by one token.
+// never a power of two) a few codes, at most one a boundary, go to the neighbouring replica
+// (3 for cnt below 72, 14 at 96). Every replica holds the same expert: outputs are the same,
+// and no replica's count moves by more than one token.
 //
 // This is the only C++ copy: the CPU and CUDA sources include it as is; AscendC kernels define
 // EPLB_RT_AICORE before including it (after kernel_operator.h), which makes every function

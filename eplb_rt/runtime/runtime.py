@@ -517,8 +517,9 @@ class EplbRuntime:
             raise ValueError(f"topk_ids is on {topk_ids.device}, expected {self.device}")
         # A graph keeps the kernel path it captured: capture the weighted one, which also serves
         # uniform shares (1 / logcnt), so a commit that makes the shares non-uniform is seen. (It
-        # sends 1-3 of every 65,536 codes to a neighbouring replica of the same expert where the
-        # eager uniform path would not: csrc/common/replica_rule.h.)
+        # sends a few of the 65,536 codes, at most one a replica boundary, to a neighbouring
+        # replica of the same expert where the eager uniform path would not; see
+        # csrc/common/replica_rule.h.)
         # Compiled code is such a graph (engines run it without its guards), and the test comes
         # first: the compiler must not trace, or guard on, the uniform flag or the stream query.
         weighted = (

@@ -148,12 +148,22 @@ def test_staged_experts_in_the_weights_memory_under_another_storage_are_refused(
 def test_copy_on_write_weights_are_updated_past_the_serial_size():
     """A lazily cloned weight materialises its storage when written: on the calling thread, not
     inside the parallel copy (torch forbids it there)."""
-    source = torch.randn(64, 8192)  # 2 MiB: the copies run in parallel
+    source = torch.randn(64, 131072)
     weight = torch._lazy_clone(source)
-    staged = torch.randn(3, 8192)
+    staged = torch.randn(3, 131072)  # 1.5 MiB staged: the copies run in parallel
     ops.update_expert_weights_([weight], [staged], torch.tensor([5, 0, 63]))
     assert torch.equal(weight[[5, 0, 63]], staged)
     assert torch.equal(weight[1:5], source[1:5]) and not torch.equal(source[5], staged[0])
+
+
+def test_a_lazily_cloned_weight_takes_experts_staged_from_its_source():
+    """Until written, a lazy clone shares its source's bytes under another storage: it is not
+    the source's memory the copy writes."""
+    source = torch.arange(12.0).view(4, 3)
+    weight = torch._lazy_clone(source)
+    ops.update_expert_weights_([weight], [source[2:4]], torch.tensor([0, 1]))
+    assert torch.equal(weight[:2], source[2:4]) and torch.equal(weight[2:], source[2:])
+    assert torch.equal(source, torch.arange(12.0).view(4, 3))
 
 
 def test_weight_tensors_in_one_memory_are_refused():
