@@ -8,7 +8,6 @@ placement matches the layers) are checked when :class:`eplb_rt.runtime.EplbRunti
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 from typing import Any
@@ -190,10 +189,11 @@ class EplbConfig:
                 raise TypeError(f"EplbConfig.{name} must be a bool, got {value!r}")
             object.__setattr__(self, name, bool(value))  # numpy's bool stored as Python's
 
-    @functools.cached_property
+    @property
     def options(self) -> Any:
         """``policy_options`` as the policy reads them: its options object, each value converted
-        and checked (``0.5`` and ``np.float64(0.5)`` are one setting)."""
+        and checked (``0.5`` and ``np.float64(0.5)`` are one setting). Made when read, from the
+        dict the balancer plans with."""
         from eplb_rt.algorithms import get_policy
 
         return get_policy(self.policy).make_options(self.policy_options)
