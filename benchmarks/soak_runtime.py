@@ -18,12 +18,12 @@ import argparse
 import gc
 import json
 import os
-import socket
 import time
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed.constants import default_pg_timeout
 
 
 def _rss_mib() -> float:
@@ -47,9 +47,10 @@ def _worker(rank: int, args: argparse.Namespace, port: int) -> None:
         runtime_module.RECORDS_KEPT = args.records_kept
 
     torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=args.ranks)
+    # The rendezvous the parent serves (see main), with init_process_group's own store timeout.
+    wait = default_pg_timeout
+    store = dist.TCPStore("127.0.0.1", port, args.ranks, is_master=False, timeout=wait)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=args.ranks)
     try:
         warm_up([args.policy])
         model_cfg = MoEConfig(num_layers=3, num_experts=16, top_k=2, hidden=8, ffn=12, seed=3)
@@ -108,10 +109,8 @@ def main() -> None:
     parser.add_argument("--policy", default="equilibrium")
     parser.add_argument("--records-kept", type=int, default=None)
     args = parser.parse_args()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    mp.spawn(_worker, args=(args, port), nprocs=args.ranks)
+    store = dist.TCPStore("127.0.0.1", 0, None, is_master=True, wait_for_workers=False)
+    mp.spawn(_worker, args=(args, store.port), nprocs=args.ranks)
 
 
 if __name__ == "__main__":

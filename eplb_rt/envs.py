@@ -100,7 +100,9 @@ VARIABLES: dict[str, EnvVar] = {
         "kernels then compile on first use into numba's own cache (NUMBA_CACHE_DIR, ...).",
     ),
     "EPLB_RT_DEMO_PORT": EnvVar(
-        int, None, "TCP port of the rendezvous of `eplb-rt demo` (MASTER_PORT); unset: a free port."
+        int,
+        None,
+        "TCP port on which `eplb-rt demo` serves its ranks' rendezvous; unset: a free port.",
     ),
 }
 

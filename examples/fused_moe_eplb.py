@@ -26,7 +26,6 @@ import argparse
 import json
 import math
 import os
-import socket
 import tempfile
 import time
 
@@ -35,6 +34,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from torch.distributed.constants import default_pg_timeout
 
 from eplb_rt.config import EplbConfig
 from eplb_rt.runtime import EplbRuntime
@@ -159,8 +159,10 @@ def rank_par(phy_ids: torch.Tensor, num_ranks: int, num_slots_per_rank: int) -> 
 
 
 def worker(rank: int, args: argparse.Namespace, port: int, out_path: str) -> None:
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=args.ranks)
+    # The rendezvous the parent serves (see main), with init_process_group's own store timeout.
+    wait = default_pg_timeout
+    store = dist.TCPStore("127.0.0.1", port, args.ranks, is_master=False, timeout=wait)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=args.ranks)
     torch.manual_seed(0)  # the same checkpoint and inputs on every rank
     L, E, H, inter = args.layers, args.experts, args.hidden, args.intermediate
     gates = torch.randn(L, E, H) / math.sqrt(H)
@@ -259,17 +261,14 @@ def weights_match(
     return bool(torch.equal(layer.w13, w13[held]) and torch.equal(layer.w2, w2[held]))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         out_path = os.path.join(tmp, "summary.json")
-        mp.spawn(worker, args=(args, free_port(), out_path), nprocs=args.ranks, join=True)
+        # Served here on a port the system picks, held while the ranks run: a port picked,
+        # closed and handed on could be taken by another process before they start.
+        store = dist.TCPStore("127.0.0.1", 0, None, is_master=True, wait_for_workers=False)
+        mp.spawn(worker, args=(args, store.port, out_path), nprocs=args.ranks, join=True)
         with open(out_path) as f:
             summary = json.load(f)
     if args.json:

@@ -63,7 +63,8 @@ def test_demo_port_checked_before_spawning(capsys, monkeypatch, no_spawn, value)
 
 
 def test_demo_refuses_a_port_another_process_listens_on(capsys, monkeypatch, no_spawn):
-    """The ranks would wait for each other there until torch's half-hour timeout, silently."""
+    """The ranks would meet another process's server there and wait for each other until the
+    store's timeout, silently."""
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

@@ -160,8 +160,8 @@ def _rendezvous(port: int):
     try:
         return dist.TCPStore("127.0.0.1", port, None, is_master=True, wait_for_workers=False)
     except RuntimeError as err:  # torch's DistNetworkError: the port is taken
-        # On a port another process listens on, the ranks would wait for each other until
-        # torch's timeout (half an hour), saying nothing.
+        # Refused here: the ranks would have met another process's server there, and waited
+        # for each other until the store's timeout, saying nothing.
         where = f"environment variable EPLB_RT_DEMO_PORT={port}: " if port else ""
         raise ValueError(
             f"{where}the port cannot be used ({str(err).splitlines()[0]}); choose another, or "
@@ -181,6 +181,7 @@ def _episode(interval: int, history: int) -> int:
 def _worker(rank: int, opts: dict, out_path: str) -> None:
     import torch
     import torch.distributed as dist
+    from torch.distributed.constants import default_pg_timeout
 
     from eplb_rt.config import EplbConfig
     from eplb_rt.data import ESFT_EXPERTS, ESFT_TOP_K
@@ -190,7 +191,9 @@ def _worker(rank: int, opts: dict, out_path: str) -> None:
 
     torch.set_num_threads(1)
     D, steps = opts["ranks"], opts["steps"]
-    store = dist.TCPStore("127.0.0.1", opts["port"], D, is_master=False)
+    # The store's timeout as init_process_group gives its own rendezvous store (a group made
+    # later waits on the store for its members).
+    store = dist.TCPStore("127.0.0.1", opts["port"], D, is_master=False, timeout=default_pg_timeout)
     dist.init_process_group("gloo", store=store, rank=rank, world_size=D)
     try:
         cfg = MoEConfig(
