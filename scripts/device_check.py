@@ -162,6 +162,8 @@ def run_in_group(cmd: list[str], log, timeout_s: float) -> int | str:
             return "timeout"
     finally:
         signal.signal(signal.SIGTERM, before)
+        if terminated and not started:  # Popen failed after the termination: still ended
+            raise SystemExit(128 + terminated[0])
 
 
 def run_syncs(device: str) -> dict:

@@ -143,7 +143,12 @@ def heat_to_load(heat: np.ndarray, phy2log: np.ndarray, num_experts: int) -> np.
     it was counted under: ``phy2log [T, L, P]`` (a row's own, as the runtime's heat ring holds
     them) or ``[L, P]`` (one for every row). An expert's load is the sum of its slots'."""
     T, L, P = heat.shape
-    rows = np.broadcast_to(phy2log, (T, L, P)).reshape(T * L, P)
+    rows = np.broadcast_to(phy2log, (T, L, P)).reshape(T * L, P).astype(np.int64, copy=False)
+    if rows.size and (rows.min() < 0 or rows.max() >= num_experts):
+        # An id past the layer's experts would be counted as another layer's or step's.
+        raise ValueError(
+            f"phy2log holds expert ids {rows.min()}..{rows.max()}, expected [0, {num_experts})"
+        )
     index = ((np.arange(T * L, dtype=np.int64) * num_experts)[:, None] + rows).reshape(-1)
     load = np.bincount(index, weights=heat.reshape(-1), minlength=T * L * num_experts)
     return load.reshape(T, L, num_experts)

@@ -1,6 +1,7 @@
 """Slot heat read back as expert load (:func:`eplb_rt.algorithms.load.heat_to_load`)."""
 
 import numpy as np
+import pytest
 
 from eplb_rt.algorithms.load import heat_to_load
 
@@ -33,3 +34,12 @@ def test_heat_to_load_takes_one_placement_for_every_row_on_odd_sizes():
     np.testing.assert_array_equal(got, _reference(heat, phy2log, E))
     per_row = np.broadcast_to(phy2log, heat.shape).copy()
     np.testing.assert_array_equal(heat_to_load(heat, per_row, E), got)
+
+
+@pytest.mark.parametrize("bad", [-1, 3])
+def test_heat_to_load_refuses_an_id_it_would_count_as_another_layers(bad):
+    heat = np.ones((2, 2, 4), dtype=np.int32)
+    phy2log = np.array([[0, 1, 2, 0], [2, 1, bad, 0]], dtype=np.uint8 if bad >= 0 else np.int64)
+    with pytest.raises(ValueError, match=r"phy2log holds expert ids .*, expected \[0, 3\)"):
+        heat_to_load(heat, phy2log, 3)
+    assert heat_to_load(heat, np.array([[0, 1, 2, 0]] * 2, dtype=np.uint64), 3).sum() == 16

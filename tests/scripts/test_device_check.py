@@ -170,13 +170,24 @@ def test_a_driver_terminated_while_its_test_run_starts_takes_it_along(monkeypatc
         os.kill(os.getpid(), signal.SIGTERM)  # handled before this returns
         return runs[-1]
 
+    def unexpected(signum, frame):
+        raise AssertionError("SIGTERM reached the caller's handler, not run_in_group's")
+
     monkeypatch.setattr(device_check.subprocess, "Popen", popen_then_terminated)
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(SystemExit) as stopped:
-        device_check.run_in_group([sys.executable, "-c", "import time; time.sleep(60)"], None, 120)
+    before = signal.signal(signal.SIGTERM, unexpected)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            device_check.run_in_group(
+                [sys.executable, "-c", "import time; time.sleep(60)"], None, 120
+            )
+        assert signal.getsignal(signal.SIGTERM) is unexpected  # the caller's, restored
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        for run in runs:
+            if run.poll() is None:
+                run.kill()
     assert stopped.value.code == 128 + signal.SIGTERM
     assert runs[0].wait(timeout=30) == -signal.SIGKILL
-    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def _alive(pid: int) -> bool:
