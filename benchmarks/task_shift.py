@@ -75,7 +75,7 @@ def table_head(names: list[str]) -> None:
 def contender(spec: str) -> tuple[str, dict]:
     """``policy`` or ``policy:key=value,key=value``."""
     name, _, rest = spec.partition(":")
-    return name, parse_options([item for item in rest.split(",") if item], "a contender")
+    return name, parse_options([item for item in rest.split(",") if item], "a contender's option")
 
 
 def run(regime: str, seeds: int, layers: int, planners: dict) -> None:

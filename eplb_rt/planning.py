@@ -91,8 +91,8 @@ class CostModel:
         expert's transfer time (ranks receive in parallel, so a slot moved on each rank takes
         one transfer, and a single slot ``1 / num_ranks`` of it when moves are spread) over the
         time one unit of PAR costs over ``horizon`` steps at the mean rank load of
-        ``load [T, L, E]`` (of the layers that carry load: an idle layer buys nothing, and
-        counted in the mean it would make every move look dearer). At most
+        ``load [T, L, E]`` (``[L, E]``: one step; of the layers that carry load: an idle layer
+        buys nothing, and counted in the mean it would make every move look dearer). At most
         :data:`NO_MOVE_PAYS`.
 
         The whole transfer is priced: :attr:`hidden_seconds` is an allowance per layer, which a

@@ -179,9 +179,12 @@ def align_row(
         )
     if not is_integer(num_experts) or num_experts < 1:
         raise ValueError(f"num_experts must be an integer >= 1, got {num_experts!r}")
-    for row in (prev_row, new_row):
-        if row.min() < 0 or row.max() >= num_experts:  # the kernel indexes its tables by id
-            raise ValueError(f"expert ids must be in [0, {num_experts}), got {row.tolist()}")
+    for name, row in (("prev_row", prev_row), ("new_row", new_row)):
+        bad = np.flatnonzero((row < 0) | (row >= num_experts))  # the kernel indexes by id
+        if bad.size:
+            raise ValueError(
+                f"{name}[{bad[0]}] = {row[bad[0]]} must be an expert id in [0, {num_experts})"
+            )
     width = new_row.shape[0] // num_nodes
     order = np.concatenate(
         [

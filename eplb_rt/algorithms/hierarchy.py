@@ -234,8 +234,8 @@ def plan(batch: Layers, topology: Topology, options: Any, run: Run):
         parts = split(layers, topology, expert_ids(node_of_group, E, N))
         return solve(parts, topology, options, run)
 
-    def aligned(plan: tuple, previous: np.ndarray):
-        rows, shares = plan
+    def aligned(planned: tuple, previous: np.ndarray):
+        rows, shares = planned
         return align_rows(rows, previous, topology.num_ranks, E, shares, num_nodes=N)
 
     fresh = pack_groups(batch, topology, options.groups_on_episodes)

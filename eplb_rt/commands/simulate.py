@@ -174,7 +174,6 @@ def _run_with_progress(workload: sim.Workload, spec: sim.SimulationSpec) -> sim.
 
 def _save_placements(result: sim.SimulationResult, root: str) -> dict:
     """Write each cycle's placement and scored window; returns the paths written."""
-
     windows, *folders = _args.saved_folders(root, list(result.cycles))  # as checked up front
     os.makedirs(windows, exist_ok=True)
     saved: dict = {"windows": {}, "placements": {}}

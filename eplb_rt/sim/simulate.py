@@ -57,6 +57,8 @@ class Workload:
         # Checked and summed in float64: a float16 window's sum would overflow, round or hold
         # NaN unseen.
         object.__setattr__(self, "load", check_load(self.load))
+        if isinstance(self.labels, str):
+            raise TypeError(f"labels must be a sequence of strings, got one: {self.labels!r}")
         object.__setattr__(self, "labels", tuple(self.labels))
         if len(self.labels) != self.load.shape[0]:
             raise ValueError(f"{len(self.labels)} labels for {self.load.shape[0]} steps")

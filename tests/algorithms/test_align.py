@@ -22,8 +22,8 @@ def test_align_row_keeps_what_it_can_on_an_odd_shape():
     [
         ([0, 1, 2, 3, 0, 1], [0, 1], 2, 4, r"differ in shape: \(2,\) against \(6,\)"),
         ([0, 1, 2, 3], [0, 1, 2, 3], 3, 4, "dividing 4 slots, got 3"),
-        ([0, 1, 2, 4], [0, 1, 2, 3], 2, 4, r"expert ids must be in \[0, 4\)"),
-        ([0, 1, 2, 3], [-1, 1, 2, 3], 2, 4, r"expert ids must be in \[0, 4\)"),
+        ([0, 1, 2, 4], [0, 1, 2, 3], 2, 4, r"new_row\[3\] = 4 must be an expert id in \[0, 4\)"),
+        ([0, 1, 2, 3], [-1, 1, 2, 3], 2, 4, r"prev_row\[0\] = -1 must be an expert id"),
         ([[0, 1, 2, 3]], [[0, 1, 2, 3]], 2, 4, r"must be a \[P\] slot table"),
         ([0, 1, 2, 3], [0, 1, 2, 3], 2, 0, "num_experts must be an integer >= 1, got 0"),
     ],

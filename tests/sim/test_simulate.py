@@ -226,6 +226,8 @@ def test_a_workload_is_checked_and_replayed_in_float64():
     assert sim.Workload(counts[0].tolist(), ["a"]).load.shape == (1, 2, 8)
     with pytest.raises(ValueError, match="load contains NaN"):
         sim.Workload(np.full((2, 2, 8), np.nan), ("a", "a"))
+    with pytest.raises(TypeError, match="labels must be a sequence of strings, got one: 'ab'"):
+        sim.Workload(np.ones((2, 2, 8)), "ab")
 
 
 def test_summary_statistics_golden():
