@@ -270,6 +270,10 @@ def specs(
     for shape in EXPERT_SHAPES_QUICK if quick else EXPERT_SHAPES:
         name = f"update_expert_weights_ {shape.name}"
         out.append((name, functools.partial(weights_case, shape, device)))
+    unknown = [w for w in which if not any(w in name for name, _ in out)]
+    if unknown:
+        ops = sorted({name.split()[0] for name, _ in out})
+        raise ValueError(f"--ops {','.join(unknown)}: no such case; the ops are {', '.join(ops)}")
     return [(name, build) for name, build in out if not which or any(w in name for w in which)]
 
 
@@ -334,6 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     if device is None:
         return 2
     which = tuple(w for w in args.ops.split(",") if w)
+    try:
+        specs(device, args.quick, which)  # names checked before any case is built
+    except ValueError as err:
+        print(f"bench_device_ops: {err}", file=sys.stderr)
+        return 2
     result = run(device, args.quick, which)
     print(f"device: {result['device']}, copy bandwidth {result['copy_gbs']:.0f} GB/s\n")
     print(table(result["rows"]))

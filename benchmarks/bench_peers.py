@@ -338,7 +338,7 @@ SECTIONS = ("time", "insample", "static", "adapt", "cold")
 def main(argv: list[str] | None = None) -> None:
     import contextlib
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--sections",
         default="time,insample,static,adapt,cold",

@@ -62,7 +62,7 @@ def held_out_ends(policy: str, shares: list[np.ndarray], topo: Topology, options
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--policy", default="equilibrium")
     parser.add_argument("--option", action="append", default=[], metavar="POLICY.KEY=VALUE")
     args = parser.parse_args(argv)

@@ -46,7 +46,7 @@ def step_par(placement, layer: int, batches: list[torch.Tensor], step: int, offs
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--layers", type=int, nargs="+", default=[10, 30, 50])
     args = parser.parse_args(argv)

@@ -501,7 +501,7 @@ SECTIONS = (
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--policies", default=",".join(policy_names()))
     parser.add_argument(
         "--sections",

@@ -98,7 +98,7 @@ def parse_shape(text: str) -> tuple[int, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", default="32x9,64x5", help="ranks x slots, comma-separated")
     parser.add_argument("--option", action="append", default=[], metavar="equilibrium.KEY=VALUE")
     args = parser.parse_args()

@@ -140,7 +140,7 @@ def _at_least(low: int):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=_at_least(1), default=2)
     parser.add_argument("--layers", type=_at_least(1), default=6)
     parser.add_argument("--steps", type=_at_least(EplbConfig().interval + 1), default=1200)

@@ -103,7 +103,7 @@ def _worker(rank: int, args: argparse.Namespace, port: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=8000)
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--policy", default="equilibrium")

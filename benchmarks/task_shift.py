@@ -147,7 +147,7 @@ def _cell(scores: list[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--regimes", nargs="+", default=list(REGIMES))

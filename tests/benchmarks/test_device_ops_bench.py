@@ -174,3 +174,9 @@ def test_main_says_why_there_is_nothing_to_time(capsys):
     assert missing("cpu") is None
     with pytest.raises(RuntimeError, match="npu"):
         Accel("npu")
+
+
+def test_an_op_name_that_matches_no_case_is_refused():
+    with pytest.raises(ValueError, match=r"--ops bogus: no such case; the ops are count_from"):
+        bench.specs("cpu", True, ("bogus",))
+    assert bench.specs("cpu", True, ("count_from_group_list",))
