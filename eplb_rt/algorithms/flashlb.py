@@ -329,7 +329,9 @@ def statistics(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return mu, np.zeros((L, E)), np.zeros((L, E, E))
     centred = X - mu[:, None, :]
     var = np.sum(centred**2, axis=1) / (K - 1)
-    return mu, var, _cross_products(centred) / (K - 1)
+    cov = _cross_products(centred)
+    cov /= K - 1  # in place: [L, E, E] is the plan's largest array (140 MB for Kimi K2)
+    return mu, var, cov
 
 
 @kernel

@@ -341,6 +341,23 @@ def test_flashlb_statistics_of_stacked_layers_round_as_one_layer(K):
         np.testing.assert_allclose(cov[j], (centred.T @ centred) / (K - 1), rtol=1e-14, atol=0)
 
 
+def test_flashlb_statistics_hold_one_covariance_array_at_a_time():
+    """``[L, E, E]`` is the plan's largest array (quadratic in E: 140 MB for Kimi K2's 61 x 384):
+    the division by ``K - 1`` is made in it, not in a second one."""
+    import tracemalloc
+
+    L, K, E = 4, 3, 96
+    X = np.random.default_rng(0).pareto(1.1, size=(L, K, E)) * 100
+    statistics(X)  # compiled before the allocations are traced
+    tracemalloc.start()
+    try:
+        statistics(X)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.5 * L * E * E * 8, peak
+
+
 def test_flashlb_threshold_compares_in_float32():
     """A layer is kept when its float32 score is at most the threshold rounded to float32, as
     the original compares a float32 score with a Python float."""
