@@ -49,7 +49,6 @@ import torch
 
 from benchmarks import selection, traces
 from eplb_rt.algorithms import metrics, policy_names, warm_up
-from eplb_rt.commands.simulate import parse_policy_options
 from eplb_rt.config import EplbConfig
 from eplb_rt.integrations._common import replan
 from eplb_rt.placement import Placement, Topology
@@ -373,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     only = [part for part in args.contenders.split(",") if part.strip()]
     sections = selection.sections(args.sections, SECTIONS)
-    options = selection.options(parse_policy_options(args.option), our_policies(only))
+    options = selection.options(args.option, our_policies(only))
     if args.repeat < 1:
         raise SystemExit(f"--repeat must be >= 1, got {args.repeat}")
     torch.set_num_threads(1)

@@ -21,10 +21,9 @@ import itertools
 
 import numpy as np
 
-from benchmarks import traces
+from benchmarks import selection, traces
 from eplb_rt.algorithms import metrics, plan
 from eplb_rt.algorithms.load import normalise
-from eplb_rt.commands.simulate import parse_policy_options
 from eplb_rt.placement import Topology
 
 STEPS = (0.0, 1 / 3, 2 / 3, 1.0)
@@ -66,9 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--policy", default="equilibrium")
     parser.add_argument("--option", action="append", default=[], metavar="POLICY.KEY=VALUE")
     args = parser.parse_args(argv)
-    given = parse_policy_options(args.option)
-    if set(given) - {args.policy}:
-        raise SystemExit(f"--option: only {args.policy}'s options apply, got {sorted(given)}")
+    given = selection.options(args.option, [args.policy])
     options = given.get(args.policy)
     print(f"| trace | shape | {args.policy}: mean PAR of the held-out ends | cases |")
     print("|---|---|---|---:|")

@@ -52,7 +52,6 @@ from benchmarks import selection, traces
 from eplb_rt import planning
 from eplb_rt.algorithms import bounds, get_policy, metrics, policy_names, warm_up
 from eplb_rt.algorithms import plan as plan_policy
-from eplb_rt.commands.simulate import parse_policy_options
 from eplb_rt.placement import Placement, Topology
 
 DS = traces.DEEPSEEK_V3_WORKLOADS
@@ -525,7 +524,7 @@ def main() -> None:
     names = [name for name in args.policies.split(",") if name]
     for name in names:
         get_policy(name)  # an unknown name raises, naming the known ones
-    OPTIONS.update(selection.options(parse_policy_options(args.option), names))
+    OPTIONS.update(selection.options(args.option, names))
     sections = selection.sections(args.sections, SECTIONS)
     if "time" in sections:
         timing(names)  # first, so that warm-up is measured before other sections compile

@@ -32,13 +32,12 @@ import argparse
 import numpy as np
 from scipy.stats import spearmanr
 
-from benchmarks import traces
+from benchmarks import selection, traces
 from eplb_rt.algorithms import plan
 from eplb_rt.algorithms.equilibrium import unseen_axes
 from eplb_rt.algorithms.load import normalise
 from eplb_rt.algorithms.metrics import row_par, row_rank_loads
 from eplb_rt.algorithms.replicas import LPT, construct
-from eplb_rt.commands.simulate import parse_policy_options
 from eplb_rt.placement import Topology
 
 COLUMNS = (
@@ -102,9 +101,7 @@ def main() -> None:
     parser.add_argument("--shapes", default="32x9,64x5", help="ranks x slots, comma-separated")
     parser.add_argument("--option", action="append", default=[], metavar="equilibrium.KEY=VALUE")
     args = parser.parse_args()
-    given = parse_policy_options(args.option)
-    if set(given) - {"equilibrium"}:
-        raise SystemExit(f"--option: only equilibrium's options apply, got {sorted(given)}")
+    given = selection.options(args.option, ["equilibrium"])
     options = given.get("equilibrium")
     shapes = [parse_shape(text) for text in args.shapes.split(",")]
     loads = [traces.deepseek_v3(x, moe_only=True) for x in traces.DEEPSEEK_V3_WORKLOADS]

@@ -5,6 +5,7 @@ if the table were what was asked for."""
 from __future__ import annotations
 
 from eplb_rt.algorithms import get_policy
+from eplb_rt.commands.simulate import parse_policy_options
 
 
 def sections(given: str, known: tuple[str, ...]) -> list[str]:
@@ -16,9 +17,13 @@ def sections(given: str, known: tuple[str, ...]) -> list[str]:
     return names
 
 
-def options(given: dict, run: list[str]) -> dict:
-    """``--option`` values (``{policy: {key: value}}``) for policies that run here, each checked
-    as the policy reads it."""
+def options(items: list[str], run: list[str]) -> dict:
+    """``--option POLICY.KEY=VALUE`` items as ``{policy: {key: value}}``, for policies that run
+    here, each checked as the policy reads it (a bad one ends the script in one line)."""
+    try:
+        given = parse_policy_options(items)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     stray = sorted(set(given) - set(run))
     if stray:
         raise SystemExit(f"--option: {stray} are not among the policies run here, {run}")

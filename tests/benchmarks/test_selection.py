@@ -15,8 +15,12 @@ def test_sections_must_be_known_and_some():
 
 
 def test_options_must_be_of_a_policy_that_runs_and_its_own():
-    assert selection.options({"equilibrium": {"spread": 1.0}}, ["equilibrium"])
+    given = selection.options(["equilibrium.spread=1.0"], ["equilibrium"])
+    assert given == {"equilibrium": {"spread": 1.0}}
     with pytest.raises(SystemExit, match=r"\['equilbrium'\] are not among the policies run"):
-        selection.options({"equilbrium": {"spread": 1.0}}, ["equilibrium"])
+        selection.options(["equilbrium.spread=1.0"], ["equilibrium"])
     with pytest.raises(SystemExit, match=r"has no option\(s\) \['unsen'\]"):
-        selection.options({"equilibrium": {"unsen": 0.0}}, ["equilibrium"])
+        selection.options(["equilibrium.unsen=0"], ["equilibrium"])
+    # Without its policy, one line (the policy's name is what the scripts take options by).
+    with pytest.raises(SystemExit, match=r"--option 'max_moved_fraction=0.2': expected POLICY"):
+        selection.options(["max_moved_fraction=0.2"], ["equilibrium"])
