@@ -634,7 +634,8 @@ def test_the_transfer_counters_count_what_arrived():
         moves = {"slots_received": 3, "slots_copied": 1, "slots_sent": 2, "bytes_sent": 64}
         layer = types.SimpleNamespace(layer=0)
         failed = [_FailedWork()]
-        for works, expected in ((failed, 0), ([_SlowWork(0.0, [])], 1), (failed, 1)):
+        done = [_SlowWork(0.0, [], _Clock())]  # completes at once
+        for works, expected in ((failed, 0), (done, 1), (failed, 1)):
             transfer = Transfer(layer, np.zeros(0, np.int32), [], works, None, time.perf_counter())
             transfer.counts.update(moves)
             rt.executor.finish(transfer)
