@@ -35,6 +35,12 @@ from eplb_rt.algorithms.prices import judged_cost
 _TOL = 1e-9
 """Margin of the bounds that refute a move, relative to the rows' summed mean rank load: far
 above the rounding of their sums, so the moves taken are those of scoring every move."""
+_MANY_REPLICAS = 8
+"""Replicas of ``x`` and ``y`` above which a rewrite's rows are first bounded from the sums of
+their terms (:func:`_rewrite_bound`): below, a full score costs about as much."""
+_BOUND_MARGIN = 1e-9
+"""Relative margin of a row's bound from the sums of an expert's terms: far above the rounding
+of those sums (and of ``exp(a) exp(b)`` against ``exp(a + b)``) at any temperature the walk uses."""
 
 
 @kernel
@@ -177,6 +183,47 @@ def _rewrite_load(v, on_b, vx, vy, cx, cy, has_x, has_y):
     if has_y:
         v += vy / (cy + 1) - vy / cy
     return v
+
+
+@kernel(inline=True)
+def _rewrite_bound(terms, k, pi, where, holds, loads, counts, b, x, y, vx, vy, fx):
+    """At least row ``k``'s drop when rank ``b``'s slot of ``x`` takes ``y``, from the sums of
+    ``x``'s and ``y``'s terms (``pi * Z``) instead of their every rank: ``x``'s other ranks'
+    terms all grow by ``exp(dx / tau)``, ``y``'s shrink by ``exp(dy / tau)``, ranks holding
+    both count as nothing, ``b``'s new term exactly; less a margin far above the rounding of
+    summing in this order. A term per rank holding both (the fewer of ``x``'s and ``y``'s
+    ranks), not per replica of each: an expert of many replicas makes the full score dear.
+    ``inf`` where a term could reach the cap of ``_FAR`` temperatures (scored in full)."""
+    peak, tau, ex, Z, base, _, _ = terms
+    t = tau[k]
+    cx, cy = counts[x], counts[y]
+    dx = vx * fx
+    dy = vy * (1.0 / (cy + 1) - 1.0 / cy)
+    if dx > 0.5 * _FAR * t:
+        return np.inf
+    sx = pi[x, k] * Z[k]
+    sy = pi[y, k] * Z[k]
+    both = 0.0
+    if cx <= cy:
+        for i in range(cx):
+            r = where[x, i]
+            if holds[r, y]:
+                both += ex[k, r]
+    else:
+        for i in range(cy):
+            r = where[y, i]
+            if holds[r, x]:
+                both += ex[k, r]
+    eb = ex[k, b]
+    new_b = np.exp(min(loads[k, b] - vx / cx + vy / (cy + 1) - peak[k], _FAR * t) / t)
+    grow = np.exp(dx / t)
+    shrink = np.exp(dy / t)
+    rest = Z[k] - sx - sy + both
+    low = rest + grow * (sx - eb - both) + shrink * (sy - both) + new_b
+    low -= _BOUND_MARGIN * (Z[k] + grow * sx + sy + new_b)
+    if low < 1e-200:
+        return np.inf
+    return base[k] - (peak[k] + t * np.log(low))
 
 
 @kernel
@@ -349,6 +396,10 @@ def _scan_rank(a, st, best, ids):
                                     loads[k, r], r == b, vx, vy, cx, cy, holds[r, x], holds[r, y]
                                 ))  # fmt: skip
                         cap = min(cap, base[k] - high)
+                        if cx + cy > _MANY_REPLICAS:  # a full score costs a term a replica
+                            cap = min(cap, _rewrite_bound(
+                                terms, k, pi, where, holds, loads, counts, b, x, y, vx, vy, fx
+                            ))  # fmt: skip
                         acc += min(first, cap)
                 if acc < c * best[0]:
                     continue

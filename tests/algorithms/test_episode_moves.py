@@ -316,3 +316,31 @@ def test_a_walk_through_a_rewrite_whose_terms_all_underflow_takes_the_scans_move
     )  # fmt: skip
     assert row.tolist() == ref_row.tolist() and moved == ref_moved
     assert sorted(np.flatnonzero(row == 0) // 2) == [0, 1]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_rewrites_of_an_expert_of_many_replicas_take_the_moves_of_scoring_every_move(seed):
+    """Where a rewrite's experts hold many replicas, its rows are first bounded from the sums of
+    their terms (``_rewrite_bound``); the walk must still take the moves of scoring every move.
+    A hot expert planned onto most ranks, then its load moved elsewhere in some rows."""
+    rng = np.random.default_rng(900 + seed)
+    D, S = int(rng.integers(10, 15)), int(rng.integers(2, 4))
+    E = int(rng.integers(D * S // 3, D * S // 2))
+    hot = rng.pareto(1.2, size=(1, E)) * 10
+    hot[0, 0] = 50.0 * hot.sum()  # expert 0 on nearly every rank
+    prev = plan("deepseek", hot, Topology(D, S)).phy2log[0].astype(np.int64)
+    rows = 1 + seed % 4
+    V = np.repeat(hot, rows, axis=0) * rng.uniform(0.5, 1.5, size=(rows, E))
+    V[rows // 2 :, 0] *= 0.05  # the hot expert cools in some rows: its replicas are rewritten
+    judge = seed % rows
+    tau_min = float(rng.choice([1e-3, 1e-2])) * V.sum(axis=1) / D
+    price = {"slowest_rank": seed % 2 == 1, "lifetime": (1.0, 3.0, math.inf)[seed % 3]}
+    cost, budget = float(rng.choice([0.0, 1e-3])), D * S
+    assert np.bincount(prev, minlength=E)[0] > 8  # the bound's case
+    row, moved = greedy_moves_rows.py_func(
+        prev, V, judge, D, budget, cost, tau_min, 0.1, *price.values()
+    )
+    ref_row, ref_moved = _reference_rows_walk(
+        prev, V, judge, D, budget, move_cost=cost, tau_min=tau_min, tau_share=0.1, **price
+    )
+    assert row.tolist() == ref_row.tolist() and moved == ref_moved
