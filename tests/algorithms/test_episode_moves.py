@@ -11,8 +11,10 @@ import pytest
 
 from eplb_rt.algorithms import plan
 from eplb_rt.algorithms.episode_moves import (
+    _rewrite_bound,
     _rewrite_drop,
     _rewrite_gain,
+    _rewrite_spread,
     _row_terms,
     _swap_gain,
     greedy_moves_rows,
@@ -258,15 +260,20 @@ def test_a_move_that_pays_only_on_the_sum_is_not_taken():
     assert moved == 0 and row.tolist() == prev.tolist()
 
 
-def _terms_at_tenth(loads: np.ndarray):
-    """``_row_terms`` of rows of loads ``[K, D]`` at temperature 0.1 (their means, their peaks)."""
+def _terms_at(loads: np.ndarray, tau_min: np.ndarray, tau_share: float):
+    """``_row_terms`` of rows of loads ``[K, D]`` (their means, their peaks)."""
     K, D = loads.shape
     terms = (
         np.empty(K), np.empty(K), np.empty((K, D)), np.empty(K), np.empty(K), np.empty((K, D)),
         np.empty((K, 3), dtype=np.int64),
     )  # fmt: skip
-    _row_terms(loads, loads.sum(axis=1) / D, np.full(K, 0.1), 0.0, terms)
+    _row_terms(loads, loads.sum(axis=1) / D, tau_min, tau_share, terms)
     return terms
+
+
+def _terms_at_tenth(loads: np.ndarray):
+    """``_row_terms`` of rows of loads ``[K, D]`` at temperature 0.1."""
+    return _terms_at(loads, np.full(loads.shape[0], 0.1), 0.0)
 
 
 def test_a_swap_whose_terms_all_underflow_is_scored_on_every_rank():
@@ -344,3 +351,49 @@ def test_rewrites_of_an_expert_of_many_replicas_take_the_moves_of_scoring_every_
         prev, V, judge, D, budget, move_cost=cost, tau_min=tau_min, tau_share=0.1, **price
     )
     assert row.tolist() == ref_row.tolist() and moved == ref_moved
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_rewrite_bound_is_never_below_the_rows_drop(seed):
+    """``_rewrite_bound`` against each row's exact drop (``_rewrite_drop``, or
+    ``_rewrite_spread`` where the terms underflow) for every rewrite of a random state at the
+    walk's temperatures, with a hot expert whose ranks hold nearly all of a row's weight (the
+    sum ``Z - sx - sy`` then cancels: its margin is what keeps it a bound)."""
+    rng = np.random.default_rng(1300 + seed)
+    D, S, K = int(rng.integers(6, 13)), int(rng.integers(2, 4)), 3
+    E = int(rng.integers(D * S // 3, D * S // 2 + 1))
+    hot = rng.pareto(1.2, size=(1, E)) * 10
+    hot[0, 0] = 10.0 ** rng.uniform(1, 6) * hot.sum()
+    row = plan("deepseek", hot, Topology(D, S)).phy2log[0].astype(np.int64)
+    V = np.repeat(hot, K, axis=0) * rng.uniform(0.5, 1.5, size=(K, E))
+    V[1:, int(rng.integers(1, E))] *= 10.0 ** rng.uniform(0, 4)  # another expert heats
+    counts = np.bincount(row, minlength=E)
+    holds = holds_from_row(row, D, E)
+    loads = np.zeros((K, D))
+    for p, e in enumerate(row):
+        loads[:, p // S] += V[:, e] / counts[e]
+    means = V.sum(axis=1) / D
+    terms = _terms_at(loads, 1e-3 * means, 0.1)
+    where = _ranks_of(row, counts, D)
+    pi = np.zeros((E, K))
+    for p, e in enumerate(row):
+        pi[e] += terms[5][:, p // S]
+    trial = np.empty(D)
+    checked = 0
+    for q, x in enumerate(row):
+        b, cx = q // S, counts[x]
+        if cx < 2:
+            continue
+        fx = 1.0 / (cx - 1) - 1.0 / cx
+        for y in range(E):
+            if y == x or holds[b, y] or counts[y] >= D:
+                continue
+            for k in range(K):
+                args = (terms, k, pi, where, holds, loads, counts, b, x, y, V[k, x], V[k, y], fx)
+                bound = _rewrite_bound(*args)
+                drop, ok = _rewrite_drop(loads, terms, k, V, where, counts, b, x, y)
+                if not ok:
+                    drop = _rewrite_spread(loads, terms, k, V, holds, counts, b, x, y, trial)
+                assert bound >= drop - 1e-12 * means[k], (q, y, k, bound, drop)
+                checked += np.isfinite(bound)
+    assert checked > 0
