@@ -23,7 +23,8 @@ import time
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.distributed.constants import default_pg_timeout
+
+from eplb_rt.commands import _ranks as ranks
 
 
 def _rss_mib() -> float:
@@ -47,10 +48,7 @@ def _worker(rank: int, args: argparse.Namespace, port: int) -> None:
         runtime_module.RECORDS_KEPT = args.records_kept
 
     torch.set_num_threads(1)
-    # The rendezvous the parent serves (see main), with init_process_group's own store timeout.
-    wait = default_pg_timeout
-    store = dist.TCPStore("127.0.0.1", port, args.ranks, is_master=False, timeout=wait)
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=args.ranks)
+    ranks.join(port, rank, args.ranks)  # the rendezvous main serves
     try:
         warm_up([args.policy])
         model_cfg = MoEConfig(num_layers=3, num_experts=16, top_k=2, hidden=8, ffn=12, seed=3)
@@ -109,7 +107,7 @@ def main() -> None:
     parser.add_argument("--policy", default="equilibrium")
     parser.add_argument("--records-kept", type=int, default=None)
     args = parser.parse_args()
-    store = dist.TCPStore("127.0.0.1", 0, None, is_master=True, wait_for_workers=False)
+    store = ranks.serve()  # held while the ranks run
     mp.spawn(_worker, args=(args, store.port), nprocs=args.ranks)
 
 

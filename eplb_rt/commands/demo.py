@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from eplb_rt.commands import _args
+from eplb_rt.commands import _ranks as ranks
 from eplb_rt.data import ESFT_EXPERTS, ESFT_LAYERS, ESFT_TOP_K
 from eplb_rt.sim.report import counted
 
@@ -152,13 +153,10 @@ def _port() -> int:
 
 
 def _rendezvous(port: int):
-    """The ranks' rendezvous (a ``TCPStore``), served by this process on ``port`` (0: one the
-    system picks, which no other process can take before the ranks start, as it could a port
-    picked, closed and handed on)."""
-    import torch.distributed as dist
-
+    """The ranks' rendezvous (:func:`eplb_rt.commands._ranks.serve`) on ``port``, or a
+    ``ValueError`` naming ``EPLB_RT_DEMO_PORT`` where the port is taken."""
     try:
-        return dist.TCPStore("127.0.0.1", port, None, is_master=True, wait_for_workers=False)
+        return ranks.serve(port)
     except RuntimeError as err:  # torch's DistNetworkError: the port is taken
         # Refused here: the ranks would have met another process's server there, and waited
         # for each other until the store's timeout, saying nothing.
@@ -181,7 +179,6 @@ def _episode(interval: int, history: int) -> int:
 def _worker(rank: int, opts: dict, out_path: str) -> None:
     import torch
     import torch.distributed as dist
-    from torch.distributed.constants import default_pg_timeout
 
     from eplb_rt.config import EplbConfig
     from eplb_rt.data import ESFT_EXPERTS, ESFT_TOP_K
@@ -191,10 +188,7 @@ def _worker(rank: int, opts: dict, out_path: str) -> None:
 
     torch.set_num_threads(1)
     D, steps = opts["ranks"], opts["steps"]
-    # The store's timeout as init_process_group gives its own rendezvous store (a group made
-    # later waits on the store for its members).
-    store = dist.TCPStore("127.0.0.1", opts["port"], D, is_master=False, timeout=default_pg_timeout)
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=D)
+    ranks.join(opts["port"], rank, D)
     try:
         cfg = MoEConfig(
             num_layers=opts["layers"], num_experts=ESFT_EXPERTS, top_k=ESFT_TOP_K, seed=opts["seed"]

@@ -10,7 +10,8 @@ import traceback
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.distributed.constants import default_pg_timeout
+
+from eplb_rt.commands import _ranks as ranks
 
 DEVICE_BACKENDS = {"cuda": "nccl", "npu": "hccl"}
 
@@ -28,11 +29,7 @@ def _entry(rank: int, world: int, where: tuple[int, str, float | None], fn, args
         getattr(torch, device).set_device(rank)
         backend = f"cpu:gloo,{device}:{DEVICE_BACKENDS[device]}"
     timeout = None if timeout_s is None else datetime.timedelta(seconds=timeout_s)
-    # The store's timeout as init_process_group gives its own rendezvous store (a group made
-    # later waits on the store for its members).
-    wait = timeout or default_pg_timeout
-    store = dist.TCPStore("127.0.0.1", port, world, is_master=False, timeout=wait)
-    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+    ranks.join(port, rank, world, backend, timeout)
     try:
         fn(rank, world, *args)
     except BaseException:
@@ -47,8 +44,6 @@ def spawn(fn, world: int, *args, device: str = "cpu", timeout_s: float | None = 
     """Run ``fn(rank, world, *args)`` on ``world`` ranks, rank ``r`` on device ``r`` of type
     ``device`` where it is not the CPU, their collectives under ``timeout_s`` (as an engine's
     ``init_process_group(timeout=...)``); raises if any rank fails."""
-    # The parent serves the rendezvous on a port the system picks and holds it: a port picked,
-    # closed and handed to the ranks could be taken by another process before they start.
-    store = dist.TCPStore("127.0.0.1", 0, None, is_master=True, wait_for_workers=False)
+    store = ranks.serve()  # held while the ranks run
     where = (store.port, device, timeout_s)
     mp.spawn(_entry, args=(world, where, fn, args), nprocs=world, join=True)
