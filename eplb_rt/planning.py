@@ -145,8 +145,7 @@ def _step_load(placement: Placement, load: np.ndarray) -> tuple[np.ndarray, np.n
 
 def step_par(placement: Placement, load: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(max rank load [L], PAR [L])`` per step, as :func:`step_load`."""
-    peak, mean = step_load(placement, load)
-    return peak, peak_ratio(peak, mean)
+    return _step_par(placement, check_load(load, placement.num_layers, placement.num_experts))
 
 
 def _step_par(placement: Placement, load: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
