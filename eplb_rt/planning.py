@@ -183,7 +183,10 @@ def decide(
     placement is hierarchical and ``previous`` spreads a layer's groups over nodes, that layer
     is planned and committed whatever it costs: what groups on nodes buy (a token's dispatch
     crossing fewer nodes) is not in the PAR the gate prices, and lowering that PAR is what a
-    grouped layer gives up (:mod:`eplb_rt.algorithms.hierarchy`).
+    grouped layer gives up (:mod:`eplb_rt.algorithms.hierarchy`). Two such layers keep their
+    slots: one without load (nothing says where its experts go) and one whose groups cannot
+    reach their nodes within the policy's ``max_moved_fraction`` (:func:`starting_placement`
+    starts with the groups on nodes, so only a placement given flat meets either).
     """
     for name, value, kind in (
         ("previous", previous, Placement),
@@ -345,10 +348,32 @@ def starting_placement(num_layers: int, num_experts: int, topology: Topology) ->
     plus the redundant replicas, given to experts spread over all ranks and put on the ranks
     that hold least, so the ranks carry loads as even as the min-max replica counts allow when
     experts are equally loaded (the same load where ``D * S`` is a multiple of ``E``, and at
-    the shapes of DeepSeek-V3 on 32x9 or 64x5)."""
+    the shapes of DeepSeek-V3 on 32x9 or 64x5).
+
+    Where ``topology`` asks for expert groups on nodes and they fit
+    (:func:`~eplb_rt.algorithms.hierarchy.why_flat`), each node is laid out so on its own:
+    the contiguous layout already keeps each group on one node, and the node's redundant slots
+    go to its own experts. A hierarchical plan then starts with its groups on nodes, as it
+    keeps them, instead of moving every layer's groups at once (more than a move budget
+    allows, which left such layers as they were, plan after plan)."""
     if not (is_integer(num_layers) and num_layers >= 1):
         raise ValueError(f"num_layers must be an int >= 1, got {num_layers!r}")
     topology.check_experts(num_experts)
+    N = topology.num_nodes
+    if topology.num_groups > 1 and hierarchy.why_flat(num_experts, topology) is None:
+        node = Topology(topology.num_ranks // N, topology.num_slots_per_rank)
+        local = _starting_row(num_experts // N, node)
+        row = np.concatenate([local + n * (num_experts // N) for n in range(N)])
+    else:
+        row = _starting_row(num_experts, topology)
+    if row is None:
+        return Placement.initial(num_layers, num_experts, topology)
+    return Placement(np.tile(row, (num_layers, 1)), num_experts, topology.num_ranks)
+
+
+def _starting_row(num_experts: int, topology: Topology) -> np.ndarray | None:
+    """:func:`starting_placement`'s layer ``[P] int64`` on a flat ``topology``, or ``None``
+    where the redundant replicas find no free rank (then :meth:`Placement.initial`'s)."""
     D, S, E = topology.num_ranks, topology.num_slots_per_rank, num_experts
     counts = np.full(E, topology.num_slots // E)
     extra = topology.num_slots % E
@@ -362,8 +387,7 @@ def starting_placement(num_layers: int, num_experts: int, topology: Topology) ->
         for e in np.flatnonzero(counts > extra_round):
             free = [r for r in range(D) if len(held[r]) < S and e not in held[r]]
             if not free:
-                return Placement.initial(num_layers, num_experts, topology)
+                return None
             rank = min(free, key=lambda r: (weight[held[r]].sum(), (r - e * D // E) % D))
             held[rank].append(int(e))
-    row = np.concatenate([np.array(h) for h in held])
-    return Placement(np.tile(row, (num_layers, 1)), E, D)
+    return np.concatenate([np.array(h) for h in held]).astype(np.int64)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eplb_rt import formats, planning
-from eplb_rt.algorithms import plan
+from eplb_rt.algorithms import hierarchy, plan
 from eplb_rt.algorithms.align import align_placement
 from eplb_rt.algorithms.metrics import par
 from eplb_rt.models.workload import drifting_profile
@@ -291,6 +291,42 @@ def test_starting_placement_is_balanced_on_equal_loads_and_keeps_the_contiguous_
     grid = start.by_rank()[0]
     for expert in range(experts):
         assert expert in grid[expert * ranks // experts]
+
+
+@pytest.mark.parametrize(
+    ("ranks", "slots", "nodes", "groups", "experts"),
+    [(32, 9, 4, 8, 256), (64, 5, 8, 8, 256), (6, 4, 3, 6, 18), (12, 6, 4, 4, 48)],
+)
+def test_starting_placement_keeps_expert_groups_on_nodes(ranks, slots, nodes, groups, experts):
+    """Where the topology asks for groups on nodes, each node is laid out on its own: every
+    group on one node, balanced on equal loads, the contiguous layout kept."""
+    topo = Topology(ranks, slots, nodes, groups)
+    start = planning.starting_placement(3, experts, topo)
+    assert not hierarchy.spread_layers(start.phy2log, experts, topo, _Hierarchical()).any()
+    assert par(start, np.ones((3, experts))).tolist() == pytest.approx([1.0] * 3)
+    grid = start.by_rank()[0]
+    for expert in range(experts):
+        assert expert in grid[expert * ranks // experts]
+
+
+def test_groups_start_on_nodes_so_a_move_budget_still_rebalances():
+    """Hierarchical with a move budget from the starting layout: the hot layers are planned
+    and committed (the layout used to spread groups over nodes, which no plan within the
+    budget could undo, so every layer kept its slots, plan after plan)."""
+    topo = Topology(8, 5, 2, 4)
+    rng = np.random.default_rng(3)
+    load = rng.poisson(rng.gamma(0.5, 40.0, size=(3, 32)), size=(16, 3, 32)).astype(float)
+    start = planning.starting_placement(3, 32, topo)
+    options = {"hierarchical": True, "max_moved_fraction": 0.2}
+    cost = planning.CostModel()
+    decision = planning.decide(load, start, topo, "equilibrium", options, cost=cost, horizon=1e6)
+    assert decision.layers == (0, 1, 2)
+    assert (decision.par_after < decision.par_before).all()
+    assert not hierarchy.spread_layers(decision.placement.phy2log, 32, topo, _Hierarchical()).any()
+
+
+class _Hierarchical:
+    hierarchical = True
 
 
 @pytest.mark.parametrize("layers", [0, -1, True, 2.0])
