@@ -158,7 +158,8 @@ def to_sglang(placement: Placement) -> dict:
     if not placement.is_uniform:
         raise ValueError(
             "SGLang's physical_to_logical_map has no replica shares; this placement splits "
-            "tokens unevenly (use the vllm-ascend format, which keeps them)"
+            "tokens unevenly (no engine applies replica shares: plan without shares for an "
+            "engine; the vllm-ascend format keeps them for eplb_rt's own runtime)"
         )
     return {SGLANG_MAP_KEY: placement.phy2log.tolist()}
 

@@ -68,6 +68,20 @@ def test_shares_to_an_array_file_are_refused_before_planning(
     assert not out.exists()
 
 
+def test_a_plan_with_shares_says_the_par_the_engines_serve(capsys, tmp_path, toy_json):
+    """The engines split an expert's tokens evenly whatever ``slot_share`` says: the PAR they
+    would serve is printed next to the plan's."""
+    out = tmp_path / "p.json"
+    argv = ["--load", toy_json, "--ranks", 4, "--slots-per-rank", 3, "--option", "shares=true"]
+    code, said, _ = run(capsys, "plan", *argv, "--out", out)
+    placement = formats.read_placement(out)
+    assert code == 0 and not placement.is_uniform
+    even = Placement(placement.phy2log, placement.num_experts, placement.num_ranks)
+    served = metrics.par(even, np.array(TOY))
+    assert served.max() > metrics.par(placement, np.array(TOY)).max()
+    assert f"where this placement's in-sample PAR is mean {served.mean():.4f}" in said
+
+
 def test_a_reader_that_leaves_stops_the_command_quietly(tmp_path, toy_json):
     """``eplb-rt score ... | head``: the shell's status for SIGPIPE, no error line, no traceback
     (the read end is closed before the child has imported anything, so the flush of its table
@@ -565,3 +579,23 @@ def test_plan_previous_says_which_layers_pay_and_which_go_onto_nodes(capsys, tmp
     assert code == 0
     assert "(0 of 2 layers pay: save 0.0 ms" in out
     assert "; 2 more put their expert groups on nodes)" in out
+
+
+def test_plan_names_layers_that_keep_their_groups_spread_over_nodes(capsys, tmp_path):
+    """A flat placement in force, planned hierarchically: layers with load put their groups on
+    nodes; one without load keeps its slots, and the report names it."""
+    E = 16
+    load = np.zeros((1, 3, E))
+    load[0, 1:] = np.arange(1, E + 1)
+    spread = np.concatenate([np.arange(E), np.array([8, 0, 12, 4])])  # replicas on other nodes
+    formats.write_placement(Placement(np.tile(spread, (3, 1)), E, 4), tmp_path / "flat.json")
+    np.save(tmp_path / "load.npy", load)
+    code, out, _ = run(
+        capsys, "plan", "--load", str(tmp_path / "load.npy"), "--ranks", "4",
+        "--slots-per-rank", "5", "--nodes", "2", "--groups", "4", "--policy", "deepseek",
+        "--previous", str(tmp_path / "flat.json"), "--out", str(tmp_path / "out.json"),
+    )  # fmt: skip
+    assert code == 0
+    assert "2 more put their expert groups on nodes" in out
+    assert "1 layer(s) keep their expert groups spread over nodes" in out
+    assert out.rstrip().endswith("max_moved_fraction): [0]")

@@ -32,8 +32,11 @@ class SwiftOptions(Options):
     """Options of the ``swift`` policy.
 
     Attributes:
-        max_swaps: pairwise swaps per layer and cycle (each moves two slots).
-        min_gain: a swap must lower the layer's PAR by at least this much.
+        max_swaps: pairwise swaps per layer and cycle (each moves two slots). Placed
+            hierarchically, each node is planned as a layer of its own
+            (:mod:`~eplb_rt.algorithms.hierarchy`): up to this many swaps a node.
+        min_gain: a swap must lower the layer's PAR (the node's, placed hierarchically) by at
+            least this much.
     """
 
     max_swaps: int = option(4, low=0)

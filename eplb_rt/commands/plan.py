@@ -21,10 +21,11 @@ import time
 import numpy as np
 
 from eplb_rt import envs, formats, planning
-from eplb_rt.algorithms import get_policy, metrics, plan, policy_names, warm_up
+from eplb_rt.algorithms import get_policy, hierarchy, metrics, plan, policy_names, warm_up
 from eplb_rt.commands import _args
 from eplb_rt.commands._args import add_command, add_load_argument, add_topology_arguments
 from eplb_rt.config import EplbConfig
+from eplb_rt.placement import Placement
 
 GB = 1e9
 
@@ -202,6 +203,13 @@ def run(args: argparse.Namespace) -> int:
     )
     if zero:
         print(f"{len(zero)} layer(s) with zero load (placed, not in the PAR mean): {zero}")
+    if not placement.is_uniform:
+        even = metrics.score(Placement(placement.phy2log, num_experts, placement.num_ranks), load)
+        print(
+            "replica shares: eplb_rt's runtime splits each expert's tokens by them; the engines "
+            "(vLLM, vllm-ascend, SGLang) split them evenly, where this placement's in-sample PAR "
+            f"is mean {even['par_mean']:.4f} max {even['par_max']:.4f}"
+        )
     if previous is not None:
         layers = list(decision.layers)
         before = decision.par_before
@@ -219,4 +227,11 @@ def run(args: argparse.Namespace) -> int:
             + (f"; {grouped} more put their expert groups on nodes" if grouped else "")
             + ")"
         )
+        spread = hierarchy.spread_layers(placement.phy2log, num_experts, topology, checked)
+        if spread.any():
+            print(
+                f"{int(spread.sum())} layer(s) keep their expert groups spread over nodes (no "
+                f"load, or more moves than the policy's max_moved_fraction): "
+                f"{np.flatnonzero(spread).tolist()}"
+            )
     return 0
