@@ -33,6 +33,7 @@ from eplb_rt.algorithms import warm_up
 from eplb_rt.algorithms.load import heat_to_load
 from eplb_rt.integrations._common import as_numpy, policy_name, replan
 from eplb_rt.placement import Topology
+from eplb_rt.scalars import is_integer
 
 WHERE = "eplb_rt vllm-ascend policy"
 log = logging.getLogger("eplb_rt.integrations")
@@ -55,7 +56,8 @@ class EplbRtAscendPolicy:
         policy: eplb_rt policy name; ``None``: ``EPLB_RT_POLICY`` or ``EplbConfig().policy``.
         options: overrides of the policy's options.
         num_experts: logical experts ``E``; ``None``: the largest id in the table + 1.
-        num_nodes, num_groups: as in :class:`eplb_rt.placement.Topology`.
+        num_nodes, num_groups: as in :class:`eplb_rt.placement.Topology` (ranks that
+            ``num_nodes`` does not divide are planned flat).
         export_dir: where loads are written (see the module); ``None``: ``EPLB_RT_EXPORT_DIR``.
         keep_on_error: log a bad input and return the table unchanged instead of raising.
     """
@@ -71,6 +73,9 @@ class EplbRtAscendPolicy:
         export_dir: str | None = None,
         keep_on_error: bool = False,
     ) -> None:
+        for name, value in (("num_nodes", num_nodes), ("num_groups", num_groups)):
+            if not (is_integer(value) and value >= 1):
+                raise ValueError(f"{WHERE}: {name} must be an integer >= 1, got {value!r}")
         self.policy = policy_name(policy, options)
         self.options = options
         self.num_experts = num_experts
@@ -128,7 +133,13 @@ class EplbRtAscendPolicy:
         num_experts = self.num_experts or int(table.max()) + 1
         L, D, S = table.shape
         load = heat_to_load(work.reshape(-1, L, D * S), table.reshape(L, -1), num_experts)
-        topology = Topology(D, S, self.num_nodes, self.num_groups)
+        # Ranks that num_nodes does not divide are planned flat, as the vLLM and SGLang adapters
+        # (and those engines' own policies) plan them.
+        nodes = self.num_nodes if D % self.num_nodes == 0 else 1
+        try:
+            topology = Topology(D, S, nodes, self.num_groups)
+        except ValueError as err:
+            raise ValueError(f"{WHERE}: {err}") from None
         placement, gain = replan(
             WHERE, load, topology, table.reshape(L, -1), policy=self.policy, options=self.options
         )

@@ -361,3 +361,24 @@ def test_layers_put_back_onto_nodes_are_reported_changed():
     changed, priority, new = policy.rebalance_experts(table, work)
     differ = [layer for layer in range(L) if not np.array_equal(new[layer], table[layer])]
     assert differ == [0, 1] and changed and sorted(priority.tolist()) == differ
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("num_nodes", 0), ("num_groups", -1), ("num_nodes", 2.0)]
+)
+def test_bad_nodes_or_groups_are_refused_at_the_start(name, value):
+    said = f"^eplb_rt vllm-ascend policy: {name} must be an integer >= 1, got {value!r}$"
+    with pytest.raises(ValueError, match=said):
+        EplbRtAscendPolicy("deepseek", **{name: value})
+
+
+def test_ranks_the_nodes_do_not_divide_are_planned_flat(ascend, caplog):
+    """6 ranks on 4 nodes: planned flat (as the vLLM and SGLang adapters plan them), not refused
+    at every cycle."""
+    table = np.tile(np.r_[np.arange(16), np.arange(8)], (2, 1)).reshape(2, 6, 4)
+    work = np.zeros((2, 6, 4))
+    work[:, 0, 0] = 500.0  # expert 0 hot, on one rank
+    work[:, 1:, :] = 1.0
+    policy = EplbRtAscendPolicy("deepseek", num_nodes=4, num_groups=4)
+    changed, _, new = policy.rebalance_experts(table, work)
+    assert changed and _passes_worker_check(ascend, table, new, caplog)
