@@ -116,17 +116,35 @@ def test_torch_npu_without_cann_fails_before_the_extension_is_loaded(capsys, tmp
     ("version", "registered", "status", "said"),
     [
         ("0.20.0", True, "ok", "0.20.0 (tested 0.13.0 to 0.34.0); plugin registered"),
+        ("0.34.0+cu130", True, "ok", "0.34.0+cu130 (tested 0.13.0 to 0.34.0)"),
         ("0.35.0", True, "warn", "newer than tested"),
         ("0.12.0", True, "warn", "not tested"),
         ("0.20.0", False, "FAIL", "entry point is not installed here"),
     ],
 )
 def test_an_installed_engine_is_checked(monkeypatch, version, registered, status, said):
+    monkeypatch.delenv("EPLB_RT_POLICY", raising=False)
     monkeypatch.setattr(doctor, "_version", lambda dist: version if dist == "vllm" else None)
     monkeypatch.setattr(doctor, "_registered", lambda group: registered)
     check = doctor._engine("vllm")
     assert check.status == status and said in check.detail, check
     assert doctor._engine("sglang").detail == "not installed"
+
+
+@pytest.mark.parametrize(("dist", "version"), [("vllm", "0.12.0"), ("sglang", "0.5.10")])
+def test_a_release_that_cannot_select_the_policy_fails_where_it_is_asked_for(
+    monkeypatch, dist, version
+):
+    """vLLM before 0.13 has no policy registry and SGLang before 0.5.11 no plugin loader:
+    with EPLB_RT_POLICY set, eplb_rt's policy would not run there."""
+    monkeypatch.setattr(doctor, "_version", lambda name: version if name == dist else None)
+    monkeypatch.setattr(doctor, "_registered", lambda group: True)
+    monkeypatch.setenv("EPLB_RT_POLICY", "equilibrium")
+    check = doctor._engine(dist)
+    assert check.status == "FAIL" and "selects no eplb_rt policy there" in check.detail, check
+    assert check.fix.startswith(f"upgrade {dist} to {ENGINES[dist].tested[0]} or newer")
+    monkeypatch.delenv("EPLB_RT_POLICY")
+    assert doctor._engine(dist).status == "warn"
 
 
 def test_engines_not_installed_need_no_packaging(monkeypatch):
@@ -160,14 +178,17 @@ def test_the_tested_releases_are_the_ones_the_peer_tests_fetch():
         ({"EPLB_RT_POLICY": "nope"}, "FAIL", "unknown policy 'nope'"),
         ({"EPLB_RT_POLICY_OPTIONS": "num_episodes=0"}, "FAIL", "EPLB_RT_POLICY_OPTIONS="),
         ({"EPLB_RT_KERNEL_CACHE": "maybe"}, "FAIL", "EPLB_RT_KERNEL_CACHE='maybe'"),
+        ({"EPLB_RT_EXPORT_DIR": "{tmp}/a-file/loads"}, "FAIL", "cannot make the folder"),
+        ({"EPLB_RT_EXPORT_DIR": "{tmp}/loads"}, "ok", "EPLB_RT_POLICY unset"),
     ],
 )
 def test_settings_the_plugins_read(capsys, tmp_path, monkeypatch, case):
     env, status, said = case
-    for name in ("EPLB_RT_POLICY", "EPLB_RT_POLICY_OPTIONS", "EPLB_RT_KERNEL_CACHE"):
-        monkeypatch.delenv(name, raising=False)
+    for suffix in ("POLICY", "POLICY_OPTIONS", "KERNEL_CACHE", "EXPORT_DIR"):
+        monkeypatch.delenv(f"EPLB_RT_{suffix}", raising=False)
+    (tmp_path / "a-file").write_text("")  # a folder cannot be made below a file
     for name, value in env.items():
-        monkeypatch.setenv(name, value)
+        monkeypatch.setenv(name, value.format(tmp=tmp_path))
     code, checks = _checks(capsys, tmp_path)
     assert code == (status == "FAIL")
     assert checks["settings"]["status"] == status and said in checks["settings"]["detail"]

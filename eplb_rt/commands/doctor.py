@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 
-from eplb_rt import envs
+from eplb_rt import envs, formats
 from eplb_rt.commands._args import add_command, check_output
 from eplb_rt.integrations import ENGINES
 
@@ -237,13 +237,23 @@ def _engine(dist: str) -> Check:
             "install eplb_rt in the engine's environment (pip install --no-build-isolation .)",
         )
     try:
-        inside = Version(oldest) <= Version(version) <= Version(newest)
-        newer = Version(version) > Version(newest)
+        # The public version: a local build tag (vLLM's 0.34.0+cu130) is the same release.
+        release = Version(Version(version).public)
+        inside = Version(oldest) <= release <= Version(newest)
+        newer, older = release > Version(newest), release < Version(oldest)
     except InvalidVersion:
-        inside, newer = False, False
+        inside, newer, older = False, False, False
     detail = f"{version} ({tested}); plugin registered"
     if inside:
         return Check(dist, OK, detail)
+    if older and engine.older_lack and envs.given("EPLB_RT_POLICY"):
+        return Check(
+            dist,
+            FAIL,
+            f"{detail}; releases before {oldest} have {engine.older_lack}: EPLB_RT_POLICY "
+            "selects no eplb_rt policy there",
+            f"upgrade {dist} to {oldest} or newer, or unset EPLB_RT_POLICY",
+        )
     why = "newer than tested: its EPLB interface may have changed" if newer else "not tested"
     return Check(dist, WARN, f"{detail}; {why}")
 
@@ -255,6 +265,8 @@ def _settings() -> Check:
         for name in envs.VARIABLES:
             envs.get(name)
         config = EplbConfig.from_dict({}, env=True)
+        if config.export_dir:  # made where missing, as the runtime and the plugins make it
+            formats.make_folder(config.export_dir, "EPLB_RT_EXPORT_DIR")
     except (ValueError, TypeError) as err:
         return Check("settings", FAIL, str(err), "fix or unset the variable named")
     if not envs.given("EPLB_RT_POLICY"):

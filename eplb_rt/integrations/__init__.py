@@ -17,17 +17,27 @@ import dataclasses
 
 @dataclasses.dataclass(frozen=True)
 class Engine:
-    """A serving engine eplb_rt plugs into: the entry-point group that loads eplb_rt's plugin
-    and the oldest and newest releases the tests run against (``scripts/fetch_peers.py``)."""
+    """A serving engine eplb_rt plugs into: the entry-point group that loads eplb_rt's plugin,
+    the oldest and newest releases the tests run against (``scripts/fetch_peers.py``) and,
+    where releases older than the oldest lack what selects eplb_rt's policy, what they lack."""
 
     entry_points: str
     tested: tuple[str, str]
+    older_lack: str | None = None
 
 
 ENGINES = {
-    "vllm": Engine("vllm.general_plugins", ("0.13.0", "0.34.0")),
+    "vllm": Engine(
+        "vllm.general_plugins",
+        ("0.13.0", "0.34.0"),
+        "no EPLB policy registry (EPLB_RT_POLICY then stops vLLM's start-up)",
+    ),
     # vLLM's entry point also runs inside vllm-ascend (a vLLM platform plugin).
     "vllm-ascend": Engine("vllm.general_plugins", ("0.13.0", "0.30.0rc2")),
-    "sglang": Engine("sglang.srt.plugins", ("0.5.11", "0.5.23")),
+    "sglang": Engine(
+        "sglang.srt.plugins",
+        ("0.5.11", "0.5.23"),
+        "no plugin loader (nothing selects eplb_rt's algorithm)",
+    ),
 }
 """Engines by distribution name."""
