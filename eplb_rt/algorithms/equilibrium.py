@@ -74,7 +74,7 @@ from eplb_rt.algorithms.metrics import row_par, row_rank_loads
 from eplb_rt.algorithms.packing import counts_from_row, lpt_place
 from eplb_rt.algorithms.prices import judged_cost, move_price
 from eplb_rt.algorithms.registry import Layer, Layers, Options, option, register
-from eplb_rt.algorithms.replicas import LPT, allot_replicas, count_search
+from eplb_rt.algorithms.replicas import LPT, allot_packable, allot_replicas, count_search
 from eplb_rt.algorithms.shares import balanced_slot_shares, min_max_rank_load, open_bottleneck
 from eplb_rt.algorithms.sums import column_mean, column_std, column_sum, pairwise_sum
 from eplb_rt.placement import Topology, even_shares
@@ -508,6 +508,36 @@ def scored_rows(W, w, spread, signal):
     return V
 
 
+@kernel(inline=True)
+def _searched(  # noqa: PLR0917
+    row, counts, mean, w, summed, stop, counts_given, num_ranks, count_rounds, count_width,
+    count_tol,
+):  # fmt: skip
+    """Swaps, then the replica-count search, on the shared load ``mean [1, E]`` (``w [E]``)
+    from ``row [P]`` and its ``counts [E]`` (updated in place): the searched row.
+
+    Counts (and swaps) are searched while the mean load's PAR, and each round's gain, are
+    larger than what sampling noise in that load could show: past that, a better PAR on the
+    estimate is not a better plan. The swaps on the shared load alone stop there only where the
+    episodes differ partly by noise (``stop``): the variance stage then scores the shared load
+    as a row of its own (scored_rows) and balances it again with every episode. Otherwise (one
+    episode; distinct workloads, whose variance stage lands in the optimum nearest its start)
+    they go to the end. The noise is the peak rank's (``summed [E]``: the token counts) where
+    the searches start: the packing's where the swaps stop at it (so the count search stops
+    where they did), the swaps' end where they do not."""
+    P = row.shape[0]
+    noise = peak_noise(row, summed, num_ranks) if stop else 0.0
+    swap_enough = 1.0 + max(count_tol, noise) if stop else 0.0
+    swap_search(row, mean, counts, num_ranks, 4 * P, 1e-3, 0.0, swap_enough)
+    if counts_given and not stop:
+        noise = peak_noise(row, summed, num_ranks)
+    enough = 1.0 + max(count_tol, noise)
+    return count_search(
+        LPT, row, mean, w, np.zeros((1, 1)), 0.0, counts, num_ranks, count_rounds, count_width,
+        4 * P, enough, noise, swap_enough,
+    )  # fmt: skip
+
+
 # The per-layer kernels are inlined into the loops over layers, their only callers: numba
 # compiles a called kernel's code once more into every kernel that calls it, and the compile
 # without the shipped cache would grow by a copy of each.
@@ -559,45 +589,29 @@ def _fresh_plan(  # noqa: PLR0917 (numba kernels take plain positional arrays)
     else:
         V = np.empty((0, E))
         robust = w
-    counts = allot_replicas(robust, num_slots, num_ranks)
-    # Counts and a first placement on the mean load, then swaps that balance every episode,
-    # which is what makes the plan hold out of sample.
+    # Counts and a first placement on the mean load, searched; then swaps that balance every
+    # episode, which is what makes the plan hold out of sample.
     mean = w.reshape((1, E))
-    no_cov = np.zeros((1, 1))
-    row = lpt_place(w, counts, num_ranks)
     summed = column_sum(tokens)
-    # Counts (and swaps) are searched while the mean load's PAR, and each round's gain, are
-    # larger than what sampling noise in that load could show: past that, a better PAR on the
-    # estimate is not a better plan. The swaps on the shared load alone stop there only where
-    # the episodes differ partly by noise: the variance stage then scores the shared load as a
-    # row of its own (scored_rows) and balances it again with every episode. Otherwise (one
-    # episode; distinct workloads, whose variance stage lands in the optimum nearest its start)
-    # they go to the end. The noise is the peak rank's where the searches start: the packing's
-    # where the swaps stop at it (so the count search stops where they did), the swaps' end
-    # where they do not.
     stop = K > 1 and signal < 1.0  # signal < 1: counts, whose noise is known
-    noise = peak_noise(row, summed, num_ranks) if stop else 0.0
-    swap_enough = 1.0 + max(count_tol, noise) if stop else 0.0
-    swap_search(row, mean, counts, num_ranks, 4 * num_slots, 1e-3, 0.0, swap_enough)
-    if counts_given and not stop:
-        noise = peak_noise(row, summed, num_ranks)
-    enough = 1.0 + max(count_tol, noise)
-    row = count_search(
-        LPT,
-        row,
-        mean,
-        w,
-        no_cov,
-        0.0,
-        counts,
-        num_ranks,
-        count_rounds,
-        count_width,
-        4 * num_slots,
-        enough,
-        noise,
-        swap_enough,
-    )
+    counts = allot_replicas(robust, num_slots, num_ranks)
+    # Min-max's counts may put more large replicas than ranks where a few experts carry the
+    # load, and no search from there parks the surplus (a replica moved alone gains nothing
+    # while another stays): the packable allotment is searched too where it differs, the
+    # better kept (on ordinary loads they are the same counts).
+    packed = allot_packable(robust, num_slots, num_ranks, num_ranks)
+    differ = (packed != counts).any()
+    row = _searched(
+        lpt_place(w, counts, num_ranks), counts, mean, w, summed, stop, counts_given,
+        num_ranks, count_rounds, count_width, count_tol,
+    )  # fmt: skip
+    if differ:
+        other = _searched(
+            lpt_place(w, packed, num_ranks), packed, mean, w, summed, stop, counts_given,
+            num_ranks, count_rounds, count_width, count_tol,
+        )  # fmt: skip
+        if row_par(other, mean, num_ranks) < row_par(row, mean, num_ranks):
+            row, counts = other, packed
     if K > 1:
         balance_swaps(row, V, counts, num_ranks, 4 * num_slots)
     if axes.shape[0]:

@@ -19,7 +19,7 @@ from eplb_rt.algorithms.load import normalise
 from eplb_rt.algorithms.local_search import balance_swaps, swap_search
 from eplb_rt.algorithms.metrics import row_par
 from eplb_rt.algorithms.packing import lpt_place
-from eplb_rt.algorithms.replicas import LPT, allot_replicas, count_search
+from eplb_rt.algorithms.replicas import LPT, allot_packable, allot_replicas, count_search
 from eplb_rt.placement import Topology
 
 
@@ -149,19 +149,25 @@ def _fresh_rule(tokens: np.ndarray, topo: Topology, stop: bool) -> np.ndarray:
     reach = holdout_reach(W)
     spread = signal * min(opts.spread, reach) + (1.0 - signal) * opts.spread
     V = scored_rows(W, w, spread, signal)
-    counts = allot_replicas(w + spread * W.std(axis=0), P, D)
-    row = lpt_place(w, counts, D)
-    noise = peak_noise(row, tokens.sum(axis=0), D)
-    at = 1.0 + max(opts.count_tol, noise) if stop else 0.0
-    mean = w[None, :]
-    swap_search(row, mean, counts, D, 4 * P, 1e-3, 0.0, at)
-    if not stop:
+    robust = w + spread * W.std(axis=0)
+    plans = []
+    for counts in (allot_replicas(robust, P, D), allot_packable(robust, P, D, D)):
+        row = lpt_place(w, counts, D)
         noise = peak_noise(row, tokens.sum(axis=0), D)
-    enough = 1.0 + max(opts.count_tol, noise)
-    rounds = (opts.count_rounds, opts.count_width, 4 * P)
-    row = count_search(
-        LPT, row, mean, w, np.zeros((1, 1)), 0.0, counts, D, *rounds, enough, noise, at
-    )
+        at = 1.0 + max(opts.count_tol, noise) if stop else 0.0
+        mean = w[None, :]
+        swap_search(row, mean, counts, D, 4 * P, 1e-3, 0.0, at)
+        if not stop:
+            noise = peak_noise(row, tokens.sum(axis=0), D)
+        enough = 1.0 + max(opts.count_tol, noise)
+        rounds = (opts.count_rounds, opts.count_width, 4 * P)
+        row = count_search(
+            LPT, row, mean, w, np.zeros((1, 1)), 0.0, counts, D, *rounds, enough, noise, at
+        )
+        plans.append((row, counts))
+    # The packable allotment's plan where it is better (the same counts on these loads).
+    packed_better = row_par(plans[1][0], w[None], D) < row_par(plans[0][0], w[None], D)
+    row, counts = plans[1] if packed_better else plans[0]
     balance_swaps(row, V, counts, D, 4 * P)
     return row
 

@@ -212,12 +212,15 @@ def test_a_node_missing_one_of_its_experts_is_planned_afresh():
 
 
 def test_a_flat_placement_in_force_becomes_hierarchical_within_the_budget_only():
-    """A placement in force whose groups are not each on one node (the runtime's starting
-    layout): the option asks for groups on nodes, so the plan puts them there whatever the
-    moves' price, but never past ``max_moved_fraction`` (22 of 40 slots moved at 0 before)."""
+    """A placement in force whose groups are not each on one node (a flat starting layout):
+    the option asks for groups on nodes, so the plan puts them there whatever the moves'
+    price, but never past ``max_moved_fraction`` (22 of 40 slots moved at 0 before)."""
     load = np.random.default_rng(0).poisson(100, size=(8, 2, 32)).astype(float)
     topo = Topology(8, 5, 2, 4)
-    previous = planning.starting_placement(2, 32, topo)
+    previous = planning.starting_placement(2, 32, Topology(8, 5))
+    assert hierarchy.spread_layers(
+        previous.phy2log, 32, topo, get_policy("deepseek").make_options({})
+    ).all()
     grouped = {"hierarchical": True}
     for budget in (0.0, 0.25):
         options = {**grouped, "max_moved_fraction": budget}
