@@ -169,6 +169,11 @@ def test_simulate_checks_before_it_runs(capsys, files, extra, message):
     fails(capsys, [*argv, *extra], message.replace("{dir}", str(files)))
 
 
+def test_simulate_names_an_unknown_policy_before_any_file_is_read(capsys, files):
+    argv = ["simulate", "--load", files / "missing.npy", "--ranks", 2, "--slots-per-rank", 4]
+    fails(capsys, [*argv, "--policies", "deepseek,nope"], "unknown policy 'nope'")
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -238,6 +243,17 @@ def test_simulate_save_placements_must_not_overlap_inputs_or_outputs(
     fails(capsys, argv, f"{flag} {out / path}: {where}")
     assert np.load(out / "windows/step_1.npy").shape == (5, 2, 8)  # the trace is intact
     assert sorted(out.rglob("*")) == before  # nothing written
+
+
+@pytest.mark.parametrize("flag", ["--json", "--plot"])
+def test_simulate_an_output_that_is_the_save_placements_folder_is_refused(capsys, files, flag):
+    """The same new path for an output and ``--save-placements``: refused before the replay
+    (the folder made by the saved steps failed the output's write after the whole run)."""
+    out = files / ("clash.png" if flag == "--plot" else "clash")
+    argv = ["simulate", "--load", files / "load.npy", "--ranks", 2, "--slots-per-rank", 4]
+    argv += ["--policies", "deepseek", "--save-placements", out, flag, out]
+    fails(capsys, argv, f"{flag} {out}: is that folder, which --save-placements {out} writes")
+    assert not out.exists()
 
 
 def test_simulate_save_placements_folder_that_is_a_file(capsys, files):

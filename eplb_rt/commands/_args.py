@@ -167,6 +167,11 @@ def check_simulate(args: argparse.Namespace) -> None:
             f"--policies {args.policies!r} names no policy; give one or more of "
             f"{', '.join(algorithms.policy_names())}"
         )
+    from eplb_rt.sim.simulate import NO_REBALANCE
+
+    for name in simulated_policies(args):
+        if name != NO_REBALANCE:
+            algorithms.get_policy(name)  # raises naming the known ones
     if args.save_placements is not None:
         check_saved_apart(args.save_placements, simulated_policies(args), inputs + outputs)
 
@@ -194,21 +199,24 @@ def saved_folders(root: str | os.PathLike, policies: list[str]) -> list[str]:
 def check_saved_apart(
     root: str | os.PathLike, policies: list[str], paths: list[tuple[str, str | os.PathLike | None]]
 ) -> None:
-    """Raise where a path (``(flag, path)``, ``None``: not given) is one of the folders
-    ``--save-placements ROOT`` writes or lies in one: a saved step file would replace an input
-    trace, or an output written after it would replace a saved file (or fail on its folder).
-    Also where one of those folders is a file, which it could not be written into."""
+    """Raise where a path (``(flag, path)``, ``None``: not given) is ``ROOT``, one of the
+    folders ``--save-placements ROOT`` writes, or lies in one: a saved step file would replace
+    an input trace, or an output written after it would replace a saved file (or fail on its
+    folder). Also where one of those folders is a file, which it could not be written into."""
     folders = {os.path.realpath(f): f for f in saved_folders(root, policies)}
     for folder in folders.values():
         if os.path.exists(folder) and not os.path.isdir(folder):
             raise ValueError(
                 f"--save-placements {os.fspath(root)}: {folder} is a file; expected a directory"
             )
+    top = os.path.realpath(root)
     for flag, path in paths:
         if path is None:
             continue
         real = os.path.realpath(path)
-        if real in folders:
+        if real == top:
+            where = "is that folder"
+        elif real in folders:
             where = f"is the folder {folders[real]}"
         elif os.path.dirname(real) in folders:
             where = f"is in {folders[os.path.dirname(real)]}"
