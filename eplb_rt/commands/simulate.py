@@ -133,10 +133,15 @@ def run(args: argparse.Namespace) -> int:
 def _labels(paths: list[str]) -> list[str]:
     """File names without extension; the whole path where two files' names collide; and where
     one file is given more than once, ``#`` and its position in ``paths`` (from 1), so that
-    each part played has its own label (a file given twice in a row is two parts)."""
+    each part played has its own label (a file given twice in a row is two parts). Where a
+    file's own name looks like such a label (``x.npy x.npy x#2.npy``), every part is its whole
+    path and position: the text after the last ``#`` is the position, so no two are alike."""
     stems = {p: os.path.splitext(os.path.basename(p))[0] for p in dict.fromkeys(paths)}
     names = [stems[p] if list(stems.values()).count(stems[p]) == 1 else p for p in paths]
-    return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names, start=1)]
+    labels = [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names, start=1)]
+    if len(set(labels)) < len(labels):
+        labels = [f"{p}#{i}" for i, p in enumerate(paths, start=1)]
+    return labels
 
 
 def parse_policy_options(items: list[str]) -> dict:

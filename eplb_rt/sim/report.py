@@ -28,6 +28,8 @@ def to_document(result: SimulationResult) -> dict:
             "workloads": [{"label": label, "steps": steps} for label, steps in parts],
             "ranks": spec.topology.num_ranks,
             "slots_per_rank": spec.topology.num_slots_per_rank,
+            "nodes": spec.topology.num_nodes,
+            "groups": spec.topology.num_groups,
             "interval": spec.interval,
             "episodes": spec.episodes,
             "window": spec.window,
@@ -71,10 +73,13 @@ def markdown(doc: dict) -> str:
     parts = ", ".join(f"{w['label']} ({counted(w['steps'], 'step')})" for w in setup["workloads"])
     first = next(iter(doc["policies"].values()))["summary"]
     scored = setup["steps"] - setup["interval"]
+    nodes, groups = setup.get("nodes", 1), setup.get("groups", 1)
+    grouping = f" ({counted(nodes, 'node')}, {counted(groups, 'expert group')})"
     lines = [
         f"Replayed {counted(setup['steps'], 'step')} of {setup['layers']} layers x "
         f"{setup['experts']} experts [{parts}] on {setup['ranks']} ranks x "
-        f"{setup['slots_per_rank']} slots; re-planned every {counted(setup['interval'], 'step')} "
+        f"{setup['slots_per_rank']} slots{grouping if nodes > 1 or groups > 1 else ''}; "
+        f"re-planned every {counted(setup['interval'], 'step')} "
         f"from the last {counted(setup['window'], 'step')} (all those before, where fewer), "
         f"scored on the next {setup['interval']} (out of sample; the last cycle on what "
         f"remains): {counted(first['cycles'], 'cycle')} scoring {counted(scored, 'step')}. "

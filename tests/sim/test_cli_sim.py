@@ -135,6 +135,13 @@ def test_default_interval_from_each_files_own_steps(tmp_path, capsys):
     assert "[a#1 (1 step), a#2 (1 step), b (1 step)]" in out
     cycles = json.loads(j.read_text())["policies"]["none"]["cycles"]
     assert [c["label"] for c in cycles] == ["a#2", "b"]
+    # A file named like a numbered part: each part is its path and position, none merged.
+    c = tmp_path / "a#2.npy"
+    np.save(c, _skewed(1, 1, 8, seed=3)[0])
+    code, out, err = _simulate(capsys, [a, a, c], "--ranks 2 --slots-per-rank 5", "--json", j)
+    assert code == 0, err
+    parts = [w["label"] for w in json.loads(j.read_text())["setup"]["workloads"]]
+    assert parts == [f"{a}#1", f"{a}#2", f"{c}#3"]
 
 
 def test_json_is_strict_when_times_overflow(tmp_path, capsys):

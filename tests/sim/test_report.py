@@ -66,6 +66,22 @@ def test_a_workload_played_twice_is_two_parts_of_the_setup():
     assert "[a (3 steps), b (3 steps), a (3 steps)]" in report.markdown(doc)
 
 
+def test_the_setup_says_the_nodes_and_groups_the_plans_used():
+    """They change every number: the JSON and the sentence say them (flat: the sentence as
+    before)."""
+    x = np.ones((4, 1, 8))
+    cases = [
+        (Topology(4, 3, 2, 4), "slots (2 nodes, 4 expert groups); "),
+        (Topology(4, 3), "slots; "),
+    ]
+    for topology, said in cases:
+        spec = sim.SimulationSpec(topology, (sim.NO_REBALANCE,), interval=2)
+        doc = report.to_document(sim.simulate(sim.Workload.concat([("a", x)]), spec))
+        setup = doc["setup"]
+        assert (setup["nodes"], setup["groups"]) == (topology.num_nodes, topology.num_groups)
+        assert f"on 4 ranks x 3 {said}re-planned" in report.markdown(doc)
+
+
 def test_in_sample_par_reported_when_no_scored_window_has_load():
     """Load only in the first steps: no scored window has a PAR, but the plan made from those
     steps has one in sample (the next plan, from the idle steps after them alone, has none),
