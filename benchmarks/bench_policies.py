@@ -13,6 +13,9 @@ Run: ``PYTHONPATH=. taskset -c 0 python -m pytest benchmarks/bench_policies.py
 * ``test_replan``: the default policy with a previous placement (fitted on 16 episodes, re-plan
   on ``prefill_in512``); ``test_replan_episodes``: the same re-plan on 16 sampled draws of
   ``prefill_in512`` (as a runtime's history gives it).
+* ``test_plan_groups``: hierarchical plans (``hierarchical=True``) at 64x5 on 8 nodes with 8,
+  64 or 256 expert groups, on the 16 episodes: the groups' packing onto nodes swaps groups
+  while that balances every episode, a search over pairs of groups.
 * ``test_runtime_plan``: the runtime's own plan, ``planning.decide`` as its balancer calls it
   (``EplbConfig``'s history and interval: 256 steps read and a life of 255, the next plan 100
   steps on, the default prices), on 256 decode-size steps drawn from ``prefill_in1024`` (8 or
@@ -106,6 +109,18 @@ def test_plan(benchmark, loads, policy, kind):
     benchmark.extra_info.update(
         par_mean=round(float(np.nanmean(metrics.par(placement, load.sum(0)))), 5)
     )
+    assert placement.num_layers == 58
+
+
+@pytest.mark.parametrize("groups", [8, 64, 256])
+@pytest.mark.parametrize("policy", [DEFAULT, "flashlb"])
+def test_plan_groups(benchmark, loads, policy, groups):
+    topology = Topology(64, 5, num_nodes=8, num_groups=groups)
+    options = {"hierarchical": True}
+    placement = benchmark.pedantic(
+        plan, args=(policy, loads["16 episodes"], topology), kwargs={"options": options},
+        rounds=2, iterations=1,
+    )  # fmt: skip
     assert placement.num_layers == 58
 
 
