@@ -362,12 +362,15 @@ def starting_placement(num_layers: int, num_experts: int, topology: Topology) ->
     N = topology.num_nodes
     if topology.num_groups > 1 and hierarchy.why_flat(num_experts, topology) is None:
         node = Topology(topology.num_ranks // N, topology.num_slots_per_rank)
-        local = _starting_row(num_experts // N, node)
-        row = np.concatenate([local + n * (num_experts // N) for n in range(N)])
+        M = num_experts // N
+        local = _starting_row(M, node)
+        if local is None:  # Placement.initial's layout, node by node
+            local = np.arange(node.num_slots, dtype=np.int64) % M
+        row = np.concatenate([local + n * M for n in range(N)])
     else:
         row = _starting_row(num_experts, topology)
-    if row is None:
-        return Placement.initial(num_layers, num_experts, topology)
+        if row is None:
+            return Placement.initial(num_layers, num_experts, topology)
     return Placement(np.tile(row, (num_layers, 1)), num_experts, topology.num_ranks)
 
 

@@ -309,6 +309,19 @@ def test_starting_placement_keeps_expert_groups_on_nodes(ranks, slots, nodes, gr
         assert expert in grid[expert * ranks // experts]
 
 
+@pytest.mark.parametrize(
+    ("ranks", "slots", "nodes", "groups", "experts"), [(6, 5, 2, 4, 12), (9, 5, 3, 6, 18)]
+)
+def test_a_node_whose_replicas_find_no_free_rank_keeps_its_groups(
+    ranks, slots, nodes, groups, experts
+):
+    """Where the redundant replicas of a node find no free rank, the node takes
+    ``Placement.initial``'s layout (it raised a TypeError): groups still on their nodes."""
+    topo = Topology(ranks, slots, nodes, groups)
+    start = planning.starting_placement(2, experts, topo)
+    assert not hierarchy.spread_layers(start.phy2log, experts, topo, _Hierarchical()).any()
+
+
 def test_groups_start_on_nodes_so_a_move_budget_still_rebalances():
     """Hierarchical with a move budget from the starting layout: the hot layers are planned
     and committed (the layout used to spread groups over nodes, which no plan within the
