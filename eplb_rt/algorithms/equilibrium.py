@@ -24,7 +24,9 @@ Per layer (the search kernels are numba, no GIL):
    curve), its two ends are scored from the start too (:func:`trend_rows`).
 2. **Construct + local search** on the mean load: min-max allotment, LPT placement, pairwise
    swaps and a neighbour search over replica counts (on token counts, only while what it gains
-   exceeds what their sampling noise could show: :func:`peak_noise`; where the episodes differ
+   exceeds what their sampling noise could show: :func:`peak_noise`; where that stops short,
+   the same from an allotment that parks surplus replicas of a few hot experts,
+   :func:`~eplb_rt.algorithms.replicas.allot_packable`, the better kept; where the episodes differ
    partly by that noise, the swaps too, since the next stage balances the shared load again as
    one of its rows); then swaps that lower the sum over the episodes of the squared rank loads
    (:func:`~eplb_rt.algorithms.local_search.balance_swaps`): every rank pulled to the mean of
@@ -514,7 +516,8 @@ def _searched(  # noqa: PLR0917
     count_tol,
 ):  # fmt: skip
     """Swaps, then the replica-count search, on the shared load ``mean [1, E]`` (``w [E]``)
-    from ``row [P]`` and its ``counts [E]`` (updated in place): the searched row.
+    from ``row [P]`` and its ``counts [E]`` (updated in place): ``(row, enough)``, the searched
+    row and the PAR the count search stopped at (or below).
 
     Counts (and swaps) are searched while the mean load's PAR, and each round's gain, are
     larger than what sampling noise in that load could show: past that, a better PAR on the
@@ -532,10 +535,11 @@ def _searched(  # noqa: PLR0917
     if counts_given and not stop:
         noise = peak_noise(row, summed, num_ranks)
     enough = 1.0 + max(count_tol, noise)
-    return count_search(
+    row = count_search(
         LPT, row, mean, w, np.zeros((1, 1)), 0.0, counts, num_ranks, count_rounds, count_width,
         4 * P, enough, noise, swap_enough,
     )  # fmt: skip
+    return row, enough
 
 
 # The per-layer kernels are inlined into the loops over layers, their only callers: numba
@@ -597,16 +601,18 @@ def _fresh_plan(  # noqa: PLR0917 (numba kernels take plain positional arrays)
     counts = allot_replicas(robust, num_slots, num_ranks)
     # Min-max's counts may put more large replicas than ranks where a few experts carry the
     # load, and no search from there parks the surplus (a replica moved alone gains nothing
-    # while another stays): the packable allotment is searched too where it differs, the
-    # better kept (on ordinary loads they are the same counts).
+    # while another stays): where its plan stops short of the search's goal (below it, a
+    # better PAR on the estimate is not a better plan) and the packable allotment differs
+    # (never on the shipped traces' layers at 32x9 and 64x5), that is searched too, the
+    # better kept.
     packed = allot_packable(robust, num_slots, num_ranks, num_ranks)
     differ = (packed != counts).any()
-    row = _searched(
+    row, enough = _searched(
         lpt_place(w, counts, num_ranks), counts, mean, w, summed, stop, counts_given,
         num_ranks, count_rounds, count_width, count_tol,
     )  # fmt: skip
-    if differ:
-        other = _searched(
+    if differ and row_par(row, mean, num_ranks) > enough:
+        other, _ = _searched(
             lpt_place(w, packed, num_ranks), packed, mean, w, summed, stop, counts_given,
             num_ranks, count_rounds, count_width, count_tol,
         )  # fmt: skip

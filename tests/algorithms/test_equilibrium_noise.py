@@ -152,6 +152,8 @@ def _fresh_rule(tokens: np.ndarray, topo: Topology, stop: bool) -> np.ndarray:
     robust = w + spread * W.std(axis=0)
     plans = []
     for counts in (allot_replicas(robust, P, D), allot_packable(robust, P, D, D)):
+        if plans and row_par(plans[0][0], w[None], D) <= plans[0][2]:
+            break  # the min-max plan reached the search's goal
         row = lpt_place(w, counts, D)
         noise = peak_noise(row, tokens.sum(axis=0), D)
         at = 1.0 + max(opts.count_tol, noise) if stop else 0.0
@@ -164,10 +166,12 @@ def _fresh_rule(tokens: np.ndarray, topo: Topology, stop: bool) -> np.ndarray:
         row = count_search(
             LPT, row, mean, w, np.zeros((1, 1)), 0.0, counts, D, *rounds, enough, noise, at
         )
-        plans.append((row, counts))
+        plans.append((row, counts, enough))
     # The packable allotment's plan where it is better (the same counts on these loads).
-    packed_better = row_par(plans[1][0], w[None], D) < row_par(plans[0][0], w[None], D)
-    row, counts = plans[1] if packed_better else plans[0]
+    packed_better = len(plans) > 1 and row_par(plans[1][0], w[None], D) < row_par(
+        plans[0][0], w[None], D
+    )
+    row, counts, _ = plans[1] if packed_better else plans[0]
     balance_swaps(row, V, counts, D, 4 * P)
     return row
 
