@@ -308,6 +308,22 @@ def write_load(load: np.ndarray, path: str | os.PathLike, fmt: str = "load") -> 
         json.dump(to_logical_count(load), f)
 
 
+def check_folder(path: str | os.PathLike, what: str) -> None:
+    """A ``ValueError`` naming ``what`` where :func:`make_folder` could not make (or write into)
+    the folder ``path``; nothing is made: the nearest part of the path that exists must be a
+    folder this process may write into."""
+    probe = os.path.abspath(os.fspath(path))
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    why = None
+    if not os.path.isdir(probe):
+        why = f"{probe} is not a directory"
+    elif not os.access(probe, os.W_OK | os.X_OK):
+        why = f"{probe} is not writable"
+    if why:
+        raise ValueError(f"{what} {os.fspath(path)!r}: cannot make the folder ({why})")
+
+
 def make_folder(path: str | os.PathLike, what: str) -> None:
     """Make the folder ``path`` (and its parents) unless it exists; a ``ValueError`` naming
     ``what`` (the setting that gave it) where it cannot be made."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
 import os
 import subprocess
@@ -147,6 +148,24 @@ def test_a_release_that_cannot_select_the_policy_fails_where_it_is_asked_for(
     assert doctor._engine(dist).status == "warn"
 
 
+def test_an_old_vllm_beside_vllm_ascend_or_a_pre_release_of_the_oldest_is_not_failed(monkeypatch):
+    """vLLM before 0.13 beside vllm-ascend: its dynamic EPLB takes the policy (the plugin
+    warns, not fails); 0.13.0rc1 is the oldest tested release's candidate."""
+    monkeypatch.setattr(doctor, "_registered", lambda group: True)
+    monkeypatch.setenv("EPLB_RT_POLICY", "equilibrium")
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name: object() if name == "vllm_ascend" else find_spec(name),
+    )
+    monkeypatch.setattr(doctor, "_version", lambda name: "0.12.0" if name == "vllm" else None)
+    assert doctor._engine("vllm").status == "warn"
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(doctor, "_version", lambda name: "0.13.0rc1" if name == "vllm" else None)
+    assert doctor._engine("vllm").status == "warn"
+
+
 def test_engines_not_installed_need_no_packaging(monkeypatch):
     """packaging is not a dependency of eplb_rt (the engines bring it): without an engine the
     check must not import it."""
@@ -179,7 +198,7 @@ def test_the_tested_releases_are_the_ones_the_peer_tests_fetch():
         ({"EPLB_RT_POLICY_OPTIONS": "num_episodes=0"}, "FAIL", "EPLB_RT_POLICY_OPTIONS="),
         ({"EPLB_RT_KERNEL_CACHE": "maybe"}, "FAIL", "EPLB_RT_KERNEL_CACHE='maybe'"),
         ({"EPLB_RT_EXPORT_DIR": "{tmp}/a-file/loads"}, "FAIL", "cannot make the folder"),
-        ({"EPLB_RT_EXPORT_DIR": "{tmp}/loads"}, "ok", "EPLB_RT_POLICY unset"),
+        ({"EPLB_RT_EXPORT_DIR": "{tmp}/loads/deeper"}, "ok", "EPLB_RT_POLICY unset"),
     ],
 )
 def test_settings_the_plugins_read(capsys, tmp_path, monkeypatch, case):
@@ -192,3 +211,4 @@ def test_settings_the_plugins_read(capsys, tmp_path, monkeypatch, case):
     code, checks = _checks(capsys, tmp_path)
     assert code == (status == "FAIL")
     assert checks["settings"]["status"] == status and said in checks["settings"]["detail"]
+    assert not (tmp_path / "loads").exists()  # a check makes nothing

@@ -240,13 +240,16 @@ def _engine(dist: str) -> Check:
         # The public version: a local build tag (vLLM's 0.34.0+cu130) is the same release.
         release = Version(Version(version).public)
         inside = Version(oldest) <= release <= Version(newest)
-        newer, older = release > Version(newest), release < Version(oldest)
+        newer = release > Version(newest)
+        # A pre-release or build of the oldest tested release has what that release has.
+        older = Version(release.base_version) < Version(oldest)
     except InvalidVersion:
         inside, newer, older = False, False, False
     detail = f"{version} ({tested}); plugin registered"
     if inside:
         return Check(dist, OK, detail)
-    if older and engine.older_lack and envs.given("EPLB_RT_POLICY"):
+    rescued = engine.unless is not None and importlib.util.find_spec(engine.unless) is not None
+    if older and engine.older_lack and envs.given("EPLB_RT_POLICY") and not rescued:
         return Check(
             dist,
             FAIL,
@@ -265,8 +268,8 @@ def _settings() -> Check:
         for name in envs.VARIABLES:
             envs.get(name)
         config = EplbConfig.from_dict({}, env=True)
-        if config.export_dir:  # made where missing, as the runtime and the plugins make it
-            formats.make_folder(config.export_dir, "EPLB_RT_EXPORT_DIR")
+        if config.export_dir:  # the runtime and the plugins make it at their start
+            formats.check_folder(config.export_dir, "EPLB_RT_EXPORT_DIR")
     except (ValueError, TypeError) as err:
         return Check("settings", FAIL, str(err), "fix or unset the variable named")
     if not envs.given("EPLB_RT_POLICY"):

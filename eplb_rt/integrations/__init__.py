@@ -19,11 +19,13 @@ import dataclasses
 class Engine:
     """A serving engine eplb_rt plugs into: the entry-point group that loads eplb_rt's plugin,
     the oldest and newest releases the tests run against (``scripts/fetch_peers.py``) and,
-    where releases older than the oldest lack what selects eplb_rt's policy, what they lack."""
+    where releases older than the oldest lack what selects eplb_rt's policy, what they lack
+    and the module that, installed, runs the policy there all the same."""
 
     entry_points: str
     tested: tuple[str, str]
     older_lack: str | None = None
+    unless: str | None = None
 
 
 ENGINES = {
@@ -31,6 +33,7 @@ ENGINES = {
         "vllm.general_plugins",
         ("0.13.0", "0.34.0"),
         "no EPLB policy registry (EPLB_RT_POLICY then stops vLLM's start-up)",
+        "vllm_ascend",  # its dynamic EPLB takes the policy (integrations.vllm.register)
     ),
     # vLLM's entry point also runs inside vllm-ascend (a vLLM platform plugin).
     "vllm-ascend": Engine("vllm.general_plugins", ("0.13.0", "0.30.0rc2")),
