@@ -17,6 +17,7 @@ import numpy as np
 
 from eplb_rt import envs
 from eplb_rt.placement import Placement, Topology
+from eplb_rt.scalars import is_integer
 
 log = logging.getLogger("eplb_rt.integrations")
 
@@ -90,6 +91,27 @@ def plugin_policy() -> tuple[str, dict | None] | None:
     except ValueError as err:
         raise ValueError(f"EPLB_RT_POLICY={name} / EPLB_RT_POLICY_OPTIONS: {err}") from None
     return name, options
+
+
+def check_nodes_and_groups(where: str, num_nodes: object, num_groups: object) -> None:
+    """A ``ValueError`` naming the adapter (``where``) unless both are integers >= 1."""
+    for name, value in (("num_nodes", num_nodes), ("num_groups", num_groups)):
+        if not (is_integer(value) and value >= 1):
+            raise ValueError(f"{where}: {name} must be an integer >= 1, got {value!r}")
+
+
+def engine_topology(
+    where: str, num_ranks: int, slots_per_rank: int, num_nodes: int, num_groups: int
+) -> Topology:
+    """The topology an engine's call describes (:func:`check_nodes_and_groups` first): ranks
+    that ``num_nodes`` does not divide are planned flat, as the engines' own policies plan
+    them; any other refusal of :class:`Topology` names the adapter."""
+    check_nodes_and_groups(where, num_nodes, num_groups)
+    nodes = int(num_nodes) if num_ranks % num_nodes == 0 else 1
+    try:
+        return Topology(num_ranks, slots_per_rank, nodes, int(num_groups))
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
 
 
 def replan(

@@ -16,8 +16,14 @@ import logging
 
 import numpy as np
 
-from eplb_rt.integrations._common import as_numpy, plugin_policy, policy_name, replan
-from eplb_rt.placement import Topology
+from eplb_rt.integrations._common import (
+    as_numpy,
+    check_nodes_and_groups,
+    engine_topology,
+    plugin_policy,
+    policy_name,
+    replan,
+)
 
 WHERE = "eplb_rt SGLang algorithm"
 log = logging.getLogger("eplb_rt.integrations")
@@ -57,20 +63,12 @@ def rebalance_experts(  # noqa: PLR0917 (SGLang's signature)
         )
     S = num_local_physical_experts
     D = num_physical_experts // S
-    if num_nodes < 1 or (num_groups is not None and num_groups < 1):
-        raise ValueError(
-            f"{WHERE}: num_nodes ({num_nodes}) must be a positive integer and num_groups "
-            f"({num_groups}) one too, or None (no groups)"
-        )
+    groups = 1 if num_groups is None else num_groups  # None: no groups
+    check_nodes_and_groups(WHERE, num_nodes, groups)
     live = _live_ranks(algorithm, D)
     if live is not None:
-        D, num_nodes, num_groups = live.size, 1, None  # SGLang too plans those flat
-    elif D % num_nodes:
-        num_nodes = 1
-    try:
-        topology = Topology(D, S, num_nodes, num_groups or 1)
-    except ValueError as err:
-        raise ValueError(f"{WHERE}: {err}") from None
+        D, num_nodes, groups = live.size, 1, 1  # SGLang too plans those flat
+    topology = engine_topology(WHERE, D, S, num_nodes, groups)
     placement, _ = replan(
         WHERE, load.astype(np.float64), topology, None, policy=policy_name(policy), options=options
     )

@@ -24,8 +24,13 @@ import typing
 
 import numpy as np
 
-from eplb_rt.integrations._common import as_numpy, plugin_policy, policy_name, replan
-from eplb_rt.placement import Topology
+from eplb_rt.integrations._common import (
+    as_numpy,
+    engine_topology,
+    plugin_policy,
+    policy_name,
+    replan,
+)
 
 WHERE = "eplb_rt vLLM policy"
 log = logging.getLogger("eplb_rt.integrations")
@@ -84,17 +89,9 @@ class EplbRtPolicy:
                 )
             if old.shape[1] == num_replicas and (old >= 0).all():
                 previous = old
-        if num_nodes < 1 or num_groups < 1:
-            raise ValueError(
-                f"{WHERE}: num_nodes ({num_nodes}) and num_groups ({num_groups}) must be "
-                "positive integers"
-            )
-        if num_ranks % num_nodes:
-            num_nodes = 1  # vLLM's own policy plans such ranks flat too
-        try:
-            topology = Topology(num_ranks, num_replicas // num_ranks, num_nodes, num_groups)
-        except ValueError as err:
-            raise ValueError(f"{WHERE}: {err}") from None
+        topology = engine_topology(
+            WHERE, num_ranks, num_replicas // num_ranks, num_nodes, num_groups
+        )
         placement, _ = replan(
             WHERE,
             load[None],

@@ -31,9 +31,13 @@ import numpy as np
 from eplb_rt import envs, formats
 from eplb_rt.algorithms import warm_up
 from eplb_rt.algorithms.load import heat_to_load
-from eplb_rt.integrations._common import as_numpy, policy_name, replan
-from eplb_rt.placement import Topology
-from eplb_rt.scalars import is_integer
+from eplb_rt.integrations._common import (
+    as_numpy,
+    check_nodes_and_groups,
+    engine_topology,
+    policy_name,
+    replan,
+)
 
 WHERE = "eplb_rt vllm-ascend policy"
 log = logging.getLogger("eplb_rt.integrations")
@@ -73,9 +77,7 @@ class EplbRtAscendPolicy:
         export_dir: str | None = None,
         keep_on_error: bool = False,
     ) -> None:
-        for name, value in (("num_nodes", num_nodes), ("num_groups", num_groups)):
-            if not (is_integer(value) and value >= 1):
-                raise ValueError(f"{WHERE}: {name} must be an integer >= 1, got {value!r}")
+        check_nodes_and_groups(WHERE, num_nodes, num_groups)
         self.policy = policy_name(policy, options)
         self.options = options
         self.num_experts = num_experts
@@ -133,13 +135,7 @@ class EplbRtAscendPolicy:
         num_experts = self.num_experts or int(table.max()) + 1
         L, D, S = table.shape
         load = heat_to_load(work.reshape(-1, L, D * S), table.reshape(L, -1), num_experts)
-        # Ranks that num_nodes does not divide are planned flat, as the vLLM and SGLang adapters
-        # (and those engines' own policies) plan them.
-        nodes = self.num_nodes if D % self.num_nodes == 0 else 1
-        try:
-            topology = Topology(D, S, nodes, self.num_groups)
-        except ValueError as err:
-            raise ValueError(f"{WHERE}: {err}") from None
+        topology = engine_topology(WHERE, D, S, self.num_nodes, self.num_groups)
         placement, gain = replan(
             WHERE, load, topology, table.reshape(L, -1), policy=self.policy, options=self.options
         )

@@ -133,8 +133,9 @@ def test_bad_input_gets_a_clear_error(tokens, physical, local, message):
 
 def test_zero_nodes_or_groups_are_refused_and_none_means_no_groups():
     tokens = torch.rand(2, 16) * 100
-    for groups, nodes in ((0, 1), (1, 0)):
-        with pytest.raises(ValueError, match=r"must be a positive integer and num_groups"):
+    for groups, nodes, name in ((0, 1, "num_groups"), (1, 0, "num_nodes")):
+        said = f"^eplb_rt SGLang algorithm: {name} must be an integer >= 1, got 0$"
+        with pytest.raises(ValueError, match=said):
             ours.rebalance_experts(tokens, 16, 4, groups, nodes)
     flat = ours.rebalance_experts(tokens, 16, 4, None, 1)[0]
     assert torch.equal(ours.rebalance_experts(tokens, 16, 4, 1, 1)[0], flat)

@@ -150,8 +150,8 @@ def test_bad_input_gets_a_clear_error(weight, replicas, ranks, old, message):
 @pytest.mark.parametrize(
     ("weight", "groups", "nodes", "old", "message"),
     [
-        (torch.ones(2, 16), 0, 1, None, r"num_nodes \(1\) and num_groups \(0\) must be positive"),
-        (torch.ones(2, 16), 1, 0, None, r"num_nodes \(0\) and num_groups \(1\) must be positive"),
+        (torch.ones(2, 16), 0, 1, None, r"num_groups must be an integer >= 1, got 0$"),
+        (torch.ones(2, 16), 1, 0, None, r"num_nodes must be an integer >= 1, got 0$"),
         (
             torch.ones(0, 16),
             1,
