@@ -605,19 +605,20 @@ def _fresh_plan(  # noqa: PLR0917 (numba kernels take plain positional arrays)
     # better PAR on the estimate is not a better plan) and the packable allotment differs
     # (never on the shipped traces' layers at 32x9 and 64x5), that is searched too, the
     # better kept.
-    packed = allot_packable(robust, num_slots, num_ranks, num_ranks)
-    differ = (packed != counts).any()
+    min_max = counts.copy()
     row, enough = _searched(
         lpt_place(w, counts, num_ranks), counts, mean, w, summed, stop, counts_given,
         num_ranks, count_rounds, count_width, count_tol,
     )  # fmt: skip
-    if differ and row_par(row, mean, num_ranks) > enough:
-        other, _ = _searched(
-            lpt_place(w, packed, num_ranks), packed, mean, w, summed, stop, counts_given,
-            num_ranks, count_rounds, count_width, count_tol,
-        )  # fmt: skip
-        if row_par(other, mean, num_ranks) < row_par(row, mean, num_ranks):
-            row, counts = other, packed
+    if row_par(row, mean, num_ranks) > enough:
+        packed = allot_packable(robust, num_slots, num_ranks, num_ranks)
+        if (packed != min_max).any():
+            other, _ = _searched(
+                lpt_place(w, packed, num_ranks), packed, mean, w, summed, stop, counts_given,
+                num_ranks, count_rounds, count_width, count_tol,
+            )  # fmt: skip
+            if row_par(other, mean, num_ranks) < row_par(row, mean, num_ranks):
+                row, counts = other, packed
     if K > 1:
         balance_swaps(row, V, counts, num_ranks, 4 * num_slots)
     if axes.shape[0]:
