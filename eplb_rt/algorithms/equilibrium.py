@@ -603,7 +603,7 @@ def _fresh_plan(  # noqa: PLR0917 (numba kernels take plain positional arrays)
     # load, and no search from there parks the surplus (a replica moved alone gains nothing
     # while another stays): where its plan stops short of the search's goal (below it, a
     # better PAR on the estimate is not a better plan) and the packable allotment differs
-    # (never on the shipped traces' layers at 32x9 and 64x5), that is searched too, the
+    # (on no layer of the DeepSeek-V3 workloads at 32x9 and 64x5), that is searched too, the
     # better kept.
     min_max = counts.copy()
     row, enough = _searched(

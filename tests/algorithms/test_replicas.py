@@ -90,12 +90,12 @@ def test_allot_packable_is_its_rule(seed, E, D, S):
 @pytest.mark.parametrize(("D", "S"), [(32, 9), (64, 5)])
 def test_allot_packable_is_min_max_on_deepseek_v3(D, S):
     """Where replicas above half the mean rank load stay fewer than the ranks (every layer of
-    the DeepSeek-V3 trace at these shapes), the allotment is min-max's."""
+    the four DeepSeek-V3 workloads at these shapes), the allotment is min-max's."""
     from benchmarks import traces
 
-    load = traces.deepseek_v3("prefill_in1024", moe_only=True)[0]
-    for w in load:
-        assert (allot_packable(w, D * S, D, D) == allot_replicas(w, D * S, D)).all()
+    for name in traces.DEEPSEEK_V3_WORKLOADS:
+        for w in traces.deepseek_v3(name, moe_only=True)[0]:
+            assert (allot_packable(w, D * S, D, D) == allot_replicas(w, D * S, D)).all()
 
 
 @pytest.mark.parametrize(("D", "S"), [(32, 9), (64, 5), (4, 3)])
