@@ -100,7 +100,7 @@ def markdown(doc: dict) -> str:
         s = entry["summary"]
         label = f"{name} (no EPLB)" if name == NO_REBALANCE else name
         worst = "-"
-        if "worst_layer" in s:
+        if s.get("worst_layer") is not None:
             worst = f"{s['worst_layer']}: {_num(s['worst_layer_par'], 3)}"
         gap = "-" if s.get("bound_gap") is None else f"{100 * s['bound_gap']:.1f} %"
         lines.append(

@@ -271,6 +271,13 @@ def simulate(
     return result
 
 
+_PAR_SUMMARY = (
+    "par_mean", "par_p50", "par_p99", "par_max", "worst_layer", "worst_layer_par",
+    "bound_par_mean", "bound_gap",
+)  # fmt: skip
+"""The summary's PAR figures: ``None`` where no scored window had load."""
+
+
 def summarize(cycles: Sequence[Cycle], expert_bytes: int) -> dict:
     """One policy's numbers over all cycles (plain floats/ints, JSON-ready).
 
@@ -283,7 +290,9 @@ def summarize(cycles: Sequence[Cycle], expert_bytes: int) -> dict:
     values = par[loaded]
     moves = np.array([c.moves for c in cycles], dtype=np.int64)
     plan_ms = np.array([c.plan_seconds for c in cycles]) * 1e3
+    # Every key in every summary (None where no scored window had load), as in each cycle.
     out: dict = {"cycles": len(cycles)}
+    out.update(dict.fromkeys(_PAR_SUMMARY))
     if values.size:
         counts = loaded.sum(axis=0)
         per_layer = np.where(loaded, par, 0.0).sum(axis=0) / np.maximum(counts, 1)

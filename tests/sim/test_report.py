@@ -46,7 +46,11 @@ def test_idle_windows_have_no_par_but_the_report_still_renders(tmp_path):
 def test_all_idle_gives_dashes_not_numbers(tmp_path):
     doc = report.to_document(_result(np.zeros((4, 1, 3)), interval=1))
     summary = doc["policies"]["none"]["summary"]
-    assert "par_mean" not in summary and summary["moves_total"] == 0
+    assert summary["par_mean"] is None and summary["worst_layer"] is None
+    assert summary["moves_total"] == 0
+    # The same keys as a summary with load, as each cycle has them (None there).
+    loaded = report.to_document(_result(np.ones((4, 1, 3)), interval=1))
+    assert summary.keys() == loaded["policies"]["none"]["summary"].keys()
     row = next(line for line in report.markdown(doc).splitlines() if line.startswith("| none"))
     assert row.split("|")[2].strip() == "-"
     json.dumps(doc, allow_nan=False)
@@ -90,7 +94,7 @@ def test_in_sample_par_reported_when_no_scored_window_has_load():
     load[:2] = np.random.default_rng(0).integers(1, 100, size=(2, 2, 4))
     doc = report.to_document(_result(load, interval=2, episodes=1))
     summary, cycles = doc["policies"]["none"]["summary"], doc["policies"]["none"]["cycles"]
-    assert [c["par_mean"] for c in cycles] == [None, None] and "par_mean" not in summary
+    assert [c["par_mean"] for c in cycles] == [None, None] and summary["par_mean"] is None
     assert cycles[0]["par_in_sample_mean"] > 1.0 and cycles[1]["par_in_sample_mean"] is None
     assert summary["par_in_sample_mean"] == cycles[0]["par_in_sample_mean"]
     row = next(line for line in report.markdown(doc).splitlines() if line.startswith("| none"))
