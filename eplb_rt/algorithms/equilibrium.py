@@ -610,14 +610,15 @@ def _fresh_plan(  # noqa: PLR0917 (numba kernels take plain positional arrays)
         lpt_place(w, counts, num_ranks), counts, mean, w, summed, stop, counts_given,
         num_ranks, count_rounds, count_width, count_tol,
     )  # fmt: skip
-    if row_par(row, mean, num_ranks) > enough:
+    par = row_par(row, mean, num_ranks)
+    if par > enough:
         packed = allot_packable(robust, num_slots, num_ranks, num_ranks)
         if (packed != min_max).any():
             other, _ = _searched(
                 lpt_place(w, packed, num_ranks), packed, mean, w, summed, stop, counts_given,
                 num_ranks, count_rounds, count_width, count_tol,
             )  # fmt: skip
-            if row_par(other, mean, num_ranks) < row_par(row, mean, num_ranks):
+            if row_par(other, mean, num_ranks) < par:
                 row, counts = other, packed
     if K > 1:
         balance_swaps(row, V, counts, num_ranks, 4 * num_slots)

@@ -73,26 +73,30 @@ def _allot(load, num_slots, max_replicas, num_ranks):
             if per[e] > best_value:
                 best_value = per[e]
                 best = e
-            if per[e] > -np.inf and (least < 0 or per[e] < per[least]):
+            if num_ranks and per[e] > -np.inf and (least < 0 or per[e] < per[least]):
                 least = e
         if best < 0:
             break
-        new = load[best] / (counts[best] + 1)
-        # Min-max's replica turns its expert's replicas into counts + 1 of load `new`.
-        rise = (counts[best] + 1 if new > half else 0) - (counts[best] if best_value > half else 0)
-        if num_ranks and big + rise > num_ranks and least != best:
-            with_best = _packing_bound(load, counts, best, num_ranks, 2.0 * half)
-            with_least = _packing_bound(load, counts, least, num_ranks, 2.0 * half)
-            if with_least < with_best:
-                best = least
-                new = load[best] / (counts[best] + 1)
-                rise = (counts[best] + 1 if new > half else 0) - (
-                    counts[best] if per[best] > half else 0
-                )
+        if num_ranks:
+            rise = _rise(load, counts, best, half)
+            if big + rise > num_ranks and least != best:
+                with_best = _packing_bound(load, counts, best, num_ranks, 2.0 * half)
+                if _packing_bound(load, counts, least, num_ranks, 2.0 * half) < with_best:
+                    best = least
+                    rise = _rise(load, counts, best, half)
+            big += rise
         counts[best] += 1
-        big += rise
         per[best] = _per_replica(load, counts, best, max_replicas)
     return counts
+
+
+@kernel(inline=True)
+def _rise(load, counts, e, half):
+    """How many more replicas of load above ``half`` there are once expert ``e`` takes one
+    more: its ``counts[e]`` replicas become ``counts[e] + 1`` smaller ones."""
+    now = load[e] / counts[e]
+    after = load[e] / (counts[e] + 1)
+    return (counts[e] + 1 if after > half else 0) - (counts[e] if now > half else 0)
 
 
 @kernel
