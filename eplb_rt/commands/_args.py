@@ -169,11 +169,12 @@ def check_simulate(args: argparse.Namespace) -> None:
         )
     from eplb_rt.sim.simulate import NO_REBALANCE
 
-    for name in simulated_policies(args):
+    policies = simulated_policies(args)
+    for name in policies:
         if name != NO_REBALANCE:
             algorithms.get_policy(name)  # raises naming the known ones
     if args.save_placements is not None:
-        check_saved_apart(args.save_placements, simulated_policies(args), inputs + outputs)
+        check_saved_apart(args.save_placements, policies, inputs + outputs)
 
 
 def simulated_policies(args: argparse.Namespace) -> list[str]:

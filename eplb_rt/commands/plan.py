@@ -25,7 +25,6 @@ from eplb_rt.algorithms import get_policy, hierarchy, metrics, plan, policy_name
 from eplb_rt.commands import _args
 from eplb_rt.commands._args import add_command, add_load_argument, add_topology_arguments
 from eplb_rt.config import EplbConfig
-from eplb_rt.placement import Placement
 
 GB = 1e9
 
@@ -204,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
     if zero:
         print(f"{len(zero)} layer(s) with zero load (placed, not in the PAR mean): {zero}")
     if not placement.is_uniform:
-        even = metrics.score(Placement(placement.phy2log, num_experts, placement.num_ranks), load)
+        even = metrics.score(placement.with_shares(None), load)
         print(
             "replica shares: eplb_rt's runtime splits each expert's tokens by them; the engines "
             "(vLLM, vllm-ascend, SGLang) split them evenly, where this placement's in-sample PAR "
