@@ -364,19 +364,15 @@ def starting_placement(num_layers: int, num_experts: int, topology: Topology) ->
         node = Topology(topology.num_ranks // N, topology.num_slots_per_rank)
         M = num_experts // N
         local = _starting_row(M, node)
-        if local is None:  # Placement.initial's layout, node by node
-            local = np.arange(node.num_slots, dtype=np.int64) % M
         row = np.concatenate([local + n * M for n in range(N)])
     else:
         row = _starting_row(num_experts, topology)
-        if row is None:
-            return Placement.initial(num_layers, num_experts, topology)
     return Placement(np.tile(row, (num_layers, 1)), num_experts, topology.num_ranks)
 
 
-def _starting_row(num_experts: int, topology: Topology) -> np.ndarray | None:
-    """:func:`starting_placement`'s layer ``[P] int64`` on a flat ``topology``, or ``None``
-    where the redundant replicas find no free rank (then :meth:`Placement.initial`'s)."""
+def _starting_row(num_experts: int, topology: Topology) -> np.ndarray:
+    """:func:`starting_placement`'s layer ``[P] int64`` on a flat ``topology``;
+    :meth:`Placement.initial`'s where the redundant replicas find no free rank."""
     D, S, E = topology.num_ranks, topology.num_slots_per_rank, num_experts
     counts = np.full(E, topology.num_slots // E)
     extra = topology.num_slots % E
@@ -390,7 +386,7 @@ def _starting_row(num_experts: int, topology: Topology) -> np.ndarray | None:
         for e in np.flatnonzero(counts > extra_round):
             free = [r for r in range(D) if len(held[r]) < S and e not in held[r]]
             if not free:
-                return None
+                return Placement.initial(1, E, topology).phy2log[0].astype(np.int64)
             rank = min(free, key=lambda r: (weight[held[r]].sum(), (r - e * D // E) % D))
             held[rank].append(int(e))
     return np.concatenate([np.array(h) for h in held]).astype(np.int64)
