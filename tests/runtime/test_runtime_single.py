@@ -7,6 +7,7 @@ import datetime
 import json
 import time
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -318,6 +319,24 @@ def test_weights_sharing_memory_with_another_layer_are_refused(runtime):
     runtime.register_weights(1, {"w": whole[1]})  # its own rows: fine
     runtime.register_weights(0, {"w": whole[0].clone()})  # a layer replaces its own weights
     assert set(runtime.executor.weights) == {0, 1}
+
+
+@pytest.mark.parametrize("kind", ["quantized", "sparse_coo", "sparse_csr"])
+def test_weights_without_a_block_of_bytes_a_slot_are_refused(runtime, kind):
+    """A slot moves as its bytes: a sparse tensor has none a slot, a quantized one keeps its
+    scales elsewhere (taking its bytes crashed the process in torch's empty_like)."""
+    dense = torch.zeros(5, 3)
+    with warnings.catch_warnings():  # torch's: quantized tensors deprecated, CSR in beta
+        warnings.simplefilter("ignore", UserWarning)
+        weight = {
+            "quantized": lambda: torch.quantize_per_tensor(dense, 0.1, 0, torch.qint8),
+            "sparse_coo": dense.to_sparse,
+            "sparse_csr": dense.to_sparse_csr,
+        }[kind]()
+    runtime.register_weights(0, {"w": dense})
+    with pytest.raises(ValueError, match=r"'w' is a .* tensor, expected a dense \(torch.strided"):
+        runtime.register_weights(0, {"w": weight})
+    assert runtime.executor.weights[0]["w"] is dense
 
 
 def test_a_layers_weights_are_kept_in_the_order_of_their_names(runtime):
