@@ -253,6 +253,36 @@ def test_a_policy_that_exits_in_the_warm_up_leaves_the_balancer_serving():
     assert not balancer._thread.is_alive()
 
 
+def test_a_planning_child_that_cannot_start_fails_each_plan_until_one_does(monkeypatch):
+    """A spawn that failed (no memory, no processes left) ended the thread unseen: every later
+    plan was 'not ready', none was reported failed, and the jobs piled up, heat and all."""
+    import eplb_rt.runtime.balancer as balancer_module
+
+    starts = []
+
+    def no_child():
+        starts.append(threading.current_thread().name)
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(balancer_module, "PlanningChild", no_child)
+    balancer = _balancer(plan_in_subprocess=True, warm_up=True)
+    try:
+        assert balancer.ready.wait(60)
+        start = planning.starting_placement(L, E, TOPO)
+        for epoch in (1, 2):
+            result = _result(balancer, _job(_load(), start, epoch=epoch))
+            assert result.status == PLAN_FAILED
+            assert result.error.startswith("no planning process (BlockingIOError(11, ")
+        assert balancer._thread.is_alive() and balancer.warm  # its failures count as errors
+        assert starts == ["eplb-balancer"] * 3  # at the start, then again for each plan
+        monkeypatch.undo()  # the next start works: the plan runs in the child
+        assert _result(balancer, _job(_load(), start, epoch=3)).status in (PLAN_OK, PLAN_UNCHANGED)
+        assert balancer._child is not None and balancer._child_error is None
+    finally:
+        balancer.shutdown(timeout=10.0)
+    assert not balancer._thread.is_alive()
+
+
 def test_shutdown_right_after_start_plans_no_warm_up_in_a_new_child():
     """shutdown() came before the thread made its planning child: the thread made it anyway
     and warmed up in it (seconds) while shutdown() waited."""
