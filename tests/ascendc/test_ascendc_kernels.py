@@ -105,6 +105,43 @@ def test_route_and_count_idle_cores_touch_nothing(sim):
     assert used == 6
 
 
+@pytest.mark.parametrize("cores", [1, 3])
+def test_route_and_count_skips_values_it_cannot_check(sim, cores):
+    """docs/kernels.md: ids outside [-1, E), replica counts outside [1, R] and slots outside
+    [0, P) are skipped on the device (phy id -1, nothing counted), which the CPU op refuses;
+    a negative step counts into row step mod H, as the CPU op's."""
+    rng = np.random.default_rng(17)
+    good = np.array([[0, 3], [1, -1], [2, 4], [5, -1]], dtype=np.int32)  # P = 6
+    logcnt = np.array([2, 1, 2, 1], dtype=np.int32)
+    topk = rng.integers(0, 4, size=(41, 3)).astype(np.int64)
+    topk[::5, 0] = 4  # E
+    topk[::7, 1] = -5
+    topk[::9, 2] = 2**40
+    step, H = -1, 3
+    heat = rng.integers(0, 9, size=(H, 6)).astype(np.int32)
+    valid = np.where((topk < -1) | (topk >= 4), -1, topk)
+    want_heat = heat.copy()
+    want = expected.route_and_count(valid, good, logcnt, None, want_heat, step=step)
+    # Expert 2's second slot out of range: the pairs sent there skipped, the others as before.
+    bad = good.copy()
+    bad[2, 1] = 6
+    want = np.where(want == 4, -1, want)
+    want_heat[step % H, 4] = heat[step % H, 4]
+    # Expert 3 with no replica, expert 1 with more than R: all their pairs skipped.
+    counts = logcnt.copy()
+    counts[3], counts[1] = 0, 3
+    skipped = (valid == 3) | (valid == 1)
+    for e in (3, 1):
+        want_heat[step % H, good[e, 0]] = heat[step % H, good[e, 0]]
+    want = np.where(skipped, -1, want)
+    phy = np.full(topk.shape, -7, dtype=np.int64)
+    sim.route_and_count(
+        topk, bad, counts, None, heat, np.array([step], dtype=np.int64), phy, core_num=cores
+    )
+    np.testing.assert_array_equal(phy, want)
+    np.testing.assert_array_equal(heat, want_heat)
+
+
 def test_route_and_count_large_batch_uses_every_core(sim):
     """8192 tokens x top-8 on 40 cores: 40 ranges of 1640 ids (tails in the last one)."""
     rng = np.random.default_rng(8)
