@@ -15,6 +15,7 @@ namespace {
 // Bytes below which the copies run on the calling thread.
 constexpr int64_t kSerialBytes = 1 << 20;
 
+// The slots as int64, each in [0, S) (S < 0: no weights, so only >= 0) and given once.
 template <typename index_t>
 std::vector<int64_t> checked_slots(const at::Tensor& slots, int64_t S) {
   const index_t* s = slots.const_data_ptr<index_t>();
@@ -22,8 +23,13 @@ std::vector<int64_t> checked_slots(const at::Tensor& slots, int64_t S) {
   std::vector<int64_t> out(M);
   for (int64_t i = 0; i < M; ++i) {
     const int64_t slot = static_cast<int64_t>(s[i]);
-    TORCH_CHECK(slot >= 0 && slot < S, "update_expert_weights_: slots[", i, "] = ", slot,
-                " must be a local slot in [0, S = ", S, ")");
+    if (S < 0) {  // no weights to bound the slots: each still names one slot, once
+      TORCH_CHECK(slot >= 0, "update_expert_weights_: slots[", i, "] = ", slot,
+                  " must be a local slot (>= 0)");
+    } else {
+      TORCH_CHECK(slot >= 0 && slot < S, "update_expert_weights_: slots[", i, "] = ", slot,
+                  " must be a local slot in [0, S = ", S, ")");
+    }
     out[i] = slot;
   }
   std::vector<std::pair<int64_t, int64_t>> pairs(M);  // (slot, index): memory in M, not S
@@ -39,11 +45,11 @@ void update_expert_weights_cpu(at::TensorList weights, at::TensorList staged,
                                const at::Tensor& slots) {
   check_update_expert_weights_args(weights, staged, slots);
   check_update_expert_weights_apart(weights, staged, slots);
-  if (weights.empty()) return;
-  const int64_t S = weights[0].size(0);
+  const int64_t S = weights.empty() ? -1 : weights[0].size(0);
   const std::vector<int64_t> dst_slot = slots.scalar_type() == at::kInt
                                             ? checked_slots<int32_t>(slots, S)
                                             : checked_slots<int64_t>(slots, S);
+  if (weights.empty()) return;
   const int64_t M = static_cast<int64_t>(dst_slot.size());
   const int64_t T = static_cast<int64_t>(weights.size());
   int64_t total_bytes = 0;

@@ -56,6 +56,17 @@ def test_large_copy_runs_in_parallel_and_matches():
 
 def test_empty_lists_do_nothing():
     ops.update_expert_weights_([], [], torch.zeros(0, dtype=torch.int64))
+    ops.update_expert_weights_([], [], torch.tensor([3, 0], dtype=torch.int32))
+
+
+@pytest.mark.parametrize(
+    ("slots", "match"),
+    [([2, -7], r"slots\[1\] = -7 must be a local slot \(>= 0\)"), ([5, 1, 5], "both slot 5")],
+)
+def test_empty_lists_still_check_what_the_slots_say(slots, match):
+    """Without weights no slot is out of range, but a negative or repeated one is wrong."""
+    with pytest.raises(RuntimeError, match=match):
+        ops.update_expert_weights_([], [], torch.tensor(slots))
 
 
 def _valid_args():
