@@ -41,9 +41,10 @@ def allot_packable(load, num_slots, max_replicas, num_ranks):
     """:func:`allot_replicas`, but a redundant replica that would put more than ``num_ranks``
     replicas above half the mean rank load goes to the expert with the least load per replica
     instead, where that lowers the packing's lower bound (two of those ``num_ranks + 1``
-    replicas share a rank): with a few experts carrying the load, they get a replica a rank,
-    and the surplus slots hold experts with little or none. Min-max gave them all to the hot
-    experts (two hot experts of 78 / 22 % on 64 x 5 ranks and slots: 66 replicas, PAR 1.8).
+    replicas share a rank, two experts' replicas): with a few experts carrying the load, they
+    get a replica a rank, and the surplus slots hold experts with little or none. Min-max gave
+    them all to the hot experts (two hot experts of 78 / 22 % on 64 x 5 ranks and slots: 66
+    replicas, PAR 1.8).
     A candidate next to min-max's, not a rule for every load: where two replicas a rank are
     the norm (256 x 2), min-max's counts pack better."""
     return _allot(load, num_slots, max_replicas, num_ranks)
@@ -103,28 +104,25 @@ def _rise(load, counts, e, half):
 def _packing_bound(load, counts, extra, num_ranks, mean):
     """A lower bound on the peak rank load of any packing of ``load [E]`` on ``counts`` replicas
     with one more for expert ``extra``: the mean rank load ``mean``, the largest replica, and
-    the ``num_ranks``-th and ``num_ranks + 1``-th largest together (two of the ``num_ranks + 1``
-    largest share a rank)."""
+    the least two of the ``num_ranks + 1`` largest replicas that may share a rank (two of them
+    do, and no expert is twice on a rank: two experts' replicas)."""
     E = load.shape[0]
     per = np.empty(E)
     for e in range(E):
         per[e] = load[e] / (counts[e] + (e == extra))
     order = np.argsort(-per)
     seen = 0
-    nth = 0.0
-    after = 0.0
-    for i in order:
-        c = counts[i] + (i == extra)
-        if seen < num_ranks <= seen + c - 1:
-            nth = after = per[i]
+    pair = 0.0
+    for j in range(E):
+        i = order[j]
+        seen += counts[i] + (i == extra)
+        if seen > num_ranks:
+            # Expert ``i`` holds the (num_ranks + 1)-th largest replica: the least of the set,
+            # and the least of another expert's is the expert's before it.
+            other = per[order[j - 1]] if j > 0 else per[i]
+            pair = per[i] + other
             break
-        if seen + c == num_ranks:
-            nth = per[i]
-        elif seen == num_ranks:
-            after = per[i]
-            break
-        seen += c
-    return max(mean, per[order[0]], nth + after)
+    return max(mean, per[order[0]], pair)
 
 
 @kernel
@@ -163,9 +161,10 @@ def _value(row, W, num_ranks):
 @kernel
 def _feasible(trial, counts, mu, num_ranks):
     """Whether replica counts ``trial [E]`` (a neighbour of ``counts``) are 1 to ``num_ranks``
-    each, and give no new replica to an expert without load (it never helps)."""
+    each. (An expert without load may take one: the donor's replica is parked there, where a
+    few experts carry the load and a spare slot packs better than one more replica of theirs.)"""
     for e in range(trial.shape[0]):
-        if trial[e] < 1 or trial[e] > num_ranks or (trial[e] > counts[e] and mu[e] == 0):
+        if trial[e] < 1 or trial[e] > num_ranks:
             return False
     return True
 
