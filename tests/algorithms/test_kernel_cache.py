@@ -101,6 +101,7 @@ def test_source_stamp_follows_the_contents_of_the_folder(tmp_path):
 
 
 def test_moved_numba_internals_warn_once_and_leave_numba_alone(tmp_path, monkeypatch):
+    monkeypatch.delenv("EPLB_RT_KERNEL_CACHE", raising=False)  # off, it would not look for them
     monkeypatch.setattr(kernel_cache, "_numba_internals", lambda: None)
     monkeypatch.setattr(kernel_cache, "_warned", False)
     with pytest.warns(RuntimeWarning, match="numba's default caching"):
