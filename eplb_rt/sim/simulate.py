@@ -344,9 +344,13 @@ def cycle_record(cycle: Cycle, expert_bytes: int) -> dict:
 
 
 def _throughput(cycles: Sequence[Cycle]) -> float | None:
-    """MoE throughput relative to no EPLB: no-EPLB seconds / (seconds + exposed migration)."""
-    spent = sum(c.moe_s + c.migration_s for c in cycles)
-    return sum(c.none_s for c in cycles) / spent if spent > 0 else None
+    """MoE throughput relative to no EPLB: no-EPLB seconds / (seconds + migration), over the
+    windows with load; ``None`` where none has any. A window without load serves nothing, and
+    its migration, in the idle time, delays nothing (counted, its 0 / migration read as a
+    throughput of 0 for the cycle, and lowered the run's)."""
+    busy = [c for c in cycles if c.none_s > 0]
+    spent = sum(c.moe_s + c.migration_s for c in busy)
+    return sum(c.none_s for c in busy) / spent if spent > 0 else None
 
 
 def _nanmean(values: np.ndarray) -> float | None:

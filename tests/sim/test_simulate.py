@@ -134,6 +134,20 @@ def test_migration_seconds_and_throughput_hand_derived():
     assert all(c.moves == 0 and c.migration_s == 0.0 for c in kept)
 
 
+def test_a_window_without_load_costs_no_throughput():
+    """The plan after the first two steps moves one expert (1 s) into two idle steps: nothing
+    is served there, and nothing waits for the transfer. Counted, the cycle read a throughput
+    of 0 and the run's fell from 13 / 8 to 13 / 9."""
+    cost = planning.CostModel(expert_bytes=1, bandwidth=1, token_seconds=1)
+    spec = sim.SimulationSpec(Topology(2, 2), ("deepseek",), interval=2, cost=cost)
+    load = np.concatenate([_hot(2), np.zeros((2, 1, 3)), _hot(2)])
+    idle, busy = sim.simulate(sim.Workload.concat([("w", load)]), spec).cycles["deepseek"]
+    assert (idle.migration_s, idle.moe_s, idle.none_s) == (1.0, 0.0, 0.0)
+    assert sim.cycle_record(idle, 1)["throughput_vs_none"] is None
+    assert sim.cycle_record(busy, 1)["throughput_vs_none"] == pytest.approx(13 / 8)
+    assert sim.summarize([idle, busy], 1)["throughput_vs_none"] == pytest.approx(13 / 8)
+
+
 def test_none_keeps_the_starting_placement():
     load = _steps(5)
     topo = Topology(2, 3)
