@@ -159,10 +159,11 @@ def _value(row, W, num_ranks):
 
 
 @kernel
-def _feasible(trial, counts, mu, num_ranks):
-    """Whether replica counts ``trial [E]`` (a neighbour of ``counts``) are 1 to ``num_ranks``
-    each. (An expert without load may take one: the donor's replica is parked there, where a
-    few experts carry the load and a spare slot packs better than one more replica of theirs.)"""
+def _feasible(trial, num_ranks):
+    """Whether replica counts ``trial [E]`` (a neighbour of the counts searched) are 1 to
+    ``num_ranks`` each. (An expert without load may take one: the donor's replica is parked
+    there, where a few experts carry the load and a spare slot packs better than one more
+    replica of theirs.)"""
     for e in range(trial.shape[0]):
         if trial[e] < 1 or trial[e] > num_ranks:
             return False
@@ -218,7 +219,7 @@ def count_search(
                             if pairs:
                                 trial[recipients[i2]] += 1
                                 trial[donors[j2]] -= 1
-                            if not _feasible(trial, counts, mu, D):
+                            if not _feasible(trial, D):
                                 continue
                             r = construct(mode, W, mu, cov, z, trial, D, max_swaps, swap_enough)
                             v, s = _value(r, W, D)
