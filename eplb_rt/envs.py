@@ -1,4 +1,4 @@
-"""The one table of ``EPLB_RT_*`` environment variables; the only reader of ``os.environ``.
+"""The one table of ``EPLB_RT_*`` environment variables, and their only reader.
 
 Each variable has a type, a default and one line of documentation (mirrored in the README).
 Read them with :func:`get`; an unparsable value is an error naming the variable.
