@@ -68,6 +68,23 @@ def test_shares_to_an_array_file_are_refused_before_planning(
     assert not out.exists()
 
 
+def test_a_previous_with_shares_to_an_array_file_is_refused_before_planning(
+    capsys, tmp_path, toy_json, monkeypatch
+):
+    """A layer the plan keeps keeps its shares, which the .npy cannot hold: the command failed
+    after the plan, where the placement came to be written."""
+    previous = tmp_path / "previous.json"
+    argv = ["--load", toy_json, "--ranks", 4, "--slots-per-rank", 3, "--option", "shares=true"]
+    assert run(capsys, "plan", *argv, "--out", previous)[0] == 0
+    assert not formats.read_placement(previous).is_uniform
+    monkeypatch.setattr(plan_command.planning, "decide", lambda *a, **k: pytest.fail("planned"))
+    out = tmp_path / "p.npy"
+    argv = ["--load", toy_json, "--ranks", 4, "--slots-per-rank", 3, "--previous", previous]
+    code, _, err = run(capsys, "plan", *argv, "--out", out)
+    assert code == 2 and "has uneven ones, which a layer the plan keeps keeps" in err
+    assert not out.exists()
+
+
 def test_a_plan_with_shares_says_the_par_the_engines_serve(capsys, tmp_path, toy_json):
     """The engines split an expert's tokens evenly whatever ``slot_share`` says: the PAR they
     would serve is printed next to the plan's."""

@@ -178,6 +178,12 @@ def run(args: argparse.Namespace) -> int:
                 f"--previous {args.previous}: {previous.num_slots_per_rank} slots per rank, but "
                 f"--slots-per-rank {args.slots_per_rank}"
             )
+        if formats.is_npy(args.out) and not previous.is_uniform:
+            raise ValueError(
+                f"--out {args.out}: a phy2log .npy keeps no replica shares, and --previous "
+                f"{args.previous} has uneven ones, which a layer the plan keeps keeps; write a "
+                ".json (vllm-ascend) placement"
+            )
     horizon = load.shape[0] if args.horizon is None else args.horizon
     # The kernels load (or compile) once per process: the time printed is the plan's own, as
     # `simulate` and the runtime report it.
