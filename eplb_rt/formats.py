@@ -22,6 +22,8 @@ Loads (``[T, L, E] float64``):
 A placement read without a format is told by its suffix (``.npy``) and, for JSON, by its keys.
 Formats without the rank count (``sglang``, ``npy``) need ``num_ranks`` when read. Every reader
 raises ``ValueError`` whose message starts with the path and says what was expected and found.
+Every writer writes a new file beside the path and moves it there at once: a write that fails
+leaves the file as it was, and a reader never sees half of one.
 """
 
 from __future__ import annotations
@@ -84,14 +86,15 @@ def from_vllm_ascend(doc: object, num_experts: int | None = None) -> Placement:
     """Read vllm-ascend's expert_map object; ``num_experts`` defaults to the ``eplb_rt`` field
     when present (a ``num_experts`` given must then equal it), else the largest id + 1. Layers
     and devices are taken in list order, as vllm-ascend's loader serves them (``layer_list[i]``
-    is MoE layer ``i``); their ids must be distinct integers, and are not read otherwise. A
-    layer's ``device_count``, where given, must be the number of devices it lists."""
+    is MoE layer ``i``); their ids, where given, must be distinct integers, and are not read
+    otherwise. A layer's ``device_count``, where given, must be the number of devices it
+    lists."""
     try:
         layers = _listed(doc["layer_list"], "layer_id", "layer_list")
         count = _integer(doc.get("moe_layer_count", len(layers)), "moe_layer_count")
         rows = []
-        for item in layers:
-            where = f"layer {item['layer_id']}"
+        for i, item in enumerate(layers):
+            where = f"layer_list[{i}]"
             devices = _listed(item["device_list"], "device_id", f"{where}'s device_list")
             if "device_count" in item:
                 listed = _integer(item["device_count"], f"{where}'s device_count")
@@ -138,11 +141,12 @@ def _integer(value: object, what: str) -> int:
 
 
 def _listed(items: object, key: str, what: str) -> list:
-    """The list ``items``, in its order, once each object's ``key`` is checked: integers that
-    differ (a file whose ids repeat is not one vllm-ascend wrote)."""
+    """The list ``items``, in its order, once each object's ``key``, where it has one, is
+    checked: integers that differ (a file whose ids repeat is not one vllm-ascend wrote).
+    vllm-ascend's loader reads no id, and maps written without them load there."""
     if not isinstance(items, list):
         raise ValueError(f"{what} must be a list, got {type(items).__name__}")
-    ids = [_integer(item[key], f"{what}[{i}].{key}") for i, item in enumerate(items)]
+    ids = [_integer(item[key], f"{what}[{i}].{key}") for i, item in enumerate(items) if key in item]
     if len(set(ids)) != len(ids):
         twice = sorted({i for i in ids if ids.count(i) > 1})
         raise ValueError(f"{what} has {key} {twice[0]} more than once")
@@ -243,9 +247,11 @@ def write_placement(placement: Placement, path: str | os.PathLike, fmt: str | No
             raise ValueError(f"{path}: a phy2log .npy keeps no replica shares; use vllm-ascend")
         _write_npy(path, placement.phy2log)
         return
-    doc = to_sglang(placement) if fmt == "sglang" else to_vllm_ascend(placement)
-    with open(path, "w") as f:
-        json.dump(doc, f)
+    try:
+        doc = to_sglang(placement) if fmt == "sglang" else to_vllm_ascend(placement)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    _write_file(path, lambda f: f.write(json.dumps(doc).encode()))
 
 
 def is_npy(path: str | os.PathLike) -> bool:
@@ -304,8 +310,8 @@ def write_load(load: np.ndarray, path: str | os.PathLike, fmt: str = "load") -> 
     if fmt == "load":
         _write_npy(path, check_load(load))
         return
-    with open(path, "w") as f:
-        json.dump(to_logical_count(load), f)
+    doc = to_logical_count(load)
+    _write_file(path, lambda f: f.write(json.dumps(doc).encode()))
 
 
 def check_folder(path: str | os.PathLike, what: str) -> None:
@@ -498,20 +504,52 @@ def _read_array(path: str) -> np.ndarray:
             with data:
                 key = next((k for k in NPZ_KEYS if k in data.files), None)
                 if key is not None:
-                    return _real(data[key])
+                    member = data[key]
+                    if not isinstance(member, np.ndarray):  # numpy gives such a member's bytes
+                        raise ValueError(f"{key} is not an .npy array")
+                    return _real(member)
                 found = data.files
-        except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        except _REFUSED_ARRAY as err:
             raise ValueError(f"not a numeric .npy array or .npz archive ({err})") from None
+        except Exception as err:
+            # Any other: a member compressed or encrypted as zipfile cannot read
+            # (NotImplementedError, RuntimeError), a header numpy's parser chokes on.
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"not a numeric .npy array or .npz archive ({first})") from None
     raise ValueError(f".npz has no key {' or '.join(NPZ_KEYS)}; it has {found}")
 
 
+_REFUSED_ARRAY = (ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
 def _real(arr: np.ndarray) -> np.ndarray:
-    if arr.dtype.kind not in "biuf":
+    # Not bools: a count file of true / false is no file of counts (JSON's are refused too).
+    if arr.dtype.kind not in "iuf":
         raise ValueError(f"expected an array of real numbers, got dtype {arr.dtype}")
     return arr
 
 
 def _write_npy(path: str, arr: np.ndarray) -> None:
     # np.save appends ".npy" to other names; write through a handle so the file is the path given.
-    with open(path, "wb") as f:
-        np.save(f, arr)
+    _write_file(path, lambda f: np.save(f, arr))
+
+
+def _write_file(path: str, write) -> None:
+    """``write(f)`` into a new file beside ``path`` (the target of a link), then moved onto it
+    at once: a write that fails (a full disk, a quota) leaves ``path`` as it was, not cut short,
+    and a reader (an engine loading the runtime's export) never sees half a file. Made as
+    ``open`` makes files (``0o666`` less the umask), not ``tempfile``'s ``0o600``."""
+    target = os.path.realpath(path)
+    folder, name = os.path.split(target)
+    temporary = os.path.join(folder, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+            os.replace(temporary, target)
+        except BaseException:
+            os.unlink(temporary)
+            raise
+    except OSError as err:
+        raise ValueError(f"{path}: cannot write ({err.strerror or err})") from None

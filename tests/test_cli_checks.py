@@ -61,6 +61,34 @@ def test_plan_output_folder_not_writable(capsys, files, monkeypatch):
     assert not (files / "ro/p.json").exists()
 
 
+def test_plan_output_a_link_to_a_missing_folder_or_a_file_it_may_not_write(
+    capsys, files, monkeypatch
+):
+    """Both passed the check, and the command planned (a minute with a cold kernel cache) to
+    fail at the write with a message naming no flag."""
+    (files / "dangling.json").symlink_to(files / "missing" / "x.json")
+    argv = [*PLAN, "--load", files / "load.npy", "--out"]
+    fails(capsys, [*argv, files / "dangling.json"], "does not exist")
+    locked = files / "locked.json"
+    locked.write_text("{}")
+    locked.chmod(0o444)
+    if os.geteuid() == 0:  # root may write any file: the file says it may not
+        access = os.access
+        monkeypatch.setattr(os, "access", lambda p, m: os.fspath(p) != str(locked) and access(p, m))
+    fails(capsys, [*argv, locked], "--out " + str(locked) + ": the file exists and is not writable")
+    assert locked.read_text() == "{}"
+
+
+def test_plan_output_a_hard_link_of_its_load_is_refused(capsys, files):
+    """A hard link names the same file: the trace was replaced by the placement."""
+    trace = files / "trace.json"
+    trace.write_text(json.dumps({"logical_count": np.ones((2, 8)).tolist()}))
+    os.link(trace, files / "link.json")
+    argv = [*PLAN, "--load", trace, "--out", files / "link.json"]
+    fails(capsys, argv, "link.json: is also --load")
+    assert "logical_count" in trace.read_text()
+
+
 @pytest.mark.parametrize("command", ["plan", "score", "simulate"])
 def test_all_zero_load_is_an_error(capsys, files, command):
     argv = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -306,11 +307,11 @@ def _layer_0(doc):
         (lambda doc: doc["layer_list"][1].update(layer_id=0), "layer_id 0 more than once"),
         (
             lambda doc: _layer_0(doc)["device_list"][1].update(device_id=0),
-            "layer 0's device_list has device_id 0 more than once",
+            r"layer_list\[0\]'s device_list has device_id 0 more than once",
         ),
         (
             lambda doc: _layer_0(doc).update(device_count=3),
-            "layer 0's device_count is 3 but it lists 2 devices",
+            r"layer_list\[0\]'s device_count is 3 but it lists 2 devices",
         ),
         (lambda doc: doc["eplb_rt"].update(num_experts=4.5), "num_experts must be an integer"),
         (lambda doc: _layer_0(doc).update(layer_id="0"), "layer_id must be an integer, got '0'"),
@@ -466,3 +467,77 @@ def test_npy_placement_of_any_real_dtype_with_whole_ids(tmp_path, dtype):
     np.save(tmp_path / "p.npy", np.array([[0, 1, 2, 0]], dtype=dtype))
     placement = formats.read_placement(tmp_path / "p.npy", num_ranks=2)
     assert placement.phy2log.tolist() == [[0, 1, 2, 0]]
+
+
+def test_vllm_ascend_maps_without_ids_read_as_the_engine_reads_them():
+    """vllm-ascend's loader reads no layer or device id, and maps written without them load
+    there: they were refused here ("no key 'layer_id'")."""
+    placement = make([[0, 1, 2, 3], [3, 2, 1, 0]], 4, 2)
+    doc = formats.to_vllm_ascend(placement)
+    for layer in doc["layer_list"]:
+        del layer["layer_id"]
+        for device in layer["device_list"]:
+            del device["device_id"]
+    assert formats.from_vllm_ascend(doc) == placement
+    doc["layer_list"][0]["device_list"][0]["device_id"] = 1
+    doc["layer_list"][0]["device_list"][1]["device_id"] = 1  # those given must still differ
+    with pytest.raises(ValueError, match="device_id 1 more than once"):
+        formats.from_vllm_ascend(doc)
+
+
+def _full_disk(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+
+def _write(name: str, path) -> None:
+    if name.startswith("p."):
+        formats.write_placement(make([[0, 1, 2, 3]], 4, 2), path)
+    else:
+        formats.write_load(
+            np.ones((2, 3)), path, "load" if name.endswith(".npy") else "sglang-count"
+        )
+
+
+@pytest.mark.parametrize("where", ["in the write", "at the move"])
+@pytest.mark.parametrize("name", ["p.json", "p.npy", "load.npy", "load.json"])
+def test_a_write_that_fails_leaves_the_file_as_it_was(tmp_path, monkeypatch, name, where):
+    """A full disk cut the file short where it was written in place, the old content gone."""
+    path = tmp_path / name
+    path.write_bytes(b"before")
+    if where == "at the move":
+        monkeypatch.setattr(formats.os, "replace", _full_disk)
+    elif name.endswith(".npy"):  # some bytes out, then the disk is full
+        monkeypatch.setattr(formats.np, "save", lambda f, arr: (f.write(b"\x93NUM"), _full_disk()))
+    else:
+        monkeypatch.setattr(formats.json, "dumps", _full_disk)
+    with pytest.raises(ValueError, match=rf"{name}: cannot write \(No space left on device\)"):
+        _write(name, path)
+    assert path.read_bytes() == b"before"
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary file left
+
+
+def test_a_write_goes_through_a_link_with_the_mode_open_gives(tmp_path):
+    target = tmp_path / "real.json"
+    target.write_text("{}")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    placement = make([[0, 1, 2, 3]], 4, 2)
+    formats.write_placement(placement, link)
+    assert link.is_symlink() and formats.read_placement(target) == placement
+    umask = os.umask(0)
+    os.umask(umask)
+    formats.write_placement(placement, tmp_path / "new.json")
+    assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_load_archive_whose_member_is_no_array_or_a_bool_one_is_refused(tmp_path):
+    import zipfile
+
+    path = tmp_path / "bad.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("counts.npy", b"no npy header here")
+    with pytest.raises(ValueError, match=r"bad.npz: .*counts is not an .npy array"):
+        formats.read_load(path)
+    np.save(tmp_path / "bool.npy", np.ones((2, 3), dtype=bool))
+    with pytest.raises(ValueError, match="expected an array of real numbers, got dtype bool"):
+        formats.read_load(tmp_path / "bool.npy")

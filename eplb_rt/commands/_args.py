@@ -75,11 +75,16 @@ def check_output(path: str | os.PathLike | None, flag: str, directory: bool = Fa
         raise ValueError(f"{flag} {path}: is a directory; expected a file path")
     if directory and os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"{flag} {path}: is a file; expected a directory")
-    folder = path if directory and os.path.isdir(path) else os.path.dirname(path) or "."
+    # A link is written through: the folder that matters is its target's (a dangling link's
+    # target folder may not exist).
+    real = os.path.realpath(path)
+    folder = real if directory and os.path.isdir(real) else os.path.dirname(real) or "."
     if not os.path.isdir(folder):
         raise ValueError(f"{flag} {path}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"{flag} {path}: folder {folder} is not writable")
+    if not directory and os.path.exists(real) and not os.access(real, os.W_OK):
+        raise ValueError(f"{flag} {path}: the file exists and is not writable")
 
 
 def check_outputs_apart(
@@ -89,17 +94,27 @@ def check_outputs_apart(
     """Raise where an output (``(flag, path)``, ``None``: not given) is an input file or another
     output: writing it would destroy the input (a trace replaced by a placement) or the other
     output, after the run succeeded."""
-    seen: dict[str, str] = {}
+    seen: dict[object, str] = {}
     for flag, path in inputs:
         if path is not None:
-            seen.setdefault(os.path.realpath(path), flag)
+            seen.setdefault(_file_key(path), flag)
     for flag, path in outputs:
         if path is None:
             continue
-        real = os.path.realpath(path)
-        if real in seen:
-            raise ValueError(f"{flag} {os.fspath(path)}: is also {seen[real]}; give another path")
-        seen[real] = flag
+        key = _file_key(path)
+        if key in seen:
+            raise ValueError(f"{flag} {os.fspath(path)}: is also {seen[key]}; give another path")
+        seen[key] = flag
+
+
+def _file_key(path: str | os.PathLike) -> object:
+    """What names one file: its device and inode where it exists (a hard link is the same
+    file under another name), else its resolved path."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return os.path.realpath(path)
+    return (status.st_dev, status.st_ino)
 
 
 def read_load(paths: list[str]) -> np.ndarray:
