@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -462,11 +463,18 @@ def _read_torch(path: str, key: str) -> object:
 
     with open(path, "rb") as f:  # a missing file is the caller's OSError, as for the others
         try:
-            data = torch.load(f, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # the error says it: one line, not torch's three
+                warnings.simplefilter("ignore")
+                data = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as err:
             # Any: junk bytes reach the unpickler's KeyError, IndexError...; a file cut short
-            # can fail in the zip reader's seek (OSError).
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            # can fail in the zip reader's seek (OSError). Not torch's advice to load it with
+            # weights_only=False: that runs the file's code, and no eplb-rt flag does it.
+            text = str(err).strip()
+            first = text.splitlines()[0] if text else type(err).__name__
+            refused = text.partition("WeightsUnpickler error:")[2].strip()
+            if refused:  # what the weights-only unpickler refused, not its advice
+                first = f"a weights-only load refuses it: {refused.splitlines()[0]}"
             raise ValueError(f"not a torch.save file of tensors ({first})") from None
     if not isinstance(data, dict) or key not in data:
         return data

@@ -414,7 +414,7 @@ def test_mismatched_shapes_exit_2(capsys, tmp_path, toy_json):
     assert "[L, E] = [2, 8]" in err
     code, _, err = run(capsys, "score", "--placement", out, "--load", other)
     assert code == 2
-    assert "placement is for 1 layers x 8 experts" in err
+    assert f"--placement {out} is for 1 layers x 8 experts" in err
     code, _, err = run(
         capsys,
         "plan",
@@ -530,6 +530,32 @@ def test_a_previous_placement_of_other_layers_names_both_files(capsys, tmp_path,
     argv = ["--load", toy_json, "--ranks", 8, "--slots-per-rank", 2, "--out", tmp_path / "q.json"]
     code, _, err = run(capsys, "plan", *argv, "--previous", previous)
     assert code == 2 and f"--previous {previous}: 2 layers, but --load has 1" in err
+    assert "dense" not in err  # the load counts fewer layers: no dense ones to drop
+
+
+def test_a_load_with_the_dense_layers_says_how_to_drop_them(capsys, tmp_path):
+    """SGLang's dump counts DeepSeek-V3's three dense layers too (61 rows against a 58-layer
+    map): said without naming a file or a way out."""
+    dump, placement = tmp_path / "dump.json", tmp_path / "map58.json"
+    dump.write_text(json.dumps({"logical_count": np.ones((61, 16), dtype=int).tolist()}))
+    formats.write_placement(Placement.initial(58, 16, Topology(4, 5)), placement)
+    hint = "3 dense layer(s) too drops them: `eplb-rt convert --from sglang-count --to load "
+    code, _, err = run(capsys, "score", "--placement", placement, "--load", dump)
+    assert code == 2 and f"--load {dump} has [L, E] = [61, 16] but --placement {placement}" in err
+    assert hint + "--dense-layers 3 IN OUT.npy`" in err
+    argv = [
+        "--ranks",
+        4,
+        "--slots-per-rank",
+        5,
+        "--previous",
+        placement,
+        "--out",
+        tmp_path / "o.json",
+    ]
+    code, _, err = run(capsys, "plan", "--load", dump, *argv)
+    assert code == 2 and f"--previous {placement}: 58 layers, but --load has 61; " in err
+    assert hint in err
 
 
 def test_a_previous_placement_of_another_shape_names_the_flags(capsys, tmp_path, toy_json):

@@ -117,6 +117,18 @@ def _file_key(path: str | os.PathLike) -> object:
     return (status.st_dev, status.st_ino)
 
 
+def dense_hint(load_layers: int, placement_layers: int) -> str:
+    """What to say where a load counts more layers than a placement holds: SGLang's dumps count
+    the dense layers too (DeepSeek-V3's first three), which engines' maps leave out."""
+    extra = load_layers - placement_layers
+    if extra <= 0:
+        return ""
+    return (
+        f"; a load that counts {extra} dense layer(s) too drops them: `eplb-rt convert --from "
+        f"sglang-count --to load --dense-layers {extra} IN OUT.npy`"
+    )
+
+
 def read_load(paths: list[str]) -> np.ndarray:
     """``--load`` files stacked along ``T``: ``[T, L, E] float64``, checked by :func:`nonzero`."""
     return nonzero(formats.read_loads(paths), paths)

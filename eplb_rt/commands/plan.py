@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         if previous.num_layers != load.shape[1]:
             raise ValueError(
                 f"--previous {args.previous}: {previous.num_layers} layers, but --load has "
-                f"{load.shape[1]}"
+                f"{load.shape[1]}" + _args.dense_hint(load.shape[1], previous.num_layers)
             )
         if previous.num_slots_per_rank != args.slots_per_rank:
             raise ValueError(

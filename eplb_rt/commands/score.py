@@ -25,6 +25,7 @@ from eplb_rt.commands._args import (
     add_command,
     add_load_argument,
     check_at_least,
+    dense_hint,
     read_load,
     read_previous,
 )
@@ -58,8 +59,9 @@ def run(args: argparse.Namespace) -> int:
     load = read_load(args.load)
     if load.shape[1:] != (placement.num_layers, placement.num_experts):
         raise ValueError(
-            f"load has [L, E] = {list(load.shape[1:])} but the placement is for "
-            f"{placement.describe()}"
+            f"--load {' '.join(args.load)} has [L, E] = {list(load.shape[1:])} but --placement "
+            f"{args.placement} is for {placement.describe()}"
+            + dense_hint(load.shape[1], placement.num_layers)
         )
     previous = None
     if args.previous:
