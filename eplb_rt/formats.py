@@ -420,6 +420,9 @@ def _rectangular(value: object, key: str, ndims: tuple[int, ...]) -> np.ndarray:
     except (ValueError, OverflowError):  # numpy refuses ragged nesting
         arr = np.array(None)
     if arr.dtype == object:
+        huge = _huge_integer(value)
+        if huge is not None:  # numpy keeps such an integer a Python object: not raggedness
+            raise ValueError(f"{key} holds {huge}, past the 64-bit integers")
         raise ValueError(f"{key} is not rectangular: rows differ in length or hold non-numbers")
     if arr.ndim not in ndims:
         raise ValueError(
@@ -430,6 +433,18 @@ def _rectangular(value: object, key: str, ndims: tuple[int, ...]) -> np.ndarray:
     if _holds_bool(value):  # numpy reads [true, 5] as [1, 5] and [true, 2.5] as [1.0, 2.5]
         raise ValueError(f"{key} must hold numbers, got true or false among them")
     return arr
+
+
+def _huge_integer(value: object) -> int | None:
+    """The first integer of the nested lists ``value`` that no 64-bit integer holds, if any."""
+    if isinstance(value, int) and not is_bool(value):
+        return value if not -(2**63) <= value < 2**64 else None
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            huge = _huge_integer(item)
+            if huge is not None:
+                return huge
+    return None
 
 
 def _holds_bool(value: object) -> bool:

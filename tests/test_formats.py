@@ -549,3 +549,14 @@ def test_a_load_archive_whose_member_is_no_array_or_a_bool_one_is_refused(tmp_pa
     np.save(tmp_path / "bool.npy", np.ones((2, 3), dtype=bool))
     with pytest.raises(ValueError, match="expected an array of real numbers, got dtype bool"):
         formats.read_load(tmp_path / "bool.npy")
+
+
+@pytest.mark.parametrize("key", ["logical_count", "physical_to_logical_map"])
+def test_an_integer_past_64_bits_is_named_not_read_as_ragged_rows(tmp_path, key):
+    path = tmp_path / "doc.json"
+    path.write_text(json.dumps({key: [[10**30, 1, 2, 3], [0, 1, 2, 3]]}))
+    with pytest.raises(ValueError, match=f"{key} holds {10**30}, past the 64-bit integers"):
+        if key == "logical_count":
+            formats.read_load(path)
+        else:
+            formats.read_placement(path, num_ranks=2)
