@@ -22,18 +22,22 @@ Loads (``[T, L, E] float64``):
 A placement read without a format is told by its suffix (``.npy``) and, for JSON, by its keys.
 Formats without the rank count (``sglang``, ``npy``) need ``num_ranks`` when read. Every reader
 raises ``ValueError`` whose message starts with the path and says what was expected and found.
-Every writer writes a new file beside the path and moves it there at once: a write that fails
-leaves the file as it was, and a reader never sees half of one.
+Every writer writes a new file beside the path and moves it there at once (:func:`write_file`):
+a write that fails leaves the file as it was, and a reader never sees half of one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import shutil
 import warnings
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -119,7 +123,8 @@ def from_vllm_ascend(doc: object, num_experts: int | None = None) -> Placement:
     except (TypeError, AttributeError):
         raise ValueError(
             "not a vllm-ascend expert_map document: expected {'moe_layer_count', 'layer_list': "
-            "[{'layer_id', 'device_list': [{'device_id', 'device_expert': [ids]}]}]}"
+            "[{'layer_id', 'device_list': [{'device_id', 'device_expert': [ids]}]}]} (the ids "
+            "optional)"
         ) from None
     if count != len(rows):
         raise ValueError(f"moe_layer_count is {count} but layer_list has {len(rows)} layers")
@@ -252,7 +257,7 @@ def write_placement(placement: Placement, path: str | os.PathLike, fmt: str | No
         doc = to_sglang(placement) if fmt == "sglang" else to_vllm_ascend(placement)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
-    _write_file(path, lambda f: f.write(json.dumps(doc).encode()))
+    write_json(path, doc)
 
 
 def is_npy(path: str | os.PathLike) -> bool:
@@ -312,7 +317,7 @@ def write_load(load: np.ndarray, path: str | os.PathLike, fmt: str = "load") -> 
         _write_npy(path, check_load(load))
         return
     doc = to_logical_count(load)
-    _write_file(path, lambda f: f.write(json.dumps(doc).encode()))
+    write_json(path, doc)
 
 
 def check_folder(path: str | os.PathLike, what: str) -> None:
@@ -534,6 +539,8 @@ def _read_array(path: str) -> np.ndarray:
                 found = data.files
         except _REFUSED_ARRAY as err:
             raise ValueError(f"not a numeric .npy array or .npz archive ({err})") from None
+        except MemoryError:  # a header that asks for more than there is: said as it is
+            raise
         except Exception as err:
             # Any other: a member compressed or encrypted as zipfile cannot read
             # (NotImplementedError, RuntimeError), a header numpy's parser chokes on.
@@ -554,25 +561,49 @@ def _real(arr: np.ndarray) -> np.ndarray:
 
 def _write_npy(path: str, arr: np.ndarray) -> None:
     # np.save appends ".npy" to other names; write through a handle so the file is the path given.
-    _write_file(path, lambda f: np.save(f, arr))
+    write_file(path, lambda f: np.save(f, arr))
 
 
-def _write_file(path: str, write) -> None:
-    """``write(f)`` into a new file beside ``path`` (the target of a link), then moved onto it
-    at once: a write that fails (a full disk, a quota) leaves ``path`` as it was, not cut short,
-    and a reader (an engine loading the runtime's export) never sees half a file. Made as
-    ``open`` makes files (``0o666`` less the umask), not ``tempfile``'s ``0o600``."""
+def write_json(path: str | os.PathLike, doc: object, **options: Any) -> None:
+    """``doc`` as JSON (``json.dumps``' ``options``) at ``path``, by :func:`write_file`."""
+    text = json.dumps(doc, **options)  # an error here writes nothing
+    write_file(path, lambda f: f.write(text.encode()))
+
+
+def write_file(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """``write(f)`` into a new file beside ``path`` (through a link: beside its target), synced
+    and then moved onto it at once: a write that fails (a full disk, a quota) leaves ``path``
+    as it was, not cut short, and a reader (an engine loading the runtime's export) never sees
+    half a file. A new file gets the mode ``open`` gives it (``0o666`` less the umask), a file
+    replaced keeps its mode. Raises ``OSError`` naming ``path``, as ``open`` would: where it
+    may not be written (read-only, a link loop), and where the write fails."""
+    path = os.fspath(path)
     target = os.path.realpath(path)
+    if os.path.islink(target):  # realpath stops at a loop of links
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+    exists = os.path.exists(target)
+    if exists and not os.access(target, os.W_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
     folder, name = os.path.split(target)
-    temporary = os.path.join(folder, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    # Short enough for any name the folder takes (255 bytes), unique among writers.
+    temporary = os.path.join(folder, f".{name[:200]}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "wb") as f:
                 write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            if exists:
+                shutil.copymode(target, temporary)
             os.replace(temporary, target)
         except BaseException:
-            os.unlink(temporary)
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
             raise
     except OSError as err:
-        raise ValueError(f"{path}: cannot write ({err.strerror or err})") from None
+        if err.filename == path:
+            raise
+        if err.errno is None:
+            raise OSError(f"{path}: cannot write ({err})") from None
+        raise type(err)(err.errno, err.strerror, path) from None

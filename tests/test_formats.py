@@ -506,19 +506,16 @@ def _write(name: str, path) -> None:
         )
 
 
-@pytest.mark.parametrize("where", ["in the write", "at the move"])
+@pytest.mark.parametrize("where", ["as it is flushed", "at the move"])
 @pytest.mark.parametrize("name", ["p.json", "p.npy", "load.npy", "load.json"])
 def test_a_write_that_fails_leaves_the_file_as_it_was(tmp_path, monkeypatch, name, where):
     """A full disk cut the file short where it was written in place, the old content gone."""
     path = tmp_path / name
     path.write_bytes(b"before")
-    if where == "at the move":
-        monkeypatch.setattr(formats.os, "replace", _full_disk)
-    elif name.endswith(".npy"):  # some bytes out, then the disk is full
-        monkeypatch.setattr(formats.np, "save", lambda f, arr: (f.write(b"\x93NUM"), _full_disk()))
-    else:
-        monkeypatch.setattr(formats.json, "dumps", _full_disk)
-    with pytest.raises(ValueError, match=rf"{name}: cannot write \(No space left on device\)"):
+    # The disk fills as the bytes are flushed, or as the file is moved onto the path.
+    failing = "replace" if where == "at the move" else "fsync"
+    monkeypatch.setattr(formats.os, failing, _full_disk)
+    with pytest.raises(OSError, match=rf"No space left on device: '.*{name}'"):
         _write(name, path)
     assert path.read_bytes() == b"before"
     assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary file left
@@ -536,6 +533,32 @@ def test_a_write_goes_through_a_link_with_the_mode_open_gives(tmp_path):
     os.umask(umask)
     formats.write_placement(placement, tmp_path / "new.json")
     assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    target.chmod(0o600)  # a file replaced keeps its mode: a private placement stays private
+    formats.write_placement(placement, link)
+    assert target.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_write_refuses_what_open_refused(tmp_path, monkeypatch):
+    """A read-only file and a loop of links raised in ``open``; a new file moved onto them
+    would replace them."""
+    placement = make([[0, 1, 2, 3]], 4, 2)
+    locked = tmp_path / "locked.json"
+    locked.write_text("{}")
+    locked.chmod(0o444)
+    if os.geteuid() == 0:  # root may write any file: the file says it may not
+        access = os.access
+        monkeypatch.setattr(os, "access", lambda p, m: os.fspath(p) != str(locked) and access(p, m))
+    with pytest.raises(PermissionError, match=r"locked\.json"):
+        formats.write_placement(placement, locked)
+    assert locked.read_text() == "{}"
+    (tmp_path / "a.json").symlink_to(tmp_path / "b.json")
+    (tmp_path / "b.json").symlink_to(tmp_path / "a.json")
+    with pytest.raises(OSError, match=r"a\.json"):
+        formats.write_placement(placement, tmp_path / "a.json")
+    assert (tmp_path / "a.json").is_symlink()
+    longest = tmp_path / ("p" * 250 + ".json")  # the longest name a folder takes
+    formats.write_placement(placement, longest)
+    assert formats.read_placement(longest) == placement
 
 
 def test_a_load_archive_whose_member_is_no_array_or_a_bool_one_is_refused(tmp_path):

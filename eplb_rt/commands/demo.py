@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 
+from eplb_rt import formats
 from eplb_rt.commands import _args
 from eplb_rt.commands import _ranks as ranks
 from eplb_rt.data import ESFT_EXPERTS, ESFT_LAYERS, ESFT_TOP_K
@@ -104,8 +105,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         from eplb_rt.sim.report import finite_json
 
-        with open(args.json, "w") as f:
-            json.dump(finite_json(result), f, indent=1, allow_nan=False)
+        formats.write_json(args.json, finite_json(result), indent=1, allow_nan=False)
     if args.plot:
         _plot(result, args.plot)
     return 0 if result["outputs_match"] else 1

@@ -94,8 +94,7 @@ def run(args: argparse.Namespace) -> int:
         if c.fix:
             print(f"  {'':<4}  {'':<{width}}  -> {c.fix}")
     if args.json:
-        with open(args.json, "w") as out:
-            json.dump([dataclasses.asdict(c) for c in checks], out, indent=1)
+        formats.write_json(args.json, [dataclasses.asdict(c) for c in checks], indent=1)
     return int(any(c.status == FAIL for c in checks))
 
 

@@ -15,7 +15,6 @@ The row "none (no EPLB)" keeps the starting placement.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -120,8 +119,8 @@ def run(args: argparse.Namespace) -> int:
         doc["saved"] = _save_placements(result, args.save_placements)
     # The files first: a reader of stdout that leaves (`| head`) must not cost them.
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=1, allow_nan=False)  # to_document wrote inf / NaN as null
+        # to_document wrote inf / NaN as null
+        formats.write_json(args.json, doc, indent=1, allow_nan=False)
     if args.plot:
         from eplb_rt.sim.plot import plot
 

@@ -169,14 +169,17 @@ class MigrationExecutor:
                 raise ValueError(
                     f"weight {name!r} is on {tensor.device}, expected {self.device.device}"
                 )
-            if tensor.layout != torch.strided or tensor.is_quantized:
-                # A slot moves as the bytes of its block of memory: a sparse tensor has no such
-                # block, and a quantized one keeps its scales outside its bytes.
-                kind = "quantized" if tensor.is_quantized else str(tensor.layout)
+            if tensor.layout != torch.strided or tensor.is_quantized or tensor.is_nested:
+                # A slot moves as the bytes of its block of memory: a sparse or nested tensor
+                # has no such block, and a quantized one keeps its scales outside its bytes.
+                if tensor.is_quantized:
+                    kind = "quantized"
+                    advice = "; register its integer values (int_repr()) as a plain tensor"
+                else:
+                    kind, advice = ("nested" if tensor.is_nested else str(tensor.layout)), ""
                 raise ValueError(
                     f"weight {name!r} is a {kind} tensor, expected a dense (torch.strided) "
-                    "one; register a quantized weight's integer values and scales as plain "
-                    "tensors (int_repr() and its scales)"
+                    f"one{advice}"
                 )
             if tensor.dim() < 1 or tensor.shape[0] != num_slots_per_rank:
                 raise ValueError(

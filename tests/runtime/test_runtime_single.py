@@ -321,7 +321,7 @@ def test_weights_sharing_memory_with_another_layer_are_refused(runtime):
     assert set(runtime.executor.weights) == {0, 1}
 
 
-@pytest.mark.parametrize("kind", ["quantized", "sparse_coo", "sparse_csr"])
+@pytest.mark.parametrize("kind", ["quantized", "sparse_coo", "sparse_csr", "nested"])
 def test_weights_without_a_block_of_bytes_a_slot_are_refused(runtime, kind):
     """A slot moves as its bytes: a sparse tensor has none a slot, a quantized one keeps its
     scales elsewhere (taking its bytes crashed the process in torch's empty_like)."""
@@ -332,6 +332,7 @@ def test_weights_without_a_block_of_bytes_a_slot_are_refused(runtime, kind):
             "quantized": lambda: torch.quantize_per_tensor(dense, 0.1, 0, torch.qint8),
             "sparse_coo": dense.to_sparse,
             "sparse_csr": dense.to_sparse_csr,
+            "nested": lambda: torch.nested.nested_tensor([dense[0], dense[1, :2]]),
         }[kind]()
     runtime.register_weights(0, {"w": dense})
     with pytest.raises(ValueError, match=r"'w' is a .* tensor, expected a dense \(torch.strided"):
@@ -452,6 +453,21 @@ def test_initial_placement_from_json_and_export(tmp_path):
     with pytest.raises(ValueError, match=r"EplbConfig.export_dir '.*bad.json/out': cannot make"):
         EplbRuntime(dataclass_replace(config, export_dir=below_a_file), 2, 4)
     del topo
+
+
+def test_an_export_the_disk_cannot_take_is_counted_not_raised(tmp_path, monkeypatch):
+    """Only rank 0 writes: raised there, its collectives fell out of step with the others'."""
+    config = EplbConfig(interval=0, export_dir=str(tmp_path / "out"), warm_up=False)
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    with EplbRuntime(config, 2, 4) as rt:
+        monkeypatch.setattr(formats.os, "replace", full_disk)
+        rt._export(rt.placement, 7)  # a commit's export
+        assert len(rt.errors) == 1
+        assert rt.errors[0].startswith("plan 7: exporting the placement failed: OSError(28, ")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["placement_00000.json"]
 
 
 def test_step_route_and_record_after_shutdown_are_errors(runtime, receiver):
