@@ -258,11 +258,11 @@ class Balancer:
         if planner and self.config.plan_in_subprocess:
             self._start_child()
         # Without the child it asked for, a plan fails (and tries to start one again): the
-        # thread compiles nothing for it.
-        warms = self._child is not None or not self.config.plan_in_subprocess
+        # thread warms up no policy for it, only the drift probe's check, which runs here.
+        policy = self._child is not None or not self.config.plan_in_subprocess
         try:
-            if planner and self.config.warm_up and warms and not self._stopping:
-                self._warm_up()
+            if planner and self.config.warm_up and not self._stopping:
+                self._warm_up(policy)
         finally:  # a warm-up that ended the thread (SystemExit) must not leave shutdown waiting
             self.ready.set()
         while True:
@@ -302,17 +302,18 @@ class Balancer:
             else:
                 self._child_error = None
 
-    def _warm_up(self) -> None:
+    def _warm_up(self, policy: bool = True) -> None:
+        """The policy's kernels (``policy``) and the drift probe's check, loaded or compiled."""
         try:
             # Compile, then plan once on a flat load of the real shape: the first call also
             # pays imports and caches that the numba warm-up does not touch.
             flat = np.ones((1, self._num_layers, self.num_experts))
             start = Placement.initial(self._num_layers, self.num_experts, self.topology)
             args = (self.config.policy, flat, self.topology, start, self.config.policy_options)
-            if self._child is not None:
+            if policy and self._child is not None:
                 seconds = self._child.call(timed_warm_up, self.config.policy)
                 self._child.call(registry.plan, *args)
-            else:
+            elif policy:
                 seconds = timed_warm_up(self.config.policy)
                 registry.plan(*args)
             # A drift probe's check runs here, with a planning child too: its kernels loaded
@@ -323,8 +324,9 @@ class Balancer:
             if not self._stopping:  # else the child was killed by shutdown()
                 log.exception("policy %s warm-up failed", self.config.policy)
         else:
-            self._report_warm_up(seconds)
-            self.warm = True
+            if policy:
+                self._report_warm_up(seconds)
+                self.warm = True
 
     def _report_warm_up(self, seconds: float) -> None:
         """A warm-up that took long compiled the kernels: the package's cache had no entry for
