@@ -81,7 +81,7 @@ def test_a_previous_with_shares_to_an_array_file_is_refused_before_planning(
     out = tmp_path / "p.npy"
     argv = ["--load", toy_json, "--ranks", 4, "--slots-per-rank", 3, "--previous", previous]
     code, _, err = run(capsys, "plan", *argv, "--out", out)
-    assert code == 2 and "has uneven ones, which a layer the plan keeps keeps" in err
+    assert code == 2 and "has uneven ones, which any layer the plan leaves unchanged" in err
     assert not out.exists()
 
 

@@ -91,9 +91,10 @@ def check_outputs_apart(
     inputs: list[tuple[str, str | os.PathLike | None]],
     outputs: list[tuple[str, str | os.PathLike | None]],
 ) -> None:
-    """Raise where an output (``(flag, path)``, ``None``: not given) is an input file or another
-    output: writing it would destroy the input (a trace replaced by a placement) or the other
-    output, after the run succeeded."""
+    """Raise where an output (``(flag, path)``, ``None``: not given) is an input file (by any
+    name: a link, a hard link) or another output: writing it would replace the input (a trace
+    by a placement) or the other output after the run succeeded, or, through a hard link, leave
+    two names of one file with two contents."""
     seen: dict[object, str] = {}
     for flag, path in inputs:
         if path is not None:

@@ -181,8 +181,8 @@ def run(args: argparse.Namespace) -> int:
         if formats.is_npy(args.out) and not previous.is_uniform:
             raise ValueError(
                 f"--out {args.out}: a phy2log .npy keeps no replica shares, and --previous "
-                f"{args.previous} has uneven ones, which a layer the plan keeps keeps; write a "
-                ".json (vllm-ascend) placement"
+                f"{args.previous} has uneven ones, which any layer the plan leaves unchanged "
+                "keeps; write a .json (vllm-ascend) placement"
             )
     horizon = load.shape[0] if args.horizon is None else args.horizon
     # The kernels load (or compile) once per process: the time printed is the plan's own, as
