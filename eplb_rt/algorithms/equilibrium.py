@@ -74,7 +74,7 @@ from eplb_rt.algorithms.keeping import cheaper
 from eplb_rt.algorithms.local_search import _moved_slots, balance_swaps, greedy_moves, swap_search
 from eplb_rt.algorithms.metrics import row_par, row_rank_loads
 from eplb_rt.algorithms.packing import counts_from_row, lpt_place
-from eplb_rt.algorithms.prices import judged_cost, move_price
+from eplb_rt.algorithms.prices import judged_cost, move_price, slot_budget
 from eplb_rt.algorithms.registry import Layer, Layers, Options, option, register
 from eplb_rt.algorithms.replicas import LPT, allot_packable, allot_replicas, count_search
 from eplb_rt.algorithms.shares import balanced_slot_shares, min_max_rank_load, open_bottleneck
@@ -968,7 +968,7 @@ def _plan_layers(
     rows, shared, V, num_rows, distinct = _fresh_plans(
         tokens, totals, layers.counts, now, opts.spread, opts.unseen, P, D, *rounds, settle
     )
-    budget = int(opts.max_moved_fraction * P)
+    budget = slot_budget(opts.max_moved_fraction, P)
     if settle:
         mc, slowest = opts.move_cost, opts.slowest_rank
         settled = _settle_layers(

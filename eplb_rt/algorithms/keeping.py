@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from eplb_rt.algorithms import metrics
-from eplb_rt.algorithms.prices import judged_cost, move_prices
+from eplb_rt.algorithms.prices import judged_cost, move_prices, slot_budget
 from eplb_rt.placement import Placement, Topology, even_shares
 
 if TYPE_CHECKING:  # the registry calls the policies that call this module
@@ -78,7 +78,7 @@ def cheaper(batch: Layers, which, planned, other, *, topology: Topology, options
     E, D, P = batch.load.shape[1], topology.num_ranks, topology.num_slots
     rows, shares = planned
     other_rows, other_shares = other
-    budget = int(getattr(options, "max_moved_fraction", 1.0) * P)
+    budget = slot_budget(getattr(options, "max_moved_fraction", 1.0), P)
     keep = (rows[which] != batch.previous[which]).sum(axis=1) > budget
     if price:
         new_shares = None if shares is None else shares[which]

@@ -16,6 +16,13 @@ import numpy as np
 from eplb_rt.algorithms.jit import kernel
 
 
+def slot_budget(fraction: float, num_slots: int) -> int:
+    """The slots a layer may move under ``max_moved_fraction`` ``fraction``: that share of its
+    ``num_slots``, rounded down, but not below a whole number the product misses by rounding
+    (``0.29 * 100`` is ``28.999999999999996``: 29 slots, not 28)."""
+    return int(np.floor(round(fraction * num_slots, 9)))
+
+
 @kernel
 def most_received(row, prev, num_ranks):
     """The most slots of one rank in ``row [P] int64`` whose expert that rank did not hold in

@@ -12,6 +12,7 @@ from benchmarks import traces
 from eplb_rt.algorithms import metrics, plan, warm_up
 from eplb_rt.algorithms.equilibrium import EquilibriumOptions
 from eplb_rt.algorithms.flashlb import score_row, statistics
+from eplb_rt.algorithms.prices import slot_budget
 from eplb_rt.placement import Placement, Topology
 
 TOY = np.array([[600.0, 560, 120, 120, 20, 10, 10, 10]])
@@ -89,7 +90,7 @@ def test_valid_with_options(name, options, case):
     check_valid(again, load, topo)
     budget = options.get("max_moved_fraction")
     if budget is not None:
-        assert (again.moves(first) <= int(budget * topo.num_slots)).all()
+        assert (again.moves(first) <= slot_budget(budget, topo.num_slots)).all()
     if options.get("shares") and load.shape[0] == 1 and load.sum() > 0:
         # Shares fitted to this very load never make its peak worse than uniform shares.
         agg = load.sum(axis=0)

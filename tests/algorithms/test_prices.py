@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 
 from eplb_rt import planning
-from eplb_rt.algorithms.prices import most_received, most_received_layers, move_prices
+from eplb_rt.algorithms.prices import (
+    most_received,
+    most_received_layers,
+    move_prices,
+    slot_budget,
+)
 from tests import walk_judge
 
 
@@ -67,3 +72,28 @@ def test_move_prices_per_slot_and_by_the_slowest_rank():
     # int32 tables (an engine's) are priced alike
     again = move_prices(new.astype(np.int32), prev, num_ranks=3, move_cost=0.3, slowest_rank=True)
     np.testing.assert_array_equal(again, slowest)
+
+
+@pytest.mark.parametrize(
+    ("fraction", "slots", "budget"),
+    [(0.29, 100, 29), (0.57, 100, 57), (0.2, 288, 57), (0.1, 320, 32), (1.0, 7, 7), (0.0, 9, 0)],
+)
+def test_the_move_budget_is_the_share_of_slots_a_user_asked_for(fraction, slots, budget):
+    """``int(0.29 * 100)`` is 28: the float product falls just short of the whole number."""
+    assert slot_budget(fraction, slots) == budget
+
+
+def test_a_budget_of_29_slots_lets_29_move():
+    """Re-planned on its load permuted, the layer would move 36 slots: 0.29 of 100 lets 29."""
+    from eplb_rt.algorithms import plan
+    from eplb_rt.placement import Topology
+
+    topo = Topology(10, 10)
+    rng = np.random.default_rng(0)
+    load = rng.pareto(1.0, 60) * 100
+    previous = plan("equilibrium", load[None, None, :], topo)
+    shifted = rng.permutation(load)[None, None, :]
+    for fraction, moved in ((0.29, 29), (1.0, 36)):
+        options = {"move_cost": 0.0, "max_moved_fraction": fraction}
+        placement = plan("equilibrium", shifted, topo, previous=previous, options=options)
+        assert int(placement.moves(previous)[0]) == moved
