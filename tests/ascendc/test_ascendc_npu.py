@@ -128,6 +128,23 @@ def test_update_expert_weights_and_map_on_npu(npu):
     assert torch.equal(log2phy.cpu(), swapped)
 
 
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned start", "storage offset"])
+def test_update_expert_weights_rows_off_32_bytes_on_npu(npu, offset):
+    """Rows of 28 bytes (a scale row of 7 floats), every slot rewritten: neighbouring slots
+    share 32-byte blocks, which different cores write with DataCopyPad; each must write only
+    its own bytes (the emulation cannot show what the hardware's block writes do)."""
+    gen = torch.Generator().manual_seed(3)
+    whole = torch.rand((34, 7), generator=gen)  # 33 slots from row `offset`, one row spare
+    staged = torch.rand((33, 7), generator=gen)
+    slots = torch.randperm(33, generator=gen)
+    want = whole.clone()
+    want[offset : offset + 33][slots] = staged
+    on_npu = whole.to(npu)
+    view = on_npu[offset : offset + 33]
+    torch.ops.eplb_rt.update_expert_weights_([view], [staged.to(npu)], slots.to(npu))
+    assert torch.equal(on_npu.cpu(), want)  # the row outside the view untouched too
+
+
 def test_first_use_check_on_npu(npu):
     """The device's route_and_count equals the CPU op (the build's SoC matches the device's)."""
     import eplb_rt
