@@ -23,13 +23,19 @@ def _flag(text: str) -> bool:
 
 def parse_options(items: Iterable[str], what: str) -> dict[str, str]:
     """``["KEY=VALUE", ...]`` -> ``{key: "VALUE"}``, a dash in a key read as an underscore (the
-    policy converts and checks the values); ``what`` names the source in the error."""
-    options = {}
+    policy converts and checks the values); ``what`` names the source in the error. A key given
+    twice is an error: which of two values was meant is the user's to say."""
+    options: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"{what} must be KEY=VALUE, got {item!r}")
-        options[key.strip().replace("-", "_")] = value.strip()
+        name = key.strip().replace("-", "_")
+        if name in options:
+            raise ValueError(
+                f"{what}: {name} given twice ({options[name]!r} and {value.strip()!r})"
+            )
+        options[name] = value.strip()
     return options
 
 

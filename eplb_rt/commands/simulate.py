@@ -150,7 +150,11 @@ def parse_policy_options(items: list[str]) -> dict:
         policy, dot, rest = item.partition(".")
         if not (dot and policy and "=" in rest and "=" not in policy):
             raise ValueError(f"--option {item!r}: expected POLICY.KEY=VALUE")
-        options.setdefault(policy, {}).update(envs.parse_options([rest], "--option"))
+        given = options.setdefault(policy, {})
+        for key, value in envs.parse_options([rest], "--option").items():
+            if key in given:
+                raise ValueError(f"--option {policy}.{key} given twice ({given[key]!r}, {value!r})")
+            given[key] = value
     for policy, given in options.items():
         if policy in algorithms.policy_names():  # the simulation spec reports the rest
             spec = algorithms.get_policy(policy)

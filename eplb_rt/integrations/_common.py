@@ -93,11 +93,17 @@ def plugin_policy() -> tuple[str, dict | None] | None:
     return name, options
 
 
-def check_nodes_and_groups(where: str, num_nodes: object, num_groups: object) -> None:
-    """A ``ValueError`` naming the adapter (``where``) unless both are integers >= 1."""
-    for name, value in (("num_nodes", num_nodes), ("num_groups", num_groups)):
+def check_counts(where: str, **counts: object) -> None:
+    """A ``ValueError`` naming the adapter (``where``) and the argument unless each of
+    ``counts`` (the engine's arguments by name) is an integer >= 1."""
+    for name, value in counts.items():
         if not (is_integer(value) and value >= 1):
             raise ValueError(f"{where}: {name} must be an integer >= 1, got {value!r}")
+
+
+def check_nodes_and_groups(where: str, num_nodes: object, num_groups: object) -> None:
+    """:func:`check_counts` of ``num_nodes`` and ``num_groups``."""
+    check_counts(where, num_nodes=num_nodes, num_groups=num_groups)
 
 
 def engine_topology(
@@ -122,18 +128,22 @@ def replan(
     *,
     policy: str,
     options: dict | None = None,
+    table_name: str = "the table in force",
 ) -> tuple[Placement, np.ndarray]:
     """Plan ``load [T, L, E]`` on ``topology``; returns ``(placement, gain [L])``.
 
-    ``previous`` is the ``[L, P]`` ``phy2log`` in force or ``None``; ``gain`` is its PAR minus
-    the returned placement's, per layer (0 where a layer is kept or has no load). Every bad
-    input raises ``ValueError`` prefixed with ``where``, before anything is planned.
+    ``previous`` is the ``[L, P]`` ``phy2log`` in force or ``None`` (the engine's argument
+    ``table_name``); ``gain`` is its PAR minus the returned placement's, per layer (0 where a
+    layer is kept or has no load). Every bad input raises ``ValueError`` prefixed with
+    ``where``, before anything is planned.
     """
     from eplb_rt.algorithms import get_policy, hierarchy, metrics, plan
     from eplb_rt.algorithms.align import align_placement
 
     try:
-        table, doubled = (None, None) if previous is None else _in_force(previous, load, topology)
+        table, doubled = (
+            (None, None) if previous is None else _in_force(previous, load, topology, table_name)
+        )
         prev = table
         options = get_policy(policy).make_options(options)
         if prev is not None and doubled.any():
@@ -162,9 +172,9 @@ def replan(
     return new, np.where(keep, 0.0, gain)
 
 
-def _in_force(previous: np.ndarray, load: np.ndarray, topology: Topology):
-    """The table in force ``[L, P]`` checked, and ``[L] bool``: its layers that hold an expert
-    twice on one rank.
+def _in_force(previous: np.ndarray, load: np.ndarray, topology: Topology, name: str):
+    """The table in force ``[L, P]`` (the engine's argument ``name``) checked, and ``[L]
+    bool``: its layers that hold an expert twice on one rank.
 
     Ids out of range, a missing expert or a wrong width raise. Two replicas of one expert on a
     rank are the engine's own business (vLLM's default policy makes such tables): such a layer
@@ -172,18 +182,21 @@ def _in_force(previous: np.ndarray, load: np.ndarray, topology: Topology):
     the other layers keep what they can of theirs.
     """
     if not np.issubdtype(previous.dtype, np.integer):
-        raise ValueError(f"the table in force must hold integer expert ids, got {previous.dtype}")
+        raise ValueError(f"{name} must hold integer expert ids, got {previous.dtype}")
     if previous.shape != (load.shape[1], topology.num_slots):
         raise ValueError(
-            f"the table in force has shape {previous.shape}, expected [{load.shape[1]}, "
+            f"{name} has shape {previous.shape}, expected [{load.shape[1]}, "
             f"{topology.num_slots}] ({topology.num_ranks} ranks x {topology.num_slots_per_rank})"
         )
     table = Placement(previous, load.shape[-1], topology.num_ranks, validate=False)
     valid_ids = previous.min() >= 0 and previous.max() < table.num_experts
-    if not (valid_ids and (table.logcnt > 0).all()):
-        table.validate()  # raises, naming what is wrong
-    grid = np.sort(table.by_rank(), axis=2)
-    doubled = (grid[..., 1:] == grid[..., :-1]).any(axis=(1, 2))
-    if not doubled.any():
-        table.validate()
+    try:
+        if not (valid_ids and (table.logcnt > 0).all()):
+            table.validate()  # raises, naming what is wrong
+        grid = np.sort(table.by_rank(), axis=2)
+        doubled = (grid[..., 1:] == grid[..., :-1]).any(axis=(1, 2))
+        if not doubled.any():
+            table.validate()
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
     return table, doubled

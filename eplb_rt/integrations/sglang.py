@@ -18,6 +18,7 @@ import numpy as np
 
 from eplb_rt.integrations._common import (
     as_numpy,
+    check_counts,
     check_nodes_and_groups,
     engine_topology,
     plugin_policy,
@@ -56,7 +57,12 @@ def rebalance_experts(  # noqa: PLR0917 (SGLang's signature)
 
     load = as_numpy(tokens_per_expert, "tokens_per_expert [(T,) L, E]", (2, 3), WHERE, load=True)
     load = load[None] if load.ndim == 2 else load
-    if num_local_physical_experts < 1 or num_physical_experts % num_local_physical_experts:
+    check_counts(
+        WHERE,
+        num_physical_experts=num_physical_experts,
+        num_local_physical_experts=num_local_physical_experts,
+    )
+    if num_physical_experts % num_local_physical_experts:
         raise ValueError(
             f"{WHERE}: num_physical_experts ({num_physical_experts}) must be a positive "
             f"multiple of num_local_physical_experts ({num_local_physical_experts})"

@@ -26,6 +26,7 @@ import numpy as np
 
 from eplb_rt.integrations._common import (
     as_numpy,
+    check_counts,
     engine_topology,
     plugin_policy,
     policy_name,
@@ -74,7 +75,8 @@ class EplbRtPolicy:
 
         load = as_numpy(weight, "weight [layers, experts]", (2,), WHERE, load=True)
         load = load.astype(np.float64)
-        if num_ranks < 1 or num_replicas % num_ranks:
+        check_counts(WHERE, num_replicas=num_replicas, num_ranks=num_ranks)
+        if num_replicas % num_ranks:
             raise ValueError(
                 f"{WHERE}: num_replicas ({num_replicas}) must be a positive multiple of "
                 f"num_ranks ({num_ranks})"
@@ -99,6 +101,7 @@ class EplbRtPolicy:
             previous,
             policy=policy_name(cls.policy),
             options=cls.options,
+            table_name="old_global_expert_indices",
         )
         if not cls.returns_maps:
             return torch.from_numpy(placement.phy2log.astype(np.int64))

@@ -132,12 +132,28 @@ class EplbRtAscendPolicy:
                 f"{WHERE}: current_expert_table holds expert {table[layer, rank, slot]} at layer "
                 f"{layer}, rank {rank}, slot {slot}; expected ids in [0, {bound}){given}"
             )
+        ordered = np.sort(table, axis=2)
+        twice = np.argwhere(ordered[..., 1:] == ordered[..., :-1])
+        if twice.size:
+            # vllm-ascend maps an expert to one slot a rank (its worker refuses a plan that
+            # moves an expert within a rank): no plan from such a table would pass.
+            layer, rank, i = (int(v) for v in twice[0])
+            raise ValueError(
+                f"{WHERE}: current_expert_table holds expert {ordered[layer, rank, i]} twice on "
+                f"rank {rank} of layer {layer}; vllm-ascend maps an expert to one slot a rank"
+            )
         num_experts = self.num_experts or int(table.max()) + 1
         L, D, S = table.shape
         load = heat_to_load(work.reshape(-1, L, D * S), table.reshape(L, -1), num_experts)
         topology = engine_topology(WHERE, D, S, self.num_nodes, self.num_groups)
         placement, gain = replan(
-            WHERE, load, topology, table.reshape(L, -1), policy=self.policy, options=self.options
+            WHERE,
+            load,
+            topology,
+            table.reshape(L, -1),
+            policy=self.policy,
+            options=self.options,
+            table_name="current_expert_table",
         )
         if self.export_dir:
             self._export(load)

@@ -123,8 +123,10 @@ def test_plugin_plans_sglangs_logical_count_start(sglang, monkeypatch, tmp_path)
         ),
         (torch.ones(2, 16), 8, 4, "do not fit"),
         (torch.ones(2, 16, dtype=torch.bool), 16, 4, "must hold numbers"),
+        (torch.ones(2, 16), 0, 4, "num_physical_experts must be an integer >= 1, got 0"),
+        (torch.ones(2, 16), 16, 0, "num_local_physical_experts must be an integer >= 1, got 0"),
     ],
-    ids=["1d", "not-multiple", "nan", "too-few-slots", "bool"],
+    ids=["1d", "not-multiple", "nan", "too-few-slots", "bool", "no-experts", "no-local"],
 )
 def test_bad_input_gets_a_clear_error(tokens, physical, local, message):
     with pytest.raises(ValueError, match=message):

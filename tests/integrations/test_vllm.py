@@ -121,7 +121,13 @@ def test_an_old_map_of_another_width_is_planned_anew(vllm):
             None,
             r"weight \[layers, experts\] contains NaN or infinite values \(first at \(0, 5\): nan",
         ),
-        (torch.ones(2, 16), 16, 4, torch.zeros(2, 16, dtype=torch.int64), "expert 1 has no slot"),
+        (
+            torch.ones(2, 16),
+            16,
+            4,
+            torch.zeros(2, 16, dtype=torch.int64),
+            "old_global_expert_indices: layer 0: expert 1 has no slot",
+        ),
         (torch.ones(2, 16), 8, 4, None, "do not fit"),
         (torch.ones(2, 16), 16, 4, torch.zeros(2, 16), "must hold integer expert ids"),
         (
@@ -131,6 +137,8 @@ def test_an_old_map_of_another_width_is_planned_anew(vllm):
             torch.arange(16).repeat(3, 1),
             "old_global_expert_indices has 3 layers, weight 2",
         ),
+        (torch.ones(2, 16), 0, 4, None, "num_replicas must be an integer >= 1, got 0"),
+        (torch.ones(2, 16), 16, 4.0, None, "num_ranks must be an integer >= 1, got 4.0"),
     ],
     ids=[
         "1d-weight",
@@ -140,6 +148,8 @@ def test_an_old_map_of_another_width_is_planned_anew(vllm):
         "too-few-slots",
         "float-table",
         "table-of-other-layers",
+        "no-replicas",
+        "float-ranks",
     ],
 )
 def test_bad_input_gets_a_clear_error(weight, replicas, ranks, old, message):
@@ -321,6 +331,10 @@ def test_plugin_options_come_from_the_environment_and_are_checked_at_start(vllm,
         ours.register()
     monkeypatch.setenv("EPLB_RT_POLICY_OPTIONS", "hierarchical")
     with pytest.raises(ValueError, match=r"EPLB_RT_POLICY_OPTIONS.*KEY=VALUE"):
+        ours.register()
+    # One key twice: the last one won, silently.
+    monkeypatch.setenv("EPLB_RT_POLICY_OPTIONS", "hierarchical=true,hierarchical=false")
+    with pytest.raises(ValueError, match=r"hierarchical given twice \('true' and 'false'\)"):
         ours.register()
 
 

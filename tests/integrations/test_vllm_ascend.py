@@ -111,10 +111,15 @@ def test_multistage_workload_is_read_as_episodes(ascend):
             r"expert 1000000000000000 at layer 0, rank 1, slot 2; expected ids in \[0, 16\), "
             r"no more experts than a layer's 16 slots",
         ),
-        (
+        (  # expert 12 on ranks 1 and 3, none of expert 5
+            np.where(np.arange(16) == 5, 12, np.arange(16)).reshape(1, 4, 4),
+            np.ones((1, 4, 4)),
+            "current_expert_table: layer 0: expert 5 has no slot",
+        ),
+        (  # the worker refuses any plan from it: an expert moved within a rank
             np.where(np.arange(16) == 5, 6, np.arange(16)).reshape(1, 4, 4),
             np.ones((1, 4, 4)),
-            "expert 5 has no slot",
+            "current_expert_table holds expert 6 twice on rank 1 of layer 0; vllm-ascend maps",
         ),
         (
             np.arange(16).reshape(1, 4, 4),
@@ -133,6 +138,7 @@ def test_multistage_workload_is_read_as_episodes(ascend):
         "negative-id",
         "id-past-the-slots",
         "missing-expert",
+        "expert-twice-on-a-rank",
         "nan-load",
         "negative-load",
         "empty-table",

@@ -254,6 +254,10 @@ def test_simulate_passes_policy_options(tmp_path, capsys, series):
         ),
         (["--option", "deepseek.nope=1"], "policy 'deepseek' has no option(s) ['nope']"),
         (["--option", "none.x=1"], "'none' is not a policy and takes no options"),
+        (
+            ["--option", "deepseek.hierarchical=1", "--option", "deepseek.hierarchical=0"],
+            "--option deepseek.hierarchical given twice ('1', '0')",
+        ),
     ],
 )
 def test_simulate_bad_arguments(capsys, series, extra, message):
