@@ -256,7 +256,7 @@ def test_simulate_passes_policy_options(tmp_path, capsys, series):
         (["--option", "none.x=1"], "'none' is not a policy and takes no options"),
         (
             ["--option", "deepseek.hierarchical=1", "--option", "deepseek.hierarchical=0"],
-            "--option deepseek.hierarchical given twice ('1', '0')",
+            "--option deepseek.hierarchical given twice ('1' and '0')",
         ),
     ],
 )
