@@ -153,7 +153,8 @@ def parse_policy_options(items: list[str]) -> dict:
         given = options.setdefault(policy, {})
         for key, value in envs.parse_options([rest], "--option").items():
             if key in given:
-                raise ValueError(f"--option {policy}.{key} given twice ({given[key]!r} and {value!r})")
+                twice = f"{given[key]!r} and {value!r}"
+                raise ValueError(f"--option {policy}.{key} given twice ({twice})")
             given[key] = value
     for policy, given in options.items():
         if policy in algorithms.policy_names():  # the simulation spec reports the rest
