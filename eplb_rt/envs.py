@@ -32,9 +32,7 @@ def parse_options(items: Iterable[str], what: str) -> dict[str, str]:
             raise ValueError(f"{what} must be KEY=VALUE, got {item!r}")
         name = key.strip().replace("-", "_")
         if name in options:
-            raise ValueError(
-                f"{what}: {name} given twice ({options[name]!r} and {value.strip()!r})"
-            )
+            raise ValueError(f"option {name} given twice ({options[name]!r} and {value.strip()!r})")
         options[name] = value.strip()
     return options
 

@@ -280,7 +280,7 @@ def test_an_option_given_twice_is_refused(capsys, tmp_path, toy_json):
     argv = ["--load", toy_json, "--ranks", 4, "--slots-per-rank", 2, "--out", tmp_path / "p.json"]
     twice = ["--option", "move_cost=0.1", "--option", "move-cost=0.2"]
     code, _, err = run(capsys, "plan", *argv, *twice)
-    assert code == 2 and "--option: move_cost given twice ('0.1' and '0.2')" in err
+    assert code == 2 and "option move_cost given twice ('0.1' and '0.2')" in err
 
 
 def test_hierarchical_options_from_cli(capsys, tmp_path, toy_json):

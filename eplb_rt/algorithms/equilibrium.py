@@ -158,7 +158,9 @@ class EquilibriumOptions(Options):
             so taken does not pay out of sample is planned again over one plan
             (:func:`paid_out_of_sample`). The pipeline sets the steps a plan reads over the
             steps between plans (:func:`eplb_rt.planning.decide`).
-        max_moved_fraction: ... and at most this fraction of a layer's slots moves.
+        max_moved_fraction: ... and at most this fraction of a layer's slots moves (whole
+            slots, rounded down: :func:`~eplb_rt.algorithms.prices.slot_budget`; planned
+            hierarchically, a node's slots, rounded down a node).
     """
 
     num_episodes: int = option(16, low=1, high=64)

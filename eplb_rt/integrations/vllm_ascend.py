@@ -135,12 +135,14 @@ class EplbRtAscendPolicy:
         ordered = np.sort(table, axis=2)
         twice = np.argwhere(ordered[..., 1:] == ordered[..., :-1])
         if twice.size:
-            # vllm-ascend maps an expert to one slot a rank (its worker refuses a plan that
-            # moves an expert within a rank): no plan from such a table would pass.
+            # Such a layer is planned afresh, not slot by slot from the table (_common.replan),
+            # and vllm-ascend's worker refuses a plan that moves an expert within a rank: it
+            # threw out every plan of such a layer, cycle after cycle.
             layer, rank, i = (int(v) for v in twice[0])
             raise ValueError(
                 f"{WHERE}: current_expert_table holds expert {ordered[layer, rank, i]} twice on "
-                f"rank {rank} of layer {layer}; vllm-ascend maps an expert to one slot a rank"
+                f"rank {rank} of layer {layer}; eplb_rt does not plan from such a table in a way "
+                "vllm-ascend's worker accepts (it maps an expert to one slot per rank)"
             )
         num_experts = self.num_experts or int(table.max()) + 1
         L, D, S = table.shape

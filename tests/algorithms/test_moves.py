@@ -10,6 +10,7 @@ import pytest
 
 from eplb_rt.algorithms import bounds, local_search, metrics, plan
 from eplb_rt.algorithms.local_search import greedy_moves
+from eplb_rt.algorithms.prices import slot_budget
 from eplb_rt.placement import Placement, Topology
 from tests import walk_judge
 
@@ -342,7 +343,7 @@ def test_esft_task_switch_within_a_fifth_of_the_slots():
     options = {"move_cost": 0.0, "max_moved_fraction": 0.2}
     pars = []
     for prev, p, new in _esft_task_switches("equilibrium", options):
-        assert (p.moves(prev) <= int(0.2 * prev.num_slots)).all()
+        assert (p.moves(prev) <= slot_budget(0.2, prev.num_slots)).all()
         pars.append(np.nanmean(metrics.par(p, new.sum(0))))
     assert np.mean(pars) <= 1.02
 

@@ -244,7 +244,7 @@ def test_equilibrium_move_cost_trades_balance_for_moves():
         previous=prev,
         options={"move_cost": 0.0, "max_moved_fraction": 0.1},
     )
-    assert (capped.moves(prev) <= int(0.1 * topo.num_slots)).all()
+    assert (capped.moves(prev) <= slot_budget(0.1, topo.num_slots)).all()
 
 
 @pytest.mark.parametrize(("move_cost", "moves"), [(1.2, 1), (1.3, 0)])

@@ -119,7 +119,7 @@ def test_multistage_workload_is_read_as_episodes(ascend):
         (  # the worker refuses any plan from it: an expert moved within a rank
             np.where(np.arange(16) == 5, 6, np.arange(16)).reshape(1, 4, 4),
             np.ones((1, 4, 4)),
-            "current_expert_table holds expert 6 twice on rank 1 of layer 0; vllm-ascend maps",
+            "current_expert_table holds expert 6 twice on rank 1 of layer 0; eplb_rt does not",
         ),
         (
             np.arange(16).reshape(1, 4, 4),
