@@ -129,20 +129,25 @@ def replan(
     policy: str,
     options: dict | None = None,
     table_name: str = "the table in force",
+    refuse_doubled: str | None = None,
 ) -> tuple[Placement, np.ndarray]:
     """Plan ``load [T, L, E]`` on ``topology``; returns ``(placement, gain [L])``.
 
     ``previous`` is the ``[L, P]`` ``phy2log`` in force or ``None`` (the engine's argument
     ``table_name``); ``gain`` is its PAR minus the returned placement's, per layer (0 where a
-    layer is kept or has no load). Every bad input raises ``ValueError`` prefixed with
-    ``where``, before anything is planned.
+    layer is kept or has no load). A table with an expert twice on a rank is planned from
+    (:func:`_in_force`), unless ``refuse_doubled`` says why the engine cannot take such a
+    layer's plan. Every bad input raises ``ValueError`` prefixed with ``where``, before
+    anything is planned.
     """
     from eplb_rt.algorithms import get_policy, hierarchy, metrics, plan
     from eplb_rt.algorithms.align import align_placement
 
     try:
         table, doubled = (
-            (None, None) if previous is None else _in_force(previous, load, topology, table_name)
+            (None, None)
+            if previous is None
+            else _in_force(previous, load, topology, table_name, refuse_doubled)
         )
         prev = table
         options = get_policy(policy).make_options(options)
@@ -172,14 +177,21 @@ def replan(
     return new, np.where(keep, 0.0, gain)
 
 
-def _in_force(previous: np.ndarray, load: np.ndarray, topology: Topology, name: str):
+def _in_force(
+    previous: np.ndarray,
+    load: np.ndarray,
+    topology: Topology,
+    name: str,
+    refuse_doubled: str | None,
+):
     """The table in force ``[L, P]`` (the engine's argument ``name``) checked, and ``[L]
     bool``: its layers that hold an expert twice on one rank.
 
     Ids out of range, a missing expert or a wrong width raise. Two replicas of one expert on a
     rank are the engine's own business (vLLM's default policy makes such tables): such a layer
     is accepted and planned as if no table were in force (eplb_rt's placements never do that);
-    the other layers keep what they can of theirs.
+    the other layers keep what they can of theirs. Where the engine cannot take such a layer's
+    plan (``refuse_doubled``: why), it raises first, naming the expert, rank and layer.
     """
     if not np.issubdtype(previous.dtype, np.integer):
         raise ValueError(f"{name} must hold integer expert ids, got {previous.dtype}")
@@ -189,12 +201,19 @@ def _in_force(previous: np.ndarray, load: np.ndarray, topology: Topology, name: 
             f"{topology.num_slots}] ({topology.num_ranks} ranks x {topology.num_slots_per_rank})"
         )
     table = Placement(previous, load.shape[-1], topology.num_ranks, validate=False)
+    grid = np.sort(table.by_rank(), axis=2)
+    twice = grid[..., 1:] == grid[..., :-1]
+    doubled = twice.any(axis=(1, 2))
+    if refuse_doubled and doubled.any():
+        layer, rank, i = (int(v) for v in np.argwhere(twice)[0])
+        raise ValueError(
+            f"{name} holds expert {grid[layer, rank, i]} twice on rank {rank} of layer {layer}; "
+            f"{refuse_doubled}"
+        )
     valid_ids = previous.min() >= 0 and previous.max() < table.num_experts
     try:
         if not (valid_ids and (table.logcnt > 0).all()):
             table.validate()  # raises, naming what is wrong
-        grid = np.sort(table.by_rank(), axis=2)
-        doubled = (grid[..., 1:] == grid[..., :-1]).any(axis=(1, 2))
         if not doubled.any():
             table.validate()
     except ValueError as err:

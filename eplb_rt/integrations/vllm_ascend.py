@@ -132,18 +132,6 @@ class EplbRtAscendPolicy:
                 f"{WHERE}: current_expert_table holds expert {table[layer, rank, slot]} at layer "
                 f"{layer}, rank {rank}, slot {slot}; expected ids in [0, {bound}){given}"
             )
-        ordered = np.sort(table, axis=2)
-        twice = np.argwhere(ordered[..., 1:] == ordered[..., :-1])
-        if twice.size:
-            # Such a layer is planned afresh, not slot by slot from the table (_common.replan),
-            # and vllm-ascend's worker refuses a plan that moves an expert within a rank: it
-            # threw out every plan of such a layer, cycle after cycle.
-            layer, rank, i = (int(v) for v in twice[0])
-            raise ValueError(
-                f"{WHERE}: current_expert_table holds expert {ordered[layer, rank, i]} twice on "
-                f"rank {rank} of layer {layer}; eplb_rt does not plan from such a table in a way "
-                "vllm-ascend's worker accepts (it maps an expert to one slot per rank)"
-            )
         num_experts = self.num_experts or int(table.max()) + 1
         L, D, S = table.shape
         load = heat_to_load(work.reshape(-1, L, D * S), table.reshape(L, -1), num_experts)
@@ -156,6 +144,13 @@ class EplbRtAscendPolicy:
             policy=self.policy,
             options=self.options,
             table_name="current_expert_table",
+            # A layer with an expert twice on a rank is planned afresh, not slot by slot from
+            # the table, and vllm-ascend's worker refuses a plan that moves an expert within a
+            # rank: it threw out every plan of such a layer, cycle after cycle.
+            refuse_doubled=(
+                "eplb_rt does not plan from such a table in a way vllm-ascend's worker accepts "
+                "(it maps an expert to one slot per rank)"
+            ),
         )
         if self.export_dir:
             self._export(load)
