@@ -316,8 +316,7 @@ def write_load(load: np.ndarray, path: str | os.PathLike, fmt: str = "load") -> 
     if fmt == "load":
         _write_npy(path, check_load(load))
         return
-    doc = to_logical_count(load)
-    write_json(path, doc)
+    write_json(path, to_logical_count(load))
 
 
 def check_folder(path: str | os.PathLike, what: str) -> None:
@@ -490,9 +489,8 @@ def _read_torch(path: str, key: str) -> object:
             # Any: junk bytes reach the unpickler's KeyError, IndexError...; a file cut short
             # can fail in the zip reader's seek (OSError). Not torch's advice to load it with
             # weights_only=False: that runs the file's code, and no eplb-rt flag does it.
-            text = str(err).strip()
-            first = text.splitlines()[0] if text else type(err).__name__
-            refused = text.partition("WeightsUnpickler error:")[2].strip()
+            first = _first_line(err)
+            refused = str(err).partition("WeightsUnpickler error:")[2].strip()
             if refused:  # what the weights-only unpickler refused, not its advice
                 first = f"a weights-only load refuses it: {refused.splitlines()[0]}"
             raise ValueError(f"not a torch.save file of tensors ({first})") from None
@@ -544,12 +542,19 @@ def _read_array(path: str) -> np.ndarray:
         except Exception as err:
             # Any other: a member compressed or encrypted as zipfile cannot read
             # (NotImplementedError, RuntimeError), a header numpy's parser chokes on.
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(f"not a numeric .npy array or .npz archive ({first})") from None
+            raise ValueError(
+                f"not a numeric .npy array or .npz archive ({_first_line(err)})"
+            ) from None
     raise ValueError(f".npz has no key {' or '.join(NPZ_KEYS)}; it has {found}")
 
 
 _REFUSED_ARRAY = (ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def _first_line(err: BaseException) -> str:
+    """An error's message in one line (its first), or its type's name where it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _real(arr: np.ndarray) -> np.ndarray:
