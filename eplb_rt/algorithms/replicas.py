@@ -39,9 +39,10 @@ def allot_replicas(load, num_slots, max_replicas):
 @kernel
 def allot_packable(load, num_slots, max_replicas, num_ranks):
     """:func:`allot_replicas`, but a redundant replica that would put more than ``num_ranks``
-    replicas above half the mean rank load goes to the expert with the least load per replica
-    instead, where that lowers the packing's lower bound (two of those ``num_ranks + 1``
-    replicas share a rank, two experts' replicas): with a few experts carrying the load, they
+    replicas above half the mean rank load, or leave two experts' largest replicas above the
+    mean rank load together, goes to the expert with the least load per replica instead, where
+    that lowers the packing's lower bound (two of the ``num_ranks + 1`` largest replicas share
+    a rank, two experts' replicas): with a few experts carrying the load, they
     get a replica a rank, and the surplus slots hold experts with little or none. Min-max gave
     them all to the hot experts (two hot experts of 78 / 22 % on 64 x 5 ranks and slots: 66
     replicas, PAR 1.8).
@@ -69,18 +70,27 @@ def _allot(load, num_slots, max_replicas, num_ranks):
     for _ in range(num_slots - E):
         best = -1
         best_value = -1.0
+        second = 0.0  # the largest load per replica of an expert other than best
         least = -1
         for e in range(E):
             if per[e] > best_value:
+                second = max(second, best_value)
                 best_value = per[e]
                 best = e
+            elif per[e] > second:
+                second = per[e]
             if num_ranks and per[e] > -np.inf and (least < 0 or per[e] < per[least]):
                 least = e
         if best < 0:
             break
         if num_ranks:
             rise = _rise(load, counts, best, half)
-            if big + rise > num_ranks and least != best:
+            # Two replicas above the mean rank load together may have to share a rank even
+            # where none is above half of it: best's own two halves cannot (three equal hot
+            # experts on three ranks and one spare slot: its halves pair with the others).
+            after = load[best] / (counts[best] + 1)
+            pairs = second + max(after, second) > 2.0 * half
+            if (big + rise > num_ranks or pairs) and least != best:
                 with_best = _packing_bound(load, counts, best, num_ranks, 2.0 * half)
                 if _packing_bound(load, counts, least, num_ranks, 2.0 * half) < with_best:
                     best = least
@@ -171,6 +181,22 @@ def _feasible(trial, num_ranks):
 
 
 @kernel
+def _with_park(order, gain_key, width):
+    """The recipients of a round: the first ``width`` experts of ``order`` (by ``gain_key``),
+    then the last one that may take a replica (the least load per replica), where it is not
+    among them: a replica parked there splits next to nothing, and frees its donor's rank where
+    a hot expert's replicas cannot share one (four equal hot experts on two ranks)."""
+    n = min(width, order.shape[0])
+    for k in range(order.shape[0] - 1, n - 1, -1):
+        if gain_key[order[k]] < np.inf:
+            out = np.empty(n + 1, dtype=np.int64)
+            out[:n] = order[:n]
+            out[n] = order[k]
+            return out
+    return order[:n]
+
+
+@kernel
 def count_search(
     mode, row, W, mu, cov, z, counts, num_ranks, rounds, width, max_swaps, enough, min_gain,
     swap_enough,
@@ -178,9 +204,10 @@ def count_search(
     """Neighbour search over replica counts from ``(row, counts)``: move one or two replicas from
     donor experts (of the ``width`` whose per-replica load rises least) to recipients (of the
     ``width`` with the largest per-replica load), re-:func:`construct` each neighbour, keep the
-    best if it improves the mean PAR over ``W``'s episodes. A round tries the single moves, and
-    the two-replica moves only where none of them improves: those matter when too many large
-    replicas force two onto one rank, and there are four times as many to construct. Stops
+    best if it improves the mean PAR over ``W``'s episodes. A round tries the single moves; where
+    none improves, those to the expert of least load per replica (:func:`_with_park`); then the
+    two-replica moves to the first recipients: those matter when too many large replicas force
+    two onto one rank, and there are four times as many to construct. Stops
     early once the PAR is at most ``enough``, or after a round that gained less than
     ``min_gain``. Each neighbour's swaps stop at ``swap_enough`` (:func:`construct`'s
     ``enough``). ``counts`` is updated in place; returns the best ``row``.
@@ -197,22 +224,26 @@ def count_search(
         for e in range(E):
             gain_key[e] = -mu[e] / counts[e] if counts[e] < D else np.inf
             loss_key[e] = mu[e] / (counts[e] - 1) if counts[e] > 1 else np.inf
-        recipients = stable_order(gain_key)[:width]
+        recipients = _with_park(stable_order(gain_key), gain_key, width)
         donors = stable_order(loss_key)[:width]
         best_row = row
         best_val = val
         best_sq = sq
         best_trial = counts.copy()
         improved = False
-        n = recipients.shape[0]
-        for pairs in range(2):
-            if pairs and improved:
+        top = min(width, E)  # the recipients by load; then the park, where there is one
+        m = donors.shape[0]
+        # Single moves to the top recipients; where none improves, to the park; then pairs.
+        for phase in range(3):
+            if phase and improved:
                 break
-            for i1 in range(n):
+            pairs = phase == 2
+            lo, hi = (top, recipients.shape[0]) if phase == 1 else (0, top)
+            for i1 in range(lo, hi):
                 # A single move has i2 = j2 = -1; a pair takes i2 >= i1 and j2 >= j1.
-                for i2 in range(i1 if pairs else -1, n if pairs else 0):
-                    for j1 in range(n):
-                        for j2 in range(j1 if pairs else -1, n if pairs else 0):
+                for i2 in range(i1 if pairs else -1, hi if pairs else 0):
+                    for j1 in range(m):
+                        for j2 in range(j1 if pairs else -1, m if pairs else 0):
                             trial[:] = counts
                             trial[recipients[i1]] += 1
                             trial[donors[j1]] -= 1

@@ -278,7 +278,7 @@ _PAR_SUMMARY = (
 """The summary's PAR figures: ``None`` where no scored window had load."""
 
 
-def summarize(cycles: Sequence[Cycle], expert_bytes: int) -> dict:
+def summarize(cycles: Sequence[Cycle], expert_bytes: float) -> dict:
     """One policy's numbers over all cycles (plain floats/ints, JSON-ready).
 
     PAR statistics run over every (cycle, loaded layer) pair; ``worst_layer`` is the layer with
@@ -323,7 +323,7 @@ def summarize(cycles: Sequence[Cycle], expert_bytes: int) -> dict:
     return out
 
 
-def cycle_record(cycle: Cycle, expert_bytes: int) -> dict:
+def cycle_record(cycle: Cycle, expert_bytes: float) -> dict:
     """One cycle as plain numbers (the per-cycle rows of ``--json``)."""
     loaded = ~np.isnan(cycle.par)
     return {

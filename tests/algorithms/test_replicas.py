@@ -58,7 +58,8 @@ def _packing_bound(load: np.ndarray, counts: np.ndarray, D: int) -> float:
 
 def _reference_packable(load: np.ndarray, num_slots: int, cap: int, D: int) -> np.ndarray:
     """Min-max, but where its replica would leave more than D replicas above half the mean rank
-    load, the expert of least load per replica takes it if that lowers the packing bound."""
+    load, or two experts' largest replicas above the mean rank load together, the expert of
+    least load per replica takes it if that lowers the packing bound."""
     counts = np.ones(load.size, dtype=np.int64)
     half = 0.5 * load.sum() / D
     for _ in range(num_slots - load.size):
@@ -67,7 +68,9 @@ def _reference_packable(load: np.ndarray, num_slots: int, cap: int, D: int) -> n
         least = int(np.argmin(np.where(per > -np.inf, per, np.inf)))
         trial = counts.copy()
         trial[best] += 1
-        if (np.repeat(load / trial, trial) > half).sum() > D and least != best:
+        top_two = np.sort(np.where(per > -np.inf, load / trial, 0.0))[-2:].sum()
+        crowded = (np.repeat(load / trial, trial) > half).sum() > D
+        if (crowded or top_two > 2.0 * half) and least != best:
             other = counts.copy()
             other[least] += 1
             if _packing_bound(load, other, D) < _packing_bound(load, trial, D):
@@ -145,6 +148,35 @@ def test_spare_slots_go_to_idle_experts_where_that_packs(E, hot):
     assert par(placement, load[0])[0] == pytest.approx(best, rel=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("shape", "hot"),
+    [
+        # Min-max gives the spare slot to the first hot expert, whose two halves are not above
+        # half the mean rank load (the idle experts' tokens lift it) yet cannot share a rank:
+        # one paired with another hot expert (PAR 1.5, where the static layout has 1.0).
+        ((8, 3, 3), [0, 3, 6]),
+        # The same on two ranks of four slots with four hot experts (1.25): the packing bound
+        # does not see it; the count search's park (a replica to an idle expert) does.
+        ((7, 2, 4), [2, 3, 4, 6]),
+    ],
+)
+@pytest.mark.parametrize("idle", [0.0, 1.0])
+@pytest.mark.parametrize("steps", [1, 8])
+def test_equal_hot_experts_keep_a_rank_each(shape, hot, idle, steps):
+    """Equal hot experts (10^6 tokens a step), as many as fill the ranks evenly, and a spare
+    slot (``shape``: experts, ranks, slots a rank): the plan is the MILP's optimum, one of
+    perfect balance."""
+    E, D, S = shape
+    w = np.full(E, idle)
+    w[hot] = 1e6
+    load = np.tile(w, (steps, 1, 1))
+    topo = Topology(D, S)
+    best = exact_min_max(w / w.sum(), topo)[0] * D
+    placement = plan("equilibrium", load, topo)
+    assert par(placement, load.sum(0))[0] == pytest.approx(best, rel=1e-6)
+    assert best == pytest.approx(1.0, abs=1e-5)
+
+
 def _par(row: np.ndarray, w: np.ndarray, counts: np.ndarray, D: int) -> float:
     loads = rank_loads(row, w[None], counts, D)[0]
     return float(loads.max() * D / loads.sum())
@@ -152,10 +184,12 @@ def _par(row: np.ndarray, w: np.ndarray, counts: np.ndarray, D: int) -> float:
 
 def _reference_count_search(row, w, counts, D, *, rounds, width=3, enough=1.0, min_gain=0.0):
     """The rule of ``count_search`` on one load ``w [E]``, written out: each round, the single
-    moves from the ``width`` donors to the ``width`` recipients, in order; the two-replica moves
-    only where no single one improves; the best neighbour (least PAR, then least sum of squared
-    rank loads) if it improves; no more rounds once the PAR is at most ``enough`` or a round
-    gained less than ``min_gain``. Returns ``(row, counts, pairs tried)``."""
+    moves from the ``width`` donors to the ``width`` recipients, in order; where none improves,
+    those to the park (the last expert in the recipients' order that may take a replica, if not
+    among them); then the two-replica moves to the ``width`` recipients; the best neighbour
+    (least PAR, then least sum of squared rank loads) if it improves; no more rounds once the
+    PAR is at most ``enough`` or a round gained less than ``min_gain``. Returns ``(row, counts,
+    pairs tried)``."""
     S = row.size // D
     counts = counts.copy()
 
@@ -170,20 +204,25 @@ def _reference_count_search(row, w, counts, D, *, rounds, width=3, enough=1.0, m
             break
         gain_key = np.where(counts < D, -w / counts, np.inf)
         loss_key = np.where(counts > 1, w / np.maximum(counts - 1, 1), np.inf)
-        recipients = np.argsort(gain_key, kind="stable")[:width]
+        order = np.argsort(gain_key, kind="stable")
+        recipients = list(order[:width])
+        takers = [e for e in order[width:] if gain_key[e] < np.inf]
+        park = len(recipients) if takers else None
+        recipients += takers[-1:]
         donors = np.argsort(loss_key, kind="stable")[:width]
-        n = recipients.size
-        singles = [((i,), (j,)) for i in range(n) for j in range(n)]
+        n, m = min(width, w.size), donors.size
+        singles = [((i,), (j,)) for i in range(n) for j in range(m)]
+        parked = [((park,), (j,)) for j in range(m)] if park is not None else []
         pairs = [
             ((i1, i2), (j1, j2))
             for i1 in range(n)
             for i2 in range(i1, n)
-            for j1 in range(n)
-            for j2 in range(j1, n)
+            for j1 in range(m)
+            for j2 in range(j1, m)
         ]
         best = None
         best_val, best_sq = val, sq
-        for moves in (singles, pairs):
+        for moves in (singles, parked, pairs):
             if best is not None:
                 break
             pairs_tried += moves is pairs
