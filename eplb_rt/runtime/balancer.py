@@ -189,6 +189,9 @@ class Balancer:
         self.rank = rank
         self.current_step = current_step
         self._jobs: queue.Queue[Job | None] = queue.Queue()
+        # The job the thread runs now, and since when (host seconds): read by the serving
+        # thread to say which plan holds the balancer up.
+        self.running: tuple[int, float] | None = None
         self._results: dict[int, PlanResult] = {}
         self._lock = threading.Lock()
         self._child: PlanningChild | None = None
@@ -212,6 +215,16 @@ class Balancer:
     # ------------------------------------------------------------------ serving-thread side
     def submit(self, job: Job) -> None:
         self._jobs.put(job)
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the thread has ended (:meth:`shutdown` waits for it a bounded time)."""
+        return not self._thread.is_alive()
+
+    @property
+    def outstanding(self) -> int:
+        """Jobs submitted that the thread has not finished (queued or running)."""
+        return self._jobs.unfinished_tasks
 
     def result(self, epoch: int) -> PlanResult | None:
         """The result of ``epoch`` if the thread has finished it (never blocks)."""
@@ -271,6 +284,7 @@ class Balancer:
                 if job is None:
                     return
                 started = time.perf_counter()
+                self.running = (job.epoch, started)
                 result = self._run(job)
                 self.busy_s += time.perf_counter() - started
                 with self._lock:
@@ -284,6 +298,7 @@ class Balancer:
                     self._results[job.epoch] = failed
                 self.failed_group = job.group
             finally:
+                self.running = None
                 self._jobs.task_done()
 
     def _start_child(self) -> None:

@@ -18,7 +18,9 @@ step. Everything else happens at step boundaries inside :meth:`step`:
   transfer of that layer succeeded; a failed layer keeps its old placement on every rank.
 
 Building the runtime creates three gloo/device groups over the expert-parallel ranks (balancer,
-control, migration); with ``torch.distributed`` not initialised it runs as a single rank.
+control, migration), which :meth:`EplbRuntime.shutdown` destroys where those ranks are the
+whole world (over some of its ranks they are kept to the end of the process); with
+``torch.distributed`` not initialised it runs as a single rank.
 
 Use in a MoE model (see ``eplb_rt.models.moe`` for a complete one)::
 
@@ -40,6 +42,7 @@ import functools
 import hashlib
 import logging
 import os
+import threading
 import time
 import weakref
 
@@ -69,6 +72,11 @@ from eplb_rt.runtime.recorder import HeatRecorder
 from eplb_rt.scalars import is_bool, is_integer
 
 log = logging.getLogger("eplb_rt.runtime")
+
+MOST_JOBS = 2
+"""Jobs a rank's balancer may hold (running or queued) before gathers wait for it: a plan late
+for its deadline may still finish while the next one queues, but behind one that never ends
+each gather's copy of the heat ring would pile up for ever."""
 
 RECORDS_KEPT = 1024
 """Rebalances, skipped plans and errors that :meth:`EplbRuntime.stats` lists: the most recent
@@ -183,6 +191,10 @@ class EplbRuntime:
             if not is_integer(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         num_layers, num_experts = int(num_layers), int(num_experts)
+        # Held by step(), register_weights() and shutdown(): an engine may stop the runtime from
+        # another thread (a signal handler, a watchdog) while its serving thread is in a step,
+        # whose commit must not meet a migration that shutdown() has half taken down.
+        self._lock = threading.RLock()
         # Every variable read first: one unparsable on one rank fails before any collective.
         if envs.given("EPLB_RT_LOG_LEVEL"):  # else the application's level stands
             logging.getLogger("eplb_rt").setLevel(envs.get("EPLB_RT_LOG_LEVEL"))
@@ -215,17 +227,29 @@ class EplbRuntime:
         # default is 30 minutes: a stuck peer would hold a step that long).
         self._timeout = _group_timeout(group or dist.group.WORLD) if distributed else None
         multi = distributed and self.num_ranks > 1
+        # Groups over every rank of the world are named by a counter that never goes back, so
+        # they are destroyed at shutdown; a group over some of them is named after the names in
+        # use, and a destroyed one's name (and its keys left in the store) would be taken by
+        # the next group, whose ranks could then meet stale keys and wait for ever: those are
+        # kept until the process ends.
+        self._local_groups = multi and self.num_ranks < dist.get_world_size()
+        self._retired_groups: list = []  # groups a failed collective retired
         # The control group before anything a rank may refuse alone (its nodes, its slots, its
         # placement file): every rank then learns of it in the agreement below, at once, where
         # the others waited for the refusing rank in a group it never made (the engine's
         # timeout, 30 minutes by default).
         self._control_group = self._new_group("gloo") if multi else None
+        self._balancer_group = self._migration_group = None
         try:
-            self._set_up_placement(num_experts)
-        except Exception:
-            self._check_same_config(built=False)
+            try:
+                self._set_up_placement(num_experts)
+            except Exception:
+                self._check_same_config(built=False)
+                raise
+            self._check_same_config(built=True)  # before any thread: a mismatch fails every rank
+        except BaseException:
+            self._release_groups()
             raise
-        self._check_same_config(built=True)  # before any thread: a mismatch fails every rank
 
         # Tables the model reads: allocated once, rewritten in place by update_expert_map_.
         p = self._placement
@@ -257,8 +281,6 @@ class EplbRuntime:
         if multi:
             self._balancer_group = self._new_group("gloo")
             self._migration_group = self._new_migration_group()
-        else:
-            self._balancer_group = self._migration_group = None
         self.executor = MigrationExecutor(
             self.dev,
             rank=self.rank,
@@ -298,6 +320,10 @@ class EplbRuntime:
             )
         self._epoch = 0
         self._pending: Job | None = None  # gathered, waiting for its deadline
+        # Agreed at a deadline: some rank's balancer held MOST_JOBS jobs. Until the ranks agree
+        # it holds fewer, no heat is gathered: each job holds a copy of the ring, and behind a
+        # plan that never ends they would pile up for ever.
+        self._backlog = False
         self._queue: list[LayerMigration] = []  # agreed, not yet started
         self._target: Placement | None = None
         # _table_rows(_target) and its uniform layers, made once per plan
@@ -322,7 +348,6 @@ class EplbRuntime:
         # The next interval gather: at the first idle step from there (a probe's migration
         # may still run at the interval step itself).
         self._next_interval = config.interval
-        self._retired_groups: list = []  # migration groups a failed transfer retired
         # Steps from a gather to its plan's deadline; where it adapts, every rank doubles it on
         # the same agreed outcome, so the ranks' deadline steps stay equal.
         self.deadline = config.first_deadline
@@ -431,18 +456,40 @@ class EplbRuntime:
     def _new_group(self, backend: str | None):
         """A group of the runtime's ranks (only they take part), with the engine's timeout."""
         return dist.new_group(
-            self.ranks, backend=backend, timeout=self._timeout, use_local_synchronization=True
+            self.ranks,
+            backend=backend,
+            timeout=self._timeout,
+            use_local_synchronization=self._local_groups,
         )
+
+    def _release_groups(self, balancer_stopped: bool = True) -> None:
+        """Destroy the groups this runtime made (their sockets, threads and communicators)
+        where the names of groups over the whole world allow it (see ``__init__``); the
+        balancer's only once its thread has ended."""
+        groups = [self._control_group, self._migration_group, *self._retired_groups]
+        if balancer_stopped:
+            groups.append(self._balancer_group)
+        self._control_group = self._migration_group = self._balancer_group = None
+        self._retired_groups = []
+        if getattr(self, "executor", None) is not None:
+            self.executor.group = None
+        if self._local_groups or not dist.is_initialized():
+            return
+        for group in groups:
+            if group is None:
+                continue
+            try:
+                dist.destroy_process_group(group)
+            except Exception as err:  # the engine may have torn torch.distributed down already
+                log.debug("destroying a process group at shutdown failed: %r", err)
 
     def _renew_migration_group(self) -> None:
         """After an agreed failed transfer, on every rank at the same boundary: a new group for
         the next transfers. The failed one may have left the old group unusable (gloo closes
         a pair whose receive timed out) or holding messages nobody will receive. The old group
-        is kept, not destroyed: torch names a locally synchronised group after the names in
-        use, so a destroyed group's name (and its keys left in the store) would be taken again
-        by the next group, whose ranks could then meet stale keys and wait for ever. Each kept
-        group holds its communicator's buffers (NCCL/HCCL: device memory) until the process
-        ends: a price paid per failed transfer, which should be rare."""
+        is kept until :meth:`shutdown` (to the end of the process where the runtime's ranks
+        are not the whole world: see ``__init__``), holding its communicator's buffers
+        (NCCL/HCCL: device memory): a price paid per failed transfer, which should be rare."""
         self._retired_groups.append(self._migration_group)
         self._migration_group = self.executor.group = self._new_migration_group()
 
@@ -559,15 +606,18 @@ class EplbRuntime:
     def register_weights(self, layer: int, tensors: dict[str, torch.Tensor]) -> None:
         """Hand over ``layer``'s expert tensors (each ``[S, ...]``, this rank's slots) that
         migration rewrites in place."""
-        self._check_usable("register_weights")
-        layer = self._check_layer(layer)
-        migrating = {m.layer for m in self._queue} | {t.migration.layer for t in self._in_flight}
-        if layer in migrating:
-            raise ValueError(
-                f"layer {layer} is being migrated (plan {self._current.epoch}); register its "
-                "weights again once runtime.busy is False"
-            )
-        self.executor.register(layer, tensors, self.topology.num_slots_per_rank)
+        with self._lock:
+            self._check_usable("register_weights")
+            layer = self._check_layer(layer)
+            migrating = {m.layer for m in self._queue} | {
+                t.migration.layer for t in self._in_flight
+            }
+            if layer in migrating:
+                raise ValueError(
+                    f"layer {layer} is being migrated (plan {self._current.epoch}); register its "
+                    "weights again once runtime.busy is False"
+                )
+            self.executor.register(layer, tensors, self.topology.num_slots_per_rank)
 
     # ------------------------------------------------------------------ step boundary
     def step(self, is_prefill: bool | None = None, *, record: bool = True) -> None:
@@ -581,6 +631,10 @@ class EplbRuntime:
         "group_list"`` a rank counts the tokens it received, every rank's: a step feeds the
         policy only where every rank counts it.
         """
+        with self._lock:  # shutdown() from another thread waits for the step to end
+            self._step(is_prefill, record)
+
+    def _step(self, is_prefill: bool | None, record: bool) -> None:
         self._check_usable("step")
         for name, value in (("is_prefill", is_prefill), ("record", record)):
             if not (is_bool(value) or (name == "is_prefill" and value is None)):
@@ -648,6 +702,8 @@ class EplbRuntime:
 
     def _gather(self, step: int, trigger: str = "interval") -> None:
         self._epoch += 1
+        if self._backlog and self._still_busy(step):
+            return
         host, event, row_p2l, rows, counts = self.recorder.snapshot()
         # One slot of the registered weights (1 byte without any: only the tables move).
         slot_bytes = max(self.executor.slot_bytes(layer) for layer in range(self.num_layers)) or 1
@@ -660,6 +716,28 @@ class EplbRuntime:
             row_counts=counts, group=self._balancer_group,
         )  # fmt: skip
         self.balancer.submit(self._pending)
+
+    def _still_busy(self, step: int) -> bool:
+        """Whether some rank's balancer still holds :data:`MOST_JOBS` jobs (one small
+        all-reduce, only after a deadline found it so): then this gather is skipped, an error
+        once every balancer had warmed up."""
+        running = self.balancer.running
+        full = self.balancer.outstanding >= MOST_JOBS
+        low, high = self._agree([int(full), int(self.balancer.warm)])
+        if not high[0]:
+            self._backlog = False
+            return False
+        where = "on another rank"
+        if running is not None:
+            where = f"plan {running[0]} for {time.perf_counter() - running[1]:.0f} s on this rank"
+        elif full:
+            where = "this rank's jobs not yet started"
+        reason = (
+            f"not gathered: the balancer is still planning ({where}); no heat is gathered until "
+            "it is done"
+        )
+        self._skip(self._epoch, step, reason, error=bool(low[1]))
+        return True
 
     def _step_seconds(self) -> float:
         """Median host time between recent ``step()`` calls (0 before two steps)."""
@@ -715,8 +793,20 @@ class EplbRuntime:
         return "their signatures differ"
 
     def _agree(self, values: list[int]) -> tuple[list[int], list[int]]:
-        """Element-wise (min, max) of ``values`` over the ranks (one small all-reduce)."""
-        low, high = min_max(values, self._control_group)
+        """Element-wise (min, max) of ``values`` over the ranks (one small all-reduce). The
+        ranks meet here by call order: one that stopped, or that steps more or fewer times
+        than the others, leaves them waiting for the engine's timeout, whose error is said in
+        those terms."""
+        try:
+            low, high = min_max(values, self._control_group)
+        except RuntimeError as err:  # torch.distributed's errors (a timeout, a closed pair)
+            step = getattr(getattr(self, "recorder", None), "host_step", 0)
+            raise RuntimeError(
+                f"the ranks did not all reach the runtime's agreement (rank {self.rank} at step "
+                f"{step}): a rank stopped or failed, or calls step() more or fewer times than "
+                f"the others (every rank calls it once per forward). {type(err).__name__}: "
+                f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+            ) from err
         return low.tolist(), high.tolist()
 
     def _decide(self, job: Job, step: int) -> None:
@@ -731,7 +821,10 @@ class EplbRuntime:
         broken = int(
             self._balancer_group is not None and self.balancer.failed_group is self._balancer_group
         )
-        low, high = self._agree([*mine, self.executor.signature, fits, int(job.warm), broken])
+        busy = int(self.balancer.outstanding >= MOST_JOBS)
+        low, high = self._agree([*mine, self.executor.signature, fits, int(job.warm), broken, busy])
+        low.pop()
+        self._backlog = bool(high.pop())
         low.pop()
         if high.pop():  # some rank's balancer collectives failed: the group is closed there
             self._renew_balancer_group()
@@ -768,10 +861,10 @@ class EplbRuntime:
                     detail += self._extend_deadline(warm)
                 # late while a balancer warmed up: a one-off wait, not an error
                 failed = result.status != PLAN_UNCHANGED and (warm or result.status != PLAN_LATE)
-                self._skip(job, step, f"plan {STATUS_NAMES[result.status]}{detail}", failed)
+                self._skip(job.epoch, step, f"plan {STATUS_NAMES[result.status]}{detail}", failed)
             return
         if reason is not None:
-            self._skip(job, step, reason, error)
+            self._skip(job.epoch, step, reason, error)
             return
         target = result.placement  # already aligned to the placement in force by the pipeline
         self._queue = plan_migration(self._placement, target, self.config.num_nodes)
@@ -805,7 +898,7 @@ class EplbRuntime:
                 "layers do; they keep their placement"
             )
             if not self._queue:  # nothing left to migrate: a skipped plan, not a rebalance
-                self._skip(job, step, reason, error=True)
+                self._skip(job.epoch, step, reason, error=True)
                 return
             self.errors.append(f"plan {job.epoch}: {reason}")
             log.warning("plan %d: %s", job.epoch, reason)
@@ -844,13 +937,13 @@ class EplbRuntime:
             )
         return f"; the next plans get {self.deadline} steps"
 
-    def _skip(self, job: Job, step: int, reason: str, error: bool = False) -> None:
-        self.skipped.append({"epoch": job.epoch, "step": step, "reason": reason})
+    def _skip(self, epoch: int, step: int, reason: str, error: bool = False) -> None:
+        self.skipped.append({"epoch": epoch, "step": step, "reason": reason})
         if error:
-            self.errors.append(f"plan {job.epoch}: {reason}")
-            log.warning("plan %d skipped at step %d: %s", job.epoch, step, reason)
+            self.errors.append(f"plan {epoch}: {reason}")
+            log.warning("plan %d skipped at step %d: %s", epoch, step, reason)
         else:
-            log.info("plan %d skipped at step %d: %s", job.epoch, step, reason)
+            log.info("plan %d skipped at step %d: %s", epoch, step, reason)
 
     def _start_next(self) -> None:
         previous = None
@@ -1003,9 +1096,14 @@ class EplbRuntime:
         }
 
     def shutdown(self) -> None:
-        """Stop the balancer thread and wait for transfers in flight; idempotent. A migration
+        """Stop the balancer thread and wait for transfers in flight; idempotent, and safe from
+        another thread than the serving one (it waits for a step under way to end). A migration
         under way ends there: its layers not yet committed (in flight or queued) are listed as
         failed, keeping their old placement, and :attr:`busy` is False."""
+        with self._lock:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
         if self._closed:
             return
         self._closed = True
@@ -1023,6 +1121,7 @@ class EplbRuntime:
                 )
             self._finish_rebalance(self.recorder.host_step)
         self._stop_balancer()
+        self._release_groups(balancer_stopped=self.balancer.stopped)
 
     def __enter__(self) -> EplbRuntime:
         return self

@@ -26,6 +26,7 @@ from eplb_rt.config import EplbConfig
 from eplb_rt.placement import Placement, Topology
 from eplb_rt.runtime import EplbRuntime
 from eplb_rt.runtime import balancer as balancer_module
+from eplb_rt.runtime import runtime as runtime_module
 from eplb_rt.runtime.runtime import _group_timeout
 
 
@@ -492,6 +493,115 @@ def test_staging_that_does_not_fit_is_an_error_at_registration(monkeypatch):
         with pytest.raises(RuntimeError, match=r"staging buffers for layer 1 \(2 lane\(s\), "):
             runtime.register_weights(1, {"w": torch.zeros(8, 4)})
         assert runtime.executor.weights == {} and runtime.executor.signature == 0
+
+
+def _shutdown_from_another_thread(rank: int, world: int) -> None:
+    """Every rank's serving thread commits a layer while another thread calls shutdown()."""
+    open_gate()
+    runtime = EplbRuntime(_config(num_redundant=0), 3, 8)
+    weights = _weights(runtime)
+    finish, entered, go = runtime.executor.finish, threading.Event(), threading.Event()
+
+    def held(transfer):
+        entered.set()
+        assert go.wait(30)
+        return finish(transfer)
+
+    errors: list = []
+
+    def serve():
+        try:
+            for step in range(1, 40):
+                _route(runtime, step)
+                runtime.step()
+                let_plan_finish(runtime)
+        except Exception as err:  # the steps after shutdown() raise
+            errors.append(err)
+        entered.set()
+
+    runtime.executor.finish = held
+    serving = threading.Thread(target=serve)
+    serving.start()
+    assert entered.wait(60) and not errors, errors
+    stopping = threading.Thread(target=runtime.shutdown)
+    stopping.start()
+    stopping.join(0.3)
+    assert stopping.is_alive()  # waiting for the step that commits
+    go.set()
+    stopping.join(30)
+    serving.join(30)
+    assert not stopping.is_alive() and not serving.is_alive()
+    assert len(errors) == 1 and "() after shutdown()" in str(errors[0]), errors
+    stats = runtime.stats()
+    assert stats["failure"] is None and not runtime.busy
+    assert _weights_follow(runtime, weights)
+    last = stats["rebalances"][-1]
+    assert sorted(last["layers_committed"] + last["layers_failed"]) == list(range(3)), last
+
+
+@pytest.mark.multiprocess
+def test_shutdown_from_another_thread_waits_for_the_step_under_way():
+    """An engine stopping the runtime from a watchdog or signal thread while its serving thread
+    commits a layer: shutdown() waits for the step, which ends normally, and every layer's
+    weights stay those its placement says (before, the commit met a migration half taken down:
+    an IndexError, one layer's weights rewritten and its tables not)."""
+    spawn(_shutdown_from_another_thread, 2)
+
+
+def test_a_plan_that_never_ends_holds_back_the_gathers(monkeypatch):
+    """Behind a plan that never returns, each gather's copy of the heat ring queued for good
+    (memory without bound): the balancer holds at most MOST_JOBS jobs, and the gathers after
+    that are skipped as errors naming the plan that holds it."""
+    release = threading.Event()
+    decide = balancer_module.planning.decide
+
+    def stuck(*args, **kwargs):
+        release.wait(60)
+        return decide(*args, **kwargs)
+
+    monkeypatch.setattr(balancer_module.planning, "decide", stuck)
+    runtime = EplbRuntime(_config(interval=6, episode=6, deadline=2, num_redundant=0), 2, 8)
+    runtime.balancer.warm = True
+    outstanding = []
+    for step in range(1, 61):
+        _route(runtime, step)
+        runtime.step()
+        outstanding.append(runtime.balancer.outstanding)
+    stats = runtime.stats()
+    release.set()
+    runtime.shutdown()
+    assert max(outstanding) == runtime_module.MOST_JOBS, outstanding
+    held = [
+        s for s in stats["skipped"] if "not gathered: the balancer is still planning" in s["reason"]
+    ]
+    errors = " ".join(stats["errors"])
+    assert len(held) >= 5 and all(f"plan {s['epoch']}: " in errors for s in held)
+
+
+def _steps_apart(rank: int, world: int) -> None:
+    """Rank 0 stops stepping before the first agreement; rank 1 goes on into it."""
+    runtime = EplbRuntime(_config(num_redundant=0), 2, 8)
+    steps = 5 if rank == 0 else 30
+    try:
+        for step in range(1, steps + 1):
+            _route(runtime, step)
+            runtime.step()
+    except RuntimeError as err:
+        assert rank == 1, err
+        assert "did not all reach the runtime's agreement (rank 1 at step 8)" in str(err), err
+        assert "calls step() more or fewer times than the others" in str(err), err
+    else:
+        assert rank == 0, "rank 1 met nobody in the agreement and raised nothing"
+        time.sleep(6)  # past rank 1's timeout
+    runtime.shutdown()
+
+
+@pytest.mark.multiprocess
+def test_ranks_that_step_apart_get_an_error_that_says_so():
+    """A rank that calls step() fewer times than the others leaves them waiting in an
+    agreement: the engine's timeout then ends it, with torch's error alone ("Timed out
+    waiting ... for recv") before; now it says what the ranks must do."""
+    spawn(_steps_apart, 2, timeout_s=3)
 
 
 def test_late_plans_are_not_planned(monkeypatch):
