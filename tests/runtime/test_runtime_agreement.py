@@ -508,14 +508,17 @@ def _shutdown_from_another_thread(rank: int, world: int) -> None:
         return finish(transfer)
 
     errors: list = []
+    stop = threading.Event()  # every rank's serving loop stops after the same step
 
     def serve():
         try:
             for step in range(1, 40):
+                if stop.is_set():
+                    return
                 _route(runtime, step)
                 runtime.step()
                 let_plan_finish(runtime)
-        except Exception as err:  # the steps after shutdown() raise
+        except Exception as err:
             errors.append(err)
         entered.set()
 
@@ -523,6 +526,7 @@ def _shutdown_from_another_thread(rank: int, world: int) -> None:
     serving = threading.Thread(target=serve)
     serving.start()
     assert entered.wait(60) and not errors, errors
+    stop.set()
     stopping = threading.Thread(target=runtime.shutdown)
     stopping.start()
     stopping.join(0.3)
@@ -531,7 +535,9 @@ def _shutdown_from_another_thread(rank: int, world: int) -> None:
     stopping.join(30)
     serving.join(30)
     assert not stopping.is_alive() and not serving.is_alive()
-    assert len(errors) == 1 and "() after shutdown()" in str(errors[0]), errors
+    assert errors == [], errors
+    with pytest.raises(RuntimeError, match=r"step\(\) after shutdown\(\)"):
+        runtime.step()
     stats = runtime.stats()
     assert stats["failure"] is None and not runtime.busy
     assert _weights_follow(runtime, weights)
