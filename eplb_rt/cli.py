@@ -47,6 +47,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except OverflowError as err:  # sizes past what an array can index (--dense-layers 10**20)
+        print(
+            f"eplb-rt {args.command}: error: a size given is too large ({err}); check the "
+            "sizes given",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

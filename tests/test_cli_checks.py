@@ -176,6 +176,8 @@ def test_simulate_warns_for_each_policy_that_plans_flat_with_groups(capsys, tmp_
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "policy 'swift' plans flat" in err and "deepseek" not in err  # deepseek: on by default
+    # The advice is simulate's option syntax (plan's, without the policy, is refused here).
+    assert "--option swift.hierarchical=true places whole groups" in err, err
     assert main([*argv, "--option", "swift.hierarchical=true"]) == 0
     assert "plans flat" not in capsys.readouterr().err
 

@@ -607,6 +607,19 @@ def test_sizes_beyond_memory_exit_2_with_one_line(capsys, monkeypatch, tmp_path,
     assert err.strip().count("\n") == 0 and "out of memory (Unable to allocate 29.1 TiB)" in err
 
 
+def test_sizes_beyond_an_array_exit_2_with_one_line(capsys, tmp_path, toy_json):
+    """``--dense-layers 10**8`` ran out of memory (one line, above); one more power of ten and
+    more passed numpy's index range: a traceback and exit 1."""
+    placement = tmp_path / "p.npy"
+    argv = ["--load", toy_json, "--ranks", 8, "--slots-per-rank", 2, "--out", placement]
+    code, _, err = run(capsys, "plan", *argv)
+    assert code == 0, err
+    argv = ["convert", "--from", "npy", "--to", "sglang", "--ranks", 8, "--dense-layers", 10**20]
+    code, out, err = run(capsys, *argv, placement, tmp_path / "x.json")
+    assert code == 2 and not out
+    assert err.strip().count("\n") == 0 and "error: a size given is too large (" in err, err
+
+
 def test_a_topology_beyond_int32_slot_ids_is_refused(capsys, tmp_path, toy_json):
     with pytest.raises(ValueError, match="slot ids are int32"):
         Topology(2**20, 2**11)
@@ -630,6 +643,14 @@ def test_plan_previous_says_which_layers_pay_and_which_go_onto_nodes(capsys, tmp
     assert code == 0
     assert "(0 of 2 layers pay: save 0.0 ms" in out
     assert "; 2 more put their expert groups on nodes)" in out
+    # A horizon far past any serving run: the saving in four digits, not hundreds.
+    code, out, _ = run(
+        capsys, "plan", *shape, "--previous", flat, "--horizon", "1e300", "--lifetime", "1e300",
+        "--out", str(tmp_path / "h.json"),
+    )  # fmt: skip
+    assert code == 0
+    saved = re.search(r"layers pay: save (\S+) ms", out)
+    assert saved and len(saved.group(1)) <= 10 and "e+" in saved.group(1), out
 
 
 def test_plan_names_layers_that_keep_their_groups_spread_over_nodes(capsys, tmp_path):

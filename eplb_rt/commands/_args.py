@@ -284,9 +284,11 @@ def topology(args: argparse.Namespace, num_experts: int, options=()) -> Topology
     elif groups > 1:
         flat = [o.policy for o in options if not getattr(o, "hierarchical", False)]
         for name in flat:
+            # simulate's options name their policy (it runs several); plan's do not.
+            key = f"{name}.hierarchical" if args.command == "simulate" else "hierarchical"
             print(
                 f"eplb-rt {args.command}: warning: --groups {groups}: policy {name!r} plans "
-                "flat (its option hierarchical is off); --option hierarchical=true places whole "
+                f"flat (its option hierarchical is off); --option {key}=true places whole "
                 "groups on nodes",
                 file=sys.stderr,
             )

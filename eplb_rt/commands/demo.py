@@ -97,7 +97,14 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.json")
         started = time.perf_counter()
-        mp.spawn(_worker, args=(opts, out), nprocs=args.ranks, join=True)
+        try:
+            mp.spawn(_worker, args=(opts, out), nprocs=args.ranks, join=True)
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as err:
+            # The rank's traceback, then one line and exit 2 (1 says the outputs differ).
+            detail = str(err).strip()
+            print(detail, file=sys.stderr)
+            last = detail.splitlines()[-1] if detail else type(err).__name__
+            raise ValueError(f"rank {err.error_index} failed: {last}") from None
         with open(out) as f:
             result = json.load(f)
     result["wall_s"] = time.perf_counter() - started
@@ -118,24 +125,59 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"--ranks must divide the workload's {E} experts, got {args.ranks}")
     if not 1 <= args.layers <= ESFT_LAYERS:
         raise ValueError(f"--layers must be in [1, {ESFT_LAYERS}] (the trace's), got {args.layers}")
-    if args.steps < 1 or args.tokens < 1 or args.check_every < 1:
-        raise ValueError("--steps, --tokens and --check-every must be >= 1")
+    _args.check_at_least(
+        ("--steps", args.steps, 1),
+        ("--tokens", args.tokens, 1),
+        ("--check-every", args.check_every, 1),
+    )
     if args.redundant < 0 or (E + args.redundant) % args.ranks:
         raise ValueError(
             f"{E} experts + --redundant {args.redundant} (>= 0) must split over {args.ranks} ranks"
         )
     if not 0 <= args.seed < 2**32:  # the ranks derive their generators' seeds from it
         raise ValueError(f"--seed must be in [0, 2**32), got {args.seed}")
-    if args.interval < 0 or args.interval == 1:
-        raise ValueError(f"--interval must be 0 (never rebalance) or >= 2, got {args.interval}")
+    if args.interval < 0 or args.interval in (1, 2):
+        raise ValueError(
+            "--interval must be 0 (never rebalance) or >= 3 (a drift probe and its deadline "
+            f"before each interval), got {args.interval}"
+        )
     if (E + args.redundant) // args.ranks > E:
         raise ValueError(
             f"{E + args.redundant} slots on {args.ranks} rank(s) would put two "
             "replicas of an expert on one rank; lower --redundant or add ranks"
         )
+    _check_memory(args)
     _args.check_plot(args.plot)
     _args.check_output(args.json, "--json")
     _args.check_outputs_apart([], [("--json", args.json), ("--plot", args.plot)])
+
+
+def _check_memory(args: argparse.Namespace) -> None:
+    """Refuse ``--steps`` and ``--tokens`` whose arrays no rank could hold: a rank failed deep
+    in its run (a traceback from each, exit 1, which says the outputs differ). A lower bound of
+    what the ranks allocate, so that only sizes that cannot run are refused: per step and layer
+    the workload's profile (float64) and router bias (float32) of every expert and the loads
+    recorded; per token its input and its top-k dispatched copies (float32)."""
+    from eplb_rt.models import MoEConfig
+
+    hidden = MoEConfig.hidden
+    per_step = args.layers * (ESFT_EXPERTS * 12 + 16 * args.ranks)
+    per_token = hidden * 4 * (1 + ESFT_TOP_K)
+    need = args.ranks * (args.steps * per_step + args.tokens * per_token)
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): nothing to compare
+        return
+    if need > memory:
+        flag, value = (
+            ("--steps", args.steps)
+            if args.steps * per_step >= args.tokens * per_token
+            else ("--tokens", args.tokens)
+        )
+        raise ValueError(
+            f"{flag} {value}: the {args.ranks} ranks would hold at least {need / 2**30:.3g} GiB, "
+            f"more than this machine's {memory / 2**30:.3g} GiB of memory"
+        )
 
 
 def _port() -> int:

@@ -29,6 +29,13 @@ from eplb_rt.config import EplbConfig
 GB = 1e9
 
 
+def _ms(seconds: float) -> str:
+    """Milliseconds to one decimal, or in four significant digits where that runs long (a
+    horizon of 1e308 rows saves a number hundreds of digits long)."""
+    ms = seconds * 1e3
+    return f"{ms:.1f} ms" if abs(ms) < 1e9 else f"{ms:.4g} ms"
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(
         subparsers, "plan", "plan a placement of expert replicas from load files", __doc__
@@ -225,9 +232,9 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"moves {decision.slots} slots ({summary['moved_fraction']:.1%}), "
             f"{decision.slots * cost.expert_bytes / 2**30:.2f} GiB, "
-            f"{decision.migration_s[layers].sum() * 1e3:.1f} ms at {cost.bandwidth / GB:g} GB/s; "
+            f"{_ms(decision.migration_s[layers].sum())} at {cost.bandwidth / GB:g} GB/s; "
             f"PAR {np.nanmean(before):.4f} -> {np.nanmean(after):.4f} per row ({len(paying)} of "
-            f"{before.size} layers pay: save {decision.saved_s[paying].sum() * 1e3:.1f} ms over "
+            f"{before.size} layers pay: save {_ms(decision.saved_s[paying].sum())} over "
             f"{horizon:g} rows at {cost.token_seconds * 1e6:g} us per token-slot"
             + (f"; {grouped} more put their expert groups on nodes" if grouped else "")
             + ")"

@@ -125,8 +125,9 @@ class SimulationSpec:
         object.__setattr__(self, "policies", tuple(self.policies))
         if not self.policies:
             raise ValueError("give at least one policy")
-        if len(set(self.policies)) != len(self.policies):
-            raise ValueError(f"policy listed twice: {list(self.policies)}")
+        twice = sorted({name for name in self.policies if self.policies.count(name) > 1})
+        if twice:
+            raise ValueError(f"policy listed twice: {', '.join(twice)}")
         for name in self.policies:
             if name != NO_REBALANCE:
                 algorithms.get_policy(name)  # raises with the known names
@@ -162,7 +163,8 @@ class SimulationSpec:
             raise ValueError(
                 f"{num_steps} step(s) leave nothing to score out of sample with interval "
                 f"{self.interval}: need at least interval + 1 steps (play several aggregate "
-                "workloads one after another, or lower --interval)"
+                "workloads one after another"
+                + (", or lower --interval)" if self.interval > 1 else ")")
             )
         return starts
 

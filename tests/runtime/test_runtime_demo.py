@@ -60,6 +60,16 @@ def test_demo_without_rebalancing_says_so_and_its_start_does_no_harm(tmp_path, c
         (["--json", "."], "--json .: is a directory"),
         (["--seed", "20000000000000"], "--seed must be in [0, 2**32), got 20000000000000"),
         (["--seed", "-5"], "--seed must be in [0, 2**32), got -5"),
+        # One check an option, naming the value (all three once shared one message).
+        (["--steps", "0"], "--steps must be >= 1, got 0"),
+        (["--tokens", "-1"], "--tokens must be >= 1, got -1"),
+        (["--check-every", "0"], "--check-every must be >= 1, got 0"),
+        # 2 left the runtime no drift probe before each interval (a warning from every rank).
+        (["--interval", "2"], "--interval must be 0 (never rebalance) or >= 3"),
+        (["--interval", "1"], "--interval must be 0 (never rebalance) or >= 3"),
+        # Sizes no rank can hold: each rank failed deep in its run with a traceback, exit 1.
+        (["--steps", str(10**14)], f"--steps {10**14}: the 4 ranks would hold at least "),
+        (["--tokens", str(10**11)], f"--tokens {10**11}: the 4 ranks would hold at least "),
     ],
 )
 def test_demo_checks_arguments_before_spawning_ranks(args, message, capsys, monkeypatch):
@@ -69,6 +79,21 @@ def test_demo_checks_arguments_before_spawning_ranks(args, message, capsys, monk
     assert main(["demo", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_a_rank_that_fails_ends_the_demo_with_exit_2_and_its_reason(capsys, monkeypatch):
+    """A rank's failure: its traceback, then one line naming the rank (before, the parent's
+    traceback too, and exit 1, which says the outputs differ)."""
+    import torch.multiprocessing as mp
+
+    def failing(*args, **kwargs):
+        raise mp.ProcessRaisedException("Traceback ...\nRuntimeError: boom", 1, 4242)
+
+    monkeypatch.setattr(mp, "spawn", failing)
+    assert main(["demo", "--steps", "3", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith("eplb-rt demo: error: rank 1 failed: RuntimeError: boom\n"), err
+    assert err.startswith("Traceback ...")
 
 
 def test_demo_rejects_bad_arguments(capsys):

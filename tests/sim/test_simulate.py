@@ -200,6 +200,8 @@ def test_too_few_steps_for_an_out_of_sample_score():
     [
         ({"policies": ()}, "at least one policy"),
         ({"policies": ("none", "none")}, "listed twice"),
+        # Names what is twice, not the run's list with the baseline the user did not type.
+        ({"policies": ("none", "deepseek", "deepseek")}, "policy listed twice: deepseek$"),
         ({"policies": ("no-such-policy",)}, "unknown policy 'no-such-policy'"),
         ({"interval": 0}, "interval must be >= 1"),
         ({"episodes": 0}, "episodes must be >= 1"),
@@ -296,3 +298,12 @@ def test_default_leads_on_the_deepseek_v3_workloads_played_in_turn(shape):
     result = sim.simulate(sim.Workload.concat(parts), spec)
     mean = {n: np.nanmean([np.nanmean(c.par) for c in cs]) for n, cs in result.cycles.items()}
     assert mean[ours] < min(mean["deepseek"], mean["flashlb"]), mean
+
+
+def test_a_load_too_short_to_score_says_what_helps():
+    spec = sim.SimulationSpec(topology=Topology(2, 2), policies=(sim.NO_REBALANCE,), interval=1)
+    with pytest.raises(ValueError, match=r"one after another\)$"):  # no lower interval to take
+        spec.cycle_starts(1)
+    spec = dataclasses.replace(spec, interval=4)
+    with pytest.raises(ValueError, match=r"one after another, or lower --interval\)$"):
+        spec.cycle_starts(4)
