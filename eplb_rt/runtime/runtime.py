@@ -324,6 +324,7 @@ class EplbRuntime:
         # it holds fewer, no heat is gathered: each job holds a copy of the ring, and behind a
         # plan that never ends they would pile up for ever.
         self._backlog = False
+        self._held_gathers = 0  # gathers skipped in a row while it holds
         self._queue: list[LayerMigration] = []  # agreed, not yet started
         self._target: Placement | None = None
         # _table_rows(_target) and its uniform layers, made once per plan
@@ -720,13 +721,16 @@ class EplbRuntime:
     def _still_busy(self, step: int) -> bool:
         """Whether some rank's balancer still holds :data:`MOST_JOBS` jobs (one small
         all-reduce, only after a deadline found it so): then this gather is skipped, an error
-        once every balancer had warmed up."""
+        once every balancer had warmed up, or from the second gather so held on (a first plan
+        that never ends, warm-up or not, is news)."""
         running = self.balancer.running
         full = self.balancer.outstanding >= MOST_JOBS
         low, high = self._agree([int(full), int(self.balancer.warm)])
         if not high[0]:
             self._backlog = False
+            self._held_gathers = 0
             return False
+        self._held_gathers += 1
         where = "on another rank"
         if running is not None:
             where = f"plan {running[0]} for {time.perf_counter() - running[1]:.0f} s on this rank"
@@ -736,7 +740,7 @@ class EplbRuntime:
             f"not gathered: the balancer is still planning ({where}); no heat is gathered until "
             "it is done"
         )
-        self._skip(self._epoch, step, reason, error=bool(low[1]))
+        self._skip(self._epoch, step, reason, error=bool(low[1]) or self._held_gathers > 1)
         return True
 
     def _step_seconds(self) -> float:

@@ -584,6 +584,32 @@ def test_a_plan_that_never_ends_holds_back_the_gathers(monkeypatch):
     assert len(held) >= 5 and all(f"plan {s['epoch']}: " in errors for s in held)
 
 
+def test_a_first_plan_that_never_ends_is_an_error_from_the_second_gather_held(monkeypatch):
+    """Before any plan has finished (no warm-up) a plan late for its deadline is a one-off
+    wait, not an error; one that holds the gathers back twice is."""
+    release = threading.Event()
+    decide = balancer_module.planning.decide
+
+    def stuck(*args, **kwargs):
+        release.wait(60)
+        return decide(*args, **kwargs)
+
+    monkeypatch.setattr(balancer_module.planning, "decide", stuck)
+    config = _config(interval=6, episode=6, deadline=2, num_redundant=0, warm_up=False)
+    runtime = EplbRuntime(config, 2, 8)
+    for step in range(1, 61):
+        _route(runtime, step)
+        runtime.step()
+    stats, warm = runtime.stats(), runtime.balancer.warm
+    release.set()
+    runtime.shutdown()
+    assert not warm
+    held = [s["epoch"] for s in stats["skipped"] if "not gathered" in s["reason"]]
+    errors = [e for e in stats["errors"] if "not gathered" in e]
+    assert len(held) >= 5 and len(errors) == len(held) - 1, (held, errors)
+    assert all(e.startswith(f"plan {epoch}: ") for epoch, e in zip(held[1:], errors, strict=True))
+
+
 def _steps_apart(rank: int, world: int) -> None:
     """Rank 0 stops stepping before the first agreement; rank 1 goes on into it."""
     runtime = EplbRuntime(_config(num_redundant=0), 2, 8)
