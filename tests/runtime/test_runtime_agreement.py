@@ -554,25 +554,43 @@ def test_shutdown_from_another_thread_waits_for_the_step_under_way():
     spawn(_shutdown_from_another_thread, 2)
 
 
+def _stuck_plans(monkeypatch) -> threading.Event:
+    """Plans that do not return until the event returned is set (60 s at most); each sets
+    ``planning.decide.entered`` once it is in."""
+    release, entered = threading.Event(), threading.Event()
+    decide = balancer_module.planning.decide
+
+    def stuck(*args, **kwargs):
+        entered.set()
+        release.wait(60)
+        return decide(*args, **kwargs)
+
+    stuck.entered = entered
+    monkeypatch.setattr(balancer_module.planning, "decide", stuck)
+    return release
+
+
+def _serve_stuck(runtime: EplbRuntime, steps: int = 60) -> list[int]:
+    """Serve ``steps`` steps, the first plan held until it is in the policy (not late: it
+    sticks there); the balancer's jobs outstanding after each step."""
+    outstanding = []
+    for step in range(1, steps + 1):
+        _route(runtime, step)
+        runtime.step()
+        if runtime._pending is not None:
+            assert balancer_module.planning.decide.entered.wait(60)
+        outstanding.append(runtime.balancer.outstanding)
+    return outstanding
+
+
 def test_a_plan_that_never_ends_holds_back_the_gathers(monkeypatch):
     """Behind a plan that never returns, each gather's copy of the heat ring queued for good
     (memory without bound): the balancer holds at most MOST_JOBS jobs, and the gathers after
     that are skipped as errors naming the plan that holds it."""
-    release = threading.Event()
-    decide = balancer_module.planning.decide
-
-    def stuck(*args, **kwargs):
-        release.wait(60)
-        return decide(*args, **kwargs)
-
-    monkeypatch.setattr(balancer_module.planning, "decide", stuck)
+    release = _stuck_plans(monkeypatch)
     runtime = EplbRuntime(_config(interval=6, episode=6, deadline=2, num_redundant=0), 2, 8)
     runtime.balancer.warm = True
-    outstanding = []
-    for step in range(1, 61):
-        _route(runtime, step)
-        runtime.step()
-        outstanding.append(runtime.balancer.outstanding)
+    outstanding = _serve_stuck(runtime)
     stats = runtime.stats()
     release.set()
     runtime.shutdown()
@@ -587,19 +605,10 @@ def test_a_plan_that_never_ends_holds_back_the_gathers(monkeypatch):
 def test_a_first_plan_that_never_ends_is_an_error_from_the_second_gather_held(monkeypatch):
     """Before any plan has finished (no warm-up) a plan late for its deadline is a one-off
     wait, not an error; one that holds the gathers back twice is."""
-    release = threading.Event()
-    decide = balancer_module.planning.decide
-
-    def stuck(*args, **kwargs):
-        release.wait(60)
-        return decide(*args, **kwargs)
-
-    monkeypatch.setattr(balancer_module.planning, "decide", stuck)
+    release = _stuck_plans(monkeypatch)
     config = _config(interval=6, episode=6, deadline=2, num_redundant=0, warm_up=False)
     runtime = EplbRuntime(config, 2, 8)
-    for step in range(1, 61):
-        _route(runtime, step)
-        runtime.step()
+    _serve_stuck(runtime)
     stats, warm = runtime.stats(), runtime.balancer.warm
     release.set()
     runtime.shutdown()
