@@ -217,11 +217,6 @@ class Balancer:
         self._jobs.put(job)
 
     @property
-    def stopped(self) -> bool:
-        """Whether the thread has ended (:meth:`shutdown` waits for it a bounded time)."""
-        return not self._thread.is_alive()
-
-    @property
     def outstanding(self) -> int:
         """Jobs submitted that the thread has not finished (queued or running)."""
         return self._jobs.unfinished_tasks

@@ -36,6 +36,7 @@ Use in a MoE model (see ``eplb_rt.models.moe`` for a complete one)::
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -192,9 +193,13 @@ class EplbRuntime:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         num_layers, num_experts = int(num_layers), int(num_experts)
         # Held by step(), register_weights() and shutdown(): an engine may stop the runtime from
-        # another thread (a signal handler, a watchdog) while its serving thread is in a step,
-        # whose commit must not meet a migration that shutdown() has half taken down.
+        # another thread (a watchdog) while its serving thread is in a step, whose commit must
+        # not meet a migration that shutdown() has half taken down. A signal handler runs on
+        # the serving thread itself, inside the step: its shutdown() is done when the step ends.
         self._lock = threading.RLock()
+        self._serving_thread: int | None = None  # the thread in step() or register_weights()
+        self._shutdown_asked = False
+        self._building = True  # an agreement that fails names the constructor, not a step
         # Every variable read first: one unparsable on one rank fails before any collective.
         if envs.given("EPLB_RT_LOG_LEVEL"):  # else the application's level stands
             logging.getLogger("eplb_rt").setLevel(envs.get("EPLB_RT_LOG_LEVEL"))
@@ -240,6 +245,7 @@ class EplbRuntime:
         # timeout, 30 minutes by default).
         self._control_group = self._new_group("gloo") if multi else None
         self._balancer_group = self._migration_group = None
+        self.balancer = None
         try:
             try:
                 self._set_up_placement(num_experts)
@@ -247,10 +253,21 @@ class EplbRuntime:
                 self._check_same_config(built=False)
                 raise
             self._check_same_config(built=True)  # before any thread: a mismatch fails every rank
+            self._start(config, num_layers, num_experts, multi, disabled)
+            self._building = False
         except BaseException:
+            # Whatever failed (a peer lost in a collective, no memory for the ring): the thread
+            # and the groups go, so that an engine that builds the runtime again gets them back.
+            if self.balancer is not None:
+                self.balancer.shutdown()
             self._release_groups()
             raise
 
+    def _start(
+        self, config: EplbConfig, num_layers: int, num_experts: int, multi: bool, disabled: bool
+    ) -> None:
+        """``__init__`` once the ranks agree on the settings: tables, heat ring, groups,
+        executor, balancer thread."""
         # Tables the model reads: allocated once, rewritten in place by update_expert_map_.
         p = self._placement
         self._tables = [torch.from_numpy(t).to(self.device) for t in self._table_rows(p)]
@@ -284,7 +301,7 @@ class EplbRuntime:
         self.executor = MigrationExecutor(
             self.dev,
             rank=self.rank,
-            ranks=ranks,
+            ranks=self.ranks,
             group=self._migration_group,
             lanes=min(config.layers_per_step, num_layers),  # one layer a lane at most
             timeout_s=config.transfer_timeout_s,
@@ -463,13 +480,16 @@ class EplbRuntime:
             use_local_synchronization=self._local_groups,
         )
 
-    def _release_groups(self, balancer_stopped: bool = True) -> None:
+    def _release_groups(self) -> None:
         """Destroy the groups this runtime made (their sockets, threads and communicators)
-        where the names of groups over the whole world allow it (see ``__init__``); the
-        balancer's only once its thread has ended."""
-        groups = [self._control_group, self._migration_group, *self._retired_groups]
-        if balancer_stopped:
-            groups.append(self._balancer_group)
+        where the names of groups over the whole world allow it (see ``__init__``). Every rank
+        destroys the same ones, the balancer's too where its thread still waits in a collective
+        (gloo then raises there): torch names a locally synchronised group after how many groups
+        live, so ranks that destroyed different numbers would name the engine's next such group
+        differently, and wait for each other for ever."""
+        groups = [
+            self._control_group, self._migration_group, self._balancer_group, *self._retired_groups
+        ]  # fmt: skip
         self._control_group = self._migration_group = self._balancer_group = None
         self._retired_groups = []
         if getattr(self, "executor", None) is not None:
@@ -607,7 +627,7 @@ class EplbRuntime:
     def register_weights(self, layer: int, tensors: dict[str, torch.Tensor]) -> None:
         """Hand over ``layer``'s expert tensors (each ``[S, ...]``, this rank's slots) that
         migration rewrites in place."""
-        with self._lock:
+        with self._serving():
             self._check_usable("register_weights")
             layer = self._check_layer(layer)
             migrating = {m.layer for m in self._queue} | {
@@ -632,8 +652,21 @@ class EplbRuntime:
         "group_list"`` a rank counts the tokens it received, every rank's: a step feeds the
         policy only where every rank counts it.
         """
-        with self._lock:  # shutdown() from another thread waits for the step to end
+        with self._serving():  # shutdown() from another thread waits for the step to end
             self._step(is_prefill, record)
+
+    @contextlib.contextmanager
+    def _serving(self):
+        """The lock, held for a step or a registration; a shutdown() asked meanwhile from this
+        thread (a signal handler) runs once it is done."""
+        with self._lock:
+            self._serving_thread = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._serving_thread = None
+                if self._shutdown_asked:
+                    self._shutdown()
 
     def _step(self, is_prefill: bool | None, record: bool) -> None:
         self._check_usable("step")
@@ -804,12 +837,18 @@ class EplbRuntime:
         try:
             low, high = min_max(values, self._control_group)
         except RuntimeError as err:  # torch.distributed's errors (a timeout, a closed pair)
-            step = getattr(getattr(self, "recorder", None), "host_step", 0)
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            if self._building:
+                where = "while the runtime was built: a rank stopped, failed or was not built"
+            else:
+                where = (
+                    f"at step {self.recorder.host_step}: a rank stopped or failed, or calls "
+                    "step() more or fewer times than the others (every rank calls it once per "
+                    "forward)"
+                )
             raise RuntimeError(
-                f"the ranks did not all reach the runtime's agreement (rank {self.rank} at step "
-                f"{step}): a rank stopped or failed, or calls step() more or fewer times than "
-                f"the others (every rank calls it once per forward). {type(err).__name__}: "
-                f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+                f"the ranks did not all reach the runtime's agreement (rank {self.rank} {where}). "
+                f"{type(err).__name__}: {first}"
             ) from err
         return low.tolist(), high.tolist()
 
@@ -1103,7 +1142,15 @@ class EplbRuntime:
         """Stop the balancer thread and wait for transfers in flight; idempotent, and safe from
         another thread than the serving one (it waits for a step under way to end). A migration
         under way ends there: its layers not yet committed (in flight or queued) are listed as
-        failed, keeping their old placement, and :attr:`busy` is False."""
+        failed, keeping their old placement, and :attr:`busy` is False.
+
+        From a signal handler (on the serving thread, inside a step) it returns at once and the
+        runtime shuts down when that step ends. From another thread it waits for the step under
+        way: one stuck in a collective (a peer gone) ends at the engine's timeout (its
+        ``init_process_group(timeout=...)``)."""
+        if self._serving_thread == threading.get_ident():
+            self._shutdown_asked = True
+            return
         with self._lock:
             self._shutdown()
 
@@ -1125,7 +1172,9 @@ class EplbRuntime:
                 )
             self._finish_rebalance(self.recorder.host_step)
         self._stop_balancer()
-        self._release_groups(balancer_stopped=self.balancer.stopped)
+        if self.dev.has_streams:  # transfers still queued on the stream, before their group goes
+            self.executor.stream.synchronize()
+        self._release_groups()
 
     def __enter__(self) -> EplbRuntime:
         return self

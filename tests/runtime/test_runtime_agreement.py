@@ -577,7 +577,7 @@ def _serve_stuck(runtime: EplbRuntime, steps: int = 60) -> list[int]:
     for step in range(1, steps + 1):
         _route(runtime, step)
         runtime.step()
-        if runtime._pending is not None:
+        if runtime._pending is not None and runtime.rank == 0:  # rank 0 plans
             assert balancer_module.planning.decide.entered.wait(60)
         outstanding.append(runtime.balancer.outstanding)
     return outstanding
@@ -600,6 +600,80 @@ def test_a_plan_that_never_ends_holds_back_the_gathers(monkeypatch):
     ]
     errors = " ".join(stats["errors"])
     assert len(held) >= 5 and all(f"plan {s['epoch']}: " in errors for s in held)
+
+
+def _stuck_on_two_ranks(rank: int, world: int) -> None:
+    """Rank 0's plan sticks; rank 1's balancer waits for its broadcast. Both skip the same
+    gathers (agreed), hold at most MOST_JOBS jobs, and plan again once it returns."""
+    release = _stuck_plans(pytest.MonkeyPatch())
+    runtime = EplbRuntime(_config(interval=6, episode=6, deadline=2, num_redundant=0), 2, 8)
+    runtime.balancer.warm = True
+    outstanding = _serve_stuck(runtime, 40)
+    held = runtime.stats()["skipped"]
+    release.set()
+    end = time.monotonic() + 60
+    while runtime.balancer.outstanding:  # the stuck plan ends, the late one behind it too
+        assert time.monotonic() < end
+        time.sleep(0.01)
+    for step in range(41, 80):
+        _route(runtime, step)
+        runtime.step()
+        let_plan_finish(runtime)
+    stats = runtime.stats()
+    runtime.shutdown()
+    assert max(outstanding) == runtime_module.MOST_JOBS, outstanding
+    every = [None] * world
+    dist.all_gather_object(every, [(s["epoch"], s["step"]) for s in held])
+    assert every[0] == every[1] and sum("not gathered" in s["reason"] for s in held) >= 3, held
+    assert stats["failure"] is None
+    later = [s for s in stats["skipped"][len(held) :] if "not gathered" in s["reason"]]
+    assert later == [] and stats["num_rebalances"] + len(stats["skipped"]) > len(held), stats
+
+
+@pytest.mark.multiprocess
+def test_ranks_agree_on_the_gathers_a_stuck_plan_holds_back():
+    spawn(_stuck_on_two_ranks, 2, timeout_s=120)
+
+
+def _shutdown_from_a_signal_handler(rank: int, world: int) -> None:
+    """Every rank's serving thread gets a signal while it commits a layer; the handler calls
+    shutdown(), which runs once the step ends."""
+    open_gate()
+    runtime = EplbRuntime(_config(num_redundant=0), 3, 8)
+    weights = _weights(runtime)
+    finish, sent = runtime.executor.finish, []
+
+    def signalled(transfer):
+        if not sent:
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGUSR1)
+            time.sleep(0.05)  # the handler runs here, inside the step
+        return finish(transfer)
+
+    previous = signal.signal(signal.SIGUSR1, lambda *_: runtime.shutdown())
+    runtime.executor.finish = signalled
+    try:
+        for step in range(1, 40):
+            _route(runtime, step)
+            runtime.step()
+            let_plan_finish(runtime)
+            if sent:
+                break
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert sent, "no transfer started"
+    with pytest.raises(RuntimeError, match=r"step\(\) after shutdown\(\)"):
+        runtime.step()
+    stats = runtime.stats()
+    assert stats["failure"] is None and not runtime.busy
+    assert _weights_follow(runtime, weights)
+
+
+@pytest.mark.multiprocess
+def test_shutdown_from_a_signal_handler_waits_for_the_step_it_interrupts():
+    """A signal handler runs on the serving thread, inside the step: the lock was its own, so
+    shutdown() took the migration down under the commit (an IndexError, as from a thread)."""
+    spawn(_shutdown_from_a_signal_handler, 2)
 
 
 def test_a_first_plan_that_never_ends_is_an_error_from_the_second_gather_held(monkeypatch):
@@ -629,7 +703,7 @@ def _steps_apart(rank: int, world: int) -> None:
             runtime.step()
     except RuntimeError as err:
         assert rank == 1, err
-        assert "did not all reach the runtime's agreement (rank 1 at step 8)" in str(err), err
+        assert "did not all reach the runtime's agreement (rank 1 at step 8: " in str(err), err
         assert "calls step() more or fewer times than the others" in str(err), err
     else:
         assert rank == 0, "rank 1 met nobody in the agreement and raised nothing"
