@@ -751,13 +751,18 @@ class EplbRuntime:
         )  # fmt: skip
         self.balancer.submit(self._pending)
 
+    @property
+    def _balancer_full(self) -> bool:
+        """Whether this rank's balancer holds :data:`MOST_JOBS` jobs (running or queued)."""
+        return self.balancer.outstanding >= MOST_JOBS
+
     def _still_busy(self, step: int) -> bool:
         """Whether some rank's balancer still holds :data:`MOST_JOBS` jobs (one small
         all-reduce, only after a deadline found it so): then this gather is skipped, an error
         once every balancer had warmed up, or from the second gather so held on (a first plan
         that never ends, warm-up or not, is news)."""
         running = self.balancer.running
-        full = self.balancer.outstanding >= MOST_JOBS
+        full = self._balancer_full
         low, high = self._agree([int(full), int(self.balancer.warm)])
         if not high[0]:
             self._backlog = False
@@ -864,7 +869,7 @@ class EplbRuntime:
         broken = int(
             self._balancer_group is not None and self.balancer.failed_group is self._balancer_group
         )
-        busy = int(self.balancer.outstanding >= MOST_JOBS)
+        busy = int(self._balancer_full)
         low, high = self._agree([*mine, self.executor.signature, fits, int(job.warm), broken, busy])
         low.pop()
         self._backlog = bool(high.pop())
