@@ -554,9 +554,9 @@ def test_shutdown_from_another_thread_waits_for_the_step_under_way():
     spawn(_shutdown_from_another_thread, 2)
 
 
-def _stuck_plans(monkeypatch) -> threading.Event:
-    """Plans that do not return until the event returned is set (60 s at most); each sets
-    ``planning.decide.entered`` once it is in."""
+def _stuck_plans(monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """Plans that do not return until the first event returned is set (60 s at most); each sets
+    the second once it is in."""
     release, entered = threading.Event(), threading.Event()
     decide = balancer_module.planning.decide
 
@@ -565,20 +565,19 @@ def _stuck_plans(monkeypatch) -> threading.Event:
         release.wait(60)
         return decide(*args, **kwargs)
 
-    stuck.entered = entered
     monkeypatch.setattr(balancer_module.planning, "decide", stuck)
-    return release
+    return release, entered
 
 
-def _serve_stuck(runtime: EplbRuntime, steps: int = 60) -> list[int]:
-    """Serve ``steps`` steps, the first plan held until it is in the policy (not late: it
-    sticks there); the balancer's jobs outstanding after each step."""
+def _serve_stuck(runtime: EplbRuntime, entered: threading.Event, steps: int = 60) -> list[int]:
+    """Serve ``steps`` steps, the first plan held until it is in the policy (``entered``; not
+    late: it sticks there); the balancer's jobs outstanding after each step."""
     outstanding = []
     for step in range(1, steps + 1):
         _route(runtime, step)
         runtime.step()
         if runtime._pending is not None and runtime.rank == 0:  # rank 0 plans
-            assert balancer_module.planning.decide.entered.wait(60)
+            assert entered.wait(60)
         outstanding.append(runtime.balancer.outstanding)
     return outstanding
 
@@ -587,10 +586,10 @@ def test_a_plan_that_never_ends_holds_back_the_gathers(monkeypatch):
     """Behind a plan that never returns, each gather's copy of the heat ring queued for good
     (memory without bound): the balancer holds at most MOST_JOBS jobs, and the gathers after
     that are skipped as errors naming the plan that holds it."""
-    release = _stuck_plans(monkeypatch)
+    release, entered = _stuck_plans(monkeypatch)
     runtime = EplbRuntime(_config(interval=6, episode=6, deadline=2, num_redundant=0), 2, 8)
     runtime.balancer.warm = True
-    outstanding = _serve_stuck(runtime)
+    outstanding = _serve_stuck(runtime, entered)
     stats = runtime.stats()
     release.set()
     runtime.shutdown()
@@ -605,10 +604,10 @@ def test_a_plan_that_never_ends_holds_back_the_gathers(monkeypatch):
 def _stuck_on_two_ranks(rank: int, world: int) -> None:
     """Rank 0's plan sticks; rank 1's balancer waits for its broadcast. Both skip the same
     gathers (agreed), hold at most MOST_JOBS jobs, and plan again once it returns."""
-    release = _stuck_plans(pytest.MonkeyPatch())
+    release, entered = _stuck_plans(pytest.MonkeyPatch())
     runtime = EplbRuntime(_config(interval=6, episode=6, deadline=2, num_redundant=0), 2, 8)
     runtime.balancer.warm = True
-    outstanding = _serve_stuck(runtime, 40)
+    outstanding = _serve_stuck(runtime, entered, 40)
     held = runtime.stats()["skipped"]
     release.set()
     end = time.monotonic() + 60
@@ -679,10 +678,10 @@ def test_shutdown_from_a_signal_handler_waits_for_the_step_it_interrupts():
 def test_a_first_plan_that_never_ends_is_an_error_from_the_second_gather_held(monkeypatch):
     """Before any plan has finished (no warm-up) a plan late for its deadline is a one-off
     wait, not an error; one that holds the gathers back twice is."""
-    release = _stuck_plans(monkeypatch)
+    release, entered = _stuck_plans(monkeypatch)
     config = _config(interval=6, episode=6, deadline=2, num_redundant=0, warm_up=False)
     runtime = EplbRuntime(config, 2, 8)
-    _serve_stuck(runtime)
+    _serve_stuck(runtime, entered)
     stats, warm = runtime.stats(), runtime.balancer.warm
     release.set()
     runtime.shutdown()
