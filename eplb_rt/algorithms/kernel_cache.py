@@ -27,14 +27,18 @@ all compile at first use, for the CPU they run on, and save next to the shipped 
 can. ``EPLB_RT_KERNEL_CACHE=0`` turns the shipped cache off (numba's own caching then applies);
 ``NUMBA_CACHE_LOCATOR_CLASSES``, numba's own override of the locator list, also bypasses it.
 The package's entries are saved under an exclusive lock on the kernel's index and loaded under a
-shared one (:func:`_locked`), so processes that compile at once keep every entry.
+shared one (:func:`_locked`), so processes that compile at once keep every entry. numba never
+deletes an entry: an edit of the sources leaves the old ones behind (a kernel's index is named
+after its line), so the warm-up ends with :func:`prune`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
+import pickle
 import shutil
 import tempfile
 import warnings
@@ -303,3 +307,100 @@ def install(package_root: Path = PACKAGE_ROOT, cache_root: Path | None = None) -
         cache._load_overload = _locked(_load_portable(cache._load_overload), exclusive=False)
         cache._save_overload = _locked(cache._save_overload, exclusive=True)
     return True
+
+
+def prune(package_root: Path = PACKAGE_ROOT, cache_root: Path | None = None) -> tuple[int, int]:
+    """Delete the files of the kernel cache of ``package_root`` (in ``cache_root``, default
+    ``package_root/_kernels``) that no process can load again: each index saved for sources
+    since edited (its stamp is not :func:`source_stamp` of its folder now, or its module is
+    gone) with its data files and lock, and data files or locks whose index is gone. An index
+    of another numba version with the sources' stamp serves that version (another environment
+    on this tree) and is kept, data and all. Each index is judged and deleted under its
+    exclusive lock, as :func:`_locked` saves. Returns ``(files removed, bytes freed)``; nothing
+    where the folder cannot be written."""
+    package_root = Path(package_root).resolve()
+    cache_root = package_root / CACHE_FOLDER if cache_root is None else Path(cache_root)
+    if not cache_root.is_dir() or not _writable(cache_root):
+        return 0, 0
+    removed = freed = 0
+    for folder in (cache_root, *sorted(p for p in cache_root.rglob("*") if p.is_dir())):
+        sources = package_root / folder.relative_to(cache_root)
+        modules = sorted(sources.glob("*.py")) if sources.is_dir() else []
+        stamp = source_stamp(modules[0]) if modules else None
+        data: dict[str, list[Path]] = {}  # index name -> its data files
+        locks = []  # of indexes gone
+        for path in sorted(folder.iterdir()):
+            base, _, number = path.name.removesuffix(".nbc").rpartition(".")
+            if path.name.endswith(".nbc") and number.isdigit():
+                data.setdefault(f"{base}.nbi", []).append(path)
+            elif path.name.endswith(".nbi.lock") and not path.with_suffix("").exists():
+                locks.append(path)
+        kept: set[Path] = set()  # data files a fresh index names
+        for index in sorted(folder.glob("*.nbi")):
+            module = sources / f"{index.name.split('.', 1)[0]}.py"
+            with _index_lock(index):
+                fresh, names = _read_index(index, stamp) if module.is_file() else (False, [])
+                if fresh:  # its data files that it names (every one where unknown)
+                    ours = data.get(index.name, [])
+                    kept.update(p for p in ours if names is None or p.name in names)
+                    continue
+                gone = [_unlink(index)]  # under its lock: no save is under way
+            gone.append(_unlink(Path(f"{index}.lock")))
+            removed, freed = removed + sum(n for n, _ in gone), freed + sum(b for _, b in gone)
+        for path in [p for paths in data.values() for p in paths]:
+            if path not in kept:
+                n, size = _unlink(path)
+                removed, freed = removed + n, freed + size
+        for lock in locks:  # of an index gone: unless a save holds it to write one
+            index = Path(str(lock).removesuffix(".lock"))
+            with _index_lock(index):
+                gone = (0, 0) if index.exists() else _unlink(lock)
+            removed += gone[0]
+    return removed, freed
+
+
+def _read_index(index: Path, stamp: str | None) -> tuple[bool, list[str] | None]:
+    """``(fresh, names)``: whether numba's index file ``index`` was saved for the sources'
+    ``stamp``, and the data files it names (``None`` for another numba version's index, kept
+    whole: its entries are that version's to judge)."""
+    import numba
+
+    try:
+        with open(index, "rb") as f:
+            version = pickle.load(f)
+            saved_stamp, overloads = pickle.loads(f.read())
+    except FileNotFoundError:
+        return False, []
+    except Exception:  # another numba's pickle that this one cannot read
+        return True, None
+    if saved_stamp != stamp:
+        return False, []
+    return True, (list(overloads.values()) if version == numba.__version__ else None)
+
+
+@contextlib.contextmanager
+def _index_lock(index: Path):
+    """The exclusive lock :func:`_locked` saves an entry of ``index`` under (none where
+    ``fcntl`` or the lock file is not to be had)."""
+    fd = None
+    if fcntl is not None:
+        try:
+            fd = os.open(f"{index}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _unlink(path: Path) -> tuple[int, int]:
+    """Delete ``path``: ``(1, its size in bytes)``, ``(0, 0)`` where it was gone."""
+    try:
+        size = path.stat().st_size
+        path.unlink()
+    except FileNotFoundError:
+        return 0, 0
+    return 1, size

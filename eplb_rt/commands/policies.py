@@ -11,7 +11,9 @@ The kernels are cached in the package (``eplb_rt/_kernels``, see
 them at its first plan. ``--portable`` also compiles them, in a child process, for any CPU of
 this architecture: a process on a CPU with no entries of its own loads those. ``setup.py`` runs
 ``--warm-up --portable`` after the build; ``--warm-up`` where the package was built on another
-CPU gives that machine code tuned for its own.
+CPU gives that machine code tuned for its own. A warm-up ends by deleting the cache's entries
+of sources since edited (numba keeps them: an editable install that is updated and set up again
+would gather one set per update).
 """
 
 from __future__ import annotations
@@ -72,6 +74,11 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
+    if args.warm_up and kernel_cache.installed():
+        removed, freed = kernel_cache.prune()
+        if removed:
+            mib = freed / 2**20
+            print(f"removed {removed} cache files of sources since edited ({mib:.1f} MiB)")
     return 0
 
 

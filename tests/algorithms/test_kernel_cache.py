@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import platform
 import subprocess
 import sys
@@ -279,6 +280,53 @@ def test_toy_package_hits_and_is_invalidated_by_an_edit(tmp_path):
     stats = call(3.0, blocked / "kernels")
     assert stats["misses"] == 1
     assert Path(stats["paths"][0]).is_relative_to(tmp_path / "user"), stats
+
+
+@pytest.mark.slow
+def test_prune_deletes_the_entries_of_edited_sources_and_keeps_the_fresh(tmp_path):
+    """numba names a kernel's index after its line and never deletes one: every edit of the
+    sources left a set of files behind (118 MiB in a tree set up over many updates). Pruned:
+    the stale index with its data and lock, a data file no index names, a lock whose index is
+    gone; kept: the fresh index, its data, its lock, and an index of another numba version."""
+    toy, path = make_toy(tmp_path)
+    cache = tmp_path / "shipped"
+
+    def call(scale: float) -> dict:
+        code = TOY_CALL.format(root=str(tmp_path), cache=str(cache), scale=scale)
+        return run_fresh("toy.", code, tmp_path / "user", pythonpath=path)
+
+    assert call(2.0)["misses"] == 1
+    old = {p.name for p in cache.rglob("*") if p.is_file()}
+    (toy / "kernel.py").write_text("# moved down a line\n" + TOY_KERNEL)
+    (toy / "consts.py").write_text("SCALE = 3.0\n")
+    assert call(3.0)["misses"] == 1
+    files = {p.name: p for p in cache.rglob("*") if p.is_file()}
+    new = set(files) - old
+    assert len(new) == 3 and any(n.endswith(".1.nbc") for n in new), sorted(files)
+    index = next(files[n] for n in new if n.endswith(".nbi"))
+    folder = index.parent
+    orphan = folder / index.name.replace(".nbi", ".7.nbc")
+    orphan.write_bytes(b"x")
+    lone_lock = folder / "kernel.gone-3.py311.nbi.lock"
+    lone_lock.touch()
+    other = folder / index.name.replace("-", "-9", 1)  # another numba's index, this stamp
+    with open(index, "rb") as f:
+        version, rest = pickle.load(f), f.read()
+    with open(other, "wb") as f:
+        pickle.dump("0.0.0", f)
+        f.write(rest)
+    other_data = folder / other.name.replace(".nbi", ".1.nbc")
+    other_data.write_bytes(b"x")
+    assert version != "0.0.0"
+
+    removed, freed = kernel_cache.prune(toy, cache)
+
+    left = {p.name for p in cache.rglob("*") if p.is_file()}
+    kept = {other.name, f"{other.name}.lock", other_data.name}  # the lock: pruned under it
+    assert left == new | kept, (sorted(left), sorted(new))
+    assert removed == len(old) + 2 and freed > 0, (removed, freed)
+    assert call(3.0) == {"hits": 1, "misses": 0, "paths": [str(cache)]}
+    assert kernel_cache.prune(toy, cache) == (0, 0)
 
 
 # A process that compiles the toy kernel for its own dtype, with numba's read of the kernel's

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from eplb_rt import cli
-from eplb_rt.algorithms import policy_names
+from eplb_rt.algorithms import kernel_cache, policy_names
 from eplb_rt.planning import PIPELINE_OPTIONS
 
 
@@ -76,11 +76,14 @@ def test_score_reports_gap_to_the_bound(capsys, tmp_path, shares):
     assert "gap to the lower bound" in text
 
 
-def test_policies_warm_up_reports_every_policy(capsys):
+def test_policies_warm_up_reports_every_policy_and_prunes_the_cache(capsys, monkeypatch):
+    pruned = []
+    monkeypatch.setattr(kernel_cache, "prune", lambda: pruned.append(1) or (3, 2**20))
     code, out = run(capsys, "policies", "--warm-up")
     assert code == 0
-    timed = out.split(" (numba compile or cache load):\n", 1)[1].splitlines()
+    *timed, last = out.split(" (numba compile or cache load):\n", 1)[1].splitlines()
     assert [line.split()[0] for line in timed] == policy_names()
+    assert pruned == [1] and last == "removed 3 cache files of sources since edited (1.0 MiB)"
     assert all(line.endswith(" s") and float(line.split()[1]) >= 0 for line in timed)
 
 
