@@ -187,7 +187,7 @@ class MigrationExecutor:
                     f"[{num_slots_per_rank}, ...] (one row per local slot)"
                 )
             ops.check_npu_layout(tensor, f"weight {name!r}")
-        rows = [slot_rows(name, t) for name, t in tensors.items()]
+        rows = [self._slot_rows(name, tensor, tensors) for name, tensor in tensors.items()]
         self._check_apart(layer, tensors, rows)
         try:
             self._staging_for(0, rows)  # allocates every lane's buffers
@@ -211,16 +211,39 @@ class MigrationExecutor:
         )
 
     def describe(self, layer: int) -> str:
-        """``layer``'s registered tensors as the ranks must agree on them: each one's name,
-        slot shape, dtype and slot strides (``"none"`` without weights)."""
+        """``layer``'s registered tensors as the ranks must agree on them, so that a slot's
+        bytes mean the same on every rank and fill the same row: each one's name, slot shape,
+        dtype, slot strides (``-`` for a dimension of size 1, whose stride places nothing) and
+        bytes a slot (its padding included: a transfer moves the whole row); ``"none"`` without
+        weights."""
         named = self.weights.get(layer)
         if not named:
             return "none"
         return ", ".join(
             f"{name} {tuple(t.shape[1:])} {str(t.dtype).removeprefix('torch.')} "
-            f"strides {tuple(t.stride()[1:])}"
-            for name, t in named.items()
+            f"strides {_slot_strides(t)} {rows.shape[1]} bytes"
+            for (name, t), rows in zip(named.items(), self._rows[layer], strict=True)
         )
+
+    @staticmethod
+    def _slot_rows(name: str, tensor: torch.Tensor, tensors: dict[str, torch.Tensor]):
+        """:func:`slot_rows` of ``tensor``; where they cannot be had and another of
+        ``tensors`` views the same memory (the halves of a fused tensor), the error says so."""
+        try:
+            return slot_rows(name, tensor)
+        except ValueError as err:
+            storage = tensor.untyped_storage().data_ptr()
+            views = [
+                other
+                for other, t in tensors.items()
+                if other != name and t.untyped_storage().data_ptr() == storage
+            ]
+            if not views:
+                raise
+            raise ValueError(
+                f"{err}. {name!r} and {', '.join(map(repr, views))} are views of one tensor: "
+                "register that tensor once, under one name"
+            ) from None
 
     def _check_apart(
         self, layer: int, tensors: dict[str, torch.Tensor], rows: list[torch.Tensor]
@@ -377,6 +400,14 @@ class MigrationExecutor:
             return
         self.device.wait_event(transfer.event)
         ops.update_expert_weights_(rows, transfer.staged, slots)
+
+
+def _slot_strides(tensor: torch.Tensor) -> str:
+    """The strides of a slot of ``tensor [S, ...]`` as a tuple prints them, ``-`` for a
+    dimension of size 1 (its stride places nothing)."""
+    dims = zip(tensor.shape[1:], tensor.stride()[1:], strict=True)
+    named = ["-" if size == 1 else str(stride) for size, stride in dims]
+    return f"({', '.join(named)}{',' if len(named) == 1 else ''})"
 
 
 def _widths(rows: list[torch.Tensor]) -> tuple[tuple[int, int], ...]:

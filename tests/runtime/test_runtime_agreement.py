@@ -256,8 +256,23 @@ def _one_rank_surprised(rank: int, world: int, folder: str) -> None:
     initial = runtime.placement
     stats = _serve(runtime, 13)
     assert runtime.placement == initial and stats["num_rebalances"] == 0
-    said = "ranks registered different weights (layer 0: rank 0 w (4,) float32 strides (1,); "
-    said += "rank 1 w (5,) float32 strides (1,))"
+    said = "ranks registered different weights (layer 0: rank 0 w (4,) float32 strides (1,) "
+    said += "16 bytes; rank 1 w (5,) float32 strides (1,) 20 bytes)"
+    assert any(said in e for e in stats["errors"]), stats["errors"]
+
+    # The same slot shape, one rank's slots padded (a slice of a wider buffer): rows of 16 and
+    # 24 bytes, which passed as one layout, and gloo aborted the process at the transfer.
+    runtime = EplbRuntime(_config(), 2, 9)
+    grid = runtime.placement.by_rank()[:, rank]
+    for layer in range(runtime.num_layers):
+        held = torch.tensor(100.0 * layer + grid[layer], dtype=torch.float32)[:, None]
+        wide = held.repeat(1, 4 + 2 * rank).contiguous()
+        runtime.register_weights(layer, {"w": wide[:, :4]})
+    initial = runtime.placement
+    stats = _serve(runtime, 13)
+    assert runtime.placement == initial and stats["num_rebalances"] == 0
+    said = "layer 0: rank 0 w (4,) float32 strides (1,) 16 bytes; rank 1 w (4,) float32 "
+    said += "strides (1,) 24 bytes"
     assert any(said in e for e in stats["errors"]), stats["errors"]
 
 

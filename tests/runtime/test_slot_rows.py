@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eplb_rt.runtime.executor import slot_rows
+from eplb_rt.runtime.device import Device
+from eplb_rt.runtime.executor import MigrationExecutor, slot_rows
 
 
 def _slots_as_bytes(tensor: torch.Tensor) -> list[bytes]:
@@ -57,3 +58,35 @@ def test_layouts_without_a_block_a_slot_are_refused(make, match):
     tensor = make()
     with pytest.raises(ValueError, match=match):
         slot_rows("w", tensor)
+
+
+def _described(tensors: dict[str, torch.Tensor]) -> tuple[str, int]:
+    executor = MigrationExecutor(Device("cpu"), rank=0, ranks=[0], group=None, lanes=1, timeout_s=5)
+    executor.register(0, tensors, 4)
+    return executor.describe(0), executor.signature
+
+
+def test_ranks_agree_on_the_bytes_a_slot_moves_not_only_its_elements():
+    """A padded slice and a tensor of the same slot shape fill rows of 36 and 28 bytes: they
+    passed as one layout, and gloo aborted the process at the transfer."""
+    padded = _described({"w": torch.zeros(4, 9)[:, :7]})
+    dense = _described({"w": torch.zeros(4, 7)})
+    assert padded[0] == "w (7,) float32 strides (1,) 36 bytes"
+    assert dense[0] == "w (7,) float32 strides (1,) 28 bytes"
+    assert padded[1] != dense[1]
+
+
+def test_the_stride_of_a_dimension_of_size_one_is_no_difference():
+    """It places nothing: the same bytes, which ranks took for different weights (no plan
+    migrated)."""
+    transposed = _described({"w": torch.zeros(4, 7, 1).transpose(1, 2)})  # strides (7, 1, 1)
+    plain = _described({"w": torch.zeros(4, 1, 7)})  # strides (7, 7, 1)
+    assert transposed == plain and plain[0] == "w (1, 7) float32 strides (-, 1) 28 bytes"
+
+
+def test_the_halves_of_a_fused_tensor_are_named_as_views_of_it():
+    w13 = torch.zeros(4, 10)
+    executor = MigrationExecutor(Device("cpu"), rank=0, ranks=[0], group=None, lanes=1, timeout_s=5)
+    with pytest.raises(ValueError, match="'w3' and 'w1' are views of one tensor: register that"):
+        executor.register(0, {"w1": w13[:, :5], "w3": w13[:, 5:]}, 4)
+    assert executor.weights == {} and executor.signature == 0
