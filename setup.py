@@ -50,7 +50,11 @@ class CMakeBuild(build_ext):
             return
         # In place (and editable): the source tree is the package; otherwise build_lib, which
         # build_py has filled and the wheel is made from.
-        fill_kernel_cache(ROOT if self.inplace else Path(self.build_lib).resolve())
+        tree = ROOT if self.inplace else Path(self.build_lib).resolve()
+        fill_kernel_cache(tree)
+        if not self.inplace:  # a copy no process uses: its index locks are no part of a wheel
+            for lock in (tree / "eplb_rt" / "_kernels").rglob("*.nbi.lock"):
+                lock.unlink()
 
     def build_extension(self, ext: Extension) -> None:
         target = Path(self.get_ext_fullpath(ext.name)).resolve()
@@ -85,7 +89,7 @@ class CMakeBuild(build_ext):
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(build_dir / "lib" / target.name, target)
         # The NPU build's AscendC kernel library goes next to the extension, which finds it
-        # through its rpath $ORIGIN (its other RUNPATH entry, the build folder, may be gone).
+        # through its rpath $ORIGIN.
         for kernels in (build_dir / "lib").glob("libeplb_ascendc_kernels*.so*"):
             shutil.copy2(kernels, target.parent / kernels.name)
 

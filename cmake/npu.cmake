@@ -99,7 +99,7 @@ else()
   # have to match torch's (_GLIBCXX_USE_CXX11_ABI). libtorch_npu.so is already loaded when the
   # extension is (eplb_rt imports torch_npu first), so only the kernel library needs the rpath.
   target_link_libraries(_C PRIVATE eplb_ascendc_kernels "${EPLB_TORCH_NPU_LIBRARY}" CANN::ascendcl)
-  set_target_properties(_C PROPERTIES BUILD_RPATH "$ORIGIN" INSTALL_RPATH "$ORIGIN")
+  set_property(TARGET _C APPEND PROPERTY INSTALL_RPATH "$ORIGIN")
   set(EPLB_RT_NPU_BUILT ON)
   set(EPLB_RT_NPU_SOC "${_eplb_soc}")
   set(EPLB_RT_NPU_SOC_SOURCE "${_eplb_soc_source}")

@@ -125,8 +125,8 @@ endfunction()
 @needs_cmake
 def test_npu_cmake_builds_a_shared_kernel_library_found_through_rpath(tmp_path):
     """cmake/npu.cmake against a stand-in CANN tree and torch_npu: the kernels (device sources
-    only) go into a SHARED ascendc_library, _C gets the launchers, rpath $ORIGIN and the SoC
-    npu-smi reports."""
+    only) go into a SHARED ascendc_library, _C gets the launchers, rpath $ORIGIN (the
+    extension is built with its install rpath) and the SoC npu-smi reports."""
     cann = tmp_path / "cann"
     (cann / "compiler/tikcpp/ascendc_kernel_cmake").mkdir(parents=True)
     (cann / "compiler/tikcpp/ascendc_kernel_cmake/ascendc.cmake").write_text(STAND_IN_ASCENDC)
@@ -146,7 +146,7 @@ def test_npu_cmake_builds_a_shared_kernel_library_found_through_rpath(tmp_path):
         "add_library(_C SHARED probe.cpp)\n"
         "set(EPLB_RT_NPU ON)\n"
         f'include("{(REPO / "cmake" / "npu.cmake").as_posix()}")\n'
-        "get_target_property(rpath _C BUILD_RPATH)\n"
+        "get_target_property(rpath _C INSTALL_RPATH)\n"
         "get_target_property(sources _C SOURCES)\n"
         "get_target_property(defs _C COMPILE_DEFINITIONS)\n"
         'message(STATUS "PROBE ${EPLB_RT_NPU_BUILT}|${rpath}|${defs}|${sources}")\n'
@@ -181,6 +181,24 @@ def test_npu_cmake_builds_a_shared_kernel_library_found_through_rpath(tmp_path):
         "update_expert_map",
         "update_expert_weights",
     ]
+
+
+@pytest.mark.skipif(shutil.which("readelf") is None, reason="readelf not found")
+def test_the_extension_names_no_folder_of_the_build_machine():
+    """Its RUNPATH held the site-packages of the torch it was built against: the build venv,
+    or an isolated build's folder that pip deletes (the extension then loaded only after
+    torch). Now the folders next to it alone."""
+    import eplb_rt._C
+
+    dynamic = subprocess.run(
+        ["readelf", "-d", eplb_rt._C.__file__], capture_output=True, text=True, check=True
+    ).stdout
+    paths = [
+        line.split("[", 1)[1].rstrip("]").split(":")
+        for line in dynamic.splitlines()
+        if "(RUNPATH)" in line or "(RPATH)" in line
+    ]
+    assert paths and all(p.startswith("$ORIGIN") for entry in paths for p in entry), paths
 
 
 # ---- the C++ compiler must link libstdc++ as a shared library (cmake/libstdcxx.cmake) ----
