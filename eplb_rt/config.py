@@ -56,7 +56,8 @@ class EplbConfig:
             With these and the registered weights' bytes, a layer is re-deployed only when the
             compute it saves before the next plan (over one ``interval``, a probe's plan too)
             exceeds its migration time (:mod:`eplb_rt.planning`).
-        heat_source: ``"topk"`` (sender side, counted by ``route``; all-reduced) or
+        heat_source: ``"topk"`` (sender side, counted by ``route``; summed over the ranks,
+            or one rank's where they route the same tokens: ``rank_local_tokens``) or
             ``"group_list"`` (receiver side, counted by ``record``; all-gathered).
         rank_local_tokens: each rank routes its own tokens (data-parallel attention, dispatched
             by all-to-all): the ranks then shift the replica rule by ``rank * 2^16 //
@@ -64,7 +65,9 @@ class EplbConfig:
             each counted from 0, do not all pick the same replica of an expert in every step.
             Leave it ``False`` where the ranks route the same tokens and each computes the pairs
             of its own slots (tensor-parallel attention, a combine by all-reduce): they must
-            then pick the same replicas.
+            then pick the same replicas, and each rank's ``"topk"`` heat holds every token, so
+            the plan reads one rank's (their sum where the ranks' counts differ, with a warning
+            that this flag is off).
         count_steps: which steps feed the heat: ``"all"``, ``"prefill"`` or ``"decode"``
             (``step(is_prefill=...)`` says which one just ran). With ``"group_list"`` heat a
             rank's counts hold every rank's tokens, so a step counts only where every rank's

@@ -208,6 +208,7 @@ class Balancer:
         self.busy_s = 0.0
         self._told_waiting = False  # the advice to plan in a child process is given once
         self._told_phases = False  # ... and that on receiver-side heat phases count nothing
+        self._told_local = False  # ... and that ranks route their own tokens without the flag
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="eplb-balancer", daemon=True)
         self._thread.start()
@@ -420,12 +421,35 @@ class Balancer:
         )
 
     def _reduce(self, heat: torch.Tensor, group) -> np.ndarray:
-        """Global ``[T, L, P]`` heat from this rank's rows."""
+        """Global ``[T, L, P]`` heat from this rank's rows.
+
+        Sender-side heat counts every pair a rank routes: where each rank routes its own tokens
+        (``rank_local_tokens``) the ranks' counts add up; where they route the same tokens
+        (tensor-parallel attention, each computing its own slots' pairs) each holds the whole,
+        and their sum held it ``num_ranks`` times (token counts whose sampling noise then looks
+        that much smaller to the policies). Without the flag the ranks' rows are compared
+        (their sum against ``num_ranks`` times their largest): one rank's is taken where they
+        are equal, their sum where they differ, with a warning that the flag is off."""
         if group is None:
             return heat.numpy()
         if self.config.heat_source == "topk":
-            dist.all_reduce(heat, group=group)
-            return heat.numpy()
+            total = heat.clone()
+            dist.all_reduce(total, group=group)
+            if self.config.rank_local_tokens:
+                return total.numpy()
+            dist.all_reduce(heat, op=dist.ReduceOp.MAX, group=group)
+            if torch.equal(total, heat * self.topology.num_ranks):
+                return heat.numpy()
+            if not self._told_local and self.rank == 0:
+                self._told_local = True
+                log.warning(
+                    "the ranks routed different tokens, while EplbConfig.rank_local_tokens is "
+                    "False (every rank routes the same tokens, tensor-parallel attention): their "
+                    "heat is summed; set rank_local_tokens=True where each rank routes its own "
+                    "tokens (data-parallel attention), so that they also spread their first "
+                    "tokens over an expert's replicas"
+                )
+            return total.numpy()
         S = self.topology.num_slots_per_rank
         own = heat[:, :, self.rank * S : (self.rank + 1) * S].contiguous()
         parts = [torch.empty_like(own) for _ in range(self.topology.num_ranks)]

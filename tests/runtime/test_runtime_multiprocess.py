@@ -26,6 +26,7 @@ from eplb_rt.algorithms import warm_up
 from eplb_rt.config import EplbConfig
 from eplb_rt.models import ExpertParallelMoE, MoEConfig, expert_weights
 from eplb_rt.runtime import EplbRuntime
+from eplb_rt.runtime import balancer as balancer_module
 from eplb_rt.runtime import runtime as runtime_module
 from tests.groups import group_nodes
 
@@ -391,6 +392,60 @@ def test_data_parallel_ranks_send_their_first_tokens_to_different_replicas():
     first token picked the same replica of its expert (a straggler in every decode step). With
     ``rank_local_tokens`` they spread; without it the ranks pick alike (a replicated batch)."""
     spawn(_data_parallel_tokens, 2)
+
+
+def _heat_of_same_or_own_tokens(rank: int, world: int, same: bool, local: bool) -> None:
+    """Routes 6 steps of 16 tokens a layer (the same on every rank, or each rank's own); checks
+    the load the planning rank's policy reads (the last 5, ``history - 1``) against the tokens
+    counted by hand."""
+    said, loads = [], []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    logging.getLogger("eplb_rt.runtime").addHandler(handler)
+    decide = balancer_module.planning.decide
+    balancer_module.planning.decide = lambda load, *a, **k: (
+        loads.append(load) or decide(load, *a, **k)
+    )
+    E = 6
+    # Episode 2: no first-fit probe before the interval's gather at step 6.
+    config = EplbConfig(
+        policy="deepseek", interval=6, history=6, episode=2, deadline=2, num_redundant=2,
+        warm_up=False, rank_local_tokens=local,
+    )  # fmt: skip
+    runtime = EplbRuntime(config, 2, E)
+    expected = np.zeros((6, 2, E))
+    for step in range(6):
+        for source in range(world):  # every rank's tokens, to count what the ranks routed
+            gen = torch.Generator().manual_seed(10 * step + (0 if same else source))
+            ids = torch.randint(0, E, (2, 16, 2), generator=gen)
+            if source == rank:
+                for layer in range(2):
+                    runtime.route(layer, ids[layer])
+            if source == rank or not same:
+                for layer in range(2):
+                    expected[step, layer] += np.bincount(ids[layer].reshape(-1), minlength=E)
+        runtime.step()
+    let_plan_finish(runtime)
+    runtime.shutdown()
+    balancer_module.planning.decide = decide
+    logging.getLogger("eplb_rt.runtime").removeHandler(handler)
+    told = [m for m in said if "the ranks routed different tokens" in m]
+    if rank == 0:
+        assert len(loads) == 1 and np.array_equal(loads[0], expected[1:]), (loads, expected)
+    assert len(told) == int(rank == 0 and not same and not local), said
+
+
+@pytest.mark.parametrize(
+    ("same", "local"),
+    [(True, False), (False, True), (False, False)],
+    ids=["same-tokens", "own-tokens", "own-tokens-without-the-flag"],
+)
+def test_the_plan_reads_each_routed_token_once(same, local):
+    """Ranks that route the same tokens (tensor-parallel attention, ``rank_local_tokens``
+    False) each counted every pair, and the plan read their sum: every token ``num_ranks``
+    times, so its sampling noise looked that much smaller. One rank's count now; the sum where
+    each rank routes its own tokens, with a warning where the flag says otherwise."""
+    spawn(_heat_of_same_or_own_tokens, 2, same, local)
 
 
 def _phases_apart(rank: int, world: int, apart: bool) -> None:
