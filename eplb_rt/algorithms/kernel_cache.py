@@ -204,19 +204,42 @@ def _locked(method, exclusive: bool):
     @functools.wraps(method)
     def run(self, *args):
         index = getattr(getattr(self, "_cache_file", None), "_index_path", None)
-        if fcntl is None or index is None or not _ours(self):
+        if index is None or not _ours(self):
             return method(self, *args)
-        try:
-            fd = os.open(f"{index}.lock", os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError:
+        with _index_lock(index, exclusive):
             return method(self, *args)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            return method(self, *args)
-        finally:
-            os.close(fd)  # and with it the lock
 
     return run
+
+
+@contextlib.contextmanager
+def _index_lock(index: str | os.PathLike, exclusive: bool = True):
+    """The lock on ``index``'s entries, held for the ``with`` block: ``flock`` on the file
+    ``<index>.lock``, exclusive or shared. :func:`prune` deletes a lock file while it holds it,
+    so a process that waited on it holds a file no other process will open: after ``flock`` the
+    file is checked to be the one at the path, and opened again where it is not. No lock where
+    ``fcntl`` or the file cannot be had (numba's own behaviour)."""
+    path = f"{index}.lock"
+    fd = None
+    while fcntl is not None:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            break
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            held, there = os.fstat(fd), os.stat(path)
+            if (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino):
+                break
+        except OSError:  # deleted between the flock and the stat
+            pass
+        os.close(fd)
+        fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # and with it the lock
 
 
 def _locator_class(base: type, package_root: Path, cache_root: Path) -> type:
@@ -313,11 +336,11 @@ def prune(package_root: Path = PACKAGE_ROOT, cache_root: Path | None = None) -> 
     """Delete the files of the kernel cache of ``package_root`` (in ``cache_root``, default
     ``package_root/_kernels``) that no process can load again: each index saved for sources
     since edited (its stamp is not :func:`source_stamp` of its folder now, or its module is
-    gone) with its data files and lock, and data files or locks whose index is gone. An index
-    of another numba version with the sources' stamp serves that version (another environment
-    on this tree) and is kept, data and all. Each index is judged and deleted under its
-    exclusive lock, as :func:`_locked` saves. Returns ``(files removed, bytes freed)``; nothing
-    where the folder cannot be written."""
+    gone) with its data files and lock, data files no index names, and locks of indexes gone.
+    An index of another numba version with the sources' stamp is kept, data and all (that
+    version's to judge). Every file goes under its index's exclusive lock, as :func:`_locked`
+    saves. Returns ``(files removed, bytes freed)``; nothing where the folder cannot be
+    written."""
     package_root = Path(package_root).resolve()
     cache_root = package_root / CACHE_FOLDER if cache_root is None else Path(cache_root)
     if not cache_root.is_dir() or not _writable(cache_root):
@@ -325,38 +348,44 @@ def prune(package_root: Path = PACKAGE_ROOT, cache_root: Path | None = None) -> 
     removed = freed = 0
     for folder in (cache_root, *sorted(p for p in cache_root.rglob("*") if p.is_dir())):
         sources = package_root / folder.relative_to(cache_root)
-        modules = sorted(sources.glob("*.py")) if sources.is_dir() else []
-        stamp = source_stamp(modules[0]) if modules else None
-        data: dict[str, list[Path]] = {}  # index name -> its data files
-        locks = []  # of indexes gone
-        for path in sorted(folder.iterdir()):
-            base, _, number = path.name.removesuffix(".nbc").rpartition(".")
-            if path.name.endswith(".nbc") and number.isdigit():
-                data.setdefault(f"{base}.nbi", []).append(path)
-            elif path.name.endswith(".nbi.lock") and not path.with_suffix("").exists():
-                locks.append(path)
-        kept: set[Path] = set()  # data files a fresh index names
-        for index in sorted(folder.glob("*.nbi")):
-            module = sources / f"{index.name.split('.', 1)[0]}.py"
-            with _index_lock(index):
-                fresh, names = _read_index(index, stamp) if module.is_file() else (False, [])
-                if fresh:  # its data files that it names (every one where unknown)
-                    ours = data.get(index.name, [])
-                    kept.update(p for p in ours if names is None or p.name in names)
-                    continue
-                gone = [_unlink(index)]  # under its lock: no save is under way
-            gone.append(_unlink(Path(f"{index}.lock")))
-            removed, freed = removed + sum(n for n, _ in gone), freed + sum(b for _, b in gone)
-        for path in [p for paths in data.values() for p in paths]:
-            if path not in kept:
+        n, size = _prune_folder(folder, sources)
+        removed, freed = removed + n, freed + size
+    return removed, freed
+
+
+def _prune_folder(folder: Path, sources: Path) -> tuple[int, int]:
+    """:func:`prune` of one cache ``folder``, whose kernels' modules are in ``sources``."""
+    modules = sorted(sources.glob("*.py")) if sources.is_dir() else []
+    stamp = source_stamp(modules[0]) if modules else None
+    indexes = set()  # every index some file of the folder belongs to
+    for path in folder.iterdir():
+        base, _, number = path.name.removesuffix(".nbc").rpartition(".")
+        if path.name.endswith(".nbc") and number.isdigit():
+            indexes.add(folder / f"{base}.nbi")
+        elif path.name.endswith((".nbi", ".nbi.lock")):
+            indexes.add(folder / path.name.removesuffix(".lock"))
+    removed = freed = 0
+    for index in sorted(indexes):
+        module = sources / f"{index.name.split('.', 1)[0]}.py"
+        with _index_lock(index):  # no save under way: the folder is as it stays
+            fresh, names = _read_index(index, stamp) if module.is_file() else (False, [])
+            stale = [
+                p
+                for p in folder.glob(f"{_glob_escape(index.stem)}.*.nbc")
+                if p.name.removeprefix(f"{index.stem}.").removesuffix(".nbc").isdigit()
+                and not (fresh and (names is None or p.name in names))
+            ]
+            if not fresh:  # its lock too: a process waiting on it opens the path again
+                stale += [index, Path(f"{index}.lock")]
+            for path in stale:
                 n, size = _unlink(path)
                 removed, freed = removed + n, freed + size
-        for lock in locks:  # of an index gone: unless a save holds it to write one
-            index = Path(str(lock).removesuffix(".lock"))
-            with _index_lock(index):
-                gone = (0, 0) if index.exists() else _unlink(lock)
-            removed += gone[0]
     return removed, freed
+
+
+def _glob_escape(name: str) -> str:
+    """``name`` with the characters :meth:`Path.glob` reads as a pattern escaped."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def _read_index(index: Path, stamp: str | None) -> tuple[bool, list[str] | None]:
@@ -376,24 +405,6 @@ def _read_index(index: Path, stamp: str | None) -> tuple[bool, list[str] | None]
     if saved_stamp != stamp:
         return False, []
     return True, (list(overloads.values()) if version == numba.__version__ else None)
-
-
-@contextlib.contextmanager
-def _index_lock(index: Path):
-    """The exclusive lock :func:`_locked` saves an entry of ``index`` under (none where
-    ``fcntl`` or the lock file is not to be had)."""
-    fd = None
-    if fcntl is not None:
-        try:
-            fd = os.open(f"{index}.lock", os.O_RDWR | os.O_CREAT, 0o666)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:
-            fd = None
-    try:
-        yield
-    finally:
-        if fd is not None:
-            os.close(fd)
 
 
 def _unlink(path: Path) -> tuple[int, int]:

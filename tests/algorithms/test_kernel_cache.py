@@ -329,6 +329,39 @@ def test_prune_deletes_the_entries_of_edited_sources_and_keeps_the_fresh(tmp_pat
     assert kernel_cache.prune(toy, cache) == (0, 0)
 
 
+@pytest.mark.skipif(kernel_cache.fcntl is None, reason="flock locks")
+def test_a_lock_deleted_under_its_holder_is_not_held_twice(tmp_path):
+    """prune deletes a stale index's lock file while it holds it: a process that waited on the
+    file then held a lock no other process would meet, and a second one took the same index's
+    lock at the same time. After the flock the file is checked to be the one at the path."""
+    fcntl = kernel_cache.fcntl
+    index = tmp_path / "kernel.f-3.py311.nbi"
+    lock = tmp_path / "kernel.f-3.py311.nbi.lock"
+    first = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    fcntl.flock(first, fcntl.LOCK_EX)
+    held, release = threading.Event(), threading.Event()
+
+    def waiter() -> None:
+        with kernel_cache._index_lock(index):
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.2)  # the waiter opens the file and waits in flock (or opens the next one)
+    lock.unlink()  # as prune does, then lets go
+    os.close(first)
+    assert held.wait(30)
+    probe = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(probe)
+        release.set()
+        thread.join(30)
+
+
 # A process that compiles the toy kernel for its own dtype, with numba's read of the kernel's
 # index slowed down: all racers go at once, and without a lock each would read the index before
 # any other wrote its entry back.

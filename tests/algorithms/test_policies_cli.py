@@ -79,6 +79,7 @@ def test_score_reports_gap_to_the_bound(capsys, tmp_path, shares):
 def test_policies_warm_up_reports_every_policy_and_prunes_the_cache(capsys, monkeypatch):
     pruned = []
     monkeypatch.setattr(kernel_cache, "prune", lambda: pruned.append(1) or (3, 2**20))
+    monkeypatch.setattr(kernel_cache, "installed", lambda: True)  # EPLB_RT_KERNEL_CACHE=0 too
     code, out = run(capsys, "policies", "--warm-up")
     assert code == 0
     *timed, last = out.split(" (numba compile or cache load):\n", 1)[1].splitlines()
