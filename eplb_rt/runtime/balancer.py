@@ -367,7 +367,8 @@ class Balancer:
 
     def _run(self, job: Job) -> PlanResult:
         job.event.synchronize()
-        heat = self._reduce(job.heat[torch.as_tensor(job.rows, dtype=torch.int64)], job.group)
+        rows = torch.as_tensor(job.rows, dtype=torch.int64)
+        heat = self._reduce(job.heat[rows], job.group, job.row_counts)
         if self.config.heat_source == "group_list" and job.row_counts is not None:
             everywhere, somewhere = self._counted_everywhere(job.row_counts, job.group)
             heat[~everywhere] = 0
@@ -395,6 +396,40 @@ class Balancer:
         )
         return result
 
+    def _sender_heat(self, heat: torch.Tensor, group, counts: np.ndarray | None) -> np.ndarray:
+        """Global ``[T, L, P]`` sender-side heat: each rank counted every pair it routed.
+
+        Where each rank routes its own tokens (``rank_local_tokens``) the ranks' counts add up.
+        Where they route the same tokens (tensor-parallel attention, each computing its own
+        slots' pairs) each rank holds the whole, and their sum held it ``num_ranks`` times
+        (token counts whose sampling noise then looks that much smaller to the policies).
+        Without the flag each step is judged on its own: one counting rank's row where the
+        ranks that counted it (``counts``) hold the same counts, their sum where they differ,
+        with a warning that the flag is off."""
+        total = heat.clone()
+        dist.all_reduce(total, group=group)
+        if self.config.rank_local_tokens:
+            return total.numpy()
+        counting = torch.ones(heat.shape[0], dtype=torch.int32)
+        if counts is not None:
+            counting = torch.as_tensor(counts, dtype=torch.int32)
+        dist.all_reduce(counting, group=group)
+        dist.all_reduce(heat, op=dist.ReduceOp.MAX, group=group)  # a rank not counting has 0s
+        same = (total == heat * counting[:, None, None]).flatten(1).all(dim=1)
+        if not same.all() and not self._told_local and self.rank == 0:
+            self._told_local = True
+            log.warning(
+                "the ranks routed different tokens in %d of %d steps, while "
+                "EplbConfig.rank_local_tokens is False (every rank routes the same tokens, "
+                "tensor-parallel attention): their heat is summed there; set "
+                "rank_local_tokens=True where each rank routes its own tokens (data-parallel "
+                "attention), so that they also spread their first tokens over an expert's "
+                "replicas",
+                int((~same).sum()),
+                len(same),
+            )
+        return torch.where(same[:, None, None], heat, total).numpy()
+
     def _counted_everywhere(self, counts: np.ndarray, group) -> tuple[np.ndarray, np.ndarray]:
         """``([T] bool, [T] bool)``: the rows every rank counts, and those some rank counts
         (``counts``: this rank's flags), in one all-reduce."""
@@ -420,36 +455,13 @@ class Balancer:
             self.config.count_steps,
         )
 
-    def _reduce(self, heat: torch.Tensor, group) -> np.ndarray:
-        """Global ``[T, L, P]`` heat from this rank's rows.
-
-        Sender-side heat counts every pair a rank routes: where each rank routes its own tokens
-        (``rank_local_tokens``) the ranks' counts add up; where they route the same tokens
-        (tensor-parallel attention, each computing its own slots' pairs) each holds the whole,
-        and their sum held it ``num_ranks`` times (token counts whose sampling noise then looks
-        that much smaller to the policies). Without the flag the ranks' rows are compared
-        (their sum against ``num_ranks`` times their largest): one rank's is taken where they
-        are equal, their sum where they differ, with a warning that the flag is off."""
+    def _reduce(self, heat: torch.Tensor, group, counts: np.ndarray | None) -> np.ndarray:
+        """Global ``[T, L, P]`` heat from this rank's rows (``counts [T]``: whether this rank
+        counts each; ``None``: every one)."""
         if group is None:
             return heat.numpy()
         if self.config.heat_source == "topk":
-            total = heat.clone()
-            dist.all_reduce(total, group=group)
-            if self.config.rank_local_tokens:
-                return total.numpy()
-            dist.all_reduce(heat, op=dist.ReduceOp.MAX, group=group)
-            if torch.equal(total, heat * self.topology.num_ranks):
-                return heat.numpy()
-            if not self._told_local and self.rank == 0:
-                self._told_local = True
-                log.warning(
-                    "the ranks routed different tokens, while EplbConfig.rank_local_tokens is "
-                    "False (every rank routes the same tokens, tensor-parallel attention): their "
-                    "heat is summed; set rank_local_tokens=True where each rank routes its own "
-                    "tokens (data-parallel attention), so that they also spread their first "
-                    "tokens over an expert's replicas"
-                )
-            return total.numpy()
+            return self._sender_heat(heat, group, counts)
         S = self.topology.num_slots_per_rank
         own = heat[:, :, self.rank * S : (self.rank + 1) * S].contiguous()
         parts = [torch.empty_like(own) for _ in range(self.topology.num_ranks)]

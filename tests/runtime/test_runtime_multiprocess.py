@@ -394,10 +394,12 @@ def test_data_parallel_ranks_send_their_first_tokens_to_different_replicas():
     spawn(_data_parallel_tokens, 2)
 
 
-def _heat_of_same_or_own_tokens(rank: int, world: int, same: bool, local: bool) -> None:
-    """Routes 6 steps of 16 tokens a layer (the same on every rank, or each rank's own); checks
-    the load the planning rank's policy reads (the last 5, ``history - 1``) against the tokens
-    counted by hand."""
+def _heat_of_same_or_own_tokens(
+    rank: int, world: int, same: bool, local: bool, unrecorded: bool
+) -> None:
+    """Routes 6 steps of 16 tokens a layer (the same on every rank, or each rank's own; with
+    ``unrecorded`` rank 1 does not record step 3); checks the load the planning rank's policy
+    reads (the last 5, ``history - 1``) against the tokens counted by hand."""
     said, loads = [], []
     handler = logging.Handler()
     handler.emit = lambda record: said.append(record.getMessage())
@@ -424,7 +426,7 @@ def _heat_of_same_or_own_tokens(rank: int, world: int, same: bool, local: bool) 
             if source == rank or not same:
                 for layer in range(2):
                     expected[step, layer] += np.bincount(ids[layer].reshape(-1), minlength=E)
-        runtime.step()
+        runtime.step(record=not (unrecorded and rank == 1 and step == 3))
     let_plan_finish(runtime)
     runtime.shutdown()
     balancer_module.planning.decide = decide
@@ -436,16 +438,17 @@ def _heat_of_same_or_own_tokens(rank: int, world: int, same: bool, local: bool) 
 
 
 @pytest.mark.parametrize(
-    ("same", "local"),
-    [(True, False), (False, True), (False, False)],
-    ids=["same-tokens", "own-tokens", "own-tokens-without-the-flag"],
+    ("same", "local", "unrecorded"),
+    [(True, False, False), (True, False, True), (False, True, False), (False, False, False)],
+    ids=["same-tokens", "same-tokens-one-step-unrecorded", "own-tokens", "own-without-the-flag"],
 )
-def test_the_plan_reads_each_routed_token_once(same, local):
+def test_the_plan_reads_each_routed_token_once(same, local, unrecorded):
     """Ranks that route the same tokens (tensor-parallel attention, ``rank_local_tokens``
     False) each counted every pair, and the plan read their sum: every token ``num_ranks``
     times, so its sampling noise looked that much smaller. One rank's count now; the sum where
-    each rank routes its own tokens, with a warning where the flag says otherwise."""
-    spawn(_heat_of_same_or_own_tokens, 2, same, local)
+    each rank routes its own tokens, with a warning where the flag says otherwise; a step one
+    rank does not record is judged on its own (it took the window for routed apart)."""
+    spawn(_heat_of_same_or_own_tokens, 2, same, local, unrecorded)
 
 
 def _phases_apart(rank: int, world: int, apart: bool) -> None:
