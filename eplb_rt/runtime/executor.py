@@ -145,8 +145,9 @@ class MigrationExecutor:
         """Slots this rank sent, received from other ranks and copied locally (and the bytes
         sent), since start, in the transfers that finished on this rank."""
         self.signature = 0
-        """Checksum of the registered layers' tensor names, slot shapes and dtypes: the ranks
-        compare it before a migration, which would exchange mismatched buffers otherwise."""
+        """Checksum of the registered layers' :meth:`describe` (names, slot shapes, dtypes,
+        slot strides, bytes a slot): the ranks compare it before a migration, which would
+        exchange mismatched buffers otherwise."""
 
     # ------------------------------------------------------------------ registration
     def register(
@@ -187,7 +188,7 @@ class MigrationExecutor:
                     f"[{num_slots_per_rank}, ...] (one row per local slot)"
                 )
             ops.check_npu_layout(tensor, f"weight {name!r}")
-        rows = [self._slot_rows(name, tensor, tensors) for name, tensor in tensors.items()]
+        rows = [self._byte_rows(name, tensor, tensors) for name, tensor in tensors.items()]
         self._check_apart(layer, tensors, rows)
         try:
             self._staging_for(0, rows)  # allocates every lane's buffers
@@ -226,17 +227,17 @@ class MigrationExecutor:
         )
 
     @staticmethod
-    def _slot_rows(name: str, tensor: torch.Tensor, tensors: dict[str, torch.Tensor]):
+    def _byte_rows(name: str, tensor: torch.Tensor, tensors: dict[str, torch.Tensor]):
         """:func:`slot_rows` of ``tensor``; where they cannot be had and another of
-        ``tensors`` views the same memory (the halves of a fused tensor), the error says so."""
+        ``tensors`` spans the same memory (the halves of a fused tensor), the error says so."""
         try:
             return slot_rows(name, tensor)
         except ValueError as err:
-            storage = tensor.untyped_storage().data_ptr()
+            start, end = _extent(tensor)
             views = [
                 other
                 for other, t in tensors.items()
-                if other != name and t.untyped_storage().data_ptr() == storage
+                if other != name and _extent(t)[0] < end and start < _extent(t)[1]
             ]
             if not views:
                 raise
@@ -404,10 +405,20 @@ class MigrationExecutor:
 
 def _slot_strides(tensor: torch.Tensor) -> str:
     """The strides of a slot of ``tensor [S, ...]`` as a tuple prints them, ``-`` for a
-    dimension of size 1 (its stride places nothing)."""
+    dimension of size 1 and for every one of an empty tensor (such a stride places nothing)."""
     dims = zip(tensor.shape[1:], tensor.stride()[1:], strict=True)
-    named = ["-" if size == 1 else str(stride) for size, stride in dims]
+    empty = tensor.numel() == 0
+    named = ["-" if size == 1 or empty else str(stride) for size, stride in dims]
     return f"({', '.join(named)}{',' if len(named) == 1 else ''})"
+
+
+def _extent(tensor: torch.Tensor) -> tuple[int, int]:
+    """The addresses ``[start, end)`` of ``tensor``'s elements, from its first to its last."""
+    start = tensor.data_ptr()
+    if tensor.numel() == 0:
+        return start, start
+    last = sum((n - 1) * st for n, st in zip(tensor.shape, tensor.stride(), strict=True))
+    return start, start + (last + 1) * tensor.element_size()
 
 
 def _widths(rows: list[torch.Tensor]) -> tuple[tuple[int, int], ...]:

@@ -90,3 +90,20 @@ def test_the_halves_of_a_fused_tensor_are_named_as_views_of_it():
     with pytest.raises(ValueError, match="'w3' and 'w1' are views of one tensor: register that"):
         executor.register(0, {"w1": w13[:, :5], "w3": w13[:, 5:]}, 4)
     assert executor.weights == {} and executor.signature == 0
+
+
+def test_empty_tensors_of_any_strides_are_one_layout():
+    """No element, no byte a slot: their strides place nothing (they blocked every plan)."""
+    a = _described({"w": torch.zeros(4, 0, 5)})
+    b = _described({"w": torch.zeros(4, 5, 0).transpose(1, 2)})
+    assert a == b and a[0] == "w (0, 5) float32 strides (-, -) 0 bytes"
+
+
+def test_unrelated_tensors_of_one_arena_are_not_called_views_of_one_tensor():
+    arena = torch.zeros(200)
+    good = arena[:40].view(4, 10)
+    interleaved = arena[100:140].view(10, 4).t()  # [4, 10]: its slots interleave
+    executor = MigrationExecutor(Device("cpu"), rank=0, ranks=[0], group=None, lanes=1, timeout_s=5)
+    with pytest.raises(ValueError, match="does not hold each slot as one block") as err:
+        executor.register(0, {"a": good, "b": interleaved}, 4)
+    assert "views of one tensor" not in str(err.value)
