@@ -45,7 +45,10 @@ class CMakeBuild(build_ext):
     fills the kernel cache of the package it built."""
 
     def run(self) -> None:
-        super().run()  # builds into build_lib, then copies into the source tree when in place
+        # build_ext builds with inplace False (into build_lib, then copies into the source tree
+        # when in place): build_extension reads this instead.
+        self.in_place = self.inplace
+        super().run()
         if os.environ.get("EPLB_RT_KERNEL_CACHE", "1").strip().lower() in OFF:
             return
         # In place (and editable): the source tree is the package; otherwise build_lib, which
@@ -67,6 +70,8 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={build_dir / 'lib'}",
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-DCMAKE_BUILD_TYPE={build_type}",
+            # In place, the extension is in the source tree, not next to torch in site-packages.
+            f"-DEPLB_RT_RPATH_TORCH={'ON' if self.in_place else 'OFF'}",
         ]
         args += [f"-D{name}={os.environ[name]}" for name in PASSED_THROUGH if name in os.environ]
         if shutil.which("ninja") and not os.environ.get("CMAKE_GENERATOR"):

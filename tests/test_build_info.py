@@ -184,21 +184,32 @@ def test_npu_cmake_builds_a_shared_kernel_library_found_through_rpath(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("readelf") is None, reason="readelf not found")
-def test_the_extension_names_no_folder_of_the_build_machine():
-    """Its RUNPATH held the site-packages of the torch it was built against: the build venv,
-    or an isolated build's folder that pip deletes (the extension then loaded only after
-    torch). Now the folders next to it alone."""
+def test_the_extension_names_no_folder_of_the_build_machine_but_its_torch_in_place():
+    """Its RUNPATH held the site-packages of the torch it was built against: in a wheel, the
+    build's virtual environment or an isolated build's folder that pip deletes. Now the folder
+    next to it, and built in place (an editable install, in the source tree) the torch it was
+    built against; either way it loads before torch is imported."""
     import eplb_rt._C
 
     dynamic = subprocess.run(
         ["readelf", "-d", eplb_rt._C.__file__], capture_output=True, text=True, check=True
     ).stdout
     paths = [
-        line.split("[", 1)[1].rstrip("]").split(":")
+        p
         for line in dynamic.splitlines()
         if "(RUNPATH)" in line or "(RPATH)" in line
+        for p in line.split("[", 1)[1].rstrip("]").split(":")
     ]
-    assert paths and all(p.startswith("$ORIGIN") for entry in paths for p in entry), paths
+    here = os.path.join(os.path.dirname(torch.__file__), "lib")
+    in_place = Path(eplb_rt._C.__file__).resolve().parent == REPO / "eplb_rt"
+    assert paths[0] == "$ORIGIN/../torch/lib", paths
+    for path in paths[1:]:
+        assert path == "$ORIGIN" or (in_place and os.path.samefile(path, here)), paths
+    alone = subprocess.run(
+        [sys.executable, "-c", "import eplb_rt._C, sys; print('torch' in sys.modules)"],
+        capture_output=True, text=True, check=False, cwd=REPO.parent,
+    )  # fmt: skip
+    assert alone.returncode == 0, alone.stderr
 
 
 # ---- the C++ compiler must link libstdc++ as a shared library (cmake/libstdcxx.cmake) ----
