@@ -166,11 +166,11 @@ def _balancer_collectives_fail(rank: int, world: int) -> None:
     runtime = EplbRuntime(_config(num_redundant=2), 2, 8)
     first_group, reduce, failed = runtime._balancer_group, runtime.balancer._reduce, []
 
-    def closed_once(heat, group):
+    def closed_once(heat, group, counts):
         if not failed:
             failed.append(group)
             raise RuntimeError("Connection closed by peer")
-        return reduce(heat, group)
+        return reduce(heat, group, counts)
 
     runtime.balancer._reduce = closed_once
     stats = _serve(runtime, 60)
