@@ -228,11 +228,17 @@ def _index_lock(index: str | os.PathLike, exclusive: bool = True):
             break
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            held, there = os.fstat(fd), os.stat(path)
-            if (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino):
-                break
-        except OSError:  # deleted between the flock and the stat
-            pass
+        except OSError:  # a file system without flock
+            os.close(fd)
+            fd = None
+            break
+        held = os.fstat(fd)
+        try:
+            there = os.stat(path)
+        except FileNotFoundError:  # deleted while this process waited
+            there = None
+        if there is not None and (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino):
+            break
         os.close(fd)
         fd = None
     try:

@@ -362,6 +362,19 @@ def test_a_lock_deleted_under_its_holder_is_not_held_twice(tmp_path):
         thread.join(30)
 
 
+@pytest.mark.skipif(kernel_cache.fcntl is None, reason="flock locks")
+def test_a_file_system_without_flock_saves_without_a_lock(tmp_path, monkeypatch):
+    """flock refused (ENOLCK, some network file systems): no lock, as numba does alone; a
+    retry there would loop for ever."""
+
+    def refuse(fd, op):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(kernel_cache.fcntl, "flock", refuse)
+    with kernel_cache._index_lock(tmp_path / "kernel.f-3.py311.nbi"):
+        pass
+
+
 # A process that compiles the toy kernel for its own dtype, with numba's read of the kernel's
 # index slowed down: all racers go at once, and without a lock each would read the index before
 # any other wrote its entry back.
