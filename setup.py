@@ -46,16 +46,16 @@ class CMakeBuild(build_ext):
 
     def run(self) -> None:
         # build_ext builds with inplace False (into build_lib, then copies into the source tree
-        # when in place): build_extension reads this instead.
+        # when in place): this run and build_extension read this instead.
         self.in_place = self.inplace
         super().run()
         if os.environ.get("EPLB_RT_KERNEL_CACHE", "1").strip().lower() in OFF:
             return
         # In place (and editable): the source tree is the package; otherwise build_lib, which
         # build_py has filled and the wheel is made from.
-        tree = ROOT if self.inplace else Path(self.build_lib).resolve()
+        tree = ROOT if self.in_place else Path(self.build_lib).resolve()
         fill_kernel_cache(tree)
-        if not self.inplace:  # a copy no process uses: its index locks are no part of a wheel
+        if not self.in_place:  # a copy no process uses: its index locks are no part of a wheel
             for lock in (tree / "eplb_rt" / "_kernels").rglob("*.nbi.lock"):
                 lock.unlink()
 

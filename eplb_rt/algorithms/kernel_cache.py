@@ -363,35 +363,27 @@ def _prune_folder(folder: Path, sources: Path) -> tuple[int, int]:
     """:func:`prune` of one cache ``folder``, whose kernels' modules are in ``sources``."""
     modules = sorted(sources.glob("*.py")) if sources.is_dir() else []
     stamp = source_stamp(modules[0]) if modules else None
-    indexes = set()  # every index some file of the folder belongs to
+    # Every index some file of the folder belongs to, with its data files (``<base>.<n>.nbc``).
+    # A file saved after this listing is left alone: only what is listed can be deleted.
+    data: dict[Path, list[Path]] = {}
     for path in folder.iterdir():
         base, _, number = path.name.removesuffix(".nbc").rpartition(".")
         if path.name.endswith(".nbc") and number.isdigit():
-            indexes.add(folder / f"{base}.nbi")
+            data.setdefault(folder / f"{base}.nbi", []).append(path)
         elif path.name.endswith((".nbi", ".nbi.lock")):
-            indexes.add(folder / path.name.removesuffix(".lock"))
+            data.setdefault(folder / path.name.removesuffix(".lock"), [])
     removed = freed = 0
-    for index in sorted(indexes):
+    for index, files in sorted(data.items()):
         module = sources / f"{index.name.split('.', 1)[0]}.py"
-        with _index_lock(index):  # no save under way: the folder is as it stays
+        with _index_lock(index):  # no save under way: the index is as it stays
             fresh, names = _read_index(index, stamp) if module.is_file() else (False, [])
-            stale = [
-                p
-                for p in folder.glob(f"{_glob_escape(index.stem)}.*.nbc")
-                if p.name.removeprefix(f"{index.stem}.").removesuffix(".nbc").isdigit()
-                and not (fresh and (names is None or p.name in names))
-            ]
+            stale = [p for p in files if not (fresh and (names is None or p.name in names))]
             if not fresh:  # its lock too: a process waiting on it opens the path again
                 stale += [index, Path(f"{index}.lock")]
             for path in stale:
                 n, size = _unlink(path)
                 removed, freed = removed + n, freed + size
     return removed, freed
-
-
-def _glob_escape(name: str) -> str:
-    """``name`` with the characters :meth:`Path.glob` reads as a pattern escaped."""
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def _read_index(index: Path, stamp: str | None) -> tuple[bool, list[str] | None]:
