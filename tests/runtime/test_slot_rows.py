@@ -60,8 +60,13 @@ def test_layouts_without_a_block_a_slot_are_refused(make, match):
         slot_rows("w", tensor)
 
 
+def _executor() -> MigrationExecutor:
+    """One rank's executor, without a process group."""
+    return MigrationExecutor(Device("cpu"), rank=0, ranks=[0], group=None, lanes=1, timeout_s=5)
+
+
 def _described(tensors: dict[str, torch.Tensor]) -> tuple[str, int]:
-    executor = MigrationExecutor(Device("cpu"), rank=0, ranks=[0], group=None, lanes=1, timeout_s=5)
+    executor = _executor()
     executor.register(0, tensors, 4)
     return executor.describe(0), executor.signature
 
@@ -86,7 +91,7 @@ def test_the_stride_of_a_dimension_of_size_one_is_no_difference():
 
 def test_the_halves_of_a_fused_tensor_are_named_as_views_of_it():
     w13 = torch.zeros(4, 10)
-    executor = MigrationExecutor(Device("cpu"), rank=0, ranks=[0], group=None, lanes=1, timeout_s=5)
+    executor = _executor()
     with pytest.raises(ValueError, match="'w3' and 'w1' are views of one tensor: register that"):
         executor.register(0, {"w1": w13[:, :5], "w3": w13[:, 5:]}, 4)
     assert executor.weights == {} and executor.signature == 0
@@ -103,7 +108,7 @@ def test_unrelated_tensors_of_one_arena_are_not_called_views_of_one_tensor():
     arena = torch.zeros(200)
     good = arena[:40].view(4, 10)
     interleaved = arena[100:140].view(10, 4).t()  # [4, 10]: its slots interleave
-    executor = MigrationExecutor(Device("cpu"), rank=0, ranks=[0], group=None, lanes=1, timeout_s=5)
+    executor = _executor()
     with pytest.raises(ValueError, match="does not hold each slot as one block") as err:
         executor.register(0, {"a": good, "b": interleaved}, 4)
     assert "views of one tensor" not in str(err.value)
