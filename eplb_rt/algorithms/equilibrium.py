@@ -36,16 +36,19 @@ Per layer (the search kernels are numba, no GIL):
 3. **Shares** (``shares=True``; off by default: shares fitted to past load lose out of sample):
    the transportation optimum (:mod:`eplb_rt.algorithms.shares`), after rewriting a few slots
    where a rank set still confines too much load.
-4. **Moves that pay** (with a previous placement): three candidates per layer -- keep the slots;
+4. **Moves that pay** (with a previous placement): four candidates per layer -- keep the slots;
    the previous slots improved move by move, best marginal gain per moved slot first (a slot
    rewritten to another expert, or a swap; :func:`~eplb_rt.algorithms.local_search.greedy_moves`),
    a move ranked on the rows the fresh plan is scored on and the summed load together
    (:func:`~eplb_rt.algorithms.episode_moves.greedy_moves_rows`) where there are episodes, so
-   that on a short window it does not fit the summed load's sampling noise; the fresh plan with
-   its ranks relabelled to the previous ones (Hungarian). All are judged on the summed load (and
-   where the episodes are distinct workloads, on the scored rows too: :func:`_settle`): the
-   layer takes the least ``PAR + move_cost * moved slots / D`` within the budget
-   ``max_moved_fraction * P``. The price is per slot *per rank*: ranks receive in
+   that on a short window it does not fit the summed load's sampling noise; the previous slots
+   repaired to the walk's PAR on the summed load by moves ranked on the load above it on every
+   rank (:func:`~eplb_rt.algorithms.target_repair.repair_to`: the walk relieves the peak rank
+   first, and after a phase change takes about a quarter more slots to a given PAR); the fresh
+   plan with its ranks relabelled to the previous ones (Hungarian). All are judged on the summed
+   load (and where the episodes are distinct workloads, on the scored rows too:
+   :func:`_settle`): the layer takes the least ``PAR + move_cost * moved slots / D`` within the
+   budget ``max_moved_fraction * P``. The price is per slot *per rank*: ranks receive in
    parallel, so moving ``D`` slots spread over the ``D`` ranks takes one expert's transfer, and
    with a fixed batch per rank a unit of PAR buys the same compute at any ``D``. In the
    planning pipeline (``slowest_rank``) the candidates are judged by the time their migration
@@ -79,6 +82,7 @@ from eplb_rt.algorithms.registry import Layer, Layers, Options, option, register
 from eplb_rt.algorithms.replicas import LPT, allot_packable, allot_replicas, count_search
 from eplb_rt.algorithms.shares import balanced_slot_shares, min_max_rank_load, open_bottleneck
 from eplb_rt.algorithms.sums import column_mean, column_std, column_sum, pairwise_sum
+from eplb_rt.algorithms.target_repair import repair_to
 from eplb_rt.placement import Topology, even_shares
 
 _TAU_MIN = 1e-3
@@ -724,7 +728,9 @@ def _repaired_row(prev, now, V, num_ranks, budget, move_cost, slowest_rank, life
 @kernel(inline=True)
 def _settle(row, prev, now, V, distinct, num_ranks, budget, move_cost, slowest_rank, lifetime):  # noqa: PLR0917
     """Step 4 of the module's list without shares, in one call: of the previous slots, those
-    improved by :func:`_repaired_row` and the fresh ``row`` aligned to them, the one that costs
+    improved by :func:`_repaired_row`, those repaired to its PAR on ``now``
+    (:func:`~eplb_rt.algorithms.target_repair.repair_to`) and the fresh ``row`` aligned to
+    them, the one that costs
     least (:func:`_cheapest`) within ``budget`` moved slots, PAR on ``now [E]``, or where the
     episodes are ``distinct`` workloads, the mean PAR on ``now`` and the scored rows ``V [K,
     E]``. Where a placement outlives the next plan (``lifetime > 1``) and the episodes differ
@@ -742,15 +748,22 @@ def _settle(row, prev, now, V, distinct, num_ranks, budget, move_cost, slowest_r
         # Episodes that differ partly by sampling noise show a load that held over the
         # window: a placement lasts as long as it holds (see _cheapest).
         lifetime = np.inf
-    candidates = np.empty((3, prev.shape[0]), dtype=np.int64)
+    candidates = np.empty((4, prev.shape[0]), dtype=np.int64)
     candidates[0] = prev
     candidates[1] = _repaired_row(prev, now, V, D, budget, move_cost, slowest_rank, lifetime)
     candidates[2] = row[align_order(row, prev, D, now.shape[0])]
+    # The walk's PAR on now, reached with fewer slots where a repair to it finds them. The
+    # repair sees now alone: on a window of episodes it must not leave them less balanced than
+    # the walk, which ranks its moves on them so as not to fit now's sampling noise.
+    walked = row_par(candidates[1], now.reshape((1, now.shape[0])), D)
+    candidates[3] = repair_to(prev, now, D, walked, budget)
+    if V.shape[0] > 0 and row_par(candidates[3], V, D) > row_par(candidates[1], V, D):
+        candidates[3] = candidates[1]
     judged = now.reshape((1, now.shape[0]))
     if distinct and V.shape[0] > 0:
         judged = np.vstack((V, judged))
-    pars = np.empty(3)
-    for i in range(3):
+    pars = np.empty(4)
+    for i in range(4):
         pars[i] = row_par(candidates[i], judged, D)
     return candidates[
         _cheapest(candidates, pars, prev, move_cost, D, budget, slowest_rank, lifetime)
