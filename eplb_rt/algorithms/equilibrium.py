@@ -44,7 +44,7 @@ Per layer (the search kernels are numba, no GIL):
    that on a short window it does not fit the summed load's sampling noise; the previous slots
    repaired to the walk's PAR on the summed load by moves ranked on the load above it on every
    rank (:func:`~eplb_rt.algorithms.target_repair.repair_to`: the walk relieves the peak rank
-   first, and after a phase change takes about a quarter more slots to a given PAR); the fresh
+   first, and after a phase change takes up to a third more slots to a given PAR); the fresh
    plan with its ranks relabelled to the previous ones (Hungarian). All are judged on the summed
    load (and where the episodes are distinct workloads, on the scored rows too:
    :func:`_settle`): the layer takes the least ``PAR + move_cost * moved slots / D`` within the

@@ -72,15 +72,18 @@ def _rewrite_fall(L, cap, w, counts, where, holds, b, x, y):
 @kernel
 def repair_to(prev_row, w, num_ranks, target, budget):
     """``prev_row [P] int64`` moved until no rank's load on ``w [E] float64`` exceeds ``target``
-    times the mean rank load, or no move within ``budget`` moved slots lowers the overflow.
+    times the mean rank load, or no move it draws lowers the overflow within ``budget`` moved
+    slots (a move relieving only a rank over the cap beyond the :data:`_SCANNED` most loaded is
+    not drawn).
 
-    A move swaps two slots of different ranks (a replica of a rank over the cap for a lighter
-    one) or rewrites a slot whose expert keeps a replica elsewhere to another expert, on a rank
-    over the cap or for an expert held by one. Each step takes the move with the largest fall of
-    the overflow per slot it newly moves away from ``prev_row`` (half a slot when it moves none,
-    as :func:`~eplb_rt.algorithms.local_search.greedy_moves` counts them), the first in scan
-    order of equal ones (within :data:`_TIE`). Returns ``row [P] int64`` (no rank holds an
-    expert twice where ``prev_row`` does not)."""
+    A move swaps two slots of different ranks (a replica of one of the :data:`_SCANNED` most
+    loaded ranks over the cap for a lighter one) or rewrites a slot whose expert keeps a replica
+    elsewhere to another expert, on such a rank or for an expert one of them holds. ``prev_row``
+    must hold no expert twice on a rank (as the move walks assume). Each step takes the move
+    with the largest fall of the overflow per slot it newly moves away from ``prev_row`` (half a
+    slot when it moves none, as :func:`~eplb_rt.algorithms.local_search.greedy_moves` counts
+    them), the first in scan order of equal ones (within :data:`_TIE`). Returns ``row [P]
+    int64`` (no rank holds an expert twice where ``prev_row`` does not)."""
     D = num_ranks
     P = prev_row.shape[0]
     S = P // D

@@ -98,7 +98,7 @@ def _plain_repair(prev, w, D, target, budget):
     return row
 
 
-@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("seed", range(150))
 def test_takes_the_moves_of_a_plain_search(seed):
     rng = np.random.default_rng(seed)
     D = int(rng.choice([3, 5, 7]))
@@ -111,6 +111,20 @@ def test_takes_the_moves_of_a_plain_search(seed):
     budget = int(rng.integers(1, D * S + 1))
     got = repair_to(prev, w, D, target, budget)
     assert np.array_equal(got, _plain_repair(prev, w, D, target, budget))
+
+
+@pytest.mark.parametrize("seed", [190, 213, 286])
+def test_moves_a_moved_slot_again_at_half_a_slot_as_a_plain_search(seed):
+    """Long repairs (every slot may move, targets at balance) where the best move changes a slot
+    already moved, at half a slot: cases where a bound that forgot that price pruned it."""
+    rng = np.random.default_rng(10_000 + seed)
+    D, S = int(rng.integers(3, 9)), int(rng.integers(2, 5))
+    E = int(rng.integers(max(2, D * S - 6), D * S + 1))
+    prev = random_row(rng, _counts(rng, E, D, S), D).astype(np.int64)
+    w = rng.pareto(1.0, E) + 0.05
+    target = float(rng.choice([1.0, 1.01]))
+    got = repair_to(prev, w, D, target, D * S)
+    assert np.array_equal(got, _plain_repair(prev, w, D, target, D * S))
 
 
 @pytest.mark.parametrize("seed", range(60))
