@@ -755,11 +755,10 @@ def _settle(row, prev, now, V, distinct, num_ranks, budget, move_cost, slowest_r
     # The walk's PAR on now, reached with fewer slots where a repair to it finds them. The
     # repair sees now alone: on a window of episodes it must not leave them less balanced than
     # the walk, which ranks its moves on them so as not to fit now's sampling noise.
-    walked = row_par(candidates[1], now.reshape((1, now.shape[0])), D)
-    candidates[3] = repair_to(prev, now, D, walked, budget)
+    judged = now.reshape((1, now.shape[0]))
+    candidates[3] = repair_to(prev, now, D, row_par(candidates[1], judged, D), budget)
     if V.shape[0] > 0 and row_par(candidates[3], V, D) > row_par(candidates[1], V, D):
         candidates[3] = candidates[1]
-    judged = now.reshape((1, now.shape[0]))
     if distinct and V.shape[0] > 0:
         judged = np.vstack((V, judged))
     pars = np.empty(4)

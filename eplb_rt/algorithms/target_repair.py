@@ -27,12 +27,15 @@ import numpy as np
 from eplb_rt.algorithms.jit import kernel
 from eplb_rt.algorithms.local_search import (
     _ranks_of,
+    _rewrite,
     _rewrite_slots,
     _swap,
     _swap_slots,
     _take_rewrite,
 )
+from eplb_rt.algorithms.metrics import row_rank_loads
 from eplb_rt.algorithms.packing import counts_from_row, holds_from_row
+from eplb_rt.algorithms.sums import pairwise_sum
 
 _SCANNED = 4
 """Ranks over the cap whose slots a step's moves are drawn from: the most loaded."""
@@ -89,18 +92,16 @@ def repair_to(prev_row, w, num_ranks, target, budget):
     S = P // D
     E = w.shape[0]
     row = prev_row.copy()
-    total = 0.0
-    for e in range(E):
-        total += w[e]
+    total = pairwise_sum(w)
     if total <= 0.0 or budget <= 0:
         return row
     cap = target * total / D
     tol = 1e-12 * total / D  # the loads' rounding: a rank at the cap is not over it
     counts = counts_from_row(row, E)
     holds = holds_from_row(row, D, E)
-    L = np.zeros(D)
-    for p in range(P):
-        L[p // S] += w[row[p]] / counts[row[p]]
+    W = w.reshape((1, E))
+    loads = row_rank_loads(row, W, D)  # [1, D]: the rewrites' load update reads rows
+    L = loads[0]
     hot = np.zeros(D, dtype=np.bool_)
     on_hot = np.zeros(E, dtype=np.bool_)
     hot_experts = np.empty(E, dtype=np.int64)
@@ -200,15 +201,7 @@ def repair_to(prev_row, w, num_ranks, target, budget):
             _swap(row, holds, best_p, best_q)
         else:
             x, y, b = row[best_q], best_y, best_q // S
-            cx, cy = counts[x], counts[y]
-            dx = w[x] / (cx - 1) - w[x] / cx
-            dy = w[y] / (cy + 1) - w[y] / cy
-            for i in range(cx):
-                if where[x, i] != b:
-                    L[where[x, i]] += dx
-            for i in range(cy):
-                L[where[y, i]] += dy
-            L[b] += w[y] / (cy + 1) - w[x] / cx
+            _rewrite(L, loads, 0, holds, W, counts, b, x, y)
             moves += _rewrite_slots(prev_row, best_q, x, y)
             _take_rewrite(row, holds, counts, best_q, y)
     return row
