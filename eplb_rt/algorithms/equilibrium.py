@@ -726,15 +726,18 @@ def _repaired_row(prev, now, V, num_ranks, budget, move_cost, slowest_rank, life
 
 
 @kernel(inline=True)
-def _settle(row, prev, now, V, distinct, num_ranks, budget, move_cost, slowest_rank, lifetime):  # noqa: PLR0917
+def _settle(  # noqa: PLR0917
+    row, prev, now, V, distinct, num_ranks, budget, move_cost, slowest_rank, lifetime, margin
+):  # fmt: skip
     """Step 4 of the module's list without shares, in one call: of the previous slots, those
     improved by :func:`_repaired_row`, those repaired to its PAR on ``now``
-    (:func:`~eplb_rt.algorithms.target_repair.repair_to`) and the fresh ``row`` aligned to
-    them, the one that costs
-    least (:func:`_cheapest`) within ``budget`` moved slots, PAR on ``now [E]``, or where the
-    episodes are ``distinct`` workloads, the mean PAR on ``now`` and the scored rows ``V [K,
-    E]``. Where a placement outlives the next plan (``lifetime > 1``) and the episodes differ
-    partly by sampling noise, it is judged over an endless life (``lifetime`` ``inf``).
+    (:func:`~eplb_rt.algorithms.target_repair.repair_to`), where ``margin >= 0`` those repaired
+    to the fresh ``row``'s PAR on ``now`` plus ``margin`` (:func:`_noise_margins`), and the
+    fresh ``row`` aligned to them, the one that costs least (:func:`_cheapest`) within
+    ``budget`` moved slots, PAR on ``now [E]``, or where the episodes are ``distinct``
+    workloads, the mean PAR on ``now`` and the scored rows ``V [K, E]``. Where a placement
+    outlives the next plan (``lifetime > 1``) and the episodes differ partly by sampling noise,
+    it is judged over an endless life (``lifetime`` ``inf``).
 
     Distinct workloads (prompt lengths, tasks; no sampling noise between them) say that the next
     one will differ again. A patch that fits their sum leaves replicas where the placement in
@@ -748,21 +751,31 @@ def _settle(row, prev, now, V, distinct, num_ranks, budget, move_cost, slowest_r
         # Episodes that differ partly by sampling noise show a load that held over the
         # window: a placement lasts as long as it holds (see _cheapest).
         lifetime = np.inf
-    candidates = np.empty((4, prev.shape[0]), dtype=np.int64)
+    candidates = np.empty((5, prev.shape[0]), dtype=np.int64)
     candidates[0] = prev
     candidates[1] = _repaired_row(prev, now, V, D, budget, move_cost, slowest_rank, lifetime)
     candidates[2] = row[align_order(row, prev, D, now.shape[0])]
-    # The walk's PAR on now, reached with fewer slots where a repair to it finds them. The
-    # repair sees now alone: on a window of episodes it must not leave them less balanced than
-    # the walk, which ranks its moves on them so as not to fit now's sampling noise.
     judged = now.reshape((1, now.shape[0]))
     candidates[3] = repair_to(prev, now, D, row_par(candidates[1], judged, D), budget)
-    if V.shape[0] > 0 and row_par(candidates[3], V, D) > row_par(candidates[1], V, D):
-        candidates[3] = candidates[1]
+    # On a window of sampled draws, the fresh plan's balance as far as the window can tell it
+    # (its PAR plus what noise alone could show), reached from the slots in force: where the
+    # walk, priced slot by slot against the peak, stalls far above it (a first plan from the
+    # starting layout at decode sizes), it moves fewer slots than the fresh plan.
+    candidates[4] = candidates[1]
+    if margin >= 0.0:
+        target = row_par(candidates[2], judged, D) + margin
+        candidates[4] = repair_to(prev, now, D, target, budget)
+    if V.shape[0] > 0:
+        # The repairs see now alone: on a window of episodes they must not leave them less
+        # balanced than the walk, which ranks its moves on them so as not to fit now's noise.
+        walk_v = row_par(candidates[1], V, D)
+        for c in (3, 4):
+            if row_par(candidates[c], V, D) > walk_v:
+                candidates[c] = candidates[1]
     if distinct and V.shape[0] > 0:
         judged = np.vstack((V, judged))
-    pars = np.empty(4)
-    for i in range(4):
+    pars = np.empty(5)
+    for i in range(5):
         pars[i] = row_par(candidates[i], judged, D)
     return candidates[
         _cheapest(candidates, pars, prev, move_cost, D, budget, slowest_rank, lifetime)
@@ -799,17 +812,18 @@ def _cheapest(candidates, pars, prev, move_cost, num_ranks, budget, slowest_rank
 
 @kernel
 def _settle_layers(  # noqa: PLR0917
-    rows, prev, now, V, num_rows, distinct, num_ranks, budget, move_cost, slowest, lifetime
+    rows, prev, now, V, num_rows, distinct, num_ranks, budget, move_cost, slowest, lifetime, margins
 ):  # fmt: skip
     """:func:`_settle` of every layer (``rows``, ``prev [L, P]``, ``now [L, E]``; ``V``,
-    ``num_rows`` and ``distinct`` as :func:`_fresh_plans` gives them) in one call: ``[L, P]
+    ``num_rows`` and ``distinct`` as :func:`_fresh_plans` gives them, ``margins [L]`` as
+    :func:`_noise_margins` does) in one call: ``[L, P]
     int64``."""
     out = np.empty_like(prev)
     for j in range(rows.shape[0]):
         scored = np.ascontiguousarray(V[j, : num_rows[j]])
         out[j] = _settle(
             rows[j], prev[j], now[j], scored, distinct[j], num_ranks, budget, move_cost, slowest,
-            lifetime,
+            lifetime, margins[j],
         )  # fmt: skip
     return out
 
@@ -941,6 +955,21 @@ def _noisy_layers(rows, previous, episodes, tokens, load, num_ranks, move_cost, 
 
 
 @kernel
+def _noise_margins(rows, tokens, distinct, counts, num_ranks):
+    """``[L]``: what sampling noise alone could show on the PAR of each fresh row of ``rows [L,
+    P]`` (:func:`noise_reach` on the window's counts ``tokens [L, K, E]``) where the load is
+    token ``counts`` and the layer's two or more episodes are sampled draws (not ``distinct [L]``
+    workloads); -1 elsewhere (:func:`_settle` takes no repair to the fresh plan's PAR there)."""
+    out = np.full(rows.shape[0], -1.0)
+    if not counts or tokens.shape[1] < 2:
+        return out
+    for j in range(rows.shape[0]):
+        if not distinct[j]:
+            out[j] = noise_reach(rows[j], column_sum(tokens[j]), num_ranks)
+    return out
+
+
+@kernel
 def noise_reach(row, counts, num_ranks):
     """The PAR a plan fitted to ``counts [E] float64`` (token counts summed over the window) can
     seem to gain over ``row [P] int64`` from sampling noise alone: noise lifts the placement in
@@ -985,8 +1014,9 @@ def _plan_layers(
     budget = slot_budget(opts.max_moved_fraction, P)
     if settle:
         mc, slowest = opts.move_cost, opts.slowest_rank
+        margins = _noise_margins(rows, tokens, distinct, layers.counts, D)
         settled = _settle_layers(
-            rows, prev, now, V, num_rows, distinct, D, budget, mc, slowest, opts.lifetime
+            rows, prev, now, V, num_rows, distinct, D, budget, mc, slowest, opts.lifetime, margins
         )
         return settled, None
     if not opts.shares:
