@@ -10,9 +10,10 @@ the cap it relieves most per slot, into a rank with room below the cap: on re-pl
 DeepSeek-V3 workloads after a phase change it reaches the same PAR with about a quarter fewer
 moved slots than the walk's prefixes (BENCHMARKS §3 "Fifty-third session"). It is a candidate of
 the re-plan's judge (:func:`~eplb_rt.algorithms.equilibrium._settle`), not a plan of its own: it
-knows no price, its target is the walk's PAR, and it sees one row of load (where the re-plan
-reads a window of episodes it is kept only where it leaves them no less balanced than the walk,
-which ranks its moves on them). Each step draws its moves from the few ranks furthest over the
+knows no price, its targets are the walk's PAR and, on a window of sampled counts, the fresh
+plan's within the window's noise, and it sees one row of load (where the re-plan reads a window
+of episodes it is kept only where it leaves them no less balanced than the walk, which ranks its
+moves on them). Each step draws its moves from the few ranks furthest over the
 cap (:data:`_SCANNED`), as the walk draws from two: scanning every rank over it took 1.5-3
 times as long for about 1-2 % fewer slots.
 
