@@ -199,9 +199,10 @@ def _decode_steps(seed, topo, layers, experts, steps=100):
 @pytest.mark.parametrize("seed", range(3))
 def test_from_the_starting_layout_a_long_life_takes_the_fresh_plan_that_pays(seed):
     """Decode-size steps at 32 ranks x 5 slots, through the pipeline from the starting layout:
-    over one plan's life the patch pays most (PAR 1.22-1.27 a step); over the runtime's 255
-    steps, or as long as the load holds, the fresh plan (1.18-1.20), whose every layer still
-    pays before the next plan."""
+    over one plan's life a patch pays most (PAR 1.18-1.35 a step, 20-58 slots: the slots in
+    force repaired toward the fresh plan's balance where that pays; 1.23-1.35 before that
+    candidate); over the runtime's 255 steps, or as long as the load holds, the fresh plan
+    (1.15-1.17, 142-236 slots), whose every layer still pays before the next plan."""
     topo, layers, experts = Topology(32, 5), 2, 128
     load = _decode_steps(seed, topo, layers, experts)
     args = (load, planning.starting_placement(layers, experts, topo), topo)
@@ -215,7 +216,7 @@ def test_from_the_starting_layout_a_long_life_takes_the_fresh_plan_that_pays(see
         assert d.layers == (0, 1)
         assert (d.saved_s > d.migration_s).all()
     par = {life: planning.step_par(d.placement, load)[1].mean() for life, d in decided.items()}
-    assert par[255] < par[100] - 0.02
+    assert par[255] < par[100] - 0.015
     assert par[math.inf] <= par[255] + 1e-12
     assert decided[255].slots > 2 * decided[100].slots
 
