@@ -36,7 +36,7 @@ Per layer (the search kernels are numba, no GIL):
 3. **Shares** (``shares=True``; off by default: shares fitted to past load lose out of sample):
    the transportation optimum (:mod:`eplb_rt.algorithms.shares`), after rewriting a few slots
    where a rank set still confines too much load.
-4. **Moves that pay** (with a previous placement): four candidates per layer -- keep the slots;
+4. **Moves that pay** (with a previous placement): five candidates per layer -- keep the slots;
    the previous slots improved move by move, best marginal gain per moved slot first (a slot
    rewritten to another expert, or a swap; :func:`~eplb_rt.algorithms.local_search.greedy_moves`),
    a move ranked on the rows the fresh plan is scored on and the summed load together
@@ -44,8 +44,13 @@ Per layer (the search kernels are numba, no GIL):
    that on a short window it does not fit the summed load's sampling noise; the previous slots
    repaired to the walk's PAR on the summed load by moves ranked on the load above it on every
    rank (:func:`~eplb_rt.algorithms.target_repair.repair_to`: the walk relieves the peak rank
-   first, and after a phase change takes up to a third more slots to a given PAR); the fresh
-   plan with its ranks relabelled to the previous ones (Hungarian). All are judged on the summed
+   first, and after a phase change takes up to a third more slots to a given PAR); on a window
+   of sampled token counts, the previous slots repaired alike to the fresh plan's PAR plus what
+   a plan fitted to the window can seem to gain from its noise alone (:func:`noise_reach`:
+   where the walk, priced slot by slot against the peak, stalls far from balance); the fresh
+   plan with its ranks relabelled to the previous ones (Hungarian). The two repairs see the
+   summed load alone and are kept only where they leave the episodes no less balanced than the
+   walk. All are judged on the summed
    load (and where the episodes are distinct workloads, on the scored rows too:
    :func:`_settle`): the layer takes the least ``PAR + move_cost * moved slots / D`` within the
    budget ``max_moved_fraction * P``. The price is per slot *per rank*: ranks receive in
@@ -758,9 +763,10 @@ def _settle(  # noqa: PLR0917
     judged = now.reshape((1, now.shape[0]))
     candidates[3] = repair_to(prev, now, D, row_par(candidates[1], judged, D), budget)
     # On a window of sampled draws, the fresh plan's balance as far as the window can tell it
-    # (its PAR plus what noise alone could show), reached from the slots in force: where the
-    # walk, priced slot by slot against the peak, stalls far above it (a first plan from the
-    # starting layout at decode sizes), it moves fewer slots than the fresh plan.
+    # (its PAR plus what a fitted plan can seem to gain from noise), reached from the slots in
+    # force: where the walk, priced slot by slot against the peak, stalls far above it (a
+    # first plan from the starting layout at decode sizes), it moves fewer slots than the
+    # fresh plan.
     candidates[4] = candidates[1]
     if margin >= 0.0:
         target = row_par(candidates[2], judged, D) + margin
@@ -956,9 +962,10 @@ def _noisy_layers(rows, previous, episodes, tokens, load, num_ranks, move_cost, 
 
 @kernel
 def _noise_margins(rows, tokens, distinct, counts, num_ranks):
-    """``[L]``: what sampling noise alone could show on the PAR of each fresh row of ``rows [L,
-    P]`` (:func:`noise_reach` on the window's counts ``tokens [L, K, E]``) where the load is
-    token ``counts`` and the layer's two or more episodes are sampled draws (not ``distinct [L]``
+    """``[L]``: :func:`noise_reach` of each fresh row of ``rows [L, P]`` on the window's counts
+    ``tokens [L, K, E]`` summed (what a plan fitted to them can seem to gain from sampling noise
+    alone: twice the row's peak noise; 0 on a layer without load) where the load is token
+    ``counts`` and the layer's two or more episodes are sampled draws (not ``distinct [L]``
     workloads); -1 elsewhere (:func:`_settle` takes no repair to the fresh plan's PAR there)."""
     out = np.full(rows.shape[0], -1.0)
     if not counts or tokens.shape[1] < 2:
