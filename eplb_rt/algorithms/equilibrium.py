@@ -756,32 +756,32 @@ def _settle(  # noqa: PLR0917
         # Episodes that differ partly by sampling noise show a load that held over the
         # window: a placement lasts as long as it holds (see _cheapest).
         lifetime = np.inf
-    candidates = np.empty((5, prev.shape[0]), dtype=np.int64)
+    count = 5 if margin >= 0.0 else 4
+    candidates = np.empty((count, prev.shape[0]), dtype=np.int64)
     candidates[0] = prev
     candidates[1] = _repaired_row(prev, now, V, D, budget, move_cost, slowest_rank, lifetime)
     candidates[2] = row[align_order(row, prev, D, now.shape[0])]
     judged = now.reshape((1, now.shape[0]))
     candidates[3] = repair_to(prev, now, D, row_par(candidates[1], judged, D), budget)
-    # On a window of sampled draws, the fresh plan's balance as far as the window can tell it
-    # (its PAR plus what a fitted plan can seem to gain from noise), reached from the slots in
-    # force: where the walk, priced slot by slot against the peak, stalls far above it (a
-    # first plan from the starting layout at decode sizes), it moves fewer slots than the
-    # fresh plan.
-    candidates[4] = candidates[1]
     if margin >= 0.0:
+        # On a window of sampled draws, the fresh plan's balance as far as the window can tell
+        # it (its PAR plus what a fitted plan can seem to gain from noise), reached from the
+        # slots in force: where the walk, priced slot by slot against the peak, stalls far
+        # above it (a first plan from the starting layout at decode sizes), it moves fewer
+        # slots than the fresh plan.
         target = row_par(candidates[2], judged, D) + margin
         candidates[4] = repair_to(prev, now, D, target, budget)
     if V.shape[0] > 0:
         # The repairs see now alone: on a window of episodes they must not leave them less
         # balanced than the walk, which ranks its moves on them so as not to fit now's noise.
         walk_v = row_par(candidates[1], V, D)
-        for c in (3, 4):
+        for c in range(3, count):
             if row_par(candidates[c], V, D) > walk_v:
                 candidates[c] = candidates[1]
     if distinct and V.shape[0] > 0:
         judged = np.vstack((V, judged))
-    pars = np.empty(5)
-    for i in range(5):
+    pars = np.empty(count)
+    for i in range(count):
         pars[i] = row_par(candidates[i], judged, D)
     return candidates[
         _cheapest(candidates, pars, prev, move_cost, D, budget, slowest_rank, lifetime)
@@ -822,8 +822,7 @@ def _settle_layers(  # noqa: PLR0917
 ):  # fmt: skip
     """:func:`_settle` of every layer (``rows``, ``prev [L, P]``, ``now [L, E]``; ``V``,
     ``num_rows`` and ``distinct`` as :func:`_fresh_plans` gives them, ``margins [L]`` as
-    :func:`_noise_margins` does) in one call: ``[L, P]
-    int64``."""
+    :func:`_noise_margins` does) in one call: ``[L, P] int64``."""
     out = np.empty_like(prev)
     for j in range(rows.shape[0]):
         scored = np.ascontiguousarray(V[j, : num_rows[j]])
