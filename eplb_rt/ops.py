@@ -142,6 +142,14 @@ def _check_cases() -> list[tuple[str, list[torch.Tensor], torch.Tensor, int]]:
     ]
 
 
+def _device(value: object, op: str, name: str) -> torch.device:
+    """The device of the tensor ``value`` (the op's argument ``name``), read here before the op
+    runs: anything else gets the error the op itself gives an argument of the wrong type."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a tensor, got {type(value).__name__}")
+    return value.device
+
+
 def _first_use(device: torch.device) -> None:
     # The cheapest test first (a decode step runs this once per op call). Traced, the check
     # would be a graph break and a sync (with fake tensors, an error).
@@ -191,13 +199,17 @@ def route_and_count(
         ``csrc/common/replica_rule.h``.
 
     Raises:
+        TypeError: ``topk_ids`` is not a tensor (an argument of another type is the op's
+            ``RuntimeError`` naming it).
         RuntimeError: a dtype, shape or device mismatch; on the CPU also an id below ``-1`` or
-            ``>= E``, or a used expert whose ``logcnt`` is not in ``[1, R]`` or whose first
-            ``logcnt`` slots are not in ``[0, P)``. Nothing is written then. (Device backends
+            ``>= E``, or a used expert whose ``logcnt`` is not in ``[1, R]``, whose first
+            ``logcnt`` slots are not in ``[0, P)`` or, with ``replica_share``, whose shares
+            over them are not finite, ``>= 0`` and summing to 1 within 1e-4 (as
+            :func:`update_expert_map_` checks them). Nothing is written then. (Device backends
             check metadata only: they never synchronise; such a pair gets phy id ``-1`` and is
             not counted, the rest of the batch is.)
     """
-    _first_use(topk_ids.device)
+    _first_use(_device(topk_ids, "route_and_count", "topk_ids"))
     if out is None:
         out = torch.empty_like(topk_ids)
     _route_and_count(topk_ids, log2phy, logcnt, replica_share, heat, step, out, code_offset)
@@ -226,12 +238,13 @@ def count_from_group_list(
         cumulative: whether ``group_list`` holds prefix sums.
 
     Raises:
+        TypeError: ``heat`` is not a tensor.
         RuntimeError: out-of-range ``slot_offset``, dtype/shape/device mismatch, heat rows that
             overlap, and on the CPU a count outside ``[0, 2**31)`` (device backends check
             metadata only: they never synchronise; they add a negative count as 0 and a larger
             one as ``2**31 - 1``).
     """
-    _first_use(heat.device)
+    _first_use(_device(heat, "count_from_group_list", "heat"))
     _count_from_group_list(group_list, heat, step, slot_offset, cumulative)
 
 
@@ -260,7 +273,7 @@ def update_expert_weights_(
     Compiled with Inductor and dynamic shapes, weights that are views of one argument are
     refused: see the module docstring.
     """
-    _first_use(slots.device)
+    _first_use(_device(slots, "update_expert_weights_", "slots"))
     for name, tensors in (("weights", weights), ("staged", staged)):
         for index, tensor in enumerate(tensors):  # (off the NPU a device check: once a commit)
             check_npu_layout(tensor, f"update_expert_weights_: {name}[{index}]")

@@ -72,9 +72,20 @@ void build_bounds(RouteTables& t, const float* share, int64_t E, int64_t R) {
   }
 }
 
+// Whether one expert's shares over its cnt replicas are a split of its tokens: each finite and
+// >= 0, summing to 1 within kShareSumTolerance (as update_expert_map_ checks new tables).
+bool share_row_ok(const float* row, int32_t cnt) {
+  float sum = 0.0f;
+  for (int32_t r = 0; r < cnt; ++r) {
+    if (!(std::isfinite(row[r]) && row[r] >= 0.0f)) return false;
+    sum += row[r];
+  }
+  return std::fabs(sum - 1.0f) <= kShareSumTolerance;
+}
+
 // Returns whether every expert is usable (the common case: validation is then a range check).
-bool build_tables(RouteTables& t, const int32_t* log2phy, const int32_t* logcnt, int64_t E,
-                  int64_t R, int64_t P) {
+bool build_tables(RouteTables& t, const int32_t* log2phy, const int32_t* logcnt, const float* share,
+                  int64_t E, int64_t R, int64_t P) {
   t.count.resize(E + 1);
   t.slot.resize((E + 1) * R);
   t.usable.resize(E + 2);
@@ -88,6 +99,7 @@ bool build_tables(RouteTables& t, const int32_t* log2phy, const int32_t* logcnt,
     const int32_t* row = log2phy + e * R;
     bool ok = cnt >= 1 && cnt <= R;
     for (int32_t r = 0; ok && r < cnt; ++r) ok = row[r] >= 0 && row[r] < P;
+    ok = ok && (share == nullptr || share_row_ok(share + e * R, cnt));
     t.usable[e + 1] = ok;
     all_usable &= ok;
     t.count[e + 1] = ok ? cnt : 1;
@@ -127,7 +139,7 @@ bool ids_usable(const id_t* ids, int64_t begin, int64_t end, const uint8_t* usab
 // of small batches, and the error report of large ones once the table-based check failed.
 template <typename id_t>
 void check_pairs(const id_t* ids, int64_t N, int64_t K, const int32_t* log2phy,
-                 const int32_t* logcnt, int64_t E, int64_t R, int64_t P) {
+                 const int32_t* logcnt, const float* share, int64_t E, int64_t R, int64_t P) {
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t k = 0; k < K; ++k) {
       const int64_t e = static_cast<int64_t>(ids[n * K + k]);
@@ -144,6 +156,19 @@ void check_pairs(const id_t* ids, int64_t N, int64_t K, const int32_t* log2phy,
                     " must be a slot in [0, P = ", P, ") (expert ", e, " has logcnt ", cnt,
                     " and is used by topk_ids[", n, ", ", k, "])");
       }
+      if (share == nullptr || share_row_ok(share + e * R, cnt)) continue;
+      float sum = 0.0f;
+      for (int32_t r = 0; r < cnt; ++r) {
+        const float w = share[e * R + r];
+        TORCH_CHECK(std::isfinite(w) && w >= 0.0f, "route_and_count: replica_share[", e, ", ", r,
+                    "] = ", w, " must be finite and >= 0 (expert ", e, " is used by topk_ids[", n,
+                    ", ", k, "])");
+        sum += w;
+      }
+      TORCH_CHECK(false, "route_and_count: the shares of expert ", e, " over its ", cnt,
+                  " replicas (replica_share[", e, ", :", cnt, "]) must sum to 1 within ",
+                  kShareSumTolerance, ", got ", sum, " (expert ", e, " is used by topk_ids[", n,
+                  ", ", k, "])");
     }
   }
 }
@@ -154,7 +179,7 @@ template <typename id_t>
 void route_small_batch(const id_t* ids, id_t* phy, int64_t N, int64_t K, const int32_t* log2phy,
                        const int32_t* logcnt, const float* share, int64_t E, int64_t R, int64_t P,
                        int64_t step, uint32_t offset, int32_t* heat_row) {
-  check_pairs(ids, N, K, log2phy, logcnt, E, R, P);
+  check_pairs(ids, N, K, log2phy, logcnt, share, E, R, P);
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t k = 0; k < K; ++k) {
       const int64_t i = n * K + k;
@@ -222,16 +247,15 @@ void route_and_count_typed(const at::Tensor& topk_ids, const at::Tensor& log2phy
 
   const int64_t pairs = N * K;
   int32_t* heat_row = heat.data_ptr<int32_t>() + row * heat.stride(0);
+  const float* share = replica_share.has_value() ? replica_share->const_data_ptr<float>() : nullptr;
   if (pairs <= kSmallBatchPairsPerExpert * E) {
-    const float* share =
-        replica_share.has_value() ? replica_share->const_data_ptr<float>() : nullptr;
     route_small_batch(ids, phy_ids.data_ptr<id_t>(), N, K, l2p, cnt, share, E, R, P, step_value,
                       offset, heat_row);
     return;
   }
 
   RouteTables& t = scratch();
-  const bool all_usable = build_tables(t, l2p, cnt, E, R, P);
+  const bool all_usable = build_tables(t, l2p, cnt, share, E, R, P);
 
   const int64_t chunks =
       std::clamp<int64_t>((pairs + kPairsPerChunk - 1) / kPairsPerChunk, 1, at::get_num_threads());
@@ -256,12 +280,12 @@ void route_and_count_typed(const at::Tensor& topk_ids, const at::Tensor& log2phy
     ok = std::all_of(chunk_ok.begin(), chunk_ok.end(), [](uint8_t v) { return v != 0; });
   }
   if (!ok) {
-    check_pairs(ids, N, K, l2p, cnt, E, R, P);  // throws, naming the first bad pair
+    check_pairs(ids, N, K, l2p, cnt, share, E, R, P);  // throws, naming the first bad pair
     TORCH_INTERNAL_ASSERT(false, "route_and_count: validation failed without a bad pair");
   }
 
   const bool weighted = replica_share.has_value() && R > 1;
-  if (weighted) build_bounds(t, replica_share->const_data_ptr<float>(), E, R);
+  if (weighted) build_bounds(t, share, E, R);
   t.hist.assign(chunks * (P + 1), 0);
   id_t* phy = phy_ids.data_ptr<id_t>();
   auto run_chunk = [&](int64_t c) {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -212,3 +213,19 @@ def test_update_expert_map_fuzz(args):
     for name in ("log2phy", "logcnt", "replica_share", "expert_map"):
         if args[name] is not None:
             assert torch.equal(args[name], args[f"new_{name}"])
+
+
+def test_an_argument_the_wrappers_read_that_is_not_a_tensor_is_named():
+    heat = torch.zeros((2, 4), dtype=torch.int32)
+    step = torch.zeros(1, dtype=torch.int64)
+    with pytest.raises(TypeError, match=r"^route_and_count: topk_ids must be a tensor, got list$"):
+        ops.route_and_count(
+            [[0, 1]], torch.zeros((2, 1), dtype=torch.int32), torch.ones(2), heat, step
+        )
+    with pytest.raises(TypeError, match=r"^count_from_group_list: heat must be a tensor, got list"):
+        ops.count_from_group_list(torch.ones(2, dtype=torch.int32), [[0]], step, 0)
+    with pytest.raises(
+        TypeError, match=r"^update_expert_weights_: slots must be a tensor, got list"
+    ):
+        ops.update_expert_weights_([torch.zeros(4, 2)], [torch.zeros(2, 2)], [1, 3])
+    assert not heat.any()

@@ -133,13 +133,20 @@ def test_out_buffer_is_written_and_returned():
     assert torch.equal(out, expected)
 
 
-# Shares that stress the integer bounds of the CPU kernel against the float rule: zeros, tiny and
-# huge values, negative, NaN and inf, sums below and above 1.
+# Shares that stress the integer bounds of the CPU kernel against the float rule: zeros, tiny
+# values, thirds, sums at the edges of the tolerance (1 +- 1e-4).
 ODD_SHARES = [
     [0.0, 0.5, 0.5],
     [1e-9, 1e-9, 1.0],
     [0.3, 0.3, 0.4],
     [1.0 / 3, 1.0 / 3, 1.0 / 3],
+    [0.0, 0.0, 1.0],
+    [1.0, 0.0, 0.0],
+    [0.5, 0.49991, 0.0],
+    [0.25, 0.25, 0.50009],
+]
+# Shares that split no expert's tokens: refused on the CPU, however many pairs a batch has.
+NOT_SHARES = [
     [-0.1, 0.6, 0.5],
     [float("nan"), 0.5, 0.5],
     [0.2, float("inf"), 0.1],
@@ -162,6 +169,22 @@ def test_every_code_matches_float_rule(share_row):
     )
     assert torch.equal(phy, phy_ref)
     assert torch.equal(heat, heat_ref)
+
+
+@pytest.mark.parametrize("share_row", NOT_SHARES, ids=str)
+@pytest.mark.parametrize("tokens", [1, reference.PERIOD], ids=["one pair", "a period"])
+def test_shares_that_split_no_tokens_are_refused(share_row, tokens):
+    log2phy = torch.tensor([[4, 0, 2]], dtype=torch.int32)
+    logcnt = torch.tensor([3], dtype=torch.int32)
+    share = torch.tensor([share_row], dtype=torch.float32)
+    ids = torch.zeros((tokens, 1), dtype=torch.int32)
+    heat = torch.zeros((1, 5), dtype=torch.int32)
+    out = torch.full_like(ids, 7)
+    with pytest.raises(RuntimeError, match=r"^route_and_count: (replica_share|the shares)"):
+        ops.route_and_count(ids, log2phy, logcnt, heat, torch.tensor([0]), replica_share=share,
+                            out=out)  # fmt: skip
+    assert not heat.any()
+    assert (out == 7).all()
 
 
 @pytest.mark.parametrize("shares", [[0.5, 0.25, 0.25], [0.1, 0.7, 0.2], [0.9, 0.1], None], ids=str)
@@ -189,6 +212,21 @@ def test_unused_expert_with_bad_table_is_ignored():
     phy = ops.route_and_count(ids, log2phy, logcnt, heat, torch.tensor([0]))
     assert phy.tolist() == [[0, -1]]
     assert heat.tolist() == [[1, 0]]
+
+
+def test_unused_expert_with_bad_shares_is_ignored():
+    """Shares are checked where they route a pair, as the slots are."""
+    log2phy = torch.tensor([[0, -1], [1, 2]], dtype=torch.int32)
+    logcnt = torch.tensor([1, 2], dtype=torch.int32)
+    share = torch.tensor([[1.0, 0.0], [float("nan"), 0.3]])
+    for n in (1, 40):  # the per-pair path and the tables' path
+        ids = torch.tensor([[0, -1]] * n, dtype=torch.int32)
+        heat = torch.zeros((1, 3), dtype=torch.int32)
+        phy = ops.route_and_count(
+            ids, log2phy, logcnt, heat, torch.tensor([0]), replica_share=share
+        )
+        assert phy[:, 0].eq(0).all()
+        assert heat.tolist() == [[n, 0, 0]]
 
 
 def _valid_args(padded_rows: int = 0):
@@ -224,6 +262,16 @@ def _poke(name, index, value):
     return edit
 
 
+def _share(index, value):
+    """Even shares (0.5 each, every expert on two replicas) with one entry set to ``value``."""
+
+    def edit(args):
+        args["replica_share"] = torch.full((5, 2), 0.5)
+        args["replica_share"][index] = value
+
+    return edit
+
+
 BAD_INPUTS = {
     "id too large": (
         _poke("topk_ids", (1, 0), 5),
@@ -254,6 +302,18 @@ BAD_INPUTS = {
     "share shape": (
         _set("replica_share", torch.ones((5, 3))),
         r"replica_share must have the shape of log2phy",
+    ),
+    "share NaN": (
+        _share((1, 0), float("nan")),
+        r"replica_share\[1, 0\] = nan must be finite and >= 0 \(expert 1 is used by "
+        r"topk_ids\[0, 1\]\)",
+    ),
+    "share negative": (_share((3, 1), -0.25), r"replica_share\[3, 1\] = -0.25 must be finite"),
+    "share inf": (_share((4, 0), float("inf")), r"replica_share\[4, 0\] = inf must be finite"),
+    "shares sum to 0.8": (
+        _share((2, 1), 0.3),
+        r"the shares of expert 2 over its 2 replicas \(replica_share\[2, :2\]\) must sum to 1 "
+        r"within 0.0001, got 0.8 \(expert 2 is used by topk_ids\[1, 0\]\)",
     ),
     "share dtype": (
         _set("replica_share", torch.ones((5, 2), dtype=torch.float64)),
@@ -469,7 +529,10 @@ def test_random_sizes_match_reference(case):
     c = case
     tables = random_tables(c["num_experts"], c["num_slots"], c["max_replicas"], seed=c["seed"])
     if c["with_shares"]:  # some zero shares: replicas that must never be picked
-        tables.replica_share[tables.replica_share < 0.2] = 0.0
+        share = tables.replica_share
+        share[share < 0.2] = 0.0
+        share[share.sum(dim=1) == 0, 0] = 1.0  # one replica of an expert takes its tokens
+        share /= share.sum(dim=1, keepdim=True)
     ids = random_ids(c["num_tokens"], c["top_k"], c["num_experts"], c["dtype"], seed=c["seed"])
     heat = torch.zeros((3, c["num_slots"]), dtype=torch.int32)
     shares = tables.replica_share if c["with_shares"] else None
