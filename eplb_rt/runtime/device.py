@@ -49,6 +49,14 @@ class Device:
                     f"device type {self.kind!r} has no stream API (expected cpu, cuda or npu; "
                     "for npu import torch_npu first)"
                 )
+            available = getattr(module, "is_available", None)
+            if available is not None and not available():
+                # Before current_device(), whose failure (an AssertionError on a build without
+                # the backend) names neither the argument nor the device asked for.
+                raise ValueError(
+                    f"device {str(device)!r}: torch.{self.kind}.is_available() is False here "
+                    f"(torch {torch.__version__}); expected a device this process can use"
+                )
             self._module = module
             if self.device.index is None:
                 self.device = torch.device(self.kind, module.current_device())

@@ -284,17 +284,30 @@ class EplbRuntime:
         S = self.topology.num_slots_per_rank
         self._staging = HostStaging(self.dev, [S, E * R, E, E * R, E])
 
-        self.recorder = HeatRecorder(
-            config.history,
-            num_layers,
-            self.topology.num_slots,
-            self.dev,
-            route_counts=config.heat_source == "topk",
-            # Each rank's tokens count from 0: where each rank routes its own, shifted by the
-            # rank's share of the rule's period, the ranks' first tokens spread over an expert's
-            # replicas as one batch's would (else all of them picked the same replica).
-            code_offset=(self.rank << 16) // self.num_ranks if config.rank_local_tokens else 0,
-        )
+        try:
+            self.recorder = HeatRecorder(
+                config.history,
+                num_layers,
+                self.topology.num_slots,
+                self.dev,
+                route_counts=config.heat_source == "topk",
+                # Each rank's tokens count from 0: where each rank routes its own, shifted by
+                # the rank's share of the rule's period, the ranks' first tokens spread over an
+                # expert's replicas as one batch's would (else all picked the same replica).
+                code_offset=(self.rank << 16) // self.num_ranks if config.rank_local_tokens else 0,
+            )
+        except (MemoryError, RuntimeError) as err:
+            # The allocator names bytes, not the setting that asked for them.
+            ring = config.history * num_layers * self.topology.num_slots * 4
+            raise ValueError(
+                f"the heat ring of EplbConfig.history={config.history} steps x {num_layers} "
+                f"layers x {self.topology.num_slots} slots (int32, {ring / 2**30:.3g} GiB on "
+                f"{self.device} and as much on the host) cannot be allocated: {err}"
+            ) from err
+        # What route(out=...) may not write: the op sees one layer's tables and heat rows only.
+        owned = [*self._tables, self.recorder.heat, self.recorder.step_counter]
+        owned += [] if self.recorder._scratch is None else [self.recorder._scratch]
+        self._owned_storage = frozenset(t.untyped_storage().data_ptr() for t in owned) - {0}
         if multi:
             self._balancer_group = self._new_group("gloo")
             self._migration_group = self._new_migration_group()
@@ -593,10 +606,24 @@ class EplbRuntime:
         weighted = (
             torch.compiler.is_compiling() or not self._uniform[layer] or self.dev.is_capturing()
         )
+        if out is not None and not torch.compiler.is_compiling():
+            self._check_out(out)
         log2phy, logcnt, share = self._route_tables[layer]
         return self.recorder.route(
             layer, topk_ids, log2phy, logcnt, replica_share=share if weighted else None, out=out
         )
+
+    def _check_out(self, out: object) -> None:
+        """``route(out=...)`` must be the caller's buffer, not memory this runtime owns (any
+        layer's tables, the heat ring, the step counter): written there, the routes of another
+        layer or the next plan's heat would change silently."""
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"route(out=...) must be a tensor, got {type(out).__name__}")
+        if out.numel() and out.untyped_storage().data_ptr() in self._owned_storage:
+            raise ValueError(
+                "route(out=...) shares memory with this runtime's routing tables, heat ring or "
+                "step counter; expected a buffer of the caller's"
+            )
 
     def record(self, layer: int, group_list: torch.Tensor, cumulative: bool = False) -> None:
         """Count a dispatch kernel's per-local-slot tokens ``group_list [S]`` (receiver side;

@@ -221,6 +221,13 @@ def _bad_calls(rt: EplbRuntime):
     yield lambda: rt.route(0, torch.tensor([[0, -2]])), None
     yield lambda: rt.route(0, torch.tensor([[0.0]])), None
     yield lambda: rt.route(0, torch.tensor([0, 1])), None
+    # An out in memory the runtime owns (the op sees layer 0's tables and heat rows only).
+    pair = torch.tensor([[0, 1]], dtype=torch.int32)
+    owned = "shares memory with this runtime's routing tables, heat ring or step counter"
+    for table in (rt._log2phy[1], rt._logcnt, rt._expert_map[1], rt.heat[2, 1]):
+        yield lambda t=table: rt.route(0, pair, out=t.flatten()[:2].view(1, 2)), owned
+    yield lambda: rt.route(0, pair.long()[:, :1], out=rt.step_counter.view(1, 1)), owned
+    yield lambda: rt.route(0, pair, out=[[0, 0]]), "route\\(out=...\\) must be a tensor, got list"
     if rt.config.heat_source == "group_list":
         yield lambda: rt.record(0, torch.ones(3, dtype=torch.int32)), "group_list must be \\[5\\]"
         yield lambda: rt.record(0, torch.tensor([1, -1, 0, 0, 0])), None
@@ -411,6 +418,18 @@ def test_bad_constructor_arguments():
         EplbRuntime(EplbConfig(policy="rt_test_shift", num_nodes=3, warm_up=False), 1, 8)
     with pytest.raises(ValueError, match="stream API"):
         EplbRuntime(config, 1, 4, device="meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"device 'cuda': torch.cuda.is_available\(\) is Fa"):
+            EplbRuntime(config, 1, 4, device="cuda")
+    huge = EplbConfig(policy="rt_test_shift", interval=0, history=2**40, warm_up=False)
+    with pytest.raises(ValueError, match=r"the heat ring of EplbConfig.history=1099511627776 st"):
+        EplbRuntime(huge, 2, 4)
+
+
+def test_route_writes_a_callers_out_buffer(runtime):
+    out = torch.full((2, 2), -7, dtype=torch.int64)
+    assert runtime.route(0, torch.tensor([[0, 4], [4, -1]]), out=out) is out
+    assert out[1, 1] == -1 and (out[out >= 0] < runtime.topology.num_slots).all()
 
 
 def test_initial_placement_from_json_and_export(tmp_path):
