@@ -268,6 +268,9 @@ class EplbConfig:
 
     def num_slots_per_rank(self, num_experts: int, num_ranks: int) -> int:
         """``S`` for a model of ``num_experts`` experts on ``num_ranks`` ranks, or raise."""
+        for name, value in (("num_experts", num_experts), ("num_ranks", num_ranks)):
+            if not is_integer(value) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if self.slots_per_rank is not None:
             return self.slots_per_rank
         total = num_experts + self.num_redundant

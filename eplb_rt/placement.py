@@ -152,7 +152,10 @@ class Placement:
         if slot_share is None:
             share = even_shares(self._phy2log, self.num_experts)
         else:
-            share = np.array(slot_share, dtype=np.float64)
+            given = np.asarray(slot_share)
+            if given.dtype.kind not in "iuf":  # a cast would read "0.5" or True as a share
+                raise TypeError(f"slot_share must hold real numbers, got dtype {given.dtype}")
+            share = np.array(given, dtype=np.float64)
             if share.shape != self._phy2log.shape:
                 raise ValueError(
                     f"slot_share must have the shape of phy2log {self._phy2log.shape}, "
@@ -255,6 +258,9 @@ class Placement:
             raise ValueError(
                 f"max_replicas={R} is below the largest replica count {int(counts.max())}"
             )
+        if R > P:
+            # No expert can have more replicas than slots; a wider table is only memory.
+            raise ValueError(f"max_replicas={R} exceeds the {P} slots of a layer")
         log2phy = np.full((L, E, R), -1, dtype=np.int32)
         share = np.zeros((L, E, R), dtype=np.float32)
         # A stable sort by expert keeps each expert's slots in ascending physical id.
@@ -300,8 +306,14 @@ class Placement:
         if counts.max(initial=0) > D:
             raise ValueError(f"an expert has {counts.max()} replicas but there are only {D} ranks")
         share = self._slot_share
-        if not np.isfinite(share).all() or (share < 0).any():
-            raise ValueError("slot_share must be finite and >= 0")
+        bad = ~np.isfinite(share) | (share < 0)
+        if bad.any():
+            layer, slot = np.argwhere(bad)[0]
+            value = float(share[layer, slot])
+            raise ValueError(
+                f"layer {layer}: slot_share[{layer}, {slot}] = {value!r}, expected a finite "
+                "share >= 0"
+            )
         if not self._uniform:
             sums = np.zeros((self.num_layers, E))
             np.add.at(sums, (np.arange(self.num_layers)[:, None], p2l), share)
@@ -316,7 +328,7 @@ class Placement:
     # ----------------------------------------------------------------------------- comparisons
     def moves(self, previous: Placement) -> np.ndarray:
         """``[L] int64``: slots whose expert differs from ``previous`` (weights that must move)."""
-        self._check_same_shape(previous)
+        self._check_same_shape(previous, "previous")
         return (self._phy2log != previous._phy2log).sum(axis=1)
 
     def moved_fraction(self, previous: Placement) -> float:
@@ -325,12 +337,14 @@ class Placement:
 
     def changed_layers(self, previous: Placement) -> np.ndarray:
         """Indices of layers whose slots or shares differ from ``previous``."""
-        self._check_same_shape(previous)
+        self._check_same_shape(previous, "previous")
         slots = (self._phy2log != previous._phy2log).any(axis=1)
         shares = ~np.isclose(self._slot_share, previous._slot_share, rtol=0, atol=1e-12).all(axis=1)
         return np.flatnonzero(slots | shares)
 
-    def _check_same_shape(self, other: Placement) -> None:
+    def _check_same_shape(self, other: Placement, name: str) -> None:
+        if not isinstance(other, Placement):
+            raise TypeError(f"{name} must be a Placement, got {type(other).__name__}")
         if (
             self._phy2log.shape != other._phy2log.shape
             or self.num_ranks != other.num_ranks
@@ -371,6 +385,8 @@ class Placement:
         """
         if not (is_integer(num_layers) and num_layers >= 1):
             raise ValueError(f"num_layers must be an integer >= 1, got {num_layers!r}")
+        if not isinstance(topology, Topology):
+            raise TypeError(f"topology must be a Topology, got {type(topology).__name__}")
         topology.check_experts(num_experts)
         P = topology.num_slots
         row = np.arange(P, dtype=np.int32) % int(num_experts)
@@ -410,7 +426,7 @@ class Placement:
     def replace_layers(self, layers: Sequence[int] | np.ndarray, other: Placement) -> Placement:
         """This placement with ``layers`` (indices or a ``[L] bool`` mask) taken from ``other``
         (same shape)."""
-        self._check_same_shape(other)
+        self._check_same_shape(other, "other")
         idx = self._layer_indices(layers)
         p2l = self._phy2log.copy()
         share = self._slot_share.copy()
@@ -431,6 +447,9 @@ class Placement:
         """Concatenate single- or multi-layer placements of one shape along the layer axis."""
         if not layers:
             raise ValueError("stack needs at least one placement")
+        for i, item in enumerate(layers):
+            if not isinstance(item, Placement):
+                raise TypeError(f"layers[{i}] must be a Placement, got {type(item).__name__}")
         first = layers[0]
         for other in layers[1:]:
             if (other.num_slots, other.num_ranks, other.num_experts) != (

@@ -457,6 +457,37 @@ def test_dense_layers_of_a_two_dimensional_load():
         formats.drop_dense_layers(np.vstack([load, load]), 2)
 
 
+@pytest.mark.parametrize("count", [-1, 1.5, "1", True])
+def test_a_dense_layer_count_that_is_not_a_count_is_named(count):
+    load = np.array([[[0.0, 0, 0], [1, 2, 3]]])
+    placement = Placement.initial(1, 4, Topology(2, 2))
+    for item in (load, placement):
+        for call in (formats.add_dense_layers, formats.drop_dense_layers):
+            with pytest.raises(ValueError, match=rf"an integer >= 0, got {count!r}"):
+                call(item, count)
+
+
+@pytest.mark.parametrize("fmt", ["vllm-ascend", "sglang", "npy"])
+def test_sizes_that_are_not_counts_are_named_before_the_file_is_read(tmp_path, fmt):
+    path = tmp_path / ("p.npy" if fmt == "npy" else "p.json")
+    formats.write_placement(Placement.initial(2, 6, Topology(2, 4)), path, fmt)
+    with pytest.raises(ValueError, match=r"^num_experts must be an integer >= 1 or None, got '6'"):
+        formats.read_placement(path, fmt, num_ranks=2, num_experts="6")
+    with pytest.raises(ValueError, match=r"^num_ranks must be an integer >= 1 or None, got 0"):
+        formats.read_placement(path, fmt, num_ranks=0)
+    assert formats.read_placement(path, fmt, num_ranks=2, num_experts=6).num_experts == 6
+
+
+def test_what_cannot_be_read_back_is_not_written(tmp_path):
+    with pytest.raises(TypeError, match=r"^placement must be a Placement, got ndarray"):
+        formats.write_placement(np.zeros((1, 4), dtype=np.int32), tmp_path / "p.json")
+    empty = Placement(np.zeros((0, 4), dtype=np.int64), 4, 2)
+    for name in ("p.json", "p.npy"):
+        with pytest.raises(ValueError, match=r"a placement of 0 layers cannot be written"):
+            formats.write_placement(empty, tmp_path / name)
+        assert not (tmp_path / name).exists()
+
+
 def test_load_errors(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")

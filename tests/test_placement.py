@@ -47,6 +47,47 @@ def test_max_replicas_must_be_an_integer():
     assert placement.log2phy(np.int64(3)).shape == (1, 3, 3)
 
 
+def test_a_table_wider_than_the_slots_is_refused_before_it_is_made():
+    placement = Placement(np.array([[0, 1, 2, 0]]), 3, 2)
+    assert placement.log2phy(4).shape == (1, 3, 4)
+    with pytest.raises(ValueError, match=r"max_replicas=1099511627776 exceeds the 4 slots"):
+        placement.log2phy(2**40)
+    with pytest.raises(ValueError, match=r"max_replicas=5 exceeds the 4 slots"):
+        placement.replica_share(5)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda p: p.moves(p.phy2log),
+        lambda p: p.moved_fraction(p.phy2log),
+        lambda p: p.changed_layers(p.phy2log),
+    ],
+    ids=["moves", "moved_fraction", "changed_layers"],
+)
+def test_a_previous_that_is_not_a_placement_is_named(call):
+    placement = Placement(np.array([[0, 1, 2, 0]]), 3, 2)
+    with pytest.raises(TypeError, match=r"^previous must be a Placement, got ndarray$"):
+        call(placement)
+
+
+def test_building_from_what_is_not_a_placement_or_topology_is_named():
+    placement = Placement(np.array([[0, 1, 2, 0]]), 3, 2)
+    with pytest.raises(TypeError, match=r"^other must be a Placement, got list$"):
+        placement.replace_layers([0], [[0, 1, 2, 0]])
+    with pytest.raises(TypeError, match=r"^layers\[1\] must be a Placement, got ndarray$"):
+        Placement.stack([placement, placement.phy2log])
+    with pytest.raises(TypeError, match=r"^topology must be a Topology, got tuple$"):
+        Placement.initial(1, 8, (2, 5))
+
+
+def test_a_share_that_is_not_a_number_is_named():
+    with pytest.raises(TypeError, match=r"^slot_share must hold real numbers, got dtype <U1$"):
+        make([[0, 1, 1, 2]], 3, 2, np.array([["a"] * 4]))
+    with pytest.raises(TypeError, match=r"got dtype bool"):
+        make([[0, 1, 1, 2]], 3, 2, np.ones((1, 4), dtype=bool))
+
+
 def test_a_placement_without_layers_has_tables_without_layers():
     empty = Placement(np.zeros((0, 6), dtype=np.int64), 6, 2)
     assert empty.max_replicas == 1
@@ -142,8 +183,8 @@ def test_validation_errors(rows, num_experts, num_ranks, error, match):
     ("share", "match"),
     [
         ([[0.5, 0.5]], "shape of phy2log"),
-        ([[1.0, 0.5, 0.5, np.nan]], "finite"),
-        ([[1.0, 1.5, -0.5, 1.0]], ">= 0"),
+        ([[1.0, 0.5, 0.5, np.nan]], r"^layer 0: slot_share\[0, 3\] = nan, expected a finite"),
+        ([[1.0, 1.5, -0.5, 1.0]], r"^layer 0: slot_share\[0, 2\] = -0.5, expected .* >= 0$"),
         ([[1.0, 0.7, 0.7, 1.0]], "shares of expert 1 sum to 1.4"),
     ],
 )

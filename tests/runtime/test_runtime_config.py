@@ -99,6 +99,16 @@ def test_num_slots_per_rank():
         EplbConfig(num_redundant=1).num_slots_per_rank(12, 5)
 
 
+@pytest.mark.parametrize(
+    ("experts", "ranks", "match"),
+    [(8, 0, "num_ranks must be an integer >= 1, got 0"), ("8", 2, "num_experts must be an")],
+)
+def test_num_slots_per_rank_names_a_size_that_is_not_a_count(experts, ranks, match):
+    for config in (EplbConfig(num_redundant=3), EplbConfig(slots_per_rank=5)):
+        with pytest.raises(ValueError, match=match):
+            config.num_slots_per_rank(experts, ranks)
+
+
 def test_interval_zero_allows_any_deadline():
     assert EplbConfig(interval=0, deadline=500).interval == 0
 
