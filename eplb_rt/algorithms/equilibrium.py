@@ -1004,9 +1004,9 @@ def peak_noise(row, counts, num_ranks):
 def _plan_layers(
     layers: Layers, topo: Topology, opts: EquilibriumOptions
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """:func:`plan_layers` before the check out of sample. Without shares the layers cost two
-    numba calls in all (no GIL between them: the balancer plans in a thread next to the serving
-    one, and each return to Python is a hand-off)."""
+    """:func:`plan_layers` before the check out of sample. Without shares the layers cost one
+    numba call in all, three with a placement in force (no GIL between them: the balancer plans
+    in a thread next to the serving one, and each return to Python is a hand-off)."""
     D, S, P = topo.num_ranks, topo.num_slots_per_rank, topo.num_slots
     now, prev, tokens = layers.load, layers.previous, layers.tokens
     rounds = (opts.count_rounds, opts.count_width, opts.count_tol)
