@@ -4,9 +4,12 @@ Pure numpy and deterministic, so every rank computes the same plan from the same
 without talking to the others. The new placement comes aligned to the old one
 (:func:`eplb_rt.algorithms.align.align_placement`); :func:`plan_migration` gives every slot whose
 expert changed a source slot holding that expert in the old placement: the receiving rank itself
-when it already holds the expert (a local copy), else a rank on the same node, else any rank;
-ties go to the rank that sends least so far, then to the lowest slot, which spreads the sending
-evenly.
+when it already holds the expert (a local copy), else a rank on the same node, else any rank.
+A rank sends and receives at once, so a layer's transfer takes as long as the most experts one
+rank receives or sends; an expert that one rank alone can give is sent from there whatever the
+order, so those sends are counted first, then every other move takes, fewest ranks to choose
+from first, the rank that sends least so far (then the lowest slot): a replica is not sent from
+the rank that must also fan out an expert only it holds.
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ def plan_migration(previous: Placement, new: Placement, num_nodes: int = 1) -> l
         old_row, new_row = previous.phy2log[layer], new.phy2log[layer]
         dst = np.flatnonzero(old_row != new_row)
         src = np.empty_like(dst)
-        sent = np.zeros(D, dtype=np.int64)
+        remote = []  # (ranks to choose from, move index, candidate slots)
         for i, slot in enumerate(dst):
             candidates = np.flatnonzero(old_row == new_row[slot])
             cand_rank = candidates // S
@@ -85,9 +88,14 @@ def plan_migration(previous: Placement, new: Placement, num_nodes: int = 1) -> l
             if local.size:
                 src[i] = local[0]
                 continue
-            other_node = (cand_rank // ranks_per_node != me // ranks_per_node).astype(np.int64)
-            # Lexicographic: same node first, then least sending so far, then lowest slot.
-            best = np.lexsort((candidates, sent[cand_rank], other_node))[0]
+            same_node = cand_rank // ranks_per_node == me // ranks_per_node
+            if same_node.any():
+                candidates = candidates[same_node]
+            remote.append((np.unique(candidates // S).size, i, candidates))
+        sent = np.zeros(D, dtype=np.int64)
+        for _, i, candidates in sorted(remote, key=lambda move: move[:2]):
+            cand_rank = candidates // S
+            best = np.lexsort((candidates, sent[cand_rank]))[0]  # least sending, lowest slot
             src[i] = candidates[best]
             sent[cand_rank[best]] += 1
         plans.append(
