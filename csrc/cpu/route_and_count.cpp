@@ -140,6 +140,13 @@ bool ids_usable(const id_t* ids, int64_t begin, int64_t end, const uint8_t* usab
 template <typename id_t>
 void check_pairs(const id_t* ids, int64_t N, int64_t K, const int32_t* log2phy,
                  const int32_t* logcnt, const float* share, int64_t E, int64_t R, int64_t P) {
+  // Each used expert's shares are read once a call, not once a pair (a decode batch has 512).
+  thread_local std::vector<uint8_t> share_scratch;
+  uint8_t* share_checked = nullptr;  // a plain pointer: a thread_local read in the loop costs
+  if (share != nullptr) {
+    share_scratch.assign(E, 0);
+    share_checked = share_scratch.data();
+  }
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t k = 0; k < K; ++k) {
       const int64_t e = static_cast<int64_t>(ids[n * K + k]);
@@ -156,7 +163,9 @@ void check_pairs(const id_t* ids, int64_t N, int64_t K, const int32_t* log2phy,
                     " must be a slot in [0, P = ", P, ") (expert ", e, " has logcnt ", cnt,
                     " and is used by topk_ids[", n, ", ", k, "])");
       }
-      if (share == nullptr || share_row_ok(share + e * R, cnt)) continue;
+      if (share == nullptr || share_checked[e]) continue;
+      share_checked[e] = share_row_ok(share + e * R, cnt);
+      if (share_checked[e]) continue;
       float sum = 0.0f;
       for (int32_t r = 0; r < cnt; ++r) {
         const float w = share[e * R + r];
