@@ -24,18 +24,13 @@ from eplb_rt.algorithms.metrics import row_par
 from eplb_rt.algorithms.sums import column_sum
 from eplb_rt.algorithms.target_repair import repair_to
 from eplb_rt.placement import Topology
-from tests.rows import random_row
+from tests.rows import random_row, slots_and_episodes
 
 
 def _case(seed, *, D=6, S=3, E=14, K=4):
     """A layer's slots in force (random), episodes (a heavy-tailed load and noise), their sum,
     and the fresh plan on the episodes."""
-    rng = np.random.default_rng(seed)
-    counts = np.ones(E, dtype=np.int64)
-    counts[rng.choice(E, D * S - E, replace=False)] += 1
-    prev = random_row(rng, counts, D).astype(np.int64)
-    base = rng.pareto(1.0, E) * 100 + 1
-    V = np.floor(base * rng.lognormal(0.0, 0.5, (K, E)))
+    prev, V = slots_and_episodes(np.random.default_rng(seed), D, S, E, K)
     fresh = plan("equilibrium", V[:, None, :], Topology(D, S)).phy2log[0].astype(np.int64)
     return prev, fresh, V, V.sum(axis=0), D, D * S
 

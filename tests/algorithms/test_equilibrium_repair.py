@@ -11,7 +11,7 @@ from eplb_rt.algorithms.align import align_order
 from eplb_rt.algorithms.equilibrium import _repaired_row, _settle
 from eplb_rt.algorithms.metrics import row_par
 from eplb_rt.algorithms.target_repair import repair_to
-from tests.rows import random_row
+from tests.rows import slots_and_episodes
 
 
 def test_the_repair_is_taken_only_where_it_keeps_the_episodes_balanced():
@@ -20,12 +20,10 @@ def test_the_repair_is_taken_only_where_it_keeps_the_episodes_balanced():
     taken = refused = 0
     for seed in range(80):
         rng = np.random.default_rng(seed)
-        counts = np.ones(E, dtype=np.int64)
-        counts[rng.choice(E, P - E, replace=False)] += 1
-        prev = random_row(rng, counts, D).astype(np.int64)
-        fresh = random_row(rng, counts, D).astype(np.int64)
-        base = rng.pareto(1.0, E) * 100 + 1
-        V = np.floor(base * rng.lognormal(0.0, 0.5, (K, E)))  # episodes: base and noise
+        prev, V = slots_and_episodes(rng, D, S, E, K)
+        fresh = rng.permutation(prev)  # the same counts on other slots
+        if any(len(set(r)) < S for r in fresh.reshape(D, S).tolist()):
+            continue
         now = V.sum(axis=0)
         got = _settle(fresh, prev, now, V, False, D, P, 0.002, False, 1.0, -1.0)
         walk = _repaired_row(prev, now, V, D, P, 0.002, False, 1.0)
