@@ -6,10 +6,12 @@ without talking to the others. The new placement comes aligned to the old one
 expert changed a source slot holding that expert in the old placement: the receiving rank itself
 when it already holds the expert (a local copy), else a rank on the same node, else any rank.
 A rank sends and receives at once, so a layer's transfer takes as long as the most experts one
-rank receives or sends; an expert that one rank alone can give is sent from there whatever the
-order, so those sends are counted first, then every other move takes, fewest ranks to choose
-from first, the rank that sends least so far (then the lowest slot): a replica is not sent from
-the rank that must also fan out an expert only it holds.
+rank receives or sends. Each remote move takes the rank that sends least so far (then the
+lowest slot), the moves taken in two orders: those that fewest ranks can give first (an expert
+only one rank holds is sent from there whatever the order, so a replica is then not sent from
+the rank that must also fan that one out), and in slot order. Of the two, the one whose busiest
+sender sends least is kept, the first on a tie: on random layers the first sends less about one
+time in ten, the second one time in three hundred.
 """
 
 from __future__ import annotations
@@ -92,12 +94,10 @@ def plan_migration(previous: Placement, new: Placement, num_nodes: int = 1) -> l
             if same_node.any():
                 candidates = candidates[same_node]
             remote.append((np.unique(candidates // S).size, i, candidates))
-        sent = np.zeros(D, dtype=np.int64)
-        for _, i, candidates in sorted(remote, key=lambda move: move[:2]):
-            cand_rank = candidates // S
-            best = np.lexsort((candidates, sent[cand_rank]))[0]  # least sending, lowest slot
-            src[i] = candidates[best]
-            sent[cand_rank[best]] += 1
+        orders = (sorted(remote, key=lambda move: move[:2]), remote)
+        chosen = min((_least_sending(order, D, S) for order in orders), key=lambda c: c[0].max())
+        for (_, i, _), source in zip(remote, chosen[1], strict=True):
+            src[i] = source
         plans.append(
             LayerMigration(
                 int(layer),
@@ -108,3 +108,17 @@ def plan_migration(previous: Placement, new: Placement, num_nodes: int = 1) -> l
             )
         )
     return plans
+
+
+def _least_sending(moves: list, num_ranks: int, slots_per_rank: int) -> tuple[np.ndarray, list]:
+    """``(sent [D], sources)``: each of ``moves`` (``(choices, index, candidate slots)``, taken
+    in this order) sourced from the candidate whose rank sends least so far, then the lowest
+    slot; ``sources`` in the moves' index order."""
+    sent = np.zeros(num_ranks, dtype=np.int64)
+    source = {}
+    for _, i, candidates in moves:
+        ranks = candidates // slots_per_rank
+        best = np.lexsort((candidates, sent[ranks]))[0]
+        source[i] = int(candidates[best])
+        sent[ranks[best]] += 1
+    return sent, [source[i] for i in sorted(source)]
