@@ -35,6 +35,7 @@ Use in a MoE model (see ``eplb_rt.models.moe`` for a complete one)::
 
 from __future__ import annotations
 
+import bisect
 import collections
 import contextlib
 import dataclasses
@@ -284,6 +285,21 @@ class EplbRuntime:
         S = self.topology.num_slots_per_rank
         self._staging = HostStaging(self.dev, [S, E * R, E, E * R, E])
 
+        ring = config.history * num_layers * self.topology.num_slots * 4  # bytes, int32
+        where = (
+            f"{ring / 2**30:.3g} GiB on {self.device} and as much on the host"
+            if self.dev.has_streams
+            else f"twice {ring / 2**30:.3g} GiB of host memory"
+        )
+        what = (
+            f"the heat ring of EplbConfig.history={config.history} steps x {num_layers} layers x "
+            f"{self.topology.num_slots} slots (int32 counts and the placements they were routed "
+            f"under: {where})"
+        )
+        if ring >= 2**63:
+            raise ValueError(
+                f"{what} is past any memory; expected a history of a few hundred steps"
+            )
         try:
             self.recorder = HeatRecorder(
                 config.history,
@@ -297,17 +313,22 @@ class EplbRuntime:
                 code_offset=(self.rank << 16) // self.num_ranks if config.rank_local_tokens else 0,
             )
         except (MemoryError, RuntimeError) as err:
-            # The allocator names bytes, not the setting that asked for them.
-            ring = config.history * num_layers * self.topology.num_slots * 4
-            raise ValueError(
-                f"the heat ring of EplbConfig.history={config.history} steps x {num_layers} "
-                f"layers x {self.topology.num_slots} slots (int32, {ring / 2**30:.3g} GiB on "
-                f"{self.device} and as much on the host) cannot be allocated: {err}"
-            ) from err
-        # What route(out=...) may not write: the op sees one layer's tables and heat rows only.
+            # The allocator names bytes, not the setting that asked for them: the same kind of
+            # error, saying what the memory was for. Other errors pass as they are.
+            if isinstance(err, torch.OutOfMemoryError):
+                raise torch.OutOfMemoryError(f"{what} cannot be allocated: {err}") from err
+            if isinstance(err, MemoryError) or "alloc" in str(err):
+                raise type(err)(f"{what} cannot be allocated: {err}") from err
+            raise
+        # What route(out=...) may not write (the op sees one layer's tables and heat rows only):
+        # the byte spans of the runtime's own storages, sorted by start (they do not overlap).
         owned = [*self._tables, self.recorder.heat, self.recorder.step_counter]
         owned += [] if self.recorder._scratch is None else [self.recorder._scratch]
-        self._owned_storage = frozenset(t.untyped_storage().data_ptr() for t in owned) - {0}
+        spans = sorted(
+            (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()) for t in owned
+        )
+        self._owned_starts = [start for start, _ in spans]
+        self._owned_ends = [start + size for start, size in spans]
         if multi:
             self._balancer_group = self._new_group("gloo")
             self._migration_group = self._new_migration_group()
@@ -603,10 +624,9 @@ class EplbRuntime:
         # csrc/common/replica_rule.h.)
         # Compiled code is such a graph (engines run it without its guards), and the test comes
         # first: the compiler must not trace, or guard on, the uniform flag or the stream query.
-        weighted = (
-            torch.compiler.is_compiling() or not self._uniform[layer] or self.dev.is_capturing()
-        )
-        if out is not None and not torch.compiler.is_compiling():
+        compiling = torch.compiler.is_compiling()
+        weighted = compiling or not self._uniform[layer] or self.dev.is_capturing()
+        if out is not None and not compiling:
             self._check_out(out)
         log2phy, logcnt, share = self._route_tables[layer]
         return self.recorder.route(
@@ -619,7 +639,11 @@ class EplbRuntime:
         layer or the next plan's heat would change silently."""
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"route(out=...) must be a tensor, got {type(out).__name__}")
-        if out.numel() and out.untyped_storage().data_ptr() in self._owned_storage:
+        # Memory of another allocation cannot overlap the runtime's: an out that overlaps it is
+        # a view of it, and starts inside one of its spans (sorted by start, apart).
+        start = out.data_ptr()
+        last = bisect.bisect_right(self._owned_starts, start) - 1
+        if last >= 0 and start < self._owned_ends[last]:
             raise ValueError(
                 "route(out=...) shares memory with this runtime's routing tables, heat ring or "
                 "step counter; expected a buffer of the caller's"

@@ -224,7 +224,7 @@ def _bad_calls(rt: EplbRuntime):
     # An out in memory the runtime owns (the op sees layer 0's tables and heat rows only).
     pair = torch.tensor([[0, 1]], dtype=torch.int32)
     owned = "shares memory with this runtime's routing tables, heat ring or step counter"
-    for table in (rt._log2phy[1], rt._logcnt, rt._expert_map[1], rt.heat[2, 1]):
+    for table in (rt._log2phy[1], rt._logcnt[1], rt._expert_map[1], rt.heat[2, 1]):
         yield lambda t=table: rt.route(0, pair, out=t.flatten()[:2].view(1, 2)), owned
     yield lambda: rt.route(0, pair.long()[:, :1], out=rt.step_counter.view(1, 1)), owned
     yield lambda: rt.route(0, pair, out=[[0, 0]]), "route\\(out=...\\) must be a tensor, got list"
@@ -421,9 +421,27 @@ def test_bad_constructor_arguments():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"device 'cuda': torch.cuda.is_available\(\) is Fa"):
             EplbRuntime(config, 1, 4, device="cuda")
-    huge = EplbConfig(policy="rt_test_shift", interval=0, history=2**40, warm_up=False)
-    with pytest.raises(ValueError, match=r"the heat ring of EplbConfig.history=1099511627776 st"):
+    huge = EplbConfig(policy="rt_test_shift", interval=0, history=2**62, warm_up=False)
+    with pytest.raises(ValueError, match=r"^the heat ring of EplbConfig.history=4611686018427387"):
         EplbRuntime(huge, 2, 4)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [torch.OutOfMemoryError("CUDA out of memory"), RuntimeError("can't allocate memory: 8 GiB")],
+    ids=["device", "host"],
+)
+def test_a_heat_ring_that_cannot_be_allocated_names_its_setting(monkeypatch, error):
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr("eplb_rt.runtime.runtime.HeatRecorder", fail)
+    config = EplbConfig(policy="rt_test_shift", interval=0, history=300, warm_up=False)
+    with pytest.raises(type(error), match=r"^the heat ring of EplbConfig.history=300 steps x 2 la"):
+        EplbRuntime(config, 2, 4)
+    monkeypatch.setattr("eplb_rt.runtime.runtime.HeatRecorder", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # not a memory error: as it was
+        EplbRuntime(config, 2, 4)
 
 
 def test_route_writes_a_callers_out_buffer(runtime):
