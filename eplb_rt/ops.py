@@ -204,10 +204,10 @@ def route_and_count(
         RuntimeError: a dtype, shape or device mismatch; on the CPU also an id below ``-1`` or
             ``>= E``, or a used expert whose ``logcnt`` is not in ``[1, R]``, whose first
             ``logcnt`` slots are not in ``[0, P)`` or, with ``replica_share``, whose shares
-            over them are not finite, ``>= 0`` and summing to 1 within 1e-4 (as
-            :func:`update_expert_map_` checks them). Nothing is written then. (Device backends
-            check metadata only: they never synchronise; such a pair gets phy id ``-1`` and is
-            not counted, the rest of the batch is.)
+            over those slots are not finite, ``>= 0`` and summing to 1 within 1e-4. Nothing is
+            written then. (Device backends check metadata only: they never synchronise; a pair
+            of a bad id, count or slot gets phy id ``-1`` and is not counted, the rest of the
+            batch is; shares they take as given.)
     """
     _first_use(_device(topk_ids, "route_and_count", "topk_ids"))
     if out is None:

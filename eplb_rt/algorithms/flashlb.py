@@ -399,9 +399,9 @@ def _in_counts(tokens: np.ndarray) -> np.ndarray:
 
 def plan_layers(layers: Layers, topo: Topology, opts: FlashLBOptions) -> tuple[np.ndarray, None]:
     """Every planned layer at once: ``(rows [L', P] int64, None)``, as :func:`flashlb` plans
-    each. The statistics are a few stacked numpy operations and the searches one numba call, so
-    a plan in the balancer's thread returns to Python (a GIL hand-off) a few times, not several
-    times a layer."""
+    each. The means and variances are a few stacked numpy operations, the covariances and the
+    searches one numba call each, so a plan in the balancer's thread returns to Python (a GIL
+    hand-off) a few times, not several times a layer."""
     # The original adds a token per step, in counts; a load in other units (shares, scaled
     # loads) would be swamped by it, so it gets none, and is brought to a scale of counts: its
     # float32 statistics would underflow below about 1e-38 (every expert scored alike) or

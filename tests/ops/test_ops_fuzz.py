@@ -79,7 +79,14 @@ def route_args(draw):
         "replica_share": draw(st.sampled_from([None, "share"])),
     }
     if args["replica_share"] == "share":
-        args["replica_share"] = floats(draw, (e, r))
+        share = floats(draw, (e, r))
+        if draw(st.booleans()):
+            # Rows that split the tokens (zeros among them), as tables hold them: the rest are
+            # refused, these reach the reference.
+            share = share.nan_to_num(0.0, 0.0, 0.0).clamp(min=0.0)
+            share[share.sum(dim=1) == 0, 0] = 1.0
+            share = share / share.sum(dim=1, keepdim=True)
+        args["replica_share"] = share
     out_dtype = draw(st.sampled_from([id_dtype] * 5 + [torch.int32, torch.int64]))
     args["out"] = torch.full((n, k), -7, dtype=out_dtype)
     return args
