@@ -89,6 +89,14 @@ class EplbRtPolicy:
                     f"{WHERE}: old_global_expert_indices has {old.shape[0]} layers, weight "
                     f"{load.shape[0]}"
                 )
+            # -1 marks a slot of a rank being added or removed; any other id must be an expert.
+            bad = (old < -1) | (old >= load.shape[1])
+            if bad.any():
+                layer, slot = np.argwhere(bad)[0]
+                raise ValueError(
+                    f"{WHERE}: old_global_expert_indices[{layer}, {slot}] = {old[layer, slot]}, "
+                    f"expected an expert id in [0, {load.shape[1]}) or -1 (elastic EP)"
+                )
             if old.shape[1] == num_replicas and (old >= 0).all():
                 previous = old
         topology = engine_topology(
