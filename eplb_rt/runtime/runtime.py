@@ -316,10 +316,14 @@ class EplbRuntime:
             # The allocator names bytes, not the setting that asked for them: the same kind of
             # error, saying what the memory was for. Other errors pass as they are.
             if isinstance(err, torch.OutOfMemoryError):
-                raise torch.OutOfMemoryError(f"{what} cannot be allocated: {err}") from err
-            if isinstance(err, MemoryError) or "alloc" in str(err):
-                raise type(err)(f"{what} cannot be allocated: {err}") from err
-            raise
+                kind = torch.OutOfMemoryError
+            elif isinstance(err, MemoryError):  # numpy's takes a shape, not a message
+                kind = MemoryError
+            elif "alloc" in str(err):
+                kind = RuntimeError
+            else:
+                raise
+            raise kind(f"{what} cannot be allocated: {err}") from err
         # What route(out=...) may not write (the op sees one layer's tables and heat rows only):
         # the byte spans of the runtime's own storages, sorted by start (they do not overlap).
         owned = [*self._tables, self.recorder.heat, self.recorder.step_counter]

@@ -428,8 +428,12 @@ def test_bad_constructor_arguments():
 
 @pytest.mark.parametrize(
     "error",
-    [torch.OutOfMemoryError("CUDA out of memory"), RuntimeError("can't allocate memory: 8 GiB")],
-    ids=["device", "host"],
+    [
+        torch.OutOfMemoryError("CUDA out of memory"),
+        RuntimeError("can't allocate memory: 8 GiB"),
+        MemoryError("Unable to allocate 8 GiB"),
+    ],
+    ids=["device", "torch-host", "numpy-host"],
 )
 def test_a_heat_ring_that_cannot_be_allocated_names_its_setting(monkeypatch, error):
     def fail(*args, **kwargs):
