@@ -143,8 +143,9 @@ def _check_cases() -> list[tuple[str, list[torch.Tensor], torch.Tensor, int]]:
 
 
 def _device(value: object, op: str, name: str) -> torch.device:
-    """The device of the tensor ``value`` (the op's argument ``name``), read here before the op
-    runs: anything else gets the error the op itself gives an argument of the wrong type."""
+    """The device of ``value``, the op's argument ``name``, which the wrapper reads before the
+    op runs: a ``TypeError`` naming it where it is not a tensor (the op itself names any other
+    argument of the wrong type)."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{op}: {name} must be a tensor, got {type(value).__name__}")
     return value.device
