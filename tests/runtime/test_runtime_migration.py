@@ -8,6 +8,7 @@ import pytest
 from eplb_rt.algorithms.align import align_placement as align_to_previous
 from eplb_rt.placement import Placement
 from eplb_rt.runtime.migration import plan_migration
+from tests.rows import random_slots
 
 
 def _apply(previous: Placement, plans) -> np.ndarray:
@@ -90,11 +91,7 @@ def test_sources_are_valid_and_send_no_more_than_in_slot_order(seed):
     rng = np.random.default_rng(seed)
     D, S = int(rng.integers(2, 9)), int(rng.integers(2, 5))
     E, nodes = int(rng.integers((D * S + 1) // 2, D * S + 1)), 2 if D % 2 == 0 else 1
-    rows = []
-    while len(rows) < 2:
-        row = np.r_[rng.permutation(E), rng.choice(E, D * S - E, replace=D * S - E > E)]
-        if all(len(set(r)) == len(r) for r in row.reshape(D, S).tolist()):
-            rows.append(row)
+    rows = [random_slots(rng, D, S, E) for _ in range(2)]
     old, new = (Placement(row[None], E, D) for row in rows)
     (plan,) = plan_migration(old, new, num_nodes=nodes)
     assert np.array_equal(_apply(old, [plan]), new.phy2log)
