@@ -14,7 +14,7 @@ from typing import Any
 
 from eplb_rt import envs
 from eplb_rt.planning import LINK_BANDWIDTH, TOKEN_SECONDS
-from eplb_rt.scalars import as_float, is_bool, is_integer, is_real
+from eplb_rt.scalars import as_float, check_count, is_bool, is_real
 
 HEAT_SOURCES = ("topk", "group_list")
 COUNT_STEPS = ("all", "prefill", "decode")
@@ -268,9 +268,8 @@ class EplbConfig:
 
     def num_slots_per_rank(self, num_experts: int, num_ranks: int) -> int:
         """``S`` for a model of ``num_experts`` experts on ``num_ranks`` ranks, or raise."""
-        for name, value in (("num_experts", num_experts), ("num_ranks", num_ranks)):
-            if not is_integer(value) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        check_count("num_experts", num_experts)
+        check_count("num_ranks", num_ranks)
         if self.slots_per_rank is not None:
             return self.slots_per_rank
         total = num_experts + self.num_redundant
@@ -286,10 +285,7 @@ class EplbConfig:
 def _check_int(config: EplbConfig, name: str, low: int) -> None:
     """Check field ``name`` is an integer ``>= low`` and store it as a Python int (a numpy
     integer, as computed from arrays, is one too)."""
-    value = getattr(config, name)
-    if not is_integer(value) or value < low:
-        raise ValueError(f"EplbConfig.{name} must be an integer >= {low}, got {value!r}")
-    object.__setattr__(config, name, int(value))
+    object.__setattr__(config, name, check_count(f"EplbConfig.{name}", getattr(config, name), low))
 
 
 def _check_float(

@@ -43,7 +43,7 @@ import numpy as np
 
 from eplb_rt.algorithms.load import check_load
 from eplb_rt.placement import Placement
-from eplb_rt.scalars import is_bool, is_integer
+from eplb_rt.scalars import check_count, is_bool
 
 PLACEMENT_FORMATS = ("vllm-ascend", "sglang", "npy")
 LOAD_FORMATS = ("sglang-count", "load")
@@ -94,7 +94,7 @@ def from_vllm_ascend(doc: object, num_experts: int | None = None) -> Placement:
     is MoE layer ``i``); their ids, where given, must be distinct integers, and are not read
     otherwise. A layer's ``device_count``, where given, must be the number of devices it
     lists."""
-    _check_count(num_experts, "num_experts")
+    check_count("num_experts", num_experts, optional=True)
     try:
         layers = _listed(doc["layer_list"], "layer_id", "layer_list")
         count = _integer(doc.get("moe_layer_count", len(layers)), "moe_layer_count")
@@ -139,21 +139,6 @@ def from_vllm_ascend(doc: object, num_experts: int | None = None) -> Placement:
     return _placement(grid.reshape(len(rows), -1), grid.shape[1], num_experts, share)
 
 
-def _check_count(value: object, name: str, *, optional: bool = True) -> None:
-    """A count argument (``num_ranks``, ``num_experts``): an integer >= 1, or ``None`` where
-    ``optional``; else a ``ValueError`` naming it."""
-    if (value is None and optional) or (is_integer(value) and value >= 1):
-        return
-    raise ValueError(f"{name} must be an integer >= 1{' or None' * optional}, got {value!r}")
-
-
-def _dense_count(count: object) -> int:
-    """``--dense-layers``' count: an integer >= 0 (not a bool), else a ``ValueError``."""
-    if not is_integer(count) or count < 0:
-        raise ValueError(f"dense layer count must be an integer >= 0, got {count!r}")
-    return int(count)
-
-
 def _integer(value: object, what: str) -> int:
     """``value`` if it is a JSON integer (not a bool, a float or a string), else a
     ``ValueError`` naming ``what``."""
@@ -192,8 +177,8 @@ def to_sglang(placement: Placement) -> dict:
 
 def from_sglang(doc: object, num_ranks: int, num_experts: int | None = None) -> Placement:
     """Read SGLang's mapping document; ``num_ranks`` is SGLang's ``ep_size``."""
-    _check_count(num_ranks, "num_ranks", optional=False)
-    _check_count(num_experts, "num_experts")
+    check_count("num_ranks", num_ranks)
+    check_count("num_experts", num_experts, optional=True)
     return _placement(
         _rectangular(_key(doc, SGLANG_MAP_KEY), SGLANG_MAP_KEY, (2,)), num_ranks, num_experts
     )
@@ -226,8 +211,8 @@ def read_placement(
     eplb_rt wrote, which records its count: there it must match.
     """
     path = os.fspath(path)
-    _check_count(num_ranks, "num_ranks")
-    _check_count(num_experts, "num_experts")
+    check_count("num_ranks", num_ranks, optional=True)
+    check_count("num_experts", num_experts, optional=True)
     if fmt is None and is_npy(path):
         fmt = "npy"
     format_kind(fmt or "vllm-ascend", "placement")
@@ -378,7 +363,7 @@ def add_dense_layers(item: Placement | np.ndarray, count: int) -> Placement | np
     A placement gets trivial rows (slot ``p`` holds expert ``p mod E``, what SGLang builds for a
     layer it does not balance); a load ``[T, L, E]`` gets rows of zeros.
     """
-    count = _dense_count(count)
+    count = check_count("dense layer count", count, 0)
     if isinstance(item, Placement):
         trivial = Placement.initial(count, item.num_experts, item.topology()) if count else None
         return item if trivial is None else Placement.stack([trivial, item])
@@ -389,7 +374,7 @@ def add_dense_layers(item: Placement | np.ndarray, count: int) -> Placement | np
 def drop_dense_layers(item: Placement | np.ndarray, count: int) -> Placement | np.ndarray:
     """Remove the first ``count`` layers; a load's dropped rows must be all zero (a row with
     tokens is a MoE layer, and dropping it would shift every layer after it)."""
-    count = _dense_count(count)
+    count = check_count("dense layer count", count, 0)
     if count == 0:
         return item
     if not isinstance(item, Placement):

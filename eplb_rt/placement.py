@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from eplb_rt.scalars import is_integer
+from eplb_rt.scalars import check_count, check_divisor, is_integer
 
 _INT32_MAX = 2**31 - 1
 
@@ -50,11 +50,7 @@ class Topology:
 
     def __post_init__(self) -> None:
         for name in ("num_ranks", "num_slots_per_rank", "num_nodes", "num_groups"):
-            value = getattr(self, name)
-            if not is_integer(value) or value < 1:
-                raise ValueError(f"Topology.{name} must be a positive integer, got {value!r}")
-            # A Python int: the kernels take it as int64 (a numpy uint64 would type as float).
-            object.__setattr__(self, name, int(value))
+            object.__setattr__(self, name, check_count(f"Topology.{name}", getattr(self, name)))
         if self.num_slots > _INT32_MAX:  # the routing tables hold slot ids as int32
             raise ValueError(
                 f"Topology has {self.num_ranks} ranks x {self.num_slots_per_rank} slots = "
@@ -77,8 +73,7 @@ class Topology:
 
     def check_experts(self, num_experts: int) -> None:
         """Raise unless ``num_experts`` experts fit: ``E <= P`` and ``S <= E``."""
-        if not is_integer(num_experts) or num_experts < 1:
-            raise ValueError(f"num_experts must be an integer >= 1, got {num_experts!r}")
+        check_count("num_experts", num_experts)
         if num_experts > self.num_slots:
             raise ValueError(
                 f"{num_experts} experts do not fit in {self.num_ranks} ranks x "
@@ -127,24 +122,19 @@ class Placement:
         if phy2log.size and (phy2log.min() < info.min or phy2log.max() > info.max):
             # Checked before the int32 cast below, which would wrap such an id into range.
             raise ValueError(f"expert ids must fit in int32, got {phy2log.min()}..{phy2log.max()}")
-        for name, value in (("num_experts", num_experts), ("num_ranks", num_ranks)):
-            if not is_integer(value):  # int() would truncate 6.9 to 6
-                raise ValueError(f"{name} must be an integer, got {value!r}")
-        self.num_experts = int(num_experts)
-        self.num_ranks = int(num_ranks)
-        if self.num_experts < 1:
-            raise ValueError(f"num_experts must be >= 1, got {num_experts}")
-        if self.num_ranks < 1 or phy2log.shape[1] % self.num_ranks:
+        P = phy2log.shape[1]
+        self.num_experts = check_count("num_experts", num_experts)
+        self.num_ranks = check_count("num_ranks", num_ranks)
+        if P % self.num_ranks:
             raise ValueError(
-                f"phy2log has {phy2log.shape[1]} slots per layer, not a multiple of "
-                f"{num_ranks} ranks"
+                f"phy2log has {P} slots per layer, not a multiple of {num_ranks} ranks"
             )
-        if self.num_experts > phy2log.shape[1]:
+        if self.num_experts > P:
             # Before the [L, E] tables below are made: an expert count past the slots is wrong
             # whatever the ids, and could ask for any amount of memory.
             raise ValueError(
-                f"num_experts ({self.num_experts}) exceeds the {phy2log.shape[1]} slots of a "
-                "layer: every expert needs a slot"
+                f"num_experts ({self.num_experts}) exceeds the {P} slots of a layer: every "
+                "expert needs a slot"
             )
         self._phy2log = np.array(phy2log, dtype=np.int32)
         self._phy2log.setflags(write=False)
@@ -383,8 +373,7 @@ class Placement:
         The first ``E`` slots hold experts in order (the usual contiguous expert-parallel
         layout); redundant slots repeat them from expert 0. Raises if ``E`` does not fit.
         """
-        if not (is_integer(num_layers) and num_layers >= 1):
-            raise ValueError(f"num_layers must be an integer >= 1, got {num_layers!r}")
+        check_count("num_layers", num_layers)
         if not isinstance(topology, Topology):
             raise TypeError(f"topology must be a Topology, got {type(topology).__name__}")
         topology.check_experts(num_experts)
@@ -485,8 +474,7 @@ def slot_tables(
             f"previous and new slot tables differ in shape: {out[0].shape} against {out[1].shape}"
         )
     P = out[0].shape[-1]
-    if not (is_integer(num_ranks) and num_ranks >= 1 and P % num_ranks == 0):
-        raise ValueError(f"num_ranks must be an integer >= 1 dividing {P} slots, got {num_ranks!r}")
+    check_divisor("num_ranks", num_ranks, P, f"{P} slots")
     return out[0], out[1]
 
 

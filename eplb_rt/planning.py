@@ -26,7 +26,7 @@ from eplb_rt.algorithms.load import check_load
 from eplb_rt.algorithms.metrics import peak_ratio, rank_load
 from eplb_rt.algorithms.prices import most_received_layers
 from eplb_rt.placement import Placement, Topology, slot_tables
-from eplb_rt.scalars import as_float, is_integer, is_real
+from eplb_rt.scalars import as_float, check_count, is_real
 
 DEEPSEEK_V3_EXPERT_BYTES = 3 * 7168 * 2048
 """One DeepSeek-V3 routed expert in FP8: gate, up and down projections of 7168 x 2048 bytes."""
@@ -100,8 +100,7 @@ class CostModel:
         gate does (they may forgo a move the gate would commit, never the reverse)."""
         load = check_load(load)
         _check_steps(horizon, "horizon (steps until the next plan)")
-        if not (is_integer(num_ranks) and num_ranks >= 1):
-            raise ValueError(f"num_ranks must be an integer >= 1, got {num_ranks!r}")
+        check_count("num_ranks", num_ranks)
         per_layer = load.sum(axis=2).mean(axis=0)
         loaded = per_layer[per_layer > 0]
         mean_rank = max(float(loaded.mean()) / num_ranks if loaded.size else 0.0, 1e-300)
@@ -327,8 +326,7 @@ def drifted(load: np.ndarray, placement: Placement, recent: int, cost: CostModel
     the rise must pay for one moved slot over the next ``recent`` steps
     (:meth:`CostModel.move_cost` over the ranks).
     """
-    if not (is_integer(recent) and recent >= 1):
-        raise ValueError(f"recent must be an int >= 1 (steps), got {recent!r}")
+    check_count("recent (steps)", recent)
     load = check_load(load, placement.num_layers, placement.num_experts)
     ranks = rank_load(placement, load)  # [T, L, D]
     total = ranks.mean(axis=-1).sum(axis=-1)
@@ -356,8 +354,7 @@ def starting_placement(num_layers: int, num_experts: int, topology: Topology) ->
     go to its own experts. A hierarchical plan then starts with its groups on nodes, as it
     keeps them, instead of moving every layer's groups at once (more than a move budget
     allows, which left such layers as they were, plan after plan)."""
-    if not (is_integer(num_layers) and num_layers >= 1):
-        raise ValueError(f"num_layers must be an int >= 1, got {num_layers!r}")
+    check_count("num_layers", num_layers)
     topology.check_experts(num_experts)
     N = topology.num_nodes
     if topology.num_groups > 1 and hierarchy.why_flat(num_experts, topology) is None:

@@ -31,3 +31,25 @@ def as_float(value: object) -> float:
         return float(value)
     except OverflowError:
         return math.inf if value > 0 else -math.inf
+
+
+def check_count(name: str, value: object, low: int = 1, *, optional: bool = False) -> int | None:
+    """``value`` as a Python int where it is an integer (:func:`is_integer`) ``>= low`` (or
+    ``None`` where ``optional``), else a ``ValueError`` naming ``name``. The one check of a count
+    argument (ranks, layers, experts, steps): a float would be truncated, a bool is not a
+    count, a numpy integer computed from arrays is one (returned as a Python int: kernels type a
+    numpy uint64 as float)."""
+    if value is None and optional:
+        return None
+    if not (is_integer(value) and value >= low):
+        or_none = " or None" if optional else ""
+        raise ValueError(f"{name} must be an integer >= {low}{or_none}, got {value!r}")
+    return int(value)
+
+
+def check_divisor(name: str, value: object, total: int, what: str) -> int:
+    """:func:`check_count` of ``value``, which must also divide ``total`` (``what`` names it in
+    the message, e.g. ``"num_ranks (8)"``)."""
+    if not (is_integer(value) and value >= 1 and total % value == 0):
+        raise ValueError(f"{name} must be an integer >= 1 dividing {what}, got {value!r}")
+    return int(value)

@@ -14,17 +14,18 @@ def make(rows, num_experts, num_ranks, share=None) -> Placement:
 
 # ------------------------------------------------------------------------------- Topology
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "bad"),
     [
-        {"num_ranks": 0, "num_slots_per_rank": 1},
-        {"num_ranks": 2, "num_slots_per_rank": 0},
-        {"num_ranks": True, "num_slots_per_rank": 1},
-        {"num_ranks": 2.0, "num_slots_per_rank": 1},
-        {"num_ranks": 2, "num_slots_per_rank": 1, "num_groups": 0},
+        ({"num_ranks": 0, "num_slots_per_rank": 1}, "num_ranks"),
+        ({"num_ranks": 2, "num_slots_per_rank": 0}, "num_slots_per_rank"),
+        ({"num_ranks": True, "num_slots_per_rank": 1}, "num_ranks"),
+        ({"num_ranks": 2.0, "num_slots_per_rank": 1}, "num_ranks"),
+        ({"num_ranks": 2, "num_slots_per_rank": 1, "num_groups": 0}, "num_groups"),
     ],
 )
-def test_topology_rejects_non_positive_integers(kwargs):
-    with pytest.raises(ValueError, match="positive integer"):
+def test_topology_rejects_non_positive_integers(kwargs, bad):
+    said = rf"^Topology\.{bad} must be an integer >= 1, got {kwargs[bad]!r}$"
+    with pytest.raises(ValueError, match=said):
         Topology(**kwargs)
 
 
@@ -159,7 +160,7 @@ def test_valid_placement_and_read_only_arrays():
         ([0, 1], 2, 1, ValueError, r"must be \[L, P\]"),
         ([[0.0, 1.0]], 2, 1, TypeError, "integers"),
         ([[0, 1, 2]], 3, 2, ValueError, "not a multiple of 2 ranks"),
-        ([[0, 1, 2]], 3, 0, ValueError, "not a multiple of 0 ranks"),
+        ([[0, 1, 2]], 3, 0, ValueError, "^num_ranks must be an integer >= 1, got 0$"),
         ([[0, 3, 1, 2]], 3, 2, ValueError, r"expert id 3 not in \[0, 3\)"),
         ([[0, -1]], 2, 2, ValueError, r"expert id -1"),
         ([[0, 1, 0, 1]], 3, 2, ValueError, "expert 2 has no slot"),
@@ -171,7 +172,7 @@ def test_valid_placement_and_read_only_arrays():
             ValueError,
             "layer 1: rank 0 holds two replicas of expert 0",
         ),
-        ([[0]], 0, 1, ValueError, "num_experts must be >= 1"),
+        ([[0]], 0, 1, ValueError, "^num_experts must be an integer >= 1, got 0$"),
     ],
 )
 def test_validation_errors(rows, num_experts, num_ranks, error, match):

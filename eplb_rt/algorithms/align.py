@@ -18,7 +18,7 @@ import numpy as np
 
 from eplb_rt.algorithms.jit import kernel
 from eplb_rt.placement import Placement, slot_tables
-from eplb_rt.scalars import is_integer
+from eplb_rt.scalars import check_count, check_divisor
 
 
 @kernel
@@ -171,14 +171,9 @@ def align_row(
     ``new_share [P]`` (optional) is permuted along. Returns ``(row [P] int64, share [P] | None)``.
     """
     prev_row, new_row = slot_tables(prev_row, new_row, num_ranks, ndim=1)
-    if not is_integer(num_nodes) or num_nodes < 1 or num_ranks % num_nodes:
-        # Nodes cutting across ranks would swap slots between ranks, not relabel ranks.
-        raise ValueError(
-            f"num_nodes must be a positive integer dividing num_ranks ({num_ranks}), got "
-            f"{num_nodes!r}"
-        )
-    if not is_integer(num_experts) or num_experts < 1:
-        raise ValueError(f"num_experts must be an integer >= 1, got {num_experts!r}")
+    # Nodes cutting across ranks would swap slots between ranks, not relabel ranks.
+    check_divisor("num_nodes", num_nodes, num_ranks, f"num_ranks ({num_ranks})")
+    check_count("num_experts", num_experts)
     for name, row in (("prev_row", prev_row), ("new_row", new_row)):
         bad = np.flatnonzero((row < 0) | (row >= num_experts))  # the kernel indexes by id
         if bad.size:

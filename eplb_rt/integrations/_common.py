@@ -17,7 +17,7 @@ import numpy as np
 
 from eplb_rt import envs
 from eplb_rt.placement import Placement, Topology
-from eplb_rt.scalars import is_integer
+from eplb_rt.scalars import check_count
 
 log = logging.getLogger("eplb_rt.integrations")
 
@@ -97,8 +97,7 @@ def check_counts(where: str, **counts: object) -> None:
     """A ``ValueError`` naming the adapter (``where``) and the argument unless each of
     ``counts`` (the engine's arguments by name) is an integer >= 1."""
     for name, value in counts.items():
-        if not (is_integer(value) and value >= 1):
-            raise ValueError(f"{where}: {name} must be an integer >= 1, got {value!r}")
+        check_count(f"{where}: {name}", value)
 
 
 def check_nodes_and_groups(where: str, num_nodes: object, num_groups: object) -> None:

@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from eplb_rt.scalars import check_count
+
 
 @dataclasses.dataclass(frozen=True)
 class MoEConfig:
@@ -51,9 +53,7 @@ class MoEConfig:
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "num_experts", "top_k", "hidden", "ffn"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"MoEConfig.{name} must be a positive integer, got {value!r}")
+            object.__setattr__(self, name, check_count(f"MoEConfig.{name}", getattr(self, name)))
         if self.top_k > self.num_experts:
             raise ValueError(
                 f"MoEConfig.top_k ({self.top_k}) exceeds num_experts ({self.num_experts})"

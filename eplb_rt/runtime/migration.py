@@ -21,7 +21,7 @@ import dataclasses
 import numpy as np
 
 from eplb_rt.placement import Placement
-from eplb_rt.scalars import is_integer
+from eplb_rt.scalars import check_divisor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,10 +71,7 @@ def plan_migration(previous: Placement, new: Placement, num_nodes: int = 1) -> l
     if any(getattr(new, name) != getattr(previous, name) for name in shape):
         raise ValueError(f"cannot migrate {previous.describe()} to {new.describe()}")
     D, S = new.num_ranks, new.num_slots_per_rank
-    if not is_integer(num_nodes) or num_nodes < 1 or D % num_nodes:
-        raise ValueError(
-            f"num_nodes must be a positive integer dividing num_ranks ({D}), got {num_nodes!r}"
-        )
+    check_divisor("num_nodes", num_nodes, D, f"num_ranks ({D})")
     ranks_per_node = D // num_nodes
     plans = []
     for layer in np.flatnonzero((previous.phy2log != new.phy2log).any(axis=1)):

@@ -71,7 +71,7 @@ from eplb_rt.runtime.device import Device, HostStaging
 from eplb_rt.runtime.executor import MigrationExecutor, Transfer
 from eplb_rt.runtime.migration import LayerMigration, plan_migration
 from eplb_rt.runtime.recorder import HeatRecorder
-from eplb_rt.scalars import is_bool, is_integer
+from eplb_rt.scalars import check_count, is_bool, is_integer
 
 log = logging.getLogger("eplb_rt.runtime")
 
@@ -189,10 +189,8 @@ class EplbRuntime:
     ) -> None:
         if not isinstance(config, EplbConfig):
             raise TypeError(f"config must be an EplbConfig, got {type(config).__name__}")
-        for name, value in (("num_layers", num_layers), ("num_experts", num_experts)):
-            if not is_integer(value) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        num_layers, num_experts = int(num_layers), int(num_experts)
+        num_layers = check_count("num_layers", num_layers)
+        num_experts = check_count("num_experts", num_experts)
         # Held by step(), register_weights() and shutdown(): an engine may stop the runtime from
         # another thread (a watchdog) while its serving thread is in a step, whose commit must
         # not meet a migration that shutdown() has half taken down. A signal handler runs on

@@ -34,7 +34,7 @@ from eplb_rt.algorithms.bounds import par_lower_bound
 from eplb_rt.algorithms.load import check_load
 from eplb_rt.config import EplbConfig
 from eplb_rt.placement import Placement, Topology
-from eplb_rt.scalars import is_integer
+from eplb_rt.scalars import check_count
 
 NO_REBALANCE = "none"
 """Pseudo-policy name: the initial placement, never re-planned (serving without EPLB)."""
@@ -135,11 +135,7 @@ class SimulationSpec:
             value = getattr(self, field)
             if field == "episodes" and value is None:
                 continue  # the runtime's window (see window)
-            if not is_integer(value):
-                raise ValueError(f"{field} must be an integer, got {value!r}")
-            if value < 1:
-                raise ValueError(f"{field} must be >= 1, got {value}")
-            object.__setattr__(self, field, int(value))
+            object.__setattr__(self, field, check_count(field, value))
         unknown = sorted(set(self.options) - set(self.policies))
         if unknown:
             raise ValueError(f"options given for policies not compared: {unknown}")

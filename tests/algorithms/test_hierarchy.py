@@ -322,5 +322,5 @@ def test_alignment_refuses_nodes_that_cut_across_ranks(nodes):
     """3 ranks in 2 "nodes" of 3 slots each swapped slots between ranks (rank loads changed)."""
     row = np.array([[4, 0, 3, 1, 2, 4]])
     placement = Placement(row, 5, 3, validate=False)
-    with pytest.raises(ValueError, match=r"num_nodes must be a positive integer dividing"):
+    with pytest.raises(ValueError, match=r"num_nodes must be an integer >= 1 dividing"):
         align_placement(placement, placement, num_nodes=nodes)

@@ -143,7 +143,7 @@ def test_mismatched_placements_are_rejected():
     with pytest.raises(ValueError, match="cannot migrate"):
         plan_migration(a, b)
     for nodes in (3, 0, -1, 2.0):
-        with pytest.raises(ValueError, match="num_nodes must be a positive integer dividing"):
+        with pytest.raises(ValueError, match="num_nodes must be an integer >= 1 dividing"):
             plan_migration(b, b, num_nodes=nodes)
     # Same slots, other experts or ranks: the tables would not describe one model.
     c = Placement(np.array([[0, 1, 2, 3]]), 4, 2)

@@ -401,9 +401,9 @@ def test_bad_constructor_arguments():
     config = EplbConfig(policy="rt_test_shift", interval=0, warm_up=False)
     with pytest.raises(TypeError, match="must be an EplbConfig"):
         EplbRuntime({"interval": 0}, 2, 4)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="num_layers must be a positive integer"):
+    with pytest.raises(ValueError, match="num_layers must be an integer >= 1"):
         EplbRuntime(config, 0, 4)
-    with pytest.raises(ValueError, match="num_experts must be a positive integer"):
+    with pytest.raises(ValueError, match="num_experts must be an integer >= 1"):
         EplbRuntime(config, 1, 2.0)  # type: ignore[arg-type]
     with EplbRuntime(config, np.int64(2), np.int32(4)) as rt:  # sizes computed from arrays
         assert (type(rt.num_layers), type(rt.num_experts)) == (int, int)

@@ -203,10 +203,10 @@ def test_too_few_steps_for_an_out_of_sample_score():
         # Names what is twice, not the run's list with the baseline the user did not type.
         ({"policies": ("none", "deepseek", "deepseek")}, "policy listed twice: deepseek$"),
         ({"policies": ("no-such-policy",)}, "unknown policy 'no-such-policy'"),
-        ({"interval": 0}, "interval must be >= 1"),
-        ({"episodes": 0}, "episodes must be >= 1"),
-        ({"interval": 1.5}, "interval must be an integer, got 1.5"),
-        ({"episodes": True}, "episodes must be an integer, got True"),
+        ({"interval": 0}, "^interval must be an integer >= 1, got 0$"),
+        ({"episodes": 0}, "^episodes must be an integer >= 1, got 0$"),
+        ({"interval": 1.5}, "^interval must be an integer >= 1, got 1.5$"),
+        ({"episodes": True}, "^episodes must be an integer >= 1, got True$"),
         ({"options": {"other": {}}}, "options given for policies not compared"),
     ],
 )
