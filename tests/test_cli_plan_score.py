@@ -653,6 +653,20 @@ def test_plan_previous_says_which_layers_pay_and_which_go_onto_nodes(capsys, tmp
     assert saved and len(saved.group(1)) <= 10 and "e+" in saved.group(1), out
 
 
+def test_plan_previous_prices_moves_over_the_rows_given_by_default(capsys, tmp_path):
+    """Without --horizon, the next plan is taken to come after as many rows as the load has."""
+    load = np.random.default_rng(0).pareto(1.0, (5, 2, 8)) * 100
+    np.save(tmp_path / "load.npy", load)
+    previous = tmp_path / "p.json"
+    formats.write_placement(Placement.initial(2, 8, Topology(4, 2)), previous)
+    code, out, err = run(
+        capsys, "plan", "--load", str(tmp_path / "load.npy"), "--ranks", "4",
+        "--slots-per-rank", "2", "--previous", str(previous), "--out", str(tmp_path / "o.json"),
+    )  # fmt: skip
+    assert code == 0, err
+    assert " over 5 rows at " in out, out
+
+
 def test_plan_names_layers_that_keep_their_groups_spread_over_nodes(capsys, tmp_path):
     """A flat placement in force, planned hierarchically: layers with load put their groups on
     nodes; one without load keeps its slots, and the report names it."""

@@ -457,6 +457,33 @@ def test_dense_layers_of_a_two_dimensional_load():
         formats.drop_dense_layers(np.vstack([load, load]), 2)
 
 
+def test_dense_layers_go_first_and_not_every_layer_drops():
+    load = np.ones((1, 2, 3))
+    out = formats.add_dense_layers(load, 1)  # a checkpoint's dense layers come first
+    np.testing.assert_array_equal(out[:, 0], 0)
+    np.testing.assert_array_equal(out[:, 1:], load)
+    placement = Placement([[0, 1], [0, 1]], 2, 2)
+    for item in (np.zeros((1, 2, 3)), placement):
+        with pytest.raises(ValueError, match="cannot drop 2"):
+            formats.drop_dense_layers(item, 2)
+
+
+def test_a_recorded_expert_count_below_the_ids_is_refused():
+    doc = formats.to_vllm_ascend(Placement([[0, 1, 2, 3]], 4, 2))
+    doc["eplb_rt"]["num_experts"] = 2
+    with pytest.raises(ValueError, match=r"not in \[0, 2\)"):
+        formats.from_vllm_ascend(doc)
+
+
+def test_a_document_with_both_formats_keys_reads_as_vllm_ascend(tmp_path):
+    placement = Placement([[0, 1, 2, 3]], 4, 2)
+    doc = formats.to_vllm_ascend(placement)
+    doc["physical_to_logical_map"] = [[3, 2, 1, 0]]
+    path = tmp_path / "both.json"
+    path.write_text(json.dumps(doc))
+    assert formats.read_placement(path) == placement
+
+
 @pytest.mark.parametrize("count", [-1, 1.5, "1", True])
 def test_a_dense_layer_count_that_is_not_a_count_is_named(count):
     load = np.array([[[0.0, 0, 0], [1, 2, 3]]])

@@ -194,6 +194,11 @@ def test_share_validation_errors(share, match):
         make([[0, 1, 1, 2]], 3, 2, np.array(share))
 
 
+def test_shares_that_sum_off_one_by_a_ten_thousandth_are_refused():
+    with pytest.raises(ValueError, match="sum to"):
+        Placement([[0, 0]], 1, 2, [[0.5, 0.5001]])
+
+
 # ------------------------------------------------------------------------------- derived views
 def test_derived_views_on_odd_shape():
     # 1 layer, 5 experts, 3 ranks x 3 slots: expert 0 has 3 replicas, 2 has 2.
@@ -251,6 +256,14 @@ def test_moves_and_changed_layers():
     other = make([[0, 1, 2, 0, 1, 2]], 3, 3)
     with pytest.raises(ValueError, match="placements differ in shape"):
         other.moves(a.select_layers([0]))
+
+
+def test_placements_of_other_expert_counts_do_not_mix():
+    """Same slots, other expert counts: replacing a layer would carry ids out of range."""
+    a, b = make([[0, 1, 0, 1]], 2, 2), make([[0, 1, 2, 3]], 4, 2)
+    for call in (lambda: a.moves(b), lambda: a.replace_layers([0], b)):
+        with pytest.raises(ValueError, match="differ in shape"):
+            call()
 
 
 def test_initial_select_replace_stack():
@@ -341,6 +354,7 @@ def test_equality_and_repr():
     assert a == make([[0, 1]], 2, 1)
     assert a != make([[1, 0]], 2, 1)
     assert a != make([[0, 1]], 2, 2)
+    assert make([[0, 0]], 1, 2, np.array([[0.25, 0.75]])) != make([[0, 0]], 1, 2)
     assert (a == "x") is False
     assert "uniform" in repr(a)
     assert "1 layers x 2 experts on 1 ranks x 2 slots" in a.describe()

@@ -110,6 +110,51 @@ def test_loads_of_every_dtype_an_engine_records_are_read_exactly(dtype):
     np.testing.assert_array_equal(arr, [[3.0, 0.0, 250.0, 7.0]])
 
 
+def test_the_policy_is_named_by_the_environment(monkeypatch):
+    monkeypatch.setenv("EPLB_RT_POLICY", "deepseek")
+    assert policy_name() == "deepseek"
+    assert policy_name("flashlb") == "flashlb"  # an engine's own setting comes first
+
+
+def test_a_layer_that_gains_nothing_keeps_the_table():
+    """Layer 0: ``random`` plans worse than the table (PAR 1.82 against 1.36); layer 1 has no
+    load. Both keep their slots in force, and their gain reads 0."""
+    load = np.array([[[5.0, 1, 1, 5, 2, 2, 3, 3], [0.0] * 8]])
+    previous = np.array([[0, 1, 2, 3, 4, 5, 6, 7, 0, 3]] * 2)
+    placement, gain = replan("t", load, Topology(5, 2), previous, policy="random")
+    np.testing.assert_array_equal(placement.phy2log, previous)
+    np.testing.assert_array_equal(gain, 0.0)
+    # Every placement of 8 experts on 8 slots is as balanced under a uniform load: a tie keeps.
+    uniform = np.ones((1, 1, 8))
+    placement, gain = replan("t", uniform, Topology(4, 2), np.arange(8)[None], policy="random")
+    np.testing.assert_array_equal(placement.phy2log, np.arange(8)[None])
+    assert gain[0] == 0
+
+
+def test_an_engine_gets_a_plan_without_shares():
+    """The engines route by replica counts: shares a policy fits are dropped."""
+    load = np.random.default_rng(0).pareto(1.0, (4, 3, 16)) * 100
+    previous = np.tile(np.arange(20) % 16, (3, 1))
+    placement, _ = replan(
+        "t", load, Topology(4, 5), previous, policy="equilibrium", options={"shares": True}
+    )
+    assert placement.is_uniform
+
+
+def test_a_doubled_layer_takes_its_fresh_plan_as_it_is():
+    """A layer holding an expert twice on a rank is planned as without a table, once: not
+    planned again from that plan as if it were in force."""
+    from eplb_rt.algorithms import plan
+
+    doubled, valid = [0, 0, 1, 2, 3, 4, 5, 6, 7, 1], [0, 1, 2, 3, 4, 5, 6, 7, 0, 2]
+    topology = Topology(5, 2)
+    load = np.random.default_rng(1).pareto(1.0, (3, 3, 8)) * 100
+    placement, gain = replan("t", load, topology, np.array([doubled, valid, valid]), policy="swift")
+    assert gain[0] > 0
+    fresh = plan("swift", load[:, [0]], topology, None, None).phy2log[0]
+    np.testing.assert_array_equal(placement.phy2log[0], fresh)
+
+
 def test_options_without_a_policy_are_not_silently_dropped(monkeypatch, caplog):
     """The plugins run only where EPLB_RT_POLICY names a policy; options alone say so."""
     from eplb_rt.integrations._common import plugin_policy

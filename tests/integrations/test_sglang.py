@@ -242,6 +242,23 @@ def test_elastic_ep_plans_on_the_ranks_that_serve(sglang, monkeypatch, dead):
     assert all(torch.equal(a, b) for a, b in zip(*both, strict=True))
 
 
+@pytest.mark.parametrize("active", [[1, 1, 1, 1], [0, 1, 1, 0]], ids=["all", "two-failed"])
+def test_elastic_ep_with_groups_on_nodes(sglang, monkeypatch, active):
+    """Groups and nodes hold while every rank serves; with failed ranks the live ones are
+    planned flat, as SGLang's own algorithm plans them."""
+    D, S, L, E = 4, 8, 2, 16
+    rng = np.random.default_rng(0)
+    load = torch.from_numpy(rng.poisson(rng.pareto(1.2, (1, L, E)) * 50 + 1, (2, L, E)))
+    _elastic(monkeypatch, active)
+    algorithm = sglang.eplb_algorithms.EplbAlgorithm.elasticity_aware
+    grouped = ours.rebalance_experts(load, D * S, S, 4, 2, algorithm, policy="deepseek")
+    if all(active):
+        expected = ours.rebalance_experts(load, D * S, S, 4, 2, policy="deepseek")
+    else:
+        expected = ours.rebalance_experts(load, D * S, S, None, 1, algorithm, policy="deepseek")
+    assert all(torch.equal(a, b) for a, b in zip(grouped, expected, strict=True))
+
+
 def test_active_ranks_sized_for_a_scale_up_are_read_as_the_serving_ranks(sglang, monkeypatch):
     """``--max-ep-size 16`` with 8 ranks serving: SGLang's list has 16 entries, the last 8
     its reserve (never active). Refused for its shape, SGLang's EPLB failed instead."""

@@ -8,6 +8,7 @@ import inspect
 import logging
 import sys
 import types
+import typing
 from importlib.metadata import EntryPoint
 
 import numpy as np
@@ -105,8 +106,34 @@ def test_an_old_map_of_another_width_is_planned_anew(vllm):
     fresh = policy.rebalance_experts(*_args(load, topology))
     wider = torch.zeros(load.shape[1], topology.num_slots + 8, dtype=torch.int64)
     padded = torch.full((load.shape[1], topology.num_slots), -1, dtype=torch.int64)
-    for old in (wider, padded):  # elastic EP changing the rank count
+    partly = fresh.clone()
+    partly[:, -topology.num_slots_per_rank :] = -1  # the last rank's slots free
+    for old in (wider, padded, partly):  # elastic EP changing the rank count
         assert torch.equal(policy.rebalance_experts(*_args(load, topology), old), fresh)
+
+
+def test_postponed_annotations_say_whether_maps_are_wanted():
+    """vLLM's policy module may postpone its annotations (as this one does): they are then
+    strings, ``"typing.Tuple[...]"`` too."""
+
+    class Tuple:
+        @classmethod
+        def rebalance_experts(cls, weight) -> typing.Tuple[int, int, int]: ...  # noqa: UP006
+
+    class Tensor:
+        @classmethod
+        def rebalance_experts(cls, weight) -> torch.Tensor: ...
+
+    assert ours.returns_maps(Tuple) and not ours.returns_maps(Tensor)
+
+
+def test_without_vllm_a_policy_returns_phy2log_alone(monkeypatch):
+    def missing():
+        raise ImportError("no vLLM here")
+
+    monkeypatch.setattr(ours, "policy_registry", missing)
+    policy = ours.policy_class("equilibrium")
+    assert policy.returns_maps is False and policy.__bases__ == (ours.EplbRtPolicy,)
 
 
 @pytest.mark.parametrize(

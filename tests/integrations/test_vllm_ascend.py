@@ -352,6 +352,25 @@ def test_groups_on_nodes_pass_the_worker_check(ascend, caplog):
         old = new
 
 
+def test_a_balanced_table_is_reported_unchanged_and_is_the_callers_to_write(tmp_path):
+    """Every rank as loaded as the next: nothing changes, no layer has priority; the deployment
+    returned is a fresh array the EPLB process may write; each call's load is its own file."""
+    table, work = np.array([[[0, 1], [2, 3]]]), np.full((1, 2, 2), 10.0)
+    policy = EplbRtAscendPolicy(export_dir=str(tmp_path))
+    for calls in (1, 2):
+        changed, priority, new = policy.rebalance_experts(table, work)
+        assert changed is False and priority.size == 0
+        assert new.flags.writeable and not np.shares_memory(new, table)
+        assert len(list(tmp_path.glob("load-*.npy"))) == calls
+
+
+def test_a_given_expert_count_is_checked_against_the_table():
+    with pytest.raises(ValueError, match=r"num_experts \(5\)"):
+        EplbRtAscendPolicy(num_experts=5).rebalance_experts(
+            np.array([[[0, 1], [2, 3]]]), np.full((1, 2, 2), 10.0)
+        )
+
+
 def test_layers_put_back_onto_nodes_are_reported_changed():
     """A table that spreads groups over nodes is re-placed whatever it gains: ``changed`` and
     ``priority`` name every layer that differs from the table (here both, neither gaining

@@ -69,6 +69,10 @@ def test_invalid_field_names_the_field(field, value, message):
         EplbConfig(**{field: value})
 
 
+def test_an_episode_may_span_the_whole_history():
+    assert EplbConfig(history=16, episode=16).episode == 16
+
+
 def test_numpy_scalars_are_stored_as_python_numbers():
     """A field computed from arrays is a numpy scalar."""
     config = EplbConfig(interval=np.int64(10), history=np.int32(64), link_bandwidth=np.float32(1e9))

@@ -144,6 +144,22 @@ def test_default_interval_from_each_files_own_steps(tmp_path, capsys):
     assert parts == [f"{a}#1", f"{a}#2", f"{c}#3"]
 
 
+@pytest.mark.parametrize(("steps", "interval"), [((64,), 4), ((1, 32), 2)])
+def test_default_interval_is_a_sixteenth_of_a_series(tmp_path, capsys, steps, interval):
+    """A series re-plans every sixteenth of its steps; an aggregate among series files does not
+    make them all aggregates."""
+    paths = []
+    for i, num_steps in enumerate(steps):
+        paths.append(tmp_path / f"w{i}.npy")
+        load = _skewed(num_steps, 2, 8, seed=i)
+        np.save(paths[-1], load[0] if num_steps == 1 else load)
+    j = tmp_path / "sim.json"
+    options = "--ranks 4 --slots-per-rank 2 --policies deepseek"
+    code, _, err = _simulate(capsys, paths, options, "--json", j)
+    assert code == 0, err
+    assert json.loads(j.read_text())["setup"]["interval"] == interval
+
+
 def test_json_is_strict_when_times_overflow(tmp_path, capsys):
     """Loads near the float limit at 1e12 us a token-slot make MoE seconds infinite and the
     throughput inf / inf: written as null, never as the NaN / Infinity JSON does not have."""

@@ -244,6 +244,24 @@ def test_a_workload_is_checked_and_replayed_in_float64():
         sim.Workload(np.full((2, 2, 8), np.nan), ("a", "a"))
     with pytest.raises(TypeError, match="labels must be a sequence of strings, got one: 'ab'"):
         sim.Workload(np.ones((2, 2, 8)), "ab")
+    with pytest.raises(ValueError, match="2 labels for 3 steps"):
+        sim.Workload(np.ones((3, 1, 4)), ("a", "b"))
+
+
+def test_a_cycle_pays_for_the_migrations_it_commits_only():
+    """The gate prices every layer it plans; a layer it refuses moves nothing and costs no
+    transfer time in the cycle."""
+    load = np.random.default_rng(0).pareto(1.0, (4, 2, 8)) * 100
+    topo = Topology(4, 3)
+    cost = planning.CostModel(expert_bytes=10**8)  # transfers too dear for this load
+    start = planning.starting_placement(2, 8, topo)
+    spans = {"horizon": 4, "lifetime": 4}
+    decision = planning.decide(load, start, topo, "deepseek", None, cost=cost, **spans)
+    assert decision.layers == () and decision.migration_s.sum() > 0  # priced, and refused
+    spec = sim.SimulationSpec(topo, ("deepseek",), interval=4, episodes=1, cost=cost)
+    workload = sim.Workload(np.concatenate([load, load]), ("w",) * 8)
+    (cycle,) = sim.simulate(workload, spec).cycles["deepseek"]
+    assert cycle.moves == 0 and cycle.migration_s == 0.0
 
 
 def test_summary_statistics_golden():
