@@ -564,3 +564,62 @@ def test_decide_refuses_an_options_object_saying_what_it_takes():
             np.ones((1, 1, 4)), planning.starting_placement(1, 4, topo), topo, "deepseek",
             options, cost=planning.CostModel(), horizon=10,
         )  # fmt: skip
+
+
+def test_a_layer_that_saves_only_what_it_costs_is_not_committed():
+    """Every placement of this uniform load is as balanced: a changed layer saves nothing, and
+    with its transfer hidden costs nothing. A tie moves nothing."""
+    topo = Topology(2, 2)
+    previous = Placement.initial(1, 4, topo)
+    free = planning.CostModel(hidden_seconds=1e9)
+    d = planning.decide(np.ones((4, 1, 4)), previous, topo, "deepseek", None, cost=free, horizon=10)
+    assert d.candidate.changed_layers(previous).tolist() == [0]  # the premise
+    assert d.layers == () and d.placement == previous
+
+
+def test_a_transfer_hidden_behind_compute_costs_nothing_not_less():
+    cost = planning.CostModel(expert_bytes=1.0, bandwidth=2.0, hidden_seconds=1.0)
+    assert cost.migration_seconds(np.array([[0, 1, 2, 3]]), np.array([[2, 1, 0, 3]]), 2) == [0.0]
+
+
+def test_layers_refused_over_the_placements_life_are_planned_again_over_one_interval(
+    monkeypatch,
+):
+    """The policy judges its candidates over the placement's life, the gate per step: layers it
+    refuses are planned once more with a life of one interval."""
+    topo = Topology(2, 2)
+    previous = Placement.initial(1, 4, topo)
+    swapped = Placement(np.array([[2, 1, 0, 3]]), 4, 2)
+    calls = []
+
+    def aligned_plan(policy, load, topology, prev, options, layers):  # noqa: PLR0917
+        calls.append((options.lifetime, layers.tolist()))
+        return swapped if len(calls) == 1 else prev
+
+    monkeypatch.setattr(planning, "_aligned_plan", aligned_plan)
+    free = planning.CostModel(hidden_seconds=1e9)  # the swap saves nothing: refused
+    d = planning.decide(
+        np.ones((4, 1, 4)), previous, topo, "equilibrium", {"lifetime": 4.0}, cost=free,
+        horizon=10,
+    )  # fmt: skip
+    assert calls == [(4.0, [True]), (1.0, [True])]
+    assert d.layers == () and d.placement == previous
+
+
+def _drift_load(rise: float, idle_first: bool = False) -> np.ndarray:
+    """12 even steps of 10 tokens an expert, then 4 with ``rise`` more on expert 0 (rank 0)."""
+    load = np.full((16, 1, 4), 10.0)
+    load[-4:, 0, 0] += rise
+    if idle_first:
+        load[0] = 0.0
+    return load
+
+
+def test_drift_weighs_one_moved_slot_per_rank_and_skips_idle_steps():
+    """The threshold is one moved slot's price over the ranks (0.3 more tokens on one expert
+    of four is a rise of 0.015 PAR, above it); an idle step in the window has no PAR and is
+    left out, not made NaN (which never drifts)."""
+    placement = Placement.initial(1, 4, Topology(2, 2))
+    cost = planning.CostModel(expert_bytes=1.0, bandwidth=1.0, token_seconds=1.0)
+    assert planning.drifted(_drift_load(0.3), placement, 4, cost)
+    assert planning.drifted(_drift_load(5.0, idle_first=True), placement, 4, cost)

@@ -351,12 +351,13 @@ class MigrationExecutor:
                         )
                 if p2p:
                     works = dist.batch_isend_irecv(p2p) or []
-                counts = {
-                    "slots_received": remote,
-                    "slots_copied": int(recv.size) - remote,
-                    "slots_sent": int(send.size),
-                    "bytes_sent": int(send.size) * self.slot_bytes(layer),
-                }
+                if T:  # without registered weights only the tables change: nothing moved
+                    counts = {
+                        "slots_received": remote,
+                        "slots_copied": int(recv.size) - remote,
+                        "slots_sent": int(send.size),
+                        "bytes_sent": int(send.size) * self.slot_bytes(layer),
+                    }
             except Exception as err:
                 error = f"layer {layer}: posting the transfer failed: {err!r}"
             event = self.device.record_event(self.stream)

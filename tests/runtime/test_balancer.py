@@ -524,3 +524,10 @@ def test_a_warm_up_that_compiled_with_the_cache_off_says_to_turn_it_on(monkeypat
     [record] = [r for r in caplog.records if "warmed up" in r.getMessage()]
     message = record.getMessage()
     assert "unset EPLB_RT_KERNEL_CACHE" in message and "policies --warm-up" not in message
+
+
+def test_the_plan_digest_covers_the_replica_shares():
+    """Ranks that agree on the slots but not on the shares would route the same tokens to
+    different replicas."""
+    shared = Placement(np.array([[0, 1, 2, 3, 0, 1]]), 4, 2, np.array([[0.9, 0.5, 1, 1, 0.1, 0.5]]))
+    assert placement_digest(shared) != placement_digest(shared.with_shares(None))

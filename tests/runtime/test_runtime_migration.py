@@ -151,3 +151,11 @@ def test_mismatched_placements_are_rejected():
     for other in (c, d):
         with pytest.raises(ValueError, match="cannot migrate"):
             plan_migration(b, other)
+
+
+def test_local_copies_are_moves_but_not_remote():
+    previous = Placement(np.array([[0, 1, 2, 3]]), 4, 2)
+    (inside,) = plan_migration(previous, Placement(np.array([[1, 0, 3, 2]]), 4, 2))
+    assert (inside.num_moves, inside.num_remote) == (4, 0)
+    (across,) = plan_migration(previous, Placement(np.array([[2, 1, 0, 3]]), 4, 2))
+    assert (across.num_moves, across.num_remote) == (2, 2)

@@ -262,6 +262,36 @@ def _no_weights(rank: int, world: int) -> None:
     assert sum("no layer has registered weights" in m for m in said) == 1, said
 
 
+def _routes_follow_committed_shares(rank: int, world: int) -> None:
+    """Eager routes split an expert's tokens by the committed shares: ``rt_test_shift``
+    commits uniform and weighted shares in turn, and on every step served under weighted ones
+    the tokens of an expert with replicas land on them in their shares."""
+    open_gate()
+    runtime = EplbRuntime(small_config(), 1, 5)
+    checked = 0
+    try:
+        for step in range(40):
+            runtime.route(0, torch.tensor([[step % 5, (step + 1) % 5]]))
+            placement = runtime.placement  # the same on every rank at the same step
+            if not placement.is_uniform:
+                row, share = placement.phy2log[0], placement.slot_share[0]
+                for expert in np.unique(row[np.unique(row, return_counts=True)[1][row] > 1]):
+                    slots = np.flatnonzero(row == expert)
+                    routed = runtime.route(0, torch.full((3000, 1), int(expert))).flatten()
+                    got = [(routed == slot).float().mean().item() for slot in slots]
+                    np.testing.assert_allclose(got, share[slots], atol=0.02)
+                    checked += 1
+            runtime.step()
+            let_plan_finish(runtime)
+    finally:
+        runtime.shutdown()
+    assert checked, "no step served weighted shares"
+
+
+def test_eager_routes_follow_the_committed_replica_shares():
+    spawn(_routes_follow_committed_shares, 2)
+
+
 def test_plans_without_any_registered_weights_are_warned_about_once():
     spawn(_no_weights, 2)
 

@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from _serving import let_plan_finish, small_config
 
 from eplb_rt import formats
 from eplb_rt.algorithms.load import heat_to_load
@@ -718,3 +719,141 @@ def test_the_transfer_counters_count_what_arrived():
             assert rt.stats()["transfers"] == {key: expected * n for key, n in moves.items()}
     finally:
         rt.shutdown()
+
+
+def _swap(layer: int = 0):
+    """Slots 0 and 1 of rank 0 exchange their experts: two local copies, nothing sent."""
+    from eplb_rt.runtime.migration import LayerMigration
+
+    return LayerMigration(layer, np.array([0, 1]), np.array([1, 0]), np.array([1, 0]), 5)
+
+
+def test_local_copies_are_counted_as_copied_each_time(runtime):
+    runtime.register_weights(0, {"w": torch.arange(10.0).view(5, 2)})
+    for _ in range(2):
+        assert runtime.executor.finish(runtime.executor.start(_swap(), 0)) is None
+    expected = {"slots_sent": 0, "slots_received": 0, "slots_copied": 4, "bytes_sent": 0}
+    assert runtime.stats()["transfers"] == expected
+
+
+def test_a_layer_without_weights_moves_nothing_and_counts_nothing(runtime):
+    """Tables only (no registered weights): the transfer counters say what crossed or was
+    copied, here nothing."""
+    assert runtime.executor.finish(runtime.executor.start(_swap(), 0)) is None
+    assert set(runtime.stats()["transfers"].values()) == {0}
+
+
+def test_a_transfer_that_failed_to_post_finishes_with_its_error(runtime, monkeypatch):
+    """It is neither waited on nor counted, so the boundary cancels the layer."""
+    runtime.register_weights(0, {"w": torch.arange(10.0).view(5, 2)})
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(torch, "_foreach_copy_", broken)
+    transfer = runtime.executor.start(_swap(), 0)
+    monkeypatch.undo()
+    assert transfer.error and "device lost" in transfer.error
+    assert runtime.executor.finish(transfer) == transfer.error
+    assert runtime.stats()["transfers"]["slots_copied"] == 0
+
+
+def test_weights_overlapping_by_one_byte_are_refused(runtime):
+    base = torch.zeros(19, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="share memory"):
+        runtime.register_weights(0, {"a": base[0:10].view(5, 2), "b": base[9:19].view(5, 2)})
+    runtime.register_weights(0, {"a": base[0:10].view(5, 2)})  # apart: fine
+    assert set(runtime.executor.weights) == {0}
+
+
+def test_a_layer_registered_again_with_the_same_tensors_is_accepted(runtime):
+    """Its own rows are not another layer's: an engine that registers after each load."""
+    weight = torch.zeros(5, 4)
+    runtime.register_weights(0, {"w": weight})
+    runtime.register_weights(0, {"w": weight})
+    assert runtime.executor.weights[0]["w"] is weight
+
+
+def test_a_layer_in_flight_cannot_be_registered_again(runtime):
+    """Only queued layers were checked: one whose transfer was posted took new weights."""
+    from eplb_rt.runtime.migration import LayerMigration
+    from eplb_rt.runtime.runtime import Rebalance
+
+    runtime.register_weights(1, {"w": torch.zeros(5, 2)})
+    runtime._current = Rebalance(1, 0, 0.0, 1)
+    empty = np.zeros(0, np.int64)
+    runtime._in_flight.append(runtime.executor.start(LayerMigration(1, empty, empty, empty, 5), 0))
+    with pytest.raises(ValueError, match="is being migrated"):
+        runtime.register_weights(1, {"w": torch.ones(5, 2)})
+
+
+def test_route_out_in_the_receivers_scratch_rows_is_refused(receiver):
+    scratch = receiver.recorder._scratch[1, :2].view(1, 2)
+    before = scratch.clone()
+    with pytest.raises(ValueError, match="shares memory"):
+        receiver.route(0, torch.tensor([[0, 1]], dtype=torch.int32), out=scratch)
+    assert torch.equal(scratch, before)
+
+
+def test_a_layers_time_counts_from_when_it_was_posted_not_from_finish(monkeypatch):
+    """Posted 0.5 s before the boundary with a 1 s budget: 0.5 s is left to wait, not 1 s."""
+    from eplb_rt.runtime import executor
+
+    config = EplbConfig(policy="rt_test_shift", interval=0, history=4, episode=2, warm_up=False)
+    rt = EplbRuntime(dataclasses.replace(config, transfer_timeout_s=1.0), 2, 5)
+    clock = _Clock()
+    clock.now = 10.0
+    monkeypatch.setattr(executor, "time", clock)
+    try:
+        waits = []
+        works = [_SlowWork(0.4, waits, clock) for _ in range(2)]
+        migration = types.SimpleNamespace(layer=1)
+        transfer = Transfer(migration, np.zeros(0, np.int32), [], works, None, 9.5)
+        error = rt.executor.finish(transfer)
+    finally:
+        monkeypatch.undo()
+        rt.shutdown()
+    assert error == "layer 1: transfer timed out (1 s since posted)"
+    assert waits == pytest.approx([0.5, 0.1])
+
+
+def test_a_drift_probe_is_decided_before_the_next_interval_gathers():
+    """A probe whose deadline fell on the interval step would hold that interval's gather back
+    (its plan is still pending there): probes stop ``deadline`` steps short of it."""
+    config = small_config(interval=12, episode=2, deadline=2, history=8, num_redundant=0)
+    with EplbRuntime(config, 2, 5) as rt:
+        rt._fitted = True  # as after a first plan
+        gathers = []
+        gather = rt._gather
+        rt._gather = lambda step, trigger="interval": (
+            gathers.append((step, trigger)) or gather(step, trigger)
+        )
+        for _ in range(12):
+            rt.route(0, torch.tensor([[0, 1], [2, 3]]))
+            rt.step()
+            let_plan_finish(rt)
+    drift = [step for step, trigger in gathers if trigger == "drift"]
+    assert drift and max(drift) + rt.deadline < config.interval, gathers
+
+
+def test_a_committed_swap_counts_its_moved_experts_and_no_bytes_sent(runtime):
+    """Moves count the slots whose expert changed; bytes, only what crossed to another rank."""
+    from eplb_rt.runtime.runtime import Rebalance
+
+    weight = torch.arange(10.0).view(5, 2)
+    runtime.register_weights(0, {"w": weight})
+    runtime._current = Rebalance(1, 0, 0.0, 0)  # a plan that committed nothing
+    runtime._finish_rebalance(1)
+    assert runtime.stats()["first_commit_step"] is None
+    runtime._set_target(Placement(np.array([[1, 0, 2, 3, 4], [0, 1, 2, 3, 4]]), 5, 1))
+    runtime._current = Rebalance(2, 1, 0.0, 1)
+    runtime._in_flight.append(runtime.executor.start(_swap(), 0))
+    runtime._commit_in_flight(2)
+    assert runtime._current.layers_committed == [0]
+    assert (runtime._current.moved_experts, runtime._current.bytes_moved) == (2, 0)
+    assert weight[:2].tolist() == [[2.0, 3.0], [0.0, 1.0]]  # the slots swapped in place
+    np.testing.assert_array_equal(runtime.placement.phy2log[0], [1, 0, 2, 3, 4])
+    assert runtime.stats()["moved_experts"] == 2  # the plan under way counts
+    runtime._finish_rebalance(2)
+    stats = runtime.stats()
+    assert (stats["moved_experts"], stats["first_commit_step"]) == (2, 2)
