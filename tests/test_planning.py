@@ -616,9 +616,10 @@ def _drift_load(rise: float, idle_first: bool = False) -> np.ndarray:
 
 
 def test_drift_weighs_one_moved_slot_per_rank_and_skips_idle_steps():
-    """The threshold is one moved slot's price over the ranks (0.3 more tokens on one expert
-    of four is a rise of 0.015 PAR, above it); an idle step in the window has no PAR and is
-    left out, not made NaN (which never drifts)."""
+    """The threshold is one moved slot's price over the ranks: 0.3 more tokens on one expert of
+    four is a rise of 0.0074 PAR, above that (0.0062) and below one slot's price on each rank
+    (0.0124). An idle step in the window has no PAR and is left out, not made NaN (which never
+    drifts)."""
     placement = Placement.initial(1, 4, Topology(2, 2))
     cost = planning.CostModel(expert_bytes=1.0, bandwidth=1.0, token_seconds=1.0)
     assert planning.drifted(_drift_load(0.3), placement, 4, cost)

@@ -211,7 +211,8 @@ def _in_force(
         )
     valid_ids = previous.min() >= 0 and previous.max() < table.num_experts
     try:
-        # Doubled layers are the one other break of a table in force (its shares are even).
+        # Only bad ids or a missing expert can fail here: doubled layers are accepted, and
+        # the shares are even.
         if not (valid_ids and (table.logcnt > 0).all()):
             table.validate()  # raises, naming what is wrong
     except ValueError as err:

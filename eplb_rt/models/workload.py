@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from eplb_rt.data import ESFT_DIR, ESFT_EXPERTS, ESFT_LAYERS, ESFT_TASKS
+from eplb_rt.scalars import check_count
 
 
 def load_esft_counts() -> dict[str, np.ndarray]:
@@ -29,10 +30,9 @@ def drifting_profile(num_steps: int, num_layers: int, window: int = 8) -> np.nda
     one request and averages a window of ``window`` requests (cyclic). ``num_layers`` layers are
     taken evenly from the trace's 26.
     """
-    if not 1 <= num_layers <= ESFT_LAYERS:
+    if check_count("num_layers", num_layers) > ESFT_LAYERS:
         raise ValueError(f"num_layers must be in [1, {ESFT_LAYERS}], got {num_layers}")
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    check_count("num_steps", num_steps)
     layers = np.linspace(0, ESFT_LAYERS - 1, num_layers).round().astype(np.int64)
     counts = load_esft_counts()
     out = np.empty((num_steps, num_layers, ESFT_EXPERTS))

@@ -1170,8 +1170,10 @@ class EplbRuntime:
         skipped plans and errors (the last :data:`RECORDS_KEPT` of each) and their totals
         (``num_rebalances``, ``num_skipped``, ``num_errors``); the moves committed so far; the
         step at which the first plan committed a layer (``None`` before); the deadline in steps
-        the next plan gets; ``failure``: why a step failed part-way on this rank (the runtime then
-        serves no more), ``None`` while none did."""
+        the next plan gets; ``transfers``: the slots this rank received from another rank,
+        copied from its own and sent, and the bytes it sent, over the transfers that finished
+        here (a layer without registered weights moves none); ``failure``: why a step failed
+        part-way on this rank (the runtime then serves no more), ``None`` while none did."""
         current = self._current
         # A copy first: the serving thread may append while another thread reads the stats.
         rebalances = list(self.rebalances)

@@ -132,10 +132,10 @@ class SimulationSpec:
             if name != NO_REBALANCE:
                 algorithms.get_policy(name)  # raises with the known names
         for field in ("interval", "episodes"):
-            value = getattr(self, field)
-            if field == "episodes" and value is None:
-                continue  # the runtime's window (see window)
-            object.__setattr__(self, field, check_count(field, value))
+            # episodes None: the runtime's window (see window)
+            optional = field == "episodes"
+            value = check_count(field, getattr(self, field), optional=optional)
+            object.__setattr__(self, field, value)
         unknown = sorted(set(self.options) - set(self.policies))
         if unknown:
             raise ValueError(f"options given for policies not compared: {unknown}")

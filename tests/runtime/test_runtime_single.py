@@ -759,10 +759,10 @@ def test_a_transfer_that_failed_to_post_finishes_with_its_error(runtime, monkeyp
 
 
 def test_weights_overlapping_by_one_byte_are_refused(runtime):
-    base = torch.zeros(19, dtype=torch.uint8)
+    base = torch.zeros(20, dtype=torch.uint8)
     with pytest.raises(ValueError, match="share memory"):
         runtime.register_weights(0, {"a": base[0:10].view(5, 2), "b": base[9:19].view(5, 2)})
-    runtime.register_weights(0, {"a": base[0:10].view(5, 2)})  # apart: fine
+    runtime.register_weights(0, {"a": base[0:10].view(5, 2), "b": base[10:20].view(5, 2)})
     assert set(runtime.executor.weights) == {0}
 
 
@@ -836,7 +836,7 @@ def test_a_drift_probe_is_decided_before_the_next_interval_gathers():
     assert drift and max(drift) + rt.deadline < config.interval, gathers
 
 
-def test_a_committed_swap_counts_its_moved_experts_and_no_bytes_sent(runtime):
+def test_a_committed_swap_counts_its_moved_experts_and_no_bytes_moved(runtime):
     """Moves count the slots whose expert changed; bytes, only what crossed to another rank."""
     from eplb_rt.runtime.runtime import Rebalance
 

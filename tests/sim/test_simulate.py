@@ -204,9 +204,9 @@ def test_too_few_steps_for_an_out_of_sample_score():
         ({"policies": ("none", "deepseek", "deepseek")}, "policy listed twice: deepseek$"),
         ({"policies": ("no-such-policy",)}, "unknown policy 'no-such-policy'"),
         ({"interval": 0}, "^interval must be an integer >= 1, got 0$"),
-        ({"episodes": 0}, "^episodes must be an integer >= 1, got 0$"),
+        ({"episodes": 0}, "^episodes must be an integer >= 1 or None, got 0$"),
         ({"interval": 1.5}, "^interval must be an integer >= 1, got 1.5$"),
-        ({"episodes": True}, "^episodes must be an integer >= 1, got True$"),
+        ({"episodes": True}, "^episodes must be an integer >= 1 or None, got True$"),
         ({"options": {"other": {}}}, "options given for policies not compared"),
     ],
 )
