@@ -20,6 +20,8 @@ from eplb_rt.config import EplbConfig
 from eplb_rt.placement import Placement, Topology
 from eplb_rt.runtime import EplbRuntime
 from eplb_rt.runtime.executor import Transfer
+from eplb_rt.runtime.migration import LayerMigration
+from eplb_rt.runtime.runtime import Rebalance
 
 # Errors the ops raise for bad tensors (torch's TORCH_CHECK gives RuntimeError or ValueError).
 OP_ERRORS = (ValueError, TypeError, RuntimeError, IndexError)
@@ -368,12 +370,9 @@ def test_staging_is_one_layers_bytes_a_lane_and_follows_registration(runtime):
 def test_local_copies_of_weights_that_require_grad_are_posted(runtime):
     """The executor copies a slot whose expert the rank holds already into staging; from a
     parameter that requires grad, outside no_grad, torch refused the in-place copy."""
-    from eplb_rt.runtime.migration import LayerMigration
-
     weight = torch.nn.Parameter(torch.arange(5.0)[:, None].repeat(1, 4))
     runtime.register_weights(0, {"w": weight})
-    swap = LayerMigration(0, np.array([0, 1]), np.array([1, 0]), np.array([-1, -1]), 5)
-    transfer = runtime.executor.start(swap, 0)
+    transfer = runtime.executor.start(_swap(), 0)
     assert transfer.error is None and runtime.executor.finish(transfer) is None
     staged = transfer.staged[0].view(torch.float32)  # slots move as bytes
     assert [row[0].item() for row in staged] == [1.0, 0.0]
@@ -723,8 +722,6 @@ def test_the_transfer_counters_count_what_arrived():
 
 def _swap(layer: int = 0):
     """Slots 0 and 1 of rank 0 exchange their experts: two local copies, nothing sent."""
-    from eplb_rt.runtime.migration import LayerMigration
-
     return LayerMigration(layer, np.array([0, 1]), np.array([1, 0]), np.array([1, 0]), 5)
 
 
@@ -776,9 +773,6 @@ def test_a_layer_registered_again_with_the_same_tensors_is_accepted(runtime):
 
 def test_a_layer_in_flight_cannot_be_registered_again(runtime):
     """Only queued layers were checked: one whose transfer was posted took new weights."""
-    from eplb_rt.runtime.migration import LayerMigration
-    from eplb_rt.runtime.runtime import Rebalance
-
     runtime.register_weights(1, {"w": torch.zeros(5, 2)})
     runtime._current = Rebalance(1, 0, 0.0, 1)
     empty = np.zeros(0, np.int64)
@@ -838,8 +832,6 @@ def test_a_drift_probe_is_decided_before_the_next_interval_gathers():
 
 def test_a_committed_swap_counts_its_moved_experts_and_no_bytes_moved(runtime):
     """Moves count the slots whose expert changed; bytes, only what crossed to another rank."""
-    from eplb_rt.runtime.runtime import Rebalance
-
     weight = torch.arange(10.0).view(5, 2)
     runtime.register_weights(0, {"w": weight})
     runtime._current = Rebalance(1, 0, 0.0, 0)  # a plan that committed nothing
