@@ -398,6 +398,20 @@ inline size_t first_repeat(std::vector<std::pair<int64_t, int64_t>>& pairs) {
 // resolution of the replica rule's position code.
 constexpr float kShareSumTolerance = 1e-4f;
 
+// The rule of an expert's shares over its cnt replicas (a split of its tokens): each finite and
+// >= 0, summing to 1 within kShareSumTolerance. Returns -1 where `row` keeps it, else the first
+// replica whose share is not finite or negative, or cnt where each is and their sum is off
+// (then in *sum). The one statement of the rule: route_and_count reads it for the tables in
+// force, update_expert_map_ for new ones.
+inline int32_t share_fault(const float* row, int32_t cnt, float* sum) {
+  *sum = 0.0f;
+  for (int32_t r = 0; r < cnt; ++r) {
+    if (!(std::isfinite(row[r]) && row[r] >= 0.0f)) return r;
+    *sum += row[r];
+  }
+  return std::fabs(*sum - 1.0f) <= kShareSumTolerance ? -1 : cnt;
+}
+
 // Values of the new tables, in host memory (CPU tensors, metadata already checked): every
 // expert has 1..R replicas on slots in [0, P) then -1 padding; shares finite, >= 0, each
 // expert's shares over its replicas summing to 1; expert_map a local slot in [0, P) or -1,
@@ -417,7 +431,6 @@ inline void check_new_map_values(const at::Tensor& new_log2phy, const at::Tensor
   for (int64_t e = 0; e < E; ++e) {
     TORCH_CHECK(cnt[e] >= 1 && cnt[e] <= R, op, ": new_logcnt[", e, "] = ", cnt[e],
                 " must be in [1, R = ", R, "]");
-    float sum = 0.0f;
     for (int64_t r = 0; r < R; ++r) {
       const int32_t p = l2p[e * R + r];
       if (r < cnt[e]) {
@@ -429,14 +442,17 @@ inline void check_new_map_values(const at::Tensor& new_log2phy, const at::Tensor
         TORCH_CHECK(p == -1, op, ": new_log2phy[", e, ", ", r, "] = ", p,
                     " must be -1 (padding: expert ", e, " has ", cnt[e], " replicas)");
       }
-      if (share == nullptr) continue;
-      const float w = share[e * R + r];
-      TORCH_CHECK(std::isfinite(w) && w >= 0.0f, op, ": new_replica_share[", e, ", ", r,
-                  "] = ", w, " must be finite and >= 0");
-      if (r < cnt[e]) sum += w;
     }
-    TORCH_CHECK(share == nullptr || std::fabs(sum - 1.0f) <= kShareSumTolerance, op,
-                ": the shares of expert ", e, " over its ", cnt[e],
+    if (share == nullptr) continue;
+    // Padding's shares too: a table may later give the expert those replicas.
+    float sum = 0.0f;
+    const int32_t fault = share_fault(share + e * R, cnt[e], &sum);
+    for (int64_t r = fault < 0 ? cnt[e] : fault; r < R; ++r) {
+      const float w = share[e * R + r];
+      TORCH_CHECK(std::isfinite(w) && w >= 0.0f, op, ": new_replica_share[", e, ", ", r, "] = ", w,
+                  " must be finite and >= 0");
+    }
+    TORCH_CHECK(fault < 0, op, ": the shares of expert ", e, " over its ", cnt[e],
                 " replicas (new_replica_share[", e, ", :", cnt[e], "]) must sum to 1 within ",
                 kShareSumTolerance, ", got ", sum);
   }

@@ -72,17 +72,6 @@ void build_bounds(RouteTables& t, const float* share, int64_t E, int64_t R) {
   }
 }
 
-// Whether one expert's shares over its cnt replicas are a split of its tokens: each finite and
-// >= 0, summing to 1 within kShareSumTolerance (as update_expert_map_ checks new tables).
-bool share_row_ok(const float* row, int32_t cnt) {
-  float sum = 0.0f;
-  for (int32_t r = 0; r < cnt; ++r) {
-    if (!(std::isfinite(row[r]) && row[r] >= 0.0f)) return false;
-    sum += row[r];
-  }
-  return std::fabs(sum - 1.0f) <= kShareSumTolerance;
-}
-
 // Returns whether every expert is usable (the common case: validation is then a range check).
 bool build_tables(RouteTables& t, const int32_t* log2phy, const int32_t* logcnt, const float* share,
                   int64_t E, int64_t R, int64_t P) {
@@ -99,7 +88,8 @@ bool build_tables(RouteTables& t, const int32_t* log2phy, const int32_t* logcnt,
     const int32_t* row = log2phy + e * R;
     bool ok = cnt >= 1 && cnt <= R;
     for (int32_t r = 0; ok && r < cnt; ++r) ok = row[r] >= 0 && row[r] < P;
-    ok = ok && (share == nullptr || share_row_ok(share + e * R, cnt));
+    float sum = 0.0f;
+    ok = ok && (share == nullptr || share_fault(share + e * R, cnt, &sum) < 0);
     t.usable[e + 1] = ok;
     all_usable &= ok;
     t.count[e + 1] = ok ? cnt : 1;
@@ -164,16 +154,13 @@ void check_pairs(const id_t* ids, int64_t N, int64_t K, const int32_t* log2phy,
                     " and is used by topk_ids[", n, ", ", k, "])");
       }
       if (share == nullptr || share_checked[e]) continue;
-      share_checked[e] = share_row_ok(share + e * R, cnt);
-      if (share_checked[e]) continue;
       float sum = 0.0f;
-      for (int32_t r = 0; r < cnt; ++r) {
-        const float w = share[e * R + r];
-        TORCH_CHECK(std::isfinite(w) && w >= 0.0f, "route_and_count: replica_share[", e, ", ", r,
-                    "] = ", w, " must be finite and >= 0 (expert ", e, " is used by topk_ids[", n,
-                    ", ", k, "])");
-        sum += w;
-      }
+      const int32_t r = share_fault(share + e * R, cnt, &sum);
+      share_checked[e] = r < 0;
+      if (r < 0) continue;
+      TORCH_CHECK(r == cnt, "route_and_count: replica_share[", e, ", ", r, "] = ", share[e * R + r],
+                  " must be finite and >= 0 (expert ", e, " is used by topk_ids[", n, ", ", k,
+                  "])");
       TORCH_CHECK(false, "route_and_count: the shares of expert ", e, " over its ", cnt,
                   " replicas (replica_share[", e, ", :", cnt, "]) must sum to 1 within ",
                   kShareSumTolerance, ", got ", sum, " (expert ", e, " is used by topk_ids[", n,

@@ -89,6 +89,20 @@ def _padding_slot(args):
     args["new_log2phy"][0, 1] = 3
 
 
+def _padding_share(value, first):
+    """Expert 0 keeps one replica (share ``first``); its padding share is ``value``: refused
+    when not finite or negative, as a later table may give the expert that replica."""
+
+    def edit(args):
+        for name in ("new_logcnt", "new_log2phy", "new_replica_share"):
+            args[name] = args[name].clone()
+        args["new_logcnt"][0] = 1
+        args["new_log2phy"][0, 1] = -1
+        args["new_replica_share"][0] = torch.tensor([first, value])
+
+    return edit
+
+
 def _replicas_on_one_slot(args):
     """Gives expert 1's first replica the slot of expert 0's first replica."""
     args["new_log2phy"] = args["new_log2phy"].clone()
@@ -115,6 +129,19 @@ BAD_INPUTS = {
     "nan share": (
         _poke("new_replica_share", (2, 1), float("nan")),
         r"new_replica_share\[2, 1\] = nan must be finite and >= 0",
+    ),
+    "nan share in padding": (
+        _padding_share(float("nan"), 1.0),
+        r"new_replica_share\[0, 1\] = nan must be finite and >= 0",
+    ),
+    "negative padding share before an off sum": (
+        _padding_share(-1.0, 0.5),
+        r"new_replica_share\[0, 1\] = \-1 must be finite and >= 0",
+    ),
+    "off sum, padding share fine": (
+        _padding_share(0.5, 0.5),
+        r"the shares of expert 0 over its 1 replicas \(new_replica_share\[0, :1\]\) must sum "
+        r"to 1 within 0.0001, got 0.5",
     ),
     "expert_map below -1": (
         _poke("new_expert_map", 4, -2),
