@@ -392,6 +392,51 @@ def test_faults_leave_the_old_placement_serving():
     spawn(_faults, 3)
 
 
+def _one_lane_of_two_fails(rank: int, world: int) -> None:
+    open_gate()
+    runtime, model, baseline = _build(small_config(interval=6, layers_per_step=2))
+    initial, first_group = runtime.placement, runtime._migration_group
+    undo = fail_transfers(runtime, {1}) if rank == 1 else None
+    seen = {}
+
+    def on_step(step):
+        if runtime._migration_group is not first_group:
+            seen.setdefault("renewed", runtime.stats()["steps"])
+        if runtime.stats()["rebalances"] and "placement" not in seen:
+            seen["placement"] = runtime.placement
+            if undo is not None:
+                undo()  # the next plan's transfers all succeed
+
+    # Plan 1 gathered at step 6 starts layers 0 and 1 at its deadline step 8, commits them at 9
+    # and layer 2 at 10; plan 2 (gathered at 12) commits every layer by step 16.
+    _drive(runtime, model, baseline, 16, rank, on_step=on_step)
+    stats = runtime.stats()
+    group, retired = runtime._migration_group, list(runtime._retired_groups)
+    executor_group = runtime.executor.group
+    runtime.shutdown()
+    first, second = stats["rebalances"]
+    assert first["layers_failed"] == [1] and first["layers_committed"] == [0, 2], first
+    after = seen["placement"].phy2log
+    assert np.array_equal(after[1], initial.phy2log[1])
+    assert not np.array_equal(after[0], initial.phy2log[0])
+    assert not np.array_equal(after[2], initial.phy2log[2])
+    assert second["layers_committed"] == [0, 1, 2] and second["layers_failed"] == [], second
+    # Renewed once, at the boundary that agreed on the failure, on every rank alike.
+    assert seen.get("renewed") == 9 and retired == [first_group], seen
+    assert executor_group is group and group is not first_group
+    every = [None] * world
+    dist.all_gather_object(every, (seen["placement"].phy2log.tolist(), len(stats["errors"])))
+    assert all(e == every[0] for e in every), every
+
+
+def test_a_lane_that_fails_beside_one_that_commits_renews_the_migration_group():
+    """Two layers in flight at one boundary, rank 1's transfer of the second failing: that layer
+    keeps its old placement on every rank, the first commits on every rank, and the migration
+    group is renewed (it may hold the failed transfer's messages). Only a failure in the first
+    lane, or in every lane, renewed it: the agreement was read by its first flag, or by any."""
+    spawn(_one_lane_of_two_fails, 3)
+
+
 def _data_parallel_tokens(rank: int, world: int) -> None:
     # Every expert on two ranks (8 slots for 4 experts): each rank routes one token to each.
     config = EplbConfig(policy="deepseek", interval=0, num_redundant=4, warm_up=False)
