@@ -649,6 +649,63 @@ def test_ranks_agree_on_the_gathers_a_stuck_plan_holds_back():
     spawn(_stuck_on_two_ranks, 2, timeout_s=120)
 
 
+def _wait_idle(runtime: EplbRuntime, timeout: float = 60.0) -> None:
+    """Until this rank's balancer holds no job."""
+    end = time.monotonic() + timeout
+    while runtime.balancer.outstanding:
+        assert time.monotonic() < end, "the balancer never emptied"
+        time.sleep(0.002)
+
+
+def _full_on_one_rank(rank: int, world: int) -> None:
+    """Rank 1's balancer holds its first job once that job's collectives are done (its result
+    not yet stored), so rank 0's finishes it and rank 1's does not: after the gather at step 12
+    rank 1 holds MOST_JOBS jobs, rank 0 one (the second, waiting in a collective for rank 1)."""
+    runtime = EplbRuntime(_config(interval=6, episode=6, deadline=2, num_redundant=0), 2, 8)
+    gathers = _gathers(runtime)
+    release = threading.Event()
+    if rank == 1:
+        run = runtime.balancer._run
+
+        def holding(job):
+            result = run(job)
+            if job.epoch == 1:
+                assert release.wait(60)
+            return result
+
+        runtime.balancer._run = holding
+    held = []
+    for step in range(1, 34):
+        _route(runtime, step)
+        runtime.step()
+        if step == 6 and rank == 0:
+            _wait_idle(runtime)  # its first job done: from the next gather on it holds one
+        if step == 14:  # the deadline that finds rank 1's balancer full
+            held.append(runtime.balancer.outstanding)
+        if step == 24:  # two gathers held back; rank 1's balancer is let go
+            release.set()
+            _wait_idle(runtime)
+        if step > 24:
+            let_plan_finish(runtime)
+    stats = runtime.stats()
+    runtime.shutdown()
+    assert held == [runtime_module.MOST_JOBS if rank == 1 else 1], held
+    assert [step for step, _ in gathers] == [6, 12, 30], gathers
+    not_gathered = [s["step"] for s in stats["skipped"] if "not gathered" in s["reason"]]
+    every = [None] * world
+    dist.all_gather_object(every, (gathers, not_gathered))
+    assert not_gathered == [18, 24] and every[0] == every[1], every
+
+
+@pytest.mark.multiprocess
+def test_gathers_wait_until_no_ranks_balancer_is_full():
+    """One rank's balancer full, the other's not: every rank skips the gathers until neither is
+    full, then gathers again. Released once some rank was free (the flags' least, not their
+    most, read at the deadline or at the gather), the ranks gathered behind a full balancer,
+    whose jobs then piled up."""
+    spawn(_full_on_one_rank, 2, timeout_s=60)
+
+
 def _shutdown_from_a_signal_handler(rank: int, world: int) -> None:
     """Every rank's serving thread gets a signal while it commits a layer; the handler calls
     shutdown(), which runs once the step ends."""
