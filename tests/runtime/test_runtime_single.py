@@ -14,7 +14,7 @@ import pytest
 import torch
 from _serving import let_plan_finish, small_config
 
-from eplb_rt import formats
+from eplb_rt import formats, planning
 from eplb_rt.algorithms.load import heat_to_load
 from eplb_rt.config import EplbConfig
 from eplb_rt.placement import Placement, Topology
@@ -849,3 +849,87 @@ def test_a_committed_swap_counts_its_moved_experts_and_no_bytes_moved(runtime):
     runtime._finish_rebalance(2)
     stats = runtime.stats()
     assert (stats["moved_experts"], stats["first_commit_step"]) == (2, 2)
+
+
+def _plan_swapping_layer_one(monkeypatch, saved=(0.0, 0.0), spent=(0.0, 0.0)) -> None:
+    """Every plan swaps the experts of layer 1's first two slots, the one layer it commits (of
+    2), priced ``saved`` and ``spent`` seconds per layer."""
+
+    def decide(load, previous, *args, **kwargs):
+        rows = previous.phy2log.copy()
+        rows[1, [0, 1]] = rows[1, [1, 0]]
+        placement = Placement(rows, previous.num_experts, previous.num_ranks)
+        par = np.ones(previous.num_layers)
+        saved_s, migration_s = np.array(saved), np.array(spent)
+        return planning.Decision(placement, placement, (1,), saved_s, migration_s, par, par, 2)
+
+    monkeypatch.setattr(planning, "decide", decide)
+
+
+def _serve_gathers(rt: EplbRuntime, steps: int) -> list:
+    """``steps`` steps of tokens on every layer, each plan finished before its deadline; the
+    ``(step, trigger)`` of every gather."""
+    gathers, gather = [], rt._gather
+    rt._gather = lambda step, trigger="interval": (
+        gathers.append((step, trigger)) or gather(step, trigger)
+    )
+    for _ in range(steps):
+        for layer in range(rt.num_layers):
+            rt.route(layer, torch.tensor([[0, 1], [0, 2]]))
+        rt.step()
+        let_plan_finish(rt)
+    return gathers
+
+
+def test_a_rebalance_is_worth_what_its_committed_layers_save(monkeypatch):
+    """The record's saved and migration seconds sum the layers the plan commits, not every layer
+    the decision priced (layer 0 here, which the plan leaves as it is)."""
+    _plan_swapping_layer_one(monkeypatch, saved=(0.5, 2.0), spent=(0.25, 1.0))
+    with EplbRuntime(small_config(num_redundant=0), 2, 5) as rt:
+        for layer in range(2):
+            rt.register_weights(layer, {"w": torch.zeros(5, 4)})
+        _serve_gathers(rt, 9)  # gathered at step 6, layer 1 committed at step 9
+        (rebalance,) = rt.stats()["rebalances"]
+    assert rebalance["layers_committed"] == [1], rebalance
+    assert (rebalance["saved_s"], rebalance["migration_s"]) == (2.0, 1.0), rebalance
+
+
+def test_a_plan_whose_every_moving_layer_has_no_weights_is_skipped_not_a_rebalance(monkeypatch):
+    """Layer 0 has registered weights, layer 1 (the only one the plan moves) none: nothing is
+    left to migrate, so the plan is one skipped error, not an empty rebalance."""
+    _plan_swapping_layer_one(monkeypatch)
+    with EplbRuntime(small_config(num_redundant=0), 2, 5) as rt:
+        start = rt.placement
+        rt.register_weights(0, {"w": torch.zeros(5, 4)})
+        _serve_gathers(rt, 9)
+        stats = rt.stats()
+        assert rt.placement == start
+    assert stats["rebalances"] == [] and stats["num_rebalances"] == 0, stats["rebalances"]
+    reason = "layers [1] move experts but have no registered weights while other layers do"
+    assert [s["step"] for s in stats["skipped"] if reason in s["reason"]] == [8], stats["skipped"]
+    assert len(stats["errors"]) == 1 and reason in stats["errors"][0], stats["errors"]
+
+
+def test_probes_check_for_drift_once_a_plan_has_committed(monkeypatch):
+    """Until a plan fits the placement, episode probes plan without a drift check ("first");
+    a committed plan fits it, and the probes after it check for drift."""
+    _plan_swapping_layer_one(monkeypatch)
+    with EplbRuntime(small_config(interval=24, history=8, num_redundant=0), 2, 5) as rt:
+        gathers = _serve_gathers(rt, 10)  # the first probe's plan committed at step 9
+        assert rt.stats()["rebalances"][0]["layers_committed"] == [1]
+    assert gathers == [(6, "first"), (10, "drift")], gathers
+
+
+@pytest.mark.parametrize("given", [False, True], ids=["starting", "initial-placement"])
+def test_an_initial_placement_is_taken_as_fitted(tmp_path, given):
+    """A placement given to start from was fitted by someone: the first probe checks it for
+    drift after one episode; the package's own starting placement is planned for once three
+    episodes of heat are in."""
+    path = None
+    if given:
+        path = str(tmp_path / "start.json")
+        formats.write_placement(Placement(np.tile(np.arange(5), (2, 1)), 5, 1), path)
+    config = small_config(interval=24, history=8, num_redundant=0, initial_placement=path)
+    with EplbRuntime(config, 2, 5) as rt:
+        gathers = _serve_gathers(rt, 6)
+    assert gathers[0] == ((2, "drift") if given else (6, "first")), gathers
