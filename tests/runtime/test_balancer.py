@@ -54,10 +54,12 @@ def _job(load: np.ndarray, previous: Placement, epoch: int = 1, **fields) -> Job
     return Job(epoch, 0, 5, heat, Event(), np.arange(T), row_p2l, previous, **values)
 
 
-def _balancer(policy: str = "deepseek", step: int = 0, **config) -> Balancer:
+def _balancer(policy: str = "deepseek", step: int = 0, clock=None, **config) -> Balancer:
+    """A planning rank's balancer whose serving thread is at ``step`` (or at ``clock()``)."""
     values = dict(policy=policy, interval=12, history=12, episode=4, deadline=5, warm_up=False)
     values.update(config)
-    return Balancer(EplbConfig(**values), TOPO, L, E, rank=0, current_step=lambda: step)
+    current_step = clock or (lambda: step)
+    return Balancer(EplbConfig(**values), TOPO, L, E, rank=0, current_step=current_step)
 
 
 def test_the_thread_makes_the_runtimes_device_its_own_first():
@@ -357,6 +359,7 @@ def test_a_plan_that_pays_nothing_is_unchanged_and_the_old_placement_stays():
         (lambda b, j: (b, j._replace_heat_zero()), PLAN_UNCHANGED, "no heat recorded"),
         (lambda b, j: (_balancer("rt_test_raise"), j), PLAN_FAILED, "rt_test_raise always fails"),
         (lambda b, j: (_balancer("rt_test_exit"), j), PLAN_FAILED, "SystemExit(3)"),
+        (lambda b, j: (_balancer(step=5), j), PLAN_LATE, "its deadline had passed"),
         (lambda b, j: (_balancer(step=6), j), PLAN_LATE, "its deadline had passed"),
         (lambda b, j: (b, j._with(row_seconds=np.full(12, np.nan))), PLAN_FAILED, "token_seconds"),
         (lambda b, j: (b, j._with(trigger="drift")), PLAN_UNCHANGED, "no drift"),
@@ -369,6 +372,26 @@ def test_outcomes_other_than_a_plan(make, status, error):
     balancer.shutdown()
     assert (result.status, result.placement, result.layers) == (status, None, ())
     assert error in result.error and result.digest == placement_digest(None) == 0
+
+
+@pytest.mark.parametrize(("done_at", "status"), [(5, PLAN_OK), (6, PLAN_LATE)])
+def test_a_plan_done_at_its_deadline_step_is_in_time(monkeypatch, done_at, status):
+    """A job starting at its deadline step (5) is not planned (the case above): the serving
+    thread decides at that step's boundary. One started before and done at that step may still
+    be taken there; only one done past it is late for sure."""
+    step = [4]
+    decide = planning.decide
+
+    def advancing(*args, **kwargs):
+        step[0] = done_at  # the serving thread moves on while the policy runs
+        return decide(*args, **kwargs)
+
+    monkeypatch.setattr(planning, "decide", advancing)
+    balancer = _balancer(clock=lambda: step[0])
+    result = _result(balancer, _job(_load(), planning.starting_placement(L, E, TOPO)))
+    balancer.shutdown()
+    assert result.status == status, result.error
+    assert (result.placement is not None) == (status == PLAN_OK)
 
 
 def test_shutdown_waits_for_the_warm_up(monkeypatch):
