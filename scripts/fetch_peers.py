@@ -45,8 +45,9 @@ OPTIONAL = {"vllm-ascend": ("vllm_ascend/distributed/eplb/policy/",)}
 # name -> releases tested, newest first: the newest and the oldest of each interface. vLLM: a
 # policy registry since 0.13; up to 0.18 a policy returns three maps (0.13 without the table in
 # force), from 0.19 phy2log alone. vllm-ascend: up to 0.13 its factory takes (type, config), by
-# 0.23 the type alone (0.23.0.post1 is the newest stable release). SGLang: plugins since 0.5.11; up to
-# 0.5.18 the expert-location code takes the server arguments, from 0.5.19 a runtime context.
+# 0.23 the type alone (0.23.0.post1 is the newest stable release). SGLang: plugins since
+# 0.5.11; up to 0.5.18 the expert-location code takes the server arguments, from 0.5.19 a
+# runtime context.
 VERSIONS = {
     "vllm": ("0.34.0", "0.18.1", "0.13.0"),
     "vllm-ascend": ("0.30.0rc2", "0.23.0.post1", "0.13.0"),
