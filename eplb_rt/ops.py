@@ -305,8 +305,9 @@ def update_expert_map_(
             ``[0, num_slots)`` then ``-1``.
         logcnt, new_logcnt: ``[E]`` int32, new values in ``[1, R]``.
         num_slots: ``P``, the number of physical slots.
-        replica_share, new_replica_share: ``[E, R]`` float32 (finite, ``>= 0``, each expert's
-            shares over its ``logcnt`` replicas summing to 1 within 1e-4), both or neither.
+        replica_share, new_replica_share: ``[E, R]`` float32 (every entry finite and ``>= 0``,
+            padding too; each expert's shares over its ``logcnt`` replicas summing to 1 within
+            1e-4), both or neither.
         expert_map, new_expert_map: ``[E]`` int32, this rank's local slot of each expert or
             ``-1``, no slot given to two experts; both or neither. (The op knows ``P``, not a
             rank's ``S`` slots: new local slots are checked against ``P``.)

@@ -398,8 +398,8 @@ inline size_t first_repeat(std::vector<std::pair<int64_t, int64_t>>& pairs) {
 // resolution of the replica rule's position code.
 constexpr float kShareSumTolerance = 1e-4f;
 
-// The rule of an expert's shares over its cnt replicas (a split of its tokens): each finite and
-// >= 0, summing to 1 within kShareSumTolerance. Returns -1 where `row` keeps it, else the first
+// The rule of an expert's shares over its cnt >= 1 replicas (a split of its tokens): each finite
+// and >= 0, summing to 1 within kShareSumTolerance. Returns -1 where `row` keeps it, else the first
 // replica whose share is not finite or negative, or cnt where each is and their sum is off
 // (then in *sum). The one statement of the rule: route_and_count reads it for the tables in
 // force, update_expert_map_ for new ones.
@@ -444,7 +444,7 @@ inline void check_new_map_values(const at::Tensor& new_log2phy, const at::Tensor
       }
     }
     if (share == nullptr) continue;
-    // Padding's shares too: a table may later give the expert those replicas.
+    // Padding's shares too (no kernel reads them): a table holds finite shares >= 0 throughout.
     float sum = 0.0f;
     const int32_t fault = share_fault(share + e * R, cnt[e], &sum);
     for (int64_t r = fault < 0 ? cnt[e] : fault; r < R; ++r) {

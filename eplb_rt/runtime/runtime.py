@@ -103,7 +103,9 @@ class Rebalance:
     """What one agreed plan did (``stats()["rebalances"]``): ``layers_planned`` the layers it
     migrates, ``layers_committed`` those done, ``layers_failed`` those that keep their placement
     (a transfer failed, or the layer moves experts but has no registered weights). A plan that
-    can migrate no layer is a skipped plan, not a rebalance."""
+    can migrate no layer is a skipped plan, not a rebalance. ``saved_s`` and ``migration_s``: the
+    gate's prices summed over the layers its decision commits, as agreed (a layer that fails
+    later still counts; known on the planning rank alone, 0 elsewhere)."""
 
     epoch: int
     gather_step: int

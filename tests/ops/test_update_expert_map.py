@@ -91,7 +91,7 @@ def _padding_slot(args):
 
 def _padding_share(value, first):
     """Expert 0 keeps one replica (share ``first``); its padding share is ``value``: refused
-    when not finite or negative, as a later table may give the expert that replica."""
+    when not finite or negative, as a share past an expert's replicas is anywhere else."""
 
     def edit(args):
         for name in ("new_logcnt", "new_log2phy", "new_replica_share"):

@@ -367,9 +367,13 @@ def test_a_plan_that_pays_nothing_is_unchanged_and_the_old_placement_stays():
 )
 def test_outcomes_other_than_a_plan(make, status, error):
     start = planning.starting_placement(L, E, TOPO)
-    balancer, job = make(_balancer(), _Job(_job(_load(steps=12), start)))
-    result = _result(balancer, job.job)
-    balancer.shutdown()
+    given = _balancer()
+    balancer, job = make(given, _Job(_job(_load(steps=12), start)))
+    try:
+        result = _result(balancer, job.job)
+    finally:
+        for b in {given, balancer}:
+            b.shutdown()
     assert (result.status, result.placement, result.layers) == (status, None, ())
     assert error in result.error and result.digest == placement_digest(None) == 0
 
@@ -388,8 +392,10 @@ def test_a_plan_done_at_its_deadline_step_is_in_time(monkeypatch, done_at, statu
 
     monkeypatch.setattr(planning, "decide", advancing)
     balancer = _balancer(clock=lambda: step[0])
-    result = _result(balancer, _job(_load(), planning.starting_placement(L, E, TOPO)))
-    balancer.shutdown()
+    try:
+        result = _result(balancer, _job(_load(), planning.starting_placement(L, E, TOPO)))
+    finally:
+        balancer.shutdown()
     assert result.status == status, result.error
     assert (result.placement is not None) == (status == PLAN_OK)
 

@@ -680,7 +680,9 @@ def _full_on_one_rank(rank: int, world: int) -> None:
         runtime.step()
         if step == 6 and rank == 0:
             _wait_idle(runtime)  # its first job done: from the next gather on it holds one
-        if step == 14:  # the deadline that finds rank 1's balancer full
+        # The deadline (gather 12 + 2) that finds rank 1's balancer full: the first plan, late
+        # at step 8, left the deadline at 2 steps, for no balancer had warmed up by its gather.
+        if step == 14:
             held.append(runtime.balancer.outstanding)
         if step == 24:  # two gathers held back; rank 1's balancer is let go
             release.set()
@@ -700,9 +702,9 @@ def _full_on_one_rank(rank: int, world: int) -> None:
 @pytest.mark.multiprocess
 def test_gathers_wait_until_no_ranks_balancer_is_full():
     """One rank's balancer full, the other's not: every rank skips the gathers until neither is
-    full, then gathers again. Released once some rank was free (the flags' least, not their
-    most, read at the deadline or at the gather), the ranks gathered behind a full balancer,
-    whose jobs then piled up."""
+    full, then gathers again. Reading the ranks' least flag instead of their most (at the
+    deadline or at the gather) would let them gather behind a full balancer, whose jobs would
+    then pile up."""
     spawn(_full_on_one_rank, 2, timeout_s=60)
 
 

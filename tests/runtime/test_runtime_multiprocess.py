@@ -432,8 +432,8 @@ def _one_lane_of_two_fails(rank: int, world: int) -> None:
 def test_a_lane_that_fails_beside_one_that_commits_renews_the_migration_group():
     """Two layers in flight at one boundary, rank 1's transfer of the second failing: that layer
     keeps its old placement on every rank, the first commits on every rank, and the migration
-    group is renewed (it may hold the failed transfer's messages). Only a failure in the first
-    lane, or in every lane, renewed it: the agreement was read by its first flag, or by any."""
+    group is renewed (it may hold the failed transfer's messages): a renewal read from the first
+    lane's flag alone, or only where every lane failed, would miss this case."""
     spawn(_one_lane_of_two_fails, 3)
 
 

@@ -881,9 +881,9 @@ def _serve_gathers(rt: EplbRuntime, steps: int) -> list:
     return gathers
 
 
-def test_a_rebalance_is_worth_what_its_committed_layers_save(monkeypatch):
-    """The record's saved and migration seconds sum the layers the plan commits, not every layer
-    the decision priced (layer 0 here, which the plan leaves as it is)."""
+def test_a_rebalance_is_worth_what_the_layers_its_decision_commits_save(monkeypatch):
+    """The record's saved and migration seconds sum the layers the decision commits, not every
+    layer it priced (layer 0 here, which the plan leaves as it is)."""
     _plan_swapping_layer_one(monkeypatch, saved=(0.5, 2.0), spent=(0.25, 1.0))
     with EplbRuntime(small_config(num_redundant=0), 2, 5) as rt:
         for layer in range(2):
