@@ -52,6 +52,7 @@ if(_eplb_torch_npu_dir STREQUAL "" AND Python_EXECUTABLE)
   if(NOT _eplb_torch_npu_rc EQUAL 0)
     set(_eplb_torch_npu_dir "")
   endif()
+  set(EPLB_RT_TORCH_NPU_DIR "${_eplb_torch_npu_dir}")  # the SoC is asked of torch_npu where set
 endif()
 
 eplb_rt_detect_soc(_eplb_soc _eplb_soc_source)
@@ -59,7 +60,9 @@ eplb_rt_soc_known("${_eplb_soc}" _eplb_soc_known)
 
 if(NOT _eplb_soc_known)
   _eplb_npu_unavailable("SOC_VERSION ${_eplb_soc} (${_eplb_soc_source}) is not a SoC family eplb_rt "
-                        "knows (${EPLB_RT_SOC_FAMILIES}); set -DSOC_VERSION=<name> (CANN's name)")
+                        "knows (${EPLB_RT_SOC_FAMILIES}, then the part's number); set "
+                        "-DSOC_VERSION=<name> (CANN's name, as torch.npu.get_device_name() gives "
+                        "it: npu-smi shows an A3 part as Ascend910)")
 elseif(NOT CANN_FOUND)
   _eplb_npu_unavailable("CANN was not found (set ASCEND_HOME_PATH or source set_env.sh of the toolkit)")
 elseif(_eplb_torch_npu_dir STREQUAL "")

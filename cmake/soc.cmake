@@ -2,13 +2,17 @@
 # cmake/npu.cmake; also runs on its own (`cmake -P`) for the tests.
 #
 #   eplb_rt_detect_soc(<soc var> <source var>)
-#       -DSOC_VERSION=<name>, else $SOC_VERSION, else the first device `npu-smi info` lists
-#       ("| 0     910B1     | OK ..." -> Ascend910B1), else Ascend910B1; <source var> says which.
+#       -DSOC_VERSION=<name>, else $SOC_VERSION, else device 0's name as torch_npu gives it
+#       (CANN's name, torch.npu.get_device_name() run by ${Python_EXECUTABLE}, where torch_npu
+#       is installed: EPLB_RT_TORCH_NPU_DIR set), else the first device `npu-smi info` lists
+#       ("| 0     910B1     | OK ..." -> Ascend910B1; an A3 part shows as Ascend910 there,
+#       without the number CANN's name has), else Ascend910B1; <source var> says which.
 #   eplb_rt_soc_known(<soc> <bool var>)
 #       whether the SoC belongs to a family of ascendc_kernels/include/eplb_platform.h.
 include_guard(GLOBAL)
 
-# Keep in step with kSocTable in eplb_platform.h.
+# Keep in step with kSocTable in eplb_platform.h: a family's prefix, then a digit (a plain
+# Ascend910B is an older training part, without DataCopyPad).
 set(EPLB_RT_SOC_FAMILIES Ascend910_93 Ascend910B)
 
 function(eplb_rt_detect_soc out_soc out_source)
@@ -21,6 +25,18 @@ function(eplb_rt_detect_soc out_soc out_source)
     set(${out_soc} "$ENV{SOC_VERSION}" PARENT_SCOPE)
     set(${out_source} "environment SOC_VERSION" PARENT_SCOPE)
     return()
+  endif()
+  if(Python_EXECUTABLE AND EPLB_RT_TORCH_NPU_DIR)
+    execute_process(
+      COMMAND "${Python_EXECUTABLE}" -c
+              "import torch, torch_npu; print(torch.npu.get_device_name(0))"
+      OUTPUT_VARIABLE _name OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET
+      RESULT_VARIABLE _name_rc TIMEOUT 120)
+    if(_name_rc EQUAL 0 AND _name MATCHES "^Ascend[A-Za-z0-9_-]+$")
+      set(${out_soc} "${_name}" PARENT_SCOPE)
+      set(${out_source} "torch_npu" PARENT_SCOPE)
+      return()
+    endif()
   endif()
   find_program(EPLB_RT_NPU_SMI npu-smi)
   if(EPLB_RT_NPU_SMI)
@@ -45,8 +61,7 @@ endfunction()
 function(eplb_rt_soc_known soc out_var)
   set(_known FALSE)
   foreach(_family IN LISTS EPLB_RT_SOC_FAMILIES)
-    string(FIND "${soc}" "${_family}" _at)
-    if(_at EQUAL 0)
+    if(soc MATCHES "^${_family}[0-9]")
       set(_known TRUE)
     endif()
   endforeach()

@@ -31,10 +31,14 @@ source "$(dirname "$0")/device_check_steps.sh"
   fail 2 "torch sees no NPU (torch.npu.is_available() is False); nothing was checked"
 
 build_backend EPLB_RT_NPU NPU 900
-"$PYTHON" -c "import eplb_rt; print('npu_check: build_info', eplb_rt.build_info())"
+timeout "$(left 120)" "$PYTHON" -c "import eplb_rt; print('npu_check: build_info', eplb_rt.build_info())" ||
+  fail 3 "eplb_rt does not import after the build (see above)"
 # The first-use check: a tiny route_and_count on the device must equal the CPU op (it names the
-# SoC the kernels were built for when it fails).
-"$PYTHON" -c "import torch, torch_npu, eplb_rt.ops as o; o.check_device('npu')" ||
-  fail 3 "the NPU kernels fail their first-use check (see above)"
+# SoC the kernels were built for when it fails). Launches run one by one (torch_npu's task queue
+# off), so a kernel's fault is reported by the call that launched it; a kernel that hangs ends
+# the check, not the session's deadline.
+ASCEND_LAUNCH_BLOCKING=1 timeout "$(left 300)" \
+  "$PYTHON" -c "import torch, torch_npu, eplb_rt.ops as o; o.check_device('npu')" ||
+  fail 3 "the NPU kernels fail their first-use check (see above; exit status 124: it hung)"
 
 run_driver npu 900

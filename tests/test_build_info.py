@@ -102,12 +102,31 @@ def test_soc_override_beats_environment_beats_npu_smi(tmp_path):
 
 
 @needs_cmake
+def test_soc_comes_from_torch_npu_before_npu_smi(tmp_path):
+    """Where torch_npu is installed, CMake asks it for CANN's name of the SoC: npu-smi names an
+    A3 part Ascend910, which is no family's (nor is its result taken when torch_npu fails)."""
+    env = fake_npu_smi(tmp_path / "bin", "Ascend910")
+    env.pop("SOC_VERSION", None)
+    python = tmp_path / "python"
+    python.write_text("#!/bin/sh\necho Ascend910_9392\n")
+    python.chmod(0o755)
+    npu = (f"-DPython_EXECUTABLE={python}", f"-DEPLB_RT_TORCH_NPU_DIR={tmp_path}")
+    assert detect_soc(tmp_path, env, *npu) == "Ascend910_9392|torch_npu|TRUE"
+    assert detect_soc(tmp_path, env, npu[0]) == "Ascend910|npu-smi|FALSE"  # no torch_npu
+    python.write_text("#!/bin/sh\necho 'no NPU' >&2\nexit 1\n")
+    assert detect_soc(tmp_path, env, *npu) == "Ascend910|npu-smi|FALSE"
+
+
+@needs_cmake
 def test_soc_default_and_unknown_family(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "SOC_VERSION"}
     env["PATH"] = "/usr/bin:/bin"  # no npu-smi
     assert detect_soc(tmp_path, env).startswith("Ascend910B1|default")
     assert detect_soc(tmp_path, env, "-DSOC_VERSION=Ascend310B1").endswith("|FALSE")
     assert detect_soc(tmp_path, env, "-DSOC_VERSION=Ascend310P3").endswith("|FALSE")
+    # The older training parts: a family's prefix, but no part number after it.
+    assert detect_soc(tmp_path, env, "-DSOC_VERSION=Ascend910B").endswith("|FALSE")
+    assert detect_soc(tmp_path, env, "-DSOC_VERSION=Ascend910B2C").endswith("|TRUE")
 
 
 STAND_IN_ASCENDC = """\

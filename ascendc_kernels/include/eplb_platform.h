@@ -3,10 +3,13 @@
 // device enforces. Plain C++17, host only (the kernels get every size through their tiling).
 //
 // A SOC_VERSION (CANN's name, e.g. Ascend910B1, Ascend910_9391) belongs to the family whose
-// prefix it starts with. A kernel binary runs on the SoCs of its own family only: an A2 binary
-// launched on an A3 fails to launch (the launchers report it). Not here: the Atlas inference
-// parts (Ascend310P), whose AI Core has neither DataCopyPad nor an int32 SetAtomicAdd, which
-// every kernel moves and counts with (CANN's API reference, "product support").
+// prefix it starts with, a digit next: Ascend910B1-B4 (B2C, B4-1) are the A2 parts, while a
+// plain Ascend910B is a part of the older Atlas training series, on which DataCopyPad does not
+// exist (CANN lists it with the first Ascend910). A kernel binary runs on the SoCs of its own
+// family only: an A2 binary launched on an A3 fails to launch (the launchers report it). Not
+// here: the Atlas inference parts (Ascend310P), whose AI Core has neither DataCopyPad nor an
+// int32 SetAtomicAdd, which every kernel moves and counts with (CANN's API reference, "product
+// support").
 #pragma once
 
 #include <stdint.h>
@@ -22,7 +25,7 @@ namespace eplb_ascendc {
 constexpr uint32_t kUbUsableBytes = 184 * 1024;
 
 struct SocInfo {
-  const char* prefix;    // SOC_VERSION names of the family start with this
+  const char* prefix;    // SOC_VERSION names of the family start with this, then a digit
   const char* family;    // for messages
   uint32_t ubBytes;      // Unified Buffer a kernel may use per vector core
   uint32_t vectorCores;  // AIV cores of the family's largest part: the emulation's default
@@ -42,7 +45,8 @@ constexpr const char* kDefaultSoc = "Ascend910B1";
 inline const SocInfo* FindSoc(const char* name) {
   if (name == nullptr) return nullptr;
   for (const SocInfo& soc : kSocTable) {
-    if (strncmp(name, soc.prefix, strlen(soc.prefix)) == 0) return &soc;
+    const size_t n = strlen(soc.prefix);
+    if (strncmp(name, soc.prefix, n) == 0 && name[n] >= '0' && name[n] <= '9') return &soc;
   }
   return nullptr;
 }

@@ -39,18 +39,24 @@ inline uint8_t* GmAddr(const at::Tensor& t) {
 }
 
 // Vector (AIV) cores of the device, asked once per device (racing first calls ask twice,
-// harmlessly).
+// harmlessly). Where ACL reports no vector cores (torch_npu allows for that too), two per AI
+// core: the A2 and A3 parts pair each cube core with two vector cores.
 inline uint32_t VectorCoreNum(const at::Device& device) {
   static std::atomic<int64_t> cached[64];  // zero-initialised (static storage)
   const int index = device.index() < 0 ? 0 : device.index();
   TORCH_CHECK(index < 64, "eplb_rt npu: device index ", index, " out of range");
   int64_t cores = cached[index].load(std::memory_order_relaxed);
   if (cores == 0) {
-    const aclError err = aclGetDeviceCapability(static_cast<uint32_t>(index),
-                                                ACL_DEVICE_INFO_VECTOR_CORE_NUM, &cores);
+    const uint32_t id = static_cast<uint32_t>(index);
+    aclError err = aclGetDeviceCapability(id, ACL_DEVICE_INFO_VECTOR_CORE_NUM, &cores);
+    if (err == ACL_SUCCESS && cores == 0) {
+      int64_t ai_cores = 0;
+      err = aclGetDeviceCapability(id, ACL_DEVICE_INFO_AI_CORE_NUM, &ai_cores);
+      cores = 2 * ai_cores;
+    }
     TORCH_CHECK(err == ACL_SUCCESS && cores > 0,
-                "eplb_rt npu: aclGetDeviceCapability(VECTOR_CORE_NUM) failed with ",
-                static_cast<int>(err));
+                "eplb_rt npu: aclGetDeviceCapability(VECTOR_CORE_NUM, AI_CORE_NUM) failed with ",
+                static_cast<int>(err), " (", cores, " vector cores)");
     cached[index].store(cores, std::memory_order_relaxed);
   }
   return static_cast<uint32_t>(cores);

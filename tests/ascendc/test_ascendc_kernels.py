@@ -209,6 +209,11 @@ def test_soc_table_knows_the_families_and_rejects_others(sim):
     assert sim.soc_info("Ascend910B4")[0] == "Atlas A2 (Ascend910B)"
     assert sim.soc_info("Ascend910_9382")[1] == 184 * 1024
     assert sim.soc_info("Ascend310B1") is None
+    assert sim.soc_info("Ascend910B2C")[0] == "Atlas A2 (Ascend910B)"
+    # The older training parts (no DataCopyPad), the name npu-smi shows for an A3 part (CANN's
+    # name has the part's number), a family's prefix alone.
+    for older in ("Ascend910B", "Ascend910A", "Ascend910", "Ascend910_93"):
+        assert sim.soc_info(older) is None, older
     assert sim.soc_info("Ascend310P3") is None  # no DataCopyPad, no int32 atomic add
 
 

@@ -7,8 +7,8 @@ pageable memory: reading values (``.item()``, ``.tolist()``, ``.cpu()``, ``.nump
 and of the device module (``Event.synchronize``, ``synchronize()``). It counts them only on the
 serving thread inside the runtime's calls (``route``, ``record``, ``step``), so the model's own
 reads and the balancer thread's waits are not the runtime's. On the CPU every tensor is both host
-and device, so every such call counts; on a GPU only those that touch the device, plus the
-waits CUDA's own sync debug mode reports.
+and device, so every such call counts; on a GPU or an NPU only those that touch the device, plus
+the waits the device's own sync debug mode reports (torch.cuda's, torch_npu's).
 
 :func:`drive` runs the reference MoE model with an ``EplbRuntime`` (one rank, a policy that moves
 every slot of every layer at every plan) over many steps with
@@ -153,18 +153,21 @@ class SyncCounter:
 
     @contextlib.contextmanager
     def counting(self):
-        """Count inside the body (and, on CUDA, the waits the sync debug mode reports)."""
-        cuda = self.device.type == "cuda"
+        """Count inside the body (and, on a device, the waits its sync debug mode reports:
+        torch.cuda's and torch_npu's report the synchronisations inside their own C++, which the
+        patched Python calls cannot see)."""
+        module = getattr(torch, self.device.type) if self.device.type != "cpu" else None
+        debug = getattr(module, "set_sync_debug_mode", None)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             self._depth += 1
-            if cuda:
-                torch.cuda.set_sync_debug_mode("warn")
+            if debug is not None:
+                debug("warn")
             try:
                 yield
             finally:
-                if cuda:
-                    torch.cuda.set_sync_debug_mode("default")
+                if debug is not None:
+                    debug("default")
                 self._depth -= 1
         # Its first report is a notice that the mode is a prototype, not a synchronisation.
         self.found += [
