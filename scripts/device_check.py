@@ -310,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "torch_npu": getattr(sys.modules.get("torch_npu"), "__version__", None),
+        # CANN's toolkit folder, links resolved: its release is in the path (".../8.2.RC1").
+        "cann": cann_home(),
         "build_info": eplb_rt.build_info(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "errors": {},
@@ -322,6 +324,12 @@ def main(argv: list[str] | None = None) -> int:
         log_path = os.path.splitext(args.out)[0] + "_pytest.log"
         sections.append(("runtime_route", lambda: run_runtime_route(device)))
         sections.append(("tests", lambda: run_tests(device, tests_timeout(), log_path)))
+
+    def save() -> None:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1, default=str)
+
+    save()  # a first section that hangs still leaves the run's set-up on record
     for name, fn in sections:
         started = time.perf_counter()
         print(f"device_check: {name} ...", flush=True)
@@ -332,8 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             print(report["errors"][name], file=sys.stderr)
         report.setdefault("seconds", {})[name] = round(time.perf_counter() - started, 1)
         report["goals"] = evaluate(device, report)
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1, default=str)
+        save()
     for goal in report["goals"]:
         worst, target = goal["worst"], goal["target"]
         print(f"device_check: {goal['goal']}: worst {worst} (target {target}): {goal['pass']}")
@@ -341,6 +348,13 @@ def main(argv: list[str] | None = None) -> int:
     verdict = {0: "PASS", 4: "SLOW (every check passed)"}.get(status, "FAIL")
     print(f"device_check: {verdict}; figures in {args.out}")
     return status
+
+
+def cann_home() -> str | None:
+    """CANN's toolkit folder (``ASCEND_HOME_PATH``, else ``ASCEND_TOOLKIT_HOME``) with its
+    links resolved, or None where neither is set."""
+    home = os.environ.get("ASCEND_HOME_PATH") or os.environ.get("ASCEND_TOOLKIT_HOME")
+    return os.path.realpath(home) if home else None
 
 
 def exit_status(device: str, report: dict) -> int:

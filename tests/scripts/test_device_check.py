@@ -88,6 +88,28 @@ def test_the_driver_runs_its_cpu_parts(tmp_path, into_folder):
     assert [g["pass"] for g in report["goals"]] == [True, True]
 
 
+def test_the_report_is_on_record_before_the_first_section(tmp_path, monkeypatch):
+    """A first section that never returns (a kernel that hangs on a new device, the run then
+    killed by its deadline) still leaves the run's set-up on record, CANN's folder included."""
+    out = tmp_path / "check.json"
+    seen = {}
+
+    def first(device):
+        seen.update(json.loads(out.read_text()))
+        raise RuntimeError("stands for a section that never returns")
+
+    monkeypatch.setattr(device_check, "run_ops", first)
+    for later in ("run_overlap", "run_syncs"):
+        monkeypatch.setattr(device_check, later, lambda device: {})
+    (tmp_path / "8.2.RC1").mkdir()
+    (tmp_path / "latest").symlink_to(tmp_path / "8.2.RC1")
+    monkeypatch.setenv("ASCEND_HOME_PATH", str(tmp_path / "latest"))
+    assert device_check.main(["--device", "cpu", "--out", str(out)]) == 1
+    assert seen["started"] and "ops" not in seen and seen["errors"] == {}
+    assert seen["cann"] == str((tmp_path / "8.2.RC1").resolve())
+    assert "stands for a section" in json.loads(out.read_text())["errors"]["ops"]
+
+
 def test_a_case_that_raises_is_a_row_and_the_others_are_kept(tmp_path, monkeypatch):
     # One wrong kernel late in the table used to lose every row of it, the passing ones too.
     from benchmarks import bench_device_ops
