@@ -61,3 +61,13 @@ def random_tables(rng, num_experts: int, num_slots: int, max_replicas: int):
         log2phy[e, : logcnt[e]] = slots[pos : pos + logcnt[e]]
         pos += logcnt[e]
     return log2phy, logcnt
+
+
+def random_shares(rng, log2phy, logcnt):
+    """``[E, R] float32``: each expert's random split over its ``logcnt`` replicas (each share
+    at least a little above 0), zeros on the padding."""
+    share = np.zeros(log2phy.shape, dtype=np.float32)
+    for e, cnt in enumerate(logcnt):
+        w = rng.random(cnt).astype(np.float32) + np.float32(0.05)
+        share[e, :cnt] = w / w.sum(dtype=np.float32)
+    return share

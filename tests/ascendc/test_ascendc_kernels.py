@@ -15,14 +15,6 @@ import torch
 KIB = 1024
 
 
-def random_shares(rng, log2phy, logcnt):
-    share = np.zeros(log2phy.shape, dtype=np.float32)
-    for e, cnt in enumerate(logcnt):
-        w = rng.random(cnt).astype(np.float32) + np.float32(0.05)
-        share[e, :cnt] = w / w.sum(dtype=np.float32)
-    return share
-
-
 def route_matches_reference(sim, topk, log2phy, logcnt, share, *, heat, step, **launch):
     """Run the kernel on ``heat`` and the reference on a copy; ids and heat must be equal.
 
@@ -70,7 +62,7 @@ def test_route_and_count_matches_reference(
 ):
     rng = np.random.default_rng(n * 1000 + p)
     log2phy, logcnt = expected.random_tables(rng, e, p, r)
-    share = random_shares(rng, log2phy, logcnt) if shares else None
+    share = expected.random_shares(rng, log2phy, logcnt) if shares else None
     topk = rng.integers(0, e, size=(n, k)).astype(id_dtype)
     topk[rng.random((n, k)) < pad] = -1
     ring = rng.integers(0, 50, size=(h, layers, p)).astype(np.int32)
@@ -193,7 +185,7 @@ def test_route_and_count_shifts_its_codes_by_the_offset(sim, code_offset, shares
     that split the batch: the same replicas as the reference's rule."""
     rng = np.random.default_rng(code_offset)
     log2phy, logcnt = expected.random_tables(rng, 29, 41, 4)
-    share = random_shares(rng, log2phy, logcnt) if shares else None
+    share = expected.random_shares(rng, log2phy, logcnt) if shares else None
     topk = rng.integers(-1, 29, size=(53, 3)).astype(np.int32)
     heat = np.zeros((3, 41), dtype=np.int32)
     route_matches_reference(
@@ -236,7 +228,7 @@ def test_route_and_count_reads_tables_past_the_ub_from_gm(sim, shares, p, r):
     for step in range(3):
         tables = expected.random_tables(rng, e, p, r)
         if shares:
-            tables = (*tables, random_shares(rng, *tables))
+            tables = (*tables, expected.random_shares(rng, *tables))
         if held is None:
             held = [t.copy() for t in tables]
         for buffer, table in zip(held, tables, strict=True):

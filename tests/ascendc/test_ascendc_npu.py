@@ -58,6 +58,54 @@ def test_route_and_count_on_npu(npu, *, id_dtype, n, k, e, p, r):
     np.testing.assert_array_equal(heat.cpu().numpy(), want)
 
 
+@pytest.mark.parametrize(
+    ("shares", "p", "r"), [(False, 512, 256), (True, 384, 128)], ids=["uniform", "shares"]
+)
+def test_route_and_count_with_the_tables_in_gm_on_npu(npu, shares, p, r):
+    """The emulation's tables past the UB (DeepSeek-V3 at EP256, or at EP128 with shares: the
+    rows read from GM, the data cache refreshed before each read) on the device, with and
+    without replica shares, two steps apart on one ring."""
+    e, n, k = 256, 12288, 8
+    rng = np.random.default_rng(p)
+    log2phy, logcnt = expected.random_tables(rng, e, p, r)
+    share = expected.random_shares(rng, log2phy, logcnt) if shares else None
+    want = np.zeros((3, p), dtype=np.int32)
+    heat = torch.from_numpy(want.copy()).to(npu)
+    tables = [torch.from_numpy(t).to(npu) for t in (log2phy, logcnt)]
+    share_npu = None if share is None else torch.from_numpy(share).to(npu)
+    for step in (4, 5):
+        topk = rng.integers(-1, e, size=(n, k))
+        want_phy = expected.route_and_count(topk, log2phy, logcnt, share, want, step=step)
+        phy = torch.full((n, k), -1, dtype=torch.int64, device=npu)
+        torch.ops.eplb_rt.route_and_count(
+            torch.from_numpy(topk).to(npu), *tables, share_npu, heat,
+            torch.tensor([step], dtype=torch.int64, device=npu), phy,
+        )  # fmt: skip
+        np.testing.assert_array_equal(phy.cpu().numpy(), want_phy)
+    np.testing.assert_array_equal(heat.cpu().numpy(), want)
+
+
+@pytest.mark.parametrize("cumulative", [False, True])
+def test_count_from_group_list_of_int32_over_many_cores_on_npu(npu, cumulative):
+    """An int32 group list of 300 local slots, at an offset into a ring's row (the other tests
+    give 16 int64 entries, one core's work)."""
+    rng = np.random.default_rng(2)
+    counts = rng.integers(0, 50, size=300)
+    group_list = (np.cumsum(counts) if cumulative else counts).astype(np.int32)
+    ring = np.zeros((3, 331), dtype=np.int32)
+    want = ring.copy()
+    expected.count_from_group_list(group_list, want, 4, 17, cumulative)
+    heat = torch.from_numpy(ring).to(npu)
+    torch.ops.eplb_rt.count_from_group_list(
+        torch.from_numpy(group_list).to(npu),
+        heat,
+        torch.tensor([4], dtype=torch.int64, device=npu),
+        17,
+        cumulative,
+    )
+    np.testing.assert_array_equal(heat.cpu().numpy(), want)
+
+
 @pytest.mark.parametrize("cumulative", [False, True])
 def test_count_from_group_list_on_npu(npu, cumulative):
     rng = np.random.default_rng(1)
@@ -126,6 +174,30 @@ def test_update_expert_weights_and_map_on_npu(npu):
         6,
     )
     assert torch.equal(log2phy.cpu(), swapped)
+
+
+def test_update_expert_map_with_all_four_tables_on_npu(npu):
+    """Shares and this rank's expert map too, into views at an offset (a layer's rows of the
+    runtime's [L, ...] tables), from device and from pinned host memory: the CPU op's result."""
+    from tests.ops.helpers import random_expert_map, random_tables
+
+    def tables(seed):
+        t = random_tables(37, 61, 3, seed=seed)
+        return [t.log2phy, t.logcnt, t.replica_share, random_expert_map(37, 61, seed)]
+
+    for source in ("npu", "pinned"):
+        old, new = tables(1), tables(2)
+        want = [t.clone() for t in old]
+        torch.ops.eplb_rt.update_expert_map_(*want, *new, 61)
+        # Layer 1 of a two-layer table on the device: the rows start past the first layer's.
+        held = [torch.stack([torch.zeros_like(t), t]).to(npu) for t in old]
+        views = [h[1] for h in held]
+        given = [t.to(npu) if source == "npu" else t.pin_memory() for t in new]
+        torch.ops.eplb_rt.update_expert_map_(*views, *given, 61)
+        for got, exp in zip(views, want, strict=True):
+            assert torch.equal(got.cpu(), exp), source
+        for h in held:
+            assert not h[0].cpu().any()  # the other layer's rows untouched
 
 
 @pytest.mark.parametrize("offset", [0, 1], ids=["aligned start", "storage offset"])
