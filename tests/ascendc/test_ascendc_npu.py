@@ -86,40 +86,26 @@ def test_route_and_count_with_the_tables_in_gm_on_npu(npu, shares, p, r):
 
 
 @pytest.mark.parametrize("cumulative", [False, True])
-def test_count_from_group_list_of_int32_over_many_cores_on_npu(npu, cumulative):
-    """An int32 group list of 300 local slots, at an offset into a ring's row (the other tests
-    give 16 int64 entries, one core's work)."""
-    rng = np.random.default_rng(2)
-    counts = rng.integers(0, 50, size=300)
-    group_list = (np.cumsum(counts) if cumulative else counts).astype(np.int32)
-    ring = np.zeros((3, 331), dtype=np.int32)
+@pytest.mark.parametrize(
+    ("seed", "size", "dtype", "slots", "step", "offset"),
+    [(1, 16, np.int64, 40, 2, 5), (2, 300, np.int32, 331, 4, 17)],
+    ids=["int64, one core", "int32, many cores"],
+)
+def test_count_from_group_list_on_npu(npu, *, seed, size, dtype, slots, step, offset, cumulative):
+    """16 int64 entries (one core's work), and an int32 group list of 300 local slots over many
+    cores, each at an offset into a ring's row."""
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(0, 50, size=size)
+    group_list = (np.cumsum(counts) if cumulative else counts).astype(dtype)
+    ring = np.zeros((3, slots), dtype=np.int32)
     want = ring.copy()
-    expected.count_from_group_list(group_list, want, 4, 17, cumulative)
+    expected.count_from_group_list(group_list, want, step, offset, cumulative)
     heat = torch.from_numpy(ring).to(npu)
     torch.ops.eplb_rt.count_from_group_list(
         torch.from_numpy(group_list).to(npu),
         heat,
-        torch.tensor([4], dtype=torch.int64, device=npu),
-        17,
-        cumulative,
-    )
-    np.testing.assert_array_equal(heat.cpu().numpy(), want)
-
-
-@pytest.mark.parametrize("cumulative", [False, True])
-def test_count_from_group_list_on_npu(npu, cumulative):
-    rng = np.random.default_rng(1)
-    counts = rng.integers(0, 50, size=16)
-    group_list = (np.cumsum(counts) if cumulative else counts).astype(np.int64)
-    ring = np.zeros((3, 40), dtype=np.int32)
-    want = ring.copy()
-    expected.count_from_group_list(group_list, want, 2, 5, cumulative)
-    heat = torch.from_numpy(ring).to(npu)
-    torch.ops.eplb_rt.count_from_group_list(
-        torch.from_numpy(group_list).to(npu),
-        heat,
-        torch.tensor([2], dtype=torch.int64, device=npu),
-        5,
+        torch.tensor([step], dtype=torch.int64, device=npu),
+        offset,
         cumulative,
     )
     np.testing.assert_array_equal(heat.cpu().numpy(), want)

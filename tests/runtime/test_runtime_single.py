@@ -572,21 +572,27 @@ def test_a_history_too_short_for_drift_is_warned_about(caplog):
     assert "drift" not in caplog.text
 
 
+def _record_gathers(rt: EplbRuntime) -> list:
+    """``(step, trigger)`` of every gather ``rt`` starts from now on (those a backlog then
+    holds back too)."""
+    gathers, gather = [], rt._gather
+    rt._gather = lambda step, trigger="interval": (
+        gathers.append((step, trigger)) or gather(step, trigger)
+    )
+    return gathers
+
+
 def test_a_history_too_short_for_drift_makes_no_drift_probes():
     # Each drift probe copies the ring: where drift can never show, a fitted placement is
     # re-planned on the interval only.
     config = EplbConfig(policy="rt_test_shift", interval=20, history=6, episode=2, warm_up=False)
     with EplbRuntime(config, 2, 4) as rt:
         rt._fitted = True  # as after a first plan
-        triggers = []
-        gather = rt._gather
-        rt._gather = lambda step, trigger="interval": (
-            triggers.append(trigger) or gather(step, trigger)
-        )
+        gathers = _record_gathers(rt)
         for _ in range(21):
             rt.route(0, torch.tensor([[0, 1], [0, 2]]))
             rt.step()
-    assert triggers == ["interval"]
+    assert [trigger for _, trigger in gathers] == ["interval"]
 
 
 def test_migration_lanes_are_at_most_the_layers():
@@ -817,11 +823,7 @@ def test_a_drift_probe_is_decided_before_the_next_interval_gathers():
     config = small_config(interval=12, episode=2, deadline=2, history=8, num_redundant=0)
     with EplbRuntime(config, 2, 5) as rt:
         rt._fitted = True  # as after a first plan
-        gathers = []
-        gather = rt._gather
-        rt._gather = lambda step, trigger="interval": (
-            gathers.append((step, trigger)) or gather(step, trigger)
-        )
+        gathers = _record_gathers(rt)
         for _ in range(12):
             rt.route(0, torch.tensor([[0, 1], [2, 3]]))
             rt.step()
@@ -869,10 +871,7 @@ def _plan_swapping_layer_one(monkeypatch, saved=(0.0, 0.0), spent=(0.0, 0.0)) ->
 def _serve_gathers(rt: EplbRuntime, steps: int) -> list:
     """``steps`` steps of tokens on every layer, each plan finished before its deadline; the
     ``(step, trigger)`` of every gather."""
-    gathers, gather = [], rt._gather
-    rt._gather = lambda step, trigger="interval": (
-        gathers.append((step, trigger)) or gather(step, trigger)
-    )
+    gathers = _record_gathers(rt)
     for _ in range(steps):
         for layer in range(rt.num_layers):
             rt.route(layer, torch.tensor([[0, 1], [0, 2]]))
