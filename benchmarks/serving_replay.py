@@ -31,7 +31,7 @@ import argparse
 import numpy as np
 
 from benchmarks import task_shift
-from eplb_rt import Topology
+from benchmarks.common import at_least, mean_se, replay
 from eplb_rt.algorithms import get_policy
 from eplb_rt.config import EplbConfig
 from eplb_rt.sim import simulate as sim
@@ -79,18 +79,6 @@ def series(  # noqa: PLR0917 (a generator's parameters, in the docstring's order
     return sim.Workload(out, tuple(labels))
 
 
-def replay(workload: sim.Workload, topo: Topology, policies: list[str]) -> dict[str, tuple]:
-    """Per policy ``(throughput vs no EPLB, slots moved per cycle / slots)`` of one replay."""
-    spec = sim.SimulationSpec(topo, (*policies, sim.NO_REBALANCE), interval=EplbConfig().interval)
-    result = sim.simulate(workload, spec)
-    slots = topo.num_slots * workload.load.shape[1]
-    out = {}
-    for name in policies:
-        summary = sim.summarize(result.cycles[name], expert_bytes=1)
-        out[name] = (summary["throughput_vs_none"], summary["moves_per_cycle"] / slots)
-    return out
-
-
 def run(regime: str, args: argparse.Namespace) -> None:
     """One regime's table, then each policy's throughput against the first's."""
     seeds, layers, steps, policies = args.seeds, args.layers, args.steps, args.policies
@@ -107,44 +95,28 @@ def run(regime: str, args: argparse.Namespace) -> None:
         for seed in range(seeds):
             rng = np.random.default_rng(seed)
             load = series(rng, regime, experts, top_k, layers, steps, tokens * ranks)
-            scores = replay(load, topo, policies)
+            scores = replay(load, topo, policies, EplbConfig().interval)
             for name in policies:
                 cells[name].append(scores[name])
                 ratios[name].append(np.log(scores[name][0] / scores[policies[0]][0]))
         row = " | ".join(
             f"{np.mean([c[0] for c in cells[n]]):.3f} / "
-            f"{100 * np.mean([c[1] for c in cells[n]]):.1f} %"
+            f"{100 * np.mean([c[2] for c in cells[n]]):.1f} %"
             for n in policies
         )
         print(f"| {model} | {ranks}x{topo.num_slots_per_rank} | {row} |", flush=True)
     print(f"\nThroughput against {policies[0]}'s, geometric mean over shapes and seeds:")
     for name in policies[1:]:
-        logs = np.array(ratios[name])
-        sem = logs.std(ddof=1) / np.sqrt(logs.size) if logs.size > 1 else float("nan")
-        print(f"- {name}: {np.exp(logs.mean()):.4f} (log s.e. {sem:.4f})")
-
-
-def _at_least(low: int):
-    """An argparse type: an integer ``>= low``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
-        return value
-
-    return parse
+        mean, sem = mean_se(ratios[name])
+        print(f"- {name}: {np.exp(mean):.4f} (log s.e. {sem:.4f})")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=_at_least(1), default=2)
-    parser.add_argument("--layers", type=_at_least(1), default=6)
-    parser.add_argument("--steps", type=_at_least(EplbConfig().interval + 1), default=1200)
-    parser.add_argument("--tokens-per-rank", type=_at_least(1), default=16)
+    parser.add_argument("--seeds", type=at_least(1), default=2)
+    parser.add_argument("--layers", type=at_least(1), default=6)
+    parser.add_argument("--steps", type=at_least(EplbConfig().interval + 1), default=1200)
+    parser.add_argument("--tokens-per-rank", type=at_least(1), default=16)
     parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES)
     parser.add_argument(
         "--policies", nargs="+", default=["equilibrium", "flashlb", "deepseek", "swift"]

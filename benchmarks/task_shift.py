@@ -26,6 +26,7 @@ import contextlib
 import numpy as np
 
 from benchmarks import bench_peers
+from benchmarks.common import mean_se
 from eplb_rt import Topology
 from eplb_rt.algorithms import warm_up
 from eplb_rt.envs import parse_options
@@ -114,8 +115,8 @@ def run(regime: str, seeds: int, layers: int, planners: dict) -> None:
         if diff.size < 2:
             print(f"- {name}: no pairs{note}")
             continue
-        sem = diff.std(ddof=1) / np.sqrt(diff.size)
-        print(f"- {name}: {diff.mean():+.4f} ± {sem:.4f}{note}")
+        mean, sem = mean_se(diff)
+        print(f"- {name}: {mean:+.4f} ± {sem:.4f}{note}")
 
 
 def _score(planner, train: np.ndarray, test: np.ndarray, topo: Topology) -> float:

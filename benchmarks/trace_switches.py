@@ -16,8 +16,10 @@ mean PAR and the slots moved per cycle; then each contender against the first, t
 difference of throughput (over the same orders) and its standard error. Deterministic (seeded);
 PARs and priced seconds, not wall times, so runs on any host agree.
 
-    PYTHONPATH=. python benchmarks/trace_switches.py [--orders 40] [--cells gpt-oss OLMoE]
-        [--policies equilibrium flashlb deepseek swift]
+    PYTHONPATH=. python benchmarks/trace_switches.py [--orders 40] [--episodes 1]
+        [--cells "OLMoE domains" "ESFT tasks"] [--policies equilibrium flashlb deepseek swift]
+
+``--episodes 1`` plans on the last workload alone (``eplb-rt simulate --episodes 1``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from benchmarks import traces
-from benchmarks.serving_replay import _at_least
+from benchmarks.common import at_least, mean_se, replay
 from eplb_rt import Topology
 from eplb_rt.algorithms import get_policy
 from eplb_rt.config import EplbConfig
@@ -42,14 +44,14 @@ def _gptoss_tasks() -> list[tuple[str, np.ndarray]]:
 
 
 def _gptoss_phases() -> list[tuple[str, np.ndarray]]:
-    """Every subset's thinking, and the answers of those that have one."""
-    out = [(f"{subset} think", load) for subset, load in _gptoss_tasks()]
-    for subset in traces.gptoss_subsets():
-        try:
-            out.append((f"{subset} answer", traces.gptoss(subset, "answer")))
-        except ValueError:  # a subset without an answer phase
-            continue
-    return out
+    """Every subset's thinking, then the answers of those that publish one."""
+    subsets = traces.gptoss_subsets()
+    return [
+        (f"{subset} {phase}", traces.gptoss(subset, phase))
+        for phase in traces.GPTOSS_PHASES
+        for subset in subsets
+        if phase in traces.gptoss_phases(subset)
+    ]
 
 
 def _olmoe_domains() -> list[tuple[str, np.ndarray]]:
@@ -72,12 +74,15 @@ CELLS: dict[str, tuple[Callable[[], list[tuple[str, np.ndarray]]], list[tuple[in
     "ESFT tasks": (_esft_tasks, [(8, 9), (16, 5)]),
     "DeepSeek-V3 prompt lengths": (_deepseek_lengths, [(32, 9), (64, 5)]),
 }
-"""Cell name: (its workloads, one per task or domain, in the trace's order; the shapes played)."""
+"""Cell name: (its workloads, one aggregate ``[1, L, E]`` per task, domain or prompt length, in the
+trace's order; the shapes played)."""
 
 
 def orders(count: int, wanted: int, seed: int = 0) -> Iterator[tuple[int, ...]]:
     """``wanted`` distinct orders of ``count`` workloads: the listed one first, then seeded random
     ones; every order, the listed one first, where there are no more than ``wanted``."""
+    if count < 1 or wanted < 1:
+        raise ValueError(f"need at least one workload and one order, got {count} and {wanted}")
     listed = tuple(range(count))
     if math.factorial(count) <= wanted:
         yield listed
@@ -93,32 +98,10 @@ def orders(count: int, wanted: int, seed: int = 0) -> Iterator[tuple[int, ...]]:
             yield order
 
 
-def replay(workloads: list[tuple[str, np.ndarray]], topo: Topology, policies: list[str]) -> dict:
-    """Per policy ``(throughput vs no EPLB, mean PAR, slots moved per cycle / slots)`` of the
-    workloads played in the given order, one a step."""
-    workload = sim.Workload.concat(workloads)
-    spec = sim.SimulationSpec(topo, (*policies, sim.NO_REBALANCE), interval=1)
-    result = sim.simulate(workload, spec)
-    slots = topo.num_slots * workload.load.shape[1]
-    out = {}
-    for name in policies:
-        summary = sim.summarize(result.cycles[name], expert_bytes=1)
-        out[name] = (
-            summary["throughput_vs_none"],
-            summary["par_mean"],
-            summary["moves_per_cycle"] / slots,
-        )
-    return out
-
-
-def _mean_se(values: np.ndarray) -> tuple[float, float]:
-    se = values.std(ddof=1) / np.sqrt(values.size) if values.size > 1 else float("nan")
-    return float(values.mean()), float(se)
-
-
-def run_cell(name: str, wanted: int, policies: list[str]) -> list[dict]:
-    """Print one markdown row per shape of cell ``name``; return each shape's scores,
-    ``{"shape", "orders", policy: [orders, 3] array}``."""
+def run_cell(name: str, wanted: int, policies: list[str], episodes: int | None) -> list[dict]:
+    """Print one markdown row per shape of cell ``name``; return each shape's ``{"shape": (ranks,
+    slots), "orders": count, "scores": {policy: [orders, 3] array}}``, a row per order of
+    :func:`~benchmarks.common.replay`'s (throughput, mean PAR, moved share)."""
     load_fn, shapes = CELLS[name]
     workloads = load_fn()
     rows = []
@@ -127,32 +110,37 @@ def run_cell(name: str, wanted: int, policies: list[str]) -> list[dict]:
         scores = {p: [] for p in policies}
         played = list(orders(len(workloads), wanted))
         for order in played:
-            result = replay([workloads[i] for i in order], topo, policies)
+            workload = sim.Workload.concat([workloads[i] for i in order])
+            # One aggregate a step, as ``eplb-rt simulate`` replays aggregates.
+            result = replay(workload, topo, policies, interval=1, episodes=episodes)
             for p in policies:
                 scores[p].append(result[p])
         arrays = {p: np.array(scores[p]) for p in policies}
         cells = []
         for p in policies:
-            thr, se = _mean_se(arrays[p][:, 0])
+            thr, se = mean_se(arrays[p][:, 0])
             cells.append(
                 f"{thr:.3f} ± {se:.3f} / {arrays[p][:, 1].mean():.3f} / "
                 f"{100 * arrays[p][:, 2].mean():.1f} %"
             )
         against = []
         for p in policies[1:]:
-            diff, se = _mean_se(arrays[policies[0]][:, 0] - arrays[p][:, 0])
+            diff, se = mean_se(arrays[policies[0]][:, 0] - arrays[p][:, 0])
             against.append(f"{diff:+.4f} ± {se:.4f}")
         print(
             f"| {name} | {ranks}x{slots} | {len(played)} | " + " | ".join(cells + against) + " |",
             flush=True,
         )
-        rows.append({"shape": (ranks, slots), "orders": len(played), **arrays})
+        rows.append({"shape": (ranks, slots), "orders": len(played), "scores": arrays})
     return rows
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--orders", type=_at_least(2), default=40)
+    parser.add_argument("--orders", type=at_least(2), default=40)
+    parser.add_argument(
+        "--episodes", type=at_least(1), default=None, help="plans see the last N workloads"
+    )
     parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
     parser.add_argument(
         "--policies",
@@ -161,8 +149,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         help="the first is the one the others are compared with",
     )
     args = parser.parse_args(argv)
+    if len(set(args.policies)) != len(args.policies):
+        parser.error(f"a policy listed twice: {args.policies}")
     for name in args.policies:
-        get_policy(name)  # unknown names raise here, with the known ones
+        get_policy(name)  # an unknown name fails before any replay, naming the known ones
     first, rest = args.policies[0], args.policies[1:]
     print(
         f"Throughput against no EPLB ± its s.e. over the orders / mean PAR / slots moved per "
@@ -173,14 +163,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print("|---|---|---|" + "---|" * len(head))
     rows = []
     for name in args.cells:
-        rows += run_cell(name, args.orders, args.policies)
+        rows += run_cell(name, args.orders, args.policies, args.episodes)
     logs = {p: [] for p in rest}
     for row in rows:
         for p in rest:
-            logs[p].append(np.log(row[first][:, 0] / row[p][:, 0]).mean())
-    print(f"\n{first}'s throughput against each other's, geometric mean over the cells:")
+            scores = row["scores"]
+            logs[p].append(np.log(scores[first][:, 0] / scores[p][:, 0]).mean())
+    if rest:
+        print(f"\n{first}'s throughput against each other's, geometric mean over the cells:")
     for p in rest:
-        mean, se = _mean_se(np.array(logs[p]))
+        mean, se = mean_se(logs[p])
         wins = sum(x > 0 for x in logs[p])
         print(f"- {p}: {np.exp(mean):.4f} (log s.e. {se:.4f}); ahead in {wins} of {len(rows)}")
     return rows

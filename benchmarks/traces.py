@@ -78,15 +78,28 @@ def gptoss_subsets() -> list[str]:
     return [n for n in names if n != "map"]
 
 
+GPTOSS_PHASES = ("think", "answer")
+
+
+def gptoss_phases(subset: str) -> list[str]:
+    """The phases of :data:`GPTOSS_PHASES` whose expert load subset ``subset`` publishes."""
+    doc = json.loads(_gptoss_path(subset).read_text())
+    return [phase for phase in GPTOSS_PHASES if doc.get(f"{phase}_expert_analytics")]
+
+
+def _gptoss_path(subset: str) -> Path:
+    return TRACES_DIR / "gptoss_20b_fingerprinting" / f"data_{subset}.json"
+
+
 def gptoss(subset: str = "mmlu_pro_test_math_True_False", phase: str = "think") -> np.ndarray:
     """gpt-oss-20b expert load of one benchmark subset and phase: ``[1, 24, 32]``.
 
     The published ``count_frequency`` (share of tokens routed to each expert) is scaled by the
     subset's samples x mean tokens of the phase, an approximate token count.
     """
-    if phase not in ("think", "answer"):
+    if phase not in GPTOSS_PHASES:
         raise ValueError(f"phase must be 'think' or 'answer', got {phase!r}")
-    path = TRACES_DIR / "gptoss_20b_fingerprinting" / f"data_{subset}.json"
+    path = _gptoss_path(subset)
     doc = json.loads(path.read_text())
     table = doc.get(f"{phase}_expert_analytics")
     if not table:

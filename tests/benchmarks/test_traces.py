@@ -58,3 +58,18 @@ def test_jitter_is_a_function_of_the_generator():
     b = traces.jitter(load, np.random.default_rng(7))
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, traces.jitter(load, np.random.default_rng(8)))
+
+
+def test_gptoss_phases_are_those_a_subset_publishes():
+    subsets = traces.gptoss_subsets()
+    phases = {subset: traces.gptoss_phases(subset) for subset in subsets}
+    assert all(found[0] == "think" for found in phases.values())
+    answered = [subset for subset, found in phases.items() if "answer" in found]
+    assert 0 < len(answered) < len(subsets)  # the shipped subsets have both kinds
+    for subset, found in phases.items():
+        for phase in traces.GPTOSS_PHASES:
+            if phase in found:
+                assert traces.gptoss(subset, phase).shape == (1, 24, 32)
+            else:
+                with pytest.raises(ValueError, match=f"has no {phase} phase"):
+                    traces.gptoss(subset, phase)
