@@ -25,9 +25,7 @@ PARs and priced seconds, not wall times, so runs on any host agree.
 from __future__ import annotations
 
 import argparse
-import itertools
-import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 
@@ -78,26 +76,6 @@ CELLS: dict[str, tuple[Callable[[], list[tuple[str, np.ndarray]]], list[tuple[in
 trace's order; the shapes played)."""
 
 
-def orders(count: int, wanted: int, seed: int = 0) -> Iterator[tuple[int, ...]]:
-    """``wanted`` distinct orders of ``count`` workloads: the listed one first, then seeded random
-    ones; every order, the listed one first, where there are no more than ``wanted``."""
-    if count < 1 or wanted < 1:
-        raise ValueError(f"need at least one workload and one order, got {count} and {wanted}")
-    listed = tuple(range(count))
-    if math.factorial(count) <= wanted:
-        yield listed
-        yield from (p for p in itertools.permutations(listed) if p != listed)
-        return
-    rng = np.random.default_rng(seed)
-    seen = {listed}
-    yield listed
-    while len(seen) < wanted:
-        order = tuple(int(i) for i in rng.permutation(count))
-        if order not in seen:
-            seen.add(order)
-            yield order
-
-
 def run_cell(name: str, wanted: int, policies: list[str], episodes: int | None) -> list[dict]:
     """Print one markdown row per shape of cell ``name``; return each shape's ``{"shape": (ranks,
     slots), "orders": count, "scores": {policy: [orders, 3] array}}``, a row per order of
@@ -108,7 +86,7 @@ def run_cell(name: str, wanted: int, policies: list[str], episodes: int | None) 
     for ranks, slots in shapes:
         topo = Topology(ranks, slots)
         scores = {p: [] for p in policies}
-        played = list(orders(len(workloads), wanted))
+        played = list(sim.orders(len(workloads), wanted))
         for order in played:
             workload = sim.Workload.concat([workloads[i] for i in order])
             # One aggregate a step, as ``eplb-rt simulate`` replays aggregates.

@@ -183,7 +183,16 @@ def check_plot(path: str | None) -> None:
 
 def check_simulate(args: argparse.Namespace) -> None:
     """``simulate``'s output paths, counts and ``--policies``, before any file is read."""
-    check_at_least(("--interval", args.interval, 1), ("--episodes", args.episodes, 1))
+    check_at_least(
+        ("--interval", args.interval, 1),
+        ("--episodes", args.episodes, 1),
+        ("--orders", args.orders, 1),
+    )
+    if args.orders > 1 and len(args.load) < 2:
+        raise ValueError(
+            f"--orders {args.orders} replays the --load files in several orders: give two or "
+            "more files, got one"
+        )
     check_plot(args.plot)
     check_output(args.json, "--json")
     check_output(args.save_placements, "--save-placements", directory=True)

@@ -9,7 +9,9 @@ INTERVAL steps, through the runtime's planning pipeline (the same gate, in secon
 --expert-bytes, --bandwidth and --token-us; a placement is expected to serve as many steps as the
 window, EPISODES x INTERVAL or 255, even where fewer steps exist yet, or as long as the load holds
 where the steps read show it holding, as in the runtime).
-The row "none (no EPLB)" keeps the starting placement.
+The row "none (no EPLB)" keeps the starting placement. With --orders N the files are also
+replayed in N orders (the given one first), and a second table gives each policy's means over
+the orders with their standard errors.
 """
 
 from __future__ import annotations
@@ -66,6 +68,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "from its heat ring, the last EplbConfig().history - 1 = 255 steps, every step before "
         "where fewer)",
     )
+    p.add_argument(
+        "--orders",
+        type=int,
+        default=1,
+        metavar="N",
+        help="replay the --load files in N orders, the given one first, then seeded random "
+        "ones (every order, where there are no more), and add a table of the means over the "
+        "orders with their standard errors: one order of a few distinct workloads is one draw "
+        "(default: 1, the given order only)",
+    )
     add_cost_arguments(p)
     p.add_argument(
         "--option",
@@ -90,7 +102,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     _args.check_simulate(args)
     loads = [formats.read_load(path) for path in args.load]
-    workload = sim.Workload.concat(list(zip(_labels(args.load), loads, strict=True)))
+    labels = _labels(args.load)
+    workload = sim.Workload.concat(list(zip(labels, loads, strict=True)))
     _args.nonzero(workload.load, args.load)
     names = _args.simulated_policies(args)
     interval = args.interval
@@ -115,6 +128,13 @@ def run(args: argparse.Namespace) -> int:
     from eplb_rt.sim import report
 
     doc = report.to_document(result)
+    if args.orders > 1:
+        played = list(sim.orders(len(loads), args.orders))
+        docs = [doc]
+        for order in played[1:]:
+            again = sim.Workload.concat([(labels[i], loads[i]) for i in order])
+            docs.append(report.to_document(_run_with_progress(again, spec)))
+        doc["orders"] = report.over_orders(docs, [[labels[i] for i in order] for order in played])
     if args.save_placements:
         doc["saved"] = _save_placements(result, args.save_placements)
     # The files first: a reader of stdout that leaves (`| head`) must not cost them.

@@ -49,6 +49,63 @@ def to_document(result: SimulationResult) -> dict:
     return finite_json(doc)
 
 
+def over_orders(docs: list[dict], played: list[list[str]]) -> dict:
+    """One replay played in several orders of its workloads, summed up: ``docs`` are the orders'
+    :func:`to_document`, the given order first; ``played`` their workloads' labels in order.
+
+    Per policy, over the orders: the mean and standard error of its throughput against no EPLB
+    and of its PAR, its moves per cycle, and its throughput less the first policy's (the first
+    that re-plans), paired over the same orders; and those figures of every order
+    (``per_order``). ``None`` where a figure is missing (a policy with no scored window)."""
+    names = list(docs[0]["policies"])
+    first = next((n for n in names if n != NO_REBALANCE), None)
+
+    def figures(name: str, key: str) -> list:
+        return [doc["policies"][name]["summary"][key] for doc in docs]
+
+    policies = {}
+    for name in names:
+        throughput, par = figures(name, "throughput_vs_none"), figures(name, "par_mean")
+        entry = {
+            "throughput_vs_none": _mean(throughput),
+            "throughput_vs_none_se": _standard_error(throughput),
+            "par_mean": _mean(par),
+            "par_mean_se": _standard_error(par),
+            "moves_per_cycle": _mean(figures(name, "moves_per_cycle")),
+            "per_order": {
+                "throughput_vs_none": throughput,
+                "par_mean": par,
+                "moves_per_cycle": figures(name, "moves_per_cycle"),
+            },
+        }
+        if first is not None and name != first:
+            paired = [
+                None if a is None or b is None else a - b
+                for a, b in zip(throughput, figures(first, "throughput_vs_none"), strict=True)
+            ]
+            entry["throughput_less_first"] = _mean(paired)
+            entry["throughput_less_first_se"] = _standard_error(paired)
+        policies[name] = entry
+    return finite_json({"orders": played, "first": first, "policies": policies})
+
+
+def _mean(values: list) -> float | None:
+    """The mean of ``values``, ``None`` where any is missing."""
+    if any(v is None for v in values):
+        return None
+    return math.fsum(values) / len(values)
+
+
+def _standard_error(values: list) -> float | None:
+    """The standard error of the mean of ``values``; ``None`` where any is missing or there are
+    fewer than two."""
+    if len(values) < 2 or any(v is None for v in values):
+        return None
+    mean = math.fsum(values) / len(values)
+    variance = math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return math.sqrt(variance / len(values))
+
+
 def finite_json(value):
     """``value`` (nested dicts, lists and tuples of plain values) with every float that is NaN or
     infinite replaced by ``None``: JSON has no such numbers, and ``json.dump`` would write
@@ -111,7 +168,49 @@ def markdown(doc: dict) -> str:
             f"{_num(s['plan_ms_mean'], 1)} / {_num(s['plan_ms_max'], 1)} | "
             f"{_num(s.get('par_in_sample_mean'), 3)} | {_num(s['throughput_vs_none'], 3)} |"
         )
+    if "orders" in doc:
+        lines += ["", *_orders_table(doc["orders"])]
     return "\n".join(lines)
+
+
+def _orders_table(orders: dict) -> list[str]:
+    """The lines of :func:`markdown`'s table over the orders (from :func:`over_orders`)."""
+    first = orders["first"]
+    lines = [
+        f"Over {counted(len(orders['orders']), 'order')} of the workloads (the table above: the "
+        "order given; then seeded random orders, or every order where there are no more): the "
+        "mean over the orders ± its standard error"
+        + (f"; the last column pairs each policy's throughput with {first}'s" if first else "")
+        + ".",
+        "",
+        "| policy | PAR mean | moves / cycle | throughput vs no EPLB |"
+        + (f" throughput less {first}'s |" if first else ""),
+        "|---|---:|---:|---:|" + ("---:|" if first else ""),
+    ]
+    for name, entry in orders["policies"].items():
+        label = f"{name} (no EPLB)" if name == NO_REBALANCE else name
+        row = (
+            f"| {label} | {_with_se(entry['par_mean'], entry['par_mean_se'], 3)} | "
+            f"{_num(entry['moves_per_cycle'], 1)} | "
+            f"{_with_se(entry['throughput_vs_none'], entry['throughput_vs_none_se'], 3)} |"
+        )
+        if first:
+            paired = "-"
+            if "throughput_less_first" in entry:
+                paired = _with_se(
+                    entry["throughput_less_first"], entry["throughput_less_first_se"], 4, sign=True
+                )
+            row += f" {paired} |"
+        lines.append(row)
+    return lines
+
+
+def _with_se(value: float | None, se: float | None, digits: int, sign: bool = False) -> str:
+    """``value ± se``; ``-`` where there is no value."""
+    if value is None or math.isnan(value):
+        return "-"
+    text = f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+    return text if se is None else f"{text} ± {se:.{digits}f}"
 
 
 def _num(value: float | None, digits: int, scale: float = 1.0) -> str:

@@ -23,8 +23,10 @@ against the no-EPLB placement they give the throughput relative to serving witho
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -267,6 +269,31 @@ def simulate(
             if on_cycle is not None:
                 on_cycle(name, cycle)
     return result
+
+
+def orders(count: int, wanted: int, seed: int = 0) -> Iterator[tuple[int, ...]]:
+    """``wanted`` distinct orders of ``count`` workloads played one after another: the given one
+    first, then seeded random ones; every order, the given one first, where there are no more
+    than ``wanted``.
+
+    One order of a few distinct workloads is one draw of an out-of-sample test (an expert hot in
+    the second workload and the fifth weighs differently in another order), so policies are
+    compared over several."""
+    if count < 1 or wanted < 1:
+        raise ValueError(f"need at least one workload and one order, got {count} and {wanted}")
+    given = tuple(range(count))
+    if math.factorial(count) <= wanted:
+        yield given
+        yield from (order for order in itertools.permutations(given) if order != given)
+        return
+    rng = np.random.default_rng(seed)
+    seen = {given}
+    yield given
+    while len(seen) < wanted:
+        order = tuple(int(i) for i in rng.permutation(count))
+        if order not in seen:
+            seen.add(order)
+            yield order
 
 
 _PAR_SUMMARY = (

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -11,28 +10,6 @@ import pytest
 from benchmarks import common, trace_switches
 from eplb_rt import Topology, cli
 from eplb_rt.sim import simulate as sim
-
-
-def test_the_listed_order_comes_first_then_distinct_seeded_ones():
-    first = list(trace_switches.orders(6, 10))
-    assert first[0] == tuple(range(6))
-    assert len(set(first)) == 10
-    assert all(sorted(order) == list(range(6)) for order in first)
-    assert list(trace_switches.orders(6, 10)) == first  # seeded
-    assert list(trace_switches.orders(6, 10, seed=1))[1:] != first[1:]
-
-
-@pytest.mark.parametrize(("count", "wanted"), [(0, 5), (3, 0)])
-def test_no_workload_or_no_order_is_refused(count, wanted):
-    with pytest.raises(ValueError, match="at least one workload and one order"):
-        next(trace_switches.orders(count, wanted))
-
-
-@pytest.mark.parametrize(("count", "wanted"), [(3, 6), (3, 40), (4, 24), (1, 5)])
-def test_every_order_is_played_where_there_are_no_more_than_asked(count, wanted):
-    played = list(trace_switches.orders(count, wanted))
-    assert played[0] == tuple(range(count))
-    assert len(played) == len(set(played)) == math.factorial(count)
 
 
 def test_the_cells_hold_one_model_each_and_distinct_aggregates():

@@ -600,3 +600,86 @@ def test_the_files_asked_for_are_written_when_stdouts_reader_has_left(tmp_path):
         err = child.stderr.read().decode()
     assert child.wait() == cli.SIGPIPE_STATUS and err == "", err
     assert json.loads(report.read_text())["policies"].keys() >= {"swift"}
+
+
+def _without_times(value):
+    """``value`` (a JSON document's part) without its wall times (``plan_ms...`` keys)."""
+    if isinstance(value, dict):
+        return {k: _without_times(v) for k, v in value.items() if not k.startswith("plan_ms")}
+    if isinstance(value, list):
+        return [_without_times(v) for v in value]
+    return value
+
+
+@pytest.fixture
+def three_tasks(tmp_path):
+    """Three aggregates ``[L, E]`` of one model: shared hot experts, each task's own on top."""
+    rng = np.random.default_rng(5)
+    base = rng.pareto(1.2, size=(2, 12)) * 1e7 + 1e5
+    paths = []
+    for k in range(3):
+        paths.append(tmp_path / f"task{k}.npy")
+        np.save(paths[-1], base * rng.lognormal(0, 0.5, base.shape))
+    return paths
+
+
+def test_orders_replay_the_files_in_each_order_and_sum_them_up(tmp_path, capsys, three_tasks):
+    flags = "--ranks 3 --slots-per-rank 5 --policies equilibrium,random"
+    given = tmp_path / "given.json"
+    code, _, _ = _simulate(capsys, three_tasks, flags, "--json", given)
+    assert code == 0
+    out_json = tmp_path / "orders.json"
+    code, out, _ = _simulate(capsys, three_tasks, flags + " --orders 4", "--json", out_json)
+    assert code == 0
+    doc, alone = json.loads(out_json.read_text()), json.loads(given.read_text())
+    # the main table: the order given (its numbers but the wall times)
+    assert _without_times(doc["policies"]) == _without_times(alone["policies"])
+    orders = doc["orders"]
+    assert orders["orders"][0] == ["task0", "task1", "task2"]
+    assert len({tuple(o) for o in orders["orders"]}) == 4
+    assert all(sorted(o) == ["task0", "task1", "task2"] for o in orders["orders"])
+    assert orders["first"] == "equilibrium"
+    for name in ("none", "equilibrium", "random"):
+        entry = orders["policies"][name]
+        each = entry["per_order"]["throughput_vs_none"]
+        assert each[0] == alone["policies"][name]["summary"]["throughput_vs_none"]
+        assert entry["throughput_vs_none"] == pytest.approx(np.mean(each))
+        assert entry["throughput_vs_none_se"] == pytest.approx(np.std(each, ddof=1) / 2)
+        assert entry["par_mean"] == pytest.approx(np.mean(entry["per_order"]["par_mean"]))
+    # Each order is its own replay: the one played second, given in that order, agrees.
+    second = [three_tasks[int(label[-1])] for label in orders["orders"][1]]
+    again = tmp_path / "second.json"
+    assert _simulate(capsys, second, flags, "--json", again)[0] == 0
+    replayed = json.loads(again.read_text())["policies"]["equilibrium"]["summary"]
+    entry = orders["policies"]["equilibrium"]
+    assert entry["per_order"]["throughput_vs_none"][1] == replayed["throughput_vs_none"]
+    paired = np.subtract(
+        orders["policies"]["random"]["per_order"]["throughput_vs_none"],
+        entry["per_order"]["throughput_vs_none"],
+    )
+    assert orders["policies"]["random"]["throughput_less_first"] == pytest.approx(paired.mean())
+    assert "throughput_less_first" not in entry
+    assert "Over 4 orders of the workloads" in out
+    row = next(line for line in out.splitlines() if line.startswith("| random |") and "±" in line)
+    assert row.rstrip(" |").endswith(f"{paired.mean():+.4f} ± {paired.std(ddof=1) / 2:.4f}")
+
+
+def test_orders_past_the_permutations_play_each_once(tmp_path, capsys, three_tasks):
+    out_json = tmp_path / "orders.json"
+    flags = "--ranks 3 --slots-per-rank 5 --policies equilibrium --orders 40"
+    assert _simulate(capsys, three_tasks[:2], flags, "--json", out_json)[0] == 0
+    played = json.loads(out_json.read_text())["orders"]["orders"]
+    assert played == [["task0", "task1"], ["task1", "task0"]]
+
+
+@pytest.mark.parametrize(
+    ("files", "flag", "expected"),
+    [
+        (1, "--orders 2", "give two or more files, got one"),
+        (3, "--orders 0", "--orders must be >= 1"),
+    ],
+)
+def test_bad_orders_are_refused_before_any_replay(capsys, three_tasks, files, flag, expected):
+    flags = f"--ranks 3 --slots-per-rank 5 --policies equilibrium {flag}"
+    code, out, err = _simulate(capsys, three_tasks[:files], flags)
+    assert code != 0 and expected in err and out == ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -325,3 +326,25 @@ def test_a_load_too_short_to_score_says_what_helps():
     spec = dataclasses.replace(spec, interval=4)
     with pytest.raises(ValueError, match=r"one after another, or lower --interval\)$"):
         spec.cycle_starts(4)
+
+
+def test_orders_give_the_given_one_first_then_distinct_seeded_ones():
+    first = list(sim.orders(6, 10))
+    assert first[0] == tuple(range(6))
+    assert len(set(first)) == 10
+    assert all(sorted(order) == list(range(6)) for order in first)
+    assert list(sim.orders(6, 10)) == first  # seeded
+    assert list(sim.orders(6, 10, seed=1))[1:] != first[1:]
+
+
+@pytest.mark.parametrize(("count", "wanted"), [(0, 5), (3, 0)])
+def test_no_workload_or_no_order_is_refused(count, wanted):
+    with pytest.raises(ValueError, match="at least one workload and one order"):
+        next(sim.orders(count, wanted))
+
+
+@pytest.mark.parametrize(("count", "wanted"), [(3, 6), (3, 40), (4, 24), (1, 5)])
+def test_every_order_is_played_where_there_are_no_more_than_asked(count, wanted):
+    played = list(sim.orders(count, wanted))
+    assert played[0] == tuple(range(count))
+    assert len(played) == len(set(played)) == math.factorial(count)
