@@ -6,9 +6,8 @@ from __future__ import annotations
 import argparse
 import math
 
-import numpy as np
-
 from eplb_rt import Topology
+from eplb_rt.sim import report
 from eplb_rt.sim import simulate as sim
 
 
@@ -41,10 +40,10 @@ def replay(
 
 
 def mean_se(values) -> tuple[float, float]:
-    """The mean of ``values`` and its standard error (NaN for fewer than two values)."""
-    values = np.asarray(values, dtype=np.float64)
-    se = values.std(ddof=1) / np.sqrt(values.size) if values.size > 1 else float("nan")
-    return float(values.mean()), float(se)
+    """The mean of ``values`` and its standard error, as the simulator's reports take them (NaN
+    for fewer than two values)."""
+    mean, se = report.mean_se([float(v) for v in values])
+    return mean, math.nan if se is None else se
 
 
 def at_least(low: int):

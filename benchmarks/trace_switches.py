@@ -86,7 +86,7 @@ def run_cell(name: str, wanted: int, policies: list[str], episodes: int | None) 
     for ranks, slots in shapes:
         topo = Topology(ranks, slots)
         scores = {p: [] for p in policies}
-        played = list(sim.orders(len(workloads), wanted))
+        played = list(sim.orders(range(len(workloads)), wanted))
         for order in played:
             workload = sim.Workload.concat([workloads[i] for i in order])
             # One aggregate a step, as ``eplb-rt simulate`` replays aggregates.

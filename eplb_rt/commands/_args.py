@@ -188,10 +188,11 @@ def check_simulate(args: argparse.Namespace) -> None:
         ("--episodes", args.episodes, 1),
         ("--orders", args.orders, 1),
     )
-    if args.orders > 1 and len(args.load) < 2:
+    distinct = len({os.path.realpath(path) for path in args.load})
+    if args.orders > 1 and distinct < 2:
         raise ValueError(
             f"--orders {args.orders} replays the --load files in several orders: give two or "
-            "more files, got one"
+            f"more different files, got {len(args.load)} naming {distinct}"
         )
     check_plot(args.plot)
     check_output(args.json, "--json")

@@ -11,7 +11,8 @@ window, EPISODES x INTERVAL or 255, even where fewer steps exist yet, or as long
 where the steps read show it holding, as in the runtime).
 The row "none (no EPLB)" keeps the starting placement. With --orders N the files are also
 replayed in N orders (the given one first), and a second table gives each policy's means over
-the orders with their standard errors.
+the orders with their standard errors, and the first policy's throughput less each other's,
+paired over the same orders.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from eplb_rt import algorithms, envs, formats
 from eplb_rt.commands import _args
 from eplb_rt.commands._args import add_command, add_load_argument, add_topology_arguments
 from eplb_rt.commands.plan import add_cost_arguments, cost_from_args
+from eplb_rt.config import EplbConfig
 from eplb_rt.sim import simulate as sim
 
 
@@ -73,10 +75,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=1,
         metavar="N",
-        help="replay the --load files in N orders, the given one first, then seeded random "
-        "ones (every order, where there are no more), and add a table of the means over the "
-        "orders with their standard errors: one order of a few distinct workloads is one draw "
-        "(default: 1, the given order only)",
+        help="replay the --load files in N orders (N times the time): the given one first, "
+        "then seeded random ones, or every distinct order when N is at least their number; a "
+        "second table gives each policy's means over the orders with their standard errors, "
+        "and the first policy's throughput less each other's, order by order (the first: the "
+        "default policy where --policies is not given, else the first listed). One order of a "
+        "few distinct workloads is one draw (default: 1, the given order only)",
     )
     add_cost_arguments(p)
     p.add_argument(
@@ -129,12 +133,16 @@ def run(args: argparse.Namespace) -> int:
 
     doc = report.to_document(result)
     if args.orders > 1:
-        played = list(sim.orders(len(loads), args.orders))
+        keys = [os.path.realpath(path) for path in args.load]  # a file given twice is one workload
+        played = list(sim.orders(keys, args.orders))
         docs = [doc]
-        for order in played[1:]:
+        for k, order in enumerate(played[1:], start=2):
             again = sim.Workload.concat([(labels[i], loads[i]) for i in order])
-            docs.append(report.to_document(_run_with_progress(again, spec)))
-        doc["orders"] = report.over_orders(docs, [[labels[i] for i in order] for order in played])
+            docs.append(
+                report.to_document(_run_with_progress(again, spec, f"order {k}/{len(played)}"))
+            )
+        labelled = [[labels[i] for i in order] for order in played]
+        doc["orders"] = report.over_orders(docs, labelled, _paired_with(args, planned))
     if args.save_placements:
         doc["saved"] = _save_placements(result, args.save_placements)
     # The files first: a reader of stdout that leaves (`| head`) must not cost them.
@@ -185,13 +193,25 @@ def parse_policy_options(items: list[str]) -> dict:
     return options
 
 
-def _run_with_progress(workload: sim.Workload, spec: sim.SimulationSpec) -> sim.SimulationResult:
+def _paired_with(args: argparse.Namespace, planned: list[str]) -> str | None:
+    """The policy ``--orders``' table pairs the others with: the default policy where
+    ``--policies`` is not given, else the first listed that re-plans; ``None`` where fewer than
+    two policies re-plan."""
+    if len(planned) < 2:
+        return None
+    default = EplbConfig().policy
+    return default if args.policies is None and default in planned else planned[0]
+
+
+def _run_with_progress(
+    workload: sim.Workload, spec: sim.SimulationSpec, desc: str = "simulate"
+) -> sim.SimulationResult:
     from tqdm import tqdm
 
     total = len(spec.policies) * len(spec.cycle_starts(workload.num_steps))
     # disable=None: a bar on a terminal only, so logs and pipes stay clean.
     with tqdm(
-        total=total, desc="simulate", unit="plan", file=sys.stderr, disable=None, leave=False
+        total=total, desc=desc, unit="plan", file=sys.stderr, disable=None, leave=False
     ) as bar:
 
         def advance(name: str, _cycle: sim.Cycle) -> None:

@@ -49,61 +49,51 @@ def to_document(result: SimulationResult) -> dict:
     return finite_json(doc)
 
 
-def over_orders(docs: list[dict], played: list[list[str]]) -> dict:
+def over_orders(docs: list[dict], played: list[list[str]], first: str | None) -> dict:
     """One replay played in several orders of its workloads, summed up: ``docs`` are the orders'
-    :func:`to_document`, the given order first; ``played`` their workloads' labels in order.
+    :func:`to_document`, the given order first; ``played`` their workloads' labels in order;
+    ``first`` the policy the others are paired with (``None``: no pairs).
 
-    Per policy, over the orders: the mean and standard error of its throughput against no EPLB
-    and of its PAR, its moves per cycle, and its throughput less the first policy's (the first
-    that re-plans), paired over the same orders; and those figures of every order
-    (``per_order``). ``None`` where a figure is missing (a policy with no scored window)."""
-    names = list(docs[0]["policies"])
-    first = next((n for n in names if n != NO_REBALANCE), None)
+    Per policy, over the orders: the mean and standard error of its throughput against no EPLB,
+    its PAR and its moves per cycle; for the others than ``first``, ``first``'s throughput less
+    theirs, paired over the same orders; and those figures of every order (``per_order``).
+    ``None`` where a figure is missing (a policy with no scored window)."""
 
     def figures(name: str, key: str) -> list:
         return [doc["policies"][name]["summary"][key] for doc in docs]
 
     policies = {}
-    for name in names:
-        throughput, par = figures(name, "throughput_vs_none"), figures(name, "par_mean")
-        entry = {
-            "throughput_vs_none": _mean(throughput),
-            "throughput_vs_none_se": _standard_error(throughput),
-            "par_mean": _mean(par),
-            "par_mean_se": _standard_error(par),
-            "moves_per_cycle": _mean(figures(name, "moves_per_cycle")),
-            "per_order": {
-                "throughput_vs_none": throughput,
-                "par_mean": par,
-                "moves_per_cycle": figures(name, "moves_per_cycle"),
-            },
-        }
+    for name in docs[0]["policies"]:
+        entry, each = {}, {}
+        for key in ("throughput_vs_none", "par_mean", "moves_per_cycle"):
+            each[key] = figures(name, key)
+            entry[key], entry[f"{key}_se"] = mean_se(each[key])
         if first is not None and name != first:
-            paired = [
+            ahead = figures(first, "throughput_vs_none")
+            gaps = [
                 None if a is None or b is None else a - b
-                for a, b in zip(throughput, figures(first, "throughput_vs_none"), strict=True)
+                for a, b in zip(ahead, each["throughput_vs_none"], strict=True)
             ]
-            entry["throughput_less_first"] = _mean(paired)
-            entry["throughput_less_first_se"] = _standard_error(paired)
+            gap, gap_se = mean_se(gaps)
+            entry["first_throughput_less_this"], entry["first_throughput_less_this_se"] = (
+                gap,
+                gap_se,
+            )
+        entry["per_order"] = each
         policies[name] = entry
-    return finite_json({"orders": played, "first": first, "policies": policies})
+    return finite_json({"played": played, "first": first, "policies": policies})
 
 
-def _mean(values: list) -> float | None:
-    """The mean of ``values``, ``None`` where any is missing."""
-    if any(v is None for v in values):
-        return None
-    return math.fsum(values) / len(values)
-
-
-def _standard_error(values: list) -> float | None:
-    """The standard error of the mean of ``values``; ``None`` where any is missing or there are
-    fewer than two."""
-    if len(values) < 2 or any(v is None for v in values):
-        return None
+def mean_se(values: list) -> tuple[float | None, float | None]:
+    """The mean of ``values`` and its standard error, ``None`` where any value is missing (and
+    the error where there are fewer than two)."""
+    if not values or any(v is None for v in values):
+        return None, None
     mean = math.fsum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
     variance = math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)
-    return math.sqrt(variance / len(values))
+    return mean, math.sqrt(variance / len(values))
 
 
 def finite_json(value):
@@ -176,31 +166,35 @@ def markdown(doc: dict) -> str:
 def _orders_table(orders: dict) -> list[str]:
     """The lines of :func:`markdown`'s table over the orders (from :func:`over_orders`)."""
     first = orders["first"]
+    paired = f"; the last column: {first}'s throughput less each policy's, order by order"
     lines = [
-        f"Over {counted(len(orders['orders']), 'order')} of the workloads (the table above: the "
-        "order given; then seeded random orders, or every order where there are no more): the "
-        "mean over the orders ± its standard error"
-        + (f"; the last column pairs each policy's throughput with {first}'s" if first else "")
+        f"Over {counted(len(orders['played']), 'order')} of the workloads (the table above: the "
+        "order given; then seeded random orders, or every distinct order where there are no more "
+        "than asked): the mean over the orders ± its standard error"
+        + (paired if first else "")
         + ".",
         "",
         "| policy | PAR mean | moves / cycle | throughput vs no EPLB |"
-        + (f" throughput less {first}'s |" if first else ""),
+        + (f" {first}'s throughput less this |" if first else ""),
         "|---|---:|---:|---:|" + ("---:|" if first else ""),
     ]
     for name, entry in orders["policies"].items():
         label = f"{name} (no EPLB)" if name == NO_REBALANCE else name
         row = (
             f"| {label} | {_with_se(entry['par_mean'], entry['par_mean_se'], 3)} | "
-            f"{_num(entry['moves_per_cycle'], 1)} | "
+            f"{_with_se(entry['moves_per_cycle'], entry['moves_per_cycle_se'], 1)} | "
             f"{_with_se(entry['throughput_vs_none'], entry['throughput_vs_none_se'], 3)} |"
         )
         if first:
-            paired = "-"
-            if "throughput_less_first" in entry:
-                paired = _with_se(
-                    entry["throughput_less_first"], entry["throughput_less_first_se"], 4, sign=True
+            gap = "-"
+            if "first_throughput_less_this" in entry:
+                gap = _with_se(
+                    entry["first_throughput_less_this"],
+                    entry["first_throughput_less_this_se"],
+                    4,
+                    sign=True,
                 )
-            row += f" {paired} |"
+            row += f" {gap} |"
         lines.append(row)
     return lines
 

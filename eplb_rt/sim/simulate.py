@@ -23,10 +23,9 @@ against the no-EPLB placement they give the throughput relative to serving witho
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 
 import numpy as np
 
@@ -271,29 +270,60 @@ def simulate(
     return result
 
 
-def orders(count: int, wanted: int, seed: int = 0) -> Iterator[tuple[int, ...]]:
-    """``wanted`` distinct orders of ``count`` workloads played one after another: the given one
-    first, then seeded random ones; every order, the given one first, where there are no more
-    than ``wanted``.
+def orders(keys: Sequence[Hashable], wanted: int, seed: int = 0) -> Iterator[tuple[int, ...]]:
+    """``wanted`` distinct orders in which to play workloads one after another, as tuples of
+    positions in ``keys`` (each workload's key: workloads with equal keys are the same, so two
+    orders that differ only by swapping them are one): the given order first, then seeded random
+    ones; every distinct order, the given one first, where there are no more than ``wanted``.
+    Equal workloads are taken in the order of their positions.
 
     One order of a few distinct workloads is one draw of an out-of-sample test (an expert hot in
     the second workload and the fifth weighs differently in another order), so policies are
     compared over several."""
+    count = len(keys)
     if count < 1 or wanted < 1:
         raise ValueError(f"need at least one workload and one order, got {count} and {wanted}")
+    positions: dict[Hashable, list[int]] = {}
+    for i, key in enumerate(keys):
+        positions.setdefault(key, []).append(i)
+    arrangements = math.factorial(count)
+    for same in positions.values():
+        arrangements //= math.factorial(len(same))
+
+    def placed(played: Sequence[Hashable]) -> tuple[int, ...]:
+        # Equal workloads by position: the n-th one played is the n-th one given.
+        taken = {key: iter(where) for key, where in positions.items()}
+        return tuple(next(taken[key]) for key in played)
+
     given = tuple(range(count))
-    if math.factorial(count) <= wanted:
-        yield given
-        yield from (order for order in itertools.permutations(given) if order != given)
-        return
-    rng = np.random.default_rng(seed)
     seen = {given}
     yield given
+    if arrangements <= wanted:
+        for played in _arrangements({key: len(where) for key, where in positions.items()}, ()):
+            order = placed(played)
+            if order not in seen:
+                seen.add(order)
+                yield order
+        return
+    rng = np.random.default_rng(seed)
     while len(seen) < wanted:
-        order = tuple(int(i) for i in rng.permutation(count))
+        order = placed([keys[i] for i in rng.permutation(count)])
         if order not in seen:
             seen.add(order)
             yield order
+
+
+def _arrangements(left: dict, played: tuple) -> Iterator[tuple]:
+    """Every distinct sequence of the keys ``left`` (key: how many times it is still to be
+    played) after ``played``: one per arrangement of a multiset, however many keys repeat."""
+    if not any(left.values()):
+        yield played
+        return
+    for key, times in left.items():
+        if times:
+            left[key] -= 1
+            yield from _arrangements(left, (*played, key))
+            left[key] += 1
 
 
 _PAR_SUMMARY = (

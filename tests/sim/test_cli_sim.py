@@ -9,8 +9,10 @@ import pytest
 
 from benchmarks import traces
 from eplb_rt import cli, formats
+from eplb_rt.config import EplbConfig
 from eplb_rt.data import ESFT_DIR
 from eplb_rt.placement import Placement
+from eplb_rt.sim import report
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -624,7 +626,7 @@ def three_tasks(tmp_path):
 
 
 def test_orders_replay_the_files_in_each_order_and_sum_them_up(tmp_path, capsys, three_tasks):
-    flags = "--ranks 3 --slots-per-rank 5 --policies equilibrium,random"
+    flags = "--ranks 3 --slots-per-rank 5 --policies random,equilibrium"
     given = tmp_path / "given.json"
     code, _, _ = _simulate(capsys, three_tasks, flags, "--json", given)
     assert code == 0
@@ -635,51 +637,107 @@ def test_orders_replay_the_files_in_each_order_and_sum_them_up(tmp_path, capsys,
     # the main table: the order given (its numbers but the wall times)
     assert _without_times(doc["policies"]) == _without_times(alone["policies"])
     orders = doc["orders"]
-    assert orders["orders"][0] == ["task0", "task1", "task2"]
-    assert len({tuple(o) for o in orders["orders"]}) == 4
-    assert all(sorted(o) == ["task0", "task1", "task2"] for o in orders["orders"])
-    assert orders["first"] == "equilibrium"
+    assert orders["played"][0] == ["task0", "task1", "task2"]
+    assert len({tuple(o) for o in orders["played"]}) == 4
+    assert all(sorted(o) == ["task0", "task1", "task2"] for o in orders["played"])
+    assert orders["first"] == "random"  # the first listed that re-plans
+    rows = {line.split(" | ")[0][2:]: line for line in out.splitlines() if "±" in line}
     for name in ("none", "equilibrium", "random"):
         entry = orders["policies"][name]
-        each = entry["per_order"]["throughput_vs_none"]
-        assert each[0] == alone["policies"][name]["summary"]["throughput_vs_none"]
-        assert entry["throughput_vs_none"] == pytest.approx(np.mean(each))
-        assert entry["throughput_vs_none_se"] == pytest.approx(np.std(each, ddof=1) / 2)
-        assert entry["par_mean"] == pytest.approx(np.mean(entry["per_order"]["par_mean"]))
+        for key, digits in (("throughput_vs_none", 3), ("par_mean", 3), ("moves_per_cycle", 1)):
+            each = entry["per_order"][key]
+            assert each[0] == alone["policies"][name]["summary"][key]
+            assert entry[key] == pytest.approx(np.mean(each))
+            assert entry[f"{key}_se"] == pytest.approx(np.std(each, ddof=1) / 2)
+            shown = f"{np.mean(each):.{digits}f} ± {np.std(each, ddof=1) / 2:.{digits}f}"
+            assert shown in rows[name if name != "none" else "none (no EPLB)"], (name, key)
     # Each order is its own replay: the one played second, given in that order, agrees.
-    second = [three_tasks[int(label[-1])] for label in orders["orders"][1]]
+    second = [three_tasks[int(label[-1])] for label in orders["played"][1]]
     again = tmp_path / "second.json"
     assert _simulate(capsys, second, flags, "--json", again)[0] == 0
     replayed = json.loads(again.read_text())["policies"]["equilibrium"]["summary"]
     entry = orders["policies"]["equilibrium"]
     assert entry["per_order"]["throughput_vs_none"][1] == replayed["throughput_vs_none"]
-    paired = np.subtract(
+    gaps = np.subtract(
         orders["policies"]["random"]["per_order"]["throughput_vs_none"],
         entry["per_order"]["throughput_vs_none"],
-    )
-    assert orders["policies"]["random"]["throughput_less_first"] == pytest.approx(paired.mean())
-    assert "throughput_less_first" not in entry
+    )  # random's throughput less equilibrium's, order by order
+    assert entry["first_throughput_less_this"] == pytest.approx(gaps.mean())
+    assert entry["first_throughput_less_this_se"] == pytest.approx(gaps.std(ddof=1) / 2)
+    assert "first_throughput_less_this" not in orders["policies"]["random"]
     assert "Over 4 orders of the workloads" in out
-    row = next(line for line in out.splitlines() if line.startswith("| random |") and "±" in line)
-    assert row.rstrip(" |").endswith(f"{paired.mean():+.4f} ± {paired.std(ddof=1) / 2:.4f}")
+    assert "random's throughput less this" in out
+    assert (
+        rows["equilibrium"]
+        .rstrip(" |")
+        .endswith(f"{gaps.mean():+.4f} ± {gaps.std(ddof=1) / 2:.4f}")
+    )
+    assert rows["random"].rstrip(" |").endswith("| -")
+
+
+def test_orders_pair_with_the_default_policy_where_none_are_named(tmp_path, capsys, three_tasks):
+    out_json = tmp_path / "orders.json"
+    flags = "--ranks 3 --slots-per-rank 5 --orders 2"
+    assert _simulate(capsys, three_tasks, flags, "--json", out_json)[0] == 0
+    assert json.loads(out_json.read_text())["orders"]["first"] == EplbConfig().policy
+
+
+@pytest.mark.parametrize("policies", ["equilibrium", "none"])
+def test_orders_of_one_policy_that_replans_pair_nothing(tmp_path, capsys, three_tasks, policies):
+    out_json = tmp_path / "orders.json"
+    flags = f"--ranks 3 --slots-per-rank 5 --policies {policies} --orders 2"
+    code, out, _ = _simulate(capsys, three_tasks, flags, "--json", out_json)
+    assert code == 0
+    orders = json.loads(out_json.read_text())["orders"]
+    assert orders["first"] is None
+    assert all("first_throughput_less_this" not in e for e in orders["policies"].values())
+    assert "Over 2 orders" in out and "less this" not in out
 
 
 def test_orders_past_the_permutations_play_each_once(tmp_path, capsys, three_tasks):
     out_json = tmp_path / "orders.json"
     flags = "--ranks 3 --slots-per-rank 5 --policies equilibrium --orders 40"
     assert _simulate(capsys, three_tasks[:2], flags, "--json", out_json)[0] == 0
-    played = json.loads(out_json.read_text())["orders"]["orders"]
+    played = json.loads(out_json.read_text())["orders"]["played"]
     assert played == [["task0", "task1"], ["task1", "task0"]]
+
+
+def test_orders_of_a_file_given_twice_are_distinct_sequences(tmp_path, capsys, three_tasks):
+    out_json = tmp_path / "orders.json"
+    flags = "--ranks 3 --slots-per-rank 5 --policies equilibrium --orders 40"
+    files = [three_tasks[0], three_tasks[0], three_tasks[1]]
+    assert _simulate(capsys, files, flags, "--json", out_json)[0] == 0
+    played = json.loads(out_json.read_text())["orders"]["played"]
+    assert played == [
+        ["task0#1", "task0#2", "task1"],
+        ["task0#1", "task1", "task0#2"],
+        ["task1", "task0#1", "task0#2"],
+    ]
 
 
 @pytest.mark.parametrize(
     ("files", "flag", "expected"),
     [
-        (1, "--orders 2", "give two or more files, got one"),
-        (3, "--orders 0", "--orders must be >= 1"),
+        ([0], "--orders 2", "give two or more different files, got 1 naming 1"),
+        ([0, 0], "--orders 2", "give two or more different files, got 2 naming 1"),
+        ([0, 1, 2], "--orders 0", "--orders must be >= 1"),
     ],
 )
 def test_bad_orders_are_refused_before_any_replay(capsys, three_tasks, files, flag, expected):
     flags = f"--ranks 3 --slots-per-rank 5 --policies equilibrium {flag}"
-    code, out, err = _simulate(capsys, three_tasks[:files], flags)
+    code, out, err = _simulate(capsys, [three_tasks[i] for i in files], flags)
     assert code != 0 and expected in err and out == ""
+
+
+def test_a_figure_missing_in_one_order_leaves_its_mean_missing():
+    def doc(throughput):
+        summary = {"throughput_vs_none": throughput, "par_mean": 1.2, "moves_per_cycle": 3.0}
+        return {"policies": {"a": {"summary": summary}, "b": {"summary": dict(summary)}}}
+
+    summed = report.over_orders([doc(1.1), doc(None)], [["x", "y"], ["y", "x"]], "a")
+    entry = summed["policies"]["b"]
+    assert entry["throughput_vs_none"] is None and entry["throughput_vs_none_se"] is None
+    assert entry["par_mean"] == 1.2 and entry["par_mean_se"] == 0.0
+    assert entry["first_throughput_less_this"] is None
+    assert entry["per_order"]["throughput_vs_none"] == [1.1, None]
+    assert "- |" in "\n".join(report._orders_table(summed))
