@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from benchmarks import traces
 from eplb_rt import cli, formats
+from eplb_rt.commands import simulate as simulate_command
 from eplb_rt.config import EplbConfig
 from eplb_rt.data import ESFT_DIR
 from eplb_rt.placement import Placement
@@ -675,11 +677,15 @@ def test_orders_replay_the_files_in_each_order_and_sum_them_up(tmp_path, capsys,
     assert rows["random"].rstrip(" |").endswith("| -")
 
 
-def test_orders_pair_with_the_default_policy_where_none_are_named(tmp_path, capsys, three_tasks):
-    out_json = tmp_path / "orders.json"
-    flags = "--ranks 3 --slots-per-rank 5 --orders 2"
-    assert _simulate(capsys, three_tasks, flags, "--json", out_json)[0] == 0
-    assert json.loads(out_json.read_text())["orders"]["first"] == EplbConfig().policy
+def test_orders_pair_with_the_default_policy_where_none_are_named():
+    # (Without --policies every registered policy replays, the tests' own among them: the
+    # choice is checked on its own.)
+    default = EplbConfig().policy
+    planned = ["deepseek", default, "flashlb"]
+    named = argparse.Namespace(policies=f"deepseek,{default}")
+    assert simulate_command._paired_with(argparse.Namespace(policies=None), planned) == default
+    assert simulate_command._paired_with(named, planned) == "deepseek"
+    assert simulate_command._paired_with(argparse.Namespace(policies=None), [default]) is None
 
 
 @pytest.mark.parametrize("policies", ["equilibrium", "none"])
