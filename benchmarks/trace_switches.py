@@ -43,12 +43,12 @@ def _gptoss_tasks() -> list[tuple[str, np.ndarray]]:
 
 def _gptoss_phases() -> list[tuple[str, np.ndarray]]:
     """Every subset's thinking, then the answers of those that publish one."""
-    subsets = traces.gptoss_subsets()
+    published = {subset: traces.gptoss_phases(subset) for subset in traces.gptoss_subsets()}
     return [
         (f"{subset} {phase}", traces.gptoss(subset, phase))
         for phase in traces.GPTOSS_PHASES
-        for subset in subsets
-        if phase in traces.gptoss_phases(subset)
+        for subset, phases in published.items()
+        if phase in phases
     ]
 
 
@@ -82,11 +82,11 @@ def run_cell(name: str, wanted: int, policies: list[str], episodes: int | None) 
     :func:`~benchmarks.common.replay`'s (throughput, mean PAR, moved share)."""
     load_fn, shapes = CELLS[name]
     workloads = load_fn()
+    played = list(sim.orders(range(len(workloads)), wanted))
     rows = []
     for ranks, slots in shapes:
         topo = Topology(ranks, slots)
         scores = {p: [] for p in policies}
-        played = list(sim.orders(range(len(workloads)), wanted))
         for order in played:
             workload = sim.Workload.concat([workloads[i] for i in order])
             # One aggregate a step, as ``eplb-rt simulate`` replays aggregates.

@@ -188,7 +188,7 @@ def check_simulate(args: argparse.Namespace) -> None:
         ("--episodes", args.episodes, 1),
         ("--orders", args.orders, 1),
     )
-    distinct = len({os.path.realpath(path) for path in args.load})
+    distinct = len(set(workload_keys(args.load)))
     if args.orders > 1 and distinct < 2:
         raise ValueError(
             f"--orders {args.orders} replays the --load files in several orders: give two or "
@@ -213,6 +213,12 @@ def check_simulate(args: argparse.Namespace) -> None:
             algorithms.get_policy(name)  # raises naming the known ones
     if args.save_placements is not None:
         check_saved_apart(args.save_placements, policies, inputs + outputs)
+
+
+def workload_keys(paths: list[str]) -> list[str]:
+    """Each ``--load`` file's key for ``simulate --orders``: its path, links resolved, so that a
+    file given twice (under any name) is one workload."""
+    return [os.path.realpath(path) for path in paths]
 
 
 def simulated_policies(args: argparse.Namespace) -> list[str]:

@@ -133,8 +133,7 @@ def run(args: argparse.Namespace) -> int:
 
     doc = report.to_document(result)
     if args.orders > 1:
-        keys = [os.path.realpath(path) for path in args.load]  # a file given twice is one workload
-        played = list(sim.orders(keys, args.orders))
+        played = list(sim.orders(_args.workload_keys(args.load), args.orders))
         docs = [doc]
         for k, order in enumerate(played[1:], start=2):
             again = sim.Workload.concat([(labels[i], loads[i]) for i in order])

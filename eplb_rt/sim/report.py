@@ -75,10 +75,8 @@ def over_orders(docs: list[dict], played: list[list[str]], first: str | None) ->
                 for a, b in zip(ahead, each["throughput_vs_none"], strict=True)
             ]
             gap, gap_se = mean_se(gaps)
-            entry["first_throughput_less_this"], entry["first_throughput_less_this_se"] = (
-                gap,
-                gap_se,
-            )
+            entry["first_throughput_less_this"] = gap
+            entry["first_throughput_less_this_se"] = gap_se
         entry["per_order"] = each
         policies[name] = entry
     return finite_json({"played": played, "first": first, "policies": policies})
