@@ -10,6 +10,7 @@ import pytest
 from benchmarks import common, trace_switches
 from eplb_rt import Topology, cli
 from eplb_rt.sim import simulate as sim
+from tests.workloads import task_aggregates
 
 
 def test_the_cells_hold_one_model_each_and_distinct_aggregates():
@@ -29,11 +30,7 @@ def test_the_cells_hold_one_model_each_and_distinct_aggregates():
 
 def _tiny_cells(monkeypatch):
     def workloads():
-        # The same popular experts in every task, each task's own on top, in counts whose
-        # imbalance outweighs a move at the default prices.
-        rng = np.random.default_rng(0)
-        base = rng.pareto(1.2, size=(2, 12)) * 1e7 + 1e5
-        return [(f"task {k}", (base * rng.lognormal(0, 0.5, base.shape))[None]) for k in range(4)]
+        return [(f"task {k}", load[None]) for k, load in enumerate(task_aggregates(4, seed=0))]
 
     monkeypatch.setattr(trace_switches, "CELLS", {"tiny": (workloads, [(3, 5)])})
 

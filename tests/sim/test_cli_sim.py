@@ -15,6 +15,7 @@ from eplb_rt.config import EplbConfig
 from eplb_rt.data import ESFT_DIR
 from eplb_rt.placement import Placement
 from eplb_rt.sim import report
+from tests.workloads import task_aggregates
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -617,13 +618,12 @@ def _without_times(value):
 
 @pytest.fixture
 def three_tasks(tmp_path):
-    """Three aggregates ``[L, E]`` of one model: shared hot experts, each task's own on top."""
-    rng = np.random.default_rng(5)
-    base = rng.pareto(1.2, size=(2, 12)) * 1e7 + 1e5
+    """Three aggregates ``[L, E]`` of one model (:func:`tests.workloads.task_aggregates`), a
+    file each."""
     paths = []
-    for k in range(3):
+    for k, load in enumerate(task_aggregates(3, seed=5)):
         paths.append(tmp_path / f"task{k}.npy")
-        np.save(paths[-1], base * rng.lognormal(0, 0.5, base.shape))
+        np.save(paths[-1], load)
     return paths
 
 
