@@ -22,6 +22,10 @@ Run: ``PYTHONPATH=. taskset -c 0 python -m pytest benchmarks/bench_policies.py
   64 tokens a rank, top-8, seeded): ``first`` from the starting layout, ``next`` with the first
   plan's placement in force, on the next 256 steps. ``extra_info``: layers committed, slots
   moved.
+* ``test_runtime_plan_threads`` and ``test_plan_threads``: the runtime's first plan at 64x5
+  (8 tokens a rank) and the plan-time goal's plan, their layers split over 1, 2 or 4 threads
+  (``EplbConfig.plan_threads``, ``plan(threads=...)``): the same placements, sooner where the
+  machine has the cores (run them without ``taskset -c 0``).
 * ``test_cold_start``: a fresh interpreter with ``NUMBA_CACHE_DIR`` pointed at an empty
   directory: import, then the first plan of a small load, then a re-plan with a previous
   placement (the kernels of moves that pay); wall and CPU seconds (the compile is
@@ -189,6 +193,37 @@ def test_runtime_plan(benchmark, shape, tokens_per_rank, which):
         iterations=1,
     )  # fmt: skip
     benchmark.extra_info.update(layers=len(decision.layers), slots=decision.slots)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_runtime_plan_threads(benchmark, threads):
+    """The runtime's first plan at 64x5 (8 tokens a rank), its layers split over ``threads``
+    (``EplbConfig.plan_threads``): the same decision on any number, each a core where the
+    machine has them (not under ``taskset -c 0``)."""
+    warm_up([DEFAULT])
+    topo, config = TOPO, EplbConfig()
+    rng = np.random.default_rng(0)
+    workload = traces.deepseek_v3("prefill_in1024", moe_only=True)[0]
+    load = traces.sample_tokens(workload, config.history, topo.num_ranks * 8 * 8, rng)
+    in_force = planning.starting_placement(58, 256, topo)
+    kwargs = {
+        "cost": planning.CostModel(), "horizon": config.interval,
+        "lifetime": config.history - 1, "threads": threads,
+    }  # fmt: skip
+    decision = benchmark.pedantic(
+        planning.decide, args=(load, in_force, topo, DEFAULT, None), kwargs=kwargs, rounds=3,
+        iterations=1,
+    )  # fmt: skip
+    benchmark.extra_info.update(layers=len(decision.layers), slots=decision.slots)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_plan_threads(benchmark, loads, threads):
+    """The plan-time goal's plan (the default policy, 16 episodes, 64x5) on ``threads``."""
+    load = loads["16 episodes"]
+    benchmark.pedantic(
+        plan, args=(DEFAULT, load, TOPO), kwargs={"threads": threads}, rounds=5, iterations=1
+    )
 
 
 def another_cpu() -> str:

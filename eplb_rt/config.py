@@ -92,6 +92,9 @@ class EplbConfig:
             the balancer thread, so the policy's Python parts never hold the serving thread's
             GIL; costs one process and pickling the load and the placement per plan. The policy
             must be registered by importing ``eplb_rt.algorithms``.
+        plan_threads: threads rank 0 plans the layers on, side by side (the same plan for any
+            number of them); ``None`` (the default) takes the cores this process may run on
+            less one, for the serving thread, at most 4 (:attr:`planning_threads`).
     """
 
     policy: str = "equilibrium"
@@ -115,6 +118,7 @@ class EplbConfig:
     num_groups: int = 1
     warm_up: bool = True
     plan_in_subprocess: bool = False
+    plan_threads: int | None = None
 
     def __post_init__(self) -> None:
         from eplb_rt.algorithms import get_policy
@@ -186,6 +190,8 @@ class EplbConfig:
         _check_float(self, "transfer_timeout_s", 1e-3, 1e9)
         _check_int(self, "num_nodes", 1)
         _check_int(self, "num_groups", 1)
+        if self.plan_threads is not None:
+            _check_int(self, "plan_threads", 1)
         for name in ("warm_up", "plan_in_subprocess", "rank_local_tokens"):
             value = getattr(self, name)
             if not is_bool(value):
@@ -262,6 +268,17 @@ class EplbConfig:
         """The first plan's deadline in steps: ``deadline``, or where it adapts (``None``)
         ``interval // 5``, at least 1."""
         return self.deadline if self.deadline is not None else max(1, self.interval // 5)
+
+    @property
+    def planning_threads(self) -> int:
+        """The threads a plan runs on: ``plan_threads``, or where it is ``None``
+        :func:`eplb_rt.planning.default_threads` (the cores this process may run on less one,
+        from 1 to 4)."""
+        from eplb_rt import planning
+
+        if self.plan_threads is not None:
+            return self.plan_threads
+        return planning.default_threads()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import numpy as np
 
@@ -163,6 +164,7 @@ def decide(
     cost: CostModel,
     horizon: float,
     lifetime: float | None = None,
+    threads: int = 1,
 ) -> Decision:
     """Plan from ``load [T, L, E]`` (per step) with ``previous`` in force for ``horizon`` steps.
 
@@ -178,7 +180,9 @@ def decide(
     pays: from the cheaper candidate no later plan pays for the moves to one of lower PAR on the
     same load). A layer whose plan so taken the gate refuses is planned again over one plan's
     life. The placement is aligned to ``previous`` (kept experts keep their slots); a changed
-    layer is committed only when it saves more seconds than its migration takes. Where the
+    layer is committed only when it saves more seconds than its migration takes. ``threads``
+    plan the layers side by side (:func:`eplb_rt.algorithms.plan`): the same decision for any
+    number of them. Where the
     placement is hierarchical and ``previous`` spreads a layer's groups over nodes, that layer
     is planned and committed whatever it costs: what groups on nodes buy (a token's dispatch
     crossing fewer nodes) is not in the PAR the gate prices, and lowering that PAR is what a
@@ -195,6 +199,7 @@ def decide(
         if not isinstance(value, kind):
             raise TypeError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
     _check_steps(horizon, "horizon (steps until the next plan)")
+    threads = check_count("threads", threads)
     load = check_load(load, previous.num_layers, previous.num_experts)
     lifetime = load.shape[0] if lifetime is None else lifetime
     _check_steps(lifetime, "lifetime (steps a placement is expected to serve)", infinite=True)
@@ -229,7 +234,7 @@ def decide(
     planned = could_pay(peak_before, mean, cost, horizon) | spread
     candidate, peak_after, par_after = previous, peak_before, par_before
     if planned.any():
-        candidate = _aligned_plan(policy, load, topology, previous, options, planned)
+        candidate = _aligned_plan(policy, load, topology, previous, options, planned, threads)
         peak_after, par_after = _step_par(candidate, load)
     saved, spent = _prices(previous, candidate, peak_before - peak_after, cost, horizon)
     changed = candidate.changed_layers(previous)
@@ -242,7 +247,7 @@ def decide(
         short = dataclasses.replace(options, lifetime=1.0)
         again = np.zeros_like(planned)
         again[refused] = True
-        second = _aligned_plan(policy, load, topology, previous, short, again)
+        second = _aligned_plan(policy, load, topology, previous, short, again, threads)
         candidate = candidate.replace_layers(refused, second)
         peak_after, par_after = _step_par(candidate, load)
         saved, spent = _prices(previous, candidate, peak_before - peak_after, cost, horizon)
@@ -260,10 +265,13 @@ def _aligned_plan(  # noqa: PLR0917 (decide's own arguments, passed on)
     previous: Placement,
     options: object,
     layers: np.ndarray,
+    threads: int,
 ) -> Placement:
     """The policy's plan of ``layers [L] bool`` (the others as in ``previous``) aligned to
     ``previous``: kept experts keep their slots."""
-    fresh = algorithms.plan(policy, load, topology, previous, options, layers=layers)
+    fresh = algorithms.plan(
+        policy, load, topology, previous, options, layers=layers, threads=threads
+    )
     nodes = hierarchy.nodes_to_align(previous.num_experts, topology, options)
     return align_placement(previous, fresh, nodes)
 
@@ -278,6 +286,23 @@ def _prices(
         saved = fall * _seconds_per_token_slot(cost, horizon)
     spent = cost.migration_seconds(previous.phy2log, candidate.phy2log, previous.num_ranks)
     return saved, spent
+
+
+DEFAULT_THREADS_MAX = 4
+"""Threads a plan takes where their number is not given: rank 0's process shares its node with
+the other ranks' serving processes, and 58 layers split four ways already take most of what
+threads buy (BENCHMARKS.md, "Plans on several threads")."""
+
+
+def default_threads() -> int:
+    """Threads a plan runs on where their number is not given: the cores this process may run
+    on (its CPU affinity, where the OS keeps one) less one for the serving thread, from 1 to
+    :data:`DEFAULT_THREADS_MAX`."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this OS (macOS)
+        cores = os.cpu_count() or 1
+    return max(1, min(DEFAULT_THREADS_MAX, cores - 1))
 
 
 def _check_steps(value: object, what: str, *, infinite: bool = False) -> None:

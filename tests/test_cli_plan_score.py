@@ -275,6 +275,19 @@ def test_deepseek_v3_plan_score_previous_and_table(capsys, tmp_path):
     assert "moves" in table
 
 
+def test_plans_on_several_threads_write_the_same_placement(capsys, tmp_path):
+    load = DEEPSEEK / "prefill_in4096.json"
+    shape = ("--ranks", 32, "--slots-per-rank", 9)
+    paths = {n: (tmp_path / f"p{n}.json", tmp_path / f"m{n}.json") for n in (1, 3)}
+    for threads, (fresh, moved) in paths.items():
+        flags = ("--threads", threads)
+        assert run(capsys, "plan", "--load", load, *shape, *flags, "--out", fresh)[0] == 0
+        again = ("--load", DEEPSEEK / "prefill_in512.json", "--previous", fresh)
+        assert run(capsys, "plan", *again, *shape, *flags, "--out", moved)[0] == 0
+    for one, three in zip(paths[1], paths[3], strict=True):
+        assert formats.read_placement(one) == formats.read_placement(three)
+
+
 def test_an_option_given_twice_is_refused(capsys, tmp_path, toy_json):
     """The last one won, silently: which of the two was meant is the user's to say."""
     argv = ["--load", toy_json, "--ranks", 4, "--slots-per-rank", 2, "--out", tmp_path / "p.json"]
@@ -379,6 +392,7 @@ def test_bad_load_file_exits_2_with_one_line(capsys, tmp_path, name, content, ma
         (["--bandwidth", "10"], "--bandwidth price moves from a placement in force"),
         (["--ranks", 1], "do not fit"),
         (["--nodes", 3], "--ranks 4 must be a multiple of --nodes 3"),
+        (["--threads", "0"], "--threads must be an integer >= 1, got 0"),
     ],
 )
 def test_plan_errors_exit_2(capsys, tmp_path, toy_json, argv, match):

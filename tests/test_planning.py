@@ -592,17 +592,17 @@ def test_layers_refused_over_the_placements_life_are_planned_again_over_one_inte
     swapped = Placement(np.array([[2, 1, 0, 3]]), 4, 2)
     calls = []
 
-    def aligned_plan(policy, load, topology, prev, options, layers):  # noqa: PLR0917
-        calls.append((options.lifetime, layers.tolist()))
+    def aligned_plan(policy, load, topology, prev, options, layers, threads):  # noqa: PLR0917
+        calls.append((options.lifetime, layers.tolist(), threads))
         return swapped if len(calls) == 1 else prev
 
     monkeypatch.setattr(planning, "_aligned_plan", aligned_plan)
     free = planning.CostModel(hidden_seconds=1e9)  # the swap saves nothing: refused
     d = planning.decide(
         np.ones((4, 1, 4)), previous, topo, "equilibrium", {"lifetime": 4.0}, cost=free,
-        horizon=10,
+        horizon=10, threads=3,
     )  # fmt: skip
-    assert calls == [(4.0, [True]), (1.0, [True])]
+    assert calls == [(4.0, [True], 3), (1.0, [True], 3)]
     assert d.layers == () and d.placement == previous
 
 

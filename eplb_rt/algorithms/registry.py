@@ -8,7 +8,9 @@ a function of all the planned layers at once (:class:`Layers`), which the regist
 instead of the loop: run from the balancer's thread, one call for every layer returns to Python
 (a GIL hand-off the serving thread can wait for) once instead of once a layer. On a topology
 with nodes and expert groups, a policy whose ``hierarchical`` option is on plans each node as a
-layer of its own (:mod:`eplb_rt.algorithms.hierarchy`). Each policy registers
+layer of its own (:mod:`eplb_rt.algorithms.hierarchy`). Since no layer's plan depends on
+another's, :func:`plan` may split the layers over threads (the kernels release the GIL): the
+same placement for any number of them. Each policy registers
 with an options dataclass (a subclass of :class:`Options`, every field made with
 :func:`option`, so values are converted and range-checked before any work starts).
 """
@@ -19,6 +21,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import numpy as np
@@ -32,7 +35,7 @@ from eplb_rt.algorithms.load import (
     whole_numbers,
 )
 from eplb_rt.placement import Placement, Topology, even_shares
-from eplb_rt.scalars import is_bool, is_real
+from eplb_rt.scalars import check_count, is_bool, is_real
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,6 +315,7 @@ def plan(
     options: Any = None,
     *,
     layers: np.ndarray | None = None,
+    threads: int = 1,
 ) -> Placement:
     """Run policy ``name`` on ``load`` (``[L, E]`` or ``[T, L, E]``) and return its placement.
 
@@ -319,8 +323,11 @@ def plan(
     ``layers [L] bool``: the layers to plan; the others keep ``previous``'s slots and shares
     (``None``: every layer); with ``previous``, a layer without load is not planned either. A
     policy plans each layer on its own, so a planned layer's slots do not depend on which others
-    are planned. Everything is checked before the policy runs.
+    are planned, and ``threads`` (at least 1) plan the layers side by side, every
+    ``threads``-th layer in one: the same placement, bit for bit, for any number of them.
+    Everything is checked before the policy runs.
     """
+    threads = check_count("threads", threads)
     spec = get_policy(name)
     if not isinstance(topology, Topology):
         raise TypeError(f"topology must be a Topology, got {type(topology).__name__}")
@@ -397,9 +404,8 @@ def plan(
     )
     run = functools.partial(_plan_batch, spec)
     if hierarchy.applies(E, topology, options):
-        rows[planned], planned_shares = hierarchy.plan(batch, topology, options, run)
-    else:
-        rows[planned], planned_shares = run(batch, topology, options)
+        run = functools.partial(hierarchy.plan, run=run)
+    rows[planned], planned_shares = _side_by_side(run, batch, topology, options, threads)
     previous_shares = previous is not None and not previous.is_uniform
     if planned_shares is not None:
         shares[planned] = planned_shares
@@ -413,6 +419,33 @@ def plan(
             weighted |= bool(same.any())
     weighted |= planned_shares is not None
     return Placement(rows, E, topology.num_ranks, shares if weighted else None)
+
+
+def _side_by_side(run: hierarchy.Run, batch: Layers, topology: Topology, options: Any, threads):
+    """``run`` on ``batch``'s layers split over ``threads`` (no more than the layers): layer
+    ``j`` goes to part ``j % threads``, which spreads the deep layers and the shallow ones alike.
+    The calling thread plans the first part, so a plan that waits for the GIL still shows in
+    that thread's CPU time (the balancer measures it). ``(rows, shares)`` as ``run`` gives them;
+    a part without shares next to one with them splits evenly, as :func:`_plan_batch` does."""
+    L = batch.load.shape[0]
+    threads = min(threads, L)
+    if threads == 1:
+        return run(batch, topology, options)
+    parts = [np.arange(i, L, threads) for i in range(threads)]
+    with ThreadPoolExecutor(threads - 1, thread_name_prefix="eplb_rt-plan") as pool:
+        futures = [pool.submit(run, batch.take(part), topology, options) for part in parts[1:]]
+        planned = [run(batch.take(parts[0]), topology, options)]
+        planned += [future.result() for future in futures]
+    rows = np.empty((L, topology.num_slots), dtype=np.int64)
+    shares = None
+    if any(part_shares is not None for _, part_shares in planned):
+        shares = np.empty((L, topology.num_slots))
+    for part, (part_rows, part_shares) in zip(parts, planned, strict=True):
+        rows[part] = part_rows
+        if shares is not None:
+            even = part_shares is None
+            shares[part] = even_shares(part_rows, batch.load.shape[1]) if even else part_shares
+    return rows, shares
 
 
 def _plan_batch(spec: PolicySpec, batch: Layers, topology: Topology, options: Any):

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from eplb_rt import algorithms, formats
+from eplb_rt import algorithms, formats, planning
 from eplb_rt.algorithms import hierarchy
 from eplb_rt.placement import Topology
 
@@ -61,6 +61,27 @@ def add_topology_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--groups", type=int, default=1, metavar="G", help="expert groups (default 1)"
     )
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``, read by :func:`threads`."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="threads the layers are planned on, side by side: the same plan for any number "
+        "(default: the cores this process may run on less one, at most "
+        f"{planning.DEFAULT_THREADS_MAX})",
+    )
+
+
+def threads(args: argparse.Namespace) -> int:
+    """``--threads``, or :func:`eplb_rt.planning.default_threads` where it is not given."""
+    if args.threads is None:
+        return planning.default_threads()
+    if args.threads < 1:
+        raise ValueError(f"--threads must be an integer >= 1, got {args.threads}")
+    return args.threads
 
 
 def check_output(path: str | os.PathLike | None, flag: str, directory: bool = False) -> None:

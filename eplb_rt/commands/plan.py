@@ -68,6 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "many as given, the runtime's is its heat ring; inf: as long as the load holds)",
     )
     add_cost_arguments(parser, "with --previous: ")
+    _args.add_threads_argument(parser)
     parser.add_argument(
         "--option",
         action="append",
@@ -158,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, flag[2:].replace("-", "_")) != default
     ]
     cost = cost_from_args(args)  # a bad value is named first, as it is with --previous
+    threads = _args.threads(args)
     if given and not args.previous:
         raise ValueError(
             f"{' and '.join(given)} price moves from a placement in force: give --previous too"
@@ -197,11 +199,11 @@ def run(args: argparse.Namespace) -> int:
     warm_up([args.policy])
     start = time.perf_counter()
     if previous is None:
-        placement = plan(args.policy, load, topology, options=options)
+        placement = plan(args.policy, load, topology, options=options, threads=threads)
     else:
         spans = {"horizon": horizon, "lifetime": args.lifetime}
         decision = planning.decide(
-            load, previous, topology, args.policy, options, cost=cost, **spans
+            load, previous, topology, args.policy, options, cost=cost, threads=threads, **spans
         )
         placement = decision.placement
     seconds = time.perf_counter() - start

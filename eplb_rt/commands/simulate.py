@@ -83,6 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "few distinct workloads is one draw (default: 1, the given order only)",
     )
     add_cost_arguments(p)
+    _args.add_threads_argument(p)
     p.add_argument(
         "--option",
         action="append",
@@ -126,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         episodes=args.episodes,
         cost=cost_from_args(args),
         options=options,
+        threads=_args.threads(args),
     )
     result = _run_with_progress(workload, spec)
 

@@ -510,6 +510,7 @@ class Balancer:
             # plan does. (Priced over the steps left until that gather, the demo's first probes
             # committed later: mean PAR 0.902 of static against 0.871 at 100 steps, interval 10.)
             kwargs = {"cost": cost, "horizon": self.config.interval, "lifetime": lifetime}
+            kwargs["threads"] = self.config.planning_threads
             if self.config.plan_in_subprocess and self._child is None:
                 self._start_child()  # its last start failed, or shutdown() has begun
                 if self._child is None:

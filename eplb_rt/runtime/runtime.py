@@ -127,7 +127,14 @@ class Rebalance:
 
 
 _RANK_LOCAL_FIELDS = frozenset(
-    {"initial_placement", "export_dir", "transfer_timeout_s", "warm_up", "plan_in_subprocess"}
+    {
+        "initial_placement",
+        "export_dir",
+        "transfer_timeout_s",
+        "warm_up",
+        "plan_in_subprocess",
+        "plan_threads",
+    }
 )
 """EplbConfig fields a rank may set alone: where it reads and writes files, how long it waits
 for a transfer, how and where it plans. The ranks must agree on every other field, and on the

@@ -37,6 +37,7 @@ def to_document(result: SimulationResult) -> dict:
             "bandwidth": spec.cost.bandwidth,
             "token_seconds": spec.cost.token_seconds,
             "options": spec.options,
+            "threads": spec.threads,
         },
         "policies": {
             name: {

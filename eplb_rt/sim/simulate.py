@@ -109,6 +109,8 @@ class SimulationSpec:
             ring, so a plan sees what the runtime's would.
         cost: expert bytes, link bandwidth and time per token-slot (the gate's prices).
         options: per policy name, option overrides passed to the policy.
+        threads: threads each plan splits the layers over (the same decisions for any number;
+            only the plan times change).
     """
 
     topology: Topology
@@ -117,6 +119,7 @@ class SimulationSpec:
     episodes: int | None = None
     cost: planning.CostModel = dataclasses.field(default_factory=planning.CostModel)
     options: dict = dataclasses.field(default_factory=dict)
+    threads: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.topology, Topology):
@@ -132,6 +135,7 @@ class SimulationSpec:
         for name in self.policies:
             if name != NO_REBALANCE:
                 algorithms.get_policy(name)  # raises with the known names
+        object.__setattr__(self, "threads", check_count("threads", self.threads))
         for field in ("interval", "episodes"):
             # episodes None: the runtime's window (see window)
             optional = field == "episodes"
@@ -235,9 +239,8 @@ def simulate(
             if name != NO_REBALANCE:
                 try:
                     args = (history, previous, topo, name, spec.options.get(name))
-                    decision = planning.decide(
-                        *args, cost=cost, horizon=spec.interval, lifetime=spec.window
-                    )
+                    spans = {"horizon": spec.interval, "lifetime": spec.window}
+                    decision = planning.decide(*args, cost=cost, threads=spec.threads, **spans)
                 except Exception as err:
                     # A ValueError is the policy refusing this input (the user can act on it);
                     # anything else is a fault in the policy.

@@ -260,9 +260,9 @@ def test_a_layer_the_gate_refuses_is_planned_again_over_one_plans_life(monkeypat
     calls = []
     real = planning.algorithms.plan
 
-    def spy(policy, load, topology, previous, options, *, layers):
+    def spy(policy, load, topology, previous, options, *, layers, threads):
         calls.append((options.lifetime, tuple(np.flatnonzero(layers))))
-        return real(policy, load, topology, previous, options, layers=layers)
+        return real(policy, load, topology, previous, options, layers=layers, threads=threads)
 
     monkeypatch.setattr(planning.algorithms, "plan", spy)
     kwargs = {"cost": planning.CostModel(), "horizon": 100}

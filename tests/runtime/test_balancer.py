@@ -378,6 +378,25 @@ def test_outcomes_other_than_a_plan(make, status, error):
     assert error in result.error and result.digest == placement_digest(None) == 0
 
 
+@pytest.mark.parametrize(("given", "threads"), [(None, 3), (2, 2)])
+def test_rank_0_plans_on_the_configs_threads(monkeypatch, given, threads):
+    monkeypatch.setattr(planning, "default_threads", lambda: 3)
+    asked = []
+    decide = planning.decide
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs["threads"])
+        return decide(*args, **kwargs)
+
+    monkeypatch.setattr(planning, "decide", spy)
+    balancer = _balancer(plan_threads=given)
+    try:
+        result = _result(balancer, _job(_load(), planning.starting_placement(L, E, TOPO)))
+    finally:
+        balancer.shutdown()
+    assert result.status == PLAN_OK and asked == [threads]
+
+
 @pytest.mark.parametrize(("done_at", "status"), [(5, PLAN_OK), (6, PLAN_LATE)])
 def test_a_plan_done_at_its_deadline_step_is_in_time(monkeypatch, done_at, status):
     """A job starting at its deadline step (5) is not planned (the case above): the serving

@@ -112,11 +112,13 @@ def _rebalancing(rank: int, world: int, heat_source: str, policy: str, subproces
         open_gate()  # rt_test_shift does not balance: commit its every change
         # Keep two records of each kind: the totals must still count every plan and move.
         runtime_module.RECORDS_KEPT = 2
-    # A plan made in a child process also pays the pickling round trip: give it 5 steps.
+    # A plan made in a child process also pays the pickling round trip: give it 5 steps. Rank
+    # 0 plans the layers on two threads; the ranks may differ there (only rank 0 plans).
     config = small_config(
         heat_source=heat_source,
         policy=policy,
         plan_in_subprocess=subprocess,
+        plan_threads=2 - rank % 2,
         deadline=5 if subprocess else 2,
         warm_up=subprocess,  # the child compiles its own kernels before ready is set
     )

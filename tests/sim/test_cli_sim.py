@@ -627,6 +627,19 @@ def three_tasks(tmp_path):
     return paths
 
 
+def test_plans_on_several_threads_replay_alike(tmp_path, capsys, three_tasks):
+    flags = "--ranks 3 --slots-per-rank 5 --policies equilibrium,deepseek --threads"
+    docs = []
+    for threads in (1, 2):
+        out_json = tmp_path / f"t{threads}.json"
+        assert _simulate(capsys, three_tasks, f"{flags} {threads}", "--json", out_json)[0] == 0
+        docs.append(_without_times(json.loads(out_json.read_text())))
+        assert docs[-1]["setup"].pop("threads") == threads  # what the plan times ran on
+    assert docs[0] == docs[1]
+    code, _, err = _simulate(capsys, three_tasks, f"{flags} 0")
+    assert code == 2 and "--threads must be an integer >= 1, got 0" in err
+
+
 def test_orders_replay_the_files_in_each_order_and_sum_them_up(tmp_path, capsys, three_tasks):
     flags = "--ranks 3 --slots-per-rank 5 --policies random,equilibrium"
     given = tmp_path / "given.json"

@@ -31,10 +31,10 @@ def spy(monkeypatch):
     def balance(layer, topo, _opts):
         return deepseek.fn(layer, topo, deepseek.make_options())
 
-    def plan(name, load, topo, previous=None, options=None, *, layers=None):
+    def plan(name, load, topo, previous=None, options=None, *, layers=None, threads=1):
         if name == "spy":
             calls.append((load.copy(), previous))
-        return registry.plan(name, load, topo, previous, options, layers=layers)
+        return registry.plan(name, load, topo, previous, options, layers=layers, threads=threads)
 
     spec = registry.PolicySpec("spy", balance, _NoOptions, "test spy")
     monkeypatch.setitem(registry._REGISTRY, "spy", spec)
@@ -208,6 +208,7 @@ def test_too_few_steps_for_an_out_of_sample_score():
         ({"episodes": 0}, "^episodes must be an integer >= 1 or None, got 0$"),
         ({"interval": 1.5}, "^interval must be an integer >= 1, got 1.5$"),
         ({"episodes": True}, "^episodes must be an integer >= 1 or None, got True$"),
+        ({"threads": 0}, "^threads must be an integer >= 1, got 0$"),
         ({"options": {"other": {}}}, "options given for policies not compared"),
     ],
 )
