@@ -139,9 +139,13 @@ def replan(
     layer's plan. Every bad input raises ``ValueError`` prefixed with ``where``, before
     anything is planned.
     """
+    from eplb_rt import planning
     from eplb_rt.algorithms import get_policy, hierarchy, metrics, plan
     from eplb_rt.algorithms.align import align_placement
 
+    # An engine that rearranges between steps waits for this plan: its layers go side by side
+    # on the cores the process may run on (the same plan as on one thread).
+    threads = planning.default_threads()
     try:
         table, doubled = (
             (None, None)
@@ -154,9 +158,11 @@ def replan(
             # Layers holding an expert twice on a rank are planned afresh (as without a table)
             # and stand in for their slots in force; the others are planned from theirs.
             rows = previous.copy()
-            rows[doubled] = plan(policy, load[:, doubled], topology, None, options).phy2log
+            fresh = plan(policy, load[:, doubled], topology, None, options, threads=threads)
+            rows[doubled] = fresh.phy2log
             prev = Placement(rows, load.shape[2], topology.num_ranks)
-        new = plan(policy, load, topology, prev, options, layers=None if prev is None else ~doubled)
+        layers = None if prev is None else ~doubled
+        new = plan(policy, load, topology, prev, options, layers=layers, threads=threads)
         new = new.with_shares(None)
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from None

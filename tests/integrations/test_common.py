@@ -67,6 +67,34 @@ def test_a_flat_table_in_force_takes_groups_on_nodes_whatever_its_par():
     group_nodes(grouped.phy2log, 2, 4)
 
 
+def test_the_engines_plans_split_their_layers_over_the_processs_cores(monkeypatch):
+    """On the threads :func:`eplb_rt.planning.default_threads` gives, with the same plan as on
+    one, doubled layers planned afresh included."""
+    from eplb_rt import planning
+    from eplb_rt.algorithms import registry
+
+    rng = np.random.default_rng(2)
+    load = rng.poisson(rng.pareto(1.2, (1, 5, 8)) * 30 + 1, (3, 5, 8)).astype(float)
+    previous = np.tile([0, 1, 2, 3, 4, 5, 6, 7, 0, 2], (5, 1))
+    previous[1] = [0, 0, 1, 2, 3, 4, 5, 6, 7, 1]  # rank 0 holds expert 0 twice
+    asked = []
+    real = registry.plan
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs["threads"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "plan", spy)
+    monkeypatch.setattr("eplb_rt.algorithms.plan", spy)
+    placements = []
+    for threads in (1, 3):
+        monkeypatch.setattr(planning, "default_threads", lambda threads=threads: threads)
+        placements.append(replan("test", load, Topology(5, 2), previous, policy=policy_name()))
+    assert asked == [1, 1, 3, 3]  # the doubled layer afresh, then the others from the table
+    assert placements[0][0] == placements[1][0]
+    np.testing.assert_array_equal(placements[0][1], placements[1][1])
+
+
 def test_no_table_in_force_plans_every_layer():
     load = np.array([[[4.0, 1, 1, 0]]])
     placement, gain = replan("test", load, Topology(2, 2), None, policy=policy_name())
