@@ -20,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
@@ -421,21 +423,52 @@ def plan(
     return Placement(rows, E, topology.num_ranks, shares if weighted else None)
 
 
+class _Helpers(threading.local):
+    """What the threads that planned beside this one spent (:func:`_side_by_side`), in CPU
+    seconds: ``cpu``, all of them; ``beyond``, per split plan, how far the busiest one ran past
+    this thread's own share (the plan's wait for them, had they all had a core)."""
+
+    def __init__(self) -> None:
+        self.cpu = 0.0
+        self.beyond = 0.0
+
+
+_HELPERS = _Helpers()
+
+
+def helpers_cpu() -> tuple[float, float]:
+    """``(cpu, beyond)`` of the threads that planned beside the calling thread, summed over its
+    plans so far (:class:`_Helpers`). The balancer subtracts them from the process's CPU and
+    adds the busiest's excess to its own, so that a plan on several threads is judged as one
+    thread's would be: what the others ran is not what kept the plan waiting."""
+    return _HELPERS.cpu, _HELPERS.beyond
+
+
 def _side_by_side(run: hierarchy.Run, batch: Layers, topology: Topology, options: Any, threads):
     """``run`` on ``batch``'s layers split over ``threads`` (no more than the layers): layer
     ``j`` goes to part ``j % threads``, which spreads the deep layers and the shallow ones alike.
     The calling thread plans the first part, so a plan that waits for the GIL still shows in
-    that thread's CPU time (the balancer measures it). ``(rows, shares)`` as ``run`` gives them;
-    a part without shares next to one with them splits evenly, as :func:`_plan_batch` does."""
+    that thread's CPU time (the balancer measures it, with :func:`helpers_cpu`). ``(rows,
+    shares)`` as ``run`` gives them; a part without shares next to one with them splits evenly,
+    as :func:`_plan_batch` does."""
     L = batch.load.shape[0]
     threads = min(threads, L)
     if threads == 1:
         return run(batch, topology, options)
     parts = [np.arange(i, L, threads) for i in range(threads)]
+
+    def timed(part: np.ndarray):
+        start = time.thread_time()
+        return run(batch.take(part), topology, options), time.thread_time() - start
+
     with ThreadPoolExecutor(threads - 1, thread_name_prefix="eplb_rt-plan") as pool:
-        futures = [pool.submit(run, batch.take(part), topology, options) for part in parts[1:]]
-        planned = [run(batch.take(parts[0]), topology, options)]
-        planned += [future.result() for future in futures]
+        futures = [pool.submit(timed, part) for part in parts[1:]]
+        mine, own = timed(parts[0])
+        helped = [future.result() for future in futures]
+    spent = [seconds for _, seconds in helped]
+    _HELPERS.cpu += sum(spent)
+    _HELPERS.beyond += max(0.0, max(spent) - own)
+    planned = [mine] + [out for out, _ in helped]
     rows = np.empty((L, topology.num_slots), dtype=np.int64)
     shares = None
     if any(part_shares is not None for _, part_shares in planned):

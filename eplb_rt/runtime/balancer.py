@@ -471,7 +471,7 @@ class Balancer:
     def _plan(self, job: Job, heat: np.ndarray):
         """Rank 0: decide; ``(status, decision, seconds, error)``."""
         started = time.perf_counter()
-        cpu_started = (time.thread_time(), time.process_time())
+        cpu_started = (time.thread_time(), time.process_time(), *registry.helpers_cpu())
         # A job at or past its deadline step (a policy slower than the interval lets them queue
         # up; at shutdown every queued one) is not planned: the serving thread has decided
         # without it.
@@ -540,9 +540,16 @@ class Balancer:
             return PLAN_FAILED, None, time.perf_counter() - started, repr(err)
         seconds = time.perf_counter() - started
         if self._child is None:
-            own = time.thread_time() - cpu_started[0]
-            others = time.process_time() - cpu_started[1] - own
-            self._advise_if_waiting(job.epoch, seconds, own, others)
+            # Threads that planned beside this one (plan_threads): their CPU is the plan's, not
+            # the other threads', and the busiest one's run past this thread's share is the
+            # plan's own time, not a wait.
+            helpers, beyond = (
+                now - then
+                for now, then in zip(registry.helpers_cpu(), cpu_started[2:], strict=True)
+            )
+            mine = time.thread_time() - cpu_started[0]
+            others = time.process_time() - cpu_started[1] - mine - helpers
+            self._advise_if_waiting(job.epoch, seconds, mine + beyond, others)
         if self.current_step() > job.deadline_step:
             return PLAN_LATE, None, seconds, "plan finished after its deadline"
         return (PLAN_OK if decision.layers else PLAN_UNCHANGED), decision, seconds, ""

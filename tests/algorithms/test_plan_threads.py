@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -92,6 +93,30 @@ def test_the_layers_are_planned_on_as_many_threads(monkeypatch):
     parts = [{seen[j] for j in range(k, 8, 3)} for k in range(3)]
     assert all(len(p) == 1 for p in parts)
     assert len(set.union(*parts)) == 3 and threading.get_ident() in parts[0]
+
+
+def test_the_helpers_cpu_is_counted_for_the_thread_they_helped(monkeypatch):
+    """Layer 1 (a helper's part) spends 0.2 s of its thread's CPU, layer 0 (the caller's)
+    none: the caller's plans are told the helper's CPU and how far it ran past its own share;
+    another thread's plans are not."""
+
+    def fn(layer, topo, _opts):
+        if layer.index == 1:
+            start = time.thread_time()
+            while time.thread_time() - start < 0.2:
+                pass
+        return np.arange(topo.num_slots) % layer.load.size
+
+    name = _register(monkeypatch, fn)
+    before = registry.helpers_cpu()
+    plan(name, _load(8, layers=2, experts=6), Topology(2, 3), threads=2)
+    cpu, beyond = (now - then for now, then in zip(registry.helpers_cpu(), before, strict=True))
+    assert 0.2 <= cpu < 1.0 and 0.15 < beyond <= cpu
+    elsewhere = []
+    thread = threading.Thread(target=lambda: elsewhere.append(registry.helpers_cpu()))
+    thread.start()
+    thread.join()
+    assert elsewhere == [(0.0, 0.0)]
 
 
 @pytest.mark.parametrize("failing", [0, 4])  # in the caller's part, in another's

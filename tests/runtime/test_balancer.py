@@ -490,20 +490,33 @@ class _Clocks:
 
 
 @pytest.mark.parametrize(
-    ("process", "advised"),
-    [(0.5, 1), (0.1, 0)],  # the other threads ran 0.4 s of the 0.4 s waited; or none of it
+    ("process", "helpers", "advised"),
+    [
+        (0.5, 0.0, 1),  # the other threads ran 0.4 s of the 0.4 s waited
+        (0.1, 0.0, 0),  # or none of it
+        (0.5, 0.4, 0),  # threads planning beside it ran them: the plan took its time
+    ],
 )
 def test_a_plan_that_waited_for_the_gil_advises_a_child_process_once(
-    monkeypatch, caplog, process, advised
+    monkeypatch, caplog, process, helpers, advised
 ):
     """Each plan takes 0.5 s for 0.1 s of the balancer thread's CPU (the GIL held by a serving
     thread that runs Python would do that); the advice is logged once, not per plan, and not
-    when the process's other threads were idle too (then a core was missing, not the GIL)."""
+    when the process's other threads were idle too (then a core was missing, not the GIL), nor
+    when the other threads' CPU was the plan's own, on the threads planning beside the balancer's
+    (``plan_threads``; the busiest ran 0.4 s past its share)."""
     import eplb_rt.runtime.balancer as balancer_module
 
     start = planning.starting_placement(L, E, TOPO)
     balancer = _balancer()
     monkeypatch.setattr(balancer_module, "time", _Clocks(0.5, 0.1, process))
+    spent = [0.0]
+
+    def helpers_cpu():  # each read moves on by ``helpers``: a plan's two reads differ by it
+        spent[0] += helpers
+        return spent[0], spent[0]
+
+    monkeypatch.setattr(balancer_module.registry, "helpers_cpu", helpers_cpu)
     with caplog.at_level(logging.WARNING, logger="eplb_rt.runtime"):
         for epoch in (1, 2):
             _result(balancer, _job(_load(seed=epoch), start, epoch=epoch))
