@@ -93,8 +93,11 @@ class EplbConfig:
             GIL; costs one process and pickling the load and the placement per plan. The policy
             must be registered by importing ``eplb_rt.algorithms``.
         plan_threads: threads rank 0 plans the layers on, side by side (the same plan for any
-            number of them); ``None`` (the default) takes the cores this process may run on
-            less one, for the serving thread, at most 4 (:attr:`planning_threads`).
+            number of them). ``None`` (the default) adapts them: one, doubled after each plan not
+            ready by its deadline (as an adapting deadline is), up to the cores rank 0's process
+            may run on less one, for its serving thread, at most 4
+            (:func:`eplb_rt.planning.default_threads`); until a plan is late, no thread beside
+            the balancer's plans.
     """
 
     policy: str = "equilibrium"
@@ -268,17 +271,6 @@ class EplbConfig:
         """The first plan's deadline in steps: ``deadline``, or where it adapts (``None``)
         ``interval // 5``, at least 1."""
         return self.deadline if self.deadline is not None else max(1, self.interval // 5)
-
-    @property
-    def planning_threads(self) -> int:
-        """The threads a plan runs on: ``plan_threads``, or where it is ``None``
-        :func:`eplb_rt.planning.default_threads` (the cores this process may run on less one,
-        from 1 to 4)."""
-        from eplb_rt import planning
-
-        if self.plan_threads is not None:
-            return self.plan_threads
-        return planning.default_threads()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -43,6 +43,17 @@ def _options(text: str) -> dict[str, str]:
     return parse_options(items, "each comma-separated item")
 
 
+def _count(text: str) -> int:
+    """A whole number >= 1."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -102,6 +113,13 @@ VARIABLES: dict[str, EnvVar] = {
         True,
         "0: do not use the numba kernel cache shipped in the package (eplb_rt/_kernels); "
         "kernels then compile on first use into numba's own cache (NUMBA_CACHE_DIR, ...).",
+    ),
+    "EPLB_RT_PLAN_THREADS": EnvVar(
+        _count,
+        None,
+        "The most threads a plan splits its layers over where their number is not given (the "
+        "runtime's adapting plan_threads, eplb-rt plan and simulate, the engines' plugins); "
+        "unset: the cores the process may run on less one, at most 4.",
     ),
     "EPLB_RT_DEMO_PORT": EnvVar(
         int,

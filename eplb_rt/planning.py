@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from eplb_rt import algorithms
+from eplb_rt import algorithms, envs
 from eplb_rt.algorithms import hierarchy
 from eplb_rt.algorithms.align import align_placement
 from eplb_rt.algorithms.load import check_load
@@ -289,15 +289,18 @@ def _prices(
 
 
 DEFAULT_THREADS_MAX = 4
-"""Threads a plan takes where their number is not given: rank 0's process shares its node with
-the other ranks' serving processes, and 58 layers split four ways already take most of what
-threads buy (BENCHMARKS.md, "Plans on several threads")."""
+"""The most threads a plan takes where their number is not given: rank 0's process shares its
+node with the other ranks' serving processes (BENCHMARKS.md, "Plans on several threads")."""
 
 
 def default_threads() -> int:
-    """Threads a plan runs on where their number is not given: the cores this process may run
-    on (its CPU affinity, where the OS keeps one) less one for the serving thread, from 1 to
-    :data:`DEFAULT_THREADS_MAX`."""
+    """Threads a plan may run on where their number is not given: ``EPLB_RT_PLAN_THREADS``
+    where set, else the cores this process may run on (its CPU affinity, where the OS keeps
+    one) less one for the serving thread, from 1 to :data:`DEFAULT_THREADS_MAX`. (A container's
+    CPU quota is not read: where it is below the affinity, set the variable.)"""
+    given = envs.get("EPLB_RT_PLAN_THREADS")
+    if given is not None:
+        return given
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # no affinity on this OS (macOS)

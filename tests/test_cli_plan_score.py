@@ -392,7 +392,7 @@ def test_bad_load_file_exits_2_with_one_line(capsys, tmp_path, name, content, ma
         (["--bandwidth", "10"], "--bandwidth price moves from a placement in force"),
         (["--ranks", 1], "do not fit"),
         (["--nodes", 3], "--ranks 4 must be a multiple of --nodes 3"),
-        (["--threads", "0"], "--threads must be an integer >= 1, got 0"),
+        (["--threads", "0"], "--threads must be >= 1, got 0"),
     ],
 )
 def test_plan_errors_exit_2(capsys, tmp_path, toy_json, argv, match):

@@ -444,7 +444,9 @@ def helpers_cpu() -> tuple[float, float]:
     return _HELPERS.cpu, _HELPERS.beyond
 
 
-def _side_by_side(run: hierarchy.Run, batch: Layers, topology: Topology, options: Any, threads):
+def _side_by_side(
+    run: hierarchy.Run, batch: Layers, topology: Topology, options: Any, threads: int
+) -> tuple[np.ndarray, np.ndarray | None]:
     """``run`` on ``batch``'s layers split over ``threads`` (no more than the layers): layer
     ``j`` goes to part ``j % threads``, which spreads the deep layers and the shallow ones alike.
     The calling thread plans the first part, so a plan that waits for the GIL still shows in
@@ -457,7 +459,7 @@ def _side_by_side(run: hierarchy.Run, batch: Layers, topology: Topology, options
         return run(batch, topology, options)
     parts = [np.arange(i, L, threads) for i in range(threads)]
 
-    def timed(part: np.ndarray):
+    def timed(part: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray | None], float]:
         start = time.thread_time()
         return run(batch.take(part), topology, options), time.thread_time() - start
 

@@ -70,18 +70,16 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         help="threads the layers are planned on, side by side: the same plan for any number "
-        "(default: the cores this process may run on less one, at most "
-        f"{planning.DEFAULT_THREADS_MAX})",
+        "(default: EPLB_RT_PLAN_THREADS, or the cores this process may run on less one, at "
+        f"most {planning.DEFAULT_THREADS_MAX})",
     )
 
 
 def threads(args: argparse.Namespace) -> int:
-    """``--threads``, or :func:`eplb_rt.planning.default_threads` where it is not given."""
-    if args.threads is None:
-        return planning.default_threads()
-    if args.threads < 1:
-        raise ValueError(f"--threads must be an integer >= 1, got {args.threads}")
-    return args.threads
+    """``--threads`` (checked), or :func:`eplb_rt.planning.default_threads` where it is not
+    given."""
+    check_at_least(("--threads", args.threads, 1))
+    return planning.default_threads() if args.threads is None else args.threads
 
 
 def check_output(path: str | os.PathLike | None, flag: str, directory: bool = False) -> None:
@@ -208,6 +206,7 @@ def check_simulate(args: argparse.Namespace) -> None:
         ("--interval", args.interval, 1),
         ("--episodes", args.episodes, 1),
         ("--orders", args.orders, 1),
+        ("--threads", args.threads, 1),
     )
     distinct = len(set(workload_keys(args.load)))
     if args.orders > 1 and distinct < 2:

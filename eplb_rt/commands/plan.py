@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, flag[2:].replace("-", "_")) != default
     ]
     cost = cost_from_args(args)  # a bad value is named first, as it is with --previous
-    threads = _args.threads(args)
+    threads = _args.threads(args)  # checked before any file is read
     if given and not args.previous:
         raise ValueError(
             f"{' and '.join(given)} price moves from a placement in force: give --previous too"

@@ -414,6 +414,9 @@ class EplbRuntime:
         # Steps from a gather to its plan's deadline; where it adapts, every rank doubles it on
         # the same agreed outcome, so the ranks' deadline steps stay equal.
         self.deadline = config.first_deadline
+        # Threads rank 0's plans run on: where they adapt (plan_threads None), one, doubled on
+        # every rank after the same late plans as the deadline, up to the cores rank 0 may use.
+        self.plan_threads = config.plan_threads or 1
         if self._rebalance_enabled and not self._probes_fit():
             # Name what the user can change: the episode where it alone leaves no room, or
             # where the deadline adapts (it was not given); else the deadline given.
@@ -809,7 +812,7 @@ class EplbRuntime:
         args = (host, event, rows, row_p2l, self._placement, cost, trigger, seconds)
         self._pending = Job(
             self._epoch, step, step + self.deadline, *args, warm=self.balancer.warm,
-            row_counts=counts, group=self._balancer_group,
+            row_counts=counts, group=self._balancer_group, threads=self.plan_threads,
         )  # fmt: skip
         self.balancer.submit(self._pending)
 
@@ -1026,13 +1029,19 @@ class EplbRuntime:
 
     def _extend_deadline(self, warm: bool) -> str:
         """After a plan not ready in time: double an adapting deadline (up to ``interval -
-        1``), unless the plan was gathered while a balancer still warmed up (``warm`` False: a
-        one-off wait); what the skip's reason adds."""
-        interval = self.config.interval
+        1``) and the threads of adapting plans (:meth:`_more_threads`), unless the plan was
+        gathered while a balancer still warmed up (``warm`` False: a one-off wait); what the
+        skip's reason adds."""
         if self.config.deadline is not None:
-            return f" ({self.deadline} steps; EplbConfig.deadline=None adapts it to the plans)"
+            more = self._more_threads() if warm else ""
+            adapt = "EplbConfig.deadline=None adapts it to the plans"
+            return f" ({self.deadline} steps; {adapt}){more}"
         if not warm:
             return f" (gathered while the policy warmed up; the deadline stays {self.deadline})"
+        return self._longer_deadline() + self._more_threads()
+
+    def _longer_deadline(self) -> str:
+        interval = self.config.interval
         if self.deadline >= interval - 1:
             return (
                 f" ({self.deadline} steps, the most below interval {interval}: plans this slow "
@@ -1046,6 +1055,17 @@ class EplbRuntime:
                 f"finish before the next interval: plans start on the interval only"
             )
         return f"; the next plans get {self.deadline} steps"
+
+    def _more_threads(self) -> str:
+        """Where the threads adapt (``plan_threads`` None): twice as many for the next plans,
+        up to :func:`eplb_rt.planning.default_threads` (rank 0's is the one that counts). Until
+        a plan is late, plans run on one thread and take no core and no GIL hand-off from the
+        serving thread beyond one thread's."""
+        most = planning.default_threads()
+        if self.config.plan_threads is not None or self.plan_threads >= most:
+            return ""
+        self.plan_threads = min(2 * self.plan_threads, most)
+        return f"; they run on {self.plan_threads} threads"
 
     def _skip(self, epoch: int, step: int, reason: str, error: bool = False) -> None:
         self.skipped.append({"epoch": epoch, "step": step, "reason": reason})
@@ -1179,10 +1199,11 @@ class EplbRuntime:
         skipped plans and errors (the last :data:`RECORDS_KEPT` of each) and their totals
         (``num_rebalances``, ``num_skipped``, ``num_errors``); the moves committed so far; the
         step at which the first plan committed a layer (``None`` before); the deadline in steps
-        the next plan gets; ``transfers``: the slots this rank received from another rank,
-        copied from its own and sent, and the bytes it sent, over the transfers that finished
-        here (a layer without registered weights moves none); ``failure``: why a step failed
-        part-way on this rank (the runtime then serves no more), ``None`` while none did."""
+        the next plan gets and the threads it runs on (``plan_threads``); ``transfers``: the
+        slots this rank received from another rank, copied from its own and sent, and the bytes
+        it sent, over the transfers that finished here (a layer without registered weights
+        moves none); ``failure``: why a step failed part-way on this rank (the runtime then
+        serves no more), ``None`` while none did."""
         current = self._current
         # A copy first: the serving thread may append while another thread reads the stats.
         rebalances = list(self.rebalances)
@@ -1198,6 +1219,7 @@ class EplbRuntime:
             "num_errors": self.errors.total,
             "first_commit_step": self._first_commit_step,
             "deadline": self.deadline,
+            "plan_threads": self.plan_threads,
             "moved_experts": self._moved_experts + (current.moved_experts if current else 0),
             "bytes_moved": self._bytes_moved + (current.bytes_moved if current else 0),
             "plan_time_s": [r.plan_time_s for r in rebalances],

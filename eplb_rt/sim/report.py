@@ -133,8 +133,10 @@ def markdown(doc: dict) -> str:
         f"load per layer (1.0 is perfect); lower bound on PAR, mean: "
         f"{_num(first.get('bound_par_mean'), 3)}. Move cost {setup['expert_bytes']:,} bytes per "
         f"expert at {setup['bandwidth'] / 1e9:g} GB/s; a token-slot takes "
-        f"{setup['token_seconds'] * 1e6:g} us. PAR in sample: the plan on the steps it was planned "
-        "from. Throughput: MoE time without EPLB / (MoE time + migration not hidden), step time "
+        f"{setup['token_seconds'] * 1e6:g} us, plans on "
+        f"{counted(setup.get('threads', 1), 'thread')}. PAR in sample: the plan on the steps it "
+        "was planned from. Throughput: MoE time without EPLB / (MoE time + migration not "
+        "hidden), step time "
         "taken as proportional to the largest rank load.",
         "",
         "| policy | PAR mean | PAR p50 | PAR p99 | worst layer: PAR | gap to bound | "

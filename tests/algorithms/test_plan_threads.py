@@ -181,11 +181,22 @@ def test_decisions_are_the_same_on_any_number_of_threads():
     ("cores", "threads"), [(1, 1), (2, 1), (3, 2), (5, 4), (64, 4)]
 )  # fmt: skip
 def test_by_default_a_plan_leaves_a_core_to_the_serving_thread(monkeypatch, cores, threads):
+    monkeypatch.delenv("EPLB_RT_PLAN_THREADS", raising=False)
     monkeypatch.setattr(planning.os, "sched_getaffinity", lambda _pid: set(range(cores)))
     assert planning.default_threads() == threads
 
 
+def test_the_environment_sets_the_default(monkeypatch):
+    monkeypatch.setenv("EPLB_RT_PLAN_THREADS", "6")
+    assert planning.default_threads() == 6
+    for bad in ("0", "two", "1.5"):
+        monkeypatch.setenv("EPLB_RT_PLAN_THREADS", bad)
+        with pytest.raises(ValueError, match=f"EPLB_RT_PLAN_THREADS={bad!r}: expected a whole"):
+            planning.default_threads()
+
+
 def test_without_an_affinity_the_default_counts_the_machines_cores(monkeypatch):
+    monkeypatch.delenv("EPLB_RT_PLAN_THREADS", raising=False)
     monkeypatch.delattr(planning.os, "sched_getaffinity", raising=False)
     monkeypatch.setattr(planning.os, "cpu_count", lambda: 3)
     assert planning.default_threads() == 2

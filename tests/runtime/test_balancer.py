@@ -378,9 +378,8 @@ def test_outcomes_other_than_a_plan(make, status, error):
     assert error in result.error and result.digest == placement_digest(None) == 0
 
 
-@pytest.mark.parametrize(("given", "threads"), [(None, 3), (2, 2)])
-def test_rank_0_plans_on_the_configs_threads(monkeypatch, given, threads):
-    monkeypatch.setattr(planning, "default_threads", lambda: 3)
+@pytest.mark.parametrize("threads", [1, 3])
+def test_rank_0_plans_on_the_jobs_threads(monkeypatch, threads):
     asked = []
     decide = planning.decide
 
@@ -389,9 +388,10 @@ def test_rank_0_plans_on_the_configs_threads(monkeypatch, given, threads):
         return decide(*args, **kwargs)
 
     monkeypatch.setattr(planning, "decide", spy)
-    balancer = _balancer(plan_threads=given)
+    balancer = _balancer()
+    start = planning.starting_placement(L, E, TOPO)
     try:
-        result = _result(balancer, _job(_load(), planning.starting_placement(L, E, TOPO)))
+        result = _result(balancer, _job(_load(), start, threads=threads))
     finally:
         balancer.shutdown()
     assert result.status == PLAN_OK and asked == [threads]
@@ -490,21 +490,24 @@ class _Clocks:
 
 
 @pytest.mark.parametrize(
-    ("process", "helpers", "advised"),
+    ("process", "helped", "advised"),
     [
-        (0.5, 0.0, 1),  # the other threads ran 0.4 s of the 0.4 s waited
-        (0.1, 0.0, 0),  # or none of it
-        (0.5, 0.4, 0),  # threads planning beside it ran them: the plan took its time
+        (0.5, (0.0, 0.0), 1),  # the other threads ran 0.4 s of the 0.4 s waited
+        (0.1, (0.0, 0.0), 0),  # or none of it
+        (0.5, (0.4, 0.0), 0),  # the threads planning beside it ran them
+        (0.9, (0.4, 0.4), 0),  # and the busiest of those ran 0.4 s past the balancer's share
+        (0.9, (0.4, 0.0), 1),  # the serving thread ran 0.4 s too while the plan waited
     ],
 )
 def test_a_plan_that_waited_for_the_gil_advises_a_child_process_once(
-    monkeypatch, caplog, process, helpers, advised
+    monkeypatch, caplog, process, helped, advised
 ):
     """Each plan takes 0.5 s for 0.1 s of the balancer thread's CPU (the GIL held by a serving
     thread that runs Python would do that); the advice is logged once, not per plan, and not
-    when the process's other threads were idle too (then a core was missing, not the GIL), nor
-    when the other threads' CPU was the plan's own, on the threads planning beside the balancer's
-    (``plan_threads``; the busiest ran 0.4 s past its share)."""
+    when the process's other threads were idle too (then a core was missing, not the GIL). The
+    threads planning beside the balancer's (``plan_threads``) are the plan's: their CPU is not
+    the other threads', and the busiest one's run past the balancer thread's share is the
+    plan's own time, not a wait."""
     import eplb_rt.runtime.balancer as balancer_module
 
     start = planning.starting_placement(L, E, TOPO)
@@ -512,9 +515,9 @@ def test_a_plan_that_waited_for_the_gil_advises_a_child_process_once(
     monkeypatch.setattr(balancer_module, "time", _Clocks(0.5, 0.1, process))
     spent = [0.0]
 
-    def helpers_cpu():  # each read moves on by ``helpers``: a plan's two reads differ by it
-        spent[0] += helpers
-        return spent[0], spent[0]
+    def helpers_cpu():  # each read moves on: a plan's two reads differ by ``helped``
+        spent[0] += 1
+        return spent[0] * helped[0], spent[0] * helped[1]
 
     monkeypatch.setattr(balancer_module.registry, "helpers_cpu", helpers_cpu)
     with caplog.at_level(logging.WARNING, logger="eplb_rt.runtime"):

@@ -6,6 +6,7 @@ interval's plan and every rank's weights right."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 import datetime
 import os
 import signal
@@ -481,6 +482,37 @@ def test_a_plan_its_balancer_found_late_grows_the_deadline_too(monkeypatch):
     assert stats["skipped"][0]["step"] == 25, stats
     assert "plan late: x; the next plans get 20 steps" in stats["skipped"][0]["reason"], stats
     assert runtime.deadline == 20
+
+
+@pytest.mark.parametrize(("given", "grown"), [(None, [1, 2, 4, 4]), (3, [3, 3, 3, 3])])
+def test_late_plans_get_more_threads_where_they_adapt(monkeypatch, given, grown):
+    """Plans start on one thread (none beside the balancer's, while they are in time) and
+    each late one doubles them, up to the cores rank 0 may use (4 here), as the deadline; a
+    number given is kept. The jobs carry them to the planning rank's balancer."""
+    monkeypatch.setattr(planning, "default_threads", lambda: 4)
+    config = _config(interval=12, history=12, episode=3, deadline=None, num_redundant=0)
+    config = dataclasses.replace(config, plan_threads=given)
+    with EplbRuntime(config, 2, 8) as runtime:
+        runtime.balancer.warm = True
+        jobs = []
+        monkeypatch.setattr(runtime.balancer, "submit", jobs.append)
+
+        def late(epoch):
+            return balancer_module.PlanResult(epoch, balancer_module.PLAN_LATE, None, 0.0, 0, "x")
+
+        monkeypatch.setattr(runtime.balancer, "result", late)
+        step = 0
+        while len(runtime.skipped) < 4:
+            step += 1
+            _route(runtime, step)
+            runtime.step()
+            assert step < 200, runtime.skipped
+        stats = runtime.stats()
+    assert [job.threads for job in jobs[:4]] == grown
+    assert stats["plan_threads"] == grown[-1] == runtime.plan_threads
+    reasons = [s["reason"] for s in stats["skipped"]]
+    said = [r.split("; they run on ")[-1] if "; they run on" in r else None for r in reasons]
+    assert said[:3] == (["2 threads", "4 threads", None] if given is None else [None] * 3)
 
 
 def test_probes_check_for_drift_once_a_plan_finds_the_placement_fitting():

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from eplb_rt import envs, planning
+from eplb_rt import envs
 from eplb_rt.config import EplbConfig
 from eplb_rt.runtime import EplbRuntime
 
@@ -64,6 +64,7 @@ def test_defaults_are_valid_and_frozen():
         ("warm_up", "yes", "warm_up must be a bool"),
         ("plan_threads", 0, "plan_threads must be an integer >= 1, got 0"),
         ("plan_threads", 2.0, "plan_threads must be an integer >= 1, got 2.0"),
+        ("plan_threads", True, "plan_threads must be an integer >= 1, got True"),
     ],
 )
 def test_invalid_field_names_the_field(field, value, message):
@@ -126,12 +127,6 @@ def test_the_default_deadline_follows_the_interval():
     assert EplbConfig(interval=10, deadline=7).first_deadline == 7
     with pytest.raises(ValueError, match=r"interval \(1\) must be >= 2 \(or 0"):
         EplbConfig(interval=1)
-
-
-def test_plans_take_the_threads_given_or_leave_the_serving_thread_a_core(monkeypatch):
-    monkeypatch.setattr(planning, "default_threads", lambda: 3)
-    assert EplbConfig().plan_threads is None and EplbConfig().planning_threads == 3
-    assert EplbConfig(plan_threads=np.int64(5)).planning_threads == 5
 
 
 def test_from_dict_rejects_unknown_keys_and_non_dicts():

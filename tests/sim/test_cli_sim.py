@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from benchmarks import traces
-from eplb_rt import cli, formats
+from eplb_rt import cli, formats, planning
 from eplb_rt.commands import simulate as simulate_command
 from eplb_rt.config import EplbConfig
 from eplb_rt.data import ESFT_DIR
@@ -627,17 +627,21 @@ def three_tasks(tmp_path):
     return paths
 
 
-def test_plans_on_several_threads_replay_alike(tmp_path, capsys, three_tasks):
-    flags = "--ranks 3 --slots-per-rank 5 --policies equilibrium,deepseek --threads"
+def test_plans_on_several_threads_replay_alike(tmp_path, capsys, monkeypatch, three_tasks):
+    monkeypatch.setattr(planning, "default_threads", lambda: 3)
+    flags = "--ranks 3 --slots-per-rank 5 --policies equilibrium,deepseek"
     docs = []
-    for threads in (1, 2):
+    for threads in (1, 2, None):  # None: not given
         out_json = tmp_path / f"t{threads}.json"
-        assert _simulate(capsys, three_tasks, f"{flags} {threads}", "--json", out_json)[0] == 0
+        given = "" if threads is None else f" --threads {threads}"
+        code, out, _ = _simulate(capsys, three_tasks, flags + given, "--json", out_json)
+        assert code == 0 and f"plans on {threads or 3} thread" in out
         docs.append(_without_times(json.loads(out_json.read_text())))
-        assert docs[-1]["setup"].pop("threads") == threads  # what the plan times ran on
-    assert docs[0] == docs[1]
-    code, _, err = _simulate(capsys, three_tasks, f"{flags} 0")
-    assert code == 2 and "--threads must be an integer >= 1, got 0" in err
+        assert docs[-1]["setup"].pop("threads") == (threads or 3)  # what the plan times ran on
+    assert docs[0] == docs[1] == docs[2]
+    missing = [str(tmp_path / "none.npy")]  # the count is checked before any file is read
+    code, _, err = _simulate(capsys, missing, f"{flags} --threads 0")
+    assert code == 2 and "--threads must be >= 1, got 0" in err
 
 
 def test_orders_replay_the_files_in_each_order_and_sum_them_up(tmp_path, capsys, three_tasks):
