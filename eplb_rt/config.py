@@ -94,10 +94,10 @@ class EplbConfig:
             must be registered by importing ``eplb_rt.algorithms``.
         plan_threads: threads rank 0 plans the layers on, side by side (the same plan for any
             number of them). ``None`` (the default) adapts them: one, doubled after each plan not
-            ready by its deadline (as an adapting deadline is), up to the cores rank 0's process
-            may run on less one, for its serving thread, at most 4
-            (:func:`eplb_rt.planning.default_threads`); until a plan is late, no thread beside
-            the balancer's plans.
+            ready by its deadline (as an adapting deadline is), up to ``EPLB_RT_PLAN_THREADS``
+            or the cores rank 0's process may run on less one, for its serving thread, at most
+            4 (:func:`eplb_rt.planning.default_threads`); until a plan is late, no thread
+            beside the balancer's plans.
     """
 
     policy: str = "equilibrium"

@@ -182,14 +182,14 @@ def decide(
     life. The placement is aligned to ``previous`` (kept experts keep their slots); a changed
     layer is committed only when it saves more seconds than its migration takes. ``threads``
     plan the layers side by side (:func:`eplb_rt.algorithms.plan`): the same decision for any
-    number of them. Where the
-    placement is hierarchical and ``previous`` spreads a layer's groups over nodes, that layer
-    is planned and committed whatever it costs: what groups on nodes buy (a token's dispatch
-    crossing fewer nodes) is not in the PAR the gate prices, and lowering that PAR is what a
-    grouped layer gives up (:mod:`eplb_rt.algorithms.hierarchy`). Two such layers keep their
-    slots: one without load (nothing says where its experts go) and one whose groups cannot
-    reach their nodes within the policy's ``max_moved_fraction`` (:func:`starting_placement`
-    starts with the groups on nodes, so only a placement given flat meets either).
+    number of them. Where the placement is hierarchical and ``previous`` spreads a layer's
+    groups over nodes, that layer is planned and committed whatever it costs: what groups on
+    nodes buy (a token's dispatch crossing fewer nodes) is not in the PAR the gate prices, and
+    lowering that PAR is what a grouped layer gives up (:mod:`eplb_rt.algorithms.hierarchy`).
+    Two such layers keep their slots: one without load (nothing says where its experts go) and
+    one whose groups cannot reach their nodes within the policy's ``max_moved_fraction``
+    (:func:`starting_placement` starts with the groups on nodes, so only a placement given flat
+    meets either).
     """
     for name, value, kind in (
         ("previous", previous, Placement),
