@@ -168,23 +168,31 @@ def test_replan_episodes(benchmark, loads):
     )
 
 
+def _runtime_case(topo: Topology, tokens_per_rank: int, windows: int):
+    """What the balancer's ``decide`` gets: ``windows`` rings of decode-size steps drawn from
+    ``prefill_in1024`` (seeded), the starting placement, and ``decide``'s prices and spans as
+    ``EplbConfig()`` sets them."""
+    warm_up([DEFAULT])
+    config = EplbConfig()
+    rng = np.random.default_rng(0)
+    workload = traces.deepseek_v3("prefill_in1024", moe_only=True)[0]
+    steps = [
+        traces.sample_tokens(workload, config.history, topo.num_ranks * tokens_per_rank * 8, rng)
+        for _ in range(windows)
+    ]
+    kwargs = {
+        "cost": planning.CostModel(), "horizon": config.interval, "lifetime": config.history - 1
+    }  # fmt: skip
+    return steps, planning.starting_placement(58, 256, topo), kwargs
+
+
 @pytest.mark.parametrize("which", ["first", "next"])
 @pytest.mark.parametrize("tokens_per_rank", [8, 64])
 @pytest.mark.parametrize("shape", [(64, 5), (32, 9)], ids=["64x5", "32x9"])
 def test_runtime_plan(benchmark, shape, tokens_per_rank, which):
     """The balancer's ``decide`` call: the plan a serving engine waits on in the background."""
-    warm_up([DEFAULT])
-    topo, config = Topology(*shape), EplbConfig()
-    rng = np.random.default_rng(0)
-    workload = traces.deepseek_v3("prefill_in1024", moe_only=True)[0]
-    steps = [
-        traces.sample_tokens(workload, config.history, topo.num_ranks * tokens_per_rank * 8, rng)
-        for _ in range(2)
-    ]
-    in_force = planning.starting_placement(58, 256, topo)
-    kwargs = {
-        "cost": planning.CostModel(), "horizon": config.interval, "lifetime": config.history - 1
-    }  # fmt: skip
+    topo = Topology(*shape)
+    steps, in_force, kwargs = _runtime_case(topo, tokens_per_rank, 2)
     if which == "next":
         in_force = planning.decide(steps[0], in_force, topo, DEFAULT, None, **kwargs).placement
     load = steps[which == "next"]
@@ -200,19 +208,10 @@ def test_runtime_plan_threads(benchmark, threads):
     """The runtime's first plan at 64x5 (8 tokens a rank), its layers split over ``threads``
     (``EplbConfig.plan_threads``): the same decision on any number, each a core where the
     machine has them (not under ``taskset -c 0``)."""
-    warm_up([DEFAULT])
-    topo, config = TOPO, EplbConfig()
-    rng = np.random.default_rng(0)
-    workload = traces.deepseek_v3("prefill_in1024", moe_only=True)[0]
-    load = traces.sample_tokens(workload, config.history, topo.num_ranks * 8 * 8, rng)
-    in_force = planning.starting_placement(58, 256, topo)
-    kwargs = {
-        "cost": planning.CostModel(), "horizon": config.interval,
-        "lifetime": config.history - 1, "threads": threads,
-    }  # fmt: skip
+    (load,), in_force, kwargs = _runtime_case(TOPO, 8, 1)
     decision = benchmark.pedantic(
-        planning.decide, args=(load, in_force, topo, DEFAULT, None), kwargs=kwargs, rounds=3,
-        iterations=1,
+        planning.decide, args=(load, in_force, TOPO, DEFAULT, None),
+        kwargs={**kwargs, "threads": threads}, rounds=3, iterations=1,
     )  # fmt: skip
     benchmark.extra_info.update(layers=len(decision.layers), slots=decision.slots)
 
