@@ -212,6 +212,8 @@ class EplbRuntime:
         if envs.given("EPLB_RT_LOG_LEVEL"):  # else the application's level stands
             logging.getLogger("eplb_rt").setLevel(envs.get("EPLB_RT_LOG_LEVEL"))
         disabled = envs.get("EPLB_RT_DISABLE_REBALANCE")
+        # The most threads adapting plans may take (EPLB_RT_PLAN_THREADS, or the cores).
+        self._most_threads = planning.default_threads()
         self.config = config
         self.num_layers = num_layers
         self.num_experts = num_experts
@@ -1058,10 +1060,10 @@ class EplbRuntime:
 
     def _more_threads(self) -> str:
         """Where the threads adapt (``plan_threads`` None): twice as many for the next plans,
-        up to :func:`eplb_rt.planning.default_threads` (rank 0's is the one that counts). Until
-        a plan is late, plans run on one thread and take no core and no GIL hand-off from the
-        serving thread beyond one thread's."""
-        most = planning.default_threads()
+        up to :func:`eplb_rt.planning.default_threads`, read when the runtime was built (rank
+        0's is the one that counts). Until a plan is late, plans run on one thread and take no
+        core and no GIL hand-off from the serving thread beyond one thread's."""
+        most = self._most_threads
         if self.config.plan_threads is not None or self.plan_threads >= most:
             return ""
         self.plan_threads = min(2 * self.plan_threads, most)

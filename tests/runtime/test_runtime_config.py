@@ -208,6 +208,16 @@ def test_an_unset_log_level_leaves_the_applications(monkeypatch):
         logger.setLevel(before)
 
 
+def test_the_plan_threads_variable_is_read_when_the_runtime_is_built(monkeypatch):
+    """Not at the first late plan, inside a serving step: a bad value fails the build."""
+    monkeypatch.setenv("EPLB_RT_PLAN_THREADS", "0")
+    with pytest.raises(ValueError, match="EPLB_RT_PLAN_THREADS='0': expected a whole number"):
+        EplbRuntime(EplbConfig(warm_up=False), 2, 8)
+    monkeypatch.setenv("EPLB_RT_PLAN_THREADS", "3")
+    with EplbRuntime(EplbConfig(warm_up=False), 2, 8) as runtime:
+        assert runtime.plan_threads == 1 and runtime._most_threads == 3
+
+
 def test_envs_table(monkeypatch):
     assert all(name.startswith("EPLB_RT_") for name in envs.VARIABLES)
     monkeypatch.delenv("EPLB_RT_DISABLE_REBALANCE", raising=False)
