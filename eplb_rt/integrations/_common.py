@@ -76,9 +76,11 @@ def policy_name(name: str | None = None, options: dict | None = None) -> str:
 def plugin_policy() -> tuple[str, dict | None] | None:
     """The engines' plugins' policy: ``(EPLB_RT_POLICY, EPLB_RT_POLICY_OPTIONS)``, both checked
     now (so that an engine with a bad value stops at start-up, saying which), or ``None`` when
-    ``EPLB_RT_POLICY`` is unset."""
+    ``EPLB_RT_POLICY`` is unset. ``EPLB_RT_PLAN_THREADS``, which the plans read, is checked now
+    too, not at the engine's first rebalance."""
     name = envs.get("EPLB_RT_POLICY")
     options = envs.get("EPLB_RT_POLICY_OPTIONS")
+    envs.get("EPLB_RT_PLAN_THREADS")
     if not name:
         if options:
             log.warning(
@@ -143,10 +145,10 @@ def replan(
     from eplb_rt.algorithms import get_policy, hierarchy, metrics, plan
     from eplb_rt.algorithms.align import align_placement
 
-    # An engine that rearranges between steps waits for this plan: its layers go side by side
-    # on the cores the process may run on (the same plan as on one thread).
-    threads = planning.default_threads()
     try:
+        # An engine that rearranges between steps waits for this plan: its layers go side by
+        # side on the cores the process may run on (the same plan as on one thread).
+        threads = planning.default_threads()
         table, doubled = (
             (None, None)
             if previous is None

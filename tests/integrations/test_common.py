@@ -183,6 +183,19 @@ def test_a_doubled_layer_takes_its_fresh_plan_as_it_is():
     np.testing.assert_array_equal(placement.phy2log[0], fresh)
 
 
+def test_a_bad_plan_threads_variable_stops_the_plugins_at_start_up(monkeypatch):
+    """Not at the engine's first rebalance; an adapter's plan names itself too."""
+    from eplb_rt.integrations._common import plugin_policy
+
+    monkeypatch.setenv("EPLB_RT_POLICY", "equilibrium")
+    monkeypatch.setenv("EPLB_RT_PLAN_THREADS", "none")
+    with pytest.raises(ValueError, match="EPLB_RT_PLAN_THREADS='none': expected a whole number"):
+        plugin_policy()
+    load = np.array([[[4.0, 1, 1, 0]]])
+    with pytest.raises(ValueError, match=r"^test: environment variable EPLB_RT_PLAN_THREADS"):
+        replan("test", load, Topology(2, 2), None, policy="equilibrium")
+
+
 def test_options_without_a_policy_are_not_silently_dropped(monkeypatch, caplog):
     """The plugins run only where EPLB_RT_POLICY names a policy; options alone say so."""
     from eplb_rt.integrations._common import plugin_policy
