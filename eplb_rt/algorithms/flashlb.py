@@ -411,11 +411,15 @@ def plan_layers(layers: Layers, topo: Topology, opts: FlashLBOptions) -> tuple[n
     else:
         X = _in_counts(layers.tokens)
     largest = min(_LARGEST, _RANK_LARGEST / topo.num_slots_per_rank)
-    if X.max() > largest:
+    peaks = X.max(axis=(1, 2), initial=0.0)  # [L']
+    if (peaks > largest).any():
+        # Named by layer: a plan on several threads checks each thread's layers apart, and
+        # the message says the same of a layer whichever thread planned it.
+        j = int(np.argmax(peaks > largest))
         raise ValueError(
-            f"flashlb: episode loads up to {X.max():.3g} overflow its float32 statistics (the "
-            f"original's) at {topo.num_slots_per_rank} slots a rank; scale the load below "
-            f"{largest:.3g}"
+            f"flashlb: layer {layers.index[j]}'s episode loads reach {peaks[j]:.3g}, which "
+            f"overflows its float32 statistics (the original's) at {topo.num_slots_per_rank} "
+            f"slots a rank; scale the load below {largest:.3g}"
         )
     mu, var, cov = statistics(X)
     # Experts of equal score in index order. The original takes numpy's default sort, whose

@@ -3,6 +3,8 @@ never worse than ``random``; golden cases for flashlb, equilibrium, swift and ra
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -268,8 +270,23 @@ def test_flashlb_plans_a_load_in_any_unit_alike():
     counts = np.mean(metrics.par(plan("flashlb", W, topo), agg))
     for other in (W / W.sum(-1, keepdims=True), W * 1e-6):
         assert np.mean(metrics.par(plan("flashlb", other, topo), agg)) <= counts + 0.002
-    with pytest.raises(ValueError, match="overflow its float32 statistics"):
+    with pytest.raises(ValueError, match="overflows its float32 statistics"):
         plan("flashlb", W * 1e37, topo)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_flashlb_names_the_layer_whose_load_overflows_on_any_threads(threads):
+    """The overflow check runs on each thread's layers apart; its message names a layer and
+    that layer's own largest load (it gave the largest of whichever layers shared the thread,
+    under the words "episode loads up to")."""
+    load = np.random.default_rng(5).integers(1, 50, size=(2, 6, 8)).astype(float)
+    load[:, [1, 4]] = 2.0**50  # layers 1 and 4 overflow, on one thread or on two apart
+    load[0, 1, 3], load[1, 4, 6] = 2.0**62, 2.0**61
+    with pytest.raises(ValueError, match=r"layer (\d)'s episode loads reach (\S+), which") as info:
+        plan("flashlb", load, Topology(2, 5), threads=threads)
+    layer, value = re.search(r"layer (\d)'s episode loads reach (\S+),", str(info.value)).groups()
+    assert value == f"{load[:, int(layer)].max():.3g}"
+    assert layer in ("1", "4")
 
 
 def test_flashlb_plans_a_load_at_any_scale_alike():
