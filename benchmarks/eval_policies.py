@@ -18,12 +18,14 @@ Prints markdown tables:
    fourth with ``previous``, by the policy alone and through the planning pipeline at its
    default prices; PAR on it and moved fraction (mean over the four); ``shift`` (not in the
    default list): the same after a phase change, each expert's load on the new workload times
-   a lognormal factor (a proxy for decode after prefill, which the repository does not ship);
+   a lognormal factor (a proxy for decode after prefill, which the repository does not ship),
+   and after a share of each layer's experts' loads reshuffled among them (new hot experts);
    ``window`` (not in the default list): the same re-plans from a short window of sampled
    steps of the new workload (mostly sampling noise), PAR on its whole load;
 4. the frontier, PAR against moved slots for each ``move_cost``: DeepSeek-V3 32x9 (previous
-   fitted on three workloads, re-plan on the fourth, mean of the four) and ESFT 8x9 task
-   switches (previous fitted on one task, re-plan on the next); only the stable API is used, so
+   fitted on three workloads, re-plan on the fourth, mean of the four), ESFT 8x9 task
+   switches (previous fitted on one task, re-plan on the next) and the DeepSeek-V3 re-plans
+   after the ``shift`` section's phase change of sigma 1.5; only the stable API is used, so
    the same command on another checkout (``PYTHONPATH=<checkout>``) prints that code's frontier;
 5. re-plan cycles: ESFT requests in windows of 8; plan on window t with the placement of t-1,
    score on window t+1; mean PAR and mean moved fraction per cycle;
@@ -173,35 +175,39 @@ def sampled(names, draws=4, tokens=200_000):
         print(f"| {n} | " + " | ".join(f"{x:.4f}" for x in res) + " |")
 
 
-def adapting(names, sigmas=(0.0,)):
-    """Re-plans with a placement in force, after a phase change of ``sigma`` (0: none).
+def adapting(names, sigmas=(0.0,), reshuffled=()):
+    """Re-plans with a placement in force, after a phase change of ``sigma`` (0: none), then
+    after each fraction in ``reshuffled`` of the experts changed places.
 
     DeepSeek-V3 32x9: each workload's previous placement is fitted on the other three; with
     ``sigma``, the new workload's load of each expert in each layer is multiplied by
     ``exp(sigma * N(0, 1))`` (seeded), a proxy for another phase (decode after prefill) that
     the repository does not ship: the prompt lengths move an expert's share by a few per cent,
-    a phase change by tens.
+    a phase change by tens. A reshuffle (:func:`reshuffle`) keeps each layer's loads but gives
+    them to other experts: new hot experts, with the imbalance the placement was fitted for.
     """
     loads = [deepseek(w) for w in DS]
     topo = Topology(32, 9)
     print(
         "\n### Adapting with --previous (DeepSeek-V3 32x9; previous fit on the other three "
-        "workloads; the new one's expert loads times exp(sigma * N(0, 1)), seeded; PAR on it): "
-        "the placement in force, the policy alone at its default options, and through the "
-        "pipeline (`planning.decide` at the default `CostModel`, horizon = the load's rows, as "
-        "`plan --previous`)\n"
+        "workloads; the new one's expert loads times exp(sigma * N(0, 1)), or a share of its "
+        "experts' loads reshuffled among them, seeded; PAR on it): the placement in force, the "
+        "policy alone at its default options, and through the pipeline (`planning.decide` at "
+        "the default `CostModel`, horizon = the load's rows, as `plan --previous`)\n"
     )
-    print("| policy | sigma | in force PAR | PAR | moved | pipeline PAR | pipeline moved |")
+    print("| policy | change | in force PAR | PAR | moved | pipeline PAR | pipeline moved |")
     print("|---|---|---|---|---|---|---|")
+    changes = [(f"sigma {sigma:g}", phase_change, sigma) for sigma in sigmas]
+    changes += [(f"{share:.0%} reshuffled", reshuffle, share) for share in reshuffled]
     for n in names:
         prevs = _leave_one_out_plans(n, loads, topo)
-        for sigma in sigmas:
+        for label, change, size in changes:
             rng = np.random.default_rng(7)
-            news = [phase_change(x, sigma, rng) for x in loads]
+            news = [change(x, size, rng) for x in loads]
             before = np.mean([_par(p, x.sum(0)) for p, x in zip(prevs, news, strict=True)])
             par, moved, piped, piped_moved = _replans(n, news, prevs, topo)
             print(
-                f"| {n} | {sigma:g} | {before:.4f} | {par:.4f} | {moved:.1%} "
+                f"| {n} | {label} | {before:.4f} | {par:.4f} | {moved:.1%} "
                 f"| {piped:.4f} | {piped_moved:.1%} |"
             )
 
@@ -210,6 +216,18 @@ def phase_change(load: np.ndarray, sigma: float, rng: np.random.Generator) -> np
     """``load [T, L, E]`` (token counts) with each expert's load in each layer multiplied by
     ``exp(sigma * N(0, 1))``, the same factor at every step, rounded to whole counts."""
     return np.rint(load * np.exp(sigma * rng.standard_normal(load.shape[1:])))
+
+
+def reshuffle(load: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    """``load [T, L, E]`` with, in each layer, ``round(share * E)`` experts drawn at random and
+    their loads (every step's) dealt among them in a random order: the same loads, other hot
+    experts."""
+    out = load.copy()
+    E = load.shape[2]
+    for layer in range(load.shape[1]):
+        chosen = rng.choice(E, round(share * E), replace=False)
+        out[:, layer, chosen] = load[:, layer, rng.permutation(chosen)]
+    return out
 
 
 def _leave_one_out_plans(name, loads, topo):
@@ -277,25 +295,30 @@ def short_window(names, sigmas=(0.0, 0.4), volumes=(2_000, 20_000, 200_000), ste
                 )
 
 
-def frontier(policy="equilibrium", costs=(1.6e-3, 3.2e-3, 6.4e-3, 0.01, 0.015, 0.032, 0.064)):
+def frontier(policy="equilibrium", costs=(1.6e-3, 3.2e-3, 6.4e-3, 0.01, 0.015, 0.02, 0.032, 0.064)):
     loads = [deepseek(w) for w in DS]
     esft = [traces.esft(t) for t in traces.ESFT_TASKS]
-    cases = {"ds": [], "esft": []}
+    rng = np.random.default_rng(7)  # the shift section's draw of sigma 1.5
+    shifted = [phase_change(x, 1.5, rng) for x in loads]
+    cases = {"ds": [], "esft": [], "shift": []}
     for i in range(len(loads)):
         train = np.concatenate([x for j, x in enumerate(loads) if j != i])
-        cases["ds"].append((Topology(32, 9), plan(policy, train, Topology(32, 9)), loads[i]))
+        prev = plan(policy, train, Topology(32, 9))
+        cases["ds"].append((Topology(32, 9), prev, loads[i]))
+        cases["shift"].append((Topology(32, 9), prev, shifted[i]))
     for i in range(len(esft)):
         prev = plan(policy, esft[i], Topology(8, 9))
         cases["esft"].append((Topology(8, 9), prev, esft[(i + 1) % len(esft)]))
     print(
         f"\n### {policy}: PAR against moved slots (move_cost; DeepSeek-V3 32x9 leave-one-out "
-        "re-plans, ESFT 8x9 task switches)\n"
+        "re-plans, ESFT 8x9 task switches, and the DeepSeek-V3 re-plans after a phase change of "
+        "sigma 1.5 as the shift section draws it)\n"
     )
-    print("| move_cost | DeepSeek-V3 PAR | moved | ESFT PAR | moved |")
-    print("|---|---|---|---|---|")
+    print("| move_cost | DeepSeek-V3 PAR | moved | ESFT PAR | moved | sigma 1.5 PAR | moved |")
+    print("|---|---|---|---|---|---|---|")
     for cost in costs:
         out = []
-        for kind in ("ds", "esft"):
+        for kind in ("ds", "esft", "shift"):
             pars, moved = [], []
             for topo, prev, new in cases[kind]:
                 p = plan(policy, new, topo, previous=prev, options={"move_cost": cost})
@@ -539,7 +562,7 @@ def main() -> None:
     if "adapt" in sections:
         adapting(names)
     if "shift" in sections:
-        adapting(names, sigmas=(0.2, 0.4, 0.7))
+        adapting(names, sigmas=(0.2, 0.4, 0.7, 1.0, 1.5), reshuffled=(0.25, 1.0))
     if "window" in sections:
         short_window(names)
     if "frontier" in sections:

@@ -1,11 +1,12 @@
-"""The phase change of ``benchmarks/eval_policies.py``'s adapting section: one lognormal factor
-per expert and layer, the same at every step, counts kept whole."""
+"""The workload changes of ``benchmarks/eval_policies.py``'s adapting section: a phase change,
+one lognormal factor per expert and layer, the same at every step, counts kept whole; and a
+reshuffle, a share of the experts' loads dealt among them."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.eval_policies import phase_change
+from benchmarks.eval_policies import phase_change, reshuffle
 
 
 def test_no_phase_change_keeps_the_load():
@@ -27,3 +28,17 @@ def test_a_phase_change_scales_each_expert_by_one_lognormal_factor():
     assert abs(log_factor.std() - 0.4) < 0.02
     # seeded: the same draw again
     np.testing.assert_array_equal(phase_change(load, 0.4, np.random.default_rng(5)), shifted)
+
+
+def test_a_reshuffle_deals_a_share_of_the_experts_loads_among_them():
+    rng = np.random.default_rng(0)
+    load = rng.integers(0, 1_000, (3, 4, 64)).astype(float)
+    shuffled = reshuffle(load, 0.25, np.random.default_rng(5))
+    for layer in range(4):
+        changed = (shuffled[:, layer] != load[:, layer]).any(axis=0)
+        assert 0 < changed.sum() <= 16  # 16 experts drawn; one may draw its own load back
+        # the same loads, every step's with its expert: a layer's columns permuted
+        by_column = sorted(map(tuple, load[:, layer].T))
+        assert sorted(map(tuple, shuffled[:, layer].T)) == by_column
+    np.testing.assert_array_equal(reshuffle(load, 0.25, np.random.default_rng(5)), shuffled)
+    np.testing.assert_array_equal(reshuffle(load, 0.0, np.random.default_rng(5)), load)
