@@ -176,8 +176,9 @@ def sampled(names, draws=4, tokens=200_000):
 
 
 def adapting(names, sigmas=(0.0,), reshuffled=()):
-    """Re-plans with a placement in force, after a phase change of ``sigma`` (0: none), then
-    after each fraction in ``reshuffled`` of the experts changed places.
+    """Re-plans with a placement in force, after a phase change of ``sigma`` (0: none), and,
+    separately, after each share in ``reshuffled`` (of ``[0, 1]``) of each layer's experts
+    reshuffled.
 
     DeepSeek-V3 32x9: each workload's previous placement is fitted on the other three; with
     ``sigma``, the new workload's load of each expert in each layer is multiplied by
@@ -202,8 +203,7 @@ def adapting(names, sigmas=(0.0,), reshuffled=()):
     for n in names:
         prevs = _leave_one_out_plans(n, loads, topo)
         for label, change, size in changes:
-            rng = np.random.default_rng(7)
-            news = [change(x, size, rng) for x in loads]
+            news = _changed(loads, change, size)
             before = np.mean([_par(p, x.sum(0)) for p, x in zip(prevs, news, strict=True)])
             par, moved, piped, piped_moved = _replans(n, news, prevs, topo)
             print(
@@ -216,6 +216,13 @@ def phase_change(load: np.ndarray, sigma: float, rng: np.random.Generator) -> np
     """``load [T, L, E]`` (token counts) with each expert's load in each layer multiplied by
     ``exp(sigma * N(0, 1))``, the same factor at every step, rounded to whole counts."""
     return np.rint(load * np.exp(sigma * rng.standard_normal(load.shape[1:])))
+
+
+def _changed(loads, change, size):
+    """Each of ``loads`` after ``change(load, size, rng)``, one seeded draw for all of them (the
+    shift section's and the frontier's, the same)."""
+    rng = np.random.default_rng(7)
+    return [change(x, size, rng) for x in loads]
 
 
 def reshuffle(load: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
@@ -298,8 +305,7 @@ def short_window(names, sigmas=(0.0, 0.4), volumes=(2_000, 20_000, 200_000), ste
 def frontier(policy="equilibrium", costs=(1.6e-3, 3.2e-3, 6.4e-3, 0.01, 0.015, 0.02, 0.032, 0.064)):
     loads = [deepseek(w) for w in DS]
     esft = [traces.esft(t) for t in traces.ESFT_TASKS]
-    rng = np.random.default_rng(7)  # the shift section's draw of sigma 1.5
-    shifted = [phase_change(x, 1.5, rng) for x in loads]
+    shifted = _changed(loads, phase_change, 1.5)  # as the shift section draws it
     cases = {"ds": [], "esft": [], "shift": []}
     for i in range(len(loads)):
         train = np.concatenate([x for j, x in enumerate(loads) if j != i])

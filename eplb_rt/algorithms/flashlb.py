@@ -413,13 +413,13 @@ def plan_layers(layers: Layers, topo: Topology, opts: FlashLBOptions) -> tuple[n
     largest = min(_LARGEST, _RANK_LARGEST / topo.num_slots_per_rank)
     peaks = X.max(axis=(1, 2), initial=0.0)  # [L']
     if (peaks > largest).any():
-        # Named by layer: a plan on several threads checks each thread's layers apart, and
-        # the message says the same of a layer whichever thread planned it.
+        # Said of one expert of a layer: a plan on several threads checks each thread's
+        # layers apart, and a hierarchical one each node's experts apart.
         j = int(np.argmax(peaks > largest))
         raise ValueError(
-            f"flashlb: layer {layers.index[j]}'s episode loads reach {peaks[j]:.3g}, which "
-            f"overflows its float32 statistics (the original's) at {topo.num_slots_per_rank} "
-            f"slots a rank; scale the load below {largest:.3g}"
+            f"flashlb: an expert of layer {layers.index[j]} carries {peaks[j]:.3g} in an "
+            f"episode, which overflows its float32 statistics (the original's) at "
+            f"{topo.num_slots_per_rank} slots a rank; scale the load below {largest:.3g}"
         )
     mu, var, cov = statistics(X)
     # Experts of equal score in index order. The original takes numpy's default sort, whose

@@ -275,17 +275,21 @@ def test_flashlb_plans_a_load_in_any_unit_alike():
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_flashlb_names_the_layer_whose_load_overflows_on_any_threads(threads):
-    """The overflow check runs on each thread's layers apart; its message names a layer and
-    that layer's own largest load (it gave the largest of whichever layers shared the thread,
-    under the words "episode loads up to")."""
+@pytest.mark.parametrize("hierarchical", [False, True])
+def test_flashlb_names_the_layer_whose_load_overflows_on_any_threads(threads, hierarchical):
+    """The overflow check runs on each thread's layers apart (and, planned hierarchically, on
+    each node's experts apart); its message names a layer and a load one of its experts
+    carries. It gave the largest of whichever layers shared the thread, as the load's."""
     load = np.random.default_rng(5).integers(1, 50, size=(2, 6, 8)).astype(float)
-    load[:, [1, 4]] = 2.0**50  # layers 1 and 4 overflow, on one thread or on two apart
-    load[0, 1, 3], load[1, 4, 6] = 2.0**62, 2.0**61
-    with pytest.raises(ValueError, match=r"layer (\d)'s episode loads reach (\S+), which") as info:
-        plan("flashlb", load, Topology(2, 5), threads=threads)
-    layer, value = re.search(r"layer (\d)'s episode loads reach (\S+),", str(info.value)).groups()
-    assert value == f"{load[:, int(layer)].max():.3g}"
+    load[0, 1, 3], load[1, 4, 6] = 2.0**61, 2.0**62  # layers 1 and 4 overflow, 4 the more
+    topo, previous = Topology(2, 5), None
+    if hierarchical:
+        topo = Topology(2, 5, num_nodes=2, num_groups=2)
+        previous = plan("flashlb", np.ones((1, 6, 8)), topo)
+    with pytest.raises(ValueError, match=r"an expert of layer (\d) carries (\S+) in an") as info:
+        plan("flashlb", load, topo, previous, {"hierarchical": hierarchical}, threads=threads)
+    layer, value = re.search(r"of layer (\d) carries (\S+) in", str(info.value)).groups()
+    assert value in {f"{x:.3g}" for x in load[:, int(layer)].ravel()}
     assert layer in ("1", "4")
 
 

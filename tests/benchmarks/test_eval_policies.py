@@ -36,7 +36,7 @@ def test_a_reshuffle_deals_a_share_of_the_experts_loads_among_them():
     shuffled = reshuffle(load, 0.25, np.random.default_rng(5))
     for layer in range(4):
         changed = (shuffled[:, layer] != load[:, layer]).any(axis=0)
-        assert 0 < changed.sum() <= 16  # 16 experts drawn; one may draw its own load back
+        assert 0 < changed.sum() <= 16  # 16 experts drawn; some may draw their own loads back
         # the same loads, every step's with its expert: a layer's columns permuted
         by_column = sorted(map(tuple, load[:, layer].T))
         assert sorted(map(tuple, shuffled[:, layer].T)) == by_column
