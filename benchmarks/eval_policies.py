@@ -198,12 +198,14 @@ def adapting(names, sigmas=(0.0,), reshuffled=()):
     )
     print("| policy | change | in force PAR | PAR | moved | pipeline PAR | pipeline moved |")
     print("|---|---|---|---|---|---|---|")
-    changes = [(f"sigma {sigma:g}", phase_change, sigma) for sigma in sigmas]
-    changes += [(f"{share:.0%} reshuffled", reshuffle, share) for share in reshuffled]
+    # Each change drawn once (the same seeded draw for every policy).
+    changed = [(f"sigma {sigma:g}", _changed(loads, phase_change, sigma)) for sigma in sigmas]
+    changed += [
+        (f"{share:.0%} reshuffled", _changed(loads, reshuffle, share)) for share in reshuffled
+    ]
     for n in names:
         prevs = _leave_one_out_plans(n, loads, topo)
-        for label, change, size in changes:
-            news = _changed(loads, change, size)
+        for label, news in changed:
             before = np.mean([_par(p, x.sum(0)) for p, x in zip(prevs, news, strict=True)])
             par, moved, piped, piped_moved = _replans(n, news, prevs, topo)
             print(
