@@ -94,12 +94,14 @@ _TAU_MIN = 1e-3
 """Least temperature of the smooth peak that ranks moves, as a fraction of the mean rank load:
 near balance the smooth peak exceeds the true one by at most ``_TAU_MIN * log(D)`` in PAR."""
 
-_TAU_SHARE = 0.1
+_TAU_SHARE = 1.0
 """... and its temperature is at least this share of the peak's excess over the mean, so that
-far from balance the ranks near the peak count too. On DeepSeek-V3 and ESFT re-plans the walk's
-slots buy the same PAR with any share from 0.1 to 1; the larger the share, the closer the walk
-fits the load it is judged on, which the demo's task switches punish (the next task is not that
-load): the low end of that range (BENCHMARKS §3)."""
+far from balance every rank above the mean counts, each as far as it is above it: a move that
+lowers the second rank is progress while the first stays. The whole excess: after a task switch
+or a large change of phase (several ranks far above the mean) the walk buys the same PAR with a
+tenth to a quarter fewer slots than at a tenth of it, and DeepSeek-V3's prefill re-plans (near
+balance, the temperature at its floor) keep their frontier (BENCHMARKS §3, "Sixty-first
+session")."""
 
 _RANK_TOL = 1e-9
 """Singular values under this fraction of the episodes' norm (their root sum of squares) are
