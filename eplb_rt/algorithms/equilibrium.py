@@ -44,28 +44,28 @@ Per layer (the search kernels are numba, no GIL):
    that on a short window it does not fit the summed load's sampling noise; the previous slots
    repaired to the walk's PAR on the summed load by moves ranked on the load above it on every
    rank (:func:`~eplb_rt.algorithms.target_repair.repair_to`: the walk relieves the peak rank
-   first, and after a phase change takes up to a third more slots to a given PAR); on a window
-   of sampled token counts, the previous slots repaired alike to the fresh plan's PAR plus what
-   a plan fitted to the window can seem to gain from its noise alone (:func:`noise_reach`:
-   where the walk, priced slot by slot against the peak, stalls far from balance); the fresh
-   plan with its ranks relabelled to the previous ones (Hungarian). The two repairs see the
-   summed load alone and are kept only where they leave the episodes no less balanced than the
-   walk. All are judged on the summed
-   load (and where the episodes are distinct workloads, on the scored rows too:
-   :func:`_settle`): the layer takes the least ``PAR + move_cost * moved slots / D`` within the
-   budget ``max_moved_fraction * P``. The price is per slot *per rank*: ranks receive in
-   parallel, so moving ``D`` slots spread over the ``D`` ranks takes one expert's transfer, and
-   with a fixed batch per rank a unit of PAR buys the same compute at any ``D``. In the
-   planning pipeline (``slowest_rank``) the candidates are judged by the time their migration
-   takes, as its gate prices it: ``move_cost`` times the most experts one rank receives. Where a
-   placement is expected to serve ``lifetime`` plans, a candidate whose moves pay before the
-   next plan is judged by ``PAR + price / lifetime`` (where the episodes show the load held over
-   the window, for as long as it holds: the least PAR that pays). The move walk keeps, of its
-   prefixes, the one this judge would take on the summed load, and stops once the slots it has
-   moved leave no later one to take (kept by their price per slot, a prefix could send three
-   experts to one rank, dearer by the slowest rank than the PAR it bought, where its first
-   moves paid). With two episodes or more, a changed layer must also pay out of sample,
-   re-planned on half of them and judged on the other half (:func:`paid_out_of_sample`).
+   first, and after a phase change takes more slots to a given PAR, or stops short of it); on a
+   window of sampled token counts, the previous slots repaired alike to the fresh plan's PAR
+   plus what a plan fitted to the window can seem to gain from its noise alone
+   (:func:`noise_reach`: where the walk, priced slot by slot against the peak, stalls far from
+   balance); the fresh plan with its ranks relabelled to the previous ones (Hungarian). The two
+   repairs see the summed load alone and are kept only where they leave the episodes no less
+   balanced than the walk. All are judged on the summed load (and where the episodes are
+   distinct workloads, on the scored rows too: :func:`_settle`): the layer takes the least
+   ``PAR + move_cost * moved slots / D`` within the budget ``max_moved_fraction * P``. The
+   price is per slot *per rank*: ranks receive in parallel, so moving ``D`` slots spread over
+   the ``D`` ranks takes one expert's transfer, and with a fixed batch per rank a unit of PAR
+   buys the same compute at any ``D``. In the planning pipeline (``slowest_rank``) the
+   candidates are judged by the time their migration takes, as its gate prices it:
+   ``move_cost`` times the most experts one rank receives. Where a placement is expected to
+   serve ``lifetime`` plans, a candidate whose moves pay before the next plan is judged by
+   ``PAR + price / lifetime`` (where the episodes show the load held over the window, for as
+   long as it holds: the least PAR that pays). The move walk keeps, of its prefixes, the one
+   this judge would take on the summed load, and stops once the slots it has moved leave no
+   later one to take (kept by their price per slot, a prefix could send three experts to one
+   rank, dearer by the slowest rank than the PAR it bought, where its first moves paid). With
+   two episodes or more, a changed layer must also pay out of sample, re-planned on half of
+   them and judged on the other half (:func:`paid_out_of_sample`).
 """
 
 from __future__ import annotations
