@@ -658,7 +658,7 @@ def test_plan_previous_says_which_layers_pay_and_which_go_onto_nodes(capsys, tmp
     assert "(0 of 2 layers pay: save 0.0 ms" in out
     assert "; 2 more put their expert groups on nodes)" in out
     # A horizon far past any serving run: the saving in four digits, not hundreds. (The flat
-    # placement was fitted to this very window: what a re-plan of it gains is the window's
+    # placement was fitted to this very window: what a re-plan of it gains is mostly the window's
     # sampling noise, which the check out of sample may refuse. One fitted to the experts'
     # loads reversed pays.)
     np.save(tmp_path / "reversed.npy", np.load(tmp_path / "load.npy")[..., ::-1])

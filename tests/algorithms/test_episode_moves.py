@@ -226,7 +226,7 @@ def test_walk_takes_the_moves_of_scoring_every_move_on_every_row(seed):
 @pytest.mark.parametrize("seed", range(40))
 def test_one_row_walks_as_greedy_moves(seed):
     prev, V, D, budget, cost = _case(seed, 1)
-    share = 0.1 if seed % 2 else 0.5
+    share = (0.1, 0.5, 1.0)[seed // 4 % 3]
     price = (seed % 4 >= 2, (1.0, 3.0, math.inf)[seed % 3])  # slowest_rank, lifetime
     want = greedy_moves(prev, V[0], D, budget, cost, 1e-3 * V.sum() / D, share, *price)
     got = greedy_moves_rows(prev, V, 0, D, budget, cost, 1e-3 * V.sum(axis=1) / D, share, *price)
@@ -239,7 +239,8 @@ def test_valid_within_budget_and_never_costlier_on_the_judged_row(seed):
     prev, V, D, budget, cost = _case(1000 + seed, 1 + seed % 5)
     judge = seed % V.shape[0]
     tau_min = 1e-3 * V.sum(axis=1) / D
-    row, moved = greedy_moves_rows(prev, V, judge, D, budget, cost, tau_min, 0.1, False, 1.0)
+    share = (0.1, 1.0)[seed % 2]
+    row, moved = greedy_moves_rows(prev, V, judge, D, budget, cost, tau_min, share, False, 1.0)
     Placement(row[None], V.shape[1], D)
     assert moved == int((row != prev).sum()) <= budget
     assert _par(row, V[judge], D) + cost * moved <= _par(prev, V[judge], D) + 1e-12

@@ -91,7 +91,7 @@ def test_a_budget_of_29_slots_lets_29_move():
     from eplb_rt.placement import Topology
 
     topo = Topology(10, 10)
-    rng = np.random.default_rng(36)
+    rng = np.random.default_rng(36)  # a layer whose re-plan moves more than either budget
     load = rng.pareto(1.0, 60) * 100
     previous = plan("equilibrium", load[None, None, :], topo)
     shifted = rng.permutation(load)[None, None, :]
@@ -104,5 +104,5 @@ def test_a_budget_of_29_slots_lets_29_move():
             row_par(placement.phy2log[0], shifted[0], 10),
         )
     assert got[1.0][0] == 71
-    assert got[0.29][0] <= 29 and got[0.28][0] <= 28
+    assert got[0.29][0] == 29 and got[0.28][0] <= 28
     assert got[0.29][1] < got[0.28][1]

@@ -204,5 +204,7 @@ def test_fewer_slots_than_the_walk_after_a_phase_change():
             walk, moves = greedy_moves(before, w, 32, budget, 0.0, tau, _TAU_SHARE, False, 1.0)
             if _par(walk, w, 32) <= 1.01:
                 break
+        else:
+            pytest.fail(f"layer {layer}: no budget brings the walk to PAR 1.01")
         walked += moves
     assert repaired < walked
