@@ -800,7 +800,8 @@ def greedy_moves(
     The smooth peak's temperature is ``max(tau_min, tau_share * (peak - mean))``: far from
     balance, lowering the group of ranks near the peak is progress even where the single
     largest stays (a step the exact maximum would not see, so the walk would spend slots on the
-    peak alone); near balance it is the peak itself. Returns ``(row [P] int64, moved slots)``.
+    peak alone); within ``tau_min / tau_share`` of the mean it is the peak itself. Returns
+    ``(row [P] int64, moved slots)``.
 
     Most candidates are refuted before they are scored in full: a move beats the best gain so
     far only if its sum of smooth-peak terms stays below a cut-off, and a lower bound of that

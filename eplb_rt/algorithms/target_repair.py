@@ -7,12 +7,11 @@ it lowers the smooth peak, so each step relieves the peak rank and its near neig
 that is one move from the target waits until it is the peak. Ranked by the fall of the
 *overflow* (the load above a cap, summed over every rank), a step relieves whichever rank over
 the cap it relieves most per slot, into a rank with room below the cap: on re-plans of the
-DeepSeek-V3 workloads after a phase change it reached the same PAR with about a quarter fewer
-moved slots than the walk's prefixes (BENCHMARKS §3 "Fifty-third session"), and, since the walk
-ranks by a smooth peak at the whole excess, with a few per cent fewer, where the walk reaches it
-(after the largest change the walk stops short of PAR 1.01 on some layers; "Sixty-first
-session"). It is a candidate of
-the re-plan's judge (:func:`~eplb_rt.algorithms.equilibrium._settle`), not a plan of its own: it
+DeepSeek-V3 workloads after a phase change it reached PAR 1.01 with about a quarter fewer moved
+slots than the walk's prefixes at a tenth of the excess (BENCHMARKS §3 "Fifty-third session"),
+and 2-5 % fewer than the walk at the whole excess, which after the largest change stops short
+of 1.01 on some layers ("Sixty-first session"). It is a candidate of the re-plan's judge
+(:func:`~eplb_rt.algorithms.equilibrium._settle`), not a plan of its own: it
 knows no price, its targets are the walk's PAR and, on a window of sampled counts, the fresh
 plan's within the window's noise, and it sees one row of load (where the re-plan reads a window
 of episodes it is kept only where it leaves them no less balanced than the walk, which ranks its
