@@ -53,8 +53,7 @@ def row_reflectors(A):
         vnorm = np.sqrt(vnorm)
         for e in range(k, E):
             V[k, e] /= vnorm
-        for i in range(k, K):
-            _reflect(L[i], V[k], k)
+        _reflect_rows(L, k, V, k)
     C = np.zeros((K, m))
     for i in range(K):
         for j in range(min(i + 1, m)):
@@ -67,24 +66,58 @@ def reflected_basis(V):
     """``Q [m, E]``: the orthonormal basis whose reflectors ``V [m, E]`` :func:`row_reflectors`
     gives."""
     m, E = V.shape
-    # Row j of Q is e_j reflected by the last reflector first: A = L H_{m-1} ... H_0.
+    # Row j of Q is e_j reflected by the last reflector first: A = L H_{m-1} ... H_0. The
+    # rows take the reflectors in step (each its own in the same order, so the same bits).
     Q = np.zeros((m, E))
     for j in range(m):
         Q[j, j] = 1.0
-        for k in range(m - 1, -1, -1):
-            _reflect(Q[j], V[k], k)
+    for k in range(m - 1, -1, -1):
+        _reflect_rows(Q, 0, V, k)
     return Q
 
 
 @kernel(inline=True)
-def _reflect(x, v, start):
-    """``x -= 2 (x . v) v`` in place, for ``v`` zero before ``start``."""
-    dot = 0.0
-    for e in range(start, x.shape[0]):
-        dot += x[e] * v[e]
-    dot *= 2.0
-    for e in range(start, x.shape[0]):
-        x[e] -= dot * v[e]
+def _reflect_rows(X, first, V, k):
+    """``x -= 2 (x . v) v`` in place for each row ``x`` of ``X`` from ``first`` on, ``v = V[k]``
+    (zero before column ``k``).
+
+    Four rows at a time: each dot product is a chain of additions, one after the other, and
+    four chains side by side take little longer than one (every chain sums in column order,
+    as one row alone would: the same bits). Rows by index, no views (each a reference)."""
+    n, E = X.shape
+    i = first
+    while i < n:
+        rows = min(4, n - i)
+        d0 = d1 = d2 = d3 = 0.0
+        if rows == 4:
+            for e in range(k, E):
+                v = V[k, e]
+                d0 += X[i, e] * v
+                d1 += X[i + 1, e] * v
+                d2 += X[i + 2, e] * v
+                d3 += X[i + 3, e] * v
+        else:
+            for e in range(k, E):
+                v = V[k, e]
+                d0 += X[i, e] * v
+                if rows > 1:
+                    d1 += X[i + 1, e] * v
+                if rows > 2:
+                    d2 += X[i + 2, e] * v
+        d0 *= 2.0
+        d1 *= 2.0
+        d2 *= 2.0
+        d3 *= 2.0
+        for e in range(k, E):
+            v = V[k, e]
+            X[i, e] -= d0 * v
+            if rows > 1:
+                X[i + 1, e] -= d1 * v
+            if rows > 2:
+                X[i + 2, e] -= d2 * v
+            if rows > 3:
+                X[i + 3, e] -= d3 * v
+        i += rows
 
 
 @kernel

@@ -88,3 +88,57 @@ def test_the_same_bits_on_every_call():
 
     for x, y in zip(everything(A), everything(A.copy()), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def _reflect_alone(x: list, v: list, start: int) -> None:
+    """``x -= 2 (x . v) v``, the dot product summed in column order: one row at a time."""
+    dot = 0.0
+    for e in range(start, len(x)):
+        dot += x[e] * v[e]
+    dot *= 2.0
+    for e in range(start, len(x)):
+        x[e] -= dot * v[e]
+
+
+def _reflectors_one_row_at_a_time(A: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(C, V, Q)`` as the kernels define them, each row reflected on its own (plain floats)."""
+    K, E = A.shape
+    m = min(K, E)
+    L = A.tolist()
+    V = [[0.0] * E for _ in range(m)]
+    for k in range(m):
+        norm = 0.0
+        for e in range(k, E):
+            norm += L[k][e] * L[k][e]
+        norm = float(np.sqrt(norm))
+        if norm == 0.0:
+            continue
+        alpha = -norm if L[k][k] >= 0.0 else norm
+        V[k][k:] = L[k][k:]
+        V[k][k] -= alpha
+        vnorm = 0.0
+        for e in range(k, E):
+            vnorm += V[k][e] * V[k][e]
+        vnorm = float(np.sqrt(vnorm))
+        for e in range(k, E):
+            V[k][e] /= vnorm
+        for i in range(k, K):
+            _reflect_alone(L[i], V[k], k)
+    Q = [[float(j == e) for e in range(E)] for j in range(m)]
+    for j in range(m):
+        for k in range(m - 1, -1, -1):
+            _reflect_alone(Q[j], V[k], k)
+    C = np.tril(np.array(L)[:, :m])
+    return C, np.array(V), np.array(Q)
+
+
+@pytest.mark.parametrize(("K", "E"), [(1, 6), (3, 11), (5, 9), (6, 7), (7, 30), (9, 4), (13, 40)])
+def test_reflections_in_step_keep_the_bits_of_one_row_at_a_time(K, E):
+    """The kernels reflect four rows in step; each row's dot products must still be summed in
+    column order (K - k from 1 to 13 covers every remainder of four, E < K the short bases)."""
+    A = _rows(K, E, min(K, E), K * 31 + E)
+    C, V = row_reflectors(A)
+    C0, V0, Q0 = _reflectors_one_row_at_a_time(A)
+    np.testing.assert_array_equal(C, C0)
+    np.testing.assert_array_equal(V, V0)
+    np.testing.assert_array_equal(reflected_basis(V), Q0)
