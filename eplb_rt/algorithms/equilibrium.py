@@ -138,7 +138,10 @@ class EquilibriumOptions(Options):
             time grows as the cube of their number: 58 layers of 256 experts at 64 x 5 ranks
             and slots plan in 45 ms with 16, 0.33 s with 64).
         shares: choose non-uniform replica shares (``route_and_count`` honours them).
-        count_rounds, count_width: rounds and candidate experts of the replica-count search.
+        count_rounds, count_width: rounds and candidate experts of the replica-count search
+            (recipients and donors of its single moves, each; six, not three, reach the
+            neighbours a tight shape needs: gpt-oss at 8x5 out of sample 1.2362 -> 1.2224,
+            no other cell beyond noise, BENCHMARKS §3 "Sixty-second session").
         count_tol: the count search stops once the PAR is within this of 1 (on token counts,
             also once the PAR or a round's gain is within their sampling noise).
         spread: plan for deviations from the mean ``spread`` times those seen (allotment at
@@ -179,7 +182,7 @@ class EquilibriumOptions(Options):
     num_episodes: int = option(16, low=1, high=64)
     shares: bool = option(False)
     count_rounds: int = option(6, low=0)
-    count_width: int = option(3, low=1)
+    count_width: int = option(6, low=1)
     count_tol: float = option(0.002, low=0)
     spread: float = option(2.0, low=0)
     unseen: float = option(1.0, low=0)

@@ -17,6 +17,11 @@ LPT = 0
 """Construction of :func:`construct`: LPT packing, then pairwise swaps (equilibrium)."""
 SCORE = 1
 """Construction of :func:`construct`: FlashLB's mean + z * std device score (flashlb)."""
+PAIR_WIDTH = 3
+"""Recipients and donors of :func:`count_search`'s two-replica moves: the first of each. A pair
+is for two large replicas forced onto one rank, which the experts of most load per replica
+are; the moves grow with the fourth power of the width (441 at six against 36), and wider
+pairs changed no runtime plan (BENCHMARKS §3, "Sixty-second session")."""
 
 
 @kernel(inline=True)
@@ -206,8 +211,8 @@ def count_search(
     ``width`` with the largest per-replica load), re-:func:`construct` each neighbour, keep the
     best if it improves the mean PAR over ``W``'s episodes. A round tries the single moves; where
     none improves, those to the expert of least load per replica (:func:`_with_park`); then the
-    two-replica moves to the first recipients: those matter when too many large replicas force
-    two onto one rank, and there are four times as many to construct. Stops
+    two-replica moves between the first :data:`PAIR_WIDTH` recipients and donors: those matter
+    when too many large replicas force two onto one rank. Stops
     early once the PAR is at most ``enough``, or after a round that gained less than
     ``min_gain``. Each neighbour's swaps stop at ``swap_enough`` (:func:`construct`'s
     ``enough``). ``counts`` is updated in place; returns the best ``row``.
@@ -239,11 +244,14 @@ def count_search(
                 break
             pairs = phase == 2
             lo, hi = (top, recipients.shape[0]) if phase == 1 else (0, top)
+            give = m
+            if pairs:
+                hi, give = min(top, PAIR_WIDTH), min(m, PAIR_WIDTH)
             for i1 in range(lo, hi):
                 # A single move has i2 = j2 = -1; a pair takes i2 >= i1 and j2 >= j1.
                 for i2 in range(i1 if pairs else -1, hi if pairs else 0):
-                    for j1 in range(m):
-                        for j2 in range(j1 if pairs else -1, m if pairs else 0):
+                    for j1 in range(give):
+                        for j2 in range(j1 if pairs else -1, give if pairs else 0):
                             trial[:] = counts
                             trial[recipients[i1]] += 1
                             trial[donors[j1]] -= 1
