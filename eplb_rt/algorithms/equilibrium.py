@@ -140,8 +140,9 @@ class EquilibriumOptions(Options):
         shares: choose non-uniform replica shares (``route_and_count`` honours them).
         count_rounds, count_width: rounds and candidate experts of the replica-count search
             (recipients and donors of its single moves, each; six, not three, reach the
-            neighbours a tight shape needs: gpt-oss at 8x5 out of sample 1.2362 -> 1.2224,
-            no other cell beyond noise, BENCHMARKS §3 "Sixty-second session").
+            neighbours a tight shape needs: gpt-oss at 8x5 out of sample 1.2362 -> 1.2221;
+            on the other shipped cells the same or within noise, on the smallest synthetic
+            shapes a little worse, BENCHMARKS §3 "Sixty-second session").
         count_tol: the count search stops once the PAR is within this of 1 (on token counts,
             also once the PAR or a round's gain is within their sampling noise).
         spread: plan for deviations from the mean ``spread`` times those seen (allotment at

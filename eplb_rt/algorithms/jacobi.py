@@ -83,7 +83,8 @@ def _reflect_rows(X, first, V, k):
 
     Four rows at a time: each dot product is a chain of additions, one after the other, and
     four chains side by side take little longer than one (every chain sums in column order,
-    as one row alone would: the same bits). Rows by index, no views (each a reference)."""
+    as one row alone would: the same bits). Rows by index: a view of a row would take a
+    reference at every call (:mod:`eplb_rt.algorithms.jit`)."""
     n, E = X.shape
     i = first
     while i < n:

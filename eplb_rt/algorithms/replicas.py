@@ -18,10 +18,11 @@ LPT = 0
 SCORE = 1
 """Construction of :func:`construct`: FlashLB's mean + z * std device score (flashlb)."""
 PAIR_WIDTH = 3
-"""Recipients and donors of :func:`count_search`'s two-replica moves: the first of each. A pair
-is for two large replicas forced onto one rank, which the experts of most load per replica
-are; the moves grow with the fourth power of the width (441 at six against 36), and wider
-pairs changed no runtime plan (BENCHMARKS §3, "Sixty-second session")."""
+"""Recipients and donors of :func:`count_search`'s two-replica moves: the first three of each,
+whatever its width. A pair is for two large replicas forced onto one rank, and those are the
+replicas of the experts of most load per replica; the pairs grow with the fourth power of the
+width (441 constructions at six against 36), and wider pairs changed no decision of the
+runtime's, only its time (BENCHMARKS §3, "Sixty-second session")."""
 
 
 @kernel(inline=True)
