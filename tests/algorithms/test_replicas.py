@@ -355,7 +355,8 @@ def test_the_default_width_finds_better_counts_on_a_tight_shape():
     from benchmarks import traces
 
     D, S = 8, 5
-    width = EquilibriumOptions().count_width
+    opts = EquilibriumOptions()
+    width, rounds, enough = opts.count_width, opts.count_rounds, 1.0 + opts.count_tol
     assert width > 3
     pars = []
     for subset in traces.gptoss_subsets():
@@ -365,7 +366,7 @@ def test_the_default_width_finds_better_counts_on_a_tight_shape():
             for k in (3, width):
                 c = counts.copy()
                 out = count_search(
-                    LPT, row, w[None], w, _NO_COV, 0.0, c, D, 6, k, 4 * D * S, 1.002, 0.0, 0.0
+                    LPT, row, w[None], w, _NO_COV, 0.0, c, D, rounds, k, 4 * D * S, enough, 0.0, 0.0
                 )
                 found.append(_par(out, w, c, D))
             pars.append(found)
