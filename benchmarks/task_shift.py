@@ -6,9 +6,11 @@ a plan sees there are distinct workloads with no measurable sampling noise. User
 are also smaller, and come from models at other shapes. Here each layer has a base popularity
 (lognormal, ``sigma_base``), each of four tasks moves every expert's share by an independent
 lognormal factor (``sigma_task``: what one task shows says nothing of the next), and a task's
-counts are ``tokens x top-k`` multinomial draws. Each task is held out in turn: planned on the
-other three (one episode each), scored on it (mean PAR over the layers). Each contender is
-compared with the first, paired over seeds and folds (mean difference and its standard error).
+counts are ``tokens x top-k`` multinomial draws (``tokens`` 0: the shares themselves, distinct
+workloads without sampling noise, as the shipped traces' episodes are). Each task is held out in
+turn: planned on the other three (one episode each), scored on it (mean PAR over the layers).
+Each contender is compared with the first, paired over seeds and folds (mean difference and its
+standard error).
 The engines' own policies join with ``--peers`` (parts of ``bench_peers.py``'s contender names;
 their wheels fetched by ``scripts/fetch_peers.py``, skipped with the reason where missing).
 Deterministic (seeded); the numbers are PARs, not times, so runs on any host agree.
@@ -43,18 +45,22 @@ MODELS = {
 REGIMES = ("1,0.3,4096", "1,0.1,4096", "1,0.2,16384", "0.5,0.3,4096")
 """``sigma_base,sigma_task,tokens``: tasks far apart over few tokens (a few per cent of their
 spread is sampling noise), close ones (a quarter is), far apart over more tokens, and a flatter
-base."""
+base. ``--regimes 1,0.3,0`` and the like give the tasks' shares without sampling noise."""
 
 
 def task_loads(  # noqa: PLR0917 (a generator's parameters, in the docstring's order)
     rng, experts, top_k, layers, tasks, tokens, sigma_base, sigma_task
 ) -> np.ndarray:
-    """``[tasks, layers, experts] float64`` counts: the shares' base times each task's factor."""
+    """``[tasks, layers, experts] float64`` counts: the shares' base times each task's factor
+    (``tokens`` 0: each layer's shares, summing to 1, without drawing counts)."""
     base = rng.lognormal(0.0, sigma_base, size=(layers, experts))
     out = np.empty((tasks, layers, experts))
     for t in range(tasks):
         share = base * rng.lognormal(0.0, sigma_task, size=(layers, experts))
         share /= share.sum(axis=1, keepdims=True)
+        if tokens == 0:
+            out[t] = share
+            continue
         for j in range(layers):
             out[t, j] = rng.multinomial(tokens * top_k, share[j])
     return out
@@ -83,8 +89,9 @@ def run(regime: str, seeds: int, layers: int, planners: dict) -> None:
     """One regime's table: mean PAR per cell and contender, then the paired differences."""
     sigma_base, sigma_task, tokens = regime.split(",")
     sigma_base, sigma_task, tokens = float(sigma_base), float(sigma_task), int(tokens)
+    volume = f"{tokens:,} tokens a task" if tokens else "the tasks' shares (no sampling)"
     print(
-        f"\n### sigma_base {sigma_base}, sigma_task {sigma_task}, {tokens:,} tokens a task "
+        f"\n### sigma_base {sigma_base}, sigma_task {sigma_task}, {volume} "
         f"({seeds} seeds x 4 held-out tasks, {layers} layers)\n"
     )
     names = list(planners)
