@@ -97,7 +97,15 @@ def run(regime: str, seeds: int, layers: int, planners: dict) -> None:
     names = list(planners)
     table_head(names)
     paired = {n: [] for n in names}
+    # Without counts top-k sizes nothing: models of the same experts at the same shape get the
+    # same loads, and a cell counted twice would weigh twice in the paired differences.
+    same, first = [], {}
     for model, experts, top_k, topo in shapes():
+        key = (experts, topo.num_ranks, topo.num_slots_per_rank, top_k if tokens else 0)
+        if key in first:
+            same.append(f"{model} {_shape(topo)} (the loads of {first[key]})")
+            continue
+        first[key] = f"{model} {_shape(topo)}"
         scores = {n: [] for n in names}
         for seed in range(seeds):
             rng = np.random.default_rng(seed)
@@ -109,7 +117,9 @@ def run(regime: str, seeds: int, layers: int, planners: dict) -> None:
         for name in names:
             paired[name] += list(np.subtract(scores[name], scores[names[0]]))
         cells = " | ".join(_cell(scores[n]) for n in names)
-        print(f"| {model} | {topo.num_ranks}x{topo.num_slots_per_rank} | {cells} |", flush=True)
+        print(f"| {model} | {_shape(topo)} | {cells} |", flush=True)
+    if same:
+        print("\nLeft out: " + "; ".join(same) + ".")
     print(
         "\nPaired with the first contender over every cell, seed and fold where both planned "
         "(mean ± s.e.):"
@@ -144,6 +154,10 @@ def _tolerant(planner):
             return None
 
     return run
+
+
+def _shape(topo: Topology) -> str:
+    return f"{topo.num_ranks}x{topo.num_slots_per_rank}"
 
 
 def _cell(scores: list[float]) -> str:

@@ -54,6 +54,20 @@ def test_a_small_run_prints_a_row_per_shape_and_the_paired_differences(capsys):
     assert "- random: +" in out  # seeded random placements lose to ours
 
 
+def test_without_counts_a_shape_with_the_same_loads_is_left_out(capsys, monkeypatch):
+    """Two models of the same experts at the same shape, top-k apart: counted once without
+    counts (their shares are the same), twice with them."""
+    monkeypatch.setattr(task_shift, "MODELS", {"a": (8, 2, [(4, 3)]), "b": (8, 4, [(4, 3)])})
+    args = ["--seeds", "1", "--layers", "1", "--contenders", "equilibrium", "random"]
+    task_shift.main([*args, "--regimes", "1,0.3,0"])
+    out = capsys.readouterr().out
+    assert [line.split(" | ")[0] for line in out.splitlines() if line.startswith("| a")] == ["| a"]
+    assert "| b |" not in out and "Left out: b 4x3 (the loads of a 4x3)." in out
+    task_shift.main([*args, "--regimes", "1,0.3,500"])
+    out = capsys.readouterr().out
+    assert "| a |" in out and "| b |" in out and "Left out" not in out
+
+
 def test_an_engines_failed_plan_scores_nan_while_ours_raise():
     def broken(load, topology, previous):
         raise IndexError("a shape the engine's code does not handle")
