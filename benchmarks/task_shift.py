@@ -6,8 +6,9 @@ a plan sees there are distinct workloads with no measurable sampling noise. User
 are also smaller, and come from models at other shapes. Here each layer has a base popularity
 (lognormal, ``sigma_base``), each of four tasks moves every expert's share by an independent
 lognormal factor (``sigma_task``: what one task shows says nothing of the next), and a task's
-counts are ``tokens x top-k`` multinomial draws (``tokens`` 0: the shares themselves, distinct
-workloads without sampling noise, as the shipped traces' episodes are). Each task is held out in
+counts are ``tokens x top-k`` multinomial draws (``tokens`` 0: the shares themselves, times
+:data:`SHARE_VOLUME`: distinct workloads without sampling noise, as the shipped traces' episodes
+are). Each task is held out in
 turn: planned on the other three (one episode each), scored on it (mean PAR over the layers).
 Each contender is compared with the first, paired over seeds and folds (mean difference and its
 standard error).
@@ -47,19 +48,25 @@ REGIMES = ("1,0.3,4096", "1,0.1,4096", "1,0.2,16384", "0.5,0.3,4096")
 spread is sampling noise), close ones (a quarter is), far apart over more tokens, and a flatter
 base. ``--regimes 1,0.3,0`` and the like give the tasks' shares without sampling noise."""
 
+SHARE_VOLUME = 1e6
+"""What the shares of ``tokens`` 0 are scaled to: fractional loads (no sampling noise to infer)
+of a volume like the counts'. vllm-ascend's FlashLB and SGLang's ``deepseek_vec`` plan loads
+that sum to 1 as they would not plan the same loads in tokens (Kimi K2 64x7: PAR 1.75 against
+1.13), so shares summing to 1 would measure their input, not their plans."""
+
 
 def task_loads(  # noqa: PLR0917 (a generator's parameters, in the docstring's order)
     rng, experts, top_k, layers, tasks, tokens, sigma_base, sigma_task
 ) -> np.ndarray:
     """``[tasks, layers, experts] float64`` counts: the shares' base times each task's factor
-    (``tokens`` 0: each layer's shares, summing to 1, without drawing counts)."""
+    (``tokens`` 0: each layer's shares times :data:`SHARE_VOLUME`, without drawing counts)."""
     base = rng.lognormal(0.0, sigma_base, size=(layers, experts))
     out = np.empty((tasks, layers, experts))
     for t in range(tasks):
         share = base * rng.lognormal(0.0, sigma_task, size=(layers, experts))
         share /= share.sum(axis=1, keepdims=True)
         if tokens == 0:
-            out[t] = share
+            out[t] = share * SHARE_VOLUME
             continue
         for j in range(layers):
             out[t, j] = rng.multinomial(tokens * top_k, share[j])
@@ -86,10 +93,11 @@ def contender(spec: str) -> tuple[str, dict]:
 
 
 def run(regime: str, seeds: int, layers: int, planners: dict) -> None:
-    """One regime's table: mean PAR per cell and contender, then the paired differences."""
+    """One regime's table: mean PAR per cell and contender, then the paired differences; a cell
+    whose loads repeat an earlier one's is left out (named after the table)."""
     sigma_base, sigma_task, tokens = regime.split(",")
     sigma_base, sigma_task, tokens = float(sigma_base), float(sigma_task), int(tokens)
-    volume = f"{tokens:,} tokens a task" if tokens else "the tasks' shares (no sampling)"
+    volume = f"{tokens:,} tokens a task" if tokens else "the tasks' shares, no sampling"
     print(
         f"\n### sigma_base {sigma_base}, sigma_task {sigma_task}, {volume} "
         f"({seeds} seeds x 4 held-out tasks, {layers} layers)\n"
@@ -97,8 +105,8 @@ def run(regime: str, seeds: int, layers: int, planners: dict) -> None:
     names = list(planners)
     table_head(names)
     paired = {n: [] for n in names}
-    # Without counts top-k sizes nothing: models of the same experts at the same shape get the
-    # same loads, and a cell counted twice would weigh twice in the paired differences.
+    # Without counts top-k does not enter the loads: models of the same experts at the same
+    # shape get the same ones, and a cell counted twice would weigh twice in the differences.
     same, first = [], {}
     for model, experts, top_k, topo in shapes():
         key = (experts, topo.num_ranks, topo.num_slots_per_rank, top_k if tokens else 0)
@@ -157,6 +165,7 @@ def _tolerant(planner):
 
 
 def _shape(topo: Topology) -> str:
+    """``ranks x slots per rank``, as the tables write a shape."""
     return f"{topo.num_ranks}x{topo.num_slots_per_rank}"
 
 

@@ -22,14 +22,15 @@ def test_tasks_are_counts_of_each_layer_and_share_their_base():
 
 
 def test_zero_tokens_give_the_shares_the_counts_are_drawn_from():
-    """``tokens`` 0: each task's shares without sampling (the same generator state up to the
-    draws, so the first task's shares are those its counts of the same seed follow)."""
+    """``tokens`` 0: each task's shares without sampling, at a volume like the counts' and not
+    whole (the same generator state up to the draws, so the first task's shares are those its
+    counts of the same seed follow)."""
     shares = task_shift.task_loads(np.random.default_rng(3), 16, 2, 3, 4, 0, 1.0, 0.3)
     assert shares.shape == (4, 3, 16)
-    np.testing.assert_allclose(shares.sum(axis=2), 1.0)
+    np.testing.assert_allclose(shares.sum(axis=2), task_shift.SHARE_VOLUME)
     assert (shares > 0).all() and not np.array_equal(shares, np.round(shares))
     counts = task_shift.task_loads(np.random.default_rng(3), 16, 2, 3, 1, 10**7, 1.0, 0.3)
-    np.testing.assert_allclose(counts[0] / 2e7, shares[0], atol=2e-3)
+    np.testing.assert_allclose(counts[0] / 2e7, shares[0] / task_shift.SHARE_VOLUME, atol=2e-3)
 
 
 def test_contender_specs_carry_options():
