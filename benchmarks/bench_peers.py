@@ -1,6 +1,7 @@
 """Peers side by side: the engines' own EPLB code next to every eplb_rt policy, in one process.
 
     PYTHONPATH=. python benchmarks/bench_peers.py [--sections time,insample,static,adapt,cold]
+        [--sections phase]                  # adapting across a real change of phase
         [--draws 10] [--jitter 0.1]         # jittered draws of the static section (0: none), and
                                             # their share of the loads' sampling noise
         [--contenders flashlb,deepseek]     # only contenders whose name contains one of these
@@ -26,6 +27,11 @@ Tables (markdown):
   a policy tuned on those traces wins that draw more often than the next one;
 * adapt: each contender's own leave-one-out placement is in force; it re-plans on the left-out
   workload with that table; PAR on it and the fraction of slots moved (mean over folds);
+* phase (not in the default list): a real change of phase, gpt-oss-20b's reasoning then its
+  answers (:func:`phase_change`): each contender's own table fitted on the think phases is in
+  force, it re-plans on each answer phase; PAR before and after, the fraction of slots moved
+  (mean over the subsets) at four shapes; then the default policy's frontier over
+  ``move_cost``, to read its moves at a peer's PAR;
 * cold: a fresh interpreter with an empty numba cache: seconds from start to the first plan
   (vllm-ascend's FlashLB includes its ``warm_up``, as its EPLB process does at start).
 
@@ -268,6 +274,80 @@ def section_adapt(found) -> None:
         print(f"| {name} | " + " | ".join(row) + " |")
 
 
+PHASE_SHAPES = ((4, 9), (8, 5), (8, 6), (16, 3))
+"""gpt-oss-20b's 32 experts on 36 to 48 slots: four of its experts to each slot of 8 ranks, and
+the tightest (16 ranks of 3 slots), where a hot expert needs replicas on several ranks."""
+
+PHASE_COSTS = (0.001, 0.002, 0.004, 0.0064, 0.01, 0.015, 0.02, 0.032, 0.05, 0.064, 0.1)
+"""``move_cost`` values of the default policy's frontier in :func:`section_phase`."""
+
+
+def phase_change() -> tuple[np.ndarray, list[np.ndarray]]:
+    """``(think [6, 24, 32], answers)``: gpt-oss-20b's think phase of every subset the repository
+    keeps, and the answer phase (``[1, 24, 32]``) of each subset that publishes one (three).
+
+    The one change of phase the shipped traces hold: the same model, the same questions, its
+    reasoning tokens and then its answers route to other experts: in a layer, 44-57 % of a
+    subset's answer load lands elsewhere than its reasoning's (half the total variation of the
+    experts' shares; they correlate at 0.19-0.34), against 5-7 % between DeepSeek-V3's
+    neighbouring prompt lengths."""
+    subsets = traces.gptoss_subsets()
+    think = np.concatenate([traces.gptoss(s, "think") for s in subsets])
+    answers = [traces.gptoss(s, "answer") for s in subsets if "answer" in traces.gptoss_phases(s)]
+    return think, answers
+
+
+def section_phase(found, costs=PHASE_COSTS) -> None:
+    """Adapting across :func:`phase_change` at :data:`PHASE_SHAPES`: each contender's own table
+    fitted on the think phases, re-planned on each answer phase. A contender that refuses a
+    shape (``ValueError``: vllm-ascend's DefaultEplb takes no more redundant experts than
+    ranks) gets a cell that says so."""
+    think, answers = phase_change()
+    shapes = [Topology(d, s) for d, s in PHASE_SHAPES]
+    names = [f"{t.num_ranks}x{t.num_slots_per_rank}" for t in shapes]
+    print(
+        "\n### Adapting across a change of phase: gpt-oss-20b, own table fitted on the think "
+        f"phases ({len(think)} subsets), re-planned on each answer phase ({len(answers)}); PAR "
+        "in force -> after / slots moved, mean over the subsets\n"
+    )
+    print("| contender | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(shapes))
+    refused = []
+    for name, run in found.items():
+        cells = []
+        for topo, shape in zip(shapes, names, strict=True):
+            try:
+                cells.append(_phase_cell(run, topo, think, answers))
+            except ValueError as err:
+                cells.append("refused")
+                refused.append(f"- {name} refuses {shape}: {err}")
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+    if refused:
+        print("\n" + "\n".join(refused))
+    default = f"eplb_rt {EplbConfig().policy}"
+    if not costs or default not in found:
+        return
+    print(f"\n{default} along `move_cost` (PAR after / slots moved, the same re-plans):\n")
+    print("| move_cost | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(shapes))
+    for cost in costs:
+        run = ours(EplbConfig().policy, {"move_cost": cost})
+        cells = [_phase_cell(run, topo, think, answers, in_force=False) for topo in shapes]
+        print(f"| {cost:g} | " + " | ".join(cells) + " |", flush=True)
+
+
+def _phase_cell(run: Planner, topo: Topology, think, answers, in_force=True) -> str:
+    before = run(think, topo, None)
+    pars, moved, then = [], [], []
+    for answer in answers:
+        after = run(answer, topo, before)
+        then.append(score(before, answer, topo))
+        pars.append(score(after, answer, topo))
+        moved.append(float((after != before).mean()))
+    cell = f"{np.mean(pars):.4f} / {np.mean(moved):.1%}"
+    return f"{np.mean(then):.3f} -> {cell}" if in_force else cell
+
+
 COLD = {
     f"eplb_rt {EplbConfig().policy} (the default policy)": (
         "from eplb_rt.algorithms import plan; from eplb_rt.config import EplbConfig; "
@@ -331,7 +411,7 @@ def flashlb_check(insample: dict, static: dict) -> None:
         print(f"| {case} | " + " | ".join(cells) + " |")
 
 
-SECTIONS = ("time", "insample", "static", "adapt", "cold")
+SECTIONS = ("time", "insample", "static", "adapt", "phase", "cold")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -389,6 +469,8 @@ def main(argv: list[str] | None = None) -> None:
             flashlb_check(tables["insample"], tables["static"])
         if "adapt" in sections:
             section_adapt(found)
+        if "phase" in sections:
+            section_phase(found)
     if "cold" in sections:
         section_cold(only)
 
