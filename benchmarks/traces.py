@@ -30,6 +30,7 @@ __all__ = [
     "deepseek_v3",
     "esft",
     "gptoss",
+    "gptoss_raw_subsets",
     "gptoss_subsets",
     "jitter",
     "leave_one_out",
@@ -71,11 +72,36 @@ def esft(task: str = "intent") -> np.ndarray:
     return read_load(ESFT_DIR / f"counts_{task}.npz")
 
 
+GPTOSS_DIR = TRACES_DIR / "gptoss_20b_fingerprinting"
+
+
 def gptoss_subsets() -> list[str]:
-    """Names of the gpt-oss-20b subsets kept in the repository (for :func:`gptoss`)."""
-    folder = TRACES_DIR / "gptoss_20b_fingerprinting"
-    names = sorted(p.stem[len("data_") :] for p in folder.glob("data_*.json"))
+    """Names of the six MMLU / MMLU-Pro subsets of gpt-oss-20b, one file each (for
+    :func:`gptoss`): the subsets every benchmark and goal on gpt-oss uses."""
+    names = sorted(p.stem[len("data_") :] for p in GPTOSS_DIR.glob("data_*.json"))
     return [n for n in names if n != "map"]
+
+
+GPTOSS_RAW_FILES = ("raw_tulu3_persona_if.json", "raw_Polyglot-or-Not_Fact-Completion.json")
+"""The source's files of whole benchmarks, several subsets each: instruction following (Tulu-3
+personas) and fact completion (Polyglot-or-Not)."""
+
+GPTOSS_RAW_MIN_SAMPLES = 100
+"""A raw subset with fewer prompts than this is left out of :func:`gptoss_raw_subsets` (the
+files hold subsets of 2-40 prompts next to ones of 346-4,345)."""
+
+
+def gptoss_raw_subsets() -> list[str]:
+    """Names of the subsets of :data:`GPTOSS_RAW_FILES` with at least
+    :data:`GPTOSS_RAW_MIN_SAMPLES` prompts, in file order (for :func:`gptoss`): other tasks than
+    :func:`gptoss_subsets`' (instruction following, fact checking), shipped in the sixty-fourth
+    session and first used to check the policies as they were then, held out of their tuning."""
+    return [
+        name
+        for file in GPTOSS_RAW_FILES
+        for name, doc in json.loads((GPTOSS_DIR / file).read_text()).items()
+        if doc["sample_count"] >= GPTOSS_RAW_MIN_SAMPLES
+    ]
 
 
 GPTOSS_PHASES = ("think", "answer")
@@ -83,27 +109,36 @@ GPTOSS_PHASES = ("think", "answer")
 
 def gptoss_phases(subset: str) -> list[str]:
     """The phases of :data:`GPTOSS_PHASES` whose expert load subset ``subset`` publishes."""
-    doc = json.loads(_gptoss_path(subset).read_text())
+    _, doc = _gptoss_doc(subset)
     return [phase for phase in GPTOSS_PHASES if doc.get(f"{phase}_expert_analytics")]
 
 
-def _gptoss_path(subset: str) -> Path:
-    return TRACES_DIR / "gptoss_20b_fingerprinting" / f"data_{subset}.json"
+def _gptoss_doc(subset: str) -> tuple[Path, dict]:
+    """``(file, statistics)`` of ``subset``: its own ``data_`` file, or its entry in a raw file."""
+    path = GPTOSS_DIR / f"data_{subset}.json"
+    if path.is_file():
+        return path, json.loads(path.read_text())
+    for file in GPTOSS_RAW_FILES:
+        found = json.loads((GPTOSS_DIR / file).read_text()).get(subset)
+        if found is not None:
+            return GPTOSS_DIR / file, found
+    known = gptoss_subsets() + gptoss_raw_subsets()
+    raise ValueError(f"unknown gpt-oss-20b subset {subset!r}; choose one of {known}")
 
 
 def gptoss(subset: str = "mmlu_pro_test_math_True_False", phase: str = "think") -> np.ndarray:
-    """gpt-oss-20b expert load of one benchmark subset and phase: ``[1, 24, 32]``.
+    """gpt-oss-20b expert load of one benchmark subset and phase: ``[1, 24, 32]``; ``subset``
+    one of :func:`gptoss_subsets` or :func:`gptoss_raw_subsets`.
 
     The published ``count_frequency`` (share of tokens routed to each expert) is scaled by the
     subset's samples x mean tokens of the phase, an approximate token count.
     """
     if phase not in GPTOSS_PHASES:
         raise ValueError(f"phase must be 'think' or 'answer', got {phase!r}")
-    path = _gptoss_path(subset)
-    doc = json.loads(path.read_text())
+    path, doc = _gptoss_doc(subset)
     table = doc.get(f"{phase}_expert_analytics")
     if not table:
-        raise ValueError(f"{path}: subset {subset!r} has no {phase} phase")
+        raise ValueError(f"{path.name}: subset {subset!r} has no {phase} phase")
     load = np.zeros((1, 24, 32))
     for layer in range(load.shape[1]):
         for expert, stats in table[f"layer_{layer}"].items():

@@ -1,4 +1,7 @@
-"""The benchmarks' trace helpers: leave-one-out folds and their jittered draws."""
+"""The benchmarks' trace helpers: leave-one-out folds and their jittered draws, and gpt-oss-20b's
+subsets (the six MMLU files and the raw files' larger subsets)."""
+
+import json
 
 import numpy as np
 import pytest
@@ -73,3 +76,40 @@ def test_gptoss_phases_are_those_a_subset_publishes():
             else:
                 with pytest.raises(ValueError, match=f"has no {phase} phase"):
                     traces.gptoss(subset, phase)
+
+
+def test_gptoss_raw_subsets_are_the_raw_files_large_subsets_read_as_the_others():
+    raw = traces.gptoss_raw_subsets()
+    assert raw == [
+        "instruction-following_False_False",
+        "instruction-following_True_False",
+        "instruction-following_False_True",
+        "fact_checking_True_False",
+    ]  # the files' subsets of 100 prompts or more, none of the six MMLU ones
+    assert not set(raw) & set(traces.gptoss_subsets())
+    doc = json.loads((traces.GPTOSS_DIR / traces.GPTOSS_RAW_FILES[0]).read_text())[raw[1]]
+    assert traces.gptoss_phases(raw[1]) == ["think", "answer"]
+    assert traces.gptoss_phases(raw[0]) == ["think"]
+    for phase in traces.GPTOSS_PHASES:
+        table = doc[f"{phase}_expert_analytics"]
+        scale = doc["sample_count"] * doc[f"num_{phase}_tokens"]
+        load = traces.gptoss(raw[1], phase)
+        assert load.shape == (1, 24, 32)
+        for layer, expert in ((0, 0), (11, 17), (23, 31)):
+            share = table[f"layer_{layer}"].get(str(expert), {}).get("count_frequency", 0.0)
+            assert load[0, layer, expert] == pytest.approx(share * scale)
+    with pytest.raises(ValueError, match="has no answer phase"):
+        traces.gptoss(raw[0], "answer")
+    with pytest.raises(ValueError, match="unknown gpt-oss-20b subset 'nope'; choose one of"):
+        traces.gptoss("nope")
+
+
+def test_gptoss_raw_subsets_leave_out_the_small_ones(monkeypatch):
+    everything = [
+        name
+        for file in traces.GPTOSS_RAW_FILES
+        for name in json.loads((traces.GPTOSS_DIR / file).read_text())
+    ]
+    assert len(everything) == 8
+    monkeypatch.setattr(traces, "GPTOSS_RAW_MIN_SAMPLES", 1)
+    assert traces.gptoss_raw_subsets() == everything
