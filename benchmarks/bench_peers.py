@@ -1,7 +1,7 @@
 """Peers side by side: the engines' own EPLB code next to every eplb_rt policy, in one process.
 
     PYTHONPATH=. python benchmarks/bench_peers.py [--sections time,insample,static,adapt,cold]
-        [--sections phase]                  # adapting across a real change of phase
+        [--sections phase,tasks]            # a real change of phase; gpt-oss's other tasks
         [--draws 10] [--jitter 0.1]         # jittered draws of the static section (0: none), and
                                             # their share of the loads' sampling noise
         [--contenders flashlb,deepseek]     # only contenders whose name contains one of these
@@ -32,6 +32,8 @@ Tables (markdown):
   force, it re-plans on each answer phase; PAR before and after, the fraction of slots moved
   (mean over the subsets) at four shapes; then the default policy's frontier over
   ``move_cost``, to read its moves at a peer's PAR;
+* tasks (not in the default list): static leave-one-out over gpt-oss-20b's ten subsets, the six
+  MMLU ones and four of other tasks no option of ours was tuned on (:func:`section_tasks`);
 * cold: a fresh interpreter with an empty numba cache: seconds from start to the first plan
   (vllm-ascend's FlashLB includes its ``warm_up``, as its EPLB process does at start).
 
@@ -282,19 +284,60 @@ PHASE_COSTS = (0.001, 0.002, 0.004, 0.0064, 0.01, 0.015, 0.02, 0.032, 0.05, 0.06
 """``move_cost`` values of the default policy's frontier in :func:`section_phase`."""
 
 
-def phase_change() -> tuple[np.ndarray, list[np.ndarray]]:
-    """``(think [6, 24, 32], answers)``: gpt-oss-20b's think phase of every subset the repository
-    keeps, and the answer phase (``[1, 24, 32]``) of each subset that publishes one (three).
+def gptoss_tasks() -> list[str]:
+    """gpt-oss-20b's subsets: the six MMLU ones the goals use, then the raw files' four
+    (instruction following, fact checking), which no option of ours was tuned on."""
+    return traces.gptoss_subsets() + traces.gptoss_raw_subsets()
 
-    The one change of phase the shipped traces hold: the same model, the same questions, its
-    reasoning tokens and then its answers route to other experts: in a layer, 44-57 % of a
+
+def phase_change() -> tuple[np.ndarray, list[np.ndarray]]:
+    """``(think [10, 24, 32], answers)``: gpt-oss-20b's think phase of every subset of
+    :func:`gptoss_tasks`, and the answer phase (``[1, 24, 32]``) of each subset that publishes
+    one (five).
+
+    The one change of phase the shipped traces hold: the same model, the same prompts, its
+    reasoning tokens and then its answers route to other experts: in a layer, 24-57 % of a
     subset's answer load lands elsewhere than its reasoning's (half the total variation of the
-    experts' shares; they correlate at 0.19-0.34), against 5-7 % between DeepSeek-V3's
+    experts' shares; they correlate at 0.19-0.73), against 5-7 % between DeepSeek-V3's
     neighbouring prompt lengths."""
-    subsets = traces.gptoss_subsets()
+    subsets = gptoss_tasks()
     think = np.concatenate([traces.gptoss(s, "think") for s in subsets])
     answers = [traces.gptoss(s, "answer") for s in subsets if "answer" in traces.gptoss_phases(s)]
     return think, answers
+
+
+def section_tasks(found) -> None:
+    """Static leave-one-out over the ten subsets of :func:`gptoss_tasks` at
+    :data:`PHASE_SHAPES`: the mean PAR over the ten folds, and over the four folds that hold out
+    a raw subset (tasks no option of ours was tuned on). A refused shape is named."""
+    names = gptoss_tasks()
+    loads = [traces.gptoss(s) for s in names]
+    raw = len(traces.gptoss_subsets())
+    shapes = [Topology(d, s) for d, s in PHASE_SHAPES]
+    labels = [f"{t.num_ranks}x{t.num_slots_per_rank}" for t in shapes]
+    print(
+        f"\n### gpt-oss-20b, {len(names)} subsets, leave-one-out, static: mean PAR over all folds "
+        f"/ over the {len(names) - raw} folds that hold out instruction following or fact "
+        "checking\n"
+    )
+    print("| contender | " + " | ".join(labels) + " |")
+    print("|---|" + "---|" * len(shapes))
+    refused = []
+    for name, run in found.items():
+        cells = []
+        for topo, label in zip(shapes, labels, strict=True):
+            try:
+                pars = [
+                    score(run(tr, topo, None), te, topo) for tr, te in traces.leave_one_out(loads)
+                ]
+            except ValueError as err:
+                cells.append("refused")
+                refused.append(f"- {name} refuses {label}: {err}")
+                continue
+            cells.append(f"{np.mean(pars):.4f} / {np.mean(pars[raw:]):.4f}")
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+    if refused:
+        print("\n" + "\n".join(refused))
 
 
 def section_phase(found, costs=PHASE_COSTS) -> None:
@@ -411,7 +454,7 @@ def flashlb_check(insample: dict, static: dict) -> None:
         print(f"| {case} | " + " | ".join(cells) + " |")
 
 
-SECTIONS = ("time", "insample", "static", "adapt", "phase", "cold")
+SECTIONS = ("time", "insample", "static", "adapt", "phase", "tasks", "cold")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -471,6 +514,8 @@ def main(argv: list[str] | None = None) -> None:
             section_adapt(found)
         if "phase" in sections:
             section_phase(found)
+        if "tasks" in sections:
+            section_tasks(found)
     if "cold" in sections:
         section_cold(only)
 
