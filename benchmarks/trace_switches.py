@@ -52,6 +52,13 @@ def _gptoss_phases() -> list[tuple[str, np.ndarray]]:
     ]
 
 
+def _gptoss_all_tasks() -> list[tuple[str, np.ndarray]]:
+    """The six MMLU subsets, then instruction following and fact checking (``traces.
+    gptoss_raw_subsets``): tasks the defaults were not tuned on among them."""
+    names = traces.gptoss_subsets() + traces.gptoss_raw_subsets()
+    return [(subset, traces.gptoss(subset)) for subset in names]
+
+
 def _olmoe_domains() -> list[tuple[str, np.ndarray]]:
     return [(domain, traces.olmoe("olmoe", domain)) for domain in traces.OLMOE_DOMAINS]
 
@@ -68,6 +75,7 @@ def _deepseek_lengths() -> list[tuple[str, np.ndarray]]:
 CELLS: dict[str, tuple[Callable[[], list[tuple[str, np.ndarray]]], list[tuple[int, int]]]] = {
     "gpt-oss-20b tasks": (_gptoss_tasks, [(8, 5), (4, 9)]),
     "gpt-oss-20b tasks and phases": (_gptoss_phases, [(8, 5)]),
+    "gpt-oss-20b ten subsets": (_gptoss_all_tasks, [(8, 5), (4, 9)]),
     "OLMoE domains": (_olmoe_domains, [(8, 10), (16, 5)]),
     "ESFT tasks": (_esft_tasks, [(8, 9), (16, 5)]),
     "DeepSeek-V3 prompt lengths": (_deepseek_lengths, [(32, 9), (64, 5)]),
