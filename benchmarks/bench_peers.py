@@ -313,28 +313,36 @@ def section_tasks(found) -> None:
     names = gptoss_tasks()
     loads = [traces.gptoss(s) for s in names]
     raw = len(traces.gptoss_subsets())
-    shapes = [Topology(d, s) for d, s in PHASE_SHAPES]
-    labels = [f"{t.num_ranks}x{t.num_slots_per_rank}" for t in shapes]
     print(
         f"\n### gpt-oss-20b, {len(names)} subsets, leave-one-out, static: mean PAR over all folds "
         f"/ over the {len(names) - raw} folds that hold out instruction following or fact "
         "checking\n"
     )
-    print("| contender | " + " | ".join(labels) + " |")
+
+    def cell(run: Planner, topo: Topology) -> str:
+        pars = [score(run(tr, topo, None), te, topo) for tr, te in traces.leave_one_out(loads)]
+        return f"{np.mean(pars):.4f} / {np.mean(pars[raw:]):.4f}"
+
+    _shape_table(found, cell)
+
+
+def _shape_table(found, cell: Callable[[Planner, Topology], str]) -> None:
+    """A markdown row per contender of ``cell(run, topology)`` at each of :data:`PHASE_SHAPES`;
+    a contender that refuses a shape (``ValueError``: vllm-ascend's DefaultEplb takes no more
+    redundant experts than ranks) gets a cell that says so, and its reason below the table."""
+    shapes = [Topology(d, s) for d, s in PHASE_SHAPES]
+    print("| contender | " + " | ".join(f"{d}x{s}" for d, s in PHASE_SHAPES) + " |")
     print("|---|" + "---|" * len(shapes))
     refused = []
     for name, run in found.items():
         cells = []
-        for topo, label in zip(shapes, labels, strict=True):
+        for topo in shapes:
             try:
-                pars = [
-                    score(run(tr, topo, None), te, topo) for tr, te in traces.leave_one_out(loads)
-                ]
+                cells.append(cell(run, topo))
             except ValueError as err:
                 cells.append("refused")
-                refused.append(f"- {name} refuses {label}: {err}")
-                continue
-            cells.append(f"{np.mean(pars):.4f} / {np.mean(pars[raw:]):.4f}")
+                shape = f"{topo.num_ranks}x{topo.num_slots_per_rank}"
+                refused.append(f"- {name} refuses {shape}: {err}")
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
     if refused:
         print("\n" + "\n".join(refused))
@@ -342,9 +350,8 @@ def section_tasks(found) -> None:
 
 def section_phase(found, costs=PHASE_COSTS) -> None:
     """Adapting across :func:`phase_change` at :data:`PHASE_SHAPES`: each contender's own table
-    fitted on the think phases, re-planned on each answer phase. A contender that refuses a
-    shape (``ValueError``: vllm-ascend's DefaultEplb takes no more redundant experts than
-    ranks) gets a cell that says so."""
+    fitted on the think phases, re-planned on each answer phase; then the default policy's
+    frontier over ``costs`` (``move_cost``; none where it is not among ``found``)."""
     think, answers = phase_change()
     shapes = [Topology(d, s) for d, s in PHASE_SHAPES]
     names = [f"{t.num_ranks}x{t.num_slots_per_rank}" for t in shapes]
@@ -353,20 +360,7 @@ def section_phase(found, costs=PHASE_COSTS) -> None:
         f"phases ({len(think)} subsets), re-planned on each answer phase ({len(answers)}); PAR "
         "in force -> after / slots moved, mean over the subsets\n"
     )
-    print("| contender | " + " | ".join(names) + " |")
-    print("|---|" + "---|" * len(shapes))
-    refused = []
-    for name, run in found.items():
-        cells = []
-        for topo, shape in zip(shapes, names, strict=True):
-            try:
-                cells.append(_phase_cell(run, topo, think, answers))
-            except ValueError as err:
-                cells.append("refused")
-                refused.append(f"- {name} refuses {shape}: {err}")
-        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
-    if refused:
-        print("\n" + "\n".join(refused))
+    _shape_table(found, lambda run, topo: _phase_cell(run, topo, think, answers))
     default = f"eplb_rt {EplbConfig().policy}"
     if not costs or default not in found:
         return
