@@ -277,8 +277,8 @@ def section_adapt(found) -> None:
 
 
 PHASE_SHAPES = ((4, 9), (8, 5), (8, 6), (16, 3))
-"""gpt-oss-20b's 32 experts on 36 to 48 slots: four of its experts to each slot of 8 ranks, and
-the tightest (16 ranks of 3 slots), where a hot expert needs replicas on several ranks."""
+"""gpt-oss-20b's 32 experts on 36 to 48 slots of 4, 8 or 16 ranks (four experts a rank at 8
+ranks), the tightest 16 ranks of 3 slots, where a hot expert needs replicas on several ranks."""
 
 PHASE_COSTS = (0.001, 0.002, 0.004, 0.0064, 0.01, 0.015, 0.02, 0.032, 0.05, 0.064, 0.1)
 """``move_cost`` values of the default policy's frontier in :func:`section_phase`."""
@@ -296,10 +296,10 @@ def phase_change() -> tuple[np.ndarray, list[np.ndarray]]:
     one (five).
 
     The one change of phase the shipped traces hold: the same model, the same prompts, its
-    reasoning tokens and then its answers route to other experts: in a layer, 24-57 % of a
-    subset's answer load lands elsewhere than its reasoning's (half the total variation of the
-    experts' shares; they correlate at 0.19-0.73), against 5-7 % between DeepSeek-V3's
-    neighbouring prompt lengths."""
+    reasoning tokens and then its answers route to other experts: on average over the layers,
+    24-57 % of a subset's answer load lands elsewhere than its reasoning's (half the total
+    variation of the experts' shares; they correlate at 0.19-0.73), against 5-7 % between
+    DeepSeek-V3's neighbouring prompt lengths."""
     subsets = gptoss_tasks()
     think = np.concatenate([traces.gptoss(s, "think") for s in subsets])
     answers = [traces.gptoss(s, "answer") for s in subsets if "answer" in traces.gptoss_phases(s)]
@@ -326,10 +326,28 @@ def section_tasks(found) -> None:
     _shape_table(found, cell)
 
 
+class _Refused(Exception):
+    """A contender's ``ValueError`` on a shape it does not plan for."""
+
+
+def _refusing(run: Planner) -> Planner:
+    """``run`` with its own ``ValueError`` turned into :class:`_Refused`, so that only the
+    planner's refusal, not an error of the scoring around it, makes a cell "refused"."""
+
+    def call(load, topology, previous):
+        try:
+            return run(load, topology, previous)
+        except ValueError as err:
+            raise _Refused(str(err)) from err
+
+    return call
+
+
 def _shape_table(found, cell: Callable[[Planner, Topology], str]) -> None:
     """A markdown row per contender of ``cell(run, topology)`` at each of :data:`PHASE_SHAPES`;
-    a contender that refuses a shape (``ValueError``: vllm-ascend's DefaultEplb takes no more
-    redundant experts than ranks) gets a cell that says so, and its reason below the table."""
+    a contender that refuses a shape (its planner raises ``ValueError``: vllm-ascend's
+    DefaultEplb takes no more redundant experts than ranks) gets a cell that says so, and its
+    reason below the table."""
     shapes = [Topology(d, s) for d, s in PHASE_SHAPES]
     print("| contender | " + " | ".join(f"{d}x{s}" for d, s in PHASE_SHAPES) + " |")
     print("|---|" + "---|" * len(shapes))
@@ -338,8 +356,8 @@ def _shape_table(found, cell: Callable[[Planner, Topology], str]) -> None:
         cells = []
         for topo in shapes:
             try:
-                cells.append(cell(run, topo))
-            except ValueError as err:
+                cells.append(cell(_refusing(run), topo))
+            except _Refused as err:
                 cells.append("refused")
                 shape = f"{topo.num_ranks}x{topo.num_slots_per_rank}"
                 refused.append(f"- {name} refuses {shape}: {err}")

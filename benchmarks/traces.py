@@ -123,12 +123,16 @@ def _gptoss_doc(subset: str) -> tuple[Path, dict]:
         if found is not None:
             return GPTOSS_DIR / file, found
     known = gptoss_subsets() + gptoss_raw_subsets()
-    raise ValueError(f"unknown gpt-oss-20b subset {subset!r}; choose one of {known}")
+    raise ValueError(
+        f"unknown gpt-oss-20b subset {subset!r}; choose one of {known} (or a smaller subset of "
+        f"{', '.join(GPTOSS_RAW_FILES)})"
+    )
 
 
 def gptoss(subset: str = "mmlu_pro_test_math_True_False", phase: str = "think") -> np.ndarray:
     """gpt-oss-20b expert load of one benchmark subset and phase: ``[1, 24, 32]``; ``subset``
-    one of :func:`gptoss_subsets` or :func:`gptoss_raw_subsets`.
+    one of :func:`gptoss_subsets`, or any subset of the raw files by its name
+    (:func:`gptoss_raw_subsets` lists those of :data:`GPTOSS_RAW_MIN_SAMPLES` prompts or more).
 
     The published ``count_frequency`` (share of tokens routed to each expert) is scaled by the
     subset's samples x mean tokens of the phase, an approximate token count.

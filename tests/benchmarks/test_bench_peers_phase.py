@@ -4,6 +4,7 @@ re-planned on, every contender's table scored, and a contender that refuses a sh
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from benchmarks import bench_peers, traces
 from eplb_rt.placement import Topology
@@ -24,8 +25,9 @@ def test_the_phase_change_is_the_think_phases_then_each_published_answer():
     assert 0 < len(answers) == len(published) < len(subsets)
     for subset, answer in zip(published, answers, strict=True):
         np.testing.assert_array_equal(answer, traces.gptoss(subset, "answer"))
-        # a change of phase: in each layer, a fifth or more of the answers' load lands on other
-        # experts than the same subset's reasoning (half the total variation of the shares)
+        # a change of phase: on average over the layers, a fifth or more of the answers' load
+        # lands on other experts than the same subset's reasoning (half the total variation of
+        # the shares)
         own = traces.gptoss(subset, "think")[0]
         shares = [x / x.sum(axis=-1, keepdims=True) for x in (own, answer[0])]
         assert 0.5 * np.abs(shares[0] - shares[1]).sum(axis=-1).mean() > 0.2
@@ -43,6 +45,43 @@ def _refuser(load, topology: Topology, previous):
     if topology.num_slots_per_rank == 3:
         raise ValueError("three slots a rank is too few for this policy")
     return _keeper(load, topology, previous)
+
+
+def _hottest(load, topology: Topology, previous):
+    """Every layer: the experts by their load, hottest first, dealt round-robin over the slots
+    (so hot experts get the spare slots); the table in force ignored, so it moves."""
+    order = np.argsort(-load.sum(axis=0), axis=-1, kind="stable")  # [L, E]
+    slots = np.arange(topology.num_slots) % load.shape[-1]
+    return order[:, slots]
+
+
+def _par(table, load, num_ranks):
+    """Mean over the layers of ``load [L, E]`` of the busiest rank over the mean rank, each
+    expert's load split evenly over its slots in ``table [L, P]`` (written out, not the
+    benchmark's scorer)."""
+    pars = []
+    for row, w in zip(table, load, strict=True):
+        counts = np.bincount(row, minlength=w.size)
+        ranks = (w[row] / counts[row]).reshape(num_ranks, -1).sum(axis=1)
+        pars.append(ranks.max() / ranks.mean())
+    return float(np.mean(pars))
+
+
+def test_a_contender_that_moves_is_scored_on_each_answer_and_its_moves_counted(capsys):
+    bench_peers.section_phase({"hottest": _hottest}, costs=())
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| hottest |"))
+    cells = row.strip("| ").split(" | ")[1:]
+    think, answers = bench_peers.phase_change()
+    for (d, s), cell in zip(bench_peers.PHASE_SHAPES, cells, strict=True):
+        topo = Topology(d, s)
+        before = _hottest(think, topo, None)
+        afters = [_hottest(a, topo, before) for a in answers]
+        then = np.mean([_par(before, a[0], d) for a in answers])
+        after = np.mean([_par(t, a[0], d) for t, a in zip(afters, answers, strict=True)])
+        moved = np.mean([(t != before).mean() for t in afters])
+        assert cell == f"{then:.3f} -> {after:.4f} / {moved:.1%}"
+        assert moved > 0
 
 
 def test_each_contender_gets_a_row_and_a_refusal_is_named(capsys):
@@ -76,19 +115,27 @@ def test_the_frontier_of_the_default_policy_lowers_moves_as_the_price_rises(caps
 
 
 def test_tasks_give_the_mean_over_every_fold_and_over_the_raw_ones(capsys):
-    bench_peers.section_tasks({"keeper": _keeper, "refuser": _refuser})
+    bench_peers.section_tasks({"hottest": _hottest, "refuser": _refuser})
     out = capsys.readouterr().out
     rows = {line.split(" | ")[0][2:]: line for line in out.splitlines() if line.startswith("| ")}
-    cells = rows["keeper"].strip("| ").split(" | ")[1:]
-    loads = [traces.gptoss(s) for s in bench_peers.gptoss_tasks()]
-    raw = len(traces.gptoss_subsets())
+    cells = rows["hottest"].strip("| ").split(" | ")[1:]
+    names = [*traces.gptoss_subsets(), *traces.gptoss_raw_subsets()]
+    loads = [traces.gptoss(name)[0] for name in names]  # [L, E] each
     for (d, s), cell in zip(bench_peers.PHASE_SHAPES, cells, strict=True):
         topo = Topology(d, s)
-        pars = [
-            bench_peers.score(_keeper(tr, topo, None), te, topo)
-            for tr, te in traces.leave_one_out(loads)
-        ]
-        assert cell == f"{np.mean(pars):.4f} / {np.mean(pars[raw:]):.4f}"
-        assert len(pars) - raw == 4
+        # fold i: planned on every other subset (one episode each), scored on subset i
+        pars = []
+        for i, held_out in enumerate(loads):
+            others = np.stack([load for j, load in enumerate(loads) if j != i])
+            pars.append(_par(_hottest(others, topo, None), held_out, d))
+        assert cell == f"{np.mean(pars):.4f} / {np.mean(pars[6:]):.4f}"
     assert rows["refuser"].endswith("| refused |")
     assert "- refuser refuses 16x3: three slots a rank is too few" in out
+
+
+def test_an_error_in_the_scoring_is_not_a_refusal():
+    def broken(load, topology: Topology, previous):
+        return _keeper(load, topology, previous)[:, :-1]  # a slot short: no valid table
+
+    with pytest.raises(ValueError):
+        bench_peers.section_tasks({"broken": broken})
