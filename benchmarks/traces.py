@@ -8,6 +8,7 @@ which ships as the demo's workload (``eplb_rt/data/esft_vanilla_lite``). Any loa
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -30,6 +31,7 @@ __all__ = [
     "deepseek_v3",
     "esft",
     "gptoss",
+    "gptoss_catalogue",
     "gptoss_raw_subsets",
     "gptoss_subsets",
     "jitter",
@@ -104,13 +106,52 @@ def gptoss_raw_subsets() -> list[str]:
     ]
 
 
+GPTOSS_CATALOGUE = GPTOSS_DIR / "catalogue.npz"
+"""Every category of the source's GPQA, MMLU, MMLU-Pro and SORRY-Bench test sets, its prompt
+buckets summed (``scripts/gptoss_catalogue.py``)."""
+
+
+@functools.cache
+def _catalogue() -> dict[str, np.ndarray]:
+    with np.load(GPTOSS_CATALOGUE) as found:
+        arrays = {key: found[key] for key in found.files}
+    arrays["row"] = {str(name): i for i, name in enumerate(arrays["names"])}
+    return arrays
+
+
+def gptoss_catalogue(min_prompts: int = 100, benchmark: str | None = None) -> list[str]:
+    """Names (``<benchmark>/<category>``, sorted) of the catalogue's categories with at least
+    ``min_prompts`` prompts in their think phase, of one ``benchmark`` (``gpqa_main``,
+    ``mmlu_pro_test``, ``mmlu_test``, ``sorry_bench_base``) or of all: for :func:`gptoss`.
+    132 categories in all: 57 MMLU subjects and 14 MMLU-Pro categories of 100 prompts or more,
+    SORRY-Bench's 45 of 10 each, GPQA's 16 of 1 to 127."""
+    cat = _catalogue()
+    return [
+        str(name)
+        for name, prompts in zip(cat["names"], cat["think_prompts"], strict=True)
+        if prompts >= min_prompts and (benchmark is None or name.startswith(f"{benchmark}/"))
+    ]
+
+
 GPTOSS_PHASES = ("think", "answer")
 
 
 def gptoss_phases(subset: str) -> list[str]:
     """The phases of :data:`GPTOSS_PHASES` whose expert load subset ``subset`` publishes."""
+    if "/" in subset:
+        row = _catalogue_row(subset)
+        return [p for p in GPTOSS_PHASES if _catalogue()[f"{p}_prompts"][row] > 0]
     _, doc = _gptoss_doc(subset)
     return [phase for phase in GPTOSS_PHASES if doc.get(f"{phase}_expert_analytics")]
+
+
+def _catalogue_row(name: str) -> int:
+    row = _catalogue()["row"].get(name)
+    if row is None:
+        raise ValueError(
+            f"unknown gpt-oss-20b category {name!r}; choose one of gptoss_catalogue(min_prompts=0)"
+        )
+    return row
 
 
 def _gptoss_doc(subset: str) -> tuple[Path, dict]:
@@ -131,14 +172,21 @@ def _gptoss_doc(subset: str) -> tuple[Path, dict]:
 
 def gptoss(subset: str = "mmlu_pro_test_math_True_False", phase: str = "think") -> np.ndarray:
     """gpt-oss-20b expert load of one benchmark subset and phase: ``[1, 24, 32]``; ``subset``
-    one of :func:`gptoss_subsets`, or any subset of the raw files by its name
-    (:func:`gptoss_raw_subsets` lists those of :data:`GPTOSS_RAW_MIN_SAMPLES` prompts or more).
+    one of :func:`gptoss_subsets`, any subset of the raw files by its name
+    (:func:`gptoss_raw_subsets` lists those of :data:`GPTOSS_RAW_MIN_SAMPLES` prompts or more),
+    or a category of the catalogue (:func:`gptoss_catalogue`: ``<benchmark>/<category>``, its
+    buckets summed).
 
     The published ``count_frequency`` (share of tokens routed to each expert) is scaled by the
     subset's samples x mean tokens of the phase, an approximate token count.
     """
     if phase not in GPTOSS_PHASES:
         raise ValueError(f"phase must be 'think' or 'answer', got {phase!r}")
+    if "/" in subset:  # a category of the catalogue
+        row = _catalogue_row(subset)
+        if _catalogue()[f"{phase}_prompts"][row] == 0:
+            raise ValueError(f"{GPTOSS_CATALOGUE.name}: {subset!r} has no {phase} phase")
+        return check_load(_catalogue()[phase][row][None])
     path, doc = _gptoss_doc(subset)
     table = doc.get(f"{phase}_expert_analytics")
     if not table:

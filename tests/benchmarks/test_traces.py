@@ -113,3 +113,36 @@ def test_gptoss_raw_subsets_leave_out_the_small_ones(monkeypatch):
     assert len(everything) == 8
     monkeypatch.setattr(traces, "GPTOSS_RAW_MIN_SAMPLES", 1)
     assert traces.gptoss_raw_subsets() == everything
+
+
+def test_the_catalogue_lists_categories_by_their_prompts():
+    every = traces.gptoss_catalogue(min_prompts=0)
+    assert len(every) == 132 and every == sorted(every)
+    assert len(traces.gptoss_catalogue()) == 72  # 57 MMLU, 14 MMLU-Pro, 1 GPQA category
+    assert len(traces.gptoss_catalogue(100, "mmlu_pro_test")) == 14
+    assert len(traces.gptoss_catalogue(10, "sorry_bench_base")) == 45
+    assert traces.gptoss_catalogue(11, "sorry_bench_base") == []  # ten prompts each
+
+
+def test_a_catalogue_category_holds_its_shipped_bucket():
+    # mmlu_pro_test/math sums four prompt buckets, one of them the shipped True_False file
+    category = traces.gptoss("mmlu_pro_test/math")
+    bucket = traces.gptoss("mmlu_pro_test_math_True_False")
+    assert category.shape == bucket.shape == (1, 24, 32)
+    assert (category >= bucket - 1e-9).all() and category.sum() > 1.5 * bucket.sum()
+    answer = traces.gptoss("mmlu_pro_test/math", "answer")
+    assert (answer >= traces.gptoss("mmlu_pro_test_math_True_False", "answer") - 1e-9).all()
+    assert traces.gptoss_phases("mmlu_pro_test/math") == ["think", "answer"]
+
+
+def test_a_catalogue_category_without_answers_or_unknown_is_refused():
+    unanswered = [
+        name
+        for name in traces.gptoss_catalogue(min_prompts=0)
+        if traces.gptoss_phases(name) == ["think"]
+    ]
+    assert unanswered  # some categories never reach an answer within the source's 512 tokens
+    with pytest.raises(ValueError, match="has no answer phase"):
+        traces.gptoss(unanswered[0], "answer")
+    with pytest.raises(ValueError, match="unknown gpt-oss-20b category 'mmlu_test/nope'"):
+        traces.gptoss("mmlu_test/nope")
