@@ -1,7 +1,7 @@
 """Peers side by side: the engines' own EPLB code next to every eplb_rt policy, in one process.
 
     PYTHONPATH=. python benchmarks/bench_peers.py [--sections time,insample,static,adapt,cold]
-        [--sections phase,tasks]            # a real change of phase; gpt-oss's other tasks
+        [--sections phase,tasks,catalogue]  # a real change of phase; gpt-oss's other tasks
         [--draws 10] [--jitter 0.1]         # jittered draws of the static section (0: none), and
                                             # their share of the loads' sampling noise
         [--contenders flashlb,deepseek]     # only contenders whose name contains one of these
@@ -34,6 +34,9 @@ Tables (markdown):
   ``move_cost``, to read its moves at a peer's PAR;
 * tasks (not in the default list): static leave-one-out over gpt-oss-20b's ten subsets, the six
   MMLU ones and four of other tasks no option of ours was tuned on (:func:`section_tasks`);
+* catalogue (not in the default list): gpt-oss-20b's 72 categories of 100 prompts or more, in
+  20 seeded groups of six, leave-one-out inside each, paired with the default policy; then the
+  phase section across the fourteen MMLU-Pro categories (:func:`section_catalogue`);
 * cold: a fresh interpreter with an empty numba cache: seconds from start to the first plan
   (vllm-ascend's FlashLB includes its ``warm_up``, as its EPLB process does at start).
 
@@ -366,11 +369,56 @@ def _shape_table(found, cell: Callable[[Planner, Topology], str]) -> None:
         print("\n" + "\n".join(refused))
 
 
-def section_phase(found, costs=PHASE_COSTS) -> None:
-    """Adapting across :func:`phase_change` at :data:`PHASE_SHAPES`: each contender's own table
-    fitted on the think phases, re-planned on each answer phase; then the default policy's
-    frontier over ``costs`` (``move_cost``; none where it is not among ``found``)."""
-    think, answers = phase_change()
+def catalogue_groups(groups: int = 20, size: int = 6, seed: int = 0) -> list[list[str]]:
+    """``groups`` draws (seeded) of ``size`` categories of gpt-oss-20b's catalogue with 100
+    prompts or more (``traces.gptoss_catalogue()``: MMLU subjects, MMLU-Pro categories, one GPQA
+    category), each sorted: sets of distinct tasks like the six MMLU subsets the goals use."""
+    names = traces.gptoss_catalogue()
+    rng = np.random.default_rng(seed)
+    return [sorted(str(n) for n in rng.choice(names, size, replace=False)) for _ in range(groups)]
+
+
+def section_catalogue(found, groups: int = 20, costs=PHASE_COSTS) -> None:
+    """gpt-oss-20b's catalogue: static leave-one-out inside each of :func:`catalogue_groups`,
+    the mean PAR over the groups and its paired difference to the default policy's (as shipped)
+    +- the standard error over the groups; then :func:`section_phase` across the fourteen
+    MMLU-Pro categories (their think phases in force, each answer phase re-planned on)."""
+    picks = catalogue_groups(groups)
+    loads = {name: traces.gptoss(name) for pick in picks for name in pick}
+
+    def means(run: Planner, topo: Topology) -> np.ndarray:
+        folds = [traces.leave_one_out([loads[name] for name in pick]) for pick in picks]
+        return np.array(
+            [np.mean([score(run(tr, topo, None), te, topo) for tr, te in f]) for f in folds]
+        )
+
+    default, base = ours(EplbConfig().policy), {}
+
+    def cell(run: Planner, topo: Topology) -> str:
+        key = (topo.num_ranks, topo.num_slots_per_rank)
+        if key not in base:
+            base[key] = means(default, topo)
+        diff = means(run, topo) - base[key]
+        mean = base[key].mean() + diff.mean()
+        return f"{mean:.4f} ({diff.mean():+.4f} ± {diff.std(ddof=1) / np.sqrt(groups):.4f})"
+
+    print(
+        f"\n### gpt-oss-20b's catalogue: {groups} groups of six categories, leave-one-out inside "
+        f"each, static: mean PAR (less the default policy's, paired over the groups)\n"
+    )
+    _shape_table(found, cell)
+    pro = traces.gptoss_catalogue(100, "mmlu_pro_test")
+    think = np.concatenate([traces.gptoss(name) for name in pro])
+    answered = [name for name in pro if "answer" in traces.gptoss_phases(name)]
+    section_phase(found, costs, (think, [traces.gptoss(name, "answer") for name in answered]))
+
+
+def section_phase(found, costs=PHASE_COSTS, cases=None) -> None:
+    """Adapting across a change of phase (``cases``: ``(think [K, L, E], answers)``, by default
+    :func:`phase_change`) at :data:`PHASE_SHAPES`: each contender's own table fitted on the
+    think phases, re-planned on each answer phase; then the default policy's frontier over
+    ``costs`` (``move_cost``; none where it is not among ``found``)."""
+    think, answers = phase_change() if cases is None else cases
     shapes = [Topology(d, s) for d, s in PHASE_SHAPES]
     names = [f"{t.num_ranks}x{t.num_slots_per_rank}" for t in shapes]
     print(
@@ -466,7 +514,7 @@ def flashlb_check(insample: dict, static: dict) -> None:
         print(f"| {case} | " + " | ".join(cells) + " |")
 
 
-SECTIONS = ("time", "insample", "static", "adapt", "phase", "tasks", "cold")
+SECTIONS = ("time", "insample", "static", "adapt", "phase", "tasks", "catalogue", "cold")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -528,6 +576,8 @@ def main(argv: list[str] | None = None) -> None:
             section_phase(found)
         if "tasks" in sections:
             section_tasks(found)
+        if "catalogue" in sections:
+            section_catalogue(found)
     if "cold" in sections:
         section_cold(only)
 

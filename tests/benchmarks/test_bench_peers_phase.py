@@ -139,3 +139,40 @@ def test_an_error_in_the_scoring_is_not_a_refusal():
 
     with pytest.raises(ValueError):
         bench_peers.section_tasks({"broken": broken})
+
+
+def test_catalogue_groups_are_seeded_draws_of_six_distinct_categories():
+    groups = bench_peers.catalogue_groups(5)
+    assert groups == bench_peers.catalogue_groups(5)
+    assert groups != bench_peers.catalogue_groups(5, seed=1)
+    known = set(traces.gptoss_catalogue())
+    for group in groups:
+        assert len(set(group)) == 6 and group == sorted(group) and set(group) <= known
+
+
+def test_the_catalogue_is_scored_in_groups_against_the_default(capsys):
+    bench_peers.section_catalogue({"hottest": _hottest, "refuser": _refuser}, groups=2, costs=())
+    out = capsys.readouterr().out
+    first_table = out.split("### Adapting across a change of phase")[0]
+    lines = [line for line in first_table.splitlines() if line.startswith("| ")]
+    rows = {line.split(" | ")[0][2:]: line for line in lines}
+    cells = rows["hottest"].strip("| ").split(" | ")[1:]
+    default = bench_peers.ours(bench_peers.EplbConfig().policy)
+    groups = bench_peers.catalogue_groups(2)
+    for (d, s), cell in zip(bench_peers.PHASE_SHAPES, cells, strict=True):
+        topo = Topology(d, s)
+        ours_means, diffs = [], []
+        for group in groups:
+            loads = [traces.gptoss(name)[0] for name in group]
+            mine, theirs = [], []
+            for i, held_out in enumerate(loads):
+                others = np.stack([load for j, load in enumerate(loads) if j != i])
+                mine.append(_par(_hottest(others, topo, None), held_out, d))
+                theirs.append(_par(default(others, topo, None), held_out, d))
+            ours_means.append(np.mean(mine))
+            diffs.append(np.mean(mine) - np.mean(theirs))
+        se = np.std(diffs, ddof=1) / np.sqrt(2)
+        assert cell == f"{np.mean(ours_means):.4f} ({np.mean(diffs):+.4f} ± {se:.4f})"
+    assert rows["refuser"].endswith("| refused |")
+    # then the change of phase across the fourteen MMLU-Pro categories
+    assert "think phases (14 subsets), re-planned on each answer phase (14)" in out
