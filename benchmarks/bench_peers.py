@@ -570,14 +570,11 @@ def main(argv: list[str] | None = None) -> None:
                   for s in ("insample", "static") if s in sections}  # fmt: skip
         if len(tables) == 2 and {"eplb_rt flashlb", "vllm-ascend FlashLB"} <= set(found):
             flashlb_check(tables["insample"], tables["static"])
-        if "adapt" in sections:
-            section_adapt(found)
-        if "phase" in sections:
-            section_phase(found)
-        if "tasks" in sections:
-            section_tasks(found)
-        if "catalogue" in sections:
-            section_catalogue(found)
+        later = {"adapt": section_adapt, "phase": section_phase, "tasks": section_tasks,
+                 "catalogue": section_catalogue}  # fmt: skip
+        for section, run in later.items():
+            if section in sections:
+                run(found)
     if "cold" in sections:
         section_cold(only)
 
