@@ -59,6 +59,12 @@ def _gptoss_all_tasks() -> list[tuple[str, np.ndarray]]:
     return [(subset, traces.gptoss(subset)) for subset in names]
 
 
+def _gptoss_mmlu_pro() -> list[tuple[str, np.ndarray]]:
+    """The catalogue's fourteen MMLU-Pro categories (``traces.gptoss_catalogue``), each its
+    prompt buckets summed."""
+    return [(name, traces.gptoss(name)) for name in traces.gptoss_catalogue(100, "mmlu_pro_test")]
+
+
 def _olmoe_domains() -> list[tuple[str, np.ndarray]]:
     return [(domain, traces.olmoe("olmoe", domain)) for domain in traces.OLMOE_DOMAINS]
 
@@ -76,6 +82,7 @@ CELLS: dict[str, tuple[Callable[[], list[tuple[str, np.ndarray]]], list[tuple[in
     "gpt-oss-20b tasks": (_gptoss_tasks, [(8, 5), (4, 9)]),
     "gpt-oss-20b tasks and phases": (_gptoss_phases, [(8, 5)]),
     "gpt-oss-20b ten subsets": (_gptoss_all_tasks, [(8, 5), (4, 9)]),
+    "gpt-oss-20b MMLU-Pro categories": (_gptoss_mmlu_pro, [(8, 5), (4, 9)]),
     "OLMoE domains": (_olmoe_domains, [(8, 10), (16, 5)]),
     "ESFT tasks": (_esft_tasks, [(8, 9), (16, 5)]),
     "DeepSeek-V3 prompt lengths": (_deepseek_lengths, [(32, 9), (64, 5)]),
