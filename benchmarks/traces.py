@@ -111,20 +111,34 @@ GPTOSS_CATALOGUE = GPTOSS_DIR / "catalogue.npz"
 buckets summed (``scripts/gptoss_catalogue.py``)."""
 
 
+GPTOSS_BENCHMARKS = ("gpqa_main", "mmlu_pro_test", "mmlu_test", "sorry_bench_base")
+"""The source's benchmarks in the catalogue (the ``<benchmark>`` of its names)."""
+
+
 @functools.cache
 def _catalogue() -> dict[str, np.ndarray]:
+    """The catalogue's arrays, read once and read-only (callers get copies of rows)."""
     with np.load(GPTOSS_CATALOGUE) as found:
         arrays = {key: found[key] for key in found.files}
-    arrays["row"] = {str(name): i for i, name in enumerate(arrays["names"])}
+    for array in arrays.values():
+        array.flags.writeable = False
     return arrays
+
+
+@functools.cache
+def _catalogue_rows() -> dict[str, int]:
+    return {str(name): i for i, name in enumerate(_catalogue()["names"])}
 
 
 def gptoss_catalogue(min_prompts: int = 100, benchmark: str | None = None) -> list[str]:
     """Names (``<benchmark>/<category>``, sorted) of the catalogue's categories with at least
-    ``min_prompts`` prompts in their think phase, of one ``benchmark`` (``gpqa_main``,
-    ``mmlu_pro_test``, ``mmlu_test``, ``sorry_bench_base``) or of all: for :func:`gptoss`.
-    132 categories in all: 57 MMLU subjects and 14 MMLU-Pro categories of 100 prompts or more,
-    SORRY-Bench's 45 of 10 each, GPQA's 16 of 1 to 127."""
+    ``min_prompts`` prompts in their think phase, of one ``benchmark`` (of
+    :data:`GPTOSS_BENCHMARKS`) or of all: for :func:`gptoss`. 132 categories in all: 57 MMLU
+    subjects and 14 MMLU-Pro categories of 100 prompts or more, SORRY-Bench's 45 of 10 each,
+    GPQA's 16 of 1 to 127. Six of them hold the buckets of :func:`gptoss_subsets` (MMLU-Pro's
+    math, physics, engineering and law; MMLU's moral scenarios and professional law)."""
+    if benchmark is not None and benchmark not in GPTOSS_BENCHMARKS:
+        raise ValueError(f"benchmark must be one of {GPTOSS_BENCHMARKS} or None, got {benchmark!r}")
     cat = _catalogue()
     return [
         str(name)
@@ -146,7 +160,7 @@ def gptoss_phases(subset: str) -> list[str]:
 
 
 def _catalogue_row(name: str) -> int:
-    row = _catalogue()["row"].get(name)
+    row = _catalogue_rows().get(name)
     if row is None:
         raise ValueError(
             f"unknown gpt-oss-20b category {name!r}; choose one of gptoss_catalogue(min_prompts=0)"
@@ -186,7 +200,7 @@ def gptoss(subset: str = "mmlu_pro_test_math_True_False", phase: str = "think") 
         row = _catalogue_row(subset)
         if _catalogue()[f"{phase}_prompts"][row] == 0:
             raise ValueError(f"{GPTOSS_CATALOGUE.name}: {subset!r} has no {phase} phase")
-        return check_load(_catalogue()[phase][row][None])
+        return check_load(_catalogue()[phase][row][None].copy())
     path, doc = _gptoss_doc(subset)
     table = doc.get(f"{phase}_expert_analytics")
     if not table:

@@ -146,3 +146,12 @@ def test_a_catalogue_category_without_answers_or_unknown_is_refused():
         traces.gptoss(unanswered[0], "answer")
     with pytest.raises(ValueError, match="unknown gpt-oss-20b category 'mmlu_test/nope'"):
         traces.gptoss("mmlu_test/nope")
+    with pytest.raises(ValueError, match=r"benchmark must be one of .* got 'mmlu'"):
+        traces.gptoss_catalogue(100, "mmlu")
+
+
+def test_a_catalogue_row_is_a_copy():
+    load = traces.gptoss("mmlu_test/anatomy")
+    total = load.sum()
+    load *= 0
+    assert traces.gptoss("mmlu_test/anatomy").sum() == total
