@@ -287,33 +287,27 @@ PHASE_COSTS = (0.001, 0.002, 0.004, 0.0064, 0.01, 0.015, 0.02, 0.032, 0.05, 0.06
 """``move_cost`` values of the default policy's frontier in :func:`section_phase`."""
 
 
-def gptoss_tasks() -> list[str]:
-    """gpt-oss-20b's subsets: the six MMLU ones the goals use, then the raw files' four
-    (instruction following, fact checking), which no option of ours was tuned on."""
-    return traces.gptoss_subsets() + traces.gptoss_raw_subsets()
-
-
 def phase_change() -> tuple[np.ndarray, list[np.ndarray]]:
     """``(think [10, 24, 32], answers)``: gpt-oss-20b's think phase of every subset of
-    :func:`gptoss_tasks`, and the answer phase (``[1, 24, 32]``) of each subset that publishes
-    one (five).
+    :func:`traces.gptoss_tasks`, and the answer phase (``[1, 24, 32]``) of each subset that
+    publishes one (five).
 
     The one change of phase the shipped traces hold: the same model, the same prompts, its
     reasoning tokens and then its answers route to other experts: on average over the layers,
     24-57 % of a subset's answer load lands elsewhere than its reasoning's (half the total
     variation of the experts' shares; they correlate at 0.19-0.73), against 5-7 % between
     DeepSeek-V3's neighbouring prompt lengths."""
-    subsets = gptoss_tasks()
+    subsets = traces.gptoss_tasks()
     think = np.concatenate([traces.gptoss(s, "think") for s in subsets])
     answers = [traces.gptoss(s, "answer") for s in subsets if "answer" in traces.gptoss_phases(s)]
     return think, answers
 
 
 def section_tasks(found) -> None:
-    """Static leave-one-out over the ten subsets of :func:`gptoss_tasks` at
+    """Static leave-one-out over the ten subsets of :func:`traces.gptoss_tasks` at
     :data:`PHASE_SHAPES`: the mean PAR over the ten folds, and over the four folds that hold out
     a raw subset (tasks no option of ours was tuned on). A refused shape is named."""
-    names = gptoss_tasks()
+    names = traces.gptoss_tasks()
     loads = [traces.gptoss(s) for s in names]
     raw = len(traces.gptoss_subsets())
     print(

@@ -53,10 +53,9 @@ def _gptoss_phases() -> list[tuple[str, np.ndarray]]:
 
 
 def _gptoss_all_tasks() -> list[tuple[str, np.ndarray]]:
-    """The six MMLU subsets, then instruction following and fact checking
-    (:func:`traces.gptoss_raw_subsets`): tasks the defaults were not tuned on among them."""
-    names = traces.gptoss_subsets() + traces.gptoss_raw_subsets()
-    return [(subset, traces.gptoss(subset)) for subset in names]
+    """:func:`traces.gptoss_tasks`: the six MMLU subsets, then instruction following and fact
+    checking, tasks the defaults were not tuned on."""
+    return [(subset, traces.gptoss(subset)) for subset in traces.gptoss_tasks()]
 
 
 def _gptoss_mmlu_pro() -> list[tuple[str, np.ndarray]]:

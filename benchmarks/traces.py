@@ -32,8 +32,10 @@ __all__ = [
     "esft",
     "gptoss",
     "gptoss_catalogue",
+    "gptoss_phase_load",
     "gptoss_raw_subsets",
     "gptoss_subsets",
+    "gptoss_tasks",
     "jitter",
     "leave_one_out",
     "olmoe",
@@ -82,6 +84,13 @@ def gptoss_subsets() -> list[str]:
     :func:`gptoss`): the subsets every benchmark and goal on gpt-oss uses."""
     names = sorted(p.stem[len("data_") :] for p in GPTOSS_DIR.glob("data_*.json"))
     return [n for n in names if n != "map"]
+
+
+def gptoss_tasks() -> list[str]:
+    """:func:`gptoss_subsets` then :func:`gptoss_raw_subsets`: the six MMLU subsets the goals use
+    and four of other tasks (instruction following, fact checking) no option of ours was tuned
+    on."""
+    return gptoss_subsets() + gptoss_raw_subsets()
 
 
 GPTOSS_RAW_FILES = ("raw_tulu3_persona_if.json", "raw_Polyglot-or-Not_Fact-Completion.json")
@@ -202,14 +211,25 @@ def gptoss(subset: str = "mmlu_pro_test_math_True_False", phase: str = "think") 
             raise ValueError(f"{GPTOSS_CATALOGUE.name}: {subset!r} has no {phase} phase")
         return check_load(_catalogue()[phase][row][None].copy())
     path, doc = _gptoss_doc(subset)
+    load = gptoss_phase_load(doc, phase)
+    if load is None:
+        raise ValueError(f"{path.name}: subset {subset!r} has no {phase} phase")
+    return check_load(load[None])
+
+
+def gptoss_phase_load(doc: dict, phase: str) -> np.ndarray | None:
+    """``[24, 32]`` routed tokens of one subset's statistics ``doc`` (as the source writes them)
+    in ``phase``, None where it has none: ``count_frequency`` (the share of the phase's tokens
+    routed to each expert; an expert without hits may be absent) x prompts x mean tokens of the
+    phase. :func:`gptoss` reads a subset so; ``scripts/gptoss_catalogue.py`` sums a category's."""
     table = doc.get(f"{phase}_expert_analytics")
     if not table:
-        raise ValueError(f"{path.name}: subset {subset!r} has no {phase} phase")
-    load = np.zeros((1, 24, 32))
-    for layer in range(load.shape[1]):
+        return None
+    load = np.zeros((24, 32))
+    for layer in range(load.shape[0]):
         for expert, stats in table[f"layer_{layer}"].items():
-            load[0, layer, int(expert)] = stats["count_frequency"]
-    return check_load(load * doc["sample_count"] * doc[f"num_{phase}_tokens"])
+            load[layer, int(expert)] = stats["count_frequency"]
+    return load * doc["sample_count"] * doc[f"num_{phase}_tokens"]
 
 
 def olmoe(model: str = "olmoe", domain: str = "github", top1: bool = False) -> np.ndarray:

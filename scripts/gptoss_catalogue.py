@@ -1,21 +1,21 @@
 """Build gpt-oss-20b's category catalogue from the ExpertFingerprinting source's statistics.
 
-    python scripts/gptoss_catalogue.py SOURCE [--out FILE]   # default: the shipped catalogue.npz
+    PYTHONPATH=. python scripts/gptoss_catalogue.py SOURCE [--out FILE]  # default: the shipped file
 
 ``SOURCE`` is a checkout of ``AmanPriyanshu/GPT-OSS-MoE-ExpertFingerprinting`` (the shipped file
 was built from commit ``72b368f``). Under its ``data/<benchmark>/<category>/`` each prompt bucket
 has a statistics file (``<flags>.json``; the ``*_examples.json`` next to them hold the prompts
 and are not read). A category's load in a phase is the sum over its buckets of what
-``benchmarks.traces.gptoss`` reads from one file: ``count_frequency`` (the share of the phase's
-tokens routed to each expert) x prompts x mean tokens of the phase, an approximate count of
-routed tokens ``[24, 32]``. Written (``np.savez_compressed``):
+``benchmarks.traces.gptoss`` reads from one file (:func:`benchmarks.traces.gptoss_phase_load`),
+an approximate count of routed tokens ``[24, 32]``. Written (``np.savez_compressed``):
 
 * ``names [C]``: ``<benchmark>/<category>``, sorted;
 * ``think [C, 24, 32]``, ``answer [C, 24, 32]`` (float64; zeros where no bucket has an answer);
 * ``think_prompts [C]``, ``answer_prompts [C]`` (int64): the prompts summed into each.
 
-Only :data:`BENCHMARKS` are read: the test splits of MMLU and MMLU-Pro, GPQA main and
-SORRY-Bench; the source's dev and validation splits repeat the test splits' subjects.
+Only :data:`BENCHMARKS` (``traces.GPTOSS_BENCHMARKS``) are read: the test splits of MMLU and
+MMLU-Pro, GPQA main and SORRY-Bench; the source's dev and validation splits repeat the test
+splits' subjects.
 """
 
 from __future__ import annotations
@@ -26,21 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-BENCHMARKS = ("gpqa_main", "mmlu_pro_test", "mmlu_test", "sorry_bench_base")
-LAYERS, EXPERTS = 24, 32
-PHASES = ("think", "answer")
-
-
-def phase_load(doc: dict, phase: str) -> np.ndarray | None:
-    """``[24, 32]`` routed tokens of one bucket's ``phase`` (None where it has none)."""
-    table = doc.get(f"{phase}_expert_analytics")
-    if not table:
-        return None
-    load = np.zeros((LAYERS, EXPERTS))
-    for layer in range(LAYERS):
-        for expert, stats in table[f"layer_{layer}"].items():
-            load[layer, int(expert)] = stats["count_frequency"]
-    return load * doc["sample_count"] * doc[f"num_{phase}_tokens"]
+from benchmarks.traces import GPTOSS_BENCHMARKS as BENCHMARKS
+from benchmarks.traces import GPTOSS_PHASES as PHASES
+from benchmarks.traces import gptoss_phase_load
 
 
 def build(source: Path) -> dict[str, np.ndarray]:
@@ -58,14 +46,14 @@ def build(source: Path) -> dict[str, np.ndarray]:
             doc = json.loads(path.read_text())
             row = rows.setdefault(f"{benchmark}/{path.parent.name}", {})
             for phase in PHASES:
-                load = phase_load(doc, phase)
+                load = gptoss_phase_load(doc, phase)
                 if load is not None:
                     row[phase] = row.get(phase, 0.0) + load
                     row[f"{phase}_prompts"] = row.get(f"{phase}_prompts", 0) + doc["sample_count"]
     names = sorted(rows)
     out = {"names": np.array(names)}
     for phase in PHASES:
-        out[phase] = np.stack([rows[n].get(phase, np.zeros((LAYERS, EXPERTS))) for n in names])
+        out[phase] = np.stack([rows[n].get(phase, np.zeros((24, 32))) for n in names])
         out[f"{phase}_prompts"] = np.array(
             [rows[n].get(f"{phase}_prompts", 0) for n in names], dtype=np.int64
         )

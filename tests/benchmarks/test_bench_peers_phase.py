@@ -10,15 +10,9 @@ from benchmarks import bench_peers, traces
 from eplb_rt.placement import Topology
 
 
-def test_the_tasks_are_the_six_mmlu_subsets_then_the_raw_ones():
-    tasks = bench_peers.gptoss_tasks()
-    assert tasks[:6] == traces.gptoss_subsets()
-    assert tasks[6:] == traces.gptoss_raw_subsets() != []
-
-
 def test_the_phase_change_is_the_think_phases_then_each_published_answer():
     think, answers = bench_peers.phase_change()
-    subsets = bench_peers.gptoss_tasks()
+    subsets = traces.gptoss_tasks()
     assert think.shape == (len(subsets), 24, 32)
     np.testing.assert_array_equal(think[0], traces.gptoss(subsets[0], "think")[0])
     published = [s for s in subsets if "answer" in traces.gptoss_phases(s)]

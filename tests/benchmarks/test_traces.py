@@ -155,3 +155,9 @@ def test_a_catalogue_row_is_a_copy():
     total = load.sum()
     load *= 0
     assert traces.gptoss("mmlu_test/anatomy").sum() == total
+
+
+def test_the_tasks_are_the_six_mmlu_subsets_then_the_raw_ones():
+    tasks = traces.gptoss_tasks()
+    assert tasks[:6] == traces.gptoss_subsets()
+    assert tasks[6:] == traces.gptoss_raw_subsets() != []
