@@ -110,9 +110,16 @@ def gptoss_raw_subsets() -> list[str]:
     return [
         name
         for file in GPTOSS_RAW_FILES
-        for name, doc in json.loads((GPTOSS_DIR / file).read_text()).items()
+        for name, doc in _raw_file(GPTOSS_DIR / file).items()
         if doc["sample_count"] >= GPTOSS_RAW_MIN_SAMPLES
     ]
+
+
+@functools.cache
+def _raw_file(path: Path) -> dict[str, dict]:
+    """A raw file's subsets and their statistics, parsed once (each file is about 0.7 MB of JSON,
+    and a benchmark reads every subset of it; callers only read the documents)."""
+    return json.loads(path.read_text())
 
 
 GPTOSS_CATALOGUE = GPTOSS_DIR / "catalogue.npz"
@@ -183,7 +190,7 @@ def _gptoss_doc(subset: str) -> tuple[Path, dict]:
     if path.is_file():
         return path, json.loads(path.read_text())
     for file in GPTOSS_RAW_FILES:
-        found = json.loads((GPTOSS_DIR / file).read_text()).get(subset)
+        found = _raw_file(GPTOSS_DIR / file).get(subset)
         if found is not None:
             return GPTOSS_DIR / file, found
     known = gptoss_subsets() + gptoss_raw_subsets()
