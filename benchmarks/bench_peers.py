@@ -287,17 +287,17 @@ PHASE_COSTS = (0.001, 0.002, 0.004, 0.0064, 0.01, 0.015, 0.02, 0.032, 0.05, 0.06
 """``move_cost`` values of the default policy's frontier in :func:`section_phase`."""
 
 
-def phase_change() -> tuple[np.ndarray, list[np.ndarray]]:
-    """``(think [10, 24, 32], answers)``: gpt-oss-20b's think phase of every subset of
-    :func:`traces.gptoss_tasks`, and the answer phase (``[1, 24, 32]``) of each subset that
-    publishes one (five).
+def phase_change(subsets: list[str] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``(think [K, 24, 32], answers)``: gpt-oss-20b's think phase of each of ``subsets`` (any
+    name :func:`traces.gptoss` reads; by default the ten of :func:`traces.gptoss_tasks`), and
+    the answer phase (``[1, 24, 32]``) of each that publishes one (five of the ten).
 
     The one change of phase the shipped traces hold: the same model, the same prompts, its
     reasoning tokens and then its answers route to other experts: on average over the layers,
     24-57 % of a subset's answer load lands elsewhere than its reasoning's (half the total
     variation of the experts' shares; they correlate at 0.19-0.73), against 5-7 % between
     DeepSeek-V3's neighbouring prompt lengths."""
-    subsets = traces.gptoss_tasks()
+    subsets = traces.gptoss_tasks() if subsets is None else subsets
     think = np.concatenate([traces.gptoss(s, "think") for s in subsets])
     answers = [traces.gptoss(s, "answer") for s in subsets if "answer" in traces.gptoss_phases(s)]
     return think, answers
@@ -401,10 +401,7 @@ def section_catalogue(found, groups: int = 20, costs=PHASE_COSTS) -> None:
         f"each, static: mean PAR (less the default policy's, paired over the groups)\n"
     )
     _shape_table(found, cell)
-    pro = traces.gptoss_catalogue(100, "mmlu_pro_test")
-    think = np.concatenate([traces.gptoss(name) for name in pro])
-    answered = [name for name in pro if "answer" in traces.gptoss_phases(name)]
-    section_phase(found, costs, (think, [traces.gptoss(name, "answer") for name in answered]))
+    section_phase(found, costs, phase_change(traces.gptoss_catalogue(100, "mmlu_pro_test")))
 
 
 def section_phase(found, costs=PHASE_COSTS, cases=None) -> None:
