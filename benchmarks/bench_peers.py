@@ -59,6 +59,7 @@ import pytest
 import torch
 
 from benchmarks import selection, traces
+from benchmarks.common import shape_name
 from eplb_rt.algorithms import metrics, policy_names, warm_up
 from eplb_rt.config import EplbConfig
 from eplb_rt.integrations._common import replan
@@ -356,8 +357,7 @@ def _shape_table(found, cell: Callable[[Planner, Topology], str]) -> None:
                 cells.append(cell(_refusing(run), topo))
             except _Refused as err:
                 cells.append("refused")
-                shape = f"{topo.num_ranks}x{topo.num_slots_per_rank}"
-                refused.append(f"- {name} refuses {shape}: {err}")
+                refused.append(f"- {name} refuses {shape_name(topo)}: {err}")
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
     if refused:
         print("\n" + "\n".join(refused))
@@ -411,7 +411,7 @@ def section_phase(found, costs=PHASE_COSTS, cases=None) -> None:
     ``costs`` (``move_cost``; none where it is not among ``found``)."""
     think, answers = phase_change() if cases is None else cases
     shapes = [Topology(d, s) for d, s in PHASE_SHAPES]
-    names = [f"{t.num_ranks}x{t.num_slots_per_rank}" for t in shapes]
+    names = [shape_name(t) for t in shapes]
     print(
         "\n### Adapting across a change of phase: gpt-oss-20b, own table fitted on the think "
         f"phases ({len(think)} subsets), re-planned on each answer phase ({len(answers)}); PAR "

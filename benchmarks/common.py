@@ -1,5 +1,5 @@
 """What several benchmark scripts share: a replay through the simulator as ``eplb-rt simulate``
-runs it, a mean with its standard error, and an argparse type for counts."""
+runs it, a mean with its standard error, an argparse type for counts, and a shape's name."""
 
 from __future__ import annotations
 
@@ -37,6 +37,11 @@ def replay(
             raise ValueError(f"{name}'s replay has no throughput: no scored window had load")
         out[name] = (throughput, summary["par_mean"], summary["moves_per_cycle"] / slots)
     return out
+
+
+def shape_name(topo: Topology) -> str:
+    """``ranks x slots per rank``, as the tables write a shape (``8x9``)."""
+    return f"{topo.num_ranks}x{topo.num_slots_per_rank}"
 
 
 def mean_se(values) -> tuple[float, float]:

@@ -22,6 +22,7 @@ import itertools
 import numpy as np
 
 from benchmarks import selection, traces
+from benchmarks.common import shape_name
 from eplb_rt.algorithms import metrics, plan
 from eplb_rt.algorithms.load import normalise
 from eplb_rt.placement import Topology
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         for topo in shapes:
             pars = held_out_ends(args.policy, shares, topo, options)
             se = pars.std(ddof=1) / np.sqrt(len(pars))
-            shape = f"{topo.num_ranks}x{topo.num_slots_per_rank}"
+            shape = shape_name(topo)
             print(f"| {name} | {shape} | {pars.mean():.4f} ± {se:.4f} | {len(pars)} |", flush=True)
 
 

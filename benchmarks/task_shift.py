@@ -29,7 +29,7 @@ import contextlib
 import numpy as np
 
 from benchmarks import bench_peers
-from benchmarks.common import mean_se
+from benchmarks.common import mean_se, shape_name
 from eplb_rt import Topology
 from eplb_rt.algorithms import warm_up
 from eplb_rt.envs import parse_options
@@ -111,9 +111,9 @@ def run(regime: str, seeds: int, layers: int, planners: dict) -> None:
     for model, experts, top_k, topo in shapes():
         key = (experts, topo.num_ranks, topo.num_slots_per_rank, top_k if tokens else 0)
         if key in first:
-            same.append(f"{model} {_shape(topo)} (the loads of {first[key]})")
+            same.append(f"{model} {shape_name(topo)} (the loads of {first[key]})")
             continue
-        first[key] = f"{model} {_shape(topo)}"
+        first[key] = f"{model} {shape_name(topo)}"
         scores = {n: [] for n in names}
         for seed in range(seeds):
             rng = np.random.default_rng(seed)
@@ -125,7 +125,7 @@ def run(regime: str, seeds: int, layers: int, planners: dict) -> None:
         for name in names:
             paired[name] += list(np.subtract(scores[name], scores[names[0]]))
         cells = " | ".join(_cell(scores[n]) for n in names)
-        print(f"| {model} | {_shape(topo)} | {cells} |", flush=True)
+        print(f"| {model} | {shape_name(topo)} | {cells} |", flush=True)
     if same:
         print("\nLeft out: " + "; ".join(same) + ".")
     print(
@@ -162,11 +162,6 @@ def _tolerant(planner):
             return None
 
     return run
-
-
-def _shape(topo: Topology) -> str:
-    """``ranks x slots per rank``, as the tables write a shape."""
-    return f"{topo.num_ranks}x{topo.num_slots_per_rank}"
 
 
 def _cell(scores: list[float]) -> str:
