@@ -31,7 +31,7 @@ import argparse
 import numpy as np
 
 from benchmarks import task_shift
-from benchmarks.common import at_least, mean_se, replay
+from benchmarks.common import at_least, mean_se, replay, shape_name
 from eplb_rt.algorithms import get_policy
 from eplb_rt.config import EplbConfig
 from eplb_rt.sim import simulate as sim
@@ -104,7 +104,7 @@ def run(regime: str, args: argparse.Namespace) -> None:
             f"{100 * np.mean([c[2] for c in cells[n]]):.1f} %"
             for n in policies
         )
-        print(f"| {model} | {ranks}x{topo.num_slots_per_rank} | {row} |", flush=True)
+        print(f"| {model} | {shape_name(topo)} | {row} |", flush=True)
     print(f"\nThroughput against {policies[0]}'s, geometric mean over shapes and seeds:")
     for name in policies[1:]:
         mean, sem = mean_se(ratios[name])
