@@ -26,6 +26,7 @@ from eplb_rt.algorithms.align import align_placement
 from eplb_rt.algorithms.load import check_load
 from eplb_rt.algorithms.metrics import peak_ratio, rank_load
 from eplb_rt.algorithms.prices import most_received_layers
+from eplb_rt.algorithms.starting import starting_row
 from eplb_rt.placement import Placement, Topology, slot_tables
 from eplb_rt.scalars import as_float, check_count, is_real
 
@@ -370,60 +371,9 @@ def drifted(load: np.ndarray, placement: Placement, recent: int, cost: CostModel
 
 
 def starting_placement(num_layers: int, num_experts: int, topology: Topology) -> Placement:
-    """The placement before any heat: the contiguous layout (expert ``e`` on rank ``e * D // E``)
-    plus the redundant replicas, given to experts spread over all ranks and put on the ranks
-    that hold least, so the ranks carry loads as even as the min-max replica counts allow when
-    experts are equally loaded (the same load where ``D * S`` is a multiple of ``E``, and at
-    the shapes of DeepSeek-V3 on 32x9 or 64x5).
-
-    Where ``topology`` asks for expert groups on nodes and they fit
-    (:func:`~eplb_rt.algorithms.hierarchy.why_flat`), each node is laid out so on its own:
-    the contiguous layout already keeps each group on one node, and the node's redundant slots
-    go to its own experts. A hierarchical plan then starts with its groups on nodes, as it
-    keeps them, instead of moving every layer's groups at once (more than a move budget
-    allows, which left such layers as they were, plan after plan)."""
+    """The placement before any heat: :func:`~eplb_rt.algorithms.starting.starting_row` in
+    every layer (checked: ``num_layers`` and ``num_experts`` must fit ``topology``)."""
     check_count("num_layers", num_layers)
     topology.check_experts(num_experts)
-    N = topology.num_nodes
-    if topology.num_groups > 1 and hierarchy.why_flat(num_experts, topology) is None:
-        node = Topology(topology.num_ranks // N, topology.num_slots_per_rank)
-        M = num_experts // N
-        local = _starting_row(M, node)
-        row = np.concatenate([local + n * M for n in range(N)])
-    else:
-        row = _starting_row(num_experts, topology)
+    row = starting_row(num_experts, topology)
     return Placement(np.tile(row, (num_layers, 1)), num_experts, topology.num_ranks)
-
-
-def _starting_row(num_experts: int, topology: Topology) -> np.ndarray:
-    """:func:`starting_placement`'s layer ``[P] int64`` on a flat ``topology``;
-    :meth:`Placement.initial`'s where the redundant replicas find no free rank."""
-    D, S, E = topology.num_ranks, topology.num_slots_per_rank, num_experts
-    counts = np.full(E, topology.num_slots // E)
-    extra = topology.num_slots % E
-    counts[((np.arange(extra) + 0.5) * E / max(extra, 1)).astype(np.int64)] += 1
-    held = [[] for _ in range(D)]
-    for e in range(E):
-        held[e * D // E].append(e)
-    weight = 1.0 / counts
-    # Per rank: its slots taken, its experts, and the summed weight of what it holds (summed
-    # afresh as it grows, in the order held, so that ties fall as they always did); a replica
-    # then costs a pass over the ranks' arrays, not a sum per rank (8,000 ranks took a minute).
-    fill = np.array([len(h) for h in held])
-    holds = np.zeros((D, E), dtype=bool)
-    holds[np.arange(E) * D // E, np.arange(E)] = True
-    rank_weight = np.array([weight[h].sum() for h in held])
-    # One replica per expert per round, so no expert takes the last free ranks of another.
-    for extra_round in range(1, int(counts.max())):
-        for e in np.flatnonzero(counts > extra_round):
-            free = np.flatnonzero((fill < S) & ~holds[:, e])
-            if not free.size:
-                return Placement.initial(1, E, topology).phy2log[0].astype(np.int64)
-            # The least weight, then the first rank from the expert's own.
-            lightest = free[rank_weight[free] == rank_weight[free].min()]
-            rank = int(lightest[np.argmin((lightest - e * D // E) % D)])
-            held[rank].append(int(e))
-            fill[rank] += 1
-            holds[rank, e] = True
-            rank_weight[rank] = weight[held[rank]].sum()
-    return np.concatenate([np.array(h) for h in held]).astype(np.int64)

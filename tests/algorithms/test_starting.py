@@ -1,0 +1,41 @@
+"""The layout before any heat: the flat layer against its rule written out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from eplb_rt.algorithms.starting import starting_row
+from eplb_rt.placement import Placement, Topology
+
+
+def _reference_starting_row(E: int, topo: Topology) -> np.ndarray:
+    """The flat starting layer, written out: replicas spread evenly over the experts, each
+    expert first on rank ``e * D // E``, then round by round each further replica on the free
+    rank (room left, the expert absent) of least summed ``1 / replicas`` of what it holds, the
+    first from the expert's own rank on ties; the trivial layout where none is free."""
+    D, S = topo.num_ranks, topo.num_slots_per_rank
+    counts = np.full(E, topo.num_slots // E)
+    extra = topo.num_slots % E
+    counts[((np.arange(extra) + 0.5) * E / max(extra, 1)).astype(np.int64)] += 1
+    held = [[e for e in range(E) if e * D // E == r] for r in range(D)]
+    for replica in range(1, int(counts.max())):
+        for e in np.flatnonzero(counts > replica):
+            free = [r for r in range(D) if len(held[r]) < S and e not in held[r]]
+            if not free:
+                return Placement.initial(1, E, topo).phy2log[0]
+            home = e * D // E
+            held[min(free, key=lambda r: ((1.0 / counts[held[r]]).sum(), (r - home) % D))].append(e)
+    return np.concatenate([np.array(h, dtype=np.int64) for h in held])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_starting_layer_is_its_rule(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(100):
+        D, S = int(rng.integers(1, 40)), int(rng.integers(1, 12))
+        E = int(rng.integers(S, D * S + 1))
+        topo = Topology(D, S)
+        np.testing.assert_array_equal(
+            starting_row(E, topo), _reference_starting_row(E, topo), err_msg=f"{topo}"
+        )
