@@ -63,9 +63,13 @@ Per layer (the search kernels are numba, no GIL):
    long as it holds: the least PAR that pays). The move walk keeps, of its prefixes, the one
    this judge would take on the summed load, and stops once the slots it has moved leave no
    later one to take (kept by their price per slot, a prefix could send three experts to one
-   rank, dearer by the slowest rank than the PAR it bought, where its first moves paid). With
-   two episodes or more, a changed layer must also pay out of sample, re-planned on half of
-   them and judged on the other half (:func:`paid_out_of_sample`).
+   rank, dearer by the slowest rank than the PAR it bought, where its first moves paid). The
+   candidate taken then has its moves traded for fewer at no higher peak on the summed load
+   (:func:`~eplb_rt.algorithms.move_trades.trade_moves`: a moved slot put back, and the
+   overflow that leaves repaired by moves that move no more slots), where that costs no more
+   and leaves the episodes no less balanced. With two episodes or more, a changed layer must
+   also pay out of sample, re-planned on half of them and judged on the other half
+   (:func:`paid_out_of_sample`).
 """
 
 from __future__ import annotations
@@ -81,11 +85,14 @@ from eplb_rt.algorithms.jit import kernel
 from eplb_rt.algorithms.keeping import cheaper
 from eplb_rt.algorithms.local_search import _moved_slots, balance_swaps, greedy_moves, swap_search
 from eplb_rt.algorithms.metrics import row_par, row_rank_loads
+from eplb_rt.algorithms.move_trades import DEPTH as TRADE_DEPTH
+from eplb_rt.algorithms.move_trades import trade_moves
 from eplb_rt.algorithms.packing import counts_from_row, lpt_place
 from eplb_rt.algorithms.prices import judged_cost, move_price, slot_budget
 from eplb_rt.algorithms.registry import Layer, Layers, Options, option, register
 from eplb_rt.algorithms.replicas import LPT, allot_packable, allot_replicas, count_search
 from eplb_rt.algorithms.shares import balanced_slot_shares, min_max_rank_load, open_bottleneck
+from eplb_rt.algorithms.starting import starting_row
 from eplb_rt.algorithms.sums import column_mean, column_std, column_sum, pairwise_sum
 from eplb_rt.algorithms.target_repair import repair_to
 from eplb_rt.placement import Topology, even_shares
@@ -740,7 +747,7 @@ def _repaired_row(prev, now, V, num_ranks, budget, move_cost, slowest_rank, life
 
 @kernel(inline=True)
 def _settle(  # noqa: PLR0917
-    row, prev, now, V, distinct, num_ranks, budget, move_cost, slowest_rank, lifetime, margin
+    row, prev, now, V, distinct, num_ranks, budget, move_cost, slowest_rank, lifetime, margin, trade
 ):  # fmt: skip
     """Step 4 of the module's list without shares, in one call: of the previous slots, those
     improved by :func:`_repaired_row`, those repaired to its PAR on ``now``
@@ -748,9 +755,10 @@ def _settle(  # noqa: PLR0917
     to the fresh ``row``'s PAR on ``now`` plus ``margin`` (:func:`_noise_margins`), and the
     fresh ``row`` aligned to them, the one that costs least (:func:`_cheapest`) within
     ``budget`` moved slots, PAR on ``now [E]``, or where the episodes are ``distinct``
-    workloads, the mean PAR on ``now`` and the scored rows ``V [K, E]``. Where a placement
-    outlives the next plan (``lifetime > 1``) and the episodes differ partly by sampling noise,
-    it is judged over an endless life (``lifetime`` ``inf``).
+    workloads, the mean PAR on ``now`` and the scored rows ``V [K, E]``; where ``trade``, its
+    moves then traded for fewer (:func:`_traded`). Where a placement outlives the next plan
+    (``lifetime > 1``) and the episodes differ partly by sampling noise, it is judged over an
+    endless life (``lifetime`` ``inf``).
 
     Distinct workloads (prompt lengths, tasks; no sampling noise between them) say that the next
     one will differ again. A patch that fits their sum leaves replicas where the placement in
@@ -792,9 +800,46 @@ def _settle(  # noqa: PLR0917
     pars = np.empty(count)
     for i in range(count):
         pars[i] = row_par(candidates[i], judged, D)
-    return candidates[
-        _cheapest(candidates, pars, prev, move_cost, D, budget, slowest_rank, lifetime)
-    ]
+    best = _cheapest(candidates, pars, prev, move_cost, D, budget, slowest_rank, lifetime)
+    if best == 0 or not trade:
+        return candidates[best]
+    return _traded(
+        candidates[best], pars, prev, now, V, judged, D, move_cost, slowest_rank, lifetime
+    )
+
+
+@kernel(inline=True)
+def _traded(row, pars, prev, now, V, judged, num_ranks, move_cost, slowest_rank, lifetime):  # noqa: PLR0917
+    """``row``, the candidate :func:`_settle` took, with its moves traded for fewer at no higher
+    peak on ``now`` (:func:`~eplb_rt.algorithms.move_trades.trade_moves`), where that leaves
+    the episodes ``V`` no less balanced and costs no more as :func:`_cheapest` prices it (so
+    by the slowest rank's transfers, fewer slots that leave that rank's unchanged are taken
+    too: fewer bytes in flight). ``pars[0]``: the PAR in force on ``judged``."""
+    D = num_ranks
+    traded, trades = trade_moves(row, prev, now, D, TRADE_DEPTH)
+    if trades == 0:
+        return row
+    if V.shape[0] > 0:
+        # Each episode's peak held, not only their mean: a trade fills ranks up to the peak,
+        # and an episode whose peak rose says the next workload's may too.
+        peaks = row_rank_loads(row, V, D)
+        peaks_traded = row_rank_loads(traded, V, D)
+        for k in range(V.shape[0]):
+            if peaks_traded[k].max() > peaks[k].max() * (1.0 + 1e-12):
+                return row
+    cost = judged_cost(
+        row_par(row, judged, D),
+        move_price(row, prev, _moved_slots(row, prev), D, move_cost, slowest_rank),
+        pars[0],
+        lifetime,
+    )
+    cost_traded = judged_cost(
+        row_par(traded, judged, D),
+        move_price(traded, prev, _moved_slots(traded, prev), D, move_cost, slowest_rank),
+        pars[0],
+        lifetime,
+    )
+    return traded if cost_traded <= cost else row
 
 
 @kernel
@@ -827,17 +872,19 @@ def _cheapest(candidates, pars, prev, move_cost, num_ranks, budget, slowest_rank
 
 @kernel
 def _settle_layers(  # noqa: PLR0917
-    rows, prev, now, V, num_rows, distinct, num_ranks, budget, move_cost, slowest, lifetime, margins
+    rows, prev, now, V, num_rows, distinct, num_ranks, budget, move_cost, slowest, lifetime,
+    margins, trade,
 ):  # fmt: skip
     """:func:`_settle` of every layer (``rows``, ``prev [L, P]``, ``now [L, E]``; ``V``,
     ``num_rows`` and ``distinct`` as :func:`_fresh_plans` gives them, ``margins [L]`` as
-    :func:`_noise_margins` does) in one call: ``[L, P] int64``."""
+    :func:`_noise_margins` does, ``trade [L] bool`` whether a layer's moves are traded) in one
+    call: ``[L, P] int64``."""
     out = np.empty_like(prev)
     for j in range(rows.shape[0]):
         scored = np.ascontiguousarray(V[j, : num_rows[j]])
         out[j] = _settle(
             rows[j], prev[j], now[j], scored, distinct[j], num_ranks, budget, move_cost, slowest,
-            lifetime, margins[j],
+            lifetime, margins[j], trade[j],
         )  # fmt: skip
     return out
 
@@ -1030,9 +1077,12 @@ def _plan_layers(
     if settle:
         mc, slowest = opts.move_cost, opts.slowest_rank
         margins = _noise_margins(rows, tokens, distinct, layers.counts, D)
+        # No load chose the slots of the layout before any heat: nothing of it to put back.
+        trade = (prev != starting_row(now.shape[1], topo)).any(axis=1)
         settled = _settle_layers(
-            rows, prev, now, V, num_rows, distinct, D, budget, mc, slowest, opts.lifetime, margins
-        )
+            rows, prev, now, V, num_rows, distinct, D, budget, mc, slowest, opts.lifetime, margins,
+            trade,
+        )  # fmt: skip
         return settled, None
     if not opts.shares:
         return rows, None

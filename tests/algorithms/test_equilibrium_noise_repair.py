@@ -50,9 +50,9 @@ def test_the_noise_repair_is_taken_only_where_it_keeps_the_episodes_balanced():
         repair = repair_to(prev, now, D, row_par(aligned, now[None], D) + margin, P)
         if any(np.array_equal(repair, other) for other in (prev, walk, aligned, to_walk)):
             continue
-        got = _settle(fresh, prev, now, V, False, D, P, price, False, 1.0, margin)
+        got = _settle(fresh, prev, now, V, False, D, P, price, False, 1.0, margin, False)
         # Without a margin (no window of sampled counts) the candidate is not there.
-        without = _settle(fresh, prev, now, V, False, D, P, price, False, 1.0, -1.0)
+        without = _settle(fresh, prev, now, V, False, D, P, price, False, 1.0, -1.0, False)
         assert not np.array_equal(without, repair)
         every = np.stack([prev, walk, aligned, to_walk, repair])
         pars = np.array([row_par(row, now[None], D) for row in every])

@@ -25,7 +25,7 @@ def test_the_repair_is_taken_only_where_it_keeps_the_episodes_balanced():
         if any(len(set(r)) < S for r in fresh.reshape(D, S).tolist()):
             continue
         now = V.sum(axis=0)
-        got = _settle(fresh, prev, now, V, False, D, P, 0.002, False, 1.0, -1.0)
+        got = _settle(fresh, prev, now, V, False, D, P, 0.002, False, 1.0, -1.0, False)
         walk = _repaired_row(prev, now, V, D, P, 0.002, False, 1.0)
         repair = repair_to(prev, now, D, row_par(walk, now[None], D), P)
         others = (prev, walk, fresh[align_order(fresh, prev, D, E)])
