@@ -9,18 +9,22 @@ ranks in blocks of ``S = P // D``.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from eplb_rt.algorithms.hierarchy import why_flat
 from eplb_rt.placement import Placement, Topology
 
 
+@functools.lru_cache(maxsize=16)
 def starting_row(num_experts: int, topology: Topology) -> np.ndarray:
-    """``[P] int64``: the contiguous layout (expert ``e`` on rank ``e * D // E``) plus the
-    redundant replicas, given to experts spread over all ranks and put on the ranks that hold
-    least, so the ranks carry loads as even as the min-max replica counts allow when experts
-    are equally loaded (the same load where ``D * S`` is a multiple of ``E``, and at the shapes
-    of DeepSeek-V3 on 32x9 or 64x5).
+    """``[P] int64``, read-only (kept for the next call: every re-plan compares its layers with
+    it, and at 32x9 it takes milliseconds to lay out): the contiguous layout (expert ``e`` on
+    rank ``e * D // E``) plus the redundant replicas, given to experts spread over all ranks and
+    put on the ranks that hold least, so the ranks carry loads as even as the min-max replica
+    counts allow when experts are equally loaded (the same load where ``D * S`` is a multiple of
+    ``E``, and at the shapes of DeepSeek-V3 on 32x9 or 64x5).
 
     Where ``topology`` asks for expert groups on nodes and they fit (:func:`~eplb_rt.algorithms.
     hierarchy.why_flat`), each node is laid out so on its own: the contiguous layout already
@@ -34,8 +38,11 @@ def starting_row(num_experts: int, topology: Topology) -> np.ndarray:
         node = Topology(topology.num_ranks // N, topology.num_slots_per_rank)
         M = num_experts // N
         local = _flat_row(M, node)
-        return np.concatenate([local + n * M for n in range(N)])
-    return _flat_row(num_experts, topology)
+        row = np.concatenate([local + n * M for n in range(N)])
+    else:
+        row = _flat_row(num_experts, topology)
+    row.setflags(write=False)
+    return row
 
 
 def _flat_row(num_experts: int, topology: Topology) -> np.ndarray:

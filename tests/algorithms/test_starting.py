@@ -39,3 +39,12 @@ def test_starting_layer_is_its_rule(seed):
         np.testing.assert_array_equal(
             starting_row(E, topo), _reference_starting_row(E, topo), err_msg=f"{topo}"
         )
+
+
+def test_the_row_is_laid_out_once_and_read_only():
+    topo = Topology(32, 9, num_nodes=4, num_groups=8)
+    row = starting_row(256, topo)
+    assert starting_row(256, topo) is row
+    with pytest.raises(ValueError, match="read-only"):
+        row[0] = 1
+    assert np.array_equal(row, starting_row(256, Topology(32, 9, num_nodes=4, num_groups=8)))
