@@ -67,9 +67,11 @@ Per layer (the search kernels are numba, no GIL):
    candidate taken then has its moves traded for fewer at no higher peak on the summed load
    (:func:`~eplb_rt.algorithms.move_trades.trade_moves`: a moved slot put back, and the
    overflow that leaves repaired by moves that move no more slots), where that costs no more
-   and leaves the episodes no less balanced. With two episodes or more, a changed layer must
-   also pay out of sample, re-planned on half of them and judged on the other half
-   (:func:`paid_out_of_sample`).
+   and leaves the episodes no less balanced, but not on a layer in force at the layout before
+   any heat (:mod:`~eplb_rt.algorithms.starting`: no load chose the slots a put-back would
+   keep; the slack it takes from the other ranks held the next workload, BENCHMARKS §3
+   "Sixty-seventh session"). With two episodes or more, a changed layer must also pay out of
+   sample, re-planned on half of them and judged on the other half (:func:`paid_out_of_sample`).
 """
 
 from __future__ import annotations
