@@ -67,11 +67,12 @@ Per layer (the search kernels are numba, no GIL):
    candidate taken then has its moves traded for fewer at no higher peak on the summed load
    (:func:`~eplb_rt.algorithms.move_trades.trade_moves`: a moved slot put back, and the
    overflow that leaves repaired by moves that move no more slots), where that costs no more
-   and leaves the episodes no less balanced, but not on a layer in force at the layout before
-   any heat (:mod:`~eplb_rt.algorithms.starting`: no load chose the slots a put-back would
-   keep; the slack it takes from the other ranks held the next workload, BENCHMARKS §3
-   "Sixty-seventh session"). With two episodes or more, a changed layer must also pay out of
-   sample, re-planned on half of them and judged on the other half (:func:`paid_out_of_sample`).
+   and leaves the episodes no less balanced, but not on a layer in force at a layout before
+   any heat (:func:`~eplb_rt.algorithms.starting.blank_layers`: no load chose the slots a
+   put-back would keep; the slack it takes from the other ranks held the next workload,
+   BENCHMARKS §3 "Sixty-seventh session"). With two episodes or more, a changed layer must also
+   pay out of sample, re-planned on half of them and judged on the other half
+   (:func:`paid_out_of_sample`).
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ from eplb_rt.algorithms.prices import judged_cost, move_price, slot_budget
 from eplb_rt.algorithms.registry import Layer, Layers, Options, option, register
 from eplb_rt.algorithms.replicas import LPT, allot_packable, allot_replicas, count_search
 from eplb_rt.algorithms.shares import balanced_slot_shares, min_max_rank_load, open_bottleneck
-from eplb_rt.algorithms.starting import starting_row
+from eplb_rt.algorithms.starting import blank_layers
 from eplb_rt.algorithms.sums import column_mean, column_std, column_sum, pairwise_sum
 from eplb_rt.algorithms.target_repair import repair_to
 from eplb_rt.placement import Topology, even_shares
@@ -1080,7 +1081,7 @@ def _plan_layers(
         mc, slowest = opts.move_cost, opts.slowest_rank
         margins = _noise_margins(rows, tokens, distinct, layers.counts, D)
         # No load chose the slots of the layout before any heat: nothing of it to put back.
-        trade = (prev != starting_row(now.shape[1], topo)).any(axis=1)
+        trade = ~blank_layers(prev, now.shape[1], topo)
         settled = _settle_layers(
             rows, prev, now, V, num_rows, distinct, D, budget, mc, slowest, opts.lifetime, margins,
             trade,

@@ -1,7 +1,8 @@
 """The layout before any heat, one layer of it: where the runtime and ``simulate`` start
-(:func:`eplb_rt.planning.starting_placement`), and what the re-plan's move trades leave as the
-walk found it (:func:`eplb_rt.algorithms.equilibrium.plan_layers`): no load chose its slots, so
-no slot of it is worth putting back.
+(:func:`eplb_rt.planning.starting_placement`); with the trivial layout engines start from, what
+the re-plan's move trades leave as the walk found it (:func:`blank_layers`,
+:func:`eplb_rt.algorithms.equilibrium.plan_layers`): no load chose their slots, so no slot of
+them is worth putting back.
 
 Arrays as in :mod:`eplb_rt.algorithms.packing`: ``row [P] int64``, the expert of each slot,
 ranks in blocks of ``S = P // D``.
@@ -43,6 +44,14 @@ def starting_row(num_experts: int, topology: Topology) -> np.ndarray:
         row = _flat_row(num_experts, topology)
     row.setflags(write=False)
     return row
+
+
+def blank_layers(rows: np.ndarray, num_experts: int, topology: Topology) -> np.ndarray:
+    """``[L] bool``: which layers of ``rows [L, P]`` are a layout no load chose, this module's
+    :func:`starting_row` or the trivial one engines start from (slot ``p`` holds expert ``p mod
+    E``, :meth:`~eplb_rt.placement.Placement.initial`)."""
+    trivial = np.arange(rows.shape[1]) % num_experts
+    return (rows == starting_row(num_experts, topology)).all(axis=1) | (rows == trivial).all(axis=1)
 
 
 def _flat_row(num_experts: int, topology: Topology) -> np.ndarray:

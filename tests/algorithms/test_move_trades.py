@@ -177,6 +177,7 @@ def test_the_layout_before_any_heat_is_not_traded():
     start = starting_row(E, topo)
     fitted = plan("equilibrium", new[:, ::-1], topo).phy2log.astype(np.int64)
     prev = np.where(np.arange(L)[:, None] % 2 == 0, start, fitted)  # even layers blank
+    prev[4] = np.arange(D * S) % E  # the trivial layout engines start from
     out = plan("equilibrium", new, topo, previous=Placement(prev, E, D)).phy2log.astype(np.int64)
     left = [trade_moves(out[j], prev[j], new[0, j], D, DEPTH)[1] for j in range(L)]
     assert any(left[0::2]), left

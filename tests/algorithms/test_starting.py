@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eplb_rt.algorithms.starting import starting_row
+from eplb_rt.algorithms.starting import blank_layers, starting_row
 from eplb_rt.placement import Placement, Topology
 
 
@@ -48,3 +48,13 @@ def test_the_row_is_laid_out_once_and_read_only():
     with pytest.raises(ValueError, match="read-only"):
         row[0] = 1
     assert np.array_equal(row, starting_row(256, Topology(32, 9, num_nodes=4, num_groups=8)))
+
+
+def test_blank_layers_are_the_starting_and_the_trivial_layouts():
+    topo = Topology(4, 3)
+    E = 9
+    start = starting_row(E, topo)
+    trivial = Placement.initial(1, E, topo).phy2log[0]
+    fitted = np.roll(start, 3)  # the same experts on other ranks: a layout a plan may choose
+    rows = np.stack([start, trivial, fitted, start[::-1]])
+    assert blank_layers(rows, E, topo).tolist() == [True, True, False, False]
