@@ -1,6 +1,7 @@
 """``trade_moves``: the placement's invariants, no higher peak and fewer moved slots on random
 layers of odd sizes; its repair step against a plain search of every move it may take; golden
-cases; and the re-plan of ``equilibrium``, whose moves it leaves with nothing more to trade."""
+cases; and the re-plan of ``equilibrium``, whose moves it leaves with nothing more to trade
+but on the layers in force at a layout no load chose (not traded)."""
 
 from __future__ import annotations
 
