@@ -830,19 +830,18 @@ def _traded(row, pars, prev, now, V, judged, num_ranks, move_cost, slowest_rank,
         for k in range(V.shape[0]):
             if peaks_traded[k].max() > peaks[k].max() * (1.0 + 1e-12):
                 return row
-    cost = judged_cost(
-        row_par(row, judged, D),
-        move_price(row, prev, _moved_slots(row, prev), D, move_cost, slowest_rank),
-        pars[0],
-        lifetime,
-    )
-    cost_traded = judged_cost(
-        row_par(traded, judged, D),
-        move_price(traded, prev, _moved_slots(traded, prev), D, move_cost, slowest_rank),
-        pars[0],
-        lifetime,
-    )
+    cost = _row_cost(row, prev, judged, D, move_cost, slowest_rank, pars[0], lifetime)
+    cost_traded = _row_cost(traded, prev, judged, D, move_cost, slowest_rank, pars[0], lifetime)
     return traded if cost_traded <= cost else row
+
+
+@kernel(inline=True)
+def _row_cost(row, prev, judged, num_ranks, move_cost, slowest_rank, in_force, lifetime):  # noqa: PLR0917
+    """``row``'s cost as :func:`_cheapest` prices a candidate (PAR on ``judged``, its moves from
+    ``prev``; ``in_force``: the PAR of ``prev``)."""
+    moves = _moved_slots(row, prev)
+    price = move_price(row, prev, moves, num_ranks, move_cost, slowest_rank)
+    return judged_cost(row_par(row, judged, num_ranks), price, in_force, lifetime)
 
 
 @kernel

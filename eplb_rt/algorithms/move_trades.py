@@ -34,6 +34,8 @@ from __future__ import annotations
 import numpy as np
 
 from eplb_rt.algorithms.jit import kernel
+from eplb_rt.algorithms.local_search import _swap as swap_slots
+from eplb_rt.algorithms.local_search import _take_rewrite
 
 DEPTH = 3
 """Moves that may repair a put-back slot's overflow. At DeepSeek-V3 32x9 after the largest
@@ -105,7 +107,8 @@ def _rewrite_max(loads, holds, counts, w, r, u, v):
 
 @kernel(inline=True)
 def _rewrite(row, holds, counts, loads, w, q, v):
-    """Slot ``q`` (expert ``u``, ``counts[u] >= 2``) takes expert ``v`` (not on its rank)."""
+    """Slot ``q`` (expert ``u``, ``counts[u] >= 2``) takes expert ``v`` (not on its rank), the
+    rank loads ``loads [D]`` kept."""
     S = row.shape[0] // holds.shape[0]
     r = q // S
     u = row[q]
@@ -116,25 +119,19 @@ def _rewrite(row, holds, counts, loads, w, q, v):
         if holds[c, v]:
             loads[c] -= w[v] / cv - w[v] / (cv + 1)
     loads[r] += w[v] / (cv + 1) - w[u] / (cu - 1)  # r gave u up: its rise undone, u's share out
-    holds[r, u] = False
-    holds[r, v] = True
-    counts[u] -= 1
-    counts[v] += 1
-    row[q] = v
+    _take_rewrite(row, holds, counts, q, v)
 
 
 @kernel(inline=True)
 def _swap(row, holds, counts, loads, w, p, q):
-    """Slots ``p`` and ``q`` (on different ranks, neither holding the other's expert) swap."""
+    """Slots ``p`` and ``q`` (on different ranks, neither holding the other's expert) swap, the
+    rank loads ``loads [D]`` kept."""
     S = row.shape[0] // holds.shape[0]
-    a, c = p // S, q // S
     u, v = row[p], row[q]
     d = w[u] / counts[u] - w[v] / counts[v]
-    loads[a] -= d
-    loads[c] += d
-    holds[a, u] = holds[c, v] = False
-    holds[a, v] = holds[c, u] = True
-    row[p], row[q] = v, u
+    loads[p // S] -= d
+    loads[q // S] += d
+    swap_slots(row, holds, p, q)
 
 
 @kernel(inline=True)
