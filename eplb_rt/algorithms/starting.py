@@ -1,8 +1,13 @@
 """The layout before any heat, one layer of it: where the runtime and ``simulate`` start
-(:func:`eplb_rt.planning.starting_placement`); with the trivial layout engines start from, what
+(:func:`eplb_rt.planning.starting_placement`); with the layouts the engines start from, what
 the re-plan's move trades leave as the walk found it (:func:`blank_layers`,
 :func:`eplb_rt.algorithms.equilibrium.plan_layers`): no load chose their slots, so no slot of
 them is worth putting back.
+
+The engines' own start layouts, read in their released code: slot ``p`` holds expert ``p mod
+E`` in vLLM (``EplbState``), SGLang (``--init-expert-location trivial``) and vllm-ascend from
+0.30 (without shared experts in the table); vllm-ascend up to 0.23 lays experts out in blocks
+(:func:`block_row`).
 
 Arrays as in :mod:`eplb_rt.algorithms.packing`: ``row [P] int64``, the expert of each slot,
 ranks in blocks of ``S = P // D``.
@@ -47,11 +52,39 @@ def starting_row(num_experts: int, topology: Topology) -> np.ndarray:
 
 
 def blank_layers(rows: np.ndarray, num_experts: int, topology: Topology) -> np.ndarray:
-    """``[L] bool``: which layers of ``rows [L, P]`` are a layout no load chose, this module's
-    :func:`starting_row` or the trivial one engines start from (slot ``p`` holds expert ``p mod
-    E``, :meth:`~eplb_rt.placement.Placement.initial`)."""
-    trivial = np.arange(rows.shape[1]) % num_experts
-    return (rows == starting_row(num_experts, topology)).all(axis=1) | (rows == trivial).all(axis=1)
+    """``[L] bool``: which layers of ``rows [L, P]`` are a layout no load chose: this module's
+    :func:`starting_row`, the trivial one most engines start from (slot ``p`` holds expert ``p
+    mod E``, :meth:`~eplb_rt.placement.Placement.initial`) or vllm-ascend's older
+    :func:`block_row`."""
+    layouts = [starting_row(num_experts, topology), np.arange(rows.shape[1]) % num_experts]
+    blocks = block_row(num_experts, topology.num_ranks, topology.num_slots_per_rank)
+    if blocks is not None:
+        layouts.append(blocks)
+    return np.any([(rows == layout).all(axis=1) for layout in layouts], axis=0)
+
+
+@functools.lru_cache(maxsize=16)
+def block_row(num_experts: int, num_ranks: int, num_slots_per_rank: int) -> np.ndarray | None:
+    """``[P] int64``, read-only: the layout vllm-ascend up to 0.23 starts from (its
+    ``generate_global_placement``), or ``None`` where that is not a placement of ``num_experts``
+    on ``num_ranks x num_slots_per_rank``. Each rank holds a block of consecutive experts (the
+    first ``E mod D`` ranks one more), then redundant replica ``i`` goes to rank ``D - 1 - (i mod
+    D)``: the expert after the last one that rank holds (mod ``E``), or expert ``(i mod D) + 1``
+    on a rank that holds none."""
+    D, S, E = num_ranks, num_slots_per_rank, num_experts
+    sizes = np.full(D, E // D)
+    sizes[: E % D] += 1
+    first = np.cumsum(sizes) - sizes
+    held = [list(range(f, f + n)) for f, n in zip(first.tolist(), sizes.tolist(), strict=True)]
+    for i in range(max(D * S - E, 0)):
+        rank = held[D - 1 - i % D]
+        rank.append((rank[-1] + 1) % E if rank else i % D + 1)
+    row = np.array([e for rank in held for e in rank], dtype=np.int64)
+    fits = all(len(rank) == S for rank in held) and row.size == D * S and row.max() < E
+    if not fits or np.bincount(row, minlength=E).min() == 0:
+        return None
+    row.setflags(write=False)
+    return row
 
 
 def _flat_row(num_experts: int, topology: Topology) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eplb_rt.algorithms.starting import blank_layers, starting_row
+from eplb_rt.algorithms.starting import blank_layers, block_row, starting_row
 from eplb_rt.placement import Placement, Topology
 
 
@@ -50,11 +50,28 @@ def test_the_row_is_laid_out_once_and_read_only():
     assert np.array_equal(row, starting_row(256, Topology(32, 9, num_nodes=4, num_groups=8)))
 
 
-def test_blank_layers_are_the_starting_and_the_trivial_layouts():
+def test_blank_layers_are_the_starting_the_trivial_and_the_block_layouts():
     topo = Topology(4, 3)
     E = 9
     start = starting_row(E, topo)
     trivial = Placement.initial(1, E, topo).phy2log[0]
+    blocks = block_row(E, 4, 3)
     fitted = np.roll(start, 3)  # the same experts on other ranks: a layout a plan may choose
-    rows = np.stack([start, trivial, fitted, start[::-1]])
-    assert blank_layers(rows, E, topo).tolist() == [True, True, False, False]
+    rows = np.stack([start, trivial, blocks, fitted, start[::-1]])
+    assert blank_layers(rows, E, topo).tolist() == [True, True, True, False, False]
+
+
+def test_block_row_golden():
+    # Blocks of 3, 2, 2, 2 experts; the three redundant slots go to ranks 3, 2, 1, each the
+    # expert after its rank's last (rank 3's wraps to 0).
+    assert block_row(9, 4, 3).tolist() == [0, 1, 2, 3, 4, 5, 5, 6, 7, 7, 8, 0]
+    assert block_row(3, 4, 1).tolist() == [0, 1, 2, 1]  # an empty rank takes expert 1
+    assert block_row(64, 8, 9).reshape(8, 9)[:, -1].tolist() == [8, 16, 24, 32, 40, 48, 56, 0]
+    with pytest.raises(ValueError, match="read-only"):
+        block_row(9, 4, 3)[0] = 1
+
+
+@pytest.mark.parametrize(("E", "D", "S"), [(5, 2, 2), (2, 4, 1)])
+def test_block_row_is_none_where_it_is_no_placement(E, D, S):
+    # 5 experts on 4 slots; 2 experts on 4 ranks of one slot each gives rank 2 expert 2.
+    assert block_row(E, D, S) is None

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from eplb_rt.algorithms.starting import blank_layers
 from eplb_rt.cli import main as cli
 from eplb_rt.integrations import sglang as ours
 from eplb_rt.placement import Placement
@@ -77,6 +78,16 @@ def test_triple_agrees_with_sglangs_own_maps(sglang, name, load, topology):
     width = reference.shape[-1]
     assert torch.equal(F.pad(log2phy, (0, width - log2phy.shape[-1]), value=-1), reference)
     assert torch.equal(logcnt, (reference >= 0).sum(-1))
+
+
+@pytest.mark.parametrize(("name", "load", "topology"), CASES, ids=CASE_IDS)
+def test_sglangs_trivial_start_is_a_layout_no_load_chose(sglang, monkeypatch, name, load, topology):
+    """SGLang's default ``--init-expert-location trivial`` is a layout whose layers the re-plan
+    leaves untraded (:mod:`eplb_rt.algorithms.starting`)."""
+    meta = _model(sglang, monkeypatch, load, topology, "trivial")
+    table = meta.physical_to_logical_map.numpy()
+    assert table.shape == (load.shape[1], topology.num_slots)
+    assert blank_layers(table, load.shape[2], topology).all()
 
 
 def test_init_expert_location_file_is_read_by_sglang(sglang, monkeypatch, tmp_path):
