@@ -34,7 +34,7 @@ from scipy.stats import spearmanr
 
 from benchmarks import selection, traces
 from eplb_rt.algorithms import plan
-from eplb_rt.algorithms.equilibrium import unseen_axes
+from eplb_rt.algorithms.episode_rows import unseen_axes
 from eplb_rt.algorithms.load import normalise
 from eplb_rt.algorithms.metrics import row_par, row_rank_loads
 from eplb_rt.algorithms.replicas import LPT, construct

@@ -25,7 +25,7 @@ import torch
 
 from benchmarks import traces
 from eplb_rt.algorithms import plan
-from eplb_rt.algorithms.equilibrium import unseen_axes
+from eplb_rt.algorithms.episode_rows import unseen_axes
 from eplb_rt.integrations.vllm import policy_class
 from eplb_rt.placement import Topology
 

@@ -11,7 +11,7 @@ DeepSeek-V3 workloads after a phase change it reached PAR 1.01 with about a quar
 slots than the walk's prefixes at a tenth of the excess (BENCHMARKS §3 "Fifty-third session"),
 and 2-5 % fewer than the walk at the whole excess, which after the largest change stops short
 of 1.01 on some layers ("Sixty-first session"). It is a candidate of the re-plan's judge
-(:func:`~eplb_rt.algorithms.equilibrium._settle`), not a plan of its own: it
+(:func:`~eplb_rt.algorithms.replan_judge.settle`), not a plan of its own: it
 knows no price, its targets are the walk's PAR and, on a window of sampled counts, the fresh
 plan's within the window's noise, and it sees one row of load (where the re-plan reads a window
 of episodes it is kept only where it leaves them no less balanced than the walk, which ranks its

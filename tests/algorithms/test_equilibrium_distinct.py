@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from eplb_rt.algorithms import plan, warm_up
-from eplb_rt.algorithms.equilibrium import _settle
 from eplb_rt.algorithms.metrics import row_par
+from eplb_rt.algorithms.replan_judge import settle
 from eplb_rt.placement import Placement, Topology
 
 # Experts a, b, c, d on 2 ranks x 3 slots. The two workloads sum to a load that the placement in
@@ -37,7 +37,7 @@ def test_the_toy_is_what_it_says():
 
 
 def test_distinct_workloads_pay_for_the_moves_the_sum_does_not_see():
-    got = _settle(FRESH, IN_FORCE, NOW, WORKLOADS, True, 2, 6, 0.01, False, 1.0, -1.0, False)
+    got = settle(FRESH, IN_FORCE, NOW, WORKLOADS, True, 2, 6, 0.01, False, 1.0, -1.0, False)
     assert sorted(got[:3]) == sorted(FRESH[:3]) or sorted(got[:3]) == sorted(FRESH[3:])
     for w in WORKLOADS:
         assert row_par(got, w[None], 2) == pytest.approx(1.125)
@@ -45,7 +45,7 @@ def test_distinct_workloads_pay_for_the_moves_the_sum_does_not_see():
 
 def test_episodes_that_differ_by_noise_are_judged_on_their_sum():
     # The same rows, but not distinct workloads: on the sum the moves buy nothing.
-    got = _settle(FRESH, IN_FORCE, NOW, WORKLOADS, False, 2, 6, 0.01, False, 1.0, -1.0, False)
+    got = settle(FRESH, IN_FORCE, NOW, WORKLOADS, False, 2, 6, 0.01, False, 1.0, -1.0, False)
     assert np.array_equal(got, IN_FORCE)
 
 
@@ -53,7 +53,7 @@ def test_a_price_above_the_gain_keeps_the_placement_in_force():
     # Mean PAR over the rows and the sum: 1.25 in force, 1.083 replanned; two slots moved on
     # two ranks cost one move_cost.
     for price, keeps in ((0.2, True), (0.1, False)):
-        got = _settle(FRESH, IN_FORCE, NOW, WORKLOADS, True, 2, 6, price, False, 1.0, -1.0, False)
+        got = settle(FRESH, IN_FORCE, NOW, WORKLOADS, True, 2, 6, price, False, 1.0, -1.0, False)
         assert np.array_equal(got, IN_FORCE) is keeps
 
 

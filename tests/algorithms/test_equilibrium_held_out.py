@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from eplb_rt.algorithms import get_policy, plan, registry, warm_up
-from eplb_rt.algorithms.equilibrium import _plan_layers, _scaled, noise_reach, paid_out_of_sample
+from eplb_rt.algorithms.episode_rows import noise_reach
+from eplb_rt.algorithms.equilibrium import _plan_layers, _scaled, paid_out_of_sample
 from eplb_rt.algorithms.load import normalise
 from eplb_rt.algorithms.metrics import par
 from eplb_rt.algorithms.registry import Layers

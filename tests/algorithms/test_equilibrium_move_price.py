@@ -16,9 +16,9 @@ import pytest
 from eplb_rt import planning
 from eplb_rt.algorithms import equilibrium, plan, warm_up
 from eplb_rt.algorithms.align import align_order
-from eplb_rt.algorithms.equilibrium import _cheapest, _gains
 from eplb_rt.algorithms.metrics import row_par
 from eplb_rt.algorithms.prices import most_received
+from eplb_rt.algorithms.replan_judge import cheapest, layer_gains
 from eplb_rt.placement import Placement, Topology
 
 
@@ -40,11 +40,11 @@ def test_spread_moves_beat_a_patch_on_one_rank_when_priced_by_time():
     candidates = np.stack([PREV, concentrated, spread])
     pars = np.array([1.30, 1.10, 1.12])
     # per slot: 1.10 + 0.05 * 2 / 4 = 1.125 against 1.12 + 0.05 * 4 / 4 = 1.17
-    assert _cheapest(candidates, pars, PREV, 0.05, 4, 12, False, 1.0) == 1
+    assert cheapest(candidates, pars, PREV, 0.05, 4, 12, False, 1.0) == 1
     # by time: 1.10 + 0.05 * 2 = 1.20 against 1.12 + 0.05 * 1 = 1.17
-    assert _cheapest(candidates, pars, PREV, 0.05, 4, 12, True, 1.0) == 2
+    assert cheapest(candidates, pars, PREV, 0.05, 4, 12, True, 1.0) == 2
     # the budget in moved slots still binds: the spread one moves four
-    assert _cheapest(candidates, pars, PREV, 0.05, 4, 3, True, 1.0) == 1
+    assert cheapest(candidates, pars, PREV, 0.05, 4, 3, True, 1.0) == 1
 
 
 def test_the_check_out_of_sample_prices_moves_as_the_judge():
@@ -53,8 +53,8 @@ def test_the_check_out_of_sample_prices_moves_as_the_judge():
     load[0, :3] = 4.0  # rank 0 carries the peak: 12 against a mean of 6.75
     fall = row_par(PREV, load, 4) - row_par(concentrated, load, 4)
     rows, previous = concentrated[None], PREV[None]
-    assert _gains(rows, previous, load, 4, 0.05, False)[0] == pytest.approx(fall - 0.05 * 2 / 4)
-    assert _gains(rows, previous, load, 4, 0.05, True)[0] == pytest.approx(fall - 0.05 * 2)
+    gains = [layer_gains(rows, previous, load, 4, 0.05, slowest)[0] for slowest in (False, True)]
+    assert gains == [pytest.approx(fall - 0.05 * 2 / 4), pytest.approx(fall - 0.05 * 2)]
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -125,15 +125,15 @@ def test_a_longer_life_takes_the_lower_par_among_the_candidates_that_pay():
     # Priced by time both move one expert to the slowest rank; per slot 1 / 4 against 4 / 4.
     pars = np.array([1.30, 1.10, 1.06])
     # Per slot at 0.2: 1.10 + 0.05 = 1.15 against 1.06 + 0.2 = 1.26 (both below 1.30: both pay).
-    assert _cheapest(candidates, pars, PREV, 0.2, 4, 12, False, 1.0) == 1
+    assert cheapest(candidates, pars, PREV, 0.2, 4, 12, False, 1.0) == 1
     # Over two plans: 1.10 + 0.025 = 1.125 against 1.06 + 0.1 = 1.16; over five: 1.11 / 1.10.
-    assert _cheapest(candidates, pars, PREV, 0.2, 4, 12, False, 2.0) == 1
-    assert _cheapest(candidates, pars, PREV, 0.2, 4, 12, False, 5.0) == 2
+    assert cheapest(candidates, pars, PREV, 0.2, 4, 12, False, 2.0) == 1
+    assert cheapest(candidates, pars, PREV, 0.2, 4, 12, False, 5.0) == 2
     # As long as the load holds: the least PAR that pays.
-    assert _cheapest(candidates, pars, PREV, 0.2, 4, 12, False, math.inf) == 2
+    assert cheapest(candidates, pars, PREV, 0.2, 4, 12, False, math.inf) == 2
     # The budget in moved slots still binds.
-    assert _cheapest(candidates, pars, PREV, 0.2, 4, 3, False, 5.0) == 1
-    assert _cheapest(candidates, pars, PREV, 0.2, 4, 3, False, math.inf) == 1
+    assert cheapest(candidates, pars, PREV, 0.2, 4, 3, False, 5.0) == 1
+    assert cheapest(candidates, pars, PREV, 0.2, 4, 3, False, math.inf) == 1
 
 
 def test_a_candidate_that_does_not_pay_before_the_next_plan_is_never_taken():
@@ -142,9 +142,9 @@ def test_a_candidate_that_does_not_pay_before_the_next_plan_is_never_taken():
     # FRESH: 1.00 + 0.35 * 4 / 4 = 1.35 >= 1.30 does not pay at the full price, whatever it
     # buys later; PATCH: 1.25 + 0.35 / 4 = 1.3375 does not either.
     for lifetime in (1.0, 10.0, 1e6, math.inf):
-        assert _cheapest(candidates, pars, PREV, 0.35, 4, 12, False, lifetime) == 0
+        assert cheapest(candidates, pars, PREV, 0.35, 4, 12, False, lifetime) == 0
     # Priced by time FRESH costs one transfer (1.00 + 0.25 < 1.30): it pays, and is taken.
-    assert _cheapest(candidates, pars, PREV, 0.25, 4, 12, True, 1.0) == 2
+    assert cheapest(candidates, pars, PREV, 0.25, 4, 12, True, 1.0) == 2
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -159,7 +159,7 @@ def test_a_longer_life_never_takes_a_worse_par_and_what_it_takes_pays(seed):
     move_cost, slowest = rng.random() * 0.3, bool(seed % 2)
     taken = {}
     for lifetime in (1.0, 1.5, 3.0, 100.0, math.inf):
-        i = _cheapest(candidates, pars, prev, move_cost, D, D * S, slowest, lifetime)
+        i = cheapest(candidates, pars, prev, move_cost, D, D * S, slowest, lifetime)
         taken[lifetime] = i
         if i:
             moved = (

@@ -7,14 +7,14 @@ import pytest
 
 from benchmarks import traces
 from eplb_rt.algorithms import metrics, plan, warm_up
-from eplb_rt.algorithms.equilibrium import (
-    EquilibriumOptions,
+from eplb_rt.algorithms.episode_rows import (
     holdout_reach,
     peak_noise,
     sampling_noise,
     scored_rows,
     signal_fraction,
 )
+from eplb_rt.algorithms.equilibrium import EquilibriumOptions
 from eplb_rt.algorithms.load import normalise
 from eplb_rt.algorithms.local_search import balance_swaps, swap_search
 from eplb_rt.algorithms.metrics import row_par

@@ -1,6 +1,6 @@
 """On a window of sampled episodes, ``equilibrium``'s judge also takes the slots in force repaired
 to the fresh plan's PAR plus what the window's sampling noise could show
-(:func:`~eplb_rt.algorithms.equilibrium.noise_reach`): the fresh plan's balance, as far as the
+(:func:`~eplb_rt.algorithms.episode_rows.noise_reach`): the fresh plan's balance, as far as the
 window can tell it, reached from the slots in force. As the repair to the walk's PAR, it is
 kept only where it leaves the episodes no less balanced than the walk."""
 
@@ -13,14 +13,9 @@ from benchmarks import traces
 from eplb_rt import planning
 from eplb_rt.algorithms import equilibrium, metrics, plan
 from eplb_rt.algorithms.align import align_order
-from eplb_rt.algorithms.equilibrium import (
-    _cheapest,
-    _noise_margins,
-    _repaired_row,
-    _settle,
-    noise_reach,
-)
+from eplb_rt.algorithms.episode_rows import noise_reach
 from eplb_rt.algorithms.metrics import row_par
+from eplb_rt.algorithms.replan_judge import cheapest, noise_margins, repaired_row, settle
 from eplb_rt.algorithms.sums import column_sum
 from eplb_rt.algorithms.target_repair import repair_to
 from eplb_rt.placement import Topology
@@ -43,24 +38,24 @@ def test_the_noise_repair_is_taken_only_where_it_keeps_the_episodes_balanced():
     for seed in range(360):
         prev, fresh, V, now, D, P = _case(seed)
         aligned = fresh[align_order(fresh, prev, D, now.size)]
-        walk = _repaired_row(prev, now, V, D, P, price, False, 1.0)
+        walk = repaired_row(prev, now, V, D, P, price, False, 1.0)
         to_walk = repair_to(prev, now, D, row_par(walk, now[None], D), P)
         if row_par(to_walk, V, D) > row_par(walk, V, D):
             to_walk = walk
         repair = repair_to(prev, now, D, row_par(aligned, now[None], D) + margin, P)
         if any(np.array_equal(repair, other) for other in (prev, walk, aligned, to_walk)):
             continue
-        got = _settle(fresh, prev, now, V, False, D, P, price, False, 1.0, margin, False)
+        got = settle(fresh, prev, now, V, False, D, P, price, False, 1.0, margin, False)
         # Without a margin (no window of sampled counts) the candidate is not there.
-        without = _settle(fresh, prev, now, V, False, D, P, price, False, 1.0, -1.0, False)
+        without = settle(fresh, prev, now, V, False, D, P, price, False, 1.0, -1.0, False)
         assert not np.array_equal(without, repair)
         every = np.stack([prev, walk, aligned, to_walk, repair])
         pars = np.array([row_par(row, now[None], D) for row in every])
-        cheapest = _cheapest(every, pars, prev, price, D, P, False, 1.0) == 4
+        repair_cheapest = cheapest(every, pars, prev, price, D, P, False, 1.0) == 4
         if row_par(repair, V, D) > row_par(walk, V, D):
             assert not np.array_equal(got, repair)
-            refused += cheapest
-        elif cheapest:
+            refused += repair_cheapest
+        elif repair_cheapest:
             assert np.array_equal(got, repair)
             taken += 1
     assert taken > 0 and refused > 0  # both sides of the rule are seen
@@ -75,12 +70,12 @@ def test_margins_only_on_windows_of_sampled_counts():
     rows = rows.astype(np.int64)
     tokens = rng.integers(0, 50, (L, K, E)).astype(np.float64)
     distinct = np.array([False, True, False])
-    got = _noise_margins(rows, tokens, distinct, True, D)
+    got = noise_margins(rows, tokens, distinct, True, D)
     assert got[1] == -1.0  # distinct workloads: no sampling noise between them
     for j in (0, 2):
         assert got[j] == noise_reach(rows[j], column_sum(tokens[j]), D) > 0.0
-    assert (_noise_margins(rows, tokens, distinct, False, D) == -1.0).all()  # not counts
-    assert (_noise_margins(rows, tokens[:, :1], distinct, True, D) == -1.0).all()  # one episode
+    assert (noise_margins(rows, tokens, distinct, False, D) == -1.0).all()  # not counts
+    assert (noise_margins(rows, tokens[:, :1], distinct, True, D) == -1.0).all()  # one episode
 
 
 @pytest.mark.parametrize("shape", [(32, 9), (64, 5)], ids=["32x9", "64x5"])
@@ -106,6 +101,6 @@ def test_first_plan_on_decode_steps_balances_the_next_window_better(monkeypatch,
         return np.mean([np.nanmean(metrics.par(d.placement, s)) for s in steps])
 
     with_margin = per_step_par()
-    monkeypatch.setattr(equilibrium, "_noise_margins", lambda rows, *_: np.full(len(rows), -1.0))
+    monkeypatch.setattr(equilibrium, "noise_margins", lambda rows, *_: np.full(len(rows), -1.0))
     without = per_step_par()
     assert with_margin < without

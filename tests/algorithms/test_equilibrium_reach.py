@@ -8,12 +8,8 @@ import pytest
 
 from benchmarks import traces
 from eplb_rt.algorithms import warm_up
-from eplb_rt.algorithms.equilibrium import (
-    _fresh_plan,
-    holdout_reach,
-    sampling_noise,
-    signal_fraction,
-)
+from eplb_rt.algorithms.episode_rows import holdout_reach, sampling_noise, signal_fraction
+from eplb_rt.algorithms.equilibrium import _fresh_plan
 from eplb_rt.algorithms.load import normalise
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from eplb_rt.algorithms.align import align_order
-from eplb_rt.algorithms.equilibrium import _repaired_row, _settle
 from eplb_rt.algorithms.metrics import row_par
+from eplb_rt.algorithms.replan_judge import repaired_row, settle
 from eplb_rt.algorithms.target_repair import repair_to
 from tests.rows import slots_and_episodes
 
@@ -25,8 +25,8 @@ def test_the_repair_is_taken_only_where_it_keeps_the_episodes_balanced():
         if any(len(set(r)) < S for r in fresh.reshape(D, S).tolist()):
             continue
         now = V.sum(axis=0)
-        got = _settle(fresh, prev, now, V, False, D, P, 0.002, False, 1.0, -1.0, False)
-        walk = _repaired_row(prev, now, V, D, P, 0.002, False, 1.0)
+        got = settle(fresh, prev, now, V, False, D, P, 0.002, False, 1.0, -1.0, False)
+        walk = repaired_row(prev, now, V, D, P, 0.002, False, 1.0)
         repair = repair_to(prev, now, D, row_par(walk, now[None], D), P)
         others = (prev, walk, fresh[align_order(fresh, prev, D, E)])
         if any(np.array_equal(repair, other) for other in others):

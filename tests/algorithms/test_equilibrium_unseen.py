@@ -7,7 +7,7 @@ import pytest
 
 from benchmarks import traces
 from eplb_rt.algorithms import metrics, plan, warm_up
-from eplb_rt.algorithms.equilibrium import (
+from eplb_rt.algorithms.episode_rows import (
     holdout_reach,
     sampling_noise,
     signal_fraction,

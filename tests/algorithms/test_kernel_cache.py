@@ -200,7 +200,7 @@ def test_every_rank_plans_the_same_table_on_any_cpu(tmp_path):
         import torch
         from benchmarks import traces
         from eplb_rt.algorithms import plan
-        from eplb_rt.algorithms.equilibrium import unseen_signal
+        from eplb_rt.algorithms.episode_rows import unseen_signal
         from eplb_rt.algorithms.load import normalise
         from eplb_rt.integrations.vllm import policy_class
         from eplb_rt.placement import Topology
