@@ -40,8 +40,12 @@ PEERS = {
     "sglang": ("sglang/srt/eplb/", "sglang/srt/plugins/__init__.py"),
 }
 # name -> members only some releases have, unpacked where present: vllm-ascend's factory of the
-# policy that vLLM's EPLB runs under model runner v2 (from 0.30)
-OPTIONAL = {"vllm-ascend": ("vllm_ascend/distributed/eplb/policy/",)}
+# policy that vLLM's EPLB runs under model runner v2 (from 0.30); vLLM's EPLB state, whose start
+# layout the tests read (not imported: its runtime imports are the whole engine)
+OPTIONAL = {
+    "vllm-ascend": ("vllm_ascend/distributed/eplb/policy/",),
+    "vllm": ("vllm/distributed/eplb/eplb_state.py",),
+}
 # name -> releases tested, newest first: the newest and the oldest of each interface. vLLM: a
 # policy registry since 0.13; up to 0.18 a policy returns three maps (0.13 without the table in
 # force), from 0.19 phy2log alone. vllm-ascend: up to 0.13 its factory takes (type, config), by

@@ -6,6 +6,7 @@ Used by the integration tests' fixtures and by ``benchmarks/bench_peers.py``.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import contextvars
 import logging
@@ -101,11 +102,32 @@ def _stubs(name: str, runtime: SimpleNamespace, root: Path) -> tuple[dict[str, d
     return stubs, ["sglang.srt." + m for m in mods]
 
 
+def source_function(path: Path, name: str):
+    """The function ``name`` defined in the release's file ``path`` (a method's too, as a plain
+    function), compiled alone from its source: for a function of the engine's that needs
+    nothing around it, in a module whose imports are the whole engine. Its annotations are not
+    evaluated. ``None`` where the file or the function is not there."""
+    if not path.is_file():
+        return None
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            node.decorator_list, node.returns = [], None
+            for arg in ast.walk(node.args):
+                if isinstance(arg, ast.arg):
+                    arg.annotation = None
+            code = compile(ast.Module([node], []), str(path), "exec")
+            namespace: dict = {}
+            exec(code, namespace)
+            return namespace[name]
+    return None
+
+
 @contextlib.contextmanager
 def open_peer(name: str, version: str | None = None) -> Iterator[SimpleNamespace]:
     """Import peer ``name``'s EPLB modules at ``version`` (default: the newest tested); yields
-    them by last name, with ``version`` (a tuple of ints) and, for SGLang, ``runtime``: the
-    namespace its stubbed ``runtime_context`` getters read attributes of.
+    them by last name, with ``version`` (a tuple of ints), ``root`` (the folder the release is
+    unpacked in) and, for SGLang, ``runtime``: the namespace its stubbed ``runtime_context``
+    getters read attributes of.
 
     Raises ``RuntimeError`` when the wheel cannot be had. The engine's modules are removed after
     (the libraries they loaded stay).
@@ -134,7 +156,7 @@ def open_peer(name: str, version: str | None = None) -> Iterator[SimpleNamespace
             else:
                 del sys.modules[mod]
         numbers = tuple(int(part) for part in re.findall(r"\d+", version)[:3])
-        yield SimpleNamespace(runtime=runtime, version=numbers, **found)
+        yield SimpleNamespace(runtime=runtime, version=numbers, root=root, **found)
     finally:
         # Only the engine's packages go: libraries they loaded (scipy, numpy.fft) stay, since a
         # C extension cannot be loaded twice in one process and the next release needs them.

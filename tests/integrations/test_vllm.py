@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from eplb_rt.algorithms import metrics
+from eplb_rt.algorithms.starting import blank_layers
 from eplb_rt.integrations import vllm as ours
 from eplb_rt.integrations import vllm_ascend
-from eplb_rt.placement import Placement
+from eplb_rt.placement import Placement, Topology
 from tests.groups import group_nodes
 from tests.integrations.conftest import (
     CASE_IDS,
@@ -27,6 +28,23 @@ from tests.integrations.conftest import (
     install_entry_points,
     rank_par,
 )
+from tests.integrations.peers import source_function
+
+
+@pytest.mark.parametrize(("E", "D", "S"), [(256, 32, 9), (256, 64, 5), (64, 8, 9), (9, 4, 3)])
+def test_vllms_start_map_is_a_layout_no_load_chose(vllm, E, D, S):
+    """A re-plan leaves untraded a layer no load chose (:mod:`eplb_rt.algorithms.starting`):
+    vLLM's own start map is one (``EplbState``'s, from the release's source)."""
+    name = "build_initial_global_physical_to_logical_map"
+    build = source_function(vllm.root / "vllm/distributed/eplb/eplb_state.py", name)
+    if build is None:
+        pytest.skip(f"vLLM {vllm.version} has no EplbState.{name}")
+    table = np.tile(np.asarray(build(E, D * S - E)), (3, 1))
+    assert table.shape == (3, D * S)
+    topology = Topology(D, S)
+    assert blank_layers(table, E, topology).all()
+    table[1, [0, S]] = table[1, [S, 0]]  # two ranks swap a slot: a layout a plan chose
+    assert blank_layers(table, E, topology).tolist() == [True, False, True]
 
 
 def _args(load, topology):
