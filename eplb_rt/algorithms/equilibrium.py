@@ -1,6 +1,8 @@
 """``equilibrium``: placements near the lower bound that hold out of sample, with few moves.
 
-Per layer (the search kernels are numba, no GIL):
+Per layer (the search kernels are numba, no GIL; what step 1 reads from the episodes is
+:mod:`~eplb_rt.algorithms.episode_rows`, step 4's candidates and judge
+:mod:`~eplb_rt.algorithms.replan_judge`):
 
 1. **Robust load.** The history is cut into episodes, each normalised to sum 1 so every episode
    (or workload) weighs the same. Replicas are allotted for ``mean + spread * std`` of each

@@ -1,5 +1,5 @@
 """With a placement in force, ``equilibrium`` judges its candidates on the scored rows too where
-the episodes are distinct workloads (:func:`~eplb_rt.algorithms.equilibrium._settle`): a patch
+the episodes are distinct workloads (:func:`~eplb_rt.algorithms.replan_judge.settle`): a patch
 that fits their sum but keeps replicas that one of them misses loses to a plan balanced on each."""
 
 from __future__ import annotations
