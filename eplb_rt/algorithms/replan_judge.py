@@ -99,16 +99,15 @@ def repaired_row(prev, now, V, num_ranks, budget, move_cost, slowest_rank, lifet
 def settle(  # noqa: PLR0917
     row, prev, now, V, distinct, num_ranks, budget, move_cost, slowest_rank, lifetime, margin, trade
 ):  # fmt: skip
-    """Step 4 of the module's list without shares, in one call: of the previous slots, those
-    improved by :func:`repaired_row`, those repaired to its PAR on ``now``
-    (:func:`~eplb_rt.algorithms.target_repair.repair_to`), where ``margin >= 0`` those repaired
-    to the fresh ``row``'s PAR on ``now`` plus ``margin`` (:func:`noise_margins`), and the
-    fresh ``row`` aligned to them, the one that costs least (:func:`cheapest`) within
-    ``budget`` moved slots, PAR on ``now [E]``, or where the episodes are ``distinct``
-    workloads, the mean PAR on ``now`` and the scored rows ``V [K, E]``; where ``trade``, its
-    moves then traded for fewer (:func:`_traded`). Where a placement outlives the next plan
-    (``lifetime > 1``) and the episodes differ partly by sampling noise, it is judged over an
-    endless life (``lifetime`` ``inf``).
+    """Step 4 of :mod:`~eplb_rt.algorithms.equilibrium`'s list without shares, in one call: of the
+    previous slots, those improved by :func:`repaired_row`, those repaired to its PAR on ``now``
+    (:func:`~eplb_rt.algorithms.target_repair.repair_to`), where ``margin >= 0`` those repaired to
+    the fresh ``row``'s PAR on ``now`` plus ``margin`` (:func:`noise_margins`), and the fresh
+    ``row`` aligned to them, the one that costs least (:func:`cheapest`) within ``budget`` moved
+    slots, PAR on ``now [E]``, or where the episodes are ``distinct`` workloads, the mean PAR on
+    ``now`` and the scored rows ``V [K, E]``; where ``trade``, its moves then traded for fewer
+    (:func:`_traded`). Where a placement outlives the next plan (``lifetime > 1``) and the episodes
+    differ partly by sampling noise, it is judged over an endless life (``lifetime`` ``inf``).
 
     Distinct workloads (prompt lengths, tasks; no sampling noise between them) say that the next
     one will differ again. A patch that fits their sum leaves replicas where the placement in
