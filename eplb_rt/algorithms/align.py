@@ -146,6 +146,13 @@ def max_assignment(score):
 
 
 @kernel
+def keep_slots(new_row, prev_row, num_ranks):
+    """``new_row [P]`` with no rank relabelled: on each rank, the experts ``prev_row`` had there
+    in their old slots, the others in the freed slots in order."""
+    return new_row[_slot_order(new_row, prev_row, np.arange(num_ranks), num_ranks)]
+
+
+@kernel
 def align_order(new_row, prev_row, num_ranks, num_experts):
     """``[P] int64``: the new slot each slot takes, so that ``new_row[order]`` is ``new_row``
     relabelled and permuted to keep the most of ``prev_row`` in place (both ``[P] int64``)."""

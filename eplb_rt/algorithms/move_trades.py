@@ -33,9 +33,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from eplb_rt.algorithms.align import keep_slots
 from eplb_rt.algorithms.jit import kernel
 from eplb_rt.algorithms.local_search import _swap as swap_slots
 from eplb_rt.algorithms.local_search import _take_rewrite
+from eplb_rt.algorithms.metrics import row_rank_loads
+from eplb_rt.algorithms.packing import counts_from_row, holds_from_row
 
 DEPTH = 3
 """Moves that may repair a put-back slot's overflow. At DeepSeek-V3 32x9 after the largest
@@ -317,20 +320,13 @@ def trade_moves(row, prev, w, num_ranks, depth):
     E = w.shape[0]
     D = num_ranks
     P = row.shape[0]
-    S = P // D
     row = row.copy()
     if D < 2 or w.sum() <= 0.0:
         return row, 0
-    holds = np.zeros((D, E), dtype=np.bool_)
-    prev_holds = np.zeros((D, E), dtype=np.bool_)
-    counts = np.zeros(E, dtype=np.int64)
-    for p in range(P):
-        holds[p // S, row[p]] = True
-        prev_holds[p // S, prev[p]] = True
-        counts[row[p]] += 1
-    loads = np.zeros(D)
-    for p in range(P):
-        loads[p // S] += w[row[p]] / counts[row[p]]
+    holds = holds_from_row(row, D, E)
+    prev_holds = holds_from_row(prev, D, E)
+    counts = counts_from_row(row, E)
+    loads = row_rank_loads(row, w.reshape((1, E)), D)[0]
     cap = loads.max() * (1.0 + _CAP_SLACK)
     log = np.empty((depth + 1, 3), dtype=np.int64)
     saved = (np.empty(D), np.empty(E, dtype=np.int64))
@@ -345,17 +341,4 @@ def trade_moves(row, prev, w, num_ranks, depth):
             else:
                 idle += 1
                 p = (p + 1) % P
-    # Kept experts back in their previous slots, the new ones in the freed slots in order.
-    out = prev.copy()
-    for b in range(D):
-        free = b * S
-        for i in range(b * S, (b + 1) * S):
-            if not holds[b, prev[i]]:
-                out[i] = -1
-        for i in range(b * S, (b + 1) * S):
-            e = row[i]
-            if not prev_holds[b, e]:
-                while out[free] != -1:
-                    free += 1
-                out[free] = e
-    return out, trades
+    return keep_slots(row, prev, D), trades
