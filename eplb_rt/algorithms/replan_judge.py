@@ -153,17 +153,21 @@ def settle(  # noqa: PLR0917
     if best == 0 or not trade:
         return candidates[best]
     return _traded(
-        candidates[best], pars, prev, now, V, judged, D, move_cost, slowest_rank, lifetime
-    )
+        candidates[best], pars[best], pars[0], prev, now, V, judged, D, move_cost, slowest_rank,
+        lifetime,
+    )  # fmt: skip
 
 
 @kernel(inline=True)
-def _traded(row, pars, prev, now, V, judged, num_ranks, move_cost, slowest_rank, lifetime):  # noqa: PLR0917
-    """``row``, the candidate :func:`settle` took, with its moves traded for fewer at no higher
-    peak on ``now`` (:func:`~eplb_rt.algorithms.move_trades.trade_moves`), where that leaves
-    the episodes ``V`` no less balanced and costs no more as :func:`cheapest` prices it (so
-    by the slowest rank's transfers, fewer slots that leave that rank's unchanged are taken
-    too: fewer bytes in flight). ``pars[0]``: the PAR in force on ``judged``."""
+def _traded(  # noqa: PLR0917
+    row, par, in_force, prev, now, V, judged, num_ranks, move_cost, slowest_rank, lifetime
+):  # fmt: skip
+    """``row``, the candidate :func:`settle` took (its PAR ``par`` on ``judged``; the PAR in
+    force there ``in_force``), with its moves traded for fewer at no higher peak on ``now``
+    (:func:`~eplb_rt.algorithms.move_trades.trade_moves`), where that leaves the episodes ``V``
+    no less balanced and costs no more as :func:`cheapest` prices it (so by the slowest rank's
+    transfers, fewer slots that leave that rank's unchanged are taken too: fewer bytes in
+    flight)."""
     D = num_ranks
     traded, trades = trade_moves(row, prev, now, D, TRADE_DEPTH)
     if trades == 0:
@@ -176,18 +180,20 @@ def _traded(row, pars, prev, now, V, judged, num_ranks, move_cost, slowest_rank,
         for k in range(V.shape[0]):
             if peaks_traded[k].max() > peaks[k].max() * (1.0 + 1e-12):
                 return row
-    cost = _row_cost(row, prev, judged, D, move_cost, slowest_rank, pars[0], lifetime)
-    cost_traded = _row_cost(traded, prev, judged, D, move_cost, slowest_rank, pars[0], lifetime)
+    cost, _ = _cost(row, par, prev, D, move_cost, slowest_rank, in_force, lifetime)
+    par_traded = row_par(traded, judged, D)
+    cost_traded, _ = _cost(traded, par_traded, prev, D, move_cost, slowest_rank, in_force, lifetime)
     return traded if cost_traded <= cost else row
 
 
 @kernel(inline=True)
-def _row_cost(row, prev, judged, num_ranks, move_cost, slowest_rank, in_force, lifetime):  # noqa: PLR0917
-    """``row``'s cost as :func:`cheapest` prices a candidate (PAR on ``judged``, its moves from
-    ``prev``; ``in_force``: the PAR of ``prev``)."""
+def _cost(row, par, prev, num_ranks, move_cost, slowest_rank, in_force, lifetime):  # noqa: PLR0917
+    """``(cost, moved slots)`` of candidate ``row`` (its PAR ``par``) as :func:`cheapest` judges
+    it: :func:`~eplb_rt.algorithms.prices.judged_cost` of its PAR and the price of its moves from
+    ``prev`` (``in_force``: the PAR of ``prev``)."""
     moves = _moved_slots(row, prev)
     price = move_price(row, prev, moves, num_ranks, move_cost, slowest_rank)
-    return judged_cost(row_par(row, judged, num_ranks), price, in_force, lifetime)
+    return judged_cost(par, price, in_force, lifetime), moves
 
 
 @kernel
@@ -210,9 +216,9 @@ def cheapest(candidates, pars, prev, move_cost, num_ranks, budget, slowest_rank,
     the window)."""
     best, best_cost = 0, pars[0]
     for i in range(1, candidates.shape[0]):
-        moves = _moved_slots(candidates[i], prev)
-        price = move_price(candidates[i], prev, moves, num_ranks, move_cost, slowest_rank)
-        cost = judged_cost(pars[i], price, pars[0], lifetime)
+        cost, moves = _cost(
+            candidates[i], pars[i], prev, num_ranks, move_cost, slowest_rank, pars[0], lifetime
+        )
         if moves <= budget and cost < best_cost - 1e-12:
             best, best_cost = i, cost
     return best
