@@ -56,7 +56,8 @@ def blank_layers(rows: np.ndarray, num_experts: int, topology: Topology) -> np.n
     :func:`starting_row`, the trivial one most engines start from (slot ``p`` holds expert ``p
     mod E``, :meth:`~eplb_rt.placement.Placement.initial`) or vllm-ascend's older
     :func:`block_row`."""
-    layouts = [starting_row(num_experts, topology), np.arange(rows.shape[1]) % num_experts]
+    trivial = Placement.initial(1, num_experts, topology).phy2log[0]
+    layouts = [starting_row(num_experts, topology), trivial]
     blocks = block_row(num_experts, topology.num_ranks, topology.num_slots_per_rank)
     if blocks is not None:
         layouts.append(blocks)
@@ -80,7 +81,7 @@ def block_row(num_experts: int, num_ranks: int, num_slots_per_rank: int) -> np.n
         rank = held[D - 1 - i % D]
         rank.append((rank[-1] + 1) % E if rank else i % D + 1)
     row = np.array([e for rank in held for e in rank], dtype=np.int64)
-    fits = all(len(rank) == S for rank in held) and row.size == D * S and row.max() < E
+    fits = all(len(rank) == S for rank in held) and row.max() < E
     if not fits or np.bincount(row, minlength=E).min() == 0:
         return None
     row.setflags(write=False)
