@@ -10,6 +10,7 @@ import pytest
 
 from benchmarks import traces
 from eplb_rt.algorithms import metrics
+from eplb_rt.algorithms.starting import blank_layers
 from eplb_rt.placement import Placement, Topology
 from scripts.fetch_peers import VERSIONS
 from tests.integrations.peers import open_peer
@@ -70,6 +71,23 @@ def _cases():
 
 CASES = _cases()
 CASE_IDS = [c[0] for c in CASES]
+
+
+START_SHAPES = [(256, 32, 9), (256, 64, 5), (64, 8, 9), (9, 4, 3)]
+"""``(experts, ranks, slots a rank)`` the engines' start tables are built at."""
+
+
+def check_start_table(table: np.ndarray, num_experts: int, topology: Topology) -> None:
+    """``table [L, P]`` (``L >= 2``), an engine's start layout, is one no load chose in every
+    layer (:func:`~eplb_rt.algorithms.starting.blank_layers`: the re-plan leaves such layers
+    untraded), and its second layer with two ranks' first slots swapped, a layout a plan may
+    leave, is not."""
+    assert blank_layers(table, num_experts, topology).all()
+    fitted = table.copy()
+    S = topology.num_slots_per_rank
+    fitted[1, [0, S]] = fitted[1, [S, 0]]
+    expected = [layer != 1 for layer in range(len(table))]
+    assert blank_layers(fitted, num_experts, topology).tolist() == expected
 
 
 def slot_workload(table: np.ndarray, load: np.ndarray) -> np.ndarray:

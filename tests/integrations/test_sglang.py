@@ -16,12 +16,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eplb_rt.algorithms.starting import blank_layers
 from eplb_rt.cli import main as cli
 from eplb_rt.integrations import sglang as ours
 from eplb_rt.placement import Placement
 from tests.groups import group_nodes
-from tests.integrations.conftest import CASE_IDS, CASES, install_entry_points, rank_par
+from tests.integrations.conftest import (
+    CASE_IDS,
+    CASES,
+    check_start_table,
+    install_entry_points,
+    rank_par,
+)
 
 
 def _passes_server_args(function) -> bool:
@@ -87,7 +92,7 @@ def test_sglangs_trivial_start_is_a_layout_no_load_chose(sglang, monkeypatch, na
     meta = _model(sglang, monkeypatch, load, topology, "trivial")
     table = meta.physical_to_logical_map.numpy()
     assert table.shape == (load.shape[1], topology.num_slots)
-    assert blank_layers(table, load.shape[2], topology).all()
+    check_start_table(table, load.shape[2], topology)
 
 
 def test_init_expert_location_file_is_read_by_sglang(sglang, monkeypatch, tmp_path):

@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from eplb_rt.algorithms import metrics
-from eplb_rt.algorithms.starting import blank_layers
 from eplb_rt.integrations import vllm as ours
 from eplb_rt.integrations import vllm_ascend
 from eplb_rt.placement import Placement, Topology
@@ -24,6 +23,8 @@ from tests.groups import group_nodes
 from tests.integrations.conftest import (
     CASE_IDS,
     CASES,
+    START_SHAPES,
+    check_start_table,
     declared_entry_points,
     install_entry_points,
     rank_par,
@@ -31,7 +32,7 @@ from tests.integrations.conftest import (
 from tests.integrations.peers import source_function
 
 
-@pytest.mark.parametrize(("E", "D", "S"), [(256, 32, 9), (256, 64, 5), (64, 8, 9), (9, 4, 3)])
+@pytest.mark.parametrize(("E", "D", "S"), START_SHAPES)
 def test_vllms_start_map_is_a_layout_no_load_chose(vllm, E, D, S):
     """A re-plan leaves untraded a layer no load chose (:mod:`eplb_rt.algorithms.starting`):
     vLLM's own start map is one (``EplbState``'s, from the release's source)."""
@@ -41,10 +42,7 @@ def test_vllms_start_map_is_a_layout_no_load_chose(vllm, E, D, S):
         pytest.skip(f"vLLM {vllm.version} has no EplbState.{name}")
     table = np.tile(np.asarray(build(E, D * S - E)), (3, 1))
     assert table.shape == (3, D * S)
-    topology = Topology(D, S)
-    assert blank_layers(table, E, topology).all()
-    table[1, [0, S]] = table[1, [S, 0]]  # two ranks swap a slot: a layout a plan chose
-    assert blank_layers(table, E, topology).tolist() == [True, False, True]
+    check_start_table(table, E, Topology(D, S))
 
 
 def _args(load, topology):

@@ -18,14 +18,19 @@ import torch
 from eplb_rt import formats
 from eplb_rt.algorithms import metrics, plan
 from eplb_rt.algorithms.load import heat_to_load
-from eplb_rt.algorithms.starting import blank_layers
 from eplb_rt.cli import main as cli
 from eplb_rt.config import EplbConfig
 from eplb_rt.integrations.vllm import EplbRtPolicy
 from eplb_rt.integrations.vllm_ascend import EplbRtAscendPolicy, install
 from eplb_rt.placement import Placement, Topology
 from tests.groups import group_nodes
-from tests.integrations.conftest import CASE_IDS, CASES, slot_workload
+from tests.integrations.conftest import (
+    CASE_IDS,
+    CASES,
+    START_SHAPES,
+    check_start_table,
+    slot_workload,
+)
 from tests.integrations.peers import STUB_LOGGER
 
 
@@ -70,17 +75,13 @@ def test_plan_passes_the_worker_check_and_lowers_par(ascend, name, load, topolog
     assert changed  # the start layout of every shipped trace can be improved
 
 
-@pytest.mark.parametrize(("E", "D", "S"), [(256, 32, 9), (256, 64, 5), (64, 8, 9), (9, 4, 3)])
+@pytest.mark.parametrize(("E", "D", "S"), START_SHAPES)
 def test_the_releases_start_table_is_a_layout_no_load_chose(ascend, E, D, S):
     """A re-plan keeps the walk's moves on a table no load chose, untraded (:mod:`eplb_rt.
     algorithms.starting`): vllm-ascend's own start table is one, whichever layout the release
     starts from."""
     topology = Topology(D, S)
-    table = _initial_table(ascend, 3, E, topology).reshape(3, -1)
-    assert blank_layers(table, E, topology).all()
-    fitted = table.copy()
-    fitted[1, [0, S]] = fitted[1, [S, 0]]  # two ranks swap a slot: a layout a plan chose
-    assert blank_layers(fitted, E, topology).tolist() == [True, False, True]
+    check_start_table(_initial_table(ascend, 3, E, topology).reshape(3, -1), E, topology)
 
 
 def test_replan_from_a_planned_table_keeps_slots_and_passes(ascend, caplog):
