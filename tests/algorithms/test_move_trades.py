@@ -10,6 +10,7 @@ import pytest
 
 from eplb_rt.algorithms import plan
 from eplb_rt.algorithms.move_trades import DEPTH, _best_fix, trade_moves
+from eplb_rt.algorithms.packing import holds_from_row
 from eplb_rt.algorithms.starting import starting_row
 from eplb_rt.placement import Placement, Topology
 from tests.rows import random_row, random_slots, rank_loads
@@ -94,12 +95,8 @@ def _plain_best_fix(row, prev, w, D, best):
 
 @pytest.mark.parametrize("seed", range(40))
 def test_the_repair_step_finds_the_lowest_peak_of_a_plain_search(seed):
-    D, S, E, prev, row, w = _case(seed)
-    holds = np.zeros((D, E), dtype=np.bool_)
-    prev_holds = np.zeros((D, E), dtype=np.bool_)
-    for p in range(row.size):
-        holds[p // S, row[p]] = True
-        prev_holds[p // S, prev[p]] = True
+    D, _, E, prev, row, w = _case(seed)
+    holds, prev_holds = holds_from_row(row, D, E), holds_from_row(prev, D, E)
     counts = np.bincount(row, minlength=E).astype(np.int64)
     loads = _loads(row, w, D)
     peak = loads.max()
