@@ -105,5 +105,6 @@ def test_a_budget_of_29_slots_lets_29_move():
             row_par(placement.phy2log[0], shifted[0], 10),
         )
     assert got[1.0][0] == 50
-    assert got[0.29][0] <= 29 and got[0.28][0] <= 28  # fewer where the moves are traded
+    # 29 taken within the budget of 0.29, two of them then traded away at the same peak.
+    assert got[0.29][0] == 27 and got[0.28][0] <= 28
     assert got[0.29][1] < got[0.28][1]
