@@ -35,6 +35,7 @@ import numpy as np
 
 from eplb_rt.algorithms.align import keep_slots
 from eplb_rt.algorithms.jit import kernel
+from eplb_rt.algorithms.local_search import _rewrite as rewrite_loads
 from eplb_rt.algorithms.local_search import _swap as swap_slots
 from eplb_rt.algorithms.local_search import _take_rewrite
 from eplb_rt.algorithms.metrics import row_rank_loads
@@ -77,11 +78,11 @@ def _rewrite_peak(loads, holds, counts, w, r, u, v, limit):
     """The largest load of the ranks that do not fall when rank ``r``'s replica of ``u``
     (``counts[u] >= 2``) becomes one of ``v`` (not on ``r``): ``r`` itself and ``u``'s other
     ranks, which share its load once more (less ``v``'s fall where they hold it too). Stops
-    once above ``limit``."""
+    once above ``limit``. Each load rounded as :func:`_rewrite` will leave it."""
     cu, cv = counts[u], counts[v]
     rise = w[u] / (cu - 1) - w[u] / cu
     fall = w[v] / cv - w[v] / (cv + 1)
-    peak = loads[r] - w[u] / cu + w[v] / (cv + 1)
+    peak = loads[r] + rise + (w[v] / (cv + 1) - w[u] / (cu - 1))
     for q in range(loads.shape[0]):
         if peak > limit:
             break
@@ -96,7 +97,7 @@ def _rewrite_max(loads, holds, counts, w, r, u, v):
     cu, cv = counts[u], counts[v]
     rise = w[u] / (cu - 1) - w[u] / cu
     fall = w[v] / cv - w[v] / (cv + 1)
-    peak = loads[r] - w[u] / cu + w[v] / (cv + 1)
+    peak = loads[r] + rise + (w[v] / (cv + 1) - w[u] / (cu - 1))
     for q in range(loads.shape[0]):
         if q != r:
             load = loads[q]
@@ -112,16 +113,11 @@ def _rewrite_max(loads, holds, counts, w, r, u, v):
 def _rewrite(row, holds, counts, loads, w, q, v):
     """Slot ``q`` (expert ``u``, ``counts[u] >= 2``) takes expert ``v`` (not on its rank), the
     rank loads ``loads [D]`` kept."""
-    S = row.shape[0] // holds.shape[0]
-    r = q // S
-    u = row[q]
-    cu, cv = counts[u], counts[v]
-    for c in range(holds.shape[0]):
-        if holds[c, u]:
-            loads[c] += w[u] / (cu - 1) - w[u] / cu
-        if holds[c, v]:
-            loads[c] -= w[v] / cv - w[v] / (cv + 1)
-    loads[r] += w[v] / (cv + 1) - w[u] / (cu - 1)  # r gave u up: its rise undone, u's share out
+    D, E = holds.shape
+    one = loads.reshape((1, D))
+    rewrite_loads(
+        one[0], one, 0, holds, w.reshape((1, E)), counts, q // (row.shape[0] // D), row[q], v
+    )
     _take_rewrite(row, holds, counts, q, v)
 
 
