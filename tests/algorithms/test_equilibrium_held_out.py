@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from eplb_rt.algorithms import get_policy, plan, registry, warm_up
-from eplb_rt.algorithms.episode_rows import noise_reach
 from eplb_rt.algorithms.equilibrium import _plan_layers, _scaled, paid_out_of_sample
 from eplb_rt.algorithms.load import normalise
 from eplb_rt.algorithms.metrics import par
@@ -129,19 +128,6 @@ def test_a_change_seen_in_one_episode_is_followed_not_checked(monkeypatch):
     fitted, _ = _plan_layers(layers, topo, opts)
     assert (fitted != previous.phy2log).any(axis=1).all()
     np.testing.assert_array_equal(paid_out_of_sample(fitted, layers, topo, opts), fitted)
-
-
-def test_noise_reach_is_the_peak_ranks_poisson_spread():
-    row = np.arange(8)  # one replica each, two a rank on 4 ranks
-    counts = np.array([400.0, 100, 100, 100, 50, 50, 100, 100])
-    spread = np.sqrt(500.0) * 4 / counts.sum()  # rank 0: variance 400 + 100
-    assert noise_reach(row, counts, 4) == pytest.approx(2 * np.sqrt(2 * np.log(4)) * spread)
-    # four times the tokens: half the reach; a second replica halves its expert's share
-    assert noise_reach(row, 4 * counts, 4) == pytest.approx(noise_reach(row, counts, 4) / 2)
-    doubled = np.array([0, 1, 2, 3, 4, 5, 6, 0])
-    counts[7] = 0.0
-    expected = np.sqrt(400 / 4 + 100) * 4 / counts.sum()
-    assert noise_reach(doubled, counts, 4) == pytest.approx(2 * np.sqrt(2 * np.log(4)) * expected)
 
 
 def test_a_fresh_plan_scales_each_layer_as_the_batch_would_without_its_episodes():

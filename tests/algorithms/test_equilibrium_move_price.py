@@ -7,7 +7,6 @@ one plan's life."""
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
@@ -18,43 +17,12 @@ from eplb_rt.algorithms import equilibrium, plan, warm_up
 from eplb_rt.algorithms.align import align_order
 from eplb_rt.algorithms.metrics import row_par
 from eplb_rt.algorithms.prices import most_received
-from eplb_rt.algorithms.replan_judge import cheapest, layer_gains
 from eplb_rt.placement import Placement, Topology
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _compiled():
     warm_up(["equilibrium"])
-
-
-def _row(*ranks):
-    return np.array([e for rank in ranks for e in rank], dtype=np.int64)
-
-
-PREV = _row([0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11])
-
-
-def test_spread_moves_beat_a_patch_on_one_rank_when_priced_by_time():
-    concentrated = _row([0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 0, 3])  # 2 new on rank 3
-    spread = _row([0, 1, 9], [3, 4, 0], [6, 7, 3], [9, 10, 6])  # 1 new on every rank
-    candidates = np.stack([PREV, concentrated, spread])
-    pars = np.array([1.30, 1.10, 1.12])
-    # per slot: 1.10 + 0.05 * 2 / 4 = 1.125 against 1.12 + 0.05 * 4 / 4 = 1.17
-    assert cheapest(candidates, pars, PREV, 0.05, 4, 12, False, 1.0) == 1
-    # by time: 1.10 + 0.05 * 2 = 1.20 against 1.12 + 0.05 * 1 = 1.17
-    assert cheapest(candidates, pars, PREV, 0.05, 4, 12, True, 1.0) == 2
-    # the budget in moved slots still binds: the spread one moves four
-    assert cheapest(candidates, pars, PREV, 0.05, 4, 3, True, 1.0) == 1
-
-
-def test_the_check_out_of_sample_prices_moves_as_the_judge():
-    concentrated = _row([0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 0, 3])
-    load = np.ones((1, 12))
-    load[0, :3] = 4.0  # rank 0 carries the peak: 12 against a mean of 6.75
-    fall = row_par(PREV, load, 4) - row_par(concentrated, load, 4)
-    rows, previous = concentrated[None], PREV[None]
-    gains = [layer_gains(rows, previous, load, 4, 0.05, slowest)[0] for slowest in (False, True)]
-    assert gains == [pytest.approx(fall - 0.05 * 2 / 4), pytest.approx(fall - 0.05 * 2)]
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -114,62 +82,6 @@ def test_the_pipeline_tells_the_policy_its_prices_unless_told_otherwise(monkeypa
             lifetime=lifetime,
         )  # fmt: skip
         assert seen.pop() == expect
-
-
-PATCH = _row([0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 0, 11])  # 1 new on rank 3
-FRESH = _row([0, 1, 9], [3, 4, 0], [6, 7, 3], [9, 10, 6])  # 1 new on every rank, 2 nowhere
-
-
-def test_a_longer_life_takes_the_lower_par_among_the_candidates_that_pay():
-    candidates = np.stack([PREV, PATCH, FRESH])
-    # Priced by time both move one expert to the slowest rank; per slot 1 / 4 against 4 / 4.
-    pars = np.array([1.30, 1.10, 1.06])
-    # Per slot at 0.2: 1.10 + 0.05 = 1.15 against 1.06 + 0.2 = 1.26 (both below 1.30: both pay).
-    assert cheapest(candidates, pars, PREV, 0.2, 4, 12, False, 1.0) == 1
-    # Over two plans: 1.10 + 0.025 = 1.125 against 1.06 + 0.1 = 1.16; over five: 1.11 / 1.10.
-    assert cheapest(candidates, pars, PREV, 0.2, 4, 12, False, 2.0) == 1
-    assert cheapest(candidates, pars, PREV, 0.2, 4, 12, False, 5.0) == 2
-    # As long as the load holds: the least PAR that pays.
-    assert cheapest(candidates, pars, PREV, 0.2, 4, 12, False, math.inf) == 2
-    # The budget in moved slots still binds.
-    assert cheapest(candidates, pars, PREV, 0.2, 4, 3, False, 5.0) == 1
-    assert cheapest(candidates, pars, PREV, 0.2, 4, 3, False, math.inf) == 1
-
-
-def test_a_candidate_that_does_not_pay_before_the_next_plan_is_never_taken():
-    candidates = np.stack([PREV, PATCH, FRESH])
-    pars = np.array([1.30, 1.25, 1.00])
-    # FRESH: 1.00 + 0.35 * 4 / 4 = 1.35 >= 1.30 does not pay at the full price, whatever it
-    # buys later; PATCH: 1.25 + 0.35 / 4 = 1.3375 does not either.
-    for lifetime in (1.0, 10.0, 1e6, math.inf):
-        assert cheapest(candidates, pars, PREV, 0.35, 4, 12, False, lifetime) == 0
-    # Priced by time FRESH costs one transfer (1.00 + 0.25 < 1.30): it pays, and is taken.
-    assert cheapest(candidates, pars, PREV, 0.25, 4, 12, True, 1.0) == 2
-
-
-@pytest.mark.parametrize("seed", range(20))
-def test_a_longer_life_never_takes_a_worse_par_and_what_it_takes_pays(seed):
-    rng = np.random.default_rng(seed)
-    D, S, E = 4, 3, 12
-    prev = rng.permutation(E).astype(np.int64)
-    candidates = np.stack([prev] + [
-        np.where(rng.random(D * S) < rng.random(), rng.permutation(E), prev) for _ in range(3)
-    ])  # fmt: skip
-    pars = np.concatenate([[1.5], 1.0 + rng.random(3) * 0.6])
-    move_cost, slowest = rng.random() * 0.3, bool(seed % 2)
-    taken = {}
-    for lifetime in (1.0, 1.5, 3.0, 100.0, math.inf):
-        i = cheapest(candidates, pars, prev, move_cost, D, D * S, slowest, lifetime)
-        taken[lifetime] = i
-        if i:
-            moved = (
-                most_received(candidates[i], prev, D)
-                if slowest
-                else (candidates[i] != prev).sum() / D
-            )
-            assert pars[i] + move_cost * moved < pars[0]
-    pars_taken = [pars[taken[x]] for x in sorted(taken)]
-    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(pars_taken))
 
 
 def test_lifetime_defaults_to_one_plan_and_is_checked():

@@ -21,57 +21,12 @@ from eplb_rt.algorithms.metrics import row_par
 from eplb_rt.algorithms.packing import lpt_place
 from eplb_rt.algorithms.replicas import LPT, allot_packable, allot_replicas, count_search
 from eplb_rt.placement import Topology
+from tests.algorithms.test_episode_rows import _draws
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _compiled():
     warm_up(["equilibrium", "deepseek"])
-
-
-def _signal(counts: np.ndarray) -> float:
-    """:func:`signal_fraction` of episodes of counts ``[K, E]``, as the policy computes it."""
-    W = normalise(counts)
-    return signal_fraction(W, sampling_noise(W, counts.sum(axis=1)))
-
-
-def _draws(p: np.ndarray, n: int, k: int, seed: int) -> np.ndarray:
-    """``k`` episodes of ``n`` counts each drawn from the shares ``p [E]``: ``[k, E]``."""
-    return np.random.default_rng(seed).multinomial(n, p, size=k).astype(float)
-
-
-def test_noise_only_episodes_have_no_signal():
-    p = normalise(np.random.default_rng(0).pareto(1.2, size=64) + 0.1)
-    counts = _draws(p, 2000, 16, seed=1)
-    assert _signal(counts) < 0.2
-
-
-def test_distinct_workloads_are_all_signal():
-    rng = np.random.default_rng(2)
-    counts = np.stack([_draws(normalise(rng.pareto(1.2, 64) + 0.1), 10**6, 1, s)[0]
-                       for s in range(4)])  # fmt: skip
-    assert _signal(counts) == 1.0
-
-
-def test_unknown_noise_or_one_episode_is_all_signal():
-    W = normalise(np.random.default_rng(3).random((5, 16)))
-    assert signal_fraction(W, sampling_noise(W, np.empty(0))) == 1.0
-    assert _signal(np.array([[4.0, 3.0, 2.0, 1.0]])) == 1.0
-    assert _signal(np.full((4, 16), 10.0)) == 1.0  # no spread at all
-
-
-def test_half_signal_half_noise_is_seen_as_such():
-    rng = np.random.default_rng(4)
-    n, k = 2000, 64
-    base = normalise(rng.pareto(1.2, 64) + 0.5)
-    # Workloads that differ from the base by as much (in variance) as n counts' noise.
-    noise = (base * (1 - base)).sum() / n
-    z = rng.normal(0.0, 1.0, (k, 64)) * base
-    z -= z.sum(axis=1, keepdims=True) * base
-    z *= np.sqrt(noise / (z**2).sum(axis=1).mean())
-    shifts = np.clip(base + z, 1e-9, None)
-    counts = np.stack([rng.multinomial(n, s / s.sum()) for s in shifts]).astype(float)
-    f = _signal(counts)
-    assert 0.3 < f < 0.7
 
 
 def test_noisy_episodes_keep_the_fit_to_their_sum():
@@ -97,29 +52,6 @@ def test_scaled_load_is_not_taken_for_counts():
     assert (counts % 2 == 1).any()
     topo = Topology(4, 10)
     assert plan("equilibrium", counts * 0.5, topo) == plan("equilibrium", counts * 2.0**20, topo)
-
-
-@pytest.mark.parametrize("shape", [(2, 3), (5, 17), (16, 129), (9, 256), (17, 301)])
-def test_kernels_round_as_the_numpy_formulas(shape):
-    """The numba kernels give the numpy expressions' values bit for bit: rounding decides ties
-    in the searches, so the placements stay those the numpy version chose."""
-    rng = np.random.default_rng(shape[0] * 1000 + shape[1])
-    counts = rng.multinomial(40 * shape[1], rng.dirichlet(np.ones(shape[1])), size=shape[0])
-    tokens = counts.astype(float) + rng.integers(0, 3, shape)  # beyond multinomial noise
-    W = normalise(tokens)
-    volume = tokens.sum(axis=1)
-    w = W.mean(axis=0)
-    noise = float((w * (1.0 - w)).sum() * np.mean(1.0 / np.maximum(volume, 1.0)))
-    assert sampling_noise(W, volume) == noise
-    spread = ((W - w) ** 2).sum(axis=1).mean()
-    signal = 1.0 if noise < 0.01 * spread else max(1.0 - noise / spread, 0.0)
-    assert signal_fraction(W, noise) == signal
-    for s in (0.37, 1.0):  # with and without the shared-load row
-        shared = s * w + (1.0 - s) * normalise(tokens.sum(axis=0))
-        V = normalise(np.maximum(shared + 2.0 * (W - shared), 0.0))
-        if s < 1.0:
-            V = np.vstack([V, 2.0 * (1.0 - s) * shape[0] * shared[None, :]])
-        assert np.array_equal(scored_rows(W, shared, 2.0, s), V)
 
 
 def test_counts_are_searched_no_further_than_their_noise():

@@ -1,5 +1,6 @@
-"""``equilibrium``'s hold-out reach: how far a workload not among the episodes lands along their
-span, and the push it caps."""
+"""``equilibrium``'s push of the episodes, capped by their hold-out reach
+(:func:`~eplb_rt.algorithms.episode_rows.holdout_reach`: how far a workload not among them lands
+along their span)."""
 
 from __future__ import annotations
 
@@ -16,98 +17,6 @@ from eplb_rt.algorithms.load import normalise
 @pytest.fixture(scope="module", autouse=True)
 def _compiled():
     warm_up(["equilibrium"])
-
-
-def _reference(W: np.ndarray) -> float:
-    """The definition, by least squares: each episode held out, the part of its deviation from
-    the others' mean in the span of their deviations, over their root mean square along it."""
-    ratios = []
-    for i in range(W.shape[0]):
-        others = np.delete(W, i, axis=0)
-        mean = others.mean(axis=0)
-        B = others - mean
-        d = W[i] - mean
-        coef = np.linalg.lstsq(B.T, d, rcond=None)[0]
-        p = B.T @ coef
-        if np.linalg.norm(B) <= 1e-12 * np.linalg.norm(W):
-            continue  # the others coincide (up to rounding): no spread to measure in
-        size = np.linalg.norm(p)
-        if size <= 1e-12 * np.linalg.norm(W):
-            ratios.append(0.0)
-            continue
-        ratios.append(size / np.sqrt(np.mean((B @ (p / size)) ** 2)))
-    return float(np.mean(ratios)) if ratios else float("nan")
-
-
-def _line(positions, E: int = 11, seed: int = 0) -> np.ndarray:
-    u = np.random.default_rng(seed).normal(size=E)
-    return np.stack([np.full(E, 1.0 / E) + t * 1e-3 * u for t in positions])
-
-
-def test_golden_three_workloads_on_a_line():
-    """At -1, 0, 1: an end held out lies 1.5 from the others' mean, whose deviations are 0.5
-    long (3 spreads out); the middle one lands on the others' mean (0). Mean: 2."""
-    assert holdout_reach(_line([-1.0, 0.0, 1.0])) == pytest.approx(2.0, rel=1e-9)
-
-
-def test_golden_four_workloads_on_a_line():
-    """At -3, -1, 1, 3: the ends land 4 from the others' mean, whose deviations (-2, 0, 2) have
-    the root mean square sqrt(8/3); the inner ones 4/3 from it, against sqrt(168/27)."""
-    expected = (4 / np.sqrt(8 / 3) + (4 / 3) / np.sqrt(168 / 27)) / 2
-    assert holdout_reach(_line([-3.0, -1.0, 1.0, 3.0])) == pytest.approx(expected, rel=1e-9)
-
-
-@pytest.mark.parametrize(
-    ("K", "E"), [(3, 7), (4, 9), (5, 13), (7, 33), (3, 65), (6, 257), (16, 257), (16, 9), (21, 5)]
-)
-def test_reach_matches_the_definition(K, E):
-    """Also with more episodes than experts (the others then span every direction one shows)."""
-    rng = np.random.default_rng(K * 1000 + E)
-    W = normalise(rng.gamma(0.7, size=(K, E)))
-    assert holdout_reach(W) == pytest.approx(_reference(W), rel=1e-9)
-
-
-@pytest.mark.parametrize("K", [3, 4, 8])
-def test_reach_matches_the_definition_with_episodes_that_coincide(K):
-    """Two episodes alike, or all but one alike: held out, that one leaves the others no spread
-    (not counted); one of the alike lands 1 / (K - 1) of the distance out, along the others'
-    one direction (1 / sqrt(K - 2) of their spread)."""
-    rng = np.random.default_rng(K)
-    W = normalise(rng.gamma(0.7, size=(K, 11)))
-    twins = W.copy()
-    twins[1] = twins[0]
-    assert holdout_reach(twins) == pytest.approx(_reference(twins), rel=1e-9)
-    alike = np.repeat(W[:1], K, axis=0)
-    alike[-1] = W[-1]
-    assert holdout_reach(alike) == pytest.approx(_reference(alike), rel=1e-9)
-    assert holdout_reach(alike) == pytest.approx(1.0 / np.sqrt(K - 2), rel=1e-9)
-
-
-def test_reach_ignores_scale_order_and_expert_labels():
-    rng = np.random.default_rng(5)
-    W = normalise(rng.gamma(2.0, size=(5, 19)))
-    w = W.mean(axis=0)
-    reach = holdout_reach(W)
-    assert holdout_reach(w + 0.25 * (W - w)) == pytest.approx(reach, rel=1e-9)
-    assert holdout_reach(W[[3, 0, 4, 1, 2]]) == pytest.approx(reach, rel=1e-9)
-    assert holdout_reach(W[:, rng.permutation(19)]) == pytest.approx(reach, rel=1e-9)
-
-
-def test_no_reach_without_a_spread_to_measure_it_in():
-    W = normalise(np.random.default_rng(6).gamma(2.0, size=(3, 9)))
-    assert np.isnan(holdout_reach(W[:2]))  # one other workload: no span
-    assert np.isnan(holdout_reach(np.repeat(W[:1], 4, axis=0)))  # all the same
-
-
-def test_prompt_lengths_land_beyond_the_ends_and_task_mixes_near_the_middle():
-    """The shipped traces, as the docstring says: DeepSeek-V3's prefill prompt lengths about 2,
-    ESFT's tasks well under 1 (median over layers, all four workloads)."""
-    ds = np.stack([traces.deepseek_v3(w, moe_only=True)[0] for w in traces.DEEPSEEK_V3_WORKLOADS])
-    esft = np.stack([traces.esft(t).sum(0) for t in traces.ESFT_TASKS])
-    reach = {n: np.median([holdout_reach(normalise(x[:, j])) for j in range(x.shape[1])])
-             for n, x in (("ds", ds), ("esft", esft))}  # fmt: skip
-    assert 1.5 < reach["ds"] < 3.0
-    assert reach["esft"] < 0.8
 
 
 def _pushed(W, w, spread):
