@@ -39,7 +39,6 @@ import bisect
 import collections
 import contextlib
 import dataclasses
-import datetime
 import functools
 import hashlib
 import logging
@@ -69,6 +68,7 @@ from eplb_rt.runtime.balancer import (
 )
 from eplb_rt.runtime.device import Device, HostStaging
 from eplb_rt.runtime.executor import MigrationExecutor, Transfer
+from eplb_rt.runtime.groups import RuntimeGroups
 from eplb_rt.runtime.migration import LayerMigration, plan_migration
 from eplb_rt.runtime.recorder import HeatRecorder
 from eplb_rt.scalars import check_count, is_bool, is_integer
@@ -150,16 +150,6 @@ def _digest(value: object) -> int:
     return int.from_bytes(hashlib.blake2b(repr(value).encode(), digest_size=7).digest(), "little")
 
 
-def _group_timeout(group) -> datetime.timedelta | None:
-    """The timeout ``group``'s collectives run under (its host backend's, as the engine set it
-    in ``init_process_group``); ``None`` (torch's default) where the backend does not say.
-    Torch has no public getter: the backend's options hold it."""
-    try:
-        return group._get_backend(torch.device("cpu")).options._timeout
-    except (AttributeError, RuntimeError, ValueError):
-        return None
-
-
 def _normal_tensors(method):
     """``method`` run outside inference mode: the tensors it makes (the tables, the heat ring,
     staging buffers) are then ordinary ones, which the runtime's writes may update whether or
@@ -238,23 +228,8 @@ class EplbRuntime:
             ranks, self.rank = [0], 0
         self.ranks = ranks
         self.num_ranks = len(ranks)
-        # The engine's timeout for collectives, on the groups the runtime makes (torch's own
-        # default is 30 minutes: a stuck peer would hold a step that long).
-        self._timeout = _group_timeout(group or dist.group.WORLD) if distributed else None
-        multi = distributed and self.num_ranks > 1
-        # Groups over every rank of the world are named by a counter that never goes back, so
-        # they are destroyed at shutdown; a group over some of them is named after the names in
-        # use, and a destroyed one's name (and its keys left in the store) would be taken by
-        # the next group, whose ranks could then meet stale keys and wait for ever: those are
-        # kept until the process ends.
-        self._local_groups = multi and self.num_ranks < dist.get_world_size()
-        self._retired_groups: list = []  # groups a failed collective retired
-        # The control group before anything a rank may refuse alone (its nodes, its slots, its
-        # placement file): every rank then learns of it in the agreement below, at once, where
-        # the others waited for the refusing rank in a group it never made (the engine's
-        # timeout, 30 minutes by default).
-        self._control_group = self._new_group("gloo") if multi else None
-        self._balancer_group = self._migration_group = None
+        # The control group now, before anything a rank may refuse alone (see groups.py).
+        self._groups = RuntimeGroups(ranks, self.dev, group)
         self.balancer = None
         try:
             try:
@@ -263,7 +238,7 @@ class EplbRuntime:
                 self._check_same_config(built=False)
                 raise
             self._check_same_config(built=True)  # before any thread: a mismatch fails every rank
-            self._start(config, num_layers, num_experts, multi, disabled)
+            self._start(config, num_layers, num_experts, disabled)
             self._building = False
         except BaseException:
             # Whatever failed (a peer lost in a collective, no memory for the ring): the thread
@@ -273,9 +248,7 @@ class EplbRuntime:
             self._release_groups()
             raise
 
-    def _start(
-        self, config: EplbConfig, num_layers: int, num_experts: int, multi: bool, disabled: bool
-    ) -> None:
+    def _start(self, config: EplbConfig, num_layers: int, num_experts: int, disabled: bool) -> None:
         """``__init__`` once the ranks agree on the settings: tables, heat ring, groups,
         executor, balancer thread."""
         # Tables the model reads: allocated once, rewritten in place by update_expert_map_.
@@ -342,14 +315,12 @@ class EplbRuntime:
         )
         self._owned_starts = [start for start, _ in spans]
         self._owned_ends = [start + size for start, size in spans]
-        if multi:
-            self._balancer_group = self._new_group("gloo")
-            self._migration_group = self._new_migration_group()
+        self._groups.start()
         self.executor = MigrationExecutor(
             self.dev,
             rank=self.rank,
             ranks=self.ranks,
-            group=self._migration_group,
+            group=self._groups.migration,
             lanes=min(config.layers_per_step, num_layers),  # one layer a lane at most
             timeout_s=config.transfer_timeout_s,
         )
@@ -512,65 +483,16 @@ class EplbRuntime:
             if self.rank == 0:
                 formats.write_placement(self._placement, self._export_path(0))
 
-    def _new_migration_group(self):
-        """A group for the transfers, its communicator set up by every rank at once: NCCL and
-        HCCL set it up at a group's first call, and the first transfer's batched sends and
-        receives would need every rank in it, while a layer's moves may leave some rank out
-        (that transfer then waited for the engine's timeout). Called where every rank is."""
-        group = self._new_group("gloo" if self.dev.kind == "cpu" else None)
-        dist.all_reduce(torch.zeros(1, device=self.device), group=group)
-        return group
-
-    def _new_group(self, backend: str | None):
-        """A group of the runtime's ranks (only they take part), with the engine's timeout."""
-        return dist.new_group(
-            self.ranks,
-            backend=backend,
-            timeout=self._timeout,
-            use_local_synchronization=self._local_groups,
-        )
-
     def _release_groups(self) -> None:
-        """Destroy the groups this runtime made (their sockets, threads and communicators)
-        where the names of groups over the whole world allow it (see ``__init__``). Every rank
-        destroys the same ones, the balancer's too where its thread still waits in a collective
-        (gloo then raises there): torch names a locally synchronised group after how many groups
-        live, so ranks that destroyed different numbers would name the engine's next such group
-        differently, and wait for each other for ever."""
-        groups = [
-            self._control_group, self._migration_group, self._balancer_group, *self._retired_groups
-        ]  # fmt: skip
-        self._control_group = self._migration_group = self._balancer_group = None
-        self._retired_groups = []
+        """Destroy the groups (:meth:`RuntimeGroups.release`); the executor has none from then."""
+        self._groups.release()
         if getattr(self, "executor", None) is not None:
             self.executor.group = None
-        if self._local_groups or not dist.is_initialized():
-            return
-        for group in groups:
-            if group is None:
-                continue
-            try:
-                dist.destroy_process_group(group)
-            except Exception as err:  # the engine may have torn torch.distributed down already
-                log.debug("destroying a process group at shutdown failed: %r", err)
 
     def _renew_migration_group(self) -> None:
-        """After an agreed failed transfer, on every rank at the same boundary: a new group for
-        the next transfers. The failed one may have left the old group unusable (gloo closes
-        a pair whose receive timed out) or holding messages nobody will receive. The old group
-        is kept until :meth:`shutdown` (to the end of the process where the runtime's ranks
-        are not the whole world: see ``__init__``), holding its communicator's buffers
-        (NCCL/HCCL: device memory): a price paid per failed transfer, which should be rare."""
-        self._retired_groups.append(self._migration_group)
-        self._migration_group = self.executor.group = self._new_migration_group()
-
-    def _renew_balancer_group(self) -> None:
-        """After a balancer job's collectives failed on some rank (a peer timed out: gloo then
-        closes the pair for good), on every rank at the same boundary: a new group for the jobs
-        gathered from now on (the old one kept, as :meth:`_renew_migration_group` says)."""
-        log.warning("the balancer's collectives failed; plans go on in a new process group")
-        self._retired_groups.append(self._balancer_group)
-        self._balancer_group = self._new_group("gloo")
+        """After an agreed failed transfer, on every rank at the same boundary: the executor's
+        next transfers go in a new group (:meth:`RuntimeGroups.renew_migration`)."""
+        self.executor.group = self._groups.renew_migration()
 
     def _table_rows(self, p: Placement) -> list[np.ndarray]:
         """``p``'s log2phy, logcnt, replica_share and this rank's expert_map (all layers)."""
@@ -814,7 +736,7 @@ class EplbRuntime:
         args = (host, event, rows, row_p2l, self._placement, cost, trigger, seconds)
         self._pending = Job(
             self._epoch, step, step + self.deadline, *args, warm=self.balancer.warm,
-            row_counts=counts, group=self._balancer_group, threads=self.plan_threads,
+            row_counts=counts, group=self._groups.balancer, threads=self.plan_threads,
         )  # fmt: skip
         self.balancer.submit(self._pending)
 
@@ -892,7 +814,7 @@ class EplbRuntime:
         registered."""
         mine = [self.executor.describe(layer) for layer in range(self.num_layers)]
         every: list = [None] * self.num_ranks
-        dist.all_gather_object(every, mine, group=self._control_group)
+        dist.all_gather_object(every, mine, group=self._groups.control)
         for layer in range(self.num_layers):
             other = next((r for r, d in enumerate(every) if d[layer] != every[0][layer]), None)
             if other is not None:
@@ -907,7 +829,7 @@ class EplbRuntime:
         than the others, leaves them waiting for the engine's timeout, whose error is said in
         those terms."""
         try:
-            low, high = min_max(values, self._control_group)
+            low, high = min_max(values, self._groups.control)
         except RuntimeError as err:  # torch.distributed's errors (a timeout, a closed pair)
             first = str(err).strip().splitlines()[0] if str(err).strip() else ""
             if self._building:
@@ -934,7 +856,8 @@ class EplbRuntime:
         # came back unchanged (no heat, no drift), so the ranks take the least of their views.
         fits = int(result is not None and result.status == PLAN_UNCHANGED and not result.error)
         broken = int(
-            self._balancer_group is not None and self.balancer.failed_group is self._balancer_group
+            self._groups.balancer is not None
+            and self.balancer.failed_group is self._groups.balancer
         )
         busy = int(self._balancer_full)
         low, high = self._agree([*mine, self.executor.signature, fits, int(job.warm), broken, busy])
@@ -942,7 +865,7 @@ class EplbRuntime:
         self._backlog = bool(high.pop())
         low.pop()
         if high.pop():  # some rank's balancer collectives failed: the group is closed there
-            self._renew_balancer_group()
+            self._groups.renew_balancer()
         warm = bool(low.pop())  # every rank's balancer had warmed up by the gather
         fitting = bool(low.pop())
         del high[-2:]
@@ -1104,7 +1027,7 @@ class EplbRuntime:
             rebalance.layers_committed.append(layer)
             rebalance.moved_experts += transfer.migration.num_moves
             rebalance.bytes_moved += transfer.migration.num_remote * self.executor.slot_bytes(layer)
-        if not all(low) and self._migration_group is not None:
+        if not all(low) and self._groups.migration is not None:
             self._renew_migration_group()
 
     def _set_target(self, target: Placement) -> None:

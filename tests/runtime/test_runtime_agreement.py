@@ -28,7 +28,7 @@ from eplb_rt.placement import Placement, Topology
 from eplb_rt.runtime import EplbRuntime
 from eplb_rt.runtime import balancer as balancer_module
 from eplb_rt.runtime import runtime as runtime_module
-from eplb_rt.runtime.runtime import _group_timeout
+from eplb_rt.runtime.groups import group_timeout
 
 
 def _config(**overrides) -> EplbConfig:
@@ -165,7 +165,7 @@ def _balancer_collectives_fail(rank: int, world: int) -> None:
     pair stays closed). Before, the thread logged it and kept no result: every later plan was
     skipped as not ready, on the closed group, and no error was reported."""
     runtime = EplbRuntime(_config(num_redundant=2), 2, 8)
-    first_group, reduce, failed = runtime._balancer_group, runtime.balancer._reduce, []
+    first_group, reduce, failed = runtime._groups.balancer, runtime.balancer._reduce, []
 
     def closed_once(heat, group, counts):
         if not failed:
@@ -175,7 +175,7 @@ def _balancer_collectives_fail(rank: int, world: int) -> None:
 
     runtime.balancer._reduce = closed_once
     stats = _serve(runtime, 60)
-    assert failed == [first_group] and runtime._balancer_group is not first_group
+    assert failed == [first_group] and runtime._groups.balancer is not first_group
     assert "balancer: RuntimeError('Connection closed by peer')" in stats["errors"][0], stats
     assert stats["num_rebalances"] >= 1 and all(r["epoch"] > 1 for r in stats["rebalances"]), stats
 
@@ -922,8 +922,8 @@ def _different_settings(rank: int, world: int) -> None:
         with pytest.raises(ValueError, match=r"global rank 1\) is not in the expert-parallel"):
             EplbRuntime(same, 4, 8, group=alone)
     # Its groups wait for a stuck peer as long as the engine's (17 s here), not 30 minutes.
-    for made in (runtime._balancer_group, runtime._control_group, runtime._migration_group):
-        assert _group_timeout(made) == datetime.timedelta(seconds=17)
+    for made in (runtime._groups.balancer, runtime._groups.control, runtime._groups.migration):
+        assert group_timeout(made) == datetime.timedelta(seconds=17)
     runtime.shutdown()
 
 

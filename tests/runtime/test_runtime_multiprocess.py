@@ -397,12 +397,12 @@ def test_faults_leave_the_old_placement_serving():
 def _one_lane_of_two_fails(rank: int, world: int) -> None:
     open_gate()
     runtime, model, baseline = _build(small_config(interval=6, layers_per_step=2))
-    initial, first_group = runtime.placement, runtime._migration_group
+    initial, first_group = runtime.placement, runtime._groups.migration
     undo = fail_transfers(runtime, {1}) if rank == 1 else None
     seen = {}
 
     def on_step(step):
-        if runtime._migration_group is not first_group:
+        if runtime._groups.migration is not first_group:
             seen.setdefault("renewed", runtime.stats()["steps"])
         if runtime.stats()["rebalances"] and "placement" not in seen:
             seen["placement"] = runtime.placement
@@ -413,7 +413,7 @@ def _one_lane_of_two_fails(rank: int, world: int) -> None:
     # and layer 2 at 10; plan 2 (gathered at 12) commits every layer by step 16.
     _drive(runtime, model, baseline, 16, rank, on_step=on_step)
     stats = runtime.stats()
-    group, retired = runtime._migration_group, list(runtime._retired_groups)
+    group, retired = runtime._groups.migration, list(runtime._groups.retired)
     executor_group = runtime.executor.group
     runtime.shutdown()
     first, second = stats["rebalances"]
@@ -567,9 +567,9 @@ def _migration_groups(rank: int, world: int) -> None:
     dist.all_reduce = recording
     try:
         runtime, _, _ = _build(small_config())
-        assert any(g is runtime._migration_group for g in groups)
+        assert any(g is runtime._groups.migration for g in groups)
         runtime._renew_migration_group()  # as every rank does after an agreed failed transfer
-        assert any(g is runtime._migration_group for g in groups)
+        assert any(g is runtime._groups.migration for g in groups)
         runtime.shutdown()
     finally:
         dist.all_reduce = all_reduce
@@ -665,7 +665,7 @@ def _two_expert_parallel_groups(rank: int, world: int) -> None:
     runtime = EplbRuntime(config, cfg.num_layers, cfg.num_experts, group=group)
     model = ExpertParallelMoE(cfg, runtime=runtime, group=group)
     baseline = ExpertParallelMoE(cfg, group=group)
-    assert runtime._local_groups and runtime.num_ranks == 2 and runtime.rank == rank % 2
+    assert runtime._groups.local and runtime.num_ranks == 2 and runtime.rank == rank % 2
     history = _serve(runtime, model, baseline, rank)
     stats = runtime.stats()
     runtime.shutdown()
