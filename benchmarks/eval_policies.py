@@ -340,7 +340,7 @@ def _walk_against_exact(prev, new, topo, budget, time_limit=30.0):
     """``(walk, exact)``: the largest rank load of ``new [E]`` after the one-row move walk
     (``move_cost`` 0) and at the MILP optimum, both within ``budget`` slots moved from
     ``prev [P]``."""
-    from eplb_rt.algorithms.local_search import greedy_moves
+    from eplb_rt.algorithms.move_walk import greedy_moves
     from eplb_rt.algorithms.replan_judge import _TAU_SHARE
 
     D = topo.num_ranks

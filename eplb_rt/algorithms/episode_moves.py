@@ -1,7 +1,7 @@
 # ruff: noqa: PLR0917  (numba kernels take plain positional arrays)
 """Numba move walk ranked on several rows of load at once (episodes and their sum).
 
-:func:`~eplb_rt.algorithms.local_search.greedy_moves` ranks each move on one load. On a short
+:func:`~eplb_rt.algorithms.move_walk.greedy_moves` ranks each move on one load. On a short
 window that load is mostly sampling noise, and a walk ranked on it alone fits the noise.
 :func:`greedy_moves_rows` ranks a move by the drop of the *sum over rows* of each row's smooth
 peak, so a move must pay on the episodes as well as on the load it is judged on.
@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from eplb_rt.algorithms.jit import kernel
-from eplb_rt.algorithms.local_search import (
+from eplb_rt.algorithms.local_search import _swap
+from eplb_rt.algorithms.move_walk import (
     _FAR,
     _moved_slots,
     _priced_out,
@@ -24,7 +25,6 @@ from eplb_rt.algorithms.local_search import (
     _rewrite_slots,
     _rewrite_z,
     _soft_peak,
-    _swap,
     _swap_slots,
     _take_rewrite,
     _walk_price,
@@ -416,7 +416,7 @@ def _scan_rank(a, st, best, ids):
 def greedy_moves_rows(
     prev_row, V, judge, num_ranks, budget, move_cost, tau_min, tau_share, slowest_rank, lifetime
 ):
-    """:func:`~eplb_rt.algorithms.local_search.greedy_moves` with moves ranked on several rows.
+    """:func:`~eplb_rt.algorithms.move_walk.greedy_moves` with moves ranked on several rows.
 
     ``V [K, E] float64``: the rows (e.g. the episodes the fresh plan is scored on, and the load
     the walk is judged on, row ``judge``); ``tau_min [K]``: each row's least temperature. A move

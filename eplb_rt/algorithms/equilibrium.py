@@ -40,7 +40,7 @@ Per layer (the search kernels are numba, no GIL; what step 1 reads from the epis
    where a rank set still confines too much load.
 4. **Moves that pay** (with a previous placement): five candidates per layer -- keep the slots;
    the previous slots improved move by move, best marginal gain per moved slot first (a slot
-   rewritten to another expert, or a swap; :func:`~eplb_rt.algorithms.local_search.greedy_moves`),
+   rewritten to another expert, or a swap; :func:`~eplb_rt.algorithms.move_walk.greedy_moves`),
    a move ranked on the rows the fresh plan is scored on and the summed load together
    (:func:`~eplb_rt.algorithms.episode_moves.greedy_moves_rows`) where there are episodes, so
    that on a short window it does not fit the summed load's sampling noise; the previous slots

@@ -1,7 +1,7 @@
 # ruff: noqa: PLR0917  (numba kernels take plain positional arrays)
 """Fewer moved slots for the same peak: a re-plan's moves traded one at a time for cheaper ones.
 
-The move walk (:func:`~eplb_rt.algorithms.local_search.greedy_moves`) takes the move with the
+The move walk (:func:`~eplb_rt.algorithms.move_walk.greedy_moves`) takes the move with the
 best gain per slot at each step and never revisits it, so a move taken early, when it paid
 most, can stay although a later one made it unnecessary. Against an exact solver of the
 fewest moved slots at the same peak (CP-SAT, gpt-oss-20b's change of phase) the walk moved
@@ -35,10 +35,10 @@ import numpy as np
 
 from eplb_rt.algorithms.align import keep_slots
 from eplb_rt.algorithms.jit import kernel
-from eplb_rt.algorithms.local_search import _rewrite as rewrite_loads
 from eplb_rt.algorithms.local_search import _swap as swap_slots
-from eplb_rt.algorithms.local_search import _take_rewrite
 from eplb_rt.algorithms.metrics import row_rank_loads
+from eplb_rt.algorithms.move_walk import _rewrite as rewrite_loads
+from eplb_rt.algorithms.move_walk import _take_rewrite
 from eplb_rt.algorithms.packing import counts_from_row, holds_from_row
 
 DEPTH = 3

@@ -28,10 +28,10 @@ from eplb_rt.algorithms.episode_rows import (
     signal_fraction,
 )
 from eplb_rt.algorithms.jit import kernel
-from eplb_rt.algorithms.local_search import _moved_slots, greedy_moves
 from eplb_rt.algorithms.metrics import row_par, row_rank_loads
 from eplb_rt.algorithms.move_trades import DEPTH as TRADE_DEPTH
 from eplb_rt.algorithms.move_trades import trade_moves
+from eplb_rt.algorithms.move_walk import _moved_slots, greedy_moves
 from eplb_rt.algorithms.prices import judged_cost, move_price
 from eplb_rt.algorithms.sums import column_sum, pairwise_sum
 from eplb_rt.algorithms.target_repair import repair_to

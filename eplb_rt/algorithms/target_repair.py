@@ -2,7 +2,7 @@
 """Moves that bring every rank's load under a target, ranked by the load they take off the ranks
 above it per slot moved.
 
-The move walk (:func:`~eplb_rt.algorithms.local_search.greedy_moves`) ranks a move by how much
+The move walk (:func:`~eplb_rt.algorithms.move_walk.greedy_moves`) ranks a move by how much
 it lowers the smooth peak, so each step relieves the peak rank and its near neighbours, and a rank
 that is one move from the target waits until it is the peak. Ranked by the fall of the
 *overflow* (the load above a cap, summed over every rank), a step relieves whichever rank over
@@ -28,15 +28,15 @@ from __future__ import annotations
 import numpy as np
 
 from eplb_rt.algorithms.jit import kernel
-from eplb_rt.algorithms.local_search import (
+from eplb_rt.algorithms.local_search import _swap
+from eplb_rt.algorithms.metrics import row_rank_loads
+from eplb_rt.algorithms.move_walk import (
     _ranks_of,
     _rewrite,
     _rewrite_slots,
-    _swap,
     _swap_slots,
     _take_rewrite,
 )
-from eplb_rt.algorithms.metrics import row_rank_loads
 from eplb_rt.algorithms.packing import counts_from_row, holds_from_row
 from eplb_rt.algorithms.sums import pairwise_sum
 
@@ -87,7 +87,7 @@ def repair_to(prev_row, w, num_ranks, target, budget):
     elsewhere to another expert, on such a rank or for an expert one of them holds. ``prev_row``
     must hold no expert twice on a rank (as the move walks assume). Each step takes the move
     with the largest fall of the overflow per slot it newly moves away from ``prev_row`` (half a
-    slot when it moves none, as :func:`~eplb_rt.algorithms.local_search.greedy_moves` counts
+    slot when it moves none, as :func:`~eplb_rt.algorithms.move_walk.greedy_moves` counts
     them), the first in scan order of equal ones (within :data:`_TIE`). Returns ``row [P]
     int64`` (no rank holds an expert twice where ``prev_row`` does not)."""
     D = num_ranks

@@ -19,7 +19,7 @@ from eplb_rt.algorithms.episode_moves import (
     _swap_gain,
     greedy_moves_rows,
 )
-from eplb_rt.algorithms.local_search import _ranks_of, greedy_moves
+from eplb_rt.algorithms.move_walk import _ranks_of, greedy_moves
 from eplb_rt.algorithms.packing import holds_from_row
 from eplb_rt.placement import Placement, Topology
 from tests import walk_judge

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eplb_rt.algorithms.local_search import greedy_moves
+from eplb_rt.algorithms.move_walk import greedy_moves
 from eplb_rt.algorithms.replan_judge import _TAU_MIN, _TAU_SHARE
 from eplb_rt.algorithms.target_repair import _SCANNED, repair_to
 from tests.rows import random_row, rank_loads

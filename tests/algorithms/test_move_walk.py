@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from eplb_rt.algorithms import bounds, local_search, metrics, plan
-from eplb_rt.algorithms.local_search import greedy_moves
+from eplb_rt.algorithms import bounds, metrics, move_walk, plan
+from eplb_rt.algorithms.move_walk import greedy_moves
 from eplb_rt.algorithms.prices import slot_budget
 from eplb_rt.placement import Placement, Topology
 from tests import walk_judge
@@ -116,7 +116,7 @@ def test_the_walk_stops_only_where_no_later_prefix_is_taken(monkeypatch):
     for seed in range(12):
         args = (*_stop_case(100 + seed), 0.5, seed % 2 == 1, (1.0, 3.0, math.inf)[seed % 3])
         with monkeypatch.context() as patch:
-            patch.setattr(local_search, "_priced_out", lambda *_: False)
+            patch.setattr(move_walk, "_priced_out", lambda *_: False)
             unstopped = greedy_moves.py_func(*args)
         stopped = greedy_moves.py_func(*args)
         assert stopped[0].tolist() == unstopped[0].tolist() and stopped[1] == unstopped[1]
