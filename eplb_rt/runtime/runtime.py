@@ -40,7 +40,6 @@ import collections
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import logging
 import os
 import threading
@@ -55,7 +54,7 @@ from eplb_rt import envs, formats, ops, planning
 from eplb_rt.algorithms import hierarchy
 from eplb_rt.config import EplbConfig
 from eplb_rt.placement import Placement, Topology
-from eplb_rt.runtime.agreement import min_max
+from eplb_rt.runtime.agreement import min_max, setting_digest, settings_apart, shared_settings
 from eplb_rt.runtime.balancer import (
     PLAN_LATE,
     PLAN_OK,
@@ -124,30 +123,6 @@ class Rebalance:
     def steps(self) -> int | None:
         """Steps from the gather to the last commit."""
         return None if self.done_step is None else self.done_step - self.gather_step
-
-
-_RANK_LOCAL_FIELDS = frozenset(
-    {
-        "initial_placement",
-        "export_dir",
-        "transfer_timeout_s",
-        "warm_up",
-        "plan_in_subprocess",
-        "plan_threads",
-    }
-)
-"""EplbConfig fields a rank may set alone: where it reads and writes files, how long it waits
-for a transfer, how and where it plans. The ranks must agree on every other field, and on the
-placement they start from (its contents, not the path of its file)."""
-
-
-_STARTING_PLACEMENT = "initial_placement (its contents)"
-
-
-def _digest(value: object) -> int:
-    """A 56-bit digest of a setting (``>= 0``: :meth:`EplbRuntime._agree` negates it in int64),
-    equal on every rank for equal values."""
-    return int.from_bytes(hashlib.blake2b(repr(value).encode(), digest_size=7).digest(), "little")
 
 
 def _normal_tensors(method):
@@ -781,22 +756,12 @@ class EplbRuntime:
         would wait for each other for ever, or fail deep in a collective; or where some rank
         could not set up its placement (``built``: this one could; one that could not raises
         its own error after this). (One small all-reduce, at start.)"""
-        shared = {"num_layers": self.num_layers, "num_experts": self.num_experts}
-        shared[_STARTING_PLACEMENT] = placement_digest(self._placement) if built else 0
-        for field in dataclasses.fields(self.config):
-            if field.name not in _RANK_LOCAL_FIELDS:
-                shared[field.name] = getattr(self.config, field.name)
-        # The options as the policy reads them: 0.5 and np.float64(0.5) are one setting.
-        shared["policy_options"] = self.config.options
-        low, high = self._agree([int(built), *(_digest(value) for value in shared.values())])
+        digest = placement_digest(self._placement) if built else 0
+        shared = shared_settings(self.config, self.num_layers, self.num_experts, digest)
+        low, high = self._agree([int(built), *(setting_digest(v) for v in shared.values())])
         everywhere = bool(low.pop(0))
         high.pop(0)
-        differ = [name for name, a, b in zip(shared, low, high, strict=True) if a != b]
-        if not everywhere or {"num_layers", "num_experts", "num_redundant", "slots_per_rank"} & set(
-            differ
-        ):
-            # Placements of other sizes (or of none) differ too: the sizes are the news.
-            differ = [name for name in differ if name != _STARTING_PLACEMENT]
+        differ = settings_apart(shared, low, high, everywhere)
         if differ:
             raise ValueError(
                 f"the ranks were given different {', '.join(differ)}: every rank of the runtime "
