@@ -18,9 +18,9 @@ step. Everything else happens at step boundaries inside :meth:`step`:
   transfer of that layer succeeded; a failed layer keeps its old placement on every rank.
 
 Building the runtime creates three gloo/device groups over the expert-parallel ranks (balancer,
-control, migration), which :meth:`EplbRuntime.shutdown` destroys where those ranks are the
-whole world (over some of its ranks they are kept to the end of the process); with
-``torch.distributed`` not initialised it runs as a single rank.
+control, migration: :mod:`eplb_rt.runtime.groups`), which :meth:`EplbRuntime.shutdown` destroys
+where those ranks are the whole world (over some of its ranks they are kept to the end of the
+process); with ``torch.distributed`` not initialised it runs as a single rank.
 
 Use in a MoE model (see ``eplb_rt.models.moe`` for a complete one)::
 
