@@ -74,15 +74,23 @@ def _peak_without(loads, r1, r2):
 
 
 @kernel(inline=True)
+def _rewrite_terms(loads, counts, w, r, u, v):
+    """``(rise, fall, load)`` of the rewrite of rank ``r``'s replica of ``u`` (``counts[u] >=
+    2``) to one of ``v`` (not on ``r``): what each other rank of ``u`` gains, what each rank of
+    ``v`` sheds, and ``r``'s new load, rounded as :func:`_rewrite` will leave them."""
+    cu, cv = counts[u], counts[v]
+    rise = w[u] / (cu - 1) - w[u] / cu
+    fall = w[v] / cv - w[v] / (cv + 1)
+    return rise, fall, loads[r] + rise + (w[v] / (cv + 1) - w[u] / (cu - 1))
+
+
+@kernel(inline=True)
 def _rewrite_peak(loads, holds, counts, w, r, u, v, limit):
     """The largest load of the ranks that do not fall when rank ``r``'s replica of ``u``
     (``counts[u] >= 2``) becomes one of ``v`` (not on ``r``): ``r`` itself and ``u``'s other
     ranks, which share its load once more (less ``v``'s fall where they hold it too). Stops
     once above ``limit``. Each load rounded as :func:`_rewrite` will leave it."""
-    cu, cv = counts[u], counts[v]
-    rise = w[u] / (cu - 1) - w[u] / cu
-    fall = w[v] / cv - w[v] / (cv + 1)
-    peak = loads[r] + rise + (w[v] / (cv + 1) - w[u] / (cu - 1))
+    rise, fall, peak = _rewrite_terms(loads, counts, w, r, u, v)
     for q in range(loads.shape[0]):
         if peak > limit:
             break
@@ -94,10 +102,7 @@ def _rewrite_peak(loads, holds, counts, w, r, u, v, limit):
 @kernel(inline=True)
 def _rewrite_max(loads, holds, counts, w, r, u, v):
     """The peak after the rewrite of :func:`_rewrite_peak`, every rank scanned."""
-    cu, cv = counts[u], counts[v]
-    rise = w[u] / (cu - 1) - w[u] / cu
-    fall = w[v] / cv - w[v] / (cv + 1)
-    peak = loads[r] + rise + (w[v] / (cv + 1) - w[u] / (cu - 1))
+    rise, fall, peak = _rewrite_terms(loads, counts, w, r, u, v)
     for q in range(loads.shape[0]):
         if q != r:
             load = loads[q]
