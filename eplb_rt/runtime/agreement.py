@@ -63,12 +63,12 @@ def shared_settings(config, num_layers: int, num_experts: int, placement: int) -
     return shared
 
 
-def settings_apart(names, low, high, everywhere: bool) -> list[str]:
+def settings_apart(low: dict, high: dict, everywhere: bool) -> list[str]:
     """The names of the settings whose digests differ between the ranks (``low`` / ``high``:
-    their least and greatest, in the order of ``names``). Where some rank has no placement
+    their least and greatest, by name). Where some rank has no placement
     (``everywhere`` false) or the sizes differ, the placements differ too: the sizes are the
     news, not the placement."""
-    differ = [name for name, a, b in zip(names, low, high, strict=True) if a != b]
+    differ = [name for name in low if low[name] != high[name]]
     if not everywhere or _SIZES & set(differ):
         differ = [name for name in differ if name != STARTING_PLACEMENT]
     return differ

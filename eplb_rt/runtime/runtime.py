@@ -79,6 +79,10 @@ MOST_JOBS = 2
 for its deadline may still finish while the next one queues, but behind one that never ends
 each gather's copy of the heat ring would pile up for ever."""
 
+_BUILT = "placement set up"
+"""What :meth:`EplbRuntime._check_same_config` agrees on beside the settings (not a setting's
+name): whether this rank set up its placement."""
+
 RECORDS_KEPT = 1024
 """Rebalances, skipped plans and errors that :meth:`EplbRuntime.stats` lists: the most recent
 ones. A server runs for weeks at a plan per interval, and a record per plan kept for good would
@@ -301,7 +305,7 @@ class EplbRuntime:
         )
         enabled = config.interval > 0 and not disabled
         # Set on some ranks only, the variable would have them skip gathers the others make.
-        self._rebalance_enabled = bool(self._agree([int(enabled)])[0][0])
+        self._rebalance_enabled = bool(self._agree({"enabled": int(enabled)})[0]["enabled"])
         self.balancer = Balancer(
             config,
             self.topology,
@@ -727,8 +731,8 @@ class EplbRuntime:
         that never ends, warm-up or not, is news)."""
         running = self.balancer.running
         full = self._balancer_full
-        low, high = self._agree([int(full), int(self.balancer.warm)])
-        if not high[0]:
+        low, high = self._agree({"full": int(full), "warm": int(self.balancer.warm)})
+        if not high["full"]:
             self._backlog = False
             self._held_gathers = 0
             return False
@@ -742,7 +746,7 @@ class EplbRuntime:
             f"not gathered: the balancer is still planning ({where}); no heat is gathered until "
             "it is done"
         )
-        self._skip(self._epoch, step, reason, error=bool(low[1]) or self._held_gathers > 1)
+        self._skip(self._epoch, step, reason, error=bool(low["warm"]) or self._held_gathers > 1)
         return True
 
     def _step_seconds(self) -> float:
@@ -758,10 +762,11 @@ class EplbRuntime:
         its own error after this). (One small all-reduce, at start.)"""
         digest = placement_digest(self._placement) if built else 0
         shared = shared_settings(self.config, self.num_layers, self.num_experts, digest)
-        low, high = self._agree([int(built), *(setting_digest(v) for v in shared.values())])
-        everywhere = bool(low.pop(0))
-        high.pop(0)
-        differ = settings_apart(shared, low, high, everywhere)
+        digests = {name: setting_digest(value) for name, value in shared.items()}
+        low, high = self._agree({**digests, _BUILT: int(built)})
+        everywhere = bool(low.pop(_BUILT))
+        high.pop(_BUILT)
+        differ = settings_apart(low, high, everywhere)
         if differ:
             raise ValueError(
                 f"the ranks were given different {', '.join(differ)}: every rank of the runtime "
@@ -788,13 +793,14 @@ class EplbRuntime:
                 )
         return "their signatures differ"
 
-    def _agree(self, values: list[int]) -> tuple[list[int], list[int]]:
-        """Element-wise (min, max) of ``values`` over the ranks (one small all-reduce). The
+    def _agree(self, values: dict) -> tuple[dict, dict]:
+        """Per name, the least and the greatest of ``values`` (integers by name) over the ranks,
+        in one small all-reduce (every rank names the same values in the same order). The
         ranks meet here by call order: one that stopped, or that steps more or fewer times
         than the others, leaves them waiting for the engine's timeout, whose error is said in
         those terms."""
         try:
-            low, high = min_max(values, self._groups.control)
+            low, high = min_max(list(values.values()), self._groups.control)
         except RuntimeError as err:  # torch.distributed's errors (a timeout, a closed pair)
             first = str(err).strip().splitlines()[0] if str(err).strip() else ""
             if self._building:
@@ -809,14 +815,16 @@ class EplbRuntime:
                 f"the ranks did not all reach the runtime's agreement (rank {self.rank} {where}). "
                 f"{type(err).__name__}: {first}"
             ) from err
-        return low.tolist(), high.tolist()
+        low, high = (dict(zip(values, bound.tolist(), strict=True)) for bound in (low, high))
+        return low, high
 
     def _decide(self, job: Job, step: int) -> None:
         """At the deadline: go ahead only if every rank holds the same finished plan."""
         self._pending = None
         result: PlanResult | None = self.balancer.result(job.epoch)
         self.balancer.discard_through(job.epoch)
-        mine = [result.epoch, result.status, result.digest] if result else [-1, -1, -1]
+        plan = ("epoch", "status", "digest")  # the plan each rank holds: the same, or none
+        mine = {name: getattr(result, name) if result else -1 for name in plan}
         # Whether the plan found the placement fitting: only the planning rank knows why a plan
         # came back unchanged (no heat, no drift), so the ranks take the least of their views.
         fits = int(result is not None and result.status == PLAN_UNCHANGED and not result.error)
@@ -825,35 +833,36 @@ class EplbRuntime:
             and self.balancer.failed_group is self._groups.balancer
         )
         busy = int(self._balancer_full)
-        low, high = self._agree([*mine, self.executor.signature, fits, int(job.warm), broken, busy])
-        low.pop()
-        self._backlog = bool(high.pop())
-        low.pop()
-        if high.pop():  # some rank's balancer collectives failed: the group is closed there
+        low, high = self._agree(
+            {**mine, "signature": self.executor.signature, "fits": fits, "warm": int(job.warm),
+             "broken": broken, "busy": busy}
+        )  # fmt: skip
+        self._backlog = bool(high["busy"])
+        if high["broken"]:  # some rank's balancer collectives failed: the group is closed there
             self._groups.renew_balancer()
-        warm = bool(low.pop())  # every rank's balancer had warmed up by the gather
-        fitting = bool(low.pop())
-        del high[-2:]
+        warm = bool(low["warm"])  # every rank's balancer had warmed up by the gather
+        fitting = bool(low["fits"])
         reason = None
         error = True  # a skip that needs a look (not a plan late while a balancer warmed up)
-        if low[3] != high[3]:
+        if low["signature"] != high["signature"]:
             reason = (
                 f"ranks registered different weights ({self._weights_apart()}); a migration "
                 "would exchange mismatched buffers"
             )
-        elif low[0] == -1:
+        elif low["epoch"] == -1:
             reason = (
                 f"plan not ready by its deadline step {job.deadline_step} on at least one rank"
                 f"{self._extend_deadline(warm)}"
             )
             error = warm
-        elif low != high:
+        elif any(low[name] != high[name] for name in plan):
             reason = (
-                f"ranks disagree on the plan (epoch {low[0]}..{high[0]}, "
-                f"status {low[1]}..{high[1]}, checksum differs: {low[2] != high[2]})"
+                f"ranks disagree on the plan (epoch {low['epoch']}..{high['epoch']}, "
+                f"status {low['status']}..{high['status']}, checksum differs: "
+                f"{low['digest'] != high['digest']})"
             )
-        elif low[0] != job.epoch:
-            reason = f"plan epoch {low[0]} does not match the gather's epoch {job.epoch}"
+        elif low["epoch"] != job.epoch:
+            reason = f"plan epoch {low['epoch']} does not match the gather's epoch {job.epoch}"
         elif result.status != PLAN_OK:
             # Nothing worth moving: the placement fits the load (probes then check for drift).
             self._fitted = self._fitted or fitting
@@ -975,13 +984,14 @@ class EplbRuntime:
 
     def _commit_in_flight(self, step: int) -> None:
         transfers, self._in_flight = self._in_flight, []
-        errors = [self.executor.finish(t) for t in transfers]
-        low, _ = self._agree([int(e is None) for e in errors])
+        errors = {t.migration.layer: self.executor.finish(t) for t in transfers}
+        # A layer is committed only where its transfer succeeded on every rank.
+        done, _ = self._agree({layer: int(e is None) for layer, e in errors.items()})
         rebalance = self._current
-        for transfer, ok, error in zip(transfers, low, errors, strict=True):
+        for transfer in transfers:
             layer = transfer.migration.layer
-            if not ok:
-                reason = error or "a transfer failed on another rank"
+            if not done[layer]:
+                reason = errors[layer] or "a transfer failed on another rank"
                 self.errors.append(
                     f"plan {rebalance.epoch}: {reason}; layer {layer} keeps its old placement"
                 )
@@ -992,7 +1002,7 @@ class EplbRuntime:
             rebalance.layers_committed.append(layer)
             rebalance.moved_experts += transfer.migration.num_moves
             rebalance.bytes_moved += transfer.migration.num_remote * self.executor.slot_bytes(layer)
-        if not all(low) and self._groups.migration is not None:
+        if not all(done.values()) and self._groups.migration is not None:
             self._renew_migration_group()
 
     def _set_target(self, target: Placement) -> None:

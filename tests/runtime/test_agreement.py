@@ -56,13 +56,17 @@ def test_options_are_shared_as_the_policy_reads_them():
 
 def test_differences_are_named_the_placement_only_where_the_sizes_agree():
     names = ["num_layers", "interval", STARTING_PLACEMENT, "num_redundant"]
-    same, placement_apart = [1, 2, 3, 4], [1, 2, 9, 4]
-    assert settings_apart(names, same, same, everywhere=True) == []
-    assert settings_apart(names, same, placement_apart, True) == [STARTING_PLACEMENT]
+
+    def digests(*values):
+        return dict(zip(names, values, strict=True))
+
+    same, placement_apart = digests(1, 2, 3, 4), digests(1, 2, 9, 4)
+    assert settings_apart(same, same, everywhere=True) == []
+    assert settings_apart(same, placement_apart, True) == [STARTING_PLACEMENT]
     # Some rank has no placement: its digest differs, but the refusal is the news.
-    assert settings_apart(names, same, placement_apart, False) == []
+    assert settings_apart(same, placement_apart, False) == []
     # Other sizes make other placements: the sizes are named, not the placement.
-    sizes_apart = [1, 2, 9, 5]
-    assert settings_apart(names, same, sizes_apart, True) == ["num_redundant"]
-    interval_apart = [1, 7, 9, 4]
-    assert settings_apart(names, same, interval_apart, True) == ["interval", STARTING_PLACEMENT]
+    sizes_apart = digests(1, 2, 9, 5)
+    assert settings_apart(same, sizes_apart, True) == ["num_redundant"]
+    interval_apart = digests(1, 7, 9, 4)
+    assert settings_apart(same, interval_apart, True) == ["interval", STARTING_PLACEMENT]
