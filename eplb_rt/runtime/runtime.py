@@ -230,6 +230,17 @@ class EplbRuntime:
     def _start(self, config: EplbConfig, num_layers: int, num_experts: int, disabled: bool) -> None:
         """``__init__`` once the ranks agree on the settings: tables, heat ring, groups,
         executor, balancer thread."""
+        self._allocate_tables(num_layers, num_experts)
+        self.recorder = self._allocate_ring(config, num_layers)
+        self._note_owned_storage()
+        self._start_workers(config, num_layers, num_experts, disabled)
+        self._initial_state(config, num_layers)
+        if self._rebalance_enabled:
+            self._warn_if_no_probes()
+
+    def _allocate_tables(self, num_layers: int, num_experts: int) -> None:
+        """The routing tables the model reads, their per-layer views, and the pinned staging
+        a commit uploads through."""
         # Tables the model reads: allocated once, rewritten in place by update_expert_map_.
         p = self._placement
         self._tables = [torch.from_numpy(t).to(self.device) for t in self._table_rows(p)]
@@ -246,6 +257,8 @@ class EplbRuntime:
         S = self.topology.num_slots_per_rank
         self._staging = HostStaging(self.dev, [S, E * R, E, E * R, E])
 
+    def _allocate_ring(self, config: EplbConfig, num_layers: int) -> HeatRecorder:
+        """The heat ring; an allocation that fails says what the memory was for."""
         ring = config.history * num_layers * self.topology.num_slots * 4  # bytes, int32
         where = (
             f"{ring / 2**30:.3g} GiB on {self.device} and as much on the host"
@@ -262,7 +275,7 @@ class EplbRuntime:
                 f"{what} is past any memory; expected a history of a few hundred steps"
             )
         try:
-            self.recorder = HeatRecorder(
+            return HeatRecorder(
                 config.history,
                 num_layers,
                 self.topology.num_slots,
@@ -285,6 +298,9 @@ class EplbRuntime:
             else:
                 raise
             raise kind(f"{what} cannot be allocated: {err}") from err
+
+    def _note_owned_storage(self) -> None:
+        """Where the runtime's tables and ring live, for :meth:`_check_out`."""
         # What route(out=...) may not write (the op sees one layer's tables and heat rows only):
         # the byte spans of the runtime's own storages, sorted by start (they do not overlap).
         owned = [*self._tables, self.recorder.heat, self.recorder.step_counter]
@@ -294,6 +310,12 @@ class EplbRuntime:
         )
         self._owned_starts = [start for start, _ in spans]
         self._owned_ends = [start + size for start, size in spans]
+
+    def _start_workers(
+        self, config: EplbConfig, num_layers: int, num_experts: int, disabled: bool
+    ) -> None:
+        """The migration and balancer groups, the executor and the balancer thread (its plans
+        only where every rank rebalances)."""
         self._groups.start()
         self.executor = MigrationExecutor(
             self.dev,
@@ -319,19 +341,9 @@ class EplbRuntime:
         # A runtime dropped without shutdown() still stops its balancer (and planning child):
         # nothing the balancer's thread holds refers back to the runtime.
         self._stop_balancer = weakref.finalize(self, self.balancer.shutdown)
-        # Drift compares the latest episode with two or more before it, in the history - 1
-        # closed steps a plan reads: a shorter ring can never show it, and probing it would
-        # copy the ring every episode for nothing.
-        self._drift_probes = config.history >= 3 * config.episode + 1
-        if self._rebalance_enabled and not self._drift_probes:
-            log.warning(
-                "EplbConfig.history (%d) < 3 * episode + 1 (%d): drift is never checked (it "
-                "compares the latest episode with two or more before it, in the history - 1 "
-                "closed steps a plan reads); after the first plan, plans start on the interval "
-                "only",
-                config.history,
-                3 * config.episode + 1,
-            )
+
+    def _initial_state(self, config: EplbConfig, num_layers: int) -> None:
+        """Gathers, plans, migrations, their records and the failure, before the first step."""
         self._epoch = 0
         self._pending: Job | None = None  # gathered, waiting for its deadline
         # Agreed at a deadline: some rank's balancer held MOST_JOBS jobs. Until the ranks agree
@@ -369,24 +381,43 @@ class EplbRuntime:
         # Threads rank 0's plans run on: where they adapt (plan_threads None), one, doubled on
         # every rank after the same late plans as the deadline, up to the cores rank 0 may use.
         self.plan_threads = config.plan_threads or 1
-        if self._rebalance_enabled and not self._probes_fit():
-            # Name what the user can change: the episode where it alone leaves no room, or
-            # where the deadline adapts (it was not given); else the deadline given.
-            if config.episode >= config.interval or config.deadline is None:
-                cause = f"EplbConfig.episode ({config.episode}) with a deadline of {self.deadline}"
-                fix = "lower the episode (episode + deadline must be below the interval)"
-            else:
-                cause = f"EplbConfig.deadline ({self.deadline})"
-                fix = "lower the deadline (or None, adapting)"
+        # Drift compares the latest episode with two or more before it, in the history - 1
+        # closed steps a plan reads: a shorter ring can never show it, and probing it would
+        # copy the ring every episode for nothing.
+        self._drift_probes = config.history >= 3 * config.episode + 1
+
+    def _warn_if_no_probes(self) -> None:
+        """Say what to change where the ring is too short to show drift, or where no probe nor
+        first plan can finish before an interval."""
+        config = self.config
+        if not self._drift_probes:
             log.warning(
-                "%s leaves no episode step (every %d) before the next interval (%d) for a plan "
-                "to finish: no drift probe, and no first plan before the interval, ever starts; "
-                "%s",
-                cause,
-                config.episode,
-                config.interval,
-                fix,
+                "EplbConfig.history (%d) < 3 * episode + 1 (%d): drift is never checked (it "
+                "compares the latest episode with two or more before it, in the history - 1 "
+                "closed steps a plan reads); after the first plan, plans start on the interval "
+                "only",
+                config.history,
+                3 * config.episode + 1,
             )
+        if self._probes_fit():
+            return
+        # Name what the user can change: the episode where it alone leaves no room, or
+        # where the deadline adapts (it was not given); else the deadline given.
+        if config.episode >= config.interval or config.deadline is None:
+            cause = f"EplbConfig.episode ({config.episode}) with a deadline of {self.deadline}"
+            fix = "lower the episode (episode + deadline must be below the interval)"
+        else:
+            cause = f"EplbConfig.deadline ({self.deadline})"
+            fix = "lower the deadline (or None, adapting)"
+        log.warning(
+            "%s leaves no episode step (every %d) before the next interval (%d) for a plan "
+            "to finish: no drift probe, and no first plan before the interval, ever starts; "
+            "%s",
+            cause,
+            config.episode,
+            config.interval,
+            fix,
+        )
 
     def _probes_fit(self) -> bool:
         """Whether a probe can start: an episode step whose plan's deadline falls before the
