@@ -129,9 +129,9 @@ class EquilibriumOptions(Options):
             neighbours a tight shape needs: gpt-oss at 8x5 out of sample 1.2362 -> 1.2221;
             on the other shipped cells the same or within noise, on the smallest synthetic
             shapes a little worse, BENCHMARKS §3 "Sixty-second session").
-        count_tol: the count search stops once the PAR is within this of 1, or after a round
-            that gained less (on token counts it starts only where the PAR is beyond what
-            their sampling noise could show).
+        count_tol: the count search stops once the PAR is within this of 1, or (on token
+            counts) after a round that gained less and less than their sampling noise; on
+            token counts it starts only where the PAR is beyond what that noise could show.
         spread: plan for deviations from the mean ``spread`` times those seen (allotment at
             ``mean + spread * std``; the swaps' episodes pushed that far from the mean); where
             the episodes are three or more distinct workloads, at most as far as a held-out
@@ -202,12 +202,13 @@ def _searched(  # noqa: PLR0917
     Counts are searched only where the mean load's PAR is beyond ``enough``: within it, the
     estimate cannot tell the packing's imbalance from noise (the plans of the plan-time case
     start there, and a search from there would take five times as long for nothing). Once
-    started, the search goes on while a round gains ``count_tol``, as on a load whose noise is
-    unknown: a round's gain on the estimate is a gain on the load in expectation. Stopped at
-    the noise instead, a round too small to show through it ended the search where a rank holds
-    a few replicas, each a large share of its load: planned on a sample of their load, gpt-oss
-    32x2 and OLMoE 64x2 were 0.019 / 0.010 PAR worse on the load itself, and 150 random shapes
-    0.0036 worse where the rule decided (BENCHMARKS §3, "Seventieth session").
+    started, the search goes on while a round gains ``count_tol`` (or the noise, where that is
+    less; on a load whose noise is unknown, anything): a round's gain on the estimate is a gain
+    on the load in expectation. Stopped at the noise where that is more, a round too small to
+    show through it ended the search where a rank holds a few replicas, each a large share of
+    its load: planned on a sample of their load, gpt-oss 32x2 and OLMoE 64x2 were 0.019 / 0.010
+    PAR worse on the load itself, and 150 random shapes 0.0036 worse where the rule decided
+    (BENCHMARKS §3, "Seventieth session").
 
     The swaps on the shared load alone stop at ``enough`` only where the episodes differ partly
     by noise (``stop``): the variance stage then scores the shared load as a row of its own
@@ -225,7 +226,7 @@ def _searched(  # noqa: PLR0917
     if row_par(row, mean, num_ranks) > enough:  # as count_search's own first test
         row = count_search(
             LPT, row, mean, w, np.zeros((1, 1)), 0.0, counts, num_ranks, count_rounds,
-            count_width, 4 * P, 1.0 + count_tol, count_tol if counts_given else 0.0, swap_enough,
+            count_width, 4 * P, 1.0 + count_tol, min(count_tol, noise), swap_enough,
         )  # fmt: skip
     return row, enough
 

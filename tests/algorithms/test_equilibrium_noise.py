@@ -71,15 +71,16 @@ def test_counts_are_searched_only_beyond_their_noise():
 def _count_rule(row, counts, w, noise, D, *, at=0.0, noise_stop=False):
     """The replica-count search of a plan ``row`` on the shared load ``w [E]``, as the policy
     runs it: only where its PAR is beyond ``1 + noise`` (and ``count_tol``), then on while a round
-    gains ``count_tol``; ``noise_stop``: as before the seventieth session, stopped once a round
-    gains less than ``noise`` or the PAR is within it. ``at``: where the swaps stop."""
+    gains ``count_tol`` or ``noise``, the less; ``noise_stop``: as before the seventieth session,
+    stopped once a round gains less than ``noise`` or the PAR is within it. ``at``: where the
+    swaps stop."""
     opts = EquilibriumOptions()
     enough = 1.0 + max(opts.count_tol, noise)
     rounds = (opts.count_rounds, opts.count_width, 4 * row.shape[0])
     if noise_stop:
         stops = (enough, noise)
     elif row_par(row, w[None], D) > enough:
-        stops = (1.0 + opts.count_tol, opts.count_tol)
+        stops = (1.0 + opts.count_tol, min(opts.count_tol, noise))
     else:
         return row, enough
     found = count_search(
